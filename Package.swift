@@ -1,0 +1,43 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "Tern",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tern", targets: ["tern"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // libev from Debian's libev-dev (no pkg-config file is shipped, so the module map links it).
+        .systemLibrary(name: "CLibev", path: "Sources/CLibev"),
+        // Pure code: config, hashing, distributions, codecs. No sockets, clocks or globals.
+        .target(
+            name: "TernCore",
+            dependencies: [.product(name: "Yams", package: "Yams")]
+        ),
+        // Event loops, sockets, buffers, connections, workers.
+        .target(
+            name: "TernServer",
+            dependencies: [
+                "TernCore", "CLibev",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "tern",
+            dependencies: [
+                "TernServer", "TernCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "TernCoreTests", dependencies: ["TernCore"]),
+        .testTarget(name: "TernIntegrationTests", dependencies: ["TernCore", "TernServer"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,46 @@
+// Swift cannot import libev's function-like macros; these static inline wrappers expose them.
+// Names are prefixed `tern_` so they never collide with libev's own symbols.
+#ifndef TERN_CLIBEV_SHIM_H
+#define TERN_CLIBEV_SHIM_H
+
+#include <ev.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/un.h>
+#include <signal.h>
+
+// accept4 is not visible through Swift's Glibc module.
+extern int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+
+static const int TERN_EV_READ = EV_READ;
+static const int TERN_EV_WRITE = EV_WRITE;
+static const int TERN_EVFLAG_AUTO = EVFLAG_AUTO;
+static const int TERN_EVBREAK_ALL = EVBREAK_ALL;
+static const int TERN_SOCK_NONBLOCK = SOCK_NONBLOCK;
+static const int TERN_SOCK_CLOEXEC = SOCK_CLOEXEC;
+
+static inline struct ev_loop *tern_loop_new(void) { return ev_loop_new(EVFLAG_AUTO); }
+
+static inline void tern_io_init(ev_io *watcher, void (*callback)(struct ev_loop *, ev_io *, int), int fd, int events) {
+    ev_io_init(watcher, callback, fd, events);
+}
+static inline void tern_io_set(ev_io *watcher, int fd, int events) { ev_io_set(watcher, fd, events); }
+static inline int tern_io_events(const ev_io *watcher) { return watcher->events; }
+static inline void tern_timer_init(ev_timer *watcher, void (*callback)(struct ev_loop *, ev_timer *, int), double after, double repeat) {
+    ev_timer_init(watcher, callback, after, repeat);
+}
+static inline void tern_async_init(ev_async *watcher, void (*callback)(struct ev_loop *, ev_async *, int)) {
+    ev_async_init(watcher, callback);
+}
+static inline void tern_prepare_init(ev_prepare *watcher, void (*callback)(struct ev_loop *, ev_prepare *, int)) {
+    ev_prepare_init(watcher, callback);
+}
+static inline int tern_is_active(const void *watcher) { return ev_is_active((const ev_watcher *)watcher); }
+static inline void tern_set_data(void *watcher, void *data) { ((ev_watcher *)watcher)->data = data; }
+static inline void *tern_get_data(const void *watcher) { return ((const ev_watcher *)watcher)->data; }
+
+static inline void tern_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
+
+#endif

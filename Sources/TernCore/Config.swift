@@ -1,0 +1,97 @@
+// The configuration model: a superset of twemproxy's nutcracker.yml.
+//
+// A file is a mapping of pool names to pools. Every twemproxy key keeps its meaning and its
+// default; Tern's own keys are documented in README.md and Config/example.yml.
+
+public enum PoolProtocol: String, Sendable {
+    case memcache
+    case redis
+}
+
+public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    /// A unix socket path and its permission bits (`/run/tern.sock 0666`).
+    case unix(path: String, permissions: UInt32?)
+
+    public var description: String {
+        switch self {
+        case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case let .unix(path, _): return path
+        }
+    }
+}
+
+public enum ServerAddress: Sendable, Equatable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    public var description: String {
+        switch self {
+        case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case let .unix(path): return path
+        }
+    }
+}
+
+public struct ServerConfig: Sendable, Equatable {
+    public var address: ServerAddress
+    public var weight: Int
+    /// The name used for ketama points, server order and stats (twemproxy's rule).
+    public var name: String
+    /// Whether the `servers:` line gave the name explicitly.
+    public var hasExplicitName: Bool
+    public var line: Int
+}
+
+public struct PoolConfig: Sendable {
+    public var name: String
+    public var line: Int
+    public var listen: ListenAddress
+    public var protocolKind: PoolProtocol = .memcache
+    public var hash: HashFunction = .fnv1a_64
+    public var hashTag: HashTag?
+    public var distribution: Distribution = .ketama
+    /// Milliseconds to wait for a backend reply; nil waits forever (twemproxy's default).
+    public var timeoutMilliseconds: Int?
+    public var backlog: Int = 512
+    public var preconnect: Bool = false
+    public var redisAuth: String?
+    public var redisDatabase: Int = 0
+    public var serverConnections: Int = 1
+    public var autoEjectHosts: Bool = false
+    public var serverRetryTimeoutMilliseconds: Int = 30_000
+    public var serverFailureLimit: Int = 2
+    public var tcpKeepalive: Bool = false
+    /// 0 means unlimited.
+    public var clientConnections: Int = 0
+    /// Largest memcached value accepted from a client (Tern key `max_item_size`).
+    public var maxItemSize: Int = 1 << 20
+    public var servers: [ServerConfig] = []
+    /// Server number of each of the 16384 slots (`distribution: slots`).
+    public var slotServers: [Int32] = []
+
+    public init(name: String, line: Int, listen: ListenAddress) {
+        self.name = name
+        self.line = line
+        self.listen = listen
+    }
+
+    /// The placement table with every server live.
+    public func placement(live: [Bool]? = nil) -> Placement {
+        Placement(distribution: distribution, hash: hash, hashTag: hashTag,
+                  names: servers.map(\.name), weights: servers.map(\.weight),
+                  live: live ?? servers.map { _ in true }, slotServers: slotServers)
+    }
+}
+
+public struct TernConfig: Sendable {
+    public var path: String
+    public var pools: [PoolConfig]
+}
+
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public var file: String
+    public var line: Int
+    public var message: String
+    public var description: String { "\(file):\(line): \(message)" }
+}

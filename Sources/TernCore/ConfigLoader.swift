@@ -1,0 +1,288 @@
+import Yams
+
+/// Loads and validates a config file's text. Every error names the file, the line and the key.
+public enum ConfigLoader {
+    /// The keys a pool accepts, twemproxy's first, then Tern's.
+    public static let poolKeys: [String] = [
+        "listen", "hash", "hash_tag", "distribution", "timeout", "backlog", "preconnect",
+        "redis", "redis_auth", "redis_db", "server_connections", "auto_eject_hosts",
+        "server_retry_timeout", "server_failure_limit", "tcpkeepalive", "client_connections",
+        "servers",
+        // Tern's own keys
+        "protocol", "max_item_size", "slots",
+    ]
+
+    public static func load(text: String, file: String) throws(ConfigError) -> TernConfig {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw yamlError(error, file: file)
+        } catch {
+            throw ConfigError(file: file, line: 1, message: "\(error)")
+        }
+        guard let root else { throw ConfigError(file: file, line: 1, message: "the file has no pools") }
+        guard case let .mapping(pools) = root else {
+            throw ConfigError(file: file, line: line(root), message: "the top level must be a mapping of pool names to pools")
+        }
+        var seen: [String: Int] = [:]
+        var result: [PoolConfig] = []
+        for (keyNode, valueNode) in pools {
+            let name = try scalar(keyNode, file: file, what: "pool name")
+            if let first = seen[name] {
+                throw ConfigError(file: file, line: line(keyNode), message: "duplicate pool '\(name)' (first defined on line \(first))")
+            }
+            seen[name] = line(keyNode)
+            result.append(try pool(name: name, keyNode: keyNode, node: valueNode, file: file))
+        }
+        if result.isEmpty { throw ConfigError(file: file, line: line(root), message: "the file has no pools") }
+        var listens: [String: String] = [:]
+        for pool in result {
+            let key = pool.listen.description
+            if let other = listens[key] {
+                throw ConfigError(file: file, line: pool.line, message: "pool '\(pool.name)': listen address \(key) is already used by pool '\(other)'")
+            }
+            listens[key] = pool.name
+        }
+        return TernConfig(path: file, pools: result)
+    }
+
+    static func yamlError(_ error: YamlError, file: String) -> ConfigError {
+        switch error {
+        case let .scanner(_, problem, mark, _), let .parser(_, problem, mark, _), let .composer(_, problem, mark, _):
+            return ConfigError(file: file, line: mark.line, message: "YAML syntax error: \(problem)")
+        default:
+            return ConfigError(file: file, line: 1, message: "YAML error: \(error)")
+        }
+    }
+
+    static func line(_ node: Node) -> Int { node.mark?.line ?? 0 }
+
+    static func scalar(_ node: Node, file: String, what: String) throws(ConfigError) -> String {
+        guard case let .scalar(value) = node else {
+            throw ConfigError(file: file, line: line(node), message: "\(what) must be a single value")
+        }
+        return value.string
+    }
+
+    static func pool(name: String, keyNode: Node, node: Node, file: String) throws(ConfigError) -> PoolConfig {
+        guard case let .mapping(mapping) = node else {
+            throw ConfigError(file: file, line: line(node), message: "pool '\(name)' must be a mapping of keys")
+        }
+        var values: [String: Node] = [:]
+        for (key, value) in mapping {
+            let keyName = try scalar(key, file: file, what: "a key")
+            guard poolKeys.contains(keyName) else {
+                throw ConfigError(file: file, line: line(key), message: "pool '\(name)': unknown key '\(keyName)'")
+            }
+            if values[keyName] != nil {
+                throw ConfigError(file: file, line: line(key), message: "pool '\(name)': duplicate key '\(keyName)'")
+            }
+            values[keyName] = value
+        }
+        let context = PoolContext(pool: name, file: file, values: values)
+        guard let listenNode = values["listen"] else {
+            throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'listen'")
+        }
+        var pool = PoolConfig(name: name, line: line(keyNode), listen: try parseListen(context.string(listenNode, key: "listen"), context: context, node: listenNode))
+        if let node = values["hash"] {
+            let text = try context.string(node, key: "hash")
+            guard let hash = HashFunction(rawValue: text) else {
+                throw context.error(node, key: "hash", "unknown hash '\(text)' (one of \(HashFunction.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            pool.hash = hash
+        }
+        if let node = values["hash_tag"] {
+            let text = Array(try context.string(node, key: "hash_tag").utf8)
+            guard text.count == 2 else { throw context.error(node, key: "hash_tag", "must be exactly two characters, like \"{}\"") }
+            pool.hashTag = HashTag(open: text[0], close: text[1])
+        }
+        if let node = values["distribution"] {
+            let text = try context.string(node, key: "distribution")
+            guard let distribution = Distribution(rawValue: text) else {
+                throw context.error(node, key: "distribution", "unknown distribution '\(text)' (one of \(Distribution.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            pool.distribution = distribution
+        }
+        if let node = values["timeout"] {
+            let value = try context.integer(node, key: "timeout", range: -1...Int(Int32.max))
+            pool.timeoutMilliseconds = value <= 0 ? nil : value
+        }
+        if let node = values["backlog"] { pool.backlog = try context.integer(node, key: "backlog", range: 1...65535) }
+        if let node = values["preconnect"] { pool.preconnect = try context.boolean(node, key: "preconnect") }
+        if let node = values["redis"] { pool.protocolKind = try context.boolean(node, key: "redis") ? .redis : .memcache }
+        if let node = values["protocol"] {
+            let text = try context.string(node, key: "protocol")
+            guard let kind = PoolProtocol(rawValue: text) else { throw context.error(node, key: "protocol", "must be 'memcache' or 'redis', not '\(text)'") }
+            if let redisNode = values["redis"], (try context.boolean(redisNode, key: "redis")) != (kind == .redis) {
+                throw context.error(node, key: "protocol", "contradicts 'redis' on line \(line(redisNode))")
+            }
+            pool.protocolKind = kind
+        }
+        if let node = values["redis_auth"] { pool.redisAuth = try context.string(node, key: "redis_auth") }
+        if let node = values["redis_db"] { pool.redisDatabase = try context.integer(node, key: "redis_db", range: 0...Int(Int32.max)) }
+        if let node = values["server_connections"] { pool.serverConnections = try context.integer(node, key: "server_connections", range: 1...1024) }
+        if let node = values["auto_eject_hosts"] { pool.autoEjectHosts = try context.boolean(node, key: "auto_eject_hosts") }
+        if let node = values["server_retry_timeout"] { pool.serverRetryTimeoutMilliseconds = try context.integer(node, key: "server_retry_timeout", range: 1...Int(Int32.max)) }
+        if let node = values["server_failure_limit"] { pool.serverFailureLimit = try context.integer(node, key: "server_failure_limit", range: 1...Int(Int32.max)) }
+        if let node = values["tcpkeepalive"] { pool.tcpKeepalive = try context.boolean(node, key: "tcpkeepalive") }
+        if let node = values["client_connections"] { pool.clientConnections = try context.integer(node, key: "client_connections", range: 0...Int(Int32.max)) }
+        if let node = values["max_item_size"] { pool.maxItemSize = try context.integer(node, key: "max_item_size", range: 1...(1 << 30)) }
+        guard let serversNode = values["servers"] else {
+            throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'servers'")
+        }
+        pool.servers = try parseServers(serversNode, context: context)
+        if pool.distribution == .slots || values["slots"] != nil {
+            pool.slotServers = try parseSlots(values["slots"], servers: pool.servers, context: context)
+        }
+        return pool
+    }
+
+    struct PoolContext {
+        var pool: String
+        var file: String
+        var values: [String: Node]
+
+        func error(_ node: Node, key: String, _ message: String) -> ConfigError {
+            ConfigError(file: file, line: ConfigLoader.line(node), message: "pool '\(pool)': key '\(key)': \(message)")
+        }
+        func string(_ node: Node, key: String) throws(ConfigError) -> String {
+            guard case let .scalar(value) = node else { throw error(node, key: key, "must be a single value") }
+            return value.string
+        }
+        func integer(_ node: Node, key: String, range: ClosedRange<Int>) throws(ConfigError) -> Int {
+            let text = try string(node, key: key)
+            guard let value = Int(text) else { throw error(node, key: key, "'\(text)' is not a whole number") }
+            guard range.contains(value) else { throw error(node, key: key, "\(value) is out of range \(range.lowerBound)...\(range.upperBound)") }
+            return value
+        }
+        func boolean(_ node: Node, key: String) throws(ConfigError) -> Bool {
+            let text = try string(node, key: key)
+            switch text {
+            case "true", "True", "TRUE", "yes", "on": return true
+            case "false", "False", "FALSE", "no", "off": return false
+            default: throw error(node, key: key, "'\(text)' is not true or false")
+            }
+        }
+    }
+
+    /// `host:port`, `[v6]:port`, or `/path/to.sock [mode]`.
+    static func parseListen(_ text: String, context: PoolContext, node: Node) throws(ConfigError) -> ListenAddress {
+        let parts = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        guard let first = parts.first else { throw context.error(node, key: "listen", "is empty") }
+        if first.hasPrefix("/") {
+            var permissions: UInt32?
+            if parts.count == 2 {
+                guard let mode = UInt32(parts[1], radix: 8), mode <= 0o777 else {
+                    throw context.error(node, key: "listen", "'\(parts[1])' is not an octal permission like 0666")
+                }
+                permissions = mode
+            } else if parts.count > 2 {
+                throw context.error(node, key: "listen", "expected '/path/to.sock [permissions]'")
+            }
+            return .unix(path: first, permissions: permissions)
+        }
+        guard parts.count == 1 else { throw context.error(node, key: "listen", "expected 'host:port'") }
+        let (host, port) = try splitHostPort(first) { context.error(node, key: "listen", $0) }
+        return .tcp(host: host, port: port)
+    }
+
+    static func splitHostPort(_ text: String, error: (String) -> ConfigError) throws(ConfigError) -> (String, Int) {
+        var host: Substring
+        var portText: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw error("expected '[address]:port' in '\(text)'") }
+            portText = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw error("expected 'host:port' in '\(text)'") }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty else { throw error("missing host in '\(text)'") }
+        guard let port = Int(portText), (1...65535).contains(port) else { throw error("bad port '\(portText)' in '\(text)'") }
+        return (String(host), port)
+    }
+
+    /// `host:port:weight [name]` or `/path/sock:weight [name]`.
+    static func parseServers(_ node: Node, context: PoolContext) throws(ConfigError) -> [ServerConfig] {
+        guard case let .sequence(list) = node else { throw context.error(node, key: "servers", "must be a list") }
+        var servers: [ServerConfig] = []
+        var names: [String: Int] = [:]
+        for item in list {
+            let text = try context.string(item, key: "servers")
+            let fail = { (message: String) in context.error(item, key: "servers", message) }
+            let parts = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+            guard parts.count == 1 || parts.count == 2 else { throw fail("expected 'host:port:weight [name]', got '\(text)'") }
+            guard let weightColon = parts[0].lastIndex(of: ":") else { throw fail("missing weight in '\(parts[0])' (expected 'host:port:weight')") }
+            let addressText = String(parts[0][..<weightColon])
+            let weightText = parts[0][parts[0].index(after: weightColon)...]
+            guard let weight = Int(weightText) else { throw fail("bad weight '\(weightText)' in '\(parts[0])'") }
+            guard weight > 0 else { throw fail("weight must be at least 1 in '\(parts[0])'") }
+            let address: ServerAddress
+            let implicitName: String
+            if addressText.hasPrefix("/") {
+                address = .unix(path: addressText)
+                implicitName = addressText + ":"
+            } else {
+                let (host, port) = try splitHostPort(addressText, error: fail)
+                address = .tcp(host: host, port: port)
+                implicitName = port == 11211 ? host : "\(host):\(port)"
+            }
+            let name = parts.count == 2 ? parts[1] : implicitName
+            if let first = names[name] {
+                throw fail("duplicate server name '\(name)' (first on line \(first))")
+            }
+            names[name] = ConfigLoader.line(item)
+            servers.append(ServerConfig(address: address, weight: weight, name: name, hasExplicitName: parts.count == 2, line: ConfigLoader.line(item)))
+        }
+        guard !servers.isEmpty else { throw context.error(node, key: "servers", "needs at least one server") }
+        return servers
+    }
+
+    /// The `slots:` mapping (server name → "a-b,c,d-e"), or the default split in config order.
+    static func parseSlots(_ node: Node?, servers: [ServerConfig], context: PoolContext) throws(ConfigError) -> [Int32] {
+        var table = [Int32](repeating: -1, count: hashSlotCount)
+        guard let node else {
+            for (server, range) in Placement.defaultSlotRanges(serverCount: servers.count).enumerated() {
+                for slot in range { table[slot] = Int32(server) }
+            }
+            return table
+        }
+        guard case let .mapping(mapping) = node else { throw context.error(node, key: "slots", "must map server names to slot ranges") }
+        for (keyNode, valueNode) in mapping {
+            let name = try context.string(keyNode, key: "slots")
+            guard let server = servers.firstIndex(where: { $0.name == name }) else {
+                throw context.error(keyNode, key: "slots", "no server named '\(name)' in 'servers'")
+            }
+            let text = try context.string(valueNode, key: "slots")
+            for part in text.split(separator: ",") {
+                let bounds = part.trimmingSpaces.split(separator: "-", omittingEmptySubsequences: false)
+                guard (1...2).contains(bounds.count), let low = Int(bounds[0].trimmingSpaces), let high = Int(bounds.last!.trimmingSpaces),
+                      low <= high, low >= 0, high < hashSlotCount else {
+                    throw context.error(valueNode, key: "slots", "bad slot range '\(part)' (expected like 0-5460)")
+                }
+                for slot in low...high {
+                    if table[slot] >= 0 {
+                        throw context.error(valueNode, key: "slots", "slot \(slot) is assigned twice")
+                    }
+                    table[slot] = Int32(server)
+                }
+            }
+        }
+        if let missing = table.firstIndex(of: -1) {
+            throw context.error(node, key: "slots", "slot \(missing) is not assigned to any server (all 16384 must be)")
+        }
+        return table
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: Substring {
+        var result = self
+        while result.first == " " { result = result.dropFirst() }
+        while result.last == " " { result = result.dropLast() }
+        return result
+    }
+}

@@ -1,0 +1,165 @@
+// Key placement: which server of a pool a key goes to. Bit-compatible with nutcracker 0.5.0
+// for `ketama`, `modula` and `random`; `slots` follows Redis Cluster's 16384 hash slots.
+
+public enum Distribution: String, CaseIterable, Sendable {
+    case ketama
+    case modula
+    case random
+    case slots
+}
+
+/// The number of Redis Cluster hash slots.
+public let hashSlotCount = 16384
+
+/// The part of `key` that is hashed: the bytes between the first `tag.open` and the first
+/// `tag.close` after it when that part is non-empty, otherwise the whole key.
+@inlinable
+public func hashTagged(_ key: UnsafeRawBufferPointer, tag: HashTag?) -> UnsafeRawBufferPointer {
+    guard let tag, let start = key.firstIndex(of: tag.open) else { return key }
+    var end = start + 1
+    while end < key.count, key[end] != tag.close { end += 1 }
+    guard end < key.count, end - start > 1 else { return key }
+    return UnsafeRawBufferPointer(rebasing: key[(start + 1)..<end])
+}
+
+public struct HashTag: Sendable, Equatable {
+    public var open: UInt8
+    public var close: UInt8
+    public init(open: UInt8, close: UInt8) { self.open = open; self.close = close }
+    public static let braces = HashTag(open: UInt8(ascii: "{"), close: UInt8(ascii: "}"))
+}
+
+/// Redis Cluster's slot of a key (`{tag}` rule applied).
+@inlinable
+public func hashSlot(_ key: UnsafeRawBufferPointer) -> Int {
+    Int(KeyHash.crc16Xmodem(hashTagged(key, tag: .braces)) & 0x3fff)
+}
+
+/// twemproxy's server order: shorter names first, then bytewise.
+public func twemproxyOrder(_ names: [String]) -> [Int] {
+    names.indices.sorted { left, right in
+        let a = Array(names[left].utf8), b = Array(names[right].utf8)
+        if a.count != b.count { return a.count < b.count }
+        return a.lexicographicallyPrecedes(b)
+    }
+}
+
+/// An immutable placement table for one pool and one set of live servers. Server numbers are
+/// positions in the config's `servers:` list.
+public struct Placement: Sendable {
+    public let distribution: Distribution
+    public let hash: HashFunction
+    public let hashTag: HashTag?
+    /// ketama: sorted point values and their servers.
+    let pointValues: [UInt32]
+    let pointServers: [Int32]
+    /// modula / random: the continuum of server numbers.
+    let continuum: [Int32]
+    /// slots: server number of every slot.
+    let slotServers: [Int32]
+
+    /// Builds the table. `live[i]` says whether server `i` takes keys (auto-eject).
+    public init(distribution: Distribution, hash: HashFunction, hashTag: HashTag?,
+                names: [String], weights: [Int], live: [Bool], slotServers: [Int32] = []) {
+        self.distribution = distribution
+        self.hash = hash
+        self.hashTag = hashTag
+        var values: [UInt32] = []
+        var servers: [Int32] = []
+        var continuum: [Int32] = []
+        let order = twemproxyOrder(names).filter { live[$0] }
+        switch distribution {
+        case .ketama:
+            let totalWeight = order.reduce(0) { $0 + weights[$1] }
+            var points: [(UInt32, Int32)] = []
+            for server in order {
+                let count = Placement.ketamaPointCount(weight: weights[server], totalWeight: totalWeight, liveCount: order.count)
+                for i in 0..<(count / 4) {
+                    let digest = MD5.digest(Array("\(names[server])-\(i)".utf8))
+                    for word in 0..<4 { points.append((digest.word(word), Int32(server))) }
+                }
+            }
+            points.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
+            values = points.map(\.0)
+            servers = points.map(\.1)
+        case .modula:
+            for server in order { for _ in 0..<weights[server] { continuum.append(Int32(server)) } }
+        case .random:
+            continuum = order.map { Int32($0) }
+        case .slots:
+            break
+        }
+        self.pointValues = values
+        self.pointServers = servers
+        self.continuum = continuum
+        self.slotServers = slotServers
+    }
+
+    /// twemproxy's per-server ketama point count, computed in 32-bit float as nutcracker does.
+    public static func ketamaPointCount(weight: Int, totalWeight: Int, liveCount: Int) -> Int {
+        let share = Float(weight) / Float(totalWeight)
+        let scaled: Float = share * Float(160) / Float(4) * Float(liveCount)
+        // C adds a double literal (1e-10) and floorf() takes the float back.
+        let nudged = Float(Double(scaled) + 0.0000000001)
+        return Int(nudged.rounded(.down)) * 4
+    }
+
+    /// The hash of a key as this pool computes it (hash tag applied).
+    @inlinable
+    public func keyHash(_ key: UnsafeRawBufferPointer) -> UInt32 {
+        if distribution == .slots {
+            return UInt32(KeyHash.crc16Xmodem(hashTagged(key, tag: hashTag ?? .braces)) & 0x3fff)
+        }
+        let tagged = hashTagged(key, tag: hashTag)
+        return tagged.count == 0 ? 0 : hash.hash(tagged)
+    }
+
+    /// The server for a key, or nil when no server is live. `random` is a caller-provided
+    /// random number, used only by the `random` distribution.
+    @inlinable
+    public func server(forKey key: UnsafeRawBufferPointer, random: UInt32 = 0) -> Int? {
+        server(forHash: keyHash(key), random: random)
+    }
+
+    public func server(forHash hash: UInt32, random: UInt32 = 0) -> Int? {
+        switch distribution {
+        case .ketama:
+            let count = pointValues.count
+            if count == 0 { return nil }
+            var low = 0, high = count
+            while low < high {
+                let middle = (low + high) >> 1
+                if pointValues[middle] < hash { low = middle + 1 } else { high = middle }
+            }
+            return Int(pointServers[low == count ? 0 : low])
+        case .modula:
+            if continuum.isEmpty { return nil }
+            return Int(continuum[Int(hash % UInt32(continuum.count))])
+        case .random:
+            if continuum.isEmpty { return nil }
+            return Int(continuum[Int(random % UInt32(continuum.count))])
+        case .slots:
+            if slotServers.isEmpty { return nil }
+            let server = slotServers[Int(hash) & 0x3fff]
+            return server < 0 ? nil : Int(server)
+        }
+    }
+
+    /// The default split of the 16384 slots over `count` servers in config order, as
+    /// `redis-cli --cluster create` makes it (3 servers: 0-5460, 5461-10922, 10923-16383).
+    public static func defaultSlotRanges(serverCount count: Int) -> [ClosedRange<Int>] {
+        let share = Float(hashSlotCount) / Float(count)
+        var ranges: [ClosedRange<Int>] = []
+        var first = 0
+        var cursor: Float = 0
+        for i in 0..<count {
+            var last = Int((cursor + share - 1).rounded())
+            if last > hashSlotCount || i == count - 1 { last = hashSlotCount - 1 }
+            if last < first { last = first }
+            ranges.append(first...last)
+            first = last + 1
+            cursor += share
+        }
+        return ranges
+    }
+}
