@@ -1,0 +1,471 @@
+// The memcached text protocol, both directions, as pure functions over bytes.
+//
+// Nothing here touches a socket, a clock or a global. Input may stop at any byte: a parser
+// that needs more answers `.incomplete` and is called again later with the same bytes plus
+// more. A parsed request points into the caller's buffer with offsets; nothing is copied.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public enum MemcacheCommand: UInt8, Sendable, CaseIterable {
+    case get, gets, gat, gats
+    case set, add, replace, append, prepend, cas
+    case delete, incr, decr, touch
+    case version, quit, verbosity, flushAll, stats
+
+    /// Commands whose reply is a run of `VALUE` blocks closed by `END`.
+    @inlinable public var isRetrieval: Bool { self == .get || self == .gets || self == .gat || self == .gats }
+    /// Commands that carry a data block after the line.
+    @inlinable public var isStorage: Bool { rawValue >= MemcacheCommand.set.rawValue && rawValue <= MemcacheCommand.cas.rawValue }
+    /// Commands that Tern answers itself.
+    @inlinable public var isLocal: Bool { self == .version || self == .quit || self == .verbosity || self == .stats }
+
+    public var name: String {
+        switch self {
+        case .flushAll: return "flush_all"
+        default: return String(describing: self)
+        }
+    }
+}
+
+/// One parsed request. All offsets are relative to the start of the frame.
+public struct MemcacheRequest: Sendable, Equatable {
+    public var command: MemcacheCommand
+    /// Bytes of the whole frame: the line, its terminator and any data block.
+    public var frameLength: Int
+    /// Bytes of the command line including its terminator (`\r\n` or `\n`).
+    public var lineLength: Int
+    /// Where the line's content ends (before the terminator), and where the `noreply` token
+    /// starts (including the space before it), or `contentEnd` when there is none.
+    public var contentEnd: Int
+    public var noreplyStart: Int
+    /// The byte range that holds the key tokens: one key for single-key commands, several keys
+    /// separated by single or repeated spaces for retrieval commands.
+    public var keysStart: Int
+    public var keysEnd: Int
+    public var keyCount: Int
+    /// For `gat`/`gats`: the exptime token.
+    public var argumentStart: Int
+    public var argumentEnd: Int
+    /// For storage commands: the declared data length.
+    public var dataLength: Int
+
+    public var noreply: Bool { noreplyStart < contentEnd }
+}
+
+/// Why a request was refused, and the exact reply the client gets.
+public enum MemcacheRejection: Sendable, Equatable {
+    case unknownCommand
+    case badFormat
+    case keyTooLong
+    case badKeyCharacter
+    case objectTooLarge
+    case badDataChunk
+    case lineTooLong
+
+    public var reply: StaticString {
+        switch self {
+        case .unknownCommand: return "ERROR\r\n"
+        case .badFormat: return "CLIENT_ERROR bad command line format\r\n"
+        case .keyTooLong: return "CLIENT_ERROR key too long (max 250 bytes)\r\n"
+        case .badKeyCharacter: return "CLIENT_ERROR key contains control characters\r\n"
+        case .objectTooLarge: return "SERVER_ERROR object too large for cache\r\n"
+        case .badDataChunk: return "CLIENT_ERROR bad data chunk\r\n"
+        case .lineTooLong: return "CLIENT_ERROR line too long\r\n"
+        }
+    }
+}
+
+public enum MemcacheParseResult: Sendable, Equatable {
+    case incomplete
+    case request(MemcacheRequest)
+    /// Answer `rejection.reply`, drop `consume` bytes now and then `skip` more bytes as they
+    /// arrive (a refused data block is never buffered); close the connection when `close`.
+    case rejected(MemcacheRejection, consume: Int, skip: Int, close: Bool)
+}
+
+public struct MemcacheLimits: Sendable {
+    public var maxKeyLength = 250
+    public var maxLineLength = 2048
+    /// Retrieval lines may carry many keys; memcached reads them past the normal line limit.
+    public var maxRetrievalLineLength = 1 << 20
+    public var maxItemSize = 1 << 20
+    public init(maxItemSize: Int = 1 << 20) { self.maxItemSize = maxItemSize }
+}
+
+@usableFromInline let space: UInt8 = 0x20
+@usableFromInline let newline: UInt8 = 0x0a
+@usableFromInline let carriageReturn: UInt8 = 0x0d
+
+/// Finds the first `\n` in `bytes[from..<to]`.
+@inlinable
+func findNewline(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+    guard to > from, let base = bytes.baseAddress else { return nil }
+    guard let found = memchr(base + from, Int32(newline), to - from) else { return nil }
+    return base.distance(to: UnsafeRawPointer(found))
+}
+
+public enum MemcacheRequestParser {
+    /// Parses the first request in `bytes`.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, limits: MemcacheLimits) -> MemcacheParseResult {
+        let available = bytes.count
+        let scanLimit = min(available, limits.maxLineLength)
+        var newlineAt = findNewline(bytes, from: 0, to: scanLimit)
+        if newlineAt == nil {
+            if available < limits.maxLineLength { return .incomplete }
+            // A long line is fine only for retrieval commands.
+            guard startsWithRetrieval(bytes) else {
+                return .rejected(.lineTooLong, consume: available, skip: 0, close: true)
+            }
+            newlineAt = findNewline(bytes, from: scanLimit, to: min(available, limits.maxRetrievalLineLength))
+            if newlineAt == nil {
+                if available < limits.maxRetrievalLineLength { return .incomplete }
+                return .rejected(.lineTooLong, consume: available, skip: 0, close: true)
+            }
+        }
+        let lineEnd = newlineAt!
+        let lineLength = lineEnd + 1
+        let contentEnd = lineEnd > 0 && bytes[lineEnd - 1] == carriageReturn ? lineEnd - 1 : lineEnd
+        return parseLine(bytes, contentEnd: contentEnd, lineLength: lineLength, limits: limits)
+    }
+
+    static func startsWithRetrieval(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var end = 0
+        while end < bytes.count, end < 5, bytes[end] != space { end += 1 }
+        guard end < bytes.count, bytes[end] == space else { return false }
+        let name = UnsafeRawBufferPointer(rebasing: bytes[0..<end])
+        return matches(name, "get") || matches(name, "gets") || matches(name, "gat") || matches(name, "gats")
+    }
+
+    @inline(__always)
+    static func matches(_ token: UnsafeRawBufferPointer, _ literal: StaticString) -> Bool {
+        guard token.count == literal.utf8CodeUnitCount else { return false }
+        let pointer = literal.utf8Start
+        for i in 0..<token.count where token[i] != pointer[i] { return false }
+        return true
+    }
+
+    /// Token boundaries on one line; up to 8 tokens are kept, more are counted.
+    struct Tokens {
+        var starts: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
+        var ends: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+
+        subscript(start index: Int) -> Int {
+            withUnsafeBytes(of: starts) { $0.load(fromByteOffset: index * MemoryLayout<Int>.stride, as: Int.self) }
+        }
+        subscript(end index: Int) -> Int {
+            withUnsafeBytes(of: ends) { $0.load(fromByteOffset: index * MemoryLayout<Int>.stride, as: Int.self) }
+        }
+        mutating func add(_ start: Int, _ end: Int) {
+            if count < 8 {
+                withUnsafeMutableBytes(of: &starts) { $0.storeBytes(of: start, toByteOffset: count * MemoryLayout<Int>.stride, as: Int.self) }
+                withUnsafeMutableBytes(of: &ends) { $0.storeBytes(of: end, toByteOffset: count * MemoryLayout<Int>.stride, as: Int.self) }
+            }
+            count += 1
+        }
+    }
+
+    static func tokenize(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int, maxTokens: Int) -> Tokens {
+        var tokens = Tokens()
+        var position = from
+        while position < to {
+            while position < to, bytes[position] == space { position += 1 }
+            if position >= to { break }
+            let start = position
+            while position < to, bytes[position] != space { position += 1 }
+            tokens.add(start, position)
+            if tokens.count > maxTokens { break }
+        }
+        return tokens
+    }
+
+    static func command(_ name: UnsafeRawBufferPointer) -> MemcacheCommand? {
+        switch name.count {
+        case 3:
+            if matches(name, "get") { return .get }
+            if matches(name, "set") { return .set }
+            if matches(name, "add") { return .add }
+            if matches(name, "gat") { return .gat }
+            if matches(name, "cas") { return .cas }
+        case 4:
+            if matches(name, "gets") { return .gets }
+            if matches(name, "incr") { return .incr }
+            if matches(name, "decr") { return .decr }
+            if matches(name, "gats") { return .gats }
+            if matches(name, "quit") { return .quit }
+        case 5:
+            if matches(name, "touch") { return .touch }
+            if matches(name, "stats") { return .stats }
+        case 6:
+            if matches(name, "delete") { return .delete }
+            if matches(name, "append") { return .append }
+        case 7:
+            if matches(name, "replace") { return .replace }
+            if matches(name, "prepend") { return .prepend }
+            if matches(name, "version") { return .version }
+        case 9:
+            if matches(name, "flush_all") { return .flushAll }
+            if matches(name, "verbosity") { return .verbosity }
+        default:
+            break
+        }
+        return nil
+    }
+
+    /// Checks one key: length and no control characters (memcached's rule for the text protocol).
+    @inline(__always)
+    static func checkKey(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int, _ limits: MemcacheLimits) -> MemcacheRejection? {
+        if end - start > limits.maxKeyLength { return .keyTooLong }
+        for i in start..<end {
+            let byte = bytes[i]
+            if byte < 0x21 || byte == 0x7f { return .badKeyCharacter }
+        }
+        return nil
+    }
+
+    /// An unsigned decimal of at most `maxDigits` digits.
+    static func number(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int, maxDigits: Int = 20) -> UInt64? {
+        guard end > start, end - start <= maxDigits else { return nil }
+        var value: UInt64 = 0
+        for i in start..<end {
+            let digit = bytes[i] &- 0x30
+            guard digit < 10 else { return nil }
+            let (times, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, overflow2) = times.addingReportingOverflow(UInt64(digit))
+            if overflow1 || overflow2 { return nil }
+            value = sum
+        }
+        return value
+    }
+
+    /// A signed decimal (exptime may be negative).
+    static func signedNumber(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> Int64? {
+        guard end > start else { return nil }
+        if bytes[start] == UInt8(ascii: "-") {
+            guard let magnitude = number(bytes, start + 1, end, maxDigits: 18) else { return nil }
+            return -Int64(magnitude)
+        }
+        guard let value = number(bytes, start, end, maxDigits: 18) else { return nil }
+        return Int64(value)
+    }
+
+    static func isNoreply(_ bytes: UnsafeRawBufferPointer, _ tokens: Tokens, _ index: Int) -> Bool {
+        matches(UnsafeRawBufferPointer(rebasing: bytes[tokens[start: index]..<tokens[end: index]]), "noreply")
+    }
+
+    static func parseLine(_ bytes: UnsafeRawBufferPointer, contentEnd: Int, lineLength: Int, limits: MemcacheLimits) -> MemcacheParseResult {
+        let badLine = MemcacheParseResult.rejected(.badFormat, consume: lineLength, skip: 0, close: false)
+        // Read the command name.
+        var nameEnd = 0
+        while nameEnd < contentEnd, bytes[nameEnd] != space { nameEnd += 1 }
+        guard let command = command(UnsafeRawBufferPointer(rebasing: bytes[0..<nameEnd])) else {
+            return .rejected(.unknownCommand, consume: lineLength, skip: 0, close: false)
+        }
+        var request = MemcacheRequest(command: command, frameLength: lineLength, lineLength: lineLength,
+                                      contentEnd: contentEnd, noreplyStart: contentEnd,
+                                      keysStart: nameEnd, keysEnd: nameEnd, keyCount: 0,
+                                      argumentStart: nameEnd, argumentEnd: nameEnd, dataLength: 0)
+        if command.isRetrieval {
+            var position = nameEnd
+            if command == .gat || command == .gats {
+                while position < contentEnd, bytes[position] == space { position += 1 }
+                let start = position
+                while position < contentEnd, bytes[position] != space { position += 1 }
+                guard signedNumber(bytes, start, position) != nil else { return badLine }
+                request.argumentStart = start
+                request.argumentEnd = position
+            }
+            var count = 0
+            var firstKey = -1
+            var lastEnd = position
+            while position < contentEnd {
+                while position < contentEnd, bytes[position] == space { position += 1 }
+                if position >= contentEnd { break }
+                let start = position
+                while position < contentEnd, bytes[position] != space { position += 1 }
+                if let rejection = checkKey(bytes, start, position, limits) {
+                    return .rejected(rejection, consume: lineLength, skip: 0, close: false)
+                }
+                if firstKey < 0 { firstKey = start }
+                lastEnd = position
+                count += 1
+            }
+            guard count > 0 else { return badLine }
+            request.keysStart = firstKey
+            request.keysEnd = lastEnd
+            request.keyCount = count
+            return .request(request)
+        }
+        let tokens = tokenize(bytes, from: nameEnd, to: contentEnd, maxTokens: 7)
+        func key(_ index: Int) -> MemcacheRejection? {
+            request.keysStart = tokens[start: index]
+            request.keysEnd = tokens[end: index]
+            request.keyCount = 1
+            return checkKey(bytes, request.keysStart, request.keysEnd, limits)
+        }
+        // Marks a trailing `noreply` token at `index`; false when some other token is there.
+        func optionalNoreply(_ index: Int) -> Bool {
+            if tokens.count == index + 1 {
+                guard isNoreply(bytes, tokens, index) else { return false }
+                var start = tokens[start: index]
+                while start > 0, bytes[start - 1] == space { start -= 1 }
+                request.noreplyStart = start
+            }
+            return tokens.count <= index + 1
+        }
+        switch command {
+        case .set, .add, .replace, .append, .prepend, .cas:
+            let fixed = command == .cas ? 5 : 4
+            guard tokens.count == fixed || tokens.count == fixed + 1 else { return badLine }
+            if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
+            guard number(bytes, tokens[start: 1], tokens[end: 1]).map({ $0 <= UInt64(UInt32.max) }) == true,
+                  signedNumber(bytes, tokens[start: 2], tokens[end: 2]) != nil,
+                  let length = number(bytes, tokens[start: 3], tokens[end: 3], maxDigits: 10)
+            else { return badLine }
+            if command == .cas, number(bytes, tokens[start: 4], tokens[end: 4]) == nil { return badLine }
+            guard optionalNoreply(fixed) else { return badLine }
+            let dataLength = Int(length)
+            if dataLength > limits.maxItemSize {
+                // Swallow the data block as it arrives so the connection stays in sync.
+                return .rejected(.objectTooLarge, consume: lineLength, skip: dataLength + 2, close: false)
+            }
+            request.dataLength = dataLength
+            request.frameLength = lineLength + dataLength + 2
+            if bytes.count < request.frameLength { return .incomplete }
+            if bytes[lineLength + dataLength] != carriageReturn || bytes[lineLength + dataLength + 1] != newline {
+                return .rejected(.badDataChunk, consume: request.frameLength, skip: 0, close: false)
+            }
+            return .request(request)
+        case .delete:
+            // delete <key> [0] [noreply]
+            guard tokens.count >= 1, tokens.count <= 3 else { return badLine }
+            if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
+            var next = 1
+            if tokens.count > next, number(bytes, tokens[start: next], tokens[end: next]) == 0 { next += 1 }
+            guard optionalNoreply(next) else { return badLine }
+            return .request(request)
+        case .incr, .decr:
+            guard tokens.count == 2 || tokens.count == 3 else { return badLine }
+            if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
+            guard number(bytes, tokens[start: 1], tokens[end: 1]) != nil else {
+                return .rejected(.badFormat, consume: lineLength, skip: 0, close: false)
+            }
+            guard optionalNoreply(2) else { return badLine }
+            return .request(request)
+        case .touch:
+            guard tokens.count == 2 || tokens.count == 3 else { return badLine }
+            if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
+            guard signedNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil else { return badLine }
+            guard optionalNoreply(2) else { return badLine }
+            return .request(request)
+        case .flushAll:
+            guard tokens.count <= 2 else { return badLine }
+            var next = 0
+            if tokens.count > 0, !isNoreply(bytes, tokens, 0) {
+                guard signedNumber(bytes, tokens[start: 0], tokens[end: 0]) != nil else { return badLine }
+                request.argumentStart = tokens[start: 0]
+                request.argumentEnd = tokens[end: 0]
+                next = 1
+            }
+            guard optionalNoreply(next) else { return badLine }
+            return .request(request)
+        case .verbosity:
+            guard tokens.count == 1 || tokens.count == 2 else { return badLine }
+            guard optionalNoreply(1) else { return badLine }
+            return .request(request)
+        case .version, .quit:
+            guard tokens.count == 0 else { return badLine }
+            return .request(request)
+        case .stats:
+            return .request(request)
+        default:
+            return badLine
+        }
+    }
+}
+
+/// Frames replies from a memcached backend.
+public enum MemcacheReplyParser {
+    public enum Result: Equatable, Sendable {
+        case incomplete
+        /// A whole reply of this many bytes; `isError` for ERROR / CLIENT_ERROR / SERVER_ERROR.
+        case reply(length: Int, isError: Bool)
+        /// The bytes are not a memcached reply: the connection cannot be trusted any more.
+        case invalid
+    }
+
+    /// The largest `VALUE` block accepted from a backend.
+    public static let maxValueLength = 1 << 30
+
+    public static func parse(_ bytes: UnsafeRawBufferPointer, command: MemcacheCommand) -> Result {
+        var position = 0
+        let multiLine = command.isRetrieval || command == .stats
+        while true {
+            guard let lineEnd = findNewline(bytes, from: position, to: bytes.count) else {
+                return bytes.count - position > 8192 ? .invalid : .incomplete
+            }
+            let line = UnsafeRawBufferPointer(rebasing: bytes[position..<lineEnd])
+            if isErrorLine(line) { return .reply(length: lineEnd + 1, isError: true) }
+            if !multiLine { return .reply(length: lineEnd + 1, isError: false) }
+            if startsWith(line, "END") && (line.count == 3 || (line.count == 4 && line[3] == carriageReturn)) {
+                return .reply(length: lineEnd + 1, isError: false)
+            }
+            if command == .stats, startsWith(line, "STAT ") {
+                position = lineEnd + 1
+                continue
+            }
+            guard startsWith(line, "VALUE "), let length = valueLength(line) else { return .invalid }
+            let next = lineEnd + 1 + length + 2
+            if bytes.count < next { return .incomplete }
+            position = next
+        }
+    }
+
+    /// The `<bytes>` field of a `VALUE <key> <flags> <bytes> [<cas>]` line.
+    public static func valueLength(_ line: UnsafeRawBufferPointer) -> Int? {
+        let end = line.count > 0 && line[line.count - 1] == carriageReturn ? line.count - 1 : line.count
+        let tokens = MemcacheRequestParser.tokenize(line, from: 0, to: end, maxTokens: 5)
+        guard tokens.count == 4 || tokens.count == 5,
+              let value = MemcacheRequestParser.number(line, tokens[start: 3], tokens[end: 3], maxDigits: 10),
+              value <= UInt64(maxValueLength) else { return nil }
+        return Int(value)
+    }
+
+    /// The key of a `VALUE` line (the bytes between the first and second space).
+    public static func valueKey(_ line: UnsafeRawBufferPointer) -> Range<Int> {
+        var end = 6
+        while end < line.count, line[end] != space { end += 1 }
+        return 6..<end
+    }
+
+    static func isErrorLine(_ line: UnsafeRawBufferPointer) -> Bool {
+        startsWith(line, "ERROR") || startsWith(line, "CLIENT_ERROR") || startsWith(line, "SERVER_ERROR")
+    }
+
+    @inline(__always)
+    static func startsWith(_ line: UnsafeRawBufferPointer, _ literal: StaticString) -> Bool {
+        let count = literal.utf8CodeUnitCount
+        guard line.count >= count else { return false }
+        let pointer = literal.utf8Start
+        for i in 0..<count where line[i] != pointer[i] { return false }
+        return true
+    }
+
+    /// Calls `body(keyRange, recordRange)` for each `VALUE` record of a complete retrieval reply.
+    public static func forEachValue(_ bytes: UnsafeRawBufferPointer, _ body: (Range<Int>, Range<Int>) -> Void) {
+        var position = 0
+        while let lineEnd = findNewline(bytes, from: position, to: bytes.count) {
+            let line = UnsafeRawBufferPointer(rebasing: bytes[position..<lineEnd])
+            guard startsWith(line, "VALUE "), let length = valueLength(line) else { return }
+            let key = valueKey(line)
+            let recordEnd = lineEnd + 1 + length + 2
+            guard recordEnd <= bytes.count else { return }
+            body((position + key.lowerBound)..<(position + key.upperBound), position..<recordEnd)
+            position = recordEnd
+        }
+    }
+}

@@ -1,0 +1,120 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A growable byte buffer over raw memory: bytes are appended at `writeIndex` and consumed from
+/// `readIndex`. Memory is allocated on first use and given back by `release()` when a
+/// connection goes idle, so an idle connection holds no buffer.
+///
+/// Owned by exactly one connection on one worker thread; never shared.
+final class ByteBuffer {
+    private(set) var storage: UnsafeMutableRawPointer?
+    private(set) var capacity = 0
+    private(set) var readIndex = 0
+    private(set) var writeIndex = 0
+
+    init() {}
+
+    deinit { storage?.deallocate() }
+
+    var readableCount: Int { writeIndex - readIndex }
+    var isEmpty: Bool { writeIndex == readIndex }
+
+    /// The unread bytes. Valid until the next mutation.
+    var readable: UnsafeRawBufferPointer {
+        guard let storage else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(start: storage + readIndex, count: writeIndex - readIndex)
+    }
+
+    /// Makes room for at least `count` more bytes and returns where they go.
+    func reserve(_ count: Int) -> UnsafeMutableRawPointer {
+        if capacity - writeIndex >= count { return storage! + writeIndex }
+        let unread = writeIndex - readIndex
+        if readIndex > 0, capacity - unread >= count, let storage {
+            // Compact: move the unread bytes to the front.
+            if unread > 0 { memmove(storage, storage + readIndex, unread) }
+            readIndex = 0
+            writeIndex = unread
+            return storage + writeIndex
+        }
+        var newCapacity = max(capacity * 2, 4096)
+        while newCapacity - unread < count { newCapacity *= 2 }
+        let newStorage = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+        if unread > 0, let storage { newStorage.copyMemory(from: storage + readIndex, byteCount: unread) }
+        storage?.deallocate()
+        storage = newStorage
+        capacity = newCapacity
+        readIndex = 0
+        writeIndex = unread
+        return newStorage + writeIndex
+    }
+
+    /// Records that `count` bytes were written into the space from `reserve`.
+    func commit(_ count: Int) { writeIndex += count }
+
+    var writableCount: Int { capacity - writeIndex }
+
+    func append(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        let target = reserve(bytes.count)
+        target.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        writeIndex += bytes.count
+    }
+
+    func append(_ literal: StaticString) {
+        append(UnsafeRawBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+    }
+
+    func append(_ text: String) {
+        var text = text
+        text.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+    }
+
+    func append(byte: UInt8) {
+        let target = reserve(1)
+        target.storeBytes(of: byte, as: UInt8.self)
+        writeIndex += 1
+    }
+
+    func append(decimal value: Int) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var magnitude = value.magnitude
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { raw in
+            repeat {
+                raw[19 - count] = UInt8(truncatingIfNeeded: magnitude % 10) + 0x30
+                magnitude /= 10
+                count += 1
+            } while magnitude > 0
+        }
+        if value < 0 { append(byte: UInt8(ascii: "-")) }
+        withUnsafeBytes(of: &digits) { raw in
+            append(UnsafeRawBufferPointer(rebasing: raw[(20 - count)...]))
+        }
+    }
+
+    func consume(_ count: Int) {
+        readIndex += count
+        if readIndex == writeIndex {
+            readIndex = 0
+            writeIndex = 0
+        }
+    }
+
+    func removeAll() {
+        readIndex = 0
+        writeIndex = 0
+    }
+
+    /// Gives the memory back when the buffer is empty and larger than `keep` bytes.
+    func releaseIfIdle(keep: Int = 0) {
+        guard readIndex == writeIndex, capacity > keep else { return }
+        storage?.deallocate()
+        storage = nil
+        capacity = 0
+        readIndex = 0
+        writeIndex = 0
+    }
+}

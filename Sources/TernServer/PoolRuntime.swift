@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import TernCore
+
+/// One pool as seen by one worker: its listener watcher, its servers and their connections,
+/// and the placement table for the servers this worker considers live.
+///
+/// Ejection (`auto_eject_hosts`) is decided per worker, the way several twemproxy processes
+/// would each decide for themselves: no lock is taken on the request path.
+final class PoolRuntime {
+    let plan: PoolPlan
+    var config: PoolConfig { plan.config }
+    unowned let worker: Worker
+    private(set) var servers: [ServerRuntime] = []
+    private(set) var placement: Placement
+    let limits: MemcacheLimits
+    private var listenWatcher: IOWatcher?
+
+    init(plan: PoolPlan, worker: Worker) {
+        self.plan = plan
+        self.worker = worker
+        self.placement = plan.config.placement()
+        self.limits = MemcacheLimits(maxItemSize: plan.config.maxItemSize)
+        self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
+    }
+
+    func start() {
+        let watcher = IOWatcher(worker: worker, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
+            let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            pool.acceptClients()
+        }
+        watcher.watch(TERN_EV_READ)
+        listenWatcher = watcher
+        if config.preconnect {
+            for server in servers { server.connectAll() }
+        }
+    }
+
+    private func acceptClients() {
+        // A bounded batch per wake-up leaves the rest to the other workers.
+        for _ in 0..<64 {
+            switch Syscall.accept(plan.listenDescriptor) {
+            case let .transferred(descriptor):
+                let fd = Int32(descriptor)
+                plan.totalConnections.add(1, ordering: .relaxed)
+                let open = plan.clientCount.add(1, ordering: .relaxed).newValue
+                if config.clientConnections > 0, open > config.clientConnections {
+                    // Over the limit: accepted and closed at once.
+                    plan.clientCount.subtract(1, ordering: .relaxed)
+                    Syscall.close(fd)
+                    worker.logger.warning("pool \(config.name): client_connections limit \(config.clientConnections) reached, closing new client")
+                    continue
+                }
+                if case .tcp = config.listen { Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY) }
+                let client = ClientConnection(descriptor: fd, pool: self)
+                client.start()
+            case .wouldBlock:
+                return
+            case let .failed(error):
+                if error == EMFILE || error == ENFILE {
+                    worker.logger.error("accept failed: \(Syscall.errorText(error))")
+                }
+                return
+            case .endOfFile:
+                return
+            }
+        }
+    }
+
+    func clientClosed() {
+        plan.clientCount.subtract(1, ordering: .relaxed)
+    }
+
+    /// The server a key goes to, or nil when no server is live.
+    @inline(__always)
+    func server(forKey key: UnsafeRawBufferPointer) -> ServerRuntime? {
+        let random = config.distribution == .random ? worker.nextRandom() : 0
+        guard let index = placement.server(forKey: key, random: random) else { return nil }
+        return servers[index]
+    }
+
+    // MARK: Ejection
+
+    func eject(_ server: ServerRuntime) {
+        guard config.autoEjectHosts, !server.isEjected else { return }
+        server.isEjected = true
+        worker.logger.warning("pool \(config.name): ejecting server \(server.name) for \(config.serverRetryTimeoutMilliseconds) ms after \(server.failures) failures")
+        rebuildPlacement()
+        server.scheduleProbe()
+    }
+
+    func reinstate(_ server: ServerRuntime) {
+        guard server.isEjected else { return }
+        server.isEjected = false
+        server.failures = 0
+        worker.logger.notice("pool \(config.name): server \(server.name) answered, back in the ring")
+        rebuildPlacement()
+    }
+
+    private func rebuildPlacement() {
+        placement = config.placement(live: servers.map { !$0.isEjected })
+    }
+}
+
+/// One backend server of a pool, on one worker.
+final class ServerRuntime {
+    unowned let pool: PoolRuntime
+    let index: Int
+    let address: SocketAddress
+    let name: String
+    private(set) var connections: [ServerConnection] = []
+    var failures = 0
+    var isEjected = false
+    private var probeTimer: TimerWatcher?
+    private var probeConnection: ServerConnection?
+
+    init(pool: PoolRuntime, index: Int, address: SocketAddress) {
+        self.pool = pool
+        self.index = index
+        self.address = address
+        self.name = pool.config.servers[index].name
+        self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
+    }
+
+    var worker: Worker { pool.worker }
+
+    /// The connection a client uses: always the same one for a given client, so one client's
+    /// requests to one server stay in order.
+    @inline(__always)
+    func connection(for clientIndex: Int) -> ServerConnection {
+        connections[clientIndex % connections.count]
+    }
+
+    func connectAll() {
+        for connection in connections { connection.connectIfNeeded() }
+    }
+
+    func recordSuccess() { failures = 0 }
+
+    func recordFailure() {
+        failures += 1
+        if pool.config.autoEjectHosts, failures >= pool.config.serverFailureLimit {
+            pool.eject(self)
+        }
+    }
+
+    func scheduleProbe() {
+        let timer = probeTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+            let server = Unmanaged<ServerRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            server.probeTimer?.fired()
+            server.probe()
+        }
+        probeTimer = timer
+        timer.start(after: Double(pool.config.serverRetryTimeoutMilliseconds) / 1000)
+    }
+
+    /// After `server_retry_timeout`, an ejected server gets one request of its own; it returns to
+    /// the ring only when that request is answered.
+    private func probe() {
+        guard isEjected else { return }
+        let connection = probeConnection ?? ServerConnection(server: self)
+        probeConnection = connection
+        connection.sendProbe()
+    }
+
+    func probeAnswered() { pool.reinstate(self) }
+
+    func probeFailed() {
+        if isEjected { scheduleProbe() }
+    }
+}

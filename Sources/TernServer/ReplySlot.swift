@@ -1,0 +1,162 @@
+import TernCore
+
+/// The place of one client request in that client's reply order.
+///
+/// A client's slots leave in the order the requests arrived; a slot may be filled out of order
+/// (different backends answer at different speeds). A slot is filled by one backend reply
+/// (`single`), by merging the replies of several (`multiGet`, `fanOut`), or by Tern itself.
+/// Slots are recycled through the worker's pool. Confined to one worker thread.
+final class ReplySlot {
+    enum Kind {
+        /// One backend reply, forwarded as it is.
+        case single
+        /// A multi-key get split over servers: VALUE records merged in the client's key order.
+        case multiGet
+        /// The same command sent to every server (`flush_all`): `OK` when all said OK.
+        case fanOut
+    }
+
+    struct KeyEntry {
+        var keyStart: Int32
+        var keyLength: Int32
+        var server: Int32
+        var recordStart: Int32 = -1
+        var recordLength: Int32 = 0
+    }
+
+    /// The client waiting for this reply; nil once that client has gone.
+    var client: ClientConnection?
+    var kind: Kind = .single
+    var isDone = false
+    /// A `noreply` request: the backend's answer is dropped.
+    var isSilent = false
+    var remainingParts = 0
+    /// Reply bytes held until the slot reaches the head of the client's queue.
+    let data = ByteBuffer()
+    /// Multi-key get: the keys (bytes in `keyBytes`) and where each one's VALUE record is in `data`.
+    var keys: [KeyEntry] = []
+    let keyBytes = ByteBuffer()
+    var hasError = false
+
+    func reset() {
+        client = nil
+        kind = .single
+        isDone = false
+        isSilent = false
+        remainingParts = 0
+        data.removeAll()
+        data.releaseIfIdle(keep: 16384)
+        keys.removeAll(keepingCapacity: true)
+        keyBytes.removeAll()
+        hasError = false
+    }
+
+    /// Fills the slot with bytes Tern produced itself.
+    func complete(with literal: StaticString) {
+        if !isSilent { data.append(literal) }
+        finish()
+    }
+
+    func complete(with text: String) {
+        if !isSilent { data.append(text) }
+        finish()
+    }
+
+    private func finish() {
+        isDone = true
+        client?.slotCompleted(self)
+    }
+
+    /// A backend's reply for `part` of this slot.
+    func deliver(part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        switch kind {
+        case .single:
+            if !isSilent {
+                if let client, client.isHead(self), data.isEmpty {
+                    // Nothing is ahead of this reply: it goes straight to the client.
+                    client.output.append(reply)
+                } else {
+                    data.append(reply)
+                }
+            }
+            finish()
+        case .multiGet:
+            if !isError {
+                var cursor = 0
+                MemcacheReplyParser.forEachValue(reply) { keyRange, recordRange in
+                    let key = UnsafeRawBufferPointer(rebasing: reply[keyRange])
+                    while cursor < keys.count {
+                        let entry = keys[cursor]
+                        cursor += 1
+                        guard entry.server == part, entry.recordStart < 0, sameKey(entry, key) else { continue }
+                        keys[cursor - 1].recordStart = Int32(data.readableCount)
+                        keys[cursor - 1].recordLength = Int32(recordRange.count)
+                        data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
+                        break
+                    }
+                }
+            }
+            partDone()
+        case .fanOut:
+            let ok = !isError && reply.count >= 2 && reply[0] == UInt8(ascii: "O") && reply[1] == UInt8(ascii: "K")
+            if !ok, !hasError {
+                hasError = true
+                data.removeAll()
+                data.append(reply)
+            }
+            partDone()
+        }
+    }
+
+    /// `part` failed (connection error, timeout, no server).
+    func fail(part: Int32, reason: String) {
+        switch kind {
+        case .single:
+            if !isSilent {
+                data.removeAll()
+                data.append("SERVER_ERROR \(reason)\r\n")
+            }
+            finish()
+        case .multiGet:
+            // The keys of a failed server are answered as misses.
+            partDone()
+        case .fanOut:
+            if !hasError {
+                hasError = true
+                data.removeAll()
+                data.append("SERVER_ERROR \(reason)\r\n")
+            }
+            partDone()
+        }
+    }
+
+    private func partDone() {
+        remainingParts -= 1
+        if remainingParts == 0 {
+            if kind == .fanOut, !hasError, !isSilent { data.append("OK\r\n" as StaticString) }
+            if kind == .fanOut, isSilent { data.removeAll() }
+            finish()
+        }
+    }
+
+    private func sameKey(_ entry: KeyEntry, _ key: UnsafeRawBufferPointer) -> Bool {
+        guard Int(entry.keyLength) == key.count else { return false }
+        let stored = keyBytes.readable
+        for i in 0..<key.count where stored[Int(entry.keyStart) + i] != key[i] { return false }
+        return true
+    }
+
+    /// Writes the finished reply to the client's output.
+    func emit(into output: ByteBuffer) {
+        switch kind {
+        case .single, .fanOut:
+            output.append(data.readable)
+        case .multiGet:
+            let bytes = data.readable
+            for entry in keys where entry.recordStart >= 0 {
+                output.append(UnsafeRawBufferPointer(rebasing: bytes[Int(entry.recordStart)..<Int(entry.recordStart + entry.recordLength)]))
+            }
+            output.append("END\r\n" as StaticString)
+        }
+    }
+}

@@ -1,0 +1,258 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import TernCore
+
+/// One connection to a backend, owned by one worker.
+///
+/// Request life cycle on a backend connection:
+///
+///     client parses ──► enqueue(bytes, slot) ──► output buffer ──(one write per loop pass)──► backend
+///                                │
+///                                └──► pending FIFO ◄── reply framed by the codec ◄── input buffer
+///
+/// Backends answer in order, so the n-th reply belongs to the n-th pending entry. A timed-out
+/// entry is answered with an error at once and stays in the FIFO without a slot, so its late
+/// reply is recognised and dropped; when nothing but such entries remain, the connection is
+/// closed rather than trusted. A connection error fails only the entries on this connection.
+final class ServerConnection {
+    struct Pending {
+        var slot: ReplySlot?
+        var part: Int32
+        var command: MemcacheCommand
+        var deadline: Double
+        var isProbe: Bool
+    }
+
+    enum State { case disconnected, connecting, connected }
+
+    unowned let server: ServerRuntime
+    private(set) var descriptor: Int32 = -1
+    private(set) var state = State.disconnected
+    let output = ByteBuffer()
+    private let input = ByteBuffer()
+    private var pending = FIFO<Pending>()
+    private var watcher: IOWatcher?
+    private var timer: TimerWatcher?
+    var isDirty = false
+    /// A connect that failed synchronously; reported at the next flush.
+    private var pendingError: Int32 = 0
+
+    init(server: ServerRuntime) {
+        self.server = server
+    }
+
+    var worker: Worker { server.worker }
+    private var timeout: Double? { server.pool.config.timeoutMilliseconds.map { Double($0) / 1000 } }
+
+    /// Adds a request whose bytes the caller has just appended to `output` (or will append
+    /// before the loop pass ends).
+    @inline(__always)
+    func enqueue(slot: ReplySlot?, part: Int32, command: MemcacheCommand, isProbe: Bool = false) {
+        connectIfNeeded()
+        var deadline = Double.infinity
+        if let timeout {
+            deadline = worker.now + timeout
+            if timer == nil || !timer!.isActive { armTimer(after: timeout) }
+        }
+        pending.append(Pending(slot: slot, part: part, command: command, deadline: deadline, isProbe: isProbe))
+        worker.markDirty(self)
+    }
+
+    func sendProbe() {
+        output.append("version\r\n" as StaticString)
+        enqueue(slot: nil, part: 0, command: .version, isProbe: true)
+    }
+
+    func connectIfNeeded() {
+        guard state == .disconnected else { return }
+        let fd = socket(server.address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
+        guard fd >= 0 else {
+            pendingError = errno
+            worker.markDirty(self)
+            return
+        }
+        if server.address.family != AF_UNIX {
+            Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY)
+            if server.pool.config.tcpKeepalive { Syscall.setOption(fd, SOL_SOCKET, SO_KEEPALIVE) }
+        }
+        let result = server.address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        descriptor = fd
+        if result == 0 {
+            state = .connected
+        } else if errno == EINPROGRESS || errno == EAGAIN {
+            state = .connecting
+        } else {
+            pendingError = errno
+            state = .connecting
+            worker.markDirty(self)
+        }
+        let watcher = IOWatcher(worker: worker, descriptor: fd, owner: self) { _, watcher, events in
+            let connection = Unmanaged<ServerConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            connection.handle(events: events)
+        }
+        self.watcher = watcher
+        watcher.watch(state == .connecting ? TERN_EV_READ | TERN_EV_WRITE : TERN_EV_READ)
+    }
+
+    private func handle(events: Int32) {
+        if state == .connecting {
+            let error = Syscall.socketError(descriptor)
+            if error != 0 {
+                fail(reason: Syscall.errorText(error))
+                return
+            }
+            state = .connected
+            watcher?.watch(TERN_EV_READ)
+            if !output.isEmpty { worker.markDirty(self) }
+        }
+        if events & TERN_EV_READ != 0 { readReplies() }
+        if events & TERN_EV_WRITE != 0, state == .connected { flush() }
+    }
+
+    /// Writes what is queued: called once per loop pass by the worker.
+    func flush() {
+        if pendingError != 0 {
+            let error = pendingError
+            pendingError = 0
+            fail(reason: Syscall.errorText(error))
+            return
+        }
+        guard state == .connected, !output.isEmpty else { return }
+        switch Syscall.write(descriptor, output.readable) {
+        case let .transferred(count):
+            output.consume(count)
+            watcher?.watch(output.isEmpty ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
+        case .wouldBlock:
+            watcher?.watch(TERN_EV_READ | TERN_EV_WRITE)
+        case let .failed(error):
+            fail(reason: Syscall.errorText(error))
+        case .endOfFile:
+            fail(reason: "server closed the connection")
+        }
+    }
+
+    private func readReplies() {
+        while true {
+            switch Syscall.read(descriptor, into: input) {
+            case .transferred:
+                continue
+            case .wouldBlock:
+                break
+            case .endOfFile:
+                frameReplies()
+                fail(reason: "server closed the connection")
+                return
+            case let .failed(error):
+                fail(reason: Syscall.errorText(error))
+                return
+            }
+            break
+        }
+        frameReplies()
+    }
+
+    /// Pairs complete replies with pending requests, in order.
+    private func frameReplies() {
+        while !input.isEmpty {
+            guard let head = pending.first else {
+                fail(reason: "server sent an unexpected reply")
+                return
+            }
+            switch MemcacheReplyParser.parse(input.readable, command: head.command) {
+            case .incomplete:
+                input.releaseIfIdle()
+                return
+            case .invalid:
+                fail(reason: "server sent an invalid reply")
+                return
+            case let .reply(length, isError):
+                _ = pending.popFirst()
+                server.recordSuccess()
+                if head.isProbe {
+                    server.probeAnswered()
+                } else if let slot = head.slot {
+                    slot.deliver(part: head.part, reply: UnsafeRawBufferPointer(rebasing: input.readable[0..<length]), isError: isError)
+                }
+                input.consume(length)
+            }
+        }
+        if pending.isEmpty { timer?.stop() }
+    }
+
+    private func armTimer(after seconds: Double) {
+        let timer = self.timer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+            let connection = Unmanaged<ServerConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            connection.timer?.fired()
+            connection.timedOut()
+        }
+        self.timer = timer
+        timer.start(after: seconds)
+    }
+
+    /// Fails every live request whose deadline has passed; they alone get the timeout.
+    private func timedOut() {
+        let now = worker.now
+        var expired = 0
+        var live = 0
+        var nextDeadline = Double.infinity
+        for offset in 0..<pending.count {
+            var entry = pending[offset]
+            guard entry.slot != nil || entry.isProbe else { continue }
+            if entry.deadline <= now + 0.0005 {
+                let slot = entry.slot
+                entry.slot = nil
+                let wasProbe = entry.isProbe
+                entry.isProbe = false
+                pending[offset] = entry
+                expired += 1
+                slot?.fail(part: entry.part, reason: "Connection timed out")
+                if wasProbe { server.probeFailed() }
+            } else {
+                live += 1
+                nextDeadline = min(nextDeadline, entry.deadline)
+            }
+        }
+        if expired > 0 { server.recordFailure() }
+        if live == 0 {
+            // Only abandoned requests are left: start afresh rather than wait for their replies.
+            if !pending.isEmpty { close() }
+        } else {
+            armTimer(after: nextDeadline - now)
+        }
+    }
+
+    /// Closes the connection and fails what was on it.
+    func fail(reason: String) {
+        let wasConnected = descriptor >= 0
+        var entries: [Pending] = []
+        while let entry = pending.popFirst() { entries.append(entry) }
+        close()
+        if wasConnected || !entries.isEmpty {
+            worker.logger.debug("server \(server.name): \(reason)")
+            server.recordFailure()
+        }
+        for entry in entries {
+            if entry.isProbe { server.probeFailed() }
+            entry.slot?.fail(part: entry.part, reason: reason)
+        }
+    }
+
+    private func close() {
+        timer?.stop()
+        if let watcher {
+            watcher.watch(0)
+            worker.retire(watcher)
+            self.watcher = nil
+        }
+        if descriptor >= 0 { Syscall.close(descriptor) }
+        descriptor = -1
+        state = .disconnected
+        pending.removeAll()
+        input.removeAll()
+        input.releaseIfIdle()
+        output.removeAll()
+        output.releaseIfIdle()
+    }
+}

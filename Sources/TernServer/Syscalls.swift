@@ -1,0 +1,121 @@
+// Every syscall of the data path goes through this file: EINTR is retried here and EAGAIN
+// comes back as a value, so the connection code never looks at errno.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+
+enum IOResult {
+    case transferred(Int)
+    case wouldBlock
+    case endOfFile
+    case failed(Int32)
+}
+
+enum Syscall {
+    static func read(_ fd: Int32, into buffer: ByteBuffer, atLeast: Int = 16384) -> IOResult {
+        let target = buffer.reserve(atLeast)
+        let room = buffer.writableCount
+        while true {
+            let count = Glibc.read(fd, target, room)
+            if count > 0 { buffer.commit(count); return .transferred(count) }
+            if count == 0 { return .endOfFile }
+            let error = errno
+            if error == EINTR { continue }
+            if error == EAGAIN || error == EWOULDBLOCK { return .wouldBlock }
+            return .failed(error)
+        }
+    }
+
+    static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> IOResult {
+        while true {
+            let count = Glibc.write(fd, bytes.baseAddress, bytes.count)
+            if count >= 0 { return .transferred(count) }
+            let error = errno
+            if error == EINTR { continue }
+            if error == EAGAIN || error == EWOULDBLOCK { return .wouldBlock }
+            return .failed(error)
+        }
+    }
+
+    static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+
+    static func errorText(_ error: Int32) -> String {
+        String(cString: strerror(error))
+    }
+
+    static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32 = 1) {
+        var value = value
+        _ = setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    static func setNonBlocking(_ fd: Int32) {
+        let flags = fcntl(fd, F_GETFL, 0)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    }
+
+    static func accept(_ fd: Int32) -> IOResult {
+        while true {
+            let client = accept4(fd, nil, nil, TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC)
+            if client >= 0 { return .transferred(Int(client)) }
+            let error = errno
+            if error == EINTR { continue }
+            if error == EAGAIN || error == EWOULDBLOCK { return .wouldBlock }
+            return .failed(error)
+        }
+    }
+
+    /// The pending error of a socket (after a non-blocking connect).
+    static func socketError(_ fd: Int32) -> Int32 {
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+        return error
+    }
+}
+
+/// A resolved socket address, kept as bytes so it can cross threads.
+struct SocketAddress: Sendable {
+    var family: Int32
+    var bytes: [UInt8]
+
+    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        bytes.withUnsafeBytes { raw in
+            body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(raw.count))
+        }
+    }
+
+    static func unix(_ path: String) -> SocketAddress? {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(path.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, byte) in pathBytes.enumerated() { raw[i] = byte }
+            raw[pathBytes.count] = 0
+        }
+        let bytes = withUnsafeBytes(of: &address) { Array($0) }
+        return SocketAddress(family: AF_UNIX, bytes: bytes)
+    }
+
+    /// Resolves a host name or address (blocking: call off the event loops).
+    static func resolve(host: String, port: Int) -> Result<SocketAddress, ResolveError> {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &result)
+        guard status == 0, let first = result else {
+            return .failure(ResolveError(message: "cannot resolve '\(host)': \(String(cString: gai_strerror(status)))"))
+        }
+        defer { freeaddrinfo(result) }
+        let bytes = Array(UnsafeRawBufferPointer(start: first.pointee.ai_addr, count: Int(first.pointee.ai_addrlen)))
+        return .success(SocketAddress(family: first.pointee.ai_family, bytes: bytes))
+    }
+}
+
+struct ResolveError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}

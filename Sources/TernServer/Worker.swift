@@ -1,0 +1,216 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import Logging
+import Synchronization
+import TernCore
+
+/// What every worker gets for one pool: the config, resolved addresses, the listening socket
+/// and the counters shared across workers. Immutable apart from atomics, so it is Sendable.
+final class PoolPlan: Sendable {
+    let config: PoolConfig
+    let serverAddresses: [SocketAddress]
+    let listenDescriptor: Int32
+    /// Client connections open on this pool across all workers (enforces `client_connections`).
+    let clientCount = Atomic<Int>(0)
+    let totalConnections = Atomic<Int>(0)
+
+    init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32) {
+        self.config = config
+        self.serverAddresses = serverAddresses
+        self.listenDescriptor = listenDescriptor
+    }
+}
+
+/// Process-wide facts the protocols report (memcached `stats`).
+final class ProcessInfo: Sendable {
+    let startTime: Int
+    let version: String
+    init(version: String) {
+        self.version = version
+        self.startTime = Int(time(nil))
+    }
+}
+
+/// One worker thread: one libev loop, its client connections, its backend connections.
+///
+/// Everything reachable from a Worker is confined to the worker's thread. The Worker object is
+/// created on the main thread and handed over once, before its loop starts; after that only
+/// `ev_async_send` would cross threads. Accepting: every worker watches the same listening
+/// socket of each pool and accepts with `accept4`; whichever loop wakes first takes the client.
+/// That works the same for TCP and unix sockets (SO_REUSEPORT does not cover AF_UNIX) and keeps
+/// one listening socket per pool owned by the main thread.
+final class Worker {
+    let identifier: Int
+    let loop: OpaquePointer
+    let logger: Logger
+    let processInfo: ProcessInfo
+    private(set) var pools: [PoolRuntime] = []
+    private let prepareWatcher = UnsafeMutablePointer<ev_prepare>.allocate(capacity: 1)
+    /// Connections with bytes to write, flushed once per loop pass before the loop blocks.
+    private var dirtyClients: [ClientConnection] = []
+    private var dirtyServers: [ServerConnection] = []
+    /// Closed objects kept alive until the current callback has returned.
+    private var retired: [AnyObject] = []
+    private var freeSlots: [ReplySlot] = []
+    /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
+    /// it has a partial request, so idle connections cost no buffer memory.
+    let scratch = ByteBuffer()
+    private var randomState: UInt64
+    private var nextClientNumber = 0
+
+    init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo) {
+        self.identifier = identifier
+        self.loop = tern_loop_new()
+        self.logger = logger
+        self.processInfo = processInfo
+        self.randomState = UInt64(truncatingIfNeeded: identifier &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(UInt(bitPattern: time(nil)))
+        self.pools = plans.map { PoolRuntime(plan: $0, worker: self) }
+    }
+
+    /// Runs the loop on the current thread until it is broken.
+    func run() {
+        tern_prepare_init(prepareWatcher) { _, watcher, _ in
+            let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            worker.flushAll()
+        }
+        tern_set_data(prepareWatcher, Unmanaged.passUnretained(self).toOpaque())
+        ev_prepare_start(loop, prepareWatcher)
+        for pool in pools { pool.start() }
+        ev_run(loop, 0)
+    }
+
+    var now: Double { ev_now(loop) }
+
+    func nextRandom() -> UInt32 {
+        randomState ^= randomState << 13
+        randomState ^= randomState >> 7
+        randomState ^= randomState << 17
+        return UInt32(truncatingIfNeeded: randomState >> 16)
+    }
+
+    func nextClientIndex() -> Int {
+        nextClientNumber &+= 1
+        return nextClientNumber
+    }
+
+    func markDirty(_ client: ClientConnection) {
+        if !client.isDirty {
+            client.isDirty = true
+            dirtyClients.append(client)
+        }
+    }
+
+    func markDirty(_ server: ServerConnection) {
+        if !server.isDirty {
+            server.isDirty = true
+            dirtyServers.append(server)
+        }
+    }
+
+    func retire(_ object: AnyObject) { retired.append(object) }
+
+    /// Open client connections; the watcher's `data` does not retain its client, this does.
+    private var clients: [ObjectIdentifier: ClientConnection] = [:]
+
+    func adopt(_ client: ClientConnection) { clients[ObjectIdentifier(client)] = client }
+
+    func release(_ client: ClientConnection) {
+        if let client = clients.removeValue(forKey: ObjectIdentifier(client)) { retired.append(client) }
+    }
+
+    /// One write per dirty connection per loop pass: requests of many clients to one backend
+    /// connection leave in one write, and so do many replies to one client.
+    private func flushAll() {
+        while !dirtyServers.isEmpty || !dirtyClients.isEmpty {
+            let servers = dirtyServers
+            dirtyServers.removeAll(keepingCapacity: true)
+            for server in servers {
+                server.isDirty = false
+                server.flush()
+            }
+            let clients = dirtyClients
+            dirtyClients.removeAll(keepingCapacity: true)
+            for client in clients {
+                client.isDirty = false
+                client.flush()
+            }
+        }
+        retired.removeAll(keepingCapacity: true)
+    }
+
+    func makeSlot(for client: ClientConnection) -> ReplySlot {
+        let slot = freeSlots.popLast() ?? ReplySlot()
+        slot.client = client
+        return slot
+    }
+
+    func recycle(_ slot: ReplySlot) {
+        slot.reset()
+        if freeSlots.count < 4096 { freeSlots.append(slot) }
+    }
+}
+
+// MARK: - Watcher plumbing
+
+/// An `ev_io` at a stable address whose `data` points at its (unretained) owner.
+final class IOWatcher {
+    let pointer = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
+    private(set) var events: Int32 = 0
+    unowned let loop: Worker
+
+    init(worker: Worker, descriptor: Int32, owner: AnyObject,
+         callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_io>?, Int32) -> Void) {
+        self.loop = worker
+        tern_io_init(pointer, callback, descriptor, 0)
+        tern_set_data(pointer, Unmanaged.passUnretained(owner).toOpaque())
+    }
+
+    deinit { pointer.deallocate() }
+
+    /// Watches for `events` (read, write or both); zero stops watching.
+    func watch(_ newEvents: Int32) {
+        guard newEvents != events else { return }
+        if events != 0 { ev_io_stop(loop.loop, pointer) }
+        events = newEvents
+        if newEvents != 0 {
+            tern_io_set(pointer, pointer.pointee.fd, newEvents)
+            ev_io_start(loop.loop, pointer)
+        }
+    }
+}
+
+/// An `ev_timer` at a stable address.
+final class TimerWatcher {
+    let pointer = UnsafeMutablePointer<ev_timer>.allocate(capacity: 1)
+    unowned let worker: Worker
+    private(set) var isActive = false
+    private let callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_timer>?, Int32) -> Void
+    private let owner: UnsafeMutableRawPointer
+
+    init(worker: Worker, owner: AnyObject,
+         callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_timer>?, Int32) -> Void) {
+        self.worker = worker
+        self.callback = callback
+        self.owner = Unmanaged.passUnretained(owner).toOpaque()
+    }
+
+    deinit { pointer.deallocate() }
+
+    func start(after seconds: Double) {
+        stop()
+        tern_timer_init(pointer, callback, max(seconds, 0), 0)
+        tern_set_data(pointer, owner)
+        ev_timer_start(worker.loop, pointer)
+        isActive = true
+    }
+
+    func stop() {
+        if isActive { ev_timer_stop(worker.loop, pointer) }
+        isActive = false
+    }
+
+    /// Called from the timer callback: libev has already stopped a non-repeating timer.
+    func fired() { isActive = false }
+}
