@@ -16,6 +16,8 @@ public enum ConfigLoader {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
+        } catch let YamlError.duplicatedKeysInMapping(duplicates, context) {
+            throw duplicateKeyError(duplicates, mapping: context.mark, text: text, file: file)
         } catch let error as YamlError {
             throw yamlError(error, file: file)
         } catch {
@@ -54,6 +56,33 @@ public enum ConfigLoader {
         default:
             return ConfigError(file: file, line: 1, message: "YAML error: \(error)")
         }
+    }
+
+    /// Yams refuses duplicate keys itself and names only the mapping; find the second
+    /// occurrence of the key at the mapping's indentation to report its own line.
+    static func duplicateKeyError(_ duplicates: [String], mapping: Mark, text: String, file: String) -> ConfigError {
+        let key = duplicates.sorted().first ?? "?"
+        let indent = String(repeating: " ", count: max(0, mapping.column - 1))
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        var seen = 0
+        var pool: String?
+        for (number, line) in lines.enumerated() where number + 1 >= mapping.line {
+            if indent.isEmpty || line.hasPrefix(indent) {
+                let rest = line.dropFirst(indent.count)
+                if rest.hasPrefix(key + ":") || rest.hasPrefix("\"\(key)\":") {
+                    seen += 1
+                    if seen == 2 {
+                        if !indent.isEmpty {
+                            // The pool is the nearest line above the mapping with no indentation.
+                            pool = lines[..<(mapping.line - 1)].last { !$0.hasPrefix(" ") && $0.hasSuffix(":") }.map { String($0.dropLast()) }
+                        }
+                        let subject = pool.map { "pool '\($0)': duplicate key '\(key)'" } ?? "duplicate pool '\(key)'"
+                        return ConfigError(file: file, line: number + 1, message: subject)
+                    }
+                }
+            }
+        }
+        return ConfigError(file: file, line: mapping.line, message: "duplicate key '\(key)'")
     }
 
     static func line(_ node: Node) -> Int { node.mark?.line ?? 0 }

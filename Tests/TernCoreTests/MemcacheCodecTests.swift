@@ -1,0 +1,204 @@
+import XCTest
+@testable import TernCore
+
+final class MemcacheCodecTests: XCTestCase {
+    let limits = MemcacheLimits()
+
+    func parse(_ text: String, limits: MemcacheLimits? = nil) -> MemcacheParseResult {
+        parse(Array(text.utf8), limits: limits)
+    }
+
+    func parse(_ bytes: [UInt8], limits: MemcacheLimits? = nil) -> MemcacheParseResult {
+        bytes.withUnsafeBytes { MemcacheRequestParser.parse($0, limits: limits ?? self.limits) }
+    }
+
+    func request(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> MemcacheRequest? {
+        guard case let .request(request) = parse(text) else {
+            XCTFail("expected a request from \(text.debugDescription), got \(parse(text))", file: file, line: line)
+            return nil
+        }
+        return request
+    }
+
+    func keys(_ text: String, _ request: MemcacheRequest) -> [String] {
+        let bytes = Array(text.utf8)[request.keysStart..<request.keysEnd]
+        return bytes.split(separator: 0x20).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    func testEveryCommandParses() {
+        let cases: [(String, MemcacheCommand, [String])] = [
+            ("get foo\r\n", .get, ["foo"]),
+            ("gets a bb ccc\r\n", .gets, ["a", "bb", "ccc"]),
+            ("gat 100 k1 k2\r\n", .gat, ["k1", "k2"]),
+            ("gats -1 k1\r\n", .gats, ["k1"]),
+            ("set k 1 2 3\r\nabc\r\n", .set, ["k"]),
+            ("add k 0 0 0\r\n\r\n", .add, ["k"]),
+            ("replace k 0 0 1\r\nx\r\n", .replace, ["k"]),
+            ("append k 0 0 1\r\nx\r\n", .append, ["k"]),
+            ("prepend k 0 0 1\r\nx\r\n", .prepend, ["k"]),
+            ("cas k 0 0 1 99\r\nx\r\n", .cas, ["k"]),
+            ("delete k\r\n", .delete, ["k"]),
+            ("delete k 0\r\n", .delete, ["k"]),
+            ("incr k 5\r\n", .incr, ["k"]),
+            ("decr k 18446744073709551615\r\n", .decr, ["k"]),
+            ("touch k 10\r\n", .touch, ["k"]),
+        ]
+        for (text, command, expectedKeys) in cases {
+            guard let parsed = request(text) else { continue }
+            XCTAssertEqual(parsed.command, command, text)
+            XCTAssertEqual(parsed.frameLength, text.utf8.count, text)
+            XCTAssertEqual(keys(text, parsed), expectedKeys, text)
+            XCTAssertEqual(parsed.keyCount, expectedKeys.count, text)
+            XCTAssertFalse(parsed.noreply, text)
+        }
+        for text in ["version\r\n", "quit\r\n", "verbosity 1\r\n", "flush_all\r\n", "flush_all 10\r\n", "stats\r\n"] {
+            XCTAssertNotNil(request(text))
+        }
+    }
+
+    func testNoreplyIsFoundAndStrippable() {
+        let text = "set k 1 0 3 noreply\r\nabc\r\n"
+        guard let parsed = request(text) else { return }
+        XCTAssertTrue(parsed.noreply)
+        let bytes = Array(text.utf8)
+        XCTAssertEqual(String(decoding: bytes[0..<parsed.noreplyStart], as: UTF8.self), "set k 1 0 3")
+        XCTAssertEqual(parsed.lineLength, "set k 1 0 3 noreply\r\n".utf8.count)
+        for text in ["delete k noreply\r\n", "delete k 0 noreply\r\n", "incr k 1 noreply\r\n", "touch k 1 noreply\r\n",
+                     "flush_all noreply\r\n", "flush_all 0 noreply\r\n", "verbosity 1 noreply\r\n", "cas k 0 0 1 5 noreply\r\nx\r\n"] {
+            XCTAssertEqual(request(text)?.noreply, true, text)
+        }
+    }
+
+    func testBareNewlineIsAccepted() {
+        guard let parsed = request("get foo\n") else { return }
+        XCTAssertEqual(parsed.frameLength, 8)
+        XCTAssertEqual(keys("get foo\n", parsed), ["foo"])
+    }
+
+    func testEveryPrefixIsIncompleteAndTheWholeParsesTheSame() {
+        // A frame arriving one byte at a time: every prefix must ask for more, never misparse.
+        let frames = ["set key 5 0 10\r\n0123456789\r\n", "get a b c d\r\n", "cas k 1 2 3 4 noreply\r\nabc\r\n",
+                      "gat 5 x y\r\n", "incr counter 12\r\n", "delete k 0 noreply\r\n"]
+        for frame in frames {
+            let bytes = Array(frame.utf8)
+            for length in 0..<bytes.count {
+                XCTAssertEqual(parse(Array(bytes[0..<length])), .incomplete, "\(frame.debugDescription) cut at \(length)")
+            }
+            guard case let .request(whole) = parse(bytes) else { return XCTFail(frame) }
+            XCTAssertEqual(whole.frameLength, bytes.count)
+        }
+    }
+
+    func testPipelineParsesInOrder() {
+        var text = ""
+        for i in 0..<10_000 { text += i % 2 == 0 ? "set k\(i) 0 0 1\r\nx\r\n" : "get k\(i)\r\n" }
+        let bytes = Array(text.utf8)
+        var offset = 0
+        var count = 0
+        bytes.withUnsafeBytes { raw in
+            while offset < raw.count {
+                guard case let .request(request) = MemcacheRequestParser.parse(UnsafeRawBufferPointer(rebasing: raw[offset...]), limits: limits) else {
+                    return XCTFail("stopped at \(offset)")
+                }
+                XCTAssertEqual(request.command, count % 2 == 0 ? .set : .get)
+                offset += request.frameLength
+                count += 1
+            }
+        }
+        XCTAssertEqual(count, 10_000)
+    }
+
+    func testErrorPaths() {
+        XCTAssertEqual(parse("bogus\r\n"), .rejected(.unknownCommand, consume: 7, skip: 0, close: false))
+        XCTAssertEqual(parse("\r\n"), .rejected(.unknownCommand, consume: 2, skip: 0, close: false))
+        XCTAssertEqual(parse("GET foo\r\n"), .rejected(.unknownCommand, consume: 9, skip: 0, close: false))
+        XCTAssertEqual(parse("get\r\n"), .rejected(.badFormat, consume: 5, skip: 0, close: false))
+        XCTAssertEqual(parse("set k 0 0\r\n"), .rejected(.badFormat, consume: 11, skip: 0, close: false))
+        XCTAssertEqual(parse("set k x 0 1\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))
+        XCTAssertEqual(parse("set k 0 0 -1\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
+        XCTAssertEqual(parse("set k 4294967296 0 1\r\n"), .rejected(.badFormat, consume: 22, skip: 0, close: false))
+        XCTAssertEqual(parse("set k 0 0 99999999999\r\n"), .rejected(.badFormat, consume: 23, skip: 0, close: false))
+        XCTAssertEqual(parse("set k 0 0 1 bogus\r\nx\r\n"), .rejected(.badFormat, consume: 19, skip: 0, close: false))
+        XCTAssertEqual(parse("cas k 0 0 1\r\nx\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))
+        XCTAssertEqual(parse("incr k abc\r\n"), .rejected(.badFormat, consume: 12, skip: 0, close: false))
+        XCTAssertEqual(parse("delete\r\n"), .rejected(.badFormat, consume: 8, skip: 0, close: false))
+        XCTAssertEqual(parse("version extra\r\n"), .rejected(.badFormat, consume: 15, skip: 0, close: false))
+        XCTAssertEqual(parse("set k 0 0 3\r\nabcde\r\n"), .rejected(.badDataChunk, consume: 18, skip: 0, close: false))
+        let longKey = String(repeating: "k", count: 251)
+        XCTAssertEqual(parse("get \(longKey)\r\n"), .rejected(.keyTooLong, consume: 257, skip: 0, close: false))
+        XCTAssertEqual(parse("get a \(longKey)\r\n"), .rejected(.keyTooLong, consume: 259, skip: 0, close: false))
+        XCTAssertNotNil(request("get \(String(repeating: "k", count: 250))\r\n"))
+        XCTAssertEqual(parse("get a\u{01}b\r\n"), .rejected(.badKeyCharacter, consume: 9, skip: 0, close: false))
+        XCTAssertEqual(parse("set a\u{7f} 0 0 1\r\nx\r\n"), .rejected(.badKeyCharacter, consume: 14, skip: 0, close: false))
+        XCTAssertEqual(parse([0x67, 0x65, 0x74, 0x20, 0x61, 0x09, 0x62, 0x0d, 0x0a]), .rejected(.badKeyCharacter, consume: 9, skip: 0, close: false))
+    }
+
+    func testValueOverTheLimitIsRefusedBeforeItArrives() {
+        // Only the line is needed: the data block is skipped as it arrives, never buffered.
+        let line = "set big 0 0 \((1 << 20) + 1)\r\n"
+        XCTAssertEqual(parse(line), .rejected(.objectTooLarge, consume: line.utf8.count, skip: (1 << 20) + 3, close: false))
+        XCTAssertEqual(parse("set ok 0 0 \(1 << 20)\r\n"), .incomplete)
+        var small = MemcacheLimits()
+        small.maxItemSize = 10
+        XCTAssertEqual(parse("set k 0 0 11\r\n", limits: small), .rejected(.objectTooLarge, consume: 14, skip: 13, close: false))
+    }
+
+    func testLineTooLongClosesUnlessRetrieval() {
+        let garbage = [UInt8](repeating: UInt8(ascii: "a"), count: 2048)
+        XCTAssertEqual(parse(garbage), .rejected(.lineTooLong, consume: 2048, skip: 0, close: true))
+        XCTAssertEqual(parse([UInt8](repeating: UInt8(ascii: "a"), count: 2047)), .incomplete)
+        // A multi-get line may be longer than 2048 bytes.
+        var keys = "get"
+        for i in 0..<400 { keys += " key:\(i)" }
+        XCTAssertEqual(request(keys + "\r\n")?.keyCount, 400)
+        XCTAssertEqual(parse(Array(keys.utf8)), .incomplete)
+        var limits = MemcacheLimits()
+        limits.maxRetrievalLineLength = 4096
+        XCTAssertEqual(parse(Array(("get " + String(repeating: "k ", count: 3000)).utf8), limits: limits),
+                       .rejected(.lineTooLong, consume: 6004, skip: 0, close: true))
+    }
+
+    func testReplyFraming() {
+        func frame(_ text: String, _ command: MemcacheCommand) -> MemcacheReplyParser.Result {
+            Array(text.utf8).withUnsafeBytes { MemcacheReplyParser.parse($0, command: command) }
+        }
+        let value = "VALUE a 0 3\r\nabc\r\nVALUE b 5 2 77\r\nxy\r\nEND\r\n"
+        XCTAssertEqual(frame(value, .get), .reply(length: value.utf8.count, isError: false))
+        for cut in 0..<value.utf8.count {
+            XCTAssertEqual(Array(value.utf8)[0..<cut].withUnsafeBytes { MemcacheReplyParser.parse($0, command: .get) }, .incomplete, "cut \(cut)")
+        }
+        XCTAssertEqual(frame("END\r\nSTORED\r\n", .get), .reply(length: 5, isError: false))
+        XCTAssertEqual(frame("STORED\r\n", .set), .reply(length: 8, isError: false))
+        XCTAssertEqual(frame("SERVER_ERROR out of memory\r\n", .get), .reply(length: 28, isError: true))
+        XCTAssertEqual(frame("12\r\n", .incr), .reply(length: 4, isError: false))
+        XCTAssertEqual(frame("HELLO\r\n", .get), .invalid)
+        XCTAssertEqual(frame("VALUE a 0 x\r\n", .get), .invalid)
+        // A value that contains "END\r\n" is not mistaken for the end.
+        let tricky = "VALUE a 0 5\r\nEND\r\n\r\nEND\r\n"
+        XCTAssertEqual(frame(tricky, .get), .reply(length: tricky.utf8.count, isError: false))
+    }
+
+    func testForEachValueFindsKeysAndRecords() {
+        let reply = "VALUE a 0 3\r\nabc\r\nVALUE bb 1 1\r\nx\r\nEND\r\n"
+        var found: [(String, String)] = []
+        Array(reply.utf8).withUnsafeBytes { raw in
+            MemcacheReplyParser.forEachValue(raw) { key, record in
+                found.append((String(decoding: raw[key], as: UTF8.self), String(decoding: raw[record], as: UTF8.self)))
+            }
+        }
+        XCTAssertEqual(found.map(\.0), ["a", "bb"])
+        XCTAssertEqual(found.map(\.1), ["VALUE a 0 3\r\nabc\r\n", "VALUE bb 1 1\r\nx\r\n"])
+    }
+
+    func testRandomBytesNeverTrap() {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            let length = Int.random(in: 0..<64, using: &generator)
+            let alphabet: [UInt8] = Array("get set 0 1 2 noreply\r\n \u{0}\u{ff}-abc".utf8)
+            let bytes = (0..<length).map { _ in alphabet.randomElement(using: &generator)! }
+            let result = parse(bytes)
+            if case let .request(request) = result { XCTAssertLessThanOrEqual(request.frameLength, bytes.count) }
+            if case let .rejected(_, consume, _, _) = result { XCTAssertLessThanOrEqual(consume, bytes.count) }
+        }
+    }
+}
