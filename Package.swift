@@ -37,7 +37,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TernCoreTests", dependencies: ["TernCore"]),
-        .testTarget(name: "TernIntegrationTests", dependencies: ["TernCore", "TernServer"]),
+        // Starts real memcached / redis-server processes and the real `tern` binary.
+        .testTarget(name: "TernIntegrationTests", dependencies: ["TernCore", "tern"]),
     ],
     swiftLanguageModes: [.v6]
 )

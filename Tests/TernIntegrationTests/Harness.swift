@@ -1,0 +1,227 @@
+import Foundation
+import XCTest
+@testable import TernCore
+
+/// Real processes for integration tests: memcached, redis-server and the tern binary, on free
+/// loopback ports, stopped when the test ends.
+final class ProcessGroup {
+    private(set) var processes: [Process] = []
+    let directory: String
+
+    init() {
+        directory = NSTemporaryDirectory() + "tern-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    deinit { stopAll() }
+
+    func stopAll() {
+        for process in processes where process.isRunning {
+            kill(process.processIdentifier, SIGCONT)
+            process.terminate()
+            process.waitUntilExit()
+        }
+        processes.removeAll()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    @discardableResult
+    func launch(_ path: String, _ arguments: [String], log: String) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        FileManager.default.createFile(atPath: directory + "/" + log, contents: nil)
+        let handle = FileHandle(forWritingAtPath: directory + "/" + log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        processes.append(process)
+        return process
+    }
+
+    /// Starts memcached on `port` (a free one when nil) and waits until it accepts.
+    func memcached(port: Int? = nil, extra: [String] = []) throws -> Memcached {
+        let port = port ?? Self.freePort()
+        let process = try launch("/usr/bin/memcached", ["-p", "\(port)", "-l", "127.0.0.1", "-U", "0", "-u", "root", "-t", "1"] + extra, log: "memcached-\(port).log")
+        try waitForPort(port)
+        return Memcached(port: port, process: process)
+    }
+
+    static var ternBinary: String {
+        if let path = ProcessInfo.processInfo.environment["TERN_BINARY"] { return path }
+        let runner = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        var candidate = runner
+        // The runner is `.build/<triple>/debug/TernPackageTests.xctest` (a file or a bundle).
+        for _ in 0..<4 {
+            let path = candidate.appendingPathComponent("tern").path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+            candidate = candidate.deletingLastPathComponent()
+        }
+        return runner.appendingPathComponent("tern").path
+    }
+
+    /// Writes `config` and starts tern on it; waits for `waitPort` (or the unix socket) to accept.
+    func tern(config: String, arguments: [String] = [], waitPort: Int? = nil, waitUnix: String? = nil) throws -> Process {
+        let path = directory + "/tern-\(processes.count).yml"
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        let process = try launch(Self.ternBinary, ["-c", path, "-v", "7"] + arguments, log: "tern-\(processes.count).log")
+        if let waitPort { try waitForPort(waitPort) }
+        if let waitUnix { try waitForUnix(waitUnix) }
+        return process
+    }
+
+    func ternLog() -> String {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return files.filter { $0.hasPrefix("tern-") && $0.hasSuffix(".log") }.sorted()
+            .compactMap { try? String(contentsOfFile: directory + "/" + $0, encoding: .utf8) }.joined()
+    }
+
+    func waitForPort(_ port: Int, timeout: Double = 10) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let client = try? TestClient(port: port) { client.close(); return }
+            usleep(20_000)
+        }
+        throw TestError("nothing listens on port \(port) after \(timeout) s")
+    }
+
+    func waitForUnix(_ path: String, timeout: Double = 10) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let client = try? TestClient(unixPath: path) { client.close(); return }
+            usleep(20_000)
+        }
+        throw TestError("nothing listens on \(path)")
+    }
+}
+
+struct Memcached {
+    var port: Int
+    var process: Process
+    var address: String { "127.0.0.1:\(port)" }
+
+    func kill() {
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+    func pause() { Glibc.kill(process.processIdentifier, SIGSTOP) }
+    func resume() { Glibc.kill(process.processIdentifier, SIGCONT) }
+
+    /// Asks this backend directly (bypassing tern).
+    func get(_ key: String) throws -> String? {
+        let client = try TestClient(port: port)
+        defer { client.close() }
+        let reply = try client.request("get \(key)\r\n", until: "END\r\n")
+        guard reply.hasPrefix("VALUE ") else { return nil }
+        let lines = reply.components(separatedBy: "\r\n")
+        return lines[1]
+    }
+}
+
+struct TestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A blocking socket client with a receive timeout.
+final class TestClient {
+    let fd: Int32
+
+    init(port: Int, timeout: Double = 5) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let result = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard result == 0 else { Glibc.close(fd); throw TestError("connect to \(port): \(String(cString: strerror(errno)))") }
+        setTimeout(timeout)
+    }
+
+    init(unixPath: String, timeout: Double = 5) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, byte) in unixPath.utf8.enumerated() { raw[i] = byte }
+        }
+        let result = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard result == 0 else { Glibc.close(fd); throw TestError("connect to \(unixPath): \(String(cString: strerror(errno)))") }
+        setTimeout(timeout)
+    }
+
+    func setTimeout(_ seconds: Double) {
+        var value = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func close() { Glibc.close(fd) }
+    deinit { Glibc.close(fd) }
+
+    func send(_ text: String) throws { try send(Array(text.utf8)) }
+
+    func send(_ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let count = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard count > 0 else { throw TestError("send failed: \(String(cString: strerror(errno)))") }
+            offset += count
+        }
+    }
+
+    /// Reads until the received bytes end with `suffix` (or contain `count` occurrences of it).
+    func receive(until suffix: String, occurrences: Int = 1) throws -> [UInt8] {
+        let marker = Array(suffix.utf8)
+        var data: [UInt8] = []
+        var found = 0
+        var scanned = 0
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count <= 0 {
+                throw TestError("connection ended or timed out after \(data.count) bytes: \(String(decoding: data.suffix(200), as: UTF8.self).debugDescription)")
+            }
+            data.append(contentsOf: chunk[0..<count])
+            while scanned + marker.count <= data.count {
+                if data[scanned..<(scanned + marker.count)].elementsEqual(marker) {
+                    found += 1
+                    scanned += marker.count
+                } else {
+                    scanned += 1
+                }
+            }
+            if found >= occurrences, data.count >= marker.count, data.suffix(marker.count).elementsEqual(marker) { return data }
+        }
+    }
+
+    func request(_ text: String, until suffix: String, occurrences: Int = 1) throws -> String {
+        try send(text)
+        return String(decoding: try receive(until: suffix, occurrences: occurrences), as: UTF8.self)
+    }
+
+    /// Whatever arrives within `seconds`; stops at end of stream.
+    func drain(for seconds: Double) -> (bytes: [UInt8], closed: Bool) {
+        setTimeout(seconds)
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count == 0 { return (data, true) }
+            if count < 0 { return (data, errno == ECONNRESET) }
+            data.append(contentsOf: chunk[0..<count])
+        }
+    }
+}

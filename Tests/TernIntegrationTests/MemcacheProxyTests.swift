@@ -1,0 +1,375 @@
+import Foundation
+import XCTest
+@testable import TernCore
+
+/// Tern in front of real memcached servers.
+final class MemcacheProxyTests: XCTestCase {
+    var group: ProcessGroup!
+
+    override func setUp() { group = ProcessGroup() }
+
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(4000)) }
+        group.stopAll()
+    }
+
+    /// A pool over `backends` with `extra` pool keys; returns tern's port and the parsed config.
+    func startTern(_ backends: [Memcached], extra: String = "", hash: String = "fnv1a_64", threads: Int = 2) throws -> (port: Int, pool: PoolConfig) {
+        let port = ProcessGroup.freePort()
+        var text = "pool:\n  listen: 127.0.0.1:\(port)\n  hash: \(hash)\n  distribution: ketama\n  timeout: 1000\n"
+        text += extra
+        text += "  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
+        try group.tern(config: text, arguments: ["--threads", "\(threads)"], waitPort: port)
+        return (port, try ConfigLoader.load(text: text, file: "test").pools[0])
+    }
+
+    func serverIndex(_ pool: PoolConfig, _ key: String) -> Int {
+        Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! }
+    }
+
+    /// `count` keys that the pool places on `server` (fnv1a_64 clusters short similar keys, so
+    /// the candidates are varied).
+    func keys(on server: Int, _ pool: PoolConfig, count: Int = 1, prefix: String = "key") -> [String] {
+        let found = (0..<5000).lazy.map { "\(prefix)-\($0 &* 2_654_435_761 % 1_000_003)-\($0)" }.filter { self.serverIndex(pool, $0) == server }
+        return Array(found.prefix(count))
+    }
+
+    func testBasicCommandsAndLocalReplies() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.request("set a 5 0 3\r\nabc\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("get a\r\n", until: "END\r\n"), "VALUE a 5 3\r\nabc\r\nEND\r\n")
+        XCTAssertEqual(try client.request("add a 0 0 1\r\nx\r\n", until: "\r\n"), "NOT_STORED\r\n")
+        XCTAssertEqual(try client.request("replace a 7 0 2\r\nxy\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("append a 0 0 1\r\nz\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("prepend a 0 0 1\r\nw\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("get a\r\n", until: "END\r\n"), "VALUE a 7 4\r\nwxyz\r\nEND\r\n")
+        XCTAssertEqual(try client.request("touch a 100\r\n", until: "\r\n"), "TOUCHED\r\n")
+        XCTAssertEqual(try client.request("gat 100 a\r\n", until: "END\r\n"), "VALUE a 7 4\r\nwxyz\r\nEND\r\n")
+        XCTAssertEqual(try client.request("delete a\r\n", until: "\r\n"), "DELETED\r\n")
+        XCTAssertEqual(try client.request("delete a\r\n", until: "\r\n"), "NOT_FOUND\r\n")
+        XCTAssertEqual(try client.request("get a\r\n", until: "END\r\n"), "END\r\n")
+        XCTAssertEqual(try client.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertEqual(try client.request("verbosity 1\r\n", until: "\r\n"), "OK\r\n")
+        XCTAssertEqual(try client.request("bogus\r\n", until: "\r\n"), "ERROR\r\n")
+        let stats = try client.request("stats\r\n", until: "END\r\n")
+        XCTAssertTrue(stats.contains("STAT version 0.1.0\r\n"), stats)
+        XCTAssertTrue(stats.contains("STAT curr_connections 1\r\n"), stats)
+        try client.send("quit\r\n")
+        XCTAssertEqual(client.drain(for: 2).closed, true)
+    }
+
+    func testMultiGetOf200KeysAcrossServersKeepsKeyOrder() throws {
+        let backends = try [group.memcached(), group.memcached(), group.memcached()]
+        let tern = try startTern(backends, hash: "md5")
+        let client = try TestClient(port: tern.port)
+        var sets = ""
+        for i in 0..<200 where i % 7 != 3 { sets += "set key:\(i) \(i) 0 \("value-\(i)".utf8.count)\r\nvalue-\(i)\r\n" }
+        let stored = try client.request(sets, until: "STORED\r\n", occurrences: 171)
+        XCTAssertEqual(stored, String(repeating: "STORED\r\n", count: 171))
+        let keys = (0..<200).map { "key:\($0)" }
+        let reply = try client.request("get " + keys.joined(separator: " ") + "\r\n", until: "END\r\n")
+        var expected = ""
+        for i in 0..<200 where i % 7 != 3 { expected += "VALUE key:\(i) \(i) \("value-\(i)".utf8.count)\r\nvalue-\(i)\r\n" }
+        XCTAssertEqual(reply, expected + "END\r\n")
+        // Each key is on the server that twemproxy's ketama picks, and every server holds some.
+        var perServer = [0, 0, 0]
+        for i in 0..<200 where i % 7 != 3 {
+            let index = serverIndex(tern.pool, "key:\(i)")
+            perServer[index] += 1
+            XCTAssertEqual(try backends[index].get("key:\(i)"), "value-\(i)")
+        }
+        XCTAssertTrue(perServer.allSatisfy { $0 > 10 }, "\(perServer)")
+        // gets across servers carries cas uniques; duplicate keys are answered twice.
+        let gets = try client.request("gets key:0 key:1 key:0 missing\r\n", until: "END\r\n")
+        let lines = gets.components(separatedBy: "\r\n").filter { $0.hasPrefix("VALUE") }
+        XCTAssertEqual(lines.count, 3, gets)
+        XCTAssertTrue(lines.allSatisfy { $0.split(separator: " ").count == 5 }, gets)
+        XCTAssertEqual(lines.map { $0.split(separator: " ")[1] }, ["key:0", "key:1", "key:0"])
+    }
+
+    func testNoreplySendsNothingBack() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        try client.send("set n 0 0 1 noreply\r\n5\r\nincr n 2 noreply\r\nset gone 0 0 1 noreply\r\nx\r\ndelete gone noreply\r\nadd n 0 0 1 noreply\r\n9\r\n")
+        XCTAssertEqual(try client.request("get n gone\r\n", until: "END\r\n"), "VALUE n 0 1\r\n7\r\nEND\r\n")
+        XCTAssertEqual(try client.request("flush_all noreply\r\nget n\r\n", until: "END\r\n"), "END\r\n")
+    }
+
+    func testValueJustUnderAndOverOneMebibyte() throws {
+        // memcached itself is given room (-I 2m) so that Tern's own limit is what is tested.
+        let backends = try [group.memcached(extra: ["-I", "2m"])]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        let under = [UInt8]((0..<(1 << 20) - 512).map { UInt8(truncatingIfNeeded: $0 % 251) })
+        try client.send(Array("set big 3 0 \(under.count)\r\n".utf8) + under + Array("\r\n".utf8))
+        XCTAssertEqual(String(decoding: try client.receive(until: "\r\n"), as: UTF8.self), "STORED\r\n")
+        try client.send("get big\r\n")
+        let reply = try client.receive(until: "END\r\n")
+        XCTAssertEqual(Array(reply), Array("VALUE big 3 \(under.count)\r\n".utf8) + under + Array("\r\nEND\r\n".utf8))
+        // Over the limit: refused, its data swallowed, and the connection stays in step.
+        let over = [UInt8](repeating: 0x41, count: (1 << 20) + 1)
+        try client.send(Array("set huge 0 0 \(over.count)\r\n".utf8) + over + Array("\r\nget big\r\n".utf8))
+        let refusal = String(decoding: try client.receive(until: "END\r\n"), as: UTF8.self)
+        XCTAssertTrue(refusal.hasPrefix("SERVER_ERROR object too large for cache\r\nVALUE big 3 \(under.count)\r\n"), String(refusal.prefix(80)))
+        XCTAssertEqual(try backends[0].get("huge"), nil)
+    }
+
+    func testGetsAndCas() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.request("set c 0 0 1\r\na\r\n", until: "\r\n"), "STORED\r\n")
+        let gets = try client.request("gets c\r\n", until: "END\r\n")
+        let unique = gets.components(separatedBy: "\r\n")[0].split(separator: " ")[4]
+        XCTAssertEqual(try client.request("cas c 0 0 1 \(unique)\r\nb\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("cas c 0 0 1 \(unique)\r\nc\r\n", until: "\r\n"), "EXISTS\r\n")
+        XCTAssertEqual(try client.request("cas nothere 0 0 1 1\r\nc\r\n", until: "\r\n"), "NOT_FOUND\r\n")
+        XCTAssertEqual(try client.request("get c\r\n", until: "END\r\n"), "VALUE c 0 1\r\nb\r\nEND\r\n")
+    }
+
+    func testIncrDecr() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.request("incr counter 1\r\n", until: "\r\n"), "NOT_FOUND\r\n")
+        XCTAssertEqual(try client.request("set counter 0 0 2\r\n10\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("incr counter 5\r\n", until: "\r\n"), "15\r\n")
+        XCTAssertEqual(try client.request("decr counter 20\r\n", until: "\r\n"), "0\r\n")
+        XCTAssertEqual(try client.request("incr counter 18446744073709551615\r\n", until: "\r\n"), "18446744073709551615\r\n")
+        XCTAssertEqual(try client.request("incr counter 1\r\n", until: "\r\n"), "0\r\n")
+        XCTAssertEqual(try client.request("set text 0 0 2\r\nab\r\nincr text 1\r\n", until: "\r\n", occurrences: 2),
+                       "STORED\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\n")
+    }
+
+    func testSplitReadsOneByteAtATime() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        let text = "set split 9 0 5\r\nhello\r\nget split other\r\nincr nothing 1\r\n"
+        for byte in text.utf8 {
+            try client.send([byte])
+            usleep(500)
+        }
+        XCTAssertEqual(String(decoding: try client.receive(until: "NOT_FOUND\r\n"), as: UTF8.self),
+                       "STORED\r\nVALUE split 9 5\r\nhello\r\nEND\r\nNOT_FOUND\r\n")
+    }
+
+    func testTenThousandPipelinedCommandsInOneWrite() throws {
+        let backends = try [group.memcached(), group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        var text = ""
+        var expected = ""
+        for i in 0..<5000 {
+            text += "set p\(i) 0 0 \(String(i).utf8.count)\r\n\(i)\r\nget p\(i)\r\n"
+            expected += "STORED\r\nVALUE p\(i) 0 \(String(i).utf8.count)\r\n\(i)\r\nEND\r\n"
+        }
+        try client.send(text)
+        let reply = String(decoding: try client.receive(until: "END\r\n", occurrences: 5000), as: UTF8.self)
+        XCTAssertEqual(reply.count, expected.count)
+        XCTAssertTrue(reply == expected, "replies out of order or wrong")
+    }
+
+    func testHostileInputIsAnsweredAndOthersAreUnaffected() throws {
+        let backends = try [group.memcached()]
+        let tern = try startTern(backends)
+        let bystander = try TestClient(port: tern.port)
+        XCTAssertEqual(try bystander.request("set safe 0 0 2\r\nok\r\n", until: "\r\n"), "STORED\r\n")
+        let client = try TestClient(port: tern.port)
+        let longKey = String(repeating: "k", count: 251)
+        // After a bad data chunk the rest of the block ("\r\n") reads as an empty command, as in memcached.
+        let reply = try client.request("get \(longKey)\r\nset a\u{01} 0 0 1\r\nx\r\nset a 0 0 zz\r\nbogus command\r\nset a 0 0 2\r\nabcd\r\nget safe\r\n", until: "END\r\n")
+        XCTAssertEqual(reply, """
+        CLIENT_ERROR key too long (max 250 bytes)\r
+        CLIENT_ERROR key contains control characters\r
+        ERROR\r
+        CLIENT_ERROR bad command line format\r
+        ERROR\r
+        CLIENT_ERROR bad data chunk\r
+        ERROR\r
+        VALUE safe 0 2\r
+        ok\r
+        END\r
+
+        """)
+        // A line with no end within 2048 bytes: the error, then the connection is closed.
+        let flood = try TestClient(port: tern.port)
+        try flood.send([UInt8](repeating: UInt8(ascii: "z"), count: 4096))
+        let drained = flood.drain(for: 3)
+        XCTAssertEqual(String(decoding: drained.bytes, as: UTF8.self), "CLIENT_ERROR line too long\r\n")
+        XCTAssertTrue(drained.closed)
+        // Binary garbage never crashes tern; the bystander still gets its answers.
+        let garbage = try TestClient(port: tern.port)
+        var generator = SystemRandomNumberGenerator()
+        try? garbage.send((0..<100_000).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        garbage.close()
+        XCTAssertEqual(try bystander.request("get safe\r\n", until: "END\r\n"), "VALUE safe 0 2\r\nok\r\nEND\r\n")
+        XCTAssertEqual(try TestClient(port: tern.port).request("get safe\r\n", until: "END\r\n"), "VALUE safe 0 2\r\nok\r\nEND\r\n")
+    }
+
+    func testBackendKilledMidTestAndRestarted() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        let onFirst = keys(on: 0, tern.pool, count: 10)
+        let onSecond = keys(on: 1, tern.pool, count: 10)
+        let keys = onFirst + onSecond
+        XCTAssertEqual(keys.count, 20)
+        for key in keys { XCTAssertEqual(try client.request("set \(key) 0 0 1\r\nv\r\n", until: "\r\n"), "STORED\r\n") }
+        backends[0].kill()
+        // Keys on the dead server fail with the reason; keys on the live one are untouched.
+        let failed = try client.request("get \(onFirst[0])\r\n", until: "\r\n")
+        XCTAssertTrue(failed.hasPrefix("SERVER_ERROR "), failed)
+        XCTAssertEqual(try client.request("get \(onSecond[0])\r\n", until: "END\r\n"), "VALUE \(onSecond[0]) 0 1\r\nv\r\nEND\r\n")
+        let setFailed = try client.request("set \(onFirst[1]) 0 0 1\r\nv\r\n", until: "\r\n")
+        XCTAssertTrue(setFailed.hasPrefix("SERVER_ERROR "), setFailed)
+        // A multi-get answers the dead server's keys as misses and returns the rest.
+        let multi = try client.request("get \(onFirst[0]) \(onSecond[0]) \(onSecond[1])\r\n", until: "END\r\n")
+        XCTAssertEqual(multi, "VALUE \(onSecond[0]) 0 1\r\nv\r\nVALUE \(onSecond[1]) 0 1\r\nv\r\nEND\r\n")
+        // Restarted (empty) on the same port: served again.
+        let restarted = try group.memcached(port: backends[0].port)
+        _ = restarted
+        XCTAssertEqual(try client.request("set \(onFirst[0]) 0 0 2\r\nv2\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("get \(onFirst[0])\r\n", until: "END\r\n"), "VALUE \(onFirst[0]) 0 2\r\nv2\r\nEND\r\n")
+    }
+
+    func testTimeoutFailsOnlyTheTimedOutRequests() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends, extra: "", threads: 1)
+        let pool = tern.pool
+        let slowKey = keys(on: 0, pool)[0]
+        let fastKey = keys(on: 1, pool)[0]
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.request("set \(fastKey) 0 0 1\r\nf\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("set \(slowKey) 0 0 1\r\ns\r\n", until: "\r\n"), "STORED\r\n")
+        backends[0].pause()
+        let started = Date()
+        // The slow server's request times out; the fast one behind it in the pipeline is answered.
+        let reply = try client.request("get \(slowKey)\r\nget \(fastKey)\r\n", until: "END\r\n")
+        let elapsed = Date().timeIntervalSince(started)
+        XCTAssertEqual(reply, "SERVER_ERROR Connection timed out\r\nVALUE \(fastKey) 0 1\r\nf\r\nEND\r\n")
+        XCTAssertGreaterThan(elapsed, 0.9)
+        XCTAssertLessThan(elapsed, 3)
+        let other = try TestClient(port: tern.port)
+        XCTAssertEqual(try other.request("get \(fastKey)\r\n", until: "END\r\n"), "VALUE \(fastKey) 0 1\r\nf\r\nEND\r\n")
+        backends[0].resume()
+        usleep(200_000)
+        XCTAssertEqual(try client.request("get \(slowKey)\r\n", until: "END\r\n"), "VALUE \(slowKey) 0 1\r\ns\r\nEND\r\n")
+    }
+
+    func testAutoEjectRemapsAndProbeBringsTheServerBack() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends, extra: "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 700\n", threads: 1)
+        let key = keys(on: 0, tern.pool)[0]
+        let client = try TestClient(port: tern.port)
+        backends[0].kill()
+        let first = try client.request("set \(key) 0 0 1\r\nx\r\n", until: "\r\n")
+        XCTAssertTrue(first.hasPrefix("SERVER_ERROR "), first)
+        // Ejected: the key now goes to the live server.
+        XCTAssertEqual(try client.request("set \(key) 0 0 1\r\ny\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try backends[1].get(key), "y")
+        // While the server stays down, probes fail and it stays out.
+        usleep(900_000)
+        XCTAssertEqual(try client.request("get \(key)\r\n", until: "END\r\n"), "VALUE \(key) 0 1\r\ny\r\nEND\r\n")
+        // Back up: after the retry timeout a probe succeeds and the key goes home again.
+        let restarted = try group.memcached(port: backends[0].port)
+        usleep(1_600_000)
+        XCTAssertEqual(try client.request("set \(key) 0 0 1\r\nz\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try restarted.get(key), "z")
+        XCTAssertTrue(group.ternLog().contains("ejecting server"), group.ternLog())
+    }
+
+    func testUnixSocketListenerWithPermissions() throws {
+        let backend = try group.memcached()
+        let path = group.directory + "/tern.sock"
+        try group.tern(config: "sock:\n  listen: \(path) 0660\n  servers:\n   - \(backend.address):1\n", waitUnix: path)
+        var info = stat()
+        XCTAssertEqual(stat(path, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o660)
+        let client = try TestClient(unixPath: path)
+        XCTAssertEqual(try client.request("set u 0 0 1\r\nx\r\nget u\r\n", until: "END\r\n"), "STORED\r\nVALUE u 0 1\r\nx\r\nEND\r\n")
+        XCTAssertEqual(try backend.get("u"), "x")
+    }
+
+    func testTwoPoolsInOneConfig() throws {
+        let first = try group.memcached()
+        let second = try group.memcached()
+        let portA = ProcessGroup.freePort()
+        let portB = ProcessGroup.freePort()
+        try group.tern(config: """
+        alpha:
+          listen: 127.0.0.1:\(portA)
+          servers:
+           - \(first.address):1
+        beta:
+          listen: 127.0.0.1:\(portB)
+          hash: md5
+          distribution: modula
+          servers:
+           - \(second.address):1
+        """, waitPort: portA)
+        try group.waitForPort(portB)
+        XCTAssertEqual(try TestClient(port: portA).request("set shared 0 0 1\r\na\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try TestClient(port: portB).request("set shared 0 0 1\r\nb\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try first.get("shared"), "a")
+        XCTAssertEqual(try second.get("shared"), "b")
+    }
+
+    func testFlushAllReachesEveryServer() throws {
+        let backends = try [group.memcached(), group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        for i in 0..<30 { _ = try client.request("set f\(i) 0 0 1\r\nx\r\n", until: "\r\n") }
+        XCTAssertEqual(try client.request("flush_all\r\n", until: "\r\n"), "OK\r\n")
+        for i in 0..<30 { XCTAssertNil(try backends[serverIndex(tern.pool, "f\(i)")].get("f\(i)")) }
+        backends[2].kill()
+        let partial = try client.request("flush_all\r\n", until: "\r\n")
+        XCTAssertTrue(partial.hasPrefix("SERVER_ERROR "), partial)
+    }
+
+    func testClientConnectionsLimit() throws {
+        let backend = try group.memcached()
+        let tern = try startTern([backend], extra: "  client_connections: 2\n", threads: 1)
+        usleep(300_000) // let tern see the readiness probe's connection close
+        let first = try TestClient(port: tern.port)
+        let second = try TestClient(port: tern.port)
+        XCTAssertEqual(try first.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertEqual(try second.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        let third = try TestClient(port: tern.port)
+        try? third.send("version\r\n")
+        let result = third.drain(for: 2)
+        XCTAssertTrue(result.closed)
+        XCTAssertTrue(result.bytes.isEmpty)
+        first.close()
+        usleep(200_000)
+        XCTAssertEqual(try TestClient(port: tern.port).request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+    }
+
+    func testTestConfigFlagPrintsTheReason() throws {
+        let good = group.directory + "/good.yml"
+        let bad = group.directory + "/bad.yml"
+        try "p:\n  listen: 127.0.0.1:1\n  servers:\n   - 127.0.0.1:2:1\n".write(toFile: good, atomically: true, encoding: .utf8)
+        try "p:\n  listen: 127.0.0.1:1\n  hash: nope\n  servers:\n   - 127.0.0.1:2:1\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        func run(_ path: String) throws -> (Int32, String) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: ProcessGroup.ternBinary)
+            process.arguments = ["-t", "-c", path]
+            let pipe = Pipe()
+            process.standardError = pipe
+            process.standardOutput = pipe
+            try process.run()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        }
+        let (okStatus, okText) = try run(good)
+        XCTAssertEqual(okStatus, 0)
+        XCTAssertTrue(okText.contains("syntax is ok"), okText)
+        let (badStatus, badText) = try run(bad)
+        XCTAssertEqual(badStatus, 1)
+        XCTAssertTrue(badText.contains("syntax is invalid"), badText)
+        XCTAssertTrue(badText.contains("bad.yml:3: pool 'p': key 'hash': unknown hash 'nope'"), badText)
+    }
+}
