@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Tern's build, tests and demo need, when any is missing.
+set -euo pipefail
+packages=(libev-dev memcached redis-server redis-tools python3)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian packages start system-wide daemons; Tern's tests and demo run their own.
+if command -v systemctl >/dev/null 2>&1; then
+    systemctl stop memcached redis-server >/dev/null 2>&1 || true
+fi
