@@ -1,0 +1,80 @@
+import Foundation
+import XCTest
+
+/// nutcracker-compatible flags and listeners, against the real binary.
+final class CommandLineTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() { group.stopAll() }
+
+    func run(_ arguments: [String]) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ProcessGroup.ternBinary)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        try process.run()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+
+    func testVersionFlag() throws {
+        let (status, text) = try run(["-V"])
+        XCTAssertEqual(status, 0)
+        XCTAssertEqual(text, "This is tern-0.1.0\n")
+    }
+
+    func testLogFilePidFileAndIPv6ListenerThenSIGTERM() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let log = group.directory + "/out.log"
+        let pid = group.directory + "/tern.pid"
+        let tern = try group.tern(config: "v6:\n  listen: \"[::1]:\(port)\"\n  preconnect: true\n  servers:\n   - \(backend.address):1\n",
+                                  arguments: ["-o", log, "-p", pid, "-s", "22299", "-a", "127.0.0.1", "-i", "1000"])
+        // Connect over IPv6 loopback.
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_port = UInt16(port).bigEndian
+        address.sin6_addr = in6addr_loopback
+        var connected = false
+        for _ in 0..<250 where !connected {
+            connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } } == 0
+            if !connected { usleep(20_000) }
+        }
+        XCTAssertTrue(connected)
+        let request = Array("set six 0 0 1\r\n6\r\nget six\r\n".utf8)
+        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        var buffer = [UInt8](repeating: 0, count: 256)
+        var reply = ""
+        while !reply.hasSuffix("END\r\n") {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            guard count > 0 else { break }
+            reply += String(decoding: buffer[0..<count], as: UTF8.self)
+        }
+        XCTAssertEqual(reply, "STORED\r\nVALUE six 0 1\r\n6\r\nEND\r\n")
+        let pidText = try String(contentsOfFile: pid, encoding: .utf8)
+        XCTAssertEqual(Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)), tern.processIdentifier)
+        let logText = try String(contentsOfFile: log, encoding: .utf8)
+        XCTAssertTrue(logText.contains("pool v6 listening on [::1]:\(port)"), logText)
+        tern.terminate()
+        tern.waitUntilExit()
+        XCTAssertEqual(tern.terminationStatus, 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pid))
+        XCTAssertTrue(try String(contentsOfFile: log, encoding: .utf8).contains("signal 15 (SIGTERM) received"))
+    }
+
+    func testUnbindableListenExitsWithReason() throws {
+        let (status, text) = try run(["-c", try write("p:\n  listen: 203.0.113.1:1\n  servers:\n   - 127.0.0.1:2:1\n")])
+        XCTAssertEqual(status, 1)
+        XCTAssertTrue(text.contains("cannot bind 203.0.113.1:1"), text)
+    }
+
+    func write(_ text: String) throws -> String {
+        let path = group.directory + "/config-\(UInt32.random(in: 0...UInt32.max)).yml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+}
