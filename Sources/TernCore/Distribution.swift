@@ -3,6 +3,9 @@
 
 public enum Distribution: String, CaseIterable, Sendable {
     case ketama
+    /// libmemcached's unweighted ketama ring (pylibmc `{'ketama': True}`): 100 points per
+    /// server, each the pool's hash of "<name>-<i>"; weights ignored.
+    case ketamaLibmemcached = "ketama_libmemcached"
     case modula
     case random
     case slots
@@ -82,6 +85,16 @@ public struct Placement: Sendable {
             points.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
             values = points.map(\.0)
             servers = points.map(\.1)
+        case .ketamaLibmemcached:
+            var points: [(UInt32, Int32)] = []
+            for server in names.indices where live[server] {
+                for i in 0..<100 {
+                    points.append((hash.hash(Array("\(names[server])-\(i)".utf8)), Int32(server)))
+                }
+            }
+            points.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
+            values = points.map(\.0)
+            servers = points.map(\.1)
         case .modula:
             for server in order { for _ in 0..<weights[server] { continuum.append(Int32(server)) } }
         case .random:
@@ -123,7 +136,7 @@ public struct Placement: Sendable {
 
     public func server(forHash hash: UInt32, random: UInt32 = 0) -> Int? {
         switch distribution {
-        case .ketama:
+        case .ketama, .ketamaLibmemcached:
             let count = pointValues.count
             if count == 0 { return nil }
             var low = 0, high = count
