@@ -14,6 +14,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# redis-py >= 5 (it sends CLIENT SETINFO on connect) for the Redis client test, from PyPI.
+if ! python3 -c 'import redis, sys; sys.exit(int(redis.__version__.split(".")[0]) < 5)' 2>/dev/null; then
+    python3 -m pip install -q 'redis>=5,<6' 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages 'redis>=5,<6'
+fi
 # The Debian packages start system-wide daemons; Tern's tests and demo run their own.
 if command -v systemctl >/dev/null 2>&1; then
     systemctl stop memcached redis-server >/dev/null 2>&1 || true

@@ -66,6 +66,8 @@ public struct PoolConfig: Sendable {
     public var clientConnections: Int = 0
     /// Largest memcached value accepted from a client (Tern key `max_item_size`).
     public var maxItemSize: Int = 1 << 20
+    /// Largest Redis bulk string accepted from a client (Tern key `max_bulk_length`).
+    public var maxBulkLength: Int = 512 << 20
     public var servers: [ServerConfig] = []
     /// Server number of each of the 16384 slots (`distribution: slots`).
     public var slotServers: [Int32] = []

@@ -9,7 +9,7 @@ public enum ConfigLoader {
         "server_retry_timeout", "server_failure_limit", "tcpkeepalive", "client_connections",
         "servers",
         // Tern's own keys
-        "protocol", "max_item_size", "slots",
+        "protocol", "max_item_size", "max_bulk_length", "slots",
     ]
 
     public static func load(text: String, file: String) throws(ConfigError) -> TernConfig {
@@ -156,6 +156,7 @@ public enum ConfigLoader {
         if let node = values["server_failure_limit"] { pool.serverFailureLimit = try context.integer(node, key: "server_failure_limit", range: 1...Int(Int32.max)) }
         if let node = values["tcpkeepalive"] { pool.tcpKeepalive = try context.boolean(node, key: "tcpkeepalive") }
         if let node = values["client_connections"] { pool.clientConnections = try context.integer(node, key: "client_connections", range: 0...Int(Int32.max)) }
+        if let node = values["max_bulk_length"] { pool.maxBulkLength = try context.integer(node, key: "max_bulk_length", range: 1...(512 << 20)) }
         if let node = values["max_item_size"] { pool.maxItemSize = try context.integer(node, key: "max_item_size", range: 1...(1 << 30)) }
         guard let serversNode = values["servers"] else {
             throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'servers'")

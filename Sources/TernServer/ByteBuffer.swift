@@ -95,6 +95,34 @@ final class ByteBuffer {
         }
     }
 
+    /// `*<count>\r\n`
+    func appendArrayHeader(_ count: Int) {
+        append(byte: UInt8(ascii: "*"))
+        append(decimal: count)
+        append("\r\n" as StaticString)
+    }
+
+    /// `$<length>\r\n<bytes>\r\n`
+    func appendBulk(_ bytes: UnsafeRawBufferPointer) {
+        append(byte: UInt8(ascii: "$"))
+        append(decimal: bytes.count)
+        append("\r\n" as StaticString)
+        append(bytes)
+        append("\r\n" as StaticString)
+    }
+
+    func appendBulk(_ text: String) {
+        var text = text
+        text.withUTF8 { appendBulk(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// `:<value>\r\n`
+    func appendInteger(_ value: Int) {
+        append(byte: UInt8(ascii: ":"))
+        append(decimal: value)
+        append("\r\n" as StaticString)
+    }
+
     func consume(_ count: Int) {
         readIndex += count
         if readIndex == writeIndex {

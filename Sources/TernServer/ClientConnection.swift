@@ -23,10 +23,12 @@ final class ClientConnection {
     private var watcher: IOWatcher?
     var isDirty = false
     /// Bytes of a refused data block still to be discarded as they arrive.
-    private var skipRemaining = 0
+    var skipRemaining = 0
     /// No more requests are read (quit, end of input, fatal error); close once replies are out.
-    private var closeWhenDrained = false
-    private var isClosed = false
+    var closeWhenDrained = false
+    private(set) var isClosed = false
+    /// Redis clients: per-connection state (arguments, AUTH, name); nil for memcached.
+    let redis: RedisSession?
     /// Requests in flight before reading pauses; reading resumes as replies leave.
     static let maxInFlight = 16384
 
@@ -34,6 +36,7 @@ final class ClientConnection {
         self.descriptor = descriptor
         self.pool = pool
         self.index = pool.worker.nextClientIndex()
+        self.redis = pool.config.protocolKind == .redis ? RedisSession() : nil
     }
 
     var worker: Worker { pool.worker }
@@ -91,174 +94,21 @@ final class ClientConnection {
 
     /// Parses and routes every complete request in `buffer`.
     private func process(_ buffer: ByteBuffer) {
-        while !buffer.isEmpty, !closeWhenDrained, !isClosed {
-            if skipRemaining > 0 {
-                let count = min(skipRemaining, buffer.readableCount)
-                skipRemaining -= count
-                buffer.consume(count)
-                continue
-            }
-            if slots.count >= Self.maxInFlight {
-                watcher?.watch(watcher!.events & ~TERN_EV_READ)
-                return
-            }
-            let bytes = buffer.readable
-            switch MemcacheRequestParser.parse(bytes, limits: pool.limits) {
-            case .incomplete:
-                return
-            case let .request(request):
-                route(request, UnsafeRawBufferPointer(rebasing: bytes[0..<request.frameLength]))
-                buffer.consume(request.frameLength)
-            case let .rejected(rejection, consume, skip, close):
-                let slot = newSlot()
-                slot.complete(with: rejection.reply)
-                buffer.consume(consume)
-                skipRemaining = skip
-                if close { closeWhenDrained = true }
-            }
-        }
+        if redis != nil { processRedis(buffer) } else { processMemcache(buffer) }
     }
 
-    private func newSlot() -> ReplySlot {
+    func newSlot() -> ReplySlot {
         let slot = worker.makeSlot(for: self)
+        slot.isRedis = redis != nil
         slots.append(slot)
         return slot
     }
 
-    // MARK: Routing
-
-    private func route(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) {
-        let slot = newSlot()
-        slot.isSilent = request.noreply
-        switch request.command {
-        case .version:
-            slot.complete(with: "VERSION \(worker.processInfo.version)\r\n")
-        case .verbosity:
-            slot.complete(with: "OK\r\n" as StaticString)
-        case .quit:
-            slot.isSilent = true
-            slot.complete(with: "" as StaticString)
-            closeWhenDrained = true
-        case .stats:
-            slot.complete(with: statsReply())
-        case .flushAll:
-            fanOut(request, frame, slot)
-        case .get, .gets, .gat, .gats:
-            if request.keyCount > 1 {
-                routeMultiGet(request, frame, slot)
-            } else {
-                forward(request, frame, key: UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot)
-            }
-        default:
-            forward(request, frame, key: UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot)
-        }
-    }
-
-    /// Sends the request to the key's server as it came, without `noreply` (the reply keeps the
-    /// backend connection in step and is dropped here).
-    private func forward(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, _ slot: ReplySlot) {
-        guard let server = pool.server(forKey: key) else {
-            slot.fail(part: 0, reason: "no server available")
-            return
-        }
-        let connection = server.connection(for: index)
-        if request.noreply {
-            connection.output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-            connection.output.append("\r\n" as StaticString)
-            connection.output.append(UnsafeRawBufferPointer(rebasing: frame[request.lineLength...]))
-        } else {
-            connection.output.append(frame)
-        }
-        slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, command: request.command)
-    }
-
-    /// A multi-key get: keys are grouped per server, one request per server is sent, and the
-    /// VALUE records are merged in the client's key order behind one END.
-    private func routeMultiGet(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
-        slot.kind = .multiGet
-        var position = request.keysStart
-        var firstServer = -1
-        var singleServer = true
-        while position < request.keysEnd {
-            while frame[position] == 0x20 { position += 1 }
-            let start = position
-            while position < request.keysEnd, frame[position] != 0x20 { position += 1 }
-            let key = UnsafeRawBufferPointer(rebasing: frame[start..<position])
-            let server = pool.server(forKey: key)?.index ?? -1
-            if firstServer == -1 { firstServer = server } else if server != firstServer { singleServer = false }
-            slot.keys.append(ReplySlot.KeyEntry(keyStart: Int32(slot.keyBytes.readableCount), keyLength: Int32(key.count), server: Int32(server)))
-            slot.keyBytes.append(key)
-        }
-        if singleServer, firstServer >= 0 {
-            // Every key lives on one server: the request goes as it is.
-            slot.kind = .single
-            slot.keys.removeAll(keepingCapacity: true)
-            slot.keyBytes.removeAll()
-            let connection = pool.servers[firstServer].connection(for: index)
-            connection.output.append(frame)
-            slot.remainingParts = 1
-            connection.enqueue(slot: slot, part: 0, command: request.command)
-            return
-        }
-        // Count the parts first so that a part failing at once cannot finish the slot early.
-        var servers: [Int32] = []
-        for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
-        slot.remainingParts = servers.count + 1
-        let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
-        let keyBytes = slot.keyBytes.readable
-        for server in servers {
-            let connection = pool.servers[Int(server)].connection(for: index)
-            connection.output.append(prefix)
-            for entry in slot.keys where entry.server == server {
-                connection.output.append(byte: 0x20)
-                connection.output.append(UnsafeRawBufferPointer(rebasing: keyBytes[Int(entry.keyStart)..<Int(entry.keyStart + entry.keyLength)]))
-            }
-            connection.output.append("\r\n" as StaticString)
-            connection.enqueue(slot: slot, part: server, command: request.command)
-        }
-        // The extra part stands for keys with no live server: they are misses.
-        slot.fail(part: -1, reason: "")
-    }
-
-    private func commandEnd(_ frame: UnsafeRawBufferPointer) -> Int {
-        var end = 0
-        while frame[end] != 0x20 { end += 1 }
-        return end
-    }
-
-    /// `flush_all`: the same line to every live server; `OK` only when every server said OK.
-    private func fanOut(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
-        slot.kind = .fanOut
-        let live = pool.servers.filter { !$0.isEjected }
-        if live.isEmpty {
-            slot.remainingParts = 1
-            slot.fail(part: 0, reason: "no server available")
-            return
-        }
-        slot.remainingParts = live.count
-        for server in live {
-            let connection = server.connection(for: index)
-            if request.noreply {
-                connection.output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-                connection.output.append("\r\n" as StaticString)
-            } else {
-                connection.output.append(frame)
-            }
-            connection.enqueue(slot: slot, part: Int32(server.index), command: request.command)
-        }
-    }
-
-    private func statsReply() -> String {
-        let info = worker.processInfo
-        let now = Int(time(nil))
-        var text = "STAT pid \(getpid())\r\nSTAT uptime \(now - info.startTime)\r\nSTAT time \(now)\r\nSTAT version \(info.version)\r\n"
-        text += "STAT pool \(pool.config.name)\r\n"
-        text += "STAT curr_connections \(pool.plan.clientCount.load(ordering: .relaxed))\r\n"
-        text += "STAT total_connections \(pool.plan.totalConnections.load(ordering: .relaxed))\r\n"
-        text += "STAT servers \(pool.servers.count)\r\n"
-        text += "END\r\n"
-        return text
+    /// Stops parsing when too many requests are in flight; reading resumes as replies leave.
+    func pipelineIsFull() -> Bool {
+        guard slots.count >= Self.maxInFlight else { return false }
+        watcher?.watch(watcher!.events & ~TERN_EV_READ)
+        return true
     }
 
     // MARK: Replies

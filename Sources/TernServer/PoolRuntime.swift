@@ -16,6 +16,7 @@ final class PoolRuntime {
     private(set) var servers: [ServerRuntime] = []
     private(set) var placement: Placement
     let limits: MemcacheLimits
+    let respLimits: RespLimits
     private var listenWatcher: IOWatcher?
 
     init(plan: PoolPlan, worker: Worker) {
@@ -23,6 +24,7 @@ final class PoolRuntime {
         self.worker = worker
         self.placement = plan.config.placement()
         self.limits = MemcacheLimits(maxItemSize: plan.config.maxItemSize)
+        self.respLimits = RespLimits(maxBulkLength: plan.config.maxBulkLength)
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
     }
 

@@ -14,6 +14,14 @@ final class ReplySlot {
         case multiGet
         /// The same command sent to every server (`flush_all`): `OK` when all said OK.
         case fanOut
+        /// Redis MGET split over servers: array elements merged in the client's key order.
+        case respArray
+        /// Redis parts that must all answer `+OK` (MSET, FLUSHDB, SCRIPT FLUSH).
+        case respAllOK
+        /// Redis integer replies summed (DEL, UNLINK, EXISTS, TOUCH, DBSIZE).
+        case respSum
+        /// Redis: every server gets the command, the first server's reply is returned (SCRIPT LOAD).
+        case respFirst
     }
 
     struct KeyEntry {
@@ -37,6 +45,12 @@ final class ReplySlot {
     var keys: [KeyEntry] = []
     let keyBytes = ByteBuffer()
     var hasError = false
+    /// Whether errors Tern makes are written as RESP (`-ERR …`) or memcached text.
+    var isRedis = false
+    /// respSum: the running total.
+    var total = 0
+    /// respFirst: the lowest part that has answered so far.
+    var firstPart = Int32.max
 
     func reset() {
         client = nil
@@ -49,6 +63,9 @@ final class ReplySlot {
         keys.removeAll(keepingCapacity: true)
         keyBytes.removeAll()
         hasError = false
+        isRedis = false
+        total = 0
+        firstPart = Int32.max
     }
 
     /// Fills the slot with bytes Tern produced itself.
@@ -99,13 +116,53 @@ final class ReplySlot {
             partDone()
         case .fanOut:
             let ok = !isError && reply.count >= 2 && reply[0] == UInt8(ascii: "O") && reply[1] == UInt8(ascii: "K")
-            if !ok, !hasError {
-                hasError = true
+            if !ok { recordError(reply) }
+            partDone()
+        case .respArray:
+            if reply.first == UInt8(ascii: "*") {
+                var cursor = 0
+                RespReplyParser.forEachElement(reply) { range in
+                    while cursor < keys.count, keys[cursor].server != part { cursor += 1 }
+                    guard cursor < keys.count else { return }
+                    keys[cursor].recordStart = Int32(data.readableCount)
+                    keys[cursor].recordLength = Int32(range.count)
+                    data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
+                    cursor += 1
+                }
+            } else {
+                // The backend's own error (or an unexpected reply) becomes the answer.
+                recordError(reply)
+            }
+            partDone()
+        case .respAllOK:
+            let ok = reply.count >= 3 && reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O") && reply[2] == UInt8(ascii: "K")
+            if !ok { recordError(reply) }
+            partDone()
+        case .respSum:
+            if let value = RespReplyParser.integer(reply) { total += value } else { recordError(reply) }
+            partDone()
+        case .respFirst:
+            if isError {
+                recordError(reply)
+            } else if part < firstPart, !hasError {
+                firstPart = part
                 data.removeAll()
                 data.append(reply)
             }
             partDone()
         }
+    }
+
+    /// The first error of a split request is what the client gets.
+    private func recordError(_ reply: UnsafeRawBufferPointer) {
+        guard !hasError else { return }
+        hasError = true
+        data.removeAll()
+        data.append(reply)
+    }
+
+    private func errorLine(_ reason: String) -> String {
+        isRedis ? "-ERR \(reason)\r\n" : "SERVER_ERROR \(reason)\r\n"
     }
 
     /// `part` failed (connection error, timeout, no server).
@@ -114,17 +171,17 @@ final class ReplySlot {
         case .single:
             if !isSilent {
                 data.removeAll()
-                data.append("SERVER_ERROR \(reason)\r\n")
+                data.append(errorLine(reason))
             }
             finish()
         case .multiGet:
             // The keys of a failed server are answered as misses.
             partDone()
-        case .fanOut:
+        case .fanOut, .respArray, .respAllOK, .respSum, .respFirst:
             if !hasError {
                 hasError = true
                 data.removeAll()
-                data.append("SERVER_ERROR \(reason)\r\n")
+                data.append(errorLine(reason))
             }
             partDone()
         }
@@ -133,8 +190,15 @@ final class ReplySlot {
     private func partDone() {
         remainingParts -= 1
         if remainingParts == 0 {
-            if kind == .fanOut, !hasError, !isSilent { data.append("OK\r\n" as StaticString) }
-            if kind == .fanOut, isSilent { data.removeAll() }
+            if !hasError {
+                switch kind {
+                case .fanOut: if !isSilent { data.append("OK\r\n" as StaticString) }
+                case .respAllOK: data.append("+OK\r\n" as StaticString)
+                case .respSum: data.appendInteger(total)
+                default: break
+                }
+            }
+            if isSilent { data.removeAll() }
             finish()
         }
     }
@@ -149,8 +213,22 @@ final class ReplySlot {
     /// Writes the finished reply to the client's output.
     func emit(into output: ByteBuffer) {
         switch kind {
-        case .single, .fanOut:
+        case .single, .fanOut, .respAllOK, .respSum, .respFirst:
             output.append(data.readable)
+        case .respArray:
+            if hasError {
+                output.append(data.readable)
+                return
+            }
+            let bytes = data.readable
+            output.appendArrayHeader(keys.count)
+            for entry in keys {
+                if entry.recordStart >= 0 {
+                    output.append(UnsafeRawBufferPointer(rebasing: bytes[Int(entry.recordStart)..<Int(entry.recordStart + entry.recordLength)]))
+                } else {
+                    output.append("$-1\r\n" as StaticString)
+                }
+            }
         case .multiGet:
             let bytes = data.readable
             for entry in keys where entry.recordStart >= 0 {

@@ -23,6 +23,8 @@ final class ServerConnection {
         var command: MemcacheCommand
         var deadline: Double
         var isProbe: Bool
+        /// AUTH / SELECT sent by Tern when the connection opened.
+        var isSetup = false
     }
 
     enum State { case disconnected, connecting, connected }
@@ -30,7 +32,7 @@ final class ServerConnection {
     unowned let server: ServerRuntime
     private(set) var descriptor: Int32 = -1
     private(set) var state = State.disconnected
-    let output = ByteBuffer()
+    private let output = ByteBuffer()
     private let input = ByteBuffer()
     private var pending = FIFO<Pending>()
     private var watcher: IOWatcher?
@@ -46,23 +48,55 @@ final class ServerConnection {
     var worker: Worker { server.worker }
     private var timeout: Double? { server.pool.config.timeoutMilliseconds.map { Double($0) / 1000 } }
 
-    /// Adds a request whose bytes the caller has just appended to `output` (or will append
-    /// before the loop pass ends).
+    /// Where a request's bytes go. Opens the connection first if needed, so that anything Tern
+    /// sends on a new connection (AUTH, SELECT) goes ahead of the request.
     @inline(__always)
-    func enqueue(slot: ReplySlot?, part: Int32, command: MemcacheCommand, isProbe: Bool = false) {
+    func requestBuffer() -> ByteBuffer {
         connectIfNeeded()
+        return output
+    }
+
+    /// Adds a request whose bytes the caller has just written into `requestBuffer()`.
+    /// `command` tells the memcached codec how the reply is framed (unused for Redis).
+    @inline(__always)
+    func enqueue(slot: ReplySlot?, part: Int32, command: MemcacheCommand, isProbe: Bool = false, isSetup: Bool = false) {
         var deadline = Double.infinity
         if let timeout {
             deadline = worker.now + timeout
             if timer == nil || !timer!.isActive { armTimer(after: timeout) }
         }
-        pending.append(Pending(slot: slot, part: part, command: command, deadline: deadline, isProbe: isProbe))
+        pending.append(Pending(slot: slot, part: part, command: command, deadline: deadline, isProbe: isProbe, isSetup: isSetup))
         worker.markDirty(self)
     }
 
+    private var isRedis: Bool { server.pool.config.protocolKind == .redis }
+
     func sendProbe() {
-        output.append("version\r\n" as StaticString)
+        let buffer = requestBuffer()
+        if isRedis {
+            buffer.append("*1\r\n$4\r\nPING\r\n" as StaticString)
+        } else {
+            buffer.append("version\r\n" as StaticString)
+        }
         enqueue(slot: nil, part: 0, command: .version, isProbe: true)
+    }
+
+    /// Redis: authenticate and select the pool's database before any client request.
+    private func sendSetup() {
+        let config = server.pool.config
+        guard isRedis else { return }
+        if let password = config.redisAuth {
+            output.appendArrayHeader(2)
+            output.appendBulk("AUTH")
+            output.appendBulk(password)
+            enqueue(slot: nil, part: 0, command: .get, isSetup: true)
+        }
+        if config.redisDatabase != 0 {
+            output.appendArrayHeader(2)
+            output.appendBulk("SELECT")
+            output.appendBulk(String(config.redisDatabase))
+            enqueue(slot: nil, part: 0, command: .get, isSetup: true)
+        }
     }
 
     func connectIfNeeded() {
@@ -94,6 +128,7 @@ final class ServerConnection {
         }
         self.watcher = watcher
         watcher.watch(state == .connecting ? TERN_EV_READ | TERN_EV_WRITE : TERN_EV_READ)
+        sendSetup()
     }
 
     private func handle(events: Int32) {
@@ -160,18 +195,35 @@ final class ServerConnection {
                 fail(reason: "server sent an unexpected reply")
                 return
             }
-            switch MemcacheReplyParser.parse(input.readable, command: head.command) {
-            case .incomplete:
-                input.releaseIfIdle()
-                return
-            case .invalid:
-                fail(reason: "server sent an invalid reply")
-                return
-            case let .reply(length, isError):
+            let framed: (length: Int, isError: Bool)
+            if isRedis {
+                switch RespReplyParser.parse(input.readable, maxDepth: 64) {
+                case .incomplete: return
+                case .invalid:
+                    fail(reason: "server sent an invalid reply")
+                    return
+                case let .reply(length, isError): framed = (length, isError)
+                }
+            } else {
+                switch MemcacheReplyParser.parse(input.readable, command: head.command) {
+                case .incomplete: return
+                case .invalid:
+                    fail(reason: "server sent an invalid reply")
+                    return
+                case let .reply(length, isError): framed = (length, isError)
+                }
+            }
+            do {
+                let (length, isError) = framed
                 _ = pending.popFirst()
                 server.recordSuccess()
                 if head.isProbe {
                     server.probeAnswered()
+                } else if head.isSetup {
+                    if isError {
+                        let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
+                        worker.logger.error("server \(server.name): connection setup failed: \(text)")
+                    }
                 } else if let slot = head.slot {
                     slot.deliver(part: head.part, reply: UnsafeRawBufferPointer(rebasing: input.readable[0..<length]), isError: isError)
                 }

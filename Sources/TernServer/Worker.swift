@@ -111,6 +111,10 @@ final class Worker {
 
     func retire(_ object: AnyObject) { retired.append(object) }
 
+    /// Fan-out parts sent (stats `fragments`).
+    private(set) var fragments = 0
+    func countFragments(_ count: Int) { fragments &+= count }
+
     /// Open client connections; the watcher's `data` does not retain its client, this does.
     private var clients: [ObjectIdentifier: ClientConnection] = [:]
 

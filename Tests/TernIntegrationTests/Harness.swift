@@ -60,6 +60,15 @@ final class ProcessGroup {
         return Memcached(port: port, process: process)
     }
 
+    /// Starts redis-server on `port` (a free one when nil), without persistence.
+    func redis(port: Int? = nil, extra: [String] = []) throws -> RedisServer {
+        let port = port ?? Self.freePort()
+        let process = try launch("/usr/bin/redis-server", ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"] + extra,
+                                 log: "redis-\(port).log")
+        try waitForPort(port)
+        return RedisServer(port: port, process: process)
+    }
+
     static var ternBinary: String {
         if let path = ProcessInfo.processInfo.environment["TERN_BINARY"] { return path }
         let runner = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -128,6 +137,24 @@ struct Memcached {
         guard reply.hasPrefix("VALUE ") else { return nil }
         let lines = reply.components(separatedBy: "\r\n")
         return lines[1]
+    }
+}
+
+struct RedisServer {
+    var port: Int
+    var process: Process
+    var address: String { "127.0.0.1:\(port)" }
+
+    func kill() {
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// Runs a command on this backend directly (bypassing tern).
+    func call(_ arguments: String...) throws -> String {
+        let client = try TestClient(port: port)
+        defer { client.close() }
+        return try client.call(arguments)
     }
 }
 
@@ -210,6 +237,45 @@ final class TestClient {
     func request(_ text: String, until suffix: String, occurrences: Int = 1) throws -> String {
         try send(text)
         return String(decoding: try receive(until: suffix, occurrences: occurrences), as: UTF8.self)
+    }
+
+    /// RESP: sends one command as a multibulk array and returns its whole reply as text.
+    func call(_ arguments: [String]) throws -> String {
+        try send(TestClient.encode(arguments))
+        return String(decoding: try receiveReplies(1), as: UTF8.self)
+    }
+
+    func call(_ arguments: String...) throws -> String { try call(arguments) }
+
+    static func encode(_ arguments: [String]) -> [UInt8] {
+        var bytes = Array("*\(arguments.count)\r\n".utf8)
+        for argument in arguments {
+            bytes += Array("$\(argument.utf8.count)\r\n".utf8) + Array(argument.utf8) + Array("\r\n".utf8)
+        }
+        return bytes
+    }
+
+    /// Reads until `count` complete RESP replies have arrived; returns their bytes.
+    func receiveReplies(_ count: Int) throws -> [UInt8] {
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        var parsedOffset = 0
+        var complete = 0
+        while complete < count {
+            while complete < count {
+                let result = data[parsedOffset...].withUnsafeBytes { RespReplyParser.parse($0, maxDepth: 64) }
+                guard case let .reply(length, _) = result else { break }
+                parsedOffset += length
+                complete += 1
+            }
+            if complete >= count { break }
+            let received = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if received <= 0 {
+                throw TestError("connection ended or timed out after \(complete) replies: \(String(decoding: data.suffix(200), as: UTF8.self).debugDescription)")
+            }
+            data.append(contentsOf: chunk[0..<received])
+        }
+        return data
     }
 
     /// Whatever arrives within `seconds`; stops at end of stream.

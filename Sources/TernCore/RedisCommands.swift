@@ -1,0 +1,250 @@
+// Tern's Redis command table: one entry per command, as data. Arity follows Redis (positive:
+// exact argument count including the name; negative: at least that many). Key positions follow
+// Redis 7.0's key specs. Routing, fan-out and CROSSSLOT checks are all derived from this table.
+
+public enum RedisKeys: Sendable, Equatable {
+    /// No keys.
+    case none
+    /// Keys from `first` to `last` (negative counts from the end: -1 is the last argument)
+    /// every `step` arguments.
+    case range(first: Int, last: Int, step: Int)
+    /// The number of keys is at argument `countAt`; they follow it. `before` is a key placed
+    /// before the count (the destination of ZUNIONSTORE), or 0.
+    case counted(countAt: Int, before: Int)
+    /// XREAD / XREADGROUP: the keys are the first half of the arguments after STREAMS.
+    case streams
+    /// The key is argument 2 of a container command (OBJECT ENCODING key, XINFO STREAM key).
+    case subcommandKey
+}
+
+public enum RedisRouting: Sendable, Equatable {
+    /// To the server of its keys; several keys must share a server (else CROSSSLOT).
+    case keyed
+    /// MGET: split per server, replies merged as one array in key order.
+    case mget
+    /// MSET: split per server (key/value pairs), `+OK` when every part said OK.
+    case mset
+    /// DEL, UNLINK, EXISTS, TOUCH: split per server, integer replies summed.
+    case sum
+    /// Sent to every server: `+OK` when all said OK (FLUSHDB, SCRIPT FLUSH).
+    case everyServerOK
+    /// Sent to every server, integer replies summed (DBSIZE).
+    case everyServerSum
+    /// Sent to every server, the first server's reply returned (SCRIPT LOAD).
+    case everyServerFirst
+    /// Keyless command for one server: the first server in config order (EVAL with 0 keys).
+    case firstServer
+    /// Answered by Tern itself.
+    case local
+    /// Cannot be proxied correctly: `-ERR unsupported command`.
+    case unsupported
+}
+
+public struct RedisCommand: Sendable {
+    public let name: String
+    public let arity: Int
+    public let keys: RedisKeys
+    public let routing: RedisRouting
+    /// Keywords after which one more key follows (SORT … STORE dst, GEORADIUS … STORE dst).
+    public let storeKeywords: Bool
+    /// Whether the command writes (reported by COMMAND).
+    public let isWrite: Bool
+
+    init(_ name: String, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false, storeKeywords: Bool = false) {
+        self.name = name
+        self.arity = arity
+        self.keys = keys
+        self.routing = routing
+        self.isWrite = write
+        self.storeKeywords = storeKeywords
+    }
+
+    public func acceptsArgumentCount(_ count: Int) -> Bool {
+        arity >= 0 ? count == arity : count >= -arity
+    }
+}
+
+public enum RedisCommandTable {
+    static let one = RedisKeys.range(first: 1, last: 1, step: 1)
+    static let two = RedisKeys.range(first: 1, last: 2, step: 1)
+    static let all = RedisKeys.range(first: 1, last: -1, step: 1)
+    static let pairs = RedisKeys.range(first: 1, last: -1, step: 2)
+    static let fromSecond = RedisKeys.range(first: 2, last: -1, step: 1)
+
+    public static let commands: [RedisCommand] = [
+        // Strings
+        .init("append", 3, one, write: true), .init("decr", 2, one, write: true), .init("decrby", 3, one, write: true),
+        .init("get", 2, one), .init("getdel", 2, one, write: true), .init("getex", -2, one, write: true),
+        .init("getrange", 4, one), .init("getset", 3, one, write: true), .init("incr", 2, one, write: true),
+        .init("incrby", 3, one, write: true), .init("incrbyfloat", 3, one, write: true), .init("lcs", -3, two),
+        .init("mget", -2, all, .mget), .init("mset", -3, pairs, .mset, write: true), .init("msetnx", -3, pairs, write: true),
+        .init("psetex", 4, one, write: true), .init("set", -3, one, write: true), .init("setex", 4, one, write: true),
+        .init("setnx", 3, one, write: true), .init("setrange", 4, one, write: true), .init("strlen", 2, one),
+        .init("substr", 4, one),
+        // Bitmaps
+        .init("bitcount", -2, one), .init("bitfield", -2, one, write: true), .init("bitfield_ro", -2, one),
+        .init("bitop", -4, fromSecond, write: true), .init("bitpos", -3, one), .init("getbit", 3, one),
+        .init("setbit", 4, one, write: true),
+        // Hashes
+        .init("hdel", -3, one, write: true), .init("hexists", 3, one), .init("hget", 3, one), .init("hgetall", 2, one),
+        .init("hincrby", 4, one, write: true), .init("hincrbyfloat", 4, one, write: true), .init("hkeys", 2, one),
+        .init("hlen", 2, one), .init("hmget", -3, one), .init("hmset", -4, one, write: true), .init("hrandfield", -2, one),
+        .init("hscan", -3, one), .init("hset", -4, one, write: true), .init("hsetnx", 4, one, write: true),
+        .init("hstrlen", 3, one), .init("hvals", 2, one),
+        // Lists
+        .init("lindex", 3, one), .init("linsert", 5, one, write: true), .init("llen", 2, one),
+        .init("lmove", 5, two, write: true), .init("lmpop", -4, .counted(countAt: 1, before: 0), write: true),
+        .init("lpop", -2, one, write: true), .init("lpos", -3, one), .init("lpush", -3, one, write: true),
+        .init("lpushx", -3, one, write: true), .init("lrange", 4, one), .init("lrem", 4, one, write: true),
+        .init("lset", 4, one, write: true), .init("ltrim", 4, one, write: true), .init("rpop", -2, one, write: true),
+        .init("rpoplpush", 3, two, write: true), .init("rpush", -3, one, write: true), .init("rpushx", -3, one, write: true),
+        .init("blmove", 6, two, .unsupported), .init("blmpop", -5, .none, .unsupported), .init("blpop", -3, .none, .unsupported),
+        .init("brpop", -3, .none, .unsupported), .init("brpoplpush", 4, two, .unsupported),
+        // Sets
+        .init("sadd", -3, one, write: true), .init("scard", 2, one), .init("sdiff", -2, all),
+        .init("sdiffstore", -3, all, write: true), .init("sinter", -2, all),
+        .init("sintercard", -3, .counted(countAt: 1, before: 0)), .init("sinterstore", -3, all, write: true),
+        .init("sismember", 3, one), .init("smembers", 2, one), .init("smismember", -3, one),
+        .init("smove", 4, two, write: true), .init("spop", -2, one, write: true), .init("srandmember", -2, one),
+        .init("srem", -3, one, write: true), .init("sscan", -3, one), .init("sunion", -2, all),
+        .init("sunionstore", -3, all, write: true),
+        // Sorted sets
+        .init("zadd", -4, one, write: true), .init("zcard", 2, one), .init("zcount", 4, one),
+        .init("zdiff", -3, .counted(countAt: 1, before: 0)), .init("zdiffstore", -4, .counted(countAt: 2, before: 1), write: true),
+        .init("zincrby", 4, one, write: true), .init("zinter", -3, .counted(countAt: 1, before: 0)),
+        .init("zintercard", -3, .counted(countAt: 1, before: 0)), .init("zinterstore", -4, .counted(countAt: 2, before: 1), write: true),
+        .init("zlexcount", 4, one), .init("zmpop", -4, .counted(countAt: 1, before: 0), write: true), .init("zmscore", -3, one),
+        .init("zpopmax", -2, one, write: true), .init("zpopmin", -2, one, write: true), .init("zrandmember", -2, one),
+        .init("zrange", -4, one), .init("zrangebylex", -4, one), .init("zrangebyscore", -4, one),
+        .init("zrangestore", -5, two, write: true), .init("zrank", -3, one), .init("zrem", -3, one, write: true),
+        .init("zremrangebylex", 4, one, write: true), .init("zremrangebyrank", 4, one, write: true),
+        .init("zremrangebyscore", 4, one, write: true), .init("zrevrange", -4, one), .init("zrevrangebylex", -4, one),
+        .init("zrevrangebyscore", -4, one), .init("zrevrank", -3, one), .init("zscan", -3, one), .init("zscore", 3, one),
+        .init("zunion", -3, .counted(countAt: 1, before: 0)), .init("zunionstore", -4, .counted(countAt: 2, before: 1), write: true),
+        .init("bzmpop", -5, .none, .unsupported), .init("bzpopmax", -3, .none, .unsupported), .init("bzpopmin", -3, .none, .unsupported),
+        // HyperLogLog
+        .init("pfadd", -2, one, write: true), .init("pfcount", -2, all), .init("pfmerge", -2, all, write: true),
+        .init("pfdebug", 3, .none, .unsupported), .init("pfselftest", 1, .none, .unsupported),
+        // Geo
+        .init("geoadd", -5, one, write: true), .init("geodist", -4, one), .init("geohash", -2, one), .init("geopos", -2, one),
+        .init("georadius", -6, one, write: true, storeKeywords: true),
+        .init("georadiusbymember", -5, one, write: true, storeKeywords: true),
+        .init("georadius_ro", -6, one), .init("georadiusbymember_ro", -5, one), .init("geosearch", -7, one),
+        .init("geosearchstore", -8, two, write: true),
+        // Streams (non-blocking)
+        .init("xack", -4, one, write: true), .init("xadd", -5, one, write: true), .init("xautoclaim", -6, one, write: true),
+        .init("xclaim", -6, one, write: true), .init("xdel", -3, one, write: true), .init("xgroup", -2, .subcommandKey, write: true),
+        .init("xinfo", -2, .subcommandKey), .init("xlen", 2, one), .init("xpending", -3, one), .init("xrange", -4, one),
+        .init("xread", -4, .streams), .init("xreadgroup", -7, .streams, write: true), .init("xrevrange", -4, one),
+        .init("xsetid", -3, one, write: true), .init("xtrim", -4, one, write: true),
+        // Keyspace
+        .init("copy", -3, two, write: true), .init("del", -2, all, .sum, write: true), .init("dump", 2, one),
+        .init("exists", -2, all, .sum), .init("expire", -3, one, write: true), .init("expireat", -3, one, write: true),
+        .init("expiretime", 2, one), .init("object", -2, .subcommandKey), .init("persist", 2, one, write: true),
+        .init("pexpire", -3, one, write: true), .init("pexpireat", -3, one, write: true), .init("pexpiretime", 2, one),
+        .init("pttl", 2, one), .init("rename", 3, two, write: true), .init("renamenx", 3, two, write: true),
+        .init("restore", -4, one, write: true), .init("sort", -2, one, write: true, storeKeywords: true), .init("sort_ro", -2, one),
+        .init("touch", -2, all, .sum), .init("ttl", 2, one), .init("type", 2, one), .init("unlink", -2, all, .sum, write: true),
+        .init("memory", -2, .subcommandKey),
+        .init("keys", 2, .none, .unsupported), .init("scan", -2, .none, .unsupported), .init("randomkey", 1, .none, .unsupported),
+        .init("migrate", -6, .none, .unsupported), .init("move", 3, .none, .unsupported), .init("wait", 3, .none, .unsupported),
+        .init("swapdb", 3, .none, .unsupported),
+        // Scripting and functions
+        .init("eval", -3, .counted(countAt: 2, before: 0), write: true), .init("evalsha", -3, .counted(countAt: 2, before: 0), write: true),
+        .init("eval_ro", -3, .counted(countAt: 2, before: 0)), .init("evalsha_ro", -3, .counted(countAt: 2, before: 0)),
+        .init("fcall", -3, .counted(countAt: 2, before: 0), write: true), .init("fcall_ro", -3, .counted(countAt: 2, before: 0)),
+        .init("script", -2, .none, .local), .init("function", -2, .none, .unsupported),
+        // Connection and server: answered by Tern
+        .init("ping", -1, .none, .local), .init("echo", 2, .none, .local), .init("quit", -1, .none, .local),
+        .init("select", 2, .none, .local), .init("auth", -2, .none, .local), .init("hello", -1, .none, .local),
+        .init("client", -2, .none, .local), .init("command", -1, .none, .local), .init("info", -1, .none, .local),
+        .init("dbsize", 1, .none, .everyServerSum), .init("flushdb", -1, .none, .everyServerOK, write: true),
+        .init("flushall", -1, .none, .everyServerOK, write: true),
+        // Cannot be proxied correctly
+        .init("multi", 1, .none, .unsupported), .init("exec", 1, .none, .unsupported), .init("discard", 1, .none, .unsupported),
+        .init("watch", -2, .none, .unsupported), .init("unwatch", 1, .none, .unsupported),
+        .init("subscribe", -2, .none, .unsupported), .init("psubscribe", -2, .none, .unsupported),
+        .init("unsubscribe", -1, .none, .unsupported), .init("punsubscribe", -1, .none, .unsupported),
+        .init("ssubscribe", -2, .none, .unsupported), .init("sunsubscribe", -1, .none, .unsupported),
+        .init("publish", 3, .none, .unsupported), .init("spublish", 3, .none, .unsupported), .init("pubsub", -2, .none, .unsupported),
+        .init("monitor", 1, .none, .unsupported), .init("cluster", -2, .none, .unsupported), .init("config", -2, .none, .unsupported),
+        .init("debug", -2, .none, .unsupported), .init("slowlog", -2, .none, .unsupported), .init("latency", -2, .none, .unsupported),
+        .init("acl", -2, .none, .unsupported), .init("save", 1, .none, .unsupported), .init("bgsave", -1, .none, .unsupported),
+        .init("bgrewriteaof", 1, .none, .unsupported), .init("lastsave", 1, .none, .unsupported), .init("shutdown", -1, .none, .unsupported),
+        .init("slaveof", 3, .none, .unsupported), .init("replicaof", 3, .none, .unsupported), .init("sync", 1, .none, .unsupported),
+        .init("psync", -3, .none, .unsupported), .init("role", 1, .none, .unsupported), .init("readonly", 1, .none, .unsupported),
+        .init("readwrite", 1, .none, .unsupported), .init("asking", 1, .none, .unsupported), .init("reset", 1, .none, .unsupported),
+        .init("failover", -1, .none, .unsupported), .init("module", -2, .none, .unsupported), .init("lolwut", -1, .none, .unsupported),
+        .init("time", 1, .none, .unsupported),
+    ]
+
+    /// Lookup by lower-case name.
+    public static let byName: [String: RedisCommand] = {
+        var table: [String: RedisCommand] = [:]
+        for command in commands { table[command.name] = command }
+        return table
+    }()
+
+    /// Finds a command by its (any-case) name bytes without allocating for names up to 32 bytes.
+    public static func lookup(_ name: UnsafeRawBufferPointer) -> RedisCommand? {
+        guard name.count > 0, name.count <= 32 else { return nil }
+        var lower = ""
+        lower.reserveCapacity(name.count)
+        for byte in name { lower.unicodeScalars.append(UnicodeScalar(asciiLower(byte))) }
+        return byName[lower]
+    }
+}
+
+/// Where the keys of a request are, derived from the table entry and the arguments.
+public enum RedisKeyPositions {
+    /// Calls `body` with the argument index of every key, in order. Returns false when the
+    /// arguments contradict the key spec (a bad numkeys), which is answered as a syntax error.
+    @discardableResult
+    public static func forEachKey(_ command: RedisCommand, _ arguments: RespArguments, in frame: UnsafeRawBufferPointer, _ body: (Int) -> Void) -> Bool {
+        let count = arguments.count
+        switch command.keys {
+        case .none:
+            return true
+        case let .range(first, last, step):
+            let end = last < 0 ? count + last : min(last, count - 1)
+            var index = first
+            while index <= end {
+                body(index)
+                index += step
+            }
+        case let .counted(countAt, before):
+            if before > 0 { body(before) }
+            guard countAt < count else { return false }
+            let text = arguments.argumentString(countAt, in: frame)
+            guard let keyCount = Int(text), keyCount >= 0, countAt + keyCount < count else { return false }
+            if keyCount == 0, before == 0, command.name.hasPrefix("eval") || command.name.hasPrefix("fcall") {
+                return true
+            }
+            guard keyCount > 0 || before > 0 else { return false }
+            for index in (countAt + 1)..<(countAt + 1 + keyCount) { body(index) }
+        case .streams:
+            var streamsAt = -1
+            for index in 1..<count where arguments.argument(index, in: frame, equals: "streams") {
+                streamsAt = index
+                break
+            }
+            guard streamsAt > 0 else { return false }
+            let rest = count - streamsAt - 1
+            guard rest > 0, rest % 2 == 0 else { return false }
+            for index in (streamsAt + 1)...(streamsAt + rest / 2) { body(index) }
+        case .subcommandKey:
+            if count > 2 { body(2) }
+        }
+        if command.storeKeywords {
+            var index = 2
+            while index < count - 1 {
+                if arguments.argument(index, in: frame, equals: "store") || arguments.argument(index, in: frame, equals: "storedist") {
+                    body(index + 1)
+                    index += 1
+                }
+                index += 1
+            }
+        }
+        return true
+    }
+}

@@ -1,0 +1,338 @@
+// RESP2, both directions, as pure functions over bytes (no sockets, clocks or globals).
+//
+// Requests: multibulk arrays (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) and inline commands
+// (`GET k\r\n`), possibly cut anywhere. Every length is checked against a limit before the
+// caller would allocate for it; a framing error asks for the connection to be closed, because
+// nothing after it can be trusted.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public struct RespLimits: Sendable {
+    /// Largest bulk string in a request (Redis's proto-max-bulk-len).
+    public var maxBulkLength = 512 << 20
+    /// Most elements in one request array.
+    public var maxArguments = 1 << 20
+    /// Longest inline command line (Redis: 64 KiB).
+    public var maxInlineLength = 64 << 10
+    /// Deepest nesting of arrays accepted in a backend reply.
+    public var maxReplyDepth = 64
+    public init(maxBulkLength: Int = 512 << 20) { self.maxBulkLength = maxBulkLength }
+}
+
+/// The arguments of one request: byte ranges into the frame (multibulk) or into the
+/// list's own storage (inline commands, whose quoting has been undone). Reused across requests,
+/// so steady-state parsing allocates nothing.
+public struct RespArguments: Sendable {
+    public private(set) var starts: [Int] = []
+    public private(set) var lengths: [Int] = []
+    /// Decoded bytes of an inline command.
+    public private(set) var inlineBytes: [UInt8] = []
+    public private(set) var isInline = false
+
+    public init() {}
+
+    public var count: Int { starts.count }
+
+    mutating func reset(inline: Bool) {
+        starts.removeAll(keepingCapacity: true)
+        lengths.removeAll(keepingCapacity: true)
+        inlineBytes.removeAll(keepingCapacity: true)
+        isInline = inline
+    }
+
+    mutating func add(start: Int, length: Int) {
+        starts.append(start)
+        lengths.append(length)
+    }
+
+    mutating func addInline(_ bytes: UnsafeRawBufferPointer) {
+        starts.append(inlineBytes.count)
+        lengths.append(bytes.count)
+        inlineBytes.append(contentsOf: bytes)
+    }
+
+    mutating func appendInlineByte(_ byte: UInt8) { inlineBytes.append(byte) }
+    mutating func beginInlineArgument() -> Int { inlineBytes.count }
+    mutating func endInlineArgument(from start: Int) {
+        starts.append(start)
+        lengths.append(inlineBytes.count - start)
+    }
+
+    /// Argument `index` as bytes: from `frame` for multibulk requests, from the decoded copy
+    /// for inline ones.
+    @inlinable
+    public func withArgument<R>(_ index: Int, in frame: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        if isInline {
+            return inlineBytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[starts[index]..<(starts[index] + lengths[index])])) }
+        }
+        return body(UnsafeRawBufferPointer(rebasing: frame[starts[index]..<(starts[index] + lengths[index])]))
+    }
+
+    public func argumentString(_ index: Int, in frame: UnsafeRawBufferPointer) -> String {
+        withArgument(index, in: frame) { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Whether argument `index` equals `word`, ignoring ASCII case.
+    public func argument(_ index: Int, in frame: UnsafeRawBufferPointer, equals word: StaticString) -> Bool {
+        withArgument(index, in: frame) { bytes in
+            guard bytes.count == word.utf8CodeUnitCount else { return false }
+            let pointer = word.utf8Start
+            for i in 0..<bytes.count where asciiLower(bytes[i]) != asciiLower(pointer[i]) { return false }
+            return true
+        }
+    }
+}
+
+@inlinable
+public func asciiLower(_ byte: UInt8) -> UInt8 { byte >= 0x41 && byte <= 0x5a ? byte | 0x20 : byte }
+
+public enum RespParseResult: Sendable, Equatable {
+    case incomplete
+    /// A request of `length` bytes; its arguments are in the caller's `RespArguments`.
+    case request(length: Int)
+    /// An empty inline line: skip it, nothing to answer.
+    case empty(length: Int)
+    /// A framing error: answer `-ERR Protocol error: <message>` and close the connection.
+    case protocolError(String)
+}
+
+public enum RespRequestParser {
+    public static func parse(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: inout RespArguments) -> RespParseResult {
+        guard bytes.count > 0 else { return .incomplete }
+        if bytes[0] == UInt8(ascii: "*") { return parseMultibulk(bytes, limits: limits, into: &arguments) }
+        return parseInline(bytes, limits: limits, into: &arguments)
+    }
+
+    /// Reads `<prefix><digits>\r\n` at `position`; returns the number and the position after the
+    /// line, `nil` when more bytes are needed, or an error.
+    enum Header { case value(Int, Int), incomplete, invalid }
+
+    static func header(_ bytes: UnsafeRawBufferPointer, at position: Int, maxDigits: Int = 19) -> Header {
+        var index = position + 1
+        var negative = false
+        if index < bytes.count, bytes[index] == UInt8(ascii: "-") { negative = true; index += 1 }
+        var value = 0
+        var digits = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == 0x0d {
+                guard index + 1 < bytes.count else { return .incomplete }
+                guard bytes[index + 1] == 0x0a, digits > 0 else { return .invalid }
+                return .value(negative ? -value : value, index + 2)
+            }
+            let digit = byte &- 0x30
+            guard digit < 10, digits < maxDigits else { return .invalid }
+            value = value * 10 + Int(digit)
+            digits += 1
+            index += 1
+        }
+        // A header longer than any valid one will not become valid with more bytes.
+        return index - position > maxDigits + 3 ? .invalid : .incomplete
+    }
+
+    static func parseMultibulk(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: inout RespArguments) -> RespParseResult {
+        let count: Int
+        var position: Int
+        switch header(bytes, at: 0, maxDigits: 10) {
+        case .incomplete: return .incomplete
+        case .invalid: return .protocolError("invalid multibulk length")
+        case let .value(value, next):
+            guard value <= limits.maxArguments else { return .protocolError("invalid multibulk length") }
+            count = value
+            position = next
+        }
+        arguments.reset(inline: false)
+        if count <= 0 { return .empty(length: position) }
+        for _ in 0..<count {
+            guard position < bytes.count else { return .incomplete }
+            guard bytes[position] == UInt8(ascii: "$") else {
+                return .protocolError("expected '$', got '\(printable(bytes[position]))'")
+            }
+            switch header(bytes, at: position, maxDigits: 10) {
+            case .incomplete: return .incomplete
+            case .invalid: return .protocolError("invalid bulk length")
+            case let .value(length, next):
+                guard length >= 0, length <= limits.maxBulkLength else { return .protocolError("invalid bulk length") }
+                guard next + length + 2 <= bytes.count else { return .incomplete }
+                guard bytes[next + length] == 0x0d, bytes[next + length + 1] == 0x0a else {
+                    return .protocolError("bulk string not terminated by CRLF")
+                }
+                arguments.add(start: next, length: length)
+                position = next + length + 2
+            }
+        }
+        return .request(length: position)
+    }
+
+    static func printable(_ byte: UInt8) -> String {
+        byte >= 0x20 && byte < 0x7f ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
+    }
+
+    /// An inline command: arguments separated by spaces, with Redis's quoting ("…" with
+    /// escapes, '…').
+    static func parseInline(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: inout RespArguments) -> RespParseResult {
+        let scan = min(bytes.count, limits.maxInlineLength)
+        guard let base = bytes.baseAddress, let found = memchr(base, 0x0a, scan) else {
+            return bytes.count >= limits.maxInlineLength ? .protocolError("too big inline request") : .incomplete
+        }
+        let newlineAt = base.distance(to: UnsafeRawPointer(found))
+        let end = newlineAt > 0 && bytes[newlineAt - 1] == 0x0d ? newlineAt - 1 : newlineAt
+        arguments.reset(inline: true)
+        var position = 0
+        while true {
+            while position < end, isSpace(bytes[position]) { position += 1 }
+            if position >= end { break }
+            let start = arguments.beginInlineArgument()
+            let quote = bytes[position]
+            if quote == UInt8(ascii: "\"") || quote == UInt8(ascii: "'") {
+                position += 1
+                var closed = false
+                while position < end {
+                    let byte = bytes[position]
+                    if quote == UInt8(ascii: "\""), byte == UInt8(ascii: "\\"), position + 1 < end {
+                        let next = bytes[position + 1]
+                        if next == UInt8(ascii: "x"), position + 3 < end, let high = hexValue(bytes[position + 2]), let low = hexValue(bytes[position + 3]) {
+                            arguments.appendInlineByte(high << 4 | low)
+                            position += 4
+                            continue
+                        }
+                        switch next {
+                        case UInt8(ascii: "n"): arguments.appendInlineByte(0x0a)
+                        case UInt8(ascii: "r"): arguments.appendInlineByte(0x0d)
+                        case UInt8(ascii: "t"): arguments.appendInlineByte(0x09)
+                        case UInt8(ascii: "b"): arguments.appendInlineByte(0x08)
+                        case UInt8(ascii: "a"): arguments.appendInlineByte(0x07)
+                        default: arguments.appendInlineByte(next)
+                        }
+                        position += 2
+                        continue
+                    }
+                    if quote == UInt8(ascii: "'"), byte == UInt8(ascii: "\\"), position + 1 < end, bytes[position + 1] == UInt8(ascii: "'") {
+                        arguments.appendInlineByte(UInt8(ascii: "'"))
+                        position += 2
+                        continue
+                    }
+                    if byte == quote {
+                        position += 1
+                        // A closing quote must be followed by a space or the end.
+                        guard position >= end || isSpace(bytes[position]) else { return .protocolError("unbalanced quotes in request") }
+                        closed = true
+                        break
+                    }
+                    arguments.appendInlineByte(byte)
+                    position += 1
+                }
+                guard closed else { return .protocolError("unbalanced quotes in request") }
+            } else {
+                while position < end, !isSpace(bytes[position]) {
+                    arguments.appendInlineByte(bytes[position])
+                    position += 1
+                }
+            }
+            arguments.endInlineArgument(from: start)
+        }
+        if arguments.count == 0 { return .empty(length: newlineAt + 1) }
+        return .request(length: newlineAt + 1)
+    }
+
+    @inline(__always) static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0d }
+
+    static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case 0x30...0x39: return byte - 0x30
+        case 0x61...0x66: return byte - 0x61 + 10
+        case 0x41...0x46: return byte - 0x41 + 10
+        default: return nil
+        }
+    }
+}
+
+/// Frames RESP2 replies from a backend.
+public enum RespReplyParser {
+    public enum Result: Equatable, Sendable {
+        case incomplete
+        /// A whole reply of `length` bytes; `isError` when it is a top-level `-ERR …`.
+        case reply(length: Int, isError: Bool)
+        case invalid
+    }
+
+    /// The extent of the first complete reply. Arrays are walked without recursion; `maxDepth`
+    /// bounds their nesting.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, maxDepth: Int = 64, maxBulkLength: Int = 1 << 30) -> Result {
+        guard bytes.count > 0 else { return .incomplete }
+        let isError = bytes[0] == UInt8(ascii: "-")
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: maxDepth + 1) { stack -> Result in
+            // stack[d] = elements still to read at depth d.
+            var depth = 0
+            stack[0] = 1
+            var position = 0
+            while true {
+                guard position < bytes.count else { return .incomplete }
+                let type = bytes[position]
+                switch type {
+                case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"):
+                    guard let base = bytes.baseAddress, let found = memchr(base + position, 0x0a, bytes.count - position) else {
+                        return .incomplete
+                    }
+                    position = base.distance(to: UnsafeRawPointer(found)) + 1
+                    stack[depth] -= 1
+                case UInt8(ascii: "$"):
+                    switch RespRequestParser.header(bytes, at: position, maxDigits: 11) {
+                    case .incomplete: return .incomplete
+                    case .invalid: return .invalid
+                    case let .value(length, next):
+                        if length < 0 {
+                            position = next
+                        } else {
+                            guard length <= maxBulkLength else { return .invalid }
+                            guard next + length + 2 <= bytes.count else { return .incomplete }
+                            position = next + length + 2
+                        }
+                        stack[depth] -= 1
+                    }
+                case UInt8(ascii: "*"):
+                    switch RespRequestParser.header(bytes, at: position, maxDigits: 11) {
+                    case .incomplete: return .incomplete
+                    case .invalid: return .invalid
+                    case let .value(count, next):
+                        position = next
+                        stack[depth] -= 1
+                        if count > 0 {
+                            guard depth < maxDepth else { return .invalid }
+                            depth += 1
+                            stack[depth] = count
+                        }
+                    }
+                default:
+                    return .invalid
+                }
+                while depth > 0, stack[depth] == 0 { depth -= 1 }
+                if depth == 0, stack[0] == 0 { return .reply(length: position, isError: isError) }
+            }
+        }
+    }
+
+    /// Calls `body` with the byte range of each element of a complete array reply.
+    public static func forEachElement(_ bytes: UnsafeRawBufferPointer, _ body: (Range<Int>) -> Void) {
+        guard bytes.count > 0, bytes[0] == UInt8(ascii: "*"),
+              case let .value(count, first) = RespRequestParser.header(bytes, at: 0, maxDigits: 11) else { return }
+        var position = first
+        for _ in 0..<max(0, count) {
+            let rest = UnsafeRawBufferPointer(rebasing: bytes[position...])
+            guard case let .reply(length, _) = parse(rest) else { return }
+            body(position..<(position + length))
+            position += length
+        }
+    }
+
+    /// The value of an integer reply (`:12\r\n`).
+    public static func integer(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard bytes.count >= 4, bytes[0] == UInt8(ascii: ":"),
+              case let .value(value, _) = RespRequestParser.header(bytes, at: 0) else { return nil }
+        return value
+    }
+}

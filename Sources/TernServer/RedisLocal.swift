@@ -1,0 +1,224 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TernCore
+
+/// Redis commands Tern answers itself, without a backend.
+extension ClientConnection {
+    func answerLocally(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let arguments = session.arguments
+        let count = arguments.count
+        func text(_ index: Int) -> String { arguments.argumentString(index, in: frame) }
+        func bulk(_ index: Int) {
+            arguments.withArgument(index, in: frame) { slot.data.appendBulk($0) }
+            slot.complete(with: "" as StaticString)
+        }
+        switch command.name {
+        case "ping":
+            if count == 1 { slot.complete(with: "+PONG\r\n" as StaticString) } else if count == 2 { bulk(1) } else { wrongArity(command, slot) }
+        case "echo":
+            bulk(1)
+        case "quit":
+            slot.complete(with: "+OK\r\n" as StaticString)
+            closeWhenDrained = true
+        case "select":
+            if Int(text(1)) == pool.config.redisDatabase {
+                slot.complete(with: "+OK\r\n" as StaticString)
+            } else {
+                slot.complete(with: "-ERR SELECT is not allowed: this pool serves database \(pool.config.redisDatabase)\r\n")
+            }
+        case "auth":
+            guard count <= 3 else { return wrongArity(command, slot) }
+            guard pool.config.redisAuth != nil else {
+                return slot.complete(with: "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n" as StaticString)
+            }
+            if checkCredentials(user: count == 3 ? 1 : nil, password: count - 1, arguments, frame) {
+                session.isAuthenticated = true
+                slot.complete(with: "+OK\r\n" as StaticString)
+            } else {
+                slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
+            }
+        case "hello":
+            hello(arguments, frame, session, slot)
+        case "client":
+            client(arguments, frame, session, slot)
+        case "command":
+            commandInfo(arguments, frame, slot)
+        case "info":
+            slot.data.appendBulk(infoText())
+            slot.complete(with: "" as StaticString)
+        case "script":
+            if arguments.argument(1, in: frame, equals: "load") {
+                toEveryServer(frame, session, slot, kind: .respFirst)
+            } else if arguments.argument(1, in: frame, equals: "flush") {
+                toEveryServer(frame, session, slot, kind: .respAllOK)
+            } else if arguments.argument(1, in: frame, equals: "exists") {
+                // SCRIPT LOAD reaches every server, so any server can answer.
+                forwardRedis(frame, session, slot, to: firstLiveServer())
+            } else {
+                slot.complete(with: "-ERR unsupported command 'script \(sanitizedWord(text(1)))'\r\n")
+            }
+        default:
+            slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
+        }
+    }
+
+    private func wrongArity(_ command: RedisCommand, _ slot: ReplySlot) {
+        slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
+    }
+
+    private func sanitizedWord(_ text: String) -> String {
+        String(text.prefix(64).map { $0.isASCII && $0.isLetter ? Character($0.lowercased()) : "?" })
+    }
+
+    /// Compares the password with the pool's `redis_auth` in constant time; a user, when given,
+    /// must be `default`.
+    private func checkCredentials(user: Int?, password: Int, _ arguments: RespArguments, _ frame: UnsafeRawBufferPointer) -> Bool {
+        guard let expected = pool.config.redisAuth else { return false }
+        if let user, arguments.argumentString(user, in: frame) != "default" { return false }
+        return arguments.withArgument(password, in: frame) { given in
+            let wanted = Array(expected.utf8)
+            var difference = UInt8(truncatingIfNeeded: given.count ^ wanted.count)
+            for i in 0..<wanted.count {
+                difference |= wanted[i] ^ (i < given.count ? given[i] : 0)
+            }
+            return difference == 0
+        }
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now.
+    private func hello(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let count = arguments.count
+        if count >= 2 {
+            guard let version = Int(arguments.argumentString(1, in: frame)) else {
+                return slot.complete(with: "-ERR Protocol version is not an integer or out of range\r\n" as StaticString)
+            }
+            guard version == 2 else {
+                return slot.complete(with: "-NOPROTO unsupported protocol version\r\n" as StaticString)
+            }
+        }
+        var index = 2
+        var newName: String?
+        while index < count {
+            if arguments.argument(index, in: frame, equals: "auth"), index + 2 < count {
+                guard pool.config.redisAuth != nil, checkCredentials(user: index + 1, password: index + 2, arguments, frame) else {
+                    return slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
+                }
+                session.isAuthenticated = true
+                index += 3
+            } else if arguments.argument(index, in: frame, equals: "setname"), index + 1 < count {
+                newName = arguments.argumentString(index + 1, in: frame)
+                index += 2
+            } else {
+                return slot.complete(with: "-ERR Syntax error in HELLO option '\(arguments.argumentString(index, in: frame).prefix(64))'\r\n")
+            }
+        }
+        if pool.config.redisAuth != nil, !session.isAuthenticated {
+            return slot.complete(with: "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n" as StaticString)
+        }
+        if let newName { session.name = newName }
+        let reply = slot.data
+        reply.appendArrayHeader(14)
+        reply.appendBulk("server"); reply.appendBulk("redis")
+        reply.appendBulk("version"); reply.appendBulk(redisCompatibleVersion)
+        reply.appendBulk("proto"); reply.appendInteger(2)
+        reply.appendBulk("id"); reply.appendInteger(index)
+        reply.appendBulk("mode"); reply.appendBulk("standalone")
+        reply.appendBulk("role"); reply.appendBulk("master")
+        reply.appendBulk("modules"); reply.appendArrayHeader(0)
+        slot.complete(with: "" as StaticString)
+    }
+
+    /// CLIENT SETNAME/GETNAME/SETINFO/ID/INFO, kept per client connection.
+    private func client(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let count = arguments.count
+        if arguments.argument(1, in: frame, equals: "setname"), count == 3 {
+            let name = arguments.argumentString(2, in: frame)
+            guard !name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
+                return slot.complete(with: "-ERR Client names cannot contain spaces, newlines or special characters.\r\n" as StaticString)
+            }
+            session.name = name.isEmpty ? nil : name
+            slot.complete(with: "+OK\r\n" as StaticString)
+        } else if arguments.argument(1, in: frame, equals: "getname"), count == 2 {
+            if let name = session.name { slot.data.appendBulk(name) } else { slot.data.append("$-1\r\n" as StaticString) }
+            slot.complete(with: "" as StaticString)
+        } else if arguments.argument(1, in: frame, equals: "setinfo"), count == 4 {
+            if arguments.argument(2, in: frame, equals: "lib-name") {
+                session.libraryName = arguments.argumentString(3, in: frame)
+            } else if arguments.argument(2, in: frame, equals: "lib-ver") {
+                session.libraryVersion = arguments.argumentString(3, in: frame)
+            } else {
+                return slot.complete(with: "-ERR Unrecognized option '\(arguments.argumentString(2, in: frame).prefix(64))'\r\n")
+            }
+            slot.complete(with: "+OK\r\n" as StaticString)
+        } else if arguments.argument(1, in: frame, equals: "id"), count == 2 {
+            slot.complete(with: ":\(index)\r\n")
+        } else if arguments.argument(1, in: frame, equals: "info"), count == 2 {
+            slot.data.appendBulk("id=\(index) name=\(session.name ?? "") db=\(pool.config.redisDatabase) lib-name=\(session.libraryName ?? "") lib-ver=\(session.libraryVersion ?? "")\n")
+            slot.complete(with: "" as StaticString)
+        } else {
+            slot.complete(with: "-ERR unsupported command 'client \(sanitizedWord(arguments.argumentString(1, in: frame)))'\r\n")
+        }
+    }
+
+    /// COMMAND, COMMAND COUNT, COMMAND INFO name…, COMMAND DOCS [name…], COMMAND LIST.
+    private func commandInfo(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
+        let reply = slot.data
+        let table = RedisCommandTable.commands.filter { $0.routing != .unsupported }
+        if arguments.count == 1 {
+            reply.appendArrayHeader(table.count)
+            for command in table { appendInfo(command, reply) }
+        } else if arguments.argument(1, in: frame, equals: "count") {
+            reply.appendInteger(table.count)
+        } else if arguments.argument(1, in: frame, equals: "info") {
+            reply.appendArrayHeader(arguments.count - 2)
+            for index in 2..<arguments.count {
+                let command = arguments.withArgument(index, in: frame) { RedisCommandTable.lookup($0) }
+                if let command, command.routing != .unsupported { appendInfo(command, reply) } else { reply.append("*-1\r\n" as StaticString) }
+            }
+        } else if arguments.argument(1, in: frame, equals: "docs") {
+            // No documentation is served; an empty map lets redis-cli start.
+            reply.appendArrayHeader(0)
+        } else if arguments.argument(1, in: frame, equals: "list") {
+            reply.appendArrayHeader(table.count)
+            for command in table { reply.appendBulk(command.name) }
+        } else {
+            return slot.complete(with: "-ERR unsupported command 'command \(sanitizedWord(arguments.argumentString(1, in: frame)))'\r\n")
+        }
+        slot.complete(with: "" as StaticString)
+    }
+
+    private func appendInfo(_ command: RedisCommand, _ reply: ByteBuffer) {
+        reply.appendArrayHeader(10)
+        reply.appendBulk(command.name)
+        reply.appendInteger(command.arity)
+        var flags = [command.isWrite ? "write" : "readonly"]
+        var first = 0, last = 0, step = 0
+        switch command.keys {
+        case let .range(f, l, s): (first, last, step) = (f, l, s)
+        case .none: flags = command.routing == .local ? ["fast"] : flags
+        default: flags.append("movablekeys")
+        }
+        reply.appendArrayHeader(flags.count)
+        for flag in flags { reply.append("+\(flag)\r\n") }
+        reply.appendInteger(first)
+        reply.appendInteger(last)
+        reply.appendInteger(step)
+        for _ in 0..<4 { reply.appendArrayHeader(0) }
+    }
+
+    private func infoText() -> String {
+        let info = worker.processInfo
+        let uptime = Int(time(nil)) - info.startTime
+        var text = "# Server\r\nredis_version:\(redisCompatibleVersion)\r\ntern_version:\(info.version)\r\nredis_mode:standalone\r\n"
+        text += "process_id:\(getpid())\r\nuptime_in_seconds:\(uptime)\r\n\r\n"
+        text += "# Clients\r\nconnected_clients:\(pool.plan.clientCount.load(ordering: .relaxed))\r\n\r\n"
+        text += "# Stats\r\ntotal_connections_received:\(pool.plan.totalConnections.load(ordering: .relaxed))\r\n\r\n"
+        text += "# Pools\r\npool:\(pool.config.name)\r\nservers:\(pool.servers.count)\r\n"
+        text += "distribution:\(pool.config.distribution.rawValue)\r\nhash:\(pool.config.hash.rawValue)\r\n"
+        return text
+    }
+}
+
+/// The Redis version Tern presents to clients that check it (HELLO, INFO).
+let redisCompatibleVersion = "7.0.0"

@@ -1,0 +1,225 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TernCore
+
+/// Per-connection state of a Redis client. Confined to the client's worker thread.
+final class RedisSession {
+    /// The current request's arguments, reused from request to request.
+    var arguments = RespArguments()
+    var isAuthenticated = false
+    var name: String?
+    var libraryName: String?
+    var libraryVersion: String?
+    /// Per-key servers of the current request (reused).
+    var keyServers: [Int32] = []
+    var keyIndices: [Int] = []
+}
+
+/// RESP2 on a client connection: parse, check, answer locally or route by the command table.
+extension ClientConnection {
+    func processRedis(_ buffer: ByteBuffer) {
+        guard let session = redis else { return }
+        while !buffer.isEmpty, !closeWhenDrained, !isClosed {
+            if pipelineIsFull() { return }
+            let bytes = buffer.readable
+            switch RespRequestParser.parse(bytes, limits: pool.respLimits, into: &session.arguments) {
+            case .incomplete:
+                return
+            case let .empty(length):
+                buffer.consume(length)
+            case let .request(length):
+                routeRedis(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), session)
+                buffer.consume(length)
+            case let .protocolError(message):
+                // Framing is lost: answer, then close once earlier replies are out.
+                newSlot().complete(with: "-ERR Protocol error: \(message)\r\n")
+                buffer.consume(buffer.readableCount)
+                closeWhenDrained = true
+            }
+        }
+    }
+
+    private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession) {
+        let arguments = session.arguments
+        let slot = newSlot()
+        guard let command = arguments.withArgument(0, in: frame, { RedisCommandTable.lookup($0) }) else {
+            var text = "-ERR unknown command '\(sanitized(arguments.argumentString(0, in: frame)))', with args beginning with: "
+            for index in 1..<min(arguments.count, 8) { text += "'\(sanitized(arguments.argumentString(index, in: frame)))' " }
+            slot.complete(with: text + "\r\n")
+            return
+        }
+        if pool.config.redisAuth != nil, !session.isAuthenticated, command.name != "auth", command.name != "hello", command.name != "quit" {
+            slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
+            return
+        }
+        guard command.acceptsArgumentCount(arguments.count) else {
+            slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
+            return
+        }
+        switch command.routing {
+        case .unsupported:
+            slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
+        case .local:
+            answerLocally(command, frame, session, slot)
+        case .keyed:
+            routeKeyed(command, frame, session, slot)
+        case .mget:
+            fanOutKeys(command, frame, session, slot, kind: .respArray, keysPerPart: 1)
+        case .mset:
+            fanOutKeys(command, frame, session, slot, kind: .respAllOK, keysPerPart: 2)
+        case .sum:
+            fanOutKeys(command, frame, session, slot, kind: .respSum, keysPerPart: 1)
+        case .everyServerOK:
+            toEveryServer(frame, session, slot, kind: .respAllOK)
+        case .everyServerSum:
+            toEveryServer(frame, session, slot, kind: .respSum)
+        case .everyServerFirst:
+            toEveryServer(frame, session, slot, kind: .respFirst)
+        case .firstServer:
+            forwardRedis(frame, session, slot, to: firstLiveServer())
+        }
+    }
+
+    private func sanitized(_ text: String) -> String {
+        String(text.prefix(128).map { $0.isASCII && $0 != "\r" && $0 != "\n" ? $0 : "?" })
+    }
+
+    func firstLiveServer() -> ServerRuntime? {
+        pool.servers.first { !$0.isEjected }
+    }
+
+    /// Writes the request to `output`: its own bytes for multibulk requests, re-encoded for
+    /// inline ones.
+    private func writeRequest(_ frame: UnsafeRawBufferPointer, _ arguments: RespArguments, into output: ByteBuffer) {
+        if !arguments.isInline {
+            output.append(frame)
+            return
+        }
+        output.appendArrayHeader(arguments.count)
+        for index in 0..<arguments.count {
+            arguments.withArgument(index, in: frame) { output.appendBulk($0) }
+        }
+    }
+
+    func forwardRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, to server: ServerRuntime?) {
+        guard let server else {
+            slot.fail(part: 0, reason: "no server available")
+            return
+        }
+        let connection = server.connection(for: index)
+        writeRequest(frame, session.arguments, into: connection.requestBuffer())
+        slot.remainingParts = 1
+        connection.enqueue(slot: slot, part: 0, command: .get)
+    }
+
+    /// Every key must live on one server (hash tags make that possible); else CROSSSLOT.
+    private func routeKeyed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let arguments = session.arguments
+        if command.keys == .streams, hasArgument(arguments, frame, "block") {
+            slot.complete(with: "-ERR unsupported command '\(command.name)' with BLOCK\r\n")
+            return
+        }
+        var target: ServerRuntime?
+        var crossServer = false
+        var noServer = false
+        var sawKey = false
+        let valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
+            guard keyIndex < arguments.count else { return }
+            let server = arguments.withArgument(keyIndex, in: frame) { pool.server(forKey: $0) }
+            guard let server else { noServer = true; return }
+            if !sawKey {
+                target = server
+                sawKey = true
+            } else if server !== target {
+                crossServer = true
+            }
+        }
+        if crossServer {
+            slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
+            return
+        }
+        if noServer {
+            slot.fail(part: 0, reason: "no server available")
+            return
+        }
+        // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
+        // whose own error the client sees.
+        if !sawKey || !valid { target = firstLiveServer() }
+        forwardRedis(frame, session, slot, to: target)
+    }
+
+    private func hasArgument(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ word: StaticString) -> Bool {
+        for index in 1..<arguments.count where arguments.argument(index, in: frame, equals: word) { return true }
+        return false
+    }
+
+    /// MGET / MSET / DEL-like commands: one request per server with that server's keys.
+    private func fanOutKeys(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot,
+                            kind: ReplySlot.Kind, keysPerPart: Int) {
+        let arguments = session.arguments
+        slot.kind = kind
+        session.keyIndices.removeAll(keepingCapacity: true)
+        session.keyServers.removeAll(keepingCapacity: true)
+        if keysPerPart == 2, (arguments.count - 1) % 2 != 0 {
+            slot.kind = .single
+            slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
+            return
+        }
+        var index = 1
+        while index < arguments.count {
+            guard let server = arguments.withArgument(index, in: frame, { pool.server(forKey: $0) }) else {
+                slot.kind = .single
+                slot.fail(part: 0, reason: "no server available")
+                return
+            }
+            session.keyIndices.append(index)
+            session.keyServers.append(Int32(server.index))
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(server.index)))
+            index += keysPerPart
+        }
+        var servers: [Int32] = []
+        for server in session.keyServers where !servers.contains(server) { servers.append(server) }
+        if servers.count == 1, kind != .respArray {
+            // All keys on one server: the request goes as it is.
+            slot.kind = .single
+            slot.keys.removeAll(keepingCapacity: true)
+            forwardRedis(frame, session, slot, to: pool.servers[Int(servers[0])])
+            return
+        }
+        slot.remainingParts = servers.count
+        for server in servers {
+            let connection = pool.servers[Int(server)].connection(for: index)
+            let output = connection.requestBuffer()
+            var count = 0
+            for keyServer in session.keyServers where keyServer == server { count += 1 }
+            output.appendArrayHeader(1 + count * keysPerPart)
+            arguments.withArgument(0, in: frame) { output.appendBulk($0) }
+            for (position, keyServer) in session.keyServers.enumerated() where keyServer == server {
+                let keyIndex = session.keyIndices[position]
+                for offset in 0..<keysPerPart {
+                    arguments.withArgument(keyIndex + offset, in: frame) { output.appendBulk($0) }
+                }
+            }
+            connection.enqueue(slot: slot, part: server, command: .get)
+        }
+        if servers.count > 1 { worker.countFragments(servers.count) }
+    }
+
+    /// DBSIZE, FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH: the same request to every live server.
+    func toEveryServer(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, kind: ReplySlot.Kind) {
+        slot.kind = kind
+        let live = pool.servers.filter { !$0.isEjected }
+        guard !live.isEmpty else {
+            slot.kind = .single
+            slot.fail(part: 0, reason: "no server available")
+            return
+        }
+        slot.remainingParts = live.count
+        for server in live {
+            let connection = server.connection(for: index)
+            writeRequest(frame, session.arguments, into: connection.requestBuffer())
+            connection.enqueue(slot: slot, part: Int32(server.index), command: .get)
+        }
+    }
+}

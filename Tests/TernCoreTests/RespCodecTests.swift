@@ -1,0 +1,128 @@
+import XCTest
+@testable import TernCore
+
+final class RespCodecTests: XCTestCase {
+    func parse(_ text: String, limits: RespLimits = RespLimits()) -> (RespParseResult, [String]) {
+        parse(Array(text.utf8), limits: limits)
+    }
+
+    func parse(_ bytes: [UInt8], limits: RespLimits = RespLimits()) -> (RespParseResult, [String]) {
+        var arguments = RespArguments()
+        return bytes.withUnsafeBytes { raw in
+            let result = RespRequestParser.parse(raw, limits: limits, into: &arguments)
+            guard case .request = result else { return (result, []) }
+            return (result, (0..<arguments.count).map { arguments.argumentString($0, in: raw) })
+        }
+    }
+
+    func testMultibulkAndInline() {
+        XCTAssertEqual(parse("*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n").1, ["GET", "key"])
+        XCTAssertEqual(parse("*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n").0, .request(length: 22))
+        XCTAssertEqual(parse("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n").1, ["SET", "k", ""])
+        XCTAssertEqual(parse("*1\r\n$5\r\nPI\r\nG\r\n").1, ["PI\r\nG"], "binary-safe bulk strings")
+        XCTAssertEqual(parse("PING\r\n").1, ["PING"])
+        XCTAssertEqual(parse("set  a   b\n").1, ["set", "a", "b"])
+        XCTAssertEqual(parse("SET k \"a b\\x41\\n\"\r\n").1, ["SET", "k", "a bA\n"])
+        XCTAssertEqual(parse("ECHO 'it\\'s'\r\n").1, ["ECHO", "it's"])
+        XCTAssertEqual(parse("\r\n").0, .empty(length: 2))
+        XCTAssertEqual(parse("*0\r\n").0, .empty(length: 4))
+        XCTAssertEqual(parse("*-1\r\n").0, .empty(length: 5))
+    }
+
+    func testEveryPrefixIsIncomplete() {
+        for frame in ["*3\r\n$3\r\nSET\r\n$5\r\nhello\r\n$5\r\nworld\r\n", "PING\r\n", "*1\r\n$0\r\n\r\n", "GET \"quoted key\"\r\n"] {
+            let bytes = Array(frame.utf8)
+            for cut in 0..<bytes.count {
+                XCTAssertEqual(parse(Array(bytes[0..<cut])).0, .incomplete, "\(frame.debugDescription) cut at \(cut)")
+            }
+            XCTAssertEqual(parse(bytes).0, .request(length: bytes.count))
+        }
+    }
+
+    func testProtocolErrorsBeforeAllocation() {
+        XCTAssertEqual(parse("*99999999999\r\n").0, .protocolError("invalid multibulk length"))
+        XCTAssertEqual(parse("*1\r\n$-5\r\n").0, .protocolError("invalid bulk length"))
+        XCTAssertEqual(parse("*1\r\n$99999999999\r\n").0, .protocolError("invalid bulk length"))
+        XCTAssertEqual(parse("*1\r\n$536870913\r\n").0, .protocolError("invalid bulk length"))
+        XCTAssertEqual(parse("*abc\r\n").0, .protocolError("invalid multibulk length"))
+        XCTAssertEqual(parse("*1\r\n:1\r\n").0, .protocolError("expected '$', got ':'"))
+        XCTAssertEqual(parse("*1\r\n$3\r\nGETX\r\n").0, .protocolError("bulk string not terminated by CRLF"))
+        XCTAssertEqual(parse("SET 'a\r\n").0, .protocolError("unbalanced quotes in request"))
+        XCTAssertEqual(parse("SET \"a\"b\r\n").0, .protocolError("unbalanced quotes in request"))
+        XCTAssertEqual(parse([UInt8](repeating: 0x61, count: 70_000)).0, .protocolError("too big inline request"))
+        var small = RespLimits()
+        small.maxBulkLength = 10
+        small.maxArguments = 3
+        XCTAssertEqual(parse("*1\r\n$11\r\n", limits: small).0, .protocolError("invalid bulk length"))
+        XCTAssertEqual(parse("*4\r\n", limits: small).0, .protocolError("invalid multibulk length"))
+        // A 512 MiB bulk header is accepted (and waits for its data) without allocating it.
+        XCTAssertEqual(parse("*1\r\n$536870912\r\n").0, .incomplete)
+        XCTAssertEqual(parse("*1\r\n$1234567890123456789").0, .protocolError("invalid bulk length"))
+    }
+
+    func testReplyFramingAndDepth() {
+        func frame(_ text: String, depth: Int = 64) -> RespReplyParser.Result {
+            Array(text.utf8).withUnsafeBytes { RespReplyParser.parse($0, maxDepth: depth) }
+        }
+        let nested = "*3\r\n:1\r\n*2\r\n$3\r\nabc\r\n$-1\r\n*0\r\n"
+        XCTAssertEqual(frame(nested), .reply(length: nested.utf8.count, isError: false))
+        for cut in 0..<nested.utf8.count {
+            XCTAssertEqual(Array(nested.utf8)[0..<cut].withUnsafeBytes { RespReplyParser.parse($0) }, .incomplete, "cut \(cut)")
+        }
+        XCTAssertEqual(frame("+OK\r\n+PONG\r\n"), .reply(length: 5, isError: false))
+        XCTAssertEqual(frame("-ERR nope\r\n"), .reply(length: 11, isError: true))
+        XCTAssertEqual(frame("*-1\r\n"), .reply(length: 5, isError: false))
+        XCTAssertEqual(frame("?\r\n"), .invalid)
+        let deep = String(repeating: "*1\r\n", count: 5) + ":1\r\n"
+        XCTAssertEqual(frame(deep, depth: 5), .reply(length: deep.utf8.count, isError: false))
+        XCTAssertEqual(frame(deep, depth: 4), .invalid)
+        var elements: [String] = []
+        Array(nested.utf8).withUnsafeBytes { raw in
+            RespReplyParser.forEachElement(raw) { elements.append(String(decoding: raw[$0], as: UTF8.self)) }
+        }
+        XCTAssertEqual(elements, [":1\r\n", "*2\r\n$3\r\nabc\r\n$-1\r\n", "*0\r\n"])
+    }
+
+    func testCommandTableIsConsistent() {
+        var seen = Set<String>()
+        for command in RedisCommandTable.commands {
+            XCTAssertEqual(command.name, command.name.lowercased())
+            XCTAssertTrue(seen.insert(command.name).inserted, "duplicate \(command.name)")
+            XCTAssertNotEqual(command.arity, 0, command.name)
+        }
+        XCTAssertGreaterThan(seen.count, 200)
+        XCTAssertEqual(Array("GeT".utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, "get")
+    }
+
+    func keys(_ words: [String]) -> [String] {
+        var bytes: [UInt8] = Array("*\(words.count)\r\n".utf8)
+        for word in words { bytes += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }
+        var arguments = RespArguments()
+        return bytes.withUnsafeBytes { raw -> [String] in
+            _ = RespRequestParser.parse(raw, limits: RespLimits(), into: &arguments)
+            let command = arguments.withArgument(0, in: raw) { RedisCommandTable.lookup($0) }!
+            var found: [String] = []
+            RedisKeyPositions.forEachKey(command, arguments, in: raw) { found.append(arguments.argumentString($0, in: raw)) }
+            return found
+        }
+    }
+
+    func testKeyPositions() {
+        XCTAssertEqual(keys(["GET", "a"]), ["a"])
+        XCTAssertEqual(keys(["MSET", "a", "1", "b", "2"]), ["a", "b"])
+        XCTAssertEqual(keys(["DEL", "a", "b", "c"]), ["a", "b", "c"])
+        XCTAssertEqual(keys(["EVAL", "s", "2", "k1", "k2", "arg"]), ["k1", "k2"])
+        XCTAssertEqual(keys(["EVAL", "s", "0", "arg"]), [])
+        XCTAssertEqual(keys(["ZUNIONSTORE", "dst", "2", "a", "b", "WEIGHTS", "1", "2"]), ["dst", "a", "b"])
+        XCTAssertEqual(keys(["ZUNION", "2", "a", "b"]), ["a", "b"])
+        XCTAssertEqual(keys(["LMPOP", "2", "a", "b", "LEFT"]), ["a", "b"])
+        XCTAssertEqual(keys(["SINTERCARD", "2", "a", "b", "LIMIT", "1"]), ["a", "b"])
+        XCTAssertEqual(keys(["BITOP", "AND", "dst", "a", "b"]), ["dst", "a", "b"])
+        XCTAssertEqual(keys(["XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0"]), ["s1", "s2"])
+        XCTAssertEqual(keys(["OBJECT", "ENCODING", "k"]), ["k"])
+        XCTAssertEqual(keys(["SORT", "k", "BY", "w", "STORE", "dst"]), ["k", "dst"])
+        XCTAssertEqual(keys(["GEORADIUS", "g", "1", "2", "3", "km", "STORE", "dst"]), ["g", "dst"])
+        XCTAssertEqual(keys(["LMOVE", "a", "b", "LEFT", "RIGHT"]), ["a", "b"])
+        XCTAssertEqual(keys(["RENAME", "a", "b"]), ["a", "b"])
+    }
+}

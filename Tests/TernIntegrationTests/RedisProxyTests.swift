@@ -1,0 +1,402 @@
+import Foundation
+import XCTest
+@testable import TernCore
+
+/// Tern in front of real redis-server backends.
+final class RedisProxyTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(4000)) }
+        group.stopAll()
+    }
+
+    func startTern(_ backends: [RedisServer], extra: String = "", distribution: String = "ketama", hash: String = "md5", threads: Int = 2) throws -> (port: Int, pool: PoolConfig) {
+        let port = ProcessGroup.freePort()
+        var text = "cache:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  hash: \(hash)\n  hash_tag: \"{}\"\n  distribution: \(distribution)\n  timeout: 2000\n"
+        text += extra
+        text += "  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
+        try group.tern(config: text, arguments: ["--threads", "\(threads)"], waitPort: port)
+        return (port, try ConfigLoader.load(text: text, file: "test").pools[0])
+    }
+
+    func serverIndex(_ pool: PoolConfig, _ key: String) -> Int {
+        Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! }
+    }
+
+    func keys(on server: Int, _ pool: PoolConfig, count: Int = 1) -> [String] {
+        Array((0..<5000).lazy.map { "k\($0)" }.filter { self.serverIndex(pool, $0) == server }.prefix(count))
+    }
+
+    func testEveryDataStructureFamily() throws {
+        let backends = try [group.redis(), group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        // Strings and bitmaps
+        XCTAssertEqual(try c.call("SET", "s", "hello"), "+OK\r\n")
+        XCTAssertEqual(try c.call("get", "s"), "$5\r\nhello\r\n")
+        XCTAssertEqual(try c.call("APPEND", "s", "!"), ":6\r\n")
+        XCTAssertEqual(try c.call("GETRANGE", "s", "0", "1"), "$2\r\nhe\r\n")
+        XCTAssertEqual(try c.call("INCRBY", "n", "5"), ":5\r\n")
+        XCTAssertEqual(try c.call("INCRBYFLOAT", "n", "0.5"), "$3\r\n5.5\r\n")
+        XCTAssertEqual(try c.call("SETBIT", "bits", "7", "1"), ":0\r\n")
+        XCTAssertEqual(try c.call("BITCOUNT", "bits"), ":1\r\n")
+        XCTAssertEqual(try c.call("GET", "missing"), "$-1\r\n")
+        // Hashes
+        XCTAssertEqual(try c.call("HSET", "h", "a", "1", "b", "2"), ":2\r\n")
+        XCTAssertEqual(try c.call("HGET", "h", "b"), "$1\r\n2\r\n")
+        XCTAssertEqual(try c.call("HMGET", "h", "a", "zz"), "*2\r\n$1\r\n1\r\n$-1\r\n")
+        XCTAssertEqual(try c.call("HLEN", "h"), ":2\r\n")
+        // Lists
+        XCTAssertEqual(try c.call("RPUSH", "l", "x", "y", "z"), ":3\r\n")
+        XCTAssertEqual(try c.call("LRANGE", "l", "0", "-1"), "*3\r\n$1\r\nx\r\n$1\r\ny\r\n$1\r\nz\r\n")
+        XCTAssertEqual(try c.call("LPOP", "l"), "$1\r\nx\r\n")
+        // Sets
+        XCTAssertEqual(try c.call("SADD", "set", "m1", "m2"), ":2\r\n")
+        XCTAssertEqual(try c.call("SISMEMBER", "set", "m2"), ":1\r\n")
+        XCTAssertEqual(try c.call("SCARD", "set"), ":2\r\n")
+        // Sorted sets
+        XCTAssertEqual(try c.call("ZADD", "z", "1", "one", "2", "two"), ":2\r\n")
+        XCTAssertEqual(try c.call("ZRANGE", "z", "0", "-1", "WITHSCORES"), "*4\r\n$3\r\none\r\n$1\r\n1\r\n$3\r\ntwo\r\n$1\r\n2\r\n")
+        XCTAssertEqual(try c.call("ZSCORE", "z", "two"), "$1\r\n2\r\n")
+        // HyperLogLog
+        XCTAssertEqual(try c.call("PFADD", "hll", "a", "b", "c"), ":1\r\n")
+        XCTAssertEqual(try c.call("PFCOUNT", "hll"), ":3\r\n")
+        // Geo
+        XCTAssertEqual(try c.call("GEOADD", "geo", "13.361389", "38.115556", "Palermo", "15.087269", "37.502669", "Catania"), ":2\r\n")
+        XCTAssertTrue(try c.call("GEODIST", "geo", "Palermo", "Catania", "km").hasPrefix("$8\r\n166.2742"))
+        // Streams (non-blocking)
+        let id = try c.call("XADD", "stream", "*", "field", "value")
+        XCTAssertTrue(id.hasPrefix("$"), id)
+        XCTAssertEqual(try c.call("XLEN", "stream"), ":1\r\n")
+        XCTAssertTrue(try c.call("XREAD", "COUNT", "1", "STREAMS", "stream", "0").contains("value"))
+        XCTAssertTrue(try c.call("XREAD", "BLOCK", "0", "STREAMS", "stream", "$").hasPrefix("-ERR unsupported command 'xread' with BLOCK"))
+        // Keyspace
+        XCTAssertEqual(try c.call("EXPIRE", "s", "100"), ":1\r\n")
+        let ttl = try c.call("TTL", "s")
+        XCTAssertTrue(ttl == ":100\r\n" || ttl == ":99\r\n", ttl)
+        XCTAssertEqual(try c.call("PERSIST", "s"), ":1\r\n")
+        XCTAssertEqual(try c.call("TYPE", "h"), "+hash\r\n")
+        XCTAssertEqual(try c.call("OBJECT", "ENCODING", "n"), "$6\r\nembstr\r\n")
+        let dump = try c.call("DUMP", "s")
+        XCTAssertTrue(dump.hasPrefix("$"))
+        // Names are case-insensitive; every reply came from the server owning the key.
+        XCTAssertEqual(try backends[serverIndex(tern.pool, "h")].call("HGET", "h", "a"), "$1\r\n1\r\n")
+        XCTAssertEqual(try backends[serverIndex(tern.pool, "z")].call("ZCARD", "z"), ":2\r\n")
+    }
+
+    func testTwoHundredKeyFanOut() throws {
+        let backends = try [group.redis(), group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let keys = (0..<200).map { "fan:\($0)" }
+        var mset = ["MSET"]
+        for key in keys { mset += [key, "v-" + key] }
+        XCTAssertEqual(try c.call(mset), "+OK\r\n")
+        var counts = [0, 0, 0]
+        for key in keys { counts[serverIndex(tern.pool, key)] += 1 }
+        XCTAssertTrue(counts.allSatisfy { $0 > 20 }, "\(counts)")
+        for (index, backend) in backends.enumerated() {
+            XCTAssertEqual(try backend.call("DBSIZE"), ":\(counts[index])\r\n")
+        }
+        var expected = "*201\r\n"
+        for key in keys { expected += "$\(2 + key.utf8.count)\r\nv-\(key)\r\n" }
+        expected += "$-1\r\n"
+        XCTAssertEqual(try c.call(["MGET"] + keys + ["absent"]), expected)
+        XCTAssertEqual(try c.call(["EXISTS"] + keys + ["absent", keys[0]]), ":201\r\n")
+        XCTAssertEqual(try c.call("DBSIZE"), ":200\r\n")
+        XCTAssertEqual(try c.call(["TOUCH"] + keys.prefix(10)), ":10\r\n")
+        XCTAssertEqual(try c.call(["DEL"] + keys.prefix(100) + ["absent"]), ":100\r\n")
+        XCTAssertEqual(try c.call(["UNLINK"] + keys.suffix(100)), ":100\r\n")
+        XCTAssertEqual(try c.call("DBSIZE"), ":0\r\n")
+        // A part failing returns that backend's own error: a key holding a list makes MGET fine
+        // (nil) but INCR-like errors come through verbatim.
+        XCTAssertEqual(try c.call("RPUSH", "fan:0", "x"), ":1\r\n")
+        XCTAssertEqual(try c.call("GET", "fan:0"), "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")
+        XCTAssertEqual(try c.call("MSET", "odd"), "-ERR wrong number of arguments for 'mset' command\r\n")
+        XCTAssertEqual(try c.call("FLUSHDB"), "+OK\r\n")
+        XCTAssertEqual(try c.call("DBSIZE"), ":0\r\n")
+    }
+
+    func testHashTagsAndCrossSlot() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let a = keys(on: 0, tern.pool)[0]
+        let b = keys(on: 1, tern.pool)[0]
+        let crossSlot = "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        XCTAssertEqual(try c.call("SADD", a, "x"), ":1\r\n")
+        XCTAssertEqual(try c.call("SADD", b, "x"), ":1\r\n")
+        XCTAssertEqual(try c.call("SINTER", a, b), crossSlot)
+        XCTAssertEqual(try c.call("RENAME", a, b), crossSlot)
+        XCTAssertEqual(try c.call("MSETNX", a, "1", b, "2"), crossSlot)
+        XCTAssertEqual(try c.call("ZUNIONSTORE", a, "2", a, b), crossSlot)
+        XCTAssertEqual(try c.call("EVAL", "return 1", "2", a, b), crossSlot)
+        XCTAssertEqual(try c.call("RPOPLPUSH", a, b), crossSlot)
+        // Hash tags put keys together: the commands run.
+        XCTAssertEqual(try c.call("SADD", "{user}:a", "1", "2"), ":2\r\n")
+        XCTAssertEqual(try c.call("SADD", "{user}:b", "2", "3"), ":2\r\n")
+        XCTAssertEqual(try c.call("SINTER", "{user}:a", "{user}:b"), "*1\r\n$1\r\n2\r\n")
+        XCTAssertEqual(try c.call("SINTERSTORE", "{user}:c", "{user}:a", "{user}:b"), ":1\r\n")
+        XCTAssertEqual(try c.call("SMOVE", "{user}:a", "{user}:c", "1"), ":1\r\n")
+        XCTAssertEqual(try c.call("ZADD", "{g}:1", "1", "m"), ":1\r\n")
+        XCTAssertEqual(try c.call("ZUNIONSTORE", "{g}:out", "1", "{g}:1"), ":1\r\n")
+        XCTAssertEqual(try c.call("RENAME", "{user}:c", "{user}:d"), "+OK\r\n")
+        XCTAssertEqual(try c.call("LPUSH", "{q}:in", "job"), ":1\r\n")
+        XCTAssertEqual(try c.call("LMOVE", "{q}:in", "{q}:out", "LEFT", "RIGHT"), "$3\r\njob\r\n")
+        XCTAssertEqual(try c.call("MSETNX", "{m}:1", "a", "{m}:2", "b"), ":1\r\n")
+        let server = serverIndex(tern.pool, "user")
+        XCTAssertEqual(try backends[server].call("SCARD", "{user}:d"), ":2\r\n")
+    }
+
+    func testScripts() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let script = "return redis.call('get', KEYS[1])"
+        let sha = try c.call("SCRIPT", "LOAD", script)
+        XCTAssertEqual(sha, "$40\r\n4e6d8fc8bb01276962cce5371fa795a7763657ae\r\n")
+        // Loaded on every server, so EVALSHA works for keys anywhere.
+        for server in 0..<2 {
+            let key = keys(on: server, tern.pool)[0]
+            XCTAssertEqual(try c.call("SET", key, "val\(server)"), "+OK\r\n")
+            XCTAssertEqual(try c.call("EVALSHA", "4e6d8fc8bb01276962cce5371fa795a7763657ae", "1", key), "$4\r\nval\(server)\r\n")
+            XCTAssertEqual(try c.call("EVAL", script, "1", key), "$4\r\nval\(server)\r\n")
+            XCTAssertEqual(try backends[server].call("SCRIPT", "EXISTS", "4e6d8fc8bb01276962cce5371fa795a7763657ae"), "*1\r\n:1\r\n")
+        }
+        XCTAssertEqual(try c.call("EVAL", "return 7", "0"), ":7\r\n")
+        XCTAssertEqual(try c.call("SCRIPT", "EXISTS", "4e6d8fc8bb01276962cce5371fa795a7763657ae"), "*1\r\n:1\r\n")
+        XCTAssertTrue(try c.call("EVAL", "return 1", "5", "a").hasPrefix("-ERR Number of keys can't be greater than number of args"))
+        XCTAssertEqual(try c.call("SCRIPT", "FLUSH"), "+OK\r\n")
+        XCTAssertEqual(try backends[1].call("SCRIPT", "EXISTS", "4e6d8fc8bb01276962cce5371fa795a7763657ae"), "*1\r\n:0\r\n")
+    }
+
+    func testLocalCommandsAndErrors() throws {
+        let backends = try [group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        XCTAssertEqual(try c.call("PING"), "+PONG\r\n")
+        XCTAssertEqual(try c.call("PING", "hi there"), "$8\r\nhi there\r\n")
+        XCTAssertEqual(try c.call("ECHO", "x"), "$1\r\nx\r\n")
+        XCTAssertEqual(try c.call("SELECT", "0"), "+OK\r\n")
+        XCTAssertTrue(try c.call("SELECT", "3").hasPrefix("-ERR SELECT is not allowed"))
+        XCTAssertEqual(try c.call("HELLO", "3"), "-NOPROTO unsupported protocol version\r\n")
+        XCTAssertTrue(try c.call("HELLO", "2").hasPrefix("*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n"))
+        XCTAssertEqual(try c.call("CLIENT", "GETNAME"), "$-1\r\n")
+        XCTAssertEqual(try c.call("CLIENT", "SETNAME", "worker-1"), "+OK\r\n")
+        XCTAssertEqual(try c.call("CLIENT", "GETNAME"), "$8\r\nworker-1\r\n")
+        XCTAssertEqual(try c.call("CLIENT", "SETINFO", "LIB-NAME", "redis-py"), "+OK\r\n")
+        XCTAssertTrue(try c.call("CLIENT", "ID").hasPrefix(":"))
+        XCTAssertTrue(try TestClient(port: tern.port).call("CLIENT", "GETNAME") == "$-1\r\n", "names are per connection")
+        XCTAssertTrue(try c.call("COMMAND", "COUNT").hasPrefix(":"))
+        XCTAssertTrue(try c.call("COMMAND", "INFO", "get").hasPrefix("*1\r\n*10\r\n$3\r\nget\r\n:2\r\n"))
+        XCTAssertEqual(try c.call("COMMAND", "DOCS"), "*0\r\n")
+        let info = try c.call("INFO")
+        for section in ["# Server", "# Clients", "# Stats", "# Pools"] { XCTAssertTrue(info.contains(section), info) }
+        XCTAssertEqual(try c.call("MULTI"), "-ERR unsupported command 'multi'\r\n")
+        XCTAssertEqual(try c.call("SUBSCRIBE", "news"), "-ERR unsupported command 'subscribe'\r\n")
+        XCTAssertEqual(try c.call("BLPOP", "q", "0"), "-ERR unsupported command 'blpop'\r\n")
+        XCTAssertEqual(try c.call("KEYS", "*"), "-ERR unsupported command 'keys'\r\n")
+        XCTAssertEqual(try c.call("CONFIG", "GET", "x"), "-ERR unsupported command 'config'\r\n")
+        XCTAssertEqual(try c.call("NOPE", "a"), "-ERR unknown command 'NOPE', with args beginning with: 'a' \r\n")
+        XCTAssertEqual(try c.call("GET"), "-ERR wrong number of arguments for 'get' command\r\n")
+        XCTAssertEqual(try c.call("GET", "a", "b"), "-ERR wrong number of arguments for 'get' command\r\n")
+        // Still usable after all of that.
+        XCTAssertEqual(try c.call("SET", "still", "ok"), "+OK\r\n")
+        XCTAssertEqual(try c.call("QUIT"), "+OK\r\n")
+        XCTAssertTrue(c.drain(for: 2).closed)
+    }
+
+    func testPipelineOfOneThousandAndInlineCommands() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        var bytes: [UInt8] = []
+        for i in 0..<500 {
+            bytes += TestClient.encode(["SET", "p:\(i)", "\(i)"]) + TestClient.encode(["GET", "p:\(i)"])
+        }
+        try c.send(bytes)
+        let reply = String(decoding: try c.receiveReplies(1000), as: UTF8.self)
+        var expected = ""
+        for i in 0..<500 { expected += "+OK\r\n$\(String(i).utf8.count)\r\n\(i)\r\n" }
+        XCTAssertTrue(reply == expected, "pipelined replies wrong or out of order")
+        // Inline commands, as typed into telnet, with Redis's quoting rules; a quote closed
+        // against the next character is a protocol error that ends the connection, as in Redis.
+        try c.send("PING\r\nSET inline \"two words\\n\"\r\nGET inline\r\n\r\nECHO 'it\\'s'\r\nset 'it''s' x\r\n")
+        XCTAssertEqual(String(decoding: try c.receiveReplies(5), as: UTF8.self),
+                       "+PONG\r\n+OK\r\n$10\r\ntwo words\n\r\n$4\r\nit's\r\n-ERR Protocol error: unbalanced quotes in request\r\n")
+        XCTAssertTrue(c.drain(for: 2).closed)
+    }
+
+    func testSplitReadsOneByteAtATime() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let bytes = TestClient.encode(["SET", "split", "value"]) + TestClient.encode(["MGET", "split", "k1", "k2"]) + Array("PING\r\n".utf8)
+        for byte in bytes {
+            try c.send([byte])
+            usleep(300)
+        }
+        XCTAssertEqual(String(decoding: try c.receiveReplies(3), as: UTF8.self), "+OK\r\n*3\r\n$5\r\nvalue\r\n$-1\r\n$-1\r\n+PONG\r\n")
+    }
+
+    func testFiveMegabyteValue() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let value = String((0..<5_000_000).map { Character(UnicodeScalar(UInt8(97 + $0 % 26))) })
+        XCTAssertEqual(try c.call("SET", "big", value), "+OK\r\n")
+        let reply = try c.call("GET", "big")
+        XCTAssertEqual(reply.utf8.count, 5_000_000 + 12)
+        XCTAssertTrue(reply == "$5000000\r\n\(value)\r\n")
+    }
+
+    func testAuthFlowsAndBackendSetup() throws {
+        // Backends need a password and the pool uses database 2: Tern sends AUTH and SELECT.
+        let backends = try [group.redis(extra: ["--requirepass", "s3cret"]), group.redis(extra: ["--requirepass", "s3cret"])]
+        let tern = try startTern(backends, extra: "  redis_auth: s3cret\n  redis_db: 2\n")
+        let c = try TestClient(port: tern.port)
+        XCTAssertEqual(try c.call("GET", "x"), "-NOAUTH Authentication required.\r\n")
+        XCTAssertEqual(try c.call("PING"), "-NOAUTH Authentication required.\r\n")
+        XCTAssertEqual(try c.call("AUTH", "wrong"), "-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+        XCTAssertEqual(try c.call("AUTH", "other", "s3cret"), "-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+        XCTAssertEqual(try c.call("AUTH", "s3cret"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SET", "authed", "yes"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SELECT", "2"), "+OK\r\n")
+        let owner = backends[serverIndex(tern.pool, "authed")]
+        let direct = try TestClient(port: owner.port)
+        XCTAssertEqual(try direct.call("AUTH", "s3cret"), "+OK\r\n")
+        XCTAssertEqual(try direct.call("SELECT", "2"), "+OK\r\n")
+        XCTAssertEqual(try direct.call("GET", "authed"), "$3\r\nyes\r\n")
+        XCTAssertEqual(try direct.call("SELECT", "0"), "+OK\r\n")
+        XCTAssertEqual(try direct.call("GET", "authed"), "$-1\r\n")
+        // HELLO with AUTH authenticates in one step.
+        let h = try TestClient(port: tern.port)
+        XCTAssertTrue(try h.call("HELLO", "2").hasPrefix("-NOAUTH HELLO must be called"))
+        XCTAssertTrue(try h.call("HELLO", "2", "AUTH", "default", "s3cret", "SETNAME", "me").hasPrefix("*14\r\n"))
+        XCTAssertEqual(try h.call("CLIENT", "GETNAME"), "$2\r\nme\r\n")
+        XCTAssertEqual(try h.call("GET", "authed"), "$3\r\nyes\r\n")
+    }
+
+    func testAuthWithoutConfiguredPassword() throws {
+        let tern = try startTern([group.redis()])
+        XCTAssertTrue(try TestClient(port: tern.port).call("AUTH", "x").hasPrefix("-ERR AUTH <password> called without any password configured"))
+    }
+
+    func testHostileInputClosesOnlyThatClient() throws {
+        let backends = try [group.redis()]
+        let tern = try startTern(backends)
+        let bystander = try TestClient(port: tern.port)
+        XCTAssertEqual(try bystander.call("SET", "safe", "1"), "+OK\r\n")
+        let cases: [(String, String)] = [
+            ("*99999999999\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+            ("*1\r\n$-5\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+            ("*1\r\n$99999999999\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+            ("*2\r\n$3\r\nGET\r\n:1\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"),
+            ("*1\r\n$3\r\nGETXX\r\n", "-ERR Protocol error: bulk string not terminated by CRLF\r\n"),
+            ("*abc\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        ]
+        for (input, reply) in cases {
+            let hostile = try TestClient(port: tern.port)
+            // A valid request ahead of the garbage is still answered.
+            try hostile.send(TestClient.encode(["GET", "safe"]) + Array(input.utf8))
+            let result = hostile.drain(for: 3)
+            XCTAssertEqual(String(decoding: result.bytes, as: UTF8.self), "$1\r\n1\r\n" + reply, input.debugDescription)
+            XCTAssertTrue(result.closed, input.debugDescription)
+        }
+        // An inline line with no end within 64 KiB.
+        let flood = try TestClient(port: tern.port)
+        try? flood.send([UInt8](repeating: UInt8(ascii: "a"), count: 70_000))
+        let flooded = flood.drain(for: 3)
+        XCTAssertEqual(String(decoding: flooded.bytes, as: UTF8.self), "-ERR Protocol error: too big inline request\r\n")
+        // A truncated frame just waits; the bystander and a new client are unaffected.
+        let truncated = try TestClient(port: tern.port)
+        try truncated.send("*3\r\n$3\r\nSET\r\n$1\r\n")
+        var generator = SystemRandomNumberGenerator()
+        let garbage = try TestClient(port: tern.port)
+        try? garbage.send((0..<50_000).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        XCTAssertEqual(try bystander.call("GET", "safe"), "$1\r\n1\r\n")
+        XCTAssertEqual(try TestClient(port: tern.port).call("GET", "safe"), "$1\r\n1\r\n")
+        try truncated.send("k\r\n$1\r\nv\r\n")
+        XCTAssertEqual(String(decoding: try truncated.receiveReplies(1), as: UTF8.self), "+OK\r\n")
+    }
+
+    func testBackendKilledMidTest() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let onFirst = keys(on: 0, tern.pool)[0]
+        let onSecond = keys(on: 1, tern.pool)[0]
+        XCTAssertEqual(try c.call("SET", onFirst, "1"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SET", onSecond, "2"), "+OK\r\n")
+        backends[0].kill()
+        let failed = try c.call("GET", onFirst)
+        XCTAssertTrue(failed.hasPrefix("-ERR "), failed)
+        XCTAssertEqual(try c.call("GET", onSecond), "$1\r\n2\r\n")
+        XCTAssertTrue(try c.call("MGET", onFirst, onSecond).hasPrefix("-ERR "))
+        let restarted = try group.redis(port: backends[0].port)
+        _ = restarted
+        XCTAssertEqual(try c.call("SET", onFirst, "back"), "+OK\r\n")
+        XCTAssertEqual(try c.call("MGET", onFirst, onSecond), "*2\r\n$4\r\nback\r\n$1\r\n2\r\n")
+    }
+
+    func testSlotsDistributionPlacesKeysByHashSlot() throws {
+        let backends = try [group.redis(), group.redis(), group.redis()]
+        let tern = try startTern(backends, distribution: "slots")
+        let c = try TestClient(port: tern.port)
+        // Slot ranges split like redis-cli --cluster create: 0-5460, 5461-10922, 10923-16383.
+        let samples = ["foo", "bar", "hello", "{user1000}.following", "key:1", "key:2", "key:3"]
+        for key in samples {
+            XCTAssertEqual(try c.call("SET", key, key), "+OK\r\n")
+            let slot = Array(key.utf8).withUnsafeBytes { hashSlot($0) }
+            let server = slot <= 5460 ? 0 : slot <= 10922 ? 1 : 2
+            XCTAssertEqual(try backends[server].call("GET", key), "$\(key.utf8.count)\r\n\(key)\r\n", "\(key) slot \(slot)")
+        }
+    }
+
+    func testRealClientsRedisCliAndBenchmark() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        func run(_ path: String, _ arguments: [String]) throws -> (Int32, String) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            process.standardError = pipe
+            try process.run()
+            let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            return (process.terminationStatus, text)
+        }
+        XCTAssertEqual(try run("/usr/bin/redis-cli", ["-p", "\(tern.port)", "SET", "cli", "works"]).1, "OK\n")
+        XCTAssertEqual(try run("/usr/bin/redis-cli", ["-p", "\(tern.port)", "GET", "cli"]).1, "works\n")
+        let (status, text) = try run("/usr/bin/redis-benchmark", ["-p", "\(tern.port)", "-t", "set,get,mset", "-n", "20000", "-P", "16", "-r", "1000", "-q"])
+        XCTAssertEqual(status, 0, text)
+        for test in ["SET:", "GET:", "MSET (10 keys):"] { XCTAssertTrue(text.contains(test), text) }
+        XCTAssertFalse(text.contains("ERR"), text)
+        // redis-py with its defaults (it sends CLIENT SETINFO on connect in versions >= 5).
+        let python = ["python3", "/usr/bin/python3"].first { interpreter in
+            (try? run("/usr/bin/env", [interpreter, "-c", "import redis"]).0) == 0
+        }
+        guard let python else { throw XCTSkip("redis-py is not installed (Deploy/install-packages.sh installs it)") }
+        let script = """
+        import redis
+        r = redis.Redis(port=\(tern.port), client_name="tester")
+        assert r.ping()
+        r.set("py", "thon")
+        assert r.get("py") == b"thon"
+        r.mset({"a%d" % i: i for i in range(50)})
+        assert r.mget(["a%d" % i for i in range(50)]) == [str(i).encode() for i in range(50)]
+        assert r.delete(*["a%d" % i for i in range(50)]) == 50
+        assert r.client_getname() == "tester"
+        p = r.pipeline(transaction=False)
+        for i in range(100): p.incr("counter")
+        assert p.execute()[-1] == 100
+        print("redis-py", redis.__version__, "ok")
+        """
+        let (pyStatus, pyText) = try run("/usr/bin/env", [python, "-c", script])
+        XCTAssertEqual(pyStatus, 0, pyText)
+        XCTAssertTrue(pyText.contains("ok"), pyText)
+    }
+}
