@@ -116,6 +116,25 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(error("p:\n  listen: /tmp/x.sock 999\n  servers:\n   - 127.0.0.1:2:1\n")!.message.contains("octal permission"))
     }
 
+    /// The shipped examples load: README and Config/ stay in step with the loader.
+    func testShippedConfigsLoad() throws {
+        var root = #filePath
+        for _ in 0..<3 { root = String(root[..<root.lastIndex(of: "/")!]) }
+        for name in ["tern.yml", "example.yml"] {
+            guard let file = fopen(root + "/Config/" + name, "r") else { return XCTFail("missing Config/\(name)") }
+            defer { fclose(file) }
+            var text = ""
+            var buffer = [CChar](repeating: 0, count: 4096)
+            while fgets(&buffer, Int32(buffer.count), file) != nil { text += String(cString: buffer) }
+            let config = try ConfigLoader.load(text: text, file: name)
+            XCTAssertFalse(config.pools.isEmpty)
+            // Security default: examples listen on loopback or a unix socket.
+            for pool in config.pools {
+                if case let .tcp(host, _) = pool.listen { XCTAssertTrue(host == "127.0.0.1" || host == "::1", "\(name): \(pool.name)") }
+            }
+        }
+    }
+
     func testSlotsMappingIsValidated() throws {
         let base = "p:\n  listen: 127.0.0.1:1\n  distribution: slots\n  servers:\n   - 127.0.0.1:2:1 a\n   - 127.0.0.1:3:1 b\n"
         let even = try load(base)

@@ -118,6 +118,20 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("DBSIZE"), ":0\r\n")
     }
 
+    func testFailedFanOutPartReturnsTheBackendsOwnError() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let a = keys(on: 0, tern.pool)[0]
+        let b = keys(on: 1, tern.pool)[0]
+        // The second server refuses writes: MSET's part there fails with Redis's own -OOM.
+        XCTAssertEqual(try backends[1].call("CONFIG", "SET", "maxmemory", "1"), "+OK\r\n")
+        let reply = try c.call("MSET", a, "1", b, "2")
+        XCTAssertTrue(reply.hasPrefix("-OOM command not allowed"), reply)
+        XCTAssertEqual(try backends[0].call("GET", a), "$1\r\n1\r\n")
+        XCTAssertEqual(try c.call("MGET", a, b), "*2\r\n$1\r\n1\r\n$-1\r\n")
+    }
+
     func testHashTagsAndCrossSlot() throws {
         let backends = try [group.redis(), group.redis()]
         let tern = try startTern(backends)
