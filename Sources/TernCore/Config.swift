@@ -71,6 +71,13 @@ public struct PoolConfig: Sendable {
     public var servers: [ServerConfig] = []
     /// Server number of each of the 16384 slots (`distribution: slots`).
     public var slotServers: [Int32] = []
+    /// The old pool this pool warms up from (Tern key `warmup:`).
+    public var warmup: WarmupConfig? {
+        get { warmupStorage.first }
+        set { warmupStorage = newValue.map { [$0] } ?? [] }
+    }
+    /// An array breaks the recursion of a pool holding a pool.
+    private var warmupStorage: [WarmupConfig] = []
 
     public init(name: String, line: Int, listen: ListenAddress) {
         self.name = name
@@ -83,6 +90,41 @@ public struct PoolConfig: Sendable {
         Placement(distribution: distribution, hash: hash, hashTag: hashTag,
                   names: servers.map(\.name), weights: servers.map(\.weight),
                   live: live ?? servers.map { _ in true }, slotServers: slotServers)
+    }
+}
+
+public enum WarmupDeletes: String, Sendable {
+    /// Deletes and invalidations reach the new and the old pool.
+    case both
+    /// Only the new pool.
+    case new
+}
+
+/// A warm-up: reads that miss this pool fall back to `old` and are copied in.
+public struct WarmupConfig: Sendable {
+    /// The old pool: the keys of a pool except `listen`.
+    public var old: PoolConfig
+    /// Copy old-pool hits into the new pool. Default true.
+    public var backfill = true
+    /// Cap (seconds) on the TTL given to copied items; 0 = no cap.
+    public var maxBackfillTTL = 0
+    /// TTL (seconds) for copied items whose remaining TTL cannot be known; 0 = no expiry.
+    public var defaultBackfillTTL = 0
+    public var deletes = WarmupDeletes.both
+
+    /// The TTL to copy an item with, from its remaining TTL in seconds (-1: none), or nil when
+    /// the item is about to expire (1 s or less) and is not worth copying.
+    public func backfillTTL(remaining: Int?) -> Int? {
+        guard let remaining else { return cap(defaultBackfillTTL) }
+        if remaining == -1 { return cap(0) }
+        if remaining <= 1 { return nil }
+        return cap(remaining)
+    }
+
+    /// 0 means "no expiry"; a cap turns it into the cap.
+    private func cap(_ ttl: Int) -> Int {
+        guard maxBackfillTTL > 0 else { return ttl }
+        return ttl == 0 ? maxBackfillTTL : min(ttl, maxBackfillTTL)
     }
 }
 

@@ -9,8 +9,13 @@ public enum ConfigLoader {
         "server_retry_timeout", "server_failure_limit", "tcpkeepalive", "client_connections",
         "servers",
         // Tern's own keys
-        "protocol", "max_item_size", "max_bulk_length", "slots",
+        "protocol", "max_item_size", "max_bulk_length", "slots", "warmup",
     ]
+
+    /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
+    /// backfill settings.
+    public static let warmupKeys: [String] = poolKeys.filter { $0 != "listen" && $0 != "warmup" && $0 != "protocol" && $0 != "redis" }
+        + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
     public static func load(text: String, file: String) throws(ConfigError) -> TernConfig {
         let root: Node?
@@ -94,15 +99,17 @@ public enum ConfigLoader {
         return value.string
     }
 
-    static func pool(name: String, keyNode: Node, node: Node, file: String) throws(ConfigError) -> PoolConfig {
+    static func pool(name: String, keyNode: Node, node: Node, file: String, warmupOf parent: PoolConfig? = nil) throws(ConfigError) -> PoolConfig {
         guard case let .mapping(mapping) = node else {
             throw ConfigError(file: file, line: line(node), message: "pool '\(name)' must be a mapping of keys")
         }
+        let allowed = parent == nil ? poolKeys : warmupKeys
         var values: [String: Node] = [:]
         for (key, value) in mapping {
             let keyName = try scalar(key, file: file, what: "a key")
-            guard poolKeys.contains(keyName) else {
-                throw ConfigError(file: file, line: line(key), message: "pool '\(name)': unknown key '\(keyName)'")
+            guard allowed.contains(keyName) else {
+                let hint = parent != nil && (keyName == "listen" || keyName == "redis" || keyName == "protocol") ? " (the old pool is reached only through the new one and speaks its protocol)" : ""
+                throw ConfigError(file: file, line: line(key), message: "pool '\(name)': unknown key '\(keyName)'\(hint)")
             }
             if values[keyName] != nil {
                 throw ConfigError(file: file, line: line(key), message: "pool '\(name)': duplicate key '\(keyName)'")
@@ -110,10 +117,18 @@ public enum ConfigLoader {
             values[keyName] = value
         }
         let context = PoolContext(pool: name, file: file, values: values)
-        guard let listenNode = values["listen"] else {
-            throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'listen'")
+        var pool: PoolConfig
+        if let parent {
+            pool = PoolConfig(name: name, line: line(keyNode), listen: parent.listen)
+            pool.protocolKind = parent.protocolKind
+            pool.maxItemSize = parent.maxItemSize
+            pool.maxBulkLength = parent.maxBulkLength
+        } else {
+            guard let listenNode = values["listen"] else {
+                throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'listen'")
+            }
+            pool = PoolConfig(name: name, line: line(keyNode), listen: try parseListen(context.string(listenNode, key: "listen"), context: context, node: listenNode))
         }
-        var pool = PoolConfig(name: name, line: line(keyNode), listen: try parseListen(context.string(listenNode, key: "listen"), context: context, node: listenNode))
         if let node = values["hash"] {
             let text = try context.string(node, key: "hash")
             guard let hash = HashFunction(rawValue: text) else {
@@ -165,7 +180,29 @@ public enum ConfigLoader {
         if pool.distribution == .slots || values["slots"] != nil {
             pool.slotServers = try parseSlots(values["slots"], servers: pool.servers, context: context)
         }
+        if let warmupNode = values["warmup"] {
+            pool.warmup = try parseWarmup(warmupNode, for: pool, file: file)
+        }
         return pool
+    }
+
+    static func parseWarmup(_ node: Node, for pool: PoolConfig, file: String) throws(ConfigError) -> WarmupConfig {
+        let name = pool.name + ".warmup"
+        let old = try self.pool(name: name, keyNode: node, node: node, file: file, warmupOf: pool)
+        var warmup = WarmupConfig(old: old)
+        guard case let .mapping(mapping) = node else { return warmup }
+        var values: [String: Node] = [:]
+        for (key, value) in mapping { values[key.string ?? ""] = value }
+        let context = PoolContext(pool: name, file: file, values: values)
+        if let node = values["backfill"] { warmup.backfill = try context.boolean(node, key: "backfill") }
+        if let node = values["max_backfill_ttl"] { warmup.maxBackfillTTL = try context.integer(node, key: "max_backfill_ttl", range: 0...Int(Int32.max)) }
+        if let node = values["default_backfill_ttl"] { warmup.defaultBackfillTTL = try context.integer(node, key: "default_backfill_ttl", range: 0...Int(Int32.max)) }
+        if let node = values["deletes"] {
+            let text = try context.string(node, key: "deletes")
+            guard let deletes = WarmupDeletes(rawValue: text) else { throw context.error(node, key: "deletes", "must be 'both' or 'new', not '\(text)'") }
+            warmup.deletes = deletes
+        }
+        return warmup
     }
 
     struct PoolContext {

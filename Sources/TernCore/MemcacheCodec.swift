@@ -15,6 +15,8 @@ public enum MemcacheCommand: UInt8, Sendable, CaseIterable {
     case set, add, replace, append, prepend, cas
     case delete, incr, decr, touch
     case version, quit, verbosity, flushAll, stats
+    /// The meta protocol (memcached >= 1.6): mg, ms, md, ma, mn, me.
+    case metaGet, metaSet, metaDelete, metaArithmetic, metaNoop, metaDebug
 
     /// Commands whose reply is a run of `VALUE` blocks closed by `END`.
     @inlinable public var isRetrieval: Bool { self == .get || self == .gets || self == .gat || self == .gats }
@@ -22,13 +24,44 @@ public enum MemcacheCommand: UInt8, Sendable, CaseIterable {
     @inlinable public var isStorage: Bool { rawValue >= MemcacheCommand.set.rawValue && rawValue <= MemcacheCommand.cas.rawValue }
     /// Commands that Tern answers itself.
     @inlinable public var isLocal: Bool { self == .version || self == .quit || self == .verbosity || self == .stats }
+    @inlinable public var isMeta: Bool { rawValue >= MemcacheCommand.metaGet.rawValue }
 
     public var name: String {
         switch self {
         case .flushAll: return "flush_all"
+        case .metaGet: return "mg"
+        case .metaSet: return "ms"
+        case .metaDelete: return "md"
+        case .metaArithmetic: return "ma"
+        case .metaNoop: return "mn"
+        case .metaDebug: return "me"
         default: return String(describing: self)
         }
     }
+
+    /// How a backend's reply to this command is framed.
+    @inlinable public var framing: MemcacheFraming {
+        switch self {
+        case .get, .gets, .gat, .gats: return .retrieval
+        case .stats: return .stats
+        case .metaGet, .metaSet, .metaDelete, .metaArithmetic, .metaNoop, .metaDebug: return .meta
+        default: return .line
+        }
+    }
+}
+
+/// How a reply from memcached is framed.
+public enum MemcacheFraming: UInt8, Sendable {
+    /// VALUE blocks closed by END.
+    case retrieval
+    /// One line.
+    case line
+    /// STAT lines closed by END.
+    case stats
+    /// One meta reply: a `VA <size> …` line and its data, or one line.
+    case meta
+    /// Meta replies up to and including `MN` (quiet commands followed by `mn`).
+    case metaUntilNoop
 }
 
 /// One parsed request. All offsets are relative to the start of the frame.
@@ -52,6 +85,9 @@ public struct MemcacheRequest: Sendable, Equatable {
     public var argumentEnd: Int
     /// For storage commands: the declared data length.
     public var dataLength: Int
+    /// Meta commands: the `q` flag (quiet mode) and the `b` flag (the key is base64).
+    public var isQuiet = false
+    public var isBase64Key = false
 
     public var noreply: Bool { noreplyStart < contentEnd }
 }
@@ -185,6 +221,17 @@ public enum MemcacheRequestParser {
 
     static func command(_ name: UnsafeRawBufferPointer) -> MemcacheCommand? {
         switch name.count {
+        case 2:
+            guard name[0] == UInt8(ascii: "m") else { return nil }
+            switch name[1] {
+            case UInt8(ascii: "g"): return .metaGet
+            case UInt8(ascii: "s"): return .metaSet
+            case UInt8(ascii: "d"): return .metaDelete
+            case UInt8(ascii: "a"): return .metaArithmetic
+            case UInt8(ascii: "n"): return .metaNoop
+            case UInt8(ascii: "e"): return .metaDebug
+            default: return nil
+            }
         case 3:
             if matches(name, "get") { return .get }
             if matches(name, "set") { return .set }
@@ -300,6 +347,7 @@ public enum MemcacheRequestParser {
             request.keyCount = count
             return .request(request)
         }
+        if command.isMeta { return parseMeta(command, bytes, request, limits: limits) }
         let tokens = tokenize(bytes, from: nameEnd, to: contentEnd, maxTokens: 7)
         func key(_ index: Int) -> MemcacheRejection? {
             request.keysStart = tokens[start: index]
@@ -388,6 +436,136 @@ public enum MemcacheRequestParser {
     }
 }
 
+extension MemcacheRequestParser {
+    /// `mg|md|ma|me <key> <flags>*`, `ms <key> <datalen> <flags>*` + data, `mn`.
+    static func parseMeta(_ command: MemcacheCommand, _ bytes: UnsafeRawBufferPointer, _ parsed: MemcacheRequest, limits: MemcacheLimits) -> MemcacheParseResult {
+        var request = parsed
+        let lineLength = request.lineLength
+        let contentEnd = request.contentEnd
+        let badLine = MemcacheParseResult.rejected(.badFormat, consume: lineLength, skip: 0, close: false)
+        var position = request.keysStart
+        func nextToken() -> Range<Int>? {
+            while position < contentEnd, bytes[position] == space { position += 1 }
+            guard position < contentEnd else { return nil }
+            let start = position
+            while position < contentEnd, bytes[position] != space { position += 1 }
+            return start..<position
+        }
+        if command == .metaNoop {
+            return nextToken() == nil ? .request(request) : badLine
+        }
+        guard let key = nextToken() else { return badLine }
+        request.keysStart = key.lowerBound
+        request.keysEnd = key.upperBound
+        request.keyCount = 1
+        var dataLength = -1
+        if command == .metaSet {
+            guard let lengthToken = nextToken(),
+                  let length = number(bytes, lengthToken.lowerBound, lengthToken.upperBound, maxDigits: 10) else { return badLine }
+            dataLength = Int(length)
+        }
+        var flagCount = 0
+        while let flag = nextToken() {
+            flagCount += 1
+            guard flagCount <= 32 else { return badLine }
+            switch bytes[flag.lowerBound] {
+            case UInt8(ascii: "q"): request.isQuiet = true
+            case UInt8(ascii: "b"): request.isBase64Key = true
+            default: break
+            }
+        }
+        if request.isBase64Key {
+            guard let decodedLength = Base64.decodedLength(UnsafeRawBufferPointer(rebasing: bytes[key])),
+                  decodedLength > 0 else {
+                return .rejected(.badFormat, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
+            }
+            if decodedLength > limits.maxKeyLength {
+                return .rejected(.keyTooLong, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
+            }
+        } else if let rejection = checkKey(bytes, key.lowerBound, key.upperBound, limits) {
+            return .rejected(rejection, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
+        }
+        if dataLength >= 0 {
+            if dataLength > limits.maxItemSize {
+                return .rejected(.objectTooLarge, consume: lineLength, skip: dataLength + 2, close: false)
+            }
+            request.dataLength = dataLength
+            request.frameLength = lineLength + dataLength + 2
+            if bytes.count < request.frameLength { return .incomplete }
+            if bytes[lineLength + dataLength] != carriageReturn || bytes[lineLength + dataLength + 1] != newline {
+                return .rejected(.badDataChunk, consume: request.frameLength, skip: 0, close: false)
+            }
+        }
+        return .request(request)
+    }
+}
+
+/// Base64 (RFC 4648, with padding), for meta-protocol keys sent with the `b` flag.
+public enum Base64 {
+    @inlinable
+    static func value(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case 0x41...0x5a: return byte - 0x41
+        case 0x61...0x7a: return byte - 0x61 + 26
+        case 0x30...0x39: return byte - 0x30 + 52
+        case UInt8(ascii: "+"): return 62
+        case UInt8(ascii: "/"): return 63
+        default: return nil
+        }
+    }
+
+    /// The decoded length, or nil when `text` is not valid base64.
+    public static func decodedLength(_ text: UnsafeRawBufferPointer) -> Int? {
+        guard text.count % 4 == 0 else { return nil }
+        var padding = 0
+        for (i, byte) in text.enumerated() {
+            if byte == UInt8(ascii: "=") {
+                guard i >= text.count - 2 else { return nil }
+                padding += 1
+            } else if padding > 0 || value(byte) == nil {
+                return nil
+            }
+        }
+        return text.count / 4 * 3 - padding
+    }
+
+    /// Decodes valid base64 into `output` (which must hold `decodedLength` bytes).
+    public static func decode(_ text: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int {
+        var count = 0
+        var accumulator: UInt32 = 0
+        var bits = 0
+        for byte in text {
+            guard let sextet = value(byte) else { break }
+            accumulator = accumulator << 6 | UInt32(sextet)
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                output[count] = UInt8(truncatingIfNeeded: accumulator >> UInt32(bits))
+                count += 1
+            }
+        }
+        return count
+    }
+
+    public static func encode(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var out: [UInt8] = []
+        var index = 0
+        while index < bytes.count {
+            let b0 = UInt32(bytes[index])
+            let b1 = index + 1 < bytes.count ? UInt32(bytes[index + 1]) : 0
+            let b2 = index + 2 < bytes.count ? UInt32(bytes[index + 2]) : 0
+            let triple = b0 << 16 | b1 << 8 | b2
+            out.append(alphabet[Int(triple >> 18 & 63)])
+            out.append(alphabet[Int(triple >> 12 & 63)])
+            out.append(index + 1 < bytes.count ? alphabet[Int(triple >> 6 & 63)] : UInt8(ascii: "="))
+            out.append(index + 2 < bytes.count ? alphabet[Int(triple & 63)] : UInt8(ascii: "="))
+            index += 3
+        }
+        return out
+    }
+}
+
 /// Frames replies from a memcached backend.
 public enum MemcacheReplyParser {
     public enum Result: Equatable, Sendable {
@@ -402,8 +580,13 @@ public enum MemcacheReplyParser {
     public static let maxValueLength = 1 << 30
 
     public static func parse(_ bytes: UnsafeRawBufferPointer, command: MemcacheCommand) -> Result {
+        parse(bytes, framing: command.framing)
+    }
+
+    public static func parse(_ bytes: UnsafeRawBufferPointer, framing: MemcacheFraming) -> Result {
+        if framing == .meta || framing == .metaUntilNoop { return parseMeta(bytes, untilNoop: framing == .metaUntilNoop) }
         var position = 0
-        let multiLine = command.isRetrieval || command == .stats
+        let multiLine = framing == .retrieval || framing == .stats
         while true {
             guard let lineEnd = findNewline(bytes, from: position, to: bytes.count) else {
                 return bytes.count - position > 8192 ? .invalid : .incomplete
@@ -414,13 +597,42 @@ public enum MemcacheReplyParser {
             if startsWith(line, "END") && (line.count == 3 || (line.count == 4 && line[3] == carriageReturn)) {
                 return .reply(length: lineEnd + 1, isError: false)
             }
-            if command == .stats, startsWith(line, "STAT ") {
+            if framing == .stats, startsWith(line, "STAT ") {
                 position = lineEnd + 1
                 continue
             }
             guard startsWith(line, "VALUE "), let length = valueLength(line) else { return .invalid }
             let next = lineEnd + 1 + length + 2
             if bytes.count < next { return .incomplete }
+            position = next
+        }
+    }
+
+    /// Meta replies: `VA <size> <flags>*` + data, or one line (HD, NS, EX, NF, EN, MN, ME …,
+    /// errors). With `untilNoop`, replies are read up to and including `MN`.
+    static func parseMeta(_ bytes: UnsafeRawBufferPointer, untilNoop: Bool) -> Result {
+        var position = 0
+        var sawError = false
+        while true {
+            guard let lineEnd = findNewline(bytes, from: position, to: bytes.count) else {
+                return bytes.count - position > 8192 ? .invalid : .incomplete
+            }
+            let line = UnsafeRawBufferPointer(rebasing: bytes[position..<lineEnd])
+            var next = lineEnd + 1
+            if startsWith(line, "VA ") {
+                let end = line.count > 0 && line[line.count - 1] == carriageReturn ? line.count - 1 : line.count
+                var sizeEnd = 3
+                while sizeEnd < end, line[sizeEnd] != space { sizeEnd += 1 }
+                guard let size = MemcacheRequestParser.number(line, 3, sizeEnd, maxDigits: 10), size <= UInt64(maxValueLength) else { return .invalid }
+                next += Int(size) + 2
+                if bytes.count < next { return .incomplete }
+            } else if isErrorLine(line) {
+                sawError = true
+                if !untilNoop { return .reply(length: next, isError: true) }
+            } else if line.count < 2 {
+                return .invalid
+            }
+            if !untilNoop || startsWith(line, "MN") { return .reply(length: next, isError: sawError) }
             position = next
         }
     }

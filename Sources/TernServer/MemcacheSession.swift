@@ -48,12 +48,33 @@ extension ClientConnection {
             slot.complete(with: statsReply())
         case .flushAll:
             fanOut(request, frame, slot)
+        case .metaNoop:
+            // Every earlier reply leaves first (slots are ordered), so MN closes the batch.
+            slot.complete(with: "MN\r\n" as StaticString)
+        case .metaGet where pool.old != nil:
+            let read = WarmupRead(mode: .meta, pool: pool, clientIndex: index)
+            read.frame = Array(frame)
+            read.isQuiet = request.isQuiet
+            read.isBase64Key = request.isBase64Key
+            slot.warmup = read
+            forwardMeta(request, frame, slot)
+        case .metaDelete where deletesReachOldPool:
+            forwardMeta(request, frame, slot, alsoToOldPool: true)
+        case .metaGet, .metaSet, .metaDelete, .metaArithmetic, .metaDebug:
+            forwardMeta(request, frame, slot)
         case .get, .gets, .gat, .gats:
-            if request.keyCount > 1 {
+            if pool.old != nil {
+                let read = WarmupRead(mode: .text, pool: pool, clientIndex: index)
+                read.command = request.command
+                if request.argumentEnd > request.argumentStart { read.exptime = Array(frame[request.argumentStart..<request.argumentEnd]) }
+                routeMultiGet(request, frame, slot, warmup: read)
+            } else if request.keyCount > 1 {
                 routeMultiGet(request, frame, slot)
             } else {
                 forward(request, frame, key: UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot)
             }
+        case .delete where deletesReachOldPool:
+            deleteInBothPools(request, frame, slot)
         default:
             forward(request, frame, key: UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot)
         }
@@ -76,13 +97,81 @@ extension ClientConnection {
             output.append(frame)
         }
         slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, command: request.command)
+        connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
+    }
+
+    /// A meta command, routed by its key (decoded first when sent in base64). A quiet command
+    /// is followed by Tern's own `mn` so the backend's answer, even an empty one, is framed.
+    private var deletesReachOldPool: Bool { pool.old != nil && pool.warmup?.deletes == .both }
+
+    /// Calls `body` with the key as placement hashes it: decoded when sent in base64.
+    private func withHashKey<R>(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
+        guard request.isBase64Key else { return body(key) }
+        return withUnsafeTemporaryAllocation(byteCount: key.count, alignment: 1) { decoded in
+            let count = Base64.decode(key, into: decoded)
+            return body(UnsafeRawBufferPointer(rebasing: decoded[0..<count]))
+        }
+    }
+
+    private func forwardMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, alsoToOldPool: Bool = false) {
+        guard let server = withHashKey(request, frame, { pool.server(forKey: $0) }) else {
+            slot.fail(part: 0, reason: "no server available")
+            return
+        }
+        if let read = slot.warmup {
+            let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
+            withHashKey(request, frame) { read.addKey(key, hashKey: $0, newServer: Int32(server.index)) }
+        }
+        let oldServer = alsoToOldPool ? withHashKey(request, frame, { pool.old?.server(forKey: $0) }) : nil
+        slot.remainingParts = oldServer == nil ? 1 : 2
+        if let oldServer {
+            slot.kind = .eitherDeleted
+            slot.isQuietMeta = request.isQuiet
+            slot.warmupCounters = pool.counters
+            WarmupCounters.add(pool.counters.oldDeletes)
+            sendMeta(request, frame, slot, to: oldServer, part: ReplySlot.oldPartBase)
+        }
+        sendMeta(request, frame, slot, to: server, part: 0)
+    }
+
+    private func sendMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, to server: ServerRuntime, part: Int32) {
+        let connection = server.connection(for: index)
+        let output = connection.requestBuffer()
+        output.append(frame)
+        if request.isQuiet { output.append("mn\r\n" as StaticString) }
+        connection.enqueue(slot: slot, part: part, framing: request.isQuiet ? .metaUntilNoop : .meta)
+    }
+
+    /// Warm-up `delete`: both pools, so a deleted key never comes back from the old one. The
+    /// client gets DELETED when either pool deleted it.
+    private func deleteInBothPools(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
+        let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
+        guard let server = pool.server(forKey: key) else {
+            slot.fail(part: 0, reason: "no server available")
+            return
+        }
+        slot.kind = .eitherDeleted
+        slot.warmupCounters = pool.counters
+        let oldServer = pool.old?.server(forKey: key)
+        slot.remainingParts = oldServer == nil ? 1 : 2
+        for (target, part) in [(server, Int32(0)), (oldServer, ReplySlot.oldPartBase)] {
+            guard let target else { continue }
+            if part != 0 { WarmupCounters.add(pool.counters.oldDeletes) }
+            let connection = target.connection(for: index)
+            let output = connection.requestBuffer()
+            // Always with a reply (noreply is honoured towards the client only).
+            output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
+            output.append("\r\n" as StaticString)
+            connection.enqueue(slot: slot, part: part, framing: .line)
+        }
     }
 
     /// A multi-key get: keys are grouped per server, one request per server is sent, and the
     /// VALUE records are merged in the client's key order behind one END.
-    private func routeMultiGet(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
+    private func routeMultiGet(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, warmup: WarmupRead? = nil) {
         slot.kind = .multiGet
+        slot.warmup = warmup
         var position = request.keysStart
         var firstServer = -1
         var singleServer = true
@@ -95,8 +184,9 @@ extension ClientConnection {
             if firstServer == -1 { firstServer = server } else if server != firstServer { singleServer = false }
             slot.keys.append(ReplySlot.KeyEntry(keyStart: Int32(slot.keyBytes.readableCount), keyLength: Int32(key.count), server: Int32(server)))
             slot.keyBytes.append(key)
+            warmup?.addKey(key, newServer: Int32(server))
         }
-        if singleServer, firstServer >= 0 {
+        if singleServer, firstServer >= 0, warmup == nil {
             // Every key lives on one server: the request goes as it is.
             slot.kind = .single
             slot.keys.removeAll(keepingCapacity: true)
@@ -104,7 +194,7 @@ extension ClientConnection {
             let connection = pool.servers[firstServer].connection(for: index)
             connection.requestBuffer().append(frame)
             slot.remainingParts = 1
-            connection.enqueue(slot: slot, part: 0, command: request.command)
+            connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
             return
         }
         // Count the parts first so that a part failing at once cannot finish the slot early.
@@ -122,7 +212,7 @@ extension ClientConnection {
                 output.append(UnsafeRawBufferPointer(rebasing: keyBytes[Int(entry.keyStart)..<Int(entry.keyStart + entry.keyLength)]))
             }
             output.append("\r\n" as StaticString)
-            connection.enqueue(slot: slot, part: server, command: request.command)
+            connection.enqueue(slot: slot, part: server, framing: request.command.framing)
         }
         // The extra part stands for keys with no live server: they are misses.
         slot.fail(part: -1, reason: "")
@@ -143,17 +233,16 @@ extension ClientConnection {
             slot.fail(part: 0, reason: "no server available")
             return
         }
-        slot.remainingParts = live.count
-        for server in live {
+        // A warm-up's flush is an invalidation: with `deletes: both` it empties the old pool too.
+        let old = deletesReachOldPool ? (pool.old?.servers.filter { !$0.isEjected } ?? []) : []
+        slot.remainingParts = live.count + old.count
+        for (server, base) in live.map({ ($0, Int32(0)) }) + old.map({ ($0, ReplySlot.oldPartBase) }) {
             let connection = server.connection(for: index)
             let output = connection.requestBuffer()
-            if request.noreply {
-                output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-                output.append("\r\n" as StaticString)
-            } else {
-                output.append(frame)
-            }
-            connection.enqueue(slot: slot, part: Int32(server.index), command: request.command)
+            // Always with a reply, so every server's answer is checked.
+            output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
+            output.append("\r\n" as StaticString)
+            connection.enqueue(slot: slot, part: base + Int32(server.index), framing: request.command.framing)
         }
     }
 
@@ -165,6 +254,9 @@ extension ClientConnection {
         text += "STAT curr_connections \(pool.plan.clientCount.load(ordering: .relaxed))\r\n"
         text += "STAT total_connections \(pool.plan.totalConnections.load(ordering: .relaxed))\r\n"
         text += "STAT servers \(pool.servers.count)\r\n"
+        if pool.old != nil {
+            for (name, value) in pool.counters.report() { text += "STAT \(name) \(value)\r\n" }
+        }
         text += "END\r\n"
         return text
     }

@@ -18,6 +18,10 @@ final class PoolRuntime {
     let limits: MemcacheLimits
     let respLimits: RespLimits
     private var listenWatcher: IOWatcher?
+    /// A warm-up's old pool (no listener of its own).
+    let old: PoolRuntime?
+    var warmup: WarmupConfig? { config.warmup }
+    var counters: WarmupCounters { plan.warmupCounters }
 
     init(plan: PoolPlan, worker: Worker) {
         self.plan = plan
@@ -25,19 +29,22 @@ final class PoolRuntime {
         self.placement = plan.config.placement()
         self.limits = MemcacheLimits(maxItemSize: plan.config.maxItemSize)
         self.respLimits = RespLimits(maxBulkLength: plan.config.maxBulkLength)
+        self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
     }
 
     func start() {
+        old?.start()
+        if config.preconnect {
+            for server in servers { server.connectAll() }
+        }
+        guard plan.listenDescriptor >= 0 else { return }
         let watcher = IOWatcher(worker: worker, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.acceptClients()
         }
         watcher.watch(TERN_EV_READ)
         listenWatcher = watcher
-        if config.preconnect {
-            for server in servers { server.connectAll() }
-        }
     }
 
     private func acceptClients() {

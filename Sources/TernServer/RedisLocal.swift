@@ -216,6 +216,10 @@ extension ClientConnection {
         text += "# Stats\r\ntotal_connections_received:\(pool.plan.totalConnections.load(ordering: .relaxed))\r\n\r\n"
         text += "# Pools\r\npool:\(pool.config.name)\r\nservers:\(pool.servers.count)\r\n"
         text += "distribution:\(pool.config.distribution.rawValue)\r\nhash:\(pool.config.hash.rawValue)\r\n"
+        if pool.old != nil {
+            text += "\r\n# Warmup\r\n"
+            for (name, value) in pool.counters.report() { text += "\(name):\(value)\r\n" }
+        }
         return text
     }
 }

@@ -62,10 +62,29 @@ extension ClientConnection {
             slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
         case .local:
             answerLocally(command, frame, session, slot)
+        case .keyed where pool.old != nil && command.name == "get":
+            let read = WarmupRead(mode: .redisGet, pool: pool, clientIndex: index)
+            slot.warmup = read
+            arguments.withArgument(1, in: frame) { key in
+                read.addKey(key, newServer: Int32(pool.server(forKey: key)?.index ?? -1))
+            }
+            slot.remainingParts = 1
+            routeKeyed(command, frame, session, slot)
         case .keyed:
             routeKeyed(command, frame, session, slot)
+        case .mget where pool.old != nil:
+            let read = WarmupRead(mode: .redisMGet, pool: pool, clientIndex: index)
+            slot.warmup = read
+            for argument in 1..<arguments.count {
+                arguments.withArgument(argument, in: frame) { key in
+                    read.addKey(key, newServer: Int32(pool.server(forKey: key)?.index ?? -1))
+                }
+            }
+            fanOutKeys(command, frame, session, slot, kind: .respArray, keysPerPart: 1)
         case .mget:
             fanOutKeys(command, frame, session, slot, kind: .respArray, keysPerPart: 1)
+        case .sum where pool.old != nil && pool.warmup?.deletes == .both && (command.name == "del" || command.name == "unlink"):
+            fanOutKeys(command, frame, session, slot, kind: .respSum, keysPerPart: 1, alsoToOldPool: true)
         case .mset:
             fanOutKeys(command, frame, session, slot, kind: .respAllOK, keysPerPart: 2)
         case .sum:
@@ -110,7 +129,7 @@ extension ClientConnection {
         let connection = server.connection(for: index)
         writeRequest(frame, session.arguments, into: connection.requestBuffer())
         slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, command: .get)
+        connection.enqueue(slot: slot, part: 0, framing: .line)
     }
 
     /// Every key must live on one server (hash tags make that possible); else CROSSSLOT.
@@ -156,7 +175,7 @@ extension ClientConnection {
 
     /// MGET / MSET / DEL-like commands: one request per server with that server's keys.
     private func fanOutKeys(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot,
-                            kind: ReplySlot.Kind, keysPerPart: Int) {
+                            kind: ReplySlot.Kind, keysPerPart: Int, alsoToOldPool: Bool = false) {
         let arguments = session.arguments
         slot.kind = kind
         session.keyIndices.removeAll(keepingCapacity: true)
@@ -180,7 +199,7 @@ extension ClientConnection {
         }
         var servers: [Int32] = []
         for server in session.keyServers where !servers.contains(server) { servers.append(server) }
-        if servers.count == 1, kind != .respArray {
+        if servers.count == 1, kind != .respArray, !alsoToOldPool {
             // All keys on one server: the request goes as it is.
             slot.kind = .single
             slot.keys.removeAll(keepingCapacity: true)
@@ -188,22 +207,43 @@ extension ClientConnection {
             return
         }
         slot.remainingParts = servers.count
+        sendParts(servers, session.keyServers, in: pool, partBase: 0, frame, session, slot, keysPerPart: keysPerPart)
+        if alsoToOldPool, let old = pool.old {
+            // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
+            var oldServers: [Int32] = []
+            var oldKeyServers: [Int32] = []
+            for keyIndex in session.keyIndices {
+                let server = Int32(arguments.withArgument(keyIndex, in: frame) { old.server(forKey: $0)?.index ?? -1 })
+                oldKeyServers.append(server)
+                if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
+            }
+            slot.warmupCounters = pool.counters
+            WarmupCounters.add(pool.counters.oldDeletes, session.keyIndices.count)
+            slot.remainingParts += oldServers.count
+            sendParts(oldServers, oldKeyServers, in: old, partBase: ReplySlot.oldPartBase, frame, session, slot, keysPerPart: keysPerPart)
+        }
+        if servers.count > 1 { worker.countFragments(servers.count) }
+    }
+
+    /// One request per server with the keys (and values) that server holds.
+    private func sendParts(_ servers: [Int32], _ keyServers: [Int32], in target: PoolRuntime, partBase: Int32,
+                           _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, keysPerPart: Int) {
+        let arguments = session.arguments
         for server in servers {
-            let connection = pool.servers[Int(server)].connection(for: index)
+            let connection = target.servers[Int(server)].connection(for: index)
             let output = connection.requestBuffer()
             var count = 0
-            for keyServer in session.keyServers where keyServer == server { count += 1 }
+            for keyServer in keyServers where keyServer == server { count += 1 }
             output.appendArrayHeader(1 + count * keysPerPart)
             arguments.withArgument(0, in: frame) { output.appendBulk($0) }
-            for (position, keyServer) in session.keyServers.enumerated() where keyServer == server {
+            for (position, keyServer) in keyServers.enumerated() where keyServer == server {
                 let keyIndex = session.keyIndices[position]
                 for offset in 0..<keysPerPart {
                     arguments.withArgument(keyIndex + offset, in: frame) { output.appendBulk($0) }
                 }
             }
-            connection.enqueue(slot: slot, part: server, command: .get)
+            connection.enqueue(slot: slot, part: partBase + server, framing: .line)
         }
-        if servers.count > 1 { worker.countFragments(servers.count) }
     }
 
     /// DBSIZE, FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH: the same request to every live server.
@@ -219,7 +259,7 @@ extension ClientConnection {
         for server in live {
             let connection = server.connection(for: index)
             writeRequest(frame, session.arguments, into: connection.requestBuffer())
-            connection.enqueue(slot: slot, part: Int32(server.index), command: .get)
+            connection.enqueue(slot: slot, part: Int32(server.index), framing: .line)
         }
     }
 }

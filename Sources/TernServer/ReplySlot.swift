@@ -22,7 +22,13 @@ final class ReplySlot {
         case respSum
         /// Redis: every server gets the command, the first server's reply is returned (SCRIPT LOAD).
         case respFirst
+        /// A warm-up delete sent to both pools (part 0 new, part 1 old): the new pool's reply,
+        /// but "deleted" when either pool deleted the key.
+        case eitherDeleted
     }
+
+    /// Parts numbered from here went to a warm-up's old pool.
+    static let oldPartBase: Int32 = 1 << 20
 
     struct KeyEntry {
         var keyStart: Int32
@@ -51,6 +57,14 @@ final class ReplySlot {
     var total = 0
     /// respFirst: the lowest part that has answered so far.
     var firstPart = Int32.max
+    /// A read on a warm-up pool: its phases (new pool, old pool, resend).
+    var warmup: WarmupRead?
+    /// Warm-up deletes: what the old pool did.
+    var oldTotal = 0
+    var oldDeleted = false
+    var isQuietMeta = false
+    /// The new pool's counters, for what the old pool did on deletes.
+    var warmupCounters: WarmupCounters?
 
     func reset() {
         client = nil
@@ -66,6 +80,11 @@ final class ReplySlot {
         isRedis = false
         total = 0
         firstPart = Int32.max
+        warmup = nil
+        oldTotal = 0
+        oldDeleted = false
+        isQuietMeta = false
+        warmupCounters = nil
     }
 
     /// Fills the slot with bytes Tern produced itself.
@@ -86,6 +105,16 @@ final class ReplySlot {
 
     /// A backend's reply for `part` of this slot.
     func deliver(part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        if let warmup {
+            warmup.deliver(self, part: part, reply: reply, isError: isError)
+            partDone()
+            return
+        }
+        if part >= Self.oldPartBase {
+            deliverFromOldPool(reply)
+            partDone()
+            return
+        }
         switch kind {
         case .single:
             if !isSilent {
@@ -141,6 +170,10 @@ final class ReplySlot {
         case .respSum:
             if let value = RespReplyParser.integer(reply) { total += value } else { recordError(reply) }
             partDone()
+        case .eitherDeleted:
+            data.removeAll()
+            data.append(reply)
+            partDone()
         case .respFirst:
             if isError {
                 recordError(reply)
@@ -150,6 +183,23 @@ final class ReplySlot {
                 data.append(reply)
             }
             partDone()
+        }
+    }
+
+    /// A warm-up delete's old-pool part: it decides nothing unless it deleted something.
+    private func deliverFromOldPool(_ reply: UnsafeRawBufferPointer) {
+        switch kind {
+        case .respSum:
+            oldTotal += RespReplyParser.integer(reply) ?? 0
+        case .eitherDeleted:
+            // DELETED (text), HD (meta), or nothing at all from a quiet md that deleted.
+            oldDeleted = reply.count == 0 || (reply.count >= 2 && reply[0] == UInt8(ascii: "D") && reply[1] == UInt8(ascii: "E"))
+                || (reply.count >= 2 && reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D"))
+        case .fanOut:
+            let ok = reply.count >= 2 && reply[0] == UInt8(ascii: "O") && reply[1] == UInt8(ascii: "K")
+            if !ok { recordError(reply) }
+        default:
+            break
         }
     }
 
@@ -167,6 +217,17 @@ final class ReplySlot {
 
     /// `part` failed (connection error, timeout, no server).
     func fail(part: Int32, reason: String) {
+        if let warmup {
+            warmup.failed(self, part: part, reason: reason)
+            partDone()
+            return
+        }
+        if part >= Self.oldPartBase, kind != .fanOut {
+            // The old pool failing never fails a delete; it is counted.
+            if let warmupCounters { WarmupCounters.add(warmupCounters.oldErrors) }
+            partDone()
+            return
+        }
         switch kind {
         case .single:
             if !isSilent {
@@ -176,6 +237,13 @@ final class ReplySlot {
             finish()
         case .multiGet:
             // The keys of a failed server are answered as misses.
+            partDone()
+        case .eitherDeleted:
+            if !isSilent {
+                data.removeAll()
+                data.append(errorLine(reason))
+            }
+            hasError = true
             partDone()
         case .fanOut, .respArray, .respAllOK, .respSum, .respFirst:
             if !hasError {
@@ -190,16 +258,37 @@ final class ReplySlot {
     private func partDone() {
         remainingParts -= 1
         if remainingParts == 0 {
+            if let warmup, warmup.advance(self) { return }
             if !hasError {
                 switch kind {
                 case .fanOut: if !isSilent { data.append("OK\r\n" as StaticString) }
                 case .respAllOK: data.append("+OK\r\n" as StaticString)
-                case .respSum: data.appendInteger(total)
+                case .respSum: data.appendInteger(max(total, oldTotal))
+                case .eitherDeleted: settleEitherDeleted()
                 default: break
                 }
             }
             if isSilent { data.removeAll() }
             finish()
+        }
+    }
+
+    /// NOT_FOUND / NF from the new pool becomes DELETED / HD when the old pool deleted the key.
+    private func settleEitherDeleted() {
+        guard oldDeleted else { return }
+        let reply = data.readable
+        if reply.count >= 9, reply[0] == UInt8(ascii: "N"), reply[1] == UInt8(ascii: "O") {
+            data.removeAll()
+            data.append("DELETED\r\n" as StaticString)
+        } else if reply.count >= 2, reply[0] == UInt8(ascii: "N"), reply[1] == UInt8(ascii: "F") {
+            if isQuietMeta {
+                data.removeAll()
+            } else {
+                let rest = Array(reply[2...])
+                data.removeAll()
+                data.append("HD" as StaticString)
+                rest.withUnsafeBytes { data.append($0) }
+            }
         }
     }
 
@@ -213,7 +302,7 @@ final class ReplySlot {
     /// Writes the finished reply to the client's output.
     func emit(into output: ByteBuffer) {
         switch kind {
-        case .single, .fanOut, .respAllOK, .respSum, .respFirst:
+        case .single, .fanOut, .respAllOK, .respSum, .respFirst, .eitherDeleted:
             output.append(data.readable)
         case .respArray:
             if hasError {

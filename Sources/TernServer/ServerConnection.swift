@@ -20,11 +20,14 @@ final class ServerConnection {
     struct Pending {
         var slot: ReplySlot?
         var part: Int32
-        var command: MemcacheCommand
+        /// How the memcached reply is framed (unused for Redis, whose replies frame themselves).
+        var framing: MemcacheFraming
         var deadline: Double
         var isProbe: Bool
         /// AUTH / SELECT sent by Tern when the connection opened.
         var isSetup = false
+        /// A warm-up copy into this (new) pool: counted, never answered to a client.
+        var isBackfill = false
     }
 
     enum State { case disconnected, connecting, connected }
@@ -57,15 +60,14 @@ final class ServerConnection {
     }
 
     /// Adds a request whose bytes the caller has just written into `requestBuffer()`.
-    /// `command` tells the memcached codec how the reply is framed (unused for Redis).
     @inline(__always)
-    func enqueue(slot: ReplySlot?, part: Int32, command: MemcacheCommand, isProbe: Bool = false, isSetup: Bool = false) {
+    func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, isProbe: Bool = false, isSetup: Bool = false, isBackfill: Bool = false) {
         var deadline = Double.infinity
         if let timeout {
             deadline = worker.now + timeout
             if timer == nil || !timer!.isActive { armTimer(after: timeout) }
         }
-        pending.append(Pending(slot: slot, part: part, command: command, deadline: deadline, isProbe: isProbe, isSetup: isSetup))
+        pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, isProbe: isProbe, isSetup: isSetup, isBackfill: isBackfill))
         worker.markDirty(self)
     }
 
@@ -78,7 +80,7 @@ final class ServerConnection {
         } else {
             buffer.append("version\r\n" as StaticString)
         }
-        enqueue(slot: nil, part: 0, command: .version, isProbe: true)
+        enqueue(slot: nil, part: 0, framing: .line, isProbe: true)
     }
 
     /// Redis: authenticate and select the pool's database before any client request.
@@ -89,13 +91,13 @@ final class ServerConnection {
             output.appendArrayHeader(2)
             output.appendBulk("AUTH")
             output.appendBulk(password)
-            enqueue(slot: nil, part: 0, command: .get, isSetup: true)
+            enqueue(slot: nil, part: 0, framing: .line, isSetup: true)
         }
         if config.redisDatabase != 0 {
             output.appendArrayHeader(2)
             output.appendBulk("SELECT")
             output.appendBulk(String(config.redisDatabase))
-            enqueue(slot: nil, part: 0, command: .get, isSetup: true)
+            enqueue(slot: nil, part: 0, framing: .line, isSetup: true)
         }
     }
 
@@ -205,7 +207,7 @@ final class ServerConnection {
                 case let .reply(length, isError): framed = (length, isError)
                 }
             } else {
-                switch MemcacheReplyParser.parse(input.readable, command: head.command) {
+                switch MemcacheReplyParser.parse(input.readable, framing: head.framing) {
                 case .incomplete: return
                 case .invalid:
                     fail(reason: "server sent an invalid reply")
@@ -219,13 +221,21 @@ final class ServerConnection {
                 server.recordSuccess()
                 if head.isProbe {
                     server.probeAnswered()
+                } else if head.isBackfill {
+                    // memcached `ms … ME` answers HD when stored, NS when the key already exists;
+                    // Redis `SET … NX` answers +OK or nil.
+                    let reply = input.readable
+                    let stored = length >= 2 && ((reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D")) || (reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O")))
+                    if stored { WarmupCounters.add(server.pool.counters.copies) } else { WarmupCounters.add(server.pool.counters.copiesSkipped) }
                 } else if head.isSetup {
                     if isError {
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
                         worker.logger.error("server \(server.name): connection setup failed: \(text)")
                     }
                 } else if let slot = head.slot {
-                    slot.deliver(part: head.part, reply: UnsafeRawBufferPointer(rebasing: input.readable[0..<length]), isError: isError)
+                    // Quiet meta commands were followed by Tern's own `mn`: its MN is not the client's.
+                    let end = head.framing == .metaUntilNoop ? length - 4 : length
+                    slot.deliver(part: head.part, reply: UnsafeRawBufferPointer(rebasing: input.readable[0..<end]), isError: isError)
                 }
                 input.consume(length)
             }
@@ -287,6 +297,7 @@ final class ServerConnection {
         }
         for entry in entries {
             if entry.isProbe { server.probeFailed() }
+            if entry.isBackfill { WarmupCounters.add(server.pool.counters.copiesSkipped) }
             entry.slot?.fail(part: entry.part, reason: reason)
         }
     }

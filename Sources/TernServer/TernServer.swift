@@ -38,6 +38,22 @@ public final class TernServer {
     public func prepare() throws {
         tern_ignore_sigpipe()
         for pool in config.pools {
+            var warmupPlan: PoolPlan?
+            if let warmup = pool.warmup {
+                warmupPlan = PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old), listenDescriptor: -1)
+            }
+            let addresses = try Self.resolve(pool)
+            let descriptor = try Self.listen(pool)
+            plans.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan))
+            logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(pool.servers.count) servers, \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
+            if let warmup = pool.warmup {
+                logger.notice("pool \(pool.name) warms up from \(warmup.old.servers.count) old servers (backfill \(warmup.backfill), deletes \(warmup.deletes.rawValue))")
+            }
+        }
+    }
+
+    /// Resolves a pool's servers (blocking; runs on the main thread before workers start).
+    static func resolve(_ pool: PoolConfig) throws -> [SocketAddress] {
             var addresses: [SocketAddress] = []
             for server in pool.servers {
                 switch server.address {
@@ -53,10 +69,7 @@ public final class TernServer {
                     }
                 }
             }
-            let descriptor = try Self.listen(pool)
-            plans.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor))
-            logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(pool.servers.count) servers, \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
-        }
+            return addresses
     }
 
     static func listen(_ pool: PoolConfig) throws -> Int32 {

@@ -11,15 +11,56 @@ import TernCore
 final class PoolPlan: Sendable {
     let config: PoolConfig
     let serverAddresses: [SocketAddress]
+    /// -1 for a warm-up's old pool, which is reached only through its new pool.
     let listenDescriptor: Int32
     /// Client connections open on this pool across all workers (enforces `client_connections`).
     let clientCount = Atomic<Int>(0)
     let totalConnections = Atomic<Int>(0)
+    /// The old pool of a warm-up, and what the warm-up did.
+    let warmup: PoolPlan?
+    let warmupCounters = WarmupCounters()
 
-    init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32) {
+    init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil) {
         self.config = config
         self.serverAddresses = serverAddresses
         self.listenDescriptor = listenDescriptor
+        self.warmup = warmup
+    }
+}
+
+/// What a warm-up did, summed over workers (relaxed atomics; these move only on warm-up reads,
+/// copies and deletes).
+final class WarmupCounters: Sendable {
+    /// Keys answered by the new pool.
+    let newHits = Atomic<Int>(0)
+    /// Keys that missed the new pool and were answered by the old one.
+    let oldHits = Atomic<Int>(0)
+    /// Keys that missed both pools.
+    let misses = Atomic<Int>(0)
+    /// Old hits copied into the new pool.
+    let copies = Atomic<Int>(0)
+    /// Old hits not copied: about to expire, already present in the new pool, or an error.
+    let copiesSkipped = Atomic<Int>(0)
+    /// Old-pool requests that failed (answered as misses).
+    let oldErrors = Atomic<Int>(0)
+    /// Deletes sent to the old pool.
+    let oldDeletes = Atomic<Int>(0)
+
+    @inline(__always) static func add(_ counter: borrowing Atomic<Int>, _ value: Int = 1) {
+        counter.add(value, ordering: .relaxed)
+    }
+
+    /// Lines `name value` for the protocols' stats replies.
+    func report() -> [(String, Int)] {
+        let new = newHits.load(ordering: .relaxed)
+        let old = oldHits.load(ordering: .relaxed)
+        let ratio = new + old == 0 ? 0 : new * 10000 / (new + old)
+        return [
+            ("warmup_new_hits", new), ("warmup_old_hits", old), ("warmup_misses", misses.load(ordering: .relaxed)),
+            ("warmup_copies", copies.load(ordering: .relaxed)), ("warmup_copies_skipped", copiesSkipped.load(ordering: .relaxed)),
+            ("warmup_old_errors", oldErrors.load(ordering: .relaxed)), ("warmup_old_deletes", oldDeletes.load(ordering: .relaxed)),
+            ("warmup_new_hit_ratio_basis_points", ratio),
+        ]
     }
 }
 

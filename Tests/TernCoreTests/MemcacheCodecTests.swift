@@ -202,3 +202,61 @@ final class MemcacheCodecTests: XCTestCase {
         }
     }
 }
+
+final class MetaProtocolTests: XCTestCase {
+    func parse(_ text: String) -> MemcacheParseResult {
+        Array(text.utf8).withUnsafeBytes { MemcacheRequestParser.parse($0, limits: MemcacheLimits()) }
+    }
+
+    func testMetaRequests() {
+        guard case let .request(get) = parse("mg foo v f t q O12 k\r\n") else { return XCTFail() }
+        XCTAssertEqual(get.command, .metaGet)
+        XCTAssertTrue(get.isQuiet)
+        XCTAssertEqual(get.keysStart, 3)
+        XCTAssertEqual(get.keysEnd, 6)
+        guard case let .request(set) = parse("ms aw== 3 T10 F5 b\r\nabc\r\n") else { return XCTFail() }
+        XCTAssertEqual(set.command, .metaSet)
+        XCTAssertTrue(set.isBase64Key)
+        XCTAssertEqual(set.frameLength, 25)
+        XCTAssertEqual(parse("ms k 3 T10\r\nab"), .incomplete)
+        guard case let .request(noop) = parse("mn\r\n") else { return XCTFail() }
+        XCTAssertEqual(noop.command, .metaNoop)
+        XCTAssertEqual(parse("mn extra\r\n"), .rejected(.badFormat, consume: 10, skip: 0, close: false))
+        XCTAssertEqual(parse("mg\r\n"), .rejected(.badFormat, consume: 4, skip: 0, close: false))
+        XCTAssertEqual(parse("ms k x\r\n"), .rejected(.badFormat, consume: 8, skip: 0, close: false))
+        XCTAssertEqual(parse("ms k 2000000 T0\r\n"), .rejected(.objectTooLarge, consume: 17, skip: 2_000_002, close: false))
+        XCTAssertEqual(parse("mg a!b= b v\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))
+        XCTAssertEqual(parse("mz foo\r\n"), .rejected(.unknownCommand, consume: 8, skip: 0, close: false))
+        guard case let .request(encoded) = parse("md Zm9v b q\r\n") else { return XCTFail() }
+        XCTAssertTrue(encoded.isBase64Key)
+        XCTAssertTrue(encoded.isQuiet)
+    }
+
+    func testBase64() {
+        for text in ["", "f", "fo", "foo", "foob", "fooba", "foobar", "meta:0"] {
+            let encoded = Array(text.utf8).withUnsafeBytes { Base64.encode($0) }
+            let length = encoded.withUnsafeBytes { Base64.decodedLength($0) }
+            XCTAssertEqual(length, text.utf8.count)
+            var output = [UInt8](repeating: 0, count: text.utf8.count)
+            let count = encoded.withUnsafeBytes { source in output.withUnsafeMutableBytes { Base64.decode(source, into: $0) } }
+            XCTAssertEqual(String(decoding: output[0..<count], as: UTF8.self), text)
+        }
+        XCTAssertEqual(Array("Zm9vYmFy".utf8).withUnsafeBytes { Base64.decodedLength($0) }, 6)
+        XCTAssertNil(Array("Zm9=YmFy".utf8).withUnsafeBytes { Base64.decodedLength($0) })
+        XCTAssertNil(Array("Zm9".utf8).withUnsafeBytes { Base64.decodedLength($0) })
+    }
+
+    func testMetaReplyFraming() {
+        func frame(_ text: String, _ framing: MemcacheFraming) -> MemcacheReplyParser.Result {
+            Array(text.utf8).withUnsafeBytes { MemcacheReplyParser.parse($0, framing: framing) }
+        }
+        XCTAssertEqual(frame("VA 3 f1\r\nabc\r\nHD\r\n", .meta), .reply(length: 14, isError: false))
+        XCTAssertEqual(frame("EN\r\n", .meta), .reply(length: 4, isError: false))
+        XCTAssertEqual(frame("VA 3 f1\r\nab", .meta), .incomplete)
+        let batch = "VA 2 kx\r\nMN\r\nHD\r\nNF\r\nMN\r\n"
+        XCTAssertEqual(frame(batch, .metaUntilNoop), .reply(length: 25, isError: false), "a value containing MN is data, not the end")
+        XCTAssertEqual(frame("HD\r\nNF\r\nMN\r\n", .metaUntilNoop), .reply(length: 12, isError: false))
+        XCTAssertEqual(frame("HD\r\nNF\r\n", .metaUntilNoop), .incomplete)
+        XCTAssertEqual(frame("CLIENT_ERROR bad\r\nMN\r\n", .metaUntilNoop), .reply(length: 22, isError: true))
+    }
+}

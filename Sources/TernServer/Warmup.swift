@@ -1,0 +1,457 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TernCore
+
+/// One read on a pool that warms up from an old pool, attached to the read's reply slot.
+///
+///     phase new:    the read goes to the new pool as usual
+///     phase old:    keys that missed are fetched from the old pool, one request per old server
+///                   (memcached: pipelined `mg <key> s v f t k q` closed by `mn`; Redis:
+///                   `GET` + `PTTL` pipelined on one connection)
+///     phase resend: gets/gat/gats/mg only — the old item is copied into the new pool first
+///                   (add semantics) and the read is sent again there, so a CAS unique is valid
+///                   where the client's next `cas` goes
+///
+/// Plain reads answer old hits at once and copy them in the background (`ms … ME` = add, or
+/// `SET … NX`): a value written to the new pool meanwhile is never overwritten. An item with
+/// 1 s or less to live is answered but not copied. A failing old pool is a miss, and counted.
+/// Confined to the worker thread that owns the slot.
+final class WarmupRead {
+    enum Mode { case text, meta, redisGet, redisMGet }
+    enum Phase { case new, old, resend }
+
+    struct Key {
+        var start: Int
+        var length: Int
+        var oldServer: Int32
+        var newServer: Int32
+        var isResend = false
+        /// Old item (Redis: value bulk and PTTL; memcached: flags, TTL, data) in `values`.
+        var valueStart = -1
+        var valueLength = 0
+        var flags: UInt32 = 0
+        var ttl: Int?
+        var ttlKnown = false
+        /// Missed the new pool, so the old pool was asked.
+        var missed = false
+    }
+
+    let mode: Mode
+    var phase = Phase.new
+    unowned let pool: PoolRuntime
+    let old: PoolRuntime
+    let warmup: WarmupConfig
+    let clientIndex: Int
+    /// The text command (get, gets, gat, gats) or meta's original request line and data.
+    var command = MemcacheCommand.get
+    var frame: [UInt8] = []
+    var exptime: [UInt8] = []
+    var isQuiet = false
+    var isBase64Key = false
+    var keys: [Key] = []
+    var keyBytes: [UInt8] = []
+    var values: [UInt8] = []
+
+    init(mode: Mode, pool: PoolRuntime, clientIndex: Int) {
+        self.mode = mode
+        self.pool = pool
+        self.old = pool.old!
+        self.warmup = pool.warmup!
+        self.clientIndex = clientIndex
+    }
+
+    var counters: WarmupCounters { pool.counters }
+
+    /// `hashKey` is what placement hashes (a base64 key decoded); `key` is sent as it came.
+    func addKey(_ key: UnsafeRawBufferPointer, hashKey: UnsafeRawBufferPointer? = nil, newServer: Int32) {
+        let oldServer = Int32(old.server(forKey: hashKey ?? key)?.index ?? -1)
+        keys.append(Key(start: keyBytes.count, length: key.count, oldServer: oldServer, newServer: newServer))
+        keyBytes.append(contentsOf: key)
+    }
+
+    func withKey<R>(_ index: Int, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        keyBytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[keys[index].start..<(keys[index].start + keys[index].length)])) }
+    }
+
+    // MARK: Replies
+
+    func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        switch (mode, phase) {
+        case (.text, .new), (.text, .resend):
+            storeValueRecords(slot, part: part, reply: reply, resendOnly: phase == .resend)
+        case (.text, .old):
+            readOldMetaItems(reply, part: part)
+        case (.meta, .new), (.meta, .resend), (.redisGet, .new), (.redisGet, .resend):
+            slot.data.removeAll()
+            slot.data.append(reply)
+        case (.meta, .old):
+            readOldMetaItems(reply, part: part)
+        case (.redisGet, .old), (.redisMGet, .old):
+            readOldRedisReply(reply, part: part, isError: isError)
+        case (.redisMGet, .new):
+            storeArrayElements(slot, part: part, reply: reply, isError: isError)
+        case (.redisMGet, .resend):
+            break
+        }
+    }
+
+    func failed(_ slot: ReplySlot, part: Int32, reason: String) {
+        if phase == .old {
+            WarmupCounters.add(counters.oldErrors)
+            return
+        }
+        // The new pool failed: memcached multi-key reads treat its keys as misses (and try the
+        // old pool); single reads report the error.
+        switch mode {
+        case .text, .redisMGet: break
+        case .meta, .redisGet:
+            slot.data.removeAll()
+            slot.data.append(mode == .meta ? "SERVER_ERROR \(reason)\r\n" : "-ERR \(reason)\r\n")
+            slot.hasError = true
+        }
+    }
+
+    /// Called when every part of a phase has answered. Returns true when another phase started.
+    func advance(_ slot: ReplySlot) -> Bool {
+        switch phase {
+        case .new: return startOldPhase(slot)
+        case .old: return finishOldPhase(slot)
+        case .resend: return false
+        }
+    }
+
+    // MARK: Phase new → old
+
+    private func startOldPhase(_ slot: ReplySlot) -> Bool {
+        var missing: [Int] = []
+        switch mode {
+        case .text:
+            for index in keys.indices where slot.keys[index].recordStart < 0 { missing.append(index) }
+        case .meta:
+            if !slot.hasError, isMetaMiss(slot.data.readable) { missing.append(0) }
+        case .redisGet:
+            if !slot.hasError, slot.data.readable.elementsEqual("$-1\r\n".utf8) { missing.append(0) }
+        case .redisMGet:
+            if slot.hasError { return false }
+            for index in keys.indices where slot.keys[index].recordStart < 0 || isNil(slot, index) { missing.append(index) }
+        }
+        WarmupCounters.add(counters.newHits, keys.count - missing.count)
+        if missing.isEmpty { return false }
+        for index in missing { keys[index].missed = true }
+        phase = .old
+        var parts = 0
+        var servers: [Int32] = []
+        for index in missing where keys[index].oldServer >= 0 && !servers.contains(keys[index].oldServer) { servers.append(keys[index].oldServer) }
+        for server in servers {
+            let connection = old.servers[Int(server)].connection(for: clientIndex)
+            let output = connection.requestBuffer()
+            switch mode {
+            case .text, .meta:
+                for index in missing where keys[index].oldServer == server {
+                    output.append("mg " as StaticString)
+                    withKey(index) { output.append($0) }
+                    output.append(isBase64Key ? " b s v f t k q\r\n" as StaticString : " s v f t k q\r\n" as StaticString)
+                }
+                output.append("mn\r\n" as StaticString)
+                connection.enqueue(slot: slot, part: server, framing: .metaUntilNoop)
+                parts += 1
+            case .redisGet, .redisMGet:
+                for index in missing where keys[index].oldServer == server {
+                    output.appendArrayHeader(2)
+                    output.appendBulk("GET")
+                    withKey(index) { output.appendBulk($0) }
+                    connection.enqueue(slot: slot, part: Int32(index * 2), framing: .line)
+                    output.appendArrayHeader(2)
+                    output.appendBulk("PTTL")
+                    withKey(index) { output.appendBulk($0) }
+                    connection.enqueue(slot: slot, part: Int32(index * 2 + 1), framing: .line)
+                    parts += 2
+                }
+            }
+        }
+        if parts == 0 {
+            WarmupCounters.add(counters.misses, missing.count)
+            return false
+        }
+        slot.remainingParts = parts
+        return true
+    }
+
+    private func isMetaMiss(_ reply: UnsafeRawBufferPointer) -> Bool {
+        // Quiet mode says nothing for a miss.
+        reply.count == 0 || (reply.count >= 2 && reply[0] == UInt8(ascii: "E") && reply[1] == UInt8(ascii: "N"))
+    }
+
+    private func isNil(_ slot: ReplySlot, _ index: Int) -> Bool {
+        let entry = slot.keys[index]
+        guard entry.recordLength == 5 else { return false }
+        let bytes = slot.data.readable
+        return bytes[Int(entry.recordStart)] == UInt8(ascii: "$") && bytes[Int(entry.recordStart) + 1] == UInt8(ascii: "-")
+    }
+
+    // MARK: Old-pool replies
+
+    /// `VA <size> s<size> f<flags> t<ttl> k<key>` blocks (misses are silent), then nothing
+    /// (Tern's MN was stripped).
+    private func readOldMetaItems(_ reply: UnsafeRawBufferPointer, part: Int32) {
+        var position = 0
+        while position < reply.count {
+            guard let lineEnd = reply[position...].firstIndex(of: 0x0a) else { return }
+            let contentEnd = lineEnd > position && reply[lineEnd - 1] == 0x0d ? lineEnd - 1 : lineEnd
+            let line = UnsafeRawBufferPointer(rebasing: reply[position..<contentEnd])
+            guard line.count > 3, line[0] == UInt8(ascii: "V"), line[1] == UInt8(ascii: "A") else {
+                position = lineEnd + 1
+                continue
+            }
+            var size = 0, flags: UInt32 = 0, ttl = -1, ttlKnown = false
+            var keyRange = 0..<0
+            var tokenStart = 3
+            var tokenIndex = 0
+            while tokenStart < line.count {
+                var tokenEnd = tokenStart
+                while tokenEnd < line.count, line[tokenEnd] != 0x20 { tokenEnd += 1 }
+                let token = UnsafeRawBufferPointer(rebasing: line[tokenStart..<tokenEnd])
+                if tokenIndex == 0 {
+                    size = Int(String(decoding: token, as: UTF8.self)) ?? 0
+                } else if let first = token.first {
+                    let rest = String(decoding: token.dropFirst(), as: UTF8.self)
+                    switch first {
+                    case UInt8(ascii: "f"): flags = UInt32(rest) ?? 0
+                    case UInt8(ascii: "t"): ttl = Int(rest) ?? -1; ttlKnown = true
+                    case UInt8(ascii: "k"): keyRange = (tokenStart + 1)..<tokenEnd
+                    default: break
+                    }
+                }
+                tokenIndex += 1
+                tokenStart = tokenEnd + 1
+            }
+            let dataStart = lineEnd + 1
+            guard dataStart + size + 2 <= reply.count else { return }
+            let key = UnsafeRawBufferPointer(rebasing: line[keyRange])
+            if let index = keys.indices.first(where: { keys[$0].oldServer == part && keys[$0].valueStart < 0 && withKey($0) { $0.elementsEqual(key) } }) {
+                keys[index].valueStart = values.count
+                keys[index].valueLength = size
+                keys[index].flags = flags
+                keys[index].ttl = ttl
+                keys[index].ttlKnown = ttlKnown
+                values.append(contentsOf: UnsafeRawBufferPointer(rebasing: reply[dataStart..<(dataStart + size)]))
+            }
+            position = dataStart + size + 2
+        }
+    }
+
+    /// Redis: part 2i is `GET` of key i, part 2i+1 its `PTTL`.
+    private func readOldRedisReply(_ reply: UnsafeRawBufferPointer, part: Int32, isError: Bool) {
+        let index = Int(part) / 2
+        guard index < keys.count, !isError else { return }
+        if part % 2 == 0 {
+            guard reply.first == UInt8(ascii: "$"), reply.count > 1, reply[1] != UInt8(ascii: "-") else { return }
+            keys[index].valueStart = values.count
+            keys[index].valueLength = reply.count
+            values.append(contentsOf: reply)
+        } else if let milliseconds = RespReplyParser.integer(reply) {
+            keys[index].ttl = milliseconds
+            keys[index].ttlKnown = true
+        }
+    }
+
+    // MARK: Phase old → resend / done
+
+    private func finishOldPhase(_ slot: ReplySlot) -> Bool {
+        var resendServers: [Int32] = []
+        for index in keys.indices where keys[index].missed {
+            guard keys[index].valueStart >= 0 else {
+                WarmupCounters.add(counters.misses)
+                continue
+            }
+            WarmupCounters.add(counters.oldHits)
+            switch mode {
+            case .text: answerTextHit(slot, index, &resendServers)
+            case .meta: answerMetaHit(slot, index, &resendServers)
+            case .redisGet, .redisMGet: answerRedisHit(slot, index)
+            }
+        }
+        guard !resendServers.isEmpty else { return false }
+        phase = .resend
+        var parts = 0
+        for server in resendServers {
+            let connection = pool.servers[Int(server)].connection(for: clientIndex)
+            let output = connection.requestBuffer()
+            switch mode {
+            case .text:
+                output.append(command.name)
+                if !exptime.isEmpty {
+                    output.append(byte: 0x20)
+                    exptime.withUnsafeBytes { output.append($0) }
+                }
+                for index in keys.indices where keys[index].isResend && keys[index].newServer == server {
+                    output.append(byte: 0x20)
+                    withKey(index) { output.append($0) }
+                }
+                output.append("\r\n" as StaticString)
+                connection.enqueue(slot: slot, part: server, framing: .retrieval)
+            default:
+                frame.withUnsafeBytes { output.append($0) }
+                if isQuiet { output.append("mn\r\n" as StaticString) }
+                connection.enqueue(slot: slot, part: 0, framing: isQuiet ? .metaUntilNoop : .meta)
+            }
+            parts += 1
+        }
+        slot.remainingParts = parts
+        return true
+    }
+
+    /// memcached text: `get` answers the old item now and copies it in the background; gets,
+    /// gat and gats copy first and read again from the new pool.
+    private func answerTextHit(_ slot: ReplySlot, _ index: Int, _ resendServers: inout [Int32]) {
+        let key = keys[index]
+        let ttl = warmup.backfillTTL(remaining: key.ttlKnown ? key.ttl : nil)
+        let newServer = key.newServer
+        if command == .get || !warmup.backfill || ttl == nil || newServer < 0 {
+            let record = slot.data.readableCount
+            slot.data.append("VALUE " as StaticString)
+            withKey(index) { slot.data.append($0) }
+            slot.data.append(" \(key.flags) \(key.valueLength)\r\n")
+            values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
+            slot.data.append("\r\n" as StaticString)
+            slot.keys[index].recordStart = Int32(record)
+            slot.keys[index].recordLength = Int32(slot.data.readableCount - record)
+            if warmup.backfill {
+                if let ttl, newServer >= 0 { copyMemcached(index, ttl: ttl) } else { WarmupCounters.add(counters.copiesSkipped) }
+            }
+            return
+        }
+        copyMemcached(index, ttl: ttl!)
+        keys[index].isResend = true
+        if !resendServers.contains(newServer) { resendServers.append(newServer) }
+    }
+
+    /// Meta `mg`: copy, then the client's own `mg` goes to the new pool again.
+    private func answerMetaHit(_ slot: ReplySlot, _ index: Int, _ resendServers: inout [Int32]) {
+        let key = keys[index]
+        let ttl = warmup.backfillTTL(remaining: key.ttlKnown ? key.ttl : nil)
+        if warmup.backfill, let ttl, key.newServer >= 0 {
+            copyMemcached(index, ttl: ttl)
+            if !resendServers.contains(key.newServer) { resendServers.append(key.newServer) }
+            return
+        }
+        if warmup.backfill { WarmupCounters.add(counters.copiesSkipped) }
+        // Not copied: answer from the old item with the flags the client asked for.
+        slot.data.removeAll()
+        slot.data.append(synthesizedMetaReply(key))
+    }
+
+    private func synthesizedMetaReply(_ key: Key) -> String {
+        var wantsValue = false
+        var flags = ""
+        frame.withUnsafeBytes { raw in
+            let lineEnd = raw.firstIndex(of: 0x0d) ?? raw.count
+            let tokens = raw[0..<lineEnd].split(separator: 0x20).dropFirst(2)
+            for token in tokens {
+                guard let first = token.first else { continue }
+                let rest = String(decoding: token.dropFirst(), as: UTF8.self)
+                switch first {
+                case UInt8(ascii: "v"): wantsValue = true
+                case UInt8(ascii: "f"): flags += " f\(key.flags)"
+                case UInt8(ascii: "t"): flags += " t\(key.ttl ?? -1)"
+                case UInt8(ascii: "s"): flags += " s\(key.valueLength)"
+                case UInt8(ascii: "k"): flags += " k" + String(decoding: keyBytes[key.start..<(key.start + key.length)], as: UTF8.self)
+                case UInt8(ascii: "O"): flags += " O" + rest
+                case UInt8(ascii: "b"): flags += " b"
+                default: break
+                }
+            }
+        }
+        guard wantsValue else { return "HD" + flags + "\r\n" }
+        let data = String(decoding: values[key.valueStart..<(key.valueStart + key.valueLength)], as: UTF8.self)
+        return "VA \(key.valueLength)" + flags + "\r\n" + data + "\r\n"
+    }
+
+    /// `ms <key> <size> T<ttl> F<flags> ME` — mode E is add: an item written to the new pool
+    /// meanwhile is kept.
+    private func copyMemcached(_ index: Int, ttl: Int) {
+        let key = keys[index]
+        let connection = pool.servers[Int(key.newServer)].connection(for: clientIndex)
+        let output = connection.requestBuffer()
+        output.append("ms " as StaticString)
+        withKey(index) { output.append($0) }
+        output.append(isBase64Key ? " \(key.valueLength) b T\(ttl) F\(key.flags) ME\r\n" : " \(key.valueLength) T\(ttl) F\(key.flags) ME\r\n")
+        values.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
+        output.append("\r\n" as StaticString)
+        connection.enqueue(slot: nil, part: 0, framing: .meta, isBackfill: true)
+    }
+
+    /// Redis: answer the old value; copy with `SET key value [PX ms] NX`.
+    private func answerRedisHit(_ slot: ReplySlot, _ index: Int) {
+        let key = keys[index]
+        let valueRange = key.valueStart..<(key.valueStart + key.valueLength)
+        if mode == .redisGet {
+            slot.data.removeAll()
+            values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
+        } else {
+            slot.keys[index].recordStart = Int32(slot.data.readableCount)
+            slot.keys[index].recordLength = Int32(key.valueLength)
+            values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
+        }
+        guard warmup.backfill else { return }
+        // PTTL: -1 no expiry, -2 gone meanwhile, else milliseconds left.
+        let milliseconds = key.ttlKnown ? (key.ttl ?? -2) : -2
+        var ttlMilliseconds: Int?
+        if !key.ttlKnown || milliseconds == -2 {
+            ttlMilliseconds = warmup.defaultBackfillTTL > 0 ? warmup.defaultBackfillTTL * 1000 : (key.ttlKnown ? nil : 0)
+        } else if milliseconds == -1 {
+            ttlMilliseconds = warmup.maxBackfillTTL > 0 ? warmup.maxBackfillTTL * 1000 : 0
+        } else if milliseconds > 1000 {
+            ttlMilliseconds = warmup.maxBackfillTTL > 0 ? min(milliseconds, warmup.maxBackfillTTL * 1000) : milliseconds
+        }
+        guard let ttl = ttlMilliseconds, key.newServer >= 0 else {
+            WarmupCounters.add(counters.copiesSkipped)
+            return
+        }
+        let connection = pool.servers[Int(key.newServer)].connection(for: clientIndex)
+        let output = connection.requestBuffer()
+        output.appendArrayHeader(ttl > 0 ? 6 : 4)
+        output.appendBulk("SET")
+        withKey(index) { output.appendBulk($0) }
+        // The stored bulk is `$<n>\r\n<value>\r\n`: write it as it is.
+        values.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
+        if ttl > 0 {
+            output.appendBulk("PX")
+            output.appendBulk(String(ttl))
+        }
+        output.appendBulk("NX")
+        connection.enqueue(slot: nil, part: 0, framing: .line, isBackfill: true)
+    }
+
+    // MARK: New-pool replies
+
+    private func storeValueRecords(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, resendOnly: Bool) {
+        MemcacheReplyParser.forEachValue(reply) { keyRange, recordRange in
+            let key = UnsafeRawBufferPointer(rebasing: reply[keyRange])
+            guard let index = keys.indices.first(where: {
+                keys[$0].newServer == part && (resendOnly ? keys[$0].isResend : slot.keys[$0].recordStart < 0) && withKey($0) { $0.elementsEqual(key) }
+            }) else { return }
+            keys[index].isResend = false
+            slot.keys[index].recordStart = Int32(slot.data.readableCount)
+            slot.keys[index].recordLength = Int32(recordRange.count)
+            slot.data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
+        }
+    }
+
+    private func storeArrayElements(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        guard reply.first == UInt8(ascii: "*") else {
+            // A new-pool error: that server's keys are treated as misses.
+            return
+        }
+        var cursor = 0
+        RespReplyParser.forEachElement(reply) { range in
+            while cursor < keys.count, keys[cursor].newServer != part { cursor += 1 }
+            guard cursor < keys.count else { return }
+            slot.keys[cursor].recordStart = Int32(slot.data.readableCount)
+            slot.keys[cursor].recordLength = Int32(range.count)
+            slot.data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
+            cursor += 1
+        }
+    }
+}

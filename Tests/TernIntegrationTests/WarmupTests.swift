@@ -1,0 +1,257 @@
+import Foundation
+import XCTest
+@testable import TernCore
+
+/// Warm-up migration: two real pools per protocol (new and old), Tern in front of the new one.
+final class WarmupTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(4000)) }
+        group.stopAll()
+    }
+
+    struct Setup {
+        var port: Int
+        var pool: PoolConfig
+        func newIndex(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
+        func oldIndex(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.warmup!.old.placement().server(forKey: $0)! } }
+    }
+
+    func start(redis: Bool, new: [String], old: [String], extra: String = "") throws -> Setup {
+        let port = ProcessGroup.freePort()
+        var text = "warm:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  timeout: 1000\n  redis: \(redis)\n"
+        text += "  servers:\n" + new.map { "   - \($0):1\n" }.joined()
+        text += "  warmup:\n    hash: md5\n    timeout: 500\n" + extra
+        text += "    servers:\n" + old.map { "     - \($0):1\n" }.joined()
+        try group.tern(config: text, arguments: ["--threads", "2"], waitPort: port)
+        return Setup(port: port, pool: try ConfigLoader.load(text: text, file: "warm.yml").pools[0])
+    }
+
+    // MARK: memcached
+
+    func memcachedPools(extra: String = "") throws -> (Setup, [Memcached], [Memcached]) {
+        let new = try [group.memcached(), group.memcached()]
+        let old = try [group.memcached(), group.memcached()]
+        let setup = try start(redis: false, new: new.map(\.address), old: old.map(\.address), extra: extra)
+        return (setup, new, old)
+    }
+
+    func direct(_ server: Memcached, _ text: String, until: String = "\r\n") throws -> String {
+        try TestClient(port: server.port).request(text, until: until)
+    }
+
+    func testMemcachedOldHitIsReturnedAndCopiedWithFlagsAndTTL() throws {
+        let (setup, new, old) = try memcachedPools()
+        let oldServer = old[setup.oldIndex("user:1")]
+        XCTAssertEqual(try direct(oldServer, "set user:1 42 300 5\r\nalice\r\n"), "STORED\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("forever")], "set forever 3 0 1\r\nx\r\n"), "STORED\r\n")
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try client.request("get user:1\r\n", until: "END\r\n"), "VALUE user:1 42 5\r\nalice\r\nEND\r\n")
+        XCTAssertEqual(try client.request("get forever\r\n", until: "END\r\n"), "VALUE forever 3 1\r\nx\r\nEND\r\n")
+        usleep(200_000)
+        // The copy in the new pool kept the flags and the remaining TTL.
+        let copied = try direct(new[setup.newIndex("user:1")], "mg user:1 v f t\r\n", until: "\r\nalice\r\n")
+        let ttl = Int(copied.split(separator: " ").first { $0.hasPrefix("t") }!.dropFirst().prefix { $0.isNumber })!
+        XCTAssertTrue(copied.hasPrefix("VA 5 f42 t"), copied)
+        XCTAssertTrue((295...300).contains(ttl), copied)
+        XCTAssertEqual(try direct(new[setup.newIndex("forever")], "mg forever v f t\r\n", until: "\r\nx\r\n"), "VA 1 f3 t-1\r\nx\r\n")
+        let stats = try client.request("stats\r\n", until: "END\r\n")
+        XCTAssertTrue(stats.contains("STAT warmup_old_hits 2\r\n"), stats)
+        XCTAssertTrue(stats.contains("STAT warmup_copies 2\r\n"), stats)
+        // Now the new pool answers.
+        XCTAssertEqual(try client.request("get user:1\r\n", until: "END\r\n"), "VALUE user:1 42 5\r\nalice\r\nEND\r\n")
+        XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_new_hits 1\r\n"))
+    }
+
+    func testMemcachedNewHitWinsAndMultiGetMixesInKeyOrder() throws {
+        let (setup, new, old) = try memcachedPools()
+        let client = try TestClient(port: setup.port)
+        for key in ["both", "oldA", "oldB"] {
+            XCTAssertEqual(try direct(old[setup.oldIndex(key)], "set \(key) 1 0 3\r\nold\r\n"), "STORED\r\n")
+        }
+        XCTAssertEqual(try client.request("set both 2 0 3\r\nnew\r\nset newOnly 2 0 3\r\nnew\r\n", until: "STORED\r\n", occurrences: 2), "STORED\r\nSTORED\r\n")
+        let reply = try client.request("get oldA both nothing newOnly oldB nothing2\r\n", until: "END\r\n")
+        XCTAssertEqual(reply, "VALUE oldA 1 3\r\nold\r\nVALUE both 2 3\r\nnew\r\nVALUE newOnly 2 3\r\nnew\r\nVALUE oldB 1 3\r\nold\r\nEND\r\n")
+        XCTAssertEqual(try client.request("get nothing\r\n", until: "END\r\n"), "END\r\n")
+        // Writes never reach the old pool.
+        XCTAssertEqual(try direct(old[setup.oldIndex("both")], "get both\r\n", until: "END\r\n"), "VALUE both 1 3\r\nold\r\nEND\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("newOnly")], "get newOnly\r\n", until: "END\r\n"), "END\r\n")
+        XCTAssertEqual(try client.request("incr n 1\r\ntouch both 10\r\n", until: "\r\n", occurrences: 2), "NOT_FOUND\r\nTOUCHED\r\n")
+        _ = new
+    }
+
+    func testMemcachedDeletesReachBothPools() throws {
+        let (setup, _, old) = try memcachedPools()
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try direct(old[setup.oldIndex("doomed")], "set doomed 0 0 1\r\nx\r\n"), "STORED\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("doomed2")], "set doomed2 0 0 1\r\nx\r\n"), "STORED\r\n")
+        // Only in the old pool: DELETED (either pool deleting counts), and it never comes back.
+        XCTAssertEqual(try client.request("delete doomed\r\n", until: "\r\n"), "DELETED\r\n")
+        XCTAssertEqual(try client.request("get doomed\r\n", until: "END\r\n"), "END\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("doomed")], "get doomed\r\n", until: "END\r\n"), "END\r\n")
+        XCTAssertEqual(try client.request("delete doomed\r\n", until: "\r\n"), "NOT_FOUND\r\n")
+        XCTAssertEqual(try client.request("md doomed2 q\r\nmn\r\n", until: "MN\r\n"), "MN\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("doomed2")], "get doomed2\r\n", until: "END\r\n"), "END\r\n")
+        XCTAssertEqual(try client.request("md doomed2 O7\r\n", until: "\r\n"), "NF O7\r\n")
+        XCTAssertEqual(try client.request("set k 0 0 1 noreply\r\nx\r\ndelete k noreply\r\nget k\r\n", until: "END\r\n"), "END\r\n")
+    }
+
+    func testMemcachedConcurrentSetDuringCopyIsNotOverwritten() throws {
+        let (setup, new, old) = try memcachedPools()
+        let oldServer = old[setup.oldIndex("race")]
+        XCTAssertEqual(try direct(oldServer, "set race 0 0 3\r\nold\r\n"), "STORED\r\n")
+        let reader = try TestClient(port: setup.port)
+        let writer = try TestClient(port: setup.port)
+        // The old pool is slow: the reader's fallback is in flight when the writer sets the key.
+        oldServer.pause()
+        try reader.send("get race\r\n")
+        usleep(100_000)
+        XCTAssertEqual(try writer.request("set race 0 0 5\r\nnewer\r\n", until: "\r\n"), "STORED\r\n")
+        oldServer.resume()
+        XCTAssertEqual(String(decoding: try reader.receive(until: "END\r\n"), as: UTF8.self), "VALUE race 0 3\r\nold\r\nEND\r\n")
+        usleep(200_000)
+        // The copy used add semantics: the newer value stays.
+        XCTAssertEqual(try direct(new[setup.newIndex("race")], "get race\r\n", until: "END\r\n"), "VALUE race 0 5\r\nnewer\r\nEND\r\n")
+        XCTAssertEqual(try reader.request("get race\r\n", until: "END\r\n"), "VALUE race 0 5\r\nnewer\r\nEND\r\n")
+        XCTAssertTrue(try reader.request("stats\r\n", until: "END\r\n").contains("STAT warmup_copies_skipped 1\r\n"))
+    }
+
+    func testMemcachedOldPoolDownGivesMissesNotErrors() throws {
+        let (setup, _, old) = try memcachedPools()
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try client.request("set here 0 0 1\r\nh\r\n", until: "\r\n"), "STORED\r\n")
+        old[0].kill()
+        old[1].pause()
+        let started = Date()
+        XCTAssertEqual(try client.request("get here gone1 gone2 gone3\r\n", until: "END\r\n"), "VALUE here 0 1\r\nh\r\nEND\r\n")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 2)
+        XCTAssertEqual(try client.request("gets lost\r\n", until: "END\r\n"), "END\r\n")
+        XCTAssertEqual(try client.request("delete here\r\n", until: "\r\n"), "DELETED\r\n")
+        XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_old_errors"))
+        old[1].resume()
+    }
+
+    func testMemcachedGetsAndCasAfterAnOldHit() throws {
+        let (setup, new, old) = try memcachedPools()
+        XCTAssertEqual(try direct(old[setup.oldIndex("counter")], "set counter 9 0 2\r\n10\r\n"), "STORED\r\n")
+        let client = try TestClient(port: setup.port)
+        let gets = try client.request("gets counter\r\n", until: "END\r\n")
+        let fields = gets.components(separatedBy: "\r\n")[0].split(separator: " ")
+        XCTAssertEqual(fields.prefix(4), ["VALUE", "counter", "9", "2"])
+        // The CAS unique is the new pool's: cas through Tern succeeds.
+        XCTAssertEqual(try client.request("cas counter 9 0 2 \(fields[4])\r\n11\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try direct(new[setup.newIndex("counter")], "get counter\r\n", until: "END\r\n"), "VALUE counter 9 2\r\n11\r\nEND\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("other")], "set other 1 0 1\r\no\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("gat 100 other\r\n", until: "END\r\n"), "VALUE other 1 1\r\no\r\nEND\r\n")
+    }
+
+    func testMetaCommandsWithQuietModeAcrossServersAndWarmup() throws {
+        let (setup, _, old) = try memcachedPools()
+        let client = try TestClient(port: setup.port)
+        // Keys on both new servers, quiet sets, quiet gets with misses, then mn.
+        let keys = (0..<12).map { "meta:\($0)" }
+        XCTAssertEqual(Set(keys.map { setup.newIndex($0) }).count, 2)
+        var batch = ""
+        for key in keys.prefix(6) { batch += "ms \(key) 2 q T0\r\nok\r\n" }
+        for key in keys { batch += "mg \(key) v q k\r\n" }
+        batch += "mn\r\n"
+        var expected = ""
+        for key in keys.prefix(6) { expected += "VA 2 k\(key)\r\nok\r\n" }
+        XCTAssertEqual(try client.request(batch, until: "MN\r\n"), expected + "MN\r\n")
+        // Opaque and base64 keys (placement by the decoded key).
+        let encoded = String(decoding: Array("meta:0".utf8).withUnsafeBytes { Base64.encode($0) }, as: UTF8.self)
+        XCTAssertEqual(encoded, "bWV0YTow")
+        XCTAssertEqual(try client.request("mg \(encoded) b v O99\r\n", until: "\r\nok\r\n"), "VA 2 O99\r\nok\r\n")
+        // mg takes part in warm-up: an old item is copied and read again from the new pool.
+        XCTAssertEqual(try direct(old[setup.oldIndex("legacy")], "set legacy 5 0 3\r\nold\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("mg legacy v f q\r\nmg absent v q\r\nmn\r\n", until: "MN\r\n"), "VA 3 f5\r\nold\r\nMN\r\n")
+        XCTAssertEqual(try client.request("mg absent v\r\n", until: "\r\n"), "EN\r\n")
+        XCTAssertEqual(try client.request("ma cnt N0 J5 v\r\nmn\r\n", until: "MN\r\n"), "VA 1\r\n5\r\nMN\r\n")
+    }
+
+    // MARK: Redis
+
+    func redisPools() throws -> (Setup, [RedisServer], [RedisServer]) {
+        let new = try [group.redis(), group.redis()]
+        let old = try [group.redis(), group.redis()]
+        let setup = try start(redis: true, new: new.map(\.address), old: old.map(\.address))
+        return (setup, new, old)
+    }
+
+    func testRedisGetAndMGetFallBackAndCopyWithTTL() throws {
+        let (setup, new, old) = try redisPools()
+        XCTAssertEqual(try old[setup.oldIndex("session:1")].call("SET", "session:1", "data", "PX", "60000"), "+OK\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("plain")].call("SET", "plain", "p"), "+OK\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("list")].call("RPUSH", "list", "a"), ":1\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("both")].call("SET", "both", "old"), "+OK\r\n")
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("SET", "both", "new"), "+OK\r\n")
+        XCTAssertEqual(try c.call("GET", "session:1"), "$4\r\ndata\r\n")
+        XCTAssertEqual(try c.call("MGET", "plain", "both", "nope", "list", "session:1"),
+                       "*5\r\n$1\r\np\r\n$3\r\nnew\r\n$-1\r\n$-1\r\n$4\r\ndata\r\n")
+        usleep(200_000)
+        let pttl = Int(try new[setup.newIndex("session:1")].call("PTTL", "session:1").dropFirst().prefix { $0.isNumber })!
+        XCTAssertTrue((55_000...60_000).contains(pttl), "\(pttl)")
+        XCTAssertEqual(try new[setup.newIndex("plain")].call("PTTL", "plain"), ":-1\r\n")
+        XCTAssertEqual(try new[setup.newIndex("plain")].call("GET", "plain"), "$1\r\np\r\n")
+        // Other data types are not copied.
+        XCTAssertEqual(try new[setup.newIndex("list")].call("EXISTS", "list"), ":0\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("both")].call("GET", "both"), "$3\r\nold\r\n", "writes stay in the new pool")
+        let info = try c.call("INFO")
+        XCTAssertTrue(info.contains("warmup_old_hits:2"), info)
+        XCTAssertTrue(info.contains("warmup_copies:2"), info)
+    }
+
+    func testRedisDeletesReachBothAndConcurrentSetWins() throws {
+        let (setup, new, old) = try redisPools()
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try old[setup.oldIndex("gone")].call("SET", "gone", "x"), "+OK\r\n")
+        XCTAssertEqual(try c.call("DEL", "gone", "never"), ":1\r\n")
+        XCTAssertEqual(try c.call("GET", "gone"), "$-1\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("gone")].call("EXISTS", "gone"), ":0\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("gone2")].call("SET", "gone2", "x"), "+OK\r\n")
+        XCTAssertEqual(try c.call("UNLINK", "gone2"), ":1\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("gone2")].call("EXISTS", "gone2"), ":0\r\n")
+        // A SET that lands while the copy is on its way is kept (SET … NX).
+        let oldServer = old[setup.oldIndex("race")]
+        XCTAssertEqual(try oldServer.call("SET", "race", "old"), "+OK\r\n")
+        Glibc.kill(oldServer.process.processIdentifier, SIGSTOP)
+        let reader = try TestClient(port: setup.port)
+        try reader.send(TestClient.encode(["GET", "race"]))
+        usleep(100_000)
+        XCTAssertEqual(try c.call("SET", "race", "newer"), "+OK\r\n")
+        Glibc.kill(oldServer.process.processIdentifier, SIGCONT)
+        XCTAssertEqual(String(decoding: try reader.receiveReplies(1), as: UTF8.self), "$3\r\nold\r\n")
+        usleep(200_000)
+        XCTAssertEqual(try new[setup.newIndex("race")].call("GET", "race"), "$5\r\nnewer\r\n")
+    }
+
+    func testRedisOldPoolDownGivesMisses() throws {
+        let (setup, _, old) = try redisPools()
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("SET", "k", "v"), "+OK\r\n")
+        for server in old { server.kill() }
+        XCTAssertEqual(try c.call("GET", "missing"), "$-1\r\n")
+        XCTAssertEqual(try c.call("MGET", "k", "missing"), "*2\r\n$1\r\nv\r\n$-1\r\n")
+        XCTAssertEqual(try c.call("DEL", "k"), ":1\r\n")
+        XCTAssertTrue(try c.call("INFO").contains("warmup_old_errors:"))
+    }
+
+    func testWarmupConfigKeys() throws {
+        let base = "p:\n  listen: 127.0.0.1:1\n  servers:\n   - 127.0.0.1:2:1\n  warmup:\n    servers:\n     - 127.0.0.1:3:1\n"
+        let config = try ConfigLoader.load(text: base + "    max_backfill_ttl: 60\n    deletes: new\n    backfill: false\n", file: "w.yml")
+        let warmup = try XCTUnwrap(config.pools[0].warmup)
+        XCTAssertEqual(warmup.maxBackfillTTL, 60)
+        XCTAssertEqual(warmup.deletes, .new)
+        XCTAssertFalse(warmup.backfill)
+        XCTAssertEqual(warmup.backfillTTL(remaining: -1), 60)
+        XCTAssertEqual(warmup.backfillTTL(remaining: 500), 60)
+        XCTAssertEqual(warmup.backfillTTL(remaining: 30), 30)
+        XCTAssertNil(warmup.backfillTTL(remaining: 1))
+        XCTAssertThrowsError(try ConfigLoader.load(text: base + "    listen: 127.0.0.1:9\n", file: "w.yml")) { error in
+            XCTAssertTrue("\(error)".contains("w.yml:8: pool 'p.warmup': unknown key 'listen'"), "\(error)")
+        }
+        XCTAssertThrowsError(try ConfigLoader.load(text: base + "    deletes: some\n", file: "w.yml"))
+    }
+}
