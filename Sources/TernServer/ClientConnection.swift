@@ -75,6 +75,7 @@ final class ClientConnection {
                 reachedEnd = true
                 break readLoop
             case .failed:
+                pool.stats.clientErrors.add()
                 close()
                 return
             }
@@ -86,6 +87,7 @@ final class ClientConnection {
             buffer.removeAll()
         }
         if reachedEnd {
+            pool.stats.clientEOF.add()
             closeWhenDrained = true
             watcher?.watch(0)
             closeIfDrained()
@@ -134,6 +136,7 @@ final class ClientConnection {
             case .wouldBlock:
                 break
             case .failed, .endOfFile:
+                pool.stats.clientErrors.add()
                 close()
                 return
             }

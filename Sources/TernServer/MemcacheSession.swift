@@ -128,8 +128,8 @@ extension ClientConnection {
         if let oldServer {
             slot.kind = .eitherDeleted
             slot.isQuietMeta = request.isQuiet
-            slot.warmupCounters = pool.counters
-            WarmupCounters.add(pool.counters.oldDeletes)
+            slot.warmupCounters = pool.warmupCounters
+            WarmupCounters.add(pool.warmupCounters.oldDeletes)
             sendMeta(request, frame, slot, to: oldServer, part: ReplySlot.oldPartBase)
         }
         sendMeta(request, frame, slot, to: server, part: 0)
@@ -152,12 +152,12 @@ extension ClientConnection {
             return
         }
         slot.kind = .eitherDeleted
-        slot.warmupCounters = pool.counters
+        slot.warmupCounters = pool.warmupCounters
         let oldServer = pool.old?.server(forKey: key)
         slot.remainingParts = oldServer == nil ? 1 : 2
         for (target, part) in [(server, Int32(0)), (oldServer, ReplySlot.oldPartBase)] {
             guard let target else { continue }
-            if part != 0 { WarmupCounters.add(pool.counters.oldDeletes) }
+            if part != 0 { WarmupCounters.add(pool.warmupCounters.oldDeletes) }
             let connection = target.connection(for: index)
             let output = connection.requestBuffer()
             // Always with a reply (noreply is honoured towards the client only).
@@ -197,6 +197,7 @@ extension ClientConnection {
             connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
             return
         }
+        pool.stats.fragments.add(slot.keys.reduce(into: Set<Int32>()) { $0.insert($1.server) }.count)
         // Count the parts first so that a part failing at once cannot finish the slot early.
         var servers: [Int32] = []
         for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
@@ -251,11 +252,11 @@ extension ClientConnection {
         let now = Int(time(nil))
         var text = "STAT pid \(getpid())\r\nSTAT uptime \(now - info.startTime)\r\nSTAT time \(now)\r\nSTAT version \(info.version)\r\n"
         text += "STAT pool \(pool.config.name)\r\n"
-        text += "STAT curr_connections \(pool.plan.clientCount.load(ordering: .relaxed))\r\n"
-        text += "STAT total_connections \(pool.plan.totalConnections.load(ordering: .relaxed))\r\n"
+        text += "STAT curr_connections \(pool.plan.shared.clientCount.load(ordering: .relaxed))\r\n"
+        text += "STAT total_connections \(pool.plan.shared.totalConnections.load(ordering: .relaxed))\r\n"
         text += "STAT servers \(pool.servers.count)\r\n"
         if pool.old != nil {
-            for (name, value) in pool.counters.report() { text += "STAT \(name) \(value)\r\n" }
+            for (name, value) in pool.warmupCounters.report() { text += "STAT \(name) \(value)\r\n" }
         }
         text += "END\r\n"
         return text

@@ -21,7 +21,9 @@ final class PoolRuntime {
     /// A warm-up's old pool (no listener of its own).
     let old: PoolRuntime?
     var warmup: WarmupConfig? { config.warmup }
-    var counters: WarmupCounters { plan.warmupCounters }
+    var warmupCounters: WarmupCounters { plan.shared.warmupCounters }
+    /// This worker's counters for the pool.
+    let stats: PoolCounters
 
     init(plan: PoolPlan, worker: Worker) {
         self.plan = plan
@@ -29,6 +31,7 @@ final class PoolRuntime {
         self.placement = plan.config.placement()
         self.limits = MemcacheLimits(maxItemSize: plan.config.maxItemSize)
         self.respLimits = RespLimits(maxBulkLength: plan.config.maxBulkLength)
+        self.stats = plan.shared.workerCounters[worker.identifier]
         self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
     }
@@ -53,11 +56,11 @@ final class PoolRuntime {
             switch Syscall.accept(plan.listenDescriptor) {
             case let .transferred(descriptor):
                 let fd = Int32(descriptor)
-                plan.totalConnections.add(1, ordering: .relaxed)
-                let open = plan.clientCount.add(1, ordering: .relaxed).newValue
+                plan.shared.totalConnections.add(1, ordering: .relaxed)
+                let open = plan.shared.clientCount.add(1, ordering: .relaxed).newValue
                 if config.clientConnections > 0, open > config.clientConnections {
                     // Over the limit: accepted and closed at once.
-                    plan.clientCount.subtract(1, ordering: .relaxed)
+                    plan.shared.clientCount.subtract(1, ordering: .relaxed)
                     Syscall.close(fd)
                     worker.logger.warning("pool \(config.name): client_connections limit \(config.clientConnections) reached, closing new client")
                     continue
@@ -79,7 +82,7 @@ final class PoolRuntime {
     }
 
     func clientClosed() {
-        plan.clientCount.subtract(1, ordering: .relaxed)
+        plan.shared.clientCount.subtract(1, ordering: .relaxed)
     }
 
     /// The server a key goes to, or nil when no server is live.
@@ -95,6 +98,9 @@ final class PoolRuntime {
     func eject(_ server: ServerRuntime) {
         guard config.autoEjectHosts, !server.isEjected else { return }
         server.isEjected = true
+        stats.serverEjects.add()
+        server.counters.ejections.add()
+        server.counters.serverEjectedAt.set(Int(time(nil)))
         worker.logger.warning("pool \(config.name): ejecting server \(server.name) for \(config.serverRetryTimeoutMilliseconds) ms after \(server.failures) failures")
         rebuildPlacement()
         server.scheduleProbe()
@@ -119,6 +125,8 @@ final class ServerRuntime {
     let index: Int
     let address: SocketAddress
     let name: String
+    /// This worker's counters for the server.
+    let counters: ServerCounters
     private(set) var connections: [ServerConnection] = []
     var failures = 0
     var isEjected = false
@@ -130,6 +138,7 @@ final class ServerRuntime {
         self.index = index
         self.address = address
         self.name = pool.config.servers[index].name
+        self.counters = pool.plan.serverCounters[index][pool.worker.identifier]
         self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
     }
 

@@ -212,13 +212,13 @@ extension ClientConnection {
         let uptime = Int(time(nil)) - info.startTime
         var text = "# Server\r\nredis_version:\(redisCompatibleVersion)\r\ntern_version:\(info.version)\r\nredis_mode:standalone\r\n"
         text += "process_id:\(getpid())\r\nuptime_in_seconds:\(uptime)\r\n\r\n"
-        text += "# Clients\r\nconnected_clients:\(pool.plan.clientCount.load(ordering: .relaxed))\r\n\r\n"
-        text += "# Stats\r\ntotal_connections_received:\(pool.plan.totalConnections.load(ordering: .relaxed))\r\n\r\n"
+        text += "# Clients\r\nconnected_clients:\(pool.plan.shared.clientCount.load(ordering: .relaxed))\r\n\r\n"
+        text += "# Stats\r\ntotal_connections_received:\(pool.plan.shared.totalConnections.load(ordering: .relaxed))\r\n\r\n"
         text += "# Pools\r\npool:\(pool.config.name)\r\nservers:\(pool.servers.count)\r\n"
         text += "distribution:\(pool.config.distribution.rawValue)\r\nhash:\(pool.config.hash.rawValue)\r\n"
         if pool.old != nil {
             text += "\r\n# Warmup\r\n"
-            for (name, value) in pool.counters.report() { text += "\(name):\(value)\r\n" }
+            for (name, value) in pool.warmupCounters.report() { text += "\(name):\(value)\r\n" }
         }
         return text
     }

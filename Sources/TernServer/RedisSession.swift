@@ -217,12 +217,12 @@ extension ClientConnection {
                 oldKeyServers.append(server)
                 if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
             }
-            slot.warmupCounters = pool.counters
-            WarmupCounters.add(pool.counters.oldDeletes, session.keyIndices.count)
+            slot.warmupCounters = pool.warmupCounters
+            WarmupCounters.add(pool.warmupCounters.oldDeletes, session.keyIndices.count)
             slot.remainingParts += oldServers.count
             sendParts(oldServers, oldKeyServers, in: old, partBase: ReplySlot.oldPartBase, frame, session, slot, keysPerPart: keysPerPart)
         }
-        if servers.count > 1 { worker.countFragments(servers.count) }
+        if servers.count > 1 { pool.stats.fragments.add(servers.count) }
     }
 
     /// One request per server with the keys (and values) that server holds.

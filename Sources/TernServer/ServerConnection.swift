@@ -28,6 +28,9 @@ final class ServerConnection {
         var isSetup = false
         /// A warm-up copy into this (new) pool: counted, never answered to a client.
         var isBackfill = false
+        /// Bytes of the request, and when it was queued (loop time), for the stats.
+        var bytes = 0
+        var queuedAt: Double = 0
     }
 
     enum State { case disconnected, connecting, connected }
@@ -43,6 +46,16 @@ final class ServerConnection {
     var isDirty = false
     /// A connect that failed synchronously; reported at the next flush.
     private var pendingError: Int32 = 0
+    /// Where the request being written started in `output`, and bytes of requests awaiting replies.
+    private var requestStart = 0
+    private var pendingBytes = 0
+    /// Requests written into `output` but not yet sent.
+    private var unsentRequests = 0
+    /// Consecutive connection failures: the next connect waits 50 ms × 2^n (at most 2 s).
+    private var consecutiveFailures = 0
+    private var retryAfter: Double = 0
+    private var lastError = ""
+    var counters: ServerCounters { server.counters }
 
     init(server: ServerRuntime) {
         self.server = server
@@ -56,6 +69,7 @@ final class ServerConnection {
     @inline(__always)
     func requestBuffer() -> ByteBuffer {
         connectIfNeeded()
+        requestStart = output.readableCount
         return output
     }
 
@@ -67,7 +81,17 @@ final class ServerConnection {
             deadline = worker.now + timeout
             if timer == nil || !timer!.isActive { armTimer(after: timeout) }
         }
-        pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, isProbe: isProbe, isSetup: isSetup, isBackfill: isBackfill))
+        let bytes = output.readableCount - requestStart
+        requestStart = output.readableCount
+        pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, isProbe: isProbe, isSetup: isSetup,
+                               isBackfill: isBackfill, bytes: bytes, queuedAt: worker.now))
+        pendingBytes += bytes
+        unsentRequests += 1
+        let counters = self.counters
+        counters.requests.add()
+        counters.requestBytes.add(bytes)
+        counters.inQueue.add()
+        counters.inQueueBytes.add(bytes)
         worker.markDirty(self)
     }
 
@@ -103,6 +127,12 @@ final class ServerConnection {
 
     func connectIfNeeded() {
         guard state == .disconnected else { return }
+        if worker.now < retryAfter {
+            // Backing off after failures: fail fast instead of hammering a dead server.
+            pendingError = -1
+            worker.markDirty(self)
+            return
+        }
         let fd = socket(server.address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
         guard fd >= 0 else {
             pendingError = errno
@@ -117,6 +147,7 @@ final class ServerConnection {
         descriptor = fd
         if result == 0 {
             state = .connected
+            counters.serverConnections.add()
         } else if errno == EINPROGRESS || errno == EAGAIN {
             state = .connecting
         } else {
@@ -141,6 +172,7 @@ final class ServerConnection {
                 return
             }
             state = .connected
+            counters.serverConnections.add()
             watcher?.watch(TERN_EV_READ)
             if !output.isEmpty { worker.markDirty(self) }
         }
@@ -153,13 +185,21 @@ final class ServerConnection {
         if pendingError != 0 {
             let error = pendingError
             pendingError = 0
-            fail(reason: Syscall.errorText(error))
+            if error < 0 {
+                // Still backing off: the requests fail at once; the backoff is not extended.
+                fail(reason: lastError, isNewFailure: false)
+            } else {
+                fail(reason: Syscall.errorText(error))
+            }
             return
         }
         guard state == .connected, !output.isEmpty else { return }
         switch Syscall.write(descriptor, output.readable) {
         case let .transferred(count):
             output.consume(count)
+            if output.isEmpty { unsentRequests = 0 }
+            counters.outQueue.set(unsentRequests)
+            counters.outQueueBytes.set(output.readableCount)
             watcher?.watch(output.isEmpty ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
         case .wouldBlock:
             watcher?.watch(TERN_EV_READ | TERN_EV_WRITE)
@@ -219,6 +259,14 @@ final class ServerConnection {
                 let (length, isError) = framed
                 _ = pending.popFirst()
                 server.recordSuccess()
+                consecutiveFailures = 0
+                pendingBytes -= head.bytes
+                let counters = self.counters
+                counters.responses.add()
+                counters.responseBytes.add(length)
+                counters.inQueue.add(-1)
+                counters.inQueueBytes.add(-head.bytes)
+                counters.recordLatency(microseconds: Int((worker.now - head.queuedAt) * 1_000_000))
                 if head.isProbe {
                     server.probeAnswered()
                 } else if head.isBackfill {
@@ -226,7 +274,7 @@ final class ServerConnection {
                     // Redis `SET … NX` answers +OK or nil.
                     let reply = input.readable
                     let stored = length >= 2 && ((reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D")) || (reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O")))
-                    if stored { WarmupCounters.add(server.pool.counters.copies) } else { WarmupCounters.add(server.pool.counters.copiesSkipped) }
+                    if stored { WarmupCounters.add(server.pool.warmupCounters.copies) } else { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
                 } else if head.isSetup {
                     if isError {
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
@@ -276,7 +324,11 @@ final class ServerConnection {
                 nextDeadline = min(nextDeadline, entry.deadline)
             }
         }
-        if expired > 0 { server.recordFailure() }
+        if expired > 0 {
+            counters.serverTimedOut.add(expired)
+            server.pool.stats.forwardErrors.add(expired)
+            server.recordFailure()
+        }
         if live == 0 {
             // Only abandoned requests are left: start afresh rather than wait for their replies.
             if !pending.isEmpty { close() }
@@ -286,24 +338,37 @@ final class ServerConnection {
     }
 
     /// Closes the connection and fails what was on it.
-    func fail(reason: String) {
+    func fail(reason: String, isNewFailure: Bool = true) {
         let wasConnected = descriptor >= 0
         var entries: [Pending] = []
         while let entry = pending.popFirst() { entries.append(entry) }
         close()
-        if wasConnected || !entries.isEmpty {
+        if isNewFailure, wasConnected || !entries.isEmpty {
             worker.logger.debug("server \(server.name): \(reason)")
             server.recordFailure()
+            if reason == "server closed the connection" { counters.serverEOF.add() } else { counters.serverErrors.add() }
+            // Back off before the next connect while the server keeps failing.
+            lastError = reason
+            consecutiveFailures += 1
+            retryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(consecutiveFailures - 1, 6)))
         }
+        server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.slot == nil ? 0 : 1) })
         for entry in entries {
             if entry.isProbe { server.probeFailed() }
-            if entry.isBackfill { WarmupCounters.add(server.pool.counters.copiesSkipped) }
+            if entry.isBackfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
             entry.slot?.fail(part: entry.part, reason: reason)
         }
     }
 
     private func close() {
         timer?.stop()
+        if state == .connected { counters.serverConnections.add(-1) }
+        counters.inQueue.add(-pending.count)
+        counters.inQueueBytes.add(-pendingBytes)
+        counters.outQueue.set(0)
+        counters.outQueueBytes.set(0)
+        pendingBytes = 0
+        unsentRequests = 0
         if let watcher {
             watcher.watch(0)
             worker.retire(watcher)

@@ -39,16 +39,28 @@ public final class TernServer {
         tern_ignore_sigpipe()
         for pool in config.pools {
             var warmupPlan: PoolPlan?
+            let workers = max(1, options.threads)
             if let warmup = pool.warmup {
-                warmupPlan = PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old), listenDescriptor: -1)
+                warmupPlan = PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old), listenDescriptor: -1,
+                                      shared: PoolShared(workers: workers), serverCounters: Self.serverCounters(warmup.old, workers: workers))
             }
             let addresses = try Self.resolve(pool)
             let descriptor = try Self.listen(pool)
-            plans.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan))
+            plans.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
+                                  shared: PoolShared(workers: workers), serverCounters: Self.serverCounters(pool, workers: workers)))
             logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(pool.servers.count) servers, \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
             if let warmup = pool.warmup {
                 logger.notice("pool \(pool.name) warms up from \(warmup.old.servers.count) old servers (backfill \(warmup.backfill), deletes \(warmup.deletes.rawValue))")
             }
+        }
+    }
+
+    static func serverCounters(_ pool: PoolConfig, workers: Int, reusing previous: PoolPlan? = nil) -> [[ServerCounters]] {
+        pool.servers.map { server in
+            if let previous, let index = previous.config.servers.firstIndex(where: { $0.name == server.name }) {
+                return previous.serverCounters[index]
+            }
+            return (0..<workers).map { _ in ServerCounters() }
         }
     }
 

@@ -61,7 +61,7 @@ final class WarmupRead {
         self.clientIndex = clientIndex
     }
 
-    var counters: WarmupCounters { pool.counters }
+    var counters: WarmupCounters { pool.warmupCounters }
 
     /// `hashKey` is what placement hashes (a base64 key decoded); `key` is sent as it came.
     func addKey(_ key: UnsafeRawBufferPointer, hashKey: UnsafeRawBufferPointer? = nil, newServer: Int32) {

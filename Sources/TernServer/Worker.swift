@@ -13,18 +13,36 @@ final class PoolPlan: Sendable {
     let serverAddresses: [SocketAddress]
     /// -1 for a warm-up's old pool, which is reached only through its new pool.
     let listenDescriptor: Int32
-    /// Client connections open on this pool across all workers (enforces `client_connections`).
-    let clientCount = Atomic<Int>(0)
-    let totalConnections = Atomic<Int>(0)
-    /// The old pool of a warm-up, and what the warm-up did.
+    /// The old pool of a warm-up.
     let warmup: PoolPlan?
-    let warmupCounters = WarmupCounters()
+    /// What outlives a reload: connection counts and counters, by pool name.
+    let shared: PoolShared
+    /// Counters of each server on each worker: `serverCounters[server][worker]`. A server that
+    /// keeps its name across a reload keeps its counters.
+    let serverCounters: [[ServerCounters]]
 
-    init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil) {
+    init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
+         shared: PoolShared, serverCounters: [[ServerCounters]]) {
         self.config = config
         self.serverAddresses = serverAddresses
         self.listenDescriptor = listenDescriptor
         self.warmup = warmup
+        self.shared = shared
+        self.serverCounters = serverCounters
+    }
+}
+
+/// The part of a pool that survives reloads (matched by pool name).
+final class PoolShared: Sendable {
+    /// Client connections open on this pool across all workers (enforces `client_connections`).
+    let clientCount = Atomic<Int>(0)
+    let totalConnections = Atomic<Int>(0)
+    let warmupCounters = WarmupCounters()
+    /// One per worker.
+    let workerCounters: [PoolCounters]
+
+    init(workers: Int) {
+        workerCounters = (0..<workers).map { _ in PoolCounters() }
     }
 }
 
@@ -152,9 +170,6 @@ final class Worker {
 
     func retire(_ object: AnyObject) { retired.append(object) }
 
-    /// Fan-out parts sent (stats `fragments`).
-    private(set) var fragments = 0
-    func countFragments(_ count: Int) { fragments &+= count }
 
     /// Open client connections; the watcher's `data` does not retain its client, this does.
     private var clients: [ObjectIdentifier: ClientConnection] = [:]

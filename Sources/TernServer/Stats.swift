@@ -1,0 +1,65 @@
+import Synchronization
+import TernCore
+
+/// A counter written by one worker thread and read by the control thread: a relaxed load and
+/// store (plain moves on x86), never a lock or a locked instruction on the request path.
+struct WorkerCounter: ~Copyable, Sendable {
+    let value = Atomic<Int>(0)
+
+    @inline(__always) func add(_ amount: Int = 1) {
+        value.store(value.load(ordering: .relaxed) &+ amount, ordering: .relaxed)
+    }
+    @inline(__always) func set(_ amount: Int) { value.store(amount, ordering: .relaxed) }
+    @inline(__always) func read() -> Int { value.load(ordering: .relaxed) }
+}
+
+/// nutcracker's per-pool counters, for one worker.
+final class PoolCounters: Sendable {
+    let clientEOF = WorkerCounter()
+    let clientErrors = WorkerCounter()
+    let serverEjects = WorkerCounter()
+    let forwardErrors = WorkerCounter()
+    let fragments = WorkerCounter()
+    /// Requests by class, for /metrics.
+    let reads = WorkerCounter()
+    let writes = WorkerCounter()
+    let other = WorkerCounter()
+    let localReplies = WorkerCounter()
+    let clientErrorReplies = WorkerCounter()
+}
+
+/// Upper bounds (microseconds) of the backend latency histogram buckets.
+let latencyBucketBounds: [Int] = [50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000]
+
+/// nutcracker's per-server counters, for one worker, plus a latency histogram.
+final class ServerCounters: Sendable {
+    let serverEOF = WorkerCounter()
+    let serverErrors = WorkerCounter()
+    let serverTimedOut = WorkerCounter()
+    let serverConnections = WorkerCounter()
+    let serverEjectedAt = WorkerCounter()
+    let requests = WorkerCounter()
+    let requestBytes = WorkerCounter()
+    let responses = WorkerCounter()
+    let responseBytes = WorkerCounter()
+    let inQueue = WorkerCounter()
+    let inQueueBytes = WorkerCounter()
+    let outQueue = WorkerCounter()
+    let outQueueBytes = WorkerCounter()
+    let ejections = WorkerCounter()
+    /// Non-cumulative counts per bucket of `latencyBucketBounds`, then +Inf.
+    let latencyBuckets: [LatencyBucket] = (0...latencyBucketBounds.count).map { _ in LatencyBucket() }
+    let latencySumMicroseconds = WorkerCounter()
+
+    @inline(__always)
+    func recordLatency(microseconds: Int) {
+        var index = 0
+        while index < latencyBucketBounds.count, latencyBucketBounds[index] < microseconds { index += 1 }
+        latencyBuckets[index].count.add()
+        latencySumMicroseconds.add(microseconds)
+    }
+}
+
+final class LatencyBucket: Sendable {
+    let count = WorkerCounter()
+}
