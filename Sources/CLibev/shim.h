@@ -20,6 +20,7 @@ static const int TERN_EVFLAG_AUTO = EVFLAG_AUTO;
 static const int TERN_EVBREAK_ALL = EVBREAK_ALL;
 static const int TERN_SOCK_NONBLOCK = SOCK_NONBLOCK;
 static const int TERN_SOCK_CLOEXEC = SOCK_CLOEXEC;
+static const int TERN_CLOEXEC_FLAG = SOCK_CLOEXEC;
 
 static inline struct ev_loop *tern_loop_new(void) { return ev_loop_new(EVFLAG_AUTO); }
 
@@ -37,6 +38,7 @@ static inline void tern_async_init(ev_async *watcher, void (*callback)(struct ev
 static inline void tern_prepare_init(ev_prepare *watcher, void (*callback)(struct ev_loop *, ev_prepare *, int)) {
     ev_prepare_init(watcher, callback);
 }
+static inline void tern_break(struct ev_loop *loop) { ev_break(loop, EVBREAK_ALL); }
 static inline int tern_is_active(const void *watcher) { return ev_is_active((const ev_watcher *)watcher); }
 static inline void tern_set_data(void *watcher, void *data) { ((ev_watcher *)watcher)->data = data; }
 static inline void *tern_get_data(const void *watcher) { return ((const ev_watcher *)watcher)->data; }

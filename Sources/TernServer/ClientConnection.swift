@@ -153,6 +153,15 @@ final class ClientConnection {
         }
     }
 
+    /// Reload removed the pool, or Tern is draining: no new requests are read; the connection
+    /// closes as soon as the replies to requests already read have been written.
+    func finishAndClose() {
+        guard !isClosed else { return }
+        closeWhenDrained = true
+        watcher?.watch(output.isEmpty ? 0 : TERN_EV_WRITE)
+        closeIfDrained()
+    }
+
     @discardableResult
     private func closeIfDrained() -> Bool {
         guard closeWhenDrained, slots.isEmpty, output.isEmpty else { return false }

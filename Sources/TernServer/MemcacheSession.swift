@@ -23,6 +23,7 @@ extension ClientConnection {
                 route(request, UnsafeRawBufferPointer(rebasing: bytes[0..<request.frameLength]))
                 buffer.consume(request.frameLength)
             case let .rejected(rejection, consume, skip, close):
+                pool.stats.clientErrorReplies.add()
                 let slot = newSlot()
                 slot.complete(with: rejection.reply)
                 buffer.consume(consume)
@@ -34,6 +35,12 @@ extension ClientConnection {
 
     func route(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) {
         let slot = newSlot()
+        switch request.command {
+        case .get, .gets, .gat, .gats, .metaGet: pool.stats.reads.add()
+        case .version, .quit, .verbosity, .stats, .metaNoop: pool.stats.localReplies.add()
+        case .metaDebug: pool.stats.other.add()
+        default: pool.stats.writes.add()
+        }
         slot.isSilent = request.noreply
         switch request.command {
         case .version:

@@ -10,16 +10,16 @@ import TernCore
 /// Ejection (`auto_eject_hosts`) is decided per worker, the way several twemproxy processes
 /// would each decide for themselves: no lock is taken on the request path.
 final class PoolRuntime {
-    let plan: PoolPlan
+    private(set) var plan: PoolPlan
     var config: PoolConfig { plan.config }
     unowned let worker: Worker
     private(set) var servers: [ServerRuntime] = []
     private(set) var placement: Placement
-    let limits: MemcacheLimits
-    let respLimits: RespLimits
+    private(set) var limits: MemcacheLimits
+    private(set) var respLimits: RespLimits
     private var listenWatcher: IOWatcher?
     /// A warm-up's old pool (no listener of its own).
-    let old: PoolRuntime?
+    private(set) var old: PoolRuntime?
     var warmup: WarmupConfig? { config.warmup }
     var warmupCounters: WarmupCounters { plan.shared.warmupCounters }
     /// This worker's counters for the pool.
@@ -41,13 +41,73 @@ final class PoolRuntime {
         if config.preconnect {
             for server in servers { server.connectAll() }
         }
-        guard plan.listenDescriptor >= 0 else { return }
+        startListening()
+    }
+
+    private func startListening() {
+        guard plan.listenDescriptor >= 0, listenWatcher == nil else { return }
         let watcher = IOWatcher(worker: worker, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.acceptClients()
         }
         watcher.watch(TERN_EV_READ)
         listenWatcher = watcher
+    }
+
+    func stopListening() {
+        guard let watcher = listenWatcher else { return }
+        watcher.watch(0)
+        worker.retire(watcher)
+        listenWatcher = nil
+    }
+
+    /// A reload: same pool name, new config. Clients keep their sockets and their next request
+    /// is routed by the new servers; a server that keeps its name and address keeps its
+    /// connections; the others close once their in-flight requests have finished.
+    func update(_ newPlan: PoolPlan) {
+        let listenChanged = newPlan.listenDescriptor != plan.listenDescriptor
+        if listenChanged { stopListening() }
+        let previous = servers
+        plan = newPlan
+        limits = MemcacheLimits(maxItemSize: newPlan.config.maxItemSize)
+        respLimits = RespLimits(maxBulkLength: newPlan.config.maxBulkLength)
+        var kept: [ServerRuntime] = []
+        for (index, server) in newPlan.config.servers.enumerated() {
+            let address = newPlan.serverAddresses[index]
+            if let same = previous.first(where: { candidate in
+                candidate.name == server.name && candidate.address == address && !kept.contains { $0 === candidate }
+            }) {
+                same.reuse(at: index)
+                kept.append(same)
+            } else {
+                kept.append(ServerRuntime(pool: self, index: index, address: newPlan.serverAddresses[index]))
+            }
+        }
+        for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
+        servers = kept
+        rebuildPlacement()
+        if let oldPlan = newPlan.warmup {
+            if let old { old.update(oldPlan) } else {
+                let created = PoolRuntime(plan: oldPlan, worker: worker)
+                old = created
+                created.start()
+            }
+        } else if let old {
+            old.retire()
+            self.old = nil
+        }
+        if config.preconnect {
+            for server in servers { server.connectAll() }
+        }
+        if listenChanged { startListening() }
+    }
+
+    /// The pool left the config (or Tern is draining): stop accepting; backend connections
+    /// close once their in-flight requests have finished.
+    func retire() {
+        stopListening()
+        for server in servers { worker.retireWhenIdle(server) }
+        old?.retire()
     }
 
     private func acceptClients() {
@@ -100,7 +160,10 @@ final class PoolRuntime {
         server.isEjected = true
         stats.serverEjects.add()
         server.counters.ejections.add()
-        server.counters.serverEjectedAt.set(Int(time(nil)))
+        var now = timeval()
+        gettimeofday(&now, nil)
+        // nutcracker reports microseconds since the epoch.
+        server.counters.serverEjectedAt.set(Int(now.tv_sec) * 1_000_000 + Int(now.tv_usec))
         worker.logger.warning("pool \(config.name): ejecting server \(server.name) for \(config.serverRetryTimeoutMilliseconds) ms after \(server.failures) failures")
         rebuildPlacement()
         server.scheduleProbe()
@@ -114,7 +177,7 @@ final class PoolRuntime {
         rebuildPlacement()
     }
 
-    private func rebuildPlacement() {
+    func rebuildPlacement() {
         placement = config.placement(live: servers.map { !$0.isEjected })
     }
 }
@@ -122,11 +185,11 @@ final class PoolRuntime {
 /// One backend server of a pool, on one worker.
 final class ServerRuntime {
     unowned let pool: PoolRuntime
-    let index: Int
+    private(set) var index: Int
     let address: SocketAddress
     let name: String
     /// This worker's counters for the server.
-    let counters: ServerCounters
+    private(set) var counters: ServerCounters
     private(set) var connections: [ServerConnection] = []
     var failures = 0
     var isEjected = false
@@ -143,6 +206,21 @@ final class ServerRuntime {
     }
 
     var worker: Worker { pool.worker }
+
+    /// Kept across a reload, possibly at another position in `servers:`.
+    func reuse(at newIndex: Int) {
+        index = newIndex
+        counters = pool.plan.serverCounters[newIndex][worker.identifier]
+    }
+
+    /// True once no connection has a request in flight.
+    var isIdle: Bool { connections.allSatisfy(\.isIdle) && (probeConnection?.isIdle ?? true) }
+
+    func closeConnections() {
+        for connection in connections { connection.closeIfOpen() }
+        probeConnection?.closeIfOpen()
+        probeTimer?.stop()
+    }
 
     /// The connection a client uses: always the same one for a given client, so one client's
     /// requests to one server stay in order.

@@ -32,6 +32,7 @@ extension ClientConnection {
                 routeRedis(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), session)
                 buffer.consume(length)
             case let .protocolError(message):
+                pool.stats.clientErrorReplies.add()
                 // Framing is lost: answer, then close once earlier replies are out.
                 newSlot().complete(with: "-ERR Protocol error: \(message)\r\n")
                 buffer.consume(buffer.readableCount)
@@ -52,6 +53,11 @@ extension ClientConnection {
         if pool.config.redisAuth != nil, !session.isAuthenticated, command.name != "auth", command.name != "hello", command.name != "quit" {
             slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
             return
+        }
+        switch command.routing {
+        case .local: pool.stats.localReplies.add()
+        case .unsupported: pool.stats.clientErrorReplies.add()
+        default: if command.isWrite { pool.stats.writes.add() } else { pool.stats.reads.add() }
         }
         guard command.acceptsArgumentCount(arguments.count) else {
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")

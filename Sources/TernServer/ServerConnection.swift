@@ -360,6 +360,12 @@ final class ServerConnection {
         }
     }
 
+    var isIdle: Bool { pending.isEmpty }
+
+    func closeIfOpen() {
+        if descriptor >= 0 { close() }
+    }
+
     private func close() {
         timer?.stop()
         if state == .connected { counters.serverConnections.add(-1) }

@@ -76,7 +76,7 @@ enum Syscall {
 }
 
 /// A resolved socket address, kept as bytes so it can cross threads.
-struct SocketAddress: Sendable {
+struct SocketAddress: Sendable, Equatable {
     var family: Int32
     var bytes: [UInt8]
 

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CLibev
 import Logging
+import Synchronization
 import TernCore
 
 public let ternVersion = "0.1.0"
@@ -10,8 +11,23 @@ public let ternVersion = "0.1.0"
 public struct ServerOptions: Sendable {
     public var threads: Int
     public var pidFile: String?
-    public init(threads: Int, pidFile: String? = nil) {
+    public var configPath: String
+    /// nutcracker's stats port (`-s`, `-a`); nil: not served.
+    public var statsAddress: String = "0.0.0.0"
+    public var statsPort: Int?
+    /// Tern's admin HTTP endpoint (`--admin-port`, `--admin-addr`); nil: not served.
+    public var adminAddress: String = "127.0.0.1"
+    public var adminPort: Int?
+    /// Most seconds a drain (SIGTERM) waits for in-flight requests.
+    public var shutdownTimeout: Double = 10
+    /// Reload when the config file changes (including a Kubernetes ConfigMap symlink swap).
+    public var watchConfig = false
+    /// Seconds between re-resolutions of server host names (0: never).
+    public var dnsRefreshSeconds: Int = 30
+
+    public init(threads: Int, configPath: String, pidFile: String? = nil) {
         self.threads = threads
+        self.configPath = configPath
         self.pidFile = pidFile
     }
 }
@@ -20,39 +36,75 @@ public struct StartupError: Error, CustomStringConvertible {
     public var description: String
 }
 
-/// The main thread's side: listeners, resolution, worker threads, signals.
+/// The main thread's side: listeners, resolution, worker threads, signals, reload and drain.
+/// Nothing here runs on the request path.
 public final class TernServer {
-    let config: TernConfig
+    private var config: TernConfig
     let options: ServerOptions
     let logger: Logger
+    let logDestination: LogDestination?
     private var plans: [PoolPlan] = []
-    private var threads: [pthread_t] = []
+    private var inboxes: [WorkerInbox] = []
+    private var control: ControlState?
+    /// The active config as YAML with secrets masked, for `/config`.
+    private let activeConfigText = SharedText()
+    private var configStamp: FileStamp?
+    private var lastResolution = Int(time(nil))
 
-    public init(config: TernConfig, options: ServerOptions, logger: Logger) {
+    public init(config: TernConfig, options: ServerOptions, logger: Logger, logDestination: LogDestination? = nil) {
         self.config = config
         self.options = options
         self.logger = logger
+        self.logDestination = logDestination
     }
+
+    var workerCount: Int { max(1, options.threads) }
 
     /// Resolves every server and binds every listener; errors are returned, nothing runs yet.
     public func prepare() throws {
         tern_ignore_sigpipe()
+        plans = try makePlans(for: config, previous: [])
         for pool in config.pools {
-            var warmupPlan: PoolPlan?
-            let workers = max(1, options.threads)
-            if let warmup = pool.warmup {
-                warmupPlan = PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old), listenDescriptor: -1,
-                                      shared: PoolShared(workers: workers), serverCounters: Self.serverCounters(warmup.old, workers: workers))
-            }
-            let addresses = try Self.resolve(pool)
-            let descriptor = try Self.listen(pool)
-            plans.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
-                                  shared: PoolShared(workers: workers), serverCounters: Self.serverCounters(pool, workers: workers)))
             logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(pool.servers.count) servers, \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
             if let warmup = pool.warmup {
                 logger.notice("pool \(pool.name) warms up from \(warmup.old.servers.count) old servers (backfill \(warmup.backfill), deletes \(warmup.deletes.rawValue))")
             }
         }
+        activeConfigText.value.withLock { $0 = ConfigRenderer.yaml(config) }
+        configStamp = FileStamp(path: options.configPath)
+    }
+
+    /// Plans for `config`: servers resolved, listeners bound — or reused from `previous` when a
+    /// pool keeps its listen address, so a reload never rebinds a socket clients are using.
+    private func makePlans(for config: TernConfig, previous: [PoolPlan]) throws -> [PoolPlan] {
+        var made: [PoolPlan] = []
+        var boundHere: [Int32] = []
+        do {
+            for pool in config.pools {
+                let before = previous.first { $0.config.name == pool.name }
+                var warmupPlan: PoolPlan?
+                if let warmup = pool.warmup {
+                    warmupPlan = PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old), listenDescriptor: -1,
+                                          shared: before?.warmup?.shared ?? PoolShared(workers: workerCount),
+                                          serverCounters: Self.serverCounters(warmup.old, workers: workerCount, reusing: before?.warmup))
+                }
+                let addresses = try Self.resolve(pool)
+                let descriptor: Int32
+                if let reused = previous.first(where: { $0.config.listen == pool.listen }) {
+                    descriptor = reused.listenDescriptor
+                } else {
+                    descriptor = try Self.listen(pool)
+                    boundHere.append(descriptor)
+                }
+                made.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
+                                     shared: before?.shared ?? PoolShared(workers: workerCount),
+                                     serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before)))
+            }
+        } catch {
+            for fd in boundHere { Syscall.close(fd) }
+            throw error
+        }
+        return made
     }
 
     static func serverCounters(_ pool: PoolConfig, workers: Int, reusing previous: PoolPlan? = nil) -> [[ServerCounters]] {
@@ -64,24 +116,33 @@ public final class TernServer {
         }
     }
 
-    /// Resolves a pool's servers (blocking; runs on the main thread before workers start).
+    /// Resolves a pool's servers (blocking; runs on the main thread, never on a worker loop).
     static func resolve(_ pool: PoolConfig) throws -> [SocketAddress] {
-            var addresses: [SocketAddress] = []
-            for server in pool.servers {
-                switch server.address {
-                case let .unix(path):
-                    guard let address = SocketAddress.unix(path) else {
-                        throw StartupError(description: "pool '\(pool.name)': socket path too long: \(path)")
-                    }
-                    addresses.append(address)
-                case let .tcp(host, port):
-                    switch SocketAddress.resolve(host: host, port: port) {
-                    case let .success(address): addresses.append(address)
-                    case let .failure(error): throw StartupError(description: "pool '\(pool.name)': server \(server.name): \(error)")
-                    }
+        var addresses: [SocketAddress] = []
+        for server in pool.servers {
+            switch server.address {
+            case let .unix(path):
+                guard let address = SocketAddress.unix(path) else {
+                    throw StartupError(description: "pool '\(pool.name)': socket path too long: \(path)")
+                }
+                addresses.append(address)
+            case let .tcp(host, port):
+                switch SocketAddress.resolve(host: host, port: port) {
+                case let .success(address): addresses.append(address)
+                case let .failure(error): throw StartupError(description: "pool '\(pool.name)': server \(server.name): \(error)")
                 }
             }
-            return addresses
+        }
+        return addresses
+    }
+
+    /// For `-t`: listen hosts that do not resolve.
+    public static func unresolvableListenHosts(_ config: TernConfig) -> [String] {
+        config.pools.compactMap { pool in
+            guard case let .tcp(host, port) = pool.listen else { return nil }
+            if case let .failure(error) = SocketAddress.resolve(host: host, port: port) { return "pool '\(pool.name)': listen \(pool.listen): \(error)" }
+            return nil
+        }
     }
 
     static func listen(_ pool: PoolConfig) throws -> Int32 {
@@ -115,17 +176,27 @@ public final class TernServer {
         return fd
     }
 
-    /// Starts the workers and serves until SIGTERM or SIGINT.
+    // MARK: Running
+
+    /// Starts the workers and the control endpoints, then handles signals until a drain ends.
     public func run() -> Int32 {
         var signals = sigset_t()
         sigemptyset(&signals)
         for signal in [SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2] { sigaddset(&signals, signal) }
-        // Workers inherit the mask: only this thread takes signals, through sigwait.
+        // Workers inherit the mask: only this thread takes signals.
         pthread_sigmask(SIG_BLOCK, &signals, nil)
+        let control = ControlState(plans: plans, workerCount: workerCount)
+        self.control = control
+        do {
+            try startControlEndpoints(control)
+        } catch {
+            logger.critical("\(error)")
+            return 1
+        }
         let info = ProcessInfo(version: ternVersion)
-        let count = max(1, options.threads)
-        for identifier in 0..<count {
+        for identifier in 0..<workerCount {
             let worker = Worker(identifier: identifier, plans: plans, logger: logger, processInfo: info)
+            inboxes.append(worker.inbox)
             // The worker is handed to its thread here and never touched by this thread again.
             let context = Unmanaged.passRetained(worker).toOpaque()
             var thread = pthread_t()
@@ -138,31 +209,130 @@ public final class TernServer {
                 logger.critical("cannot start worker thread: \(Syscall.errorText(result))")
                 return 1
             }
-            threads.append(thread)
         }
-        logger.notice("tern \(ternVersion) started with \(count) worker threads, pid \(getpid())")
+        control.isReady.store(true, ordering: .relaxed)
+        logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid())")
         while true {
-            var received: Int32 = 0
-            guard sigwait(&signals, &received) == 0 else { continue }
+            var timeout = timespec(tv_sec: 1, tv_nsec: 0)
+            let received = sigtimedwait(&signals, nil, &timeout)
+            if received < 0 {
+                periodicChecks()
+                continue
+            }
             let name = Self.signalName(received)
             switch received {
             case SIGTERM, SIGINT:
-                logger.notice("signal \(received) (\(name)) received, exiting")
-                cleanUp()
-                return 0
+                logger.notice("signal \(received) (\(name)) received, draining (at most \(Int(options.shutdownTimeout)) s)")
+                return drain()
             case SIGHUP:
-                logger.notice("signal \(received) (\(name)) received; config reload is not implemented yet, keeping the current config")
+                logger.notice("signal \(received) (\(name)) received, reloading")
+                logDestination?.reopen()
+                reload(reason: "SIGHUP")
+            case SIGTTIN, SIGTTOU:
+                let level = logDestination?.adjustLevel(moreVerbose: received == SIGTTIN)
+                logger.notice("signal \(received) (\(name)) received, log level now \(level.map { "\($0)" } ?? "unchanged")")
             default:
                 logger.notice("signal \(received) (\(name)) received")
             }
         }
     }
 
-    private func cleanUp() {
+    private func startControlEndpoints(_ control: ControlState) throws {
+        if let port = options.statsPort {
+            let listener = try ControlListener(host: options.statsAddress, port: port) { fd in
+                ControlListener.writeAll(fd, Array(StatsReport.json(control).utf8))
+            }
+            listener.start()
+            logger.notice("stats on \(options.statsAddress):\(port)")
+        }
+        if let port = options.adminPort {
+            let text = activeConfigText
+            let listener = try ControlListener(host: options.adminAddress, port: port) { fd in
+                AdminEndpoint.handle(fd, control) { text.value.withLock { $0 } }
+            }
+            listener.start()
+            logger.notice("admin endpoint on http://\(options.adminAddress):\(port) (/metrics, /healthz, /readyz, /config)")
+        }
+    }
+
+    /// Every second: a changed config file (with `--watch-config`), and host names that now
+    /// resolve elsewhere (pods move).
+    private func periodicChecks() {
+        if options.watchConfig, let stamp = FileStamp(path: options.configPath), stamp != configStamp {
+            configStamp = stamp
+            logger.notice("config file \(options.configPath) changed, reloading")
+            reload(reason: "file change")
+        }
+        let now = Int(time(nil))
+        if options.dnsRefreshSeconds > 0, now - lastResolution >= options.dnsRefreshSeconds {
+            lastResolution = now
+            let changed = config.pools.contains { pool in
+                guard let plan = plans.first(where: { $0.config.name == pool.name }) else { return false }
+                return (try? Self.resolve(pool)) .map { $0 != plan.serverAddresses } ?? false
+            }
+            if changed {
+                logger.notice("a server host name resolves to a new address, applying")
+                apply(config, reason: "DNS change")
+            }
+        }
+    }
+
+    /// Reads, validates and applies the config file; an invalid file changes nothing.
+    private func reload(reason: String) {
+        let loaded: TernConfig
+        do {
+            loaded = try ConfigLoader.load(text: try readTextFile(options.configPath), file: options.configPath)
+        } catch {
+            logger.error("reload (\(reason)) rejected, keeping the current config: \(error)")
+            return
+        }
+        configStamp = FileStamp(path: options.configPath)
+        apply(loaded, reason: reason)
+    }
+
+    private func apply(_ newConfig: TernConfig, reason: String) {
+        let newPlans: [PoolPlan]
+        do {
+            newPlans = try makePlans(for: newConfig, previous: plans)
+        } catch {
+            logger.error("reload (\(reason)) rejected, keeping the current config: \(error)")
+            return
+        }
+        let acknowledgement = Acknowledgement(count: inboxes.count)
+        for inbox in inboxes { inbox.post(.apply(newPlans, acknowledgement)) }
+        if !acknowledgement.wait(seconds: 10) { logger.warning("reload: a worker did not acknowledge within 10 s") }
+        // Listening sockets that no pool uses any more: every worker has stopped watching them.
+        for old in plans where !newPlans.contains(where: { $0.listenDescriptor == old.listenDescriptor }) {
+            Syscall.close(old.listenDescriptor)
+            if case let .unix(path, _) = old.config.listen { unlink(path) }
+        }
+        plans = newPlans
+        config = newConfig
+        control?.plans.withLock { $0 = newPlans }
+        activeConfigText.value.withLock { $0 = ConfigRenderer.yaml(newConfig) }
+        lastResolution = Int(time(nil))
+        logger.notice("reload (\(reason)) applied: \(newConfig.pools.count) pools")
+    }
+
+    /// SIGTERM/SIGINT: stop accepting at once, let in-flight requests finish (at most
+    /// `shutdownTimeout`), close idle connections, exit 0.
+    private func drain() -> Int32 {
+        control?.isDraining.store(true, ordering: .relaxed)
+        let stopped = Acknowledgement(count: inboxes.count)
+        let finished = Acknowledgement(count: inboxes.count)
+        for inbox in inboxes { inbox.post(.drain(stoppedListening: stopped, finished: finished)) }
+        _ = stopped.wait(seconds: 5)
         for plan in plans {
+            Syscall.close(plan.listenDescriptor)
             if case let .unix(path, _) = plan.config.listen { unlink(path) }
         }
+        if finished.wait(seconds: options.shutdownTimeout) {
+            logger.notice("drained, exiting")
+        } else {
+            logger.warning("shutdown timeout (\(Int(options.shutdownTimeout)) s) reached with requests in flight, exiting")
+        }
         if let pidFile = options.pidFile { unlink(pidFile) }
+        return 0
     }
 
     static func signalName(_ signal: Int32) -> String {
@@ -177,4 +347,41 @@ public final class TernServer {
         default: return "signal"
         }
     }
+}
+
+/// A string the main thread replaces and the admin thread reads.
+final class SharedText: Sendable {
+    let value = Mutex<String>("")
+}
+
+/// Identity of a file's content for change detection: follows symlinks, so a ConfigMap's
+/// `..data` swap shows up as a new inode.
+struct FileStamp: Equatable {
+    var inode: UInt
+    var modified: Int
+    var size: Int
+
+    init?(path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        inode = UInt(info.st_ino)
+        modified = Int(info.st_mtim.tv_sec) * 1_000_000_000 + Int(info.st_mtim.tv_nsec)
+        size = Int(info.st_size)
+    }
+}
+
+/// Reads a whole text file (the config).
+public func readTextFile(_ path: String) throws -> String {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw StartupError(description: "cannot read '\(path)': \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(fd, &chunk, chunk.count)
+        if count < 0 { throw StartupError(description: "cannot read '\(path)': \(String(cString: strerror(errno)))") }
+        if count == 0 { break }
+        bytes.append(contentsOf: chunk[0..<count])
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }

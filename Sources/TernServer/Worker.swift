@@ -118,6 +118,14 @@ final class Worker {
     let scratch = ByteBuffer()
     private var randomState: UInt64
     private var nextClientNumber = 0
+    /// The main thread's way in (reload, drain).
+    let inbox: WorkerInbox
+    private let asyncWatcher = UnsafeMutablePointer<ev_async>.allocate(capacity: 1)
+    /// Servers dropped by a reload, closed once their in-flight requests have finished.
+    private var retiringServers: [ServerRuntime] = []
+    /// Pools dropped by a reload, kept while clients still use them.
+    private var retiredPools: [PoolRuntime] = []
+    private var drainFinished: Acknowledgement?
 
     init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo) {
         self.identifier = identifier
@@ -125,6 +133,15 @@ final class Worker {
         self.logger = logger
         self.processInfo = processInfo
         self.randomState = UInt64(truncatingIfNeeded: identifier &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(UInt(bitPattern: time(nil)))
+        // Started here, before the loop runs, so that nothing posted early is lost.
+        tern_async_init(asyncWatcher) { _, watcher, _ in
+            let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            worker.handleCommands()
+        }
+        self.inbox = WorkerInbox(wakeup: LoopWakeup(loop: loop, watcher: asyncWatcher))
+        self.pools = []
+        tern_set_data(asyncWatcher, Unmanaged.passUnretained(self).toOpaque())
+        ev_async_start(loop, asyncWatcher)
         self.pools = plans.map { PoolRuntime(plan: $0, worker: self) }
     }
 
@@ -138,6 +155,75 @@ final class Worker {
         ev_prepare_start(loop, prepareWatcher)
         for pool in pools { pool.start() }
         ev_run(loop, 0)
+    }
+
+    // MARK: Commands from the main thread
+
+    private func handleCommands() {
+        for command in inbox.take() {
+            switch command {
+            case let .apply(plans, acknowledgement):
+                apply(plans)
+                acknowledgement.done()
+            case let .drain(stoppedListening, finished):
+                for pool in pools { pool.retire() }
+                stoppedListening.done()
+                drainFinished = finished
+                // Idle clients go now; the others once their in-flight replies are out.
+                for client in clients.values { client.finishAndClose() }
+            }
+        }
+    }
+
+    private func apply(_ plans: [PoolPlan]) {
+        var next: [PoolRuntime] = []
+        for plan in plans {
+            if let existing = pools.first(where: { $0.config.name == plan.config.name }) {
+                existing.update(plan)
+                next.append(existing)
+            } else {
+                let created = PoolRuntime(plan: plan, worker: self)
+                created.start()
+                next.append(created)
+                logger.notice("pool \(plan.config.name) added")
+            }
+        }
+        for pool in pools where !next.contains(where: { $0 === pool }) {
+            pool.retire()
+            retiredPools.append(pool)
+            for client in clients.values where client.pool === pool { client.finishAndClose() }
+            logger.notice("pool \(pool.config.name) removed; its clients close once idle")
+        }
+        pools = next
+    }
+
+    func retireWhenIdle(_ server: ServerRuntime) {
+        if server.isIdle {
+            server.closeConnections()
+        } else {
+            retiringServers.append(server)
+        }
+    }
+
+    /// Closes retired servers that have become idle, forgets retired pools nobody uses, and ends
+    /// the loop when a drain has finished.
+    private func sweep() {
+        if !retiringServers.isEmpty {
+            retiringServers.removeAll { server in
+                guard server.isIdle else { return false }
+                server.closeConnections()
+                return true
+            }
+        }
+        if !retiredPools.isEmpty {
+            retiredPools.removeAll { pool in !clients.values.contains { $0.pool === pool } }
+        }
+        if let finished = drainFinished, clients.isEmpty {
+            drainFinished = nil
+            for pool in pools { for server in pool.servers { server.closeConnections() } }
+            finished.done()
+            tern_break(loop)
+        }
     }
 
     var now: Double { ev_now(loop) }
@@ -198,6 +284,7 @@ final class Worker {
             }
         }
         retired.removeAll(keepingCapacity: true)
+        if !retiringServers.isEmpty || !retiredPools.isEmpty || drainFinished != nil { sweep() }
     }
 
     func makeSlot(for client: ClientConnection) -> ReplySlot {

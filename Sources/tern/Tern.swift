@@ -34,7 +34,7 @@ struct Tern: ParsableCommand {
     @Option(name: [.customShort("c"), .customLong("conf-file")], help: "Configuration file.")
     var configFile = "Config/tern.yml"
 
-    @Option(name: [.customShort("s"), .customLong("stats-port")], help: "Stats monitoring port.")
+    @Option(name: [.customShort("s"), .customLong("stats-port")], help: "Stats monitoring port: one JSON object per connection, in nutcracker's shape (default 22222).")
     var statsPort = 22222
 
     @Option(name: [.customShort("a"), .customLong("stats-addr")], help: "Stats monitoring address.")
@@ -52,18 +52,36 @@ struct Tern: ParsableCommand {
     @Option(name: .customLong("threads"), help: "Worker threads, each with its own event loop (default: online CPUs).")
     var threads: Int?
 
+    @Option(name: .customLong("admin-port"), help: "Admin HTTP port: /metrics (Prometheus), /healthz, /readyz, /config. Off unless given.")
+    var adminPort: Int?
+
+    @Option(name: .customLong("admin-addr"), help: "Admin HTTP address.")
+    var adminAddress = "127.0.0.1"
+
+    @Option(name: .customLong("shutdown-timeout"), help: "Seconds SIGTERM waits for in-flight requests before exiting.")
+    var shutdownTimeout: Double = 10
+
+    @Flag(name: .customLong("watch-config"), help: "Reload when the config file changes (also Kubernetes ConfigMap symlink swaps).")
+    var watchConfig = false
+
+    @Option(name: .customLong("dns-refresh"), help: "Seconds between re-resolutions of server host names (0: never).")
+    var dnsRefresh = 30
+
+    @Flag(name: .customLong("no-stats"), help: "Do not serve the stats port.")
+    var noStats = false
+
     func run() throws {
         if showVersion {
             print("This is tern-\(ternVersion)")
             return
         }
         if describeStats {
-            print("Stats are not served yet by this version of tern.")
+            print(statsDescription)
             return
         }
         let text: String
         do {
-            text = try readFile(configFile)
+            text = try readTextFile(configFile)
         } catch {
             printError("tern: configuration file '\(configFile)' cannot be read: \(error)")
             throw ExitCode(1)
@@ -77,20 +95,25 @@ struct Tern: ParsableCommand {
             throw ExitCode(1)
         }
         if testConfig {
-            printError("tern: configuration file '\(configFile)' syntax is ok")
-            return
-        }
-        var destinationDescriptor: Int32 = 2
-        if let output {
-            destinationDescriptor = open(output, O_WRONLY | O_APPEND | O_CREAT, 0o644)
-            if destinationDescriptor < 0 {
-                printError("tern: cannot open log file '\(output)': \(String(cString: strerror(errno)))")
+            let unresolved = TernServer.unresolvableListenHosts(config)
+            guard unresolved.isEmpty else {
+                printError("tern: configuration file '\(configFile)' syntax is invalid")
+                for problem in unresolved { printError("tern: \(configFile): \(problem)") }
                 throw ExitCode(1)
             }
+            printError("tern: configuration file '\(configFile)' syntax is ok")
+            if let warning = readableSecretWarning(config) { printError("tern: warning: \(warning)") }
+            return
         }
-        let destination = LogDestination(descriptor: destinationDescriptor)
-        let level = logLevel(forVerbosity: verbosity)
-        let logger = Logger(label: "tern") { _ in TernLogHandler(destination: destination, logLevel: level) }
+        let destination: LogDestination
+        do {
+            destination = try LogDestination(path: output, level: logLevel(forVerbosity: verbosity))
+        } catch {
+            printError("tern: \(error)")
+            throw ExitCode(1)
+        }
+        let logger = destination.makeLogger()
+        if let warning = readableSecretWarning(config) { logger.warning("\(warning)") }
 
         if daemonize { try becomeDaemon() }
         if let pidFile {
@@ -104,15 +127,20 @@ struct Tern: ParsableCommand {
             close(fd)
         }
         let threadCount = threads ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        let server = TernServer(config: config, options: ServerOptions(threads: threadCount, pidFile: pidFile), logger: logger)
+        var options = ServerOptions(threads: threadCount, configPath: configFile, pidFile: pidFile)
+        options.statsAddress = statsAddress
+        options.statsPort = noStats ? nil : statsPort
+        options.adminAddress = adminAddress
+        options.adminPort = adminPort
+        options.shutdownTimeout = shutdownTimeout
+        options.watchConfig = watchConfig
+        options.dnsRefreshSeconds = dnsRefresh
+        let server = TernServer(config: config, options: options, logger: logger, logDestination: destination)
         do {
             try server.prepare()
         } catch {
             logger.critical("\(error)")
             throw ExitCode(1)
-        }
-        if CommandLine.arguments.contains(where: { $0 == "-s" || $0.hasPrefix("--stats-port") || $0 == "-a" || $0.hasPrefix("--stats-addr") }) {
-            logger.notice("stats endpoint (\(statsAddress):\(statsPort)) is not implemented yet")
         }
         let status = server.run()
         throw ExitCode(status)
@@ -132,26 +160,40 @@ struct Tern: ParsableCommand {
     }
 }
 
+/// A config that holds `redis_auth` should not be readable by other users.
+func readableSecretWarning(_ config: TernConfig) -> String? {
+    guard config.pools.contains(where: { $0.redisAuth != nil || $0.warmup?.old.redisAuth != nil }) else { return nil }
+    var info = stat()
+    guard stat(config.path, &info) == 0, info.st_mode & 0o004 != 0 else { return nil }
+    return "configuration file '\(config.path)' contains redis_auth and is readable by other users (chmod o-r)"
+}
+
+let statsDescription = """
+pool stats:
+  client_eof          "# eof on client connections"
+  client_err          "# errors on client connections"
+  client_connections  "# active client connections"
+  server_ejects       "# times backend server was ejected"
+  forward_error       "# times we encountered a forwarding error"
+  fragments           "# fragments created from a multi-vector request"
+
+server stats:
+  server_eof          "# eof on server connections"
+  server_err          "# errors on server connections"
+  server_timedout     "# timeouts on server connections"
+  server_connections  "# active server connections"
+  server_ejected_at   "timestamp when server was ejected in usec since epoch"
+  requests            "# requests"
+  request_bytes       "total request bytes"
+  responses           "# responses"
+  response_bytes      "total response bytes"
+  in_queue            "# requests in incoming queue"
+  in_queue_bytes      "current request bytes in incoming queue"
+  out_queue           "# requests in outgoing queue"
+  out_queue_bytes     "current request bytes in outgoing queue"
+"""
+
 func printError(_ text: String) {
     var line = text + "\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
-}
-
-struct FileError: Error, CustomStringConvertible {
-    var description: String
-}
-
-func readFile(_ path: String) throws -> String {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { throw FileError(description: String(cString: strerror(errno))) }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = read(fd, &chunk, chunk.count)
-        if count < 0 { throw FileError(description: String(cString: strerror(errno))) }
-        if count == 0 { break }
-        bytes.append(contentsOf: chunk[0..<count])
-    }
-    return String(decoding: bytes, as: UTF8.self)
 }

@@ -31,7 +31,7 @@ final class CommandLineTests: XCTestCase {
         let log = group.directory + "/out.log"
         let pid = group.directory + "/tern.pid"
         let tern = try group.tern(config: "v6:\n  listen: \"[::1]:\(port)\"\n  preconnect: true\n  servers:\n   - \(backend.address):1\n",
-                                  arguments: ["-o", log, "-p", pid, "-s", "22299", "-a", "127.0.0.1", "-i", "1000"])
+                                  arguments: ["-o", log, "-p", pid, "-s", "\(ProcessGroup.freePort())", "-a", "127.0.0.1", "-i", "1000"])
         // Connect over IPv6 loopback.
         let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }

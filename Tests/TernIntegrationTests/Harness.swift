@@ -86,7 +86,9 @@ final class ProcessGroup {
     func tern(config: String, arguments: [String] = [], waitPort: Int? = nil, waitUnix: String? = nil) throws -> Process {
         let path = directory + "/tern-\(processes.count).yml"
         try config.write(toFile: path, atomically: true, encoding: .utf8)
-        let process = try launch(Self.ternBinary, ["-c", path, "-v", "7"] + arguments, log: "tern-\(processes.count).log")
+        // Each tern gets its own stats port unless the test chooses one.
+        let stats = arguments.contains("-s") ? [] : ["-s", "\(Self.freePort())"]
+        let process = try launch(Self.ternBinary, ["-c", path, "-v", "7"] + stats + arguments, log: "tern-\(processes.count).log")
         if let waitPort { try waitForPort(waitPort) }
         if let waitUnix { try waitForUnix(waitUnix) }
         return process
@@ -156,6 +158,18 @@ struct RedisServer {
         defer { client.close() }
         return try client.call(arguments)
     }
+}
+
+/// Retries `body` until it returns `expected` or `seconds` pass; returns the last result.
+/// For recovery after a backend restart (Tern backs off reconnects for up to 2 s).
+func eventually(_ expected: String, within seconds: Double = 4, _ body: () throws -> String) rethrows -> String {
+    let deadline = Date().addingTimeInterval(seconds)
+    var last = try body()
+    while last != expected, Date() < deadline {
+        usleep(100_000)
+        last = try body()
+    }
+    return last
 }
 
 struct TestError: Error, CustomStringConvertible {

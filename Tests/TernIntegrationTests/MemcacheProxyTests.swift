@@ -232,7 +232,7 @@ final class MemcacheProxyTests: XCTestCase {
         // Restarted (empty) on the same port: served again.
         let restarted = try group.memcached(port: backends[0].port)
         _ = restarted
-        XCTAssertEqual(try client.request("set \(onFirst[0]) 0 0 2\r\nv2\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try eventually("STORED\r\n") { try client.request("set \(onFirst[0]) 0 0 2\r\nv2\r\n", until: "\r\n") }, "STORED\r\n")
         XCTAssertEqual(try client.request("get \(onFirst[0])\r\n", until: "END\r\n"), "VALUE \(onFirst[0]) 0 2\r\nv2\r\nEND\r\n")
     }
 

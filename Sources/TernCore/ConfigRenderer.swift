@@ -1,0 +1,94 @@
+/// Writes a loaded config back as YAML (for the admin endpoint's `/config`), with secrets
+/// replaced by `********`. Every value is the effective one, defaults included.
+public enum ConfigRenderer {
+    public static func yaml(_ config: TernConfig, maskSecrets: Bool = true) -> String {
+        var out = "# active configuration (from \(config.path))\n"
+        for pool in config.pools {
+            out += "\(quoted(pool.name)):\n"
+            out += "  listen: \(quoted(listenText(pool.listen)))\n"
+            out += body(pool, indent: "  ", maskSecrets: maskSecrets)
+            if let warmup = pool.warmup {
+                out += "  warmup:\n"
+                out += "    backfill: \(warmup.backfill)\n"
+                out += "    max_backfill_ttl: \(warmup.maxBackfillTTL)\n"
+                out += "    default_backfill_ttl: \(warmup.defaultBackfillTTL)\n"
+                out += "    deletes: \(warmup.deletes.rawValue)\n"
+                out += body(warmup.old, indent: "    ", maskSecrets: maskSecrets, isWarmup: true)
+            }
+        }
+        return out
+    }
+
+    static func body(_ pool: PoolConfig, indent: String, maskSecrets: Bool, isWarmup: Bool = false) -> String {
+        var out = ""
+        func line(_ key: String, _ value: String) { out += "\(indent)\(key): \(value)\n" }
+        if !isWarmup { line("protocol", pool.protocolKind.rawValue) }
+        line("hash", pool.hash.rawValue)
+        if let tag = pool.hashTag { line("hash_tag", quoted(String(decoding: [tag.open, tag.close], as: UTF8.self))) }
+        line("distribution", pool.distribution.rawValue)
+        line("timeout", String(pool.timeoutMilliseconds ?? -1))
+        line("backlog", String(pool.backlog))
+        line("preconnect", String(pool.preconnect))
+        if let auth = pool.redisAuth { line("redis_auth", maskSecrets ? "\"********\"" : quoted(auth)) }
+        line("redis_db", String(pool.redisDatabase))
+        line("server_connections", String(pool.serverConnections))
+        line("auto_eject_hosts", String(pool.autoEjectHosts))
+        line("server_retry_timeout", String(pool.serverRetryTimeoutMilliseconds))
+        line("server_failure_limit", String(pool.serverFailureLimit))
+        line("tcpkeepalive", String(pool.tcpKeepalive))
+        line("client_connections", String(pool.clientConnections))
+        if !isWarmup {
+            line("max_item_size", String(pool.maxItemSize))
+            line("max_bulk_length", String(pool.maxBulkLength))
+        }
+        if pool.distribution == .slots, !pool.slotServers.isEmpty {
+            out += "\(indent)slots:\n"
+            for (index, server) in pool.servers.enumerated() {
+                out += "\(indent)  \(quoted(server.name)): \(quoted(ranges(of: Int32(index), in: pool.slotServers)))\n"
+            }
+        }
+        out += "\(indent)servers:\n"
+        for server in pool.servers {
+            let address: String
+            switch server.address {
+            case let .tcp(host, port): address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            case let .unix(path): address = path
+            }
+            out += "\(indent) - \(quoted("\(address):\(server.weight)" + (server.hasExplicitName ? " \(server.name)" : "")))\n"
+        }
+        return out
+    }
+
+    static func listenText(_ listen: ListenAddress) -> String {
+        switch listen {
+        case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case let .unix(path, permissions): return permissions.map { "\(path) 0\(String($0, radix: 8))" } ?? path
+        }
+    }
+
+    static func ranges(of server: Int32, in table: [Int32]) -> String {
+        var parts: [String] = []
+        var start = -1
+        for slot in 0...table.count {
+            let matches = slot < table.count && table[slot] == server
+            if matches, start < 0 { start = slot }
+            if !matches, start >= 0 {
+                parts.append(start == slot - 1 ? "\(start)" : "\(start)-\(slot - 1)")
+                start = -1
+            }
+        }
+        return parts.joined(separator: ",")
+    }
+
+    static func quoted(_ text: String) -> String {
+        var out = "\""
+        for character in text {
+            switch character {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            default: out.append(character)
+            }
+        }
+        return out + "\""
+    }
+}

@@ -1,0 +1,258 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import Prometheus
+import Synchronization
+import TernCore
+
+/// What the stats and admin threads read: the active pools and the process state.
+final class ControlState: Sendable {
+    let plans: Mutex<[PoolPlan]>
+    let isReady = Atomic<Bool>(false)
+    let isDraining = Atomic<Bool>(false)
+    let startTime = Int(time(nil))
+    let workerCount: Int
+    let hostname: String
+
+    init(plans: [PoolPlan], workerCount: Int) {
+        self.plans = Mutex(plans)
+        self.workerCount = workerCount
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, name.count - 1)
+        self.hostname = String(cString: name)
+    }
+
+    var currentPlans: [PoolPlan] { plans.withLock { $0 } }
+}
+
+// MARK: - nutcracker stats JSON
+
+enum StatsReport {
+    /// nutcracker's stats object: top-level process fields, then one object per pool holding
+    /// pool counters and one object per server. Values are summed over worker threads.
+    static func json(_ state: ControlState) -> String {
+        let now = Int(time(nil))
+        let plans = state.currentPlans
+        var total = 0, current = 0
+        for plan in plans {
+            total += plan.shared.totalConnections.load(ordering: .relaxed)
+            current += plan.shared.clientCount.load(ordering: .relaxed)
+        }
+        var out = "{\"service\":\"tern\",\"source\":\(quoted(state.hostname)),\"version\":\(quoted(ternVersion)),"
+        out += "\"uptime\":\(now - state.startTime),\"timestamp\":\(now),\"total_connections\":\(total),\"curr_connections\":\(current)"
+        for plan in plans {
+            let counters = plan.shared.workerCounters
+            func sum(_ field: (PoolCounters) -> Int) -> Int { counters.reduce(0) { $0 + field($1) } }
+            out += ",\(quoted(plan.config.name)):{"
+            out += "\"client_eof\":\(sum { $0.clientEOF.read() }),\"client_err\":\(sum { $0.clientErrors.read() }),"
+            out += "\"client_connections\":\(plan.shared.clientCount.load(ordering: .relaxed)),"
+            out += "\"server_ejects\":\(sum { $0.serverEjects.read() }),\"forward_error\":\(sum { $0.forwardErrors.read() }),"
+            out += "\"fragments\":\(sum { $0.fragments.read() })"
+            for (index, server) in plan.config.servers.enumerated() {
+                let perWorker = plan.serverCounters[index]
+                func add(_ field: (ServerCounters) -> Int) -> Int { perWorker.reduce(0) { $0 + field($1) } }
+                out += ",\(quoted(server.name)):{"
+                out += "\"server_eof\":\(add { $0.serverEOF.read() }),\"server_err\":\(add { $0.serverErrors.read() }),"
+                out += "\"server_timedout\":\(add { $0.serverTimedOut.read() }),\"server_connections\":\(add { $0.serverConnections.read() }),"
+                out += "\"server_ejected_at\":\(perWorker.map { $0.serverEjectedAt.read() }.max() ?? 0),"
+                out += "\"requests\":\(add { $0.requests.read() }),\"request_bytes\":\(add { $0.requestBytes.read() }),"
+                out += "\"responses\":\(add { $0.responses.read() }),\"response_bytes\":\(add { $0.responseBytes.read() }),"
+                out += "\"in_queue\":\(add { $0.inQueue.read() }),\"in_queue_bytes\":\(add { $0.inQueueBytes.read() }),"
+                out += "\"out_queue\":\(add { $0.outQueue.read() }),\"out_queue_bytes\":\(add { $0.outQueueBytes.read() })}"
+            }
+            if plan.config.warmup != nil {
+                for (name, value) in plan.shared.warmupCounters.report() { out += ",\(quoted(name)):\(value)" }
+            }
+            out += "}"
+        }
+        return out + "}\n"
+    }
+
+    static func quoted(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case _ where scalar.value < 0x20: out += "\\u00" + (scalar.value < 16 ? "0" : "") + String(scalar.value, radix: 16)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    // MARK: Prometheus
+
+    /// `/metrics`: counters and gauges through swift-prometheus, refilled from the workers'
+    /// counters at each scrape. The backend latency histogram is rendered from Tern's own
+    /// lock-free buckets: swift-prometheus's Histogram takes a lock per observation, and the
+    /// request path takes none.
+    static func metrics(_ state: ControlState) -> [UInt8] {
+        let registry = PrometheusCollectorRegistry()
+        var histograms = ""
+        for plan in state.currentPlans {
+            let pool = plan.config.name
+            let counters = plan.shared.workerCounters
+            func sum(_ field: (PoolCounters) -> Int) -> Int64 { Int64(counters.reduce(0) { $0 + field($1) }) }
+            registry.makeGauge(name: "tern_pool_client_connections", labels: [("pool", pool)]).set(Int64(plan.shared.clientCount.load(ordering: .relaxed)))
+            registry.makeCounter(name: "tern_pool_client_connections_accepted_total", labels: [("pool", pool)])
+                .increment(by: Int64(plan.shared.totalConnections.load(ordering: .relaxed)))
+            for (kind, value) in [("read", sum { $0.reads.read() }), ("write", sum { $0.writes.read() }), ("other", sum { $0.other.read() }), ("local", sum { $0.localReplies.read() })] {
+                registry.makeCounter(name: "tern_pool_requests_total", labels: [("pool", pool), ("class", kind)]).increment(by: value)
+            }
+            for (kind, value) in [("client_eof", sum { $0.clientEOF.read() }), ("client_error", sum { $0.clientErrors.read() }),
+                                  ("forward_error", sum { $0.forwardErrors.read() }), ("bad_request", sum { $0.clientErrorReplies.read() })] {
+                registry.makeCounter(name: "tern_pool_errors_total", labels: [("pool", pool), ("kind", kind)]).increment(by: value)
+            }
+            registry.makeCounter(name: "tern_pool_fragments_total", labels: [("pool", pool)]).increment(by: sum { $0.fragments.read() })
+            registry.makeCounter(name: "tern_pool_server_ejects_total", labels: [("pool", pool)]).increment(by: sum { $0.serverEjects.read() })
+            for (index, server) in plan.config.servers.enumerated() {
+                let perWorker = plan.serverCounters[index]
+                func add(_ field: (ServerCounters) -> Int) -> Int64 { Int64(perWorker.reduce(0) { $0 + field($1) }) }
+                let labels = [("pool", pool), ("server", server.name)]
+                registry.makeCounter(name: "tern_server_requests_total", labels: labels).increment(by: add { $0.requests.read() })
+                registry.makeCounter(name: "tern_server_responses_total", labels: labels).increment(by: add { $0.responses.read() })
+                registry.makeCounter(name: "tern_server_request_bytes_total", labels: labels).increment(by: add { $0.requestBytes.read() })
+                registry.makeCounter(name: "tern_server_response_bytes_total", labels: labels).increment(by: add { $0.responseBytes.read() })
+                for (kind, value) in [("eof", add { $0.serverEOF.read() }), ("error", add { $0.serverErrors.read() }), ("timeout", add { $0.serverTimedOut.read() })] {
+                    registry.makeCounter(name: "tern_server_errors_total", labels: labels + [("kind", kind)]).increment(by: value)
+                }
+                registry.makeCounter(name: "tern_server_ejections_total", labels: labels).increment(by: add { $0.ejections.read() })
+                registry.makeGauge(name: "tern_server_in_flight", labels: labels).set(add { $0.inQueue.read() })
+                registry.makeGauge(name: "tern_server_connections", labels: labels).set(add { $0.serverConnections.read() })
+                histograms += latencyHistogram(pool: pool, server: server.name, perWorker)
+            }
+            if plan.config.warmup != nil {
+                for (name, value) in plan.shared.warmupCounters.report() where name != "warmup_new_hit_ratio_basis_points" {
+                    registry.makeCounter(name: "tern_\(name)_total", labels: [("pool", pool)]).increment(by: Int64(value))
+                }
+                let warmup = plan.shared.warmupCounters
+                let new = warmup.newHits.load(ordering: .relaxed), old = warmup.oldHits.load(ordering: .relaxed)
+                registry.makeGauge(name: "tern_warmup_new_hit_ratio", labels: [("pool", pool)]).set(new + old == 0 ? 0 : Double(new) / Double(new + old))
+            }
+        }
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        if !histograms.isEmpty {
+            buffer += Array("# TYPE tern_server_latency_seconds histogram\n".utf8)
+            buffer += Array(histograms.utf8)
+        }
+        return buffer
+    }
+
+    static func latencyHistogram(pool: String, server: String, _ perWorker: [ServerCounters]) -> String {
+        let labels = "pool=\(quoted(pool)),server=\(quoted(server))"
+        var out = ""
+        var cumulative = 0
+        for (index, bound) in latencyBucketBounds.enumerated() {
+            cumulative += perWorker.reduce(0) { $0 + $1.latencyBuckets[index].count.read() }
+            out += "tern_server_latency_seconds_bucket{\(labels),le=\"\(Double(bound) / 1_000_000)\"} \(cumulative)\n"
+        }
+        cumulative += perWorker.reduce(0) { $0 + $1.latencyBuckets[latencyBucketBounds.count].count.read() }
+        out += "tern_server_latency_seconds_bucket{\(labels),le=\"+Inf\"} \(cumulative)\n"
+        let sum = Double(perWorker.reduce(0) { $0 + $1.latencySumMicroseconds.read() }) / 1_000_000
+        out += "tern_server_latency_seconds_sum{\(labels)} \(sum)\n"
+        out += "tern_server_latency_seconds_count{\(labels)} \(cumulative)\n"
+        return out
+    }
+}
+
+// MARK: - Listening threads for the stats port and the admin endpoint
+
+/// A blocking accept loop on its own thread: control traffic only, never the data path.
+final class ControlListener: Sendable {
+    let descriptor: Int32
+    let handler: @Sendable (Int32) -> Void
+
+    init(host: String, port: Int, handler: @escaping @Sendable (Int32) -> Void) throws {
+        let address: SocketAddress
+        switch SocketAddress.resolve(host: host, port: port) {
+        case let .success(resolved): address = resolved
+        case let .failure(error): throw StartupError(description: "\(host):\(port): \(error)")
+        }
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_CLOEXEC_FLAG, 0)
+        guard fd >= 0 else { throw StartupError(description: "socket: \(Syscall.errorText(errno))") }
+        Syscall.setOption(fd, SOL_SOCKET, SO_REUSEADDR)
+        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, Glibc.listen(fd, 64) == 0 else {
+            let error = errno
+            Syscall.close(fd)
+            throw StartupError(description: "cannot listen on \(host):\(port): \(Syscall.errorText(error))")
+        }
+        descriptor = fd
+        self.handler = handler
+    }
+
+    func start() {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { context in
+            let listener = Unmanaged<ControlListener>.fromOpaque(context!).takeRetainedValue()
+            while true {
+                let client = accept4(listener.descriptor, nil, nil, TERN_CLOEXEC_FLAG)
+                if client < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    return nil
+                }
+                var timeout = timeval(tv_sec: 2, tv_usec: 0)
+                setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                listener.handler(client)
+                Glibc.close(client)
+            }
+        }, context)
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let count = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if count <= 0 { return }
+            offset += count
+        }
+    }
+}
+
+/// The admin HTTP endpoint: GET /metrics, /healthz, /readyz, /config.
+enum AdminEndpoint {
+    static func handle(_ fd: Int32, _ state: ControlState, configText: @Sendable () -> String) {
+        var request: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while request.count < 16384 {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count <= 0 { break }
+            request += chunk[0..<count]
+            if request.count >= 4, request.suffix(4).elementsEqual("\r\n\r\n".utf8) { break }
+            if request.contains(0x0a), request.count > 0, String(decoding: request, as: UTF8.self).contains("\n\n") { break }
+        }
+        let line = String(decoding: request.prefix { $0 != 0x0d && $0 != 0x0a }, as: UTF8.self)
+        let parts = line.split(separator: " ")
+        guard parts.count >= 2 else { return respond(fd, 400, "text/plain", Array("bad request\n".utf8)) }
+        guard parts[0] == "GET" || parts[0] == "HEAD" else { return respond(fd, 405, "text/plain", Array("only GET\n".utf8)) }
+        let path = parts[1].split(separator: "?").first.map(String.init) ?? "/"
+        switch path {
+        case "/metrics":
+            respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", StatsReport.metrics(state))
+        case "/healthz":
+            respond(fd, 200, "text/plain", Array("ok\n".utf8))
+        case "/readyz":
+            if state.isDraining.load(ordering: .relaxed) {
+                respond(fd, 503, "text/plain", Array("draining\n".utf8))
+            } else if state.isReady.load(ordering: .relaxed) {
+                respond(fd, 200, "text/plain", Array("ready\n".utf8))
+            } else {
+                respond(fd, 503, "text/plain", Array("starting\n".utf8))
+            }
+        case "/config":
+            respond(fd, 200, "application/yaml", Array(configText().utf8))
+        default:
+            respond(fd, 404, "text/plain", Array("not found\n".utf8))
+        }
+    }
+
+    static func respond(_ fd: Int32, _ status: Int, _ type: String, _ body: [UInt8]) {
+        let reason = [200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"][status] ?? "OK"
+        let head = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(type)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+        ControlListener.writeAll(fd, Array(head.utf8) + body)
+    }
+}

@@ -1,0 +1,272 @@
+import Foundation
+import XCTest
+
+/// Stats, metrics, health, reload and drain, against the real binary and real backends.
+final class OperationsTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(4000)) }
+        group.stopAll()
+    }
+
+    func writeConfig(_ path: String, _ text: String) throws {
+        try text.write(toFile: path + ".tmp", atomically: false, encoding: .utf8)
+        rename(path + ".tmp", path)
+    }
+
+    func pool(_ name: String, port: Int, servers: [String], extra: String = "") -> String {
+        "\(name):\n  listen: 127.0.0.1:\(port)\n  timeout: 2000\n\(extra)  servers:\n" + servers.map { "   - \($0):1\n" }.joined()
+    }
+
+    func launch(_ configPath: String, port: Int, arguments: [String] = []) throws -> Process {
+        let process = try group.launch(ProcessGroup.ternBinary, ["-c", configPath, "-v", "6", "--threads", "2", "-s", "\(ProcessGroup.freePort())"] + arguments,
+                                       log: "tern-ops-\(UInt32.random(in: 0...UInt32.max)).log")
+        try group.waitForPort(port)
+        return process
+    }
+
+    func http(_ port: Int, _ path: String) throws -> (Int, String) {
+        let client = try TestClient(port: port)
+        try client.send("GET \(path) HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        let response = String(decoding: client.drain(for: 3).bytes, as: UTF8.self)
+        let status = Int(response.split(separator: " ").dropFirst().first ?? "") ?? 0
+        let body = response.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+        return (status, body)
+    }
+
+    func waitForLog(_ text: String, seconds: Double = 5) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if group.ternLog().contains(text) { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    func testReloadMovesALiveClientAndRejectsAnInvalidConfig() throws {
+        let a = try group.memcached()
+        let b = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/reload.yml"
+        try writeConfig(path, pool("p", port: port, servers: [a.address]))
+        let tern = try launch(path, port: port)
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.request("set before 0 0 1\r\nx\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try a.get("before"), "x")
+        // An invalid file changes nothing.
+        try writeConfig(path, "p:\n  listen: 127.0.0.1:\(port)\n  hash: nope\n  servers:\n   - \(b.address):1\n")
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertTrue(waitForLog("reload (SIGHUP) rejected, keeping the current config"), group.ternLog())
+        XCTAssertTrue(group.ternLog().contains("signal 1 (SIGHUP) received, reloading"))
+        XCTAssertEqual(try client.request("set still 0 0 1\r\ny\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try a.get("still"), "y")
+        // A valid one: the same client socket, its next request goes to the new server.
+        try writeConfig(path, pool("p", port: port, servers: [b.address]))
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertTrue(waitForLog("reload (SIGHUP) applied"), group.ternLog())
+        XCTAssertEqual(try client.request("set after 0 0 1\r\nz\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try b.get("after"), "z")
+        XCTAssertNil(try a.get("after"))
+    }
+
+    func testReloadAddsAndRemovesPools() throws {
+        let a = try group.memcached()
+        let portP = ProcessGroup.freePort()
+        let portQ = ProcessGroup.freePort()
+        let path = group.directory + "/pools.yml"
+        try writeConfig(path, pool("p", port: portP, servers: [a.address]))
+        let tern = try launch(path, port: portP)
+        let survivor = try TestClient(port: portP)
+        XCTAssertEqual(try survivor.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertThrowsError(try TestClient(port: portQ))
+        try writeConfig(path, pool("q", port: portQ, servers: [a.address]))
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertTrue(waitForLog("reload (SIGHUP) applied"))
+        // q listens now; p no longer accepts, and its idle client was closed.
+        try group.waitForPort(portQ)
+        XCTAssertEqual(try TestClient(port: portQ).request("set q 0 0 1\r\nq\r\nget q\r\n", until: "END\r\n"), "STORED\r\nVALUE q 0 1\r\nq\r\nEND\r\n")
+        XCTAssertThrowsError(try TestClient(port: portP))
+        XCTAssertTrue(survivor.drain(for: 2).closed)
+    }
+
+    func testConfigWatchFollowsASymlinkSwap() throws {
+        let a = try group.memcached()
+        let b = try group.memcached()
+        let port = ProcessGroup.freePort()
+        // Kubernetes mounts a ConfigMap as ..data -> ..timestamp/ and file -> ..data/file.
+        let directory = group.directory + "/configmap"
+        try FileManager.default.createDirectory(atPath: directory + "/v1", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory + "/v2", withIntermediateDirectories: true)
+        try pool("p", port: port, servers: [a.address]).write(toFile: directory + "/v1/tern.yml", atomically: true, encoding: .utf8)
+        try pool("p", port: port, servers: [b.address]).write(toFile: directory + "/v2/tern.yml", atomically: true, encoding: .utf8)
+        symlink("v1", directory + "/..data")
+        symlink("..data/tern.yml", directory + "/tern.yml")
+        _ = try launch(directory + "/tern.yml", port: port, arguments: ["--watch-config"])
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.request("set one 0 0 1\r\n1\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try a.get("one"), "1")
+        symlink("v2", directory + "/..data_tmp")
+        rename(directory + "/..data_tmp", directory + "/..data")
+        XCTAssertTrue(waitForLog("reload (file change) applied"), group.ternLog())
+        XCTAssertEqual(try client.request("set two 0 0 1\r\n2\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try b.get("two"), "2")
+    }
+
+    func testSIGTERMDeliversTheReplyInFlightAndExitsZero() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/drain.yml"
+        try writeConfig(path, pool("p", port: port, servers: [backend.address]))
+        let tern = try launch(path, port: port)
+        let client = try TestClient(port: port)
+        let idle = try TestClient(port: port)
+        XCTAssertEqual(try client.request("set held 0 0 4\r\nheld\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try idle.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        backend.pause()
+        try client.send("get held\r\n")
+        usleep(200_000)
+        kill(tern.processIdentifier, SIGTERM)
+        usleep(300_000)
+        // Accepting stopped at once; the idle client was closed.
+        XCTAssertThrowsError(try TestClient(port: port))
+        XCTAssertTrue(idle.drain(for: 1).closed)
+        XCTAssertTrue(tern.isRunning, "waits for the request in flight")
+        backend.resume()
+        XCTAssertEqual(String(decoding: try client.receive(until: "END\r\n"), as: UTF8.self), "VALUE held 0 4\r\nheld\r\nEND\r\n")
+        tern.waitUntilExit()
+        XCTAssertEqual(tern.terminationStatus, 0)
+        XCTAssertTrue(group.ternLog().contains("signal 15 (SIGTERM) received, draining"))
+        XCTAssertTrue(group.ternLog().contains("drained, exiting"))
+    }
+
+    func testShutdownTimeoutBoundsTheDrain() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/timeout.yml"
+        try writeConfig(path, pool("p", port: port, servers: [backend.address]).replacingOccurrences(of: "timeout: 2000", with: "timeout: 60000"))
+        let tern = try launch(path, port: port, arguments: ["--shutdown-timeout", "1"])
+        let client = try TestClient(port: port)
+        backend.pause()
+        try client.send("get stuck\r\n")
+        usleep(200_000)
+        let started = Date()
+        kill(tern.processIdentifier, SIGTERM)
+        tern.waitUntilExit()
+        XCTAssertEqual(tern.terminationStatus, 0)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 4)
+        backend.resume()
+    }
+
+    func testStatsJSONCountsAndAdminEndpoints() throws {
+        let a = try group.memcached()
+        let b = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let statsPort = ProcessGroup.freePort()
+        let adminPort = ProcessGroup.freePort()
+        let path = group.directory + "/stats.yml"
+        try writeConfig(path, "p:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  servers:\n   - \(a.address):1 alpha\n   - \(b.address):1 beta\n")
+        _ = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "2", "-s", "\(statsPort)", "-a", "127.0.0.1", "--admin-port", "\(adminPort)"], log: "tern-stats.log")
+        try group.waitForPort(port)
+        try group.waitForPort(adminPort)
+        XCTAssertEqual(try eventually("200") { String(try http(adminPort, "/readyz").0) }, "200")
+        XCTAssertEqual(try http(adminPort, "/healthz").0, 200)
+        let before = try http(adminPort, "/metrics").1
+        let client = try TestClient(port: port)
+        var keys: [String] = []
+        for i in 0..<20 { keys.append("stat:\(i)") }
+        for key in keys { XCTAssertEqual(try client.request("set \(key) 0 0 1\r\nv\r\n", until: "\r\n"), "STORED\r\n") }
+        _ = try client.request("get " + keys.joined(separator: " ") + "\r\n", until: "END\r\n")
+        usleep(100_000)
+        // nutcracker's JSON: one object per connection.
+        let statsClient = try TestClient(port: statsPort)
+        let json = statsClient.drain(for: 2)
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.bytes)) as? [String: Any])
+        XCTAssertEqual(object["service"] as? String, "tern")
+        for field in ["source", "version", "uptime", "timestamp", "total_connections", "curr_connections"] { XCTAssertNotNil(object[field], field) }
+        let poolStats = try XCTUnwrap(object["p"] as? [String: Any])
+        for field in ["client_eof", "client_err", "client_connections", "server_ejects", "forward_error", "fragments"] { XCTAssertNotNil(poolStats[field], field) }
+        XCTAssertEqual(poolStats["fragments"] as? Int, 2, "the 20-key get was split in two")
+        XCTAssertEqual(poolStats["client_connections"] as? Int, 1)
+        let alpha = try XCTUnwrap(poolStats["alpha"] as? [String: Any])
+        let beta = try XCTUnwrap(poolStats["beta"] as? [String: Any])
+        for field in ["server_eof", "server_err", "server_timedout", "server_connections", "server_ejected_at", "requests", "request_bytes",
+                      "responses", "response_bytes", "in_queue", "in_queue_bytes", "out_queue", "out_queue_bytes"] {
+            XCTAssertNotNil(alpha[field], field)
+        }
+        // 20 sets and 2 get fragments reached the servers.
+        XCTAssertEqual((alpha["requests"] as? Int ?? 0) + (beta["requests"] as? Int ?? 0), 22)
+        XCTAssertEqual((alpha["responses"] as? Int ?? 0) + (beta["responses"] as? Int ?? 0), 22)
+        XCTAssertEqual(alpha["in_queue"] as? Int, 0)
+        XCTAssertGreaterThan(alpha["request_bytes"] as? Int ?? 0, 0)
+        // Prometheus text: families present and counters moved.
+        let after = try http(adminPort, "/metrics").1
+        func value(_ text: String, _ prefix: String) -> Double {
+            text.split(separator: "\n").filter { $0.hasPrefix(prefix) }.compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0, +)
+        }
+        XCTAssertEqual(value(after, "tern_server_requests_total{") - value(before, "tern_server_requests_total{"), 22)
+        XCTAssertEqual(value(after, "tern_pool_requests_total{pool=\"p\",class=\"write\"}"), 20)
+        XCTAssertEqual(value(after, "tern_pool_requests_total{pool=\"p\",class=\"read\"}"), 1)
+        XCTAssertEqual(value(after, "tern_pool_fragments_total{pool=\"p\"}"), 2)
+        XCTAssertEqual(value(after, "tern_server_latency_seconds_count{"), 22)
+        XCTAssertTrue(after.contains("# TYPE tern_server_requests_total counter"), after)
+        XCTAssertTrue(after.contains("# TYPE tern_server_latency_seconds histogram"), after)
+        XCTAssertTrue(after.contains("tern_pool_client_connections{pool=\"p\"} 1"), after)
+        for line in after.split(separator: "\n") where !line.hasPrefix("#") {
+            XCTAssertNotNil(Double(line.split(separator: " ").last ?? "x"), "unparsable line \(line)")
+        }
+        XCTAssertEqual(try http(adminPort, "/nope").0, 404)
+    }
+
+    func testConfigEndpointMasksSecretsAndReadyzDuringDrain() throws {
+        let redis = try group.redis(extra: ["--requirepass", "hunter2"])
+        let port = ProcessGroup.freePort()
+        let adminPort = ProcessGroup.freePort()
+        let path = group.directory + "/secret.yml"
+        try writeConfig(path, "r:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  redis_auth: hunter2\n  servers:\n   - \(redis.address):1\n")
+        chmod(path, 0o600)
+        let tern = try launch(path, port: port, arguments: ["--admin-port", "\(adminPort)"])
+        try group.waitForPort(adminPort)
+        let (status, body) = try http(adminPort, "/config")
+        XCTAssertEqual(status, 200)
+        XCTAssertTrue(body.contains("redis_auth: \"********\""), body)
+        XCTAssertFalse(body.contains("hunter2"), body)
+        XCTAssertFalse(group.ternLog().contains("hunter2"))
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.call("AUTH", "hunter2"), "+OK\r\n")
+        redis.process.suspend()
+        try client.send(TestClient.encode(["GET", "x"]))
+        usleep(200_000)
+        kill(tern.processIdentifier, SIGTERM)
+        usleep(300_000)
+        XCTAssertEqual(try http(adminPort, "/readyz").0, 503)
+        redis.process.resume()
+        XCTAssertEqual(String(decoding: try client.receiveReplies(1), as: UTF8.self), "$-1\r\n")
+        tern.waitUntilExit()
+        XCTAssertEqual(tern.terminationStatus, 0)
+    }
+
+    func testLogLevelSignalsAndTestConfigResolution() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/signals.yml"
+        try writeConfig(path, pool("p", port: port, servers: [backend.address]))
+        let tern = try launch(path, port: port)
+        kill(tern.processIdentifier, SIGTTOU)
+        XCTAssertTrue(waitForLog("signal 22 (SIGTTOU) received, log level now"), group.ternLog())
+        kill(tern.processIdentifier, SIGTTIN)
+        XCTAssertTrue(waitForLog("signal 21 (SIGTTIN) received, log level now"), group.ternLog())
+        let bad = group.directory + "/unresolvable.yml"
+        try writeConfig(bad, "p:\n  listen: no-such-host.invalid:22121\n  servers:\n   - 127.0.0.1:1:1\n")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ProcessGroup.ternBinary)
+        process.arguments = ["-t", "-c", bad]
+        let pipe = Pipe()
+        process.standardError = pipe
+        try process.run()
+        process.waitUntilExit()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(process.terminationStatus, 1)
+        XCTAssertTrue(output.contains("cannot resolve 'no-such-host.invalid'"), output)
+    }
+}
