@@ -40,7 +40,7 @@ let package = Package(
         ),
         .testTarget(name: "TernCoreTests", dependencies: ["TernCore"]),
         // Starts real memcached / redis-server processes and the real `tern` binary.
-        .testTarget(name: "TernIntegrationTests", dependencies: ["TernCore", "tern"]),
+        .testTarget(name: "TernIntegrationTests", dependencies: ["TernCore", "tern", .product(name: "Yams", package: "Yams")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -69,6 +69,26 @@ enum StatsReport {
         return out + "}\n"
     }
 
+    /// Pool counters summed over workers, for memcached `stats` and Redis `INFO`.
+    static func poolSummary(_ plan: PoolPlan) -> [(String, Int)] {
+        let counters = plan.shared.workerCounters
+        func sum(_ field: (PoolCounters) -> Int) -> Int { counters.reduce(0) { $0 + field($1) } }
+        var requests = 0, responses = 0, timeouts = 0
+        for perWorker in plan.serverCounters {
+            for server in perWorker {
+                requests += server.requests.read()
+                responses += server.responses.read()
+                timeouts += server.serverTimedOut.read()
+            }
+        }
+        return [
+            ("client_eof", sum { $0.clientEOF.read() }), ("client_err", sum { $0.clientErrors.read() }),
+            ("server_ejects", sum { $0.serverEjects.read() }), ("forward_error", sum { $0.forwardErrors.read() }),
+            ("fragments", sum { $0.fragments.read() }), ("server_requests", requests), ("server_responses", responses),
+            ("server_timedout", timeouts),
+        ]
+    }
+
     static func quoted(_ text: String) -> String {
         var out = "\""
         for scalar in text.unicodeScalars {

@@ -262,6 +262,8 @@ extension ClientConnection {
         text += "STAT curr_connections \(pool.plan.shared.clientCount.load(ordering: .relaxed))\r\n"
         text += "STAT total_connections \(pool.plan.shared.totalConnections.load(ordering: .relaxed))\r\n"
         text += "STAT servers \(pool.servers.count)\r\n"
+        text += "STAT threads \(pool.plan.shared.workerCounters.count)\r\n"
+        for (name, value) in StatsReport.poolSummary(pool.plan) { text += "STAT \(name) \(value)\r\n" }
         if pool.old != nil {
             for (name, value) in pool.warmupCounters.report() { text += "STAT \(name) \(value)\r\n" }
         }
