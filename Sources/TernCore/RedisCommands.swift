@@ -178,20 +178,57 @@ public enum RedisCommandTable {
         .init("time", 1, .none, .unsupported),
     ]
 
-    /// Lookup by lower-case name.
+    /// Lookup by lower-case name (control plane and tests).
     public static let byName: [String: RedisCommand] = {
         var table: [String: RedisCommand] = [:]
         for command in commands { table[command.name] = command }
         return table
     }()
 
-    /// Finds a command by its (any-case) name bytes without allocating for names up to 32 bytes.
+    /// A command name of up to 24 bytes, lower-cased and packed into three words: a lookup key
+    /// that needs no String (the longest Redis command name, georadiusbymember_ro, has 20).
+    struct PackedName: Hashable {
+        var words: (UInt64, UInt64, UInt64) = (0, 0, 0)
+
+        init?(_ name: UnsafeRawBufferPointer) {
+            guard name.count > 0, name.count <= 24 else { return nil }
+            for (index, byte) in name.enumerated() {
+                let lowered = UInt64(asciiLower(byte)) << UInt64((index % 8) * 8)
+                switch index / 8 {
+                case 0: words.0 |= lowered
+                case 1: words.1 |= lowered
+                default: words.2 |= lowered
+                }
+            }
+        }
+
+        static func == (left: PackedName, right: PackedName) -> Bool {
+            left.words.0 == right.words.0 && left.words.1 == right.words.1 && left.words.2 == right.words.2
+        }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(words.0)
+            hasher.combine(words.1)
+            hasher.combine(words.2)
+        }
+    }
+
+    static let byPackedName: [PackedName: Int] = {
+        var table: [PackedName: Int] = [:]
+        for (index, command) in commands.enumerated() {
+            let bytes = Array(command.name.utf8)
+            guard let key = bytes.withUnsafeBytes({ PackedName($0) }) else {
+                preconditionFailure("command name longer than 24 bytes: \(command.name)")
+            }
+            table[key] = index
+        }
+        return table
+    }()
+
+    /// Finds a command by its (any-case) name bytes, without allocating.
     public static func lookup(_ name: UnsafeRawBufferPointer) -> RedisCommand? {
-        guard name.count > 0, name.count <= 32 else { return nil }
-        var lower = ""
-        lower.reserveCapacity(name.count)
-        for byte in name { lower.unicodeScalars.append(UnicodeScalar(asciiLower(byte))) }
-        return byName[lower]
+        guard let key = PackedName(name), let index = byPackedName[key] else { return nil }
+        return commands[index]
     }
 }
 

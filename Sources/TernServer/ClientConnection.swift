@@ -14,7 +14,7 @@ import TernCore
 /// frame (a line with no end in sight) closes it.
 final class ClientConnection {
     let descriptor: Int32
-    unowned let pool: PoolRuntime
+    unowned(unsafe) let pool: PoolRuntime
     let index: Int
     /// Bytes of a partial request (allocated only while one is pending).
     private let input = ByteBuffer()

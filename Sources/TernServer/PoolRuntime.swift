@@ -12,7 +12,7 @@ import TernCore
 final class PoolRuntime {
     private(set) var plan: PoolPlan
     var config: PoolConfig { plan.config }
-    unowned let worker: Worker
+    unowned(unsafe) let worker: Worker
     private(set) var servers: [ServerRuntime] = []
     private(set) var placement: Placement
     private(set) var limits: MemcacheLimits
@@ -24,6 +24,12 @@ final class PoolRuntime {
     var warmupCounters: WarmupCounters { plan.shared.warmupCounters }
     /// This worker's counters for the pool.
     let stats: PoolCounters
+    /// Hot config facts, copied out of `config` (a computed copy of a struct holding arrays
+    /// would retain and release each of them on every read). Refreshed on reload.
+    private(set) var isRedis = false
+    private(set) var isRandom = false
+    private(set) var requiresAuth = false
+    private(set) var timeoutSeconds: Double?
 
     init(plan: PoolPlan, worker: Worker) {
         self.plan = plan
@@ -34,6 +40,15 @@ final class PoolRuntime {
         self.stats = plan.shared.workerCounters[worker.identifier]
         self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
+        cacheHotSettings()
+    }
+
+    private func cacheHotSettings() {
+        let config = plan.config
+        isRedis = config.protocolKind == .redis
+        isRandom = config.distribution == .random
+        requiresAuth = config.redisAuth != nil
+        timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
     }
 
     func start() {
@@ -69,6 +84,7 @@ final class PoolRuntime {
         if listenChanged { stopListening() }
         let previous = servers
         plan = newPlan
+        cacheHotSettings()
         limits = MemcacheLimits(maxItemSize: newPlan.config.maxItemSize)
         respLimits = RespLimits(maxBulkLength: newPlan.config.maxBulkLength)
         var kept: [ServerRuntime] = []
@@ -148,7 +164,7 @@ final class PoolRuntime {
     /// The server a key goes to, or nil when no server is live.
     @inline(__always)
     func server(forKey key: UnsafeRawBufferPointer) -> ServerRuntime? {
-        let random = config.distribution == .random ? worker.nextRandom() : 0
+        let random = isRandom ? worker.nextRandom() : 0
         guard let index = placement.server(forKey: key, random: random) else { return nil }
         return servers[index]
     }
@@ -184,7 +200,7 @@ final class PoolRuntime {
 
 /// One backend server of a pool, on one worker.
 final class ServerRuntime {
-    unowned let pool: PoolRuntime
+    unowned(unsafe) let pool: PoolRuntime
     private(set) var index: Int
     let address: SocketAddress
     let name: String

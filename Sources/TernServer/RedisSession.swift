@@ -50,7 +50,7 @@ extension ClientConnection {
             slot.complete(with: text + "\r\n")
             return
         }
-        if pool.config.redisAuth != nil, !session.isAuthenticated, command.name != "auth", command.name != "hello", command.name != "quit" {
+        if pool.requiresAuth, !session.isAuthenticated, command.name != "auth", command.name != "hello", command.name != "quit" {
             slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
             return
         }

@@ -35,7 +35,7 @@ final class ServerConnection {
 
     enum State { case disconnected, connecting, connected }
 
-    unowned let server: ServerRuntime
+    unowned(unsafe) let server: ServerRuntime
     private(set) var descriptor: Int32 = -1
     private(set) var state = State.disconnected
     private let output = ByteBuffer()
@@ -62,7 +62,7 @@ final class ServerConnection {
     }
 
     var worker: Worker { server.worker }
-    private var timeout: Double? { server.pool.config.timeoutMilliseconds.map { Double($0) / 1000 } }
+    private var timeout: Double? { server.pool.timeoutSeconds }
 
     /// Where a request's bytes go. Opens the connection first if needed, so that anything Tern
     /// sends on a new connection (AUTH, SELECT) goes ahead of the request.
@@ -95,7 +95,7 @@ final class ServerConnection {
         worker.markDirty(self)
     }
 
-    private var isRedis: Bool { server.pool.config.protocolKind == .redis }
+    private var isRedis: Bool { server.pool.isRedis }
 
     func sendProbe() {
         let buffer = requestBuffer()

@@ -39,7 +39,7 @@ final class WarmupRead {
 
     let mode: Mode
     var phase = Phase.new
-    unowned let pool: PoolRuntime
+    unowned(unsafe) let pool: PoolRuntime
     let old: PoolRuntime
     let warmup: WarmupConfig
     let clientIndex: Int

@@ -94,7 +94,11 @@ final class ProcessInfo: Sendable {
 
 /// One worker thread: one libev loop, its client connections, its backend connections.
 ///
-/// Everything reachable from a Worker is confined to the worker's thread. The Worker object is
+/// Everything reachable from a Worker is confined to the worker's thread. Back-references
+/// (pool → worker, client → pool, server → pool, connection → server) are `unowned(unsafe)`:
+/// the owner always outlives them by construction (the worker outlives its thread's objects; a
+/// pool is held by `pools`/`retiredPools` while clients use it and by `retiringServers` while
+/// its servers finish), and a checked `unowned` costs a retain/release pair per access. The Worker object is
 /// created on the main thread and handed over once, before its loop starts; after that only
 /// `ev_async_send` would cross threads. Accepting: every worker watches the same listening
 /// socket of each pool and accepts with `accept4`; whichever loop wakes first takes the client.
@@ -121,8 +125,9 @@ final class Worker {
     /// The main thread's way in (reload, drain).
     let inbox: WorkerInbox
     private let asyncWatcher = UnsafeMutablePointer<ev_async>.allocate(capacity: 1)
-    /// Servers dropped by a reload, closed once their in-flight requests have finished.
-    private var retiringServers: [ServerRuntime] = []
+    /// Servers dropped by a reload, closed once their in-flight requests have finished; each
+    /// keeps its pool alive until then (back-references are unowned(unsafe)).
+    private var retiringServers: [(server: ServerRuntime, pool: PoolRuntime)] = []
     /// Pools dropped by a reload, kept while clients still use them.
     private var retiredPools: [PoolRuntime] = []
     private var drainFinished: Acknowledgement?
@@ -201,7 +206,7 @@ final class Worker {
         if server.isIdle {
             server.closeConnections()
         } else {
-            retiringServers.append(server)
+            retiringServers.append((server, server.pool))
         }
     }
 
@@ -209,9 +214,9 @@ final class Worker {
     /// the loop when a drain has finished.
     private func sweep() {
         if !retiringServers.isEmpty {
-            retiringServers.removeAll { server in
-                guard server.isIdle else { return false }
-                server.closeConnections()
+            retiringServers.removeAll { entry in
+                guard entry.server.isIdle else { return false }
+                entry.server.closeConnections()
                 return true
             }
         }
@@ -305,7 +310,7 @@ final class Worker {
 final class IOWatcher {
     let pointer = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
     private(set) var events: Int32 = 0
-    unowned let loop: Worker
+    unowned(unsafe) let loop: Worker
 
     init(worker: Worker, descriptor: Int32, owner: AnyObject,
          callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_io>?, Int32) -> Void) {
@@ -331,7 +336,7 @@ final class IOWatcher {
 /// An `ev_timer` at a stable address.
 final class TimerWatcher {
     let pointer = UnsafeMutablePointer<ev_timer>.allocate(capacity: 1)
-    unowned let worker: Worker
+    unowned(unsafe) let worker: Worker
     private(set) var isActive = false
     private let callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_timer>?, Int32) -> Void
     private let owner: UnsafeMutableRawPointer

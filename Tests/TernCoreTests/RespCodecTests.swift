@@ -92,6 +92,12 @@ final class RespCodecTests: XCTestCase {
         }
         XCTAssertGreaterThan(seen.count, 200)
         XCTAssertEqual(Array("GeT".utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, "get")
+        // Every command is found by its name in any case, the longest included.
+        for command in RedisCommandTable.commands {
+            XCTAssertEqual(Array(command.name.uppercased().utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, command.name)
+        }
+        XCTAssertNil(Array("getx".utf8).withUnsafeBytes { RedisCommandTable.lookup($0) })
+        XCTAssertNil(Array(String(repeating: "a", count: 30).utf8).withUnsafeBytes { RedisCommandTable.lookup($0) })
     }
 
     func keys(_ words: [String]) -> [String] {

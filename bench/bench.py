@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: direct backend vs nutcracker vs Tern, in one run on loopback.
+
+Starts 2 memcached and 2 redis-server (no persistence) plus, for the warm-up workloads, an old
+pool of each; runs the same loads against every target with real tools (memaslap as
+`memcaslap`, redis-benchmark) and prints ops/s, p50/p99 latency and the proxy's CPU
+microseconds per request (user+sys from /proc/PID/stat before and after, divided by requests).
+Medians of --runs runs. Loopback only; every load is bounded in time or count.
+"""
+import argparse, csv, io, os, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, datetime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICKS = os.sysconf("SC_CLK_TCK")
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close(); return port
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"): return int(line.split()[1])
+    return 0
+
+class Processes:
+    def __init__(self): self.list = []; self.dir = tempfile.mkdtemp(prefix="tern-bench-")
+    def start(self, args, name):
+        log = open(os.path.join(self.dir, name + ".log"), "w")
+        p = subprocess.Popen(args, stdout=log, stderr=log, preexec_fn=os.setsid)
+        self.list.append(p); return p
+    def stop(self):
+        for p in self.list:
+            try: os.killpg(p.pid, signal.SIGKILL)
+            except OSError: pass
+        for p in self.list: p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+def memaslap(servers, seconds, division=1):
+    args = ["memcaslap", "-s", ",".join(servers), "-T", "2", "-c", "50", "-t", f"{seconds}s", "-w", "1k", "-S", f"{seconds}s"]
+    if division > 1: args += ["-d", str(division)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
+    ops = int(re.search(r"Run time: [\d.]+s Ops: (\d+)", out).group(1))
+    tps = float(re.search(r"TPS: (\d+)", out).group(1))
+    # Log2 latency distribution of all events: rows "k: c0 c1 c2 c3" count [2^(k+i), 2^(k+i+1)) µs.
+    total = out.split("Total Statistics")[-1]
+    buckets = []
+    for row in re.findall(r"^\s+(\d+):\s+([\d\s]+)$", total, re.M):
+        base = int(row[0])
+        for i, count in enumerate(row[1].split()):
+            buckets.append((2 ** (base + i + 1), int(count)))
+    def percentile(p):
+        n = sum(c for _, c in buckets); seen = 0
+        for upper, c in buckets:
+            seen += c
+            if seen >= p * n: return upper / 1000.0
+        return float("nan")
+    return {"ops": ops, "rps": tps, "p50": percentile(0.5), "p99": percentile(0.99), "approx": True}
+
+def redis_benchmark(port, test, pipeline, requests):
+    args = ["redis-benchmark", "-p", str(port), "-t", test, "-c", "50", "-P", str(pipeline), "-r", "100000", "-d", "32", "-n", str(requests), "--csv"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600).stdout
+    rows = [r for r in csv.reader(io.StringIO(out)) if r and r[0] != "test"]
+    row = rows[0]
+    return {"ops": requests, "rps": float(row[1]), "p50": float(row[4]), "p99": float(row[6]), "approx": False}
+
+def measure(pid, run):
+    before = cpu_seconds(pid) if pid else 0
+    result = run()
+    if pid: result["cpu_us"] = (cpu_seconds(pid) - before) * 1e6 / max(1, result["ops"])
+    return result
+
+def idle_connections(port, pid, count):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 1000)), hard))
+    time.sleep(0.5)
+    before = rss_kib(pid)
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port)); socks.append(s)
+    time.sleep(2)
+    after = rss_kib(pid)
+    for s in socks: s.close()
+    return (after - before) * 1024.0 / count
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--idle", type=int, default=10000)
+    parser.add_argument("--tern", default=os.path.join(ROOT, ".build/release/tern"))
+    parser.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
+    parser.add_argument("--only", default="", help="comma-separated workload names")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    procs = Processes()
+    try:
+        mc = [free_port() for _ in range(4)]
+        rd = [free_port() for _ in range(4)]
+        for port in mc: procs.start(["memcached", "-p", str(port), "-l", "127.0.0.1", "-U", "0", "-t", "1", "-m", "256", "-c", "20000"] + (["-u", "root"] if os.getuid() == 0 else []), f"mc{port}")
+        for port in rd: procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "20000"], f"rd{port}")
+        for port in mc + rd: wait_port(port)
+        nc_mc, nc_rd, tern_mc, tern_rd, tern_mc_warm, tern_rd_warm = (free_port() for _ in range(6))
+        nc_conf = os.path.join(procs.dir, "nutcracker.yml")
+        pools = lambda prefix, mcp, rdp: (
+            f"{prefix}mc:\n  listen: 127.0.0.1:{mcp}\n  hash: fnv1a_64\n  distribution: ketama\n  timeout: 2000\n  servers:\n   - 127.0.0.1:{mc[0]}:1\n   - 127.0.0.1:{mc[1]}:1\n"
+            f"{prefix}rd:\n  listen: 127.0.0.1:{rdp}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  timeout: 2000\n  servers:\n   - 127.0.0.1:{rd[0]}:1\n   - 127.0.0.1:{rd[1]}:1\n")
+        with open(nc_conf, "w") as f: f.write(pools("", nc_mc, nc_rd))
+        tern_conf = os.path.join(procs.dir, "tern.yml")
+        with open(tern_conf, "w") as f:
+            f.write(pools("", tern_mc, tern_rd))
+            f.write(pools("warm", tern_mc_warm, tern_rd_warm).replace("  servers:", "  servers:", 2))
+        # Warm-up pools: the new pool is the same two servers; the old pool is two more.
+        text = open(tern_conf).read()
+        text = text.replace(f"warmmc:\n  listen: 127.0.0.1:{tern_mc_warm}", f"warmmc:\n  listen: 127.0.0.1:{tern_mc_warm}")
+        text += ""
+        lines = text.split("\n")
+        out = []
+        current = None
+        for line in lines:
+            out.append(line)
+            if line.startswith("warmmc:"): current = "mc"
+            if line.startswith("warmrd:"): current = "rd"
+        text = "\n".join(out)
+        text = text.replace(f"   - 127.0.0.1:{mc[1]}:1\nwarmrd:", f"   - 127.0.0.1:{mc[1]}:1\n  warmup:\n    servers:\n     - 127.0.0.1:{mc[2]}:1\n     - 127.0.0.1:{mc[3]}:1\nwarmrd:")
+        text = text.rstrip("\n") + f"\n  warmup:\n    servers:\n     - 127.0.0.1:{rd[2]}:1\n     - 127.0.0.1:{rd[3]}:1\n"
+        with open(tern_conf, "w") as f: f.write(text)
+        nutcracker = procs.start(["nutcracker", "-c", nc_conf, "-s", str(free_port()), "-a", "127.0.0.1", "-v", "3"], "nutcracker")
+        tern = procs.start([args.tern, "-c", tern_conf, "-s", str(free_port()), "-a", "127.0.0.1", "-v", "3"], "tern")
+        for port in (nc_mc, nc_rd, tern_mc, tern_rd, tern_mc_warm, tern_rd_warm): wait_port(port)
+
+        mc_direct = [f"127.0.0.1:{mc[0]}", f"127.0.0.1:{mc[1]}"]
+        targets = {"direct": None, "nutcracker": nutcracker.pid, "tern": tern.pid}
+        s = args.seconds
+        workloads = [
+            ("memcached get/set 90/10, 50 conns", {"direct": lambda: memaslap(mc_direct, s), "nutcracker": lambda: memaslap([f"127.0.0.1:{nc_mc}"], s), "tern": lambda: memaslap([f"127.0.0.1:{tern_mc}"], s)}),
+            ("memcached 10-key multi-get", {"direct": lambda: memaslap(mc_direct, s, 10), "nutcracker": lambda: memaslap([f"127.0.0.1:{nc_mc}"], s, 10), "tern": lambda: memaslap([f"127.0.0.1:{tern_mc}"], s, 10)}),
+        ]
+        for test, pipeline, count in (("set", 1, 150000), ("get", 1, 150000), ("set", 16, 1500000), ("get", 16, 1500000)):
+            workloads.append((f"redis {test.upper()} P{pipeline}", {t: (lambda port=port, test=test, pipeline=pipeline, count=count: redis_benchmark(port, test, pipeline, count))
+                                                                   for t, port in (("direct", rd[0]), ("nutcracker", nc_rd), ("tern", tern_rd))}))
+        workloads.append(("redis MSET (10 keys)", {t: (lambda port=port: redis_benchmark(port, "mset", 1, 100000)) for t, port in (("direct", rd[0]), ("nutcracker", nc_rd), ("tern", tern_rd))}))
+        workloads.append(("memcached warm-up get/set 90/10", {"tern": lambda: memaslap([f"127.0.0.1:{tern_mc_warm}"], s)}))
+        workloads.append(("redis warm-up GET P1", {"tern": lambda: redis_benchmark(tern_rd_warm, "get", 1, 150000)}))
+        if args.only:
+            wanted = args.only.split(",")
+            workloads = [w for w in workloads if any(x in w[0] for x in wanted)]
+
+        # Warm-up workloads read keys of which half live only in the old pool.
+        for port in (mc[2], mc[3]):
+            subprocess.run(["memcaslap", "-s", f"127.0.0.1:{port}", "-T", "1", "-c", "4", "-x", "20000", "-w", "1k", "-F", "/dev/null"], capture_output=True, timeout=120)
+        subprocess.run(["redis-benchmark", "-p", str(rd[2]), "-t", "set", "-n", "50000", "-r", "50000", "-d", "32", "-q"], capture_output=True, timeout=120)
+        subprocess.run(["redis-benchmark", "-p", str(rd[3]), "-t", "set", "-n", "50000", "-r", "50000", "-d", "32", "-q"], capture_output=True, timeout=120)
+
+        results = {}
+        for run in range(args.runs):
+            for name, runners in workloads:
+                for target, runner in runners.items():
+                    r = measure(targets[target], runner)
+                    results.setdefault((name, target), []).append(r)
+                    print(f"run {run + 1} {name:36} {target:10} {r['rps']:>10.0f} ops/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  cpu/req {r.get('cpu_us', float('nan')):.2f} us", flush=True)
+        idle = {}
+        if args.idle:
+            for target, pid, port in (("nutcracker", nutcracker.pid, nc_mc), ("tern", tern.pid, tern_mc)):
+                idle[target] = idle_connections(port, pid, args.idle)
+        warm = subprocess.run(["python3", "-c", f"import socket;s=socket.create_connection(('127.0.0.1',{tern_mc_warm}));s.sendall(b'stats\\r\\n');import time;time.sleep(0.3);print(s.recv(65536).decode())"], capture_output=True, text=True).stdout
+        copies = re.search(r"warmup_copies (\d+)", warm)
+
+        def med(values): return statistics.median(values) if values else float("nan")
+        table = ["| workload | target | ops/s | p50 ms | p99 ms | proxy CPU µs/req | vs nutcracker CPU | vs nutcracker ops/s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, runners in workloads:
+            base = results.get((name, "nutcracker"))
+            for target in runners:
+                rs = results[(name, target)]
+                rps = med([r["rps"] for r in rs]); p50 = med([r["p50"] for r in rs]); p99 = med([r["p99"] for r in rs])
+                cpu = med([r["cpu_us"] for r in rs]) if "cpu_us" in rs[0] else None
+                approx = "≤" if rs[0]["approx"] else ""
+                cpu_ratio = f"{cpu / med([r['cpu_us'] for r in base]):.2f}×" if base and cpu is not None and target == "tern" else ""
+                rps_ratio = f"{rps / med([r['rps'] for r in base]):.2f}×" if base and target != "nutcracker" else ""
+                table.append(f"| {name} | {target} | {rps:,.0f} | {approx}{p50:.3f} | {approx}{p99:.3f} | {'' if cpu is None else f'{cpu:.2f}'} | {cpu_ratio} | {rps_ratio} |")
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        report = "\n".join(table)
+        report += "\n\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
+        if copies: report += f"\nWarm-up copies made during the run: {copies.group(1)}\n"
+        header = f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, commit {commit}, {os.cpu_count()} cores, medians of {args.runs} runs, {s} s per memaslap run.\n"
+        print("\n" + header + "\n" + report)
+        if args.write:
+            path = os.path.join(ROOT, "bench", "RESULTS.md")
+            existing = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+            marker = "<!-- latest -->"
+            section = f"{marker}\n## {datetime.datetime.utcnow():%Y-%m-%d} — commit {commit}\n\n{header}\n{report}\n"
+            if marker in existing:
+                before, _, rest = existing.partition(marker)
+                after = rest.split("\n## ", 2)
+                existing = before + section + ("\n## " + after[2] if len(after) > 2 else "")
+            else:
+                existing += "\n" + section
+            open(path, "w").write(existing)
+    finally:
+        procs.stop()
+
+if __name__ == "__main__":
+    main()
