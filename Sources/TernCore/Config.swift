@@ -66,6 +66,8 @@ public struct PoolConfig: Sendable {
     public var clientConnections: Int = 0
     /// Largest memcached value accepted from a client (Tern key `max_item_size`).
     public var maxItemSize: Int = 1 << 20
+    /// Refuse memcached keys with control characters (Tern key `strict_keys`).
+    public var strictKeys = true
     /// Largest Redis bulk string accepted from a client (Tern key `max_bulk_length`).
     public var maxBulkLength: Int = 512 << 20
     public var servers: [ServerConfig] = []

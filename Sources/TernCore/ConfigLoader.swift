@@ -9,12 +9,12 @@ public enum ConfigLoader {
         "server_retry_timeout", "server_failure_limit", "tcpkeepalive", "client_connections",
         "servers",
         // Tern's own keys
-        "protocol", "max_item_size", "max_bulk_length", "slots", "warmup",
+        "protocol", "max_item_size", "max_bulk_length", "strict_keys", "slots", "warmup",
     ]
 
     /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
     /// backfill settings.
-    public static let warmupKeys: [String] = poolKeys.filter { $0 != "listen" && $0 != "warmup" && $0 != "protocol" && $0 != "redis" }
+    public static let warmupKeys: [String] = poolKeys.filter { !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length"].contains($0) }
         + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
     public static func load(text: String, file: String) throws(ConfigError) -> TernConfig {
@@ -123,6 +123,7 @@ public enum ConfigLoader {
             pool.protocolKind = parent.protocolKind
             pool.maxItemSize = parent.maxItemSize
             pool.maxBulkLength = parent.maxBulkLength
+            pool.strictKeys = parent.strictKeys
         } else {
             guard let listenNode = values["listen"] else {
                 throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'listen'")
@@ -171,6 +172,7 @@ public enum ConfigLoader {
         if let node = values["server_failure_limit"] { pool.serverFailureLimit = try context.integer(node, key: "server_failure_limit", range: 1...Int(Int32.max)) }
         if let node = values["tcpkeepalive"] { pool.tcpKeepalive = try context.boolean(node, key: "tcpkeepalive") }
         if let node = values["client_connections"] { pool.clientConnections = try context.integer(node, key: "client_connections", range: 0...Int(Int32.max)) }
+        if let node = values["strict_keys"] { pool.strictKeys = try context.boolean(node, key: "strict_keys") }
         if let node = values["max_bulk_length"] { pool.maxBulkLength = try context.integer(node, key: "max_bulk_length", range: 1...(512 << 20)) }
         if let node = values["max_item_size"] { pool.maxItemSize = try context.integer(node, key: "max_item_size", range: 1...(1 << 30)) }
         guard let serversNode = values["servers"] else {

@@ -40,6 +40,7 @@ public enum ConfigRenderer {
         if !isWarmup {
             line("max_item_size", String(pool.maxItemSize))
             line("max_bulk_length", String(pool.maxBulkLength))
+            line("strict_keys", String(pool.strictKeys))
         }
         if pool.distribution == .slots, !pool.slotServers.isEmpty {
             out += "\(indent)slots:\n"

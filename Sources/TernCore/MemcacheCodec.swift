@@ -129,7 +129,13 @@ public struct MemcacheLimits: Sendable {
     /// Retrieval lines may carry many keys; memcached reads them past the normal line limit.
     public var maxRetrievalLineLength = 1 << 20
     public var maxItemSize = 1 << 20
-    public init(maxItemSize: Int = 1 << 20) { self.maxItemSize = maxItemSize }
+    /// Refuse keys with control characters (the protocol's rule). memcached and twemproxy accept
+    /// them in practice; a pool can too with `strict_keys: false`.
+    public var rejectsControlCharacters = true
+    public init(maxItemSize: Int = 1 << 20, strictKeys: Bool = true) {
+        self.maxItemSize = maxItemSize
+        self.rejectsControlCharacters = strictKeys
+    }
 }
 
 @usableFromInline let space: UInt8 = 0x20
@@ -267,6 +273,7 @@ public enum MemcacheRequestParser {
     @inline(__always)
     static func checkKey(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int, _ limits: MemcacheLimits) -> MemcacheRejection? {
         if end - start > limits.maxKeyLength { return .keyTooLong }
+        guard limits.rejectsControlCharacters else { return nil }
         for i in start..<end {
             let byte = bytes[i]
             if byte < 0x21 || byte == 0x7f { return .badKeyCharacter }
@@ -369,7 +376,12 @@ public enum MemcacheRequestParser {
         case .set, .add, .replace, .append, .prepend, .cas:
             let fixed = command == .cas ? 5 : 4
             guard tokens.count == fixed || tokens.count == fixed + 1 else { return badLine }
-            if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
+            if let rejection = key(0) {
+                // Unlike memcached, swallow the data block when its length is readable, so the
+                // client gets one reply for the command, not a second ERROR for its data.
+                let skip = number(bytes, tokens[start: 3], tokens[end: 3], maxDigits: 10).map { Int($0) + 2 } ?? 0
+                return .rejected(rejection, consume: lineLength, skip: skip, close: false)
+            }
             guard number(bytes, tokens[start: 1], tokens[end: 1]).map({ $0 <= UInt64(UInt32.max) }) == true,
                   signedNumber(bytes, tokens[start: 2], tokens[end: 2]) != nil,
                   let length = number(bytes, tokens[start: 3], tokens[end: 3], maxDigits: 10)

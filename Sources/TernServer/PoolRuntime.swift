@@ -35,7 +35,7 @@ final class PoolRuntime {
         self.plan = plan
         self.worker = worker
         self.placement = plan.config.placement()
-        self.limits = MemcacheLimits(maxItemSize: plan.config.maxItemSize)
+        self.limits = MemcacheLimits(maxItemSize: plan.config.maxItemSize, strictKeys: plan.config.strictKeys)
         self.respLimits = RespLimits(maxBulkLength: plan.config.maxBulkLength)
         self.stats = plan.shared.workerCounters[worker.identifier]
         self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
@@ -85,7 +85,7 @@ final class PoolRuntime {
         let previous = servers
         plan = newPlan
         cacheHotSettings()
-        limits = MemcacheLimits(maxItemSize: newPlan.config.maxItemSize)
+        limits = MemcacheLimits(maxItemSize: newPlan.config.maxItemSize, strictKeys: newPlan.config.strictKeys)
         respLimits = RespLimits(maxBulkLength: newPlan.config.maxBulkLength)
         var kept: [ServerRuntime] = []
         for (index, server) in newPlan.config.servers.enumerated() {

@@ -129,7 +129,11 @@ final class MemcacheCodecTests: XCTestCase {
         XCTAssertEqual(parse("get a \(longKey)\r\n"), .rejected(.keyTooLong, consume: 259, skip: 0, close: false))
         XCTAssertNotNil(request("get \(String(repeating: "k", count: 250))\r\n"))
         XCTAssertEqual(parse("get a\u{01}b\r\n"), .rejected(.badKeyCharacter, consume: 9, skip: 0, close: false))
-        XCTAssertEqual(parse("set a\u{7f} 0 0 1\r\nx\r\n"), .rejected(.badKeyCharacter, consume: 14, skip: 0, close: false))
+        XCTAssertEqual(parse("set a\u{7f} 0 0 1\r\nx\r\n"), .rejected(.badKeyCharacter, consume: 14, skip: 3, close: false))
+        XCTAssertEqual(parse("set \(longKey) 0 0 5\r\n"), .rejected(.keyTooLong, consume: 263, skip: 7, close: false))
+        var lenient = MemcacheLimits()
+        lenient.rejectsControlCharacters = false
+        XCTAssertEqual((try? XCTUnwrap({ if case let .request(r) = parse("get \u{10}\u{10}k\r\n", limits: lenient) { return r.keyCount } else { return nil } }())), 1)
         XCTAssertEqual(parse([0x67, 0x65, 0x74, 0x20, 0x61, 0x09, 0x62, 0x0d, 0x0a]), .rejected(.badKeyCharacter, consume: 9, skip: 0, close: false))
     }
 

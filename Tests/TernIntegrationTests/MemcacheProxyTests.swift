@@ -185,7 +185,6 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(reply, """
         CLIENT_ERROR key too long (max 250 bytes)\r
         CLIENT_ERROR key contains control characters\r
-        ERROR\r
         CLIENT_ERROR bad command line format\r
         ERROR\r
         CLIENT_ERROR bad data chunk\r
