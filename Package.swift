@@ -45,7 +45,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TernCoreTests", dependencies: ["TernCore"]),
+        // Invariants checked by the fuzz targets, replayed by the unit tests over fuzz/corpus.
+        .target(name: "TernFuzzChecks", dependencies: ["TernCore"]),
+        // libFuzzer entry point when built by fuzz/run.sh, a corpus replayer otherwise.
+        .executableTarget(name: "tern-fuzz", dependencies: ["TernFuzzChecks"]),
+        .testTarget(name: "TernCoreTests", dependencies: ["TernCore", "TernFuzzChecks"]),
         // Starts real memcached / redis-server processes and the real `tern` binary.
         .testTarget(name: "TernIntegrationTests", dependencies: ["TernCore", "tern", .product(name: "Yams", package: "Yams")]),
     ],

@@ -122,7 +122,9 @@ def main():
         with open(nc_conf, "w") as f: f.write(pools("", nc_mc, nc_rd))
         tern_conf = os.path.join(procs.dir, "tern.yml")
         with open(tern_conf, "w") as f:
-            f.write(pools("", tern_mc, tern_rd))
+            # memaslap's keys start with control bytes (0x10): memcached and nutcracker accept
+            # them, Tern refuses them unless a pool says strict_keys: false.
+            f.write(pools("", tern_mc, tern_rd).replace("  distribution: ketama\n  timeout: 2000\n  servers:\n   - 127.0.0.1:" + str(mc[0]), "  distribution: ketama\n  timeout: 2000\n  strict_keys: false\n  servers:\n   - 127.0.0.1:" + str(mc[0])))
             f.write(pools("warm", tern_mc_warm, tern_rd_warm).replace("  servers:", "  servers:", 2))
         # Warm-up pools: the new pool is the same two servers; the old pool is two more.
         text = open(tern_conf).read()
@@ -136,6 +138,7 @@ def main():
             if line.startswith("warmmc:"): current = "mc"
             if line.startswith("warmrd:"): current = "rd"
         text = "\n".join(out)
+        text = text.replace(f"warmmc:\n  listen: 127.0.0.1:{tern_mc_warm}\n", f"warmmc:\n  listen: 127.0.0.1:{tern_mc_warm}\n  strict_keys: false\n")
         text = text.replace(f"   - 127.0.0.1:{mc[1]}:1\nwarmrd:", f"   - 127.0.0.1:{mc[1]}:1\n  warmup:\n    servers:\n     - 127.0.0.1:{mc[2]}:1\n     - 127.0.0.1:{mc[3]}:1\nwarmrd:")
         text = text.rstrip("\n") + f"\n  warmup:\n    servers:\n     - 127.0.0.1:{rd[2]}:1\n     - 127.0.0.1:{rd[3]}:1\n"
         with open(tern_conf, "w") as f: f.write(text)
@@ -178,7 +181,8 @@ def main():
             for target, pid, port in (("nutcracker", nutcracker.pid, nc_mc), ("tern", tern.pid, tern_mc)):
                 idle[target] = idle_connections(port, pid, args.idle)
         warm = subprocess.run(["python3", "-c", f"import socket;s=socket.create_connection(('127.0.0.1',{tern_mc_warm}));s.sendall(b'stats\\r\\n');import time;time.sleep(0.3);print(s.recv(65536).decode())"], capture_output=True, text=True).stdout
-        copies = re.search(r"warmup_copies (\d+)", warm)
+        warm += subprocess.run(["redis-cli", "-p", str(tern_rd_warm), "info"], capture_output=True, text=True).stdout
+        copies = re.findall(r"warmup_(copies|old_hits|new_hits)[ :](\d+)", warm)
 
         def med(values): return statistics.median(values) if values else float("nan")
         table = ["| workload | target | ops/s | p50 ms | p99 ms | proxy CPU µs/req | vs nutcracker CPU | vs nutcracker ops/s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -195,7 +199,9 @@ def main():
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         report = "\n".join(table)
         report += "\n\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
-        if copies: report += f"\nWarm-up copies made during the run: {copies.group(1)}\n"
+        if copies:
+            names = {"copies": "copies", "old_hits": "old-pool hits", "new_hits": "new-pool hits"}
+            report += "\nWarm-up pools during the run (memcached, then Redis): " + ", ".join(f"{names[k]} {v}" for k, v in copies) + "\n"
         header = f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, commit {commit}, {os.cpu_count()} cores, medians of {args.runs} runs, {s} s per memaslap run.\n"
         print("\n" + header + "\n" + report)
         if args.write:

@@ -66,6 +66,15 @@ public struct PoolConfig: Sendable {
     public var clientConnections: Int = 0
     /// Largest memcached value accepted from a client (Tern key `max_item_size`).
     public var maxItemSize: Int = 1 << 20
+    /// Most reply bytes Tern holds for one client that does not read them; over it the client
+    /// is closed (Tern key `client_output_limit`).
+    public var clientOutputLimit: Int = 64 << 20
+    /// A request that stays incomplete this long (ms) closes its client: slowloris
+    /// (Tern key `client_partial_timeout`; 0 = never).
+    public var clientPartialTimeoutMilliseconds: Int = 30_000
+    /// A client with nothing in flight for this long (ms) is closed (Tern key
+    /// `client_idle_timeout`; 0 = never, the default, as in twemproxy).
+    public var clientIdleTimeoutMilliseconds: Int = 0
     /// Refuse memcached keys with control characters (Tern key `strict_keys`).
     public var strictKeys = true
     /// Largest Redis bulk string accepted from a client (Tern key `max_bulk_length`).

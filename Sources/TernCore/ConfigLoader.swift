@@ -9,12 +9,16 @@ public enum ConfigLoader {
         "server_retry_timeout", "server_failure_limit", "tcpkeepalive", "client_connections",
         "servers",
         // Tern's own keys
-        "protocol", "max_item_size", "max_bulk_length", "strict_keys", "slots", "warmup",
+        "protocol", "max_item_size", "max_bulk_length", "strict_keys", "client_output_limit",
+        "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
     ]
 
     /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
     /// backfill settings.
-    public static let warmupKeys: [String] = poolKeys.filter { !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length"].contains($0) }
+    public static let warmupKeys: [String] = poolKeys.filter {
+        !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length",
+          "client_output_limit", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog"].contains($0)
+    }
         + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
     public static func load(text: String, file: String) throws(ConfigError) -> TernConfig {
@@ -172,6 +176,9 @@ public enum ConfigLoader {
         if let node = values["server_failure_limit"] { pool.serverFailureLimit = try context.integer(node, key: "server_failure_limit", range: 1...Int(Int32.max)) }
         if let node = values["tcpkeepalive"] { pool.tcpKeepalive = try context.boolean(node, key: "tcpkeepalive") }
         if let node = values["client_connections"] { pool.clientConnections = try context.integer(node, key: "client_connections", range: 0...Int(Int32.max)) }
+        if let node = values["client_output_limit"] { pool.clientOutputLimit = try context.integer(node, key: "client_output_limit", range: 65536...(1 << 40)) }
+        if let node = values["client_partial_timeout"] { pool.clientPartialTimeoutMilliseconds = try context.integer(node, key: "client_partial_timeout", range: 0...Int(Int32.max)) }
+        if let node = values["client_idle_timeout"] { pool.clientIdleTimeoutMilliseconds = try context.integer(node, key: "client_idle_timeout", range: 0...Int(Int32.max)) }
         if let node = values["strict_keys"] { pool.strictKeys = try context.boolean(node, key: "strict_keys") }
         if let node = values["max_bulk_length"] { pool.maxBulkLength = try context.integer(node, key: "max_bulk_length", range: 1...(512 << 20)) }
         if let node = values["max_item_size"] { pool.maxItemSize = try context.integer(node, key: "max_item_size", range: 1...(1 << 30)) }

@@ -27,7 +27,7 @@ public enum ConfigRenderer {
         if let tag = pool.hashTag { line("hash_tag", quoted(String(decoding: [tag.open, tag.close], as: UTF8.self))) }
         line("distribution", pool.distribution.rawValue)
         line("timeout", String(pool.timeoutMilliseconds ?? -1))
-        line("backlog", String(pool.backlog))
+        if !isWarmup { line("backlog", String(pool.backlog)) }
         line("preconnect", String(pool.preconnect))
         if let auth = pool.redisAuth { line("redis_auth", maskSecrets ? "\"********\"" : quoted(auth)) }
         line("redis_db", String(pool.redisDatabase))
@@ -36,11 +36,14 @@ public enum ConfigRenderer {
         line("server_retry_timeout", String(pool.serverRetryTimeoutMilliseconds))
         line("server_failure_limit", String(pool.serverFailureLimit))
         line("tcpkeepalive", String(pool.tcpKeepalive))
-        line("client_connections", String(pool.clientConnections))
+        if !isWarmup { line("client_connections", String(pool.clientConnections)) }
         if !isWarmup {
             line("max_item_size", String(pool.maxItemSize))
             line("max_bulk_length", String(pool.maxBulkLength))
             line("strict_keys", String(pool.strictKeys))
+            line("client_output_limit", String(pool.clientOutputLimit))
+            line("client_partial_timeout", String(pool.clientPartialTimeoutMilliseconds))
+            line("client_idle_timeout", String(pool.clientIdleTimeoutMilliseconds))
         }
         if pool.distribution == .slots, !pool.slotServers.isEmpty {
             out += "\(indent)slots:\n"

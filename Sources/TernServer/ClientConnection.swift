@@ -31,6 +31,13 @@ final class ClientConnection {
     let redis: RedisSession?
     /// Requests in flight before reading pauses; reading resumes as replies leave.
     static let maxInFlight = 16384
+    /// Reply bytes waiting for a slow reader before reading its requests pauses.
+    static let outputHighWater = 1 << 20
+    /// Loop time of the last bytes read, and since when a partial request has been waiting.
+    var lastActivity: Double = 0
+    var partialSince: Double = 0
+    /// Loop time when the client last took reply bytes (or had none waiting).
+    var lastWriteProgress: Double = 0
 
     init(descriptor: Int32, pool: PoolRuntime) {
         self.descriptor = descriptor
@@ -41,7 +48,18 @@ final class ClientConnection {
 
     var worker: Worker { pool.worker }
 
+    /// Whether the client should stop being read: too much in flight, or too many replies it
+    /// has not read yet (backpressure; the hard limit is `client_output_limit`).
+    private var mustPauseReading: Bool {
+        slots.count >= Self.maxInFlight || output.readableCount >= Self.outputHighWater
+    }
+
+    var hasRequestsInFlight: Bool { !slots.isEmpty }
+    var hasPartialRequest: Bool { !input.isEmpty }
+
     func start() {
+        lastActivity = worker.now
+        lastWriteProgress = worker.now
         let watcher = IOWatcher(worker: worker, descriptor: descriptor, owner: self) { _, watcher, events in
             let client = Unmanaged<ClientConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             client.handle(events: events)
@@ -80,11 +98,19 @@ final class ClientConnection {
                 return
             }
         }
+        lastActivity = worker.now
+        let wasPartial = !input.isEmpty
         process(buffer)
         if buffer === worker.scratch {
             // Keep what is left of a partial request in the connection's own buffer.
             if !buffer.isEmpty { input.append(buffer.readable) }
             buffer.removeAll()
+        }
+        if input.isEmpty {
+            partialSince = 0
+            input.releaseIfIdle()
+        } else if !wasPartial || partialSince == 0 {
+            partialSince = worker.now
         }
         if reachedEnd {
             pool.stats.clientEOF.add()
@@ -108,7 +134,7 @@ final class ClientConnection {
 
     /// Stops parsing when too many requests are in flight; reading resumes as replies leave.
     func pipelineIsFull() -> Bool {
-        guard slots.count >= Self.maxInFlight else { return false }
+        guard mustPauseReading else { return false }
         watcher?.watch(watcher!.events & ~TERN_EV_READ)
         return true
     }
@@ -123,15 +149,25 @@ final class ClientConnection {
             head.emit(into: output)
             worker.recycle(head)
         }
+        if output.readableCount > pool.config.clientOutputLimit {
+            // A client that does not read its replies: bounded, then closed.
+            worker.logger.warning("pool \(pool.config.name): client exceeded client_output_limit (\(pool.config.clientOutputLimit) bytes), closing it")
+            pool.stats.clientErrors.add()
+            close()
+            return
+        }
         worker.markDirty(self)
     }
 
     /// Writes the output: called once per loop pass by the worker.
     func flush() {
         guard !isClosed else { return }
-        if !output.isEmpty {
+        if output.isEmpty {
+            lastWriteProgress = worker.now
+        } else {
             switch Syscall.write(descriptor, output.readable) {
             case let .transferred(count):
+                if count > 0 { lastWriteProgress = worker.now }
                 output.consume(count)
             case .wouldBlock:
                 break
@@ -142,13 +178,12 @@ final class ClientConnection {
             }
         }
         if output.isEmpty { output.releaseIfIdle(keep: 65536) }
-        var events: Int32 = closeWhenDrained ? 0 : TERN_EV_READ
-        if slots.count >= Self.maxInFlight { events = 0 }
+        var events: Int32 = closeWhenDrained || mustPauseReading ? 0 : TERN_EV_READ
         if !output.isEmpty { events |= TERN_EV_WRITE }
         watcher?.watch(events)
         if closeIfDrained() { return }
         // Reading was paused by a full pipeline: parse what is already buffered.
-        if !closeWhenDrained, slots.count < Self.maxInFlight, !input.isEmpty {
+        if !closeWhenDrained, !mustPauseReading, !input.isEmpty {
             process(input)
         }
     }
@@ -167,6 +202,31 @@ final class ClientConnection {
         guard closeWhenDrained, slots.isEmpty, output.isEmpty else { return false }
         close()
         return true
+    }
+
+    /// Called once a second by the worker: slowloris and idle clients are closed.
+    func checkTimeouts(now: Double) {
+        guard !isClosed else { return }
+        let config = pool.config
+        if config.clientPartialTimeoutMilliseconds > 0, partialSince > 0,
+           now - partialSince > Double(config.clientPartialTimeoutMilliseconds) / 1000 {
+            worker.logger.info("pool \(config.name): closing a client whose request stayed incomplete for \(config.clientPartialTimeoutMilliseconds) ms")
+            pool.stats.clientErrors.add()
+            close()
+            return
+        }
+        // Replies waiting and none taken for as long: a client that stopped reading.
+        if config.clientPartialTimeoutMilliseconds > 0, !output.isEmpty,
+           now - lastWriteProgress > Double(config.clientPartialTimeoutMilliseconds) / 1000 {
+            worker.logger.warning("pool \(config.name): closing a client that stopped reading its replies (\(output.readableCount) bytes waiting)")
+            pool.stats.clientErrors.add()
+            close()
+            return
+        }
+        if config.clientIdleTimeoutMilliseconds > 0, slots.isEmpty, input.isEmpty,
+           now - lastActivity > Double(config.clientIdleTimeoutMilliseconds) / 1000 {
+            close()
+        }
     }
 
     func close() {

@@ -197,7 +197,10 @@ final class ServerConnection {
         switch Syscall.write(descriptor, output.readable) {
         case let .transferred(count):
             output.consume(count)
-            if output.isEmpty { unsentRequests = 0 }
+            if output.isEmpty {
+                unsentRequests = 0
+                output.releaseIfIdle(keep: 1 << 16)
+            }
             counters.outQueue.set(unsentRequests)
             counters.outQueueBytes.set(output.readableCount)
             watcher?.watch(output.isEmpty ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
@@ -289,6 +292,8 @@ final class ServerConnection {
             }
         }
         if pending.isEmpty { timer?.stop() }
+        // A burst may have grown the buffer: give large ones back once drained.
+        if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
     }
 
     private func armTimer(after seconds: Double) {

@@ -150,8 +150,26 @@ final class Worker {
         self.pools = plans.map { PoolRuntime(plan: $0, worker: self) }
     }
 
+    private var sweepTimer: TimerWatcher?
+
+    /// Once a second: client timeouts (slowloris, idle).
+    private func sweepClients() {
+        let now = self.now
+        for client in Array(clients.values) { client.checkTimeouts(now: now) }
+        // The shared read buffer grows to the largest burst read; keep it modest when idle.
+        if scratch.isEmpty { scratch.releaseIfIdle(keep: 1 << 18) }
+        sweepTimer?.start(after: 1)
+    }
+
     /// Runs the loop on the current thread until it is broken.
     func run() {
+        let timer = TimerWatcher(worker: self, owner: self) { _, watcher, _ in
+            let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            worker.sweepTimer?.fired()
+            worker.sweepClients()
+        }
+        sweepTimer = timer
+        timer.start(after: 1)
         tern_prepare_init(prepareWatcher) { _, watcher, _ in
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             worker.flushAll()

@@ -1,0 +1,151 @@
+// Invariants the fuzz targets check on arbitrary input. The same functions replay the seed
+// corpus and every past finding in the unit tests, so a crash found once stays fixed.
+import TernCore
+
+public enum FuzzTarget: String, CaseIterable, Sendable {
+    case memcacheRequest = "memcache-request"
+    case memcacheReply = "memcache-reply"
+    case respRequest = "resp-request"
+    case respReply = "resp-reply"
+    case config
+}
+
+public enum FuzzChecks {
+    public static func run(_ target: FuzzTarget, _ data: UnsafeRawBufferPointer) {
+        switch target {
+        case .memcacheRequest: memcacheRequest(data)
+        case .memcacheReply: memcacheReply(data)
+        case .respRequest: respRequest(data)
+        case .respReply: respReply(data)
+        case .config: config(data)
+        }
+    }
+
+    static func fail(_ message: String) -> Never { fatalError("fuzz invariant: \(message)") }
+
+    /// Parses every request in the input; each frame fits in the input; a frame cut at any byte
+    /// is incomplete (or the same refusal); the noreply/key offsets lie inside the frame.
+    static func memcacheRequest(_ data: UnsafeRawBufferPointer) {
+        var limits = MemcacheLimits()
+        limits.maxRetrievalLineLength = 1 << 16
+        var offset = 0
+        var frames = 0
+        while offset < data.count, frames < 64 {
+            let rest = UnsafeRawBufferPointer(rebasing: data[offset...])
+            let result = MemcacheRequestParser.parse(rest, limits: limits)
+            switch result {
+            case .incomplete:
+                return
+            case let .request(request):
+                if request.frameLength > rest.count || request.frameLength <= 0 { fail("frame \(request.frameLength) > input \(rest.count)") }
+                if !(request.keysStart <= request.keysEnd && request.keysEnd <= request.contentEnd) { fail("key range outside the line") }
+                if request.noreplyStart > request.contentEnd || request.contentEnd > request.lineLength { fail("noreply outside the line") }
+                if rest.count <= 512 { checkSplit(rest, request.frameLength) { MemcacheRequestParser.parse($0, limits: limits) == result } }
+                offset += request.frameLength
+            case let .rejected(_, consume, _, _):
+                if consume > rest.count || consume <= 0 { fail("consume \(consume) > input \(rest.count)") }
+                offset += consume
+            }
+            frames += 1
+        }
+    }
+
+    /// Every prefix of a complete frame is incomplete, and the whole gives `same`.
+    static func checkSplit(_ bytes: UnsafeRawBufferPointer, _ length: Int, _ same: (UnsafeRawBufferPointer) -> Bool) {
+        let frame = UnsafeRawBufferPointer(rebasing: bytes[0..<length])
+        if !same(frame) { fail("the frame alone parses differently") }
+    }
+
+    static func memcacheReply(_ data: UnsafeRawBufferPointer) {
+        for framing in [MemcacheFraming.retrieval, .line, .stats, .meta, .metaUntilNoop] {
+            if case let .reply(length, _) = MemcacheReplyParser.parse(data, framing: framing) {
+                if length > data.count || length <= 0 { fail("reply \(length) > input \(data.count)") }
+                // A reply is complete exactly at its length: any shorter prefix is not.
+                if length <= 256 {
+                    for cut in 0..<length {
+                        if case .reply = MemcacheReplyParser.parse(UnsafeRawBufferPointer(rebasing: data[0..<cut]), framing: framing) {
+                            fail("prefix \(cut) of a \(length)-byte reply parsed as complete")
+                        }
+                    }
+                }
+                if framing == .retrieval {
+                    MemcacheReplyParser.forEachValue(UnsafeRawBufferPointer(rebasing: data[0..<length])) { key, record in
+                        if record.upperBound > length || key.upperBound > record.upperBound { fail("VALUE record outside the reply") }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Arguments lie in the frame; re-serialising a multibulk request gives its bytes back.
+    static func respRequest(_ data: UnsafeRawBufferPointer) {
+        var limits = RespLimits()
+        limits.maxInlineLength = 4096
+        var arguments = RespArguments()
+        var offset = 0
+        var frames = 0
+        while offset < data.count, frames < 64 {
+            let rest = UnsafeRawBufferPointer(rebasing: data[offset...])
+            switch RespRequestParser.parse(rest, limits: limits, into: &arguments) {
+            case .incomplete, .protocolError:
+                return
+            case let .empty(length):
+                if length > rest.count || length <= 0 { fail("empty frame \(length) > input") }
+                offset += length
+            case let .request(length):
+                if length > rest.count || length <= 0 { fail("frame \(length) > input \(rest.count)") }
+                let frame = UnsafeRawBufferPointer(rebasing: rest[0..<length])
+                if !arguments.isInline {
+                    var encoded: [UInt8] = Array("*\(arguments.count)\r\n".utf8)
+                    for index in 0..<arguments.count {
+                        arguments.withArgument(index, in: frame) { argument in
+                            encoded += Array("$\(argument.count)\r\n".utf8)
+                            encoded += argument
+                            encoded += [0x0d, 0x0a]
+                        }
+                    }
+                    // The frame may spell lengths with leading zeros; compare when it does not.
+                    if encoded.count == length, !encoded.elementsEqual(frame) { fail("re-serialised request differs") }
+                    for cut in [0, length / 2, length - 1] where length <= 4096 {
+                        var scratch = RespArguments()
+                        if case .request = RespRequestParser.parse(UnsafeRawBufferPointer(rebasing: rest[0..<cut]), limits: limits, into: &scratch) {
+                            fail("a prefix of \(cut) bytes parsed as a whole request")
+                        }
+                    }
+                }
+                offset += length
+            }
+            frames += 1
+        }
+    }
+
+    static func respReply(_ data: UnsafeRawBufferPointer) {
+        if case let .reply(length, _) = RespReplyParser.parse(data, maxDepth: 16) {
+            if length > data.count || length <= 0 { fail("reply \(length) > input \(data.count)") }
+            for cut in [0, length / 2, length - 1] {
+                if case .reply = RespReplyParser.parse(UnsafeRawBufferPointer(rebasing: data[0..<cut]), maxDepth: 16) {
+                    fail("a prefix of \(cut) bytes parsed as a whole reply")
+                }
+            }
+            RespReplyParser.forEachElement(UnsafeRawBufferPointer(rebasing: data[0..<length])) { range in
+                if range.upperBound > length { fail("element outside the reply") }
+            }
+        }
+    }
+
+    /// The loader never crashes; an accepted config renders and loads again to the same pools.
+    static func config(_ data: UnsafeRawBufferPointer) {
+        guard data.count <= 16384 else { return }
+        let text = String(decoding: data, as: UTF8.self)
+        guard let config = try? ConfigLoader.load(text: text, file: "fuzz.yml") else { return }
+        let rendered = ConfigRenderer.yaml(config, maskSecrets: false)
+        guard let again = try? ConfigLoader.load(text: rendered, file: "rendered.yml") else { fail("rendered config does not load:\n\(rendered)") }
+        if again.pools.map(\.name) != config.pools.map(\.name) { fail("rendered config has other pools") }
+        func placementFacts(_ pool: PoolConfig) -> [String] {
+            pool.servers.map { "\($0.address) \($0.weight) \($0.name)" } + [pool.hash.rawValue, pool.distribution.rawValue, "\(pool.slotServers)"]
+        }
+        for (left, right) in zip(config.pools, again.pools) where placementFacts(left) != placementFacts(right) {
+            fail("rendered config places keys differently in \(left.name)")
+        }
+    }
+}

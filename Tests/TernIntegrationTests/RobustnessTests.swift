@@ -1,0 +1,256 @@
+import Foundation
+import Synchronization
+import XCTest
+@testable import TernCore
+
+/// Hostile clients and backend chaos against a running Tern with real backends. After each
+/// attack a client connected before it and a new client both get correct answers.
+final class RobustnessTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(3000)) }
+        group.stopAll()
+    }
+
+    func rssKiB(_ process: Process) -> Int {
+        let text = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let line = text.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+
+    func start(_ backends: [String], extra: String = "", redis: Bool = false) throws -> (port: Int, process: Process, pool: PoolConfig) {
+        let port = ProcessGroup.freePort()
+        let text = "p:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  timeout: 500\n  redis: \(redis)\n\(extra)  servers:\n" + backends.map { "   - \($0):1\n" }.joined()
+        let process = try group.tern(config: text, arguments: ["--threads", "2"], waitPort: port)
+        return (port, process, try ConfigLoader.load(text: text, file: "p.yml").pools[0])
+    }
+
+    func assertHealthy(_ port: Int, _ bystander: TestClient, file: StaticString = #filePath, line: UInt = #line) throws {
+        XCTAssertEqual(try bystander.request("set alive 0 0 2\r\nok\r\nget alive\r\n", until: "END\r\n"), "STORED\r\nVALUE alive 0 2\r\nok\r\nEND\r\n", file: file, line: line)
+        XCTAssertEqual(try TestClient(port: port).request("get alive\r\n", until: "END\r\n"), "VALUE alive 0 2\r\nok\r\nEND\r\n", file: file, line: line)
+    }
+
+    func testClientThatNeverReadsIsBoundedAndClosed() throws {
+        let backend = try group.memcached(extra: ["-I", "2m"])
+        let tern = try start([backend.address], extra: "  client_output_limit: 2097152\n  client_partial_timeout: 1000\n")
+        let bystander = try TestClient(port: tern.port)
+        let value = String(repeating: "v", count: 100_000)
+        XCTAssertEqual(try bystander.request("set big 0 0 \(value.count)\r\n\(value)\r\n", until: "\r\n"), "STORED\r\n")
+        usleep(300_000)
+        let before = rssKiB(tern.process)
+        // 300 pipelined gets of 100 KB (30 MB of replies) from a client that never reads: Tern
+        // stops reading it at 1 MiB of waiting replies, and closes it once it makes no progress.
+        let greedy = try TestClient(port: tern.port)
+        var closed = false
+        for _ in 0..<30 {
+            if (try? greedy.send(String(repeating: "get big\r\n", count: 10))) == nil { closed = true; break }
+            usleep(20_000)
+        }
+        let deadline = Date().addingTimeInterval(5)
+        while !closed, Date() < deadline {
+            let log = group.ternLog()
+            closed = log.contains("exceeded client_output_limit") || log.contains("stopped reading its replies")
+            usleep(50_000)
+        }
+        XCTAssertTrue(closed, "the non-reading client was closed")
+        try assertHealthy(tern.port, bystander)
+        usleep(500_000)
+        XCTAssertLessThan(rssKiB(tern.process) - before, 16 * 1024, "RSS returns near its start (\(before) KiB)")
+    }
+
+    func testSlowlorisAndIdleClientsAreClosed() throws {
+        let backend = try group.memcached()
+        let tern = try start([backend.address], extra: "  client_partial_timeout: 1000\n  client_idle_timeout: 3000\n")
+        let bystander = try TestClient(port: tern.port)
+        let slow = try TestClient(port: tern.port)
+        // A request shorter than declared, then nothing: closed after the partial timeout.
+        try slow.send("set k 0 0 10\r\nabc")
+        let started = Date()
+        XCTAssertTrue(slow.drain(for: 4).closed)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 3.5)
+        try assertHealthy(tern.port, bystander)
+        // An idle client goes after client_idle_timeout; an active one stays.
+        let idle = try TestClient(port: tern.port)
+        XCTAssertEqual(try idle.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        for _ in 0..<5 {
+            usleep(1_000_000)
+            XCTAssertEqual(try bystander.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        }
+        XCTAssertTrue(idle.drain(for: 1).closed)
+    }
+
+    func testByteAtATimeLongerThanDeclaredAndDisconnectsInFlight() throws {
+        let backend = try group.memcached()
+        let tern = try start([backend.address])
+        let bystander = try TestClient(port: tern.port)
+        // Data longer than declared: bad data chunk, connection kept.
+        XCTAssertEqual(try bystander.request("set k 0 0 3\r\nabcdef\r\nget k\r\n", until: "END\r\n"), "CLIENT_ERROR bad data chunk\r\nERROR\r\nEND\r\n")
+        // A client that leaves with requests in flight.
+        backend.pause()
+        for _ in 0..<20 {
+            let leaver = try TestClient(port: tern.port)
+            try leaver.send(String(repeating: "get k\r\n", count: 50))
+            leaver.close()
+        }
+        backend.resume()
+        try assertHealthy(tern.port, bystander)
+        // Byte at a time, slowly, within the partial timeout.
+        let trickle = try TestClient(port: tern.port)
+        for byte in "get alive\r\n".utf8 {
+            try trickle.send([byte])
+            usleep(20_000)
+        }
+        XCTAssertEqual(String(decoding: try trickle.receive(until: "END\r\n"), as: UTF8.self), "VALUE alive 0 2\r\nok\r\nEND\r\n")
+    }
+
+    func testTenThousandConnectionsOpenedAndClosed() throws {
+        let backend = try group.memcached()
+        let tern = try start([backend.address])
+        let bystander = try TestClient(port: tern.port)
+        try assertHealthy(tern.port, bystander)
+        let before = rssKiB(tern.process)
+        for index in 0..<10_000 {
+            let client = try TestClient(port: tern.port)
+            if index % 10 == 0 { try client.send("get alive\r\n") }
+            client.close()
+        }
+        usleep(1_500_000)
+        try assertHealthy(tern.port, bystander)
+        XCTAssertLessThan(rssKiB(tern.process) - before, 8 * 1024, "RSS returns near its start")
+        let stats = try TestClient(port: tern.port).request("stats\r\n", until: "END\r\n")
+        XCTAssertTrue(stats.contains("STAT curr_connections 2\r\n") || stats.contains("STAT curr_connections 3\r\n"), stats)
+    }
+
+    // MARK: Backend chaos under load
+
+    /// Clients that keep setting and reading back key = value, recording every mismatch, every
+    /// error (by the server the key lives on) and every connection Tern closes.
+    final class Load: Sendable {
+        struct Counts { var ok = 0; var errors: [Int: Int] = [:]; var mismatches: [String] = []; var closed = 0; var lastErrorAt: [Int: Date] = [:] }
+        let counts = Mutex(Counts())
+        let stop = Atomic<Bool>(false)
+
+        func run(port: Int, clients: Int, keysPerServer: [[String]], redis: Bool) {
+            for client in 0..<clients {
+                Thread {
+                    guard let connection = try? TestClient(port: port, timeout: 3) else { return }
+                    var round = 0
+                    while !self.stop.load(ordering: .relaxed) {
+                        for (server, keys) in keysPerServer.enumerated() {
+                            let key = keys[(round + client) % keys.count]
+                            let value = "\(key)-\(round)"
+                            do {
+                                let reply: String
+                                if redis {
+                                    _ = try connection.call("SET", key, value)
+                                    reply = try connection.call("GET", key)
+                                } else {
+                                    _ = try connection.request("set \(key) 0 0 \(value.utf8.count)\r\n\(value)\r\n", until: "\r\n")
+                                    reply = try connection.memcacheGet(key)
+                                }
+                                self.record(server: server, key: key, value: value, reply: reply, redis: redis)
+                            } catch {
+                                self.counts.withLock { $0.closed += 1 }
+                                return
+                            }
+                        }
+                        round += 1
+                    }
+                }.start()
+            }
+        }
+
+        func record(server: Int, key: String, value: String, reply: String, redis: Bool) {
+            counts.withLock { counts in
+                let isError = reply.hasPrefix("SERVER_ERROR") || reply.hasPrefix("-ERR") || reply.hasPrefix("ERROR")
+                if isError {
+                    counts.errors[server, default: 0] += 1
+                    counts.lastErrorAt[server] = Date()
+                    return
+                }
+                // A reply must be this key's: its own value, or a miss; never another key's.
+                let expected = redis ? "$\(value.utf8.count)\r\n\(value)\r\n" : "VALUE \(key) 0 \(value.utf8.count)\r\n\(value)\r\nEND\r\n"
+                let miss = redis ? "$-1\r\n" : "END\r\n"
+                if reply == expected || reply == miss || reply.contains("\(key)-") { counts.ok += 1 } else { counts.mismatches.append("\(key): \(reply.prefix(80))") }
+            }
+        }
+    }
+
+    func keys(for pool: PoolConfig, servers: Int) -> [[String]] {
+        var result = Array(repeating: [String](), count: servers)
+        for index in 0..<2000 {
+            let key = "chaos:\(index)"
+            let server = Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! }
+            if result[server].count < 20 { result[server].append(key) }
+        }
+        return result
+    }
+
+    func testMemcachedBackendKilledAndPausedUnderLoad() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try start(backends.map(\.address), extra: "  auto_eject_hosts: false\n")
+        let load = Load()
+        load.run(port: tern.port, clients: 8, keysPerServer: keys(for: tern.pool, servers: 2), redis: false)
+        usleep(800_000)
+        backends[0].kill()
+        usleep(800_000)
+        let restarted = try group.memcached(port: backends[0].port)
+        usleep(1_000_000)
+        backends[1].pause()
+        usleep(1_200_000)
+        backends[1].resume()
+        usleep(2_500_000)
+        load.stop.store(true, ordering: .relaxed)
+        usleep(500_000)
+        let counts = load.counts.withLock { $0 }
+        XCTAssertEqual(counts.mismatches, [], "no request was answered with another request's reply")
+        XCTAssertEqual(counts.closed, 0, "no client connection was closed because of a backend")
+        XCTAssertGreaterThan(counts.ok, 500)
+        XCTAssertGreaterThan(counts.errors[0] ?? 0, 0, "the killed server's keys failed while it was down")
+        // Recovered: the last errors are well before the end of the run.
+        for (server, date) in counts.lastErrorAt { XCTAssertLessThan(date.timeIntervalSinceNow, -1.5, "server \(server) recovered") }
+        _ = restarted
+    }
+
+    func testRedisConnectionsKilledMidReplyAndEvictionUnderLoad() throws {
+        let backends = try [group.redis(), group.redis(extra: ["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"])]
+        let tern = try start(backends.map(\.address), redis: true)
+        let load = Load()
+        load.run(port: tern.port, clients: 8, keysPerServer: keys(for: tern.pool, servers: 2), redis: true)
+        // Fill the second server so that it evicts while the load runs.
+        let filler = try TestClient(port: backends[1].port)
+        for index in 0..<300 { _ = try filler.call("SET", "filler:\(index)", String(repeating: "x", count: 20_000)) }
+        // Kill Tern's connections to the first server again and again, mid-stream.
+        for _ in 0..<10 {
+            _ = try? backends[0].call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            usleep(200_000)
+        }
+        usleep(1_500_000)
+        load.stop.store(true, ordering: .relaxed)
+        usleep(500_000)
+        let counts = load.counts.withLock { $0 }
+        XCTAssertEqual(counts.mismatches, [], "no request was answered with another request's reply")
+        XCTAssertEqual(counts.closed, 0, "no client connection was closed because of a backend")
+        XCTAssertGreaterThan(counts.ok, 500)
+        XCTAssertEqual(counts.errors[1] ?? 0, 0, "evictions are misses, not errors")
+        XCTAssertGreaterThan(Int(try backends[1].call("INFO", "stats").components(separatedBy: "evicted_keys:")[1].prefix { $0.isNumber }) ?? 0, 0)
+    }
+}
+
+extension TestClient {
+    /// Sends `get key` and reads exactly one whole reply (framed by Tern's own reply parser).
+    func memcacheGet(_ key: String) throws -> String {
+        try send("get \(key)\r\n")
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            if case let .reply(length, _) = data.withUnsafeBytes({ MemcacheReplyParser.parse($0, framing: .retrieval) }) {
+                return String(decoding: data[0..<length], as: UTF8.self)
+            }
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count <= 0 { throw TestError("connection ended") }
+            data += chunk[0..<count]
+        }
+    }
+}
