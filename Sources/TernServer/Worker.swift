@@ -114,6 +114,10 @@ final class Worker {
     /// Connections with bytes to write, flushed once per loop pass before the loop blocks.
     private var dirtyClients: [ClientConnection] = []
     private var dirtyServers: [ServerConnection] = []
+    /// The lists being flushed: swapped with the dirty lists so that neither is copied (a copy
+    /// would make `removeAll(keepingCapacity:)` allocate on every loop pass).
+    private var flushingClients: [ClientConnection] = []
+    private var flushingServers: [ServerConnection] = []
     /// Closed objects kept alive until the current callback has returned.
     private var retired: [AnyObject] = []
     private var freeSlots: [ReplySlot] = []
@@ -293,18 +297,18 @@ final class Worker {
     /// connection leave in one write, and so do many replies to one client.
     private func flushAll() {
         while !dirtyServers.isEmpty || !dirtyClients.isEmpty {
-            let servers = dirtyServers
-            dirtyServers.removeAll(keepingCapacity: true)
-            for server in servers {
+            swap(&dirtyServers, &flushingServers)
+            for server in flushingServers {
                 server.isDirty = false
                 server.flush()
             }
-            let clients = dirtyClients
-            dirtyClients.removeAll(keepingCapacity: true)
-            for client in clients {
+            flushingServers.removeAll(keepingCapacity: true)
+            swap(&dirtyClients, &flushingClients)
+            for client in flushingClients {
                 client.isDirty = false
                 client.flush()
             }
+            flushingClients.removeAll(keepingCapacity: true)
         }
         retired.removeAll(keepingCapacity: true)
         if !retiringServers.isEmpty || !retiredPools.isEmpty || drainFinished != nil { sweep() }
