@@ -51,39 +51,44 @@ public enum MD5 {
         return array.withUnsafeBytes { digest($0) }
     }
 
+    /// No heap allocation: the message block and the padded tail live on the stack.
     public static func digest(_ message: UnsafeRawBufferPointer) -> MD5Digest {
         var state = MD5Digest(a: 0x6745_2301, b: 0xefcd_ab89, c: 0x98ba_dcfe, d: 0x1032_5476)
         let length = message.count
-        var block = [UInt32](repeating: 0, count: 16)
-        var offset = 0
-        while offset + 64 <= length {
-            for i in 0..<16 {
-                let p = offset + i * 4
-                block[i] = UInt32(message[p]) | UInt32(message[p + 1]) << 8
-                    | UInt32(message[p + 2]) << 16 | UInt32(message[p + 3]) << 24
+        return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 16) { block in
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 128) { tail in
+                var offset = 0
+                while offset + 64 <= length {
+                    for i in 0..<16 {
+                        let p = offset + i * 4
+                        block[i] = UInt32(message[p]) | UInt32(message[p + 1]) << 8
+                            | UInt32(message[p + 2]) << 16 | UInt32(message[p + 3]) << 24
+                    }
+                    compress(&state, UnsafeBufferPointer(block))
+                    offset += 64
+                }
+                // Padding: the rest, 0x80, zeros, 64-bit bit length.
+                let tailCount = (length - offset) < 56 ? 64 : 128
+                for i in 0..<tailCount { tail[i] = 0 }
+                for i in 0..<(length - offset) { tail[i] = message[offset + i] }
+                tail[length - offset] = 0x80
+                let bitLength = UInt64(length) &* 8
+                for i in 0..<8 { tail[tailCount - 8 + i] = UInt8(truncatingIfNeeded: bitLength >> UInt64(8 * i)) }
+                var tailOffset = 0
+                while tailOffset < tailCount {
+                    for i in 0..<16 {
+                        let p = tailOffset + i * 4
+                        block[i] = UInt32(tail[p]) | UInt32(tail[p + 1]) << 8 | UInt32(tail[p + 2]) << 16 | UInt32(tail[p + 3]) << 24
+                    }
+                    compress(&state, UnsafeBufferPointer(block))
+                    tailOffset += 64
+                }
+                return state
             }
-            compress(&state, block)
-            offset += 64
         }
-        // Padding: the rest, 0x80, zeros, 64-bit bit length.
-        var tail = [UInt8](repeating: 0, count: (length - offset) < 56 ? 64 : 128)
-        for i in 0..<(length - offset) { tail[i] = message[offset + i] }
-        tail[length - offset] = 0x80
-        let bitLength = UInt64(length) &* 8
-        for i in 0..<8 { tail[tail.count - 8 + i] = UInt8(truncatingIfNeeded: bitLength >> UInt64(8 * i)) }
-        var tailOffset = 0
-        while tailOffset < tail.count {
-            for i in 0..<16 {
-                let p = tailOffset + i * 4
-                block[i] = UInt32(tail[p]) | UInt32(tail[p + 1]) << 8 | UInt32(tail[p + 2]) << 16 | UInt32(tail[p + 3]) << 24
-            }
-            compress(&state, block)
-            tailOffset += 64
-        }
-        return state
     }
 
-    static func compress(_ state: inout MD5Digest, _ block: [UInt32]) {
+    static func compress(_ state: inout MD5Digest, _ block: UnsafeBufferPointer<UInt32>) {
         var a = state.a, b = state.b, c = state.c, d = state.d
         for i in 0..<64 {
             var f: UInt32
