@@ -1,5 +1,8 @@
 // Invariants the fuzz targets check on arbitrary input. The same functions replay the seed
 // corpus and every past finding in the unit tests, so a crash found once stays fixed.
+#if canImport(Glibc)
+import Glibc
+#endif
 import TernCore
 
 public enum FuzzTarget: String, CaseIterable, Sendable {
@@ -11,6 +14,20 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
 }
 
 public enum FuzzChecks {
+    /// A corpus file's bytes (nil when it cannot be read).
+    public static func readFile(_ path: String) -> [UInt8]? {
+        guard let file = fopen(path, "rb") else { return nil }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            if count <= 0 { break }
+            bytes += chunk[0..<count]
+        }
+        return bytes
+    }
+
     public static func run(_ target: FuzzTarget, _ data: UnsafeRawBufferPointer) {
         switch target {
         case .memcacheRequest: memcacheRequest(data)
@@ -40,7 +57,15 @@ public enum FuzzChecks {
                 if request.frameLength > rest.count || request.frameLength <= 0 { fail("frame \(request.frameLength) > input \(rest.count)") }
                 if !(request.keysStart <= request.keysEnd && request.keysEnd <= request.contentEnd) { fail("key range outside the line") }
                 if request.noreplyStart > request.contentEnd || request.contentEnd > request.lineLength { fail("noreply outside the line") }
-                if rest.count <= 512 { checkSplit(rest, request.frameLength) { MemcacheRequestParser.parse($0, limits: limits) == result } }
+                if request.frameLength <= 512 {
+                    // Split at every byte boundary: each prefix waits for more, the whole parses the same.
+                    for cut in 0..<request.frameLength {
+                        if MemcacheRequestParser.parse(UnsafeRawBufferPointer(rebasing: rest[0..<cut]), limits: limits) != .incomplete {
+                            fail("prefix \(cut) of a \(request.frameLength)-byte frame did not wait for more")
+                        }
+                    }
+                    checkSplit(rest, request.frameLength) { MemcacheRequestParser.parse($0, limits: limits) == result }
+                }
                 offset += request.frameLength
             case let .rejected(_, consume, _, _):
                 if consume > rest.count || consume <= 0 { fail("consume \(consume) > input \(rest.count)") }

@@ -50,16 +50,7 @@ struct TernFuzzReplay {
             exit(2)
         }
         for path in arguments.dropFirst(2) {
-            guard let file = fopen(path, "rb") else { continue }
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let count = fread(&chunk, 1, chunk.count, file)
-                if count <= 0 { break }
-                bytes += chunk[0..<count]
-            }
-            fclose(file)
-            bytes.withUnsafeBytes { FuzzChecks.run(target, $0) }
+            FuzzChecks.readFile(path)?.withUnsafeBytes { FuzzChecks.run(target, $0) }
         }
         print("replayed \(arguments.count - 2) inputs through \(target.rawValue)")
     }

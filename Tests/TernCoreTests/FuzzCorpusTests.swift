@@ -14,15 +14,7 @@ final class FuzzCorpusTests: XCTestCase {
                 while let entry = readdir(directory) {
                     let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
                     guard !name.hasPrefix(".") else { continue }
-                    guard let file = fopen(root + "/" + folder + "/" + name, "rb") else { continue }
-                    var bytes: [UInt8] = []
-                    var chunk = [UInt8](repeating: 0, count: 65536)
-                    while true {
-                        let count = fread(&chunk, 1, chunk.count, file)
-                        if count <= 0 { break }
-                        bytes += chunk[0..<count]
-                    }
-                    fclose(file)
+                    guard let bytes = FuzzChecks.readFile(root + "/" + folder + "/" + name) else { continue }
                     bytes.withUnsafeBytes { FuzzChecks.run(target, $0) }
                     replayed += 1
                 }

@@ -7,17 +7,7 @@ final class CommandLineTests: XCTestCase {
     override func setUp() { group = ProcessGroup() }
     override func tearDown() { group.stopAll() }
 
-    func run(_ arguments: [String]) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ProcessGroup.ternBinary)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
-        try process.run()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-    }
+    func run(_ arguments: [String]) throws -> (Int32, String) { try ProcessGroup.runTern(arguments) }
 
     func testVersionFlag() throws {
         let (status, text) = try run(["-V"])
@@ -64,6 +54,17 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(tern.terminationStatus, 0)
         XCTAssertFalse(FileManager.default.fileExists(atPath: pid))
         XCTAssertTrue(try String(contentsOfFile: log, encoding: .utf8).contains("signal 15 (SIGTERM) received"))
+    }
+
+    func testReadableConfigWithASecretIsWarnedAbout() throws {
+        let path = try write("r:\n  listen: 127.0.0.1:1\n  redis: true\n  redis_auth: s3cret\n  servers:\n   - 127.0.0.1:2:1\n")
+        chmod(path, 0o644)
+        let (status, text) = try run(["-t", "-c", path])
+        XCTAssertEqual(status, 0)
+        XCTAssertTrue(text.contains("contains redis_auth and is readable by other users"), text)
+        XCTAssertFalse(text.contains("s3cret"), text)
+        chmod(path, 0o600)
+        XCTAssertFalse(try run(["-t", "-c", path]).1.contains("readable by other users"))
     }
 
     func testUnbindableListenExitsWithReason() throws {

@@ -20,15 +20,7 @@ final class DeployTests: XCTestCase {
 
     /// The long and short flags `tern -h` lists.
     lazy var knownFlags: Set<String> = {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ProcessGroup.ternBinary)
-        process.arguments = ["-h"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try? process.run()
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let text = (try? ProcessGroup.runTern(["-h"]).1) ?? ""
         var flags = Set<String>()
         for word in text.split(whereSeparator: { $0 == " " || $0 == "," || $0 == "\n" || $0 == "<" || $0 == "[" || $0 == "]" }) where word.hasPrefix("-") {
             flags.insert(String(word.prefix { $0 != "=" }))

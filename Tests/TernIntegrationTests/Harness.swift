@@ -82,6 +82,20 @@ final class ProcessGroup {
         return runner.appendingPathComponent("tern").path
     }
 
+    /// Runs tern to completion (`-t`, `-V`, `-h`, …) and returns its status and combined output.
+    static func runTern(_ arguments: [String]) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ternBinary)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
+    }
+
     /// Writes `config` and starts tern on it; waits for `waitPort` (or the unix socket) to accept.
     func tern(config: String, arguments: [String] = [], waitPort: Int? = nil, waitUnix: String? = nil) throws -> Process {
         let path = directory + "/tern-\(processes.count).yml"

@@ -352,17 +352,7 @@ final class MemcacheProxyTests: XCTestCase {
         let bad = group.directory + "/bad.yml"
         try "p:\n  listen: 127.0.0.1:1\n  servers:\n   - 127.0.0.1:2:1\n".write(toFile: good, atomically: true, encoding: .utf8)
         try "p:\n  listen: 127.0.0.1:1\n  hash: nope\n  servers:\n   - 127.0.0.1:2:1\n".write(toFile: bad, atomically: true, encoding: .utf8)
-        func run(_ path: String) throws -> (Int32, String) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: ProcessGroup.ternBinary)
-            process.arguments = ["-t", "-c", path]
-            let pipe = Pipe()
-            process.standardError = pipe
-            process.standardOutput = pipe
-            try process.run()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-        }
+        func run(_ path: String) throws -> (Int32, String) { try ProcessGroup.runTern(["-t", "-c", path]) }
         let (okStatus, okText) = try run(good)
         XCTAssertEqual(okStatus, 0)
         XCTAssertTrue(okText.contains("syntax is ok"), okText)

@@ -258,15 +258,8 @@ final class OperationsTests: XCTestCase {
         XCTAssertTrue(waitForLog("signal 21 (SIGTTIN) received, log level now"), group.ternLog())
         let bad = group.directory + "/unresolvable.yml"
         try writeConfig(bad, "p:\n  listen: no-such-host.invalid:22121\n  servers:\n   - 127.0.0.1:1:1\n")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ProcessGroup.ternBinary)
-        process.arguments = ["-t", "-c", bad]
-        let pipe = Pipe()
-        process.standardError = pipe
-        try process.run()
-        process.waitUntilExit()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        XCTAssertEqual(process.terminationStatus, 1)
+        let (status, output) = try ProcessGroup.runTern(["-t", "-c", bad])
+        XCTAssertEqual(status, 1)
         XCTAssertTrue(output.contains("cannot resolve 'no-such-host.invalid'"), output)
     }
 }
