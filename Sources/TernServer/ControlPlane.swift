@@ -221,6 +221,8 @@ final class ControlListener: Sendable {
                 Glibc.close(client)
             }
         }, context)
+        // Control threads are never joined; they end with the process.
+        pthread_detach(thread)
     }
 
     static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {

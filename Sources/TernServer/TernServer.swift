@@ -209,6 +209,8 @@ public final class TernServer {
                 logger.critical("cannot start worker thread: \(Syscall.errorText(result))")
                 return 1
             }
+            // Nothing joins a worker: the main thread waits on acknowledgements instead.
+            pthread_detach(thread)
         }
         control.isReady.store(true, ordering: .relaxed)
         logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid())")
