@@ -131,8 +131,9 @@ public enum FuzzChecks {
                     }
                     // The frame may spell lengths with leading zeros; compare when it does not.
                     if encoded.count == length, !encoded.elementsEqual(frame) { fail("re-serialised request differs") }
-                    for cut in [0, length / 2, length - 1] where length <= 4096 {
-                        var scratch = RespArguments()
+                    // Split at every byte boundary: no prefix is a whole request.
+                    var scratch = RespArguments()
+                    for cut in 0..<length where length <= 512 || cut == length / 2 {
                         if case .request = RespRequestParser.parse(UnsafeRawBufferPointer(rebasing: rest[0..<cut]), limits: limits, into: &scratch) {
                             fail("a prefix of \(cut) bytes parsed as a whole request")
                         }
@@ -147,7 +148,7 @@ public enum FuzzChecks {
     static func respReply(_ data: UnsafeRawBufferPointer) {
         if case let .reply(length, _) = RespReplyParser.parse(data, maxDepth: 16) {
             if length > data.count || length <= 0 { fail("reply \(length) > input \(data.count)") }
-            for cut in [0, length / 2, length - 1] {
+            for cut in 0..<length where length <= 512 || cut == length / 2 {
                 if case .reply = RespReplyParser.parse(UnsafeRawBufferPointer(rebasing: data[0..<cut]), maxDepth: 16) {
                     fail("a prefix of \(cut) bytes parsed as a whole reply")
                 }

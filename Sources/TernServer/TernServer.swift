@@ -63,6 +63,10 @@ public final class TernServer {
     /// Resolves every server and binds every listener; errors are returned, nothing runs yet.
     public func prepare() throws {
         tern_ignore_sigpipe()
+        // Block the signals Tern handles before anything is bound: once a port accepts, a
+        // supervisor may signal us, and SIGHUP/SIGTTOU's default actions would end or stop Tern.
+        var signals = Self.handledSignals
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
         plans = try makePlans(for: config, previous: [])
         for pool in config.pools {
             logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(pool.servers.count) servers, \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
@@ -180,10 +184,8 @@ public final class TernServer {
 
     /// Starts the workers and the control endpoints, then handles signals until a drain ends.
     public func run() -> Int32 {
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        for signal in [SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2] { sigaddset(&signals, signal) }
         // Workers inherit the mask: only this thread takes signals.
+        var signals = Self.handledSignals
         pthread_sigmask(SIG_BLOCK, &signals, nil)
         let control = ControlState(plans: plans, workerCount: workerCount)
         self.control = control
@@ -335,6 +337,13 @@ public final class TernServer {
         }
         if let pidFile = options.pidFile { unlink(pidFile) }
         return 0
+    }
+
+    static var handledSignals: sigset_t {
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for signal in [SIGTERM, SIGINT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2] { sigaddset(&signals, signal) }
+        return signals
     }
 
     static func signalName(_ signal: Int32) -> String {
