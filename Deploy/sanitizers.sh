@@ -12,7 +12,7 @@ for sanitizer in thread address; do
     swift build --product tern --scratch-path "$scratch" -Xswiftc -sanitize=$sanitizer >/dev/null
     binary="$(swift build --product tern --scratch-path "$scratch" --show-bin-path)/tern"
     echo "== integration tests against tern built with -sanitize=$sanitizer"
-    TERN_BINARY="$binary" \
+    TERN_BINARY="$binary" TERN_SANITIZED="$sanitizer" \
     TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0" \
     ASAN_OPTIONS="halt_on_error=1 detect_leaks=0" \
         swift test --skip-build --disable-swift-testing --filter "$filter"

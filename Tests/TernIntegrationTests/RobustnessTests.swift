@@ -13,6 +13,10 @@ final class RobustnessTests: XCTestCase {
         group.stopAll()
     }
 
+    /// Sanitized builds (Deploy/sanitizers.sh) keep freed memory in quarantine: RSS says
+    /// nothing about leaks there, so only the functional assertions run.
+    var checksMemory: Bool { ProcessInfo.processInfo.environment["TERN_SANITIZED"] == nil }
+
     func rssKiB(_ process: Process) -> Int {
         let text = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
         let line = text.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
@@ -56,7 +60,7 @@ final class RobustnessTests: XCTestCase {
         XCTAssertTrue(closed, "the non-reading client was closed")
         try assertHealthy(tern.port, bystander)
         usleep(500_000)
-        XCTAssertLessThan(rssKiB(tern.process) - before, 16 * 1024, "RSS returns near its start (\(before) KiB)")
+        if checksMemory { XCTAssertLessThan(rssKiB(tern.process) - before, 16 * 1024, "RSS returns near its start (\(before) KiB)") }
     }
 
     func testSlowlorisAndIdleClientsAreClosed() throws {
@@ -117,7 +121,7 @@ final class RobustnessTests: XCTestCase {
         }
         usleep(1_500_000)
         try assertHealthy(tern.port, bystander)
-        XCTAssertLessThan(rssKiB(tern.process) - before, 8 * 1024, "RSS returns near its start")
+        if checksMemory { XCTAssertLessThan(rssKiB(tern.process) - before, 8 * 1024, "RSS returns near its start") }
         let stats = try TestClient(port: tern.port).request("stats\r\n", until: "END\r\n")
         XCTAssertTrue(stats.contains("STAT curr_connections 2\r\n") || stats.contains("STAT curr_connections 3\r\n"), stats)
     }
