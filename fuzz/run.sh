@@ -10,7 +10,7 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(memcache-request memcache-reply resp-request resp-reply config)
 flags=(-Xswiftc -DFUZZING -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library)
-swift build --product tern-fuzz --scratch-path .build-fuzz "${flags[@]}" 2>&1 | grep -E "error|warning: " || true
+swift build --product tern-fuzz --scratch-path .build-fuzz "${flags[@]}" 2>&1 | grep -E "error:" || true
 swift build --product tern-fuzz --scratch-path .build-fuzz "${flags[@]}" >/dev/null
 binary=$(swift build --product tern-fuzz --scratch-path .build-fuzz "${flags[@]}" --show-bin-path 2>/dev/null)/tern-fuzz
 mkdir -p fuzz/findings

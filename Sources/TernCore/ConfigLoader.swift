@@ -277,6 +277,30 @@ public enum ConfigLoader {
             portText = text[text.index(after: colon)...]
         }
         guard !host.isEmpty else { throw error("missing host in '\(text)'") }
+        // A host name (letters, digits, '.', '-', '_') or an IPv6 literal (hex digits, ':', '.',
+        // then an optional '%zone'): anything else could never resolve, and would not render back.
+        func isNameByte(_ byte: UInt8) -> Bool {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                 UInt8(ascii: "."), UInt8(ascii: "-"), UInt8(ascii: "_"): return true
+            default: return false
+            }
+        }
+        func isIPv6Byte(_ byte: UInt8) -> Bool {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"),
+                 UInt8(ascii: ":"), UInt8(ascii: "."): return true
+            default: return false
+            }
+        }
+        let valid: Bool
+        if host.contains(":") {
+            let parts = host.split(separator: "%", maxSplits: 1, omittingEmptySubsequences: false)
+            valid = parts[0].utf8.allSatisfy(isIPv6Byte) && (parts.count == 1 || (!parts[1].isEmpty && parts[1].utf8.allSatisfy(isNameByte)))
+        } else {
+            valid = host.utf8.allSatisfy(isNameByte)
+        }
+        guard valid, host.utf8.count <= 253 else { throw error("bad host '\(host.prefix(64))' in '\(text.prefix(80))'") }
         guard let port = Int(portText), (1...65535).contains(port) else { throw error("bad port '\(portText)' in '\(text)'") }
         return (String(host), port)
     }

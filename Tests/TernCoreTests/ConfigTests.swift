@@ -135,6 +135,16 @@ final class ConfigTests: XCTestCase {
         }
     }
 
+    func testHostsMustBeNamesOrAddresses() throws {
+        XCTAssertNoThrow(try load("p:\n  listen: \"[fe80::1%eth0]:1\"\n  servers:\n   - cache-1.example_internal:11211:1\n"))
+        for host in ["127.0.0^^.1", "a b", "[::1]]", "h]x", "::g"] {
+            let text = "p:\n  listen: 127.0.0.1:1\n  servers:\n   - \"\(host):11211:1\"\n"
+            XCTAssertTrue((error(text)?.message ?? "").contains("bad host") || (error(text)?.message ?? "").contains("expected"), host)
+        }
+        // Found by the config fuzz target: a listen host that rendered to YAML that did not load.
+        XCTAssertTrue(error("p:\n  listen: 127.0.0^^]^^[r:lu.2:2212\n  servers:\n   - 127.0.0.1:1:1\n")!.message.contains("bad host"))
+    }
+
     func testSlotsMappingIsValidated() throws {
         let base = "p:\n  listen: 127.0.0.1:1\n  distribution: slots\n  servers:\n   - 127.0.0.1:2:1 a\n   - 127.0.0.1:3:1 b\n"
         let even = try load(base)
