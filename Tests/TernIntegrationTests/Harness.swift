@@ -83,9 +83,12 @@ final class ProcessGroup {
     }
 
     /// Runs tern to completion (`-t`, `-V`, `-h`, …) and returns its status and combined output.
-    static func runTern(_ arguments: [String]) throws -> (Int32, String) {
+    static func runTern(_ arguments: [String]) throws -> (Int32, String) { try run(ternBinary, arguments) }
+
+    /// Runs a program to completion and returns its status and combined output.
+    static func run(_ path: String, _ arguments: [String]) throws -> (Int32, String) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: ternBinary)
+        process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         let pipe = Pipe()
         process.standardError = pipe

@@ -371,18 +371,7 @@ final class RedisProxyTests: XCTestCase {
     func testRealClientsRedisCliAndBenchmark() throws {
         let backends = try [group.redis(), group.redis()]
         let tern = try startTern(backends)
-        func run(_ path: String, _ arguments: [String]) throws -> (Int32, String) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = arguments
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            try process.run()
-            let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            return (process.terminationStatus, text)
-        }
+        let run = ProcessGroup.run
         XCTAssertEqual(try run("/usr/bin/redis-cli", ["-p", "\(tern.port)", "SET", "cli", "works"]).1, "OK\n")
         XCTAssertEqual(try run("/usr/bin/redis-cli", ["-p", "\(tern.port)", "GET", "cli"]).1, "works\n")
         let (status, text) = try run("/usr/bin/redis-benchmark", ["-p", "\(tern.port)", "-t", "set,get,mset", "-n", "20000", "-P", "16", "-r", "1000", "-q"])
