@@ -53,21 +53,15 @@ public enum ConfigRenderer {
         }
         out += "\(indent)servers:\n"
         for server in pool.servers {
-            let address: String
-            switch server.address {
-            case let .tcp(host, port): address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-            case let .unix(path): address = path
-            }
-            out += "\(indent) - \(quoted("\(address):\(server.weight)" + (server.hasExplicitName ? " \(server.name)" : "")))\n"
+            out += "\(indent) - \(quoted("\(server.address):\(server.weight)" + (server.hasExplicitName ? " \(server.name)" : "")))\n"
         }
         return out
     }
 
     static func listenText(_ listen: ListenAddress) -> String {
-        switch listen {
-        case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-        case let .unix(path, permissions): return permissions.map { "\(path) 0\(String($0, radix: 8))" } ?? path
-        }
+        // ListenAddress.description already writes "[v6]:port"; a socket adds its mode.
+        if case let .unix(path, permissions?) = listen { return "\(path) 0\(String(permissions, radix: 8))" }
+        return listen.description
     }
 
     static func ranges(of server: Int32, in table: [Int32]) -> String {

@@ -204,10 +204,10 @@ extension ClientConnection {
             connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
             return
         }
-        pool.stats.fragments.add(slot.keys.reduce(into: Set<Int32>()) { $0.insert($1.server) }.count)
         // Count the parts first so that a part failing at once cannot finish the slot early.
         var servers: [Int32] = []
         for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
+        pool.stats.fragments.add(servers.count)
         slot.remainingParts = servers.count + 1
         let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
         let keyBytes = slot.keyBytes.readable
