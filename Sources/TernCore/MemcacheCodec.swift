@@ -596,12 +596,27 @@ public enum MemcacheReplyParser {
     }
 
     public static func parse(_ bytes: UnsafeRawBufferPointer, framing: MemcacheFraming) -> Result {
-        if framing == .meta || framing == .metaUntilNoop { return parseMeta(bytes, untilNoop: framing == .metaUntilNoop) }
-        var position = 0
+        var resumeAt = 0
+        return parse(bytes, framing: framing, resumeAt: &resumeAt)
+    }
+
+    /// Frames the reply at the start of `bytes`, resuming a multi-line reply where an earlier
+    /// `.incomplete` stopped: `resumeAt` is the offset of the first record not yet known to be
+    /// complete (0 for a new reply). It is left there on `.incomplete` and set back to 0 otherwise,
+    /// so a many-value reply arriving in pieces is scanned once, not once per piece.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, framing: MemcacheFraming, resumeAt: inout Int) -> Result {
+        if framing == .meta || framing == .metaUntilNoop {
+            resumeAt = 0
+            return parseMeta(bytes, untilNoop: framing == .metaUntilNoop)
+        }
         let multiLine = framing == .retrieval || framing == .stats
+        var position = multiLine && resumeAt <= bytes.count ? resumeAt : 0
+        resumeAt = 0
         while true {
             guard let lineEnd = findNewline(bytes, from: position, to: bytes.count) else {
-                return bytes.count - position > 8192 ? .invalid : .incomplete
+                if bytes.count - position > 8192 { return .invalid }
+                resumeAt = position
+                return .incomplete
             }
             let line = UnsafeRawBufferPointer(rebasing: bytes[position..<lineEnd])
             if isErrorLine(line) { return .reply(length: lineEnd + 1, isError: true) }
@@ -615,7 +630,10 @@ public enum MemcacheReplyParser {
             }
             guard startsWith(line, "VALUE "), let length = valueLength(line) else { return .invalid }
             let next = lineEnd + 1 + length + 2
-            if bytes.count < next { return .incomplete }
+            if bytes.count < next {
+                resumeAt = position
+                return .incomplete
+            }
             position = next
         }
     }

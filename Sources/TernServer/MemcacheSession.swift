@@ -205,7 +205,12 @@ extension ClientConnection {
             return
         }
         // Count the parts first so that a part failing at once cannot finish the slot early.
-        var servers: [Int32] = []
+        var servers = worker.fragmentServers
+        worker.fragmentServers = []
+        defer {
+            servers.removeAll(keepingCapacity: true)
+            worker.fragmentServers = servers
+        }
         for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
         pool.stats.fragments.add(servers.count)
         slot.remainingParts = servers.count + 1

@@ -203,7 +203,12 @@ extension ClientConnection {
             slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(server.index)))
             index += keysPerPart
         }
-        var servers: [Int32] = []
+        var servers = worker.fragmentServers
+        worker.fragmentServers = []
+        defer {
+            servers.removeAll(keepingCapacity: true)
+            worker.fragmentServers = servers
+        }
         for server in session.keyServers where !servers.contains(server) { servers.append(server) }
         if servers.count == 1, kind != .respArray, !alsoToOldPool {
             // All keys on one server: the request goes as it is.

@@ -40,6 +40,8 @@ final class ServerConnection {
     private(set) var state = State.disconnected
     private let output = ByteBuffer()
     private let input = ByteBuffer()
+    /// Where framing of the head reply resumes (memcached multi-value replies arriving in pieces).
+    private var replyResumeOffset = 0
     private var pending = FIFO<Pending>()
     private var watcher: IOWatcher?
     private var timer: TimerWatcher?
@@ -250,7 +252,7 @@ final class ServerConnection {
                 case let .reply(length, isError): framed = (length, isError)
                 }
             } else {
-                switch MemcacheReplyParser.parse(input.readable, framing: head.framing) {
+                switch MemcacheReplyParser.parse(input.readable, framing: head.framing, resumeAt: &replyResumeOffset) {
                 case .incomplete: return
                 case .invalid:
                     fail(reason: "server sent an invalid reply")
@@ -391,6 +393,7 @@ final class ServerConnection {
         pending.removeAll()
         input.removeAll()
         input.releaseIfIdle()
+        replyResumeOffset = 0
         output.removeAll()
         output.releaseIfIdle()
     }

@@ -124,6 +124,8 @@ final class Worker {
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     let scratch = ByteBuffer()
+    /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
+    var fragmentServers: [Int32] = []
     private var randomState: UInt64
     private var nextClientNumber = 0
     /// The main thread's way in (reload, drain).

@@ -182,6 +182,38 @@ final class MemcacheCodecTests: XCTestCase {
         XCTAssertEqual(frame(tricky, .get), .reply(length: tricky.utf8.count, isError: false))
     }
 
+    /// A reply arriving a byte at a time is framed with a resume offset that only moves forward,
+    /// lands on record boundaries, and gives the same answer as framing the whole reply at once.
+    func testReplyFramingResumesWhereItStopped() {
+        let reply = Array("VALUE a 0 3\r\nabc\r\nVALUE bb 5 10 77\r\n0123456789\r\nVALUE c 0 0\r\n\r\nEND\r\n".utf8)
+        let recordStarts = [0, 18, 48, 63]
+        for framing in [MemcacheFraming.retrieval, .stats] {
+            var resumeAt = 0
+            var seen: [Int] = []
+            for cut in 0..<reply.count {
+                let result = reply[0..<cut].withUnsafeBytes { MemcacheReplyParser.parse($0, framing: framing, resumeAt: &resumeAt) }
+                XCTAssertEqual(result, .incomplete, "cut \(cut)")
+                XCTAssertTrue(recordStarts.contains(resumeAt), "cut \(cut): resumes at \(resumeAt)")
+                XCTAssertGreaterThanOrEqual(resumeAt, seen.last ?? 0)
+                seen.append(resumeAt)
+            }
+            XCTAssertEqual(Set(seen), Set(recordStarts), "every record boundary is a resume point")
+            let whole = reply.withUnsafeBytes { MemcacheReplyParser.parse($0, framing: framing, resumeAt: &resumeAt) }
+            XCTAssertEqual(whole, .reply(length: reply.count, isError: false))
+            XCTAssertEqual(resumeAt, 0, "a framed reply starts the next one from the beginning")
+        }
+        // A stale offset beyond the bytes (a connection that was reset) starts again from 0.
+        var stale = 500
+        let result = reply.withUnsafeBytes { MemcacheReplyParser.parse($0, framing: .retrieval, resumeAt: &stale) }
+        XCTAssertEqual(result, .reply(length: reply.count, isError: false))
+        // A bad record after a resume point is still refused.
+        var resumeAt = 0
+        let bad = Array("VALUE a 0 3\r\nabc\r\nVALUE b 0 x\r\n".utf8)
+        _ = bad[0..<20].withUnsafeBytes { MemcacheReplyParser.parse($0, framing: .retrieval, resumeAt: &resumeAt) }
+        XCTAssertEqual(resumeAt, 18)
+        XCTAssertEqual(bad.withUnsafeBytes { MemcacheReplyParser.parse($0, framing: .retrieval, resumeAt: &resumeAt) }, .invalid)
+    }
+
     func testForEachValueFindsKeysAndRecords() {
         let reply = "VALUE a 0 3\r\nabc\r\nVALUE bb 1 1\r\nx\r\nEND\r\n"
         var found: [(String, String)] = []
