@@ -396,3 +396,35 @@ public func readTextFile(_ path: String) throws -> String {
     }
     return String(decoding: bytes, as: UTF8.self)
 }
+
+/// The default worker count: online CPUs, lowered to the process's CPU affinity and to a
+/// cgroup CPU quota (a container's CPU limit), rounded up. See `CPUAvailability`.
+public func defaultWorkerCount() -> CPUAvailability.Decision {
+    let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    let affinity = (try? readTextFile("/proc/self/status")).flatMap { CPUAvailability.affinity(procStatus: $0) }
+    var quota: Double?
+    func lower(_ value: Double?) {
+        if let value, quota == nil || value < quota! { quota = value }
+    }
+    if let membership = try? readTextFile("/proc/self/cgroup") {
+        if let path = CPUAvailability.cgroupPath(procCgroup: membership) {
+            // cgroup v2: the process's own cgroup and every ancestor may set cpu.max. Inside a
+            // container the cgroup namespace makes the path "/", which is the container's.
+            for directory in CPUAvailability.ancestors(of: path) {
+                let file = "/sys/fs/cgroup" + (directory == "/" ? "" : directory) + "/cpu.max"
+                lower((try? readTextFile(file)).flatMap { CPUAvailability.quota(cpuMax: $0) })
+            }
+        }
+        if let path = CPUAvailability.cgroupPath(procCgroup: membership, controller: "cpu") {
+            for mount in ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"] {
+                for directory in [path, "/"] {
+                    let base = mount + (directory == "/" ? "" : directory)
+                    if let quotaText = try? readTextFile(base + "/cpu.cfs_quota_us"), let periodText = try? readTextFile(base + "/cpu.cfs_period_us") {
+                        lower(CPUAvailability.quota(cfsQuota: quotaText, cfsPeriod: periodText))
+                    }
+                }
+            }
+        }
+    }
+    return CPUAvailability.decide(online: online, affinity: affinity, quota: quota)
+}

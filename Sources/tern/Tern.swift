@@ -126,7 +126,14 @@ struct Tern: ParsableCommand {
             _ = line.withCString { write(fd, $0, strlen($0)) }
             close(fd)
         }
-        let threadCount = threads ?? Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        let threadCount: Int
+        if let threads {
+            threadCount = threads
+        } else {
+            let decision = defaultWorkerCount()
+            threadCount = decision.workers
+            logger.info("worker threads: \(threadCount) (\(decision.reason))")
+        }
         var options = ServerOptions(threads: threadCount, configPath: configFile, pidFile: pidFile)
         options.statsAddress = statsAddress
         options.statsPort = noStats ? nil : statsPort

@@ -56,6 +56,33 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(try String(contentsOfFile: log, encoding: .utf8).contains("signal 15 (SIGTERM) received"))
     }
 
+    /// Without --threads, the worker count follows the CPUs the process may use: under
+    /// `taskset -c 0` one worker, whatever the machine has.
+    func testDefaultWorkerCountFollowsTheAffinityMask() throws {
+        let taskset = "/usr/bin/taskset"
+        guard FileManager.default.isExecutableFile(atPath: taskset) else { throw XCTSkip("taskset (util-linux) is not installed") }
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let path = try write("one:\n  listen: 127.0.0.1:\(port)\n  servers:\n   - \(backend.address):1\n")
+        try group.launch(taskset, ["-c", "0", ProcessGroup.ternBinary, "-c", path, "-s", "\(ProcessGroup.freePort())", "-v", "6"], log: "tern-affinity.log")
+        try group.waitForPort(port)
+        let stats = try TestClient(port: port).request("stats\r\n", until: "END\r\n")
+        XCTAssertTrue(stats.contains("STAT threads 1\r\n"), stats)
+        XCTAssertTrue(group.ternLog().contains("worker threads: 1 (the affinity mask allows 1 of "), group.ternLog())
+        // Under this test's own limits, the count the log gives is the count that runs, and it is
+        // never more than the online CPUs.
+        let open = ProcessGroup.freePort()
+        let logPath = group.directory + "/tern-\(group.processes.count).log"
+        try group.tern(config: "all:\n  listen: 127.0.0.1:\(open)\n  servers:\n   - \(backend.address):1\n", waitPort: open)
+        let allStats = try TestClient(port: open).request("stats\r\n", until: "END\r\n")
+        let log = try String(contentsOfFile: logPath, encoding: .utf8)
+        let line = log.split(separator: "\n").first { $0.contains("worker threads: ") }
+        let logged = line.flatMap { text in text.range(of: "worker threads: ").flatMap { Int(text[$0.upperBound...].prefix { $0.isNumber }) } }
+        XCTAssertNotNil(logged, log)
+        XCTAssertTrue(allStats.contains("STAT threads \(logged ?? -1)\r\n"), allStats)
+        XCTAssertLessThanOrEqual(logged ?? 0, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    }
+
     func testReadableConfigWithASecretIsWarnedAbout() throws {
         let path = try write("r:\n  listen: 127.0.0.1:1\n  redis: true\n  redis_auth: s3cret\n  servers:\n   - 127.0.0.1:2:1\n")
         chmod(path, 0o644)

@@ -103,4 +103,21 @@ let benchmarks: @Sendable () -> Void = {
             }
         }
     }
+    // A 10-value reply of 1 KiB values arriving in 1,460-byte reads: framing resumes at the first
+    // incomplete record instead of rescanning from the start on every read.
+    let large = Array(((0..<10).map { "VALUE key:\($0) 0 1024\r\n" + String(repeating: "v", count: 1024) + "\r\n" }.joined() + "END\r\n").utf8)
+    Benchmark("multi-get reply framed in 1460-byte reads (10 x 1 KiB)") { benchmark in
+        large.withUnsafeBytes { bytes in
+            for _ in benchmark.scaledIterations {
+                var resumeAt = 0
+                var available = 0
+                var result = MemcacheReplyParser.Result.incomplete
+                while result == .incomplete, available < bytes.count {
+                    available = min(bytes.count, available + 1460)
+                    result = MemcacheReplyParser.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<available]), framing: .retrieval, resumeAt: &resumeAt)
+                }
+                blackHole(result)
+            }
+        }
+    }
 }
