@@ -49,7 +49,7 @@ public func twemproxyOrder(_ names: [String]) -> [Int] {
 
 /// An immutable placement table for one pool and one set of live servers. Server numbers are
 /// positions in the config's `servers:` list.
-public struct Placement: Sendable {
+public final class Placement: Sendable {
     public let distribution: Distribution
     public let hash: HashFunction
     public let hashTag: HashTag?

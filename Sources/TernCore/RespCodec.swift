@@ -26,7 +26,7 @@ public struct RespLimits: Sendable {
 /// The arguments of one request: byte ranges into the frame (multibulk) or into the
 /// list's own storage (inline commands, whose quoting has been undone). Reused across requests,
 /// so steady-state parsing allocates nothing.
-public struct RespArguments: Sendable {
+public final class RespArguments {
     public private(set) var starts: [Int] = []
     public private(set) var lengths: [Int] = []
     /// Decoded bytes of an inline command.
@@ -37,27 +37,27 @@ public struct RespArguments: Sendable {
 
     public var count: Int { starts.count }
 
-    mutating func reset(inline: Bool) {
+    func reset(inline: Bool) {
         starts.removeAll(keepingCapacity: true)
         lengths.removeAll(keepingCapacity: true)
         inlineBytes.removeAll(keepingCapacity: true)
         isInline = inline
     }
 
-    mutating func add(start: Int, length: Int) {
+    func add(start: Int, length: Int) {
         starts.append(start)
         lengths.append(length)
     }
 
-    mutating func addInline(_ bytes: UnsafeRawBufferPointer) {
+    func addInline(_ bytes: UnsafeRawBufferPointer) {
         starts.append(inlineBytes.count)
         lengths.append(bytes.count)
         inlineBytes.append(contentsOf: bytes)
     }
 
-    mutating func appendInlineByte(_ byte: UInt8) { inlineBytes.append(byte) }
-    mutating func beginInlineArgument() -> Int { inlineBytes.count }
-    mutating func endInlineArgument(from start: Int) {
+    func appendInlineByte(_ byte: UInt8) { inlineBytes.append(byte) }
+    func beginInlineArgument() -> Int { inlineBytes.count }
+    func endInlineArgument(from start: Int) {
         starts.append(start)
         lengths.append(inlineBytes.count - start)
     }
