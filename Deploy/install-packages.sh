@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Tern's build, tests and demo need, when any is missing.
 set -euo pipefail
-# python3-pylibmc and python3-memcache: real client libraries the placement tests compare with.
-packages=(libev-dev memcached redis-server redis-tools python3 python3-pylibmc python3-memcache)
+# python3-pylibmc and python3-memcache: real client libraries the placement tests compare with;
+# util-linux: taskset, for the default-worker-count test.
+packages=(libev-dev memcached redis-server redis-tools python3 python3-pylibmc python3-memcache util-linux)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
