@@ -84,8 +84,9 @@ final class ClientConnection {
         var reachedEnd = false
         readLoop: while true {
             switch Syscall.read(descriptor, into: buffer) {
-            case let .transferred(count):
-                if buffer.writableCount > 0 && count < 4096 { break readLoop }
+            case .transferred:
+                // A short read drained the socket (level-triggered: more is reported again).
+                if buffer.writableCount > 0 { break readLoop }
                 if buffer.readableCount >= 4 << 20 { break readLoop }
             case .wouldBlock:
                 break readLoop

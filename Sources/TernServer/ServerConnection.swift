@@ -219,6 +219,10 @@ final class ServerConnection {
         while true {
             switch Syscall.read(descriptor, into: input) {
             case .transferred:
+                // A read that left room in the buffer drained the socket: another read would
+                // only return EAGAIN (one wasted syscall per readable event). The watcher is
+                // level-triggered, so anything that arrives later is reported again.
+                if input.writableCount > 0 || input.readableCount >= 4 << 20 { break }
                 continue
             case .wouldBlock:
                 break
