@@ -16,30 +16,10 @@ TEST:PIPELINE:REQUESTS for redis-benchmark (50 connections, random keys, 32-byte
 mc:DIVISION:SECONDS for memaslap (DIVISION 1 is get/set 90/10, 10 is 10-key multi-get).
 Proxy CPU is user+sys from /proc/PID/stat per request, as in bench.py.
 """
-import argparse, os, re, signal, socket, statistics, subprocess, tempfile, time
+import argparse, os, re, signal, statistics, subprocess, sys, tempfile
 
-TICKS = os.sysconf("SC_CLK_TCK")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close(); return port
-
-
-def wait_port(port, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import ROOT, cpu_seconds, free_port, wait_port  # noqa: E402  (helpers shared with bench.py)
 
 
 def main():
