@@ -186,7 +186,11 @@ public enum ConfigLoader {
             throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'servers'")
         }
         pool.servers = try parseServers(serversNode, context: context)
-        if pool.distribution == .slots || values["slots"] != nil {
+        if let slotsNode = values["slots"], pool.distribution != .slots {
+            // The map would be ignored: keys would be placed by the pool's distribution instead.
+            throw context.error(slotsNode, key: "slots", "is used only with 'distribution: slots' (this pool uses \(pool.distribution.rawValue))")
+        }
+        if pool.distribution == .slots {
             pool.slotServers = try parseSlots(values["slots"], servers: pool.servers, context: context)
         }
         if let warmupNode = values["warmup"] {

@@ -168,10 +168,19 @@ public enum FuzzChecks {
         guard let again = try? ConfigLoader.load(text: rendered, file: "rendered.yml") else { fail("rendered config does not load:\n\(rendered)") }
         if again.pools.map(\.name) != config.pools.map(\.name) { fail("rendered config has other pools") }
         func placementFacts(_ pool: PoolConfig) -> [String] {
-            pool.servers.map { "\($0.address) \($0.weight) \($0.name)" } + [pool.hash.rawValue, pool.distribution.rawValue, "\(pool.slotServers)"]
+            // Slot owners as runs ("server×count"), so a failure message stays readable.
+            var runs: [String] = []
+            var index = 0
+            while index < pool.slotServers.count {
+                var end = index
+                while end < pool.slotServers.count, pool.slotServers[end] == pool.slotServers[index] { end += 1 }
+                runs.append("\(pool.slotServers[index])×\(end - index)")
+                index = end
+            }
+            return pool.servers.map { "\($0.address) \($0.weight) \($0.name)" } + [pool.hash.rawValue, pool.distribution.rawValue, runs.joined(separator: ",")]
         }
         for (left, right) in zip(config.pools, again.pools) where placementFacts(left) != placementFacts(right) {
-            fail("rendered config places keys differently in \(left.name)")
+            fail("rendered config places keys differently in \(left.name):\n\(placementFacts(left))\n\(placementFacts(right))\n\(rendered)")
         }
     }
 }

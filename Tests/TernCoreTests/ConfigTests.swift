@@ -156,5 +156,11 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(error(base + "  slots:\n    a: \"0-100\"\n    b: \"101-16382\"\n")!.message.contains("slot 16383 is not assigned"))
         XCTAssertTrue(error(base + "  slots:\n    a: \"0-100\"\n    b: \"100-16383\"\n")!.message.contains("slot 100 is assigned twice"))
         XCTAssertTrue(error(base + "  slots:\n    c: \"0-16383\"\n")!.message.contains("no server named 'c'"))
+        // A slot map on a pool that places keys another way would be silently ignored: refused
+        // (found by the config fuzz target, whose input is kept in fuzz/regressions/config/).
+        let ketama = base.replacingOccurrences(of: "  distribution: slots\n", with: "")
+        let refused = error(ketama + "  slots:\n    a: \"0-8191\"\n    b: \"8192-16383\"\n")
+        XCTAssertEqual(refused?.message.contains("is used only with 'distribution: slots' (this pool uses ketama)"), true, "\(String(describing: refused))")
+        XCTAssertEqual(refused?.line, 7)
     }
 }
