@@ -205,27 +205,23 @@ extension ClientConnection {
             return
         }
         // Count the parts first so that a part failing at once cannot finish the slot early.
-        var servers = worker.fragmentServers
-        worker.fragmentServers = []
-        defer {
-            servers.removeAll(keepingCapacity: true)
-            worker.fragmentServers = servers
-        }
-        for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
-        pool.stats.fragments.add(servers.count)
-        slot.remainingParts = servers.count + 1
-        let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
-        let keyBytes = slot.keyBytes.readable
-        for server in servers {
-            let connection = pool.servers[Int(server)].connection(for: index)
-            let output = connection.requestBuffer()
-            output.append(prefix)
-            for entry in slot.keys where entry.server == server {
-                output.append(byte: 0x20)
-                output.append(UnsafeRawBufferPointer(rebasing: keyBytes[Int(entry.keyStart)..<Int(entry.keyStart + entry.keyLength)]))
+        worker.withFragmentServers { servers in
+            for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
+            pool.stats.fragments.add(servers.count)
+            slot.remainingParts = servers.count + 1
+            let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
+            let keyBytes = slot.keyBytes.readable
+            for server in servers {
+                let connection = pool.servers[Int(server)].connection(for: index)
+                let output = connection.requestBuffer()
+                output.append(prefix)
+                for entry in slot.keys where entry.server == server {
+                    output.append(byte: 0x20)
+                    output.append(UnsafeRawBufferPointer(rebasing: keyBytes[Int(entry.keyStart)..<Int(entry.keyStart + entry.keyLength)]))
+                }
+                output.append("\r\n" as StaticString)
+                connection.enqueue(slot: slot, part: server, framing: request.command.framing)
             }
-            output.append("\r\n" as StaticString)
-            connection.enqueue(slot: slot, part: server, framing: request.command.framing)
         }
         // The extra part stands for keys with no live server: they are misses.
         slot.fail(part: -1, reason: "")

@@ -203,37 +203,33 @@ extension ClientConnection {
             slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(server.index)))
             index += keysPerPart
         }
-        var servers = worker.fragmentServers
-        worker.fragmentServers = []
-        defer {
-            servers.removeAll(keepingCapacity: true)
-            worker.fragmentServers = servers
-        }
-        for server in session.keyServers where !servers.contains(server) { servers.append(server) }
-        if servers.count == 1, kind != .respArray, !alsoToOldPool {
-            // All keys on one server: the request goes as it is.
-            slot.kind = .single
-            slot.keys.removeAll(keepingCapacity: true)
-            forwardRedis(frame, session, slot, to: pool.servers[Int(servers[0])])
-            return
-        }
-        slot.remainingParts = servers.count
-        sendParts(servers, session.keyServers, in: pool, partBase: 0, frame, session, slot, keysPerPart: keysPerPart)
-        if alsoToOldPool, let old = pool.old {
-            // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
-            var oldServers: [Int32] = []
-            var oldKeyServers: [Int32] = []
-            for keyIndex in session.keyIndices {
-                let server = Int32(arguments.withArgument(keyIndex, in: frame) { old.server(forKey: $0)?.index ?? -1 })
-                oldKeyServers.append(server)
-                if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
+        worker.withFragmentServers { servers in
+            for server in session.keyServers where !servers.contains(server) { servers.append(server) }
+            if servers.count == 1, kind != .respArray, !alsoToOldPool {
+                // All keys on one server: the request goes as it is.
+                slot.kind = .single
+                slot.keys.removeAll(keepingCapacity: true)
+                forwardRedis(frame, session, slot, to: pool.servers[Int(servers[0])])
+                return
             }
-            slot.warmupCounters = pool.warmupCounters
-            WarmupCounters.add(pool.warmupCounters.oldDeletes, session.keyIndices.count)
-            slot.remainingParts += oldServers.count
-            sendParts(oldServers, oldKeyServers, in: old, partBase: ReplySlot.oldPartBase, frame, session, slot, keysPerPart: keysPerPart)
+            slot.remainingParts = servers.count
+            sendParts(servers, session.keyServers, in: pool, partBase: 0, frame, session, slot, keysPerPart: keysPerPart)
+            if alsoToOldPool, let old = pool.old {
+                // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
+                var oldServers: [Int32] = []
+                var oldKeyServers: [Int32] = []
+                for keyIndex in session.keyIndices {
+                    let server = Int32(arguments.withArgument(keyIndex, in: frame) { old.server(forKey: $0)?.index ?? -1 })
+                    oldKeyServers.append(server)
+                    if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
+                }
+                slot.warmupCounters = pool.warmupCounters
+                WarmupCounters.add(pool.warmupCounters.oldDeletes, session.keyIndices.count)
+                slot.remainingParts += oldServers.count
+                sendParts(oldServers, oldKeyServers, in: old, partBase: ReplySlot.oldPartBase, frame, session, slot, keysPerPart: keysPerPart)
+            }
+            if servers.count > 1 { pool.stats.fragments.add(servers.count) }
         }
-        if servers.count > 1 { pool.stats.fragments.add(servers.count) }
     }
 
     /// One request per server with the keys (and values) that server holds.

@@ -125,7 +125,7 @@ final class Worker {
     /// it has a partial request, so idle connections cost no buffer memory.
     let scratch = ByteBuffer()
     /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
-    var fragmentServers: [Int32] = []
+    private var fragmentServers: [Int32] = []
     private var randomState: UInt64
     private var nextClientNumber = 0
     /// The main thread's way in (reload, drain).
@@ -314,6 +314,17 @@ final class Worker {
         }
         retired.removeAll(keepingCapacity: true)
         if !retiringServers.isEmpty || !retiredPools.isEmpty || drainFinished != nil { sweep() }
+    }
+
+    /// Lends the worker's server list, empty, for splitting one multi-key request.
+    func withFragmentServers<Result>(_ body: (inout [Int32]) -> Result) -> Result {
+        var servers = fragmentServers
+        fragmentServers = []
+        defer {
+            servers.removeAll(keepingCapacity: true)
+            fragmentServers = servers
+        }
+        return body(&servers)
     }
 
     func makeSlot(for client: ClientConnection) -> ReplySlot {
