@@ -135,6 +135,18 @@ final class RobustnessTests: XCTestCase {
         let counts = Mutex(Counts())
         let stop = Atomic<Bool>(false)
 
+        /// Stops the clients and checks what every chaos test expects of them: no reply went to
+        /// the wrong request, no client was closed because of a backend, and the load ran.
+        func finish(file: StaticString = #filePath, line: UInt = #line) -> Counts {
+            stop.store(true, ordering: .relaxed)
+            usleep(500_000)
+            let counts = counts.withLock { $0 }
+            XCTAssertEqual(counts.mismatches, [], "no request was answered with another request's reply", file: file, line: line)
+            XCTAssertEqual(counts.closed, 0, "no client connection was closed because of a backend", file: file, line: line)
+            XCTAssertGreaterThan(counts.ok, 500, file: file, line: line)
+            return counts
+        }
+
         func run(port: Int, clients: Int, keysPerServer: [[String]], redis: Bool) {
             for client in 0..<clients {
                 Thread {
@@ -205,12 +217,7 @@ final class RobustnessTests: XCTestCase {
         usleep(1_200_000)
         backends[1].resume()
         usleep(2_500_000)
-        load.stop.store(true, ordering: .relaxed)
-        usleep(500_000)
-        let counts = load.counts.withLock { $0 }
-        XCTAssertEqual(counts.mismatches, [], "no request was answered with another request's reply")
-        XCTAssertEqual(counts.closed, 0, "no client connection was closed because of a backend")
-        XCTAssertGreaterThan(counts.ok, 500)
+        let counts = load.finish()
         XCTAssertGreaterThan(counts.errors[0] ?? 0, 0, "the killed server's keys failed while it was down")
         // Recovered: the last errors are well before the end of the run.
         for (server, date) in counts.lastErrorAt { XCTAssertLessThan(date.timeIntervalSinceNow, -1.5, "server \(server) recovered") }
@@ -231,12 +238,7 @@ final class RobustnessTests: XCTestCase {
             usleep(200_000)
         }
         usleep(1_500_000)
-        load.stop.store(true, ordering: .relaxed)
-        usleep(500_000)
-        let counts = load.counts.withLock { $0 }
-        XCTAssertEqual(counts.mismatches, [], "no request was answered with another request's reply")
-        XCTAssertEqual(counts.closed, 0, "no client connection was closed because of a backend")
-        XCTAssertGreaterThan(counts.ok, 500)
+        let counts = load.finish()
         XCTAssertEqual(counts.errors[1] ?? 0, 0, "evictions are misses, not errors")
         XCTAssertGreaterThan(Int(try backends[1].call("INFO", "stats").components(separatedBy: "evicted_keys:")[1].prefix { $0.isNumber }) ?? 0, 0)
     }
