@@ -101,10 +101,10 @@ public enum RespParseResult: Sendable, Equatable {
 }
 
 public enum RespRequestParser {
-    public static func parse(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: inout RespArguments) -> RespParseResult {
+    public static func parse(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: RespArguments) -> RespParseResult {
         guard bytes.count > 0 else { return .incomplete }
-        if bytes[0] == UInt8(ascii: "*") { return parseMultibulk(bytes, limits: limits, into: &arguments) }
-        return parseInline(bytes, limits: limits, into: &arguments)
+        if bytes[0] == UInt8(ascii: "*") { return parseMultibulk(bytes, limits: limits, into: arguments) }
+        return parseInline(bytes, limits: limits, into: arguments)
     }
 
     /// Reads `<prefix><digits>\r\n` at `position`; returns the number and the position after the
@@ -134,7 +134,7 @@ public enum RespRequestParser {
         return index - position > maxDigits + 3 ? .invalid : .incomplete
     }
 
-    static func parseMultibulk(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: inout RespArguments) -> RespParseResult {
+    static func parseMultibulk(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: RespArguments) -> RespParseResult {
         let count: Int
         var position: Int
         switch header(bytes, at: 0, maxDigits: 10) {
@@ -174,7 +174,7 @@ public enum RespRequestParser {
 
     /// An inline command: arguments separated by spaces, with Redis's quoting ("…" with
     /// escapes, '…').
-    static func parseInline(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: inout RespArguments) -> RespParseResult {
+    static func parseInline(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: RespArguments) -> RespParseResult {
         let scan = min(bytes.count, limits.maxInlineLength)
         guard let base = bytes.baseAddress, let found = memchr(base, 0x0a, scan) else {
             return bytes.count >= limits.maxInlineLength ? .protocolError("too big inline request") : .incomplete

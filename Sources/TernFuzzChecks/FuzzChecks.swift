@@ -106,12 +106,12 @@ public enum FuzzChecks {
     static func respRequest(_ data: UnsafeRawBufferPointer) {
         var limits = RespLimits()
         limits.maxInlineLength = 4096
-        var arguments = RespArguments()
+        let arguments = RespArguments()
         var offset = 0
         var frames = 0
         while offset < data.count, frames < 64 {
             let rest = UnsafeRawBufferPointer(rebasing: data[offset...])
-            switch RespRequestParser.parse(rest, limits: limits, into: &arguments) {
+            switch RespRequestParser.parse(rest, limits: limits, into: arguments) {
             case .incomplete, .protocolError:
                 return
             case let .empty(length):
@@ -132,9 +132,9 @@ public enum FuzzChecks {
                     // The frame may spell lengths with leading zeros; compare when it does not.
                     if encoded.count == length, !encoded.elementsEqual(frame) { fail("re-serialised request differs") }
                     // Split at every byte boundary: no prefix is a whole request.
-                    var scratch = RespArguments()
+                    let scratch = RespArguments()
                     for cut in 0..<length where length <= 512 || cut == length / 2 {
-                        if case .request = RespRequestParser.parse(UnsafeRawBufferPointer(rebasing: rest[0..<cut]), limits: limits, into: &scratch) {
+                        if case .request = RespRequestParser.parse(UnsafeRawBufferPointer(rebasing: rest[0..<cut]), limits: limits, into: scratch) {
                             fail("a prefix of \(cut) bytes parsed as a whole request")
                         }
                     }

@@ -6,7 +6,7 @@ import TernCore
 /// Per-connection state of a Redis client. Confined to the client's worker thread.
 final class RedisSession {
     /// The current request's arguments, reused from request to request.
-    var arguments = RespArguments()
+    let arguments = RespArguments()
     var isAuthenticated = false
     var name: String?
     var libraryName: String?
@@ -23,7 +23,7 @@ extension ClientConnection {
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if pipelineIsFull() { return }
             let bytes = buffer.readable
-            switch RespRequestParser.parse(bytes, limits: pool.respLimits, into: &session.arguments) {
+            switch RespRequestParser.parse(bytes, limits: pool.respLimits, into: session.arguments) {
             case .incomplete:
                 return
             case let .empty(length):

@@ -404,7 +404,7 @@ public func defaultWorkerCount() -> CPUAvailability.Decision {
     let affinity = (try? readTextFile("/proc/self/status")).flatMap { CPUAvailability.affinity(procStatus: $0) }
     var quota: Double?
     func lower(_ value: Double?) {
-        if let value, quota == nil || value < quota! { quota = value }
+        if let value, value < quota ?? .infinity { quota = value }
     }
     if let membership = try? readTextFile("/proc/self/cgroup") {
         if let path = CPUAvailability.cgroupPath(procCgroup: membership) {

@@ -7,9 +7,9 @@ final class RespCodecTests: XCTestCase {
     }
 
     func parse(_ bytes: [UInt8], limits: RespLimits = RespLimits()) -> (RespParseResult, [String]) {
-        var arguments = RespArguments()
+        let arguments = RespArguments()
         return bytes.withUnsafeBytes { raw in
-            let result = RespRequestParser.parse(raw, limits: limits, into: &arguments)
+            let result = RespRequestParser.parse(raw, limits: limits, into: arguments)
             guard case .request = result else { return (result, []) }
             return (result, (0..<arguments.count).map { arguments.argumentString($0, in: raw) })
         }
@@ -103,9 +103,9 @@ final class RespCodecTests: XCTestCase {
     func keys(_ words: [String]) -> [String] {
         var bytes: [UInt8] = Array("*\(words.count)\r\n".utf8)
         for word in words { bytes += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }
-        var arguments = RespArguments()
+        let arguments = RespArguments()
         return bytes.withUnsafeBytes { raw -> [String] in
-            _ = RespRequestParser.parse(raw, limits: RespLimits(), into: &arguments)
+            _ = RespRequestParser.parse(raw, limits: RespLimits(), into: arguments)
             let command = arguments.withArgument(0, in: raw) { RedisCommandTable.lookup($0) }!
             var found: [String] = []
             RedisKeyPositions.forEachKey(command, arguments, in: raw) { found.append(arguments.argumentString($0, in: raw)) }
