@@ -116,6 +116,10 @@ enum StatsReport {
             let counters = plan.shared.workerCounters
             func sum(_ field: (PoolCounters) -> Int) -> Int64 { Int64(counters.reduce(0) { $0 + field($1) }) }
             registry.makeGauge(name: "tern_pool_client_connections", labels: [("pool", pool)]).set(Int64(plan.shared.clientCount.load(ordering: .relaxed)))
+            for (worker, counter) in counters.enumerated() {
+                registry.makeGauge(name: "tern_worker_client_connections", labels: [("pool", pool), ("worker", String(worker))])
+                    .set(Int64(counter.clients.load(ordering: .relaxed)))
+            }
             registry.makeCounter(name: "tern_pool_client_connections_accepted_total", labels: [("pool", pool)])
                 .increment(by: Int64(plan.shared.totalConnections.load(ordering: .relaxed)))
             for (kind, value) in [("read", sum { $0.reads.read() }), ("write", sum { $0.writes.read() }), ("other", sum { $0.other.read() }), ("local", sum { $0.localReplies.read() })] {

@@ -142,8 +142,12 @@ final class PoolRuntime {
                     continue
                 }
                 if case .tcp = config.listen { Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY) }
-                let client = ClientConnection(descriptor: fd, pool: self)
-                client.start()
+                let target = leastLoadedWorker()
+                if target == worker.identifier {
+                    ClientConnection(descriptor: fd, pool: self).start()
+                } else {
+                    worker.handOver(descriptor: fd, of: plan.shared, to: target)
+                }
             case .wouldBlock:
                 return
             case let .failed(error):
@@ -157,8 +161,29 @@ final class PoolRuntime {
         }
     }
 
+    /// The worker with the fewest clients of this pool (this one on a tie), counted as having
+    /// one more. Whichever loop wakes first accepts a burst of connections; without this, one
+    /// worker could take 49 of 50 clients while the other idles.
+    private func leastLoadedWorker() -> Int {
+        let counters = plan.shared.workerCounters
+        var best = worker.identifier
+        var fewest = counters[best].clients.load(ordering: .relaxed)
+        for index in counters.indices where index != best {
+            let count = counters[index].clients.load(ordering: .relaxed)
+            if count < fewest {
+                best = index
+                fewest = count
+            }
+        }
+        counters[best].clients.add(1, ordering: .relaxed)
+        return best
+    }
+
+    var isAccepting: Bool { listenWatcher != nil }
+
     func clientClosed() {
         plan.shared.clientCount.subtract(1, ordering: .relaxed)
+        stats.clients.subtract(1, ordering: .relaxed)
     }
 
     /// The server a key goes to, or nil when no server is live.

@@ -26,6 +26,10 @@ final class PoolCounters: Sendable {
     let other = WorkerCounter()
     let localReplies = WorkerCounter()
     let clientErrorReplies = WorkerCounter()
+    /// Clients of the pool assigned to this worker: raised by whichever worker accepts (it may
+    /// hand the client over), lowered by this worker when the client closes, hence a real atomic
+    /// add. Read to give each new client to the least loaded worker.
+    let clients = Atomic<Int>(0)
 }
 
 /// Upper bounds (microseconds) of the backend latency histogram buckets.

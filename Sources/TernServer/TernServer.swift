@@ -196,9 +196,11 @@ public final class TernServer {
             return 1
         }
         let info = ProcessInfo(version: ternVersion)
-        for identifier in 0..<workerCount {
-            let worker = Worker(identifier: identifier, plans: plans, logger: logger, processInfo: info)
-            inboxes.append(worker.inbox)
+        var workers = (0..<workerCount).map { Worker(identifier: $0, plans: plans, logger: logger, processInfo: info) }
+        inboxes = workers.map(\.inbox)
+        for worker in workers { worker.peers = inboxes }
+        while !workers.isEmpty {
+            let worker = workers.removeFirst()
             // The worker is handed to its thread here and never touched by this thread again.
             let context = Unmanaged.passRetained(worker).toOpaque()
             var thread = pthread_t()

@@ -128,8 +128,10 @@ final class Worker {
     private var fragmentServers: [Int32] = []
     private var randomState: UInt64
     private var nextClientNumber = 0
-    /// The main thread's way in (reload, drain).
+    /// The main thread's way in (reload, drain), and the other workers' (client hand-over).
     let inbox: WorkerInbox
+    /// Every worker's inbox, indexed by worker identifier; set before the loop starts.
+    var peers: [WorkerInbox] = []
     private let asyncWatcher = UnsafeMutablePointer<ev_async>.allocate(capacity: 1)
     /// Servers dropped by a reload, closed once their in-flight requests have finished; each
     /// keeps its pool alive until then (back-references are unowned(unsafe)).
@@ -200,8 +202,27 @@ final class Worker {
                 drainFinished = finished
                 // Idle clients go now; the others once their in-flight replies are out.
                 for client in clients.values { client.finishAndClose() }
+            case let .adoptClient(descriptor, shared):
+                adoptClient(descriptor: descriptor, of: shared)
             }
         }
+    }
+
+    /// A client accepted by another worker. If its pool has meanwhile stopped accepting here
+    /// (reload, drain), it is closed as the accepting worker would have done.
+    private func adoptClient(descriptor: Int32, of shared: PoolShared) {
+        guard let pool = pools.first(where: { $0.plan.shared === shared }), pool.isAccepting, drainFinished == nil else {
+            shared.workerCounters[identifier].clients.subtract(1, ordering: .relaxed)
+            shared.clientCount.subtract(1, ordering: .relaxed)
+            Syscall.close(descriptor)
+            return
+        }
+        ClientConnection(descriptor: descriptor, pool: pool).start()
+    }
+
+    /// Gives a client accepted here to worker `identifier`.
+    func handOver(descriptor: Int32, of shared: PoolShared, to identifier: Int) {
+        peers[identifier].post(.adoptClient(descriptor: descriptor, pool: shared))
     }
 
     private func apply(_ plans: [PoolPlan]) {

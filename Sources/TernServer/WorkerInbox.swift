@@ -4,12 +4,15 @@ import Glibc
 import CLibev
 import Synchronization
 
-/// What the main thread asks of a worker.
+/// What the main thread (or, for a client hand-over, another worker) asks of a worker.
 enum WorkerCommand: Sendable {
     /// Serve these pools from now on (a reload).
     case apply([PoolPlan], Acknowledgement)
     /// Stop accepting, finish what is in flight, then end the loop.
     case drain(stoppedListening: Acknowledgement, finished: Acknowledgement)
+    /// Another worker accepted this client of the pool (identified by what outlives reloads)
+    /// and gave it to this, less loaded, worker.
+    case adoptClient(descriptor: Int32, pool: PoolShared)
 }
 
 /// Counts workers down to zero; the main thread waits on it.

@@ -218,6 +218,34 @@ final class OperationsTests: XCTestCase {
         XCTAssertEqual(try http(adminPort, "/nope").0, 404)
     }
 
+    /// Whichever worker's loop wakes first accepts a burst of connections; each client must
+    /// still land on the worker with the fewest (it used to be 49 of 50 on one worker).
+    func testClientsAreSpreadEvenlyOverWorkers() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let adminPort = ProcessGroup.freePort()
+        let path = group.directory + "/spread.yml"
+        try writeConfig(path, pool("p", port: port, servers: [backend.address]))
+        _ = try launch(path, port: port, arguments: ["--admin-port", "\(adminPort)"])
+        try group.waitForPort(adminPort)
+        func perWorker() throws -> [Int] {
+            let metrics = try http(adminPort, "/metrics").1
+            return (0..<2).map { worker in
+                let prefix = "tern_worker_client_connections{pool=\"p\",worker=\"\(worker)\"} "
+                return metrics.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.dropFirst(prefix.count)) }.map { Int($0) } ?? -1
+            }
+        }
+        var clients: [TestClient] = []
+        for _ in 0..<40 { clients.append(try TestClient(port: port)) }
+        for client in clients { XCTAssertEqual(try client.request("set spread 0 0 1\r\nx\r\n", until: "\r\n"), "STORED\r\n") }
+        let counts = try perWorker()
+        XCTAssertEqual(counts.reduce(0, +), 40, "\(counts)")
+        XCTAssertLessThanOrEqual(abs(counts[0] - counts[1]), 2, "\(counts)")
+        for client in clients { client.close() }
+        clients.removeAll()
+        XCTAssertEqual(try eventually("[0, 0]") { "\(try perWorker())" }, "[0, 0]")
+    }
+
     func testConfigEndpointMasksSecretsAndReadyzDuringDrain() throws {
         let redis = try group.redis(extra: ["--requirepass", "hunter2"])
         let port = ProcessGroup.freePort()
