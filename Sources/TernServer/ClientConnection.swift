@@ -22,6 +22,10 @@ final class ClientConnection {
     private var slots = FIFO<ReplySlot>()
     private var watcher: IOWatcher?
     var isDirty = false
+    /// Replies held back for one loop pass (see `flush(allowHold:)`).
+    var isHeld = false
+    /// Reply bytes beyond which nothing is held back.
+    static let holdLimit = 1 << 16
     /// Bytes of a refused data block still to be discarded as they arrive.
     var skipRemaining = 0
     /// No more requests are read (quit, end of input, fatal error); close once replies are out.
@@ -160,9 +164,16 @@ final class ClientConnection {
         worker.markDirty(self)
     }
 
-    /// Writes the output: called once per loop pass by the worker.
-    func flush() {
+    /// Writes the output: called once per loop pass by the worker. With `allowHold`, replies
+    /// ready while later replies of the same pipeline are still in flight wait one loop pass
+    /// (see `Worker.flushAll`), so that a pipeline whose keys live on different backends is
+    /// usually answered in one write rather than one per backend.
+    func flush(allowHold: Bool = false) {
         guard !isClosed else { return }
+        if allowHold, !slots.isEmpty, !output.isEmpty, output.readableCount < Self.holdLimit, !closeWhenDrained {
+            worker.hold(self)
+            return
+        }
         if output.isEmpty {
             lastWriteProgress = worker.now
         } else {

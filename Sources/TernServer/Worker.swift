@@ -117,6 +117,13 @@ final class Worker {
     /// The lists being flushed: swapped with the dirty lists so that neither is copied (a copy
     /// would make `removeAll(keepingCapacity:)` allocate on every loop pass).
     private var flushingClients: [ClientConnection] = []
+    /// Clients whose replies wait one pass for the rest of their pipeline, and last pass's,
+    /// which are written now whatever arrived.
+    private var heldClients: [ClientConnection] = []
+    private var releasedClients: [ClientConnection] = []
+    /// Wakes the loop within a millisecond while replies are held, so that a stalled backend
+    /// on an otherwise idle worker cannot hold its neighbours' replies longer than that.
+    private var holdTimer: TimerWatcher?
     private var flushingServers: [ServerConnection] = []
     /// Closed objects kept alive until the current callback has returned.
     private var retired: [AnyObject] = []
@@ -297,6 +304,13 @@ final class Worker {
         }
     }
 
+    func hold(_ client: ClientConnection) {
+        if !client.isHeld {
+            client.isHeld = true
+            heldClients.append(client)
+        }
+    }
+
     func markDirty(_ server: ServerConnection) {
         if !server.isDirty {
             server.isDirty = true
@@ -319,6 +333,7 @@ final class Worker {
     /// One write per dirty connection per loop pass: requests of many clients to one backend
     /// connection leave in one write, and so do many replies to one client.
     private func flushAll() {
+        swap(&heldClients, &releasedClients)
         while !dirtyServers.isEmpty || !dirtyClients.isEmpty {
             swap(&dirtyServers, &flushingServers)
             for server in flushingServers {
@@ -329,12 +344,34 @@ final class Worker {
             swap(&dirtyClients, &flushingClients)
             for client in flushingClients {
                 client.isDirty = false
-                client.flush()
+                if client.isHeld {
+                    client.isHeld = false
+                    client.flush()
+                } else {
+                    client.flush(allowHold: true)
+                }
             }
             flushingClients.removeAll(keepingCapacity: true)
         }
+        // Held last pass and not written since: written now.
+        for client in releasedClients where client.isHeld {
+            client.isHeld = false
+            client.flush()
+        }
+        releasedClients.removeAll(keepingCapacity: true)
+        if !heldClients.isEmpty, holdTimer?.isActive != true { startHoldTimer() }
         retired.removeAll(keepingCapacity: true)
         if !retiringServers.isEmpty || !retiredPools.isEmpty || drainFinished != nil { sweep() }
+    }
+
+    private func startHoldTimer() {
+        let timer = holdTimer ?? TimerWatcher(worker: self, owner: self) { _, watcher, _ in
+            // Waking is all it does: the next pass's flush writes what was held.
+            let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            worker.holdTimer?.fired()
+        }
+        holdTimer = timer
+        timer.start(after: 0.001)
     }
 
     /// Lends the worker's server list, empty, for splitting one multi-key request.

@@ -221,6 +221,29 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertTrue(c.drain(for: 2).closed)
     }
 
+    /// Replies that are ready while the rest of their pipeline is in flight wait for it at most
+    /// one loop pass (a millisecond on an idle worker): a stalled backend must not hold back the
+    /// replies ahead of its own.
+    func testReplyAheadOfAStalledBackendIsNotHeldBack() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends, threads: 1)
+        let fast = keys(on: 0, tern.pool)[0]
+        let slow = keys(on: 1, tern.pool)[0]
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.call("SET", fast, "f"), "+OK\r\n")
+        XCTAssertEqual(try client.call("SET", slow, "s"), "+OK\r\n")
+        backends[1].process.suspend()
+        let started = Date()
+        try client.send(TestClient.encode(["GET", fast]) + TestClient.encode(["GET", slow]) + TestClient.encode(["GET", fast]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(1), as: UTF8.self), "$1\r\nf\r\n")
+        let waited = Date().timeIntervalSince(started)
+        XCTAssertLessThan(waited, 0.3, "the first reply waited for the stalled backend")
+        XCTAssertEqual(client.drain(for: 0.2).bytes, [], "nothing may overtake the stalled reply")
+        backends[1].process.resume()
+        client.setTimeout(5)
+        XCTAssertEqual(String(decoding: try client.receiveReplies(2), as: UTF8.self), "$1\r\ns\r\n$1\r\nf\r\n")
+    }
+
     func testPipelineOfOneThousandAndInlineCommands() throws {
         let backends = try [group.redis(), group.redis()]
         let tern = try startTern(backends)
