@@ -103,7 +103,9 @@ final class ProcessInfo: Sendable {
 /// `ev_async_send` would cross threads. Accepting: every worker watches the same listening
 /// socket of each pool and accepts with `accept4`; whichever loop wakes first takes the client.
 /// That works the same for TCP and unix sockets (SO_REUSEPORT does not cover AF_UNIX) and keeps
-/// one listening socket per pool owned by the main thread.
+/// one listening socket per pool owned by the main thread. The loop that wakes first would take
+/// a whole burst, so each accepted client goes to the worker with the fewest clients of its pool,
+/// through that worker's inbox (`PoolRuntime.leastLoadedWorker`).
 final class Worker {
     let identifier: Int
     let loop: OpaquePointer
