@@ -27,45 +27,51 @@ public struct RespLimits: Sendable {
 /// list's own storage (inline commands, whose quoting has been undone). Reused across requests,
 /// so steady-state parsing allocates nothing.
 public final class RespArguments {
+    /// Where each argument starts and how long it is; only the first `count` entries are the
+    /// current request's (the arrays keep their size between requests, so resetting is a store).
     public private(set) var starts: [Int] = []
     public private(set) var lengths: [Int] = []
     /// Decoded bytes of an inline command.
     public private(set) var inlineBytes: [UInt8] = []
     public private(set) var isInline = false
+    public private(set) var count = 0
 
     public init() {}
 
-    public var count: Int { starts.count }
-
     func reset(inline: Bool) {
-        starts.removeAll(keepingCapacity: true)
-        lengths.removeAll(keepingCapacity: true)
-        inlineBytes.removeAll(keepingCapacity: true)
+        count = 0
+        if !inlineBytes.isEmpty { inlineBytes.removeAll(keepingCapacity: true) }
         isInline = inline
     }
 
+    @inline(__always)
     func add(start: Int, length: Int) {
-        starts.append(start)
-        lengths.append(length)
+        if count < starts.count {
+            starts[count] = start
+            lengths[count] = length
+        } else {
+            starts.append(start)
+            lengths.append(length)
+        }
+        count += 1
     }
 
     func addInline(_ bytes: UnsafeRawBufferPointer) {
-        starts.append(inlineBytes.count)
-        lengths.append(bytes.count)
+        add(start: inlineBytes.count, length: bytes.count)
         inlineBytes.append(contentsOf: bytes)
     }
 
     func appendInlineByte(_ byte: UInt8) { inlineBytes.append(byte) }
     func beginInlineArgument() -> Int { inlineBytes.count }
     func endInlineArgument(from start: Int) {
-        starts.append(start)
-        lengths.append(inlineBytes.count - start)
+        add(start: start, length: inlineBytes.count - start)
     }
 
     /// Argument `index` as bytes: from `frame` for multibulk requests, from the decoded copy
     /// for inline ones.
     @inlinable
     public func withArgument<R>(_ index: Int, in frame: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        assert(index < count, "argument \(index) of \(count)")
         if isInline {
             return inlineBytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[starts[index]..<(starts[index] + lengths[index])])) }
         }

@@ -98,6 +98,15 @@ final class RespCodecTests: XCTestCase {
         }
         XCTAssertNil(Array("getx".utf8).withUnsafeBytes { RedisCommandTable.lookup($0) })
         XCTAssertNil(Array(String(repeating: "a", count: 30).utf8).withUnsafeBytes { RedisCommandTable.lookup($0) })
+        // Lower-casing eight bytes at a time touches only A-Z: not the bytes beside them in
+        // ASCII ('@', '[', DEL), not bytes with the high bit set, and a trailing zero byte
+        // does not make a longer name equal to a shorter one.
+        for bytes: [UInt8] in [[0x47, 0x45, 0x54, 0x00], [0xC7, 0x45, 0x54], [0x67, 0x65, 0x74, 0x40], [0x5B, 0x65, 0x74],
+                               Array("georadius\u{7F}ro".utf8), Array("GEORADIUSBYMEMBER@RO".utf8)] {
+            XCTAssertNil(bytes.withUnsafeBytes { RedisCommandTable.lookup($0) }, "\(bytes)")
+        }
+        XCTAssertEqual(Array("GEORADIUSBYMEMBER_RO".utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, "georadiusbymember_ro")
+        XCTAssertEqual(Array("zUnIoNsToRe".utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, "zunionstore")
     }
 
     func keys(_ words: [String]) -> [String] {
