@@ -74,7 +74,7 @@ final class ClientConnection {
     }
 
     @inline(__always)
-    func isHead(_ slot: ReplySlot) -> Bool { slots.first === slot }
+    func isHead(_ slot: ReplySlot) -> Bool { slots.isFirst(slot) }
 
     private func handle(events: Int32) {
         if events & TERN_EV_READ != 0 { readRequests() }
@@ -148,13 +148,12 @@ final class ClientConnection {
 
     /// A slot was filled: every finished slot at the head of the queue goes to the output.
     func slotCompleted(_ slot: ReplySlot) {
-        guard slots.first === slot else { return }
-        while let head = slots.first, head.isDone {
-            _ = slots.popFirst()
+        guard slots.isFirst(slot) else { return }
+        while !slots.isEmpty, slots[0].isDone, let head = slots.popFirst() {
             head.emit(into: output)
             worker.recycle(head)
         }
-        if output.readableCount > pool.config.clientOutputLimit {
+        if output.readableCount > pool.clientOutputLimit {
             // A client that does not read its replies: bounded, then closed.
             worker.logger.warning("pool \(pool.config.name): client exceeded client_output_limit (\(pool.config.clientOutputLimit) bytes), closing it")
             pool.stats.clientErrors.add()

@@ -1,4 +1,5 @@
 /// A first-in first-out queue over an array that reuses its storage (no allocation once warm).
+/// Elements leave by being moved out (`take()`), so popping costs no retain/release pair.
 struct FIFO<Element> {
     private var storage: [Element?] = []
     private var head = 0
@@ -12,8 +13,7 @@ struct FIFO<Element> {
 
     mutating func popFirst() -> Element? {
         guard head < storage.count else { return nil }
-        let element = storage[head]
-        storage[head] = nil
+        let element = storage[head].take()
         head += 1
         if head == storage.count {
             storage.removeAll(keepingCapacity: true)
@@ -25,14 +25,20 @@ struct FIFO<Element> {
         return element
     }
 
-    /// The element `offset` places behind the head.
+    /// The element `offset` places behind the head, read and written in place.
     subscript(offset: Int) -> Element {
-        get { storage[head + offset]! }
-        set { storage[head + offset] = newValue }
+        _read { yield storage[head + offset]! }
+        _modify { yield &storage[head + offset]! }
     }
 
     mutating func removeAll() {
         storage.removeAll(keepingCapacity: true)
         head = 0
     }
+}
+
+extension FIFO where Element: AnyObject {
+    /// Whether `element` is at the head (an identity check, no reference taken).
+    @inline(__always)
+    func isFirst(_ element: Element) -> Bool { head < storage.count && storage[head] === element }
 }

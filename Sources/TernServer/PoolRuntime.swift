@@ -30,6 +30,7 @@ final class PoolRuntime {
     private(set) var isRandom = false
     private(set) var requiresAuth = false
     private(set) var timeoutSeconds: Double?
+    private(set) var clientOutputLimit = 0
 
     init(plan: PoolPlan, worker: Worker) {
         self.plan = plan
@@ -49,6 +50,7 @@ final class PoolRuntime {
         isRandom = config.distribution == .random
         requiresAuth = config.redisAuth != nil
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
+        clientOutputLimit = config.clientOutputLimit
     }
 
     func start() {
@@ -189,9 +191,15 @@ final class PoolRuntime {
     /// The server a key goes to, or nil when no server is live.
     @inline(__always)
     func server(forKey key: UnsafeRawBufferPointer) -> ServerRuntime? {
-        let random = isRandom ? worker.nextRandom() : 0
-        guard let index = placement.server(forKey: key, random: random) else { return nil }
+        guard let index = serverIndex(forKey: key) else { return nil }
         return servers[index]
+    }
+
+    /// The position in `servers` of the server a key goes to (comparing positions takes no
+    /// reference to the server), or nil when no server is live.
+    @inline(__always)
+    func serverIndex(forKey key: UnsafeRawBufferPointer) -> Int? {
+        placement.server(forKey: key, random: isRandom ? worker.nextRandom() : 0)
     }
 
     // MARK: Ejection
@@ -229,8 +237,10 @@ final class ServerRuntime {
     private(set) var index: Int
     let address: SocketAddress
     let name: String
-    /// This worker's counters for the server.
-    private(set) var counters: ServerCounters
+    /// This worker's counters for the server, read on every request without a retain: the
+    /// reference is unowned(unsafe) and `countersOwner` keeps the object alive.
+    private(set) unowned(unsafe) var counters: ServerCounters
+    private var countersOwner: ServerCounters
     private(set) var connections: [ServerConnection] = []
     var failures = 0
     var isEjected = false
@@ -242,7 +252,9 @@ final class ServerRuntime {
         self.index = index
         self.address = address
         self.name = pool.config.servers[index].name
-        self.counters = pool.plan.serverCounters[index][pool.worker.identifier]
+        let counters = pool.plan.serverCounters[index][pool.worker.identifier]
+        self.countersOwner = counters
+        self.counters = counters
         self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
     }
 
@@ -251,7 +263,8 @@ final class ServerRuntime {
     /// Kept across a reload, possibly at another position in `servers:`.
     func reuse(at newIndex: Int) {
         index = newIndex
-        counters = pool.plan.serverCounters[newIndex][worker.identifier]
+        countersOwner = pool.plan.serverCounters[newIndex][worker.identifier]
+        counters = countersOwner
     }
 
     /// True once no connection has a request in flight.

@@ -145,18 +145,18 @@ extension ClientConnection {
             slot.complete(with: "-ERR unsupported command '\(command.name)' with BLOCK\r\n")
             return
         }
-        var target: ServerRuntime?
+        var target = -1
         var crossServer = false
         var noServer = false
         var sawKey = false
         let valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
             guard keyIndex < arguments.count else { return }
-            let server = arguments.withArgument(keyIndex, in: frame) { pool.server(forKey: $0) }
+            let server = arguments.withArgument(keyIndex, in: frame) { pool.serverIndex(forKey: $0) }
             guard let server else { noServer = true; return }
             if !sawKey {
                 target = server
                 sawKey = true
-            } else if server !== target {
+            } else if server != target {
                 crossServer = true
             }
         }
@@ -170,8 +170,7 @@ extension ClientConnection {
         }
         // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
         // whose own error the client sees.
-        if !sawKey || !valid { target = firstLiveServer() }
-        forwardRedis(frame, session, slot, to: target)
+        forwardRedis(frame, session, slot, to: !sawKey || !valid ? firstLiveServer() : pool.servers[target])
     }
 
     private func hasArgument(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ word: StaticString) -> Bool {

@@ -74,17 +74,17 @@ final class ReplySlot {
         remainingParts = 0
         data.removeAll()
         data.releaseIfIdle(keep: 16384)
-        keys.removeAll(keepingCapacity: true)
+        if !keys.isEmpty { keys.removeAll(keepingCapacity: true) }
         keyBytes.removeAll()
         hasError = false
         isRedis = false
         total = 0
         firstPart = Int32.max
-        warmup = nil
+        if warmup != nil { warmup = nil }
         oldTotal = 0
         oldDeleted = false
         isQuietMeta = false
-        warmupCounters = nil
+        if warmupCounters != nil { warmupCounters = nil }
     }
 
     /// Fills the slot with bytes Tern produced itself.

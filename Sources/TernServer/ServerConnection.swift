@@ -45,6 +45,9 @@ final class ServerConnection {
     private var pending = FIFO<Pending>()
     private var watcher: IOWatcher?
     private var timer: TimerWatcher?
+    /// Whether `timer` is running, kept here so the request path checks a Bool rather than
+    /// taking a reference to the watcher.
+    private var isTimerArmed = false
     var isDirty = false
     /// A connect that failed synchronously; reported at the next flush.
     private var pendingError: Int32 = 0
@@ -59,8 +62,13 @@ final class ServerConnection {
     private var lastError = ""
     var counters: ServerCounters { server.counters }
 
+    /// The worker's loop, for its clock: reading the time through `worker` would take a
+    /// reference to the worker on every request.
+    private let loop: OpaquePointer
+
     init(server: ServerRuntime) {
         self.server = server
+        self.loop = server.worker.loop
     }
 
     var worker: Worker { server.worker }
@@ -78,22 +86,23 @@ final class ServerConnection {
     /// Adds a request whose bytes the caller has just written into `requestBuffer()`.
     @inline(__always)
     func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, isProbe: Bool = false, isSetup: Bool = false, isBackfill: Bool = false) {
+        let now = ev_now(loop)
         var deadline = Double.infinity
         if let timeout {
-            deadline = worker.now + timeout
-            if timer == nil || !timer!.isActive { armTimer(after: timeout) }
+            deadline = now + timeout
+            if !isTimerArmed { armTimer(after: timeout) }
         }
         let bytes = output.readableCount - requestStart
         requestStart = output.readableCount
         pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, isProbe: isProbe, isSetup: isSetup,
-                               isBackfill: isBackfill, bytes: bytes, queuedAt: worker.now))
+                               isBackfill: isBackfill, bytes: bytes, queuedAt: now))
         pendingBytes += bytes
         unsentRequests += 1
-        let counters = self.counters
-        counters.requests.add()
-        counters.requestBytes.add(bytes)
-        counters.inQueue.add()
-        counters.inQueueBytes.add(bytes)
+        // Through `server` each time rather than a local, which would be retained.
+        server.counters.requests.add()
+        server.counters.requestBytes.add(bytes)
+        server.counters.inQueue.add()
+        server.counters.inQueueBytes.add(bytes)
         worker.markDirty(self)
     }
 
@@ -242,7 +251,7 @@ final class ServerConnection {
     /// Pairs complete replies with pending requests, in order.
     private func frameReplies() {
         while !input.isEmpty {
-            guard let head = pending.first else {
+            guard !pending.isEmpty else {
                 fail(reason: "server sent an unexpected reply")
                 return
             }
@@ -256,7 +265,7 @@ final class ServerConnection {
                 case let .reply(length, isError): framed = (length, isError)
                 }
             } else {
-                switch MemcacheReplyParser.parse(input.readable, framing: head.framing, resumeAt: &replyResumeOffset) {
+                switch MemcacheReplyParser.parse(input.readable, framing: pending[0].framing, resumeAt: &replyResumeOffset) {
                 case .incomplete: return
                 case .invalid:
                     fail(reason: "server sent an invalid reply")
@@ -266,16 +275,16 @@ final class ServerConnection {
             }
             do {
                 let (length, isError) = framed
-                _ = pending.popFirst()
+                // Moved out of the queue before anything else runs: delivering may queue more.
+                guard let head = pending.popFirst() else { return }
                 server.recordSuccess()
                 consecutiveFailures = 0
                 pendingBytes -= head.bytes
-                let counters = self.counters
-                counters.responses.add()
-                counters.responseBytes.add(length)
-                counters.inQueue.add(-1)
-                counters.inQueueBytes.add(-head.bytes)
-                counters.recordLatency(microseconds: Int((worker.now - head.queuedAt) * 1_000_000))
+                server.counters.responses.add()
+                server.counters.responseBytes.add(length)
+                server.counters.inQueue.add(-1)
+                server.counters.inQueueBytes.add(-head.bytes)
+                server.counters.recordLatency(microseconds: Int((ev_now(loop) - head.queuedAt) * 1_000_000))
                 if head.isProbe {
                     server.probeAnswered()
                 } else if head.isBackfill {
@@ -297,7 +306,7 @@ final class ServerConnection {
                 input.consume(length)
             }
         }
-        if pending.isEmpty { timer?.stop() }
+        if pending.isEmpty, isTimerArmed { stopTimer() }
         // A burst may have grown the buffer: give large ones back once drained.
         if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
     }
@@ -306,10 +315,17 @@ final class ServerConnection {
         let timer = self.timer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
             let connection = Unmanaged<ServerConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             connection.timer?.fired()
+            connection.isTimerArmed = false
             connection.timedOut()
         }
         self.timer = timer
         timer.start(after: seconds)
+        isTimerArmed = true
+    }
+
+    private func stopTimer() {
+        timer?.stop()
+        isTimerArmed = false
     }
 
     /// Fails every live request whose deadline has passed; they alone get the timeout.
@@ -378,7 +394,7 @@ final class ServerConnection {
     }
 
     private func close() {
-        timer?.stop()
+        stopTimer()
         if state == .connected { counters.serverConnections.add(-1) }
         counters.inQueue.add(-pending.count)
         counters.inQueueBytes.add(-pendingBytes)
