@@ -8,7 +8,7 @@ import TernCore
 
 /// What the stats and admin threads read: the active pools and the process state.
 final class ControlState: Sendable {
-    let plans: Mutex<[PoolPlan]>
+    let plans: Locked<[PoolPlan]>
     let isReady = Atomic<Bool>(false)
     let isDraining = Atomic<Bool>(false)
     let startTime = Int(time(nil))
@@ -16,7 +16,7 @@ final class ControlState: Sendable {
     let hostname: String
 
     init(plans: [PoolPlan], workerCount: Int) {
-        self.plans = Mutex(plans)
+        self.plans = Locked(plans)
         self.workerCount = workerCount
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count - 1)

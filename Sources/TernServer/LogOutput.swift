@@ -7,7 +7,7 @@ import Synchronization
 /// Where log lines go (standard error, or the file named by `-o`, reopened on SIGHUP) and at
 /// which level (raised by SIGTTIN, lowered by SIGTTOU).
 public final class LogDestination: Sendable {
-    private let descriptor: Mutex<Int32>
+    private let descriptor: Locked<Int32>
     private let path: String?
     private let levelIndex: Atomic<Int>
 
@@ -18,7 +18,7 @@ public final class LogDestination: Sendable {
             fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
             if fd < 0 { throw StartupError(description: "cannot open log file '\(path)': \(String(cString: strerror(errno)))") }
         }
-        descriptor = Mutex(fd)
+        descriptor = Locked(fd)
         levelIndex = Atomic(Logger.Level.allCases.firstIndex(of: level) ?? 3)
     }
 

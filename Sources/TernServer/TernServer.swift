@@ -364,7 +364,7 @@ public final class TernServer {
 
 /// A string the main thread replaces and the admin thread reads.
 final class SharedText: Sendable {
-    let value = Mutex<String>("")
+    let value = Locked<String>("")
 }
 
 /// Identity of a file's content for change detection: follows symlinks, so a ConfigMap's

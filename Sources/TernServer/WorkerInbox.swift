@@ -45,7 +45,7 @@ struct LoopWakeup: @unchecked Sendable {
 
 /// A worker's mailbox: commands under a mutex, and the loop's async watcher to wake it.
 final class WorkerInbox: Sendable {
-    private let commands = Mutex<[WorkerCommand]>([])
+    private let commands = Locked<[WorkerCommand]>([])
     private let wakeup: LoopWakeup
 
     init(wakeup: LoopWakeup) { self.wakeup = wakeup }
