@@ -140,10 +140,32 @@ public enum RespRequestParser {
         return index - position > maxDigits + 3 ? .invalid : .incomplete
     }
 
+    /// The common header, `<prefix><1–4 digits>\r\n` complete in the buffer, read without the
+    /// general loop; nil for anything else (longer, negative, incomplete or invalid), which
+    /// `header` then decides. When it answers, it answers what `header` would.
+    @inline(__always)
+    static func shortHeader(_ bytes: UnsafeRawBufferPointer, at position: Int) -> (value: Int, next: Int)? {
+        guard let base = bytes.baseAddress else { return nil }
+        let first = position + 1
+        let end = min(bytes.count, first + 4)
+        var index = first
+        var value = 0
+        while index < end {
+            let digit = base.load(fromByteOffset: index, as: UInt8.self) &- 0x30
+            if digit >= 10 { break }
+            value = value &* 10 &+ Int(digit)
+            index &+= 1
+        }
+        guard index > first, index + 1 < bytes.count,
+              base.load(fromByteOffset: index, as: UInt8.self) == 0x0d,
+              base.load(fromByteOffset: index + 1, as: UInt8.self) == 0x0a else { return nil }
+        return (value, index + 2)
+    }
+
     static func parseMultibulk(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: RespArguments) -> RespParseResult {
         let count: Int
         var position: Int
-        switch header(bytes, at: 0, maxDigits: 10) {
+        switch shortHeader(bytes, at: 0).map({ Header.value($0.value, $0.next) }) ?? header(bytes, at: 0, maxDigits: 10) {
         case .incomplete: return .incomplete
         case .invalid: return .protocolError("invalid multibulk length")
         case let .value(value, next):
@@ -158,18 +180,24 @@ public enum RespRequestParser {
             guard bytes[position] == UInt8(ascii: "$") else {
                 return .protocolError("expected '$', got '\(printable(bytes[position]))'")
             }
-            switch header(bytes, at: position, maxDigits: 10) {
-            case .incomplete: return .incomplete
-            case .invalid: return .protocolError("invalid bulk length")
-            case let .value(length, next):
-                guard length >= 0, length <= limits.maxBulkLength else { return .protocolError("invalid bulk length") }
-                guard next + length + 2 <= bytes.count else { return .incomplete }
-                guard bytes[next + length] == 0x0d, bytes[next + length + 1] == 0x0a else {
-                    return .protocolError("bulk string not terminated by CRLF")
+            let length: Int
+            let next: Int
+            if let short = shortHeader(bytes, at: position) {
+                (length, next) = short
+            } else {
+                switch header(bytes, at: position, maxDigits: 10) {
+                case .incomplete: return .incomplete
+                case .invalid: return .protocolError("invalid bulk length")
+                case let .value(value, after): (length, next) = (value, after)
                 }
-                arguments.add(start: next, length: length)
-                position = next + length + 2
             }
+            guard length >= 0, length <= limits.maxBulkLength else { return .protocolError("invalid bulk length") }
+            guard next + length + 2 <= bytes.count else { return .incomplete }
+            guard bytes[next + length] == 0x0d, bytes[next + length + 1] == 0x0a else {
+                return .protocolError("bulk string not terminated by CRLF")
+            }
+            arguments.add(start: next, length: length)
+            position = next + length + 2
         }
         return .request(length: position)
     }

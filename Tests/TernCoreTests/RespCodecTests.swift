@@ -29,6 +29,27 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(parse("*-1\r\n").0, .empty(length: 5))
     }
 
+    /// The short-header fast path answers only what the general reader would answer.
+    func testShortHeaderAgreesWithTheGeneralReader() {
+        var inputs = ["$\r\n", "$-1\r\n", "$1x\r\n", "$12", "$12\r", "$12\n\r", "$00012\r\n", "$123456\r\n", "*2\r\n$3\r\n"]
+        for value in [0, 1, 9, 10, 99, 100, 999, 1000, 9999, 10000, 65536] { inputs.append("$\(value)\r\n") }
+        for text in inputs {
+            let bytes = Array(text.utf8)
+            for cut in 0...bytes.count {
+                Array(bytes[0..<cut]).withUnsafeBytes { prefix in
+                    guard let short = RespRequestParser.shortHeader(prefix, at: 0) else { return }
+                    guard case let .value(value, next) = RespRequestParser.header(prefix, at: 0, maxDigits: 10) else {
+                        return XCTFail("short path answered \(short) for \(text.debugDescription) cut at \(cut)")
+                    }
+                    XCTAssertEqual(short.value, value, text)
+                    XCTAssertEqual(short.next, next, text)
+                }
+            }
+        }
+        XCTAssertNil(Array("$12345\r\n".utf8).withUnsafeBytes { RespRequestParser.shortHeader($0, at: 0) }, "five digits go the general way")
+        XCTAssertEqual(Array("$1234\r\n".utf8).withUnsafeBytes { RespRequestParser.shortHeader($0, at: 0)?.value }, 1234)
+    }
+
     func testEveryPrefixIsIncomplete() {
         for frame in ["*3\r\n$3\r\nSET\r\n$5\r\nhello\r\n$5\r\nworld\r\n", "PING\r\n", "*1\r\n$0\r\n\r\n", "GET \"quoted key\"\r\n"] {
             let bytes = Array(frame.utf8)
