@@ -9,8 +9,6 @@ struct FIFO<Element> {
 
     mutating func append(_ element: Element) { storage.append(element) }
 
-    var first: Element? { head < storage.count ? storage[head] : nil }
-
     mutating func popFirst() -> Element? {
         guard head < storage.count else { return nil }
         let element = storage[head].take()
