@@ -98,11 +98,11 @@ final class ServerConnection {
                                isBackfill: isBackfill, bytes: bytes, queuedAt: now))
         pendingBytes += bytes
         unsentRequests += 1
-        // Through `server` each time rather than a local, which would be retained.
-        server.counters.requests.add()
-        server.counters.requestBytes.add(bytes)
-        server.counters.inQueue.add()
-        server.counters.inQueueBytes.add(bytes)
+        // Read through `counters` each time, not bound to a local (a local would be retained).
+        counters.requests.add()
+        counters.requestBytes.add(bytes)
+        counters.inQueue.add()
+        counters.inQueueBytes.add(bytes)
         worker.markDirty(self)
     }
 
@@ -280,11 +280,11 @@ final class ServerConnection {
                 server.recordSuccess()
                 consecutiveFailures = 0
                 pendingBytes -= head.bytes
-                server.counters.responses.add()
-                server.counters.responseBytes.add(length)
-                server.counters.inQueue.add(-1)
-                server.counters.inQueueBytes.add(-head.bytes)
-                server.counters.recordLatency(microseconds: Int((ev_now(loop) - head.queuedAt) * 1_000_000))
+                counters.responses.add()
+                counters.responseBytes.add(length)
+                counters.inQueue.add(-1)
+                counters.inQueueBytes.add(-head.bytes)
+                counters.recordLatency(microseconds: Int((ev_now(loop) - head.queuedAt) * 1_000_000))
                 if head.isProbe {
                     server.probeAnswered()
                 } else if head.isBackfill {
