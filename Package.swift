@@ -52,6 +52,8 @@ let package = Package(
         // libFuzzer entry point when built by fuzz/run.sh, a corpus replayer otherwise.
         .executableTarget(name: "tern-fuzz", dependencies: ["TernFuzzChecks"]),
         .testTarget(name: "TernCoreTests", dependencies: ["TernCore", "TernFuzzChecks"]),
+        // Loop-side data structures, in memory.
+        .testTarget(name: "TernServerTests", dependencies: ["TernServer"]),
         // Starts real memcached / redis-server processes and the real `tern` binary.
         .testTarget(name: "TernIntegrationTests", dependencies: ["TernCore", "tern", .product(name: "Yams", package: "Yams")]),
     ],

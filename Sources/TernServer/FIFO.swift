@@ -1,36 +1,77 @@
-/// A first-in first-out queue over an array that reuses its storage (no allocation once warm).
-/// Elements leave by being moved out (`take()`), so popping costs no retain/release pair.
-struct FIFO<Element> {
-    private var storage: [Element?] = []
+/// A first-in first-out queue on a ring of manually managed storage: appending and popping are a
+/// store and a load at a masked index, with no uniqueness check (an array would make one per
+/// mutation) and no compaction; the ring doubles when full and is never shrunk. Elements leave by
+/// being moved out, so popping costs no retain/release pair.
+///
+/// A class so that its owner (a connection) reaches it through a `let` without copy-on-write
+/// checks. Like its owners, it is confined to one worker thread.
+final class FIFO<Element> {
+    private var storage: UnsafeMutablePointer<Element>
+    /// Capacity minus one; the capacity is a power of two.
+    private var mask: Int
     private var head = 0
+    private(set) var count = 0
 
-    var count: Int { storage.count - head }
-    var isEmpty: Bool { head == storage.count }
+    init(capacity: Int = 8) {
+        var size = 1
+        while size < capacity { size <<= 1 }
+        storage = .allocate(capacity: size)
+        mask = size - 1
+    }
 
-    mutating func append(_ element: Element) { storage.append(element) }
+    deinit {
+        removeAll()
+        storage.deallocate()
+    }
 
-    mutating func popFirst() -> Element? {
-        guard head < storage.count else { return nil }
-        let element = storage[head].take()
-        head += 1
-        if head == storage.count {
-            storage.removeAll(keepingCapacity: true)
-            head = 0
-        } else if head >= 1024, head * 2 >= storage.count {
-            storage.removeFirst(head)
-            head = 0
-        }
+    var isEmpty: Bool { count == 0 }
+
+    @inline(__always)
+    func append(_ element: Element) {
+        if count > mask { grow() }
+        (storage + ((head &+ count) & mask)).initialize(to: element)
+        count &+= 1
+    }
+
+    @inline(__always)
+    func popFirst() -> Element? {
+        guard count > 0 else { return nil }
+        let element = (storage + head).move()
+        head = (head &+ 1) & mask
+        count &-= 1
         return element
     }
 
     /// The element `offset` places behind the head, read and written in place.
     subscript(offset: Int) -> Element {
-        _read { yield storage[head + offset]! }
-        _modify { yield &storage[head + offset]! }
+        _read {
+            precondition(offset >= 0 && offset < count, "FIFO offset \(offset) of \(count)")
+            yield storage[(head &+ offset) & mask]
+        }
+        _modify {
+            precondition(offset >= 0 && offset < count, "FIFO offset \(offset) of \(count)")
+            yield &storage[(head &+ offset) & mask]
+        }
     }
 
-    mutating func removeAll() {
-        storage.removeAll(keepingCapacity: true)
+    func removeAll() {
+        while count > 0 {
+            (storage + head).deinitialize(count: 1)
+            head = (head &+ 1) & mask
+            count &-= 1
+        }
+        head = 0
+    }
+
+    private func grow() {
+        let capacity = (mask + 1) * 2
+        let larger = UnsafeMutablePointer<Element>.allocate(capacity: capacity)
+        for offset in 0..<count {
+            (larger + offset).moveInitialize(from: storage + ((head &+ offset) & mask), count: 1)
+        }
+        storage.deallocate()
+        storage = larger
+        mask = capacity - 1
         head = 0
     }
 }
@@ -38,5 +79,5 @@ struct FIFO<Element> {
 extension FIFO where Element: AnyObject {
     /// Whether `element` is at the head (an identity check, no reference taken).
     @inline(__always)
-    func isFirst(_ element: Element) -> Bool { head < storage.count && storage[head] === element }
+    func isFirst(_ element: Element) -> Bool { count > 0 && storage[head] === element }
 }
