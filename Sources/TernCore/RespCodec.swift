@@ -27,16 +27,28 @@ public struct RespLimits: Sendable {
 /// list's own storage (inline commands, whose quoting has been undone). Reused across requests,
 /// so steady-state parsing allocates nothing.
 public final class RespArguments {
-    /// Where each argument starts and how long it is; only the first `count` entries are the
-    /// current request's (the arrays keep their size between requests, so resetting is a store).
-    public private(set) var starts: [Int] = []
-    public private(set) var lengths: [Int] = []
+    /// One argument: where it starts and how long it is.
+    public struct Span {
+        public var start: Int
+        public var length: Int
+    }
+
+    /// Only the first `count` spans are the current request's. Manually managed storage: the
+    /// parser stores a span per argument without an array's uniqueness check, and resetting is a
+    /// store. It grows (doubling) with the largest request seen and is freed with the list.
+    @usableFromInline var spans: UnsafeMutablePointer<Span>
+    @usableFromInline var capacity: Int
     /// Decoded bytes of an inline command.
     public private(set) var inlineBytes: [UInt8] = []
     public private(set) var isInline = false
     public private(set) var count = 0
 
-    public init() {}
+    public init() {
+        capacity = 16
+        spans = .allocate(capacity: capacity)
+    }
+
+    deinit { spans.deallocate() }
 
     func reset(inline: Bool) {
         count = 0
@@ -46,14 +58,24 @@ public final class RespArguments {
 
     @inline(__always)
     func add(start: Int, length: Int) {
-        if count < starts.count {
-            starts[count] = start
-            lengths[count] = length
-        } else {
-            starts.append(start)
-            lengths.append(length)
-        }
+        if count == capacity { grow() }
+        spans[count] = Span(start: start, length: length)
         count += 1
+    }
+
+    private func grow() {
+        let larger = UnsafeMutablePointer<Span>.allocate(capacity: capacity * 2)
+        larger.initialize(from: spans, count: count)
+        spans.deallocate()
+        spans = larger
+        capacity *= 2
+    }
+
+    /// Where argument `index` is: in the frame (multibulk) or in `inlineBytes` (inline).
+    @inlinable
+    public func span(_ index: Int) -> Span {
+        precondition(index >= 0 && index < count, "argument \(index) of \(count)")
+        return spans[index]
     }
 
     func addInline(_ bytes: UnsafeRawBufferPointer) {
@@ -71,11 +93,11 @@ public final class RespArguments {
     /// for inline ones.
     @inlinable
     public func withArgument<R>(_ index: Int, in frame: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R {
-        assert(index < count, "argument \(index) of \(count)")
+        let span = span(index)
         if isInline {
-            return inlineBytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[starts[index]..<(starts[index] + lengths[index])])) }
+            return inlineBytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[span.start..<(span.start + span.length)])) }
         }
-        return body(UnsafeRawBufferPointer(rebasing: frame[starts[index]..<(starts[index] + lengths[index])]))
+        return body(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
     }
 
     public func argumentString(_ index: Int, in frame: UnsafeRawBufferPointer) -> String {

@@ -29,6 +29,26 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(parse("*-1\r\n").0, .empty(length: 5))
     }
 
+    /// One argument list reused across requests: it grows past its first capacity (16) with a
+    /// large request and still answers a small one after it, multibulk and inline alike.
+    func testArgumentListGrowsAndIsReused() {
+        let arguments = RespArguments()
+        func run(_ text: String) -> [String] {
+            Array(text.utf8).withUnsafeBytes { raw in
+                guard case let .request(length) = RespRequestParser.parse(raw, limits: RespLimits(), into: arguments) else { return [] }
+                XCTAssertEqual(length, raw.count)
+                return (0..<arguments.count).map { arguments.argumentString($0, in: raw) }
+            }
+        }
+        let keys = (0..<100).map { "key:\($0)" }
+        let large = "*101\r\n$4\r\nMGET\r\n" + keys.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined()
+        XCTAssertEqual(run(large), ["MGET"] + keys)
+        XCTAssertEqual(run("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), ["GET", "k"])
+        XCTAssertEqual(run("MGET " + keys.joined(separator: " ") + "\r\n"), ["MGET"] + keys)
+        XCTAssertEqual(run("GET x\r\n"), ["GET", "x"])
+        XCTAssertEqual(run(large), ["MGET"] + keys)
+    }
+
     /// The short-header fast path answers only what the general reader would answer.
     func testShortHeaderAgreesWithTheGeneralReader() {
         var inputs = ["$\r\n", "$-1\r\n", "$1x\r\n", "$12", "$12\r", "$12\n\r", "$00012\r\n", "$123456\r\n", "*2\r\n$3\r\n"]
