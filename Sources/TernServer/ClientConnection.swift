@@ -14,7 +14,7 @@ import TernCore
 /// frame (a line with no end in sight) closes it.
 final class ClientConnection {
     let descriptor: Int32
-    unowned(unsafe) let pool: PoolRuntime
+    let pool: PoolRuntime
     let index: Int
     /// Bytes of a partial request (allocated only while one is pending).
     private let input = ByteBuffer()
@@ -46,11 +46,16 @@ final class ClientConnection {
     init(descriptor: Int32, pool: PoolRuntime) {
         self.descriptor = descriptor
         self.pool = pool
+        self.worker = pool.worker
         self.index = pool.worker.nextClientIndex()
         self.redis = pool.config.protocolKind == .redis ? RedisSession() : nil
     }
 
-    var worker: Worker { pool.worker }
+    /// Strong references, so that the request path reaches the pool and the worker through
+    /// `self` without taking references of its own (an unowned one is retained on every read).
+    /// The worker's client table holds the client until it closes, so the cycle this makes is
+    /// broken at `close()`.
+    let worker: Worker
 
     /// Whether the client should stop being read: too much in flight, or too many replies it
     /// has not read yet (backpressure; the hard limit is `client_output_limit`).
@@ -72,9 +77,6 @@ final class ClientConnection {
         worker.adopt(self)
         watcher.watch(TERN_EV_READ)
     }
-
-    @inline(__always)
-    func isHead(_ slot: ReplySlot) -> Bool { slots.isFirst(slot) }
 
     private func handle(events: Int32) {
         if events & TERN_EV_READ != 0 { readRequests() }
@@ -145,6 +147,21 @@ final class ClientConnection {
     }
 
     // MARK: Replies
+
+    /// The one backend reply of a `single` slot. With nothing ahead of it, it goes straight to
+    /// the output (one copy); otherwise it waits in the slot.
+    @inline(__always)
+    func replyArrived(_ slot: ReplySlot, _ reply: UnsafeRawBufferPointer) {
+        if !slot.isSilent {
+            if slots.isFirst(slot), slot.data.isEmpty {
+                output.append(reply)
+            } else {
+                slot.data.append(reply)
+            }
+        }
+        slot.isDone = true
+        slotCompleted(slot)
+    }
 
     /// A slot was filled: every finished slot at the head of the queue goes to the output.
     func slotCompleted(_ slot: ReplySlot) {

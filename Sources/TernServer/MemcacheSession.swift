@@ -95,14 +95,14 @@ extension ClientConnection {
             return
         }
         let connection = server.connection(for: index)
-        let output = connection.requestBuffer()
-        if request.noreply {
-            output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-            output.append("\r\n" as StaticString)
-            output.append(UnsafeRawBufferPointer(rebasing: frame[request.lineLength...]))
-        } else {
-            output.append(frame)
+        if !request.noreply {
+            connection.forward(frame, slot: slot, framing: request.command.framing)
+            return
         }
+        let output = connection.requestBuffer()
+        output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
+        output.append("\r\n" as StaticString)
+        output.append(UnsafeRawBufferPointer(rebasing: frame[request.lineLength...]))
         slot.remainingParts = 1
         connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
     }
@@ -198,10 +198,7 @@ extension ClientConnection {
             slot.kind = .single
             slot.keys.removeAll(keepingCapacity: true)
             slot.keyBytes.removeAll()
-            let connection = pool.servers[firstServer].connection(for: index)
-            connection.requestBuffer().append(frame)
-            slot.remainingParts = 1
-            connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
+            pool.servers[firstServer].connection(for: index).forward(frame, slot: slot, framing: request.command.framing)
             return
         }
         // Count the parts first so that a part failing at once cannot finish the slot early.

@@ -133,6 +133,10 @@ extension ClientConnection {
             return
         }
         let connection = server.connection(for: index)
+        if !session.arguments.isInline {
+            connection.forward(frame, slot: slot, framing: .line)
+            return
+        }
         writeRequest(frame, session.arguments, into: connection.requestBuffer())
         slot.remainingParts = 1
         connection.enqueue(slot: slot, part: 0, framing: .line)
@@ -143,6 +147,16 @@ extension ClientConnection {
         let arguments = session.arguments
         if command.keys == .streams, hasArgument(arguments, frame, "block") {
             slot.complete(with: "-ERR unsupported command '\(command.name)' with BLOCK\r\n")
+            return
+        }
+        if case .range(first: 1, last: 1, step: _) = command.keys, arguments.count > 1, !arguments.isInline {
+            // One key, the first argument (GET, SET, INCR, …): placed without the general walk.
+            let span = arguments.span(1)
+            guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
+                slot.fail(part: 0, reason: "no server available")
+                return
+            }
+            forwardRedis(frame, session, slot, to: pool.servers[server])
             return
         }
         var target = -1

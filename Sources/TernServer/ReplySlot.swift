@@ -117,15 +117,11 @@ final class ReplySlot {
         }
         switch kind {
         case .single:
-            if !isSilent {
-                if let client, client.isHead(self), data.isEmpty {
-                    // Nothing is ahead of this reply: it goes straight to the client.
-                    client.output.append(reply)
-                } else {
-                    data.append(reply)
-                }
+            if let client {
+                client.replyArrived(self, reply)
+            } else {
+                isDone = true
             }
-            finish()
         case .multiGet:
             if !isError {
                 var cursor = 0

@@ -68,10 +68,14 @@ final class ServerConnection {
 
     init(server: ServerRuntime) {
         self.server = server
+        self.worker = server.worker
         self.loop = server.worker.loop
     }
 
-    var worker: Worker { server.worker }
+    /// A strong reference, so that the request path reaches the worker through `self` without
+    /// taking a reference of its own (an unowned one is retained on every read). The worker
+    /// outlives its pools; this does not keep the connection alive.
+    let worker: Worker
     private var timeout: Double? { server.pool.timeoutSeconds }
 
     /// Where a request's bytes go. Opens the connection first if needed, so that anything Tern
@@ -104,6 +108,16 @@ final class ServerConnection {
         counters.inQueue.add()
         counters.inQueueBytes.add(bytes)
         worker.markDirty(self)
+    }
+
+    /// A request forwarded as the client sent it, answering part 0 of `slot`: the common case,
+    /// written here so that the output buffer is reached through `self` (no reference taken).
+    func forward(_ frame: UnsafeRawBufferPointer, slot: ReplySlot, framing: MemcacheFraming) {
+        connectIfNeeded()
+        requestStart = output.readableCount
+        output.append(frame)
+        slot.remainingParts = 1
+        enqueue(slot: slot, part: 0, framing: framing)
     }
 
     private var isRedis: Bool { server.pool.isRedis }
@@ -250,6 +264,9 @@ final class ServerConnection {
 
     /// Pairs complete replies with pending requests, in order.
     private func frameReplies() {
+        // Bound once for the whole batch of replies (read through the property, each update
+        // would take and drop a reference).
+        let counters = self.counters
         while !input.isEmpty {
             guard !pending.isEmpty else {
                 fail(reason: "server sent an unexpected reply")
@@ -276,7 +293,7 @@ final class ServerConnection {
             do {
                 let (length, isError) = framed
                 // Moved out of the queue before anything else runs: delivering may queue more.
-                guard let head = pending.popFirst() else { return }
+                guard var head = pending.popFirst() else { return }
                 server.recordSuccess()
                 consecutiveFailures = 0
                 pendingBytes -= head.bytes
@@ -298,7 +315,8 @@ final class ServerConnection {
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
                         worker.logger.error("server \(server.name): connection setup failed: \(text)")
                     }
-                } else if let slot = head.slot {
+                } else if let slot = head.slot.take() {
+                    // Taken out of the entry, so the slot changes hands without a retain.
                     // Quiet meta commands were followed by Tern's own `mn`: its MN is not the client's.
                     let end = head.framing == .metaUntilNoop ? length - 4 : length
                     slot.deliver(part: head.part, reply: UnsafeRawBufferPointer(rebasing: input.readable[0..<end]), isError: isError)

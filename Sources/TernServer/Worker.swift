@@ -95,10 +95,14 @@ final class ProcessInfo: Sendable {
 /// One worker thread: one libev loop, its client connections, its backend connections.
 ///
 /// Everything reachable from a Worker is confined to the worker's thread. Back-references
-/// (pool → worker, client → pool, server → pool, connection → server) are `unowned(unsafe)`:
-/// the owner always outlives them by construction (the worker outlives its thread's objects; a
-/// pool is held by `pools`/`retiredPools` while clients use it and by `retiringServers` while
-/// its servers finish), and a checked `unowned` costs a retain/release pair per access. The Worker object is
+/// (pool → worker, server → pool, connection → server) are `unowned(unsafe)`: the owner always
+/// outlives them by construction (the worker outlives its thread's objects; a pool is held by
+/// `pools`/`retiredPools` while clients use it and by `retiringServers` while its servers
+/// finish), and a checked `unowned` costs a retain/release pair per access. Reading an
+/// `unowned(unsafe)` reference still takes a reference for the length of a call on it, so the
+/// request path's own objects hold strong ones instead: a client holds its pool and worker, a
+/// backend connection its worker (none of them is reachable back from what it holds once it
+/// has closed). The Worker object is
 /// created on the main thread and handed over once, before its loop starts; after that only
 /// `ev_async_send` would cross threads. Accepting: every worker watches the same listening
 /// socket of each pool and accepts with `accept4`; whichever loop wakes first takes the client.
