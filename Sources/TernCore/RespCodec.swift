@@ -35,20 +35,18 @@ public final class RespArguments {
 
     /// Only the first `count` spans are the current request's. Manually managed storage: the
     /// parser stores a span per argument without an array's uniqueness check, and resetting is a
-    /// store. It grows (doubling) with the largest request seen and is freed with the list.
-    @usableFromInline var spans: UnsafeMutablePointer<Span>
-    @usableFromInline var capacity: Int
+    /// store. Allocated with the first request (an idle connection's list takes no memory), it
+    /// grows (doubling) with the largest request seen and is freed with the list.
+    @usableFromInline var spans: UnsafeMutablePointer<Span>?
+    @usableFromInline var capacity = 0
     /// Decoded bytes of an inline command.
     public private(set) var inlineBytes: [UInt8] = []
     public private(set) var isInline = false
     public private(set) var count = 0
 
-    public init() {
-        capacity = 16
-        spans = .allocate(capacity: capacity)
-    }
+    public init() {}
 
-    deinit { spans.deallocate() }
+    deinit { spans?.deallocate() }
 
     func reset(inline: Bool) {
         count = 0
@@ -59,23 +57,25 @@ public final class RespArguments {
     @inline(__always)
     func add(start: Int, length: Int) {
         if count == capacity { grow() }
-        spans[count] = Span(start: start, length: length)
+        spans.unsafelyUnwrapped[count] = Span(start: start, length: length)
         count += 1
     }
 
     private func grow() {
-        let larger = UnsafeMutablePointer<Span>.allocate(capacity: capacity * 2)
-        larger.initialize(from: spans, count: count)
-        spans.deallocate()
+        let larger = UnsafeMutablePointer<Span>.allocate(capacity: max(16, capacity * 2))
+        if let spans {
+            larger.initialize(from: spans, count: count)
+            spans.deallocate()
+        }
         spans = larger
-        capacity *= 2
+        capacity = max(16, capacity * 2)
     }
 
     /// Where argument `index` is: in the frame (multibulk) or in `inlineBytes` (inline).
     @inlinable
     public func span(_ index: Int) -> Span {
         precondition(index >= 0 && index < count, "argument \(index) of \(count)")
-        return spans[index]
+        return spans.unsafelyUnwrapped[index]
     }
 
     func addInline(_ bytes: UnsafeRawBufferPointer) {

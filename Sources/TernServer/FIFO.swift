@@ -1,27 +1,29 @@
 /// A first-in first-out queue on a ring of manually managed storage: appending and popping are a
 /// store and a load at a masked index, with no uniqueness check (an array would make one per
-/// mutation) and no compaction; the ring doubles when full and is never shrunk. Elements leave by
-/// being moved out, so popping costs no retain/release pair.
+/// mutation) and no compaction; the ring is allocated on the first append (an idle connection's
+/// queues take no memory), doubles when full and is never shrunk. Elements leave by being moved
+/// out, so popping costs no retain/release pair.
 ///
 /// A class so that its owner (a connection) reaches it through a `let` without copy-on-write
 /// checks. Like its owners, it is confined to one worker thread.
 final class FIFO<Element> {
-    private var storage: UnsafeMutablePointer<Element>
-    /// Capacity minus one; the capacity is a power of two.
-    private var mask: Int
+    /// Nil until the first append.
+    private var storage: UnsafeMutablePointer<Element>?
+    /// Capacity minus one; the capacity is a power of two (or zero before the first append).
+    private var mask = -1
     private var head = 0
     private(set) var count = 0
+    private let initialCapacity: Int
 
-    init(capacity: Int = 8) {
+    init(initialCapacity: Int = 8) {
         var size = 1
-        while size < capacity { size <<= 1 }
-        storage = .allocate(capacity: size)
-        mask = size - 1
+        while size < initialCapacity { size <<= 1 }
+        self.initialCapacity = size
     }
 
     deinit {
         removeAll()
-        storage.deallocate()
+        storage?.deallocate()
     }
 
     var isEmpty: Bool { count == 0 }
@@ -29,14 +31,14 @@ final class FIFO<Element> {
     @inline(__always)
     func append(_ element: Element) {
         if count > mask { grow() }
-        (storage + ((head &+ count) & mask)).initialize(to: element)
+        (storage.unsafelyUnwrapped + ((head &+ count) & mask)).initialize(to: element)
         count &+= 1
     }
 
     @inline(__always)
     func popFirst() -> Element? {
         guard count > 0 else { return nil }
-        let element = (storage + head).move()
+        let element = (storage.unsafelyUnwrapped + head).move()
         head = (head &+ 1) & mask
         count &-= 1
         return element
@@ -46,17 +48,17 @@ final class FIFO<Element> {
     subscript(offset: Int) -> Element {
         _read {
             precondition(offset >= 0 && offset < count, "FIFO offset \(offset) of \(count)")
-            yield storage[(head &+ offset) & mask]
+            yield storage.unsafelyUnwrapped[(head &+ offset) & mask]
         }
         _modify {
             precondition(offset >= 0 && offset < count, "FIFO offset \(offset) of \(count)")
-            yield &storage[(head &+ offset) & mask]
+            yield &storage.unsafelyUnwrapped[(head &+ offset) & mask]
         }
     }
 
     func removeAll() {
         while count > 0 {
-            (storage + head).deinitialize(count: 1)
+            (storage.unsafelyUnwrapped + head).deinitialize(count: 1)
             head = (head &+ 1) & mask
             count &-= 1
         }
@@ -64,12 +66,14 @@ final class FIFO<Element> {
     }
 
     private func grow() {
-        let capacity = (mask + 1) * 2
+        let capacity = mask < 0 ? initialCapacity : (mask + 1) * 2
         let larger = UnsafeMutablePointer<Element>.allocate(capacity: capacity)
-        for offset in 0..<count {
-            (larger + offset).moveInitialize(from: storage + ((head &+ offset) & mask), count: 1)
+        if let storage {
+            for offset in 0..<count {
+                (larger + offset).moveInitialize(from: storage + ((head &+ offset) & mask), count: 1)
+            }
+            storage.deallocate()
         }
-        storage.deallocate()
         storage = larger
         mask = capacity - 1
         head = 0
@@ -79,5 +83,5 @@ final class FIFO<Element> {
 extension FIFO where Element: AnyObject {
     /// Whether `element` is at the head (an identity check, no reference taken).
     @inline(__always)
-    func isFirst(_ element: Element) -> Bool { count > 0 && storage[head] === element }
+    func isFirst(_ element: Element) -> Bool { count > 0 && storage.unsafelyUnwrapped[head] === element }
 }

@@ -9,7 +9,7 @@ final class FIFOTests: XCTestCase {
 
     /// Order is kept while the ring wraps around and while it grows with its head in the middle.
     func testOrderAcrossWrapAndGrowth() {
-        let queue = FIFO<Int>(capacity: 4)
+        let queue = FIFO<Int>(initialCapacity: 4)
         var expected: [Int] = []
         var next = 0
         // Interleave pushes and pops so the head walks round the ring, then push past capacity.
@@ -32,7 +32,7 @@ final class FIFOTests: XCTestCase {
     }
 
     func testElementsAreModifiedInPlace() {
-        let queue = FIFO<Int>(capacity: 2)
+        let queue = FIFO<Int>(initialCapacity: 2)
         for value in 0..<5 { queue.append(value) }
         _ = queue.popFirst()
         queue[1] += 100
@@ -45,7 +45,7 @@ final class FIFOTests: XCTestCase {
         weak var popped: Box?
         weak var removed: Box?
         weak var queued: Box?
-        var queue: FIFO<Box>? = FIFO<Box>(capacity: 2)
+        var queue: FIFO<Box>? = FIFO<Box>(initialCapacity: 2)
         do {
             let first = Box(1), second = Box(2), third = Box(3)
             popped = first
