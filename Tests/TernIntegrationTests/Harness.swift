@@ -145,8 +145,8 @@ struct Memcached {
         Glibc.kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
-    func pause() { Glibc.kill(process.processIdentifier, SIGSTOP) }
-    func resume() { Glibc.kill(process.processIdentifier, SIGCONT) }
+    func pause() { stopProcess(process) }
+    func resume() { continueProcess(process) }
 
     /// Asks this backend directly (bypassing tern).
     func get(_ key: String) throws -> String? {
@@ -168,6 +168,8 @@ struct RedisServer {
         Glibc.kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
+    func pause() { stopProcess(process) }
+    func resume() { continueProcess(process) }
 
     /// Runs a command on this backend directly (bypassing tern).
     func call(_ arguments: String...) throws -> String {
@@ -175,6 +177,41 @@ struct RedisServer {
         defer { client.close() }
         return try client.call(arguments)
     }
+}
+
+/// Stops `process` with SIGSTOP and returns once every one of its threads is stopped. The
+/// signal alone is not enough: the kernel stops the other threads only after the thread that
+/// took the signal has run, and on a loaded machine a worker thread woken by a request can
+/// answer it first (CI saw a "paused" memcached reply that way).
+func stopProcess(_ process: Process) {
+    let pid = process.processIdentifier
+    Glibc.kill(pid, SIGSTOP)
+    waitForThreads(of: pid, stopped: true)
+}
+
+/// Continues a process stopped by `stopProcess` and returns once its threads run again.
+func continueProcess(_ process: Process) {
+    let pid = process.processIdentifier
+    Glibc.kill(pid, SIGCONT)
+    waitForThreads(of: pid, stopped: false)
+}
+
+/// Polls the state letter of every thread in /proc/PID/task until all of them are (or none of
+/// them is) in the stopped state `T`; fails the test after 5 s.
+private func waitForThreads(of pid: pid_t, stopped: Bool) {
+    let deadline = Date().addingTimeInterval(5)
+    while Date() < deadline {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let states = tasks.compactMap { task -> Character? in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8),
+                  let end = stat.lastIndex(of: ")") else { return nil }
+            // "pid (comm) S ...": the state follows the command name's closing parenthesis.
+            return stat[stat.index(end, offsetBy: 2)...].first
+        }
+        if !states.isEmpty, states.allSatisfy({ ($0 == "T") == stopped }) { return }
+        usleep(1_000)
+    }
+    XCTFail("process \(pid) did not \(stopped ? "stop" : "continue") within 5 s")
 }
 
 /// Retries `body` until it returns `expected` or `seconds` pass; returns the last result.

@@ -216,12 +216,12 @@ final class WarmupTests: XCTestCase {
         // A SET that lands while the copy is on its way is kept (SET … NX).
         let oldServer = old[setup.oldIndex("race")]
         XCTAssertEqual(try oldServer.call("SET", "race", "old"), "+OK\r\n")
-        Glibc.kill(oldServer.process.processIdentifier, SIGSTOP)
+        oldServer.pause()
         let reader = try TestClient(port: setup.port)
         try reader.send(TestClient.encode(["GET", "race"]))
         usleep(100_000)
         XCTAssertEqual(try c.call("SET", "race", "newer"), "+OK\r\n")
-        Glibc.kill(oldServer.process.processIdentifier, SIGCONT)
+        oldServer.resume()
         XCTAssertEqual(String(decoding: try reader.receiveReplies(1), as: UTF8.self), "$3\r\nold\r\n")
         usleep(200_000)
         XCTAssertEqual(try new[setup.newIndex("race")].call("GET", "race"), "$5\r\nnewer\r\n")
