@@ -19,7 +19,7 @@ final class ClientConnection {
     /// Bytes of a partial request (allocated only while one is pending).
     private let input = ByteBuffer()
     let output = ByteBuffer()
-    private let slots = FIFO<ReplySlot>()
+    private var slots = FIFO<ReplySlot>()
     private var watcher: IOWatcher?
     var isDirty = false
     /// Replies held back for one loop pass (see `flush(allowHold:)`).

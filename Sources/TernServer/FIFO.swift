@@ -4,9 +4,10 @@
 /// queues take no memory), doubles when full and is never shrunk. Elements leave by being moved
 /// out, so popping costs no retain/release pair.
 ///
-/// A class so that its owner (a connection) reaches it through a `let` without copy-on-write
-/// checks. Like its owners, it is confined to one worker thread.
-final class FIFO<Element> {
+/// A noncopyable struct stored inline in its owner (a connection): no object of its own, and no
+/// copy-on-write check since it can never be shared. Like its owners, it is confined to one worker
+/// thread.
+struct FIFO<Element>: ~Copyable {
     /// Nil until the first append.
     private var storage: UnsafeMutablePointer<Element>?
     /// Capacity minus one; the capacity is a power of two (or zero before the first append).
@@ -22,21 +23,23 @@ final class FIFO<Element> {
     }
 
     deinit {
-        removeAll()
-        storage?.deallocate()
+        if let storage {
+            for offset in 0..<count { (storage + ((head &+ offset) & mask)).deinitialize(count: 1) }
+            storage.deallocate()
+        }
     }
 
     var isEmpty: Bool { count == 0 }
 
     @inline(__always)
-    func append(_ element: Element) {
+    mutating func append(_ element: Element) {
         if count > mask { grow() }
         (storage.unsafelyUnwrapped + ((head &+ count) & mask)).initialize(to: element)
         count &+= 1
     }
 
     @inline(__always)
-    func popFirst() -> Element? {
+    mutating func popFirst() -> Element? {
         guard count > 0 else { return nil }
         let element = (storage.unsafelyUnwrapped + head).move()
         head = (head &+ 1) & mask
@@ -56,7 +59,7 @@ final class FIFO<Element> {
         }
     }
 
-    func removeAll() {
+    mutating func removeAll() {
         while count > 0 {
             (storage.unsafelyUnwrapped + head).deinitialize(count: 1)
             head = (head &+ 1) & mask
@@ -65,7 +68,7 @@ final class FIFO<Element> {
         head = 0
     }
 
-    private func grow() {
+    private mutating func grow() {
         let capacity = mask < 0 ? initialCapacity : (mask + 1) * 2
         let larger = UnsafeMutablePointer<Element>.allocate(capacity: capacity)
         if let storage {

@@ -42,7 +42,7 @@ final class ServerConnection {
     private let input = ByteBuffer()
     /// Where framing of the head reply resumes (memcached multi-value replies arriving in pieces).
     private var replyResumeOffset = 0
-    private let pending = FIFO<Pending>()
+    private var pending = FIFO<Pending>()
     private var watcher: IOWatcher?
     private var timer: TimerWatcher?
     /// Whether `timer` is running, kept here so the request path checks a Bool rather than

@@ -9,7 +9,7 @@ final class FIFOTests: XCTestCase {
 
     /// Order is kept while the ring wraps around and while it grows with its head in the middle.
     func testOrderAcrossWrapAndGrowth() {
-        let queue = FIFO<Int>(initialCapacity: 4)
+        var queue = FIFO<Int>(initialCapacity: 4)
         var expected: [Int] = []
         var next = 0
         // Interleave pushes and pops so the head walks round the ring, then push past capacity.
@@ -32,7 +32,7 @@ final class FIFOTests: XCTestCase {
     }
 
     func testElementsAreModifiedInPlace() {
-        let queue = FIFO<Int>(initialCapacity: 2)
+        var queue = FIFO<Int>(initialCapacity: 2)
         for value in 0..<5 { queue.append(value) }
         _ = queue.popFirst()
         queue[1] += 100
@@ -45,28 +45,30 @@ final class FIFOTests: XCTestCase {
         weak var popped: Box?
         weak var removed: Box?
         weak var queued: Box?
-        var queue: FIFO<Box>? = FIFO<Box>(initialCapacity: 2)
         do {
-            let first = Box(1), second = Box(2), third = Box(3)
-            popped = first
-            removed = second
-            queue!.append(first)
-            XCTAssertTrue(queue!.isFirst(first))
-            XCTAssertFalse(queue!.isFirst(second))
-            XCTAssertEqual(queue!.popFirst()?.value, 1)
-            queue!.append(second)
-            queue!.removeAll()
-            XCTAssertTrue(queue!.isEmpty)
-            queued = third
-            for value in 4..<10 { queue!.append(Box(value)) }
-            queue!.append(third)
+            var queue = FIFO<Box>(initialCapacity: 2)
+            do {
+                let first = Box(1), second = Box(2), third = Box(3)
+                popped = first
+                removed = second
+                queue.append(first)
+                XCTAssertTrue(queue.isFirst(first))
+                XCTAssertFalse(queue.isFirst(second))
+                XCTAssertEqual(queue.popFirst()?.value, 1)
+                queue.append(second)
+                queue.removeAll()
+                XCTAssertTrue(queue.isEmpty)
+                queued = third
+                for value in 4..<10 { queue.append(Box(value)) }
+                queue.append(third)
+            }
+            XCTAssertNil(popped)
+            XCTAssertNil(removed)
+            XCTAssertNotNil(queued)
+            XCTAssertEqual(queue.count, 7)
+            XCTAssertEqual(queue[6].value, 3)
         }
-        XCTAssertNil(popped)
-        XCTAssertNil(removed)
-        XCTAssertNotNil(queued)
-        XCTAssertEqual(queue!.count, 7)
-        XCTAssertEqual(queue![6].value, 3)
-        queue = nil
+        // The queue's deinit released the elements still in it.
         XCTAssertNil(queued)
     }
 }
