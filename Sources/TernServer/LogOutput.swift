@@ -70,7 +70,7 @@ struct TernLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+    func log(event: LogEvent) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         var seconds = now.tv_sec
@@ -81,7 +81,7 @@ struct TernLogHandler: LogHandler {
         let stamp = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let millis = Int(now.tv_nsec / 1_000_000)
         let padded = millis < 10 ? "00\(millis)" : millis < 100 ? "0\(millis)" : "\(millis)"
-        destination.write("[\(stamp).\(padded)] \(message)\n")
+        destination.write("[\(stamp).\(padded)] \(event.message)\n")
     }
 }
 
