@@ -2,6 +2,10 @@
 // exact argument count including the name; negative: at least that many). Key positions follow
 // Redis 7.0's key specs. Routing, fan-out and CROSSSLOT checks are all derived from this table.
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 public enum RedisKeys: Sendable, Equatable {
     /// No keys.
     case none
@@ -41,7 +45,16 @@ public enum RedisRouting: Sendable, Equatable {
 }
 
 public struct RedisCommand: Sendable {
-    public let name: String
+    /// The lower-case name. Stored as a StaticString so that the struct holds no reference:
+    /// the lookup on every request copies it out of the table without retains.
+    private let staticName: StaticString
+    public var name: String { staticName.description }
+
+    /// Whether this is the command `other` (lower case), compared as bytes without making a String.
+    public func isNamed(_ other: StaticString) -> Bool {
+        staticName.utf8CodeUnitCount == other.utf8CodeUnitCount
+            && memcmp(staticName.utf8Start, other.utf8Start, other.utf8CodeUnitCount) == 0
+    }
     public let arity: Int
     public let keys: RedisKeys
     public let routing: RedisRouting
@@ -50,8 +63,8 @@ public struct RedisCommand: Sendable {
     /// Whether the command writes (reported by COMMAND).
     public let isWrite: Bool
 
-    init(_ name: String, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false, storeKeywords: Bool = false) {
-        self.name = name
+    init(_ name: StaticString, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false, storeKeywords: Bool = false) {
+        self.staticName = name
         self.arity = arity
         self.keys = keys
         self.routing = routing

@@ -50,7 +50,7 @@ extension ClientConnection {
             slot.complete(with: text + "\r\n")
             return
         }
-        if pool.requiresAuth, !session.isAuthenticated, command.name != "auth", command.name != "hello", command.name != "quit" {
+        if pool.requiresAuth, !session.isAuthenticated, !command.isNamed("auth"), !command.isNamed("hello"), !command.isNamed("quit") {
             slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
             return
         }
@@ -68,7 +68,7 @@ extension ClientConnection {
             slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
         case .local:
             answerLocally(command, frame, session, slot)
-        case .keyed where pool.old != nil && command.name == "get":
+        case .keyed where pool.old != nil && command.isNamed("get"):
             let read = WarmupRead(mode: .redisGet, pool: pool, clientIndex: index)
             slot.warmup = read
             arguments.withArgument(1, in: frame) { key in
@@ -89,7 +89,7 @@ extension ClientConnection {
             fanOutKeys(command, frame, session, slot, kind: .respArray, keysPerPart: 1)
         case .mget:
             fanOutKeys(command, frame, session, slot, kind: .respArray, keysPerPart: 1)
-        case .sum where pool.old != nil && pool.warmup?.deletes == .both && (command.name == "del" || command.name == "unlink"):
+        case .sum where pool.old != nil && pool.warmup?.deletes == .both && (command.isNamed("del") || command.isNamed("unlink")):
             fanOutKeys(command, frame, session, slot, kind: .respSum, keysPerPart: 1, alsoToOldPool: true)
         case .mset:
             fanOutKeys(command, frame, session, slot, kind: .respAllOK, keysPerPart: 2)

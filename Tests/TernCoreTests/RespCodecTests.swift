@@ -138,6 +138,13 @@ final class RespCodecTests: XCTestCase {
             XCTAssertEqual(Array(command.name.uppercased().utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, command.name)
         }
         XCTAssertNil(Array("getx".utf8).withUnsafeBytes { RedisCommandTable.lookup($0) })
+        // isNamed compares whole names as bytes.
+        let get = RedisCommandTable.byName["get"]!
+        XCTAssertTrue(get.isNamed("get"))
+        XCTAssertFalse(get.isNamed("getex"))
+        XCTAssertFalse(get.isNamed("ge"))
+        XCTAssertFalse(get.isNamed("GET"))
+        XCTAssertTrue(RedisCommandTable.byName["unlink"]!.isNamed("unlink"))
         XCTAssertNil(Array(String(repeating: "a", count: 30).utf8).withUnsafeBytes { RedisCommandTable.lookup($0) })
         // Lower-casing eight bytes at a time touches only A-Z: not the bytes beside them in
         // ASCII ('@', '[', DEL), not bytes with the high bit set, and a trailing zero byte
