@@ -90,21 +90,22 @@ extension ClientConnection {
     /// Sends the request to the key's server as it came, without `noreply` (the reply keeps the
     /// backend connection in step and is dropped here).
     private func forward(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, _ slot: ReplySlot) {
-        guard let server = pool.server(forKey: key) else {
+        guard let server = pool.serverIndex(forKey: key) else {
             slot.fail(part: 0, reason: "no server available")
             return
         }
-        let connection = server.connection(for: index)
-        if !request.noreply {
-            connection.forward(frame, slot: slot, framing: request.command.framing)
-            return
+        pool.withConnection(toServer: server, client: index) { connection in
+            if !request.noreply {
+                connection.forward(frame, slot: slot, framing: request.command.framing)
+                return
+            }
+            let output = connection.requestBuffer()
+            output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
+            output.append("\r\n" as StaticString)
+            output.append(UnsafeRawBufferPointer(rebasing: frame[request.lineLength...]))
+            slot.remainingParts = 1
+            connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
         }
-        let output = connection.requestBuffer()
-        output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-        output.append("\r\n" as StaticString)
-        output.append(UnsafeRawBufferPointer(rebasing: frame[request.lineLength...]))
-        slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
     }
 
     /// A meta command, routed by its key (decoded first when sent in base64). A quiet command
@@ -187,7 +188,7 @@ extension ClientConnection {
             let start = position
             while position < request.keysEnd, frame[position] != 0x20 { position += 1 }
             let key = UnsafeRawBufferPointer(rebasing: frame[start..<position])
-            let server = pool.server(forKey: key)?.index ?? -1
+            let server = pool.serverIndex(forKey: key) ?? -1
             if firstServer == -1 { firstServer = server } else if server != firstServer { singleServer = false }
             slot.keys.append(ReplySlot.KeyEntry(keyStart: Int32(slot.keyBytes.readableCount), keyLength: Int32(key.count), server: Int32(server)))
             slot.keyBytes.append(key)
@@ -198,7 +199,7 @@ extension ClientConnection {
             slot.kind = .single
             slot.keys.removeAll(keepingCapacity: true)
             slot.keyBytes.removeAll()
-            pool.servers[firstServer].connection(for: index).forward(frame, slot: slot, framing: request.command.framing)
+            pool.withConnection(toServer: firstServer, client: index) { $0.forward(frame, slot: slot, framing: request.command.framing) }
             return
         }
         // Count the parts first so that a part failing at once cannot finish the slot early.
@@ -209,15 +210,16 @@ extension ClientConnection {
             let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
             let keyBytes = slot.keyBytes.readable
             for server in servers {
-                let connection = pool.servers[Int(server)].connection(for: index)
-                let output = connection.requestBuffer()
-                output.append(prefix)
-                for entry in slot.keys where entry.server == server {
-                    output.append(byte: 0x20)
-                    output.append(UnsafeRawBufferPointer(rebasing: keyBytes[Int(entry.keyStart)..<Int(entry.keyStart + entry.keyLength)]))
+                pool.withConnection(toServer: Int(server), client: index) { connection in
+                    let output = connection.requestBuffer()
+                    output.append(prefix)
+                    for entry in slot.keys where entry.server == server {
+                        output.append(byte: 0x20)
+                        output.append(UnsafeRawBufferPointer(rebasing: keyBytes[Int(entry.keyStart)..<Int(entry.keyStart + entry.keyLength)]))
+                    }
+                    output.append("\r\n" as StaticString)
+                    connection.enqueue(slot: slot, part: server, framing: request.command.framing)
                 }
-                output.append("\r\n" as StaticString)
-                connection.enqueue(slot: slot, part: server, framing: request.command.framing)
             }
         }
         // The extra part stands for keys with no live server: they are misses.

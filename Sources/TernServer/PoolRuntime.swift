@@ -14,6 +14,11 @@ final class PoolRuntime {
     var config: PoolConfig { plan.config }
     unowned(unsafe) let worker: Worker
     private(set) var servers: [ServerRuntime] = []
+    /// `servers` again, unretained, for the request path: an element read from the array is
+    /// retained and released around its use, one read from here is not. `servers` keeps the
+    /// objects alive; the table is rebuilt whenever `servers` changes (start, reload), which
+    /// happens on this worker's thread between requests.
+    private var serverTable: UnsafeMutablePointer<Unmanaged<ServerRuntime>>?
     private(set) var placement: Placement
     private(set) var limits: MemcacheLimits
     private(set) var respLimits: RespLimits
@@ -42,6 +47,24 @@ final class PoolRuntime {
         self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
         cacheHotSettings()
+        rebuildServerTable()
+    }
+
+    deinit { serverTable?.deallocate() }
+
+    private func rebuildServerTable() {
+        serverTable?.deallocate()
+        let table = UnsafeMutablePointer<Unmanaged<ServerRuntime>>.allocate(capacity: max(1, servers.count))
+        for (index, server) in servers.enumerated() { (table + index).initialize(to: .passUnretained(server)) }
+        serverTable = table
+    }
+
+    /// Calls `body` with the connection that client `clientIndex` uses to reach server `server`
+    /// (a position in `servers`), taking no reference to the server or the connection.
+    @inline(__always)
+    func withConnection<Result>(toServer server: Int, client clientIndex: Int, _ body: (ServerConnection) -> Result) -> Result {
+        precondition(server >= 0 && server < servers.count, "server \(server) of \(servers.count)")
+        return serverTable.unsafelyUnwrapped[server]._withUnsafeGuaranteedRef { $0.withConnection(for: clientIndex, body) }
     }
 
     private func cacheHotSettings() {
@@ -103,6 +126,7 @@ final class PoolRuntime {
         }
         for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
         servers = kept
+        rebuildServerTable()
         rebuildPlacement()
         if let oldPlan = newPlan.warmup {
             if let old { old.update(oldPlan) } else {
@@ -256,6 +280,23 @@ final class ServerRuntime {
         self.countersOwner = counters
         self.counters = counters
         self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
+        let table = UnsafeMutablePointer<Unmanaged<ServerConnection>>.allocate(capacity: connections.count)
+        for (index, connection) in connections.enumerated() { (table + index).initialize(to: .passUnretained(connection)) }
+        connectionTable = table
+    }
+
+    deinit { connectionTable?.deallocate() }
+
+    /// `connections` again, unretained (see `PoolRuntime.serverTable`); `connections` never
+    /// changes after init.
+    private var connectionTable: UnsafeMutablePointer<Unmanaged<ServerConnection>>?
+
+    /// Calls `body` with the connection client `clientIndex` uses (the one `connection(for:)`
+    /// returns), taking no reference to it.
+    @inline(__always)
+    func withConnection<Result>(for clientIndex: Int, _ body: (ServerConnection) -> Result) -> Result {
+        let count = connections.count
+        return connectionTable.unsafelyUnwrapped[count == 1 ? 0 : clientIndex % count]._withUnsafeGuaranteedRef(body)
     }
 
     var worker: Worker { pool.worker }
@@ -277,10 +318,12 @@ final class ServerRuntime {
     }
 
     /// The connection a client uses: always the same one for a given client, so one client's
-    /// requests to one server stay in order.
+    /// requests to one server stay in order. With one connection per server (the default) no
+    /// division is needed.
     @inline(__always)
     func connection(for clientIndex: Int) -> ServerConnection {
-        connections[clientIndex % connections.count]
+        let count = connections.count
+        return connections[count == 1 ? 0 : clientIndex % count]
     }
 
     func connectAll() {

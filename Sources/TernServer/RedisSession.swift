@@ -110,8 +110,8 @@ extension ClientConnection {
         String(text.prefix(128).map { $0.isASCII && $0 != "\r" && $0 != "\n" ? $0 : "?" })
     }
 
-    func firstLiveServer() -> ServerRuntime? {
-        pool.servers.first { !$0.isEjected }
+    func firstLiveServer() -> Int? {
+        pool.servers.firstIndex { !$0.isEjected }
     }
 
     /// Writes the request to `output`: its own bytes for multibulk requests, re-encoded for
@@ -127,36 +127,40 @@ extension ClientConnection {
         }
     }
 
-    func forwardRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, to server: ServerRuntime?) {
+    /// Sends the request to server `server` (a position in `pool.servers`; nil when none is live).
+    func forwardRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, to server: Int?) {
         guard let server else {
             slot.fail(part: 0, reason: "no server available")
             return
         }
-        let connection = server.connection(for: index)
-        if !session.arguments.isInline {
-            connection.forward(frame, slot: slot, framing: .line)
-            return
+        let isInline = session.arguments.isInline
+        pool.withConnection(toServer: server, client: index) { connection in
+            if !isInline {
+                connection.forward(frame, slot: slot, framing: .line)
+                return
+            }
+            writeRequest(frame, session.arguments, into: connection.requestBuffer())
+            slot.remainingParts = 1
+            connection.enqueue(slot: slot, part: 0, framing: .line)
         }
-        writeRequest(frame, session.arguments, into: connection.requestBuffer())
-        slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, framing: .line)
     }
 
     /// Every key must live on one server (hash tags make that possible); else CROSSSLOT.
     private func routeKeyed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
-        let arguments = session.arguments
-        if command.keys == .streams, hasArgument(arguments, frame, "block") {
-            slot.complete(with: "-ERR unsupported command '\(command.name)' with BLOCK\r\n")
-            return
-        }
-        if case .range(first: 1, last: 1, step: _) = command.keys, arguments.count > 1, !arguments.isInline {
-            // One key, the first argument (GET, SET, INCR, …): placed without the general walk.
-            let span = arguments.span(1)
+        if case .range(first: 1, last: 1, step: _) = command.keys, session.arguments.count > 1, !session.arguments.isInline {
+            // One key, the first argument (GET, SET, INCR, …): placed without the general walk
+            // (and without a local reference to the arguments, which would be retained).
+            let span = session.arguments.span(1)
             guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
                 slot.fail(part: 0, reason: "no server available")
                 return
             }
-            forwardRedis(frame, session, slot, to: pool.servers[server])
+            forwardRedis(frame, session, slot, to: server)
+            return
+        }
+        let arguments = session.arguments
+        if command.keys == .streams, hasArgument(arguments, frame, "block") {
+            slot.complete(with: "-ERR unsupported command '\(command.name)' with BLOCK\r\n")
             return
         }
         var target = -1
@@ -184,7 +188,7 @@ extension ClientConnection {
         }
         // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
         // whose own error the client sees.
-        forwardRedis(frame, session, slot, to: !sawKey || !valid ? firstLiveServer() : pool.servers[target])
+        forwardRedis(frame, session, slot, to: !sawKey || !valid ? firstLiveServer() : target)
     }
 
     private func hasArgument(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ word: StaticString) -> Bool {
@@ -206,14 +210,14 @@ extension ClientConnection {
         }
         var index = 1
         while index < arguments.count {
-            guard let server = arguments.withArgument(index, in: frame, { pool.server(forKey: $0) }) else {
+            guard let server = arguments.withArgument(index, in: frame, { pool.serverIndex(forKey: $0) }) else {
                 slot.kind = .single
                 slot.fail(part: 0, reason: "no server available")
                 return
             }
             session.keyIndices.append(index)
-            session.keyServers.append(Int32(server.index))
-            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(server.index)))
+            session.keyServers.append(Int32(server))
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(server)))
             index += keysPerPart
         }
         worker.withFragmentServers { servers in
@@ -222,7 +226,7 @@ extension ClientConnection {
                 // All keys on one server: the request goes as it is.
                 slot.kind = .single
                 slot.keys.removeAll(keepingCapacity: true)
-                forwardRedis(frame, session, slot, to: pool.servers[Int(servers[0])])
+                forwardRedis(frame, session, slot, to: Int(servers[0]))
                 return
             }
             slot.remainingParts = servers.count
@@ -250,19 +254,20 @@ extension ClientConnection {
                            _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, keysPerPart: Int) {
         let arguments = session.arguments
         for server in servers {
-            let connection = target.servers[Int(server)].connection(for: index)
-            let output = connection.requestBuffer()
-            var count = 0
-            for keyServer in keyServers where keyServer == server { count += 1 }
-            output.appendArrayHeader(1 + count * keysPerPart)
-            arguments.withArgument(0, in: frame) { output.appendBulk($0) }
-            for (position, keyServer) in keyServers.enumerated() where keyServer == server {
-                let keyIndex = session.keyIndices[position]
-                for offset in 0..<keysPerPart {
-                    arguments.withArgument(keyIndex + offset, in: frame) { output.appendBulk($0) }
+            target.withConnection(toServer: Int(server), client: index) { connection in
+                let output = connection.requestBuffer()
+                var count = 0
+                for keyServer in keyServers where keyServer == server { count += 1 }
+                output.appendArrayHeader(1 + count * keysPerPart)
+                arguments.withArgument(0, in: frame) { output.appendBulk($0) }
+                for (position, keyServer) in keyServers.enumerated() where keyServer == server {
+                    let keyIndex = session.keyIndices[position]
+                    for offset in 0..<keysPerPart {
+                        arguments.withArgument(keyIndex + offset, in: frame) { output.appendBulk($0) }
+                    }
                 }
+                connection.enqueue(slot: slot, part: partBase + server, framing: .line)
             }
-            connection.enqueue(slot: slot, part: partBase + server, framing: .line)
         }
     }
 
