@@ -322,8 +322,7 @@ final class ServerRuntime {
     /// division is needed.
     @inline(__always)
     func connection(for clientIndex: Int) -> ServerConnection {
-        let count = connections.count
-        return connections[count == 1 ? 0 : clientIndex % count]
+        withConnection(for: clientIndex) { $0 }
     }
 
     func connectAll() {

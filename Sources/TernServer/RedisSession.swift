@@ -148,8 +148,7 @@ extension ClientConnection {
     /// Every key must live on one server (hash tags make that possible); else CROSSSLOT.
     private func routeKeyed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         if case .range(first: 1, last: 1, step: _) = command.keys, session.arguments.count > 1, !session.arguments.isInline {
-            // One key, the first argument (GET, SET, INCR, …): placed without the general walk
-            // (and without a local reference to the arguments, which would be retained).
+            // One key, the first argument (GET, SET, INCR, …): placed without the general walk.
             let span = session.arguments.span(1)
             guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
                 slot.fail(part: 0, reason: "no server available")
