@@ -125,7 +125,7 @@ final class ConfigTests: XCTestCase {
             defer { fclose(file) }
             var text = ""
             var buffer = [CChar](repeating: 0, count: 4096)
-            while fgets(&buffer, Int32(buffer.count), file) != nil { text += String(cString: buffer) }
+            while fgets(&buffer, Int32(buffer.count), file) != nil { text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
             let config = try ConfigLoader.load(text: text, file: name)
             XCTAssertFalse(config.pools.isEmpty)
             // Security default: examples listen on loopback or a unix socket.

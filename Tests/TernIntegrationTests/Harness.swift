@@ -43,7 +43,7 @@ final class ProcessGroup {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
-        FileManager.default.createFile(atPath: directory + "/" + log, contents: nil)
+        _ = FileManager.default.createFile(atPath: directory + "/" + log, contents: nil)
         let handle = FileHandle(forWritingAtPath: directory + "/" + log)
         process.standardOutput = handle
         process.standardError = handle
@@ -100,6 +100,7 @@ final class ProcessGroup {
     }
 
     /// Writes `config` and starts tern on it; waits for `waitPort` (or the unix socket) to accept.
+    @discardableResult
     func tern(config: String, arguments: [String] = [], waitPort: Int? = nil, waitUnix: String? = nil) throws -> Process {
         let path = directory + "/tern-\(processes.count).yml"
         try config.write(toFile: path, atomically: true, encoding: .utf8)
