@@ -20,7 +20,7 @@ final class ControlState: Sendable {
         self.workerCount = workerCount
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count - 1)
-        self.hostname = String(cString: name)
+        self.hostname = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     var currentPlans: [PoolPlan] { plans.withLock { $0 } }
@@ -110,50 +110,60 @@ enum StatsReport {
     /// request path takes none.
     static func metrics(_ state: ControlState) -> [UInt8] {
         let registry = PrometheusCollectorRegistry()
+        func counter(_ name: String, _ labels: [(String, String)], _ help: String) -> Counter {
+            registry.makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+        }
+        func gauge(_ name: String, _ labels: [(String, String)], _ help: String) -> Gauge {
+            registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+        }
         var histograms = ""
         for plan in state.currentPlans {
             let pool = plan.config.name
             let counters = plan.shared.workerCounters
             func sum(_ field: (PoolCounters) -> Int) -> Int64 { Int64(counters.reduce(0) { $0 + field($1) }) }
-            registry.makeGauge(name: "tern_pool_client_connections", labels: [("pool", pool)]).set(Int64(plan.shared.clientCount.load(ordering: .relaxed)))
+            gauge("tern_pool_client_connections", [("pool", pool)], "Open client connections of the pool.")
+                .set(Int64(plan.shared.clientCount.load(ordering: .relaxed)))
             for (worker, counter) in counters.enumerated() {
-                registry.makeGauge(name: "tern_worker_client_connections", labels: [("pool", pool), ("worker", String(worker))])
+                gauge("tern_worker_client_connections", [("pool", pool), ("worker", String(worker))], "Open client connections of the pool served by each worker thread.")
                     .set(Int64(counter.clients.load(ordering: .relaxed)))
             }
-            registry.makeCounter(name: "tern_pool_client_connections_accepted_total", labels: [("pool", pool)])
+            counter("tern_pool_client_connections_accepted_total", [("pool", pool)], "Client connections accepted by the pool.")
                 .increment(by: Int64(plan.shared.totalConnections.load(ordering: .relaxed)))
             for (kind, value) in [("read", sum { $0.reads.read() }), ("write", sum { $0.writes.read() }), ("other", sum { $0.other.read() }), ("local", sum { $0.localReplies.read() })] {
-                registry.makeCounter(name: "tern_pool_requests_total", labels: [("pool", pool), ("class", kind)]).increment(by: value)
+                counter("tern_pool_requests_total", [("pool", pool), ("class", kind)], "Client requests by class (local: answered by Tern itself).").increment(by: value)
             }
             for (kind, value) in [("client_eof", sum { $0.clientEOF.read() }), ("client_error", sum { $0.clientErrors.read() }),
                                   ("forward_error", sum { $0.forwardErrors.read() }), ("bad_request", sum { $0.clientErrorReplies.read() })] {
-                registry.makeCounter(name: "tern_pool_errors_total", labels: [("pool", pool), ("kind", kind)]).increment(by: value)
+                counter("tern_pool_errors_total", [("pool", pool), ("kind", kind)], "Client-side errors by kind.").increment(by: value)
             }
-            registry.makeCounter(name: "tern_pool_fragments_total", labels: [("pool", pool)]).increment(by: sum { $0.fragments.read() })
-            registry.makeCounter(name: "tern_pool_server_ejects_total", labels: [("pool", pool)]).increment(by: sum { $0.serverEjects.read() })
+            counter("tern_pool_fragments_total", [("pool", pool)], "Sub-requests sent for requests split over servers.").increment(by: sum { $0.fragments.read() })
+            counter("tern_pool_server_ejects_total", [("pool", pool)], "Servers ejected from the pool (auto_eject_hosts), summed over workers.")
+                .increment(by: sum { $0.serverEjects.read() })
             for (index, server) in plan.config.servers.enumerated() {
                 let perWorker = plan.serverCounters[index]
                 func add(_ field: (ServerCounters) -> Int) -> Int64 { Int64(perWorker.reduce(0) { $0 + field($1) }) }
                 let labels = [("pool", pool), ("server", server.name)]
-                registry.makeCounter(name: "tern_server_requests_total", labels: labels).increment(by: add { $0.requests.read() })
-                registry.makeCounter(name: "tern_server_responses_total", labels: labels).increment(by: add { $0.responses.read() })
-                registry.makeCounter(name: "tern_server_request_bytes_total", labels: labels).increment(by: add { $0.requestBytes.read() })
-                registry.makeCounter(name: "tern_server_response_bytes_total", labels: labels).increment(by: add { $0.responseBytes.read() })
+                counter("tern_server_requests_total", labels, "Requests sent to the server.").increment(by: add { $0.requests.read() })
+                counter("tern_server_responses_total", labels, "Replies received from the server.").increment(by: add { $0.responses.read() })
+                counter("tern_server_request_bytes_total", labels, "Request bytes sent to the server.").increment(by: add { $0.requestBytes.read() })
+                counter("tern_server_response_bytes_total", labels, "Reply bytes received from the server.").increment(by: add { $0.responseBytes.read() })
                 for (kind, value) in [("eof", add { $0.serverEOF.read() }), ("error", add { $0.serverErrors.read() }), ("timeout", add { $0.serverTimedOut.read() })] {
-                    registry.makeCounter(name: "tern_server_errors_total", labels: labels + [("kind", kind)]).increment(by: value)
+                    counter("tern_server_errors_total", labels + [("kind", kind)], "Server connection errors by kind.").increment(by: value)
                 }
-                registry.makeCounter(name: "tern_server_ejections_total", labels: labels).increment(by: add { $0.ejections.read() })
-                registry.makeGauge(name: "tern_server_in_flight", labels: labels).set(add { $0.inQueue.read() })
-                registry.makeGauge(name: "tern_server_connections", labels: labels).set(add { $0.serverConnections.read() })
+                counter("tern_server_ejections_total", labels, "Times the server was ejected, summed over workers.").increment(by: add { $0.ejections.read() })
+                gauge("tern_server_in_flight", labels, "Requests sent to the server and not yet answered.").set(add { $0.inQueue.read() })
+                gauge("tern_server_connections", labels, "Open connections to the server.").set(add { $0.serverConnections.read() })
                 histograms += latencyHistogram(pool: pool, server: server.name, perWorker)
             }
             if plan.config.warmup != nil {
                 for (name, value) in plan.shared.warmupCounters.report() where name != "warmup_new_hit_ratio_basis_points" {
-                    registry.makeCounter(name: "tern_\(name)_total", labels: [("pool", pool)]).increment(by: Int64(value))
+                    counter("tern_\(name)_total", [("pool", pool)], "Warm-up: \(String(name.dropFirst("warmup_".count).map { $0 == "_" ? " " : $0 })).")
+                        .increment(by: Int64(value))
                 }
                 let warmup = plan.shared.warmupCounters
                 let new = warmup.newHits.load(ordering: .relaxed), old = warmup.oldHits.load(ordering: .relaxed)
-                registry.makeGauge(name: "tern_warmup_new_hit_ratio", labels: [("pool", pool)]).set(new + old == 0 ? 0 : Double(new) / Double(new + old))
+                gauge("tern_warmup_new_hit_ratio", [("pool", pool)], "Warm-up: share of hits answered by the new pool.")
+                    .set(new + old == 0 ? 0 : Double(new) / Double(new + old))
             }
         }
         var buffer: [UInt8] = []
