@@ -62,13 +62,14 @@ public final class RespArguments {
     }
 
     private func grow() {
-        let larger = UnsafeMutablePointer<Span>.allocate(capacity: max(16, capacity * 2))
+        let newCapacity = max(16, capacity * 2)
+        let larger = UnsafeMutablePointer<Span>.allocate(capacity: newCapacity)
         if let spans {
             larger.initialize(from: spans, count: count)
             spans.deallocate()
         }
         spans = larger
-        capacity = max(16, capacity * 2)
+        capacity = newCapacity
     }
 
     /// Where argument `index` is: in the frame (multibulk) or in `inlineBytes` (inline).

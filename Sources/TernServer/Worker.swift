@@ -102,9 +102,9 @@ final class ProcessInfo: Sendable {
 /// `unowned(unsafe)` reference still takes a reference for the length of a call on it, so the
 /// request path's own objects hold strong ones instead: a client holds its pool and worker, a
 /// backend connection its worker (none of them is reachable back from what it holds once it
-/// has closed). The Worker object is
-/// created on the main thread and handed over once, before its loop starts; after that only
-/// `ev_async_send` would cross threads. Accepting: every worker watches the same listening
+/// has closed), and a pool reaches its servers' connections through unretained tables
+/// (`PoolRuntime.withConnection`). The Worker object is created on the main thread and handed
+/// over once, before its loop starts; after that only `ev_async_send` would cross threads. Accepting: every worker watches the same listening
 /// socket of each pool and accepts with `accept4`; whichever loop wakes first takes the client.
 /// That works the same for TCP and unix sockets (SO_REUSEPORT does not cover AF_UNIX) and keeps
 /// one listening socket per pool owned by the main thread. The loop that wakes first would take
