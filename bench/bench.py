@@ -76,10 +76,11 @@ def redis_benchmark(port, test, pipeline, requests):
     row = rows[0]
     return {"ops": requests, "rps": float(row[1]), "p50": float(row[4]), "p99": float(row[6]), "approx": False}
 
-def measure(pid, run):
-    before = cpu_seconds(pid) if pid else 0
+def measure(pids, run):
+    """Runs a load; with pids, adds their CPU (user+sys) per request as cpu_us."""
+    before = sum(cpu_seconds(pid) for pid in pids)
     result = run()
-    if pid: result["cpu_us"] = (cpu_seconds(pid) - before) * 1e6 / max(1, result["ops"])
+    if pids: result["cpu_us"] = (sum(cpu_seconds(pid) for pid in pids) - before) * 1e6 / max(1, result["ops"])
     return result
 
 def idle_connections(port, pid, count):
@@ -112,8 +113,9 @@ def main():
         mc = [free_port() for _ in range(4)]
         # rd[0..1]: the pool; rd[2..3]: the warm-up's old pool; rd[4..5]: the warm-up's new pool.
         rd = [free_port() for _ in range(6)]
-        for port in mc: procs.start(["memcached", "-p", str(port), "-l", "127.0.0.1", "-U", "0", "-t", "1", "-m", "256", "-c", "20000"] + (["-u", "root"] if os.getuid() == 0 else []), f"mc{port}")
-        for port in rd: procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "20000"], f"rd{port}")
+        backend = {}  # port → process, for the direct rows' server CPU
+        for port in mc: backend[port] = procs.start(["memcached", "-p", str(port), "-l", "127.0.0.1", "-U", "0", "-t", "1", "-m", "256", "-c", "20000"] + (["-u", "root"] if os.getuid() == 0 else []), f"mc{port}")
+        for port in rd: backend[port] = procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "20000"], f"rd{port}")
         for port in mc + rd: wait_port(port)
         nc_mc, nc_rd, tern_mc, tern_rd, tern_mc_warm, tern_rd_warm = (free_port() for _ in range(6))
         nc_conf = os.path.join(procs.dir, "nutcracker.yml")
@@ -151,7 +153,11 @@ def main():
         for port in (nc_mc, nc_rd, tern_mc, tern_rd, tern_mc_warm, tern_rd_warm): wait_port(port)
 
         mc_direct = [f"127.0.0.1:{mc[0]}", f"127.0.0.1:{mc[1]}"]
-        targets = {"direct": None, "nutcracker": nutcracker.pid, "tern": tern.pid}
+        # Direct rows report the CPU of the servers that answered (memaslap spreads its keys over
+        # both memcached; redis-benchmark talks to one redis-server): a server reads each request
+        # and writes each reply with nothing behind it, the floor of a proxy's client side.
+        targets = {"nutcracker": [nutcracker.pid], "tern": [tern.pid]}
+        direct_servers = {"memcached": [backend[mc[0]].pid, backend[mc[1]].pid], "redis": [backend[rd[0]].pid]}
         s = args.seconds
         workloads = [
             ("memcached get/set 90/10, 50 conns", {"direct": lambda: memaslap(mc_direct, s), "nutcracker": lambda: memaslap([f"127.0.0.1:{nc_mc}"], s), "tern": lambda: memaslap([f"127.0.0.1:{tern_mc}"], s)}),
@@ -181,7 +187,7 @@ def main():
         for run in range(args.runs):
             for name, runners in workloads:
                 for target, runner in runners.items():
-                    r = measure(targets[target], runner)
+                    r = measure(direct_servers[name.split()[0]] if target == "direct" else targets[target], runner)
                     results.setdefault((name, target), []).append(r)
                     print(f"run {run + 1} {name:36} {target:10} {r['rps']:>10.0f} ops/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  cpu/req {r.get('cpu_us', float('nan')):.2f} us", flush=True)
         idle = {}
@@ -201,11 +207,16 @@ def main():
                 rps = med([r["rps"] for r in rs]); p50 = med([r["p50"] for r in rs]); p99 = med([r["p99"] for r in rs])
                 cpu = med([r["cpu_us"] for r in rs]) if "cpu_us" in rs[0] else None
                 approx = "≤" if rs[0]["approx"] else ""
-                cpu_ratio = f"{cpu / med([r['cpu_us'] for r in base]):.2f}×" if base and cpu is not None and target == "tern" else ""
+                cpu_ratio = f"{cpu / med([r['cpu_us'] for r in base]):.2f}×" if base and cpu is not None and target != "nutcracker" else ""
                 rps_ratio = f"{rps / med([r['rps'] for r in base]):.2f}×" if base and target != "nutcracker" else ""
-                table.append(f"| {name} | {target} | {rps:,.0f} | {approx}{p50:.3f} | {approx}{p99:.3f} | {'' if cpu is None else f'{cpu:.2f}'} | {cpu_ratio} | {rps_ratio} |")
+                shown = "" if cpu is None else (f"server {cpu:.2f}" if target == "direct" else f"{cpu:.2f}")
+                table.append(f"| {name} | {target} | {rps:,.0f} | {approx}{p50:.3f} | {approx}{p99:.3f} | {shown} | {cpu_ratio} | {rps_ratio} |")
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         report = "\n".join(table)
+        report += ("\n\nIn the direct rows the CPU column is the backend servers' own CPU per request (\"server\"): "
+                   "they read every request and write every reply with nothing behind them, so it approximates "
+                   "the least a proxy spends on its client side alone (a proxy then also writes to and reads from "
+                   "its backends).\n")
         report += "\n\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
         if copies:
             names = {"copies": "copies", "old_hits": "old-pool hits", "new_hits": "new-pool hits"}
