@@ -213,10 +213,10 @@ def main():
                 table.append(f"| {name} | {target} | {rps:,.0f} | {approx}{p50:.3f} | {approx}{p99:.3f} | {shown} | {cpu_ratio} | {rps_ratio} |")
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         report = "\n".join(table)
-        report += ("\n\nIn the direct rows the CPU column is the backend servers' own CPU per request (\"server\"): "
-                   "they read every request and write every reply with nothing behind them, so it approximates "
-                   "the least a proxy spends on its client side alone (a proxy then also writes to and reads from "
-                   "its backends).\n")
+        report += ("\n\nIn the direct rows the CPU column is the answering servers' own CPU per request (\"server\"): "
+                   "they read every request and write every reply with no backend behind them. Unpipelined that is "
+                   "mostly system calls, the same reads and writes a proxy makes on its client side; pipelined, "
+                   "the servers' own command work weighs more.\n")
         report += "\n\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
         if copies:
             names = {"copies": "copies", "old_hits": "old-pool hits", "new_hits": "new-pool hits"}
