@@ -155,7 +155,7 @@ def main():
         mc_direct = [f"127.0.0.1:{mc[0]}", f"127.0.0.1:{mc[1]}"]
         # Direct rows report the CPU of the servers that answered (memaslap spreads its keys over
         # both memcached; redis-benchmark talks to one redis-server): a server reads each request
-        # and writes each reply with nothing behind it, the floor of a proxy's client side.
+        # and writes each reply with nothing behind it, as a proxy does on its client side.
         targets = {"nutcracker": [nutcracker.pid], "tern": [tern.pid]}
         direct_servers = {"memcached": [backend[mc[0]].pid, backend[mc[1]].pid], "redis": [backend[rd[0]].pid]}
         s = args.seconds
@@ -217,7 +217,7 @@ def main():
                    "they read every request and write every reply with no backend behind them. Unpipelined that is "
                    "mostly system calls, the same reads and writes a proxy makes on its client side; pipelined, "
                    "the servers' own command work weighs more.\n")
-        report += "\n\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
+        report += "\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
         if copies:
             names = {"copies": "copies", "old_hits": "old-pool hits", "new_hits": "new-pool hits"}
             report += "\nWarm-up pools during the run (memcached, then Redis): " + ", ".join(f"{names[k]} {v}" for k, v in copies) + "\n"
