@@ -82,9 +82,15 @@ final class ServerConnection {
     /// sends on a new connection (AUTH, SELECT) goes ahead of the request.
     @inline(__always)
     func requestBuffer() -> ByteBuffer {
+        beginRequest()
+        return output
+    }
+
+    /// Opens the connection if needed and marks where the next request's bytes start.
+    @inline(__always)
+    private func beginRequest() {
         connectIfNeeded()
         requestStart = output.readableCount
-        return output
     }
 
     /// Adds a request whose bytes the caller has just written into `requestBuffer()`.
@@ -113,8 +119,7 @@ final class ServerConnection {
     /// A request forwarded as the client sent it, answering part 0 of `slot`: the common case,
     /// written here so that the output buffer is reached through `self` (no reference taken).
     func forward(_ frame: UnsafeRawBufferPointer, slot: ReplySlot, framing: MemcacheFraming) {
-        connectIfNeeded()
-        requestStart = output.readableCount
+        beginRequest()
         output.append(frame)
         slot.remainingParts = 1
         enqueue(slot: slot, part: 0, framing: framing)
