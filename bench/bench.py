@@ -7,13 +7,33 @@ pool of each; runs the same loads against every target with real tools (memaslap
 microseconds per request (user+sys from /proc/PID/stat before and after, divided by requests).
 Medians of --runs runs. Loopback only; every load is bounded in time or count.
 """
-import argparse, csv, io, os, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, datetime
+import argparse, csv, io, os, random, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICKS = os.sysconf("SC_CLK_TCK")
 
+_handed_out = set()
+
 def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close(); return port
+    """A port nothing is bound to, below the kernel's ephemeral range (a port from bind(0) could be
+    taken by an outgoing connection of an earlier load before a server binds it), never the same
+    port twice in one run."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f: start = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        start = 32768
+    upper = min(start, 32768) if start > 11000 else 32768
+    while True:
+        port = random.randrange(10000, upper)
+        if port in _handed_out: continue
+        _handed_out.add(port)
+        s = socket.socket()
+        try:
+            s.bind(("0.0.0.0", port)); return port
+        except OSError:
+            pass
+        finally:
+            s.close()
 
 def wait_port(port, timeout=10):
     deadline = time.time() + timeout

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 @testable import TernCore
 
@@ -25,17 +26,40 @@ final class ProcessGroup {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
+    /// Ports already handed out by `freePort()` in this test process.
+    private static let handedOut = Mutex<Set<Int>>([])
+
+    /// A port nothing is bound to, chosen below the kernel's ephemeral range: a port the kernel
+    /// handed out for `bind(0)` could be taken by an outgoing connection (a client or a backend
+    /// connection of an earlier test) before the server under test binds it. Never the same port
+    /// twice in one test process.
     static func freePort() -> Int {
+        let upper = min(ephemeralRangeStart(), 32768)
+        while true {
+            let port = Int.random(in: 10000..<upper)
+            let fresh = handedOut.withLock { $0.insert(port).inserted }
+            if fresh && canBind(port) { return port }
+        }
+    }
+
+    private static func ephemeralRangeStart() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8),
+              let first = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).first,
+              let start = Int(first), start > 11000 else { return 32768 }
+        return start
+    }
+
+    /// Whether a listener could bind `port` on every IPv4 address right now.
+    private static func canBind(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        return Int(UInt16(bigEndian: address.sin_port))
+        address.sin_addr.s_addr = 0  // INADDR_ANY
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
     }
 
     @discardableResult
