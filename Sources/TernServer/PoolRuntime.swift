@@ -54,9 +54,7 @@ final class PoolRuntime {
 
     private func rebuildServerTable() {
         serverTable?.deallocate()
-        let table = UnsafeMutablePointer<Unmanaged<ServerRuntime>>.allocate(capacity: max(1, servers.count))
-        for (index, server) in servers.enumerated() { (table + index).initialize(to: .passUnretained(server)) }
-        serverTable = table
+        serverTable = unretainedTable(of: servers)
     }
 
     /// Calls `body` with the connection that client `clientIndex` uses to reach server `server`
@@ -280,9 +278,7 @@ final class ServerRuntime {
         self.countersOwner = counters
         self.counters = counters
         self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
-        let table = UnsafeMutablePointer<Unmanaged<ServerConnection>>.allocate(capacity: connections.count)
-        for (index, connection) in connections.enumerated() { (table + index).initialize(to: .passUnretained(connection)) }
-        connectionTable = table
+        connectionTable = unretainedTable(of: connections)
     }
 
     deinit { connectionTable?.deallocate() }
@@ -362,4 +358,12 @@ final class ServerRuntime {
     func probeFailed() {
         if isEjected { scheduleProbe() }
     }
+}
+
+/// `objects` as a table of unretained references (see `PoolRuntime.serverTable`). The caller keeps
+/// the array, which owns the objects, and deallocates the table.
+private func unretainedTable<Object: AnyObject>(of objects: [Object]) -> UnsafeMutablePointer<Unmanaged<Object>> {
+    let table = UnsafeMutablePointer<Unmanaged<Object>>.allocate(capacity: max(1, objects.count))
+    for (index, object) in objects.enumerated() { (table + index).initialize(to: .passUnretained(object)) }
+    return table
 }

@@ -104,12 +104,14 @@ final class ProcessInfo: Sendable {
 /// backend connection its worker (none of them is reachable back from what it holds once it
 /// has closed), and a pool reaches its servers' connections through unretained tables
 /// (`PoolRuntime.withConnection`). The Worker object is created on the main thread and handed
-/// over once, before its loop starts; after that only `ev_async_send` would cross threads. Accepting: every worker watches the same listening
-/// socket of each pool and accepts with `accept4`; whichever loop wakes first takes the client.
-/// That works the same for TCP and unix sockets (SO_REUSEPORT does not cover AF_UNIX) and keeps
-/// one listening socket per pool owned by the main thread. The loop that wakes first would take
-/// a whole burst, so each accepted client goes to the worker with the fewest clients of its pool,
-/// through that worker's inbox (`PoolRuntime.leastLoadedWorker`).
+/// over once, before its loop starts; after that only `ev_async_send` would cross threads.
+///
+/// Accepting: every worker watches the same listening socket of each pool and accepts with
+/// `accept4`; whichever loop wakes first takes the client. That works the same for TCP and unix
+/// sockets (SO_REUSEPORT does not cover AF_UNIX) and keeps one listening socket per pool owned by
+/// the main thread. The loop that wakes first would take a whole burst, so each accepted client
+/// goes to the worker with the fewest clients of its pool, through that worker's inbox
+/// (`PoolRuntime.leastLoadedWorker`).
 final class Worker {
     let identifier: Int
     let loop: OpaquePointer
