@@ -7,7 +7,7 @@ pool of each; runs the same loads against every target with real tools (memaslap
 microseconds per request (user+sys from /proc/PID/stat before and after, divided by requests).
 Medians of --runs runs. Loopback only; every load is bounded in time or count.
 """
-import argparse, csv, io, os, random, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, datetime
+import argparse, csv, io, json, os, random, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -68,9 +68,10 @@ class Processes:
         for p in self.list: p.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-def memaslap(servers, seconds, division=1):
+def memaslap(servers, seconds, division=1, replicate=0):
     args = ["memcaslap", "-s", ",".join(servers), "-T", "2", "-c", "50", "-t", f"{seconds}s", "-w", "1k", "-S", f"{seconds}s"]
     if division > 1: args += ["-d", str(division)]
+    if replicate: args += ["-p", str(replicate)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
     ops = int(re.search(r"Run time: [\d.]+s Ops: (\d+)", out).group(1))
     tps = float(re.search(r"TPS: (\d+)", out).group(1))
@@ -96,6 +97,37 @@ def redis_benchmark(port, test, pipeline, requests):
     row = rows[0]
     return {"ops": requests, "rps": float(row[1]), "p50": float(row[4]), "p99": float(row[6]), "approx": False}
 
+def tern_pool_stats(stats_port, pool):
+    with socket.create_connection(("127.0.0.1", stats_port), timeout=5) as s:
+        data = b""
+        while chunk := s.recv(65536): data += chunk
+    return json.loads(data)[pool]
+
+WARMUP_COUNTERS = ("warmup_new_hits", "warmup_old_hits", "warmup_misses", "warmup_copies")
+
+def requests_served(pool):
+    """Reads a warm-up pool answered (from either pool, or misses); for another pool, requests
+    sent to its servers (one per request for memaslap's single-key loads)."""
+    if "warmup_new_hits" in pool:
+        return pool["warmup_new_hits"] + pool["warmup_old_hits"] + pool["warmup_misses"]
+    return sum(server["requests"] for server in pool.values() if isinstance(server, dict))
+
+def tern_load(stats_port, pool, run, shared=False):
+    """Runs a load against one Tern pool, adding a warm-up pool's counter increments to its result.
+    With shared, the load also sends requests elsewhere: its requests are then those this pool
+    served, and it has no latency (the load tool's figures mix both targets)."""
+    before = tern_pool_stats(stats_port, pool)
+    result = run()
+    after = tern_pool_stats(stats_port, pool)
+    elapsed = result["ops"] / result["rps"]  # the load tool's own run time, without its start-up
+    if shared:
+        served = requests_served(after) - requests_served(before)
+        result = {"ops": served, "rps": served / elapsed, "p50": float("nan"), "p99": float("nan"), "approx": False}
+    if "warmup_new_hits" in after:
+        result["warmup"] = {name: after[name] - before[name] for name in WARMUP_COUNTERS}
+        result["copies_per_second"] = result["warmup"]["warmup_copies"] / elapsed
+    return result
+
 def measure(pids, run):
     """Runs a load; with pids, adds their CPU (user+sys) per request as cpu_us."""
     before = sum(cpu_seconds(pid) for pid in pids)
@@ -115,6 +147,15 @@ def idle_connections(port, pid, count):
     after = rss_kib(pid)
     for s in socks: s.close()
     return (after - before) * 1024.0 / count
+
+def pool_yaml(name, listen, servers, redis=False, strict_keys=True, warmup=None):
+    """One pool of a nutcracker.yml (Tern reads the same file); strict_keys and warmup are Tern's."""
+    lines = [f"{name}:", f"  listen: 127.0.0.1:{listen}", "  hash: fnv1a_64", "  distribution: ketama", "  timeout: 2000"]
+    if redis: lines.append("  redis: true")
+    if not strict_keys: lines.append("  strict_keys: false")
+    lines += ["  servers:"] + [f"   - {server}" for server in servers]
+    if warmup: lines += ["  warmup:", "    servers:"] + [f"     - {server}" for server in warmup]
+    return "\n".join(lines) + "\n"
 
 def main():
     parser = argparse.ArgumentParser()
@@ -137,46 +178,36 @@ def main():
         for port in mc: backend[port] = procs.start(["memcached", "-p", str(port), "-l", "127.0.0.1", "-U", "0", "-t", "1", "-m", "256", "-c", "20000"] + (["-u", "root"] if os.getuid() == 0 else []), f"mc{port}")
         for port in rd: backend[port] = procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "20000"], f"rd{port}")
         for port in mc + rd: wait_port(port)
-        nc_mc, nc_rd, tern_mc, tern_rd, tern_mc_warm, tern_rd_warm = (free_port() for _ in range(6))
+        nc_mc, nc_rd, nc_mc_old, tern_mc, tern_rd, tern_mc_warm, tern_rd_warm, tern_mc_old = (free_port() for _ in range(8))
+        servers = lambda ports: [f"127.0.0.1:{port}:1" for port in ports]
         nc_conf = os.path.join(procs.dir, "nutcracker.yml")
-        pools = lambda prefix, mcp, rdp: (
-            f"{prefix}mc:\n  listen: 127.0.0.1:{mcp}\n  hash: fnv1a_64\n  distribution: ketama\n  timeout: 2000\n  servers:\n   - 127.0.0.1:{mc[0]}:1\n   - 127.0.0.1:{mc[1]}:1\n"
-            f"{prefix}rd:\n  listen: 127.0.0.1:{rdp}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  timeout: 2000\n  servers:\n   - 127.0.0.1:{rd[0]}:1\n   - 127.0.0.1:{rd[1]}:1\n")
-        with open(nc_conf, "w") as f: f.write(pools("", nc_mc, nc_rd))
+        with open(nc_conf, "w") as f:
+            f.write(pool_yaml("mc", nc_mc, servers(mc[:2])))
+            f.write(pool_yaml("rd", nc_rd, servers(rd[:2]), redis=True))
+            # Writers not yet moved to Tern: the memcached warm-up load sets its keys through this
+            # pool into the old servers, placed as Tern's warm-up pool places them there.
+            f.write(pool_yaml("oldmc", nc_mc_old, servers(mc[2:4])))
         tern_conf = os.path.join(procs.dir, "tern.yml")
         with open(tern_conf, "w") as f:
             # memaslap's keys start with control bytes (0x10): memcached and nutcracker accept
             # them, Tern refuses them unless a pool says strict_keys: false.
-            f.write(pools("", tern_mc, tern_rd).replace("  distribution: ketama\n  timeout: 2000\n  servers:\n   - 127.0.0.1:" + str(mc[0]), "  distribution: ketama\n  timeout: 2000\n  strict_keys: false\n  servers:\n   - 127.0.0.1:" + str(mc[0])))
-            f.write(pools("warm", tern_mc_warm, tern_rd_warm).replace("  servers:", "  servers:", 2))
-        # Warm-up pools: the new pool is the same two servers; the old pool is two more.
-        text = open(tern_conf).read()
-        text = text.replace(f"warmmc:\n  listen: 127.0.0.1:{tern_mc_warm}", f"warmmc:\n  listen: 127.0.0.1:{tern_mc_warm}")
-        text += ""
-        lines = text.split("\n")
-        out = []
-        current = None
-        for line in lines:
-            out.append(line)
-            if line.startswith("warmmc:"): current = "mc"
-            if line.startswith("warmrd:"): current = "rd"
-        text = "\n".join(out)
-        text = text.replace(f"warmmc:\n  listen: 127.0.0.1:{tern_mc_warm}\n", f"warmmc:\n  listen: 127.0.0.1:{tern_mc_warm}\n  strict_keys: false\n")
-        text = text.replace(f"   - 127.0.0.1:{mc[1]}:1\nwarmrd:", f"   - 127.0.0.1:{mc[1]}:1\n  warmup:\n    servers:\n     - 127.0.0.1:{mc[2]}:1\n     - 127.0.0.1:{mc[3]}:1\nwarmrd:")
-        text = text.rstrip("\n") + f"\n  warmup:\n    servers:\n     - 127.0.0.1:{rd[2]}:1\n     - 127.0.0.1:{rd[3]}:1\n"
-        head, _, warm_rd = text.partition("warmrd:")
-        warm_rd = warm_rd.replace(f"127.0.0.1:{rd[0]}:1", f"127.0.0.1:{rd[4]}:1").replace(f"127.0.0.1:{rd[1]}:1", f"127.0.0.1:{rd[5]}:1")
-        text = head + "warmrd:" + warm_rd
-        with open(tern_conf, "w") as f: f.write(text)
+            f.write(pool_yaml("mc", tern_mc, servers(mc[:2]), strict_keys=False))
+            f.write(pool_yaml("rd", tern_rd, servers(rd[:2]), redis=True))
+            # Warm-up pools: memcached's new pool is the pool's two servers and its old pool two
+            # more; Redis's new and old pools are two servers each of their own.
+            f.write(pool_yaml("warmmc", tern_mc_warm, servers(mc[:2]), strict_keys=False, warmup=servers(mc[2:4])))
+            f.write(pool_yaml("warmrd", tern_rd_warm, servers(rd[4:6]), redis=True, warmup=servers(rd[2:4])))
+            f.write(pool_yaml("oldmc", tern_mc_old, servers(mc[2:4]), strict_keys=False))
         nutcracker = procs.start(["nutcracker", "-c", nc_conf, "-s", str(free_port()), "-a", "127.0.0.1", "-v", "3"], "nutcracker")
-        tern = procs.start([args.tern, "-c", tern_conf, "-s", str(free_port()), "-a", "127.0.0.1", "-v", "3"], "tern")
-        for port in (nc_mc, nc_rd, tern_mc, tern_rd, tern_mc_warm, tern_rd_warm): wait_port(port)
+        tern_stats = free_port()
+        tern = procs.start([args.tern, "-c", tern_conf, "-s", str(tern_stats), "-a", "127.0.0.1", "-v", "3"], "tern")
+        for port in (nc_mc, nc_rd, nc_mc_old, tern_mc, tern_rd, tern_mc_warm, tern_rd_warm, tern_mc_old): wait_port(port)
 
         mc_direct = [f"127.0.0.1:{mc[0]}", f"127.0.0.1:{mc[1]}"]
         # Direct rows report the CPU of the servers that answered (memaslap spreads its keys over
         # both memcached; redis-benchmark talks to one redis-server): a server reads each request
         # and writes each reply with nothing behind it, as a proxy does on its client side.
-        targets = {"nutcracker": [nutcracker.pid], "tern": [tern.pid]}
+        targets = {"nutcracker": [nutcracker.pid], "tern": [tern.pid], "tern, no warm-up": [tern.pid]}
         direct_servers = {"memcached": [backend[mc[0]].pid, backend[mc[1]].pid], "redis": [backend[rd[0]].pid]}
         s = args.seconds
         workloads = [
@@ -187,17 +218,23 @@ def main():
             workloads.append((f"redis {test.upper()} P{pipeline}", {t: (lambda port=port, test=test, pipeline=pipeline, count=count: redis_benchmark(port, test, pipeline, count))
                                                                    for t, port in (("direct", rd[0]), ("nutcracker", nc_rd), ("tern", tern_rd))}))
         workloads.append(("redis MSET (10 keys)", {t: (lambda port=port: redis_benchmark(port, "mset", 1, 100000)) for t, port in (("direct", rd[0]), ("nutcracker", nc_rd), ("tern", tern_rd))}))
-        # memaslap picks new random keys in every run, so the old pool cannot be seeded with them:
-        # this measures the cost of a warm-up pool (misses go on to the old pool), not copies.
-        workloads.append(("memcached warm-up get/set 90/10", {"tern": lambda: memaslap([f"127.0.0.1:{tern_mc_warm}"], s)}))
-        workloads.append(("redis warm-up GET P1", {"tern": lambda: redis_benchmark(tern_rd_warm, "get", 1, 150000)}))
+        # memaslap picks new random keys in every run, so no old pool can be seeded with them. In its
+        # replication mode (-p 1) it sets every key on its first server only and reads keys from
+        # both: the first server is nutcracker over the old pool (writers not yet moved), the
+        # second Tern's warm-up pool, whose first read of each key misses the new pool, falls back
+        # to the old one and copies it in. Tern's figures count only the reads it served.
+        # The same load against a Tern pool over the old servers with no warm-up is the baseline:
+        # half of each memaslap connection's requests go to nutcracker, so Tern sees a lighter
+        # load than in the rows above and batches less.
+        writers = f"127.0.0.1:{nc_mc_old}"
+        workloads.append(("memcached warm-up get/set 90/10", {
+            "tern": lambda: tern_load(tern_stats, "warmmc", lambda: memaslap([writers, f"127.0.0.1:{tern_mc_warm}"], s, replicate=1), shared=True),
+            "tern, no warm-up": lambda: tern_load(tern_stats, "oldmc", lambda: memaslap([writers, f"127.0.0.1:{tern_mc_old}"], s, replicate=1), shared=True)}))
+        workloads.append(("redis warm-up GET P1", {"tern": lambda: tern_load(tern_stats, "warmrd", lambda: redis_benchmark(tern_rd_warm, "get", 1, 150000))}))
         if args.only:
             wanted = args.only.split(",")
             workloads = [w for w in workloads if any(x in w[0] for x in wanted)]
 
-        # Warm-up workloads read keys of which half live only in the old pool.
-        for port in (mc[2], mc[3]):
-            subprocess.run(["memcaslap", "-s", f"127.0.0.1:{port}", "-T", "1", "-c", "4", "-x", "20000", "-w", "1k", "-F", "/dev/null"], capture_output=True, timeout=120)
         # Redis: the old pool holds keys 0..49,999 of the 100,000 the GET workload reads; the new
         # pool starts empty, so the first reads of those keys are old hits, copied in.
         for port in (rd[2], rd[3]):
@@ -214,10 +251,6 @@ def main():
         if args.idle:
             for target, pid, port in (("nutcracker", nutcracker.pid, nc_mc), ("tern", tern.pid, tern_mc)):
                 idle[target] = idle_connections(port, pid, args.idle)
-        warm = subprocess.run(["python3", "-c", f"import socket;s=socket.create_connection(('127.0.0.1',{tern_mc_warm}));s.sendall(b'stats\\r\\n');import time;time.sleep(0.3);print(s.recv(65536).decode())"], capture_output=True, text=True).stdout
-        warm += subprocess.run(["redis-cli", "-p", str(tern_rd_warm), "info"], capture_output=True, text=True).stdout
-        copies = re.findall(r"warmup_(copies|old_hits|new_hits)[ :](\d+)", warm)
-
         def med(values): return statistics.median(values) if values else float("nan")
         table = ["| workload | target | ops/s | p50 ms | p99 ms | proxy CPU µs/req | vs nutcracker CPU | vs nutcracker ops/s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, runners in workloads:
@@ -230,17 +263,25 @@ def main():
                 cpu_ratio = f"{cpu / med([r['cpu_us'] for r in base]):.2f}×" if base and cpu is not None and target != "nutcracker" else ""
                 rps_ratio = f"{rps / med([r['rps'] for r in base]):.2f}×" if base and target != "nutcracker" else ""
                 shown = "" if cpu is None else (f"server {cpu:.2f}" if target == "direct" else f"{cpu:.2f}")
-                table.append(f"| {name} | {target} | {rps:,.0f} | {approx}{p50:.3f} | {approx}{p99:.3f} | {shown} | {cpu_ratio} | {rps_ratio} |")
+                latency = lambda ms: "—" if ms != ms else f"{approx}{ms:.3f}"  # NaN: the load's latency is not Tern's alone
+                table.append(f"| {name} | {target} | {rps:,.0f} | {latency(p50)} | {latency(p99)} | {shown} | {cpu_ratio} | {rps_ratio} |")
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         report = "\n".join(table)
         report += ("\n\nIn the direct rows the CPU column is the answering servers' own CPU per request (\"server\"): "
                    "they read every request and write every reply with no backend behind them. Unpipelined that is "
                    "mostly system calls, the same reads and writes a proxy makes on its client side; pipelined, "
                    "the servers' own command work weighs more.\n")
-        report += "\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
-        if copies:
-            names = {"copies": "copies", "old_hits": "old-pool hits", "new_hits": "new-pool hits"}
-            report += "\nWarm-up pools during the run (memcached, then Redis): " + ", ".join(f"{names[k]} {v}" for k, v in copies) + "\n"
+        if idle:
+            report += "\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
+        warmups = [(name, results[(name, "tern")]) for name, _ in workloads if "warmup" in results[(name, "tern")][0]]
+        if warmups:
+            report += ("\n| warm-up workload | reads served | new-pool hits | old-pool hits | misses | copies | copies/s |\n"
+                       "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+            for name, rs in warmups:
+                counts = {key: med([r["warmup"][key] for r in rs]) for key in WARMUP_COUNTERS}
+                reads = med([r["ops"] for r in rs])
+                report += (f"| {name} | {reads:,.0f} | {counts['warmup_new_hits']:,.0f} | {counts['warmup_old_hits']:,.0f} | "
+                           f"{counts['warmup_misses']:,.0f} | {counts['warmup_copies']:,.0f} | {med([r['copies_per_second'] for r in rs]):,.0f} |\n")
         header = f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, commit {commit}, {os.cpu_count()} cores, medians of {args.runs} runs, {s} s per memaslap run.\n"
         print("\n" + header + "\n" + report)
         if args.write:
