@@ -119,13 +119,12 @@ def tern_load(stats_port, pool, run, shared=False):
     before = tern_pool_stats(stats_port, pool)
     result = run()
     after = tern_pool_stats(stats_port, pool)
-    elapsed = result["ops"] / result["rps"]  # the load tool's own run time, without its start-up
     if shared:
         served = requests_served(after) - requests_served(before)
-        result = {"ops": served, "rps": served / elapsed, "p50": float("nan"), "p99": float("nan"), "approx": False}
+        seconds = result["ops"] / result["rps"]  # the load tool's own run time, without its start-up
+        result = {"ops": served, "rps": served / seconds, "p50": float("nan"), "p99": float("nan"), "approx": False}
     if "warmup_new_hits" in after:
         result["warmup"] = {name: after[name] - before[name] for name in WARMUP_COUNTERS}
-        result["copies_per_second"] = result["warmup"]["warmup_copies"] / elapsed
     return result
 
 def measure(pids, run):
@@ -275,13 +274,15 @@ def main():
             report += "\n| idle client connection | RSS per connection |\n| --- | ---: |\n" + "".join(f"| {t} | {v:.0f} bytes |\n" for t, v in idle.items())
         warmups = [(name, results[(name, "tern")]) for name, _ in workloads if "warmup" in results[(name, "tern")][0]]
         if warmups:
-            report += ("\n| warm-up workload | reads served | new-pool hits | old-pool hits | misses | copies | copies/s |\n"
+            # Totals over the runs: the first run of a load copies most of what later runs find.
+            report += (f"\nWarm-up pools, totals over the {args.runs} run{'s' if args.runs > 1 else ''}:\n\n"
+                       "| warm-up workload | reads served | new-pool hits | old-pool hits | misses | copies | copies/s |\n"
                        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
             for name, rs in warmups:
-                counts = {key: med([r["warmup"][key] for r in rs]) for key in WARMUP_COUNTERS}
-                reads = med([r["ops"] for r in rs])
-                report += (f"| {name} | {reads:,.0f} | {counts['warmup_new_hits']:,.0f} | {counts['warmup_old_hits']:,.0f} | "
-                           f"{counts['warmup_misses']:,.0f} | {counts['warmup_copies']:,.0f} | {med([r['copies_per_second'] for r in rs]):,.0f} |\n")
+                total = lambda key: sum(r["warmup"][key] for r in rs)
+                seconds = sum(r["ops"] / r["rps"] for r in rs)
+                report += (f"| {name} | {sum(r['ops'] for r in rs):,} | {total('warmup_new_hits'):,} | {total('warmup_old_hits'):,} | "
+                           f"{total('warmup_misses'):,} | {total('warmup_copies'):,} | {total('warmup_copies') / seconds:,.0f} |\n")
         header = f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, commit {commit}, {os.cpu_count()} cores, medians of {args.runs} runs, {s} s per memaslap run.\n"
         print("\n" + header + "\n" + report)
         if args.write:
