@@ -40,8 +40,9 @@ let benchmarks: @Sendable () -> Void = {
             for _ in benchmark.scaledIterations { blackHole(RespRequestParser.parse(bytes, limits: respLimits, into: arguments)) }
         }
     }
+    let getName = Array("get".utf8)
     Benchmark("RESP command lookup") { benchmark in
-        Array("get".utf8).withUnsafeBytes { name in
+        getName.withUnsafeBytes { name in
             for _ in benchmark.scaledIterations { blackHole(RedisCommandTable.lookup(name)) }
         }
     }
@@ -68,8 +69,9 @@ let benchmarks: @Sendable () -> Void = {
     }
     let slotTable = (0..<hashSlotCount).map { Int32($0 * 3 / hashSlotCount) }
     let slots = Placement(distribution: .slots, hash: .crc16, hashTag: .braces, names: ["a", "b", "c"], weights: [1, 1, 1], live: [true, true, true], slotServers: slotTable)
+    let taggedKey = Array("{user1000}.following".utf8)
     Benchmark("slot lookup ({tag})") { benchmark in
-        Array("{user1000}.following".utf8).withUnsafeBytes { bytes in
+        taggedKey.withUnsafeBytes { bytes in
             for _ in benchmark.scaledIterations { blackHole(slots.server(forKey: bytes)) }
         }
     }
