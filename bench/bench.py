@@ -7,7 +7,7 @@ pool of each; runs the same loads against every target with real tools (memaslap
 microseconds per request (user+sys from /proc/PID/stat before and after, divided by requests).
 Medians of --runs runs. Loopback only; every load is bounded in time or count.
 """
-import argparse, csv, io, json, os, random, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, datetime
+import argparse, csv, io, json, math, os, random, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -262,7 +262,7 @@ def main():
                 cpu_ratio = f"{cpu / med([r['cpu_us'] for r in base]):.2f}×" if base and cpu is not None and target != "nutcracker" else ""
                 rps_ratio = f"{rps / med([r['rps'] for r in base]):.2f}×" if base and target != "nutcracker" else ""
                 shown = "" if cpu is None else (f"server {cpu:.2f}" if target == "direct" else f"{cpu:.2f}")
-                latency = lambda ms: "—" if ms != ms else f"{approx}{ms:.3f}"  # NaN: the load's latency is not Tern's alone
+                latency = lambda ms: "—" if math.isnan(ms) else f"{approx}{ms:.3f}"  # NaN: not Tern's latency alone
                 table.append(f"| {name} | {target} | {rps:,.0f} | {latency(p50)} | {latency(p99)} | {shown} | {cpu_ratio} | {rps_ratio} |")
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         report = "\n".join(table)
