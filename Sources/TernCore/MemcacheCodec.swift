@@ -101,6 +101,7 @@ public enum MemcacheRejection: Sendable, Equatable {
     case objectTooLarge
     case badDataChunk
     case lineTooLong
+    case tooManyFlags
 
     public var reply: StaticString {
         switch self {
@@ -111,6 +112,7 @@ public enum MemcacheRejection: Sendable, Equatable {
         case .objectTooLarge: return "SERVER_ERROR object too large for cache\r\n"
         case .badDataChunk: return "CLIENT_ERROR bad data chunk\r\n"
         case .lineTooLong: return "CLIENT_ERROR line too long\r\n"
+        case .tooManyFlags: return "CLIENT_ERROR options flags are too long\r\n"
         }
     }
 }
@@ -126,7 +128,7 @@ public enum MemcacheParseResult: Sendable, Equatable {
 public struct MemcacheLimits: Sendable {
     public var maxKeyLength = 250
     public var maxLineLength = 2048
-    /// Retrieval lines may carry many keys; memcached reads them past the normal line limit.
+    /// `get`/`gets` lines may carry many keys; memcached reads them past the normal line limit.
     public var maxRetrievalLineLength = 1 << 20
     public var maxItemSize = 1 << 20
     /// Refuse keys with control characters (the protocol's rule). memcached and twemproxy accept
@@ -158,7 +160,8 @@ public enum MemcacheRequestParser {
         var newlineAt = findNewline(bytes, from: 0, to: scanLimit)
         if newlineAt == nil {
             if available < limits.maxLineLength { return .incomplete }
-            // A long line is fine only for retrieval commands.
+            // A long line is fine only for `get` and `gets`: memcached reads lines past 2048
+            // bytes for those alone, and drops the connection on any other (gat and gats too).
             guard startsWithRetrieval(bytes) else {
                 return .rejected(.lineTooLong, consume: available, skip: 0, close: true)
             }
@@ -171,7 +174,14 @@ public enum MemcacheRequestParser {
         let lineEnd = newlineAt!
         let lineLength = lineEnd + 1
         let contentEnd = lineEnd > 0 && bytes[lineEnd - 1] == carriageReturn ? lineEnd - 1 : lineEnd
-        return parseLine(bytes, contentEnd: contentEnd, lineLength: lineLength, limits: limits)
+        let result = parseLine(bytes, contentEnd: contentEnd, lineLength: lineLength, limits: limits)
+        // memcached reads a command line as a C string: a NUL byte ends it there, so the rest of
+        // the line (and a data block memcached would then not read) would run as commands.
+        // Such a line never leaves Tern, whatever `strict_keys` says; its data block is dropped.
+        if case let .request(request) = result, memchr(bytes.baseAddress!, 0, lineEnd) != nil {
+            return .rejected(.badFormat, consume: request.frameLength, skip: 0, close: false)
+        }
+        return result
     }
 
     static func startsWithRetrieval(_ bytes: UnsafeRawBufferPointer) -> Bool {
@@ -179,7 +189,7 @@ public enum MemcacheRequestParser {
         while end < bytes.count, end < 5, bytes[end] != space { end += 1 }
         guard end < bytes.count, bytes[end] == space else { return false }
         let name = UnsafeRawBufferPointer(rebasing: bytes[0..<end])
-        return matches(name, "get") || matches(name, "gets") || matches(name, "gat") || matches(name, "gats")
+        return matches(name, "get") || matches(name, "gets")
     }
 
     @inline(__always)
@@ -296,14 +306,16 @@ public enum MemcacheRequestParser {
         return value
     }
 
-    /// A signed decimal (exptime may be negative).
+    /// A signed 32-bit decimal (exptime may be negative). memcached reads exptimes with
+    /// `safe_strtol` into an int32 and refuses the whole command line otherwise, *without*
+    /// reading its data block; so a wider value must not be forwarded.
     static func signedNumber(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> Int64? {
         guard end > start else { return nil }
         if bytes[start] == UInt8(ascii: "-") {
-            guard let magnitude = number(bytes, start + 1, end, maxDigits: 18) else { return nil }
+            guard let magnitude = number(bytes, start + 1, end, maxDigits: 10), magnitude <= UInt64(Int32.max) + 1 else { return nil }
             return -Int64(magnitude)
         }
-        guard let value = number(bytes, start, end, maxDigits: 18) else { return nil }
+        guard let value = number(bytes, start, end, maxDigits: 10), value <= UInt64(Int32.max) else { return nil }
         return Int64(value)
     }
 
@@ -476,15 +488,25 @@ extension MemcacheRequestParser {
                   let length = number(bytes, lengthToken.lowerBound, lengthToken.upperBound, maxDigits: 10) else { return badLine }
             dataLength = Int(length)
         }
+        // memcached 1.6 refuses a meta command line of more than 19 tokens (command, key, the
+        // data length of `ms`, flags) before it reads an `ms` data block, which would then run
+        // as a command: 16 flags for ms, 17 for mg, md and ma. Checked here, never forwarded.
+        let maxFlags = command == .metaSet ? 16 : command == .metaDebug ? Int.max : 17
         var flagCount = 0
         while let flag = nextToken() {
             flagCount += 1
-            guard flagCount <= 32 else { return badLine }
+            guard flagCount <= maxFlags else {
+                return .rejected(.tooManyFlags, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
+            }
             switch bytes[flag.lowerBound] {
             case UInt8(ascii: "q"): request.isQuiet = true
             case UInt8(ascii: "b"): request.isBase64Key = true
             default: break
             }
+        }
+        // The key token's own length counts, base64 or not: memcached checks it before decoding.
+        if key.count > limits.maxKeyLength {
+            return .rejected(.keyTooLong, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
         }
         if request.isBase64Key {
             guard let decodedLength = Base64.decodedLength(UnsafeRawBufferPointer(rebasing: bytes[key])),
@@ -620,7 +642,9 @@ public enum MemcacheReplyParser {
             }
             let line = UnsafeRawBufferPointer(rebasing: bytes[position..<lineEnd])
             if isErrorLine(line) { return .reply(length: lineEnd + 1, isError: true) }
-            if !multiLine { return .reply(length: lineEnd + 1, isError: false) }
+            // A one-line reply must be one a one-line command can get: anything else means the
+            // connection is out of step with its requests.
+            if !multiLine { return isLineReply(line) ? .reply(length: lineEnd + 1, isError: false) : .invalid }
             if startsWith(line, "END") && (line.count == 3 || (line.count == 4 && line[3] == carriageReturn)) {
                 return .reply(length: lineEnd + 1, isError: false)
             }
@@ -659,7 +683,7 @@ public enum MemcacheReplyParser {
             } else if isErrorLine(line) {
                 sawError = true
                 if !untilNoop { return .reply(length: next, isError: true) }
-            } else if line.count < 2 {
+            } else if !isMetaStatus(line) {
                 return .invalid
             }
             if !untilNoop || startsWith(line, "MN") { return .reply(length: next, isError: sawError) }
@@ -682,6 +706,35 @@ public enum MemcacheReplyParser {
         var end = 6
         while end < line.count, line[end] != space { end += 1 }
         return 6..<end
+    }
+
+    /// The replies of storage, delete, arithmetic, touch, flush_all, verbosity and version.
+    static func isLineReply(_ line: UnsafeRawBufferPointer) -> Bool {
+        guard let first = line.first else { return false }
+        switch first {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return true
+        case UInt8(ascii: "S"): return startsWith(line, "STORED")
+        case UInt8(ascii: "N"): return startsWith(line, "NOT_STORED") || startsWith(line, "NOT_FOUND")
+        case UInt8(ascii: "E"): return startsWith(line, "EXISTS")
+        case UInt8(ascii: "D"): return startsWith(line, "DELETED")
+        case UInt8(ascii: "T"): return startsWith(line, "TOUCHED")
+        case UInt8(ascii: "O"): return startsWith(line, "OK")
+        case UInt8(ascii: "V"): return startsWith(line, "VERSION ")
+        default: return false
+        }
+    }
+
+    /// The status codes of meta replies other than `VA`.
+    static func isMetaStatus(_ line: UnsafeRawBufferPointer) -> Bool {
+        guard line.count >= 2, line.count == 2 || line[2] == space || line[2] == carriageReturn else { return false }
+        switch (line[0], line[1]) {
+        case (UInt8(ascii: "H"), UInt8(ascii: "D")), (UInt8(ascii: "N"), UInt8(ascii: "S")), (UInt8(ascii: "E"), UInt8(ascii: "X")),
+             (UInt8(ascii: "N"), UInt8(ascii: "F")), (UInt8(ascii: "E"), UInt8(ascii: "N")), (UInt8(ascii: "M"), UInt8(ascii: "N")),
+             (UInt8(ascii: "M"), UInt8(ascii: "E")):
+            return true
+        default:
+            return false
+        }
     }
 
     static func isErrorLine(_ line: UnsafeRawBufferPointer) -> Bool {

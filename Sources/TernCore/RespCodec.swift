@@ -20,7 +20,25 @@ public struct RespLimits: Sendable {
     public var maxInlineLength = 64 << 10
     /// Deepest nesting of arrays accepted in a backend reply.
     public var maxReplyDepth = 64
-    public init(maxBulkLength: Int = 512 << 20) { self.maxBulkLength = maxBulkLength }
+    /// Largest whole request (all its bulk strings and headers), checked from the declared
+    /// lengths before the bytes are buffered: the per-client query cap.
+    public var maxRequestLength = 1 << 30
+    /// Before AUTH: Redis's caps for unauthenticated clients (10 arguments, 16 KiB bulks),
+    /// with Redis's error texts.
+    public var isUnauthenticated = false
+    public init(maxBulkLength: Int = 512 << 20, maxRequestLength: Int = 1 << 30) {
+        self.maxBulkLength = maxBulkLength
+        self.maxRequestLength = maxRequestLength
+    }
+
+    /// The caps Redis applies to a client that has not authenticated yet.
+    public var unauthenticated: RespLimits {
+        var limits = self
+        limits.maxArguments = 10
+        limits.maxBulkLength = min(maxBulkLength, 16 << 10)
+        limits.isUnauthenticated = true
+        return limits
+    }
 }
 
 /// The arguments of one request: byte ranges into the frame (multibulk) or into the
@@ -50,9 +68,24 @@ public final class RespArguments {
 
     func reset(inline: Bool) {
         count = 0
-        if !inlineBytes.isEmpty { inlineBytes.removeAll(keepingCapacity: true) }
+        if !inlineBytes.isEmpty { inlineBytes.removeAll(keepingCapacity: inlineBytes.count <= Self.keptCapacity) }
         isInline = inline
     }
+
+    /// Gives back the capacity of one huge request (an MGET of a million keys), so that an idle
+    /// connection does not keep it. Called once the request has been routed.
+    @inline(__always)
+    public func shrink() {
+        guard capacity > Self.keptCapacity else { return }
+        spans?.deallocate()
+        spans = nil
+        capacity = 0
+        count = 0
+        inlineBytes = []
+    }
+
+    /// Spans (and inline bytes) kept from one request to the next; larger ones are given back.
+    public static let keptCapacity = 4096
 
     @inline(__always)
     func add(start: Int, length: Int) {
@@ -140,6 +173,10 @@ public enum RespRequestParser {
     /// line, `nil` when more bytes are needed, or an error.
     enum Header { case value(Int, Int), incomplete, invalid }
 
+    ///
+    /// Only canonical integers are read, as Redis's `string2ll` reads them: `0`, or an optional
+    /// `-` and digits without a leading zero. Redis closes a connection on `*02`, `$01` or `$-0`,
+    /// so such bytes must never reach a shared backend connection.
     static func header(_ bytes: UnsafeRawBufferPointer, at position: Int, maxDigits: Int = 19) -> Header {
         var index = position + 1
         var negative = false
@@ -150,11 +187,12 @@ public enum RespRequestParser {
             let byte = bytes[index]
             if byte == 0x0d {
                 guard index + 1 < bytes.count else { return .incomplete }
-                guard bytes[index + 1] == 0x0a, digits > 0 else { return .invalid }
+                guard bytes[index + 1] == 0x0a, digits > 0, !(negative && value == 0) else { return .invalid }
                 return .value(negative ? -value : value, index + 2)
             }
             let digit = byte &- 0x30
-            guard digit < 10, digits < maxDigits else { return .invalid }
+            // A leading zero is refused once a second digit follows it.
+            guard digit < 10, digits < maxDigits, digits == 0 || value != 0 else { return .invalid }
             value = value * 10 + Int(digit)
             digits += 1
             index += 1
@@ -170,6 +208,9 @@ public enum RespRequestParser {
     static func shortHeader(_ bytes: UnsafeRawBufferPointer, at position: Int) -> (value: Int, next: Int)? {
         guard let base = bytes.baseAddress else { return nil }
         let first = position + 1
+        // A leading zero (`*0` alone excepted) is for `header` to judge.
+        guard first + 1 < bytes.count, base.load(fromByteOffset: first, as: UInt8.self) != 0x30
+                || base.load(fromByteOffset: first + 1, as: UInt8.self) == 0x0d else { return nil }
         let end = min(bytes.count, first + 4)
         var index = first
         var value = 0
@@ -192,7 +233,9 @@ public enum RespRequestParser {
         case .incomplete: return .incomplete
         case .invalid: return .protocolError("invalid multibulk length")
         case let .value(value, next):
-            guard value <= limits.maxArguments else { return .protocolError("invalid multibulk length") }
+            guard value <= limits.maxArguments else {
+                return .protocolError(limits.isUnauthenticated ? "unauthenticated multibulk length" : "invalid multibulk length")
+            }
             count = value
             position = next
         }
@@ -214,7 +257,12 @@ public enum RespRequestParser {
                 case let .value(value, after): (length, next) = (value, after)
                 }
             }
-            guard length >= 0, length <= limits.maxBulkLength else { return .protocolError("invalid bulk length") }
+            guard length >= 0 else { return .protocolError("invalid bulk length") }
+            guard length <= limits.maxBulkLength else {
+                return .protocolError(limits.isUnauthenticated ? "unauthenticated bulk length" : "invalid bulk length")
+            }
+            // The query cap, from the declared length: nothing of this size is buffered.
+            guard next + length + 2 <= limits.maxRequestLength else { return .protocolError("request exceeds the client query limit") }
             guard next + length + 2 <= bytes.count else { return .incomplete }
             guard bytes[next + length] == 0x0d, bytes[next + length + 1] == 0x0a else {
                 return .protocolError("bulk string not terminated by CRLF")

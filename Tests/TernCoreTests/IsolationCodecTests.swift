@@ -1,0 +1,178 @@
+import XCTest
+@testable import TernCore
+
+/// The codec rules that keep one client's bytes from reaching a shared backend connection in a
+/// form the backend parses differently from Tern (see the isolation section of README).
+final class IsolationCodecTests: XCTestCase {
+    func resp(_ text: String, limits: RespLimits = RespLimits()) -> RespParseResult {
+        Array(text.utf8).withUnsafeBytes { RespRequestParser.parse($0, limits: limits, into: RespArguments()) }
+    }
+
+    /// Redis reads lengths with `string2ll` and closes the connection on a leading zero or `-0`:
+    /// Tern refuses them as Redis would, so they never reach a shared connection.
+    func testNonCanonicalLengthsAreProtocolErrors() {
+        XCTAssertEqual(resp("*02\r\n$3\r\nGET\r\n$1\r\nk\r\n"), .protocolError("invalid multibulk length"))
+        XCTAssertEqual(resp("*2\r\n$03\r\nGET\r\n$1\r\nk\r\n"), .protocolError("invalid bulk length"))
+        XCTAssertEqual(resp("*2\r\n$3\r\nGET\r\n$01\r\nk\r\n"), .protocolError("invalid bulk length"))
+        XCTAssertEqual(resp("*2\r\n$3\r\nGET\r\n$-0\r\n"), .protocolError("invalid bulk length"))
+        XCTAssertEqual(resp("*-0\r\n"), .protocolError("invalid multibulk length"))
+        XCTAssertEqual(resp("*+1\r\n$4\r\nPING\r\n"), .protocolError("invalid multibulk length"))
+        XCTAssertEqual(resp("*1\r\n$+4\r\nPING\r\n"), .protocolError("invalid bulk length"))
+        XCTAssertEqual(resp("*00\r\n"), .protocolError("invalid multibulk length"))
+        XCTAssertEqual(resp("*1\r\n$00\r\n\r\n"), .protocolError("invalid bulk length"))
+        // Canonical forms still parse, zero included.
+        XCTAssertEqual(resp("*0\r\n"), .empty(length: 4))
+        XCTAssertEqual(resp("*-1\r\n"), .empty(length: 5))
+        XCTAssertEqual(resp("*2\r\n$4\r\nECHO\r\n$0\r\n\r\n"), .request(length: 20))
+        XCTAssertEqual(resp("*1\r\n$10\r\n0123456789\r\n"), .request(length: 21))
+        // Cut anywhere, a non-canonical header is never taken for a complete request.
+        let bad = Array("*1\r\n$04\r\nPING\r\n".utf8)
+        for cut in 1...bad.count {
+            let result = bad[0..<cut].withUnsafeBytes { RespRequestParser.parse($0, limits: RespLimits(), into: RespArguments()) }
+            if case .request = result { XCTFail("cut \(cut) parsed as a request") }
+        }
+    }
+
+    /// Before AUTH, Redis's caps for unauthenticated clients apply, with Redis's own texts.
+    func testUnauthenticatedCaps() {
+        let limits = RespLimits().unauthenticated
+        let eleven = "*11\r\n" + String(repeating: "$1\r\na\r\n", count: 11)
+        XCTAssertEqual(resp(eleven, limits: limits), .protocolError("unauthenticated multibulk length"))
+        XCTAssertEqual(resp("*2\r\n$4\r\nAUTH\r\n$16385\r\n", limits: limits), .protocolError("unauthenticated bulk length"))
+        XCTAssertEqual(resp("*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n", limits: limits), .request(length: 26))
+        XCTAssertEqual(resp(eleven), .request(length: eleven.utf8.count))
+    }
+
+    /// The query cap is checked against declared lengths, before the bytes are buffered.
+    func testQueryCapFromDeclaredLengths() {
+        let limits = RespLimits(maxRequestLength: 1 << 16)
+        XCTAssertEqual(resp("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$70000\r\n", limits: limits), .protocolError("request exceeds the client query limit"))
+        XCTAssertEqual(resp("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$60000\r\n", limits: limits), .incomplete)
+    }
+
+    /// memcached reads lines past 2048 bytes only for get and gets; a long gat line would reset
+    /// the backend connection, so Tern refuses it.
+    func testLongGatLineIsRefused() {
+        let keys = (0..<400).map { "key:\($0)" }.joined(separator: " ")
+        for command in ["gat 0", "gats 0"] {
+            let line = Array("\(command) \(keys)\r\n".utf8)
+            let result = line.withUnsafeBytes { MemcacheRequestParser.parse($0, limits: MemcacheLimits()) }
+            XCTAssertEqual(result, .rejected(.lineTooLong, consume: line.count, skip: 0, close: true), command)
+        }
+        let get = Array("get \(keys)\r\n".utf8)
+        guard case let .request(request) = get.withUnsafeBytes({ MemcacheRequestParser.parse($0, limits: MemcacheLimits()) }) else {
+            return XCTFail("a long get line parses")
+        }
+        XCTAssertEqual(request.keyCount, 400)
+    }
+
+    func memcache(_ text: String, strict: Bool = false) -> MemcacheParseResult {
+        Array(text.utf8).withUnsafeBytes { MemcacheRequestParser.parse($0, limits: MemcacheLimits(strictKeys: strict)) }
+    }
+
+    /// What memcached 1.6 refuses *without* reading the data block (measured against 1.6.18)
+    /// is refused by Tern, with the data block skipped, so it never reaches a shared connection.
+    func testMetaLinesMemcachedWouldNotReadAreRefused() {
+        let flags16 = (0..<16).map { "T\($0)" }.joined(separator: " ")
+        let flags17 = flags16 + " F1"
+        guard case .request = memcache("ms k 2 \(flags16)\r\nok\r\n") else { return XCTFail("16 flags are fine for ms") }
+        XCTAssertEqual(memcache("ms k 2 \(flags17)\r\nok\r\n"), .rejected(.tooManyFlags, consume: "ms k 2 \(flags17)\r\n".utf8.count, skip: 4, close: false))
+        guard case .request = memcache("mg k \(flags17)\r\n") else { return XCTFail("17 flags are fine for mg") }
+        XCTAssertEqual(memcache("mg k \(flags17) v\r\n"), .rejected(.tooManyFlags, consume: "mg k \(flags17) v\r\n".utf8.count, skip: 0, close: false))
+        XCTAssertEqual(memcache("md k \(flags17) q\r\n"), .rejected(.tooManyFlags, consume: "md k \(flags17) q\r\n".utf8.count, skip: 0, close: false))
+        // memcached checks the key token's length before decoding base64.
+        let encoded252 = String(repeating: "QUJD", count: 63)
+        XCTAssertEqual(memcache("ms \(encoded252) 2 b\r\nok\r\n"), .rejected(.keyTooLong, consume: "ms \(encoded252) 2 b\r\n".utf8.count, skip: 4, close: false))
+        guard case .request = memcache("ms \(String(repeating: "QUJD", count: 62)) 2 b\r\nok\r\n") else { return XCTFail("248 encoded bytes are fine") }
+    }
+
+    /// memcached reads a command line as a C string: a NUL ends it early. Refused in every
+    /// command, whatever `strict_keys` says, with the data block.
+    func testNulInALineIsRefused() {
+        XCTAssertEqual(memcache("ms k\u{0}x 2\r\nok\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
+        XCTAssertEqual(memcache("set k\u{0} 0 0 2\r\nok\r\n"), .rejected(.badFormat, consume: 18, skip: 0, close: false))
+        XCTAssertEqual(memcache("get a\u{0}b\r\n"), .rejected(.badFormat, consume: 9, skip: 0, close: false))
+        XCTAssertEqual(memcache("ms k\u{0}x 2\r\no"), .incomplete, "the data block is awaited, then dropped with the line")
+        guard case .request = memcache("get \u{10}\u{7f}\u{1}k\r\n") else { return XCTFail("other control bytes are memcached's to accept") }
+    }
+
+    /// Exptimes are 32-bit in memcached; a wider one is refused before its data block is read.
+    func testExptimeIsThirtyTwoBits() {
+        guard case .request = memcache("set k 0 2147483647 2\r\nok\r\n"), case .request = memcache("set k 0 -2147483648 2\r\nok\r\n") else {
+            return XCTFail("int32 exptimes parse")
+        }
+        XCTAssertEqual(memcache("set k 0 2147483648 2\r\nok\r\n"), .rejected(.badFormat, consume: 22, skip: 0, close: false))
+        XCTAssertEqual(memcache("touch k 99999999999\r\n"), .rejected(.badFormat, consume: 21, skip: 0, close: false))
+        XCTAssertEqual(memcache("gat 99999999999 k\r\n"), .rejected(.badFormat, consume: 19, skip: 0, close: false))
+    }
+
+    /// A one-line reply must be one the command can get: a VALUE, END or meta status where a
+    /// storage reply belongs means the connection is out of step.
+    func testOutOfStepRepliesAreInvalid() {
+        func frame(_ text: String, _ framing: MemcacheFraming) -> MemcacheReplyParser.Result {
+            Array(text.utf8).withUnsafeBytes { MemcacheReplyParser.parse($0, framing: framing) }
+        }
+        for good in ["STORED\r\n", "NOT_STORED\r\n", "EXISTS\r\n", "NOT_FOUND\r\n", "DELETED\r\n", "TOUCHED\r\n", "OK\r\n", "42\r\n", "VERSION 1.6.18\r\n", "ERROR\r\n"] {
+            XCTAssertEqual(frame(good, .line), .reply(length: good.utf8.count, isError: good == "ERROR\r\n"), good)
+        }
+        for bad in ["VALUE k 0 1\r\n", "END\r\n", "HD\r\n", "MN\r\n", "STAT pid 1\r\n", "hello\r\n", "\r\n"] {
+            XCTAssertEqual(frame(bad, .line), .invalid, bad)
+        }
+        for good in ["HD\r\n", "HD k1 O2\r\n", "NS\r\n", "EX\r\n", "NF\r\n", "EN\r\n", "MN\r\n", "ME k exp=-1\r\n"] {
+            XCTAssertEqual(frame(good, .meta), .reply(length: good.utf8.count, isError: false), good)
+        }
+        for bad in ["STORED\r\n", "END\r\n", "VALUE k 0 1\r\nx\r\nEND\r\n", "HDX\r\n"] {
+            XCTAssertEqual(frame(bad, .meta), .invalid, bad)
+        }
+    }
+
+    /// Walks `reply` through a skipper in pieces of `step` bytes, as a connection would: dropped
+    /// bytes leave the buffer, an incomplete line stays. Returns where the reply ended.
+    func skip(_ reply: [UInt8], _ grammar: ReplySkipper.Grammar, step: Int) -> Int? {
+        var skipper = ReplySkipper(grammar)
+        var buffer: [UInt8] = []
+        var fed = 0
+        var dropped = 0
+        while fed < reply.count {
+            let next = min(reply.count, fed + step)
+            buffer += reply[fed..<next]
+            fed = next
+            var consumed = 0
+            let progress = buffer.withUnsafeBytes { skipper.skip($0, consumed: &consumed) }
+            switch progress {
+            case .needMore:
+                dropped += consumed
+                buffer.removeFirst(consumed)
+            case let .finished(length):
+                return dropped + length
+            case .invalid:
+                return nil
+            }
+        }
+        return -1
+    }
+
+    func testSkipperFindsTheEndOfEveryReplyInAnyPieces() {
+        let value = String(repeating: "v", count: 300)
+        let cases: [(String, ReplySkipper.Grammar)] = [
+            ("VALUE a 0 300\r\n\(value)\r\nVALUE a 0 3\r\nEND\r\nEND\r\n", .memcache(.retrieval)),
+            ("END\r\n", .memcache(.retrieval)),
+            ("VA 300 f0\r\n\(value)\r\n", .memcache(.meta)),
+            ("VA 3\r\nMN\r\nHD\r\nMN\r\n", .memcache(.metaUntilNoop)),
+            ("$300\r\n\(value)\r\n", .resp),
+            ("*3\r\n$3\r\nabc\r\n*2\r\n:1\r\n$-1\r\n*0\r\n", .resp),
+            ("*2\r\n*2\r\n$300\r\n\(value)\r\n+OK\r\n-ERR x\r\n", .resp),
+            ("-ERR too bad\r\n", .resp),
+        ]
+        for (text, grammar) in cases {
+            let trailing = Array("+NEXT\r\n".utf8)
+            let reply = Array(text.utf8)
+            for step in [1, 2, 7, 64, 4096] {
+                XCTAssertEqual(skip(reply + trailing, grammar, step: step), reply.count, "\(grammar) step \(step): \(text.prefix(40))")
+            }
+        }
+        XCTAssertNil(skip(Array("HELLO\r\n".utf8), .memcache(.retrieval), step: 3))
+        XCTAssertNil(skip(Array("?\r\n".utf8), .resp, step: 3))
+        XCTAssertNil(skip([UInt8](repeating: 0x41, count: 9000), .resp, step: 4096), "a header line without an end is refused")
+    }
+}
