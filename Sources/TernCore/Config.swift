@@ -69,6 +69,10 @@ public struct PoolConfig: Sendable {
     /// Most reply bytes Tern holds for one client that does not read them; over it the client
     /// is closed (Tern key `client_output_limit`).
     public var clientOutputLimit: Int = 64 << 20
+    /// Largest Redis request a client may send, all arguments together (Tern key
+    /// `client_query_limit`). Below Redis's own `client-query-buffer-limit` (1 GiB), which would
+    /// close the shared backend connection on a request that large.
+    public var clientQueryLimit: Int = 768 << 20
     /// A request that stays incomplete this long (ms) closes its client: slowloris
     /// (Tern key `client_partial_timeout`; 0 = never).
     public var clientPartialTimeoutMilliseconds: Int = 30_000

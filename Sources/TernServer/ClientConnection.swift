@@ -135,6 +135,7 @@ final class ClientConnection {
     func newSlot() -> ReplySlot {
         let slot = worker.makeSlot(for: self)
         slot.isRedis = redis != nil
+        slot.replyLimit = pool.clientOutputLimit
         slots.append(slot)
         return slot
     }
@@ -163,20 +164,39 @@ final class ClientConnection {
         slotCompleted(slot)
     }
 
+    /// Reply bytes held in slots behind an unfinished one (not yet in `output`).
+    private(set) var heldReplyBytes = 0
+
+    /// A slot holds `delta` more reply bytes: everything held for this client counts toward its
+    /// `client_output_limit`, whether written out or waiting behind a slow request.
+    func heldChanged(by delta: Int) {
+        heldReplyBytes += delta
+        if delta > 0 { checkOutputLimit() }
+    }
+
+    /// A client that does not read its replies, or whose pipeline holds too much: bounded, then closed.
+    @discardableResult
+    private func checkOutputLimit() -> Bool {
+        guard !isClosed, output.readableCount + heldReplyBytes > pool.clientOutputLimit else { return false }
+        if let suppressed = pool.limitLog.admit(now: worker.now) {
+            worker.logger.warning("pool \(pool.config.name): client exceeded client_output_limit (\(pool.config.clientOutputLimit) bytes), closing it (\(suppressed) more since the last line)")
+        }
+        pool.stats.clientErrors.add()
+        pool.stats.overLimit.add()
+        close()
+        return true
+    }
+
     /// A slot was filled: every finished slot at the head of the queue goes to the output.
     func slotCompleted(_ slot: ReplySlot) {
+        slot.countHeld()
         guard slots.isFirst(slot) else { return }
         while !slots.isEmpty, slots[0].isDone, let head = slots.popFirst() {
+            heldReplyBytes -= head.countedBytes
             head.emit(into: output)
             worker.recycle(head)
         }
-        if output.readableCount > pool.clientOutputLimit {
-            // A client that does not read its replies: bounded, then closed.
-            worker.logger.warning("pool \(pool.config.name): client exceeded client_output_limit (\(pool.config.clientOutputLimit) bytes), closing it")
-            pool.stats.clientErrors.add()
-            close()
-            return
-        }
+        if checkOutputLimit() { return }
         worker.markDirty(self)
     }
 

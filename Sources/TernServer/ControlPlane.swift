@@ -133,7 +133,9 @@ enum StatsReport {
                 counter("tern_pool_requests_total", [("pool", pool), ("class", kind)], "Client requests by class (local: answered by Tern itself).").increment(by: value)
             }
             for (kind, value) in [("client_eof", sum { $0.clientEOF.read() }), ("client_error", sum { $0.clientErrors.read() }),
-                                  ("forward_error", sum { $0.forwardErrors.read() }), ("bad_request", sum { $0.clientErrorReplies.read() })] {
+                                  ("forward_error", sum { $0.forwardErrors.read() }), ("bad_request", sum { $0.clientErrorReplies.read() }),
+                                  ("accept_error", sum { $0.acceptErrors.read() }), ("refused", sum { $0.refusedClients.read() }),
+                                  ("over_limit", sum { $0.overLimit.read() })] {
                 counter("tern_pool_errors_total", [("pool", pool), ("kind", kind)], "Client-side errors by kind.").increment(by: value)
             }
             counter("tern_pool_fragments_total", [("pool", pool)], "Sub-requests sent for requests split over servers.").increment(by: sum { $0.fragments.read() })
@@ -226,7 +228,10 @@ final class ControlListener: Sendable {
                 let client = accept4(listener.descriptor, nil, nil, TERN_CLOEXEC_FLAG)
                 if client < 0 {
                     if errno == EINTR || errno == ECONNABORTED { continue }
-                    return nil
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the endpoint must come back
+                    // when the condition passes, so wait a moment and try again; never exit.
+                    usleep(100_000)
+                    continue
                 }
                 var timeout = timeval(tv_sec: 2, tv_usec: 0)
                 setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

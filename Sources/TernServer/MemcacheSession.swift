@@ -94,6 +94,11 @@ extension ClientConnection {
             slot.fail(part: 0, reason: "no server available")
             return
         }
+        if request.command.isRetrieval {
+            // A single-key get: its reply may name this key only.
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: key.count, server: Int32(server)))
+            slot.keyBytes.append(key)
+        }
         pool.withConnection(toServer: server, client: index) { connection in
             if !request.noreply {
                 connection.forward(frame, slot: slot, framing: request.command.framing)
@@ -190,15 +195,14 @@ extension ClientConnection {
             let key = UnsafeRawBufferPointer(rebasing: frame[start..<position])
             let server = pool.serverIndex(forKey: key) ?? -1
             if firstServer == -1 { firstServer = server } else if server != firstServer { singleServer = false }
-            slot.keys.append(ReplySlot.KeyEntry(keyStart: Int32(slot.keyBytes.readableCount), keyLength: Int32(key.count), server: Int32(server)))
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: slot.keyBytes.readableCount, keyLength: key.count, server: Int32(server)))
             slot.keyBytes.append(key)
             warmup?.addKey(key, newServer: Int32(server))
         }
         if singleServer, firstServer >= 0, warmup == nil {
-            // Every key lives on one server: the request goes as it is.
+            // Every key lives on one server: the request goes as it is (its keys stay in the
+            // slot, so that the reply's VALUE keys are checked against them).
             slot.kind = .single
-            slot.keys.removeAll(keepingCapacity: true)
-            slot.keyBytes.removeAll()
             pool.withConnection(toServer: firstServer, client: index) { $0.forward(frame, slot: slot, framing: request.command.framing) }
             return
         }
@@ -215,7 +219,7 @@ extension ClientConnection {
                     output.append(prefix)
                     for entry in slot.keys where entry.server == server {
                         output.append(byte: 0x20)
-                        output.append(UnsafeRawBufferPointer(rebasing: keyBytes[Int(entry.keyStart)..<Int(entry.keyStart + entry.keyLength)]))
+                        output.append(UnsafeRawBufferPointer(rebasing: keyBytes[entry.keyStart..<(entry.keyStart + entry.keyLength)]))
                     }
                     output.append("\r\n" as StaticString)
                     connection.enqueue(slot: slot, part: server, framing: request.command.framing)

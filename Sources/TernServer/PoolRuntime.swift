@@ -22,6 +22,8 @@ final class PoolRuntime {
     private(set) var placement: Placement
     private(set) var limits: MemcacheLimits
     private(set) var respLimits: RespLimits
+    /// Redis's caps before AUTH, for pools with `redis_auth`.
+    private(set) var preAuthLimits: RespLimits
     private var listenWatcher: IOWatcher?
     /// A warm-up's old pool (no listener of its own).
     private(set) var old: PoolRuntime?
@@ -41,8 +43,8 @@ final class PoolRuntime {
         self.plan = plan
         self.worker = worker
         self.placement = plan.config.placement()
-        self.limits = MemcacheLimits(maxItemSize: plan.config.maxItemSize, strictKeys: plan.config.strictKeys)
-        self.respLimits = RespLimits(maxBulkLength: plan.config.maxBulkLength)
+        (self.limits, self.respLimits) = Self.requestLimits(plan.config)
+        self.preAuthLimits = respLimits.unauthenticated
         self.stats = plan.shared.workerCounters[worker.identifier]
         self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
@@ -63,6 +65,12 @@ final class PoolRuntime {
     func withConnection<Result>(toServer server: Int, client clientIndex: Int, _ body: (ServerConnection) -> Result) -> Result {
         precondition(server >= 0 && server < servers.count, "server \(server) of \(servers.count)")
         return serverTable.unsafelyUnwrapped[server]._withUnsafeGuaranteedRef { $0.withConnection(for: clientIndex, body) }
+    }
+
+    /// What a client may send, from the pool's config.
+    private static func requestLimits(_ config: PoolConfig) -> (MemcacheLimits, RespLimits) {
+        (MemcacheLimits(maxItemSize: config.maxItemSize, strictKeys: config.strictKeys),
+         RespLimits(maxBulkLength: config.maxBulkLength, maxRequestLength: config.clientQueryLimit))
     }
 
     private func cacheHotSettings() {
@@ -93,6 +101,7 @@ final class PoolRuntime {
     }
 
     func stopListening() {
+        resumeTimer?.stop()
         guard let watcher = listenWatcher else { return }
         watcher.watch(0)
         worker.retire(watcher)
@@ -108,8 +117,8 @@ final class PoolRuntime {
         let previous = servers
         plan = newPlan
         cacheHotSettings()
-        limits = MemcacheLimits(maxItemSize: newPlan.config.maxItemSize, strictKeys: newPlan.config.strictKeys)
-        respLimits = RespLimits(maxBulkLength: newPlan.config.maxBulkLength)
+        (limits, respLimits) = Self.requestLimits(newPlan.config)
+        preAuthLimits = respLimits.unauthenticated
         var kept: [ServerRuntime] = []
         for (index, server) in newPlan.config.servers.enumerated() {
             let address = newPlan.serverAddresses[index]
@@ -162,7 +171,10 @@ final class PoolRuntime {
                     // Over the limit: accepted and closed at once.
                     plan.shared.clientCount.subtract(1, ordering: .relaxed)
                     Syscall.close(fd)
-                    worker.logger.warning("pool \(config.name): client_connections limit \(config.clientConnections) reached, closing new client")
+                    stats.refusedClients.add()
+                    if let suppressed = refusedLog.admit(now: worker.now) {
+                        worker.logger.warning("pool \(config.name): client_connections limit \(config.clientConnections) reached, closing new clients (\(suppressed) more since the last line)")
+                    }
                     continue
                 }
                 if case .tcp = config.listen { Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY) }
@@ -175,14 +187,40 @@ final class PoolRuntime {
             case .wouldBlock:
                 return
             case let .failed(error):
-                if error == EMFILE || error == ENFILE {
-                    worker.logger.error("accept failed: \(Syscall.errorText(error))")
+                stats.acceptErrors.add()
+                if let suppressed = acceptLog.admit(now: worker.now) {
+                    worker.logger.error("pool \(config.name): accept failed: \(Syscall.errorText(error)) (\(suppressed) more since the last line)")
+                }
+                if error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM {
+                    // Out of descriptors: the pending connection stays in the backlog and a
+                    // level-triggered watcher would report it again at once. Stop watching the
+                    // listener for a moment instead of spinning.
+                    pauseAccepting(seconds: 0.1)
                 }
                 return
             case .endOfFile:
                 return
             }
         }
+    }
+
+    private var acceptLog = LogThrottle()
+    /// Clients closed over `client_output_limit` (written by their connections).
+    var limitLog = LogThrottle()
+    private var refusedLog = LogThrottle()
+    private var resumeTimer: TimerWatcher?
+
+    private func pauseAccepting(seconds: Double) {
+        guard let watcher = listenWatcher else { return }
+        watcher.watch(0)
+        let timer = resumeTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+            let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            pool.resumeTimer?.fired()
+            // Still listening (no reload or drain stopped it meanwhile): watch again.
+            pool.listenWatcher?.watch(TERN_EV_READ)
+        }
+        resumeTimer = timer
+        timer.start(after: seconds)
     }
 
     /// The worker with the fewest clients of this pool (this one on a tie), counted as having

@@ -23,7 +23,9 @@ extension ClientConnection {
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if pipelineIsFull() { return }
             let bytes = buffer.readable
-            switch RespRequestParser.parse(bytes, limits: pool.respLimits, into: session.arguments) {
+            // Before AUTH, Redis's own caps apply (10 arguments, 16 KiB bulks).
+            let limits = !pool.requiresAuth || session.isAuthenticated ? pool.respLimits : pool.preAuthLimits
+            switch RespRequestParser.parse(bytes, limits: limits, into: session.arguments) {
             case .incomplete:
                 return
             case let .empty(length):
@@ -31,6 +33,7 @@ extension ClientConnection {
             case let .request(length):
                 routeRedis(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), session)
                 buffer.consume(length)
+                session.arguments.shrink()
             case let .protocolError(message):
                 pool.stats.clientErrorReplies.add()
                 // Framing is lost: answer, then close once earlier replies are out.
@@ -202,6 +205,13 @@ extension ClientConnection {
         slot.kind = kind
         session.keyIndices.removeAll(keepingCapacity: true)
         session.keyServers.removeAll(keepingCapacity: true)
+        defer {
+            // Capacity left by one huge request is given back.
+            if session.keyIndices.count > RespArguments.keptCapacity {
+                session.keyIndices = []
+                session.keyServers = []
+            }
+        }
         if keysPerPart == 2, (arguments.count - 1) % 2 != 0 {
             slot.kind = .single
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")

@@ -30,12 +30,13 @@ final class ReplySlot {
     /// Parts numbered from here went to a warm-up's old pool.
     static let oldPartBase: Int32 = 1 << 20
 
+    /// Offsets are full-width: a merged reply may pass 2 GiB when `client_output_limit` allows.
     struct KeyEntry {
-        var keyStart: Int32
-        var keyLength: Int32
+        var keyStart: Int
+        var keyLength: Int
         var server: Int32
-        var recordStart: Int32 = -1
-        var recordLength: Int32 = 0
+        var recordStart = -1
+        var recordLength = 0
     }
 
     /// The client waiting for this reply; nil once that client has gone.
@@ -65,6 +66,10 @@ final class ReplySlot {
     var isQuietMeta = false
     /// The new pool's counters, for what the old pool did on deletes.
     var warmupCounters: WarmupCounters?
+    /// Most reply bytes this request may hold (the pool's `client_output_limit`), checked before
+    /// a backend reply is stored; past it the request fails and later parts are dropped.
+    var replyLimit = Int.max
+    var isOverflowed = false
 
     func reset() {
         client = nil
@@ -73,7 +78,9 @@ final class ReplySlot {
         isSilent = false
         remainingParts = 0
         data.removeAll()
-        data.releaseIfIdle(keep: 16384)
+        // A recycled slot keeps small buffers only: the worker keeps up to `Worker.keptSlots`
+        // of them, which must not pin the memory of a past burst of large replies.
+        data.releaseIfIdle(keep: 4096)
         if !keys.isEmpty { keys.removeAll(keepingCapacity: true) }
         keyBytes.removeAll()
         hasError = false
@@ -85,6 +92,12 @@ final class ReplySlot {
         oldDeleted = false
         isQuietMeta = false
         if warmupCounters != nil { warmupCounters = nil }
+        replyLimit = Int.max
+        isOverflowed = false
+        countedBytes = 0
+        // Capacity taken by one huge request is not kept by a recycled slot.
+        if keys.capacity > 64 { keys = [] }
+        keyBytes.releaseIfIdle(keep: 1024)
     }
 
     /// Fills the slot with bytes Tern produced itself.
@@ -103,8 +116,56 @@ final class ReplySlot {
         client?.slotCompleted(self)
     }
 
-    /// A backend's reply for `part` of this slot.
+    /// Reply bytes this slot holds now (its data and a warm-up's copied values).
+    var heldBytes: Int { data.readableCount + (warmup?.values.count ?? 0) }
+
+    /// A backend's reply for `part` of this slot. Bytes held for the client are counted on the
+    /// client before and after, so replies waiting behind a slow request count toward its
+    /// `client_output_limit` too.
     func deliver(part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        if isOverflowed || heldBytes + reply.count > replyLimit {
+            overflow()
+            return
+        }
+        deliverPart(part, reply, isError)
+        countHeld()
+    }
+
+    /// Bytes of this slot counted in its client's `heldReplyBytes` (taken back when it leaves).
+    var countedBytes = 0
+
+    /// Brings the client's count of held reply bytes up to date with this slot.
+    @inline(__always)
+    func countHeld() {
+        guard let client else { return }
+        let held = heldBytes
+        if held != countedBytes {
+            let delta = held - countedBytes
+            countedBytes = held
+            client.heldChanged(by: delta)
+        }
+    }
+
+    /// A backend's reply for this slot was too large to hold (the connection drops it).
+    func failTooLarge() { overflow() }
+
+    /// The merged reply would pass the limit: the request fails with an error, whatever else
+    /// arrives for it is dropped.
+    private func overflow() {
+        if !isOverflowed {
+            isOverflowed = true
+            warmup?.values.removeAll()
+            data.removeAll()
+            hasError = true
+            if !isSilent { data.append(errorLine("reply exceeds client_output_limit")) }
+            client?.pool.stats.overLimit.add()
+            countHeld()
+        }
+        remainingParts -= 1
+        if remainingParts <= 0 { finish() }
+    }
+
+    private func deliverPart(_ part: Int32, _ reply: UnsafeRawBufferPointer, _ isError: Bool) {
         if let warmup {
             warmup.deliver(self, part: part, reply: reply, isError: isError)
             partDone()
@@ -131,8 +192,8 @@ final class ReplySlot {
                         let entry = keys[cursor]
                         cursor += 1
                         guard entry.server == part, entry.recordStart < 0, sameKey(entry, key) else { continue }
-                        keys[cursor - 1].recordStart = Int32(data.readableCount)
-                        keys[cursor - 1].recordLength = Int32(recordRange.count)
+                        keys[cursor - 1].recordStart = data.readableCount
+                        keys[cursor - 1].recordLength = recordRange.count
                         data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
                         break
                     }
@@ -149,8 +210,8 @@ final class ReplySlot {
                 RespReplyParser.forEachElement(reply) { range in
                     while cursor < keys.count, keys[cursor].server != part { cursor += 1 }
                     guard cursor < keys.count else { return }
-                    keys[cursor].recordStart = Int32(data.readableCount)
-                    keys[cursor].recordLength = Int32(range.count)
+                    keys[cursor].recordStart = data.readableCount
+                    keys[cursor].recordLength = range.count
                     data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
                     cursor += 1
                 }
@@ -213,6 +274,10 @@ final class ReplySlot {
 
     /// `part` failed (connection error, timeout, no server).
     func fail(part: Int32, reason: String) {
+        if isOverflowed {
+            overflow()
+            return
+        }
         if let warmup {
             warmup.failed(self, part: part, reason: reason)
             partDone()
@@ -252,6 +317,7 @@ final class ReplySlot {
     }
 
     private func partDone() {
+        if isOverflowed { return }
         remainingParts -= 1
         if remainingParts == 0 {
             if let warmup, warmup.advance(self) { return }
@@ -288,10 +354,26 @@ final class ReplySlot {
         }
     }
 
+    /// Whether a retrieval reply for `part` names only keys that part asked for, in the order
+    /// asked (a repeated key may come back repeated). A VALUE for any other key means the backend
+    /// connection is out of step: the reply is someone else's.
+    func acceptsRetrieval(_ reply: UnsafeRawBufferPointer, part: Int32) -> Bool {
+        guard warmup == nil, !keys.isEmpty else { return true }
+        var cursor = 0
+        var accepted = true
+        MemcacheReplyParser.forEachValue(reply) { keyRange, _ in
+            guard accepted else { return }
+            let key = UnsafeRawBufferPointer(rebasing: reply[keyRange])
+            while cursor < keys.count, (kind == .multiGet && keys[cursor].server != part) || !sameKey(keys[cursor], key) { cursor += 1 }
+            if cursor == keys.count { accepted = false } else { cursor += 1 }
+        }
+        return accepted
+    }
+
     private func sameKey(_ entry: KeyEntry, _ key: UnsafeRawBufferPointer) -> Bool {
         guard Int(entry.keyLength) == key.count else { return false }
         let stored = keyBytes.readable
-        for i in 0..<key.count where stored[Int(entry.keyStart) + i] != key[i] { return false }
+        for i in 0..<key.count where stored[entry.keyStart + i] != key[i] { return false }
         return true
     }
 
@@ -309,15 +391,19 @@ final class ReplySlot {
             output.appendArrayHeader(keys.count)
             for entry in keys {
                 if entry.recordStart >= 0 {
-                    output.append(UnsafeRawBufferPointer(rebasing: bytes[Int(entry.recordStart)..<Int(entry.recordStart + entry.recordLength)]))
+                    output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
                 } else {
                     output.append("$-1\r\n" as StaticString)
                 }
             }
         case .multiGet:
+            if isOverflowed {
+                output.append(data.readable)
+                return
+            }
             let bytes = data.readable
             for entry in keys where entry.recordStart >= 0 {
-                output.append(UnsafeRawBufferPointer(rebasing: bytes[Int(entry.recordStart)..<Int(entry.recordStart + entry.recordLength)]))
+                output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
             }
             output.append("END\r\n" as StaticString)
         }

@@ -273,6 +273,10 @@ final class ServerConnection {
         // would take and drop a reference).
         let counters = self.counters
         while !input.isEmpty {
+            if skipper != nil {
+                guard skipOversizedReply() else { return }
+                continue
+            }
             guard !pending.isEmpty else {
                 fail(reason: "server sent an unexpected reply")
                 return
@@ -280,7 +284,9 @@ final class ServerConnection {
             let framed: (length: Int, isError: Bool)
             if isRedis {
                 switch RespReplyParser.parse(input.readable, maxDepth: 64) {
-                case .incomplete: return
+                case .incomplete:
+                    if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
+                    return
                 case .invalid:
                     fail(reason: "server sent an invalid reply")
                     return
@@ -288,7 +294,9 @@ final class ServerConnection {
                 }
             } else {
                 switch MemcacheReplyParser.parse(input.readable, framing: pending[0].framing, resumeAt: &replyResumeOffset) {
-                case .incomplete: return
+                case .incomplete:
+                    if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
+                    return
                 case .invalid:
                     fail(reason: "server sent an invalid reply")
                     return
@@ -324,7 +332,15 @@ final class ServerConnection {
                     // Taken out of the entry, so the slot changes hands without a retain.
                     // Quiet meta commands were followed by Tern's own `mn`: its MN is not the client's.
                     let end = head.framing == .metaUntilNoop ? length - 4 : length
-                    slot.deliver(part: head.part, reply: UnsafeRawBufferPointer(rebasing: input.readable[0..<end]), isError: isError)
+                    let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<end])
+                    if head.framing == .retrieval, !slot.acceptsRetrieval(reply, part: head.part) {
+                        // Never handed to a client: this request and every other on the
+                        // connection fail, and the connection is opened afresh.
+                        slot.fail(part: head.part, reason: "server reply out of step")
+                        fail(reason: "server sent a value for a key not asked for")
+                        return
+                    }
+                    slot.deliver(part: head.part, reply: reply, isError: isError)
                 }
                 input.consume(length)
             }
@@ -332,6 +348,48 @@ final class ServerConnection {
         if pending.isEmpty, isTimerArmed { stopTimer() }
         // A burst may have grown the buffer: give large ones back once drained.
         if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
+    }
+
+    /// Walks a reply too large to hold (see `ReplySkipper`); nil when none is being skipped.
+    private var skipper: ReplySkipper?
+
+    /// The head reply has grown past what its client may be sent: its request fails now, and
+    /// the rest of the reply is dropped as it arrives instead of being buffered. The other
+    /// requests on the connection, other clients' among them, are answered as usual.
+    private func startSkipping() {
+        guard let head = pending.popFirst() else { return }
+        pendingBytes -= head.bytes
+        counters.responses.add()
+        counters.inQueue.add(-1)
+        counters.inQueueBytes.add(-head.bytes)
+        head.slot?.failTooLarge()
+        if head.isProbe { server.probeAnswered() }
+        if head.isBackfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
+        replyResumeOffset = 0
+        skipper = ReplySkipper(isRedis ? .resp : .memcache(head.framing))
+        worker.logger.warning("server \(server.name): a reply passed client_output_limit (\(server.pool.clientOutputLimit) bytes); its request failed and the reply is dropped")
+    }
+
+    /// Drops the skipped reply's bytes that have arrived. True when it has ended (framing goes
+    /// on with the next reply), false when more is needed or the connection failed.
+    private func skipOversizedReply() -> Bool {
+        var consumed = 0
+        let progress = skipper!.skip(input.readable, consumed: &consumed)
+        counters.responseBytes.add(consumed)
+        switch progress {
+        case .needMore:
+            input.consume(consumed)
+            // What was buffered before skipping began is given back at once.
+            if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
+            return false
+        case let .finished(length):
+            input.consume(length)
+            skipper = nil
+            return true
+        case .invalid:
+            fail(reason: "server sent an invalid reply")
+            return false
+        }
     }
 
     private func armTimer(after seconds: Double) {
@@ -437,6 +495,7 @@ final class ServerConnection {
         input.removeAll()
         input.releaseIfIdle()
         replyResumeOffset = 0
+        skipper = nil
         output.removeAll()
         output.releaseIfIdle()
     }

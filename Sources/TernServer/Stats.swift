@@ -26,6 +26,11 @@ final class PoolCounters: Sendable {
     let other = WorkerCounter()
     let localReplies = WorkerCounter()
     let clientErrorReplies = WorkerCounter()
+    /// accept() failures (EMFILE, ENFILE, …), clients refused over `client_connections`, and
+    /// clients closed or requests failed over `client_output_limit` / `client_query_limit`.
+    let acceptErrors = WorkerCounter()
+    let refusedClients = WorkerCounter()
+    let overLimit = WorkerCounter()
     /// Clients of the pool assigned to this worker: raised by whichever worker accepts (it may
     /// hand the client over), lowered by this worker when the client closes, hence a real atomic
     /// add. Read to give each new client to the least loaded worker.
@@ -66,4 +71,22 @@ final class ServerCounters: Sendable {
 
 final class LatencyBucket: Sendable {
     let count = WorkerCounter()
+}
+
+/// At most one log line a second for a repeating event, saying how many were left out.
+/// Loop-confined like its owner.
+struct LogThrottle {
+    private var lastAt = -Double.infinity
+    private var suppressed = 0
+
+    /// nil while within a second of the last line; otherwise how many events were suppressed.
+    mutating func admit(now: Double) -> Int? {
+        guard now - lastAt >= 1 else {
+            suppressed += 1
+            return nil
+        }
+        lastAt = now
+        defer { suppressed = 0 }
+        return suppressed
+    }
 }

@@ -315,8 +315,8 @@ final class WarmupRead {
             slot.data.append(" \(key.flags) \(key.valueLength)\r\n")
             values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
             slot.data.append("\r\n" as StaticString)
-            slot.keys[index].recordStart = Int32(record)
-            slot.keys[index].recordLength = Int32(slot.data.readableCount - record)
+            slot.keys[index].recordStart = record
+            slot.keys[index].recordLength = slot.data.readableCount - record
             if warmup.backfill {
                 if let ttl, newServer >= 0 { copyMemcached(index, ttl: ttl) } else { WarmupCounters.add(counters.copiesSkipped) }
             }
@@ -390,8 +390,8 @@ final class WarmupRead {
             slot.data.removeAll()
             values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
         } else {
-            slot.keys[index].recordStart = Int32(slot.data.readableCount)
-            slot.keys[index].recordLength = Int32(key.valueLength)
+            slot.keys[index].recordStart = slot.data.readableCount
+            slot.keys[index].recordLength = key.valueLength
             values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
         }
         guard warmup.backfill else { return }
@@ -433,8 +433,8 @@ final class WarmupRead {
                 keys[$0].newServer == part && (resendOnly ? keys[$0].isResend : slot.keys[$0].recordStart < 0) && withKey($0) { $0.elementsEqual(key) }
             }) else { return }
             keys[index].isResend = false
-            slot.keys[index].recordStart = Int32(slot.data.readableCount)
-            slot.keys[index].recordLength = Int32(recordRange.count)
+            slot.keys[index].recordStart = slot.data.readableCount
+            slot.keys[index].recordLength = recordRange.count
             slot.data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
         }
     }
@@ -448,8 +448,8 @@ final class WarmupRead {
         RespReplyParser.forEachElement(reply) { range in
             while cursor < keys.count, keys[cursor].newServer != part { cursor += 1 }
             guard cursor < keys.count else { return }
-            slot.keys[cursor].recordStart = Int32(slot.data.readableCount)
-            slot.keys[cursor].recordLength = Int32(range.count)
+            slot.keys[cursor].recordStart = slot.data.readableCount
+            slot.keys[cursor].recordLength = range.count
             slot.data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
             cursor += 1
         }

@@ -401,8 +401,13 @@ final class Worker {
 
     func recycle(_ slot: ReplySlot) {
         slot.reset()
-        if freeSlots.count < 4096 { freeSlots.append(slot) }
+        if freeSlots.count < Self.keptSlots { freeSlots.append(slot) }
     }
+
+    /// Recycled slots kept for reuse: enough for a busy worker's pipelines (16 clients 64 deep)
+    /// without an allocation, few enough that their small buffers (`ReplySlot.reset`) stay a
+    /// few MiB after a burst.
+    static let keptSlots = 1024
 }
 
 // MARK: - Watcher plumbing
