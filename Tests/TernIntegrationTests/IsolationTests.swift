@@ -1,0 +1,424 @@
+import Foundation
+import Synchronization
+import XCTest
+@testable import TernCore
+
+/// An innocent client: sets and reads back its own keys through Tern, pipelined two deep, for as
+/// long as an attack runs. Every reply must be exactly its own; any other reply, an error or a
+/// timeout is counted.
+final class Canary: Sendable {
+    let stopped = Atomic<Bool>(false)
+    let finished = Atomic<Bool>(false)
+    let good = Atomic<Int>(0)
+    let bad = Atomic<Int>(0)
+    let lastBad = Mutex<String>("")
+
+    init(port: Int, redis: Bool, keys: [String] = (0..<16).map { "canary:\($0)" }) {
+        Thread { [self] in
+            var client = try? TestClient(port: port, timeout: 3)
+            var round = 0
+            while !stopped.load(ordering: .relaxed) {
+                let key = keys[round % keys.count]
+                let value = "\(key)-\(round)-" + String(repeating: "c", count: round % 50)
+                round += 1
+                do {
+                    guard let connection = client else { throw TestError("no connection") }
+                    let expected: String
+                    let reply: String
+                    if redis {
+                        try connection.send(TestClient.encode(["SET", key, value]) + TestClient.encode(["GET", key]))
+                        reply = String(decoding: try connection.receiveReplies(2), as: UTF8.self)
+                        expected = "+OK\r\n$\(value.utf8.count)\r\n\(value)\r\n"
+                    } else {
+                        reply = try connection.request("set \(key) 0 0 \(value.utf8.count)\r\n\(value)\r\nget \(key)\r\n", until: "END\r\n")
+                        expected = "STORED\r\nVALUE \(key) 0 \(value.utf8.count)\r\n\(value)\r\nEND\r\n"
+                    }
+                    if reply == expected {
+                        good.add(1, ordering: .relaxed)
+                    } else {
+                        bad.add(1, ordering: .relaxed)
+                        lastBad.withLock { $0 = "expected \(expected.debugDescription), got \(reply.prefix(200).debugDescription)" }
+                    }
+                } catch {
+                    bad.add(1, ordering: .relaxed)
+                    lastBad.withLock { $0 = "\(error)" }
+                    client = try? TestClient(port: port, timeout: 3)
+                }
+            }
+            finished.store(true, ordering: .relaxed)
+        }.start()
+    }
+
+    /// Stops the canary and asserts it saw only its own replies, and enough of them.
+    func check(file: StaticString = #filePath, line: UInt = #line) {
+        // Served through the attack and a little after it.
+        let deadline = Date().addingTimeInterval(5)
+        let target = good.load(ordering: .relaxed) + 20
+        while good.load(ordering: .relaxed) < target, bad.load(ordering: .relaxed) == 0, Date() < deadline { usleep(10_000) }
+        stopped.store(true, ordering: .relaxed)
+        while !finished.load(ordering: .relaxed) { usleep(10_000) }
+        XCTAssertEqual(bad.load(ordering: .relaxed), 0, "the innocent client got a wrong reply or an error: \(lastBad.withLock { $0 })", file: file, line: line)
+        XCTAssertGreaterThan(good.load(ordering: .relaxed), 20, "the innocent client kept being served", file: file, line: line)
+    }
+}
+
+/// Peak and current resident memory of a process, in KiB.
+func memoryKiB(_ process: Process) -> (rss: Int, peak: Int) {
+    let text = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+    func field(_ name: String) -> Int {
+        let line = text.split(separator: "\n").first { $0.hasPrefix(name) } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+    return (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// One client's hostile requests against a shared backend connection: the offender alone gets
+/// an error (or is closed), an innocent client served by the same worker at the same time sees
+/// only its own replies, and Tern's memory stays within the configured limits.
+final class IsolationTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(3000)) }
+        group.stopAll()
+    }
+
+    var checksMemory: Bool { ProcessInfo.processInfo.environment["TERN_SANITIZED"] == nil }
+
+    /// One worker, so every client shares each backend connection.
+    func start(_ backends: [String], redis: Bool = false, extra: String = "") throws -> (port: Int, process: Process, pool: PoolConfig) {
+        let port = ProcessGroup.freePort()
+        let text = "p:\n  listen: 127.0.0.1:\(port)\n  hash: fnv1a_64\n  timeout: 2000\n  redis: \(redis)\n\(extra)  servers:\n"
+            + backends.map { "   - \($0):1\n" }.joined()
+        let process = try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        return (port, process, try ConfigLoader.load(text: text, file: "p.yml").pools[0])
+    }
+
+    func stat(_ backend: Memcached, _ name: String) throws -> String {
+        let reply = try TestClient(port: backend.port).request("stats settings\r\n", until: "END\r\n")
+        let line = reply.split(separator: "\r\n").first { $0.hasPrefix("STAT \(name) ") } ?? ""
+        return String(line.dropFirst("STAT \(name) ".count))
+    }
+
+    /// memcached refuses these `ms` lines without reading their data block; forwarded, the
+    /// block would run as a command on the shared connection (here `cache_memlimit 8` and a
+    /// `get` of the canary's key, whose reply would go to the next client in line).
+    func testMetaSetsMemcachedWouldNotReadAreRefusedBeforeTheBackend() throws {
+        let backend = try group.memcached()
+        let tern = try start([backend.address], extra: "  strict_keys: false\n")
+        let maxBytes = try stat(backend, "maxbytes")
+        let canary = Canary(port: tern.port, redis: false)
+        let attacker = try TestClient(port: tern.port)
+        let longBase64 = String(repeating: "QUJD", count: 90)  // 360 encoded bytes, 270 decoded
+        let flags17 = (0..<17).map { _ in "T0" }.joined(separator: " ")
+        let flags32 = (0..<32).map { _ in "F1" }.joined(separator: " ")
+        for _ in 0..<50 {
+            for line in ["ms k 16 \(flags17)", "ms k 16 \(flags32)", "ms \(longBase64) 16 b", "ms k\u{0}x 16"] {
+                for block in ["cache_memlimit 8", "get canary:1 ab "] {
+                    let reply = try attacker.request("\(line)\r\n\(block)\r\nmn\r\n", until: "MN\r\n")
+                    XCTAssertTrue(reply.hasPrefix("CLIENT_ERROR "), "\(line.prefix(30)): \(reply.debugDescription)")
+                    XCTAssertEqual(reply.components(separatedBy: "\r\n").count, 3, "one error, then MN: \(reply.debugDescription)")
+                }
+            }
+        }
+        canary.check()
+        XCTAssertEqual(try stat(backend, "maxbytes"), maxBytes, "no smuggled command reached the server")
+        XCTAssertEqual(try attacker.request("ms k 2 T0\r\nok\r\nmg k v\r\n", until: "\r\nok\r\n"), "HD\r\nVA 2\r\nok\r\n")
+    }
+
+    /// Redis drops a connection on `*02`, `$01` or `$-0`: Tern refuses them as Redis does (an
+    /// error and a close, for the offender only) and the shared connection never sees them.
+    func testNonCanonicalRespLengthsCloseOnlyTheOffender() throws {
+        let redis = try group.redis()
+        let tern = try start([redis.address], redis: true)
+        let canary = Canary(port: tern.port, redis: true)
+        let attacks = ["*02\r\n$3\r\nGET\r\n$1\r\nk\r\n", "*2\r\n$3\r\nGET\r\n$01\r\nk\r\n", "*2\r\n$3\r\nGET\r\n$-0\r\n", "*1\r\n$04\r\nPING\r\n"]
+        for round in 0..<20 {
+            let attacker = try TestClient(port: tern.port)
+            // A valid request first: its reply must still arrive before the error.
+            try attacker.send("*1\r\n$4\r\nPING\r\n" + attacks[round % attacks.count])
+            let (bytes, closed) = attacker.drain(for: 2)
+            let text = String(decoding: bytes, as: UTF8.self)
+            XCTAssertTrue(text.hasPrefix("+PONG\r\n-ERR Protocol error: invalid "), text.debugDescription)
+            XCTAssertTrue(closed, "the offender is closed once framing is lost")
+        }
+        canary.check()
+        let clients = try redis.call("INFO", "clients")
+        XCTAssertTrue(clients.contains("connected_clients:2\r\n"), "the shared connection was never dropped and reopened: \(clients)")
+    }
+
+    /// memcached reads lines over 2048 bytes only for get and gets; a long gat line would reset
+    /// the shared connection.
+    func testLongGatLineClosesOnlyTheOffender() throws {
+        let backend = try group.memcached()
+        let tern = try start([backend.address])
+        let canary = Canary(port: tern.port, redis: false)
+        let keys = (0..<2000).map { "k\($0)" }.joined(separator: " ")
+        for round in 0..<20 {
+            let attacker = try TestClient(port: tern.port)
+            try attacker.send("version\r\n\(round % 2 == 0 ? "gat" : "gats") 0 \(keys)\r\n")
+            let (bytes, closed) = attacker.drain(for: 2)
+            XCTAssertEqual(String(decoding: bytes, as: UTF8.self), "VERSION 0.1.0\r\nCLIENT_ERROR line too long\r\n")
+            XCTAssertTrue(closed)
+        }
+        canary.check()
+        // A get line as long is fine, as it is for memcached.
+        let reader = try TestClient(port: tern.port)
+        XCTAssertEqual(try reader.request("get \(keys)\r\n", until: "END\r\n"), "END\r\n")
+    }
+
+    /// A reply that would pass `client_output_limit` fails its request, whether it comes from one
+    /// server (dropped as it arrives) or is merged from several; the process and the other
+    /// clients carry on, and memory stays near the limit.
+    func testHugeRepliesFailTheRequestNotTheProcess() throws {
+        let first = try group.memcached(extra: ["-I", "2m", "-m", "128"])
+        let second = try group.memcached(extra: ["-I", "2m", "-m", "128"])
+        let limit = 8 << 20
+        let tern = try start([first.address, second.address], extra: "  client_output_limit: \(limit)\n  max_item_size: 2097152\n")
+        let onFirst = keys(tern.pool, server: 0, count: 1)[0], onSecond = keys(tern.pool, server: 1, count: 1)[0]
+        let value = String(repeating: "v", count: 1 << 20)
+        let writer = try TestClient(port: tern.port, timeout: 20)
+        for key in [onFirst, onSecond] {
+            XCTAssertEqual(try writer.request("set \(key) 0 0 \(value.utf8.count)\r\n\(value)\r\n", until: "\r\n"), "STORED\r\n")
+        }
+        usleep(200_000)
+        let before = memoryKiB(tern.process).rss
+        let canary = Canary(port: tern.port, redis: false)
+        let attacker = try TestClient(port: tern.port, timeout: 30)
+        // 300 MB from one server (the request goes as it is), then 200 MB merged from two.
+        let single = "get " + Array(repeating: onFirst, count: 300).joined(separator: " ") + "\r\n"
+        let merged = "get " + Array(repeating: "\(onFirst) \(onSecond)", count: 100).joined(separator: " ") + "\r\n"
+        for request in [single, merged, single] {
+            XCTAssertEqual(try attacker.request(request + "get \(onSecond)x\r\n", until: "END\r\n"),
+                           "SERVER_ERROR reply exceeds client_output_limit\r\nEND\r\n")
+        }
+        canary.check()
+        XCTAssertEqual(try attacker.request("get \(onFirst)\r\n", until: "\r\nEND\r\n"), "VALUE \(onFirst) 0 \(value.utf8.count)\r\n\(value)\r\nEND\r\n")
+        if checksMemory {
+            let peak = memoryKiB(tern.process).peak
+            XCTAssertLessThan(peak - before, overhead(limit: limit, servers: 2), "peak RSS \(peak) KiB against \(before) KiB before, for 300 MB replies")
+        }
+    }
+
+    /// The same for Redis: MGET of a large value repeated, on one server and merged from two.
+    func testHugeRedisRepliesFailTheRequestNotTheProcess() throws {
+        let first = try group.redis(), second = try group.redis()
+        let limit = 8 << 20
+        let tern = try start([first.address, second.address], redis: true, extra: "  client_output_limit: \(limit)\n")
+        let onFirst = keys(tern.pool, server: 0, count: 1)[0], onSecond = keys(tern.pool, server: 1, count: 1)[0]
+        let value = String(repeating: "r", count: 1 << 20)
+        let writer = try TestClient(port: tern.port, timeout: 20)
+        XCTAssertEqual(try writer.call("SET", onFirst, value), "+OK\r\n")
+        XCTAssertEqual(try writer.call("SET", onSecond, value), "+OK\r\n")
+        usleep(200_000)
+        let before = memoryKiB(tern.process).rss
+        let canary = Canary(port: tern.port, redis: true)
+        let attacker = try TestClient(port: tern.port, timeout: 30)
+        for keys in [Array(repeating: onFirst, count: 200), Array(repeating: [onFirst, onSecond], count: 100).flatMap { $0 }] {
+            XCTAssertEqual(try attacker.call(["MGET"] + keys), "-ERR reply exceeds client_output_limit\r\n")
+            // LRANGE-style single-server replies larger than the limit are dropped as they arrive.
+            XCTAssertEqual(try attacker.call("PING"), "+PONG\r\n")
+        }
+        canary.check()
+        if checksMemory {
+            let peak = memoryKiB(tern.process).peak
+            XCTAssertLessThan(peak - before, overhead(limit: limit, servers: 2), "peak RSS \(peak) KiB against \(before) KiB before, for 200 MB replies")
+        }
+    }
+
+    /// Replies waiting behind a stalled request count toward `client_output_limit`: the client
+    /// that piles them up is closed; a client of the other server is untouched.
+    func testRepliesHeldBehindAStalledRequestAreBounded() throws {
+        let slow = try group.memcached(), fast = try group.memcached(extra: ["-I", "2m"])
+        let limit = 4 << 20
+        let tern = try start([slow.address, fast.address], extra: "  client_output_limit: \(limit)\n  max_item_size: 2097152\n")
+        let onSlow = keys(tern.pool, server: 0, count: 1)[0]
+        let onFast = keys(tern.pool, server: 1, count: 17)
+        let value = String(repeating: "h", count: 1 << 20)
+        let writer = try TestClient(port: tern.port)
+        XCTAssertEqual(try writer.request("set \(onFast[0]) 0 0 \(value.utf8.count)\r\n\(value)\r\n", until: "\r\n"), "STORED\r\n")
+        let before = memoryKiB(tern.process).rss
+        let canary = Canary(port: tern.port, redis: false, keys: Array(onFast[1...]))
+        slow.pause()
+        defer { slow.resume() }
+        let greedy = try TestClient(port: tern.port)
+        try greedy.send("get \(onSlow)\r\n" + String(repeating: "get \(onFast[0])\r\n", count: 40))
+        let (_, closed) = greedy.drain(for: 1.5)
+        XCTAssertTrue(closed, "40 MB held behind a stalled request closes the client at 4 MiB")
+        canary.check()
+        if checksMemory {
+            XCTAssertLessThan(memoryKiB(tern.process).peak - before, overhead(limit: limit, servers: 2))
+        }
+    }
+
+    /// Before AUTH, Redis's caps apply: at most 10 arguments and 16 KiB bulks.
+    func testUnauthenticatedClientsAreCappedAsRedisCapsThem() throws {
+        let redis = try group.redis(extra: ["--requirepass", "secret"])
+        let tern = try start([redis.address], redis: true, extra: "  redis_auth: secret\n")
+        let before = memoryKiB(tern.process).rss
+        for (attack, error) in [("*11\r\n", "unauthenticated multibulk length"), ("*2\r\n$3\r\nSET\r\n$536870000\r\n", "unauthenticated bulk length")] {
+            let client = try TestClient(port: tern.port)
+            try client.send(attack)
+            let (bytes, closed) = client.drain(for: 2)
+            XCTAssertEqual(String(decoding: bytes, as: UTF8.self), "-ERR Protocol error: \(error)\r\n")
+            XCTAssertTrue(closed)
+        }
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.call("AUTH", "secret"), "+OK\r\n")
+        XCTAssertEqual(try client.call("SET", "k", String(repeating: "a", count: 100_000)), "+OK\r\n", "after AUTH the pool's own limits apply")
+        if checksMemory { XCTAssertLessThan(memoryKiB(tern.process).peak - before, 16 * 1024) }
+    }
+
+    /// The query cap is read from declared lengths: nothing that large is buffered.
+    func testQueryLimitRefusesBeforeBuffering() throws {
+        let redis = try group.redis()
+        let tern = try start([redis.address], redis: true, extra: "  client_query_limit: 1048576\n")
+        let client = try TestClient(port: tern.port)
+        try client.send("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000000\r\n" + String(repeating: "x", count: 1000))
+        let (bytes, closed) = client.drain(for: 2)
+        XCTAssertEqual(String(decoding: bytes, as: UTF8.self), "-ERR Protocol error: request exceeds the client query limit\r\n")
+        XCTAssertTrue(closed)
+    }
+
+    /// A huge MGET leaves no capacity behind in the idle connection or in recycled slots: three
+    /// clients that each sent one (300,000 keys over two servers) cost no more than the first.
+    /// (Before, each idle client kept about 10 MiB.)
+    func testCapacityIsGivenBackAfterAHugeRequest() throws {
+        try XCTSkipUnless(checksMemory, "RSS says nothing under sanitizers")
+        let first = try group.redis(), second = try group.redis()
+        let tern = try start([first.address, second.address], redis: true)
+        let request = TestClient.encode(["MGET"] + (0..<300_000).map { "m\($0)" })
+        var clients: [TestClient] = []
+        var rss: [Int] = []
+        for _ in 0..<3 {
+            let client = try TestClient(port: tern.port, timeout: 30)
+            try client.send(request)
+            XCTAssertTrue(String(decoding: try client.receiveReplies(1).prefix(20), as: UTF8.self).hasPrefix("*300000\r\n$-1\r\n"))
+            clients.append(client)
+            usleep(300_000)
+            rss.append(memoryKiB(tern.process).rss)
+        }
+        XCTAssertLessThan(rss[2] - rss[0], 3 * 1024, "RSS after each idle client: \(rss) KiB")
+    }
+
+    /// Out of descriptors, Tern neither spins nor logs a line per attempt; the stats port and
+    /// the pool serve again once descriptors are free.
+    func testDescriptorExhaustionDegradesAndRecovers() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort(), statsPort = ProcessGroup.freePort()
+        let process = try group.tern(config: "p:\n  listen: 127.0.0.1:\(port)\n  servers:\n   - \(backend.address):1\n",
+                                     arguments: ["--threads", "1", "-s", "\(statsPort)"], waitPort: port)
+        let pid = process.processIdentifier
+        let (status, output) = try ProcessGroup.run("/usr/bin/prlimit", ["--pid", "\(pid)", "--nofile=40:40"])
+        XCTAssertEqual(status, 0, output)
+        var clients: [TestClient] = []
+        for _ in 0..<60 { if let client = try? TestClient(port: port, timeout: 1) { clients.append(client) } }
+        _ = try? TestClient(port: statsPort, timeout: 1)
+        let cpuBefore = cpuTicks(pid)
+        let logBefore = group.ternLog().components(separatedBy: "accept failed").count
+        sleep(2)
+        let cpu = Double(cpuTicks(pid) - cpuBefore) / Double(sysconf(Int32(_SC_CLK_TCK))) / 2
+        let logLines = group.ternLog().components(separatedBy: "accept failed").count - logBefore
+        XCTAssertLessThan(cpu, 0.2, "Tern used \(Int(cpu * 100)) % of a core while out of descriptors")
+        XCTAssertLessThanOrEqual(logLines, 4, "accept failures are logged at most once a second")
+        clients.removeAll()
+        sleep(1)
+        let late = try TestClient(port: port)
+        XCTAssertEqual(try late.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        let stats = try TestClient(port: statsPort).drain(for: 2).bytes
+        XCTAssertTrue(String(decoding: stats, as: UTF8.self).contains("\"service\":\"tern\""), "the stats port serves again")
+    }
+
+    /// A warm-up whose old pool hangs answers within the pool's timeout (inherited).
+    func testHangingOldPoolTimesOutWithThePoolTimeout() throws {
+        let new = try group.memcached(), old = try group.memcached()
+        let port = ProcessGroup.freePort()
+        _ = try group.tern(config: "p:\n  listen: 127.0.0.1:\(port)\n  timeout: 500\n  servers:\n   - \(new.address):1\n  warmup:\n    servers:\n     - \(old.address):1\n",
+                           arguments: ["--threads", "1"], waitPort: port)
+        old.pause()
+        defer { old.resume() }
+        let client = try TestClient(port: port)
+        let started = Date()
+        XCTAssertEqual(try client.request("get missing\r\n", until: "END\r\n"), "END\r\n")
+        XCTAssertEqual(try client.request("delete missing\r\n", until: "\r\n"), "NOT_FOUND\r\n")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 2.5)
+    }
+
+    /// A backend that answers a single-key get with another key's value: the value never
+    /// reaches the client; the request fails and the connection is opened afresh.
+    func testValueForAnotherKeyIsNeverDelivered() throws {
+        let fake = try LineServer { line in
+            line.hasPrefix("get ") ? "VALUE secret 0 9\r\nTOPSECRET\r\nEND\r\n" : "ERROR\r\n"
+        }
+        let tern = try start(["127.0.0.1:\(fake.port)"])
+        let client = try TestClient(port: tern.port)
+        let reply = try client.request("get mine\r\n", until: "\r\n")
+        XCTAssertTrue(reply.hasPrefix("SERVER_ERROR "), reply.debugDescription)
+        XCTAssertFalse(reply.contains("TOPSECRET"))
+    }
+
+    /// The most Tern may grow, in KiB, under a reply attack at `limit`: each backend connection's
+    /// read buffer (the limit plus one 4 MiB read, doubled by growth), the client's held replies
+    /// (the limit), and 16 MiB of fixed buffers.
+    func overhead(limit: Int, servers: Int) -> Int {
+        (servers * 2 * (limit + (4 << 20)) + limit) / 1024 + 16 * 1024
+    }
+
+    func keys(_ pool: PoolConfig, server: Int, count: Int) -> [String] {
+        Array((0..<5000).lazy.map { "key\($0)" }.filter { key in
+            Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } == server
+        }.prefix(count))
+    }
+
+    func cpuTicks(_ pid: pid_t) -> Int {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        let fields = text.split(separator: ")").last?.split(separator: " ") ?? []
+        // After the command name: state is field 0; utime and stime are fields 11 and 12.
+        guard fields.count > 12 else { return 0 }
+        return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
+    }
+}
+
+/// A broken backend: answers each request line with whatever `reply` says.
+final class LineServer: Sendable {
+    let port: Int
+    let listener: Int32
+
+    init(reply: @escaping @Sendable (String) -> String) throws {
+        port = ProcessGroup.freePort()
+        listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var yes: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard bound == 0, listen(listener, 16) == 0 else { throw TestError("fake backend cannot listen") }
+        let fd = self.listener
+        Thread {
+            while true {
+                let connection = accept(fd, nil, nil)
+                if connection < 0 { return }
+                Thread {
+                    var pending: [UInt8] = []
+                    var chunk = [UInt8](repeating: 0, count: 4096)
+                    while true {
+                        let count = recv(connection, &chunk, chunk.count, 0)
+                        if count <= 0 { break }
+                        pending += chunk[0..<count]
+                        while let newline = pending.firstIndex(of: 0x0a) {
+                            let line = String(decoding: pending[0..<newline], as: UTF8.self)
+                            pending.removeFirst(newline + 1)
+                            let answer = Array(reply(line).utf8)
+                            _ = answer.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        }
+                    }
+                    Glibc.close(connection)
+                }.start()
+            }
+        }.start()
+    }
+
+    deinit { shutdown(listener, Int32(SHUT_RDWR)); Glibc.close(listener) }
+}
