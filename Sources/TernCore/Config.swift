@@ -127,19 +127,27 @@ public struct WarmupConfig: Sendable {
     public var defaultBackfillTTL = 0
     public var deletes = WarmupDeletes.both
 
-    /// The TTL to copy an item with, from its remaining TTL in seconds (-1: none), or nil when
-    /// the item is about to expire (1 s or less) and is not worth copying.
-    public func backfillTTL(remaining: Int?) -> Int? {
-        guard let remaining else { return cap(defaultBackfillTTL) }
+    /// The one backfill rule, for both protocols: the TTL to copy an old item with, in
+    /// milliseconds (0: no expiry), from its remaining TTL in milliseconds (-1: none; nil:
+    /// unknown, as when the old server did not say), or nil when the item is gone or about to
+    /// expire (1 s or less) and is not worth copying. `default_backfill_ttl` stands in for an
+    /// unknown TTL; `max_backfill_ttl` caps every copy, items without expiry included.
+    public func backfillTTL(remainingMilliseconds remaining: Int?) -> Int? {
+        guard let remaining else { return cap(defaultBackfillTTL * 1000) }
         if remaining == -1 { return cap(0) }
-        if remaining <= 1 { return nil }
+        if remaining <= 1000 { return nil }
         return cap(remaining)
     }
 
+    /// The same rule in seconds, for memcached (`t` flag in, `T` flag out; -1: no expiry).
+    public func backfillTTL(remaining: Int?) -> Int? {
+        backfillTTL(remainingMilliseconds: remaining.map { $0 == -1 ? -1 : $0 * 1000 }).map { ($0 + 999) / 1000 }
+    }
+
     /// 0 means "no expiry"; a cap turns it into the cap.
-    private func cap(_ ttl: Int) -> Int {
-        guard maxBackfillTTL > 0 else { return ttl }
-        return ttl == 0 ? maxBackfillTTL : min(ttl, maxBackfillTTL)
+    private func cap(_ milliseconds: Int) -> Int {
+        guard maxBackfillTTL > 0 else { return milliseconds }
+        return milliseconds == 0 ? maxBackfillTTL * 1000 : min(milliseconds, maxBackfillTTL * 1000)
     }
 }
 

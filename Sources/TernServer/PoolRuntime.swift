@@ -143,6 +143,7 @@ final class PoolRuntime {
             }
         } else if let old {
             old.retire()
+            worker.retireWhenIdle(old)
             self.old = nil
         }
         if config.preconnect {
@@ -242,6 +243,14 @@ final class PoolRuntime {
     }
 
     var isAccepting: Bool { listenWatcher != nil }
+
+    /// No request in flight on this pool's servers or its old pool's.
+    var isIdle: Bool { servers.allSatisfy(\.isIdle) && (old?.isIdle ?? true) }
+
+    func closeConnections() {
+        for server in servers { server.closeConnections() }
+        old?.closeConnections()
+    }
 
     func clientClosed() {
         plan.shared.clientCount.subtract(1, ordering: .relaxed)

@@ -97,20 +97,20 @@ extension ClientConnection {
                 return slot.complete(with: "-NOPROTO unsupported protocol version\r\n" as StaticString)
             }
         }
-        var index = 2
+        var argument = 2
         var newName: String?
-        while index < count {
-            if arguments.argument(index, in: frame, equals: "auth"), index + 2 < count {
-                guard pool.config.redisAuth != nil, checkCredentials(user: index + 1, password: index + 2, arguments, frame) else {
+        while argument < count {
+            if arguments.argument(argument, in: frame, equals: "auth"), argument + 2 < count {
+                guard pool.config.redisAuth != nil, checkCredentials(user: argument + 1, password: argument + 2, arguments, frame) else {
                     return slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
                 }
                 session.isAuthenticated = true
-                index += 3
-            } else if arguments.argument(index, in: frame, equals: "setname"), index + 1 < count {
-                newName = arguments.argumentString(index + 1, in: frame)
-                index += 2
+                argument += 3
+            } else if arguments.argument(argument, in: frame, equals: "setname"), argument + 1 < count {
+                newName = arguments.argumentString(argument + 1, in: frame)
+                argument += 2
             } else {
-                return slot.complete(with: "-ERR Syntax error in HELLO option '\(arguments.argumentString(index, in: frame).prefix(64))'\r\n")
+                return slot.complete(with: "-ERR Syntax error in HELLO option '\(arguments.argumentString(argument, in: frame).prefix(64))'\r\n")
             }
         }
         if pool.config.redisAuth != nil, !session.isAuthenticated {
@@ -122,6 +122,7 @@ extension ClientConnection {
         reply.appendBulk("server"); reply.appendBulk("redis")
         reply.appendBulk("version"); reply.appendBulk(redisCompatibleVersion)
         reply.appendBulk("proto"); reply.appendInteger(2)
+        // The client's own id, as CLIENT ID answers it.
         reply.appendBulk("id"); reply.appendInteger(index)
         reply.appendBulk("mode"); reply.appendBulk("standalone")
         reply.appendBulk("role"); reply.appendBulk("master")

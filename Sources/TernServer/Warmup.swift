@@ -39,7 +39,9 @@ final class WarmupRead {
 
     let mode: Mode
     var phase = Phase.new
-    unowned(unsafe) let pool: PoolRuntime
+    /// Held strongly: a read may still be in flight after a reload retired its pool (or the
+    /// pool's warm-up), and it must find both pools where it left them.
+    let pool: PoolRuntime
     let old: PoolRuntime
     let warmup: WarmupConfig
     let clientIndex: Int
@@ -339,33 +341,42 @@ final class WarmupRead {
         if warmup.backfill { WarmupCounters.add(counters.copiesSkipped) }
         // Not copied: answer from the old item with the flags the client asked for.
         slot.data.removeAll()
-        slot.data.append(synthesizedMetaReply(key))
+        appendSynthesizedMetaReply(index, to: slot.data)
     }
 
-    private func synthesizedMetaReply(_ key: Key) -> String {
+    /// The old item as the client's `mg` would have got it: its value and key as bytes (a
+    /// binary value must arrive as it was stored, with `VA <size>` matching it).
+    private func appendSynthesizedMetaReply(_ index: Int, to output: ByteBuffer) {
+        let key = keys[index]
         var wantsValue = false
-        var flags = ""
         frame.withUnsafeBytes { raw in
-            let lineEnd = raw.firstIndex(of: 0x0d) ?? raw.count
-            let tokens = raw[0..<lineEnd].split(separator: 0x20).dropFirst(2)
-            for token in tokens {
+            let lineEnd = raw.firstIndex(of: 0x0d) ?? raw.firstIndex(of: 0x0a) ?? raw.count
+            for token in raw[0..<lineEnd].split(separator: 0x20).dropFirst(2) where token.first == UInt8(ascii: "v") { wantsValue = true }
+            if wantsValue {
+                output.append("VA \(key.valueLength)")
+            } else {
+                output.append("HD" as StaticString)
+            }
+            for token in raw[0..<lineEnd].split(separator: 0x20).dropFirst(2) {
                 guard let first = token.first else { continue }
-                let rest = String(decoding: token.dropFirst(), as: UTF8.self)
                 switch first {
-                case UInt8(ascii: "v"): wantsValue = true
-                case UInt8(ascii: "f"): flags += " f\(key.flags)"
-                case UInt8(ascii: "t"): flags += " t\(key.ttl ?? -1)"
-                case UInt8(ascii: "s"): flags += " s\(key.valueLength)"
-                case UInt8(ascii: "k"): flags += " k" + String(decoding: keyBytes[key.start..<(key.start + key.length)], as: UTF8.self)
-                case UInt8(ascii: "O"): flags += " O" + rest
-                case UInt8(ascii: "b"): flags += " b"
+                case UInt8(ascii: "f"): output.append(" f\(key.flags)")
+                case UInt8(ascii: "t"): output.append(" t\(key.ttl ?? -1)")
+                case UInt8(ascii: "s"): output.append(" s\(key.valueLength)")
+                case UInt8(ascii: "k"):
+                    output.append(" k" as StaticString)
+                    withKey(index) { output.append($0) }
+                case UInt8(ascii: "O"), UInt8(ascii: "b"):
+                    output.append(byte: 0x20)
+                    output.append(UnsafeRawBufferPointer(rebasing: token))
                 default: break
                 }
             }
+            output.append("\r\n" as StaticString)
         }
-        guard wantsValue else { return "HD" + flags + "\r\n" }
-        let data = String(decoding: values[key.valueStart..<(key.valueStart + key.valueLength)], as: UTF8.self)
-        return "VA \(key.valueLength)" + flags + "\r\n" + data + "\r\n"
+        guard wantsValue else { return }
+        values.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
+        output.append("\r\n" as StaticString)
     }
 
     /// `ms <key> <size> T<ttl> F<flags> ME` — mode E is add: an item written to the new pool
@@ -395,17 +406,10 @@ final class WarmupRead {
             values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
         }
         guard warmup.backfill else { return }
-        // PTTL: -1 no expiry, -2 gone meanwhile, else milliseconds left.
-        let milliseconds = key.ttlKnown ? (key.ttl ?? -2) : -2
-        var ttlMilliseconds: Int?
-        if !key.ttlKnown || milliseconds == -2 {
-            ttlMilliseconds = warmup.defaultBackfillTTL > 0 ? warmup.defaultBackfillTTL * 1000 : (key.ttlKnown ? nil : 0)
-        } else if milliseconds == -1 {
-            ttlMilliseconds = warmup.maxBackfillTTL > 0 ? warmup.maxBackfillTTL * 1000 : 0
-        } else if milliseconds > 1000 {
-            ttlMilliseconds = warmup.maxBackfillTTL > 0 ? min(milliseconds, warmup.maxBackfillTTL * 1000) : milliseconds
-        }
-        guard let ttl = ttlMilliseconds, key.newServer >= 0 else {
+        // PTTL: -1 no expiry, -2 gone meanwhile (not copied), else milliseconds left; unknown
+        // when PTTL failed. The rule is the one memcached copies use.
+        let remaining = key.ttlKnown ? (key.ttl == -2 ? 0 : key.ttl) : nil
+        guard let ttl = warmup.backfillTTL(remainingMilliseconds: remaining), key.newServer >= 0 else {
             WarmupCounters.add(counters.copiesSkipped)
             return
         }

@@ -262,6 +262,12 @@ final class Worker {
         pools = next
     }
 
+    /// A pool that left service without clients of its own (a warm-up's old pool removed by a
+    /// reload): kept until the requests on its servers have finished.
+    func retireWhenIdle(_ pool: PoolRuntime) {
+        retiredPools.append(pool)
+    }
+
     func retireWhenIdle(_ server: ServerRuntime) {
         if server.isIdle {
             server.closeConnections()
@@ -281,7 +287,13 @@ final class Worker {
             }
         }
         if !retiredPools.isEmpty {
-            retiredPools.removeAll { pool in !clients.values.contains { $0.pool === pool } }
+            // A retired pool is kept while clients use it and while requests are in flight on its
+            // servers or its old pool's (a warm-up read continues on both after a reload).
+            retiredPools.removeAll { pool in
+                guard pool.isIdle, !clients.values.contains(where: { $0.pool === pool }) else { return false }
+                pool.closeConnections()
+                return true
+            }
         }
         if let finished = drainFinished, clients.isEmpty {
             drainFinished = nil

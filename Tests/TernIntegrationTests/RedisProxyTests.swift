@@ -196,6 +196,10 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertTrue(try c.call("SELECT", "3").hasPrefix("-ERR SELECT is not allowed"))
         XCTAssertEqual(try c.call("HELLO", "3"), "-NOPROTO unsupported protocol version\r\n")
         XCTAssertTrue(try c.call("HELLO", "2").hasPrefix("*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n"))
+        // HELLO's id is the client's own, as CLIENT ID answers it (it was an argument cursor).
+        let id = try c.call("CLIENT", "ID")
+        XCTAssertTrue(try c.call("HELLO", "2", "SETNAME", "x").contains("$2\r\nid\r\n\(id)"), id)
+        XCTAssertEqual(try c.call("CLIENT", "SETNAME", ""), "+OK\r\n")
         XCTAssertEqual(try c.call("CLIENT", "GETNAME"), "$-1\r\n")
         XCTAssertEqual(try c.call("CLIENT", "SETNAME", "worker-1"), "+OK\r\n")
         XCTAssertEqual(try c.call("CLIENT", "GETNAME"), "$8\r\nworker-1\r\n")

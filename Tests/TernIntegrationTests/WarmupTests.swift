@@ -238,6 +238,80 @@ final class WarmupTests: XCTestCase {
         XCTAssertTrue(try c.call("INFO").contains("warmup_old_errors:"))
     }
 
+    /// A meta `mg` answered from the old pool without copying (backfill off) returns the value
+    /// and key as stored: binary bytes, not text (they were decoded as UTF-8, which changed them).
+    func testMetaOldHitNotCopiedKeepsBinaryValueAndKey() throws {
+        let (setup, _, old) = try memcachedPools(extra: "    backfill: false\n")
+        let key: [UInt8] = Array("bin:".utf8) + [0xc3, 0x28, 0xff]
+        let value: [UInt8] = [0xff, 0xfe, 0x80, 0x00, 0x41, 0xc3]
+        let oldServer = old[Array(key).withUnsafeBytes { setup.pool.warmup!.old.placement().server(forKey: $0)! }]
+        let direct = try TestClient(port: oldServer.port)
+        try direct.send(Array("set ".utf8) + key + Array(" 7 0 6\r\n".utf8) + value + Array("\r\n".utf8))
+        XCTAssertEqual(try direct.receive(until: "\r\n"), Array("STORED\r\n".utf8))
+        let client = try TestClient(port: setup.port)
+        try client.send(Array("mg ".utf8) + key + Array(" s v f k\r\n".utf8))
+        let reply = try client.receive(until: "\r\n", occurrences: 2)
+        XCTAssertEqual(reply, Array("VA 6 s6 f7 k".utf8) + key + Array("\r\n".utf8) + value + Array("\r\n".utf8))
+    }
+
+    /// One backfill TTL rule for both protocols: an old item without expiry and one whose TTL
+    /// is unknown are both capped by `max_backfill_ttl` (the Redis copy did not cap the unknown
+    /// one's `default_backfill_ttl`). PTTL is renamed away on the old server so its TTL is unknown.
+    func testRedisBackfillTTLIsCappedLikeMemcached() throws {
+        let new = try [group.redis()]
+        let old = try [group.redis(extra: ["--rename-command", "PTTL", ""])]
+        let setup = try start(redis: true, new: new.map(\.address), old: old.map(\.address),
+                              extra: "    max_backfill_ttl: 100\n    default_backfill_ttl: 500\n")
+        XCTAssertEqual(try old[0].call("SET", "unknown-ttl", "u"), "+OK\r\n")
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("GET", "unknown-ttl"), "$1\r\nu\r\n")
+        usleep(200_000)
+        let ttl = Int(try new[0].call("TTL", "unknown-ttl").dropFirst().prefix { $0.isNumber || $0 == "-" })!
+        XCTAssertTrue((95...100).contains(ttl), "unknown TTL → default 500 s, capped at 100 s: \(ttl)")
+        let rule = setup.pool.warmup!
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: nil), 100_000)
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: -1), 100_000)
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: 30_500), 30_500)
+        XCTAssertNil(rule.backfillTTL(remainingMilliseconds: 1000))
+        XCTAssertEqual(rule.backfillTTL(remaining: nil), 100)
+        XCTAssertEqual(rule.backfillTTL(remaining: -1), 100)
+    }
+
+    /// Reads in flight on a warm-up pool outlive a reload that removes the warm-up, then one
+    /// that removes the pool: they finish (answered, copied or dropped) without touching freed
+    /// memory (the sanitizer job runs this under AddressSanitizer) and Tern keeps serving.
+    func testReloadsDuringWarmupReadsInFlight() throws {
+        let new = try group.memcached(), old = try group.memcached()
+        let port = ProcessGroup.freePort(), other = ProcessGroup.freePort()
+        let path = group.directory + "/reload.yml"
+        let keep = "keep:\n  listen: 127.0.0.1:\(other)\n  servers:\n   - \(new.address):1\n"
+        let withWarmup = "warm:\n  listen: 127.0.0.1:\(port)\n  timeout: 3000\n  servers:\n   - \(new.address):1\n  warmup:\n    servers:\n     - \(old.address):1\n" + keep
+        let withoutWarmup = "warm:\n  listen: 127.0.0.1:\(port)\n  timeout: 3000\n  servers:\n   - \(new.address):1\n" + keep
+        try withWarmup.write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "-v", "6", "--threads", "1", "--no-stats"], log: "tern-reload.log")
+        try group.waitForPort(port)
+        XCTAssertEqual(try TestClient(port: old.port).request("set old:k 0 0 1\r\nx\r\n", until: "\r\n"), "STORED\r\n")
+        for (next, expectGone) in [(withoutWarmup, false), (keep, true)] {
+            if expectGone { try withWarmup.write(toFile: path, atomically: true, encoding: .utf8); kill(tern.processIdentifier, SIGHUP); usleep(500_000) }
+            old.pause()
+            var readers: [TestClient] = []
+            for _ in 0..<20 {
+                let reader = try TestClient(port: port)
+                try reader.send("get old:k miss:1 miss:2\r\nmg old:k v\r\n")
+                readers.append(reader)
+            }
+            usleep(200_000)
+            try next.write(toFile: path, atomically: true, encoding: .utf8)
+            kill(tern.processIdentifier, SIGHUP)
+            usleep(500_000)
+            readers.removeAll()
+            old.resume()
+            usleep(500_000)
+            XCTAssertTrue(tern.isRunning, "Tern survived the reload with reads in flight")
+            XCTAssertEqual(try TestClient(port: other).request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        }
+    }
+
     func testWarmupConfigKeys() throws {
         let base = "p:\n  listen: 127.0.0.1:1\n  servers:\n   - 127.0.0.1:2:1\n  warmup:\n    servers:\n     - 127.0.0.1:3:1\n"
         let config = try ConfigLoader.load(text: base + "    max_backfill_ttl: 60\n    deletes: new\n    backfill: false\n", file: "w.yml")
