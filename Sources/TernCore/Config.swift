@@ -73,6 +73,9 @@ public struct PoolConfig: Sendable {
     /// `client_query_limit`). Below Redis's own `client-query-buffer-limit` (1 GiB), which would
     /// close the shared backend connection on a request that large.
     public var clientQueryLimit: Int = 768 << 20
+    /// Redis: connections per server per worker that can be leased to one client at a time,
+    /// for WATCH … EXEC and blocking commands (Tern key `dedicated_connections`).
+    public var dedicatedConnections = 64
     /// A request that stays incomplete this long (ms) closes its client: slowloris
     /// (Tern key `client_partial_timeout`; 0 = never).
     public var clientPartialTimeoutMilliseconds: Int = 30_000

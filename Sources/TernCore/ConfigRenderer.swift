@@ -43,6 +43,7 @@ public enum ConfigRenderer {
             line("strict_keys", String(pool.strictKeys))
             line("client_output_limit", String(pool.clientOutputLimit))
             line("client_query_limit", String(pool.clientQueryLimit))
+            line("dedicated_connections", String(pool.dedicatedConnections))
             line("client_partial_timeout", String(pool.clientPartialTimeoutMilliseconds))
             line("client_idle_timeout", String(pool.clientIdleTimeoutMilliseconds))
         }

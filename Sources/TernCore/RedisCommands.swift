@@ -38,6 +38,12 @@ public enum RedisRouting: Sendable, Equatable {
     case everyServerFirst
     /// Keyless command for one server: the first server in config order (EVAL with 0 keys).
     case firstServer
+    /// Changes the client's session (MULTI, EXEC, DISCARD, WATCH, UNWATCH, RESET): handled by
+    /// the Redis frontend's session logic.
+    case session
+    /// Blocks until data arrives or its timeout passes (BLPOP, BZPOPMIN, XREAD … BLOCK …): runs
+    /// on a dedicated backend connection of the server of its keys (all on one server).
+    case blocking
     /// Answered by Tern itself.
     case local
     /// Cannot be proxied correctly: `-ERR unsupported command`.
@@ -62,14 +68,31 @@ public struct RedisCommand: Sendable {
     public let storeKeywords: Bool
     /// Whether the command writes (reported by COMMAND).
     public let isWrite: Bool
+    /// Blocking commands: where their timeout is (negative counts from the end), in seconds;
+    /// 0 when it follows the `BLOCK` keyword, in milliseconds (XREAD, XREADGROUP).
+    public let timeoutAt: Int
 
-    init(_ name: StaticString, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false, storeKeywords: Bool = false) {
+    init(_ name: StaticString, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false,
+         storeKeywords: Bool = false, timeoutAt: Int = 0) {
         self.staticName = name
         self.arity = arity
         self.keys = keys
         self.routing = routing
         self.isWrite = write
         self.storeKeywords = storeKeywords
+        self.timeoutAt = timeoutAt
+    }
+
+    /// Whether the command may be queued between MULTI and EXEC: it runs on one server there,
+    /// so it must be one that goes to the server of its keys (PING and ECHO, answered by Tern
+    /// elsewhere, are harmless on a backend). Session, fan-out-to-every-server, local and
+    /// unsupported commands are refused.
+    public var isTransactional: Bool {
+        switch routing {
+        case .keyed, .mget, .mset, .sum, .firstServer, .blocking: return true
+        case .local: return isNamed("ping") || isNamed("echo")
+        default: return false
+        }
     }
 
     public func acceptsArgumentCount(_ count: Int) -> Bool {
@@ -111,8 +134,11 @@ public enum RedisCommandTable {
         .init("lpushx", -3, one, write: true), .init("lrange", 4, one), .init("lrem", 4, one, write: true),
         .init("lset", 4, one, write: true), .init("ltrim", 4, one, write: true), .init("rpop", -2, one, write: true),
         .init("rpoplpush", 3, two, write: true), .init("rpush", -3, one, write: true), .init("rpushx", -3, one, write: true),
-        .init("blmove", 6, two, .unsupported), .init("blmpop", -5, .none, .unsupported), .init("blpop", -3, .none, .unsupported),
-        .init("brpop", -3, .none, .unsupported), .init("brpoplpush", 4, two, .unsupported),
+        .init("blmove", 6, two, .blocking, write: true, timeoutAt: 5),
+        .init("blmpop", -5, .counted(countAt: 2, before: 0), .blocking, write: true, timeoutAt: 1),
+        .init("blpop", -3, .range(first: 1, last: -2, step: 1), .blocking, write: true, timeoutAt: -1),
+        .init("brpop", -3, .range(first: 1, last: -2, step: 1), .blocking, write: true, timeoutAt: -1),
+        .init("brpoplpush", 4, two, .blocking, write: true, timeoutAt: 3),
         // Sets
         .init("sadd", -3, one, write: true), .init("scard", 2, one), .init("sdiff", -2, all),
         .init("sdiffstore", -3, all, write: true), .init("sinter", -2, all),
@@ -134,7 +160,9 @@ public enum RedisCommandTable {
         .init("zremrangebyscore", 4, one, write: true), .init("zrevrange", -4, one), .init("zrevrangebylex", -4, one),
         .init("zrevrangebyscore", -4, one), .init("zrevrank", -3, one), .init("zscan", -3, one), .init("zscore", 3, one),
         .init("zunion", -3, .counted(countAt: 1, before: 0)), .init("zunionstore", -4, .counted(countAt: 2, before: 1), write: true),
-        .init("bzmpop", -5, .none, .unsupported), .init("bzpopmax", -3, .none, .unsupported), .init("bzpopmin", -3, .none, .unsupported),
+        .init("bzmpop", -5, .counted(countAt: 2, before: 0), .blocking, write: true, timeoutAt: 1),
+        .init("bzpopmax", -3, .range(first: 1, last: -2, step: 1), .blocking, write: true, timeoutAt: -1),
+        .init("bzpopmin", -3, .range(first: 1, last: -2, step: 1), .blocking, write: true, timeoutAt: -1),
         // HyperLogLog
         .init("pfadd", -2, one, write: true), .init("pfcount", -2, all), .init("pfmerge", -2, all, write: true),
         .init("pfdebug", 3, .none, .unsupported), .init("pfselftest", 1, .none, .unsupported),
@@ -174,8 +202,8 @@ public enum RedisCommandTable {
         .init("dbsize", 1, .none, .everyServerSum), .init("flushdb", -1, .none, .everyServerOK, write: true),
         .init("flushall", -1, .none, .everyServerOK, write: true),
         // Cannot be proxied correctly
-        .init("multi", 1, .none, .unsupported), .init("exec", 1, .none, .unsupported), .init("discard", 1, .none, .unsupported),
-        .init("watch", -2, .none, .unsupported), .init("unwatch", 1, .none, .unsupported),
+        .init("multi", 1, .none, .session), .init("exec", 1, .none, .session), .init("discard", 1, .none, .session),
+        .init("watch", -2, all, .session), .init("unwatch", 1, .none, .session), .init("reset", 1, .none, .session),
         .init("subscribe", -2, .none, .unsupported), .init("psubscribe", -2, .none, .unsupported),
         .init("unsubscribe", -1, .none, .unsupported), .init("punsubscribe", -1, .none, .unsupported),
         .init("ssubscribe", -2, .none, .unsupported), .init("sunsubscribe", -1, .none, .unsupported),
@@ -186,7 +214,7 @@ public enum RedisCommandTable {
         .init("bgrewriteaof", 1, .none, .unsupported), .init("lastsave", 1, .none, .unsupported), .init("shutdown", -1, .none, .unsupported),
         .init("slaveof", 3, .none, .unsupported), .init("replicaof", 3, .none, .unsupported), .init("sync", 1, .none, .unsupported),
         .init("psync", -3, .none, .unsupported), .init("role", 1, .none, .unsupported), .init("readonly", 1, .none, .unsupported),
-        .init("readwrite", 1, .none, .unsupported), .init("asking", 1, .none, .unsupported), .init("reset", 1, .none, .unsupported),
+        .init("readwrite", 1, .none, .unsupported), .init("asking", 1, .none, .unsupported),
         .init("failover", -1, .none, .unsupported), .init("module", -2, .none, .unsupported), .init("lolwut", -1, .none, .unsupported),
         .init("time", 1, .none, .unsupported),
     ]

@@ -122,6 +122,9 @@ final class ClientConnection {
         if reachedEnd {
             pool.stats.clientEOF.add()
             closeWhenDrained = true
+            // Redis drops a client the moment it closes, so nothing it was blocked on is
+            // popped for nobody: neither does Tern wait for a blocked command's reply.
+            if redis != nil { endBlockedCommands() }
             watcher?.watch(0)
             closeIfDrained()
         }
@@ -286,6 +289,7 @@ final class ClientConnection {
         }
         watcher = nil
         Syscall.close(descriptor)
+        if redis != nil { endRedisSession() }
         // Requests still in flight finish into slots nobody reads; those are freed when their
         // backend replies arrive.
         while let slot = slots.popFirst() {

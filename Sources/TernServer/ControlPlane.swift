@@ -139,6 +139,14 @@ enum StatsReport {
                 counter("tern_pool_errors_total", [("pool", pool), ("kind", kind)], "Client-side errors by kind.").increment(by: value)
             }
             counter("tern_pool_fragments_total", [("pool", pool)], "Sub-requests sent for requests split over servers.").increment(by: sum { $0.fragments.read() })
+            for (kind, value) in [("exec", sum { $0.transactions.read() }), ("execabort", sum { $0.transactionsAborted.read() })] {
+                counter("tern_pool_transactions_total", [("pool", pool), ("outcome", kind)], "Redis MULTI/EXEC transactions sent to a server, and refused before (EXECABORT).").increment(by: value)
+            }
+            counter("tern_pool_watches_total", [("pool", pool)], "Redis WATCH commands (each pins a dedicated connection until EXEC, DISCARD, UNWATCH or RESET).").increment(by: sum { $0.watches.read() })
+            counter("tern_pool_blocking_requests_total", [("pool", pool)], "Redis blocking commands (BLPOP, XREAD BLOCK, …) run on dedicated connections.").increment(by: sum { $0.blockingRequests.read() })
+            counter("tern_pool_dedicated_leases_total", [("pool", pool)], "Dedicated backend connections leased to one client (WATCH, blocking commands).").increment(by: sum { $0.dedicatedLeases.read() })
+            gauge("tern_pool_dedicated_connections_in_use", [("pool", pool)], "Dedicated backend connections leased now: pinned by a WATCH or carrying a blocking command.")
+                .set(sum { $0.dedicatedInUse.read() })
             counter("tern_pool_server_ejects_total", [("pool", pool)], "Servers ejected from the pool (auto_eject_hosts), summed over workers.")
                 .increment(by: sum { $0.serverEjects.read() })
             for (index, server) in plan.config.servers.enumerated() {

@@ -352,13 +352,63 @@ final class ServerRuntime {
     }
 
     /// True once no connection has a request in flight.
-    var isIdle: Bool { connections.allSatisfy(\.isIdle) && (probeConnection?.isIdle ?? true) }
+    var isIdle: Bool { connections.allSatisfy(\.isIdle) && (probeConnection?.isIdle ?? true) && leasedDedicated == 0 }
 
     func closeConnections() {
         for connection in connections { connection.closeIfOpen() }
+        for connection in idleDedicated + leased { connection.closeIfOpen() }
+        idleDedicated.removeAll()
         probeConnection?.closeIfOpen()
         probeTimer?.stop()
     }
+
+    // MARK: Dedicated connections (WATCH, blocking commands)
+
+    /// Connections leased to one client at a time: for a WATCH until its EXEC, or for one
+    /// blocking command. At most `dedicated_connections` are leased at once (per worker); idle
+    /// ones are kept for reuse only when they ended clean.
+    private var idleDedicated: [ServerConnection] = []
+    /// The leased ones, kept alive here: their watchers reach them unretained, and a client may
+    /// let go of its lease while a request is still in flight (EXEC, UNWATCH).
+    private var leased: [ServerConnection] = []
+    var leasedDedicated: Int { leased.count }
+    /// Blocking requests waiting for a dedicated connection, oldest first.
+    private var waiting: [DedicatedWaiter] = []
+
+    /// A dedicated connection, or nil when `dedicated_connections` are all leased.
+    func leaseDedicated() -> ServerConnection? {
+        guard leased.count < pool.config.dedicatedConnections else { return nil }
+        pool.stats.dedicatedLeases.add()
+        pool.stats.dedicatedInUse.add(1)
+        let connection = idleDedicated.popLast() ?? ServerConnection(server: self, isDedicated: true)
+        connection.lease += 1
+        connection.isLeased = true
+        leased.append(connection)
+        return connection
+    }
+
+    /// A leased connection comes back: kept when it is open and clean, else closed. A waiting
+    /// blocking request, if any, takes it.
+    func returnDedicated(_ connection: ServerConnection, reusable: Bool) {
+        guard connection.isLeased else { return }
+        connection.isLeased = false
+        leased.removeAll { $0 === connection }
+        pool.stats.dedicatedInUse.add(-1)
+        if reusable, connection.isIdle, idleDedicated.count < 8 {
+            idleDedicated.append(connection)
+        } else {
+            connection.closeIfOpen()
+        }
+        while !waiting.isEmpty {
+            let waiter = waiting.removeFirst()
+            // A client that left while waiting has nothing to run.
+            guard let client = waiter.slot.client else { continue }
+            client.runBlocking(waiter, on: self)
+            break
+        }
+    }
+
+    func waitForDedicated(_ waiter: DedicatedWaiter) { waiting.append(waiter) }
 
     /// The connection a client uses: always the same one for a given client, so one client's
     /// requests to one server stay in order. With one connection per server (the default) no
@@ -405,6 +455,15 @@ final class ServerRuntime {
     func probeFailed() {
         if isEjected { scheduleProbe() }
     }
+}
+
+/// A blocking request that found every dedicated connection of its server leased: its bytes,
+/// its slot and its timeout wait for the next one returned.
+struct DedicatedWaiter {
+    let slot: ReplySlot
+    let request: [UInt8]
+    /// Seconds added to the pool's timeout (nil: no proxy timeout, the command blocks forever).
+    let blockFor: Double?
 }
 
 /// `objects` as a table of unretained references (see `PoolRuntime.serverTable`). The caller keeps

@@ -14,6 +14,12 @@ final class RedisSession {
     /// Per-key servers of the current request (reused).
     var keyServers: [Int32] = []
     var keyIndices: [Int] = []
+    /// Between MULTI and EXEC/DISCARD.
+    var transaction: RedisTransaction?
+    /// The dedicated connection a WATCH pinned, until EXEC, DISCARD, UNWATCH, RESET or disconnect.
+    var watch: DedicatedLease?
+    /// Blocking commands sent on dedicated connections (stale entries are pruned).
+    var blocked: [DedicatedLease] = []
 }
 
 /// RESP2 on a client connection: parse, check, answer locally or route by the command table.
@@ -50,10 +56,12 @@ extension ClientConnection {
         guard let command = arguments.withArgument(0, in: frame, { RedisCommandTable.lookup($0) }) else {
             var text = "-ERR unknown command '\(sanitized(arguments.argumentString(0, in: frame)))', with args beginning with: "
             for index in 1..<min(arguments.count, 8) { text += "'\(sanitized(arguments.argumentString(index, in: frame)))' " }
+            session.transaction?.aborted = true
             slot.complete(with: text + "\r\n")
             return
         }
         if pool.requiresAuth, !session.isAuthenticated, !command.isNamed("auth"), !command.isNamed("hello"), !command.isNamed("quit") {
+            session.transaction?.aborted = true
             slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
             return
         }
@@ -63,10 +71,18 @@ extension ClientConnection {
         default: if command.isWrite { pool.stats.writes.add() } else { pool.stats.reads.add() }
         }
         guard command.acceptsArgumentCount(arguments.count) else {
+            session.transaction?.aborted = true
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
             return
         }
+        if session.transaction != nil, command.routing != .session {
+            return queueInTransaction(command, frame, session, slot)
+        }
         switch command.routing {
+        case .session:
+            routeSession(command, frame, session, slot)
+        case .blocking:
+            routeBlocking(command, frame, session, slot)
         case .unsupported:
             slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
         case .local:
@@ -119,7 +135,7 @@ extension ClientConnection {
 
     /// Writes the request to `output`: its own bytes for multibulk requests, re-encoded for
     /// inline ones.
-    private func writeRequest(_ frame: UnsafeRawBufferPointer, _ arguments: RespArguments, into output: ByteBuffer) {
+    func writeRequest(_ frame: UnsafeRawBufferPointer, _ arguments: RespArguments, into output: ByteBuffer) {
         if !arguments.isInline {
             output.append(frame)
             return
@@ -162,8 +178,7 @@ extension ClientConnection {
         }
         let arguments = session.arguments
         if command.keys == .streams, hasArgument(arguments, frame, "block") {
-            slot.complete(with: "-ERR unsupported command '\(command.name)' with BLOCK\r\n")
-            return
+            return routeBlocking(command, frame, session, slot)
         }
         var target = -1
         var crossServer = false

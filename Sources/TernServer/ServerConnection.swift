@@ -66,11 +66,23 @@ final class ServerConnection {
     /// reference to the worker on every request.
     private let loop: OpaquePointer
 
-    init(server: ServerRuntime) {
+    init(server: ServerRuntime, isDedicated: Bool = false) {
         self.server = server
         self.worker = server.worker
         self.loop = server.worker.loop
+        self.isDedicated = isDedicated
     }
+
+    /// Leased to one client at a time (`ServerRuntime.leaseDedicated`): never in the shared table.
+    let isDedicated: Bool
+    /// Dedicated connections: counts leases, so a client can tell its lease from a later one.
+    var lease = 0
+    var isLeased = false
+    /// Dedicated connections: go back to the server once nothing is in flight.
+    var returnWhenIdle = false
+    /// Counts the sockets opened: a WATCH is valid only on the socket it was sent on.
+    private(set) var generation = 0
+    var isOpen: Bool { state != .disconnected }
 
     /// A strong reference, so that the request path reaches the worker through `self` without
     /// taking a reference of its own (an unowned one is retained on every read). The worker
@@ -94,13 +106,16 @@ final class ServerConnection {
     }
 
     /// Adds a request whose bytes the caller has just written into `requestBuffer()`.
+    /// `blockFor`: seconds a blocking command may take beyond the pool's timeout (nil: it
+    /// may block forever, so no proxy timeout applies).
     @inline(__always)
-    func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, isProbe: Bool = false, isSetup: Bool = false, isBackfill: Bool = false) {
+    func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, isProbe: Bool = false, isSetup: Bool = false, isBackfill: Bool = false,
+                 blockFor: Double? = 0) {
         let now = ev_now(loop)
         var deadline = Double.infinity
-        if let timeout {
-            deadline = now + timeout
-            if !isTimerArmed { armTimer(after: timeout) }
+        if let timeout, let blockFor {
+            deadline = now + timeout + blockFor
+            if !isTimerArmed { armTimer(after: timeout + blockFor) }
         }
         let bytes = output.readableCount - requestStart
         requestStart = output.readableCount
@@ -175,6 +190,7 @@ final class ServerConnection {
         }
         let result = server.address.withSockaddr { Glibc.connect(fd, $0, $1) }
         descriptor = fd
+        generation += 1
         if result == 0 {
             state = .connected
             counters.serverConnections.add()
@@ -348,6 +364,10 @@ final class ServerConnection {
         if pending.isEmpty, isTimerArmed { stopTimer() }
         // A burst may have grown the buffer: give large ones back once drained.
         if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
+        if returnWhenIdle, pending.isEmpty {
+            returnWhenIdle = false
+            server.returnDedicated(self, reusable: true)
+        }
     }
 
     /// Walks a reply too large to hold (see `ReplySkipper`); nil when none is being skipped.
@@ -440,7 +460,8 @@ final class ServerConnection {
         if live == 0 {
             // Only abandoned requests are left: start afresh rather than wait for their replies.
             if !pending.isEmpty { close() }
-        } else {
+        } else if nextDeadline.isFinite {
+            // (A blocking command without a timeout of its own has none.)
             armTimer(after: nextDeadline - now)
         }
     }
@@ -470,6 +491,13 @@ final class ServerConnection {
 
     var isIdle: Bool { pending.isEmpty }
 
+    /// Closes the connection and fails what is on it without counting a server failure: its
+    /// client left while a blocking command was waiting (Redis unblocks it on the close,
+    /// popping nothing).
+    func abandon() {
+        if descriptor >= 0 || !pending.isEmpty { fail(reason: "client closed the connection", isNewFailure: false) }
+    }
+
     func closeIfOpen() {
         if descriptor >= 0 { close() }
     }
@@ -498,5 +526,10 @@ final class ServerConnection {
         skipper = nil
         output.removeAll()
         output.releaseIfIdle()
+        if returnWhenIdle {
+            // A dedicated connection that failed or was closed goes back, not to be reused.
+            returnWhenIdle = false
+            server.returnDedicated(self, reusable: false)
+        }
     }
 }

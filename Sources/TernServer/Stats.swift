@@ -31,6 +31,15 @@ final class PoolCounters: Sendable {
     let acceptErrors = WorkerCounter()
     let refusedClients = WorkerCounter()
     let overLimit = WorkerCounter()
+    /// Redis sessions: transactions run and refused (EXECABORT), WATCHes, blocking commands,
+    /// dedicated connections leased.
+    let transactions = WorkerCounter()
+    let transactionsAborted = WorkerCounter()
+    let watches = WorkerCounter()
+    let blockingRequests = WorkerCounter()
+    let dedicatedLeases = WorkerCounter()
+    /// Dedicated connections leased now (a gauge).
+    let dedicatedInUse = WorkerCounter()
     /// Clients of the pool assigned to this worker: raised by whichever worker accepts (it may
     /// hand the client over), lowered by this worker when the client closes, hence a real atomic
     /// add. Read to give each new client to the least loaded worker.

@@ -1,0 +1,326 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TernCore
+
+/// Redis sessions on a sharded pool: MULTI/EXEC/DISCARD, WATCH/UNWATCH, RESET and blocking
+/// commands. Confined to the client's worker thread, like the client.
+///
+///     MULTI ──► Tern answers +OK, then +QUEUED for each command it checks (table, arity, one
+///               server for every key) and keeps (re-encoded) in the session
+///     EXEC  ──► MULTI, the commands and EXEC leave in one piece of one connection's output:
+///               a shared connection (no other client's bytes can fall in between), or the
+///               connection the client's WATCH pinned; only EXEC's reply reaches the client
+///     WATCH ──► leases a dedicated connection to the keys' server until EXEC, DISCARD,
+///               UNWATCH, RESET or disconnect; it goes back clean (EXEC and UNWATCH unwatch)
+///               or is closed, never handed on dirty
+///     BLPOP ──► runs on a dedicated connection (at most `dedicated_connections` per server
+///               per worker; more wait for one), with the pool timeout extended by the
+///               command's own; a client that leaves while blocked has that connection closed,
+///               so Redis unblocks it without popping anything
+final class RedisTransaction {
+    /// The queued commands, as multibulk requests.
+    let commands = ByteBuffer()
+    var count = 0
+    /// The server every key so far lives on (-1: no key yet).
+    var server = -1
+    /// A command was refused while queuing: EXEC answers EXECABORT.
+    var aborted = false
+}
+
+/// A dedicated connection leased to this client, told apart from a later lease of the same
+/// connection by its lease number.
+struct DedicatedLease {
+    let connection: ServerConnection
+    let lease: Int
+    let server: Int
+    /// The connection's socket when the lease began (WATCH holds only on that socket).
+    let generation: Int
+
+    var isCurrent: Bool { connection.isLeased && connection.lease == lease }
+}
+
+extension ClientConnection {
+    static let multiRequest: StaticString = "*1\r\n$5\r\nMULTI\r\n"
+    static let execRequest: StaticString = "*1\r\n$4\r\nEXEC\r\n"
+    static let unwatchRequest: StaticString = "*1\r\n$7\r\nUNWATCH\r\n"
+
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH, RESET.
+    func routeSession(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        if command.isNamed("multi") {
+            guard session.transaction == nil else {
+                return slot.complete(with: "-ERR MULTI calls can not be nested\r\n" as StaticString)
+            }
+            session.transaction = RedisTransaction()
+            session.transaction!.server = session.watch?.server ?? -1
+            slot.complete(with: "+OK\r\n" as StaticString)
+        } else if command.isNamed("exec") {
+            exec(session, slot)
+        } else if command.isNamed("discard") {
+            guard session.transaction != nil else {
+                return slot.complete(with: "-ERR DISCARD without MULTI\r\n" as StaticString)
+            }
+            session.transaction = nil
+            endWatch(session)
+            slot.complete(with: "+OK\r\n" as StaticString)
+        } else if command.isNamed("watch") {
+            watch(frame, session, slot)
+        } else if command.isNamed("unwatch") {
+            guard let watch = session.watch else { return slot.complete(with: "+OK\r\n" as StaticString) }
+            session.watch = nil
+            guard watch.isCurrent, watch.connection.generation == watch.generation else {
+                releaseWatch(watch)
+                return slot.complete(with: "+OK\r\n" as StaticString)
+            }
+            let connection = watch.connection
+            connection.requestBuffer().append(Self.unwatchRequest)
+            slot.remainingParts = 1
+            connection.enqueue(slot: slot, part: 0, framing: .line)
+            connection.returnWhenIdle = true
+        } else {
+            // RESET: out of MULTI, WATCH undone, name and library forgotten, and (as Redis does
+            // for the default user) authentication to be done again.
+            session.transaction = nil
+            endWatch(session)
+            session.name = nil
+            session.libraryName = nil
+            session.libraryVersion = nil
+            if pool.requiresAuth { session.isAuthenticated = false }
+            slot.complete(with: "+RESET\r\n" as StaticString)
+        }
+    }
+
+    /// Between MULTI and EXEC: check the command and keep it, or refuse it and mark the
+    /// transaction for EXECABORT.
+    func queueInTransaction(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        guard let transaction = session.transaction else { return }
+        let arguments = session.arguments
+        guard command.isTransactional else {
+            if command.isNamed("quit") { return answerLocally(command, frame, session, slot) }
+            transaction.aborted = true
+            return slot.complete(with: "-ERR '\(command.name)' cannot be used inside MULTI through Tern\r\n")
+        }
+        var target = transaction.server
+        var crossServer = false
+        var noServer = false
+        let valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
+            guard keyIndex < arguments.count else { return }
+            guard let server = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
+                noServer = true
+                return
+            }
+            if target < 0 { target = server } else if server != target { crossServer = true }
+        }
+        if crossServer {
+            transaction.aborted = true
+            return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
+        }
+        if noServer || !valid {
+            transaction.aborted = true
+            return slot.complete(with: noServer ? "-ERR no server available\r\n" as StaticString : "-ERR syntax error\r\n" as StaticString)
+        }
+        guard transaction.commands.readableCount + frame.count <= pool.config.clientQueryLimit else {
+            transaction.aborted = true
+            return slot.complete(with: "-ERR transaction exceeds client_query_limit\r\n" as StaticString)
+        }
+        transaction.server = target
+        writeRequest(frame, arguments, into: transaction.commands)
+        transaction.count += 1
+        slot.complete(with: "+QUEUED\r\n" as StaticString)
+    }
+
+    private func exec(_ session: RedisSession, _ slot: ReplySlot) {
+        guard let transaction = session.transaction else {
+            return slot.complete(with: "-ERR EXEC without MULTI\r\n" as StaticString)
+        }
+        session.transaction = nil
+        let watch = session.watch
+        session.watch = nil
+        if transaction.aborted {
+            pool.stats.transactionsAborted.add()
+            if let watch { releaseWatch(watch) }
+            return slot.complete(with: "-EXECABORT Transaction discarded because of previous errors.\r\n" as StaticString)
+        }
+        let connection: ServerConnection
+        if let watch {
+            guard watch.isCurrent, watch.connection.generation == watch.generation, watch.connection.isOpen else {
+                // The socket the WATCH was sent on is gone: its guarantee cannot be kept.
+                releaseWatch(watch)
+                return slot.complete(with: "-ERR the connection that held WATCH was lost; nothing was executed\r\n" as StaticString)
+            }
+            connection = watch.connection
+        } else {
+            if transaction.count == 0 { return slot.complete(with: "*0\r\n" as StaticString) }
+            guard let server = transaction.server >= 0 ? transaction.server : firstLiveServer() else {
+                return slot.fail(part: 0, reason: "no server available")
+            }
+            connection = pool.servers[server].connection(for: index)
+        }
+        pool.stats.transactions.add()
+        // One piece of the connection's output: nothing of another client's can come between.
+        let output = connection.requestBuffer()
+        output.append(Self.multiRequest)
+        connection.enqueue(slot: nil, part: 0, framing: .line)
+        if transaction.count > 0 {
+            output.append(transaction.commands.readable)
+            for _ in 0..<transaction.count { connection.enqueue(slot: nil, part: 0, framing: .line) }
+        }
+        output.append(Self.execRequest)
+        slot.remainingParts = 1
+        connection.enqueue(slot: slot, part: 0, framing: .line)
+        // EXEC unwatches: the pinned connection goes back clean once it has answered.
+        if watch != nil { connection.returnWhenIdle = true }
+    }
+
+    /// WATCH key…: pins a dedicated connection to the keys' server (all on one server).
+    private func watch(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        guard session.transaction == nil else {
+            return slot.complete(with: "-ERR WATCH inside MULTI is not allowed\r\n" as StaticString)
+        }
+        let arguments = session.arguments
+        var target = session.watch?.server ?? -1
+        var crossServer = false
+        for keyIndex in 1..<arguments.count {
+            guard let server = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
+                return slot.fail(part: 0, reason: "no server available")
+            }
+            if target < 0 { target = server } else if server != target { crossServer = true }
+        }
+        if crossServer {
+            return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
+        }
+        if let watch = session.watch, !(watch.isCurrent && watch.connection.generation == watch.generation) {
+            // The earlier WATCH's socket is gone; this one starts afresh.
+            session.watch = nil
+            releaseWatch(watch)
+        }
+        let connection: ServerConnection
+        if let watch = session.watch {
+            connection = watch.connection
+        } else {
+            guard let leased = pool.servers[target].leaseDedicated() else {
+                return slot.complete(with: "-ERR all dedicated_connections to this server are in use\r\n" as StaticString)
+            }
+            connection = leased
+        }
+        pool.stats.watches.add()
+        writeRequest(frame, arguments, into: connection.requestBuffer())
+        slot.remainingParts = 1
+        connection.enqueue(slot: slot, part: 0, framing: .line)
+        if session.watch == nil {
+            session.watch = DedicatedLease(connection: connection, lease: connection.lease, server: target, generation: connection.generation)
+        }
+    }
+
+    /// Ends a WATCH without EXEC (DISCARD, RESET): the connection is unwatched, then given back.
+    private func endWatch(_ session: RedisSession) {
+        guard let watch = session.watch else { return }
+        session.watch = nil
+        releaseWatch(watch)
+    }
+
+    private func releaseWatch(_ watch: DedicatedLease) {
+        guard watch.isCurrent else { return }
+        let connection = watch.connection
+        if connection.generation == watch.generation, connection.isOpen {
+            connection.requestBuffer().append(Self.unwatchRequest)
+            connection.enqueue(slot: nil, part: 0, framing: .line)
+            connection.returnWhenIdle = true
+        } else {
+            watch.connection.server.returnDedicated(connection, reusable: false)
+        }
+    }
+
+    // MARK: Blocking commands
+
+    /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP, XREAD/XREADGROUP
+    /// with BLOCK: on a dedicated connection of the server of their keys.
+    func routeBlocking(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let arguments = session.arguments
+        var target = -1
+        var crossServer = false
+        var noServer = false
+        let valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
+            guard keyIndex < arguments.count else { return }
+            guard let server = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
+                noServer = true
+                return
+            }
+            if target < 0 { target = server } else if server != target { crossServer = true }
+        }
+        if crossServer {
+            return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
+        }
+        if noServer { return slot.fail(part: 0, reason: "no server available") }
+        // Arguments Redis will refuse (a bad numkeys) still go to one server, whose error the client sees.
+        if target < 0 || !valid { target = firstLiveServer() ?? -1 }
+        guard target >= 0 else { return slot.fail(part: 0, reason: "no server available") }
+        pool.stats.blockingRequests.add()
+        var request: [UInt8] = []
+        if arguments.isInline {
+            let buffer = ByteBuffer()
+            writeRequest(frame, arguments, into: buffer)
+            request = Array(buffer.readable)
+        } else {
+            request = Array(frame)
+        }
+        let waiter = DedicatedWaiter(slot: slot, request: request, blockFor: blockingTimeout(command, frame, arguments))
+        runBlocking(waiter, on: pool.servers[target])
+    }
+
+    /// Sends a blocking request on a dedicated connection, or queues it until one is free.
+    func runBlocking(_ waiter: DedicatedWaiter, on server: ServerRuntime) {
+        guard let connection = server.leaseDedicated() else {
+            server.waitForDedicated(waiter)
+            return
+        }
+        guard let session = redis else { return }
+        session.blocked.removeAll { !$0.isCurrent }
+        session.blocked.append(DedicatedLease(connection: connection, lease: connection.lease, server: server.index, generation: connection.generation))
+        waiter.request.withUnsafeBytes { connection.requestBuffer().append($0) }
+        waiter.slot.remainingParts = 1
+        connection.enqueue(slot: waiter.slot, part: 0, framing: .line, blockFor: waiter.blockFor)
+        connection.returnWhenIdle = true
+    }
+
+    /// Seconds the command may block (nil: forever, so no proxy timeout applies).
+    private func blockingTimeout(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ arguments: RespArguments) -> Double? {
+        let count = arguments.count
+        var seconds: Double?
+        if command.timeoutAt == 0 {
+            // XREAD/XREADGROUP … BLOCK <milliseconds> …
+            for index in 1..<(count - 1) where arguments.argument(index, in: frame, equals: "block") {
+                seconds = Double(arguments.argumentString(index + 1, in: frame)).map { $0 / 1000 }
+                break
+            }
+        } else {
+            let at = command.timeoutAt < 0 ? count + command.timeoutAt : command.timeoutAt
+            if at > 0, at < count { seconds = Double(arguments.argumentString(at, in: frame)) }
+        }
+        // A timeout Redis will refuse gets its error at once: the pool's timeout is enough.
+        guard let seconds, seconds.isFinite, seconds >= 0 else { return 0 }
+        return seconds == 0 ? nil : seconds
+    }
+
+    /// The client has left (or closed its side): a blocked command's connection is closed, so
+    /// Redis unblocks it without popping anything, and the command fails here.
+    func endBlockedCommands() {
+        guard let session = redis else { return }
+        for lease in session.blocked where lease.isCurrent {
+            lease.connection.abandon()
+            lease.connection.server.returnDedicated(lease.connection, reusable: false)
+        }
+        session.blocked.removeAll()
+    }
+
+    /// The client is leaving: blocked commands end as above, a WATCH's connection is closed.
+    func endRedisSession() {
+        guard let session = redis else { return }
+        endBlockedCommands()
+        if let watch = session.watch, watch.isCurrent {
+            watch.connection.server.returnDedicated(watch.connection, reusable: false)
+        }
+        session.watch = nil
+        session.transaction = nil
+    }
+}

@@ -1,0 +1,210 @@
+import Foundation
+import XCTest
+@testable import TernCore
+
+/// Redis sessions through Tern over a sharded pool of real redis-server backends, with redis-py
+/// (the client every Redis guide uses) and raw bytes: MULTI/EXEC/DISCARD, WATCH, blocking
+/// commands.
+final class RedisSessionTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(3000)) }
+        group.stopAll()
+    }
+
+    struct Setup {
+        var port: Int
+        var pool: PoolConfig
+        var backends: [RedisServer]
+        func server(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
+        /// `count` keys named `prefix<n>` on `server`.
+        func keys(_ prefix: String, on server: Int, count: Int) -> [String] {
+            Array((0..<10_000).lazy.map { "\(prefix)\($0)" }.filter { self.server($0) == server }.prefix(count))
+        }
+    }
+
+    func start(extra: String = "", threads: Int = 2) throws -> Setup {
+        let backends = try [group.redis(), group.redis()]
+        let port = ProcessGroup.freePort()
+        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  hash_tag: \"{}\"\n  timeout: 1000\n\(extra)  servers:\n"
+            + backends.map { "   - \($0.address):1\n" }.joined()
+        try group.tern(config: text, arguments: ["--threads", "\(threads)"], waitPort: port)
+        return Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
+    }
+
+    /// Runs a redis-py script (its last line printed must be "ok").
+    func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let run = ProcessGroup.run
+        guard let python = ["python3", "/usr/bin/python3"].first(where: { (try? run("/usr/bin/env", [$0, "-c", "import redis"]).0) == 0 }) else {
+            throw XCTSkip("redis-py is not installed (Deploy/install-packages.sh installs it)")
+        }
+        let (status, text) = try run("/usr/bin/env", [python, "-c", "import redis, threading, socket, time\n" + script + "\nprint('ok')"])
+        XCTAssertEqual(status, 0, text, file: file, line: line)
+        XCTAssertTrue(text.hasSuffix("ok\n"), text, file: file, line: line)
+    }
+
+    /// redis-py's default pipeline() is MULTI/EXEC: on one server, and with hash-tagged keys
+    /// over two; a transaction over two servers is refused with nothing written and the
+    /// connection still usable.
+    func testRedisPyDefaultPipelineAndCrossServerRefusal() throws {
+        let setup = try start()
+        let a = setup.keys("a", on: 0, count: 1)[0], b = setup.keys("b", on: 1, count: 1)[0]
+        try python("""
+        r = redis.Redis(port=\(setup.port))
+        p = r.pipeline()
+        p.set("\(a)", 1).incr("\(a)").get("\(a)")
+        assert p.execute() == [True, 2, b"2"], "one server"
+        for tag in ["{user:1}", "{user:2}", "{user:3}"]:
+            p = r.pipeline()
+            p.set(tag + ":name", "n").hset(tag + ":h", "f", "v").incr(tag + ":visits").get(tag + ":name")
+            assert p.execute() == [True, 1, 1, b"n"], tag
+        p = r.pipeline()
+        p.set("\(a)", "x").set("\(b)", "y")
+        try:
+            p.execute()
+            raise SystemExit("a cross-server transaction ran")
+        except redis.exceptions.ResponseError as error:
+            assert "CROSSSLOT" in str(error) or "EXECABORT" in str(error), str(error)
+        assert r.get("\(a)") == b"2" and r.get("\(b)") is None, "nothing was written"
+        assert r.ping()
+        """)
+        XCTAssertEqual(try setup.backends[1].call("EXISTS", b), ":0\r\n")
+    }
+
+    /// 8 threads × 40 INCR+GET transactions on one key: each GET sees its own INCR, the total
+    /// is exact. Then a WATCH retry loop under contention.
+    func testConcurrentTransactionsAndWatchRetryLoop() throws {
+        let setup = try start()
+        try python("""
+        r = redis.Redis(port=\(setup.port))
+        r.set("tx:n", 0)
+        seen = []
+        lock = threading.Lock()
+        def transactions():
+            c = redis.Redis(port=\(setup.port))
+            for _ in range(40):
+                p = c.pipeline()
+                value, read = p.incr("tx:n").get("tx:n").execute()
+                assert int(read) == value, (value, read)
+                with lock: seen.append(value)
+        threads = [threading.Thread(target=transactions) for _ in range(8)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        assert sorted(seen) == list(range(1, 321)), "every INCR ran once, each GET saw its own"
+        r.set("w:n", 0)
+        retries = [0]
+        def optimistic():
+            c = redis.Redis(port=\(setup.port))
+            for _ in range(25):
+                with c.pipeline() as p:
+                    while True:
+                        try:
+                            p.watch("w:n")
+                            value = int(p.get("w:n"))
+                            p.multi()
+                            p.set("w:n", value + 1)
+                            p.execute()
+                            break
+                        except redis.WatchError:
+                            with lock: retries[0] += 1
+        threads = [threading.Thread(target=optimistic) for _ in range(8)]
+        [t.start() for t in threads]; [t.join() for t in threads]
+        assert int(r.get("w:n")) == 200, r.get("w:n")
+        assert retries[0] > 0, "contention made some WATCHes fail and retry"
+        """)
+    }
+
+    /// Redis's own errors for misuse, answered at once; garbage inside MULTI aborts it.
+    func testTransactionMisuseGetsRedisErrors() throws {
+        let setup = try start()
+        let a = setup.keys("m", on: 0, count: 1)[0], b = setup.keys("m", on: 1, count: 1)[0]
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("EXEC"), "-ERR EXEC without MULTI\r\n")
+        XCTAssertEqual(try c.call("DISCARD"), "-ERR DISCARD without MULTI\r\n")
+        XCTAssertEqual(try c.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try c.call("MULTI"), "-ERR MULTI calls can not be nested\r\n")
+        XCTAssertEqual(try c.call("WATCH", a), "-ERR WATCH inside MULTI is not allowed\r\n")
+        XCTAssertEqual(try c.call("SET", a, "1"), "+QUEUED\r\n")
+        XCTAssertEqual(try c.call("NOSUCHCOMMAND"), "-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: \r\n")
+        XCTAssertEqual(try c.call("EXEC"), "-EXECABORT Transaction discarded because of previous errors.\r\n")
+        XCTAssertEqual(try c.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SET", a, "1"), "+QUEUED\r\n")
+        XCTAssertEqual(try c.call("SET", b, "1"), "-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+        XCTAssertEqual(try c.call("EXEC"), "-EXECABORT Transaction discarded because of previous errors.\r\n")
+        XCTAssertEqual(try c.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try c.call("FLUSHALL"), "-ERR 'flushall' cannot be used inside MULTI through Tern\r\n")
+        XCTAssertEqual(try c.call("DISCARD"), "+OK\r\n")
+        XCTAssertEqual(try c.call("GET", a), "$-1\r\n", "nothing ran")
+        // Per-command errors at run time come back inside EXEC's array, as from Redis.
+        XCTAssertEqual(try c.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SET", a, "text"), "+QUEUED\r\n")
+        XCTAssertEqual(try c.call("INCR", a), "+QUEUED\r\n")
+        XCTAssertEqual(try c.call("EXEC"), "*2\r\n+OK\r\n-ERR value is not an integer or out of range\r\n")
+        XCTAssertEqual(try c.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try c.call("EXEC"), "*0\r\n")
+        // A pipelined transaction interleaved with another client's traffic on the same
+        // shared connection: EXEC's reply is this client's, whole.
+        let other = try TestClient(port: setup.port)
+        try other.send(Array(repeating: TestClient.encode(["SET", a, "other"]), count: 50).flatMap { $0 })
+        try c.send(TestClient.encode(["MULTI"]) + TestClient.encode(["SET", a, "mine"]) + TestClient.encode(["GET", a]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try c.receiveReplies(4), as: UTF8.self), "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n$4\r\nmine\r\n")
+        _ = try other.receiveReplies(50)
+        XCTAssertEqual(try c.call("RESET"), "+RESET\r\n")
+    }
+
+    /// BLPOP with an item present, one pushed while waiting, a 3 s timeout longer than the
+    /// pool's 1 s timeout, and a consumer that disconnects while blocked (the item pushed after
+    /// must still be in the list).
+    func testBlockingCommands() throws {
+        let setup = try start()
+        try python("""
+        r = redis.Redis(port=\(setup.port))
+        r.delete("q"); r.rpush("q", "x")
+        assert r.blpop("q", 1) == (b"q", b"x")
+        def push():
+            time.sleep(0.3); redis.Redis(port=\(setup.port)).rpush("q", "y")
+        threading.Thread(target=push).start()
+        started = time.time()
+        assert r.blpop("q", 5) == (b"q", b"y")
+        assert 0.2 < time.time() - started < 2
+        started = time.time()
+        assert r.blpop("q", 3) is None
+        assert 2.9 < time.time() - started < 4.5, time.time() - started
+        r.rpush("{z}src", "a")
+        assert r.blmove("{z}src", "{z}dst", 1, "LEFT", "RIGHT") == b"a"
+        r.zadd("zs", {"m": 1})
+        assert r.bzpopmin("zs", 1) == (b"zs", b"m", 1.0)
+        r.xadd("st", {"f": "v"})
+        assert r.xread({"st": "0"}, block=500)[0][0] == b"st"
+        consumer = socket.create_connection(("127.0.0.1", \(setup.port)))
+        consumer.sendall(b"*3\\r\\n$5\\r\\nBLPOP\\r\\n$1\\r\\nq\\r\\n$1\\r\\n0\\r\\n")
+        time.sleep(0.3)
+        consumer.close()
+        time.sleep(0.3)
+        r.rpush("q", "kept")
+        time.sleep(0.3)
+        assert r.lrange("q", 0, -1) == [b"kept"], r.lrange("q", 0, -1)
+        """)
+    }
+
+    /// 70 consumers blocked at once on one server with `dedicated_connections: 64` on one
+    /// worker: the 6 beyond the bound wait for a free connection, none fails.
+    func testMoreBlockedClientsThanDedicatedConnectionsWait() throws {
+        let setup = try start(extra: "  dedicated_connections: 64\n", threads: 1)
+        try python("""
+        got = []
+        lock = threading.Lock()
+        def consume(i):
+            c = redis.Redis(port=\(setup.port), socket_timeout=20)
+            item = c.blpop("jobs", 15)
+            with lock: got.append(item)
+        threads = [threading.Thread(target=consume, args=(i,)) for i in range(70)]
+        [t.start() for t in threads]
+        time.sleep(1)
+        r = redis.Redis(port=\(setup.port))
+        for i in range(70): r.rpush("jobs", "job%d" % i)
+        [t.join() for t in threads]
+        assert sorted(v for _, v in got) == sorted(b"job%d" % i for i in range(70)), got
+        """)
+    }
+}
