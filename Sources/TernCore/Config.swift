@@ -76,6 +76,9 @@ public struct PoolConfig: Sendable {
     /// Redis: connections per server per worker that can be leased to one client at a time,
     /// for WATCH … EXEC and blocking commands (Tern key `dedicated_connections`).
     public var dedicatedConnections = 64
+    /// Redis: channels, patterns and shard channels one client may subscribe to (Tern key
+    /// `max_subscriptions`).
+    public var maxSubscriptions = 10_000
     /// A request that stays incomplete this long (ms) closes its client: slowloris
     /// (Tern key `client_partial_timeout`; 0 = never).
     public var clientPartialTimeoutMilliseconds: Int = 30_000

@@ -44,6 +44,7 @@ public enum ConfigRenderer {
             line("client_output_limit", String(pool.clientOutputLimit))
             line("client_query_limit", String(pool.clientQueryLimit))
             line("dedicated_connections", String(pool.dedicatedConnections))
+            line("max_subscriptions", String(pool.maxSubscriptions))
             line("client_partial_timeout", String(pool.clientPartialTimeoutMilliseconds))
             line("client_idle_timeout", String(pool.clientIdleTimeoutMilliseconds))
         }

@@ -44,6 +44,9 @@ public enum RedisRouting: Sendable, Equatable {
     /// Blocks until data arrives or its timeout passes (BLPOP, BZPOPMIN, XREAD … BLOCK …): runs
     /// on a dedicated backend connection of the server of its keys (all on one server).
     case blocking
+    /// Pub/sub: SUBSCRIBE and its family on the client's push connections, PUBSUB merged over
+    /// every server (handled by the Redis frontend's pub/sub logic).
+    case pubsub
     /// Answered by Tern itself.
     case local
     /// Cannot be proxied correctly: `-ERR unsupported command`.
@@ -204,10 +207,11 @@ public enum RedisCommandTable {
         // Cannot be proxied correctly
         .init("multi", 1, .none, .session), .init("exec", 1, .none, .session), .init("discard", 1, .none, .session),
         .init("watch", -2, all, .session), .init("unwatch", 1, .none, .session), .init("reset", 1, .none, .session),
-        .init("subscribe", -2, .none, .unsupported), .init("psubscribe", -2, .none, .unsupported),
-        .init("unsubscribe", -1, .none, .unsupported), .init("punsubscribe", -1, .none, .unsupported),
-        .init("ssubscribe", -2, .none, .unsupported), .init("sunsubscribe", -1, .none, .unsupported),
-        .init("publish", 3, .none, .unsupported), .init("spublish", 3, .none, .unsupported), .init("pubsub", -2, .none, .unsupported),
+        // Pub/sub: a channel is placed like a key, so PUBLISH and SUBSCRIBE meet on one server.
+        .init("subscribe", -2, .none, .pubsub), .init("psubscribe", -2, .none, .pubsub),
+        .init("unsubscribe", -1, .none, .pubsub), .init("punsubscribe", -1, .none, .pubsub),
+        .init("ssubscribe", -2, .none, .pubsub), .init("sunsubscribe", -1, .none, .pubsub),
+        .init("publish", 3, one), .init("spublish", 3, one), .init("pubsub", -2, .none, .pubsub),
         .init("monitor", 1, .none, .unsupported), .init("cluster", -2, .none, .unsupported), .init("config", -2, .none, .unsupported),
         .init("debug", -2, .none, .unsupported), .init("slowlog", -2, .none, .unsupported), .init("latency", -2, .none, .unsupported),
         .init("acl", -2, .none, .unsupported), .init("save", 1, .none, .unsupported), .init("bgsave", -1, .none, .unsupported),

@@ -147,6 +147,9 @@ enum StatsReport {
             counter("tern_pool_dedicated_leases_total", [("pool", pool)], "Dedicated backend connections leased to one client (WATCH, blocking commands).").increment(by: sum { $0.dedicatedLeases.read() })
             gauge("tern_pool_dedicated_connections_in_use", [("pool", pool)], "Dedicated backend connections leased now: pinned by a WATCH or carrying a blocking command.")
                 .set(sum { $0.dedicatedInUse.read() })
+            gauge("tern_pool_subscribed_clients", [("pool", pool)], "Redis clients in subscribed mode (pub/sub).").set(sum { $0.subscribedClients.read() })
+            counter("tern_pool_pubsub_messages_total", [("pool", pool)], "Pub/sub messages delivered to subscribed clients.").increment(by: sum { $0.messagesDelivered.read() })
+            counter("tern_pool_pubsub_subscription_requests_total", [("pool", pool)], "SUBSCRIBE/UNSUBSCRIBE family requests sent to servers on push connections.").increment(by: sum { $0.subscriptionChanges.read() })
             counter("tern_pool_server_ejects_total", [("pool", pool)], "Servers ejected from the pool (auto_eject_hosts), summed over workers.")
                 .increment(by: sum { $0.serverEjects.read() })
             for (index, server) in plan.config.servers.enumerated() {

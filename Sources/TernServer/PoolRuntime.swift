@@ -358,6 +358,7 @@ final class ServerRuntime {
         for connection in connections { connection.closeIfOpen() }
         for connection in idleDedicated + leased { connection.closeIfOpen() }
         idleDedicated.removeAll()
+        closePushConnections()
         probeConnection?.closeIfOpen()
         probeTimer?.stop()
     }
@@ -409,6 +410,36 @@ final class ServerRuntime {
     }
 
     func waitForDedicated(_ waiter: DedicatedWaiter) { waiting.append(waiter) }
+
+    // MARK: Push connections (pub/sub)
+
+    /// Subscribed clients' connections to this server, kept alive here (their watchers reach
+    /// them unretained). When the server leaves (reload) they close, and so do their clients.
+    private var pushConnections: [ServerConnection] = []
+
+    func openPushConnection(for client: ClientConnection) -> ServerConnection {
+        let connection = ServerConnection(server: self, isDedicated: true)
+        connection.pushClient = client
+        pushConnections.append(connection)
+        return connection
+    }
+
+    func closePushConnection(_ connection: ServerConnection) {
+        connection.pushClient = nil
+        connection.closeIfOpen()
+        pushConnections.removeAll { $0 === connection }
+    }
+
+    private func closePushConnections() {
+        let connections = pushConnections
+        pushConnections.removeAll()
+        for connection in connections {
+            let client = connection.pushClient
+            connection.pushClient = nil
+            connection.closeIfOpen()
+            client?.close()
+        }
+    }
 
     /// The connection a client uses: always the same one for a given client, so one client's
     /// requests to one server stay in order. With one connection per server (the default) no

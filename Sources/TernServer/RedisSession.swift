@@ -20,6 +20,8 @@ final class RedisSession {
     var watch: DedicatedLease?
     /// Blocking commands sent on dedicated connections (stale entries are pruned).
     var blocked: [DedicatedLease] = []
+    /// Pub/sub: channels, patterns and push connections (nil until the first SUBSCRIBE).
+    var subscriptions: RedisSubscriptions?
 }
 
 /// RESP2 on a client connection: parse, check, answer locally or route by the command table.
@@ -75,10 +77,13 @@ extension ClientConnection {
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
             return
         }
+        if session.subscriptions != nil, refuseWhileSubscribed(command, frame, session, slot) { return }
         if session.transaction != nil, command.routing != .session {
             return queueInTransaction(command, frame, session, slot)
         }
         switch command.routing {
+        case .pubsub:
+            routePubSub(command, frame, session, slot)
         case .session:
             routeSession(command, frame, session, slot)
         case .blocking:

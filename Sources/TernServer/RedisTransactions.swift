@@ -82,6 +82,7 @@ extension ClientConnection {
             // for the default user) authentication to be done again.
             session.transaction = nil
             endWatch(session)
+            endSubscriptions()
             session.name = nil
             session.libraryName = nil
             session.libraryVersion = nil
@@ -322,5 +323,6 @@ extension ClientConnection {
         }
         session.watch = nil
         session.transaction = nil
+        endSubscriptions()
     }
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import TernCore
 
 /// The place of one client request in that client's reply order.
@@ -22,6 +25,13 @@ final class ReplySlot {
         case respSum
         /// Redis: every server gets the command, the first server's reply is returned (SCRIPT LOAD).
         case respFirst
+        /// Tern wrote the reply beforehand (pub/sub confirmations with the client's own counts):
+        /// the parts only have to succeed; a backend error replaces it.
+        case prepared
+        /// Arrays from every server, merged without repeats (PUBSUB CHANNELS).
+        case respUnion
+        /// `[name, count, …]` arrays from every server, counts summed by position (PUBSUB NUMSUB).
+        case respPairSum
         /// A warm-up delete sent to both pools (part 0 new, part 1 old): the new pool's reply,
         /// but "deleted" when either pool deleted the key.
         case eitherDeleted
@@ -231,6 +241,27 @@ final class ReplySlot {
             data.removeAll()
             data.append(reply)
             partDone()
+        case .prepared:
+            if isError { recordError(reply) }
+            partDone()
+        case .respUnion, .respPairSum:
+            if reply.first == UInt8(ascii: "*") {
+                var position = 0
+                RespReplyParser.forEachElement(reply) { range in
+                    let element = UnsafeRawBufferPointer(rebasing: reply[range])
+                    if kind == .respUnion {
+                        if !keys.contains(where: { bytesEqual(element, $0) }) { store(element) }
+                    } else if position % 2 == 0 {
+                        if position / 2 >= keys.count { store(element) }
+                    } else if let count = RespReplyParser.integer(element), position / 2 < keys.count {
+                        keys[position / 2].server &+= Int32(truncatingIfNeeded: count)
+                    }
+                    position += 1
+                }
+            } else {
+                recordError(reply)
+            }
+            partDone()
         case .respFirst:
             if isError {
                 recordError(reply)
@@ -306,7 +337,7 @@ final class ReplySlot {
             }
             hasError = true
             partDone()
-        case .fanOut, .respArray, .respAllOK, .respSum, .respFirst:
+        case .fanOut, .respArray, .respAllOK, .respSum, .respFirst, .prepared, .respUnion, .respPairSum:
             if !hasError {
                 hasError = true
                 data.removeAll()
@@ -370,6 +401,18 @@ final class ReplySlot {
         return accepted
     }
 
+    /// respUnion / respPairSum: one element (or name) kept in `data`, its count in `server`.
+    private func store(_ element: UnsafeRawBufferPointer) {
+        keys.append(KeyEntry(keyStart: 0, keyLength: 0, server: 0, recordStart: data.readableCount, recordLength: element.count))
+        data.append(element)
+    }
+
+    private func bytesEqual(_ element: UnsafeRawBufferPointer, _ entry: KeyEntry) -> Bool {
+        guard element.count == entry.recordLength else { return false }
+        let stored = data.readable
+        return memcmp(element.baseAddress!, stored.baseAddress! + entry.recordStart, element.count) == 0
+    }
+
     private func sameKey(_ entry: KeyEntry, _ key: UnsafeRawBufferPointer) -> Bool {
         guard Int(entry.keyLength) == key.count else { return false }
         let stored = keyBytes.readable
@@ -380,8 +423,19 @@ final class ReplySlot {
     /// Writes the finished reply to the client's output.
     func emit(into output: ByteBuffer) {
         switch kind {
-        case .single, .fanOut, .respAllOK, .respSum, .respFirst, .eitherDeleted:
+        case .single, .fanOut, .respAllOK, .respSum, .respFirst, .eitherDeleted, .prepared:
             output.append(data.readable)
+        case .respUnion, .respPairSum:
+            if hasError {
+                output.append(data.readable)
+                return
+            }
+            let bytes = data.readable
+            output.appendArrayHeader(kind == .respUnion ? keys.count : keys.count * 2)
+            for entry in keys {
+                output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
+                if kind == .respPairSum { output.appendInteger(Int(entry.server)) }
+            }
         case .respArray:
             if hasError {
                 output.append(data.readable)

@@ -80,6 +80,10 @@ final class ServerConnection {
     var isLeased = false
     /// Dedicated connections: go back to the server once nothing is in flight.
     var returnWhenIdle = false
+    /// Pub/sub: the subscribed client this connection pushes messages to (nil for every other
+    /// connection). Messages are not replies: they go to the client as they come; the
+    /// subscribe/unsubscribe confirmations and PONGs pair with requests as usual.
+    var pushClient: ClientConnection?
     /// Counts the sockets opened: a WATCH is valid only on the socket it was sent on.
     private(set) var generation = 0
     var isOpen: Bool { state != .disconnected }
@@ -293,7 +297,7 @@ final class ServerConnection {
                 guard skipOversizedReply() else { return }
                 continue
             }
-            guard !pending.isEmpty else {
+            guard !pending.isEmpty || pushClient != nil else {
                 fail(reason: "server sent an unexpected reply")
                 return
             }
@@ -318,6 +322,12 @@ final class ServerConnection {
                     return
                 case let .reply(length, isError): framed = (length, isError)
                 }
+            }
+            if pushClient != nil, Self.isPushMessage(input.readable) {
+                pushClient?.pushMessage(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length]))
+                counters.responseBytes.add(framed.length)
+                input.consume(framed.length)
+                continue
             }
             do {
                 let (length, isError) = framed
@@ -368,6 +378,14 @@ final class ServerConnection {
             returnWhenIdle = false
             server.returnDedicated(self, reusable: true)
         }
+    }
+
+    /// A pub/sub message (RESP2): `message`, `pmessage` or `smessage` arrays.
+    static func isPushMessage(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        func starts(_ literal: StaticString) -> Bool {
+            bytes.count >= literal.utf8CodeUnitCount && memcmp(bytes.baseAddress!, literal.utf8Start, literal.utf8CodeUnitCount) == 0
+        }
+        return starts("*3\r\n$7\r\nmessage\r\n") || starts("*4\r\n$8\r\npmessage\r\n") || starts("*3\r\n$8\r\nsmessage\r\n")
     }
 
     /// Walks a reply too large to hold (see `ReplySkipper`); nil when none is being skipped.
@@ -482,6 +500,7 @@ final class ServerConnection {
             retryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(consecutiveFailures - 1, 6)))
         }
         server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.slot == nil ? 0 : 1) })
+
         for entry in entries {
             if entry.isProbe { server.probeFailed() }
             if entry.isBackfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
@@ -530,6 +549,12 @@ final class ServerConnection {
             // A dedicated connection that failed or was closed goes back, not to be reused.
             returnWhenIdle = false
             server.returnDedicated(self, reusable: false)
+        }
+        if let client = pushClient {
+            // A push connection lost (failure, timeout): messages would stop silently, so the
+            // subscribed client is closed instead and re-subscribes when it reconnects.
+            pushClient = nil
+            client.close()
         }
     }
 }

@@ -40,6 +40,11 @@ final class PoolCounters: Sendable {
     let dedicatedLeases = WorkerCounter()
     /// Dedicated connections leased now (a gauge).
     let dedicatedInUse = WorkerCounter()
+    /// Pub/sub: clients in subscribed mode now (a gauge), SUBSCRIBE/UNSUBSCRIBE requests sent
+    /// to servers, messages delivered.
+    let subscribedClients = WorkerCounter()
+    let subscriptionChanges = WorkerCounter()
+    let messagesDelivered = WorkerCounter()
     /// Clients of the pool assigned to this worker: raised by whichever worker accepts (it may
     /// hand the client over), lowered by this worker when the client closes, hence a real atomic
     /// add. Read to give each new client to the least loaded worker.

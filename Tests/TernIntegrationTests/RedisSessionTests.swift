@@ -207,4 +207,75 @@ final class RedisSessionTests: XCTestCase {
         assert sorted(v for _, v in got) == sorted(b"job%d" % i for i in range(70)), got
         """)
     }
+
+    /// redis-py `pubsub()` on a two-server pool: channels on both servers and a pattern, each
+    /// message exactly once, confirmations with the client's own counts, PUBSUB merged over the
+    /// servers, Redis's errors in subscribed mode.
+    func testPubSubAcrossServers() throws {
+        let setup = try start()
+        let onFirst = setup.keys("ch", on: 0, count: 3), onSecond = setup.keys("ch", on: 1, count: 3)
+        let channels = (onFirst + onSecond).map { "\"\($0)\"" }.joined(separator: ", ")
+        try python("""
+        r = redis.Redis(port=\(setup.port))
+        channels = [\(channels)]
+        p = r.pubsub()
+        p.subscribe(*channels)
+        p.psubscribe("news.*")
+        confirmations = [p.get_message(timeout=2) for _ in range(7)]
+        assert [m["data"] for m in confirmations] == list(range(1, 8)), confirmations
+        assert r.pubsub_numsub(*channels) == [(c.encode(), 1) for c in channels]
+        assert r.pubsub_numpat() == 1
+        assert sorted(r.pubsub_channels()) == sorted(c.encode() for c in channels)
+        for round in range(20):
+            for c in channels: assert r.publish(c, "%s-%d" % (c, round)) == 1
+        assert r.publish("news.today", "pattern") == 1
+        messages = []
+        while True:
+            m = p.get_message(timeout=1)
+            if m is None: break
+            messages.append(m)
+        received = sorted((m["channel"], m["data"]) for m in messages if m["type"] == "message")
+        assert received == sorted((c.encode(), ("%s-%d" % (c, n)).encode()) for c in channels for n in range(20)), len(received)
+        assert [(m["type"], m["channel"]) for m in messages if m["type"] == "pmessage"] == [("pmessage", b"news.today")]
+        p.unsubscribe(channels[0])
+        assert p.get_message(timeout=1)["data"] == 6
+        # listen() in a thread, as applications do.
+        heard = []
+        def listen():
+            for m in p.listen():
+                if m["type"] == "message":
+                    heard.append(m["data"])
+                    if len(heard) == 3: return
+        listener = threading.Thread(target=listen); listener.start()
+        time.sleep(0.2)
+        for n in range(3): r.publish(channels[-1], "l%d" % n)
+        listener.join(5)
+        assert heard == [b"l0", b"l1", b"l2"], heard
+        raw = socket.create_connection(("127.0.0.1", \(setup.port)))
+        raw.sendall(b"*2\\r\\n$9\\r\\nSUBSCRIBE\\r\\n$1\\r\\na\\r\\n*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\na\\r\\n*1\\r\\n$4\\r\\nPING\\r\\n")
+        time.sleep(0.3)
+        reply = raw.recv(4096)
+        assert reply == b"*3\\r\\n$9\\r\\nsubscribe\\r\\n$1\\r\\na\\r\\n:1\\r\\n-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\\r\\n*2\\r\\n$4\\r\\npong\\r\\n$0\\r\\n\\r\\n", reply
+        """)
+    }
+
+    /// A subscribed client that leaves takes its subscriptions along (the servers see them go);
+    /// one whose push connection fails is closed, never left silently without messages.
+    func testPubSubConnectionsEndWithTheirClient() throws {
+        let setup = try start(threads: 1)
+        let onFirst = setup.keys("ch", on: 0, count: 1)[0], onSecond = setup.keys("ch", on: 1, count: 1)[0]
+        let subscriber = try TestClient(port: setup.port)
+        try subscriber.send(TestClient.encode(["SUBSCRIBE", onFirst, onSecond]))
+        _ = try subscriber.receiveReplies(2)
+        XCTAssertEqual(try setup.backends[0].call("PUBSUB", "NUMSUB", onFirst), "*2\r\n$\(onFirst.utf8.count)\r\n\(onFirst)\r\n:1\r\n")
+        subscriber.close()
+        XCTAssertEqual(eventually("*2\r\n$\(onFirst.utf8.count)\r\n\(onFirst)\r\n:0\r\n") { (try? setup.backends[0].call("PUBSUB", "NUMSUB", onFirst)) ?? "" },
+                       "*2\r\n$\(onFirst.utf8.count)\r\n\(onFirst)\r\n:0\r\n")
+        let second = try TestClient(port: setup.port)
+        try second.send(TestClient.encode(["SUBSCRIBE", onFirst, onSecond]))
+        _ = try second.receiveReplies(2)
+        setup.backends[1].kill()
+        XCTAssertTrue(second.drain(for: 2).closed, "the subscriber is closed when a push connection fails")
+        XCTAssertEqual(try TestClient(port: setup.port).call("PING"), "+PONG\r\n")
+    }
 }

@@ -1,0 +1,181 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TernCore
+
+/// Pub/sub on a sharded pool (RESP2). Confined to the client's worker thread.
+///
+///     SUBSCRIBE ch ──► the channel is placed like a key: its server gets `SUBSCRIBE ch` on this
+///                      client's push connection to that server (opened on first use)
+///     PSUBSCRIBE p ──► every server gets it (a pattern may match a channel anywhere)
+///     message     ──► whole frames, from whichever push connection, go to the client in order
+///                      behind the replies already due
+///
+/// Confirmations carry the client's own subscription count, as one Redis server would report
+/// it; Tern writes them when the command arrives and sends them once every server concerned has
+/// confirmed, so a message published after the client saw its confirmation is never missed.
+final class RedisSubscriptions {
+    var channels: [[UInt8]] = []
+    var patterns: [[UInt8]] = []
+    var shardChannels: [[UInt8]] = []
+    /// Push connections by server position.
+    var connections: [Int: ServerConnection] = [:]
+
+    /// The count Redis reports in subscribe/unsubscribe confirmations (RESP2): channels and
+    /// patterns; shard channels count apart.
+    var count: Int { channels.count + patterns.count }
+    var isSubscribed: Bool { count + shardChannels.count > 0 }
+}
+
+extension ClientConnection {
+    enum SubscriptionKind { case channel, pattern, shard }
+
+    /// SUBSCRIBE family, and PUBSUB.
+    func routePubSub(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        if command.isNamed("pubsub") { return pubsubInfo(frame, session, slot) }
+        let kind: SubscriptionKind = command.isNamed("psubscribe") || command.isNamed("punsubscribe") ? .pattern
+            : command.isNamed("ssubscribe") || command.isNamed("sunsubscribe") ? .shard : .channel
+        let subscribing = command.isNamed("subscribe") || command.isNamed("psubscribe") || command.isNamed("ssubscribe")
+        let subscriptions = session.subscriptions ?? RedisSubscriptions()
+        session.subscriptions = subscriptions
+        let wasSubscribed = subscriptions.isSubscribed
+        defer {
+            if subscriptions.isSubscribed != wasSubscribed { pool.stats.subscribedClients.add(wasSubscribed ? -1 : 1) }
+        }
+        let arguments = session.arguments
+        let limit = pool.config.maxSubscriptions
+        slot.kind = .prepared
+        var parts: [(server: Int, name: [UInt8])] = []
+        var names: [[UInt8]] = (1..<arguments.count).map { index in arguments.withArgument(index, in: frame) { Array($0) } }
+        if !subscribing, names.isEmpty {
+            names = list(subscriptions, kind)
+            if names.isEmpty {
+                slot.data.appendArrayHeader(3)
+                slot.data.appendBulk(command.name)
+                slot.data.append("$-1\r\n" as StaticString)
+                slot.data.appendInteger(kind == .shard ? subscriptions.shardChannels.count : subscriptions.count)
+            }
+        }
+        for name in names {
+            var set = list(subscriptions, kind)
+            let present = set.contains(name)
+            if subscribing, !present {
+                guard subscriptions.count + subscriptions.shardChannels.count < limit else {
+                    slot.kind = .single
+                    slot.data.removeAll()
+                    return slot.complete(with: "-ERR too many subscriptions for this client (max_subscriptions)\r\n" as StaticString)
+                }
+                set.append(name)
+            } else if !subscribing, present {
+                set.removeAll { $0 == name }
+            }
+            setList(subscriptions, kind, set)
+            if subscribing != present {
+                // Reaches the servers only when it changes something there.
+                if kind == .pattern {
+                    for server in pool.servers.indices { parts.append((server, name)) }
+                } else {
+                    guard let server = name.withUnsafeBytes({ pool.serverIndex(forKey: $0) }) else {
+                        slot.kind = .single
+                        slot.data.removeAll()
+                        return slot.fail(part: 0, reason: "no server available")
+                    }
+                    parts.append((server, name))
+                }
+            }
+            slot.data.appendArrayHeader(3)
+            slot.data.appendBulk(command.name)
+            name.withUnsafeBytes { slot.data.appendBulk($0) }
+            slot.data.appendInteger(kind == .shard ? subscriptions.shardChannels.count : subscriptions.count)
+        }
+        pool.stats.subscriptionChanges.add(parts.count)
+        slot.remainingParts = parts.count
+        if parts.isEmpty { return slot.complete(with: "" as StaticString) }
+        for (part, (server, name)) in parts.enumerated() {
+            let connection = pushConnection(subscriptions, server)
+            let output = connection.requestBuffer()
+            output.appendArrayHeader(2)
+            output.appendBulk(command.name)
+            name.withUnsafeBytes { output.appendBulk($0) }
+            connection.enqueue(slot: slot, part: Int32(part), framing: .line)
+        }
+    }
+
+    private func list(_ subscriptions: RedisSubscriptions, _ kind: SubscriptionKind) -> [[UInt8]] {
+        switch kind {
+        case .channel: return subscriptions.channels
+        case .pattern: return subscriptions.patterns
+        case .shard: return subscriptions.shardChannels
+        }
+    }
+
+    private func setList(_ subscriptions: RedisSubscriptions, _ kind: SubscriptionKind, _ list: [[UInt8]]) {
+        switch kind {
+        case .channel: subscriptions.channels = list
+        case .pattern: subscriptions.patterns = list
+        case .shard: subscriptions.shardChannels = list
+        }
+    }
+
+    private func pushConnection(_ subscriptions: RedisSubscriptions, _ server: Int) -> ServerConnection {
+        if let connection = subscriptions.connections[server] { return connection }
+        let connection = pool.servers[server].openPushConnection(for: self)
+        subscriptions.connections[server] = connection
+        return connection
+    }
+
+    /// A message from a push connection: whole, in order behind the replies already due.
+    func pushMessage(_ message: UnsafeRawBufferPointer) {
+        guard !isClosed else { return }
+        pool.stats.messagesDelivered.add()
+        let slot = newSlot()
+        slot.kind = .single
+        replyArrived(slot, message)
+    }
+
+    /// In subscribed mode (RESP2), only these commands are allowed, as in Redis.
+    func refuseWhileSubscribed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) -> Bool {
+        guard let subscriptions = session.subscriptions, subscriptions.isSubscribed else { return false }
+        if command.routing == .pubsub, !command.isNamed("pubsub") { return false }
+        if command.isNamed("quit") || command.isNamed("reset") { return false }
+        if command.isNamed("ping") {
+            // PING answers as a message-shaped array while subscribed.
+            slot.data.appendArrayHeader(2)
+            slot.data.appendBulk("pong")
+            if session.arguments.count > 1 {
+                session.arguments.withArgument(1, in: frame) { slot.data.appendBulk($0) }
+            } else {
+                slot.data.appendBulk("")
+            }
+            slot.complete(with: "" as StaticString)
+            return true
+        }
+        slot.complete(with: "-ERR Can't execute '\(command.name)': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n")
+        return true
+    }
+
+    /// PUBSUB CHANNELS|SHARDCHANNELS [pattern] (union over servers), NUMSUB|SHARDNUMSUB ch…
+    /// (summed by channel), NUMPAT (one server's: every pattern subscription is on every server).
+    private func pubsubInfo(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let arguments = session.arguments
+        if arguments.argument(1, in: frame, equals: "channels") || arguments.argument(1, in: frame, equals: "shardchannels") {
+            toEveryServer(frame, session, slot, kind: .respUnion)
+        } else if arguments.argument(1, in: frame, equals: "numsub") || arguments.argument(1, in: frame, equals: "shardnumsub") {
+            toEveryServer(frame, session, slot, kind: .respPairSum)
+        } else if arguments.argument(1, in: frame, equals: "numpat") {
+            toEveryServer(frame, session, slot, kind: .respFirst)
+        } else {
+            slot.complete(with: "-ERR unknown subcommand or wrong number of arguments for 'pubsub' command\r\n" as StaticString)
+        }
+    }
+
+    /// The client left, or RESET: its push connections close (Redis drops its subscriptions).
+    func endSubscriptions() {
+        guard let session = redis, let subscriptions = session.subscriptions else { return }
+        session.subscriptions = nil
+        if subscriptions.isSubscribed { pool.stats.subscribedClients.add(-1) }
+        // A push connection's server is alive while the connection is: a server that leaves
+        // closes its push connections (and their clients) first.
+        for connection in subscriptions.connections.values { connection.server.closePushConnection(connection) }
+    }
+}
