@@ -49,6 +49,9 @@ enum StatsReport {
             out += "\"client_connections\":\(plan.shared.clientCount.load(ordering: .relaxed)),"
             out += "\"server_ejects\":\(sum { $0.serverEjects.read() }),\"forward_error\":\(sum { $0.forwardErrors.read() }),"
             out += "\"fragments\":\(sum { $0.fragments.read() })"
+            if plan.config.protocolKind == .redis {
+                for (name, value) in StatsReport.sessionSummary(plan) { out += ",\(quoted(name)):\(value)" }
+            }
             for (index, server) in plan.config.servers.enumerated() {
                 let perWorker = plan.serverCounters[index]
                 func add(_ field: (ServerCounters) -> Int) -> Int { perWorker.reduce(0) { $0 + field($1) } }
@@ -86,6 +89,19 @@ enum StatsReport {
             ("server_ejects", sum { $0.serverEjects.read() }), ("forward_error", sum { $0.forwardErrors.read() }),
             ("fragments", sum { $0.fragments.read() }), ("server_requests", requests), ("server_responses", responses),
             ("server_timedout", timeouts),
+        ]
+    }
+
+    /// Redis sessions: transactions, WATCHes, blocking commands, dedicated connections,
+    /// subscribed clients and messages (stats port and INFO; /metrics has the same figures).
+    static func sessionSummary(_ plan: PoolPlan) -> [(String, Int)] {
+        let counters = plan.shared.workerCounters
+        func sum(_ field: (PoolCounters) -> Int) -> Int { counters.reduce(0) { $0 + field($1) } }
+        return [
+            ("transactions_exec", sum { $0.transactions.read() }), ("transactions_execabort", sum { $0.transactionsAborted.read() }),
+            ("watches", sum { $0.watches.read() }), ("blocking_requests", sum { $0.blockingRequests.read() }),
+            ("dedicated_connections_in_use", sum { $0.dedicatedInUse.read() }), ("subscribed_clients", sum { $0.subscribedClients.read() }),
+            ("pubsub_messages", sum { $0.messagesDelivered.read() }),
         ]
     }
 

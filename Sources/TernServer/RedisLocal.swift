@@ -215,7 +215,7 @@ extension ClientConnection {
         text += "process_id:\(getpid())\r\nuptime_in_seconds:\(uptime)\r\n\r\n"
         text += "# Clients\r\nconnected_clients:\(pool.plan.shared.clientCount.load(ordering: .relaxed))\r\n\r\n"
         text += "# Stats\r\ntotal_connections_received:\(pool.plan.shared.totalConnections.load(ordering: .relaxed))\r\n"
-        for (name, value) in StatsReport.poolSummary(pool.plan) { text += "\(name):\(value)\r\n" }
+        for (name, value) in StatsReport.poolSummary(pool.plan) + StatsReport.sessionSummary(pool.plan) { text += "\(name):\(value)\r\n" }
         text += "\r\n"
         text += "# Pools\r\npool:\(pool.config.name)\r\nservers:\(pool.servers.count)\r\n"
         text += "distribution:\(pool.config.distribution.rawValue)\r\nhash:\(pool.config.hash.rawValue)\r\n"

@@ -150,6 +150,8 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(String(decoding: try c.receiveReplies(4), as: UTF8.self), "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n$4\r\nmine\r\n")
         _ = try other.receiveReplies(50)
         XCTAssertEqual(try c.call("RESET"), "+RESET\r\n")
+        let info = try c.call("INFO")
+        XCTAssertTrue(info.contains("transactions_execabort:2\r\n") && info.contains("transactions_exec:2\r\n"), info)
     }
 
     /// BLPOP with an item present, one pushed while waiting, a 3 s timeout longer than the
