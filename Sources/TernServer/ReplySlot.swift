@@ -147,13 +147,13 @@ final class ReplySlot {
     /// Brings the client's count of held reply bytes up to date with this slot.
     @inline(__always)
     func countHeld() {
-        guard let client else { return }
+        // The common case (a reply that went straight to the output) holds nothing: decided
+        // before the client is touched.
         let held = heldBytes
-        if held != countedBytes {
-            let delta = held - countedBytes
-            countedBytes = held
-            client.heldChanged(by: delta)
-        }
+        guard held != countedBytes, let client else { return }
+        let delta = held - countedBytes
+        countedBytes = held
+        client.heldChanged(by: delta)
     }
 
     /// A backend's reply for this slot was too large to hold (the connection drops it).
@@ -390,6 +390,7 @@ final class ReplySlot {
     /// connection is out of step: the reply is someone else's.
     func acceptsRetrieval(_ reply: UnsafeRawBufferPointer, part: Int32) -> Bool {
         guard warmup == nil, !keys.isEmpty else { return true }
+        if kind == .single, keys.count == 1, let verdict = singleKeyVerdict(reply) { return verdict }
         var cursor = 0
         var accepted = true
         MemcacheReplyParser.forEachValue(reply) { keyRange, _ in
@@ -399,6 +400,23 @@ final class ReplySlot {
             if cursor == keys.count { accepted = false } else { cursor += 1 }
         }
         return accepted
+    }
+
+    /// The common single-key get, decided without walking records: a miss (`END`), or one VALUE
+    /// record whose key is this one, framed already. nil: let the general walk decide.
+    @inline(__always)
+    private func singleKeyVerdict(_ reply: UnsafeRawBufferPointer) -> Bool? {
+        let count = reply.count
+        // The framer let through only END, an error line or VALUE records: only those name keys.
+        guard count > 6, reply[0] == UInt8(ascii: "V") else { return true }
+        let key = keyBytes.readable
+        guard count > 6 + key.count, reply[6 + key.count] == 0x20,
+              memcmp(reply.baseAddress! + 6, key.baseAddress!, key.count) == 0 else { return false }
+        // One record, then END: anything longer (a repeated key) takes the general walk.
+        guard let lineEnd = memchr(reply.baseAddress!, 0x0a, count) else { return false }
+        let headerLength = reply.baseAddress!.distance(to: UnsafeRawPointer(lineEnd)) + 1
+        guard let length = MemcacheReplyParser.valueLength(UnsafeRawBufferPointer(rebasing: reply[0..<(headerLength - 1)])) else { return false }
+        return headerLength + length + 2 + 5 == count ? true : nil
     }
 
     /// respUnion / respPairSum: one element (or name) kept in `data`, its count in `server`.

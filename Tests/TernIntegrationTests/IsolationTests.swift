@@ -348,13 +348,22 @@ final class IsolationTests: XCTestCase {
     /// reaches the client; the request fails and the connection is opened afresh.
     func testValueForAnotherKeyIsNeverDelivered() throws {
         let fake = try LineServer { line in
-            line.hasPrefix("get ") ? "VALUE secret 0 9\r\nTOPSECRET\r\nEND\r\n" : "ERROR\r\n"
+            switch line {
+            case "get good\r": return "VALUE good 0 1\r\nx\r\nEND\r\n"
+            case "get good good\r": return "VALUE good 0 1\r\nx\r\nVALUE good 0 1\r\nx\r\nEND\r\n"
+            case "get good other\r": return "VALUE good 0 1\r\nx\r\nVALUE secret 0 9\r\nTOPSECRET\r\nEND\r\n"
+            default: return line.hasPrefix("get ") ? "VALUE secret 0 9\r\nTOPSECRET\r\nEND\r\n" : "ERROR\r\n"
+            }
         }
         let tern = try start(["127.0.0.1:\(fake.port)"])
         let client = try TestClient(port: tern.port)
-        let reply = try client.request("get mine\r\n", until: "\r\n")
-        XCTAssertTrue(reply.hasPrefix("SERVER_ERROR "), reply.debugDescription)
-        XCTAssertFalse(reply.contains("TOPSECRET"))
+        XCTAssertEqual(try client.request("get good\r\n", until: "END\r\n"), "VALUE good 0 1\r\nx\r\nEND\r\n")
+        XCTAssertEqual(try client.request("get good good\r\n", until: "END\r\n"), "VALUE good 0 1\r\nx\r\nVALUE good 0 1\r\nx\r\nEND\r\n")
+        for request in ["get mine\r\n", "get good other\r\n"] {
+            let reply = try client.request(request, until: "\r\n")
+            XCTAssertTrue(reply.hasPrefix("SERVER_ERROR "), reply.debugDescription)
+            XCTAssertFalse(reply.contains("TOPSECRET"))
+        }
     }
 
     /// The most Tern may grow, in KiB, under a reply attack at `limit`: each backend connection's
