@@ -101,7 +101,7 @@ enum StatsReport {
             ("transactions_exec", sum { $0.transactions.read() }), ("transactions_execabort", sum { $0.transactionsAborted.read() }),
             ("watches", sum { $0.watches.read() }), ("blocking_requests", sum { $0.blockingRequests.read() }),
             ("dedicated_connections_in_use", sum { $0.dedicatedInUse.read() }), ("subscribed_clients", sum { $0.subscribedClients.read() }),
-            ("pubsub_messages", sum { $0.messagesDelivered.read() }),
+            ("pubsub_messages", sum { $0.messagesDelivered.read() }), ("blocked_clients", sum { $0.blockedClients.read() }),
         ]
     }
 
@@ -164,6 +164,7 @@ enum StatsReport {
             gauge("tern_pool_dedicated_connections_in_use", [("pool", pool)], "Dedicated backend connections leased now: pinned by a WATCH or carrying a blocking command.")
                 .set(sum { $0.dedicatedInUse.read() })
             gauge("tern_pool_subscribed_clients", [("pool", pool)], "Redis clients in subscribed mode (pub/sub).").set(sum { $0.subscribedClients.read() })
+            gauge("tern_pool_blocked_clients", [("pool", pool)], "Redis clients blocked in a blocking command (BLPOP, XREAD BLOCK, …).").set(sum { $0.blockedClients.read() })
             counter("tern_pool_pubsub_messages_total", [("pool", pool)], "Pub/sub messages delivered to subscribed clients.").increment(by: sum { $0.messagesDelivered.read() })
             counter("tern_pool_pubsub_subscription_requests_total", [("pool", pool)], "SUBSCRIBE/UNSUBSCRIBE family requests sent to servers on push connections.").increment(by: sum { $0.subscriptionChanges.read() })
             counter("tern_pool_server_ejects_total", [("pool", pool)], "Servers ejected from the pool (auto_eject_hosts), summed over workers.")

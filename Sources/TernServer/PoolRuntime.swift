@@ -377,13 +377,15 @@ final class ServerRuntime {
     private var waiting: [DedicatedWaiter] = []
 
     /// A dedicated connection, or nil when `dedicated_connections` are all leased.
-    func leaseDedicated() -> ServerConnection? {
+    func leaseDedicated(forBlocking: Bool = false) -> ServerConnection? {
         guard leased.count < pool.config.dedicatedConnections else { return nil }
         pool.stats.dedicatedLeases.add()
         pool.stats.dedicatedInUse.add(1)
         let connection = idleDedicated.popLast() ?? ServerConnection(server: self, isDedicated: true)
         connection.lease += 1
         connection.isLeased = true
+        connection.isBlocking = forBlocking
+        if forBlocking { pool.stats.blockedClients.add(1) }
         leased.append(connection)
         return connection
     }
@@ -393,6 +395,10 @@ final class ServerRuntime {
     func returnDedicated(_ connection: ServerConnection, reusable: Bool) {
         guard connection.isLeased else { return }
         connection.isLeased = false
+        if connection.isBlocking {
+            connection.isBlocking = false
+            pool.stats.blockedClients.add(-1)
+        }
         leased.removeAll { $0 === connection }
         pool.stats.dedicatedInUse.add(-1)
         if reusable, connection.isIdle, idleDedicated.count < 8 {
@@ -428,6 +434,17 @@ final class ServerRuntime {
         connection.pushClient = nil
         connection.closeIfOpen()
         pushConnections.removeAll { $0 === connection }
+    }
+
+    /// The server leaves the pool (reload): its sessions end now rather than keep it alive.
+    /// Blocked commands and WATCHes on it fail (their clients get an error), subscribed
+    /// clients are closed (they re-subscribe on reconnect).
+    func endSessions() {
+        for connection in leased {
+            connection.abandon()
+            returnDedicated(connection, reusable: false)
+        }
+        closePushConnections()
     }
 
     private func closePushConnections() {

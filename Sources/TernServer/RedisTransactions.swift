@@ -271,7 +271,7 @@ extension ClientConnection {
 
     /// Sends a blocking request on a dedicated connection, or queues it until one is free.
     func runBlocking(_ waiter: DedicatedWaiter, on server: ServerRuntime) {
-        guard let connection = server.leaseDedicated() else {
+        guard let connection = server.leaseDedicated(forBlocking: true) else {
             server.waitForDedicated(waiter)
             return
         }

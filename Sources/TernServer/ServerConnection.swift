@@ -78,6 +78,8 @@ final class ServerConnection {
     /// Dedicated connections: counts leases, so a client can tell its lease from a later one.
     var lease = 0
     var isLeased = false
+    /// Leased for a blocking command (counted as a blocked client until it comes back).
+    var isBlocking = false
     /// Dedicated connections: go back to the server once nothing is in flight.
     var returnWhenIdle = false
     /// Pub/sub: the subscribed client this connection pushes messages to (nil for every other

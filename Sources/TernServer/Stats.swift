@@ -43,6 +43,8 @@ final class PoolCounters: Sendable {
     /// Pub/sub: clients in subscribed mode now (a gauge), SUBSCRIBE/UNSUBSCRIBE requests sent
     /// to servers, messages delivered.
     let subscribedClients = WorkerCounter()
+    /// Clients blocked in a blocking command now (a gauge).
+    let blockedClients = WorkerCounter()
     let subscriptionChanges = WorkerCounter()
     let messagesDelivered = WorkerCounter()
     /// Clients of the pool assigned to this worker: raised by whichever worker accepts (it may

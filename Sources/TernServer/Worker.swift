@@ -269,6 +269,7 @@ final class Worker {
     }
 
     func retireWhenIdle(_ server: ServerRuntime) {
+        server.endSessions()
         if server.isIdle {
             server.closeConnections()
         } else {

@@ -280,4 +280,38 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertTrue(second.drain(for: 2).closed, "the subscriber is closed when a push connection fails")
         XCTAssertEqual(try TestClient(port: setup.port).call("PING"), "+PONG\r\n")
     }
+
+    /// A reload that removes a server ends the sessions on it: a subscriber is closed, a client
+    /// blocked there gets an error; a session on the server that stays is untouched.
+    func testReloadRemovingAServerEndsItsSessions() throws {
+        let kept = try group.redis(), removed = try group.redis()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/sessions.yml"
+        func config(_ servers: [RedisServer]) -> String {
+            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: modula\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
+        }
+        try config([kept, removed]).write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "-v", "6", "--threads", "1", "--no-stats"], log: "tern-sessions.log")
+        try group.waitForPort(port)
+        let pool = try ConfigLoader.load(text: config([kept, removed]), file: "s.yml").pools[0]
+        func server(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
+        let onKept = (0..<1000).map { "k\($0)" }.first { server($0) == 0 }!
+        let onRemoved = (0..<1000).map { "k\($0)" }.first { server($0) == 1 }!
+        let subscriber = try TestClient(port: port)
+        try subscriber.send(TestClient.encode(["SUBSCRIBE", onRemoved]))
+        _ = try subscriber.receiveReplies(1)
+        let keptSubscriber = try TestClient(port: port)
+        try keptSubscriber.send(TestClient.encode(["SUBSCRIBE", onKept]))
+        _ = try keptSubscriber.receiveReplies(1)
+        let blocked = try TestClient(port: port)
+        try blocked.send(TestClient.encode(["BLPOP", onRemoved, "0"]))
+        usleep(300_000)
+        try config([kept]).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertTrue(subscriber.drain(for: 2).closed, "the subscriber of a removed server is closed")
+        let reply = String(decoding: try blocked.receiveReplies(1), as: UTF8.self)
+        XCTAssertTrue(reply.hasPrefix("-ERR "), reply)
+        XCTAssertEqual(try TestClient(port: port).call("PUBLISH", onKept, "still"), ":1\r\n")
+        XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
+    }
 }
