@@ -79,6 +79,9 @@ public struct PoolConfig: Sendable {
     /// Redis: channels, patterns and shard channels one client may subscribe to (Tern key
     /// `max_subscriptions`).
     public var maxSubscriptions = 10_000
+    /// Redis: the address cluster-aware clients are given by CLUSTER SLOTS/SHARDS/NODES (Tern
+    /// key `announce`, `host:port`); nil: the listen address.
+    public var announce: (host: String, port: Int)?
     /// A request that stays incomplete this long (ms) closes its client: slowloris
     /// (Tern key `client_partial_timeout`; 0 = never).
     public var clientPartialTimeoutMilliseconds: Int = 30_000

@@ -10,14 +10,14 @@ public enum ConfigLoader {
         "servers",
         // Tern's own keys
         "protocol", "max_item_size", "max_bulk_length", "strict_keys", "client_output_limit",
-        "client_query_limit", "dedicated_connections", "max_subscriptions", "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
+        "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
     ]
 
     /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
     /// backfill settings.
     public static let warmupKeys: [String] = poolKeys.filter {
         !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length",
-          "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog"].contains($0)
+          "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog"].contains($0)
     }
         + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
@@ -181,6 +181,14 @@ public enum ConfigLoader {
         if let node = values["tcpkeepalive"] { pool.tcpKeepalive = try context.boolean(node, key: "tcpkeepalive") }
         if let node = values["client_connections"] { pool.clientConnections = try context.integer(node, key: "client_connections", range: 0...Int(Int32.max)) }
         if let node = values["client_output_limit"] { pool.clientOutputLimit = try context.integer(node, key: "client_output_limit", range: 65536...(1 << 40)) }
+        if let node = values["announce"] {
+            let text = try context.string(node, key: "announce")
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port),
+                  colon > text.startIndex, !text[..<colon].contains(" ") else {
+                throw context.error(node, key: "announce", "must be host:port, not '\(text)'")
+            }
+            pool.announce = (String(text[..<colon]), port)
+        }
         if let node = values["max_subscriptions"] { pool.maxSubscriptions = try context.integer(node, key: "max_subscriptions", range: 1...(1 << 24)) }
         if let node = values["dedicated_connections"] { pool.dedicatedConnections = try context.integer(node, key: "dedicated_connections", range: 1...65536) }
         if let node = values["client_query_limit"] { pool.clientQueryLimit = try context.integer(node, key: "client_query_limit", range: 65536...(1 << 40)) }

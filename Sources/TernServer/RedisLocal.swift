@@ -58,6 +58,11 @@ extension ClientConnection {
             } else {
                 slot.complete(with: "-ERR unsupported command 'script \(sanitizedWord(text(1)))'\r\n")
             }
+        case "cluster":
+            cluster(arguments, frame, slot)
+        case "readonly", "readwrite", "asking":
+            // A cluster client's connection setup: a one-node cluster has nothing to change.
+            slot.complete(with: "+OK\r\n" as StaticString)
         default:
             slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
         }

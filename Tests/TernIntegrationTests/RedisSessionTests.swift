@@ -314,4 +314,33 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(try TestClient(port: port).call("PUBLISH", onKept, "still"), ":1\r\n")
         XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
     }
+
+    /// Cluster-aware clients: redis-py's RedisCluster pointed at Tern sees a one-node cluster
+    /// owning every slot at Tern's address and works unchanged, while the pool still spreads the
+    /// keys over its two servers.
+    func testRedisClusterClientWorksAgainstTern() throws {
+        let setup = try start()
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("CLUSTER", "KEYSLOT", "{user1}:a"), ":\(Array("user1".utf8).withUnsafeBytes { hashSlot($0) })\r\n")
+        XCTAssertTrue(try c.call("CLUSTER", "SLOTS").hasPrefix("*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$9\r\n127.0.0.1\r\n:\(setup.port)\r\n$40\r\n"))
+        XCTAssertTrue(try c.call("CLUSTER", "INFO").contains("cluster_state:ok"))
+        XCTAssertTrue(try c.call("CLUSTER", "NODES").contains(" 127.0.0.1:\(setup.port)@\(setup.port + 10000) myself,master - 0 0 1 connected 0-16383\n"))
+        XCTAssertEqual(try c.call("READONLY"), "+OK\r\n")
+        let keys = (setup.keys("rc", on: 0, count: 50) + setup.keys("rc", on: 1, count: 50)).map { "\"\($0)\"" }.joined(separator: ", ")
+        try python("""
+        from redis.cluster import RedisCluster
+        rc = RedisCluster(host="127.0.0.1", port=\(setup.port))
+        keys = [\(keys)]
+        for i, key in enumerate(keys): rc.set(key, i)
+        assert [int(rc.get(key)) for key in keys] == list(range(100))
+        assert rc.mget_nonatomic([keys[1], keys[2], keys[99]]) == [b"1", b"2", b"99"]
+        p = rc.pipeline()
+        for key in keys[:10]: p.incr(key)
+        assert p.execute() == list(range(1, 11))
+        assert rc.cluster_keyslot(keys[5]) == rc.keyslot(keys[5])
+        assert len(rc.get_nodes()) == 1
+        """)
+        let spread = try setup.backends.map { try Int($0.call("DBSIZE").dropFirst().prefix { $0.isNumber })! }
+        XCTAssertEqual(spread, [50, 50], "the pool still spreads keys over its servers")
+    }
 }
