@@ -33,6 +33,12 @@ final class ClientConnection {
     private(set) var isClosed = false
     /// Redis clients: per-connection state (arguments, AUTH, name); nil for memcached.
     let redis: RedisSession?
+    /// memcached clients: whether the first byte chose the binary protocol, once it has come.
+    var protocolChosen = false
+    var isBinary = false
+    /// A binary request's identity and key, given to the next slot made (see `routeBinary`).
+    var pendingBinary: BinaryContext?
+    var pendingBinaryKey = UnsafeRawBufferPointer(start: nil, count: 0)
     /// Requests in flight before reading pauses; reading resumes as replies leave.
     static let maxInFlight = 16384
     /// Reply bytes waiting for a slow reader before reading its requests pauses.
@@ -139,6 +145,12 @@ final class ClientConnection {
         let slot = worker.makeSlot(for: self)
         slot.isRedis = redis != nil
         slot.replyLimit = pool.clientOutputLimit
+        if let binary = pendingBinary {
+            // The slot of a binary request taking the text path (see `routeBinary`).
+            pendingBinary = nil
+            slot.binary = binary
+            slot.keyBytes.append(pendingBinaryKey)
+        }
         slots.append(slot)
         return slot
     }
@@ -157,7 +169,7 @@ final class ClientConnection {
     @inline(__always)
     func replyArrived(_ slot: ReplySlot, _ reply: UnsafeRawBufferPointer) {
         if !slot.isSilent {
-            if slots.isFirst(slot), slot.data.isEmpty {
+            if slots.isFirst(slot), slot.data.isEmpty, slot.binary == nil {
                 output.append(reply)
             } else {
                 slot.data.append(reply)

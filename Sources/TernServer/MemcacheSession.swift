@@ -7,6 +7,12 @@ import TernCore
 extension ClientConnection {
     /// Parses and routes every complete memcached request in `buffer`.
     func processMemcache(_ buffer: ByteBuffer) {
+        if !protocolChosen, let first = buffer.readable.first {
+            // The binary protocol's request magic cannot start a text command.
+            protocolChosen = true
+            isBinary = first == BinaryRequestParser.requestMagic
+        }
+        if isBinary { return processBinary(buffer) }
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if skipRemaining > 0 {
                 let count = min(skipRemaining, buffer.readableCount)

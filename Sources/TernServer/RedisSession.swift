@@ -130,8 +130,10 @@ extension ClientConnection {
         }
     }
 
+    /// An argument quoted in an error reply: printable ASCII only, byte by byte (a Character
+    /// check would let "\r\n", one grapheme, through and split the reply in two).
     private func sanitized(_ text: String) -> String {
-        String(text.prefix(128).map { $0.isASCII && $0 != "\r" && $0 != "\n" ? $0 : "?" })
+        String(decoding: text.utf8.prefix(128).map { $0 >= 0x20 && $0 < 0x7f ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
     }
 
     func firstLiveServer() -> Int? {

@@ -80,6 +80,8 @@ final class ReplySlot {
     /// a backend reply is stored; past it the request fails and later parts are dropped.
     var replyLimit = Int.max
     var isOverflowed = false
+    /// A binary-protocol request: its reply leaves as a response packet.
+    var binary: BinaryContext?
 
     func reset() {
         client = nil
@@ -105,6 +107,7 @@ final class ReplySlot {
         replyLimit = Int.max
         isOverflowed = false
         countedBytes = 0
+        if binary != nil { binary = nil }
         // Capacity taken by one huge request is not kept by a recycled slot.
         if keys.capacity > 64 { keys = [] }
         keyBytes.releaseIfIdle(keep: 1024)
@@ -440,6 +443,7 @@ final class ReplySlot {
 
     /// Writes the finished reply to the client's output.
     func emit(into output: ByteBuffer) {
+        if let binary { return emitBinary(binary, into: output) }
         switch kind {
         case .single, .fanOut, .respAllOK, .respSum, .respFirst, .eitherDeleted, .prepared:
             output.append(data.readable)

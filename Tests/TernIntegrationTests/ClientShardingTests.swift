@@ -18,7 +18,7 @@ final class ClientShardingTests: XCTestCase {
          + ["sess-%x" % (i * 2654435761 % 4294967296) for i in range(500)] + ["cl\\u00e9:%d:\\u00fc" % i for i in range(100)]
     if spec["client"] == "pylibmc":
         import pylibmc
-        client = pylibmc.Client(spec["servers"], binary=False, behaviors=spec["behaviors"])
+        client = pylibmc.Client(spec["servers"], binary=spec.get("binary", False), behaviors=spec["behaviors"])
     else:
         import memcache
         client = memcache.Client(spec["servers"])
@@ -50,6 +50,8 @@ final class ClientShardingTests: XCTestCase {
     struct Scenario {
         var client = "pylibmc"
         var behaviors: [String: Any] = [:]
+        /// pylibmc's `binary=True` (the binary protocol; placement is the same libmemcached ring).
+        var binary = false
         var serverCount: Int
         var spellAsName = false
         var includeDefaultPort = false
@@ -76,7 +78,7 @@ final class ClientShardingTests: XCTestCase {
             let host = scenario.spellAsName ? "localhost" : "127.0.0.1"
             return port == 11211 ? host : "\(host):\(port)"
         }
-        let spec: [String: Any] = ["client": scenario.client, "servers": spellings, "ports": ports, "behaviors": scenario.behaviors]
+        let spec: [String: Any] = ["client": scenario.client, "servers": spellings, "ports": ports, "behaviors": scenario.behaviors, "binary": scenario.binary]
         let specText = String(decoding: try JSONSerialization.data(withJSONObject: spec), as: UTF8.self)
         let process = Process()
         // Debian's interpreter: python3-pylibmc and python3-memcache install there.
@@ -137,6 +139,8 @@ final class ClientShardingTests: XCTestCase {
 
     func testPlainKetamaWithDefaultHashThreeServers() throws {
         try check(Scenario(behaviors: ["ketama": true], serverCount: 3, distribution: "ketama_libmemcached", hash: "one_at_a_time"))
+        // The most common Python guide's setup: pylibmc with binary=True and ketama.
+        try check(Scenario(behaviors: ["ketama": true], binary: true, serverCount: 3, distribution: "ketama_libmemcached", hash: "one_at_a_time"))
     }
 
     func testPlainKetamaWithMD5FourServersSpelledAsNames() throws {

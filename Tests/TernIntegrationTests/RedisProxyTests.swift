@@ -217,6 +217,9 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("KEYS", "*"), "-ERR unsupported command 'keys'\r\n")
         XCTAssertEqual(try c.call("CONFIG", "GET", "x"), "-ERR unsupported command 'config'\r\n")
         XCTAssertEqual(try c.call("NOPE", "a"), "-ERR unknown command 'NOPE', with args beginning with: 'a' \r\n")
+        // An argument holding CRLF cannot split the error into two replies (found by the
+        // differential fuzzer).
+        XCTAssertEqual(try c.call("FOO", "a\r\n+X"), "-ERR unknown command 'FOO', with args beginning with: 'a??+X' \r\n")
         XCTAssertEqual(try c.call("GET"), "-ERR wrong number of arguments for 'get' command\r\n")
         XCTAssertEqual(try c.call("GET", "a", "b"), "-ERR wrong number of arguments for 'get' command\r\n")
         // Still usable after all of that.

@@ -1,0 +1,395 @@
+// The memcached binary protocol, client side only, as pure functions over bytes.
+//
+// Binary clients (pylibmc `binary=True`, libmemcached, spymemcached) are served by translating
+// each request packet into the meta command that does the same thing, which then takes the
+// memcached text path (placement, warm-up, quiet batches, isolation rules) unchanged, and by
+// translating that command's meta reply back into a response packet. Backends only ever see
+// meta commands Tern wrote itself.
+//
+//     packet ──► BinaryRequestParser (header checks before anything is buffered)
+//            ──► BinaryTranslator.metaRequest (keys in base64 when they are not plain tokens)
+//            ──► text path … meta reply ──► BinaryTranslator.response ──► packet
+
+public enum BinaryOpcode: UInt8, Sendable {
+    case get = 0x00, set = 0x01, add = 0x02, replace = 0x03, delete = 0x04, increment = 0x05, decrement = 0x06
+    case quit = 0x07, flush = 0x08, getQ = 0x09, noop = 0x0a, version = 0x0b, getK = 0x0c, getKQ = 0x0d
+    case append = 0x0e, prepend = 0x0f, stat = 0x10, setQ = 0x11, addQ = 0x12, replaceQ = 0x13, deleteQ = 0x14
+    case incrementQ = 0x15, decrementQ = 0x16, quitQ = 0x17, flushQ = 0x18, appendQ = 0x19, prependQ = 0x1a
+    case touch = 0x1c, gat = 0x1d, gatQ = 0x1e, gatK = 0x23, gatKQ = 0x24
+    case saslListMechs = 0x20, saslAuth = 0x21, saslStep = 0x22
+
+    /// Quiet variants answer nothing on success (and the get family nothing on a miss).
+    public var isQuiet: Bool {
+        switch self {
+        case .getQ, .getKQ, .setQ, .addQ, .replaceQ, .deleteQ, .incrementQ, .decrementQ, .quitQ, .flushQ, .appendQ, .prependQ, .gatQ, .gatKQ: return true
+        default: return false
+        }
+    }
+
+    /// The get family's replies carry the key.
+    public var returnsKey: Bool { self == .getK || self == .getKQ || self == .gatK || self == .gatKQ }
+
+    /// The operation, quiet or not.
+    public var base: BinaryOpcode {
+        switch self {
+        case .getQ, .getK, .getKQ: return .get
+        case .gatQ, .gatK, .gatKQ: return .gat
+        case .setQ: return .set
+        case .addQ: return .add
+        case .replaceQ: return .replace
+        case .deleteQ: return .delete
+        case .incrementQ: return .increment
+        case .decrementQ: return .decrement
+        case .quitQ: return .quit
+        case .flushQ: return .flush
+        case .appendQ: return .append
+        case .prependQ: return .prepend
+        default: return self
+        }
+    }
+}
+
+public enum BinaryStatus: UInt16, Sendable {
+    case success = 0x0000, keyNotFound = 0x0001, keyExists = 0x0002, valueTooLarge = 0x0003, invalidArguments = 0x0004
+    case itemNotStored = 0x0005, nonNumeric = 0x0006, authenticationError = 0x0020, unknownCommand = 0x0081
+    case outOfMemory = 0x0082, internalError = 0x0084
+
+    /// memcached's texts for the error statuses.
+    public var message: StaticString {
+        switch self {
+        case .success: return ""
+        case .keyNotFound: return "Not found"
+        case .keyExists: return "Data exists for key."
+        case .valueTooLarge: return "Too large."
+        case .invalidArguments: return "Invalid arguments"
+        case .itemNotStored: return "Not stored."
+        case .nonNumeric: return "Non-numeric server-side value for incr or decr"
+        case .authenticationError: return "Auth failure."
+        case .unknownCommand: return "Unknown command"
+        case .outOfMemory: return "Out of memory"
+        case .internalError: return "Internal error"
+        }
+    }
+}
+
+/// One request packet's header, read big-endian. Offsets of the body parts are relative to the
+/// packet's start.
+public struct BinaryRequest: Sendable, Equatable {
+    public static let headerLength = 24
+    public var opcodeByte: UInt8
+    public var opcode: BinaryOpcode? { BinaryOpcode(rawValue: opcodeByte) }
+    public var keyLength: Int
+    public var extrasLength: Int
+    public var bodyLength: Int
+    public var opaque: UInt32
+    public var cas: UInt64
+    public var packetLength: Int { Self.headerLength + bodyLength }
+    public var extrasStart: Int { Self.headerLength }
+    public var keyStart: Int { Self.headerLength + extrasLength }
+    public var valueStart: Int { keyStart + keyLength }
+    public var valueLength: Int { bodyLength - extrasLength - keyLength }
+}
+
+public enum BinaryParseResult: Sendable, Equatable {
+    case incomplete
+    /// A whole packet is in the buffer.
+    case request(BinaryRequest)
+    /// Answer `status` for this packet (its header is readable, its opaque echoed), drop
+    /// `consume` bytes now and `skip` more as they arrive.
+    case rejected(BinaryRequest, BinaryStatus, consume: Int, skip: Int)
+    /// Framing is lost (a packet without the request magic): close the connection.
+    case invalid
+}
+
+public enum BinaryRequestParser {
+    public static let requestMagic: UInt8 = 0x80
+    public static let responseMagic: UInt8 = 0x81
+
+    @inline(__always)
+    static func read16(_ bytes: UnsafeRawBufferPointer, _ at: Int) -> Int { Int(bytes[at]) << 8 | Int(bytes[at + 1]) }
+    @inline(__always)
+    static func read32(_ bytes: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
+        UInt32(bytes[at]) << 24 | UInt32(bytes[at + 1]) << 16 | UInt32(bytes[at + 2]) << 8 | UInt32(bytes[at + 3])
+    }
+    static func read64(_ bytes: UnsafeRawBufferPointer, _ at: Int) -> UInt64 { UInt64(read32(bytes, at)) << 32 | UInt64(read32(bytes, at + 4)) }
+
+    /// The first packet in `bytes`. Lengths are checked against the header and the limits
+    /// before the body is waited for: a body that is too large is never buffered.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, limits: MemcacheLimits) -> BinaryParseResult {
+        guard bytes.count >= BinaryRequest.headerLength else {
+            return bytes.count > 0 && bytes[0] != requestMagic ? .invalid : .incomplete
+        }
+        guard bytes[0] == requestMagic else { return .invalid }
+        let request = BinaryRequest(opcodeByte: bytes[1], keyLength: read16(bytes, 2), extrasLength: Int(bytes[4]),
+                                    bodyLength: Int(read32(bytes, 8)), opaque: read32(bytes, 12), cas: read64(bytes, 16))
+        let header = BinaryRequest.headerLength
+        if request.extrasLength + request.keyLength > request.bodyLength {
+            // The body length still frames the packet: the error goes back, the body is dropped.
+            return .rejected(request, .invalidArguments, consume: min(bytes.count, request.packetLength), skip: max(0, request.packetLength - bytes.count))
+        }
+        // Keys and values beyond the limits, or extras no command has: refused before the body.
+        if request.keyLength > limits.maxKeyLength || request.valueLength > limits.maxItemSize || request.extrasLength > 20 {
+            let status: BinaryStatus = request.valueLength > limits.maxItemSize ? .valueTooLarge : .invalidArguments
+            return .rejected(request, status, consume: min(bytes.count, request.packetLength), skip: max(0, request.packetLength - bytes.count))
+        }
+        guard bytes.count >= header + request.bodyLength else { return .incomplete }
+        return .request(request)
+    }
+}
+
+/// A request's key as a meta token: as it is when memcached's text grammar carries it
+/// unchanged, else in base64 with the `b` flag (binary keys may hold spaces, newlines, NUL).
+public enum BinaryTranslator {
+    /// Whether `key` can be a plain text-protocol token.
+    public static func isPlainToken(_ key: UnsafeRawBufferPointer) -> Bool {
+        guard !key.isEmpty else { return false }
+        for byte in key where byte <= 0x20 || byte == 0x7f { return false }
+        return true
+    }
+
+    /// Appends ` <key>` (plain) or ` <base64>` to `line`. Returns whether the `b` flag must
+    /// follow (base64), or nil when the base64 form would pass memcached's 250-byte token limit
+    /// (keys over 187 bytes holding unusual bytes).
+    public static func appendKey(_ key: UnsafeRawBufferPointer, to line: inout [UInt8]) -> Bool? {
+        line.append(0x20)
+        if isPlainToken(key) {
+            line.append(contentsOf: key)
+            return false
+        }
+        let encoded = Base64.encode(key)
+        guard encoded.count <= 250 else { return nil }
+        line.append(contentsOf: encoded)
+        return true
+    }
+
+    static func appendNumber<T: BinaryInteger>(_ value: T, to line: inout [UInt8]) {
+        line.append(contentsOf: String(value).utf8)
+    }
+
+    /// The meta request for a packet, or the status to answer at once. `nil` text means Tern
+    /// answers the packet itself (noop, version, quit, stat, SASL, unknown opcodes).
+    public enum Translation: Equatable {
+        case meta([UInt8])
+        /// `flush_all [delay]`, sent to every server.
+        case flush([UInt8])
+        case local
+        case refuse(BinaryStatus)
+    }
+
+    public static func translate(_ request: BinaryRequest, packet: UnsafeRawBufferPointer) -> Translation {
+        guard let opcode = request.opcode else { return .refuse(.unknownCommand) }
+        let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
+        let extras = UnsafeRawBufferPointer(rebasing: packet[request.extrasStart..<request.keyStart])
+        let value = UnsafeRawBufferPointer(rebasing: packet[request.valueStart..<request.packetLength])
+        var line: [UInt8] = []
+        /// `<command> <key>`, and the `b` flag after it unless `dataLength` must come first.
+        func withKey(_ command: StaticString, dataLength: Int? = nil) -> Bool {
+            line.append(contentsOf: UnsafeRawBufferPointer(start: command.utf8Start, count: command.utf8CodeUnitCount))
+            guard let encoded = appendKey(key, to: &line) else { return false }
+            if let dataLength {
+                line.append(0x20)
+                appendNumber(dataLength, to: &line)
+            }
+            if encoded { line.append(contentsOf: " b".utf8) }
+            return true
+        }
+        func flag(_ letter: Character, _ number: UInt64) {
+            line.append(0x20)
+            line.append(contentsOf: String(letter).utf8)
+            appendNumber(number, to: &line)
+        }
+        switch opcode.base {
+        case .get, .gat:
+            guard !key.isEmpty, value.isEmpty else { return .refuse(.invalidArguments) }
+            if opcode.base == .gat {
+                guard extras.count == 4 else { return .refuse(.invalidArguments) }
+            } else {
+                guard extras.isEmpty else { return .refuse(.invalidArguments) }
+            }
+            guard withKey("mg") else { return .refuse(.invalidArguments) }
+            line.append(contentsOf: " v f c".utf8)
+            if opcode.base == .gat { flag("T", UInt64(BinaryRequestParser.read32(extras, 0))) }
+        case .touch:
+            guard !key.isEmpty, value.isEmpty, extras.count == 4, withKey("mg") else { return .refuse(.invalidArguments) }
+            flag("T", UInt64(BinaryRequestParser.read32(extras, 0)))
+        case .set, .add, .replace:
+            guard !key.isEmpty, extras.count == 8, withKey("ms", dataLength: value.count) else { return .refuse(.invalidArguments) }
+            flag("F", UInt64(BinaryRequestParser.read32(extras, 0)))
+            flag("T", UInt64(BinaryRequestParser.read32(extras, 4)))
+            if request.cas != 0 { flag("C", request.cas) }
+            line.append(contentsOf: (opcode.base == .set ? " MS c" : opcode.base == .add ? " ME c" : " MR c").utf8)
+            line.append(contentsOf: "\r\n".utf8)
+            line.append(contentsOf: value)
+            line.append(contentsOf: "\r\n".utf8)
+            return .meta(line)
+        case .append, .prepend:
+            guard !key.isEmpty, extras.isEmpty, withKey("ms", dataLength: value.count) else { return .refuse(.invalidArguments) }
+            if request.cas != 0 { flag("C", request.cas) }
+            line.append(contentsOf: (opcode.base == .append ? " MA c" : " MP c").utf8)
+            line.append(contentsOf: "\r\n".utf8)
+            line.append(contentsOf: value)
+            line.append(contentsOf: "\r\n".utf8)
+            return .meta(line)
+        case .delete:
+            guard !key.isEmpty, extras.isEmpty, value.isEmpty, withKey("md") else { return .refuse(.invalidArguments) }
+            if request.cas != 0 { flag("C", request.cas) }
+        case .increment, .decrement:
+            guard !key.isEmpty, extras.count == 20, value.isEmpty, withKey("ma") else { return .refuse(.invalidArguments) }
+            let delta = BinaryRequestParser.read64(extras, 0)
+            let initial = BinaryRequestParser.read64(extras, 8)
+            let expiration = BinaryRequestParser.read32(extras, 16)
+            flag("D", delta)
+            // 0xffffffff: fail when missing; otherwise create it with the initial value.
+            if expiration != 0xffff_ffff {
+                flag("N", UInt64(expiration))
+                flag("J", initial)
+            }
+            if request.cas != 0 { flag("C", request.cas) }
+            line.append(contentsOf: (opcode.base == .increment ? " MI v c" : " MD v c").utf8)
+        case .flush:
+            guard key.isEmpty, value.isEmpty, extras.isEmpty || extras.count == 4 else { return .refuse(.invalidArguments) }
+            line.append(contentsOf: "flush_all".utf8)
+            if extras.count == 4 {
+                line.append(0x20)
+                appendNumber(BinaryRequestParser.read32(extras, 0), to: &line)
+            }
+            line.append(contentsOf: "\r\n".utf8)
+            return .flush(line)
+        case .noop, .version, .quit, .stat, .saslListMechs, .saslAuth, .saslStep:
+            return .local
+        default:
+            return .refuse(.unknownCommand)
+        }
+        line.append(contentsOf: "\r\n".utf8)
+        return .meta(line)
+    }
+
+    // MARK: Responses
+
+    /// Appends a response packet.
+    public static func appendResponse(to output: inout [UInt8], opcode: UInt8, status: BinaryStatus, opaque: UInt32, cas: UInt64 = 0,
+                                      extras: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                      key: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                      value: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) {
+        let body = extras.count + key.count + value.count
+        output.append(BinaryRequestParser.responseMagic)
+        output.append(opcode)
+        output.append(UInt8(truncatingIfNeeded: key.count >> 8)); output.append(UInt8(truncatingIfNeeded: key.count))
+        output.append(UInt8(truncatingIfNeeded: extras.count))
+        output.append(0)
+        output.append(UInt8(truncatingIfNeeded: status.rawValue >> 8)); output.append(UInt8(truncatingIfNeeded: status.rawValue))
+        for shift in stride(from: 24, through: 0, by: -8) { output.append(UInt8(truncatingIfNeeded: body >> shift)) }
+        for shift in stride(from: 24, through: 0, by: -8) { output.append(UInt8(truncatingIfNeeded: opaque >> UInt32(shift))) }
+        for shift in stride(from: 56, through: 0, by: -8) { output.append(UInt8(truncatingIfNeeded: cas >> UInt64(shift))) }
+        output.append(contentsOf: extras)
+        output.append(contentsOf: key)
+        output.append(contentsOf: value)
+    }
+
+    /// An error response: memcached puts the status text in the value.
+    public static func appendError(to output: inout [UInt8], opcode: UInt8, status: BinaryStatus, opaque: UInt32) {
+        let message = status.message
+        appendResponse(to: &output, opcode: opcode, status: status, opaque: opaque,
+                       value: UnsafeRawBufferPointer(start: message.utf8Start, count: message.utf8CodeUnitCount))
+    }
+
+    /// Translates one meta reply (`VA …`, `HD …`, `EN`, `NF`, `NS`, `EX`, an error line, or the
+    /// `OK` of flush_all) into the response packet for `opcode`; appends nothing when a quiet
+    /// request succeeded or missed. `key` is the request's key, for the K variants.
+    public static func response(toMeta reply: UnsafeRawBufferPointer, opcodeByte: UInt8, opaque: UInt32,
+                                key: UnsafeRawBufferPointer, into output: inout [UInt8]) {
+        guard let opcode = BinaryOpcode(rawValue: opcodeByte) else { return }
+        guard let lineEnd = reply.firstIndex(of: 0x0a) else {
+            // Nothing at all: a quiet meta command that succeeded (Tern's own mn closed it).
+            if !opcode.isQuiet { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque) }
+            return
+        }
+        let contentEnd = lineEnd > 0 && reply[lineEnd - 1] == 0x0d ? lineEnd - 1 : lineEnd
+        let line = UnsafeRawBufferPointer(rebasing: reply[0..<contentEnd])
+        func starts(_ literal: StaticString) -> Bool {
+            line.count >= literal.utf8CodeUnitCount && memcmp(line.baseAddress!, literal.utf8Start, literal.utf8CodeUnitCount) == 0
+        }
+        func fail(_ status: BinaryStatus) {
+            // Misses of quiet gets are silent; every other failure is reported.
+            if opcode.isQuiet, status == .keyNotFound, opcode.base == .get || opcode.base == .gat { return }
+            appendError(to: &output, opcode: opcodeByte, status: status, opaque: opaque)
+        }
+        // The flags of a meta line: `f<flags>`, `c<cas>`.
+        var flags: UInt32 = 0
+        var cas: UInt64 = 0
+        var size = 0
+        var index = 0
+        for token in line.split(separator: 0x20) {
+            defer { index += 1 }
+            if index == 1, starts("VA ") { size = Int(String(decoding: token, as: UTF8.self)) ?? 0 }
+            guard index >= 1, let first = token.first else { continue }
+            let number = String(decoding: token.dropFirst(), as: UTF8.self)
+            if first == UInt8(ascii: "f") { flags = UInt32(number) ?? 0 }
+            if first == UInt8(ascii: "c") { cas = UInt64(number) ?? 0 }
+        }
+        if starts("SERVER_ERROR object too large") || starts("SERVER_ERROR out of memory storing") {
+            return fail(.valueTooLarge)
+        }
+        if starts("SERVER_ERROR out of memory") { return fail(.outOfMemory) }
+        if starts("CLIENT_ERROR cannot increment or decrement non-numeric value") { return fail(.nonNumeric) }
+        if starts("CLIENT_ERROR") || starts("ERROR") { return fail(.invalidArguments) }
+        if starts("SERVER_ERROR") { return fail(.internalError) }
+        switch opcode.base {
+        case .get, .gat:
+            guard starts("VA ") else { return fail(starts("HD") ? .success : .keyNotFound) }
+            let dataStart = lineEnd + 1
+            guard dataStart + size <= reply.count else { return fail(.internalError) }
+            var extras = flags.bigEndian
+            withUnsafeBytes(of: &extras) { extraBytes in
+                appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: cas, extras: extraBytes,
+                               key: opcode.returnsKey ? key : UnsafeRawBufferPointer(start: nil, count: 0),
+                               value: UnsafeRawBufferPointer(rebasing: reply[dataStart..<(dataStart + size)]))
+            }
+        case .touch:
+            if starts("HD") { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque) } else { fail(.keyNotFound) }
+        case .set, .add, .replace, .append, .prepend:
+            if starts("HD") {
+                if !opcode.isQuiet { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: cas) }
+            } else if starts("NS") {
+                fail(opcode.base == .add ? .keyExists : opcode.base == .replace ? .keyNotFound : .itemNotStored)
+            } else if starts("EX") {
+                fail(.keyExists)
+            } else {
+                fail(.keyNotFound)
+            }
+        case .delete:
+            if starts("HD") {
+                if !opcode.isQuiet { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque) }
+            } else if starts("EX") {
+                fail(.keyExists)
+            } else {
+                fail(.keyNotFound)
+            }
+        case .increment, .decrement:
+            guard starts("VA ") else { return fail(starts("EX") ? .keyExists : .keyNotFound) }
+            let dataStart = lineEnd + 1
+            guard dataStart + size <= reply.count, let value = UInt64(String(decoding: reply[dataStart..<(dataStart + size)], as: UTF8.self)) else {
+                return fail(.internalError)
+            }
+            if opcode.isQuiet { return }
+            var number = value.bigEndian
+            withUnsafeBytes(of: &number) { valueBytes in
+                appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: cas, value: valueBytes)
+            }
+        case .flush:
+            if starts("OK") {
+                if !opcode.isQuiet { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque) }
+            } else {
+                fail(.internalError)
+            }
+        default:
+            fail(.unknownCommand)
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

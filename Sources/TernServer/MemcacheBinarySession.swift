@@ -1,0 +1,143 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TernCore
+
+/// A binary-protocol request's identity, kept on its reply slot: the reply (a meta reply from
+/// the text path) is turned into a response packet when the slot leaves, in request order.
+struct BinaryContext {
+    var opcode: UInt8
+    var opaque: UInt32
+}
+
+/// The memcached binary protocol on a client connection (pylibmc `binary=True`, libmemcached,
+/// spymemcached): chosen for the connection by its first byte (the request magic 0x80); the
+/// same listener serves text and meta clients. Each packet becomes the meta command that does
+/// the same (`BinaryTranslator`) and takes the text path: placement, warm-up, timeouts,
+/// isolation rules. Confined to the client's worker thread.
+extension ClientConnection {
+    func processBinary(_ buffer: ByteBuffer) {
+        while !buffer.isEmpty, !closeWhenDrained, !isClosed {
+            if skipRemaining > 0 {
+                let count = min(skipRemaining, buffer.readableCount)
+                skipRemaining -= count
+                buffer.consume(count)
+                continue
+            }
+            if pipelineIsFull() { return }
+            let bytes = buffer.readable
+            switch BinaryRequestParser.parse(bytes, limits: pool.limits) {
+            case .incomplete:
+                return
+            case .invalid:
+                // Not a request packet: framing is lost. Earlier replies leave, then the close.
+                pool.stats.clientErrorReplies.add()
+                buffer.consume(buffer.readableCount)
+                closeWhenDrained = true
+            case let .rejected(request, status, consume, skip):
+                pool.stats.clientErrorReplies.add()
+                answerBinary(request.opcodeByte, status, request.opaque)
+                buffer.consume(consume)
+                skipRemaining = skip
+            case let .request(request):
+                routeBinary(request, UnsafeRawBufferPointer(rebasing: bytes[0..<request.packetLength]))
+                buffer.consume(request.packetLength)
+            }
+        }
+    }
+
+    /// An error packet (or, for `.success`, an empty success) answered by Tern, in order.
+    private func answerBinary(_ opcode: UInt8, _ status: BinaryStatus, _ opaque: UInt32) {
+        var packet: [UInt8] = []
+        if status == .success {
+            BinaryTranslator.appendResponse(to: &packet, opcode: opcode, status: .success, opaque: opaque)
+        } else {
+            BinaryTranslator.appendError(to: &packet, opcode: opcode, status: status, opaque: opaque)
+        }
+        answerBinaryPacket(packet)
+    }
+
+    private func answerBinaryPacket(_ packet: [UInt8]) {
+        let slot = newSlot()
+        packet.withUnsafeBytes { slot.data.append($0) }
+        slot.complete(with: "" as StaticString)
+    }
+
+    private func routeBinary(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
+        let translation = BinaryTranslator.translate(request, packet: packet)
+        let line: [UInt8]
+        switch translation {
+        case let .refuse(status):
+            pool.stats.clientErrorReplies.add()
+            return answerBinary(request.opcodeByte, status, request.opaque)
+        case .local:
+            return answerBinaryLocally(request)
+        case let .meta(bytes), let .flush(bytes):
+            line = bytes
+        }
+        let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
+        line.withUnsafeBytes { frame in
+            guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: pool.limits) else {
+                // Tern wrote the line itself; a refusal means the packet's fields did not fit.
+                pool.stats.clientErrorReplies.add()
+                return answerBinary(request.opcodeByte, .invalidArguments, request.opaque)
+            }
+            // The slot the text path takes gets the binary identity before anything can
+            // complete it (a failure to reach a server completes it at once).
+            pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque)
+            pendingBinaryKey = key
+            route(parsed, frame)
+            pendingBinary = nil
+        }
+    }
+
+    /// noop, version, quit, stat, and the SASL opcodes (memcached without SASL configured
+    /// answers them as unknown commands, and so does Tern).
+    private func answerBinaryLocally(_ request: BinaryRequest) {
+        guard let opcode = request.opcode else { return answerBinary(request.opcodeByte, .unknownCommand, request.opaque) }
+        switch opcode {
+        case .noop:
+            // Every earlier reply leaves first (slots are ordered), so this closes a quiet batch.
+            answerBinary(request.opcodeByte, .success, request.opaque)
+        case .version:
+            var packet: [UInt8] = []
+            let version = Array(worker.processInfo.version.utf8)
+            version.withUnsafeBytes { BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque, value: $0) }
+            answerBinaryPacket(packet)
+        case .quit, .quitQ:
+            if opcode == .quit { answerBinary(request.opcodeByte, .success, request.opaque) }
+            closeWhenDrained = true
+        case .stat:
+            var packet: [UInt8] = []
+            for (name, value) in binaryStats() {
+                Array(name.utf8).withUnsafeBytes { key in
+                    Array(value.utf8).withUnsafeBytes { BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque, key: key, value: $0) }
+                }
+            }
+            BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque)
+            answerBinaryPacket(packet)
+        default:
+            answerBinary(request.opcodeByte, .unknownCommand, request.opaque)
+        }
+    }
+
+    private func binaryStats() -> [(String, String)] {
+        let info = worker.processInfo
+        let now = Int(time(nil))
+        var stats = [("pid", "\(getpid())"), ("uptime", "\(now - info.startTime)"), ("time", "\(now)"), ("version", info.version),
+                     ("pool", pool.config.name), ("curr_connections", "\(pool.plan.shared.clientCount.load(ordering: .relaxed))"),
+                     ("total_connections", "\(pool.plan.shared.totalConnections.load(ordering: .relaxed))"), ("servers", "\(pool.servers.count)")]
+        for (name, value) in StatsReport.poolSummary(pool.plan) { stats.append((name, "\(value)")) }
+        return stats
+    }
+}
+
+extension ReplySlot {
+    /// A binary client's reply: the text path's meta reply becomes one response packet (or
+    /// nothing, for a quiet request that succeeded or missed).
+    func emitBinary(_ context: BinaryContext, into output: ByteBuffer) {
+        var packet: [UInt8] = []
+        BinaryTranslator.response(toMeta: data.readable, opcodeByte: context.opcode, opaque: context.opaque, key: keyBytes.readable, into: &packet)
+        packet.withUnsafeBytes { output.append($0) }
+    }
+}
