@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The robustness job: sanitizer builds under the integration tests, then every fuzz target.
+# The robustness job: sanitizer builds under the integration tests, then every fuzz target,
+# then the differential fuzzer's smoke.
 #   Deploy/robustness.sh            CI smoke: fuzz 20 s per target
 #   Deploy/robustness.sh 600        a longer local fuzz run (600 s per target)
 set -euo pipefail
@@ -7,3 +8,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 Deploy/sanitizers.sh
 fuzz/run.sh "$seconds"
+# Differential smoke: hostile requests through Tern and straight to real servers, with innocent
+# canary clients that must only ever see their own replies (fuzz/differential.py; the long run
+# is in README, "Differential fuzzing").
+python3 fuzz/differential.py --tern "$(swift build --show-bin-path)/tern" --seconds "$((seconds < 15 ? seconds : 15))" --seed ci
