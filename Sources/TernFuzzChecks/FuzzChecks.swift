@@ -11,6 +11,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case respRequest = "resp-request"
     case respReply = "resp-reply"
     case config
+    case binaryRequest = "binary-request"
+    case binaryTranslation = "binary-translation"
 }
 
 public enum FuzzChecks {
@@ -35,6 +37,8 @@ public enum FuzzChecks {
         case .respRequest: respRequest(data)
         case .respReply: respReply(data)
         case .config: config(data)
+        case .binaryRequest: binaryRequest(data)
+        case .binaryTranslation: binaryTranslation(data)
         }
     }
 
@@ -181,6 +185,85 @@ public enum FuzzChecks {
         }
         for (left, right) in zip(config.pools, again.pools) where placementFacts(left) != placementFacts(right) {
             fail("rendered config places keys differently in \(left.name):\n\(placementFacts(left))\n\(placementFacts(right))\n\(rendered)")
+        }
+    }
+
+    /// Binary packets in sequence: a packet fits its input; a refusal accounts for exactly the
+    /// packet's length (consumed now plus skipped later); a prefix of a whole packet is
+    /// incomplete. Every packet Tern translates becomes a meta line that Tern's own text parser
+    /// reads as one whole request (what a backend receives is what Tern parsed), whose key is
+    /// the packet's key (decoded when sent in base64).
+    static func binaryRequest(_ data: UnsafeRawBufferPointer) {
+        let limits = MemcacheLimits(maxItemSize: 1 << 16, strictKeys: true)
+        var offset = 0
+        var packets = 0
+        while offset < data.count, packets < 64 {
+            let rest = UnsafeRawBufferPointer(rebasing: data[offset...])
+            switch BinaryRequestParser.parse(rest, limits: limits) {
+            case .incomplete, .invalid:
+                return
+            case let .rejected(request, _, consume, skip):
+                if consume + skip != request.packetLength || consume > rest.count { fail("refusal accounts for \(consume)+\(skip) of \(request.packetLength)") }
+                if skip > 0 { return }
+                offset += consume
+            case let .request(request):
+                if request.packetLength > rest.count { fail("packet \(request.packetLength) > input \(rest.count)") }
+                for cut in [BinaryRequest.headerLength, request.packetLength - 1] where cut >= 0 && cut < request.packetLength {
+                    if case .request = BinaryRequestParser.parse(UnsafeRawBufferPointer(rebasing: rest[0..<cut]), limits: limits) { fail("a prefix parsed whole") }
+                }
+                let packet = UnsafeRawBufferPointer(rebasing: rest[0..<request.packetLength])
+                switch BinaryTranslator.translate(request, packet: packet) {
+                case let .meta(line), let .flush(line):
+                    line.withUnsafeBytes { frame in
+                        guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: MemcacheLimits(maxItemSize: 1 << 16, strictKeys: false)) else {
+                            fail("translated line is refused by Tern's own parser: \(String(decoding: frame.prefix(80), as: UTF8.self).debugDescription)")
+                        }
+                        if parsed.frameLength != frame.count { fail("translated frame \(parsed.frameLength) of \(frame.count) bytes") }
+                        let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
+                        let token = UnsafeRawBufferPointer(rebasing: frame[parsed.keysStart..<parsed.keysEnd])
+                        if parsed.keyCount > 0 {
+                            if parsed.isBase64Key {
+                                let decoded = withUnsafeTemporaryAllocation(byteCount: token.count, alignment: 1) { out in
+                                    Array(UnsafeRawBufferPointer(rebasing: out[0..<Base64.decode(token, into: out)]))
+                                }
+                                if !decoded.elementsEqual(key) { fail("base64 key does not decode to the packet's key") }
+                            } else if !token.elementsEqual(key) {
+                                fail("key token is not the packet's key")
+                            }
+                        }
+                    }
+                case .local, .refuse:
+                    break
+                }
+                offset += request.packetLength
+            }
+            packets += 1
+        }
+    }
+
+    /// Any bytes as a meta reply, under any opcode: the response is whole packets whose body
+    /// lengths add up. And a value goes back out exactly: `VA <n>` + data → the packet's value.
+    static func binaryTranslation(_ data: UnsafeRawBufferPointer) {
+        guard data.count >= 1 else { return }
+        let opcode = data[0]
+        let reply = UnsafeRawBufferPointer(rebasing: data[1...])
+        var output: [UInt8] = []
+        BinaryTranslator.response(toMeta: reply, opcodeByte: opcode, opaque: 7, key: UnsafeRawBufferPointer(rebasing: data[0..<min(1, data.count)]), into: &output)
+        var position = 0
+        while position < output.count {
+            guard position + 24 <= output.count, output[position] == 0x81 else { fail("response is not whole packets") }
+            let body = output[(position + 8)..<(position + 12)].reduce(0) { $0 << 8 | Int($1) }
+            position += 24 + body
+        }
+        if position != output.count { fail("packet lengths do not add up") }
+        // Round trip of a value through a get's translation.
+        var meta = Array("VA \(reply.count) f3 c9\r\n".utf8)
+        meta += reply
+        meta += Array("\r\n".utf8)
+        var packet: [UInt8] = []
+        meta.withUnsafeBytes { BinaryTranslator.response(toMeta: $0, opcodeByte: 0x00, opaque: 1, key: UnsafeRawBufferPointer(start: nil, count: 0), into: &packet) }
+        guard packet.count == 24 + 4 + reply.count, packet[24..<28].elementsEqual([0, 0, 0, 3]), packet[28...].elementsEqual(reply) else {
+            fail("a value did not come back out as it went in")
         }
     }
 }
