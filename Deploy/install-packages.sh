@@ -20,6 +20,12 @@ if ! python3 -c 'import redis, sys; sys.exit(int(redis.__version__.split(".")[0]
     python3 -m pip install -q 'redis>=5,<6' 2>/dev/null \
         || python3 -m pip install -q --break-system-packages 'redis>=5,<6'
 fi
+# python-binary-memcached (bmemcached), a second binary-protocol client for the binary front's
+# tests, from PyPI; the tests skip it when it cannot be installed.
+if ! python3 -c 'import bmemcached' 2>/dev/null; then
+    python3 -m pip install -q python-binary-memcached 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages python-binary-memcached 2>/dev/null || true
+fi
 # The Debian packages start system-wide daemons; Tern's tests and demo run their own.
 if command -v systemctl >/dev/null 2>&1; then
     systemctl stop memcached redis-server >/dev/null 2>&1 || true

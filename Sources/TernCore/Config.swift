@@ -88,8 +88,9 @@ public struct PoolConfig: Sendable {
     /// A client with nothing in flight for this long (ms) is closed (Tern key
     /// `client_idle_timeout`; 0 = never, the default, as in twemproxy).
     public var clientIdleTimeoutMilliseconds: Int = 0
-    /// Refuse memcached keys with control characters (Tern key `strict_keys`).
-    public var strictKeys = true
+    /// Refuse memcached keys with control characters (Tern key `strict_keys`). Off by default:
+    /// keys are what memcached accepts (a twemproxy user's keys keep working).
+    public var strictKeys = false
     /// Largest Redis bulk string accepted from a client (Tern key `max_bulk_length`).
     public var maxBulkLength: Int = 512 << 20
     public var servers: [ServerConfig] = []

@@ -210,4 +210,30 @@ final class MemcacheBinaryTests: XCTestCase {
         assert through.delete(keys[1]) and direct.get(keys[1]) is None, "deletes reach both pools"
         """)
     }
+
+    /// python-binary-memcached (bmemcached), a pure-Python binary client, through Tern.
+    func testBmemcachedClient() throws {
+        let run = ProcessGroup.run
+        guard (try? run("/usr/bin/env", ["python3", "-c", "import bmemcached"]).0) == 0 else {
+            throw XCTSkip("python-binary-memcached is not installed (Deploy/install-packages.sh installs it)")
+        }
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try start(backends)
+        let (status, text) = try run("/usr/bin/env", ["python3", "-c", """
+        import bmemcached
+        c = bmemcached.Client(("127.0.0.1:\(tern.port)",))
+        assert c.set("bm:a", "alpha") and c.get("bm:a") == "alpha"
+        assert c.set_multi({"bm:%d" % i: i for i in range(30)}) is not False
+        got = c.get_multi(["bm:%d" % i for i in range(30)] + ["bm:none"])
+        assert got == {"bm:%d" % i: i for i in range(30)}, got
+        assert c.incr("bm:5", 10) == 15 and c.decr("bm:5", 3) == 12
+        assert c.add("bm:a", "x") is False and c.replace("bm:a", "beta") and c.get("bm:a") == "beta"
+        value, cas = c.gets("bm:a")
+        assert c.cas("bm:a", "gamma", cas) and not c.cas("bm:a", "delta", cas)
+        assert c.delete("bm:a") and c.get("bm:a") is None
+        print("ok")
+        """])
+        XCTAssertEqual(status, 0, text)
+        XCTAssertTrue(text.hasSuffix("ok\n"), text)
+    }
 }

@@ -175,7 +175,8 @@ final class MemcacheProxyTests: XCTestCase {
 
     func testHostileInputIsAnsweredAndOthersAreUnaffected() throws {
         let backends = try [group.memcached()]
-        let tern = try startTern(backends)
+        // The protocol's strict key rule, opted in (the default accepts what memcached accepts).
+        let tern = try startTern(backends, extra: "  strict_keys: true\n")
         let bystander = try TestClient(port: tern.port)
         XCTAssertEqual(try bystander.request("set safe 0 0 2\r\nok\r\n", until: "\r\n"), "STORED\r\n")
         let client = try TestClient(port: tern.port)
@@ -360,5 +361,19 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(badStatus, 1)
         XCTAssertTrue(badText.contains("syntax is invalid"), badText)
         XCTAssertTrue(badText.contains("bad.yml:3: pool 'p': key 'hash': unknown hash 'nope'"), badText)
+    }
+
+    /// By default a key is what memcached accepts: any byte but space, CR/LF at the line's end
+    /// and NUL, at most 250 bytes (memaslap's keys start with 0x10 bytes, and twemproxy takes
+    /// them). A NUL is refused whatever strict_keys says: memcached would cut the line there.
+    func testDefaultKeysAreWhatMemcachedAccepts() throws {
+        let backends = try [group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        for key in ["\u{10}\u{10}memaslap", "tab\tkey", "del\u{7f}", "caf\u{e9}", "mid\rcr"] {
+            XCTAssertEqual(try client.request("set \(key) 3 0 1\r\nx\r\nget \(key)\r\n", until: "END\r\n"), "STORED\r\nVALUE \(key) 3 1\r\nx\r\nEND\r\n", key.debugDescription)
+            XCTAssertEqual(try backends[0].get(key), "x", "the backend holds the same key")
+        }
+        XCTAssertEqual(try client.request("set nul\u{0}key 0 0 1\r\nx\r\nversion\r\n", until: "VERSION 0.1.0\r\n"), "CLIENT_ERROR bad command line format\r\nVERSION 0.1.0\r\n")
     }
 }
