@@ -68,9 +68,10 @@ class Processes:
         for p in self.list: p.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-def memaslap(servers, seconds, division=1, replicate=0):
+def memaslap(servers, seconds, division=1, replicate=0, binary=False):
     args = ["memcaslap", "-s", ",".join(servers), "-T", "2", "-c", "50", "-t", f"{seconds}s", "-w", "1k", "-S", f"{seconds}s"]
     if division > 1: args += ["-d", str(division)]
+    if binary: args += ["-B"]
     if replicate: args += ["-p", str(replicate)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
     ops = int(re.search(r"Run time: [\d.]+s Ops: (\d+)", out).group(1))
@@ -212,6 +213,9 @@ def main():
         workloads = [
             ("memcached get/set 90/10, 50 conns", {"direct": lambda: memaslap(mc_direct, s), "nutcracker": lambda: memaslap([f"127.0.0.1:{nc_mc}"], s), "tern": lambda: memaslap([f"127.0.0.1:{tern_mc}"], s)}),
             ("memcached 10-key multi-get", {"direct": lambda: memaslap(mc_direct, s, 10), "nutcracker": lambda: memaslap([f"127.0.0.1:{nc_mc}"], s, 10), "tern": lambda: memaslap([f"127.0.0.1:{tern_mc}"], s, 10)}),
+            # The binary protocol (memaslap -B): nutcracker has none; compare Tern's CPU per
+            # request with its text row above.
+            ("memcached get/set 90/10, binary protocol", {"direct": lambda: memaslap(mc_direct, s, binary=True), "tern": lambda: memaslap([f"127.0.0.1:{tern_mc}"], s, binary=True)}),
         ]
         for test, pipeline, count in (("set", 1, 150000), ("get", 1, 150000), ("set", 16, 1500000), ("get", 16, 1500000)):
             workloads.append((f"redis {test.upper()} P{pipeline}", {t: (lambda port=port, test=test, pipeline=pipeline, count=count: redis_benchmark(port, test, pipeline, count))
