@@ -446,8 +446,9 @@ public enum MemcacheRequestParser {
             guard optionalNoreply(next) else { return badLine }
             return .request(request)
         case .verbosity:
+            // verbosity [level] [noreply]: memcached takes a lone `noreply` as the flag too.
             guard tokens.count == 1 || tokens.count == 2 else { return badLine }
-            guard optionalNoreply(1) else { return badLine }
+            guard optionalNoreply(tokens.count == 1 && isNoreply(bytes, tokens, 0) ? 0 : 1) else { return badLine }
             return .request(request)
         case .version, .quit:
             guard tokens.count == 0 else { return badLine }

@@ -18,12 +18,7 @@ struct BinaryContext {
 extension ClientConnection {
     func processBinary(_ buffer: ByteBuffer) {
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
-            if skipRemaining > 0 {
-                let count = min(skipRemaining, buffer.readableCount)
-                skipRemaining -= count
-                buffer.consume(count)
-                continue
-            }
+            if skipRefusedBytes(buffer) { continue }
             if pipelineIsFull() { return }
             let bytes = buffer.readable
             switch BinaryRequestParser.parse(bytes, limits: pool.limits) {

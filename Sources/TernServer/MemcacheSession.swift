@@ -14,12 +14,7 @@ extension ClientConnection {
         }
         if isBinary { return processBinary(buffer) }
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
-            if skipRemaining > 0 {
-                let count = min(skipRemaining, buffer.readableCount)
-                skipRemaining -= count
-                buffer.consume(count)
-                continue
-            }
+            if skipRefusedBytes(buffer) { continue }
             if pipelineIsFull() { return }
             let bytes = buffer.readable
             switch MemcacheRequestParser.parse(bytes, limits: pool.limits) {
@@ -37,6 +32,16 @@ extension ClientConnection {
                 if close { closeWhenDrained = true }
             }
         }
+    }
+
+    /// Drops what is left of a refused data block (or binary body) as it arrives; true when
+    /// it consumed something.
+    func skipRefusedBytes(_ buffer: ByteBuffer) -> Bool {
+        guard skipRemaining > 0 else { return false }
+        let count = min(skipRemaining, buffer.readableCount)
+        skipRemaining -= count
+        buffer.consume(count)
+        return true
     }
 
     func route(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) {

@@ -187,32 +187,44 @@ extension ClientConnection {
         if command.keys == .streams, hasArgument(arguments, frame, "block") {
             return routeBlocking(command, frame, session, slot)
         }
-        var target = -1
-        var crossServer = false
-        var noServer = false
-        var sawKey = false
-        let valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
-            guard keyIndex < arguments.count else { return }
-            let server = arguments.withArgument(keyIndex, in: frame) { pool.serverIndex(forKey: $0) }
-            guard let server else { noServer = true; return }
-            if !sawKey {
-                target = server
-                sawKey = true
-            } else if server != target {
-                crossServer = true
-            }
-        }
-        if crossServer {
+        let placement = placeKeys(command, frame, arguments)
+        if placement.crossServer {
             slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
             return
         }
-        if noServer {
+        if placement.noServer {
             slot.fail(part: 0, reason: "no server available")
             return
         }
         // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
         // whose own error the client sees.
-        forwardRedis(frame, session, slot, to: !sawKey || !valid ? firstLiveServer() : target)
+        forwardRedis(frame, session, slot, to: placement.server < 0 || !placement.valid ? firstLiveServer() : placement.server)
+    }
+
+    /// Where a command's keys live, all of which must be on one server.
+    struct KeyPlacement {
+        /// The server of the keys (or `startingWith`), -1 when there is none.
+        var server: Int
+        var crossServer = false
+        /// A key whose server is out (every server ejected).
+        var noServer = false
+        /// The arguments agree with the key spec (a bad numkeys does not).
+        var valid = true
+    }
+
+    /// Walks the command's keys (from the table's key spec). `server` is a server the keys must
+    /// share already (a transaction's or a WATCH's), or -1.
+    func placeKeys(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ arguments: RespArguments, startingWith server: Int = -1) -> KeyPlacement {
+        var placement = KeyPlacement(server: server)
+        placement.valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
+            guard keyIndex < arguments.count else { return }
+            guard let keyServer = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
+                placement.noServer = true
+                return
+            }
+            if placement.server < 0 { placement.server = keyServer } else if keyServer != placement.server { placement.crossServer = true }
+        }
+        return placement
     }
 
     private func hasArgument(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ word: StaticString) -> Bool {

@@ -101,30 +101,20 @@ extension ClientConnection {
             transaction.aborted = true
             return slot.complete(with: "-ERR '\(command.name)' cannot be used inside MULTI through Tern\r\n")
         }
-        var target = transaction.server
-        var crossServer = false
-        var noServer = false
-        let valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
-            guard keyIndex < arguments.count else { return }
-            guard let server = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
-                noServer = true
-                return
-            }
-            if target < 0 { target = server } else if server != target { crossServer = true }
-        }
-        if crossServer {
+        let placement = placeKeys(command, frame, arguments, startingWith: transaction.server)
+        if placement.crossServer {
             transaction.aborted = true
             return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
         }
-        if noServer || !valid {
+        if placement.noServer || !placement.valid {
             transaction.aborted = true
-            return slot.complete(with: noServer ? "-ERR no server available\r\n" as StaticString : "-ERR syntax error\r\n" as StaticString)
+            return slot.complete(with: placement.noServer ? "-ERR no server available\r\n" as StaticString : "-ERR syntax error\r\n" as StaticString)
         }
         guard transaction.commands.readableCount + frame.count <= pool.config.clientQueryLimit else {
             transaction.aborted = true
             return slot.complete(with: "-ERR transaction exceeds client_query_limit\r\n" as StaticString)
         }
-        transaction.server = target
+        transaction.server = placement.server
         writeRequest(frame, arguments, into: transaction.commands)
         transaction.count += 1
         slot.complete(with: "+QUEUED\r\n" as StaticString)
@@ -238,23 +228,13 @@ extension ClientConnection {
     /// with BLOCK: on a dedicated connection of the server of their keys.
     func routeBlocking(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let arguments = session.arguments
-        var target = -1
-        var crossServer = false
-        var noServer = false
-        let valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
-            guard keyIndex < arguments.count else { return }
-            guard let server = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
-                noServer = true
-                return
-            }
-            if target < 0 { target = server } else if server != target { crossServer = true }
-        }
-        if crossServer {
+        let placement = placeKeys(command, frame, arguments)
+        if placement.crossServer {
             return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
         }
-        if noServer { return slot.fail(part: 0, reason: "no server available") }
+        if placement.noServer { return slot.fail(part: 0, reason: "no server available") }
         // Arguments Redis will refuse (a bad numkeys) still go to one server, whose error the client sees.
-        if target < 0 || !valid { target = firstLiveServer() ?? -1 }
+        let target = placement.server < 0 || !placement.valid ? firstLiveServer() ?? -1 : placement.server
         guard target >= 0 else { return slot.fail(part: 0, reason: "no server available") }
         pool.stats.blockingRequests.add()
         var request: [UInt8] = []

@@ -96,6 +96,14 @@ final class IsolationCodecTests: XCTestCase {
         guard case .request = memcache("get \u{10}\u{7f}\u{1}k\r\n") else { return XCTFail("other control bytes are memcached's to accept") }
     }
 
+    /// `verbosity noreply` is silent, as in memcached (found by the differential fuzzer).
+    func testVerbosityNoreplyAlone() {
+        guard case let .request(request) = memcache("verbosity noreply\r\n") else { return XCTFail("parses") }
+        XCTAssertTrue(request.noreply)
+        guard case let .request(withLevel) = memcache("verbosity 1\r\n") else { return XCTFail("parses") }
+        XCTAssertFalse(withLevel.noreply)
+    }
+
     /// Exptimes are 32-bit in memcached; a wider one is refused before its data block is read.
     func testExptimeIsThirtyTwoBits() {
         guard case .request = memcache("set k 0 2147483647 2\r\nok\r\n"), case .request = memcache("set k 0 -2147483648 2\r\nok\r\n") else {
