@@ -166,22 +166,25 @@ public enum BinaryTranslator {
         line.append(contentsOf: String(value).utf8)
     }
 
-    /// The meta request for a packet, or the status to answer at once. `nil` text means Tern
-    /// answers the packet itself (noop, version, quit, stat, SASL, unknown opcodes).
+    /// What a packet becomes: a meta request (written into the caller's line), `flush_all` for
+    /// every server, a packet Tern answers itself (noop, version, quit, stat, SASL), or a
+    /// status to answer at once.
     public enum Translation: Equatable {
-        case meta([UInt8])
+        case meta
         /// `flush_all [delay]`, sent to every server.
-        case flush([UInt8])
+        case flush
         case local
         case refuse(BinaryStatus)
     }
 
-    public static func translate(_ request: BinaryRequest, packet: UnsafeRawBufferPointer) -> Translation {
+    /// Writes the meta request for `request` into `line` (emptied first; the caller reuses one
+    /// array, so steady-state translation allocates nothing).
+    public static func translate(_ request: BinaryRequest, packet: UnsafeRawBufferPointer, into line: inout [UInt8]) -> Translation {
+        line.removeAll(keepingCapacity: true)
         guard let opcode = request.opcode else { return .refuse(.unknownCommand) }
         let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
         let extras = UnsafeRawBufferPointer(rebasing: packet[request.extrasStart..<request.keyStart])
         let value = UnsafeRawBufferPointer(rebasing: packet[request.valueStart..<request.packetLength])
-        var line: [UInt8] = []
         /// `<command> <key>`, and the `b` flag after it unless `dataLength` must come first.
         func withKey(_ command: StaticString, dataLength: Int? = nil) -> Bool {
             line.append(contentsOf: UnsafeRawBufferPointer(start: command.utf8Start, count: command.utf8CodeUnitCount))
@@ -221,7 +224,7 @@ public enum BinaryTranslator {
             line.append(contentsOf: "\r\n".utf8)
             line.append(contentsOf: value)
             line.append(contentsOf: "\r\n".utf8)
-            return .meta(line)
+            return .meta
         case .append, .prepend:
             guard !key.isEmpty, extras.isEmpty, withKey("ms", dataLength: value.count) else { return .refuse(.invalidArguments) }
             if request.cas != 0 { flag("C", request.cas) }
@@ -229,7 +232,7 @@ public enum BinaryTranslator {
             line.append(contentsOf: "\r\n".utf8)
             line.append(contentsOf: value)
             line.append(contentsOf: "\r\n".utf8)
-            return .meta(line)
+            return .meta
         case .delete:
             guard !key.isEmpty, extras.isEmpty, value.isEmpty, withKey("md") else { return .refuse(.invalidArguments) }
             if request.cas != 0 { flag("C", request.cas) }
@@ -254,14 +257,14 @@ public enum BinaryTranslator {
                 appendNumber(BinaryRequestParser.read32(extras, 0), to: &line)
             }
             line.append(contentsOf: "\r\n".utf8)
-            return .flush(line)
+            return .flush
         case .noop, .version, .quit, .stat, .saslListMechs, .saslAuth, .saslStep:
             return .local
         default:
             return .refuse(.unknownCommand)
         }
         line.append(contentsOf: "\r\n".utf8)
-        return .meta(line)
+        return .meta
     }
 
     // MARK: Responses
@@ -319,13 +322,21 @@ public enum BinaryTranslator {
         var cas: UInt64 = 0
         var size = 0
         var index = 0
-        for token in line.split(separator: 0x20) {
+        var position = 0
+        let isValue = starts("VA ")
+        while position < line.count {
+            while position < line.count, line[position] == 0x20 { position += 1 }
+            let start = position
+            while position < line.count, line[position] != 0x20 { position += 1 }
+            guard position > start else { break }
             defer { index += 1 }
-            if index == 1, starts("VA ") { size = Int(String(decoding: token, as: UTF8.self)) ?? 0 }
-            guard index >= 1, let first = token.first else { continue }
-            let number = String(decoding: token.dropFirst(), as: UTF8.self)
-            if first == UInt8(ascii: "f") { flags = UInt32(number) ?? 0 }
-            if first == UInt8(ascii: "c") { cas = UInt64(number) ?? 0 }
+            if index == 1, isValue {
+                size = Int(MemcacheRequestParser.number(line, start, position, maxDigits: 10) ?? 0)
+            } else if index >= 1, line[start] == UInt8(ascii: "f") {
+                flags = UInt32(truncatingIfNeeded: MemcacheRequestParser.number(line, start + 1, position) ?? 0)
+            } else if index >= 1, line[start] == UInt8(ascii: "c") {
+                cas = MemcacheRequestParser.number(line, start + 1, position) ?? 0
+            }
         }
         if starts("SERVER_ERROR object too large") || starts("SERVER_ERROR out of memory storing") {
             return fail(.valueTooLarge)
@@ -368,7 +379,7 @@ public enum BinaryTranslator {
         case .increment, .decrement:
             guard starts("VA ") else { return fail(starts("EX") ? .keyExists : .keyNotFound) }
             let dataStart = lineEnd + 1
-            guard dataStart + size <= reply.count, let value = UInt64(String(decoding: reply[dataStart..<(dataStart + size)], as: UTF8.self)) else {
+            guard dataStart + size <= reply.count, let value = MemcacheRequestParser.number(reply, dataStart, dataStart + size) else {
                 return fail(.internalError)
             }
             if opcode.isQuiet { return }

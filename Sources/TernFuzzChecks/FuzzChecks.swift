@@ -212,8 +212,9 @@ public enum FuzzChecks {
                     if case .request = BinaryRequestParser.parse(UnsafeRawBufferPointer(rebasing: rest[0..<cut]), limits: limits) { fail("a prefix parsed whole") }
                 }
                 let packet = UnsafeRawBufferPointer(rebasing: rest[0..<request.packetLength])
-                switch BinaryTranslator.translate(request, packet: packet) {
-                case let .meta(line), let .flush(line):
+                var line: [UInt8] = []
+                switch BinaryTranslator.translate(request, packet: packet, into: &line) {
+                case .meta, .flush:
                     line.withUnsafeBytes { frame in
                         guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: MemcacheLimits(maxItemSize: 1 << 16, strictKeys: false)) else {
                             fail("translated line is refused by Tern's own parser: \(String(decoding: frame.prefix(80), as: UTF8.self).debugDescription)")

@@ -59,16 +59,20 @@ extension ClientConnection {
     }
 
     private func routeBinary(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
-        let translation = BinaryTranslator.translate(request, packet: packet)
-        let line: [UInt8]
-        switch translation {
+        // The worker's line buffer, taken out for the call (a swap, not a copy) and given back.
+        var line: [UInt8] = []
+        swap(&line, &worker.binaryLine)
+        defer {
+            if line.capacity <= 1 << 16 { swap(&line, &worker.binaryLine) }
+        }
+        switch BinaryTranslator.translate(request, packet: packet, into: &line) {
         case let .refuse(status):
             pool.stats.clientErrorReplies.add()
             return answerBinary(request.opcodeByte, status, request.opaque)
         case .local:
             return answerBinaryLocally(request)
-        case let .meta(bytes), let .flush(bytes):
-            line = bytes
+        case .meta, .flush:
+            break
         }
         let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
         line.withUnsafeBytes { frame in
@@ -131,8 +135,12 @@ extension ReplySlot {
     /// A binary client's reply: the text path's meta reply becomes one response packet (or
     /// nothing, for a quiet request that succeeded or missed).
     func emitBinary(_ context: BinaryContext, into output: ByteBuffer) {
+        // The worker's packet buffer, reused (see `routeBinary`).
         var packet: [UInt8] = []
+        if let worker = client?.worker { swap(&packet, &worker.binaryPacket) }
+        packet.removeAll(keepingCapacity: true)
         BinaryTranslator.response(toMeta: data.readable, opcodeByte: context.opcode, opaque: context.opaque, key: keyBytes.readable, into: &packet)
         packet.withUnsafeBytes { output.append($0) }
+        if packet.capacity <= 1 << 16, let worker = client?.worker { swap(&packet, &worker.binaryPacket) }
     }
 }

@@ -135,14 +135,22 @@ final class ReplySlot {
     /// A backend's reply for `part` of this slot. Bytes held for the client are counted on the
     /// client before and after, so replies waiting behind a slow request count toward its
     /// `client_output_limit` too.
-    func deliver(part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+    /// Returns false when the reply cannot be this part's (a multi-get part naming a key it did
+    /// not ask for): nothing of it was counted, and the caller fails the part and the connection.
+    @discardableResult
+    func deliver(part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) -> Bool {
         if isOverflowed || heldBytes + reply.count > replyLimit {
             overflow()
-            return
+            return true
         }
+        replyOutOfStep = false
         deliverPart(part, reply, isError)
         countHeld()
+        return !replyOutOfStep
     }
+
+    /// Set by a multi-get merge that met a key its part did not ask for.
+    private var replyOutOfStep = false
 
     /// Bytes of this slot counted in its client's `heldReplyBytes` (taken back when it leaves).
     var countedBytes = 0
@@ -198,8 +206,12 @@ final class ReplySlot {
             }
         case .multiGet:
             if !isError {
+                // Records come in the order the part asked for its keys; one that matches no key
+                // still unanswered means the reply is someone else's (checked in the same walk
+                // that merges, so a merge costs one pass over the reply).
                 var cursor = 0
                 MemcacheReplyParser.forEachValue(reply) { keyRange, recordRange in
+                    guard !replyOutOfStep else { return }
                     let key = UnsafeRawBufferPointer(rebasing: reply[keyRange])
                     while cursor < keys.count {
                         let entry = keys[cursor]
@@ -208,9 +220,11 @@ final class ReplySlot {
                         keys[cursor - 1].recordStart = data.readableCount
                         keys[cursor - 1].recordLength = recordRange.count
                         data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
-                        break
+                        return
                     }
+                    replyOutOfStep = true
                 }
+                if replyOutOfStep { return }
             }
             partDone()
         case .fanOut:
@@ -392,14 +406,15 @@ final class ReplySlot {
     /// asked (a repeated key may come back repeated). A VALUE for any other key means the backend
     /// connection is out of step: the reply is someone else's.
     func acceptsRetrieval(_ reply: UnsafeRawBufferPointer, part: Int32) -> Bool {
-        guard warmup == nil, !keys.isEmpty else { return true }
-        if kind == .single, keys.count == 1, let verdict = singleKeyVerdict(reply) { return verdict }
+        // Multi-get parts are checked by their merge (`deliver`), in the same walk.
+        guard kind == .single, warmup == nil, !keys.isEmpty else { return true }
+        if keys.count == 1, let verdict = singleKeyVerdict(reply) { return verdict }
         var cursor = 0
         var accepted = true
         MemcacheReplyParser.forEachValue(reply) { keyRange, _ in
             guard accepted else { return }
             let key = UnsafeRawBufferPointer(rebasing: reply[keyRange])
-            while cursor < keys.count, (kind == .multiGet && keys[cursor].server != part) || !sameKey(keys[cursor], key) { cursor += 1 }
+            while cursor < keys.count, !sameKey(keys[cursor], key) { cursor += 1 }
             if cursor == keys.count { accepted = false } else { cursor += 1 }
         }
         return accepted

@@ -368,7 +368,11 @@ final class ServerConnection {
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
-                    slot.deliver(part: head.part, reply: reply, isError: isError)
+                    if !slot.deliver(part: head.part, reply: reply, isError: isError) {
+                        slot.fail(part: head.part, reason: "server reply out of step")
+                        fail(reason: "server sent a value for a key not asked for")
+                        return
+                    }
                 }
                 input.consume(length)
             }

@@ -139,6 +139,10 @@ final class Worker {
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     let scratch = ByteBuffer()
+    /// Binary-protocol clients: the meta line a packet becomes and the packet a reply becomes,
+    /// reused across requests (taken out with a swap while in use; large ones are not kept).
+    var binaryLine: [UInt8] = []
+    var binaryPacket: [UInt8] = []
     /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
     private var fragmentServers: [Int32] = []
     private var randomState: UInt64

@@ -369,6 +369,15 @@ final class IsolationTests: XCTestCase {
             XCTAssertTrue(reply.hasPrefix("SERVER_ERROR "), reply.debugDescription)
             XCTAssertFalse(reply.contains("TOPSECRET"))
         }
+        // A multi-get split over the broken backend and a real one: the broken part's keys are
+        // misses, the real ones are served, the foreign value never appears.
+        let real = try group.memcached()
+        let split = try start(["127.0.0.1:\(fake.port)", real.address])
+        let onFake = keys(split.pool, server: 0, count: 2), onReal = keys(split.pool, server: 1, count: 2)
+        let writer = try TestClient(port: real.port)
+        for key in onReal { XCTAssertEqual(try writer.request("set \(key) 0 0 1\r\nr\r\n", until: "\r\n"), "STORED\r\n") }
+        let merged = try TestClient(port: split.port).request("get \((onFake + onReal).joined(separator: " "))\r\n", until: "END\r\n")
+        XCTAssertEqual(merged, onReal.map { "VALUE \($0) 0 1\r\nr\r\n" }.joined() + "END\r\n")
     }
 
     /// The most Tern may grow, in KiB, under a reply attack at `limit`: each backend connection's
