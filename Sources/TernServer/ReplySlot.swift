@@ -90,9 +90,10 @@ final class ReplySlot {
         isSilent = false
         remainingParts = 0
         data.removeAll()
-        // A recycled slot keeps small buffers only: the worker keeps up to `Worker.keptSlots`
-        // of them, which must not pin the memory of a past burst of large replies.
-        data.releaseIfIdle(keep: 4096)
+        // A recycled slot keeps a buffer a 10-key multi-get fits in (16 KiB), so the common
+        // merge allocates nothing; the worker keeps at most `Worker.keptSlots` slots, so a past
+        // burst of large replies pins at most 16 MiB.
+        data.releaseIfIdle(keep: 16384)
         if !keys.isEmpty { keys.removeAll(keepingCapacity: true) }
         keyBytes.removeAll()
         hasError = false

@@ -422,8 +422,8 @@ final class Worker {
     }
 
     /// Recycled slots kept for reuse: enough for a busy worker's pipelines (16 clients 64 deep)
-    /// without an allocation, few enough that their small buffers (`ReplySlot.reset`) stay a
-    /// few MiB after a burst.
+    /// without an allocation, few enough that their buffers (at most 16 KiB each, see
+    /// `ReplySlot.reset`) stay within 16 MiB after a burst.
     static let keptSlots = 1024
 }
 
