@@ -36,9 +36,6 @@ final class ClientConnection {
     /// memcached clients: whether the first byte chose the binary protocol, once it has come.
     var protocolChosen = false
     var isBinary = false
-    /// A binary request's identity and key, given to the next slot made (see `routeBinary`).
-    var pendingBinary: BinaryContext?
-    var pendingBinaryKey = UnsafeRawBufferPointer(start: nil, count: 0)
     /// Requests in flight before reading pauses; reading resumes as replies leave.
     static let maxInFlight = 16384
     /// Reply bytes waiting for a slow reader before reading its requests pauses.
@@ -145,11 +142,11 @@ final class ClientConnection {
         let slot = worker.makeSlot(for: self)
         slot.isRedis = redis != nil
         slot.replyLimit = pool.clientOutputLimit
-        if let binary = pendingBinary {
+        if let binary = worker.pendingBinary {
             // The slot of a binary request taking the text path (see `routeBinary`).
-            pendingBinary = nil
+            worker.pendingBinary = nil
             slot.binary = binary
-            slot.keyBytes.append(pendingBinaryKey)
+            slot.keyBytes.append(worker.pendingBinaryKey)
         }
         slots.append(slot)
         return slot

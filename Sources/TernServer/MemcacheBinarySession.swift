@@ -83,10 +83,10 @@ extension ClientConnection {
             }
             // The slot the text path takes gets the binary identity before anything can
             // complete it (a failure to reach a server completes it at once).
-            pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque)
-            pendingBinaryKey = key
+            worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque)
+            worker.pendingBinaryKey = key
             route(parsed, frame)
-            pendingBinary = nil
+            worker.pendingBinary = nil
         }
     }
 

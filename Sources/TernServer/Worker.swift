@@ -143,6 +143,10 @@ final class Worker {
     /// reused across requests (taken out with a swap while in use; large ones are not kept).
     var binaryLine: [UInt8] = []
     var binaryPacket: [UInt8] = []
+    /// A binary request's identity and key while the text path routes it: the next slot made
+    /// takes them (kept here, not on every client, which would grow each idle connection).
+    var pendingBinary: BinaryContext?
+    var pendingBinaryKey = UnsafeRawBufferPointer(start: nil, count: 0)
     /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
     private var fragmentServers: [Int32] = []
     private var randomState: UInt64
