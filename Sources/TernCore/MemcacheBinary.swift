@@ -209,6 +209,14 @@ public enum BinaryTranslator {
             } else {
                 guard extras.isEmpty else { return .refuse(.invalidArguments) }
             }
+            if opcode.base == .get, isPlainToken(key) {
+                // The common get goes the text way (`gets`: flags and CAS in the VALUE line),
+                // the proxy's cheapest path.
+                line.append(contentsOf: "gets ".utf8)
+                line.append(contentsOf: key)
+                line.append(contentsOf: "\r\n".utf8)
+                return .meta
+            }
             guard withKey("mg") else { return .refuse(.invalidArguments) }
             line.append(contentsOf: " v f c".utf8)
             if opcode.base == .gat { flag("T", UInt64(BinaryRequestParser.read32(extras, 0))) }
@@ -253,8 +261,12 @@ public enum BinaryTranslator {
             guard key.isEmpty, value.isEmpty, extras.isEmpty || extras.count == 4 else { return .refuse(.invalidArguments) }
             line.append(contentsOf: "flush_all".utf8)
             if extras.count == 4 {
+                // memcached's text flush_all reads a signed 32-bit delay: a larger one cannot be
+                // said in text (found by the binary-request fuzz target).
+                let delay = BinaryRequestParser.read32(extras, 0)
+                guard delay <= UInt32(Int32.max) else { return .refuse(.invalidArguments) }
                 line.append(0x20)
-                appendNumber(BinaryRequestParser.read32(extras, 0), to: &line)
+                appendNumber(delay, to: &line)
             }
             line.append(contentsOf: "\r\n".utf8)
             return .flush
@@ -347,6 +359,30 @@ public enum BinaryTranslator {
         if starts("SERVER_ERROR") { return fail(.internalError) }
         switch opcode.base {
         case .get, .gat:
+            if starts("VALUE ") {
+                // A text `gets` reply: VALUE <key> <flags> <bytes> <cas>, the data, END.
+                var fields: [UInt64] = []
+                var position = 6
+                while position < line.count, line[position] != 0x20 { position += 1 }
+                while position < line.count, fields.count < 3 {
+                    while position < line.count, line[position] == 0x20 { position += 1 }
+                    let start = position
+                    while position < line.count, line[position] != 0x20 { position += 1 }
+                    fields.append(MemcacheRequestParser.number(line, start, position) ?? 0)
+                }
+                guard fields.count == 3 else { return fail(.internalError) }
+                let dataStart = lineEnd + 1
+                let length = Int(fields[1])
+                guard dataStart + length <= reply.count else { return fail(.internalError) }
+                var extras = UInt32(truncatingIfNeeded: fields[0]).bigEndian
+                withUnsafeBytes(of: &extras) { extraBytes in
+                    appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: fields[2], extras: extraBytes,
+                                   key: opcode.returnsKey ? key : UnsafeRawBufferPointer(start: nil, count: 0),
+                                   value: UnsafeRawBufferPointer(rebasing: reply[dataStart..<(dataStart + length)]))
+                }
+                return
+            }
+            if starts("END") { return fail(.keyNotFound) }
             guard starts("VA ") else { return fail(starts("HD") ? .success : .keyNotFound) }
             let dataStart = lineEnd + 1
             guard dataStart + size <= reply.count else { return fail(.internalError) }

@@ -8,6 +8,8 @@ import TernCore
 struct BinaryContext {
     var opcode: UInt8
     var opaque: UInt32
+    /// The key's length at the front of the slot's key bytes (a text get adds its own copy).
+    var keyLength: Int
 }
 
 /// The memcached binary protocol on a client connection (pylibmc `binary=True`, libmemcached,
@@ -83,7 +85,7 @@ extension ClientConnection {
             }
             // The slot the text path takes gets the binary identity before anything can
             // complete it (a failure to reach a server completes it at once).
-            worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque)
+            worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque, keyLength: key.count)
             worker.pendingBinaryKey = key
             route(parsed, frame)
             worker.pendingBinary = nil
@@ -139,7 +141,8 @@ extension ReplySlot {
         var packet: [UInt8] = []
         if let worker = client?.worker { swap(&packet, &worker.binaryPacket) }
         packet.removeAll(keepingCapacity: true)
-        BinaryTranslator.response(toMeta: data.readable, opcodeByte: context.opcode, opaque: context.opaque, key: keyBytes.readable, into: &packet)
+        let key = UnsafeRawBufferPointer(rebasing: keyBytes.readable.prefix(context.keyLength))
+        BinaryTranslator.response(toMeta: data.readable, opcodeByte: context.opcode, opaque: context.opaque, key: key, into: &packet)
         packet.withUnsafeBytes { output.append($0) }
         if packet.capacity <= 1 << 16, let worker = client?.worker { swap(&packet, &worker.binaryPacket) }
     }

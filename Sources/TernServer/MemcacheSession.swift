@@ -107,7 +107,7 @@ extension ClientConnection {
         }
         if request.command.isRetrieval {
             // A single-key get: its reply may name this key only.
-            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: key.count, server: Int32(server)))
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: slot.keyBytes.readableCount, keyLength: key.count, server: Int32(server)))
             slot.keyBytes.append(key)
         }
         pool.withConnection(toServer: server, client: index) { connection in

@@ -428,7 +428,8 @@ final class ReplySlot {
         let count = reply.count
         // The framer let through only END, an error line or VALUE records: only those name keys.
         guard count > 6, reply[0] == UInt8(ascii: "V") else { return true }
-        let key = keyBytes.readable
+        let entry = keys[0]
+        let key = UnsafeRawBufferPointer(rebasing: keyBytes.readable[entry.keyStart..<(entry.keyStart + entry.keyLength)])
         guard count > 6 + key.count, reply[6 + key.count] == 0x20,
               memcmp(reply.baseAddress! + 6, key.baseAddress!, key.count) == 0 else { return false }
         // One record, then END: anything longer (a repeated key) takes the general walk.
