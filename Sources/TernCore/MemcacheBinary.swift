@@ -370,10 +370,10 @@ public enum BinaryTranslator {
                     while position < line.count, line[position] != 0x20 { position += 1 }
                     fields.append(MemcacheRequestParser.number(line, start, position) ?? 0)
                 }
-                guard fields.count == 3 else { return fail(.internalError) }
                 let dataStart = lineEnd + 1
+                // (Any bytes may arrive here in the fuzz target: the length is checked as a number first.)
+                guard fields.count == 3, fields[1] <= UInt64(reply.count - dataStart) else { return fail(.internalError) }
                 let length = Int(fields[1])
-                guard dataStart + length <= reply.count else { return fail(.internalError) }
                 var extras = UInt32(truncatingIfNeeded: fields[0]).bigEndian
                 withUnsafeBytes(of: &extras) { extraBytes in
                     appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: fields[2], extras: extraBytes,
