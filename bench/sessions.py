@@ -50,6 +50,8 @@ class Conn:
     def __init__(self, port):
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A target that does not answer (a Tern without sessions, say) ends the run, not hangs it.
+        self.sock.settimeout(10)
         self.buffer = b""
 
     def send(self, data):
@@ -59,7 +61,10 @@ class Conn:
         """Reads until `marker` has been seen `count` times; returns how many were seen."""
         seen = 0
         while seen < count:
-            data = self.sock.recv(1 << 16)
+            try:
+                data = self.sock.recv(1 << 16)
+            except socket.timeout:
+                raise SystemExit("no reply within 10 s")
             if not data:
                 raise SystemExit("connection closed")
             self.buffer += data
