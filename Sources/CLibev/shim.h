@@ -45,4 +45,11 @@ static inline void *tern_get_data(const void *watcher) { return ((const ev_watch
 
 static inline void tern_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
 
+// A counter written by one thread and read by others: relaxed atomic load and store (plain
+// moves on x86), which ThreadSanitizer sees as atomic. Not a read-modify-write: one writer.
+static inline void tern_counter_add(long *counter, long amount) {
+    __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + amount, __ATOMIC_RELAXED);
+}
+static inline long tern_counter_read(const long *counter) { return __atomic_load_n(counter, __ATOMIC_RELAXED); }
+
 #endif

@@ -79,6 +79,13 @@ public struct PoolConfig: Sendable {
     /// Redis: channels, patterns and shard channels one client may subscribe to (Tern key
     /// `max_subscriptions`).
     public var maxSubscriptions = 10_000
+    /// Backend round trips slower than this (µs) enter the pool's slow log (Tern key
+    /// `slowlog_log_slower_than`, Redis's name and default; negative: off, 0: every request).
+    public var slowlogSlowerThanMicroseconds = 10_000
+    /// Entries the slow log keeps (Tern key `slowlog_max_len`, Redis's default).
+    public var slowlogMaxLength = 128
+    /// Keys the hot-key sketch tracks per worker (Tern key `hot_keys`; 0: off).
+    public var hotKeys = 64
     /// Redis: the address cluster-aware clients are given by CLUSTER SLOTS/SHARDS/NODES (Tern
     /// key `announce`, `host:port`); nil: the listen address.
     public var announce: (host: String, port: Int)?

@@ -11,13 +11,15 @@ public enum ConfigLoader {
         // Tern's own keys
         "protocol", "max_item_size", "max_bulk_length", "strict_keys", "client_output_limit",
         "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
+        "slowlog_log_slower_than", "slowlog_max_len", "hot_keys",
     ]
 
     /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
     /// backfill settings.
     public static let warmupKeys: [String] = poolKeys.filter {
         !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length",
-          "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog"].contains($0)
+          "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog",
+          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys"].contains($0)
     }
         + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
@@ -190,6 +192,9 @@ public enum ConfigLoader {
             pool.announce = (String(text[..<colon]), port)
         }
         if let node = values["max_subscriptions"] { pool.maxSubscriptions = try context.integer(node, key: "max_subscriptions", range: 1...(1 << 24)) }
+        if let node = values["slowlog_log_slower_than"] { pool.slowlogSlowerThanMicroseconds = try context.integer(node, key: "slowlog_log_slower_than", range: -1...Int(Int32.max)) }
+        if let node = values["slowlog_max_len"] { pool.slowlogMaxLength = try context.integer(node, key: "slowlog_max_len", range: 0...100_000) }
+        if let node = values["hot_keys"] { pool.hotKeys = try context.integer(node, key: "hot_keys", range: 0...4096) }
         if let node = values["dedicated_connections"] { pool.dedicatedConnections = try context.integer(node, key: "dedicated_connections", range: 1...65536) }
         if let node = values["client_query_limit"] { pool.clientQueryLimit = try context.integer(node, key: "client_query_limit", range: 65536...(1 << 40)) }
         if let node = values["client_partial_timeout"] { pool.clientPartialTimeoutMilliseconds = try context.integer(node, key: "client_partial_timeout", range: 0...Int(Int32.max)) }

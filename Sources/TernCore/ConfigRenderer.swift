@@ -45,6 +45,9 @@ public enum ConfigRenderer {
             line("client_query_limit", String(pool.clientQueryLimit))
             line("dedicated_connections", String(pool.dedicatedConnections))
             line("max_subscriptions", String(pool.maxSubscriptions))
+            line("slowlog_log_slower_than", String(pool.slowlogSlowerThanMicroseconds))
+            line("slowlog_max_len", String(pool.slowlogMaxLength))
+            line("hot_keys", String(pool.hotKeys))
             if let announce = pool.announce { line("announce", quoted("\(announce.host):\(announce.port)")) }
             line("client_partial_timeout", String(pool.clientPartialTimeoutMilliseconds))
             line("client_idle_timeout", String(pool.clientIdleTimeoutMilliseconds))

@@ -74,6 +74,8 @@ public struct RedisCommand: Sendable {
     /// Blocking commands: where their timeout is (negative counts from the end), in seconds;
     /// 0 when it follows the `BLOCK` keyword, in milliseconds (XREAD, XREADGROUP).
     public let timeoutAt: Int
+    /// Position in `RedisCommandTable.commands`: per-command metrics are an array indexed by it.
+    public fileprivate(set) var tableIndex: Int32 = -1
 
     init(_ name: StaticString, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false,
          storeKeywords: Bool = false, timeoutAt: Int = 0) {
@@ -110,7 +112,13 @@ public enum RedisCommandTable {
     static let pairs = RedisKeys.range(first: 1, last: -1, step: 2)
     static let fromSecond = RedisKeys.range(first: 2, last: -1, step: 1)
 
-    public static let commands: [RedisCommand] = [
+    public static let commands: [RedisCommand] = table.enumerated().map { index, command in
+        var numbered = command
+        numbered.tableIndex = Int32(index)
+        return numbered
+    }
+
+    private static let table: [RedisCommand] = [
         // Strings
         .init("append", 3, one, write: true), .init("decr", 2, one, write: true), .init("decrby", 3, one, write: true),
         .init("get", 2, one), .init("getdel", 2, one, write: true), .init("getex", -2, one, write: true),
@@ -213,7 +221,7 @@ public enum RedisCommandTable {
         .init("ssubscribe", -2, .none, .pubsub), .init("sunsubscribe", -1, .none, .pubsub),
         .init("publish", 3, one), .init("spublish", 3, one), .init("pubsub", -2, .none, .pubsub),
         .init("monitor", 1, .none, .unsupported), .init("cluster", -2, .none, .local), .init("config", -2, .none, .unsupported),
-        .init("debug", -2, .none, .unsupported), .init("slowlog", -2, .none, .unsupported), .init("latency", -2, .none, .unsupported),
+        .init("debug", -2, .none, .unsupported), .init("slowlog", -2, .none, .local), .init("latency", -2, .none, .unsupported),
         .init("acl", -2, .none, .unsupported), .init("save", 1, .none, .unsupported), .init("bgsave", -1, .none, .unsupported),
         .init("bgrewriteaof", 1, .none, .unsupported), .init("lastsave", 1, .none, .unsupported), .init("shutdown", -1, .none, .unsupported),
         .init("slaveof", 3, .none, .unsupported), .init("replicaof", 3, .none, .unsupported), .init("sync", 1, .none, .unsupported),

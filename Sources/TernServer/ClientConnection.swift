@@ -142,6 +142,7 @@ final class ClientConnection {
         let slot = worker.makeSlot(for: self)
         slot.isRedis = redis != nil
         slot.replyLimit = pool.clientOutputLimit
+        slot.startedAt = worker.now
         if let binary = worker.pendingBinary {
             // The slot of a binary request taking the text path (see `routeBinary`).
             worker.pendingBinary = nil
@@ -203,7 +204,11 @@ final class ClientConnection {
     func slotCompleted(_ slot: ReplySlot) {
         slot.countHeld()
         guard slots.isFirst(slot) else { return }
+        let now = worker.now
         while !slots.isEmpty, slots[0].isDone, let head = slots.popFirst() {
+            if head.command >= 0 {
+                pool.commandStats.record(Int(head.command), microseconds: Int((now - head.startedAt) * 1_000_000))
+            }
             heldReplyBytes -= head.countedBytes
             head.emit(into: output)
             worker.recycle(head)

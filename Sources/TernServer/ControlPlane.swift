@@ -133,6 +133,7 @@ enum StatsReport {
             registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
         }
         var histograms = ""
+        var commandHistograms = ""
         for plan in state.currentPlans {
             let pool = plan.config.name
             let counters = plan.shared.workerCounters
@@ -185,6 +186,19 @@ enum StatsReport {
                 gauge("tern_server_connections", labels, "Open connections to the server.").set(add { $0.serverConnections.read() })
                 histograms += latencyHistogram(pool: pool, server: server.name, perWorker)
             }
+            let isRedis = plan.config.protocolKind == .redis
+            for row in 0..<CommandStats.rows {
+                let tables = plan.shared.commandStats
+                let requests = tables.reduce(0) { $0 + $1.requests(row) }
+                guard requests > 0, let command = CommandStats.name(row, isRedis: isRedis) else { continue }
+                counter("tern_command_requests_total", [("pool", pool), ("command", command)], "Client requests by command (the command table's names; memcached's commands for memcached pools).")
+                    .increment(by: Int64(requests))
+                commandHistograms += commandHistogram(pool: pool, command: command, row: row, tables)
+            }
+            for (key, requests, _) in HotKeys.top(plan.shared.hotKeys, limit: hotKeysInMetrics) {
+                gauge("tern_hot_key_requests", [("pool", pool), ("key", printable(key))], "Estimated requests for the pool's most requested keys (sampled; halved every minute).")
+                    .set(Int64(requests))
+            }
             if plan.config.warmup != nil {
                 for (name, value) in plan.shared.warmupCounters.report() where name != "warmup_new_hit_ratio_basis_points" {
                     counter("tern_\(name)_total", [("pool", pool)], "Warm-up: \(String(name.dropFirst("warmup_".count).map { $0 == "_" ? " " : $0 })).")
@@ -199,10 +213,79 @@ enum StatsReport {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         if !histograms.isEmpty {
+            buffer += Array("# HELP tern_server_latency_seconds Backend round-trip time, from the request being queued for the server to its reply.\n".utf8)
             buffer += Array("# TYPE tern_server_latency_seconds histogram\n".utf8)
             buffer += Array(histograms.utf8)
         }
+        if !commandHistograms.isEmpty {
+            buffer += Array("# HELP tern_command_latency_seconds Client request latency by command, from the request being read to its reply being ready.\n".utf8)
+            buffer += Array("# TYPE tern_command_latency_seconds histogram\n".utf8)
+            buffer += Array(commandHistograms.utf8)
+        }
         return buffer
+    }
+
+    /// Hot keys in /metrics: the few hottest per pool (/hotkeys has more).
+    static let hotKeysInMetrics = 5
+
+    static func commandHistogram(pool: String, command: String, row: Int, _ tables: [CommandStats]) -> String {
+        let labels = "pool=\(quoted(pool)),command=\(quoted(command))"
+        var out = ""
+        var cumulative = 0
+        for (index, bound) in latencyBucketBounds.enumerated() {
+            cumulative += tables.reduce(0) { $0 + $1.bucket(row, index) }
+            out += "tern_command_latency_seconds_bucket{\(labels),le=\"\(Double(bound) / 1_000_000)\"} \(cumulative)\n"
+        }
+        cumulative += tables.reduce(0) { $0 + $1.bucket(row, latencyBucketBounds.count) }
+        out += "tern_command_latency_seconds_bucket{\(labels),le=\"+Inf\"} \(cumulative)\n"
+        out += "tern_command_latency_seconds_sum{\(labels)} \(Double(tables.reduce(0) { $0 + $1.latencySum(row) }) / 1_000_000)\n"
+        out += "tern_command_latency_seconds_count{\(labels)} \(cumulative)\n"
+        return out
+    }
+
+    /// A key as text for labels and JSON: printable ASCII kept, other bytes as \xNN, at most
+    /// 128 bytes (then "…").
+    static func printable(_ key: [UInt8]) -> String {
+        var out = ""
+        for byte in key.prefix(128) {
+            if byte >= 0x20, byte < 0x7f, byte != UInt8(ascii: "\\") {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                out += "\\x" + (byte < 16 ? "0" : "") + String(byte, radix: 16)
+            }
+        }
+        return key.count > 128 ? out + "…" : out
+    }
+
+    /// `/slowlog`: every pool's slow log, newest first.
+    static func slowlogJSON(_ state: ControlState) -> String {
+        var out = "{"
+        for (index, plan) in state.currentPlans.enumerated() {
+            if index > 0 { out += "," }
+            out += "\(quoted(plan.config.name)):["
+            for (position, entry) in plan.shared.slowLog.newest(-1).enumerated() {
+                if position > 0 { out += "," }
+                out += "{\"id\":\(entry.id),\"time\":\(entry.time),\"duration_us\":\(entry.microseconds),\"command\":["
+                out += entry.arguments.map { quoted(printable($0)) }.joined(separator: ",")
+                out += "],\"client\":\(quoted(entry.client)),\"client_name\":\(quoted(entry.clientName)),\"server\":\(quoted(entry.server))}"
+            }
+            out += "]"
+        }
+        return out + "}\n"
+    }
+
+    /// `/hotkeys`: each pool's most requested keys with estimated counts and their error bound.
+    static func hotKeysJSON(_ state: ControlState, limit: Int = 20) -> String {
+        var out = "{"
+        for (index, plan) in state.currentPlans.enumerated() {
+            if index > 0 { out += "," }
+            out += "\(quoted(plan.config.name)):["
+            out += HotKeys.top(plan.shared.hotKeys, limit: limit).map { key, requests, error in
+                "{\"key\":\(quoted(printable(key))),\"requests\":\(requests),\"error\":\(error)}"
+            }.joined(separator: ",")
+            out += "]"
+        }
+        return out + "}\n"
     }
 
     static func latencyHistogram(pool: String, server: String, _ perWorker: [ServerCounters]) -> String {
@@ -314,6 +397,10 @@ enum AdminEndpoint {
             }
         case "/config":
             respond(fd, 200, "application/yaml", Array(configText().utf8))
+        case "/slowlog":
+            respond(fd, 200, "application/json", Array(StatsReport.slowlogJSON(state).utf8))
+        case "/hotkeys":
+            respond(fd, 200, "application/json", Array(StatsReport.hotKeysJSON(state).utf8))
         default:
             respond(fd, 404, "text/plain", Array("not found\n".utf8))
         }

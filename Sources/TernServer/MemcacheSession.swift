@@ -46,6 +46,7 @@ extension ClientConnection {
 
     func route(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) {
         let slot = newSlot()
+        slot.command = Int32(request.command.rawValue)
         switch request.command {
         case .get, .gets, .gat, .gats, .metaGet: pool.stats.reads.add()
         case .version, .quit, .verbosity, .stats, .metaNoop: pool.stats.localReplies.add()

@@ -38,6 +38,18 @@ final class PoolRuntime {
     private(set) var requiresAuth = false
     private(set) var timeoutSeconds: Double?
     private(set) var clientOutputLimit = 0
+    /// Backend round trips slower than this (µs) are logged; Int.max when the log is off.
+    private(set) var slowlogThreshold = Int.max
+    /// This worker's per-command table and hot-key sketch (nil: `hot_keys: 0`, or an old pool,
+    /// whose keys are its new pool's).
+    let commandStats: CommandStats
+    private(set) var hotKeys: HotKeys?
+    /// Keys until the next one is sampled for the hot-key sketch.
+    private var hotKeyCountdown = 1
+    /// Where slow requests are recorded, and the config that governs the log: the pool's own,
+    /// or for a warm-up's old pool, its new pool's.
+    private(set) var slowLog: SlowLog
+    private(set) var slowlogMaxLength = 128
 
     init(plan: PoolPlan, worker: Worker) {
         self.plan = plan
@@ -46,6 +58,8 @@ final class PoolRuntime {
         (self.limits, self.respLimits) = Self.requestLimits(plan.config)
         self.preAuthLimits = respLimits.unauthenticated
         self.stats = plan.shared.workerCounters[worker.identifier]
+        self.commandStats = plan.shared.commandStats[worker.identifier]
+        self.slowLog = plan.shared.slowLog
         self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
         cacheHotSettings()
@@ -80,6 +94,21 @@ final class PoolRuntime {
         requiresAuth = config.redisAuth != nil
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
         clientOutputLimit = config.clientOutputLimit
+        if plan.listenDescriptor >= 0 || plan.warmup != nil {
+            // A pool clients reach (an old pool gets its settings from `adoptObservers`).
+            slowlogThreshold = config.slowlogSlowerThanMicroseconds < 0 ? Int.max : config.slowlogSlowerThanMicroseconds
+            slowlogMaxLength = config.slowlogMaxLength
+            hotKeys = config.hotKeys > 0 ? plan.shared.hotKeys[worker.identifier] : nil
+            old?.adoptObservers(of: self)
+        }
+    }
+
+    /// A warm-up's old pool logs its slow requests into its new pool's slow log.
+    private func adoptObservers(of newPool: PoolRuntime) {
+        slowLog = newPool.slowLog
+        slowlogThreshold = newPool.slowlogThreshold
+        slowlogMaxLength = newPool.slowlogMaxLength
+        hotKeys = nil
     }
 
     func start() {
@@ -141,6 +170,7 @@ final class PoolRuntime {
                 old = created
                 created.start()
             }
+            old?.adoptObservers(of: self)
         } else if let old {
             old.retire()
             worker.retireWhenIdle(old)
@@ -268,7 +298,24 @@ final class PoolRuntime {
     /// reference to the server), or nil when no server is live.
     @inline(__always)
     func serverIndex(forKey key: UnsafeRawBufferPointer) -> Int? {
+        hotKeyCountdown &-= 1
+        if hotKeyCountdown == 0 { sampleHotKey(key) }
+        return placement.server(forKey: key, random: isRandom ? worker.nextRandom() : 0)
+    }
+
+    /// The same placement without counting the key as requested (a second lookup of a key
+    /// already counted).
+    @inline(__always)
+    func serverIndexUncounted(forKey key: UnsafeRawBufferPointer) -> Int? {
         placement.server(forKey: key, random: isRandom ? worker.nextRandom() : 0)
+    }
+
+    @inline(never)
+    private func sampleHotKey(_ key: UnsafeRawBufferPointer) {
+        // The next sample comes after 1…15 keys (8 on average), at random so that a client
+        // cycling through a fixed set of keys is not always sampled on the same one.
+        hotKeyCountdown = 1 + Int(worker.nextRandom() % UInt32(2 * HotKeys.sampleInterval - 1))
+        hotKeys?.add(key)
     }
 
     // MARK: Ejection

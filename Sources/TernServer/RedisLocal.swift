@@ -45,8 +45,10 @@ extension ClientConnection {
         case "command":
             commandInfo(arguments, frame, slot)
         case "info":
-            slot.data.appendBulk(infoText())
+            slot.data.appendBulk(infoText(sections: (1..<count).map { text($0).lowercased() }))
             slot.complete(with: "" as StaticString)
+        case "slowlog":
+            slowlog(arguments, frame, slot)
         case "script":
             if arguments.argument(1, in: frame, equals: "load") {
                 toEveryServer(frame, session, slot, kind: .respFirst)
@@ -213,22 +215,88 @@ extension ClientConnection {
         for _ in 0..<4 { reply.appendArrayHeader(0) }
     }
 
-    private func infoText() -> String {
+    /// INFO [section …]: Tern's own figures and, aggregated over the pool's servers, the
+    /// fields applications read from Redis (see `BackendInfo`).
+    private func infoText(sections: [String]) -> String {
+        let shared = pool.plan.shared
+        shared.infoAskedAt.store(Int(time(nil)), ordering: .relaxed)
         let info = worker.processInfo
         let uptime = Int(time(nil)) - info.startTime
-        var text = "# Server\r\nredis_version:\(redisCompatibleVersion)\r\ntern_version:\(info.version)\r\nredis_mode:standalone\r\n"
-        text += "process_id:\(getpid())\r\nuptime_in_seconds:\(uptime)\r\n\r\n"
-        text += "# Clients\r\nconnected_clients:\(pool.plan.shared.clientCount.load(ordering: .relaxed))\r\n\r\n"
-        text += "# Stats\r\ntotal_connections_received:\(pool.plan.shared.totalConnections.load(ordering: .relaxed))\r\n"
-        for (name, value) in StatsReport.poolSummary(pool.plan) + StatsReport.sessionSummary(pool.plan) { text += "\(name):\(value)\r\n" }
-        text += "\r\n"
-        text += "# Pools\r\npool:\(pool.config.name)\r\nservers:\(pool.servers.count)\r\n"
-        text += "distribution:\(pool.config.distribution.rawValue)\r\nhash:\(pool.config.hash.rawValue)\r\n"
+        let everything = sections.isEmpty || sections.contains { $0 == "all" || $0 == "everything" || $0 == "default" }
+        func wanted(_ name: String) -> Bool { everything || sections.contains(name) }
+        let backends = BackendInfo.aggregate(pool.plan)
+        var text = ""
+        func section(_ title: String, _ lines: [(String, String)]) {
+            guard wanted(title.lowercased()) else { return }
+            if !text.isEmpty { text += "\r\n" }
+            text += "# \(title)\r\n"
+            for (name, value) in lines { text += "\(name):\(value)\r\n" }
+        }
+        section("Server", [("redis_version", redisCompatibleVersion), ("tern_version", info.version), ("redis_mode", "standalone"),
+                           ("process_id", String(getpid())), ("uptime_in_seconds", String(uptime)), ("uptime_in_days", String(uptime / 86400))])
+        let sessions = StatsReport.sessionSummary(pool.plan)
+        section("Clients", [("connected_clients", String(shared.clientCount.load(ordering: .relaxed))),
+                            ("blocked_clients", String(sessions.first { $0.0 == "blocked_clients" }?.1 ?? 0)),
+                            ("maxclients", String(pool.config.clientConnections))])
+        section("Memory", backends.memory)
+        section("Stats", [("total_connections_received", String(shared.totalConnections.load(ordering: .relaxed)))] + backends.stats
+                    + (StatsReport.poolSummary(pool.plan) + sessions).map { ($0.0, String($0.1)) })
+        section("Keyspace", backends.keyspace)
+        section("Pools", [("pool", pool.config.name), ("servers", String(pool.servers.count)),
+                          ("distribution", pool.config.distribution.rawValue), ("hash", pool.config.hash.rawValue)])
+        section("Backends", backends.servers)
         if pool.old != nil {
-            text += "\r\n# Warmup\r\n"
-            for (name, value) in pool.warmupCounters.report() { text += "\(name):\(value)\r\n" }
+            section("Warmup", pool.warmupCounters.report().map { ($0.0, String($0.1)) })
         }
         return text
+    }
+
+    /// SLOWLOG GET [count] | LEN | RESET | HELP, over the pool's slow log (see `SlowLog`).
+    /// Entries are Redis's six fields plus the server that answered.
+    private func slowlog(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
+        let log = pool.slowLog
+        let count = arguments.count
+        let reply = slot.data
+        if arguments.argument(1, in: frame, equals: "get"), count <= 3 {
+            var wanted = 10
+            if count == 3 {
+                guard let given = Int(arguments.argumentString(2, in: frame)) else {
+                    return slot.complete(with: "-ERR value is not an integer or out of range\r\n" as StaticString)
+                }
+                guard given >= -1 else { return slot.complete(with: "-ERR count should be greater than or equal to -1\r\n" as StaticString) }
+                wanted = given
+            }
+            let entries = log.newest(wanted)
+            reply.appendArrayHeader(entries.count)
+            for entry in entries {
+                reply.appendArrayHeader(7)
+                reply.appendInteger(entry.id)
+                reply.appendInteger(entry.time)
+                reply.appendInteger(entry.microseconds)
+                reply.appendArrayHeader(entry.arguments.count)
+                for argument in entry.arguments { argument.withUnsafeBytes { reply.appendBulk($0) } }
+                reply.appendBulk(entry.client)
+                reply.appendBulk(entry.clientName)
+                reply.appendBulk(entry.server)
+            }
+            slot.complete(with: "" as StaticString)
+        } else if arguments.argument(1, in: frame, equals: "len"), count == 2 {
+            slot.complete(with: ":\(log.count)\r\n")
+        } else if arguments.argument(1, in: frame, equals: "reset"), count == 2 {
+            log.reset()
+            slot.complete(with: "+OK\r\n" as StaticString)
+        } else if arguments.argument(1, in: frame, equals: "help"), count == 2 {
+            let lines = ["SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                         "GET [<count>]", "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+                         "    Entries are made of:", "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+                         "    client name, and (Tern) the server that answered",
+                         "LEN", "    Return the length of the slowlog.", "RESET", "    Reset the slowlog.", "HELP", "    Print this help."]
+            reply.appendArrayHeader(lines.count)
+            for line in lines { reply.append("+\(line)\r\n") }
+            slot.complete(with: "" as StaticString)
+        } else {
+            slot.complete(with: "-ERR unknown subcommand or wrong number of arguments for '\(sanitizedWord(arguments.argumentString(1, in: frame)))'. Try SLOWLOG HELP.\r\n")
+        }
     }
 }
 

@@ -62,6 +62,7 @@ extension ClientConnection {
             slot.complete(with: text + "\r\n")
             return
         }
+        slot.command = command.tableIndex
         if pool.requiresAuth, !session.isAuthenticated, !command.isNamed("auth"), !command.isNamed("hello"), !command.isNamed("quit") {
             session.transaction?.aborted = true
             slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
@@ -96,7 +97,7 @@ extension ClientConnection {
             let read = WarmupRead(mode: .redisGet, pool: pool, clientIndex: index)
             slot.warmup = read
             arguments.withArgument(1, in: frame) { key in
-                read.addKey(key, newServer: Int32(pool.server(forKey: key)?.index ?? -1))
+                read.addKey(key, newServer: Int32(pool.serverIndexUncounted(forKey: key) ?? -1))
             }
             slot.remainingParts = 1
             routeKeyed(command, frame, session, slot)
@@ -107,7 +108,7 @@ extension ClientConnection {
             slot.warmup = read
             for argument in 1..<arguments.count {
                 arguments.withArgument(argument, in: frame) { key in
-                    read.addKey(key, newServer: Int32(pool.server(forKey: key)?.index ?? -1))
+                    read.addKey(key, newServer: Int32(pool.serverIndexUncounted(forKey: key) ?? -1))
                 }
             }
             fanOutKeys(command, frame, session, slot, kind: .respArray, keysPerPart: 1)

@@ -82,6 +82,10 @@ final class ReplySlot {
     var isOverflowed = false
     /// A binary-protocol request: its reply leaves as a response packet.
     var binary: BinaryContext?
+    /// The request's row in the pool's `CommandStats` (-1: not counted) and the loop time it
+    /// was read at.
+    var command: Int32 = -1
+    var startedAt: Double = 0
 
     func reset() {
         client = nil
@@ -109,6 +113,7 @@ final class ReplySlot {
         isOverflowed = false
         countedBytes = 0
         if binary != nil { binary = nil }
+        command = -1
         // Capacity taken by one huge request is not kept by a recycled slot.
         if keys.capacity > 64 { keys = [] }
         keyBytes.releaseIfIdle(keep: 1024)

@@ -54,6 +54,12 @@ final class ServerConnection {
     /// Where the request being written started in `output`, and bytes of requests awaiting replies.
     private var requestStart = 0
     private var pendingBytes = 0
+    /// A request's bytes stay in `output` until its reply has come (the slow log reads them
+    /// there): `output` holds, in order, bytes answered but not yet released, bytes sent and
+    /// awaiting replies, and bytes not yet sent. `sentBytes` counts the first two,
+    /// `answeredBytes` the first; bytes both sent and answered are released.
+    private var sentBytes = 0
+    private var answeredBytes = 0
     /// Requests written into `output` but not yet sent.
     private var unsentRequests = 0
     /// Consecutive connection failures: the next connect waits 50 ms × 2^n (at most 2 s).
@@ -163,12 +169,14 @@ final class ServerConnection {
         let config = server.pool.config
         guard isRedis else { return }
         if let password = config.redisAuth {
+            requestStart = output.readableCount
             output.appendArrayHeader(2)
             output.appendBulk("AUTH")
             output.appendBulk(password)
             enqueue(slot: nil, part: 0, framing: .line, isSetup: true)
         }
         if config.redisDatabase != 0 {
+            requestStart = output.readableCount
             output.appendArrayHeader(2)
             output.appendBulk("SELECT")
             output.appendBulk(String(config.redisDatabase))
@@ -226,7 +234,7 @@ final class ServerConnection {
             state = .connected
             counters.serverConnections.add()
             watcher?.watch(TERN_EV_READ)
-            if !output.isEmpty { worker.markDirty(self) }
+            if output.readableCount > sentBytes { worker.markDirty(self) }
         }
         if events & TERN_EV_READ != 0 { readReplies() }
         if events & TERN_EV_WRITE != 0, state == .connected { flush() }
@@ -245,17 +253,15 @@ final class ServerConnection {
             }
             return
         }
-        guard state == .connected, !output.isEmpty else { return }
-        switch Syscall.write(descriptor, output.readable) {
+        guard state == .connected, output.readableCount > sentBytes else { return }
+        switch Syscall.write(descriptor, UnsafeRawBufferPointer(rebasing: output.readable[sentBytes...])) {
         case let .transferred(count):
-            output.consume(count)
-            if output.isEmpty {
-                unsentRequests = 0
-                output.releaseIfIdle(keep: 1 << 16)
-            }
+            sentBytes += count
+            if sentBytes == output.readableCount { unsentRequests = 0 }
+            releaseAnswered()
             counters.outQueue.set(unsentRequests)
-            counters.outQueueBytes.set(output.readableCount)
-            watcher?.watch(output.isEmpty ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
+            counters.outQueueBytes.set(output.readableCount - sentBytes)
+            watcher?.watch(output.readableCount == sentBytes ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
         case .wouldBlock:
             watcher?.watch(TERN_EV_READ | TERN_EV_WRITE)
         case let .failed(error):
@@ -342,7 +348,10 @@ final class ServerConnection {
                 counters.responseBytes.add(length)
                 counters.inQueue.add(-1)
                 counters.inQueueBytes.add(-head.bytes)
-                counters.recordLatency(microseconds: Int((ev_now(loop) - head.queuedAt) * 1_000_000))
+                let microseconds = Int((ev_now(loop) - head.queuedAt) * 1_000_000)
+                counters.recordLatency(microseconds: microseconds)
+                if microseconds > server.pool.slowlogThreshold, !head.isProbe, !head.isSetup { recordSlow(head, microseconds: microseconds) }
+                answeredBytes += head.bytes
                 if head.isProbe {
                     server.probeAnswered()
                 } else if head.isBackfill {
@@ -377,6 +386,7 @@ final class ServerConnection {
                 input.consume(length)
             }
         }
+        releaseAnswered()
         if pending.isEmpty, isTimerArmed { stopTimer() }
         // A burst may have grown the buffer: give large ones back once drained.
         if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
@@ -384,6 +394,36 @@ final class ServerConnection {
             returnWhenIdle = false
             server.returnDedicated(self, reusable: true)
         }
+    }
+
+    /// Releases the bytes of requests both sent and answered.
+    @inline(__always)
+    private func releaseAnswered() {
+        let released = min(answeredBytes, sentBytes)
+        guard released > 0 else { return }
+        output.consume(released)
+        answeredBytes -= released
+        sentBytes -= released
+        if output.isEmpty { output.releaseIfIdle(keep: 1 << 16) }
+    }
+
+    /// The head request was slow: it enters the pool's slow log with its arguments (read from
+    /// `output`, where its bytes start after those answered and not yet released), its client
+    /// and this server. Off the common path: called only past the threshold.
+    @inline(never)
+    private func recordSlow(_ head: Pending, microseconds: Int) {
+        let start = answeredBytes
+        guard start + head.bytes <= output.readableCount else { return }
+        let request = UnsafeRawBufferPointer(rebasing: output.readable[start..<(start + head.bytes)])
+        var client = ""
+        var name = ""
+        if let connection = head.slot?.client {
+            client = SlowLog.peerAddress(connection.descriptor)
+            name = connection.redis?.name ?? ""
+        }
+        let pool = server.pool
+        pool.slowLog.record(SlowLogEntry(id: 0, time: Int(time(nil)), microseconds: microseconds, arguments: SlowLog.arguments(of: request),
+                                         client: client, clientName: name, server: server.name), maxLength: pool.slowlogMaxLength)
     }
 
     /// A pub/sub message (RESP2): `message`, `pmessage` or `smessage` arrays.
@@ -403,6 +443,8 @@ final class ServerConnection {
     private func startSkipping() {
         guard let head = pending.popFirst() else { return }
         pendingBytes -= head.bytes
+        answeredBytes += head.bytes
+        releaseAnswered()
         counters.responses.add()
         counters.inQueue.add(-1)
         counters.inQueueBytes.add(-head.bytes)
@@ -536,6 +578,8 @@ final class ServerConnection {
         counters.outQueueBytes.set(0)
         pendingBytes = 0
         unsentRequests = 0
+        sentBytes = 0
+        answeredBytes = 0
         if let watcher {
             watcher.watch(0)
             worker.retire(watcher)

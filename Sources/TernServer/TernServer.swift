@@ -101,7 +101,7 @@ public final class TernServer {
                     boundHere.append(descriptor)
                 }
                 made.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
-                                     shared: before?.shared ?? PoolShared(workers: workerCount),
+                                     shared: before?.shared ?? PoolShared(workers: workerCount, hotKeys: pool.hotKeys),
                                      serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before)))
             }
         } catch {
@@ -216,6 +216,9 @@ public final class TernServer {
             // Nothing joins a worker: the main thread waits on acknowledgements instead.
             pthread_detach(thread)
         }
+        // Redis pools' INFO figures, gathered off the request path (it idles without Redis pools;
+        // a reload may add one).
+        BackendInfoPoller(control: control).start()
         control.isReady.store(true, ordering: .relaxed)
         logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid())")
         while true {

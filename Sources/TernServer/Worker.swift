@@ -40,9 +40,24 @@ final class PoolShared: Sendable {
     let warmupCounters = WarmupCounters()
     /// One per worker.
     let workerCounters: [PoolCounters]
+    /// Per-command requests and latency, one table per worker.
+    let commandStats: [CommandStats]
+    /// The most requested keys, one sketch per worker (`hot_keys` counters each, fixed when the
+    /// pool is first made; a reload keeps the sketch).
+    let hotKeys: [HotKeys]
+    /// Backend round trips slower than `slowlog_log_slower_than` (a warm-up's old pool records
+    /// into its new pool's log).
+    let slowLog = SlowLog()
+    /// Redis pools: each server's INFO, gathered off the request path (see `BackendInfoPoller`).
+    let backendInfo = Locked<[String: BackendInfo]>([:])
+    /// Unix time INFO was last asked through the pool: while recent, servers are polled every
+    /// second rather than every ten.
+    let infoAskedAt = Atomic<Int>(0)
 
-    init(workers: Int) {
+    init(workers: Int, hotKeys capacity: Int = 64) {
         workerCounters = (0..<workers).map { _ in PoolCounters() }
+        commandStats = (0..<workers).map { _ in CommandStats() }
+        hotKeys = (0..<workers).map { _ in HotKeys(capacity: capacity) }
     }
 }
 

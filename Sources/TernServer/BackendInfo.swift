@@ -1,0 +1,276 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import TernCore
+
+/// One Redis server's `INFO`, as last fetched by the `BackendInfoPoller`.
+struct BackendInfo: Sendable {
+    var address: String
+    /// `name:value` lines of every section.
+    var fields: [String: String] = [:]
+    /// Unix time (seconds) of the last successful fetch; 0 when none succeeded.
+    var fetchedAt = 0
+    /// Why the last fetch failed (nil: it succeeded).
+    var error: String?
+
+    /// A server is reported down when its last fetch failed or is older than this.
+    static let staleAfter = 5
+
+    /// The INFO fields applications read from Redis, summed over the pool's live servers, and
+    /// a `# Backends` section saying which servers answered. A server that did not answer is
+    /// counted in `backends_down` and left out of the sums (never added as zero); with no
+    /// server answering, the summed fields are left out.
+    static func aggregate(_ plan: PoolPlan) -> (memory: [(String, String)], stats: [(String, String)], keyspace: [(String, String)], servers: [(String, String)]) {
+        let known = plan.shared.backendInfo.withLock { $0 }
+        let now = Int(time(nil))
+        var live: [BackendInfo] = []
+        var servers: [(String, String)] = []
+        var up = 0
+        for (index, server) in plan.config.servers.enumerated() {
+            let info = known[server.name]
+            if let info, info.error == nil, now - info.fetchedAt <= staleAfter {
+                up += 1
+                live.append(info)
+                servers.append(("server\(index)", "name=\(server.name),status=up,age_seconds=\(now - info.fetchedAt),used_memory=\(info.fields["used_memory"] ?? "?"),total_commands_processed=\(info.fields["total_commands_processed"] ?? "?")"))
+            } else {
+                let reason = info?.error ?? (info == nil ? "not polled yet" : "no answer for \(now - (info?.fetchedAt ?? now)) s")
+                servers.append(("server\(index)", "name=\(server.name),status=down,error=\(reason.map { $0 == "," || $0 == "\r" || $0 == "\n" ? " " : $0 }.map(String.init).joined())"))
+            }
+        }
+        servers.insert(contentsOf: [("backends_up", String(up)), ("backends_down", String(plan.config.servers.count - up))], at: 0)
+        guard !live.isEmpty else { return ([], [], [], servers) }
+        func sum(_ field: String) -> Int { live.reduce(0) { $0 + (Int($1.fields[field] ?? "") ?? 0) } }
+        let used = sum("used_memory")
+        // One server without a limit makes the pool's limit "none" (0), as Redis says for one.
+        let maxmemory = live.contains { Int($0.fields["maxmemory"] ?? "0") == 0 } ? 0 : sum("maxmemory")
+        let policies = Set(live.compactMap { $0.fields["maxmemory_policy"] })
+        let memory: [(String, String)] = [
+            ("used_memory", String(used)), ("used_memory_human", human(used)),
+            ("used_memory_rss", String(sum("used_memory_rss"))), ("used_memory_rss_human", human(sum("used_memory_rss"))),
+            ("used_memory_peak", String(sum("used_memory_peak"))), ("used_memory_peak_human", human(sum("used_memory_peak"))),
+            ("maxmemory", String(maxmemory)), ("maxmemory_human", human(maxmemory)),
+            ("maxmemory_policy", policies.count == 1 ? policies.first! : policies.isEmpty ? "unknown" : "mixed"),
+        ]
+        let stats: [(String, String)] = ["total_commands_processed", "instantaneous_ops_per_sec", "keyspace_hits", "keyspace_misses",
+                                         "expired_keys", "evicted_keys", "total_net_input_bytes", "total_net_output_bytes"]
+            .map { ($0, String(sum($0))) }
+        // `db0:keys=3,expires=1,avg_ttl=500`: keys and expires summed per database, avg_ttl
+        // weighted by each server's expiring keys.
+        var databases: [Int: (keys: Int, expires: Int, ttlWeighted: Int)] = [:]
+        for info in live {
+            for (name, value) in info.fields where name.hasPrefix("db") {
+                guard let number = Int(name.dropFirst(2)) else { continue }
+                var parsed: [Substring: Int] = [:]
+                for pair in value.split(separator: ",") {
+                    let parts = pair.split(separator: "=", maxSplits: 1)
+                    if parts.count == 2 { parsed[parts[0]] = Int(parts[1]) ?? 0 }
+                }
+                var entry = databases[number] ?? (0, 0, 0)
+                entry.keys += parsed["keys"] ?? 0
+                entry.expires += parsed["expires"] ?? 0
+                entry.ttlWeighted += (parsed["avg_ttl"] ?? 0) * (parsed["expires"] ?? 0)
+                databases[number] = entry
+            }
+        }
+        let keyspace = databases.keys.sorted().map { number in
+            let entry = databases[number]!
+            return ("db\(number)", "keys=\(entry.keys),expires=\(entry.expires),avg_ttl=\(entry.expires == 0 ? 0 : entry.ttlWeighted / entry.expires)")
+        }
+        return (memory, stats, keyspace, servers)
+    }
+
+    /// Redis's `bytesToHuman`: 1023B, 1.00K, 2.50M, …
+    static func human(_ bytes: Int) -> String {
+        let units = ["K", "M", "G", "T", "P"]
+        guard bytes >= 1024 else { return "\(bytes)B" }
+        var scale = 1024
+        for (index, unit) in units.enumerated() {
+            if bytes < scale * 1024 || index == units.count - 1 {
+                let hundredths = (bytes * 100 + scale / 2) / scale
+                let fraction = hundredths % 100
+                return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)\(unit)"
+            }
+            scale *= 1024
+        }
+        return "\(bytes)B"
+    }
+
+    /// Parses INFO's text into `name:value` pairs (section headers and blank lines skipped).
+    static func parse(_ text: [UInt8]) -> [String: String] {
+        var fields: [String: String] = [:]
+        for line in text.split(separator: 0x0a) {
+            var line = line
+            if line.last == 0x0d { line = line.dropLast() }
+            guard let first = line.first, first != UInt8(ascii: "#"), let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
+            fields[String(decoding: line[line.startIndex..<colon], as: UTF8.self)] = String(decoding: line[(colon + 1)...], as: UTF8.self)
+        }
+        return fields
+    }
+}
+
+/// Fetches `INFO` from every server of every Redis pool on a thread of its own, so that INFO
+/// through Tern answers backend figures without touching the request path: every second while
+/// INFO has been asked through the pool in the last minute, every ten seconds otherwise. One
+/// connection per server, kept open; a server that does not answer within a second is marked
+/// down until it does. The same thread halves the hot-key sketches every minute (`HotKeys`).
+final class BackendInfoPoller: Sendable {
+    let control: ControlState
+
+    init(control: ControlState) { self.control = control }
+
+    func start() {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { context in
+            let poller = Unmanaged<BackendInfoPoller>.fromOpaque(context!).takeRetainedValue()
+            poller.run()
+            return nil
+        }, context)
+        // Never joined; it ends with the process.
+        pthread_detach(thread)
+    }
+
+    /// Connections by "pool/server/address"; confined to the poller's thread.
+    private final class Connections {
+        var descriptors: [String: Int32] = [:]
+        var lastPoll: [String: Int] = [:]
+    }
+
+    private func run() {
+        let connections = Connections()
+        var lastDecay = Int(time(nil))
+        while true {
+            let now = Int(time(nil))
+            if now - lastDecay >= 60 {
+                // Hot keys follow the present: counts are halved every minute.
+                lastDecay = now
+                for plan in control.currentPlans { for sketch in plan.shared.hotKeys { sketch.decay() } }
+            }
+            var seen = Set<String>()
+            for plan in control.currentPlans where plan.config.protocolKind == .redis {
+                let recent = now - plan.shared.infoAskedAt.load(ordering: .relaxed) < 60
+                let due = now - (connections.lastPoll[plan.config.name] ?? 0) >= (recent ? 1 : 10)
+                for (index, server) in plan.config.servers.enumerated() {
+                    let key = "\(plan.config.name)/\(server.name)/\(server.address)"
+                    seen.insert(key)
+                    guard due, index < plan.serverAddresses.count else { continue }
+                    let result = fetch(key: key, address: plan.serverAddresses[index], password: plan.config.redisAuth, connections)
+                    plan.shared.backendInfo.withLock { known in
+                        var info = known[server.name] ?? BackendInfo(address: "\(server.address)")
+                        info.address = "\(server.address)"
+                        switch result {
+                        case let .success(fields):
+                            info.fields = fields
+                            info.fetchedAt = Int(time(nil))
+                            info.error = nil
+                        case let .failure(error):
+                            info.error = error.text
+                        }
+                        known[server.name] = info
+                    }
+                }
+                if due { connections.lastPoll[plan.config.name] = now }
+            }
+            // Servers that left the config: close their connections.
+            for (key, fd) in connections.descriptors where !seen.contains(key) {
+                Glibc.close(fd)
+                connections.descriptors[key] = nil
+            }
+            usleep(250_000)
+        }
+    }
+
+    struct PollError: Error { var text: String }
+
+    private func fetch(key: String, address: SocketAddress, password: String?, _ connections: Connections) -> Result<[String: String], PollError> {
+        var fd = connections.descriptors[key] ?? -1
+        if fd < 0 {
+            switch Self.connect(address) {
+            case let .success(opened): fd = opened
+            case let .failure(error): return .failure(error)
+            }
+            if let password {
+                let auth = "*2\r\n$4\r\nAUTH\r\n$\(password.utf8.count)\r\n\(password)\r\n"
+                guard case let .success(reply) = Self.exchange(fd, Array(auth.utf8)), reply.first == UInt8(ascii: "+") else {
+                    Glibc.close(fd)
+                    return .failure(PollError(text: "AUTH failed"))
+                }
+            }
+            connections.descriptors[key] = fd
+        }
+        switch Self.exchange(fd, Array("*1\r\n$4\r\nINFO\r\n".utf8)) {
+        case let .success(reply):
+            guard reply.first == UInt8(ascii: "$") else {
+                return .failure(PollError(text: String(decoding: reply.prefix(120).filter { $0 >= 0x20 }, as: UTF8.self)))
+            }
+            return .success(BackendInfo.parse(reply))
+        case let .failure(error):
+            Glibc.close(fd)
+            connections.descriptors[key] = nil
+            return .failure(error)
+        }
+    }
+
+    /// A connect bounded by a second.
+    private static func connect(_ address: SocketAddress) -> Result<Int32, PollError> {
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
+        guard fd >= 0 else { return .failure(PollError(text: Syscall.errorText(errno))) }
+        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
+            guard errno == EINPROGRESS else {
+                let error = errno
+                Glibc.close(fd)
+                return .failure(PollError(text: Syscall.errorText(error)))
+            }
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let error = poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
+            guard error == 0 else {
+                Glibc.close(fd)
+                return .failure(PollError(text: Syscall.errorText(error)))
+            }
+        }
+        return .success(fd)
+    }
+
+    /// Sends a request and reads one reply (a line, or a bulk string whole), a second at most.
+    private static func exchange(_ fd: Int32, _ request: [UInt8]) -> Result<[UInt8], PollError> {
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let end = Double(deadline.tv_sec) + Double(deadline.tv_nsec) / 1e9 + 1
+        func remainingMilliseconds() -> Int32 {
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            return Int32(max(0, (end - Double(now.tv_sec) - Double(now.tv_nsec) / 1e9) * 1000))
+        }
+        var sent = 0
+        while sent < request.count {
+            let count = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if count > 0 { sent += count; continue }
+            guard count < 0, errno == EAGAIN || errno == EINTR else { return .failure(PollError(text: "send failed")) }
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(PollError(text: "timed out")) }
+        }
+        var reply: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            if let needed = Self.replyLength(reply), reply.count >= needed { return .success(Array(reply[..<needed])) }
+            // INFO is a few KiB; anything past 4 MiB is not a reply this poller expects.
+            guard reply.count < 4 << 20 else { return .failure(PollError(text: "reply too large")) }
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count > 0 { reply += chunk[0..<count]; continue }
+            if count == 0 { return .failure(PollError(text: "server closed the connection")) }
+            guard errno == EAGAIN || errno == EINTR else { return .failure(PollError(text: Syscall.errorText(errno))) }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(PollError(text: "timed out")) }
+        }
+    }
+
+    /// The length of a complete reply at the start of `bytes` (a simple line, or a bulk string
+    /// with its header), nil while incomplete.
+    private static func replyLength(_ bytes: [UInt8]) -> Int? {
+        guard let newline = bytes.firstIndex(of: 0x0a) else { return nil }
+        guard bytes.first == UInt8(ascii: "$") else { return newline + 1 }
+        guard let length = Int(String(decoding: bytes[1..<max(1, newline - 1)], as: UTF8.self)) else { return newline + 1 }
+        return length < 0 ? newline + 1 : newline + 1 + length + 2
+    }
+}

@@ -1,0 +1,280 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import TernCore
+
+// What operators read about requests: per-command counts and latency, the slow log and the
+// hot keys. Each is written by the worker threads and read by the control threads.
+
+// MARK: - Per-command counters and latency
+
+/// Requests and their latency (from the request being read to its reply being queued for the
+/// client) per command, for one pool on one worker. The label space is the command table
+/// (Redis) or memcached's commands, never client input.
+///
+/// One flat table of counters: written only by its worker thread with relaxed atomic
+/// load/store pairs (plain moves on x86; no locked instruction), read by the control thread
+/// with relaxed loads. `@unchecked Sendable` is scoped to that: every access to `values` goes
+/// through `tern_counter_add`/`tern_counter_read`.
+final class CommandStats: @unchecked Sendable {
+    /// Per command: requests, latency sum (µs), then one count per latency bucket (+Inf last).
+    static let fields = 2 + latencyBucketBounds.count + 1
+    /// Enough rows for either protocol: a reload may turn a pool's name over to the other one.
+    static let rows = max(RedisCommandTable.commands.count, MemcacheCommand.allCases.count)
+    private let values: UnsafeMutablePointer<Int>
+
+    init() {
+        values = UnsafeMutablePointer<Int>.allocate(capacity: Self.rows * Self.fields)
+        values.initialize(repeating: 0, count: Self.rows * Self.fields)
+    }
+
+    deinit { values.deallocate() }
+
+    @inline(__always)
+    func record(_ command: Int, microseconds: Int) {
+        guard command >= 0, command < Self.rows else { return }
+        let row = values + command * Self.fields
+        tern_counter_add(row, 1)
+        tern_counter_add(row + 1, microseconds)
+        var bucket = 0
+        while bucket < latencyBucketBounds.count, latencyBucketBounds[bucket] < microseconds { bucket += 1 }
+        tern_counter_add(row + 2 + bucket, 1)
+    }
+
+    func requests(_ command: Int) -> Int { tern_counter_read(values + command * Self.fields) }
+    func latencySum(_ command: Int) -> Int { tern_counter_read(values + command * Self.fields + 1) }
+    func bucket(_ command: Int, _ bucket: Int) -> Int { tern_counter_read(values + command * Self.fields + 2 + bucket) }
+
+    /// The label of row `command` for a pool of this protocol.
+    static func name(_ command: Int, isRedis: Bool) -> String? {
+        if isRedis { return command < RedisCommandTable.commands.count ? RedisCommandTable.commands[command].name : nil }
+        return MemcacheCommand(rawValue: UInt8(truncatingIfNeeded: command)).map(\.name)
+    }
+}
+
+// MARK: - Hot keys
+
+/// The most requested keys of a pool on one worker, estimated by Space-Saving (Metwally et al.)
+/// over sampled requests: `capacity` counters, constant memory, and a key seen often enough is
+/// never missed. Sampling (one key in 8 on average, at random intervals) keeps the cost off
+/// most requests; the counts reported are scaled back by the sampling rate.
+struct SpaceSaving: Sendable {
+    struct Entry: Sendable {
+        var key: [UInt8]
+        var hash: UInt64
+        var count: Int
+        /// Overestimation bound: the count the evicted entry had when this key replaced it.
+        var error: Int
+    }
+
+    let capacity: Int
+    private(set) var entries: [Entry] = []
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        entries.reserveCapacity(capacity)
+    }
+
+    mutating func add(_ key: UnsafeRawBufferPointer, hash: UInt64) {
+        for index in entries.indices where entries[index].hash == hash && entries[index].key.elementsEqual(key) {
+            entries[index].count += 1
+            return
+        }
+        if entries.count < capacity {
+            entries.append(Entry(key: Array(key), hash: hash, count: 1, error: 0))
+            return
+        }
+        var smallest = 0
+        for index in entries.indices where entries[index].count < entries[smallest].count { smallest = index }
+        let floor = entries[smallest].count
+        entries[smallest] = Entry(key: Array(key), hash: hash, count: floor + 1, error: floor)
+    }
+
+    /// Halves every count, so that the sketch follows what is hot now; keys whose count
+    /// reaches zero leave.
+    mutating func halve() {
+        for index in entries.indices {
+            entries[index].count /= 2
+            entries[index].error /= 2
+        }
+        entries.removeAll { $0.count == 0 }
+    }
+}
+
+/// One pool's hot keys on one worker. Locked only on sampled requests (about one key in 8) and
+/// by the control thread's reads; each worker has its own, so workers never contend.
+final class HotKeys: Sendable {
+    /// Mean interval between sampled keys.
+    static let sampleInterval = 8
+    let sketch: Locked<SpaceSaving>
+
+    init(capacity: Int) { sketch = Locked(SpaceSaving(capacity: max(1, capacity))) }
+
+    func add(_ key: UnsafeRawBufferPointer) {
+        // FNV-1a over at most 64 bytes: a hint that spares most byte comparisons.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in key.prefix(64) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        sketch.withLock { $0.add(key, hash: hash) }
+    }
+
+    /// Called every minute (by the backend poller's thread).
+    func decay() { sketch.withLock { $0.halve() } }
+
+    /// Keys with estimated request counts (scaled by the sampling rate), merged over workers,
+    /// most requested first.
+    static func top(_ perWorker: [HotKeys], limit: Int) -> [(key: [UInt8], requests: Int, error: Int)] {
+        var merged: [[UInt8]: (Int, Int)] = [:]
+        for hotKeys in perWorker {
+            for entry in hotKeys.sketch.withLock({ $0.entries }) {
+                let before = merged[entry.key] ?? (0, 0)
+                merged[entry.key] = (before.0 + entry.count, before.1 + entry.error)
+            }
+        }
+        return merged.map { (key: $0.key, requests: $0.value.0 * sampleInterval, error: $0.value.1 * sampleInterval) }
+            .sorted { $0.requests != $1.requests ? $0.requests > $1.requests : $0.key.lexicographicallyPrecedes($1.key) }
+            .prefix(limit).map { $0 }
+    }
+}
+
+// MARK: - Slow log
+
+/// One backend round trip slower than the pool's `slowlog_log_slower_than`.
+struct SlowLogEntry: Sendable {
+    var id: Int
+    /// Unix time (seconds) the reply arrived.
+    var time: Int
+    var microseconds: Int
+    /// The command as sent to the server, truncated as Redis truncates its slow log.
+    var arguments: [[UInt8]]
+    var client: String
+    var clientName: String
+    var server: String
+}
+
+/// A pool's slow log, shared by its workers (locked only when a slow request is recorded and
+/// when it is read).
+final class SlowLog: Sendable {
+    private struct State: Sendable {
+        var entries: [SlowLogEntry] = []
+        var nextID = 0
+    }
+
+    private let state = Locked(State())
+
+    func record(_ entry: SlowLogEntry, maxLength: Int) {
+        state.withLock { state in
+            var entry = entry
+            entry.id = state.nextID
+            state.nextID += 1
+            state.entries.append(entry)
+            if state.entries.count > maxLength { state.entries.removeFirst(state.entries.count - maxLength) }
+        }
+    }
+
+    /// The `count` newest entries, newest first (`count` < 0: all of them).
+    func newest(_ count: Int) -> [SlowLogEntry] {
+        state.withLock { state in
+            let taken = count < 0 ? state.entries.count : min(count, state.entries.count)
+            return Array(state.entries.suffix(taken).reversed())
+        }
+    }
+
+    var count: Int { state.withLock { $0.entries.count } }
+
+    func reset() { state.withLock { $0.entries.removeAll() } }
+
+    /// Redis's limits on what a slow log entry keeps.
+    static let maxArguments = 32
+    static let maxArgumentLength = 128
+
+    /// Arguments as Redis's slow log keeps them: at most 32 (the last one then says how many
+    /// more there were), each at most 128 bytes (then "... (N more bytes)").
+    static func truncated(_ arguments: [UnsafeRawBufferPointer]) -> [[UInt8]] {
+        var result: [[UInt8]] = []
+        let kept = arguments.count > maxArguments ? maxArguments - 1 : arguments.count
+        for argument in arguments.prefix(kept) {
+            if argument.count > maxArgumentLength {
+                result.append(Array(argument.prefix(maxArgumentLength)) + Array("... (\(argument.count - maxArgumentLength) more bytes)".utf8))
+            } else {
+                result.append(Array(argument))
+            }
+        }
+        if kept < arguments.count {
+            result.append(Array("... (\(arguments.count - kept) more arguments)".utf8))
+        }
+        return result
+    }
+
+    /// A request's arguments: a RESP multibulk, or a text line split at spaces (inline Redis
+    /// commands and memcached, whose data block is not an argument).
+    static func arguments(of request: UnsafeRawBufferPointer) -> [[UInt8]] {
+        var parts: [UnsafeRawBufferPointer] = []
+        if request.first == UInt8(ascii: "*") {
+            var position = 1
+            func number() -> Int? {
+                var value = 0
+                var digits = 0
+                while position < request.count, request[position] >= 0x30, request[position] <= 0x39, digits < 18 {
+                    value = value * 10 + Int(request[position] - 0x30)
+                    position += 1
+                    digits += 1
+                }
+                guard digits > 0, position + 1 < request.count, request[position] == 0x0d else { return nil }
+                position += 2
+                return value
+            }
+            guard let count = number() else { return [] }
+            for _ in 0..<count {
+                guard position < request.count, request[position] == UInt8(ascii: "$") else { break }
+                position += 1
+                guard let length = number(), position + length <= request.count else { break }
+                parts.append(UnsafeRawBufferPointer(rebasing: request[position..<(position + length)]))
+                position += length + 2
+            }
+            return truncated(parts)
+        }
+        let end = request.firstIndex(of: 0x0a).map { $0 > 0 && request[$0 - 1] == 0x0d ? $0 - 1 : $0 } ?? request.count
+        var position = 0
+        while position < end {
+            while position < end, request[position] == 0x20 { position += 1 }
+            let start = position
+            while position < end, request[position] != 0x20 { position += 1 }
+            if position > start { parts.append(UnsafeRawBufferPointer(rebasing: request[start..<position])) }
+        }
+        return truncated(parts)
+    }
+
+    /// `ip:port` of a connected socket's peer ("" when unknown).
+    static func peerAddress(_ descriptor: Int32) -> String {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(descriptor, $0, &length) }
+        }
+        guard result == 0 else { return "" }
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            return withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { address in
+                    var raw = address.pointee.sin_addr
+                    inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
+                    return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + ":\(UInt16(bigEndian: address.pointee.sin_port))"
+                }
+            }
+        case AF_INET6:
+            return withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { address in
+                    var raw = address.pointee.sin6_addr
+                    inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
+                    return "[" + String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "]:\(UInt16(bigEndian: address.pointee.sin6_port))"
+                }
+            }
+        case AF_UNIX:
+            return "unix"
+        default:
+            return ""
+        }
+    }
+}
