@@ -2,18 +2,35 @@
 # Installs the Debian packages Tern's build, tests and demo need, when any is missing.
 set -euo pipefail
 # python3-pylibmc and python3-memcache: real client libraries the placement tests compare with;
-# util-linux: taskset, for the default-worker-count test.
-packages=(libev-dev memcached redis-server redis-tools python3 python3-pylibmc python3-memcache util-linux)
-missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
+# util-linux: taskset, for the default-worker-count test; redis-tools (redis-cli),
+# netcat-openbsd (nc) and curl: the demo's copy-paste commands.
+packages=(libev-dev memcached redis-server redis-tools python3 python3-pylibmc python3-memcache util-linux
+          netcat-openbsd curl)
+# prometheus: for promtool, which checks Deploy/monitoring's alert rules and Tern's /metrics;
+# installed without its recommends (node exporter, IPMI and SMART tools). Its server is not run.
+lean_packages=(prometheus)
+missing_of() {
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || echo "$package"
+    done
+}
+mapfile -t missing < <(missing_of "${packages[@]}")
+mapfile -t missing_lean < <(missing_of "${lean_packages[@]}")
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_lean[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]} ${missing_lean[*]}"
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ ${#missing[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ ${#missing_lean[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing_lean[@]}" >/dev/null
+        # The package starts a Prometheus server where services start on install; only promtool is wanted.
+        if command -v systemctl >/dev/null 2>&1; then
+            $sudo_cmd systemctl disable --now prometheus >/dev/null 2>&1 || true
+        fi
+    fi
 fi
 # redis-py >= 5 (it sends CLIENT SETINFO on connect) for the Redis client test, from PyPI.
 if ! python3 -c 'import redis, sys; sys.exit(int(redis.__version__.split(".")[0]) < 5)' 2>/dev/null; then

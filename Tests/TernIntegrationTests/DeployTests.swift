@@ -143,4 +143,82 @@ final class DeployTests: XCTestCase {
         }
         try assertRuns(Array(values["ExecStart"]!.split(separator: " ").map(String.init).dropFirst()), probes: ["/healthz", "/readyz"])
     }
+
+    // MARK: Deploy/demo.sh
+
+    /// The demo's fixed ports: pools cache, sessions, warm; memcached new a, b and old; redis a,
+    /// b; stats; admin. The test moves them all by TERN_DEMO_PORT_OFFSET to a free range, so it
+    /// never meets a demo someone runs, or the ports of a concurrent test run.
+    static let demoPorts = [22121, 22122, 22123, 11311, 11312, 11313, 6381, 6382, 22222, 9121]
+
+    func testDemoScriptRunsEveryPoolAndStopsEverythingOnSIGINT() throws {
+        let offset = ProcessGroup.freeOffset(for: Self.demoPorts)
+        let ports = Self.demoPorts.map { $0 + offset }
+        let (cache, sessions, warm, newA, newB, old, stats, admin) = (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[8], ports[9])
+        let binary = URL(fileURLWithPath: ProcessGroup.ternBinary).standardizedFileURL.path
+        let log = "demo.log"
+        let demo = try group.launch(Self.root + "/Deploy/demo.sh", [], log: log, environment: [
+            "TERN_BINARY": binary, "TERN_DEMO_SKIP_INSTALL": "1", "TERN_DEMO_PORT_OFFSET": String(offset),
+        ])
+        func output() -> String { (try? String(contentsOfFile: group.directory + "/" + log, encoding: .utf8)) ?? "" }
+        defer { if let run = testRun, run.failureCount > 0 { print(output().suffix(4000)) } }
+        // Tern starts once the backends answer and the old memcached is filled; the copy-paste
+        // commands come last.
+        let deadline = Date().addingTimeInterval(30)
+        while !output().contains("Ctrl-C stops"), demo.isRunning, Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(output().contains("Ctrl-C stops"), "the demo printed its commands")
+        for port in ports { try group.waitForPort(port) }
+
+        // The Redis pool, through redis-cli.
+        let redisCLI = "/usr/bin/redis-cli"
+        XCTAssertEqual(try ProcessGroup.run(redisCLI, ["-p", "\(sessions)", "set", "{user:9}:name", "zoe"]).1, "OK\n")
+        XCTAssertEqual(try ProcessGroup.run(redisCLI, ["-p", "\(sessions)", "get", "{user:9}:name"]).1, "zoe\n")
+        // The memcached pool, through a raw client.
+        let client = try TestClient(port: cache)
+        XCTAssertEqual(try client.request("set demo:key 7 0 5\r\nvalue\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("get demo:key\r\n", until: "END\r\n"), "VALUE demo:key 7 5\r\nvalue\r\nEND\r\n")
+        // The warm-up pool: user:2 is only in the old memcached; the hit is copied to a new one.
+        XCTAssertEqual(try Memcached(port: newA, process: demo).get("user:2"), nil)
+        XCTAssertEqual(try Memcached(port: newB, process: demo).get("user:2"), nil)
+        XCTAssertEqual(try Memcached(port: old, process: demo).get("user:2"), "bob")
+        let warmClient = try TestClient(port: warm)
+        XCTAssertEqual(try warmClient.request("get user:2\r\n", until: "END\r\n"), "VALUE user:2 42 3\r\nbob\r\nEND\r\n")
+        let copied = eventually("bob") {
+            (try? Memcached(port: newA, process: demo).get("user:2")) ?? (try? Memcached(port: newB, process: demo).get("user:2")) ?? "none"
+        }
+        XCTAssertEqual(copied, "bob", "the old hit was copied into the new servers")
+
+        // Every command the demo printed runs as printed and answers.
+        let commands = output().split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { line in ["redis-cli ", "printf ", "nc ", "curl "].contains { line.hasPrefix($0) } }
+        XCTAssertEqual(commands.count, 7, "\(commands)")
+        var answers: [String: String] = [:]
+        for command in commands {
+            let (status, text) = try ProcessGroup.run("/bin/bash", ["-c", "set -o pipefail; " + command])
+            XCTAssertEqual(status, 0, command)
+            XCTAssertFalse(text.isEmpty, command)
+            answers[command] = text
+        }
+        func answer(_ fragment: String) -> String { answers.first { $0.key.contains(fragment) }?.value ?? "" }
+        XCTAssertEqual(answer("get '{user:1}:name'"), "alice\n")
+        XCTAssertEqual(answer("get greeting"), "STORED\r\nVALUE greeting 0 5\r\nhello\r\nEND\r\n")
+        XCTAssertEqual(answer("get user:1"), "VALUE user:1 42 5\r\nalice\r\nEND\r\n", "a warm-up hit from the old pool")
+        XCTAssertTrue(answer("grep warmup_").contains("STAT warmup_old_hits 2\r\n"), answer("grep warmup_"))
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(answer("nc 127.0.0.1 \(stats)").utf8)) as? [String: Any])
+        XCTAssertEqual(Set(json.keys).intersection(["cache", "sessions", "warm"]).count, 3)
+        XCTAssertTrue(answer("/metrics").contains("tern_warmup_copies_total{pool=\"warm\"} 2"), answer("/metrics"))
+        XCTAssertTrue(commands.contains { $0.contains("127.0.0.1:\(admin)/metrics") }, "the printed commands use the moved ports")
+
+        // SIGINT (Ctrl-C) stops the script and everything it started.
+        kill(demo.processIdentifier, SIGINT)
+        let stopDeadline = Date().addingTimeInterval(20)
+        while demo.isRunning, Date() < stopDeadline { usleep(50_000) }
+        XCTAssertFalse(demo.isRunning, "the demo stopped within 20 s of SIGINT")
+        guard !demo.isRunning else { return }
+        XCTAssertEqual(demo.terminationStatus, 0)
+        XCTAssertTrue(output().contains("demo stopped"), output())
+        for port in ports {
+            XCTAssertThrowsError(try TestClient(port: port), "port \(port) still accepts after the demo stopped")
+        }
+    }
 }

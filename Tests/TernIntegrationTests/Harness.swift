@@ -62,11 +62,31 @@ final class ProcessGroup {
         } == 0
     }
 
+    /// An offset that moves every one of `ports` to a free port below the ephemeral range (for
+    /// scripts with fixed ports that take an offset, like Deploy/demo.sh); the moved ports are
+    /// never handed out again in this test process.
+    static func freeOffset(for ports: [Int]) -> Int {
+        let upper = max(min(ephemeralRangeStart(), 32768), ports.max()! + 1000)
+        while true {
+            let offset = Int.random(in: 1000..<(upper - ports.max()!))
+            let moved = ports.map { $0 + offset }
+            let fresh = handedOut.withLock { taken in
+                guard moved.allSatisfy({ !taken.contains($0) }) else { return false }
+                taken.formUnion(moved)
+                return true
+            }
+            if fresh && moved.allSatisfy(canBind) { return offset }
+        }
+    }
+
     @discardableResult
-    func launch(_ path: String, _ arguments: [String], log: String) throws -> Process {
+    func launch(_ path: String, _ arguments: [String], log: String, environment: [String: String] = [:]) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         _ = FileManager.default.createFile(atPath: directory + "/" + log, contents: nil)
         let handle = FileHandle(forWritingAtPath: directory + "/" + log)
         process.standardOutput = handle
