@@ -140,6 +140,8 @@ enum StatsReport {
             func sum(_ field: (PoolCounters) -> Int) -> Int64 { Int64(counters.reduce(0) { $0 + field($1) }) }
             gauge("tern_pool_client_connections", [("pool", pool)], "Open client connections of the pool.")
                 .set(Int64(plan.shared.clientCount.load(ordering: .relaxed)))
+            gauge("tern_pool_client_connections_limit", [("pool", pool)], "The pool's client_connections limit (0: unlimited).")
+                .set(Int64(plan.config.clientConnections))
             for (worker, counter) in counters.enumerated() {
                 gauge("tern_worker_client_connections", [("pool", pool), ("worker", String(worker))], "Open client connections of the pool served by each worker thread.")
                     .set(Int64(counter.clients.load(ordering: .relaxed)))
