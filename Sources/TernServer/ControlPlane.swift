@@ -224,7 +224,7 @@ enum StatsReport {
 
 // MARK: - The admin endpoint's routes (served by `ControlServer`, ControlHTTP.swift)
 
-/// The admin HTTP endpoint: GET or HEAD /metrics, /healthz, /readyz, /config.
+/// The admin HTTP endpoint: GET or HEAD /metrics, /healthz, /readyz, /config, /locate.
 /// To add a path, add a case to `route`.
 enum AdminEndpoint {
     static func route(method: String, path: String, query: String, state: ControlState,
@@ -242,8 +242,40 @@ enum AdminEndpoint {
             return state.isReady.load(ordering: .relaxed) ? .text(200, "ready\n") : .text(503, "starting\n")
         case "/config":
             return ControlResponse(200, "application/yaml", Array(configText().utf8))
+        case "/locate":
+            return locate(query: query, plans: state.currentPlans)
         default:
             return .text(404, "not found\n")
         }
+    }
+
+    /// Longest key `/locate` takes (memcached's key limit).
+    static let maxLocateKeyLength = 250
+
+    /// `/locate?pool=P&key=K`: where the running config puts key K in pool P, and in its old
+    /// pool for a warm-up (`KeyLocation.json` documents the reply). 400 with the reason for a
+    /// missing, repeated or unknown pool, a missing, empty or over-long key, or a bad escape.
+    static func locate(query: String, plans: [PoolPlan]) -> ControlResponse {
+        let parameters: [(name: String, value: [UInt8])]
+        switch ControlHTTP.queryParameters(query) {
+        case let .success(decoded): parameters = decoded
+        case let .failure(error): return error.response
+        }
+        for name in ["pool", "key"] where parameters.filter({ $0.name == name }).count > 1 {
+            return .text(400, "bad request: parameter '\(name)' given more than once\n")
+        }
+        guard let pool = parameters.first(where: { $0.name == "pool" })?.value, !pool.isEmpty else {
+            return .text(400, "bad request: missing parameter 'pool' (/locate?pool=NAME&key=KEY)\n")
+        }
+        guard let plan = plans.first(where: { $0.config.name.utf8.elementsEqual(pool) }) else {
+            return .text(400, "bad request: unknown pool '\(String(decoding: pool, as: UTF8.self))'\n")
+        }
+        guard let key = parameters.first(where: { $0.name == "key" })?.value, !key.isEmpty else {
+            return .text(400, "bad request: missing or empty parameter 'key' (/locate?pool=NAME&key=KEY)\n")
+        }
+        guard key.count <= maxLocateKeyLength else {
+            return .text(400, "bad request: key longer than \(maxLocateKeyLength) bytes\n")
+        }
+        return ControlResponse(200, "application/json", Array(KeyLocator(pool: plan.config).locate(key).json(key: key).utf8))
     }
 }

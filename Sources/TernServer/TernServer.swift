@@ -257,7 +257,7 @@ public final class TernServer {
                 AdminEndpoint.route(method: method, path: path, query: query, state: control) { text.value.withLock { $0 } }
             })
             server.start()
-            logger.notice("admin endpoint on http://\(options.adminAddress):\(port) (/metrics, /healthz, /readyz, /config)")
+            logger.notice("admin endpoint on http://\(options.adminAddress):\(port) (/metrics, /healthz, /readyz, /config, /locate)")
         }
     }
 

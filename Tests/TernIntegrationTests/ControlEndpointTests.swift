@@ -2,8 +2,8 @@ import Foundation
 import XCTest
 @testable import TernCore
 
-/// The admin endpoint and the stats port under slow, idle and malformed clients, with the real
-/// binary.
+/// The admin endpoint and the stats port under slow, idle and malformed clients, and
+/// `/locate` against where keys really land, with the real binary and real backends.
 final class ControlEndpointTests: XCTestCase {
     var group: ProcessGroup!
     override func setUp() { group = ProcessGroup() }
@@ -167,5 +167,94 @@ final class ControlEndpointTests: XCTestCase {
         XCTAssertEqual(try get(admin, "/readyz").body, "ready\n")
         XCTAssertEqual(try get(admin, "/healthz?verbose=1").status, 200)
         XCTAssertEqual(try get(admin, "/nope").body, "not found\n")
+    }
+
+    // MARK: /locate
+
+    func encoded(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+    }
+
+    func locate(_ admin: Int, pool: String, key: String) throws -> [String: Any] {
+        let (status, body) = try get(admin, "/locate?pool=\(encoded(pool))&key=\(encoded(key))")
+        XCTAssertEqual(status, 200, body)
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any], body)
+    }
+
+    func serverIndex(_ object: [String: Any]) throws -> Int {
+        let server = try XCTUnwrap(object["server"] as? [String: Any], "\(object)")
+        return try XCTUnwrap(server["index"] as? Int)
+    }
+
+    /// A warm-up pool (memcached) and a Redis pool with a hash tag: `/locate` names the server
+    /// a `set` through Tern really reached (each backend asked directly), and the old server a
+    /// miss is looked up on (a key stored only there is found through Tern).
+    func testLocateAgreesWithWhereKeysLand() throws {
+        let new = try [group.memcached(), group.memcached(), group.memcached()]
+        let old = try [group.memcached(), group.memcached()]
+        let redis = try [group.redis(), group.redis()]
+        let redisPort = ProcessGroup.freePort()
+        let endpoints = try start { port in
+            "warm:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  timeout: 2000\n  servers:\n" + new.map { "   - \($0.address):1\n" }.joined()
+                + "  warmup:\n    distribution: modula\n    servers:\n" + old.map { "     - \($0.address):1\n" }.joined()
+                + "r:\n  listen: 127.0.0.1:\(redisPort)\n  redis: true\n  hash_tag: \"{}\"\n  timeout: 2000\n  servers:\n"
+                + redis.map { "   - \($0.address):1\n" }.joined()
+        }
+        let admin = endpoints.adminPort
+        let client = try TestClient(port: endpoints.port)
+        var seenNew = Set<Int>(), seenOld = Set<Int>()
+        for i in 0..<24 {
+            let key = "locate:\(i)"
+            let location = try locate(admin, pool: "warm", key: key)
+            XCTAssertEqual(location["pool"] as? String, "warm")
+            XCTAssertEqual(location["key"] as? String, key)
+            let newIndex = try serverIndex(location)
+            seenNew.insert(newIndex)
+            XCTAssertEqual(try client.request("set \(key) 0 0 2\r\nv\(i % 10)\r\n", until: "\r\n"), "STORED\r\n")
+            for (index, server) in new.enumerated() {
+                XCTAssertEqual(try server.get(key), index == newIndex ? "v\(i % 10)" : nil, "\(key) on new server \(index), /locate said \(newIndex)")
+            }
+            let oldPool = try XCTUnwrap(location["old_pool"] as? [String: Any])
+            XCTAssertEqual(oldPool["pool"] as? String, "warm.warmup")
+            XCTAssertEqual(oldPool["distribution"] as? String, "modula")
+            let oldIndex = try serverIndex(oldPool)
+            seenOld.insert(oldIndex)
+            // A key only the reported old server has is found through Tern (a miss in the new
+            // pool is looked up on the old server placement picks).
+            let oldKey = "old:\(i)"
+            let oldLocation = try XCTUnwrap(try locate(admin, pool: "warm", key: oldKey)["old_pool"] as? [String: Any])
+            XCTAssertEqual(try TestClient(port: old[try serverIndex(oldLocation)].port).request("set \(oldKey) 0 0 1\r\no\r\n", until: "\r\n"), "STORED\r\n")
+            XCTAssertEqual(try client.request("get \(oldKey)\r\n", until: "END\r\n"), "VALUE \(oldKey) 0 1\r\no\r\nEND\r\n")
+        }
+        XCTAssertEqual(seenNew.count, 3, "the keys cover every new server")
+        XCTAssertEqual(seenOld.count, 2, "the keys cover every old server")
+
+        let redisClient = try TestClient(port: redisPort)
+        for i in 0..<12 {
+            let key = "{user\(i)}:name"
+            let location = try locate(admin, pool: "r", key: key)
+            XCTAssertEqual(location["hash_key"] as? String, "user\(i)")
+            XCTAssertNil(location["old_pool"])
+            let index = try serverIndex(location)
+            XCTAssertEqual(try redisClient.call("SET", key, "x"), "+OK\r\n")
+            for (serverIndex, server) in redis.enumerated() {
+                XCTAssertEqual(try server.call("EXISTS", key), serverIndex == index ? ":1\r\n" : ":0\r\n", "\(key): /locate said \(index)")
+            }
+        }
+
+        // Keys are %-decoded, `+` is a space.
+        let spaced = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try get(admin, "/locate?pool=warm&key=a+b%2Fc").body.utf8)) as? [String: Any])
+        XCTAssertEqual(spaced["key"] as? String, "a b/c")
+        // Errors: 400 with the reason.
+        for (target, reason) in [("/locate?key=foo", "missing parameter 'pool'"), ("/locate?pool=&key=foo", "missing parameter 'pool'"),
+                                 ("/locate?pool=nope&key=foo", "unknown pool 'nope'"), ("/locate?pool=warm", "missing or empty parameter 'key'"),
+                                 ("/locate?pool=warm&key=", "missing or empty parameter 'key'"), ("/locate?pool=warm&key=%4", "bad %-escape"),
+                                 ("/locate?pool=warm&key=%zz", "bad %-escape"), ("/locate?pool=warm&key=\(String(repeating: "k", count: 251))", "longer than 250 bytes"),
+                                 ("/locate?pool=warm&pool=r&key=a", "given more than once")] {
+            let (status, body) = try get(admin, target)
+            XCTAssertEqual(status, 400, target)
+            XCTAssertTrue(body.contains(reason), "\(target): \(body)")
+        }
+        XCTAssertEqual(try get(admin, "/locate?pool=warm&key=\(String(repeating: "k", count: 250))").status, 200)
     }
 }
