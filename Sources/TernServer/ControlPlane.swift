@@ -307,110 +307,65 @@ enum StatsReport {
     }
 }
 
-// MARK: - Listening threads for the stats port and the admin endpoint
+// MARK: - The admin endpoint's routes (served by `ControlServer`, ControlHTTP.swift)
 
-/// A blocking accept loop on its own thread: control traffic only, never the data path.
-final class ControlListener: Sendable {
-    let descriptor: Int32
-    let handler: @Sendable (Int32) -> Void
-
-    init(host: String, port: Int, handler: @escaping @Sendable (Int32) -> Void) throws {
-        let address: SocketAddress
-        switch SocketAddress.resolve(host: host, port: port) {
-        case let .success(resolved): address = resolved
-        case let .failure(error): throw StartupError(description: "\(host):\(port): \(error)")
-        }
-        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_CLOEXEC_FLAG, 0)
-        guard fd >= 0 else { throw StartupError(description: "socket: \(Syscall.errorText(errno))") }
-        Syscall.setOption(fd, SOL_SOCKET, SO_REUSEADDR)
-        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, Glibc.listen(fd, 64) == 0 else {
-            let error = errno
-            Syscall.close(fd)
-            throw StartupError(description: "cannot listen on \(host):\(port): \(Syscall.errorText(error))")
-        }
-        descriptor = fd
-        self.handler = handler
-    }
-
-    func start() {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { context in
-            let listener = Unmanaged<ControlListener>.fromOpaque(context!).takeRetainedValue()
-            while true {
-                let client = accept4(listener.descriptor, nil, nil, TERN_CLOEXEC_FLAG)
-                if client < 0 {
-                    if errno == EINTR || errno == ECONNABORTED { continue }
-                    // Out of descriptors (EMFILE, ENFILE) or memory: the endpoint must come back
-                    // when the condition passes, so wait a moment and try again; never exit.
-                    usleep(100_000)
-                    continue
-                }
-                var timeout = timeval(tv_sec: 2, tv_usec: 0)
-                setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-                setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-                listener.handler(client)
-                Glibc.close(client)
-            }
-        }, context)
-        // Control threads are never joined; they end with the process.
-        pthread_detach(thread)
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
-        var offset = 0
-        while offset < bytes.count {
-            let count = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if count <= 0 { return }
-            offset += count
-        }
-    }
-}
-
-/// The admin HTTP endpoint: GET /metrics, /healthz, /readyz, /config.
+/// The admin HTTP endpoint: GET or HEAD /metrics, /healthz, /readyz, /config, /locate, /slowlog,
+/// /hotkeys.
+/// To add a path, add a case to `route`.
 enum AdminEndpoint {
-    static func handle(_ fd: Int32, _ state: ControlState, configText: @Sendable () -> String) {
-        var request: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while request.count < 16384 {
-            let count = recv(fd, &chunk, chunk.count, 0)
-            if count <= 0 { break }
-            request += chunk[0..<count]
-            if request.count >= 4, request.suffix(4).elementsEqual("\r\n\r\n".utf8) { break }
-            if request.contains(0x0a), request.count > 0, String(decoding: request, as: UTF8.self).contains("\n\n") { break }
+    static func route(method: String, path: String, query: String, state: ControlState,
+                      configText: @Sendable () -> String) -> ControlResponse {
+        guard method == "GET" || method == "HEAD" else {
+            return ControlResponse(405, "text/plain", Array("only GET and HEAD\n".utf8), headers: [("Allow", "GET, HEAD")])
         }
-        let line = String(decoding: request.prefix { $0 != 0x0d && $0 != 0x0a }, as: UTF8.self)
-        let parts = line.split(separator: " ")
-        guard parts.count >= 2 else { return respond(fd, 400, "text/plain", Array("bad request\n".utf8)) }
-        guard parts[0] == "GET" || parts[0] == "HEAD" else { return respond(fd, 405, "text/plain", Array("only GET\n".utf8)) }
-        let path = parts[1].split(separator: "?").first.map(String.init) ?? "/"
         switch path {
         case "/metrics":
-            respond(fd, 200, "text/plain; version=0.0.4; charset=utf-8", StatsReport.metrics(state))
+            return ControlResponse(200, "text/plain; version=0.0.4; charset=utf-8", StatsReport.metrics(state))
         case "/healthz":
-            respond(fd, 200, "text/plain", Array("ok\n".utf8))
+            return .text(200, "ok\n")
         case "/readyz":
-            if state.isDraining.load(ordering: .relaxed) {
-                respond(fd, 503, "text/plain", Array("draining\n".utf8))
-            } else if state.isReady.load(ordering: .relaxed) {
-                respond(fd, 200, "text/plain", Array("ready\n".utf8))
-            } else {
-                respond(fd, 503, "text/plain", Array("starting\n".utf8))
-            }
+            if state.isDraining.load(ordering: .relaxed) { return .text(503, "draining\n") }
+            return state.isReady.load(ordering: .relaxed) ? .text(200, "ready\n") : .text(503, "starting\n")
         case "/config":
-            respond(fd, 200, "application/yaml", Array(configText().utf8))
+            return ControlResponse(200, "application/yaml", Array(configText().utf8))
+        case "/locate":
+            return locate(query: query, plans: state.currentPlans)
         case "/slowlog":
-            respond(fd, 200, "application/json", Array(StatsReport.slowlogJSON(state).utf8))
+            return ControlResponse(200, "application/json", Array(StatsReport.slowlogJSON(state).utf8))
         case "/hotkeys":
-            respond(fd, 200, "application/json", Array(StatsReport.hotKeysJSON(state).utf8))
+            return ControlResponse(200, "application/json", Array(StatsReport.hotKeysJSON(state).utf8))
         default:
-            respond(fd, 404, "text/plain", Array("not found\n".utf8))
+            return .text(404, "not found\n")
         }
     }
 
-    static func respond(_ fd: Int32, _ status: Int, _ type: String, _ body: [UInt8]) {
-        let reason = [200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"][status] ?? "OK"
-        let head = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(type)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
-        ControlListener.writeAll(fd, Array(head.utf8) + body)
+    /// Longest key `/locate` takes (memcached's key limit).
+    static let maxLocateKeyLength = 250
+
+    /// `/locate?pool=P&key=K`: where the running config puts key K in pool P, and in its old
+    /// pool for a warm-up (`KeyLocation.json` documents the reply). 400 with the reason for a
+    /// missing, repeated or unknown pool, a missing, empty or over-long key, or a bad escape.
+    static func locate(query: String, plans: [PoolPlan]) -> ControlResponse {
+        let parameters: [(name: String, value: [UInt8])]
+        switch ControlHTTP.queryParameters(query) {
+        case let .success(decoded): parameters = decoded
+        case let .failure(error): return error.response
+        }
+        for name in ["pool", "key"] where parameters.filter({ $0.name == name }).count > 1 {
+            return .text(400, "bad request: parameter '\(name)' given more than once\n")
+        }
+        guard let pool = parameters.first(where: { $0.name == "pool" })?.value, !pool.isEmpty else {
+            return .text(400, "bad request: missing parameter 'pool' (/locate?pool=NAME&key=KEY)\n")
+        }
+        guard let plan = plans.first(where: { $0.config.name.utf8.elementsEqual(pool) }) else {
+            return .text(400, "bad request: unknown pool '\(String(decoding: pool, as: UTF8.self))'\n")
+        }
+        guard let key = parameters.first(where: { $0.name == "key" })?.value, !key.isEmpty else {
+            return .text(400, "bad request: missing or empty parameter 'key' (/locate?pool=NAME&key=KEY)\n")
+        }
+        guard key.count <= maxLocateKeyLength else {
+            return .text(400, "bad request: key longer than \(maxLocateKeyLength) bytes\n")
+        }
+        return ControlResponse(200, "application/json", Array(KeyLocator(pool: plan.config).locate(key).json(key: key).utf8))
     }
 }

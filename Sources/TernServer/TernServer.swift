@@ -248,19 +248,19 @@ public final class TernServer {
 
     private func startControlEndpoints(_ control: ControlState) throws {
         if let port = options.statsPort {
-            let listener = try ControlListener(host: options.statsAddress, port: port) { fd in
-                ControlListener.writeAll(fd, Array(StatsReport.json(control).utf8))
-            }
-            listener.start()
+            let server = try ControlServer(host: options.statsAddress, port: port, service: .writeOnConnect {
+                Array(StatsReport.json(control).utf8)
+            })
+            server.start()
             logger.notice("stats on \(options.statsAddress):\(port)")
         }
         if let port = options.adminPort {
             let text = activeConfigText
-            let listener = try ControlListener(host: options.adminAddress, port: port) { fd in
-                AdminEndpoint.handle(fd, control) { text.value.withLock { $0 } }
-            }
-            listener.start()
-            logger.notice("admin endpoint on http://\(options.adminAddress):\(port) (/metrics, /healthz, /readyz, /config)")
+            let server = try ControlServer(host: options.adminAddress, port: port, service: .http { method, path, query in
+                AdminEndpoint.route(method: method, path: path, query: query, state: control) { text.value.withLock { $0 } }
+            })
+            server.start()
+            logger.notice("admin endpoint on http://\(options.adminAddress):\(port) (/metrics, /healthz, /readyz, /config, /locate, /slowlog, /hotkeys)")
         }
     }
 

@@ -52,7 +52,7 @@ struct Tern: ParsableCommand {
     @Option(name: .customLong("threads"), help: "Worker threads, each with its own event loop (default: online CPUs).")
     var threads: Int?
 
-    @Option(name: .customLong("admin-port"), help: "Admin HTTP port: /metrics (Prometheus), /healthz, /readyz, /config. Off unless given.")
+    @Option(name: .customLong("admin-port"), help: "Admin HTTP port: /metrics (Prometheus), /healthz, /readyz, /config, /locate?pool=P&key=K. Off unless given.")
     var adminPort: Int?
 
     @Option(name: .customLong("admin-addr"), help: "Admin HTTP address.")
@@ -69,6 +69,19 @@ struct Tern: ParsableCommand {
 
     @Flag(name: .customLong("no-stats"), help: "Do not serve the stats port.")
     var noStats = false
+
+    @Option(name: .customLong("locate"), parsing: .upToNextOption,
+            help: ArgumentHelp("Print which server of each pool holds each key (one 'KEY<tab>POOL → SERVER' line per key and pool; a warm-up pool's old pool as POOL.warmup), then exit; nothing is started or bound.",
+                               valueName: "key"))
+    var locateKeys: [String] = []
+
+    @Option(name: .customLong("pool"), help: "With --locate: only this pool.")
+    var locatePool: String?
+
+    func validate() throws {
+        if locatePool != nil, locateKeys.isEmpty { throw ValidationError("--pool is used with --locate") }
+        if locateKeys.contains(where: \.isEmpty) { throw ValidationError("--locate: a key cannot be empty") }
+    }
 
     func run() throws {
         if showVersion {
@@ -93,6 +106,10 @@ struct Tern: ParsableCommand {
             if testConfig { printError("tern: configuration file '\(configFile)' syntax is invalid") }
             printError("tern: \(error)")
             throw ExitCode(1)
+        }
+        if !locateKeys.isEmpty {
+            try locate(config)
+            return
         }
         if testConfig {
             let unresolved = TernServer.unresolvableListenHosts(config)
@@ -151,6 +168,35 @@ struct Tern: ParsableCommand {
         }
         let status = server.run()
         throw ExitCode(status)
+    }
+
+    /// `--locate`: the placement `/locate` reports (`KeyLocator`, the request path's own), for
+    /// the config file rather than the running process.
+    func locate(_ config: TernConfig) throws {
+        var pools = config.pools
+        if let locatePool {
+            pools = pools.filter { $0.name == locatePool }
+            guard !pools.isEmpty else {
+                printError("tern: --pool: no pool named '\(locatePool)' in '\(configFile)' (pools: \(config.pools.map(\.name).joined(separator: ", ")))")
+                throw ExitCode(1)
+            }
+        }
+        let locators = pools.map { KeyLocator(pool: $0) }
+        var out = ""
+        for key in locateKeys {
+            for locator in locators {
+                var location: KeyLocation? = locator.locate(Array(key.utf8))
+                while let current = location {
+                    out += "\(key)\t\(current.pool) → \(current.serverDescription)\n"
+                    location = current.old
+                }
+            }
+            if out.utf8.count > 65536 {
+                print(out, terminator: "")
+                out = ""
+            }
+        }
+        print(out, terminator: "")
     }
 
     func becomeDaemon() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import TernCore
 
 /// nutcracker-compatible flags and listeners, against the real binary.
 final class CommandLineTests: XCTestCase {
@@ -98,6 +99,121 @@ final class CommandLineTests: XCTestCase {
         let (status, text) = try run(["-c", try write("p:\n  listen: 203.0.113.1:1\n  servers:\n   - 127.0.0.1:2:1\n")])
         XCTAssertEqual(status, 1)
         XCTAssertTrue(text.contains("cannot bind 203.0.113.1:1"), text)
+    }
+
+    // MARK: --locate
+
+    /// A placement file of ../shared/vectors (made by the real nutcracker and Redis): the config
+    /// from its header and its key → value rows.
+    func vectors(_ name: String) throws -> (config: String, rows: [(key: String, value: Int)]) {
+        var directory = #filePath
+        for _ in 0..<3 { directory = String(directory[..<directory.lastIndex(of: "/")!]) }
+        let path = directory + "/../shared/vectors/" + name
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw XCTSkip("vectors not found at \(path)") }
+        var config = "", inConfig = false
+        var rows: [(String, Int)] = []
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("#") {
+                if line.contains("config (exact file") { inConfig = true } else if inConfig { config += line.dropFirst() + "\n" }
+                continue
+            }
+            let fields = line.split(separator: "\t")
+            if fields.count == 2, let value = Int(fields[1]) { rows.append((String(fields[0]), value)) }
+        }
+        return (config, rows)
+    }
+
+    /// Runs `tern --locate` with every key and returns, per key, the right-hand side printed
+    /// for `pool`.
+    func locate(_ keys: [String], pool: String, configPath: String, restrict: Bool = true) throws -> [String: String] {
+        let (status, output) = try run(["--locate"] + keys + ["-c", configPath] + (restrict ? ["--pool", pool] : []))
+        XCTAssertEqual(status, 0, output)
+        var result: [String: String] = [:]
+        for line in output.split(separator: "\n") {
+            let fields = line.split(separator: "\t", maxSplits: 1)
+            guard fields.count == 2, fields[1].hasPrefix(pool + " → ") else { continue }
+            result[String(fields[0])] = String(fields[1].dropFirst(pool.count + 3))
+        }
+        return result
+    }
+
+    /// `tern --locate` reproduces nutcracker's placements (ketama with fnv1a_64, md5, weights and
+    /// names, a hash tag; modula with crc32a), key for key.
+    func testLocateReproducesTwemproxyPlacements() throws {
+        for file in ["ketama_fnv1a_64.tsv", "ketama_md5.tsv", "ketama_weighted_named.tsv", "modula_crc32a.tsv", "hashtag_ketama_fnv1a_64.tsv"] {
+            let (text, rows) = try vectors(file)
+            XCTAssertGreaterThanOrEqual(rows.count, 2000, file)
+            let pool = try ConfigLoader.load(text: text, file: file).pools[0]
+            let path = try write(text)
+            let printed = try locate(rows.map(\.key), pool: pool.name, configPath: path)
+            var mismatches = 0
+            for row in rows {
+                let server = pool.servers[row.value]
+                let expected = server.name == server.address.description ? server.name : "\(server.name) (\(server.address))"
+                if printed[row.key] != expected {
+                    mismatches += 1
+                    if mismatches < 5 { XCTFail("\(file): \(row.key) → \(printed[row.key] ?? "nothing"), nutcracker put it on \(expected)") }
+                }
+            }
+            XCTAssertEqual(mismatches, 0, file)
+        }
+    }
+
+    /// Redis Cluster slots (from CLUSTER KEYSLOT of a real Redis) through a `distribution: slots`
+    /// pool: the slot printed and the server that owns it.
+    func testLocateReproducesRedisSlots() throws {
+        let (_, rows) = try vectors("slots.tsv")
+        XCTAssertGreaterThanOrEqual(rows.count, 2000)
+        let path = try write("c:\n  listen: 127.0.0.1:1\n  redis: true\n  distribution: slots\n  servers:\n   - 127.0.0.1:7001:1\n   - 127.0.0.1:7002:1\n   - 127.0.0.1:7003:1\n")
+        let ranges = Placement.defaultSlotRanges(serverCount: 3)
+        let printed = try locate(rows.map(\.key), pool: "c", configPath: path, restrict: false)
+        var mismatches = 0
+        for row in rows {
+            let owner = ranges.firstIndex { $0.contains(row.value) }!
+            let expected = "127.0.0.1:\(7001 + owner) (slot \(row.value))"
+            if printed[row.key] != expected {
+                mismatches += 1
+                if mismatches < 5 { XCTFail("\(row.key) → \(printed[row.key] ?? "nothing"), Redis says slot \(row.value) (\(expected))") }
+            }
+        }
+        XCTAssertEqual(mismatches, 0)
+    }
+
+    /// Every pool, a warm-up's old pool on a line of its own, `--pool` to pick one, and errors.
+    func testLocateLinesPerPoolAndErrors() throws {
+        let path = try write("""
+            new:
+              listen: 127.0.0.1:1
+              servers:
+               - 127.0.0.1:2:1 alpha
+              warmup:
+                servers:
+                 - 127.0.0.1:11211:1
+            rnd:
+              listen: 127.0.0.1:3
+              distribution: random
+              servers:
+               - 127.0.0.1:4:1
+               - 127.0.0.1:5:1
+
+            """)
+        let (status, output) = try run(["--locate", "k1", "k2", "-c", path])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(output, """
+            k1\tnew → alpha (127.0.0.1:2)
+            k1\tnew.warmup → 127.0.0.1 (127.0.0.1:11211)
+            k1\trnd → random (any of 2 servers)
+            k2\tnew → alpha (127.0.0.1:2)
+            k2\tnew.warmup → 127.0.0.1 (127.0.0.1:11211)
+            k2\trnd → random (any of 2 servers)
+
+            """)
+        XCTAssertEqual(try run(["--locate", "k", "--pool", "rnd", "-c", path]).1, "k\trnd → random (any of 2 servers)\n")
+        let unknown = try run(["--locate", "k", "--pool", "nope", "-c", path])
+        XCTAssertEqual(unknown.0, 1)
+        XCTAssertTrue(unknown.1.contains("no pool named 'nope'"), unknown.1)
+        XCTAssertNotEqual(try run(["--pool", "new", "-c", path]).0, 0, "--pool without --locate")
+        XCTAssertNotEqual(try run(["--locate", "k", "-c", group.directory + "/missing.yml"]).0, 0)
     }
 
     func write(_ text: String) throws -> String {
