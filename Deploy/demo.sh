@@ -107,6 +107,16 @@ Tern is running ($config). In another terminal:
   printf 'get user:1\\r\\n' | nc -q1 127.0.0.1 $warm
   printf 'stats\\r\\n' | nc -q1 127.0.0.1 $warm | grep warmup_
 
+  # what the Redis servers hold, summed over the pool (Redis's own INFO fields), and the
+  # pool's slow log (requests slower than 10 ms: SLOWLOG GET lists them)
+  redis-cli -p $sessions info keyspace
+  redis-cli -p $sessions slowlog len
+
+  # which server holds a key (from the config file, or the running Tern), and the hot keys
+  $tern --locate '{user:1}:name' greeting user:1 -c $config
+  curl -s '127.0.0.1:$admin/locate?pool=sessions&key=%7Buser:1%7D:name'
+  curl -s 127.0.0.1:$admin/hotkeys
+
   # nutcracker's stats JSON, and Prometheus metrics (all of them: grep tern_)
   nc 127.0.0.1 $stats
   curl -s 127.0.0.1:$admin/metrics | grep '^tern_warmup'

@@ -109,11 +109,10 @@ struct BackendInfo: Sendable {
     }
 }
 
-/// Fetches `INFO` from every server of every Redis pool on a thread of its own, so that INFO
-/// through Tern answers backend figures without touching the request path: every second while
-/// INFO has been asked through the pool in the last minute, every ten seconds otherwise. One
-/// connection per server, kept open; a server that does not answer within a second is marked
-/// down until it does. The same thread halves the hot-key sketches every minute (`HotKeys`).
+/// Fetches `INFO` from every server of every Redis pool on a thread of its own, once a second,
+/// so that INFO through Tern answers backend figures at most about a second old without
+/// touching the request path. One connection per server, kept open; a server that does not
+/// answer within a second is marked down until it does. The same thread halves the hot-key sketches every minute (`HotKeys`).
 final class BackendInfoPoller: Sendable {
     let control: ControlState
 
@@ -149,8 +148,7 @@ final class BackendInfoPoller: Sendable {
             }
             var seen = Set<String>()
             for plan in control.currentPlans where plan.config.protocolKind == .redis {
-                let recent = now - plan.shared.infoAskedAt.load(ordering: .relaxed) < 60
-                let due = now - (connections.lastPoll[plan.config.name] ?? 0) >= (recent ? 1 : 10)
+                let due = now - (connections.lastPoll[plan.config.name] ?? 0) >= 1
                 for (index, server) in plan.config.servers.enumerated() {
                     let key = "\(plan.config.name)/\(server.name)/\(server.address)"
                     seen.insert(key)

@@ -219,7 +219,6 @@ extension ClientConnection {
     /// fields applications read from Redis (see `BackendInfo`).
     private func infoText(sections: [String]) -> String {
         let shared = pool.plan.shared
-        shared.infoAskedAt.store(Int(time(nil)), ordering: .relaxed)
         let info = worker.processInfo
         let uptime = Int(time(nil)) - info.startTime
         let everything = sections.isEmpty || sections.contains { $0 == "all" || $0 == "everything" || $0 == "default" }

@@ -50,9 +50,6 @@ final class PoolShared: Sendable {
     let slowLog = SlowLog()
     /// Redis pools: each server's INFO, gathered off the request path (see `BackendInfoPoller`).
     let backendInfo = Locked<[String: BackendInfo]>([:])
-    /// Unix time INFO was last asked through the pool: while recent, servers are polled every
-    /// second rather than every ten.
-    let infoAskedAt = Atomic<Int>(0)
 
     init(workers: Int, hotKeys capacity: Int = 64) {
         workerCounters = (0..<workers).map { _ in PoolCounters() }

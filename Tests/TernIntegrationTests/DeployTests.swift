@@ -190,8 +190,8 @@ final class DeployTests: XCTestCase {
 
         // Every command the demo printed runs as printed and answers.
         let commands = output().split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
-            .filter { line in ["redis-cli ", "printf ", "nc ", "curl "].contains { line.hasPrefix($0) } }
-        XCTAssertEqual(commands.count, 7, "\(commands)")
+            .filter { line in ["redis-cli ", "printf ", "nc ", "curl "].contains { line.hasPrefix($0) } || line.contains(" --locate ") }
+        XCTAssertEqual(commands.count, 12, "\(commands)")
         var answers: [String: String] = [:]
         for command in commands {
             let (status, text) = try ProcessGroup.run("/bin/bash", ["-c", "set -o pipefail; " + command])
@@ -208,6 +208,18 @@ final class DeployTests: XCTestCase {
         XCTAssertEqual(Set(json.keys).intersection(["cache", "sessions", "warm"]).count, 3)
         XCTAssertTrue(answer("/metrics").contains("tern_warmup_copies_total{pool=\"warm\"} 2"), answer("/metrics"))
         XCTAssertTrue(commands.contains { $0.contains("127.0.0.1:\(admin)/metrics") }, "the printed commands use the moved ports")
+        // The backends' figures are at most about a second old (polled off the request path).
+        let keyspace = eventually("yes") {
+            let command = answers.keys.first { $0.contains("info keyspace") } ?? ""
+            return (try? ProcessGroup.run("/bin/bash", ["-c", command]).1.contains("db0:keys=")) == true ? "yes" : "no"
+        }
+        XCTAssertEqual(keyspace, "yes", "INFO keyspace through Tern shows the Redis servers' keys")
+        XCTAssertEqual(answer("slowlog len"), "0\n")
+        let located = answer("--locate").split(separator: "\n").map(String.init)
+        XCTAssertEqual(located.count, 12, "3 keys × (3 pools and the warm-up's old pool): \(located)")
+        XCTAssertTrue(located.contains { $0.hasPrefix("user:1\twarm.warmup") && $0.contains("127.0.0.1:\(old)") }, "\(located)")
+        XCTAssertTrue(answer("/locate?pool=sessions").contains("\"pool\":\"sessions\""), answer("/locate?pool=sessions"))
+        XCTAssertTrue(answer("/hotkeys").hasPrefix("{\"cache\":["), answer("/hotkeys"))
 
         // SIGINT (Ctrl-C) stops the script and everything it started.
         kill(demo.processIdentifier, SIGINT)
