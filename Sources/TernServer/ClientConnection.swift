@@ -45,6 +45,14 @@ final class ClientConnection {
     var partialSince: Double = 0
     /// Loop time when the client last took reply bytes (or had none waiting).
     var lastWriteProgress: Double = 0
+    /// `ip:port` of the client, looked up the first time a slow request of its is logged.
+    var peerAddress: String {
+        if let known = peerText { return known }
+        let text = SlowLog.peerAddress(descriptor)
+        peerText = text
+        return text
+    }
+    private var peerText: String?
 
     init(descriptor: Int32, pool: PoolRuntime) {
         self.descriptor = descriptor

@@ -155,34 +155,59 @@ struct SlowLogEntry: Sendable {
 /// A pool's slow log, shared by its workers (locked only when a slow request is recorded and
 /// when it is read).
 final class SlowLog: Sendable {
+    /// A ring of at most `maxLength` entries: recording never moves the others, so a backend
+    /// that makes every request slow costs one store per request here, not a shift of the log.
     private struct State: Sendable {
         var entries: [SlowLogEntry] = []
+        /// Where the next entry goes once the ring is full (the oldest entry's position).
+        var next = 0
         var nextID = 0
     }
 
     private let state = Locked(State())
 
     func record(_ entry: SlowLogEntry, maxLength: Int) {
+        guard maxLength > 0 else { return }
         state.withLock { state in
             var entry = entry
             entry.id = state.nextID
             state.nextID += 1
-            state.entries.append(entry)
-            if state.entries.count > maxLength { state.entries.removeFirst(state.entries.count - maxLength) }
+            if state.entries.count > maxLength {
+                // The limit was lowered by a reload: keep the newest.
+                state.entries = Array(Self.ordered(state).suffix(maxLength - 1))
+                state.next = 0
+            }
+            if state.entries.count < maxLength {
+                state.entries.append(entry)
+            } else {
+                state.entries[state.next] = entry
+                state.next = (state.next + 1) % maxLength
+            }
         }
+    }
+
+    /// Oldest first.
+    private static func ordered(_ state: State) -> [SlowLogEntry] {
+        Array(state.entries[state.next...] + state.entries[..<state.next])
     }
 
     /// The `count` newest entries, newest first (`count` < 0: all of them).
     func newest(_ count: Int) -> [SlowLogEntry] {
         state.withLock { state in
-            let taken = count < 0 ? state.entries.count : min(count, state.entries.count)
-            return Array(state.entries.suffix(taken).reversed())
+            let all = Self.ordered(state)
+            let taken = count < 0 ? all.count : min(count, all.count)
+            return Array(all.suffix(taken).reversed())
         }
     }
 
     var count: Int { state.withLock { $0.entries.count } }
 
-    func reset() { state.withLock { $0.entries.removeAll() } }
+    func reset() {
+        state.withLock { state in
+            state.entries.removeAll()
+            state.next = 0
+        }
+    }
 
     /// Redis's limits on what a slow log entry keeps.
     static let maxArguments = 32

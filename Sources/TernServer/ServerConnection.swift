@@ -418,7 +418,7 @@ final class ServerConnection {
         var client = ""
         var name = ""
         if let connection = head.slot?.client {
-            client = SlowLog.peerAddress(connection.descriptor)
+            client = connection.peerAddress
             name = connection.redis?.name ?? ""
         }
         let pool = server.pool
