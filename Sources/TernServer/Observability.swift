@@ -37,9 +37,20 @@ final class CommandStats: @unchecked Sendable {
         let row = values + command * Self.fields
         tern_counter_add(row, 1)
         tern_counter_add(row + 1, microseconds)
-        var bucket = 0
-        while bucket < latencyBucketBounds.count, latencyBucketBounds[bucket] < microseconds { bucket += 1 }
-        tern_counter_add(row + 2 + bucket, 1)
+        tern_counter_add(row + 2 + Self.bucket(microseconds), 1)
+    }
+
+    /// The position of `microseconds` in `latencyBucketBounds` (+Inf last), as compares
+    /// against constants: no array read, no lazy-global check per request.
+    @inline(__always)
+    static func bucket(_ microseconds: Int) -> Int {
+        if microseconds <= 1000 {
+            return microseconds <= 100 ? (microseconds <= 50 ? 0 : 1) : microseconds <= 250 ? 2 : microseconds <= 500 ? 3 : 4
+        }
+        if microseconds <= 50_000 {
+            return microseconds <= 5000 ? (microseconds <= 2500 ? 5 : 6) : microseconds <= 10_000 ? 7 : microseconds <= 25_000 ? 8 : 9
+        }
+        return microseconds <= 250_000 ? (microseconds <= 100_000 ? 10 : 11) : microseconds <= 500_000 ? 12 : microseconds <= 1_000_000 ? 13 : 14
     }
 
     func requests(_ command: Int) -> Int { tern_counter_read(values + command * Self.fields) }
@@ -57,8 +68,12 @@ final class CommandStats: @unchecked Sendable {
 
 /// The most requested keys of a pool on one worker, estimated by Space-Saving (Metwally et al.)
 /// over sampled requests: `capacity` counters, constant memory, and a key seen often enough is
-/// never missed. Sampling (one key in 8 on average, at random intervals) keeps the cost off
+/// never missed. Sampling (one key in 16 on average, at random intervals) keeps the cost off
 /// most requests; the counts reported are scaled back by the sampling rate.
+///
+/// Laid out for the sampled path: hashes and counts in flat arrays scanned without bounds
+/// checks, and an evicted key's storage reused, so a sample allocates nothing once the sketch
+/// is full.
 struct SpaceSaving: Sendable {
     struct Entry: Sendable {
         var key: [UInt8]
@@ -69,44 +84,84 @@ struct SpaceSaving: Sendable {
     }
 
     let capacity: Int
-    private(set) var entries: [Entry] = []
+    private var keys: [[UInt8]] = []
+    private var hashes: [UInt64] = []
+    private var counts: [Int] = []
+    private var errors: [Int] = []
 
     init(capacity: Int) {
         self.capacity = capacity
-        entries.reserveCapacity(capacity)
+        keys.reserveCapacity(capacity)
+        hashes.reserveCapacity(capacity)
+        counts.reserveCapacity(capacity)
+        errors.reserveCapacity(capacity)
+    }
+
+    var entries: [Entry] {
+        keys.indices.map { Entry(key: keys[$0], hash: hashes[$0], count: counts[$0], error: errors[$0]) }
     }
 
     mutating func add(_ key: UnsafeRawBufferPointer, hash: UInt64) {
-        for index in entries.indices where entries[index].hash == hash && entries[index].key.elementsEqual(key) {
-            entries[index].count += 1
+        let found = hashes.withUnsafeBufferPointer { hashes -> Int in
+            var index = 0
+            while index < hashes.count {
+                if hashes[index] == hash, keys[index].elementsEqual(key) { return index }
+                index += 1
+            }
+            return -1
+        }
+        if found >= 0 {
+            counts[found] += 1
             return
         }
-        if entries.count < capacity {
-            entries.append(Entry(key: Array(key), hash: hash, count: 1, error: 0))
+        if keys.count < capacity {
+            keys.append(Array(key))
+            hashes.append(hash)
+            counts.append(1)
+            errors.append(0)
             return
         }
-        var smallest = 0
-        for index in entries.indices where entries[index].count < entries[smallest].count { smallest = index }
-        let floor = entries[smallest].count
-        entries[smallest] = Entry(key: Array(key), hash: hash, count: floor + 1, error: floor)
+        let smallest = counts.withUnsafeBufferPointer { counts -> Int in
+            var smallest = 0
+            var index = 1
+            while index < counts.count {
+                if counts[index] < counts[smallest] { smallest = index }
+                index += 1
+            }
+            return smallest
+        }
+        let floor = counts[smallest]
+        keys[smallest].removeAll(keepingCapacity: true)
+        keys[smallest].append(contentsOf: key)
+        hashes[smallest] = hash
+        counts[smallest] = floor + 1
+        errors[smallest] = floor
     }
 
     /// Halves every count, so that the sketch follows what is hot now; keys whose count
     /// reaches zero leave.
     mutating func halve() {
-        for index in entries.indices {
-            entries[index].count /= 2
-            entries[index].error /= 2
+        var index = 0
+        while index < keys.count {
+            counts[index] /= 2
+            errors[index] /= 2
+            if counts[index] == 0 {
+                keys.remove(at: index)
+                hashes.remove(at: index)
+                counts.remove(at: index)
+                errors.remove(at: index)
+            } else {
+                index += 1
+            }
         }
-        entries.removeAll { $0.count == 0 }
     }
 }
 
-/// One pool's hot keys on one worker. Locked only on sampled requests (about one key in 8) and
+/// One pool's hot keys on one worker. Locked only on sampled requests (about one key in 16) and
 /// by the control thread's reads; each worker has its own, so workers never contend.
 final class HotKeys: Sendable {
     /// Mean interval between sampled keys.
-    static let sampleInterval = 8
+    static let sampleInterval = 16
     let sketch: Locked<SpaceSaving>
 
     init(capacity: Int) { sketch = Locked(SpaceSaving(capacity: max(1, capacity))) }

@@ -312,7 +312,7 @@ final class PoolRuntime {
 
     @inline(never)
     private func sampleHotKey(_ key: UnsafeRawBufferPointer) {
-        // The next sample comes after 1…15 keys (8 on average), at random so that a client
+        // The next sample comes after 1…31 keys (16 on average), at random so that a client
         // cycling through a fixed set of keys is not always sampled on the same one.
         hotKeyCountdown = 1 + Int(worker.nextRandom() % UInt32(2 * HotKeys.sampleInterval - 1))
         hotKeys?.add(key)
