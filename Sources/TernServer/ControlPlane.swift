@@ -157,6 +157,8 @@ enum StatsReport {
                                   ("over_limit", sum { $0.overLimit.read() })] {
                 counter("tern_pool_errors_total", [("pool", pool), ("kind", kind)], "Client-side errors by kind.").increment(by: value)
             }
+            counter("tern_pool_slow_requests_total", [("pool", pool)], "Backend round trips slower than slowlog_log_slower_than (the slow log keeps the newest slowlog_max_len).")
+                .increment(by: sum { $0.slowRequests.read() })
             counter("tern_pool_fragments_total", [("pool", pool)], "Sub-requests sent for requests split over servers.").increment(by: sum { $0.fragments.read() })
             for (kind, value) in [("exec", sum { $0.transactions.read() }), ("execabort", sum { $0.transactionsAborted.read() })] {
                 counter("tern_pool_transactions_total", [("pool", pool), ("outcome", kind)], "Redis MULTI/EXEC transactions sent to a server, and refused before (EXECABORT).").increment(by: value)

@@ -18,13 +18,18 @@ import TernCore
 /// with relaxed loads. `@unchecked Sendable` is scoped to that: every access to `values` goes
 /// through `tern_counter_add`/`tern_counter_read`.
 final class CommandStats: @unchecked Sendable {
-    /// Per command: requests, latency sum (µs), then one count per latency bucket (+Inf last).
-    static let fields = 2 + latencyBucketBounds.count + 1
+    /// Per command: requests, latency sum (µs), then one count per latency bucket (+Inf last):
+    /// 2 + 14 bounds + 1 (a literal, not derived from `latencyBucketBounds`: a derived static
+    /// is a lazy global, checked on every request; `CommandStatsTests` checks they agree).
+    static var fields: Int { 17 }
     /// Enough rows for either protocol: a reload may turn a pool's name over to the other one.
     static let rows = max(RedisCommandTable.commands.count, MemcacheCommand.allCases.count)
+    /// `rows`, stored per table so the request path reads no lazy global.
+    private let rowCount: Int
     private let values: UnsafeMutablePointer<Int>
 
     init() {
+        rowCount = Self.rows
         values = UnsafeMutablePointer<Int>.allocate(capacity: Self.rows * Self.fields)
         values.initialize(repeating: 0, count: Self.rows * Self.fields)
     }
@@ -33,7 +38,7 @@ final class CommandStats: @unchecked Sendable {
 
     @inline(__always)
     func record(_ command: Int, microseconds: Int) {
-        guard command >= 0, command < Self.rows else { return }
+        guard command >= 0, command < rowCount else { return }
         let row = values + command * Self.fields
         tern_counter_add(row, 1)
         tern_counter_add(row + 1, microseconds)
@@ -68,7 +73,7 @@ final class CommandStats: @unchecked Sendable {
 
 /// The most requested keys of a pool on one worker, estimated by Space-Saving (Metwally et al.)
 /// over sampled requests: `capacity` counters, constant memory, and a key seen often enough is
-/// never missed. Sampling (one key in 16 on average, at random intervals) keeps the cost off
+/// never missed. Sampling (one key in 32 on average, at random intervals) keeps the cost off
 /// most requests; the counts reported are scaled back by the sampling rate.
 ///
 /// Laid out for the sampled path: hashes and counts in flat arrays scanned without bounds
@@ -102,13 +107,21 @@ struct SpaceSaving: Sendable {
     }
 
     mutating func add(_ key: UnsafeRawBufferPointer, hash: UInt64) {
-        let found = hashes.withUnsafeBufferPointer { hashes -> Int in
-            var index = 0
-            while index < hashes.count {
-                if hashes[index] == hash, keys[index].elementsEqual(key) { return index }
-                index += 1
+        // One pass finds the key or, failing that, the entry with the smallest count.
+        var found = -1
+        var smallest = 0
+        hashes.withUnsafeBufferPointer { hashes in
+            counts.withUnsafeBufferPointer { counts in
+                var index = 0
+                while index < hashes.count {
+                    if hashes[index] == hash, keys[index].elementsEqual(key) {
+                        found = index
+                        return
+                    }
+                    if counts[index] < counts[smallest] { smallest = index }
+                    index += 1
+                }
             }
-            return -1
         }
         if found >= 0 {
             counts[found] += 1
@@ -120,15 +133,6 @@ struct SpaceSaving: Sendable {
             counts.append(1)
             errors.append(0)
             return
-        }
-        let smallest = counts.withUnsafeBufferPointer { counts -> Int in
-            var smallest = 0
-            var index = 1
-            while index < counts.count {
-                if counts[index] < counts[smallest] { smallest = index }
-                index += 1
-            }
-            return smallest
         }
         let floor = counts[smallest]
         keys[smallest].removeAll(keepingCapacity: true)
@@ -157,11 +161,11 @@ struct SpaceSaving: Sendable {
     }
 }
 
-/// One pool's hot keys on one worker. Locked only on sampled requests (about one key in 16) and
+/// One pool's hot keys on one worker. Locked only on sampled requests (about one key in 32) and
 /// by the control thread's reads; each worker has its own, so workers never contend.
 final class HotKeys: Sendable {
     /// Mean interval between sampled keys.
-    static let sampleInterval = 16
+    static let sampleInterval = 32
     let sketch: Locked<SpaceSaving>
 
     init(capacity: Int) { sketch = Locked(SpaceSaving(capacity: max(1, capacity))) }

@@ -103,9 +103,31 @@ final class PoolRuntime {
         }
     }
 
+    /// Slow requests recorded in the current second (see `admitSlowRequest`).
+    private var slowSecond = 0
+    private var slowRecorded = 0
+    /// For a warm-up's old pool, its new pool (slow requests count there).
+    private unowned(unsafe) var slowOwner: PoolRuntime?
+
+    /// Counts a slow request; true when it may also be written into the slow log: at most
+    /// `slowlog_max_len` entries a second per worker.
+    func admitSlowRequest(now: Double) -> Bool {
+        if let owner = slowOwner { return owner.admitSlowRequest(now: now) }
+        stats.slowRequests.add()
+        let second = Int(now)
+        if second != slowSecond {
+            slowSecond = second
+            slowRecorded = 0
+        }
+        slowRecorded += 1
+        return slowRecorded <= slowlogMaxLength
+    }
+
     /// A warm-up's old pool logs its slow requests into its new pool's slow log.
     private func adoptObservers(of newPool: PoolRuntime) {
         slowLog = newPool.slowLog
+        // unowned(unsafe): the new pool owns this old pool (`old`), so it outlives it.
+        slowOwner = newPool
         slowlogThreshold = newPool.slowlogThreshold
         slowlogMaxLength = newPool.slowlogMaxLength
         hotKeys = nil
@@ -312,7 +334,7 @@ final class PoolRuntime {
 
     @inline(never)
     private func sampleHotKey(_ key: UnsafeRawBufferPointer) {
-        // The next sample comes after 1…31 keys (16 on average), at random so that a client
+        // The next sample comes after 1…63 keys (32 on average), at random so that a client
         // cycling through a fixed set of keys is not always sampled on the same one.
         hotKeyCountdown = 1 + Int(worker.nextRandom() % UInt32(2 * HotKeys.sampleInterval - 1))
         hotKeys?.add(key)

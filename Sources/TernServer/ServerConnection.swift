@@ -300,6 +300,7 @@ final class ServerConnection {
         // Bound once for the whole batch of replies (read through the property, each update
         // would take and drop a reference).
         let counters = self.counters
+        let slowThreshold = server.pool.slowlogThreshold
         while !input.isEmpty {
             if skipper != nil {
                 guard skipOversizedReply() else { return }
@@ -350,7 +351,7 @@ final class ServerConnection {
                 counters.inQueueBytes.add(-head.bytes)
                 let microseconds = Int((ev_now(loop) - head.queuedAt) * 1_000_000)
                 counters.recordLatency(microseconds: microseconds)
-                if microseconds > server.pool.slowlogThreshold, !head.isProbe, !head.isSetup { recordSlow(head, microseconds: microseconds) }
+                if microseconds > slowThreshold, !head.isProbe, !head.isSetup { recordSlow(head, microseconds: microseconds) }
                 answeredBytes += head.bytes
                 if head.isProbe {
                     server.probeAnswered()
@@ -412,6 +413,10 @@ final class ServerConnection {
     /// and this server. Off the common path: called only past the threshold.
     @inline(never)
     private func recordSlow(_ head: Pending, microseconds: Int) {
+        let pool = server.pool
+        // Every slow request is counted; at most `slowlog_max_len` a second per worker are
+        // written into the log, so a backend that makes everything slow costs a counter.
+        guard pool.admitSlowRequest(now: ev_now(loop)) else { return }
         let start = answeredBytes
         guard start + head.bytes <= output.readableCount else { return }
         let request = UnsafeRawBufferPointer(rebasing: output.readable[start..<(start + head.bytes)])
@@ -421,7 +426,6 @@ final class ServerConnection {
             client = connection.peerAddress
             name = connection.redis?.name ?? ""
         }
-        let pool = server.pool
         pool.slowLog.record(SlowLogEntry(id: 0, time: Int(time(nil)), microseconds: microseconds, arguments: SlowLog.arguments(of: request),
                                          client: client, clientName: name, server: server.name), maxLength: pool.slowlogMaxLength)
     }

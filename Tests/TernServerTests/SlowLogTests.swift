@@ -58,6 +58,7 @@ final class SlowLogTests: XCTestCase {
 final class CommandStatsTests: XCTestCase {
     /// The constant compare chain agrees with `latencyBucketBounds` (the histogram's `le` labels).
     func testBucketMatchesTheBounds() {
+        XCTAssertEqual(CommandStats.fields, 2 + latencyBucketBounds.count + 1)
         for microseconds in [0, 1, 49, 50, 51, 99, 100, 101, 250, 251, 500, 501, 1000, 1001, 2500, 2501, 5000, 5001, 10_000, 10_001,
                              25_000, 25_001, 50_000, 50_001, 100_000, 100_001, 250_000, 250_001, 500_000, 500_001, 1_000_000, 1_000_001, Int.max] {
             var expected = 0
