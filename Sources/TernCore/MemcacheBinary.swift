@@ -140,19 +140,26 @@ public enum BinaryRequestParser {
 /// A request's key as a meta token: as it is when memcached's text grammar carries it
 /// unchanged, else in base64 with the `b` flag (binary keys may hold spaces, newlines, NUL).
 public enum BinaryTranslator {
-    /// Whether `key` can be a plain text-protocol token.
-    public static func isPlainToken(_ key: UnsafeRawBufferPointer) -> Bool {
+    /// Whether `key` can be a plain text-protocol token. memcached splits a line at spaces and
+    /// ends it at a newline (a carriage return before it is dropped, and a NUL cuts it), so a key
+    /// without those bytes reaches it unchanged; other control bytes are refused only by
+    /// `strict_keys` (`controlBytes: false`), and such keys then travel in base64.
+    public static func isPlainToken(_ key: UnsafeRawBufferPointer, controlBytes: Bool = false) -> Bool {
         guard !key.isEmpty else { return false }
-        for byte in key where byte <= 0x20 || byte == 0x7f { return false }
+        if controlBytes {
+            for byte in key where byte == 0x20 || byte == 0x0a || byte == 0x0d || byte == 0 { return false }
+        } else {
+            for byte in key where byte <= 0x20 || byte == 0x7f { return false }
+        }
         return true
     }
 
     /// Appends ` <key>` (plain) or ` <base64>` to `line`. Returns whether the `b` flag must
     /// follow (base64), or nil when the base64 form would pass memcached's 250-byte token limit
     /// (keys over 187 bytes holding unusual bytes).
-    public static func appendKey(_ key: UnsafeRawBufferPointer, to line: inout [UInt8]) -> Bool? {
+    public static func appendKey(_ key: UnsafeRawBufferPointer, to line: inout [UInt8], controlBytes: Bool = false) -> Bool? {
         line.append(0x20)
-        if isPlainToken(key) {
+        if isPlainToken(key, controlBytes: controlBytes) {
             line.append(contentsOf: key)
             return false
         }
@@ -179,7 +186,10 @@ public enum BinaryTranslator {
 
     /// Writes the meta request for `request` into `line` (emptied first; the caller reuses one
     /// array, so steady-state translation allocates nothing).
-    public static func translate(_ request: BinaryRequest, packet: UnsafeRawBufferPointer, into line: inout [UInt8]) -> Translation {
+    /// `controlBytes`: keys may hold control bytes as plain tokens (the pool's `strict_keys`
+    /// is off, so Tern's text parser and memcached both take them as they are).
+    public static func translate(_ request: BinaryRequest, packet: UnsafeRawBufferPointer, into line: inout [UInt8],
+                                 controlBytes: Bool = false) -> Translation {
         line.removeAll(keepingCapacity: true)
         guard let opcode = request.opcode else { return .refuse(.unknownCommand) }
         let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
@@ -188,7 +198,7 @@ public enum BinaryTranslator {
         /// `<command> <key>`, and the `b` flag after it unless `dataLength` must come first.
         func withKey(_ command: StaticString, dataLength: Int? = nil) -> Bool {
             line.append(contentsOf: UnsafeRawBufferPointer(start: command.utf8Start, count: command.utf8CodeUnitCount))
-            guard let encoded = appendKey(key, to: &line) else { return false }
+            guard let encoded = appendKey(key, to: &line, controlBytes: controlBytes) else { return false }
             if let dataLength {
                 line.append(0x20)
                 appendNumber(dataLength, to: &line)
@@ -209,7 +219,7 @@ public enum BinaryTranslator {
             } else {
                 guard extras.isEmpty else { return .refuse(.invalidArguments) }
             }
-            if opcode.base == .get, isPlainToken(key) {
+            if opcode.base == .get, isPlainToken(key, controlBytes: controlBytes) {
                 // The common get goes the text way (`gets`: flags and CAS in the VALUE line),
                 // the proxy's cheapest path.
                 line.append(contentsOf: "gets ".utf8)

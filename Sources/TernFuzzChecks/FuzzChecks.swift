@@ -212,11 +212,13 @@ public enum FuzzChecks {
                     if case .request = BinaryRequestParser.parse(UnsafeRawBufferPointer(rebasing: rest[0..<cut]), limits: limits) { fail("a prefix parsed whole") }
                 }
                 let packet = UnsafeRawBufferPointer(rebasing: rest[0..<request.packetLength])
+                // Both ways a pool may translate: control bytes in base64 (strict_keys) or plain.
+                for controlBytes in [false, true] {
                 var line: [UInt8] = []
-                switch BinaryTranslator.translate(request, packet: packet, into: &line) {
+                switch BinaryTranslator.translate(request, packet: packet, into: &line, controlBytes: controlBytes) {
                 case .meta, .flush:
                     line.withUnsafeBytes { frame in
-                        guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: MemcacheLimits(maxItemSize: 1 << 16, strictKeys: false)) else {
+                        guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: MemcacheLimits(maxItemSize: 1 << 16, strictKeys: !controlBytes)) else {
                             fail("translated line is refused by Tern's own parser: \(String(decoding: frame.prefix(80), as: UTF8.self).debugDescription)")
                         }
                         if parsed.frameLength != frame.count { fail("translated frame \(parsed.frameLength) of \(frame.count) bytes") }
@@ -235,6 +237,7 @@ public enum FuzzChecks {
                     }
                 case .local, .refuse:
                     break
+                }
                 }
                 offset += request.packetLength
             }

@@ -67,7 +67,7 @@ extension ClientConnection {
         defer {
             if line.capacity <= 1 << 16 { swap(&line, &worker.binaryLine) }
         }
-        switch BinaryTranslator.translate(request, packet: packet, into: &line) {
+        switch BinaryTranslator.translate(request, packet: packet, into: &line, controlBytes: !pool.limits.rejectsControlCharacters) {
         case let .refuse(status):
             pool.stats.clientErrorReplies.add()
             return answerBinary(request.opcodeByte, status, request.opaque)

@@ -72,6 +72,33 @@ final class MemcacheBinaryTests: XCTestCase {
         }
     }
 
+    /// Keys with control bytes (memaslap's start with 0x10): with `strict_keys` off they travel
+    /// as plain text tokens (the cheap path), with it on in base64; either way every answer is
+    /// memcached's own and the item is stored under the packet's exact key.
+    func testControlByteKeysAnswerAsMemcachedDoes() throws {
+        for strict in [false, true] {
+            let backend = try group.memcached()
+            let reference = try group.memcached()
+            let tern = try start([backend], extra: "  strict_keys: \(strict)\n")
+            let keys = ["\u{10}\u{3}mem\u{7f}aslap", "tab\tkey", "\u{1}"]
+            var batch: [UInt8] = []
+            var opaque: UInt32 = 1
+            for key in keys {
+                batch += packet(0x01, key: key, extras: [0, 0, 0, 9, 0, 0, 0, 0], value: Array("v:\(key.utf8.count)".utf8), opaque: opaque); opaque += 1
+                batch += packet(0x00, key: key, opaque: opaque); opaque += 1  // Get
+                batch += packet(0x0c, key: key, opaque: opaque); opaque += 1  // GetK
+                batch += packet(0x02, key: key, extras: [0, 0, 0, 0, 0, 0, 0, 0], value: Array("again".utf8), opaque: opaque); opaque += 1  // Add: exists
+            }
+            batch += packet(0x00, key: "\u{10}absent", opaque: 99)
+            let direct = try exchange(reference.port, batch, expect: 13)
+            let through = try exchange(tern.port, batch, expect: 13)
+            XCTAssertEqual(direct.count, 13, direct.joined(separator: "\n"))
+            XCTAssertEqual(through, direct, "strict_keys \(strict)")
+            // Stored under the exact key: memcached's text protocol reads it back as it is.
+            XCTAssertEqual(try backend.get("\u{10}\u{3}mem\u{7f}aslap"), "v:11", "strict_keys \(strict)")
+        }
+    }
+
     /// A packet as bytes.
     func packet(_ opcode: UInt8, key: String = "", extras: [UInt8] = [], value: [UInt8] = [], opaque: UInt32 = 0, cas: UInt64 = 0) -> [UInt8] {
         let keyBytes = Array(key.utf8)
