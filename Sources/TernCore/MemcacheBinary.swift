@@ -147,7 +147,10 @@ public enum BinaryTranslator {
     public static func isPlainToken(_ key: UnsafeRawBufferPointer, controlBytes: Bool = false) -> Bool {
         guard !key.isEmpty else { return false }
         if controlBytes {
-            for byte in key where byte == 0x20 || byte == 0x0a || byte == 0x0d || byte == 0 { return false }
+            // Four memchr scans (vectorised) beat one byte loop with four compares.
+            let base = key.baseAddress!
+            return memchr(base, 0x20, key.count) == nil && memchr(base, 0x0a, key.count) == nil
+                && memchr(base, 0x0d, key.count) == nil && memchr(base, 0, key.count) == nil
         } else {
             for byte in key where byte <= 0x20 || byte == 0x7f { return false }
         }
@@ -169,8 +172,24 @@ public enum BinaryTranslator {
         return true
     }
 
+    /// Appends a literal's bytes (a `String`'s UTF-8 view would be walked byte by byte).
+    static func append(_ literal: StaticString, to line: inout [UInt8]) {
+        line.append(contentsOf: UnsafeRawBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+    }
+
     static func appendNumber<T: BinaryInteger>(_ value: T, to line: inout [UInt8]) {
-        line.append(contentsOf: String(value).utf8)
+        // Unsigned values only (lengths, flags, TTLs, CAS, deltas): digits written backwards.
+        var remaining = UInt64(truncatingIfNeeded: value)
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            var index = 20
+            repeat {
+                index -= 1
+                buffer[index] = UInt8(truncatingIfNeeded: remaining % 10) + 0x30
+                remaining /= 10
+            } while remaining > 0
+            line.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[index..<20]))
+        }
     }
 
     /// What a packet becomes: a meta request (written into the caller's line), `flush_all` for
@@ -203,12 +222,12 @@ public enum BinaryTranslator {
                 line.append(0x20)
                 appendNumber(dataLength, to: &line)
             }
-            if encoded { line.append(contentsOf: " b".utf8) }
+            if encoded { append(" b", to: &line) }
             return true
         }
-        func flag(_ letter: Character, _ number: UInt64) {
+        func flag(_ letter: Unicode.Scalar, _ number: UInt64) {
             line.append(0x20)
-            line.append(contentsOf: String(letter).utf8)
+            line.append(UInt8(truncatingIfNeeded: letter.value))
             appendNumber(number, to: &line)
         }
         switch opcode.base {
@@ -222,13 +241,13 @@ public enum BinaryTranslator {
             if opcode.base == .get, isPlainToken(key, controlBytes: controlBytes) {
                 // The common get goes the text way (`gets`: flags and CAS in the VALUE line),
                 // the proxy's cheapest path.
-                line.append(contentsOf: "gets ".utf8)
+                append("gets ", to: &line)
                 line.append(contentsOf: key)
-                line.append(contentsOf: "\r\n".utf8)
+                append("\r\n", to: &line)
                 return .meta
             }
             guard withKey("mg") else { return .refuse(.invalidArguments) }
-            line.append(contentsOf: " v f c".utf8)
+            append(" v f c", to: &line)
             if opcode.base == .gat { flag("T", UInt64(BinaryRequestParser.read32(extras, 0))) }
         case .touch:
             guard !key.isEmpty, value.isEmpty, extras.count == 4, withKey("mg") else { return .refuse(.invalidArguments) }
@@ -238,18 +257,18 @@ public enum BinaryTranslator {
             flag("F", UInt64(BinaryRequestParser.read32(extras, 0)))
             flag("T", UInt64(BinaryRequestParser.read32(extras, 4)))
             if request.cas != 0 { flag("C", request.cas) }
-            line.append(contentsOf: (opcode.base == .set ? " MS c" : opcode.base == .add ? " ME c" : " MR c").utf8)
-            line.append(contentsOf: "\r\n".utf8)
+            append(opcode.base == .set ? " MS c" : opcode.base == .add ? " ME c" : " MR c", to: &line)
+            append("\r\n", to: &line)
             line.append(contentsOf: value)
-            line.append(contentsOf: "\r\n".utf8)
+            append("\r\n", to: &line)
             return .meta
         case .append, .prepend:
             guard !key.isEmpty, extras.isEmpty, withKey("ms", dataLength: value.count) else { return .refuse(.invalidArguments) }
             if request.cas != 0 { flag("C", request.cas) }
-            line.append(contentsOf: (opcode.base == .append ? " MA c" : " MP c").utf8)
-            line.append(contentsOf: "\r\n".utf8)
+            append(opcode.base == .append ? " MA c" : " MP c", to: &line)
+            append("\r\n", to: &line)
             line.append(contentsOf: value)
-            line.append(contentsOf: "\r\n".utf8)
+            append("\r\n", to: &line)
             return .meta
         case .delete:
             guard !key.isEmpty, extras.isEmpty, value.isEmpty, withKey("md") else { return .refuse(.invalidArguments) }
@@ -266,10 +285,10 @@ public enum BinaryTranslator {
                 flag("J", initial)
             }
             if request.cas != 0 { flag("C", request.cas) }
-            line.append(contentsOf: (opcode.base == .increment ? " MI v c" : " MD v c").utf8)
+            append(opcode.base == .increment ? " MI v c" : " MD v c", to: &line)
         case .flush:
             guard key.isEmpty, value.isEmpty, extras.isEmpty || extras.count == 4 else { return .refuse(.invalidArguments) }
-            line.append(contentsOf: "flush_all".utf8)
+            append("flush_all", to: &line)
             if extras.count == 4 {
                 // memcached's text flush_all reads a signed 32-bit delay: a larger one cannot be
                 // said in text (found by the binary-request fuzz target).
@@ -278,14 +297,14 @@ public enum BinaryTranslator {
                 line.append(0x20)
                 appendNumber(delay, to: &line)
             }
-            line.append(contentsOf: "\r\n".utf8)
+            append("\r\n", to: &line)
             return .flush
         case .noop, .version, .quit, .stat, .saslListMechs, .saslAuth, .saslStep:
             return .local
         default:
             return .refuse(.unknownCommand)
         }
-        line.append(contentsOf: "\r\n".utf8)
+        append("\r\n", to: &line)
         return .meta
     }
 
@@ -318,26 +337,88 @@ public enum BinaryTranslator {
                        value: UnsafeRawBufferPointer(start: message.utf8Start, count: message.utf8CodeUnitCount))
     }
 
-    /// Translates one meta reply (`VA …`, `HD …`, `EN`, `NF`, `NS`, `EX`, an error line, or the
-    /// `OK` of flush_all) into the response packet for `opcode`; appends nothing when a quiet
-    /// request succeeded or missed. `key` is the request's key, for the K variants.
-    public static func response(toMeta reply: UnsafeRawBufferPointer, opcodeByte: UInt8, opaque: UInt32,
-                                key: UnsafeRawBufferPointer, into output: inout [UInt8]) {
-        guard let opcode = BinaryOpcode(rawValue: opcodeByte) else { return }
-        guard let lineEnd = reply.firstIndex(of: 0x0a) else {
+    /// What one backend reply becomes: a response packet's fields, with its value given as a
+    /// range of the reply (so a server can write the packet straight into its output without
+    /// copying the value first), or nothing for a quiet request that succeeded or missed.
+    public struct Response: Sendable, Equatable {
+        public var status: BinaryStatus = .success
+        public var cas: UInt64 = 0
+        /// Get responses carry the item's flags as 4 bytes of extras.
+        public var flags: UInt32?
+        /// The value: bytes of the reply, a number (incr/decr, 8 bytes big-endian), or the status
+        /// message of an error.
+        public var value: Range<Int>?
+        public var number: UInt64?
+        public var includesKey = false
+        /// A quiet request that succeeded or missed: no packet.
+        public var isSilent = false
+
+        public init() {}
+
+        static func error(_ status: BinaryStatus) -> Response {
+            var response = Response()
+            response.status = status
+            return response
+        }
+
+        @inlinable public var extrasLength: Int { flags == nil ? 0 : 4 }
+
+        /// The value's length in the packet.
+        @inlinable public func valueLength() -> Int {
+            if let value { return value.count }
+            if number != nil { return 8 }
+            return status == .success ? 0 : status.message.utf8CodeUnitCount
+        }
+    }
+
+    /// Decides the response packet for one meta reply (`VA …`, `HD …`, `EN`, `NF`, `NS`, `EX`,
+    /// an error line, the `OK` of flush_all, or a text `VALUE … END` for gets sent as `gets`).
+    public static func plan(toMeta reply: UnsafeRawBufferPointer, opcodeByte: UInt8) -> Response {
+        var silent = Response()
+        silent.isSilent = true
+        guard let opcode = BinaryOpcode(rawValue: opcodeByte) else { return silent }
+        guard let lineEnd = firstNewline(reply) else {
             // Nothing at all: a quiet meta command that succeeded (Tern's own mn closed it).
-            if !opcode.isQuiet { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque) }
-            return
+            return opcode.isQuiet ? silent : Response()
         }
         let contentEnd = lineEnd > 0 && reply[lineEnd - 1] == 0x0d ? lineEnd - 1 : lineEnd
         let line = UnsafeRawBufferPointer(rebasing: reply[0..<contentEnd])
         func starts(_ literal: StaticString) -> Bool {
             line.count >= literal.utf8CodeUnitCount && memcmp(line.baseAddress!, literal.utf8Start, literal.utf8CodeUnitCount) == 0
         }
-        func fail(_ status: BinaryStatus) {
+        func fail(_ status: BinaryStatus) -> Response {
             // Misses of quiet gets are silent; every other failure is reported.
-            if opcode.isQuiet, status == .keyNotFound, opcode.base == .get || opcode.base == .gat { return }
-            appendError(to: &output, opcode: opcodeByte, status: status, opaque: opaque)
+            if opcode.isQuiet, status == .keyNotFound, opcode.base == .get || opcode.base == .gat { return silent }
+            return .error(status)
+        }
+        // The common reply first: a text `gets` hit, VALUE <key> <flags> <bytes> <cas>.
+        if opcode.base == .get, starts("VALUE ") {
+            // The key holds no space: one memchr skips it.
+            let afterKey = line.count > 6 ? memchr(line.baseAddress! + 6, 0x20, line.count - 6) : nil
+            var position = afterKey.map { line.baseAddress!.distance(to: UnsafeRawPointer($0)) } ?? line.count
+            var fields: (UInt64, UInt64, UInt64) = (0, 0, 0)
+            var count = 0
+            while position < line.count, count < 3 {
+                while position < line.count, line[position] == 0x20 { position += 1 }
+                let start = position
+                while position < line.count, line[position] != 0x20 { position += 1 }
+                let number = MemcacheRequestParser.number(line, start, position) ?? 0
+                switch count {
+                case 0: fields.0 = number
+                case 1: fields.1 = number
+                default: fields.2 = number
+                }
+                count += 1
+            }
+            let dataStart = lineEnd + 1
+            // (Any bytes may arrive here in the fuzz target: the length is checked as a number first.)
+            guard count == 3, fields.1 <= UInt64(reply.count - dataStart) else { return fail(.internalError) }
+            var response = Response()
+            response.flags = UInt32(truncatingIfNeeded: fields.0)
+            response.cas = fields.2
+            response.value = dataStart..<(dataStart + Int(fields.1))
+            response.includesKey = opcode.returnsKey
+            return response
         }
         // The flags of a meta line: `f<flags>`, `c<cas>`.
         var flags: UInt32 = 0
@@ -367,80 +448,117 @@ public enum BinaryTranslator {
         if starts("CLIENT_ERROR cannot increment or decrement non-numeric value") { return fail(.nonNumeric) }
         if starts("CLIENT_ERROR") || starts("ERROR") { return fail(.invalidArguments) }
         if starts("SERVER_ERROR") { return fail(.internalError) }
+        var response = Response()
         switch opcode.base {
         case .get, .gat:
-            if starts("VALUE ") {
-                // A text `gets` reply: VALUE <key> <flags> <bytes> <cas>, the data, END.
-                var fields: [UInt64] = []
-                var position = 6
-                while position < line.count, line[position] != 0x20 { position += 1 }
-                while position < line.count, fields.count < 3 {
-                    while position < line.count, line[position] == 0x20 { position += 1 }
-                    let start = position
-                    while position < line.count, line[position] != 0x20 { position += 1 }
-                    fields.append(MemcacheRequestParser.number(line, start, position) ?? 0)
-                }
-                let dataStart = lineEnd + 1
-                // (Any bytes may arrive here in the fuzz target: the length is checked as a number first.)
-                guard fields.count == 3, fields[1] <= UInt64(reply.count - dataStart) else { return fail(.internalError) }
-                let length = Int(fields[1])
-                var extras = UInt32(truncatingIfNeeded: fields[0]).bigEndian
-                withUnsafeBytes(of: &extras) { extraBytes in
-                    appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: fields[2], extras: extraBytes,
-                                   key: opcode.returnsKey ? key : UnsafeRawBufferPointer(start: nil, count: 0),
-                                   value: UnsafeRawBufferPointer(rebasing: reply[dataStart..<(dataStart + length)]))
-                }
-                return
-            }
+            if starts("VALUE ") { return fail(.internalError) }  // (a gat never travels as text)
             if starts("END") { return fail(.keyNotFound) }
             guard starts("VA ") else { return fail(starts("HD") ? .success : .keyNotFound) }
             let dataStart = lineEnd + 1
             guard dataStart + size <= reply.count else { return fail(.internalError) }
-            var extras = flags.bigEndian
-            withUnsafeBytes(of: &extras) { extraBytes in
-                appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: cas, extras: extraBytes,
-                               key: opcode.returnsKey ? key : UnsafeRawBufferPointer(start: nil, count: 0),
-                               value: UnsafeRawBufferPointer(rebasing: reply[dataStart..<(dataStart + size)]))
-            }
+            response.flags = flags
+            response.cas = cas
+            response.value = dataStart..<(dataStart + size)
+            response.includesKey = opcode.returnsKey
+            return response
         case .touch:
-            if starts("HD") { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque) } else { fail(.keyNotFound) }
+            return starts("HD") ? response : fail(.keyNotFound)
         case .set, .add, .replace, .append, .prepend:
             if starts("HD") {
-                if !opcode.isQuiet { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: cas) }
-            } else if starts("NS") {
-                fail(opcode.base == .add ? .keyExists : opcode.base == .replace ? .keyNotFound : .itemNotStored)
-            } else if starts("EX") {
-                fail(.keyExists)
-            } else {
-                fail(.keyNotFound)
+                response.cas = cas
+                response.isSilent = opcode.isQuiet
+                return response
             }
+            if starts("NS") { return fail(opcode.base == .add ? .keyExists : opcode.base == .replace ? .keyNotFound : .itemNotStored) }
+            return fail(starts("EX") ? .keyExists : .keyNotFound)
         case .delete:
             if starts("HD") {
-                if !opcode.isQuiet { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque) }
-            } else if starts("EX") {
-                fail(.keyExists)
-            } else {
-                fail(.keyNotFound)
+                response.isSilent = opcode.isQuiet
+                return response
             }
+            return fail(starts("EX") ? .keyExists : .keyNotFound)
         case .increment, .decrement:
             guard starts("VA ") else { return fail(starts("EX") ? .keyExists : .keyNotFound) }
             let dataStart = lineEnd + 1
             guard dataStart + size <= reply.count, let value = MemcacheRequestParser.number(reply, dataStart, dataStart + size) else {
                 return fail(.internalError)
             }
-            if opcode.isQuiet { return }
-            var number = value.bigEndian
-            withUnsafeBytes(of: &number) { valueBytes in
-                appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque, cas: cas, value: valueBytes)
-            }
+            if opcode.isQuiet { return silent }
+            response.cas = cas
+            response.number = value
+            return response
         case .flush:
-            if starts("OK") {
-                if !opcode.isQuiet { appendResponse(to: &output, opcode: opcodeByte, status: .success, opaque: opaque) }
-            } else {
-                fail(.internalError)
-            }
+            guard starts("OK") else { return fail(.internalError) }
+            response.isSilent = opcode.isQuiet
+            return response
         default:
-            fail(.unknownCommand)
+            return fail(.unknownCommand)
+        }
+    }
+
+    /// The first newline of `bytes` (memchr: the line may be long).
+    static func firstNewline(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard let base = bytes.baseAddress, !bytes.isEmpty, let found = memchr(base, 0x0a, bytes.count) else { return nil }
+        return base.distance(to: UnsafeRawPointer(found))
+    }
+
+    /// Writes a response packet's 24-byte header for `response` at `header`.
+    @inlinable
+    public static func writeHeader(_ response: Response, opcode: UInt8, opaque: UInt32, keyLength: Int, to header: UnsafeMutableRawPointer) {
+        let body = response.extrasLength + keyLength + response.valueLength()
+        header.storeBytes(of: BinaryRequestParser.responseMagic, toByteOffset: 0, as: UInt8.self)
+        header.storeBytes(of: opcode, toByteOffset: 1, as: UInt8.self)
+        header.storeBytes(of: UInt16(truncatingIfNeeded: keyLength).bigEndian, toByteOffset: 2, as: UInt16.self)
+        header.storeBytes(of: UInt8(truncatingIfNeeded: response.extrasLength), toByteOffset: 4, as: UInt8.self)
+        header.storeBytes(of: 0, toByteOffset: 5, as: UInt8.self)
+        header.storeBytes(of: response.status.rawValue.bigEndian, toByteOffset: 6, as: UInt16.self)
+        header.storeBytes(of: UInt32(truncatingIfNeeded: body).bigEndian, toByteOffset: 8, as: UInt32.self)
+        header.storeBytes(of: opaque.bigEndian, toByteOffset: 12, as: UInt32.self)
+        header.storeBytes(of: response.cas.bigEndian, toByteOffset: 16, as: UInt64.self)
+    }
+
+    /// The packet's bytes after the header, in order: extras, key, value. (Inlinable: the
+    /// server calls it per reply, and a closure across modules would be a call per reply.)
+    @inlinable
+    public static func withBody<Result>(_ response: Response, reply: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer,
+                                        _ body: (_ extras: UnsafeRawBufferPointer, _ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> Result) -> Result {
+        var flags = (response.flags ?? 0).bigEndian
+        var number = (response.number ?? 0).bigEndian
+        return withUnsafeBytes(of: &flags) { flagBytes in
+            withUnsafeBytes(of: &number) { numberBytes in
+                let none = UnsafeRawBufferPointer(start: nil, count: 0)
+                let extras = response.flags == nil ? none : flagBytes
+                let value: UnsafeRawBufferPointer
+                if let range = response.value {
+                    value = UnsafeRawBufferPointer(rebasing: reply[range])
+                } else if response.number != nil {
+                    value = numberBytes
+                } else if response.status != .success {
+                    let message = response.status.message
+                    value = UnsafeRawBufferPointer(start: message.utf8Start, count: message.utf8CodeUnitCount)
+                } else {
+                    value = none
+                }
+                return body(extras, response.includesKey ? key : none, value)
+            }
+        }
+    }
+
+    /// Translates one meta reply into the response packet for `opcode`, appended to `output`;
+    /// appends nothing when a quiet request succeeded or missed. `key` is the request's key,
+    /// for the K variants. (Tern writes packets straight into its output with `plan`,
+    /// `writeHeader` and `withBody`; this is the same, for tests and the fuzz targets.)
+    public static func response(toMeta reply: UnsafeRawBufferPointer, opcodeByte: UInt8, opaque: UInt32,
+                                key: UnsafeRawBufferPointer, into output: inout [UInt8]) {
+        let response = plan(toMeta: reply, opcodeByte: opcodeByte)
+        guard !response.isSilent else { return }
+        withBody(response, reply: reply, key: key) { extras, key, value in
+            var header = [UInt8](repeating: 0, count: BinaryRequest.headerLength)
+            header.withUnsafeMutableBytes { writeHeader(response, opcode: opcodeByte, opaque: opaque, keyLength: key.count, to: $0.baseAddress!) }
+            output.append(contentsOf: header)
+            output.append(contentsOf: extras)
+            output.append(contentsOf: key)
+            output.append(contentsOf: value)
         }
     }
 }

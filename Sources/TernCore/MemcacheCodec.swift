@@ -695,6 +695,18 @@ public enum MemcacheReplyParser {
     /// The `<bytes>` field of a `VALUE <key> <flags> <bytes> [<cas>]` line.
     public static func valueLength(_ line: UnsafeRawBufferPointer) -> Int? {
         let end = line.count > 0 && line[line.count - 1] == carriageReturn ? line.count - 1 : line.count
+        // `VALUE <key> <flags> <bytes> [<cas>]` as memcached writes it (one space apart): the key,
+        // up to 250 bytes, is skipped with one memchr, and only the short numeric fields are
+        // tokenized. Anything else takes the general tokenizer below.
+        if end > 7, line[5] == space, line[6] != space, let base = line.baseAddress,
+           let found = memchr(base + 7, Int32(space), end - 7) {
+            let keyEnd = base.distance(to: UnsafeRawPointer(found))
+            let rest = MemcacheRequestParser.tokenize(line, from: keyEnd, to: end, maxTokens: 3)
+            guard rest.count == 2 || rest.count == 3,
+                  let value = MemcacheRequestParser.number(line, rest[start: 1], rest[end: 1], maxDigits: 10),
+                  value <= UInt64(maxValueLength) else { return nil }
+            return Int(value)
+        }
         let tokens = MemcacheRequestParser.tokenize(line, from: 0, to: end, maxTokens: 5)
         guard tokens.count == 4 || tokens.count == 5,
               let value = MemcacheRequestParser.number(line, tokens[start: 3], tokens[end: 3], maxDigits: 10),

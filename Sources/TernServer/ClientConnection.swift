@@ -175,8 +175,14 @@ final class ClientConnection {
     @inline(__always)
     func replyArrived(_ slot: ReplySlot, _ reply: UnsafeRawBufferPointer) {
         if !slot.isSilent {
-            if slots.isFirst(slot), slot.data.isEmpty, slot.binary == nil {
-                output.append(reply)
+            if slots.isFirst(slot), slot.data.isEmpty {
+                if let binary = slot.binary {
+                    // A binary client's packet, written straight from the backend's reply.
+                    output.appendBinaryResponse(to: reply, binary, key: slot.keyBytes.readable)
+                    slot.binary = nil
+                } else {
+                    output.append(reply)
+                }
             } else {
                 slot.data.append(reply)
             }

@@ -296,3 +296,24 @@ final class MetaProtocolTests: XCTestCase {
         XCTAssertEqual(frame("CLIENT_ERROR bad\r\nMN\r\n", .metaUntilNoop), .reply(length: 22, isError: true))
     }
 }
+
+final class ValueLineTests: XCTestCase {
+    /// The memchr fast path of `valueLength` agrees with the general tokenizer on every shape.
+    func testValueLengthFastPathAgreesWithTheTokenizer() {
+        func general(_ text: String) -> Int? {
+            Array(text.utf8).withUnsafeBytes { line in
+                let end = line.count > 0 && line[line.count - 1] == 0x0d ? line.count - 1 : line.count
+                let tokens = MemcacheRequestParser.tokenize(line, from: 0, to: end, maxTokens: 5)
+                guard tokens.count == 4 || tokens.count == 5,
+                      let value = MemcacheRequestParser.number(line, tokens[start: 3], tokens[end: 3], maxDigits: 10),
+                      value <= UInt64(MemcacheReplyParser.maxValueLength) else { return nil }
+                return Int(value)
+            }
+        }
+        let lines = ["VALUE k 0 5", "VALUE k 0 5\r", "VALUE key\u{10}x 7 12 99\r", "VALUE k  0   5 ", "VALUE k 0", "VALUE k 0 5 6 7",
+                     "VALUE  k 0 5", "VALUE k", "VALUE k 0 x", "VALUE k 0 99999999999", "VALUE k 0 -1", "VALUE a 1 2\r\r", "VALUE \(String(repeating: "z", count: 250)) 1 1048576"]
+        for line in lines {
+            XCTAssertEqual(Array(line.utf8).withUnsafeBytes { MemcacheReplyParser.valueLength($0) }, general(line), line.debugDescription)
+        }
+    }
+}

@@ -153,7 +153,8 @@ final class MemcacheBinaryTests: XCTestCase {
         let backends = try [group.memcached(), group.memcached()]
         let reference = try group.memcached()
         let tern = try start(backends)
-        let placed = (0..<200).map { "q\($0)" }.map { key in (key, Array(key.utf8).withUnsafeBytes { tern.pool.placement().server(forKey: $0)! }) }
+        // Varied keys: short keys differing in one byte can all fall on one ketama arc.
+        let placed = (0..<2000).map { "q\($0):\(($0 &* 2654435761) % 1000003)" }.map { key in (key, Array(key.utf8).withUnsafeBytes { tern.pool.placement().server(forKey: $0)! }) }
         let keys = placed.filter { $0.1 == 0 }.prefix(5).map(\.0) + placed.filter { $0.1 == 1 }.prefix(5).map(\.0)
         var batch: [UInt8] = []
         var opaque: UInt32 = 1

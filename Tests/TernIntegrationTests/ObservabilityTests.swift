@@ -55,7 +55,7 @@ final class ObservabilityTests: XCTestCase {
         let backends = try [group.redis(), group.redis()]
         let setup = try start(redis: true, backends: backends.map(\.address))
         // 40 keys, 20 on each server (short keys that differ in one byte can share a ketama arc).
-        let candidates = (0..<2000).map { "user:\($0)" }
+        let candidates = (0..<2000).map { "user:\($0):\(($0 &* 2654435761) % 1000003)" }
         let keys = Array(candidates.filter { setup.server($0) == 0 }.prefix(20) + candidates.filter { setup.server($0) == 1 }.prefix(20))
         XCTAssertEqual(keys.count, 40)
         let onSecond = 20
