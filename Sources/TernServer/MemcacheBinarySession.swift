@@ -61,6 +61,20 @@ extension ClientConnection {
     }
 
     private func routeBinary(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
+        // The common request, a Get (or GetK/GetQ/GetKQ) of a key the text protocol carries
+        // as it is, becomes `gets <key>` here; everything else goes through the translator.
+        if let opcode = request.opcode, opcode.base == .get, request.keyStart == request.extrasStart,
+           request.valueStart == request.packetLength, request.valueStart > request.keyStart {
+            let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
+            if BinaryTranslator.isPlainToken(key, controlBytes: !pool.limits.rejectsControlCharacters) {
+                let line = worker.binaryGetLine
+                line.removeAll()
+                line.append("gets " as StaticString)
+                line.append(key)
+                line.append("\r\n" as StaticString)
+                return routeTranslated(request, line.readable, key: key)
+            }
+        }
         // The worker's line buffer, taken out for the call (a swap, not a copy) and given back.
         var line: [UInt8] = []
         swap(&line, &worker.binaryLine)
@@ -77,19 +91,22 @@ extension ClientConnection {
             break
         }
         let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
-        line.withUnsafeBytes { frame in
-            guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: pool.limits) else {
-                // Tern wrote the line itself; a refusal means the packet's fields did not fit.
-                pool.stats.clientErrorReplies.add()
-                return answerBinary(request.opcodeByte, .invalidArguments, request.opaque)
-            }
-            // The slot the text path takes gets the binary identity before anything can
-            // complete it (a failure to reach a server completes it at once).
-            worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque, keyLength: key.count)
-            worker.pendingBinaryKey = key
-            route(parsed, frame)
-            worker.pendingBinary = nil
+        line.withUnsafeBytes { routeTranslated(request, $0, key: key) }
+    }
+
+    /// Routes the text line a packet became, as a text request whose slot answers in binary.
+    private func routeTranslated(_ request: BinaryRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) {
+        guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: pool.limits) else {
+            // Tern wrote the line itself; a refusal means the packet's fields did not fit.
+            pool.stats.clientErrorReplies.add()
+            return answerBinary(request.opcodeByte, .invalidArguments, request.opaque)
         }
+        // The slot the text path takes gets the binary identity before anything can
+        // complete it (a failure to reach a server completes it at once).
+        worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque, keyLength: key.count)
+        worker.pendingBinaryKey = key
+        route(parsed, frame)
+        worker.pendingBinary = nil
     }
 
     /// noop, version, quit, stat, and the SASL opcodes (memcached without SASL configured

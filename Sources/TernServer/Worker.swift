@@ -151,10 +151,11 @@ final class Worker {
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     let scratch = ByteBuffer()
-    /// Binary-protocol clients: the meta line a packet becomes and the packet a reply becomes,
-    /// reused across requests (taken out with a swap while in use; large ones are not kept).
+    /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
+    /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
+    /// Get (written without the translator's array appends).
     var binaryLine: [UInt8] = []
-    var binaryPacket: [UInt8] = []
+    let binaryGetLine = ByteBuffer()
     /// A binary request's identity and key while the text path routes it: the next slot made
     /// takes them (kept here, not on every client, which would grow each idle connection).
     var pendingBinary: BinaryContext?
