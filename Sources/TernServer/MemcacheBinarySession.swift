@@ -66,13 +66,15 @@ extension ClientConnection {
         if let opcode = request.opcode, opcode.base == .get, request.keyStart == request.extrasStart,
            request.valueStart == request.packetLength, request.valueStart > request.keyStart {
             let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
-            if BinaryTranslator.isPlainToken(key, controlBytes: !pool.limits.rejectsControlCharacters) {
+            if key.count <= pool.limits.maxKeyLength, BinaryTranslator.isPlainToken(key, controlBytes: !pool.limits.rejectsControlCharacters) {
                 let line = worker.binaryGetLine
                 line.removeAll()
                 line.append("gets " as StaticString)
                 line.append(key)
                 line.append("\r\n" as StaticString)
-                return routeTranslated(request, line.readable, key: key)
+                // The line is Tern's own and its key passed the parser's checks just above: its
+                // parse is known (`MemcacheRequest.gets`, checked against the parser by a test).
+                return routeParsed(request, .gets(keyLength: key.count), line.readable, key: key)
             }
         }
         // The worker's line buffer, taken out for the call (a swap, not a copy) and given back.
@@ -101,6 +103,10 @@ extension ClientConnection {
             pool.stats.clientErrorReplies.add()
             return answerBinary(request.opcodeByte, .invalidArguments, request.opaque)
         }
+        routeParsed(request, parsed, frame, key: key)
+    }
+
+    private func routeParsed(_ request: BinaryRequest, _ parsed: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) {
         // The slot the text path takes gets the binary identity before anything can
         // complete it (a failure to reach a server completes it at once).
         worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque, keyLength: key.count)
