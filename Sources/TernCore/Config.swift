@@ -118,8 +118,10 @@ public struct PoolConfig: Sendable {
     }
 
     /// The placement table with every server live.
+    /// A `redis_cluster` pool is placed as `slots` with Redis Cluster's `{tag}` rule.
     public func placement(live: [Bool]? = nil) -> Placement {
-        Placement(distribution: distribution, hash: hash, hashTag: hashTag,
+        let isCluster = distribution == .redisCluster
+        return Placement(distribution: isCluster ? .slots : distribution, hash: hash, hashTag: isCluster ? .braces : hashTag,
                   names: servers.map(\.name), weights: servers.map(\.weight),
                   live: live ?? servers.map { _ in true }, slotServers: slotServers)
     }

@@ -213,6 +213,22 @@ public enum ConfigLoader {
         if pool.distribution == .slots {
             pool.slotServers = try parseSlots(values["slots"], servers: pool.servers, context: context)
         }
+        if pool.distribution == .redisCluster {
+            let node = values["distribution"]!
+            // The seeds are Redis Cluster nodes: the slot map and the {tag} rule are the cluster's.
+            guard pool.protocolKind == .redis else {
+                throw context.error(node, key: "distribution", "redis_cluster needs a Redis pool ('redis: true')")
+            }
+            if parent != nil {
+                throw context.error(node, key: "distribution", "redis_cluster is not supported for a warm-up's old pool")
+            }
+            if let warmupNode = values["warmup"] {
+                throw context.error(warmupNode, key: "warmup", "is not supported with 'distribution: redis_cluster'")
+            }
+            if let tagNode = values["hash_tag"], pool.hashTag != .braces {
+                throw context.error(tagNode, key: "hash_tag", "Redis Cluster hashes the part between '{' and '}': only \"{}\" is allowed with redis_cluster")
+            }
+        }
         if let warmupNode = values["warmup"] {
             pool.warmup = try parseWarmup(warmupNode, for: pool, file: file)
         }

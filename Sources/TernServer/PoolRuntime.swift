@@ -50,6 +50,14 @@ final class PoolRuntime {
     /// or for a warm-up's old pool, its new pool's.
     private(set) var slowLog: SlowLog
     private(set) var slowlogMaxLength = 128
+    /// `distribution: redis_cluster`: redirects are followed, multi-key checks are per slot.
+    private(set) var isCluster = false
+    /// A cluster pool whose slot map is not known yet (every seed down): `-CLUSTERDOWN`.
+    private(set) var clusterMapMissing = false
+    /// Cluster pools: redirected requests waiting for a map that knows their node, and the
+    /// timer that fails them at their deadline (see `followRedirect`).
+    var parked: [ParkedRedirect] = []
+    var parkTimer: TimerWatcher?
 
     init(plan: PoolPlan, worker: Worker) {
         self.plan = plan
@@ -91,6 +99,8 @@ final class PoolRuntime {
         let config = plan.config
         isRedis = config.protocolKind == .redis
         isRandom = config.distribution == .random
+        isCluster = config.distribution == .redisCluster
+        clusterMapMissing = isCluster && config.slotServers.isEmpty
         requiresAuth = config.redisAuth != nil
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
         clientOutputLimit = config.clientOutputLimit
@@ -164,6 +174,7 @@ final class PoolRuntime {
         servers = kept
         rebuildServerTable()
         rebuildPlacement()
+        redispatchParked()
         if let oldPlan = newPlan.warmup {
             if let old { old.update(oldPlan) } else {
                 let created = PoolRuntime(plan: oldPlan, worker: worker)
@@ -186,6 +197,7 @@ final class PoolRuntime {
     /// close once their in-flight requests have finished.
     func retire() {
         stopListening()
+        expireParked(all: true)
         for server in servers { worker.retireWhenIdle(server) }
         old?.retire()
     }
@@ -308,6 +320,16 @@ final class PoolRuntime {
     @inline(__always)
     func serverIndexUncounted(forKey key: UnsafeRawBufferPointer) -> Int? {
         placement.server(forKey: key, random: isRandom ? worker.nextRandom() : 0)
+    }
+
+    /// Cluster pools: the hash slot of a key and the master serving it (nil: none serves the
+    /// slot). The key is counted as requested, as `serverIndex(forKey:)` counts it.
+    @inline(__always)
+    func clusterSlot(forKey key: UnsafeRawBufferPointer) -> (slot: Int, server: Int?) {
+        hotKeyCountdown &-= 1
+        if hotKeyCountdown == 0 { sampleHotKey(key) }
+        let slot = placement.keyHash(key)
+        return (Int(slot), placement.server(forHash: slot))
     }
 
     @inline(never)

@@ -28,6 +28,8 @@ final class ServerConnection {
         var isSetup = false
         /// A warm-up copy into this (new) pool: counted, never answered to a client.
         var isBackfill = false
+        /// Cluster pools: redirects (`-MOVED`/`-ASK`) this request has followed so far.
+        var redirects: UInt8 = 0
         /// Bytes of the request, and when it was queued (loop time), for the stats.
         var bytes = 0
         var queuedAt: Double = 0
@@ -122,7 +124,7 @@ final class ServerConnection {
     /// may block forever, so no proxy timeout applies).
     @inline(__always)
     func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, isProbe: Bool = false, isSetup: Bool = false, isBackfill: Bool = false,
-                 blockFor: Double? = 0) {
+                 blockFor: Double? = 0, redirects: UInt8 = 0) {
         let now = ev_now(loop)
         var deadline = Double.infinity
         if let timeout, let blockFor {
@@ -132,7 +134,7 @@ final class ServerConnection {
         let bytes = output.readableCount - requestStart
         requestStart = output.readableCount
         pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, isProbe: isProbe, isSetup: isSetup,
-                               isBackfill: isBackfill, bytes: bytes, queuedAt: now))
+                               isBackfill: isBackfill, redirects: redirects, bytes: bytes, queuedAt: now))
         pendingBytes += bytes
         unsentRequests += 1
         // Read through `counters` each time, not bound to a local (a local would be retained).
@@ -153,6 +155,45 @@ final class ServerConnection {
     }
 
     private var isRedis: Bool { server.pool.isRedis }
+
+    static let askingRequest: StaticString = "*1\r\n$6\r\nASKING\r\n"
+
+    /// Cluster pools: a request redirected here (`PoolRuntime.followRedirect`), for part `part`
+    /// of `slot`. For `-ASK`, `ASKING` goes first, in the same piece of output; its `+OK` has no
+    /// slot and is dropped (an error there makes the request itself fail with the node's error).
+    func resend(_ request: [UInt8], asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8) {
+        beginRequest()
+        if asking {
+            output.append(Self.askingRequest)
+            enqueue(slot: nil, part: 0, framing: .line)
+        }
+        request.withUnsafeBytes { output.append($0) }
+        enqueue(slot: slot, part: part, framing: .line, redirects: redirects)
+    }
+
+    /// Cluster pools: the head reply is an error; if it is `-MOVED`/`-ASK` and the request may
+    /// follow it, its bytes (answered, still in `output`, just before `answeredBytes`) go to
+    /// the node named and true is returned. A MOVED also asks for a new slot map. Requests on
+    /// dedicated connections (WATCH, blocking, pub/sub) are not redirected: their client gets
+    /// the error.
+    @inline(never)
+    private func followRedirect(_ head: Pending, replyLength length: Int) -> Bool {
+        guard let redirect = ClusterRedirect.parse(UnsafeRawBufferPointer(rebasing: input.readable[0..<length])) else { return false }
+        let pool = server.pool
+        if !redirect.isAsk { pool.plan.shared.cluster.requestRefresh() }
+        let start = answeredBytes - head.bytes
+        guard !isDedicated, pushClient == nil, let slot = head.slot, let client = slot.client, start >= 0, answeredBytes <= output.readableCount else {
+            return false
+        }
+        guard head.redirects < ClusterState.maxRedirects else {
+            pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+            return false
+        }
+        let request = Array(output.readable[start..<answeredBytes])
+        let error = Array(input.readable[0..<length])
+        pool.followRedirect(redirect, request: request, error: error, slot: slot, part: head.part, redirects: head.redirects + 1, clientIndex: client.index)
+        return true
+    }
 
     func sendProbe() {
         let buffer = requestBuffer()
@@ -365,6 +406,8 @@ final class ServerConnection {
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
                         worker.logger.error("server \(server.name): connection setup failed: \(text)")
                     }
+                } else if isError, head.slot != nil, server.pool.isCluster, followRedirect(head, replyLength: length) {
+                    // Re-sent to the node the redirect named: the client never sees it.
                 } else if let slot = head.slot.take() {
                     // Taken out of the entry, so the slot changes hands without a retain.
                     // Quiet meta commands were followed by Tern's own `mn`: its MN is not the client's.
@@ -546,6 +589,8 @@ final class ServerConnection {
             lastError = reason
             consecutiveFailures += 1
             retryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(consecutiveFailures - 1, 6)))
+            // A cluster node failing may mean a failover: the map is asked again.
+            if server.pool.isCluster { server.pool.plan.shared.cluster.requestRefresh() }
         }
         server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.slot == nil ? 0 : 1) })
 

@@ -50,6 +50,12 @@ public final class TernServer {
     private let activeConfigText = SharedText()
     private var configStamp: FileStamp?
     private var lastResolution = Int(time(nil))
+    /// `redis_cluster` pools' slot maps now applied, by pool name (main thread only). The
+    /// config keeps the seeds; the plans route by these (see `routed`).
+    private var clusterMaps: [String: ClusterSlotMap] = [:]
+    /// Refreshes the maps on a thread of its own (started when a cluster pool exists).
+    private let discovery = ClusterDiscovery()
+    private var discoveryStarted = false
 
     public init(config: TernConfig, options: ServerOptions, logger: Logger, logDestination: LogDestination? = nil) {
         self.config = config
@@ -67,7 +73,22 @@ public final class TernServer {
         // supervisor may signal us, and SIGHUP/SIGTTOU's default actions would end or stop Tern.
         var signals = Self.handledSignals
         pthread_sigmask(SIG_BLOCK, &signals, nil)
-        plans = try makePlans(for: config, previous: [])
+        for pool in config.pools where pool.distribution == .redisCluster {
+            // The first map is asked for before anything listens, so that the first clients
+            // are routed; a cluster that does not answer is asked again in the background.
+            switch ClusterDiscovery.discover(seeds: ClusterDiscovery.seeds(pool), previous: nil, password: pool.redisAuth) {
+            case let .success((map, node)):
+                clusterMaps[pool.name] = map
+                logger.notice("pool \(pool.name): slot map from \(node): \(map.masters.count) masters, \(map.nodeCount) nodes, \(map.assignedSlots) slots served")
+            case let .failure(error):
+                logger.warning("pool \(pool.name): no seed node answered CLUSTER SLOTS (\(error.text)); answering -CLUSTERDOWN and retrying every second")
+            }
+        }
+        plans = try makePlans(for: routed(config), previous: [])
+        for plan in plans {
+            if let map = clusterMaps[plan.config.name] { plan.shared.cluster.applied(map) }
+        }
+        updateDiscoveryJobs()
         for pool in config.pools {
             logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(pool.servers.count) servers, \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
             if let warmup = pool.warmup {
@@ -76,6 +97,63 @@ public final class TernServer {
         }
         activeConfigText.value.withLock { $0 = ConfigRenderer.yaml(config) }
         configStamp = FileStamp(path: options.configPath)
+    }
+
+    /// The config as workers route it: each `redis_cluster` pool with a known map gets its
+    /// masters as servers and the map as its slots (`ClusterSlotMap.applied`).
+    private func routed(_ config: TernConfig) -> TernConfig {
+        var routed = config
+        for index in routed.pools.indices where routed.pools[index].distribution == .redisCluster {
+            if let map = clusterMaps[routed.pools[index].name] {
+                routed.pools[index] = map.applied(to: routed.pools[index])
+            } else {
+                // No map yet: no server to route to (clients get -CLUSTERDOWN).
+                routed.pools[index].servers = []
+                routed.pools[index].slotServers = []
+            }
+        }
+        return routed
+    }
+
+    /// Tells the discovery thread which pools to watch (after every apply), and starts it the
+    /// first time a cluster pool exists.
+    private func updateDiscoveryJobs() {
+        var jobs: [ClusterDiscovery.Job] = []
+        for plan in plans where plan.config.distribution == .redisCluster {
+            guard let pool = config.pools.first(where: { $0.name == plan.config.name }) else { continue }
+            jobs.append(ClusterDiscovery.Job(pool: pool.name, seeds: ClusterDiscovery.seeds(pool), password: pool.redisAuth, state: plan.shared.cluster))
+        }
+        clusterMaps = clusterMaps.filter { name, _ in jobs.contains { $0.pool == name } }
+        let maps = clusterMaps
+        discovery.known.withLock { $0 = maps }
+        discovery.jobs.withLock { $0 = jobs }
+        if !jobs.isEmpty, !discoveryStarted, control != nil {
+            discoveryStarted = true
+            discovery.start()
+        }
+    }
+
+    /// Applies the maps the discovery thread found (the reload path: servers that stay keep
+    /// their connections, requests parked for a node the old map lacked are sent).
+    private func applyDiscoveredMaps() {
+        var changed: [(String, ClusterSlotMap)] = []
+        for plan in plans where plan.config.distribution == .redisCluster {
+            if let map = plan.shared.cluster.discovered.withLock({ found in defer { found = nil }; return found }) {
+                changed.append((plan.config.name, map))
+            }
+        }
+        guard !changed.isEmpty else { return }
+        let before = clusterMaps
+        for (name, map) in changed { clusterMaps[name] = map }
+        guard apply(config, reason: "cluster slot map") else {
+            clusterMaps = before
+            return
+        }
+        for (name, map) in changed {
+            guard let plan = plans.first(where: { $0.config.name == name }) else { continue }
+            plan.shared.cluster.applied(map)
+            logger.notice("pool \(name): slot map v\(plan.shared.cluster.mapVersion.load(ordering: .relaxed)) applied: \(map.masters.count) masters (\(map.masters.map(\.name).joined(separator: ", "))), \(map.nodeCount) nodes, \(map.assignedSlots) slots served")
+        }
     }
 
     /// Plans for `config`: servers resolved, listeners bound — or reused from `previous` when a
@@ -219,13 +297,21 @@ public final class TernServer {
         // Redis pools' INFO figures, gathered off the request path (it idles without Redis pools;
         // a reload may add one).
         BackendInfoPoller(control: control).start()
+        updateDiscoveryJobs()
         control.isReady.store(true, ordering: .relaxed)
         logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid())")
+        var lastChecks = Int(time(nil))
         while true {
-            var timeout = timespec(tv_sec: 1, tv_nsec: 0)
+            // With cluster pools, new slot maps are picked up every 100 ms.
+            let hasCluster = plans.contains { $0.config.distribution == .redisCluster }
+            var timeout = hasCluster ? timespec(tv_sec: 0, tv_nsec: 100_000_000) : timespec(tv_sec: 1, tv_nsec: 0)
             let received = sigtimedwait(&signals, nil, &timeout)
+            if hasCluster { applyDiscoveredMaps() }
             if received < 0 {
-                periodicChecks()
+                if !hasCluster || Int(time(nil)) != lastChecks {
+                    lastChecks = Int(time(nil))
+                    periodicChecks()
+                }
                 continue
             }
             let name = Self.signalName(received)
@@ -275,7 +361,7 @@ public final class TernServer {
         let now = Int(time(nil))
         if options.dnsRefreshSeconds > 0, now - lastResolution >= options.dnsRefreshSeconds {
             lastResolution = now
-            let changed = config.pools.contains { pool in
+            let changed = routed(config).pools.contains { pool in
                 guard let plan = plans.first(where: { $0.config.name == pool.name }) else { return false }
                 return (try? Self.resolve(pool)) .map { $0 != plan.serverAddresses } ?? false
             }
@@ -299,13 +385,16 @@ public final class TernServer {
         apply(loaded, reason: reason)
     }
 
-    private func apply(_ newConfig: TernConfig, reason: String) {
+    /// Makes and hands out the plans of `newConfig` (routed by the known cluster maps); false
+    /// when they cannot be made, changing nothing.
+    @discardableResult
+    private func apply(_ newConfig: TernConfig, reason: String) -> Bool {
         let newPlans: [PoolPlan]
         do {
-            newPlans = try makePlans(for: newConfig, previous: plans)
+            newPlans = try makePlans(for: routed(newConfig), previous: plans)
         } catch {
             logger.error("reload (\(reason)) rejected, keeping the current config: \(error)")
-            return
+            return false
         }
         let acknowledgement = Acknowledgement(count: inboxes.count)
         for inbox in inboxes { inbox.post(.apply(newPlans, acknowledgement)) }
@@ -320,7 +409,9 @@ public final class TernServer {
         control?.plans.withLock { $0 = newPlans }
         activeConfigText.value.withLock { $0 = ConfigRenderer.yaml(newConfig) }
         lastResolution = Int(time(nil))
+        updateDiscoveryJobs()
         logger.notice("reload (\(reason)) applied: \(newConfig.pools.count) pools")
+        return true
     }
 
     /// SIGTERM/SIGINT: stop accepting at once, let in-flight requests finish (at most

@@ -53,6 +53,8 @@ final class PoolShared: Sendable {
     /// Unix time INFO was last asked through the pool: while recent, servers are polled every
     /// second rather than every ten.
     let infoAskedAt = Atomic<Int>(0)
+    /// `distribution: redis_cluster`: slot map version, redirects, refreshes (idle otherwise).
+    let cluster = ClusterState()
 
     init(workers: Int, hotKeys capacity: Int = 64) {
         workerCounters = (0..<workers).map { _ in PoolCounters() }

@@ -1,0 +1,358 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import Synchronization
+import TernCore
+
+// Redis Cluster backends (`distribution: redis_cluster`).
+//
+//     discovery thread ── CLUSTER SLOTS (blocking, bounded) on known nodes, then seeds ──┐
+//          ▲  refresh asked (atomic flag): MOVED, connection failure; else every 10 s    │
+//          │                                                                             ▼
+//     worker loops ◄── new PoolPlan (servers = masters, slotServers = map) ◄── main thread
+//          │            (the reload path: kept servers keep their connections)   applies it
+//          └── -MOVED/-ASK on a backend reply: the request's bytes (still in the connection's
+//              output) are re-sent to the named node (ASKING first for ASK), at most 5 times;
+//              a node not in the map parks the request until the next map or its timeout
+//
+// Thread confinement: `ClusterState` is shared (atomics and locks); `ClusterDiscovery`'s
+// mutable state lives on its own thread; `clusterMaps` on the main thread (`TernServer`); the
+// parked redirects on their worker (`PoolRuntime`).
+
+/// A cluster pool's figures and mailbox, shared by the workers, the discovery thread, the main
+/// thread and the stats readers (kept across reloads with the pool's `PoolShared`).
+final class ClusterState: Sendable {
+    /// Redirects a request may follow before the error goes to its client.
+    static let maxRedirects: UInt8 = 5
+
+    let movedRedirects = Atomic<Int>(0)
+    let askRedirects = Atomic<Int>(0)
+    /// Redirect errors handed to clients: too many redirects, or the target never appeared.
+    let redirectsGivenUp = Atomic<Int>(0)
+    /// Set by workers (MOVED, a node connection failing), cleared by the discovery thread.
+    let refreshRequested = Atomic<Bool>(false)
+    /// Maps applied so far (1: the first one); 0 while none is known.
+    let mapVersion = Atomic<Int>(0)
+    /// Unix time of the last `CLUSTER SLOTS` answered (0: never).
+    let refreshedAt = Atomic<Int>(0)
+    let refreshes = Atomic<Int>(0)
+    let refreshFailures = Atomic<Int>(0)
+    /// Of the map applied now.
+    let masters = Atomic<Int>(0)
+    let nodes = Atomic<Int>(0)
+    let slotsAssigned = Atomic<Int>(0)
+    /// A map the discovery thread found that differs from the last one: the main thread takes
+    /// it and applies it.
+    let discovered = Locked<ClusterSlotMap?>(nil)
+    /// Why the last discovery failed ("" after a success).
+    let lastError = Locked<String>("")
+
+    @inline(__always) func requestRefresh() { refreshRequested.store(true, ordering: .relaxed) }
+
+    /// `INFO`'s `# Cluster` section and the stats port's fields.
+    func report() -> [(String, Int)] {
+        [("cluster_slot_map_version", mapVersion.load(ordering: .relaxed)),
+         ("cluster_slot_map_refreshed_at", refreshedAt.load(ordering: .relaxed)),
+         ("cluster_refreshes", refreshes.load(ordering: .relaxed)),
+         ("cluster_refresh_failures", refreshFailures.load(ordering: .relaxed)),
+         ("cluster_masters", masters.load(ordering: .relaxed)),
+         ("cluster_known_nodes", nodes.load(ordering: .relaxed)),
+         ("cluster_slots_assigned", slotsAssigned.load(ordering: .relaxed)),
+         ("cluster_redirects_moved", movedRedirects.load(ordering: .relaxed)),
+         ("cluster_redirects_ask", askRedirects.load(ordering: .relaxed)),
+         ("cluster_redirects_given_up", redirectsGivenUp.load(ordering: .relaxed))]
+    }
+
+    /// Records the map the main thread has just applied.
+    func applied(_ map: ClusterSlotMap) {
+        mapVersion.add(1, ordering: .relaxed)
+        masters.store(map.masters.count, ordering: .relaxed)
+        nodes.store(map.nodeCount, ordering: .relaxed)
+        slotsAssigned.store(map.assignedSlots, ordering: .relaxed)
+    }
+}
+
+/// Finds and refreshes the slot maps of the `redis_cluster` pools on a thread of its own, with
+/// blocking, time-bounded I/O (never on a worker loop, never holding up signals on the main
+/// thread).
+final class ClusterDiscovery: Sendable {
+    struct Job: Sendable {
+        var pool: String
+        var seeds: [ClusterNode]
+        var password: String?
+        var state: ClusterState
+    }
+
+    /// The pools to watch, replaced by the main thread after every apply.
+    let jobs = Locked<[Job]>([])
+    /// Maps last seen per pool, set by the main thread for the pools it applied (the thread
+    /// compares what it finds against them).
+    let known = Locked<[String: ClusterSlotMap]>([:])
+
+    /// Seconds between refreshes when nothing asks for one; after a failure, or while no map
+    /// is known, the next try comes after a second.
+    static let period = 10
+    /// Least time between two refreshes that workers asked for.
+    static let minimumInterval = 0.2
+
+    func start() {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { context in
+            let discovery = Unmanaged<ClusterDiscovery>.fromOpaque(context!).takeRetainedValue()
+            discovery.run()
+            return nil
+        }, context)
+        // Never joined; it ends with the process.
+        pthread_detach(thread)
+    }
+
+    private func run() {
+        // Confined to this thread: when each pool was last asked and whether that worked.
+        var lastAttempt: [String: Double] = [:]
+        var lastFailed: [String: Bool] = [:]
+        while true {
+            let now = monotonicSeconds()
+            for job in jobs.withLock({ $0 }) {
+                let asked = job.state.refreshRequested.load(ordering: .relaxed)
+                let since = now - (lastAttempt[job.pool] ?? -.infinity)
+                let noMap = known.withLock { $0[job.pool] } == nil
+                let interval = asked ? Self.minimumInterval : (noMap || lastFailed[job.pool] == true ? 1 : Double(Self.period))
+                guard since >= interval else { continue }
+                job.state.refreshRequested.store(false, ordering: .relaxed)
+                lastAttempt[job.pool] = now
+                let previous = known.withLock { $0[job.pool] }
+                switch Self.discover(seeds: job.seeds, previous: previous, password: job.password) {
+                case let .success((map, _)):
+                    lastFailed[job.pool] = false
+                    job.state.refreshes.add(1, ordering: .relaxed)
+                    job.state.refreshedAt.store(Int(time(nil)), ordering: .relaxed)
+                    job.state.lastError.withLock { $0 = "" }
+                    if map != previous {
+                        known.withLock { $0[job.pool] = map }
+                        job.state.discovered.withLock { $0 = map }
+                    }
+                case let .failure(error):
+                    lastFailed[job.pool] = true
+                    job.state.refreshFailures.add(1, ordering: .relaxed)
+                    job.state.lastError.withLock { $0 = error.text }
+                }
+            }
+            usleep(50_000)
+        }
+    }
+
+    struct DiscoveryError: Error { var text: String }
+
+    /// Asks the nodes of `previous` (masters first), then the seeds, for `CLUSTER SLOTS`; the
+    /// first usable answer wins. Blocking: each node gets a second to connect and a second to
+    /// answer. Returns the map and the node that gave it.
+    static func discover(seeds: [ClusterNode], previous: ClusterSlotMap?, password: String?) -> Result<(ClusterSlotMap, String), DiscoveryError> {
+        var candidates: [ClusterNode] = []
+        for node in (previous?.allNodes ?? []) + seeds where !candidates.contains(where: { $0.name == node.name }) { candidates.append(node) }
+        var errors: [String] = []
+        for node in candidates {
+            switch ask(node, password: password) {
+            case let .success(map): return .success((map, node.name))
+            case let .failure(error): errors.append("\(node.name): \(error.text)")
+            }
+        }
+        return .failure(DiscoveryError(text: errors.isEmpty ? "no seed nodes" : errors.joined(separator: "; ")))
+    }
+
+    private static func ask(_ node: ClusterNode, password: String?) -> Result<ClusterSlotMap, DiscoveryError> {
+        let address: SocketAddress
+        switch SocketAddress.resolve(host: node.host, port: node.port) {
+        case let .success(resolved): address = resolved
+        case let .failure(error): return .failure(DiscoveryError(text: error.message))
+        }
+        let fd: Int32
+        switch connect(address) {
+        case let .success(opened): fd = opened
+        case let .failure(error): return .failure(error)
+        }
+        defer { Glibc.close(fd) }
+        if let password {
+            var request: [UInt8] = []
+            append(&request, ["AUTH", password])
+            guard case let .success(reply) = exchange(fd, request) else { return .failure(DiscoveryError(text: "AUTH: no answer")) }
+            if case let .error(text) = reply { return .failure(DiscoveryError(text: "AUTH: \(text)")) }
+        }
+        var request: [UInt8] = []
+        append(&request, ["CLUSTER", "SLOTS"])
+        switch exchange(fd, request) {
+        case let .success(reply):
+            if case let .error(text) = reply { return .failure(DiscoveryError(text: text)) }
+            guard let map = ClusterSlotMap.parse(clusterSlots: reply, askedHost: node.host) else {
+                return .failure(DiscoveryError(text: "CLUSTER SLOTS: no slot is served"))
+            }
+            return .success(map)
+        case let .failure(error):
+            return .failure(error)
+        }
+    }
+
+    private static func append(_ request: inout [UInt8], _ words: [String]) {
+        request += Array("*\(words.count)\r\n".utf8)
+        for word in words { request += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }
+    }
+
+    /// A connect bounded by a second.
+    private static func connect(_ address: SocketAddress) -> Result<Int32, DiscoveryError> {
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
+        guard fd >= 0 else { return .failure(DiscoveryError(text: Syscall.errorText(errno))) }
+        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
+            guard errno == EINPROGRESS else {
+                let error = errno
+                Glibc.close(fd)
+                return .failure(DiscoveryError(text: Syscall.errorText(error)))
+            }
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let error = poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
+            guard error == 0 else {
+                Glibc.close(fd)
+                return .failure(DiscoveryError(text: Syscall.errorText(error)))
+            }
+        }
+        return .success(fd)
+    }
+
+    /// Sends a request and reads one whole reply, a second at most.
+    private static func exchange(_ fd: Int32, _ request: [UInt8]) -> Result<RespValue, DiscoveryError> {
+        let end = monotonicSeconds() + 1
+        func remainingMilliseconds() -> Int32 { Int32(max(0, (end - monotonicSeconds()) * 1000)) }
+        var sent = 0
+        while sent < request.count {
+            let count = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if count > 0 { sent += count; continue }
+            guard count < 0, errno == EAGAIN || errno == EINTR else { return .failure(DiscoveryError(text: "send failed")) }
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(DiscoveryError(text: "timed out")) }
+        }
+        var reply: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            if !reply.isEmpty, let (value, _) = RespValue.decode(reply) { return .success(value) }
+            // A map of 16384 single-slot ranges over many nodes stays well below this.
+            guard reply.count < 16 << 20 else { return .failure(DiscoveryError(text: "reply too large")) }
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count > 0 { reply += chunk[0..<count]; continue }
+            if count == 0 { return .failure(DiscoveryError(text: "server closed the connection")) }
+            guard errno == EAGAIN || errno == EINTR else { return .failure(DiscoveryError(text: Syscall.errorText(errno))) }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(DiscoveryError(text: "timed out")) }
+        }
+    }
+
+    /// The seed nodes of a pool's `servers:` lines.
+    static func seeds(_ pool: PoolConfig) -> [ClusterNode] {
+        pool.servers.compactMap { server in
+            if case let .tcp(host, port) = server.address { return ClusterNode(host: host, port: port) }
+            return nil
+        }
+    }
+}
+
+private func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+/// A redirected request waiting for a map that knows its target node.
+struct ParkedRedirect {
+    let redirect: ClusterRedirect
+    let request: [UInt8]
+    /// The redirect error itself: what the client gets if no map brings the node in time.
+    let error: [UInt8]
+    let slot: ReplySlot
+    let part: Int32
+    let redirects: UInt8
+    let clientIndex: Int
+    let deadline: Double
+}
+
+// MARK: - Worker side
+
+extension PoolRuntime {
+    /// The position in `servers` of the node named `host:port` (a redirect's target), if it is
+    /// a master of the current map. Off the common path: only redirects look.
+    func serverIndex(named name: String) -> Int? {
+        servers.firstIndex { $0.name == name }
+    }
+
+    /// A request answered `-MOVED`/`-ASK`: re-sent to the node named (with `ASKING` first for
+    /// ASK). A node this worker's map does not know parks it until a new map arrives (asked for
+    /// here) or its deadline passes, when the redirect error goes to the client.
+    func followRedirect(_ redirect: ClusterRedirect, request: [UInt8], error: [UInt8], slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        let cluster = plan.shared.cluster
+        if redirect.isAsk { cluster.askRedirects.add(1, ordering: .relaxed) } else { cluster.movedRedirects.add(1, ordering: .relaxed) }
+        if let server = serverIndex(named: redirect.target) {
+            resend(request, toServer: server, asking: redirect.isAsk, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
+            return
+        }
+        cluster.requestRefresh()
+        parked.append(ParkedRedirect(redirect: redirect, request: request, error: error, slot: slot, part: part, redirects: redirects,
+                                     clientIndex: clientIndex, deadline: worker.now + (timeoutSeconds ?? 2)))
+        armParkTimer()
+    }
+
+    private func resend(_ request: [UInt8], toServer server: Int, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        withConnection(toServer: server, client: clientIndex) { connection in
+            connection.resend(request, asking: asking, slot: slot, part: part, redirects: redirects)
+        }
+    }
+
+    /// A new map arrived (`update`): parked requests whose node it knows go now; a MOVED whose
+    /// node is still unknown goes to its slot's owner in the new map.
+    func redispatchParked() {
+        guard !parked.isEmpty else { return }
+        let waiting = parked
+        parked.removeAll()
+        for entry in waiting {
+            var target = serverIndex(named: entry.redirect.target)
+            if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
+            if let target {
+                resend(entry.request, toServer: target, asking: entry.redirect.isAsk && serverIndex(named: entry.redirect.target) != nil,
+                       slot: entry.slot, part: entry.part, redirects: entry.redirects, clientIndex: entry.clientIndex)
+            } else {
+                parked.append(entry)
+            }
+        }
+        if parked.isEmpty { parkTimer?.stop() }
+    }
+
+    /// Fails the parked requests whose deadline has passed (all of them when `all`).
+    func expireParked(all: Bool = false) {
+        let now = worker.now
+        let waiting = parked
+        parked.removeAll()
+        for entry in waiting {
+            if all || entry.deadline <= now + 0.0005 {
+                plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+                entry.error.withUnsafeBytes { _ = entry.slot.deliver(part: entry.part, reply: $0, isError: true) }
+            } else {
+                parked.append(entry)
+            }
+        }
+        if parked.isEmpty { parkTimer?.stop() } else { armParkTimer() }
+    }
+
+    private func armParkTimer() {
+        guard let first = parked.map(\.deadline).min() else { return }
+        let timer = parkTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+            let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            pool.parkTimer?.fired()
+            pool.expireParked()
+        }
+        parkTimer = timer
+        timer.start(after: max(0.001, first - worker.now))
+    }
+
+    /// The server of a hash slot (cluster pools).
+    @inline(__always)
+    func server(forSlot slot: Int) -> Int? {
+        placement.server(forHash: UInt32(slot))
+    }
+}
