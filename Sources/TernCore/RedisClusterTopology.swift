@@ -186,6 +186,15 @@ public struct ClusterRedirect: Sendable, Equatable {
         self.target = target
     }
 
+    /// `-TRYAGAIN …`: a multi-key request whose keys a slot migration has split between two
+    /// nodes; the same request may succeed a moment later.
+    public static func isTryAgain(_ reply: UnsafeRawBufferPointer) -> Bool {
+        let word: StaticString = "-TRYAGAIN"
+        guard reply.count >= word.utf8CodeUnitCount else { return false }
+        for index in 0..<word.utf8CodeUnitCount where reply[index] != word.utf8Start[index] { return false }
+        return true
+    }
+
     /// The redirect an error reply (bytes from `-` to CRLF included) names; nil for any other reply.
     public static func parse(_ reply: UnsafeRawBufferPointer) -> ClusterRedirect? {
         let isAsk: Bool

@@ -181,6 +181,8 @@ enum StatsReport {
                 }
                 counter("tern_cluster_redirects_given_up_total", [("pool", pool)], "Redirect errors passed to clients: more than 5 redirects, or a node no slot map brought in time.")
                     .increment(by: Int64(cluster.redirectsGivenUp.load(ordering: .relaxed)))
+                counter("tern_cluster_tryagain_retries_total", [("pool", pool)], "Multi-key requests answered -TRYAGAIN during a slot migration and sent again after a pause.")
+                    .increment(by: Int64(cluster.tryAgainRetries.load(ordering: .relaxed)))
                 for (outcome, value) in [("ok", cluster.refreshes.load(ordering: .relaxed)), ("error", cluster.refreshFailures.load(ordering: .relaxed))] {
                     counter("tern_cluster_slot_map_refreshes_total", [("pool", pool), ("outcome", outcome)], "CLUSTER SLOTS refreshes of the slot map, by outcome.")
                         .increment(by: Int64(value))

@@ -30,6 +30,8 @@ final class ClusterState: Sendable {
     let askRedirects = Atomic<Int>(0)
     /// Redirect errors handed to clients: too many redirects, or the target never appeared.
     let redirectsGivenUp = Atomic<Int>(0)
+    /// `-TRYAGAIN` answers (multi-key requests during a slot migration) retried after a pause.
+    let tryAgainRetries = Atomic<Int>(0)
     /// Set by workers (MOVED, a node connection failing), cleared by the discovery thread.
     let refreshRequested = Atomic<Bool>(false)
     /// Maps applied so far (1: the first one); 0 while none is known.
@@ -61,7 +63,8 @@ final class ClusterState: Sendable {
          ("cluster_slots_assigned", slotsAssigned.load(ordering: .relaxed)),
          ("cluster_redirects_moved", movedRedirects.load(ordering: .relaxed)),
          ("cluster_redirects_ask", askRedirects.load(ordering: .relaxed)),
-         ("cluster_redirects_given_up", redirectsGivenUp.load(ordering: .relaxed))]
+         ("cluster_redirects_given_up", redirectsGivenUp.load(ordering: .relaxed)),
+         ("cluster_tryagain_retries", tryAgainRetries.load(ordering: .relaxed))]
     }
 
     /// Records the map the main thread has just applied.
@@ -260,17 +263,19 @@ private func monotonicSeconds() -> Double {
     return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
-/// A redirected request waiting for a map that knows its target node.
+/// A redirected request waiting: for a map that knows its node (`retryAt` nil), or for the
+/// moment to try again after `-TRYAGAIN` (a multi-key request during a slot's migration).
 struct ParkedRedirect {
     let redirect: ClusterRedirect
     let request: [UInt8]
-    /// The redirect error itself: what the client gets if no map brings the node in time.
+    /// The last error: what the client gets if the request cannot go on in time.
     let error: [UInt8]
     let slot: ReplySlot
     let part: Int32
     let redirects: UInt8
     let clientIndex: Int
     let deadline: Double
+    var retryAt: Double?
 }
 
 // MARK: - Worker side
@@ -293,8 +298,23 @@ extension PoolRuntime {
             return
         }
         cluster.requestRefresh()
-        parked.append(ParkedRedirect(redirect: redirect, request: request, error: error, slot: slot, part: part, redirects: redirects,
-                                     clientIndex: clientIndex, deadline: worker.now + (timeoutSeconds ?? 2)))
+        park(ParkedRedirect(redirect: redirect, request: request, error: error, slot: slot, part: part, redirects: redirects,
+                            clientIndex: clientIndex, deadline: worker.now + (timeoutSeconds ?? 2)))
+    }
+
+    /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
+    /// two nodes): sent to the same node the same way (`asking`) after 25 ms, doubling with each
+    /// try, as cluster clients do.
+    func retryLater(_ request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
+        let delay = 0.025 * Double(1 << Int(min(redirects, 6)))
+        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request, error: error, slot: slot,
+                            part: part, redirects: redirects, clientIndex: clientIndex, deadline: worker.now + delay + (timeoutSeconds ?? 2),
+                            retryAt: worker.now + delay))
+    }
+
+    private func park(_ entry: ParkedRedirect) {
+        parked.append(entry)
         armParkTimer()
     }
 
@@ -304,43 +324,55 @@ extension PoolRuntime {
         }
     }
 
-    /// A new map arrived (`update`): parked requests whose node it knows go now; a MOVED whose
+    /// A new map arrived (`update`): requests waiting for a node it knows go now; a MOVED whose
     /// node is still unknown goes to its slot's owner in the new map.
     func redispatchParked() {
         guard !parked.isEmpty else { return }
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
-            var target = serverIndex(named: entry.redirect.target)
+            guard entry.retryAt == nil else {
+                parked.append(entry)
+                continue
+            }
+            let named = serverIndex(named: entry.redirect.target)
+            var target = named
             if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
             if let target {
-                resend(entry.request, toServer: target, asking: entry.redirect.isAsk && serverIndex(named: entry.redirect.target) != nil,
+                resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil,
                        slot: entry.slot, part: entry.part, redirects: entry.redirects, clientIndex: entry.clientIndex)
             } else {
                 parked.append(entry)
             }
         }
-        if parked.isEmpty { parkTimer?.stop() }
+        armParkTimer()
     }
 
-    /// Fails the parked requests whose deadline has passed (all of them when `all`).
+    /// Retries that are due go out; requests whose deadline has passed (all of them when `all`)
+    /// fail with their last error.
     func expireParked(all: Bool = false) {
-        let now = worker.now
+        let now = worker.now + 0.0005
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
-            if all || entry.deadline <= now + 0.0005 {
+            if !all, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
+                resend(entry.request, toServer: server, asking: entry.redirect.isAsk, slot: entry.slot, part: entry.part,
+                       redirects: entry.redirects, clientIndex: entry.clientIndex)
+            } else if all || entry.deadline <= now || entry.retryAt.map({ $0 <= now }) == true {
                 plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
                 entry.error.withUnsafeBytes { _ = entry.slot.deliver(part: entry.part, reply: $0, isError: true) }
             } else {
                 parked.append(entry)
             }
         }
-        if parked.isEmpty { parkTimer?.stop() } else { armParkTimer() }
+        armParkTimer()
     }
 
     private func armParkTimer() {
-        guard let first = parked.map(\.deadline).min() else { return }
+        guard let first = parked.map({ $0.retryAt ?? $0.deadline }).min() else {
+            parkTimer?.stop()
+            return
+        }
         let timer = parkTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.parkTimer?.fired()

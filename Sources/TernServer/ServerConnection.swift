@@ -28,8 +28,10 @@ final class ServerConnection {
         var isSetup = false
         /// A warm-up copy into this (new) pool: counted, never answered to a client.
         var isBackfill = false
-        /// Cluster pools: redirects (`-MOVED`/`-ASK`) this request has followed so far.
+        /// Cluster pools: redirects (`-MOVED`/`-ASK`, `-TRYAGAIN` retries) this request has
+        /// followed so far, and whether it was sent after `ASKING`.
         var redirects: UInt8 = 0
+        var isAsking = false
         /// Bytes of the request, and when it was queued (loop time), for the stats.
         var bytes = 0
         var queuedAt: Double = 0
@@ -124,7 +126,7 @@ final class ServerConnection {
     /// may block forever, so no proxy timeout applies).
     @inline(__always)
     func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, isProbe: Bool = false, isSetup: Bool = false, isBackfill: Bool = false,
-                 blockFor: Double? = 0, redirects: UInt8 = 0) {
+                 blockFor: Double? = 0, redirects: UInt8 = 0, isAsking: Bool = false) {
         let now = ev_now(loop)
         var deadline = Double.infinity
         if let timeout, let blockFor {
@@ -134,7 +136,7 @@ final class ServerConnection {
         let bytes = output.readableCount - requestStart
         requestStart = output.readableCount
         pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, isProbe: isProbe, isSetup: isSetup,
-                               isBackfill: isBackfill, redirects: redirects, bytes: bytes, queuedAt: now))
+                               isBackfill: isBackfill, redirects: redirects, isAsking: isAsking, bytes: bytes, queuedAt: now))
         pendingBytes += bytes
         unsentRequests += 1
         // Read through `counters` each time, not bound to a local (a local would be retained).
@@ -168,19 +170,22 @@ final class ServerConnection {
             enqueue(slot: nil, part: 0, framing: .line)
         }
         request.withUnsafeBytes { output.append($0) }
-        enqueue(slot: slot, part: part, framing: .line, redirects: redirects)
+        enqueue(slot: slot, part: part, framing: .line, redirects: redirects, isAsking: asking)
     }
 
     /// Cluster pools: the head reply is an error; if it is `-MOVED`/`-ASK` and the request may
     /// follow it, its bytes (answered, still in `output`, just before `answeredBytes`) go to
-    /// the node named and true is returned. A MOVED also asks for a new slot map. Requests on
-    /// dedicated connections (WATCH, blocking, pub/sub) are not redirected: their client gets
-    /// the error.
+    /// the node named and true is returned; after `-TRYAGAIN` they go to this node again a
+    /// little later. A MOVED also asks for a new slot map. Requests on dedicated connections
+    /// (WATCH, blocking, pub/sub) are not redirected: their client gets the error.
     @inline(never)
     private func followRedirect(_ head: Pending, replyLength length: Int) -> Bool {
-        guard let redirect = ClusterRedirect.parse(UnsafeRawBufferPointer(rebasing: input.readable[0..<length])) else { return false }
+        let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
+        let redirect = ClusterRedirect.parse(reply)
+        let isTryAgain = redirect == nil && ClusterRedirect.isTryAgain(reply)
+        guard redirect != nil || isTryAgain else { return false }
         let pool = server.pool
-        if !redirect.isAsk { pool.plan.shared.cluster.requestRefresh() }
+        if let redirect, !redirect.isAsk { pool.plan.shared.cluster.requestRefresh() }
         let start = answeredBytes - head.bytes
         guard !isDedicated, pushClient == nil, let slot = head.slot, let client = slot.client, start >= 0, answeredBytes <= output.readableCount else {
             return false
@@ -190,8 +195,13 @@ final class ServerConnection {
             return false
         }
         let request = Array(output.readable[start..<answeredBytes])
-        let error = Array(input.readable[0..<length])
-        pool.followRedirect(redirect, request: request, error: error, slot: slot, part: head.part, redirects: head.redirects + 1, clientIndex: client.index)
+        let error = Array(reply)
+        if let redirect {
+            pool.followRedirect(redirect, request: request, error: error, slot: slot, part: head.part, redirects: head.redirects + 1, clientIndex: client.index)
+        } else {
+            pool.retryLater(request, error: error, server: server.name, asking: head.isAsking, slot: slot, part: head.part,
+                            redirects: head.redirects + 1, clientIndex: client.index)
+        }
         return true
     }
 
