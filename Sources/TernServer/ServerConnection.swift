@@ -599,9 +599,11 @@ final class ServerConnection {
             lastError = reason
             consecutiveFailures += 1
             retryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(consecutiveFailures - 1, 6)))
-            // A cluster node failing may mean a failover: the map is asked again.
-            if server.pool.isCluster { server.pool.plan.shared.cluster.requestRefresh() }
         }
+        // A cluster node failing (or still backing off) may mean a failover: the map is asked
+        // again (the discovery thread asks at most every 200 ms), so requests move to a promoted
+        // replica as soon as the cluster names it, not at the next reconnect.
+        if server.pool.isCluster, wasConnected || !entries.isEmpty { server.pool.plan.shared.cluster.requestRefresh() }
         server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.slot == nil ? 0 : 1) })
 
         for entry in entries {

@@ -90,7 +90,8 @@ public final class TernServer {
         }
         updateDiscoveryJobs()
         for pool in config.pools {
-            logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(pool.servers.count) servers, \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
+            let servers = pool.distribution == .redisCluster ? "\(pool.servers.count) seed nodes" : "\(pool.servers.count) servers"
+            logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(servers), \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
             if let warmup = pool.warmup {
                 logger.notice("pool \(pool.name) warms up from \(warmup.old.servers.count) old servers (backfill \(warmup.backfill), deletes \(warmup.deletes.rawValue))")
             }
@@ -146,7 +147,10 @@ public final class TernServer {
         let before = clusterMaps
         for (name, map) in changed { clusterMaps[name] = map }
         guard apply(config, reason: "cluster slot map") else {
+            // Not applied (a node's name did not resolve): the discovery thread compares its
+            // next finds with the maps in use, so it offers this one again.
             clusterMaps = before
+            discovery.known.withLock { $0 = before }
             return
         }
         for (name, map) in changed {
