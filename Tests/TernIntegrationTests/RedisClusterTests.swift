@@ -123,7 +123,8 @@ final class RedisClusterTests: XCTestCase {
         }
         let shared = Shared()
 
-        init(port: Int, keys: [String]) {
+        /// `multi`: every third round is an MSET and an MGET of three keys (several slots).
+        init(port: Int, keys: [String], multi: Bool = false, pause: UInt32 = 2000) {
             let shared = self.shared
             let thread = Thread {
                 defer { shared.finished.store(true, ordering: .relaxed) }
@@ -134,14 +135,22 @@ final class RedisClusterTests: XCTestCase {
                     let key = keys[round % keys.count]
                     let value = "innocent-\(round)"
                     do {
-                        let set = try client.call("SET", key, value)
-                        let get = try client.call("GET", key)
-                        if set != "+OK\r\n" || get != "$\(value.utf8.count)\r\n\(value)\r\n" { shared.errors.withLock { $0.append("\(key): \(set) \(get)") } }
+                        if multi, round % 3 == 0 {
+                            let three = (0..<3).map { keys[(round + $0 * 7) % keys.count] }
+                            let set = try client.call(["MSET"] + three.flatMap { [$0, value] })
+                            let get = try client.call(["MGET"] + three)
+                            let expected = "*3\r\n" + String(repeating: "$\(value.utf8.count)\r\n\(value)\r\n", count: 3)
+                            if set != "+OK\r\n" || get != expected { shared.errors.withLock { $0.append("\(three): \(set) \(get)") } }
+                        } else {
+                            let set = try client.call("SET", key, value)
+                            let get = try client.call("GET", key)
+                            if set != "+OK\r\n" || get != "$\(value.utf8.count)\r\n\(value)\r\n" { shared.errors.withLock { $0.append("\(key): \(set) \(get)") } }
+                        }
                     } catch {
                         shared.errors.withLock { $0.append("\(error)") }
                     }
                     shared.requests.add(2, ordering: .relaxed)
-                    usleep(2000)
+                    usleep(pause)
                 }
             }
             thread.start()
@@ -373,5 +382,57 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(try direct.call("GET", "seeded"), "$1\r\n1\r\n")
         XCTAssertEqual(try info(port, "cluster_slot_map_version"), 1)
         XCTAssertEqual(try info(port, "cluster_masters"), 3)
+    }
+
+    /// `redis-cli --cluster reshard` moves 200 slots from one master to another while three
+    /// clients write and read keys of those slots (single keys, and MSET/MGET over several
+    /// slots) through Tern: no client sees an error or a wrong value, and Tern's map ends with
+    /// the new owner.
+    func testReshardUnderLoadWithoutClientErrors() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let nodes = try cluster.nodes(askingAt: cluster.ports[0])
+        let masters = nodes.filter(\.isMaster).sorted { $0.slots.first!.lowerBound < $1.slots.first!.lowerBound }
+        let source = masters[0], target = masters[1]
+        let moving = source.slots.first!.lowerBound..<(source.slots.first!.lowerBound + 200)
+        // Keys of the slots that will move, and a few that stay.
+        var keys: [String] = []
+        var index = 0
+        while keys.count < 150 {
+            let key = "rs:\(index)"
+            if moving.contains(Self.slot(key)) || index % 400 == 0 { keys.append(key) }
+            index += 1
+        }
+        let clients = (0..<3).map { part in
+            InnocentClient(port: port, keys: Array(keys[(part * 50)..<(part * 50 + 50)]), multi: part != 0, pause: 200)
+        }
+        usleep(300_000)
+        let started = Date()
+        let (status, output) = try ProcessGroup.run("/usr/bin/redis-cli", [
+            "--cluster", "reshard", "127.0.0.1:\(cluster.ports[0])", "--cluster-from", source.id, "--cluster-to", target.id,
+            "--cluster-slots", "200", "--cluster-yes",
+        ])
+        let took = Date().timeIntervalSince(started)
+        XCTAssertEqual(status, 0, String(output.suffix(2000)))
+        usleep(500_000)
+        var requests = 0
+        var errors: [String] = []
+        for client in clients {
+            let (count, seen) = client.finish()
+            requests += count
+            errors += seen
+        }
+        XCTAssertEqual(errors.count, 0, "clients during the reshard: \(errors.prefix(3))")
+        XCTAssertGreaterThan(requests, 100)
+        for slot in [moving.lowerBound, moving.upperBound - 1] { XCTAssertEqual(try cluster.owner(of: slot), target.port) }
+        XCTAssertEqual(try eventually("\(target.port)", within: 5) {
+            let text = try TestClient(port: port).call("INFO", "cluster")
+            return text.contains("cluster_slot_map_version:1\r\n") ? "old map" : "\(target.port)"
+        }, "\(target.port)")
+        let client = try TestClient(port: port)
+        for key in keys.prefix(20) { XCTAssertTrue(try client.call("GET", key).hasPrefix("$"), key) }
+        let ask = try info(port, "cluster_redirects_ask"), moved = try info(port, "cluster_redirects_moved"), tryAgain = try info(port, "cluster_tryagain_retries")
+        print(String(format: "reshard of 200 slots in %.1f s under load: %d requests through Tern, %d errors; %d ASK, %d MOVED, %d TRYAGAIN followed",
+                     took, requests, errors.count, ask, moved, tryAgain))
     }
 }
