@@ -33,6 +33,17 @@ public enum ServerAddress: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Where a `redis_cluster` pool sends read-only commands (Tern key `read_from`, Envoy's names).
+public enum ReadFrom: String, CaseIterable, Sendable {
+    /// Every command to the slot's master (the default).
+    case master
+    /// Read-only commands to a replica of the slot's master; to the master when it has none or
+    /// the replica's connection is failing.
+    case preferReplica = "prefer_replica"
+    /// Read-only commands to a replica only (the master when the slot's master has none).
+    case replica
+}
+
 public struct ServerConfig: Sendable, Equatable {
     public var address: ServerAddress
     public var weight: Int
@@ -101,8 +112,14 @@ public struct PoolConfig: Sendable {
     /// Largest Redis bulk string accepted from a client (Tern key `max_bulk_length`).
     public var maxBulkLength: Int = 512 << 20
     public var servers: [ServerConfig] = []
-    /// Server number of each of the 16384 slots (`distribution: slots`).
+    /// Server number of each of the 16384 slots (`distribution: slots`, and a `redis_cluster`
+    /// pool once its map is known).
     public var slotServers: [Int32] = []
+    /// `redis_cluster`: where read-only commands go (Tern key `read_from`).
+    public var readFrom = ReadFrom.master
+    /// `redis_cluster` with `read_from` other than master: the replicas of each server (from
+    /// the cluster's map, never from the file).
+    public var replicaServers: [[ServerConfig]] = []
     /// The old pool this pool warms up from (Tern key `warmup:`).
     public var warmup: WarmupConfig? {
         get { warmupStorage.first }

@@ -11,7 +11,7 @@ public enum ConfigLoader {
         // Tern's own keys
         "protocol", "max_item_size", "max_bulk_length", "strict_keys", "client_output_limit",
         "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
-        "slowlog_log_slower_than", "slowlog_max_len", "hot_keys",
+        "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from",
     ]
 
     /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
@@ -19,7 +19,7 @@ public enum ConfigLoader {
     public static let warmupKeys: [String] = poolKeys.filter {
         !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length",
           "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog",
-          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys"].contains($0)
+          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from"].contains($0)
     }
         + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
@@ -212,6 +212,16 @@ public enum ConfigLoader {
         }
         if pool.distribution == .slots {
             pool.slotServers = try parseSlots(values["slots"], servers: pool.servers, context: context)
+        }
+        if let node = values["read_from"] {
+            let text = try context.string(node, key: "read_from")
+            guard let readFrom = ReadFrom(rawValue: text) else {
+                throw context.error(node, key: "read_from", "must be one of \(ReadFrom.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'")
+            }
+            guard pool.distribution == .redisCluster else {
+                throw context.error(node, key: "read_from", "is used only with 'distribution: redis_cluster' (this pool uses \(pool.distribution.rawValue))")
+            }
+            pool.readFrom = readFrom
         }
         if pool.distribution == .redisCluster {
             let node = values["distribution"]!

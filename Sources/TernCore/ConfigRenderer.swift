@@ -26,6 +26,7 @@ public enum ConfigRenderer {
         line("hash", pool.hash.rawValue)
         if let tag = pool.hashTag { line("hash_tag", quoted(String(decoding: [tag.open, tag.close], as: UTF8.self))) }
         line("distribution", pool.distribution.rawValue)
+        if pool.distribution == .redisCluster { line("read_from", pool.readFrom.rawValue) }
         line("timeout", String(pool.timeoutMilliseconds ?? -1))
         if !isWarmup { line("backlog", String(pool.backlog)) }
         line("preconnect", String(pool.preconnect))

@@ -161,14 +161,20 @@ public struct ClusterSlotMap: Sendable, Equatable {
                               slotMasters: slotMasters)
     }
 
-    /// The pool as workers route it: the masters are its servers (named `host:port`, weight 1)
-    /// and the slot map its `slotServers`. The seeds stay in the config file's pool.
+    /// The pool as workers route it: the masters are its servers (named `host:port`, weight 1),
+    /// the slot map its `slotServers`, and with `read_from` the replicas its `replicaServers`.
+    /// The seeds stay in the config file's pool.
     public func applied(to pool: PoolConfig) -> PoolConfig {
         var routed = pool
         routed.servers = masters.map { master in
             ServerConfig(address: .tcp(host: master.host, port: master.port), weight: 1, name: master.name, hasExplicitName: false, line: pool.line)
         }
         routed.slotServers = slotMasters
+        if pool.readFrom != .master {
+            routed.replicaServers = replicas.map { nodes in
+                nodes.map { ServerConfig(address: .tcp(host: $0.host, port: $0.port), weight: 1, name: $0.name, hasExplicitName: false, line: pool.line) }
+            }
+        }
         return routed
     }
 }

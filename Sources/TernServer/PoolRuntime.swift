@@ -58,6 +58,10 @@ final class PoolRuntime {
     /// timer that fails them at their deadline (see `followRedirect`).
     var parked: [ParkedRedirect] = []
     var parkTimer: TimerWatcher?
+    /// `read_from` other than master: the replicas of each server (`servers[i]`'s in
+    /// `replicas[i]`), which get `READONLY` on connect and single-key reads.
+    private(set) var replicas: [[ServerRuntime]] = []
+    private(set) var readsFromReplicas = false
 
     init(plan: PoolPlan, worker: Worker) {
         self.plan = plan
@@ -72,6 +76,7 @@ final class PoolRuntime {
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
         cacheHotSettings()
         rebuildServerTable()
+        rebuildReplicas()
     }
 
     deinit { serverTable?.deallocate() }
@@ -101,6 +106,7 @@ final class PoolRuntime {
         isRandom = config.distribution == .random
         isCluster = config.distribution == .redisCluster
         clusterMapMissing = isCluster && config.slotServers.isEmpty
+        readsFromReplicas = isCluster && config.readFrom != .master
         requiresAuth = config.redisAuth != nil
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
         clientOutputLimit = config.clientOutputLimit
@@ -174,6 +180,7 @@ final class PoolRuntime {
         servers = kept
         rebuildServerTable()
         rebuildPlacement()
+        rebuildReplicas()
         redispatchParked()
         if let oldPlan = newPlan.warmup {
             if let old { old.update(oldPlan) } else {
@@ -198,7 +205,8 @@ final class PoolRuntime {
     func retire() {
         stopListening()
         expireParked(all: true)
-        for server in servers { worker.retireWhenIdle(server) }
+        for server in servers + replicas.joined() { worker.retireWhenIdle(server) }
+        replicas = []
         old?.retire()
     }
 
@@ -287,10 +295,10 @@ final class PoolRuntime {
     var isAccepting: Bool { listenWatcher != nil }
 
     /// No request in flight on this pool's servers or its old pool's.
-    var isIdle: Bool { servers.allSatisfy(\.isIdle) && (old?.isIdle ?? true) }
+    var isIdle: Bool { servers.allSatisfy(\.isIdle) && replicas.joined().allSatisfy(\.isIdle) && (old?.isIdle ?? true) }
 
     func closeConnections() {
-        for server in servers { server.closeConnections() }
+        for server in servers + replicas.joined() { server.closeConnections() }
         old?.closeConnections()
     }
 
@@ -340,6 +348,50 @@ final class PoolRuntime {
         hotKeys?.add(key)
     }
 
+    // MARK: Cluster replicas (read_from)
+
+    /// Makes `replicas` match the plan: a replica that keeps its name and address keeps its
+    /// connections, the others close once idle.
+    private func rebuildReplicas() {
+        let previous = Array(replicas.joined())
+        var kept: [ServerRuntime] = []
+        var next: [[ServerRuntime]] = []
+        if readsFromReplicas {
+            for (master, list) in config.replicaServers.enumerated() where master < servers.count {
+                var row: [ServerRuntime] = []
+                for (position, replica) in list.enumerated() {
+                    guard master < plan.replicaAddresses.count, position < plan.replicaAddresses[master].count,
+                          let address = plan.replicaAddresses[master][position] else { continue }
+                    if let same = previous.first(where: { candidate in
+                        candidate.name == replica.name && candidate.address == address && !kept.contains { $0 === candidate }
+                    }) {
+                        same.reuse(replicaOf: master)
+                        kept.append(same)
+                        row.append(same)
+                    } else {
+                        let created = ServerRuntime(pool: self, replicaOf: master, name: replica.name, address: address)
+                        row.append(created)
+                    }
+                }
+                next.append(row)
+            }
+        }
+        for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
+        replicas = next
+    }
+
+    /// A replica of server `master` for client `clientIndex` to read from (always the same one
+    /// for a client), or nil: the master then serves the read (no replica, or with
+    /// `prefer_replica` the replica's connection is failing).
+    func readReplica(ofServer master: Int, client clientIndex: Int) -> ServerRuntime? {
+        guard master < replicas.count else { return nil }
+        let list = replicas[master]
+        guard !list.isEmpty else { return nil }
+        let replica = list[clientIndex % list.count]
+        if config.readFrom == .preferReplica, replica.connection(for: clientIndex).isBackingOff { return nil }
+        return replica
+    }
+
     // MARK: Ejection
 
     func eject(_ server: ServerRuntime) {
@@ -382,6 +434,8 @@ final class ServerRuntime {
     private(set) var connections: [ServerConnection] = []
     var failures = 0
     var isEjected = false
+    /// A cluster replica (`read_from`): `index` is its master's; `READONLY` is sent on connect.
+    let isReplica: Bool
     private var probeTimer: TimerWatcher?
     private var probeConnection: ServerConnection?
 
@@ -390,12 +444,31 @@ final class ServerRuntime {
         self.index = index
         self.address = address
         self.name = pool.config.servers[index].name
+        self.isReplica = false
         let counters = pool.plan.serverCounters[index][pool.worker.identifier]
         self.countersOwner = counters
         self.counters = counters
         self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
         connectionTable = unretainedTable(of: connections)
     }
+
+    /// A replica of server `master` of a cluster pool. Its counters are its own (the pool's
+    /// per-server figures are the masters').
+    init(pool: PoolRuntime, replicaOf master: Int, name: String, address: SocketAddress) {
+        self.pool = pool
+        self.index = master
+        self.address = address
+        self.name = name
+        self.isReplica = true
+        let counters = ServerCounters()
+        self.countersOwner = counters
+        self.counters = counters
+        self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
+        connectionTable = unretainedTable(of: connections)
+    }
+
+    /// A replica kept across a new map, whose master may sit at another position.
+    func reuse(replicaOf master: Int) { index = master }
 
     deinit { connectionTable?.deallocate() }
 

@@ -178,6 +178,17 @@ extension ClientConnection {
         }
     }
 
+    /// Sends the request on `connection` (a cluster replica's, for `read_from`).
+    private func forwardRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, on connection: ServerConnection) {
+        if !session.arguments.isInline {
+            connection.forward(frame, slot: slot, framing: .line)
+            return
+        }
+        writeRequest(frame, session.arguments, into: connection.requestBuffer())
+        slot.remainingParts = 1
+        connection.enqueue(slot: slot, part: 0, framing: .line)
+    }
+
     /// Every key must live on one server (hash tags make that possible); else CROSSSLOT.
     private func routeKeyed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         if case .range(first: 1, last: 1, step: _) = command.keys, session.arguments.count > 1, !session.arguments.isInline {
@@ -186,6 +197,10 @@ extension ClientConnection {
             guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
                 slot.fail(part: 0, reason: "no server available")
                 return
+            }
+            if pool.readsFromReplicas, !command.isWrite, let replica = pool.readReplica(ofServer: server, client: index) {
+                // redis_cluster with read_from: a single-key read goes to a replica of the slot's master.
+                return forwardRedis(frame, session, slot, on: replica.connection(for: index))
             }
             forwardRedis(frame, session, slot, to: server)
             return

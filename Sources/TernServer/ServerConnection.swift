@@ -215,10 +215,18 @@ final class ServerConnection {
         enqueue(slot: nil, part: 0, framing: .line, isProbe: true)
     }
 
-    /// Redis: authenticate and select the pool's database before any client request.
+    /// Redis: authenticate and select the pool's database before any client request; a cluster
+    /// replica (`read_from`) is told `READONLY` so that it serves its master's slots.
     private func sendSetup() {
         let config = server.pool.config
         guard isRedis else { return }
+        defer {
+            if server.isReplica {
+                requestStart = output.readableCount
+                output.append("*1\r\n$8\r\nREADONLY\r\n" as StaticString)
+                enqueue(slot: nil, part: 0, framing: .line, isSetup: true)
+            }
+        }
         if let password = config.redisAuth {
             requestStart = output.readableCount
             output.appendArrayHeader(2)
@@ -614,6 +622,9 @@ final class ServerConnection {
     }
 
     var isIdle: Bool { pending.isEmpty }
+
+    /// Closed after failures and waiting out its backoff: a request now would fail at once.
+    var isBackingOff: Bool { state == .disconnected && worker.now < retryAfter }
 
     /// Closes the connection and fails what is on it without counting a server failure: its
     /// client left while a blocking command was waiting (Redis unblocks it on the close,

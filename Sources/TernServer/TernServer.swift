@@ -182,9 +182,17 @@ public final class TernServer {
                     descriptor = try Self.listen(pool)
                     boundHere.append(descriptor)
                 }
+                // Cluster replicas (read_from): resolved here, off the loops; one that does not
+                // resolve is skipped rather than failing the whole map.
+                let replicas = pool.replicaServers.map { list in
+                    list.map { replica -> SocketAddress? in
+                        guard case let .tcp(host, port) = replica.address, case let .success(address) = SocketAddress.resolve(host: host, port: port) else { return nil }
+                        return address
+                    }
+                }
                 made.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
                                      shared: before?.shared ?? PoolShared(workers: workerCount, hotKeys: pool.hotKeys),
-                                     serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before)))
+                                     serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before), replicaAddresses: replicas))
             }
         } catch {
             for fd in boundHere { Syscall.close(fd) }

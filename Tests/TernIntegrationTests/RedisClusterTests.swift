@@ -3,6 +3,14 @@ import Synchronization
 import XCTest
 @testable import TernCore
 
+extension TestClient {
+    /// Sends `request` and returns its one reply's bytes.
+    func receiveAfter(_ request: [UInt8]) throws -> [UInt8] {
+        try send(request)
+        return try receiveReplies(1)
+    }
+}
+
 /// `distribution: redis_cluster` against a real Redis Cluster of 3 masters and 3 replicas built
 /// here (`redis-server --cluster-enabled yes`, `redis-cli --cluster create … --cluster-replicas
 /// 1`): keys on their slot's master, fan-out by slot, CROSSSLOT, a slot migrated by hand (ASK
@@ -78,6 +86,8 @@ final class RedisClusterTests: XCTestCase {
                 "--cluster-config-file", "\(group.directory)/nodes-\(port).conf", "--cluster-node-timeout", "1000",
                 // The other masters keep serving while one's slots wait for a failover.
                 "--cluster-require-full-coverage", "no",
+                // Replicas sync at once (the default waits 5 s for more replicas to join).
+                "--repl-diskless-sync-delay", "0",
                 "--save", "", "--appendonly", "no", "--dir", group.directory,
             ], log: "redis-\(port).log"))
         }
@@ -97,9 +107,9 @@ final class RedisClusterTests: XCTestCase {
         throw TestError("the cluster did not become ok with 3 replicas")
     }
 
-    func startTern(seeds: [Int], timeout: Int = 2000, waitPort: Bool = true) throws -> Int {
+    func startTern(seeds: [Int], timeout: Int = 2000, waitPort: Bool = true, extra: String = "") throws -> Int {
         let port = ProcessGroup.freePort()
-        let text = "rc:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: redis_cluster\n  timeout: \(timeout)\n  servers:\n"
+        let text = "rc:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: redis_cluster\n  timeout: \(timeout)\n\(extra)  servers:\n"
             + seeds.map { "   - 127.0.0.1:\($0):1\n" }.joined()
         try group.tern(config: text, arguments: ["--threads", "2"], waitPort: waitPort ? port : nil)
         return port
@@ -287,9 +297,13 @@ final class RedisClusterTests: XCTestCase {
         for key in keys { XCTAssertEqual(try client.call("GET", key), "$\(("v" + key).utf8.count)\r\nv\(key)\r\n", key) }
         XCTAssertGreaterThanOrEqual(try info(port, "cluster_redirects_moved"), 1, "the first request after the move was answered MOVED")
         XCTAssertEqual(try eventually("refreshed", within: 5) { try info(port, "cluster_slot_map_version") > version ? "refreshed" : "v\(version)" }, "refreshed")
+        // Once the map that has the move is in use, requests go straight to the target.
+        XCTAssertEqual(try eventually("no redirect", within: 5) {
+            let before = try info(port, "cluster_redirects_moved")
+            for key in keys { XCTAssertEqual(try client.call("GET", key), "$\(("v" + key).utf8.count)\r\nv\(key)\r\n", key) }
+            return try info(port, "cluster_redirects_moved") == before ? "no redirect" : "redirected"
+        }, "no redirect")
         let moved = try info(port, "cluster_redirects_moved")
-        for key in keys { XCTAssertEqual(try client.call("GET", key), "$\(("v" + key).utf8.count)\r\nv\(key)\r\n", key) }
-        XCTAssertEqual(try info(port, "cluster_redirects_moved"), moved, "with the new map, no more redirects")
         XCTAssertEqual(try cluster.owner(of: slot, askingAt: target), target)
         let (requests, errors) = innocent.finish()
         XCTAssertGreaterThan(requests, 20)
@@ -434,5 +448,54 @@ final class RedisClusterTests: XCTestCase {
         let ask = try info(port, "cluster_redirects_ask"), moved = try info(port, "cluster_redirects_moved"), tryAgain = try info(port, "cluster_tryagain_retries")
         print(String(format: "reshard of 200 slots in %.1f s under load: %d requests through Tern, %d errors; %d ASK, %d MOVED, %d TRYAGAIN followed",
                      took, requests, errors.count, ask, moved, tryAgain))
+    }
+
+    /// `read_from: replica`: single-key reads go to the replicas (READONLY on connect), writes
+    /// to the masters; `prefer_replica` reads from the master once a replica is killed.
+    func testReadFromReplicas() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]], extra: "  read_from: replica\n")
+        let client = try TestClient(port: port)
+        let keys = (0..<30).map { "rf:\($0)" }
+        for key in keys { XCTAssertEqual(try client.call("SET", key, "v\(key)"), "+OK\r\n") }
+        let nodes = try cluster.nodes(askingAt: cluster.ports[0])
+        let masters = nodes.filter(\.isMaster).map(\.port), replicas = nodes.filter { !$0.isMaster }.map(\.port)
+        func gets(_ port: Int) throws -> Int {
+            let text = try cluster.call(port, "INFO", "commandstats")
+            guard let line = text.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_get:calls=") }) else { return 0 }
+            return Int(line.dropFirst("cmdstat_get:calls=".count).prefix { $0.isNumber }) ?? 0
+        }
+        // Redis 7.0 lists a new replica in CLUSTER SLOTS some seconds after it has synced (9 s
+        // here): Tern's map has them from the next refresh on.
+        let slotsListing = { () throws -> Int in
+            let reply = try TestClient(port: cluster.ports[0]).receiveAfter(TestClient.encode(["CLUSTER", "SLOTS"]))
+            return RespValue.decode(reply).flatMap { ClusterSlotMap.parse(clusterSlots: $0.value, askedHost: "127.0.0.1") }?.nodeCount ?? 0
+        }
+        XCTAssertEqual(try eventually("6", within: 15) { String(try slotsListing()) }, "6")
+        XCTAssertEqual(try eventually("6", within: 11) { String(try info(port, "cluster_known_nodes")) }, "6", "the map has the replicas")
+        let mastersBefore = try masters.reduce(0) { $0 + (try gets($1)) }
+        for key in keys {
+            // Replication is asynchronous: a read right after the write may miss on the replica.
+            XCTAssertEqual(try eventually("$\(("v" + key).utf8.count)\r\nv\(key)\r\n", within: 3) { try client.call("GET", key) }, "$\(("v" + key).utf8.count)\r\nv\(key)\r\n")
+        }
+        XCTAssertEqual(try masters.reduce(0) { $0 + (try gets($1)) }, mastersBefore, "no read reached a master")
+        XCTAssertGreaterThanOrEqual(try replicas.reduce(0) { $0 + (try gets($1)) }, keys.count)
+        XCTAssertEqual(try client.call("INCR", "rf:counter"), ":1\r\n", "writes go to the master")
+
+        // prefer_replica: a replica killed, its master serves the reads.
+        let preferred = try startTern(seeds: [cluster.ports[0]], extra: "  read_from: prefer_replica\n")
+        let reader = try TestClient(port: preferred)
+        XCTAssertEqual(try reader.call("GET", keys[0]), "$\(("v" + keys[0]).utf8.count)\r\nv\(keys[0])\r\n")
+        let victim = replicas[0]
+        let process = cluster.processes[cluster.ports.firstIndex(of: victim)!]
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        var failures = 0
+        for key in keys {
+            let expected = "$\(("v" + key).utf8.count)\r\nv\(key)\r\n"
+            if try reader.call("GET", key) != expected { failures += 1 }
+        }
+        XCTAssertLessThanOrEqual(failures, 1, "only a read in flight on the killed replica may fail")
+        for key in keys { XCTAssertEqual(try reader.call("GET", key), "$\(("v" + key).utf8.count)\r\nv\(key)\r\n") }
     }
 }
