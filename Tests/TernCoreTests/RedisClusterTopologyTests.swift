@@ -87,6 +87,16 @@ final class RedisClusterTopologyTests: XCTestCase {
         XCTAssertTrue(refused(base.replacingOccurrences(of: "  redis: true\n", with: "  redis: true\n  hash_tag: \"ab\"\n")).contains("only \"{}\""))
         XCTAssertTrue(refused(base + "  slots:\n    a: \"0-16383\"\n").contains("is used only with 'distribution: slots'"))
         XCTAssertTrue(refused(base + "  warmup:\n    servers:\n     - 127.0.0.1:1:1\n").contains("not supported with 'distribution: redis_cluster'"))
+        let readFrom = try ConfigLoader.load(text: base.replacingOccurrences(of: "  redis: true\n", with: "  redis: true\n  read_from: prefer_replica\n"), file: "t.yml").pools[0]
+        XCTAssertEqual(readFrom.readFrom, .preferReplica)
+        XCTAssertTrue(ConfigRenderer.yaml(TernConfig(path: "t.yml", pools: [readFrom])).contains("read_from: prefer_replica"))
+        XCTAssertTrue(refused(base.replacingOccurrences(of: "  redis: true\n", with: "  redis: true\n  read_from: slave\n")).contains("must be one of master, prefer_replica, replica"))
+        XCTAssertTrue(refused(base.replacingOccurrences(of: "  distribution: redis_cluster\n", with: "  read_from: replica\n")).contains("is used only with 'distribution: redis_cluster'"))
+        // The map gives the replicas only when they are read from.
+        let map = ClusterSlotMap(masters: [ClusterNode(host: "a", port: 1)], replicas: [[ClusterNode(host: "b", port: 2)]],
+                                 slotMasters: [Int32](repeating: 0, count: hashSlotCount))
+        XCTAssertEqual(map.applied(to: readFrom).replicaServers.map { $0.map(\.name) }, [["b:2"]])
+        XCTAssertTrue(map.applied(to: pool).replicaServers.isEmpty)
         let oldCluster = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  servers:\n   - 127.0.0.1:2:1\n  warmup:\n    distribution: redis_cluster\n    servers:\n     - 127.0.0.1:3:1\n"
         XCTAssertTrue(refused(oldCluster).contains("not supported for a warm-up's old pool"))
     }
