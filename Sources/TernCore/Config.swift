@@ -44,7 +44,27 @@ public enum ReadFrom: String, CaseIterable, Sendable {
     case replica
 }
 
+/// A Sentinel-managed pool (Tern key `sentinel:`): each server is a master group that the
+/// sentinels name (`SENTINEL get-master-addr-by-name`); its address follows their failovers.
+public struct SentinelConfig: Sendable, Equatable {
+    /// The sentinels, asked in order.
+    public var addresses: [(host: String, port: Int)]
+    /// The sentinels' own password (`requirepass` of the sentinels), if any.
+    public var password: String?
+
+    public init(addresses: [(host: String, port: Int)], password: String? = nil) {
+        self.addresses = addresses
+        self.password = password
+    }
+
+    public static func == (left: SentinelConfig, right: SentinelConfig) -> Bool {
+        left.password == right.password && left.addresses.map { "\($0.host):\($0.port)" } == right.addresses.map { "\($0.host):\($0.port)" }
+    }
+}
+
 public struct ServerConfig: Sendable, Equatable {
+    /// In a Sentinel pool, `.tcp(host: <master name>, port: 0)` until the sentinels have named
+    /// the master's address (the routed config then has the real one).
     public var address: ServerAddress
     public var weight: Int
     /// The name used for ketama points, server order and stats (twemproxy's rule).
@@ -115,6 +135,8 @@ public struct PoolConfig: Sendable {
     /// Server number of each of the 16384 slots (`distribution: slots`, and a `redis_cluster`
     /// pool once its map is known).
     public var slotServers: [Int32] = []
+    /// Sentinel-managed pool: servers are master group names (Tern key `sentinel:`).
+    public var sentinel: SentinelConfig?
     /// `redis_cluster`: where read-only commands go (Tern key `read_from`).
     public var readFrom = ReadFrom.master
     /// `redis_cluster` with `read_from` other than master: the replicas of each server (from

@@ -59,6 +59,16 @@ public enum ConfigRenderer {
                 out += "\(indent)  \(quoted(server.name)): \(quoted(ranges(of: Int32(index), in: pool.slotServers)))\n"
             }
         }
+        if let sentinel = pool.sentinel {
+            out += "\(indent)sentinel:\n\(indent)  addresses:\n"
+            for address in sentinel.addresses {
+                out += "\(indent)   - \(quoted(address.host.contains(":") ? "[\(address.host)]:\(address.port)" : "\(address.host):\(address.port)"))\n"
+            }
+            if let password = sentinel.password { out += "\(indent)  password: \(maskSecrets ? "\"********\"" : quoted(password))\n" }
+            out += "\(indent)servers:\n"
+            for server in pool.servers { out += "\(indent) - \(quoted("\(server.name):\(server.weight)"))\n" }
+            return out
+        }
         out += "\(indent)servers:\n"
         for server in pool.servers {
             out += "\(indent) - \(quoted("\(server.address):\(server.weight)" + (server.hasExplicitName ? " \(server.name)" : "")))\n"

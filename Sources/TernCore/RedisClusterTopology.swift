@@ -60,7 +60,8 @@ public indirect enum RespValue: Sendable, Equatable {
         return text
     }
 
-    var text: String? {
+    /// A bulk or simple string's text.
+    public var text: String? {
         switch self {
         case let .bulk(bytes?): return String(decoding: bytes, as: UTF8.self)
         case let .simple(text): return text
@@ -68,7 +69,7 @@ public indirect enum RespValue: Sendable, Equatable {
         }
     }
 
-    var integer: Int? {
+    public var integer: Int? {
         if case let .integer(value) = self { return value }
         return nil
     }

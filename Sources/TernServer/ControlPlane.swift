@@ -70,6 +70,9 @@ enum StatsReport {
             if plan.config.distribution == .redisCluster {
                 for (name, value) in plan.shared.cluster.report() { out += ",\(quoted(name)):\(value)" }
             }
+            if plan.config.sentinel != nil {
+                for (name, value) in plan.shared.sentinel.report() { out += ",\(quoted(name)):\(value)" }
+            }
             out += "}"
         }
         return out + "}\n"
@@ -196,6 +199,19 @@ enum StatsReport {
                     .set(Int64(cluster.nodes.load(ordering: .relaxed) - cluster.masters.load(ordering: .relaxed)))
                 gauge("tern_cluster_slots_assigned", [("pool", pool)], "Hash slots some master serves in the slot map in use (16384 when the cluster is whole).")
                     .set(Int64(cluster.slotsAssigned.load(ordering: .relaxed)))
+            }
+            if plan.config.sentinel != nil {
+                let sentinel = plan.shared.sentinel
+                counter("tern_sentinel_switches_total", [("pool", pool)], "Master address changes (failovers) that sentinels reported and Tern applied.")
+                    .increment(by: Int64(sentinel.switches.load(ordering: .relaxed)))
+                for (outcome, value) in [("ok", sentinel.refreshes.load(ordering: .relaxed)), ("error", sentinel.refreshFailures.load(ordering: .relaxed))] {
+                    counter("tern_sentinel_refreshes_total", [("pool", pool), ("outcome", outcome)], "Rounds of asking the sentinels for the masters' addresses, by outcome.")
+                        .increment(by: Int64(value))
+                }
+                counter("tern_sentinel_role_mismatches_total", [("pool", pool)], "Addresses a sentinel named whose server did not answer ROLE master (not used).")
+                    .increment(by: Int64(sentinel.roleMismatches.load(ordering: .relaxed)))
+                gauge("tern_sentinel_masters_known", [("pool", pool)], "Masters of the pool whose address a sentinel has given.")
+                    .set(Int64(sentinel.mastersKnown.load(ordering: .relaxed)))
             }
             counter("tern_pool_server_ejects_total", [("pool", pool)], "Servers ejected from the pool (auto_eject_hosts), summed over workers.")
                 .increment(by: sum { $0.serverEjects.read() })

@@ -54,6 +54,8 @@ final class PoolRuntime {
     private(set) var isCluster = false
     /// A cluster pool whose slot map is not known yet (every seed down): `-CLUSTERDOWN`.
     private(set) var clusterMapMissing = false
+    /// A `sentinel:` pool: failing connections ask the sentinels again.
+    private(set) var isSentinel = false
     /// Cluster pools: redirected requests waiting for a map that knows their node, and the
     /// timer that fails them at their deadline (see `followRedirect`).
     var parked: [ParkedRedirect] = []
@@ -107,6 +109,7 @@ final class PoolRuntime {
         isCluster = config.distribution == .redisCluster
         clusterMapMissing = isCluster && config.slotServers.isEmpty
         readsFromReplicas = isCluster && config.readFrom != .master
+        isSentinel = config.sentinel != nil
         requiresAuth = config.redisAuth != nil
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
         clientOutputLimit = config.clientOutputLimit

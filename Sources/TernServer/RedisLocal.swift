@@ -255,6 +255,15 @@ extension ClientConnection {
                            ("cluster_nodes", pool.servers.map(\.name).joined(separator: ",")),
                            ("cluster_last_error", lastError.isEmpty ? "none" : String(lastError.prefix(200).map { $0 == "\r" || $0 == "\n" ? " " : $0 }))])
         }
+        if pool.isSentinel {
+            // sentinel: the masters' addresses in use and the failovers followed.
+            let sentinel = shared.sentinel
+            let current = sentinel.current.withLock { $0 }
+            let lastError = sentinel.lastError.withLock { $0 }
+            section("Sentinel", sentinel.report().map { ($0.0, String($0.1)) }
+                        + pool.config.servers.enumerated().map { ("master\($0.offset)", "name=\($0.element.name),address=\(current[$0.element.name] ?? "unknown")") }
+                        + [("sentinel_last_error", lastError.isEmpty ? "none" : String(lastError.prefix(200).map { $0 == "\r" || $0 == "\n" ? " " : $0 }))])
+        }
         if pool.old != nil {
             section("Warmup", pool.warmupCounters.report().map { ($0.0, String($0.1)) })
         }

@@ -251,6 +251,13 @@ final class ServerConnection {
             worker.markDirty(self)
             return
         }
+        if server.address.family == AF_UNSPEC {
+            // A Sentinel master whose address no sentinel has given yet: fail at once.
+            lastError = "master address not known yet (no sentinel has named it)"
+            pendingError = -1
+            worker.markDirty(self)
+            return
+        }
         let fd = socket(server.address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
         guard fd >= 0 else {
             pendingError = errno
@@ -612,6 +619,8 @@ final class ServerConnection {
         // again (the discovery thread asks at most every 200 ms), so requests move to a promoted
         // replica as soon as the cluster names it, not at the next reconnect.
         if server.pool.isCluster, wasConnected || !entries.isEmpty { server.pool.plan.shared.cluster.requestRefresh() }
+        // The same for a Sentinel pool's master: the sentinels may have named another.
+        if server.pool.isSentinel, wasConnected || !entries.isEmpty { server.pool.plan.shared.sentinel.requestRefresh() }
         server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.slot == nil ? 0 : 1) })
 
         for entry in entries {

@@ -56,6 +56,11 @@ public final class TernServer {
     /// Refreshes the maps on a thread of its own (started when a cluster pool exists).
     private let discovery = ClusterDiscovery()
     private var discoveryStarted = false
+    /// `sentinel:` pools' master addresses now applied: pool name → master name → node (main
+    /// thread only), and the thread that asks the sentinels.
+    private var sentinelMasters: [String: [String: ClusterNode]] = [:]
+    private let sentinelWatcher = SentinelWatcher()
+    private var sentinelWatcherStarted = false
 
     public init(config: TernConfig, options: ServerOptions, logger: Logger, logDestination: LogDestination? = nil) {
         self.config = config
@@ -84,6 +89,19 @@ public final class TernServer {
                 logger.warning("pool \(pool.name): no seed node answered CLUSTER SLOTS (\(error.text)); answering -CLUSTERDOWN and retrying every second")
             }
         }
+        for pool in config.pools where pool.sentinel != nil {
+            let state = SentinelState()
+            let job = SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
+                                          sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth, state: state)
+            let found = SentinelWatcher.discover(job, previous: [:])
+            sentinelMasters[pool.name] = found
+            let missing = pool.servers.map(\.name).filter { found[$0] == nil }
+            if missing.isEmpty {
+                logger.notice("pool \(pool.name): sentinels name \(found.sorted { $0.key < $1.key }.map { "\($0.key) at \($0.value.name)" }.joined(separator: ", "))")
+            } else {
+                logger.warning("pool \(pool.name): no address yet for \(missing.joined(separator: ", ")) (\(state.lastError.withLock { $0 })); their keys fail until a sentinel names them")
+            }
+        }
         plans = try makePlans(for: routed(config), previous: [])
         for plan in plans {
             if let map = clusterMaps[plan.config.name] { plan.shared.cluster.applied(map) }
@@ -104,6 +122,15 @@ public final class TernServer {
     /// masters as servers and the map as its slots (`ClusterSlotMap.applied`).
     private func routed(_ config: TernConfig) -> TernConfig {
         var routed = config
+        for index in routed.pools.indices where routed.pools[index].sentinel != nil {
+            let known = sentinelMasters[routed.pools[index].name] ?? [:]
+            for server in routed.pools[index].servers.indices {
+                // A master the sentinels have not named keeps port 0: no address (see `resolve`).
+                if let node = known[routed.pools[index].servers[server].name] {
+                    routed.pools[index].servers[server].address = .tcp(host: node.host, port: node.port)
+                }
+            }
+        }
         for index in routed.pools.indices where routed.pools[index].distribution == .redisCluster {
             if let map = clusterMaps[routed.pools[index].name] {
                 routed.pools[index] = map.applied(to: routed.pools[index])
@@ -131,6 +158,53 @@ public final class TernServer {
         if !jobs.isEmpty, !discoveryStarted, control != nil {
             discoveryStarted = true
             discovery.start()
+        }
+        var sentinelJobs: [SentinelWatcher.Job] = []
+        for plan in plans {
+            guard let pool = config.pools.first(where: { $0.name == plan.config.name }), pool.sentinel != nil else { continue }
+            sentinelJobs.append(SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
+                                                    sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth, state: plan.shared.sentinel))
+            let known = sentinelMasters[pool.name] ?? [:]
+            plan.shared.sentinel.mastersKnown.store(pool.servers.filter { known[$0.name] != nil }.count, ordering: .relaxed)
+            plan.shared.sentinel.current.withLock { current in current = known.mapValues(\.name) }
+        }
+        sentinelMasters = sentinelMasters.filter { name, _ in sentinelJobs.contains { $0.pool == name } }
+        let masters = sentinelMasters
+        sentinelWatcher.known.withLock { $0 = masters }
+        sentinelWatcher.jobs.withLock { $0 = sentinelJobs }
+        if !sentinelJobs.isEmpty, !sentinelWatcherStarted, control != nil {
+            sentinelWatcherStarted = true
+            sentinelWatcher.start()
+        }
+    }
+
+    /// Applies the master addresses the sentinels gave (the reload path: a server whose address
+    /// changed gets new connections, its name and so its keys stay).
+    private func applySentinelAddresses() {
+        var changed: [(String, [String: ClusterNode])] = []
+        for plan in plans where plan.config.sentinel != nil {
+            if let found = plan.shared.sentinel.discovered.withLock({ found in defer { found = nil }; return found }) {
+                changed.append((plan.config.name, found))
+            }
+        }
+        guard !changed.isEmpty else { return }
+        let before = sentinelMasters
+        for (name, found) in changed { sentinelMasters[name] = found }
+        guard apply(config, reason: "sentinel master address") else {
+            sentinelMasters = before
+            sentinelWatcher.known.withLock { $0 = before }
+            return
+        }
+        for (name, found) in changed {
+            guard let plan = plans.first(where: { $0.config.name == name }) else { continue }
+            for (master, node) in found.sorted(by: { $0.key < $1.key }) where before[name]?[master] != node {
+                if let old = before[name]?[master] {
+                    plan.shared.sentinel.switches.add(1, ordering: .relaxed)
+                    logger.notice("pool \(name): master \(master) moved from \(old.name) to \(node.name)")
+                } else {
+                    logger.notice("pool \(name): master \(master) is at \(node.name)")
+                }
+            }
         }
     }
 
@@ -220,6 +294,9 @@ public final class TernServer {
                     throw StartupError(description: "pool '\(pool.name)': socket path too long: \(path)")
                 }
                 addresses.append(address)
+            case .tcp(_, 0) where pool.sentinel != nil:
+                // A Sentinel master not named yet: no address, its connections fail at once.
+                addresses.append(SocketAddress(family: AF_UNSPEC, bytes: []))
             case let .tcp(host, port):
                 switch SocketAddress.resolve(host: host, port: port) {
                 case let .success(address): addresses.append(address)
@@ -316,11 +393,13 @@ public final class TernServer {
         while true {
             // With cluster pools, new slot maps are picked up every 100 ms.
             let hasCluster = plans.contains { $0.config.distribution == .redisCluster }
-            var timeout = hasCluster ? timespec(tv_sec: 0, tv_nsec: 100_000_000) : timespec(tv_sec: 1, tv_nsec: 0)
+            let hasSentinel = plans.contains { $0.config.sentinel != nil }
+            var timeout = hasCluster || hasSentinel ? timespec(tv_sec: 0, tv_nsec: 100_000_000) : timespec(tv_sec: 1, tv_nsec: 0)
             let received = sigtimedwait(&signals, nil, &timeout)
             if hasCluster { applyDiscoveredMaps() }
+            if hasSentinel { applySentinelAddresses() }
             if received < 0 {
-                if !hasCluster || Int(time(nil)) != lastChecks {
+                if !(hasCluster || hasSentinel) || Int(time(nil)) != lastChecks {
                     lastChecks = Int(time(nil))
                     periodicChecks()
                 }

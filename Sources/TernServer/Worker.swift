@@ -59,6 +59,8 @@ final class PoolShared: Sendable {
     let infoAskedAt = Atomic<Int>(0)
     /// `distribution: redis_cluster`: slot map version, redirects, refreshes (idle otherwise).
     let cluster = ClusterState()
+    /// `sentinel:` pools: masters' addresses, switches (idle otherwise).
+    let sentinel = SentinelState()
 
     init(workers: Int, hotKeys capacity: Int = 64) {
         workerCounters = (0..<workers).map { _ in PoolCounters() }
