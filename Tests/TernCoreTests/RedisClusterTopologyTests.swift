@@ -100,4 +100,40 @@ final class RedisClusterTopologyTests: XCTestCase {
         let oldCluster = "p:\n  listen: 127.0.0.1:1\n  redis: true\n  servers:\n   - 127.0.0.1:2:1\n  warmup:\n    distribution: redis_cluster\n    servers:\n     - 127.0.0.1:3:1\n"
         XCTAssertTrue(refused(oldCluster).contains("not supported for a warm-up's old pool"))
     }
+
+    func testSentinelConfig() throws {
+        let text = "cache:\n  listen: 127.0.0.1:1\n  redis: true\n  sentinel:\n    addresses: [127.0.0.1:26379, \"[::1]:26380\"]\n    password: s3cret\n  servers:\n   - shard1:1\n   - shard2:2\n"
+        let pool = try ConfigLoader.load(text: text, file: "t.yml").pools[0]
+        XCTAssertEqual(pool.sentinel?.addresses.map { "\($0.host):\($0.port)" }, ["127.0.0.1:26379", "::1:26380"])
+        XCTAssertEqual(pool.sentinel?.password, "s3cret")
+        XCTAssertEqual(pool.servers.map(\.name), ["shard1", "shard2"])
+        XCTAssertEqual(pool.servers.map(\.weight), [1, 2])
+        XCTAssertEqual(pool.servers[0].address, .tcp(host: "shard1", port: 0), "no address until a sentinel names one")
+        // Placement comes from the names alone.
+        let other = try ConfigLoader.load(text: text.replacingOccurrences(of: "26379", with: "1111"), file: "t.yml").pools[0]
+        for key in ["a", "user:1", "session:42"] {
+            XCTAssertEqual(Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0) }, Array(key.utf8).withUnsafeBytes { other.placement().server(forKey: $0) })
+        }
+        // Rendered back (password masked) and loadable again.
+        let rendered = ConfigRenderer.yaml(TernConfig(path: "t.yml", pools: [pool]))
+        XCTAssertTrue(rendered.contains("sentinel:") && rendered.contains("\"shard2:2\"") && rendered.contains("\"[::1]:26380\"") && !rendered.contains("s3cret"), rendered)
+        let again = try ConfigLoader.load(text: ConfigRenderer.yaml(TernConfig(path: "t.yml", pools: [pool]), maskSecrets: false), file: "t.yml").pools[0]
+        XCTAssertEqual(again.sentinel, pool.sentinel)
+        XCTAssertEqual(again.servers.map { "\($0.name) \($0.weight) \($0.address)" }, pool.servers.map { "\($0.name) \($0.weight) \($0.address)" })
+
+        func refused(_ text: String) -> String {
+            do {
+                _ = try ConfigLoader.load(text: text, file: "t.yml")
+                return "accepted"
+            } catch {
+                return error.description
+            }
+        }
+        XCTAssertTrue(refused(text.replacingOccurrences(of: "  redis: true\n", with: "")).contains("needs a Redis pool"))
+        XCTAssertTrue(refused(text.replacingOccurrences(of: "   - shard2:2\n", with: "   - shard2\n")).contains("expected '<master name>:<weight>'"))
+        XCTAssertTrue(refused(text.replacingOccurrences(of: "   - shard2:2\n", with: "   - shard1:2\n")).contains("duplicate master name 'shard1'"))
+        XCTAssertTrue(refused(text.replacingOccurrences(of: "    addresses: [127.0.0.1:26379, \"[::1]:26380\"]\n", with: "    addresses: []\n")).contains("needs at least one address"))
+        XCTAssertTrue(refused(text.replacingOccurrences(of: "    password: s3cret\n", with: "    pasword: s3cret\n")).contains("unknown key 'pasword'"))
+        XCTAssertTrue(refused(text.replacingOccurrences(of: "  redis: true\n", with: "  redis: true\n  distribution: redis_cluster\n")).contains("cannot be used with 'distribution: redis_cluster'"))
+    }
 }
