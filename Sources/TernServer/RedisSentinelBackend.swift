@@ -7,8 +7,8 @@ import TernCore
 
 // Sentinel-managed pools (`sentinel:`): each server is a master group name.
 //
-//     watcher thread ── SENTINEL get-master-addr-by-name (sentinels in order), then ROLE on the
-//          ▲            address named (a sentinel that names a replica is not believed) ──┐
+//     watcher thread ── SENTINEL get-master-addr-by-name (every sentinel), then ROLE on the
+//          ▲            address most named (a sentinel that lies is outvoted or caught) ──┐
 //          │  every second; at most every 200 ms while a master's connections fail          ▼
 //     worker loops ◄── new PoolPlan (same server names, new addresses) ◄── main thread applies
 //                      (a server whose address changed gets new connections; placement, made
@@ -24,7 +24,7 @@ final class SentinelState: Sendable {
     let switches = Atomic<Int>(0)
     let refreshes = Atomic<Int>(0)
     let refreshFailures = Atomic<Int>(0)
-    /// Addresses a sentinel gave whose server did not say `ROLE` master (not used).
+    /// Addresses sentinels gave whose server did not say `ROLE` master (not used).
     let roleMismatches = Atomic<Int>(0)
     /// Masters whose address is known now.
     let mastersKnown = Atomic<Int>(0)
@@ -97,31 +97,24 @@ final class SentinelWatcher: Sendable {
         }
     }
 
-    /// Each master's address from the first sentinel that names one which says `ROLE` master;
-    /// a master no sentinel could place keeps its previous address.
+    /// Each master's address: every sentinel that answers is asked, the addresses are tried
+    /// most named first (ties: the sentinel listed first), and the first that says `ROLE`
+    /// master is taken. A sentinel that lies, or has not seen a failover yet, is outvoted or
+    /// caught by `ROLE` (one that names another group's master is outvoted by the others); a
+    /// master no sentinel could place keeps its previous address.
     static func discover(_ job: Job, previous: [String: ClusterNode]) -> [String: ClusterNode] {
         var found = previous
         var errors: [String] = []
         var anyAnswered = false
         for master in job.masters {
-            var placed = false
-            for sentinel in job.sentinels where !placed {
+            var votes: [(node: ClusterNode, count: Int)] = []
+            for sentinel in job.sentinels {
                 switch RedisProbe.call(sentinel, ["SENTINEL", "get-master-addr-by-name", master], password: job.sentinelPassword) {
                 case let .success(.array(fields?)) where fields.count == 2:
                     anyAnswered = true
                     guard let host = fields[0].text, let port = fields[1].text.flatMap({ Int($0) }), (1...65535).contains(port) else { continue }
                     let node = ClusterNode(host: host, port: port)
-                    switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword) {
-                    case let .success(.array(role?)) where role.first?.text == "master":
-                        found[master] = node
-                        placed = true
-                    case .success:
-                        // A sentinel that has not seen the failover yet, or lies: ask the next.
-                        job.state.roleMismatches.add(1, ordering: .relaxed)
-                        errors.append("\(master): \(sentinel.name) named \(node.name), which is not a master")
-                    case let .failure(error):
-                        errors.append("\(master): \(node.name) (from \(sentinel.name)): \(error.text)")
-                    }
+                    if let index = votes.firstIndex(where: { $0.node == node }) { votes[index].count += 1 } else { votes.append((node, 1)) }
                 case .success(.array(nil)), .success(.bulk(nil)):
                     anyAnswered = true
                     errors.append("\(master): \(sentinel.name) does not know this master")
@@ -130,6 +123,25 @@ final class SentinelWatcher: Sendable {
                 case let .failure(error):
                     errors.append("\(master): \(sentinel.name): \(error.text)")
                 }
+            }
+            // Stable: equal counts keep the order the sentinels are listed in.
+            let ranked = votes.enumerated().sorted { $0.element.count != $1.element.count ? $0.element.count > $1.element.count : $0.offset < $1.offset }.map(\.element.node)
+            var placed = false
+            for node in ranked where !placed {
+                switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword) {
+                case let .success(.array(role?)) where role.first?.text == "master":
+                    found[master] = node
+                    placed = true
+                case .success:
+                    job.state.roleMismatches.add(1, ordering: .relaxed)
+                    errors.append("\(master): \(node.name) was named but is not a master")
+                case let .failure(error):
+                    errors.append("\(master): \(node.name): \(error.text)")
+                }
+            }
+            if placed {
+                // Errors about other sentinels or addresses do not matter once one was confirmed.
+                errors.removeAll { $0.hasPrefix("\(master): ") }
             }
         }
         if anyAnswered, errors.isEmpty {

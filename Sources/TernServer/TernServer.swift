@@ -89,8 +89,10 @@ public final class TernServer {
                 logger.warning("pool \(pool.name): no seed node answered CLUSTER SLOTS (\(error.text)); answering -CLUSTERDOWN and retrying every second")
             }
         }
+        var startupStates: [String: SentinelState] = [:]
         for pool in config.pools where pool.sentinel != nil {
             let state = SentinelState()
+            startupStates[pool.name] = state
             let job = SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
                                           sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth, state: state)
             let found = SentinelWatcher.discover(job, previous: [:])
@@ -105,6 +107,15 @@ public final class TernServer {
         plans = try makePlans(for: routed(config), previous: [])
         for plan in plans {
             if let map = clusterMaps[plan.config.name] { plan.shared.cluster.applied(map) }
+            if let first = startupStates[plan.config.name] {
+                // What the first round saw counts in the pool's figures.
+                let state = plan.shared.sentinel
+                state.refreshes.add(first.refreshes.load(ordering: .relaxed), ordering: .relaxed)
+                state.refreshFailures.add(first.refreshFailures.load(ordering: .relaxed), ordering: .relaxed)
+                state.roleMismatches.add(first.roleMismatches.load(ordering: .relaxed), ordering: .relaxed)
+                let error = first.lastError.withLock { $0 }
+                state.lastError.withLock { $0 = error }
+            }
         }
         updateDiscoveryJobs()
         for pool in config.pools {

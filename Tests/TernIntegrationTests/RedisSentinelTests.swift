@@ -20,6 +20,52 @@ final class RedisSentinelTests: XCTestCase {
         return try client.call(arguments)
     }
 
+    /// A sentinel that lies: it names `host:port` as every master's address (a replica, in the
+    /// test), for Tern's `ROLE` check to catch.
+    func startLyingSentinel(port: Int, naming node: Int) throws {
+        let script = """
+        import socket, sys, threading
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", \(port)))
+        server.listen(64)
+        def bulk(text):
+            return b"$%d\\r\\n%s\\r\\n" % (len(text), text)
+        def serve(connection):
+            data = b""
+            while True:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+                while data.startswith(b"*") and b"\\r\\n" in data:
+                    count = int(data[1:data.index(b"\\r\\n")])
+                    position = data.index(b"\\r\\n") + 2
+                    words = []
+                    for _ in range(count):
+                        if b"\\r\\n" not in data[position:]:
+                            break
+                        end = data.index(b"\\r\\n", position)
+                        length = int(data[position + 1:end])
+                        if len(data) < end + 2 + length + 2:
+                            break
+                        words.append(data[end + 2:end + 2 + length])
+                        position = end + 2 + length + 2
+                    if len(words) < count:
+                        break
+                    data = data[position:]
+                    if len(words) >= 2 and words[1].lower() == b"get-master-addr-by-name":
+                        connection.sendall(b"*2\\r\\n" + bulk(b"127.0.0.1") + bulk(b"\(node)"))
+                    else:
+                        connection.sendall(b"+OK\\r\\n")
+        while True:
+            connection, _ = server.accept()
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+        """
+        try group.launch("/usr/bin/env", ["python3", "-c", script], log: "liar-\(port).log")
+        try group.waitForPort(port)
+    }
+
     func testMasterKilledSentinelsPromoteTernFollows() throws {
         let fast = ["--repl-diskless-sync-delay", "0"]
         let master1 = try group.redis(extra: fast)
@@ -45,9 +91,12 @@ final class RedisSentinelTests: XCTestCase {
         }
         XCTAssertEqual(ready, "ready")
 
+        // The first sentinel Tern asks lies: it names shard1's replica as every master.
+        let liar = ProcessGroup.freePort()
+        try startLyingSentinel(port: liar, naming: replica1.port)
         let port = ProcessGroup.freePort()
         let config = "cache:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: ketama\n  timeout: 1000\n  sentinel:\n    addresses:\n"
-            + sentinels.map { "     - 127.0.0.1:\($0)\n" }.joined() + "  servers:\n   - shard1:1\n   - shard2:1\n"
+            + ([liar] + sentinels).map { "     - 127.0.0.1:\($0)\n" }.joined() + "  servers:\n   - shard1:1\n   - shard2:1\n"
         try group.tern(config: config, arguments: ["--threads", "2"], waitPort: port)
         let pool = try ConfigLoader.load(text: config, file: "t.yml").pools[0]
         func shard(of key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
@@ -67,6 +116,15 @@ final class RedisSentinelTests: XCTestCase {
         let text = try TestClient(port: port).call("INFO", "sentinel")
         XCTAssertTrue(text.contains("master0:name=shard1,address=127.0.0.1:\(master1.port)"), text)
         XCTAssertTrue(text.contains("sentinel_masters_known:2"), text)
+        XCTAssertTrue(text.contains("master1:name=shard2,address=127.0.0.1:\(master2.port)"), "the liar was outvoted: \(text)")
+        // With one honest sentinel beside it, the liar (listed first) ties: ROLE catches it.
+        let tiePort = ProcessGroup.freePort()
+        let tieConfig = "tie:\n  listen: 127.0.0.1:\(tiePort)\n  redis: true\n  sentinel:\n    addresses:\n     - 127.0.0.1:\(liar)\n     - 127.0.0.1:\(sentinels[0])\n  servers:\n   - shard1:1\n   - shard2:1\n"
+        try self.group.tern(config: tieConfig, waitPort: tiePort)
+        let tie = try TestClient(port: tiePort).call("INFO", "sentinel")
+        XCTAssertTrue(tie.contains("master0:name=shard1,address=127.0.0.1:\(master1.port)") && tie.contains("master1:name=shard2,address=127.0.0.1:\(master2.port)"), tie)
+        XCTAssertFalse(tie.contains("sentinel_role_mismatches:0\r\n"), "the replica the liar named was refused by ROLE: \(tie)")
+        XCTAssertEqual(try TestClient(port: tiePort).call("GET", onFirst[0]), "$\(("v" + onFirst[0]).utf8.count)\r\nv\(onFirst[0])\r\n")
 
         let innocent = RedisClusterTests.InnocentClient(port: port, keys: onSecond)
         usleep(200_000)
@@ -101,6 +159,24 @@ final class RedisSentinelTests: XCTestCase {
         XCTAssertTrue(after.contains("sentinel_switches:1"), after)
         let (requests, errors) = innocent.finish()
         XCTAssertEqual(errors.count, 0, "shard2's client saw no error: \(errors.prefix(3))")
+
+        // Every sentinel down at start: shard1's and shard2's keys fail with a clear error, PING
+        // works, and once a sentinel listens the masters are found.
+        let late = ProcessGroup.freePort()
+        let latePort = ProcessGroup.freePort()
+        try self.group.tern(config: config.replacingOccurrences(of: "\(port)", with: "\(latePort)").components(separatedBy: "    addresses:\n")[0]
+                                + "    addresses:\n     - 127.0.0.1:\(late)\n  servers:\n   - shard1:1\n   - shard2:1\n", waitPort: latePort)
+        let waiting = try TestClient(port: latePort)
+        XCTAssertEqual(try waiting.call("PING"), "+PONG\r\n")
+        XCTAssertTrue(try waiting.call("GET", onFirst[1]).hasPrefix("-ERR master address not known yet"))
+        XCTAssertTrue(self.group.ternLog().contains("no address yet for shard1, shard2"))
+        let path = self.group.directory + "/sentinel-\(late).conf"
+        var lateText = "port \(late)\nbind 127.0.0.1\ndir \(self.group.directory)\n"
+        for (name, master) in [("shard1", replica1.port), ("shard2", master2.port)] { lateText += "sentinel monitor \(name) 127.0.0.1 \(master) 2\n" }
+        try lateText.write(toFile: path, atomically: true, encoding: .utf8)
+        try self.group.launch("/usr/bin/redis-server", [path, "--sentinel"], log: "sentinel-\(late).log")
+        let expected = "$\(("v" + onFirst[1]).utf8.count)\r\nv\(onFirst[1])\r\n"
+        XCTAssertEqual(try eventually(expected, within: 5) { try waiting.call("GET", onFirst[1]) }, expected)
         print(String(format: "sentinel failover window: %.2f s from SIGKILL to the first successful GET through Tern (%d failed tries, 50 ms apart); a sentinel named the replica after %.2f s; shard2's client: %d requests, %d errors",
                      window ?? -1, failures, (switchedAt ?? firstSuccess).map { $0.timeIntervalSince(killedAt) } ?? -1, requests, errors.count))
     }
