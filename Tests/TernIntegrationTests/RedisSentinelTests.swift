@@ -67,7 +67,8 @@ final class RedisSentinelTests: XCTestCase {
     }
 
     func testMasterKilledSentinelsPromoteTernFollows() throws {
-        let fast = ["--repl-diskless-sync-delay", "0"]
+        // A replica writes the RDB it receives into its directory: the test's, not the package's.
+        let fast = ["--repl-diskless-sync-delay", "0", "--dir", group.directory]
         let master1 = try group.redis(extra: fast)
         let replica1 = try group.redis(extra: fast + ["--replicaof", "127.0.0.1", "\(master1.port)"])
         let master2 = try group.redis(extra: fast)
