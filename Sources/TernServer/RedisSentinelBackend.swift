@@ -79,9 +79,18 @@ final class SentinelWatcher: Sendable {
 
     private func run() {
         var lastAttempt: [String: Double] = [:]
+        let subscriptions = Subscriptions()
         while true {
             let now = RedisProbe.now()
-            for job in jobs.withLock({ $0 }) {
+            let current = jobs.withLock { $0 }
+            // `+switch-master`/`+promoted-slave` from a sentinel: every pool it serves asks again.
+            for sentinel in subscriptions.poll(current, now: now, waitMilliseconds: 50) {
+                for job in current where job.sentinels.contains(where: { $0.name == sentinel }) {
+                    job.state.requestRefresh()
+                    lastAttempt[job.pool] = nil
+                }
+            }
+            for job in current {
                 let asked = job.state.refreshRequested.load(ordering: .relaxed)
                 guard now - (lastAttempt[job.pool] ?? -.infinity) >= (asked ? Self.minimumInterval : Self.period) else { continue }
                 job.state.refreshRequested.store(false, ordering: .relaxed)
@@ -93,7 +102,73 @@ final class SentinelWatcher: Sendable {
                     job.state.discovered.withLock { $0 = found }
                 }
             }
-            usleep(50_000)
+        }
+    }
+
+    /// One connection per sentinel subscribed to `+switch-master` and `+promoted-slave` (the
+    /// watcher thread's own): a failover is noticed when the sentinels announce it, not at the
+    /// next poll.
+    private final class Subscriptions {
+        var descriptors: [String: Int32] = [:]
+        var buffers: [String: [UInt8]] = [:]
+        /// When a sentinel that could not be reached is tried again.
+        var retryAt: [String: Double] = [:]
+
+        /// Opens missing subscriptions, waits up to `waitMilliseconds` for messages, and returns
+        /// the sentinels that announced a switch.
+        func poll(_ jobs: [Job], now: Double, waitMilliseconds: Int32) -> [String] {
+            var wanted: [String: (ClusterNode, String?)] = [:]
+            for job in jobs { for sentinel in job.sentinels where wanted[sentinel.name] == nil { wanted[sentinel.name] = (sentinel, job.sentinelPassword) } }
+            for (name, fd) in descriptors where wanted[name] == nil { close(name, fd) }
+            for (name, (node, password)) in wanted where descriptors[name] == nil && now >= retryAt[name] ?? 0 {
+                if case let .success(fd) = RedisProbe.subscribe(node, channels: ["+switch-master", "+promoted-slave"], password: password) {
+                    descriptors[name] = fd
+                    buffers[name] = []
+                } else {
+                    retryAt[name] = now + 1
+                }
+            }
+            let names = Array(descriptors.keys)
+            var entries = names.map { pollfd(fd: descriptors[$0]!, events: Int16(POLLIN), revents: 0) }
+            guard !entries.isEmpty else {
+                usleep(UInt32(waitMilliseconds) * 1000)
+                return []
+            }
+            guard Glibc.poll(&entries, nfds_t(entries.count), waitMilliseconds) > 0 else { return [] }
+            var switched: [String] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            for (index, name) in names.enumerated() where entries[index].revents != 0 {
+                let fd = descriptors[name]!
+                let count = recv(fd, &chunk, chunk.count, Int32(MSG_DONTWAIT))
+                if count <= 0 {
+                    if count == 0 || (errno != EAGAIN && errno != EINTR) {
+                        close(name, fd)
+                        retryAt[name] = now + 1
+                        // A sentinel lost may have been the one to announce: ask again.
+                        switched.append(name)
+                    }
+                    continue
+                }
+                var buffer = (buffers[name] ?? []) + chunk[0..<count]
+                // Messages are small; only whether one names +switch-master matters.
+                while let (value, length) = RespValue.decode(buffer) {
+                    buffer.removeFirst(length)
+                    // `+promoted-slave` comes from the leader as soon as the replica is master;
+                    // `+switch-master` from every sentinel once the failover is over.
+                    if case let .array(fields?) = value, fields.count == 3, fields[0].text == "message",
+                       fields[1].text == "+switch-master" || fields[1].text == "+promoted-slave" {
+                        switched.append(name)
+                    }
+                }
+                buffers[name] = buffer.count > 1 << 16 ? [] : buffer
+            }
+            return switched
+        }
+
+        private func close(_ name: String, _ fd: Int32) {
+            Glibc.close(fd)
+            descriptors[name] = nil
+            buffers[name] = nil
         }
     }
 
@@ -195,6 +270,35 @@ enum RedisProbe {
             }
         }
         return exchange(fd, encode(words))
+    }
+
+    /// A connection to `node` subscribed to `channels` (the first confirmation read; the others
+    /// come with the messages), for the caller to read messages from; bounded like `call`.
+    static func subscribe(_ node: ClusterNode, channels: [String], password: String?) -> Result<Int32, ProbeError> {
+        let address: SocketAddress
+        switch SocketAddress.resolve(host: node.host, port: node.port) {
+        case let .success(resolved): address = resolved
+        case let .failure(error): return .failure(ProbeError(text: error.message))
+        }
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
+        guard fd >= 0 else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
+        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let error = errno != EINPROGRESS ? errno : poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
+            guard error == 0 else {
+                Glibc.close(fd)
+                return .failure(ProbeError(text: Syscall.errorText(error)))
+            }
+        }
+        if let password, case .success(.error) = exchange(fd, encode(["AUTH", password])) {
+            Glibc.close(fd)
+            return .failure(ProbeError(text: "AUTH refused"))
+        }
+        guard case .success(.array) = exchange(fd, encode(["SUBSCRIBE"] + channels)) else {
+            Glibc.close(fd)
+            return .failure(ProbeError(text: "SUBSCRIBE failed"))
+        }
+        return .success(fd)
     }
 
     private static func encode(_ words: [String]) -> [UInt8] {

@@ -127,6 +127,12 @@ final class RedisSentinelTests: XCTestCase {
         XCTAssertFalse(tie.contains("sentinel_role_mismatches:0\r\n"), "the replica the liar named was refused by ROLE: \(tie)")
         XCTAssertEqual(try TestClient(port: tiePort).call("GET", onFirst[0]), "$\(("v" + onFirst[0]).utf8.count)\r\nv\(onFirst[0])\r\n")
 
+        // A Tern without traffic: only the sentinels' +switch-master (or its poll) tells it.
+        let idlePort = ProcessGroup.freePort()
+        try self.group.tern(config: "idle:\n  listen: 127.0.0.1:\(idlePort)\n  redis: true\n  sentinel:\n    addresses:\n"
+                                + sentinels.map { "     - 127.0.0.1:\($0)\n" }.joined() + "  servers:\n   - shard1:1\n   - shard2:1\n", waitPort: idlePort)
+        let idle = try TestClient(port: idlePort)
+        XCTAssertTrue(try idle.call("INFO", "sentinel").contains("address=127.0.0.1:\(master1.port)"))
         let innocent = RedisClusterTests.InnocentClient(port: port, keys: onSecond)
         usleep(200_000)
         master1.kill()
@@ -147,7 +153,18 @@ final class RedisSentinelTests: XCTestCase {
             failures += 1
             usleep(50_000)
         }
+        var idleSwitched: Date?
+        while idleSwitched == nil, Date().timeIntervalSince(killedAt) < 30 {
+            if try idle.call("INFO", "sentinel").contains("master0:name=shard1,address=127.0.0.1:\(replica1.port)") { idleSwitched = Date() } else { usleep(20_000) }
+        }
         let window = firstSuccess.map { $0.timeIntervalSince(killedAt) }
+        let switched = (switchedAt ?? firstSuccess).map { $0.timeIntervalSince(killedAt) } ?? -1
+        let idleDelay = idleSwitched.map { $0.timeIntervalSince(killedAt) } ?? -1
+        // Without requests of its own, the idle Tern learns of the failover from the sentinels'
+        // +promoted-slave/+switch-master (published when a sentinel has seen the promotion,
+        // which may be after another sentinel already names the replica) or its 1 s poll.
+        XCTAssertGreaterThan(idleDelay, 0)
+        XCTAssertLessThan(idleDelay, switched + 1.2, "an idle Tern follows the failover too")
         XCTAssertNotNil(window, "shard1's keys never came back")
         XCTAssertLessThan(window ?? 99, 15)
         // (shard2's keys belong to the innocent client by now.)
@@ -178,7 +195,7 @@ final class RedisSentinelTests: XCTestCase {
         try self.group.launch("/usr/bin/redis-server", [path, "--sentinel"], log: "sentinel-\(late).log")
         let expected = "$\(("v" + onFirst[1]).utf8.count)\r\nv\(onFirst[1])\r\n"
         XCTAssertEqual(try eventually(expected, within: 5) { try waiting.call("GET", onFirst[1]) }, expected)
-        print(String(format: "sentinel failover window: %.2f s from SIGKILL to the first successful GET through Tern (%d failed tries, 50 ms apart); a sentinel named the replica after %.2f s; shard2's client: %d requests, %d errors",
-                     window ?? -1, failures, (switchedAt ?? firstSuccess).map { $0.timeIntervalSince(killedAt) } ?? -1, requests, errors.count))
+        print(String(format: "sentinel failover window: %.2f s from SIGKILL to the first successful GET through Tern (%d failed tries, 50 ms apart); a sentinel named the replica after %.2f s; an idle Tern had the new address after %.2f s; shard2's client: %d requests, %d errors",
+                     window ?? -1, failures, switched, idleDelay, requests, errors.count))
     }
 }
