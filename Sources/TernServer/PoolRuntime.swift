@@ -421,6 +421,26 @@ final class PoolRuntime {
 
     func rebuildPlacement() {
         placement = config.placement(live: servers.map { !$0.isEjected })
+        learnedSlots = nil
+    }
+
+    /// Cluster pools: the map with the slots this worker learned from `-MOVED` since the last
+    /// map (nil: none learned).
+    private var learnedSlots: [Int32]?
+
+    /// Cluster pools: a `-MOVED` named `server` as the owner of `slot`: this worker routes the
+    /// slot there at once, so that a reshard costs one redirect per slot and worker rather than
+    /// one per request until the refreshed map arrives (which replaces this). Off the common
+    /// path; copies the 16384-entry table.
+    func learnSlot(_ slot: Int, server: Int) {
+        guard isCluster, slot >= 0, slot < hashSlotCount, placement.server(forHash: UInt32(slot)) != server else { return }
+        var table = learnedSlots ?? config.slotServers
+        guard table.count == hashSlotCount else { return }
+        table[slot] = Int32(server)
+        learnedSlots = table
+        var patched = config
+        patched.slotServers = table
+        placement = patched.placement()
     }
 }
 

@@ -294,6 +294,7 @@ extension PoolRuntime {
         let cluster = plan.shared.cluster
         if redirect.isAsk { cluster.askRedirects.add(1, ordering: .relaxed) } else { cluster.movedRedirects.add(1, ordering: .relaxed) }
         if let server = serverIndex(named: redirect.target) {
+            if !redirect.isAsk { learnSlot(redirect.slot, server: server) }
             resend(request, toServer: server, asking: redirect.isAsk, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
             return
         }
