@@ -77,8 +77,8 @@ final class ClusterState: Sendable {
 }
 
 /// Finds and refreshes the slot maps of the `redis_cluster` pools on a thread of its own, with
-/// blocking, time-bounded I/O (never on a worker loop, never holding up signals on the main
-/// thread).
+/// blocking, time-bounded I/O (`RedisProbe`: never on a worker loop, never holding up signals
+/// on the main thread).
 final class ClusterDiscovery: Sendable {
     struct Job: Sendable {
         var pool: String
@@ -116,7 +116,7 @@ final class ClusterDiscovery: Sendable {
         var lastAttempt: [String: Double] = [:]
         var lastFailed: [String: Bool] = [:]
         while true {
-            let now = monotonicSeconds()
+            let now = RedisProbe.now()
             for job in jobs.withLock({ $0 }) {
                 let asked = job.state.refreshRequested.load(ordering: .relaxed)
                 let since = now - (lastAttempt[job.pool] ?? -.infinity)
@@ -165,86 +165,17 @@ final class ClusterDiscovery: Sendable {
     }
 
     private static func ask(_ node: ClusterNode, password: String?) -> Result<ClusterSlotMap, DiscoveryError> {
-        let address: SocketAddress
-        switch SocketAddress.resolve(host: node.host, port: node.port) {
-        case let .success(resolved): address = resolved
-        case let .failure(error): return .failure(DiscoveryError(text: error.message))
-        }
-        let fd: Int32
-        switch connect(address) {
-        case let .success(opened): fd = opened
-        case let .failure(error): return .failure(error)
-        }
-        defer { Glibc.close(fd) }
-        if let password {
-            var request: [UInt8] = []
-            append(&request, ["AUTH", password])
-            guard case let .success(reply) = exchange(fd, request) else { return .failure(DiscoveryError(text: "AUTH: no answer")) }
-            if case let .error(text) = reply { return .failure(DiscoveryError(text: "AUTH: \(text)")) }
-        }
-        var request: [UInt8] = []
-        append(&request, ["CLUSTER", "SLOTS"])
-        switch exchange(fd, request) {
+        // A map of 16384 single-slot ranges over many nodes stays well below 16 MiB.
+        switch RedisProbe.call(node, ["CLUSTER", "SLOTS"], password: password, maxReply: 16 << 20) {
+        case let .success(.error(text)):
+            return .failure(DiscoveryError(text: text))
         case let .success(reply):
-            if case let .error(text) = reply { return .failure(DiscoveryError(text: text)) }
             guard let map = ClusterSlotMap.parse(clusterSlots: reply, askedHost: node.host) else {
                 return .failure(DiscoveryError(text: "CLUSTER SLOTS: no slot is served"))
             }
             return .success(map)
         case let .failure(error):
-            return .failure(error)
-        }
-    }
-
-    private static func append(_ request: inout [UInt8], _ words: [String]) {
-        request += Array("*\(words.count)\r\n".utf8)
-        for word in words { request += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }
-    }
-
-    /// A connect bounded by a second.
-    private static func connect(_ address: SocketAddress) -> Result<Int32, DiscoveryError> {
-        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
-        guard fd >= 0 else { return .failure(DiscoveryError(text: Syscall.errorText(errno))) }
-        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
-            guard errno == EINPROGRESS else {
-                let error = errno
-                Glibc.close(fd)
-                return .failure(DiscoveryError(text: Syscall.errorText(error)))
-            }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let error = poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
-            guard error == 0 else {
-                Glibc.close(fd)
-                return .failure(DiscoveryError(text: Syscall.errorText(error)))
-            }
-        }
-        return .success(fd)
-    }
-
-    /// Sends a request and reads one whole reply, a second at most.
-    private static func exchange(_ fd: Int32, _ request: [UInt8]) -> Result<RespValue, DiscoveryError> {
-        let end = monotonicSeconds() + 1
-        func remainingMilliseconds() -> Int32 { Int32(max(0, (end - monotonicSeconds()) * 1000)) }
-        var sent = 0
-        while sent < request.count {
-            let count = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if count > 0 { sent += count; continue }
-            guard count < 0, errno == EAGAIN || errno == EINTR else { return .failure(DiscoveryError(text: "send failed")) }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(DiscoveryError(text: "timed out")) }
-        }
-        var reply: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16384)
-        while true {
-            if !reply.isEmpty, let (value, _) = RespValue.decode(reply) { return .success(value) }
-            // A map of 16384 single-slot ranges over many nodes stays well below this.
-            guard reply.count < 16 << 20 else { return .failure(DiscoveryError(text: "reply too large")) }
-            let count = recv(fd, &chunk, chunk.count, 0)
-            if count > 0 { reply += chunk[0..<count]; continue }
-            if count == 0 { return .failure(DiscoveryError(text: "server closed the connection")) }
-            guard errno == EAGAIN || errno == EINTR else { return .failure(DiscoveryError(text: Syscall.errorText(errno))) }
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(DiscoveryError(text: "timed out")) }
+            return .failure(DiscoveryError(text: error.text))
         }
     }
 
@@ -255,12 +186,6 @@ final class ClusterDiscovery: Sendable {
             return nil
         }
     }
-}
-
-private func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
 /// A redirected request waiting: for a map that knows its node (`retryAt` nil), or for the

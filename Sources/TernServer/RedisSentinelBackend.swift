@@ -236,7 +236,7 @@ final class SentinelWatcher: Sendable {
 }
 
 /// One blocking exchange with a Redis node or sentinel, bounded by a second to connect and a
-/// second to answer: for the watcher threads only.
+/// second to answer: for the discovery and watcher threads only (cluster maps, sentinels).
 enum RedisProbe {
     struct ProbeError: Error { var text: String }
 
@@ -246,8 +246,9 @@ enum RedisProbe {
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
-    /// Connects, authenticates when `password` is given, sends `words`, returns the reply.
-    static func call(_ node: ClusterNode, _ words: [String], password: String?) -> Result<RespValue, ProbeError> {
+    /// Connects, authenticates when `password` is given, sends `words`, returns the reply (at
+    /// most `maxReply` bytes).
+    static func call(_ node: ClusterNode, _ words: [String], password: String?, maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
         let address: SocketAddress
         switch SocketAddress.resolve(host: node.host, port: node.port) {
         case let .success(resolved): address = resolved
@@ -269,7 +270,7 @@ enum RedisProbe {
             case let .failure(error): return .failure(error)
             }
         }
-        return exchange(fd, encode(words))
+        return exchange(fd, encode(words), maxReply: maxReply)
     }
 
     /// A connection to `node` subscribed to `channels` (the first confirmation read; the others
@@ -307,7 +308,7 @@ enum RedisProbe {
         return request
     }
 
-    private static func exchange(_ fd: Int32, _ request: [UInt8]) -> Result<RespValue, ProbeError> {
+    private static func exchange(_ fd: Int32, _ request: [UInt8], maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
         let end = now() + 1
         func remainingMilliseconds() -> Int32 { Int32(max(0, (end - now()) * 1000)) }
         var sent = 0
@@ -319,10 +320,21 @@ enum RedisProbe {
             if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(ProbeError(text: "timed out")) }
         }
         var reply: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
+        var chunk = [UInt8](repeating: 0, count: 16384)
         while true {
-            if !reply.isEmpty, let (value, _) = RespValue.decode(reply) { return .success(value) }
-            guard reply.count < 1 << 20 else { return .failure(ProbeError(text: "reply too large")) }
+            if !reply.isEmpty {
+                // Framed in place first (cheap); decoded into values once complete.
+                switch reply.withUnsafeBytes({ RespReplyParser.parse($0, maxDepth: 16) }) {
+                case .reply:
+                    guard let (value, _) = RespValue.decode(reply) else { return .failure(ProbeError(text: "invalid reply")) }
+                    return .success(value)
+                case .invalid:
+                    return .failure(ProbeError(text: "invalid reply"))
+                case .incomplete:
+                    break
+                }
+            }
+            guard reply.count < maxReply else { return .failure(ProbeError(text: "reply too large")) }
             let count = recv(fd, &chunk, chunk.count, 0)
             if count > 0 { reply += chunk[0..<count]; continue }
             if count == 0 { return .failure(ProbeError(text: "server closed the connection")) }
