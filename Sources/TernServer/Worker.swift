@@ -20,11 +20,15 @@ final class PoolPlan: Sendable {
     /// Counters of each server on each worker: `serverCounters[server][worker]`. A server that
     /// keeps its name across a reload keeps its counters.
     let serverCounters: [[ServerCounters]]
+    /// `redis_cluster` with `read_from`: the addresses of `config.replicaServers` (a replica whose
+    /// name did not resolve is left out, with an empty address list in its place).
+    let replicaAddresses: [[SocketAddress?]]
 
     init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
-         shared: PoolShared, serverCounters: [[ServerCounters]]) {
+         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = []) {
         self.config = config
         self.serverAddresses = serverAddresses
+        self.replicaAddresses = replicaAddresses
         self.listenDescriptor = listenDescriptor
         self.warmup = warmup
         self.shared = shared
@@ -50,6 +54,10 @@ final class PoolShared: Sendable {
     let slowLog = SlowLog()
     /// Redis pools: each server's INFO, gathered off the request path (see `BackendInfoPoller`).
     let backendInfo = Locked<[String: BackendInfo]>([:])
+    /// `distribution: redis_cluster`: slot map version, redirects, refreshes (idle otherwise).
+    let cluster = ClusterState()
+    /// `sentinel:` pools: masters' addresses, switches (idle otherwise).
+    let sentinel = SentinelState()
 
     init(workers: Int, hotKeys capacity: Int = 64) {
         workerCounters = (0..<workers).map { _ in PoolCounters() }
