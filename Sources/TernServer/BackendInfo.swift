@@ -40,7 +40,8 @@ struct BackendInfo: Sendable {
         }
         servers.insert(contentsOf: [("backends_up", String(up)), ("backends_down", String(plan.config.servers.count - up))], at: 0)
         guard !live.isEmpty else { return ([], [], [], servers) }
-        func sum(_ field: String) -> Int { live.reduce(0) { $0 + (Int($1.fields[field] ?? "") ?? 0) } }
+        // Saturating: figures come from the servers, and a trap here would end the process.
+        func sum(_ field: String) -> Int { live.reduce(0) { add($0, Int($1.fields[field] ?? "") ?? 0) } }
         let used = sum("used_memory")
         // One server without a limit makes the pool's limit "none" (0), as Redis says for one.
         let maxmemory = live.contains { Int($0.fields["maxmemory"] ?? "0") == 0 } ? 0 : sum("maxmemory")
@@ -57,7 +58,7 @@ struct BackendInfo: Sendable {
             .map { ($0, String(sum($0))) }
         // `db0:keys=3,expires=1,avg_ttl=500`: keys and expires summed per database, avg_ttl
         // weighted by each server's expiring keys.
-        var databases: [Int: (keys: Int, expires: Int, ttlWeighted: Int)] = [:]
+        var databases: [Int: (keys: Int, expires: Int, ttlWeighted: Double)] = [:]
         for info in live {
             for (name, value) in info.fields where name.hasPrefix("db") {
                 guard let number = Int(name.dropFirst(2)) else { continue }
@@ -67,21 +68,28 @@ struct BackendInfo: Sendable {
                     if parts.count == 2 { parsed[parts[0]] = Int(parts[1]) ?? 0 }
                 }
                 var entry = databases[number] ?? (0, 0, 0)
-                entry.keys += parsed["keys"] ?? 0
-                entry.expires += parsed["expires"] ?? 0
-                entry.ttlWeighted += (parsed["avg_ttl"] ?? 0) * (parsed["expires"] ?? 0)
+                entry.keys = add(entry.keys, parsed["keys"] ?? 0)
+                entry.expires = add(entry.expires, parsed["expires"] ?? 0)
+                entry.ttlWeighted += Double(parsed["avg_ttl"] ?? 0) * Double(parsed["expires"] ?? 0)
                 databases[number] = entry
             }
         }
         let keyspace = databases.keys.sorted().map { number in
             let entry = databases[number]!
-            return ("db\(number)", "keys=\(entry.keys),expires=\(entry.expires),avg_ttl=\(entry.expires == 0 ? 0 : entry.ttlWeighted / entry.expires)")
+            return ("db\(number)", "keys=\(entry.keys),expires=\(entry.expires),avg_ttl=\(entry.expires == 0 ? 0 : Int(min(entry.ttlWeighted / Double(entry.expires), 9e18))))")
         }
         return (memory, stats, keyspace, servers)
     }
 
+    /// `a + b`, held at Int.max rather than trapping.
+    static func add(_ a: Int, _ b: Int) -> Int {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? (b < 0 ? Int.min : Int.max) : sum
+    }
+
     /// Redis's `bytesToHuman`: 1023B, 1.00K, 2.50M, …
     static func human(_ bytes: Int) -> String {
+        guard bytes < 1 << 60 else { return "\(bytes)B" }
         let units = ["K", "M", "G", "T", "P"]
         guard bytes >= 1024 else { return "\(bytes)B" }
         var scale = 1024
@@ -112,7 +120,9 @@ struct BackendInfo: Sendable {
 /// Fetches `INFO` from every server of every Redis pool on a thread of its own, once a second,
 /// so that INFO through Tern answers backend figures at most about a second old without
 /// touching the request path. One connection per server, kept open; a server that does not
-/// answer within a second is marked down until it does. The same thread halves the hot-key sketches every minute (`HotKeys`).
+/// connect within 300 ms or answer within 500 ms is marked down and tried again every five
+/// seconds, so that servers that are down cannot stretch the cycle for the others. The same
+/// thread halves the hot-key sketches every minute (`HotKeys`).
 final class BackendInfoPoller: Sendable {
     let control: ControlState
 
@@ -134,6 +144,9 @@ final class BackendInfoPoller: Sendable {
     private final class Connections {
         var descriptors: [String: Int32] = [:]
         var lastPoll: [String: Int] = [:]
+        /// A server whose last poll failed is tried again at this time (unix seconds), so that
+        /// servers that are down cannot stretch the cycle for the others.
+        var retryAt: [String: Int] = [:]
     }
 
     private func run() {
@@ -152,8 +165,9 @@ final class BackendInfoPoller: Sendable {
                 for (index, server) in plan.config.servers.enumerated() {
                     let key = "\(plan.config.name)/\(server.name)/\(server.address)"
                     seen.insert(key)
-                    guard due, index < plan.serverAddresses.count else { continue }
+                    guard due, index < plan.serverAddresses.count, now >= connections.retryAt[key] ?? 0 else { continue }
                     let result = fetch(key: key, address: plan.serverAddresses[index], password: plan.config.redisAuth, connections)
+                    if case .failure = result { connections.retryAt[key] = now + 5 } else { connections.retryAt[key] = nil }
                     plan.shared.backendInfo.withLock { known in
                         var info = known[server.name] ?? BackendInfo(address: "\(server.address)")
                         info.address = "\(server.address)"
@@ -210,7 +224,7 @@ final class BackendInfoPoller: Sendable {
         }
     }
 
-    /// A connect bounded by a second.
+    /// A connect bounded by 300 ms.
     private static func connect(_ address: SocketAddress) -> Result<Int32, PollError> {
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
         guard fd >= 0 else { return .failure(PollError(text: Syscall.errorText(errno))) }
@@ -221,7 +235,7 @@ final class BackendInfoPoller: Sendable {
                 return .failure(PollError(text: Syscall.errorText(error)))
             }
             var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let error = poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
+            let error = poll(&entry, 1, 300) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
             guard error == 0 else {
                 Glibc.close(fd)
                 return .failure(PollError(text: Syscall.errorText(error)))
@@ -230,11 +244,11 @@ final class BackendInfoPoller: Sendable {
         return .success(fd)
     }
 
-    /// Sends a request and reads one reply (a line, or a bulk string whole), a second at most.
+    /// Sends a request and reads one reply (a line, or a bulk string whole), 500 ms at most.
     private static func exchange(_ fd: Int32, _ request: [UInt8]) -> Result<[UInt8], PollError> {
         var deadline = timespec()
         clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let end = Double(deadline.tv_sec) + Double(deadline.tv_nsec) / 1e9 + 1
+        let end = Double(deadline.tv_sec) + Double(deadline.tv_nsec) / 1e9 + 0.5
         func remainingMilliseconds() -> Int32 {
             var now = timespec()
             clock_gettime(CLOCK_MONOTONIC, &now)
@@ -269,6 +283,9 @@ final class BackendInfoPoller: Sendable {
         guard let newline = bytes.firstIndex(of: 0x0a) else { return nil }
         guard bytes.first == UInt8(ascii: "$") else { return newline + 1 }
         guard let length = Int(String(decoding: bytes[1..<max(1, newline - 1)], as: UTF8.self)) else { return newline + 1 }
+        // A length past what this poller reads (4 MiB) is answered as complete: the caller's
+        // size check then refuses it, and nothing here adds up past Int.max.
+        guard length <= 4 << 20 else { return newline + 1 }
         return length < 0 ? newline + 1 : newline + 1 + length + 2
     }
 }

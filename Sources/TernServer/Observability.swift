@@ -145,19 +145,21 @@ struct SpaceSaving: Sendable {
     /// Halves every count, so that the sketch follows what is hot now; keys whose count
     /// reaches zero leave.
     mutating func halve() {
-        var index = 0
-        while index < keys.count {
-            counts[index] /= 2
-            errors[index] /= 2
-            if counts[index] == 0 {
-                keys.remove(at: index)
-                hashes.remove(at: index)
-                counts.remove(at: index)
-                errors.remove(at: index)
-            } else {
-                index += 1
+        // One pass: entries that stay move down over those that leave.
+        var kept = 0
+        for index in keys.indices where counts[index] / 2 > 0 {
+            if kept != index {
+                keys.swapAt(kept, index)
+                hashes[kept] = hashes[index]
             }
+            counts[kept] = counts[index] / 2
+            errors[kept] = errors[index] / 2
+            kept += 1
         }
+        keys.removeLast(keys.count - kept)
+        hashes.removeLast(hashes.count - kept)
+        counts.removeLast(counts.count - kept)
+        errors.removeLast(errors.count - kept)
     }
 }
 
@@ -170,11 +172,18 @@ final class HotKeys: Sendable {
 
     init(capacity: Int) { sketch = Locked(SpaceSaving(capacity: max(1, capacity))) }
 
+    /// Longest key kept: longer keys are tracked by their first `maxKeyBytes` bytes, their
+    /// length and a hash of their last bytes (a Redis key may be 512 MiB; the sketch stays small).
+    static let maxKeyBytes = 256
+
     func add(_ key: UnsafeRawBufferPointer) {
-        // FNV-1a over at most 64 bytes: a hint that spares most byte comparisons.
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in key.prefix(64) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        sketch.withLock { $0.add(key, hash: hash) }
+        // FNV-1a over the length, the first 32 and the last 32 bytes: a hint that spares most
+        // byte comparisons, also for keys that share a long prefix.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ UInt64(key.count)
+        for byte in key.prefix(32) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        for byte in key.suffix(32) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let kept = UnsafeRawBufferPointer(rebasing: key.prefix(Self.maxKeyBytes))
+        sketch.withLock { $0.add(kept, hash: hash) }
     }
 
     /// Called every minute (by the backend poller's thread).
@@ -234,6 +243,11 @@ final class SlowLog: Sendable {
             if state.entries.count > maxLength {
                 // The limit was lowered by a reload: keep the newest.
                 state.entries = Array(Self.ordered(state).suffix(maxLength - 1))
+                state.next = 0
+            }
+            if state.entries.count < maxLength, state.next != 0 {
+                // The limit was raised by a reload after the ring wrapped: oldest first again.
+                state.entries = Self.ordered(state)
                 state.next = 0
             }
             if state.entries.count < maxLength {
@@ -309,24 +323,36 @@ final class SlowLog: Sendable {
                 return value
             }
             guard let count = number() else { return [] }
-            for _ in 0..<count {
+            // Only the arguments kept are read; the header says how many there were.
+            for _ in 0..<min(count, maxArguments) {
                 guard position < request.count, request[position] == UInt8(ascii: "$") else { break }
                 position += 1
                 guard let length = number(), position + length <= request.count else { break }
                 parts.append(UnsafeRawBufferPointer(rebasing: request[position..<(position + length)]))
                 position += length + 2
             }
-            return truncated(parts)
+            var kept = truncated(Array(parts.prefix(count > maxArguments ? maxArguments - 1 : maxArguments)))
+            if count > maxArguments, parts.count >= maxArguments - 1 {
+                kept.append(Array("... (\(count - (maxArguments - 1)) more arguments)".utf8))
+            }
+            return kept
         }
         let end = request.firstIndex(of: 0x0a).map { $0 > 0 && request[$0 - 1] == 0x0d ? $0 - 1 : $0 } ?? request.count
         var position = 0
+        var extra = 0
         while position < end {
             while position < end, request[position] == 0x20 { position += 1 }
             let start = position
             while position < end, request[position] != 0x20 { position += 1 }
-            if position > start { parts.append(UnsafeRawBufferPointer(rebasing: request[start..<position])) }
+            guard position > start else { continue }
+            // (A memcached multi-get may name thousands of keys: only what is kept is stored.)
+            if parts.count < maxArguments { parts.append(UnsafeRawBufferPointer(rebasing: request[start..<position])) } else { extra += 1 }
         }
-        return truncated(parts)
+        var kept = truncated(parts)
+        if extra > 0 {
+            kept[maxArguments - 1] = Array("... (\(extra + 1) more arguments)".utf8)
+        }
+        return kept
     }
 
     /// `ip:port` of a connected socket's peer ("" when unknown).

@@ -142,6 +142,13 @@ final class PoolRuntime {
         return slowRecorded <= slowlogMaxLength
     }
 
+    /// A retired old pool may outlive its new pool (its requests finish after the warm-up
+    /// ended): it stops pointing at it, and logs nothing more.
+    fileprivate func detachObservers() {
+        slowOwner = nil
+        slowlogThreshold = Int.max
+    }
+
     /// A warm-up's old pool logs its slow requests into its new pool's slow log.
     private func adoptObservers(of newPool: PoolRuntime) {
         slowLog = newPool.slowLog
@@ -215,6 +222,7 @@ final class PoolRuntime {
             }
             old?.adoptObservers(of: self)
         } else if let old {
+            old.detachObservers()
             old.retire()
             worker.retireWhenIdle(old)
             self.old = nil
@@ -228,6 +236,7 @@ final class PoolRuntime {
     /// The pool left the config (or Tern is draining): stop accepting; backend connections
     /// close once their in-flight requests have finished.
     func retire() {
+        old?.detachObservers()
         stopListening()
         expireParked(all: true)
         for server in servers + replicas.joined() { worker.retireWhenIdle(server) }

@@ -367,6 +367,8 @@ final class ServerConnection {
         // would take and drop a reference).
         let counters = self.counters
         let slowThreshold = server.pool.slowlogThreshold
+        // Answered requests' bytes leave in this pass however the loop ends.
+        defer { releaseAnswered() }
         while !input.isEmpty {
             if skipper != nil {
                 guard skipOversizedReply() else { return }
@@ -455,7 +457,6 @@ final class ServerConnection {
                 input.consume(length)
             }
         }
-        releaseAnswered()
         if pending.isEmpty, isTimerArmed { stopTimer() }
         // A burst may have grown the buffer: give large ones back once drained.
         if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
@@ -492,7 +493,8 @@ final class ServerConnection {
         var name = ""
         if let connection = head.slot?.client {
             client = connection.peerAddress
-            name = connection.redis?.name ?? ""
+            // Redis keeps a client name in the slow log; a long one is cut (names are client input).
+            name = String((connection.redis?.name ?? "").utf8.prefix(SlowLog.maxArgumentLength)) ?? ""
         }
         pool.slowLog.record(SlowLogEntry(id: 0, time: Int(time(nil)), microseconds: microseconds, arguments: SlowLog.arguments(of: request),
                                          client: client, clientName: name, server: server.name), maxLength: pool.slowlogMaxLength)
@@ -513,7 +515,12 @@ final class ServerConnection {
     /// the rest of the reply is dropped as it arrives instead of being buffered. The other
     /// requests on the connection, other clients' among them, are answered as usual.
     private func startSkipping() {
-        guard let head = pending.popFirst() else { return }
+        guard let head = pending.popFirst() else {
+            // A pub/sub message past the limit with no request waiting: it cannot be dropped
+            // silently, so the push connection closes (and with it its subscribed client).
+            fail(reason: "a pushed message passed client_output_limit")
+            return
+        }
         pendingBytes -= head.bytes
         answeredBytes += head.bytes
         releaseAnswered()

@@ -19,6 +19,13 @@ final class SlowLogTests: XCTestCase {
         // A reload that lowers slowlog_max_len keeps the newest.
         log.record(entry("c7"), maxLength: 2)
         XCTAssertEqual(log.newest(-1).map(\.id), [7, 6])
+        // A reload that raises it after the ring wrapped keeps the order.
+        for index in 8..<11 { log.record(entry("c\(index)"), maxLength: 2) }
+        log.record(entry("c11"), maxLength: 4)
+        log.record(entry("c12"), maxLength: 4)
+        XCTAssertEqual(log.newest(-1).map(\.id), [12, 11, 10, 9])
+        log.record(entry("c13"), maxLength: 4)
+        XCTAssertEqual(log.newest(-1).map(\.id), [13, 12, 11, 10])
         log.reset()
         XCTAssertEqual(log.count, 0)
         log.record(entry("c8"), maxLength: 0)
@@ -35,6 +42,15 @@ final class SlowLogTests: XCTestCase {
         XCTAssertEqual(arguments[31], Array("... (9 more arguments)".utf8))
         let memcached = Array("set k 0 0 5\r\nvalue\r\n".utf8).withUnsafeBytes { SlowLog.arguments(of: $0) }
         XCTAssertEqual(memcached.map { String(decoding: $0, as: UTF8.self) }, ["set", "k", "0", "0", "5"])
+        let manyKeys = Array(("get " + (0..<1000).map { "k\($0)" }.joined(separator: " ") + "\r\n").utf8).withUnsafeBytes { SlowLog.arguments(of: $0) }
+        XCTAssertEqual(manyKeys.count, 32)
+        XCTAssertEqual(manyKeys[30], Array("k29".utf8))
+        XCTAssertEqual(manyKeys[31], Array("... (970 more arguments)".utf8))
+        var header = "*100000\r\n$4\r\nMSET\r\n"
+        for index in 0..<40 { header += "$2\r\nk\(index % 10)\r\n" }
+        let declared = Array(header.utf8).withUnsafeBytes { SlowLog.arguments(of: $0) }
+        XCTAssertEqual(declared.count, 32)
+        XCTAssertEqual(declared[31], Array("... (99969 more arguments)".utf8), "the count comes from the header")
         // A truncated frame gives what it has, never reads past it.
         let cut = Array("*3\r\n$3\r\nGET\r\n$10\r\nabc".utf8).withUnsafeBytes { SlowLog.arguments(of: $0) }
         XCTAssertEqual(cut, [Array("GET".utf8)])
