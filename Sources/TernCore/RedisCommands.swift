@@ -76,6 +76,8 @@ public struct RedisCommand: Sendable {
     public let timeoutAt: Int
     /// Position in `RedisCommandTable.commands`: per-command metrics are an array indexed by it.
     public fileprivate(set) var tableIndex: Int32 = -1
+    /// Redis's ACL categories (`@read`, `@write`, `@dangerous`, …), from `RedisCategories.table`.
+    public fileprivate(set) var categories = RedisCategories()
 
     init(_ name: StaticString, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false,
          storeKeywords: Bool = false, timeoutAt: Int = 0) {
@@ -115,6 +117,10 @@ public enum RedisCommandTable {
     public static let commands: [RedisCommand] = table.enumerated().map { index, command in
         var numbered = command
         numbered.tableIndex = Int32(index)
+        guard let categories = RedisCategories.byCommand[command.name] else {
+            preconditionFailure("no ACL categories for \(command.name)")
+        }
+        numbered.categories = categories
         return numbered
     }
 
