@@ -228,7 +228,7 @@ public enum RedisCommandTable {
         .init("publish", 3, one), .init("spublish", 3, one), .init("pubsub", -2, .none, .pubsub),
         .init("monitor", 1, .none, .unsupported), .init("cluster", -2, .none, .local), .init("config", -2, .none, .unsupported),
         .init("debug", -2, .none, .unsupported), .init("slowlog", -2, .none, .local), .init("latency", -2, .none, .unsupported),
-        .init("acl", -2, .none, .unsupported), .init("save", 1, .none, .unsupported), .init("bgsave", -1, .none, .unsupported),
+        .init("acl", -2, .none, .local), .init("save", 1, .none, .unsupported), .init("bgsave", -1, .none, .unsupported),
         .init("bgrewriteaof", 1, .none, .unsupported), .init("lastsave", 1, .none, .unsupported), .init("shutdown", -1, .none, .unsupported),
         .init("slaveof", 3, .none, .unsupported), .init("replicaof", 3, .none, .unsupported), .init("sync", 1, .none, .unsupported),
         .init("psync", -3, .none, .unsupported), .init("role", 1, .none, .unsupported), .init("readonly", 1, .none, .local),

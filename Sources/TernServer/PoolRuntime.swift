@@ -36,6 +36,10 @@ final class PoolRuntime {
     private(set) var isRedis = false
     private(set) var isRandom = false
     private(set) var requiresAuth = false
+    /// The pool's users (`users:`, and `default` from `redis_auth`), compiled; shared read-only.
+    private(set) var users: [RedisUser] = []
+    /// `disabled_commands`: bit `tableIndex` set for a disabled command; empty when none.
+    private(set) var disabledCommands: [UInt64] = []
     private(set) var timeoutSeconds: Double?
     private(set) var clientOutputLimit = 0
     /// Backend round trips slower than this (µs) are logged; Int.max when the log is off.
@@ -91,7 +95,16 @@ final class PoolRuntime {
         let config = plan.config
         isRedis = config.protocolKind == .redis
         isRandom = config.distribution == .random
-        requiresAuth = config.redisAuth != nil
+        requiresAuth = config.redisAuth != nil || !config.users.isEmpty
+        users = plan.users
+        disabledCommands = []
+        if !config.disabledCommands.isEmpty {
+            disabledCommands = [UInt64](repeating: 0, count: (RedisCommandTable.commands.count + 63) / 64)
+            for name in config.disabledCommands {
+                guard let index = RedisCommandTable.byName[name].map({ Int($0.tableIndex) }) else { continue }
+                disabledCommands[index >> 6] |= 1 << UInt64(index & 63)
+            }
+        }
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
         clientOutputLimit = config.clientOutputLimit
         if plan.listenDescriptor >= 0 || plan.warmup != nil {
@@ -162,6 +175,13 @@ final class PoolRuntime {
     /// A reload: same pool name, new config. Clients keep their sockets and their next request
     /// is routed by the new servers; a server that keeps its name and address keeps its
     /// connections; the others close once their in-flight requests have finished.
+    /// Whether `command` is in `disabled_commands`.
+    @inline(__always)
+    func isDisabled(_ command: RedisCommand) -> Bool {
+        let index = Int(command.tableIndex)
+        return disabledCommands.withUnsafeBufferPointer { $0[index >> 6] } & (1 << UInt64(index & 63)) != 0
+    }
+
     func update(_ newPlan: PoolPlan) {
         let listenChanged = newPlan.listenDescriptor != plan.listenDescriptor
         if listenChanged { stopListening() }
@@ -260,6 +280,8 @@ final class PoolRuntime {
     private var acceptLog = LogThrottle()
     /// Clients closed over `client_output_limit` (written by their connections).
     var limitLog = LogThrottle()
+    /// Failed authentications, logged at most once a second per worker.
+    var authLog = LogThrottle()
     private var refusedLog = LogThrottle()
     private var resumeTimer: TimerWatcher?
 

@@ -20,6 +20,8 @@ final class PoolPlan: Sendable {
     /// Counters of each server on each worker: `serverCounters[server][worker]`. A server that
     /// keeps its name across a reload keeps its counters.
     let serverCounters: [[ServerCounters]]
+    /// The pool's users, compiled once per plan (immutable, read by every worker).
+    let users: [RedisUser]
 
     init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
          shared: PoolShared, serverCounters: [[ServerCounters]]) {
@@ -29,6 +31,7 @@ final class PoolPlan: Sendable {
         self.warmup = warmup
         self.shared = shared
         self.serverCounters = serverCounters
+        self.users = RedisUser.compile(config)
     }
 }
 
