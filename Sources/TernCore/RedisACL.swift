@@ -230,6 +230,8 @@ public final class RedisUser: Sendable {
     /// memcached pools: whether storage, delete, arithmetic and flush commands are allowed
     /// (the user's rules allow @write).
     public let memcacheWrite: Bool
+    /// memcached pools: whether retrievals are allowed (the user's rules allow GET).
+    public let memcacheRead: Bool
     /// memcached pools: key prefixes (a `~prefix*` pattern is the prefix `prefix`).
     public let memcachePrefixes: [[UInt8]]
 
@@ -241,6 +243,8 @@ public final class RedisUser: Sendable {
         self.patterns = patterns
         let setIndex = RedisCommandTable.byName["set"].map { Int($0.tableIndex) } ?? 0
         self.memcacheWrite = allowed[setIndex >> 6] & (1 << UInt64(setIndex & 63)) != 0
+        let getIndex = RedisCommandTable.byName["get"].map { Int($0.tableIndex) } ?? 0
+        self.memcacheRead = allowed[getIndex >> 6] & (1 << UInt64(getIndex & 63)) != 0
         self.memcachePrefixes = patterns.map { $0.last == UInt8(ascii: "*") ? Array($0.dropLast()) : $0 }
     }
 
@@ -317,7 +321,7 @@ public final class RedisUser: Sendable {
             let patterns = user.keys.filter { $0.hasPrefix("~") }.map { Array($0.utf8.dropFirst()) }
             users.append(RedisUser(name: user.name, passwordSHA256: user.passwordSHA256, allowed: allowed, allKeys: allKeys, patterns: patterns))
         }
-        if let password = pool.redisAuth, !users.contains(where: { $0.name == "default" }) {
+        if pool.protocolKind == .redis, let password = pool.redisAuth, !users.contains(where: { $0.name == "default" }) {
             let all = (try? compileCommands(["allcommands"]).get()) ?? []
             users.append(RedisUser(name: "default", passwordSHA256: SHA256.digest(Array(password.utf8)), allowed: all, allKeys: true, patterns: []))
         }

@@ -95,7 +95,7 @@ final class PoolRuntime {
         let config = plan.config
         isRedis = config.protocolKind == .redis
         isRandom = config.distribution == .random
-        requiresAuth = config.redisAuth != nil || !config.users.isEmpty
+        requiresAuth = isRedis ? config.redisAuth != nil || !config.users.isEmpty : !config.users.isEmpty
         users = plan.users
         disabledCommands = []
         if !config.disabledCommands.isEmpty {
@@ -175,6 +175,21 @@ final class PoolRuntime {
     /// A reload: same pool name, new config. Clients keep their sockets and their next request
     /// is routed by the new servers; a server that keeps its name and address keeps its
     /// connections; the others close once their in-flight requests have finished.
+    /// The user named `name` (nil: `default`) when `password` is theirs: the password's SHA-256
+    /// compared in constant time with the user's, and with a dummy for an unknown user, so
+    /// that the time taken does not tell which.
+    func verify(user name: UnsafeRawBufferPointer?, password: UnsafeRawBufferPointer) -> RedisUser? {
+        let found: RedisUser?
+        if let name {
+            found = users.first { $0.name.utf8.count == name.count && $0.name.utf8.elementsEqual(name) }
+        } else {
+            found = users.first { $0.name == "default" }
+        }
+        let given = SHA256.digest(password)
+        let matches = SHA256.constantTimeEqual(given, found?.passwordSHA256 ?? [UInt8](repeating: 0, count: 32))
+        return matches ? found : nil
+    }
+
     /// Whether `command` is in `disabled_commands`.
     @inline(__always)
     func isDisabled(_ command: RedisCommand) -> Bool {

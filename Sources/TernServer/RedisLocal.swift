@@ -91,19 +91,11 @@ extension ClientConnection {
     /// failure the failure is counted, logged (rate-limited, without names or passwords) and,
     /// at `maxAuthFailures` in a row, the client is closed once the reply is out.
     func authenticate(user: Int?, password: Int, _ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession) -> Bool {
-        let found: RedisUser?
-        if let user {
-            found = arguments.withArgument(user, in: frame) { name in
-                pool.users.first { candidate in
-                    candidate.name.utf8.count == name.count && candidate.name.utf8.elementsEqual(name)
-                }
-            }
-        } else {
-            found = pool.users.first { $0.name == "default" }
+        let found = arguments.withArgument(password, in: frame) { password in
+            guard let user else { return pool.verify(user: nil, password: password) }
+            return arguments.withArgument(user, in: frame) { pool.verify(user: $0, password: password) }
         }
-        let given = arguments.withArgument(password, in: frame) { SHA256.digest($0) }
-        let wanted = found?.passwordSHA256 ?? [UInt8](repeating: 0, count: 32)
-        if SHA256.constantTimeEqual(given, wanted), let found {
+        if let found {
             session.isAuthenticated = true
             session.user = found
             session.authFailures = 0
