@@ -40,6 +40,8 @@ final class ClientConnection {
     /// authentications in a row.
     var memcacheUser: RedisUser?
     var memcacheAuthFailures = 0
+    /// `PoolRuntime.usersGeneration` when `memcacheUser` was set.
+    var memcacheUsersGeneration = 0
     /// Requests in flight before reading pauses; reading resumes as replies leave.
     static let maxInFlight = 16384
     /// Reply bytes waiting for a slow reader before reading its requests pauses.

@@ -68,6 +68,7 @@ extension ClientConnection {
             if line.capacity <= 1 << 16 { swap(&line, &worker.binaryLine) }
         }
         // `users:`: before SASL authentication only SASL and quit are served.
+        if memcacheUser != nil, memcacheUsersGeneration != pool.usersGeneration { rebindMemcacheUser() }
         if pool.requiresAuth, memcacheUser == nil {
             switch request.opcode {
             case .saslListMechs?, .saslAuth?, .saslStep?, .quit?, .quitQ?: break
@@ -158,6 +159,7 @@ extension ClientConnection {
             return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
         }
         memcacheUser = user
+        memcacheUsersGeneration = pool.usersGeneration
         memcacheAuthFailures = 0
         var reply: [UInt8] = []
         BinaryTranslator.appendResponse(to: &reply, opcode: request.opcodeByte, status: .success, opaque: request.opaque,

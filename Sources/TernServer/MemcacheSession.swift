@@ -49,6 +49,7 @@ extension ClientConnection {
         slot.command = Int32(request.command.rawValue)
         // `users:` (the binary front checks its packets before they get here).
         if pool.requiresAuth, !isBinary {
+            if memcacheUser != nil, memcacheUsersGeneration != pool.usersGeneration { rebindMemcacheUser() }
             guard let user = memcacheUser else { return authenticateText(request, frame, slot) }
             if !memcachePermits(user, request, frame) {
                 pool.stats.clientErrorReplies.add()
@@ -127,6 +128,7 @@ extension ClientConnection {
             }
             if let user {
                 memcacheUser = user
+                memcacheUsersGeneration = pool.usersGeneration
                 memcacheAuthFailures = 0
                 slot.complete(with: "STORED\r\n" as StaticString)
             } else {
@@ -138,6 +140,13 @@ extension ClientConnection {
             pool.stats.clientErrorReplies.add()
             slot.complete(with: "CLIENT_ERROR unauthenticated\r\n" as StaticString)
         }
+    }
+
+    /// After a reload: the client takes its user's new rules, or authenticates again when the
+    /// user is gone.
+    func rebindMemcacheUser() {
+        memcacheUsersGeneration = pool.usersGeneration
+        memcacheUser = memcacheUser.flatMap { pool.currentUser(named: $0) }
     }
 
     /// Whether a memcached command changes data: storage, delete, arithmetic, touch (and

@@ -38,6 +38,9 @@ final class PoolRuntime {
     private(set) var requiresAuth = false
     /// The pool's users (`users:`, and `default` from `redis_auth`), compiled; shared read-only.
     private(set) var users: [RedisUser] = []
+    /// Raised whenever `users` is replaced (start, reload): a client authenticated under an
+    /// older generation has its user looked up again by name before its next request.
+    private(set) var usersGeneration = 0
     /// `disabled_commands`: bit `tableIndex` set for a disabled command; empty when none.
     private(set) var disabledCommands: [UInt64] = []
     private(set) var timeoutSeconds: Double?
@@ -97,6 +100,7 @@ final class PoolRuntime {
         isRandom = config.distribution == .random
         requiresAuth = isRedis ? config.redisAuth != nil || !config.users.isEmpty : !config.users.isEmpty
         users = plan.users
+        usersGeneration &+= 1
         disabledCommands = []
         if !config.disabledCommands.isEmpty {
             disabledCommands = [UInt64](repeating: 0, count: (RedisCommandTable.commands.count + 63) / 64)
@@ -188,6 +192,11 @@ final class PoolRuntime {
         let given = SHA256.digest(password)
         let matches = SHA256.constantTimeEqual(given, found?.passwordSHA256 ?? [UInt8](repeating: 0, count: 32))
         return matches ? found : nil
+    }
+
+    /// The current user named like `user` (after a reload), or nil when it is gone.
+    func currentUser(named user: RedisUser) -> RedisUser? {
+        users.first { $0.name == user.name }
     }
 
     /// Whether `command` is in `disabled_commands`.

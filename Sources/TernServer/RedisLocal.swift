@@ -98,6 +98,7 @@ extension ClientConnection {
         if let found {
             session.isAuthenticated = true
             session.user = found
+            session.usersGeneration = pool.usersGeneration
             session.authFailures = 0
             return true
         }

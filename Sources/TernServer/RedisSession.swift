@@ -10,6 +10,8 @@ final class RedisSession {
     var isAuthenticated = false
     /// The authenticated user whose rules apply (nil: none, or a pool without users).
     var user: RedisUser?
+    /// `PoolRuntime.usersGeneration` when `user` was set.
+    var usersGeneration = 0
     /// Failed authentications in a row; at `maxAuthFailures` the client is closed.
     var authFailures = 0
     var name: String?
@@ -65,6 +67,7 @@ extension ClientConnection {
         // `disabled_commands`: as Redis answers after `rename-command X ""`.
         if !pool.disabledCommands.isEmpty, pool.isDisabled(command) { return unknownCommand(frame, session, slot) }
         slot.command = command.tableIndex
+        if session.user != nil, session.usersGeneration != pool.usersGeneration { rebindUser(session) }
         if pool.requiresAuth, !session.isAuthenticated, !command.isNamed("auth"), !command.isNamed("hello"), !command.isNamed("quit") {
             session.transaction?.aborted = true
             slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
@@ -132,6 +135,15 @@ extension ClientConnection {
         case .firstServer:
             forwardRedis(frame, session, slot, to: firstLiveServer())
         }
+    }
+
+    /// After a reload: the session takes the new rules of its user, or, when the user is gone,
+    /// must authenticate again.
+    private func rebindUser(_ session: RedisSession) {
+        session.usersGeneration = pool.usersGeneration
+        guard let user = session.user else { return }
+        session.user = pool.currentUser(named: user)
+        if session.user == nil { session.isAuthenticated = false }
     }
 
     /// Redis's reply to a command it does not know.

@@ -179,4 +179,38 @@ final class UsersIntegrationTests: XCTestCase {
         XCTAssertTrue(log.contains("failed authentication"), log)
         XCTAssertFalse(log.contains("guess"), "no password in the log")
     }
+
+    /// A reload applies new rules to clients already authenticated, and a user removed from
+    /// the file has to authenticate again.
+    func testReloadAppliesNewRules() throws {
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/users-reload.yml"
+        func config(_ users: String) -> String {
+            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n\(users)  servers:\n   - \(backend.address):1\n"
+        }
+        try config(Self.users).write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "-v", "7", "-s", "\(ProcessGroup.freePort())"], log: "tern-reload.log")
+        try group.waitForPort(port)
+        let app = try TestClient(port: port), reader = try TestClient(port: port)
+        XCTAssertEqual(try app.call("AUTH", "app", "app-secret"), "+OK\r\n")
+        XCTAssertEqual(try reader.call("AUTH", "reader", "reader-secret"), "+OK\r\n")
+        XCTAssertEqual(try app.call("SET", "app:1", "x"), "+OK\r\n")
+        let narrowed = """
+          users:
+           - name: app
+             password_sha256: "\(Self.sha("app-secret"))"
+             commands: ["+@read"]
+             keys: ["~app:*"]
+
+        """
+        try config(narrowed).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, !group.ternLog().contains("reload (SIGHUP) applied") { usleep(50_000) }
+        XCTAssertTrue(group.ternLog().contains("reload (SIGHUP) applied"), group.ternLog())
+        XCTAssertEqual(try app.call("GET", "app:1"), "$1\r\nx\r\n")
+        XCTAssertEqual(try app.call("SET", "app:1", "y"), "-NOPERM User app has no permissions to run the 'set' command\r\n")
+        XCTAssertEqual(try reader.call("GET", "app:1"), "-NOAUTH Authentication required.\r\n")
+    }
 }
