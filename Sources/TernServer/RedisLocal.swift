@@ -225,7 +225,11 @@ extension ClientConnection {
         reply.appendInteger(first)
         reply.appendInteger(last)
         reply.appendInteger(step)
-        for _ in 0..<4 { reply.appendArrayHeader(0) }
+        // ACL categories, as Redis 7 lists them (from the command table).
+        let categories = RedisCategories.names.filter { command.categories.contains($0.1) }
+        reply.appendArrayHeader(categories.count)
+        for (name, _) in categories { reply.append("+@\(name)\r\n") }
+        for _ in 0..<3 { reply.appendArrayHeader(0) }
     }
 
     /// INFO [section …]: Tern's own figures and, aggregated over the pool's servers, the

@@ -213,4 +213,35 @@ final class UsersIntegrationTests: XCTestCase {
         XCTAssertEqual(try app.call("SET", "app:1", "y"), "-NOPERM User app has no permissions to run the 'set' command\r\n")
         XCTAssertEqual(try reader.call("GET", "app:1"), "-NOAUTH Authentication required.\r\n")
     }
+
+    /// The categories of every command in Tern's table, as Tern's `COMMAND INFO` gives them,
+    /// are the ones the real redis-server (7.0) gives, but for container commands (one entry
+    /// in Tern's table, which carries its subcommands' categories; Redis's container has @slow).
+    func testCategoriesMatchRedisCommandInfo() throws {
+        let setup = try start(extra: "")
+        let containers: Set<String> = ["xgroup", "xinfo", "object", "memory", "script", "function", "client", "pubsub",
+                                       "config", "slowlog", "latency", "module"]
+        // name:categories from the table, and whether Tern's COMMAND lists it (not unsupported ones).
+        let entries = RedisCommandTable.commands.filter { !containers.contains($0.name) }.map { command in
+            let categories = RedisCategories.names.filter { command.categories.contains($0.1) }.map { "@" + $0.0 }.sorted()
+            return "\(command.name):\(command.routing == .unsupported ? 0 : 1):\(categories.joined(separator: " "))"
+        }
+        try python("""
+        def categories(port, name):
+            conn = redis.Redis(port=port).connection_pool.get_connection()
+            conn.send_command("COMMAND", "INFO", name)
+            info = conn.read_response()
+            assert info and info[0] is not None, (port, name)
+            return sorted(c.decode() if isinstance(c, bytes) else c for c in info[0][6])
+        mismatches = []
+        for entry in "\(entries.joined(separator: ","))".split(","):
+            name, listed, table = entry.split(":")
+            redis_says = categories(\(setup.backends[0].port), name)
+            if redis_says != table.split():
+                mismatches.append(("table", name, redis_says, table))
+            if listed == "1" and categories(\(setup.port), name) != redis_says:
+                mismatches.append(("COMMAND INFO", name, redis_says, categories(\(setup.port), name)))
+        assert not mismatches, mismatches
+        """)
+    }
 }
