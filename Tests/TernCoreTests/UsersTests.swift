@@ -1,5 +1,6 @@
 import XCTest
 @testable import TernCore
+import TernFuzzChecks
 
 /// SHA-256, Redis glob matching, the command categories and `users:` config.
 final class UsersTests: XCTestCase {
@@ -44,6 +45,17 @@ final class UsersTests: XCTestCase {
         XCTAssertFalse(match(String(repeating: "a*", count: 30) + "b", String(repeating: "a", count: 60)))
         // An unterminated class behaves as Redis's does.
         XCTAssertTrue(match("[a", "a"))
+    }
+
+    /// The glob fuzz target's invariants over random patterns made of the special bytes.
+    func testGlobRandomInputs() {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array("*?[]^-\\ab".utf8)
+        for _ in 0..<20_000 {
+            let pattern = (0..<Int.random(in: 0...12, using: &generator)).map { _ in alphabet.randomElement(using: &generator)! }
+            let key = (0..<Int.random(in: 0...12, using: &generator)).map { _ in alphabet.randomElement(using: &generator)! }
+            (pattern + [0] + key).withUnsafeBytes { FuzzChecks.run(.redisGlob, $0) }
+        }
     }
 
     func testCommandCategories() throws {
