@@ -43,6 +43,7 @@ final class PoolRuntime {
     private(set) var usersGeneration = 0
     /// `disabled_commands`: bit `tableIndex` set for a disabled command; empty when none.
     private(set) var disabledCommands: [UInt64] = []
+    private(set) var hasDisabledCommands = false
     private(set) var timeoutSeconds: Double?
     private(set) var clientOutputLimit = 0
     /// Backend round trips slower than this (µs) are logged; Int.max when the log is off.
@@ -102,7 +103,8 @@ final class PoolRuntime {
         users = plan.users
         usersGeneration &+= 1
         disabledCommands = []
-        if !config.disabledCommands.isEmpty {
+        hasDisabledCommands = !config.disabledCommands.isEmpty
+        if hasDisabledCommands {
             disabledCommands = [UInt64](repeating: 0, count: (RedisCommandTable.commands.count + 63) / 64)
             for name in config.disabledCommands {
                 guard let index = RedisCommandTable.byName[name].map({ Int($0.tableIndex) }) else { continue }

@@ -65,7 +65,7 @@ extension ClientConnection {
             return unknownCommand(frame, session, slot)
         }
         // `disabled_commands`: as Redis answers after `rename-command X ""`.
-        if !pool.disabledCommands.isEmpty, pool.isDisabled(command) { return unknownCommand(frame, session, slot) }
+        if pool.hasDisabledCommands, pool.isDisabled(command) { return unknownCommand(frame, session, slot) }
         slot.command = command.tableIndex
         if session.user != nil, session.usersGeneration != pool.usersGeneration { rebindUser(session) }
         if pool.requiresAuth, !session.isAuthenticated, !command.isNamed("auth"), !command.isNamed("hello"), !command.isNamed("quit") {
