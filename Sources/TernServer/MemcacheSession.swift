@@ -158,6 +158,17 @@ extension ClientConnection {
         }
     }
 
+    /// An `mg` that changes its item: `T` (touch; binary Touch and GAT become it) or `N`
+    /// (vivify on miss).
+    private static func metaGetWrites(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) -> Bool {
+        var at = request.keysEnd
+        while at < request.contentEnd {
+            if frame[at - 1] == UInt8(ascii: " "), frame[at] == UInt8(ascii: "T") || frame[at] == UInt8(ascii: "N") { return true }
+            at += 1
+        }
+        return false
+    }
+
     /// A user's rules for one memcached request: @write for commands that change data, @read
     /// (GET) for the others, and every key under one of the user's prefixes (flush_all needs
     /// every key).
@@ -165,6 +176,7 @@ extension ClientConnection {
         let command = request.command
         if command == .quit || command == .version || command == .metaNoop { return true }
         guard Self.changesData(command) ? user.memcacheWrite : user.memcacheRead else { return false }
+        if command == .metaGet, !user.memcacheWrite, Self.metaGetWrites(request, frame) { return false }
         if user.allKeys { return true }
         if command == .flushAll { return false }
         if command.isLocal { return true }

@@ -57,6 +57,9 @@ final class MemcacheUsersTests: XCTestCase {
         XCTAssertEqual(try viewer.request("set app:1 0 0 1\r\nx\r\n", until: "\r\n"), "CLIENT_ERROR permission denied\r\n")
         XCTAssertEqual(try viewer.request("delete app:1\r\n", until: "\r\n"), "CLIENT_ERROR permission denied\r\n")
         XCTAssertEqual(try viewer.request("incr app:1 1\r\n", until: "\r\n"), "CLIENT_ERROR permission denied\r\n")
+        XCTAssertEqual(try viewer.request("mg app:1 T30\r\n", until: "\r\n"), "CLIENT_ERROR permission denied\r\n")
+        XCTAssertEqual(try viewer.request("gat 30 app:1\r\n", until: "\r\n"), "CLIENT_ERROR permission denied\r\n")
+        XCTAssertEqual(try viewer.request("mg app:1 v\r\n", until: "hi\r\n"), "VA 2\r\nhi\r\n")
         XCTAssertEqual(try viewer.request("get app:1\r\n", until: "END\r\n"), "VALUE app:1 0 2\r\nhi\r\nEND\r\n")
         // Ten failures in a row close the client.
         let attacker = try TestClient(port: port)
@@ -86,6 +89,11 @@ final class MemcacheUsersTests: XCTestCase {
         try:
             v.set("app:k", "x")
             raise SystemExit("a read-only user wrote")
+        except pylibmc.Error:
+            pass
+        try:
+            v.touch("app:k", 100)
+            raise SystemExit("a read-only user touched")
         except pylibmc.Error:
             pass
         assert c.get("app:k") == "v"
