@@ -13,7 +13,9 @@ take turns within each round, so a noisy minute hurts all of them alike.
 A variant is NAME=WRAPPER|EXTRA-ARGS[|BINARY]; names starting with "nc" run nutcracker. The
 baseline "nc" (nutcracker -v 3, as bench.py runs it) is always there. A load is
 TEST:PIPELINE:REQUESTS for redis-benchmark (50 connections, random keys, 32-byte values), or
-mc:DIVISION:SECONDS for memaslap (DIVISION 1 is get/set 90/10, 10 is 10-key multi-get).
+mc:DIVISION:SECONDS for memaslap (DIVISION 1 is get/set 90/10, 10 is 10-key multi-get), or
+mcb:DIVISION:SECONDS for the same in memcached's binary protocol (memaslap -B; nutcracker has none,
+so those rows are not run against it and print no ratio).
 Proxy CPU is user+sys from /proc/PID/stat per request, as in bench.py.
 """
 import argparse, os, re, signal, statistics, subprocess, sys, tempfile
@@ -82,11 +84,15 @@ def main():
             for load in loads:
                 test, depth, amount = load.split(":")
                 for name, (process, memcached_port, redis_port) in targets.items():
+                    if test == "mcb" and name.startswith("nc"):
+                        continue
                     before = cpu_seconds(process.pid)
-                    if test == "mc":
+                    if test in ("mc", "mcb"):
                         command = ["memcaslap", "-s", f"127.0.0.1:{memcached_port}", "-T", "2", "-c", "50", "-t", f"{amount}s", "-w", "1k", "-S", f"{amount}s"]
                         if depth != "1":
                             command += ["-d", depth]
+                        if test == "mcb":
+                            command += ["-B"]
                         out = subprocess.run(command, capture_output=True, text=True, timeout=int(amount) + 60).stdout
                         requests = int(re.search(r"Run time: [\d.]+s Ops: (\d+)", out).group(1))
                         rate = float(re.search(r"TPS: (\d+)", out).group(1))
@@ -99,9 +105,12 @@ def main():
                     cpu = (cpu_seconds(process.pid) - before) * 1e6 / requests
                     results.setdefault((load, name), []).append((cpu, rate, p99))
         for load in loads:
-            base_cpu = statistics.median(r[0] for r in results[(load, "nc")])
-            base_rate = statistics.median(r[1] for r in results[(load, "nc")])
+            has_base = (load, "nc") in results
+            base_cpu = statistics.median(r[0] for r in results[(load, "nc")]) if has_base else float("nan")
+            base_rate = statistics.median(r[1] for r in results[(load, "nc")]) if has_base else float("nan")
             for name in targets:
+                if (load, name) not in results:
+                    continue
                 rows = results[(load, name)]
                 cpu = statistics.median(r[0] for r in rows)
                 rate = statistics.median(r[1] for r in rows)

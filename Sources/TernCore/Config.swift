@@ -33,7 +33,38 @@ public enum ServerAddress: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Where a `redis_cluster` pool sends read-only commands (Tern key `read_from`, Envoy's names).
+public enum ReadFrom: String, CaseIterable, Sendable {
+    /// Every command to the slot's master (the default).
+    case master
+    /// Read-only commands to a replica of the slot's master; to the master when it has none or
+    /// the replica's connection is failing.
+    case preferReplica = "prefer_replica"
+    /// Read-only commands to a replica only (the master when the slot's master has none).
+    case replica
+}
+
+/// A Sentinel-managed pool (Tern key `sentinel:`): each server is a master group that the
+/// sentinels name (`SENTINEL get-master-addr-by-name`); its address follows their failovers.
+public struct SentinelConfig: Sendable, Equatable {
+    /// The sentinels, asked in order.
+    public var addresses: [(host: String, port: Int)]
+    /// The sentinels' own password (`requirepass` of the sentinels), if any.
+    public var password: String?
+
+    public init(addresses: [(host: String, port: Int)], password: String? = nil) {
+        self.addresses = addresses
+        self.password = password
+    }
+
+    public static func == (left: SentinelConfig, right: SentinelConfig) -> Bool {
+        left.password == right.password && left.addresses.map { "\($0.host):\($0.port)" } == right.addresses.map { "\($0.host):\($0.port)" }
+    }
+}
+
 public struct ServerConfig: Sendable, Equatable {
+    /// In a Sentinel pool, `.tcp(host: <master name>, port: 0)` until the sentinels have named
+    /// the master's address (the routed config then has the real one).
     public var address: ServerAddress
     public var weight: Int
     /// The name used for ketama points, server order and stats (twemproxy's rule).
@@ -105,8 +136,16 @@ public struct PoolConfig: Sendable {
     /// Redis: commands answered as unknown (Tern key `disabled_commands`), lower case.
     public var disabledCommands: [String] = []
     public var servers: [ServerConfig] = []
-    /// Server number of each of the 16384 slots (`distribution: slots`).
+    /// Server number of each of the 16384 slots (`distribution: slots`, and a `redis_cluster`
+    /// pool once its map is known).
     public var slotServers: [Int32] = []
+    /// Sentinel-managed pool: servers are master group names (Tern key `sentinel:`).
+    public var sentinel: SentinelConfig?
+    /// `redis_cluster`: where read-only commands go (Tern key `read_from`).
+    public var readFrom = ReadFrom.master
+    /// `redis_cluster` with `read_from` other than master: the replicas of each server (from
+    /// the cluster's map, never from the file).
+    public var replicaServers: [[ServerConfig]] = []
     /// The old pool this pool warms up from (Tern key `warmup:`).
     public var warmup: WarmupConfig? {
         get { warmupStorage.first }
@@ -122,8 +161,10 @@ public struct PoolConfig: Sendable {
     }
 
     /// The placement table with every server live.
+    /// A `redis_cluster` pool is placed as `slots` with Redis Cluster's `{tag}` rule.
     public func placement(live: [Bool]? = nil) -> Placement {
-        Placement(distribution: distribution, hash: hash, hashTag: hashTag,
+        let isCluster = distribution == .redisCluster
+        return Placement(distribution: isCluster ? .slots : distribution, hash: hash, hashTag: isCluster ? .braces : hashTag,
                   names: servers.map(\.name), weights: servers.map(\.weight),
                   live: live ?? servers.map { _ in true }, slotServers: slotServers)
     }

@@ -11,7 +11,7 @@ public enum ConfigLoader {
         // Tern's own keys
         "protocol", "max_item_size", "max_bulk_length", "strict_keys", "client_output_limit",
         "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
-        "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "users", "disabled_commands",
+        "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands",
     ]
 
     /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
@@ -19,7 +19,7 @@ public enum ConfigLoader {
     public static let warmupKeys: [String] = poolKeys.filter {
         !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length",
           "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog",
-          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "users", "disabled_commands"].contains($0)
+          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands"].contains($0)
     }
         + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
@@ -216,13 +216,53 @@ public enum ConfigLoader {
         guard let serversNode = values["servers"] else {
             throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'servers'")
         }
-        pool.servers = try parseServers(serversNode, context: context)
+        if let sentinelNode = values["sentinel"] {
+            pool.sentinel = try parseSentinel(sentinelNode, context: context)
+            guard pool.protocolKind == .redis else {
+                throw context.error(sentinelNode, key: "sentinel", "needs a Redis pool ('redis: true')")
+            }
+            if pool.distribution == .redisCluster {
+                throw context.error(sentinelNode, key: "sentinel", "cannot be used with 'distribution: redis_cluster' (a cluster names its own masters)")
+            }
+            if let warmupNode = values["warmup"] {
+                throw context.error(warmupNode, key: "warmup", "is not supported with 'sentinel'")
+            }
+            pool.servers = try parseSentinelMasters(serversNode, context: context)
+        } else {
+            pool.servers = try parseServers(serversNode, context: context)
+        }
         if let slotsNode = values["slots"], pool.distribution != .slots {
             // The map would be ignored: keys would be placed by the pool's distribution instead.
             throw context.error(slotsNode, key: "slots", "is used only with 'distribution: slots' (this pool uses \(pool.distribution.rawValue))")
         }
         if pool.distribution == .slots {
             pool.slotServers = try parseSlots(values["slots"], servers: pool.servers, context: context)
+        }
+        if let node = values["read_from"] {
+            let text = try context.string(node, key: "read_from")
+            guard let readFrom = ReadFrom(rawValue: text) else {
+                throw context.error(node, key: "read_from", "must be one of \(ReadFrom.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'")
+            }
+            guard pool.distribution == .redisCluster else {
+                throw context.error(node, key: "read_from", "is used only with 'distribution: redis_cluster' (this pool uses \(pool.distribution.rawValue))")
+            }
+            pool.readFrom = readFrom
+        }
+        if pool.distribution == .redisCluster {
+            let node = values["distribution"]!
+            // The seeds are Redis Cluster nodes: the slot map and the {tag} rule are the cluster's.
+            guard pool.protocolKind == .redis else {
+                throw context.error(node, key: "distribution", "redis_cluster needs a Redis pool ('redis: true')")
+            }
+            if parent != nil {
+                throw context.error(node, key: "distribution", "redis_cluster is not supported for a warm-up's old pool")
+            }
+            if let warmupNode = values["warmup"] {
+                throw context.error(warmupNode, key: "warmup", "is not supported with 'distribution: redis_cluster'")
+            }
+            if let tagNode = values["hash_tag"], pool.hashTag != .braces {
+                throw context.error(tagNode, key: "hash_tag", "Redis Cluster hashes the part between '{' and '}': only \"{}\" is allowed with redis_cluster")
+            }
         }
         if let warmupNode = values["warmup"] {
             pool.warmup = try parseWarmup(warmupNode, for: pool, file: file)
@@ -406,6 +446,58 @@ public enum ConfigLoader {
     }
 
     /// `host:port:weight [name]` or `/path/sock:weight [name]`.
+    /// `sentinel: {addresses: [host:port, …], password: …}`.
+    static func parseSentinel(_ node: Node, context: PoolContext) throws(ConfigError) -> SentinelConfig {
+        guard case let .mapping(mapping) = node else { throw context.error(node, key: "sentinel", "must be a mapping with 'addresses' (and 'password')") }
+        var addresses: [(host: String, port: Int)] = []
+        var password: String?
+        var sawAddresses = false
+        for (keyNode, valueNode) in mapping {
+            let key = try context.string(keyNode, key: "sentinel")
+            switch key {
+            case "addresses":
+                sawAddresses = true
+                guard case let .sequence(list) = valueNode else { throw context.error(valueNode, key: "sentinel", "'addresses' must be a list of host:port") }
+                for item in list {
+                    let text = try context.string(item, key: "sentinel")
+                    let (host, port) = try splitHostPort(text) { context.error(item, key: "sentinel", $0) }
+                    addresses.append((host, port))
+                }
+            case "password":
+                password = try context.string(valueNode, key: "sentinel")
+            default:
+                throw context.error(keyNode, key: "sentinel", "unknown key '\(key)' (addresses, password)")
+            }
+        }
+        guard sawAddresses, !addresses.isEmpty else { throw context.error(node, key: "sentinel", "needs at least one address in 'addresses'") }
+        return SentinelConfig(addresses: addresses, password: password)
+    }
+
+    /// With `sentinel:`, servers are master group names: `<name>:<weight>`. The name is the
+    /// server's name (ketama points, stats), so placement does not move on a failover.
+    static func parseSentinelMasters(_ node: Node, context: PoolContext) throws(ConfigError) -> [ServerConfig] {
+        guard case let .sequence(list) = node else { throw context.error(node, key: "servers", "must be a list") }
+        var servers: [ServerConfig] = []
+        var names: [String: Int] = [:]
+        for item in list {
+            let text = try context.string(item, key: "servers")
+            let fail = { (message: String) in context.error(item, key: "servers", message) }
+            guard let colon = text.lastIndex(of: ":"), let weight = Int(text[text.index(after: colon)...]) else {
+                throw fail("expected '<master name>:<weight>' with sentinel, got '\(text)'")
+            }
+            guard weight > 0 else { throw fail("weight must be at least 1 in '\(text)'") }
+            let name = String(text[..<colon])
+            guard !name.isEmpty, name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ":") }) else {
+                throw fail("bad master name '\(name)' (printable, no spaces or ':')")
+            }
+            if let first = names[name] { throw fail("duplicate master name '\(name)' (first on line \(first))") }
+            names[name] = ConfigLoader.line(item)
+            servers.append(ServerConfig(address: .tcp(host: name, port: 0), weight: weight, name: name, hasExplicitName: true, line: ConfigLoader.line(item)))
+        }
+        guard !servers.isEmpty else { throw context.error(node, key: "servers", "needs at least one master name") }
+        return servers
+    }
+
     static func parseServers(_ node: Node, context: PoolContext) throws(ConfigError) -> [ServerConfig] {
         guard case let .sequence(list) = node else { throw context.error(node, key: "servers", "must be a list") }
         var servers: [ServerConfig] = []

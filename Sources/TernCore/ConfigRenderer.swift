@@ -26,6 +26,7 @@ public enum ConfigRenderer {
         line("hash", pool.hash.rawValue)
         if let tag = pool.hashTag { line("hash_tag", quoted(String(decoding: [tag.open, tag.close], as: UTF8.self))) }
         line("distribution", pool.distribution.rawValue)
+        if pool.distribution == .redisCluster { line("read_from", pool.readFrom.rawValue) }
         line("timeout", String(pool.timeoutMilliseconds ?? -1))
         if !isWarmup { line("backlog", String(pool.backlog)) }
         line("preconnect", String(pool.preconnect))
@@ -67,6 +68,16 @@ public enum ConfigRenderer {
             for (index, server) in pool.servers.enumerated() {
                 out += "\(indent)  \(quoted(server.name)): \(quoted(ranges(of: Int32(index), in: pool.slotServers)))\n"
             }
+        }
+        if let sentinel = pool.sentinel {
+            out += "\(indent)sentinel:\n\(indent)  addresses:\n"
+            for address in sentinel.addresses {
+                out += "\(indent)   - \(quoted(address.host.contains(":") ? "[\(address.host)]:\(address.port)" : "\(address.host):\(address.port)"))\n"
+            }
+            if let password = sentinel.password { out += "\(indent)  password: \(maskSecrets ? "\"********\"" : quoted(password))\n" }
+            out += "\(indent)servers:\n"
+            for server in pool.servers { out += "\(indent) - \(quoted("\(server.name):\(server.weight)"))\n" }
+            return out
         }
         out += "\(indent)servers:\n"
         for server in pool.servers {

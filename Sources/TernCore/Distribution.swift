@@ -9,6 +9,10 @@ public enum Distribution: String, CaseIterable, Sendable {
     case modula
     case random
     case slots
+    /// A real Redis Cluster: the `servers:` are seed nodes; the slot map is discovered with
+    /// `CLUSTER SLOTS` and kept current, and keys go to the master owning their slot (placed
+    /// as `slots`, `{tag}` rule, once the map is known).
+    case redisCluster = "redis_cluster"
 }
 
 /// The number of Redis Cluster hash slots.
@@ -99,7 +103,7 @@ public final class Placement: Sendable {
             for server in order { for _ in 0..<weights[server] { continuum.append(Int32(server)) } }
         case .random:
             continuum = order.map { Int32($0) }
-        case .slots:
+        case .slots, .redisCluster:
             break
         }
         self.pointValues = values
@@ -151,7 +155,7 @@ public final class Placement: Sendable {
         case .random:
             if continuum.isEmpty { return nil }
             return Int(continuum[Int(random % UInt32(continuum.count))])
-        case .slots:
+        case .slots, .redisCluster:
             if slotServers.isEmpty { return nil }
             let server = slotServers[Int(hash) & 0x3fff]
             return server < 0 ? nil : Int(server)

@@ -90,6 +90,16 @@ public struct MemcacheRequest: Sendable, Equatable {
     public var isBase64Key = false
 
     public var noreply: Bool { noreplyStart < contentEnd }
+
+    /// What the parser makes of `gets <key>\r\n` for a key of `keyLength` bytes that it would
+    /// accept (the binary front writes that line for a Get, and skips parsing its own line;
+    /// a test checks this against the parser).
+    public static func gets(keyLength: Int) -> MemcacheRequest {
+        let contentEnd = 5 + keyLength
+        return MemcacheRequest(command: .gets, frameLength: contentEnd + 2, lineLength: contentEnd + 2, contentEnd: contentEnd,
+                               noreplyStart: contentEnd, keysStart: 5, keysEnd: contentEnd, keyCount: 1, argumentStart: 4, argumentEnd: 4,
+                               dataLength: 0)
+    }
 }
 
 /// Why a request was refused, and the exact reply the client gets.

@@ -67,6 +67,12 @@ enum StatsReport {
             if plan.config.warmup != nil {
                 for (name, value) in plan.shared.warmupCounters.report() { out += ",\(quoted(name)):\(value)" }
             }
+            if plan.config.distribution == .redisCluster {
+                for (name, value) in plan.shared.cluster.report() { out += ",\(quoted(name)):\(value)" }
+            }
+            if plan.config.sentinel != nil {
+                for (name, value) in plan.shared.sentinel.report() { out += ",\(quoted(name)):\(value)" }
+            }
             out += "}"
         }
         return out + "}\n"
@@ -172,6 +178,43 @@ enum StatsReport {
             gauge("tern_pool_blocked_clients", [("pool", pool)], "Redis clients blocked in a blocking command (BLPOP, XREAD BLOCK, …).").set(sum { $0.blockedClients.read() })
             counter("tern_pool_pubsub_messages_total", [("pool", pool)], "Pub/sub messages delivered to subscribed clients.").increment(by: sum { $0.messagesDelivered.read() })
             counter("tern_pool_pubsub_subscription_requests_total", [("pool", pool)], "SUBSCRIBE/UNSUBSCRIBE family requests sent to servers on push connections.").increment(by: sum { $0.subscriptionChanges.read() })
+            if plan.config.distribution == .redisCluster {
+                let cluster = plan.shared.cluster
+                for (kind, value) in [("moved", cluster.movedRedirects.load(ordering: .relaxed)), ("ask", cluster.askRedirects.load(ordering: .relaxed))] {
+                    counter("tern_cluster_redirects_total", [("pool", pool), ("kind", kind)], "Redis Cluster redirects (-MOVED, -ASK) followed by Tern; clients never see them.")
+                        .increment(by: Int64(value))
+                }
+                counter("tern_cluster_redirects_given_up_total", [("pool", pool)], "Redirect errors passed to clients: more than 5 redirects, or a node no slot map brought in time.")
+                    .increment(by: Int64(cluster.redirectsGivenUp.load(ordering: .relaxed)))
+                counter("tern_cluster_tryagain_retries_total", [("pool", pool)], "Multi-key requests answered -TRYAGAIN during a slot migration and sent again after a pause.")
+                    .increment(by: Int64(cluster.tryAgainRetries.load(ordering: .relaxed)))
+                for (outcome, value) in [("ok", cluster.refreshes.load(ordering: .relaxed)), ("error", cluster.refreshFailures.load(ordering: .relaxed))] {
+                    counter("tern_cluster_slot_map_refreshes_total", [("pool", pool), ("outcome", outcome)], "CLUSTER SLOTS refreshes of the slot map, by outcome.")
+                        .increment(by: Int64(value))
+                }
+                gauge("tern_cluster_slot_map_version", [("pool", pool)], "Slot maps applied so far (0: none known, clients get -CLUSTERDOWN).")
+                    .set(Int64(cluster.mapVersion.load(ordering: .relaxed)))
+                gauge("tern_cluster_slot_map_refreshed_timestamp_seconds", [("pool", pool)], "Unix time of the last CLUSTER SLOTS answered (0: never).")
+                    .set(Int64(cluster.refreshedAt.load(ordering: .relaxed)))
+                gauge("tern_cluster_nodes", [("pool", pool), ("role", "master")], "Nodes of the slot map in use, by role.").set(Int64(cluster.masters.load(ordering: .relaxed)))
+                gauge("tern_cluster_nodes", [("pool", pool), ("role", "replica")], "Nodes of the slot map in use, by role.")
+                    .set(Int64(cluster.nodes.load(ordering: .relaxed) - cluster.masters.load(ordering: .relaxed)))
+                gauge("tern_cluster_slots_assigned", [("pool", pool)], "Hash slots some master serves in the slot map in use (16384 when the cluster is whole).")
+                    .set(Int64(cluster.slotsAssigned.load(ordering: .relaxed)))
+            }
+            if plan.config.sentinel != nil {
+                let sentinel = plan.shared.sentinel
+                counter("tern_sentinel_switches_total", [("pool", pool)], "Master address changes (failovers) that sentinels reported and Tern applied.")
+                    .increment(by: Int64(sentinel.switches.load(ordering: .relaxed)))
+                for (outcome, value) in [("ok", sentinel.refreshes.load(ordering: .relaxed)), ("error", sentinel.refreshFailures.load(ordering: .relaxed))] {
+                    counter("tern_sentinel_refreshes_total", [("pool", pool), ("outcome", outcome)], "Rounds of asking the sentinels for the masters' addresses, by outcome.")
+                        .increment(by: Int64(value))
+                }
+                counter("tern_sentinel_role_mismatches_total", [("pool", pool)], "Addresses a sentinel named whose server did not answer ROLE master (not used).")
+                    .increment(by: Int64(sentinel.roleMismatches.load(ordering: .relaxed)))
+                gauge("tern_sentinel_masters_known", [("pool", pool)], "Masters of the pool whose address a sentinel has given.")
+                    .set(Int64(sentinel.mastersKnown.load(ordering: .relaxed)))
+            }
             counter("tern_pool_server_ejects_total", [("pool", pool)], "Servers ejected from the pool (auto_eject_hosts), summed over workers.")
                 .increment(by: sum { $0.serverEjects.read() })
             counter("tern_pool_auth_failures_total", [("pool", pool)], "Failed client authentications (AUTH, HELLO AUTH, memcached set/SASL); 10 in a row close the client.")

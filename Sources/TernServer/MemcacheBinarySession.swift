@@ -61,12 +61,6 @@ extension ClientConnection {
     }
 
     private func routeBinary(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
-        // The worker's line buffer, taken out for the call (a swap, not a copy) and given back.
-        var line: [UInt8] = []
-        swap(&line, &worker.binaryLine)
-        defer {
-            if line.capacity <= 1 << 16 { swap(&line, &worker.binaryLine) }
-        }
         // `users:`: before SASL authentication only SASL and quit are served.
         if memcacheUser != nil, memcacheUsersGeneration != pool.usersGeneration { rebindMemcacheUser() }
         if pool.requiresAuth, memcacheUser == nil {
@@ -74,6 +68,28 @@ extension ClientConnection {
             case .saslListMechs?, .saslAuth?, .saslStep?, .quit?, .quitQ?: break
             default: return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
             }
+        }
+        // The common request, a Get (or GetK/GetQ/GetKQ) of a key the text protocol carries
+        // as it is, becomes `gets <key>` here; everything else goes through the translator.
+        if let opcode = request.opcode, opcode.base == .get, request.keyStart == request.extrasStart,
+           request.valueStart == request.packetLength, request.valueStart > request.keyStart {
+            let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
+            if key.count <= pool.limits.maxKeyLength, BinaryTranslator.isPlainToken(key, controlBytes: !pool.limits.rejectsControlCharacters) {
+                let line = worker.binaryGetLine
+                line.removeAll()
+                line.append("gets " as StaticString)
+                line.append(key)
+                line.append("\r\n" as StaticString)
+                // The line is Tern's own and its key passed the parser's checks just above: its
+                // parse is known (`MemcacheRequest.gets`, checked against the parser by a test).
+                return routeParsed(request, .gets(keyLength: key.count), line.readable, key: key)
+            }
+        }
+        // The worker's line buffer, taken out for the call (a swap, not a copy) and given back.
+        var line: [UInt8] = []
+        swap(&line, &worker.binaryLine)
+        defer {
+            if line.capacity <= 1 << 16 { swap(&line, &worker.binaryLine) }
         }
         switch BinaryTranslator.translate(request, packet: packet, into: &line, controlBytes: !pool.limits.rejectsControlCharacters) {
         case let .refuse(status):
@@ -85,23 +101,32 @@ extension ClientConnection {
             break
         }
         let key = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
-        line.withUnsafeBytes { frame in
-            guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: pool.limits) else {
-                // Tern wrote the line itself; a refusal means the packet's fields did not fit.
-                pool.stats.clientErrorReplies.add()
-                return answerBinary(request.opcodeByte, .invalidArguments, request.opaque)
-            }
-            // The slot the text path takes gets the binary identity before anything can
-            // complete it (a failure to reach a server completes it at once).
-            if let user = memcacheUser, !memcachePermits(user, parsed, frame) {
-                pool.stats.clientErrorReplies.add()
-                return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
-            }
-            worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque, keyLength: key.count)
-            worker.pendingBinaryKey = key
-            route(parsed, frame)
-            worker.pendingBinary = nil
+        line.withUnsafeBytes { routeTranslated(request, $0, key: key) }
+    }
+
+    /// Routes the text line a packet became, as a text request whose slot answers in binary.
+    private func routeTranslated(_ request: BinaryRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) {
+        guard case let .request(parsed) = MemcacheRequestParser.parse(frame, limits: pool.limits) else {
+            // Tern wrote the line itself; a refusal means the packet's fields did not fit.
+            pool.stats.clientErrorReplies.add()
+            return answerBinary(request.opcodeByte, .invalidArguments, request.opaque)
         }
+        routeParsed(request, parsed, frame, key: key)
+    }
+
+    private func routeParsed(_ request: BinaryRequest, _ parsed: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) {
+        // `users:`: the user's rules on the text request the packet became (both the Get
+        // fast path and translated packets come through here).
+        if let user = memcacheUser, !memcachePermits(user, parsed, frame) {
+            pool.stats.clientErrorReplies.add()
+            return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
+        }
+        // The slot the text path takes gets the binary identity before anything can
+        // complete it (a failure to reach a server completes it at once).
+        worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque, keyLength: key.count)
+        worker.pendingBinaryKey = key
+        route(parsed, frame)
+        worker.pendingBinary = nil
     }
 
     /// noop, version, quit, stat, and the SASL opcodes (memcached without SASL configured

@@ -58,6 +58,20 @@ final class PoolRuntime {
     /// or for a warm-up's old pool, its new pool's.
     private(set) var slowLog: SlowLog
     private(set) var slowlogMaxLength = 128
+    /// `distribution: redis_cluster`: redirects are followed, multi-key checks are per slot.
+    private(set) var isCluster = false
+    /// A cluster pool whose slot map is not known yet (every seed down): `-CLUSTERDOWN`.
+    private(set) var clusterMapMissing = false
+    /// A `sentinel:` pool: failing connections ask the sentinels again.
+    private(set) var isSentinel = false
+    /// Cluster pools: redirected requests waiting for a map that knows their node, and the
+    /// timer that fails them at their deadline (see `followRedirect`).
+    var parked: [ParkedRedirect] = []
+    var parkTimer: TimerWatcher?
+    /// `read_from` other than master: the replicas of each server (`servers[i]`'s in
+    /// `replicas[i]`), which get `READONLY` on connect and single-key reads.
+    private(set) var replicas: [[ServerRuntime]] = []
+    private(set) var readsFromReplicas = false
 
     init(plan: PoolPlan, worker: Worker) {
         self.plan = plan
@@ -72,6 +86,7 @@ final class PoolRuntime {
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
         cacheHotSettings()
         rebuildServerTable()
+        rebuildReplicas()
     }
 
     deinit { serverTable?.deallocate() }
@@ -99,6 +114,10 @@ final class PoolRuntime {
         let config = plan.config
         isRedis = config.protocolKind == .redis
         isRandom = config.distribution == .random
+        isCluster = config.distribution == .redisCluster
+        clusterMapMissing = isCluster && config.slotServers.isEmpty
+        readsFromReplicas = isCluster && config.readFrom != .master
+        isSentinel = config.sentinel != nil
         requiresAuth = isRedis ? config.redisAuth != nil || !config.users.isEmpty : !config.users.isEmpty
         users = plan.users
         usersGeneration &+= 1
@@ -232,6 +251,8 @@ final class PoolRuntime {
         servers = kept
         rebuildServerTable()
         rebuildPlacement()
+        rebuildReplicas()
+        redispatchParked()
         if let oldPlan = newPlan.warmup {
             if let old { old.update(oldPlan) } else {
                 let created = PoolRuntime(plan: oldPlan, worker: worker)
@@ -254,7 +275,9 @@ final class PoolRuntime {
     /// close once their in-flight requests have finished.
     func retire() {
         stopListening()
-        for server in servers { worker.retireWhenIdle(server) }
+        expireParked(all: true)
+        for server in servers + replicas.joined() { worker.retireWhenIdle(server) }
+        replicas = []
         old?.retire()
     }
 
@@ -345,10 +368,10 @@ final class PoolRuntime {
     var isAccepting: Bool { listenWatcher != nil }
 
     /// No request in flight on this pool's servers or its old pool's.
-    var isIdle: Bool { servers.allSatisfy(\.isIdle) && (old?.isIdle ?? true) }
+    var isIdle: Bool { servers.allSatisfy(\.isIdle) && replicas.joined().allSatisfy(\.isIdle) && (old?.isIdle ?? true) }
 
     func closeConnections() {
-        for server in servers { server.closeConnections() }
+        for server in servers + replicas.joined() { server.closeConnections() }
         old?.closeConnections()
     }
 
@@ -380,12 +403,66 @@ final class PoolRuntime {
         placement.server(forKey: key, random: isRandom ? worker.nextRandom() : 0)
     }
 
+    /// Cluster pools: the hash slot of a key and the master serving it (nil: none serves the
+    /// slot). The key is counted as requested, as `serverIndex(forKey:)` counts it.
+    @inline(__always)
+    func clusterSlot(forKey key: UnsafeRawBufferPointer) -> (slot: Int, server: Int?) {
+        hotKeyCountdown &-= 1
+        if hotKeyCountdown == 0 { sampleHotKey(key) }
+        let slot = placement.keyHash(key)
+        return (Int(slot), placement.server(forHash: slot))
+    }
+
     @inline(never)
     private func sampleHotKey(_ key: UnsafeRawBufferPointer) {
         // The next sample comes after 1…63 keys (32 on average), at random so that a client
         // cycling through a fixed set of keys is not always sampled on the same one.
         hotKeyCountdown = 1 + Int(worker.nextRandom() % UInt32(2 * HotKeys.sampleInterval - 1))
         hotKeys?.add(key)
+    }
+
+    // MARK: Cluster replicas (read_from)
+
+    /// Makes `replicas` match the plan: a replica that keeps its name and address keeps its
+    /// connections, the others close once idle.
+    private func rebuildReplicas() {
+        let previous = Array(replicas.joined())
+        var kept: [ServerRuntime] = []
+        var next: [[ServerRuntime]] = []
+        if readsFromReplicas {
+            for (master, list) in config.replicaServers.enumerated() where master < servers.count {
+                var row: [ServerRuntime] = []
+                for (position, replica) in list.enumerated() {
+                    guard master < plan.replicaAddresses.count, position < plan.replicaAddresses[master].count,
+                          let address = plan.replicaAddresses[master][position] else { continue }
+                    if let same = previous.first(where: { candidate in
+                        candidate.name == replica.name && candidate.address == address && !kept.contains { $0 === candidate }
+                    }) {
+                        same.reuse(replicaOf: master)
+                        kept.append(same)
+                        row.append(same)
+                    } else {
+                        let created = ServerRuntime(pool: self, replicaOf: master, name: replica.name, address: address)
+                        row.append(created)
+                    }
+                }
+                next.append(row)
+            }
+        }
+        for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
+        replicas = next
+    }
+
+    /// A replica of server `master` for client `clientIndex` to read from (always the same one
+    /// for a client), or nil: the master then serves the read (no replica, or with
+    /// `prefer_replica` the replica's connection is failing).
+    func readReplica(ofServer master: Int, client clientIndex: Int) -> ServerRuntime? {
+        guard master < replicas.count else { return nil }
+        let list = replicas[master]
+        guard !list.isEmpty else { return nil }
+        let replica = list[clientIndex % list.count]
+        if config.readFrom == .preferReplica, replica.connection(for: clientIndex).isBackingOff { return nil }
+        return replica
     }
 
     // MARK: Ejection
@@ -414,6 +491,26 @@ final class PoolRuntime {
 
     func rebuildPlacement() {
         placement = config.placement(live: servers.map { !$0.isEjected })
+        learnedSlots = nil
+    }
+
+    /// Cluster pools: the map with the slots this worker learned from `-MOVED` since the last
+    /// map (nil: none learned).
+    private var learnedSlots: [Int32]?
+
+    /// Cluster pools: a `-MOVED` named `server` as the owner of `slot`: this worker routes the
+    /// slot there at once, so that a reshard costs one redirect per slot and worker rather than
+    /// one per request until the refreshed map arrives (which replaces this). Off the common
+    /// path; copies the 16384-entry table.
+    func learnSlot(_ slot: Int, server: Int) {
+        guard isCluster, slot >= 0, slot < hashSlotCount, placement.server(forHash: UInt32(slot)) != server else { return }
+        var table = learnedSlots ?? config.slotServers
+        guard table.count == hashSlotCount else { return }
+        table[slot] = Int32(server)
+        learnedSlots = table
+        var patched = config
+        patched.slotServers = table
+        placement = patched.placement()
     }
 }
 
@@ -430,6 +527,8 @@ final class ServerRuntime {
     private(set) var connections: [ServerConnection] = []
     var failures = 0
     var isEjected = false
+    /// A cluster replica (`read_from`): `index` is its master's; `READONLY` is sent on connect.
+    let isReplica: Bool
     private var probeTimer: TimerWatcher?
     private var probeConnection: ServerConnection?
 
@@ -438,12 +537,31 @@ final class ServerRuntime {
         self.index = index
         self.address = address
         self.name = pool.config.servers[index].name
+        self.isReplica = false
         let counters = pool.plan.serverCounters[index][pool.worker.identifier]
         self.countersOwner = counters
         self.counters = counters
         self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
         connectionTable = unretainedTable(of: connections)
     }
+
+    /// A replica of server `master` of a cluster pool. Its counters are its own (the pool's
+    /// per-server figures are the masters').
+    init(pool: PoolRuntime, replicaOf master: Int, name: String, address: SocketAddress) {
+        self.pool = pool
+        self.index = master
+        self.address = address
+        self.name = name
+        self.isReplica = true
+        let counters = ServerCounters()
+        self.countersOwner = counters
+        self.counters = counters
+        self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
+        connectionTable = unretainedTable(of: connections)
+    }
+
+    /// A replica kept across a new map, whose master may sit at another position.
+    func reuse(replicaOf master: Int) { index = master }
 
     deinit { connectionTable?.deallocate() }
 

@@ -261,6 +261,25 @@ extension ClientConnection {
         section("Pools", [("pool", pool.config.name), ("servers", String(pool.servers.count)),
                           ("distribution", pool.config.distribution.rawValue), ("hash", pool.config.hash.rawValue)])
         section("Backends", backends.servers)
+        if pool.isCluster {
+            // redis_cluster backends: the slot map in use and the redirects followed.
+            let cluster = shared.cluster
+            let refreshed = cluster.refreshedAt.load(ordering: .relaxed)
+            let lastError = cluster.lastError.withLock { $0 }
+            section("Cluster", [("cluster_state", pool.clusterMapMissing ? "fail" : "ok")] + cluster.report().map { ($0.0, String($0.1)) }
+                        + [("cluster_slot_map_age_seconds", refreshed == 0 ? "-1" : String(Int(time(nil)) - refreshed)),
+                           ("cluster_nodes", pool.servers.map(\.name).joined(separator: ",")),
+                           ("cluster_last_error", lastError.isEmpty ? "none" : String(lastError.prefix(200).map { $0 == "\r" || $0 == "\n" ? " " : $0 }))])
+        }
+        if pool.isSentinel {
+            // sentinel: the masters' addresses in use and the failovers followed.
+            let sentinel = shared.sentinel
+            let current = sentinel.current.withLock { $0 }
+            let lastError = sentinel.lastError.withLock { $0 }
+            section("Sentinel", sentinel.report().map { ($0.0, String($0.1)) }
+                        + pool.config.servers.enumerated().map { ("master\($0.offset)", "name=\($0.element.name),address=\(current[$0.element.name] ?? "unknown")") }
+                        + [("sentinel_last_error", lastError.isEmpty ? "none" : String(lastError.prefix(200).map { $0 == "\r" || $0 == "\n" ? " " : $0 }))])
+        }
         if pool.old != nil {
             section("Warmup", pool.warmupCounters.report().map { ($0.0, String($0.1)) })
         }

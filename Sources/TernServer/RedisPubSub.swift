@@ -72,7 +72,9 @@ extension ClientConnection {
             setList(subscriptions, kind, set)
             if subscribing != present {
                 // Reaches the servers only when it changes something there.
-                if kind == .pattern {
+                if kind == .pattern, !pool.isCluster {
+                    // A Redis Cluster node passes every PUBLISH to the others, so there one node
+                    // (the pattern's slot's, below) sees them all; elsewhere each server has its own.
                     for server in pool.servers.indices { parts.append((server, name)) }
                 } else {
                     guard let server = name.withUnsafeBytes({ pool.serverIndex(forKey: $0) }) else {
@@ -163,7 +165,8 @@ extension ClientConnection {
         } else if arguments.argument(1, in: frame, equals: "numsub") || arguments.argument(1, in: frame, equals: "shardnumsub") {
             toEveryServer(frame, session, slot, kind: .respPairSum)
         } else if arguments.argument(1, in: frame, equals: "numpat") {
-            toEveryServer(frame, session, slot, kind: .respFirst)
+            // (A cluster pool puts each pattern on one node: the counts are summed.)
+            toEveryServer(frame, session, slot, kind: pool.isCluster ? .respSum : .respFirst)
         } else {
             slot.complete(with: "-ERR unknown subcommand or wrong number of arguments for 'pubsub' command\r\n" as StaticString)
         }

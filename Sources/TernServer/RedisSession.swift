@@ -85,6 +85,12 @@ extension ClientConnection {
         }
         if let user = session.user, !permits(user, command, frame, session, slot) { return }
         if session.subscriptions != nil, refuseWhileSubscribed(command, frame, session, slot) { return }
+        if pool.clusterMapMissing, command.routing != .local, command.routing != .unsupported, command.routing != .session {
+            // A redis_cluster pool whose seeds have not answered yet: nothing to route by.
+            session.transaction?.aborted = true
+            slot.complete(with: "-CLUSTERDOWN The cluster is down (no seed node has answered CLUSTER SLOTS yet)\r\n" as StaticString)
+            return
+        }
         if session.transaction != nil, command.routing != .session {
             return queueInTransaction(command, frame, session, slot)
         }
@@ -219,6 +225,17 @@ extension ClientConnection {
         }
     }
 
+    /// Sends the request on `connection` (a cluster replica's, for `read_from`).
+    private func forwardRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, on connection: ServerConnection) {
+        if !session.arguments.isInline {
+            connection.forward(frame, slot: slot, framing: .line)
+            return
+        }
+        writeRequest(frame, session.arguments, into: connection.requestBuffer())
+        slot.remainingParts = 1
+        connection.enqueue(slot: slot, part: 0, framing: .line)
+    }
+
     /// Every key must live on one server (hash tags make that possible); else CROSSSLOT.
     private func routeKeyed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         if case .range(first: 1, last: 1, step: _) = command.keys, session.arguments.count > 1, !session.arguments.isInline {
@@ -227,6 +244,10 @@ extension ClientConnection {
             guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
                 slot.fail(part: 0, reason: "no server available")
                 return
+            }
+            if pool.readsFromReplicas, !command.isWrite, let replica = pool.readReplica(ofServer: server, client: index) {
+                // redis_cluster with read_from: a single-key read goes to a replica of the slot's master.
+                return forwardRedis(frame, session, slot, on: replica.connection(for: index))
             }
             forwardRedis(frame, session, slot, to: server)
             return
@@ -258,14 +279,30 @@ extension ClientConnection {
         var noServer = false
         /// The arguments agree with the key spec (a bad numkeys does not).
         var valid = true
+        /// Cluster pools: the hash slot every key must share (-1: none yet). Redis Cluster
+        /// refuses keys of two slots even on one node, so the check there is per slot.
+        var hashSlot = -1
     }
 
     /// Walks the command's keys (from the table's key spec). `server` is a server the keys must
     /// share already (a transaction's or a WATCH's), or -1.
-    func placeKeys(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ arguments: RespArguments, startingWith server: Int = -1) -> KeyPlacement {
+    func placeKeys(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ arguments: RespArguments, startingWith server: Int = -1,
+                   slot hashSlot: Int = -1) -> KeyPlacement {
         var placement = KeyPlacement(server: server)
+        placement.hashSlot = hashSlot
+        let isCluster = pool.isCluster
         placement.valid = RedisKeyPositions.forEachKey(command, arguments, in: frame) { keyIndex in
             guard keyIndex < arguments.count else { return }
+            if isCluster {
+                let (keySlot, keyServer) = arguments.withArgument(keyIndex, in: frame) { pool.clusterSlot(forKey: $0) }
+                if placement.hashSlot < 0 { placement.hashSlot = keySlot } else if keySlot != placement.hashSlot { placement.crossServer = true }
+                guard let keyServer else {
+                    placement.noServer = true
+                    return
+                }
+                if placement.server < 0 { placement.server = keyServer }
+                return
+            }
             guard let keyServer = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
                 placement.noServer = true
                 return
@@ -299,25 +336,36 @@ extension ClientConnection {
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
             return
         }
+        // Keys are grouped by server, or in a cluster pool by hash slot (Redis Cluster refuses a
+        // multi-key command over two slots even on one node): `keyServers` holds the group, which
+        // numbers the part.
+        let isCluster = pool.isCluster
         var index = 1
         while index < arguments.count {
-            guard let server = arguments.withArgument(index, in: frame, { pool.serverIndex(forKey: $0) }) else {
+            let group: Int?
+            if isCluster {
+                let (keySlot, server) = arguments.withArgument(index, in: frame) { pool.clusterSlot(forKey: $0) }
+                group = server == nil ? nil : keySlot
+            } else {
+                group = arguments.withArgument(index, in: frame) { pool.serverIndex(forKey: $0) }
+            }
+            guard let group else {
                 slot.kind = .single
                 slot.fail(part: 0, reason: "no server available")
                 return
             }
             session.keyIndices.append(index)
-            session.keyServers.append(Int32(server))
-            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(server)))
+            session.keyServers.append(Int32(group))
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(group)))
             index += keysPerPart
         }
         worker.withFragmentServers { servers in
             for server in session.keyServers where !servers.contains(server) { servers.append(server) }
             if servers.count == 1, kind != .respArray, !alsoToOldPool {
-                // All keys on one server: the request goes as it is.
+                // All keys on one server (one slot): the request goes as it is.
                 slot.kind = .single
                 slot.keys.removeAll(keepingCapacity: true)
-                forwardRedis(frame, session, slot, to: Int(servers[0]))
+                forwardRedis(frame, session, slot, to: isCluster ? pool.server(forSlot: Int(servers[0])) : Int(servers[0]))
                 return
             }
             slot.remainingParts = servers.count
@@ -340,12 +388,15 @@ extension ClientConnection {
         }
     }
 
-    /// One request per server with the keys (and values) that server holds.
+    /// One request per server (per hash slot in a cluster pool) with the keys (and values) it holds.
     private func sendParts(_ servers: [Int32], _ keyServers: [Int32], in target: PoolRuntime, partBase: Int32,
                            _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, keysPerPart: Int) {
         let arguments = session.arguments
+        let isCluster = target.isCluster
         for server in servers {
-            target.withConnection(toServer: Int(server), client: index) { connection in
+            // A cluster group is a slot: its master (a slot without one failed earlier).
+            let destination = isCluster ? target.server(forSlot: Int(server)) ?? 0 : Int(server)
+            target.withConnection(toServer: destination, client: index) { connection in
                 let output = connection.requestBuffer()
                 var count = 0
                 for keyServer in keyServers where keyServer == server { count += 1 }

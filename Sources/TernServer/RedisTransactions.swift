@@ -24,6 +24,9 @@ final class RedisTransaction {
     var count = 0
     /// The server every key so far lives on (-1: no key yet).
     var server = -1
+    /// Cluster pools: the hash slot every key so far hashes to (-1: no key yet); Redis Cluster
+    /// refuses an EXEC whose commands' keys span two slots.
+    var hashSlot = -1
     /// A command was refused while queuing: EXEC answers EXECABORT.
     var aborted = false
 }
@@ -104,7 +107,7 @@ extension ClientConnection {
             transaction.aborted = true
             return slot.complete(with: "-ERR '\(command.name)' cannot be used inside MULTI through Tern\r\n")
         }
-        let placement = placeKeys(command, frame, arguments, startingWith: transaction.server)
+        let placement = placeKeys(command, frame, arguments, startingWith: transaction.server, slot: transaction.hashSlot)
         if placement.crossServer {
             transaction.aborted = true
             return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
@@ -118,6 +121,7 @@ extension ClientConnection {
             return slot.complete(with: "-ERR transaction exceeds client_query_limit\r\n" as StaticString)
         }
         transaction.server = placement.server
+        transaction.hashSlot = placement.hashSlot
         writeRequest(frame, arguments, into: transaction.commands)
         transaction.count += 1
         slot.complete(with: "+QUEUED\r\n" as StaticString)
@@ -174,7 +178,13 @@ extension ClientConnection {
         let arguments = session.arguments
         var target = session.watch?.server ?? -1
         var crossServer = false
+        var watchedSlot = -1
         for keyIndex in 1..<arguments.count {
+            if pool.isCluster {
+                // One WATCH's keys must share a slot there (Redis Cluster's own rule).
+                let keySlot = arguments.withArgument(keyIndex, in: frame) { pool.clusterSlot(forKey: $0).slot }
+                if watchedSlot < 0 { watchedSlot = keySlot } else if keySlot != watchedSlot { crossServer = true }
+            }
             guard let server = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
                 return slot.fail(part: 0, reason: "no server available")
             }

@@ -28,6 +28,10 @@ final class ServerConnection {
         var isSetup = false
         /// A warm-up copy into this (new) pool: counted, never answered to a client.
         var isBackfill = false
+        /// Cluster pools: redirects (`-MOVED`/`-ASK`, `-TRYAGAIN` retries) this request has
+        /// followed so far, and whether it was sent after `ASKING`.
+        var redirects: UInt8 = 0
+        var isAsking = false
         /// Bytes of the request, and when it was queued (loop time), for the stats.
         var bytes = 0
         var queuedAt: Double = 0
@@ -122,7 +126,7 @@ final class ServerConnection {
     /// may block forever, so no proxy timeout applies).
     @inline(__always)
     func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, isProbe: Bool = false, isSetup: Bool = false, isBackfill: Bool = false,
-                 blockFor: Double? = 0) {
+                 blockFor: Double? = 0, redirects: UInt8 = 0, isAsking: Bool = false) {
         let now = ev_now(loop)
         var deadline = Double.infinity
         if let timeout, let blockFor {
@@ -132,7 +136,7 @@ final class ServerConnection {
         let bytes = output.readableCount - requestStart
         requestStart = output.readableCount
         pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, isProbe: isProbe, isSetup: isSetup,
-                               isBackfill: isBackfill, bytes: bytes, queuedAt: now))
+                               isBackfill: isBackfill, redirects: redirects, isAsking: isAsking, bytes: bytes, queuedAt: now))
         pendingBytes += bytes
         unsentRequests += 1
         // Read through `counters` each time, not bound to a local (a local would be retained).
@@ -154,6 +158,53 @@ final class ServerConnection {
 
     private var isRedis: Bool { server.pool.isRedis }
 
+    static let askingRequest: StaticString = "*1\r\n$6\r\nASKING\r\n"
+
+    /// Cluster pools: a request redirected here (`PoolRuntime.followRedirect`), for part `part`
+    /// of `slot`. For `-ASK`, `ASKING` goes first, in the same piece of output; its `+OK` has no
+    /// slot and is dropped (an error there makes the request itself fail with the node's error).
+    func resend(_ request: [UInt8], asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8) {
+        beginRequest()
+        if asking {
+            output.append(Self.askingRequest)
+            enqueue(slot: nil, part: 0, framing: .line)
+        }
+        request.withUnsafeBytes { output.append($0) }
+        enqueue(slot: slot, part: part, framing: .line, redirects: redirects, isAsking: asking)
+    }
+
+    /// Cluster pools: the head reply is an error; if it is `-MOVED`/`-ASK` and the request may
+    /// follow it, its bytes (answered, still in `output`, just before `answeredBytes`) go to
+    /// the node named and true is returned; after `-TRYAGAIN` they go to this node again a
+    /// little later. A MOVED also asks for a new slot map. Requests on dedicated connections
+    /// (WATCH, blocking, pub/sub) are not redirected: their client gets the error.
+    @inline(never)
+    private func followRedirect(_ head: Pending, replyLength length: Int) -> Bool {
+        let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
+        let redirect = ClusterRedirect.parse(reply)
+        let isTryAgain = redirect == nil && ClusterRedirect.isTryAgain(reply)
+        guard redirect != nil || isTryAgain else { return false }
+        let pool = server.pool
+        if let redirect, !redirect.isAsk { pool.plan.shared.cluster.requestRefresh() }
+        let start = answeredBytes - head.bytes
+        guard !isDedicated, pushClient == nil, let slot = head.slot, let client = slot.client, start >= 0, answeredBytes <= output.readableCount else {
+            return false
+        }
+        guard head.redirects < ClusterState.maxRedirects else {
+            pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+            return false
+        }
+        let request = Array(output.readable[start..<answeredBytes])
+        let error = Array(reply)
+        if let redirect {
+            pool.followRedirect(redirect, request: request, error: error, slot: slot, part: head.part, redirects: head.redirects + 1, clientIndex: client.index)
+        } else {
+            pool.retryLater(request, error: error, server: server.name, asking: head.isAsking, slot: slot, part: head.part,
+                            redirects: head.redirects + 1, clientIndex: client.index)
+        }
+        return true
+    }
+
     func sendProbe() {
         let buffer = requestBuffer()
         if isRedis {
@@ -164,10 +215,18 @@ final class ServerConnection {
         enqueue(slot: nil, part: 0, framing: .line, isProbe: true)
     }
 
-    /// Redis: authenticate and select the pool's database before any client request.
+    /// Redis: authenticate and select the pool's database before any client request; a cluster
+    /// replica (`read_from`) is told `READONLY` so that it serves its master's slots.
     private func sendSetup() {
         let config = server.pool.config
         guard isRedis else { return }
+        defer {
+            if server.isReplica {
+                requestStart = output.readableCount
+                output.append("*1\r\n$8\r\nREADONLY\r\n" as StaticString)
+                enqueue(slot: nil, part: 0, framing: .line, isSetup: true)
+            }
+        }
         if let password = config.redisAuth {
             requestStart = output.readableCount
             output.appendArrayHeader(2)
@@ -188,6 +247,13 @@ final class ServerConnection {
         guard state == .disconnected else { return }
         if worker.now < retryAfter {
             // Backing off after failures: fail fast instead of hammering a dead server.
+            pendingError = -1
+            worker.markDirty(self)
+            return
+        }
+        if server.address.family == AF_UNSPEC {
+            // A Sentinel master whose address no sentinel has given yet: fail at once.
+            lastError = "master address not known yet (no sentinel has named it)"
             pendingError = -1
             worker.markDirty(self)
             return
@@ -366,6 +432,8 @@ final class ServerConnection {
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
                         worker.logger.error("server \(server.name): connection setup failed: \(text)")
                     }
+                } else if isError, head.slot != nil, server.pool.isCluster, followRedirect(head, replyLength: length) {
+                    // Re-sent to the node the redirect named: the client never sees it.
                 } else if let slot = head.slot.take() {
                     // Taken out of the entry, so the slot changes hands without a retain.
                     // Quiet meta commands were followed by Tern's own `mn`: its MN is not the client's.
@@ -551,6 +619,12 @@ final class ServerConnection {
             consecutiveFailures += 1
             retryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(consecutiveFailures - 1, 6)))
         }
+        // A cluster node failing (or still backing off) may mean a failover: the map is asked
+        // again (the discovery thread asks at most every 200 ms), so requests move to a promoted
+        // replica as soon as the cluster names it, not at the next reconnect.
+        if server.pool.isCluster, wasConnected || !entries.isEmpty { server.pool.plan.shared.cluster.requestRefresh() }
+        // The same for a Sentinel pool's master: the sentinels may have named another.
+        if server.pool.isSentinel, wasConnected || !entries.isEmpty { server.pool.plan.shared.sentinel.requestRefresh() }
         server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.slot == nil ? 0 : 1) })
 
         for entry in entries {
@@ -561,6 +635,9 @@ final class ServerConnection {
     }
 
     var isIdle: Bool { pending.isEmpty }
+
+    /// Closed after failures and waiting out its backoff: a request now would fail at once.
+    var isBackingOff: Bool { state == .disconnected && worker.now < retryAfter }
 
     /// Closes the connection and fails what is on it without counting a server failure: its
     /// client left while a blocking command was waiting (Redis unblocks it on the close,

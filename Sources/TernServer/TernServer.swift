@@ -50,6 +50,17 @@ public final class TernServer {
     private let activeConfigText = SharedText()
     private var configStamp: FileStamp?
     private var lastResolution = Int(time(nil))
+    /// `redis_cluster` pools' slot maps now applied, by pool name (main thread only). The
+    /// config keeps the seeds; the plans route by these (see `routed`).
+    private var clusterMaps: [String: ClusterSlotMap] = [:]
+    /// Refreshes the maps on a thread of its own (started when a cluster pool exists).
+    private let discovery = ClusterDiscovery()
+    private var discoveryStarted = false
+    /// `sentinel:` pools' master addresses now applied: pool name → master name → node (main
+    /// thread only), and the thread that asks the sentinels.
+    private var sentinelMasters: [String: [String: ClusterNode]] = [:]
+    private let sentinelWatcher = SentinelWatcher()
+    private var sentinelWatcherStarted = false
 
     public init(config: TernConfig, options: ServerOptions, logger: Logger, logDestination: LogDestination? = nil) {
         self.config = config
@@ -67,15 +78,171 @@ public final class TernServer {
         // supervisor may signal us, and SIGHUP/SIGTTOU's default actions would end or stop Tern.
         var signals = Self.handledSignals
         pthread_sigmask(SIG_BLOCK, &signals, nil)
-        plans = try makePlans(for: config, previous: [])
+        for pool in config.pools where pool.distribution == .redisCluster {
+            // The first map is asked for before anything listens, so that the first clients
+            // are routed; a cluster that does not answer is asked again in the background.
+            switch ClusterDiscovery.discover(seeds: ClusterDiscovery.seeds(pool), previous: nil, password: pool.redisAuth) {
+            case let .success((map, node)):
+                clusterMaps[pool.name] = map
+                logger.notice("pool \(pool.name): slot map from \(node): \(map.masters.count) masters, \(map.nodeCount) nodes, \(map.assignedSlots) slots served")
+            case let .failure(error):
+                logger.warning("pool \(pool.name): no seed node answered CLUSTER SLOTS (\(error.text)); answering -CLUSTERDOWN and retrying every second")
+            }
+        }
+        var startupStates: [String: SentinelState] = [:]
+        for pool in config.pools where pool.sentinel != nil {
+            let state = SentinelState()
+            startupStates[pool.name] = state
+            let job = SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
+                                          sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth, state: state)
+            let found = SentinelWatcher.discover(job, previous: [:])
+            sentinelMasters[pool.name] = found
+            let missing = pool.servers.map(\.name).filter { found[$0] == nil }
+            if missing.isEmpty {
+                logger.notice("pool \(pool.name): sentinels name \(found.sorted { $0.key < $1.key }.map { "\($0.key) at \($0.value.name)" }.joined(separator: ", "))")
+            } else {
+                logger.warning("pool \(pool.name): no address yet for \(missing.joined(separator: ", ")) (\(state.lastError.withLock { $0 })); their keys fail until a sentinel names them")
+            }
+        }
+        plans = try makePlans(for: routed(config), previous: [])
+        for plan in plans {
+            if let map = clusterMaps[plan.config.name] { plan.shared.cluster.applied(map) }
+            if let first = startupStates[plan.config.name] {
+                // What the first round saw counts in the pool's figures.
+                let state = plan.shared.sentinel
+                state.refreshes.add(first.refreshes.load(ordering: .relaxed), ordering: .relaxed)
+                state.refreshFailures.add(first.refreshFailures.load(ordering: .relaxed), ordering: .relaxed)
+                state.roleMismatches.add(first.roleMismatches.load(ordering: .relaxed), ordering: .relaxed)
+                let error = first.lastError.withLock { $0 }
+                state.lastError.withLock { $0 = error }
+            }
+        }
+        updateDiscoveryJobs()
         for pool in config.pools {
-            logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(pool.servers.count) servers, \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
+            let servers = pool.distribution == .redisCluster ? "\(pool.servers.count) seed nodes" : "\(pool.servers.count) servers"
+            logger.notice("pool \(pool.name) listening on \(pool.listen) (\(pool.protocolKind.rawValue), \(servers), \(pool.distribution.rawValue)/\(pool.hash.rawValue))")
             if let warmup = pool.warmup {
                 logger.notice("pool \(pool.name) warms up from \(warmup.old.servers.count) old servers (backfill \(warmup.backfill), deletes \(warmup.deletes.rawValue))")
             }
         }
         activeConfigText.value.withLock { $0 = ConfigRenderer.yaml(config) }
         configStamp = FileStamp(path: options.configPath)
+    }
+
+    /// The config as workers route it: each `redis_cluster` pool with a known map gets its
+    /// masters as servers and the map as its slots (`ClusterSlotMap.applied`).
+    private func routed(_ config: TernConfig) -> TernConfig {
+        var routed = config
+        for index in routed.pools.indices where routed.pools[index].sentinel != nil {
+            let known = sentinelMasters[routed.pools[index].name] ?? [:]
+            for server in routed.pools[index].servers.indices {
+                // A master the sentinels have not named keeps port 0: no address (see `resolve`).
+                if let node = known[routed.pools[index].servers[server].name] {
+                    routed.pools[index].servers[server].address = .tcp(host: node.host, port: node.port)
+                }
+            }
+        }
+        for index in routed.pools.indices where routed.pools[index].distribution == .redisCluster {
+            if let map = clusterMaps[routed.pools[index].name] {
+                routed.pools[index] = map.applied(to: routed.pools[index])
+            } else {
+                // No map yet: no server to route to (clients get -CLUSTERDOWN).
+                routed.pools[index].servers = []
+                routed.pools[index].slotServers = []
+            }
+        }
+        return routed
+    }
+
+    /// Tells the discovery thread which pools to watch (after every apply), and starts it the
+    /// first time a cluster pool exists.
+    private func updateDiscoveryJobs() {
+        var jobs: [ClusterDiscovery.Job] = []
+        for plan in plans where plan.config.distribution == .redisCluster {
+            guard let pool = config.pools.first(where: { $0.name == plan.config.name }) else { continue }
+            jobs.append(ClusterDiscovery.Job(pool: pool.name, seeds: ClusterDiscovery.seeds(pool), password: pool.redisAuth, state: plan.shared.cluster))
+        }
+        clusterMaps = clusterMaps.filter { name, _ in jobs.contains { $0.pool == name } }
+        let maps = clusterMaps
+        discovery.known.withLock { $0 = maps }
+        discovery.jobs.withLock { $0 = jobs }
+        if !jobs.isEmpty, !discoveryStarted, control != nil {
+            discoveryStarted = true
+            discovery.start()
+        }
+        var sentinelJobs: [SentinelWatcher.Job] = []
+        for plan in plans {
+            guard let pool = config.pools.first(where: { $0.name == plan.config.name }), pool.sentinel != nil else { continue }
+            sentinelJobs.append(SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
+                                                    sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth, state: plan.shared.sentinel))
+            let known = sentinelMasters[pool.name] ?? [:]
+            plan.shared.sentinel.mastersKnown.store(pool.servers.filter { known[$0.name] != nil }.count, ordering: .relaxed)
+            plan.shared.sentinel.current.withLock { current in current = known.mapValues(\.name) }
+        }
+        sentinelMasters = sentinelMasters.filter { name, _ in sentinelJobs.contains { $0.pool == name } }
+        let masters = sentinelMasters
+        sentinelWatcher.known.withLock { $0 = masters }
+        sentinelWatcher.jobs.withLock { $0 = sentinelJobs }
+        if !sentinelJobs.isEmpty, !sentinelWatcherStarted, control != nil {
+            sentinelWatcherStarted = true
+            sentinelWatcher.start()
+        }
+    }
+
+    /// Applies the master addresses the sentinels gave (the reload path: a server whose address
+    /// changed gets new connections, its name and so its keys stay).
+    private func applySentinelAddresses() {
+        var changed: [(String, [String: ClusterNode])] = []
+        for plan in plans where plan.config.sentinel != nil {
+            if let found = plan.shared.sentinel.discovered.withLock({ found in defer { found = nil }; return found }) {
+                changed.append((plan.config.name, found))
+            }
+        }
+        guard !changed.isEmpty else { return }
+        let before = sentinelMasters
+        for (name, found) in changed { sentinelMasters[name] = found }
+        guard apply(config, reason: "sentinel master address") else {
+            sentinelMasters = before
+            sentinelWatcher.known.withLock { $0 = before }
+            return
+        }
+        for (name, found) in changed {
+            guard let plan = plans.first(where: { $0.config.name == name }) else { continue }
+            for (master, node) in found.sorted(by: { $0.key < $1.key }) where before[name]?[master] != node {
+                if let old = before[name]?[master] {
+                    plan.shared.sentinel.switches.add(1, ordering: .relaxed)
+                    logger.notice("pool \(name): master \(master) moved from \(old.name) to \(node.name)")
+                } else {
+                    logger.notice("pool \(name): master \(master) is at \(node.name)")
+                }
+            }
+        }
+    }
+
+    /// Applies the maps the discovery thread found (the reload path: servers that stay keep
+    /// their connections, requests parked for a node the old map lacked are sent).
+    private func applyDiscoveredMaps() {
+        var changed: [(String, ClusterSlotMap)] = []
+        for plan in plans where plan.config.distribution == .redisCluster {
+            if let map = plan.shared.cluster.discovered.withLock({ found in defer { found = nil }; return found }) {
+                changed.append((plan.config.name, map))
+            }
+        }
+        guard !changed.isEmpty else { return }
+        let before = clusterMaps
+        for (name, map) in changed { clusterMaps[name] = map }
+        guard apply(config, reason: "cluster slot map") else {
+            // Not applied (a node's name did not resolve): the discovery thread compares its
+            // next finds with the maps in use, so it offers this one again.
+            clusterMaps = before
+            discovery.known.withLock { $0 = before }
+            return
+        }
+        for (name, map) in changed {
+            guard let plan = plans.first(where: { $0.config.name == name }) else { continue }
+            plan.shared.cluster.applied(map)
+            logger.notice("pool \(name): slot map v\(plan.shared.cluster.mapVersion.load(ordering: .relaxed)) applied: \(map.masters.count) masters (\(map.masters.map(\.name).joined(separator: ", "))), \(map.nodeCount) nodes, \(map.assignedSlots) slots served")
+        }
     }
 
     /// Plans for `config`: servers resolved, listeners bound — or reused from `previous` when a
@@ -100,9 +267,17 @@ public final class TernServer {
                     descriptor = try Self.listen(pool)
                     boundHere.append(descriptor)
                 }
+                // Cluster replicas (read_from): resolved here, off the loops; one that does not
+                // resolve is skipped rather than failing the whole map.
+                let replicas = pool.replicaServers.map { list in
+                    list.map { replica -> SocketAddress? in
+                        guard case let .tcp(host, port) = replica.address, case let .success(address) = SocketAddress.resolve(host: host, port: port) else { return nil }
+                        return address
+                    }
+                }
                 made.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
                                      shared: before?.shared ?? PoolShared(workers: workerCount, hotKeys: pool.hotKeys),
-                                     serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before)))
+                                     serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before), replicaAddresses: replicas))
             }
         } catch {
             for fd in boundHere { Syscall.close(fd) }
@@ -130,6 +305,9 @@ public final class TernServer {
                     throw StartupError(description: "pool '\(pool.name)': socket path too long: \(path)")
                 }
                 addresses.append(address)
+            case .tcp(_, 0) where pool.sentinel != nil:
+                // A Sentinel master not named yet: no address, its connections fail at once.
+                addresses.append(SocketAddress(family: AF_UNSPEC, bytes: []))
             case let .tcp(host, port):
                 switch SocketAddress.resolve(host: host, port: port) {
                 case let .success(address): addresses.append(address)
@@ -219,13 +397,23 @@ public final class TernServer {
         // Redis pools' INFO figures, gathered off the request path (it idles without Redis pools;
         // a reload may add one).
         BackendInfoPoller(control: control).start()
+        updateDiscoveryJobs()
         control.isReady.store(true, ordering: .relaxed)
         logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid())")
+        var lastChecks = Int(time(nil))
         while true {
-            var timeout = timespec(tv_sec: 1, tv_nsec: 0)
+            // With cluster pools, new slot maps are picked up every 100 ms.
+            let hasCluster = plans.contains { $0.config.distribution == .redisCluster }
+            let hasSentinel = plans.contains { $0.config.sentinel != nil }
+            var timeout = hasCluster || hasSentinel ? timespec(tv_sec: 0, tv_nsec: 100_000_000) : timespec(tv_sec: 1, tv_nsec: 0)
             let received = sigtimedwait(&signals, nil, &timeout)
+            if hasCluster { applyDiscoveredMaps() }
+            if hasSentinel { applySentinelAddresses() }
             if received < 0 {
-                periodicChecks()
+                if !(hasCluster || hasSentinel) || Int(time(nil)) != lastChecks {
+                    lastChecks = Int(time(nil))
+                    periodicChecks()
+                }
                 continue
             }
             let name = Self.signalName(received)
@@ -275,7 +463,7 @@ public final class TernServer {
         let now = Int(time(nil))
         if options.dnsRefreshSeconds > 0, now - lastResolution >= options.dnsRefreshSeconds {
             lastResolution = now
-            let changed = config.pools.contains { pool in
+            let changed = routed(config).pools.contains { pool in
                 guard let plan = plans.first(where: { $0.config.name == pool.name }) else { return false }
                 return (try? Self.resolve(pool)) .map { $0 != plan.serverAddresses } ?? false
             }
@@ -299,13 +487,16 @@ public final class TernServer {
         apply(loaded, reason: reason)
     }
 
-    private func apply(_ newConfig: TernConfig, reason: String) {
+    /// Makes and hands out the plans of `newConfig` (routed by the known cluster maps); false
+    /// when they cannot be made, changing nothing.
+    @discardableResult
+    private func apply(_ newConfig: TernConfig, reason: String) -> Bool {
         let newPlans: [PoolPlan]
         do {
-            newPlans = try makePlans(for: newConfig, previous: plans)
+            newPlans = try makePlans(for: routed(newConfig), previous: plans)
         } catch {
             logger.error("reload (\(reason)) rejected, keeping the current config: \(error)")
-            return
+            return false
         }
         let acknowledgement = Acknowledgement(count: inboxes.count)
         for inbox in inboxes { inbox.post(.apply(newPlans, acknowledgement)) }
@@ -320,7 +511,9 @@ public final class TernServer {
         control?.plans.withLock { $0 = newPlans }
         activeConfigText.value.withLock { $0 = ConfigRenderer.yaml(newConfig) }
         lastResolution = Int(time(nil))
+        updateDiscoveryJobs()
         logger.notice("reload (\(reason)) applied: \(newConfig.pools.count) pools")
+        return true
     }
 
     /// SIGTERM/SIGINT: stop accepting at once, let in-flight requests finish (at most

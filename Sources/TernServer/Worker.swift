@@ -22,11 +22,15 @@ final class PoolPlan: Sendable {
     let serverCounters: [[ServerCounters]]
     /// The pool's users, compiled once per plan (immutable, read by every worker).
     let users: [RedisUser]
+    /// `redis_cluster` with `read_from`: the addresses of `config.replicaServers` (a replica whose
+    /// name did not resolve is left out, with an empty address list in its place).
+    let replicaAddresses: [[SocketAddress?]]
 
     init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
-         shared: PoolShared, serverCounters: [[ServerCounters]]) {
+         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = []) {
         self.config = config
         self.serverAddresses = serverAddresses
+        self.replicaAddresses = replicaAddresses
         self.listenDescriptor = listenDescriptor
         self.warmup = warmup
         self.shared = shared
@@ -53,6 +57,10 @@ final class PoolShared: Sendable {
     let slowLog = SlowLog()
     /// Redis pools: each server's INFO, gathered off the request path (see `BackendInfoPoller`).
     let backendInfo = Locked<[String: BackendInfo]>([:])
+    /// `distribution: redis_cluster`: slot map version, redirects, refreshes (idle otherwise).
+    let cluster = ClusterState()
+    /// `sentinel:` pools: masters' addresses, switches (idle otherwise).
+    let sentinel = SentinelState()
 
     init(workers: Int, hotKeys capacity: Int = 64) {
         workerCounters = (0..<workers).map { _ in PoolCounters() }
@@ -154,10 +162,11 @@ final class Worker {
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     let scratch = ByteBuffer()
-    /// Binary-protocol clients: the meta line a packet becomes and the packet a reply becomes,
-    /// reused across requests (taken out with a swap while in use; large ones are not kept).
+    /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
+    /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
+    /// Get (written without the translator's array appends).
     var binaryLine: [UInt8] = []
-    var binaryPacket: [UInt8] = []
+    let binaryGetLine = ByteBuffer()
     /// A binary request's identity and key while the text path routes it: the next slot made
     /// takes them (kept here, not on every client, which would grow each idle connection).
     var pendingBinary: BinaryContext?

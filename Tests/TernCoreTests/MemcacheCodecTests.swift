@@ -317,3 +317,18 @@ final class ValueLineTests: XCTestCase {
         }
     }
 }
+
+final class BinaryGetLineTests: XCTestCase {
+    /// The binary front's Get skips parsing its own `gets` line: what it assumes is what the
+    /// parser makes of that line, for plain keys under both key rules.
+    func testGetsRequestMatchesTheParser() {
+        for strict in [true, false] {
+            let limits = MemcacheLimits(strictKeys: strict)
+            for key in ["k", "user:42", String(repeating: "x", count: 250)] + (strict ? [] : ["\u{10}\u{3}ctl\u{7f}"]) {
+                let line = Array("gets \(key)\r\n".utf8)
+                let parsed = line.withUnsafeBytes { MemcacheRequestParser.parse($0, limits: limits) }
+                XCTAssertEqual(parsed, .request(.gets(keyLength: key.utf8.count)), key.debugDescription)
+            }
+        }
+    }
+}

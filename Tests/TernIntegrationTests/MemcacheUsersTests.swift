@@ -145,5 +145,8 @@ final class MemcacheUsersTests: XCTestCase {
         XCTAssertEqual(good.status, 0)
         XCTAssertEqual(good.value, "Authenticated")
         XCTAssertEqual(try exchange(packet(0x00, key: "app:k")).status, 1, "a miss once authenticated")
+        // The Get fast path (a plain key becomes a gets line without the translator) keeps the rules.
+        XCTAssertEqual(try exchange(packet(0x00, key: "other")).status, 0x20)
+        XCTAssertEqual(try exchange(packet(0x0c, key: "other")).status, 0x20)
     }
 }

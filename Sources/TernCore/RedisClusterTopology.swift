@@ -1,0 +1,226 @@
+// Redis Cluster backends (`distribution: redis_cluster`): the slot map a `CLUSTER SLOTS` reply
+// describes, and the `-MOVED`/`-ASK` redirections a node answers with. Pure: bytes in, facts
+// out. The map is read off the request path (see TernServer's `ClusterDiscovery`); redirect
+// errors are classified on a backend connection only when a reply is an error.
+
+/// A RESP2 value decoded whole. For Tern's own control-plane exchanges (a `CLUSTER SLOTS`
+/// reply), never for client traffic, which is framed in place by `RespReplyParser`.
+public indirect enum RespValue: Sendable, Equatable {
+    case simple(String)
+    case error(String)
+    case integer(Int)
+    case bulk([UInt8]?)
+    case array([RespValue]?)
+
+    /// The value at the start of `bytes` and its length; nil while incomplete or when invalid
+    /// (nesting deeper than `maxDepth`, a bad length).
+    public static func decode(_ bytes: [UInt8], maxDepth: Int = 16) -> (value: RespValue, length: Int)? {
+        var position = 0
+        guard let value = decode(bytes, &position, depth: maxDepth) else { return nil }
+        return (value, position)
+    }
+
+    private static func decode(_ bytes: [UInt8], _ position: inout Int, depth: Int) -> RespValue? {
+        guard depth > 0, position < bytes.count else { return nil }
+        let kind = bytes[position]
+        guard let line = readLine(bytes, &position) else { return nil }
+        switch kind {
+        case UInt8(ascii: "+"): return .simple(line)
+        case UInt8(ascii: "-"): return .error(line)
+        case UInt8(ascii: ":"): return Int(line).map { .integer($0) }
+        case UInt8(ascii: "$"):
+            guard let length = Int(line), length >= -1 else { return nil }
+            if length == -1 { return .bulk(nil) }
+            guard position + length + 2 <= bytes.count else { return nil }
+            let value = Array(bytes[position..<(position + length)])
+            position += length + 2
+            return .bulk(value)
+        case UInt8(ascii: "*"):
+            guard let count = Int(line), count >= -1, count <= 1 << 20 else { return nil }
+            if count == -1 { return .array(nil) }
+            var elements: [RespValue] = []
+            elements.reserveCapacity(count)
+            for _ in 0..<count {
+                guard let element = decode(bytes, &position, depth: depth - 1) else { return nil }
+                elements.append(element)
+            }
+            return .array(elements)
+        default:
+            return nil
+        }
+    }
+
+    /// The text after the type byte up to CRLF; `position` moves past the CRLF.
+    private static func readLine(_ bytes: [UInt8], _ position: inout Int) -> String? {
+        var end = position + 1
+        while end + 1 < bytes.count, !(bytes[end] == 0x0d && bytes[end + 1] == 0x0a) { end += 1 }
+        guard end + 1 < bytes.count else { return nil }
+        let text = String(decoding: bytes[(position + 1)..<end], as: UTF8.self)
+        position = end + 2
+        return text
+    }
+
+    /// A bulk or simple string's text.
+    public var text: String? {
+        switch self {
+        case let .bulk(bytes?): return String(decoding: bytes, as: UTF8.self)
+        case let .simple(text): return text
+        default: return nil
+        }
+    }
+
+    public var integer: Int? {
+        if case let .integer(value) = self { return value }
+        return nil
+    }
+}
+
+/// One node of a cluster as `CLUSTER SLOTS` names it.
+public struct ClusterNode: Sendable, Equatable, Hashable {
+    public var host: String
+    public var port: Int
+    public var id: String
+
+    public init(host: String, port: Int, id: String = "") {
+        self.host = host
+        self.port = port
+        self.id = id
+    }
+
+    /// `host:port` as Redis writes it in `-MOVED`/`-ASK` (an IPv6 host unbracketed): also the
+    /// node's server name in the pool, so a redirect's target is found by name.
+    public var name: String { "\(host):\(port)" }
+}
+
+/// Which master serves each of the 16384 slots, and the replicas of each master.
+public struct ClusterSlotMap: Sendable, Equatable {
+    /// Masters that serve at least one slot, ordered by name.
+    public var masters: [ClusterNode]
+    /// The replicas of each master (same order as `masters`).
+    public var replicas: [[ClusterNode]]
+    /// The master (a position in `masters`) of every slot; -1 for a slot no node serves.
+    public var slotMasters: [Int32]
+
+    public init(masters: [ClusterNode], replicas: [[ClusterNode]], slotMasters: [Int32]) {
+        self.masters = masters
+        self.replicas = replicas
+        self.slotMasters = slotMasters
+    }
+
+    /// Slots some master serves.
+    public var assignedSlots: Int { slotMasters.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
+
+    /// Masters and replicas.
+    public var nodeCount: Int { masters.count + replicas.reduce(0) { $0 + $1.count } }
+
+    /// Every node, masters first: where the next discovery asks.
+    public var allNodes: [ClusterNode] { masters + replicas.flatMap { $0 } }
+
+    /// The map from a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], [replica …]…]…]`.
+    /// An empty host means "the address you asked" (`askedHost`). nil when the reply is an error
+    /// or not shaped like one; a cluster serving no slot gives nil too (nothing to route to).
+    public static func parse(clusterSlots reply: RespValue, askedHost: String) -> ClusterSlotMap? {
+        guard case let .array(ranges?) = reply else { return nil }
+        var masterIndex: [String: Int] = [:]
+        var masters: [ClusterNode] = []
+        var replicas: [[ClusterNode]] = []
+        var ranges32: [(Int, Int, Int)] = []
+        func node(_ value: RespValue) -> ClusterNode? {
+            guard case let .array(fields?) = value, fields.count >= 2, var host = fields[0].text,
+                  let port = fields[1].integer, (1...65535).contains(port) else { return nil }
+            if host.isEmpty || host == "?" { host = askedHost }
+            let id = fields.count >= 3 ? fields[2].text ?? "" : ""
+            return ClusterNode(host: host, port: port, id: id)
+        }
+        for range in ranges {
+            guard case let .array(fields?) = range, fields.count >= 3, let first = fields[0].integer, let last = fields[1].integer,
+                  first >= 0, last < hashSlotCount, first <= last, let master = node(fields[2]) else { return nil }
+            let index: Int
+            if let known = masterIndex[master.name] {
+                index = known
+            } else {
+                index = masters.count
+                masterIndex[master.name] = index
+                masters.append(master)
+                replicas.append([])
+            }
+            for field in fields.dropFirst(3) {
+                if let replica = node(field), !replicas[index].contains(where: { $0.name == replica.name }) { replicas[index].append(replica) }
+            }
+            ranges32.append((first, last, index))
+        }
+        guard !masters.isEmpty else { return nil }
+        // Ordered by name, so that the same cluster always gives the same map.
+        let order = masters.indices.sorted { masters[$0].name < masters[$1].name }
+        var position = [Int](repeating: 0, count: masters.count)
+        for (new, old) in order.enumerated() { position[old] = new }
+        var slotMasters = [Int32](repeating: -1, count: hashSlotCount)
+        for (first, last, index) in ranges32 {
+            for slot in first...last { slotMasters[slot] = Int32(position[index]) }
+        }
+        return ClusterSlotMap(masters: order.map { masters[$0] }, replicas: order.map { replicas[$0].sorted { $0.name < $1.name } },
+                              slotMasters: slotMasters)
+    }
+
+    /// The pool as workers route it: the masters are its servers (named `host:port`, weight 1),
+    /// the slot map its `slotServers`, and with `read_from` the replicas its `replicaServers`.
+    /// The seeds stay in the config file's pool.
+    public func applied(to pool: PoolConfig) -> PoolConfig {
+        var routed = pool
+        routed.servers = masters.map { master in
+            ServerConfig(address: .tcp(host: master.host, port: master.port), weight: 1, name: master.name, hasExplicitName: false, line: pool.line)
+        }
+        routed.slotServers = slotMasters
+        if pool.readFrom != .master {
+            routed.replicaServers = replicas.map { nodes in
+                nodes.map { ServerConfig(address: .tcp(host: $0.host, port: $0.port), weight: 1, name: $0.name, hasExplicitName: false, line: pool.line) }
+            }
+        }
+        return routed
+    }
+}
+
+/// A `-MOVED slot host:port` or `-ASK slot host:port` error reply.
+public struct ClusterRedirect: Sendable, Equatable {
+    public var isAsk: Bool
+    public var slot: Int
+    /// `host:port`, as the node wrote it (see `ClusterNode.name`).
+    public var target: String
+
+    public init(isAsk: Bool, slot: Int, target: String) {
+        self.isAsk = isAsk
+        self.slot = slot
+        self.target = target
+    }
+
+    /// `-TRYAGAIN …`: a multi-key request whose keys a slot migration has split between two
+    /// nodes; the same request may succeed a moment later.
+    public static func isTryAgain(_ reply: UnsafeRawBufferPointer) -> Bool {
+        let word: StaticString = "-TRYAGAIN"
+        guard reply.count >= word.utf8CodeUnitCount else { return false }
+        for index in 0..<word.utf8CodeUnitCount where reply[index] != word.utf8Start[index] { return false }
+        return true
+    }
+
+    /// The redirect an error reply (bytes from `-` to CRLF included) names; nil for any other reply.
+    public static func parse(_ reply: UnsafeRawBufferPointer) -> ClusterRedirect? {
+        let isAsk: Bool
+        if reply.count > 7, reply[1] == UInt8(ascii: "M"), reply[2] == UInt8(ascii: "O"), reply[3] == UInt8(ascii: "V"),
+           reply[4] == UInt8(ascii: "E"), reply[5] == UInt8(ascii: "D"), reply[6] == 0x20 {
+            isAsk = false
+        } else if reply.count > 5, reply[1] == UInt8(ascii: "A"), reply[2] == UInt8(ascii: "S"), reply[3] == UInt8(ascii: "K"), reply[4] == 0x20 {
+            isAsk = true
+        } else {
+            return nil
+        }
+        guard reply[0] == UInt8(ascii: "-"), reply.count < 512 else { return nil }
+        var end = reply.count
+        while end > 0, reply[end - 1] == 0x0a || reply[end - 1] == 0x0d { end -= 1 }
+        let words = String(decoding: UnsafeRawBufferPointer(rebasing: reply[(isAsk ? 5 : 7)..<end]), as: UTF8.self).split(separator: " ")
+        guard words.count == 2, let slot = Int(words[0]), (0..<hashSlotCount).contains(slot),
+              let colon = words[1].lastIndex(of: ":"), let port = Int(words[1][words[1].index(after: colon)...]), (1...65535).contains(port) else {
+            return nil
+        }
+        return ClusterRedirect(isAsk: isAsk, slot: slot, target: String(words[1]))
+    }
+}

@@ -1,0 +1,316 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import Synchronization
+import TernCore
+
+// Redis Cluster backends (`distribution: redis_cluster`).
+//
+//     discovery thread ── CLUSTER SLOTS (blocking, bounded) on known nodes, then seeds ──┐
+//          ▲  refresh asked (atomic flag): MOVED, connection failure; else every 10 s    │
+//          │                                                                             ▼
+//     worker loops ◄── new PoolPlan (servers = masters, slotServers = map) ◄── main thread
+//          │            (the reload path: kept servers keep their connections)   applies it
+//          └── -MOVED/-ASK on a backend reply: the request's bytes (still in the connection's
+//              output) are re-sent to the named node (ASKING first for ASK), at most 5 times;
+//              a node not in the map parks the request until the next map or its timeout
+//
+// Thread confinement: `ClusterState` is shared (atomics and locks); `ClusterDiscovery`'s
+// mutable state lives on its own thread; `clusterMaps` on the main thread (`TernServer`); the
+// parked redirects on their worker (`PoolRuntime`).
+
+/// A cluster pool's figures and mailbox, shared by the workers, the discovery thread, the main
+/// thread and the stats readers (kept across reloads with the pool's `PoolShared`).
+final class ClusterState: Sendable {
+    /// Redirects a request may follow before the error goes to its client.
+    static let maxRedirects: UInt8 = 5
+
+    let movedRedirects = Atomic<Int>(0)
+    let askRedirects = Atomic<Int>(0)
+    /// Redirect errors handed to clients: too many redirects, or the target never appeared.
+    let redirectsGivenUp = Atomic<Int>(0)
+    /// `-TRYAGAIN` answers (multi-key requests during a slot migration) retried after a pause.
+    let tryAgainRetries = Atomic<Int>(0)
+    /// Set by workers (MOVED, a node connection failing), cleared by the discovery thread.
+    let refreshRequested = Atomic<Bool>(false)
+    /// Maps applied so far (1: the first one); 0 while none is known.
+    let mapVersion = Atomic<Int>(0)
+    /// Unix time of the last `CLUSTER SLOTS` answered (0: never).
+    let refreshedAt = Atomic<Int>(0)
+    let refreshes = Atomic<Int>(0)
+    let refreshFailures = Atomic<Int>(0)
+    /// Of the map applied now.
+    let masters = Atomic<Int>(0)
+    let nodes = Atomic<Int>(0)
+    let slotsAssigned = Atomic<Int>(0)
+    /// A map the discovery thread found that differs from the last one: the main thread takes
+    /// it and applies it.
+    let discovered = Locked<ClusterSlotMap?>(nil)
+    /// Why the last discovery failed ("" after a success).
+    let lastError = Locked<String>("")
+
+    @inline(__always) func requestRefresh() { refreshRequested.store(true, ordering: .relaxed) }
+
+    /// `INFO`'s `# Cluster` section and the stats port's fields.
+    func report() -> [(String, Int)] {
+        [("cluster_slot_map_version", mapVersion.load(ordering: .relaxed)),
+         ("cluster_slot_map_refreshed_at", refreshedAt.load(ordering: .relaxed)),
+         ("cluster_refreshes", refreshes.load(ordering: .relaxed)),
+         ("cluster_refresh_failures", refreshFailures.load(ordering: .relaxed)),
+         ("cluster_masters", masters.load(ordering: .relaxed)),
+         ("cluster_known_nodes", nodes.load(ordering: .relaxed)),
+         ("cluster_slots_assigned", slotsAssigned.load(ordering: .relaxed)),
+         ("cluster_redirects_moved", movedRedirects.load(ordering: .relaxed)),
+         ("cluster_redirects_ask", askRedirects.load(ordering: .relaxed)),
+         ("cluster_redirects_given_up", redirectsGivenUp.load(ordering: .relaxed)),
+         ("cluster_tryagain_retries", tryAgainRetries.load(ordering: .relaxed))]
+    }
+
+    /// Records the map the main thread has just applied.
+    func applied(_ map: ClusterSlotMap) {
+        mapVersion.add(1, ordering: .relaxed)
+        masters.store(map.masters.count, ordering: .relaxed)
+        nodes.store(map.nodeCount, ordering: .relaxed)
+        slotsAssigned.store(map.assignedSlots, ordering: .relaxed)
+    }
+}
+
+/// Finds and refreshes the slot maps of the `redis_cluster` pools on a thread of its own, with
+/// blocking, time-bounded I/O (`RedisProbe`: never on a worker loop, never holding up signals
+/// on the main thread).
+final class ClusterDiscovery: Sendable {
+    struct Job: Sendable {
+        var pool: String
+        var seeds: [ClusterNode]
+        var password: String?
+        var state: ClusterState
+    }
+
+    /// The pools to watch, replaced by the main thread after every apply.
+    let jobs = Locked<[Job]>([])
+    /// Maps last seen per pool, set by the main thread for the pools it applied (the thread
+    /// compares what it finds against them).
+    let known = Locked<[String: ClusterSlotMap]>([:])
+
+    /// Seconds between refreshes when nothing asks for one; after a failure, or while no map
+    /// is known, the next try comes after a second.
+    static let period = 10
+    /// Least time between two refreshes that workers asked for.
+    static let minimumInterval = 0.2
+
+    func start() {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { context in
+            let discovery = Unmanaged<ClusterDiscovery>.fromOpaque(context!).takeRetainedValue()
+            discovery.run()
+            return nil
+        }, context)
+        // Never joined; it ends with the process.
+        pthread_detach(thread)
+    }
+
+    private func run() {
+        // Confined to this thread: when each pool was last asked and whether that worked.
+        var lastAttempt: [String: Double] = [:]
+        var lastFailed: [String: Bool] = [:]
+        while true {
+            let now = RedisProbe.now()
+            for job in jobs.withLock({ $0 }) {
+                let asked = job.state.refreshRequested.load(ordering: .relaxed)
+                let since = now - (lastAttempt[job.pool] ?? -.infinity)
+                let noMap = known.withLock { $0[job.pool] } == nil
+                let interval = asked ? Self.minimumInterval : (noMap || lastFailed[job.pool] == true ? 1 : Double(Self.period))
+                guard since >= interval else { continue }
+                job.state.refreshRequested.store(false, ordering: .relaxed)
+                lastAttempt[job.pool] = now
+                let previous = known.withLock { $0[job.pool] }
+                switch Self.discover(seeds: job.seeds, previous: previous, password: job.password) {
+                case let .success((map, _)):
+                    lastFailed[job.pool] = false
+                    job.state.refreshes.add(1, ordering: .relaxed)
+                    job.state.refreshedAt.store(Int(time(nil)), ordering: .relaxed)
+                    job.state.lastError.withLock { $0 = "" }
+                    if map != previous {
+                        known.withLock { $0[job.pool] = map }
+                        job.state.discovered.withLock { $0 = map }
+                    }
+                case let .failure(error):
+                    lastFailed[job.pool] = true
+                    job.state.refreshFailures.add(1, ordering: .relaxed)
+                    job.state.lastError.withLock { $0 = error.text }
+                }
+            }
+            usleep(50_000)
+        }
+    }
+
+    struct DiscoveryError: Error { var text: String }
+
+    /// Asks the nodes of `previous` (masters first), then the seeds, for `CLUSTER SLOTS`; the
+    /// first usable answer wins. Blocking: each node gets a second to connect and a second to
+    /// answer. Returns the map and the node that gave it.
+    static func discover(seeds: [ClusterNode], previous: ClusterSlotMap?, password: String?) -> Result<(ClusterSlotMap, String), DiscoveryError> {
+        var candidates: [ClusterNode] = []
+        for node in (previous?.allNodes ?? []) + seeds where !candidates.contains(where: { $0.name == node.name }) { candidates.append(node) }
+        var errors: [String] = []
+        for node in candidates {
+            switch ask(node, password: password) {
+            case let .success(map): return .success((map, node.name))
+            case let .failure(error): errors.append("\(node.name): \(error.text)")
+            }
+        }
+        return .failure(DiscoveryError(text: errors.isEmpty ? "no seed nodes" : errors.joined(separator: "; ")))
+    }
+
+    private static func ask(_ node: ClusterNode, password: String?) -> Result<ClusterSlotMap, DiscoveryError> {
+        // A map of 16384 single-slot ranges over many nodes stays well below 16 MiB.
+        switch RedisProbe.call(node, ["CLUSTER", "SLOTS"], password: password, maxReply: 16 << 20) {
+        case let .success(.error(text)):
+            return .failure(DiscoveryError(text: text))
+        case let .success(reply):
+            guard let map = ClusterSlotMap.parse(clusterSlots: reply, askedHost: node.host) else {
+                return .failure(DiscoveryError(text: "CLUSTER SLOTS: no slot is served"))
+            }
+            return .success(map)
+        case let .failure(error):
+            return .failure(DiscoveryError(text: error.text))
+        }
+    }
+
+    /// The seed nodes of a pool's `servers:` lines.
+    static func seeds(_ pool: PoolConfig) -> [ClusterNode] {
+        pool.servers.compactMap { server in
+            if case let .tcp(host, port) = server.address { return ClusterNode(host: host, port: port) }
+            return nil
+        }
+    }
+}
+
+/// A redirected request waiting: for a map that knows its node (`retryAt` nil), or for the
+/// moment to try again after `-TRYAGAIN` (a multi-key request during a slot's migration).
+struct ParkedRedirect {
+    let redirect: ClusterRedirect
+    let request: [UInt8]
+    /// The last error: what the client gets if the request cannot go on in time.
+    let error: [UInt8]
+    let slot: ReplySlot
+    let part: Int32
+    let redirects: UInt8
+    let clientIndex: Int
+    let deadline: Double
+    var retryAt: Double?
+}
+
+// MARK: - Worker side
+
+extension PoolRuntime {
+    /// The position in `servers` of the node named `host:port` (a redirect's target), if it is
+    /// a master of the current map. Off the common path: only redirects look.
+    func serverIndex(named name: String) -> Int? {
+        servers.firstIndex { $0.name == name }
+    }
+
+    /// A request answered `-MOVED`/`-ASK`: re-sent to the node named (with `ASKING` first for
+    /// ASK). A node this worker's map does not know parks it until a new map arrives (asked for
+    /// here) or its deadline passes, when the redirect error goes to the client.
+    func followRedirect(_ redirect: ClusterRedirect, request: [UInt8], error: [UInt8], slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        let cluster = plan.shared.cluster
+        if redirect.isAsk { cluster.askRedirects.add(1, ordering: .relaxed) } else { cluster.movedRedirects.add(1, ordering: .relaxed) }
+        if let server = serverIndex(named: redirect.target) {
+            if !redirect.isAsk { learnSlot(redirect.slot, server: server) }
+            resend(request, toServer: server, asking: redirect.isAsk, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
+            return
+        }
+        cluster.requestRefresh()
+        park(ParkedRedirect(redirect: redirect, request: request, error: error, slot: slot, part: part, redirects: redirects,
+                            clientIndex: clientIndex, deadline: worker.now + (timeoutSeconds ?? 2)))
+    }
+
+    /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
+    /// two nodes): sent to the same node the same way (`asking`) after 25 ms, doubling with each
+    /// try, as cluster clients do.
+    func retryLater(_ request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
+        let delay = 0.025 * Double(1 << Int(min(redirects, 6)))
+        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request, error: error, slot: slot,
+                            part: part, redirects: redirects, clientIndex: clientIndex, deadline: worker.now + delay + (timeoutSeconds ?? 2),
+                            retryAt: worker.now + delay))
+    }
+
+    private func park(_ entry: ParkedRedirect) {
+        parked.append(entry)
+        armParkTimer()
+    }
+
+    private func resend(_ request: [UInt8], toServer server: Int, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        withConnection(toServer: server, client: clientIndex) { connection in
+            connection.resend(request, asking: asking, slot: slot, part: part, redirects: redirects)
+        }
+    }
+
+    /// A new map arrived (`update`): requests waiting for a node it knows go now; a MOVED whose
+    /// node is still unknown goes to its slot's owner in the new map.
+    func redispatchParked() {
+        guard !parked.isEmpty else { return }
+        let waiting = parked
+        parked.removeAll()
+        for entry in waiting {
+            guard entry.retryAt == nil else {
+                parked.append(entry)
+                continue
+            }
+            let named = serverIndex(named: entry.redirect.target)
+            var target = named
+            if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
+            if let target {
+                resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil,
+                       slot: entry.slot, part: entry.part, redirects: entry.redirects, clientIndex: entry.clientIndex)
+            } else {
+                parked.append(entry)
+            }
+        }
+        armParkTimer()
+    }
+
+    /// Retries that are due go out; requests whose deadline has passed (all of them when `all`)
+    /// fail with their last error.
+    func expireParked(all: Bool = false) {
+        let now = worker.now + 0.0005
+        let waiting = parked
+        parked.removeAll()
+        for entry in waiting {
+            if !all, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
+                resend(entry.request, toServer: server, asking: entry.redirect.isAsk, slot: entry.slot, part: entry.part,
+                       redirects: entry.redirects, clientIndex: entry.clientIndex)
+            } else if all || entry.deadline <= now || entry.retryAt.map({ $0 <= now }) == true {
+                plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+                entry.error.withUnsafeBytes { _ = entry.slot.deliver(part: entry.part, reply: $0, isError: true) }
+            } else {
+                parked.append(entry)
+            }
+        }
+        armParkTimer()
+    }
+
+    private func armParkTimer() {
+        guard let first = parked.map({ $0.retryAt ?? $0.deadline }).min() else {
+            parkTimer?.stop()
+            return
+        }
+        let timer = parkTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+            let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            pool.parkTimer?.fired()
+            pool.expireParked()
+        }
+        parkTimer = timer
+        timer.start(after: max(0.001, first - worker.now))
+    }
+
+    /// The server of a hash slot (cluster pools).
+    @inline(__always)
+    func server(forSlot slot: Int) -> Int? {
+        placement.server(forHash: UInt32(slot))
+    }
+}

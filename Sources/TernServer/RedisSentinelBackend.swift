@@ -1,0 +1,346 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import Synchronization
+import TernCore
+
+// Sentinel-managed pools (`sentinel:`): each server is a master group name.
+//
+//     watcher thread ── SENTINEL get-master-addr-by-name (every sentinel), then ROLE on the
+//          ▲            address most named (a sentinel that lies is outvoted or caught) ──┐
+//          │  every second; at most every 200 ms while a master's connections fail          ▼
+//     worker loops ◄── new PoolPlan (same server names, new addresses) ◄── main thread applies
+//                      (a server whose address changed gets new connections; placement, made
+//                      from names, does not move)
+//
+// Thread confinement as for cluster pools: `SentinelState` is shared (atomics, locks), the
+// watcher's bookkeeping lives on its thread, the applied addresses on the main thread.
+
+/// A Sentinel pool's figures and mailbox (kept across reloads with the pool's `PoolShared`).
+final class SentinelState: Sendable {
+    let refreshRequested = Atomic<Bool>(false)
+    /// Address changes applied (failovers seen), not counting the first address of a master.
+    let switches = Atomic<Int>(0)
+    let refreshes = Atomic<Int>(0)
+    let refreshFailures = Atomic<Int>(0)
+    /// Addresses sentinels gave whose server did not say `ROLE` master (not used).
+    let roleMismatches = Atomic<Int>(0)
+    /// Masters whose address is known now.
+    let mastersKnown = Atomic<Int>(0)
+    /// Addresses found that differ from the last ones (master name → node): the main thread
+    /// takes them and applies them.
+    let discovered = Locked<[String: ClusterNode]?>(nil)
+    /// The addresses in use, for INFO (master name → host:port).
+    let current = Locked<[String: String]>([:])
+    let lastError = Locked<String>("")
+
+    @inline(__always) func requestRefresh() { refreshRequested.store(true, ordering: .relaxed) }
+
+    func report() -> [(String, Int)] {
+        [("sentinel_masters_known", mastersKnown.load(ordering: .relaxed)),
+         ("sentinel_switches", switches.load(ordering: .relaxed)),
+         ("sentinel_refreshes", refreshes.load(ordering: .relaxed)),
+         ("sentinel_refresh_failures", refreshFailures.load(ordering: .relaxed)),
+         ("sentinel_role_mismatches", roleMismatches.load(ordering: .relaxed))]
+    }
+}
+
+/// Asks the sentinels of every Sentinel pool for its masters' addresses, on a thread of its
+/// own with blocking, bounded I/O (`RedisProbe`), and checks each address with `ROLE`.
+final class SentinelWatcher: Sendable {
+    struct Job: Sendable {
+        var pool: String
+        var masters: [String]
+        var sentinels: [ClusterNode]
+        var sentinelPassword: String?
+        var serverPassword: String?
+        var state: SentinelState
+    }
+
+    let jobs = Locked<[Job]>([])
+    /// The addresses in use per pool, set by the main thread (the watcher compares against them).
+    let known = Locked<[String: [String: ClusterNode]]>([:])
+
+    static let period = 1.0
+    static let minimumInterval = 0.2
+
+    func start() {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { context in
+            let watcher = Unmanaged<SentinelWatcher>.fromOpaque(context!).takeRetainedValue()
+            watcher.run()
+            return nil
+        }, context)
+        // Never joined; it ends with the process.
+        pthread_detach(thread)
+    }
+
+    private func run() {
+        var lastAttempt: [String: Double] = [:]
+        let subscriptions = Subscriptions()
+        while true {
+            let now = RedisProbe.now()
+            let current = jobs.withLock { $0 }
+            // `+switch-master`/`+promoted-slave` from a sentinel: every pool it serves asks again.
+            for sentinel in subscriptions.poll(current, now: now, waitMilliseconds: 50) {
+                for job in current where job.sentinels.contains(where: { $0.name == sentinel }) {
+                    job.state.requestRefresh()
+                    lastAttempt[job.pool] = nil
+                }
+            }
+            for job in current {
+                let asked = job.state.refreshRequested.load(ordering: .relaxed)
+                guard now - (lastAttempt[job.pool] ?? -.infinity) >= (asked ? Self.minimumInterval : Self.period) else { continue }
+                job.state.refreshRequested.store(false, ordering: .relaxed)
+                lastAttempt[job.pool] = now
+                let previous = known.withLock { $0[job.pool] } ?? [:]
+                let found = Self.discover(job, previous: previous)
+                if found != previous {
+                    known.withLock { $0[job.pool] = found }
+                    job.state.discovered.withLock { $0 = found }
+                }
+            }
+        }
+    }
+
+    /// One connection per sentinel subscribed to `+switch-master` and `+promoted-slave` (the
+    /// watcher thread's own): a failover is noticed when the sentinels announce it, not at the
+    /// next poll.
+    private final class Subscriptions {
+        var descriptors: [String: Int32] = [:]
+        var buffers: [String: [UInt8]] = [:]
+        /// When a sentinel that could not be reached is tried again.
+        var retryAt: [String: Double] = [:]
+
+        /// Opens missing subscriptions, waits up to `waitMilliseconds` for messages, and returns
+        /// the sentinels that announced a switch.
+        func poll(_ jobs: [Job], now: Double, waitMilliseconds: Int32) -> [String] {
+            var wanted: [String: (ClusterNode, String?)] = [:]
+            for job in jobs { for sentinel in job.sentinels where wanted[sentinel.name] == nil { wanted[sentinel.name] = (sentinel, job.sentinelPassword) } }
+            for (name, fd) in descriptors where wanted[name] == nil { close(name, fd) }
+            for (name, (node, password)) in wanted where descriptors[name] == nil && now >= retryAt[name] ?? 0 {
+                if case let .success(fd) = RedisProbe.subscribe(node, channels: ["+switch-master", "+promoted-slave"], password: password) {
+                    descriptors[name] = fd
+                    buffers[name] = []
+                } else {
+                    retryAt[name] = now + 1
+                }
+            }
+            let names = Array(descriptors.keys)
+            var entries = names.map { pollfd(fd: descriptors[$0]!, events: Int16(POLLIN), revents: 0) }
+            guard !entries.isEmpty else {
+                usleep(UInt32(waitMilliseconds) * 1000)
+                return []
+            }
+            guard Glibc.poll(&entries, nfds_t(entries.count), waitMilliseconds) > 0 else { return [] }
+            var switched: [String] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            for (index, name) in names.enumerated() where entries[index].revents != 0 {
+                let fd = descriptors[name]!
+                let count = recv(fd, &chunk, chunk.count, Int32(MSG_DONTWAIT))
+                if count <= 0 {
+                    if count == 0 || (errno != EAGAIN && errno != EINTR) {
+                        close(name, fd)
+                        retryAt[name] = now + 1
+                        // A sentinel lost may have been the one to announce: ask again.
+                        switched.append(name)
+                    }
+                    continue
+                }
+                var buffer = (buffers[name] ?? []) + chunk[0..<count]
+                // Messages are small; only whether one names +switch-master matters.
+                while let (value, length) = RespValue.decode(buffer) {
+                    buffer.removeFirst(length)
+                    // `+promoted-slave` comes from the leader as soon as the replica is master;
+                    // `+switch-master` from every sentinel once the failover is over.
+                    if case let .array(fields?) = value, fields.count == 3, fields[0].text == "message",
+                       fields[1].text == "+switch-master" || fields[1].text == "+promoted-slave" {
+                        switched.append(name)
+                    }
+                }
+                buffers[name] = buffer.count > 1 << 16 ? [] : buffer
+            }
+            return switched
+        }
+
+        private func close(_ name: String, _ fd: Int32) {
+            Glibc.close(fd)
+            descriptors[name] = nil
+            buffers[name] = nil
+        }
+    }
+
+    /// Each master's address: every sentinel that answers is asked, the addresses are tried
+    /// most named first (ties: the sentinel listed first), and the first that says `ROLE`
+    /// master is taken. A sentinel that lies, or has not seen a failover yet, is outvoted or
+    /// caught by `ROLE` (one that names another group's master is outvoted by the others); a
+    /// master no sentinel could place keeps its previous address.
+    static func discover(_ job: Job, previous: [String: ClusterNode]) -> [String: ClusterNode] {
+        var found = previous
+        var errors: [String] = []
+        var anyAnswered = false
+        for master in job.masters {
+            var votes: [(node: ClusterNode, count: Int)] = []
+            for sentinel in job.sentinels {
+                switch RedisProbe.call(sentinel, ["SENTINEL", "get-master-addr-by-name", master], password: job.sentinelPassword) {
+                case let .success(.array(fields?)) where fields.count == 2:
+                    anyAnswered = true
+                    guard let host = fields[0].text, let port = fields[1].text.flatMap({ Int($0) }), (1...65535).contains(port) else { continue }
+                    let node = ClusterNode(host: host, port: port)
+                    if let index = votes.firstIndex(where: { $0.node == node }) { votes[index].count += 1 } else { votes.append((node, 1)) }
+                case .success(.array(nil)), .success(.bulk(nil)):
+                    anyAnswered = true
+                    errors.append("\(master): \(sentinel.name) does not know this master")
+                case let .success(other):
+                    errors.append("\(master): \(sentinel.name): unexpected reply \(other)")
+                case let .failure(error):
+                    errors.append("\(master): \(sentinel.name): \(error.text)")
+                }
+            }
+            // Stable: equal counts keep the order the sentinels are listed in.
+            let ranked = votes.enumerated().sorted { $0.element.count != $1.element.count ? $0.element.count > $1.element.count : $0.offset < $1.offset }.map(\.element.node)
+            var placed = false
+            for node in ranked where !placed {
+                switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword) {
+                case let .success(.array(role?)) where role.first?.text == "master":
+                    found[master] = node
+                    placed = true
+                case .success:
+                    job.state.roleMismatches.add(1, ordering: .relaxed)
+                    errors.append("\(master): \(node.name) was named but is not a master")
+                case let .failure(error):
+                    errors.append("\(master): \(node.name): \(error.text)")
+                }
+            }
+            if placed {
+                // Errors about other sentinels or addresses do not matter once one was confirmed.
+                errors.removeAll { $0.hasPrefix("\(master): ") }
+            }
+        }
+        if anyAnswered, errors.isEmpty {
+            job.state.refreshes.add(1, ordering: .relaxed)
+            job.state.lastError.withLock { $0 = "" }
+        } else {
+            job.state.refreshFailures.add(1, ordering: .relaxed)
+            job.state.lastError.withLock { $0 = errors.prefix(4).joined(separator: "; ") }
+        }
+        return found
+    }
+
+    /// The sentinels of a pool.
+    static func sentinels(_ pool: PoolConfig) -> [ClusterNode] {
+        (pool.sentinel?.addresses ?? []).map { ClusterNode(host: $0.host, port: $0.port) }
+    }
+}
+
+/// One blocking exchange with a Redis node or sentinel, bounded by a second to connect and a
+/// second to answer: for the discovery and watcher threads only (cluster maps, sentinels).
+enum RedisProbe {
+    struct ProbeError: Error { var text: String }
+
+    static func now() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+
+    /// Connects, authenticates when `password` is given, sends `words`, returns the reply (at
+    /// most `maxReply` bytes).
+    static func call(_ node: ClusterNode, _ words: [String], password: String?, maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
+        let address: SocketAddress
+        switch SocketAddress.resolve(host: node.host, port: node.port) {
+        case let .success(resolved): address = resolved
+        case let .failure(error): return .failure(ProbeError(text: error.message))
+        }
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
+        guard fd >= 0 else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
+        defer { Glibc.close(fd) }
+        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
+            guard errno == EINPROGRESS else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let error = poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
+            guard error == 0 else { return .failure(ProbeError(text: Syscall.errorText(error))) }
+        }
+        if let password {
+            switch exchange(fd, encode(["AUTH", password])) {
+            case .success(.error(let text)): return .failure(ProbeError(text: "AUTH: \(text)"))
+            case .success: break
+            case let .failure(error): return .failure(error)
+            }
+        }
+        return exchange(fd, encode(words), maxReply: maxReply)
+    }
+
+    /// A connection to `node` subscribed to `channels` (the first confirmation read; the others
+    /// come with the messages), for the caller to read messages from; bounded like `call`.
+    static func subscribe(_ node: ClusterNode, channels: [String], password: String?) -> Result<Int32, ProbeError> {
+        let address: SocketAddress
+        switch SocketAddress.resolve(host: node.host, port: node.port) {
+        case let .success(resolved): address = resolved
+        case let .failure(error): return .failure(ProbeError(text: error.message))
+        }
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
+        guard fd >= 0 else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
+        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let error = errno != EINPROGRESS ? errno : poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
+            guard error == 0 else {
+                Glibc.close(fd)
+                return .failure(ProbeError(text: Syscall.errorText(error)))
+            }
+        }
+        if let password, case .success(.error) = exchange(fd, encode(["AUTH", password])) {
+            Glibc.close(fd)
+            return .failure(ProbeError(text: "AUTH refused"))
+        }
+        guard case .success(.array) = exchange(fd, encode(["SUBSCRIBE"] + channels)) else {
+            Glibc.close(fd)
+            return .failure(ProbeError(text: "SUBSCRIBE failed"))
+        }
+        return .success(fd)
+    }
+
+    private static func encode(_ words: [String]) -> [UInt8] {
+        var request = Array("*\(words.count)\r\n".utf8)
+        for word in words { request += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }
+        return request
+    }
+
+    private static func exchange(_ fd: Int32, _ request: [UInt8], maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
+        let end = now() + 1
+        func remainingMilliseconds() -> Int32 { Int32(max(0, (end - now()) * 1000)) }
+        var sent = 0
+        while sent < request.count {
+            let count = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if count > 0 { sent += count; continue }
+            guard count < 0, errno == EAGAIN || errno == EINTR else { return .failure(ProbeError(text: "send failed")) }
+            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(ProbeError(text: "timed out")) }
+        }
+        var reply: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            if !reply.isEmpty {
+                // Framed in place first (cheap); decoded into values once complete.
+                switch reply.withUnsafeBytes({ RespReplyParser.parse($0, maxDepth: 16) }) {
+                case .reply:
+                    guard let (value, _) = RespValue.decode(reply) else { return .failure(ProbeError(text: "invalid reply")) }
+                    return .success(value)
+                case .invalid:
+                    return .failure(ProbeError(text: "invalid reply"))
+                case .incomplete:
+                    break
+                }
+            }
+            guard reply.count < maxReply else { return .failure(ProbeError(text: "reply too large")) }
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count > 0 { reply += chunk[0..<count]; continue }
+            if count == 0 { return .failure(ProbeError(text: "server closed the connection")) }
+            guard errno == EAGAIN || errno == EINTR else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(ProbeError(text: "timed out")) }
+        }
+    }
+}

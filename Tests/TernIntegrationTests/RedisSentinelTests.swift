@@ -1,0 +1,201 @@
+import Foundation
+import XCTest
+@testable import TernCore
+
+/// Sentinel-managed pools against real processes: two master groups (`shard1` with a replica,
+/// `shard2` alone) watched by three sentinels (`redis-server --sentinel`). A master killed: the
+/// sentinels promote its replica, Tern follows within seconds with the data written before,
+/// and keys stay on the same master group (placement is made from the names).
+final class RedisSentinelTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(4000)) }
+        group.stopAll()
+    }
+
+    func sentinelCall(_ port: Int, _ arguments: String...) throws -> String {
+        let client = try TestClient(port: port)
+        defer { client.close() }
+        return try client.call(arguments)
+    }
+
+    /// A sentinel that lies: it names `host:port` as every master's address (a replica, in the
+    /// test), for Tern's `ROLE` check to catch.
+    func startLyingSentinel(port: Int, naming node: Int) throws {
+        let script = """
+        import socket, sys, threading
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", \(port)))
+        server.listen(64)
+        def bulk(text):
+            return b"$%d\\r\\n%s\\r\\n" % (len(text), text)
+        def serve(connection):
+            data = b""
+            while True:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+                while data.startswith(b"*") and b"\\r\\n" in data:
+                    count = int(data[1:data.index(b"\\r\\n")])
+                    position = data.index(b"\\r\\n") + 2
+                    words = []
+                    for _ in range(count):
+                        if b"\\r\\n" not in data[position:]:
+                            break
+                        end = data.index(b"\\r\\n", position)
+                        length = int(data[position + 1:end])
+                        if len(data) < end + 2 + length + 2:
+                            break
+                        words.append(data[end + 2:end + 2 + length])
+                        position = end + 2 + length + 2
+                    if len(words) < count:
+                        break
+                    data = data[position:]
+                    if len(words) >= 2 and words[1].lower() == b"get-master-addr-by-name":
+                        connection.sendall(b"*2\\r\\n" + bulk(b"127.0.0.1") + bulk(b"\(node)"))
+                    else:
+                        connection.sendall(b"+OK\\r\\n")
+        while True:
+            connection, _ = server.accept()
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+        """
+        try group.launch("/usr/bin/env", ["python3", "-c", script], log: "liar-\(port).log")
+        try group.waitForPort(port)
+    }
+
+    func testMasterKilledSentinelsPromoteTernFollows() throws {
+        // A replica writes the RDB it receives into its directory: the test's, not the package's.
+        let fast = ["--repl-diskless-sync-delay", "0", "--dir", group.directory]
+        let master1 = try group.redis(extra: fast)
+        let replica1 = try group.redis(extra: fast + ["--replicaof", "127.0.0.1", "\(master1.port)"])
+        let master2 = try group.redis(extra: fast)
+        var sentinels: [Int] = []
+        for _ in 0..<3 {
+            let port = ProcessGroup.freePort()
+            let path = group.directory + "/sentinel-\(port).conf"
+            var text = "port \(port)\nbind 127.0.0.1\ndir \(group.directory)\n"
+            for (name, master) in [("shard1", master1.port), ("shard2", master2.port)] {
+                text += "sentinel monitor \(name) 127.0.0.1 \(master) 2\nsentinel down-after-milliseconds \(name) 1000\nsentinel failover-timeout \(name) 5000\n"
+            }
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            try group.launch("/usr/bin/redis-server", [path, "--sentinel"], log: "sentinel-\(port).log")
+            sentinels.append(port)
+        }
+        for port in sentinels { try group.waitForPort(port) }
+        // A failover needs the sentinels to know each other and the replica (hello messages).
+        let ready = try eventually("ready", within: 20) {
+            let info = try sentinelCall(sentinels[0], "SENTINEL", "MASTER", "shard1")
+            return info.contains("num-other-sentinels\r\n$1\r\n2\r\n") && info.contains("num-slaves\r\n$1\r\n1\r\n") ? "ready" : "waiting"
+        }
+        XCTAssertEqual(ready, "ready")
+
+        // The first sentinel Tern asks lies: it names shard1's replica as every master.
+        let liar = ProcessGroup.freePort()
+        try startLyingSentinel(port: liar, naming: replica1.port)
+        let port = ProcessGroup.freePort()
+        let config = "cache:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: ketama\n  timeout: 1000\n  sentinel:\n    addresses:\n"
+            + ([liar] + sentinels).map { "     - 127.0.0.1:\($0)\n" }.joined() + "  servers:\n   - shard1:1\n   - shard2:1\n"
+        try group.tern(config: config, arguments: ["--threads", "2"], waitPort: port)
+        let pool = try ConfigLoader.load(text: config, file: "t.yml").pools[0]
+        func shard(of key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
+        let client = try TestClient(port: port)
+        let keys = (0..<60).map { "session:user-\($0 * 7919)" }
+        for key in keys { XCTAssertEqual(try client.call("SET", key, "v\(key)"), "+OK\r\n") }
+        let onFirst = keys.filter { shard(of: $0) == 0 }, onSecond = keys.filter { shard(of: $0) == 1 }
+        XCTAssertFalse(onFirst.isEmpty)
+        XCTAssertFalse(onSecond.isEmpty)
+        for key in onFirst { XCTAssertEqual(try master1.call("GET", key), "$\(("v" + key).utf8.count)\r\nv\(key)\r\n", "\(key) on shard1's master") }
+        for key in onSecond { XCTAssertEqual(try master2.call("GET", key), "$\(("v" + key).utf8.count)\r\nv\(key)\r\n", "\(key) on shard2's master") }
+        let synced = try eventually("synced", within: 10) {
+            func offset(_ text: String, _ field: String) -> Substring { text.split(separator: "\r\n").first { $0.hasPrefix(field) }?.dropFirst(field.count) ?? "?" }
+            return offset(try master1.call("INFO", "replication"), "master_repl_offset:") == offset(try replica1.call("INFO", "replication"), "slave_repl_offset:") ? "synced" : "behind"
+        }
+        XCTAssertEqual(synced, "synced")
+        let text = try TestClient(port: port).call("INFO", "sentinel")
+        XCTAssertTrue(text.contains("master0:name=shard1,address=127.0.0.1:\(master1.port)"), text)
+        XCTAssertTrue(text.contains("sentinel_masters_known:2"), text)
+        XCTAssertTrue(text.contains("master1:name=shard2,address=127.0.0.1:\(master2.port)"), "the liar was outvoted: \(text)")
+        // With one honest sentinel beside it, the liar (listed first) ties: ROLE catches it.
+        let tiePort = ProcessGroup.freePort()
+        let tieConfig = "tie:\n  listen: 127.0.0.1:\(tiePort)\n  redis: true\n  sentinel:\n    addresses:\n     - 127.0.0.1:\(liar)\n     - 127.0.0.1:\(sentinels[0])\n  servers:\n   - shard1:1\n   - shard2:1\n"
+        try self.group.tern(config: tieConfig, waitPort: tiePort)
+        let tie = try TestClient(port: tiePort).call("INFO", "sentinel")
+        XCTAssertTrue(tie.contains("master0:name=shard1,address=127.0.0.1:\(master1.port)") && tie.contains("master1:name=shard2,address=127.0.0.1:\(master2.port)"), tie)
+        XCTAssertFalse(tie.contains("sentinel_role_mismatches:0\r\n"), "the replica the liar named was refused by ROLE: \(tie)")
+        XCTAssertEqual(try TestClient(port: tiePort).call("GET", onFirst[0]), "$\(("v" + onFirst[0]).utf8.count)\r\nv\(onFirst[0])\r\n")
+
+        // A Tern without traffic: only the sentinels' +switch-master (or its poll) tells it.
+        let idlePort = ProcessGroup.freePort()
+        try self.group.tern(config: "idle:\n  listen: 127.0.0.1:\(idlePort)\n  redis: true\n  sentinel:\n    addresses:\n"
+                                + sentinels.map { "     - 127.0.0.1:\($0)\n" }.joined() + "  servers:\n   - shard1:1\n   - shard2:1\n", waitPort: idlePort)
+        let idle = try TestClient(port: idlePort)
+        XCTAssertTrue(try idle.call("INFO", "sentinel").contains("address=127.0.0.1:\(master1.port)"))
+        let innocent = RedisClusterTests.InnocentClient(port: port, keys: onSecond)
+        usleep(200_000)
+        master1.kill()
+        let killedAt = Date()
+        var switchedAt: Date?
+        var firstSuccess: Date?
+        var failures = 0
+        client.setTimeout(3)
+        while Date().timeIntervalSince(killedAt) < 30 {
+            if switchedAt == nil, (try? sentinelCall(sentinels[1], "SENTINEL", "get-master-addr-by-name", "shard1"))?.contains("\(replica1.port)") == true {
+                switchedAt = Date()
+            }
+            let reply = (try? client.call("GET", onFirst[0])) ?? "timeout"
+            if reply == "$\(("v" + onFirst[0]).utf8.count)\r\nv\(onFirst[0])\r\n" {
+                firstSuccess = Date()
+                break
+            }
+            failures += 1
+            usleep(50_000)
+        }
+        var idleSwitched: Date?
+        while idleSwitched == nil, Date().timeIntervalSince(killedAt) < 30 {
+            if try idle.call("INFO", "sentinel").contains("master0:name=shard1,address=127.0.0.1:\(replica1.port)") { idleSwitched = Date() } else { usleep(20_000) }
+        }
+        let window = firstSuccess.map { $0.timeIntervalSince(killedAt) }
+        let switched = (switchedAt ?? firstSuccess).map { $0.timeIntervalSince(killedAt) } ?? -1
+        let idleDelay = idleSwitched.map { $0.timeIntervalSince(killedAt) } ?? -1
+        // Without requests of its own, the idle Tern learns of the failover from the sentinels'
+        // +promoted-slave/+switch-master (published when a sentinel has seen the promotion,
+        // which may be after another sentinel already names the replica) or its 1 s poll.
+        XCTAssertGreaterThan(idleDelay, 0)
+        XCTAssertLessThan(idleDelay, switched + 1.2, "an idle Tern follows the failover too")
+        XCTAssertNotNil(window, "shard1's keys never came back")
+        XCTAssertLessThan(window ?? 99, 15)
+        // (shard2's keys belong to the innocent client by now.)
+        for key in onFirst { XCTAssertEqual(try client.call("GET", key), "$\(("v" + key).utf8.count)\r\nv\(key)\r\n", "\(key) written before the failover") }
+        // Placement did not move: shard1's keys are now served by the promoted replica.
+        XCTAssertEqual(try client.call("SET", onFirst[0], "after"), "+OK\r\n")
+        XCTAssertEqual(try replica1.call("GET", onFirst[0]), "$5\r\nafter\r\n")
+        let after = try TestClient(port: port).call("INFO", "sentinel")
+        XCTAssertTrue(after.contains("master0:name=shard1,address=127.0.0.1:\(replica1.port)"), after)
+        XCTAssertTrue(after.contains("sentinel_switches:1"), after)
+        let (requests, errors) = innocent.finish()
+        XCTAssertEqual(errors.count, 0, "shard2's client saw no error: \(errors.prefix(3))")
+
+        // Every sentinel down at start: shard1's and shard2's keys fail with a clear error, PING
+        // works, and once a sentinel listens the masters are found.
+        let late = ProcessGroup.freePort()
+        let latePort = ProcessGroup.freePort()
+        try self.group.tern(config: config.replacingOccurrences(of: "\(port)", with: "\(latePort)").components(separatedBy: "    addresses:\n")[0]
+                                + "    addresses:\n     - 127.0.0.1:\(late)\n  servers:\n   - shard1:1\n   - shard2:1\n", waitPort: latePort)
+        let waiting = try TestClient(port: latePort)
+        XCTAssertEqual(try waiting.call("PING"), "+PONG\r\n")
+        XCTAssertTrue(try waiting.call("GET", onFirst[1]).hasPrefix("-ERR master address not known yet"))
+        XCTAssertTrue(self.group.ternLog().contains("no address yet for shard1, shard2"))
+        let path = self.group.directory + "/sentinel-\(late).conf"
+        var lateText = "port \(late)\nbind 127.0.0.1\ndir \(self.group.directory)\n"
+        for (name, master) in [("shard1", replica1.port), ("shard2", master2.port)] { lateText += "sentinel monitor \(name) 127.0.0.1 \(master) 2\n" }
+        try lateText.write(toFile: path, atomically: true, encoding: .utf8)
+        try self.group.launch("/usr/bin/redis-server", [path, "--sentinel"], log: "sentinel-\(late).log")
+        let expected = "$\(("v" + onFirst[1]).utf8.count)\r\nv\(onFirst[1])\r\n"
+        XCTAssertEqual(try eventually(expected, within: 5) { try waiting.call("GET", onFirst[1]) }, expected)
+        print(String(format: "sentinel failover window: %.2f s from SIGKILL to the first successful GET through Tern (%d failed tries, 50 ms apart); a sentinel named the replica after %.2f s; an idle Tern had the new address after %.2f s; shard2's client: %d requests, %d errors",
+                     window ?? -1, failures, switched, idleDelay, requests, errors.count))
+    }
+}
