@@ -335,7 +335,7 @@ public enum ConfigLoader {
                     }
                     if protocolKind == .memcache, pattern.value != "allkeys", pattern.value != "~*" {
                         let body = pattern.value.dropFirst()
-                        guard !body.dropLast().contains(where: { "*?[\\".contains($0) }), !body.isEmpty else {
+                        guard !body.dropLast().contains(where: { "*?[\\".contains($0) }), let last = body.last, !"?[\\".contains(last) else {
                             throw ConfigError(file: context.file, line: pattern.line, message: "pool '\(context.pool)': key 'users': user '\(name)': memcached key patterns are prefixes, like ~prefix* (not '\(pattern.value)')")
                         }
                     }

@@ -107,7 +107,7 @@ extension ClientConnection {
         return false
     }
 
-    /// HELLO [protover    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now.
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now.
     private func hello(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let count = arguments.count
         if count >= 2 {

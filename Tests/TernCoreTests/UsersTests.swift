@@ -146,6 +146,13 @@ final class UsersTests: XCTestCase {
         let duplicate = configError("   - name: app\n     password_sha256: \"\(good)\"\n   - name: app\n     password_sha256: \"\(good)\"\n")
         XCTAssertEqual(duplicate?.line, 7)
         XCTAssertTrue(duplicate?.message.contains("duplicate user 'app'") ?? false)
+        do {
+            _ = try ConfigLoader.load(text: "m:\n  listen: 127.0.0.1:7001\n  users:\n   - name: app\n     password_sha256: \"\(good)\"\n     keys: [\"~a*b\"]\n  servers:\n   - 127.0.0.1:11211:1\n", file: "t.yml")
+            XCTFail("a memcached glob that is not a prefix was accepted")
+        } catch {
+            XCTAssertEqual(error.line, 6)
+            XCTAssertTrue(error.message.contains("memcached key patterns are prefixes"), error.message)
+        }
         let pattern = configError("   - name: app\n     password_sha256: \"\(good)\"\n     keys: [\"app:*\"]\n")
         XCTAssertEqual(pattern?.line, 7)
         XCTAssertTrue(pattern?.message.contains("must start with '~'") ?? false)
