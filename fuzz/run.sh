@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(memcache-request memcache-reply resp-request resp-reply config binary-request binary-translation)
+[ ${#targets[@]} -gt 0 ] || targets=(memcache-request memcache-reply resp-request resp-reply config binary-request binary-translation redis-glob)
 flags=(-Xswiftc -DFUZZING -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library)
 swift build --product tern-fuzz --scratch-path .build-fuzz "${flags[@]}" 2>&1 | grep -E "error:" || true
 swift build --product tern-fuzz --scratch-path .build-fuzz "${flags[@]}" >/dev/null

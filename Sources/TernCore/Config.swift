@@ -131,6 +131,10 @@ public struct PoolConfig: Sendable {
     public var strictKeys = false
     /// Largest Redis bulk string accepted from a client (Tern key `max_bulk_length`).
     public var maxBulkLength: Int = 512 << 20
+    /// Users and their command and key rules (Tern key `users:`); empty: none.
+    public var users: [UserConfig] = []
+    /// Redis: commands answered as unknown (Tern key `disabled_commands`), lower case.
+    public var disabledCommands: [String] = []
     public var servers: [ServerConfig] = []
     /// Server number of each of the 16384 slots (`distribution: slots`, and a `redis_cluster`
     /// pool once its map is known).
@@ -163,6 +167,26 @@ public struct PoolConfig: Sendable {
         return Placement(distribution: isCluster ? .slots : distribution, hash: hash, hashTag: isCluster ? .braces : hashTag,
                   names: servers.map(\.name), weights: servers.map(\.weight),
                   live: live ?? servers.map { _ in true }, slotServers: slotServers)
+    }
+}
+
+/// One entry of `users:`.
+public struct UserConfig: Sendable, Equatable {
+    public var name: String
+    /// SHA-256 of the password (32 bytes).
+    public var passwordSHA256: [UInt8]
+    /// Command rules in order (`+@read`, `-flushall`, `allcommands`, …).
+    public var commands: [String]
+    /// Key patterns (`~app:*`, `allkeys`); empty: no key, as for a new Redis ACL user.
+    public var keys: [String]
+    public var line: Int
+
+    public init(name: String, passwordSHA256: [UInt8], commands: [String], keys: [String], line: Int) {
+        self.name = name
+        self.passwordSHA256 = passwordSHA256
+        self.commands = commands
+        self.keys = keys
+        self.line = line
     }
 }
 

@@ -11,7 +11,7 @@ public enum ConfigLoader {
         // Tern's own keys
         "protocol", "max_item_size", "max_bulk_length", "strict_keys", "client_output_limit",
         "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
-        "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel",
+        "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands",
     ]
 
     /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
@@ -19,7 +19,7 @@ public enum ConfigLoader {
     public static let warmupKeys: [String] = poolKeys.filter {
         !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length",
           "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog",
-          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel"].contains($0)
+          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands"].contains($0)
     }
         + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
@@ -202,6 +202,17 @@ public enum ConfigLoader {
         if let node = values["strict_keys"] { pool.strictKeys = try context.boolean(node, key: "strict_keys") }
         if let node = values["max_bulk_length"] { pool.maxBulkLength = try context.integer(node, key: "max_bulk_length", range: 1...(512 << 20)) }
         if let node = values["max_item_size"] { pool.maxItemSize = try context.integer(node, key: "max_item_size", range: 1...(1 << 30)) }
+        if let node = values["users"] { pool.users = try parseUsers(node, protocolKind: pool.protocolKind, context: context) }
+        if let node = values["disabled_commands"] {
+            guard pool.protocolKind == .redis else { throw context.error(node, key: "disabled_commands", "is for Redis pools") }
+            for entry in try context.list(node, key: "disabled_commands") {
+                let name = entry.value.lowercased()
+                guard RedisCommandTable.byName[name] != nil else {
+                    throw ConfigError(file: file, line: entry.line, message: "pool '\(pool.name)': key 'disabled_commands': unknown command '\(entry.value)'")
+                }
+                if !pool.disabledCommands.contains(name) { pool.disabledCommands.append(name) }
+            }
+        }
         guard let serversNode = values["servers"] else {
             throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'servers'")
         }
@@ -278,6 +289,64 @@ public enum ConfigLoader {
         return warmup
     }
 
+    /// `users:`: a list of mappings with `name`, `password_sha256`, `commands` and `keys`.
+    static func parseUsers(_ node: Node, protocolKind: PoolProtocol, context: PoolContext) throws(ConfigError) -> [UserConfig] {
+        guard case let .sequence(list) = node else { throw context.error(node, key: "users", "must be a list of users") }
+        var users: [UserConfig] = []
+        func fail(_ node: Node, _ message: String) -> ConfigError {
+            ConfigError(file: context.file, line: line(node), message: "pool '\(context.pool)': key 'users': \(message)")
+        }
+        for entry in list {
+            guard case let .mapping(mapping) = entry else { throw fail(entry, "each user must be a mapping with name, password_sha256, commands and keys") }
+            var values: [String: Node] = [:]
+            for (key, value) in mapping {
+                let keyName = try scalar(key, file: context.file, what: "a key")
+                guard ["name", "password_sha256", "commands", "keys"].contains(keyName) else {
+                    throw fail(key, "unknown key '\(keyName)' (name, password_sha256, commands, keys)")
+                }
+                values[keyName] = value
+            }
+            guard let nameNode = values["name"] else { throw fail(entry, "a user needs a 'name'") }
+            let name = try scalar(nameNode, file: context.file, what: "a user name")
+            guard !name.isEmpty, !name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
+                throw fail(nameNode, "user name '\(name)' must be printable ASCII without spaces")
+            }
+            if let first = users.first(where: { $0.name == name }) {
+                throw fail(nameNode, "duplicate user '\(name)' (first defined on line \(first.line))")
+            }
+            guard let hashNode = values["password_sha256"] else { throw fail(entry, "user '\(name)' needs a 'password_sha256'") }
+            guard let hash = SHA256.parseHex(try scalar(hashNode, file: context.file, what: "password_sha256")) else {
+                throw fail(hashNode, "user '\(name)': password_sha256 must be 64 hex digits (the SHA-256 of the password, e.g. from `printf %s pass | sha256sum`)")
+            }
+            var commands: [String] = []
+            if let commandsNode = values["commands"] {
+                for rule in try context.list(commandsNode, key: "users") {
+                    if case let .failure(error) = RedisUser.compileCommands([rule.value]) {
+                        throw ConfigError(file: context.file, line: rule.line, message: "pool '\(context.pool)': key 'users': user '\(name)': rule '\(error.rule)': \(error.reason)")
+                    }
+                    commands.append(rule.value)
+                }
+            }
+            var keys: [String] = []
+            if let keysNode = values["keys"] {
+                for pattern in try context.list(keysNode, key: "users") {
+                    guard pattern.value == "allkeys" || pattern.value.hasPrefix("~") else {
+                        throw ConfigError(file: context.file, line: pattern.line, message: "pool '\(context.pool)': key 'users': user '\(name)': key pattern '\(pattern.value)' must start with '~' (like ~app:*) or be allkeys")
+                    }
+                    if protocolKind == .memcache, pattern.value != "allkeys", pattern.value != "~*" {
+                        let body = pattern.value.dropFirst()
+                        guard !body.dropLast().contains(where: { "*?[\\".contains($0) }), let last = body.last, !"?[\\".contains(last) else {
+                            throw ConfigError(file: context.file, line: pattern.line, message: "pool '\(context.pool)': key 'users': user '\(name)': memcached key patterns are prefixes, like ~prefix* (not '\(pattern.value)')")
+                        }
+                    }
+                    keys.append(pattern.value)
+                }
+            }
+            users.append(UserConfig(name: name, passwordSHA256: hash, commands: commands, keys: keys, line: line(nameNode)))
+        }
+        return users
+    }
+
     struct PoolContext {
         var pool: String
         var file: String
@@ -289,6 +358,13 @@ public enum ConfigLoader {
         func string(_ node: Node, key: String) throws(ConfigError) -> String {
             guard case let .scalar(value) = node else { throw error(node, key: key, "must be a single value") }
             return value.string
+        }
+        /// A list of single values, each with its line.
+        func list(_ node: Node, key: String) throws(ConfigError) -> [(value: String, line: Int)] {
+            guard case let .sequence(items) = node else { throw error(node, key: key, "must be a list, like [a, b]") }
+            var out: [(value: String, line: Int)] = []
+            for item in items { out.append((try string(item, key: key), ConfigLoader.line(item))) }
+            return out
         }
         func integer(_ node: Node, key: String, range: ClosedRange<Int>) throws(ConfigError) -> Int {
             let text = try string(node, key: key)

@@ -52,6 +52,16 @@ public enum ConfigRenderer {
             if let announce = pool.announce { line("announce", quoted("\(announce.host):\(announce.port)")) }
             line("client_partial_timeout", String(pool.clientPartialTimeoutMilliseconds))
             line("client_idle_timeout", String(pool.clientIdleTimeoutMilliseconds))
+            if !pool.disabledCommands.isEmpty { line("disabled_commands", "[" + pool.disabledCommands.map(quoted).joined(separator: ", ") + "]") }
+            if !pool.users.isEmpty {
+                out += "\(indent)users:\n"
+                for user in pool.users {
+                    out += "\(indent) - name: \(quoted(user.name))\n"
+                    out += "\(indent)   password_sha256: \(maskSecrets ? "\"********\"" : quoted(SHA256.hex(user.passwordSHA256)))\n"
+                    out += "\(indent)   commands: [" + user.commands.map(quoted).joined(separator: ", ") + "]\n"
+                    out += "\(indent)   keys: [" + user.keys.map(quoted).joined(separator: ", ") + "]\n"
+                }
+            }
         }
         if pool.distribution == .slots, !pool.slotServers.isEmpty {
             out += "\(indent)slots:\n"

@@ -76,6 +76,8 @@ public struct RedisCommand: Sendable {
     public let timeoutAt: Int
     /// Position in `RedisCommandTable.commands`: per-command metrics are an array indexed by it.
     public fileprivate(set) var tableIndex: Int32 = -1
+    /// Redis's ACL categories (`@read`, `@write`, `@dangerous`, …), from `RedisCategories.table`.
+    public fileprivate(set) var categories = RedisCategories()
 
     init(_ name: StaticString, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false,
          storeKeywords: Bool = false, timeoutAt: Int = 0) {
@@ -115,6 +117,10 @@ public enum RedisCommandTable {
     public static let commands: [RedisCommand] = table.enumerated().map { index, command in
         var numbered = command
         numbered.tableIndex = Int32(index)
+        guard let categories = RedisCategories.byCommand[command.name] else {
+            preconditionFailure("no ACL categories for \(command.name)")
+        }
+        numbered.categories = categories
         return numbered
     }
 
@@ -222,7 +228,7 @@ public enum RedisCommandTable {
         .init("publish", 3, one), .init("spublish", 3, one), .init("pubsub", -2, .none, .pubsub),
         .init("monitor", 1, .none, .unsupported), .init("cluster", -2, .none, .local), .init("config", -2, .none, .unsupported),
         .init("debug", -2, .none, .unsupported), .init("slowlog", -2, .none, .local), .init("latency", -2, .none, .unsupported),
-        .init("acl", -2, .none, .unsupported), .init("save", 1, .none, .unsupported), .init("bgsave", -1, .none, .unsupported),
+        .init("acl", -2, .none, .local), .init("save", 1, .none, .unsupported), .init("bgsave", -1, .none, .unsupported),
         .init("bgrewriteaof", 1, .none, .unsupported), .init("lastsave", 1, .none, .unsupported), .init("shutdown", -1, .none, .unsupported),
         .init("slaveof", 3, .none, .unsupported), .init("replicaof", 3, .none, .unsupported), .init("sync", 1, .none, .unsupported),
         .init("psync", -3, .none, .unsupported), .init("role", 1, .none, .unsupported), .init("readonly", 1, .none, .local),

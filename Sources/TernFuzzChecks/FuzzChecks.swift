@@ -13,6 +13,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case config
     case binaryRequest = "binary-request"
     case binaryTranslation = "binary-translation"
+    case redisGlob = "redis-glob"
 }
 
 public enum FuzzChecks {
@@ -39,7 +40,23 @@ public enum FuzzChecks {
         case .config: config(data)
         case .binaryRequest: binaryRequest(data)
         case .binaryTranslation: binaryTranslation(data)
+        case .redisGlob: redisGlob(data)
         }
+    }
+
+    /// `users:` key patterns: the input is a pattern, a zero byte, and a key. Matching ends
+    /// (however many stars), a key matches itself with every byte escaped and nothing longer,
+    /// and `*` matches every non-empty key.
+    static func redisGlob(_ data: UnsafeRawBufferPointer) {
+        let split = data.firstIndex(of: 0) ?? data.count
+        let pattern = Array(data[..<split])
+        let key = split < data.count ? Array(data[(split + 1)...]) : []
+        _ = RedisGlob.matches(pattern, key)
+        var escaped: [UInt8] = []
+        for byte in key { escaped += [UInt8(ascii: "\\"), byte] }
+        if !RedisGlob.matches(escaped, key) { fail("an escaped key does not match itself") }
+        if RedisGlob.matches(escaped, key + [0x78]) { fail("an escaped key matches a longer key") }
+        if !key.isEmpty, !RedisGlob.matches(Array("*".utf8), key) { fail("* does not match a key") }
     }
 
     static func fail(_ message: String) -> Never { fatalError("fuzz invariant: \(message)") }
@@ -171,6 +188,10 @@ public enum FuzzChecks {
         let rendered = ConfigRenderer.yaml(config, maskSecrets: false)
         guard let again = try? ConfigLoader.load(text: rendered, file: "rendered.yml") else { fail("rendered config does not load:\n\(rendered)") }
         if again.pools.map(\.name) != config.pools.map(\.name) { fail("rendered config has other pools") }
+        func userFacts(_ pool: PoolConfig) -> [String] {
+            pool.users.map { ([$0.name, SHA256.hex($0.passwordSHA256)] + $0.commands + ["|"] + $0.keys).joined(separator: " ") } + pool.disabledCommands
+        }
+        if again.pools.map(userFacts) != config.pools.map(userFacts) { fail("rendered config has other users:\n\(rendered)") }
         func placementFacts(_ pool: PoolConfig) -> [String] {
             // Slot owners as runs ("server×count"), so a failure message stays readable.
             var runs: [String] = []

@@ -36,6 +36,12 @@ final class ClientConnection {
     /// memcached clients: whether the first byte chose the binary protocol, once it has come.
     var protocolChosen = false
     var isBinary = false
+    /// memcached pools with `users:`: the authenticated user (nil until then), and failed
+    /// authentications in a row.
+    var memcacheUser: RedisUser?
+    var memcacheAuthFailures = 0
+    /// `PoolRuntime.usersGeneration` when `memcacheUser` was set.
+    var memcacheUsersGeneration = 0
     /// Requests in flight before reading pauses; reading resumes as replies leave.
     static let maxInFlight = 16384
     /// Reply bytes waiting for a slow reader before reading its requests pauses.

@@ -217,6 +217,8 @@ enum StatsReport {
             }
             counter("tern_pool_server_ejects_total", [("pool", pool)], "Servers ejected from the pool (auto_eject_hosts), summed over workers.")
                 .increment(by: sum { $0.serverEjects.read() })
+            counter("tern_pool_auth_failures_total", [("pool", pool)], "Failed client authentications (AUTH, HELLO AUTH, memcached set/SASL); 10 in a row close the client.")
+                .increment(by: sum { $0.authFailures.read() })
             for (index, server) in plan.config.servers.enumerated() {
                 let perWorker = plan.serverCounters[index]
                 func add(_ field: (ServerCounters) -> Int) -> Int64 { Int64(perWorker.reduce(0) { $0 + field($1) }) }

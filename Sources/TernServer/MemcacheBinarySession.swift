@@ -61,6 +61,14 @@ extension ClientConnection {
     }
 
     private func routeBinary(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
+        // `users:`: before SASL authentication only SASL and quit are served.
+        if memcacheUser != nil, memcacheUsersGeneration != pool.usersGeneration { rebindMemcacheUser() }
+        if pool.requiresAuth, memcacheUser == nil {
+            switch request.opcode {
+            case .saslListMechs?, .saslAuth?, .saslStep?, .quit?, .quitQ?: break
+            default: return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
+            }
+        }
         // The common request, a Get (or GetK/GetQ/GetKQ) of a key the text protocol carries
         // as it is, becomes `gets <key>` here; everything else goes through the translator.
         if let opcode = request.opcode, opcode.base == .get, request.keyStart == request.extrasStart,
@@ -88,7 +96,7 @@ extension ClientConnection {
             pool.stats.clientErrorReplies.add()
             return answerBinary(request.opcodeByte, status, request.opaque)
         case .local:
-            return answerBinaryLocally(request)
+            return answerBinaryLocally(request, packet)
         case .meta, .flush:
             break
         }
@@ -107,6 +115,12 @@ extension ClientConnection {
     }
 
     private func routeParsed(_ request: BinaryRequest, _ parsed: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) {
+        // `users:`: the user's rules on the text request the packet became (both the Get
+        // fast path and translated packets come through here).
+        if let user = memcacheUser, !memcachePermits(user, parsed, frame) {
+            pool.stats.clientErrorReplies.add()
+            return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
+        }
         // The slot the text path takes gets the binary identity before anything can
         // complete it (a failure to reach a server completes it at once).
         worker.pendingBinary = BinaryContext(opcode: request.opcodeByte, opaque: request.opaque, keyLength: key.count)
@@ -117,7 +131,7 @@ extension ClientConnection {
 
     /// noop, version, quit, stat, and the SASL opcodes (memcached without SASL configured
     /// answers them as unknown commands, and so does Tern).
-    private func answerBinaryLocally(_ request: BinaryRequest) {
+    private func answerBinaryLocally(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
         guard let opcode = request.opcode else { return answerBinary(request.opcodeByte, .unknownCommand, request.opaque) }
         switch opcode {
         case .noop:
@@ -140,9 +154,42 @@ extension ClientConnection {
             }
             BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque)
             answerBinaryPacket(packet)
+        case .saslListMechs where pool.requiresAuth:
+            var packet: [UInt8] = []
+            BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque,
+                                            value: UnsafeRawBufferPointer(start: ("PLAIN" as StaticString).utf8Start, count: 5))
+            answerBinaryPacket(packet)
+        case .saslAuth where pool.requiresAuth:
+            saslPlain(request, packet)
         default:
-            answerBinary(request.opcodeByte, .unknownCommand, request.opaque)
+            answerBinary(request.opcodeByte, pool.requiresAuth && opcode == .saslStep ? .authenticationError : .unknownCommand, request.opaque)
         }
+    }
+
+    /// SASL PLAIN: the key names the mechanism, the value is `authzid NUL user NUL password`
+    /// (authzid ignored). Success is status 0 with "Authenticated", as memcached answers;
+    /// anything else 0x20 "Auth failure.".
+    private func saslPlain(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
+        let mechanism = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
+        let value = UnsafeRawBufferPointer(rebasing: packet[request.valueStart..<request.packetLength])
+        var user: RedisUser?
+        if mechanism.elementsEqual("PLAIN".utf8), let first = value.firstIndex(of: 0),
+           let second = value[(first + 1)...].firstIndex(of: 0) {
+            user = pool.verify(user: UnsafeRawBufferPointer(rebasing: value[(first + 1)..<second]),
+                               password: UnsafeRawBufferPointer(rebasing: value[(second + 1)...]))
+        }
+        guard let user else {
+            memcacheAuthFailures += 1
+            authenticationFailed(failures: memcacheAuthFailures)
+            return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
+        }
+        memcacheUser = user
+        memcacheUsersGeneration = pool.usersGeneration
+        memcacheAuthFailures = 0
+        var reply: [UInt8] = []
+        BinaryTranslator.appendResponse(to: &reply, opcode: request.opcodeByte, status: .success, opaque: request.opaque,
+                                        value: UnsafeRawBufferPointer(start: ("Authenticated" as StaticString).utf8Start, count: 13))
+        answerBinaryPacket(reply)
     }
 
     private func binaryStats() -> [(String, String)] {

@@ -47,6 +47,15 @@ extension ClientConnection {
     func route(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) {
         let slot = newSlot()
         slot.command = Int32(request.command.rawValue)
+        // `users:` (the binary front checks its packets before they get here).
+        if pool.requiresAuth, !isBinary {
+            if memcacheUser != nil, memcacheUsersGeneration != pool.usersGeneration { rebindMemcacheUser() }
+            guard let user = memcacheUser else { return authenticateText(request, frame, slot) }
+            if !memcachePermits(user, request, frame) {
+                pool.stats.clientErrorReplies.add()
+                return slot.complete(with: "CLIENT_ERROR permission denied\r\n" as StaticString)
+            }
+        }
         switch request.command {
         case .get, .gets, .gat, .gats, .metaGet: pool.stats.reads.add()
         case .version, .quit, .verbosity, .stats, .metaNoop: pool.stats.localReplies.add()
@@ -97,6 +106,92 @@ extension ClientConnection {
         default:
             forward(request, frame, key: UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot)
         }
+    }
+
+    /// Before authentication (memcached's `-Y` authfile mode): the first command must be
+    /// `set <any key> <flags> <exptime> <bytes>` with `<user> <password>` as its data; it is
+    /// answered `STORED` (even with noreply, as memcached does) or `CLIENT_ERROR authentication
+    /// failure`. Anything else is `CLIENT_ERROR unauthenticated`, except `quit`.
+    private func authenticateText(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
+        slot.isSilent = false
+        switch request.command {
+        case .quit:
+            slot.isSilent = true
+            slot.complete(with: "" as StaticString)
+            closeWhenDrained = true
+        case .set:
+            let data = UnsafeRawBufferPointer(rebasing: frame[request.lineLength..<(request.lineLength + request.dataLength)])
+            var user: RedisUser?
+            if let space = data.firstIndex(of: UInt8(ascii: " ")) {
+                user = pool.verify(user: UnsafeRawBufferPointer(rebasing: data[..<space]),
+                                   password: UnsafeRawBufferPointer(rebasing: data[(space + 1)...]))
+            }
+            if let user {
+                memcacheUser = user
+                memcacheUsersGeneration = pool.usersGeneration
+                memcacheAuthFailures = 0
+                slot.complete(with: "STORED\r\n" as StaticString)
+            } else {
+                memcacheAuthFailures += 1
+                authenticationFailed(failures: memcacheAuthFailures)
+                slot.complete(with: "CLIENT_ERROR authentication failure\r\n" as StaticString)
+            }
+        default:
+            pool.stats.clientErrorReplies.add()
+            slot.complete(with: "CLIENT_ERROR unauthenticated\r\n" as StaticString)
+        }
+    }
+
+    /// After a reload: the client takes its user's new rules, or authenticates again when the
+    /// user is gone.
+    func rebindMemcacheUser() {
+        memcacheUsersGeneration = pool.usersGeneration
+        memcacheUser = memcacheUser.flatMap { pool.currentUser(named: $0) }
+    }
+
+    /// Whether a memcached command changes data: storage, delete, arithmetic, touch (and
+    /// get-and-touch), flush_all and their meta forms.
+    private static func changesData(_ command: MemcacheCommand) -> Bool {
+        switch command {
+        case .get, .gets, .metaGet, .metaNoop, .metaDebug, .version, .quit, .verbosity, .stats: return false
+        default: return true
+        }
+    }
+
+    /// An `mg` that changes its item: `T` (touch; binary Touch and GAT become it) or `N`
+    /// (vivify on miss).
+    private static func metaGetWrites(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) -> Bool {
+        var at = request.keysEnd
+        while at < request.contentEnd {
+            if frame[at - 1] == UInt8(ascii: " "), frame[at] == UInt8(ascii: "T") || frame[at] == UInt8(ascii: "N") { return true }
+            at += 1
+        }
+        return false
+    }
+
+    /// A user's rules for one memcached request: @write for commands that change data, @read
+    /// (GET) for the others, and every key under one of the user's prefixes (flush_all needs
+    /// every key).
+    func memcachePermits(_ user: RedisUser, _ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) -> Bool {
+        let command = request.command
+        if command == .quit || command == .version || command == .metaNoop { return true }
+        guard Self.changesData(command) ? user.memcacheWrite : user.memcacheRead else { return false }
+        if command == .metaGet, !user.memcacheWrite, Self.metaGetWrites(request, frame) { return false }
+        if user.allKeys { return true }
+        if command == .flushAll { return false }
+        if command.isLocal { return true }
+        if command.isMeta || request.keyCount <= 1 {
+            return withHashKey(request, frame) { user.allowsMemcacheKey($0) }
+        }
+        var at = request.keysStart
+        while at < request.keysEnd {
+            while at < request.keysEnd, frame[at] == UInt8(ascii: " ") { at += 1 }
+            var end = at
+            while end < request.keysEnd, frame[end] != UInt8(ascii: " ") { end += 1 }
+            if end > at, !user.allowsMemcacheKey(UnsafeRawBufferPointer(rebasing: frame[at..<end])) { return false }
+            at = end
+        }
+        return true
     }
 
     /// Sends the request to the key's server as it came, without `noreply` (the reply keeps the

@@ -36,6 +36,14 @@ final class PoolRuntime {
     private(set) var isRedis = false
     private(set) var isRandom = false
     private(set) var requiresAuth = false
+    /// The pool's users (`users:`, and `default` from `redis_auth`), compiled; shared read-only.
+    private(set) var users: [RedisUser] = []
+    /// Raised whenever `users` is replaced (start, reload): a client authenticated under an
+    /// older generation has its user looked up again by name before its next request.
+    private(set) var usersGeneration = 0
+    /// `disabled_commands`: bit `tableIndex` set for a disabled command; empty when none.
+    private(set) var disabledCommands: [UInt64] = []
+    private(set) var hasDisabledCommands = false
     private(set) var timeoutSeconds: Double?
     private(set) var clientOutputLimit = 0
     /// Backend round trips slower than this (µs) are logged; Int.max when the log is off.
@@ -110,7 +118,18 @@ final class PoolRuntime {
         clusterMapMissing = isCluster && config.slotServers.isEmpty
         readsFromReplicas = isCluster && config.readFrom != .master
         isSentinel = config.sentinel != nil
-        requiresAuth = config.redisAuth != nil
+        requiresAuth = isRedis ? config.redisAuth != nil || !config.users.isEmpty : !config.users.isEmpty
+        users = plan.users
+        usersGeneration &+= 1
+        disabledCommands = []
+        hasDisabledCommands = !config.disabledCommands.isEmpty
+        if hasDisabledCommands {
+            disabledCommands = [UInt64](repeating: 0, count: (RedisCommandTable.commands.count + 63) / 64)
+            for name in config.disabledCommands {
+                guard let index = RedisCommandTable.byName[name].map({ Int($0.tableIndex) }) else { continue }
+                disabledCommands[index >> 6] |= 1 << UInt64(index & 63)
+            }
+        }
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
         clientOutputLimit = config.clientOutputLimit
         if plan.listenDescriptor >= 0 || plan.warmup != nil {
@@ -188,6 +207,33 @@ final class PoolRuntime {
     /// A reload: same pool name, new config. Clients keep their sockets and their next request
     /// is routed by the new servers; a server that keeps its name and address keeps its
     /// connections; the others close once their in-flight requests have finished.
+    /// The user named `name` (nil: `default`) when `password` is theirs: the password's SHA-256
+    /// compared in constant time with the user's, and with a dummy for an unknown user, so
+    /// that the time taken does not tell which.
+    func verify(user name: UnsafeRawBufferPointer?, password: UnsafeRawBufferPointer) -> RedisUser? {
+        let found: RedisUser?
+        if let name {
+            found = users.first { $0.name.utf8.count == name.count && $0.name.utf8.elementsEqual(name) }
+        } else {
+            found = users.first { $0.name == "default" }
+        }
+        let given = SHA256.digest(password)
+        let matches = SHA256.constantTimeEqual(given, found?.passwordSHA256 ?? [UInt8](repeating: 0, count: 32))
+        return matches ? found : nil
+    }
+
+    /// The current user named like `user` (after a reload), or nil when it is gone.
+    func currentUser(named user: RedisUser) -> RedisUser? {
+        users.first { $0.name == user.name }
+    }
+
+    /// Whether `command` is in `disabled_commands`.
+    @inline(__always)
+    func isDisabled(_ command: RedisCommand) -> Bool {
+        let index = Int(command.tableIndex)
+        return disabledCommands.withUnsafeBufferPointer { $0[index >> 6] } & (1 << UInt64(index & 63)) != 0
+    }
+
     func update(_ newPlan: PoolPlan) {
         let listenChanged = newPlan.listenDescriptor != plan.listenDescriptor
         if listenChanged { stopListening() }
@@ -292,6 +338,8 @@ final class PoolRuntime {
     private var acceptLog = LogThrottle()
     /// Clients closed over `client_output_limit` (written by their connections).
     var limitLog = LogThrottle()
+    /// Failed authentications, logged at most once a second per worker.
+    var authLog = LogThrottle()
     private var refusedLog = LogThrottle()
     private var resumeTimer: TimerWatcher?
 

@@ -29,11 +29,10 @@ extension ClientConnection {
             }
         case "auth":
             guard count <= 3 else { return wrongArity(command, slot) }
-            guard pool.config.redisAuth != nil else {
+            guard pool.requiresAuth else {
                 return slot.complete(with: "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n" as StaticString)
             }
-            if checkCredentials(user: count == 3 ? 1 : nil, password: count - 1, arguments, frame) {
-                session.isAuthenticated = true
+            if authenticate(user: count == 3 ? 1 : nil, password: count - 1, arguments, frame, session) {
                 slot.complete(with: "+OK\r\n" as StaticString)
             } else {
                 slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
@@ -62,6 +61,14 @@ extension ClientConnection {
             }
         case "cluster":
             cluster(arguments, frame, slot)
+        case "acl":
+            // ACL WHOAMI: the session's user (`default` on a pool without users).
+            if arguments.argument(1, in: frame, equals: "whoami"), count == 2 {
+                slot.data.appendBulk(session.user?.name ?? "default")
+                slot.complete(with: "" as StaticString)
+            } else {
+                slot.complete(with: "-ERR unsupported command 'acl \(sanitizedWord(text(1)))'\r\n")
+            }
         case "readonly", "readwrite", "asking":
             // A cluster client's connection setup: a one-node cluster has nothing to change.
             slot.complete(with: "+OK\r\n" as StaticString)
@@ -78,19 +85,26 @@ extension ClientConnection {
         String(text.prefix(64).map { $0.isASCII && $0.isLetter ? Character($0.lowercased()) : "?" })
     }
 
-    /// Compares the password with the pool's `redis_auth` in constant time; a user, when given,
-    /// must be `default`.
-    private func checkCredentials(user: Int?, password: Int, _ arguments: RespArguments, _ frame: UnsafeRawBufferPointer) -> Bool {
-        guard let expected = pool.config.redisAuth else { return false }
-        if let user, arguments.argumentString(user, in: frame) != "default" { return false }
-        return arguments.withArgument(password, in: frame) { given in
-            let wanted = Array(expected.utf8)
-            var difference = UInt8(truncatingIfNeeded: given.count ^ wanted.count)
-            for i in 0..<wanted.count {
-                difference |= wanted[i] ^ (i < given.count ? given[i] : 0)
-            }
-            return difference == 0
+    /// Checks a user name (argument `user`, or `default` when nil) and password against the
+    /// pool's users: the password's SHA-256 compared in constant time with the user's, and a
+    /// hash compared even for an unknown user. On success the session takes the user; on
+    /// failure the failure is counted, logged (rate-limited, without names or passwords) and,
+    /// at `maxAuthFailures` in a row, the client is closed once the reply is out.
+    func authenticate(user: Int?, password: Int, _ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession) -> Bool {
+        let found = arguments.withArgument(password, in: frame) { password in
+            guard let user else { return pool.verify(user: nil, password: password) }
+            return arguments.withArgument(user, in: frame) { pool.verify(user: $0, password: password) }
         }
+        if let found {
+            session.isAuthenticated = true
+            session.user = found
+            session.usersGeneration = pool.usersGeneration
+            session.authFailures = 0
+            return true
+        }
+        session.authFailures += 1
+        authenticationFailed(failures: session.authFailures)
+        return false
     }
 
     /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now.
@@ -108,10 +122,9 @@ extension ClientConnection {
         var newName: String?
         while argument < count {
             if arguments.argument(argument, in: frame, equals: "auth"), argument + 2 < count {
-                guard pool.config.redisAuth != nil, checkCredentials(user: argument + 1, password: argument + 2, arguments, frame) else {
+                guard pool.requiresAuth, authenticate(user: argument + 1, password: argument + 2, arguments, frame, session) else {
                     return slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
                 }
-                session.isAuthenticated = true
                 argument += 3
             } else if arguments.argument(argument, in: frame, equals: "setname"), argument + 1 < count {
                 newName = arguments.argumentString(argument + 1, in: frame)
@@ -120,7 +133,7 @@ extension ClientConnection {
                 return slot.complete(with: "-ERR Syntax error in HELLO option '\(arguments.argumentString(argument, in: frame).prefix(64))'\r\n")
             }
         }
-        if pool.config.redisAuth != nil, !session.isAuthenticated {
+        if pool.requiresAuth, !session.isAuthenticated {
             return slot.complete(with: "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n" as StaticString)
         }
         if let newName { session.name = newName }
@@ -212,7 +225,11 @@ extension ClientConnection {
         reply.appendInteger(first)
         reply.appendInteger(last)
         reply.appendInteger(step)
-        for _ in 0..<4 { reply.appendArrayHeader(0) }
+        // ACL categories, as Redis 7 lists them (from the command table).
+        let categories = RedisCategories.names.filter { command.categories.contains($0.1) }
+        reply.appendArrayHeader(categories.count)
+        for (name, _) in categories { reply.append("+@\(name)\r\n") }
+        for _ in 0..<3 { reply.appendArrayHeader(0) }
     }
 
     /// INFO [section …]: Tern's own figures and, aggregated over the pool's servers, the

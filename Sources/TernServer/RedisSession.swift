@@ -8,6 +8,12 @@ final class RedisSession {
     /// The current request's arguments, reused from request to request.
     let arguments = RespArguments()
     var isAuthenticated = false
+    /// The authenticated user whose rules apply (nil: none, or a pool without users).
+    var user: RedisUser?
+    /// `PoolRuntime.usersGeneration` when `user` was set.
+    var usersGeneration = 0
+    /// Failed authentications in a row; at `maxAuthFailures` the client is closed.
+    var authFailures = 0
     var name: String?
     var libraryName: String?
     var libraryVersion: String?
@@ -56,13 +62,12 @@ extension ClientConnection {
         let arguments = session.arguments
         let slot = newSlot()
         guard let command = arguments.withArgument(0, in: frame, { RedisCommandTable.lookup($0) }) else {
-            var text = "-ERR unknown command '\(sanitized(arguments.argumentString(0, in: frame)))', with args beginning with: "
-            for index in 1..<min(arguments.count, 8) { text += "'\(sanitized(arguments.argumentString(index, in: frame)))' " }
-            session.transaction?.aborted = true
-            slot.complete(with: text + "\r\n")
-            return
+            return unknownCommand(frame, session, slot)
         }
+        // `disabled_commands`: as Redis answers after `rename-command X ""`.
+        if pool.hasDisabledCommands, pool.isDisabled(command) { return unknownCommand(frame, session, slot) }
         slot.command = command.tableIndex
+        if session.user != nil, session.usersGeneration != pool.usersGeneration { rebindUser(session) }
         if pool.requiresAuth, !session.isAuthenticated, !command.isNamed("auth"), !command.isNamed("hello"), !command.isNamed("quit") {
             session.transaction?.aborted = true
             slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
@@ -78,6 +83,7 @@ extension ClientConnection {
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
             return
         }
+        if let user = session.user, !permits(user, command, frame, session, slot) { return }
         if session.subscriptions != nil, refuseWhileSubscribed(command, frame, session, slot) { return }
         if pool.clusterMapMissing, command.routing != .local, command.routing != .unsupported, command.routing != .session {
             // A redis_cluster pool whose seeds have not answered yet: nothing to route by.
@@ -135,6 +141,47 @@ extension ClientConnection {
         case .firstServer:
             forwardRedis(frame, session, slot, to: firstLiveServer())
         }
+    }
+
+    /// After a reload: the session takes the new rules of its user, or, when the user is gone,
+    /// must authenticate again.
+    private func rebindUser(_ session: RedisSession) {
+        session.usersGeneration = pool.usersGeneration
+        guard let user = session.user else { return }
+        session.user = pool.currentUser(named: user)
+        if session.user == nil { session.isAuthenticated = false }
+    }
+
+    /// Redis's reply to a command it does not know.
+    private func unknownCommand(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let arguments = session.arguments
+        var text = "-ERR unknown command '\(sanitized(arguments.argumentString(0, in: frame)))', with args beginning with: "
+        for index in 1..<min(arguments.count, 8) { text += "'\(sanitized(arguments.argumentString(index, in: frame)))' " }
+        session.transaction?.aborted = true
+        slot.complete(with: text + "\r\n")
+    }
+
+    /// The user's rules: one bit for the command, then (only for a user with key patterns)
+    /// one glob match per key. AUTH, HELLO and QUIT are always allowed, so that a client can
+    /// change user or leave. Answers NOPERM and returns false when refused.
+    @inline(__always)
+    private func permits(_ user: RedisUser, _ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) -> Bool {
+        if !user.allows(command), !command.isNamed("auth"), !command.isNamed("hello"), !command.isNamed("quit") {
+            session.transaction?.aborted = true
+            slot.complete(with: "-NOPERM User \(user.name) has no permissions to run the '\(command.name)' command\r\n")
+            return false
+        }
+        if user.allKeys { return true }
+        let arguments = session.arguments
+        var allowed = true
+        RedisKeyPositions.forEachKey(command, arguments, in: frame) { index in
+            if allowed, !arguments.withArgument(index, in: frame, { user.allowsKey($0) }) { allowed = false }
+        }
+        if !allowed {
+            session.transaction?.aborted = true
+            slot.complete(with: "-NOPERM No permissions to access a key\r\n" as StaticString)
+        }
+        return allowed
     }
 
     /// An argument quoted in an error reply: printable ASCII only, byte by byte (a Character

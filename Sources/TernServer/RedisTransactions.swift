@@ -89,7 +89,10 @@ extension ClientConnection {
             session.name = nil
             session.libraryName = nil
             session.libraryVersion = nil
-            if pool.requiresAuth { session.isAuthenticated = false }
+            if pool.requiresAuth {
+                session.isAuthenticated = false
+                session.user = nil
+            }
             slot.complete(with: "+RESET\r\n" as StaticString)
         }
     }

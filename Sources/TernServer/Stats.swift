@@ -49,6 +49,8 @@ final class PoolCounters: Sendable {
     let messagesDelivered = WorkerCounter()
     /// Backend round trips slower than `slowlog_log_slower_than` (recorded in the slow log or not).
     let slowRequests = WorkerCounter()
+    /// Failed AUTH / HELLO AUTH / memcached authentications.
+    let authFailures = WorkerCounter()
     /// Clients of the pool assigned to this worker: raised by whichever worker accepts (it may
     /// hand the client over), lowered by this worker when the client closes, hence a real atomic
     /// add. Read to give each new client to the least loaded worker.

@@ -20,6 +20,8 @@ final class PoolPlan: Sendable {
     /// Counters of each server on each worker: `serverCounters[server][worker]`. A server that
     /// keeps its name across a reload keeps its counters.
     let serverCounters: [[ServerCounters]]
+    /// The pool's users, compiled once per plan (immutable, read by every worker).
+    let users: [RedisUser]
     /// `redis_cluster` with `read_from`: the addresses of `config.replicaServers` (a replica whose
     /// name did not resolve is left out, with an empty address list in its place).
     let replicaAddresses: [[SocketAddress?]]
@@ -33,6 +35,7 @@ final class PoolPlan: Sendable {
         self.warmup = warmup
         self.shared = shared
         self.serverCounters = serverCounters
+        self.users = RedisUser.compile(config)
     }
 }
 
