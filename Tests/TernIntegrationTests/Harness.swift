@@ -404,3 +404,17 @@ final class TestClient {
         }
     }
 }
+
+extension XCTestCase {
+    /// Runs a redis-py script under whichever python3 has redis-py installed (pyenv's, or
+    /// Debian's); its last line printed must be "ok".
+    func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let run = ProcessGroup.run
+        guard let python = ["python3", "/usr/bin/python3"].first(where: { (try? run("/usr/bin/env", [$0, "-c", "import redis"]).0) == 0 }) else {
+            throw XCTSkip("redis-py is not installed (Deploy/install-packages.sh installs it)")
+        }
+        let (status, text) = try run("/usr/bin/env", [python, "-c", "import redis, socket, threading, time, json, urllib.request\n" + script + "\nprint('ok')"])
+        XCTAssertEqual(status, 0, text, file: file, line: line)
+        XCTAssertTrue(text.hasSuffix("ok\n"), text, file: file, line: line)
+    }
+}

@@ -33,16 +33,6 @@ final class RedisSessionTests: XCTestCase {
         return Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
     }
 
-    /// Runs a redis-py script (its last line printed must be "ok").
-    func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let run = ProcessGroup.run
-        guard let python = ["python3", "/usr/bin/python3"].first(where: { (try? run("/usr/bin/env", [$0, "-c", "import redis"]).0) == 0 }) else {
-            throw XCTSkip("redis-py is not installed (Deploy/install-packages.sh installs it)")
-        }
-        let (status, text) = try run("/usr/bin/env", [python, "-c", "import redis, threading, socket, time\n" + script + "\nprint('ok')"])
-        XCTAssertEqual(status, 0, text, file: file, line: line)
-        XCTAssertTrue(text.hasSuffix("ok\n"), text, file: file, line: line)
-    }
 
     /// redis-py's default pipeline() is MULTI/EXEC: on one server, and with hash-tagged keys
     /// over two; a transaction over two servers is refused with nothing written and the

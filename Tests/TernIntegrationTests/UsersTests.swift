@@ -49,15 +49,6 @@ final class UsersIntegrationTests: XCTestCase {
         return Setup(port: port, adminPort: adminPort, backends: backends)
     }
 
-    func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let run = ProcessGroup.run
-        guard let python = ["python3", "/usr/bin/python3"].first(where: { (try? run("/usr/bin/env", [$0, "-c", "import redis"]).0) == 0 }) else {
-            throw XCTSkip("redis-py is not installed (Deploy/install-packages.sh installs it)")
-        }
-        let (status, text) = try run("/usr/bin/env", [python, "-c", "import redis\n" + script + "\nprint('ok')"])
-        XCTAssertEqual(status, 0, text, file: file, line: line)
-        XCTAssertTrue(text.hasSuffix("ok\n"), text, file: file, line: line)
-    }
 
     func http(_ port: Int, _ target: String) throws -> String {
         let client = try TestClient(port: port)
