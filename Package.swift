@@ -24,6 +24,12 @@ let package = Package(
     targets: [
         // libev from Debian's libev-dev (no pkg-config file is shipped, so the module map links it).
         .systemLibrary(name: "CLibev", path: "Sources/CLibev"),
+        // TLS through Debian's OpenSSL (libssl-dev): a small C shim, non-blocking, driven by
+        // the libev loops (no SwiftNIO, no second event loop).
+        .target(
+            name: "CTernTLS",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
         // Pure code: config, hashing, distributions, codecs. No sockets, clocks or globals.
         .target(
             name: "TernCore",
@@ -34,7 +40,7 @@ let package = Package(
         .target(
             name: "TernServer",
             dependencies: [
-                "TernCore", "CLibev",
+                "TernCore", "CLibev", "CTernTLS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],

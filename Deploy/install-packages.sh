@@ -3,8 +3,9 @@
 set -euo pipefail
 # python3-pylibmc and python3-memcache: real client libraries the placement tests compare with;
 # util-linux: taskset, for the default-worker-count test; redis-tools (redis-cli),
-# netcat-openbsd (nc) and curl: the demo's copy-paste commands.
-packages=(libev-dev memcached redis-server redis-tools python3 python3-pylibmc python3-memcache util-linux
+# netcat-openbsd (nc) and curl: the demo's copy-paste commands; libssl-dev: TLS (Tern links
+# OpenSSL); openssl: the tests make their certificates with it.
+packages=(libev-dev libssl-dev openssl memcached redis-server redis-tools python3 python3-pylibmc python3-memcache util-linux
           netcat-openbsd curl)
 # prometheus: for promtool, which checks Deploy/monitoring's alert rules and Tern's /metrics;
 # installed without its recommends (node exporter, IPMI and SMART tools). Its server is not run.
@@ -36,6 +37,11 @@ fi
 if ! python3 -c 'import redis, sys; sys.exit(int(redis.__version__.split(".")[0]) < 5)' 2>/dev/null; then
     python3 -m pip install -q 'redis>=5,<6' 2>/dev/null \
         || python3 -m pip install -q --break-system-packages 'redis>=5,<6'
+fi
+# pymemcache (its tls_context) for the memcached TLS test, from PyPI, beside redis-py.
+if ! python3 -c 'import pymemcache' 2>/dev/null; then
+    python3 -m pip install -q 'pymemcache>=4,<5' 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages 'pymemcache>=4,<5'
 fi
 # python-binary-memcached (bmemcached), a second binary-protocol client for the binary front's
 # tests, from PyPI; the tests skip it when it cannot be installed.

@@ -135,6 +135,10 @@ public struct PoolConfig: Sendable {
     public var users: [UserConfig] = []
     /// Redis: commands answered as unknown (Tern key `disabled_commands`), lower case.
     public var disabledCommands: [String] = []
+    /// TLS for this pool's clients (Tern key `tls:`); nil: plain TCP.
+    public var clientTLS: ClientTLSConfig?
+    /// TLS to this pool's servers (Tern key `server_tls:`); nil: plain TCP.
+    public var serverTLS: ServerTLSConfig?
     public var servers: [ServerConfig] = []
     /// Server number of each of the 16384 slots (`distribution: slots`, and a `redis_cluster`
     /// pool once its map is known).
@@ -168,6 +172,59 @@ public struct PoolConfig: Sendable {
                   names: servers.map(\.name), weights: servers.map(\.weight),
                   live: live ?? servers.map { _ in true }, slotServers: slotServers)
     }
+}
+
+/// TLS versions a TLS setting may require at least.
+public enum TLSVersion: String, Sendable {
+    case tls12 = "TLSv1.2"
+    case tls13 = "TLSv1.3"
+
+    /// OpenSSL's version number.
+    public var code: Int32 { self == .tls12 ? 0x0303 : 0x0304 }
+}
+
+/// Whether a TLS listener asks clients for certificates.
+public enum TLSClientAuth: String, Sendable {
+    /// No client certificate is asked for.
+    case none
+    /// Asked for, verified when given, not required.
+    case optional
+    /// Required and verified: a client without a valid certificate fails the handshake.
+    case required
+}
+
+/// `tls:` — clients connect with TLS. Paths are absolute or relative to the config file.
+public struct ClientTLSConfig: Sendable, Equatable {
+    public var cert: String
+    public var key: String
+    /// CA certificates that client certificates are verified against.
+    public var ca: String?
+    public var clientAuth: TLSClientAuth = .none
+    public var minVersion: TLSVersion = .tls12
+    /// A verified client certificate whose subject common name is a user's name authenticates
+    /// the client as that user (`user_from_certificate: cn`).
+    public var userFromCertificate = false
+
+    public init(cert: String, key: String) {
+        self.cert = cert
+        self.key = key
+    }
+}
+
+/// `server_tls:` — Tern connects to the pool's servers with TLS.
+public struct ServerTLSConfig: Sendable, Equatable {
+    /// CA certificates the servers' certificates are verified against (nil: the system's).
+    public var ca: String?
+    /// A client certificate and key, for servers that require one.
+    public var cert: String?
+    public var key: String?
+    /// The name sent as SNI and verified; nil: each server's host from `servers:`.
+    public var serverName: String?
+    /// Verify the server's certificate and name (default true).
+    public var verify = true
+    public var minVersion: TLSVersion = .tls12
+
+    public init() {}
 }
 
 /// One entry of `users:`.

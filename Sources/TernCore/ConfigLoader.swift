@@ -12,6 +12,7 @@ public enum ConfigLoader {
         "protocol", "max_item_size", "max_bulk_length", "strict_keys", "client_output_limit",
         "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
         "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands",
+        "tls", "server_tls",
     ]
 
     /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
@@ -19,7 +20,7 @@ public enum ConfigLoader {
     public static let warmupKeys: [String] = poolKeys.filter {
         !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length",
           "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog",
-          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands"].contains($0)
+          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands", "tls"].contains($0)
     }
         + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
 
@@ -216,6 +217,14 @@ public enum ConfigLoader {
         guard let serversNode = values["servers"] else {
             throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'servers'")
         }
+        if let node = values["tls"] {
+            pool.clientTLS = try parseClientTLS(node, context: context)
+            if pool.clientTLS!.userFromCertificate, pool.users.isEmpty {
+                throw context.error(node, key: "tls", "'user_from_certificate' needs 'users:' (a certificate names one of them)")
+            }
+            if case .unix = pool.listen { throw context.error(node, key: "tls", "is for TCP listeners, not unix sockets") }
+        }
+        if let node = values["server_tls"] { pool.serverTLS = try parseServerTLS(node, context: context) }
         if let sentinelNode = values["sentinel"] {
             pool.sentinel = try parseSentinel(sentinelNode, context: context)
             guard pool.protocolKind == .redis else {
@@ -446,6 +455,72 @@ public enum ConfigLoader {
     }
 
     /// `host:port:weight [name]` or `/path/sock:weight [name]`.
+    /// A path in a TLS setting: absolute, or relative to the config file's directory.
+    static func tlsPath(_ node: Node, key: String, context: PoolContext) throws(ConfigError) -> String {
+        let text = try context.string(node, key: key)
+        guard !text.isEmpty else { throw context.error(node, key: key, "is an empty path") }
+        if text.hasPrefix("/") { return text }
+        guard let slash = context.file.lastIndex(of: "/") else { return text }
+        return String(context.file[...slash]) + text
+    }
+
+    static func tlsVersion(_ node: Node, key: String, context: PoolContext) throws(ConfigError) -> TLSVersion {
+        let text = try context.string(node, key: key)
+        guard let version = TLSVersion(rawValue: text) else { throw context.error(node, key: key, "min_version must be TLSv1.2 or TLSv1.3, not '\(text)'") }
+        return version
+    }
+
+    /// `tls: {cert, key, ca, client_auth: none|optional|required, min_version, user_from_certificate: cn}`.
+    static func parseClientTLS(_ node: Node, context: PoolContext) throws(ConfigError) -> ClientTLSConfig {
+        let known = ["cert", "key", "ca", "client_auth", "min_version", "user_from_certificate"]
+        guard case let .mapping(mapping) = node else { throw context.error(node, key: "tls", "must be a mapping with cert and key (and ca, client_auth, min_version)") }
+        var values: [String: Node] = [:]
+        for (keyNode, valueNode) in mapping {
+            let key = try context.string(keyNode, key: "tls")
+            guard known.contains(key) else { throw context.error(keyNode, key: "tls", "unknown key '\(key)' (\(known.joined(separator: ", ")))") }
+            values[key] = valueNode
+        }
+        guard let certNode = values["cert"], let keyNode = values["key"] else { throw context.error(node, key: "tls", "needs both 'cert' and 'key'") }
+        var tls = ClientTLSConfig(cert: try tlsPath(certNode, key: "tls", context: context), key: try tlsPath(keyNode, key: "tls", context: context))
+        if let node = values["ca"] { tls.ca = try tlsPath(node, key: "tls", context: context) }
+        if let node = values["client_auth"] {
+            let text = try context.string(node, key: "tls")
+            guard let mode = TLSClientAuth(rawValue: text) else { throw context.error(node, key: "tls", "client_auth must be none, optional or required, not '\(text)'") }
+            tls.clientAuth = mode
+        }
+        if tls.clientAuth != .none, tls.ca == nil { throw context.error(node, key: "tls", "client_auth '\(tls.clientAuth.rawValue)' needs 'ca' (the CA client certificates are verified against)") }
+        if let node = values["min_version"] { tls.minVersion = try tlsVersion(node, key: "tls", context: context) }
+        if let node = values["user_from_certificate"] {
+            let text = try context.string(node, key: "tls")
+            guard text == "cn" || text == "none" else { throw context.error(node, key: "tls", "user_from_certificate must be cn or none, not '\(text)'") }
+            tls.userFromCertificate = text == "cn"
+            if tls.userFromCertificate, tls.clientAuth == .none { throw context.error(node, key: "tls", "user_from_certificate needs client_auth optional or required") }
+        }
+        return tls
+    }
+
+    /// `server_tls: {ca, cert, key, server_name, verify, min_version}`.
+    static func parseServerTLS(_ node: Node, context: PoolContext) throws(ConfigError) -> ServerTLSConfig {
+        let known = ["ca", "cert", "key", "server_name", "verify", "min_version"]
+        var tls = ServerTLSConfig()
+        if case let .scalar(scalar) = node, ["true", "yes", "on"].contains(scalar.string) { return tls }
+        guard case let .mapping(mapping) = node else { throw context.error(node, key: "server_tls", "must be a mapping (ca, cert, key, server_name, verify, min_version) or true") }
+        var values: [String: Node] = [:]
+        for (keyNode, valueNode) in mapping {
+            let key = try context.string(keyNode, key: "server_tls")
+            guard known.contains(key) else { throw context.error(keyNode, key: "server_tls", "unknown key '\(key)' (\(known.joined(separator: ", ")))") }
+            values[key] = valueNode
+        }
+        if let node = values["ca"] { tls.ca = try tlsPath(node, key: "server_tls", context: context) }
+        if let node = values["cert"] { tls.cert = try tlsPath(node, key: "server_tls", context: context) }
+        if let node = values["key"] { tls.key = try tlsPath(node, key: "server_tls", context: context) }
+        if (tls.cert == nil) != (tls.key == nil) { throw context.error(node, key: "server_tls", "needs both 'cert' and 'key', or neither") }
+        if let node = values["server_name"] { tls.serverName = try context.string(node, key: "server_tls") }
+        if let node = values["verify"] { tls.verify = try context.boolean(node, key: "server_tls") }
+        if let node = values["min_version"] { tls.minVersion = try tlsVersion(node, key: "server_tls", context: context) }
+        return tls
+    }
+
     /// `sentinel: {addresses: [host:port, …], password: …}`.
     static func parseSentinel(_ node: Node, context: PoolContext) throws(ConfigError) -> SentinelConfig {
         guard case let .mapping(mapping) = node else { throw context.error(node, key: "sentinel", "must be a mapping with 'addresses' (and 'password')") }

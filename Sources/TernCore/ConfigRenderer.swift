@@ -63,6 +63,24 @@ public enum ConfigRenderer {
                 }
             }
         }
+        if !isWarmup, let tls = pool.clientTLS {
+            out += "\(indent)tls:\n"
+            out += "\(indent)  cert: \(quoted(tls.cert))\n"
+            out += "\(indent)  key: \(quoted(tls.key))\n"
+            if let ca = tls.ca { out += "\(indent)  ca: \(quoted(ca))\n" }
+            out += "\(indent)  client_auth: \(tls.clientAuth.rawValue)\n"
+            out += "\(indent)  min_version: \(tls.minVersion.rawValue)\n"
+            out += "\(indent)  user_from_certificate: \(tls.userFromCertificate ? "cn" : "none")\n"
+        }
+        if let tls = pool.serverTLS {
+            out += "\(indent)server_tls:\n"
+            if let ca = tls.ca { out += "\(indent)  ca: \(quoted(ca))\n" }
+            if let cert = tls.cert { out += "\(indent)  cert: \(quoted(cert))\n" }
+            if let key = tls.key { out += "\(indent)  key: \(quoted(key))\n" }
+            if let name = tls.serverName { out += "\(indent)  server_name: \(quoted(name))\n" }
+            out += "\(indent)  verify: \(tls.verify)\n"
+            out += "\(indent)  min_version: \(tls.minVersion.rawValue)\n"
+        }
         if pool.distribution == .slots, !pool.slotServers.isEmpty {
             out += "\(indent)slots:\n"
             for (index, server) in pool.servers.enumerated() {

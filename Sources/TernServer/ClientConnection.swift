@@ -21,6 +21,8 @@ final class ClientConnection {
     let output = ByteBuffer()
     private var slots = FIFO<ReplySlot>()
     private var watcher: IOWatcher?
+    /// TLS pools: the client's TLS stream (nil on plain listeners).
+    private var tls: TLSStream?
     var isDirty = false
     /// Replies held back for one loop pass (see `flush(allowHold:)`).
     var isHeld = false
@@ -42,6 +44,8 @@ final class ClientConnection {
     var memcacheAuthFailures = 0
     /// `PoolRuntime.usersGeneration` when `memcacheUser` was set.
     var memcacheUsersGeneration = 0
+    /// Seconds a TLS client has to finish its handshake.
+    static let handshakeTimeout = 10.0
     /// Requests in flight before reading pauses; reading resumes as replies leave.
     static let maxInFlight = 16384
     /// Reply bytes waiting for a slow reader before reading its requests pauses.
@@ -86,6 +90,15 @@ final class ClientConnection {
     func start() {
         lastActivity = worker.now
         lastWriteProgress = worker.now
+        if let context = pool.plan.clientTLS {
+            guard let stream = TLSStream(context: context, descriptor: descriptor, serverName: nil) else {
+                pool.stats.clientErrors.add()
+                Syscall.close(descriptor)
+                pool.clientClosed()
+                return
+            }
+            tls = stream
+        }
         let watcher = IOWatcher(worker: worker, descriptor: descriptor, owner: self) { _, watcher, events in
             let client = Unmanaged<ClientConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             client.handle(events: events)
@@ -96,8 +109,59 @@ final class ClientConnection {
     }
 
     private func handle(events: Int32) {
+        if let tls {
+            if !tls.isEstablished {
+                handshake(tls)
+                return
+            }
+            // TLS can need the other direction: a read that wanted writability, a write that
+            // wanted to read first.
+            if events & TERN_EV_READ != 0 || tls.readWantsWrite { readRequests() }
+            if events & TERN_EV_WRITE != 0 || tls.writeWantsRead { flush() }
+            return
+        }
         if events & TERN_EV_READ != 0 { readRequests() }
         if events & TERN_EV_WRITE != 0 { flush() }
+    }
+
+    /// One step of a TLS client's handshake; requests are read once it is done. A client that
+    /// does not speak TLS (plain text on a TLS port) fails it and is closed at once.
+    private func handshake(_ tls: TLSStream) {
+        switch tls.handshake() {
+        case .done:
+            pool.stats.tlsHandshakes.add()
+            if tls.context.userFromCertificate, let name = tls.peerCommonName() { authenticateByCertificate(name) }
+            watcher?.watch(TERN_EV_READ)
+            // Requests may have come with the handshake's last flight.
+            readRequests()
+        case .wantRead:
+            watcher?.watch(TERN_EV_READ)
+        case .wantWrite:
+            watcher?.watch(TERN_EV_READ | TERN_EV_WRITE)
+        case .closed:
+            pool.stats.clientEOF.add()
+            close()
+        case let .failed(reason):
+            pool.stats.tlsHandshakeFailures.add()
+            if let suppressed = pool.tlsLog.admit(now: worker.now) {
+                worker.logger.warning("pool \(pool.config.name): TLS handshake with \(peerAddress) failed: \(reason) (\(suppressed) more since the last line)")
+            }
+            close()
+        }
+    }
+
+    /// `tls.user_from_certificate: cn`: a verified certificate naming a user logs the client in
+    /// as that user, as `AUTH` would.
+    private func authenticateByCertificate(_ name: String) {
+        guard let user = pool.currentUser(named: name) else { return }
+        if let session = redis {
+            session.user = user
+            session.isAuthenticated = true
+            session.usersGeneration = pool.usersGeneration
+        } else {
+            memcacheUser = user
+            memcacheUsersGeneration = pool.usersGeneration
+        }
     }
 
     private func readRequests() {
@@ -105,22 +169,15 @@ final class ClientConnection {
         // With no partial request pending, read into the worker's shared buffer.
         let buffer = input.isEmpty ? worker.scratch : input
         var reachedEnd = false
-        readLoop: while true {
-            switch Syscall.read(descriptor, into: buffer) {
-            case .transferred:
-                // A short read drained the socket (level-triggered: more is reported again).
-                if buffer.writableCount > 0 { break readLoop }
-                if buffer.readableCount >= 4 << 20 { break readLoop }
-            case .wouldBlock:
-                break readLoop
-            case .endOfFile:
-                reachedEnd = true
-                break readLoop
-            case .failed:
-                pool.stats.clientErrors.add()
-                close()
-                return
-            }
+        switch Transport.read(descriptor, tls, into: buffer) {
+        case .drained:
+            break
+        case .endOfFile:
+            reachedEnd = true
+        case .failed:
+            pool.stats.clientErrors.add()
+            close()
+            return
         }
         lastActivity = worker.now
         let wasPartial = !input.isEmpty
@@ -144,7 +201,11 @@ final class ClientConnection {
             if redis != nil { endBlockedCommands() }
             watcher?.watch(0)
             closeIfDrained()
+            return
         }
+        // TLS: bytes already decrypted are not announced by the socket again; read them now
+        // unless reading is paused (`flush` resumes it).
+        if let tls, tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }
     }
 
     /// Parses and routes every complete request in `buffer`.
@@ -250,7 +311,7 @@ final class ClientConnection {
         if output.isEmpty {
             lastWriteProgress = worker.now
         } else {
-            switch Syscall.write(descriptor, output.readable) {
+            switch Transport.write(descriptor, tls, output.readable) {
             case let .transferred(count):
                 if count > 0 { lastWriteProgress = worker.now }
                 output.consume(count)
@@ -264,13 +325,16 @@ final class ClientConnection {
         }
         if output.isEmpty { output.releaseIfIdle(keep: 65536) }
         var events: Int32 = closeWhenDrained || mustPauseReading ? 0 : TERN_EV_READ
-        if !output.isEmpty { events |= TERN_EV_WRITE }
+        if !output.isEmpty || tls?.readWantsWrite == true { events |= TERN_EV_WRITE }
+        if tls?.writeWantsRead == true { events |= TERN_EV_READ }
         watcher?.watch(events)
         if closeIfDrained() { return }
         // Reading was paused by a full pipeline: parse what is already buffered.
         if !closeWhenDrained, !mustPauseReading, !input.isEmpty {
             process(input)
         }
+        // TLS bytes decrypted while reading was paused.
+        if let tls, tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }
     }
 
     /// Reload removed the pool, or Tern is draining: no new requests are read; the connection
@@ -293,6 +357,11 @@ final class ClientConnection {
     func checkTimeouts(now: Double) {
         guard !isClosed else { return }
         let config = pool.config
+        if let tls, !tls.isEstablished, now - lastActivity > Self.handshakeTimeout {
+            pool.stats.tlsHandshakeFailures.add()
+            close()
+            return
+        }
         if config.clientPartialTimeoutMilliseconds > 0, partialSince > 0,
            now - partialSince > Double(config.clientPartialTimeoutMilliseconds) / 1000 {
             worker.logger.info("pool \(config.name): closing a client whose request stayed incomplete for \(config.clientPartialTimeoutMilliseconds) ms")
@@ -322,6 +391,8 @@ final class ClientConnection {
             worker.retire(watcher)
         }
         watcher = nil
+        // close_notify (if the socket takes it) before the socket closes.
+        tls = nil
         Syscall.close(descriptor)
         if redis != nil { endRedisSession() }
         // Requests still in flight finish into slots nobody reads; those are freed when their

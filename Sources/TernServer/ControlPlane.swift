@@ -219,6 +219,12 @@ enum StatsReport {
                 .increment(by: sum { $0.serverEjects.read() })
             counter("tern_pool_auth_failures_total", [("pool", pool)], "Failed client authentications (AUTH, HELLO AUTH, memcached set/SASL); 10 in a row close the client.")
                 .increment(by: sum { $0.authFailures.read() })
+            if plan.clientTLS != nil {
+                counter("tern_pool_tls_handshakes_total", [("pool", pool)], "TLS client handshakes completed.")
+                    .increment(by: sum { $0.tlsHandshakes.read() })
+                counter("tern_pool_tls_handshake_failures_total", [("pool", pool)], "TLS client handshakes that failed or timed out (plain-text clients on the TLS port among them).")
+                    .increment(by: sum { $0.tlsHandshakeFailures.read() })
+            }
             for (index, server) in plan.config.servers.enumerated() {
                 let perWorker = plan.serverCounters[index]
                 func add(_ field: (ServerCounters) -> Int) -> Int64 { Int64(perWorker.reduce(0) { $0 + field($1) }) }

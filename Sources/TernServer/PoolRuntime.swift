@@ -227,6 +227,11 @@ final class PoolRuntime {
         users.first { $0.name == user.name }
     }
 
+    /// The user called `name` (a TLS client certificate's common name), if any.
+    func currentUser(named name: String) -> RedisUser? {
+        users.first { $0.name == name }
+    }
+
     /// Whether `command` is in `disabled_commands`.
     @inline(__always)
     func isDisabled(_ command: RedisCommand) -> Bool {
@@ -340,6 +345,8 @@ final class PoolRuntime {
     var limitLog = LogThrottle()
     /// Failed authentications, logged at most once a second per worker.
     var authLog = LogThrottle()
+    /// Failed TLS handshakes (written by the client connections).
+    var tlsLog = LogThrottle()
     private var refusedLog = LogThrottle()
     private var resumeTimer: TimerWatcher?
 
@@ -540,6 +547,14 @@ final class ServerRuntime {
     let isReplica: Bool
     private var probeTimer: TimerWatcher?
     private var probeConnection: ServerConnection?
+
+    /// The host the server was named by (from `servers:`, or the cluster's map for a replica):
+    /// the name a TLS certificate is verified against unless `server_tls.server_name` is set.
+    var host: String? {
+        if !isReplica, index < pool.config.servers.count, case let .tcp(host, _) = pool.config.servers[index].address { return host }
+        guard let colon = name.lastIndex(of: ":") else { return nil }
+        return String(name[..<colon])
+    }
 
     init(pool: PoolRuntime, index: Int, address: SocketAddress) {
         self.pool = pool

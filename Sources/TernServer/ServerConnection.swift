@@ -37,7 +37,8 @@ final class ServerConnection {
         var queuedAt: Double = 0
     }
 
-    enum State { case disconnected, connecting, connected }
+    /// `handshaking`: TLS pools, between the TCP connect and the end of the TLS handshake.
+    enum State { case disconnected, connecting, handshaking, connected }
 
     unowned(unsafe) let server: ServerRuntime
     private(set) var descriptor: Int32 = -1
@@ -48,6 +49,8 @@ final class ServerConnection {
     private var replyResumeOffset = 0
     private var pending = FIFO<Pending>()
     private var watcher: IOWatcher?
+    /// `server_tls` pools: the TLS stream over the socket (nil: plain TCP).
+    private var tls: TLSStream?
     private var timer: TimerWatcher?
     /// Whether `timer` is running, kept here so the request path checks a Bool rather than
     /// taking a reference to the watcher.
@@ -272,8 +275,12 @@ final class ServerConnection {
         descriptor = fd
         generation += 1
         if result == 0 {
-            state = .connected
-            counters.serverConnections.add()
+            if server.pool.plan.serverTLS != nil {
+                state = .handshaking
+            } else {
+                state = .connected
+                counters.serverConnections.add()
+            }
         } else if errno == EINPROGRESS || errno == EAGAIN {
             state = .connecting
         } else {
@@ -286,7 +293,7 @@ final class ServerConnection {
             connection.handle(events: events)
         }
         self.watcher = watcher
-        watcher.watch(state == .connecting ? TERN_EV_READ | TERN_EV_WRITE : TERN_EV_READ)
+        watcher.watch(state == .connected ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
         sendSetup()
     }
 
@@ -297,13 +304,57 @@ final class ServerConnection {
                 fail(reason: Syscall.errorText(error))
                 return
             }
+            if server.pool.plan.serverTLS != nil {
+                state = .handshaking
+            } else {
+                state = .connected
+                counters.serverConnections.add()
+                watcher?.watch(TERN_EV_READ)
+                if output.readableCount > sentBytes { worker.markDirty(self) }
+            }
+        }
+        if state == .handshaking {
+            handshake()
+            return
+        }
+        if let tls {
+            if events & TERN_EV_READ != 0 || tls.readWantsWrite { readReplies() }
+            if events & TERN_EV_WRITE != 0 || tls.writeWantsRead, state == .connected { flush() }
+            return
+        }
+        if events & TERN_EV_READ != 0 { readReplies() }
+        if events & TERN_EV_WRITE != 0, state == .connected { flush() }
+    }
+
+    /// One step of the TLS handshake with the server; what was queued meanwhile (setup,
+    /// requests) is written once it is done. A failed handshake fails the connection like a
+    /// refused connect (the requests on it get the error, the server's failure count rises).
+    private func handshake() {
+        if tls == nil {
+            guard let context = server.pool.plan.serverTLS,
+                  let stream = TLSStream(context: context, descriptor: descriptor, serverName: context.serverName ?? server.host) else {
+                fail(reason: "TLS setup failed: \(TLSStream.lastError())")
+                return
+            }
+            tls = stream
+        }
+        switch tls!.handshake() {
+        case .done:
             state = .connected
             counters.serverConnections.add()
             watcher?.watch(TERN_EV_READ)
             if output.readableCount > sentBytes { worker.markDirty(self) }
+            // Replies cannot precede requests, but TLS 1.3 tickets may already be buffered.
+            if tls!.hasPending { readReplies() }
+        case .wantRead:
+            watcher?.watch(TERN_EV_READ)
+        case .wantWrite:
+            watcher?.watch(TERN_EV_READ | TERN_EV_WRITE)
+        case .closed:
+            fail(reason: "server closed the connection during the TLS handshake")
+        case let .failed(reason):
+            fail(reason: reason)
         }
-        if events & TERN_EV_READ != 0 { readReplies() }
-        if events & TERN_EV_WRITE != 0, state == .connected { flush() }
     }
 
     /// Writes what is queued: called once per loop pass by the worker.
@@ -320,14 +371,14 @@ final class ServerConnection {
             return
         }
         guard state == .connected, output.readableCount > sentBytes else { return }
-        switch Syscall.write(descriptor, UnsafeRawBufferPointer(rebasing: output.readable[sentBytes...])) {
+        switch Transport.write(descriptor, tls, UnsafeRawBufferPointer(rebasing: output.readable[sentBytes...])) {
         case let .transferred(count):
             sentBytes += count
             if sentBytes == output.readableCount { unsentRequests = 0 }
             releaseAnswered()
             counters.outQueue.set(unsentRequests)
             counters.outQueueBytes.set(output.readableCount - sentBytes)
-            watcher?.watch(output.readableCount == sentBytes ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
+            watcher?.watch(output.readableCount == sentBytes && tls?.readWantsWrite != true ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
         case .wouldBlock:
             watcher?.watch(TERN_EV_READ | TERN_EV_WRITE)
         case let .failed(error):
@@ -339,26 +390,21 @@ final class ServerConnection {
 
     private func readReplies() {
         while true {
-            switch Syscall.read(descriptor, into: input) {
-            case .transferred:
-                // A read that left room in the buffer drained the socket: another read would
-                // only return EAGAIN (one wasted syscall per readable event). The watcher is
-                // level-triggered, so anything that arrives later is reported again.
-                if input.writableCount > 0 || input.readableCount >= 4 << 20 { break }
-                continue
-            case .wouldBlock:
+            switch Transport.read(descriptor, tls, into: input) {
+            case .drained:
                 break
             case .endOfFile:
                 frameReplies()
                 fail(reason: "server closed the connection")
                 return
-            case let .failed(error):
-                fail(reason: Syscall.errorText(error))
+            case let .failed(reason):
+                fail(reason: reason)
                 return
             }
-            break
+            frameReplies()
+            // TLS: decrypted bytes left behind by the 4 MiB cap are not announced again.
+            guard let tls, tls.hasPending, descriptor >= 0 else { return }
         }
-        frameReplies()
     }
 
     /// Pairs complete replies with pending requests, in order.
@@ -673,6 +719,8 @@ final class ServerConnection {
             worker.retire(watcher)
             self.watcher = nil
         }
+        // close_notify (when the socket takes it) before the socket closes.
+        tls = nil
         if descriptor >= 0 { Syscall.close(descriptor) }
         descriptor = -1
         state = .disconnected

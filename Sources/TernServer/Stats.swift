@@ -51,6 +51,9 @@ final class PoolCounters: Sendable {
     let slowRequests = WorkerCounter()
     /// Failed AUTH / HELLO AUTH / memcached authentications.
     let authFailures = WorkerCounter()
+    /// TLS pools: client handshakes completed, and failed or timed out.
+    let tlsHandshakes = WorkerCounter()
+    let tlsHandshakeFailures = WorkerCounter()
     /// Clients of the pool assigned to this worker: raised by whichever worker accepts (it may
     /// hand the client over), lowered by this worker when the client closes, hence a real atomic
     /// add. Read to give each new client to the least loaded worker.

@@ -255,7 +255,7 @@ public final class TernServer {
                 let before = previous.first { $0.config.name == pool.name }
                 var warmupPlan: PoolPlan?
                 if let warmup = pool.warmup {
-                    warmupPlan = PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old), listenDescriptor: -1,
+                    warmupPlan = try PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old), listenDescriptor: -1,
                                           shared: before?.warmup?.shared ?? PoolShared(workers: workerCount),
                                           serverCounters: Self.serverCounters(warmup.old, workers: workerCount, reusing: before?.warmup))
                 }
@@ -275,7 +275,7 @@ public final class TernServer {
                         return address
                     }
                 }
-                made.append(PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
+                made.append(try PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
                                      shared: before?.shared ?? PoolShared(workers: workerCount, hotKeys: pool.hotKeys),
                                      serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before), replicaAddresses: replicas))
             }
@@ -316,6 +316,23 @@ public final class TernServer {
             }
         }
         return addresses
+    }
+
+    /// For `-t`: TLS certificates and keys that cannot be loaded (missing, unreadable, a key
+    /// that does not match its certificate), as at startup.
+    public static func tlsProblems(_ config: TernConfig) -> [String] {
+        var problems: [String] = []
+        for pool in config.pools {
+            for candidate in [pool] + (pool.warmup.map { [$0.old] } ?? []) {
+                do {
+                    if let tls = candidate.clientTLS { _ = try TLSContext.listener(tls, pool: candidate.name) }
+                    if let tls = candidate.serverTLS { _ = try TLSContext.backend(tls, pool: candidate.name) }
+                } catch {
+                    problems.append(error.description)
+                }
+            }
+        }
+        return problems
     }
 
     /// For `-t`: listen hosts that do not resolve.

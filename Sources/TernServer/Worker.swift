@@ -25,9 +25,15 @@ final class PoolPlan: Sendable {
     /// `redis_cluster` with `read_from`: the addresses of `config.replicaServers` (a replica whose
     /// name did not resolve is left out, with an empty address list in its place).
     let replicaAddresses: [[SocketAddress?]]
+    /// TLS toward clients (`tls:`) and toward servers (`server_tls:`), loaded when the plan is
+    /// made, so a reload re-reads certificates and keys and a bad file rejects the reload.
+    let clientTLS: TLSContext?
+    let serverTLS: TLSContext?
 
     init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
-         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = []) {
+         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = []) throws(TLSSetupError) {
+        self.clientTLS = try config.clientTLS.map { (tls) throws(TLSSetupError) in try TLSContext.listener(tls, pool: config.name) }
+        self.serverTLS = try config.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: config.name) }
         self.config = config
         self.serverAddresses = serverAddresses
         self.replicaAddresses = replicaAddresses

@@ -112,7 +112,7 @@ struct Tern: ParsableCommand {
             return
         }
         if testConfig {
-            let unresolved = TernServer.unresolvableListenHosts(config)
+            let unresolved = TernServer.unresolvableListenHosts(config) + TernServer.tlsProblems(config)
             guard unresolved.isEmpty else {
                 printError("tern: configuration file '\(configFile)' syntax is invalid")
                 for problem in unresolved { printError("tern: \(configFile): \(problem)") }

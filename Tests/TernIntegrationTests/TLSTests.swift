@@ -1,0 +1,420 @@
+import Foundation
+import XCTest
+@testable import TernCore
+
+/// Test certificates made with `openssl` in the test's directory (no private key is committed):
+/// a CA, a server certificate for localhost and 127.0.0.1, and client certificates.
+struct TestCertificates {
+    let directory: String
+    var ca: String { directory + "/ca.crt" }
+    var serverCert: String { directory + "/server.crt" }
+    var serverKey: String { directory + "/server.key" }
+
+    init(in directory: String) throws {
+        self.directory = directory
+        try openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", directory + "/ca.key", "-out", ca,
+                     "-days", "2", "-subj", "/CN=Tern Test CA"])
+        try issue(name: "server", subject: "/CN=localhost", san: "DNS:localhost,IP:127.0.0.1")
+    }
+
+    /// A certificate and key signed by the test CA: `<name>.crt`, `<name>.key`.
+    @discardableResult
+    func issue(name: String, subject: String, san: String? = nil, signer: String = "ca") throws -> (cert: String, key: String) {
+        let cert = directory + "/\(name).crt", key = directory + "/\(name).key"
+        try openssl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", directory + "/\(name).csr", "-subj", subject])
+        var arguments = ["x509", "-req", "-in", directory + "/\(name).csr", "-CA", directory + "/\(signer).crt", "-CAkey", directory + "/\(signer).key",
+                         "-CAcreateserial", "-out", cert, "-days", "2"]
+        if let san {
+            try "subjectAltName=\(san)\n".write(toFile: directory + "/\(name).ext", atomically: true, encoding: .utf8)
+            arguments += ["-extfile", directory + "/\(name).ext"]
+        }
+        try openssl(arguments)
+        return (cert, key)
+    }
+
+    /// A second CA, whose certificates the first does not trust.
+    func otherCA(name: String) throws {
+        try openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", directory + "/\(name).key", "-out", directory + "/\(name).crt",
+                     "-days", "2", "-subj", "/CN=Another CA"])
+    }
+
+    private func openssl(_ arguments: [String]) throws {
+        let (status, output) = try ProcessGroup.run("/usr/bin/openssl", arguments)
+        guard status == 0 else { throw TestError("openssl \(arguments.joined(separator: " ")): \(output)") }
+    }
+}
+
+/// TLS on both sides: real redis-server (`--tls-port`) and memcached (`-Z`) backends, clients
+/// redis-py, redis-cli and pymemcache; mTLS, plain clients on TLS ports, reloads.
+final class TLSTests: XCTestCase {
+    var group: ProcessGroup!
+    var certificates: TestCertificates!
+
+    override func setUpWithError() throws {
+        group = ProcessGroup()
+        certificates = try TestCertificates(in: group.directory)
+    }
+
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(3000)) }
+        group.stopAll()
+    }
+
+    /// A redis-server that speaks only TLS on `port`.
+    func tlsRedis(clientAuth: Bool = false) throws -> Int {
+        let port = ProcessGroup.freePort()
+        _ = try group.launch("/usr/bin/redis-server", ["--port", "0", "--tls-port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                                      "--tls-cert-file", certificates.serverCert, "--tls-key-file", certificates.serverKey,
+                                                      "--tls-ca-cert-file", certificates.ca, "--tls-auth-clients", clientAuth ? "yes" : "no"],
+                             log: "redis-tls-\(port).log")
+        try group.waitForPort(port)
+        return port
+    }
+
+    /// A memcached that speaks only TLS on `port`.
+    func tlsMemcached() throws -> Int {
+        let port = ProcessGroup.freePort()
+        _ = try group.launch("/usr/bin/memcached", ["-p", "\(port)", "-l", "127.0.0.1", "-U", "0", "-u", "root", "-t", "1", "-Z",
+                                                   "-o", "ssl_chain_cert=\(certificates.serverCert),ssl_key=\(certificates.serverKey)"],
+                             log: "memcached-tls-\(port).log")
+        try group.waitForPort(port)
+        return port
+    }
+
+    /// A python3 that has redis-py and pymemcache.
+    func pythonWithClients() throws -> String {
+        let run = ProcessGroup.run
+        guard let python = ["python3", "/usr/bin/python3"].first(where: { (try? run("/usr/bin/env", [$0, "-c", "import redis, pymemcache"]).0) == 0 }) else {
+            throw XCTSkip("redis-py and pymemcache are not installed (Deploy/install-packages.sh installs them)")
+        }
+        return python
+    }
+
+    /// Runs a script under a python3 that has redis-py and pymemcache; its last line must be "ok".
+    func pythonTLS(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let run = ProcessGroup.run
+        let python = try pythonWithClients()
+        let (status, text) = try run("/usr/bin/env", [python, "-c", "import redis, ssl, socket, threading, time\n" + script + "\nprint('ok')"])
+        XCTAssertEqual(status, 0, text, file: file, line: line)
+        XCTAssertTrue(text.hasSuffix("ok\n"), text, file: file, line: line)
+    }
+
+    /// A plain-text client on a TLS port is closed at once (not left hanging), while a TLS
+    /// client is served at the same time.
+    func assertPlainClientClosed(port: Int, request: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let plain = try TestClient(port: port)
+        try plain.send(request)
+        let started = Date()
+        let (bytes, closed) = plain.drain(for: 3)
+        XCTAssertTrue(closed, "a plain-text client on a TLS port must be closed", file: file, line: line)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 2.5, "closed at once, not at a timeout", file: file, line: line)
+        // What it got back is not a protocol reply (at most a TLS alert record, type 0x15).
+        XCTAssertFalse(String(decoding: bytes, as: UTF8.self).contains("PONG"), file: file, line: line)
+        XCTAssertFalse(String(decoding: bytes, as: UTF8.self).contains("VERSION"), file: file, line: line)
+    }
+
+    func testRedisClientsOverTLSWithRedisPyAndRedisCli() throws {
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort(), adminPort = ProcessGroup.freePort()
+        try group.tern(config: """
+            r:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              timeout: 2000
+              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)", min_version: TLSv1.2}
+              servers: ["\(backend.address):1"]
+            """, arguments: ["--threads", "2", "-a", "127.0.0.1", "--admin-port", "\(adminPort)"], waitPort: port)
+
+        try pythonTLS("""
+            r = redis.Redis(host='127.0.0.1', port=\(port), ssl=True, ssl_ca_certs='\(certificates.ca)', ssl_cert_reqs='required')
+            assert r.ping() is True
+            r.set('tls:a', b'\\x00\\xff\\r\\nvalue')
+            assert r.get('tls:a') == b'\\x00\\xff\\r\\nvalue', r.get('tls:a')
+            # A pipeline of 500 commands: many TLS records each way, replies in order.
+            p = r.pipeline(transaction=False)
+            for i in range(500): p.set('tls:k%d' % i, 'v%d' % i)
+            for i in range(500): p.get('tls:k%d' % i)
+            out = p.execute()
+            assert out[:500] == [True] * 500
+            assert out[500:] == [b'v%d' % i for i in range(500)], out[500:510]
+            # Values larger than a TLS record (16 KiB) and than a socket buffer, both ways.
+            big = bytes(range(256)) * 8192
+            r.set('tls:big', big)
+            assert r.get('tls:big') == big
+            assert r.mget(['tls:a', 'tls:big', 'tls:none']) == [b'\\x00\\xff\\r\\nvalue', big, None]
+            # The default pipeline (MULTI/EXEC) and the negotiated version.
+            with r.pipeline() as t:
+                t.incr('tls:n'); t.incr('tls:n')
+                assert t.execute() == [1, 2]
+            s = ssl.create_default_context(cafile='\(certificates.ca)')
+            with socket.create_connection(('127.0.0.1', \(port))) as raw:
+                with s.wrap_socket(raw, server_hostname='localhost') as tls:
+                    assert tls.version() in ('TLSv1.2', 'TLSv1.3'), tls.version()
+                    tls.sendall(b'PING\\r\\n')
+                    assert tls.recv(100) == b'+PONG\\r\\n'
+            """)
+        // The backend got the value unchanged.
+        XCTAssertEqual(try backend.call("GET", "tls:k499"), "$4\r\nv499\r\n")
+
+        // redis-cli --tls.
+        let (status, output) = try ProcessGroup.run("/usr/bin/redis-cli", ["-p", "\(port)", "--tls", "--cacert", certificates.ca, "GET", "tls:k7"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(output, "v7\n")
+
+        // A plain client on the TLS port is closed; a TLS client at the same time is unaffected.
+        try assertPlainClientClosed(port: port, request: "PING\r\n")
+        try pythonTLS("""
+            r = redis.Redis(host='127.0.0.1', port=\(port), ssl=True, ssl_ca_certs='\(certificates.ca)')
+            assert r.get('tls:k1') == b'v1'
+            """)
+        // A client that connects and says nothing is closed when the handshake deadline passes
+        // (10 s) — not asserted here to keep the test short; counted in the metrics instead.
+        let metrics = try httpGet(statsPort: adminPort)
+        // The plain client counts; connecting and closing without a byte (a TCP health check,
+        // like the harness's wait for the port) does not.
+        XCTAssertTrue(metrics.contains("tern_pool_tls_handshake_failures_total{pool=\"r\"} 1\n"), metrics)
+        XCTAssertTrue(metrics.contains("tern_pool_tls_handshakes_total{pool=\"r\"}"), metrics)
+    }
+
+    func httpGet(statsPort: Int, target: String = "/metrics") throws -> String {
+        let client = try TestClient(port: statsPort)
+        try client.send("GET \(target) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        return String(decoding: client.drain(for: 3).bytes, as: UTF8.self)
+    }
+
+    /// memcached with TLS on both sides: pymemcache's `tls_context` to Tern, Tern to `memcached -Z`.
+    func testMemcachedTLSOnBothSidesWithPymemcache() throws {
+        let backends = try [tlsMemcached(), tlsMemcached()]
+        let port = ProcessGroup.freePort()
+        try group.tern(config: """
+            m:
+              listen: 127.0.0.1:\(port)
+              timeout: 2000
+              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)"}
+              server_tls: {ca: "\(certificates.ca)"}
+              servers:
+            \(backends.map { "   - 127.0.0.1:\($0):1\n" }.joined())
+            """, arguments: ["--threads", "2"], waitPort: port)
+        try pythonTLS("""
+            from pymemcache.client.base import Client
+            ctx = ssl.create_default_context(cafile='\(certificates.ca)')
+            c = Client(('127.0.0.1', \(port)), tls_context=ctx)
+            values = {('key%d' % i): bytes([i % 256]) * (i * 37 % 5000) + b'\\r\\nEND\\r\\n' for i in range(300)}
+            for k, v in values.items(): assert c.set(k, v, noreply=False)
+            got = c.get_many(list(values))
+            assert got == values, [k for k in values if got.get(k) != values[k]][:5]
+            big = bytes(range(256)) * 3000
+            assert c.set('big', big, noreply=False)
+            assert c.get('big') == big
+            assert c.incr('n', 1) is None
+            c.set('n', b'5'); assert c.incr('n', 2) == 7
+            # Both backends hold keys: the pool spreads over TLS servers.
+            for p in (\(backends[0]), \(backends[1])):
+                d = Client(('127.0.0.1', p), tls_context=ctx)
+                assert d.stats()[b'curr_items'] > 0, p
+            """)
+        try assertPlainClientClosed(port: port, request: "version\r\n")
+    }
+
+    /// `client_auth: required`: a client without a certificate, or with one from another CA,
+    /// fails the handshake; with `user_from_certificate: cn`, the certificate's common name
+    /// logs the client in as that user (its key rules apply) without AUTH.
+    func testMutualTLSRequiredSelectsTheUser() throws {
+        try certificates.issue(name: "app", subject: "/CN=app")
+        try certificates.issue(name: "stranger", subject: "/CN=stranger")
+        try certificates.otherCA(name: "rogue-ca")
+        try certificates.issue(name: "rogue", subject: "/CN=app", signer: "rogue-ca")
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort()
+        let hash = SHA256.hex(SHA256.digest(Array("app-secret".utf8)))
+        try group.tern(config: """
+            r:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)", ca: "\(certificates.ca)", client_auth: required, user_from_certificate: cn}
+              users:
+               - name: app
+                 password_sha256: "\(hash)"
+                 commands: ["+@read", "+@write", "+@connection", "+acl"]
+                 keys: ["~app:*"]
+              servers: ["\(backend.address):1"]
+            """, waitPort: port)
+        let d = certificates.directory
+        try pythonTLS("""
+            def client(name=None):
+                kw = dict(host='127.0.0.1', port=\(port), ssl=True, ssl_ca_certs='\(certificates.ca)', socket_timeout=5)
+                if name: kw.update(ssl_certfile='\(d)/%s.crt' % name, ssl_keyfile='\(d)/%s.key' % name)
+                return redis.Redis(**kw)
+            # The certificate names user app: no AUTH needed, app's key rules apply.
+            app = client('app')
+            assert app.set('app:x', '1') is True
+            assert app.get('app:x') == b'1'
+            try:
+                app.set('other:x', '1'); raise SystemExit('NOPERM expected')
+            except redis.exceptions.NoPermissionError as e:
+                assert 'key' in str(e), e
+            assert app.execute_command('ACL', 'WHOAMI') == b'app'
+            # A valid certificate naming no user: connected, but must authenticate.
+            stranger = client('stranger')
+            try:
+                stranger.get('app:x'); raise SystemExit('NOAUTH expected')
+            except redis.exceptions.AuthenticationError:
+                pass
+            kw = dict(host='127.0.0.1', port=\(port), ssl=True, ssl_ca_certs='\(certificates.ca)', username='app', password='app-secret',
+                      ssl_certfile='\(d)/stranger.crt', ssl_keyfile='\(d)/stranger.key')
+            assert redis.Redis(**kw).get('app:x') == b'1'
+            # No certificate, or one from another CA: the handshake fails.
+            for name in (None, 'rogue'):
+                try:
+                    client(name).ping(); raise SystemExit('handshake should fail for %s' % name)
+                except (redis.exceptions.ConnectionError, ssl.SSLError, OSError):
+                    pass
+            """)
+        XCTAssertEqual(try backend.call("GET", "app:x"), "$1\r\n1\r\n")
+    }
+
+    /// `server_tls` to a Redis that speaks only TLS (and requires a client certificate);
+    /// a wrong `server_name` fails verification: the client gets an error, not a hang, and
+    /// another pool's client is served meanwhile.
+    func testRedisBackendBehindTLSAndAFailedVerification() throws {
+        let backendPort = try tlsRedis(clientAuth: true)
+        try certificates.issue(name: "tern-client", subject: "/CN=tern")
+        let port = ProcessGroup.freePort(), badPort = ProcessGroup.freePort()
+        let d = certificates.directory
+        try group.tern(config: """
+            good:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              timeout: 2000
+              server_tls: {ca: "\(certificates.ca)", cert: "\(d)/tern-client.crt", key: "\(d)/tern-client.key"}
+              servers: ["127.0.0.1:\(backendPort):1"]
+            bad:
+              listen: 127.0.0.1:\(badPort)
+              redis: true
+              timeout: 2000
+              server_tls: {ca: "\(certificates.ca)", cert: "\(d)/tern-client.crt", key: "\(d)/tern-client.key", server_name: "not-the-name.example"}
+              servers: ["127.0.0.1:\(backendPort):1"]
+            """, arguments: ["--threads", "2"], waitPort: port)
+        try pythonTLS("""
+            good = redis.Redis(host='127.0.0.1', port=\(port))
+            bad = redis.Redis(host='127.0.0.1', port=\(badPort), socket_timeout=5)
+            p = good.pipeline(transaction=False)
+            for i in range(200): p.set('b:%d' % i, i)
+            for i in range(200): p.get('b:%d' % i)
+            out = p.execute()
+            assert out[200:] == [b'%d' % i for i in range(200)]
+            start = time.time()
+            try:
+                bad.get('b:1'); raise SystemExit('an error expected')
+            except redis.exceptions.ResponseError as e:
+                assert 'certificate' in str(e).lower() or 'tls' in str(e).lower(), e
+            assert time.time() - start < 3
+            assert good.get('b:7') == b'7'
+            """)
+        // Straight to the TLS backend: what Tern wrote is there.
+        let (status, output) = try ProcessGroup.run("/usr/bin/redis-cli", ["-p", "\(backendPort)", "--tls", "--cacert", certificates.ca,
+                                                                          "--cert", "\(d)/tern-client.crt", "--key", "\(d)/tern-client.key", "GET", "b:199"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(output, "199\n")
+    }
+
+    /// Certificates are reloaded on SIGHUP while clients keep working: zero failed requests,
+    /// established connections stay, new connections get the new certificate; a key that does
+    /// not match its certificate rejects the reload and the old pair stays in use.
+    func testCertificateReloadUnderLoadWithZeroFailures() throws {
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort()
+        let d = certificates.directory
+        try certificates.issue(name: "live", subject: "/CN=first", san: "DNS:localhost,IP:127.0.0.1")
+        let config = """
+            r:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              timeout: 2000
+              tls: {cert: "\(d)/live.crt", key: "\(d)/live.key"}
+              servers: ["\(backend.address):1"]
+            """
+        let tern = try group.tern(config: config, arguments: ["--threads", "2"], waitPort: port)
+        let subjectScript = """
+            def subject():
+                s = ssl.create_default_context(cafile='\(certificates.ca)')
+                with socket.create_connection(('127.0.0.1', \(port))) as raw:
+                    with s.wrap_socket(raw, server_hostname='localhost') as t:
+                        return dict(x[0] for x in t.getpeercert()['subject'])['commonName']
+            """
+        // Load from four threads (persistent and reconnecting clients) during two reloads.
+        let flag = group.directory + "/reloaded"
+        try "".write(toFile: flag, atomically: true, encoding: .utf8)
+        let ca = certificates.ca
+        let loadScript = "import redis, ssl, socket, threading, time\n" + subjectScript + """
+
+                import os
+                errors = []; counts = [0] * 4
+                def load(n):
+                    r = redis.Redis(host='127.0.0.1', port=\(port), ssl=True, ssl_ca_certs='\(ca)', socket_timeout=5)
+                    end = time.time() + 6
+                    i = 0
+                    while time.time() < end:
+                        try:
+                            r.set('load:%d' % n, i)
+                            assert r.get('load:%d' % n) == b'%d' % i
+                            counts[n] += 1
+                            if n >= 2 and i % 50 == 0:
+                                r.close()
+                                r = redis.Redis(host='127.0.0.1', port=\(port), ssl=True, ssl_ca_certs='\(ca)', socket_timeout=5)
+                        except Exception as e:
+                            errors.append(repr(e))
+                        i += 1
+                threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+                for t in threads: t.start()
+                for t in threads: t.join()
+                open('\(flag)', 'w').write('errors=%d counts=%s first=%s' % (len(errors), counts, errors[:3]))
+                """
+        let python = try pythonWithClients()
+        let loader = Thread { _ = try? ProcessGroup.run("/usr/bin/env", [python, "-c", loadScript]) }
+        loader.start()
+        sleep(2)
+        // Replace the pair (new subject), SIGHUP.
+        try certificates.issue(name: "live", subject: "/CN=second", san: "DNS:localhost,IP:127.0.0.1")
+        kill(tern.processIdentifier, SIGHUP)
+        sleep(1)
+        // A key that does not match the certificate: the reload is rejected.
+        try FileManager.default.removeItem(atPath: d + "/live.key")
+        try FileManager.default.copyItem(atPath: d + "/ca.key", toPath: d + "/live.key")
+        kill(tern.processIdentifier, SIGHUP)
+        // Wait for the load to finish.
+        let deadline = Date().addingTimeInterval(20)
+        var result = ""
+        while Date() < deadline {
+            result = (try? String(contentsOfFile: flag, encoding: .utf8)) ?? ""
+            if !result.isEmpty { break }
+            usleep(200_000)
+        }
+        XCTAssertTrue(result.hasPrefix("errors=0 "), result)
+        var counts: [Int] = []
+        if let open = result.firstIndex(of: "["), let close = result.firstIndex(of: "]"), open < close {
+            counts = result[result.index(after: open)..<close].split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) ?? 0 }
+        }
+        XCTAssertEqual(counts.count, 4, result)
+        XCTAssertTrue(counts.allSatisfy { $0 > 20 }, result)
+        // New connections get the second certificate; the bad key was refused.
+        try pythonTLS(subjectScript + "\nassert subject() == 'second', subject()")
+        XCTAssertTrue(group.ternLog().contains("reload (SIGHUP) rejected, keeping the current config: pool 'r': tls: cannot load private key"), group.ternLog().suffix(2000).description)
+    }
+
+    /// An unreadable certificate is a config error under `-t` and at startup, naming the file.
+    func testMissingCertificateIsAConfigError() throws {
+        let path = group.directory + "/bad.yml"
+        try """
+            r:
+              listen: 127.0.0.1:\(ProcessGroup.freePort())
+              redis: true
+              tls: {cert: "\(group.directory)/missing.crt", key: "\(certificates.serverKey)"}
+              servers: ["127.0.0.1:6379:1"]
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let (status, output) = try ProcessGroup.runTern(["-t", "-c", path])
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("missing.crt"), output)
+        XCTAssertTrue(output.contains("cannot load certificate"), output)
+    }
+}
