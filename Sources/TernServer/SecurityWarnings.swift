@@ -27,7 +27,8 @@ public func exposureWarnings(_ config: TernConfig) -> [String] {
 /// compatibility, so say what it shows and how to bind it locally.
 public func statsExposureWarning(address: String, port: Int) -> String? {
     if case let .success(resolved) = SocketAddress.resolve(host: address, port: port), resolved.isLoopback { return nil }
-    return "the stats port listens on \(address):\(port), beyond loopback (nutcracker's default, kept for compatibility): anyone who reaches it reads the host, pool and server names and their traffic; -a 127.0.0.1 binds it to loopback, --no-stats turns it off"
+    let shown = address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
+    return "the stats port listens on \(shown), beyond loopback (nutcracker's default, kept for compatibility): anyone who reaches it reads the host, pool and server names and their traffic; -a 127.0.0.1 binds it to loopback, --no-stats turns it off"
 }
 
 /// Whether a pool's clients can only come from this host: a unix socket, or a TCP address that
