@@ -152,6 +152,42 @@ final class DeployTests: XCTestCase {
         XCTAssertEqual(try securityWarnings(read("Deploy/compose-tern.yml"), command), [])
     }
 
+    /// compose-tern.yml's users, as its comments tell clients to use them, against real servers
+    /// (the backend names and listen addresses swapped for test ones): memcached's -Y form and
+    /// redis-py with a user name; no password, no access.
+    func testComposeConfigUsersAuthenticateRealClients() throws {
+        let memcached = try group.memcached()
+        let redis = try group.redis()
+        let (cachePort, sessionsPort) = (ProcessGroup.freePort(), ProcessGroup.freePort())
+        let text = try read("Deploy/compose-tern.yml")
+            .replacingOccurrences(of: "memcached:11211:1", with: "\(memcached.address):1")
+            .replacingOccurrences(of: "redis:6379:1", with: "\(redis.address):1")
+            .replacingOccurrences(of: "0.0.0.0:22121", with: "127.0.0.1:\(cachePort)")
+            .replacingOccurrences(of: "0.0.0.0:22122", with: "127.0.0.1:\(sessionsPort)")
+        try group.tern(config: text, waitPort: cachePort)
+        try group.waitForPort(sessionsPort)
+        let client = try TestClient(port: cachePort)
+        XCTAssertEqual(try client.request("get k\r\n", until: "\r\n"), "CLIENT_ERROR unauthenticated\r\n")
+        XCTAssertEqual(try client.request("set auth 0 0 13\r\napp change-me\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("set k 5 0 2\r\nhi\r\nget k\r\n", until: "END\r\n"), "STORED\r\nVALUE k 5 2\r\nhi\r\nEND\r\n")
+        XCTAssertEqual(try memcached.get("k"), "hi")
+        try python("""
+        r = redis.Redis(port=\(sessionsPort))
+        try:
+            r.get("k"); raise SystemExit("no authentication needed")
+        except redis.exceptions.AuthenticationError:
+            pass
+        r = redis.Redis(port=\(sessionsPort), username="app", password="change-me")
+        assert r.set("k", "v") is True
+        assert r.get("k") == b"v", r.get("k")
+        try:
+            r.flushall(); raise SystemExit("flushall allowed")
+        except redis.exceptions.NoPermissionError:
+            pass
+        assert redis.Redis(port=\(redis.port)).get("k") == b"v"
+        """)
+    }
+
     func testSystemdUnit() throws {
         let text = try read("Deploy/systemd/tern.service")
         var values: [String: String] = [:]
