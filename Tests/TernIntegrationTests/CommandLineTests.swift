@@ -178,18 +178,28 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
-    /// A running tern logs the same warnings at startup (and keeps serving).
-    func testStartupLogsExposureWarnings() throws {
+    /// A running tern logs the same warnings at startup (and keeps serving), and a reload
+    /// that opens another pool logs that pool's.
+    func testStartupAndReloadLogExposureWarnings() throws {
         let backend = try group.memcached()
-        let port = ProcessGroup.freePort()
-        let statsPort = ProcessGroup.freePort()
-        try group.tern(config: "wide:\n  listen: 0.0.0.0:\(port)\n  servers:\n   - \(backend.address):1\n",
-                       arguments: ["-s", "\(statsPort)", "-a", "0.0.0.0"], waitPort: port)
+        let (port, later, moved, statsPort) = (ProcessGroup.freePort(), ProcessGroup.freePort(), ProcessGroup.freePort(), ProcessGroup.freePort())
+        let wide = "wide:\n  listen: 0.0.0.0:\(port)\n  servers:\n   - \(backend.address):1\n"
+        let configPath = group.directory + "/tern-\(group.processes.count).yml"
+        let tern = try group.tern(config: wide + "local:\n  listen: 127.0.0.1:\(later)\n  servers:\n   - \(backend.address):1\n",
+                                  arguments: ["-s", "\(statsPort)", "-a", "0.0.0.0"], waitPort: port)
         let client = try TestClient(port: port)
         XCTAssertEqual(try client.request("set k 0 0 1\r\nv\r\nget k\r\n", until: "END\r\n"), "STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n")
         let log = group.ternLog()
         XCTAssertTrue(log.contains("pool 'wide' listens on 0.0.0.0:\(port), beyond loopback, and asks clients for no password (users: sets one)"), log)
         XCTAssertTrue(log.contains("the stats port listens on 0.0.0.0:\(statsPort), beyond loopback"), log)
+        XCTAssertFalse(log.contains("pool 'local'"), log)
+        // The pool 'local' moves beyond loopback: the reload applies and is warned about.
+        try (wide + "local:\n  listen: 0.0.0.0:\(moved)\n  servers:\n   - \(backend.address):1\n")
+            .write(toFile: configPath, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        let warned = eventually("yes") { self.group.ternLog().contains("pool 'local' listens on 0.0.0.0:\(moved), beyond loopback") ? "yes" : "no" }
+        XCTAssertEqual(warned, "yes", group.ternLog())
+        XCTAssertTrue(group.ternLog().contains("reload (SIGHUP) applied"), group.ternLog())
     }
 
     /// The `tern: warning: ` lines of `-t`'s output, without the prefix.
