@@ -164,6 +164,12 @@ public struct PoolConfig: Sendable {
         self.listen = listen
     }
 
+    /// Whether clients must authenticate before any command: a Redis pool with `redis_auth`
+    /// or `users:`, a memcached pool with `users:` (`redis_auth` is for the backends there).
+    public var clientsMustAuthenticate: Bool {
+        protocolKind == .redis ? redisAuth != nil || !users.isEmpty : !users.isEmpty
+    }
+
     /// The placement table with every server live.
     /// A `redis_cluster` pool is placed as `slots` with Redis Cluster's `{tag}` rule.
     public func placement(live: [Bool]? = nil) -> Placement {

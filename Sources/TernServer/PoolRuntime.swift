@@ -118,7 +118,7 @@ final class PoolRuntime {
         clusterMapMissing = isCluster && config.slotServers.isEmpty
         readsFromReplicas = isCluster && config.readFrom != .master
         isSentinel = config.sentinel != nil
-        requiresAuth = isRedis ? config.redisAuth != nil || !config.users.isEmpty : !config.users.isEmpty
+        requiresAuth = config.clientsMustAuthenticate
         users = plan.users
         usersGeneration &+= 1
         disabledCommands = []

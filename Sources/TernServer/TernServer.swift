@@ -501,7 +501,9 @@ public final class TernServer {
             return
         }
         configStamp = FileStamp(path: options.configPath)
-        apply(loaded, reason: reason)
+        guard apply(loaded, reason: reason) else { return }
+        for warning in exposureWarnings(loaded) { logger.warning("\(warning)") }
+        if let warning = readableSecretWarning(loaded) { logger.warning("\(warning)") }
     }
 
     /// Makes and hands out the plans of `newConfig` (routed by the known cluster maps); false

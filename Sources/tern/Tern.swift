@@ -119,7 +119,7 @@ struct Tern: ParsableCommand {
                 throw ExitCode(1)
             }
             printError("tern: configuration file '\(configFile)' syntax is ok")
-            if let warning = readableSecretWarning(config) { printError("tern: warning: \(warning)") }
+            for warning in securityWarnings(config) { printError("tern: warning: \(warning)") }
             return
         }
         let destination: LogDestination
@@ -130,7 +130,7 @@ struct Tern: ParsableCommand {
             throw ExitCode(1)
         }
         let logger = destination.makeLogger()
-        if let warning = readableSecretWarning(config) { logger.warning("\(warning)") }
+        for warning in securityWarnings(config) { logger.warning("\(warning)") }
 
         if daemonize { try becomeDaemon() }
         if let pidFile {
@@ -199,6 +199,16 @@ struct Tern: ParsableCommand {
         print(out, terminator: "")
     }
 
+    /// What `-t` prints and startup logs (README, "Security defaults"): pools open beyond
+    /// loopback without a password, the stats port beyond loopback, a config file with secrets
+    /// that others can read.
+    func securityWarnings(_ config: TernConfig) -> [String] {
+        var warnings = exposureWarnings(config)
+        if !noStats, let warning = statsExposureWarning(address: statsAddress, port: statsPort) { warnings.append(warning) }
+        if let warning = readableSecretWarning(config) { warnings.append(warning) }
+        return warnings
+    }
+
     func becomeDaemon() throws {
         let pid = fork()
         if pid < 0 { throw ExitCode(1) }
@@ -213,13 +223,6 @@ struct Tern: ParsableCommand {
     }
 }
 
-/// A config that holds `redis_auth` should not be readable by other users.
-func readableSecretWarning(_ config: TernConfig) -> String? {
-    guard config.pools.contains(where: { $0.redisAuth != nil || $0.warmup?.old.redisAuth != nil }) else { return nil }
-    var info = stat()
-    guard stat(config.path, &info) == 0, info.st_mode & 0o004 != 0 else { return nil }
-    return "configuration file '\(config.path)' contains redis_auth and is readable by other users (chmod o-r)"
-}
 
 let statsDescription = """
 pool stats:

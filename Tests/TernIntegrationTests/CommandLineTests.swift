@@ -95,6 +95,118 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(try run(["-t", "-c", path]).1.contains("readable by other users"))
     }
 
+    /// A config file with users: (password hashes) or a sentinel password, and no redis_auth,
+    /// is warned about too when others can read it.
+    func testReadableConfigWithUsersOrSentinelPasswordIsWarnedAbout() throws {
+        let hash = String(repeating: "ab", count: 32)
+        let users = try write("m:\n  listen: 127.0.0.1:1\n  users:\n   - name: app\n     password_sha256: \"\(hash)\"\n     commands: [\"+@read\"]\n     keys: [allkeys]\n  servers:\n   - 127.0.0.1:2:1\n")
+        chmod(users, 0o644)
+        let (status, text) = try run(["-t", "-a", "127.0.0.1", "-c", users])
+        XCTAssertEqual(status, 0, text)
+        XCTAssertEqual(warnings(text), ["configuration file '\(users)' contains users: (password hashes) and is readable by other users (chmod o-r)"])
+        XCTAssertFalse(text.contains(hash), text)
+        chmod(users, 0o600)
+        XCTAssertEqual(warnings(try run(["-t", "-a", "127.0.0.1", "-c", users]).1), [])
+        let both = try write("s:\n  listen: 127.0.0.1:1\n  redis: true\n  redis_auth: pw\n  sentinel:\n    addresses: [127.0.0.1:26379]\n    password: sentinel-pw\n  users:\n   - name: app\n     password_sha256: \"\(hash)\"\n  servers:\n   - shard1:1\n")
+        chmod(both, 0o604)
+        XCTAssertEqual(warnings(try run(["-t", "-a", "127.0.0.1", "-c", both]).1),
+                       ["configuration file '\(both)' contains redis_auth, users: (password hashes) and a sentinel password and is readable by other users (chmod o-r)"])
+        // Readable by the group only is not "by others".
+        chmod(both, 0o640)
+        XCTAssertEqual(warnings(try run(["-t", "-a", "127.0.0.1", "-c", both]).1), [])
+    }
+
+    /// `-t` warns about each pool that listens beyond loopback while its clients need no
+    /// password, and about no other pool.
+    func testPoolsOpenBeyondLoopbackWithoutAPasswordAreWarnedAbout() throws {
+        let hash = String(repeating: "0f", count: 32)
+        let user = "  users:\n   - name: app\n     password_sha256: \"\(hash)\"\n     commands: [\"+@all\"]\n     keys: [allkeys]\n"
+        let server = "  servers:\n   - 127.0.0.1:2:1\n"
+        let path = try write("""
+            open:
+              listen: 0.0.0.0:1
+            \(server)openv6:
+              listen: "[::]:2"
+              redis: true
+            \(server)memcacheauth:
+              listen: 0.0.0.0:3
+              redis_auth: backend-only
+            \(server)loop:
+              listen: 127.0.0.1:4
+            \(server)loop8:
+              listen: 127.8.9.10:5
+            \(server)loop6:
+              listen: "[::1]:6"
+            \(server)mapped:
+              listen: "[::ffff:127.0.0.1]:7"
+            \(server)name:
+              listen: localhost:8
+            \(server)socket:
+              listen: \(group.directory)/tern.sock 0600
+            \(server)redisauth:
+              listen: 0.0.0.0:9
+              redis: true
+              redis_auth: pw
+            \(server)redisusers:
+              listen: "[::]:10"
+              redis: true
+            \(user)\(server)memcacheusers:
+              listen: 0.0.0.0:11
+            \(user)\(server)
+            """)
+        chmod(path, 0o600)
+        let (status, text) = try run(["-t", "-a", "127.0.0.1", "-c", path])
+        XCTAssertEqual(status, 0, text)
+        XCTAssertTrue(text.contains("syntax is ok"), text)
+        XCTAssertEqual(warnings(text), [
+            "pool 'open' listens on 0.0.0.0:1, beyond loopback, and asks clients for no password (users: sets one): anyone who reaches that address can use its servers",
+            "pool 'openv6' listens on [::]:2, beyond loopback, and asks clients for no password (redis_auth or users: sets one): anyone who reaches that address can use its servers",
+            // redis_auth on a memcached pool authenticates Tern to nothing a client sees.
+            "pool 'memcacheauth' listens on 0.0.0.0:3, beyond loopback, and asks clients for no password (users: sets one): anyone who reaches that address can use its servers",
+        ])
+    }
+
+    /// The stats port on nutcracker's default address (0.0.0.0) is warned about; -a with a
+    /// loopback address or --no-stats silences it.
+    func testStatsPortBeyondLoopbackIsWarnedAbout() throws {
+        let path = try write("p:\n  listen: 127.0.0.1:1\n  servers:\n   - 127.0.0.1:2:1\n")
+        let expected = "the stats port listens on 0.0.0.0:22222, beyond loopback (nutcracker's default, kept for compatibility): anyone who reaches it reads the host, pool and server names and their traffic; -a 127.0.0.1 binds it to loopback, --no-stats turns it off"
+        XCTAssertEqual(warnings(try run(["-t", "-c", path]).1), [expected])
+        XCTAssertEqual(warnings(try run(["-t", "-c", path, "-s", "4000", "-a", "::"]).1), [expected.replacingOccurrences(of: "0.0.0.0:22222", with: "[::]:4000")])
+        for quiet in [["-a", "127.0.0.1"], ["--stats-addr", "::1"], ["-a", "localhost"], ["--no-stats"]] {
+            XCTAssertEqual(warnings(try run(["-t", "-c", path] + quiet).1), [], "\(quiet)")
+        }
+    }
+
+    /// A running tern logs the same warnings at startup (and keeps serving), and a reload
+    /// that opens another pool logs that pool's.
+    func testStartupAndReloadLogExposureWarnings() throws {
+        let backend = try group.memcached()
+        let (port, later, moved, statsPort) = (ProcessGroup.freePort(), ProcessGroup.freePort(), ProcessGroup.freePort(), ProcessGroup.freePort())
+        let wide = "wide:\n  listen: 0.0.0.0:\(port)\n  servers:\n   - \(backend.address):1\n"
+        let configPath = group.directory + "/tern-\(group.processes.count).yml"
+        let tern = try group.tern(config: wide + "local:\n  listen: 127.0.0.1:\(later)\n  servers:\n   - \(backend.address):1\n",
+                                  arguments: ["-s", "\(statsPort)", "-a", "0.0.0.0"], waitPort: port)
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.request("set k 0 0 1\r\nv\r\nget k\r\n", until: "END\r\n"), "STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n")
+        let log = group.ternLog()
+        XCTAssertTrue(log.contains("pool 'wide' listens on 0.0.0.0:\(port), beyond loopback, and asks clients for no password (users: sets one)"), log)
+        XCTAssertTrue(log.contains("the stats port listens on 0.0.0.0:\(statsPort), beyond loopback"), log)
+        XCTAssertFalse(log.contains("pool 'local'"), log)
+        // The pool 'local' moves beyond loopback: the reload applies and is warned about.
+        try (wide + "local:\n  listen: 0.0.0.0:\(moved)\n  servers:\n   - \(backend.address):1\n")
+            .write(toFile: configPath, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        let warned = eventually("yes") { self.group.ternLog().contains("pool 'local' listens on 0.0.0.0:\(moved), beyond loopback") ? "yes" : "no" }
+        XCTAssertEqual(warned, "yes", group.ternLog())
+        XCTAssertTrue(group.ternLog().contains("reload (SIGHUP) applied"), group.ternLog())
+    }
+
+    /// The `tern: warning: ` lines of `-t`'s output, without the prefix.
+    func warnings(_ output: String) -> [String] {
+        output.split(separator: "\n").filter { $0.hasPrefix("tern: warning: ") }.map { String($0.dropFirst("tern: warning: ".count)) }
+    }
+
     func testUnbindableListenExitsWithReason() throws {
         let (status, text) = try run(["-c", try write("p:\n  listen: 203.0.113.1:1\n  servers:\n   - 127.0.0.1:2:1\n")])
         XCTAssertEqual(status, 1)

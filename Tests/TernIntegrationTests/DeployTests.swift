@@ -91,6 +91,14 @@ final class DeployTests: XCTestCase {
         // The mount path matches the -c argument.
         let mount = (tern["volumeMounts"] as? [[String: Any]])?.first?["mountPath"] as? String
         XCTAssertEqual(arguments[arguments.firstIndex(of: "-c")! + 1], (mount ?? "") + "/tern.yml")
+        // Secure by default: the stats port on loopback; the admin endpoint on the pod IP (from
+        // the downward API), which the kubelet's probes reach, not on 0.0.0.0.
+        XCTAssertEqual(value(after: "-a", in: arguments), "127.0.0.1")
+        XCTAssertEqual(value(after: "--admin-addr", in: arguments), "$(POD_IP)")
+        let env = try XCTUnwrap(tern["env"] as? [[String: Any]])
+        let podIP = env.first { $0["name"] as? String == "POD_IP" }
+        XCTAssertEqual(((podIP?["valueFrom"] as? [String: Any])?["fieldRef"] as? [String: Any])?["fieldPath"] as? String, "status.podIP")
+        XCTAssertEqual(try securityWarnings(data, arguments), [])
         try assertRuns(arguments, probes: ["/healthz", "/readyz"])
     }
 
@@ -110,7 +118,19 @@ final class DeployTests: XCTestCase {
         let command = try jsonArray("CMD")
         XCTAssertEqual(Array(command.prefix(2)), ["-c", "/etc/tern/tern.yml"])
         assertFlagsExist(command, "Dockerfile CMD")
-        XCTAssertTrue(text.contains("COPY Config/tern.yml /etc/tern/tern.yml"))
+        // The image's config is compose's: its pools listen on 0.0.0.0 inside the container so
+        // the EXPOSEd ports reach them, with users; stats and admin stay on its loopback.
+        XCTAssertTrue(lines.contains("COPY --chown=root:10001 --chmod=0640 Deploy/compose-tern.yml /etc/tern/tern.yml"), text)
+        let exposed = try XCTUnwrap(lines.first { $0.hasPrefix("EXPOSE ") }).split(separator: " ").dropFirst().compactMap { Int($0) }
+        let config = try ConfigLoader.load(text: read("Deploy/compose-tern.yml"), file: "compose-tern.yml")
+        XCTAssertEqual(exposed, config.pools.map { pool -> Int in
+            guard case let .tcp(host, port) = pool.listen else { return -1 }
+            XCTAssertEqual(host, "0.0.0.0")
+            return port
+        })
+        XCTAssertEqual(value(after: "-a", in: command), "127.0.0.1")
+        XCTAssertEqual(value(after: "--admin-addr", in: command), "127.0.0.1")
+        XCTAssertEqual(try securityWarnings(read("Deploy/compose-tern.yml"), command), [])
         try assertRuns(command, probes: ["/healthz", "/readyz", "/metrics"])
     }
 
@@ -119,9 +139,53 @@ final class DeployTests: XCTestCase {
         let services = try XCTUnwrap(compose["services"] as? [String: Any])
         XCTAssertEqual(Set(services.keys), ["tern", "memcached", "redis"])
         let tern = try XCTUnwrap(services["tern"] as? [String: Any])
-        assertFlagsExist(try XCTUnwrap(tern["command"] as? [String]), "compose command")
+        let command = try XCTUnwrap(tern["command"] as? [String])
+        assertFlagsExist(command, "compose command")
         let config = try ConfigLoader.load(text: read("Deploy/compose-tern.yml"), file: "compose-tern.yml")
         XCTAssertEqual(config.pools.map(\.protocolKind), [.memcache, .redis])
+        // The pools listen on the container's interfaces, with users (no exposure warning);
+        // every published port is on the host's loopback; the stats port is not published.
+        XCTAssertTrue(config.pools.allSatisfy { !$0.users.isEmpty && $0.clientsMustAuthenticate })
+        XCTAssertEqual(value(after: "-a", in: command), "127.0.0.1")
+        let ports = try XCTUnwrap(tern["ports"] as? [String])
+        XCTAssertEqual(ports, ["127.0.0.1:22121:22121", "127.0.0.1:22122:22122", "127.0.0.1:9121:9121"])
+        XCTAssertEqual(try securityWarnings(read("Deploy/compose-tern.yml"), command), [])
+    }
+
+    /// compose-tern.yml's users, as its comments tell clients to use them, against real servers
+    /// (the backend names and listen addresses swapped for test ones): memcached's -Y form and
+    /// redis-py with a user name; no password, no access.
+    func testComposeConfigUsersAuthenticateRealClients() throws {
+        let memcached = try group.memcached()
+        let redis = try group.redis()
+        let (cachePort, sessionsPort) = (ProcessGroup.freePort(), ProcessGroup.freePort())
+        let text = try read("Deploy/compose-tern.yml")
+            .replacingOccurrences(of: "memcached:11211:1", with: "\(memcached.address):1")
+            .replacingOccurrences(of: "redis:6379:1", with: "\(redis.address):1")
+            .replacingOccurrences(of: "0.0.0.0:22121", with: "127.0.0.1:\(cachePort)")
+            .replacingOccurrences(of: "0.0.0.0:22122", with: "127.0.0.1:\(sessionsPort)")
+        try group.tern(config: text, waitPort: cachePort)
+        try group.waitForPort(sessionsPort)
+        let client = try TestClient(port: cachePort)
+        XCTAssertEqual(try client.request("get k\r\n", until: "\r\n"), "CLIENT_ERROR unauthenticated\r\n")
+        XCTAssertEqual(try client.request("set auth 0 0 13\r\napp change-me\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("set k 5 0 2\r\nhi\r\nget k\r\n", until: "END\r\n"), "STORED\r\nVALUE k 5 2\r\nhi\r\nEND\r\n")
+        XCTAssertEqual(try memcached.get("k"), "hi")
+        try python("""
+        r = redis.Redis(port=\(sessionsPort))
+        try:
+            r.get("k"); raise SystemExit("no authentication needed")
+        except redis.exceptions.AuthenticationError:
+            pass
+        r = redis.Redis(port=\(sessionsPort), username="app", password="change-me")
+        assert r.set("k", "v") is True
+        assert r.get("k") == b"v", r.get("k")
+        try:
+            r.flushall(); raise SystemExit("flushall allowed")
+        except redis.exceptions.NoPermissionError:
+            pass
+        assert redis.Redis(port=\(redis.port)).get("k") == b"v"
+        """)
     }
 
     func testSystemdUnit() throws {
@@ -142,6 +206,45 @@ final class DeployTests: XCTestCase {
             assertFlagsExist(Array(words.dropFirst()), key)
         }
         try assertRuns(Array(values["ExecStart"]!.split(separator: " ").map(String.init).dropFirst()), probes: ["/healthz", "/readyz"])
+        // -t runs with the service's stats address, and the shipped config passes it silently.
+        let check = Array(try XCTUnwrap(values["ExecStartPre"]).split(separator: " ").map(String.init).dropFirst())
+        XCTAssertEqual(value(after: "-a", in: check), "127.0.0.1")
+        XCTAssertEqual(value(after: "-a", in: check), value(after: "-a", in: values["ExecStart"]!.split(separator: " ").map(String.init)))
+        XCTAssertEqual(try securityWarnings(read("Config/tern.yml"), check), [])
+    }
+
+    /// The examples in Config/ pass `-t` without a warning when the stats port is on loopback,
+    /// and with nutcracker's default stats address, with exactly the stats port's warning
+    /// (README, "Security defaults").
+    func testConfigExamplesHaveNoSecurityWarnings() throws {
+        for name in ["Config/tern.yml", "Config/example.yml"] {
+            let text = try read(name)
+            XCTAssertEqual(try securityWarnings(text, ["-a", "127.0.0.1"]), [], name)
+            let defaults = try securityWarnings(text, [])
+            XCTAssertEqual(defaults.count, 1, "\(name): \(defaults)")
+            XCTAssertTrue(defaults.first?.hasPrefix("the stats port listens on 0.0.0.0:") == true, "\(name): \(defaults)")
+        }
+    }
+
+    /// The value following `flag` in a command line.
+    func value(after flag: String, in arguments: [String]) -> String? {
+        arguments.firstIndex(of: flag).flatMap { $0 + 1 < arguments.count ? arguments[$0 + 1] : nil }
+    }
+
+    /// The warnings `tern -t` prints for `config` with a deployment's command line (its -c, -s
+    /// and admin flags replaced: only the stats address and --no-stats count). The file is
+    /// written 0600, as the examples tell users to keep it. Fails unless the syntax is ok.
+    func securityWarnings(_ config: String, _ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> [String] {
+        let path = group.directory + "/check-\(UInt32.random(in: 0...UInt32.max)).yml"
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o600)
+        var check = ["-t", "-c", path]
+        if let address = value(after: "-a", in: arguments) ?? value(after: "--stats-addr", in: arguments) { check += ["-a", address] }
+        if arguments.contains("--no-stats") { check.append("--no-stats") }
+        let (status, output) = try ProcessGroup.runTern(check)
+        XCTAssertEqual(status, 0, output, file: file, line: line)
+        XCTAssertTrue(output.contains("syntax is ok"), output, file: file, line: line)
+        return output.split(separator: "\n").filter { $0.hasPrefix("tern: warning: ") }.map { String($0.dropFirst("tern: warning: ".count)) }
     }
 
     // MARK: Deploy/demo.sh

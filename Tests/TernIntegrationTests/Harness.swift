@@ -150,7 +150,9 @@ final class ProcessGroup {
         try config.write(toFile: path, atomically: true, encoding: .utf8)
         // Each tern gets its own stats port unless the test chooses one.
         let stats = arguments.contains("-s") ? [] : ["-s", "\(Self.freePort())"]
-        let process = try launch(Self.ternBinary, ["-c", path, "-v", "7"] + stats + arguments, log: "tern-\(processes.count).log")
+        // On loopback unless the test chooses (nutcracker's default is 0.0.0.0).
+        let statsAddress = arguments.contains("-a") ? [] : ["-a", "127.0.0.1"]
+        let process = try launch(Self.ternBinary, ["-c", path, "-v", "7"] + stats + statsAddress + arguments, log: "tern-\(processes.count).log")
         if let waitPort { try waitForPort(waitPort) }
         if let waitUnix { try waitForUnix(waitUnix) }
         return process
