@@ -16,10 +16,11 @@ public func exposureWarnings(_ config: TernConfig) -> [String] {
         if listensOnlyLocally(pool.listen) { return nil }
         // A password: redis_auth (Redis pools: the `default` user) or users: (both protocols).
         if pool.clientsMustAuthenticate { return nil }
-        // TLS: a pool with client-side TLS (`tls:`) is one more protection; return nil here
-        // for it, and name TLS in the message below.
+        // TLS (`tls:`): the traffic is private, and with `client_auth: required` only holders
+        // of a certificate from its CA get in.
+        if pool.clientTLS != nil { return nil }
         let credentials = pool.protocolKind == .redis ? "redis_auth or users:" : "users:"
-        return "pool '\(pool.name)' listens on \(pool.listen), beyond loopback, and asks clients for no password (\(credentials) sets one): anyone who reaches that address can use its servers"
+        return "pool '\(pool.name)' listens on \(pool.listen), beyond loopback, with neither TLS nor a password (tls: or \(credentials) sets one): anyone who reaches that address can use its servers"
     }
 }
 
@@ -55,6 +56,20 @@ public func readableSecretWarning(_ config: TernConfig) -> String? {
     guard stat(config.path, &info) == 0, info.st_mode & 0o004 != 0 else { return nil }
     let listed = secrets.count == 1 ? secrets[0] : secrets.dropLast().joined(separator: ", ") + " and " + secrets.last!
     return "configuration file '\(config.path)' contains \(listed) and is readable by other users (chmod o-r)"
+}
+
+/// TLS private keys (`tls.key`, `server_tls.key`) readable by other users.
+public func readableKeyWarnings(_ config: TernConfig) -> [String] {
+    var seen: Set<String> = []
+    var warnings: [String] = []
+    for pool in config.pools {
+        for path in [pool.clientTLS?.key, pool.serverTLS?.key, pool.warmup?.old.serverTLS?.key].compactMap({ $0 }) where seen.insert(path).inserted {
+            var info = stat()
+            guard stat(path, &info) == 0, info.st_mode & 0o004 != 0 else { continue }
+            warnings.append("TLS private key '\(path)' (pool '\(pool.name)') is readable by other users (chmod o-r)")
+        }
+    }
+    return warnings
 }
 
 extension SocketAddress {

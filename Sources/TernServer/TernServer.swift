@@ -504,6 +504,7 @@ public final class TernServer {
         guard apply(loaded, reason: reason) else { return }
         for warning in exposureWarnings(loaded) { logger.warning("\(warning)") }
         if let warning = readableSecretWarning(loaded) { logger.warning("\(warning)") }
+        for warning in readableKeyWarnings(loaded) { logger.warning("\(warning)") }
     }
 
     /// Makes and hands out the plans of `newConfig` (routed by the known cluster maps); false

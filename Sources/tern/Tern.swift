@@ -206,6 +206,7 @@ struct Tern: ParsableCommand {
         var warnings = exposureWarnings(config)
         if !noStats, let warning = statsExposureWarning(address: statsAddress, port: statsPort) { warnings.append(warning) }
         if let warning = readableSecretWarning(config) { warnings.append(warning) }
+        warnings += readableKeyWarnings(config)
         return warnings
     }
 

@@ -402,8 +402,9 @@ final class TLSTests: XCTestCase {
         XCTAssertTrue(group.ternLog().contains("reload (SIGHUP) rejected, keeping the current config: pool 'r': tls: cannot load private key"), group.ternLog().suffix(2000).description)
     }
 
-    /// An unreadable certificate is a config error under `-t` and at startup, naming the file.
-    func testMissingCertificateIsAConfigError() throws {
+    /// An unreadable certificate is a config error under `-t` (and at startup), naming the file;
+    /// TLS counts as protection for a pool beyond loopback; readable private keys are warned about.
+    func testTLSConfigChecksAndWarnings() throws {
         let path = group.directory + "/bad.yml"
         try """
             r:
@@ -416,5 +417,25 @@ final class TLSTests: XCTestCase {
         XCTAssertNotEqual(status, 0, output)
         XCTAssertTrue(output.contains("missing.crt"), output)
         XCTAssertTrue(output.contains("cannot load certificate"), output)
+
+        // A pool beyond loopback with TLS (and no password) is not warned about; a private key
+        // others can read is.
+        let wide = group.directory + "/wide.yml"
+        try """
+            r:
+              listen: 0.0.0.0:\(ProcessGroup.freePort())
+              redis: true
+              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)"}
+              servers: ["127.0.0.1:6379:1"]
+            """.write(toFile: wide, atomically: true, encoding: .utf8)
+        chmod(certificates.serverKey, 0o600)
+        let quiet = try ProcessGroup.runTern(["-t", "-a", "127.0.0.1", "-c", wide])
+        XCTAssertEqual(quiet.0, 0, quiet.1)
+        XCTAssertFalse(quiet.1.contains("warning"), quiet.1)
+        chmod(certificates.serverKey, 0o644)
+        let loud = try ProcessGroup.runTern(["-t", "-a", "127.0.0.1", "-c", wide])
+        XCTAssertEqual(loud.0, 0, loud.1)
+        XCTAssertTrue(loud.1.contains("tern: warning: TLS private key '\(certificates.serverKey)' (pool 'r') is readable by other users (chmod o-r)"), loud.1)
+        XCTAssertFalse(loud.1.contains("beyond loopback"), loud.1)
     }
 }
