@@ -258,6 +258,19 @@ final class ClientConnection {
         slotCompleted(slot)
     }
 
+    /// Whether a large reply for `slot` may be written to the output as it arrives: the slot is
+    /// the next reply the client gets, and nothing of it is held yet.
+    func canStream(_ slot: ReplySlot) -> Bool {
+        !isClosed && slots.isFirst(slot) && slot.data.isEmpty
+    }
+
+    /// The next piece of a reply being streamed (see `ServerConnection.startStreaming`).
+    func appendStreamed(_ bytes: UnsafeRawBufferPointer) {
+        output.append(bytes)
+        if checkOutputLimit() { return }
+        worker.markDirty(self)
+    }
+
     /// Reply bytes held in slots behind an unfinished one (not yet in `output`).
     private(set) var heldReplyBytes = 0
 

@@ -45,6 +45,13 @@ final class ServerConnection {
     private(set) var state = State.disconnected
     private let output = ByteBuffer()
     private let input = ByteBuffer()
+    /// A large bulk reply being forwarded to its client as it arrives, and its bytes still to
+    /// come (see `startStreaming`).
+    private var stream: ReplySlot?
+    private var streamRemaining = 0
+    /// Bulk replies at least this large, to a client waiting for nothing else first, are
+    /// streamed rather than buffered whole.
+    static let streamThreshold = 256 << 10
     /// Where framing of the head reply resumes (memcached multi-value replies arriving in pieces).
     private var replyResumeOffset = 0
     private var pending = FIFO<Pending>()
@@ -420,6 +427,10 @@ final class ServerConnection {
                 guard skipOversizedReply() else { return }
                 continue
             }
+            if stream != nil {
+                guard forwardStream() else { return }
+                continue
+            }
             guard !pending.isEmpty || pushClient != nil else {
                 fail(reason: "server sent an unexpected reply")
                 return
@@ -428,6 +439,7 @@ final class ServerConnection {
             if isRedis {
                 switch RespReplyParser.parse(input.readable, maxDepth: 64) {
                 case .incomplete:
+                    if input.readableCount >= Self.streamThreshold, startStreaming() { continue }
                     if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
                     return
                 case .invalid:
@@ -581,6 +593,67 @@ final class ServerConnection {
         worker.logger.warning("server \(server.name): a reply passed client_output_limit (\(server.pool.clientOutputLimit) bytes); its request failed and the reply is dropped")
     }
 
+    /// A large bulk reply (`$<n>`, at least `streamThreshold` bytes) to a plain request whose
+    /// client waits for nothing before it: its request is answered now, and the reply's bytes
+    /// go to the client's output as they arrive instead of piling up in `input` first and
+    /// being copied whole. A reply can then take no more memory than its size plus the read
+    /// buffer. Replies to merged requests, warm-up reads and replies larger than
+    /// `client_output_limit` take the usual paths.
+    private func startStreaming() -> Bool {
+        guard pushClient == nil, !pending.isEmpty else { return false }
+        let head = pending[0]
+        guard !head.isProbe, !head.isSetup, !head.isBackfill, let slot = head.slot, slot.kind == .single, !slot.isSilent,
+              slot.warmup == nil, slot.binary == nil, let client = slot.client, client.canStream(slot),
+              let total = RespReplyParser.bulkFrameLength(input.readable), total <= slot.replyLimit else { return false }
+        guard var entry = pending.popFirst() else { return false }
+        server.recordSuccess()
+        consecutiveFailures = 0
+        pendingBytes -= entry.bytes
+        counters.responses.add()
+        counters.inQueue.add(-1)
+        counters.inQueueBytes.add(-entry.bytes)
+        let microseconds = Int((ev_now(loop) - entry.queuedAt) * 1_000_000)
+        counters.recordLatency(microseconds: microseconds)
+        if microseconds > server.pool.slowlogThreshold { recordSlow(entry, microseconds: microseconds) }
+        answeredBytes += entry.bytes
+        stream = entry.slot.take()
+        streamRemaining = total
+        return true
+    }
+
+    /// Forwards what has arrived of the streamed reply. True when it has ended.
+    private func forwardStream() -> Bool {
+        let count = min(streamRemaining, input.readableCount)
+        let slot = stream!
+        if let client = slot.client {
+            client.appendStreamed(UnsafeRawBufferPointer(rebasing: input.readable[0..<count]))
+        }
+        counters.responseBytes.add(count)
+        input.consume(count)
+        streamRemaining -= count
+        guard streamRemaining == 0 else {
+            if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
+            return false
+        }
+        stream = nil
+        slot.isDone = true
+        // A client that closed meanwhile dropped the slot; it is freed here.
+        if let client = slot.client { client.slotCompleted(slot) }
+        return true
+    }
+
+    /// The connection failed in the middle of a streamed reply: its client has part of it
+    /// and cannot be answered in step any more, so it is closed.
+    private func abandonStream() {
+        guard let slot = stream else { return }
+        stream = nil
+        streamRemaining = 0
+        if let client = slot.client {
+            worker.logger.warning("server \(server.name): connection lost in the middle of a streamed reply; closing its client")
+            client.close()
+        }
+    }
+
     /// Drops the skipped reply's bytes that have arrived. True when it has ended (framing goes
     /// on with the next reply), false when more is needed or the connection failed.
     private func skipOversizedReply() -> Bool {
@@ -719,6 +792,7 @@ final class ServerConnection {
             worker.retire(watcher)
             self.watcher = nil
         }
+        abandonStream()
         // close_notify (when the socket takes it) before the socket closes.
         tls = nil
         if descriptor >= 0 { Syscall.close(descriptor) }

@@ -299,7 +299,8 @@ final class IsolationTests: XCTestCase {
         for _ in 0..<3 {
             let client = try TestClient(port: tern.port, timeout: 30)
             try client.send(request)
-            XCTAssertTrue(String(decoding: try client.receiveReplies(1).prefix(20), as: UTF8.self).hasPrefix("*300000\r\n$-1\r\n"))
+            let replyHead = String(decoding: try client.receiveReplies(1).prefix(20), as: UTF8.self)
+            XCTAssertTrue(replyHead.hasPrefix("*300000\r\n$-1\r\n"), replyHead.debugDescription)
             clients.append(client)
             usleep(300_000)
             rss.append(memoryKiB(tern.process).rss)

@@ -1,0 +1,62 @@
+import Foundation
+import XCTest
+
+/// Large Redis values: a bulk reply of 256 KiB or more, to a client waiting for nothing before
+/// it, is streamed to the client as it arrives instead of being buffered whole and copied.
+final class LargeValueTests: XCTestCase {
+    var group: ProcessGroup!
+    override func setUp() { group = ProcessGroup() }
+    override func tearDown() {
+        if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(3000)) }
+        group.stopAll()
+    }
+
+    /// Bytes exact for large values mixed with small ones in a pipeline (streamed and buffered
+    /// replies in order), a second client served meanwhile; and Tern's peak memory while it
+    /// answers a 32 MiB GET rises by no more than the reply plus fixed buffers (before
+    /// streaming, the reply sat whole in the backend connection's buffer and was copied whole
+    /// to the client's: twice its size and the buffer's growth).
+    func testLargeBulkRepliesAreStreamedInOrderWithinTheirSize() throws {
+        let backends = try [group.redis(), group.redis()]
+        let port = ProcessGroup.freePort()
+        let tern = try group.tern(config: """
+            r:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              timeout: 5000
+              servers:
+            \(backends.map { "   - \($0.address):1\n" }.joined())
+            """, arguments: ["--threads", "1"], waitPort: port)
+        try python("""
+            import os
+            pid = \(tern.processIdentifier)
+            def status(field):
+                for line in open('/proc/%d/status' % pid):
+                    if line.startswith(field): return int(line.split()[1]) * 1024
+            r = redis.Redis(port=\(port), socket_timeout=20)
+            other = redis.Redis(port=\(port), socket_timeout=20)
+            values = {('big%d' % i): os.urandom((1 << 20) * (i + 1) + i) for i in range(4)}
+            for k, v in values.items(): r.set(k, v)
+            # A pipeline: streamed replies (big*), small ones between them, a miss, an error.
+            p = r.pipeline(transaction=False)
+            for k in values:
+                p.get(k); p.set('small:' + k, k); p.get('small:' + k)
+            p.get('missing'); p.incr('big0')
+            out = p.execute(raise_on_error=False)
+            for i, (k, v) in enumerate(values.items()):
+                assert out[3 * i] == v, (k, len(out[3 * i] or b''))
+                assert out[3 * i + 1] is True and out[3 * i + 2] == k.encode()
+            assert out[12] is None
+            assert isinstance(out[13], redis.exceptions.ResponseError), out[13]
+            assert other.get('small:big1') == b'big1'
+            # Peak memory for one 32 MiB reply.
+            huge = os.urandom(32 << 20)
+            r.set('huge', huge)
+            open('/proc/%d/clear_refs' % pid, 'w').write('5')
+            base = status('VmHWM')
+            assert r.get('huge') == huge
+            grew = status('VmHWM') - base
+            assert grew <= (32 << 20) + (12 << 20), 'peak grew by %d MiB' % (grew >> 20)
+            """)
+    }
+}
