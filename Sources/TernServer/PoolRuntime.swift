@@ -19,6 +19,12 @@ final class PoolRuntime {
     /// objects alive; the table is rebuilt whenever `servers` changes (start, reload), which
     /// happens on this worker's thread between requests.
     private var serverTable: UnsafeMutablePointer<Unmanaged<ServerRuntime>>?
+    /// Bumped whenever a reload replaces `servers`: a request that keeps server positions
+    /// across loop passes (a warm-up read) compares it before using them again.
+    private(set) var serversGeneration = 0
+    /// Set by `retire()`: the pool left service (removed by a reload, its warm-up ended, or
+    /// Tern is draining). Nothing new is sent on it; what is in flight finishes.
+    private(set) var isRetired = false
     private(set) var placement: Placement
     private(set) var limits: MemcacheLimits
     private(set) var respLimits: RespLimits
@@ -256,6 +262,7 @@ final class PoolRuntime {
         }
         for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
         servers = kept
+        serversGeneration &+= 1
         rebuildServerTable()
         rebuildPlacement()
         rebuildReplicas()
@@ -282,6 +289,7 @@ final class PoolRuntime {
     /// The pool left the config (or Tern is draining): stop accepting; backend connections
     /// close once their in-flight requests have finished.
     func retire() {
+        isRetired = true
         old?.detachObservers()
         stopListening()
         expireParked(all: true)

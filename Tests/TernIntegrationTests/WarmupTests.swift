@@ -473,6 +473,113 @@ final class WarmupTests: XCTestCase {
         XCTAssertTrue(tern.isRunning)
     }
 
+    /// A reload that changes a warm-up pool's servers while its reads are in flight: a read
+    /// keeps the server positions it placed its keys with, and the pool it holds no longer has
+    /// them. First the new pool shrinks while the old pool (stopped) holds the fallbacks, then
+    /// the old pool shrinks while the new pool (stopped) holds the first phase. Tern must not
+    /// trap; a read spanning the change is answered from the old item without a copy (first
+    /// case) or as a miss (second), and reads after it use the new placement.
+    func testReloadResizingWarmupPoolsDuringReads() throws {
+        let new = try [group.memcached(), group.memcached()], old = try [group.memcached(), group.memcached()]
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/resize.yml"
+        func config(new newServers: [Memcached], old oldServers: [Memcached]) -> String {
+            "warm:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  timeout: 4000\n  servers:\n" + newServers.map { "   - \($0.address):1\n" }.joined()
+                + "  warmup:\n    hash: md5\n    servers:\n" + oldServers.map { "     - \($0.address):1\n" }.joined()
+        }
+        let full = config(new: new, old: old)
+        try full.write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "-v", "6", "--threads", "2", "--no-stats"], log: "tern-resize.log")
+        try group.waitForPort(port)
+        let pool = try ConfigLoader.load(text: full, file: "resize.yml").pools[0]
+        func newIndex(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
+        func oldIndex(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.warmup!.old.placement().server(forKey: $0)! } }
+
+        // 1. The new pool loses its second server while fallbacks wait on the old pool.
+        let keys = Array((0..<1000).lazy.map { "grow:\($0)" }.filter { newIndex($0) == 1 }.prefix(6))
+        for key in keys { XCTAssertEqual(try direct(old[oldIndex(key)], "set \(key) 4 0 1\r\nx\r\n"), "STORED\r\n") }
+        for server in old { server.pause() }
+        var readers: [(TestClient, String, String)] = []
+        for (index, key) in keys.enumerated() {
+            let reader = try TestClient(port: port, timeout: 10)
+            switch index % 3 {
+            case 0: try reader.send("get \(key)\r\n"); readers.append((reader, "VALUE \(key) 4 1\r\nx\r\nEND\r\n", "END\r\n"))
+            case 1: try reader.send("mg \(key) v f\r\n"); readers.append((reader, "VA 1 f4\r\nx\r\n", "\r\nx\r\n"))
+            default: try reader.send("gat 100 \(key)\r\n"); readers.append((reader, "VALUE \(key) 4 1\r\nx\r\nEND\r\n", "END\r\n"))
+            }
+        }
+        usleep(300_000)
+        try config(new: [new[0]], old: old).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        usleep(500_000)
+        for server in old { server.resume() }
+        for (reader, expected, suffix) in readers {
+            XCTAssertEqual(String(decoding: try reader.receive(until: suffix), as: UTF8.self), expected, "new pool shrank")
+        }
+        readers.removeAll()
+        usleep(300_000)
+        XCTAssertTrue(tern.isRunning, "Tern survived the new pool shrinking under warm-up reads")
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.request("get \(keys[0])\r\n", until: "END\r\n"), "VALUE \(keys[0]) 4 1\r\nx\r\nEND\r\n", "after the reload")
+
+        // 2. The old pool loses its second server while the first phase waits on the new pool.
+        let oldKeys = Array((0..<1000).lazy.map { "shrink:\($0)" }.filter { oldIndex($0) == 1 }.prefix(4))
+        for key in oldKeys { XCTAssertEqual(try direct(old[1], "set \(key) 5 0 1\r\ny\r\n"), "STORED\r\n") }
+        new[0].pause()
+        for (index, key) in oldKeys.enumerated() {
+            let reader = try TestClient(port: port, timeout: 10)
+            if index % 2 == 0 {
+                try reader.send("get \(key)\r\n"); readers.append((reader, "END\r\n", "END\r\n"))
+            } else {
+                try reader.send("mg \(key) v\r\n"); readers.append((reader, "EN\r\n", "\r\n"))
+            }
+        }
+        usleep(300_000)
+        try config(new: [new[0]], old: [old[0]]).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        usleep(500_000)
+        new[0].resume()
+        for (reader, expected, suffix) in readers {
+            XCTAssertEqual(String(decoding: try reader.receive(until: suffix), as: UTF8.self), expected, "old pool shrank")
+        }
+        readers.removeAll()
+        usleep(300_000)
+        XCTAssertTrue(tern.isRunning, "Tern survived the old pool shrinking under warm-up reads")
+        XCTAssertEqual(try client.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+
+        // 3. The warm-up ends while the first phase waits on the new pool, and the ended old
+        // pool, idle, is swept (closed and forgotten) before the new pool answers: the reads
+        // are misses; none reopens a connection to the forgotten old pool.
+        let lateKeys = Array((0..<1000).lazy.map { "late:\($0)" }.filter { oldIndex($0) == 0 }.prefix(4))
+        for key in lateKeys { XCTAssertEqual(try direct(old[0], "set \(key) 6 0 1\r\nz\r\n"), "STORED\r\n") }
+        new[0].pause()
+        for (index, key) in lateKeys.enumerated() {
+            let reader = try TestClient(port: port, timeout: 10)
+            if index % 2 == 0 {
+                try reader.send("get \(key)\r\n"); readers.append((reader, "END\r\n", "END\r\n"))
+            } else {
+                try reader.send("mg \(key) v\r\n"); readers.append((reader, "EN\r\n", "\r\n"))
+            }
+        }
+        usleep(300_000)
+        let oldConnections = try direct(old[0], "stats\r\n", until: "END\r\n")
+        try "warm:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  timeout: 4000\n  servers:\n   - \(new[0].address):1\n".write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        usleep(2_500_000)
+        new[0].resume()
+        for (reader, expected, suffix) in readers {
+            XCTAssertEqual(String(decoding: try reader.receive(until: suffix), as: UTF8.self), expected, "warm-up ended")
+        }
+        usleep(300_000)
+        XCTAssertTrue(tern.isRunning, "Tern survived the warm-up ending under reads")
+        func currentConnections(_ stats: String) -> Int? {
+            stats.components(separatedBy: "\r\n").first { $0.hasPrefix("STAT curr_connections ") }.flatMap { Int($0.split(separator: " ")[2]) }
+        }
+        let after = try direct(old[0], "stats\r\n", until: "END\r\n")
+        XCTAssertLessThan(currentConnections(after) ?? 99, currentConnections(oldConnections) ?? 0, "Tern's connections to the ended old pool are closed and stay closed")
+        XCTAssertEqual(try client.request("get \(lateKeys[0])\r\n", until: "END\r\n"), "END\r\n")
+    }
+
     func testWarmupConfigKeys() throws {
         let base = "p:\n  listen: 127.0.0.1:1\n  servers:\n   - 127.0.0.1:2:1\n  warmup:\n    servers:\n     - 127.0.0.1:3:1\n"
         let config = try ConfigLoader.load(text: base + "    max_backfill_ttl: 60\n    deletes: new\n    backfill: false\n", file: "w.yml")
