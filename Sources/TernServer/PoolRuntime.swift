@@ -19,8 +19,9 @@ final class PoolRuntime {
     /// objects alive; the table is rebuilt whenever `servers` changes (start, reload), which
     /// happens on this worker's thread between requests.
     private var serverTable: UnsafeMutablePointer<Unmanaged<ServerRuntime>>?
-    /// Bumped whenever a reload replaces `servers`: a request that keeps server positions
-    /// across loop passes (a warm-up read) compares it before using them again.
+    /// Bumped whenever a reload changes `servers` (which objects, or their order): a request
+    /// that keeps server positions across loop passes (a warm-up read) compares it before
+    /// using them again.
     private(set) var serversGeneration = 0
     /// Set by `retire()`: the pool left service (removed by a reload, its warm-up ended, or
     /// Tern is draining). Nothing new is sent on it; what is in flight finishes.
@@ -261,8 +262,8 @@ final class PoolRuntime {
             }
         }
         for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
+        if kept.count != previous.count || zip(kept, previous).contains(where: { $0 !== $1 }) { serversGeneration &+= 1 }
         servers = kept
-        serversGeneration &+= 1
         rebuildServerTable()
         rebuildPlacement()
         rebuildReplicas()
