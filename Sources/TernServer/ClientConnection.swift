@@ -15,6 +15,7 @@ import TernCore
 final class ClientConnection {
     let descriptor: Int32
     let pool: PoolRuntime
+    /// This client's number on its worker (1, 2, …): picks its backend connections.
     let index: Int
     /// Bytes of a partial request (allocated only while one is pending).
     private let input = ByteBuffer()
@@ -63,6 +64,16 @@ final class ClientConnection {
         return text
     }
     private var peerText: String?
+
+    /// The id `CLIENT ID`, `CLIENT INFO` and `HELLO` report: unique in the process, whichever
+    /// worker took the client. Each worker numbers its own clients, so the numbers are
+    /// interleaved by worker (worker w of n gives w+1, w+1+n, w+1+2n, …); `peers` has one inbox
+    /// per worker and is set once before the loop starts. Computed, so an idle connection
+    /// stores nothing more.
+    var clientID: Int {
+        let workers = max(worker.peers.count, 1)
+        return (index &- 1) &* workers &+ worker.identifier &+ 1
+    }
 
     init(descriptor: Int32, pool: PoolRuntime) {
         self.descriptor = descriptor

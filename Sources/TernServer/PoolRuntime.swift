@@ -19,6 +19,13 @@ final class PoolRuntime {
     /// objects alive; the table is rebuilt whenever `servers` changes (start, reload), which
     /// happens on this worker's thread between requests.
     private var serverTable: UnsafeMutablePointer<Unmanaged<ServerRuntime>>?
+    /// Bumped whenever a reload changes `servers` (which objects, or their order): a request
+    /// that keeps server positions across loop passes (a warm-up read) compares it before
+    /// using them again.
+    private(set) var serversGeneration = 0
+    /// Set by `retire()`: the pool left service (removed by a reload, its warm-up ended, or
+    /// Tern is draining). Nothing new is sent on it; what is in flight finishes.
+    private(set) var isRetired = false
     private(set) var placement: Placement
     private(set) var limits: MemcacheLimits
     private(set) var respLimits: RespLimits
@@ -260,6 +267,7 @@ final class PoolRuntime {
             }
         }
         for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
+        if kept.count != previous.count || zip(kept, previous).contains(where: { $0 !== $1 }) { serversGeneration &+= 1 }
         servers = kept
         rebuildServerTable()
         rebuildPlacement()
@@ -287,6 +295,7 @@ final class PoolRuntime {
     /// The pool left the config (or Tern is draining): stop accepting; backend connections
     /// close once their in-flight requests have finished.
     func retire() {
+        isRetired = true
         old?.detachObservers()
         stopListening()
         expireParked(all: true)

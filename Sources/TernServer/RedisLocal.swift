@@ -143,7 +143,7 @@ extension ClientConnection {
         reply.appendBulk("version"); reply.appendBulk(redisCompatibleVersion)
         reply.appendBulk("proto"); reply.appendInteger(2)
         // The client's own id, as CLIENT ID answers it.
-        reply.appendBulk("id"); reply.appendInteger(index)
+        reply.appendBulk("id"); reply.appendInteger(clientID)
         reply.appendBulk("mode"); reply.appendBulk("standalone")
         reply.appendBulk("role"); reply.appendBulk("master")
         reply.appendBulk("modules"); reply.appendArrayHeader(0)
@@ -173,9 +173,9 @@ extension ClientConnection {
             }
             slot.complete(with: "+OK\r\n" as StaticString)
         } else if arguments.argument(1, in: frame, equals: "id"), count == 2 {
-            slot.complete(with: ":\(index)\r\n")
+            slot.complete(with: ":\(clientID)\r\n")
         } else if arguments.argument(1, in: frame, equals: "info"), count == 2 {
-            slot.data.appendBulk("id=\(index) name=\(session.name ?? "") db=\(pool.config.redisDatabase) lib-name=\(session.libraryName ?? "") lib-ver=\(session.libraryVersion ?? "")\n")
+            slot.data.appendBulk("id=\(clientID) name=\(session.name ?? "") db=\(pool.config.redisDatabase) lib-name=\(session.libraryName ?? "") lib-ver=\(session.libraryVersion ?? "")\n")
             slot.complete(with: "" as StaticString)
         } else {
             slot.complete(with: "-ERR unsupported command 'client \(sanitizedWord(arguments.argumentString(1, in: frame)))'\r\n")

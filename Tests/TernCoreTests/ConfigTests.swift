@@ -14,6 +14,41 @@ final class ConfigTests: XCTestCase {
         }
     }
 
+    /// The one backfill TTL rule both protocols copy with (memcached in seconds, Redis in
+    /// milliseconds): no expiry stays none unless `max_backfill_ttl` caps it; an unknown TTL
+    /// takes `default_backfill_ttl`, itself capped; 1 s or less left, or gone: not copied.
+    func testBackfillTTLRule() throws {
+        let text = "p:\n  listen: 127.0.0.1:1\n  servers:\n   - 127.0.0.1:2:1\n  warmup:\n    servers:\n     - 127.0.0.1:3:1\n"
+        var rule = try XCTUnwrap(ConfigLoader.load(text: text, file: "w.yml").pools[0].warmup)
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: -1), 0)
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: nil), 0)
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: 30_500), 30_500)
+        XCTAssertNil(rule.backfillTTL(remainingMilliseconds: 1000))
+        XCTAssertNil(rule.backfillTTL(remainingMilliseconds: 0))
+        XCTAssertEqual(rule.backfillTTL(remaining: -1), 0)
+        XCTAssertEqual(rule.backfillTTL(remaining: nil), 0)
+        XCTAssertEqual(rule.backfillTTL(remaining: 2), 2)
+        XCTAssertNil(rule.backfillTTL(remaining: 1))
+        XCTAssertNil(rule.backfillTTL(remaining: 0))
+
+        rule.defaultBackfillTTL = 500
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: nil), 500_000)
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: -1), 0, "the default is for unknown TTLs only")
+        XCTAssertEqual(rule.backfillTTL(remaining: nil), 500)
+
+        rule.maxBackfillTTL = 100
+        for (remaining, expected) in [(nil, 100_000), (-1, 100_000), (30_500, 30_500), (100_000, 100_000), (250_000, 100_000)] as [(Int?, Int?)] {
+            XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: remaining), expected, "\(String(describing: remaining)) ms")
+        }
+        XCTAssertNil(rule.backfillTTL(remainingMilliseconds: 900))
+        for (remaining, expected) in [(nil, 100), (-1, 100), (30, 30), (250, 100)] as [(Int?, Int?)] {
+            XCTAssertEqual(rule.backfillTTL(remaining: remaining), expected, "\(String(describing: remaining)) s")
+        }
+        rule.defaultBackfillTTL = 50
+        XCTAssertEqual(rule.backfillTTL(remainingMilliseconds: nil), 50_000)
+        XCTAssertEqual(rule.backfillTTL(remaining: nil), 50)
+    }
+
     func testTwemproxyExampleLoadsWithDefaults() throws {
         let config = try load("""
         alpha:

@@ -333,4 +333,42 @@ final class RedisSessionTests: XCTestCase {
         let spread = try setup.backends.map { try Int($0.call("DBSIZE").dropFirst().prefix { $0.isNumber })! }
         XCTAssertEqual(spread, [50, 50], "the pool still spreads keys over its servers")
     }
+
+    /// HELLO's `id` is the connection's client id, the one `CLIENT ID` (and `CLIENT INFO`)
+    /// answers, and two connections never share one, whichever worker thread took them (Tern
+    /// runs two here; the least-loaded hand-over puts consecutive clients on different workers).
+    func testHelloIdIsTheClientIdAndUniquePerConnection() throws {
+        let setup = try start(threads: 2)
+        func helloID(_ reply: String) -> String? {
+            guard let range = reply.range(of: "$2\r\nid\r\n:") else { return nil }
+            return String(reply[range.upperBound...].prefix { $0.isNumber })
+        }
+        var ids: [String] = []
+        var clients: [TestClient] = []
+        for _ in 0..<6 {
+            let c = try TestClient(port: setup.port)
+            clients.append(c)
+            let clientID = try c.call("CLIENT", "ID")
+            XCTAssertTrue(clientID.hasPrefix(":"), clientID)
+            let id = String(clientID.dropFirst().prefix { $0.isNumber })
+            let hello = try c.call("HELLO", "2", "SETNAME", "n\(ids.count)")
+            XCTAssertTrue(hello.hasPrefix("*14\r\n"), hello)
+            XCTAssertEqual(helloID(hello), id, hello)
+            XCTAssertEqual(helloID(try c.call("HELLO")), id)
+            XCTAssertTrue(try c.call("CLIENT", "INFO").contains("id=\(id) name=n\(ids.count) "))
+            ids.append(id)
+        }
+        XCTAssertEqual(Set(ids).count, ids.count, "client ids are unique across connections: \(ids)")
+        try python("""
+        a = redis.Redis(port=\(setup.port), single_connection_client=True)
+        b = redis.Redis(port=\(setup.port), single_connection_client=True)
+        def hello_id(r):
+            reply = r.execute_command("HELLO", 2)
+            if isinstance(reply, dict): return int(reply[b"id"] if b"id" in reply else reply["id"])
+            return int(reply[reply.index(b"id") + 1])
+        assert hello_id(a) == a.client_id(), (hello_id(a), a.client_id())
+        assert hello_id(b) == b.client_id(), (hello_id(b), b.client_id())
+        assert a.client_id() != b.client_id(), (a.client_id(), b.client_id())
+        """)
+    }
 }

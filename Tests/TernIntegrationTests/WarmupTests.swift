@@ -254,6 +254,60 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(reply, Array("VA 6 s6 f7 k".utf8) + key + Array("\r\n".utf8) + value + Array("\r\n".utf8))
     }
 
+    /// The same for every `mg` answered from the old pool without a copy — with `backfill:
+    /// false`, and with backfill on for an item with 1 s or less to live — with a value that is
+    /// not UTF-8 at all (every byte 0x80-0xFF) and holds `\r\n` and a would-be reply line:
+    /// the bytes and `VA <size>` (and `s<size>`) are exact, and the flags come in the order asked.
+    func testMetaOldHitNotCopiedBinaryValueWithCRLFIsExact() throws {
+        let value: [UInt8] = Array(0x80...0xbf) + Array("\r\n".utf8) + Array(0xc0...0xff) + Array("\r\nVA 1\r\n".utf8)
+        XCTAssertEqual(value.count, 138)
+        func item(_ client: TestClient, _ request: String, expecting header: String) throws -> [UInt8] {
+            try client.send(request)
+            let expected = Array(header.utf8) + value + Array("\r\n".utf8)
+            var reply: [UInt8] = []
+            while reply.count < expected.count {
+                reply += try client.receive(until: "\r\n")
+                if reply.starts(with: Array("EN\r\n".utf8)) { return reply }
+            }
+            return reply
+        }
+        func expected(_ header: String) -> [UInt8] { Array(header.utf8) + value + Array("\r\n".utf8) }
+
+        // backfill: false — never copied.
+        do {
+            let (setup, new, old) = try memcachedPools(extra: "    backfill: false\n")
+            let oldClient = try TestClient(port: old[setup.oldIndex("blob")].port)
+            try oldClient.send(Array("set blob 3 300 138\r\n".utf8) + value + Array("\r\n".utf8))
+            XCTAssertEqual(try oldClient.receive(until: "\r\n"), Array("STORED\r\n".utf8))
+            let client = try TestClient(port: setup.port)
+            XCTAssertEqual(try item(client, "mg blob v\r\n", expecting: "VA 138\r\n"), expected("VA 138\r\n"))
+            let flagged = try item(client, "mg blob f t s v\r\n", expecting: "VA 138 f3 t300 s138\r\n")
+            XCTAssertTrue([expected("VA 138 f3 t300 s138\r\n"), expected("VA 138 f3 t299 s138\r\n")].contains(flagged),
+                          String(decoding: flagged.prefix(40), as: UTF8.self))
+            XCTAssertEqual(try item(client, "mg blob s v k O12\r\n", expecting: "VA 138 s138 kblob O12\r\n"), expected("VA 138 s138 kblob O12\r\n"))
+            XCTAssertEqual(try direct(new[setup.newIndex("blob")], "mg blob v\r\n"), "EN\r\n", "not copied")
+            group.stopAll()
+            group = ProcessGroup()
+        }
+        // Backfill on, 1 s to live: answered from the old item, not copied. memcached's clock
+        // may tick between the set and the read and expire the item: then the round is repeated.
+        let (setup, new, old) = try memcachedPools()
+        let oldClient = try TestClient(port: old[setup.oldIndex("brief")].port)
+        let client = try TestClient(port: setup.port)
+        var answered = false
+        for _ in 0..<5 where !answered {
+            try oldClient.send(Array("set brief 9 1 138\r\n".utf8) + value + Array("\r\n".utf8))
+            XCTAssertEqual(try oldClient.receive(until: "\r\n"), Array("STORED\r\n".utf8))
+            let reply = try item(client, "mg brief s f t v\r\n", expecting: "VA 138 s138 f9 t1\r\n")
+            if reply == Array("EN\r\n".utf8) { continue }
+            XCTAssertEqual(reply, expected("VA 138 s138 f9 t1\r\n"), String(decoding: reply.prefix(40), as: UTF8.self))
+            answered = true
+        }
+        XCTAssertTrue(answered, "the 1 s item was read before it expired in one of five rounds")
+        XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_copies_skipped 0\r\n") == false)
+        XCTAssertEqual(try direct(new[setup.newIndex("brief")], "mg brief v\r\n"), "EN\r\n", "not copied")
+    }
+
     /// One backfill TTL rule for both protocols: an old item without expiry and one whose TTL
     /// is unknown are both capped by `max_backfill_ttl` (the Redis copy did not cap the unknown
     /// one's `default_backfill_ttl`). PTTL is renamed away on the old server so its TTL is unknown.
@@ -275,6 +329,53 @@ final class WarmupTests: XCTestCase {
         XCTAssertNil(rule.backfillTTL(remainingMilliseconds: 1000))
         XCTAssertEqual(rule.backfillTTL(remaining: nil), 100)
         XCTAssertEqual(rule.backfillTTL(remaining: -1), 100)
+    }
+
+    /// The one backfill TTL rule, read back from the new servers directly. memcached: an old
+    /// item without expiry is copied with `max_backfill_ttl`, one with less left keeps what it
+    /// has (memcached always reports an item's TTL to `mg … t`, so its unknown case is the
+    /// rule's unit test). Redis: no expiry and an unknown TTL (the old server's PTTL renamed
+    /// away) are both copied with the cap — `default_backfill_ttl` 500 s capped to 100 s.
+    func testBackfillTTLOneRuleForMemcachedAndRedis() throws {
+        let ttlExtra = "    max_backfill_ttl: 100\n    default_backfill_ttl: 500\n"
+        do {
+            let (setup, new, old) = try memcachedPools(extra: ttlExtra)
+            XCTAssertEqual(try direct(old[setup.oldIndex("m:forever")], "set m:forever 1 0 1\r\nf\r\n"), "STORED\r\n")
+            XCTAssertEqual(try direct(old[setup.oldIndex("m:short")], "set m:short 2 40 1\r\ns\r\n"), "STORED\r\n")
+            let client = try TestClient(port: setup.port)
+            XCTAssertEqual(try client.request("get m:forever m:short\r\n", until: "END\r\n"), "VALUE m:forever 1 1\r\nf\r\nVALUE m:short 2 1\r\ns\r\nEND\r\n")
+            usleep(300_000)
+            func ttl(_ key: String) throws -> Int {
+                let reply = try direct(new[setup.newIndex(key)], "mg \(key) t\r\n")
+                XCTAssertTrue(reply.hasPrefix("HD t"), "\(key): \(reply)")
+                return Int(reply.dropFirst(4).prefix { $0.isNumber || $0 == "-" }) ?? -99
+            }
+            let forever = try ttl("m:forever"), short = try ttl("m:short")
+            XCTAssertTrue((98...100).contains(forever), "no expiry → capped at 100 s: \(forever)")
+            XCTAssertTrue((38...40).contains(short), "40 s left → kept: \(short)")
+            group.stopAll()
+            group = ProcessGroup()
+        }
+        let new = try [group.redis()]
+        let old = try [group.redis(), group.redis(extra: ["--rename-command", "PTTL", ""])]
+        let setup = try start(redis: true, new: new.map(\.address), old: old.map(\.address), extra: ttlExtra)
+        let knownKey = (0..<1000).lazy.map { "r:forever\($0)" }.first { setup.oldIndex($0) == 0 }!
+        let unknownKey = (0..<1000).lazy.map { "r:unknown\($0)" }.first { setup.oldIndex($0) == 1 }!
+        let shortKey = (0..<1000).lazy.map { "r:short\($0)" }.first { setup.oldIndex($0) == 0 }!
+        XCTAssertEqual(try old[0].call("SET", knownKey, "f"), "+OK\r\n")
+        XCTAssertEqual(try old[0].call("SET", shortKey, "s", "PX", "40000"), "+OK\r\n")
+        XCTAssertEqual(try old[1].call("SET", unknownKey, "u", "EX", "30"), "+OK\r\n")
+        XCTAssertEqual(try old[1].call("PTTL", unknownKey).hasPrefix("-ERR unknown command"), true)
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("MGET", knownKey, unknownKey, shortKey), "*3\r\n$1\r\nf\r\n$1\r\nu\r\n$1\r\ns\r\n")
+        usleep(300_000)
+        func pttl(_ key: String) throws -> Int {
+            Int(try new[0].call("PTTL", key).dropFirst().prefix { $0.isNumber || $0 == "-" }) ?? -99
+        }
+        let known = try pttl(knownKey), unknown = try pttl(unknownKey), short = try pttl(shortKey)
+        XCTAssertTrue((98_000...100_000).contains(known), "no expiry → capped at 100 s: \(known)")
+        XCTAssertTrue((98_000...100_000).contains(unknown), "unknown → default 500 s capped at 100 s: \(unknown)")
+        XCTAssertTrue((38_000...40_000).contains(short), "40 s left → kept: \(short)")
     }
 
     /// Reads in flight on a warm-up pool outlive a reload that removes the warm-up, then one
@@ -310,6 +411,173 @@ final class WarmupTests: XCTestCase {
             XCTAssertTrue(tern.isRunning, "Tern survived the reload with reads in flight")
             XCTAssertEqual(try TestClient(port: other).request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
         }
+    }
+
+    /// A warm-up read load on two worker threads, the old memcached stopped (SIGSTOP) so every
+    /// fallback is pending, and a reload (SIGHUP) that removes the warm-up pool — its old pool
+    /// alone, then the whole pool — while they are. Every pending read still gets its exact
+    /// reply once the old server runs again, Tern does not crash (the sanitizer job runs this
+    /// under AddressSanitizer: a freed pool touched by a read in flight is reported), and a
+    /// client of another pool, connected throughout, is answered during and after each reload.
+    func testReloadRemovingWarmupPoolDuringReadLoad() throws {
+        let new = try group.memcached(), old = try group.memcached()
+        let port = ProcessGroup.freePort(), other = ProcessGroup.freePort()
+        let path = group.directory + "/reload-load.yml"
+        let keep = "keep:\n  listen: 127.0.0.1:\(other)\n  servers:\n   - \(new.address):1\n"
+        let warm = "warm:\n  listen: 127.0.0.1:\(port)\n  timeout: 4000\n  servers:\n   - \(new.address):1\n"
+        let withWarmup = warm + "  warmup:\n    servers:\n     - \(old.address):1\n" + keep
+        try withWarmup.write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "-v", "6", "--threads", "2", "--no-stats"], log: "tern-reload-load.log")
+        try group.waitForPort(port)
+        let bystander = try TestClient(port: other)
+        XCTAssertEqual(try bystander.request("set keep:0 0 0 2\r\nk0\r\n", until: "\r\n"), "STORED\r\n")
+        for (round, next) in [(1, warm + keep), (2, keep), (3, keep)] {
+            if round > 1 {
+                try withWarmup.write(toFile: path, atomically: true, encoding: .utf8)
+                kill(tern.processIdentifier, SIGHUP)
+                usleep(600_000)
+            }
+            let keys = (0..<8).map { "old:\(round):\($0)" }
+            for key in keys {
+                XCTAssertEqual(try direct(old, "set \(key) \(round) 0 \(key.utf8.count)\r\n\(key)\r\n"), "STORED\r\n")
+            }
+            old.pause()
+            var readers: [(TestClient, String, String)] = []
+            for index in 0..<24 {
+                let reader = try TestClient(port: port, timeout: 10)
+                let a = keys[index % 8], b = keys[(index + 3) % 8]
+                let request = index % 2 == 0 ? "get \(a) miss:\(index) \(b)\r\nmg \(a) v f\r\n" : "mg \(b) k v\r\ngets miss:\(index)\r\n"
+                let expected = index % 2 == 0
+                    ? "VALUE \(a) \(round) \(a.utf8.count)\r\n\(a)\r\nVALUE \(b) \(round) \(b.utf8.count)\r\n\(b)\r\nEND\r\nVA \(a.utf8.count) f\(round)\r\n\(a)\r\n"
+                    : "VA \(b.utf8.count) k\(b)\r\n\(b)\r\nEND\r\n"
+                try reader.send(request)
+                readers.append((reader, expected, index % 2 == 0 ? "\r\n\(a)\r\n" : "END\r\n"))
+            }
+            usleep(300_000)
+            XCTAssertEqual(try bystander.request("get keep:0\r\n", until: "END\r\n"), "VALUE keep:0 0 2\r\nk0\r\nEND\r\n", "round \(round): before the reload")
+            try next.write(toFile: path, atomically: true, encoding: .utf8)
+            kill(tern.processIdentifier, SIGHUP)
+            usleep(500_000)
+            XCTAssertEqual(try bystander.request("set keep:\(round) 0 0 1\r\n\(round)\r\nget keep:\(round)\r\n", until: "END\r\n"),
+                           "STORED\r\nVALUE keep:\(round) 0 1\r\n\(round)\r\nEND\r\n", "round \(round): during the reload")
+            old.resume()
+            for (reader, expected, suffix) in readers {
+                let reply = String(decoding: try reader.receive(until: suffix, occurrences: suffix == "END\r\n" ? 1 : 2), as: UTF8.self)
+                XCTAssertEqual(reply, expected, "round \(round)")
+            }
+            readers.removeAll()
+            usleep(300_000)
+            XCTAssertTrue(tern.isRunning, "round \(round): Tern survived the reload with reads in flight")
+            XCTAssertEqual(try bystander.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n", "round \(round): after")
+        }
+        XCTAssertTrue(tern.isRunning)
+    }
+
+    /// A reload that changes a warm-up pool's servers while its reads are in flight: a read
+    /// keeps the server positions it placed its keys with, and the pool it holds no longer has
+    /// them. First the new pool shrinks while the old pool (stopped) holds the fallbacks, then
+    /// the old pool shrinks while the new pool (stopped) holds the first phase. Tern must not
+    /// trap; a read spanning the change is answered from the old item without a copy (first
+    /// case) or as a miss (second), and reads after it use the new placement.
+    func testReloadResizingWarmupPoolsDuringReads() throws {
+        let new = try [group.memcached(), group.memcached()], old = try [group.memcached(), group.memcached()]
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/resize.yml"
+        func config(new newServers: [Memcached], old oldServers: [Memcached]) -> String {
+            "warm:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  timeout: 4000\n  servers:\n" + newServers.map { "   - \($0.address):1\n" }.joined()
+                + "  warmup:\n    hash: md5\n    servers:\n" + oldServers.map { "     - \($0.address):1\n" }.joined()
+        }
+        let full = config(new: new, old: old)
+        try full.write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "-v", "6", "--threads", "2", "--no-stats"], log: "tern-resize.log")
+        try group.waitForPort(port)
+        let pool = try ConfigLoader.load(text: full, file: "resize.yml").pools[0]
+        func newIndex(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
+        func oldIndex(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.warmup!.old.placement().server(forKey: $0)! } }
+
+        // 1. The new pool loses its second server while fallbacks wait on the old pool.
+        let keys = Array((0..<1000).lazy.map { "grow:\($0)" }.filter { newIndex($0) == 1 }.prefix(6))
+        for key in keys { XCTAssertEqual(try direct(old[oldIndex(key)], "set \(key) 4 0 1\r\nx\r\n"), "STORED\r\n") }
+        for server in old { server.pause() }
+        var readers: [(TestClient, String, String)] = []
+        for (index, key) in keys.enumerated() {
+            let reader = try TestClient(port: port, timeout: 10)
+            switch index % 3 {
+            case 0: try reader.send("get \(key)\r\n"); readers.append((reader, "VALUE \(key) 4 1\r\nx\r\nEND\r\n", "END\r\n"))
+            case 1: try reader.send("mg \(key) v f\r\n"); readers.append((reader, "VA 1 f4\r\nx\r\n", "\r\nx\r\n"))
+            default: try reader.send("gat 100 \(key)\r\n"); readers.append((reader, "VALUE \(key) 4 1\r\nx\r\nEND\r\n", "END\r\n"))
+            }
+        }
+        usleep(300_000)
+        try config(new: [new[0]], old: old).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        usleep(500_000)
+        for server in old { server.resume() }
+        for (reader, expected, suffix) in readers {
+            XCTAssertEqual(String(decoding: try reader.receive(until: suffix), as: UTF8.self), expected, "new pool shrank")
+        }
+        readers.removeAll()
+        usleep(300_000)
+        XCTAssertTrue(tern.isRunning, "Tern survived the new pool shrinking under warm-up reads")
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.request("get \(keys[0])\r\n", until: "END\r\n"), "VALUE \(keys[0]) 4 1\r\nx\r\nEND\r\n", "after the reload")
+
+        // 2. The old pool loses its second server while the first phase waits on the new pool.
+        let oldKeys = Array((0..<1000).lazy.map { "shrink:\($0)" }.filter { oldIndex($0) == 1 }.prefix(4))
+        for key in oldKeys { XCTAssertEqual(try direct(old[1], "set \(key) 5 0 1\r\ny\r\n"), "STORED\r\n") }
+        new[0].pause()
+        for (index, key) in oldKeys.enumerated() {
+            let reader = try TestClient(port: port, timeout: 10)
+            if index % 2 == 0 {
+                try reader.send("get \(key)\r\n"); readers.append((reader, "END\r\n", "END\r\n"))
+            } else {
+                try reader.send("mg \(key) v\r\n"); readers.append((reader, "EN\r\n", "\r\n"))
+            }
+        }
+        usleep(300_000)
+        try config(new: [new[0]], old: [old[0]]).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        usleep(500_000)
+        new[0].resume()
+        for (reader, expected, suffix) in readers {
+            XCTAssertEqual(String(decoding: try reader.receive(until: suffix), as: UTF8.self), expected, "old pool shrank")
+        }
+        readers.removeAll()
+        usleep(300_000)
+        XCTAssertTrue(tern.isRunning, "Tern survived the old pool shrinking under warm-up reads")
+        XCTAssertEqual(try client.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+
+        // 3. The warm-up ends while the first phase waits on the new pool, and the ended old
+        // pool, idle, is swept (closed and forgotten) before the new pool answers: the reads
+        // are misses; none reopens a connection to the forgotten old pool.
+        let lateKeys = Array((0..<1000).lazy.map { "late:\($0)" }.filter { oldIndex($0) == 0 }.prefix(4))
+        for key in lateKeys { XCTAssertEqual(try direct(old[0], "set \(key) 6 0 1\r\nz\r\n"), "STORED\r\n") }
+        new[0].pause()
+        for (index, key) in lateKeys.enumerated() {
+            let reader = try TestClient(port: port, timeout: 10)
+            if index % 2 == 0 {
+                try reader.send("get \(key)\r\n"); readers.append((reader, "END\r\n", "END\r\n"))
+            } else {
+                try reader.send("mg \(key) v\r\n"); readers.append((reader, "EN\r\n", "\r\n"))
+            }
+        }
+        usleep(300_000)
+        let oldConnections = try direct(old[0], "stats\r\n", until: "END\r\n")
+        try "warm:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  timeout: 4000\n  servers:\n   - \(new[0].address):1\n".write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        usleep(2_500_000)
+        new[0].resume()
+        for (reader, expected, suffix) in readers {
+            XCTAssertEqual(String(decoding: try reader.receive(until: suffix), as: UTF8.self), expected, "warm-up ended")
+        }
+        usleep(300_000)
+        XCTAssertTrue(tern.isRunning, "Tern survived the warm-up ending under reads")
+        func currentConnections(_ stats: String) -> Int? {
+            stats.components(separatedBy: "\r\n").first { $0.hasPrefix("STAT curr_connections ") }.flatMap { Int($0.split(separator: " ")[2]) }
+        }
+        let after = try direct(old[0], "stats\r\n", until: "END\r\n")
+        XCTAssertLessThan(currentConnections(after) ?? 99, currentConnections(oldConnections) ?? 0, "Tern's connections to the ended old pool are closed and stay closed")
+        XCTAssertEqual(try client.request("get \(lateKeys[0])\r\n", until: "END\r\n"), "END\r\n")
     }
 
     func testWarmupConfigKeys() throws {
