@@ -12,3 +12,6 @@ fuzz/run.sh "$seconds"
 # canary clients that must only ever see their own replies (fuzz/differential.py; the long run
 # is in README, "Differential fuzzing").
 python3 fuzz/differential.py --tern "$(swift build --show-bin-path)/tern" --seconds "$((seconds < 15 ? seconds : 15))" --seed ci
+# AUTH/HELLO sessions on a pool with users, every reply compared with a redis-server that has
+# the same users (fails on any mismatch).
+python3 fuzz/differential.py --tern "$(swift build --show-bin-path)/tern" --protocol auth --seconds "$((seconds < 10 ? seconds : 10))" --seed ci

@@ -8,6 +8,7 @@ Usage
     python3 fuzz/differential.py --tern PATH --protocol redis --requests 200000
     python3 fuzz/differential.py --tern PATH --seconds 900 --requests 320000 --strict  # >= 10^6 requests each
     python3 fuzz/differential.py --tern PATH --protocol memcache --replay 'ms k 2 T0 T0 ...\\r\\nhi\\r\\n'
+    python3 fuzz/differential.py --tern PATH --protocol auth --seconds 60          # AUTH/HELLO, see below
 
 Needs memcached and redis-server on PATH (Debian: `apt-get install memcached redis-server`) and
 Python 3.9+ (standard library only). Nothing is written outside a temporary directory, which
@@ -98,6 +99,23 @@ a changed backend setting, or Tern exiting; also on any mismatch with --strict. 
 Determinism: each lane's cases are a function of --seed and the lane number alone (and each
 canary's keys and values of --seed). The interleaving of lanes and where a --seconds run stops
 depend on timing; use --lanes 1 with --requests for a fully repeatable sequence.
+
+AUTH/HELLO (--protocol auth)
+----------------------------
+A separate mode, not part of `both`: Tern with one Redis pool that has `redis_auth` (the
+`default` user) and `users:` (AUTH_USERS) over two redis-servers with `requirepass`, and a
+reference redis-server with the same users (`requirepass`, ACL SETUSER). Each session is a new
+connection to each side, fed the same AuthGen frames: AUTH and HELLO with valid, wrong,
+missing, oversized, odd-arity and binary arguments, mixed with GET/SET/DEL on allowed and
+denied keys and commands that show the session's state (ACL WHOAMI, CLIENT GETNAME, PING).
+Tern gets each step in one write (pipelined), the reference one frame at a time. Every reply is
+compared after auth_normalize (documented differences: Redis 7.2 texts against Debian's 7.0,
+HELLO's version and id) and, for HELLO, hello_for_reference (Tern reads every option before
+authenticating, as Redis 7.2 does). `HELLO 3` is sent to Tern only and must answer -NOPROTO.
+After the reference's 10th WRONGPASS in a row Tern must have sent the same reply and closed.
+A session ends with a PING to both (both must answer alike, or both have closed). Any
+difference is a mismatch and the exit status is 1; `--lanes` sets how many key namespaces
+the sessions rotate through (default 1); `--requests` bounds the frames.
 
 Throughput and the long run
 ---------------------------
@@ -2112,6 +2130,452 @@ class Run:
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
+# --protocol auth: AUTH / HELLO sessions against a pool with users, compared reply by reply
+# ----------------------------------------------------------------------------------------------
+
+# The users of the fuzzed pool, given to Tern as `users:` (plus `redis_auth` for `default`) and to
+# the reference redis-server as the same ACL rules (ACL SETUSER, requirepass).
+AUTH_DEFAULT_PASSWORD = b"def-secret"
+AUTH_USERS = {   # name: (password, Tern commands, Tern keys, Redis ACL SETUSER rules)
+    b"app": (b"app-secret", ["+@read", "+@write", "-@dangerous"], ["~app:*"],
+             ["+@read", "+@write", "-@dangerous", "~app:*"]),
+    b"reader": (b"reader-secret", ["+@read", "+acl"], ["~*"], ["+@read", "+acl", "~*"]),
+}
+AUTH_PASSWORDS = dict([(b"default", AUTH_DEFAULT_PASSWORD)] + [(u, p[0]) for u, p in AUTH_USERS.items()])
+WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+NOPROTO = b"-NOPROTO unsupported protocol version\r\n"
+AUTH_MAX_FAILURES = 10          # Tern closes a client at its 10th failed authentication in a row
+AUTH_REPLY_TIMEOUT = 2.0
+NOPERM_COMMAND_RE = re.compile(rb"-NOPERM (?:this user|User \S+) has no permissions to run the '([^'|]*)(?:\|[^']*)?' command\r\n")
+HELLO_MAP_RE = re.compile(rb"\*14\r\n\$6\r\nserver\r\n\$5\r\nredis\r\n\$7\r\nversion\r\n\$[0-9]+\r\n[0-9.]+\r\n"
+                          rb"\$5\r\nproto\r\n:([23])\r\n\$2\r\nid\r\n:[0-9]+\r\n\$4\r\nmode\r\n\$10\r\nstandalone\r\n"
+                          rb"\$4\r\nrole\r\n\$6\r\nmaster\r\n\$7\r\nmodules\r\n\*0\r\n")
+NOAUTH_HELLO = tuple(b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO %sAUTH "
+                     b"<user> <pass> option can be used to authenticate the client and select the RESP protocol "
+                     b"version at the same time\r\n" % proto for proto in (b"", b"<proto> "))
+NOPERM_KEY_RES = (b"-NOPERM this user has no permissions to access one of the keys used as arguments\r\n",
+                  b"-NOPERM No permissions to access a key\r\n")
+
+
+def auth_normalize(reply):
+    """Known, documented differences between Tern's replies and Redis 7.0's, folded away:
+    NOPERM and HELLO's NOAUTH texts (Tern uses Redis 7.2's wording, and names a container
+    command without its subcommand), and HELLO's map (`version` and `id` differ), reduced to
+    its protocol version once its shape is checked."""
+    if reply is None or isinstance(reply, str):
+        return reply
+    m = NOPERM_COMMAND_RE.fullmatch(reply)
+    if m:
+        return b"<NOPERM command " + m.group(1).lower() + b">"
+    if reply in NOPERM_KEY_RES:
+        return b"<NOPERM key>"
+    if reply.startswith(b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n"):
+        m = HELLO_MAP_RE.fullmatch(reply)
+        return b"<HELLO proto=" + m.group(1) + b">" if m else reply
+    if reply in NOAUTH_HELLO:
+        return b"<NOAUTH HELLO>"
+    m = HELLO_SYNTAX_RE.fullmatch(reply)
+    if m:
+        # Redis quotes the option up to a NUL byte (CR and LF as spaces, other bytes as they
+        # are); Tern its first 64 bytes up to a NUL, with `?` for bytes outside printable ASCII.
+        option = bytes(c if 0x20 < c < 0x7f else 0x3f for c in m.group(1).split(b"\x00")[0][:64])
+        return b"<HELLO syntax '" + option + b"'>"
+    return reply
+
+
+def hello_for_reference(args, authenticated):
+    """HELLO as Redis 7.2 (and Tern) runs it, spelled for the Redis 7.0 reference. Redis 7.0
+    acts on each option as it reads it: it authenticates at AUTH (so `HELLO 2 AUTH u p BOGUS`
+    authenticates, then fails, and of two AUTH options the first that fails decides) and names
+    the connection at SETNAME (even when the HELLO then fails with NOAUTH or WRONGPASS). Redis
+    7.2 reads every option first (SETNAME names checked, the last AUTH and SETNAME win), then
+    authenticates, then names the connection, so a HELLO answered with an error changes nothing.
+    The reference is sent the options that 7.0 answers the same way: the failing option alone
+    (cut to 64 bytes: Tern quotes no more, and Redis 7.0 closes the connection rather than quote
+    a 16 KiB option), or the last AUTH, then the last SETNAME (left out when the HELLO will be
+    refused with NOAUTH). `authenticated`: whether the reference connection is.
+    None: send `args` unchanged (no options, or a version refused before the options)."""
+    if len(args) <= 2 or args[1] != b"2":
+        return None
+    auth, name = None, None
+    j = 2
+    while j < len(args):
+        more = len(args) - 1 - j
+        opt = args[j].lower()
+        if opt == b"auth" and more >= 2:
+            auth = args[j + 1:j + 3]
+            j += 3
+        elif opt == b"setname" and more >= 1:
+            if any(c < 0x21 or c > 0x7e for c in args[j + 1]):
+                return args[:2] + args[j:j + 2]
+            name = args[j + 1]
+            j += 2
+        else:
+            return args[:2] + [args[j][:64]] + args[j + 1:j + 1 + min(more, 1 if opt == b"auth" else 0)]
+    if auth is None and not authenticated:
+        name = None
+    return args[:2] + ([b"AUTH"] + auth if auth is not None else []) + ([b"SETNAME", name] if name is not None else [])
+
+
+HELLO_SYNTAX_RE = re.compile(rb"-ERR Syntax error in HELLO option '(.*)'\r\n", re.S)
+
+
+class AuthFrame:
+    def __init__(self, args, label, inline=False, tern_only=None, closing=False, rewrite=False):
+        self.args = args
+        self.rewrite = rewrite              # a HELLO the reference is sent as hello_for_reference spells it
+        self.label = label
+        self.inline = inline
+        self.tern_only = tern_only          # the reply Tern must give; not sent to the reference
+        self.closing = closing              # may make a side close (pre-auth limits)
+
+    def encode(self, args=None):
+        args = args or self.args
+        if self.inline:
+            return b" ".join(args) + b"\r\n"
+        return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+    def show(self):
+        return ("inline " if self.inline else "") + " ".join(show(a, 40) for a in self.args)
+
+
+class AuthGen:
+    """Sessions of AUTH / HELLO / SETNAME frames with valid, wrong, missing, oversized, odd-arity
+    and binary arguments, mixed with GET/SET on allowed and denied keys and a few commands whose
+    replies show the session's state (ACL WHOAMI, CLIENT GETNAME, PING)."""
+
+    def __init__(self, seed, lane):
+        self.r = random.Random("%s/auth/%d" % (seed, lane))
+        self.lane = lane
+        self.session = 0
+
+    def word(self, name):
+        return self.r.choice([name.upper(), name.lower(), name.title()]).encode()
+
+    def user(self):
+        return self.r.choice([b"app", b"app", b"reader", b"default", b"default", b"APP", b"nobody", b"",
+                              b"app\x00", b"\xff\xfe", b"u" * self.r.choice([1, 100, 3000])])
+
+    def password(self, user):
+        right = AUTH_PASSWORDS.get(user)
+        r = self.r.random()
+        if right is not None and r < 0.45:
+            return right, "right"
+        choices = [(b"", "empty"), (b"wrong", "wrong"), (self.r.choice(list(AUTH_PASSWORDS.values())), "other"),
+                   (b"x" * self.r.choice([200, 4000, 16384]), "long"),
+                   (bytes(self.r.randrange(256) for _ in range(self.r.randint(1, 24))), "binary")]
+        if right is not None:
+            choices += [(right.upper(), "case"), (right[:-1], "prefix"), (right + b"\x00", "nul"),
+                        (right + b"\r\n", "crlf")]
+        return self.r.choice(choices)
+
+    def key(self):
+        prefix = self.r.choice([b"app:", b"app:", b"other:", b"App:", b"app"])
+        return prefix + b"%d:%d:%d" % (self.lane, self.session, self.r.randrange(4))
+
+    def hello_options(self, labels):
+        options = []
+        for _ in range(self.r.choice([0, 1, 1, 1, 2, 2, 3])):
+            r = self.r.random()
+            if r < 0.55:
+                user = self.user()
+                password, kind = self.password(user)
+                options += [self.word("auth"), user, password]
+                labels.append("auth-" + kind)
+            elif r < 0.8:
+                name = self.r.choice([b"n%d" % self.r.randrange(100), b"with space", b"", b"bin\x01", b"x" * 300])
+                options += [self.word("setname"), name]
+                labels.append("setname")
+            elif r < 0.9:
+                options += [self.word("auth")] + [self.user() for _ in range(self.r.randint(0, 1))]
+                labels.append("auth-missing")
+            elif r < 0.95:
+                options += [self.word("setname")]
+                labels.append("setname-missing")
+            else:
+                options += [self.r.choice([b"bogus", b"", b"\x00", b"AUTHX"])]
+                labels.append("bogus")
+        return options
+
+    def frame(self):
+        r = self.r.random()
+        if r < 0.30:
+            shape = self.r.choice(["pass", "pass", "user", "user", "user", "none", "many"])
+            if shape == "pass":
+                password, kind = self.password(b"default")
+                return AuthFrame([self.word("auth"), password], "AUTH pass-" + kind)
+            if shape == "user":
+                user = self.user()
+                password, kind = self.password(user)
+                return AuthFrame([self.word("auth"), user, password], "AUTH user-" + kind)
+            if shape == "none":
+                return AuthFrame([self.word("auth")], "AUTH no-args")
+            user = self.user()
+            return AuthFrame([self.word("auth"), user, self.password(user)[0]] + [b"x"] * self.r.randint(1, 3), "AUTH extra-args")
+        if r < 0.58:
+            labels = []
+            version = self.r.choice([b"2", b"2", b"2", b"2", b"3", b"02", b"+2", b"2.0", b"-1", b"0", b"4", b"",
+                                     b"99999999999999999999", b"two", None])
+            args = [self.word("hello")]
+            if version is not None:
+                args.append(version)
+                # At most 10 arguments: the reference is sent a shorter HELLO (see
+                # hello_for_reference), which must meet the same pre-authentication caps.
+                args += self.hello_options(labels)[:8]
+            label = "HELLO " + ("-" if version is None else show(version, 20)) + " " + " ".join(labels)
+            if version == b"3":
+                return AuthFrame(args, label, tern_only=NOPROTO)
+            return AuthFrame(args, label, rewrite=True)
+        if r < 0.80:
+            key = self.key()
+            shape = self.r.choice(["get", "get", "set", "set", "getarity", "setarity", "del"])
+            if shape == "get":
+                return AuthFrame([self.word("get"), key], "GET " + key.split(b":")[0].decode("latin-1"))
+            if shape == "set":
+                return AuthFrame([self.word("set"), key, b"v%d" % self.r.randrange(1000)], "SET " + key.split(b":")[0].decode("latin-1"))
+            if shape == "del":
+                return AuthFrame([self.word("del"), key], "DEL")
+            if shape == "getarity":
+                return AuthFrame([self.word("get")], "GET no-key")
+            return AuthFrame([self.word("set"), key], "SET no-value")
+        if r < 0.93:
+            shape = self.r.choice(["whoami", "getname", "setname", "ping", "echo"])
+            if shape == "whoami":
+                return AuthFrame([self.word("acl"), self.word("whoami")], "ACL WHOAMI")
+            if shape == "getname":
+                return AuthFrame([self.word("client"), self.word("getname")], "CLIENT GETNAME")
+            if shape == "setname":
+                return AuthFrame([self.word("client"), self.word("setname"), self.r.choice([b"cn", b"with space", b""])], "CLIENT SETNAME")
+            if shape == "ping":
+                return AuthFrame([self.word("ping")], "PING")
+            return AuthFrame([self.word("echo"), b"e%d" % self.r.randrange(100)], "ECHO")
+        # Inline forms of the authentication commands (simple tokens only).
+        user = self.r.choice([b"app", b"reader", b"default", b"nobody"])
+        password, kind = self.password(user)
+        if not re.fullmatch(rb"[A-Za-z0-9:-]+", password):
+            password, kind = b"wrong", "wrong"
+        if self.r.random() < 0.5:
+            return AuthFrame([self.word("auth"), user, password], "inline AUTH user-" + kind, inline=True)
+        return AuthFrame([self.word("hello"), b"2", self.word("auth"), user, password], "inline HELLO 2 AUTH-" + kind, inline=True)
+
+    def oversized(self):
+        """A last frame that may pass Redis's pre-authentication caps (10 arguments, 16 KiB bulks)."""
+        if self.r.random() < 0.5:
+            count = self.r.choice([10, 11, 12, 64])
+            return AuthFrame([self.word("auth")] + [b"a"] * (count - 1), "oversized %d args" % count, closing=True)
+        size = self.r.choice([16384, 16385, 20000])
+        return AuthFrame([self.word("auth"), b"app", b"p" * size], "oversized bulk %d" % size, closing=True)
+
+    def session_steps(self):
+        """Steps (lists of frames written at once) of one connection."""
+        self.session += 1
+        steps = []
+        for _ in range(self.r.randint(1, 24)):
+            size = 1 if self.r.random() < 0.8 else self.r.randint(2, 4)
+            steps.append([self.frame() for _ in range(size)])
+        if self.r.random() < 0.08:
+            steps.append([self.oversized()])
+        return steps
+
+
+class AuthSide:
+    def __init__(self, port):
+        # Tens of thousands of short connections on loopback leave as many in TIME_WAIT; a new
+        # connection that reuses such a port pair can be refused once. Retried; a server that
+        # is gone still fails (and run_auth reports which process exited).
+        for attempt in range(3):
+            try:
+                self.sock = connect(port)
+                break
+            except ConnectionRefusedError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05)
+        self.buf = bytearray()
+        self.closed = False
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.closed = True
+
+    def reply(self, timeout=AUTH_REPLY_TIMEOUT):
+        """One reply, "closed" or "hang"."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                end = resp_reply_end(self.buf, 0)
+            except Framing as error:
+                return "framing: %s" % error
+            if end >= 0:
+                reply = bytes(self.buf[:end])
+                del self.buf[:end]
+                return reply
+            if self.closed:
+                return "closed"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "hang"
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(1 << 16)
+            except socket.timeout:
+                return "hang"
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+            self.buf += data
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def auth_setup_reference(port):
+    sock = connect(port)
+    commands = [[b"AUTH", AUTH_DEFAULT_PASSWORD]]
+    for name, (password, _, _, rules) in AUTH_USERS.items():
+        commands.append([b"ACL", b"SETUSER", name, b"reset", b"on", b">" + password] + [r.encode() for r in rules])
+    sock.sendall(b"".join(RedisProto.encode(*c) for c in commands))
+    replies = read_replies(sock, resp_reply_end, len(commands))
+    sock.close()
+    if replies != [b"+OK\r\n"] * len(commands):
+        raise RuntimeError("reference ACL setup failed: %r" % replies)
+
+
+def auth_pool_config(directory, listen, backends):
+    lines = ["fuzz_auth:", "  listen: 127.0.0.1:%d" % listen, "  redis: true", "  timeout: %d" % BACKEND_TIMEOUT_MS,
+             "  redis_auth: %s" % AUTH_DEFAULT_PASSWORD.decode(), "  users:"]
+    import hashlib
+    for name, (password, commands, keys, _) in AUTH_USERS.items():
+        lines += ["   - name: %s" % name.decode(), '     password_sha256: "%s"' % hashlib.sha256(password).hexdigest(),
+                  "     commands: %s" % json.dumps(commands), "     keys: %s" % json.dumps(keys)]
+    lines.append("  servers:")
+    lines += ["   - 127.0.0.1:%d:1 auth-%d" % (port, i) for i, port in enumerate(backends)]
+    path = os.path.join(directory, "tern-auth.yml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def auth_run_session(steps, tern_port, ref_port, stats):
+    """Plays one session on a fresh connection to each side. Returns None, or a finding:
+    (label, tern outcome, reference outcome, transcript)."""
+    tern, ref = AuthSide(tern_port), AuthSide(ref_port)
+    transcript = []
+    failures = 0
+    authenticated = False
+    try:
+        for step in steps:
+            # Tern gets the step in one write (pipelined); the reference one frame at a time, so
+            # that each HELLO can be spelled for the reference's state (hello_for_reference).
+            tern.send(b"".join(f.encode() for f in step))
+            for frame in step:
+                stats["frames"] += 1
+                t = tern.reply()
+                if frame.tern_only is not None:
+                    r = frame.tern_only
+                else:
+                    ref_args = hello_for_reference(frame.args, authenticated) if frame.rewrite else None
+                    ref.send(frame.encode(ref_args))
+                    r = ref.reply(AUTH_REPLY_TIMEOUT if not frame.closing else 0.5)
+                transcript.append((frame, t, r))
+                command = frame.args[0].lower()
+                authenticates = command == b"auth" or (command == b"hello" and any(a.lower() == b"auth" for a in frame.args[2:]))
+                if r == WRONGPASS:
+                    failures += 1
+                elif isinstance(r, bytes) and r[:1] in (b"+", b"*") and command in (b"auth", b"hello"):
+                    authenticated = True
+                    if authenticates:
+                        failures = 0        # a successful authentication ends the run of failures
+                if auth_normalize(t) != auth_normalize(r):
+                    return frame.label, t, r, transcript
+                if failures >= AUTH_MAX_FAILURES:
+                    # Documented: Tern closes the client at its 10th failure in a row (Redis does not).
+                    stats["lockouts"] += 1
+                    rest = tern.reply(1.0)
+                    if rest != "closed":
+                        return "lockout after %d failures" % failures, rest, "closed", transcript
+                    return None
+                if isinstance(r, str):          # both closed (or hung) alike: the session is over
+                    stats["closes"] += 1
+                    return None
+        # End of session: a PING shows whether each side still holds the connection and answers.
+        probe = AuthFrame([b"PING"], "PING (end of session)")
+        tern.send(probe.encode())
+        ref.send(probe.encode())
+        t, r = tern.reply(), ref.reply()
+        transcript.append((probe, t, r))
+        stats["frames"] += 1
+        stats["closes"] += t == "closed"
+        if auth_normalize(t) != auth_normalize(r):
+            return probe.label, t, r, transcript
+        return None
+    finally:
+        tern.close()
+        ref.close()
+
+
+def run_auth(args, processes):
+    """The AUTH/HELLO differential run; returns whether it failed."""
+    backends = []
+    for i in range(2):
+        port = processes.free_port()
+        processes.start("auth-backend-%d" % i, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                                "--appendonly", "no", "--dir", processes.dir,
+                                                "--requirepass", AUTH_DEFAULT_PASSWORD.decode()], port)
+        backends.append(port)
+    ref_port = processes.free_port()
+    processes.start("auth-reference", ["redis-server", "--port", str(ref_port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no", "--dir", processes.dir,
+                                       "--requirepass", AUTH_DEFAULT_PASSWORD.decode()], ref_port)
+    auth_setup_reference(ref_port)
+    listen = processes.free_port()
+    config = auth_pool_config(processes.dir, listen, backends)
+    tern = processes.start("tern", [args.tern, "-c", config, "--threads", "1", "--no-stats", "--shutdown-timeout", "1"], listen)
+    stats = collections.Counter()
+    findings = collections.OrderedDict()
+    lanes = args.lanes or 1
+    gens = [AuthGen(args.seed, lane) for lane in range(lanes)]
+    deadline = time.monotonic() + args.seconds
+    lane = 0
+    while time.monotonic() < deadline and stats["frames"] < args.requests:
+        steps = gens[lane].session_steps()
+        lane = (lane + 1) % lanes
+        stats["sessions"] += 1
+        try:
+            finding = auth_run_session(steps, listen, ref_port, stats)
+        except OSError as error:
+            print("differential: auth: session %d: %s; processes: %s" % (stats["sessions"], error, ", ".join(
+                "%s %s" % (name, "running" if child.poll() is None else "exited %s" % child.returncode)
+                for name, child, _ in processes.children)))
+            print(processes.log_tail("tern"))
+            return True
+        if finding:
+            label, t, r, transcript = finding
+            group = findings.setdefault((label, auth_normalize(t), auth_normalize(r)), [0, transcript])
+            group[0] += 1
+            if len(transcript) < len(group[1]):
+                group[1] = transcript
+        if tern.poll() is not None:
+            print("differential: auth: Tern exited with %s:\n%s" % (tern.returncode, processes.log_tail("tern")))
+            return True
+    mismatches = sum(g[0] for g in findings.values())
+    print("differential: auth: %d sessions, %d requests, %d lockouts, closes %d, mismatches %d"
+          % (stats["sessions"], stats["frames"], stats["lockouts"], stats["closes"], mismatches))
+    for (label, t, r), (count, transcript) in list(findings.items())[:20]:
+        print("  mismatch %s (%d): tern %s, redis %s" % (label, count, show_replies([t]) if isinstance(t, bytes) else t,
+                                                         show_replies([r]) if isinstance(r, bytes) else r))
+        for frame, ft, fr in transcript[-6:]:
+            print("      > %s\n          tern %s | redis %s" % (frame.show(),
+                  show(ft, 100) if isinstance(ft, bytes) else ft, show(fr, 100) if isinstance(fr, bytes) else fr))
+    return mismatches > 0
+
 
 def write_config(directory, pools):
     text = []
@@ -2135,7 +2599,8 @@ def parse_replay(text):
 def main():
     parser = argparse.ArgumentParser(description="Differential fuzzer for Tern (see the module docstring).")
     parser.add_argument("--tern", required=True, help="the tern binary")
-    parser.add_argument("--protocol", choices=["memcache", "redis", "both"], default="both")
+    parser.add_argument("--protocol", choices=["memcache", "redis", "both", "auth"], default="both",
+                        help="auth: AUTH/HELLO sessions on a pool with users (not part of both)")
     parser.add_argument("--requests", type=int, default=10 ** 9, help="most cases per protocol")
     parser.add_argument("--seconds", type=float, default=60.0, help="most seconds of fuzzing per protocol")
     parser.add_argument("--seed", default="1", help="seed for the cases (any string)")
@@ -2174,6 +2639,15 @@ def main():
 
     processes = Processes(args.keep)
     failed = False
+    if args.protocol == "auth":
+        try:
+            failed = run_auth(args, processes)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            failed = True
+        finally:
+            processes.stop_all()
+        return 1 if failed else 0
     try:
         # Backends, references and one Tern serving every protocol asked for.
         setup = {}

@@ -28,11 +28,16 @@ extension ClientConnection {
                 slot.complete(with: "-ERR SELECT is not allowed: this pool serves database \(pool.config.redisDatabase)\r\n")
             }
         case "auth":
-            guard count <= 3 else { return wrongArity(command, slot) }
+            // Redis's checks first (more than three arguments: a syntax error), then the password.
+            let request = RedisAuthRequest.auth(arguments)
+            guard case let .authenticate(user, password, _, _) = request else {
+                if case let .error(text) = request { slot.complete(with: text + "\r\n") }
+                return
+            }
             guard pool.requiresAuth else {
                 return slot.complete(with: "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n" as StaticString)
             }
-            if authenticate(user: count == 3 ? 1 : nil, password: count - 1, arguments, frame, session) {
+            if authenticate(user: user, password: password, arguments, frame, session) {
                 slot.complete(with: "+OK\r\n" as StaticString)
             } else {
                 slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
@@ -107,36 +112,29 @@ extension ClientConnection {
         return false
     }
 
-    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now.
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now. The arguments are
+    /// checked as Redis checks them (`RedisAuthRequest.hello`) before anything is authenticated
+    /// or named, so a HELLO answered with an error changes nothing.
     private func hello(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
-        let count = arguments.count
-        if count >= 2 {
-            guard let version = Int(arguments.argumentString(1, in: frame)) else {
-                return slot.complete(with: "-ERR Protocol version is not an integer or out of range\r\n" as StaticString)
+        var setName: Int?
+        switch RedisAuthRequest.hello(arguments, in: frame, highestVersion: 2) {
+        case let .error(text):
+            return slot.complete(with: text + "\r\n")
+        case let .hello(_, name):
+            setName = name
+        case let .authenticate(user, password, _, name):
+            guard pool.requiresAuth, authenticate(user: user, password: password, arguments, frame, session) else {
+                return slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
             }
-            guard version == 2 else {
-                return slot.complete(with: "-NOPROTO unsupported protocol version\r\n" as StaticString)
-            }
-        }
-        var argument = 2
-        var newName: String?
-        while argument < count {
-            if arguments.argument(argument, in: frame, equals: "auth"), argument + 2 < count {
-                guard pool.requiresAuth, authenticate(user: argument + 1, password: argument + 2, arguments, frame, session) else {
-                    return slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
-                }
-                argument += 3
-            } else if arguments.argument(argument, in: frame, equals: "setname"), argument + 1 < count {
-                newName = arguments.argumentString(argument + 1, in: frame)
-                argument += 2
-            } else {
-                return slot.complete(with: "-ERR Syntax error in HELLO option '\(arguments.argumentString(argument, in: frame).prefix(64))'\r\n")
-            }
+            setName = name
         }
         if pool.requiresAuth, !session.isAuthenticated {
             return slot.complete(with: "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n" as StaticString)
         }
-        if let newName { session.name = newName }
+        if let setName {
+            let name = arguments.argumentString(setName, in: frame)
+            session.name = name.isEmpty ? nil : name
+        }
         let reply = slot.data
         reply.appendArrayHeader(14)
         reply.appendBulk("server"); reply.appendBulk("redis")

@@ -70,7 +70,12 @@ extension ClientConnection {
         if session.user != nil, session.usersGeneration != pool.usersGeneration { rebindUser(session) }
         if pool.requiresAuth, !session.isAuthenticated, !command.isNamed("auth"), !command.isNamed("hello"), !command.isNamed("quit") {
             session.transaction?.aborted = true
-            slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
+            // As Redis: a wrong argument count is reported before the missing authentication.
+            if !command.acceptsArgumentCount(arguments.count) {
+                slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
+            } else {
+                slot.complete(with: "-NOAUTH Authentication required.\r\n" as StaticString)
+            }
             return
         }
         switch command.routing {

@@ -130,6 +130,36 @@ final class UsersIntegrationTests: XCTestCase {
         """)
     }
 
+    /// Regressions found by the AUTH/HELLO differential fuzzer (fuzz/differential.py --protocol
+    /// auth), with Redis's replies: an arity error before NOAUTH, AUTH with too many arguments,
+    /// HELLO's version as a canonical integer, a failing HELLO that authenticated anyway, and
+    /// HELLO SETNAME names.
+    func testHelloAndAuthArgumentsAsRedis() throws {
+        let setup = try start(extra: Self.users)
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try client.call("GET"), "-ERR wrong number of arguments for 'get' command\r\n")
+        XCTAssertEqual(try client.call("GET", "app:1"), "-NOAUTH Authentication required.\r\n")
+        XCTAssertEqual(try client.call("AUTH", "app", "app-secret", "x"), "-ERR syntax error\r\n")
+        XCTAssertEqual(try client.call("HELLO", "+2", "AUTH", "app", "app-secret"), "-ERR Protocol version is not an integer or out of range\r\n")
+        XCTAssertEqual(try client.call("HELLO", "02", "AUTH", "app", "app-secret"), "-ERR Protocol version is not an integer or out of range\r\n")
+        XCTAssertEqual(try client.call("HELLO", "2", "AUTH", "app", "app-secret", "BOGUS"), "-ERR Syntax error in HELLO option 'BOGUS'\r\n")
+        XCTAssertEqual(try client.call("HELLO", "2", "AUTH", "app", "app-secret", "SETNAME", "with space"),
+                       "-ERR Client names cannot contain spaces, newlines or special characters.\r\n")
+        XCTAssertEqual(try client.call("HELLO", "3", "AUTH", "app", "app-secret"), "-NOPROTO unsupported protocol version\r\n")
+        XCTAssertEqual(try client.call("GET", "app:1"), "-NOAUTH Authentication required.\r\n", "no failing HELLO authenticated")
+        // The last AUTH decides; the name is set once authenticated.
+        let hello = try client.call("HELLO", "2", "AUTH", "reader", "wrong", "SETNAME", "first", "AUTH", "admin", "admin-secret")
+        XCTAssertTrue(hello.hasPrefix("*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), hello)
+        XCTAssertEqual(try client.call("ACL", "WHOAMI"), "$5\r\nadmin\r\n")
+        XCTAssertEqual(try client.call("CLIENT", "GETNAME"), "$5\r\nfirst\r\n")
+        // A failing HELLO changes neither the user nor the name.
+        XCTAssertEqual(try client.call("HELLO", "2", "SETNAME", "second", "AUTH", "app", "wrong"),
+                       "-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+        XCTAssertEqual(try client.call("HELLO", "2", "AUTH", "app", "app-secret", "SETNAME", "third", "x"), "-ERR Syntax error in HELLO option 'x'\r\n")
+        XCTAssertEqual(try client.call("ACL", "WHOAMI"), "$5\r\nadmin\r\n")
+        XCTAssertEqual(try client.call("CLIENT", "GETNAME"), "$5\r\nfirst\r\n")
+    }
+
     /// `disabled_commands`: answered as Redis answers an unknown (renamed) command, for every user.
     func testDisabledCommands() throws {
         let setup = try start(extra: "  disabled_commands: [flushall, flushdb, keys]\n")
