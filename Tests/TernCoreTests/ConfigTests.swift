@@ -116,6 +116,27 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(error("p:\n  listen: /tmp/x.sock 999\n  servers:\n   - 127.0.0.1:2:1\n")!.message.contains("octal permission"))
     }
 
+    /// Every key the loader accepts is in one of README's config tables (`| \`key\` | …`) and
+    /// in Config/example.yml (set or shown commented out), so a new key cannot land undocumented.
+    func testEveryConfigKeyIsDocumented() throws {
+        var root = #filePath
+        for _ in 0..<3 { root = String(root[..<root.lastIndex(of: "/")!]) }
+        func read(_ path: String) -> String {
+            guard let file = fopen(root + "/" + path, "r") else { XCTFail("missing \(path)"); return "" }
+            defer { fclose(file) }
+            var text = ""
+            var buffer = [CChar](repeating: 0, count: 4096)
+            while fgets(&buffer, Int32(buffer.count), file) != nil { text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+            return text
+        }
+        let readme = read("README.md"), example = read("Config/example.yml")
+        let tableRows = readme.split(separator: "\n").filter { $0.hasPrefix("| `") }.joined(separator: "\n")
+        for key in Set(ConfigLoader.poolKeys + ConfigLoader.warmupKeys) {
+            XCTAssertTrue(tableRows.contains("`\(key)`"), "README's config tables do not name '\(key)'")
+            XCTAssertTrue(example.contains("\(key):"), "Config/example.yml does not show '\(key)'")
+        }
+    }
+
     /// The shipped examples load: README and Config/ stay in step with the loader.
     func testShippedConfigsLoad() throws {
         var root = #filePath

@@ -108,6 +108,9 @@ final class DeployTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.hasPrefix("FROM swift:") && $0.contains(" AS build") })
         XCTAssertTrue(lines.contains { $0 == "FROM debian:bookworm-slim" })
         XCTAssertTrue(text.contains("libev4"))
+        // Tern links OpenSSL (TLS): the build stage needs its headers, the image its library.
+        XCTAssertTrue(text.contains("libssl-dev"))
+        XCTAssertTrue(text.contains("libssl3"))
         XCTAssertTrue(lines.contains { $0.hasPrefix("USER ") && !$0.contains("root") && !$0.contains(" 0") })
         func jsonArray(_ instruction: String) throws -> [String] {
             let line = try XCTUnwrap(lines.first { $0.hasPrefix(instruction + " ") })
