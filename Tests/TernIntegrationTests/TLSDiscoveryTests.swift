@@ -236,6 +236,13 @@ final class TLSDiscoveryTests: XCTestCase {
             assert r.get('s:after') == b'after-failover'
             assert r.get('s:0') == b'before-0' and r.get('s:299') == b'before-299'
             assert r.dbsize() == 301, r.dbsize()
+            # INFO's backend figures come from the new master, polled over TLS.
+            deadline = time.time() + 5
+            while True:
+                info = r.info()
+                if info.get('backends_up') == 1 and info.get('db0', {}).get('keys') == 301: break
+                assert time.time() < deadline, info
+                time.sleep(0.2)
             """)
         XCTAssertEqual(try cli(replicaPort, "GET", "s:after"), "after-failover", "writes go to the promoted replica")
         XCTAssertEqual(try cli(sentinel, "SENTINEL", "get-master-addr-by-name", "m1"), "127.0.0.1\n\(replicaPort)")
