@@ -163,7 +163,8 @@ final class BackendInfoPoller: Sendable {
             for plan in control.currentPlans where plan.config.protocolKind == .redis {
                 let due = now - (connections.lastPoll[plan.config.name] ?? 0) >= 1
                 for (index, server) in plan.config.servers.enumerated() {
-                    let key = "\(plan.config.name)/\(server.name)/\(server.address)"
+                    // With the transport: a reload that adds or drops server_tls reconnects.
+                    let key = "\(plan.config.name)/\(server.name)/\(server.address)/\(plan.serverTLS == nil ? "tcp" : "tls")"
                     seen.insert(key)
                     guard due, index < plan.serverAddresses.count, now >= connections.retryAt[key] ?? 0 else { continue }
                     // TLS as on the data path: the pool's context, the server's host verified.
