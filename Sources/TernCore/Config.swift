@@ -51,14 +51,18 @@ public struct SentinelConfig: Sendable, Equatable {
     public var addresses: [(host: String, port: Int)]
     /// The sentinels' own password (`requirepass` of the sentinels), if any.
     public var password: String?
+    /// The sentinels listen with TLS (`tls-port`): they are reached with the pool's
+    /// `server_tls` settings, as the masters are (Tern key `sentinel: {tls: true}`).
+    public var tls: Bool
 
-    public init(addresses: [(host: String, port: Int)], password: String? = nil) {
+    public init(addresses: [(host: String, port: Int)], password: String? = nil, tls: Bool = false) {
         self.addresses = addresses
         self.password = password
+        self.tls = tls
     }
 
     public static func == (left: SentinelConfig, right: SentinelConfig) -> Bool {
-        left.password == right.password && left.addresses.map { "\($0.host):\($0.port)" } == right.addresses.map { "\($0.host):\($0.port)" }
+        left.password == right.password && left.tls == right.tls && left.addresses.map { "\($0.host):\($0.port)" } == right.addresses.map { "\($0.host):\($0.port)" }
     }
 }
 

@@ -236,6 +236,9 @@ public enum ConfigLoader {
             if let warmupNode = values["warmup"] {
                 throw context.error(warmupNode, key: "warmup", "is not supported with 'sentinel'")
             }
+            if pool.sentinel?.tls == true, pool.serverTLS == nil {
+                throw context.error(sentinelNode, key: "sentinel", "'tls: true' reaches the sentinels with the pool's 'server_tls' settings: add 'server_tls'")
+            }
             pool.servers = try parseSentinelMasters(serversNode, context: context)
         } else {
             pool.servers = try parseServers(serversNode, context: context)
@@ -526,6 +529,7 @@ public enum ConfigLoader {
         guard case let .mapping(mapping) = node else { throw context.error(node, key: "sentinel", "must be a mapping with 'addresses' (and 'password')") }
         var addresses: [(host: String, port: Int)] = []
         var password: String?
+        var tls = false
         var sawAddresses = false
         for (keyNode, valueNode) in mapping {
             let key = try context.string(keyNode, key: "sentinel")
@@ -540,12 +544,14 @@ public enum ConfigLoader {
                 }
             case "password":
                 password = try context.string(valueNode, key: "sentinel")
+            case "tls":
+                tls = try context.boolean(valueNode, key: "sentinel")
             default:
-                throw context.error(keyNode, key: "sentinel", "unknown key '\(key)' (addresses, password)")
+                throw context.error(keyNode, key: "sentinel", "unknown key '\(key)' (addresses, password, tls)")
             }
         }
         guard sawAddresses, !addresses.isEmpty else { throw context.error(node, key: "sentinel", "needs at least one address in 'addresses'") }
-        return SentinelConfig(addresses: addresses, password: password)
+        return SentinelConfig(addresses: addresses, password: password, tls: tls)
     }
 
     /// With `sentinel:`, servers are master group names: `<name>:<weight>`. The name is the

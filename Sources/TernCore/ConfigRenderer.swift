@@ -93,6 +93,7 @@ public enum ConfigRenderer {
                 out += "\(indent)   - \(quoted(address.host.contains(":") ? "[\(address.host)]:\(address.port)" : "\(address.host):\(address.port)"))\n"
             }
             if let password = sentinel.password { out += "\(indent)  password: \(maskSecrets ? "\"********\"" : quoted(password))\n" }
+            if sentinel.tls { out += "\(indent)  tls: true\n" }
             out += "\(indent)servers:\n"
             for server in pool.servers { out += "\(indent) - \(quoted("\(server.name):\(server.weight)"))\n" }
             return out

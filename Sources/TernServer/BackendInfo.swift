@@ -142,7 +142,7 @@ final class BackendInfoPoller: Sendable {
 
     /// Connections by "pool/server/address"; confined to the poller's thread.
     private final class Connections {
-        var descriptors: [String: Int32] = [:]
+        var connections: [String: BlockingConnection] = [:]
         var lastPoll: [String: Int] = [:]
         /// A server whose last poll failed is tried again at this time (unix seconds), so that
         /// servers that are down cannot stretch the cycle for the others.
@@ -163,10 +163,15 @@ final class BackendInfoPoller: Sendable {
             for plan in control.currentPlans where plan.config.protocolKind == .redis {
                 let due = now - (connections.lastPoll[plan.config.name] ?? 0) >= 1
                 for (index, server) in plan.config.servers.enumerated() {
-                    let key = "\(plan.config.name)/\(server.name)/\(server.address)"
+                    // With the transport: a reload that adds or drops server_tls reconnects.
+                    let key = "\(plan.config.name)/\(server.name)/\(server.address)/\(plan.serverTLS == nil ? "tcp" : "tls")"
                     seen.insert(key)
                     guard due, index < plan.serverAddresses.count, now >= connections.retryAt[key] ?? 0 else { continue }
-                    let result = fetch(key: key, address: plan.serverAddresses[index], password: plan.config.redisAuth, connections)
+                    // TLS as on the data path: the pool's context, the server's host verified.
+                    var host: String?
+                    if case let .tcp(name, _) = server.address { host = name }
+                    let result = fetch(key: key, address: plan.serverAddresses[index], tls: plan.serverTLS, host: host,
+                                       password: plan.config.redisAuth, connections)
                     if case .failure = result { connections.retryAt[key] = now + 5 } else { connections.retryAt[key] = nil }
                     plan.shared.backendInfo.withLock { known in
                         var info = known[server.name] ?? BackendInfo(address: "\(server.address)")
@@ -185,95 +190,58 @@ final class BackendInfoPoller: Sendable {
                 if due { connections.lastPoll[plan.config.name] = now }
             }
             // Servers that left the config: close their connections.
-            for (key, fd) in connections.descriptors where !seen.contains(key) {
-                Glibc.close(fd)
-                connections.descriptors[key] = nil
-            }
+            for key in connections.connections.keys where !seen.contains(key) { connections.connections[key] = nil }
             usleep(250_000)
         }
     }
 
     struct PollError: Error { var text: String }
 
-    private func fetch(key: String, address: SocketAddress, password: String?, _ connections: Connections) -> Result<[String: String], PollError> {
-        var fd = connections.descriptors[key] ?? -1
-        if fd < 0 {
-            switch Self.connect(address) {
-            case let .success(opened): fd = opened
-            case let .failure(error): return .failure(error)
+    private func fetch(key: String, address: SocketAddress, tls: TLSContext?, host: String?, password: String?,
+                       _ connections: Connections) -> Result<[String: String], PollError> {
+        let connection: BlockingConnection
+        if let open = connections.connections[key] {
+            connection = open
+        } else {
+            // Connecting (and the TLS handshake) within 300 ms.
+            switch BlockingConnection.open(address, tls: tls, serverName: host, deadline: BlockingConnection.now() + 0.3) {
+            case let .success(opened): connection = opened
+            case let .failure(error): return .failure(PollError(text: error.text))
             }
             if let password {
                 let auth = "*2\r\n$4\r\nAUTH\r\n$\(password.utf8.count)\r\n\(password)\r\n"
-                guard case let .success(reply) = Self.exchange(fd, Array(auth.utf8)), reply.first == UInt8(ascii: "+") else {
-                    Glibc.close(fd)
+                guard case let .success(reply) = Self.exchange(connection, Array(auth.utf8)), reply.first == UInt8(ascii: "+") else {
                     return .failure(PollError(text: "AUTH failed"))
                 }
             }
-            connections.descriptors[key] = fd
+            connections.connections[key] = connection
         }
-        switch Self.exchange(fd, Array("*1\r\n$4\r\nINFO\r\n".utf8)) {
+        switch Self.exchange(connection, Array("*1\r\n$4\r\nINFO\r\n".utf8)) {
         case let .success(reply):
             guard reply.first == UInt8(ascii: "$") else {
                 return .failure(PollError(text: String(decoding: reply.prefix(120).filter { $0 >= 0x20 }, as: UTF8.self)))
             }
             return .success(BackendInfo.parse(reply))
         case let .failure(error):
-            Glibc.close(fd)
-            connections.descriptors[key] = nil
+            connections.connections[key] = nil
             return .failure(error)
         }
     }
 
-    /// A connect bounded by 300 ms.
-    private static func connect(_ address: SocketAddress) -> Result<Int32, PollError> {
-        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
-        guard fd >= 0 else { return .failure(PollError(text: Syscall.errorText(errno))) }
-        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
-            guard errno == EINPROGRESS else {
-                let error = errno
-                Glibc.close(fd)
-                return .failure(PollError(text: Syscall.errorText(error)))
-            }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let error = poll(&entry, 1, 300) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
-            guard error == 0 else {
-                Glibc.close(fd)
-                return .failure(PollError(text: Syscall.errorText(error)))
-            }
-        }
-        return .success(fd)
-    }
-
     /// Sends a request and reads one reply (a line, or a bulk string whole), 500 ms at most.
-    private static func exchange(_ fd: Int32, _ request: [UInt8]) -> Result<[UInt8], PollError> {
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let end = Double(deadline.tv_sec) + Double(deadline.tv_nsec) / 1e9 + 0.5
-        func remainingMilliseconds() -> Int32 {
-            var now = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            return Int32(max(0, (end - Double(now.tv_sec) - Double(now.tv_nsec) / 1e9) * 1000))
-        }
-        var sent = 0
-        while sent < request.count {
-            let count = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if count > 0 { sent += count; continue }
-            guard count < 0, errno == EAGAIN || errno == EINTR else { return .failure(PollError(text: "send failed")) }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(PollError(text: "timed out")) }
-        }
+    private static func exchange(_ connection: BlockingConnection, _ request: [UInt8]) -> Result<[UInt8], PollError> {
+        let end = BlockingConnection.now() + 0.5
+        if case let .failure(error) = connection.writeAll(request, deadline: end) { return .failure(PollError(text: error.text)) }
         var reply: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {
             if let needed = Self.replyLength(reply), reply.count >= needed { return .success(Array(reply[..<needed])) }
             // INFO is a few KiB; anything past 4 MiB is not a reply this poller expects.
             guard reply.count < 4 << 20 else { return .failure(PollError(text: "reply too large")) }
-            let count = recv(fd, &chunk, chunk.count, 0)
-            if count > 0 { reply += chunk[0..<count]; continue }
-            if count == 0 { return .failure(PollError(text: "server closed the connection")) }
-            guard errno == EAGAIN || errno == EINTR else { return .failure(PollError(text: Syscall.errorText(errno))) }
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(PollError(text: "timed out")) }
+            switch connection.read(into: &chunk, deadline: end) {
+            case let .success(count): reply += chunk[0..<count]
+            case let .failure(error): return .failure(PollError(text: error.text))
+            }
         }
     }
 

@@ -84,6 +84,9 @@ final class ClusterDiscovery: Sendable {
         var pool: String
         var seeds: [ClusterNode]
         var password: String?
+        /// `server_tls`: the nodes are asked over TLS with the pool's context (built once per
+        /// plan); nil: plain TCP.
+        var tls: TLSContext?
         var state: ClusterState
     }
 
@@ -126,7 +129,7 @@ final class ClusterDiscovery: Sendable {
                 job.state.refreshRequested.store(false, ordering: .relaxed)
                 lastAttempt[job.pool] = now
                 let previous = known.withLock { $0[job.pool] }
-                switch Self.discover(seeds: job.seeds, previous: previous, password: job.password) {
+                switch Self.discover(seeds: job.seeds, previous: previous, password: job.password, tls: job.tls) {
                 case let .success((map, _)):
                     lastFailed[job.pool] = false
                     job.state.refreshes.add(1, ordering: .relaxed)
@@ -151,12 +154,12 @@ final class ClusterDiscovery: Sendable {
     /// Asks the nodes of `previous` (masters first), then the seeds, for `CLUSTER SLOTS`; the
     /// first usable answer wins. Blocking: each node gets a second to connect and a second to
     /// answer. Returns the map and the node that gave it.
-    static func discover(seeds: [ClusterNode], previous: ClusterSlotMap?, password: String?) -> Result<(ClusterSlotMap, String), DiscoveryError> {
+    static func discover(seeds: [ClusterNode], previous: ClusterSlotMap?, password: String?, tls: TLSContext?) -> Result<(ClusterSlotMap, String), DiscoveryError> {
         var candidates: [ClusterNode] = []
         for node in (previous?.allNodes ?? []) + seeds where !candidates.contains(where: { $0.name == node.name }) { candidates.append(node) }
         var errors: [String] = []
         for node in candidates {
-            switch ask(node, password: password) {
+            switch ask(node, password: password, tls: tls) {
             case let .success(map): return .success((map, node.name))
             case let .failure(error): errors.append("\(node.name): \(error.text)")
             }
@@ -164,9 +167,9 @@ final class ClusterDiscovery: Sendable {
         return .failure(DiscoveryError(text: errors.isEmpty ? "no seed nodes" : errors.joined(separator: "; ")))
     }
 
-    private static func ask(_ node: ClusterNode, password: String?) -> Result<ClusterSlotMap, DiscoveryError> {
+    private static func ask(_ node: ClusterNode, password: String?, tls: TLSContext?) -> Result<ClusterSlotMap, DiscoveryError> {
         // A map of 16384 single-slot ranges over many nodes stays well below 16 MiB.
-        switch RedisProbe.call(node, ["CLUSTER", "SLOTS"], password: password, maxReply: 16 << 20) {
+        switch RedisProbe.call(node, ["CLUSTER", "SLOTS"], password: password, tls: tls, maxReply: 16 << 20) {
         case let .success(.error(text)):
             return .failure(DiscoveryError(text: text))
         case let .success(reply):

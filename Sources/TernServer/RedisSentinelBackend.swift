@@ -55,6 +55,10 @@ final class SentinelWatcher: Sendable {
         var sentinels: [ClusterNode]
         var sentinelPassword: String?
         var serverPassword: String?
+        /// `server_tls`: how the masters are reached (ROLE); nil: plain TCP.
+        var serverTLS: TLSContext?
+        /// The same context when `sentinel: {tls: true}`: the sentinels listen on `tls-port`.
+        var sentinelTLS: TLSContext?
         var state: SentinelState
     }
 
@@ -109,7 +113,7 @@ final class SentinelWatcher: Sendable {
     /// watcher thread's own): a failover is noticed when the sentinels announce it, not at the
     /// next poll.
     private final class Subscriptions {
-        var descriptors: [String: Int32] = [:]
+        var connections: [String: BlockingConnection] = [:]
         var buffers: [String: [UInt8]] = [:]
         /// When a sentinel that could not be reached is tried again.
         var retryAt: [String: Double] = [:]
@@ -117,36 +121,42 @@ final class SentinelWatcher: Sendable {
         /// Opens missing subscriptions, waits up to `waitMilliseconds` for messages, and returns
         /// the sentinels that announced a switch.
         func poll(_ jobs: [Job], now: Double, waitMilliseconds: Int32) -> [String] {
-            var wanted: [String: (ClusterNode, String?)] = [:]
-            for job in jobs { for sentinel in job.sentinels where wanted[sentinel.name] == nil { wanted[sentinel.name] = (sentinel, job.sentinelPassword) } }
-            for (name, fd) in descriptors where wanted[name] == nil { close(name, fd) }
-            for (name, (node, password)) in wanted where descriptors[name] == nil && now >= retryAt[name] ?? 0 {
-                if case let .success(fd) = RedisProbe.subscribe(node, channels: ["+switch-master", "+promoted-slave"], password: password) {
-                    descriptors[name] = fd
+            var wanted: [String: (ClusterNode, String?, TLSContext?)] = [:]
+            for job in jobs {
+                for sentinel in job.sentinels where wanted[sentinel.name] == nil { wanted[sentinel.name] = (sentinel, job.sentinelPassword, job.sentinelTLS) }
+            }
+            for name in connections.keys where wanted[name] == nil { close(name) }
+            for (name, (node, password, tls)) in wanted where connections[name] == nil && now >= retryAt[name] ?? 0 {
+                if case let .success(connection) = RedisProbe.subscribe(node, channels: ["+switch-master", "+promoted-slave"], password: password, tls: tls) {
+                    connections[name] = connection
                     buffers[name] = []
                 } else {
                     retryAt[name] = now + 1
                 }
             }
-            let names = Array(descriptors.keys)
-            var entries = names.map { pollfd(fd: descriptors[$0]!, events: Int16(POLLIN), revents: 0) }
+            let names = Array(connections.keys)
+            var entries = names.map { pollfd(fd: connections[$0]!.descriptor, events: Int16(POLLIN), revents: 0) }
             guard !entries.isEmpty else {
                 usleep(UInt32(waitMilliseconds) * 1000)
                 return []
             }
-            guard Glibc.poll(&entries, nfds_t(entries.count), waitMilliseconds) > 0 else { return [] }
+            // Bytes OpenSSL already decrypted are not announced by the socket: no wait then.
+            let pending = names.contains { connections[$0]!.hasPending }
+            guard Glibc.poll(&entries, nfds_t(entries.count), pending ? 0 : waitMilliseconds) > 0 || pending else { return [] }
             var switched: [String] = []
             var chunk = [UInt8](repeating: 0, count: 4096)
-            for (index, name) in names.enumerated() where entries[index].revents != 0 {
-                let fd = descriptors[name]!
-                let count = recv(fd, &chunk, chunk.count, Int32(MSG_DONTWAIT))
-                if count <= 0 {
-                    if count == 0 || (errno != EAGAIN && errno != EINTR) {
-                        close(name, fd)
-                        retryAt[name] = now + 1
-                        // A sentinel lost may have been the one to announce: ask again.
-                        switched.append(name)
-                    }
+            for (index, name) in names.enumerated() where entries[index].revents != 0 || connections[name]!.hasPending {
+                let count: Int
+                switch connections[name]!.readNow(into: &chunk) {
+                case let .bytes(read):
+                    count = read
+                case .wouldBlock:
+                    continue
+                case .closed, .failed:
+                    close(name)
+                    retryAt[name] = now + 1
+                    // A sentinel lost may have been the one to announce: ask again.
+                    switched.append(name)
                     continue
                 }
                 var buffer = (buffers[name] ?? []) + chunk[0..<count]
@@ -165,9 +175,8 @@ final class SentinelWatcher: Sendable {
             return switched
         }
 
-        private func close(_ name: String, _ fd: Int32) {
-            Glibc.close(fd)
-            descriptors[name] = nil
+        private func close(_ name: String) {
+            connections[name] = nil
             buffers[name] = nil
         }
     }
@@ -184,7 +193,7 @@ final class SentinelWatcher: Sendable {
         for master in job.masters {
             var votes: [(node: ClusterNode, count: Int)] = []
             for sentinel in job.sentinels {
-                switch RedisProbe.call(sentinel, ["SENTINEL", "get-master-addr-by-name", master], password: job.sentinelPassword) {
+                switch RedisProbe.call(sentinel, ["SENTINEL", "get-master-addr-by-name", master], password: job.sentinelPassword, tls: job.sentinelTLS) {
                 case let .success(.array(fields?)) where fields.count == 2:
                     anyAnswered = true
                     guard let host = fields[0].text, let port = fields[1].text.flatMap({ Int($0) }), (1...65535).contains(port) else { continue }
@@ -203,7 +212,7 @@ final class SentinelWatcher: Sendable {
             let ranked = votes.enumerated().sorted { $0.element.count != $1.element.count ? $0.element.count > $1.element.count : $0.offset < $1.offset }.map(\.element.node)
             var placed = false
             for node in ranked where !placed {
-                switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword) {
+                switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword, tls: job.serverTLS) {
                 case let .success(.array(role?)) where role.first?.text == "master":
                     found[master] = node
                     placed = true
@@ -235,71 +244,57 @@ final class SentinelWatcher: Sendable {
     }
 }
 
-/// One blocking exchange with a Redis node or sentinel, bounded by a second to connect and a
-/// second to answer: for the discovery and watcher threads only (cluster maps, sentinels).
+/// One blocking exchange with a Redis node or sentinel, bounded by a second to connect (and
+/// finish the TLS handshake) and a second to answer: for the discovery and watcher threads only
+/// (cluster maps, sentinels). `tls`: the pool's `server_tls` context (nil: plain TCP); the
+/// name verified is `server_tls.server_name` or the node's host, as on the data path.
 enum RedisProbe {
     struct ProbeError: Error { var text: String }
 
-    static func now() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-    }
+    static func now() -> Double { BlockingConnection.now() }
 
     /// Connects, authenticates when `password` is given, sends `words`, returns the reply (at
     /// most `maxReply` bytes).
-    static func call(_ node: ClusterNode, _ words: [String], password: String?, maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
-        let address: SocketAddress
-        switch SocketAddress.resolve(host: node.host, port: node.port) {
-        case let .success(resolved): address = resolved
-        case let .failure(error): return .failure(ProbeError(text: error.message))
-        }
-        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
-        guard fd >= 0 else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
-        defer { Glibc.close(fd) }
-        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
-            guard errno == EINPROGRESS else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let error = poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
-            guard error == 0 else { return .failure(ProbeError(text: Syscall.errorText(error))) }
+    static func call(_ node: ClusterNode, _ words: [String], password: String?, tls: TLSContext?, maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
+        let connection: BlockingConnection
+        switch open(node, tls: tls) {
+        case let .success(opened): connection = opened
+        case let .failure(error): return .failure(error)
         }
         if let password {
-            switch exchange(fd, encode(["AUTH", password])) {
+            switch exchange(connection, encode(["AUTH", password])) {
             case .success(.error(let text)): return .failure(ProbeError(text: "AUTH: \(text)"))
             case .success: break
             case let .failure(error): return .failure(error)
             }
         }
-        return exchange(fd, encode(words), maxReply: maxReply)
+        return exchange(connection, encode(words), maxReply: maxReply)
     }
 
     /// A connection to `node` subscribed to `channels` (the first confirmation read; the others
     /// come with the messages), for the caller to read messages from; bounded like `call`.
-    static func subscribe(_ node: ClusterNode, channels: [String], password: String?) -> Result<Int32, ProbeError> {
+    static func subscribe(_ node: ClusterNode, channels: [String], password: String?, tls: TLSContext?) -> Result<BlockingConnection, ProbeError> {
+        let connection: BlockingConnection
+        switch open(node, tls: tls) {
+        case let .success(opened): connection = opened
+        case let .failure(error): return .failure(error)
+        }
+        if let password, case .success(.error) = exchange(connection, encode(["AUTH", password])) {
+            return .failure(ProbeError(text: "AUTH refused"))
+        }
+        guard case .success(.array) = exchange(connection, encode(["SUBSCRIBE"] + channels)) else {
+            return .failure(ProbeError(text: "SUBSCRIBE failed"))
+        }
+        return .success(connection)
+    }
+
+    private static func open(_ node: ClusterNode, tls: TLSContext?) -> Result<BlockingConnection, ProbeError> {
         let address: SocketAddress
         switch SocketAddress.resolve(host: node.host, port: node.port) {
         case let .success(resolved): address = resolved
         case let .failure(error): return .failure(ProbeError(text: error.message))
         }
-        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
-        guard fd >= 0 else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
-        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let error = errno != EINPROGRESS ? errno : poll(&entry, 1, 1000) == 1 ? Syscall.socketError(fd) : ETIMEDOUT
-            guard error == 0 else {
-                Glibc.close(fd)
-                return .failure(ProbeError(text: Syscall.errorText(error)))
-            }
-        }
-        if let password, case .success(.error) = exchange(fd, encode(["AUTH", password])) {
-            Glibc.close(fd)
-            return .failure(ProbeError(text: "AUTH refused"))
-        }
-        guard case .success(.array) = exchange(fd, encode(["SUBSCRIBE"] + channels)) else {
-            Glibc.close(fd)
-            return .failure(ProbeError(text: "SUBSCRIBE failed"))
-        }
-        return .success(fd)
+        return BlockingConnection.open(address, tls: tls, serverName: node.host, deadline: now() + 1).mapError { ProbeError(text: $0.text) }
     }
 
     private static func encode(_ words: [String]) -> [UInt8] {
@@ -308,17 +303,9 @@ enum RedisProbe {
         return request
     }
 
-    private static func exchange(_ fd: Int32, _ request: [UInt8], maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
+    private static func exchange(_ connection: BlockingConnection, _ request: [UInt8], maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
         let end = now() + 1
-        func remainingMilliseconds() -> Int32 { Int32(max(0, (end - now()) * 1000)) }
-        var sent = 0
-        while sent < request.count {
-            let count = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if count > 0 { sent += count; continue }
-            guard count < 0, errno == EAGAIN || errno == EINTR else { return .failure(ProbeError(text: "send failed")) }
-            var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(ProbeError(text: "timed out")) }
-        }
+        if case let .failure(error) = connection.writeAll(request, deadline: end) { return .failure(ProbeError(text: error.text)) }
         var reply: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {
@@ -335,12 +322,10 @@ enum RedisProbe {
                 }
             }
             guard reply.count < maxReply else { return .failure(ProbeError(text: "reply too large")) }
-            let count = recv(fd, &chunk, chunk.count, 0)
-            if count > 0 { reply += chunk[0..<count]; continue }
-            if count == 0 { return .failure(ProbeError(text: "server closed the connection")) }
-            guard errno == EAGAIN || errno == EINTR else { return .failure(ProbeError(text: Syscall.errorText(errno))) }
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&entry, 1, remainingMilliseconds()) != 1 { return .failure(ProbeError(text: "timed out")) }
+            switch connection.read(into: &chunk, deadline: end) {
+            case let .success(count): reply += chunk[0..<count]
+            case let .failure(error): return .failure(ProbeError(text: error.text))
+            }
         }
     }
 }

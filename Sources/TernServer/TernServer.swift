@@ -81,7 +81,8 @@ public final class TernServer {
         for pool in config.pools where pool.distribution == .redisCluster {
             // The first map is asked for before anything listens, so that the first clients
             // are routed; a cluster that does not answer is asked again in the background.
-            switch ClusterDiscovery.discover(seeds: ClusterDiscovery.seeds(pool), previous: nil, password: pool.redisAuth) {
+            let tls = try pool.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: pool.name) }
+            switch ClusterDiscovery.discover(seeds: ClusterDiscovery.seeds(pool), previous: nil, password: pool.redisAuth, tls: tls) {
             case let .success((map, node)):
                 clusterMaps[pool.name] = map
                 logger.notice("pool \(pool.name): slot map from \(node): \(map.masters.count) masters, \(map.nodeCount) nodes, \(map.assignedSlots) slots served")
@@ -93,8 +94,10 @@ public final class TernServer {
         for pool in config.pools where pool.sentinel != nil {
             let state = SentinelState()
             startupStates[pool.name] = state
+            let tls = try pool.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: pool.name) }
             let job = SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
-                                          sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth, state: state)
+                                          sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth,
+                                          serverTLS: tls, sentinelTLS: pool.sentinel?.tls == true ? tls : nil, state: state)
             let found = SentinelWatcher.discover(job, previous: [:])
             sentinelMasters[pool.name] = found
             let missing = pool.servers.map(\.name).filter { found[$0] == nil }
@@ -160,7 +163,8 @@ public final class TernServer {
         var jobs: [ClusterDiscovery.Job] = []
         for plan in plans where plan.config.distribution == .redisCluster {
             guard let pool = config.pools.first(where: { $0.name == plan.config.name }) else { continue }
-            jobs.append(ClusterDiscovery.Job(pool: pool.name, seeds: ClusterDiscovery.seeds(pool), password: pool.redisAuth, state: plan.shared.cluster))
+            jobs.append(ClusterDiscovery.Job(pool: pool.name, seeds: ClusterDiscovery.seeds(pool), password: pool.redisAuth, tls: plan.serverTLS,
+                                         state: plan.shared.cluster))
         }
         clusterMaps = clusterMaps.filter { name, _ in jobs.contains { $0.pool == name } }
         let maps = clusterMaps
@@ -174,7 +178,8 @@ public final class TernServer {
         for plan in plans {
             guard let pool = config.pools.first(where: { $0.name == plan.config.name }), pool.sentinel != nil else { continue }
             sentinelJobs.append(SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
-                                                    sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth, state: plan.shared.sentinel))
+                                                    sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth, serverTLS: plan.serverTLS,
+                                                    sentinelTLS: pool.sentinel?.tls == true ? plan.serverTLS : nil, state: plan.shared.sentinel))
             let known = sentinelMasters[pool.name] ?? [:]
             plan.shared.sentinel.mastersKnown.store(pool.servers.filter { known[$0.name] != nil }.count, ordering: .relaxed)
             plan.shared.sentinel.current.withLock { current in current = known.mapValues(\.name) }
