@@ -5,7 +5,7 @@
 #   Deploy/sanitizers.sh [test-filter]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-filter=${1:-"MemcacheProxyTests|RedisProxyTests|WarmupTests|OperationsTests|RobustnessTests|IsolationTests|RedisSessionTests|ObservabilityTests|ControlEndpointTests|RedisClusterTests|TLSTests"}
+filter=${1:-"MemcacheProxyTests|RedisProxyTests|WarmupTests|OperationsTests|RobustnessTests|IsolationTests|RedisSessionTests|ObservabilityTests|ControlEndpointTests|RedisClusterTests|TLSTests|TLSDiscoveryTests|LargeValueTests"}
 swift build --build-tests >/dev/null
 for sanitizer in thread address; do
     scratch=".build-$sanitizer"
