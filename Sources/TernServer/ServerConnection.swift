@@ -17,17 +17,28 @@ import TernCore
 /// reply is recognised and dropped; when nothing but such entries remain, the connection is
 /// closed rather than trusted. A connection error fails only the entries on this connection.
 final class ServerConnection {
+    /// What a pending request is for: its reply goes to a client, or Tern itself reads it.
+    enum Purpose: UInt8 {
+        /// A part of a client's request: the reply goes to `slot` (nil once it timed out or
+        /// its client left; the late reply is then dropped).
+        case client
+        /// Tern's probe of an ejected server (`auto_eject_hosts`).
+        case probe
+        /// AUTH / SELECT / READONLY sent by Tern when the connection opened.
+        case setup
+        /// A warm-up copy into this (new) pool: counted, never answered to a client.
+        case backfill
+        /// A probe that timed out: its late reply is dropped.
+        case expiredProbe
+    }
+
     struct Pending {
         var slot: ReplySlot?
         var part: Int32
         /// How the memcached reply is framed (unused for Redis, whose replies frame themselves).
         var framing: MemcacheFraming
         var deadline: Double
-        var isProbe: Bool
-        /// AUTH / SELECT sent by Tern when the connection opened.
-        var isSetup = false
-        /// A warm-up copy into this (new) pool: counted, never answered to a client.
-        var isBackfill = false
+        var purpose: Purpose
         /// Cluster pools: redirects (`-MOVED`/`-ASK`, `-TRYAGAIN` retries) this request has
         /// followed so far, and whether it was sent after `ASKING`.
         var redirects: UInt8 = 0
@@ -135,7 +146,7 @@ final class ServerConnection {
     /// `blockFor`: seconds a blocking command may take beyond the pool's timeout (nil: it
     /// may block forever, so no proxy timeout applies).
     @inline(__always)
-    func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, isProbe: Bool = false, isSetup: Bool = false, isBackfill: Bool = false,
+    func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, purpose: Purpose = .client,
                  blockFor: Double? = 0, redirects: UInt8 = 0, isAsking: Bool = false) {
         let now = ev_now(loop)
         var deadline = Double.infinity
@@ -145,8 +156,7 @@ final class ServerConnection {
         }
         let bytes = output.readableCount - requestStart
         requestStart = output.readableCount
-        pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, isProbe: isProbe, isSetup: isSetup,
-                               isBackfill: isBackfill, redirects: redirects, isAsking: isAsking, bytes: bytes, queuedAt: now))
+        pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, purpose: purpose, redirects: redirects, isAsking: isAsking, bytes: bytes, queuedAt: now))
         pendingBytes += bytes
         unsentRequests += 1
         // Read through `counters` each time, not bound to a local (a local would be retained).
@@ -222,7 +232,7 @@ final class ServerConnection {
         } else {
             buffer.append("version\r\n" as StaticString)
         }
-        enqueue(slot: nil, part: 0, framing: .line, isProbe: true)
+        enqueue(slot: nil, part: 0, framing: .line, purpose: .probe)
     }
 
     /// Redis: authenticate and select the pool's database before any client request; a cluster
@@ -234,7 +244,7 @@ final class ServerConnection {
             if server.isReplica {
                 requestStart = output.readableCount
                 output.append("*1\r\n$8\r\nREADONLY\r\n" as StaticString)
-                enqueue(slot: nil, part: 0, framing: .line, isSetup: true)
+                enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
             }
         }
         if let password = config.redisAuth {
@@ -242,14 +252,14 @@ final class ServerConnection {
             output.appendArrayHeader(2)
             output.appendBulk("AUTH")
             output.appendBulk(password)
-            enqueue(slot: nil, part: 0, framing: .line, isSetup: true)
+            enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
         if config.redisDatabase != 0 {
             requestStart = output.readableCount
             output.appendArrayHeader(2)
             output.appendBulk("SELECT")
             output.appendBulk(String(config.redisDatabase))
-            enqueue(slot: nil, part: 0, framing: .line, isSetup: true)
+            enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
     }
 
@@ -477,17 +487,17 @@ final class ServerConnection {
                 counters.inQueueBytes.add(-head.bytes)
                 let microseconds = Int((ev_now(loop) - head.queuedAt) * 1_000_000)
                 counters.recordLatency(microseconds: microseconds)
-                if microseconds > slowThreshold, !head.isProbe, !head.isSetup { recordSlow(head, microseconds: microseconds) }
+                if microseconds > slowThreshold, head.purpose != .probe, head.purpose != .setup { recordSlow(head, microseconds: microseconds) }
                 answeredBytes += head.bytes
-                if head.isProbe {
+                if head.purpose == .probe {
                     server.probeAnswered()
-                } else if head.isBackfill {
+                } else if head.purpose == .backfill {
                     // memcached `ms … ME` answers HD when stored, NS when the key already exists;
                     // Redis `SET … NX` answers +OK or nil.
                     let reply = input.readable
                     let stored = length >= 2 && ((reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D")) || (reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O")))
                     if stored { WarmupCounters.add(server.pool.warmupCounters.copies) } else { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
-                } else if head.isSetup {
+                } else if head.purpose == .setup {
                     if isError {
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
                         worker.logger.error("server \(server.name): connection setup failed: \(text)")
@@ -586,8 +596,8 @@ final class ServerConnection {
         counters.inQueue.add(-1)
         counters.inQueueBytes.add(-head.bytes)
         head.slot?.failTooLarge()
-        if head.isProbe { server.probeAnswered() }
-        if head.isBackfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
+        if head.purpose == .probe { server.probeAnswered() }
+        if head.purpose == .backfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
         replyResumeOffset = 0
         skipper = ReplySkipper(isRedis ? .resp : .memcache(head.framing))
         worker.logger.warning("server \(server.name): a reply passed client_output_limit (\(server.pool.clientOutputLimit) bytes); its request failed and the reply is dropped")
@@ -602,7 +612,7 @@ final class ServerConnection {
     private func startStreaming() -> Bool {
         guard pushClient == nil, !pending.isEmpty else { return false }
         let head = pending[0]
-        guard !head.isProbe, !head.isSetup, !head.isBackfill, let slot = head.slot, slot.kind == .single, !slot.isSilent,
+        guard head.purpose == .client, let slot = head.slot, slot.kind == .single, !slot.isSilent,
               slot.warmup == nil, slot.binary == nil, let client = slot.client, client.canStream(slot),
               let total = RespReplyParser.bulkFrameLength(input.readable), total <= slot.replyLimit else { return false }
         guard var entry = pending.popFirst() else { return false }
@@ -701,12 +711,12 @@ final class ServerConnection {
         var nextDeadline = Double.infinity
         for offset in 0..<pending.count {
             var entry = pending[offset]
-            guard entry.slot != nil || entry.isProbe else { continue }
+            guard entry.slot != nil || entry.purpose == .probe else { continue }
             if entry.deadline <= now + 0.0005 {
                 let slot = entry.slot
                 entry.slot = nil
-                let wasProbe = entry.isProbe
-                entry.isProbe = false
+                let wasProbe = entry.purpose == .probe
+                if wasProbe { entry.purpose = .expiredProbe }
                 pending[offset] = entry
                 expired += 1
                 slot?.fail(part: entry.part, reason: "Connection timed out")
@@ -754,8 +764,8 @@ final class ServerConnection {
         server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.slot == nil ? 0 : 1) })
 
         for entry in entries {
-            if entry.isProbe { server.probeFailed() }
-            if entry.isBackfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
+            if entry.purpose == .probe { server.probeFailed() }
+            if entry.purpose == .backfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
             entry.slot?.fail(part: entry.part, reason: reason)
         }
     }

@@ -413,7 +413,7 @@ final class WarmupRead {
         output.append(isBase64Key ? " \(key.valueLength) b T\(ttl) F\(key.flags) ME\r\n" : " \(key.valueLength) T\(ttl) F\(key.flags) ME\r\n")
         values.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
         output.append("\r\n" as StaticString)
-        connection.enqueue(slot: nil, part: 0, framing: .meta, isBackfill: true)
+        connection.enqueue(slot: nil, part: 0, framing: .meta, purpose: .backfill)
     }
 
     /// Redis: answer the old value; copy with `SET key value [PX ms] NX`.
@@ -448,7 +448,7 @@ final class WarmupRead {
             output.appendBulk(String(ttl))
         }
         output.appendBulk("NX")
-        connection.enqueue(slot: nil, part: 0, framing: .line, isBackfill: true)
+        connection.enqueue(slot: nil, part: 0, framing: .line, purpose: .backfill)
     }
 
     // MARK: New-pool replies
