@@ -8,10 +8,10 @@ Per row: ops/s, the proxy's CPU per MiB moved (user+sys from /proc/PID/stat) and
 RSS (VmHWM, reset before each run through /proc/PID/clear_refs). 10 connections, pipeline 1,
 one redis-server behind both proxies (so nothing is split and each reply is single-part).
 """
-import argparse, os, shutil, statistics, subprocess, sys, tempfile
+import argparse, os, statistics, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROOT, cpu_seconds, free_port, wait_port  # noqa: E402
+from bench import ROOT, Processes, cpu_seconds, free_port, wait_port  # noqa: E402
 
 
 def peak_kib(pid):
@@ -34,14 +34,12 @@ def main():
     parser.add_argument("--size", type=int, default=1 << 20)
     parser.add_argument("--tern", default=os.path.join(ROOT, ".build/release/tern"))
     args = parser.parse_args()
-    directory = tempfile.mkdtemp(prefix="tern-large-bench-")
-    processes = []
+    procs = Processes()
+    directory = procs.dir
+    counter = iter(range(1000))
 
     def start(command):
-        log = open(os.path.join(directory, f"{len(processes)}.log"), "w")
-        process = subprocess.Popen(command, stdout=log, stderr=log, preexec_fn=os.setsid)
-        processes.append(process)
-        return process
+        return procs.start(command, str(next(counter)))
 
     try:
         backend = free_port()
@@ -86,12 +84,7 @@ def main():
                 proxy = f"{cpu:,.0f} | {peak:,.1f}" if process else "— | —"
                 print(f"| {test.upper()} | {name} | {ops:,.0f} | {ops * mib:,.0f} | {proxy} |")
     finally:
-        for process in processes:
-            try:
-                os.killpg(process.pid, 15)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(directory, ignore_errors=True)
+        procs.stop()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ CPU) and redis-server's CPU per request in both setups: directly, redis-server d
 work itself; through Tern, Tern does it and redis-server serves plain TCP. The certificates
 (RSA 2048, TLS 1.3 negotiated) are made with openssl in a temporary directory.
 """
-import argparse, os, shutil, statistics, subprocess, sys, tempfile
+import argparse, os, statistics, subprocess, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROOT, cpu_seconds, free_port, wait_port  # noqa: E402
+from bench import ROOT, Processes, cpu_seconds, free_port, wait_port  # noqa: E402
 
 
 def openssl(*arguments):
@@ -28,14 +28,12 @@ def main():
     parser.add_argument("--tern", default=os.path.join(ROOT, ".build/release/tern"))
     parser.add_argument("--threads", default="", help="Tern's --threads (default: Tern's default)")
     args = parser.parse_args()
-    directory = tempfile.mkdtemp(prefix="tern-tls-bench-")
-    processes = []
+    procs = Processes()
+    directory = procs.dir
+    counter = iter(range(1000))
 
     def start(command):
-        log = open(os.path.join(directory, f"{len(processes)}.log"), "w")
-        process = subprocess.Popen(command, stdout=log, stderr=log, preexec_fn=os.setsid)
-        processes.append(process)
-        return process
+        return procs.start(command, str(next(counter)))
 
     try:
         ca, key, crt = (os.path.join(directory, name) for name in ("ca.crt", "server.key", "server.crt"))
@@ -84,12 +82,7 @@ def main():
                 redis_us = statistics.median(r[2] for r in rows)
                 print(f"| GET P{load} | {name} | {ops:,.0f} | {tern_us:.2f} | {redis_us:.2f} | {tern_us + redis_us:.2f} |")
     finally:
-        for process in processes:
-            try:
-                os.killpg(process.pid, 15)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(directory, ignore_errors=True)
+        procs.stop()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,20 @@ static void configure(SSL_CTX *context, int min_version) {
     SSL_CTX_set_options(context, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
 }
 
+/// A configured context for `method`, or NULL with the reason in `error`.
+static SSL_CTX *new_context(const SSL_METHOD *method, int min_version, char *error, size_t error_length) {
+    ERR_clear_error();
+    errno = 0;
+    SSL_CTX *context = SSL_CTX_new(method);
+    if (context == NULL) {
+        remember_error("cannot create a TLS context");
+        copy_error(error, error_length);
+        return NULL;
+    }
+    configure(context, min_version);
+    return context;
+}
+
 static int load_pair(SSL_CTX *context, const char *cert, const char *key) {
     if (SSL_CTX_use_certificate_chain_file(context, cert) != 1) {
         remember_error("cannot load certificate");
@@ -55,15 +69,8 @@ static int load_pair(SSL_CTX *context, const char *cert, const char *key) {
 
 void *tern_tls_server_context(const char *cert, const char *key, const char *ca, int client_auth,
                               int min_version, char *error, size_t error_length) {
-    ERR_clear_error();
-    errno = 0;
-    SSL_CTX *context = SSL_CTX_new(TLS_server_method());
-    if (context == NULL) {
-        remember_error("cannot create a TLS context");
-        copy_error(error, error_length);
-        return NULL;
-    }
-    configure(context, min_version);
+    SSL_CTX *context = new_context(TLS_server_method(), min_version, error, error_length);
+    if (context == NULL) return NULL;
     if (!load_pair(context, cert, key)) goto failed;
     if (ca != NULL) {
         if (SSL_CTX_load_verify_locations(context, ca, NULL) != 1) {
@@ -93,15 +100,8 @@ failed:
 
 void *tern_tls_client_context(const char *ca, const char *cert, const char *key, int verify,
                               int min_version, char *error, size_t error_length) {
-    ERR_clear_error();
-    errno = 0;
-    SSL_CTX *context = SSL_CTX_new(TLS_client_method());
-    if (context == NULL) {
-        remember_error("cannot create a TLS context");
-        copy_error(error, error_length);
-        return NULL;
-    }
-    configure(context, min_version);
+    SSL_CTX *context = new_context(TLS_client_method(), min_version, error, error_length);
+    if (context == NULL) return NULL;
     if (cert != NULL && key != NULL && !load_pair(context, cert, key)) goto failed;
     if (ca != NULL) {
         if (SSL_CTX_load_verify_locations(context, ca, NULL) != 1) {
