@@ -49,6 +49,36 @@ final class ByteBuffer {
         return newStorage + writeIndex
     }
 
+    /// An empty buffer about to take `count` bytes in one append, with `headroom` bytes kept
+    /// free in front of them for `prepend`.
+    func reserve(_ count: Int, headroom: Int) {
+        guard isEmpty else { return }
+        if capacity < headroom + count {
+            storage?.deallocate()
+            capacity = headroom + count
+            storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+        }
+        readIndex = headroom
+        writeIndex = headroom
+    }
+
+    /// Puts `bytes` in front of the unread bytes when the free space there holds them.
+    func prepend(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard bytes.count <= readIndex, let storage else { return false }
+        readIndex -= bytes.count
+        if bytes.count > 0 { (storage + readIndex).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        return true
+    }
+
+    /// Exchanges the two buffers' memory and contents: a large reply held in a slot becomes the
+    /// client's output without being copied.
+    func swapContents(with other: ByteBuffer) {
+        swap(&storage, &other.storage)
+        swap(&capacity, &other.capacity)
+        swap(&readIndex, &other.readIndex)
+        swap(&writeIndex, &other.writeIndex)
+    }
+
     /// Records that `count` bytes were written into the space from `reserve`.
     func commit(_ count: Int) { writeIndex += count }
 

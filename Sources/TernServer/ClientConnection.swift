@@ -262,6 +262,7 @@ final class ClientConnection {
                     output.append(reply)
                 }
             } else {
+                if reply.count >= ReplySlot.largeReply { slot.data.reserve(reply.count, headroom: ReplySlot.largeReplyHeadroom) }
                 slot.data.append(reply)
             }
         }

@@ -37,6 +37,11 @@ final class ReplySlot {
         case eitherDeleted
     }
 
+    /// Replies at least this large that must wait in a slot are stored with `largeReplyHeadroom`
+    /// bytes free in front, so they can become the client's output without a copy.
+    static let largeReply = 1 << 16
+    static let largeReplyHeadroom = 16384
+
     /// Parts numbered from here went to a warm-up's old pool.
     static let oldPartBase: Int32 = 1 << 20
 
@@ -468,6 +473,15 @@ final class ReplySlot {
         if let binary { return emitBinary(binary, into: output) }
         switch kind {
         case .single, .fanOut, .respAllOK, .respSum, .respFirst, .eitherDeleted, .prepared:
+            // A large reply that waited here (behind a slower one) becomes the output itself,
+            // the few bytes already in the output put in the room left in front of it: one copy
+            // of the reply, not two. The slot gets the emptied buffer, whose capacity `reset`
+            // gives back.
+            if data.readableCount >= Self.largeReply, data.prepend(output.readable) {
+                output.removeAll()
+                output.swapContents(with: data)
+                return
+            }
             output.append(data.readable)
         case .respUnion, .respPairSum:
             if hasError {

@@ -62,4 +62,45 @@ final class LargeValueTests: XCTestCase {
             assert grew <= (32 << 20) + (12 << 20) or not checks_memory, 'peak grew by %d MiB' % (grew >> 20)
             """)
     }
+
+    /// A large reply that arrives while an earlier request of the same pipeline is still
+    /// waiting (its server paused) waits in its slot, then leaves whole and in order.
+    func testLargeReplyBehindASlowOneKeepsItsOrderAndBytes() throws {
+        let backends = try [group.redis(), group.redis()]
+        let port = ProcessGroup.freePort()
+        try group.tern(config: """
+            r:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              timeout: 5000
+              servers:
+            \(backends.map { "   - \($0.address):1\n" }.joined())
+            """, arguments: ["--threads", "1"], waitPort: port)
+        let client = try TestClient(port: port, timeout: 20)
+        // A small key on one server and a large value on the other.
+        var keys: [Int: String] = [:]
+        for index in 0..<64 where keys.count < 2 {
+            // Keys that differ in more than one byte (ketama with fnv1a_64 puts short keys that
+            // differ in one byte on one server).
+            let key = "large-test:\(String(index &* 2_654_435_761 % 1_000_003, radix: 36)):\(index)"
+            XCTAssertEqual(try client.call("SET", key, "small"), "+OK\r\n")
+            let server = try backends[0].call("EXISTS", key) == ":1\r\n" ? 0 : 1
+            if keys[server] == nil { keys[server] = key }
+        }
+        let (slowKey, bigKey) = (try XCTUnwrap(keys[0]), try XCTUnwrap(keys[1]))
+        let big = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 11) }
+        // SET with a binary value: encoded by hand.
+        var set = Array("*3\r\n$3\r\nSET\r\n$\(bigKey.utf8.count)\r\n\(bigKey)\r\n$\(big.count)\r\n".utf8)
+        set += big + Array("\r\n".utf8)
+        try client.send(set)
+        XCTAssertEqual(String(decoding: try client.receiveReplies(1), as: UTF8.self), "+OK\r\n")
+        backends[0].pause()
+        try client.send(TestClient.encode(["GET", slowKey]) + TestClient.encode(["GET", bigKey]) + TestClient.encode(["PING"]))
+        usleep(300_000)
+        backends[0].resume()
+        let replies = try client.receiveReplies(3)
+        let expected = Array("$5\r\nsmall\r\n$\(big.count)\r\n".utf8) + big + Array("\r\n+PONG\r\n".utf8)
+        XCTAssertEqual(replies.count, expected.count)
+        XCTAssertTrue(replies == expected, "replies differ from the first byte at \(zip(replies, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? -1)")
+    }
 }
