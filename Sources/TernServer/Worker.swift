@@ -135,9 +135,22 @@ final class ProcessInfo: Sendable {
 /// the main thread. The loop that wakes first would take a whole burst, so each accepted client
 /// goes to the worker with the fewest clients of its pool, through that worker's inbox
 /// (`PoolRuntime.leastLoadedWorker`).
+///
+/// Elastic workers (the default, no `--threads`): only workers `0..<workerSet.active` take new
+/// clients — only they watch the listeners, and only they are chosen for a hand-over. Each
+/// worker measures its utilisation once a second; the main thread activates one more worker
+/// when the active ones are busy (`WorkerScaler`, `WorkerScalingPolicy`).
 final class Worker {
     let identifier: Int
     let loop: OpaquePointer
+    /// Shared with every worker, the main thread and the admin thread (atomics only).
+    let workerSet: WorkerSet
+    /// Whether this worker takes new clients (watches the listeners); follows
+    /// `workerSet.active`, checked once a second. Loop-confined.
+    private(set) var takesClients: Bool
+    /// The last utilisation measurement: thread CPU time and monotonic time (seconds).
+    private var measuredCPU = 0.0
+    private var measuredAt = 0.0
     let logger: Logger
     let processInfo: ProcessInfo
     private(set) var pools: [PoolRuntime] = []
@@ -187,9 +200,11 @@ final class Worker {
     private var retiredPools: [PoolRuntime] = []
     private var drainFinished: Acknowledgement?
 
-    init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo) {
+    init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo, workerSet: WorkerSet) {
         self.identifier = identifier
         self.loop = tern_loop_new()
+        self.workerSet = workerSet
+        self.takesClients = identifier < workerSet.activeCount
         self.logger = logger
         self.processInfo = processInfo
         self.randomState = UInt64(truncatingIfNeeded: identifier &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(UInt(bitPattern: time(nil)))
@@ -207,8 +222,10 @@ final class Worker {
 
     private var sweepTimer: TimerWatcher?
 
-    /// Once a second: client timeouts (slowloris, idle).
+    /// Once a second: utilisation, whether to take new clients, client timeouts (slowloris, idle).
     private func sweepClients() {
+        measureUtilisation()
+        followActiveCount()
         let now = self.now
         for client in Array(clients.values) { client.checkTimeouts(now: now) }
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
@@ -216,8 +233,36 @@ final class Worker {
         sweepTimer?.start(after: 1)
     }
 
+    /// CPU time of this thread over wall-clock time since the last call (about a second: the
+    /// sweep timer), published for scaling and /metrics. Two clock reads a second, none per
+    /// request or loop pass. CPU time includes the system calls the loop makes (most of a
+    /// proxy's work) and excludes time blocked in epoll_wait and time preempted by other
+    /// processes (see `WorkerScalingPolicy` for why the latter must not count).
+    private func measureUtilisation() {
+        let cpu = ThreadClock.cpuSeconds()
+        let wall = ThreadClock.monotonicSeconds()
+        let elapsed = wall - measuredAt
+        if measuredAt > 0, elapsed > 0.05 {
+            let fraction = min(max((cpu - measuredCPU) / elapsed, 0), 1)
+            workerSet.loads[identifier].utilisationPPM.store(Int(fraction * 1_000_000), ordering: .relaxed)
+        }
+        measuredCPU = cpu
+        measuredAt = wall
+    }
+
+    /// Starts or stops watching the listeners when this worker joined or left the active ones.
+    /// A worker that leaves keeps its clients; one that joins gets new clients at once anyway
+    /// (the accepting worker hands them over), watching only saves that hand-over.
+    private func followActiveCount() {
+        let shouldTake = identifier < workerSet.activeCount
+        guard shouldTake != takesClients, drainFinished == nil else { return }
+        takesClients = shouldTake
+        for pool in pools { pool.followTakesClients() }
+    }
+
     /// Runs the loop on the current thread until it is broken.
     func run() {
+        measureUtilisation()
         let timer = TimerWatcher(worker: self, owner: self) { _, watcher, _ in
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             worker.sweepTimer?.fired()
@@ -255,10 +300,12 @@ final class Worker {
         }
     }
 
-    /// A client accepted by another worker. If its pool has meanwhile stopped accepting here
-    /// (reload, drain), it is closed as the accepting worker would have done.
+    /// A client accepted by another worker. If its pool has meanwhile left service here
+    /// (reload, drain), it is closed as the accepting worker would have done. A worker that has
+    /// just joined the active ones may not watch the listener yet (it follows within a second):
+    /// it adopts clients all the same.
     private func adoptClient(descriptor: Int32, of shared: PoolShared) {
-        guard let pool = pools.first(where: { $0.plan.shared === shared }), pool.isAccepting, drainFinished == nil else {
+        guard let pool = pools.first(where: { $0.plan.shared === shared }), !pool.isRetired, drainFinished == nil else {
             shared.workerCounters[identifier].clients.subtract(1, ordering: .relaxed)
             shared.clientCount.subtract(1, ordering: .relaxed)
             Syscall.close(descriptor)
