@@ -278,6 +278,8 @@ enum StatsReport {
             }
             gauge("tern_worker_clients", label, "Open client connections served by the worker thread, all pools.").set(Int64(clients))
             counter("tern_worker_requests_total", label, "Client requests served by the worker thread, all pools.").increment(by: Int64(requests))
+            counter("tern_worker_clients_moved_total", label, "Idle clients the worker gave to a less loaded worker (elastic workers, while it was busy).")
+                .increment(by: Int64(state.workers.loads[worker].movedOut.load(ordering: .relaxed)))
             gauge("tern_worker_active", label, "1 when the worker takes new clients (elastic workers: the first ones, more as load needs), 0 when it only serves the clients it has.")
                 .set(Int64(worker < active ? 1 : 0))
         }

@@ -372,7 +372,7 @@ public final class TernServer {
         var signals = Self.handledSignals
         pthread_sigmask(SIG_BLOCK, &signals, nil)
         let workerSet = WorkerSet(workers: workerCount, initiallyActive: options.elasticWorkers ? options.activeWorkers : workerCount,
-                                  elastic: options.elasticWorkers)
+                                  elastic: options.elasticWorkers, busy: options.activateAbove)
         let scaler = WorkerScaler(set: workerSet, policy: WorkerScalingPolicy(minimum: options.activeWorkers, maximum: workerCount,
                                                                                threshold: options.activateAbove))
         let control = ControlState(plans: plans, workerCount: workerCount, workers: workerSet)

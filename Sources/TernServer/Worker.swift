@@ -226,6 +226,7 @@ final class Worker {
     private func sweepClients() {
         measureUtilisation()
         followActiveCount()
+        rebalanceClients()
         let now = self.now
         for client in Array(clients.values) { client.checkTimeouts(now: now) }
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
@@ -296,6 +297,8 @@ final class Worker {
                 for client in clients.values { client.finishAndClose() }
             case let .adoptClient(descriptor, shared):
                 adoptClient(descriptor: descriptor, of: shared)
+            case let .adoptMovedClient(descriptor, shared, state):
+                adoptClient(descriptor: descriptor, of: shared, moved: state)
             }
         }
     }
@@ -304,14 +307,55 @@ final class Worker {
     /// (reload, drain), it is closed as the accepting worker would have done. A worker that has
     /// just joined the active ones may not watch the listener yet (it follows within a second):
     /// it adopts clients all the same.
-    private func adoptClient(descriptor: Int32, of shared: PoolShared) {
+    private func adoptClient(descriptor: Int32, of shared: PoolShared, moved: MovedClient? = nil) {
         guard let pool = pools.first(where: { $0.plan.shared === shared }), !pool.isRetired, drainFinished == nil else {
             shared.workerCounters[identifier].clients.subtract(1, ordering: .relaxed)
             shared.clientCount.subtract(1, ordering: .relaxed)
             Syscall.close(descriptor)
             return
         }
-        ClientConnection(descriptor: descriptor, pool: pool).start()
+        if let moved {
+            ClientConnection(descriptor: descriptor, pool: pool, moved: moved).start()
+        } else {
+            ClientConnection(descriptor: descriptor, pool: pool).start()
+        }
+    }
+
+    /// Elastic workers, once a second: a worker busier than the activation threshold gives idle
+    /// clients (`ClientConnection.isMovable`: between two requests, nothing pending, no session
+    /// pinned to this worker's backend connections) to the active worker with the fewest clients
+    /// of the pool, until the two differ by at most one (at most 64 a second). Connections that
+    /// opened before more workers were activated — a fleet reconnecting after a restart, all on
+    /// worker 0 — spread out this way; a worker under the threshold moves nothing, so a sidecar's
+    /// clients stay on one loop. A moved client keeps its Redis session (user, name, protocol);
+    /// its `CLIENT ID` changes.
+    private func rebalanceClients() {
+        guard workerSet.isElastic, drainFinished == nil,
+              workerSet.loads[identifier].utilisationPPM.load(ordering: .relaxed) >= workerSet.busyPPM else { return }
+        let active = workerSet.activeCount
+        guard active >= 2 else { return }
+        for pool in pools where !pool.isRetired && pool.plan.listenDescriptor >= 0 {
+            let counters = pool.plan.shared.workerCounters
+            guard active <= counters.count else { continue }
+            var target = -1, fewest = Int.max
+            for index in 0..<active where index != identifier {
+                let count = counters[index].clients.load(ordering: .relaxed)
+                if count < fewest { target = index; fewest = count }
+            }
+            guard target >= 0 else { continue }
+            let mine = counters[identifier].clients.load(ordering: .relaxed)
+            var budget = min((mine - fewest) / 2, 64)
+            guard budget > 0 else { continue }
+            for client in Array(clients.values) where budget > 0 && client.pool === pool && client.isMovable {
+                budget -= 1
+                let descriptor = client.descriptor
+                let state = client.detachForMove()
+                counters[identifier].clients.subtract(1, ordering: .relaxed)
+                counters[target].clients.add(1, ordering: .relaxed)
+                workerSet.loads[identifier].movedOut.add(1, ordering: .relaxed)
+                peers[target].post(.adoptMovedClient(descriptor: descriptor, pool: pool.plan.shared, state: state))
+            }
+        }
     }
 
     /// Gives a client accepted here to worker `identifier`.

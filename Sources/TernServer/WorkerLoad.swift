@@ -10,6 +10,8 @@ final class WorkerLoad: Sendable {
     /// CPU time of the worker thread over wall-clock time in the last measured second, in
     /// millionths (0…1,000,000; a little over is possible from clock granularity).
     let utilisationPPM = Atomic<Int>(0)
+    /// Idle clients this worker gave to another (elastic workers; `Worker.rebalanceClients`).
+    let movedOut = Atomic<Int>(0)
 }
 
 /// The workers' loads and how many of them take new clients. Workers `0..<active` take new
@@ -23,7 +25,12 @@ final class WorkerSet: Sendable {
     /// False with an explicit `--threads N`: all N take clients and nothing is scaled.
     let isElastic: Bool
 
-    init(workers: Int, initiallyActive: Int, elastic: Bool) {
+    /// Elastic workers: utilisation (millionths) at which a worker gives idle clients to a less
+    /// loaded active worker — the activation threshold.
+    let busyPPM: Int
+
+    init(workers: Int, initiallyActive: Int, elastic: Bool, busy: Double = 0.75) {
+        busyPPM = Int(busy * 1_000_000)
         loads = (0..<max(1, workers)).map { _ in WorkerLoad() }
         active = Atomic(min(max(1, initiallyActive), max(1, workers)))
         isElastic = elastic

@@ -129,6 +129,69 @@ final class WorkerScalingTests: XCTestCase {
         """)
     }
 
+    /// Long-lived connections opened before a second worker was active (a fleet reconnecting
+    /// after a restart) spread once the first worker is busy: idle clients move to worker 1
+    /// between two requests and keep their session (the name set with CLIENT SETNAME); a
+    /// subscribed client never moves. Every moved client is then served by worker 1, exactly
+    /// two requests each.
+    func testBusyWorkerMovesIdleClientsToANewlyActiveOne() throws {
+        let (port, admin) = try start(["--max-threads", "2", "--activate-above", "0.02"])
+        try python(Self.helpers(port: port, admin: admin, workers: 2) + """
+        idle = []
+        for i in range(10):
+            c = Raw()
+            c.call(b"CLIENT", b"SETNAME", b"idle-%d" % i, expect=b"+OK\\r\\n")
+            idle.append(c)
+        subscriber = Raw()
+        subscriber.call(b"SUBSCRIBE", b"news", expect=b"*3\\r\\n$9\\r\\nsubscribe\\r\\n$4\\r\\nnews\\r\\n:1\\r\\n")
+        m = metrics()
+        assert per(m, "tern_worker_clients") == [11, 0] and per(m, "tern_worker_active") == [1, 0], m
+        stop, errors, kept = [], [], []
+        def load():
+            try:
+                r = redis.Redis(port=\(port))
+                kept.append(r)
+                r.set("hot", "x")
+                while not stop:
+                    p = r.pipeline(transaction=False)
+                    for _ in range(200): p.get("hot")
+                    assert all(v == b"x" for v in p.execute())
+            except Exception as e:
+                errors.append(e)
+        t = threading.Thread(target=load, daemon=True)
+        t.start()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            m = metrics()
+            if per(m, "tern_worker_clients")[1] >= 5: break
+            time.sleep(0.2)
+        stop.append(True)
+        t.join()
+        assert not errors, errors
+        m = metrics()
+        counts = [int(x) for x in per(m, "tern_worker_clients")]
+        assert counts[1] >= 5 and sum(counts) == 12, m
+        assert per(m, "tern_worker_clients_moved_total")[0] >= 5, m
+        before = [int(x) for x in per(m, "tern_worker_requests_total")]
+        for i, c in enumerate(idle):
+            c.call(b"CLIENT", b"GETNAME", expect=b"$%d\\r\\nidle-%d\\r\\n" % (len(b"idle-%d" % i), i))
+            c.call(b"SET", b"moved:%d" % i, b"v%d" % i, expect=b"+OK\\r\\n")
+        m = metrics()
+        after = [int(x) for x in per(m, "tern_worker_requests_total")]
+        # Exactly the idle clients' 20 requests, at least 4 of the clients (8 requests) now on
+        # worker 1 (the load's client, idle now, may have moved too; the subscriber never does).
+        assert (after[0] - before[0]) + (after[1] - before[1]) == 20, (before, after, m)
+        assert after[1] - before[1] >= 8 and (after[1] - before[1]) % 2 == 0, (before, after, m)
+        # The subscriber still gets its messages on worker 0.
+        publisher = Raw()
+        publisher.call(b"PUBLISH", b"news", b"hello", expect=b":1\\r\\n")
+        got = b""
+        while not got.endswith(b"hello\\r\\n"): got += subscriber.s.recv(1024)
+        assert got == b"*3\\r\\n$7\\r\\nmessage\\r\\n$4\\r\\nnews\\r\\n$5\\r\\nhello\\r\\n", got
+        print("moved", counts)
+        """)
+    }
+
     /// An explicit `--threads 3` keeps the old behaviour: all three take clients from the start,
     /// six clients connected one after another are spread two per worker.
     func testExplicitThreadsAllTakeClients() throws {
