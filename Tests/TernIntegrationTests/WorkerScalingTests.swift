@@ -192,6 +192,71 @@ final class WorkerScalingTests: XCTestCase {
         """)
     }
 
+    /// memcached clients move too, text and binary (the protocol chosen by the first byte goes
+    /// with them), and are answered correctly on their new worker.
+    func testMemcachedIdleClientsMove() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort(), admin = ProcessGroup.freePort()
+        try group.tern(config: "m:\n  listen: 127.0.0.1:\(port)\n  timeout: 3000\n  servers:\n   - \(backend.address):1\n",
+                       arguments: ["--max-threads", "2", "--activate-above", "0.02", "--admin-port", "\(admin)"], waitPort: port)
+        try python(Self.helpers(port: port, admin: admin, workers: 2) + """
+        import struct
+        def binary_get(key):
+            return struct.pack(">BBHBBHIIQ", 0x80, 0x00, len(key), 0, 0, 0, len(key), 7, 0) + key
+        text, binary = [], []
+        for i in range(6):
+            c = Raw()
+            c.s.sendall(b"set t%d 0 0 2\\r\\nv%d\\r\\n" % (i, i))
+            assert c.s.recv(100) == b"STORED\\r\\n"
+            text.append(c)
+        for i in range(4):
+            c = Raw()
+            c.s.sendall(binary_get(b"t%d" % i))
+            got = b""
+            while len(got) < 24 + 4 + 2: got += c.s.recv(100)
+            assert got[0] == 0x81 and got[-2:] == b"v%d" % i, got
+            binary.append(c)
+        stop, errors = [], []
+        def load():
+            try:
+                s = socket.create_connection(("127.0.0.1", \(port)), timeout=5)
+                while not stop:
+                    s.sendall(b"get t0\\r\\n" * 200)
+                    got = b""
+                    while got.count(b"END\\r\\n") < 200: got += s.recv(65536)
+                    assert got == b"VALUE t0 0 2\\r\\nv0\\r\\nEND\\r\\n" * 200
+            except Exception as e:
+                errors.append(e)
+        t = threading.Thread(target=load, daemon=True)
+        t.start()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            m = metrics()
+            if per(m, "tern_worker_clients")[1] >= 4: break
+            time.sleep(0.2)
+        stop.append(True)
+        t.join()
+        assert not errors, errors
+        m = metrics()
+        assert per(m, "tern_worker_clients")[1] >= 4, m
+        before = [int(x) for x in per(m, "tern_worker_requests_total")]
+        for i, c in enumerate(text):
+            c.s.sendall(b"get t%d\\r\\n" % i)
+            got = b""
+            while not got.endswith(b"END\\r\\n"): got += c.s.recv(100)
+            assert got == b"VALUE t%d 0 2\\r\\nv%d\\r\\nEND\\r\\n" % (i, i), got
+        for i, c in enumerate(binary):
+            c.s.sendall(binary_get(b"t%d" % i))
+            got = b""
+            while len(got) < 24 + 4 + 2: got += c.s.recv(100)
+            assert got[0] == 0x81 and got[6:8] == b"\\x00\\x00" and got[-2:] == b"v%d" % i, got
+        m = metrics()
+        after = [int(x) for x in per(m, "tern_worker_requests_total")]
+        assert (after[0] - before[0]) + (after[1] - before[1]) == 10, (before, after, m)
+        assert after[1] - before[1] >= 3, (before, after, m)
+        """)
+    }
+
     /// An explicit `--threads 3` keeps the old behaviour: all three take clients from the start,
     /// six clients connected one after another are spread two per worker.
     func testExplicitThreadsAllTakeClients() throws {
