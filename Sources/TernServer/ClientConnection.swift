@@ -63,7 +63,7 @@ final class ClientConnection {
         peerText = text
         return text
     }
-    private var peerText: String?
+    private(set) var peerText: String?
 
     /// The id `CLIENT ID`, `CLIENT INFO` and `HELLO` report: unique in the process, whichever
     /// worker took the client. Each worker numbers its own clients, so the numbers are
@@ -81,6 +81,52 @@ final class ClientConnection {
         self.worker = pool.worker
         self.index = pool.worker.nextClientIndex()
         self.redis = pool.config.protocolKind == .redis ? RedisSession() : nil
+    }
+
+    /// A client another worker moved here between two requests (`Worker.rebalanceClients`).
+    init(descriptor: Int32, pool: PoolRuntime, moved: MovedClient) {
+        self.descriptor = descriptor
+        self.pool = pool
+        self.worker = pool.worker
+        self.index = pool.worker.nextClientIndex()
+        self.redis = pool.config.protocolKind == .redis ? (moved.redis ?? RedisSession()) : nil
+        // Users generations are counted per worker: look the user up again by name.
+        redis?.usersGeneration = Int.min
+        protocolChosen = moved.protocolChosen
+        isBinary = moved.isBinary
+        memcacheUser = moved.memcacheUser
+        memcacheAuthFailures = moved.memcacheAuthFailures
+        memcacheUsersGeneration = Int.min
+        peerText = moved.peerText
+        moved.redis = nil
+    }
+
+    /// Between two requests with nothing pending (no request in flight or partly read, no reply
+    /// waiting or held) and no state tied to this worker's backend connections (transaction,
+    /// WATCH, blocking command, pub/sub): the connection may continue on another worker.
+    var isMovable: Bool {
+        guard !isClosed, !closeWhenDrained, slots.isEmpty, input.isEmpty, output.isEmpty, !isDirty, !isHeld,
+              skipRemaining == 0, heldReplyBytes == 0 else { return false }
+        if let session = redis {
+            return session.transaction == nil && session.watch == nil && session.blocked.isEmpty && session.subscriptions == nil
+        }
+        return true
+    }
+
+    /// Stops serving the connection here without closing its socket (it `isMovable`), and
+    /// returns what the next worker needs. The pool's open-client count is unchanged; this
+    /// worker's share is lowered by the caller.
+    func detachForMove() -> MovedClient {
+        isClosed = true
+        if let watcher {
+            watcher.watch(0)
+            worker.retire(watcher)
+        }
+        watcher = nil
+        let moved = MovedClient(redis: redis, protocolChosen: protocolChosen, isBinary: isBinary, memcacheUser: memcacheUser,
+                                memcacheAuthFailures: memcacheAuthFailures, peerText: peerText)
+        worker.release(self)
+        return moved
     }
 
     /// Strong references, so that the request path reaches the pool and the worker through
@@ -428,5 +474,30 @@ final class ClientConnection {
         }
         pool.clientClosed()
         worker.release(self)
+    }
+}
+
+/// A client's state on its way from one worker to another (`Worker.rebalanceClients`).
+///
+/// `@unchecked Sendable`: the Redis session is a loop-confined object. Invariant: the source
+/// worker builds this from a client it has just detached (no watcher, no slot, out of its client
+/// table and dirty lists), keeps no reference to the client or the session, and posts this once
+/// to the target worker's inbox (a mutex: the hand-over is ordered); only the target touches it
+/// afterwards, and it clears `redis` once the new connection owns the session.
+final class MovedClient: @unchecked Sendable {
+    var redis: RedisSession?
+    let protocolChosen: Bool
+    let isBinary: Bool
+    let memcacheUser: RedisUser?
+    let memcacheAuthFailures: Int
+    let peerText: String?
+
+    init(redis: RedisSession?, protocolChosen: Bool, isBinary: Bool, memcacheUser: RedisUser?, memcacheAuthFailures: Int, peerText: String?) {
+        self.redis = redis
+        self.protocolChosen = protocolChosen
+        self.isBinary = isBinary
+        self.memcacheUser = memcacheUser
+        self.memcacheAuthFailures = memcacheAuthFailures
+        self.peerText = peerText
     }
 }

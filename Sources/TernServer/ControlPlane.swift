@@ -13,11 +13,14 @@ final class ControlState: Sendable {
     let isDraining = Atomic<Bool>(false)
     let startTime = Int(time(nil))
     let workerCount: Int
+    /// The workers' utilisation and how many take new clients.
+    let workers: WorkerSet
     let hostname: String
 
-    init(plans: [PoolPlan], workerCount: Int) {
+    init(plans: [PoolPlan], workerCount: Int, workers: WorkerSet? = nil) {
         self.plans = Locked(plans)
         self.workerCount = workerCount
+        self.workers = workers ?? WorkerSet(workers: workerCount, initiallyActive: workerCount, elastic: false)
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count - 1)
         self.hostname = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -264,6 +267,27 @@ enum StatsReport {
                 gauge("tern_warmup_new_hit_ratio", [("pool", pool)], "Warm-up: share of hits answered by the new pool.")
                     .set(new + old == 0 ? 0 : Double(new) / Double(new + old))
             }
+        }
+        // Per worker thread, over all pools: utilisation, clients, requests, whether it takes
+        // new clients (elastic workers; see WorkerScalingPolicy).
+        let plans = state.currentPlans
+        let active = state.workers.activeCount
+        for worker in 0..<state.workers.loads.count {
+            let label = [("worker", String(worker))]
+            gauge("tern_worker_utilization", label, "CPU time of the worker thread over wall-clock time in the last second (0-1).")
+                .set(state.workers.utilisation(worker))
+            var clients = 0, requests = 0
+            for plan in plans where worker < plan.shared.workerCounters.count {
+                let counters = plan.shared.workerCounters[worker]
+                clients += counters.clients.load(ordering: .relaxed)
+                requests += counters.reads.read() + counters.writes.read() + counters.other.read() + counters.localReplies.read()
+            }
+            gauge("tern_worker_clients", label, "Open client connections served by the worker thread, all pools.").set(Int64(clients))
+            counter("tern_worker_requests_total", label, "Client requests served by the worker thread, all pools.").increment(by: Int64(requests))
+            counter("tern_worker_clients_moved_total", label, "Idle clients the worker gave to a less loaded worker (elastic workers, while it was busy).")
+                .increment(by: Int64(state.workers.loads[worker].movedOut.load(ordering: .relaxed)))
+            gauge("tern_worker_active", label, "1 when the worker takes new clients (elastic workers: the first ones, more as load needs), 0 when it only serves the clients it has.")
+                .set(Int64(worker < active ? 1 : 0))
         }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)

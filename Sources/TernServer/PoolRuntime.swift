@@ -193,8 +193,19 @@ final class PoolRuntime {
         startListening()
     }
 
+    /// Retired (a reload's removed pool, a drain): takes no clients. Until then the listener
+    /// follows the worker's `takesClients`.
+    private(set) var isRetired = false
+
+    /// The worker joined or left the workers that take new clients.
+    func followTakesClients() {
+        guard !isRetired else { return }
+        if worker.takesClients { startListening() } else { stopListening() }
+    }
+
     private func startListening() {
-        guard plan.listenDescriptor >= 0, listenWatcher == nil else { return }
+        // Workers that take no new clients (elastic workers not yet active) do not watch.
+        guard plan.listenDescriptor >= 0, listenWatcher == nil, worker.takesClients, !isRetired else { return }
         let watcher = IOWatcher(worker: worker, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.acceptClients()
@@ -372,14 +383,17 @@ final class PoolRuntime {
         timer.start(after: seconds)
     }
 
-    /// The worker with the fewest clients of this pool (this one on a tie), counted as having
-    /// one more. Whichever loop wakes first accepts a burst of connections; without this, one
-    /// worker could take 49 of 50 clients while the other idles.
+    /// The worker with the fewest clients of this pool among those taking new clients (this one
+    /// on a tie, if it takes clients), counted as having one more. Whichever loop wakes first
+    /// accepts a burst of connections; without this, one worker could take 49 of 50 clients
+    /// while the other idles. Elastic workers: a worker that has just left the active ones may
+    /// still accept what its listener reported; it hands the client to an active worker.
     private func leastLoadedWorker() -> Int {
         let counters = plan.shared.workerCounters
-        var best = worker.identifier
+        let active = min(max(1, worker.workerSet.activeCount), counters.count)
+        var best = worker.identifier < active ? worker.identifier : 0
         var fewest = counters[best].clients.load(ordering: .relaxed)
-        for index in counters.indices where index != best {
+        for index in 0..<active where index != best {
             let count = counters[index].clients.load(ordering: .relaxed)
             if count < fewest {
                 best = index

@@ -24,6 +24,12 @@ public struct ServerOptions: Sendable {
     public var watchConfig = false
     /// Seconds between re-resolutions of server host names (0: never).
     public var dnsRefreshSeconds: Int = 30
+    /// Elastic workers (the default without `--threads`): `threads` workers are started, the
+    /// first `activeWorkers` take new clients, and one more is activated while the active ones
+    /// are busier than `activateAbove` (see `WorkerScalingPolicy`). False: all take clients.
+    public var elasticWorkers = false
+    public var activeWorkers = 1
+    public var activateAbove = 0.75
 
     public init(threads: Int, configPath: String, pidFile: String? = nil) {
         self.threads = threads
@@ -387,7 +393,11 @@ public final class TernServer {
         // Workers inherit the mask: only this thread takes signals.
         var signals = Self.handledSignals
         pthread_sigmask(SIG_BLOCK, &signals, nil)
-        let control = ControlState(plans: plans, workerCount: workerCount)
+        let workerSet = WorkerSet(workers: workerCount, initiallyActive: options.elasticWorkers ? options.activeWorkers : workerCount,
+                                  elastic: options.elasticWorkers, busy: options.activateAbove)
+        let scaler = WorkerScaler(set: workerSet, policy: WorkerScalingPolicy(minimum: options.activeWorkers, maximum: workerCount,
+                                                                               threshold: options.activateAbove))
+        let control = ControlState(plans: plans, workerCount: workerCount, workers: workerSet)
         self.control = control
         do {
             try startControlEndpoints(control)
@@ -396,7 +406,7 @@ public final class TernServer {
             return 1
         }
         let info = ProcessInfo(version: ternVersion)
-        var workers = (0..<workerCount).map { Worker(identifier: $0, plans: plans, logger: logger, processInfo: info) }
+        var workers = (0..<workerCount).map { Worker(identifier: $0, plans: plans, logger: logger, processInfo: info, workerSet: workerSet) }
         inboxes = workers.map(\.inbox)
         for worker in workers { worker.peers = inboxes }
         while !workers.isEmpty {
@@ -421,8 +431,13 @@ public final class TernServer {
         BackendInfoPoller(control: control).start()
         updateDiscoveryJobs()
         control.isReady.store(true, ordering: .relaxed)
-        logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid())")
+        if options.elasticWorkers, workerSet.activeCount < workerCount {
+            logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid()); \(workerSet.activeCount) taking clients, one more while those are over \(Int((options.activateAbove * 100).rounded())) % busy")
+        } else {
+            logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid())")
+        }
         var lastChecks = Int(time(nil))
+        var lastScaling = ThreadClock.monotonicSeconds()
         while true {
             // With cluster pools, new slot maps are picked up every 100 ms.
             let hasCluster = plans.contains { $0.config.distribution == .redisCluster }
@@ -431,6 +446,11 @@ public final class TernServer {
             let received = sigtimedwait(&signals, nil, &timeout)
             if hasCluster { applyDiscoveredMaps() }
             if hasSentinel { applySentinelAddresses() }
+            if options.elasticWorkers, ThreadClock.monotonicSeconds() - lastScaling >= 0.9 {
+                // Once a second, signals or not (the workers publish their figures at that pace).
+                lastScaling = ThreadClock.monotonicSeconds()
+                if let line = scaler.tick() { logger.notice("\(line)") }
+            }
             if received < 0 {
                 if !(hasCluster || hasSentinel) || Int(time(nil)) != lastChecks {
                     lastChecks = Int(time(nil))

@@ -141,9 +141,22 @@ final class ProcessInfo: Sendable {
 /// the main thread. The loop that wakes first would take a whole burst, so each accepted client
 /// goes to the worker with the fewest clients of its pool, through that worker's inbox
 /// (`PoolRuntime.leastLoadedWorker`).
+///
+/// Elastic workers (the default, no `--threads`): only workers `0..<workerSet.active` take new
+/// clients — only they watch the listeners, and only they are chosen for a hand-over. Each
+/// worker measures its utilisation once a second; the main thread activates one more worker
+/// when the active ones are busy (`WorkerScaler`, `WorkerScalingPolicy`).
 final class Worker {
     let identifier: Int
     let loop: OpaquePointer
+    /// Shared with every worker, the main thread and the admin thread (atomics only).
+    let workerSet: WorkerSet
+    /// Whether this worker takes new clients (watches the listeners); follows
+    /// `workerSet.active`, checked once a second. Loop-confined.
+    private(set) var takesClients: Bool
+    /// The last utilisation measurement: thread CPU time and monotonic time (seconds).
+    private var measuredCPU = 0.0
+    private var measuredAt = 0.0
     let logger: Logger
     let processInfo: ProcessInfo
     private(set) var pools: [PoolRuntime] = []
@@ -193,9 +206,11 @@ final class Worker {
     private var retiredPools: [PoolRuntime] = []
     private var drainFinished: Acknowledgement?
 
-    init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo) {
+    init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo, workerSet: WorkerSet) {
         self.identifier = identifier
         self.loop = tern_loop_new()
+        self.workerSet = workerSet
+        self.takesClients = identifier < workerSet.activeCount
         self.logger = logger
         self.processInfo = processInfo
         self.randomState = UInt64(truncatingIfNeeded: identifier &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(UInt(bitPattern: time(nil)))
@@ -213,8 +228,11 @@ final class Worker {
 
     private var sweepTimer: TimerWatcher?
 
-    /// Once a second: client timeouts (slowloris, idle).
+    /// Once a second: utilisation, whether to take new clients, client timeouts (slowloris, idle).
     private func sweepClients() {
+        measureUtilisation()
+        followActiveCount()
+        rebalanceClients()
         let now = self.now
         for client in Array(clients.values) { client.checkTimeouts(now: now) }
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
@@ -222,8 +240,36 @@ final class Worker {
         sweepTimer?.start(after: 1)
     }
 
+    /// CPU time of this thread over wall-clock time since the last call (about a second: the
+    /// sweep timer), published for scaling and /metrics. Two clock reads a second, none per
+    /// request or loop pass. CPU time includes the system calls the loop makes (most of a
+    /// proxy's work) and excludes time blocked in epoll_wait and time preempted by other
+    /// processes (see `WorkerScalingPolicy` for why the latter must not count).
+    private func measureUtilisation() {
+        let cpu = ThreadClock.cpuSeconds()
+        let wall = ThreadClock.monotonicSeconds()
+        let elapsed = wall - measuredAt
+        if measuredAt > 0, elapsed > 0.05 {
+            let fraction = min(max((cpu - measuredCPU) / elapsed, 0), 1)
+            workerSet.loads[identifier].utilisationPPM.store(Int(fraction * 1_000_000), ordering: .relaxed)
+        }
+        measuredCPU = cpu
+        measuredAt = wall
+    }
+
+    /// Starts or stops watching the listeners when this worker joined or left the active ones.
+    /// A worker that leaves keeps its clients; one that joins gets new clients at once anyway
+    /// (the accepting worker hands them over), watching only saves that hand-over.
+    private func followActiveCount() {
+        let shouldTake = identifier < workerSet.activeCount
+        guard shouldTake != takesClients, drainFinished == nil else { return }
+        takesClients = shouldTake
+        for pool in pools { pool.followTakesClients() }
+    }
+
     /// Runs the loop on the current thread until it is broken.
     func run() {
+        measureUtilisation()
         let timer = TimerWatcher(worker: self, owner: self) { _, watcher, _ in
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             worker.sweepTimer?.fired()
@@ -257,20 +303,65 @@ final class Worker {
                 for client in clients.values { client.finishAndClose() }
             case let .adoptClient(descriptor, shared):
                 adoptClient(descriptor: descriptor, of: shared)
+            case let .adoptMovedClient(descriptor, shared, state):
+                adoptClient(descriptor: descriptor, of: shared, moved: state)
             }
         }
     }
 
-    /// A client accepted by another worker. If its pool has meanwhile stopped accepting here
-    /// (reload, drain), it is closed as the accepting worker would have done.
-    private func adoptClient(descriptor: Int32, of shared: PoolShared) {
-        guard let pool = pools.first(where: { $0.plan.shared === shared }), pool.isAccepting, drainFinished == nil else {
+    /// A client accepted by another worker. If its pool has meanwhile left service here
+    /// (reload, drain), it is closed as the accepting worker would have done. A worker that has
+    /// just joined the active ones may not watch the listener yet (it follows within a second):
+    /// it adopts clients all the same.
+    private func adoptClient(descriptor: Int32, of shared: PoolShared, moved: MovedClient? = nil) {
+        guard let pool = pools.first(where: { $0.plan.shared === shared }), !pool.isRetired, drainFinished == nil else {
             shared.workerCounters[identifier].clients.subtract(1, ordering: .relaxed)
             shared.clientCount.subtract(1, ordering: .relaxed)
             Syscall.close(descriptor)
             return
         }
-        ClientConnection(descriptor: descriptor, pool: pool).start()
+        if let moved {
+            ClientConnection(descriptor: descriptor, pool: pool, moved: moved).start()
+        } else {
+            ClientConnection(descriptor: descriptor, pool: pool).start()
+        }
+    }
+
+    /// Elastic workers, once a second: a worker busier than the activation threshold gives idle
+    /// clients (`ClientConnection.isMovable`: between two requests, nothing pending, no session
+    /// pinned to this worker's backend connections) to the active worker with the fewest clients
+    /// of the pool, until the two differ by at most one (at most 64 a second). Connections that
+    /// opened before more workers were activated — a fleet reconnecting after a restart, all on
+    /// worker 0 — spread out this way; a worker under the threshold moves nothing, so a sidecar's
+    /// clients stay on one loop. A moved client keeps its Redis session (user, name, protocol);
+    /// its `CLIENT ID` changes.
+    private func rebalanceClients() {
+        guard workerSet.isElastic, drainFinished == nil,
+              workerSet.loads[identifier].utilisationPPM.load(ordering: .relaxed) >= workerSet.busyPPM else { return }
+        let active = workerSet.activeCount
+        guard active >= 2 else { return }
+        for pool in pools where !pool.isRetired && pool.plan.listenDescriptor >= 0 {
+            let counters = pool.plan.shared.workerCounters
+            guard active <= counters.count else { continue }
+            var target = -1, fewest = Int.max
+            for index in 0..<active where index != identifier {
+                let count = counters[index].clients.load(ordering: .relaxed)
+                if count < fewest { target = index; fewest = count }
+            }
+            guard target >= 0 else { continue }
+            let mine = counters[identifier].clients.load(ordering: .relaxed)
+            var budget = min((mine - fewest) / 2, 64)
+            guard budget > 0 else { continue }
+            for client in Array(clients.values) where budget > 0 && client.pool === pool && client.isMovable {
+                budget -= 1
+                let descriptor = client.descriptor
+                let state = client.detachForMove()
+                counters[identifier].clients.subtract(1, ordering: .relaxed)
+                counters[target].clients.add(1, ordering: .relaxed)
+                workerSet.loads[identifier].movedOut.add(1, ordering: .relaxed)
+                peers[target].post(.adoptMovedClient(descriptor: descriptor, pool: pool.plan.shared, state: state))
+            }
+        }
     }
 
     /// Gives a client accepted here to worker `identifier`.

@@ -13,6 +13,8 @@ enum WorkerCommand: Sendable {
     /// Another worker accepted this client of the pool (identified by what outlives reloads)
     /// and gave it to this, less loaded, worker.
     case adoptClient(descriptor: Int32, pool: PoolShared)
+    /// A busy worker moved one of its idle clients here (elastic workers).
+    case adoptMovedClient(descriptor: Int32, pool: PoolShared, state: MovedClient)
 }
 
 /// Counts workers down to zero; the main thread waits on it.

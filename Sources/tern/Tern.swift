@@ -49,8 +49,17 @@ struct Tern: ParsableCommand {
     @Option(name: [.customShort("m"), .customLong("mbuf-size")], help: "Accepted for nutcracker compatibility; Tern sizes its buffers itself.")
     var mbufSize = 16384
 
-    @Option(name: .customLong("threads"), help: "Worker threads, each with its own event loop (default: online CPUs).")
+    @Option(name: .customLong("threads"), help: "Worker threads, each with its own event loop, all taking clients (default: elastic workers, see --max-threads).")
     var threads: Int?
+
+    @Option(name: .customLong("max-threads"), help: "Without --threads: worker threads started (default: the CPUs Tern may use); only --active-threads take clients at first, one more while those are busier than --activate-above.")
+    var maxThreads: Int?
+
+    @Option(name: .customLong("active-threads"), help: "Without --threads: worker threads taking clients from the start.")
+    var activeThreads = 1
+
+    @Option(name: .customLong("activate-above"), help: "Without --threads: another worker takes clients once the active ones' mean utilisation (thread CPU time over wall time, last second) reaches this fraction.")
+    var activateAbove = 0.75
 
     @Option(name: .customLong("admin-port"), help: "Admin HTTP port: /metrics (Prometheus), /healthz, /readyz, /config, /locate?pool=P&key=K. Off unless given.")
     var adminPort: Int?
@@ -79,6 +88,11 @@ struct Tern: ParsableCommand {
     var locatePool: String?
 
     func validate() throws {
+        if threads != nil, maxThreads != nil { throw ValidationError("--threads and --max-threads exclude each other (--threads N: N workers, all taking clients)") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if let maxThreads, maxThreads < 1 { throw ValidationError("--max-threads must be at least 1") }
+        if activeThreads < 1 { throw ValidationError("--active-threads must be at least 1") }
+        if !(activateAbove >= 0 && activateAbove <= 1) { throw ValidationError("--activate-above must be between 0 and 1") }
         if locatePool != nil, locateKeys.isEmpty { throw ValidationError("--pool is used with --locate") }
         if locateKeys.contains(where: \.isEmpty) { throw ValidationError("--locate: a key cannot be empty") }
     }
@@ -146,12 +160,17 @@ struct Tern: ParsableCommand {
         let threadCount: Int
         if let threads {
             threadCount = threads
+        } else if let maxThreads {
+            threadCount = maxThreads
         } else {
             let decision = defaultWorkerCount()
             threadCount = decision.workers
             logger.info("worker threads: \(threadCount) (\(decision.reason))")
         }
         var options = ServerOptions(threads: threadCount, configPath: configFile, pidFile: pidFile)
+        options.elasticWorkers = threads == nil
+        options.activeWorkers = min(activeThreads, threadCount)
+        options.activateAbove = activateAbove
         options.statsAddress = statsAddress
         options.statsPort = noStats ? nil : statsPort
         options.adminAddress = adminAddress
