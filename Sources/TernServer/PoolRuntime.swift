@@ -24,7 +24,8 @@ final class PoolRuntime {
     /// using them again.
     private(set) var serversGeneration = 0
     /// Set by `retire()`: the pool left service (removed by a reload, its warm-up ended, or
-    /// Tern is draining). Nothing new is sent on it; what is in flight finishes.
+    /// Tern is draining). Nothing new is sent on it and it takes no clients (until then its
+    /// listener follows the worker's `takesClients`); what is in flight finishes.
     private(set) var isRetired = false
     private(set) var placement: Placement
     private(set) var limits: MemcacheLimits
@@ -192,10 +193,6 @@ final class PoolRuntime {
         }
         startListening()
     }
-
-    /// Retired (a reload's removed pool, a drain): takes no clients. Until then the listener
-    /// follows the worker's `takesClients`.
-    private(set) var isRetired = false
 
     /// The worker joined or left the workers that take new clients.
     func followTakesClients() {
