@@ -238,8 +238,6 @@ int tern_tls_peer_common_name(void *tls, char *buffer, size_t length) {
     return count < 0 ? -1 : count;
 }
 
-const char *tern_tls_version(void *tls) { return SSL_get_version((SSL *)tls); }
-
 void tern_tls_last_error(char *buffer, size_t length) {
     if (buffer != NULL && length > 0) snprintf(buffer, length, "%s", last_error);
     last_error[0] = 0;

@@ -236,6 +236,8 @@ final class ClientConnection {
             close()
             return
         }
+        // A TLS read that needs the socket writable (a key update's answer) resumes on EV_WRITE.
+        if let tls, tls.readWantsWrite, let watcher { watcher.watch(watcher.events | TERN_EV_WRITE) }
         lastActivity = worker.now
         let wasPartial = !input.isEmpty
         process(buffer)

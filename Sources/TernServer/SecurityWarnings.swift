@@ -16,11 +16,11 @@ public func exposureWarnings(_ config: TernConfig) -> [String] {
         if listensOnlyLocally(pool.listen) { return nil }
         // A password: redis_auth (Redis pools: the `default` user) or users: (both protocols).
         if pool.clientsMustAuthenticate { return nil }
-        // TLS (`tls:`): the traffic is private, and with `client_auth: required` only holders
-        // of a certificate from its CA get in.
-        if pool.clientTLS != nil { return nil }
+        // TLS with `client_auth: required`: only holders of a certificate from its CA get in.
+        // TLS alone makes the traffic private but lets anyone in.
+        if pool.clientTLS?.clientAuth == .required { return nil }
         let credentials = pool.protocolKind == .redis ? "redis_auth or users:" : "users:"
-        return "pool '\(pool.name)' listens on \(pool.listen), beyond loopback, with neither TLS nor a password (tls: or \(credentials) sets one): anyone who reaches that address can use its servers"
+        return "pool '\(pool.name)' listens on \(pool.listen), beyond loopback, with neither client certificates nor a password (tls: with client_auth: required, or \(credentials)): anyone who reaches that address can use its servers"
     }
 }
 

@@ -60,6 +60,9 @@ final class ServerConnection {
     /// come (see `startStreaming`).
     private var stream: ReplySlot?
     private var streamRemaining = 0
+    /// A streamed reply that makes no progress for the pool's `timeout` fails (its client,
+    /// which has part of it, is closed): loop time by which the next bytes must come.
+    private var streamDeadline = Double.infinity
     /// Bulk replies at least this large, to a client waiting for nothing else first, are
     /// streamed rather than buffered whole.
     static let streamThreshold = 256 << 10
@@ -419,6 +422,7 @@ final class ServerConnection {
                 return
             }
             frameReplies()
+            if let tls, tls.readWantsWrite, let watcher { watcher.watch(TERN_EV_READ | TERN_EV_WRITE) }
             // TLS: decrypted bytes left behind by the 4 MiB cap are not announced again.
             guard let tls, tls.hasPending, descriptor >= 0 else { return }
         }
@@ -525,7 +529,7 @@ final class ServerConnection {
                 input.consume(length)
             }
         }
-        if pending.isEmpty, isTimerArmed { stopTimer() }
+        if pending.isEmpty, stream == nil, isTimerArmed { stopTimer() }
         // A burst may have grown the buffer: give large ones back once drained.
         if input.isEmpty { input.releaseIfIdle(keep: 1 << 16) }
         if returnWhenIdle, pending.isEmpty {
@@ -628,6 +632,10 @@ final class ServerConnection {
         answeredBytes += entry.bytes
         stream = entry.slot.take()
         streamRemaining = total
+        if let timeout {
+            streamDeadline = ev_now(loop) + timeout
+            if !isTimerArmed { armTimer(after: timeout) }
+        }
         return true
     }
 
@@ -637,7 +645,11 @@ final class ServerConnection {
         let slot = stream!
         if let client = slot.client {
             client.appendStreamed(UnsafeRawBufferPointer(rebasing: input.readable[0..<count]))
+            // Closing a client over its output limit can end this connection too (a client
+            // blocked on it gives it up): then nothing here is valid any more.
+            guard stream === slot, descriptor >= 0 else { return false }
         }
+        if let timeout { streamDeadline = ev_now(loop) + timeout }
         counters.responseBytes.add(count)
         input.consume(count)
         streamRemaining -= count
@@ -646,22 +658,11 @@ final class ServerConnection {
             return false
         }
         stream = nil
+        streamDeadline = .infinity
         slot.isDone = true
-        // A client that closed meanwhile dropped the slot; it is freed here.
+        // A client that closed meanwhile dropped the slot, and ARC frees it with this reference.
         if let client = slot.client { client.slotCompleted(slot) }
         return true
-    }
-
-    /// The connection failed in the middle of a streamed reply: its client has part of it
-    /// and cannot be answered in step any more, so it is closed.
-    private func abandonStream() {
-        guard let slot = stream else { return }
-        stream = nil
-        streamRemaining = 0
-        if let client = slot.client {
-            worker.logger.warning("server \(server.name): connection lost in the middle of a streamed reply; closing its client")
-            client.close()
-        }
     }
 
     /// Drops the skipped reply's bytes that have arrived. True when it has ended (framing goes
@@ -726,6 +727,15 @@ final class ServerConnection {
                 nextDeadline = min(nextDeadline, entry.deadline)
             }
         }
+        if stream != nil {
+            if streamDeadline <= now + 0.0005 {
+                counters.serverTimedOut.add()
+                fail(reason: "Connection timed out (a streamed reply stalled)")
+                return
+            }
+            live += 1
+            nextDeadline = min(nextDeadline, streamDeadline)
+        }
         if expired > 0 {
             counters.serverTimedOut.add(expired)
             server.pool.stats.forwardErrors.add(expired)
@@ -770,7 +780,7 @@ final class ServerConnection {
         }
     }
 
-    var isIdle: Bool { pending.isEmpty }
+    var isIdle: Bool { pending.isEmpty && stream == nil }
 
     /// Closed after failures and waiting out its backoff: a request now would fail at once.
     var isBackingOff: Bool { state == .disconnected && worker.now < retryAfter }
@@ -802,7 +812,13 @@ final class ServerConnection {
             worker.retire(watcher)
             self.watcher = nil
         }
-        abandonStream()
+        // A streamed reply cut short: its client has part of it and cannot be answered in step
+        // any more, so it is closed — last, once this connection's state is final (closing a
+        // client can come back here through a blocking command it gives up).
+        let abandoned = stream
+        stream = nil
+        streamRemaining = 0
+        streamDeadline = .infinity
         // close_notify (when the socket takes it) before the socket closes.
         tls = nil
         if descriptor >= 0 { Syscall.close(descriptor) }
@@ -824,6 +840,10 @@ final class ServerConnection {
             // A push connection lost (failure, timeout): messages would stop silently, so the
             // subscribed client is closed instead and re-subscribes when it reconnects.
             pushClient = nil
+            client.close()
+        }
+        if let client = abandoned?.client {
+            worker.logger.warning("server \(server.name): connection lost in the middle of a streamed reply; closing its client")
             client.close()
         }
     }

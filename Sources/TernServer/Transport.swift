@@ -107,8 +107,6 @@ final class TLSStream {
     /// Decrypted bytes waiting inside OpenSSL, which the socket will not announce again.
     var hasPending: Bool { tern_tls_pending(pointer) > 0 }
 
-    var version: String { String(cString: tern_tls_version(pointer)) }
-
     /// The verified client certificate's subject common name (nil: no verified certificate).
     func peerCommonName() -> String? {
         var buffer = [CChar](repeating: 0, count: 256)
@@ -158,7 +156,10 @@ enum Transport {
 
     private static func readTLS(_ tls: TLSStream, into buffer: ByteBuffer, cap: Int) -> ReadOutcome {
         tls.readWantsWrite = false
-        while buffer.readableCount < cap {
+        // At least one read, even when the buffer already holds `cap` bytes of a partial
+        // request or reply (as the plain path does): otherwise a frame larger than the cap
+        // would never complete.
+        repeat {
             let target = buffer.reserve(16384)
             let count = tern_tls_read(tls.pointer, target, buffer.writableCount)
             if count > 0 {
@@ -173,7 +174,7 @@ enum Transport {
                 return .drained
             default: return .failed(TLSStream.lastError())
             }
-        }
+        } while buffer.readableCount < cap
         return .drained
     }
 
@@ -194,8 +195,8 @@ enum Transport {
             if Int32(count) == TERN_TLS_WANT_READ || Int32(count) == TERN_TLS_WANT_WRITE {
                 return written > 0 ? .transferred(written) : .wouldBlock
             }
-            // The reason is logged by the caller as a failed connection; EPIPE is as good a
-            // code as any for "this stream is over".
+            // The stream is over; the caller reports a failed write (EPIPE) and closes. OpenSSL's
+            // reason is dropped with the thread's error state.
             _ = TLSStream.lastError()
             return written > 0 ? .transferred(written) : .failed(EPIPE)
         }

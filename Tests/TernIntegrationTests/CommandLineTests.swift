@@ -159,10 +159,10 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(status, 0, text)
         XCTAssertTrue(text.contains("syntax is ok"), text)
         XCTAssertEqual(warnings(text), [
-            "pool 'open' listens on 0.0.0.0:1, beyond loopback, with neither TLS nor a password (tls: or users: sets one): anyone who reaches that address can use its servers",
-            "pool 'openv6' listens on [::]:2, beyond loopback, with neither TLS nor a password (tls: or redis_auth or users: sets one): anyone who reaches that address can use its servers",
+            "pool 'open' listens on 0.0.0.0:1, beyond loopback, with neither client certificates nor a password (tls: with client_auth: required, or users:): anyone who reaches that address can use its servers",
+            "pool 'openv6' listens on [::]:2, beyond loopback, with neither client certificates nor a password (tls: with client_auth: required, or redis_auth or users:): anyone who reaches that address can use its servers",
             // redis_auth on a memcached pool authenticates Tern to nothing a client sees.
-            "pool 'memcacheauth' listens on 0.0.0.0:3, beyond loopback, with neither TLS nor a password (tls: or users: sets one): anyone who reaches that address can use its servers",
+            "pool 'memcacheauth' listens on 0.0.0.0:3, beyond loopback, with neither client certificates nor a password (tls: with client_auth: required, or users:): anyone who reaches that address can use its servers",
         ])
     }
 
@@ -190,7 +190,7 @@ final class CommandLineTests: XCTestCase {
         let client = try TestClient(port: port)
         XCTAssertEqual(try client.request("set k 0 0 1\r\nv\r\nget k\r\n", until: "END\r\n"), "STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n")
         let log = group.ternLog()
-        XCTAssertTrue(log.contains("pool 'wide' listens on 0.0.0.0:\(port), beyond loopback, with neither TLS nor a password (tls: or users: sets one)"), log)
+        XCTAssertTrue(log.contains("pool 'wide' listens on 0.0.0.0:\(port), beyond loopback, with neither client certificates nor a password (tls: with client_auth: required, or users:)"), log)
         XCTAssertTrue(log.contains("the stats port listens on 0.0.0.0:\(statsPort), beyond loopback"), log)
         XCTAssertFalse(log.contains("pool 'local'"), log)
         // The pool 'local' moves beyond loopback: the reload applies and is warned about.

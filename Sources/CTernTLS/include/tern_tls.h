@@ -63,9 +63,6 @@ void tern_tls_free(void *tls);
 /// NUL-terminated), or -1 when there is no verified certificate.
 int tern_tls_peer_common_name(void *tls, char *buffer, size_t length);
 
-/// The negotiated protocol version, e.g. "TLSv1.3".
-const char *tern_tls_version(void *tls);
-
 /// The reason of the last failure on this thread (and clears OpenSSL's error queue).
 void tern_tls_last_error(char *buffer, size_t length);
 
