@@ -66,7 +66,10 @@ def main():
                     before_tern, before_redis = cpu_seconds(tern.pid), cpu_seconds(redis.pid)
                     out = subprocess.run(["redis-benchmark", "-p", str(port), "--tls", "--cacert", ca, "-t", "get", "-P", str(load), "-c", "50",
                                           "-n", str(args.requests), "-r", "100000", "-d", "32", "-q", "--csv"],
-                                         capture_output=True, text=True, check=True).stdout
+                                         capture_output=True, text=True)
+                    if out.returncode != 0:
+                        sys.exit(f"redis-benchmark against {name} failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+                    out = out.stdout
                     tern_cpu = cpu_seconds(tern.pid) - before_tern
                     redis_cpu = cpu_seconds(redis.pid) - before_redis
                     ops = float([line for line in out.splitlines() if line.startswith('"GET"')][0].split(",")[1].strip('"'))

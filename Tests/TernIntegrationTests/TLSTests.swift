@@ -459,4 +459,71 @@ final class TLSTests: XCTestCase {
         XCTAssertTrue(loud.1.contains("tern: warning: TLS private key '\(certificates.serverKey)' (pool 'r') is readable by other users (chmod o-r)"), loud.1)
         XCTAssertFalse(loud.1.contains("pool 'r' listens"), loud.1)
     }
+
+    /// Elastic workers move idle TLS clients with their TLS stream: after the move, each of
+    /// them is still answered on its connection (no new handshake is possible mid-stream).
+    func testIdleTLSClientsMoveBetweenWorkersWithTheirStream() throws {
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort(), admin = ProcessGroup.freePort()
+        try group.tern(config: """
+            r:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              timeout: 3000
+              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)"}
+              servers: ["\(backend.address):1"]
+            """, arguments: ["--max-threads", "2", "--activate-above", "0.02", "--admin-port", "\(admin)"], waitPort: port)
+        try pythonTLS("""
+            import urllib.request
+            def clients_per_worker():
+                text = urllib.request.urlopen("http://127.0.0.1:\(admin)/metrics", timeout=5).read().decode()
+                found = {}
+                for line in text.splitlines():
+                    if line.startswith("tern_worker_") and not line.startswith("#"):
+                        name, value = line.rsplit(" ", 1)
+                        found[name] = float(value)
+                return [found.get('tern_worker_clients{worker="%d"}' % w) for w in range(2)], found
+            ctx = ssl.create_default_context(cafile='\(certificates.ca)')
+            def call(conn, payload, expect):
+                conn.sendall(payload)
+                got = b""
+                while len(got) < len(expect):
+                    chunk = conn.recv(65536)
+                    assert chunk, got
+                    got += chunk
+                assert got == expect, (payload, got)
+            idle = []
+            for i in range(10):
+                c = ctx.wrap_socket(socket.create_connection(('127.0.0.1', \(port)), timeout=5), server_hostname='localhost')
+                call(c, b"PING\\r\\n", b"+PONG\\r\\n")
+                idle.append(c)
+            stop, errors = [], []
+            def load():
+                try:
+                    r = redis.Redis(port=\(port), ssl=True, ssl_ca_certs='\(certificates.ca)')
+                    r.set("hot", "x")
+                    while not stop:
+                        p = r.pipeline(transaction=False)
+                        for _ in range(200): p.get("hot")
+                        assert all(v == b"x" for v in p.execute())
+                except Exception as e:
+                    errors.append(e)
+            t = threading.Thread(target=load, daemon=True)
+            t.start()
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                counts, found = clients_per_worker()
+                if counts[1] and counts[1] >= 5: break
+                time.sleep(0.2)
+            stop.append(True)
+            t.join()
+            assert not errors, errors
+            counts, found = clients_per_worker()
+            assert counts[1] >= 5, found
+            for i, c in enumerate(idle):
+                call(c, b"SET moved:%d v%d\\r\\n" % (i, i), b"+OK\\r\\n")
+                call(c, b"GET moved:%d\\r\\n" % i, b"$%d\\r\\nv%d\\r\\n" % (len(b"v%d" % i), i))
+            """)
+        XCTAssertFalse(group.ternLog().contains("TLS handshake"), group.ternLog().suffix(2000).description)
+    }
 }

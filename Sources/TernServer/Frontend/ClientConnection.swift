@@ -98,7 +98,10 @@ final class ClientConnection {
         memcacheAuthFailures = moved.memcacheAuthFailures
         memcacheUsersGeneration = Int.min
         peerText = moved.peerText
+        // TLS state goes with the socket (the session keys; a new handshake is impossible).
+        tls = moved.tls
         moved.redis = nil
+        moved.tls = nil
     }
 
     /// Between two requests with nothing pending (no request in flight or partly read, no reply
@@ -107,6 +110,10 @@ final class ClientConnection {
     var isMovable: Bool {
         guard !isClosed, !closeWhenDrained, slots.isEmpty, input.isEmpty, output.isEmpty, !isDirty, !isHeld,
               skipRemaining == 0, heldReplyBytes == 0 else { return false }
+        // TLS: only an established stream with nothing decrypted and unread (the next worker's
+        // watcher would not hear of those bytes) and no read or write waiting on the other
+        // direction.
+        if let tls, !tls.isEstablished || tls.hasPending || tls.readWantsWrite || tls.writeWantsRead { return false }
         if let session = redis {
             return session.transaction == nil && session.watch == nil && session.blocked.isEmpty && session.subscriptions == nil
         }
@@ -124,7 +131,8 @@ final class ClientConnection {
         }
         watcher = nil
         let moved = MovedClient(redis: redis, protocolChosen: protocolChosen, isBinary: isBinary, memcacheUser: memcacheUser,
-                                memcacheAuthFailures: memcacheAuthFailures, peerText: peerText)
+                                memcacheAuthFailures: memcacheAuthFailures, peerText: peerText, tls: tls)
+        tls = nil
         worker.release(self)
         return moved
     }
@@ -147,7 +155,7 @@ final class ClientConnection {
     func start() {
         lastActivity = worker.now
         lastWriteProgress = worker.now
-        if let context = pool.plan.clientTLS {
+        if tls == nil, let context = pool.plan.clientTLS {
             guard let stream = TLSStream(context: context, descriptor: descriptor, serverName: nil) else {
                 pool.stats.clientErrors.add()
                 Syscall.close(descriptor)
@@ -493,8 +501,13 @@ final class MovedClient: @unchecked Sendable {
     let memcacheUser: RedisUser?
     let memcacheAuthFailures: Int
     let peerText: String?
+    /// The client's TLS stream, handed over whole: the old worker stopped using it in
+    /// `detachForMove` before posting this, and only the adopting worker uses it after.
+    var tls: TLSStream?
 
-    init(redis: RedisSession?, protocolChosen: Bool, isBinary: Bool, memcacheUser: RedisUser?, memcacheAuthFailures: Int, peerText: String?) {
+    init(redis: RedisSession?, protocolChosen: Bool, isBinary: Bool, memcacheUser: RedisUser?, memcacheAuthFailures: Int, peerText: String?,
+         tls: TLSStream?) {
+        self.tls = tls
         self.redis = redis
         self.protocolChosen = protocolChosen
         self.isBinary = isBinary

@@ -317,6 +317,9 @@ final class Worker {
         guard let pool = pools.first(where: { $0.plan.shared === shared }), !pool.isRetired, drainFinished == nil else {
             shared.workerCounters[identifier].clients.subtract(1, ordering: .relaxed)
             shared.clientCount.subtract(1, ordering: .relaxed)
+            // A moved TLS stream ends before its socket closes (close_notify goes to this
+            // client, never to a later socket given the same number).
+            moved?.tls = nil
             Syscall.close(descriptor)
             return
         }
