@@ -497,10 +497,11 @@ final class TLSTests: XCTestCase {
                 c = ctx.wrap_socket(socket.create_connection(('127.0.0.1', \(port)), timeout=5), server_hostname='localhost')
                 call(c, b"PING\\r\\n", b"+PONG\\r\\n")
                 idle.append(c)
-            stop, errors = [], []
+            stop, errors, kept = [], [], []
             def load():
                 try:
                     r = redis.Redis(port=\(port), ssl=True, ssl_ca_certs='\(certificates.ca)')
+                    kept.append(r)  # stays open: the counts below include it
                     r.set("hot", "x")
                     while not stop:
                         p = r.pipeline(transaction=False)
@@ -519,7 +520,8 @@ final class TLSTests: XCTestCase {
             t.join()
             assert not errors, errors
             counts, found = clients_per_worker()
-            assert counts[1] >= 5, found
+            assert counts[1] >= 5 and sum(counts) == 11, found
+            assert found['tern_worker_clients_moved_total{worker="0"}'] >= 4, found
             for i, c in enumerate(idle):
                 call(c, b"SET moved:%d v%d\\r\\n" % (i, i), b"+OK\\r\\n")
                 call(c, b"GET moved:%d\\r\\n" % i, b"$%d\\r\\nv%d\\r\\n" % (len(b"v%d" % i), i))
