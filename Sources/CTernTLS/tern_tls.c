@@ -219,14 +219,18 @@ long tern_tls_write(void *tls, const void *buffer, size_t length) {
 
 int tern_tls_pending(void *tls) { return SSL_pending((SSL *)tls); }
 
-void tern_tls_free(void *tls) {
+void tern_tls_shutdown(void *tls) {
     SSL *connection = (SSL *)tls;
     if (SSL_is_init_finished(connection)) {
         // One non-blocking attempt; the socket closes right after either way.
         (void)SSL_shutdown(connection);
     }
     ERR_clear_error();
-    SSL_free(connection);
+}
+
+void tern_tls_free(void *tls) {
+    // SSL_free writes nothing: the socket may already be closed and its number reused.
+    SSL_free((SSL *)tls);
 }
 
 int tern_tls_peer_common_name(void *tls, char *buffer, size_t length) {

@@ -56,7 +56,10 @@ long tern_tls_write(void *tls, const void *buffer, size_t length);
 /// Decrypted bytes OpenSSL holds that the socket will not announce again.
 int tern_tls_pending(void *tls);
 
-/// Sends close_notify if it can without blocking, and frees the connection.
+/// Sends close_notify if it can without blocking (call before the socket is closed).
+void tern_tls_shutdown(void *tls);
+
+/// Frees the connection; touches no socket.
 void tern_tls_free(void *tls);
 
 /// The verified peer certificate's subject common name: its length (copied into `buffer`,

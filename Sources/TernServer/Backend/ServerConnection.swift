@@ -820,6 +820,7 @@ final class ServerConnection {
         streamRemaining = 0
         streamDeadline = .infinity
         // close_notify (when the socket takes it) before the socket closes.
+        tls?.shutdown()
         tls = nil
         if descriptor >= 0 { Syscall.close(descriptor) }
         descriptor = -1

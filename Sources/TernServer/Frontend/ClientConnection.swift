@@ -473,6 +473,7 @@ final class ClientConnection {
         }
         watcher = nil
         // close_notify (if the socket takes it) before the socket closes.
+        tls?.shutdown()
         tls = nil
         Syscall.close(descriptor)
         if redis != nil { endRedisSession() }

@@ -319,6 +319,7 @@ final class Worker {
             shared.clientCount.subtract(1, ordering: .relaxed)
             // A moved TLS stream ends before its socket closes (close_notify goes to this
             // client, never to a later socket given the same number).
+            moved?.tls?.shutdown()
             moved?.tls = nil
             Syscall.close(descriptor)
             return

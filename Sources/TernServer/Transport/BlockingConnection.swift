@@ -21,7 +21,9 @@ final class BlockingConnection {
     private init(descriptor: Int32) { self.descriptor = descriptor }
 
     deinit {
-        // close_notify (if it can go without blocking) before the socket closes.
+        // close_notify (if it can go without blocking) before the socket closes; the stream
+        // itself may outlive this by a moment (a caller's reference) and then writes nothing.
+        tls?.shutdown()
         tls = nil
         Glibc.close(descriptor)
     }

@@ -88,7 +88,13 @@ final class TLSStream {
         self.context = context
     }
 
+    /// Frees OpenSSL's state only: whoever owns the socket calls `shutdown()` before closing
+    /// it. (A stream can outlive its socket by a moment — a caller's local reference — and
+    /// the socket's number may by then belong to another connection on another worker.)
     deinit { tern_tls_free(pointer) }
+
+    /// Sends close_notify if the socket takes it now. Call just before closing the socket.
+    func shutdown() { tern_tls_shutdown(pointer) }
 
     enum HandshakeStep { case done, wantRead, wantWrite, closed, failed(String) }
 
