@@ -361,20 +361,9 @@ public enum RespReplyParser {
     /// The whole length (header, data, CRLF) of a bulk string reply whose header `$<n>\r\n`
     /// has arrived, or nil when `bytes` does not start with one (or it is not complete yet).
     public static func bulkFrameLength(_ bytes: UnsafeRawBufferPointer) -> Int? {
-        guard bytes.count >= 4, bytes[0] == UInt8(ascii: "$") else { return nil }
-        var value = 0
-        var index = 1
-        while index < bytes.count, index < 22 {
-            let byte = bytes[index]
-            if byte == UInt8(ascii: "\r") {
-                guard index > 1, index + 1 < bytes.count, bytes[index + 1] == UInt8(ascii: "\n") else { return nil }
-                return index + 2 + value + 2
-            }
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-            value = value * 10 + Int(byte - UInt8(ascii: "0"))
-            index += 1
-        }
-        return nil
+        guard bytes.count >= 4, bytes[0] == UInt8(ascii: "$"),
+              case let .value(length, next) = RespRequestParser.header(bytes, at: 0, maxDigits: 18), length >= 0 else { return nil }
+        return next + length + 2
     }
 
     public enum Result: Equatable, Sendable {

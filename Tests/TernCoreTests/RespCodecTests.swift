@@ -2,6 +2,19 @@ import XCTest
 @testable import TernCore
 
 final class RespCodecTests: XCTestCase {
+    /// The whole length of a bulk reply from its header (streaming of large replies).
+    func testBulkFrameLength() {
+        func length(_ text: String) -> Int? { Array(text.utf8).withUnsafeBytes { RespReplyParser.bulkFrameLength($0) } }
+        XCTAssertEqual(length("$5\r\nhel"), 11)
+        XCTAssertEqual(length("$0\r\n\r\n"), 6)
+        XCTAssertEqual(length("$1048576\r\n"), 10 + 1_048_576 + 2)
+        XCTAssertNil(length("$-1\r\n"))
+        XCTAssertNil(length("$01\r\nx"))
+        XCTAssertNil(length("$5\r"))
+        XCTAssertNil(length("+OK\r\n"))
+        XCTAssertNil(length("*2\r\n$1\r\na"))
+    }
+
     func parse(_ text: String, limits: RespLimits = RespLimits()) -> (RespParseResult, [String]) {
         parse(Array(text.utf8), limits: limits)
     }

@@ -482,17 +482,8 @@ final class ServerConnection {
                 let (length, isError) = framed
                 // Moved out of the queue before anything else runs: delivering may queue more.
                 guard var head = pending.popFirst() else { return }
-                server.recordSuccess()
-                consecutiveFailures = 0
-                pendingBytes -= head.bytes
-                counters.responses.add()
+                answered(head, counters: counters, slowThreshold: slowThreshold)
                 counters.responseBytes.add(length)
-                counters.inQueue.add(-1)
-                counters.inQueueBytes.add(-head.bytes)
-                let microseconds = Int((ev_now(loop) - head.queuedAt) * 1_000_000)
-                counters.recordLatency(microseconds: microseconds)
-                if microseconds > slowThreshold, head.purpose != .probe, head.purpose != .setup { recordSlow(head, microseconds: microseconds) }
-                answeredBytes += head.bytes
                 if head.purpose == .probe {
                     server.probeAnswered()
                 } else if head.purpose == .backfill {
@@ -607,6 +598,22 @@ final class ServerConnection {
         worker.logger.warning("server \(server.name): a reply passed client_output_limit (\(server.pool.clientOutputLimit) bytes); its request failed and the reply is dropped")
     }
 
+    /// What every answered request's entry (just taken from `pending`) shares: the server's
+    /// success, queue and latency counters, the slow log, and its request bytes marked answered.
+    @inline(__always)
+    private func answered(_ head: Pending, counters: ServerCounters, slowThreshold: Int) {
+        server.recordSuccess()
+        consecutiveFailures = 0
+        pendingBytes -= head.bytes
+        counters.responses.add()
+        counters.inQueue.add(-1)
+        counters.inQueueBytes.add(-head.bytes)
+        let microseconds = Int((ev_now(loop) - head.queuedAt) * 1_000_000)
+        counters.recordLatency(microseconds: microseconds)
+        if microseconds > slowThreshold, head.purpose != .probe, head.purpose != .setup { recordSlow(head, microseconds: microseconds) }
+        answeredBytes += head.bytes
+    }
+
     /// A large bulk reply (`$<n>`, at least `streamThreshold` bytes) to a plain request whose
     /// client waits for nothing before it: its request is answered now, and the reply's bytes
     /// go to the client's output as they arrive instead of piling up in `input` first and
@@ -620,16 +627,8 @@ final class ServerConnection {
               slot.warmup == nil, slot.binary == nil, let client = slot.client, client.canStream(slot),
               let total = RespReplyParser.bulkFrameLength(input.readable), total <= slot.replyLimit else { return false }
         guard var entry = pending.popFirst() else { return false }
-        server.recordSuccess()
-        consecutiveFailures = 0
-        pendingBytes -= entry.bytes
-        counters.responses.add()
-        counters.inQueue.add(-1)
-        counters.inQueueBytes.add(-entry.bytes)
-        let microseconds = Int((ev_now(loop) - entry.queuedAt) * 1_000_000)
-        counters.recordLatency(microseconds: microseconds)
-        if microseconds > server.pool.slowlogThreshold { recordSlow(entry, microseconds: microseconds) }
-        answeredBytes += entry.bytes
+        // Its latency and slow-log time are measured to the reply's first bytes.
+        answered(entry, counters: counters, slowThreshold: server.pool.slowlogThreshold)
         stream = entry.slot.take()
         streamRemaining = total
         if let timeout {
