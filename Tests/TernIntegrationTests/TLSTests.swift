@@ -473,16 +473,11 @@ final class TLSTests: XCTestCase {
               tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)"}
               servers: ["\(backend.address):1"]
             """, arguments: ["--max-threads", "2", "--activate-above", "0.02", "--admin-port", "\(admin)"], waitPort: port)
-        try pythonTLS("""
-            import urllib.request
+        // /metrics' per-worker families, read as WorkerScalingTests reads them.
+        try pythonTLS("import urllib.request\n" + WorkerScalingTests.helpers(port: port, admin: admin, workers: 2) + """
             def clients_per_worker():
-                text = urllib.request.urlopen("http://127.0.0.1:\(admin)/metrics", timeout=5).read().decode()
-                found = {}
-                for line in text.splitlines():
-                    if line.startswith("tern_worker_") and not line.startswith("#"):
-                        name, value = line.rsplit(" ", 1)
-                        found[name] = float(value)
-                return [found.get('tern_worker_clients{worker="%d"}' % w) for w in range(2)], found
+                found = metrics()
+                return per(found, "tern_worker_clients"), found
             ctx = ssl.create_default_context(cafile='\(certificates.ca)')
             def call(conn, payload, expect):
                 conn.sendall(payload)
