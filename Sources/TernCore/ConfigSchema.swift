@@ -17,6 +17,15 @@ enum ConfigScope: String, Sendable {
     case warmup
     /// Keys of the mappings under `tls:`, `server_tls:`, `sentinel:` and each entry of `users:`.
     case tls, serverTLS = "server_tls", sentinel, users
+
+    /// The key whose mapping holds this scope's keys (`tls`, …); nil for a pool's keys and
+    /// the warm-up's, which README has tables for.
+    var parentKey: String? {
+        switch self {
+        case .pool, .poolOnly, .warmup: nil
+        case .tls, .serverTLS, .sentinel, .users: rawValue
+        }
+    }
 }
 
 /// One config key of a `Target` (a pool, a warm-up, a TLS setting, a user, …).
