@@ -158,7 +158,7 @@ public enum ConfigLoader {
         guard case let .sequence(list) = node else { throw context.error(node, key: "users", "must be a list of users") }
         var users: [UserConfig] = []
         func fail(_ node: Node, _ message: String) -> ConfigError {
-            ConfigError(file: context.file, line: line(node), message: "pool '\(context.pool)': key 'users': \(message)")
+            context.error(node, key: "users", message)
         }
         for entry in list {
             guard case let .mapping(mapping) = entry else { throw fail(entry, "each user must be a mapping with name, password_sha256, commands and keys") }
@@ -187,7 +187,7 @@ public enum ConfigLoader {
             if let commandsNode = values["commands"] {
                 for rule in try context.list(commandsNode, key: "users") {
                     if case let .failure(error) = RedisUser.compileCommands([rule.value]) {
-                        throw ConfigError(file: context.file, line: rule.line, message: "pool '\(context.pool)': key 'users': user '\(name)': rule '\(error.rule)': \(error.reason)")
+                        throw context.error(line: rule.line, key: "users", "user '\(name)': rule '\(error.rule)': \(error.reason)")
                     }
                     commands.append(rule.value)
                 }
@@ -196,12 +196,12 @@ public enum ConfigLoader {
             if let keysNode = values["keys"] {
                 for pattern in try context.list(keysNode, key: "users") {
                     guard pattern.value == "allkeys" || pattern.value.hasPrefix("~") else {
-                        throw ConfigError(file: context.file, line: pattern.line, message: "pool '\(context.pool)': key 'users': user '\(name)': key pattern '\(pattern.value)' must start with '~' (like ~app:*) or be allkeys")
+                        throw context.error(line: pattern.line, key: "users", "user '\(name)': key pattern '\(pattern.value)' must start with '~' (like ~app:*) or be allkeys")
                     }
                     if protocolKind == .memcache, pattern.value != "allkeys", pattern.value != "~*" {
                         let body = pattern.value.dropFirst()
                         guard !body.dropLast().contains(where: { "*?[\\".contains($0) }), let last = body.last, !"?[\\".contains(last) else {
-                            throw ConfigError(file: context.file, line: pattern.line, message: "pool '\(context.pool)': key 'users': user '\(name)': memcached key patterns are prefixes, like ~prefix* (not '\(pattern.value)')")
+                            throw context.error(line: pattern.line, key: "users", "user '\(name)': memcached key patterns are prefixes, like ~prefix* (not '\(pattern.value)')")
                         }
                     }
                     keys.append(pattern.value)
@@ -219,8 +219,9 @@ public enum ConfigLoader {
         /// A warm-up's old pool.
         var isWarmup = false
 
-        func error(_ node: Node, key: String, _ message: String) -> ConfigError {
-            ConfigError(file: file, line: ConfigLoader.line(node), message: "pool '\(pool)': key '\(key)': \(message)")
+        func error(_ node: Node, key: String, _ message: String) -> ConfigError { error(line: ConfigLoader.line(node), key: key, message) }
+        func error(line: Int, key: String, _ message: String) -> ConfigError {
+            ConfigError(file: file, line: line, message: "pool '\(pool)': key '\(key)': \(message)")
         }
         func string(_ node: Node, key: String) throws(ConfigError) -> String {
             guard case let .scalar(value) = node else { throw error(node, key: key, "must be a single value") }
@@ -258,9 +259,7 @@ public enum ConfigLoader {
         /// The pool's values, by key.
         var values: [String: Node] { pool.values }
         func error(_ node: Node, _ message: String) -> ConfigError { pool.error(node, key: key, message) }
-        func error(line: Int, _ message: String) -> ConfigError {
-            ConfigError(file: pool.file, line: line, message: "pool '\(pool.pool)': key '\(key)': \(message)")
-        }
+        func error(line: Int, _ message: String) -> ConfigError { pool.error(line: line, key: key, message) }
         func string(_ node: Node) throws(ConfigError) -> String { try pool.string(node, key: key) }
         func list(_ node: Node) throws(ConfigError) -> [(value: String, line: Int)] { try pool.list(node, key: key) }
         func integer(_ node: Node, _ range: ClosedRange<Int>) throws(ConfigError) -> Int { try pool.integer(node, key: key, range: range) }
