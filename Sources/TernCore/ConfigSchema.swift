@@ -5,6 +5,13 @@ import Yams
 // and missing keys, parsing in table order), ConfigRenderer (`/config`, in table order) and the
 // documentation test (README's tables, Config/example.yml) all read these tables: a new key
 // is one entry here, plus its README row and example line, which the test asks for.
+//
+// A key's parse may read the keys above it in its table (the protocol before users, the
+// distribution before read_from, server_tls before sentinel); a key that needs keys below it
+// does its work in `finish` (slots needs the servers). What stays outside the tables: what a
+// warm-up's old pool takes from the new pool (ConfigLoader.pool), the hint on listen/redis/
+// protocol in a warm-up, and the parsing of a user's keys, whose checks name the user and
+// look at the other users (ConfigLoader.parseUsers).
 
 /// Where a key is written.
 enum ConfigScope: String, Sendable {
@@ -281,7 +288,7 @@ enum ConfigSchema {
     ]
 
     static let serverTLS: [ConfigKey<ServerTLSConfig>] = [
-        .path("ca", .serverTLS, \.ca, doc: "CA certificates the servers' are verified against (default: the system's)"),
+        .path("ca", .serverTLS, \.ca, doc: "CA certificates the servers' certificates are verified against (default: the system's)"),
         .path("cert", .serverTLS, \.cert, doc: "a client certificate, for servers that require one"),
         .path("key", .serverTLS, \.key, doc: "its private key"),
         ConfigKey(name: "server_name", scope: .serverTLS, doc: "SNI and the name verified (default: each server's host)",
