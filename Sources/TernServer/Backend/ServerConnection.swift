@@ -210,12 +210,7 @@ final class ServerConnection {
             adopted.append(earlier)
         }
         let piece = ByteBuffer()
-        piece.swapContents(with: source)
-        let rest = piece.readableCount - count
-        if rest > 0 {
-            source.append(UnsafeRawBufferPointer(rebasing: piece.readable[count...]))
-            piece.removeLast(rest)
-        }
+        piece.take(count, of: source, used: count)
         adoptedBytes += count
         adopted.append(piece)
         worker.tookLargeRequest = true
@@ -516,6 +511,7 @@ final class ServerConnection {
                 case .incomplete:
                     if input.readableCount >= Self.streamThreshold, startStreaming() { continue }
                     if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
+                    if input.readableCount >= Self.sizeRepliesAbove { sizeInputForReply() }
                     return
                 case .invalid:
                     fail(reason: "server sent an invalid reply")
@@ -572,13 +568,16 @@ final class ServerConnection {
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
+                    if length >= Self.streamThreshold { worker.largeReply = (input, length) }
+                    defer { worker.largeReply = nil }
                     if !slot.deliver(part: head.part, reply: reply, isError: isError) {
                         slot.fail(part: head.part, reason: "server reply out of step")
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
                 }
-                input.consume(length)
+                // A large reply may have left with the buffer's memory (`replyArrived`).
+                if !worker.tookLargeReply { input.consume(length) } else { worker.tookLargeReply = false }
             }
         }
         if pending.isEmpty, stream == nil, isTimerArmed { stopTimer() }
@@ -760,6 +759,18 @@ final class ServerConnection {
         // A client that closed meanwhile dropped the slot, and ARC frees it with this reference.
         if let client = slot.client { client.slotCompleted(slot) }
         return true
+    }
+
+    /// A Redis reply still arriving that is at least this large has the input sized for it.
+    static let sizeRepliesAbove = 64 << 10
+
+    /// Room in `input` for all of the reply being received, as far as its declared lengths
+    /// tell (one allocation instead of a copy at every doubling). Replies larger than
+    /// `client_output_limit` are skipped rather than held, so no more is reserved for them.
+    @inline(never)
+    private func sizeInputForReply() {
+        let declared = RespReplyParser.declaredLength(input.readable)
+        if declared <= server.pool.clientOutputLimit { input.reserve(frame: declared) }
     }
 
     /// Drops the skipped reply's bytes that have arrived. True when it has ended (framing goes

@@ -180,8 +180,14 @@ final class ByteBuffer {
         }
     }
 
-    /// Drops the last `count` unread bytes.
-    func removeLast(_ count: Int) { writeIndex -= count }
+    /// An empty buffer takes `source`'s memory with its first `count` unread bytes (a large
+    /// request or reply, not copied); `source` keeps, in fresh memory, what follows its first
+    /// `used` bytes (`used` ≥ `count`: the frame may end in bytes that are dropped).
+    func take(_ count: Int, of source: ByteBuffer, used: Int) {
+        swapContents(with: source)
+        if readableCount > used { source.append(UnsafeRawBufferPointer(rebasing: readable[used...])) }
+        writeIndex = readIndex + count
+    }
 
     func removeAll() {
         readIndex = 0
