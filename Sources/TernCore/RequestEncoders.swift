@@ -184,12 +184,14 @@ public enum RespEncoder {
         bulk(argument, into: sink)
     }
 
+    @inlinable
     public static func command<S: ByteSink>(_ name: StaticString, _ argument: String, into sink: S) {
         var argument = argument
         argument.withUTF8 { command(name, UnsafeRawBufferPointer($0), into: sink) }
     }
 
     /// A command with one decimal argument (`SELECT <db>`).
+    @inlinable
     public static func command<S: ByteSink>(_ name: StaticString, decimal argument: Int, into sink: S) {
         arrayHeader(2, into: sink)
         bulk(name, into: sink)
@@ -303,6 +305,7 @@ public enum MemcacheEncoder {
     }
 
     /// The command's name and, when given, an exptime: `gat 300`.
+    @inlinable
     public static func retrievalStart<S: ByteSink>(_ command: MemcacheCommand, exptime: UnsafeRawBufferPointer, into sink: S) {
         var name = command.name
         name.withUTF8 { SinkWriter.bytes(UnsafeRawBufferPointer($0), into: sink) }
