@@ -340,3 +340,83 @@ public enum MemcacheEncoder {
         }
     }
 }
+
+// MARK: - memcached replies Tern writes itself
+
+/// memcached replies Tern answers from an item it holds (a warm-up's hit in the old pool).
+public enum MemcacheReplyEncoder {
+    /// `VALUE <key> <flags> <size>\r\n<value>\r\n`: one record of a text retrieval reply.
+    @inlinable
+    public static func valueRecord<S: ByteSink>(key: UnsafeRawBufferPointer, flags: UInt32, value: UnsafeRawBufferPointer, into sink: S) {
+        SinkWriter.literal("VALUE ", into: sink)
+        SinkWriter.bytes(key, into: sink)
+        let target = sink.reserve(24)
+        target.storeBytes(of: 0x20, as: UInt8.self)
+        var count = 1 + SinkWriter.decimal(Int(flags), at: target + 1)
+        target.storeBytes(of: 0x20, toByteOffset: count, as: UInt8.self)
+        count += 1 + SinkWriter.decimal(value.count, at: target + count + 1)
+        SinkWriter.crlf(at: target + count)
+        sink.commit(count + 2)
+        SinkWriter.bytes(value, into: sink)
+        SinkWriter.literal("\r\n", into: sink)
+    }
+
+    /// The reply the meta get `request` (its line: `mg <key> <flags>*`) would get for an item:
+    /// `VA <size>` and the value when it asks for the value (`v`), `HD` otherwise, with the
+    /// flags it asks for among `f` (client flags), `t` (TTL left, -1 when unknown or none), `s`
+    /// (size), `k` (key) and the ones echoed as they came (`O` opaque, `b` base64 key). The
+    /// value is written as it was stored, byte for byte.
+    @inlinable
+    public static func metaReply<S: ByteSink>(to request: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, flags: UInt32, ttl: Int?,
+                                              value: UnsafeRawBufferPointer, into sink: S) {
+        var lineEnd = 0
+        while lineEnd < request.count, request[lineEnd] != carriageReturn, request[lineEnd] != newline { lineEnd += 1 }
+        /// Calls `body` with the range of each token after the command and the key.
+        func forEachFlag(_ body: (Range<Int>) -> Void) {
+            var position = 0
+            var index = 0
+            while position < lineEnd {
+                while position < lineEnd, request[position] == space { position += 1 }
+                guard position < lineEnd else { return }
+                let start = position
+                while position < lineEnd, request[position] != space { position += 1 }
+                if index >= 2 { body(start..<position) }
+                index += 1
+            }
+        }
+        var wantsValue = false
+        forEachFlag { if request[$0.lowerBound] == UInt8(ascii: "v") { wantsValue = true } }
+        func number(_ letter: UInt8, _ value: Int) {
+            let target = sink.reserve(22)
+            target.storeBytes(of: 0x20, as: UInt8.self)
+            target.storeBytes(of: letter, toByteOffset: 1, as: UInt8.self)
+            sink.commit(2 + SinkWriter.decimal(value, at: target + 2))
+        }
+        if wantsValue {
+            SinkWriter.literal("VA", into: sink)
+            let target = sink.reserve(21)
+            target.storeBytes(of: 0x20, as: UInt8.self)
+            sink.commit(1 + SinkWriter.decimal(value.count, at: target + 1))
+        } else {
+            SinkWriter.literal("HD", into: sink)
+        }
+        forEachFlag { token in
+            switch request[token.lowerBound] {
+            case UInt8(ascii: "f"): number(UInt8(ascii: "f"), Int(flags))
+            case UInt8(ascii: "t"): number(UInt8(ascii: "t"), ttl ?? -1)
+            case UInt8(ascii: "s"): number(UInt8(ascii: "s"), value.count)
+            case UInt8(ascii: "k"):
+                SinkWriter.literal(" k", into: sink)
+                SinkWriter.bytes(key, into: sink)
+            case UInt8(ascii: "O"), UInt8(ascii: "b"):
+                SinkWriter.literal(" ", into: sink)
+                SinkWriter.bytes(UnsafeRawBufferPointer(rebasing: request[token]), into: sink)
+            default: break
+            }
+        }
+        SinkWriter.literal("\r\n", into: sink)
+        guard wantsValue else { return }
+        SinkWriter.bytes(value, into: sink)
+        SinkWriter.literal("\r\n", into: sink)
+    }
+}

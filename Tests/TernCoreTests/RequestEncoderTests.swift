@@ -123,4 +123,29 @@ final class RequestEncoderTests: XCTestCase {
         XCTAssertEqual(strip("delete k\r\n"), "delete k\r\n")
         XCTAssertEqual(strip("flush_all noreply\n"), "flush_all\r\n")
     }
+
+    /// Replies Tern answers from an item it holds (warm-up hits in the old pool), the value binary.
+    func testMemcacheReplies() {
+        let value: [UInt8] = [0x0d, 0x0a, 0x00, 0xff]
+        func record(flags: UInt32) -> [UInt8] {
+            let sink = ByteArraySink()
+            bytes("foo").withUnsafeBytes { key in value.withUnsafeBytes { MemcacheReplyEncoder.valueRecord(key: key, flags: flags, value: $0, into: sink) } }
+            return sink.bytes
+        }
+        XCTAssertEqual(record(flags: 0), bytes("VALUE foo 0 4\r\n") + value + bytes("\r\n"))
+        XCTAssertEqual(record(flags: UInt32.max), bytes("VALUE foo 4294967295 4\r\n") + value + bytes("\r\n"))
+        func meta(_ request: String, ttl: Int?) -> [UInt8] {
+            let sink = ByteArraySink()
+            bytes(request).withUnsafeBytes { request in
+                bytes("Zm9v").withUnsafeBytes { key in
+                    value.withUnsafeBytes { MemcacheReplyEncoder.metaReply(to: request, key: key, flags: 7, ttl: ttl, value: $0, into: sink) }
+                }
+            }
+            return sink.bytes
+        }
+        XCTAssertEqual(meta("mg Zm9v b v f t s k Oab q\r\n", ttl: 99), bytes("VA 4 b f7 t99 s4 kZm9v Oab\r\n") + value + bytes("\r\n"))
+        XCTAssertEqual(meta("mg foo  t   f\r\n", ttl: nil), bytes("HD t-1 f7\r\n"))
+        XCTAssertEqual(meta("mg foo\r\n", ttl: 5), bytes("HD\r\n"))
+        XCTAssertEqual(meta("mg foo v\n", ttl: 5), bytes("VA 4\r\n") + value + bytes("\r\n"))
+    }
 }

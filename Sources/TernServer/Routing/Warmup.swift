@@ -295,11 +295,12 @@ final class WarmupRead {
         let newServer = key.newServer
         if command == .get || !warmup.backfill || ttl == nil || newServer < 0 {
             let record = slot.data.readableCount
-            slot.data.append("VALUE " as StaticString)
-            withKey(index) { slot.data.append($0) }
-            slot.data.append(" \(key.flags) \(key.valueLength)\r\n")
-            values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
-            slot.data.append("\r\n" as StaticString)
+            values.withUnsafeBytes { values in
+                withKey(index) {
+                    MemcacheReplyEncoder.valueRecord(key: $0, flags: key.flags,
+                                                     value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]), into: slot.data)
+                }
+            }
             slot.keys[index].recordStart = record
             slot.keys[index].recordLength = slot.data.readableCount - record
             if warmup.backfill {
@@ -331,35 +332,14 @@ final class WarmupRead {
     /// binary value must arrive as it was stored, with `VA <size>` matching it).
     private func appendSynthesizedMetaReply(_ index: Int, to output: ByteBuffer) {
         let key = keys[index]
-        var wantsValue = false
-        frame.withUnsafeBytes { raw in
-            let lineEnd = raw.firstIndex(of: 0x0d) ?? raw.firstIndex(of: 0x0a) ?? raw.count
-            for token in raw[0..<lineEnd].split(separator: 0x20).dropFirst(2) where token.first == UInt8(ascii: "v") { wantsValue = true }
-            if wantsValue {
-                output.append("VA \(key.valueLength)")
-            } else {
-                output.append("HD" as StaticString)
-            }
-            for token in raw[0..<lineEnd].split(separator: 0x20).dropFirst(2) {
-                guard let first = token.first else { continue }
-                switch first {
-                case UInt8(ascii: "f"): output.append(" f\(key.flags)")
-                case UInt8(ascii: "t"): output.append(" t\(key.ttl ?? -1)")
-                case UInt8(ascii: "s"): output.append(" s\(key.valueLength)")
-                case UInt8(ascii: "k"):
-                    output.append(" k" as StaticString)
-                    withKey(index) { output.append($0) }
-                case UInt8(ascii: "O"), UInt8(ascii: "b"):
-                    output.append(byte: 0x20)
-                    output.append(UnsafeRawBufferPointer(rebasing: token))
-                default: break
+        frame.withUnsafeBytes { request in
+            values.withUnsafeBytes { values in
+                withKey(index) {
+                    MemcacheReplyEncoder.metaReply(to: request, key: $0, flags: key.flags, ttl: key.ttl,
+                                                   value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]), into: output)
                 }
             }
-            output.append("\r\n" as StaticString)
         }
-        guard wantsValue else { return }
-        values.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
-        output.append("\r\n" as StaticString)
     }
 
     /// `ms <key> <size> T<ttl> F<flags> ME` — mode E is add: an item written to the new pool
