@@ -2,27 +2,11 @@ import Yams
 
 /// Loads and validates a config file's text. Every error names the file, the line and the key.
 public enum ConfigLoader {
-    /// The keys a pool accepts, twemproxy's first, then Tern's.
-    public static let poolKeys: [String] = [
-        "listen", "hash", "hash_tag", "distribution", "timeout", "backlog", "preconnect",
-        "redis", "redis_auth", "redis_db", "server_connections", "auto_eject_hosts",
-        "server_retry_timeout", "server_failure_limit", "tcpkeepalive", "client_connections",
-        "servers",
-        // Tern's own keys
-        "protocol", "max_item_size", "max_bulk_length", "strict_keys", "client_output_limit",
-        "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "slots", "warmup",
-        "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands",
-        "tls", "server_tls",
-    ]
+    /// The keys a pool accepts (ConfigSchema.pool).
+    public static let poolKeys: [String] = ConfigSchema.pool.names()
 
-    /// The keys of a `warmup:` mapping: a pool's keys except `listen` and `warmup`, plus the
-    /// backfill settings.
-    public static let warmupKeys: [String] = poolKeys.filter {
-        !["listen", "warmup", "protocol", "redis", "strict_keys", "max_item_size", "max_bulk_length",
-          "client_output_limit", "client_query_limit", "dedicated_connections", "max_subscriptions", "announce", "client_partial_timeout", "client_idle_timeout", "client_connections", "backlog",
-          "slowlog_log_slower_than", "slowlog_max_len", "hot_keys", "read_from", "sentinel", "users", "disabled_commands", "tls"].contains($0)
-    }
-        + ["backfill", "max_backfill_ttl", "default_backfill_ttl", "deletes"]
+    /// The keys of a `warmup:` mapping: the old pool's keys, plus the backfill settings.
+    public static let warmupKeys: [String] = ConfigSchema.oldPool.names() + ConfigSchema.warmup.names()
 
     public static func load(text: String, file: String) throws(ConfigError) -> TernConfig {
         let root: Node?
@@ -123,10 +107,9 @@ public enum ConfigLoader {
             }
             values[keyName] = value
         }
-        let context = PoolContext(pool: name, file: file, values: values)
-        var pool: PoolConfig
+        let context = PoolContext(pool: name, file: file, values: values, isWarmup: parent != nil)
+        var pool = PoolConfig(name: name, line: line(keyNode), listen: parent?.listen ?? .tcp(host: "", port: 0))
         if let parent {
-            pool = PoolConfig(name: name, line: line(keyNode), listen: parent.listen)
             pool.protocolKind = parent.protocolKind
             pool.maxItemSize = parent.maxItemSize
             pool.maxBulkLength = parent.maxBulkLength
@@ -135,151 +118,27 @@ public enum ConfigLoader {
             // A hanging old pool must not hang the new pool's reads: its `timeout` unless the
             // warm-up sets one of its own.
             pool.timeoutMilliseconds = parent.timeoutMilliseconds
-        } else {
-            guard let listenNode = values["listen"] else {
-                throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'listen'")
-            }
-            pool = PoolConfig(name: name, line: line(keyNode), listen: try parseListen(context.string(listenNode, key: "listen"), context: context, node: listenNode))
         }
-        if let node = values["hash"] {
-            let text = try context.string(node, key: "hash")
-            guard let hash = HashFunction(rawValue: text) else {
-                throw context.error(node, key: "hash", "unknown hash '\(text)' (one of \(HashFunction.allCases.map(\.rawValue).joined(separator: ", ")))")
-            }
-            pool.hash = hash
-        }
-        if let node = values["hash_tag"] {
-            let text = Array(try context.string(node, key: "hash_tag").utf8)
-            guard text.count == 2 else { throw context.error(node, key: "hash_tag", "must be exactly two characters, like \"{}\"") }
-            pool.hashTag = HashTag(open: text[0], close: text[1])
-        }
-        if let node = values["distribution"] {
-            let text = try context.string(node, key: "distribution")
-            guard let distribution = Distribution(rawValue: text) else {
-                throw context.error(node, key: "distribution", "unknown distribution '\(text)' (one of \(Distribution.allCases.map(\.rawValue).joined(separator: ", ")))")
-            }
-            pool.distribution = distribution
-        }
-        if let node = values["timeout"] {
-            let value = try context.integer(node, key: "timeout", range: -1...Int(Int32.max))
-            pool.timeoutMilliseconds = value <= 0 ? nil : value
-        }
-        if let node = values["backlog"] { pool.backlog = try context.integer(node, key: "backlog", range: 1...65535) }
-        if let node = values["preconnect"] { pool.preconnect = try context.boolean(node, key: "preconnect") }
-        if let node = values["redis"] { pool.protocolKind = try context.boolean(node, key: "redis") ? .redis : .memcache }
-        if let node = values["protocol"] {
-            let text = try context.string(node, key: "protocol")
-            guard let kind = PoolProtocol(rawValue: text) else { throw context.error(node, key: "protocol", "must be 'memcache' or 'redis', not '\(text)'") }
-            if let redisNode = values["redis"], (try context.boolean(redisNode, key: "redis")) != (kind == .redis) {
-                throw context.error(node, key: "protocol", "contradicts 'redis' on line \(line(redisNode))")
-            }
-            pool.protocolKind = kind
-        }
-        if let node = values["redis_auth"] { pool.redisAuth = try context.string(node, key: "redis_auth") }
-        if let node = values["redis_db"] { pool.redisDatabase = try context.integer(node, key: "redis_db", range: 0...Int(Int32.max)) }
-        if let node = values["server_connections"] { pool.serverConnections = try context.integer(node, key: "server_connections", range: 1...1024) }
-        if let node = values["auto_eject_hosts"] { pool.autoEjectHosts = try context.boolean(node, key: "auto_eject_hosts") }
-        if let node = values["server_retry_timeout"] { pool.serverRetryTimeoutMilliseconds = try context.integer(node, key: "server_retry_timeout", range: 1...Int(Int32.max)) }
-        if let node = values["server_failure_limit"] { pool.serverFailureLimit = try context.integer(node, key: "server_failure_limit", range: 1...Int(Int32.max)) }
-        if let node = values["tcpkeepalive"] { pool.tcpKeepalive = try context.boolean(node, key: "tcpkeepalive") }
-        if let node = values["client_connections"] { pool.clientConnections = try context.integer(node, key: "client_connections", range: 0...Int(Int32.max)) }
-        if let node = values["client_output_limit"] { pool.clientOutputLimit = try context.integer(node, key: "client_output_limit", range: 65536...(1 << 40)) }
-        if let node = values["announce"] {
-            let text = try context.string(node, key: "announce")
-            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port),
-                  colon > text.startIndex, !text[..<colon].contains(" ") else {
-                throw context.error(node, key: "announce", "must be host:port, not '\(text)'")
-            }
-            pool.announce = (String(text[..<colon]), port)
-        }
-        if let node = values["max_subscriptions"] { pool.maxSubscriptions = try context.integer(node, key: "max_subscriptions", range: 1...(1 << 24)) }
-        if let node = values["slowlog_log_slower_than"] { pool.slowlogSlowerThanMicroseconds = try context.integer(node, key: "slowlog_log_slower_than", range: -1...Int(Int32.max)) }
-        if let node = values["slowlog_max_len"] { pool.slowlogMaxLength = try context.integer(node, key: "slowlog_max_len", range: 0...100_000) }
-        if let node = values["hot_keys"] { pool.hotKeys = try context.integer(node, key: "hot_keys", range: 0...4096) }
-        if let node = values["dedicated_connections"] { pool.dedicatedConnections = try context.integer(node, key: "dedicated_connections", range: 1...65536) }
-        if let node = values["client_query_limit"] { pool.clientQueryLimit = try context.integer(node, key: "client_query_limit", range: 65536...(1 << 40)) }
-        if let node = values["client_partial_timeout"] { pool.clientPartialTimeoutMilliseconds = try context.integer(node, key: "client_partial_timeout", range: 0...Int(Int32.max)) }
-        if let node = values["client_idle_timeout"] { pool.clientIdleTimeoutMilliseconds = try context.integer(node, key: "client_idle_timeout", range: 0...Int(Int32.max)) }
-        if let node = values["strict_keys"] { pool.strictKeys = try context.boolean(node, key: "strict_keys") }
-        if let node = values["max_bulk_length"] { pool.maxBulkLength = try context.integer(node, key: "max_bulk_length", range: 1...(512 << 20)) }
-        if let node = values["max_item_size"] { pool.maxItemSize = try context.integer(node, key: "max_item_size", range: 1...(1 << 30)) }
-        if let node = values["users"] { pool.users = try parseUsers(node, protocolKind: pool.protocolKind, context: context) }
-        if let node = values["disabled_commands"] {
-            guard pool.protocolKind == .redis else { throw context.error(node, key: "disabled_commands", "is for Redis pools") }
-            for entry in try context.list(node, key: "disabled_commands") {
-                let name = entry.value.lowercased()
-                guard RedisCommandTable.byName[name] != nil else {
-                    throw ConfigError(file: file, line: entry.line, message: "pool '\(pool.name)': key 'disabled_commands': unknown command '\(entry.value)'")
-                }
-                if !pool.disabledCommands.contains(name) { pool.disabledCommands.append(name) }
-            }
-        }
-        guard let serversNode = values["servers"] else {
-            throw ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key 'servers'")
-        }
-        if let node = values["tls"] {
-            pool.clientTLS = try parseClientTLS(node, context: context)
-            if pool.clientTLS!.userFromCertificate, pool.users.isEmpty {
-                throw context.error(node, key: "tls", "'user_from_certificate' needs 'users:' (a certificate names one of them)")
-            }
-            if case .unix = pool.listen { throw context.error(node, key: "tls", "is for TCP listeners, not unix sockets") }
-        }
-        if let node = values["server_tls"] { pool.serverTLS = try parseServerTLS(node, context: context) }
-        if let sentinelNode = values["sentinel"] {
-            pool.sentinel = try parseSentinel(sentinelNode, context: context)
-            guard pool.protocolKind == .redis else {
-                throw context.error(sentinelNode, key: "sentinel", "needs a Redis pool ('redis: true')")
-            }
-            if pool.distribution == .redisCluster {
-                throw context.error(sentinelNode, key: "sentinel", "cannot be used with 'distribution: redis_cluster' (a cluster names its own masters)")
-            }
-            if let warmupNode = values["warmup"] {
-                throw context.error(warmupNode, key: "warmup", "is not supported with 'sentinel'")
-            }
-            if pool.sentinel?.tls == true, pool.serverTLS == nil {
-                throw context.error(sentinelNode, key: "sentinel", "'tls: true' reaches the sentinels with the pool's 'server_tls' settings: add 'server_tls'")
-            }
-            pool.servers = try parseSentinelMasters(serversNode, context: context)
-        } else {
-            pool.servers = try parseServers(serversNode, context: context)
-        }
-        if let slotsNode = values["slots"], pool.distribution != .slots {
-            // The map would be ignored: keys would be placed by the pool's distribution instead.
-            throw context.error(slotsNode, key: "slots", "is used only with 'distribution: slots' (this pool uses \(pool.distribution.rawValue))")
-        }
-        if pool.distribution == .slots {
-            pool.slotServers = try parseSlots(values["slots"], servers: pool.servers, context: context)
-        }
-        if let node = values["read_from"] {
-            let text = try context.string(node, key: "read_from")
-            guard let readFrom = ReadFrom(rawValue: text) else {
-                throw context.error(node, key: "read_from", "must be one of \(ReadFrom.allCases.map(\.rawValue).joined(separator: ", ")), not '\(text)'")
-            }
-            guard pool.distribution == .redisCluster else {
-                throw context.error(node, key: "read_from", "is used only with 'distribution: redis_cluster' (this pool uses \(pool.distribution.rawValue))")
-            }
-            pool.readFrom = readFrom
-        }
-        if pool.distribution == .redisCluster {
-            let node = values["distribution"]!
-            // The seeds are Redis Cluster nodes: the slot map and the {tag} rule are the cluster's.
-            guard pool.protocolKind == .redis else {
-                throw context.error(node, key: "distribution", "redis_cluster needs a Redis pool ('redis: true')")
-            }
-            if parent != nil {
-                throw context.error(node, key: "distribution", "redis_cluster is not supported for a warm-up's old pool")
-            }
-            if let warmupNode = values["warmup"] {
-                throw context.error(warmupNode, key: "warmup", "is not supported with 'distribution: redis_cluster'")
-            }
-            if let tagNode = values["hash_tag"], pool.hashTag != .braces {
-                throw context.error(tagNode, key: "hash_tag", "Redis Cluster hashes the part between '{' and '}': only \"{}\" is allowed with redis_cluster")
-            }
-        }
-        if let warmupNode = values["warmup"] {
-            pool.warmup = try parseWarmup(warmupNode, for: pool, file: file)
+        try parse(&pool, keys: parent == nil ? ConfigSchema.pool : ConfigSchema.oldPool, values: values, context: { KeyContext(pool: context, key: $0) }) { key in
+            ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key '\(key)'")
         }
         return pool
+    }
+
+    /// Parses a mapping's `values` into `target` in table order (each key's `parse` when it is
+    /// set, `missing` when a required key is not), then runs every key's `finish`.
+    static func parse<Target>(_ target: inout Target, keys: [ConfigKey<Target>], values: [String: Node], context: (String) -> KeyContext,
+                              missing: (String) -> ConfigError = { _ in preconditionFailure("a table with a required key names its error") }) throws(ConfigError) {
+        for key in keys {
+            if let node = values[key.name] {
+                try key.parse?(&target, node, context(key.name))
+            } else if key.required {
+                throw missing(key.name)
+            }
+        }
+        for key in keys {
+            try key.finish?(&target, values[key.name], context(key.name))
+        }
     }
 
     static func parseWarmup(_ node: Node, for pool: PoolConfig, file: String) throws(ConfigError) -> WarmupConfig {
@@ -290,14 +149,7 @@ public enum ConfigLoader {
         var values: [String: Node] = [:]
         for (key, value) in mapping { values[key.string ?? ""] = value }
         let context = PoolContext(pool: name, file: file, values: values)
-        if let node = values["backfill"] { warmup.backfill = try context.boolean(node, key: "backfill") }
-        if let node = values["max_backfill_ttl"] { warmup.maxBackfillTTL = try context.integer(node, key: "max_backfill_ttl", range: 0...Int(Int32.max)) }
-        if let node = values["default_backfill_ttl"] { warmup.defaultBackfillTTL = try context.integer(node, key: "default_backfill_ttl", range: 0...Int(Int32.max)) }
-        if let node = values["deletes"] {
-            let text = try context.string(node, key: "deletes")
-            guard let deletes = WarmupDeletes(rawValue: text) else { throw context.error(node, key: "deletes", "must be 'both' or 'new', not '\(text)'") }
-            warmup.deletes = deletes
-        }
+        try parse(&warmup, keys: ConfigSchema.warmup, values: values, context: { KeyContext(pool: context, key: $0) })
         return warmup
     }
 
@@ -306,15 +158,16 @@ public enum ConfigLoader {
         guard case let .sequence(list) = node else { throw context.error(node, key: "users", "must be a list of users") }
         var users: [UserConfig] = []
         func fail(_ node: Node, _ message: String) -> ConfigError {
-            ConfigError(file: context.file, line: line(node), message: "pool '\(context.pool)': key 'users': \(message)")
+            context.error(node, key: "users", message)
         }
         for entry in list {
             guard case let .mapping(mapping) = entry else { throw fail(entry, "each user must be a mapping with name, password_sha256, commands and keys") }
             var values: [String: Node] = [:]
+            let known = ConfigSchema.user.names()
             for (key, value) in mapping {
                 let keyName = try scalar(key, file: context.file, what: "a key")
-                guard ["name", "password_sha256", "commands", "keys"].contains(keyName) else {
-                    throw fail(key, "unknown key '\(keyName)' (name, password_sha256, commands, keys)")
+                guard known.contains(keyName) else {
+                    throw fail(key, "unknown key '\(keyName)' (\(known.joined(separator: ", ")))")
                 }
                 values[keyName] = value
             }
@@ -334,7 +187,7 @@ public enum ConfigLoader {
             if let commandsNode = values["commands"] {
                 for rule in try context.list(commandsNode, key: "users") {
                     if case let .failure(error) = RedisUser.compileCommands([rule.value]) {
-                        throw ConfigError(file: context.file, line: rule.line, message: "pool '\(context.pool)': key 'users': user '\(name)': rule '\(error.rule)': \(error.reason)")
+                        throw context.error(line: rule.line, key: "users", "user '\(name)': rule '\(error.rule)': \(error.reason)")
                     }
                     commands.append(rule.value)
                 }
@@ -343,12 +196,12 @@ public enum ConfigLoader {
             if let keysNode = values["keys"] {
                 for pattern in try context.list(keysNode, key: "users") {
                     guard pattern.value == "allkeys" || pattern.value.hasPrefix("~") else {
-                        throw ConfigError(file: context.file, line: pattern.line, message: "pool '\(context.pool)': key 'users': user '\(name)': key pattern '\(pattern.value)' must start with '~' (like ~app:*) or be allkeys")
+                        throw context.error(line: pattern.line, key: "users", "user '\(name)': key pattern '\(pattern.value)' must start with '~' (like ~app:*) or be allkeys")
                     }
                     if protocolKind == .memcache, pattern.value != "allkeys", pattern.value != "~*" {
                         let body = pattern.value.dropFirst()
                         guard !body.dropLast().contains(where: { "*?[\\".contains($0) }), let last = body.last, !"?[\\".contains(last) else {
-                            throw ConfigError(file: context.file, line: pattern.line, message: "pool '\(context.pool)': key 'users': user '\(name)': memcached key patterns are prefixes, like ~prefix* (not '\(pattern.value)')")
+                            throw context.error(line: pattern.line, key: "users", "user '\(name)': memcached key patterns are prefixes, like ~prefix* (not '\(pattern.value)')")
                         }
                     }
                     keys.append(pattern.value)
@@ -363,9 +216,12 @@ public enum ConfigLoader {
         var pool: String
         var file: String
         var values: [String: Node]
+        /// A warm-up's old pool.
+        var isWarmup = false
 
-        func error(_ node: Node, key: String, _ message: String) -> ConfigError {
-            ConfigError(file: file, line: ConfigLoader.line(node), message: "pool '\(pool)': key '\(key)': \(message)")
+        func error(_ node: Node, key: String, _ message: String) -> ConfigError { error(line: ConfigLoader.line(node), key: key, message) }
+        func error(line: Int, key: String, _ message: String) -> ConfigError {
+            ConfigError(file: file, line: line, message: "pool '\(pool)': key '\(key)': \(message)")
         }
         func string(_ node: Node, key: String) throws(ConfigError) -> String {
             guard case let .scalar(value) = node else { throw error(node, key: key, "must be a single value") }
@@ -391,6 +247,28 @@ public enum ConfigLoader {
             case "false", "False", "FALSE", "no", "off": return false
             default: throw error(node, key: key, "'\(text)' is not true or false")
             }
+        }
+    }
+
+    /// One key of a pool's mapping: its errors name the pool and the key (a sub-key's name its
+    /// parent key: `key 'tls': unknown key …`).
+    struct KeyContext {
+        var pool: PoolContext
+        var key: String
+
+        /// The pool's values, by key.
+        var values: [String: Node] { pool.values }
+        func error(_ node: Node, _ message: String) -> ConfigError { pool.error(node, key: key, message) }
+        func error(line: Int, _ message: String) -> ConfigError { pool.error(line: line, key: key, message) }
+        func string(_ node: Node) throws(ConfigError) -> String { try pool.string(node, key: key) }
+        func list(_ node: Node) throws(ConfigError) -> [(value: String, line: Int)] { try pool.list(node, key: key) }
+        func integer(_ node: Node, _ range: ClosedRange<Int>) throws(ConfigError) -> Int { try pool.integer(node, key: key, range: range) }
+        func boolean(_ node: Node) throws(ConfigError) -> Bool { try pool.boolean(node, key: key) }
+        /// One of `Value`'s raw values; `unknown` words the error for any other text.
+        func choice<Value: RawRepresentable<String>>(_ node: Node, unknown: (String) -> String) throws(ConfigError) -> Value {
+            let text = try string(node)
+            guard let value = Value(rawValue: text) else { throw error(node, unknown(text)) }
+            return value
         }
     }
 
@@ -457,101 +335,61 @@ public enum ConfigLoader {
         return (String(host), port)
     }
 
-    /// `host:port:weight [name]` or `/path/sock:weight [name]`.
     /// A path in a TLS setting: absolute, or relative to the config file's directory.
-    static func tlsPath(_ node: Node, key: String, context: PoolContext) throws(ConfigError) -> String {
-        let text = try context.string(node, key: key)
-        guard !text.isEmpty else { throw context.error(node, key: key, "is an empty path") }
+    static func tlsPath(_ node: Node, context key: KeyContext) throws(ConfigError) -> String {
+        let text = try key.string(node)
+        guard !text.isEmpty else { throw key.error(node, "is an empty path") }
         if text.hasPrefix("/") { return text }
-        guard let slash = context.file.lastIndex(of: "/") else { return text }
-        return String(context.file[...slash]) + text
+        guard let slash = key.pool.file.lastIndex(of: "/") else { return text }
+        return String(key.pool.file[...slash]) + text
     }
 
-    static func tlsVersion(_ node: Node, key: String, context: PoolContext) throws(ConfigError) -> TLSVersion {
-        let text = try context.string(node, key: key)
-        guard let version = TLSVersion(rawValue: text) else { throw context.error(node, key: key, "min_version must be TLSv1.2 or TLSv1.3, not '\(text)'") }
-        return version
+    /// The values of a sub-mapping (`tls:`, `server_tls:`, `sentinel:`), its keys checked
+    /// against `table`.
+    static func subKeys<Target>(_ mapping: Node.Mapping, _ table: [ConfigKey<Target>], context key: KeyContext) throws(ConfigError) -> [String: Node] {
+        let known = table.names()
+        var values: [String: Node] = [:]
+        for (keyNode, valueNode) in mapping {
+            let name = try key.string(keyNode)
+            guard known.contains(name) else { throw key.error(keyNode, "unknown key '\(name)' (\(known.joined(separator: ", ")))") }
+            values[name] = valueNode
+        }
+        return values
     }
 
     /// `tls: {cert, key, ca, client_auth: none|optional|required, min_version, user_from_certificate: cn}`.
-    static func parseClientTLS(_ node: Node, context: PoolContext) throws(ConfigError) -> ClientTLSConfig {
-        let known = ["cert", "key", "ca", "client_auth", "min_version", "user_from_certificate"]
-        guard case let .mapping(mapping) = node else { throw context.error(node, key: "tls", "must be a mapping with cert and key (and ca, client_auth, min_version)") }
-        var values: [String: Node] = [:]
-        for (keyNode, valueNode) in mapping {
-            let key = try context.string(keyNode, key: "tls")
-            guard known.contains(key) else { throw context.error(keyNode, key: "tls", "unknown key '\(key)' (\(known.joined(separator: ", ")))") }
-            values[key] = valueNode
-        }
-        guard let certNode = values["cert"], let keyNode = values["key"] else { throw context.error(node, key: "tls", "needs both 'cert' and 'key'") }
-        var tls = ClientTLSConfig(cert: try tlsPath(certNode, key: "tls", context: context), key: try tlsPath(keyNode, key: "tls", context: context))
-        if let node = values["ca"] { tls.ca = try tlsPath(node, key: "tls", context: context) }
-        if let node = values["client_auth"] {
-            let text = try context.string(node, key: "tls")
-            guard let mode = TLSClientAuth(rawValue: text) else { throw context.error(node, key: "tls", "client_auth must be none, optional or required, not '\(text)'") }
-            tls.clientAuth = mode
-        }
-        if tls.clientAuth != .none, tls.ca == nil { throw context.error(node, key: "tls", "client_auth '\(tls.clientAuth.rawValue)' needs 'ca' (the CA client certificates are verified against)") }
-        if let node = values["min_version"] { tls.minVersion = try tlsVersion(node, key: "tls", context: context) }
-        if let node = values["user_from_certificate"] {
-            let text = try context.string(node, key: "tls")
-            guard text == "cn" || text == "none" else { throw context.error(node, key: "tls", "user_from_certificate must be cn or none, not '\(text)'") }
-            tls.userFromCertificate = text == "cn"
-            if tls.userFromCertificate, tls.clientAuth == .none { throw context.error(node, key: "tls", "user_from_certificate needs client_auth optional or required") }
-        }
+    static func parseClientTLS(_ node: Node, context key: KeyContext) throws(ConfigError) -> ClientTLSConfig {
+        guard case let .mapping(mapping) = node else { throw key.error(node, "must be a mapping with cert and key (and ca, client_auth, min_version)") }
+        let values = try subKeys(mapping, ConfigSchema.tls, context: key)
+        let missing = key.error(node, "needs both 'cert' and 'key'")
+        // Checked before any path is read, as the message names both.
+        guard ConfigSchema.tls.allSatisfy({ !$0.required || values[$0.name] != nil }) else { throw missing }
+        var tls = ClientTLSConfig(cert: "", key: "")
+        try parse(&tls, keys: ConfigSchema.tls, values: values, context: { _ in key }) { _ in missing }
+        if tls.clientAuth != .none, tls.ca == nil { throw key.error(node, "client_auth '\(tls.clientAuth.rawValue)' needs 'ca' (the CA client certificates are verified against)") }
         return tls
     }
 
-    /// `server_tls: {ca, cert, key, server_name, verify, min_version}`.
-    static func parseServerTLS(_ node: Node, context: PoolContext) throws(ConfigError) -> ServerTLSConfig {
-        let known = ["ca", "cert", "key", "server_name", "verify", "min_version"]
+    /// `server_tls: {ca, cert, key, server_name, verify, min_version}`, or `true`.
+    static func parseServerTLS(_ node: Node, context key: KeyContext) throws(ConfigError) -> ServerTLSConfig {
         var tls = ServerTLSConfig()
         if case let .scalar(scalar) = node, ["true", "yes", "on"].contains(scalar.string) { return tls }
-        guard case let .mapping(mapping) = node else { throw context.error(node, key: "server_tls", "must be a mapping (ca, cert, key, server_name, verify, min_version) or true") }
-        var values: [String: Node] = [:]
-        for (keyNode, valueNode) in mapping {
-            let key = try context.string(keyNode, key: "server_tls")
-            guard known.contains(key) else { throw context.error(keyNode, key: "server_tls", "unknown key '\(key)' (\(known.joined(separator: ", ")))") }
-            values[key] = valueNode
+        guard case let .mapping(mapping) = node else {
+            throw key.error(node, "must be a mapping (\(ConfigSchema.serverTLS.names().joined(separator: ", "))) or true")
         }
-        if let node = values["ca"] { tls.ca = try tlsPath(node, key: "server_tls", context: context) }
-        if let node = values["cert"] { tls.cert = try tlsPath(node, key: "server_tls", context: context) }
-        if let node = values["key"] { tls.key = try tlsPath(node, key: "server_tls", context: context) }
-        if (tls.cert == nil) != (tls.key == nil) { throw context.error(node, key: "server_tls", "needs both 'cert' and 'key', or neither") }
-        if let node = values["server_name"] { tls.serverName = try context.string(node, key: "server_tls") }
-        if let node = values["verify"] { tls.verify = try context.boolean(node, key: "server_tls") }
-        if let node = values["min_version"] { tls.minVersion = try tlsVersion(node, key: "server_tls", context: context) }
+        try parse(&tls, keys: ConfigSchema.serverTLS, values: try subKeys(mapping, ConfigSchema.serverTLS, context: key), context: { _ in key })
+        if (tls.cert == nil) != (tls.key == nil) { throw key.error(node, "needs both 'cert' and 'key', or neither") }
         return tls
     }
 
-    /// `sentinel: {addresses: [host:port, …], password: …}`.
-    static func parseSentinel(_ node: Node, context: PoolContext) throws(ConfigError) -> SentinelConfig {
-        guard case let .mapping(mapping) = node else { throw context.error(node, key: "sentinel", "must be a mapping with 'addresses' (and 'password')") }
-        var addresses: [(host: String, port: Int)] = []
-        var password: String?
-        var tls = false
-        var sawAddresses = false
-        for (keyNode, valueNode) in mapping {
-            let key = try context.string(keyNode, key: "sentinel")
-            switch key {
-            case "addresses":
-                sawAddresses = true
-                guard case let .sequence(list) = valueNode else { throw context.error(valueNode, key: "sentinel", "'addresses' must be a list of host:port") }
-                for item in list {
-                    let text = try context.string(item, key: "sentinel")
-                    let (host, port) = try splitHostPort(text) { context.error(item, key: "sentinel", $0) }
-                    addresses.append((host, port))
-                }
-            case "password":
-                password = try context.string(valueNode, key: "sentinel")
-            case "tls":
-                tls = try context.boolean(valueNode, key: "sentinel")
-            default:
-                throw context.error(keyNode, key: "sentinel", "unknown key '\(key)' (addresses, password, tls)")
-            }
-        }
-        guard sawAddresses, !addresses.isEmpty else { throw context.error(node, key: "sentinel", "needs at least one address in 'addresses'") }
-        return SentinelConfig(addresses: addresses, password: password, tls: tls)
+    /// `sentinel: {addresses: [host:port, …], password: …, tls: …}`.
+    static func parseSentinel(_ node: Node, context key: KeyContext) throws(ConfigError) -> SentinelConfig {
+        guard case let .mapping(mapping) = node else { throw key.error(node, "must be a mapping with 'addresses' (and 'password')") }
+        var sentinel = SentinelConfig(addresses: [])
+        let missing = key.error(node, "needs at least one address in 'addresses'")
+        try parse(&sentinel, keys: ConfigSchema.sentinel, values: try subKeys(mapping, ConfigSchema.sentinel, context: key), context: { _ in key }) { _ in missing }
+        guard !sentinel.addresses.isEmpty else { throw missing }
+        return sentinel
     }
 
     /// With `sentinel:`, servers are master group names: `<name>:<weight>`. The name is the

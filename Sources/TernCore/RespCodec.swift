@@ -273,6 +273,25 @@ public enum RespRequestParser {
         return .request(length: position)
     }
 
+    /// For a multibulk request still arriving, the bytes it will take at least, from the lengths
+    /// declared so far: up to the end of the last bulk whose header has come (0 when none has).
+    /// Only for bytes `parse` has answered `.incomplete` for, so the lengths read here have
+    /// passed its limits. Lets a client buffer be sized once for a large argument, as Redis
+    /// sizes its query buffer for one. At most `maxHeaders` headers are read (0 past them), so
+    /// calling this on every read of a request with many small arguments costs nothing.
+    public static func declaredLength(_ bytes: UnsafeRawBufferPointer, maxHeaders: Int = 16) -> Int {
+        guard bytes.count > 0, bytes[0] == UInt8(ascii: "*"),
+              case let .value(count, first) = header(bytes, at: 0, maxDigits: 10), count <= maxHeaders else { return 0 }
+        var position = first
+        for _ in 0..<max(count, 0) {
+            guard position < bytes.count, bytes[position] == UInt8(ascii: "$"),
+                  case let .value(length, next) = header(bytes, at: position, maxDigits: 10), length >= 0 else { break }
+            position = next + length + 2
+            if position > bytes.count { break }
+        }
+        return position
+    }
+
     static func printable(_ byte: UInt8) -> String {
         byte >= 0x20 && byte < 0x7f ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
     }

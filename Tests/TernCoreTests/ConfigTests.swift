@@ -151,42 +151,127 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(error("p:\n  listen: /tmp/x.sock 999\n  servers:\n   - 127.0.0.1:2:1\n")!.message.contains("octal permission"))
     }
 
-    /// Every key the loader accepts is in one of README's config tables (`| \`key\` | …`) and
-    /// in Config/example.yml (set or shown commented out), so a new key cannot land undocumented.
-    func testEveryConfigKeyIsDocumented() throws {
+    /// A file of the repository, by its path from the root.
+    static func repositoryFile(_ path: String) -> String? {
         var root = #filePath
         for _ in 0..<3 { root = String(root[..<root.lastIndex(of: "/")!]) }
-        func read(_ path: String) -> String {
-            guard let file = fopen(root + "/" + path, "r") else { XCTFail("missing \(path)"); return "" }
-            defer { fclose(file) }
-            var text = ""
-            var buffer = [CChar](repeating: 0, count: 4096)
-            while fgets(&buffer, Int32(buffer.count), file) != nil { text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
-            return text
-        }
-        let readme = read("README.md"), example = read("Config/example.yml")
-        let tableRows = readme.split(separator: "\n").filter { $0.hasPrefix("| `") }.joined(separator: "\n")
-        for key in Set(ConfigLoader.poolKeys + ConfigLoader.warmupKeys) {
-            XCTAssertTrue(tableRows.contains("`\(key)`"), "README's config tables do not name '\(key)'")
+        guard let file = fopen(root + "/" + path, "r") else { return nil }
+        defer { fclose(file) }
+        var text = ""
+        var buffer = [CChar](repeating: 0, count: 4096)
+        while fgets(&buffer, Int32(buffer.count), file) != nil { text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        return text
+    }
+
+    /// The shipped configs, by path from the repository's root.
+    static let shippedConfigs = ["Config/tern.yml", "Config/example.yml"]
+
+    /// Every key of the schema is in one of README's config tables (`| \`key\` | …`) — a key
+    /// of `tls:`, `server_tls:`, `sentinel:` or a user in its parent key's row — and in
+    /// Config/example.yml (set or shown commented out), so a new key cannot land undocumented.
+    func testEveryConfigKeyIsDocumented() throws {
+        let readme = try XCTUnwrap(Self.repositoryFile("README.md")), example = try XCTUnwrap(Self.repositoryFile("Config/example.yml"))
+        let tableRows = readme.split(separator: "\n").filter { $0.hasPrefix("| `") }
+        for (scope, key) in ConfigSchema.all {
+            if let parent = scope.parentKey {
+                let row = tableRows.first { $0.hasPrefix("| `\(parent)` |") } ?? ""
+                XCTAssertTrue(row.contains("`\(key)`") || row.contains("`\(key):"), "README's '\(parent)' row does not name '\(key)'")
+            } else {
+                XCTAssertTrue(tableRows.contains { $0.contains("`\(key)`") }, "README's config tables do not name '\(key)'")
+            }
             XCTAssertTrue(example.contains("\(key):"), "Config/example.yml does not show '\(key)'")
+        }
+    }
+
+    /// Each table names a key once, with its own scopes; a `warmup:` mapping's keys (the old
+    /// pool's and the backfill settings) are distinct too.
+    func testSchemaNamesEachKeyOnce() {
+        func check<Target>(_ table: [ConfigKey<Target>], _ scopes: Set<ConfigScope>, _ what: String) {
+            let names = table.names()
+            XCTAssertEqual(Set(names).count, names.count, "\(what) names a key twice: \(names)")
+            for key in table { XCTAssertTrue(scopes.contains(key.scope), "\(what): '\(key.name)' has scope \(key.scope)") }
+            for key in table { XCTAssertFalse(key.doc.isEmpty, "\(what): '\(key.name)' has no doc") }
+        }
+        check(ConfigSchema.pool, [.pool, .poolOnly], "pool")
+        check(ConfigSchema.warmup, [.warmup], "warmup")
+        check(ConfigSchema.tls, [.tls], "tls")
+        check(ConfigSchema.serverTLS, [.serverTLS], "server_tls")
+        check(ConfigSchema.sentinel, [.sentinel], "sentinel")
+        check(ConfigSchema.user, [.users], "users")
+        XCTAssertEqual(Set(ConfigLoader.warmupKeys).count, ConfigLoader.warmupKeys.count, "\(ConfigLoader.warmupKeys)")
+        XCTAssertFalse(ConfigLoader.warmupKeys.contains("listen"))
+    }
+
+    /// load → render → load gives the same config: what `/config` shows (secrets unmasked)
+    /// is a config file that loads to itself, for the shipped configs and one with every block.
+    func testConfigRoundTripsThroughRender() throws {
+        var files = try Self.shippedConfigs.map { ("/etc/tern/" + $0.split(separator: "/").last!, try XCTUnwrap(Self.repositoryFile($0))) }
+        let hash = String(repeating: "ab", count: 32)
+        files.append(("/etc/tern/every.yml", """
+        r:
+          listen: 127.0.0.1:1
+          redis: true
+          hash_tag: "{}"
+          timeout: 400
+          redis_auth: "se\\"cret"
+          disabled_commands: [FLUSHALL, flushdb]
+          announce: cache.internal:7000
+          users:
+           - name: app
+             password_sha256: "\(hash)"
+             commands: ["+@read", "-flushall"]
+             keys: ["~app:*"]
+          tls: {cert: tls/c.pem, key: /k.pem, ca: /ca.pem, client_auth: required, min_version: TLSv1.3, user_from_certificate: cn}
+          server_tls: {ca: /b.pem, cert: /c.pem, key: /k.pem, server_name: backend, verify: false}
+          servers:
+           - 127.0.0.1:2:1 a
+           - "[::1]:3:2"
+           - /tmp/r.sock:1
+          warmup:
+            servers: [127.0.0.1:4:1]
+            distribution: slots
+            server_tls: true
+            backfill: false
+            max_backfill_ttl: 60
+            deletes: new
+        c:
+          listen: 127.0.0.1:5
+          protocol: redis
+          distribution: redis_cluster
+          read_from: prefer_replica
+          servers: [127.0.0.1:6:1]
+        s:
+          listen: /tmp/s.sock 0600
+          redis: true
+          server_tls: true
+          sentinel: {addresses: [127.0.0.1:26379, "[::1]:26380"], password: pw, tls: true}
+          servers: [mymaster:1]
+        m:
+          listen: 127.0.0.1:7
+          distribution: slots
+          slots: {a: "0-100,200-16383", b: "101-199"}
+          servers: [127.0.0.1:8:1 a, 127.0.0.1:9:1 b]
+        """))
+        for (path, text) in files {
+            let config = try ConfigLoader.load(text: text, file: path)
+            for masked in [false, true] {
+                let rendered = ConfigRenderer.yaml(config, maskSecrets: masked)
+                if masked { XCTAssertFalse(rendered.contains("cret") || rendered.contains(hash) || rendered.contains("pw\""), rendered) }
+                if masked, rendered.contains("********") { continue }
+                let again = try ConfigLoader.load(text: rendered, file: path)
+                XCTAssertEqual(ConfigRenderer.yaml(again, maskSecrets: masked), rendered, path)
+            }
         }
     }
 
     /// The shipped examples load: README and Config/ stay in step with the loader.
     func testShippedConfigsLoad() throws {
-        var root = #filePath
-        for _ in 0..<3 { root = String(root[..<root.lastIndex(of: "/")!]) }
-        for name in ["tern.yml", "example.yml"] {
-            guard let file = fopen(root + "/Config/" + name, "r") else { return XCTFail("missing Config/\(name)") }
-            defer { fclose(file) }
-            var text = ""
-            var buffer = [CChar](repeating: 0, count: 4096)
-            while fgets(&buffer, Int32(buffer.count), file) != nil { text += String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
-            let config = try ConfigLoader.load(text: text, file: name)
+        for path in Self.shippedConfigs {
+            let config = try ConfigLoader.load(text: try XCTUnwrap(Self.repositoryFile(path)), file: path)
             XCTAssertFalse(config.pools.isEmpty)
             // Security default: examples listen on loopback or a unix socket.
             for pool in config.pools {
-                if case let .tcp(host, _) = pool.listen { XCTAssertTrue(host == "127.0.0.1" || host == "::1", "\(name): \(pool.name)") }
+                if case let .tcp(host, _) = pool.listen { XCTAssertTrue(host == "127.0.0.1" || host == "::1", "\(path): \(pool.name)") }
             }
         }
     }

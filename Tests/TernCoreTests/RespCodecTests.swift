@@ -15,6 +15,26 @@ final class RespCodecTests: XCTestCase {
         XCTAssertNil(length("*2\r\n$1\r\na"))
     }
 
+    /// The bytes a request still arriving will take at least, from its declared lengths (a
+    /// client buffer is sized once for a large argument).
+    func testDeclaredLengthOfARequestStillArriving() {
+        func declared(_ text: String, maxHeaders: Int = 16) -> Int {
+            Array(text.utf8).withUnsafeBytes { RespRequestParser.declaredLength($0, maxHeaders: maxHeaders) }
+        }
+        // SET k <1 MiB>: the whole frame, from the value's header.
+        let head = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1048576\r\n"
+        XCTAssertEqual(declared(head + "abc"), head.utf8.count + 1_048_576 + 2)
+        // Up to the bulk being received when a later header has not come yet.
+        XCTAssertEqual(declared("*3\r\n$3\r\nSET\r\n$100\r\nab"), 4 + 9 + 6 + 100 + 2)
+        XCTAssertEqual(declared("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10"), 4 + 9 + 7)
+        XCTAssertEqual(declared("*3\r\n"), 4)
+        // Nothing for inline commands, invalid headers or requests with many arguments.
+        XCTAssertEqual(declared("SET k v"), 0)
+        XCTAssertEqual(declared("*02\r\n$3\r\nSET"), 0)
+        XCTAssertEqual(declared("*300000\r\n$4\r\nMGET\r\n"), 0)
+        XCTAssertEqual(declared("*4\r\n$4\r\nMGET\r\n$1\r\na\r\n$1", maxHeaders: 3), 0)
+    }
+
     func parse(_ text: String, limits: RespLimits = RespLimits()) -> (RespParseResult, [String]) {
         parse(Array(text.utf8), limits: limits)
     }

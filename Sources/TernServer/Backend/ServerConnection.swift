@@ -54,7 +54,17 @@ final class ServerConnection {
     unowned(unsafe) let server: ServerRuntime
     private(set) var descriptor: Int32 = -1
     private(set) var state = State.disconnected
+    /// Requests not yet answered or not yet sent, in order: the pieces of `adopted` first (large
+    /// requests whose client buffers were taken over, and what `output` held before each), then
+    /// `output`. Offsets below (`requestStart`, `sentBytes`, `answeredBytes`) run over all of
+    /// them (`outputCount`); a request's bytes never straddle two pieces.
     private let output = ByteBuffer()
+    private var adopted = FIFO<ByteBuffer>(initialCapacity: 2)
+    private var adoptedBytes = 0
+    private var outputCount: Int { adoptedBytes &+ output.readableCount }
+    /// Requests at least this large, forwarded as the client sent them and filling its buffer,
+    /// take that buffer's memory instead of being copied (`forward`).
+    static let adoptThreshold = 256 << 10
     private let input = ByteBuffer()
     /// A large bulk reply being forwarded to its client as it arrives, and its bytes still to
     /// come (see `startStreaming`).
@@ -142,7 +152,7 @@ final class ServerConnection {
     @inline(__always)
     private func beginRequest() {
         connectIfNeeded()
-        requestStart = output.readableCount
+        requestStart = outputCount
     }
 
     /// Adds a request whose bytes the caller has just written into `requestBuffer()`.
@@ -157,8 +167,8 @@ final class ServerConnection {
             deadline = now + timeout + blockFor
             if !isTimerArmed { armTimer(after: timeout + blockFor) }
         }
-        let bytes = output.readableCount - requestStart
-        requestStart = output.readableCount
+        let bytes = outputCount - requestStart
+        requestStart = outputCount
         pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, purpose: purpose, redirects: redirects, isAsking: isAsking, bytes: bytes, queuedAt: now))
         pendingBytes += bytes
         unsentRequests += 1
@@ -174,9 +184,48 @@ final class ServerConnection {
     /// written here so that the output buffer is reached through `self` (no reference taken).
     func forward(_ frame: UnsafeRawBufferPointer, slot: ReplySlot, framing: MemcacheFraming) {
         beginRequest()
-        output.append(frame)
+        if frame.count >= Self.adoptThreshold, let source = worker.largeInput,
+           source.readable.baseAddress == frame.baseAddress, source.readableCount == frame.count {
+            adopt(source)
+        } else {
+            output.append(frame)
+        }
         slot.remainingParts = 1
         enqueue(slot: slot, part: 0, framing: framing)
+    }
+
+    /// A large request that is all of `source` (a client's input): `source`'s memory becomes a
+    /// piece of this connection's output and `source` is left empty, so a 16 MiB SET is not
+    /// copied. The frame's bytes stay where they are (the caller may still read them until it
+    /// returns); they are freed once written and answered (`releaseAnswered`).
+    @inline(never)
+    private func adopt(_ source: ByteBuffer) {
+        if !output.isEmpty {
+            // What is already queued goes first, as a piece of its own.
+            let earlier = ByteBuffer()
+            earlier.swapContents(with: output)
+            adoptedBytes += earlier.readableCount
+            adopted.append(earlier)
+        }
+        let piece = ByteBuffer()
+        piece.swapContents(with: source)
+        adoptedBytes += piece.readableCount
+        adopted.append(piece)
+    }
+
+    /// Bytes `range` of the output (a request's, which never straddle two pieces).
+    private func outputBytes(_ range: Range<Int>) -> UnsafeRawBufferPointer? {
+        var start = range.lowerBound
+        for index in 0..<adopted.count {
+            let count = adopted[index].readableCount
+            if start < count {
+                guard range.count <= count - start else { return nil }
+                return UnsafeRawBufferPointer(rebasing: adopted[index].readable[start..<(start + range.count)])
+            }
+            start -= count
+        }
+        guard start >= 0, start + range.count <= output.readableCount else { return nil }
+        return UnsafeRawBufferPointer(rebasing: output.readable[start..<(start + range.count)])
     }
 
     private var isRedis: Bool { server.pool.isRedis }
@@ -208,14 +257,15 @@ final class ServerConnection {
         let pool = server.pool
         if let redirect, !redirect.isAsk { pool.plan.shared.cluster.requestRefresh() }
         let start = answeredBytes - head.bytes
-        guard !isDedicated, pushClient == nil, let slot = head.slot, let client = slot.client, start >= 0, answeredBytes <= output.readableCount else {
+        guard !isDedicated, pushClient == nil, let slot = head.slot, let client = slot.client, start >= 0,
+              let bytes = outputBytes(start..<answeredBytes) else {
             return false
         }
         guard head.redirects < ClusterState.maxRedirects else {
             pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
             return false
         }
-        let request = Array(output.readable[start..<answeredBytes])
+        let request = Array(bytes)
         let error = Array(reply)
         if let redirect {
             pool.followRedirect(redirect, request: request, error: error, slot: slot, part: head.part, redirects: head.redirects + 1, clientIndex: client.index)
@@ -243,18 +293,18 @@ final class ServerConnection {
         guard isRedis else { return }
         defer {
             if server.isReplica {
-                requestStart = output.readableCount
+                requestStart = outputCount
                 RespEncoder.command("READONLY", into: output)
                 enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
             }
         }
         if let password = config.redisAuth {
-            requestStart = output.readableCount
+            requestStart = outputCount
             RespEncoder.command("AUTH", password, into: output)
             enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
         if config.redisDatabase != 0 {
-            requestStart = output.readableCount
+            requestStart = outputCount
             RespEncoder.command("SELECT", decimal: config.redisDatabase, into: output)
             enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
@@ -324,7 +374,7 @@ final class ServerConnection {
                 state = .connected
                 counters.serverConnections.add()
                 watcher?.watch(TERN_EV_READ)
-                if output.readableCount > sentBytes { worker.markDirty(self) }
+                if outputCount > sentBytes { worker.markDirty(self) }
             }
         }
         if state == .handshaking {
@@ -357,7 +407,7 @@ final class ServerConnection {
             state = .connected
             counters.serverConnections.add()
             watcher?.watch(TERN_EV_READ)
-            if output.readableCount > sentBytes { worker.markDirty(self) }
+            if outputCount > sentBytes { worker.markDirty(self) }
             // Replies cannot precede requests, but TLS 1.3 tickets may already be buffered.
             if tls!.hasPending { readReplies() }
         case .wantRead:
@@ -384,15 +434,18 @@ final class ServerConnection {
             }
             return
         }
-        guard state == .connected, output.readableCount > sentBytes else { return }
-        switch Transport.write(descriptor, tls, UnsafeRawBufferPointer(rebasing: output.readable[sentBytes...])) {
+        guard state == .connected, outputCount > sentBytes else { return }
+        let result = adopted.isEmpty
+            ? Transport.write(descriptor, tls, UnsafeRawBufferPointer(rebasing: output.readable[sentBytes...]))
+            : writePieces()
+        switch result {
         case let .transferred(count):
             sentBytes += count
-            if sentBytes == output.readableCount { unsentRequests = 0 }
+            if sentBytes == outputCount { unsentRequests = 0 }
             releaseAnswered()
             counters.outQueue.set(unsentRequests)
-            counters.outQueueBytes.set(output.readableCount - sentBytes)
-            watcher?.watch(output.readableCount == sentBytes && tls?.readWantsWrite != true ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
+            counters.outQueueBytes.set(outputCount - sentBytes)
+            watcher?.watch(outputCount == sentBytes && tls?.readWantsWrite != true ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
         case .wouldBlock:
             watcher?.watch(TERN_EV_READ | TERN_EV_WRITE)
         case let .failed(error):
@@ -523,14 +576,52 @@ final class ServerConnection {
         }
     }
 
+    /// The unsent bytes when the output is in pieces: one `writev` over them (plain sockets),
+    /// or piece after piece into the TLS stream while it takes them whole.
+    @inline(never)
+    private func writePieces() -> IOResult {
+        var unsent = ContiguousArray<UnsafeRawBufferPointer>()
+        unsent.reserveCapacity(adopted.count + 1)
+        var skip = sentBytes
+        for index in 0..<adopted.count {
+            let piece = adopted[index].readable
+            if skip >= piece.count { skip -= piece.count; continue }
+            unsent.append(UnsafeRawBufferPointer(rebasing: piece[skip...]))
+            skip = 0
+        }
+        if output.readableCount > skip { unsent.append(UnsafeRawBufferPointer(rebasing: output.readable[skip...])) }
+        guard tls != nil else { return Syscall.writev(descriptor, unsent) }
+        var written = 0
+        for piece in unsent {
+            switch Transport.write(descriptor, tls, piece) {
+            case let .transferred(count):
+                written += count
+                if count < piece.count { return .transferred(written) }
+            case .wouldBlock:
+                return written > 0 ? .transferred(written) : .wouldBlock
+            case let failure:
+                return written > 0 ? .transferred(written) : failure
+            }
+        }
+        return .transferred(written)
+    }
+
     /// Releases the bytes of requests both sent and answered.
     @inline(__always)
     private func releaseAnswered() {
-        let released = min(answeredBytes, sentBytes)
+        var released = min(answeredBytes, sentBytes)
         guard released > 0 else { return }
-        output.consume(released)
         answeredBytes -= released
         sentBytes -= released
+        while released > 0, !adopted.isEmpty {
+            // Pieces written and answered are freed whole (a large request's memory goes back now).
+            let count = adopted[0].readableCount
+            let taken = min(count, released)
+            if taken == count { _ = adopted.popFirst() } else { adopted[0].consume(taken) }
+            adoptedBytes -= taken
+            released -= taken
+        }
+        if released > 0 { output.consume(released) }
         if output.isEmpty { output.releaseIfIdle(keep: 1 << 16) }
     }
 
@@ -544,8 +635,7 @@ final class ServerConnection {
         // written into the log, so a backend that makes everything slow costs a counter.
         guard pool.admitSlowRequest(now: ev_now(loop)) else { return }
         let start = answeredBytes
-        guard start + head.bytes <= output.readableCount else { return }
-        let request = UnsafeRawBufferPointer(rebasing: output.readable[start..<(start + head.bytes)])
+        guard let request = outputBytes(start..<(start + head.bytes)) else { return }
         var client = ""
         var name = ""
         if let connection = head.slot?.client {
@@ -817,6 +907,8 @@ final class ServerConnection {
         skipper = nil
         output.removeAll()
         output.releaseIfIdle()
+        adopted.removeAll()
+        adoptedBytes = 0
         if returnWhenIdle {
             // A dedicated connection that failed or was closed goes back, not to be reused.
             returnWhenIdle = false

@@ -123,6 +123,10 @@ final class ClientConnection {
     /// Stops serving the connection here without closing its socket (it `isMovable`), and
     /// returns what the next worker needs. The pool's open-client count is unchanged; this
     /// worker's share is lowered by the caller.
+    /// A partial request at least this large left in the worker's shared buffer becomes the
+    /// connection's input by taking that memory rather than being copied.
+    static let takeScratchAbove = 64 << 10
+
     func detachForMove() -> MovedClient {
         isClosed = true
         if let watcher {
@@ -248,11 +252,27 @@ final class ClientConnection {
         if let tls, tls.readWantsWrite, let watcher { watcher.watch(watcher.events | TERN_EV_WRITE) }
         lastActivity = worker.now
         let wasPartial = !input.isEmpty
+        // A large request that fills the buffer may be handed to its server connection whole
+        // rather than copied (`ServerConnection.forward`).
+        let isLarge = buffer.readableCount >= ServerConnection.adoptThreshold
+        if isLarge { worker.largeInput = buffer }
         process(buffer)
+        if isLarge { worker.largeInput = nil }
         if buffer === worker.scratch {
-            // Keep what is left of a partial request in the connection's own buffer.
-            if !buffer.isEmpty { input.append(buffer.readable) }
+            // Keep what is left of a partial request in the connection's own buffer: a large
+            // part by taking the shared buffer's memory (the shared buffer grows again when
+            // needed), a small one by copying it.
+            if buffer.readableCount >= Self.takeScratchAbove {
+                input.swapContents(with: buffer)
+            } else if !buffer.isEmpty {
+                input.append(buffer.readable)
+            }
             buffer.removeAll()
+        }
+        // A large Redis argument on its way: room for all of it at once, as Redis sizes its
+        // query buffer (the declared lengths have passed the pool's limits in the parser).
+        if redis != nil, input.readableCount >= Self.takeScratchAbove {
+            input.reserve(frame: RespRequestParser.declaredLength(input.readable))
         }
         if input.isEmpty {
             partialSince = 0

@@ -52,6 +52,25 @@ final class ByteBuffer: ByteSink {
         return newStorage + writeIndex
     }
 
+    /// Room for a frame of `total` bytes that starts with the unread bytes, allocated at that
+    /// size (plus one read's worth) when the buffer must grow: a large request whose length is
+    /// declared up front is not copied at every doubling on its way in.
+    func reserve(frame total: Int) {
+        let unread = writeIndex - readIndex
+        guard total > unread, capacity - readIndex < total + Self.readSlack else { return }
+        let newCapacity = total + Self.readSlack
+        let newStorage = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+        if unread > 0, let storage { newStorage.copyMemory(from: storage + readIndex, byteCount: unread) }
+        storage?.deallocate()
+        storage = newStorage
+        capacity = newCapacity
+        readIndex = 0
+        writeIndex = unread
+    }
+
+    /// What one socket read asks room for (`Syscall.read`).
+    static let readSlack = 16384
+
     /// An empty buffer about to take `count` bytes in one append, with `headroom` bytes kept
     /// free in front of them for `prepend`.
     func reserve(_ count: Int, headroom: Int) {
@@ -109,9 +128,11 @@ final class ByteBuffer: ByteSink {
         writeIndex += 1
     }
 
+    /// Consuming the bytes of a request a server connection has taken over with the buffer's
+    /// memory (`ServerConnection.adopt`, which leaves the buffer empty) leaves it empty.
     func consume(_ count: Int) {
         readIndex += count
-        if readIndex == writeIndex {
+        if readIndex >= writeIndex {
             readIndex = 0
             writeIndex = 0
         }

@@ -181,6 +181,9 @@ final class Worker {
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     let scratch = ByteBuffer()
+    /// The client buffer being parsed, while it holds at least `ServerConnection.adoptThreshold`
+    /// bytes: a request forwarded whole may take its memory (nil otherwise).
+    var largeInput: ByteBuffer?
     /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
     /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
     /// Get (written without the translator's array appends).

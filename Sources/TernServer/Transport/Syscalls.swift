@@ -13,7 +13,7 @@ enum IOResult {
 }
 
 enum Syscall {
-    static func read(_ fd: Int32, into buffer: ByteBuffer, atLeast: Int = 16384) -> IOResult {
+    static func read(_ fd: Int32, into buffer: ByteBuffer, atLeast: Int = ByteBuffer.readSlack) -> IOResult {
         let target = buffer.reserve(atLeast)
         let room = buffer.writableCount
         while true {
@@ -35,6 +35,25 @@ enum Syscall {
             if error == EINTR { continue }
             if error == EAGAIN || error == EWOULDBLOCK { return .wouldBlock }
             return .failed(error)
+        }
+    }
+
+    /// One `writev` of `pieces` (at most 1024, Linux's IOV_MAX, are taken).
+    static func writev(_ fd: Int32, _ pieces: ContiguousArray<UnsafeRawBufferPointer>) -> IOResult {
+        var vectors = ContiguousArray<iovec>()
+        vectors.reserveCapacity(min(pieces.count, 1024))
+        for piece in pieces.prefix(1024) {
+            vectors.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: piece.baseAddress), iov_len: piece.count))
+        }
+        return vectors.withUnsafeBufferPointer { vectors in
+            while true {
+                let count = Glibc.writev(fd, vectors.baseAddress, Int32(vectors.count))
+                if count >= 0 { return .transferred(count) }
+                let error = errno
+                if error == EINTR { continue }
+                if error == EAGAIN || error == EWOULDBLOCK { return .wouldBlock }
+                return .failed(error)
+            }
         }
     }
 
