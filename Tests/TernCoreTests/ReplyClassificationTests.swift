@@ -80,6 +80,11 @@ final class ReplyClassificationTests: XCTestCase {
         XCTAssertEqual(resp("$01\r\na\r\n"), .invalid)
         XCTAssertEqual(resp(":x\r\n"), .invalid)
         XCTAssertEqual(resp("*1\r\n!x\r\n"), .invalid)
+        // 19 digits past Int.max: refused, not an overflow trap (found by fuzz/run.sh).
+        XCTAssertEqual(resp(":9999999999999999999\n"), .invalid)
+        XCTAssertEqual(resp(":9999999999999999999\r\n"), .invalid)
+        XCTAssertEqual(resp(":9223372036854775807\r\n"), .integer(Int.max))
+        XCTAssertNil(Array(":9999999999999999999\r\n".utf8).withUnsafeBytes { RespReplyParser.integer($0) })
     }
 
     func testMemcacheKinds() {
