@@ -167,6 +167,14 @@ final class LargeValueTests: XCTestCase {
             entries = [e for e in r.slowlog_get(128) if e['command'].startswith(b'SET w')]
             assert entries, r.slowlog_get(5)
             assert all(b'more bytes' in e['command'] for e in entries), entries[0]['command'][:80]
+            # The issue's pipeline, smaller: five large SETs in one write, then an MGET of them.
+            values = [os.urandom((3 << 20) + i) for i in range(5)]
+            p = r.pipeline(transaction=False)
+            for i, v in enumerate(values): p.set('p%d' % i, v)
+            p.mget(['p%d' % i for i in range(5)])
+            out = p.execute()
+            assert out[:5] == [True] * 5 and out[5] == values, [len(x or b'') if isinstance(x, bytes) else x for x in out[:5]]
+            assert [direct.get('p%d' % i) for i in range(5)] == values
             huge = os.urandom(32 << 20)
             open('/proc/%d/clear_refs' % pid, 'w').write('5')
             base = status('VmHWM')

@@ -184,9 +184,9 @@ final class ServerConnection {
     /// written here so that the output buffer is reached through `self` (no reference taken).
     func forward(_ frame: UnsafeRawBufferPointer, slot: ReplySlot, framing: MemcacheFraming) {
         beginRequest()
-        if frame.count >= Self.adoptThreshold, let source = worker.largeInput,
-           source.readable.baseAddress == frame.baseAddress, source.readableCount == frame.count {
-            adopt(source)
+        if frame.count >= Self.adoptThreshold, let source = worker.largeInput, source.readable.baseAddress == frame.baseAddress,
+           source.readableCount - frame.count <= frame.count / 4 {
+            adopt(frame.count, of: source)
         } else {
             output.append(frame)
         }
@@ -194,12 +194,14 @@ final class ServerConnection {
         enqueue(slot: slot, part: 0, framing: framing)
     }
 
-    /// A large request that is all of `source` (a client's input): `source`'s memory becomes a
-    /// piece of this connection's output and `source` is left empty, so a 16 MiB SET is not
-    /// copied. The frame's bytes stay where they are (the caller may still read them until it
-    /// returns); they are freed once written and answered (`releaseAnswered`).
+    /// A large request at the start of `source` (the client buffer being parsed), followed by
+    /// at most a quarter of its size: `source`'s memory becomes a piece of this connection's
+    /// output and what followed the request is copied into fresh memory for `source`, so a
+    /// 16 MiB SET is not copied. The request's bytes stay where they are (the caller may still
+    /// read them until it returns) and are freed once written and answered (`releaseAnswered`);
+    /// the parsing loop is told not to consume them (`Worker.tookLargeRequest`).
     @inline(never)
-    private func adopt(_ source: ByteBuffer) {
+    private func adopt(_ count: Int, of source: ByteBuffer) {
         if !output.isEmpty {
             // What is already queued goes first, as a piece of its own.
             let earlier = ByteBuffer()
@@ -209,8 +211,14 @@ final class ServerConnection {
         }
         let piece = ByteBuffer()
         piece.swapContents(with: source)
-        adoptedBytes += piece.readableCount
+        let rest = piece.readableCount - count
+        if rest > 0 {
+            source.append(UnsafeRawBufferPointer(rebasing: piece.readable[count...]))
+            piece.removeLast(rest)
+        }
+        adoptedBytes += count
         adopted.append(piece)
+        worker.tookLargeRequest = true
     }
 
     /// Bytes `range` of the output (a request's, which never straddle two pieces).

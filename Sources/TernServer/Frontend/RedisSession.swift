@@ -46,7 +46,8 @@ extension ClientConnection {
                 buffer.consume(length)
             case let .request(length):
                 routeRedis(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), session)
-                buffer.consume(length)
+                // A large request's bytes may have left with the buffer's memory (`forward`).
+                if !worker.tookLargeRequest { buffer.consume(length) } else { worker.tookLargeRequest = false }
                 session.arguments.shrink()
             case let .protocolError(message):
                 pool.stats.clientErrorReplies.add()

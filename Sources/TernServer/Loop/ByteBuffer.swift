@@ -128,15 +128,16 @@ final class ByteBuffer: ByteSink {
         writeIndex += 1
     }
 
-    /// Consuming the bytes of a request a server connection has taken over with the buffer's
-    /// memory (`ServerConnection.adopt`, which leaves the buffer empty) leaves it empty.
     func consume(_ count: Int) {
         readIndex += count
-        if readIndex >= writeIndex {
+        if readIndex == writeIndex {
             readIndex = 0
             writeIndex = 0
         }
     }
+
+    /// Drops the last `count` unread bytes.
+    func removeLast(_ count: Int) { writeIndex -= count }
 
     func removeAll() {
         readIndex = 0

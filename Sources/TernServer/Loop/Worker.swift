@@ -184,6 +184,9 @@ final class Worker {
     /// The client buffer being parsed, while it holds at least `ServerConnection.adoptThreshold`
     /// bytes: a request forwarded whole may take its memory (nil otherwise).
     var largeInput: ByteBuffer?
+    /// Set when a server connection took the request being parsed out of `largeInput` (its
+    /// bytes are no longer there to consume); the parsing loop clears it.
+    var tookLargeRequest = false
     /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
     /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
     /// Get (written without the translator's array appends).
