@@ -193,7 +193,11 @@ public enum RespRequestParser {
             let digit = byte &- 0x30
             // A leading zero is refused once a second digit follows it.
             guard digit < 10, digits < maxDigits, digits == 0 || value != 0 else { return .invalid }
-            value = value * 10 + Int(digit)
+            // 19 digits may pass Int.max (`:9999999999999999999` from a backend): refused, not trapped.
+            let (times, overflowed) = value.multipliedReportingOverflow(by: 10)
+            let (sum, carried) = times.addingReportingOverflow(Int(digit))
+            guard !overflowed, !carried else { return .invalid }
+            value = sum
             digits += 1
             index += 1
         }

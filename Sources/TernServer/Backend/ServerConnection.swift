@@ -233,15 +233,13 @@ final class ServerConnection {
 
     private var isRedis: Bool { server.pool.isRedis }
 
-    static let askingRequest: StaticString = "*1\r\n$6\r\nASKING\r\n"
-
     /// Cluster pools: a request redirected here (`PoolRuntime.followRedirect`), for part `part`
     /// of `slot`. For `-ASK`, `ASKING` goes first, in the same piece of output; its `+OK` has no
     /// slot and is dropped (an error there makes the request itself fail with the node's error).
     func resend(_ request: [UInt8], asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8) {
         beginRequest()
         if asking {
-            output.append(Self.askingRequest)
+            RespEncoder.command("ASKING", into: output)
             enqueue(slot: nil, part: 0, framing: .line)
         }
         request.withUnsafeBytes { output.append($0) }
@@ -284,9 +282,9 @@ final class ServerConnection {
     func sendProbe() {
         let buffer = requestBuffer()
         if isRedis {
-            buffer.append("*1\r\n$4\r\nPING\r\n" as StaticString)
+            RespEncoder.command("PING", into: buffer)
         } else {
-            buffer.append("version\r\n" as StaticString)
+            buffer.append(MemcacheEncoder.version)
         }
         enqueue(slot: nil, part: 0, framing: .line, purpose: .probe)
     }
@@ -299,22 +297,18 @@ final class ServerConnection {
         defer {
             if server.isReplica {
                 requestStart = outputCount
-                output.append("*1\r\n$8\r\nREADONLY\r\n" as StaticString)
+                RespEncoder.command("READONLY", into: output)
                 enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
             }
         }
         if let password = config.redisAuth {
             requestStart = outputCount
-            output.appendArrayHeader(2)
-            output.appendBulk("AUTH")
-            output.appendBulk(password)
+            RespEncoder.command("AUTH", password, into: output)
             enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
         if config.redisDatabase != 0 {
             requestStart = outputCount
-            output.appendArrayHeader(2)
-            output.appendBulk("SELECT")
-            output.appendBulk(String(config.redisDatabase))
+            RespEncoder.command("SELECT", decimal: config.redisDatabase, into: output)
             enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
     }
@@ -529,7 +523,7 @@ final class ServerConnection {
                 case let .reply(length, isError): framed = (length, isError)
                 }
             }
-            if pushClient != nil, Self.isPushMessage(input.readable) {
+            if pushClient != nil, RespReply.classify(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length])) == .push {
                 pushClient?.pushMessage(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length]))
                 counters.responseBytes.add(framed.length)
                 input.consume(framed.length)
@@ -546,8 +540,8 @@ final class ServerConnection {
                 } else if head.purpose == .backfill {
                     // memcached `ms … ME` answers HD when stored, NS when the key already exists;
                     // Redis `SET … NX` answers +OK or nil.
-                    let reply = input.readable
-                    let stored = length >= 2 && ((reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D")) || (reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O")))
+                    let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
+                    let stored = isRedis ? RespReply.classify(reply) == .ok : MemcacheReply.classify(reply) == .success
                     if stored { WarmupCounters.add(server.pool.warmupCounters.copies) } else { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
                 } else if head.purpose == .setup {
                     if isError {
@@ -658,14 +652,6 @@ final class ServerConnection {
         }
         pool.slowLog.record(SlowLogEntry(id: 0, time: Int(time(nil)), microseconds: microseconds, arguments: SlowLog.arguments(of: request),
                                          client: client, clientName: name, server: server.name), maxLength: pool.slowlogMaxLength)
-    }
-
-    /// A pub/sub message (RESP2): `message`, `pmessage` or `smessage` arrays.
-    static func isPushMessage(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        func starts(_ literal: StaticString) -> Bool {
-            bytes.count >= literal.utf8CodeUnitCount && memcmp(bytes.baseAddress!, literal.utf8Start, literal.utf8CodeUnitCount) == 0
-        }
-        return starts("*3\r\n$7\r\nmessage\r\n") || starts("*4\r\n$8\r\npmessage\r\n") || starts("*3\r\n$8\r\nsmessage\r\n")
     }
 
     /// Walks a reply too large to hold (see `ReplySkipper`); nil when none is being skipped.
