@@ -216,8 +216,7 @@ extension ClientConnection {
             output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
             output.append("\r\n" as StaticString)
             output.append(UnsafeRawBufferPointer(rebasing: frame[request.lineLength...]))
-            slot.remainingParts = 1
-            connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
+            connection.enqueue(slot: slot, part: ReplyPart.whole, framing: request.command.framing)
         }
     }
 
@@ -244,16 +243,15 @@ extension ClientConnection {
             let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
             withHashKey(request, frame) { read.addKey(key, hashKey: $0, newServer: Int32(server.index)) }
         }
-        let oldServer = alsoToOldPool ? withHashKey(request, frame, { pool.old?.server(forKey: $0) }) : nil
-        slot.remainingParts = oldServer == nil ? 1 : 2
-        if let oldServer {
-            slot.kind = .eitherDeleted
-            slot.isQuietMeta = request.isQuiet
-            slot.warmupCounters = pool.warmupCounters
-            WarmupCounters.add(pool.warmupCounters.oldDeletes)
-            sendMeta(request, frame, slot, to: oldServer, part: ReplySlot.oldPartBase)
+        guard alsoToOldPool, let oldServer = withHashKey(request, frame, { pool.old?.server(forKey: $0) }) else {
+            sendMeta(request, frame, slot, to: server, part: ReplyPart.whole)
+            return
         }
-        sendMeta(request, frame, slot, to: server, part: 0)
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(isQuietMeta: request.isQuiet, counters: pool.warmupCounters)))
+        WarmupCounters.add(pool.warmupCounters.oldDeletes)
+        sendMeta(request, frame, slot, to: oldServer, part: split.oldServer(Int32(oldServer.index)))
+        sendMeta(request, frame, slot, to: server, part: split.server(Int32(server.index)))
+        split.close()
     }
 
     private func sendMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, to server: ServerRuntime, part: Int32) {
@@ -272,26 +270,25 @@ extension ClientConnection {
             slot.fail(part: 0, reason: "no server available")
             return
         }
-        slot.kind = .eitherDeleted
-        slot.warmupCounters = pool.warmupCounters
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(counters: pool.warmupCounters)))
         let oldServer = pool.old?.server(forKey: key)
-        slot.remainingParts = oldServer == nil ? 1 : 2
-        for (target, part) in [(server, Int32(0)), (oldServer, ReplySlot.oldPartBase)] {
+        for (target, isOld) in [(server, false), (oldServer, true)] {
             guard let target else { continue }
-            if part != 0 { WarmupCounters.add(pool.warmupCounters.oldDeletes) }
+            if isOld { WarmupCounters.add(pool.warmupCounters.oldDeletes) }
             let connection = target.connection(for: index)
             let output = connection.requestBuffer()
             // Always with a reply (noreply is honoured towards the client only).
             output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
             output.append("\r\n" as StaticString)
-            connection.enqueue(slot: slot, part: part, framing: .line)
+            let server = Int32(target.index)
+            connection.enqueue(slot: slot, part: isOld ? split.oldServer(server) : split.server(server), framing: .line)
         }
+        split.close()
     }
 
     /// A multi-key get: keys are grouped per server, one request per server is sent, and the
     /// VALUE records are merged in the client's key order behind one END.
     private func routeMultiGet(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, warmup: WarmupRead? = nil) {
-        slot.kind = .multiGet
         slot.warmup = warmup
         var position = request.keysStart
         var firstServer = -1
@@ -310,15 +307,14 @@ extension ClientConnection {
         if singleServer, firstServer >= 0, warmup == nil {
             // Every key lives on one server: the request goes as it is (its keys stay in the
             // slot, so that the reply's VALUE keys are checked against them).
-            slot.kind = .single
             pool.withConnection(toServer: firstServer, client: index) { $0.forward(frame, slot: slot, framing: request.command.framing) }
             return
         }
-        // Count the parts first so that a part failing at once cannot finish the slot early.
+        // Keys with no live server are never sent: they are misses.
+        var split = ReplySplit(slot, mergedBy: .records(MultiGetRecords()))
         worker.withFragmentServers { servers in
             for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
             pool.stats.fragments.add(servers.count)
-            slot.remainingParts = servers.count + 1
             let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
             let keyBytes = slot.keyBytes.readable
             for server in servers {
@@ -330,12 +326,11 @@ extension ClientConnection {
                         output.append(UnsafeRawBufferPointer(rebasing: keyBytes[entry.keyStart..<(entry.keyStart + entry.keyLength)]))
                     }
                     output.append("\r\n" as StaticString)
-                    connection.enqueue(slot: slot, part: server, framing: request.command.framing)
+                    connection.enqueue(slot: slot, part: split.server(server), framing: request.command.framing)
                 }
             }
         }
-        // The extra part stands for keys with no live server: they are misses.
-        slot.fail(part: -1, reason: "")
+        split.close()
     }
 
     private func commandEnd(_ frame: UnsafeRawBufferPointer) -> Int {
@@ -346,24 +341,25 @@ extension ClientConnection {
 
     /// `flush_all`: the same line to every live server; `OK` only when every server said OK.
     private func fanOut(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
-        slot.kind = .fanOut
-        let live = pool.servers.filter { !$0.isEjected }
-        if live.isEmpty {
-            slot.remainingParts = 1
-            slot.fail(part: 0, reason: "no server available")
+        guard pool.servers.contains(where: { !$0.isEjected }) else {
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
+        var split = ReplySplit(slot, mergedBy: .allOK(AllOK(dialect: .memcached)))
         // A warm-up's flush is an invalidation: with `deletes: both` it empties the old pool too.
-        let old = deletesReachOldPool ? (pool.old?.servers.filter { !$0.isEjected } ?? []) : []
-        slot.remainingParts = live.count + old.count
-        for (server, base) in live.map({ ($0, Int32(0)) }) + old.map({ ($0, ReplySlot.oldPartBase) }) {
-            let connection = server.connection(for: index)
-            let output = connection.requestBuffer()
-            // Always with a reply, so every server's answer is checked.
-            output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-            output.append("\r\n" as StaticString)
-            connection.enqueue(slot: slot, part: base + Int32(server.index), framing: request.command.framing)
+        let old = deletesReachOldPool ? pool.old?.servers ?? [] : []
+        for (servers, isOld) in [(pool.servers, false), (old, true)] {
+            for server in servers where !server.isEjected {
+                let connection = server.connection(for: index)
+                let output = connection.requestBuffer()
+                // Always with a reply, so every server's answer is checked.
+                output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
+                output.append("\r\n" as StaticString)
+                let number = Int32(server.index)
+                connection.enqueue(slot: slot, part: isOld ? split.oldServer(number) : split.server(number), framing: request.command.framing)
+            }
         }
+        split.close()
     }
 
     private func statsReply() -> String {

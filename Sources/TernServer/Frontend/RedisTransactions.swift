@@ -77,8 +77,7 @@ extension ClientConnection {
             }
             let connection = watch.connection
             connection.requestBuffer().append(Self.unwatchRequest)
-            slot.remainingParts = 1
-            connection.enqueue(slot: slot, part: 0, framing: .line)
+            connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
             connection.returnWhenIdle = true
         } else {
             // RESET: out of MULTI, WATCH undone, name and library forgotten, and (as Redis does
@@ -164,8 +163,7 @@ extension ClientConnection {
             for _ in 0..<transaction.count { connection.enqueue(slot: nil, part: 0, framing: .line) }
         }
         output.append(Self.execRequest)
-        slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, framing: .line)
+        connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         // EXEC unwatches: the pinned connection goes back clean once it has answered.
         if watch != nil { connection.returnWhenIdle = true }
     }
@@ -209,8 +207,7 @@ extension ClientConnection {
         }
         pool.stats.watches.add()
         writeRequest(frame, arguments, into: connection.requestBuffer())
-        slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, framing: .line)
+        connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         if session.watch == nil {
             session.watch = DedicatedLease(connection: connection, lease: connection.lease, server: target, generation: connection.generation)
         }
@@ -272,7 +269,6 @@ extension ClientConnection {
         session.blocked.removeAll { !$0.isCurrent }
         session.blocked.append(DedicatedLease(connection: connection, lease: connection.lease, server: server.index, generation: connection.generation))
         waiter.request.withUnsafeBytes { connection.requestBuffer().append($0) }
-        waiter.slot.remainingParts = 1
         connection.enqueue(slot: waiter.slot, part: 0, framing: .line, blockFor: waiter.blockFor)
         connection.returnWhenIdle = true
     }
