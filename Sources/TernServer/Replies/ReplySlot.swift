@@ -29,7 +29,7 @@ final class ReplySlot {
     /// The client waiting for this reply; nil once that client has gone.
     var client: ClientConnection?
     /// How the parts' replies become one (`.single` unless a `ReplySplit` named another).
-    var sink = ReplySink.single
+    fileprivate(set) var sink = ReplySink.single
     var isDone = false
     /// A `noreply` request: the backend's answer is dropped.
     var isSilent = false
@@ -248,7 +248,7 @@ final class ReplySlot {
 
     /// One part has answered (or failed, or a split let go of its hold): the last one settles
     /// the merge and finishes the slot. Called by `ReplySplit.close()` too.
-    func partDone() {
+    fileprivate func partDone() {
         if isOverflowed { return }
         remainingParts -= 1
         if remainingParts == 0 {
