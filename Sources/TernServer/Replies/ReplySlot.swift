@@ -379,14 +379,16 @@ enum ReplyPart {
 /// it is made and counts it on the slot.
 ///
 /// While the split is open it holds one part of its own, so a part that fails at once (no
-/// connection) cannot finish the slot before its siblings are sent; `close()` lets go of it.
+/// connection) cannot finish the slot before its siblings are sent; `close()` lets go of it,
+/// once. (Not `~Copyable`: Swift 6.3's release optimizer crashed on one passed `inout` from a
+/// closure.)
 /// Every request that is not split is one part (`ReplySlot.reset` leaves the count at 1), so
 /// single requests never touch the count.
 ///
 ///     var split = ReplySplit(slot, mergedBy: .sum(IntegerSum()))
 ///     for server in servers { connection.enqueue(slot: slot, part: split.server(server), …) }
 ///     split.close()
-struct ReplySplit: ~Copyable {
+struct ReplySplit {
     let slot: ReplySlot
 
     /// A request split into parts merged by `sink`.
@@ -428,13 +430,13 @@ struct ReplySplit: ~Copyable {
 
     /// Every part is sent: the slot finishes when they have answered (at once if they all
     /// have, or if there were none).
-    consuming func close() {
+    func close() {
         slot.partDone()
     }
 
     /// Ends a warm-up phase's split. Returns false when nothing is left to wait for (the phase
     /// made no part, or its parts all failed already): the caller finishes the slot itself.
-    consuming func closePhase() -> Bool {
+    func closePhase() -> Bool {
         slot.remainingParts -= 1
         return slot.remainingParts > 0
     }
