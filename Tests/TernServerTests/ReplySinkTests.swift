@@ -86,7 +86,7 @@ final class ReplySinkTests: XCTestCase {
     func testSumWithOldPool() {
         let counters = WarmupCounters()
         let slot = redisSlot(keysOn: [0, 1])
-        var split = ReplySplit(slot, mergedBy: .sum(IntegerSum(counters: counters)))
+        var split = ReplySplit(slot, mergedBy: .sum(IntegerSum()), warmupCounters: counters)
         let new0 = split.server(0), new1 = split.server(1), old0 = split.oldServer(0), old1 = split.oldServer(1)
         split.close()
         XCTAssertTrue(deliver(slot, new0, ":0\r\n"))
@@ -131,7 +131,7 @@ final class ReplySinkTests: XCTestCase {
     /// Warm-up delete: NOT_FOUND from the new pool becomes DELETED when the old pool deleted.
     func testEitherDeleted() {
         let slot = ReplySlot()
-        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(counters: WarmupCounters())))
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted()), warmupCounters: WarmupCounters())
         let old = split.oldServer(3), new = split.server(0)
         split.close()
         XCTAssertTrue(deliver(slot, new, "NOT_FOUND\r\n"))

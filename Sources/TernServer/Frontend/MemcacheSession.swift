@@ -247,7 +247,7 @@ extension ClientConnection {
             sendMeta(request, frame, slot, to: server, part: ReplyPart.whole)
             return
         }
-        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(isQuietMeta: request.isQuiet, counters: pool.warmupCounters)))
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(isQuietMeta: request.isQuiet)), warmupCounters: pool.warmupCounters)
         WarmupCounters.add(pool.warmupCounters.oldDeletes)
         sendMeta(request, frame, slot, to: oldServer, part: split.oldServer(Int32(oldServer.index)))
         sendMeta(request, frame, slot, to: server, part: split.server(Int32(server.index)))
@@ -270,7 +270,7 @@ extension ClientConnection {
             slot.fail(part: 0, reason: "no server available")
             return
         }
-        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(counters: pool.warmupCounters)))
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted()), warmupCounters: pool.warmupCounters)
         let oldServer = pool.old?.server(forKey: key)
         for (target, isOld) in [(server, false), (oldServer, true)] {
             guard let target else { continue }

@@ -132,7 +132,7 @@ extension ClientConnection {
         case .mget:
             fanOutKeys(command, frame, session, slot, sink: .array(RespArrayByPosition()), keysPerPart: 1)
         case .sum where pool.old != nil && pool.warmup?.deletes == .both && (command.isNamed("del") || command.isNamed("unlink")):
-            fanOutKeys(command, frame, session, slot, sink: .sum(IntegerSum(counters: pool.warmupCounters)), keysPerPart: 1, alsoToOldPool: true)
+            fanOutKeys(command, frame, session, slot, sink: .sum(IntegerSum()), keysPerPart: 1, alsoToOldPool: true)
         case .mset:
             fanOutKeys(command, frame, session, slot, sink: .allOK(AllOK(dialect: .resp)), keysPerPart: 2)
         case .sum:
@@ -370,7 +370,7 @@ extension ClientConnection {
                 forwardRedis(frame, session, slot, to: isCluster ? pool.server(forSlot: Int(servers[0])) : Int(servers[0]))
                 return
             }
-            var split = ReplySplit(slot, mergedBy: sink)
+            var split = ReplySplit(slot, mergedBy: sink, warmupCounters: alsoToOldPool ? pool.warmupCounters : nil)
             sendParts(servers, session.keyServers, in: pool, toOldPool: false, frame, session, &split, keysPerPart: keysPerPart)
             if alsoToOldPool, let old = pool.old {
                 // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.

@@ -8,7 +8,9 @@ import TernCore
 /// The slot (`ReplySlot`) keeps order, bytes and the count of parts; a sink decides what a
 /// part's reply does to those bytes, what a failed part means, what is added when every part
 /// has answered, and how the bytes leave. A closed enum, so the slot dispatches with a switch
-/// (no existential, no closure per request); the payloads are structs of a few words.
+/// (no existential, no closure per request); the payloads are structs of a few plain words, no
+/// references, so copying a sink in a switch costs no retain (a warm-up split's counters are
+/// on the slot, `ReplySlot.warmupCounters`).
 /// `ReplySplit` names the sink when it splits a request; an unsplit request is `.single`.
 ///
 /// Shared rule of the merges below: the first error of a split request is what the client
@@ -66,14 +68,8 @@ struct MultiGetRecords {
     }
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
-        let bytes = slot.data.readable
-        if slot.isOverflowed {
-            output.append(bytes)
-            return
-        }
-        for entry in slot.keys where entry.recordStart >= 0 {
-            output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
-        }
+        if slot.isOverflowed { return output.append(slot.data.readable) }
+        for entry in slot.keys where entry.recordStart >= 0 { slot.appendRecord(entry, to: output) }
         output.append("END\r\n" as StaticString)
     }
 }
@@ -123,18 +119,10 @@ struct RespArrayByPosition {
     }
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
-        let bytes = slot.data.readable
-        if slot.hasError {
-            output.append(bytes)
-            return
-        }
+        if slot.hasError { return output.append(slot.data.readable) }
         output.appendArrayHeader(slot.keys.count)
         for entry in slot.keys {
-            if entry.recordStart >= 0 {
-                output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
-            } else {
-                output.append("$-1\r\n" as StaticString)
-            }
+            if entry.recordStart >= 0 { slot.appendRecord(entry, to: output) } else { output.append("$-1\r\n" as StaticString) }
         }
     }
 }
@@ -144,8 +132,6 @@ struct RespArrayByPosition {
 struct IntegerSum {
     var total = 0
     var oldTotal = 0
-    /// The new pool's warm-up counters (old-pool failures are counted there); nil without warm-up.
-    var counters: WarmupCounters?
 
     mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) {
         if ReplyPart.isOld(part) {
@@ -158,9 +144,9 @@ struct IntegerSum {
     }
 
     /// Whether the failure of `part` is only counted (an old-pool part).
-    func failureIsCounted(_ part: Int32) -> Bool {
+    func failureIsCounted(_ part: Int32, _ slot: ReplySlot) -> Bool {
         guard ReplyPart.isOld(part) else { return false }
-        if let counters { WarmupCounters.add(counters.oldErrors) }
+        if let counters = slot.warmupCounters { WarmupCounters.add(counters.oldErrors) }
         return true
     }
 
@@ -203,15 +189,9 @@ struct RespUnion {
     }
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
-        let bytes = slot.data.readable
-        if slot.hasError {
-            output.append(bytes)
-            return
-        }
+        if slot.hasError { return output.append(slot.data.readable) }
         output.appendArrayHeader(slot.keys.count)
-        for entry in slot.keys {
-            output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
-        }
+        for entry in slot.keys { slot.appendRecord(entry, to: output) }
     }
 }
 
@@ -233,14 +213,10 @@ struct RespPairSum {
     }
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
-        let bytes = slot.data.readable
-        if slot.hasError {
-            output.append(bytes)
-            return
-        }
+        if slot.hasError { return output.append(slot.data.readable) }
         output.appendArrayHeader(slot.keys.count * 2)
         for entry in slot.keys {
-            output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
+            slot.appendRecord(entry, to: output)
             output.appendInteger(Int(entry.server))
         }
     }
@@ -251,13 +227,7 @@ struct RespPairSum {
 struct EitherDeleted {
     /// A quiet `md`: "deleted" is said with nothing at all.
     var isQuietMeta = false
-    let counters: WarmupCounters
     var oldDeleted = false
-
-    init(isQuietMeta: Bool = false, counters: WarmupCounters) {
-        self.isQuietMeta = isQuietMeta
-        self.counters = counters
-    }
 
     mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) {
         if ReplyPart.isOld(part) {
@@ -272,7 +242,7 @@ struct EitherDeleted {
 
     func fail(part: Int32, reason: String, _ slot: ReplySlot) {
         if ReplyPart.isOld(part) {
-            WarmupCounters.add(counters.oldErrors)
+            if let counters = slot.warmupCounters { WarmupCounters.add(counters.oldErrors) }
             return
         }
         if !slot.isSilent {

@@ -46,6 +46,9 @@ final class ReplySlot {
     var isRedis = false
     /// A read on a warm-up pool: its phases (new pool, old pool, resend).
     var warmup: WarmupRead?
+    /// A split that reaches a warm-up's old pool: the new pool's counters, where failures of
+    /// old-pool parts are counted (set by `ReplySplit`).
+    fileprivate(set) var warmupCounters: WarmupCounters?
     /// Most reply bytes this request may hold (the pool's `client_output_limit`), checked before
     /// a backend reply is stored; past it the request fails and later parts are dropped.
     var replyLimit = Int.max
@@ -73,6 +76,7 @@ final class ReplySlot {
         hasError = false
         isRedis = false
         if warmup != nil { warmup = nil }
+        if warmupCounters != nil { warmupCounters = nil }
         replyLimit = Int.max
         isOverflowed = false
         countedBytes = 0
@@ -234,7 +238,7 @@ final class ReplySlot {
             break
         case .eitherDeleted(let either):
             either.fail(part: part, reason: reason, self)
-        case .sum(let sum) where sum.failureIsCounted(part):
+        case .sum(let sum) where sum.failureIsCounted(part, self):
             break
         case .allOK, .array, .sum, .first, .prepared, .union, .pairSum:
             if !hasError {
@@ -326,6 +330,12 @@ final class ReplySlot {
         return true
     }
 
+    /// Writes the bytes `entry` (a key's record, an element) points to in `data`.
+    @inline(__always)
+    func appendRecord(_ entry: KeyEntry, to output: ByteBuffer) {
+        output.append(UnsafeRawBufferPointer(rebasing: data.readable[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
+    }
+
     /// Writes the finished reply to the client's output.
     func emit(into output: ByteBuffer) {
         if let binary { return emitBinary(binary, into: output) }
@@ -391,11 +401,13 @@ enum ReplyPart {
 struct ReplySplit {
     let slot: ReplySlot
 
-    /// A request split into parts merged by `sink`.
-    init(_ slot: ReplySlot, mergedBy sink: ReplySink) {
+    /// A request split into parts merged by `sink`; `warmupCounters` when parts may go to a
+    /// warm-up's old pool (their failures are counted there).
+    init(_ slot: ReplySlot, mergedBy sink: ReplySink, warmupCounters: WarmupCounters? = nil) {
         self.slot = slot
         slot.sink = sink
         slot.remainingParts = 1
+        if let warmupCounters { slot.warmupCounters = warmupCounters }
     }
 
     /// The next phase of a warm-up read (its sink unchanged): opened when the previous phase's
