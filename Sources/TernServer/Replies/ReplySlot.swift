@@ -84,7 +84,9 @@ final class ReplySlot {
         command = -1
         // Capacity taken by one huge request is not kept by a recycled slot.
         if keys.capacity > 64 { keys = [] }
-        keyBytes.releaseIfIdle(keep: 1024)
+        // A buffer's smallest allocation is 4 KiB (`ByteBuffer.reserve`): keeping less freed
+        // it after every get that stored its key, one malloc per memcached get.
+        keyBytes.releaseIfIdle(keep: 4096)
     }
 
     /// Fills the slot with bytes Tern produced itself.
