@@ -199,7 +199,7 @@ extension ClientConnection {
     /// backend connection in step and is dropped here).
     private func forward(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, _ slot: ReplySlot) {
         guard let server = pool.serverIndex(forKey: key) else {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         if request.command.isRetrieval {
@@ -236,7 +236,7 @@ extension ClientConnection {
 
     private func forwardMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, alsoToOldPool: Bool = false) {
         guard let server = withHashKey(request, frame, { pool.server(forKey: $0) }) else {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         if let read = slot.warmup {
@@ -267,7 +267,7 @@ extension ClientConnection {
     private func deleteInBothPools(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
         let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
         guard let server = pool.server(forKey: key) else {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted()), warmupCounters: pool.warmupCounters)

@@ -77,7 +77,7 @@ extension ClientConnection {
                 } else {
                     guard let server = name.withUnsafeBytes({ pool.serverIndex(forKey: $0) }) else {
                         slot.data.removeAll()
-                        return slot.fail(part: 0, reason: "no server available")
+                        return slot.fail(part: ReplyPart.whole, reason: "no server available")
                     }
                     parts.append((server, name))
                 }

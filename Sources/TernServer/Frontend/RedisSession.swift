@@ -215,7 +215,7 @@ extension ClientConnection {
     /// Sends the request to server `server` (a position in `pool.servers`; nil when none is live).
     func forwardRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, to server: Int?) {
         guard let server else {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         let isInline = session.arguments.isInline
@@ -245,7 +245,7 @@ extension ClientConnection {
             // One key, the first argument (GET, SET, INCR, …): placed without the general walk.
             let span = session.arguments.span(1)
             guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
-                slot.fail(part: 0, reason: "no server available")
+                slot.fail(part: ReplyPart.whole, reason: "no server available")
                 return
             }
             if pool.readsFromReplicas, !command.isWrite, let replica = pool.readReplica(ofServer: server, client: index) {
@@ -265,7 +265,7 @@ extension ClientConnection {
             return
         }
         if placement.noServer {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
@@ -354,7 +354,7 @@ extension ClientConnection {
                 // Not split: the error is the reply (a warm-up MGET included, which would
                 // otherwise wait for parts never sent).
                 slot.warmup = nil
-                slot.fail(part: 0, reason: "no server available")
+                slot.fail(part: ReplyPart.whole, reason: "no server available")
                 return
             }
             session.keyIndices.append(index)
