@@ -194,33 +194,21 @@ public struct ClusterRedirect: Sendable, Equatable {
     }
 
     /// `-TRYAGAIN …`: a multi-key request whose keys a slot migration has split between two
-    /// nodes; the same request may succeed a moment later.
+    /// nodes; the same request may succeed a moment later (`RespReply.tryAgain`).
     public static func isTryAgain(_ reply: UnsafeRawBufferPointer) -> Bool {
-        let word: StaticString = "-TRYAGAIN"
-        guard reply.count >= word.utf8CodeUnitCount else { return false }
-        for index in 0..<word.utf8CodeUnitCount where reply[index] != word.utf8Start[index] { return false }
-        return true
+        RespReply.classify(reply) == .tryAgain
     }
 
-    /// The redirect an error reply (bytes from `-` to CRLF included) names; nil for any other reply.
+    /// The redirect an error reply (bytes from `-` to CRLF included) names; nil for any other
+    /// reply (`RespReply.moved` / `.ask`, with the address made a String).
     public static func parse(_ reply: UnsafeRawBufferPointer) -> ClusterRedirect? {
-        let isAsk: Bool
-        if reply.count > 7, reply[1] == UInt8(ascii: "M"), reply[2] == UInt8(ascii: "O"), reply[3] == UInt8(ascii: "V"),
-           reply[4] == UInt8(ascii: "E"), reply[5] == UInt8(ascii: "D"), reply[6] == 0x20 {
-            isAsk = false
-        } else if reply.count > 5, reply[1] == UInt8(ascii: "A"), reply[2] == UInt8(ascii: "S"), reply[3] == UInt8(ascii: "K"), reply[4] == 0x20 {
-            isAsk = true
-        } else {
+        switch RespReply.classify(reply) {
+        case let .moved(slot, address):
+            return ClusterRedirect(isAsk: false, slot: slot, target: String(decoding: UnsafeRawBufferPointer(rebasing: reply[address]), as: UTF8.self))
+        case let .ask(slot, address):
+            return ClusterRedirect(isAsk: true, slot: slot, target: String(decoding: UnsafeRawBufferPointer(rebasing: reply[address]), as: UTF8.self))
+        default:
             return nil
         }
-        guard reply[0] == UInt8(ascii: "-"), reply.count < 512 else { return nil }
-        var end = reply.count
-        while end > 0, reply[end - 1] == 0x0a || reply[end - 1] == 0x0d { end -= 1 }
-        let words = String(decoding: UnsafeRawBufferPointer(rebasing: reply[(isAsk ? 5 : 7)..<end]), as: UTF8.self).split(separator: " ")
-        guard words.count == 2, let slot = Int(words[0]), (0..<hashSlotCount).contains(slot),
-              let colon = words[1].lastIndex(of: ":"), let port = Int(words[1][words[1].index(after: colon)...]), (1...65535).contains(port) else {
-            return nil
-        }
-        return ClusterRedirect(isAsk: isAsk, slot: slot, target: String(words[1]))
     }
 }

@@ -193,7 +193,11 @@ public enum RespRequestParser {
             let digit = byte &- 0x30
             // A leading zero is refused once a second digit follows it.
             guard digit < 10, digits < maxDigits, digits == 0 || value != 0 else { return .invalid }
-            value = value * 10 + Int(digit)
+            // 19 digits may pass Int.max (`:9999999999999999999` from a backend): refused, not trapped.
+            let (times, overflowed) = value.multipliedReportingOverflow(by: 10)
+            let (sum, carried) = times.addingReportingOverflow(Int(digit))
+            guard !overflowed, !carried else { return .invalid }
+            value = sum
             digits += 1
             index += 1
         }
@@ -383,6 +387,35 @@ public enum RespReplyParser {
         guard bytes.count >= 4, bytes[0] == UInt8(ascii: "$"),
               case let .value(length, next) = RespRequestParser.header(bytes, at: 0, maxDigits: 18), length >= 0 else { return nil }
         return next + length + 2
+    }
+
+    /// For a reply still arriving, the bytes it will take at least, from the lengths declared
+    /// so far: a bulk string's whole length, or for a flat array (bulk strings, nils, integers,
+    /// simple strings and errors) the end of the last bulk whose header has come; 0 when
+    /// unknown. At most `maxElements` elements are read, so calling this on every read costs
+    /// little. Lets a backend connection's buffer be sized once for a large reply.
+    public static func declaredLength(_ bytes: UnsafeRawBufferPointer, maxElements: Int = 64) -> Int {
+        guard let first = bytes.first else { return 0 }
+        if first == UInt8(ascii: "$") { return bulkFrameLength(bytes) ?? 0 }
+        guard first == UInt8(ascii: "*"), case let .value(count, start) = RespRequestParser.header(bytes, at: 0, maxDigits: 10),
+              count <= maxElements else { return 0 }
+        var position = start
+        for _ in 0..<max(count, 0) {
+            guard position < bytes.count else { break }
+            switch bytes[position] {
+            case UInt8(ascii: "$"):
+                guard case let .value(length, next) = RespRequestParser.header(bytes, at: position, maxDigits: 18) else { return position }
+                position = length < 0 ? next : next + length + 2
+                if position > bytes.count { return position }
+            case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"):
+                guard let base = bytes.baseAddress,
+                      let newline = memchr(base + position, 0x0a, bytes.count - position) else { return position }
+                position = base.distance(to: UnsafeRawPointer(newline)) + 1
+            default:
+                return position
+            }
+        }
+        return position
     }
 
     public enum Result: Equatable, Sendable {

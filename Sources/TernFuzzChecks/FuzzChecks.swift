@@ -103,6 +103,14 @@ public enum FuzzChecks {
     }
 
     static func memcacheReply(_ data: UnsafeRawBufferPointer) {
+        // Classification reads any bytes; a cut reply is incomplete.
+        if MemcacheReply.classify(data) != .invalid, MemcacheReply.classify(data) != .incomplete {
+            if let newline = data.firstIndex(of: 0x0a), newline < 256 {
+                for cut in 0...newline where MemcacheReply.classify(UnsafeRawBufferPointer(rebasing: data[0..<cut])) != .incomplete {
+                    fail("a \(cut)-byte prefix of a reply line was classified")
+                }
+            }
+        }
         for framing in [MemcacheFraming.retrieval, .line, .stats, .meta, .metaUntilNoop] {
             if case let .reply(length, _) = MemcacheReplyParser.parse(data, framing: framing) {
                 if length > data.count || length <= 0 { fail("reply \(length) > input \(data.count)") }
@@ -113,6 +121,11 @@ public enum FuzzChecks {
                             fail("prefix \(cut) of a \(length)-byte reply parsed as complete")
                         }
                     }
+                }
+                if framing == .meta, case let .item(item) = MetaItemReader.read(data) {
+                    if item.length > data.count || item.length <= 0 { fail("meta item \(item.length) > input \(data.count)") }
+                    if let value = item.value, value.upperBound > item.length { fail("meta value outside the item") }
+                    for range in [item.key, item.opaque].compactMap({ $0 }) where range.upperBound > item.length { fail("meta flag outside the item") }
                 }
                 if framing == .retrieval {
                     MemcacheReplyParser.forEachValue(UnsafeRawBufferPointer(rebasing: data[0..<length])) { key, record in
@@ -142,14 +155,13 @@ public enum FuzzChecks {
                 if length > rest.count || length <= 0 { fail("frame \(length) > input \(rest.count)") }
                 let frame = UnsafeRawBufferPointer(rebasing: rest[0..<length])
                 if !arguments.isInline {
-                    var encoded: [UInt8] = Array("*\(arguments.count)\r\n".utf8)
+                    // Re-encoded with Tern's own encoder: what it writes is what the parser read.
+                    let sink = ByteArraySink()
+                    RespEncoder.arrayHeader(arguments.count, into: sink)
                     for index in 0..<arguments.count {
-                        arguments.withArgument(index, in: frame) { argument in
-                            encoded += Array("$\(argument.count)\r\n".utf8)
-                            encoded += argument
-                            encoded += [0x0d, 0x0a]
-                        }
+                        arguments.withArgument(index, in: frame) { RespEncoder.bulk($0, into: sink) }
                     }
+                    let encoded = sink.bytes
                     // The frame may spell lengths with leading zeros; compare when it does not.
                     if encoded.count == length, !encoded.elementsEqual(frame) { fail("re-serialised request differs") }
                     // Split at every byte boundary: no prefix is a whole request.
@@ -167,8 +179,24 @@ public enum FuzzChecks {
     }
 
     static func respReply(_ data: UnsafeRawBufferPointer) {
-        if case let .reply(length, _) = RespReplyParser.parse(data, maxDepth: 16) {
+        if case let .reply(length, isError) = RespReplyParser.parse(data, maxDepth: 16) {
             if length > data.count || length <= 0 { fail("reply \(length) > input \(data.count)") }
+            // Classification agrees with the framing: a whole reply is never incomplete, an error
+            // is an error, and when it is a reply every shorter prefix is incomplete.
+            let frame = UnsafeRawBufferPointer(rebasing: data[0..<length])
+            let kind = RespReply.classify(frame)
+            if kind == .incomplete { fail("a whole reply classified as incomplete") }
+            if isError, kind != .invalid, !kind.isError { fail("an error reply classified as \(kind)") }
+            switch kind {
+            case let .moved(_, address), let .ask(_, address): if address.upperBound > length { fail("redirect address outside the reply") }
+            case let .bulk(value): if value.upperBound > length { fail("bulk value outside the reply") }
+            default: break
+            }
+            if kind != .invalid, length <= 512 {
+                for cut in 0..<length where RespReply.classify(UnsafeRawBufferPointer(rebasing: data[0..<cut])) != .incomplete {
+                    fail("a \(cut)-byte prefix of a \(length)-byte reply was classified")
+                }
+            }
             for cut in 0..<length where length <= 512 || cut == length / 2 {
                 if case .reply = RespReplyParser.parse(UnsafeRawBufferPointer(rebasing: data[0..<cut]), maxDepth: 16) {
                     fail("a prefix of \(cut) bytes parsed as a whole reply")

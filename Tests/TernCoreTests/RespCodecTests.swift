@@ -35,6 +35,24 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(declared("*4\r\n$4\r\nMGET\r\n$1\r\na\r\n$1", maxHeaders: 3), 0)
     }
 
+    /// The same for replies (a backend connection's buffer sized once for a large reply).
+    func testDeclaredLengthOfAReplyStillArriving() {
+        func declared(_ text: String, maxElements: Int = 64) -> Int {
+            Array(text.utf8).withUnsafeBytes { RespReplyParser.declaredLength($0, maxElements: maxElements) }
+        }
+        XCTAssertEqual(declared("$1048576\r\nab"), 10 + 1_048_576 + 2)
+        // An LRANGE-like array: nil, integer, status and error elements are walked over.
+        let head = "*5\r\n$-1\r\n:7\r\n+OK\r\n-ERR x\r\n$1000\r\n"
+        XCTAssertEqual(declared(head + "abc"), head.utf8.count + 1000 + 2)
+        XCTAssertEqual(declared("*2\r\n$3\r\nabc\r\n$10"), 4 + 9)
+        XCTAssertEqual(declared("*2\r\n:12"), 4)
+        // Unknown: nested arrays stop the walk; too many elements; other replies.
+        XCTAssertEqual(declared("*2\r\n*1\r\n$100\r\n"), 4)
+        XCTAssertEqual(declared("*100\r\n$5\r\n", maxElements: 64), 0)
+        XCTAssertEqual(declared("+OK"), 0)
+        XCTAssertEqual(declared("$-1\r\n"), 0)
+    }
+
     func parse(_ text: String, limits: RespLimits = RespLimits()) -> (RespParseResult, [String]) {
         parse(Array(text.utf8), limits: limits)
     }

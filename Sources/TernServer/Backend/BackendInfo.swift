@@ -209,16 +209,16 @@ final class BackendInfoPoller: Sendable {
             case let .failure(error): return .failure(PollError(text: error.text))
             }
             if let password {
-                let auth = "*2\r\n$4\r\nAUTH\r\n$\(password.utf8.count)\r\n\(password)\r\n"
-                guard case let .success(reply) = Self.exchange(connection, Array(auth.utf8)), reply.first == UInt8(ascii: "+") else {
+                guard case let .success(reply) = Self.exchange(connection, RespEncoder.command(["AUTH", password])),
+                      reply.withUnsafeBytes({ RespReply.classify($0) }) == .ok else {
                     return .failure(PollError(text: "AUTH failed"))
                 }
             }
             connections.connections[key] = connection
         }
-        switch Self.exchange(connection, Array("*1\r\n$4\r\nINFO\r\n".utf8)) {
+        switch Self.exchange(connection, RespEncoder.command(["INFO"])) {
         case let .success(reply):
-            guard reply.first == UInt8(ascii: "$") else {
+            guard case .bulk = reply.withUnsafeBytes({ RespReply.classify($0) }) else {
                 return .failure(PollError(text: String(decoding: reply.prefix(120).filter { $0 >= 0x20 }, as: UTF8.self)))
             }
             return .success(BackendInfo.parse(reply))
@@ -235,7 +235,12 @@ final class BackendInfoPoller: Sendable {
         var reply: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {
-            if let needed = Self.replyLength(reply), reply.count >= needed { return .success(Array(reply[..<needed])) }
+            // One reply (a line, or INFO's bulk string), framed by TernCore.
+            switch reply.withUnsafeBytes({ RespReplyParser.parse($0, maxDepth: 8, maxBulkLength: 4 << 20) }) {
+            case let .reply(length, _): return .success(Array(reply[..<length]))
+            case .invalid: return .failure(PollError(text: "invalid reply"))
+            case .incomplete: break
+            }
             // INFO is a few KiB; anything past 4 MiB is not a reply this poller expects.
             guard reply.count < 4 << 20 else { return .failure(PollError(text: "reply too large")) }
             switch connection.read(into: &chunk, deadline: end) {
@@ -243,17 +248,5 @@ final class BackendInfoPoller: Sendable {
             case let .failure(error): return .failure(PollError(text: error.text))
             }
         }
-    }
-
-    /// The length of a complete reply at the start of `bytes` (a simple line, or a bulk string
-    /// with its header), nil while incomplete.
-    private static func replyLength(_ bytes: [UInt8]) -> Int? {
-        guard let newline = bytes.firstIndex(of: 0x0a) else { return nil }
-        guard bytes.first == UInt8(ascii: "$") else { return newline + 1 }
-        guard let length = Int(String(decoding: bytes[1..<max(1, newline - 1)], as: UTF8.self)) else { return newline + 1 }
-        // A length past what this poller reads (4 MiB) is answered as complete: the caller's
-        // size check then refuses it, and nothing here adds up past Int.max.
-        guard length <= 4 << 20 else { return newline + 1 }
-        return length < 0 ? newline + 1 : newline + 1 + length + 2
     }
 }

@@ -297,11 +297,7 @@ enum RedisProbe {
         return BlockingConnection.open(address, tls: tls, serverName: node.host, deadline: now() + 1).mapError { ProbeError(text: $0.text) }
     }
 
-    private static func encode(_ words: [String]) -> [UInt8] {
-        var request = Array("*\(words.count)\r\n".utf8)
-        for word in words { request += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }
-        return request
-    }
+    private static func encode(_ words: [String]) -> [UInt8] { RespEncoder.command(words) }
 
     private static func exchange(_ connection: BlockingConnection, _ request: [UInt8], maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
         let end = now() + 1

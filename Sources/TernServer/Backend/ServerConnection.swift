@@ -209,12 +209,7 @@ final class ServerConnection {
             adopted.append(earlier)
         }
         let piece = ByteBuffer()
-        piece.swapContents(with: source)
-        let rest = piece.readableCount - count
-        if rest > 0 {
-            source.append(UnsafeRawBufferPointer(rebasing: piece.readable[count...]))
-            piece.removeLast(rest)
-        }
+        piece.take(count, of: source, used: count)
         adoptedBytes += count
         adopted.append(piece)
         worker.tookLargeRequest = true
@@ -237,15 +232,13 @@ final class ServerConnection {
 
     private var isRedis: Bool { server.pool.isRedis }
 
-    static let askingRequest: StaticString = "*1\r\n$6\r\nASKING\r\n"
-
     /// Cluster pools: a request redirected here (`PoolRuntime.followRedirect`), for part `part`
     /// of `slot`. For `-ASK`, `ASKING` goes first, in the same piece of output; its `+OK` has no
     /// slot and is dropped (an error there makes the request itself fail with the node's error).
     func resend(_ request: [UInt8], asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8) {
         beginRequest()
         if asking {
-            output.append(Self.askingRequest)
+            RespEncoder.command("ASKING", into: output)
             enqueue(slot: nil, part: 0, framing: .line)
         }
         request.withUnsafeBytes { output.append($0) }
@@ -288,9 +281,9 @@ final class ServerConnection {
     func sendProbe() {
         let buffer = requestBuffer()
         if isRedis {
-            buffer.append("*1\r\n$4\r\nPING\r\n" as StaticString)
+            RespEncoder.command("PING", into: buffer)
         } else {
-            buffer.append("version\r\n" as StaticString)
+            buffer.append(MemcacheEncoder.version)
         }
         enqueue(slot: nil, part: 0, framing: .line, purpose: .probe)
     }
@@ -303,22 +296,18 @@ final class ServerConnection {
         defer {
             if server.isReplica {
                 requestStart = outputCount
-                output.append("*1\r\n$8\r\nREADONLY\r\n" as StaticString)
+                RespEncoder.command("READONLY", into: output)
                 enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
             }
         }
         if let password = config.redisAuth {
             requestStart = outputCount
-            output.appendArrayHeader(2)
-            output.appendBulk("AUTH")
-            output.appendBulk(password)
+            RespEncoder.command("AUTH", password, into: output)
             enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
         if config.redisDatabase != 0 {
             requestStart = outputCount
-            output.appendArrayHeader(2)
-            output.appendBulk("SELECT")
-            output.appendBulk(String(config.redisDatabase))
+            RespEncoder.command("SELECT", decimal: config.redisDatabase, into: output)
             enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
     }
@@ -515,6 +504,7 @@ final class ServerConnection {
                 case .incomplete:
                     if input.readableCount >= Self.streamThreshold, startStreaming() { continue }
                     if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
+                    if input.readableCount >= Self.sizeRepliesAbove { sizeInputForReply() }
                     return
                 case .invalid:
                     fail(reason: "server sent an invalid reply")
@@ -532,7 +522,7 @@ final class ServerConnection {
                 case let .reply(length, isError): framed = (length, isError)
                 }
             }
-            if pushClient != nil, Self.isPushMessage(input.readable) {
+            if pushClient != nil, RespReply.classify(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length])) == .push {
                 pushClient?.pushMessage(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length]))
                 counters.responseBytes.add(framed.length)
                 input.consume(framed.length)
@@ -549,8 +539,8 @@ final class ServerConnection {
                 } else if head.purpose == .backfill {
                     // memcached `ms … ME` answers HD when stored, NS when the key already exists;
                     // Redis `SET … NX` answers +OK or nil.
-                    let reply = input.readable
-                    let stored = length >= 2 && ((reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D")) || (reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O")))
+                    let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
+                    let stored = isRedis ? RespReply.classify(reply) == .ok : MemcacheReply.classify(reply) == .success
                     if stored { WarmupCounters.add(server.pool.warmupCounters.copies) } else { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
                 } else if head.purpose == .setup {
                     if isError {
@@ -571,13 +561,16 @@ final class ServerConnection {
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
+                    if length >= Self.streamThreshold { worker.largeReply = (input, length) }
+                    defer { worker.largeReply = nil }
                     if !slot.deliver(part: head.part, reply: reply, isError: isError) {
                         slot.fail(part: head.part, reason: "server reply out of step")
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
                 }
-                input.consume(length)
+                // A large reply may have left with the buffer's memory (`replyArrived`).
+                if !worker.tookLargeReply { input.consume(length) } else { worker.tookLargeReply = false }
             }
         }
         if pending.isEmpty, stream == nil, isTimerArmed { stopTimer() }
@@ -658,14 +651,6 @@ final class ServerConnection {
         }
         pool.slowLog.record(SlowLogEntry(id: 0, time: Int(time(nil)), microseconds: microseconds, arguments: SlowLog.arguments(of: request),
                                          client: client, clientName: name, server: server.name), maxLength: pool.slowlogMaxLength)
-    }
-
-    /// A pub/sub message (RESP2): `message`, `pmessage` or `smessage` arrays.
-    static func isPushMessage(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        func starts(_ literal: StaticString) -> Bool {
-            bytes.count >= literal.utf8CodeUnitCount && memcmp(bytes.baseAddress!, literal.utf8Start, literal.utf8CodeUnitCount) == 0
-        }
-        return starts("*3\r\n$7\r\nmessage\r\n") || starts("*4\r\n$8\r\npmessage\r\n") || starts("*3\r\n$8\r\nsmessage\r\n")
     }
 
     /// Walks a reply too large to hold (see `ReplySkipper`); nil when none is being skipped.
@@ -759,6 +744,18 @@ final class ServerConnection {
         // A client that closed meanwhile dropped the slot, and ARC frees it with this reference.
         if let client = slot.client { client.slotCompleted(slot) }
         return true
+    }
+
+    /// A Redis reply still arriving that is at least this large has the input sized for it.
+    static let sizeRepliesAbove = 64 << 10
+
+    /// Room in `input` for all of the reply being received, as far as its declared lengths
+    /// tell (one allocation instead of a copy at every doubling). Replies larger than
+    /// `client_output_limit` are skipped rather than held, so no more is reserved for them.
+    @inline(never)
+    private func sizeInputForReply() {
+        let declared = RespReplyParser.declaredLength(input.readable)
+        if declared <= server.pool.clientOutputLimit { input.reserve(frame: declared) }
     }
 
     /// Drops the skipped reply's bytes that have arrived. True when it has ended (framing goes

@@ -334,6 +334,11 @@ final class ClientConnection {
                     // A binary client's packet, written straight from the backend's reply.
                     output.appendBinaryResponse(to: reply, binary, key: slot.keyBytes.readable)
                     slot.binary = nil
+                } else if reply.count >= ServerConnection.streamThreshold, output.isEmpty, let (source, length) = worker.largeReply,
+                          source.readable.baseAddress == reply.baseAddress, source.readableCount - length <= reply.count / 4 {
+                    // A large reply with nothing before it becomes the output with its memory.
+                    output.take(reply.count, of: source, used: length)
+                    worker.tookLargeReply = true
                 } else {
                     output.append(reply)
                 }

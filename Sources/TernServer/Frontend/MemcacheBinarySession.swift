@@ -77,9 +77,7 @@ extension ClientConnection {
             if key.count <= pool.limits.maxKeyLength, BinaryTranslator.isPlainToken(key, controlBytes: !pool.limits.rejectsControlCharacters) {
                 let line = worker.binaryGetLine
                 line.removeAll()
-                line.append("gets " as StaticString)
-                line.append(key)
-                line.append("\r\n" as StaticString)
+                MemcacheEncoder.gets(key: key, into: line)
                 // The line is Tern's own and its key passed the parser's checks just above: its
                 // parse is known (`MemcacheRequest.gets`, checked against the parser by a test).
                 return routeParsed(request, .gets(keyLength: key.count), line.readable, key: key)

@@ -213,9 +213,7 @@ extension ClientConnection {
                 return
             }
             let output = connection.requestBuffer()
-            output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-            output.append("\r\n" as StaticString)
-            output.append(UnsafeRawBufferPointer(rebasing: frame[request.lineLength...]))
+            MemcacheEncoder.withoutNoreply(frame, request, into: output)
             connection.enqueue(slot: slot, part: ReplyPart.whole, framing: request.command.framing)
         }
     }
@@ -258,7 +256,7 @@ extension ClientConnection {
         let connection = server.connection(for: index)
         let output = connection.requestBuffer()
         output.append(frame)
-        if request.isQuiet { output.append("mn\r\n" as StaticString) }
+        if request.isQuiet { MemcacheEncoder.noop(into: output) }
         connection.enqueue(slot: slot, part: part, framing: request.isQuiet ? .metaUntilNoop : .meta)
     }
 
@@ -278,8 +276,7 @@ extension ClientConnection {
             let connection = target.connection(for: index)
             let output = connection.requestBuffer()
             // Always with a reply (noreply is honoured towards the client only).
-            output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-            output.append("\r\n" as StaticString)
+            MemcacheEncoder.withoutNoreply(frame, request, into: output)
             let server = Int32(target.index)
             connection.enqueue(slot: slot, part: isOld ? split.oldServer(server) : split.server(server), framing: .line)
         }
@@ -320,12 +317,11 @@ extension ClientConnection {
             for server in servers {
                 pool.withConnection(toServer: Int(server), client: index) { connection in
                     let output = connection.requestBuffer()
-                    output.append(prefix)
+                    MemcacheEncoder.retrievalStart(prefix, into: output)
                     for entry in slot.keys where entry.server == server {
-                        output.append(byte: 0x20)
-                        output.append(UnsafeRawBufferPointer(rebasing: keyBytes[entry.keyStart..<(entry.keyStart + entry.keyLength)]))
+                        MemcacheEncoder.key(UnsafeRawBufferPointer(rebasing: keyBytes[entry.keyStart..<(entry.keyStart + entry.keyLength)]), into: output)
                     }
-                    output.append("\r\n" as StaticString)
+                    MemcacheEncoder.endLine(into: output)
                     connection.enqueue(slot: slot, part: split.server(server), framing: request.command.framing)
                 }
             }
@@ -353,8 +349,7 @@ extension ClientConnection {
                 let connection = server.connection(for: index)
                 let output = connection.requestBuffer()
                 // Always with a reply, so every server's answer is checked.
-                output.append(UnsafeRawBufferPointer(rebasing: frame[0..<request.noreplyStart]))
-                output.append("\r\n" as StaticString)
+                MemcacheEncoder.withoutNoreply(frame, request, into: output)
                 let number = Int32(server.index)
                 connection.enqueue(slot: slot, part: isOld ? split.oldServer(number) : split.server(number), framing: request.command.framing)
             }

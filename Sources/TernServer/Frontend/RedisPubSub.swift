@@ -93,9 +93,9 @@ extension ClientConnection {
         for (server, name) in parts {
             let connection = pushConnection(subscriptions, server)
             let output = connection.requestBuffer()
-            output.appendArrayHeader(2)
-            output.appendBulk(command.name)
-            name.withUnsafeBytes { output.appendBulk($0) }
+            RespEncoder.arrayHeader(2, into: output)
+            RespEncoder.bulk(command.name, into: output)
+            name.withUnsafeBytes { RespEncoder.bulk($0, into: output) }
             connection.enqueue(slot: slot, part: split.server(Int32(server)), framing: .line)
         }
         split.close()

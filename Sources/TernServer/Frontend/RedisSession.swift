@@ -206,9 +206,9 @@ extension ClientConnection {
             output.append(frame)
             return
         }
-        output.appendArrayHeader(arguments.count)
+        RespEncoder.arrayHeader(arguments.count, into: output)
         for index in 0..<arguments.count {
-            arguments.withArgument(index, in: frame) { output.appendBulk($0) }
+            arguments.withArgument(index, in: frame) { RespEncoder.bulk($0, into: output) }
         }
     }
 
@@ -402,12 +402,12 @@ extension ClientConnection {
                 let output = connection.requestBuffer()
                 var count = 0
                 for keyServer in keyServers where keyServer == server { count += 1 }
-                output.appendArrayHeader(1 + count * keysPerPart)
-                arguments.withArgument(0, in: frame) { output.appendBulk($0) }
+                RespEncoder.arrayHeader(1 + count * keysPerPart, into: output)
+                arguments.withArgument(0, in: frame) { RespEncoder.bulk($0, into: output) }
                 for (position, keyServer) in keyServers.enumerated() where keyServer == server {
                     let keyIndex = session.keyIndices[position]
                     for offset in 0..<keysPerPart {
-                        arguments.withArgument(keyIndex + offset, in: frame) { output.appendBulk($0) }
+                        arguments.withArgument(keyIndex + offset, in: frame) { RespEncoder.bulk($0, into: output) }
                     }
                 }
                 connection.enqueue(slot: slot, part: toOldPool ? split.oldServer(server) : split.server(server), framing: .line)

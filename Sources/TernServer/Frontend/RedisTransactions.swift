@@ -44,10 +44,6 @@ struct DedicatedLease {
 }
 
 extension ClientConnection {
-    static let multiRequest: StaticString = "*1\r\n$5\r\nMULTI\r\n"
-    static let execRequest: StaticString = "*1\r\n$4\r\nEXEC\r\n"
-    static let unwatchRequest: StaticString = "*1\r\n$7\r\nUNWATCH\r\n"
-
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH, RESET.
     func routeSession(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         if command.isNamed("multi") {
@@ -76,7 +72,7 @@ extension ClientConnection {
                 return slot.complete(with: "+OK\r\n" as StaticString)
             }
             let connection = watch.connection
-            connection.requestBuffer().append(Self.unwatchRequest)
+            RespEncoder.command("UNWATCH", into: connection.requestBuffer())
             connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
             connection.returnWhenIdle = true
         } else {
@@ -156,13 +152,13 @@ extension ClientConnection {
         pool.stats.transactions.add()
         // One piece of the connection's output: nothing of another client's can come between.
         let output = connection.requestBuffer()
-        output.append(Self.multiRequest)
+        RespEncoder.command("MULTI", into: output)
         connection.enqueue(slot: nil, part: 0, framing: .line)
         if transaction.count > 0 {
             output.append(transaction.commands.readable)
             for _ in 0..<transaction.count { connection.enqueue(slot: nil, part: 0, framing: .line) }
         }
-        output.append(Self.execRequest)
+        RespEncoder.command("EXEC", into: output)
         connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         // EXEC unwatches: the pinned connection goes back clean once it has answered.
         if watch != nil { connection.returnWhenIdle = true }
@@ -224,7 +220,7 @@ extension ClientConnection {
         guard watch.isCurrent else { return }
         let connection = watch.connection
         if connection.generation == watch.generation, connection.isOpen {
-            connection.requestBuffer().append(Self.unwatchRequest)
+            RespEncoder.command("UNWATCH", into: connection.requestBuffer())
             connection.enqueue(slot: nil, part: 0, framing: .line)
             connection.returnWhenIdle = true
         } else {

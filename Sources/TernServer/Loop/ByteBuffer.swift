@@ -1,13 +1,16 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import TernCore
 
 /// A growable byte buffer over raw memory: bytes are appended at `writeIndex` and consumed from
 /// `readIndex`. Memory is allocated on first use and given back by `release()` when a
 /// connection goes idle, so an idle connection holds no buffer.
 ///
-/// Owned by exactly one connection on one worker thread; never shared.
-final class ByteBuffer {
+/// Owned by exactly one connection on one worker thread; never shared. TernCore's encoders
+/// write into it (`ByteSink`: `reserve` and `commit`), RESP elements included
+/// (`appendArrayHeader`, `appendBulk`, `appendInteger`).
+final class ByteBuffer: ByteSink {
     private(set) var storage: UnsafeMutableRawPointer?
     private(set) var capacity = 0
     private(set) var readIndex = 0
@@ -125,53 +128,6 @@ final class ByteBuffer {
         writeIndex += 1
     }
 
-    func append(decimal value: Int) {
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var magnitude = value.magnitude
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { raw in
-            repeat {
-                raw[19 - count] = UInt8(truncatingIfNeeded: magnitude % 10) + 0x30
-                magnitude /= 10
-                count += 1
-            } while magnitude > 0
-        }
-        if value < 0 { append(byte: UInt8(ascii: "-")) }
-        withUnsafeBytes(of: &digits) { raw in
-            append(UnsafeRawBufferPointer(rebasing: raw[(20 - count)...]))
-        }
-    }
-
-    /// `*<count>\r\n`
-    func appendArrayHeader(_ count: Int) {
-        append(byte: UInt8(ascii: "*"))
-        append(decimal: count)
-        append("\r\n" as StaticString)
-    }
-
-    /// `$<length>\r\n<bytes>\r\n`
-    func appendBulk(_ bytes: UnsafeRawBufferPointer) {
-        append(byte: UInt8(ascii: "$"))
-        append(decimal: bytes.count)
-        append("\r\n" as StaticString)
-        append(bytes)
-        append("\r\n" as StaticString)
-    }
-
-    func appendBulk(_ text: String) {
-        var text = text
-        text.withUTF8 { appendBulk(UnsafeRawBufferPointer($0)) }
-    }
-
-    /// `:<value>\r\n`
-    func appendInteger(_ value: Int) {
-        append(byte: UInt8(ascii: ":"))
-        append(decimal: value)
-        append("\r\n" as StaticString)
-    }
-
     func consume(_ count: Int) {
         readIndex += count
         if readIndex == writeIndex {
@@ -180,8 +136,14 @@ final class ByteBuffer {
         }
     }
 
-    /// Drops the last `count` unread bytes.
-    func removeLast(_ count: Int) { writeIndex -= count }
+    /// An empty buffer takes `source`'s memory with its first `count` unread bytes (a large
+    /// request or reply, not copied); `source` keeps, in fresh memory, what follows its first
+    /// `used` bytes (`used` ≥ `count`: the frame may end in bytes that are dropped).
+    func take(_ count: Int, of source: ByteBuffer, used: Int) {
+        swapContents(with: source)
+        if readableCount > used { source.append(UnsafeRawBufferPointer(rebasing: readable[used...])) }
+        writeIndex = readIndex + count
+    }
 
     func removeAll() {
         readIndex = 0

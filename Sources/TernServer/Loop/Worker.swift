@@ -187,6 +187,10 @@ final class Worker {
     /// Set when a server connection took the request being parsed out of `largeInput` (its
     /// bytes are no longer there to consume); the parsing loop clears it.
     var tookLargeRequest = false
+    /// The same for replies: a backend connection's input while a large reply at its start is
+    /// delivered (with the reply's whole length), and whether a client took it.
+    var largeReply: (input: ByteBuffer, length: Int)?
+    var tookLargeReply = false
     /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
     /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
     /// Get (written without the translator's array appends).

@@ -145,7 +145,7 @@ final class WarmupRead {
         case .meta:
             if !slot.hasError, isMetaMiss(slot.data.readable) { missing.append(0) }
         case .redisGet:
-            if !slot.hasError, slot.data.readable.elementsEqual("$-1\r\n".utf8) { missing.append(0) }
+            if !slot.hasError, RespReply.classify(slot.data.readable) == .null { missing.append(0) }
         case .redisMGet:
             if slot.hasError { return false }
             for index in keys.indices where slot.keys[index].recordStart < 0 || isNil(slot, index) { missing.append(index) }
@@ -170,22 +170,16 @@ final class WarmupRead {
             switch mode {
             case .text, .meta:
                 for index in missing where keys[index].oldServer == server {
-                    output.append("mg " as StaticString)
-                    withKey(index) { output.append($0) }
-                    output.append(isBase64Key ? " b s v f t k q\r\n" as StaticString : " s v f t k q\r\n" as StaticString)
+                    withKey(index) { MemcacheEncoder.metaGetItem(key: $0, base64: isBase64Key, into: output) }
                 }
-                output.append("mn\r\n" as StaticString)
+                MemcacheEncoder.noop(into: output)
                 connection.enqueue(slot: slot, part: split.oldServer(server), framing: .metaUntilNoop)
                 parts += 1
             case .redisGet, .redisMGet:
                 for index in missing where keys[index].oldServer == server {
-                    output.appendArrayHeader(2)
-                    output.appendBulk("GET")
-                    withKey(index) { output.appendBulk($0) }
+                    withKey(index) { RespEncoder.command("GET", $0, into: output) }
                     connection.enqueue(slot: slot, part: split.oldGet(key: index), framing: .line)
-                    output.appendArrayHeader(2)
-                    output.appendBulk("PTTL")
-                    withKey(index) { output.appendBulk($0) }
+                    withKey(index) { RespEncoder.command("PTTL", $0, into: output) }
                     connection.enqueue(slot: slot, part: split.oldTTL(key: index), framing: .line)
                     parts += 2
                 }
@@ -197,64 +191,35 @@ final class WarmupRead {
 
     private func isMetaMiss(_ reply: UnsafeRawBufferPointer) -> Bool {
         // Quiet mode says nothing for a miss.
-        reply.count == 0 || (reply.count >= 2 && reply[0] == UInt8(ascii: "E") && reply[1] == UInt8(ascii: "N"))
+        reply.count == 0 || MemcacheReply.classify(reply) == .miss
     }
 
     private func isNil(_ slot: ReplySlot, _ index: Int) -> Bool {
         let entry = slot.keys[index]
-        guard entry.recordLength == 5 else { return false }
-        let bytes = slot.data.readable
-        return bytes[Int(entry.recordStart)] == UInt8(ascii: "$") && bytes[Int(entry.recordStart) + 1] == UInt8(ascii: "-")
+        let start = Int(entry.recordStart)
+        return RespReply.classify(UnsafeRawBufferPointer(rebasing: slot.data.readable[start..<(start + Int(entry.recordLength))])) == .null
     }
 
     // MARK: Old-pool replies
 
     /// `VA <size> s<size> f<flags> t<ttl> k<key>` blocks (misses are silent), then nothing
-    /// (Tern's MN was stripped).
+    /// (Tern's MN was stripped), read with TernCore's `MetaItemReader`.
     private func readOldMetaItems(_ reply: UnsafeRawBufferPointer, part: Int32) {
         var position = 0
         while position < reply.count {
-            guard let lineEnd = reply[position...].firstIndex(of: 0x0a) else { return }
-            let contentEnd = lineEnd > position && reply[lineEnd - 1] == 0x0d ? lineEnd - 1 : lineEnd
-            let line = UnsafeRawBufferPointer(rebasing: reply[position..<contentEnd])
-            guard line.count > 3, line[0] == UInt8(ascii: "V"), line[1] == UInt8(ascii: "A") else {
-                position = lineEnd + 1
-                continue
-            }
-            var size = 0, flags: UInt32 = 0, ttl = -1, ttlKnown = false
-            var keyRange = 0..<0
-            var tokenStart = 3
-            var tokenIndex = 0
-            while tokenStart < line.count {
-                var tokenEnd = tokenStart
-                while tokenEnd < line.count, line[tokenEnd] != 0x20 { tokenEnd += 1 }
-                let token = UnsafeRawBufferPointer(rebasing: line[tokenStart..<tokenEnd])
-                if tokenIndex == 0 {
-                    size = Int(String(decoding: token, as: UTF8.self)) ?? 0
-                } else if let first = token.first {
-                    let rest = String(decoding: token.dropFirst(), as: UTF8.self)
-                    switch first {
-                    case UInt8(ascii: "f"): flags = UInt32(rest) ?? 0
-                    case UInt8(ascii: "t"): ttl = Int(rest) ?? -1; ttlKnown = true
-                    case UInt8(ascii: "k"): keyRange = (tokenStart + 1)..<tokenEnd
-                    default: break
-                    }
-                }
-                tokenIndex += 1
-                tokenStart = tokenEnd + 1
-            }
-            let dataStart = lineEnd + 1
-            guard dataStart + size + 2 <= reply.count else { return }
-            let key = UnsafeRawBufferPointer(rebasing: line[keyRange])
+            let rest = UnsafeRawBufferPointer(rebasing: reply[position...])
+            guard case let .item(item) = MetaItemReader.read(rest) else { return }
+            defer { position += item.length }
+            guard item.status == .value, let value = item.value else { continue }
+            let key = item.key.map { UnsafeRawBufferPointer(rebasing: rest[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
             if let index = keys.indices.first(where: { keys[$0].oldServer == ReplyPart.oldServer(of: part) && keys[$0].valueStart < 0 && withKey($0) { $0.elementsEqual(key) } }) {
                 keys[index].valueStart = values.count
-                keys[index].valueLength = size
-                keys[index].flags = flags
-                keys[index].ttl = ttl
-                keys[index].ttlKnown = ttlKnown
-                values.append(contentsOf: UnsafeRawBufferPointer(rebasing: reply[dataStart..<(dataStart + size)]))
+                keys[index].valueLength = value.count
+                keys[index].flags = item.flags ?? 0
+                keys[index].ttl = item.ttl ?? -1
+                keys[index].ttlKnown = item.ttl != nil
+                values.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[value]))
             }
-            position = dataStart + size + 2
         }
     }
 
@@ -263,7 +228,7 @@ final class WarmupRead {
         let index = ReplyPart.key(ofOldRead: part)
         guard index < keys.count, !isError else { return }
         if !ReplyPart.isTTL(part) {
-            guard reply.first == UInt8(ascii: "$"), reply.count > 1, reply[1] != UInt8(ascii: "-") else { return }
+            guard case .bulk = RespReply.classify(reply) else { return }
             keys[index].valueStart = values.count
             keys[index].valueLength = reply.count
             values.append(contentsOf: reply)
@@ -302,20 +267,15 @@ final class WarmupRead {
             let output = connection.requestBuffer()
             switch mode {
             case .text:
-                output.append(command.name)
-                if !exptime.isEmpty {
-                    output.append(byte: 0x20)
-                    exptime.withUnsafeBytes { output.append($0) }
-                }
+                exptime.withUnsafeBytes { MemcacheEncoder.retrievalStart(command, exptime: $0, into: output) }
                 for index in keys.indices where keys[index].isResend && keys[index].newServer == server {
-                    output.append(byte: 0x20)
-                    withKey(index) { output.append($0) }
+                    withKey(index) { MemcacheEncoder.key($0, into: output) }
                 }
-                output.append("\r\n" as StaticString)
+                MemcacheEncoder.endLine(into: output)
                 connection.enqueue(slot: slot, part: split.server(server), framing: .retrieval)
             default:
                 frame.withUnsafeBytes { output.append($0) }
-                if isQuiet { output.append("mn\r\n" as StaticString) }
+                if isQuiet { MemcacheEncoder.noop(into: output) }
                 connection.enqueue(slot: slot, part: split.server(server), framing: isQuiet ? .metaUntilNoop : .meta)
             }
         }
@@ -330,11 +290,12 @@ final class WarmupRead {
         let newServer = key.newServer
         if command == .get || !warmup.backfill || ttl == nil || newServer < 0 {
             let record = slot.data.readableCount
-            slot.data.append("VALUE " as StaticString)
-            withKey(index) { slot.data.append($0) }
-            slot.data.append(" \(key.flags) \(key.valueLength)\r\n")
-            values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
-            slot.data.append("\r\n" as StaticString)
+            values.withUnsafeBytes { values in
+                withKey(index) {
+                    MemcacheReplyEncoder.valueRecord(key: $0, flags: key.flags,
+                                                     value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]), into: slot.data)
+                }
+            }
             slot.keys[index].recordStart = record
             slot.keys[index].recordLength = slot.data.readableCount - record
             if warmup.backfill {
@@ -366,35 +327,14 @@ final class WarmupRead {
     /// binary value must arrive as it was stored, with `VA <size>` matching it).
     private func appendSynthesizedMetaReply(_ index: Int, to output: ByteBuffer) {
         let key = keys[index]
-        var wantsValue = false
-        frame.withUnsafeBytes { raw in
-            let lineEnd = raw.firstIndex(of: 0x0d) ?? raw.firstIndex(of: 0x0a) ?? raw.count
-            for token in raw[0..<lineEnd].split(separator: 0x20).dropFirst(2) where token.first == UInt8(ascii: "v") { wantsValue = true }
-            if wantsValue {
-                output.append("VA \(key.valueLength)")
-            } else {
-                output.append("HD" as StaticString)
-            }
-            for token in raw[0..<lineEnd].split(separator: 0x20).dropFirst(2) {
-                guard let first = token.first else { continue }
-                switch first {
-                case UInt8(ascii: "f"): output.append(" f\(key.flags)")
-                case UInt8(ascii: "t"): output.append(" t\(key.ttl ?? -1)")
-                case UInt8(ascii: "s"): output.append(" s\(key.valueLength)")
-                case UInt8(ascii: "k"):
-                    output.append(" k" as StaticString)
-                    withKey(index) { output.append($0) }
-                case UInt8(ascii: "O"), UInt8(ascii: "b"):
-                    output.append(byte: 0x20)
-                    output.append(UnsafeRawBufferPointer(rebasing: token))
-                default: break
+        frame.withUnsafeBytes { request in
+            values.withUnsafeBytes { values in
+                withKey(index) {
+                    MemcacheReplyEncoder.metaReply(to: request, key: $0, flags: key.flags, ttl: key.ttl,
+                                                   value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]), into: output)
                 }
             }
-            output.append("\r\n" as StaticString)
         }
-        guard wantsValue else { return }
-        values.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
-        output.append("\r\n" as StaticString)
     }
 
     /// `ms <key> <size> T<ttl> F<flags> ME` — mode E is add: an item written to the new pool
@@ -403,11 +343,12 @@ final class WarmupRead {
         let key = keys[index]
         let connection = pool.servers[Int(key.newServer)].connection(for: clientIndex)
         let output = connection.requestBuffer()
-        output.append("ms " as StaticString)
-        withKey(index) { output.append($0) }
-        output.append(isBase64Key ? " \(key.valueLength) b T\(ttl) F\(key.flags) ME\r\n" : " \(key.valueLength) T\(ttl) F\(key.flags) ME\r\n")
-        values.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
-        output.append("\r\n" as StaticString)
+        values.withUnsafeBytes { values in
+            withKey(index) {
+                MemcacheEncoder.metaAdd(key: $0, value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]),
+                                        ttl: ttl, flags: key.flags, base64: isBase64Key, into: output)
+            }
+        }
         connection.enqueue(slot: nil, part: 0, framing: .meta, purpose: .backfill)
     }
 
@@ -433,16 +374,12 @@ final class WarmupRead {
         }
         let connection = pool.servers[Int(key.newServer)].connection(for: clientIndex)
         let output = connection.requestBuffer()
-        output.appendArrayHeader(ttl > 0 ? 6 : 4)
-        output.appendBulk("SET")
-        withKey(index) { output.appendBulk($0) }
-        // The stored bulk is `$<n>\r\n<value>\r\n`: write it as it is.
-        values.withUnsafeBytes { output.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
-        if ttl > 0 {
-            output.appendBulk("PX")
-            output.appendBulk(String(ttl))
+        // The stored bulk is `$<n>\r\n<value>\r\n`: written as it is.
+        values.withUnsafeBytes { values in
+            withKey(index) {
+                RespEncoder.setIfAbsent(key: $0, encodedValue: UnsafeRawBufferPointer(rebasing: values[valueRange]), milliseconds: ttl, into: output)
+            }
         }
-        output.appendBulk("NX")
         connection.enqueue(slot: nil, part: 0, framing: .line, purpose: .backfill)
     }
 
@@ -462,7 +399,7 @@ final class WarmupRead {
     }
 
     private func storeArrayElements(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
-        guard reply.first == UInt8(ascii: "*") else {
+        guard case .array = RespReply.classify(reply) else {
             // A new-pool error: that server's keys are treated as misses.
             return
         }
