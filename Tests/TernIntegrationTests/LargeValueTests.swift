@@ -6,6 +6,19 @@ import XCTest
 final class LargeValueTests: XCTestCase {
     var group: ProcessGroup!
     override func setUp() { group = ProcessGroup() }
+    /// Python for the scripts below: Tern's pid, `status('VmHWM')` in bytes, and whether memory
+    /// is checked at all (it says nothing under the sanitizers: there bytes and order are).
+    func memoryProbe(_ tern: Process) -> String {
+        let checksMemory = ProcessInfo.processInfo.environment["TERN_SANITIZED"] == nil
+        return """
+            pid = \(tern.processIdentifier)
+            checks_memory = \(checksMemory ? "True" : "False")
+            def status(field):
+                for line in open('/proc/%d/status' % pid):
+                    if line.startswith(field): return int(line.split()[1]) * 1024
+            """
+    }
+
     override func tearDown() {
         if let run = testRun, run.failureCount > 0 { print(group.ternLog().suffix(3000)) }
         group.stopAll()
@@ -27,15 +40,9 @@ final class LargeValueTests: XCTestCase {
               servers:
             \(backends.map { "   - \($0.address):1\n" }.joined())
             """, arguments: ["--threads", "1"], waitPort: port)
-        // Memory says nothing under the sanitizers: there the bytes and order are checked only.
-        let checksMemory = ProcessInfo.processInfo.environment["TERN_SANITIZED"] == nil
         try python("""
             import os
-            pid = \(tern.processIdentifier)
-            checks_memory = \(checksMemory ? "True" : "False")
-            def status(field):
-                for line in open('/proc/%d/status' % pid):
-                    if line.startswith(field): return int(line.split()[1]) * 1024
+            \(memoryProbe(tern))
             r = redis.Redis(port=\(port), socket_timeout=20)
             other = redis.Redis(port=\(port), socket_timeout=20)
             values = {('big%d' % i): os.urandom((1 << 20) * (i + 1) + i) for i in range(4)}
@@ -123,14 +130,9 @@ final class LargeValueTests: XCTestCase {
               servers:
                - \(backend.address):1
             """, arguments: ["--threads", "1"], waitPort: port)
-        let checksMemory = ProcessInfo.processInfo.environment["TERN_SANITIZED"] == nil
         try python("""
             import os, threading
-            pid = \(tern.processIdentifier)
-            checks_memory = \(checksMemory ? "True" : "False")
-            def status(field):
-                for line in open('/proc/%d/status' % pid):
-                    if line.startswith(field): return int(line.split()[1]) * 1024
+            \(memoryProbe(tern))
             direct = redis.Redis(port=\(backend.port), socket_timeout=30)
             errors = []
             def writer(n):

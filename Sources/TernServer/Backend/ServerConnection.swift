@@ -502,9 +502,12 @@ final class ServerConnection {
             if isRedis {
                 switch RespReplyParser.parse(input.readable, maxDepth: 64) {
                 case .incomplete:
-                    if input.readableCount >= Self.streamThreshold, startStreaming() { continue }
+                    if input.readableCount >= Self.streamThreshold {
+                        if startStreaming() { continue }
+                        // Not streamed (an array, or a client waiting for an earlier reply).
+                        sizeInputForReply()
+                    }
                     if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
-                    if input.readableCount >= Self.sizeRepliesAbove { sizeInputForReply() }
                     return
                 case .invalid:
                     fail(reason: "server sent an invalid reply")
@@ -746,11 +749,8 @@ final class ServerConnection {
         return true
     }
 
-    /// A Redis reply still arriving that is at least this large has the input sized for it.
-    static let sizeRepliesAbove = 64 << 10
-
-    /// Room in `input` for all of the reply being received, as far as its declared lengths
-    /// tell (one allocation instead of a copy at every doubling). Replies larger than
+    /// Room in `input` for all of a large reply being received that is not streamed, as far as
+    /// its declared lengths tell (one allocation instead of a copy at every doubling). Replies larger than
     /// `client_output_limit` are skipped rather than held, so no more is reserved for them.
     @inline(never)
     private func sizeInputForReply() {

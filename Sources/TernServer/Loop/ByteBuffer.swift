@@ -42,6 +42,13 @@ final class ByteBuffer: ByteSink {
         }
         var newCapacity = max(capacity * 2, 4096)
         while newCapacity - unread < count { newCapacity *= 2 }
+        moveUnread(toCapacity: newCapacity)
+        return storage! + writeIndex
+    }
+
+    /// New memory of `newCapacity` bytes with the unread bytes at its front.
+    private func moveUnread(toCapacity newCapacity: Int) {
+        let unread = writeIndex - readIndex
         let newStorage = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
         if unread > 0, let storage { newStorage.copyMemory(from: storage + readIndex, byteCount: unread) }
         storage?.deallocate()
@@ -49,7 +56,6 @@ final class ByteBuffer: ByteSink {
         capacity = newCapacity
         readIndex = 0
         writeIndex = unread
-        return newStorage + writeIndex
     }
 
     /// Room for a frame of `total` bytes that starts with the unread bytes, allocated at that
@@ -58,14 +64,7 @@ final class ByteBuffer: ByteSink {
     func reserve(frame total: Int) {
         let unread = writeIndex - readIndex
         guard total > unread, capacity - readIndex < total + Self.readSlack else { return }
-        let newCapacity = total + Self.readSlack
-        let newStorage = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
-        if unread > 0, let storage { newStorage.copyMemory(from: storage + readIndex, byteCount: unread) }
-        storage?.deallocate()
-        storage = newStorage
-        capacity = newCapacity
-        readIndex = 0
-        writeIndex = unread
+        moveUnread(toCapacity: total + Self.readSlack)
     }
 
     /// What one socket read asks room for (`Syscall.read`).
