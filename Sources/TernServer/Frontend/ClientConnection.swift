@@ -255,6 +255,7 @@ final class ClientConnection {
         // A large request that fills the buffer may be handed to its server connection whole
         // rather than copied (`ServerConnection.forward`).
         let isLarge = buffer.readableCount >= ServerConnection.adoptThreshold
+        let scratchCapacity = worker.scratch.capacity
         if isLarge { worker.largeInput = buffer }
         process(buffer)
         if isLarge { worker.largeInput = nil }
@@ -268,6 +269,9 @@ final class ClientConnection {
                 input.append(buffer.readable)
             }
             buffer.removeAll()
+            // Memory taken from the shared buffer (here or by `ServerConnection.adopt`) is
+            // replaced at once: the next large read then fills it without a doubling's copy.
+            buffer.restore(capacity: scratchCapacity)
         }
         // A large Redis argument on its way: room for all of it at once, as Redis sizes its
         // query buffer (the declared lengths have passed the pool's limits in the parser).

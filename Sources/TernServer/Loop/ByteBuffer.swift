@@ -67,6 +67,13 @@ final class ByteBuffer: ByteSink {
         moveUnread(toCapacity: total + Self.readSlack)
     }
 
+    /// Gives the buffer `capacity` bytes of memory again after its memory was taken (`take`,
+    /// `swapContents`), so that it does not grow back one doubling and one copy at a time.
+    func restore(capacity wanted: Int) {
+        guard capacity < wanted else { return }
+        moveUnread(toCapacity: wanted)
+    }
+
     /// What one socket read asks room for (`Syscall.read`).
     static let readSlack = 16384
 
