@@ -190,8 +190,7 @@ final class ServerConnection {
         } else {
             output.append(frame)
         }
-        slot.remainingParts = 1
-        enqueue(slot: slot, part: 0, framing: framing)
+        enqueue(slot: slot, part: ReplyPart.whole, framing: framing)
     }
 
     /// A large request at the start of `source` (the client buffer being parsed), followed by
@@ -709,7 +708,7 @@ final class ServerConnection {
     private func startStreaming() -> Bool {
         guard pushClient == nil, !pending.isEmpty else { return false }
         let head = pending[0]
-        guard head.purpose == .client, let slot = head.slot, slot.kind == .single, !slot.isSilent,
+        guard head.purpose == .client, let slot = head.slot, slot.isSingle, !slot.isSilent,
               slot.warmup == nil, slot.binary == nil, let client = slot.client, client.canStream(slot),
               let total = RespReplyParser.bulkFrameLength(input.readable), total <= slot.replyLimit else { return false }
         guard var entry = pending.popFirst() else { return false }

@@ -199,7 +199,7 @@ extension ClientConnection {
     /// backend connection in step and is dropped here).
     private func forward(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, _ slot: ReplySlot) {
         guard let server = pool.serverIndex(forKey: key) else {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         if request.command.isRetrieval {
@@ -214,8 +214,7 @@ extension ClientConnection {
             }
             let output = connection.requestBuffer()
             MemcacheEncoder.withoutNoreply(frame, request, into: output)
-            slot.remainingParts = 1
-            connection.enqueue(slot: slot, part: 0, framing: request.command.framing)
+            connection.enqueue(slot: slot, part: ReplyPart.whole, framing: request.command.framing)
         }
     }
 
@@ -235,23 +234,22 @@ extension ClientConnection {
 
     private func forwardMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, alsoToOldPool: Bool = false) {
         guard let server = withHashKey(request, frame, { pool.server(forKey: $0) }) else {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         if let read = slot.warmup {
             let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
             withHashKey(request, frame) { read.addKey(key, hashKey: $0, newServer: Int32(server.index)) }
         }
-        let oldServer = alsoToOldPool ? withHashKey(request, frame, { pool.old?.server(forKey: $0) }) : nil
-        slot.remainingParts = oldServer == nil ? 1 : 2
-        if let oldServer {
-            slot.kind = .eitherDeleted
-            slot.isQuietMeta = request.isQuiet
-            slot.warmupCounters = pool.warmupCounters
-            WarmupCounters.add(pool.warmupCounters.oldDeletes)
-            sendMeta(request, frame, slot, to: oldServer, part: ReplySlot.oldPartBase)
+        guard alsoToOldPool, let oldServer = withHashKey(request, frame, { pool.old?.server(forKey: $0) }) else {
+            sendMeta(request, frame, slot, to: server, part: ReplyPart.whole)
+            return
         }
-        sendMeta(request, frame, slot, to: server, part: 0)
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(isQuietMeta: request.isQuiet)), warmupCounters: pool.warmupCounters)
+        WarmupCounters.add(pool.warmupCounters.oldDeletes)
+        sendMeta(request, frame, slot, to: oldServer, part: split.oldServer(Int32(oldServer.index)))
+        sendMeta(request, frame, slot, to: server, part: split.server(Int32(server.index)))
+        split.close()
     }
 
     private func sendMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, to server: ServerRuntime, part: Int32) {
@@ -267,28 +265,27 @@ extension ClientConnection {
     private func deleteInBothPools(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
         let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
         guard let server = pool.server(forKey: key) else {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
-        slot.kind = .eitherDeleted
-        slot.warmupCounters = pool.warmupCounters
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted()), warmupCounters: pool.warmupCounters)
         let oldServer = pool.old?.server(forKey: key)
-        slot.remainingParts = oldServer == nil ? 1 : 2
-        for (target, part) in [(server, Int32(0)), (oldServer, ReplySlot.oldPartBase)] {
+        for (target, isOld) in [(server, false), (oldServer, true)] {
             guard let target else { continue }
-            if part != 0 { WarmupCounters.add(pool.warmupCounters.oldDeletes) }
+            if isOld { WarmupCounters.add(pool.warmupCounters.oldDeletes) }
             let connection = target.connection(for: index)
             let output = connection.requestBuffer()
             // Always with a reply (noreply is honoured towards the client only).
             MemcacheEncoder.withoutNoreply(frame, request, into: output)
-            connection.enqueue(slot: slot, part: part, framing: .line)
+            let server = Int32(target.index)
+            connection.enqueue(slot: slot, part: isOld ? split.oldServer(server) : split.server(server), framing: .line)
         }
+        split.close()
     }
 
     /// A multi-key get: keys are grouped per server, one request per server is sent, and the
     /// VALUE records are merged in the client's key order behind one END.
     private func routeMultiGet(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, warmup: WarmupRead? = nil) {
-        slot.kind = .multiGet
         slot.warmup = warmup
         var position = request.keysStart
         var firstServer = -1
@@ -307,15 +304,14 @@ extension ClientConnection {
         if singleServer, firstServer >= 0, warmup == nil {
             // Every key lives on one server: the request goes as it is (its keys stay in the
             // slot, so that the reply's VALUE keys are checked against them).
-            slot.kind = .single
             pool.withConnection(toServer: firstServer, client: index) { $0.forward(frame, slot: slot, framing: request.command.framing) }
             return
         }
-        // Count the parts first so that a part failing at once cannot finish the slot early.
+        // Keys with no live server are never sent: they are misses.
+        var split = ReplySplit(slot, mergedBy: .records(MultiGetRecords()))
         worker.withFragmentServers { servers in
             for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
             pool.stats.fragments.add(servers.count)
-            slot.remainingParts = servers.count + 1
             let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
             let keyBytes = slot.keyBytes.readable
             for server in servers {
@@ -326,12 +322,11 @@ extension ClientConnection {
                         MemcacheEncoder.key(UnsafeRawBufferPointer(rebasing: keyBytes[entry.keyStart..<(entry.keyStart + entry.keyLength)]), into: output)
                     }
                     MemcacheEncoder.endLine(into: output)
-                    connection.enqueue(slot: slot, part: server, framing: request.command.framing)
+                    connection.enqueue(slot: slot, part: split.server(server), framing: request.command.framing)
                 }
             }
         }
-        // The extra part stands for keys with no live server: they are misses.
-        slot.fail(part: -1, reason: "")
+        split.close()
     }
 
     private func commandEnd(_ frame: UnsafeRawBufferPointer) -> Int {
@@ -342,23 +337,24 @@ extension ClientConnection {
 
     /// `flush_all`: the same line to every live server; `OK` only when every server said OK.
     private func fanOut(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
-        slot.kind = .fanOut
-        let live = pool.servers.filter { !$0.isEjected }
-        if live.isEmpty {
-            slot.remainingParts = 1
-            slot.fail(part: 0, reason: "no server available")
+        guard pool.servers.contains(where: { !$0.isEjected }) else {
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
+        var split = ReplySplit(slot, mergedBy: .allOK(AllOK(dialect: .memcached)))
         // A warm-up's flush is an invalidation: with `deletes: both` it empties the old pool too.
-        let old = deletesReachOldPool ? (pool.old?.servers.filter { !$0.isEjected } ?? []) : []
-        slot.remainingParts = live.count + old.count
-        for (server, base) in live.map({ ($0, Int32(0)) }) + old.map({ ($0, ReplySlot.oldPartBase) }) {
-            let connection = server.connection(for: index)
-            let output = connection.requestBuffer()
-            // Always with a reply, so every server's answer is checked.
-            MemcacheEncoder.withoutNoreply(frame, request, into: output)
-            connection.enqueue(slot: slot, part: base + Int32(server.index), framing: request.command.framing)
+        let old = deletesReachOldPool ? pool.old?.servers ?? [] : []
+        for (servers, isOld) in [(pool.servers, false), (old, true)] {
+            for server in servers where !server.isEjected {
+                let connection = server.connection(for: index)
+                let output = connection.requestBuffer()
+                // Always with a reply, so every server's answer is checked.
+                MemcacheEncoder.withoutNoreply(frame, request, into: output)
+                let number = Int32(server.index)
+                connection.enqueue(slot: slot, part: isOld ? split.oldServer(number) : split.server(number), framing: request.command.framing)
+            }
         }
+        split.close()
     }
 
     private func statsReply() -> String {

@@ -55,9 +55,9 @@ extension ClientConnection {
             slowlog(arguments, frame, slot)
         case "script":
             if arguments.argument(1, in: frame, equals: "load") {
-                toEveryServer(frame, session, slot, kind: .respFirst)
+                toEveryServer(frame, session, slot, sink: .first(FirstReply()))
             } else if arguments.argument(1, in: frame, equals: "flush") {
-                toEveryServer(frame, session, slot, kind: .respAllOK)
+                toEveryServer(frame, session, slot, sink: .allOK(AllOK(dialect: .resp)))
             } else if arguments.argument(1, in: frame, equals: "exists") {
                 // SCRIPT LOAD reaches every server, so any server can answer.
                 forwardRedis(frame, session, slot, to: firstLiveServer())

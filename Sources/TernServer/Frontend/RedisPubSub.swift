@@ -44,7 +44,6 @@ extension ClientConnection {
         }
         let arguments = session.arguments
         let limit = pool.config.maxSubscriptions
-        slot.kind = .prepared
         var parts: [(server: Int, name: [UInt8])] = []
         var names: [[UInt8]] = (1..<arguments.count).map { index in arguments.withArgument(index, in: frame) { Array($0) } }
         if !subscribing, names.isEmpty {
@@ -61,7 +60,6 @@ extension ClientConnection {
             let present = set.contains(name)
             if subscribing, !present {
                 guard subscriptions.count + subscriptions.shardChannels.count < limit else {
-                    slot.kind = .single
                     slot.data.removeAll()
                     return slot.complete(with: "-ERR too many subscriptions for this client (max_subscriptions)\r\n" as StaticString)
                 }
@@ -78,9 +76,8 @@ extension ClientConnection {
                     for server in pool.servers.indices { parts.append((server, name)) }
                 } else {
                     guard let server = name.withUnsafeBytes({ pool.serverIndex(forKey: $0) }) else {
-                        slot.kind = .single
                         slot.data.removeAll()
-                        return slot.fail(part: 0, reason: "no server available")
+                        return slot.fail(part: ReplyPart.whole, reason: "no server available")
                     }
                     parts.append((server, name))
                 }
@@ -91,16 +88,17 @@ extension ClientConnection {
             slot.data.appendInteger(kind == .shard ? subscriptions.shardChannels.count : subscriptions.count)
         }
         pool.stats.subscriptionChanges.add(parts.count)
-        slot.remainingParts = parts.count
-        if parts.isEmpty { return slot.complete(with: "" as StaticString) }
-        for (part, (server, name)) in parts.enumerated() {
+        // The confirmations are written already: the parts only have to succeed.
+        var split = ReplySplit(slot, mergedBy: .prepared(PreparedReply()))
+        for (server, name) in parts {
             let connection = pushConnection(subscriptions, server)
             let output = connection.requestBuffer()
             RespEncoder.arrayHeader(2, into: output)
             RespEncoder.bulk(command.name, into: output)
             name.withUnsafeBytes { RespEncoder.bulk($0, into: output) }
-            connection.enqueue(slot: slot, part: Int32(part), framing: .line)
+            connection.enqueue(slot: slot, part: split.server(Int32(server)), framing: .line)
         }
+        split.close()
     }
 
     private func list(_ subscriptions: RedisSubscriptions, _ kind: SubscriptionKind) -> [[UInt8]] {
@@ -131,7 +129,6 @@ extension ClientConnection {
         guard !isClosed else { return }
         pool.stats.messagesDelivered.add()
         let slot = newSlot()
-        slot.kind = .single
         replyArrived(slot, message)
     }
 
@@ -161,12 +158,12 @@ extension ClientConnection {
     private func pubsubInfo(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let arguments = session.arguments
         if arguments.argument(1, in: frame, equals: "channels") || arguments.argument(1, in: frame, equals: "shardchannels") {
-            toEveryServer(frame, session, slot, kind: .respUnion)
+            toEveryServer(frame, session, slot, sink: .union(RespUnion()))
         } else if arguments.argument(1, in: frame, equals: "numsub") || arguments.argument(1, in: frame, equals: "shardnumsub") {
-            toEveryServer(frame, session, slot, kind: .respPairSum)
+            toEveryServer(frame, session, slot, sink: .pairSum(RespPairSum()))
         } else if arguments.argument(1, in: frame, equals: "numpat") {
             // (A cluster pool puts each pattern on one node: the counts are summed.)
-            toEveryServer(frame, session, slot, kind: pool.isCluster ? .respSum : .respFirst)
+            toEveryServer(frame, session, slot, sink: pool.isCluster ? .sum(IntegerSum()) : .first(FirstReply()))
         } else {
             slot.complete(with: "-ERR unknown subcommand or wrong number of arguments for 'pubsub' command\r\n" as StaticString)
         }

@@ -117,7 +117,6 @@ extension ClientConnection {
             arguments.withArgument(1, in: frame) { key in
                 read.addKey(key, newServer: Int32(pool.serverIndexUncounted(forKey: key) ?? -1))
             }
-            slot.remainingParts = 1
             routeKeyed(command, frame, session, slot)
         case .keyed:
             routeKeyed(command, frame, session, slot)
@@ -129,21 +128,21 @@ extension ClientConnection {
                     read.addKey(key, newServer: Int32(pool.serverIndexUncounted(forKey: key) ?? -1))
                 }
             }
-            fanOutKeys(command, frame, session, slot, kind: .respArray, keysPerPart: 1)
+            fanOutKeys(command, frame, session, slot, sink: .array(RespArrayByPosition()), keysPerPart: 1)
         case .mget:
-            fanOutKeys(command, frame, session, slot, kind: .respArray, keysPerPart: 1)
+            fanOutKeys(command, frame, session, slot, sink: .array(RespArrayByPosition()), keysPerPart: 1)
         case .sum where pool.old != nil && pool.warmup?.deletes == .both && (command.isNamed("del") || command.isNamed("unlink")):
-            fanOutKeys(command, frame, session, slot, kind: .respSum, keysPerPart: 1, alsoToOldPool: true)
+            fanOutKeys(command, frame, session, slot, sink: .sum(IntegerSum()), keysPerPart: 1, alsoToOldPool: true)
         case .mset:
-            fanOutKeys(command, frame, session, slot, kind: .respAllOK, keysPerPart: 2)
+            fanOutKeys(command, frame, session, slot, sink: .allOK(AllOK(dialect: .resp)), keysPerPart: 2)
         case .sum:
-            fanOutKeys(command, frame, session, slot, kind: .respSum, keysPerPart: 1)
+            fanOutKeys(command, frame, session, slot, sink: .sum(IntegerSum()), keysPerPart: 1)
         case .everyServerOK:
-            toEveryServer(frame, session, slot, kind: .respAllOK)
+            toEveryServer(frame, session, slot, sink: .allOK(AllOK(dialect: .resp)))
         case .everyServerSum:
-            toEveryServer(frame, session, slot, kind: .respSum)
+            toEveryServer(frame, session, slot, sink: .sum(IntegerSum()))
         case .everyServerFirst:
-            toEveryServer(frame, session, slot, kind: .respFirst)
+            toEveryServer(frame, session, slot, sink: .first(FirstReply()))
         case .firstServer:
             forwardRedis(frame, session, slot, to: firstLiveServer())
         }
@@ -216,7 +215,7 @@ extension ClientConnection {
     /// Sends the request to server `server` (a position in `pool.servers`; nil when none is live).
     func forwardRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, to server: Int?) {
         guard let server else {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         let isInline = session.arguments.isInline
@@ -226,8 +225,7 @@ extension ClientConnection {
                 return
             }
             writeRequest(frame, session.arguments, into: connection.requestBuffer())
-            slot.remainingParts = 1
-            connection.enqueue(slot: slot, part: 0, framing: .line)
+            connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         }
     }
 
@@ -238,8 +236,7 @@ extension ClientConnection {
             return
         }
         writeRequest(frame, session.arguments, into: connection.requestBuffer())
-        slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, framing: .line)
+        connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
     }
 
     /// Every key must live on one server (hash tags make that possible); else CROSSSLOT.
@@ -248,7 +245,7 @@ extension ClientConnection {
             // One key, the first argument (GET, SET, INCR, …): placed without the general walk.
             let span = session.arguments.span(1)
             guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
-                slot.fail(part: 0, reason: "no server available")
+                slot.fail(part: ReplyPart.whole, reason: "no server available")
                 return
             }
             if pool.readsFromReplicas, !command.isWrite, let replica = pool.readReplica(ofServer: server, client: index) {
@@ -268,7 +265,7 @@ extension ClientConnection {
             return
         }
         if placement.noServer {
-            slot.fail(part: 0, reason: "no server available")
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
         // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
@@ -325,9 +322,8 @@ extension ClientConnection {
 
     /// MGET / MSET / DEL-like commands: one request per server with that server's keys.
     private func fanOutKeys(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot,
-                            kind: ReplySlot.Kind, keysPerPart: Int, alsoToOldPool: Bool = false) {
+                            sink: ReplySink, keysPerPart: Int, alsoToOldPool: Bool = false) {
         let arguments = session.arguments
-        slot.kind = kind
         session.keyIndices.removeAll(keepingCapacity: true)
         session.keyServers.removeAll(keepingCapacity: true)
         defer {
@@ -338,7 +334,6 @@ extension ClientConnection {
             }
         }
         if keysPerPart == 2, (arguments.count - 1) % 2 != 0 {
-            slot.kind = .single
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
             return
         }
@@ -356,8 +351,10 @@ extension ClientConnection {
                 group = arguments.withArgument(index, in: frame) { pool.serverIndex(forKey: $0) }
             }
             guard let group else {
-                slot.kind = .single
-                slot.fail(part: 0, reason: "no server available")
+                // Not split: the error is the reply (a warm-up MGET included, which would
+                // otherwise wait for parts never sent).
+                slot.warmup = nil
+                slot.fail(part: ReplyPart.whole, reason: "no server available")
                 return
             }
             session.keyIndices.append(index)
@@ -367,15 +364,14 @@ extension ClientConnection {
         }
         worker.withFragmentServers { servers in
             for server in session.keyServers where !servers.contains(server) { servers.append(server) }
-            if servers.count == 1, kind != .respArray, !alsoToOldPool {
+            if servers.count == 1, !isArray(sink), !alsoToOldPool {
                 // All keys on one server (one slot): the request goes as it is.
-                slot.kind = .single
                 slot.keys.removeAll(keepingCapacity: true)
                 forwardRedis(frame, session, slot, to: isCluster ? pool.server(forSlot: Int(servers[0])) : Int(servers[0]))
                 return
             }
-            slot.remainingParts = servers.count
-            sendParts(servers, session.keyServers, in: pool, partBase: 0, frame, session, slot, keysPerPart: keysPerPart)
+            var split = ReplySplit(slot, mergedBy: sink, warmupCounters: alsoToOldPool ? pool.warmupCounters : nil)
+            sendParts(servers, session.keyServers, in: pool, toOldPool: false, frame, session, &split, keysPerPart: keysPerPart)
             if alsoToOldPool, let old = pool.old {
                 // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
                 var oldServers: [Int32] = []
@@ -385,18 +381,18 @@ extension ClientConnection {
                     oldKeyServers.append(server)
                     if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
                 }
-                slot.warmupCounters = pool.warmupCounters
                 WarmupCounters.add(pool.warmupCounters.oldDeletes, session.keyIndices.count)
-                slot.remainingParts += oldServers.count
-                sendParts(oldServers, oldKeyServers, in: old, partBase: ReplySlot.oldPartBase, frame, session, slot, keysPerPart: keysPerPart)
+                sendParts(oldServers, oldKeyServers, in: old, toOldPool: true, frame, session, &split, keysPerPart: keysPerPart)
             }
+            split.close()
             if servers.count > 1 { pool.stats.fragments.add(servers.count) }
         }
     }
 
     /// One request per server (per hash slot in a cluster pool) with the keys (and values) it holds.
-    private func sendParts(_ servers: [Int32], _ keyServers: [Int32], in target: PoolRuntime, partBase: Int32,
-                           _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, keysPerPart: Int) {
+    private func sendParts(_ servers: [Int32], _ keyServers: [Int32], in target: PoolRuntime, toOldPool: Bool,
+                           _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ split: inout ReplySplit, keysPerPart: Int) {
+        let slot = split.slot
         let arguments = session.arguments
         let isCluster = target.isCluster
         for server in servers {
@@ -414,25 +410,28 @@ extension ClientConnection {
                         arguments.withArgument(keyIndex + offset, in: frame) { RespEncoder.bulk($0, into: output) }
                     }
                 }
-                connection.enqueue(slot: slot, part: partBase + server, framing: .line)
+                connection.enqueue(slot: slot, part: toOldPool ? split.oldServer(server) : split.server(server), framing: .line)
             }
         }
     }
 
     /// DBSIZE, FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH: the same request to every live server.
-    func toEveryServer(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, kind: ReplySlot.Kind) {
-        slot.kind = kind
-        let live = pool.servers.filter { !$0.isEjected }
-        guard !live.isEmpty else {
-            slot.kind = .single
-            slot.fail(part: 0, reason: "no server available")
+    func toEveryServer(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, sink: ReplySink) {
+        guard pool.servers.contains(where: { !$0.isEjected }) else {
+            slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
-        slot.remainingParts = live.count
-        for server in live {
+        var split = ReplySplit(slot, mergedBy: sink)
+        for server in pool.servers where !server.isEjected {
             let connection = server.connection(for: index)
             writeRequest(frame, session.arguments, into: connection.requestBuffer())
-            connection.enqueue(slot: slot, part: Int32(server.index), framing: .line)
+            connection.enqueue(slot: slot, part: split.server(Int32(server.index)), framing: .line)
         }
+        split.close()
+    }
+
+    private func isArray(_ sink: ReplySink) -> Bool {
+        if case .array = sink { return true }
+        return false
     }
 }

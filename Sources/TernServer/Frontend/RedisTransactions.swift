@@ -73,8 +73,7 @@ extension ClientConnection {
             }
             let connection = watch.connection
             RespEncoder.command("UNWATCH", into: connection.requestBuffer())
-            slot.remainingParts = 1
-            connection.enqueue(slot: slot, part: 0, framing: .line)
+            connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
             connection.returnWhenIdle = true
         } else {
             // RESET: out of MULTI, WATCH undone, name and library forgotten, and (as Redis does
@@ -146,7 +145,7 @@ extension ClientConnection {
         } else {
             if transaction.count == 0 { return slot.complete(with: "*0\r\n" as StaticString) }
             guard let server = transaction.server >= 0 ? transaction.server : firstLiveServer() else {
-                return slot.fail(part: 0, reason: "no server available")
+                return slot.fail(part: ReplyPart.whole, reason: "no server available")
             }
             connection = pool.servers[server].connection(for: index)
         }
@@ -160,8 +159,7 @@ extension ClientConnection {
             for _ in 0..<transaction.count { connection.enqueue(slot: nil, part: 0, framing: .line) }
         }
         RespEncoder.command("EXEC", into: output)
-        slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, framing: .line)
+        connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         // EXEC unwatches: the pinned connection goes back clean once it has answered.
         if watch != nil { connection.returnWhenIdle = true }
     }
@@ -182,7 +180,7 @@ extension ClientConnection {
                 if watchedSlot < 0 { watchedSlot = keySlot } else if keySlot != watchedSlot { crossServer = true }
             }
             guard let server = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
-                return slot.fail(part: 0, reason: "no server available")
+                return slot.fail(part: ReplyPart.whole, reason: "no server available")
             }
             if target < 0 { target = server } else if server != target { crossServer = true }
         }
@@ -205,8 +203,7 @@ extension ClientConnection {
         }
         pool.stats.watches.add()
         writeRequest(frame, arguments, into: connection.requestBuffer())
-        slot.remainingParts = 1
-        connection.enqueue(slot: slot, part: 0, framing: .line)
+        connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         if session.watch == nil {
             session.watch = DedicatedLease(connection: connection, lease: connection.lease, server: target, generation: connection.generation)
         }
@@ -241,10 +238,10 @@ extension ClientConnection {
         if placement.crossServer {
             return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
         }
-        if placement.noServer { return slot.fail(part: 0, reason: "no server available") }
+        if placement.noServer { return slot.fail(part: ReplyPart.whole, reason: "no server available") }
         // Arguments Redis will refuse (a bad numkeys) still go to one server, whose error the client sees.
         let target = placement.server < 0 || !placement.valid ? firstLiveServer() ?? -1 : placement.server
-        guard target >= 0 else { return slot.fail(part: 0, reason: "no server available") }
+        guard target >= 0 else { return slot.fail(part: ReplyPart.whole, reason: "no server available") }
         pool.stats.blockingRequests.add()
         var request: [UInt8] = []
         if arguments.isInline {
@@ -268,8 +265,7 @@ extension ClientConnection {
         session.blocked.removeAll { !$0.isCurrent }
         session.blocked.append(DedicatedLease(connection: connection, lease: connection.lease, server: server.index, generation: connection.generation))
         waiter.request.withUnsafeBytes { connection.requestBuffer().append($0) }
-        waiter.slot.remainingParts = 1
-        connection.enqueue(slot: waiter.slot, part: 0, framing: .line, blockFor: waiter.blockFor)
+        connection.enqueue(slot: waiter.slot, part: ReplyPart.whole, framing: .line, blockFor: waiter.blockFor)
         connection.returnWhenIdle = true
     }
 

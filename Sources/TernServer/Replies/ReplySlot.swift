@@ -3,47 +3,19 @@ import Glibc
 #endif
 import TernCore
 
-/// The place of one client request in that client's reply order.
+/// The place of one client request in that client's reply order, and the bytes of its reply.
 ///
 /// A client's slots leave in the order the requests arrived; a slot may be filled out of order
-/// (different backends answer at different speeds). A slot is filled by one backend reply
-/// (`single`), by merging the replies of several (`multiGet`, `fanOut`), or by Tern itself.
-/// Slots are recycled through the worker's pool. Confined to one worker thread.
+/// (different backends answer at different speeds). A slot is filled by one backend reply, by
+/// the parts of a request split over several (`ReplySplit` counts them; the slot's `sink`
+/// merges them, see `ReplySinks.swift`), or by Tern itself. The slot keeps order, the count of
+/// parts still out and the bytes (reply data, keys and where each key's record is); it knows no
+/// merge rule. Slots are recycled through the worker's pool. Confined to one worker thread.
 final class ReplySlot {
-    enum Kind {
-        /// One backend reply, forwarded as it is.
-        case single
-        /// A multi-key get split over servers: VALUE records merged in the client's key order.
-        case multiGet
-        /// The same command sent to every server (`flush_all`): `OK` when all said OK.
-        case fanOut
-        /// Redis MGET split over servers: array elements merged in the client's key order.
-        case respArray
-        /// Redis parts that must all answer `+OK` (MSET, FLUSHDB, SCRIPT FLUSH).
-        case respAllOK
-        /// Redis integer replies summed (DEL, UNLINK, EXISTS, TOUCH, DBSIZE).
-        case respSum
-        /// Redis: every server gets the command, the first server's reply is returned (SCRIPT LOAD).
-        case respFirst
-        /// Tern wrote the reply beforehand (pub/sub confirmations with the client's own counts):
-        /// the parts only have to succeed; a backend error replaces it.
-        case prepared
-        /// Arrays from every server, merged without repeats (PUBSUB CHANNELS).
-        case respUnion
-        /// `[name, count, …]` arrays from every server, counts summed by position (PUBSUB NUMSUB).
-        case respPairSum
-        /// A warm-up delete sent to both pools (part 0 new, part 1 old): the new pool's reply,
-        /// but "deleted" when either pool deleted the key.
-        case eitherDeleted
-    }
-
     /// Replies at least this large that must wait in a slot are stored with `largeReplyHeadroom`
     /// bytes free in front, so they can become the client's output without a copy.
     static let largeReply = 1 << 16
     static let largeReplyHeadroom = 16384
-
-    /// Parts numbered from here went to a warm-up's old pool.
-    static let oldPartBase: Int32 = 1 << 20
 
     /// Offsets are full-width: a merged reply may pass 2 GiB when `client_output_limit` allows.
     struct KeyEntry {
@@ -56,31 +28,27 @@ final class ReplySlot {
 
     /// The client waiting for this reply; nil once that client has gone.
     var client: ClientConnection?
-    var kind: Kind = .single
+    /// How the parts' replies become one (`.single` unless a `ReplySplit` named another).
+    fileprivate(set) var sink = ReplySink.single
     var isDone = false
     /// A `noreply` request: the backend's answer is dropped.
     var isSilent = false
-    var remainingParts = 0
+    /// Parts still to answer: 1 for a request that is not split; set only by `ReplySplit` (below).
+    fileprivate(set) var remainingParts = 1
     /// Reply bytes held until the slot reaches the head of the client's queue.
     let data = ByteBuffer()
-    /// Multi-key get: the keys (bytes in `keyBytes`) and where each one's VALUE record is in `data`.
+    /// Multi-key requests: the keys (bytes in `keyBytes`, memcached) with the part each went
+    /// in, and where each one's record is in `data`; sinks that keep elements use it likewise.
     var keys: [KeyEntry] = []
     let keyBytes = ByteBuffer()
     var hasError = false
     /// Whether errors Tern makes are written as RESP (`-ERR …`) or memcached text.
     var isRedis = false
-    /// respSum: the running total.
-    var total = 0
-    /// respFirst: the lowest part that has answered so far.
-    var firstPart = Int32.max
     /// A read on a warm-up pool: its phases (new pool, old pool, resend).
     var warmup: WarmupRead?
-    /// Warm-up deletes: what the old pool did.
-    var oldTotal = 0
-    var oldDeleted = false
-    var isQuietMeta = false
-    /// The new pool's counters, for what the old pool did on deletes.
-    var warmupCounters: WarmupCounters?
+    /// A split that reaches a warm-up's old pool: the new pool's counters, where failures of
+    /// old-pool parts are counted (set by `ReplySplit`).
+    fileprivate(set) var warmupCounters: WarmupCounters?
     /// Most reply bytes this request may hold (the pool's `client_output_limit`), checked before
     /// a backend reply is stored; past it the request fails and later parts are dropped.
     var replyLimit = Int.max
@@ -94,10 +62,10 @@ final class ReplySlot {
 
     func reset() {
         client = nil
-        kind = .single
+        if !isSingle { sink = .single }
         isDone = false
         isSilent = false
-        remainingParts = 0
+        remainingParts = 1
         data.removeAll()
         // A recycled slot keeps a buffer a 10-key multi-get fits in (16 KiB), so the common
         // merge allocates nothing; the worker keeps at most `Worker.keptSlots` slots, so a past
@@ -107,12 +75,7 @@ final class ReplySlot {
         keyBytes.removeAll()
         hasError = false
         isRedis = false
-        total = 0
-        firstPart = Int32.max
         if warmup != nil { warmup = nil }
-        oldTotal = 0
-        oldDeleted = false
-        isQuietMeta = false
         if warmupCounters != nil { warmupCounters = nil }
         replyLimit = Int.max
         isOverflowed = false
@@ -206,131 +169,51 @@ final class ReplySlot {
             partDone()
             return
         }
-        if part >= Self.oldPartBase {
-            deliverFromOldPool(reply)
-            partDone()
-            return
-        }
-        switch kind {
+        switch sink {
         case .single:
             if let client {
                 client.replyArrived(self, reply)
             } else {
                 isDone = true
             }
-        case .multiGet:
-            if !isError {
-                // Records come in the order the part asked for its keys; one that matches no key
-                // still unanswered means the reply is someone else's (checked in the same walk
-                // that merges, so a merge costs one pass over the reply).
-                var cursor = 0
-                MemcacheReplyParser.forEachValue(reply) { keyRange, recordRange in
-                    guard !replyOutOfStep else { return }
-                    let key = UnsafeRawBufferPointer(rebasing: reply[keyRange])
-                    while cursor < keys.count {
-                        let entry = keys[cursor]
-                        cursor += 1
-                        guard entry.server == part, entry.recordStart < 0, sameKey(entry, key) else { continue }
-                        keys[cursor - 1].recordStart = data.readableCount
-                        keys[cursor - 1].recordLength = recordRange.count
-                        data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
-                        return
-                    }
-                    replyOutOfStep = true
-                }
-                if replyOutOfStep { return }
+            return
+        case .records(let records):
+            if !isError, !records.take(reply, part: part, into: self) {
+                replyOutOfStep = true
+                return
             }
-            partDone()
-        case .fanOut:
-            let ok = !isError && reply.count >= 2 && reply[0] == UInt8(ascii: "O") && reply[1] == UInt8(ascii: "K")
-            if !ok { recordError(reply) }
-            partDone()
-        case .respArray:
-            if reply.first == UInt8(ascii: "*") {
-                var cursor = 0
-                RespReplyParser.forEachElement(reply) { range in
-                    while cursor < keys.count, keys[cursor].server != part { cursor += 1 }
-                    guard cursor < keys.count else { return }
-                    keys[cursor].recordStart = data.readableCount
-                    keys[cursor].recordLength = range.count
-                    data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
-                    cursor += 1
-                }
-            } else {
-                // The backend's own error (or an unexpected reply) becomes the answer.
-                recordError(reply)
-            }
-            partDone()
-        case .respAllOK:
-            let ok = reply.count >= 3 && reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O") && reply[2] == UInt8(ascii: "K")
-            if !ok { recordError(reply) }
-            partDone()
-        case .respSum:
-            if let value = RespReplyParser.integer(reply) { total += value } else { recordError(reply) }
-            partDone()
-        case .eitherDeleted:
-            data.removeAll()
-            data.append(reply)
-            partDone()
-        case .prepared:
-            if isError { recordError(reply) }
-            partDone()
-        case .respUnion, .respPairSum:
-            if reply.first == UInt8(ascii: "*") {
-                var position = 0
-                RespReplyParser.forEachElement(reply) { range in
-                    let element = UnsafeRawBufferPointer(rebasing: reply[range])
-                    if kind == .respUnion {
-                        if !keys.contains(where: { bytesEqual(element, $0) }) { store(element) }
-                    } else if position % 2 == 0 {
-                        if position / 2 >= keys.count { store(element) }
-                    } else if let count = RespReplyParser.integer(element), position / 2 < keys.count {
-                        keys[position / 2].server &+= Int32(truncatingIfNeeded: count)
-                    }
-                    position += 1
-                }
-            } else {
-                recordError(reply)
-            }
-            partDone()
-        case .respFirst:
-            if isError {
-                recordError(reply)
-            } else if part < firstPart, !hasError {
-                firstPart = part
-                data.removeAll()
-                data.append(reply)
-            }
-            partDone()
+        case .allOK(let rule):
+            rule.take(reply, isError: isError, into: self)
+        case .array(let array):
+            array.take(reply, part: part, into: self)
+        case .sum(var sum):
+            sum.take(reply, part: part, into: self)
+            sink = .sum(sum)
+        case .first(var first):
+            first.take(reply, part: part, isError: isError, into: self)
+            sink = .first(first)
+        case .prepared(let prepared):
+            prepared.take(reply, isError: isError, into: self)
+        case .union(let union):
+            union.take(reply, into: self)
+        case .pairSum(let pairSum):
+            pairSum.take(reply, into: self)
+        case .eitherDeleted(var either):
+            either.take(reply, part: part, into: self)
+            sink = .eitherDeleted(either)
         }
-    }
-
-    /// A warm-up delete's old-pool part: it decides nothing unless it deleted something.
-    private func deliverFromOldPool(_ reply: UnsafeRawBufferPointer) {
-        switch kind {
-        case .respSum:
-            oldTotal += RespReplyParser.integer(reply) ?? 0
-        case .eitherDeleted:
-            // DELETED (text), HD (meta), or nothing at all from a quiet md that deleted.
-            oldDeleted = reply.count == 0 || (reply.count >= 2 && reply[0] == UInt8(ascii: "D") && reply[1] == UInt8(ascii: "E"))
-                || (reply.count >= 2 && reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D"))
-        case .fanOut:
-            let ok = reply.count >= 2 && reply[0] == UInt8(ascii: "O") && reply[1] == UInt8(ascii: "K")
-            if !ok { recordError(reply) }
-        default:
-            break
-        }
+        partDone()
     }
 
     /// The first error of a split request is what the client gets.
-    private func recordError(_ reply: UnsafeRawBufferPointer) {
+    func recordError(_ reply: UnsafeRawBufferPointer) {
         guard !hasError else { return }
         hasError = true
         data.removeAll()
         data.append(reply)
     }
 
-    private func errorLine(_ reason: String) -> String {
+    func errorLine(_ reason: String) -> String {
         isRedis ? "-ERR \(reason)\r\n" : "SERVER_ERROR \(reason)\r\n"
     }
 
@@ -345,51 +228,44 @@ final class ReplySlot {
             partDone()
             return
         }
-        if part >= Self.oldPartBase, kind != .fanOut {
-            // The old pool failing never fails a delete; it is counted.
-            if let warmupCounters { WarmupCounters.add(warmupCounters.oldErrors) }
-            partDone()
-            return
-        }
-        switch kind {
+        switch sink {
         case .single:
             if !isSilent {
                 data.removeAll()
                 data.append(errorLine(reason))
             }
             finish()
-        case .multiGet:
+            return
+        case .records:
             // The keys of a failed server are answered as misses.
-            partDone()
-        case .eitherDeleted:
-            if !isSilent {
-                data.removeAll()
-                data.append(errorLine(reason))
-            }
-            hasError = true
-            partDone()
-        case .fanOut, .respArray, .respAllOK, .respSum, .respFirst, .prepared, .respUnion, .respPairSum:
+            break
+        case .eitherDeleted(let either):
+            either.fail(part: part, reason: reason, self)
+        case .sum(let sum) where sum.failureIsCounted(part, self):
+            break
+        case .allOK, .array, .sum, .first, .prepared, .union, .pairSum:
             if !hasError {
                 hasError = true
                 data.removeAll()
                 data.append(errorLine(reason))
             }
-            partDone()
         }
+        partDone()
     }
 
-    private func partDone() {
+    /// One part has answered (or failed, or a split let go of its hold): the last one settles
+    /// the merge and finishes the slot. Called by `ReplySplit.close()` too.
+    fileprivate func partDone() {
         if isOverflowed { return }
         remainingParts -= 1
         if remainingParts == 0 {
             if let warmup, warmup.advance(self) { return }
             if !hasError {
-                switch kind {
-                case .fanOut: if !isSilent { data.append("OK\r\n" as StaticString) }
-                case .respAllOK: data.append("+OK\r\n" as StaticString)
-                case .respSum: data.appendInteger(max(total, oldTotal))
-                case .eitherDeleted: settleEitherDeleted()
-                default: break
+                switch sink {
+                case .allOK(let rule): rule.settle(self)
+                case .sum(let sum): sum.settle(self)
+                case .eitherDeleted(let either): either.settle(self)
+                case .single, .records, .array, .first, .prepared, .union, .pairSum: break
                 }
             }
             if isSilent { data.removeAll() }
@@ -397,23 +273,9 @@ final class ReplySlot {
         }
     }
 
-    /// NOT_FOUND / NF from the new pool becomes DELETED / HD when the old pool deleted the key.
-    private func settleEitherDeleted() {
-        guard oldDeleted else { return }
-        let reply = data.readable
-        if reply.count >= 9, reply[0] == UInt8(ascii: "N"), reply[1] == UInt8(ascii: "O") {
-            data.removeAll()
-            data.append("DELETED\r\n" as StaticString)
-        } else if reply.count >= 2, reply[0] == UInt8(ascii: "N"), reply[1] == UInt8(ascii: "F") {
-            if isQuietMeta {
-                data.removeAll()
-            } else {
-                let rest = Array(reply[2...])
-                data.removeAll()
-                data.append("HD" as StaticString)
-                rest.withUnsafeBytes { data.append($0) }
-            }
-        }
+    var isSingle: Bool {
+        if case .single = sink { return true }
+        return false
     }
 
     /// Whether a retrieval reply for `part` names only keys that part asked for, in the order
@@ -421,7 +283,7 @@ final class ReplySlot {
     /// connection is out of step: the reply is someone else's.
     func acceptsRetrieval(_ reply: UnsafeRawBufferPointer, part: Int32) -> Bool {
         // Multi-get parts are checked by their merge (`deliver`), in the same walk.
-        guard kind == .single, warmup == nil, !keys.isEmpty else { return true }
+        guard isSingle, warmup == nil, !keys.isEmpty else { return true }
         if keys.count == 1, let verdict = singleKeyVerdict(reply) { return verdict }
         var cursor = 0
         var accepted = true
@@ -452,30 +314,40 @@ final class ReplySlot {
         return headerLength + length + 2 + 5 == count ? true : nil
     }
 
-    /// respUnion / respPairSum: one element (or name) kept in `data`, its count in `server`.
-    private func store(_ element: UnsafeRawBufferPointer) {
+    /// RespUnion / RespPairSum: one element (or name) kept in `data`, its count in `server`.
+    func store(_ element: UnsafeRawBufferPointer) {
         keys.append(KeyEntry(keyStart: 0, keyLength: 0, server: 0, recordStart: data.readableCount, recordLength: element.count))
         data.append(element)
     }
 
-    private func bytesEqual(_ element: UnsafeRawBufferPointer, _ entry: KeyEntry) -> Bool {
+    func bytesEqual(_ element: UnsafeRawBufferPointer, _ entry: KeyEntry) -> Bool {
         guard element.count == entry.recordLength else { return false }
         let stored = data.readable
         return memcmp(element.baseAddress!, stored.baseAddress! + entry.recordStart, element.count) == 0
     }
 
-    private func sameKey(_ entry: KeyEntry, _ key: UnsafeRawBufferPointer) -> Bool {
+    func sameKey(_ entry: KeyEntry, _ key: UnsafeRawBufferPointer) -> Bool {
         guard Int(entry.keyLength) == key.count else { return false }
         let stored = keyBytes.readable
         for i in 0..<key.count where stored[entry.keyStart + i] != key[i] { return false }
         return true
     }
 
+    /// Writes the bytes `entry` (a key's record, an element) points to in `data`.
+    @inline(__always)
+    func appendRecord(_ entry: KeyEntry, to output: ByteBuffer) {
+        output.append(UnsafeRawBufferPointer(rebasing: data.readable[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
+    }
+
     /// Writes the finished reply to the client's output.
     func emit(into output: ByteBuffer) {
         if let binary { return emitBinary(binary, into: output) }
-        switch kind {
-        case .single, .fanOut, .respAllOK, .respSum, .respFirst, .eitherDeleted, .prepared:
+        switch sink {
+        case .records(let records): records.emit(self, into: output)
+        case .array(let array): array.emit(self, into: output)
+        case .union(let union): union.emit(self, into: output)
+        case .pairSum(let pairSum): pairSum.emit(self, into: output)
+        case .single, .allOK, .sum, .first, .prepared, .eitherDeleted:
             // A large reply that waited here (behind a slower one) becomes the output itself,
             // the few bytes already in the output put in the room left in front of it: one copy
             // of the reply, not two. The slot gets the emptied buffer, whose capacity `reset`
@@ -486,41 +358,101 @@ final class ReplySlot {
                 return
             }
             output.append(data.readable)
-        case .respUnion, .respPairSum:
-            if hasError {
-                output.append(data.readable)
-                return
-            }
-            let bytes = data.readable
-            output.appendArrayHeader(kind == .respUnion ? keys.count : keys.count * 2)
-            for entry in keys {
-                output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
-                if kind == .respPairSum { output.appendInteger(Int(entry.server)) }
-            }
-        case .respArray:
-            if hasError {
-                output.append(data.readable)
-                return
-            }
-            let bytes = data.readable
-            output.appendArrayHeader(keys.count)
-            for entry in keys {
-                if entry.recordStart >= 0 {
-                    output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
-                } else {
-                    output.append("$-1\r\n" as StaticString)
-                }
-            }
-        case .multiGet:
-            if isOverflowed {
-                output.append(data.readable)
-                return
-            }
-            let bytes = data.readable
-            for entry in keys where entry.recordStart >= 0 {
-                output.append(UnsafeRawBufferPointer(rebasing: bytes[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
-            }
-            output.append("END\r\n" as StaticString)
         }
+    }
+}
+
+/// Part numbers: which part of its slot's request a backend reply answers.
+///
+///     whole              0                    a request sent as one part
+///     server(s)          s                    the part sent to position `s` of the pool's servers
+///                                             (a hash slot in a cluster pool): multi-key merges
+///                                             match replies to keys by it
+///     oldServer(s)       oldBase + s          a warm-up's part sent to the old pool
+///     oldGet(k) / oldTTL(k)  2k / 2k+1        a Redis warm-up read's GET and PTTL for key k
+///
+/// Numbers are made here and by `ReplySplit` only; sinks read them back with the same names.
+enum ReplyPart {
+    static let whole: Int32 = 0
+    /// Parts numbered from here went to a warm-up's old pool.
+    private static let oldBase: Int32 = 1 << 20
+
+    @inline(__always) static func server(_ server: Int32) -> Int32 { server }
+    @inline(__always) static func isOld(_ part: Int32) -> Bool { part >= oldBase }
+    @inline(__always) static func oldServer(of part: Int32) -> Int32 { part - oldBase }
+    @inline(__always) static func key(ofOldRead part: Int32) -> Int { Int(part) / 2 }
+    @inline(__always) static func isTTL(_ part: Int32) -> Bool { part % 2 == 1 }
+
+    fileprivate static func old(_ server: Int32) -> Int32 { oldBase + server }
+    fileprivate static func oldGet(key: Int) -> Int32 { Int32(key * 2) }
+    fileprivate static func oldTTL(key: Int) -> Int32 { Int32(key * 2 + 1) }
+}
+
+/// Splits one client request into parts: names the sink that merges them, numbers each part as
+/// it is made and counts it on the slot.
+///
+/// While the split is open it holds one part of its own, so a part that fails at once (no
+/// connection) cannot finish the slot before its siblings are sent; `close()` lets go of it,
+/// once. (Not `~Copyable`: Swift 6.3's release optimizer crashed on one passed `inout` from a
+/// closure.)
+/// Every request that is not split is one part (`ReplySlot.reset` leaves the count at 1), so
+/// single requests never touch the count.
+///
+///     var split = ReplySplit(slot, mergedBy: .sum(IntegerSum()))
+///     for server in servers { connection.enqueue(slot: slot, part: split.server(server), …) }
+///     split.close()
+struct ReplySplit {
+    let slot: ReplySlot
+
+    /// A request split into parts merged by `sink`; `warmupCounters` when parts may go to a
+    /// warm-up's old pool (their failures are counted there).
+    init(_ slot: ReplySlot, mergedBy sink: ReplySink, warmupCounters: WarmupCounters? = nil) {
+        self.slot = slot
+        slot.sink = sink
+        slot.remainingParts = 1
+        if let warmupCounters { slot.warmupCounters = warmupCounters }
+    }
+
+    /// The next phase of a warm-up read (its sink unchanged): opened when the previous phase's
+    /// last part has answered.
+    init(nextPhaseOf slot: ReplySlot) {
+        self.slot = slot
+        slot.remainingParts = 1
+    }
+
+    /// A part for server `server` of the pool (a hash slot's group in a cluster pool).
+    mutating func server(_ server: Int32) -> Int32 {
+        slot.remainingParts += 1
+        return ReplyPart.server(server)
+    }
+
+    /// A part for server `server` of a warm-up's old pool.
+    mutating func oldServer(_ server: Int32) -> Int32 {
+        slot.remainingParts += 1
+        return ReplyPart.old(server)
+    }
+
+    /// A Redis warm-up read's old-pool `GET` and `PTTL` of key `key`.
+    mutating func oldGet(key: Int) -> Int32 {
+        slot.remainingParts += 1
+        return ReplyPart.oldGet(key: key)
+    }
+
+    mutating func oldTTL(key: Int) -> Int32 {
+        slot.remainingParts += 1
+        return ReplyPart.oldTTL(key: key)
+    }
+
+    /// Every part is sent: the slot finishes when they have answered (at once if they all
+    /// have, or if there were none).
+    func close() {
+        slot.partDone()
+    }
+
+    /// Ends a warm-up phase's split. Returns false when nothing is left to wait for (the phase
+    /// made no part, or its parts all failed already): the caller finishes the slot itself.
+    func closePhase() -> Bool {
+        slot.remainingParts -= 1
+        return slot.remainingParts > 0
     }
 }

@@ -160,6 +160,7 @@ final class WarmupRead {
         }
         for index in missing { keys[index].missed = true }
         phase = .old
+        var split = ReplySplit(nextPhaseOf: slot)
         var parts = 0
         var servers: [Int32] = []
         for index in missing where keys[index].oldServer >= 0 && !servers.contains(keys[index].oldServer) { servers.append(keys[index].oldServer) }
@@ -172,24 +173,20 @@ final class WarmupRead {
                     withKey(index) { MemcacheEncoder.metaGetItem(key: $0, base64: isBase64Key, into: output) }
                 }
                 MemcacheEncoder.noop(into: output)
-                connection.enqueue(slot: slot, part: server, framing: .metaUntilNoop)
+                connection.enqueue(slot: slot, part: split.oldServer(server), framing: .metaUntilNoop)
                 parts += 1
             case .redisGet, .redisMGet:
                 for index in missing where keys[index].oldServer == server {
                     withKey(index) { RespEncoder.command("GET", $0, into: output) }
-                    connection.enqueue(slot: slot, part: Int32(index * 2), framing: .line)
+                    connection.enqueue(slot: slot, part: split.oldGet(key: index), framing: .line)
                     withKey(index) { RespEncoder.command("PTTL", $0, into: output) }
-                    connection.enqueue(slot: slot, part: Int32(index * 2 + 1), framing: .line)
+                    connection.enqueue(slot: slot, part: split.oldTTL(key: index), framing: .line)
                     parts += 2
                 }
             }
         }
-        if parts == 0 {
-            WarmupCounters.add(counters.misses, missing.count)
-            return false
-        }
-        slot.remainingParts = parts
-        return true
+        if parts == 0 { WarmupCounters.add(counters.misses, missing.count) }
+        return split.closePhase()
     }
 
     private func isMetaMiss(_ reply: UnsafeRawBufferPointer) -> Bool {
@@ -215,7 +212,7 @@ final class WarmupRead {
             defer { position += item.length }
             guard item.status == .value, let value = item.value else { continue }
             let key = item.key.map { UnsafeRawBufferPointer(rebasing: rest[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
-            if let index = keys.indices.first(where: { keys[$0].oldServer == part && keys[$0].valueStart < 0 && withKey($0) { $0.elementsEqual(key) } }) {
+            if let index = keys.indices.first(where: { keys[$0].oldServer == ReplyPart.oldServer(of: part) && keys[$0].valueStart < 0 && withKey($0) { $0.elementsEqual(key) } }) {
                 keys[index].valueStart = values.count
                 keys[index].valueLength = value.count
                 keys[index].flags = item.flags ?? 0
@@ -228,9 +225,9 @@ final class WarmupRead {
 
     /// Redis: part 2i is `GET` of key i, part 2i+1 its `PTTL`.
     private func readOldRedisReply(_ reply: UnsafeRawBufferPointer, part: Int32, isError: Bool) {
-        let index = Int(part) / 2
+        let index = ReplyPart.key(ofOldRead: part)
         guard index < keys.count, !isError else { return }
-        if part % 2 == 0 {
+        if !ReplyPart.isTTL(part) {
             guard case .bulk = RespReply.classify(reply) else { return }
             keys[index].valueStart = values.count
             keys[index].valueLength = reply.count
@@ -264,7 +261,7 @@ final class WarmupRead {
         }
         guard !resendServers.isEmpty else { return false }
         phase = .resend
-        var parts = 0
+        var split = ReplySplit(nextPhaseOf: slot)
         for server in resendServers {
             let connection = pool.servers[Int(server)].connection(for: clientIndex)
             let output = connection.requestBuffer()
@@ -275,16 +272,14 @@ final class WarmupRead {
                     withKey(index) { MemcacheEncoder.key($0, into: output) }
                 }
                 MemcacheEncoder.endLine(into: output)
-                connection.enqueue(slot: slot, part: server, framing: .retrieval)
+                connection.enqueue(slot: slot, part: split.server(server), framing: .retrieval)
             default:
                 frame.withUnsafeBytes { output.append($0) }
                 if isQuiet { MemcacheEncoder.noop(into: output) }
-                connection.enqueue(slot: slot, part: 0, framing: isQuiet ? .metaUntilNoop : .meta)
+                connection.enqueue(slot: slot, part: split.server(server), framing: isQuiet ? .metaUntilNoop : .meta)
             }
-            parts += 1
         }
-        slot.remainingParts = parts
-        return true
+        return split.closePhase()
     }
 
     /// memcached text: `get` answers the old item now and copies it in the background; gets,

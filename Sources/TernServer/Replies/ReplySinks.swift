@@ -1,0 +1,274 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TernCore
+
+/// How the parts of one request become the client's reply: one small type per merge rule.
+///
+/// The slot (`ReplySlot`) keeps order, bytes and the count of parts; a sink decides what a
+/// part's reply does to those bytes, what a failed part means, what is added when every part
+/// has answered, and how the bytes leave. A closed enum, so the slot dispatches with a switch
+/// (no existential, no closure per request); the payloads are structs of a few plain words, no
+/// references, so copying a sink in a switch costs no retain (a warm-up split's counters are
+/// on the slot, `ReplySlot.warmupCounters`).
+/// `ReplySplit` names the sink when it splits a request; an unsplit request is `.single`.
+///
+/// Shared rule of the merges below: the first error of a split request is what the client
+/// gets (`ReplySlot.recordError`); a part that fails is an error of its own (`-ERR …` or
+/// `SERVER_ERROR …`) unless the sink says otherwise.
+enum ReplySink {
+    /// One backend reply, forwarded as it is.
+    case single
+    /// memcached: a multi-key get split over servers, VALUE records merged in key order.
+    case records(MultiGetRecords)
+    /// The same command to every server: `OK` (`+OK`) when all said so (flush_all, MSET,
+    /// FLUSHDB, SCRIPT FLUSH).
+    case allOK(AllOK)
+    /// Redis MGET split over servers: array elements merged in the client's key order.
+    case array(RespArrayByPosition)
+    /// Redis integer replies summed (DEL, UNLINK, EXISTS, TOUCH, DBSIZE), warm-up old pool apart.
+    case sum(IntegerSum)
+    /// Every server gets the command, the first server's reply is returned (SCRIPT LOAD).
+    case first(FirstReply)
+    /// Tern wrote the reply beforehand (pub/sub confirmations): parts only have to succeed.
+    case prepared(PreparedReply)
+    /// Arrays from every server, merged without repeats (PUBSUB CHANNELS).
+    case union(RespUnion)
+    /// `[name, count, …]` arrays from every server, counts summed by name's position (PUBSUB NUMSUB).
+    case pairSum(RespPairSum)
+    /// A warm-up delete sent to both pools: the new pool's reply, "deleted" when either deleted.
+    case eitherDeleted(EitherDeleted)
+}
+
+/// memcached multi-get: each part's VALUE records are stored in the slot as they come and
+/// leave in the client's key order (`ReplySlot.keys`), behind one END; keys of a failed
+/// server are misses.
+struct MultiGetRecords {
+    /// Records come in the order the part asked for its keys; one that matches no key still
+    /// unanswered means the reply is someone else's (checked in the same walk that merges, so a
+    /// merge costs one pass over the reply). Returns false then.
+    func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) -> Bool {
+        var cursor = 0
+        var inStep = true
+        MemcacheReplyParser.forEachValue(reply) { keyRange, recordRange in
+            guard inStep else { return }
+            let key = UnsafeRawBufferPointer(rebasing: reply[keyRange])
+            while cursor < slot.keys.count {
+                let entry = slot.keys[cursor]
+                cursor += 1
+                guard entry.server == part, entry.recordStart < 0, slot.sameKey(entry, key) else { continue }
+                slot.keys[cursor - 1].recordStart = slot.data.readableCount
+                slot.keys[cursor - 1].recordLength = recordRange.count
+                slot.data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
+                return
+            }
+            inStep = false
+        }
+        return inStep
+    }
+
+    func emit(_ slot: ReplySlot, into output: ByteBuffer) {
+        if slot.isOverflowed { return output.append(slot.data.readable) }
+        for entry in slot.keys where entry.recordStart >= 0 { slot.appendRecord(entry, to: output) }
+        output.append("END\r\n" as StaticString)
+    }
+}
+
+/// Every part must say OK: memcached `OK` (flush_all, old pool included) or RESP `+OK`.
+struct AllOK {
+    enum Dialect { case memcached, resp }
+    let dialect: Dialect
+
+    func take(_ reply: UnsafeRawBufferPointer, isError: Bool, into slot: ReplySlot) {
+        let ok: Bool
+        switch dialect {
+        case .memcached:
+            ok = !isError && reply.count >= 2 && reply[0] == UInt8(ascii: "O") && reply[1] == UInt8(ascii: "K")
+        case .resp:
+            ok = reply.count >= 3 && reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O") && reply[2] == UInt8(ascii: "K")
+        }
+        if !ok { slot.recordError(reply) }
+    }
+
+    /// Every part said OK.
+    func settle(_ slot: ReplySlot) {
+        switch dialect {
+        case .memcached: if !slot.isSilent { slot.data.append("OK\r\n" as StaticString) }
+        case .resp: slot.data.append("+OK\r\n" as StaticString)
+        }
+    }
+}
+
+/// Redis MGET: each part's array elements are placed at the positions of the keys that part
+/// was asked for (`ReplySlot.keys`, in order); keys never answered are nil.
+struct RespArrayByPosition {
+    func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) {
+        guard reply.first == UInt8(ascii: "*") else {
+            // The backend's own error (or an unexpected reply) becomes the answer.
+            return slot.recordError(reply)
+        }
+        var cursor = 0
+        RespReplyParser.forEachElement(reply) { range in
+            while cursor < slot.keys.count, slot.keys[cursor].server != part { cursor += 1 }
+            guard cursor < slot.keys.count else { return }
+            slot.keys[cursor].recordStart = slot.data.readableCount
+            slot.keys[cursor].recordLength = range.count
+            slot.data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
+            cursor += 1
+        }
+    }
+
+    func emit(_ slot: ReplySlot, into output: ByteBuffer) {
+        if slot.hasError { return output.append(slot.data.readable) }
+        output.appendArrayHeader(slot.keys.count)
+        for entry in slot.keys {
+            if entry.recordStart >= 0 { slot.appendRecord(entry, to: output) } else { output.append("$-1\r\n" as StaticString) }
+        }
+    }
+}
+
+/// Redis integer replies summed. A warm-up DEL/UNLINK's old-pool parts are summed apart and
+/// never fail the request; the reply is the larger of the two counts.
+struct IntegerSum {
+    var total = 0
+    var oldTotal = 0
+
+    mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) {
+        if ReplyPart.isOld(part) {
+            oldTotal += RespReplyParser.integer(reply) ?? 0
+        } else if let value = RespReplyParser.integer(reply) {
+            total += value
+        } else {
+            slot.recordError(reply)
+        }
+    }
+
+    /// Whether the failure of `part` is only counted (an old-pool part).
+    func failureIsCounted(_ part: Int32, _ slot: ReplySlot) -> Bool {
+        guard ReplyPart.isOld(part) else { return false }
+        if let counters = slot.warmupCounters { WarmupCounters.add(counters.oldErrors) }
+        return true
+    }
+
+    func settle(_ slot: ReplySlot) {
+        slot.data.appendInteger(max(total, oldTotal))
+    }
+}
+
+/// The reply of the lowest-numbered part (the first server); any error wins over it.
+struct FirstReply {
+    var firstPart = Int32.max
+
+    mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, isError: Bool, into slot: ReplySlot) {
+        if isError {
+            slot.recordError(reply)
+        } else if part < firstPart, !slot.hasError {
+            firstPart = part
+            slot.data.removeAll()
+            slot.data.append(reply)
+        }
+    }
+}
+
+/// Tern wrote the reply before the parts were sent; an error from one of them replaces it.
+struct PreparedReply {
+    func take(_ reply: UnsafeRawBufferPointer, isError: Bool, into slot: ReplySlot) {
+        if isError { slot.recordError(reply) }
+    }
+}
+
+/// PUBSUB CHANNELS: every element once, in the order first seen. Each kept element is a
+/// `ReplySlot.keys` entry pointing into the slot's bytes.
+struct RespUnion {
+    func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
+        guard reply.first == UInt8(ascii: "*") else { return slot.recordError(reply) }
+        RespReplyParser.forEachElement(reply) { range in
+            let element = UnsafeRawBufferPointer(rebasing: reply[range])
+            if !slot.keys.contains(where: { slot.bytesEqual(element, $0) }) { slot.store(element) }
+        }
+    }
+
+    func emit(_ slot: ReplySlot, into output: ByteBuffer) {
+        if slot.hasError { return output.append(slot.data.readable) }
+        output.appendArrayHeader(slot.keys.count)
+        for entry in slot.keys { slot.appendRecord(entry, to: output) }
+    }
+}
+
+/// PUBSUB NUMSUB: `[name, count, …]` from every server in the client's name order; the counts
+/// are summed by position (kept in the `server` field of each name's `ReplySlot.keys` entry).
+struct RespPairSum {
+    func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
+        guard reply.first == UInt8(ascii: "*") else { return slot.recordError(reply) }
+        var position = 0
+        RespReplyParser.forEachElement(reply) { range in
+            let element = UnsafeRawBufferPointer(rebasing: reply[range])
+            if position % 2 == 0 {
+                if position / 2 >= slot.keys.count { slot.store(element) }
+            } else if let count = RespReplyParser.integer(element), position / 2 < slot.keys.count {
+                slot.keys[position / 2].server &+= Int32(truncatingIfNeeded: count)
+            }
+            position += 1
+        }
+    }
+
+    func emit(_ slot: ReplySlot, into output: ByteBuffer) {
+        if slot.hasError { return output.append(slot.data.readable) }
+        output.appendArrayHeader(slot.keys.count * 2)
+        for entry in slot.keys {
+            slot.appendRecord(entry, to: output)
+            output.appendInteger(Int(entry.server))
+        }
+    }
+}
+
+/// A warm-up delete sent to both pools: the new pool's reply, but "deleted" when the old pool
+/// deleted the key. The old pool failing never fails the delete; it is counted.
+struct EitherDeleted {
+    /// A quiet `md`: "deleted" is said with nothing at all.
+    var isQuietMeta = false
+    var oldDeleted = false
+
+    mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) {
+        if ReplyPart.isOld(part) {
+            // DELETED (text), HD (meta), or nothing at all from a quiet md that deleted.
+            oldDeleted = reply.count == 0 || (reply.count >= 2 && reply[0] == UInt8(ascii: "D") && reply[1] == UInt8(ascii: "E"))
+                || (reply.count >= 2 && reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D"))
+            return
+        }
+        slot.data.removeAll()
+        slot.data.append(reply)
+    }
+
+    func fail(part: Int32, reason: String, _ slot: ReplySlot) {
+        if ReplyPart.isOld(part) {
+            if let counters = slot.warmupCounters { WarmupCounters.add(counters.oldErrors) }
+            return
+        }
+        if !slot.isSilent {
+            slot.data.removeAll()
+            slot.data.append(slot.errorLine(reason))
+        }
+        slot.hasError = true
+    }
+
+    /// NOT_FOUND / NF from the new pool becomes DELETED / HD when the old pool deleted the key.
+    func settle(_ slot: ReplySlot) {
+        guard oldDeleted else { return }
+        let data = slot.data
+        let reply = data.readable
+        if reply.count >= 9, reply[0] == UInt8(ascii: "N"), reply[1] == UInt8(ascii: "O") {
+            data.removeAll()
+            data.append("DELETED\r\n" as StaticString)
+        } else if reply.count >= 2, reply[0] == UInt8(ascii: "N"), reply[1] == UInt8(ascii: "F") {
+            if isQuietMeta {
+                data.removeAll()
+            } else {
+                let rest = Array(reply[2...])
+                data.removeAll()
+                data.append("HD" as StaticString)
+                rest.withUnsafeBytes { data.append($0) }
+            }
+        }
+    }
+}

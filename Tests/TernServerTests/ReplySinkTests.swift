@@ -1,0 +1,165 @@
+import XCTest
+@testable import TernServer
+
+/// Splits and merges in memory: a slot with no client, parts delivered by hand, the bytes the
+/// client would get read back with `emit`.
+final class ReplySinkTests: XCTestCase {
+    private func deliver(_ slot: ReplySlot, _ part: Int32, _ text: String, isError: Bool = false) -> Bool {
+        Array(text.utf8).withUnsafeBytes { slot.deliver(part: part, reply: $0, isError: isError) }
+    }
+
+    private func emitted(_ slot: ReplySlot) -> String {
+        let output = ByteBuffer()
+        slot.emit(into: output)
+        return String(decoding: output.readable, as: UTF8.self)
+    }
+
+    private func redisSlot(keysOn servers: [Int32]) -> ReplySlot {
+        let slot = ReplySlot()
+        slot.isRedis = true
+        for server in servers { slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: server)) }
+        return slot
+    }
+
+    /// MGET over two servers: elements go back to their keys' positions, in the client's order.
+    func testArrayMergesByPosition() {
+        let slot = redisSlot(keysOn: [0, 1, 0])
+        var split = ReplySplit(slot, mergedBy: .array(RespArrayByPosition()))
+        let first = split.server(0), second = split.server(1)
+        split.close()
+        XCTAssertTrue(deliver(slot, second, "*1\r\n$1\r\nb\r\n"))
+        XCTAssertFalse(slot.isDone)
+        XCTAssertTrue(deliver(slot, first, "*2\r\n$1\r\na\r\n$-1\r\n"))
+        XCTAssertTrue(slot.isDone)
+        XCTAssertEqual(emitted(slot), "*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n")
+    }
+
+    /// A part that fails leaves its keys unanswered; the client gets the error, not a partial array.
+    func testArrayWithFailedPartIsTheError() {
+        let slot = redisSlot(keysOn: [0, 1])
+        var split = ReplySplit(slot, mergedBy: .array(RespArrayByPosition()))
+        let first = split.server(0), second = split.server(1)
+        split.close()
+        XCTAssertTrue(deliver(slot, first, "*1\r\n$1\r\na\r\n"))
+        slot.fail(part: second, reason: "Connection timed out")
+        XCTAssertTrue(slot.isDone)
+        XCTAssertEqual(emitted(slot), "-ERR Connection timed out\r\n")
+    }
+
+    /// The first error wins: a backend's own error, then a failure of another part.
+    func testArrayKeepsFirstBackendError() {
+        let slot = redisSlot(keysOn: [0, 1])
+        var split = ReplySplit(slot, mergedBy: .array(RespArrayByPosition()))
+        let first = split.server(0), second = split.server(1)
+        split.close()
+        XCTAssertTrue(deliver(slot, first, "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n", isError: true))
+        slot.fail(part: second, reason: "Connection timed out")
+        XCTAssertEqual(emitted(slot), "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")
+    }
+
+    /// A part failing while the split is still being made does not finish the slot early.
+    func testSplitHoldsUntilClosed() {
+        let slot = redisSlot(keysOn: [0, 1])
+        var split = ReplySplit(slot, mergedBy: .sum(IntegerSum()))
+        let first = split.server(0)
+        slot.fail(part: first, reason: "no server available")
+        XCTAssertFalse(slot.isDone)
+        let second = split.server(1)
+        split.close()
+        XCTAssertFalse(slot.isDone)
+        XCTAssertTrue(deliver(slot, second, ":1\r\n"))
+        XCTAssertTrue(slot.isDone)
+        XCTAssertEqual(emitted(slot), "-ERR no server available\r\n")
+    }
+
+    /// A split with no parts (every key without a server) finishes when closed.
+    func testEmptySplitFinishesOnClose() {
+        let slot = ReplySlot()
+        let split = ReplySplit(slot, mergedBy: .records(MultiGetRecords()))
+        split.close()
+        XCTAssertTrue(slot.isDone)
+        XCTAssertEqual(emitted(slot), "END\r\n")
+    }
+
+    /// Warm-up DEL: the old pool's count is kept apart (the larger wins) and its failure is
+    /// only counted.
+    func testSumWithOldPool() {
+        let counters = WarmupCounters()
+        let slot = redisSlot(keysOn: [0, 1])
+        var split = ReplySplit(slot, mergedBy: .sum(IntegerSum()), warmupCounters: counters)
+        let new0 = split.server(0), new1 = split.server(1), old0 = split.oldServer(0), old1 = split.oldServer(1)
+        split.close()
+        XCTAssertTrue(deliver(slot, new0, ":0\r\n"))
+        XCTAssertTrue(deliver(slot, new1, ":1\r\n"))
+        XCTAssertTrue(deliver(slot, old0, ":2\r\n"))
+        slot.fail(part: old1, reason: "Connection timed out")
+        XCTAssertTrue(slot.isDone)
+        XCTAssertEqual(emitted(slot), ":2\r\n")
+        XCTAssertEqual(counters.oldErrors.load(ordering: .relaxed), 1)
+    }
+
+    /// memcached multi-get: records in the client's key order behind one END; a failed server's
+    /// keys are misses; a record for a key the part did not ask for is refused.
+    func testMultiGetRecords() {
+        let slot = ReplySlot()
+        for (key, server) in [("a", Int32(0)), ("b", 1), ("c", 0)] {
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: slot.keyBytes.readableCount, keyLength: key.utf8.count, server: server))
+            Array(key.utf8).withUnsafeBytes { slot.keyBytes.append($0) }
+        }
+        var split = ReplySplit(slot, mergedBy: .records(MultiGetRecords()))
+        let first = split.server(0), second = split.server(1)
+        split.close()
+        XCTAssertFalse(deliver(slot, first, "VALUE b 0 1\r\nx\r\nEND\r\n"), "b was asked of server 1")
+        XCTAssertTrue(deliver(slot, first, "VALUE a 0 1\r\n1\r\nVALUE c 0 1\r\n3\r\nEND\r\n"))
+        slot.fail(part: second, reason: "Connection timed out")
+        XCTAssertTrue(slot.isDone)
+        XCTAssertEqual(emitted(slot), "VALUE a 0 1\r\n1\r\nVALUE c 0 1\r\n3\r\nEND\r\n")
+    }
+
+    /// flush_all: OK only when every server said OK, else the first error.
+    func testAllOK() {
+        for (replies, expected) in [(["OK\r\n", "OK\r\n"], "OK\r\n"), (["OK\r\n", "SERVER_ERROR busy\r\n"], "SERVER_ERROR busy\r\n")] {
+            let slot = ReplySlot()
+            var split = ReplySplit(slot, mergedBy: .allOK(AllOK(dialect: .memcached)))
+            let parts = [split.server(0), split.server(1)]
+            split.close()
+            for (part, reply) in zip(parts, replies) { XCTAssertTrue(deliver(slot, part, reply, isError: reply.hasPrefix("SERVER_ERROR"))) }
+            XCTAssertEqual(emitted(slot), expected)
+        }
+    }
+
+    /// Warm-up delete: NOT_FOUND from the new pool becomes DELETED when the old pool deleted.
+    func testEitherDeleted() {
+        let slot = ReplySlot()
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted()), warmupCounters: WarmupCounters())
+        let old = split.oldServer(3), new = split.server(0)
+        split.close()
+        XCTAssertTrue(deliver(slot, new, "NOT_FOUND\r\n"))
+        XCTAssertTrue(deliver(slot, old, "DELETED\r\n"))
+        XCTAssertEqual(emitted(slot), "DELETED\r\n")
+    }
+
+    /// SCRIPT LOAD: the lowest part's reply, whatever order they come in.
+    func testFirstReply() {
+        let slot = redisSlot(keysOn: [])
+        var split = ReplySplit(slot, mergedBy: .first(FirstReply()))
+        let parts = [split.server(0), split.server(1)]
+        split.close()
+        XCTAssertTrue(deliver(slot, parts[1], "$1\r\nb\r\n"))
+        XCTAssertTrue(deliver(slot, parts[0], "$1\r\na\r\n"))
+        XCTAssertEqual(emitted(slot), "$1\r\na\r\n")
+    }
+
+    /// A recycled slot is a single request again: one part, no merge.
+    func testResetLeavesOnePart() {
+        let slot = redisSlot(keysOn: [0, 1])
+        var split = ReplySplit(slot, mergedBy: .sum(IntegerSum()))
+        _ = split.server(0)
+        split.close()
+        slot.reset()
+        XCTAssertTrue(slot.isSingle)
+        slot.fail(part: ReplyPart.whole, reason: "no server available")
+        XCTAssertTrue(slot.isDone)
+        XCTAssertEqual(emitted(slot), "SERVER_ERROR no server available\r\n")
+    }
+}
