@@ -47,7 +47,7 @@ python3 "$(dirname "$0")/multiget.py" $tm 30000 >/dev/null
 else
 memcaslap -s 127.0.0.1:$tm -T 1 -c 10 -x 30000 -w 1k >/dev/null 2>&1
 fi
-grep -E '^summary:' $dir/cg-$label.out-02
 kill -TERM $vg; wait $vg || true
 kill $p1 $p2 $p3 $p4; wait $p1 $p2 $p3 $p4 2>/dev/null || true
 grep -E "Collected|events" $dir/vg-$label.log | tail -2
+grep -E '^summary:' $dir/cg-$label.out-02
