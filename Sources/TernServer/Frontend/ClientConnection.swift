@@ -120,13 +120,13 @@ final class ClientConnection {
         return true
     }
 
-    /// Stops serving the connection here without closing its socket (it `isMovable`), and
-    /// returns what the next worker needs. The pool's open-client count is unchanged; this
-    /// worker's share is lowered by the caller.
     /// A partial request at least this large left in the worker's shared buffer becomes the
     /// connection's input by taking that memory rather than being copied.
     static let takeScratchAbove = 64 << 10
 
+    /// Stops serving the connection here without closing its socket (it `isMovable`), and
+    /// returns what the next worker needs. The pool's open-client count is unchanged; this
+    /// worker's share is lowered by the caller.
     func detachForMove() -> MovedClient {
         isClosed = true
         if let watcher {
@@ -261,8 +261,7 @@ final class ClientConnection {
         if isLarge { worker.largeInput = nil }
         if buffer === worker.scratch {
             // Keep what is left of a partial request in the connection's own buffer: a large
-            // part by taking the shared buffer's memory (the shared buffer grows again when
-            // needed), a small one by copying it.
+            // part by taking the shared buffer's memory, a small one by copying it.
             if buffer.readableCount >= Self.takeScratchAbove {
                 input.swapContents(with: buffer)
             } else if !buffer.isEmpty {
