@@ -273,9 +273,10 @@ final class ClientConnection {
             buffer.restore(capacity: scratchCapacity)
         }
         // A large Redis argument on its way: room for all of it at once, as Redis sizes its
-        // query buffer (the declared lengths have passed the pool's limits in the parser).
-        if redis != nil, input.readableCount >= Self.takeScratchAbove {
-            input.reserve(frame: RespRequestParser.declaredLength(input.readable))
+        // query buffer. Never past the client's query limit: parsing may have stopped at a full
+        // pipeline before the parser checked these lengths.
+        if let session = redis, input.readableCount >= Self.takeScratchAbove {
+            input.reserve(frame: min(RespRequestParser.declaredLength(input.readable), requestLimits(session).maxRequestLength))
         }
         if input.isEmpty {
             partialSince = 0

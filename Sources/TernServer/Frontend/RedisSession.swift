@@ -32,14 +32,18 @@ final class RedisSession {
 
 /// RESP2 on a client connection: parse, check, answer locally or route by the command table.
 extension ClientConnection {
+    /// The parser's limits for this client: before AUTH, Redis's own caps (10 arguments, 16 KiB
+    /// bulks).
+    func requestLimits(_ session: RedisSession) -> RespLimits {
+        !pool.requiresAuth || session.isAuthenticated ? pool.respLimits : pool.preAuthLimits
+    }
+
     func processRedis(_ buffer: ByteBuffer) {
         guard let session = redis else { return }
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if pipelineIsFull() { return }
             let bytes = buffer.readable
-            // Before AUTH, Redis's own caps apply (10 arguments, 16 KiB bulks).
-            let limits = !pool.requiresAuth || session.isAuthenticated ? pool.respLimits : pool.preAuthLimits
-            switch RespRequestParser.parse(bytes, limits: limits, into: session.arguments) {
+            switch RespRequestParser.parse(bytes, limits: requestLimits(session), into: session.arguments) {
             case .incomplete:
                 return
             case let .empty(length):
