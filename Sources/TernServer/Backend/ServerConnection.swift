@@ -567,6 +567,8 @@ final class ServerConnection {
                     if length >= Self.streamThreshold { worker.largeReply = (input, length) }
                     defer { worker.largeReply = nil }
                     if !slot.deliver(part: head.part, reply: reply, isError: isError) {
+                        // A merge may have kept the reply's buffer before finding it out of step.
+                        worker.tookLargeReply = false
                         slot.fail(part: head.part, reason: "server reply out of step")
                         fail(reason: "server sent a value for a key not asked for")
                         return

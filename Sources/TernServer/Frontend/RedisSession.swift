@@ -368,8 +368,10 @@ extension ClientConnection {
         }
         worker.withFragmentServers { servers in
             for server in session.keyServers where !servers.contains(server) { servers.append(server) }
-            if servers.count == 1, !isArray(sink), !alsoToOldPool {
-                // All keys on one server (one slot): the request goes as it is.
+            if servers.count == 1, !alsoToOldPool, !isArray(sink) || slot.warmup == nil {
+                // All keys on one server (one slot): the request goes as it is, and so does its
+                // reply (a large one becomes the client's output without a copy). A warm-up
+                // MGET keeps its positions: its misses are read from the old pool.
                 slot.keys.removeAll(keepingCapacity: true)
                 forwardRedis(frame, session, slot, to: isCluster ? pool.server(forSlot: Int(servers[0])) : Int(servers[0]))
                 return

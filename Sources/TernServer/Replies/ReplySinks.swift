@@ -48,6 +48,9 @@ struct MultiGetRecords {
     /// unanswered means the reply is someone else's (checked in the same walk that merges, so a
     /// merge costs one pass over the reply). Returns false then.
     func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) -> Bool {
+        // A large reply is kept whole where it arrived; small ones have their records copied.
+        let large = reply.count >= ReplySlot.keptReply
+        let (buffer, offset) = large ? slot.keep(reply) : (0, 0)
         var cursor = 0
         var inStep = true
         MemcacheReplyParser.forEachValue(reply) { keyRange, recordRange in
@@ -57,9 +60,14 @@ struct MultiGetRecords {
                 let entry = slot.keys[cursor]
                 cursor += 1
                 guard entry.server == part, entry.recordStart < 0, slot.sameKey(entry, key) else { continue }
-                slot.keys[cursor - 1].recordStart = slot.data.readableCount
                 slot.keys[cursor - 1].recordLength = recordRange.count
-                slot.data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
+                if large {
+                    slot.keys[cursor - 1].buffer = buffer
+                    slot.keys[cursor - 1].recordStart = offset + recordRange.lowerBound
+                } else {
+                    slot.keys[cursor - 1].recordStart = slot.data.readableCount
+                    slot.data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
+                }
                 return
             }
             inStep = false
@@ -69,6 +77,9 @@ struct MultiGetRecords {
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
         if slot.isOverflowed { return output.append(slot.data.readable) }
+        var total = 5
+        for entry in slot.keys where entry.recordStart >= 0 { total += entry.recordLength }
+        slot.reserveForMerge(total, in: output)
         for entry in slot.keys where entry.recordStart >= 0 { slot.appendRecord(entry, to: output) }
         output.append("END\r\n" as StaticString)
     }
@@ -107,19 +118,30 @@ struct RespArrayByPosition {
             // The backend's own error (or an unexpected reply) becomes the answer.
             return slot.recordError(reply)
         }
+        // A large reply is kept whole where it arrived; small ones have their elements copied.
+        let large = reply.count >= ReplySlot.keptReply
+        let (buffer, offset) = large ? slot.keep(reply) : (0, 0)
         var cursor = 0
         RespReplyParser.forEachElement(reply) { range in
             while cursor < slot.keys.count, slot.keys[cursor].server != part { cursor += 1 }
             guard cursor < slot.keys.count else { return }
-            slot.keys[cursor].recordStart = slot.data.readableCount
             slot.keys[cursor].recordLength = range.count
-            slot.data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
+            if large {
+                slot.keys[cursor].buffer = buffer
+                slot.keys[cursor].recordStart = offset + range.lowerBound
+            } else {
+                slot.keys[cursor].recordStart = slot.data.readableCount
+                slot.data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
+            }
             cursor += 1
         }
     }
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
         if slot.hasError { return output.append(slot.data.readable) }
+        var total = 24
+        for entry in slot.keys { total += entry.recordStart >= 0 ? entry.recordLength : 5 }
+        slot.reserveForMerge(total, in: output)
         output.appendArrayHeader(slot.keys.count)
         for entry in slot.keys {
             if entry.recordStart >= 0 { slot.appendRecord(entry, to: output) } else { output.append("$-1\r\n" as StaticString) }

@@ -22,6 +22,8 @@ final class ReplySlot {
         var keyStart: Int
         var keyLength: Int
         var server: Int32
+        /// Where the record is: 0 in `data`, k in `kept[k - 1]`.
+        var buffer: Int32 = 0
         var recordStart = -1
         var recordLength = 0
     }
@@ -41,6 +43,10 @@ final class ReplySlot {
     /// in, and where each one's record is in `data`; sinks that keep elements use it likewise.
     var keys: [KeyEntry] = []
     let keyBytes = ByteBuffer()
+    /// Large part replies of a merge, each kept in the backend buffer it arrived in (`keep`):
+    /// merged without a copy into `data` first. Their bytes, counted in `heldBytes`.
+    private(set) var kept: [ByteBuffer] = []
+    private(set) var keptBytes = 0
     var hasError = false
     /// Whether errors Tern makes are written as RESP (`-ERR …`) or memcached text.
     var isRedis = false
@@ -71,6 +77,7 @@ final class ReplySlot {
         // merge allocates nothing; the worker keeps at most `Worker.keptSlots` slots, so a past
         // burst of large replies pins at most 16 MiB.
         data.releaseIfIdle(keep: 16384)
+        if !kept.isEmpty { dropKept() }
         if !keys.isEmpty { keys.removeAll(keepingCapacity: true) }
         keyBytes.removeAll()
         hasError = false
@@ -107,7 +114,41 @@ final class ReplySlot {
     }
 
     /// Reply bytes this slot holds now (its data and a warm-up's copied values).
-    var heldBytes: Int { data.readableCount + (warmup?.values.count ?? 0) }
+    var heldBytes: Int { data.readableCount + keptBytes + (warmup?.values.count ?? 0) }
+
+    /// Part replies at least this large are merged from the backend buffer they arrived in.
+    static let keptReply = 1 << 18
+
+    /// Keeps a part's reply for a merge and says where: the buffer (as `KeyEntry.buffer`) and
+    /// the offset of the reply's first byte in it. A large reply at the front of its backend
+    /// buffer (`Worker.largeReply`) takes that buffer's memory, so a merge of large values copies
+    /// each once (into the output), not twice; others are copied to `data`.
+    func keep(_ reply: UnsafeRawBufferPointer) -> (buffer: Int32, offset: Int) {
+        if reply.count >= Self.keptReply, let worker = client?.worker, !worker.tookLargeReply,
+           let (source, length) = worker.largeReply, source.readable.baseAddress == reply.baseAddress {
+            let buffer = ByteBuffer()
+            buffer.take(reply.count, of: source, used: length)
+            worker.tookLargeReply = true
+            kept.append(buffer)
+            keptBytes += reply.count
+            return (Int32(kept.count), 0)
+        }
+        let offset = data.readableCount
+        data.append(reply)
+        return (0, offset)
+    }
+
+    private func dropKept() {
+        kept.removeAll()
+        keptBytes = 0
+    }
+
+    /// Makes room in `output` for `total` more bytes at once when this slot merges large
+    /// replies, so the output is not copied at each doubling on the way.
+    func reserveForMerge(_ total: Int, in output: ByteBuffer) {
+        guard keptBytes > 0 || data.readableCount >= Self.largeReply else { return }
+        _ = output.reserve(total)
+    }
 
     /// A backend's reply for `part` of this slot. Bytes held for the client are counted on the
     /// client before and after, so replies waiting behind a slow request count toward its
@@ -154,6 +195,7 @@ final class ReplySlot {
             isOverflowed = true
             warmup?.values.removeAll()
             data.removeAll()
+            if !kept.isEmpty { dropKept() }
             hasError = true
             if !isSilent { data.append(errorLine("reply exceeds client_output_limit")) }
             client?.pool.stats.overLimit.add()
@@ -210,6 +252,7 @@ final class ReplySlot {
         guard !hasError else { return }
         hasError = true
         data.removeAll()
+        if !kept.isEmpty { dropKept() }
         data.append(reply)
     }
 
@@ -336,7 +379,8 @@ final class ReplySlot {
     /// Writes the bytes `entry` (a key's record, an element) points to in `data`.
     @inline(__always)
     func appendRecord(_ entry: KeyEntry, to output: ByteBuffer) {
-        output.append(UnsafeRawBufferPointer(rebasing: data.readable[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
+        let source = entry.buffer == 0 ? data : kept[Int(entry.buffer) - 1]
+        output.append(UnsafeRawBufferPointer(rebasing: source.readable[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
     }
 
     /// Writes the finished reply to the client's output.
