@@ -302,7 +302,7 @@ extension PoolRuntime {
             parkTimer?.stop()
             return
         }
-        let timer = parkTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+        let timer = parkTimer ?? TimerWatcher(loop: worker.loop, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.parkTimer?.fired()
             pool.expireParked()

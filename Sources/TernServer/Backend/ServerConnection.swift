@@ -354,7 +354,7 @@ final class ServerConnection {
             state = .connecting
             worker.markDirty(self)
         }
-        let watcher = IOWatcher(worker: worker, descriptor: fd, owner: self) { _, watcher, events in
+        let watcher = IOWatcher(loop: worker.loop, descriptor: fd, owner: self) { _, watcher, events in
             let connection = Unmanaged<ServerConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             connection.handle(events: events)
         }
@@ -781,7 +781,7 @@ final class ServerConnection {
     }
 
     private func armTimer(after seconds: Double) {
-        let timer = self.timer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+        let timer = self.timer ?? TimerWatcher(loop: worker.loop, owner: self) { _, watcher, _ in
             let connection = Unmanaged<ServerConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             connection.timer?.fired()
             connection.isTimerArmed = false

@@ -168,7 +168,7 @@ final class ClientConnection {
             }
             tls = stream
         }
-        let watcher = IOWatcher(worker: worker, descriptor: descriptor, owner: self) { _, watcher, events in
+        let watcher = IOWatcher(loop: worker.loop, descriptor: descriptor, owner: self) { _, watcher, events in
             let client = Unmanaged<ClientConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             client.handle(events: events)
         }

@@ -196,7 +196,7 @@ extension ClientConnection {
         var stats = [("pid", "\(getpid())"), ("uptime", "\(now - info.startTime)"), ("time", "\(now)"), ("version", info.version),
                      ("pool", pool.config.name), ("curr_connections", "\(pool.plan.shared.clientCount.load(ordering: .relaxed))"),
                      ("total_connections", "\(pool.plan.shared.totalConnections.load(ordering: .relaxed))"), ("servers", "\(pool.servers.count)")]
-        for (name, value) in StatsReport.poolSummary(pool.plan) { stats.append((name, "\(value)")) }
+        for (name, value) in pool.plan.poolSummary { stats.append((name, "\(value)")) }
         return stats
     }
 }

@@ -366,7 +366,7 @@ extension ClientConnection {
         text += "STAT total_connections \(pool.plan.shared.totalConnections.load(ordering: .relaxed))\r\n"
         text += "STAT servers \(pool.servers.count)\r\n"
         text += "STAT threads \(pool.plan.shared.workerCounters.count)\r\n"
-        for (name, value) in StatsReport.poolSummary(pool.plan) { text += "STAT \(name) \(value)\r\n" }
+        for (name, value) in pool.plan.poolSummary { text += "STAT \(name) \(value)\r\n" }
         if pool.old != nil {
             for (name, value) in pool.warmupCounters.report() { text += "STAT \(name) \(value)\r\n" }
         }

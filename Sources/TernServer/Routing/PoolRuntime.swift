@@ -203,7 +203,7 @@ final class PoolRuntime {
     private func startListening() {
         // Workers that take no new clients (elastic workers not yet active) do not watch.
         guard plan.listenDescriptor >= 0, listenWatcher == nil, worker.takesClients, !isRetired else { return }
-        let watcher = IOWatcher(worker: worker, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
+        let watcher = IOWatcher(loop: worker.loop, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.acceptClients()
         }
@@ -370,7 +370,7 @@ final class PoolRuntime {
     private func pauseAccepting(seconds: Double) {
         guard let watcher = listenWatcher else { return }
         watcher.watch(0)
-        let timer = resumeTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+        let timer = resumeTimer ?? TimerWatcher(loop: worker.loop, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.resumeTimer?.fired()
             // Still listening (no reload or drain stopped it meanwhile): watch again.
@@ -759,7 +759,7 @@ final class ServerRuntime {
     }
 
     func scheduleProbe() {
-        let timer = probeTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+        let timer = probeTimer ?? TimerWatcher(loop: worker.loop, owner: self) { _, watcher, _ in
             let server = Unmanaged<ServerRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             server.probeTimer?.fired()
             server.probe()

@@ -6,121 +6,6 @@ import Logging
 import Synchronization
 import TernCore
 
-/// What every worker gets for one pool: the config, resolved addresses, the listening socket
-/// and the counters shared across workers. Immutable apart from atomics, so it is Sendable.
-final class PoolPlan: Sendable {
-    let config: PoolConfig
-    let serverAddresses: [SocketAddress]
-    /// -1 for a warm-up's old pool, which is reached only through its new pool.
-    let listenDescriptor: Int32
-    /// The old pool of a warm-up.
-    let warmup: PoolPlan?
-    /// What outlives a reload: connection counts and counters, by pool name.
-    let shared: PoolShared
-    /// Counters of each server on each worker: `serverCounters[server][worker]`. A server that
-    /// keeps its name across a reload keeps its counters.
-    let serverCounters: [[ServerCounters]]
-    /// The pool's users, compiled once per plan (immutable, read by every worker).
-    let users: [RedisUser]
-    /// `redis_cluster` with `read_from`: the addresses of `config.replicaServers` (a replica whose
-    /// name did not resolve is left out, with an empty address list in its place).
-    let replicaAddresses: [[SocketAddress?]]
-    /// TLS toward clients (`tls:`) and toward servers (`server_tls:`), loaded when the plan is
-    /// made, so a reload re-reads certificates and keys and a bad file rejects the reload.
-    let clientTLS: TLSContext?
-    let serverTLS: TLSContext?
-
-    init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
-         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = []) throws(TLSSetupError) {
-        self.clientTLS = try config.clientTLS.map { (tls) throws(TLSSetupError) in try TLSContext.listener(tls, pool: config.name) }
-        self.serverTLS = try config.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: config.name) }
-        self.config = config
-        self.serverAddresses = serverAddresses
-        self.replicaAddresses = replicaAddresses
-        self.listenDescriptor = listenDescriptor
-        self.warmup = warmup
-        self.shared = shared
-        self.serverCounters = serverCounters
-        self.users = RedisUser.compile(config)
-    }
-}
-
-/// The part of a pool that survives reloads (matched by pool name).
-final class PoolShared: Sendable {
-    /// Client connections open on this pool across all workers (enforces `client_connections`).
-    let clientCount = Atomic<Int>(0)
-    let totalConnections = Atomic<Int>(0)
-    let warmupCounters = WarmupCounters()
-    /// One per worker.
-    let workerCounters: [PoolCounters]
-    /// Per-command requests and latency, one table per worker.
-    let commandStats: [CommandStats]
-    /// The most requested keys, one sketch per worker (`hot_keys` counters each, fixed when the
-    /// pool is first made; a reload keeps the sketch).
-    let hotKeys: [HotKeys]
-    /// Backend round trips slower than `slowlog_log_slower_than` (a warm-up's old pool records
-    /// into its new pool's log).
-    let slowLog = SlowLog()
-    /// Redis pools: each server's INFO, gathered off the request path (see `BackendInfoPoller`).
-    let backendInfo = Locked<[String: BackendInfo]>([:])
-    /// `distribution: redis_cluster`: slot map version, redirects, refreshes (idle otherwise).
-    let cluster = ClusterState()
-    /// `sentinel:` pools: masters' addresses, switches (idle otherwise).
-    let sentinel = SentinelState()
-
-    init(workers: Int, hotKeys capacity: Int = 64) {
-        workerCounters = (0..<workers).map { _ in PoolCounters() }
-        commandStats = (0..<workers).map { _ in CommandStats() }
-        hotKeys = (0..<workers).map { _ in HotKeys(capacity: capacity) }
-    }
-}
-
-/// What a warm-up did, summed over workers (relaxed atomics; these move only on warm-up reads,
-/// copies and deletes).
-final class WarmupCounters: Sendable {
-    /// Keys answered by the new pool.
-    let newHits = Atomic<Int>(0)
-    /// Keys that missed the new pool and were answered by the old one.
-    let oldHits = Atomic<Int>(0)
-    /// Keys that missed both pools.
-    let misses = Atomic<Int>(0)
-    /// Old hits copied into the new pool.
-    let copies = Atomic<Int>(0)
-    /// Old hits not copied: about to expire, already present in the new pool, or an error.
-    let copiesSkipped = Atomic<Int>(0)
-    /// Old-pool requests that failed (answered as misses).
-    let oldErrors = Atomic<Int>(0)
-    /// Deletes sent to the old pool.
-    let oldDeletes = Atomic<Int>(0)
-
-    @inline(__always) static func add(_ counter: borrowing Atomic<Int>, _ value: Int = 1) {
-        counter.add(value, ordering: .relaxed)
-    }
-
-    /// Lines `name value` for the protocols' stats replies.
-    func report() -> [(String, Int)] {
-        let new = newHits.load(ordering: .relaxed)
-        let old = oldHits.load(ordering: .relaxed)
-        let ratio = new + old == 0 ? 0 : new * 10000 / (new + old)
-        return [
-            ("warmup_new_hits", new), ("warmup_old_hits", old), ("warmup_misses", misses.load(ordering: .relaxed)),
-            ("warmup_copies", copies.load(ordering: .relaxed)), ("warmup_copies_skipped", copiesSkipped.load(ordering: .relaxed)),
-            ("warmup_old_errors", oldErrors.load(ordering: .relaxed)), ("warmup_old_deletes", oldDeletes.load(ordering: .relaxed)),
-            ("warmup_new_hit_ratio_basis_points", ratio),
-        ]
-    }
-}
-
-/// Process-wide facts the protocols report (memcached `stats`).
-final class ProcessInfo: Sendable {
-    let startTime: Int
-    let version: String
-    init(version: String) {
-        self.version = version
-        self.startTime = Int(time(nil))
-    }
-}
-
 /// One worker thread: one libev loop, its client connections, its backend connections.
 ///
 /// Everything reachable from a Worker is confined to the worker's thread. Back-references
@@ -280,7 +165,7 @@ final class Worker {
     /// Runs the loop on the current thread until it is broken.
     func run() {
         measureUtilisation()
-        let timer = TimerWatcher(worker: self, owner: self) { _, watcher, _ in
+        let timer = TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             worker.sweepTimer?.fired()
             worker.sweepClients()
@@ -529,7 +414,7 @@ final class Worker {
     }
 
     private func startHoldTimer() {
-        let timer = holdTimer ?? TimerWatcher(worker: self, owner: self) { _, watcher, _ in
+        let timer = holdTimer ?? TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
             // Waking is all it does: the next pass's flush writes what was held.
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             worker.holdTimer?.fired()
@@ -564,67 +449,4 @@ final class Worker {
     /// without an allocation, few enough that their buffers (at most 16 KiB each, see
     /// `ReplySlot.reset`) stay within 16 MiB after a burst.
     static let keptSlots = 1024
-}
-
-// MARK: - Watcher plumbing
-
-/// An `ev_io` at a stable address whose `data` points at its (unretained) owner.
-final class IOWatcher {
-    let pointer = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
-    private(set) var events: Int32 = 0
-    unowned(unsafe) let loop: Worker
-
-    init(worker: Worker, descriptor: Int32, owner: AnyObject,
-         callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_io>?, Int32) -> Void) {
-        self.loop = worker
-        tern_io_init(pointer, callback, descriptor, 0)
-        tern_set_data(pointer, Unmanaged.passUnretained(owner).toOpaque())
-    }
-
-    deinit { pointer.deallocate() }
-
-    /// Watches for `events` (read, write or both); zero stops watching.
-    func watch(_ newEvents: Int32) {
-        guard newEvents != events else { return }
-        if events != 0 { ev_io_stop(loop.loop, pointer) }
-        events = newEvents
-        if newEvents != 0 {
-            tern_io_set(pointer, pointer.pointee.fd, newEvents)
-            ev_io_start(loop.loop, pointer)
-        }
-    }
-}
-
-/// An `ev_timer` at a stable address.
-final class TimerWatcher {
-    let pointer = UnsafeMutablePointer<ev_timer>.allocate(capacity: 1)
-    unowned(unsafe) let worker: Worker
-    private(set) var isActive = false
-    private let callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_timer>?, Int32) -> Void
-    private let owner: UnsafeMutableRawPointer
-
-    init(worker: Worker, owner: AnyObject,
-         callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_timer>?, Int32) -> Void) {
-        self.worker = worker
-        self.callback = callback
-        self.owner = Unmanaged.passUnretained(owner).toOpaque()
-    }
-
-    deinit { pointer.deallocate() }
-
-    func start(after seconds: Double) {
-        stop()
-        tern_timer_init(pointer, callback, max(seconds, 0), 0)
-        tern_set_data(pointer, owner)
-        ev_timer_start(worker.loop, pointer)
-        isActive = true
-    }
-
-    func stop() {
-        if isActive { ev_timer_stop(worker.loop, pointer) }
-        isActive = false
-    }
-
-    /// Called from the timer callback: libev has already stopped a non-repeating timer.
-    func fired() { isActive = false }
 }
