@@ -75,7 +75,7 @@ final class ServerConnection {
     private var streamDeadline = Double.infinity
     /// Bulk replies at least this large, to a client waiting for nothing else first, are
     /// streamed rather than buffered whole.
-    static let streamThreshold = 256 << 10
+    static let streamThreshold = ReplyOwner.streamThreshold
     /// Where framing of the head reply resumes (memcached multi-value replies arriving in pieces).
     private var replyResumeOffset = 0
     private var pending = FIFO<Pending>()
@@ -129,7 +129,7 @@ final class ServerConnection {
     /// Pub/sub: the subscribed client this connection pushes messages to (nil for every other
     /// connection). Messages are not replies: they go to the client as they come; the
     /// subscribe/unsubscribe confirmations and PONGs pair with requests as usual.
-    var pushClient: ClientConnection?
+    var pushClient: ReplyOwner?
     /// Counts the sockets opened: a WATCH is valid only on the socket it was sent on.
     private(set) var generation = 0
     var isOpen: Bool { state != .disconnected }
@@ -564,8 +564,8 @@ final class ServerConnection {
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
-                    if length >= Self.streamThreshold { worker.largeReply = (input, length) }
-                    defer { worker.largeReply = nil }
+                    if length >= Self.streamThreshold { worker.replies.largeReply = (input, length) }
+                    defer { worker.replies.largeReply = nil }
                     if !slot.deliver(part: head.part, reply: reply, isError: isError) {
                         slot.fail(part: head.part, reason: "server reply out of step")
                         fail(reason: "server sent a value for a key not asked for")
@@ -573,7 +573,7 @@ final class ServerConnection {
                     }
                 }
                 // A large reply may have left with the buffer's memory (`replyArrived`).
-                if !worker.tookLargeReply { input.consume(length) } else { worker.tookLargeReply = false }
+                if !worker.replies.tookLargeReply { input.consume(length) } else { worker.replies.tookLargeReply = false }
             }
         }
         if pending.isEmpty, stream == nil, isTimerArmed { stopTimer() }
@@ -647,11 +647,7 @@ final class ServerConnection {
         guard let request = outputBytes(start..<(start + head.bytes)) else { return }
         var client = ""
         var name = ""
-        if let connection = head.slot?.client {
-            client = connection.peerAddress
-            // Redis keeps a client name in the slow log; a long one is cut (names are client input).
-            name = String((connection.redis?.name ?? "").utf8.prefix(SlowLog.maxArgumentLength)) ?? ""
-        }
+        if let connection = head.slot?.client { (client, name) = connection.slowLogIdentity() }
         pool.slowLog.record(SlowLogEntry(id: 0, time: Int(time(nil)), microseconds: microseconds, arguments: SlowLog.arguments(of: request),
                                          client: client, clientName: name, server: server.name), maxLength: pool.slowlogMaxLength)
     }

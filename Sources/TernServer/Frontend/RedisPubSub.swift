@@ -124,14 +124,6 @@ extension ClientConnection {
         return connection
     }
 
-    /// A message from a push connection: whole, in order behind the replies already due.
-    func pushMessage(_ message: UnsafeRawBufferPointer) {
-        guard !isClosed else { return }
-        pool.stats.messagesDelivered.add()
-        let slot = newSlot()
-        replyArrived(slot, message)
-    }
-
     /// In subscribed mode (RESP2), only these commands are allowed, as in Redis.
     func refuseWhileSubscribed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) -> Bool {
         guard let subscriptions = session.subscriptions, subscriptions.isSubscribed else { return false }

@@ -27,7 +27,7 @@ final class ReplySlot {
     }
 
     /// The client waiting for this reply; nil once that client has gone.
-    var client: ClientConnection?
+    var client: ReplyOwner?
     /// How the parts' replies become one (`.single` unless a `ReplySplit` named another).
     fileprivate(set) var sink = ReplySink.single
     var isDone = false
@@ -68,7 +68,7 @@ final class ReplySlot {
         remainingParts = 1
         data.removeAll()
         // A recycled slot keeps a buffer a 10-key multi-get fits in (16 KiB), so the common
-        // merge allocates nothing; the worker keeps at most `Worker.keptSlots` slots, so a past
+        // merge allocates nothing; the worker keeps at most `ReplyDesk.keptSlots` slots, so a past
         // burst of large replies pins at most 16 MiB.
         data.releaseIfIdle(keep: 16384)
         if !keys.isEmpty { keys.removeAll(keepingCapacity: true) }
@@ -156,7 +156,7 @@ final class ReplySlot {
             data.removeAll()
             hasError = true
             if !isSilent { data.append(errorLine("reply exceeds client_output_limit")) }
-            client?.pool.stats.overLimit.add()
+            client?.poolCounters.overLimit.add()
             countHeld()
         }
         remainingParts -= 1

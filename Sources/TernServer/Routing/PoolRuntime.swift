@@ -53,7 +53,9 @@ final class PoolRuntime {
     private(set) var disabledCommands: [UInt64] = []
     private(set) var hasDisabledCommands = false
     private(set) var timeoutSeconds: Double?
-    private(set) var clientOutputLimit = 0
+    /// `client_output_limit`, shared with the pool's clients (`ReplyOwner.outputLimit`).
+    let outputLimit = OutputLimit()
+    var clientOutputLimit: Int { outputLimit.bytes }
     /// Backend round trips slower than this (µs) are logged; Int.max when the log is off.
     private(set) var slowlogThreshold = Int.max
     /// This worker's per-command table and hot-key sketch (nil: `hot_keys: 0`, or an old pool,
@@ -139,7 +141,7 @@ final class PoolRuntime {
             }
         }
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
-        clientOutputLimit = config.clientOutputLimit
+        outputLimit.bytes = config.clientOutputLimit
         if plan.listenDescriptor >= 0 || plan.warmup != nil {
             // A pool clients reach (an old pool gets its settings from `adoptObservers`).
             slowlogThreshold = config.slowlogSlowerThanMicroseconds < 0 ? Int.max : config.slowlogSlowerThanMicroseconds
@@ -688,8 +690,10 @@ final class ServerRuntime {
         while !waiting.isEmpty {
             let waiter = waiting.removeFirst()
             // A client that left while waiting has nothing to run.
-            guard let client = waiter.slot.client else { continue }
-            client.runBlocking(waiter, on: self)
+            guard let owner = waiter.slot.client else { continue }
+            // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base class
+            // is never made on its own), so the cast cannot be wrong.
+            unsafeDowncast(owner, to: ClientConnection.self).runBlocking(waiter, on: self)
             break
         }
     }
@@ -702,7 +706,7 @@ final class ServerRuntime {
     /// them unretained). When the server leaves (reload) they close, and so do their clients.
     private var pushConnections: [ServerConnection] = []
 
-    func openPushConnection(for client: ClientConnection) -> ServerConnection {
+    func openPushConnection(for client: ReplyOwner) -> ServerConnection {
         let connection = ServerConnection(server: self, isDedicated: true)
         connection.pushClient = client
         pushConnections.append(connection)

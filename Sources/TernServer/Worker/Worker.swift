@@ -47,11 +47,11 @@ final class Worker {
     private(set) var pools: [PoolRuntime] = []
     private let prepareWatcher = UnsafeMutablePointer<ev_prepare>.allocate(capacity: 1)
     /// Connections with bytes to write, flushed once per loop pass before the loop blocks.
-    private var dirtyClients: [ClientConnection] = []
+    /// Clients with reply bytes to write are in `replies.dirty`.
     private var dirtyServers: [ServerConnection] = []
     /// The lists being flushed: swapped with the dirty lists so that neither is copied (a copy
     /// would make `removeAll(keepingCapacity:)` allocate on every loop pass).
-    private var flushingClients: [ClientConnection] = []
+    private var flushingClients: [ReplyOwner] = []
     /// Clients whose replies wait one pass for the rest of their pipeline, and last pass's,
     /// which are written now whatever arrived.
     private var heldClients: [ClientConnection] = []
@@ -62,7 +62,6 @@ final class Worker {
     private var flushingServers: [ServerConnection] = []
     /// Closed objects kept alive until the current callback has returned.
     private var retired: [AnyObject] = []
-    private var freeSlots: [ReplySlot] = []
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     let scratch = ByteBuffer()
@@ -72,19 +71,14 @@ final class Worker {
     /// Set when a server connection took the request being parsed out of `largeInput` (its
     /// bytes are no longer there to consume); the parsing loop clears it.
     var tookLargeRequest = false
-    /// The same for replies: a backend connection's input while a large reply at its start is
-    /// delivered (with the reply's whole length), and whether a client took it.
-    var largeReply: (input: ByteBuffer, length: Int)?
-    var tookLargeReply = false
+    /// Recycled reply slots, clients to write this pass, a large reply being delivered (the
+    /// same for replies as `largeInput` for requests) and a binary request being routed.
+    let replies: ReplyDesk
     /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
     /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
     /// Get (written without the translator's array appends).
     var binaryLine: [UInt8] = []
     let binaryGetLine = ByteBuffer()
-    /// A binary request's identity and key while the text path routes it: the next slot made
-    /// takes them (kept here, not on every client, which would grow each idle connection).
-    var pendingBinary: BinaryContext?
-    var pendingBinaryKey = UnsafeRawBufferPointer(start: nil, count: 0)
     /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
     private var fragmentServers: [Int32] = []
     private var randomState: UInt64
@@ -104,6 +98,7 @@ final class Worker {
     init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo, workerSet: WorkerSet) {
         self.identifier = identifier
         self.loop = tern_loop_new()
+        self.replies = ReplyDesk(loop: loop)
         self.workerSet = workerSet
         self.takesClients = identifier < workerSet.activeCount
         self.logger = logger
@@ -346,12 +341,7 @@ final class Worker {
         return nextClientNumber
     }
 
-    func markDirty(_ client: ClientConnection) {
-        if !client.isDirty {
-            client.isDirty = true
-            dirtyClients.append(client)
-        }
-    }
+    func markDirty(_ client: ClientConnection) { replies.markDirty(client) }
 
     func hold(_ client: ClientConnection) {
         if !client.isHeld {
@@ -383,15 +373,18 @@ final class Worker {
     /// connection leave in one write, and so do many replies to one client.
     private func flushAll() {
         swap(&heldClients, &releasedClients)
-        while !dirtyServers.isEmpty || !dirtyClients.isEmpty {
+        while !dirtyServers.isEmpty || !replies.dirty.isEmpty {
             swap(&dirtyServers, &flushingServers)
             for server in flushingServers {
                 server.isDirty = false
                 server.flush()
             }
             flushingServers.removeAll(keepingCapacity: true)
-            swap(&dirtyClients, &flushingClients)
-            for client in flushingClients {
+            swap(&replies.dirty, &flushingClients)
+            for owner in flushingClients {
+                // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base
+                // class is never made on its own), so the cast cannot be wrong.
+                let client = unsafeDowncast(owner, to: ClientConnection.self)
                 client.isDirty = false
                 if client.isHeld {
                     client.isHeld = false
@@ -433,20 +426,4 @@ final class Worker {
         }
         return body(&servers)
     }
-
-    func makeSlot(for client: ClientConnection) -> ReplySlot {
-        let slot = freeSlots.popLast() ?? ReplySlot()
-        slot.client = client
-        return slot
-    }
-
-    func recycle(_ slot: ReplySlot) {
-        slot.reset()
-        if freeSlots.count < Self.keptSlots { freeSlots.append(slot) }
-    }
-
-    /// Recycled slots kept for reuse: enough for a busy worker's pipelines (16 clients 64 deep)
-    /// without an allocation, few enough that their buffers (at most 16 KiB each, see
-    /// `ReplySlot.reset`) stay within 16 MiB after a burst.
-    static let keptSlots = 1024
 }
