@@ -237,7 +237,7 @@ extension ClientConnection {
             slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
-        if let read = slot.warmup {
+        if let read = slot.warmupRead {
             let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
             withHashKey(request, frame) { read.addKey(key, hashKey: $0, newServer: Int32(server.index)) }
         }
