@@ -137,7 +137,7 @@ final class ServerConnection {
     /// A strong reference, so that the request path reaches the worker through `self` without
     /// taking a reference of its own (an unowned one is retained on every read). The worker
     /// outlives its pools; this does not keep the connection alive.
-    let worker: Worker
+    let worker: BackendLoop
     private var timeout: Double? { server.pool.timeoutSeconds }
 
     /// Where a request's bytes go. Opens the connection first if needed, so that anything Tern

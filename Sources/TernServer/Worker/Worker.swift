@@ -31,9 +31,8 @@ import TernCore
 /// clients — only they watch the listeners, and only they are chosen for a hand-over. Each
 /// worker measures its utilisation once a second; the main thread activates one more worker
 /// when the active ones are busy (`WorkerScaler`, `WorkerScalingPolicy`).
-final class Worker {
+final class Worker: BackendLoop {
     let identifier: Int
-    let loop: OpaquePointer
     /// Shared with every worker, the main thread and the admin thread (atomics only).
     let workerSet: WorkerSet
     /// Whether this worker takes new clients (watches the listeners); follows
@@ -42,13 +41,11 @@ final class Worker {
     /// The last utilisation measurement: thread CPU time and monotonic time (seconds).
     private var measuredCPU = 0.0
     private var measuredAt = 0.0
-    let logger: Logger
     let processInfo: ProcessInfo
     private(set) var pools: [PoolRuntime] = []
     private let prepareWatcher = UnsafeMutablePointer<ev_prepare>.allocate(capacity: 1)
     /// Connections with bytes to write, flushed once per loop pass before the loop blocks.
     /// Clients with reply bytes to write are in `replies.dirty`.
-    private var dirtyServers: [ServerConnection] = []
     /// The lists being flushed: swapped with the dirty lists so that neither is copied (a copy
     /// would make `removeAll(keepingCapacity:)` allocate on every loop pass).
     private var flushingClients: [ReplyOwner] = []
@@ -60,20 +57,9 @@ final class Worker {
     /// on an otherwise idle worker cannot hold its neighbours' replies longer than that.
     private var holdTimer: TimerWatcher?
     private var flushingServers: [ServerConnection] = []
-    /// Closed objects kept alive until the current callback has returned.
-    private var retired: [AnyObject] = []
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     let scratch = ByteBuffer()
-    /// The client buffer being parsed, while it holds at least `ServerConnection.adoptThreshold`
-    /// bytes: a request forwarded whole may take its memory (nil otherwise).
-    var largeInput: ByteBuffer?
-    /// Set when a server connection took the request being parsed out of `largeInput` (its
-    /// bytes are no longer there to consume); the parsing loop clears it.
-    var tookLargeRequest = false
-    /// Recycled reply slots, clients to write this pass, a large reply being delivered (the
-    /// same for replies as `largeInput` for requests) and a binary request being routed.
-    let replies: ReplyDesk
     /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
     /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
     /// Get (written without the translator's array appends).
@@ -97,11 +83,9 @@ final class Worker {
 
     init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo, workerSet: WorkerSet) {
         self.identifier = identifier
-        self.loop = tern_loop_new()
-        self.replies = ReplyDesk(loop: loop)
+        let loop = tern_loop_new()!
         self.workerSet = workerSet
         self.takesClients = identifier < workerSet.activeCount
-        self.logger = logger
         self.processInfo = processInfo
         self.randomState = UInt64(truncatingIfNeeded: identifier &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(UInt(bitPattern: time(nil)))
         // Started here, before the loop runs, so that nothing posted early is lost.
@@ -111,6 +95,7 @@ final class Worker {
         }
         self.inbox = WorkerInbox(wakeup: LoopWakeup(loop: loop, watcher: asyncWatcher))
         self.pools = []
+        super.init(loop: loop, logger: logger)
         tern_set_data(asyncWatcher, Unmanaged.passUnretained(self).toOpaque())
         ev_async_start(loop, asyncWatcher)
         self.pools = plans.map { PoolRuntime(plan: $0, worker: self) }
@@ -327,7 +312,6 @@ final class Worker {
         }
     }
 
-    var now: Double { ev_now(loop) }
 
     func nextRandom() -> UInt32 {
         randomState ^= randomState << 13
@@ -350,14 +334,6 @@ final class Worker {
         }
     }
 
-    func markDirty(_ server: ServerConnection) {
-        if !server.isDirty {
-            server.isDirty = true
-            dirtyServers.append(server)
-        }
-    }
-
-    func retire(_ object: AnyObject) { retired.append(object) }
 
 
     /// Open client connections; the watcher's `data` does not retain its client, this does.
