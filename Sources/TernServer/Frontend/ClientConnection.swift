@@ -65,27 +65,27 @@ final class ClientConnection: ReplyOwner {
     /// per worker and is set once before the loop starts. Computed, so an idle connection
     /// stores nothing more.
     var clientID: Int {
-        let workers = max(worker.peers.count, 1)
+        let workers = max(worker.workerCount, 1)
         return (index &- 1) &* workers &+ worker.identifier &+ 1
     }
 
-    init(descriptor: Int32, pool: PoolRuntime) {
+    init(descriptor: Int32, pool: PoolRuntime, worker: FrontendLoop) {
         self.descriptor = descriptor
         self.pool = pool
-        self.worker = pool.worker
+        self.worker = worker
         self.redis = pool.config.protocolKind == .redis ? RedisSession() : nil
-        super.init(index: pool.worker.nextClientIndex(), isRedis: redis != nil, desk: pool.worker.replies, poolCounters: pool.stats,
+        super.init(index: worker.nextClientIndex(), isRedis: redis != nil, desk: worker.replies, poolCounters: pool.stats,
                    commandStats: pool.commandStats, outputLimit: pool.outputLimit)
     }
 
     /// A client another worker moved here between two requests (`Worker.rebalanceClients`).
-    init(descriptor: Int32, pool: PoolRuntime, moved: MovedClient) {
+    init(descriptor: Int32, pool: PoolRuntime, worker: FrontendLoop, moved: MovedClient) {
         self.descriptor = descriptor
         self.pool = pool
-        self.worker = pool.worker
+        self.worker = worker
         self.redis = pool.config.protocolKind == .redis ? (moved.redis ?? RedisSession()) : nil
         self.tls = moved.tls
-        super.init(index: pool.worker.nextClientIndex(), isRedis: redis != nil, desk: pool.worker.replies, poolCounters: pool.stats,
+        super.init(index: worker.nextClientIndex(), isRedis: redis != nil, desk: worker.replies, poolCounters: pool.stats,
                    commandStats: pool.commandStats, outputLimit: pool.outputLimit)
         // Users generations are counted per worker: look the user up again by name.
         redis?.usersGeneration = Int.min
@@ -141,7 +141,7 @@ final class ClientConnection: ReplyOwner {
     /// `self` without taking references of its own (an unowned one is retained on every read).
     /// The worker's client table holds the client until it closes, so the cycle this makes is
     /// broken at `close()`.
-    let worker: Worker
+    let worker: FrontendLoop
 
     /// Whether the client should stop being read: too much in flight, or too many replies it
     /// has not read yet (backpressure; the hard limit is `client_output_limit`).

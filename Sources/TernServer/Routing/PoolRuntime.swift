@@ -12,7 +12,7 @@ import TernCore
 final class PoolRuntime {
     private(set) var plan: PoolPlan
     var config: PoolConfig { plan.config }
-    unowned(unsafe) let worker: Worker
+    unowned(unsafe) let worker: RoutingLoop
     private(set) var servers: [ServerRuntime] = []
     /// `servers` again, unretained, for the request path: an element read from the array is
     /// retained and released around its use, one read from here is not. `servers` keeps the
@@ -83,7 +83,7 @@ final class PoolRuntime {
     private(set) var replicas: [[ServerRuntime]] = []
     private(set) var readsFromReplicas = false
 
-    init(plan: PoolPlan, worker: Worker) {
+    init(plan: PoolPlan, worker: RoutingLoop) {
         self.plan = plan
         self.worker = worker
         self.placement = plan.config.placement()
@@ -333,12 +333,7 @@ final class PoolRuntime {
                     continue
                 }
                 if case .tcp = config.listen { Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY) }
-                let target = leastLoadedWorker()
-                if target == worker.identifier {
-                    ClientConnection(descriptor: fd, pool: self).start()
-                } else {
-                    worker.handOver(descriptor: fd, of: plan.shared, to: target)
-                }
+                worker.accepted(descriptor: fd, pool: self)
             case .wouldBlock:
                 return
             case let .failed(error):
@@ -380,27 +375,6 @@ final class PoolRuntime {
         }
         resumeTimer = timer
         timer.start(after: seconds)
-    }
-
-    /// The worker with the fewest clients of this pool among those taking new clients (this one
-    /// on a tie, if it takes clients), counted as having one more. Whichever loop wakes first
-    /// accepts a burst of connections; without this, one worker could take 49 of 50 clients
-    /// while the other idles. Elastic workers: a worker that has just left the active ones may
-    /// still accept what its listener reported; it hands the client to an active worker.
-    private func leastLoadedWorker() -> Int {
-        let counters = plan.shared.workerCounters
-        let active = min(max(1, worker.workerSet.activeCount), counters.count)
-        var best = worker.identifier < active ? worker.identifier : 0
-        var fewest = counters[best].clients.load(ordering: .relaxed)
-        for index in 0..<active where index != best {
-            let count = counters[index].clients.load(ordering: .relaxed)
-            if count < fewest {
-                best = index
-                fewest = count
-            }
-        }
-        counters[best].clients.add(1, ordering: .relaxed)
-        return best
     }
 
     var isAccepting: Bool { listenWatcher != nil }
@@ -623,7 +597,7 @@ final class ServerRuntime {
         return connectionTable.unsafelyUnwrapped[count == 1 ? 0 : clientIndex % count]._withUnsafeGuaranteedRef(body)
     }
 
-    var worker: Worker { pool.worker }
+    var worker: RoutingLoop { pool.worker }
 
     /// Kept across a reload, possibly at another position in `servers:`.
     func reuse(at newIndex: Int) {
@@ -690,10 +664,8 @@ final class ServerRuntime {
         while !waiting.isEmpty {
             let waiter = waiting.removeFirst()
             // A client that left while waiting has nothing to run.
-            guard let owner = waiter.slot.client else { continue }
-            // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base class
-            // is never made on its own), so the cast cannot be wrong.
-            unsafeDowncast(owner, to: ClientConnection.self).runBlocking(waiter, on: self)
+            guard let client = waiter.slot.client else { continue }
+            worker.runWaiting(waiter, client: client, on: self)
             break
         }
     }

@@ -25,69 +25,43 @@ import TernCore
 /// sockets (SO_REUSEPORT does not cover AF_UNIX) and keeps one listening socket per pool owned by
 /// the main thread. The loop that wakes first would take a whole burst, so each accepted client
 /// goes to the worker with the fewest clients of its pool, through that worker's inbox
-/// (`PoolRuntime.leastLoadedWorker`).
+/// (`Worker.accepted`).
 ///
 /// Elastic workers (the default, no `--threads`): only workers `0..<workerSet.active` take new
 /// clients — only they watch the listeners, and only they are chosen for a hand-over. Each
 /// worker measures its utilisation once a second; the main thread activates one more worker
 /// when the active ones are busy (`WorkerScaler`, `WorkerScalingPolicy`).
-final class Worker: BackendLoop {
-    let identifier: Int
+final class Worker: FrontendLoop {
     /// Shared with every worker, the main thread and the admin thread (atomics only).
     let workerSet: WorkerSet
-    /// Whether this worker takes new clients (watches the listeners); follows
-    /// `workerSet.active`, checked once a second. Loop-confined.
-    private(set) var takesClients: Bool
     /// The last utilisation measurement: thread CPU time and monotonic time (seconds).
     private var measuredCPU = 0.0
     private var measuredAt = 0.0
-    let processInfo: ProcessInfo
     private(set) var pools: [PoolRuntime] = []
     private let prepareWatcher = UnsafeMutablePointer<ev_prepare>.allocate(capacity: 1)
-    /// Connections with bytes to write, flushed once per loop pass before the loop blocks.
-    /// Clients with reply bytes to write are in `replies.dirty`.
+    /// Connections with bytes to write (`dirtyServers`, `replies.dirty`) are written once per
+    /// loop pass before the loop blocks (`flushAll`).
     /// The lists being flushed: swapped with the dirty lists so that neither is copied (a copy
     /// would make `removeAll(keepingCapacity:)` allocate on every loop pass).
     private var flushingClients: [ReplyOwner] = []
-    /// Clients whose replies wait one pass for the rest of their pipeline, and last pass's,
-    /// which are written now whatever arrived.
-    private var heldClients: [ClientConnection] = []
+    /// Last pass's held clients (`heldClients`), written now whatever arrived.
     private var releasedClients: [ClientConnection] = []
     /// Wakes the loop within a millisecond while replies are held, so that a stalled backend
     /// on an otherwise idle worker cannot hold its neighbours' replies longer than that.
     private var holdTimer: TimerWatcher?
     private var flushingServers: [ServerConnection] = []
-    /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
-    /// it has a partial request, so idle connections cost no buffer memory.
-    let scratch = ByteBuffer()
-    /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
-    /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
-    /// Get (written without the translator's array appends).
-    var binaryLine: [UInt8] = []
-    let binaryGetLine = ByteBuffer()
-    /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
-    private var fragmentServers: [Int32] = []
-    private var randomState: UInt64
-    private var nextClientNumber = 0
     /// The main thread's way in (reload, drain), and the other workers' (client hand-over).
     let inbox: WorkerInbox
     /// Every worker's inbox, indexed by worker identifier; set before the loop starts.
-    var peers: [WorkerInbox] = []
+    var peers: [WorkerInbox] = [] {
+        didSet { workerCount = peers.count }
+    }
     private let asyncWatcher = UnsafeMutablePointer<ev_async>.allocate(capacity: 1)
-    /// Servers dropped by a reload, closed once their in-flight requests have finished; each
-    /// keeps its pool alive until then (back-references are unowned(unsafe)).
-    private var retiringServers: [(server: ServerRuntime, pool: PoolRuntime)] = []
-    /// Pools dropped by a reload, kept while clients still use them.
-    private var retiredPools: [PoolRuntime] = []
     private var drainFinished: Acknowledgement?
 
     init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo, workerSet: WorkerSet) {
-        self.identifier = identifier
         let loop = tern_loop_new()!
         self.workerSet = workerSet
-        self.takesClients = identifier < workerSet.activeCount
-        self.processInfo = processInfo
-        self.randomState = UInt64(truncatingIfNeeded: identifier &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(UInt(bitPattern: time(nil)))
         // Started here, before the loop runs, so that nothing posted early is lost.
         tern_async_init(asyncWatcher) { _, watcher, _ in
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
@@ -95,7 +69,8 @@ final class Worker: BackendLoop {
         }
         self.inbox = WorkerInbox(wakeup: LoopWakeup(loop: loop, watcher: asyncWatcher))
         self.pools = []
-        super.init(loop: loop, logger: logger)
+        super.init(loop: loop, logger: logger, identifier: identifier, takesClients: identifier < workerSet.activeCount,
+                   processInfo: processInfo)
         tern_set_data(asyncWatcher, Unmanaged.passUnretained(self).toOpaque())
         ev_async_start(loop, asyncWatcher)
         self.pools = plans.map { PoolRuntime(plan: $0, worker: self) }
@@ -200,9 +175,9 @@ final class Worker: BackendLoop {
             return
         }
         if let moved {
-            ClientConnection(descriptor: descriptor, pool: pool, moved: moved).start()
+            ClientConnection(descriptor: descriptor, pool: pool, worker: self, moved: moved).start()
         } else {
-            ClientConnection(descriptor: descriptor, pool: pool).start()
+            ClientConnection(descriptor: descriptor, pool: pool, worker: self).start()
         }
     }
 
@@ -248,6 +223,44 @@ final class Worker: BackendLoop {
         peers[identifier].post(.adoptClient(descriptor: descriptor, pool: shared))
     }
 
+    /// A client accepted on `pool`'s listener: served here, or by the least loaded worker.
+    override func accepted(descriptor: Int32, pool: PoolRuntime) {
+        let target = leastLoadedWorker(for: pool)
+        if target == identifier {
+            ClientConnection(descriptor: descriptor, pool: pool, worker: self).start()
+        } else {
+            handOver(descriptor: descriptor, of: pool.plan.shared, to: target)
+        }
+    }
+
+    /// The worker with the fewest clients of `pool` among those taking new clients (this one
+    /// on a tie, if it takes clients), counted as having one more. Whichever loop wakes first
+    /// accepts a burst of connections; without this, one worker could take 49 of 50 clients
+    /// while the other idles. Elastic workers: a worker that has just left the active ones may
+    /// still accept what its listener reported; it hands the client to an active worker.
+    private func leastLoadedWorker(for pool: PoolRuntime) -> Int {
+        let counters = pool.plan.shared.workerCounters
+        let active = min(max(1, workerSet.activeCount), counters.count)
+        var best = identifier < active ? identifier : 0
+        var fewest = counters[best].clients.load(ordering: .relaxed)
+        for index in 0..<active where index != best {
+            let count = counters[index].clients.load(ordering: .relaxed)
+            if count < fewest {
+                best = index
+                fewest = count
+            }
+        }
+        counters[best].clients.add(1, ordering: .relaxed)
+        return best
+    }
+
+    /// A blocking command that waited for a dedicated connection of `server` runs now.
+    override func runWaiting(_ waiter: DedicatedWaiter, client: ReplyOwner, on server: ServerRuntime) {
+        // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base class
+        // is never made on its own), so the cast cannot be wrong.
+        unsafeDowncast(client, to: ClientConnection.self).runBlocking(waiter, on: server)
+    }
+
     private func apply(_ plans: [PoolPlan]) {
         var next: [PoolRuntime] = []
         for plan in plans {
@@ -268,21 +281,6 @@ final class Worker: BackendLoop {
             logger.notice("pool \(pool.config.name) removed; its clients close once idle")
         }
         pools = next
-    }
-
-    /// A pool that left service without clients of its own (a warm-up's old pool removed by a
-    /// reload): kept until the requests on its servers have finished.
-    func retireWhenIdle(_ pool: PoolRuntime) {
-        retiredPools.append(pool)
-    }
-
-    func retireWhenIdle(_ server: ServerRuntime) {
-        server.endSessions()
-        if server.isIdle {
-            server.closeConnections()
-        } else {
-            retiringServers.append((server, server.pool))
-        }
     }
 
     /// Closes retired servers that have become idle, forgets retired pools nobody uses, and ends
@@ -312,38 +310,6 @@ final class Worker: BackendLoop {
         }
     }
 
-
-    func nextRandom() -> UInt32 {
-        randomState ^= randomState << 13
-        randomState ^= randomState >> 7
-        randomState ^= randomState << 17
-        return UInt32(truncatingIfNeeded: randomState >> 16)
-    }
-
-    func nextClientIndex() -> Int {
-        nextClientNumber &+= 1
-        return nextClientNumber
-    }
-
-    func markDirty(_ client: ClientConnection) { replies.markDirty(client) }
-
-    func hold(_ client: ClientConnection) {
-        if !client.isHeld {
-            client.isHeld = true
-            heldClients.append(client)
-        }
-    }
-
-
-
-    /// Open client connections; the watcher's `data` does not retain its client, this does.
-    private var clients: [ObjectIdentifier: ClientConnection] = [:]
-
-    func adopt(_ client: ClientConnection) { clients[ObjectIdentifier(client)] = client }
-
-    func release(_ client: ClientConnection) {
-        if let client = clients.removeValue(forKey: ObjectIdentifier(client)) { retired.append(client) }
-    }
 
     /// One write per dirty connection per loop pass: requests of many clients to one backend
     /// connection leave in one write, and so do many replies to one client.
@@ -390,16 +356,5 @@ final class Worker: BackendLoop {
         }
         holdTimer = timer
         timer.start(after: 0.001)
-    }
-
-    /// Lends the worker's server list, empty, for splitting one multi-key request.
-    func withFragmentServers<Result>(_ body: (inout [Int32]) -> Result) -> Result {
-        var servers = fragmentServers
-        fragmentServers = []
-        defer {
-            servers.removeAll(keepingCapacity: true)
-            fragmentServers = servers
-        }
-        return body(&servers)
     }
 }
