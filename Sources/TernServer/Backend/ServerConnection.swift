@@ -51,7 +51,7 @@ final class ServerConnection {
     /// `handshaking`: TLS pools, between the TCP connect and the end of the TLS handshake.
     enum State { case disconnected, connecting, handshaking, connected }
 
-    unowned(unsafe) let server: ServerRuntime
+    unowned(unsafe) let server: BackendServer
     private(set) var descriptor: Int32 = -1
     private(set) var state = State.disconnected
     /// Requests not yet answered or not yet sent, in order: the pieces of `adopted` first (large
@@ -110,10 +110,10 @@ final class ServerConnection {
     /// reference to the worker on every request.
     private let loop: OpaquePointer
 
-    init(server: ServerRuntime, isDedicated: Bool = false) {
+    init(server: BackendServer, isDedicated: Bool = false) {
         self.server = server
-        self.worker = server.worker
-        self.loop = server.worker.loop
+        self.worker = server.pool.backendLoop
+        self.loop = server.pool.backendLoop.loop
         self.isDedicated = isDedicated
     }
 
@@ -269,12 +269,8 @@ final class ServerConnection {
         }
         let request = Array(bytes)
         let error = Array(reply)
-        if let redirect {
-            pool.followRedirect(redirect, request: request, error: error, slot: slot, part: head.part, redirects: head.redirects + 1, clientIndex: client.index)
-        } else {
-            pool.retryLater(request, error: error, server: server.name, asking: head.isAsking, slot: slot, part: head.part,
-                            redirects: head.redirects + 1, clientIndex: client.index)
-        }
+        pool.redirected(redirect, request: request, error: error, server: server.name, asking: head.isAsking, slot: slot, part: head.part,
+                        redirects: head.redirects + 1, clientIndex: client.index)
         return true
     }
 

@@ -168,6 +168,6 @@ extension ClientConnection {
         if subscriptions.isSubscribed { pool.stats.subscribedClients.add(-1) }
         // A push connection's server is alive while the connection is: a server that leaves
         // closes its push connections (and their clients) first.
-        for connection in subscriptions.connections.values { connection.server.closePushConnection(connection) }
+        for connection in subscriptions.connections.values { connection.serverRuntime.closePushConnection(connection) }
     }
 }

@@ -49,7 +49,7 @@ class RoutingLoop: BackendLoop {
         if server.isIdle {
             server.closeConnections()
         } else {
-            retiringServers.append((server, server.pool))
+            retiringServers.append((server, server.poolRuntime))
         }
     }
 
