@@ -51,7 +51,7 @@ final class ServerConnection {
     /// `handshaking`: TLS pools, between the TCP connect and the end of the TLS handshake.
     enum State { case disconnected, connecting, handshaking, connected }
 
-    unowned(unsafe) let server: ServerRuntime
+    unowned(unsafe) let server: BackendServer
     private(set) var descriptor: Int32 = -1
     private(set) var state = State.disconnected
     /// Requests not yet answered or not yet sent, in order: the pieces of `adopted` first (large
@@ -75,7 +75,7 @@ final class ServerConnection {
     private var streamDeadline = Double.infinity
     /// Bulk replies at least this large, to a client waiting for nothing else first, are
     /// streamed rather than buffered whole.
-    static let streamThreshold = 256 << 10
+    static let streamThreshold = ReplyOwner.streamThreshold
     /// Where framing of the head reply resumes (memcached multi-value replies arriving in pieces).
     private var replyResumeOffset = 0
     private var pending = FIFO<Pending>()
@@ -110,10 +110,10 @@ final class ServerConnection {
     /// reference to the worker on every request.
     private let loop: OpaquePointer
 
-    init(server: ServerRuntime, isDedicated: Bool = false) {
+    init(server: BackendServer, isDedicated: Bool = false) {
         self.server = server
-        self.worker = server.worker
-        self.loop = server.worker.loop
+        self.worker = server.pool.backendLoop
+        self.loop = server.pool.backendLoop.loop
         self.isDedicated = isDedicated
     }
 
@@ -129,7 +129,7 @@ final class ServerConnection {
     /// Pub/sub: the subscribed client this connection pushes messages to (nil for every other
     /// connection). Messages are not replies: they go to the client as they come; the
     /// subscribe/unsubscribe confirmations and PONGs pair with requests as usual.
-    var pushClient: ClientConnection?
+    var pushClient: ReplyOwner?
     /// Counts the sockets opened: a WATCH is valid only on the socket it was sent on.
     private(set) var generation = 0
     var isOpen: Bool { state != .disconnected }
@@ -137,7 +137,7 @@ final class ServerConnection {
     /// A strong reference, so that the request path reaches the worker through `self` without
     /// taking a reference of its own (an unowned one is retained on every read). The worker
     /// outlives its pools; this does not keep the connection alive.
-    let worker: Worker
+    let worker: BackendLoop
     private var timeout: Double? { server.pool.timeoutSeconds }
 
     /// Where a request's bytes go. Opens the connection first if needed, so that anything Tern
@@ -269,12 +269,8 @@ final class ServerConnection {
         }
         let request = Array(bytes)
         let error = Array(reply)
-        if let redirect {
-            pool.followRedirect(redirect, request: request, error: error, slot: slot, part: head.part, redirects: head.redirects + 1, clientIndex: client.index)
-        } else {
-            pool.retryLater(request, error: error, server: server.name, asking: head.isAsking, slot: slot, part: head.part,
-                            redirects: head.redirects + 1, clientIndex: client.index)
-        }
+        pool.redirected(redirect, request: request, error: error, server: server.name, asking: head.isAsking, slot: slot, part: head.part,
+                        redirects: head.redirects + 1, clientIndex: client.index)
         return true
     }
 
@@ -354,7 +350,7 @@ final class ServerConnection {
             state = .connecting
             worker.markDirty(self)
         }
-        let watcher = IOWatcher(worker: worker, descriptor: fd, owner: self) { _, watcher, events in
+        let watcher = IOWatcher(loop: worker.loop, descriptor: fd, owner: self) { _, watcher, events in
             let connection = Unmanaged<ServerConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             connection.handle(events: events)
         }
@@ -564,8 +560,8 @@ final class ServerConnection {
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
-                    if length >= Self.streamThreshold { worker.largeReply = (input, length) }
-                    defer { worker.largeReply = nil }
+                    if length >= Self.streamThreshold { worker.replies.largeReply = (input, length) }
+                    defer { worker.replies.largeReply = nil }
                     if !slot.deliver(part: head.part, reply: reply, isError: isError) {
                         // A merge may have kept the reply's buffer before finding it out of step.
                         worker.tookLargeReply = false
@@ -575,7 +571,7 @@ final class ServerConnection {
                     }
                 }
                 // A large reply may have left with the buffer's memory (`replyArrived`).
-                if !worker.tookLargeReply { input.consume(length) } else { worker.tookLargeReply = false }
+                if !worker.replies.tookLargeReply { input.consume(length) } else { worker.replies.tookLargeReply = false }
             }
         }
         if pending.isEmpty, stream == nil, isTimerArmed { stopTimer() }
@@ -649,11 +645,7 @@ final class ServerConnection {
         guard let request = outputBytes(start..<(start + head.bytes)) else { return }
         var client = ""
         var name = ""
-        if let connection = head.slot?.client {
-            client = connection.peerAddress
-            // Redis keeps a client name in the slow log; a long one is cut (names are client input).
-            name = String((connection.redis?.name ?? "").utf8.prefix(SlowLog.maxArgumentLength)) ?? ""
-        }
+        if let connection = head.slot?.client { (client, name) = connection.slowLogIdentity() }
         pool.slowLog.record(SlowLogEntry(id: 0, time: Int(time(nil)), microseconds: microseconds, arguments: SlowLog.arguments(of: request),
                                          client: client, clientName: name, server: server.name), maxLength: pool.slowlogMaxLength)
     }
@@ -783,7 +775,7 @@ final class ServerConnection {
     }
 
     private func armTimer(after seconds: Double) {
-        let timer = self.timer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+        let timer = self.timer ?? TimerWatcher(loop: worker.loop, owner: self) { _, watcher, _ in
             let connection = Unmanaged<ServerConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             connection.timer?.fired()
             connection.isTimerArmed = false

@@ -53,7 +53,7 @@ enum StatsReport {
             out += "\"server_ejects\":\(sum { $0.serverEjects.read() }),\"forward_error\":\(sum { $0.forwardErrors.read() }),"
             out += "\"fragments\":\(sum { $0.fragments.read() })"
             if plan.config.protocolKind == .redis {
-                for (name, value) in StatsReport.sessionSummary(plan) { out += ",\(quoted(name)):\(value)" }
+                for (name, value) in plan.sessionSummary { out += ",\(quoted(name)):\(value)" }
             }
             for (index, server) in plan.config.servers.enumerated() {
                 let perWorker = plan.serverCounters[index]
@@ -81,38 +81,6 @@ enum StatsReport {
         return out + "}\n"
     }
 
-    /// Pool counters summed over workers, for memcached `stats` and Redis `INFO`.
-    static func poolSummary(_ plan: PoolPlan) -> [(String, Int)] {
-        let counters = plan.shared.workerCounters
-        func sum(_ field: (PoolCounters) -> Int) -> Int { counters.reduce(0) { $0 + field($1) } }
-        var requests = 0, responses = 0, timeouts = 0
-        for perWorker in plan.serverCounters {
-            for server in perWorker {
-                requests += server.requests.read()
-                responses += server.responses.read()
-                timeouts += server.serverTimedOut.read()
-            }
-        }
-        return [
-            ("client_eof", sum { $0.clientEOF.read() }), ("client_err", sum { $0.clientErrors.read() }),
-            ("server_ejects", sum { $0.serverEjects.read() }), ("forward_error", sum { $0.forwardErrors.read() }),
-            ("fragments", sum { $0.fragments.read() }), ("server_requests", requests), ("server_responses", responses),
-            ("server_timedout", timeouts),
-        ]
-    }
-
-    /// Redis sessions: transactions, WATCHes, blocking commands, dedicated connections,
-    /// subscribed clients and messages (stats port and INFO; /metrics has the same figures).
-    static func sessionSummary(_ plan: PoolPlan) -> [(String, Int)] {
-        let counters = plan.shared.workerCounters
-        func sum(_ field: (PoolCounters) -> Int) -> Int { counters.reduce(0) { $0 + field($1) } }
-        return [
-            ("transactions_exec", sum { $0.transactions.read() }), ("transactions_execabort", sum { $0.transactionsAborted.read() }),
-            ("watches", sum { $0.watches.read() }), ("blocking_requests", sum { $0.blockingRequests.read() }),
-            ("dedicated_connections_in_use", sum { $0.dedicatedInUse.read() }), ("subscribed_clients", sum { $0.subscribedClients.read() }),
-            ("pubsub_messages", sum { $0.messagesDelivered.read() }), ("blocked_clients", sum { $0.blockedClients.read() }),
-        ]
-    }
 
     static func quoted(_ text: String) -> String {
         var out = "\""

@@ -12,19 +12,14 @@ import TernCore
 ///
 /// Bad input is answered with the protocol's error and the connection is kept; only a lost
 /// frame (a line with no end in sight) closes it.
-final class ClientConnection {
+final class ClientConnection: ReplyOwner {
     let descriptor: Int32
     let pool: PoolRuntime
-    /// This client's number on its worker (1, 2, …): picks its backend connections.
-    let index: Int
     /// Bytes of a partial request (allocated only while one is pending).
     private let input = ByteBuffer()
-    let output = ByteBuffer()
-    private var slots = FIFO<ReplySlot>()
     private var watcher: IOWatcher?
     /// TLS pools: the client's TLS stream (nil on plain listeners).
     private var tls: TLSStream?
-    var isDirty = false
     /// Replies held back for one loop pass (see `flush(allowHold:)`).
     var isHeld = false
     /// Reply bytes beyond which nothing is held back.
@@ -33,7 +28,6 @@ final class ClientConnection {
     var skipRemaining = 0
     /// No more requests are read (quit, end of input, fatal error); close once replies are out.
     var closeWhenDrained = false
-    private(set) var isClosed = false
     /// Redis clients: per-connection state (arguments, AUTH, name); nil for memcached.
     let redis: RedisSession?
     /// memcached clients: whether the first byte chose the binary protocol, once it has come.
@@ -71,25 +65,28 @@ final class ClientConnection {
     /// per worker and is set once before the loop starts. Computed, so an idle connection
     /// stores nothing more.
     var clientID: Int {
-        let workers = max(worker.peers.count, 1)
+        let workers = max(worker.workerCount, 1)
         return (index &- 1) &* workers &+ worker.identifier &+ 1
     }
 
-    init(descriptor: Int32, pool: PoolRuntime) {
+    init(descriptor: Int32, pool: PoolRuntime, worker: FrontendLoop) {
         self.descriptor = descriptor
         self.pool = pool
-        self.worker = pool.worker
-        self.index = pool.worker.nextClientIndex()
+        self.worker = worker
         self.redis = pool.config.protocolKind == .redis ? RedisSession() : nil
+        super.init(index: worker.nextClientIndex(), isRedis: redis != nil, desk: worker.replies, poolCounters: pool.stats,
+                   commandStats: pool.commandStats, outputLimit: pool.outputLimit)
     }
 
     /// A client another worker moved here between two requests (`Worker.rebalanceClients`).
-    init(descriptor: Int32, pool: PoolRuntime, moved: MovedClient) {
+    init(descriptor: Int32, pool: PoolRuntime, worker: FrontendLoop, moved: MovedClient) {
         self.descriptor = descriptor
         self.pool = pool
-        self.worker = pool.worker
-        self.index = pool.worker.nextClientIndex()
+        self.worker = worker
         self.redis = pool.config.protocolKind == .redis ? (moved.redis ?? RedisSession()) : nil
+        self.tls = moved.tls
+        super.init(index: worker.nextClientIndex(), isRedis: redis != nil, desk: worker.replies, poolCounters: pool.stats,
+                   commandStats: pool.commandStats, outputLimit: pool.outputLimit)
         // Users generations are counted per worker: look the user up again by name.
         redis?.usersGeneration = Int.min
         protocolChosen = moved.protocolChosen
@@ -98,8 +95,7 @@ final class ClientConnection {
         memcacheAuthFailures = moved.memcacheAuthFailures
         memcacheUsersGeneration = Int.min
         peerText = moved.peerText
-        // TLS state goes with the socket (the session keys; a new handshake is impossible).
-        tls = moved.tls
+        // TLS state went with the socket (the session keys; a new handshake is impossible).
         moved.redis = nil
         moved.tls = nil
     }
@@ -145,7 +141,7 @@ final class ClientConnection {
     /// `self` without taking references of its own (an unowned one is retained on every read).
     /// The worker's client table holds the client until it closes, so the cycle this makes is
     /// broken at `close()`.
-    let worker: Worker
+    let worker: FrontendLoop
 
     /// Whether the client should stop being read: too much in flight, or too many replies it
     /// has not read yet (backpressure; the hard limit is `client_output_limit`).
@@ -168,7 +164,7 @@ final class ClientConnection {
             }
             tls = stream
         }
-        let watcher = IOWatcher(worker: worker, descriptor: descriptor, owner: self) { _, watcher, events in
+        let watcher = IOWatcher(loop: worker.loop, descriptor: descriptor, owner: self) { _, watcher, events in
             let client = Unmanaged<ClientConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             client.handle(events: events)
         }
@@ -304,21 +300,6 @@ final class ClientConnection {
         if redis != nil { processRedis(buffer) } else { processMemcache(buffer) }
     }
 
-    func newSlot() -> ReplySlot {
-        let slot = worker.makeSlot(for: self)
-        slot.isRedis = redis != nil
-        slot.replyLimit = pool.clientOutputLimit
-        slot.startedAt = worker.now
-        if let binary = worker.pendingBinary {
-            // The slot of a binary request taking the text path (see `routeBinary`).
-            worker.pendingBinary = nil
-            slot.binary = binary
-            slot.keyBytes.append(worker.pendingBinaryKey)
-        }
-        slots.append(slot)
-        return slot
-    }
-
     /// Stops parsing when too many requests are in flight; reading resumes as replies leave.
     func pipelineIsFull() -> Bool {
         guard mustPauseReading else { return false }
@@ -328,84 +309,19 @@ final class ClientConnection {
 
     // MARK: Replies
 
-    /// The one backend reply of a `single` slot. With nothing ahead of it, it goes straight to
-    /// the output (one copy); otherwise it waits in the slot.
-    @inline(__always)
-    func replyArrived(_ slot: ReplySlot, _ reply: UnsafeRawBufferPointer) {
-        if !slot.isSilent {
-            if slots.isFirst(slot), slot.data.isEmpty {
-                if let binary = slot.binary {
-                    // A binary client's packet, written straight from the backend's reply.
-                    output.appendBinaryResponse(to: reply, binary, key: slot.keyBytes.readable)
-                    slot.binary = nil
-                } else if reply.count >= ServerConnection.streamThreshold, output.isEmpty, let (source, length) = worker.largeReply,
-                          source.readable.baseAddress == reply.baseAddress, source.readableCount - length <= reply.count / 4 {
-                    // A large reply with nothing before it becomes the output with its memory.
-                    output.take(reply.count, of: source, used: length)
-                    worker.tookLargeReply = true
-                } else {
-                    output.append(reply)
-                }
-            } else {
-                if reply.count >= ReplySlot.largeReply { slot.data.reserve(reply.count, headroom: ReplySlot.largeReplyHeadroom) }
-                slot.data.append(reply)
-            }
-        }
-        slot.isDone = true
-        slotCompleted(slot)
-    }
-
-    /// Whether a large reply for `slot` may be written to the output as it arrives: the slot is
-    /// the next reply the client gets, and nothing of it is held yet.
-    func canStream(_ slot: ReplySlot) -> Bool {
-        !isClosed && slots.isFirst(slot) && slot.data.isEmpty
-    }
-
-    /// The next piece of a reply being streamed (see `ServerConnection.startStreaming`).
-    func appendStreamed(_ bytes: UnsafeRawBufferPointer) {
-        output.append(bytes)
-        if checkOutputLimit() { return }
-        worker.markDirty(self)
-    }
-
-    /// Reply bytes held in slots behind an unfinished one (not yet in `output`).
-    private(set) var heldReplyBytes = 0
-
-    /// A slot holds `delta` more reply bytes: everything held for this client counts toward its
-    /// `client_output_limit`, whether written out or waiting behind a slow request.
-    func heldChanged(by delta: Int) {
-        heldReplyBytes += delta
-        if delta > 0 { checkOutputLimit() }
-    }
-
-    /// A client that does not read its replies, or whose pipeline holds too much: bounded, then closed.
-    @discardableResult
-    private func checkOutputLimit() -> Bool {
-        guard !isClosed, output.readableCount + heldReplyBytes > pool.clientOutputLimit else { return false }
+    /// Past `client_output_limit` (`ReplyOwner.checkOutputLimit`): logged, counted, closed.
+    override func closeOverOutputLimit() {
         if let suppressed = pool.limitLog.admit(now: worker.now) {
             worker.logger.warning("pool \(pool.config.name): client exceeded client_output_limit (\(pool.config.clientOutputLimit) bytes), closing it (\(suppressed) more since the last line)")
         }
         pool.stats.clientErrors.add()
         pool.stats.overLimit.add()
         close()
-        return true
     }
 
-    /// A slot was filled: every finished slot at the head of the queue goes to the output.
-    func slotCompleted(_ slot: ReplySlot) {
-        slot.countHeld()
-        guard slots.isFirst(slot) else { return }
-        let now = worker.now
-        while !slots.isEmpty, slots[0].isDone, let head = slots.popFirst() {
-            if head.command >= 0 {
-                pool.commandStats.record(Int(head.command), microseconds: Int((now - head.startedAt) * 1_000_000))
-            }
-            heldReplyBytes -= head.countedBytes
-            head.emit(into: output)
-            worker.recycle(head)
-        }
-        if checkOutputLimit() { return }
-        worker.markDirty(self)
+    override func slowLogIdentity() -> (client: String, name: String) {
+        // Redis keeps a client name in the slow log; a long one is cut (names are client input).
+        (peerAddress, String((redis?.name ?? "").utf8.prefix(SlowLog.maxArgumentLength)) ?? "")
     }
 
     /// Writes the output: called once per loop pass by the worker. With `allowHold`, replies
@@ -493,7 +409,7 @@ final class ClientConnection {
         }
     }
 
-    func close() {
+    override func close() {
         guard !isClosed else { return }
         isClosed = true
         if let watcher {
@@ -510,7 +426,7 @@ final class ClientConnection {
         // backend replies arrive.
         while let slot = slots.popFirst() {
             slot.client = nil
-            if slot.isDone { worker.recycle(slot) }
+            if slot.isDone { desk.recycle(slot) }
         }
         pool.clientClosed()
         worker.release(self)

@@ -237,7 +237,7 @@ extension ClientConnection {
             slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
-        if let read = slot.warmup {
+        if let read = slot.warmupRead {
             let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
             withHashKey(request, frame) { read.addKey(key, hashKey: $0, newServer: Int32(server.index)) }
         }
@@ -366,7 +366,7 @@ extension ClientConnection {
         text += "STAT total_connections \(pool.plan.shared.totalConnections.load(ordering: .relaxed))\r\n"
         text += "STAT servers \(pool.servers.count)\r\n"
         text += "STAT threads \(pool.plan.shared.workerCounters.count)\r\n"
-        for (name, value) in StatsReport.poolSummary(pool.plan) { text += "STAT \(name) \(value)\r\n" }
+        for (name, value) in pool.plan.poolSummary { text += "STAT \(name) \(value)\r\n" }
         if pool.old != nil {
             for (name, value) in pool.warmupCounters.report() { text += "STAT \(name) \(value)\r\n" }
         }

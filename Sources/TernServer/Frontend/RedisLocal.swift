@@ -248,13 +248,13 @@ extension ClientConnection {
         }
         section("Server", [("redis_version", redisCompatibleVersion), ("tern_version", info.version), ("redis_mode", "standalone"),
                            ("process_id", String(getpid())), ("uptime_in_seconds", String(uptime)), ("uptime_in_days", String(uptime / 86400))])
-        let sessions = StatsReport.sessionSummary(pool.plan)
+        let sessions = pool.plan.sessionSummary
         section("Clients", [("connected_clients", String(shared.clientCount.load(ordering: .relaxed))),
                             ("blocked_clients", String(sessions.first { $0.0 == "blocked_clients" }?.1 ?? 0)),
                             ("maxclients", String(pool.config.clientConnections))])
         section("Memory", backends.memory)
         section("Stats", [("total_connections_received", String(shared.totalConnections.load(ordering: .relaxed)))] + backends.stats
-                    + (StatsReport.poolSummary(pool.plan) + sessions).map { ($0.0, String($0.1)) })
+                    + (pool.plan.poolSummary + sessions).map { ($0.0, String($0.1)) })
         section("Keyspace", backends.keyspace)
         section("Pools", [("pool", pool.config.name), ("servers", String(pool.servers.count)),
                           ("distribution", pool.config.distribution.rawValue), ("hash", pool.config.hash.rawValue)])

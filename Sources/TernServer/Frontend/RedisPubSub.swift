@@ -124,14 +124,6 @@ extension ClientConnection {
         return connection
     }
 
-    /// A message from a push connection: whole, in order behind the replies already due.
-    func pushMessage(_ message: UnsafeRawBufferPointer) {
-        guard !isClosed else { return }
-        pool.stats.messagesDelivered.add()
-        let slot = newSlot()
-        replyArrived(slot, message)
-    }
-
     /// In subscribed mode (RESP2), only these commands are allowed, as in Redis.
     func refuseWhileSubscribed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) -> Bool {
         guard let subscriptions = session.subscriptions, subscriptions.isSubscribed else { return false }
@@ -176,6 +168,6 @@ extension ClientConnection {
         if subscriptions.isSubscribed { pool.stats.subscribedClients.add(-1) }
         // A push connection's server is alive while the connection is: a server that leaves
         // closes its push connections (and their clients) first.
-        for connection in subscriptions.connections.values { connection.server.closePushConnection(connection) }
+        for connection in subscriptions.connections.values { connection.serverRuntime.closePushConnection(connection) }
     }
 }

@@ -38,10 +38,6 @@ public struct ServerOptions: Sendable {
     }
 }
 
-public struct StartupError: Error, CustomStringConvertible {
-    public var description: String
-}
-
 /// The main thread's side: listeners, resolution, worker threads, signals, reload and drain.
 /// Nothing here runs on the request path.
 public final class TernServer {

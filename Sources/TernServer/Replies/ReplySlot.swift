@@ -29,7 +29,7 @@ final class ReplySlot {
     }
 
     /// The client waiting for this reply; nil once that client has gone.
-    var client: ClientConnection?
+    var client: ReplyOwner?
     /// How the parts' replies become one (`.single` unless a `ReplySplit` named another).
     fileprivate(set) var sink = ReplySink.single
     var isDone = false
@@ -51,7 +51,7 @@ final class ReplySlot {
     /// Whether errors Tern makes are written as RESP (`-ERR …`) or memcached text.
     var isRedis = false
     /// A read on a warm-up pool: its phases (new pool, old pool, resend).
-    var warmup: WarmupRead?
+    var warmup: PhasedRead?
     /// A split that reaches a warm-up's old pool: the new pool's counters, where failures of
     /// old-pool parts are counted (set by `ReplySplit`).
     fileprivate(set) var warmupCounters: WarmupCounters?
@@ -74,7 +74,7 @@ final class ReplySlot {
         remainingParts = 1
         data.removeAll()
         // A recycled slot keeps a buffer a 10-key multi-get fits in (16 KiB), so the common
-        // merge allocates nothing; the worker keeps at most `Worker.keptSlots` slots, so a past
+        // merge allocates nothing; the worker keeps at most `ReplyDesk.keptSlots` slots, so a past
         // burst of large replies pins at most 16 MiB.
         data.releaseIfIdle(keep: 16384)
         if !kept.isEmpty { dropKept() }
@@ -198,7 +198,7 @@ final class ReplySlot {
             if !kept.isEmpty { dropKept() }
             hasError = true
             if !isSilent { data.append(errorLine("reply exceeds client_output_limit")) }
-            client?.pool.stats.overLimit.add()
+            client?.poolCounters.overLimit.add()
             countHeld()
         }
         remainingParts -= 1
@@ -404,6 +404,21 @@ final class ReplySlot {
             output.append(data.readable)
         }
     }
+}
+
+/// A read merged in phases by the layer above (the warm-up read, `WarmupRead` in
+/// Routing/Warmup.swift, is the only subclass): the slot hands each part's reply or failure to
+/// it, and asks it, once a phase's parts have answered, whether another phase has started.
+/// These three calls go through the vtable (an indirect call per reply part, no allocation):
+/// only reads on a pool in warm-up have a phased read.
+class PhasedRead {
+    /// Values copied out of old-pool replies; held toward `client_output_limit`.
+    final var values: [UInt8] = []
+
+    func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) { preconditionFailure("overridden") }
+    func failed(_ slot: ReplySlot, part: Int32, reason: String) { preconditionFailure("overridden") }
+    /// Every part of a phase has answered. Returns true when another phase started.
+    func advance(_ slot: ReplySlot) -> Bool { preconditionFailure("overridden") }
 }
 
 /// Part numbers: which part of its slot's request a backend reply answers.

@@ -9,10 +9,8 @@ import TernCore
 ///
 /// Ejection (`auto_eject_hosts`) is decided per worker, the way several twemproxy processes
 /// would each decide for themselves: no lock is taken on the request path.
-final class PoolRuntime {
-    private(set) var plan: PoolPlan
-    var config: PoolConfig { plan.config }
-    unowned(unsafe) let worker: Worker
+final class PoolRuntime: BackendPool {
+    unowned(unsafe) let worker: RoutingLoop
     private(set) var servers: [ServerRuntime] = []
     /// `servers` again, unretained, for the request path: an element read from the array is
     /// retained and released around its use, one read from here is not. `servers` keeps the
@@ -36,12 +34,8 @@ final class PoolRuntime {
     /// A warm-up's old pool (no listener of its own).
     private(set) var old: PoolRuntime?
     var warmup: WarmupConfig? { config.warmup }
-    var warmupCounters: WarmupCounters { plan.shared.warmupCounters }
-    /// This worker's counters for the pool.
-    let stats: PoolCounters
-    /// Hot config facts, copied out of `config` (a computed copy of a struct holding arrays
-    /// would retain and release each of them on every read). Refreshed on reload.
-    private(set) var isRedis = false
+    /// More hot config facts (`BackendPool` has those backend connections read), copied out
+    /// of `config`. Refreshed on reload.
     private(set) var isRandom = false
     private(set) var requiresAuth = false
     /// The pool's users (`users:`, and `default` from `redis_auth`), compiled; shared read-only.
@@ -52,26 +46,14 @@ final class PoolRuntime {
     /// `disabled_commands`: bit `tableIndex` set for a disabled command; empty when none.
     private(set) var disabledCommands: [UInt64] = []
     private(set) var hasDisabledCommands = false
-    private(set) var timeoutSeconds: Double?
-    private(set) var clientOutputLimit = 0
-    /// Backend round trips slower than this (µs) are logged; Int.max when the log is off.
-    private(set) var slowlogThreshold = Int.max
     /// This worker's per-command table and hot-key sketch (nil: `hot_keys: 0`, or an old pool,
     /// whose keys are its new pool's).
     let commandStats: CommandStats
     private(set) var hotKeys: HotKeys?
     /// Keys until the next one is sampled for the hot-key sketch.
     private var hotKeyCountdown = 1
-    /// Where slow requests are recorded, and the config that governs the log: the pool's own,
-    /// or for a warm-up's old pool, its new pool's.
-    private(set) var slowLog: SlowLog
-    private(set) var slowlogMaxLength = 128
-    /// `distribution: redis_cluster`: redirects are followed, multi-key checks are per slot.
-    private(set) var isCluster = false
     /// A cluster pool whose slot map is not known yet (every seed down): `-CLUSTERDOWN`.
     private(set) var clusterMapMissing = false
-    /// A `sentinel:` pool: failing connections ask the sentinels again.
-    private(set) var isSentinel = false
     /// Cluster pools: redirected requests waiting for a map that knows their node, and the
     /// timer that fails them at their deadline (see `followRedirect`).
     var parked: [ParkedRedirect] = []
@@ -81,16 +63,14 @@ final class PoolRuntime {
     private(set) var replicas: [[ServerRuntime]] = []
     private(set) var readsFromReplicas = false
 
-    init(plan: PoolPlan, worker: Worker) {
-        self.plan = plan
+    init(plan: PoolPlan, worker: RoutingLoop) {
         self.worker = worker
         self.placement = plan.config.placement()
         (self.limits, self.respLimits) = Self.requestLimits(plan.config)
         self.preAuthLimits = respLimits.unauthenticated
-        self.stats = plan.shared.workerCounters[worker.identifier]
         self.commandStats = plan.shared.commandStats[worker.identifier]
-        self.slowLog = plan.shared.slowLog
         self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
+        super.init(plan: plan, backendLoop: worker, stats: plan.shared.workerCounters[worker.identifier])
         self.servers = plan.config.servers.indices.map { ServerRuntime(pool: self, index: $0, address: plan.serverAddresses[$0]) }
         cacheHotSettings()
         rebuildServerTable()
@@ -98,6 +78,15 @@ final class PoolRuntime {
     }
 
     deinit { serverTable?.deallocate() }
+
+    override func redirected(_ redirect: ClusterRedirect?, request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot,
+                             part: Int32, redirects: UInt8, clientIndex: Int) {
+        if let redirect {
+            followRedirect(redirect, request: request, error: error, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
+        } else {
+            retryLater(request, error: error, server: server, asking: asking, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
+        }
+    }
 
     private func rebuildServerTable() {
         serverTable?.deallocate()
@@ -139,7 +128,7 @@ final class PoolRuntime {
             }
         }
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
-        clientOutputLimit = config.clientOutputLimit
+        outputLimit.bytes = config.clientOutputLimit
         if plan.listenDescriptor >= 0 || plan.warmup != nil {
             // A pool clients reach (an old pool gets its settings from `adoptObservers`).
             slowlogThreshold = config.slowlogSlowerThanMicroseconds < 0 ? Int.max : config.slowlogSlowerThanMicroseconds
@@ -147,26 +136,6 @@ final class PoolRuntime {
             hotKeys = config.hotKeys > 0 ? plan.shared.hotKeys[worker.identifier] : nil
             old?.adoptObservers(of: self)
         }
-    }
-
-    /// Slow requests recorded in the current second (see `admitSlowRequest`).
-    private var slowSecond = 0
-    private var slowRecorded = 0
-    /// For a warm-up's old pool, its new pool (slow requests count there).
-    private unowned(unsafe) var slowOwner: PoolRuntime?
-
-    /// Counts a slow request; true when it may also be written into the slow log: at most
-    /// `slowlog_max_len` entries a second per worker.
-    func admitSlowRequest(now: Double) -> Bool {
-        if let owner = slowOwner { return owner.admitSlowRequest(now: now) }
-        stats.slowRequests.add()
-        let second = Int(now)
-        if second != slowSecond {
-            slowSecond = second
-            slowRecorded = 0
-        }
-        slowRecorded += 1
-        return slowRecorded <= slowlogMaxLength
     }
 
     /// A retired old pool may outlive its new pool (its requests finish after the warm-up
@@ -203,7 +172,7 @@ final class PoolRuntime {
     private func startListening() {
         // Workers that take no new clients (elastic workers not yet active) do not watch.
         guard plan.listenDescriptor >= 0, listenWatcher == nil, worker.takesClients, !isRetired else { return }
-        let watcher = IOWatcher(worker: worker, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
+        let watcher = IOWatcher(loop: worker.loop, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.acceptClients()
         }
@@ -331,12 +300,7 @@ final class PoolRuntime {
                     continue
                 }
                 if case .tcp = config.listen { Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY) }
-                let target = leastLoadedWorker()
-                if target == worker.identifier {
-                    ClientConnection(descriptor: fd, pool: self).start()
-                } else {
-                    worker.handOver(descriptor: fd, of: plan.shared, to: target)
-                }
+                worker.accepted(descriptor: fd, pool: self)
             case .wouldBlock:
                 return
             case let .failed(error):
@@ -370,7 +334,7 @@ final class PoolRuntime {
     private func pauseAccepting(seconds: Double) {
         guard let watcher = listenWatcher else { return }
         watcher.watch(0)
-        let timer = resumeTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+        let timer = resumeTimer ?? TimerWatcher(loop: worker.loop, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.resumeTimer?.fired()
             // Still listening (no reload or drain stopped it meanwhile): watch again.
@@ -378,27 +342,6 @@ final class PoolRuntime {
         }
         resumeTimer = timer
         timer.start(after: seconds)
-    }
-
-    /// The worker with the fewest clients of this pool among those taking new clients (this one
-    /// on a tie, if it takes clients), counted as having one more. Whichever loop wakes first
-    /// accepts a burst of connections; without this, one worker could take 49 of 50 clients
-    /// while the other idles. Elastic workers: a worker that has just left the active ones may
-    /// still accept what its listener reported; it hands the client to an active worker.
-    private func leastLoadedWorker() -> Int {
-        let counters = plan.shared.workerCounters
-        let active = min(max(1, worker.workerSet.activeCount), counters.count)
-        var best = worker.identifier < active ? worker.identifier : 0
-        var fewest = counters[best].clients.load(ordering: .relaxed)
-        for index in 0..<active where index != best {
-            let count = counters[index].clients.load(ordering: .relaxed)
-            if count < fewest {
-                best = index
-                fewest = count
-            }
-        }
-        counters[best].clients.add(1, ordering: .relaxed)
-        return best
     }
 
     var isAccepting: Bool { listenWatcher != nil }
@@ -551,40 +494,21 @@ final class PoolRuntime {
 }
 
 /// One backend server of a pool, on one worker.
-final class ServerRuntime {
-    unowned(unsafe) let pool: PoolRuntime
-    private(set) var index: Int
-    let address: SocketAddress
-    let name: String
-    /// This worker's counters for the server, read on every request without a retain: the
-    /// reference is unowned(unsafe) and `countersOwner` keeps the object alive.
-    private(set) unowned(unsafe) var counters: ServerCounters
-    private var countersOwner: ServerCounters
+final class ServerRuntime: BackendServer {
+    /// The server's pool: `pool` (declared by `BackendServer`) as what it is.
+    var poolRuntime: PoolRuntime {
+        // Invariant: PoolRuntime is the only subclass of BackendPool, and BackendPool itself is
+        // never made, so every server's pool is a PoolRuntime.
+        unsafeDowncast(pool, to: PoolRuntime.self)
+    }
     private(set) var connections: [ServerConnection] = []
-    var failures = 0
     var isEjected = false
-    /// A cluster replica (`read_from`): `index` is its master's; `READONLY` is sent on connect.
-    let isReplica: Bool
     private var probeTimer: TimerWatcher?
     private var probeConnection: ServerConnection?
 
-    /// The host the server was named by (from `servers:`, or the cluster's map for a replica):
-    /// the name a TLS certificate is verified against unless `server_tls.server_name` is set.
-    var host: String? {
-        if !isReplica, index < pool.config.servers.count, case let .tcp(host, _) = pool.config.servers[index].address { return host }
-        guard let colon = name.lastIndex(of: ":") else { return nil }
-        return String(name[..<colon])
-    }
-
     init(pool: PoolRuntime, index: Int, address: SocketAddress) {
-        self.pool = pool
-        self.index = index
-        self.address = address
-        self.name = pool.config.servers[index].name
-        self.isReplica = false
-        let counters = pool.plan.serverCounters[index][pool.worker.identifier]
-        self.countersOwner = counters
-        self.counters = counters
+        super.init(pool: pool, index: index, address: address, name: pool.config.servers[index].name, isReplica: false,
+                   counters: pool.plan.serverCounters[index][pool.worker.identifier])
         self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
         connectionTable = unretainedTable(of: connections)
     }
@@ -592,14 +516,7 @@ final class ServerRuntime {
     /// A replica of server `master` of a cluster pool. Its counters are its own (the pool's
     /// per-server figures are the masters').
     init(pool: PoolRuntime, replicaOf master: Int, name: String, address: SocketAddress) {
-        self.pool = pool
-        self.index = master
-        self.address = address
-        self.name = name
-        self.isReplica = true
-        let counters = ServerCounters()
-        self.countersOwner = counters
-        self.counters = counters
+        super.init(pool: pool, index: master, address: address, name: name, isReplica: true, counters: ServerCounters())
         self.connections = (0..<pool.config.serverConnections).map { _ in ServerConnection(server: self) }
         connectionTable = unretainedTable(of: connections)
     }
@@ -621,7 +538,7 @@ final class ServerRuntime {
         return connectionTable.unsafelyUnwrapped[count == 1 ? 0 : clientIndex % count]._withUnsafeGuaranteedRef(body)
     }
 
-    var worker: Worker { pool.worker }
+    var worker: RoutingLoop { poolRuntime.worker }
 
     /// Kept across a reload, possibly at another position in `servers:`.
     func reuse(at newIndex: Int) {
@@ -671,7 +588,7 @@ final class ServerRuntime {
 
     /// A leased connection comes back: kept when it is open and clean, else closed. A waiting
     /// blocking request, if any, takes it.
-    func returnDedicated(_ connection: ServerConnection, reusable: Bool) {
+    override func returnDedicated(_ connection: ServerConnection, reusable: Bool) {
         guard connection.isLeased else { return }
         connection.isLeased = false
         if connection.isBlocking {
@@ -689,7 +606,7 @@ final class ServerRuntime {
             let waiter = waiting.removeFirst()
             // A client that left while waiting has nothing to run.
             guard let client = waiter.slot.client else { continue }
-            client.runBlocking(waiter, on: self)
+            worker.runWaiting(waiter, client: client, on: self)
             break
         }
     }
@@ -702,7 +619,7 @@ final class ServerRuntime {
     /// them unretained). When the server leaves (reload) they close, and so do their clients.
     private var pushConnections: [ServerConnection] = []
 
-    func openPushConnection(for client: ClientConnection) -> ServerConnection {
+    func openPushConnection(for client: ReplyOwner) -> ServerConnection {
         let connection = ServerConnection(server: self, isDedicated: true)
         connection.pushClient = client
         pushConnections.append(connection)
@@ -749,17 +666,15 @@ final class ServerRuntime {
         for connection in connections { connection.connectIfNeeded() }
     }
 
-    func recordSuccess() { failures = 0 }
-
-    func recordFailure() {
+    override func recordFailure() {
         failures += 1
         if pool.config.autoEjectHosts, failures >= pool.config.serverFailureLimit {
-            pool.eject(self)
+            poolRuntime.eject(self)
         }
     }
 
     func scheduleProbe() {
-        let timer = probeTimer ?? TimerWatcher(worker: worker, owner: self) { _, watcher, _ in
+        let timer = probeTimer ?? TimerWatcher(loop: worker.loop, owner: self) { _, watcher, _ in
             let server = Unmanaged<ServerRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             server.probeTimer?.fired()
             server.probe()
@@ -777,9 +692,9 @@ final class ServerRuntime {
         connection.sendProbe()
     }
 
-    func probeAnswered() { pool.reinstate(self) }
+    override func probeAnswered() { poolRuntime.reinstate(self) }
 
-    func probeFailed() {
+    override func probeFailed() {
         if isEjected { scheduleProbe() }
     }
 }
@@ -799,4 +714,13 @@ private func unretainedTable<Object: AnyObject>(of objects: [Object]) -> UnsafeM
     let table = UnsafeMutablePointer<Unmanaged<Object>>.allocate(capacity: max(1, objects.count))
     for (index, object) in objects.enumerated() { (table + index).initialize(to: .passUnretained(object)) }
     return table
+}
+
+extension ServerConnection {
+    /// The connection's server (`server`, declared as a `BackendServer`) as what it is.
+    var serverRuntime: ServerRuntime {
+        // Invariant: ServerRuntime is the only subclass of BackendServer, and BackendServer
+        // itself is never made, so every connection's server is a ServerRuntime.
+        unsafeDowncast(server, to: ServerRuntime.self)
+    }
 }

@@ -17,7 +17,7 @@ import TernCore
 /// `SET … NX`): a value written to the new pool meanwhile is never overwritten. An item with
 /// 1 s or less to live is answered but not copied. A failing old pool is a miss, and counted.
 /// Confined to the worker thread that owns the slot.
-final class WarmupRead {
+final class WarmupRead: PhasedRead {
     enum Mode { case text, meta, redisGet, redisMGet }
     enum Phase { case new, old, resend }
 
@@ -63,7 +63,6 @@ final class WarmupRead {
     var isBase64Key = false
     var keys: [Key] = []
     var keyBytes: [UInt8] = []
-    var values: [UInt8] = []
 
     init(mode: Mode, pool: PoolRuntime, clientIndex: Int) {
         self.mode = mode
@@ -90,7 +89,7 @@ final class WarmupRead {
 
     // MARK: Replies
 
-    func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+    override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
         switch (mode, phase) {
         case (.text, .new), (.text, .resend):
             storeValueRecords(slot, part: part, reply: reply, resendOnly: phase == .resend)
@@ -110,7 +109,7 @@ final class WarmupRead {
         }
     }
 
-    func failed(_ slot: ReplySlot, part: Int32, reason: String) {
+    override func failed(_ slot: ReplySlot, part: Int32, reason: String) {
         if phase == .old {
             WarmupCounters.add(counters.oldErrors)
             return
@@ -127,7 +126,7 @@ final class WarmupRead {
     }
 
     /// Called when every part of a phase has answered. Returns true when another phase started.
-    func advance(_ slot: ReplySlot) -> Bool {
+    override func advance(_ slot: ReplySlot) -> Bool {
         switch phase {
         case .new: return startOldPhase(slot)
         case .old: return finishOldPhase(slot)
@@ -412,5 +411,14 @@ final class WarmupRead {
             slot.data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
             cursor += 1
         }
+    }
+}
+
+extension ReplySlot {
+    /// The slot's warm-up read, if it has one.
+    var warmupRead: WarmupRead? {
+        // Invariant: WarmupRead is the only subclass of PhasedRead, and PhasedRead itself is
+        // never made, so every phased read is a WarmupRead.
+        warmup.map { unsafeDowncast($0, to: WarmupRead.self) }
     }
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Synchronization
 import TernCore
 
@@ -111,5 +114,51 @@ struct LogThrottle {
         lastAt = now
         defer { suppressed = 0 }
         return suppressed
+    }
+}
+
+/// What a warm-up did, summed over workers (relaxed atomics; these move only on warm-up reads,
+/// copies and deletes).
+final class WarmupCounters: Sendable {
+    /// Keys answered by the new pool.
+    let newHits = Atomic<Int>(0)
+    /// Keys that missed the new pool and were answered by the old one.
+    let oldHits = Atomic<Int>(0)
+    /// Keys that missed both pools.
+    let misses = Atomic<Int>(0)
+    /// Old hits copied into the new pool.
+    let copies = Atomic<Int>(0)
+    /// Old hits not copied: about to expire, already present in the new pool, or an error.
+    let copiesSkipped = Atomic<Int>(0)
+    /// Old-pool requests that failed (answered as misses).
+    let oldErrors = Atomic<Int>(0)
+    /// Deletes sent to the old pool.
+    let oldDeletes = Atomic<Int>(0)
+
+    @inline(__always) static func add(_ counter: borrowing Atomic<Int>, _ value: Int = 1) {
+        counter.add(value, ordering: .relaxed)
+    }
+
+    /// Lines `name value` for the protocols' stats replies.
+    func report() -> [(String, Int)] {
+        let new = newHits.load(ordering: .relaxed)
+        let old = oldHits.load(ordering: .relaxed)
+        let ratio = new + old == 0 ? 0 : new * 10000 / (new + old)
+        return [
+            ("warmup_new_hits", new), ("warmup_old_hits", old), ("warmup_misses", misses.load(ordering: .relaxed)),
+            ("warmup_copies", copies.load(ordering: .relaxed)), ("warmup_copies_skipped", copiesSkipped.load(ordering: .relaxed)),
+            ("warmup_old_errors", oldErrors.load(ordering: .relaxed)), ("warmup_old_deletes", oldDeletes.load(ordering: .relaxed)),
+            ("warmup_new_hit_ratio_basis_points", ratio),
+        ]
+    }
+}
+
+/// Process-wide facts the protocols report (memcached `stats`).
+final class ProcessInfo: Sendable {
+    let startTime: Int
+    let version: String
+    init(version: String) {
+        self.version = version
+        self.startTime = Int(time(nil))
     }
 }

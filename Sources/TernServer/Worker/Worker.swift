@@ -6,121 +6,6 @@ import Logging
 import Synchronization
 import TernCore
 
-/// What every worker gets for one pool: the config, resolved addresses, the listening socket
-/// and the counters shared across workers. Immutable apart from atomics, so it is Sendable.
-final class PoolPlan: Sendable {
-    let config: PoolConfig
-    let serverAddresses: [SocketAddress]
-    /// -1 for a warm-up's old pool, which is reached only through its new pool.
-    let listenDescriptor: Int32
-    /// The old pool of a warm-up.
-    let warmup: PoolPlan?
-    /// What outlives a reload: connection counts and counters, by pool name.
-    let shared: PoolShared
-    /// Counters of each server on each worker: `serverCounters[server][worker]`. A server that
-    /// keeps its name across a reload keeps its counters.
-    let serverCounters: [[ServerCounters]]
-    /// The pool's users, compiled once per plan (immutable, read by every worker).
-    let users: [RedisUser]
-    /// `redis_cluster` with `read_from`: the addresses of `config.replicaServers` (a replica whose
-    /// name did not resolve is left out, with an empty address list in its place).
-    let replicaAddresses: [[SocketAddress?]]
-    /// TLS toward clients (`tls:`) and toward servers (`server_tls:`), loaded when the plan is
-    /// made, so a reload re-reads certificates and keys and a bad file rejects the reload.
-    let clientTLS: TLSContext?
-    let serverTLS: TLSContext?
-
-    init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
-         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = []) throws(TLSSetupError) {
-        self.clientTLS = try config.clientTLS.map { (tls) throws(TLSSetupError) in try TLSContext.listener(tls, pool: config.name) }
-        self.serverTLS = try config.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: config.name) }
-        self.config = config
-        self.serverAddresses = serverAddresses
-        self.replicaAddresses = replicaAddresses
-        self.listenDescriptor = listenDescriptor
-        self.warmup = warmup
-        self.shared = shared
-        self.serverCounters = serverCounters
-        self.users = RedisUser.compile(config)
-    }
-}
-
-/// The part of a pool that survives reloads (matched by pool name).
-final class PoolShared: Sendable {
-    /// Client connections open on this pool across all workers (enforces `client_connections`).
-    let clientCount = Atomic<Int>(0)
-    let totalConnections = Atomic<Int>(0)
-    let warmupCounters = WarmupCounters()
-    /// One per worker.
-    let workerCounters: [PoolCounters]
-    /// Per-command requests and latency, one table per worker.
-    let commandStats: [CommandStats]
-    /// The most requested keys, one sketch per worker (`hot_keys` counters each, fixed when the
-    /// pool is first made; a reload keeps the sketch).
-    let hotKeys: [HotKeys]
-    /// Backend round trips slower than `slowlog_log_slower_than` (a warm-up's old pool records
-    /// into its new pool's log).
-    let slowLog = SlowLog()
-    /// Redis pools: each server's INFO, gathered off the request path (see `BackendInfoPoller`).
-    let backendInfo = Locked<[String: BackendInfo]>([:])
-    /// `distribution: redis_cluster`: slot map version, redirects, refreshes (idle otherwise).
-    let cluster = ClusterState()
-    /// `sentinel:` pools: masters' addresses, switches (idle otherwise).
-    let sentinel = SentinelState()
-
-    init(workers: Int, hotKeys capacity: Int = 64) {
-        workerCounters = (0..<workers).map { _ in PoolCounters() }
-        commandStats = (0..<workers).map { _ in CommandStats() }
-        hotKeys = (0..<workers).map { _ in HotKeys(capacity: capacity) }
-    }
-}
-
-/// What a warm-up did, summed over workers (relaxed atomics; these move only on warm-up reads,
-/// copies and deletes).
-final class WarmupCounters: Sendable {
-    /// Keys answered by the new pool.
-    let newHits = Atomic<Int>(0)
-    /// Keys that missed the new pool and were answered by the old one.
-    let oldHits = Atomic<Int>(0)
-    /// Keys that missed both pools.
-    let misses = Atomic<Int>(0)
-    /// Old hits copied into the new pool.
-    let copies = Atomic<Int>(0)
-    /// Old hits not copied: about to expire, already present in the new pool, or an error.
-    let copiesSkipped = Atomic<Int>(0)
-    /// Old-pool requests that failed (answered as misses).
-    let oldErrors = Atomic<Int>(0)
-    /// Deletes sent to the old pool.
-    let oldDeletes = Atomic<Int>(0)
-
-    @inline(__always) static func add(_ counter: borrowing Atomic<Int>, _ value: Int = 1) {
-        counter.add(value, ordering: .relaxed)
-    }
-
-    /// Lines `name value` for the protocols' stats replies.
-    func report() -> [(String, Int)] {
-        let new = newHits.load(ordering: .relaxed)
-        let old = oldHits.load(ordering: .relaxed)
-        let ratio = new + old == 0 ? 0 : new * 10000 / (new + old)
-        return [
-            ("warmup_new_hits", new), ("warmup_old_hits", old), ("warmup_misses", misses.load(ordering: .relaxed)),
-            ("warmup_copies", copies.load(ordering: .relaxed)), ("warmup_copies_skipped", copiesSkipped.load(ordering: .relaxed)),
-            ("warmup_old_errors", oldErrors.load(ordering: .relaxed)), ("warmup_old_deletes", oldDeletes.load(ordering: .relaxed)),
-            ("warmup_new_hit_ratio_basis_points", ratio),
-        ]
-    }
-}
-
-/// Process-wide facts the protocols report (memcached `stats`).
-final class ProcessInfo: Sendable {
-    let startTime: Int
-    let version: String
-    init(version: String) {
-        self.version = version
-        self.startTime = Int(time(nil))
-    }
-}
-
 /// One worker thread: one libev loop, its client connections, its backend connections.
 ///
 /// Everything reachable from a Worker is confined to the worker's thread. Back-references
@@ -140,90 +25,43 @@ final class ProcessInfo: Sendable {
 /// sockets (SO_REUSEPORT does not cover AF_UNIX) and keeps one listening socket per pool owned by
 /// the main thread. The loop that wakes first would take a whole burst, so each accepted client
 /// goes to the worker with the fewest clients of its pool, through that worker's inbox
-/// (`PoolRuntime.leastLoadedWorker`).
+/// (`Worker.accepted`).
 ///
 /// Elastic workers (the default, no `--threads`): only workers `0..<workerSet.active` take new
 /// clients — only they watch the listeners, and only they are chosen for a hand-over. Each
 /// worker measures its utilisation once a second; the main thread activates one more worker
 /// when the active ones are busy (`WorkerScaler`, `WorkerScalingPolicy`).
-final class Worker {
-    let identifier: Int
-    let loop: OpaquePointer
+final class Worker: FrontendLoop {
     /// Shared with every worker, the main thread and the admin thread (atomics only).
     let workerSet: WorkerSet
-    /// Whether this worker takes new clients (watches the listeners); follows
-    /// `workerSet.active`, checked once a second. Loop-confined.
-    private(set) var takesClients: Bool
     /// The last utilisation measurement: thread CPU time and monotonic time (seconds).
     private var measuredCPU = 0.0
     private var measuredAt = 0.0
-    let logger: Logger
-    let processInfo: ProcessInfo
     private(set) var pools: [PoolRuntime] = []
     private let prepareWatcher = UnsafeMutablePointer<ev_prepare>.allocate(capacity: 1)
-    /// Connections with bytes to write, flushed once per loop pass before the loop blocks.
-    private var dirtyClients: [ClientConnection] = []
-    private var dirtyServers: [ServerConnection] = []
+    /// Connections with bytes to write (`dirtyServers`, `replies.dirty`) are written once per
+    /// loop pass before the loop blocks (`flushAll`).
     /// The lists being flushed: swapped with the dirty lists so that neither is copied (a copy
     /// would make `removeAll(keepingCapacity:)` allocate on every loop pass).
-    private var flushingClients: [ClientConnection] = []
-    /// Clients whose replies wait one pass for the rest of their pipeline, and last pass's,
-    /// which are written now whatever arrived.
-    private var heldClients: [ClientConnection] = []
+    private var flushingClients: [ReplyOwner] = []
+    /// Last pass's held clients (`heldClients`), written now whatever arrived.
     private var releasedClients: [ClientConnection] = []
     /// Wakes the loop within a millisecond while replies are held, so that a stalled backend
     /// on an otherwise idle worker cannot hold its neighbours' replies longer than that.
     private var holdTimer: TimerWatcher?
     private var flushingServers: [ServerConnection] = []
-    /// Closed objects kept alive until the current callback has returned.
-    private var retired: [AnyObject] = []
-    private var freeSlots: [ReplySlot] = []
-    /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
-    /// it has a partial request, so idle connections cost no buffer memory.
-    let scratch = ByteBuffer()
-    /// The client buffer being parsed, while it holds at least `ServerConnection.adoptThreshold`
-    /// bytes: a request forwarded whole may take its memory (nil otherwise).
-    var largeInput: ByteBuffer?
-    /// Set when a server connection took the request being parsed out of `largeInput` (its
-    /// bytes are no longer there to consume); the parsing loop clears it.
-    var tookLargeRequest = false
-    /// The same for replies: a backend connection's input while a large reply at its start is
-    /// delivered (with the reply's whole length), and whether a client took it.
-    var largeReply: (input: ByteBuffer, length: Int)?
-    var tookLargeReply = false
-    /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
-    /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
-    /// Get (written without the translator's array appends).
-    var binaryLine: [UInt8] = []
-    let binaryGetLine = ByteBuffer()
-    /// A binary request's identity and key while the text path routes it: the next slot made
-    /// takes them (kept here, not on every client, which would grow each idle connection).
-    var pendingBinary: BinaryContext?
-    var pendingBinaryKey = UnsafeRawBufferPointer(start: nil, count: 0)
-    /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
-    private var fragmentServers: [Int32] = []
-    private var randomState: UInt64
-    private var nextClientNumber = 0
     /// The main thread's way in (reload, drain), and the other workers' (client hand-over).
     let inbox: WorkerInbox
     /// Every worker's inbox, indexed by worker identifier; set before the loop starts.
-    var peers: [WorkerInbox] = []
+    var peers: [WorkerInbox] = [] {
+        didSet { workerCount = peers.count }
+    }
     private let asyncWatcher = UnsafeMutablePointer<ev_async>.allocate(capacity: 1)
-    /// Servers dropped by a reload, closed once their in-flight requests have finished; each
-    /// keeps its pool alive until then (back-references are unowned(unsafe)).
-    private var retiringServers: [(server: ServerRuntime, pool: PoolRuntime)] = []
-    /// Pools dropped by a reload, kept while clients still use them.
-    private var retiredPools: [PoolRuntime] = []
     private var drainFinished: Acknowledgement?
 
     init(identifier: Int, plans: [PoolPlan], logger: Logger, processInfo: ProcessInfo, workerSet: WorkerSet) {
-        self.identifier = identifier
-        self.loop = tern_loop_new()
+        let loop = tern_loop_new()!
         self.workerSet = workerSet
-        self.takesClients = identifier < workerSet.activeCount
-        self.logger = logger
-        self.processInfo = processInfo
-        self.randomState = UInt64(truncatingIfNeeded: identifier &+ 1) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(UInt(bitPattern: time(nil)))
         // Started here, before the loop runs, so that nothing posted early is lost.
         tern_async_init(asyncWatcher) { _, watcher, _ in
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
@@ -231,6 +69,8 @@ final class Worker {
         }
         self.inbox = WorkerInbox(wakeup: LoopWakeup(loop: loop, watcher: asyncWatcher))
         self.pools = []
+        super.init(loop: loop, logger: logger, identifier: identifier, takesClients: identifier < workerSet.activeCount,
+                   processInfo: processInfo)
         tern_set_data(asyncWatcher, Unmanaged.passUnretained(self).toOpaque())
         ev_async_start(loop, asyncWatcher)
         self.pools = plans.map { PoolRuntime(plan: $0, worker: self) }
@@ -280,7 +120,7 @@ final class Worker {
     /// Runs the loop on the current thread until it is broken.
     func run() {
         measureUtilisation()
-        let timer = TimerWatcher(worker: self, owner: self) { _, watcher, _ in
+        let timer = TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             worker.sweepTimer?.fired()
             worker.sweepClients()
@@ -335,9 +175,9 @@ final class Worker {
             return
         }
         if let moved {
-            ClientConnection(descriptor: descriptor, pool: pool, moved: moved).start()
+            ClientConnection(descriptor: descriptor, pool: pool, worker: self, moved: moved).start()
         } else {
-            ClientConnection(descriptor: descriptor, pool: pool).start()
+            ClientConnection(descriptor: descriptor, pool: pool, worker: self).start()
         }
     }
 
@@ -383,6 +223,44 @@ final class Worker {
         peers[identifier].post(.adoptClient(descriptor: descriptor, pool: shared))
     }
 
+    /// A client accepted on `pool`'s listener: served here, or by the least loaded worker.
+    override func accepted(descriptor: Int32, pool: PoolRuntime) {
+        let target = leastLoadedWorker(for: pool)
+        if target == identifier {
+            ClientConnection(descriptor: descriptor, pool: pool, worker: self).start()
+        } else {
+            handOver(descriptor: descriptor, of: pool.plan.shared, to: target)
+        }
+    }
+
+    /// The worker with the fewest clients of `pool` among those taking new clients (this one
+    /// on a tie, if it takes clients), counted as having one more. Whichever loop wakes first
+    /// accepts a burst of connections; without this, one worker could take 49 of 50 clients
+    /// while the other idles. Elastic workers: a worker that has just left the active ones may
+    /// still accept what its listener reported; it hands the client to an active worker.
+    private func leastLoadedWorker(for pool: PoolRuntime) -> Int {
+        let counters = pool.plan.shared.workerCounters
+        let active = min(max(1, workerSet.activeCount), counters.count)
+        var best = identifier < active ? identifier : 0
+        var fewest = counters[best].clients.load(ordering: .relaxed)
+        for index in 0..<active where index != best {
+            let count = counters[index].clients.load(ordering: .relaxed)
+            if count < fewest {
+                best = index
+                fewest = count
+            }
+        }
+        counters[best].clients.add(1, ordering: .relaxed)
+        return best
+    }
+
+    /// A blocking command that waited for a dedicated connection of `server` runs now.
+    override func runWaiting(_ waiter: DedicatedWaiter, client: ReplyOwner, on server: ServerRuntime) {
+        // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base class
+        // is never made on its own), so the cast cannot be wrong.
+        unsafeDowncast(client, to: ClientConnection.self).runBlocking(waiter, on: server)
+    }
+
     private func apply(_ plans: [PoolPlan]) {
         var next: [PoolRuntime] = []
         for plan in plans {
@@ -403,21 +281,6 @@ final class Worker {
             logger.notice("pool \(pool.config.name) removed; its clients close once idle")
         }
         pools = next
-    }
-
-    /// A pool that left service without clients of its own (a warm-up's old pool removed by a
-    /// reload): kept until the requests on its servers have finished.
-    func retireWhenIdle(_ pool: PoolRuntime) {
-        retiredPools.append(pool)
-    }
-
-    func retireWhenIdle(_ server: ServerRuntime) {
-        server.endSessions()
-        if server.isIdle {
-            server.closeConnections()
-        } else {
-            retiringServers.append((server, server.pool))
-        }
     }
 
     /// Closes retired servers that have become idle, forgets retired pools nobody uses, and ends
@@ -447,66 +310,23 @@ final class Worker {
         }
     }
 
-    var now: Double { ev_now(loop) }
-
-    func nextRandom() -> UInt32 {
-        randomState ^= randomState << 13
-        randomState ^= randomState >> 7
-        randomState ^= randomState << 17
-        return UInt32(truncatingIfNeeded: randomState >> 16)
-    }
-
-    func nextClientIndex() -> Int {
-        nextClientNumber &+= 1
-        return nextClientNumber
-    }
-
-    func markDirty(_ client: ClientConnection) {
-        if !client.isDirty {
-            client.isDirty = true
-            dirtyClients.append(client)
-        }
-    }
-
-    func hold(_ client: ClientConnection) {
-        if !client.isHeld {
-            client.isHeld = true
-            heldClients.append(client)
-        }
-    }
-
-    func markDirty(_ server: ServerConnection) {
-        if !server.isDirty {
-            server.isDirty = true
-            dirtyServers.append(server)
-        }
-    }
-
-    func retire(_ object: AnyObject) { retired.append(object) }
-
-
-    /// Open client connections; the watcher's `data` does not retain its client, this does.
-    private var clients: [ObjectIdentifier: ClientConnection] = [:]
-
-    func adopt(_ client: ClientConnection) { clients[ObjectIdentifier(client)] = client }
-
-    func release(_ client: ClientConnection) {
-        if let client = clients.removeValue(forKey: ObjectIdentifier(client)) { retired.append(client) }
-    }
 
     /// One write per dirty connection per loop pass: requests of many clients to one backend
     /// connection leave in one write, and so do many replies to one client.
     private func flushAll() {
         swap(&heldClients, &releasedClients)
-        while !dirtyServers.isEmpty || !dirtyClients.isEmpty {
+        while !dirtyServers.isEmpty || !replies.dirty.isEmpty {
             swap(&dirtyServers, &flushingServers)
             for server in flushingServers {
                 server.isDirty = false
                 server.flush()
             }
             flushingServers.removeAll(keepingCapacity: true)
-            swap(&dirtyClients, &flushingClients)
-            for client in flushingClients {
+            swap(&replies.dirty, &flushingClients)
+            for owner in flushingClients {
+                // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base
+                // class is never made on its own), so the cast cannot be wrong.
+                let client = unsafeDowncast(owner, to: ClientConnection.self)
                 client.isDirty = false
                 if client.isHeld {
                     client.isHeld = false
@@ -529,7 +349,7 @@ final class Worker {
     }
 
     private func startHoldTimer() {
-        let timer = holdTimer ?? TimerWatcher(worker: self, owner: self) { _, watcher, _ in
+        let timer = holdTimer ?? TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
             // Waking is all it does: the next pass's flush writes what was held.
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             worker.holdTimer?.fired()
@@ -537,94 +357,4 @@ final class Worker {
         holdTimer = timer
         timer.start(after: 0.001)
     }
-
-    /// Lends the worker's server list, empty, for splitting one multi-key request.
-    func withFragmentServers<Result>(_ body: (inout [Int32]) -> Result) -> Result {
-        var servers = fragmentServers
-        fragmentServers = []
-        defer {
-            servers.removeAll(keepingCapacity: true)
-            fragmentServers = servers
-        }
-        return body(&servers)
-    }
-
-    func makeSlot(for client: ClientConnection) -> ReplySlot {
-        let slot = freeSlots.popLast() ?? ReplySlot()
-        slot.client = client
-        return slot
-    }
-
-    func recycle(_ slot: ReplySlot) {
-        slot.reset()
-        if freeSlots.count < Self.keptSlots { freeSlots.append(slot) }
-    }
-
-    /// Recycled slots kept for reuse: enough for a busy worker's pipelines (16 clients 64 deep)
-    /// without an allocation, few enough that their buffers (at most 16 KiB each, see
-    /// `ReplySlot.reset`) stay within 16 MiB after a burst.
-    static let keptSlots = 1024
-}
-
-// MARK: - Watcher plumbing
-
-/// An `ev_io` at a stable address whose `data` points at its (unretained) owner.
-final class IOWatcher {
-    let pointer = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
-    private(set) var events: Int32 = 0
-    unowned(unsafe) let loop: Worker
-
-    init(worker: Worker, descriptor: Int32, owner: AnyObject,
-         callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_io>?, Int32) -> Void) {
-        self.loop = worker
-        tern_io_init(pointer, callback, descriptor, 0)
-        tern_set_data(pointer, Unmanaged.passUnretained(owner).toOpaque())
-    }
-
-    deinit { pointer.deallocate() }
-
-    /// Watches for `events` (read, write or both); zero stops watching.
-    func watch(_ newEvents: Int32) {
-        guard newEvents != events else { return }
-        if events != 0 { ev_io_stop(loop.loop, pointer) }
-        events = newEvents
-        if newEvents != 0 {
-            tern_io_set(pointer, pointer.pointee.fd, newEvents)
-            ev_io_start(loop.loop, pointer)
-        }
-    }
-}
-
-/// An `ev_timer` at a stable address.
-final class TimerWatcher {
-    let pointer = UnsafeMutablePointer<ev_timer>.allocate(capacity: 1)
-    unowned(unsafe) let worker: Worker
-    private(set) var isActive = false
-    private let callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_timer>?, Int32) -> Void
-    private let owner: UnsafeMutableRawPointer
-
-    init(worker: Worker, owner: AnyObject,
-         callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_timer>?, Int32) -> Void) {
-        self.worker = worker
-        self.callback = callback
-        self.owner = Unmanaged.passUnretained(owner).toOpaque()
-    }
-
-    deinit { pointer.deallocate() }
-
-    func start(after seconds: Double) {
-        stop()
-        tern_timer_init(pointer, callback, max(seconds, 0), 0)
-        tern_set_data(pointer, owner)
-        ev_timer_start(worker.loop, pointer)
-        isActive = true
-    }
-
-    func stop() {
-        if isActive { ev_timer_stop(worker.loop, pointer) }
-        isActive = false
-    }
-
-    /// Called from the timer callback: libev has already stopped a non-repeating timer.
-    func fired() { isActive = false }
 }

@@ -1,0 +1,117 @@
+import TernCore
+
+/// What backend connections reach of their pool on this worker: its plan, counters and the hot
+/// config facts copied out of it (refreshed on reload by the pool), the slow log, and the worker.
+/// `PoolRuntime` (Routing/PoolRuntime.swift) is the only subclass: every member here is final
+/// (direct calls, stored fields), and the one overridable method, for cluster redirects, is
+/// called only on a `-MOVED`/`-ASK`/`-TRYAGAIN` reply.
+class BackendPool {
+    final var plan: PoolPlan
+    final var config: PoolConfig { plan.config }
+    final var warmupCounters: WarmupCounters { plan.shared.warmupCounters }
+    /// The worker, as backend connections see it (unowned(unsafe): the worker outlives its pools).
+    final unowned(unsafe) let backendLoop: BackendLoop
+    /// This worker's counters for the pool.
+    final let stats: PoolCounters
+    /// Hot config facts, copied out of `config` (a computed copy of a struct holding arrays
+    /// would retain and release each of them on every read). Set by the pool, refreshed on reload.
+    final var isRedis = false
+    final var timeoutSeconds: Double?
+    /// `client_output_limit`, shared with the pool's clients (`ReplyOwner.outputLimit`).
+    final let outputLimit = OutputLimit()
+    final var clientOutputLimit: Int { outputLimit.bytes }
+    /// Backend round trips slower than this (µs) are logged; Int.max when the log is off.
+    final var slowlogThreshold = Int.max
+    /// Where slow requests are recorded, and the config that governs the log: the pool's own,
+    /// or for a warm-up's old pool, its new pool's.
+    final var slowLog: SlowLog
+    final var slowlogMaxLength = 128
+    /// `distribution: redis_cluster`: redirects are followed, multi-key checks are per slot.
+    final var isCluster = false
+    /// A `sentinel:` pool: failing connections ask the sentinels again.
+    final var isSentinel = false
+    /// Slow requests recorded in the current second (see `admitSlowRequest`).
+    private final var slowSecond = 0
+    private final var slowRecorded = 0
+    /// For a warm-up's old pool, its new pool (slow requests count there). unowned(unsafe): the
+    /// new pool owns its old pool (`PoolRuntime.old`), so it outlives it; a retired old pool
+    /// drops it (`PoolRuntime.detachObservers`).
+    final unowned(unsafe) var slowOwner: BackendPool?
+
+    init(plan: PoolPlan, backendLoop: BackendLoop, stats: PoolCounters) {
+        self.plan = plan
+        self.backendLoop = backendLoop
+        self.stats = stats
+        self.slowLog = plan.shared.slowLog
+    }
+
+    /// Counts a slow request; true when it may also be written into the slow log: at most
+    /// `slowlog_max_len` entries a second per worker.
+    final func admitSlowRequest(now: Double) -> Bool {
+        if let owner = slowOwner { return owner.admitSlowRequest(now: now) }
+        stats.slowRequests.add()
+        let second = Int(now)
+        if second != slowSecond {
+            slowSecond = second
+            slowRecorded = 0
+        }
+        slowRecorded += 1
+        return slowRecorded <= slowlogMaxLength
+    }
+
+    /// A cluster pool's reply redirected a request (`redirect`), or asked it to try again
+    /// (`redirect` nil, `-TRYAGAIN`): the request is re-sent or parked (overridden by the pool,
+    /// Routing/ClusterRedirects.swift).
+    func redirected(_ redirect: ClusterRedirect?, request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot,
+                    part: Int32, redirects: UInt8, clientIndex: Int) {
+        preconditionFailure("overridden by PoolRuntime")
+    }
+}
+
+/// What backend connections reach of their server on this worker: its name, address, counters
+/// and failures. `ServerRuntime` (Routing/PoolRuntime.swift) is the only subclass. The request
+/// path uses the final members; the overridable ones (a failure, a probe's answer, a dedicated
+/// connection given back) are called off it.
+class BackendServer {
+    /// unowned(unsafe): a pool outlives its servers (the worker keeps a retiring server's pool
+    /// with it, `RoutingLoop.retiringServers`).
+    final unowned(unsafe) let pool: BackendPool
+    final var index: Int
+    final let address: SocketAddress
+    final let name: String
+    /// A cluster replica (`read_from`): `index` is its master's; `READONLY` is sent on connect.
+    final let isReplica: Bool
+    /// This worker's counters for the server, read on every request without a retain: the
+    /// reference is unowned(unsafe) and `countersOwner` keeps the object alive.
+    final unowned(unsafe) var counters: ServerCounters
+    final var countersOwner: ServerCounters
+    final var failures = 0
+
+    init(pool: BackendPool, index: Int, address: SocketAddress, name: String, isReplica: Bool, counters: ServerCounters) {
+        self.pool = pool
+        self.index = index
+        self.address = address
+        self.name = name
+        self.isReplica = isReplica
+        self.countersOwner = counters
+        self.counters = counters
+    }
+
+    /// The host the server was named by (from `servers:`, or the cluster's map for a replica):
+    /// the name a TLS certificate is verified against unless `server_tls.server_name` is set.
+    final var host: String? {
+        if !isReplica, index < pool.config.servers.count, case let .tcp(host, _) = pool.config.servers[index].address { return host }
+        guard let colon = name.lastIndex(of: ":") else { return nil }
+        return String(name[..<colon])
+    }
+
+    final func recordSuccess() { failures = 0 }
+
+    // MARK: Up to the pool (overridden by ServerRuntime)
+
+    func recordFailure() { preconditionFailure("overridden by ServerRuntime") }
+    func probeAnswered() { preconditionFailure("overridden by ServerRuntime") }
+    func probeFailed() { preconditionFailure("overridden by ServerRuntime") }
+    /// A leased dedicated connection comes back (see `ServerRuntime.returnDedicated`).
+    func returnDedicated(_ connection: ServerConnection, reusable: Bool) { preconditionFailure("overridden by ServerRuntime") }
+}

@@ -1,0 +1,106 @@
+import Synchronization
+import TernCore
+
+/// What every worker gets for one pool: the config, resolved addresses, the listening socket
+/// and the counters shared across workers. Immutable apart from atomics, so it is Sendable.
+final class PoolPlan: Sendable {
+    let config: PoolConfig
+    let serverAddresses: [SocketAddress]
+    /// -1 for a warm-up's old pool, which is reached only through its new pool.
+    let listenDescriptor: Int32
+    /// The old pool of a warm-up.
+    let warmup: PoolPlan?
+    /// What outlives a reload: connection counts and counters, by pool name.
+    let shared: PoolShared
+    /// Counters of each server on each worker: `serverCounters[server][worker]`. A server that
+    /// keeps its name across a reload keeps its counters.
+    let serverCounters: [[ServerCounters]]
+    /// The pool's users, compiled once per plan (immutable, read by every worker).
+    let users: [RedisUser]
+    /// `redis_cluster` with `read_from`: the addresses of `config.replicaServers` (a replica whose
+    /// name did not resolve is left out, with an empty address list in its place).
+    let replicaAddresses: [[SocketAddress?]]
+    /// TLS toward clients (`tls:`) and toward servers (`server_tls:`), loaded when the plan is
+    /// made, so a reload re-reads certificates and keys and a bad file rejects the reload.
+    let clientTLS: TLSContext?
+    let serverTLS: TLSContext?
+
+    init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
+         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = []) throws(TLSSetupError) {
+        self.clientTLS = try config.clientTLS.map { (tls) throws(TLSSetupError) in try TLSContext.listener(tls, pool: config.name) }
+        self.serverTLS = try config.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: config.name) }
+        self.config = config
+        self.serverAddresses = serverAddresses
+        self.replicaAddresses = replicaAddresses
+        self.listenDescriptor = listenDescriptor
+        self.warmup = warmup
+        self.shared = shared
+        self.serverCounters = serverCounters
+        self.users = RedisUser.compile(config)
+    }
+}
+
+/// The part of a pool that survives reloads (matched by pool name).
+final class PoolShared: Sendable {
+    /// Client connections open on this pool across all workers (enforces `client_connections`).
+    let clientCount = Atomic<Int>(0)
+    let totalConnections = Atomic<Int>(0)
+    let warmupCounters = WarmupCounters()
+    /// One per worker.
+    let workerCounters: [PoolCounters]
+    /// Per-command requests and latency, one table per worker.
+    let commandStats: [CommandStats]
+    /// The most requested keys, one sketch per worker (`hot_keys` counters each, fixed when the
+    /// pool is first made; a reload keeps the sketch).
+    let hotKeys: [HotKeys]
+    /// Backend round trips slower than `slowlog_log_slower_than` (a warm-up's old pool records
+    /// into its new pool's log).
+    let slowLog = SlowLog()
+    /// Redis pools: each server's INFO, gathered off the request path (see `BackendInfoPoller`).
+    let backendInfo = Locked<[String: BackendInfo]>([:])
+    /// `distribution: redis_cluster`: slot map version, redirects, refreshes (idle otherwise).
+    let cluster = ClusterState()
+    /// `sentinel:` pools: masters' addresses, switches (idle otherwise).
+    let sentinel = SentinelState()
+
+    init(workers: Int, hotKeys capacity: Int = 64) {
+        workerCounters = (0..<workers).map { _ in PoolCounters() }
+        commandStats = (0..<workers).map { _ in CommandStats() }
+        hotKeys = (0..<workers).map { _ in HotKeys(capacity: capacity) }
+    }
+}
+
+extension PoolPlan {
+    /// Pool counters summed over workers, for memcached `stats` and Redis `INFO`.
+    var poolSummary: [(String, Int)] {
+        let counters = shared.workerCounters
+        func sum(_ field: (PoolCounters) -> Int) -> Int { counters.reduce(0) { $0 + field($1) } }
+        var requests = 0, responses = 0, timeouts = 0
+        for perWorker in serverCounters {
+            for server in perWorker {
+                requests += server.requests.read()
+                responses += server.responses.read()
+                timeouts += server.serverTimedOut.read()
+            }
+        }
+        return [
+            ("client_eof", sum { $0.clientEOF.read() }), ("client_err", sum { $0.clientErrors.read() }),
+            ("server_ejects", sum { $0.serverEjects.read() }), ("forward_error", sum { $0.forwardErrors.read() }),
+            ("fragments", sum { $0.fragments.read() }), ("server_requests", requests), ("server_responses", responses),
+            ("server_timedout", timeouts),
+        ]
+    }
+
+    /// Redis sessions: transactions, WATCHes, blocking commands, dedicated connections,
+    /// subscribed clients and messages (stats port and INFO; /metrics has the same figures).
+    var sessionSummary: [(String, Int)] {
+        let counters = shared.workerCounters
+        func sum(_ field: (PoolCounters) -> Int) -> Int { counters.reduce(0) { $0 + field($1) } }
+        return [
+            ("transactions_exec", sum { $0.transactions.read() }), ("transactions_execabort", sum { $0.transactionsAborted.read() }),
+            ("watches", sum { $0.watches.read() }), ("blocking_requests", sum { $0.blockingRequests.read() }),
+            ("dedicated_connections_in_use", sum { $0.dedicatedInUse.read() }), ("subscribed_clients", sum { $0.subscribedClients.read() }),
+            ("pubsub_messages", sum { $0.messagesDelivered.read() }), ("blocked_clients", sum { $0.blockedClients.read() }),
+        ]
+    }
+}

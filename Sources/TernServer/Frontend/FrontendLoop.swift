@@ -1,0 +1,65 @@
+import Logging
+
+/// What client connections reach of their worker, above what pools do (`RoutingLoop`): the
+/// worker's open clients and the ones holding replies for a pass, buffers the worker's clients
+/// share, client numbering and process facts. `Worker` (Worker/Worker.swift) is the only
+/// subclass; every member here is final, so the request path calls them directly, and
+/// Frontend never names the worker.
+class FrontendLoop: RoutingLoop {
+    /// Process-wide facts the protocols report (memcached `stats`).
+    final let processInfo: ProcessInfo
+    /// Open client connections; the watcher's `data` does not retain its client, this does.
+    final var clients: [ObjectIdentifier: ClientConnection] = [:]
+    /// Clients whose replies wait one pass for the rest of their pipeline (`Worker.flushAll`).
+    final var heldClients: [ClientConnection] = []
+    /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
+    /// it has a partial request, so idle connections cost no buffer memory.
+    final let scratch = ByteBuffer()
+    /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
+    /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
+    /// Get (written without the translator's array appends).
+    final var binaryLine: [UInt8] = []
+    final let binaryGetLine = ByteBuffer()
+    /// Workers in the process (`CLIENT ID` interleaves their numbering); set with the worker's
+    /// peers before the loop starts.
+    final var workerCount = 1
+    /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
+    private final var fragmentServers: [Int32] = []
+    private final var nextClientNumber = 0
+
+    init(loop: OpaquePointer, logger: Logger, identifier: Int, takesClients: Bool, processInfo: ProcessInfo) {
+        self.processInfo = processInfo
+        super.init(loop: loop, logger: logger, identifier: identifier, takesClients: takesClients)
+    }
+
+    final func nextClientIndex() -> Int {
+        nextClientNumber &+= 1
+        return nextClientNumber
+    }
+
+    final func markDirty(_ client: ClientConnection) { replies.markDirty(client) }
+
+    final func hold(_ client: ClientConnection) {
+        if !client.isHeld {
+            client.isHeld = true
+            heldClients.append(client)
+        }
+    }
+
+    final func adopt(_ client: ClientConnection) { clients[ObjectIdentifier(client)] = client }
+
+    final func release(_ client: ClientConnection) {
+        if let client = clients.removeValue(forKey: ObjectIdentifier(client)) { retired.append(client) }
+    }
+
+    /// Lends the worker's server list, empty, for splitting one multi-key request.
+    final func withFragmentServers<Result>(_ body: (inout [Int32]) -> Result) -> Result {
+        var servers = fragmentServers
+        fragmentServers = []
+        defer {
+            servers.removeAll(keepingCapacity: true)
+            fragmentServers = servers
+        }
+        return body(&servers)
+    }
+}

@@ -1,0 +1,207 @@
+import CLibev
+import TernCore
+
+/// A worker's reply bookkeeping that slots and clients share: recycled slots, the clients with
+/// reply bytes to write this loop pass, and the large backend reply being delivered. One per
+/// worker (`Worker.replies`), confined to its thread. The worker drains `dirty` once per loop
+/// pass and writes each client's output (`Worker.flushAll`).
+final class ReplyDesk {
+    /// The worker's libev loop: `ev_now` is the loop time replies are timed with.
+    let loop: OpaquePointer
+    /// Owners with bytes to write, each once (`ReplyOwner.isDirty`); drained by the worker.
+    var dirty: [ReplyOwner] = []
+    private var freeSlots: [ReplySlot] = []
+    /// A backend connection's input while a large reply at its start is delivered (with the
+    /// reply's whole length), and whether a client took it.
+    var largeReply: (input: ByteBuffer, length: Int)?
+    var tookLargeReply = false
+    /// A binary request's identity and key while the text path routes it: the next slot made
+    /// takes them (kept here, not on every client, which would grow each idle connection).
+    var pendingBinary: BinaryContext?
+    var pendingBinaryKey = UnsafeRawBufferPointer(start: nil, count: 0)
+
+    init(loop: OpaquePointer) { self.loop = loop }
+
+    @inline(__always) var now: Double { ev_now(loop) }
+
+    func markDirty(_ owner: ReplyOwner) {
+        if !owner.isDirty {
+            owner.isDirty = true
+            dirty.append(owner)
+        }
+    }
+
+    func makeSlot(for owner: ReplyOwner) -> ReplySlot {
+        let slot = freeSlots.popLast() ?? ReplySlot()
+        slot.client = owner
+        return slot
+    }
+
+    func recycle(_ slot: ReplySlot) {
+        slot.reset()
+        if freeSlots.count < Self.keptSlots { freeSlots.append(slot) }
+    }
+
+    /// Recycled slots kept for reuse: enough for a busy worker's pipelines (16 clients 64 deep)
+    /// without an allocation, few enough that their buffers (at most 16 KiB each, see
+    /// `ReplySlot.reset`) stay within 16 MiB after a burst.
+    static let keptSlots = 1024
+}
+
+/// A pool's `client_output_limit` on one worker, shared by the pool and its clients (a reload
+/// changes it for every client at once).
+final class OutputLimit {
+    var bytes = 0
+}
+
+/// The reply side of a client connection: its slots in request order, its output, and the
+/// bytes it holds toward `client_output_limit`. Slots and backend connections reach their
+/// client through this class, so they need not name `ClientConnection`, the only subclass.
+///
+/// Performance: everything the request path calls here is `final` (direct calls, no vtable).
+/// The overridable methods at the end are called only off the request path (a client over its
+/// output limit, a slow request logged, a connection lost), where a virtual call costs nothing
+/// that counts. The upper layer (the worker) gets its client back from `ReplyDesk.dirty` with
+/// `unsafeDowncast`, whose invariant is stated there.
+class ReplyOwner {
+    /// This client's number on its worker (1, 2, …): picks its backend connections.
+    final let index: Int
+    /// A Redis client (errors Tern makes are RESP) or memcached.
+    final let isRedis: Bool
+    /// Reply bytes ready to be written.
+    final let output = ByteBuffer()
+    /// The client's requests in arrival order; their replies leave in this order.
+    final var slots = FIFO<ReplySlot>()
+    /// Set once the connection is closed (or moved to another worker).
+    final var isClosed = false
+    /// In `desk.dirty` (written at the end of this loop pass).
+    final var isDirty = false
+    /// Reply bytes held in slots behind an unfinished one (not yet in `output`).
+    final private(set) var heldReplyBytes = 0
+    /// The worker's desk (owned by the worker, which outlives its clients).
+    final let desk: ReplyDesk
+    /// The pool's counters and per-command table on this worker, and its output limit.
+    final let poolCounters: PoolCounters
+    final let commandStats: CommandStats
+    final let outputLimit: OutputLimit
+
+    init(index: Int, isRedis: Bool, desk: ReplyDesk, poolCounters: PoolCounters, commandStats: CommandStats, outputLimit: OutputLimit) {
+        self.index = index
+        self.isRedis = isRedis
+        self.desk = desk
+        self.poolCounters = poolCounters
+        self.commandStats = commandStats
+        self.outputLimit = outputLimit
+    }
+
+    /// Requests a backend reply this large or larger may be streamed or take the backend's
+    /// buffer (see `ServerConnection.startStreaming`).
+    static let streamThreshold = 256 << 10
+
+    /// A slot for the next request, at the end of the reply order.
+    final func newSlot() -> ReplySlot {
+        let slot = desk.makeSlot(for: self)
+        slot.isRedis = isRedis
+        slot.replyLimit = outputLimit.bytes
+        slot.startedAt = desk.now
+        if let binary = desk.pendingBinary {
+            // The slot of a binary request taking the text path (see `routeBinary`).
+            desk.pendingBinary = nil
+            slot.binary = binary
+            slot.keyBytes.append(desk.pendingBinaryKey)
+        }
+        slots.append(slot)
+        return slot
+    }
+
+    /// The one backend reply of a `single` slot. With nothing ahead of it, it goes straight to
+    /// the output (one copy); otherwise it waits in the slot.
+    @inline(__always)
+    final func replyArrived(_ slot: ReplySlot, _ reply: UnsafeRawBufferPointer) {
+        if !slot.isSilent {
+            if slots.isFirst(slot), slot.data.isEmpty {
+                if let binary = slot.binary {
+                    // A binary client's packet, written straight from the backend's reply.
+                    output.appendBinaryResponse(to: reply, binary, key: slot.keyBytes.readable)
+                    slot.binary = nil
+                } else if reply.count >= Self.streamThreshold, output.isEmpty, let (source, length) = desk.largeReply,
+                          source.readable.baseAddress == reply.baseAddress, source.readableCount - length <= reply.count / 4 {
+                    // A large reply with nothing before it becomes the output with its memory.
+                    output.take(reply.count, of: source, used: length)
+                    desk.tookLargeReply = true
+                } else {
+                    output.append(reply)
+                }
+            } else {
+                if reply.count >= ReplySlot.largeReply { slot.data.reserve(reply.count, headroom: ReplySlot.largeReplyHeadroom) }
+                slot.data.append(reply)
+            }
+        }
+        slot.isDone = true
+        slotCompleted(slot)
+    }
+
+    /// A message from a push connection (pub/sub): whole, in order behind the replies already due.
+    final func pushMessage(_ message: UnsafeRawBufferPointer) {
+        guard !isClosed else { return }
+        poolCounters.messagesDelivered.add()
+        let slot = newSlot()
+        replyArrived(slot, message)
+    }
+
+    /// Whether a large reply for `slot` may be written to the output as it arrives: the slot is
+    /// the next reply the client gets, and nothing of it is held yet.
+    final func canStream(_ slot: ReplySlot) -> Bool {
+        !isClosed && slots.isFirst(slot) && slot.data.isEmpty
+    }
+
+    /// The next piece of a reply being streamed (see `ServerConnection.startStreaming`).
+    final func appendStreamed(_ bytes: UnsafeRawBufferPointer) {
+        output.append(bytes)
+        if checkOutputLimit() { return }
+        desk.markDirty(self)
+    }
+
+    /// A slot holds `delta` more reply bytes: everything held for this client counts toward its
+    /// `client_output_limit`, whether written out or waiting behind a slow request.
+    final func heldChanged(by delta: Int) {
+        heldReplyBytes += delta
+        if delta > 0 { checkOutputLimit() }
+    }
+
+    /// A client that does not read its replies, or whose pipeline holds too much: bounded, then closed.
+    @discardableResult
+    final func checkOutputLimit() -> Bool {
+        guard !isClosed, output.readableCount + heldReplyBytes > outputLimit.bytes else { return false }
+        closeOverOutputLimit()
+        return true
+    }
+
+    /// A slot was filled: every finished slot at the head of the queue goes to the output.
+    final func slotCompleted(_ slot: ReplySlot) {
+        slot.countHeld()
+        guard slots.isFirst(slot) else { return }
+        let now = desk.now
+        while !slots.isEmpty, slots[0].isDone, let head = slots.popFirst() {
+            if head.command >= 0 {
+                commandStats.record(Int(head.command), microseconds: Int((now - head.startedAt) * 1_000_000))
+            }
+            heldReplyBytes -= head.countedBytes
+            head.emit(into: output)
+            desk.recycle(head)
+        }
+        if checkOutputLimit() { return }
+        desk.markDirty(self)
+    }
+
+    // MARK: Off the request path (overridden by the client)
+
+    /// Past `client_output_limit`: log, count and close. Called once per client at most.
+    func closeOverOutputLimit() { preconditionFailure("overridden by ClientConnection") }
+
+    /// Closes the connection (a push connection or a streamed reply's backend was lost).
+    func close() { preconditionFailure("overridden by ClientConnection") }
+
+    /// The client's address and name, for a slow-log entry.
+    func slowLogIdentity() -> (client: String, name: String) { ("", "") }
+}

@@ -1,0 +1,134 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibev
+import Synchronization
+import TernCore
+
+// Redis Cluster redirects on a worker: `-MOVED`/`-ASK`/`-TRYAGAIN` replies re-sent or parked
+// (the discovery side is Backend/RedisClusterBackend.swift).
+
+/// A redirected request waiting: for a map that knows its node (`retryAt` nil), or for the
+/// moment to try again after `-TRYAGAIN` (a multi-key request during a slot's migration).
+struct ParkedRedirect {
+    let redirect: ClusterRedirect
+    let request: [UInt8]
+    /// The last error: what the client gets if the request cannot go on in time.
+    let error: [UInt8]
+    let slot: ReplySlot
+    let part: Int32
+    let redirects: UInt8
+    let clientIndex: Int
+    let deadline: Double
+    var retryAt: Double?
+}
+
+extension PoolRuntime {
+    /// The position in `servers` of the node named `host:port` (a redirect's target), if it is
+    /// a master of the current map. Off the common path: only redirects look.
+    func serverIndex(named name: String) -> Int? {
+        servers.firstIndex { $0.name == name }
+    }
+
+    /// A request answered `-MOVED`/`-ASK`: re-sent to the node named (with `ASKING` first for
+    /// ASK). A node this worker's map does not know parks it until a new map arrives (asked for
+    /// here) or its deadline passes, when the redirect error goes to the client.
+    func followRedirect(_ redirect: ClusterRedirect, request: [UInt8], error: [UInt8], slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        let cluster = plan.shared.cluster
+        if redirect.isAsk { cluster.askRedirects.add(1, ordering: .relaxed) } else { cluster.movedRedirects.add(1, ordering: .relaxed) }
+        if let server = serverIndex(named: redirect.target) {
+            if !redirect.isAsk { learnSlot(redirect.slot, server: server) }
+            resend(request, toServer: server, asking: redirect.isAsk, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
+            return
+        }
+        cluster.requestRefresh()
+        park(ParkedRedirect(redirect: redirect, request: request, error: error, slot: slot, part: part, redirects: redirects,
+                            clientIndex: clientIndex, deadline: worker.now + (timeoutSeconds ?? 2)))
+    }
+
+    /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
+    /// two nodes): sent to the same node the same way (`asking`) after 25 ms, doubling with each
+    /// try, as cluster clients do.
+    func retryLater(_ request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
+        let delay = 0.025 * Double(1 << Int(min(redirects, 6)))
+        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request, error: error, slot: slot,
+                            part: part, redirects: redirects, clientIndex: clientIndex, deadline: worker.now + delay + (timeoutSeconds ?? 2),
+                            retryAt: worker.now + delay))
+    }
+
+    private func park(_ entry: ParkedRedirect) {
+        parked.append(entry)
+        armParkTimer()
+    }
+
+    private func resend(_ request: [UInt8], toServer server: Int, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+        withConnection(toServer: server, client: clientIndex) { connection in
+            connection.resend(request, asking: asking, slot: slot, part: part, redirects: redirects)
+        }
+    }
+
+    /// A new map arrived (`update`): requests waiting for a node it knows go now; a MOVED whose
+    /// node is still unknown goes to its slot's owner in the new map.
+    func redispatchParked() {
+        guard !parked.isEmpty else { return }
+        let waiting = parked
+        parked.removeAll()
+        for entry in waiting {
+            guard entry.retryAt == nil else {
+                parked.append(entry)
+                continue
+            }
+            let named = serverIndex(named: entry.redirect.target)
+            var target = named
+            if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
+            if let target {
+                resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil,
+                       slot: entry.slot, part: entry.part, redirects: entry.redirects, clientIndex: entry.clientIndex)
+            } else {
+                parked.append(entry)
+            }
+        }
+        armParkTimer()
+    }
+
+    /// Retries that are due go out; requests whose deadline has passed (all of them when `all`)
+    /// fail with their last error.
+    func expireParked(all: Bool = false) {
+        let now = worker.now + 0.0005
+        let waiting = parked
+        parked.removeAll()
+        for entry in waiting {
+            if !all, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
+                resend(entry.request, toServer: server, asking: entry.redirect.isAsk, slot: entry.slot, part: entry.part,
+                       redirects: entry.redirects, clientIndex: entry.clientIndex)
+            } else if all || entry.deadline <= now || entry.retryAt.map({ $0 <= now }) == true {
+                plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+                entry.error.withUnsafeBytes { _ = entry.slot.deliver(part: entry.part, reply: $0, isError: true) }
+            } else {
+                parked.append(entry)
+            }
+        }
+        armParkTimer()
+    }
+
+    private func armParkTimer() {
+        guard let first = parked.map({ $0.retryAt ?? $0.deadline }).min() else {
+            parkTimer?.stop()
+            return
+        }
+        let timer = parkTimer ?? TimerWatcher(loop: worker.loop, owner: self) { _, watcher, _ in
+            let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            pool.parkTimer?.fired()
+            pool.expireParked()
+        }
+        parkTimer = timer
+        timer.start(after: max(0.001, first - worker.now))
+    }
+
+    /// The server of a hash slot (cluster pools).
+    @inline(__always)
+    func server(forSlot slot: Int) -> Int? {
+        placement.server(forHash: UInt32(slot))
+    }
+}
