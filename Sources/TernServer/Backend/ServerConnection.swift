@@ -564,7 +564,7 @@ final class ServerConnection {
                     defer { worker.replies.largeReply = nil }
                     if !slot.deliver(part: head.part, reply: reply, isError: isError) {
                         // A merge may have kept the reply's buffer before finding it out of step.
-                        worker.tookLargeReply = false
+                        worker.replies.tookLargeReply = false
                         slot.fail(part: head.part, reason: "server reply out of step")
                         fail(reason: "server sent a value for a key not asked for")
                         return

@@ -121,14 +121,14 @@ final class ReplySlot {
 
     /// Keeps a part's reply for a merge and says where: the buffer (as `KeyEntry.buffer`) and
     /// the offset of the reply's first byte in it. A large reply at the front of its backend
-    /// buffer (`Worker.largeReply`) takes that buffer's memory, so a merge of large values copies
+    /// buffer (`ReplyDesk.largeReply`) takes that buffer's memory, so a merge of large values copies
     /// each once (into the output), not twice; others are copied to `data`.
     func keep(_ reply: UnsafeRawBufferPointer) -> (buffer: Int32, offset: Int) {
-        if reply.count >= Self.keptReply, let worker = client?.worker, !worker.tookLargeReply,
-           let (source, length) = worker.largeReply, source.readable.baseAddress == reply.baseAddress {
+        if reply.count >= Self.keptReply, let desk = client?.desk, !desk.tookLargeReply,
+           let (source, length) = desk.largeReply, source.readable.baseAddress == reply.baseAddress {
             let buffer = ByteBuffer()
             buffer.take(reply.count, of: source, used: length)
-            worker.tookLargeReply = true
+            desk.tookLargeReply = true
             kept.append(buffer)
             keptBytes += reply.count
             return (Int32(kept.count), 0)
