@@ -14,6 +14,13 @@
 // accept4 is not visible through Swift's Glibc module.
 extern int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags);
 
+// Nor is mremap (a _GNU_SOURCE declaration), and Swift cannot call a variadic C function:
+// a large buffer mapped for itself grows here, its pages moved rather than copied.
+extern void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...);
+static inline void *tern_mremap(void *address, size_t old_size, size_t new_size) {
+    return mremap(address, old_size, new_size, 1 /* MREMAP_MAYMOVE */);
+}
+
 static const int TERN_EV_READ = EV_READ;
 static const int TERN_EV_WRITE = EV_WRITE;
 static const int TERN_EVFLAG_AUTO = EVFLAG_AUTO;

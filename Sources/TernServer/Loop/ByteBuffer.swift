@@ -1,11 +1,16 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CLibev
 import TernCore
 
 /// A growable byte buffer over raw memory: bytes are appended at `writeIndex` and consumed from
 /// `readIndex`. Memory is allocated on first use and given back by `release()` when a
 /// connection goes idle, so an idle connection holds no buffer.
+///
+/// The memory comes from `malloc`/`realloc`/`free`: a full buffer that must grow is
+/// `realloc`ed, and glibc moves a large (mmapped) block by remapping its pages, so a large
+/// request or reply growing toward its declared length is neither copied nor held twice.
 ///
 /// Owned by exactly one connection on one worker thread; never shared. TernCore's encoders
 /// write into it (`ByteSink`: `reserve` and `commit`), RESP elements included
@@ -15,10 +20,20 @@ final class ByteBuffer: ByteSink {
     private(set) var capacity = 0
     private(set) var readIndex = 0
     private(set) var writeIndex = 0
+    /// The memory was mapped by `reserveMapped` (not `malloc`): grown by `mremap`, freed by
+    /// `munmap`. Moves with the memory (`swapContents`).
+    private var isMapped = false
 
     init() {}
 
-    deinit { storage?.deallocate() }
+    deinit { freeStorage() }
+
+    /// Gives the memory back, however it was allocated.
+    private func freeStorage() {
+        guard let storage else { return }
+        if isMapped { munmap(storage, capacity) } else { free(storage) }
+        isMapped = false
+    }
 
     var readableCount: Int { writeIndex - readIndex }
     var isEmpty: Bool { writeIndex == readIndex }
@@ -46,13 +61,47 @@ final class ByteBuffer: ByteSink {
         return storage! + writeIndex
     }
 
-    /// New memory of `newCapacity` bytes with the unread bytes at its front.
+    /// `newCapacity` bytes of memory with the unread bytes at its front. A mostly full buffer
+    /// is `realloc`ed (a large block is remapped, not copied); a mostly consumed one gets
+    /// fresh memory and only its unread bytes are copied.
     private func moveUnread(toCapacity newCapacity: Int) {
         let unread = writeIndex - readIndex
-        let newStorage = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
-        if unread > 0, let storage { newStorage.copyMemory(from: storage + readIndex, byteCount: unread) }
-        storage?.deallocate()
-        storage = newStorage
+        let memory: UnsafeMutableRawPointer?
+        if let storage, isMapped {
+            // Remapped: the pages move, nothing is copied and nothing is held twice.
+            if readIndex > 0 { memmove(storage, storage + readIndex, unread) }
+            let moved = tern_mremap(storage, capacity, newCapacity)
+            memory = moved == MAP_FAILED ? nil : moved
+        } else if let storage, unread * 2 >= capacity {
+            if readIndex > 0 { memmove(storage, storage + readIndex, unread) }
+            memory = realloc(storage, newCapacity)
+        } else {
+            memory = malloc(newCapacity)
+            if unread > 0, let storage, let memory { memory.copyMemory(from: storage + readIndex, byteCount: unread) }
+            free(storage)
+        }
+        guard let memory else { fatalError("out of memory growing a buffer to \(newCapacity) bytes") }
+        storage = memory
+        capacity = newCapacity
+        readIndex = 0
+        writeIndex = unread
+    }
+
+    /// Like `reserve(frame:)`, in memory mapped for this buffer alone: a large reply that
+    /// grows toward its length as its parts' headers arrive (an array of large values) is
+    /// remapped at each step rather than copied, and its memory leaves the process when freed
+    /// (`malloc` may move a large block it placed in its heap, holding both copies meanwhile).
+    func reserveMapped(frame total: Int) {
+        let unread = writeIndex - readIndex
+        guard total > unread, capacity - readIndex < total + Self.readSlack else { return }
+        let newCapacity = (total + Self.readSlack + Self.pageSize - 1) & ~(Self.pageSize - 1)
+        if isMapped { return moveUnread(toCapacity: newCapacity) }
+        let mapped = mmap(nil, newCapacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let mapped, mapped != MAP_FAILED else { return reserve(frame: total) }
+        if unread > 0, let storage { mapped.copyMemory(from: storage + readIndex, byteCount: unread) }
+        free(storage)
+        storage = mapped
+        isMapped = true
         capacity = newCapacity
         readIndex = 0
         writeIndex = unread
@@ -82,9 +131,12 @@ final class ByteBuffer: ByteSink {
     func reserve(_ count: Int, headroom: Int) {
         guard isEmpty else { return }
         if capacity < headroom + count {
-            storage?.deallocate()
+            freeStorage()
+            storage = nil
+            capacity = 0
+            guard let memory = malloc(headroom + count) else { fatalError("out of memory for a \(count) byte reply") }
+            storage = memory
             capacity = headroom + count
-            storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
         }
         readIndex = headroom
         writeIndex = headroom
@@ -105,6 +157,7 @@ final class ByteBuffer: ByteSink {
         swap(&capacity, &other.capacity)
         swap(&readIndex, &other.readIndex)
         swap(&writeIndex, &other.writeIndex)
+        swap(&isMapped, &other.isMapped)
     }
 
     /// Records that `count` bytes were written into the space from `reserve`.
@@ -151,6 +204,24 @@ final class ByteBuffer: ByteSink {
         writeIndex = readIndex + count
     }
 
+    /// Gives the whole pages under the unread bytes `from..<offset` back to the kernel (`from`:
+    /// where the previous call ended, or 0); the
+    /// memory stays allocated and those bytes read as zeros afterwards. For a buffer whose
+    /// front is never read again (a kept reply copied out in order) and which is then freed.
+    /// Only pages wholly inside the buffer's memory are touched: the allocator's bookkeeping
+    /// before and after the block is not.
+    func discardPages(from: Int, before offset: Int) {
+        guard let storage else { return }
+        let page = Self.pageSize
+        let first = (Int(bitPattern: storage) + page - 1) & ~(page - 1)
+        let start = max(first, (Int(bitPattern: storage) + readIndex + from) & ~(page - 1))
+        let end = (Int(bitPattern: storage) + readIndex + min(offset, readableCount)) & ~(page - 1)
+        guard end > start, let address = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        _ = madvise(address, end - start, Int32(MADV_DONTNEED))
+    }
+
+    static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
     func removeAll() {
         readIndex = 0
         writeIndex = 0
@@ -159,7 +230,7 @@ final class ByteBuffer: ByteSink {
     /// Gives the memory back when the buffer is empty and larger than `keep` bytes.
     func releaseIfIdle(keep: Int = 0) {
         guard readIndex == writeIndex, capacity > keep else { return }
-        storage?.deallocate()
+        freeStorage()
         storage = nil
         capacity = 0
         readIndex = 0
