@@ -673,6 +673,17 @@ public enum MemcacheReplyParser {
         }
     }
 
+    /// The least length of a retrieval reply as far as it has arrived: the end of the record at
+    /// `position` (where an `.incomplete` parse stopped, its `VALUE` line whole) plus `END`.
+    /// 0 when that line has not arrived or is not a `VALUE` line. Lets a receiver size its
+    /// buffer once for a large value instead of growing it as the bytes come.
+    public static func declaredLength(_ bytes: UnsafeRawBufferPointer, recordAt position: Int) -> Int {
+        guard position < bytes.count, let lineEnd = findNewline(bytes, from: position, to: min(bytes.count, position + 8192)) else { return 0 }
+        let line = UnsafeRawBufferPointer(rebasing: bytes[position..<lineEnd])
+        guard startsWith(line, "VALUE "), let length = valueLength(line) else { return 0 }
+        return lineEnd + 1 + length + 2 + 5
+    }
+
     /// Meta replies: `VA <size> <flags>*` + data, or one line (HD, NS, EX, NF, EN, MN, ME …,
     /// errors). With `untilNoop`, replies are read up to and including `MN`.
     static func parseMeta(_ bytes: UnsafeRawBufferPointer, untilNoop: Bool) -> Result {

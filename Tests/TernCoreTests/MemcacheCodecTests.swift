@@ -182,6 +182,21 @@ final class MemcacheCodecTests: XCTestCase {
         XCTAssertEqual(frame(tricky, .get), .reply(length: tricky.utf8.count, isError: false))
     }
 
+    /// The length a retrieval reply declares so far: the record whose VALUE line has arrived
+    /// plus END; nothing for a line cut short, a line that is not VALUE, or an offset past the end.
+    func testDeclaredLengthOfARetrievalReply() {
+        func declared(_ text: String, at position: Int) -> Int {
+            Array(text.utf8).withUnsafeBytes { MemcacheReplyParser.declaredLength($0, recordAt: position) }
+        }
+        XCTAssertEqual(declared("VALUE a 0 1048576\r\nxyz", at: 0), 19 + 1_048_576 + 2 + 5)
+        let first = "VALUE a 0 3\r\nabc\r\n"
+        XCTAssertEqual(declared(first + "VALUE bb 7 500 99\r\nq", at: first.utf8.count), first.utf8.count + 19 + 500 + 2 + 5)
+        XCTAssertEqual(declared("VALUE a 0 1048576", at: 0), 0)
+        XCTAssertEqual(declared("VA 1048576\r\n", at: 0), 0)
+        XCTAssertEqual(declared("VALUE a 0 x\r\n", at: 0), 0)
+        XCTAssertEqual(declared("VALUE a 0 3\r\n", at: 40), 0)
+    }
+
     /// A reply arriving a byte at a time is framed with a resume offset that only moves forward,
     /// lands on record boundaries, and gives the same answer as framing the whole reply at once.
     func testReplyFramingResumesWhereItStopped() {

@@ -455,7 +455,10 @@ final class ServerConnection {
 
     private func readReplies() {
         while true {
-            switch Transport.read(descriptor, tls, into: input) {
+            // Framed after at most `streamThreshold` bytes (not the default 4 MiB): a large
+            // reply is streamed, or its buffer sized once (`sizeInputForReply`), before its
+            // first megabytes have grown the buffer one doubling and one copy at a time.
+            switch Transport.read(descriptor, tls, into: input, cap: Self.streamThreshold) {
             case .drained:
                 break
             case .endOfFile:
@@ -513,6 +516,10 @@ final class ServerConnection {
             } else {
                 switch MemcacheReplyParser.parse(input.readable, framing: pending[0].framing, resumeAt: &replyResumeOffset) {
                 case .incomplete:
+                    if input.readableCount >= Self.streamThreshold {
+                        let declared = MemcacheReplyParser.declaredLength(input.readable, recordAt: replyResumeOffset)
+                        if declared <= server.pool.clientOutputLimit { input.reserveMapped(frame: declared) }
+                    }
                     if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
                     return
                 case .invalid:
@@ -749,7 +756,7 @@ final class ServerConnection {
     @inline(never)
     private func sizeInputForReply() {
         let declared = RespReplyParser.declaredLength(input.readable)
-        if declared <= server.pool.clientOutputLimit { input.reserve(frame: declared) }
+        if declared <= server.pool.clientOutputLimit { input.reserveMapped(frame: declared) }
     }
 
     /// Drops the skipped reply's bytes that have arrived. True when it has ended (framing goes

@@ -77,9 +77,11 @@ struct MultiGetRecords {
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
         if slot.isOverflowed { return output.append(slot.data.readable) }
-        var total = 5
-        for entry in slot.keys where entry.recordStart >= 0 { total += entry.recordLength }
-        slot.reserveForMerge(total, in: output)
+        if slot.mergesLarge {
+            var total = 5
+            for entry in slot.keys where entry.recordStart >= 0 { total += entry.recordLength }
+            slot.reserveForMerge(total, in: output)
+        }
         for entry in slot.keys where entry.recordStart >= 0 { slot.appendRecord(entry, to: output) }
         output.append("END\r\n" as StaticString)
     }
@@ -139,9 +141,11 @@ struct RespArrayByPosition {
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
         if slot.hasError { return output.append(slot.data.readable) }
-        var total = 24
-        for entry in slot.keys { total += entry.recordStart >= 0 ? entry.recordLength : 5 }
-        slot.reserveForMerge(total, in: output)
+        if slot.mergesLarge {
+            var total = 24
+            for entry in slot.keys { total += entry.recordStart >= 0 ? entry.recordLength : 5 }
+            slot.reserveForMerge(total, in: output)
+        }
         output.appendArrayHeader(slot.keys.count)
         for entry in slot.keys {
             if entry.recordStart >= 0 { slot.appendRecord(entry, to: output) } else { output.append("$-1\r\n" as StaticString) }

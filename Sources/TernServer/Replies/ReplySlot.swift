@@ -47,6 +47,9 @@ final class ReplySlot {
     /// merged without a copy into `data` first. Their bytes, counted in `heldBytes`.
     private(set) var kept: [ByteBuffer] = []
     private(set) var keptBytes = 0
+    /// For each kept reply, how far (offset in its unread bytes) its pages were given back
+    /// while the merge copied its records out (`appendRecord`).
+    private var keptDiscarded: [Int] = []
     var hasError = false
     /// Whether errors Tern makes are written as RESP (`-ERR …`) or memcached text.
     var isRedis = false
@@ -130,6 +133,7 @@ final class ReplySlot {
             buffer.take(reply.count, of: source, used: length)
             desk.tookLargeReply = true
             kept.append(buffer)
+            keptDiscarded.append(0)
             keptBytes += reply.count
             return (Int32(kept.count), 0)
         }
@@ -140,14 +144,18 @@ final class ReplySlot {
 
     private func dropKept() {
         kept.removeAll()
+        keptDiscarded.removeAll()
         keptBytes = 0
     }
 
-    /// Makes room in `output` for `total` more bytes at once when this slot merges large
-    /// replies, so the output is not copied at each doubling on the way.
+    /// True when this slot merges large replies: its sink then sizes the output once
+    /// (`reserveForMerge`) instead of letting it grow, and copy, at each doubling. Small merges
+    /// skip both the sizing and the sum of record lengths it needs.
+    var mergesLarge: Bool { keptBytes > 0 || data.readableCount >= Self.largeReply }
+
+    /// Room in `output` for `total` more bytes, allocated at that size.
     func reserveForMerge(_ total: Int, in output: ByteBuffer) {
-        guard keptBytes > 0 || data.readableCount >= Self.largeReply else { return }
-        _ = output.reserve(total)
+        output.reserveMapped(frame: output.readableCount + total)
     }
 
     /// A backend's reply for `part` of this slot. Bytes held for the client are counted on the
@@ -376,12 +384,39 @@ final class ReplySlot {
         return true
     }
 
-    /// Writes the bytes `entry` (a key's record, an element) points to in `data`.
+    /// Writes the bytes `entry` (a key's record, an element) points to, in `data` or a kept reply.
     @inline(__always)
     func appendRecord(_ entry: KeyEntry, to output: ByteBuffer) {
-        let source = entry.buffer == 0 ? data : kept[Int(entry.buffer) - 1]
-        output.append(UnsafeRawBufferPointer(rebasing: source.readable[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
+        if entry.buffer == 0 {
+            output.append(UnsafeRawBufferPointer(rebasing: data.readable[entry.recordStart..<(entry.recordStart + entry.recordLength)]))
+        } else {
+            appendKeptRecord(entry, to: output)
+        }
     }
+
+    @inline(never)
+    private func appendKeptRecord(_ entry: KeyEntry, to output: ByteBuffer) {
+        let index = Int(entry.buffer) - 1
+        let source = kept[index]
+        // A kept reply's records are copied in the order they arrived in (keys of one part keep
+        // their order), so nothing before the bytes being copied is read again: their pages go
+        // back a step at a time as the output grows, and a merge holds about its size once, not
+        // twice. A large record is copied a step at a time for the same reason.
+        var start = entry.recordStart
+        let end = entry.recordStart + entry.recordLength
+        while start < end {
+            let next = min(end, start + Self.discardStep)
+            output.append(UnsafeRawBufferPointer(rebasing: source.readable[start..<next]))
+            start = next
+            if next - keptDiscarded[index] >= Self.discardStep {
+                source.discardPages(from: keptDiscarded[index], before: next)
+                keptDiscarded[index] = next
+            }
+        }
+    }
+
+    /// Pages of a kept reply are given back in steps at least this large (one `madvise` each).
+    static let discardStep = 1 << 20
 
     /// Writes the finished reply to the client's output.
     func emit(into output: ByteBuffer) {
