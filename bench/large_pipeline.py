@@ -39,13 +39,17 @@ def main():
         base = hwm(tern.pid)
         values = [os.urandom(args.size << 20) for _ in range(5)]
         pipe = r.pipeline(transaction=False)
-        for i, v in enumerate(values): pipe.set(f"k{i}", v)
+        # Keys differing in their first bytes: k0..k4 can all land on one server (ketama), and
+        # the MGET would then be forwarded whole rather than merged.
+        keys = [f"{i}:big" for i in range(5)]
+        for k, v in zip(keys, values): pipe.set(k, v)
         assert pipe.execute() == [True] * 5
+        placed = [redis.Redis(port=s).dbsize() for s in servers]
         after_sets = hwm(tern.pid)
         with open(f"/proc/{tern.pid}/clear_refs", "w") as f: f.write("5")
         reset = hwm(tern.pid)
-        assert r.mget([f"k{i}" for i in range(5)]) == values
-        print(f"{5 * args.size} MiB of values: base {base} MiB; peak after the SET pipeline {after_sets} MiB; "
+        assert r.mget(keys) == values
+        print(f"{5 * args.size} MiB of values (keys per server {placed}): base {base} MiB; peak after the SET pipeline {after_sets} MiB; "
               f"MGET peak {hwm(tern.pid)} MiB (reset to {reset} MiB before it)")
     finally:
         procs.stop()
