@@ -350,7 +350,7 @@ final class ServerConnection {
             state = .connecting
             worker.markDirty(self)
         }
-        let watcher = IOWatcher(loop: worker.loop, descriptor: fd, owner: self) { _, watcher, events in
+        let watcher = IOWatcher.make(loop: worker.loop, descriptor: fd, owner: self) { _, watcher, events in
             let connection = Unmanaged<ServerConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             connection.handle(events: events)
         }

@@ -13,32 +13,56 @@ import TernCore
 /// Bad input is answered with the protocol's error and the connection is kept; only a lost
 /// frame (a line with no end in sight) closes it.
 final class ClientConnection: ReplyOwner {
+    // The descriptor and the flags first: they share one word with `ReplyOwner`'s flags.
     let descriptor: Int32
+    /// Replies held back for one loop pass (see `flush(allowHold:)`).
+    var isHeld = false
+    /// No more requests are read (quit, end of input, fatal error); close once replies are out.
+    var closeWhenDrained = false
+    /// memcached clients: whether the first byte chose the binary protocol, once it has come.
+    var protocolChosen = false
+    var isBinary = false
+    /// Where the worker keeps this client in `FrontendLoop.clients` (-1 once released).
+    var position: Int32 = -1
     let pool: PoolRuntime
-    /// Bytes of a partial request (allocated only while one is pending).
-    private let input = ByteBuffer()
+    /// Bytes of a partial request: a buffer only while one is pending (nil otherwise, never
+    /// empty), so an idle connection holds none. Complete requests are read and parsed in the
+    /// worker's shared buffer (`FrontendLoop.scratch`).
+    private var partial: ByteBuffer?
     private var watcher: IOWatcher?
     /// TLS pools: the client's TLS stream (nil on plain listeners).
     private var tls: TLSStream?
-    /// Replies held back for one loop pass (see `flush(allowHold:)`).
-    var isHeld = false
     /// Reply bytes beyond which nothing is held back.
     static let holdLimit = 1 << 16
     /// Bytes of a refused data block still to be discarded as they arrive.
     var skipRemaining = 0
-    /// No more requests are read (quit, end of input, fatal error); close once replies are out.
-    var closeWhenDrained = false
     /// Redis clients: per-connection state (arguments, AUTH, name); nil for memcached.
     let redis: RedisSession?
-    /// memcached clients: whether the first byte chose the binary protocol, once it has come.
-    var protocolChosen = false
-    var isBinary = false
+    /// What few connections need, made the first time one does (so an idle connection does
+    /// not carry it): memcached authentication and the peer's address once a slow request
+    /// logged it.
+    private var rare: RareClientState?
+    private var rareState: RareClientState {
+        if let rare { return rare }
+        let made = RareClientState()
+        rare = made
+        return made
+    }
     /// memcached pools with `users:`: the authenticated user (nil until then), and failed
     /// authentications in a row.
-    var memcacheUser: RedisUser?
-    var memcacheAuthFailures = 0
+    var memcacheUser: RedisUser? {
+        get { rare?.memcacheUser }
+        set { if newValue != nil || rare != nil { rareState.memcacheUser = newValue } }
+    }
+    var memcacheAuthFailures: Int {
+        get { rare?.memcacheAuthFailures ?? 0 }
+        set { if newValue != 0 || rare != nil { rareState.memcacheAuthFailures = newValue } }
+    }
     /// `PoolRuntime.usersGeneration` when `memcacheUser` was set.
-    var memcacheUsersGeneration = 0
+    var memcacheUsersGeneration: Int {
+        get { rare?.memcacheUsersGeneration ?? 0 }
+        set { rareState.memcacheUsersGeneration = newValue }
+    }
     /// Seconds a TLS client has to finish its handshake.
     static let handshakeTimeout = 10.0
     /// Requests in flight before reading pauses; reading resumes as replies leave.
@@ -54,10 +78,10 @@ final class ClientConnection: ReplyOwner {
     var peerAddress: String {
         if let known = peerText { return known }
         let text = SlowLog.peerAddress(descriptor)
-        peerText = text
+        rareState.peerText = text
         return text
     }
-    private(set) var peerText: String?
+    var peerText: String? { rare?.peerText }
 
     /// The id `CLIENT ID`, `CLIENT INFO` and `HELLO` report: unique in the process, whichever
     /// worker took the client. Each worker numbers its own clients, so the numbers are
@@ -91,10 +115,13 @@ final class ClientConnection: ReplyOwner {
         redis?.usersGeneration = Int.min
         protocolChosen = moved.protocolChosen
         isBinary = moved.isBinary
-        memcacheUser = moved.memcacheUser
-        memcacheAuthFailures = moved.memcacheAuthFailures
-        memcacheUsersGeneration = Int.min
-        peerText = moved.peerText
+        if moved.memcacheUser != nil || moved.memcacheAuthFailures != 0 || moved.peerText != nil {
+            let state = rareState
+            state.memcacheUser = moved.memcacheUser
+            state.memcacheAuthFailures = moved.memcacheAuthFailures
+            state.memcacheUsersGeneration = Int.min
+            state.peerText = moved.peerText
+        }
         // TLS state went with the socket (the session keys; a new handshake is impossible).
         moved.redis = nil
         moved.tls = nil
@@ -104,7 +131,7 @@ final class ClientConnection: ReplyOwner {
     /// waiting or held) and no state tied to this worker's backend connections (transaction,
     /// WATCH, blocking command, pub/sub): the connection may continue on another worker.
     var isMovable: Bool {
-        guard !isClosed, !closeWhenDrained, slots.isEmpty, input.isEmpty, output.isEmpty, !isDirty, !isHeld,
+        guard !isClosed, !closeWhenDrained, slots.isEmpty, partial == nil, output.isEmpty, !isDirty, !isHeld,
               skipRemaining == 0, heldReplyBytes == 0 else { return false }
         // TLS: only an established stream with nothing decrypted and unread (the next worker's
         // watcher would not hear of those bytes) and no read or write waiting on the other
@@ -150,7 +177,7 @@ final class ClientConnection: ReplyOwner {
     }
 
     var hasRequestsInFlight: Bool { !slots.isEmpty }
-    var hasPartialRequest: Bool { !input.isEmpty }
+    var hasPartialRequest: Bool { partial != nil }
 
     func start() {
         lastActivity = worker.now
@@ -164,7 +191,7 @@ final class ClientConnection: ReplyOwner {
             }
             tls = stream
         }
-        let watcher = IOWatcher(loop: worker.loop, descriptor: descriptor, owner: self) { _, watcher, events in
+        let watcher = IOWatcher.make(loop: worker.loop, descriptor: descriptor, owner: self) { _, watcher, events in
             let client = Unmanaged<ClientConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             client.handle(events: events)
         }
@@ -229,10 +256,16 @@ final class ClientConnection: ReplyOwner {
         }
     }
 
+    /// A partial request's buffer goes, memory and all, once its bytes have been used.
+    @inline(__always)
+    private func dropEmptyPartial() {
+        if let kept = partial, kept.isEmpty { partial = nil }
+    }
+
     private func readRequests() {
         guard !isClosed, !closeWhenDrained else { return }
         // With no partial request pending, read into the worker's shared buffer.
-        let buffer = input.isEmpty ? worker.scratch : input
+        let buffer = partial ?? worker.scratch
         var reachedEnd = false
         switch Transport.read(descriptor, tls, into: buffer) {
         case .drained:
@@ -247,7 +280,7 @@ final class ClientConnection: ReplyOwner {
         // A TLS read that needs the socket writable (a key update's answer) resumes on EV_WRITE.
         if let tls, tls.readWantsWrite, let watcher { watcher.watch(watcher.events | TERN_EV_WRITE) }
         lastActivity = worker.now
-        let wasPartial = !input.isEmpty
+        let wasPartial = partial != nil
         // A large request that fills the buffer may be handed to its server connection whole
         // rather than copied (`ServerConnection.forward`).
         let isLarge = buffer.readableCount >= ServerConnection.adoptThreshold
@@ -259,9 +292,13 @@ final class ClientConnection: ReplyOwner {
             // Keep what is left of a partial request in the connection's own buffer: a large
             // part by taking the shared buffer's memory, a small one by copying it.
             if buffer.readableCount >= Self.takeScratchAbove {
-                input.swapContents(with: buffer)
+                let kept = ByteBuffer()
+                kept.swapContents(with: buffer)
+                partial = kept
             } else if !buffer.isEmpty {
-                input.append(buffer.readable)
+                let kept = ByteBuffer()
+                kept.append(buffer.readable)
+                partial = kept
             }
             buffer.removeAll()
             // Memory taken from the shared buffer (here or by `ServerConnection.adopt`) is
@@ -271,12 +308,12 @@ final class ClientConnection: ReplyOwner {
         // A large Redis argument on its way: room for all of it at once, as Redis sizes its
         // query buffer. Never past the client's query limit: parsing may have stopped at a full
         // pipeline before the parser checked these lengths.
-        if let session = redis, input.readableCount >= Self.takeScratchAbove {
-            input.reserve(frame: min(RespRequestParser.declaredLength(input.readable), requestLimits(session).maxRequestLength))
+        if let session = redis, let partial, partial.readableCount >= Self.takeScratchAbove {
+            partial.reserve(frame: min(RespRequestParser.declaredLength(partial.readable), requestLimits(session).maxRequestLength))
         }
-        if input.isEmpty {
+        dropEmptyPartial()
+        if partial == nil {
             partialSince = 0
-            input.releaseIfIdle()
         } else if !wasPartial || partialSince == 0 {
             partialSince = worker.now
         }
@@ -356,8 +393,9 @@ final class ClientConnection: ReplyOwner {
         watcher?.watch(events)
         if closeIfDrained() { return }
         // Reading was paused by a full pipeline: parse what is already buffered.
-        if !closeWhenDrained, !mustPauseReading, !input.isEmpty {
-            process(input)
+        if !closeWhenDrained, !mustPauseReading, let partial {
+            process(partial)
+            dropEmptyPartial()
         }
         // TLS bytes decrypted while reading was paused.
         if let tls, tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }
@@ -403,7 +441,7 @@ final class ClientConnection: ReplyOwner {
             close()
             return
         }
-        if config.clientIdleTimeoutMilliseconds > 0, slots.isEmpty, input.isEmpty,
+        if config.clientIdleTimeoutMilliseconds > 0, slots.isEmpty, partial == nil,
            now - lastActivity > Double(config.clientIdleTimeoutMilliseconds) / 1000 {
             close()
         }
@@ -431,6 +469,15 @@ final class ClientConnection: ReplyOwner {
         pool.clientClosed()
         worker.release(self)
     }
+}
+
+/// A client connection's state that few connections need (see `ClientConnection.rare`).
+/// Owned by its connection, on its worker's thread.
+final class RareClientState {
+    var memcacheUser: RedisUser?
+    var memcacheAuthFailures = 0
+    var memcacheUsersGeneration = 0
+    var peerText: String?
 }
 
 /// A client's state on its way from one worker to another (`Worker.rebalanceClients`).

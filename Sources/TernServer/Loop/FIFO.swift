@@ -10,40 +10,44 @@
 struct FIFO<Element>: ~Copyable {
     /// Nil until the first append.
     private var storage: UnsafeMutablePointer<Element>?
-    /// Capacity minus one; the capacity is a power of two (or zero before the first append).
-    private var mask = -1
-    private var head = 0
-    private(set) var count = 0
-    private let initialCapacity: Int
+    /// Capacity minus one; the capacity is a power of two. Before the first append, minus the
+    /// capacity the first append allocates (kept here rather than in a field of its own). The
+    /// positions are 32-bit (no queue holds 2^31 elements): with the pointer, 20 bytes in
+    /// every connection rather than 40.
+    private var mask: Int32
+    private var head: Int32 = 0
+    private var stored: Int32 = 0
+
+    var count: Int { Int(stored) }
 
     init(initialCapacity: Int = 8) {
-        var size = 1
+        var size: Int32 = 1
         while size < initialCapacity { size <<= 1 }
-        self.initialCapacity = size
+        mask = -size
     }
 
     deinit {
         if let storage {
-            for offset in 0..<count { (storage + ((head &+ offset) & mask)).deinitialize(count: 1) }
+            for offset in 0..<stored { (storage + Int((head &+ offset) & mask)).deinitialize(count: 1) }
             storage.deallocate()
         }
     }
 
-    var isEmpty: Bool { count == 0 }
+    var isEmpty: Bool { stored == 0 }
 
     @inline(__always)
     mutating func append(_ element: Element) {
-        if count > mask { grow() }
-        (storage.unsafelyUnwrapped + ((head &+ count) & mask)).initialize(to: element)
-        count &+= 1
+        if stored > mask { grow() }
+        (storage.unsafelyUnwrapped + Int((head &+ stored) & mask)).initialize(to: element)
+        stored &+= 1
     }
 
     @inline(__always)
     mutating func popFirst() -> Element? {
-        guard count > 0 else { return nil }
-        let element = (storage.unsafelyUnwrapped + head).move()
+        guard stored > 0 else { return nil }
+        let element = (storage.unsafelyUnwrapped + Int(head)).move()
         head = (head &+ 1) & mask
-        count &-= 1
+        stored &-= 1
         return element
     }
 
@@ -51,29 +55,29 @@ struct FIFO<Element>: ~Copyable {
     subscript(offset: Int) -> Element {
         _read {
             precondition(offset >= 0 && offset < count, "FIFO offset \(offset) of \(count)")
-            yield storage.unsafelyUnwrapped[(head &+ offset) & mask]
+            yield storage.unsafelyUnwrapped[Int((head &+ Int32(truncatingIfNeeded: offset)) & mask)]
         }
         _modify {
             precondition(offset >= 0 && offset < count, "FIFO offset \(offset) of \(count)")
-            yield &storage.unsafelyUnwrapped[(head &+ offset) & mask]
+            yield &storage.unsafelyUnwrapped[Int((head &+ Int32(truncatingIfNeeded: offset)) & mask)]
         }
     }
 
     mutating func removeAll() {
-        while count > 0 {
-            (storage.unsafelyUnwrapped + head).deinitialize(count: 1)
+        while stored > 0 {
+            (storage.unsafelyUnwrapped + Int(head)).deinitialize(count: 1)
             head = (head &+ 1) & mask
-            count &-= 1
+            stored &-= 1
         }
         head = 0
     }
 
     private mutating func grow() {
-        let capacity = mask < 0 ? initialCapacity : (mask + 1) * 2
-        let larger = UnsafeMutablePointer<Element>.allocate(capacity: capacity)
+        let capacity = storage == nil ? -mask : (mask + 1) * 2
+        let larger = UnsafeMutablePointer<Element>.allocate(capacity: Int(capacity))
         if let storage {
-            for offset in 0..<count {
-                (larger + offset).moveInitialize(from: storage + ((head &+ offset) & mask), count: 1)
+            for offset in 0..<stored {
+                (larger + Int(offset)).moveInitialize(from: storage + Int((head &+ offset) & mask), count: 1)
             }
             storage.deallocate()
         }
@@ -86,5 +90,5 @@ struct FIFO<Element>: ~Copyable {
 extension FIFO where Element: AnyObject {
     /// Whether `element` is at the head (an identity check, no reference taken).
     @inline(__always)
-    func isFirst(_ element: Element) -> Bool { count > 0 && storage.unsafelyUnwrapped[head] === element }
+    func isFirst(_ element: Element) -> Bool { stored > 0 && storage.unsafelyUnwrapped[Int(head)] === element }
 }

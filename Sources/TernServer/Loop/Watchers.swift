@@ -1,26 +1,43 @@
 import CLibev
 
-/// An `ev_io` at a stable address whose `data` points at its (unretained) owner.
-final class IOWatcher {
-    let pointer = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
-    private(set) var events: Int32 = 0
-    /// The libev loop of the thread that owns the watcher (lives as long as that thread's worker).
-    let loop: OpaquePointer
-
-    init(loop: OpaquePointer, descriptor: Int32, owner: AnyObject,
-         callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_io>?, Int32) -> Void) {
-        self.loop = loop
-        tern_io_init(pointer, callback, descriptor, 0)
-        tern_set_data(pointer, Unmanaged.passUnretained(owner).toOpaque())
+/// An `ev_io` at a stable address whose `data` points at its (unretained) owner. The `ev_io`
+/// lives in the watcher object itself (a `ManagedBuffer`'s one tail element): one allocation
+/// per connection, not two.
+///
+/// unsafe: `pointer` escapes `withUnsafeMutablePointerToElements`. A `ManagedBuffer`'s elements
+/// are stored inside the object, which never moves, so the pointer is valid for as long as the
+/// watcher lives; libev holds it only while the watcher is started, and every owner stops its
+/// watcher (`watch(0)`) before letting it go, or hands it to the worker's retired list, which
+/// keeps it alive until the loop pass that might still report it has ended.
+final class IOWatcher: ManagedBuffer<IOWatcher.State, ev_io> {
+    struct State {
+        var events: Int32
+        /// The libev loop of the thread that owns the watcher (lives as long as that thread's worker).
+        let loop: OpaquePointer
     }
 
-    deinit { pointer.deallocate() }
+    static func make(loop: OpaquePointer, descriptor: Int32, owner: AnyObject,
+                     callback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<ev_io>?, Int32) -> Void) -> IOWatcher {
+        let watcher = unsafeDowncast(create(minimumCapacity: 1) { _ in State(events: 0, loop: loop) }, to: IOWatcher.self)
+        let pointer = watcher.pointer
+        pointer.initialize(to: ev_io())
+        tern_io_init(pointer, callback, descriptor, 0)
+        tern_set_data(pointer, Unmanaged.passUnretained(owner).toOpaque())
+        return watcher
+    }
+
+    @inline(__always)
+    var pointer: UnsafeMutablePointer<ev_io> { withUnsafeMutablePointerToElements { $0 } }
+
+    var events: Int32 { header.events }
 
     /// Watches for `events` (read, write or both); zero stops watching.
     func watch(_ newEvents: Int32) {
+        let events = header.events
         guard newEvents != events else { return }
+        let loop = header.loop
         if events != 0 { ev_io_stop(loop, pointer) }
-        events = newEvents
+        header.events = newEvents
         if newEvents != 0 {
             tern_io_set(pointer, pointer.pointee.fd, newEvents)
             ev_io_start(loop, pointer)

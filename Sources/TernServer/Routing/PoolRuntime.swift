@@ -172,7 +172,7 @@ final class PoolRuntime: BackendPool {
     private func startListening() {
         // Workers that take no new clients (elastic workers not yet active) do not watch.
         guard plan.listenDescriptor >= 0, listenWatcher == nil, worker.takesClients, !isRetired else { return }
-        let watcher = IOWatcher(loop: worker.loop, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
+        let watcher = IOWatcher.make(loop: worker.loop, descriptor: plan.listenDescriptor, owner: self) { _, watcher, _ in
             let pool = Unmanaged<PoolRuntime>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
             pool.acceptClients()
         }

@@ -84,7 +84,7 @@ final class Worker: FrontendLoop {
         followActiveCount()
         rebalanceClients()
         let now = self.now
-        for client in Array(clients.values) { client.checkTimeouts(now: now) }
+        for client in clients { client.checkTimeouts(now: now) }
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
         if scratch.isEmpty { scratch.releaseIfIdle(keep: 1 << 18) }
         sweepTimer?.start(after: 1)
@@ -150,7 +150,7 @@ final class Worker: FrontendLoop {
                 stoppedListening.done()
                 drainFinished = finished
                 // Idle clients go now; the others once their in-flight replies are out.
-                for client in clients.values { client.finishAndClose() }
+                for client in clients { client.finishAndClose() }
             case let .adoptClient(descriptor, shared):
                 adoptClient(descriptor: descriptor, of: shared)
             case let .adoptMovedClient(descriptor, shared, state):
@@ -206,7 +206,7 @@ final class Worker: FrontendLoop {
             let mine = counters[identifier].clients.load(ordering: .relaxed)
             var budget = min((mine - fewest) / 2, 64)
             guard budget > 0 else { continue }
-            for client in Array(clients.values) where budget > 0 && client.pool === pool && client.isMovable {
+            for client in clients where budget > 0 && client.pool === pool && client.isMovable {
                 budget -= 1
                 let descriptor = client.descriptor
                 let state = client.detachForMove()
@@ -277,7 +277,7 @@ final class Worker: FrontendLoop {
         for pool in pools where !next.contains(where: { $0 === pool }) {
             pool.retire()
             retiredPools.append(pool)
-            for client in clients.values where client.pool === pool { client.finishAndClose() }
+            for client in clients where client.pool === pool { client.finishAndClose() }
             logger.notice("pool \(pool.config.name) removed; its clients close once idle")
         }
         pools = next
@@ -297,7 +297,7 @@ final class Worker: FrontendLoop {
             // A retired pool is kept while clients use it and while requests are in flight on its
             // servers or its old pool's (a warm-up read continues on both after a reload).
             retiredPools.removeAll { pool in
-                guard pool.isIdle, !clients.values.contains(where: { $0.pool === pool }) else { return false }
+                guard pool.isIdle, !clients.contains(where: { $0.pool === pool }) else { return false }
                 pool.closeConnections()
                 return true
             }
