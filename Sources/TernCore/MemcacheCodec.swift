@@ -673,6 +673,24 @@ public enum MemcacheReplyParser {
         }
     }
 
+    /// A framed reply to a one-key text retrieval (`get`/`gets`/`gat`), judged without walking
+    /// records: true for a miss (`END`), an error line, or exactly one `VALUE` record for `key`
+    /// then `END`; false when its record names another key (the connection is out of step); nil
+    /// when only the general walk can tell (a repeated key, a malformed record).
+    @inlinable
+    public static func singleKeyVerdict(_ reply: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) -> Bool? {
+        let count = reply.count
+        // The framer lets through only END, an error line or VALUE records: only those name keys.
+        guard count > 6, reply[0] == UInt8(ascii: "V") else { return true }
+        guard count > 6 + key.count, reply[6 + key.count] == 0x20,
+              memcmp(reply.baseAddress! + 6, key.baseAddress!, key.count) == 0 else { return false }
+        // One record, then END: anything longer (a repeated key) takes the general walk.
+        guard let lineEnd = memchr(reply.baseAddress!, 0x0a, count) else { return false }
+        let headerLength = reply.baseAddress!.distance(to: UnsafeRawPointer(lineEnd)) + 1
+        guard let length = valueLength(UnsafeRawBufferPointer(rebasing: reply[0..<(headerLength - 1)])) else { return false }
+        return headerLength + length + 2 + 5 == count ? true : nil
+    }
+
     /// The least length of a retrieval reply as far as it has arrived: the end of the record at
     /// `position` (where an `.incomplete` parse stopped, its `VALUE` line whole) plus `END`.
     /// 0 when that line has not arrived or is not a `VALUE` line. Lets a receiver size its

@@ -48,6 +48,22 @@ public enum RespReply: Equatable, Sendable {
         }
     }
 
+    /// The RESP type of a reply already framed (`RespReplyParser`), from its first byte alone:
+    /// what a merge needs to tell an array from the error that replaces it, without walking it.
+    public enum FramedType: Equatable, Sendable { case simpleString, error, integer, bulk, array, push, other }
+
+    public static func type(ofFramed frame: UnsafeRawBufferPointer) -> FramedType {
+        switch frame.first {
+        case UInt8(ascii: "+"): .simpleString
+        case UInt8(ascii: "-"): .error
+        case UInt8(ascii: ":"): .integer
+        case UInt8(ascii: "$"): .bulk
+        case UInt8(ascii: "*"): .array
+        case UInt8(ascii: ">"): .push
+        default: .other
+        }
+    }
+
     /// Classifies the reply at the start of `frame`. Arrays are walked (`RespReplyParser`) so
     /// that a cut one answers `.incomplete`.
     public static func classify(_ frame: UnsafeRawBufferPointer) -> RespReply {

@@ -169,6 +169,23 @@ public enum RespRequestParser {
         return parseInline(bytes, limits: limits, into: arguments)
     }
 
+    /// The arguments of a RESP multibulk request, as far as its bytes go and at most `limit` of
+    /// them, each handed to `body` in order. Returns the number its header declares, or nil when
+    /// `request` does not start with a multibulk header. For reports (the slow log), not for
+    /// routing: a cut or invalid argument ends the walk quietly.
+    public static func forEachArgument(_ request: UnsafeRawBufferPointer, limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) -> Int? {
+        guard request.first == UInt8(ascii: "*"), case let .value(count, first) = header(request, at: 0, maxDigits: 18) else { return nil }
+        var position = first
+        var given = 0
+        while given < min(count, limit), position < request.count, request[position] == UInt8(ascii: "$"),
+              case let .value(length, next) = header(request, at: position, maxDigits: 18), length >= 0, next + length <= request.count {
+            body(UnsafeRawBufferPointer(rebasing: request[next..<(next + length)]))
+            given += 1
+            position = next + length + 2
+        }
+        return count
+    }
+
     /// Reads `<prefix><digits>\r\n` at `position`; returns the number and the position after the
     /// line, `nil` when more bytes are needed, or an error.
     enum Header { case value(Int, Int), incomplete, invalid }

@@ -189,3 +189,25 @@ final class ReplyClassificationTests: XCTestCase {
         XCTAssertNil(parse("-MOVED 3999 127.0.0.1:6381"), "cut before its line end")
     }
 }
+
+extension ReplyClassificationTests {
+    /// The framed-reply type a merge checks, and the one-key retrieval verdict: a miss, an
+    /// error, the key's one record (true); another key's record (false); a repeated key or a
+    /// cut header (nil: the general walk decides).
+    func testFramedTypeAndSingleKeyVerdict() {
+        func type(_ text: String) -> RespReply.FramedType { Array(text.utf8).withUnsafeBytes { RespReply.type(ofFramed: $0) } }
+        XCTAssertEqual(type("*2\r\n$1\r\na\r\n$-1\r\n"), .array)
+        XCTAssertEqual(type("-ERR no\r\n"), .error)
+        XCTAssertEqual(type(">3\r\n"), .push)
+        XCTAssertEqual(type(""), .other)
+        func verdict(_ reply: String, _ key: String) -> Bool? {
+            Array(reply.utf8).withUnsafeBytes { r in Array(key.utf8).withUnsafeBytes { MemcacheReplyParser.singleKeyVerdict(r, key: $0) } }
+        }
+        XCTAssertEqual(verdict("END\r\n", "k"), true)
+        XCTAssertEqual(verdict("SERVER_ERROR busy\r\n", "k"), true)
+        XCTAssertEqual(verdict("VALUE k 0 2\r\nab\r\nEND\r\n", "k"), true)
+        XCTAssertEqual(verdict("VALUE kk 0 2\r\nab\r\nEND\r\n", "k"), false)
+        XCTAssertEqual(verdict("VALUE j 0 2\r\nab\r\nEND\r\n", "k"), false)
+        XCTAssertNil(verdict("VALUE k 0 2\r\nab\r\nVALUE k 0 1\r\nc\r\nEND\r\n", "k"))
+    }
+}

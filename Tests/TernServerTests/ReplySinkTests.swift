@@ -137,6 +137,20 @@ final class ReplySinkTests: XCTestCase {
         XCTAssertTrue(deliver(slot, new, "NOT_FOUND\r\n"))
         XCTAssertTrue(deliver(slot, old, "DELETED\r\n"))
         XCTAssertEqual(emitted(slot), "DELETED\r\n")
+        // Meta: NF from the new pool becomes HD with its flags when the old pool said HD; an
+        // old NF leaves it; a new-pool HD is the answer whatever the old pool said.
+        for (newReply, oldReply, expected) in [("NF O7 kdoomed\r\n", "HD O7\r\n", "HD O7 kdoomed\r\n"),
+                                               ("NF O7\r\n", "NF O7\r\n", "NF O7\r\n"),
+                                               ("HD O9\r\n", "NF O9\r\n", "HD O9\r\n"),
+                                               ("NF\r\n", "SERVER_ERROR out of memory\r\n", "NF\r\n")] {
+            let meta = ReplySlot()
+            var metaSplit = ReplySplit(meta, mergedBy: .eitherDeleted(EitherDeleted(isMeta: true)), warmupCounters: WarmupCounters())
+            let oldPart = metaSplit.oldServer(1), newPart = metaSplit.server(0)
+            metaSplit.close()
+            XCTAssertTrue(deliver(meta, oldPart, oldReply))
+            XCTAssertTrue(deliver(meta, newPart, newReply))
+            XCTAssertEqual(emitted(meta), expected, "\(newReply) after \(oldReply)")
+        }
     }
 
     /// SCRIPT LOAD: the lowest part's reply, whatever order they come in.

@@ -245,7 +245,7 @@ extension ClientConnection {
             sendMeta(request, frame, slot, to: server, part: ReplyPart.whole)
             return
         }
-        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(isQuietMeta: request.isQuiet)), warmupCounters: pool.warmupCounters)
+        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(isMeta: true, isQuietMeta: request.isQuiet)), warmupCounters: pool.warmupCounters)
         WarmupCounters.add(pool.warmupCounters.oldDeletes)
         sendMeta(request, frame, slot, to: oldServer, part: split.oldServer(Int32(oldServer.index)))
         sendMeta(request, frame, slot, to: server, part: split.server(Int32(server.index)))

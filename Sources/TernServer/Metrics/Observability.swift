@@ -308,29 +308,7 @@ final class SlowLog: Sendable {
     /// commands and memcached, whose data block is not an argument).
     static func arguments(of request: UnsafeRawBufferPointer) -> [[UInt8]] {
         var parts: [UnsafeRawBufferPointer] = []
-        if request.first == UInt8(ascii: "*") {
-            var position = 1
-            func number() -> Int? {
-                var value = 0
-                var digits = 0
-                while position < request.count, request[position] >= 0x30, request[position] <= 0x39, digits < 18 {
-                    value = value * 10 + Int(request[position] - 0x30)
-                    position += 1
-                    digits += 1
-                }
-                guard digits > 0, position + 1 < request.count, request[position] == 0x0d else { return nil }
-                position += 2
-                return value
-            }
-            guard let count = number() else { return [] }
-            // Only the arguments kept are read; the header says how many there were.
-            for _ in 0..<min(count, maxArguments) {
-                guard position < request.count, request[position] == UInt8(ascii: "$") else { break }
-                position += 1
-                guard let length = number(), position + length <= request.count else { break }
-                parts.append(UnsafeRawBufferPointer(rebasing: request[position..<(position + length)]))
-                position += length + 2
-            }
+        if let count = RespRequestParser.forEachArgument(request, limit: maxArguments, { parts.append($0) }) {
             var kept = truncated(Array(parts.prefix(count > maxArguments ? maxArguments - 1 : maxArguments)))
             if count > maxArguments, parts.count >= maxArguments - 1 {
                 kept.append(Array("... (\(count - (maxArguments - 1)) more arguments)".utf8))

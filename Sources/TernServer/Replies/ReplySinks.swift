@@ -96,9 +96,9 @@ struct AllOK {
         let ok: Bool
         switch dialect {
         case .memcached:
-            ok = !isError && reply.count >= 2 && reply[0] == UInt8(ascii: "O") && reply[1] == UInt8(ascii: "K")
+            ok = !isError && MemcacheReply.classify(reply) == .ok
         case .resp:
-            ok = reply.count >= 3 && reply[0] == UInt8(ascii: "+") && reply[1] == UInt8(ascii: "O") && reply[2] == UInt8(ascii: "K")
+            ok = RespReply.classify(reply) == .ok
         }
         if !ok { slot.recordError(reply) }
     }
@@ -116,7 +116,7 @@ struct AllOK {
 /// was asked for (`ReplySlot.keys`, in order); keys never answered are nil.
 struct RespArrayByPosition {
     func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) {
-        guard reply.first == UInt8(ascii: "*") else {
+        guard RespReply.type(ofFramed: reply) == .array else {
             // The backend's own error (or an unexpected reply) becomes the answer.
             return slot.recordError(reply)
         }
@@ -207,7 +207,7 @@ struct PreparedReply {
 /// `ReplySlot.keys` entry pointing into the slot's bytes.
 struct RespUnion {
     func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
-        guard reply.first == UInt8(ascii: "*") else { return slot.recordError(reply) }
+        guard RespReply.type(ofFramed: reply) == .array else { return slot.recordError(reply) }
         RespReplyParser.forEachElement(reply) { range in
             let element = UnsafeRawBufferPointer(rebasing: reply[range])
             if !slot.keys.contains(where: { slot.bytesEqual(element, $0) }) { slot.store(element) }
@@ -225,7 +225,7 @@ struct RespUnion {
 /// are summed by position (kept in the `server` field of each name's `ReplySlot.keys` entry).
 struct RespPairSum {
     func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
-        guard reply.first == UInt8(ascii: "*") else { return slot.recordError(reply) }
+        guard RespReply.type(ofFramed: reply) == .array else { return slot.recordError(reply) }
         var position = 0
         RespReplyParser.forEachElement(reply) { range in
             let element = UnsafeRawBufferPointer(rebasing: reply[range])
@@ -251,6 +251,8 @@ struct RespPairSum {
 /// A warm-up delete sent to both pools: the new pool's reply, but "deleted" when the old pool
 /// deleted the key. The old pool failing never fails the delete; it is counted.
 struct EitherDeleted {
+    /// A meta `md` (its statuses are `HD`/`NF`, not `DELETED`/`NOT_FOUND`).
+    var isMeta = false
     /// A quiet `md`: "deleted" is said with nothing at all.
     var isQuietMeta = false
     var oldDeleted = false
@@ -258,8 +260,12 @@ struct EitherDeleted {
     mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) {
         if ReplyPart.isOld(part) {
             // DELETED (text), HD (meta), or nothing at all from a quiet md that deleted.
-            oldDeleted = reply.count == 0 || (reply.count >= 2 && reply[0] == UInt8(ascii: "D") && reply[1] == UInt8(ascii: "E"))
-                || (reply.count >= 2 && reply[0] == UInt8(ascii: "H") && reply[1] == UInt8(ascii: "D"))
+            if reply.isEmpty {
+                oldDeleted = true
+            } else {
+                let status = MemcacheReply.classify(reply)
+                oldDeleted = status == .deleted || status == .success
+            }
             return
         }
         slot.data.removeAll()
@@ -283,18 +289,18 @@ struct EitherDeleted {
         guard oldDeleted else { return }
         let data = slot.data
         let reply = data.readable
-        if reply.count >= 9, reply[0] == UInt8(ascii: "N"), reply[1] == UInt8(ascii: "O") {
+        guard MemcacheReply.classify(reply) == .notFound else { return }
+        if !isMeta {
             data.removeAll()
             data.append("DELETED\r\n" as StaticString)
-        } else if reply.count >= 2, reply[0] == UInt8(ascii: "N"), reply[1] == UInt8(ascii: "F") {
-            if isQuietMeta {
-                data.removeAll()
-            } else {
-                let rest = Array(reply[2...])
-                data.removeAll()
-                data.append("HD" as StaticString)
-                rest.withUnsafeBytes { data.append($0) }
-            }
+        } else if isQuietMeta {
+            data.removeAll()
+        } else {
+            // `NF <flags>` becomes `HD <flags>`: the flags (opaque, key) stay as echoed.
+            let rest = Array(reply[2...])
+            data.removeAll()
+            data.append("HD" as StaticString)
+            rest.withUnsafeBytes { data.append($0) }
         }
     }
 }

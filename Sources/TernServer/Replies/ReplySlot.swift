@@ -347,22 +347,12 @@ final class ReplySlot {
         return accepted
     }
 
-    /// The common single-key get, decided without walking records: a miss (`END`), or one VALUE
-    /// record whose key is this one, framed already. nil: let the general walk decide.
+    /// The common single-key get, decided without walking records (`MemcacheReplyParser.
+    /// singleKeyVerdict`). nil: let the general walk decide.
     @inline(__always)
     private func singleKeyVerdict(_ reply: UnsafeRawBufferPointer) -> Bool? {
-        let count = reply.count
-        // The framer let through only END, an error line or VALUE records: only those name keys.
-        guard count > 6, reply[0] == UInt8(ascii: "V") else { return true }
         let entry = keys[0]
-        let key = UnsafeRawBufferPointer(rebasing: keyBytes.readable[entry.keyStart..<(entry.keyStart + entry.keyLength)])
-        guard count > 6 + key.count, reply[6 + key.count] == 0x20,
-              memcmp(reply.baseAddress! + 6, key.baseAddress!, key.count) == 0 else { return false }
-        // One record, then END: anything longer (a repeated key) takes the general walk.
-        guard let lineEnd = memchr(reply.baseAddress!, 0x0a, count) else { return false }
-        let headerLength = reply.baseAddress!.distance(to: UnsafeRawPointer(lineEnd)) + 1
-        guard let length = MemcacheReplyParser.valueLength(UnsafeRawBufferPointer(rebasing: reply[0..<(headerLength - 1)])) else { return false }
-        return headerLength + length + 2 + 5 == count ? true : nil
+        return MemcacheReplyParser.singleKeyVerdict(reply, key: UnsafeRawBufferPointer(rebasing: keyBytes.readable[entry.keyStart..<(entry.keyStart + entry.keyLength)]))
     }
 
     /// RespUnion / RespPairSum: one element (or name) kept in `data`, its count in `server`.
