@@ -61,26 +61,34 @@ final class ByteBuffer: ByteSink {
         return storage! + writeIndex
     }
 
-    /// `newCapacity` bytes of memory with the unread bytes at its front. A mostly full buffer
-    /// is `realloc`ed (a large block is remapped, not copied); a mostly consumed one gets
-    /// fresh memory and only its unread bytes are copied.
-    private func moveUnread(toCapacity newCapacity: Int) {
+    /// `newCapacity` bytes of memory with the unread bytes at its front. Mapped memory is
+    /// remapped (the pages move: nothing is copied, nothing held twice); with `mapping`, plain
+    /// memory is left for a mapping of this buffer's own; a mostly full buffer is `realloc`ed
+    /// (a large block is remapped by glibc, not copied); a mostly consumed one gets fresh memory
+    /// and only its unread bytes are copied.
+    private func moveUnread(toCapacity newCapacity: Int, mapping: Bool = false) {
         let unread = writeIndex - readIndex
         let memory: UnsafeMutableRawPointer?
-        if let storage, isMapped {
-            // Remapped: the pages move, nothing is copied and nothing is held twice.
+        if let storage, isMapped || (!mapping && unread * 2 >= capacity) {
             if readIndex > 0 { memmove(storage, storage + readIndex, unread) }
-            let moved = tern_mremap(storage, capacity, newCapacity)
-            memory = moved == MAP_FAILED ? nil : moved
-        } else if let storage, unread * 2 >= capacity {
-            if readIndex > 0 { memmove(storage, storage + readIndex, unread) }
-            memory = realloc(storage, newCapacity)
+            if isMapped {
+                let moved = tern_mremap(storage, capacity, newCapacity)
+                memory = moved == MAP_FAILED ? nil : moved
+            } else {
+                memory = realloc(storage, newCapacity)
+            }
         } else {
-            memory = malloc(newCapacity)
+            if mapping {
+                let mapped = mmap(nil, newCapacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                memory = mapped == MAP_FAILED ? nil : mapped
+            } else {
+                memory = malloc(newCapacity)
+            }
             if unread > 0, let storage, let memory { memory.copyMemory(from: storage + readIndex, byteCount: unread) }
-            free(storage)
+            if memory != nil { free(storage) }
         }
         guard let memory else { fatalError("out of memory growing a buffer to \(newCapacity) bytes") }
+        isMapped = isMapped || mapping
         storage = memory
         capacity = newCapacity
         readIndex = 0
@@ -94,17 +102,7 @@ final class ByteBuffer: ByteSink {
     func reserveMapped(frame total: Int) {
         let unread = writeIndex - readIndex
         guard total > unread, capacity - readIndex < total + Self.readSlack else { return }
-        let newCapacity = (total + Self.readSlack + Self.pageSize - 1) & ~(Self.pageSize - 1)
-        if isMapped { return moveUnread(toCapacity: newCapacity) }
-        let mapped = mmap(nil, newCapacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        guard let mapped, mapped != MAP_FAILED else { return reserve(frame: total) }
-        if unread > 0, let storage { mapped.copyMemory(from: storage + readIndex, byteCount: unread) }
-        free(storage)
-        storage = mapped
-        isMapped = true
-        capacity = newCapacity
-        readIndex = 0
-        writeIndex = unread
+        moveUnread(toCapacity: (total + Self.readSlack + Self.pageSize - 1) & ~(Self.pageSize - 1), mapping: true)
     }
 
     /// Room for a frame of `total` bytes that starts with the unread bytes, allocated at that
