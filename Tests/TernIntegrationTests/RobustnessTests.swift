@@ -84,6 +84,29 @@ final class RobustnessTests: XCTestCase {
         XCTAssertTrue(idle.drain(for: 1).closed)
     }
 
+    /// A pipeline deeper than the in-flight limit waits, whole requests and all, in the client's
+    /// buffer. Once they have been sent on and answered and the client is quiet, it is idle, not
+    /// a slowloris: its partial-request clock stops when that buffer empties, whichever path
+    /// (a read, or the flush that resumes a paused pipeline) emptied it.
+    func testPipelinePausedAtTheInFlightLimitIsNotTakenForASlowloris() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        _ = try group.tern(config: "p:\n  listen: 127.0.0.1:\(port)\n  timeout: 20000\n  client_partial_timeout: 1000\n  servers:\n   - \(backend.address):1\n",
+                           arguments: ["--threads", "1"], waitPort: port)
+        let client = try TestClient(port: port)
+        // 20,000 gets in one write, more than the 16,384 a client may have in flight (the backend
+        // paused meanwhile, so that they pile up): the rest wait in the client's buffer.
+        backend.pause()
+        try client.send(String(repeating: "get nothing\r\n", count: 20_000))
+        usleep(300_000)
+        backend.resume()
+        let replies = try client.receive(until: "END\r\n", occurrences: 20_000)
+        XCTAssertEqual(replies.count, 5 * 20_000)
+        // Quiet for well over client_partial_timeout: still served.
+        usleep(2_500_000)
+        XCTAssertEqual(try client.request("get nothing\r\n", until: "END\r\n"), "END\r\n")
+    }
+
     func testByteAtATimeLongerThanDeclaredAndDisconnectsInFlight() throws {
         let backend = try group.memcached()
         let tern = try start([backend.address])

@@ -396,6 +396,8 @@ final class ClientConnection: ReplyOwner {
         if !closeWhenDrained, !mustPauseReading, let partial {
             process(partial)
             dropEmptyPartial()
+            // Nothing partial left: the slowloris clock stops (as after a read).
+            if self.partial == nil { partialSince = 0 }
         }
         // TLS bytes decrypted while reading was paused.
         if let tls, tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }

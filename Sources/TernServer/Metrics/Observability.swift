@@ -308,7 +308,9 @@ final class SlowLog: Sendable {
     /// commands and memcached, whose data block is not an argument).
     static func arguments(of request: UnsafeRawBufferPointer) -> [[UInt8]] {
         var parts: [UnsafeRawBufferPointer] = []
-        if let count = RespRequestParser.forEachArgument(request, limit: maxArguments, { parts.append($0) }) {
+        if request.first == UInt8(ascii: "*") {
+            // A multibulk whose header cannot be read has no arguments to show.
+            guard let count = RespRequestParser.forEachArgument(request, limit: maxArguments, { parts.append($0) }) else { return [] }
             var kept = truncated(Array(parts.prefix(count > maxArguments ? maxArguments - 1 : maxArguments)))
             if count > maxArguments, parts.count >= maxArguments - 1 {
                 kept.append(Array("... (\(count - (maxArguments - 1)) more arguments)".utf8))

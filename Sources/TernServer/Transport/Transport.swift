@@ -138,18 +138,22 @@ enum ReadOutcome {
 }
 
 enum Transport {
-    /// Reads into `buffer` until the socket is drained, `buffer` holds `cap` bytes, the peer
+    /// Reads into `buffer` until the socket is drained, this call has read `cap` bytes, the peer
     /// ends the stream, or an error. Plain sockets: a read that leaves room in the buffer
     /// drained the socket (the watcher is level-triggered, so what comes later is reported
     /// again), which saves the EAGAIN read. TLS: records are read until OpenSSL wants the
     /// socket, since a record can hold less than the socket had.
     @inline(__always)
     static func read(_ descriptor: Int32, _ tls: TLSStream?, into buffer: ByteBuffer, cap: Int = 4 << 20) -> ReadOutcome {
-        if let tls { return readTLS(tls, into: buffer, cap: cap) }
+        // The cap counts what this call reads, not what the buffer held before it: a large frame
+        // being received still moves up to `cap` bytes per loop pass, not one read's worth, and
+        // the bytes already buffered are looked at (framed, sized) between two such batches.
+        let limit = buffer.readableCount + cap
+        if let tls { return readTLS(tls, into: buffer, upTo: limit) }
         while true {
             switch Syscall.read(descriptor, into: buffer) {
             case .transferred:
-                if buffer.writableCount > 0 || buffer.readableCount >= cap { return .drained }
+                if buffer.writableCount > 0 || buffer.readableCount >= limit { return .drained }
             case .wouldBlock:
                 return .drained
             case .endOfFile:
@@ -160,11 +164,10 @@ enum Transport {
         }
     }
 
-    private static func readTLS(_ tls: TLSStream, into buffer: ByteBuffer, cap: Int) -> ReadOutcome {
+    private static func readTLS(_ tls: TLSStream, into buffer: ByteBuffer, upTo limit: Int) -> ReadOutcome {
         tls.readWantsWrite = false
-        // At least one read, even when the buffer already holds `cap` bytes of a partial
-        // request or reply (as the plain path does): otherwise a frame larger than the cap
-        // would never complete.
+        // At least one read, as the plain path makes: a frame larger than the cap completes
+        // over several calls.
         repeat {
             let target = buffer.reserve(16384)
             let count = tern_tls_read(tls.pointer, target, buffer.writableCount)
@@ -180,7 +183,7 @@ enum Transport {
                 return .drained
             default: return .failed(TLSStream.lastError())
             }
-        } while buffer.readableCount < cap
+        } while buffer.readableCount < limit
         return .drained
     }
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Idle client connections: RSS per connection of a fresh Tern and a fresh nutcracker, measured
+as bench.py measures it (the RSS rise while --count connections are opened and left idle), in
+a process that has served no load yet. bench.py measures after its loads, when freed memory is
+reused and the figure is lower; this one is the upper bound, repeatable run to run.
+
+  python3 bench/idle.py [--count 10000] [--runs 3] [--tern PATH] [--redis]
+"""
+import argparse, os, statistics, subprocess, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import ROOT, Processes, free_port, idle_connections, wait_port  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=10000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tern", default=os.path.join(ROOT, ".build/release/tern"))
+    parser.add_argument("--redis", action="store_true", help="a Redis pool instead of a memcached one")
+    args = parser.parse_args()
+    results = {"nutcracker": [], "tern": []}
+    for run in range(args.runs):
+        procs = Processes()
+        try:
+            backend = free_port()
+            if args.redis:
+                procs.start(["redis-server", "--port", str(backend), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], "backend")
+            else:
+                procs.start(["memcached", "-p", str(backend), "-l", "127.0.0.1", "-U", "0"] + (["-u", "root"] if os.getuid() == 0 else []), "backend")
+            wait_port(backend)
+            for name in results:
+                port = free_port()
+                config = os.path.join(procs.dir, f"{name}.yml")
+                with open(config, "w") as f:
+                    f.write(f"p:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  timeout: 2000\n"
+                            + ("  redis: true\n" if args.redis else "") + f"  servers:\n   - 127.0.0.1:{backend}:1\n")
+                binary = "nutcracker" if name == "nutcracker" else args.tern
+                process = procs.start([binary, "-c", config, "-s", str(free_port()), "-a", "127.0.0.1", "-v", "3"], f"{name}{run}")
+                wait_port(port)
+                results[name].append(idle_connections(port, process.pid, args.count))
+        finally:
+            procs.stop()
+    kind = "Redis" if args.redis else "memcached"
+    print(f"idle {kind} client connections, {args.count} per run, fresh processes, medians of {args.runs}")
+    print("| target | bytes of RSS per connection | runs |")
+    print("| --- | ---: | --- |")
+    for name, values in results.items():
+        print(f"| {name} | {statistics.median(values):.0f} | {', '.join(f'{v:.0f}' for v in values)} |")
+
+
+if __name__ == "__main__":
+    main()
