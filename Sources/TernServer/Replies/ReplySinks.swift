@@ -49,8 +49,7 @@ struct MultiGetRecords {
     /// merge costs one pass over the reply). Returns false then.
     func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) -> Bool {
         // A large reply is kept whole where it arrived; small ones have their records copied.
-        let large = reply.count >= ReplySlot.keptReply
-        let (buffer, offset) = large ? slot.keep(reply) : (0, 0)
+        let kept = reply.count >= ReplySlot.keptReply ? slot.keep(reply) : nil
         var cursor = 0
         var inStep = true
         MemcacheReplyParser.forEachValue(reply) { keyRange, recordRange in
@@ -60,14 +59,7 @@ struct MultiGetRecords {
                 let entry = slot.keys[cursor]
                 cursor += 1
                 guard entry.server == part, entry.recordStart < 0, slot.sameKey(entry, key) else { continue }
-                slot.keys[cursor - 1].recordLength = recordRange.count
-                if large {
-                    slot.keys[cursor - 1].buffer = buffer
-                    slot.keys[cursor - 1].recordStart = offset + recordRange.lowerBound
-                } else {
-                    slot.keys[cursor - 1].recordStart = slot.data.readableCount
-                    slot.data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
-                }
+                slot.placeRecord(cursor - 1, recordRange, of: reply, kept: kept)
                 return
             }
             inStep = false
@@ -121,20 +113,12 @@ struct RespArrayByPosition {
             return slot.recordError(reply)
         }
         // A large reply is kept whole where it arrived; small ones have their elements copied.
-        let large = reply.count >= ReplySlot.keptReply
-        let (buffer, offset) = large ? slot.keep(reply) : (0, 0)
+        let kept = reply.count >= ReplySlot.keptReply ? slot.keep(reply) : nil
         var cursor = 0
         RespReplyParser.forEachElement(reply) { range in
             while cursor < slot.keys.count, slot.keys[cursor].server != part { cursor += 1 }
             guard cursor < slot.keys.count else { return }
-            slot.keys[cursor].recordLength = range.count
-            if large {
-                slot.keys[cursor].buffer = buffer
-                slot.keys[cursor].recordStart = offset + range.lowerBound
-            } else {
-                slot.keys[cursor].recordStart = slot.data.readableCount
-                slot.data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
-            }
+            slot.placeRecord(cursor, range, of: reply, kept: kept)
             cursor += 1
         }
     }

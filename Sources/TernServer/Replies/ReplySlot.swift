@@ -142,6 +142,20 @@ final class ReplySlot {
         return (0, offset)
     }
 
+    /// Where key `index`'s record (`range` of a part's reply) is: in the reply as kept whole
+    /// (`kept`, from `keep`), or in a copy appended to `data`.
+    @inline(__always)
+    func placeRecord(_ index: Int, _ range: Range<Int>, of reply: UnsafeRawBufferPointer, kept: (buffer: Int32, offset: Int)?) {
+        keys[index].recordLength = range.count
+        if let kept {
+            keys[index].buffer = kept.buffer
+            keys[index].recordStart = kept.offset + range.lowerBound
+        } else {
+            keys[index].recordStart = data.readableCount
+            data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
+        }
+    }
+
     private func dropKept() {
         kept.removeAll()
         keptDiscarded.removeAll()
