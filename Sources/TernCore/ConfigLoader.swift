@@ -110,14 +110,8 @@ public enum ConfigLoader {
         let context = PoolContext(pool: name, file: file, values: values, isWarmup: parent != nil)
         var pool = PoolConfig(name: name, line: line(keyNode), listen: parent?.listen ?? .tcp(host: "", port: 0))
         if let parent {
-            pool.protocolKind = parent.protocolKind
-            pool.maxItemSize = parent.maxItemSize
-            pool.maxBulkLength = parent.maxBulkLength
-            pool.strictKeys = parent.strictKeys
-            pool.clientQueryLimit = parent.clientQueryLimit
-            // A hanging old pool must not hang the new pool's reads: its `timeout` unless the
-            // warm-up sets one of its own.
-            pool.timeoutMilliseconds = parent.timeoutMilliseconds
+            // What the old pool takes from the new pool, key by key (`ConfigKey.inherit`).
+            for key in ConfigSchema.pool { key.inherit?(&pool, parent) }
         }
         try parse(&pool, keys: parent == nil ? ConfigSchema.pool : ConfigSchema.oldPool, values: values, context: { KeyContext(pool: context, key: $0) }) { key in
             ConfigError(file: file, line: line(keyNode), message: "pool '\(name)': missing key '\(key)'")
@@ -153,17 +147,18 @@ public enum ConfigLoader {
         return warmup
     }
 
-    /// `users:`: a list of mappings with `name`, `password_sha256`, `commands` and `keys`.
+    /// `users:`: a list of mappings, each parsed by the `ConfigSchema.user` table; here, what
+    /// concerns the list as a whole: each entry is a mapping of known keys, no name twice.
     static func parseUsers(_ node: Node, protocolKind: PoolProtocol, context: PoolContext) throws(ConfigError) -> [UserConfig] {
         guard case let .sequence(list) = node else { throw context.error(node, key: "users", "must be a list of users") }
         var users: [UserConfig] = []
         func fail(_ node: Node, _ message: String) -> ConfigError {
             context.error(node, key: "users", message)
         }
+        let known = ConfigSchema.user.names()
         for entry in list {
             guard case let .mapping(mapping) = entry else { throw fail(entry, "each user must be a mapping with name, password_sha256, commands and keys") }
             var values: [String: Node] = [:]
-            let known = ConfigSchema.user.names()
             for (key, value) in mapping {
                 let keyName = try scalar(key, file: context.file, what: "a key")
                 guard known.contains(keyName) else {
@@ -171,43 +166,19 @@ public enum ConfigLoader {
                 }
                 values[keyName] = value
             }
-            guard let nameNode = values["name"] else { throw fail(entry, "a user needs a 'name'") }
-            let name = try scalar(nameNode, file: context.file, what: "a user name")
-            guard !name.isEmpty, !name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
-                throw fail(nameNode, "user name '\(name)' must be printable ASCII without spaces")
+            // The user's keys report errors as the `users` key's, and know the pool's protocol.
+            var userContext = context
+            userContext.values = values
+            userContext.protocolKind = protocolKind
+            var user = UserConfig(name: "", passwordSHA256: [], commands: [], keys: [], line: line(entry))
+            let name = values["name"]?.string ?? ""
+            try parse(&user, keys: ConfigSchema.user, values: values, context: { _ in KeyContext(pool: userContext, key: "users") }) { missing in
+                missing == "name" ? fail(entry, "a user needs a 'name'") : fail(entry, "user '\(name)' needs a '\(missing)'")
             }
-            if let first = users.first(where: { $0.name == name }) {
-                throw fail(nameNode, "duplicate user '\(name)' (first defined on line \(first.line))")
+            if let first = users.first(where: { $0.name == user.name }) {
+                throw fail(values["name"] ?? entry, "duplicate user '\(user.name)' (first defined on line \(first.line))")
             }
-            guard let hashNode = values["password_sha256"] else { throw fail(entry, "user '\(name)' needs a 'password_sha256'") }
-            guard let hash = SHA256.parseHex(try scalar(hashNode, file: context.file, what: "password_sha256")) else {
-                throw fail(hashNode, "user '\(name)': password_sha256 must be 64 hex digits (the SHA-256 of the password, e.g. from `printf %s pass | sha256sum`)")
-            }
-            var commands: [String] = []
-            if let commandsNode = values["commands"] {
-                for rule in try context.list(commandsNode, key: "users") {
-                    if case let .failure(error) = RedisUser.compileCommands([rule.value]) {
-                        throw context.error(line: rule.line, key: "users", "user '\(name)': rule '\(error.rule)': \(error.reason)")
-                    }
-                    commands.append(rule.value)
-                }
-            }
-            var keys: [String] = []
-            if let keysNode = values["keys"] {
-                for pattern in try context.list(keysNode, key: "users") {
-                    guard pattern.value == "allkeys" || pattern.value.hasPrefix("~") else {
-                        throw context.error(line: pattern.line, key: "users", "user '\(name)': key pattern '\(pattern.value)' must start with '~' (like ~app:*) or be allkeys")
-                    }
-                    if protocolKind == .memcache, pattern.value != "allkeys", pattern.value != "~*" {
-                        let body = pattern.value.dropFirst()
-                        guard !body.dropLast().contains(where: { "*?[\\".contains($0) }), let last = body.last, !"?[\\".contains(last) else {
-                            throw context.error(line: pattern.line, key: "users", "user '\(name)': memcached key patterns are prefixes, like ~prefix* (not '\(pattern.value)')")
-                        }
-                    }
-                    keys.append(pattern.value)
-                }
-            }
-            users.append(UserConfig(name: name, passwordSHA256: hash, commands: commands, keys: keys, line: line(nameNode)))
+            users.append(user)
         }
         return users
     }
@@ -218,6 +189,8 @@ public enum ConfigLoader {
         var values: [String: Node]
         /// A warm-up's old pool.
         var isWarmup = false
+        /// The pool's protocol, for the keys of a user (`ConfigSchema.user`); nil elsewhere.
+        var protocolKind: PoolProtocol?
 
         func error(_ node: Node, key: String, _ message: String) -> ConfigError { error(line: ConfigLoader.line(node), key: key, message) }
         func error(line: Int, key: String, _ message: String) -> ConfigError {

@@ -8,10 +8,12 @@ import Yams
 //
 // A key's parse may read the keys above it in its table (the protocol before users, the
 // distribution before read_from, server_tls before sentinel); a key that needs keys below it
-// does its work in `finish` (slots needs the servers). What stays outside the tables: what a
-// warm-up's old pool takes from the new pool (ConfigLoader.pool), the hint on listen/redis/
-// protocol in a warm-up, and the parsing of a user's keys, whose checks name the user and
-// look at the other users (ConfigLoader.parseUsers).
+// does its work in `finish` (slots needs the servers). A key a warm-up's old pool takes from
+// its new pool says so with `inherit` (the protocol, the request limits, `timeout`). A user's
+// keys are parsed by the `user` table like any other mapping's; what looks at the list as a
+// whole (each entry a mapping, no name twice) is the `users` key's own parse
+// (ConfigLoader.parseUsers). What stays outside the tables: the hint on listen/redis/protocol
+// in a warm-up.
 
 /// Where a key is written.
 enum ConfigScope: String, Sendable {
@@ -54,17 +56,28 @@ struct ConfigKey<Target>: Sendable {
     var finish: Finish?
     /// Writes the key for `/config` (nothing when it is unset and has no default).
     let render: Render
+    /// What a warm-up's old pool takes from its new pool for this key, before the old pool's
+    /// own keys are parsed (nil: nothing). A `pool only` key the old pool cannot set (its
+    /// protocol, its request limits) or a `pool` key whose default is the new pool's (`timeout`).
+    var inherit: (@Sendable (inout Target, Target) -> Void)?
 
-    /// A whole number in `range`.
-    static func integer(_ name: String, _ scope: ConfigScope, _ field: WritableKeyPath<Target, Int> & Sendable, _ range: ClosedRange<Int>, doc: String) -> Self {
+    /// A whole number in `range`. `inherited`: a warm-up's old pool takes the new pool's value.
+    static func integer(_ name: String, _ scope: ConfigScope, _ field: WritableKeyPath<Target, Int> & Sendable, _ range: ClosedRange<Int>, doc: String,
+                        inherited: Bool = false) -> Self {
         Self(name: name, scope: scope, doc: doc, parse: { target, node, key throws(ConfigError) in target[keyPath: field] = try key.integer(node, range) },
-             render: { target, out in out.value(String(target[keyPath: field])) })
+             render: { target, out in out.value(String(target[keyPath: field])) }, inherit: inherited ? copying(field) : nil)
     }
 
     /// `true`/`false` (and YAML 1.1's `yes`/`no`/`on`/`off`).
-    static func boolean(_ name: String, _ scope: ConfigScope, _ field: WritableKeyPath<Target, Bool> & Sendable, doc: String) -> Self {
+    static func boolean(_ name: String, _ scope: ConfigScope, _ field: WritableKeyPath<Target, Bool> & Sendable, doc: String,
+                        inherited: Bool = false) -> Self {
         Self(name: name, scope: scope, doc: doc, parse: { target, node, key throws(ConfigError) in target[keyPath: field] = try key.boolean(node) },
-             render: { target, out in out.value(String(target[keyPath: field])) })
+             render: { target, out in out.value(String(target[keyPath: field])) }, inherit: inherited ? copying(field) : nil)
+    }
+
+    /// An `inherit` that copies one field.
+    static func copying<Value>(_ field: WritableKeyPath<Target, Value> & Sendable) -> @Sendable (inout Target, Target) -> Void {
+        { target, parent in target[keyPath: field] = parent[keyPath: field] }
     }
 
     /// One of an enumeration's raw values; `unknown` words the error for any other.
@@ -97,7 +110,9 @@ enum ConfigSchema {
                       }
                       pool.protocolKind = kind
                   },
-                  render: { pool, out in out.value(pool.protocolKind.rawValue) }),
+                  render: { pool, out in out.value(pool.protocolKind.rawValue) },
+                  // The old pool is reached through the new one and speaks its protocol.
+                  inherit: ConfigKey.copying(\PoolConfig.protocolKind)),
         .choice("hash", .pool, \.hash, doc: "the key hash") { "unknown hash '\($0)' (one of \(HashFunction.allCases.map(\.rawValue).joined(separator: ", ")))" },
         ConfigKey(name: "hash_tag", scope: .pool, doc: "two characters; only the part of the key between them is hashed",
                   parse: { pool, node, key throws(ConfigError) in
@@ -137,7 +152,10 @@ enum ConfigSchema {
                       let value = try key.integer(node, -1...Int(Int32.max))
                       pool.timeoutMilliseconds = value <= 0 ? nil : value
                   },
-                  render: { pool, out in out.value(String(pool.timeoutMilliseconds ?? -1)) }),
+                  render: { pool, out in out.value(String(pool.timeoutMilliseconds ?? -1)) },
+                  // A hanging old pool must not hang the new pool's reads: the new pool's
+                  // timeout unless the warm-up sets one of its own.
+                  inherit: ConfigKey.copying(\PoolConfig.timeoutMilliseconds)),
         .integer("backlog", .poolOnly, \.backlog, 1...65535, doc: "listen backlog"),
         .boolean("preconnect", .pool, \.preconnect, doc: "connect to all servers at start"),
         ConfigKey(name: "redis_auth", scope: .pool, doc: "Redis password (secret)",
@@ -150,11 +168,11 @@ enum ConfigSchema {
         .integer("server_failure_limit", .pool, \.serverFailureLimit, 1...Int(Int32.max), doc: "consecutive failures before ejection"),
         .boolean("tcpkeepalive", .pool, \.tcpKeepalive, doc: "SO_KEEPALIVE on backend connections"),
         .integer("client_connections", .poolOnly, \.clientConnections, 0...Int(Int32.max), doc: "most open client connections (0: no limit)"),
-        .integer("max_item_size", .poolOnly, \.maxItemSize, 1...(1 << 30), doc: "largest memcached value accepted, bytes"),
-        .integer("max_bulk_length", .poolOnly, \.maxBulkLength, 1...(512 << 20), doc: "largest Redis bulk string accepted from a client, bytes"),
-        .boolean("strict_keys", .poolOnly, \.strictKeys, doc: "refuse memcached keys with control characters"),
+        .integer("max_item_size", .poolOnly, \.maxItemSize, 1...(1 << 30), doc: "largest memcached value accepted, bytes", inherited: true),
+        .integer("max_bulk_length", .poolOnly, \.maxBulkLength, 1...(512 << 20), doc: "largest Redis bulk string accepted from a client, bytes", inherited: true),
+        .boolean("strict_keys", .poolOnly, \.strictKeys, doc: "refuse memcached keys with control characters", inherited: true),
         .integer("client_output_limit", .poolOnly, \.clientOutputLimit, 65536...(1 << 40), doc: "most reply bytes held for a client"),
-        .integer("client_query_limit", .poolOnly, \.clientQueryLimit, 65536...(1 << 40), doc: "largest Redis request, all arguments together"),
+        .integer("client_query_limit", .poolOnly, \.clientQueryLimit, 65536...(1 << 40), doc: "largest Redis request, all arguments together", inherited: true),
         .integer("dedicated_connections", .poolOnly, \.dedicatedConnections, 1...65536, doc: "Redis: connections per server and worker WATCH and blocking commands may hold"),
         .integer("max_subscriptions", .poolOnly, \.maxSubscriptions, 1...(1 << 24), doc: "Redis: subscriptions one client may hold"),
         .integer("slowlog_log_slower_than", .poolOnly, \.slowlogSlowerThanMicroseconds, -1...Int(Int32.max), doc: "µs over which a round trip enters the slow log"),
@@ -321,15 +339,52 @@ enum ConfigSchema {
                   render: { sentinel, out in if sentinel.tls { out.value("true") } }),
     ]
 
-    /// A user's keys: parsed by `ConfigLoader.parseUsers` (each check names the user).
+    /// A user's keys (one entry of `users:`), parsed in this order, so each check after the
+    /// first can name the user. Errors are the `users` key's, naming the user.
     static let user: [ConfigKey<UserConfig>] = [
         ConfigKey(name: "name", scope: .users, required: true, doc: "printable ASCII without spaces",
+                  parse: { user, node, key throws(ConfigError) in
+                      let name = try ConfigLoader.scalar(node, file: key.pool.file, what: "a user name")
+                      guard !name.isEmpty, !name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
+                          throw key.error(node, "user name '\(name)' must be printable ASCII without spaces")
+                      }
+                      user.name = name
+                      user.line = ConfigLoader.line(node)
+                  },
                   render: { user, out in out.value(ConfigRenderer.quoted(user.name)) }),
         ConfigKey(name: "password_sha256", scope: .users, required: true, doc: "SHA-256 of the password, 64 hex digits (secret)",
+                  parse: { user, node, key throws(ConfigError) in
+                      guard let hash = SHA256.parseHex(try ConfigLoader.scalar(node, file: key.pool.file, what: "password_sha256")) else {
+                          throw key.error(node, "user '\(user.name)': password_sha256 must be 64 hex digits (the SHA-256 of the password, e.g. from `printf %s pass | sha256sum`)")
+                      }
+                      user.passwordSHA256 = hash
+                  },
                   render: { user, out in out.secret(SHA256.hex(user.passwordSHA256)) }),
         ConfigKey(name: "commands", scope: .users, doc: "command rules in order (+@read, -flushall, allcommands, …)",
+                  parse: { user, node, key throws(ConfigError) in
+                      for rule in try key.list(node) {
+                          if case let .failure(error) = RedisUser.compileCommands([rule.value]) {
+                              throw key.error(line: rule.line, "user '\(user.name)': rule '\(error.rule)': \(error.reason)")
+                          }
+                          user.commands.append(rule.value)
+                      }
+                  },
                   render: { user, out in out.value(ConfigRenderer.list(user.commands)) }),
         ConfigKey(name: "keys", scope: .users, doc: "key patterns (~app:*, allkeys)",
+                  parse: { user, node, key throws(ConfigError) in
+                      for pattern in try key.list(node) {
+                          guard pattern.value == "allkeys" || pattern.value.hasPrefix("~") else {
+                              throw key.error(line: pattern.line, "user '\(user.name)': key pattern '\(pattern.value)' must start with '~' (like ~app:*) or be allkeys")
+                          }
+                          if key.pool.protocolKind == .memcache, pattern.value != "allkeys", pattern.value != "~*" {
+                              let body = pattern.value.dropFirst()
+                              guard !body.dropLast().contains(where: { "*?[\\".contains($0) }), let last = body.last, !"?[\\".contains(last) else {
+                                  throw key.error(line: pattern.line, "user '\(user.name)': memcached key patterns are prefixes, like ~prefix* (not '\(pattern.value)')")
+                              }
+                          }
+                          user.keys.append(pattern.value)
+                      }
+                  },
                   render: { user, out in out.value(ConfigRenderer.list(user.keys)) }),
     ]
 

@@ -202,6 +202,42 @@ final class ConfigTests: XCTestCase {
         XCTAssertFalse(ConfigLoader.warmupKeys.contains("listen"))
     }
 
+    /// A warm-up's old pool takes from its new pool what it cannot set (the protocol, the
+    /// request limits) and `timeout` unless it sets its own: the keys whose schema entry says
+    /// `inherit`, and no others.
+    func testWarmupOldPoolInheritsFromTheSchema() throws {
+        let text = """
+        m:
+          listen: 127.0.0.1:1
+          protocol: redis
+          timeout: 700
+          max_item_size: 1000
+          max_bulk_length: 2000
+          strict_keys: false
+          client_query_limit: 100000
+          client_output_limit: 200000
+          servers:
+           - 127.0.0.1:6379:1
+          warmup:
+            servers:
+             - 127.0.0.1:6380:1
+        """
+        let pool = try ConfigLoader.load(text: text, file: "w.yml").pools[0]
+        let old = try XCTUnwrap(pool.warmup?.old)
+        XCTAssertEqual(old.protocolKind, .redis)
+        XCTAssertEqual(old.timeoutMilliseconds, 700)
+        XCTAssertEqual(old.maxItemSize, 1000)
+        XCTAssertEqual(old.maxBulkLength, 2000)
+        XCTAssertEqual(old.strictKeys, false)
+        XCTAssertEqual(old.clientQueryLimit, 100000)
+        XCTAssertEqual(old.clientOutputLimit, PoolConfig(name: "x", line: 0, listen: .tcp(host: "", port: 0)).clientOutputLimit, "not inherited")
+        let inherited = ConfigSchema.pool.filter { $0.inherit != nil }.names()
+        XCTAssertEqual(inherited, ["protocol", "timeout", "max_item_size", "max_bulk_length", "strict_keys", "client_query_limit"])
+        // The old pool's own timeout wins.
+        let own = try ConfigLoader.load(text: text + "\n    timeout: 300\n", file: "w.yml").pools[0]
+        XCTAssertEqual(own.warmup?.old.timeoutMilliseconds, 300)
+    }
+
     /// load → render → load gives the same config: what `/config` shows (secrets unmasked)
     /// is a config file that loads to itself, for the shipped configs and one with every block.
     func testConfigRoundTripsThroughRender() throws {

@@ -156,5 +156,17 @@ final class UsersTests: XCTestCase {
         let pattern = configError("   - name: app\n     password_sha256: \"\(good)\"\n     keys: [\"app:*\"]\n")
         XCTAssertEqual(pattern?.line, 7)
         XCTAssertTrue(pattern?.message.contains("must start with '~'") ?? false)
+        // Required keys and the name's form: errors of the `users` key, naming the user.
+        let noPassword = configError("   - name: app\n     keys: [allkeys]\n")
+        XCTAssertEqual(noPassword?.line, 5)
+        XCTAssertEqual(noPassword?.message, "pool 'p': key 'users': user 'app' needs a 'password_sha256'")
+        let noName = configError("   - password_sha256: \"\(good)\"\n")
+        XCTAssertEqual(noName?.message, "pool 'p': key 'users': a user needs a 'name'")
+        let spaced = configError("   - name: \"a b\"\n     password_sha256: \"\(good)\"\n")
+        XCTAssertEqual(spaced?.line, 5)
+        XCTAssertEqual(spaced?.message, "pool 'p': key 'users': user name 'a b' must be printable ASCII without spaces")
+        let unknown = configError("   - name: app\n     password: x\n")
+        XCTAssertEqual(unknown?.line, 6)
+        XCTAssertTrue(unknown?.message.contains("unknown key 'password' (name, password_sha256, commands, keys)") ?? false, "\(String(describing: unknown))")
     }
 }
