@@ -170,6 +170,30 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try client.request("ma cnt N0 J5 v\r\nmn\r\n", until: "MN\r\n"), "VA 1\r\n5\r\nMN\r\n")
     }
 
+    /// `flush_all` is an invalidation: with `deletes: both` it empties the old pool too, so no
+    /// flushed key comes back through the fallback; with `deletes: new` the old pool keeps its
+    /// items.
+    func testMemcachedFlushAllEmptiesBothPools() throws {
+        for deletes in ["both", "new"] {
+            let (setup, _, old) = try memcachedPools(extra: "    deletes: \(deletes)\n")
+            let client = try TestClient(port: setup.port)
+            for index in 0..<8 {
+                XCTAssertEqual(try direct(old[setup.oldIndex("\(index):k")], "set \(index):k 0 0 3\r\nold\r\n"), "STORED\r\n")
+            }
+            XCTAssertEqual(try client.request("set 0:k 0 0 3\r\nnew\r\n", until: "\r\n"), "STORED\r\n")
+            XCTAssertEqual(try client.request("flush_all\r\n", until: "\r\n"), "OK\r\n")
+            for index in 0..<8 {
+                let reply = try direct(old[setup.oldIndex("\(index):k")], "get \(index):k\r\n", until: "END\r\n")
+                XCTAssertEqual(reply, deletes == "both" ? "END\r\n" : "VALUE \(index):k 0 3\r\nold\r\nEND\r\n", deletes)
+            }
+            let expected = deletes == "both" ? "END\r\n" : "VALUE 1:k 0 3\r\nold\r\nEND\r\n"
+            XCTAssertEqual(try client.request("get 1:k\r\n", until: "END\r\n"), expected, deletes)
+            XCTAssertEqual(try client.request("get 0:k\r\n", until: "END\r\n"), deletes == "both" ? "END\r\n" : "VALUE 0:k 0 3\r\nold\r\nEND\r\n")
+            group.stopAll()
+            group = ProcessGroup()
+        }
+    }
+
     // MARK: Redis
 
     func redisPools() throws -> (Setup, [RedisServer], [RedisServer]) {
@@ -177,6 +201,40 @@ final class WarmupTests: XCTestCase {
         let old = try [group.redis(), group.redis()]
         let setup = try start(redis: true, new: new.map(\.address), old: old.map(\.address))
         return (setup, new, old)
+    }
+
+    /// `FLUSHDB` and `FLUSHALL` are invalidations, as `flush_all` is for memcached: with
+    /// `deletes: both` they empty the old pool too (`+OK` when every server of both pools said
+    /// so), so no flushed key comes back through the fallback. `DBSIZE` counts the new pool only.
+    func testRedisFlushEmptiesBothPoolsAndDbsizeCountsTheNewOne() throws {
+        for command in ["FLUSHALL", "FLUSHDB"] {
+            let (setup, new, old) = try redisPools()
+            let c = try TestClient(port: setup.port)
+            for index in 0..<8 {
+                XCTAssertEqual(try old[setup.oldIndex("\(index):k")].call("SET", "\(index):k", "old"), "+OK\r\n")
+            }
+            XCTAssertEqual(try c.call("SET", "new:k", "new"), "+OK\r\n")
+            XCTAssertEqual(try c.call("DBSIZE"), ":1\r\n", "DBSIZE counts the new pool only")
+            XCTAssertEqual(try c.call(command), "+OK\r\n")
+            for server in old { XCTAssertEqual(try server.call("DBSIZE"), ":0\r\n", command) }
+            for server in new { XCTAssertEqual(try server.call("DBSIZE"), ":0\r\n", command) }
+            XCTAssertEqual(try c.call("GET", "3:k"), "$-1\r\n", command)
+            XCTAssertEqual(try c.call("MGET", "1:k", "2:k"), "*2\r\n$-1\r\n$-1\r\n", command)
+            group.stopAll()
+            group = ProcessGroup()
+        }
+    }
+
+    /// With `deletes: new`, a flush leaves the old pool as it was.
+    func testRedisFlushWithDeletesNewLeavesTheOldPool() throws {
+        let new = try [group.redis(), group.redis()]
+        let old = try [group.redis(), group.redis()]
+        let setup = try start(redis: true, new: new.map(\.address), old: old.map(\.address), extra: "    deletes: new\n")
+        XCTAssertEqual(try old[setup.oldIndex("kept")].call("SET", "kept", "old"), "+OK\r\n")
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("FLUSHALL"), "+OK\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("kept")].call("GET", "kept"), "$3\r\nold\r\n")
+        XCTAssertEqual(try c.call("GET", "kept"), "$3\r\nold\r\n")
     }
 
     func testRedisGetAndMGetFallBackAndCopyWithTTL() throws {

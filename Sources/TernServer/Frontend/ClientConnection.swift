@@ -19,9 +19,6 @@ final class ClientConnection: ReplyOwner {
     var isHeld = false
     /// No more requests are read (quit, end of input, fatal error); close once replies are out.
     var closeWhenDrained = false
-    /// memcached clients: whether the first byte chose the binary protocol, once it has come.
-    var protocolChosen = false
-    var isBinary = false
     /// Where the worker keeps this client in `FrontendLoop.clients` (-1 once released).
     var position: Int32 = -1
     let pool: PoolRuntime
@@ -36,8 +33,18 @@ final class ClientConnection: ReplyOwner {
     static let holdLimit = 1 << 16
     /// Bytes of a refused data block still to be discarded as they arrive.
     var skipRemaining = 0
+    /// The protocol this client speaks (see `Frontend`).
+    private(set) var frontend: Frontend
     /// Redis clients: per-connection state (arguments, AUTH, name); nil for memcached.
-    let redis: RedisSession?
+    var redis: RedisSession? {
+        if case let .redis(session) = frontend { return session }
+        return nil
+    }
+    /// memcached clients whose first byte chose the binary protocol.
+    var isBinary: Bool {
+        if case .memcachedBinary = frontend { return true }
+        return false
+    }
     /// What few connections need, made the first time one does (so an idle connection does
     /// not carry it): memcached authentication and the peer's address once a slow request
     /// logged it.
@@ -97,8 +104,8 @@ final class ClientConnection: ReplyOwner {
         self.descriptor = descriptor
         self.pool = pool
         self.worker = worker
-        self.redis = pool.config.protocolKind == .redis ? RedisSession() : nil
-        super.init(index: worker.nextClientIndex(), isRedis: redis != nil, desk: worker.replies, poolCounters: pool.stats,
+        self.frontend = pool.config.protocolKind == .redis ? .redis(RedisSession()) : .memcachedUnchosen
+        super.init(index: worker.nextClientIndex(), isRedis: pool.config.protocolKind == .redis, desk: worker.replies, poolCounters: pool.stats,
                    commandStats: pool.commandStats, outputLimit: pool.outputLimit)
     }
 
@@ -107,14 +114,13 @@ final class ClientConnection: ReplyOwner {
         self.descriptor = descriptor
         self.pool = pool
         self.worker = worker
-        self.redis = pool.config.protocolKind == .redis ? (moved.redis ?? RedisSession()) : nil
+        // The frontend travels with the client (the pool, and so its protocol, is the same).
+        self.frontend = moved.frontend
         self.tls = moved.tls
-        super.init(index: worker.nextClientIndex(), isRedis: redis != nil, desk: worker.replies, poolCounters: pool.stats,
+        super.init(index: worker.nextClientIndex(), isRedis: pool.config.protocolKind == .redis, desk: worker.replies, poolCounters: pool.stats,
                    commandStats: pool.commandStats, outputLimit: pool.outputLimit)
         // Users generations are counted per worker: look the user up again by name.
         redis?.usersGeneration = Int.min
-        protocolChosen = moved.protocolChosen
-        isBinary = moved.isBinary
         if moved.memcacheUser != nil || moved.memcacheAuthFailures != 0 || moved.peerText != nil {
             let state = rareState
             state.memcacheUser = moved.memcacheUser
@@ -123,7 +129,7 @@ final class ClientConnection: ReplyOwner {
             state.peerText = moved.peerText
         }
         // TLS state went with the socket (the session keys; a new handshake is impossible).
-        moved.redis = nil
+        moved.frontend = .memcachedUnchosen
         moved.tls = nil
     }
 
@@ -157,7 +163,7 @@ final class ClientConnection: ReplyOwner {
             worker.retire(watcher)
         }
         watcher = nil
-        let moved = MovedClient(redis: redis, protocolChosen: protocolChosen, isBinary: isBinary, memcacheUser: memcacheUser,
+        let moved = MovedClient(frontend: frontend, memcacheUser: memcacheUser,
                                 memcacheAuthFailures: memcacheAuthFailures, peerText: peerText, tls: tls)
         tls = nil
         worker.release(self)
@@ -332,9 +338,22 @@ final class ClientConnection: ReplyOwner {
         if let tls, tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }
     }
 
-    /// Parses and routes every complete request in `buffer`.
+    /// Parses and routes every complete request in `buffer`, by the client's frontend (one
+    /// switch per read, not per request).
     private func process(_ buffer: ByteBuffer) {
-        if redis != nil { processRedis(buffer) } else { processMemcache(buffer) }
+        switch frontend {
+        case let .redis(session):
+            processRedis(buffer, session)
+        case .memcachedText:
+            processMemcache(buffer)
+        case .memcachedBinary:
+            processBinary(buffer)
+        case .memcachedUnchosen:
+            // The binary protocol's request magic cannot start a text command.
+            guard let first = buffer.readable.first else { return }
+            frontend = first == BinaryRequestParser.requestMagic ? .memcachedBinary : .memcachedText
+            process(buffer)
+        }
     }
 
     /// Stops parsing when too many requests are in flight; reading resumes as replies leave.
@@ -473,6 +492,24 @@ final class ClientConnection: ReplyOwner {
     }
 }
 
+extension ClientConnection {
+    /// The protocol a client speaks: chosen by its listener (the pool's `protocol`), and for
+    /// memcached by the client's first byte (text and meta, or binary). A closed enum, so the
+    /// request path is picked by one `switch` per read (`process`), with no existential or
+    /// closure dispatch; RESP's per-connection state is its payload. It fits in one word, as
+    /// the optional session it replaced did.
+    enum Frontend {
+        /// memcached, before the first byte has come.
+        case memcachedUnchosen
+        /// memcached text and meta commands (`MemcacheSession.swift`).
+        case memcachedText
+        /// memcached binary packets (`MemcacheBinarySession.swift`).
+        case memcachedBinary
+        /// RESP2 (`RedisSession.swift` and its neighbours).
+        case redis(RedisSession)
+    }
+}
+
 /// A client connection's state that few connections need (see `ClientConnection.rare`).
 /// Owned by its connection, on its worker's thread.
 final class RareClientState {
@@ -484,15 +521,13 @@ final class RareClientState {
 
 /// A client's state on its way from one worker to another (`Worker.rebalanceClients`).
 ///
-/// `@unchecked Sendable`: the Redis session is a loop-confined object. Invariant: the source
+/// `@unchecked Sendable`: the frontend's Redis session is a loop-confined object. Invariant: the source
 /// worker builds this from a client it has just detached (no watcher, no slot, out of its client
 /// table and dirty lists), keeps no reference to the client or the session, and posts this once
 /// to the target worker's inbox (a mutex: the hand-over is ordered); only the target touches it
-/// afterwards, and it clears `redis` once the new connection owns the session.
+/// afterwards, and it resets `frontend` once the new connection owns the session.
 final class MovedClient: @unchecked Sendable {
-    var redis: RedisSession?
-    let protocolChosen: Bool
-    let isBinary: Bool
+    var frontend: ClientConnection.Frontend
     let memcacheUser: RedisUser?
     let memcacheAuthFailures: Int
     let peerText: String?
@@ -500,12 +535,9 @@ final class MovedClient: @unchecked Sendable {
     /// `detachForMove` before posting this, and only the adopting worker uses it after.
     var tls: TLSStream?
 
-    init(redis: RedisSession?, protocolChosen: Bool, isBinary: Bool, memcacheUser: RedisUser?, memcacheAuthFailures: Int, peerText: String?,
-         tls: TLSStream?) {
+    init(frontend: ClientConnection.Frontend, memcacheUser: RedisUser?, memcacheAuthFailures: Int, peerText: String?, tls: TLSStream?) {
         self.tls = tls
-        self.redis = redis
-        self.protocolChosen = protocolChosen
-        self.isBinary = isBinary
+        self.frontend = frontend
         self.memcacheUser = memcacheUser
         self.memcacheAuthFailures = memcacheAuthFailures
         self.peerText = peerText

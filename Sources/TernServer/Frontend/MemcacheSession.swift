@@ -5,14 +5,8 @@ import TernCore
 
 /// The memcached text protocol on a client connection: parse, answer locally or route.
 extension ClientConnection {
-    /// Parses and routes every complete memcached request in `buffer`.
+    /// Parses and routes every complete memcached text or meta request in `buffer`.
     func processMemcache(_ buffer: ByteBuffer) {
-        if !protocolChosen, let first = buffer.readable.first {
-            // The binary protocol's request magic cannot start a text command.
-            protocolChosen = true
-            isBinary = first == BinaryRequestParser.requestMagic
-        }
-        if isBinary { return processBinary(buffer) }
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if skipRefusedBytes(buffer) { continue }
             if pipelineIsFull() { return }
@@ -87,8 +81,8 @@ extension ClientConnection {
             read.isBase64Key = request.isBase64Key
             slot.warmup = read
             forwardMeta(request, frame, slot)
-        case .metaDelete where deletesReachOldPool:
-            forwardMeta(request, frame, slot, alsoToOldPool: true)
+        case .metaDelete where pool.deletesReachOldPool:
+            deleteInBothPools(request, frame, slot, route: WarmupRoute(pool)!)
         case .metaGet, .metaSet, .metaDelete, .metaArithmetic, .metaDebug:
             forwardMeta(request, frame, slot)
         case .get, .gets, .gat, .gats:
@@ -102,8 +96,8 @@ extension ClientConnection {
             } else {
                 forward(request, frame, key: UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot)
             }
-        case .delete where deletesReachOldPool:
-            deleteInBothPools(request, frame, slot)
+        case .delete where pool.deletesReachOldPool:
+            deleteInBothPools(request, frame, slot, route: WarmupRoute(pool)!)
         default:
             forward(request, frame, key: UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot)
         }
@@ -218,10 +212,6 @@ extension ClientConnection {
         }
     }
 
-    /// A meta command, routed by its key (decoded first when sent in base64). A quiet command
-    /// is followed by Tern's own `mn` so the backend's answer, even an empty one, is framed.
-    private var deletesReachOldPool: Bool { pool.old != nil && pool.warmup?.deletes == .both }
-
     /// Calls `body` with the key as placement hashes it: decoded when sent in base64.
     private func withHashKey<R>(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R {
         let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
@@ -232,7 +222,9 @@ extension ClientConnection {
         }
     }
 
-    private func forwardMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, alsoToOldPool: Bool = false) {
+    /// A meta command, routed by its key (decoded first when sent in base64). A quiet command
+    /// is followed by Tern's own `mn` so the backend's answer, even an empty one, is framed.
+    private func forwardMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
         guard let server = withHashKey(request, frame, { pool.server(forKey: $0) }) else {
             slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
@@ -241,46 +233,32 @@ extension ClientConnection {
             let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
             withHashKey(request, frame) { read.addKey(key, hashKey: $0, newServer: Int32(server.index)) }
         }
-        guard alsoToOldPool, let oldServer = withHashKey(request, frame, { pool.old?.server(forKey: $0) }) else {
-            sendMeta(request, frame, slot, to: server, part: ReplyPart.whole)
-            return
-        }
-        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted(isMeta: true, isQuietMeta: request.isQuiet)), warmupCounters: pool.warmupCounters)
-        WarmupCounters.add(pool.warmupCounters.oldDeletes)
-        sendMeta(request, frame, slot, to: oldServer, part: split.oldServer(Int32(oldServer.index)))
-        sendMeta(request, frame, slot, to: server, part: split.server(Int32(server.index)))
-        split.close()
+        let connection = server.connection(for: index)
+        writeMeta(request, frame, into: connection.requestBuffer())
+        connection.enqueue(slot: slot, part: ReplyPart.whole, framing: request.isQuiet ? .metaUntilNoop : .meta)
     }
 
-    private func sendMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, to server: ServerRuntime, part: Int32) {
-        let connection = server.connection(for: index)
-        let output = connection.requestBuffer()
+    /// The meta request as it came, and Tern's own `mn` after a quiet one.
+    private func writeMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, into output: ByteBuffer) {
         output.append(frame)
         if request.isQuiet { MemcacheEncoder.noop(into: output) }
-        connection.enqueue(slot: slot, part: part, framing: request.isQuiet ? .metaUntilNoop : .meta)
     }
 
-    /// Warm-up `delete`: both pools, so a deleted key never comes back from the old one. The
-    /// client gets DELETED when either pool deleted it.
-    private func deleteInBothPools(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
-        let key = UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd])
-        guard let server = pool.server(forKey: key) else {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
+    /// Warm-up `delete` and `md` with `deletes: both`: both pools, so a deleted key never comes
+    /// back from the old one. The client gets DELETED (HD) when either pool deleted it.
+    private func deleteInBothPools(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, route: WarmupRoute) {
+        if request.command.isMeta {
+            let sink = EitherDeleted(isMeta: true, isQuietMeta: request.isQuiet)
+            withHashKey(request, frame) { key in
+                route.invalidate(key, slot, client: index, mergedBy: sink, framing: request.isQuiet ? .metaUntilNoop : .meta) { output in
+                    writeMeta(request, frame, into: output)
+                }
+            }
             return
         }
-        var split = ReplySplit(slot, mergedBy: .eitherDeleted(EitherDeleted()), warmupCounters: pool.warmupCounters)
-        let oldServer = pool.old?.server(forKey: key)
-        for (target, isOld) in [(server, false), (oldServer, true)] {
-            guard let target else { continue }
-            if isOld { WarmupCounters.add(pool.warmupCounters.oldDeletes) }
-            let connection = target.connection(for: index)
-            let output = connection.requestBuffer()
-            // Always with a reply (noreply is honoured towards the client only).
-            MemcacheEncoder.withoutNoreply(frame, request, into: output)
-            let server = Int32(target.index)
-            connection.enqueue(slot: slot, part: isOld ? split.oldServer(server) : split.server(server), framing: .line)
-        }
-        split.close()
+        // Always with a reply (noreply is honoured towards the client only).
+        route.invalidate(UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot, client: index,
+                         mergedBy: EitherDeleted(), framing: .line) { MemcacheEncoder.withoutNoreply(frame, request, into: $0) }
     }
 
     /// A multi-key get: keys are grouped per server, one request per server is sent, and the
@@ -314,16 +292,12 @@ extension ClientConnection {
             pool.stats.fragments.add(servers.count)
             let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
             let keyBytes = slot.keyBytes.readable
-            for server in servers {
-                pool.withConnection(toServer: Int(server), client: index) { connection in
-                    let output = connection.requestBuffer()
-                    MemcacheEncoder.retrievalStart(prefix, into: output)
-                    for entry in slot.keys where entry.server == server {
-                        MemcacheEncoder.key(UnsafeRawBufferPointer(rebasing: keyBytes[entry.keyStart..<(entry.keyStart + entry.keyLength)]), into: output)
-                    }
-                    MemcacheEncoder.endLine(into: output)
-                    connection.enqueue(slot: slot, part: split.server(server), framing: request.command.framing)
+            SplitRoute(pool).send(servers, &split, client: index, framing: request.command.framing) { server, output in
+                MemcacheEncoder.retrievalStart(prefix, into: output)
+                for entry in slot.keys where entry.server == server {
+                    MemcacheEncoder.key(UnsafeRawBufferPointer(rebasing: keyBytes[entry.keyStart..<(entry.keyStart + entry.keyLength)]), into: output)
                 }
+                MemcacheEncoder.endLine(into: output)
             }
         }
         split.close()
@@ -335,26 +309,14 @@ extension ClientConnection {
         return end
     }
 
-    /// `flush_all`: the same line to every live server; `OK` only when every server said OK.
+    /// `flush_all`: the same line to every live server (a warm-up's old pool included with
+    /// `deletes: both`); `OK` only when every server said OK.
     private func fanOut(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
-        guard pool.servers.contains(where: { !$0.isEjected }) else {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
-            return
+        EveryServerRoute(pool, invalidates: true).send(slot, client: index, mergedBy: .allOK(AllOK(dialect: .memcached)),
+                                                       framing: request.command.framing) { output in
+            // Always with a reply, so every server's answer is checked.
+            MemcacheEncoder.withoutNoreply(frame, request, into: output)
         }
-        var split = ReplySplit(slot, mergedBy: .allOK(AllOK(dialect: .memcached)))
-        // A warm-up's flush is an invalidation: with `deletes: both` it empties the old pool too.
-        let old = deletesReachOldPool ? pool.old?.servers ?? [] : []
-        for (servers, isOld) in [(pool.servers, false), (old, true)] {
-            for server in servers where !server.isEjected {
-                let connection = server.connection(for: index)
-                let output = connection.requestBuffer()
-                // Always with a reply, so every server's answer is checked.
-                MemcacheEncoder.withoutNoreply(frame, request, into: output)
-                let number = Int32(server.index)
-                connection.enqueue(slot: slot, part: isOld ? split.oldServer(number) : split.server(number), framing: request.command.framing)
-            }
-        }
-        split.close()
     }
 
     private func statsReply() -> String {

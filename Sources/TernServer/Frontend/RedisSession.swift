@@ -38,8 +38,7 @@ extension ClientConnection {
         !pool.requiresAuth || session.isAuthenticated ? pool.respLimits : pool.preAuthLimits
     }
 
-    func processRedis(_ buffer: ByteBuffer) {
-        guard let session = redis else { return }
+    func processRedis(_ buffer: ByteBuffer, _ session: RedisSession) {
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if pipelineIsFull() { return }
             let bytes = buffer.readable
@@ -142,7 +141,7 @@ extension ClientConnection {
         case .sum:
             fanOutKeys(command, frame, session, slot, sink: .sum(IntegerSum()), keysPerPart: 1)
         case .everyServerOK:
-            toEveryServer(frame, session, slot, sink: .allOK(AllOK(dialect: .resp)))
+            toEveryServer(frame, session, slot, sink: .allOK(AllOK(dialect: .resp)), invalidates: true)
         case .everyServerSum:
             toEveryServer(frame, session, slot, sink: .sum(IntegerSum()))
         case .everyServerFirst:
@@ -395,45 +394,34 @@ extension ClientConnection {
         }
     }
 
-    /// One request per server (per hash slot in a cluster pool) with the keys (and values) it holds.
+    /// One request per group (server, or hash slot in a cluster pool) with the keys (and
+    /// values) it holds.
     private func sendParts(_ servers: [Int32], _ keyServers: [Int32], in target: PoolRuntime, toOldPool: Bool,
                            _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ split: inout ReplySplit, keysPerPart: Int) {
-        let slot = split.slot
         let arguments = session.arguments
-        let isCluster = target.isCluster
-        for server in servers {
-            // A cluster group is a slot: its master (a slot without one failed earlier).
-            let destination = isCluster ? target.server(forSlot: Int(server)) ?? 0 : Int(server)
-            target.withConnection(toServer: destination, client: index) { connection in
-                let output = connection.requestBuffer()
-                var count = 0
-                for keyServer in keyServers where keyServer == server { count += 1 }
-                RespEncoder.arrayHeader(1 + count * keysPerPart, into: output)
-                arguments.withArgument(0, in: frame) { RespEncoder.bulk($0, into: output) }
-                for (position, keyServer) in keyServers.enumerated() where keyServer == server {
-                    let keyIndex = session.keyIndices[position]
-                    for offset in 0..<keysPerPart {
-                        arguments.withArgument(keyIndex + offset, in: frame) { RespEncoder.bulk($0, into: output) }
-                    }
+        SplitRoute(target, isOldPool: toOldPool).send(servers, &split, client: index, framing: .line) { server, output in
+            var count = 0
+            for keyServer in keyServers where keyServer == server { count += 1 }
+            RespEncoder.arrayHeader(1 + count * keysPerPart, into: output)
+            arguments.withArgument(0, in: frame) { RespEncoder.bulk($0, into: output) }
+            for (position, keyServer) in keyServers.enumerated() where keyServer == server {
+                let keyIndex = session.keyIndices[position]
+                for offset in 0..<keysPerPart {
+                    arguments.withArgument(keyIndex + offset, in: frame) { RespEncoder.bulk($0, into: output) }
                 }
-                connection.enqueue(slot: slot, part: toOldPool ? split.oldServer(server) : split.server(server), framing: .line)
             }
         }
     }
 
-    /// DBSIZE, FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH: the same request to every live server.
-    func toEveryServer(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, sink: ReplySink) {
-        guard pool.servers.contains(where: { !$0.isEjected }) else {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
-            return
+    /// DBSIZE, FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH, PUBSUB: the same request to every live
+    /// server. `invalidates`: the table's `.everyServerOK` commands (FLUSHDB, FLUSHALL), which
+    /// a warm-up's old pool gets too with `deletes: both`.
+    func toEveryServer(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, sink: ReplySink,
+                       invalidates: Bool = false) {
+        let arguments = session.arguments
+        EveryServerRoute(pool, invalidates: invalidates).send(slot, client: index, mergedBy: sink, framing: .line) { output in
+            writeRequest(frame, arguments, into: output)
         }
-        var split = ReplySplit(slot, mergedBy: sink)
-        for server in pool.servers where !server.isEjected {
-            let connection = server.connection(for: index)
-            writeRequest(frame, session.arguments, into: connection.requestBuffer())
-            connection.enqueue(slot: slot, part: split.server(Int32(server.index)), framing: .line)
-        }
-        split.close()
     }
 
     private func isArray(_ sink: ReplySink) -> Bool {
