@@ -86,12 +86,14 @@ struct SplitRoute {
     func send(_ groups: [Int32], _ split: inout ReplySplit, client: Int, framing: MemcacheFraming,
               _ encode: (Int32, ByteBuffer) -> Void) {
         let isCluster = pool.isCluster
+        let slot = split.slot
         for group in groups {
             // A cluster group is a slot: its master (a slot without one failed earlier).
             let server = isCluster ? pool.server(forSlot: Int(group)) ?? 0 : Int(group)
+            let part = isOldPool ? split.oldServer(group) : split.server(group)
             pool.withConnection(toServer: server, client: client) { connection in
                 encode(group, connection.requestBuffer())
-                connection.enqueue(slot: split.slot, part: isOldPool ? split.oldServer(group) : split.server(group), framing: framing)
+                connection.enqueue(slot: slot, part: part, framing: framing)
             }
         }
     }
