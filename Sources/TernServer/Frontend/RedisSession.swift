@@ -134,7 +134,8 @@ extension ClientConnection {
             fanOutKeys(command, frame, session, slot, sink: .array(RespArrayByPosition()), keysPerPart: 1)
         case .mget:
             fanOutKeys(command, frame, session, slot, sink: .array(RespArrayByPosition()), keysPerPart: 1)
-        case .sum where pool.old != nil && pool.warmup?.deletes == .both && (command.isNamed("del") || command.isNamed("unlink")):
+        case .sum where command.isWrite && pool.deletesReachOldPool:
+            // The table's summed writes (DEL, UNLINK) are deletes: a warm-up's old pool deletes too.
             fanOutKeys(command, frame, session, slot, sink: .sum(IntegerSum()), keysPerPart: 1, alsoToOldPool: true)
         case .mset:
             fanOutKeys(command, frame, session, slot, sink: .allOK(AllOK(dialect: .resp)), keysPerPart: 2)
