@@ -67,15 +67,23 @@ static int load_pair(SSL_CTX *context, const char *cert, const char *key) {
     return 1;
 }
 
-void *tern_tls_server_context(const char *cert, const char *key, const char *ca, int client_auth,
-                              int min_version, char *error, size_t error_length) {
-    SSL_CTX *context = new_context(TLS_server_method(), min_version, error, error_length);
-    if (context == NULL) return NULL;
-    if (!load_pair(context, cert, key)) goto failed;
+/* The context once `configured`; otherwise NULL, the error copied out and the context freed. */
+static SSL_CTX *finish_context(SSL_CTX *context, int configured, char *error, size_t error_length) {
+    if (!configured) {
+        copy_error(error, error_length);
+        SSL_CTX_free(context);
+        return NULL;
+    }
+    ERR_clear_error();
+    return context;
+}
+
+static int configure_server(SSL_CTX *context, const char *cert, const char *key, const char *ca, int client_auth) {
+    if (!load_pair(context, cert, key)) return 0;
     if (ca != NULL) {
         if (SSL_CTX_load_verify_locations(context, ca, NULL) != 1) {
             remember_error("cannot load CA file");
-            goto failed;
+            return 0;
         }
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca);
         if (names != NULL) SSL_CTX_set_client_CA_list(context, names);
@@ -90,35 +98,36 @@ void *tern_tls_server_context(const char *cert, const char *key, const char *ca,
     // No server-side session cache (workers would contend on it); TLS 1.3 clients still
     // resume with stateless tickets.
     SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_OFF);
-    ERR_clear_error();
-    return context;
-failed:
-    copy_error(error, error_length);
-    SSL_CTX_free(context);
-    return NULL;
+    return 1;
+}
+
+void *tern_tls_server_context(const char *cert, const char *key, const char *ca, int client_auth,
+                              int min_version, char *error, size_t error_length) {
+    SSL_CTX *context = new_context(TLS_server_method(), min_version, error, error_length);
+    if (context == NULL) return NULL;
+    return finish_context(context, configure_server(context, cert, key, ca, client_auth), error, error_length);
+}
+
+static int configure_client(SSL_CTX *context, const char *ca, const char *cert, const char *key, int verify) {
+    if (cert != NULL && key != NULL && !load_pair(context, cert, key)) return 0;
+    if (ca != NULL) {
+        if (SSL_CTX_load_verify_locations(context, ca, NULL) != 1) {
+            remember_error("cannot load CA file");
+            return 0;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(context) != 1) {
+        remember_error("cannot load the system's trusted certificates");
+        return 0;
+    }
+    SSL_CTX_set_verify(context, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    return 1;
 }
 
 void *tern_tls_client_context(const char *ca, const char *cert, const char *key, int verify,
                               int min_version, char *error, size_t error_length) {
     SSL_CTX *context = new_context(TLS_client_method(), min_version, error, error_length);
     if (context == NULL) return NULL;
-    if (cert != NULL && key != NULL && !load_pair(context, cert, key)) goto failed;
-    if (ca != NULL) {
-        if (SSL_CTX_load_verify_locations(context, ca, NULL) != 1) {
-            remember_error("cannot load CA file");
-            goto failed;
-        }
-    } else if (SSL_CTX_set_default_verify_paths(context) != 1) {
-        remember_error("cannot load the system's trusted certificates");
-        goto failed;
-    }
-    SSL_CTX_set_verify(context, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
-    ERR_clear_error();
-    return context;
-failed:
-    copy_error(error, error_length);
-    SSL_CTX_free(context);
-    return NULL;
+    return finish_context(context, configure_client(context, ca, cert, key, verify), error, error_length);
 }
 
 void tern_tls_context_free(void *context) { SSL_CTX_free((SSL_CTX *)context); }

@@ -368,12 +368,7 @@ public enum ConfigLoader {
     /// With `sentinel:`, servers are master group names: `<name>:<weight>`. The name is the
     /// server's name (ketama points, stats), so placement does not move on a failover.
     static func parseSentinelMasters(_ node: Node, context: PoolContext) throws(ConfigError) -> [ServerConfig] {
-        guard case let .sequence(list) = node else { throw context.error(node, key: "servers", "must be a list") }
-        var servers: [ServerConfig] = []
-        var names: [String: Int] = [:]
-        for item in list {
-            let text = try context.string(item, key: "servers")
-            let fail = { (message: String) in context.error(item, key: "servers", message) }
+        try serverList(node, context: context, named: "master name", atLeastOne: "master name") { text, line, fail throws(ConfigError) in
             guard let colon = text.lastIndex(of: ":"), let weight = Int(text[text.index(after: colon)...]) else {
                 throw fail("expected '<master name>:<weight>' with sentinel, got '\(text)'")
             }
@@ -382,21 +377,12 @@ public enum ConfigLoader {
             guard !name.isEmpty, name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ":") }) else {
                 throw fail("bad master name '\(name)' (printable, no spaces or ':')")
             }
-            if let first = names[name] { throw fail("duplicate master name '\(name)' (first on line \(first))") }
-            names[name] = ConfigLoader.line(item)
-            servers.append(ServerConfig(address: .tcp(host: name, port: 0), weight: weight, name: name, hasExplicitName: true, line: ConfigLoader.line(item)))
+            return ServerConfig(address: .tcp(host: name, port: 0), weight: weight, name: name, hasExplicitName: true, line: line)
         }
-        guard !servers.isEmpty else { throw context.error(node, key: "servers", "needs at least one master name") }
-        return servers
     }
 
     static func parseServers(_ node: Node, context: PoolContext) throws(ConfigError) -> [ServerConfig] {
-        guard case let .sequence(list) = node else { throw context.error(node, key: "servers", "must be a list") }
-        var servers: [ServerConfig] = []
-        var names: [String: Int] = [:]
-        for item in list {
-            let text = try context.string(item, key: "servers")
-            let fail = { (message: String) in context.error(item, key: "servers", message) }
+        try serverList(node, context: context, named: "server name", atLeastOne: "server") { text, line, fail throws(ConfigError) in
             let parts = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
             guard parts.count == 1 || parts.count == 2 else { throw fail("expected 'host:port:weight [name]', got '\(text)'") }
             guard let weightColon = parts[0].lastIndex(of: ":") else { throw fail("missing weight in '\(parts[0])' (expected 'host:port:weight')") }
@@ -414,14 +400,26 @@ public enum ConfigLoader {
                 address = .tcp(host: host, port: port)
                 implicitName = port == 11211 ? host : "\(host):\(port)"
             }
-            let name = parts.count == 2 ? parts[1] : implicitName
-            if let first = names[name] {
-                throw fail("duplicate server name '\(name)' (first on line \(first))")
-            }
-            names[name] = ConfigLoader.line(item)
-            servers.append(ServerConfig(address: address, weight: weight, name: name, hasExplicitName: parts.count == 2, line: ConfigLoader.line(item)))
+            return ServerConfig(address: address, weight: weight, name: parts.count == 2 ? parts[1] : implicitName, hasExplicitName: parts.count == 2, line: line)
         }
-        guard !servers.isEmpty else { throw context.error(node, key: "servers", "needs at least one server") }
+    }
+
+    /// A `servers:` list: each item's text parsed by `item` (with its line and an error naming
+    /// it), no server name twice, at least one server.
+    private static func serverList(_ node: Node, context: PoolContext, named noun: String, atLeastOne: String,
+                                   _ item: (String, Int, (String) -> ConfigError) throws(ConfigError) -> ServerConfig) throws(ConfigError) -> [ServerConfig] {
+        guard case let .sequence(list) = node else { throw context.error(node, key: "servers", "must be a list") }
+        var servers: [ServerConfig] = []
+        var names: [String: Int] = [:]
+        for entry in list {
+            let text = try context.string(entry, key: "servers")
+            let fail = { (message: String) in context.error(entry, key: "servers", message) }
+            let server = try item(text, ConfigLoader.line(entry), fail)
+            if let first = names[server.name] { throw fail("duplicate \(noun) '\(server.name)' (first on line \(first))") }
+            names[server.name] = ConfigLoader.line(entry)
+            servers.append(server)
+        }
+        guard !servers.isEmpty else { throw context.error(node, key: "servers", "needs at least one \(atLeastOne)") }
         return servers
     }
 

@@ -133,8 +133,8 @@ extension KeyLocation {
 }
 
 /// JSON string literals for texts and for keys (bytes).
-enum JSONText {
-    static func string(_ text: String) -> String {
+public enum JSONText {
+    public static func string(_ text: String) -> String {
         var out = "\""
         for scalar in text.unicodeScalars {
             switch scalar {

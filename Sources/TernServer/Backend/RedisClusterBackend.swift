@@ -103,15 +103,7 @@ final class ClusterDiscovery: Sendable {
     static let minimumInterval = 0.2
 
     func start() {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { context in
-            let discovery = Unmanaged<ClusterDiscovery>.fromOpaque(context!).takeRetainedValue()
-            discovery.run()
-            return nil
-        }, context)
-        // Never joined; it ends with the process.
-        pthread_detach(thread)
+        Threads.start { self.run() }
     }
 
     private func run() {

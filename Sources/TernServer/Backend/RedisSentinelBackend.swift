@@ -70,15 +70,7 @@ final class SentinelWatcher: Sendable {
     static let minimumInterval = 0.2
 
     func start() {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { context in
-            let watcher = Unmanaged<SentinelWatcher>.fromOpaque(context!).takeRetainedValue()
-            watcher.run()
-            return nil
-        }, context)
-        // Never joined; it ends with the process.
-        pthread_detach(thread)
+        Threads.start { self.run() }
     }
 
     private func run() {

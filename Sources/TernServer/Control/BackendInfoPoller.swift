@@ -16,15 +16,7 @@ final class BackendInfoPoller: Sendable {
     init(control: ControlState) { self.control = control }
 
     func start() {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { context in
-            let poller = Unmanaged<BackendInfoPoller>.fromOpaque(context!).takeRetainedValue()
-            poller.run()
-            return nil
-        }, context)
-        // Never joined; it ends with the process.
-        pthread_detach(thread)
+        Threads.start { self.run() }
     }
 
     /// Connections by "pool/server/address"; confined to the poller's thread.

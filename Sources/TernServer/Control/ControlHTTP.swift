@@ -106,14 +106,7 @@ final class ControlServer: Sendable {
     }
 
     func start() {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { context in
-            let server = Unmanaged<ControlServer>.fromOpaque(context!).takeRetainedValue()
-            ControlLoop(server: server).run()
-        }, context)
-        // Control threads are never joined; they end with the process.
-        pthread_detach(thread)
+        Threads.start { ControlLoop(server: self).run() }
     }
 }
 

@@ -82,18 +82,8 @@ enum StatsReport {
     }
 
 
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20: out += "\\u00" + (scalar.value < 16 ? "0" : "") + String(scalar.value, radix: 16)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
+    /// A JSON string literal (TernCore's `JSONText`, which `tern locate` uses too).
+    static func quoted(_ text: String) -> String { JSONText.string(text) }
 
     // MARK: Prometheus
 

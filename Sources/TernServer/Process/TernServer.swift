@@ -168,14 +168,7 @@ public final class TernServer {
             jobs.append(ClusterDiscovery.Job(pool: pool.name, seeds: ClusterDiscovery.seeds(pool), password: pool.redisAuth, tls: plan.serverTLS,
                                          state: plan.shared.cluster))
         }
-        clusterMaps = clusterMaps.filter { name, _ in jobs.contains { $0.pool == name } }
-        let maps = clusterMaps
-        discovery.known.withLock { $0 = maps }
-        discovery.jobs.withLock { $0 = jobs }
-        if !jobs.isEmpty, !discoveryStarted, control != nil {
-            discoveryStarted = true
-            discovery.start()
-        }
+        hand(jobs, pool: \.pool, known: \.clusterMaps, to: discovery.known, discovery.jobs, started: \.discoveryStarted) { discovery.start() }
         var sentinelJobs: [SentinelWatcher.Job] = []
         for plan in plans {
             guard let pool = config.pools.first(where: { $0.name == plan.config.name }), pool.sentinel != nil else { continue }
@@ -186,33 +179,32 @@ public final class TernServer {
             plan.shared.sentinel.mastersKnown.store(pool.servers.filter { known[$0.name] != nil }.count, ordering: .relaxed)
             plan.shared.sentinel.current.withLock { current in current = known.mapValues(\.name) }
         }
-        sentinelMasters = sentinelMasters.filter { name, _ in sentinelJobs.contains { $0.pool == name } }
-        let masters = sentinelMasters
-        sentinelWatcher.known.withLock { $0 = masters }
-        sentinelWatcher.jobs.withLock { $0 = sentinelJobs }
-        if !sentinelJobs.isEmpty, !sentinelWatcherStarted, control != nil {
-            sentinelWatcherStarted = true
+        hand(sentinelJobs, pool: \.pool, known: \.sentinelMasters, to: sentinelWatcher.known, sentinelWatcher.jobs, started: \.sentinelWatcherStarted) {
             sentinelWatcher.start()
+        }
+    }
+
+    /// Hands a discovery thread (cluster discovery, the Sentinel watcher) its jobs and what is
+    /// known of their pools (`known`, from which pools without a job are dropped), and starts
+    /// the thread the first time it has a job (never in tests without a control state).
+    private func hand<Job: Sendable, Found: Sendable>(_ jobs: [Job], pool: KeyPath<Job, String>, known: ReferenceWritableKeyPath<TernServer, [String: Found]>,
+                                                      to threadKnown: Locked<[String: Found]>, _ threadJobs: Locked<[Job]>,
+                                                      started: ReferenceWritableKeyPath<TernServer, Bool>, start: () -> Void) {
+        self[keyPath: known] = self[keyPath: known].filter { name, _ in jobs.contains { $0[keyPath: pool] == name } }
+        let current = self[keyPath: known]
+        threadKnown.withLock { $0 = current }
+        threadJobs.withLock { $0 = jobs }
+        if !jobs.isEmpty, !self[keyPath: started], control != nil {
+            self[keyPath: started] = true
+            start()
         }
     }
 
     /// Applies the master addresses the sentinels gave (the reload path: a server whose address
     /// changed gets new connections, its name and so its keys stay).
     private func applySentinelAddresses() {
-        var changed: [(String, [String: ClusterNode])] = []
-        for plan in plans where plan.config.sentinel != nil {
-            if let found = plan.shared.sentinel.discovered.withLock({ found in defer { found = nil }; return found }) {
-                changed.append((plan.config.name, found))
-            }
-        }
-        guard !changed.isEmpty else { return }
-        let before = sentinelMasters
-        for (name, found) in changed { sentinelMasters[name] = found }
-        guard apply(config, reason: "sentinel master address") else {
-            sentinelMasters = before
-            sentinelWatcher.known.withLock { $0 = before }
-            return
-        }
+        guard let (changed, before) = applyDiscovered(\.sentinelMasters, reason: "sentinel master address", known: sentinelWatcher.known,
+                                                      take: { $0.config.sentinel == nil ? nil : $0.shared.sentinel.discovered }) else { return }
         for (name, found) in changed {
             guard let plan = plans.first(where: { $0.config.name == name }) else { continue }
             for (master, node) in found.sorted(by: { $0.key < $1.key }) where before[name]?[master] != node {
@@ -229,27 +221,37 @@ public final class TernServer {
     /// Applies the maps the discovery thread found (the reload path: servers that stay keep
     /// their connections, requests parked for a node the old map lacked are sent).
     private func applyDiscoveredMaps() {
-        var changed: [(String, ClusterSlotMap)] = []
-        for plan in plans where plan.config.distribution == .redisCluster {
-            if let map = plan.shared.cluster.discovered.withLock({ found in defer { found = nil }; return found }) {
-                changed.append((plan.config.name, map))
-            }
-        }
-        guard !changed.isEmpty else { return }
-        let before = clusterMaps
-        for (name, map) in changed { clusterMaps[name] = map }
-        guard apply(config, reason: "cluster slot map") else {
-            // Not applied (a node's name did not resolve): the discovery thread compares its
-            // next finds with the maps in use, so it offers this one again.
-            clusterMaps = before
-            discovery.known.withLock { $0 = before }
-            return
-        }
+        guard let (changed, _) = applyDiscovered(\.clusterMaps, reason: "cluster slot map", known: discovery.known,
+                                                 take: { $0.config.distribution == .redisCluster ? $0.shared.cluster.discovered : nil }) else { return }
         for (name, map) in changed {
             guard let plan = plans.first(where: { $0.config.name == name }) else { continue }
             plan.shared.cluster.applied(map)
             logger.notice("pool \(name): slot map v\(plan.shared.cluster.mapVersion.load(ordering: .relaxed)) applied: \(map.masters.count) masters (\(map.masters.map(\.name).joined(separator: ", "))), \(map.nodeCount) nodes, \(map.assignedSlots) slots served")
         }
+    }
+
+    /// What a discovery thread found (each pool's `take`, emptied as it is read), applied by a
+    /// reload with the findings in `state`. Returns the pools that changed and `state` as it
+    /// was, or nil when nothing changed or the reload was refused (a name that did not resolve):
+    /// then `state` and the thread's `known` go back, so the thread offers its finds again.
+    private func applyDiscovered<Found: Sendable>(_ state: ReferenceWritableKeyPath<TernServer, [String: Found]>, reason: String,
+                                        known: Locked<[String: Found]>,
+                                        take: (PoolPlan) -> Locked<Found?>?) -> (changed: [(String, Found)], before: [String: Found])? {
+        var changed: [(String, Found)] = []
+        for plan in plans {
+            if let found = take(plan)?.withLock({ found in defer { found = nil }; return found }) {
+                changed.append((plan.config.name, found))
+            }
+        }
+        guard !changed.isEmpty else { return nil }
+        let before = self[keyPath: state]
+        for (name, found) in changed { self[keyPath: state][name] = found }
+        guard apply(config, reason: reason) else {
+            self[keyPath: state] = before
+            known.withLock { $0 = before }
+            return nil
+        }
+        return (changed, before)
     }
 
     /// Plans for `config`: servers resolved, listeners bound — or reused from `previous` when a
@@ -408,19 +410,11 @@ public final class TernServer {
         while !workers.isEmpty {
             let worker = workers.removeFirst()
             // The worker is handed to its thread here and never touched by this thread again.
-            let context = Unmanaged.passRetained(worker).toOpaque()
-            var thread = pthread_t()
-            let result = pthread_create(&thread, nil, { context in
-                let worker = Unmanaged<Worker>.fromOpaque(context!).takeRetainedValue()
-                worker.run()
-                return nil
-            }, context)
+            let result = Threads.start { worker.run() }
             if result != 0 {
                 logger.critical("cannot start worker thread: \(Syscall.errorText(result))")
                 return 1
             }
-            // Nothing joins a worker: the main thread waits on acknowledgements instead.
-            pthread_detach(thread)
         }
         // Redis pools' INFO figures, gathered off the request path (it idles without Redis pools;
         // a reload may add one).
