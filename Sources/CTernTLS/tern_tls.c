@@ -104,8 +104,7 @@ static int configure_server(SSL_CTX *context, const char *cert, const char *key,
 void *tern_tls_server_context(const char *cert, const char *key, const char *ca, int client_auth,
                               int min_version, char *error, size_t error_length) {
     SSL_CTX *context = new_context(TLS_server_method(), min_version, error, error_length);
-    if (context == NULL) return NULL;
-    return finish_context(context, configure_server(context, cert, key, ca, client_auth), error, error_length);
+    return context == NULL ? NULL : finish_context(context, configure_server(context, cert, key, ca, client_auth), error, error_length);
 }
 
 static int configure_client(SSL_CTX *context, const char *ca, const char *cert, const char *key, int verify) {
@@ -126,8 +125,7 @@ static int configure_client(SSL_CTX *context, const char *ca, const char *cert, 
 void *tern_tls_client_context(const char *ca, const char *cert, const char *key, int verify,
                               int min_version, char *error, size_t error_length) {
     SSL_CTX *context = new_context(TLS_client_method(), min_version, error, error_length);
-    if (context == NULL) return NULL;
-    return finish_context(context, configure_client(context, ca, cert, key, verify), error, error_length);
+    return context == NULL ? NULL : finish_context(context, configure_client(context, ca, cert, key, verify), error, error_length);
 }
 
 void tern_tls_context_free(void *context) { SSL_CTX_free((SSL_CTX *)context); }

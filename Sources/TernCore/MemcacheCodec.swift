@@ -613,13 +613,8 @@ public enum Base64 {
 
 /// Frames replies from a memcached backend.
 public enum MemcacheReplyParser {
-    public enum Result: Equatable, Sendable {
-        case incomplete
-        /// A whole reply of this many bytes; `isError` for ERROR / CLIENT_ERROR / SERVER_ERROR.
-        case reply(length: Int, isError: Bool)
-        /// The bytes are not a memcached reply: the connection cannot be trusted any more.
-        case invalid
-    }
+    /// `.reply`'s `isError`: ERROR / CLIENT_ERROR / SERVER_ERROR.
+    public typealias Result = ReplyFraming
 
     /// The largest `VALUE` block accepted from a backend.
     public static let maxValueLength = 1 << 30

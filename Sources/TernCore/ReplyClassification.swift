@@ -11,6 +11,18 @@ import Glibc
 import Darwin
 #endif
 
+/// Where one backend reply ends, as both protocols' reply parsers answer it
+/// (`RespReplyParser.parse`, `MemcacheReplyParser.parse`), so that a backend connection frames
+/// replies with one switch whatever its protocol.
+public enum ReplyFraming: Equatable, Sendable {
+    case incomplete
+    /// A whole reply of `length` bytes; `isError` when it reports an error (each parser says
+    /// which replies count).
+    case reply(length: Int, isError: Bool)
+    /// The bytes are not a reply: the connection cannot be trusted any more.
+    case invalid
+}
+
 // MARK: - RESP
 
 /// One RESP2 reply, classified.

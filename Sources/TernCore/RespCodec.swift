@@ -435,12 +435,8 @@ public enum RespReplyParser {
         return position
     }
 
-    public enum Result: Equatable, Sendable {
-        case incomplete
-        /// A whole reply of `length` bytes; `isError` when it is a top-level `-ERR …`.
-        case reply(length: Int, isError: Bool)
-        case invalid
-    }
+    /// `.reply`'s `isError`: a top-level `-ERR …`.
+    public typealias Result = ReplyFraming
 
     /// The extent of the first complete reply. Arrays are walked without recursion; `maxDepth`
     /// bounds their nesting.

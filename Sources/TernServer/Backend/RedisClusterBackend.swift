@@ -22,7 +22,7 @@ import TernCore
 
 /// A cluster pool's figures and mailbox, shared by the workers, the discovery thread, the main
 /// thread and the stats readers (kept across reloads with the pool's `PoolShared`).
-final class ClusterState: Sendable {
+final class ClusterState: DiscoveryMailbox<ClusterSlotMap>, @unchecked Sendable {
     /// Redirects a request may follow before the error goes to its client.
     static let maxRedirects: UInt8 = 5
 
@@ -32,25 +32,14 @@ final class ClusterState: Sendable {
     let redirectsGivenUp = Atomic<Int>(0)
     /// `-TRYAGAIN` answers (multi-key requests during a slot migration) retried after a pause.
     let tryAgainRetries = Atomic<Int>(0)
-    /// Set by workers (MOVED, a node connection failing), cleared by the discovery thread.
-    let refreshRequested = Atomic<Bool>(false)
     /// Maps applied so far (1: the first one); 0 while none is known.
     let mapVersion = Atomic<Int>(0)
     /// Unix time of the last `CLUSTER SLOTS` answered (0: never).
     let refreshedAt = Atomic<Int>(0)
-    let refreshes = Atomic<Int>(0)
-    let refreshFailures = Atomic<Int>(0)
     /// Of the map applied now.
     let masters = Atomic<Int>(0)
     let nodes = Atomic<Int>(0)
     let slotsAssigned = Atomic<Int>(0)
-    /// A map the discovery thread found that differs from the last one: the main thread takes
-    /// it and applies it.
-    let discovered = Locked<ClusterSlotMap?>(nil)
-    /// Why the last discovery failed ("" after a success).
-    let lastError = Locked<String>("")
-
-    @inline(__always) func requestRefresh() { refreshRequested.store(true, ordering: .relaxed) }
 
     /// `INFO`'s `# Cluster` section and the stats port's fields.
     func report() -> [(String, Int)] {
@@ -98,9 +87,7 @@ final class ClusterDiscovery: Sendable {
 
     /// Seconds between refreshes when nothing asks for one; after a failure, or while no map
     /// is known, the next try comes after a second.
-    static let period = 10
-    /// Least time between two refreshes that workers asked for.
-    static let minimumInterval = 0.2
+    static let period = 10.0
 
     func start() {
         Threads.start { self.run() }
@@ -108,18 +95,14 @@ final class ClusterDiscovery: Sendable {
 
     private func run() {
         // Confined to this thread: when each pool was last asked and whether that worked.
-        var lastAttempt: [String: Double] = [:]
+        var clock = RefreshClock()
         var lastFailed: [String: Bool] = [:]
         while true {
             let now = RedisProbe.now()
             for job in jobs.withLock({ $0 }) {
-                let asked = job.state.refreshRequested.load(ordering: .relaxed)
-                let since = now - (lastAttempt[job.pool] ?? -.infinity)
                 let noMap = known.withLock { $0[job.pool] } == nil
-                let interval = asked ? Self.minimumInterval : (noMap || lastFailed[job.pool] == true ? 1 : Double(Self.period))
-                guard since >= interval else { continue }
-                job.state.refreshRequested.store(false, ordering: .relaxed)
-                lastAttempt[job.pool] = now
+                let period = noMap || lastFailed[job.pool] == true ? 1 : Self.period
+                guard clock.isDue(job.pool, now: now, requested: job.state.refreshRequested, period: period) else { continue }
                 let previous = known.withLock { $0[job.pool] }
                 switch Self.discover(seeds: job.seeds, previous: previous, password: job.password, tls: job.tls) {
                 case let .success((map, _)):

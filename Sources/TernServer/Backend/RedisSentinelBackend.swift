@@ -18,24 +18,15 @@ import TernCore
 // watcher's bookkeeping lives on its thread, the applied addresses on the main thread.
 
 /// A Sentinel pool's figures and mailbox (kept across reloads with the pool's `PoolShared`).
-final class SentinelState: Sendable {
-    let refreshRequested = Atomic<Bool>(false)
+final class SentinelState: DiscoveryMailbox<[String: ClusterNode]>, @unchecked Sendable {
     /// Address changes applied (failovers seen), not counting the first address of a master.
     let switches = Atomic<Int>(0)
-    let refreshes = Atomic<Int>(0)
-    let refreshFailures = Atomic<Int>(0)
     /// Addresses sentinels gave whose server did not say `ROLE` master (not used).
     let roleMismatches = Atomic<Int>(0)
     /// Masters whose address is known now.
     let mastersKnown = Atomic<Int>(0)
-    /// Addresses found that differ from the last ones (master name → node): the main thread
-    /// takes them and applies them.
-    let discovered = Locked<[String: ClusterNode]?>(nil)
     /// The addresses in use, for INFO (master name → host:port).
     let current = Locked<[String: String]>([:])
-    let lastError = Locked<String>("")
-
-    @inline(__always) func requestRefresh() { refreshRequested.store(true, ordering: .relaxed) }
 
     func report() -> [(String, Int)] {
         [("sentinel_masters_known", mastersKnown.load(ordering: .relaxed)),
@@ -66,15 +57,15 @@ final class SentinelWatcher: Sendable {
     /// The addresses in use per pool, set by the main thread (the watcher compares against them).
     let known = Locked<[String: [String: ClusterNode]]>([:])
 
+    /// Seconds between two rounds of asking the sentinels when nothing announced a switch.
     static let period = 1.0
-    static let minimumInterval = 0.2
 
     func start() {
         Threads.start { self.run() }
     }
 
     private func run() {
-        var lastAttempt: [String: Double] = [:]
+        var clock = RefreshClock()
         let subscriptions = Subscriptions()
         while true {
             let now = RedisProbe.now()
@@ -83,14 +74,11 @@ final class SentinelWatcher: Sendable {
             for sentinel in subscriptions.poll(current, now: now, waitMilliseconds: 50) {
                 for job in current where job.sentinels.contains(where: { $0.name == sentinel }) {
                     job.state.requestRefresh()
-                    lastAttempt[job.pool] = nil
+                    clock.askSoon(job.pool)
                 }
             }
             for job in current {
-                let asked = job.state.refreshRequested.load(ordering: .relaxed)
-                guard now - (lastAttempt[job.pool] ?? -.infinity) >= (asked ? Self.minimumInterval : Self.period) else { continue }
-                job.state.refreshRequested.store(false, ordering: .relaxed)
-                lastAttempt[job.pool] = now
+                guard clock.isDue(job.pool, now: now, requested: job.state.refreshRequested, period: Self.period) else { continue }
                 let previous = known.withLock { $0[job.pool] } ?? [:]
                 let found = Self.discover(job, previous: previous)
                 if found != previous {

@@ -498,35 +498,26 @@ final class ServerConnection {
                 return
             }
             let framed: (length: Int, isError: Bool)
-            if isRedis {
-                switch RespReplyParser.parse(input.readable, maxDepth: 64) {
-                case .incomplete:
-                    if input.readableCount >= Self.streamThreshold {
+            let framing = isRedis ? RespReplyParser.parse(input.readable, maxDepth: 64)
+                                  : MemcacheReplyParser.parse(input.readable, framing: pending[0].framing, resumeAt: &replyResumeOffset)
+            switch framing {
+            case .incomplete:
+                if input.readableCount >= Self.streamThreshold {
+                    if isRedis {
                         if startStreaming() { continue }
                         // Not streamed (an array, or a client waiting for an earlier reply).
                         sizeInputForReply()
-                    }
-                    if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
-                    return
-                case .invalid:
-                    fail(reason: "server sent an invalid reply")
-                    return
-                case let .reply(length, isError): framed = (length, isError)
-                }
-            } else {
-                switch MemcacheReplyParser.parse(input.readable, framing: pending[0].framing, resumeAt: &replyResumeOffset) {
-                case .incomplete:
-                    if input.readableCount >= Self.streamThreshold {
+                    } else {
                         let declared = MemcacheReplyParser.declaredLength(input.readable, recordAt: replyResumeOffset)
                         if declared <= server.pool.clientOutputLimit { input.reserveMapped(frame: declared) }
                     }
-                    if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
-                    return
-                case .invalid:
-                    fail(reason: "server sent an invalid reply")
-                    return
-                case let .reply(length, isError): framed = (length, isError)
                 }
+                if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
+                return
+            case .invalid:
+                fail(reason: "server sent an invalid reply")
+                return
+            case let .reply(length, isError): framed = (length, isError)
             }
             if pushClient != nil, RespReply.classify(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length])) == .push {
                 pushClient?.pushMessage(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length]))
