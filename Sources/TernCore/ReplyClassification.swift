@@ -89,35 +89,37 @@ public enum RespReply: Equatable, Sendable {
             }
             return error(UnsafeRawBufferPointer(rebasing: frame[0..<end]))
         case UInt8(ascii: ":"):
-            switch RespRequestParser.header(frame, at: 0) {
-            case .incomplete: return .incomplete
-            case .invalid: return .invalid
-            case let .value(value, _): return .integer(value)
-            }
+            return afterHeader(frame, maxDigits: 19, sized: false) { value, _ in .integer(value) }
         case UInt8(ascii: "$"):
-            switch RespRequestParser.header(frame, at: 0, maxDigits: 18) {
-            case .incomplete: return .incomplete
-            case .invalid: return .invalid
-            case let .value(length, next):
-                if length < 0 { return length == -1 ? .null : .invalid }
+            return afterHeader(frame, maxDigits: 18, sized: true) { length, next in
                 guard next + length + 2 <= frame.count else { return .incomplete }
                 guard frame[next + length] == carriageReturn, frame[next + length + 1] == newline else { return .invalid }
                 return .bulk(value: next..<(next + length))
             }
         case UInt8(ascii: "*"):
-            switch RespRequestParser.header(frame, at: 0, maxDigits: 11) {
-            case .incomplete: return .incomplete
-            case .invalid: return .invalid
-            case let .value(count, _):
-                if count < 0 { return count == -1 ? .null : .invalid }
+            return afterHeader(frame, maxDigits: 11, sized: true) { count, _ in
                 switch RespReplyParser.parse(frame) {
-                case .incomplete: return .incomplete
-                case .invalid: return .invalid
-                case .reply: return isPush(frame, count: count) ? .push : .array(count: count)
+                case .incomplete: .incomplete
+                case .invalid: .invalid
+                case .reply: isPush(frame, count: count) ? .push : .array(count: count)
                 }
             }
         default:
             return .invalid
+        }
+    }
+
+    /// The header at the start of `frame` (`:12`, `$5`, `*3`) given to `body` with where its
+    /// line ends, unless it is cut or malformed. `sized`: a bulk or array length, for which -1
+    /// is the null reply and any other negative length is invalid.
+    @inline(__always)
+    private static func afterHeader(_ frame: UnsafeRawBufferPointer, maxDigits: Int, sized: Bool, _ body: (Int, Int) -> RespReply) -> RespReply {
+        switch RespRequestParser.header(frame, at: 0, maxDigits: maxDigits) {
+        case .incomplete: return .incomplete
+        case .invalid: return .invalid
+        case let .value(value, next):
+            if sized, value < 0 { return value == -1 ? .null : .invalid }
+            return body(value, next)
         }
     }
 

@@ -10,9 +10,7 @@ import TernCore
 /// isolation rules. Confined to the client's worker thread.
 extension ClientConnection {
     func processBinary(_ buffer: ByteBuffer) {
-        while !buffer.isEmpty, !closeWhenDrained, !isClosed {
-            if skipRefusedBytes(buffer) { continue }
-            if pipelineIsFull() { return }
+        while mayParseNext(buffer) {
             let bytes = buffer.readable
             switch BinaryRequestParser.parse(bytes, limits: pool.limits) {
             case .incomplete:

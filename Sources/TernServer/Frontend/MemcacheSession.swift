@@ -7,9 +7,7 @@ import TernCore
 extension ClientConnection {
     /// Parses and routes every complete memcached text or meta request in `buffer`.
     func processMemcache(_ buffer: ByteBuffer) {
-        while !buffer.isEmpty, !closeWhenDrained, !isClosed {
-            if skipRefusedBytes(buffer) { continue }
-            if pipelineIsFull() { return }
+        while mayParseNext(buffer) {
             let bytes = buffer.readable
             switch MemcacheRequestParser.parse(bytes, limits: pool.limits) {
             case .incomplete:
@@ -27,6 +25,18 @@ extension ClientConnection {
                 if close { closeWhenDrained = true }
             }
         }
+    }
+
+    /// Whether the next request in `buffer` is parsed now (every frontend's loop asks): there
+    /// are bytes, the client is still read, what is left of a refused data block has been
+    /// dropped, and the pipeline is not full (reading resumes as replies leave).
+    @inline(__always)
+    func mayParseNext(_ buffer: ByteBuffer) -> Bool {
+        while !buffer.isEmpty, !closeWhenDrained, !isClosed {
+            if skipRefusedBytes(buffer) { continue }
+            return !pipelineIsFull()
+        }
+        return false
     }
 
     /// Drops what is left of a refused data block (or binary body) as it arrives; true when

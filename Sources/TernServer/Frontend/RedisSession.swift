@@ -39,8 +39,7 @@ extension ClientConnection {
     }
 
     func processRedis(_ buffer: ByteBuffer, _ session: RedisSession) {
-        while !buffer.isEmpty, !closeWhenDrained, !isClosed {
-            if pipelineIsFull() { return }
+        while mayParseNext(buffer) {
             let bytes = buffer.readable
             switch RespRequestParser.parse(bytes, limits: requestLimits(session), into: session.arguments) {
             case .incomplete:
