@@ -170,13 +170,15 @@ public enum ConfigLoader {
             var userContext = context
             userContext.values = values
             userContext.protocolKind = protocolKind
-            var user = UserConfig(name: "", passwordSHA256: [], commands: [], keys: [], line: line(entry))
             let name = values["name"]?.string ?? ""
+            // A name seen before is a duplicate whatever the entry's other keys say (that name
+            // was valid, the first user having parsed).
+            if let nameNode = values["name"], let first = users.first(where: { $0.name == name }) {
+                throw fail(nameNode, "duplicate user '\(name)' (first defined on line \(first.line))")
+            }
+            var user = UserConfig(name: "", passwordSHA256: [], commands: [], keys: [], line: line(entry))
             try parse(&user, keys: ConfigSchema.user, values: values, context: { _ in KeyContext(pool: userContext, key: "users") }) { missing in
                 missing == "name" ? fail(entry, "a user needs a 'name'") : fail(entry, "user '\(name)' needs a '\(missing)'")
-            }
-            if let first = users.first(where: { $0.name == user.name }) {
-                throw fail(values["name"] ?? entry, "duplicate user '\(user.name)' (first defined on line \(first.line))")
             }
             users.append(user)
         }

@@ -146,6 +146,10 @@ final class UsersTests: XCTestCase {
         let duplicate = configError("   - name: app\n     password_sha256: \"\(good)\"\n   - name: app\n     password_sha256: \"\(good)\"\n")
         XCTAssertEqual(duplicate?.line, 7)
         XCTAssertTrue(duplicate?.message.contains("duplicate user 'app'") ?? false)
+        // A repeated name is reported as such before the entry's other keys are looked at.
+        let duplicateBad = configError("   - name: app\n     password_sha256: \"\(good)\"\n   - name: app\n     password_sha256: \"abc\"\n")
+        XCTAssertEqual(duplicateBad?.line, 7)
+        XCTAssertTrue(duplicateBad?.message.contains("duplicate user 'app' (first defined on line 5)") ?? false, "\(String(describing: duplicateBad))")
         do {
             _ = try ConfigLoader.load(text: "m:\n  listen: 127.0.0.1:7001\n  users:\n   - name: app\n     password_sha256: \"\(good)\"\n     keys: [\"~a*b\"]\n  servers:\n   - 127.0.0.1:11211:1\n", file: "t.yml")
             XCTFail("a memcached glob that is not a prefix was accepted")

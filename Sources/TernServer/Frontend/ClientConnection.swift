@@ -114,10 +114,14 @@ final class ClientConnection: ReplyOwner {
         self.descriptor = descriptor
         self.pool = pool
         self.worker = worker
-        // The frontend travels with the client (the pool, and so its protocol, is the same).
+        // The frontend travels with the client, as it stays with a client that is not moved: a
+        // reload that changes a pool's protocol does not change its open connections'. The
+        // errors Tern writes follow the frontend.
         self.frontend = moved.frontend
         self.tls = moved.tls
-        super.init(index: worker.nextClientIndex(), isRedis: pool.config.protocolKind == .redis, desk: worker.replies, poolCounters: pool.stats,
+        let speaksRESP: Bool
+        if case .redis = moved.frontend { speaksRESP = true } else { speaksRESP = false }
+        super.init(index: worker.nextClientIndex(), isRedis: speaksRESP, desk: worker.replies, poolCounters: pool.stats,
                    commandStats: pool.commandStats, outputLimit: pool.outputLimit)
         // Users generations are counted per worker: look the user up again by name.
         redis?.usersGeneration = Int.min

@@ -14,7 +14,8 @@ extension PoolRuntime {
 
 /// Every live server of a pool as a route: the same request to each, merged by one sink.
 /// memcached `flush_all`; Redis `FLUSHDB`/`FLUSHALL` (`.everyServerOK`), `DBSIZE`
-/// (`.everyServerSum`) and `SCRIPT LOAD` (`.everyServerFirst`).
+/// (`.everyServerSum`), and from the local commands `SCRIPT LOAD`/`FLUSH` and `PUBSUB`.
+/// Ejected servers are skipped, in the old pool too.
 ///
 /// An invalidation of a warm-up pool with `deletes: both` reaches every live server of the old
 /// pool too, for both protocols alike, so that no flushed key comes back through the fallback.
