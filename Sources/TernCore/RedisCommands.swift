@@ -30,12 +30,12 @@ public enum RedisRouting: Sendable, Equatable {
     case mset
     /// DEL, UNLINK, EXISTS, TOUCH: split per server, integer replies summed.
     case sum
-    /// Sent to every server: `+OK` when all said OK (FLUSHDB, SCRIPT FLUSH).
+    /// Sent to every server: `+OK` when all said OK (FLUSHDB, FLUSHALL). Invalidations: a
+    /// warm-up's old pool gets them too with `deletes: both`. (SCRIPT is a local command that
+    /// reaches every server itself.)
     case everyServerOK
     /// Sent to every server, integer replies summed (DBSIZE).
     case everyServerSum
-    /// Sent to every server, the first server's reply returned (SCRIPT LOAD).
-    case everyServerFirst
     /// Keyless command for one server: the first server in config order (EVAL with 0 keys).
     case firstServer
     /// Changes the client's session (MULTI, EXEC, DISCARD, WATCH, UNWATCH, RESET): handled by

@@ -144,8 +144,6 @@ extension ClientConnection {
             toEveryServer(frame, session, slot, sink: .allOK(AllOK(dialect: .resp)), invalidates: true)
         case .everyServerSum:
             toEveryServer(frame, session, slot, sink: .sum(IntegerSum()))
-        case .everyServerFirst:
-            toEveryServer(frame, session, slot, sink: .first(FirstReply()))
         case .firstServer:
             forwardRedis(frame, session, slot, to: firstLiveServer())
         }
