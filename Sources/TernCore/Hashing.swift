@@ -28,9 +28,10 @@ public enum HashFunction: String, CaseIterable, Sendable {
         case .crc32: return KeyHash.crc32(bytes)
         case .crc32a: return KeyHash.crc32a(bytes)
         case .fnv1_64: return KeyHash.fnv1_64(bytes)
-        case .fnv1a_64: return KeyHash.fnv1a_64(bytes)
-        case .fnv1_32: return KeyHash.fnv1_32(bytes)
-        case .fnv1a_32: return KeyHash.fnv1a_32(bytes)
+        // Despite its name, libmemcached's fnv1a_64 keeps a 32-bit state.
+        case .fnv1a_64: return KeyHash.fnv32(bytes, basis: 0x8422_2325, prime: 0x1b3, xorFirst: true)
+        case .fnv1_32: return KeyHash.fnv32(bytes, basis: 2_166_136_261, prime: 16_777_619, xorFirst: false)
+        case .fnv1a_32: return KeyHash.fnv32(bytes, basis: 2_166_136_261, prime: 16_777_619, xorFirst: true)
         case .hsieh: return KeyHash.hsieh(bytes)
         case .murmur: return KeyHash.murmur(bytes)
         case .jenkins: return KeyHash.jenkins(bytes)
@@ -112,33 +113,20 @@ public enum KeyHash {
         return UInt32(truncatingIfNeeded: hash)
     }
 
-    /// Despite its name, libmemcached's fnv1a_64 keeps a 32-bit state.
-    @inlinable
-    public static func fnv1a_64(_ key: UnsafeRawBufferPointer) -> UInt32 {
-        var hash: UInt32 = 0x8422_2325
+    /// The three FNV variants with a 32-bit state: FNV-1 multiplies then mixes the byte in,
+    /// FNV-1a mixes first. Always inlined, so each caller's constants fold and `xorFirst`
+    /// is no branch per byte.
+    @inlinable @inline(__always)
+    static func fnv32(_ key: UnsafeRawBufferPointer, basis: UInt32, prime: UInt32, xorFirst: Bool) -> UInt32 {
+        var hash = basis
         for byte in key {
-            hash ^= signExtended(byte)
-            hash = hash &* 0x1b3
-        }
-        return hash
-    }
-
-    @inlinable
-    public static func fnv1_32(_ key: UnsafeRawBufferPointer) -> UInt32 {
-        var hash: UInt32 = 2_166_136_261
-        for byte in key {
-            hash = hash &* 16_777_619
-            hash ^= signExtended(byte)
-        }
-        return hash
-    }
-
-    @inlinable
-    public static func fnv1a_32(_ key: UnsafeRawBufferPointer) -> UInt32 {
-        var hash: UInt32 = 2_166_136_261
-        for byte in key {
-            hash ^= signExtended(byte)
-            hash = hash &* 16_777_619
+            if xorFirst {
+                hash ^= signExtended(byte)
+                hash = hash &* prime
+            } else {
+                hash = hash &* prime
+                hash ^= signExtended(byte)
+            }
         }
         return hash
     }
