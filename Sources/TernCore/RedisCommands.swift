@@ -53,6 +53,21 @@ public enum RedisRouting: Sendable, Equatable {
     case unsupported
 }
 
+/// What a command does during a warm-up (a pool with `warmup:`); every command without one of
+/// these goes to the new pool only.
+public enum RedisWarmup: UInt8, Sendable, Equatable {
+    case none
+    /// GET: a miss in the new pool is read from the old one, answered, and copied in the
+    /// background.
+    case read
+    /// GETEX: as `read`, but the copy is made first and the command sent again to the new pool,
+    /// so the expiry it sets applies to the copy.
+    case readCopyFirst
+    /// GETDEL: sent to both pools (with `deletes: both`); the new pool's value, or the old
+    /// pool's when the new one had none.
+    case readAndDelete
+}
+
 public struct RedisCommand: Sendable {
     /// The lower-case name. Stored as a StaticString so that the struct holds no reference:
     /// the lookup on every request copies it out of the table without retains.
@@ -71,6 +86,9 @@ public struct RedisCommand: Sendable {
     public let storeKeywords: Bool
     /// Whether the command writes (reported by COMMAND).
     public let isWrite: Bool
+    /// What the command does during a warm-up (MGET, DEL, UNLINK, FLUSHDB and FLUSHALL are
+    /// told by their routing).
+    public let warmup: RedisWarmup
     /// Blocking commands: where their timeout is (negative counts from the end), in seconds;
     /// 0 when it follows the `BLOCK` keyword, in milliseconds (XREAD, XREADGROUP).
     public let timeoutAt: Int
@@ -80,8 +98,9 @@ public struct RedisCommand: Sendable {
     public fileprivate(set) var categories = RedisCategories()
 
     init(_ name: StaticString, _ arity: Int, _ keys: RedisKeys, _ routing: RedisRouting = .keyed, write: Bool = false,
-         storeKeywords: Bool = false, timeoutAt: Int = 0) {
+         storeKeywords: Bool = false, timeoutAt: Int = 0, warmup: RedisWarmup = .none) {
         self.staticName = name
+        self.warmup = warmup
         self.arity = arity
         self.keys = keys
         self.routing = routing
@@ -127,7 +146,8 @@ public enum RedisCommandTable {
     private static let table: [RedisCommand] = [
         // Strings
         .init("append", 3, one, write: true), .init("decr", 2, one, write: true), .init("decrby", 3, one, write: true),
-        .init("get", 2, one), .init("getdel", 2, one, write: true), .init("getex", -2, one, write: true),
+        .init("get", 2, one, warmup: .read), .init("getdel", 2, one, write: true, warmup: .readAndDelete),
+        .init("getex", -2, one, write: true, warmup: .readCopyFirst),
         .init("getrange", 4, one), .init("getset", 3, one, write: true), .init("incr", 2, one, write: true),
         .init("incrby", 3, one, write: true), .init("incrbyfloat", 3, one, write: true), .init("lcs", -3, two),
         .init("mget", -2, all, .mget), .init("mset", -3, pairs, .mset, write: true), .init("msetnx", -3, pairs, write: true),

@@ -285,6 +285,46 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try new[setup.newIndex("race")].call("GET", "race"), "$5\r\nnewer\r\n")
     }
 
+    /// GETDEL is a read and a delete: with `deletes: both` it reaches both pools, answers the
+    /// new pool's value or else the old one's, and the key does not come back through the
+    /// fallback. GETEX reads like GET; an old hit is copied first and the GETEX sent again, so
+    /// its expiry (or PERSIST) applies to the copy. Inline requests take the same path.
+    func testRedisGetdelAndGetexFallBackAndApplyToTheCopy() throws {
+        let (setup, new, old) = try redisPools()
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try old[setup.oldIndex("gd:old")].call("SET", "gd:old", "old-value"), "+OK\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("gd:both")].call("SET", "gd:both", "stale"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SET", "gd:both", "fresh"), "+OK\r\n")
+        XCTAssertEqual(try c.call("GETDEL", "gd:old"), "$9\r\nold-value\r\n", "the old pool's value when the new pool has none")
+        XCTAssertEqual(try c.call("GET", "gd:old"), "$-1\r\n", "deleted from both: the fallback finds nothing")
+        XCTAssertEqual(try old[setup.oldIndex("gd:old")].call("EXISTS", "gd:old"), ":0\r\n")
+        XCTAssertEqual(try c.call("GETDEL", "gd:both"), "$5\r\nfresh\r\n", "the new pool's value wins")
+        XCTAssertEqual(try old[setup.oldIndex("gd:both")].call("EXISTS", "gd:both"), ":0\r\n")
+        XCTAssertEqual(try c.call("GETDEL", "gd:never"), "$-1\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("gd:list")].call("RPUSH", "gd:list", "a"), ":1\r\n")
+        XCTAssertEqual(try c.call("GETDEL", "gd:list"), "$-1\r\n", "another type in the old pool is a miss, as for GET")
+        XCTAssertEqual(try c.request("GETDEL gd:never\r\n", until: "\r\n"), "$-1\r\n")
+        // GETEX: the value from the old pool, the expiry on the new pool's copy.
+        XCTAssertEqual(try old[setup.oldIndex("gx:ex")].call("SET", "gx:ex", "v1"), "+OK\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("gx:persist")].call("SET", "gx:persist", "v2", "PX", "60000"), "+OK\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("gx:inline")].call("SET", "gx:inline", "v3"), "+OK\r\n")
+        XCTAssertEqual(try c.call("GETEX", "gx:ex", "EX", "100"), "$2\r\nv1\r\n")
+        let pttl = Int(try new[setup.newIndex("gx:ex")].call("PTTL", "gx:ex").dropFirst().prefix { $0.isNumber }) ?? -1
+        XCTAssertTrue((95_000...100_000).contains(pttl), "GETEX's expiry applies to the copy: \(pttl)")
+        XCTAssertEqual(try c.call("GETEX", "gx:persist", "PERSIST"), "$2\r\nv2\r\n")
+        XCTAssertEqual(try new[setup.newIndex("gx:persist")].call("PTTL", "gx:persist"), ":-1\r\n")
+        XCTAssertEqual(try c.request("GETEX gx:inline PX 50000\r\n", until: "v3\r\n"), "$2\r\nv3\r\n")
+        let inline = Int(try new[setup.newIndex("gx:inline")].call("PTTL", "gx:inline").dropFirst().prefix { $0.isNumber }) ?? -1
+        XCTAssertTrue((45_000...50_000).contains(inline), "\(inline)")
+        XCTAssertEqual(try c.call("GETEX", "gx:none", "EX", "5"), "$-1\r\n")
+        XCTAssertEqual(try c.call("GETEX", "gx:ex", "EX", "notanumber"), "-ERR value is not an integer or out of range\r\n")
+        XCTAssertEqual(try old[setup.oldIndex("gx:ex")].call("PTTL", "gx:ex"), ":-1\r\n", "the old pool is only read")
+        let info = try c.call("INFO")
+        XCTAssertTrue(info.contains("warmup_old_hits:3"), info)
+        XCTAssertTrue(info.contains("warmup_copies:3"), info)
+        XCTAssertTrue(info.contains("warmup_old_deletes:5"), info)
+    }
+
     func testRedisOldPoolDownGivesMisses() throws {
         let (setup, _, old) = try redisPools()
         let c = try TestClient(port: setup.port)

@@ -260,7 +260,7 @@ extension ClientConnection {
         if request.command.isMeta {
             let sink = EitherDeleted(isMeta: true, isQuietMeta: request.isQuiet)
             withHashKey(request, frame) { key in
-                route.invalidate(key, slot, client: index, mergedBy: sink, framing: request.isQuiet ? .metaUntilNoop : .meta) { output in
+                route.invalidate(key, slot, client: index, mergedBy: .eitherDeleted(sink), framing: request.isQuiet ? .metaUntilNoop : .meta) { output in
                     writeMeta(request, frame, into: output)
                 }
             }
@@ -268,7 +268,7 @@ extension ClientConnection {
         }
         // Always with a reply (noreply is honoured towards the client only).
         route.invalidate(UnsafeRawBufferPointer(rebasing: frame[request.keysStart..<request.keysEnd]), slot, client: index,
-                         mergedBy: EitherDeleted(), framing: .line) { MemcacheEncoder.withoutNoreply(frame, request, into: $0) }
+                         mergedBy: .eitherDeleted(EitherDeleted()), framing: .line) { MemcacheEncoder.withoutNoreply(frame, request, into: $0) }
     }
 
     /// A multi-key get: keys are grouped per server, one request per server is sent, and the

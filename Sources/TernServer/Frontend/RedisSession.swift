@@ -113,13 +113,8 @@ extension ClientConnection {
             slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
         case .local:
             answerLocally(command, frame, session, slot)
-        case .keyed where pool.old != nil && command.isNamed("get"):
-            let read = WarmupRead(mode: .redisGet, pool: pool, clientIndex: index)
-            slot.warmup = read
-            arguments.withArgument(1, in: frame) { key in
-                read.addKey(key, newServer: Int32(pool.serverIndexUncounted(forKey: key) ?? -1))
-            }
-            routeKeyed(command, frame, session, slot)
+        case .keyed where command.warmup != .none && pool.old != nil:
+            routeDuringWarmup(command, frame, session, slot)
         case .keyed:
             routeKeyed(command, frame, session, slot)
         case .mget where pool.old != nil:
@@ -210,6 +205,38 @@ extension ClientConnection {
         RespEncoder.arrayHeader(arguments.count, into: output)
         for index in 0..<arguments.count {
             arguments.withArgument(index, in: frame) { RespEncoder.bulk($0, into: output) }
+        }
+    }
+
+    /// GET, GETEX and GETDEL on a pool that warms up (the table's `warmup`): reads fall back to
+    /// the old pool per key (`WarmupRead`; GETEX copies first and is sent again, so its expiry
+    /// applies to the copy); GETDEL reaches both pools with `deletes: both`.
+    private func routeDuringWarmup(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let arguments = session.arguments
+        switch command.warmup {
+        case .readAndDelete:
+            guard pool.deletesReachOldPool, let route = WarmupRoute(pool) else { return routeKeyed(command, frame, session, slot) }
+            arguments.withArgument(1, in: frame) { key in
+                route.invalidate(key, slot, client: index, mergedBy: .eitherValue(EitherValue()), framing: .line) { output in
+                    writeRequest(frame, arguments, into: output)
+                }
+            }
+        case .read, .readCopyFirst:
+            let read = WarmupRead(mode: .redisGet, pool: pool, clientIndex: index)
+            if command.warmup == .readCopyFirst {
+                // Sent again after the copy: kept as RESP (an inline request is encoded).
+                let encoded = ByteBuffer()
+                writeRequest(frame, arguments, into: encoded)
+                read.frame = Array(encoded.readable)
+                read.resendsAfterCopy = true
+            }
+            slot.warmup = read
+            arguments.withArgument(1, in: frame) { key in
+                read.addKey(key, newServer: Int32(pool.serverIndexUncounted(forKey: key) ?? -1))
+            }
+            routeKeyed(command, frame, session, slot)
+        case .none:
+            routeKeyed(command, frame, session, slot)
         }
     }
 

@@ -38,6 +38,8 @@ enum ReplySink {
     case pairSum(RespPairSum)
     /// A warm-up delete sent to both pools: the new pool's reply, "deleted" when either deleted.
     case eitherDeleted(EitherDeleted)
+    /// A warm-up GETDEL sent to both pools: the new pool's value, else the old pool's.
+    case eitherValue(EitherValue)
 }
 
 /// memcached multi-get: each part's VALUE records are stored in the slot as they come and
@@ -285,6 +287,56 @@ struct EitherDeleted {
             data.removeAll()
             data.append("HD" as StaticString)
             rest.withUnsafeBytes { data.append($0) }
+        }
+    }
+}
+
+/// A warm-up `GETDEL` sent to both pools: the new pool's reply, or the old pool's value when the
+/// new pool had none — from the client's view the key existed, since a `GET` would have
+/// returned it — and nil only when neither had it. Both replies are kept in the slot's bytes
+/// in the order they came; the one chosen leaves. The old pool failing, or answering anything
+/// but a value (another type, an error), never fails the request; a failure is counted.
+struct EitherValue {
+    var newStart = -1
+    var newLength = 0
+    var oldStart = -1
+    var oldLength = 0
+
+    mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, isError: Bool, into slot: ReplySlot) {
+        if slot.hasError { return }
+        if ReplyPart.isOld(part) {
+            guard !isError, case .bulk = RespReply.classify(reply) else { return }
+            oldStart = slot.data.readableCount
+            oldLength = reply.count
+        } else if isError {
+            return slot.recordError(reply)
+        } else {
+            newStart = slot.data.readableCount
+            newLength = reply.count
+        }
+        slot.data.append(reply)
+    }
+
+    func fail(part: Int32, reason: String, _ slot: ReplySlot) {
+        if ReplyPart.isOld(part) {
+            if let counters = slot.warmupCounters { WarmupCounters.add(counters.oldErrors) }
+            return
+        }
+        if !slot.hasError {
+            slot.hasError = true
+            slot.data.removeAll()
+            slot.data.append(slot.errorLine(reason))
+        }
+    }
+
+    func emit(_ slot: ReplySlot, into output: ByteBuffer) {
+        let bytes = slot.data.readable
+        if slot.hasError || newStart < 0 { return output.append(bytes) }
+        let new = UnsafeRawBufferPointer(rebasing: bytes[newStart..<(newStart + newLength)])
+        if oldStart >= 0, RespReply.classify(new) == .null {
+            output.append(UnsafeRawBufferPointer(rebasing: bytes[oldStart..<(oldStart + oldLength)]))
+        } else {
+            output.append(new)
         }
     }
 }

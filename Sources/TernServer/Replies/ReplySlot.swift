@@ -265,6 +265,9 @@ final class ReplySlot {
         case .eitherDeleted(var either):
             either.take(reply, part: part, into: self)
             sink = .eitherDeleted(either)
+        case .eitherValue(var either):
+            either.take(reply, part: part, isError: isError, into: self)
+            sink = .eitherValue(either)
         }
         partDone()
     }
@@ -306,6 +309,8 @@ final class ReplySlot {
             break
         case .eitherDeleted(let either):
             either.fail(part: part, reason: reason, self)
+        case .eitherValue(let either):
+            either.fail(part: part, reason: reason, self)
         case .sum(let sum) where sum.failureIsCounted(part, self):
             break
         case .allOK, .array, .sum, .first, .prepared, .union, .pairSum:
@@ -330,7 +335,7 @@ final class ReplySlot {
                 case .allOK(let rule): rule.settle(self)
                 case .sum(let sum): sum.settle(self)
                 case .eitherDeleted(let either): either.settle(self)
-                case .single, .records, .array, .first, .prepared, .union, .pairSum: break
+                case .single, .records, .array, .first, .prepared, .union, .pairSum, .eitherValue: break
                 }
             }
             if isSilent { data.removeAll() }
@@ -430,6 +435,7 @@ final class ReplySlot {
         case .array(let array): array.emit(self, into: output)
         case .union(let union): union.emit(self, into: output)
         case .pairSum(let pairSum): pairSum.emit(self, into: output)
+        case .eitherValue(let either): either.emit(self, into: output)
         case .single, .allOK, .sum, .first, .prepared, .eitherDeleted:
             // A large reply that waited here (behind a slower one) becomes the output itself,
             // the few bytes already in the output put in the room left in front of it: one copy

@@ -118,18 +118,19 @@ struct WarmupRoute {
         self.old = old
     }
 
-    /// A one-key invalidation (memcached `delete`, `md`) to the key's server in both pools; the
-    /// client gets the new pool's reply, made "deleted" when the old pool deleted the key
-    /// (`EitherDeleted`). `hashKey` is what placement hashes; `encode` writes the request,
-    /// which must have a reply. With no live new-pool server the slot fails; with no live
-    /// old-pool server only the new pool is asked.
-    func invalidate(_ hashKey: UnsafeRawBufferPointer, _ slot: ReplySlot, client: Int, mergedBy sink: EitherDeleted,
+    /// A one-key invalidation (memcached `delete`, `md`; Redis `GETDEL`) to the key's server in
+    /// both pools; the client gets the new pool's reply as `sink` amends it with the old pool's
+    /// (`EitherDeleted`: "deleted" when the old pool deleted the key; `EitherValue`: the old
+    /// value when the new pool had none). `hashKey` is what placement hashes; `encode` writes
+    /// the request, which must have a reply. With no live new-pool server the slot fails; with
+    /// no live old-pool server only the new pool is asked.
+    func invalidate(_ hashKey: UnsafeRawBufferPointer, _ slot: ReplySlot, client: Int, mergedBy sink: ReplySink,
                     framing: MemcacheFraming, _ encode: (ByteBuffer) -> Void) {
         guard let server = new.server(forKey: hashKey) else {
             slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
-        var split = ReplySplit(slot, mergedBy: .eitherDeleted(sink), warmupCounters: new.warmupCounters)
+        var split = ReplySplit(slot, mergedBy: sink, warmupCounters: new.warmupCounters)
         if let oldServer = old.server(forKey: hashKey) {
             WarmupCounters.add(new.warmupCounters.oldDeletes)
             let connection = oldServer.connection(for: client)

@@ -61,6 +61,8 @@ final class WarmupRead: PhasedRead {
     var exptime: [UInt8] = []
     var isQuiet = false
     var isBase64Key = false
+    /// Redis GETEX: an old hit is copied first and `frame` sent again to the new pool.
+    var resendsAfterCopy = false
     var keys: [Key] = []
     var keyBytes: [UInt8] = []
 
@@ -255,7 +257,7 @@ final class WarmupRead: PhasedRead {
             switch mode {
             case .text: answerTextHit(slot, index, &resendServers)
             case .meta: answerMetaHit(slot, index, &resendServers)
-            case .redisGet, .redisMGet: answerRedisHit(slot, index)
+            case .redisGet, .redisMGet: answerRedisHit(slot, index, &resendServers)
             }
         }
         guard !resendServers.isEmpty else { return false }
@@ -272,10 +274,13 @@ final class WarmupRead: PhasedRead {
                 }
                 MemcacheEncoder.endLine(into: output)
                 connection.enqueue(slot: slot, part: split.server(server), framing: .retrieval)
-            default:
+            case .meta:
                 frame.withUnsafeBytes { output.append($0) }
                 if isQuiet { MemcacheEncoder.noop(into: output) }
                 connection.enqueue(slot: slot, part: split.server(server), framing: isQuiet ? .metaUntilNoop : .meta)
+            case .redisGet, .redisMGet:
+                frame.withUnsafeBytes { output.append($0) }
+                connection.enqueue(slot: slot, part: split.server(server), framing: .line)
             }
         }
         return split.closePhase()
@@ -351,9 +356,19 @@ final class WarmupRead: PhasedRead {
         connection.enqueue(slot: nil, part: 0, framing: .meta, purpose: .backfill)
     }
 
-    /// Redis: answer the old value; copy with `SET key value [PX ms] NX`.
-    private func answerRedisHit(_ slot: ReplySlot, _ index: Int) {
+    /// Redis: answer the old value; copy with `SET key value [PX ms] NX`. GETEX copies first
+    /// and is sent again to the new pool (when the item is copied at all).
+    private func answerRedisHit(_ slot: ReplySlot, _ index: Int, _ resendServers: inout [Int32]) {
         let key = keys[index]
+        // PTTL: -1 no expiry, -2 gone meanwhile (not copied), else milliseconds left; unknown
+        // when PTTL failed. The rule is the one memcached copies use.
+        let remaining = key.ttlKnown ? (key.ttl == -2 ? 0 : key.ttl) : nil
+        let ttl = warmup.backfill ? warmup.backfillTTL(remainingMilliseconds: remaining) : nil
+        if resendsAfterCopy, let ttl, key.newServer >= 0 {
+            copyRedis(index, milliseconds: ttl)
+            if !resendServers.contains(key.newServer) { resendServers.append(key.newServer) }
+            return
+        }
         let valueRange = key.valueStart..<(key.valueStart + key.valueLength)
         if mode == .redisGet {
             slot.data.removeAll()
@@ -364,19 +379,22 @@ final class WarmupRead: PhasedRead {
             values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
         }
         guard warmup.backfill else { return }
-        // PTTL: -1 no expiry, -2 gone meanwhile (not copied), else milliseconds left; unknown
-        // when PTTL failed. The rule is the one memcached copies use.
-        let remaining = key.ttlKnown ? (key.ttl == -2 ? 0 : key.ttl) : nil
-        guard let ttl = warmup.backfillTTL(remainingMilliseconds: remaining), key.newServer >= 0 else {
+        guard let ttl, key.newServer >= 0 else {
             WarmupCounters.add(counters.copiesSkipped)
             return
         }
+        copyRedis(index, milliseconds: ttl)
+    }
+
+    private func copyRedis(_ index: Int, milliseconds: Int) {
+        let key = keys[index]
+        let valueRange = key.valueStart..<(key.valueStart + key.valueLength)
         let connection = pool.servers[Int(key.newServer)].connection(for: clientIndex)
         let output = connection.requestBuffer()
         // The stored bulk is `$<n>\r\n<value>\r\n`: written as it is.
         values.withUnsafeBytes { values in
             withKey(index) {
-                RespEncoder.setIfAbsent(key: $0, encodedValue: UnsafeRawBufferPointer(rebasing: values[valueRange]), milliseconds: ttl, into: output)
+                RespEncoder.setIfAbsent(key: $0, encodedValue: UnsafeRawBufferPointer(rebasing: values[valueRange]), milliseconds: milliseconds, into: output)
             }
         }
         connection.enqueue(slot: nil, part: 0, framing: .line, purpose: .backfill)
