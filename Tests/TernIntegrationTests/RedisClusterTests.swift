@@ -89,6 +89,8 @@ final class RedisClusterTests: XCTestCase {
                 // Replicas sync at once (the default waits 5 s for more replicas to join).
                 "--repl-diskless-sync-delay", "0",
                 "--save", "", "--appendonly", "no", "--dir", group.directory,
+                // DEBUG SLEEP makes a node slow on cue (testTimeoutSpansRedirects).
+                "--enable-debug-command", "local",
             ], log: "redis-\(port).log"))
         }
         for port in ports { try group.waitForPort(port) }
@@ -309,6 +311,38 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertGreaterThan(requests, 20)
         XCTAssertEqual(errors.count, 0, "the innocent client saw only its own replies: \(errors.prefix(3))")
         print("slot migration: \(asks) ASK and \(moved) MOVED redirects followed; innocent client: \(requests) requests, \(errors.count) errors")
+    }
+
+    /// A request's `timeout` bounds it from the first send to its reply, redirects included: a
+    /// slow node that answers MOVED late leaves the next hop only what is left, so the client
+    /// gets the timeout error at 0.5 s rather than the target's late answer (at about 0.75 s).
+    func testTimeoutSpansRedirects() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]], timeout: 500)
+        let client = try TestClient(port: port)
+        let key = "{slow}:k"
+        let slot = Self.slot("slow")
+        let source = try cluster.owner(of: slot)
+        let target = try cluster.nodes(askingAt: source).filter(\.isMaster).map(\.port).first { $0 != source }!
+        XCTAssertEqual(try client.call("GET", key), "$-1\r\n", "the map Tern has names the source")
+        // The slot (empty) moves to the target; Tern's map still names the source.
+        let targetID = try cluster.id(of: target)
+        XCTAssertEqual(try cluster.call(target, "CLUSTER", "SETSLOT", "\(slot)", "NODE", targetID), "+OK\r\n")
+        XCTAssertEqual(try cluster.call(source, "CLUSTER", "SETSLOT", "\(slot)", "NODE", targetID), "+OK\r\n")
+        // Both nodes busy: the source answers MOVED after 0.45 s, the target its nil after 0.75 s.
+        let slowTarget = try TestClient(port: target), slowSource = try TestClient(port: source)
+        try slowTarget.send(TestClient.encode(["DEBUG", "SLEEP", "0.75"]))
+        try slowSource.send(TestClient.encode(["DEBUG", "SLEEP", "0.45"]))
+        let start = Date()
+        XCTAssertEqual(try client.call("GET", key), "-ERR Connection timed out\r\n")
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertLessThan(elapsed, 0.7, "the timeout counts from the first send")
+        XCTAssertGreaterThan(elapsed, 0.45)
+        XCTAssertEqual(String(decoding: try slowTarget.receiveReplies(1), as: UTF8.self), "+OK\r\n")
+        XCTAssertEqual(String(decoding: try slowSource.receiveReplies(1), as: UTF8.self), "+OK\r\n")
+        // Once the nodes answer again the key is reached on the target (the MOVED was followed).
+        XCTAssertEqual(try eventually("$-1\r\n", within: 5) { try client.call("GET", key) }, "$-1\r\n")
+        XCTAssertGreaterThanOrEqual(try info(port, "cluster_redirects_moved"), 1)
     }
 
     /// A master killed with SIGKILL: its replica is promoted (cluster-node-timeout 1000 ms) and

@@ -63,7 +63,7 @@ class BackendPool {
     /// (`redirect` nil, `-TRYAGAIN`): the request is re-sent or parked (overridden by the pool,
     /// Routing/ClusterRedirects.swift).
     func redirected(_ redirect: ClusterRedirect?, request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot,
-                    part: Int32, redirects: UInt8, clientIndex: Int) {
+                    part: Int32, redirects: UInt8, clientIndex: Int, deadline: Double) {
         preconditionFailure("overridden by PoolRuntime")
     }
 }

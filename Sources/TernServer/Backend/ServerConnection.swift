@@ -86,6 +86,8 @@ final class ServerConnection {
     /// Whether `timer` is running, kept here so the request path checks a Bool rather than
     /// taking a reference to the watcher.
     private var isTimerArmed = false
+    /// When the armed timer fires (a redirected request may need it sooner).
+    private var timerDeadline = 0.0
     var isDirty = false
     /// A connect that failed synchronously; reported at the next flush.
     private var pendingError: Int32 = 0
@@ -157,13 +159,18 @@ final class ServerConnection {
 
     /// Adds a request whose bytes the caller has just written into `requestBuffer()`.
     /// `blockFor`: seconds a blocking command may take beyond the pool's timeout (nil: it
-    /// may block forever, so no proxy timeout applies).
+    /// may block forever, so no proxy timeout applies). `deadline`: a redirected request's,
+    /// kept from its first send (its timeout spans every hop).
     @inline(__always)
     func enqueue(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, purpose: Purpose = .client,
-                 blockFor: Double? = 0, redirects: UInt8 = 0, isAsking: Bool = false) {
+                 blockFor: Double? = 0, redirects: UInt8 = 0, isAsking: Bool = false, deadline given: Double? = nil) {
         let now = ev_now(loop)
         var deadline = Double.infinity
-        if let timeout, let blockFor {
+        if let given {
+            deadline = given
+            // Earlier than the armed timer (set for a request queued before): brought forward.
+            if !isTimerArmed || given < timerDeadline { armTimer(after: max(0, given - now)) }
+        } else if let timeout, let blockFor {
             deadline = now + timeout + blockFor
             if !isTimerArmed { armTimer(after: timeout + blockFor) }
         }
@@ -235,14 +242,14 @@ final class ServerConnection {
     /// Cluster pools: a request redirected here (`PoolRuntime.followRedirect`), for part `part`
     /// of `slot`. For `-ASK`, `ASKING` goes first, in the same piece of output; its `+OK` has no
     /// slot and is dropped (an error there makes the request itself fail with the node's error).
-    func resend(_ request: [UInt8], asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8) {
+    func resend(_ request: [UInt8], asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, deadline: Double) {
         beginRequest()
         if asking {
             RespEncoder.command("ASKING", into: output)
             enqueue(slot: nil, part: 0, framing: .line)
         }
         request.withUnsafeBytes { output.append($0) }
-        enqueue(slot: slot, part: part, framing: .line, redirects: redirects, isAsking: asking)
+        enqueue(slot: slot, part: part, framing: .line, redirects: redirects, isAsking: asking, deadline: deadline)
     }
 
     /// Cluster pools: the head reply is an error; if it is `-MOVED`/`-ASK` and the request may
@@ -270,7 +277,7 @@ final class ServerConnection {
         let request = Array(bytes)
         let error = Array(reply)
         pool.redirected(redirect, request: request, error: error, server: server.name, asking: head.isAsking, slot: slot, part: head.part,
-                        redirects: head.redirects + 1, clientIndex: client.index)
+                        redirects: head.redirects + 1, clientIndex: client.index, deadline: head.deadline)
         return true
     }
 
@@ -782,6 +789,7 @@ final class ServerConnection {
         self.timer = timer
         timer.start(after: seconds)
         isTimerArmed = true
+        timerDeadline = ev_now(loop) + seconds
     }
 
     private func stopTimer() {

@@ -19,6 +19,7 @@ struct ParkedRedirect {
     let part: Int32
     let redirects: UInt8
     let clientIndex: Int
+    /// The request's, from its first send: its timeout spans every hop and wait.
     let deadline: Double
     var retryAt: Double?
 }
@@ -32,28 +33,33 @@ extension PoolRuntime {
 
     /// A request answered `-MOVED`/`-ASK`: re-sent to the node named (with `ASKING` first for
     /// ASK). A node this worker's map does not know parks it until a new map arrives (asked for
-    /// here) or its deadline passes, when the redirect error goes to the client.
-    func followRedirect(_ redirect: ClusterRedirect, request: [UInt8], error: [UInt8], slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+    /// here) or its deadline passes, when the redirect error goes to the client. `deadline` is
+    /// the request's from its first send (infinite without a timeout).
+    func followRedirect(_ redirect: ClusterRedirect, request: [UInt8], error: [UInt8], slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int,
+                        deadline: Double) {
         let cluster = plan.shared.cluster
         if redirect.isAsk { cluster.askRedirects.add(1, ordering: .relaxed) } else { cluster.movedRedirects.add(1, ordering: .relaxed) }
         if let server = serverIndex(named: redirect.target) {
             if !redirect.isAsk { learnSlot(redirect.slot, server: server) }
-            resend(request, toServer: server, asking: redirect.isAsk, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
+            resend(request, toServer: server, asking: redirect.isAsk, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex,
+                   deadline: deadline)
             return
         }
         cluster.requestRefresh()
+        // Without a timeout, a request waits for a map with its node at most 2 s.
         park(ParkedRedirect(redirect: redirect, request: request, error: error, slot: slot, part: part, redirects: redirects,
-                            clientIndex: clientIndex, deadline: worker.now + (timeoutSeconds ?? 2)))
+                            clientIndex: clientIndex, deadline: deadline.isFinite ? deadline : worker.now + 2))
     }
 
     /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
     /// two nodes): sent to the same node the same way (`asking`) after 25 ms, doubling with each
     /// try, as cluster clients do.
-    func retryLater(_ request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+    func retryLater(_ request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int,
+                    deadline: Double) {
         plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
         let delay = 0.025 * Double(1 << Int(min(redirects, 6)))
         park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request, error: error, slot: slot,
-                            part: part, redirects: redirects, clientIndex: clientIndex, deadline: worker.now + delay + (timeoutSeconds ?? 2),
+                            part: part, redirects: redirects, clientIndex: clientIndex, deadline: deadline.isFinite ? deadline : worker.now + delay + 2,
                             retryAt: worker.now + delay))
     }
 
@@ -62,9 +68,10 @@ extension PoolRuntime {
         armParkTimer()
     }
 
-    private func resend(_ request: [UInt8], toServer server: Int, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int) {
+    private func resend(_ request: [UInt8], toServer server: Int, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int,
+                        deadline: Double) {
         withConnection(toServer: server, client: clientIndex) { connection in
-            connection.resend(request, asking: asking, slot: slot, part: part, redirects: redirects)
+            connection.resend(request, asking: asking, slot: slot, part: part, redirects: redirects, deadline: deadline)
         }
     }
 
@@ -84,7 +91,7 @@ extension PoolRuntime {
             if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
             if let target {
                 resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil,
-                       slot: entry.slot, part: entry.part, redirects: entry.redirects, clientIndex: entry.clientIndex)
+                       slot: entry.slot, part: entry.part, redirects: entry.redirects, clientIndex: entry.clientIndex, deadline: entry.deadline)
             } else {
                 parked.append(entry)
             }
@@ -99,9 +106,9 @@ extension PoolRuntime {
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
-            if !all, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
+            if !all, entry.deadline > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
                 resend(entry.request, toServer: server, asking: entry.redirect.isAsk, slot: entry.slot, part: entry.part,
-                       redirects: entry.redirects, clientIndex: entry.clientIndex)
+                       redirects: entry.redirects, clientIndex: entry.clientIndex, deadline: entry.deadline)
             } else if all || entry.deadline <= now || entry.retryAt.map({ $0 <= now }) == true {
                 plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
                 entry.error.withUnsafeBytes { _ = entry.slot.deliver(part: entry.part, reply: $0, isError: true) }

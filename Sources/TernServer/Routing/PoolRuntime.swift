@@ -80,11 +80,13 @@ final class PoolRuntime: BackendPool {
     deinit { serverTable?.deallocate() }
 
     override func redirected(_ redirect: ClusterRedirect?, request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot,
-                             part: Int32, redirects: UInt8, clientIndex: Int) {
+                             part: Int32, redirects: UInt8, clientIndex: Int, deadline: Double) {
         if let redirect {
-            followRedirect(redirect, request: request, error: error, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
+            followRedirect(redirect, request: request, error: error, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex,
+                           deadline: deadline)
         } else {
-            retryLater(request, error: error, server: server, asking: asking, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex)
+            retryLater(request, error: error, server: server, asking: asking, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex,
+                       deadline: deadline)
         }
     }
 
