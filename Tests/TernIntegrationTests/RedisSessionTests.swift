@@ -200,6 +200,31 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// A blocking command that waits for a dedicated connection keeps its timeout from the
+    /// moment it came: with the one dedicated connection held by `BLPOP … 0`, a `BLPOP … 0.5`
+    /// gets `-ERR Connection timed out` at the pool's timeout plus its 0.5 s (1.5 s), not
+    /// never; plain commands on the same server go on meanwhile, and the holder still gets its
+    /// item.
+    func testBlockingCommandWaitingForADedicatedConnectionTimesOut() throws {
+        let setup = try start(extra: "  dedicated_connections: 1\n", threads: 1)
+        let keys = setup.keys("bq", on: 0, count: 2)
+        let holder = try TestClient(port: setup.port)
+        try holder.send(TestClient.encode(["BLPOP", keys[0], "0"]))
+        usleep(200_000)
+        let waiter = try TestClient(port: setup.port)
+        let start = Date()
+        try waiter.send(TestClient.encode(["BLPOP", keys[1], "0.5"]))
+        let innocent = try TestClient(port: setup.port)
+        XCTAssertEqual(try innocent.call("SET", keys[1] + ":plain", "v"), "+OK\r\n")
+        XCTAssertEqual(try innocent.call("GET", keys[1] + ":plain"), "$1\r\nv\r\n")
+        XCTAssertEqual(String(decoding: try waiter.receiveReplies(1), as: UTF8.self), "-ERR Connection timed out\r\n")
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertTrue((1.4...2.5).contains(elapsed), "\(elapsed)")
+        XCTAssertEqual(try innocent.call("RPUSH", keys[0], "item"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try holder.receiveReplies(1), as: UTF8.self), "*2\r\n$\(keys[0].utf8.count)\r\n\(keys[0])\r\n$4\r\nitem\r\n")
+        XCTAssertEqual(try waiter.call("PING"), "+PONG\r\n", "the waiter's connection is still usable")
+    }
+
     /// redis-py `pubsub()` on a two-server pool: channels on both servers and a pattern, each
     /// message exactly once, confirmations with the client's own counts, PUBSUB merged over the
     /// servers, Redis's errors in subscribed mode.
@@ -272,13 +297,14 @@ final class RedisSessionTests: XCTestCase {
     }
 
     /// A reload that removes a server ends the sessions on it: a subscriber is closed, a client
-    /// blocked there gets an error; a session on the server that stays is untouched.
+    /// blocked there gets an error, and so does one waiting for its dedicated connection (one
+    /// per server here); a session on the server that stays is untouched.
     func testReloadRemovingAServerEndsItsSessions() throws {
         let kept = try group.redis(), removed = try group.redis()
         let port = ProcessGroup.freePort()
         let path = group.directory + "/sessions.yml"
         func config(_ servers: [RedisServer]) -> String {
-            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: modula\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
+            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: modula\n  timeout: 1000\n  dedicated_connections: 1\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
         }
         try config([kept, removed]).write(toFile: path, atomically: true, encoding: .utf8)
         let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "-v", "6", "--threads", "1", "--no-stats"], log: "tern-sessions.log")
@@ -295,12 +321,16 @@ final class RedisSessionTests: XCTestCase {
         _ = try keptSubscriber.receiveReplies(1)
         let blocked = try TestClient(port: port)
         try blocked.send(TestClient.encode(["BLPOP", onRemoved, "0"]))
-        usleep(300_000)
+        usleep(100_000)
+        let waiting = try TestClient(port: port)
+        try waiting.send(TestClient.encode(["BLPOP", onRemoved, "0"]))
+        usleep(200_000)
         try config([kept]).write(toFile: path, atomically: true, encoding: .utf8)
         kill(tern.processIdentifier, SIGHUP)
         XCTAssertTrue(subscriber.drain(for: 2).closed, "the subscriber of a removed server is closed")
         let reply = String(decoding: try blocked.receiveReplies(1), as: UTF8.self)
         XCTAssertTrue(reply.hasPrefix("-ERR "), reply)
+        XCTAssertEqual(String(decoding: try waiting.receiveReplies(1), as: UTF8.self), "-ERR server removed from the pool\r\n")
         XCTAssertEqual(try TestClient(port: port).call("PUBLISH", onKept, "still"), ":1\r\n")
         XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
     }

@@ -251,7 +251,9 @@ extension ClientConnection {
         } else {
             request = Array(frame)
         }
-        let waiter = DedicatedWaiter(slot: slot, request: request, blockFor: blockingTimeout(command, frame, arguments))
+        let blockFor = blockingTimeout(command, frame, arguments)
+        let deadline = pool.timeoutSeconds.flatMap { timeout in blockFor.map { worker.now + timeout + $0 } } ?? .infinity
+        let waiter = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor, deadline: deadline)
         runBlocking(waiter, on: pool.servers[target])
     }
 
@@ -265,7 +267,8 @@ extension ClientConnection {
         session.blocked.removeAll { !$0.isCurrent }
         session.blocked.append(DedicatedLease(connection: connection, lease: connection.lease, server: server.index, generation: connection.generation))
         waiter.request.withUnsafeBytes { connection.requestBuffer().append($0) }
-        connection.enqueue(slot: waiter.slot, part: ReplyPart.whole, framing: .line, blockFor: waiter.blockFor)
+        connection.enqueue(slot: waiter.slot, part: ReplyPart.whole, framing: .line, blockFor: waiter.blockFor,
+                           deadline: waiter.deadline.isFinite ? waiter.deadline : nil)
         connection.returnWhenIdle = true
     }
 

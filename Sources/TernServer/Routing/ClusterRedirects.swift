@@ -103,6 +103,7 @@ extension PoolRuntime {
     /// fail with their last error.
     func expireParked(all: Bool = false) {
         let now = worker.now + 0.0005
+        for server in servers { server.expireWaiting(now: now) }
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
@@ -119,8 +120,11 @@ extension PoolRuntime {
         armParkTimer()
     }
 
-    private func armParkTimer() {
-        guard let first = parked.map({ $0.retryAt ?? $0.deadline }).min() else {
+    /// The pool's timer for requests that wait in Tern: parked redirects, and blocking
+    /// requests waiting for a dedicated connection (`ServerRuntime.waitForDedicated`).
+    func armParkTimer() {
+        let firstWaiting = servers.reduce(Double.infinity) { min($0, $1.nextWaitingDeadline) }
+        guard let first = (parked.map({ $0.retryAt ?? $0.deadline }) + (firstWaiting.isFinite ? [firstWaiting] : [])).min() else {
             parkTimer?.stop()
             return
         }

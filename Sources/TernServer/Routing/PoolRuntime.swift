@@ -613,7 +613,30 @@ final class ServerRuntime: BackendServer {
         }
     }
 
-    func waitForDedicated(_ waiter: DedicatedWaiter) { waiting.append(waiter) }
+    func waitForDedicated(_ waiter: DedicatedWaiter) {
+        waiting.append(waiter)
+        if waiter.deadline.isFinite { poolRuntime.armParkTimer() }
+    }
+
+    /// The earliest deadline of a waiting blocking request (infinite when none has one).
+    var nextWaitingDeadline: Double {
+        waiting.reduce(Double.infinity) { min($0, $1.deadline) }
+    }
+
+    /// Waiting blocking requests whose deadline has passed (all of them when `all`: the server
+    /// leaves) fail; a client that left has nothing to answer.
+    func expireWaiting(now: Double, all: Bool = false, reason: String = "Connection timed out") {
+        guard !waiting.isEmpty else { return }
+        let before = waiting
+        waiting.removeAll()
+        for waiter in before {
+            if all || waiter.deadline <= now {
+                if waiter.slot.client != nil { waiter.slot.fail(part: ReplyPart.whole, reason: reason) }
+            } else {
+                waiting.append(waiter)
+            }
+        }
+    }
 
     // MARK: Push connections (pub/sub)
 
@@ -638,6 +661,7 @@ final class ServerRuntime: BackendServer {
     /// Blocked commands and WATCHes on it fail (their clients get an error), subscribed
     /// clients are closed (they re-subscribe on reconnect).
     func endSessions() {
+        expireWaiting(now: worker.now, all: true, reason: "server removed from the pool")
         for connection in leased {
             connection.abandon()
             returnDedicated(connection, reusable: false)
@@ -708,6 +732,9 @@ struct DedicatedWaiter {
     let request: [UInt8]
     /// Seconds added to the pool's timeout (nil: no proxy timeout, the command blocks forever).
     let blockFor: Double?
+    /// When it came plus the pool's timeout and `blockFor` (infinite without them): the time
+    /// spent waiting for a connection counts.
+    let deadline: Double
 }
 
 /// `objects` as a table of unretained references (see `PoolRuntime.serverTable`). The caller keeps
