@@ -159,7 +159,10 @@ final class RedisClusterTests: XCTestCase {
                             if set != "+OK\r\n" || get != "$\(value.utf8.count)\r\n\(value)\r\n" { shared.errors.withLock { $0.append("\(key): \(set) \(get)") } }
                         }
                     } catch {
-                        shared.errors.withLock { $0.append("\(error)") }
+                        // When, to match Tern's log (-v 7 logs each client's worker and close).
+                        var now = timespec()
+                        clock_gettime(CLOCK_REALTIME, &now)
+                        shared.errors.withLock { $0.append("\(error) (round \(round), at unix time \(now.tv_sec).\(String(format: "%03ld", now.tv_nsec / 1_000_000)))") }
                     }
                     shared.requests.add(2, ordering: .relaxed)
                     usleep(pause)

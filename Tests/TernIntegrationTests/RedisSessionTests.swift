@@ -335,6 +335,37 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
     }
 
+    /// A reload that removes a whole pool while a blocking command waits for its dedicated
+    /// connection: the waiter gets an error at once, the pool's wait timer goes with the pool
+    /// (under ASan a timer left in the loop after its pool was freed is a use after free), and
+    /// the pool that stays serves on past the waiter's deadline.
+    func testReloadRemovingAPoolWithAWaitingBlockedClient() throws {
+        let backend = try group.redis()
+        let keptPort = ProcessGroup.freePort(), removedPort = ProcessGroup.freePort()
+        let path = group.directory + "/pools.yml"
+        func pool(_ name: String, _ port: Int) -> String {
+            "\(name):\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 300\n  dedicated_connections: 1\n  servers:\n   - \(backend.address):1\n"
+        }
+        try (pool("kept", keptPort) + pool("gone", removedPort)).write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "-v", "6", "--threads", "1", "--no-stats"], log: "tern-pools.log")
+        try group.waitForPort(removedPort)
+        let holder = try TestClient(port: removedPort)
+        try holder.send(TestClient.encode(["BLPOP", "pool:q1", "0"]))
+        usleep(100_000)
+        let waiter = try TestClient(port: removedPort)
+        try waiter.send(TestClient.encode(["BLPOP", "pool:q2", "0.5"]))
+        usleep(100_000)
+        try pool("kept", keptPort).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertEqual(String(decoding: try waiter.receiveReplies(1), as: UTF8.self), "-ERR pool no longer served (reload or shutdown)\r\n")
+        // Past the waiter's deadline (0.3 s + 0.5 s): the pool that stays still answers.
+        usleep(1_200_000)
+        let c = try TestClient(port: keptPort)
+        XCTAssertEqual(try c.call("SET", "pool:k", "v"), "+OK\r\n")
+        XCTAssertEqual(try c.call("GET", "pool:k"), "$1\r\nv\r\n")
+        XCTAssertTrue(tern.isRunning)
+    }
+
     /// Cluster-aware clients: redis-py's RedisCluster pointed at Tern sees a one-node cluster
     /// owning every slot at Tern's address and works unchanged, while the pool still spreads the
     /// keys over its two servers.

@@ -166,11 +166,11 @@ final class ServerConnection {
                  blockFor: Double? = 0, redirects: UInt8 = 0, isAsking: Bool = false, deadline given: Double? = nil) {
         let now = ev_now(loop)
         var deadline = Double.infinity
-        if let given {
+        if let given, given.isFinite {
             deadline = given
             // Earlier than the armed timer (set for a request queued before): brought forward.
             if !isTimerArmed || given < timerDeadline { armTimer(after: max(0, given - now)) }
-        } else if let timeout, let blockFor {
+        } else if given == nil, let timeout, let blockFor {
             deadline = now + timeout + blockFor
             if !isTimerArmed { armTimer(after: timeout + blockFor) }
         }

@@ -192,6 +192,8 @@ final class ClientConnection: ReplyOwner {
     func start() {
         lastActivity = worker.now
         lastWriteProgress = worker.now
+        // Per connection, not per request (the message is made only at -v 7 and above).
+        worker.logger.debug("pool \(pool.config.name): client \(index) (fd \(descriptor)) served by worker \(worker.identifier)")
         if tls == nil, let context = pool.plan.clientTLS {
             guard let stream = TLSStream(context: context, descriptor: descriptor, serverName: nil) else {
                 pool.stats.clientErrors.add()
@@ -475,6 +477,7 @@ final class ClientConnection: ReplyOwner {
     override func close() {
         guard !isClosed else { return }
         isClosed = true
+        worker.logger.debug("pool \(pool.config.name): client \(index) (fd \(descriptor)) closed, \(slots.count) replies pending")
         if let watcher {
             watcher.watch(0)
             worker.retire(watcher)

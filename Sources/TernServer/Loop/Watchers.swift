@@ -61,7 +61,11 @@ final class TimerWatcher {
         self.owner = Unmanaged.passUnretained(owner).toOpaque()
     }
 
-    deinit { pointer.deallocate() }
+    /// Stopped first: libev must never keep a freed timer in its heap.
+    deinit {
+        stop()
+        pointer.deallocate()
+    }
 
     func start(after seconds: Double) {
         stop()

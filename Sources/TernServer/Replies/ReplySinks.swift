@@ -293,26 +293,39 @@ struct EitherDeleted {
 
 /// A warm-up `GETDEL` sent to both pools: the new pool's reply, or the old pool's value when the
 /// new pool had none — from the client's view the key existed, since a `GET` would have
-/// returned it — and nil only when neither had it. Both replies are kept in the slot's bytes
-/// in the order they came; the one chosen leaves. The old pool failing, or answering anything
-/// but a value (another type, an error), never fails the request; a failure is counted.
+/// returned it — and nil only when neither had it. At most one value is kept in the slot's
+/// bytes (next to the new pool's 5-byte nil at most): an old value is dropped, or never kept,
+/// once the new pool has answered with one. The old pool failing, or answering anything but a
+/// value (another type, an error), never fails the request; a failure is counted. Offsets are
+/// 32-bit (a reply is far below 4 GiB), so the sink is no larger than the others.
 struct EitherValue {
-    var newStart = -1
-    var newLength = 0
-    var oldStart = -1
-    var oldLength = 0
+    var newStart: Int32 = -1
+    var newLength: Int32 = 0
+    var oldStart: Int32 = -1
+    var oldLength: Int32 = 0
+
+    private func newIsValue(_ slot: ReplySlot) -> Bool {
+        guard newStart >= 0 else { return false }
+        let bytes = slot.data.readable
+        return RespReply.classify(UnsafeRawBufferPointer(rebasing: bytes[Int(newStart)..<Int(newStart + newLength)])) != .null
+    }
 
     mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, isError: Bool, into slot: ReplySlot) {
         if slot.hasError { return }
         if ReplyPart.isOld(part) {
-            guard !isError, case .bulk = RespReply.classify(reply) else { return }
-            oldStart = slot.data.readableCount
-            oldLength = reply.count
+            guard !isError, case .bulk = RespReply.classify(reply), !newIsValue(slot) else { return }
+            oldStart = Int32(slot.data.readableCount)
+            oldLength = Int32(reply.count)
         } else if isError {
             return slot.recordError(reply)
         } else {
-            newStart = slot.data.readableCount
-            newLength = reply.count
+            if oldStart >= 0, RespReply.classify(reply) != .null {
+                // The new pool's value wins: the old one is not kept.
+                slot.data.removeAll()
+                oldStart = -1
+            }
+            newStart = Int32(slot.data.readableCount)
+            newLength = Int32(reply.count)
         }
         slot.data.append(reply)
     }
@@ -332,11 +345,7 @@ struct EitherValue {
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
         let bytes = slot.data.readable
         if slot.hasError || newStart < 0 { return output.append(bytes) }
-        let new = UnsafeRawBufferPointer(rebasing: bytes[newStart..<(newStart + newLength)])
-        if oldStart >= 0, RespReply.classify(new) == .null {
-            output.append(UnsafeRawBufferPointer(rebasing: bytes[oldStart..<(oldStart + oldLength)]))
-        } else {
-            output.append(new)
-        }
+        let (start, length) = oldStart >= 0 && !newIsValue(slot) ? (oldStart, oldLength) : (newStart, newLength)
+        output.append(UnsafeRawBufferPointer(rebasing: bytes[Int(start)..<Int(start + length)]))
     }
 }

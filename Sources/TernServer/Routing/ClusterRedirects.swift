@@ -19,8 +19,11 @@ struct ParkedRedirect {
     let part: Int32
     let redirects: UInt8
     let clientIndex: Int
-    /// The request's, from its first send: its timeout spans every hop and wait.
+    /// The request's, from its first send (infinite without a timeout): its timeout spans
+    /// every hop and wait.
     let deadline: Double
+    /// When the wait ends with the redirect error: `deadline`, or 2 s without a timeout.
+    let waitUntil: Double
     var retryAt: Double?
 }
 
@@ -38,6 +41,10 @@ extension PoolRuntime {
     func followRedirect(_ redirect: ClusterRedirect, request: [UInt8], error: [UInt8], slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int,
                         deadline: Double) {
         let cluster = plan.shared.cluster
+        if deadline <= worker.now {
+            // Out of time already: the redirect error is the answer (nothing more is sent).
+            return giveUp(slot: slot, part: part, error: error)
+        }
         if redirect.isAsk { cluster.askRedirects.add(1, ordering: .relaxed) } else { cluster.movedRedirects.add(1, ordering: .relaxed) }
         if let server = serverIndex(named: redirect.target) {
             if !redirect.isAsk { learnSlot(redirect.slot, server: server) }
@@ -48,7 +55,7 @@ extension PoolRuntime {
         cluster.requestRefresh()
         // Without a timeout, a request waits for a map with its node at most 2 s.
         park(ParkedRedirect(redirect: redirect, request: request, error: error, slot: slot, part: part, redirects: redirects,
-                            clientIndex: clientIndex, deadline: deadline.isFinite ? deadline : worker.now + 2))
+                            clientIndex: clientIndex, deadline: deadline, waitUntil: deadline.isFinite ? deadline : worker.now + 2))
     }
 
     /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
@@ -59,8 +66,14 @@ extension PoolRuntime {
         plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
         let delay = 0.025 * Double(1 << Int(min(redirects, 6)))
         park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request, error: error, slot: slot,
-                            part: part, redirects: redirects, clientIndex: clientIndex, deadline: deadline.isFinite ? deadline : worker.now + delay + 2,
-                            retryAt: worker.now + delay))
+                            part: part, redirects: redirects, clientIndex: clientIndex, deadline: deadline,
+                            waitUntil: deadline.isFinite ? deadline : worker.now + delay + 2, retryAt: worker.now + delay))
+    }
+
+    /// A redirected request that cannot go on in time: its last redirect error is the answer.
+    private func giveUp(slot: ReplySlot, part: Int32, error: [UInt8]) {
+        plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+        error.withUnsafeBytes { _ = slot.deliver(part: part, reply: $0, isError: true) }
     }
 
     private func park(_ entry: ParkedRedirect) {
@@ -86,6 +99,10 @@ extension PoolRuntime {
                 parked.append(entry)
                 continue
             }
+            if entry.waitUntil <= worker.now {
+                giveUp(slot: entry.slot, part: entry.part, error: entry.error)
+                continue
+            }
             let named = serverIndex(named: entry.redirect.target)
             var target = named
             if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
@@ -107,12 +124,11 @@ extension PoolRuntime {
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
-            if !all, entry.deadline > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
+            if !all, entry.waitUntil > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
                 resend(entry.request, toServer: server, asking: entry.redirect.isAsk, slot: entry.slot, part: entry.part,
                        redirects: entry.redirects, clientIndex: entry.clientIndex, deadline: entry.deadline)
-            } else if all || entry.deadline <= now || entry.retryAt.map({ $0 <= now }) == true {
-                plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
-                entry.error.withUnsafeBytes { _ = entry.slot.deliver(part: entry.part, reply: $0, isError: true) }
+            } else if all || entry.waitUntil <= now || entry.retryAt.map({ $0 <= now }) == true {
+                giveUp(slot: entry.slot, part: entry.part, error: entry.error)
             } else {
                 parked.append(entry)
             }
@@ -124,7 +140,7 @@ extension PoolRuntime {
     /// requests waiting for a dedicated connection (`ServerRuntime.waitForDedicated`).
     func armParkTimer() {
         let firstWaiting = servers.reduce(Double.infinity) { min($0, $1.nextWaitingDeadline) }
-        guard let first = (parked.map({ $0.retryAt ?? $0.deadline }) + (firstWaiting.isFinite ? [firstWaiting] : [])).min() else {
+        guard let first = (parked.map({ min($0.retryAt ?? $0.waitUntil, $0.waitUntil) }) + (firstWaiting.isFinite ? [firstWaiting] : [])).min() else {
             parkTimer?.stop()
             return
         }

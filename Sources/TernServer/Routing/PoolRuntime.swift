@@ -278,6 +278,8 @@ final class PoolRuntime: BackendPool {
         old?.detachObservers()
         stopListening()
         expireParked(all: true)
+        for server in servers { server.expireWaiting(now: worker.now, all: true, reason: "pool no longer served (reload or shutdown)") }
+        parkTimer?.stop()
         for server in servers + replicas.joined() { worker.retireWhenIdle(server) }
         replicas = []
         old?.retire()
@@ -608,6 +610,12 @@ final class ServerRuntime: BackendServer {
             let waiter = waiting.removeFirst()
             // A client that left while waiting has nothing to run.
             guard let client = waiter.slot.client else { continue }
+            if waiter.deadline <= worker.now {
+                // Out of time (its timer is about to say so): not sent, so nothing is popped
+                // for a client that gets a timeout.
+                waiter.slot.fail(part: ReplyPart.whole, reason: "Connection timed out")
+                continue
+            }
             worker.runWaiting(waiter, client: client, on: self)
             break
         }

@@ -165,6 +165,7 @@ final class Worker: FrontendLoop {
     /// it adopts clients all the same.
     private func adoptClient(descriptor: Int32, of shared: PoolShared, moved: MovedClient? = nil) {
         guard let pool = pools.first(where: { $0.plan.shared === shared }), !pool.isRetired, drainFinished == nil else {
+            logger.debug("client fd \(descriptor) handed to worker \(identifier) closed: its pool is not served here (reload or drain)")
             shared.workerCounters[identifier].clients.subtract(1, ordering: .relaxed)
             shared.clientCount.subtract(1, ordering: .relaxed)
             // A moved TLS stream ends before its socket closes (close_notify goes to this
@@ -229,6 +230,7 @@ final class Worker: FrontendLoop {
         if target == identifier {
             ClientConnection(descriptor: descriptor, pool: pool, worker: self).start()
         } else {
+            logger.debug("pool \(pool.config.name): client fd \(descriptor) accepted by worker \(identifier), handed to worker \(target)")
             handOver(descriptor: descriptor, of: pool.plan.shared, to: target)
         }
     }
