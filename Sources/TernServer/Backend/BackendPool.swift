@@ -60,12 +60,27 @@ class BackendPool {
     }
 
     /// A cluster pool's reply redirected a request (`redirect`), or asked it to try again
-    /// (`redirect` nil, `-TRYAGAIN`): the request is re-sent or parked (overridden by the pool,
-    /// Routing/ClusterRedirects.swift).
-    func redirected(_ redirect: ClusterRedirect?, request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot,
-                    part: Int32, redirects: UInt8, clientIndex: Int, deadline: Double) {
+    /// (`redirect` nil, `-TRYAGAIN`, from node `server`, the request `asking` there): the
+    /// request is re-sent or parked (overridden by the pool, Routing/ClusterRedirects.swift).
+    func redirected(_ redirect: ClusterRedirect?, _ request: RedirectedRequest, server: String, asking: Bool) {
         preconditionFailure("overridden by PoolRuntime")
     }
+}
+
+/// A request a cluster node redirected (`-MOVED`, `-ASK`) or asked to try again (`-TRYAGAIN`).
+struct RedirectedRequest {
+    /// Its bytes, as its client's connection sent them.
+    let bytes: [UInt8]
+    /// The node's error: what the client gets if the request cannot go on in time.
+    let error: [UInt8]
+    /// The reply it answers.
+    let slot: ReplySlot
+    let part: Int32
+    /// Redirects followed so far, this one included (`ClusterState.maxRedirects` at most).
+    let redirects: UInt8
+    let clientIndex: Int
+    /// From its first send (infinite without a timeout): the timeout spans every hop and wait.
+    let deadline: Double
 }
 
 /// What backend connections reach of their server on this worker: its name, address, counters

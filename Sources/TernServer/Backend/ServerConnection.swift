@@ -242,14 +242,14 @@ final class ServerConnection {
     /// Cluster pools: a request redirected here (`PoolRuntime.followRedirect`), for part `part`
     /// of `slot`. For `-ASK`, `ASKING` goes first, in the same piece of output; its `+OK` has no
     /// slot and is dropped (an error there makes the request itself fail with the node's error).
-    func resend(_ request: [UInt8], asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, deadline: Double) {
+    func resend(_ request: RedirectedRequest, asking: Bool) {
         beginRequest()
         if asking {
             RespEncoder.command("ASKING", into: output)
             enqueue(slot: nil, part: 0, framing: .line)
         }
-        request.withUnsafeBytes { output.append($0) }
-        enqueue(slot: slot, part: part, framing: .line, redirects: redirects, isAsking: asking, deadline: deadline)
+        request.bytes.withUnsafeBytes { output.append($0) }
+        enqueue(slot: request.slot, part: request.part, framing: .line, redirects: request.redirects, isAsking: asking, deadline: request.deadline)
     }
 
     /// Cluster pools: the head reply is an error; if it is `-MOVED`/`-ASK` and the request may
@@ -274,10 +274,9 @@ final class ServerConnection {
             pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
             return false
         }
-        let request = Array(bytes)
-        let error = Array(reply)
-        pool.redirected(redirect, request: request, error: error, server: server.name, asking: head.isAsking, slot: slot, part: head.part,
-                        redirects: head.redirects + 1, clientIndex: client.index, deadline: head.deadline)
+        pool.redirected(redirect, RedirectedRequest(bytes: Array(bytes), error: Array(reply), slot: slot, part: head.part, redirects: head.redirects + 1,
+                                                    clientIndex: client.index, deadline: head.deadline),
+                        server: server.name, asking: head.isAsking)
         return true
     }
 

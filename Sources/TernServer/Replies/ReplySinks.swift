@@ -235,7 +235,8 @@ struct RespPairSum {
 }
 
 /// A warm-up delete sent to both pools: the new pool's reply, but "deleted" when the old pool
-/// deleted the key. The old pool failing never fails the delete; it is counted.
+/// deleted the key. The old pool failing never fails the delete; it is counted
+/// (`WarmupInvalidation.fail`).
 struct EitherDeleted {
     /// A meta `md` (its statuses are `HD`/`NF`, not `DELETED`/`NOT_FOUND`).
     var isMeta = false
@@ -256,18 +257,6 @@ struct EitherDeleted {
         }
         slot.data.removeAll()
         slot.data.append(reply)
-    }
-
-    func fail(part: Int32, reason: String, _ slot: ReplySlot) {
-        if ReplyPart.isOld(part) {
-            if let counters = slot.warmupCounters { WarmupCounters.add(counters.oldErrors) }
-            return
-        }
-        if !slot.isSilent {
-            slot.data.removeAll()
-            slot.data.append(slot.errorLine(reason))
-        }
-        slot.hasError = true
     }
 
     /// NOT_FOUND / NF from the new pool becomes DELETED / HD when the old pool deleted the key.
@@ -293,59 +282,67 @@ struct EitherDeleted {
 
 /// A warm-up `GETDEL` sent to both pools: the new pool's reply, or the old pool's value when the
 /// new pool had none — from the client's view the key existed, since a `GET` would have
-/// returned it — and nil only when neither had it. At most one value is kept in the slot's
-/// bytes (next to the new pool's 5-byte nil at most): an old value is dropped, or never kept,
+/// returned it — and nil only when neither had it. Each reply kept is a `ReplySlot.keys`
+/// entry (its `server`: 0 the new pool's, 1 the old pool's value), and at most one value is
+/// kept (next to the new pool's 5-byte nil at most): an old value is dropped, or never kept,
 /// once the new pool has answered with one. The old pool failing, or answering anything but a
-/// value (another type, an error), never fails the request; a failure is counted. Offsets are
-/// 32-bit (a reply is far below 4 GiB), so the sink is no larger than the others.
+/// value (another type, an error), never fails the request (`WarmupInvalidation.fail`).
 struct EitherValue {
-    var newStart: Int32 = -1
-    var newLength: Int32 = 0
-    var oldStart: Int32 = -1
-    var oldLength: Int32 = 0
+    private static let new: Int32 = 0
+    private static let old: Int32 = 1
 
-    private func newIsValue(_ slot: ReplySlot) -> Bool {
-        guard newStart >= 0 else { return false }
-        let bytes = slot.data.readable
-        return RespReply.classify(UnsafeRawBufferPointer(rebasing: bytes[Int(newStart)..<Int(newStart + newLength)])) != .null
+    private func entry(_ pool: Int32, _ slot: ReplySlot) -> ReplySlot.KeyEntry? {
+        slot.keys.first { $0.server == pool }
     }
 
-    mutating func take(_ reply: UnsafeRawBufferPointer, part: Int32, isError: Bool, into slot: ReplySlot) {
+    private func newIsValue(_ slot: ReplySlot) -> Bool {
+        guard let new = entry(Self.new, slot) else { return false }
+        let bytes = slot.data.readable
+        return RespReply.classify(UnsafeRawBufferPointer(rebasing: bytes[new.recordStart..<(new.recordStart + new.recordLength)])) != .null
+    }
+
+    func take(_ reply: UnsafeRawBufferPointer, part: Int32, isError: Bool, into slot: ReplySlot) {
         if slot.hasError { return }
+        let pool: Int32
         if ReplyPart.isOld(part) {
             guard !isError, case .bulk = RespReply.classify(reply), !newIsValue(slot) else { return }
-            oldStart = Int32(slot.data.readableCount)
-            oldLength = Int32(reply.count)
+            pool = Self.old
         } else if isError {
             return slot.recordError(reply)
         } else {
-            if oldStart >= 0, RespReply.classify(reply) != .null {
+            if RespReply.classify(reply) != .null, entry(Self.old, slot) != nil {
                 // The new pool's value wins: the old one is not kept.
                 slot.data.removeAll()
-                oldStart = -1
+                slot.keys.removeAll(keepingCapacity: true)
             }
-            newStart = Int32(slot.data.readableCount)
-            newLength = Int32(reply.count)
+            pool = Self.new
         }
-        slot.data.append(reply)
+        slot.store(reply)
+        slot.keys[slot.keys.count - 1].server = pool
     }
 
-    func fail(part: Int32, reason: String, _ slot: ReplySlot) {
+    func emit(_ slot: ReplySlot, into output: ByteBuffer) {
+        guard !slot.hasError, let new = entry(Self.new, slot) else { return output.append(slot.data.readable) }
+        if let old = entry(Self.old, slot), !newIsValue(slot) {
+            slot.appendRecord(old, to: output)
+        } else {
+            slot.appendRecord(new, to: output)
+        }
+    }
+}
+
+/// A warm-up invalidation sent to both pools (`EitherDeleted`, `EitherValue`): a failed
+/// old-pool part is only counted; a failed new-pool part's error is the reply.
+enum WarmupInvalidation {
+    static func fail(part: Int32, reason: String, _ slot: ReplySlot) {
         if ReplyPart.isOld(part) {
             if let counters = slot.warmupCounters { WarmupCounters.add(counters.oldErrors) }
             return
         }
-        if !slot.hasError {
-            slot.hasError = true
+        if !slot.isSilent {
             slot.data.removeAll()
             slot.data.append(slot.errorLine(reason))
         }
-    }
-
-    func emit(_ slot: ReplySlot, into output: ByteBuffer) {
-        let bytes = slot.data.readable
-        if slot.hasError || newStart < 0 { return output.append(bytes) }
-        let (start, length) = oldStart >= 0 && !newIsValue(slot) ? (oldStart, oldLength) : (newStart, newLength)
-        output.append(UnsafeRawBufferPointer(rebasing: bytes[Int(start)..<Int(start + length)]))
+        slot.hasError = true
     }
 }

@@ -265,9 +265,8 @@ final class ReplySlot {
         case .eitherDeleted(var either):
             either.take(reply, part: part, into: self)
             sink = .eitherDeleted(either)
-        case .eitherValue(var either):
+        case .eitherValue(let either):
             either.take(reply, part: part, isError: isError, into: self)
-            sink = .eitherValue(either)
         }
         partDone()
     }
@@ -307,10 +306,8 @@ final class ReplySlot {
         case .records:
             // The keys of a failed server are answered as misses.
             break
-        case .eitherDeleted(let either):
-            either.fail(part: part, reason: reason, self)
-        case .eitherValue(let either):
-            either.fail(part: part, reason: reason, self)
+        case .eitherDeleted, .eitherValue:
+            WarmupInvalidation.fail(part: part, reason: reason, self)
         case .sum(let sum) where sum.failureIsCounted(part, self):
             break
         case .allOK, .array, .sum, .first, .prepared, .union, .pairSum:

@@ -12,17 +12,9 @@ import TernCore
 /// moment to try again after `-TRYAGAIN` (a multi-key request during a slot's migration).
 struct ParkedRedirect {
     let redirect: ClusterRedirect
-    let request: [UInt8]
-    /// The last error: what the client gets if the request cannot go on in time.
-    let error: [UInt8]
-    let slot: ReplySlot
-    let part: Int32
-    let redirects: UInt8
-    let clientIndex: Int
-    /// The request's, from its first send (infinite without a timeout): its timeout spans
-    /// every hop and wait.
-    let deadline: Double
-    /// When the wait ends with the redirect error: `deadline`, or 2 s without a timeout.
+    let request: RedirectedRequest
+    /// When the wait ends with the redirect error: the request's deadline, or 2 s without a
+    /// timeout.
     let waitUntil: Double
     var retryAt: Double?
 }
@@ -36,44 +28,38 @@ extension PoolRuntime {
 
     /// A request answered `-MOVED`/`-ASK`: re-sent to the node named (with `ASKING` first for
     /// ASK). A node this worker's map does not know parks it until a new map arrives (asked for
-    /// here) or its deadline passes, when the redirect error goes to the client. `deadline` is
-    /// the request's from its first send (infinite without a timeout).
-    func followRedirect(_ redirect: ClusterRedirect, request: [UInt8], error: [UInt8], slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int,
-                        deadline: Double) {
+    /// here) or its deadline passes, when the redirect error goes to the client.
+    func followRedirect(_ redirect: ClusterRedirect, _ request: RedirectedRequest) {
         let cluster = plan.shared.cluster
-        if deadline <= worker.now {
+        if request.deadline <= worker.now {
             // Out of time already: the redirect error is the answer (nothing more is sent).
-            return giveUp(slot: slot, part: part, error: error)
+            return giveUp(request)
         }
         if redirect.isAsk { cluster.askRedirects.add(1, ordering: .relaxed) } else { cluster.movedRedirects.add(1, ordering: .relaxed) }
         if let server = serverIndex(named: redirect.target) {
             if !redirect.isAsk { learnSlot(redirect.slot, server: server) }
-            resend(request, toServer: server, asking: redirect.isAsk, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex,
-                   deadline: deadline)
+            resend(request, toServer: server, asking: redirect.isAsk)
             return
         }
         cluster.requestRefresh()
         // Without a timeout, a request waits for a map with its node at most 2 s.
-        park(ParkedRedirect(redirect: redirect, request: request, error: error, slot: slot, part: part, redirects: redirects,
-                            clientIndex: clientIndex, deadline: deadline, waitUntil: deadline.isFinite ? deadline : worker.now + 2))
+        park(ParkedRedirect(redirect: redirect, request: request, waitUntil: request.deadline.isFinite ? request.deadline : worker.now + 2))
     }
 
     /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
     /// two nodes): sent to the same node the same way (`asking`) after 25 ms, doubling with each
     /// try, as cluster clients do.
-    func retryLater(_ request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int,
-                    deadline: Double) {
+    func retryLater(_ request: RedirectedRequest, server: String, asking: Bool) {
         plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
-        let delay = 0.025 * Double(1 << Int(min(redirects, 6)))
-        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request, error: error, slot: slot,
-                            part: part, redirects: redirects, clientIndex: clientIndex, deadline: deadline,
-                            waitUntil: deadline.isFinite ? deadline : worker.now + delay + 2, retryAt: worker.now + delay))
+        let delay = 0.025 * Double(1 << Int(min(request.redirects, 6)))
+        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request,
+                            waitUntil: request.deadline.isFinite ? request.deadline : worker.now + delay + 2, retryAt: worker.now + delay))
     }
 
     /// A redirected request that cannot go on in time: its last redirect error is the answer.
-    private func giveUp(slot: ReplySlot, part: Int32, error: [UInt8]) {
+    private func giveUp(_ request: RedirectedRequest) {
         plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
-        error.withUnsafeBytes { _ = slot.deliver(part: part, reply: $0, isError: true) }
+        request.error.withUnsafeBytes { _ = request.slot.deliver(part: request.part, reply: $0, isError: true) }
     }
 
     private func park(_ entry: ParkedRedirect) {
@@ -81,10 +67,9 @@ extension PoolRuntime {
         armParkTimer()
     }
 
-    private func resend(_ request: [UInt8], toServer server: Int, asking: Bool, slot: ReplySlot, part: Int32, redirects: UInt8, clientIndex: Int,
-                        deadline: Double) {
-        withConnection(toServer: server, client: clientIndex) { connection in
-            connection.resend(request, asking: asking, slot: slot, part: part, redirects: redirects, deadline: deadline)
+    private func resend(_ request: RedirectedRequest, toServer server: Int, asking: Bool) {
+        withConnection(toServer: server, client: request.clientIndex) { connection in
+            connection.resend(request, asking: asking)
         }
     }
 
@@ -100,15 +85,14 @@ extension PoolRuntime {
                 continue
             }
             if entry.waitUntil <= worker.now {
-                giveUp(slot: entry.slot, part: entry.part, error: entry.error)
+                giveUp(entry.request)
                 continue
             }
             let named = serverIndex(named: entry.redirect.target)
             var target = named
             if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
             if let target {
-                resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil,
-                       slot: entry.slot, part: entry.part, redirects: entry.redirects, clientIndex: entry.clientIndex, deadline: entry.deadline)
+                resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil)
             } else {
                 parked.append(entry)
             }
@@ -117,7 +101,8 @@ extension PoolRuntime {
     }
 
     /// Retries that are due go out; requests whose deadline has passed (all of them when `all`)
-    /// fail with their last error.
+    /// fail with their last error. Blocking requests waiting for a connection past their
+    /// deadline fail too.
     func expireParked(all: Bool = false) {
         let now = worker.now + 0.0005
         for server in servers { server.expireWaiting(now: now) }
@@ -125,10 +110,9 @@ extension PoolRuntime {
         parked.removeAll()
         for entry in waiting {
             if !all, entry.waitUntil > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
-                resend(entry.request, toServer: server, asking: entry.redirect.isAsk, slot: entry.slot, part: entry.part,
-                       redirects: entry.redirects, clientIndex: entry.clientIndex, deadline: entry.deadline)
+                resend(entry.request, toServer: server, asking: entry.redirect.isAsk)
             } else if all || entry.waitUntil <= now || entry.retryAt.map({ $0 <= now }) == true {
-                giveUp(slot: entry.slot, part: entry.part, error: entry.error)
+                giveUp(entry.request)
             } else {
                 parked.append(entry)
             }

@@ -79,14 +79,11 @@ final class PoolRuntime: BackendPool {
 
     deinit { serverTable?.deallocate() }
 
-    override func redirected(_ redirect: ClusterRedirect?, request: [UInt8], error: [UInt8], server: String, asking: Bool, slot: ReplySlot,
-                             part: Int32, redirects: UInt8, clientIndex: Int, deadline: Double) {
+    override func redirected(_ redirect: ClusterRedirect?, _ request: RedirectedRequest, server: String, asking: Bool) {
         if let redirect {
-            followRedirect(redirect, request: request, error: error, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex,
-                           deadline: deadline)
+            followRedirect(redirect, request)
         } else {
-            retryLater(request, error: error, server: server, asking: asking, slot: slot, part: part, redirects: redirects, clientIndex: clientIndex,
-                       deadline: deadline)
+            retryLater(request, server: server, asking: asking)
         }
     }
 
