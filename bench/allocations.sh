@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Heap allocations per request in steady state, for single-key get/set on both protocols:
 # runs a release tern under an LD_PRELOAD malloc counter, warms it up, then counts the
-# allocations made while a known number of requests pass; then split requests (Redis MGET and
-# memcached multi-gets over two servers).   bench/allocations.sh
+# allocations made while a known number of requests pass, on the worker thread and in all
+# threads; then split requests (Redis MGET and memcached multi-gets over two servers).
+#   bench/allocations.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gcc -shared -fPIC -O2 -o /tmp/tern_malloc_count.so bench/malloc_count.c -ldl
@@ -23,12 +24,15 @@ MALLOC_COUNT_FILE="$work/count" LD_PRELOAD=/tmp/tern_malloc_count.so .build/rele
 tern=$!
 sleep 1
 count() { kill -PWR "$tern"; sleep 0.3; cat "$work/count"; }
+# The counter reports all threads and the worker threads (tern-worker-N) apart: the other
+# threads' work is once a second or less (the INFO poller, control), not per request.
 measure() { # name, command
     eval "$2" >/dev/null 2>&1   # warm-up: buffers, slot pool, connections
-    local before; before=$(count)
+    local before; before=($(count))
     eval "$2" >/dev/null 2>&1
-    local after; after=$(count)
-    echo "$1: $(( after - before )) allocations for $3 requests ($(python3 -c "print(f'{($after - $before) / $3:.4f}')") per request)"
+    local after; after=($(count))
+    local all=$(( after[0] - before[0] )) workers=$(( after[1] - before[1] ))
+    echo "$1: $workers allocations on the worker thread for $3 requests ($(python3 -c "print(f'{$workers / $3:.4f}')") per request); $all in all threads"
 }
 # 10 client connections per run: what does not grow with the request count is per connection.
 measure "redis GET P1" "redis-benchmark -p $tr -t get -n 50000 -c 10 -r 1000 -d 32" 50000

@@ -21,6 +21,11 @@ static inline void *tern_mremap(void *address, size_t old_size, size_t new_size)
     return mremap(address, old_size, new_size, 1 /* MREMAP_MAYMOVE */);
 }
 
+// Nor is prctl (variadic): names the calling thread (at most 15 bytes are kept), as top -H,
+// ps -L and debuggers show it.
+extern int prctl(int option, ...);
+static inline void tern_set_thread_name(const char *name) { prctl(15 /* PR_SET_NAME */, name, 0, 0, 0); }
+
 static const int TERN_EV_READ = EV_READ;
 static const int TERN_EV_WRITE = EV_WRITE;
 static const int TERN_EVFLAG_AUTO = EVFLAG_AUTO;

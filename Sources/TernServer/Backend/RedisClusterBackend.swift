@@ -90,7 +90,7 @@ final class ClusterDiscovery: Sendable {
     static let period = 10.0
 
     func start() {
-        Threads.start { self.run() }
+        Threads.start("tern-cluster") { self.run() }
     }
 
     private func run() {

@@ -61,7 +61,7 @@ final class SentinelWatcher: Sendable {
     static let period = 1.0
 
     func start() {
-        Threads.start { self.run() }
+        Threads.start("tern-sentinel") { self.run() }
     }
 
     private func run() {

@@ -16,7 +16,7 @@ final class BackendInfoPoller: Sendable {
     init(control: ControlState) { self.control = control }
 
     func start() {
-        Threads.start { self.run() }
+        Threads.start("tern-info") { self.run() }
     }
 
     /// Connections by "pool/server/address"; confined to the poller's thread.

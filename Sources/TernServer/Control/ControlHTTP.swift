@@ -106,7 +106,7 @@ final class ControlServer: Sendable {
     }
 
     func start() {
-        Threads.start { ControlLoop(server: self).run() }
+        Threads.start("tern-control") { ControlLoop(server: self).run() }
     }
 }
 

@@ -410,7 +410,7 @@ public final class TernServer {
         while !workers.isEmpty {
             let worker = workers.removeFirst()
             // The worker is handed to its thread here and never touched by this thread again.
-            let result = Threads.start { worker.run() }
+            let result = Threads.start("tern-worker-\(worker.identifier)") { worker.run() }
             if result != 0 {
                 logger.critical("cannot start worker thread: \(Syscall.errorText(result))")
                 return 1
