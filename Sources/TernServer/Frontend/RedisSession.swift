@@ -224,10 +224,8 @@ extension ClientConnection {
         case .read, .readCopyFirst:
             let read = WarmupRead(mode: .redisGet, pool: pool, clientIndex: index)
             if command.warmup == .readCopyFirst {
-                // Sent again after the copy: kept as RESP (an inline request is encoded).
-                let encoded = ByteBuffer()
-                writeRequest(frame, arguments, into: encoded)
-                read.frame = Array(encoded.readable)
+                // Sent again after the copy.
+                read.frame = requestBytes(frame, arguments)
                 read.resendsAfterCopy = true
             }
             slot.warmup = read
@@ -238,6 +236,15 @@ extension ClientConnection {
         case .none:
             routeKeyed(command, frame, session, slot)
         }
+    }
+
+    /// The request as RESP bytes kept for a later send (a blocking command waiting for its
+    /// connection, a GETEX sent again after a warm-up copy): an inline request is encoded.
+    func requestBytes(_ frame: UnsafeRawBufferPointer, _ arguments: RespArguments) -> [UInt8] {
+        guard arguments.isInline else { return Array(frame) }
+        let buffer = ByteBuffer()
+        writeRequest(frame, arguments, into: buffer)
+        return Array(buffer.readable)
     }
 
     /// Sends the request to server `server` (a position in `pool.servers`; nil when none is live).

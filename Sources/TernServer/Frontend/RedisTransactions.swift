@@ -243,14 +243,7 @@ extension ClientConnection {
         let target = placement.server < 0 || !placement.valid ? firstLiveServer() ?? -1 : placement.server
         guard target >= 0 else { return slot.fail(part: ReplyPart.whole, reason: "no server available") }
         pool.stats.blockingRequests.add()
-        var request: [UInt8] = []
-        if arguments.isInline {
-            let buffer = ByteBuffer()
-            writeRequest(frame, arguments, into: buffer)
-            request = Array(buffer.readable)
-        } else {
-            request = Array(frame)
-        }
+        let request = requestBytes(frame, arguments)
         let blockFor = blockingTimeout(command, frame, arguments)
         let deadline = pool.timeoutSeconds.flatMap { timeout in blockFor.map { worker.now + timeout + $0 } } ?? .infinity
         let waiter = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor, deadline: deadline)

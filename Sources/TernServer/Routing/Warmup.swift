@@ -274,13 +274,11 @@ final class WarmupRead: PhasedRead {
                 }
                 MemcacheEncoder.endLine(into: output)
                 connection.enqueue(slot: slot, part: split.server(server), framing: .retrieval)
-            case .meta:
+            case .meta, .redisGet, .redisMGet:
+                // The client's own request again (Redis: GETEX).
                 frame.withUnsafeBytes { output.append($0) }
                 if isQuiet { MemcacheEncoder.noop(into: output) }
-                connection.enqueue(slot: slot, part: split.server(server), framing: isQuiet ? .metaUntilNoop : .meta)
-            case .redisGet, .redisMGet:
-                frame.withUnsafeBytes { output.append($0) }
-                connection.enqueue(slot: slot, part: split.server(server), framing: .line)
+                connection.enqueue(slot: slot, part: split.server(server), framing: mode != .meta ? .line : isQuiet ? .metaUntilNoop : .meta)
             }
         }
         return split.closePhase()
