@@ -60,6 +60,13 @@ public final class Placement: Sendable {
     /// ketama: sorted point values and their servers.
     let pointValues: [UInt32]
     let pointServers: [Int32]
+    /// ketama: where each bucket of the hash space starts in `pointValues` (the first point at
+    /// or past the bucket's lowest hash), one bucket per point or so, and a last entry
+    /// `pointValues.count`; a hash's bucket is `hash >> bucketShift`. The search for a hash's
+    /// point then looks only between its bucket's start and the next's (usually a point or two)
+    /// instead of over the whole ring: the same point as the whole search, found in a few steps.
+    let bucketStarts: [UInt32]
+    let bucketShift: UInt32
     /// modula / random: the continuum of server numbers.
     let continuum: [Int32]
     /// slots: server number of every slot.
@@ -108,8 +115,27 @@ public final class Placement: Sendable {
         }
         self.pointValues = values
         self.pointServers = servers
+        (self.bucketShift, self.bucketStarts) = Placement.buckets(values)
         self.continuum = continuum
         self.slotServers = slotServers
+    }
+
+    /// `bucketShift` and `bucketStarts` for sorted point values: 2^b buckets, the least b (at
+    /// most 16) with at least as many buckets as points.
+    static func buckets(_ values: [UInt32]) -> (shift: UInt32, starts: [UInt32]) {
+        guard !values.isEmpty else { return (31, []) }
+        var bits = 1
+        while bits < 16, 1 << bits < values.count { bits += 1 }
+        let count = 1 << bits
+        var starts = [UInt32](repeating: 0, count: count + 1)
+        var point = 0
+        for bucket in 0..<count {
+            let lowest = UInt64(bucket) << UInt64(32 - bits)
+            while point < values.count, UInt64(values[point]) < lowest { point += 1 }
+            starts[bucket] = UInt32(point)
+        }
+        starts[count] = UInt32(values.count)
+        return (UInt32(32 - bits), starts)
     }
 
     /// twemproxy's per-server ketama point count, computed in 32-bit float as nutcracker does.
@@ -143,7 +169,10 @@ public final class Placement: Sendable {
         case .ketama, .ketamaLibmemcached:
             let count = pointValues.count
             if count == 0 { return nil }
-            var low = 0, high = count
+            // The first point at or past `hash` is at or after its bucket's start and at or
+            // before the next bucket's (whose points are all past it).
+            let bucket = Int(hash >> bucketShift)
+            var low = Int(bucketStarts[bucket]), high = Int(bucketStarts[bucket + 1])
             while low < high {
                 let middle = (low + high) >> 1
                 if pointValues[middle] < hash { low = middle + 1 } else { high = middle }

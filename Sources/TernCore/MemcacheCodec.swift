@@ -294,11 +294,48 @@ public enum MemcacheRequestParser {
     static func checkKey(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int, _ limits: MemcacheLimits) -> MemcacheRejection? {
         if end - start > limits.maxKeyLength { return .keyTooLong }
         guard limits.rejectsControlCharacters else { return nil }
-        for i in start..<end {
-            let byte = bytes[i]
-            if byte < 0x21 || byte == 0x7f { return .badKeyCharacter }
+        return firstSpaceOrControl(bytes, start, end) < end ? .badKeyCharacter : nil
+    }
+
+    /// The first byte of `bytes[from..<to]` below 0x21 (a space or a control character) or 0x7F,
+    /// or `to`. Eight bytes at a time: in each word, a byte's high bit is set where the byte is
+    /// below 0x21 (`(w - 0x21…) & ~w`, bytes from 0x80 excluded by `~w`) or equals 0x7F (the
+    /// same test for zero on `w ^ 0x7F…`). A borrow can flag a byte above a hit, never below
+    /// the first one, so the lowest flag is the first such byte.
+    @inline(__always)
+    static func firstSpaceOrControl(_ bytes: UnsafeRawBufferPointer, _ from: Int, _ to: Int) -> Int {
+        guard let base = bytes.baseAddress else { return to }
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        var position = from
+        while position + 8 <= to {
+            let word = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: position, as: UInt64.self))
+            let below = (word &- 0x21 &* ones) & ~word & highs
+            let delete = word ^ (0x7F &* ones)
+            let hits = below | ((delete &- ones) & ~delete & highs)
+            if hits != 0 { return position + hits.trailingZeroBitCount >> 3 }
+            position += 8
         }
-        return nil
+        while position < to {
+            let byte = base.load(fromByteOffset: position, as: UInt8.self)
+            if byte < 0x21 || byte == 0x7f { return position }
+            position += 1
+        }
+        return to
+    }
+
+    /// The first space in `bytes[from..<to]`, or `to`: `memchr` past a few bytes, a loop for
+    /// short tokens.
+    @inline(__always)
+    static func nextSpace(_ bytes: UnsafeRawBufferPointer, _ from: Int, _ to: Int) -> Int {
+        guard let base = bytes.baseAddress else { return to }
+        if to - from > 16 {
+            guard let found = memchr(base + from, Int32(space), to - from) else { return to }
+            return base.distance(to: UnsafeRawPointer(found))
+        }
+        var position = from
+        while position < to, base.load(fromByteOffset: position, as: UInt8.self) != space { position += 1 }
+        return position
     }
 
     /// An unsigned decimal of at most `maxDigits` digits.
@@ -362,10 +399,21 @@ public enum MemcacheRequestParser {
                 while position < contentEnd, bytes[position] == space { position += 1 }
                 if position >= contentEnd { break }
                 let start = position
-                while position < contentEnd, bytes[position] != space { position += 1 }
-                if let rejection = checkKey(bytes, start, position, limits) {
-                    return .rejected(rejection, consume: lineLength, skip: 0, close: false)
+                // One pass finds the key's end and, with strict keys, whether it is clean.
+                var clean = true
+                if limits.rejectsControlCharacters {
+                    position = firstSpaceOrControl(bytes, start, contentEnd)
+                    if position < contentEnd, bytes[position] != space {
+                        clean = false
+                        position = nextSpace(bytes, position, contentEnd)
+                    }
+                } else {
+                    position = nextSpace(bytes, start, contentEnd)
                 }
+                if position - start > limits.maxKeyLength {
+                    return .rejected(.keyTooLong, consume: lineLength, skip: 0, close: false)
+                }
+                if !clean { return .rejected(.badKeyCharacter, consume: lineLength, skip: 0, close: false) }
                 if firstKey < 0 { firstKey = start }
                 lastEnd = position
                 count += 1
@@ -735,6 +783,23 @@ public enum MemcacheReplyParser {
         if end > 7, line[5] == space, line[6] != space, let base = line.baseAddress,
            let found = memchr(base + 7, Int32(space), end - 7) {
             let keyEnd = base.distance(to: UnsafeRawPointer(found))
+            // `<flags> <bytes>` to the end of the line, one space apart, as memcached writes it
+            // for a get: read without tokenizing. Anything else (a cas, doubled spaces) is
+            // tokenized below, which answers the same for this form.
+            let flagsEnd = MemcacheRequestParser.nextSpace(line, keyEnd + 1, end)
+            if flagsEnd > keyEnd + 1, flagsEnd + 1 < end {
+                let lengthStart = flagsEnd + 1
+                var position = lengthStart
+                var value = 0
+                while position < end, position - lengthStart < 11 {
+                    let digit = base.load(fromByteOffset: position, as: UInt8.self) &- 0x30
+                    if digit >= 10 { break }
+                    value = value &* 10 &+ Int(digit)
+                    position += 1
+                }
+                // 1 to 10 digits, the whole rest of the line (11 are refused below).
+                if position == end, position - lengthStart <= 10 { return value <= maxValueLength ? value : nil }
+            }
             let rest = MemcacheRequestParser.tokenize(line, from: keyEnd, to: end, maxTokens: 3)
             guard rest.count == 2 || rest.count == 3,
                   let value = MemcacheRequestParser.number(line, rest[start: 1], rest[end: 1], maxDigits: 10),

@@ -247,10 +247,24 @@ public enum RespRequestParser {
         return (value, index + 2)
     }
 
+    /// `header`, reading the common forms (`shortHeader`'s, and a nil's `-1`) without its loop.
+    @inline(__always)
+    static func quickHeader(_ bytes: UnsafeRawBufferPointer, at position: Int, maxDigits: Int) -> Header {
+        if let short = shortHeader(bytes, at: position) { return .value(short.value, short.next) }
+        if position + 4 < bytes.count, let base = bytes.baseAddress,
+           base.load(fromByteOffset: position + 1, as: UInt8.self) == UInt8(ascii: "-"),
+           base.load(fromByteOffset: position + 2, as: UInt8.self) == UInt8(ascii: "1"),
+           base.load(fromByteOffset: position + 3, as: UInt8.self) == 0x0d,
+           base.load(fromByteOffset: position + 4, as: UInt8.self) == 0x0a {
+            return .value(-1, position + 5)
+        }
+        return header(bytes, at: position, maxDigits: maxDigits)
+    }
+
     static func parseMultibulk(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: RespArguments) -> RespParseResult {
         let count: Int
         var position: Int
-        switch shortHeader(bytes, at: 0).map({ Header.value($0.value, $0.next) }) ?? header(bytes, at: 0, maxDigits: 10) {
+        switch quickHeader(bytes, at: 0, maxDigits: 10) {
         case .incomplete: return .incomplete
         case .invalid: return .protocolError("invalid multibulk length")
         case let .value(value, next):
@@ -402,7 +416,7 @@ public enum RespReplyParser {
     /// has arrived, or nil when `bytes` does not start with one (or it is not complete yet).
     public static func bulkFrameLength(_ bytes: UnsafeRawBufferPointer) -> Int? {
         guard bytes.count >= 4, bytes[0] == UInt8(ascii: "$"),
-              case let .value(length, next) = RespRequestParser.header(bytes, at: 0, maxDigits: 18), length >= 0 else { return nil }
+              case let .value(length, next) = RespRequestParser.quickHeader(bytes, at: 0, maxDigits: 18), length >= 0 else { return nil }
         return next + length + 2
     }
 
@@ -443,6 +457,25 @@ public enum RespReplyParser {
     public static func parse(_ bytes: UnsafeRawBufferPointer, maxDepth: Int = 64, maxBulkLength: Int = 1 << 30) -> Result {
         guard bytes.count > 0 else { return .incomplete }
         let isError = bytes[0] == UInt8(ascii: "-")
+        // The common replies (a line or a bulk string) are framed here, without the walk's stack;
+        // each answer is the walk's.
+        switch bytes[0] {
+        case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"):
+            guard let base = bytes.baseAddress, let found = memchr(base, 0x0a, bytes.count) else { return .incomplete }
+            return .reply(length: base.distance(to: UnsafeRawPointer(found)) + 1, isError: isError)
+        case UInt8(ascii: "$"):
+            switch RespRequestParser.quickHeader(bytes, at: 0, maxDigits: 11) {
+            case .incomplete: return .incomplete
+            case .invalid: return .invalid
+            case let .value(length, next):
+                if length < 0 { return .reply(length: next, isError: false) }
+                guard length <= maxBulkLength else { return .invalid }
+                guard next + length + 2 <= bytes.count else { return .incomplete }
+                return .reply(length: next + length + 2, isError: false)
+            }
+        default:
+            break
+        }
         return withUnsafeTemporaryAllocation(of: Int.self, capacity: maxDepth + 1) { stack -> Result in
             // stack[d] = elements still to read at depth d.
             var depth = 0
@@ -459,7 +492,7 @@ public enum RespReplyParser {
                     position = base.distance(to: UnsafeRawPointer(found)) + 1
                     stack[depth] -= 1
                 case UInt8(ascii: "$"):
-                    switch RespRequestParser.header(bytes, at: position, maxDigits: 11) {
+                    switch RespRequestParser.quickHeader(bytes, at: position, maxDigits: 11) {
                     case .incomplete: return .incomplete
                     case .invalid: return .invalid
                     case let .value(length, next):
@@ -473,7 +506,7 @@ public enum RespReplyParser {
                         stack[depth] -= 1
                     }
                 case UInt8(ascii: "*"):
-                    switch RespRequestParser.header(bytes, at: position, maxDigits: 11) {
+                    switch RespRequestParser.quickHeader(bytes, at: position, maxDigits: 11) {
                     case .incomplete: return .incomplete
                     case .invalid: return .invalid
                     case let .value(count, next):
@@ -497,7 +530,7 @@ public enum RespReplyParser {
     /// Calls `body` with the byte range of each element of a complete array reply.
     public static func forEachElement(_ bytes: UnsafeRawBufferPointer, _ body: (Range<Int>) -> Void) {
         guard bytes.count > 0, bytes[0] == UInt8(ascii: "*"),
-              case let .value(count, first) = RespRequestParser.header(bytes, at: 0, maxDigits: 11) else { return }
+              case let .value(count, first) = RespRequestParser.quickHeader(bytes, at: 0, maxDigits: 11) else { return }
         var position = first
         for _ in 0..<max(0, count) {
             let rest = UnsafeRawBufferPointer(rebasing: bytes[position...])

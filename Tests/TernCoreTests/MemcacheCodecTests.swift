@@ -137,6 +137,70 @@ final class MemcacheCodecTests: XCTestCase {
         XCTAssertEqual(parse([0x67, 0x65, 0x74, 0x20, 0x61, 0x09, 0x62, 0x0d, 0x0a]), .rejected(.badKeyCharacter, consume: 9, skip: 0, close: false))
     }
 
+    /// The key scans (eight bytes at a time, and memchr for long tokens) against a byte loop:
+    /// random bytes of every value at every offset and length, then random retrieval and
+    /// storage lines, strict and lenient, judged by the rule written out here (the first key
+    /// over 250 bytes is too long, else the first with a byte below 0x21 or 0x7F is refused).
+    func testKeyScansAgreeWithAByteLoop() {
+        var random = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = [0x00, 0x01, 0x09, 0x10, 0x1f, 0x20, 0x21, 0x41, 0x7e, 0x7f, 0x80, 0xa0, 0xff]
+        for _ in 0..<2_000 {
+            let bytes = (0..<Int.random(in: 0...40, using: &random)).map { _ in
+                Bool.random(using: &random) ? alphabet.randomElement(using: &random)! : UInt8.random(in: 0x21...0x7e, using: &random)
+            }
+            bytes.withUnsafeBytes { buffer in
+                for from in 0...buffer.count {
+                    var loop = from
+                    while loop < buffer.count, buffer[loop] >= 0x21, buffer[loop] != 0x7f { loop += 1 }
+                    XCTAssertEqual(MemcacheRequestParser.firstSpaceOrControl(buffer, from, buffer.count), loop, "\(bytes) from \(from)")
+                    var space = from
+                    while space < buffer.count, buffer[space] != 0x20 { space += 1 }
+                    XCTAssertEqual(MemcacheRequestParser.nextSpace(buffer, from, buffer.count), space, "\(bytes) from \(from)")
+                }
+            }
+        }
+        var lenient = MemcacheLimits()
+        lenient.rejectsControlCharacters = false
+        for _ in 0..<3_000 {
+            let keys: [[UInt8]] = (0..<Int.random(in: 1...3, using: &random)).map { _ in
+                let length = [1, 7, 8, 9, 16, 17, 64, 249, 250, 251, 300].randomElement(using: &random)!
+                var key = (0..<length).map { _ in UInt8.random(in: 0x21...0x7e, using: &random) }
+                if Int.random(in: 0..<3, using: &random) == 0 {
+                    key[Int.random(in: 0..<length, using: &random)] = [0x01, 0x09, 0x0b, 0x1f, 0x7f].randomElement(using: &random)!
+                }
+                return key
+            }
+            let strictVerdict: MemcacheRejection? = keys.lazy.compactMap { key -> MemcacheRejection? in
+                if key.count > 250 { return .keyTooLong }
+                return key.contains { $0 < 0x21 || $0 == 0x7f } ? .badKeyCharacter : nil
+            }.first
+            let lenientVerdict: MemcacheRejection? = keys.contains { $0.count > 250 } ? .keyTooLong : nil
+            let line = Array("gets ".utf8) + Array(keys.joined(separator: [0x20])) + [0x0d, 0x0a]
+            for (limits, verdict) in [(self.limits, strictVerdict), (lenient, lenientVerdict)] {
+                let result = parse(line, limits: limits)
+                if let verdict {
+                    XCTAssertEqual(result, .rejected(verdict, consume: line.count, skip: 0, close: false), "\(keys)")
+                } else if case let .request(request) = result {
+                    XCTAssertEqual(request.keyCount, keys.count)
+                    XCTAssertEqual(Array(line[request.keysStart..<request.keysEnd]), Array(keys.joined(separator: [0x20])))
+                } else {
+                    XCTFail("\(keys): \(result)")
+                }
+            }
+            let set = Array("set ".utf8) + keys[0] + Array(" 5 0 1\r\nx\r\n".utf8)
+            let setVerdict: MemcacheRejection? = keys[0].count > 250 ? .keyTooLong
+                : keys[0].contains { $0 < 0x21 || $0 == 0x7f } ? .badKeyCharacter : nil
+            if let setVerdict {
+                XCTAssertEqual(parse(set), .rejected(setVerdict, consume: set.count - 3, skip: 3, close: false), "\(keys[0])")
+            } else if case let .request(request) = parse(set) {
+                XCTAssertEqual(Array(set[request.keysStart..<request.keysEnd]), keys[0])
+                XCTAssertEqual(request.frameLength, set.count)
+            } else {
+                XCTFail("\(keys[0]): \(parse(set))")
+            }
+        }
+    }
+
     func testValueOverTheLimitIsRefusedBeforeItArrives() {
         // Only the line is needed: the data block is skipped as it arrives, never buffered.
         let line = "set big 0 0 \((1 << 20) + 1)\r\n"
@@ -326,7 +390,10 @@ final class ValueLineTests: XCTestCase {
             }
         }
         let lines = ["VALUE k 0 5", "VALUE k 0 5\r", "VALUE key\u{10}x 7 12 99\r", "VALUE k  0   5 ", "VALUE k 0", "VALUE k 0 5 6 7",
-                     "VALUE  k 0 5", "VALUE k", "VALUE k 0 x", "VALUE k 0 99999999999", "VALUE k 0 -1", "VALUE a 1 2\r\r", "VALUE \(String(repeating: "z", count: 250)) 1 1048576"]
+                     "VALUE  k 0 5", "VALUE k", "VALUE k 0 x", "VALUE k 0 99999999999", "VALUE k 0 -1", "VALUE a 1 2\r\r", "VALUE \(String(repeating: "z", count: 250)) 1 1048576",
+                     // the one-space `<flags> <bytes>` path's edges: digit counts, the limit, what ends the line
+                     "VALUE k 0 1073741824", "VALUE k 0 1073741825", "VALUE k 0 0123", "VALUE k 0 12345678901", "VALUE k 0 9999999999",
+                     "VALUE k 0 5x", "VALUE k 0 ", "VALUE k x 5\r", "VALUE k 0\r", "VALUE k 0 5 \r", "VALUE k 4294967295 3\r"]
         for line in lines {
             XCTAssertEqual(Array(line.utf8).withUnsafeBytes { MemcacheReplyParser.valueLength($0) }, general(line), line.debugDescription)
         }

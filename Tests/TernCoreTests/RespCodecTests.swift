@@ -117,6 +117,19 @@ final class RespCodecTests: XCTestCase {
                 }
             }
         }
+        // quickHeader (the short path, then a nil's `-1`, then the general reader) answers exactly
+        // what the general reader answers, for every prefix.
+        inputs += ["$-1\r\n", "$-10\r\n", "$-0\r\n", "$-1x\r\n", "$-2\r\n", "$-1\n", "$-\r\n", "$0\r\n", "$01\r\n", "$99999999999\r\n"]
+        for text in inputs {
+            let bytes = Array(text.utf8)
+            for cut in 0...bytes.count {
+                Array(bytes[0..<cut]).withUnsafeBytes { prefix in
+                    let quick = RespRequestParser.quickHeader(prefix, at: 0, maxDigits: 10)
+                    let general = RespRequestParser.header(prefix, at: 0, maxDigits: 10)
+                    XCTAssertEqual("\(quick)", "\(general)", "\(text.debugDescription) cut at \(cut)")
+                }
+            }
+        }
         XCTAssertNil(Array("$12345\r\n".utf8).withUnsafeBytes { RespRequestParser.shortHeader($0, at: 0) }, "five digits go the general way")
         XCTAssertEqual(Array("$1234\r\n".utf8).withUnsafeBytes { RespRequestParser.shortHeader($0, at: 0)?.value }, 1234)
     }
@@ -164,6 +177,24 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(frame("+OK\r\n+PONG\r\n"), .reply(length: 5, isError: false))
         XCTAssertEqual(frame("-ERR nope\r\n"), .reply(length: 11, isError: true))
         XCTAssertEqual(frame("*-1\r\n"), .reply(length: 5, isError: false))
+        // A line or bulk string at the top is framed without the walk: it must frame as the walk
+        // frames it one level down (inside `*1`), for every prefix, valid or not.
+        for reply in ["+OK\r\n", "-ERR x\r\n", ":12\r\n", ":-3\r\n", "$3\r\nabc\r\n", "$0\r\n\r\n", "$-1\r\n", "$-5\r\n",
+                      "$12345\r\n" + String(repeating: "v", count: 12345) + "\r\n", "$01\r\nx\r\n", "$-0\r\n", "$x\r\n", "$3\r\nab"] {
+            let bytes = Array(reply.utf8)
+            for cut in 0...bytes.count {
+                let top = Array(bytes[0..<cut]).withUnsafeBytes { RespReplyParser.parse($0) }
+                let inside = (Array("*1\r\n".utf8) + bytes[0..<cut]).withUnsafeBytes { RespReplyParser.parse($0) }
+                switch (top, inside) {
+                case (.incomplete, .incomplete), (.invalid, .invalid): break
+                case let (.reply(length, isError), .reply(insideLength, _)):
+                    XCTAssertEqual(length + 4, insideLength, "\(reply.prefix(20).debugDescription) cut at \(cut)")
+                    XCTAssertEqual(isError, reply.hasPrefix("-"))
+                default:
+                    XCTFail("\(reply.prefix(20).debugDescription) cut at \(cut): \(top) at the top, \(inside) inside")
+                }
+            }
+        }
         XCTAssertEqual(frame("?\r\n"), .invalid)
         let deep = String(repeating: "*1\r\n", count: 5) + ":1\r\n"
         XCTAssertEqual(frame(deep, depth: 5), .reply(length: deep.utf8.count, isError: false))

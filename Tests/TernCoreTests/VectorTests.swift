@@ -63,6 +63,37 @@ final class VectorTests: XCTestCase {
     func testModulaCrc32a() throws { try checkPlacement("modula_crc32a.tsv") }
     func testHashTagKetama() throws { try checkPlacement("hashtag_ketama_fnv1a_64.tsv") }
 
+    /// The ketama search looks only inside the hash's bucket (`Placement.bucketStarts`): it must
+    /// find the point the search over the whole ring finds (twemproxy's), for rings of every size
+    /// (1 to 300 servers, weighted, both ketama variants), at the edges of the hash space, at
+    /// every point and next to it, and at random hashes.
+    func testKetamaBucketedSearchFindsTheWholeRingsPoint() {
+        var random = SystemRandomNumberGenerator()
+        for (serverCount, distribution) in [(1, Distribution.ketama), (2, .ketama), (3, .ketamaLibmemcached), (7, .ketama),
+                                            (40, .ketama), (300, .ketama), (120, .ketamaLibmemcached)] {
+            let names = (0..<serverCount).map { "10.0.\($0 / 250).\($0 % 250):11211" }
+            let weights = (0..<serverCount).map { 1 + $0 % 3 }
+            let placement = Placement(distribution: distribution, hash: .fnv1a_64, hashTag: nil, names: names,
+                                      weights: weights, live: Array(repeating: true, count: serverCount))
+            let values = placement.pointValues
+            XCTAssertFalse(values.isEmpty)
+            func whole(_ hash: UInt32) -> Int {
+                var low = 0, high = values.count
+                while low < high {
+                    let middle = (low + high) >> 1
+                    if values[middle] < hash { low = middle + 1 } else { high = middle }
+                }
+                return Int(placement.pointServers[low == values.count ? 0 : low])
+            }
+            var hashes: [UInt32] = [0, 1, UInt32.max, UInt32.max - 1, 1 << 31, (1 << 31) - 1]
+            for value in values { hashes += [value, value &- 1, value &+ 1] }
+            for _ in 0..<20_000 { hashes.append(UInt32.random(in: 0...UInt32.max, using: &random)) }
+            var wrong = 0
+            for hash in hashes where placement.server(forHash: hash) != whole(hash) { wrong += 1 }
+            XCTAssertEqual(wrong, 0, "\(serverCount) servers, \(distribution): \(wrong) of \(hashes.count) hashes placed apart from the whole-ring search")
+        }
+    }
+
     func testRedisSlots() throws {
         let vectors = try read("slots.tsv")
         XCTAssertGreaterThanOrEqual(vectors.rows.count, 2000)
