@@ -787,18 +787,8 @@ public enum MemcacheReplyParser {
             // for a get: read without tokenizing. Anything else (a cas, doubled spaces) is
             // tokenized below, which answers the same for this form.
             let flagsEnd = MemcacheRequestParser.nextSpace(line, keyEnd + 1, end)
-            if flagsEnd > keyEnd + 1, flagsEnd + 1 < end {
-                let lengthStart = flagsEnd + 1
-                var position = lengthStart
-                var value = 0
-                while position < end, position - lengthStart < 11 {
-                    let digit = base.load(fromByteOffset: position, as: UInt8.self) &- 0x30
-                    if digit >= 10 { break }
-                    value = value &* 10 &+ Int(digit)
-                    position += 1
-                }
-                // 1 to 10 digits, the whole rest of the line (11 are refused below).
-                if position == end, position - lengthStart <= 10 { return value <= maxValueLength ? value : nil }
+            if flagsEnd > keyEnd + 1, let value = MemcacheRequestParser.number(line, flagsEnd + 1, end, maxDigits: 10) {
+                return value <= UInt64(maxValueLength) ? Int(value) : nil
             }
             let rest = MemcacheRequestParser.tokenize(line, from: keyEnd, to: end, maxTokens: 3)
             guard rest.count == 2 || rest.count == 3,

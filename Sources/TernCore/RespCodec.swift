@@ -283,14 +283,10 @@ public enum RespRequestParser {
             }
             let length: Int
             let next: Int
-            if let short = shortHeader(bytes, at: position) {
-                (length, next) = short
-            } else {
-                switch header(bytes, at: position, maxDigits: 10) {
-                case .incomplete: return .incomplete
-                case .invalid: return .protocolError("invalid bulk length")
-                case let .value(value, after): (length, next) = (value, after)
-                }
+            switch quickHeader(bytes, at: position, maxDigits: 10) {
+            case .incomplete: return .incomplete
+            case .invalid: return .protocolError("invalid bulk length")
+            case let .value(value, after): (length, next) = (value, after)
             }
             guard length >= 0 else { return .protocolError("invalid bulk length") }
             guard length <= limits.maxBulkLength else {
