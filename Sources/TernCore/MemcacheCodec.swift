@@ -342,6 +342,15 @@ public enum MemcacheRequestParser {
     static func number(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int, maxDigits: Int = 20) -> UInt64? {
         guard end > start, end - start <= maxDigits else { return nil }
         var value: UInt64 = 0
+        if end - start <= 19 {
+            // Any 19 digits fit (at most 9,999,999,999,999,999,999 < 2^64): nothing to check but digits.
+            for i in start..<end {
+                let digit = bytes[i] &- 0x30
+                guard digit < 10 else { return nil }
+                value = value &* 10 &+ UInt64(digit)
+            }
+            return value
+        }
         for i in start..<end {
             let digit = bytes[i] &- 0x30
             guard digit < 10 else { return nil }

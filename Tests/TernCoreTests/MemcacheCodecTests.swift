@@ -201,6 +201,26 @@ final class MemcacheCodecTests: XCTestCase {
         }
     }
 
+    /// Decimal fields: up to 19 digits read without overflow checks, 20 with them, and the bounds
+    /// of UInt64 and of `maxDigits` kept.
+    func testNumbersAtTheirBounds() {
+        func number(_ text: String, maxDigits: Int = 20) -> UInt64? {
+            Array(text.utf8).withUnsafeBytes { MemcacheRequestParser.number($0, 0, $0.count, maxDigits: maxDigits) }
+        }
+        XCTAssertEqual(number("0"), 0)
+        XCTAssertEqual(number("9999999999999999999"), 9_999_999_999_999_999_999)
+        XCTAssertEqual(number("0000000000000000001"), 1)
+        XCTAssertEqual(number("18446744073709551615"), UInt64.max)
+        XCTAssertNil(number("18446744073709551616"))
+        XCTAssertNil(number("99999999999999999999"))
+        XCTAssertNil(number("123456789012345678901"))
+        XCTAssertNil(number(""))
+        XCTAssertNil(number("12a"))
+        XCTAssertNil(number("-1"))
+        XCTAssertEqual(number("4294967295", maxDigits: 10), 4_294_967_295)
+        XCTAssertNil(number("12345678901", maxDigits: 10))
+    }
+
     func testValueOverTheLimitIsRefusedBeforeItArrives() {
         // Only the line is needed: the data block is skipped as it arrives, never buffered.
         let line = "set big 0 0 \((1 << 20) + 1)\r\n"
