@@ -453,22 +453,14 @@ public enum RespReplyParser {
     public static func parse(_ bytes: UnsafeRawBufferPointer, maxDepth: Int = 64, maxBulkLength: Int = 1 << 30) -> Result {
         guard bytes.count > 0 else { return .incomplete }
         let isError = bytes[0] == UInt8(ascii: "-")
-        // The common replies (a line or a bulk string) are framed here, without the walk's stack;
-        // each answer is the walk's.
+        // The common replies (a line or a bulk string) are framed without the walk's stack, by
+        // the steps the walk takes for them.
         switch bytes[0] {
         case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"):
-            guard let base = bytes.baseAddress, let found = memchr(base, 0x0a, bytes.count) else { return .incomplete }
-            return .reply(length: base.distance(to: UnsafeRawPointer(found)) + 1, isError: isError)
+            guard let end = lineEnd(bytes, at: 0) else { return .incomplete }
+            return .reply(length: end, isError: isError)
         case UInt8(ascii: "$"):
-            switch RespRequestParser.quickHeader(bytes, at: 0, maxDigits: 11) {
-            case .incomplete: return .incomplete
-            case .invalid: return .invalid
-            case let .value(length, next):
-                if length < 0 { return .reply(length: next, isError: false) }
-                guard length <= maxBulkLength else { return .invalid }
-                guard next + length + 2 <= bytes.count else { return .incomplete }
-                return .reply(length: next + length + 2, isError: false)
-            }
+            return bulkEnd(bytes, at: 0, maxBulkLength: maxBulkLength)
         default:
             break
         }
@@ -482,25 +474,14 @@ public enum RespReplyParser {
                 let type = bytes[position]
                 switch type {
                 case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"):
-                    guard let base = bytes.baseAddress, let found = memchr(base + position, 0x0a, bytes.count - position) else {
-                        return .incomplete
-                    }
-                    position = base.distance(to: UnsafeRawPointer(found)) + 1
+                    guard let end = lineEnd(bytes, at: position) else { return .incomplete }
+                    position = end
                     stack[depth] -= 1
                 case UInt8(ascii: "$"):
-                    switch RespRequestParser.quickHeader(bytes, at: position, maxDigits: 11) {
-                    case .incomplete: return .incomplete
-                    case .invalid: return .invalid
-                    case let .value(length, next):
-                        if length < 0 {
-                            position = next
-                        } else {
-                            guard length <= maxBulkLength else { return .invalid }
-                            guard next + length + 2 <= bytes.count else { return .incomplete }
-                            position = next + length + 2
-                        }
-                        stack[depth] -= 1
-                    }
+                    let bulk = bulkEnd(bytes, at: position, maxBulkLength: maxBulkLength)
+                    guard case let .reply(end, _) = bulk else { return bulk }
+                    position = end
+                    stack[depth] -= 1
                 case UInt8(ascii: "*"):
                     switch RespRequestParser.quickHeader(bytes, at: position, maxDigits: 11) {
                     case .incomplete: return .incomplete
@@ -520,6 +501,28 @@ public enum RespReplyParser {
                 while depth > 0, stack[depth] == 0 { depth -= 1 }
                 if depth == 0, stack[0] == 0 { return .reply(length: position, isError: isError) }
             }
+        }
+    }
+
+    /// The end (past its `\n`) of the line starting at `position`, nil until it has arrived.
+    @inline(__always)
+    static func lineEnd(_ bytes: UnsafeRawBufferPointer, at position: Int) -> Int? {
+        guard let base = bytes.baseAddress, let found = memchr(base + position, 0x0a, bytes.count - position) else { return nil }
+        return base.distance(to: UnsafeRawPointer(found)) + 1
+    }
+
+    /// The bulk string whose `$` is at `position`: `.reply` with the offset its frame ends at (a
+    /// nil's right after its header), `.incomplete` or `.invalid`.
+    @inline(__always)
+    static func bulkEnd(_ bytes: UnsafeRawBufferPointer, at position: Int, maxBulkLength: Int) -> Result {
+        switch RespRequestParser.quickHeader(bytes, at: position, maxDigits: 11) {
+        case .incomplete: return .incomplete
+        case .invalid: return .invalid
+        case let .value(length, next):
+            if length < 0 { return .reply(length: next, isError: false) }
+            guard length <= maxBulkLength else { return .invalid }
+            guard next + length + 2 <= bytes.count else { return .incomplete }
+            return .reply(length: next + length + 2, isError: false)
         }
     }
 
