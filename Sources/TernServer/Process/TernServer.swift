@@ -256,9 +256,13 @@ public final class TernServer {
 
     /// Plans for `config`: servers resolved, listeners bound — or reused from `previous` when a
     /// pool keeps its listen address, so a reload never rebinds a socket clients are using.
+    ///
+    /// New listeners are bound pool by pool and listen only once every pool is planned: a client
+    /// that can connect to one of Tern's ports can connect to all of them, and a start that
+    /// fails on a later pool never took a connection on an earlier one.
     private func makePlans(for config: TernConfig, previous: [PoolPlan]) throws -> [PoolPlan] {
         var made: [PoolPlan] = []
-        var boundHere: [Int32] = []
+        var boundHere: [(descriptor: Int32, pool: PoolConfig)] = []
         do {
             for pool in config.pools {
                 let before = previous.first { $0.config.name == pool.name }
@@ -273,8 +277,8 @@ public final class TernServer {
                 if let reused = previous.first(where: { $0.config.listen == pool.listen }) {
                     descriptor = reused.listenDescriptor
                 } else {
-                    descriptor = try Self.listen(pool)
-                    boundHere.append(descriptor)
+                    descriptor = try Self.bind(pool)
+                    boundHere.append((descriptor, pool))
                 }
                 // Cluster replicas (read_from): resolved here, off the loops; one that does not
                 // resolve is skipped rather than failing the whole map.
@@ -288,8 +292,9 @@ public final class TernServer {
                                      shared: before?.shared ?? PoolShared(workers: workerCount, hotKeys: pool.hotKeys),
                                      serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before), replicaAddresses: replicas))
             }
+            for (descriptor, pool) in boundHere { try Self.listen(descriptor, pool) }
         } catch {
-            for fd in boundHere { Syscall.close(fd) }
+            for (descriptor, _) in boundHere { Syscall.close(descriptor) }
             throw error
         }
         return made
@@ -353,7 +358,8 @@ public final class TernServer {
         }
     }
 
-    static func listen(_ pool: PoolConfig) throws -> Int32 {
+    /// A socket bound to the pool's `listen` address, not yet listening (`listen(_:_:)`).
+    static func bind(_ pool: PoolConfig) throws -> Int32 {
         let address: SocketAddress
         switch pool.listen {
         case let .unix(path, _):
@@ -369,19 +375,21 @@ public final class TernServer {
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
         guard fd >= 0 else { throw StartupError(description: "socket: \(Syscall.errorText(errno))") }
         if address.family != AF_UNIX { Syscall.setOption(fd, SOL_SOCKET, SO_REUSEADDR) }
-        let bound = address.withSockaddr { bind(fd, $0, $1) }
+        let bound = address.withSockaddr { Glibc.bind(fd, $0, $1) }
         guard bound == 0 else {
             let error = errno
             Syscall.close(fd)
             throw StartupError(description: "pool '\(pool.name)': cannot bind \(pool.listen): \(Syscall.errorText(error))")
         }
         if case let .unix(path, permissions?) = pool.listen { chmod(path, mode_t(permissions)) }
-        guard Glibc.listen(fd, Int32(pool.backlog)) == 0 else {
-            let error = errno
-            Syscall.close(fd)
-            throw StartupError(description: "pool '\(pool.name)': cannot listen on \(pool.listen): \(Syscall.errorText(error))")
-        }
         return fd
+    }
+
+    /// Starts a bound socket listening with the pool's backlog. The caller closes it on failure.
+    static func listen(_ fd: Int32, _ pool: PoolConfig) throws {
+        guard Glibc.listen(fd, Int32(pool.backlog)) == 0 else {
+            throw StartupError(description: "pool '\(pool.name)': cannot listen on \(pool.listen): \(Syscall.errorText(errno))")
+        }
     }
 
     // MARK: Running
