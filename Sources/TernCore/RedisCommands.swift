@@ -288,17 +288,34 @@ public enum RedisCommandTable {
         /// is upper case when adding 0x3F sets its high bit and adding 0x25 does not.
         @inline(__always)
         static func loweredWord(_ name: UnsafeRawBufferPointer, from start: Int) -> UInt64 {
-            var word: UInt64 = 0
-            withUnsafeMutableBytes(of: &word) { destination in
-                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: name[start..<min(start + 8, name.count)]))
-            }
-            word = UInt64(littleEndian: word)
+            let word = littleEndianWord(name, from: start)
             let ones: UInt64 = 0x0101_0101_0101_0101
             let low = word & (0x7F &* ones)
             let atLeastA = low &+ (0x80 - 0x41) &* ones
             let pastZ = low &+ (0x80 - 0x5B) &* ones
             let upper = atLeastA & ~pastZ & ~word & (0x80 &* ones)
             return word | (upper >> 2)
+        }
+
+        /// The bytes `start..<min(start + 8, name.count)` (at least one) as a little-endian word,
+        /// zero-padded, read with at most two overlapping loads inside those bytes: a `memcpy`
+        /// of a few bytes into a word, read back at once, stalled every lookup on the store.
+        @inline(__always)
+        static func littleEndianWord(_ name: UnsafeRawBufferPointer, from start: Int) -> UInt64 {
+            let base = name.baseAddress.unsafelyUnwrapped + start
+            let count = min(8, name.count - start)
+            if count == 8 { return UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)) }
+            if count >= 4 {
+                let low = UInt64(UInt32(littleEndian: base.loadUnaligned(as: UInt32.self)))
+                let high = UInt64(UInt32(littleEndian: base.loadUnaligned(fromByteOffset: count - 4, as: UInt32.self)))
+                return low | high << UInt64((count - 4) * 8)
+            }
+            if count >= 2 {
+                let low = UInt64(UInt16(littleEndian: base.loadUnaligned(as: UInt16.self)))
+                let high = UInt64(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: count - 2, as: UInt16.self)))
+                return low | high << UInt64((count - 2) * 8)
+            }
+            return UInt64(base.load(as: UInt8.self))
         }
 
         static func == (left: PackedName, right: PackedName) -> Bool {

@@ -239,6 +239,37 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(Array("zUnIoNsToRe".utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, "zunionstore")
     }
 
+    /// A command name's packed words, read with overlapping loads, against the same words
+    /// built a byte at a time: every length up to 24, random bytes (any case, high bits, zeros)
+    /// inside a larger buffer whose bytes around the name must not count.
+    func testPackedNameAgreesWithAByteLoop() {
+        var generator = SystemRandomNumberGenerator()
+        func lowered(_ byte: UInt8) -> UInt8 { byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte }
+        for length in 1...24 {
+            for _ in 0..<400 {
+                let before = Int.random(in: 0...9, using: &generator)
+                let after = Int.random(in: 0...9, using: &generator)
+                let buffer = (0..<(before + length + after)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                var expected: [UInt64] = [0, 0, 0]
+                for i in 0..<length { expected[i / 8] |= UInt64(lowered(buffer[before + i])) << UInt64(8 * (i % 8)) }
+                buffer.withUnsafeBytes { all in
+                    let name = UnsafeRawBufferPointer(rebasing: all[before..<(before + length)])
+                    let packed = RedisCommandTable.PackedName(name)!
+                    XCTAssertEqual([packed.words.0, packed.words.1, packed.words.2], expected, "\(Array(name))")
+                    XCTAssertEqual(packed.length, length)
+                }
+            }
+        }
+        // Every command, in mixed case, between bytes that would spoil a load reaching past it.
+        for command in RedisCommandTable.commands {
+            let name = Array(command.name.utf8).enumerated().map { $0.offset % 2 == 0 && (0x61...0x7A).contains($0.element) ? $0.element - 0x20 : $0.element }
+            let buffer: [UInt8] = [0x58, 0x59] + name + [0x0d, 0x0a, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47]
+            buffer.withUnsafeBytes { all in
+                XCTAssertEqual(RedisCommandTable.lookup(UnsafeRawBufferPointer(rebasing: all[2..<(2 + name.count)]))?.name, command.name)
+            }
+        }
+    }
+
     func keys(_ words: [String]) -> [String] {
         var bytes: [UInt8] = Array("*\(words.count)\r\n".utf8)
         for word in words { bytes += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }

@@ -564,7 +564,18 @@ final class ServerConnection {
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
-                    if length >= Self.streamThreshold { worker.replies.largeReply = (input, length) }
+                    // Only a reply this large may take the buffer's memory (`tookLargeReply`
+                    // is set only where `largeReply` is), so smaller ones skip the desk.
+                    guard length >= Self.streamThreshold else {
+                        if !slot.deliver(part: head.part, reply: reply, isError: isError) {
+                            slot.fail(part: head.part, reason: "server reply out of step")
+                            fail(reason: "server sent a value for a key not asked for")
+                            return
+                        }
+                        input.consume(length)
+                        continue
+                    }
+                    worker.replies.largeReply = (input, length)
                     defer { worker.replies.largeReply = nil }
                     if !slot.deliver(part: head.part, reply: reply, isError: isError) {
                         // A merge may have kept the reply's buffer before finding it out of step.

@@ -64,7 +64,16 @@ extension ClientConnection {
     private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession) {
         let arguments = session.arguments
         let slot = newSlot()
-        guard let command = arguments.withArgument(0, in: frame, { RedisCommandTable.lookup($0) }) else {
+        // The name read from the frame directly (`withArgument` would take a reference to the
+        // inline bytes for every request).
+        let name: RedisCommand?
+        if arguments.isInline {
+            name = arguments.withArgument(0, in: frame) { RedisCommandTable.lookup($0) }
+        } else {
+            let span = arguments.span(0)
+            name = RedisCommandTable.lookup(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
+        }
+        guard let command = name else {
             return unknownCommand(frame, session, slot)
         }
         // `disabled_commands`: as Redis answers after `rename-command X ""`.

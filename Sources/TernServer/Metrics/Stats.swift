@@ -88,9 +88,8 @@ final class ServerCounters: Sendable {
 
     @inline(__always)
     func recordLatency(microseconds: Int) {
-        var index = 0
-        while index < latencyBucketBounds.count, latencyBucketBounds[index] < microseconds { index += 1 }
-        latencyBuckets[index].count.add()
+        // The per-command table's compare chain: no walk over the global bounds per reply.
+        latencyBuckets[CommandStats.bucket(microseconds)].count.add()
         latencySumMicroseconds.add(microseconds)
     }
 }

@@ -33,11 +33,13 @@ final class ReplyDesk {
 
     func makeSlot(for owner: ReplyOwner) -> ReplySlot {
         let slot = freeSlots.popLast() ?? ReplySlot()
-        slot.client = owner
+        slot.client = owner  // unretained: see `ReplySlot.client`
         return slot
     }
 
-    func recycle(_ slot: ReplySlot) {
+    /// Takes the caller's reference (`consuming`): a slot just popped from its client's queue
+    /// moves into the free list without a retain and a release.
+    func recycle(_ slot: consuming ReplySlot) {
         slot.reset()
         if freeSlots.count < Self.keptSlots { freeSlots.append(slot) }
     }
@@ -134,6 +136,17 @@ class ReplyOwner {
                     desk.tookLargeReply = true
                 } else {
                     output.append(reply)
+                    if slot.countedBytes == 0 {
+                        // The common case: the reply went straight out and the slot holds
+                        // nothing, so it leaves the queue now, without `slotCompleted`'s
+                        // count of held bytes and `emit`'s copy of nothing.
+                        slot.isDone = true
+                        if let head = slots.popFirst() { finished(head, at: desk.now) }
+                        if !slots.isEmpty, slots[0].isDone { emitFinished() }
+                        if checkOutputLimit() { return }
+                        desk.markDirty(self)
+                        return
+                    }
                 }
             } else {
                 if reply.count >= ReplySlot.largeReply { slot.data.reserve(reply.count, headroom: ReplySlot.largeReplyHeadroom) }
@@ -184,17 +197,28 @@ class ReplyOwner {
     final func slotCompleted(_ slot: ReplySlot) {
         slot.countHeld()
         guard slots.isFirst(slot) else { return }
-        let now = desk.now
-        while !slots.isEmpty, slots[0].isDone, let head = slots.popFirst() {
-            if head.command >= 0 {
-                commandStats.record(Int(head.command), microseconds: Int((now - head.startedAt) * 1_000_000))
-            }
-            heldReplyBytes -= head.countedBytes
-            head.emit(into: output)
-            desk.recycle(head)
-        }
+        emitFinished()
         if checkOutputLimit() { return }
         desk.markDirty(self)
+    }
+
+    /// Every finished slot at the head of the queue goes to the output, in order.
+    private final func emitFinished() {
+        let now = desk.now
+        while !slots.isEmpty, slots[0].isDone, let head = slots.popFirst() {
+            heldReplyBytes -= head.countedBytes
+            head.emit(into: output)
+            finished(head, at: now)
+        }
+    }
+
+    /// A slot that has left the queue, its reply in the output: timed and recycled.
+    @inline(__always)
+    private final func finished(_ slot: consuming ReplySlot, at now: Double) {
+        if slot.command >= 0 {
+            commandStats.record(Int(slot.command), microseconds: Int((now - slot.startedAt) * 1_000_000))
+        }
+        desk.recycle(slot)
     }
 
     // MARK: Off the request path (overridden by the client)

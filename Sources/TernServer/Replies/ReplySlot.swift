@@ -29,7 +29,22 @@ final class ReplySlot {
     }
 
     /// The client waiting for this reply; nil once that client has gone.
-    var client: ReplyOwner?
+    ///
+    /// Held without a reference count (`Unmanaged`, no retain when set, no release in `reset`)
+    /// and called through `_withUnsafeGuaranteedRef` on the reply path, which saves two
+    /// retain/release pairs per request. Invariant: a client outlives every slot that names it.
+    /// Each slot a client makes is in its `slots` queue (`ReplyOwner.newSlot` is the only maker)
+    /// until it leaves that queue, and both ways out clear this field first: `ReplyDesk.recycle`
+    /// (through `reset`) and `ClientConnection.close`, which empties the queue, setting it to nil
+    /// in each slot still in flight, before the client is released (and the released client
+    /// stays in the worker's `retired` list until the end of the loop pass). A client moves to
+    /// another worker only with its queue empty (`isMovable`).
+    private var clientReference: Unmanaged<ReplyOwner>?
+    var client: ReplyOwner? {
+        get { clientReference?.takeUnretainedValue() }
+        set { clientReference = newValue.map { Unmanaged.passUnretained($0) } }
+    }
+    var hasClient: Bool { clientReference != nil }
     /// How the parts' replies become one (`.single` unless a `ReplySplit` named another).
     fileprivate(set) var sink = ReplySink.single
     var isDone = false
@@ -70,7 +85,7 @@ final class ReplySlot {
     var startedAt: Double = 0
 
     func reset() {
-        client = nil
+        clientReference = nil
         if !isSingle { sink = .single }
         isDone = false
         isSilent = false
@@ -113,11 +128,16 @@ final class ReplySlot {
 
     private func finish() {
         isDone = true
-        client?.slotCompleted(self)
+        clientReference?._withUnsafeGuaranteedRef { $0.slotCompleted(self) }
     }
 
     /// Reply bytes this slot holds now (its data and a warm-up's copied values).
-    var heldBytes: Int { data.readableCount + keptBytes + (warmup?.values.count ?? 0) }
+    var heldBytes: Int {
+        let held = data.readableCount &+ keptBytes
+        // Only a warm-up read holds values outside `data`: the common slot reads no more.
+        guard let warmup else { return held }
+        return held + warmup.values.count
+    }
 
     /// Part replies at least this large are merged from the backend buffer they arrived in.
     static let keptReply = 1 << 18
@@ -201,10 +221,10 @@ final class ReplySlot {
         // The common case (a reply that went straight to the output) holds nothing: decided
         // before the client is touched.
         let held = heldBytes
-        guard held != countedBytes, let client else { return }
+        guard held != countedBytes, let clientReference else { return }
         let delta = held - countedBytes
         countedBytes = held
-        client.heldChanged(by: delta)
+        clientReference._withUnsafeGuaranteedRef { $0.heldChanged(by: delta) }
     }
 
     /// A backend's reply for this slot was too large to hold (the connection drops it).
@@ -235,8 +255,8 @@ final class ReplySlot {
         }
         switch sink {
         case .single:
-            if let client {
-                client.replyArrived(self, reply)
+            if let clientReference {
+                clientReference._withUnsafeGuaranteedRef { $0.replyArrived(self, reply) }
             } else {
                 isDone = true
             }

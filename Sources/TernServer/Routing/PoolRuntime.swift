@@ -373,14 +373,24 @@ final class PoolRuntime: BackendPool {
     func serverIndex(forKey key: UnsafeRawBufferPointer) -> Int? {
         hotKeyCountdown &-= 1
         if hotKeyCountdown == 0 { sampleHotKey(key) }
-        return placement.server(forKey: key, random: isRandom ? worker.nextRandom() : 0)
+        let random = isRandom ? worker.nextRandom() : 0
+        return withPlacement { $0.server(forKey: key, random: random) }
+    }
+
+    /// The placement, lent without a retain (a call on the `var` took and dropped a reference
+    /// per request). Sound because only this worker replaces `placement` (at reload or an
+    /// ejection, between loop callbacks) and `body` does neither.
+    @inline(__always)
+    private func withPlacement<R>(_ body: (Placement) -> R) -> R {
+        Unmanaged.passUnretained(placement)._withUnsafeGuaranteedRef(body)
     }
 
     /// The same placement without counting the key as requested (a second lookup of a key
     /// already counted).
     @inline(__always)
     func serverIndexUncounted(forKey key: UnsafeRawBufferPointer) -> Int? {
-        placement.server(forKey: key, random: isRandom ? worker.nextRandom() : 0)
+        let random = isRandom ? worker.nextRandom() : 0
+        return withPlacement { $0.server(forKey: key, random: random) }
     }
 
     /// Cluster pools: the hash slot of a key and the master serving it (nil: none serves the
@@ -389,8 +399,10 @@ final class PoolRuntime: BackendPool {
     func clusterSlot(forKey key: UnsafeRawBufferPointer) -> (slot: Int, server: Int?) {
         hotKeyCountdown &-= 1
         if hotKeyCountdown == 0 { sampleHotKey(key) }
-        let slot = placement.keyHash(key)
-        return (Int(slot), placement.server(forHash: slot))
+        return withPlacement { placement in
+            let slot = placement.keyHash(key)
+            return (Int(slot), placement.server(forHash: slot))
+        }
     }
 
     @inline(never)
