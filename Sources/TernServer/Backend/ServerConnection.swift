@@ -449,7 +449,9 @@ final class ServerConnection {
             releaseAnswered()
             counters.outQueue.set(unsentRequests)
             counters.outQueueBytes.set(outputCount - sentBytes)
-            watcher?.watch(outputCount == sentBytes && tls?.readWantsWrite != true ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE)
+            let events = outputCount == sentBytes && tls?.readWantsWrite != true ? TERN_EV_READ : TERN_EV_READ | TERN_EV_WRITE
+            // Usually unchanged: compared here, so that no reference to the watcher is taken.
+            if let current = watcher?.events, current != events { watcher?.watch(events) }
         case .wouldBlock:
             watcher?.watch(TERN_EV_READ | TERN_EV_WRITE)
         case let .failed(error):

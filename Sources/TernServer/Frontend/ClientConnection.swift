@@ -204,8 +204,9 @@ final class ClientConnection: ReplyOwner {
             tls = stream
         }
         let watcher = IOWatcher.make(loop: worker.loop, descriptor: descriptor, owner: self) { _, watcher, events in
-            let client = Unmanaged<ClientConnection>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
-            client.handle(events: events)
+            // Lent without a retain: a client leaves its worker only through `release`, which
+            // keeps it in `retired` until the end of the loop pass, so it outlives this call.
+            Unmanaged<ClientConnection>.fromOpaque(tern_get_data(watcher)!)._withUnsafeGuaranteedRef { $0.handle(events: events) }
         }
         self.watcher = watcher
         worker.adopt(self)
@@ -320,7 +321,7 @@ final class ClientConnection: ReplyOwner {
         // A large Redis argument on its way: room for all of it at once, as Redis sizes its
         // query buffer. Never past the client's query limit: parsing may have stopped at a full
         // pipeline before the parser checked these lengths.
-        if let session = redis, let partial, partial.readableCount >= Self.takeScratchAbove {
+        if let partial, partial.readableCount >= Self.takeScratchAbove, let session = redis {
             partial.reserve(frame: min(RespRequestParser.declaredLength(partial.readable), requestLimits(session).maxRequestLength))
         }
         dropEmptyPartial()
@@ -415,7 +416,8 @@ final class ClientConnection: ReplyOwner {
         var events: Int32 = closeWhenDrained || mustPauseReading ? 0 : TERN_EV_READ
         if !output.isEmpty || tls?.readWantsWrite == true { events |= TERN_EV_WRITE }
         if tls?.writeWantsRead == true { events |= TERN_EV_READ }
-        watcher?.watch(events)
+        // Usually unchanged: compared here, so that no reference to the watcher is taken.
+        if let current = watcher?.events, current != events { watcher?.watch(events) }
         if closeIfDrained() { return }
         // Reading was paused by a full pipeline: parse what is already buffered.
         if !closeWhenDrained, !mustPauseReading, let partial {

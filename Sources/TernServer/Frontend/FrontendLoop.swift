@@ -56,13 +56,15 @@ class FrontendLoop: RoutingLoop {
     final func release(_ client: ClientConnection) {
         let place = Int(client.position)
         guard place >= 0, place < clients.count, clients[place] === client else { return }
+        // Retired before it leaves `clients`, so that it is never without a reference here: the
+        // client's watcher callback lends it unretained and may be the caller.
+        retired.append(client)
         let last = clients.removeLast()
         if place < clients.count {
             clients[place] = last
             last.position = Int32(place)
         }
         client.position = -1
-        retired.append(client)
     }
 
     /// Lends the worker's server list, empty, for splitting one multi-key request.

@@ -318,14 +318,16 @@ final class Worker: FrontendLoop {
     private func flushAll() {
         swap(&heldClients, &releasedClients)
         while !dirtyServers.isEmpty || !replies.dirty.isEmpty {
+            // Each list is emptied from its end: a popped connection is the list's reference,
+            // moved out (no retain to iterate, no release pass to empty the list). The order of
+            // writes to different sockets does not matter.
             swap(&dirtyServers, &flushingServers)
-            for server in flushingServers {
+            while let server = flushingServers.popLast() {
                 server.isDirty = false
                 server.flush()
             }
-            flushingServers.removeAll(keepingCapacity: true)
             swap(&replies.dirty, &flushingClients)
-            for owner in flushingClients {
+            while let owner = flushingClients.popLast() {
                 // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base
                 // class is never made on its own), so the cast cannot be wrong.
                 let client = unsafeDowncast(owner, to: ClientConnection.self)
@@ -337,7 +339,6 @@ final class Worker: FrontendLoop {
                     client.flush(allowHold: true)
                 }
             }
-            flushingClients.removeAll(keepingCapacity: true)
         }
         // Held last pass and not written since: written now.
         for client in releasedClients where client.isHeld {
