@@ -45,8 +45,15 @@ final class ByteBuffer: ByteSink {
     }
 
     /// Makes room for at least `count` more bytes and returns where they go.
+    @inline(__always)
     func reserve(_ count: Int) -> UnsafeMutableRawPointer {
+        // Room already there (the common case), inlined into the caller; growing is not.
         if capacity - writeIndex >= count { return storage! + writeIndex }
+        return grow(toFit: count)
+    }
+
+    @inline(never)
+    private func grow(toFit count: Int) -> UnsafeMutableRawPointer {
         let unread = writeIndex - readIndex
         if readIndex > 0, capacity - unread >= count, let storage {
             // Compact: move the unread bytes to the front.
@@ -226,8 +233,14 @@ final class ByteBuffer: ByteSink {
     }
 
     /// Gives the memory back when the buffer is empty and larger than `keep` bytes.
+    @inline(__always)
     func releaseIfIdle(keep: Int = 0) {
-        guard readIndex == writeIndex, capacity > keep else { return }
+        guard capacity > keep, readIndex == writeIndex else { return }
+        releaseStorage()
+    }
+
+    @inline(never)
+    private func releaseStorage() {
         freeStorage()
         storage = nil
         capacity = 0
