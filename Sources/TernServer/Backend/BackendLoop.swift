@@ -18,8 +18,10 @@ class BackendLoop {
     /// Set when a server connection took the request being parsed out of `largeInput` (its
     /// bytes are no longer there to consume); the parsing loop clears it.
     final var tookLargeRequest = false
-    /// Backend connections with bytes to write, flushed once per loop pass (`Worker.flushAll`).
-    final var dirtyServers: [ServerConnection] = []
+    /// Backend connections with bytes to write, flushed once per loop pass (`Worker.flushAll`),
+    /// in the order they became dirty. A FIFO, so that flushing pops each one out with the
+    /// queue's own reference (an array was iterated with a retain and emptied with a release).
+    final var dirtyServers = FIFO<ServerConnection>()
     /// Closed objects kept alive until the current callback has returned.
     final var retired: [AnyObject] = []
 
@@ -31,11 +33,17 @@ class BackendLoop {
 
     @inline(__always) final var now: Double { ev_now(loop) }
 
+    /// Called with every request queued: the check is inlined, the append (once per
+    /// connection per pass) is not.
+    @inline(__always)
     final func markDirty(_ server: ServerConnection) {
-        if !server.isDirty {
-            server.isDirty = true
-            dirtyServers.append(server)
-        }
+        if !server.isDirty { addDirty(server) }
+    }
+
+    @inline(never)
+    private final func addDirty(_ server: ServerConnection) {
+        server.isDirty = true
+        dirtyServers.append(server)
     }
 
     final func retire(_ object: AnyObject) { retired.append(object) }

@@ -8,8 +8,10 @@ import TernCore
 final class ReplyDesk {
     /// The worker's libev loop: `ev_now` is the loop time replies are timed with.
     let loop: OpaquePointer
-    /// Owners with bytes to write, each once (`ReplyOwner.isDirty`); drained by the worker.
-    var dirty: [ReplyOwner] = []
+    /// Owners with bytes to write, each once (`ReplyOwner.isDirty`), in the order they became
+    /// dirty (the client waiting longest is written first); drained by the worker, which pops
+    /// each one out with the queue's own reference.
+    var dirty = FIFO<ReplyOwner>()
     private var freeSlots: [ReplySlot] = []
     /// A backend connection's input while a large reply at its start is delivered (with the
     /// reply's whole length), and whether a client took it.
@@ -24,11 +26,17 @@ final class ReplyDesk {
 
     @inline(__always) var now: Double { ev_now(loop) }
 
+    /// Called with every reply: the check is inlined, the append (once per client per pass)
+    /// is not.
+    @inline(__always)
     func markDirty(_ owner: ReplyOwner) {
-        if !owner.isDirty {
-            owner.isDirty = true
-            dirty.append(owner)
-        }
+        if !owner.isDirty { addDirty(owner) }
+    }
+
+    @inline(never)
+    private func addDirty(_ owner: ReplyOwner) {
+        owner.isDirty = true
+        dirty.append(owner)
     }
 
     func makeSlot(for owner: ReplyOwner) -> ReplySlot {

@@ -41,15 +41,11 @@ final class Worker: FrontendLoop {
     private let prepareWatcher = UnsafeMutablePointer<ev_prepare>.allocate(capacity: 1)
     /// Connections with bytes to write (`dirtyServers`, `replies.dirty`) are written once per
     /// loop pass before the loop blocks (`flushAll`).
-    /// The lists being flushed: swapped with the dirty lists so that neither is copied (a copy
-    /// would make `removeAll(keepingCapacity:)` allocate on every loop pass).
-    private var flushingClients: [ReplyOwner] = []
     /// Last pass's held clients (`heldClients`), written now whatever arrived.
     private var releasedClients: [ClientConnection] = []
     /// Wakes the loop within a millisecond while replies are held, so that a stalled backend
     /// on an otherwise idle worker cannot hold its neighbours' replies longer than that.
     private var holdTimer: TimerWatcher?
-    private var flushingServers: [ServerConnection] = []
     /// The main thread's way in (reload, drain), and the other workers' (client hand-over).
     let inbox: WorkerInbox
     /// Every worker's inbox, indexed by worker identifier; set before the loop starts.
@@ -318,16 +314,17 @@ final class Worker: FrontendLoop {
     private func flushAll() {
         swap(&heldClients, &releasedClients)
         while !dirtyServers.isEmpty || !replies.dirty.isEmpty {
-            // Each list is emptied from its end: a popped connection is the list's reference,
-            // moved out (no retain to iterate, no release pass to empty the list). The order of
-            // writes to different sockets does not matter.
-            swap(&dirtyServers, &flushingServers)
-            while let server = flushingServers.popLast() {
+            // Servers first, then clients, until neither has anything to write: a client's
+            // flush may parse requests it had paused on (dirtying servers), a server's failure
+            // may complete slots (dirtying clients). Each queue is FIFO, so connections are
+            // written in the order they became dirty (the client waiting longest first), and
+            // each is popped out with the queue's own reference: no retain to iterate, no
+            // release pass to empty a list.
+            while let server = dirtyServers.popFirst() {
                 server.isDirty = false
                 server.flush()
             }
-            swap(&replies.dirty, &flushingClients)
-            while let owner = flushingClients.popLast() {
+            while let owner = replies.dirty.popFirst() {
                 // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base
                 // class is never made on its own), so the cast cannot be wrong.
                 let client = unsafeDowncast(owner, to: ClientConnection.self)
