@@ -44,7 +44,6 @@ final class ReplySlot {
         get { clientReference?.takeUnretainedValue() }
         set { clientReference = newValue.map { Unmanaged.passUnretained($0) } }
     }
-    var hasClient: Bool { clientReference != nil }
     /// How the parts' replies become one (`.single` unless a `ReplySplit` named another).
     fileprivate(set) var sink = ReplySink.single
     var isDone = false
