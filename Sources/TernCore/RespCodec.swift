@@ -507,8 +507,8 @@ public enum RespReplyParser {
     /// The end (past its `\n`) of the line starting at `position`, nil until it has arrived.
     @inline(__always)
     static func lineEnd(_ bytes: UnsafeRawBufferPointer, at position: Int) -> Int? {
-        guard let base = bytes.baseAddress, let found = memchr(base + position, 0x0a, bytes.count - position) else { return nil }
-        return base.distance(to: UnsafeRawPointer(found)) + 1
+        guard let found = findNewlineInShortLine(bytes, from: position, to: bytes.count) else { return nil }
+        return found + 1
     }
 
     /// The bulk string whose `$` is at `position`: `.reply` with the offset its frame ends at (a

@@ -270,6 +270,45 @@ final class RespCodecTests: XCTestCase {
         }
     }
 
+    /// The word-at-a-time newline scan against a byte loop: every range inside random buffers
+    /// dense and sparse in `\n` (and in bytes one off from it, 0x0b and 0x09, and 0x8a, which a
+    /// wrong zero-byte test would take), lines shorter and longer than the 16 bytes scanned
+    /// before `memchr`, starts at every alignment.
+    func testShortLineNewlineScanAgreesWithAByteLoop() {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet: [UInt8] = [0x0a, 0x0b, 0x09, 0x8a, 0x0d, 0x41, 0x00, 0xff]
+        for density in [2, 8, 40, 200] {
+            for _ in 0..<300 {
+                let count = Int.random(in: 0...120, using: &generator)
+                let buffer = (0..<count).map { _ in
+                    Int.random(in: 0..<density, using: &generator) == 0 ? 0x0a : alphabet[Int.random(in: 1..<alphabet.count, using: &generator)]
+                }
+                buffer.withUnsafeBytes { raw in
+                    for from in 0...count {
+                        let to = Int.random(in: from...count, using: &generator)
+                        let expected = (from..<to).first { buffer[$0] == 0x0a }
+                        XCTAssertEqual(findNewlineInShortLine(raw, from: from, to: to), expected, "\(buffer) \(from)..<\(to)")
+                    }
+                }
+            }
+        }
+        // Simple replies framed through it, split at every byte.
+        let replies = Array("+OK\r\n:12345\r\n-ERR a longer error line than thirty-two bytes here\r\n+QUEUED\r\n".utf8)
+        var lengths: [Int] = []
+        replies.withUnsafeBytes { raw in
+            var position = 0
+            while position < raw.count {
+                guard case let .reply(length, _) = RespReplyParser.parse(UnsafeRawBufferPointer(rebasing: raw[position...])) else { return XCTFail("no reply at \(position)") }
+                for cut in (position + 1)..<(position + length) {
+                    XCTAssertEqual(RespReplyParser.parse(UnsafeRawBufferPointer(rebasing: raw[position..<cut])), .incomplete, "cut at \(cut)")
+                }
+                lengths.append(length)
+                position += length
+            }
+        }
+        XCTAssertEqual(lengths, [5, 8, 53, 9])
+    }
+
     func keys(_ words: [String]) -> [String] {
         var bytes: [UInt8] = Array("*\(words.count)\r\n".utf8)
         for word in words { bytes += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }
