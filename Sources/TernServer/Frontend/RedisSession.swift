@@ -66,16 +66,15 @@ extension ClientConnection {
         let slot = newSlot()
         // The name read from the frame directly (`withArgument` would take a reference to the
         // inline bytes for every request).
-        let name: RedisCommand?
+        let found: Int32
         if arguments.isInline {
-            name = arguments.withArgument(0, in: frame) { RedisCommandTable.lookup($0) }
+            found = arguments.withArgument(0, in: frame) { RedisCommandTable.indexOf($0) }
         } else {
             let span = arguments.span(0)
-            name = RedisCommandTable.lookup(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
+            found = RedisCommandTable.indexOf(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
         }
-        guard let command = name else {
-            return unknownCommand(frame, session, slot)
-        }
+        guard found >= 0 else { return unknownCommand(frame, session, slot) }
+        let command = RedisCommandTable.commands[Int(found)]
         // `disabled_commands`: as Redis answers after `rename-command X ""`.
         if pool.hasDisabledCommands, pool.isDisabled(command) { return unknownCommand(frame, session, slot) }
         slot.command = command.tableIndex
