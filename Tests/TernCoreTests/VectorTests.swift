@@ -63,7 +63,8 @@ final class VectorTests: XCTestCase {
     func testModulaCrc32a() throws { try checkPlacement("modula_crc32a.tsv") }
     func testHashTagKetama() throws { try checkPlacement("hashtag_ketama_fnv1a_64.tsv") }
 
-    /// The ketama search looks only inside the hash's bucket (`Placement.bucketStarts`): it must
+    /// The ketama search looks only inside the hash's bucket (`Placement.bucketStarts`), or not at
+    /// all when every point that can answer the bucket is one server's (`bucketServers`): it must
     /// find the point the search over the whole ring finds (twemproxy's), for rings of every size
     /// (1 to 300 servers, weighted, both ketama variants), at the edges of the hash space, at
     /// every point and next to it, and at random hashes.
@@ -87,7 +88,15 @@ final class VectorTests: XCTestCase {
             }
             var hashes: [UInt32] = [0, 1, UInt32.max, UInt32.max - 1, 1 << 31, (1 << 31) - 1]
             for value in values { hashes += [value, value &- 1, value &+ 1] }
+            // Both edges of every bucket (`Placement.bucketServers` answers whole buckets).
+            for bucket in 0..<(placement.bucketStarts.count - 1) {
+                let lowest = UInt32(truncatingIfNeeded: UInt64(bucket) << UInt64(placement.bucketShift))
+                hashes += [lowest, lowest | ((1 << placement.bucketShift) - 1)]
+            }
             for _ in 0..<20_000 { hashes.append(UInt32.random(in: 0...UInt32.max, using: &random)) }
+            // The shortcut must be what answers most hashes of a small ring.
+            let uniform = placement.bucketServers.filter { $0 >= 0 }.count
+            if serverCount <= 7 { XCTAssertGreaterThan(uniform * 10, placement.bucketServers.count * 8, "\(serverCount) servers") }
             var wrong = 0
             for hash in hashes where placement.server(forHash: hash) != whole(hash) { wrong += 1 }
             XCTAssertEqual(wrong, 0, "\(serverCount) servers, \(distribution): \(wrong) of \(hashes.count) hashes placed apart from the whole-ring search")
