@@ -24,7 +24,15 @@ final class ByteBuffer: ByteSink {
     /// `munmap`. Moves with the memory (`swapContents`).
     private var isMapped = false
 
-    init() {}
+    /// The least memory the buffer allocates when it first grows.
+    private let minimumCapacity: Int
+
+    init() { minimumCapacity = 4096 }
+
+    /// A buffer whose first allocation is `minimumCapacity` bytes: a reply slot's, which holds
+    /// one small reply at a time. Hundreds of them wait at once under pipelining; at 4 KiB each
+    /// every held reply sat on a page of its own.
+    init(minimumCapacity: Int) { self.minimumCapacity = minimumCapacity }
 
     deinit { freeStorage() }
 
@@ -62,7 +70,7 @@ final class ByteBuffer: ByteSink {
             writeIndex = unread
             return storage + writeIndex
         }
-        var newCapacity = max(capacity * 2, 4096)
+        var newCapacity = max(capacity * 2, minimumCapacity)
         while newCapacity - unread < count { newCapacity *= 2 }
         moveUnread(toCapacity: newCapacity)
         return storage! + writeIndex

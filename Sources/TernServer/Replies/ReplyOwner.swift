@@ -132,7 +132,7 @@ class ReplyOwner {
     @inline(__always)
     final func replyArrived(_ slot: ReplySlot, _ reply: UnsafeRawBufferPointer) {
         if !slot.isSilent {
-            if slots.isFirst(slot), slot.data.isEmpty {
+            if slots.isFirst(slot), !slot.holdsData {
                 if let binary = slot.binary {
                     // A binary client's packet, written straight from the backend's reply.
                     output.appendBinaryResponse(to: reply, binary, key: slot.keyBytes.readable)
@@ -176,7 +176,7 @@ class ReplyOwner {
     /// Whether a large reply for `slot` may be written to the output as it arrives: the slot is
     /// the next reply the client gets, and nothing of it is held yet.
     final func canStream(_ slot: ReplySlot) -> Bool {
-        !isClosed && slots.isFirst(slot) && slot.data.isEmpty
+        !isClosed && slots.isFirst(slot) && !slot.holdsData
     }
 
     /// The next piece of a reply being streamed (see `ServerConnection.startStreaming`).
