@@ -23,16 +23,16 @@ final class ByteBuffer: ByteSink {
     /// The memory was mapped by `reserveMapped` (not `malloc`): grown by `mremap`, freed by
     /// `munmap`. Moves with the memory (`swapContents`).
     private var isMapped = false
-
-    /// The least memory the buffer allocates when it first grows.
-    private let minimumCapacity: Int
+    /// The least memory the buffer allocates when it first grows. 32 bits, after `isMapped`:
+    /// the object stays 56 bytes, in malloc's 64-byte chunks.
+    private let minimumCapacity: Int32
 
     init() { minimumCapacity = 4096 }
 
     /// A buffer whose first allocation is `minimumCapacity` bytes: a reply slot's, which holds
     /// one small reply at a time. Hundreds of them wait at once under pipelining; at 4 KiB each
     /// every held reply sat on a page of its own.
-    init(minimumCapacity: Int) { self.minimumCapacity = minimumCapacity }
+    init(minimumCapacity: Int32) { self.minimumCapacity = minimumCapacity }
 
     deinit { freeStorage() }
 
@@ -70,7 +70,7 @@ final class ByteBuffer: ByteSink {
             writeIndex = unread
             return storage + writeIndex
         }
-        var newCapacity = max(capacity * 2, minimumCapacity)
+        var newCapacity = max(capacity * 2, Int(minimumCapacity))
         while newCapacity - unread < count { newCapacity *= 2 }
         moveUnread(toCapacity: newCapacity)
         return storage! + writeIndex

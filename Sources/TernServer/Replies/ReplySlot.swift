@@ -44,11 +44,36 @@ final class ReplySlot {
         get { clientReference?.takeUnretainedValue() }
         set { clientReference = newValue.map { Unmanaged.passUnretained($0) } }
     }
-    /// How the parts' replies become one (`.single` unless a `ReplySplit` named another).
-    fileprivate(set) var sink = ReplySink.single
+    // The fields the request and reply paths read and write come first, next to each other
+    // (stored properties are laid out in declaration order): a slot is cold by the time its
+    // reply arrives, and each of its cache lines touched is a miss.
+    /// Most reply bytes this request may hold (the pool's `client_output_limit`), checked before
+    /// a backend reply is stored; past it the request fails and later parts are dropped.
+    var replyLimit = Int.max
+    /// The loop time the request was read at, and its row in the pool's `CommandStats` (-1: not
+    /// counted).
+    var startedAt: Double = 0
+    /// Bytes of this slot counted in its client's `heldReplyBytes` (taken back when it leaves).
+    var countedBytes = 0
+    /// Bytes of the kept replies below, counted in `heldBytes`.
+    private(set) var keptBytes = 0
+    /// A read on a warm-up pool: its phases (new pool, old pool, resend).
+    var warmup: PhasedRead?
+    var command: Int32 = -1
+    var isOverflowed = false
+    /// Set by a multi-get merge that met a key its part did not ask for.
+    private var replyOutOfStep = false
+    /// `data` was reached since the last `reset` (only then may `dataBuffer` hold bytes).
+    private var dataUsed = false
     var isDone = false
     /// A `noreply` request: the backend's answer is dropped.
     var isSilent = false
+    /// Whether errors Tern makes are written as RESP (`-ERR …`) or memcached text.
+    var isRedis = false
+    /// How the parts' replies become one (`.single` unless a `ReplySplit` named another).
+    fileprivate(set) var sink = ReplySink.single
+    /// A binary-protocol request: its reply leaves as a response packet.
+    var binary: BinaryContext?
     /// Parts still to answer: 1 for a request that is not split; set only by `ReplySplit` (below).
     fileprivate(set) var remainingParts = 1
     /// Reply bytes held until the slot reaches the head of the client's queue.
@@ -66,8 +91,6 @@ final class ReplySlot {
         }
     }
     private let dataBuffer = ByteBuffer(minimumCapacity: 256)
-    /// `data` was reached since the last `reset` (only then may `dataBuffer` hold bytes).
-    private var dataUsed = false
     /// Whether reply bytes are held in `data`.
     var holdsData: Bool { dataUsed && !dataBuffer.isEmpty }
     /// Multi-key requests: the keys (bytes in `keyBytes`, memcached) with the part each went
@@ -86,28 +109,13 @@ final class ReplySlot {
     /// Large part replies of a merge, each kept in the backend buffer it arrived in (`keep`):
     /// merged without a copy into `data` first. Their bytes, counted in `heldBytes`.
     private(set) var kept: [ByteBuffer] = []
-    private(set) var keptBytes = 0
     /// For each kept reply, how far (offset in its unread bytes) its pages were given back
     /// while the merge copied its records out (`appendRecord`).
     private var keptDiscarded: [Int] = []
     var hasError = false
-    /// Whether errors Tern makes are written as RESP (`-ERR …`) or memcached text.
-    var isRedis = false
-    /// A read on a warm-up pool: its phases (new pool, old pool, resend).
-    var warmup: PhasedRead?
     /// A split that reaches a warm-up's old pool: the new pool's counters, where failures of
     /// old-pool parts are counted (set by `ReplySplit`).
     fileprivate(set) var warmupCounters: WarmupCounters?
-    /// Most reply bytes this request may hold (the pool's `client_output_limit`), checked before
-    /// a backend reply is stored; past it the request fails and later parts are dropped.
-    var replyLimit = Int.max
-    var isOverflowed = false
-    /// A binary-protocol request: its reply leaves as a response packet.
-    var binary: BinaryContext?
-    /// The request's row in the pool's `CommandStats` (-1: not counted) and the loop time it
-    /// was read at.
-    var command: Int32 = -1
-    var startedAt: Double = 0
 
     func reset() {
         clientReference = nil
@@ -239,12 +247,6 @@ final class ReplySlot {
         countHeld()
         return !replyOutOfStep
     }
-
-    /// Set by a multi-get merge that met a key its part did not ask for.
-    private var replyOutOfStep = false
-
-    /// Bytes of this slot counted in its client's `heldReplyBytes` (taken back when it leaves).
-    var countedBytes = 0
 
     /// Brings the client's count of held reply bytes up to date with this slot.
     @inline(__always)
