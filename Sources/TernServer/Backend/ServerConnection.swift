@@ -466,7 +466,7 @@ final class ServerConnection {
         // processes have run since: fetched into the cache while the read runs (a read of a cold
         // entry was 30-40 % of `frameReplies`' samples under pipelined GET). `frameReplies`
         // keeps fetching a few entries ahead.
-        for offset in 0..<Self.entriesAhead { pending.prefetch(offset) }
+        for offset in 0..<min(Self.entriesAhead, pending.count) { pending.prefetch(offset) }
         while true {
             // Framed after at most `streamThreshold` bytes (not the default 4 MiB): a large
             // reply is streamed, or its buffer sized once (`sizeInputForReply`), before its
