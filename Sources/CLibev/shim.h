@@ -64,7 +64,4 @@ static inline void tern_counter_add(long *counter, long amount) {
 }
 static inline long tern_counter_read(const long *counter) { return __atomic_load_n(counter, __ATOMIC_RELAXED); }
 
-// A hint that `address` will be read soon (a prefetch instruction; never faults).
-static inline void tern_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
-
 #endif

@@ -462,11 +462,6 @@ final class ServerConnection {
     }
 
     private func readReplies() {
-        // The entries the coming replies answer were written a loop pass or more ago, and other
-        // processes have run since: fetched into the cache while the read runs (a read of a cold
-        // entry was 30-40 % of `frameReplies`' samples under pipelined GET). `frameReplies`
-        // keeps fetching a few entries ahead.
-        for offset in 0..<min(Self.entriesAhead, pending.count) { pending.prefetch(offset) }
         while true {
             // Framed after at most `streamThreshold` bytes (not the default 4 MiB): a large
             // reply is streamed, or its buffer sized once (`sizeInputForReply`), before its
@@ -488,9 +483,6 @@ final class ServerConnection {
             guard let tls, tls.hasPending, descriptor >= 0 else { return }
         }
     }
-
-    /// How many pending entries ahead of the next reply are fetched into the cache.
-    static let entriesAhead = 8
 
     /// Pairs complete replies with pending requests, in order.
     private func frameReplies() {
@@ -543,7 +535,6 @@ final class ServerConnection {
             }
             do {
                 let (length, isError) = framed
-                pending.prefetch(Self.entriesAhead)
                 // Moved out of the queue before anything else runs: delivering may queue more.
                 guard var head = pending.popFirst() else { return }
                 answered(head, counters: counters, slowThreshold: slowThreshold)

@@ -1,5 +1,3 @@
-import CLibev
-
 /// A first-in first-out queue on a ring of manually managed storage: appending and popping are a
 /// store and a load at a masked index, with no uniqueness check (an array would make one per
 /// mutation) and no compaction; the ring is allocated on the first append (an idle connection's
@@ -51,17 +49,6 @@ struct FIFO<Element>: ~Copyable {
         head = (head &+ 1) & mask
         stored &-= 1
         return element
-    }
-
-    /// Asks the CPU to bring the element `offset` places behind the head into its cache (nothing
-    /// when there is none): a queue written in one loop pass and read in a later one is cold by
-    /// then, other processes having run in between.
-    @inline(__always)
-    func prefetch(_ offset: Int) {
-        guard offset < count, let storage else { return }
-        let element = UnsafeRawPointer(storage + Int((head &+ Int32(truncatingIfNeeded: offset)) & mask))
-        tern_prefetch(element)
-        tern_prefetch(element + (MemoryLayout<Element>.stride - 1))
     }
 
     /// The element `offset` places behind the head, read and written in place.
