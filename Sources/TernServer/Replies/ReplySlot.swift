@@ -50,8 +50,7 @@ final class ReplySlot {
     /// Most reply bytes this request may hold (the pool's `client_output_limit`), checked before
     /// a backend reply is stored; past it the request fails and later parts are dropped.
     var replyLimit = Int.max
-    /// The loop time the request was read at, and its row in the pool's `CommandStats` (-1: not
-    /// counted).
+    /// The loop time the request was read at.
     var startedAt: Double = 0
     /// Bytes of this slot counted in its client's `heldReplyBytes` (taken back when it leaves).
     var countedBytes = 0
@@ -59,6 +58,7 @@ final class ReplySlot {
     private(set) var keptBytes = 0
     /// A read on a warm-up pool: its phases (new pool, old pool, resend).
     var warmup: PhasedRead?
+    /// The request's row in the pool's `CommandStats` (-1: not counted).
     var command: Int32 = -1
     var isOverflowed = false
     /// Set by a multi-get merge that met a key its part did not ask for.
