@@ -56,4 +56,16 @@ final class ControlHTTPTests: XCTestCase {
                        "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nAllow: GET, HEAD\r\nConnection: close\r\n\r\n")
         XCTAssertTrue(String(decoding: ControlHTTP.encode(response, includeBody: true), as: UTF8.self).hasSuffix("\r\n\r\nonly GET and HEAD\n"))
     }
+
+    /// The histograms /metrics writes itself quote label values as the Prometheus text format
+    /// does (backslash, double quote and line feed escaped, nothing else), not as JSON does.
+    func testHistogramLabelValuesUseThePrometheusEscapes() {
+        let pool = "a\"b\\c\td\ne\u{1}é"
+        let text = StatsReport.latencyHistogram(pool: pool, server: "127.0.0.1:6379:1", [])
+        let first = text.split(separator: "\n")[0]
+        XCTAssertTrue(first.hasPrefix("tern_server_latency_seconds_bucket{pool=\"a\\\"b\\\\c\td\\ne\u{1}é\",server=\"127.0.0.1:6379:1\",le=\""), String(first))
+        XCTAssertEqual(text.split(separator: "\n").count, latencyBucketBounds.count + 3)
+        XCTAssertTrue(StatsReport.commandHistogram(pool: pool, command: "get", row: 0, []).hasPrefix(
+            "tern_command_latency_seconds_bucket{pool=\"a\\\"b\\\\c\td\\ne\u{1}é\",command=\"get\",le=\""))
+    }
 }

@@ -87,6 +87,23 @@ enum StatsReport {
 
     // MARK: Prometheus
 
+    /// A label value of the Prometheus text format, quoted: backslash, double quote and line
+    /// feed escaped (`\\`, `\"`, `\n`), every other character as it is. (JSON's escapes, such
+    /// as `\t` or `\u0001`, are not valid there.) swift-prometheus escapes its own metrics' labels
+    /// the same way; this is for the histograms written here.
+    static func labelValue(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
     /// `/metrics`: counters and gauges through swift-prometheus, refilled from the workers'
     /// counters at each scrape. The backend latency histogram is rendered from Tern's own
     /// lock-free buckets: swift-prometheus's Histogram takes a lock per observation, and the
@@ -266,7 +283,7 @@ enum StatsReport {
     static let hotKeysInMetrics = 5
 
     static func commandHistogram(pool: String, command: String, row: Int, _ tables: [CommandStats]) -> String {
-        let labels = "pool=\(quoted(pool)),command=\(quoted(command))"
+        let labels = "pool=\(labelValue(pool)),command=\(labelValue(command))"
         var out = ""
         var cumulative = 0
         for (index, bound) in latencyBucketBounds.enumerated() {
@@ -326,7 +343,7 @@ enum StatsReport {
     }
 
     static func latencyHistogram(pool: String, server: String, _ perWorker: [ServerCounters]) -> String {
-        let labels = "pool=\(quoted(pool)),server=\(quoted(server))"
+        let labels = "pool=\(labelValue(pool)),server=\(labelValue(server))"
         var out = ""
         var cumulative = 0
         for (index, bound) in latencyBucketBounds.enumerated() {
