@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions executed by Tern's worker thread for a fixed load, under callgrind, for A/B of
 # two builds (wall-clock CPU on this 2-core VM moves by ±10 %; instruction counts do not).
-#   bench/callgrind_ab.sh <tern binary> <label> <redis|redisp1|getp16|mcsingle|mget>
+#   bench/callgrind_ab.sh <tern binary> <label> <redis|redisp1|getp16|setp16|mcsingle|mget>
 # then compare the `summary:` line of $dir/cg-<label>-<load>.out-02 (thread 2 is the worker).
 # A stripped copy of the binary runs with --threads 1 and the slow log off; backend ports are
 # fixed so that keys land on the same servers in both runs.
@@ -38,6 +38,8 @@ for i in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$tr) 2>/dev/null && break; 
 sleep 1
 if [ $load = getp16 ]; then
 redis-benchmark -p $tr -t get -n 100000 -P 16 -r 1000 -d 32 -q >/dev/null
+elif [ $load = setp16 ]; then
+redis-benchmark -p $tr -t set -n 100000 -P 16 -r 1000 -d 32 -q >/dev/null
 elif [ $load = redis ]; then
 redis-benchmark -p $tr -t set -n 20000 -P 16 -r 1000 -d 32 -q >/dev/null
 redis-benchmark -p $tr -t get -n 50000 -P 16 -r 1000 -d 32 -q >/dev/null
