@@ -30,6 +30,8 @@ let package = Package(
             name: "CTernTLS",
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
+        // A per-thread cache of large heap blocks for ByteBuffer (tern_blocks.h).
+        .target(name: "CTernBlocks"),
         // Pure code: config, hashing, distributions, codecs. No sockets, clocks or globals.
         .target(
             name: "TernCore",
@@ -40,7 +42,7 @@ let package = Package(
         .target(
             name: "TernServer",
             dependencies: [
-                "TernCore", "CLibev", "CTernTLS",
+                "TernCore", "CLibev", "CTernTLS", "CTernBlocks",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
@@ -60,7 +62,7 @@ let package = Package(
         .executableTarget(name: "tern-fuzz", dependencies: ["TernFuzzChecks"]),
         .testTarget(name: "TernCoreTests", dependencies: ["TernCore", "TernFuzzChecks"]),
         // Loop-side data structures, in memory.
-        .testTarget(name: "TernServerTests", dependencies: ["TernServer"]),
+        .testTarget(name: "TernServerTests", dependencies: ["TernServer", "CTernBlocks"]),
         // Starts real memcached / redis-server processes and the real `tern` binary.
         .testTarget(name: "TernIntegrationTests", dependencies: ["TernCore", "tern", .product(name: "Yams", package: "Yams")]),
     ],

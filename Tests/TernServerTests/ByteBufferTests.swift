@@ -1,4 +1,6 @@
 import XCTest
+import CTernBlocks
+import Foundation
 @testable import TernServer
 
 /// The buffer's memory paths: `malloc`/`realloc` growth, memory mapped for a large frame and
@@ -72,5 +74,106 @@ final class ByteBufferTests: XCTestCase {
         let later = Array(buffer.readable)
         XCTAssertTrue(later[0..<(9 * page)].allSatisfy { $0 == 0 }, "the boundary page goes with the next step")
         XCTAssertTrue(later[(9 * page)...] == bytes[(9 * page)...])
+    }
+
+    /// A large block a buffer gives back is kept by a caching thread and taken by the next
+    /// buffer that needs about that much (a small buffer growing large copies its bytes into
+    /// it); a block much larger than asked for is not taken; a block survives one sweep and is
+    /// freed by the next.
+    func testLargeBlocksAreReusedAndSweptWhenUnused() {
+        tern_blocks_enable()
+        defer { tern_blocks_release_all() }
+        XCTAssertEqual(tern_blocks_cached_bytes(), 0)
+        var first: ByteBuffer? = ByteBuffer()
+        let value = pattern(1 << 20, seed: 3)
+        first!.reserve(frame: value.count)
+        value.withUnsafeBytes { first!.append($0) }
+        assertReadable(first!, value, "the first large buffer")
+        let memory = first!.storage, capacity = first!.capacity
+        first = nil
+        XCTAssertEqual(tern_blocks_cached_bytes(), capacity, "given back on deinit")
+
+        let second = ByteBuffer()
+        let head = pattern(3000, seed: 4)
+        head.withUnsafeBytes { second.append($0) }
+        second.reserve(frame: 1 << 20)
+        XCTAssertEqual(second.storage, memory, "the cached block taken")
+        XCTAssertEqual(second.capacity, capacity)
+        XCTAssertEqual(tern_blocks_cached_bytes(), 0)
+        assertReadable(second, head, "bytes copied into the cached block")
+        second.removeAll()
+        second.releaseIfIdle()
+        XCTAssertEqual(tern_blocks_cached_bytes(), capacity)
+
+        let small = ByteBuffer()
+        small.reserve(frame: 300_000)
+        XCTAssertNotEqual(small.storage, memory, "a block over twice the size asked for is not taken")
+        XCTAssertEqual(tern_blocks_cached_bytes(), capacity)
+
+        tern_blocks_sweep()
+        XCTAssertEqual(tern_blocks_cached_bytes(), capacity, "given back since the last sweep: kept")
+        tern_blocks_sweep()
+        XCTAssertEqual(tern_blocks_cached_bytes(), 0, "not taken for a whole sweep: freed")
+    }
+
+    /// A large buffer that fills up and grows takes a cached block too (its bytes copied, its
+    /// old block cached in turn) instead of `realloc`, whose new pages would fault in.
+    func testAGrowingLargeBufferTakesACachedBlock() {
+        tern_blocks_enable()
+        defer { tern_blocks_release_all() }
+        let buffer = ByteBuffer()
+        let bytes = pattern(600_000, seed: 5)
+        bytes.withUnsafeBytes { buffer.append(UnsafeRawBufferPointer(rebasing: $0[..<300_000])) }
+        let first = buffer.capacity
+        XCTAssertEqual(first, 1 << 19)
+        let spare = malloc(1 << 20)!
+        XCTAssertEqual(tern_blocks_give(spare, 1 << 20), 1)
+        bytes.withUnsafeBytes { buffer.append(UnsafeRawBufferPointer(rebasing: $0[300_000...])) }
+        XCTAssertEqual(buffer.storage, spare, "grown into the cached block")
+        XCTAssertEqual(buffer.capacity, 1 << 20)
+        assertReadable(buffer, bytes, "bytes copied across")
+        XCTAssertEqual(tern_blocks_cached_bytes(), first, "the old block cached in turn")
+    }
+
+    /// The cache's bounds: blocks of 256 KiB to 8 MiB, 32 MiB and 16 blocks in all; a thread
+    /// that did not enable it keeps nothing.
+    func testTheBlockCacheKeepsWithinItsBounds() {
+        func give(_ size: Int) -> Bool {
+            let block = malloc(size)!
+            if tern_blocks_give(block, size) == 1 { return true }
+            free(block)
+            return false
+        }
+        XCTAssertFalse(give(1 << 20), "this thread does not cache yet")
+        tern_blocks_enable()
+        defer { tern_blocks_release_all() }
+        XCTAssertFalse(give(Int(TERN_BLOCKS_MIN_BLOCK) - 1))
+        XCTAssertFalse(give(Int(TERN_BLOCKS_MAX_BLOCK) + 1))
+        for _ in 0..<8 { XCTAssertTrue(give(4 << 20)) }
+        XCTAssertFalse(give(1 << 20), "32 MiB cached")
+        tern_blocks_release_all()
+        tern_blocks_enable()
+        for _ in 0..<16 { XCTAssertTrue(give(1 << 20)) }
+        XCTAssertFalse(give(1 << 20), "16 blocks cached")
+        var capacity = 0
+        XCTAssertNil(tern_blocks_take(2 << 20, &capacity), "none large enough")
+        let taken = tern_blocks_take(600_000, &capacity)
+        XCTAssertNotNil(taken)
+        XCTAssertEqual(capacity, 1 << 20)
+        free(taken)
+        XCTAssertEqual(tern_blocks_cached_bytes(), 15 << 20)
+
+        // Another thread has a cache of its own, off until it enables it.
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var kept = true
+        Thread.detachNewThread {
+            let block = malloc(1 << 20)!
+            kept = tern_blocks_give(block, 1 << 20) == 1
+            if !kept { free(block) }
+            done.signal()
+        }
+        done.wait()
+        XCTAssertFalse(kept)
+        XCTAssertEqual(tern_blocks_cached_bytes(), 15 << 20)
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibev
+import CTernBlocks
 import TernCore
 
 /// A growable byte buffer over raw memory: bytes are appended at `writeIndex` and consumed from
@@ -11,6 +12,10 @@ import TernCore
 /// The memory comes from `malloc`/`realloc`/`free`: a full buffer that must grow is
 /// `realloc`ed, and glibc moves a large (mmapped) block by remapping its pages, so a large
 /// request or reply growing toward its declared length is neither copied nor held twice.
+///
+/// Blocks of 256 KiB or more come from and go back to the worker thread's cache of large
+/// blocks (`tern_blocks.h`) when it has one that fits: a large request read into a block used
+/// before finds its pages there instead of faulting each one in.
 ///
 /// Owned by exactly one connection on one worker thread; never shared. TernCore's encoders
 /// write into it (`ByteSink`: `reserve` and `commit`), RESP elements included
@@ -36,11 +41,34 @@ final class ByteBuffer: ByteSink {
 
     deinit { freeStorage() }
 
-    /// Gives the memory back, however it was allocated.
+    /// Gives the memory back, however it was allocated: a large heap block to the thread's
+    /// cache when it keeps it.
     private func freeStorage() {
         guard let storage else { return }
-        if isMapped { munmap(storage, capacity) } else { free(storage) }
+        if isMapped {
+            munmap(storage, capacity)
+        } else {
+            Self.freeBlock(storage, capacity: capacity)
+        }
         isMapped = false
+    }
+
+    /// At least `size` bytes from `malloc`, or a cached large block (then its size, which is at
+    /// most twice `size`).
+    private static func allocateBlock(_ size: Int) -> (memory: UnsafeMutableRawPointer?, capacity: Int) {
+        if let block = cachedBlock(size) { return (block.memory, block.capacity) }
+        return (malloc(size), size)
+    }
+
+    private static func cachedBlock(_ size: Int) -> (memory: UnsafeMutableRawPointer, capacity: Int)? {
+        guard size >= Int(TERN_BLOCKS_MIN_BLOCK) else { return nil }
+        var capacity = 0
+        guard let block = tern_blocks_take(size, &capacity) else { return nil }
+        return (block, capacity)
+    }
+
+    private static func freeBlock(_ memory: UnsafeMutableRawPointer, capacity: Int) {
+        if capacity < Int(TERN_BLOCKS_MIN_BLOCK) || tern_blocks_give(memory, capacity) == 0 { free(memory) }
     }
 
     var readableCount: Int { writeIndex - readIndex }
@@ -80,11 +108,18 @@ final class ByteBuffer: ByteSink {
     /// remapped (the pages move: nothing is copied, nothing held twice); with `mapping`, plain
     /// memory is left for a mapping of this buffer's own; a mostly full buffer is `realloc`ed
     /// (a large block is remapped by glibc, not copied); a mostly consumed one gets fresh memory
-    /// and only its unread bytes are copied.
+    /// and only its unread bytes are copied. Large memory is a cached block, whatever the
+    /// buffer's state, when the thread has one that fits (its bytes are then copied).
     private func moveUnread(toCapacity newCapacity: Int, mapping: Bool = false) {
         let unread = writeIndex - readIndex
         let memory: UnsafeMutableRawPointer?
-        if let storage, isMapped || (!mapping && unread * 2 >= capacity) {
+        var newCapacity = newCapacity
+        // A buffer growing large takes a cached block when there is one (and copies its bytes,
+        // once; its old block goes to the cache in turn) rather than `realloc`, whose new pages
+        // would each fault in as they are written: under 1 MiB SETs from ten clients a fault per
+        // 4 KiB cost more than the copy (bench/RESULTS.md, twelfth session).
+        let cached = isMapped || mapping ? nil : Self.cachedBlock(newCapacity)
+        if cached == nil, let storage, isMapped || (!mapping && unread * 2 >= capacity) {
             if readIndex > 0 { memmove(storage, storage + readIndex, unread) }
             if isMapped {
                 let moved = tern_mremap(storage, capacity, newCapacity)
@@ -93,14 +128,16 @@ final class ByteBuffer: ByteSink {
                 memory = realloc(storage, newCapacity)
             }
         } else {
-            if mapping {
+            if let cached {
+                (memory, newCapacity) = (cached.memory, cached.capacity)
+            } else if mapping {
                 let mapped = mmap(nil, newCapacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
                 memory = mapped == MAP_FAILED ? nil : mapped
             } else {
                 memory = malloc(newCapacity)
             }
             if unread > 0, let storage, let memory { memory.copyMemory(from: storage + readIndex, byteCount: unread) }
-            if memory != nil { free(storage) }
+            if memory != nil, let storage { Self.freeBlock(storage, capacity: capacity) }
         }
         guard let memory else { fatalError("out of memory growing a buffer to \(newCapacity) bytes") }
         isMapped = isMapped || mapping
@@ -147,9 +184,10 @@ final class ByteBuffer: ByteSink {
             freeStorage()
             storage = nil
             capacity = 0
-            guard let memory = malloc(headroom + count) else { fatalError("out of memory for a \(count) byte reply") }
+            let block = Self.allocateBlock(headroom + count)
+            guard let memory = block.memory else { fatalError("out of memory for a \(count) byte reply") }
             storage = memory
-            capacity = headroom + count
+            capacity = block.capacity
         }
         readIndex = headroom
         writeIndex = headroom

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibev
+import CTernBlocks
 import Logging
 import Synchronization
 import TernCore
@@ -83,6 +84,8 @@ final class Worker: FrontendLoop {
         for client in clients { client.checkTimeouts(now: now) }
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
         if scratch.isEmpty { scratch.releaseIfIdle(keep: 1 << 18) }
+        // Large blocks given back more than a second ago and not taken since leave the process.
+        tern_blocks_sweep()
         sweepTimer?.start(after: 1)
     }
 
@@ -130,7 +133,10 @@ final class Worker: FrontendLoop {
         tern_set_data(prepareWatcher, Unmanaged.passUnretained(self).toOpaque())
         ev_prepare_start(loop, prepareWatcher)
         for pool in pools { pool.start() }
+        // This thread keeps a few large buffer blocks for reuse (ByteBuffer, tern_blocks.h).
+        tern_blocks_enable()
         ev_run(loop, 0)
+        tern_blocks_release_all()
     }
 
     // MARK: Commands from the main thread

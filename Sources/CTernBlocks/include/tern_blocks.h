@@ -1,0 +1,49 @@
+// A per-thread cache of large heap blocks, for the buffers of large requests and replies.
+//
+// A 1 MiB request read into fresh memory costs a page fault per 4 KiB page (glibc maps a block
+// that large on its own and unmaps it when it is freed): perf put every page fault of a
+// 1 MiB SET load in the read into the new request buffer. A worker thread keeps the last few
+// large blocks its buffers gave back and hands them to the next large buffer, whose pages are
+// then already there.
+//
+// Bounded: at most TERN_BLOCKS_SLOTS blocks per thread, each at most TERN_BLOCKS_MAX_BLOCK
+// bytes and TERN_BLOCKS_MAX_TOTAL bytes in all; a block not taken again by the second sweep
+// after it was given back (the worker sweeps once a second) is freed. Only threads that called
+// `tern_blocks_enable` cache (Tern's workers); elsewhere `tern_blocks_give` declines and the
+// caller frees. The cache is thread-local: nothing is shared, nothing is locked.
+#ifndef TERN_BLOCKS_H
+#define TERN_BLOCKS_H
+
+#include <stddef.h>
+
+/// Blocks smaller than this are not cached (malloc reuses small ones by itself).
+/// (Plain literals, so that Swift imports them: 256 KiB, 8 MiB, 32 MiB.)
+#define TERN_BLOCKS_MIN_BLOCK 262144
+#define TERN_BLOCKS_MAX_BLOCK 8388608
+#define TERN_BLOCKS_MAX_TOTAL 33554432
+#define TERN_BLOCKS_SLOTS 16
+
+/// The calling thread caches blocks from now on.
+void tern_blocks_enable(void);
+
+/// A cached block of at least `wanted` bytes and at most twice that (the smallest such, and of
+/// those the one given back last), or NULL. `*capacity` is set to the block's size. The block came from malloc: free or realloc
+/// it as any other.
+void *tern_blocks_take(size_t wanted, size_t *capacity);
+
+/// Keeps a malloc'd block of `capacity` bytes for a later `tern_blocks_take` on this thread.
+/// Returns 1 when it was kept, 0 when the caller must free it (the thread does not cache, the
+/// block is outside the bounds, or the cache is full).
+int tern_blocks_give(void *block, size_t capacity);
+
+/// Frees the blocks given back before the previous sweep and not taken since; when it freed
+/// any, `malloc_trim` then gives malloc's free pages back to the kernel.
+void tern_blocks_sweep(void);
+
+/// Frees every cached block (a worker thread ending) and stops caching on this thread.
+void tern_blocks_release_all(void);
+
+/// Bytes cached on this thread.
+size_t tern_blocks_cached_bytes(void);
+
+#endif

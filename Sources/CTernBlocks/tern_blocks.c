@@ -1,0 +1,93 @@
+#include "tern_blocks.h"
+
+#include <malloc.h>
+#include <stdlib.h>
+
+struct tern_block {
+    void *memory;
+    size_t capacity;
+    // When the block was given back (a count of gives): of the smallest fitting blocks, the one
+    // given back last is taken, whose bytes are the likeliest to be in the processor's caches.
+    unsigned long given;
+    // Set when the block is given back, cleared by a sweep: a block found cleared by the next
+    // sweep was not taken for a whole sweep interval and is freed.
+    int recent;
+};
+
+// One cache per thread, touched only by that thread.
+static _Thread_local struct {
+    int enabled;
+    size_t total;
+    unsigned long gives;
+    struct tern_block slots[TERN_BLOCKS_SLOTS];
+} cache;
+
+void tern_blocks_enable(void) { cache.enabled = 1; }
+
+void *tern_blocks_take(size_t wanted, size_t *capacity) {
+    int best = -1;
+    for (int index = 0; index < TERN_BLOCKS_SLOTS; index++) {
+        struct tern_block *slot = &cache.slots[index];
+        if (slot->memory == NULL || slot->capacity < wanted || slot->capacity / 2 > wanted) continue;
+        if (best < 0 || slot->capacity < cache.slots[best].capacity
+            || (slot->capacity == cache.slots[best].capacity && slot->given > cache.slots[best].given)) best = index;
+    }
+    if (best < 0) return NULL;
+    struct tern_block *slot = &cache.slots[best];
+    void *memory = slot->memory;
+    *capacity = slot->capacity;
+    cache.total -= slot->capacity;
+    slot->memory = NULL;
+    slot->capacity = 0;
+    return memory;
+}
+
+int tern_blocks_give(void *block, size_t capacity) {
+    if (!cache.enabled || block == NULL || capacity < TERN_BLOCKS_MIN_BLOCK || capacity > TERN_BLOCKS_MAX_BLOCK
+        || cache.total + capacity > TERN_BLOCKS_MAX_TOTAL) return 0;
+    for (int index = 0; index < TERN_BLOCKS_SLOTS; index++) {
+        struct tern_block *slot = &cache.slots[index];
+        if (slot->memory != NULL) continue;
+        slot->memory = block;
+        slot->capacity = capacity;
+        slot->recent = 1;
+        slot->given = ++cache.gives;
+        cache.total += capacity;
+        return 1;
+    }
+    return 0;
+}
+
+void tern_blocks_sweep(void) {
+    int freed = 0;
+    for (int index = 0; index < TERN_BLOCKS_SLOTS; index++) {
+        struct tern_block *slot = &cache.slots[index];
+        if (slot->memory == NULL) continue;
+        if (slot->recent) {
+            slot->recent = 0;
+            continue;
+        }
+        free(slot->memory);
+        cache.total -= slot->capacity;
+        slot->memory = NULL;
+        slot->capacity = 0;
+        freed = 1;
+    }
+    // A block malloc placed inside its heap stays there when freed unless it was at the top;
+    // after a burst of large values, give the free pages back to the kernel. Only when this
+    // sweep freed something: once per burst, not once a second.
+    if (freed) malloc_trim(0);
+}
+
+void tern_blocks_release_all(void) {
+    for (int index = 0; index < TERN_BLOCKS_SLOTS; index++) {
+        struct tern_block *slot = &cache.slots[index];
+        free(slot->memory);
+        slot->memory = NULL;
+        slot->capacity = 0;
+    }
+    cache.total = 0;
+    cache.enabled = 0;
+}
+
+size_t tern_blocks_cached_bytes(void) { return cache.total; }
