@@ -4,8 +4,9 @@ through Tern, rounds interleaved, medians of --runs.
 
   python3 bench/large.py --runs 3 --requests 2000
 
-Per row: ops/s, the proxy's CPU per MiB moved (user+sys from /proc/PID/stat) and its peak
-RSS (VmHWM, reset before each run through /proc/PID/clear_refs). 10 connections, pipeline 1,
+Per row: ops/s, the proxy's CPU per MiB moved (user+sys from /proc/PID/stat), its minor page
+faults per request (the same file) and its peak RSS (VmHWM, reset before each run through
+/proc/PID/clear_refs). 10 connections, pipeline 1,
 one redis-server behind both proxies (so nothing is split and each reply is single-part).
 """
 import argparse, os, statistics, subprocess, sys
@@ -20,6 +21,11 @@ def peak_kib(pid, field="VmHWM"):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def minor_faults(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
 def reset_peak(pid):
@@ -66,20 +72,22 @@ def main():
                         reset_peak(process.pid)
                         start_kib = peak_kib(process.pid, "VmRSS")
                         before = cpu_seconds(process.pid)
+                        faults_before = minor_faults(process.pid)
                     out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", test, "-P", "1", "-c", "10", "-n", str(args.requests),
                                           "-d", str(args.size), "-r", "16", "-q", "--csv"], capture_output=True, text=True, check=True).stdout
                     line = [l for l in out.splitlines() if l.upper().startswith('"' + test.upper())][0]
                     ops = float(line.split(",")[1].strip('"'))
                     cpu = (cpu_seconds(process.pid) - before) / (args.requests * mib) * 1e6 if process else 0.0
+                    faults = (minor_faults(process.pid) - faults_before) / args.requests if process else 0.0
                     peak = peak_kib(process.pid) / 1024 if process else 0.0
                     rise = peak - start_kib / 1024 if process else 0.0
-                    results[(test, name)].append((ops, cpu, peak, rise))
+                    results[(test, name)].append((ops, cpu, peak, rise, faults))
         print(f"redis-benchmark, {args.size}-byte values, 10 connections, pipeline 1, {args.requests} requests, medians of {args.runs} interleaved runs")
         # Peak RSS counts the program's own mapped files (Tern's binary and the Swift runtime are
         # about 24 MiB of it, nutcracker's a few); the rise over the RSS at the start of the run
         # is what the load itself costs.
-        print("| test | target | ops/s | MiB/s | proxy CPU µs per MiB | proxy peak RSS MiB | peak rise during the run MiB |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| test | target | ops/s | MiB/s | proxy CPU µs per MiB | page faults per request | proxy peak RSS MiB | peak rise during the run MiB |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for test in tests:
             for name, _, process in targets:
                 rows = results[(test, name)]
@@ -87,7 +95,8 @@ def main():
                 cpu = statistics.median(r[1] for r in rows)
                 peak = statistics.median(r[2] for r in rows)
                 rise = statistics.median(r[3] for r in rows)
-                proxy = f"{cpu:,.0f} | {peak:,.1f} | {rise:,.1f}" if process else "— | — | —"
+                faults = statistics.median(r[4] for r in rows)
+                proxy = f"{cpu:,.0f} | {faults:,.1f} | {peak:,.1f} | {rise:,.1f}" if process else "— | — | — | —"
                 print(f"| {test.upper()} | {name} | {ops:,.0f} | {ops * mib:,.0f} | {proxy} |")
     finally:
         procs.stop()
