@@ -135,7 +135,9 @@ def measure(pids, run):
     if pids: result["cpu_us"] = (sum(cpu_seconds(pid) for pid in pids) - before) * 1e6 / max(1, result["ops"])
     return result
 
-def idle_connections(port, pid, count):
+def idle_connections(port, pid, count, request=None, reply=None):
+    """RSS rise per connection while `count` connections are open and idle. With `request`,
+    each connection first sends it and reads `reply` (a client that has been used, then idles)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 1000)), hard))
     time.sleep(0.5)
@@ -143,6 +145,11 @@ def idle_connections(port, pid, count):
     socks = []
     for _ in range(count):
         s = socket.create_connection(("127.0.0.1", port)); socks.append(s)
+        if request:
+            s.sendall(request)
+            got = b""
+            while len(got) < len(reply): got += s.recv(len(reply) - len(got))
+            assert got == reply, got
     time.sleep(2)
     after = rss_kib(pid)
     for s in socks: s.close()

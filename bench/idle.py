@@ -4,7 +4,10 @@ as bench.py measures it (the RSS rise while --count connections are opened and l
 a process that has served no load yet. bench.py measures after its loads, when freed memory is
 reused and the figure is lower; this one is the upper bound, repeatable run to run.
 
-  python3 bench/idle.py [--count 10000] [--runs 3] [--tern PATH] [--redis]
+  python3 bench/idle.py [--count 10000] [--runs 3] [--tern PATH] [--redis] [--used]
+
+--used: each connection first sends one request (a GET of a missing key) and reads its reply,
+as a client that has been used and then idles.
 """
 import argparse, os, statistics, subprocess, sys
 
@@ -18,6 +21,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tern", default=os.path.join(ROOT, ".build/release/tern"))
     parser.add_argument("--redis", action="store_true", help="a Redis pool instead of a memcached one")
+    parser.add_argument("--used", action="store_true", help="one request per connection before it idles")
     args = parser.parse_args()
     results = {"nutcracker": [], "tern": []}
     for run in range(args.runs):
@@ -38,11 +42,18 @@ def main():
                 binary = "nutcracker" if name == "nutcracker" else args.tern
                 process = procs.start([binary, "-c", config, "-s", str(free_port()), "-a", "127.0.0.1", "-v", "3"], f"{name}{run}")
                 wait_port(port)
-                results[name].append(idle_connections(port, process.pid, args.count))
+                if not args.used:
+                    request = reply = None
+                elif args.redis:
+                    request, reply = b"*2\r\n$3\r\nGET\r\n$12\r\nidle:missing\r\n", b"$-1\r\n"
+                else:
+                    request, reply = b"get idle:missing\r\n", b"END\r\n"
+                results[name].append(idle_connections(port, process.pid, args.count, request, reply))
         finally:
             procs.stop()
     kind = "Redis" if args.redis else "memcached"
-    print(f"idle {kind} client connections, {args.count} per run, fresh processes, medians of {args.runs}")
+    used = ", each used for one GET first" if args.used else ""
+    print(f"idle {kind} client connections{used}, {args.count} per run, fresh processes, medians of {args.runs}")
     print("| target | bytes of RSS per connection | runs |")
     print("| --- | ---: | --- |")
     for name, values in results.items():

@@ -14,12 +14,18 @@ struct tern_block {
     int recent;
 };
 
-// One cache per thread, touched only by that thread.
-static _Thread_local struct {
+// One cache per thread, touched only by that thread. Initial-exec: the code is linked into the
+// executable, so the variable is reached at a fixed offset from the thread pointer, not through
+// __tls_get_addr (the small blocks are taken and given once per client write).
+static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
     int enabled;
     size_t total;
     unsigned long gives;
     struct tern_block slots[TERN_BLOCKS_SLOTS];
+    void *small[TERN_BLOCKS_SMALL_SLOTS];
+    int small_count;
+    // A small block was taken since the previous sweep.
+    int small_taken;
 } cache;
 
 void tern_blocks_enable(void) { cache.enabled = 1; }
@@ -58,7 +64,27 @@ int tern_blocks_give(void *block, size_t capacity) {
     return 0;
 }
 
+void *tern_blocks_take_small(void) {
+    if (cache.small_count == 0) return NULL;
+    cache.small_taken = 1;
+    return cache.small[--cache.small_count];
+}
+
+int tern_blocks_give_small(void *block) {
+    if (!cache.enabled || block == NULL || cache.small_count == TERN_BLOCKS_SMALL_SLOTS) return 0;
+    cache.small[cache.small_count++] = block;
+    return 1;
+}
+
+int tern_blocks_small_count(void) { return cache.small_count; }
+
+static void free_small(void) {
+    while (cache.small_count > 0) free(cache.small[--cache.small_count]);
+}
+
 void tern_blocks_sweep(void) {
+    if (!cache.small_taken) free_small();
+    cache.small_taken = 0;
     int freed = 0;
     for (int index = 0; index < TERN_BLOCKS_SLOTS; index++) {
         struct tern_block *slot = &cache.slots[index];
@@ -87,6 +113,8 @@ void tern_blocks_release_all(void) {
         slot->capacity = 0;
     }
     cache.total = 0;
+    free_small();
+    cache.small_taken = 0;
     cache.enabled = 0;
 }
 

@@ -135,6 +135,44 @@ final class ByteBufferTests: XCTestCase {
         XCTAssertEqual(tern_blocks_cached_bytes(), first, "the old block cached in turn")
     }
 
+    /// A buffer's first 4 KiB come from the thread's small blocks when there is one, and go back
+    /// there when the buffer is written out (`releaseIfIdleOrSmall`); a buffer grown past 4 KiB
+    /// stays up to the limit; a sweep with no small block taken since the previous one frees
+    /// them all.
+    func testSmallBlocksGoBackWhenTheOutputIsWrittenOut() {
+        tern_blocks_enable()
+        defer { tern_blocks_release_all() }
+        let output = ByteBuffer()
+        let reply = pattern(100, seed: 7)
+        reply.withUnsafeBytes { output.append($0) }
+        XCTAssertEqual(output.capacity, Int(TERN_BLOCKS_SMALL_SIZE))
+        let block = output.storage
+        output.consume(100)
+        output.releaseIfIdleOrSmall(keep: 65536)
+        XCTAssertNil(output.storage, "written out: its block given back")
+        XCTAssertEqual(tern_blocks_small_count(), 1)
+        let other = ByteBuffer()
+        reply.withUnsafeBytes { other.append($0) }
+        XCTAssertEqual(other.storage, block, "the next buffer to start takes it")
+        XCTAssertEqual(tern_blocks_small_count(), 0)
+        assertReadable(other, reply, "bytes in the reused block")
+
+        let larger = pattern(10_000, seed: 8)
+        larger.withUnsafeBytes { output.append($0) }
+        XCTAssertGreaterThan(output.capacity, Int(TERN_BLOCKS_SMALL_SIZE))
+        output.consume(10_000)
+        output.releaseIfIdleOrSmall(keep: 65536)
+        XCTAssertNotNil(output.storage, "a grown buffer under the limit is kept")
+
+        other.consume(100)
+        other.releaseIfIdleOrSmall(keep: 65536)
+        XCTAssertEqual(tern_blocks_small_count(), 1)
+        tern_blocks_sweep()
+        XCTAssertEqual(tern_blocks_small_count(), 1, "one was taken since the last sweep: kept")
+        tern_blocks_sweep()
+        XCTAssertEqual(tern_blocks_small_count(), 0, "none taken since the previous sweep: freed")
+    }
+
     /// The cache's bounds: blocks of 256 KiB to 8 MiB, 32 MiB and 16 blocks in all; a thread
     /// that did not enable it keeps nothing.
     func testTheBlockCacheKeepsWithinItsBounds() {

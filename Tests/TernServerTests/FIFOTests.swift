@@ -31,6 +31,34 @@ final class FIFOTests: XCTestCase {
         XCTAssertNil(queue.popFirst())
     }
 
+    /// An empty queue gives its ring back and takes one of the same capacity on the next
+    /// append; a queue with elements keeps its ring.
+    func testAnEmptyQueueGivesItsRingBack() {
+        var queue = FIFO<Box>(initialCapacity: 2)
+        queue.releaseStorageIfEmpty()
+        XCTAssertEqual(queue.capacity, 0)
+        for value in 0..<5 { queue.append(Box(value)) }
+        XCTAssertEqual(queue.capacity, 8)
+        queue.releaseStorageIfEmpty()
+        XCTAssertEqual(queue.capacity, 8, "not empty: kept")
+        for value in 0..<3 { XCTAssertEqual(queue.popFirst()?.value, value) }
+        weak var last: Box?
+        do {
+            let box = Box(99)
+            last = box
+            queue.append(box)
+        }
+        XCTAssertEqual(queue.popFirst()?.value, 3)
+        XCTAssertEqual(queue.popFirst()?.value, 4)
+        XCTAssertEqual(queue.popFirst()?.value, 99)
+        XCTAssertNil(last, "popped elements are not kept by the ring")
+        queue.releaseStorageIfEmpty()
+        XCTAssertEqual(queue.capacity, 0)
+        for value in 10..<13 { queue.append(Box(value)) }
+        XCTAssertEqual(queue.capacity, 8, "the same capacity again")
+        XCTAssertEqual([queue[0].value, queue[1].value, queue[2].value], [10, 11, 12])
+    }
+
     func testElementsAreModifiedInPlace() {
         var queue = FIFO<Int>(initialCapacity: 2)
         for value in 0..<5 { queue.append(value) }

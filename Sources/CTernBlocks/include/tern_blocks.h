@@ -36,14 +36,33 @@ void *tern_blocks_take(size_t wanted, size_t *capacity);
 /// block is outside the bounds, or the cache is full).
 int tern_blocks_give(void *block, size_t capacity);
 
-/// Frees the blocks given back before the previous sweep and not taken since; when it freed
-/// any, `malloc_trim` then gives malloc's free pages back to the kernel.
+/// Frees the large blocks given back before the previous sweep and not taken since, and the
+/// small ones when none was taken since the previous sweep; when it freed a large block,
+/// `malloc_trim` then gives malloc's free pages back to the kernel.
 void tern_blocks_sweep(void);
 
 /// Frees every cached block (a worker thread ending) and stops caching on this thread.
 void tern_blocks_release_all(void);
 
-/// Bytes cached on this thread.
+/// Bytes cached on this thread (large blocks).
 size_t tern_blocks_cached_bytes(void);
+
+// Small blocks: the 4 KiB a buffer starts with. A client's output buffer gives its block back
+// as soon as everything in it is written, and takes one when the next reply comes, so a client
+// holds a block only while it has bytes to send, and an idle client none (nutcracker's mbufs
+// work the same way). The blocks wait here between two uses: at most TERN_BLOCKS_SMALL_SLOTS
+// per thread (1 MiB), all freed by a sweep when none was taken since the previous one.
+#define TERN_BLOCKS_SMALL_SIZE 4096
+#define TERN_BLOCKS_SMALL_SLOTS 256
+
+/// A cached 4 KiB block, or NULL.
+void *tern_blocks_take_small(void);
+
+/// Keeps a malloc'd block of TERN_BLOCKS_SMALL_SIZE bytes (or more) for a later
+/// `tern_blocks_take_small`. 1 when kept, 0 when the caller must free it.
+int tern_blocks_give_small(void *block);
+
+/// Small blocks cached on this thread.
+int tern_blocks_small_count(void);
 
 #endif

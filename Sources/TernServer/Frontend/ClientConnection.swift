@@ -113,7 +113,7 @@ final class ClientConnection: ReplyOwner {
         self.descriptor = descriptor
         self.pool = pool
         self.worker = worker
-        self.frontend = pool.config.protocolKind == .redis ? .redis(RedisSession()) : .memcachedUnchosen
+        self.frontend = pool.config.protocolKind == .redis ? .redis(RedisSession(arguments: worker.redisArguments)) : .memcachedUnchosen
         super.init(index: worker.nextClientIndex(), isRedis: pool.config.protocolKind == .redis, desk: worker.replies, poolCounters: pool.stats,
                    commandStats: pool.commandStats, outputLimit: pool.outputLimit)
     }
@@ -126,7 +126,12 @@ final class ClientConnection: ReplyOwner {
         // The frontend travels with the client, as it stays with a client that is not moved: a
         // reload that changes a pool's protocol does not change its open connections'. The
         // errors Tern writes follow the frontend.
-        self.frontend = moved.frontend
+        // A Redis session is made anew with this worker's argument list.
+        if case let .redis(session) = moved.frontend {
+            self.frontend = .redis(RedisSession(moving: session, arguments: worker.redisArguments))
+        } else {
+            self.frontend = moved.frontend
+        }
         let speaksRESP: Bool
         if case .redis = moved.frontend { speaksRESP = true } else { speaksRESP = false }
         super.init(index: worker.nextClientIndex(), isRedis: speaksRESP, desk: worker.replies, poolCounters: pool.stats,
@@ -421,7 +426,10 @@ final class ClientConnection: ReplyOwner {
                 return
             }
         }
-        if output.isEmpty { output.releaseIfIdle(keep: 65536) }
+        // Written out: the output's first 4 KiB go back to the worker's small blocks (an idle
+        // client holds no output buffer); a larger buffer stays up to 64 KiB for a client that
+        // needs one reply after another, until a second of idleness (`releaseIdleMemory`).
+        if output.isEmpty { output.releaseIfIdleOrSmall(keep: 65536) }
         var events: Int32 = closeWhenDrained || mustPauseReading ? 0 : TERN_EV_READ
         if !output.isEmpty || tls?.readWantsWrite == true { events |= TERN_EV_WRITE }
         if tls?.writeWantsRead == true { events |= TERN_EV_READ }
@@ -482,7 +490,20 @@ final class ClientConnection: ReplyOwner {
         if config.clientIdleTimeoutMilliseconds > 0, slots.isEmpty, partial == nil,
            now - lastActivity > Double(config.clientIdleTimeoutMilliseconds) / 1000 {
             close()
+            return
         }
+        releaseIdleMemory(now: now)
+    }
+
+    /// A client that has read nothing for a second, with nothing in flight, partly read or
+    /// waiting to be written, gives back what it kept for its next request: an output buffer
+    /// that had grown past 4 KiB (kept up to 64 KiB between requests, so that a busy client
+    /// does not grow one per reply) and its reply queue's ring. Called by the worker's
+    /// once-a-second sweep: a client busy again allocates these once, not per request.
+    private func releaseIdleMemory(now: Double) {
+        guard now - lastActivity >= 1, slots.isEmpty, partial == nil, output.isEmpty, !isHeld else { return }
+        output.releaseIfIdle()
+        slots.releaseStorageIfEmpty()
     }
 
     override func close() {

@@ -1,4 +1,5 @@
 import Logging
+import TernCore
 
 /// What client connections reach of their worker, above what pools do (`RoutingLoop`): the
 /// worker's open clients and the ones holding replies for a pass, buffers the worker's clients
@@ -27,6 +28,15 @@ class FrontendLoop: RoutingLoop {
     final var workerCount = 1
     /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
     private final var fragmentServers: [Int32] = []
+    /// The arguments of the Redis request being parsed and routed, shared by the worker's Redis
+    /// clients (`RedisSession.arguments`). One at a time: a client's requests are parsed and
+    /// routed within its own read or flush, and no other client's parsing runs inside it (both
+    /// are top-level loop callbacks; a blocked command that waited runs from its stored bytes).
+    /// Per client it took an object and, once used, 256 bytes of spans.
+    final let redisArguments = RespArguments()
+    /// A Redis multi-key request's key positions and their servers (or slots), reused.
+    final var keyIndices: [Int] = []
+    final var keyServers: [Int32] = []
     private final var nextClientNumber = 0
 
     init(loop: OpaquePointer, logger: Logger, identifier: Int, takesClients: Bool, processInfo: ProcessInfo) {

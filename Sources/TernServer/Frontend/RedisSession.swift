@@ -5,8 +5,11 @@ import TernCore
 
 /// Per-connection state of a Redis client. Confined to the client's worker thread.
 final class RedisSession {
-    /// The current request's arguments, reused from request to request.
-    let arguments = RespArguments()
+    /// The current request's arguments: the worker's list (`FrontendLoop.redisArguments`),
+    /// which every Redis client of the worker fills in turn, so a session owns no list of its
+    /// own. A `let`, read without a reference count; a client moved to another worker gets a
+    /// new session there (`init(moving:arguments:)`).
+    let arguments: RespArguments
     var isAuthenticated = false
     /// The authenticated user whose rules apply (nil: none, or a pool without users).
     var user: RedisUser?
@@ -17,9 +20,6 @@ final class RedisSession {
     var name: String?
     var libraryName: String?
     var libraryVersion: String?
-    /// Per-key servers of the current request (reused).
-    var keyServers: [Int32] = []
-    var keyIndices: [Int] = []
     /// Between MULTI and EXEC/DISCARD.
     var transaction: RedisTransaction?
     /// The dedicated connection a WATCH pinned, until EXEC, DISCARD, UNWATCH, RESET or disconnect.
@@ -28,6 +28,25 @@ final class RedisSession {
     var blocked: [DedicatedLease] = []
     /// Pub/sub: channels, patterns and push connections (nil until the first SUBSCRIBE).
     var subscriptions: RedisSubscriptions?
+
+    init(arguments: RespArguments) { self.arguments = arguments }
+
+    /// The session of a client moved to another worker, with that worker's argument list. Only
+    /// a client in none of the states tied to its worker's connections moves
+    /// (`ClientConnection.isMovable`: no transaction, WATCH, blocked command or subscription),
+    /// so what carries over is who it is: authentication, user and names.
+    init(moving session: RedisSession, arguments: RespArguments) {
+        precondition(session.transaction == nil && session.watch == nil && session.blocked.isEmpty && session.subscriptions == nil,
+                     "a Redis session tied to its worker's connections does not move")
+        self.arguments = arguments
+        isAuthenticated = session.isAuthenticated
+        user = session.user
+        usersGeneration = session.usersGeneration
+        authFailures = session.authFailures
+        name = session.name
+        libraryName = session.libraryName
+        libraryVersion = session.libraryVersion
+    }
 }
 
 /// RESP2 on a client connection: parse, check, answer locally or route by the command table.
@@ -367,13 +386,13 @@ extension ClientConnection {
     private func fanOutKeys(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot,
                             sink: ReplySink, keysPerPart: Int, alsoToOldPool: Bool = false) {
         let arguments = session.arguments
-        session.keyIndices.removeAll(keepingCapacity: true)
-        session.keyServers.removeAll(keepingCapacity: true)
+        worker.keyIndices.removeAll(keepingCapacity: true)
+        worker.keyServers.removeAll(keepingCapacity: true)
         defer {
             // Capacity left by one huge request is given back.
-            if session.keyIndices.count > RespArguments.keptCapacity {
-                session.keyIndices = []
-                session.keyServers = []
+            if worker.keyIndices.count > RespArguments.keptCapacity {
+                worker.keyIndices = []
+                worker.keyServers = []
             }
         }
         if keysPerPart == 2, (arguments.count - 1) % 2 != 0 {
@@ -400,13 +419,13 @@ extension ClientConnection {
                 slot.fail(part: ReplyPart.whole, reason: "no server available")
                 return
             }
-            session.keyIndices.append(index)
-            session.keyServers.append(Int32(group))
+            worker.keyIndices.append(index)
+            worker.keyServers.append(Int32(group))
             slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(group)))
             index += keysPerPart
         }
         worker.withFragmentServers { servers in
-            for server in session.keyServers where !servers.contains(server) { servers.append(server) }
+            for server in worker.keyServers where !servers.contains(server) { servers.append(server) }
             if servers.count == 1, !alsoToOldPool, !isArray(sink) || slot.warmup == nil {
                 // All keys on one server (one slot): the request goes as it is, and so does its
                 // reply (a large one becomes the client's output without a copy). A warm-up
@@ -416,17 +435,17 @@ extension ClientConnection {
                 return
             }
             var split = ReplySplit(slot, mergedBy: sink, warmupCounters: alsoToOldPool ? pool.warmupCounters : nil)
-            sendParts(servers, session.keyServers, in: pool, toOldPool: false, frame, session, &split, keysPerPart: keysPerPart)
+            sendParts(servers, worker.keyServers, in: pool, toOldPool: false, frame, session, &split, keysPerPart: keysPerPart)
             if alsoToOldPool, let old = pool.old {
                 // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
                 var oldServers: [Int32] = []
                 var oldKeyServers: [Int32] = []
-                for keyIndex in session.keyIndices {
+                for keyIndex in worker.keyIndices {
                     let server = Int32(arguments.withArgument(keyIndex, in: frame) { old.server(forKey: $0)?.index ?? -1 })
                     oldKeyServers.append(server)
                     if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
                 }
-                WarmupCounters.add(pool.warmupCounters.oldDeletes, session.keyIndices.count)
+                WarmupCounters.add(pool.warmupCounters.oldDeletes, worker.keyIndices.count)
                 sendParts(oldServers, oldKeyServers, in: old, toOldPool: true, frame, session, &split, keysPerPart: keysPerPart)
             }
             split.close()
@@ -445,7 +464,7 @@ extension ClientConnection {
             RespEncoder.arrayHeader(1 + count * keysPerPart, into: output)
             arguments.withArgument(0, in: frame) { RespEncoder.bulk($0, into: output) }
             for (position, keyServer) in keyServers.enumerated() where keyServer == server {
-                let keyIndex = session.keyIndices[position]
+                let keyIndex = worker.keyIndices[position]
                 for offset in 0..<keysPerPart {
                     arguments.withArgument(keyIndex + offset, in: frame) { RespEncoder.bulk($0, into: output) }
                 }

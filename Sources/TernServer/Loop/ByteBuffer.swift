@@ -57,7 +57,14 @@ final class ByteBuffer: ByteSink {
     /// most twice `size`).
     private static func allocateBlock(_ size: Int) -> (memory: UnsafeMutableRawPointer?, capacity: Int) {
         if let block = cachedBlock(size) { return (block.memory, block.capacity) }
-        return (malloc(size), size)
+        return (allocate(size), size)
+    }
+
+    /// `malloc`, or a cached small block for the 4 KiB a buffer starts with.
+    @inline(__always)
+    private static func allocate(_ size: Int) -> UnsafeMutableRawPointer? {
+        if size == Int(TERN_BLOCKS_SMALL_SIZE), let block = tern_blocks_take_small() { return block }
+        return malloc(size)
     }
 
     private static func cachedBlock(_ size: Int) -> (memory: UnsafeMutableRawPointer, capacity: Int)? {
@@ -68,7 +75,11 @@ final class ByteBuffer: ByteSink {
     }
 
     private static func freeBlock(_ memory: UnsafeMutableRawPointer, capacity: Int) {
-        if capacity < Int(TERN_BLOCKS_MIN_BLOCK) || tern_blocks_give(memory, capacity) == 0 { free(memory) }
+        if capacity == Int(TERN_BLOCKS_SMALL_SIZE) {
+            if tern_blocks_give_small(memory) == 0 { free(memory) }
+        } else if capacity < Int(TERN_BLOCKS_MIN_BLOCK) || tern_blocks_give(memory, capacity) == 0 {
+            free(memory)
+        }
     }
 
     var readableCount: Int { writeIndex - readIndex }
@@ -90,6 +101,18 @@ final class ByteBuffer: ByteSink {
 
     @inline(never)
     private func grow(toFit count: Int) -> UnsafeMutableRawPointer {
+        // A buffer with no memory starting at 4 KiB (a client's output after the last one was
+        // written out): a small block, without the general path.
+        if storage == nil, minimumCapacity == Int32(TERN_BLOCKS_SMALL_SIZE), count <= Int(TERN_BLOCKS_SMALL_SIZE) {
+            guard let block = tern_blocks_take_small() ?? malloc(Int(TERN_BLOCKS_SMALL_SIZE)) else {
+                fatalError("out of memory for a buffer")
+            }
+            storage = block
+            capacity = Int(TERN_BLOCKS_SMALL_SIZE)
+            readIndex = 0
+            writeIndex = 0
+            return block
+        }
         let unread = writeIndex - readIndex
         if readIndex > 0, capacity - unread >= count, let storage {
             // Compact: move the unread bytes to the front.
@@ -134,7 +157,7 @@ final class ByteBuffer: ByteSink {
                 let mapped = mmap(nil, newCapacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
                 memory = mapped == MAP_FAILED ? nil : mapped
             } else {
-                memory = malloc(newCapacity)
+                memory = Self.allocate(newCapacity)
             }
             if unread > 0, let storage, let memory { memory.copyMemory(from: storage + readIndex, byteCount: unread) }
             if memory != nil, let storage { Self.freeBlock(storage, capacity: capacity) }
@@ -283,6 +306,24 @@ final class ByteBuffer: ByteSink {
     func releaseIfIdle(keep: Int = 0) {
         guard capacity > keep, readIndex == writeIndex else { return }
         releaseStorage()
+    }
+
+    /// `releaseIfIdle(keep:)`, and also when the buffer holds just the 4 KiB it started with,
+    /// which goes to the thread's small blocks for the next buffer that starts (a client's
+    /// output between two replies: an idle client holds none, a busy one takes the block back
+    /// from the cache, not from `malloc`).
+    @inline(__always)
+    func releaseIfIdleOrSmall(keep: Int) {
+        guard readIndex == writeIndex else { return }
+        if capacity == Int(TERN_BLOCKS_SMALL_SIZE), !isMapped, let storage {
+            if tern_blocks_give_small(storage) == 0 { free(storage) }
+            self.storage = nil
+            capacity = 0
+            readIndex = 0
+            writeIndex = 0
+        } else if capacity > keep {
+            releaseStorage()
+        }
     }
 
     @inline(never)

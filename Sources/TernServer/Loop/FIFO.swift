@@ -1,7 +1,8 @@
 /// A first-in first-out queue on a ring of manually managed storage: appending and popping are a
 /// store and a load at a masked index, with no uniqueness check (an array would make one per
 /// mutation) and no compaction; the ring is allocated on the first append (an idle connection's
-/// queues take no memory), doubles when full and is never shrunk. Elements leave by being moved
+/// queues take no memory), doubles when full, and is given back only when its owner asks
+/// (`releaseStorageIfEmpty`, for a connection that has gone idle). Elements leave by being moved
 /// out, so popping costs no retain/release pair.
 ///
 /// A noncopyable struct stored inline in its owner (a connection): no object of its own, and no
@@ -34,6 +35,9 @@ struct FIFO<Element>: ~Copyable {
     }
 
     var isEmpty: Bool { stored == 0 }
+
+    /// Elements the ring holds without growing; 0 while it has no ring.
+    var capacity: Int { storage == nil ? 0 : Int(mask) + 1 }
 
     @inline(__always)
     mutating func append(_ element: Element) {
@@ -69,6 +73,16 @@ struct FIFO<Element>: ~Copyable {
             head = (head &+ 1) & mask
             stored &-= 1
         }
+        head = 0
+    }
+
+    /// An empty queue gives its ring back (a connection that has gone idle); the next append
+    /// allocates one of the same capacity again.
+    mutating func releaseStorageIfEmpty() {
+        guard stored == 0, let storage else { return }
+        storage.deallocate()
+        self.storage = nil
+        mask = -(mask + 1)
         head = 0
     }
 
