@@ -30,7 +30,9 @@ let package = Package(
             name: "CTernTLS",
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
-        // A per-thread cache of large heap blocks for ByteBuffer (tern_blocks.h).
+        // A per-thread cache of heap blocks for ByteBuffer (tern_blocks.h). Its thread-local
+        // variable uses the initial-exec TLS model: link it into executables only (tern and the
+        // test binary), never into a library loaded with dlopen.
         .target(name: "CTernBlocks"),
         // Pure code: config, hashing, distributions, codecs. No sockets, clocks or globals.
         .target(

@@ -26,7 +26,10 @@ static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
     int small_count;
     // A small block was taken since the previous sweep.
     int small_taken;
-} cache;
+    // Sweeps since this thread last called malloc_trim, and whether one is due.
+    int sweeps_since_trim;
+    int trim_due;
+} cache = { .sweeps_since_trim = TERN_BLOCKS_TRIM_SWEEPS };
 
 void tern_blocks_enable(void) { cache.enabled = 1; }
 
@@ -100,9 +103,17 @@ void tern_blocks_sweep(void) {
         freed = 1;
     }
     // A block malloc placed inside its heap stays there when freed unless it was at the top;
-    // after a burst of large values, give the free pages back to the kernel. Only when this
-    // sweep freed something: once per burst, not once a second.
-    if (freed) malloc_trim(0);
+    // after a burst of large values, give the free pages back to the kernel. Only after a
+    // sweep freed something, and at most once per TERN_BLOCKS_TRIM_SWEEPS sweeps of this
+    // thread: malloc_trim walks every arena, each under its lock, so it briefly holds up the
+    // other workers' allocations.
+    if (freed) cache.trim_due = 1;
+    if (cache.sweeps_since_trim < TERN_BLOCKS_TRIM_SWEEPS) cache.sweeps_since_trim++;
+    if (cache.trim_due && cache.sweeps_since_trim >= TERN_BLOCKS_TRIM_SWEEPS) {
+        malloc_trim(0);
+        cache.trim_due = 0;
+        cache.sweeps_since_trim = 0;
+    }
 }
 
 void tern_blocks_release_all(void) {

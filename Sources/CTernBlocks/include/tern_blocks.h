@@ -37,8 +37,10 @@ void *tern_blocks_take(size_t wanted, size_t *capacity);
 int tern_blocks_give(void *block, size_t capacity);
 
 /// Frees the large blocks given back before the previous sweep and not taken since, and the
-/// small ones when none was taken since the previous sweep; when it freed a large block,
-/// `malloc_trim` then gives malloc's free pages back to the kernel.
+/// small ones when none was taken since the previous sweep. After it freed a large block,
+/// `malloc_trim` gives malloc's free pages back to the kernel: at once, or when
+/// TERN_BLOCKS_TRIM_SWEEPS sweeps have passed since this thread's previous trim.
+#define TERN_BLOCKS_TRIM_SWEEPS 2
 void tern_blocks_sweep(void);
 
 /// Frees every cached block (a worker thread ending) and stops caching on this thread.

@@ -495,13 +495,15 @@ final class ClientConnection: ReplyOwner {
         releaseIdleMemory(now: now)
     }
 
-    /// A client that has read nothing for a second, with nothing in flight, partly read or
-    /// waiting to be written, gives back what it kept for its next request: an output buffer
+    /// A client that has read and written nothing for a second, with nothing in flight, partly
+    /// read or waiting to be written, gives back what it kept for its next request: an output buffer
     /// that had grown past 4 KiB (kept up to 64 KiB between requests, so that a busy client
     /// does not grow one per reply) and its reply queue's ring. Called by the worker's
     /// once-a-second sweep: a client busy again allocates these once, not per request.
     private func releaseIdleMemory(now: Double) {
-        guard now - lastActivity >= 1, slots.isEmpty, partial == nil, output.isEmpty, !isHeld else { return }
+        // Nothing read and nothing written for a second (a subscriber that only receives
+        // messages is flushed with each, so it keeps its buffers while they come).
+        guard now - lastActivity >= 1, now - lastWriteProgress >= 1, slots.isEmpty, partial == nil, output.isEmpty, !isHeld else { return }
         output.releaseIfIdle()
         slots.releaseStorageIfEmpty()
     }
