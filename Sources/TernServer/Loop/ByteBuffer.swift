@@ -74,6 +74,7 @@ final class ByteBuffer: ByteSink {
         return (block, capacity)
     }
 
+    @inline(__always)
     private static func freeBlock(_ memory: UnsafeMutableRawPointer, capacity: Int) {
         if capacity == Int(TERN_BLOCKS_SMALL_SIZE) {
             if tern_blocks_give_small(memory) == 0 { free(memory) }
@@ -104,7 +105,7 @@ final class ByteBuffer: ByteSink {
         // A buffer with no memory starting at 4 KiB (a client's output after the last one was
         // written out): a small block, without the general path.
         if storage == nil, minimumCapacity == Int32(TERN_BLOCKS_SMALL_SIZE), count <= Int(TERN_BLOCKS_SMALL_SIZE) {
-            guard let block = tern_blocks_take_small() ?? malloc(Int(TERN_BLOCKS_SMALL_SIZE)) else {
+            guard let block = Self.allocate(Int(TERN_BLOCKS_SMALL_SIZE)) else {
                 fatalError("out of memory for a buffer")
             }
             storage = block
@@ -316,7 +317,7 @@ final class ByteBuffer: ByteSink {
     func releaseIfIdleOrSmall(keep: Int) {
         guard readIndex == writeIndex else { return }
         if capacity == Int(TERN_BLOCKS_SMALL_SIZE), !isMapped, let storage {
-            if tern_blocks_give_small(storage) == 0 { free(storage) }
+            Self.freeBlock(storage, capacity: capacity)
             self.storage = nil
             capacity = 0
             readIndex = 0
