@@ -99,4 +99,55 @@ final class FIFOTests: XCTestCase {
         // The queue's deinit released the elements still in it.
         XCTAssertNil(queued)
     }
+
+    /// One element of a reference's size is kept without a ring (an unpipelined client's one
+    /// request in flight allocates nothing); a second makes the ring, with the first at its
+    /// head. The inline element is read, modified, compared, popped and released like a ring's.
+    func testASingleElementTakesNoRing() {
+        weak var dropped: Box?
+        do {
+            var queue = FIFO<Box>()
+            for round in 0..<3 {
+                let box = Box(round)
+                queue.append(box)
+                XCTAssertEqual(queue.capacity, 0, "one element: no ring")
+                XCTAssertEqual(queue.count, 1)
+                XCTAssertTrue(queue.isFirst(box))
+                XCTAssertFalse(queue.isFirst(Box(round)))
+                XCTAssertEqual(queue[0].value, round)
+                XCTAssertTrue(queue.popFirst() === box)
+                XCTAssertTrue(queue.isEmpty)
+                XCTAssertFalse(queue.isFirst(box))
+                XCTAssertNil(queue.popFirst())
+            }
+            queue.append(Box(1))
+            queue.append(Box(2))
+            XCTAssertEqual(queue.capacity, 8, "a second element: the ring")
+            XCTAssertEqual([queue[0].value, queue[1].value], [1, 2])
+            XCTAssertEqual(queue.popFirst()?.value, 1)
+            XCTAssertEqual(queue.popFirst()?.value, 2)
+            queue.releaseStorageIfEmpty()
+            XCTAssertEqual(queue.capacity, 0)
+            do {
+                let box = Box(7)
+                dropped = box
+                queue.append(box)
+            }
+            XCTAssertNotNil(dropped, "kept by the queue")
+            queue.removeAll()
+            XCTAssertNil(dropped, "removeAll released the inline element")
+            do {
+                let box = Box(8)
+                dropped = box
+                queue.append(box)
+            }
+            XCTAssertEqual(queue.capacity, 0)
+        }
+        XCTAssertNil(dropped, "the queue's deinit released its inline element")
+        var numbers = FIFO<Int>()
+        numbers.append(5)
+        numbers[0] += 10
+        XCTAssertEqual(numbers.capacity, 0)
+        XCTAssertEqual(numbers.popFirst(), 15)
+    }
 }

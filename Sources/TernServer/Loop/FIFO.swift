@@ -1,34 +1,51 @@
 /// A first-in first-out queue on a ring of manually managed storage: appending and popping are a
 /// store and a load at a masked index, with no uniqueness check (an array would make one per
-/// mutation) and no compaction; the ring is allocated on the first append (an idle connection's
-/// queues take no memory), doubles when full, and is given back only when its owner asks
-/// (`releaseStorageIfEmpty`, for a connection that has gone idle). Elements leave by being moved
-/// out, so popping costs no retain/release pair.
+/// mutation) and no compaction. The ring is allocated when a second element is appended and
+/// doubles when full; a single element of a word's size (a reference: a client's one request in
+/// flight) is kept in the ring pointer's own word instead, so an unpipelined client never takes
+/// a ring and an idle connection's queues take no memory. A ring is given back only when its
+/// owner asks (`releaseStorageIfEmpty`, for a connection that has gone idle). Elements leave by
+/// being moved out, so popping costs no retain/release pair.
 ///
 /// A noncopyable struct stored inline in its owner (a connection): no object of its own, and no
 /// copy-on-write check since it can never be shared. Like its owners, it is confined to one worker
 /// thread.
 struct FIFO<Element>: ~Copyable {
-    /// Nil until the first append.
+    /// The ring while `mask >= 0`. Without a ring (`mask < 0`): nil while the queue is empty,
+    /// and while it holds one element (`stored == 1`, only when `inlines`), that element's own
+    /// bits. Unsafe: those bits are an element only between `putInline` and `takeInline`, which
+    /// initialize and move it as one, and they are never read as a pointer (every use of the
+    /// ring is behind `mask >= 0`).
     private var storage: UnsafeMutablePointer<Element>?
-    /// Capacity minus one; the capacity is a power of two. Before the first append, minus the
-    /// capacity the first append allocates (kept here rather than in a field of its own). The
+    /// Capacity minus one; the capacity is a power of two. Without a ring, minus the capacity
+    /// the next ring is allocated with (kept here rather than in a field of its own). The
     /// positions are 32-bit (no queue holds 2^31 elements): with the pointer, 20 bytes in
     /// every connection rather than 40.
     private var mask: Int32
     private var head: Int32 = 0
     private var stored: Int32 = 0
 
+    /// Elements that fit in the ring pointer's word (references, and `Int` in tests) are kept
+    /// there while they are the only one. Constant once specialized.
+    private static var inlines: Bool {
+        MemoryLayout<Element>.size == MemoryLayout<UnsafeMutablePointer<Element>?>.size
+            && MemoryLayout<Element>.alignment <= MemoryLayout<UnsafeMutablePointer<Element>?>.alignment
+    }
+
     var count: Int { Int(stored) }
 
     init(initialCapacity: Int = 8) {
-        var size: Int32 = 1
+        var size: Int32 = 2
         while size < initialCapacity { size <<= 1 }
         mask = -size
     }
 
     deinit {
-        if let storage {
+        if mask < 0 {
+            // The inline element, released from a copy of its word (`self` is immutable here).
+            var word = storage
+            if Self.inlines, stored > 0 { withUnsafeMutablePointer(to: &word) { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Element.self).deinitialize(count: 1) } }
+        } else if let storage {
             for offset in 0..<stored { (storage + Int((head &+ offset) & mask)).deinitialize(count: 1) }
             storage.deallocate()
         }
@@ -37,11 +54,20 @@ struct FIFO<Element>: ~Copyable {
     var isEmpty: Bool { stored == 0 }
 
     /// Elements the ring holds without growing; 0 while it has no ring.
-    var capacity: Int { storage == nil ? 0 : Int(mask) + 1 }
+    var capacity: Int { mask < 0 ? 0 : Int(mask) + 1 }
 
     @inline(__always)
-    mutating func append(_ element: Element) {
-        if stored > mask { grow() }
+    mutating func append(_ element: consuming Element) {
+        // No ring (mask < 0), or a full one.
+        if stored > mask {
+            // The one element of a queue with no ring (an unpipelined client's request).
+            if Self.inlines, stored == 0, mask < 0 {
+                putInline(element)
+                stored = 1
+                return
+            }
+            return appendWithoutRoom(element)
+        }
         (storage.unsafelyUnwrapped + Int((head &+ stored) & mask)).initialize(to: element)
         stored &+= 1
     }
@@ -49,6 +75,10 @@ struct FIFO<Element>: ~Copyable {
     @inline(__always)
     mutating func popFirst() -> Element? {
         guard stored > 0 else { return nil }
+        if Self.inlines, mask < 0 {
+            stored = 0
+            return takeInline()
+        }
         let element = (storage.unsafelyUnwrapped + Int(head)).move()
         head = (head &+ 1) & mask
         stored &-= 1
@@ -59,15 +89,29 @@ struct FIFO<Element>: ~Copyable {
     subscript(offset: Int) -> Element {
         _read {
             precondition(offset >= 0 && offset < count, "FIFO offset \(offset) of \(count)")
-            yield storage.unsafelyUnwrapped[Int((head &+ Int32(truncatingIfNeeded: offset)) & mask)]
+            // Unsafe: one inline element's bits are in `storage` (see there); read at +0.
+            if Self.inlines, mask < 0 { yield unsafeBitCast(storage, to: Element.self) } else {
+                yield storage.unsafelyUnwrapped[Int((head &+ Int32(truncatingIfNeeded: offset)) & mask)]
+            }
         }
         _modify {
             precondition(offset >= 0 && offset < count, "FIFO offset \(offset) of \(count)")
-            yield &storage.unsafelyUnwrapped[Int((head &+ Int32(truncatingIfNeeded: offset)) & mask)]
+            if Self.inlines, mask < 0 {
+                var element = takeInline()
+                defer { putInline(element) }
+                yield &element
+            } else {
+                yield &storage.unsafelyUnwrapped[Int((head &+ Int32(truncatingIfNeeded: offset)) & mask)]
+            }
         }
     }
 
     mutating func removeAll() {
+        if mask < 0 {
+            if Self.inlines, stored > 0 { _ = takeInline() }
+            stored = 0
+            return
+        }
         while stored > 0 {
             (storage.unsafelyUnwrapped + Int(head)).deinitialize(count: 1)
             head = (head &+ 1) & mask
@@ -76,20 +120,26 @@ struct FIFO<Element>: ~Copyable {
         head = 0
     }
 
-    /// An empty queue gives its ring back (a connection that has gone idle); the next append
-    /// allocates one of the same capacity again.
+    /// An empty queue gives its ring back (a connection that has gone idle); the next second
+    /// element allocates one of the same capacity again.
     mutating func releaseStorageIfEmpty() {
-        guard stored == 0, let storage else { return }
+        guard stored == 0, mask >= 0, let storage else { return }
         storage.deallocate()
         self.storage = nil
         mask = -(mask + 1)
         head = 0
     }
 
-    private mutating func grow() {
-        let capacity = storage == nil ? -mask : (mask + 1) * 2
+    /// A second element of a queue with no ring, the first of one that keeps no element
+    /// inline, or one past a full ring: a ring twice as large (an inline element moves to its
+    /// start).
+    @inline(never)
+    private mutating func appendWithoutRoom(_ element: consuming Element) {
+        let capacity = mask < 0 ? -mask : (mask + 1) * 2
         let larger = UnsafeMutablePointer<Element>.allocate(capacity: Int(capacity))
-        if let storage {
+        if mask < 0 {
+            if Self.inlines, stored > 0 { larger.initialize(to: takeInline()) }
+        } else if let storage {
             for offset in 0..<stored {
                 (larger + Int(offset)).moveInitialize(from: storage + Int((head &+ offset) & mask), count: 1)
             }
@@ -98,11 +148,51 @@ struct FIFO<Element>: ~Copyable {
         storage = larger
         mask = capacity - 1
         head = 0
+        (larger + Int(stored)).initialize(to: element)
+        stored &+= 1
+    }
+
+    /// Unsafe: `storage`'s word holds an element's bits only between these two (no ring,
+    /// `stored == 1`, `inlines`); `takeInline` leaves it nil.
+    @inline(__always)
+    private mutating func putInline(_ element: consuming Element) {
+        Self.initialize(&storage, to: element)
+    }
+
+    /// Moves `element` into the word at `word` (no closure, which would copy it).
+    @inline(__always)
+    private static func initialize(_ word: UnsafeMutableRawPointer, to element: consuming Element) {
+        word.initializeMemory(as: Element.self, to: element)
+    }
+
+    @inline(__always)
+    private mutating func takeInline() -> Element {
+        let element = withUnsafeMutablePointer(to: &storage) { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Element.self).move() }
+        storage = nil
+        return element
     }
 }
 
 extension FIFO where Element: AnyObject {
     /// Whether `element` is at the head (an identity check, no reference taken).
     @inline(__always)
-    func isFirst(_ element: Element) -> Bool { stored > 0 && storage.unsafelyUnwrapped[Int(head)] === element }
+    func isFirst(_ element: Element) -> Bool {
+        guard stored > 0 else { return false }
+        // Without a ring, the one element's bits are the storage word (see `storage`).
+        if mask < 0 { return UnsafeRawPointer(storage) == UnsafeRawPointer(Unmanaged.passUnretained(element).toOpaque()) }
+        return storage.unsafelyUnwrapped[Int(head)] === element
+    }
+
+    /// Calls `body` with the head element, borrowed: no reference is taken, and no coroutine
+    /// is entered (the subscript's, with a branch for the inline element, is not inlined). The
+    /// queue must not be empty, and `body` must not change it.
+    @inline(__always)
+    func withFirst<Result>(_ body: (Element) -> Result) -> Result {
+        precondition(stored > 0, "the first element of an empty FIFO")
+        // The head's bits: the storage word itself without a ring (see `storage`), else the
+        // ring's slot at `head`.
+        let bits = mask < 0 ? UnsafeRawPointer(storage).unsafelyUnwrapped
+                            : UnsafeRawPointer(storage.unsafelyUnwrapped + Int(head)).load(as: UnsafeRawPointer.self)
+        return Unmanaged<Element>.fromOpaque(bits)._withUnsafeGuaranteedRef(body)
+    }
 }

@@ -150,7 +150,7 @@ class ReplyOwner {
                         // count of held bytes and `emit`'s copy of nothing.
                         slot.isDone = true
                         if let head = slots.popFirst() { finished(head, at: desk.now) }
-                        if !slots.isEmpty, slots[0].isDone { emitFinished() }
+                        if !slots.isEmpty, slots.withFirst({ $0.isDone }) { emitFinished() }
                         if checkOutputLimit() { return }
                         desk.markDirty(self)
                         return
@@ -213,7 +213,7 @@ class ReplyOwner {
     /// Every finished slot at the head of the queue goes to the output, in order.
     private final func emitFinished() {
         let now = desk.now
-        while !slots.isEmpty, slots[0].isDone, let head = slots.popFirst() {
+        while !slots.isEmpty, slots.withFirst({ $0.isDone }), let head = slots.popFirst() {
             heldReplyBytes -= head.countedBytes
             head.emit(into: output)
             finished(head, at: now)
