@@ -4,10 +4,13 @@ as bench.py measures it (the RSS rise while --count connections are opened and l
 a process that has served no load yet. bench.py measures after its loads, when freed memory is
 reused and the figure is lower; this one is the upper bound, repeatable run to run.
 
-  python3 bench/idle.py [--count 10000] [--runs 3] [--tern PATH] [--redis] [--used]
+  python3 bench/idle.py [--count 10000] [--runs 3] [--tern PATH] [--redis] [--used | --named]
 
 --used: each connection first sends one request (a GET of a missing key) and reads its reply,
 as a client that has been used and then idles.
+--named (with --redis): each Tern connection first sends what redis-py 5 sends as it connects,
+CLIENT SETINFO LIB-NAME and LIB-VER, then a GET. nutcracker refuses CLIENT commands, so its
+connections send the GET alone.
 """
 import argparse, os, statistics, subprocess, sys
 
@@ -22,6 +25,7 @@ def main():
     parser.add_argument("--tern", default=os.path.join(ROOT, ".build/release/tern"))
     parser.add_argument("--redis", action="store_true", help="a Redis pool instead of a memcached one")
     parser.add_argument("--used", action="store_true", help="one request per connection before it idles")
+    parser.add_argument("--named", action="store_true", help="Redis: CLIENT SETINFO as redis-py sends it, then a GET")
     args = parser.parse_args()
     results = {"nutcracker": [], "tern": []}
     for run in range(args.runs):
@@ -42,10 +46,14 @@ def main():
                 binary = "nutcracker" if name == "nutcracker" else args.tern
                 process = procs.start([binary, "-c", config, "-s", str(free_port()), "-a", "127.0.0.1", "-v", "3"], f"{name}{run}")
                 wait_port(port)
-                if not args.used:
+                if not args.used and not args.named:
                     request = reply = None
                 elif args.redis:
                     request, reply = b"*2\r\n$3\r\nGET\r\n$12\r\nidle:missing\r\n", b"$-1\r\n"
+                    if args.named and name == "tern":
+                        request = (b"*4\r\n$6\r\nCLIENT\r\n$7\r\nSETINFO\r\n$8\r\nLIB-NAME\r\n$8\r\nredis-py\r\n"
+                                   b"*4\r\n$6\r\nCLIENT\r\n$7\r\nSETINFO\r\n$7\r\nLIB-VER\r\n$5\r\n5.0.8\r\n" + request)
+                        reply = b"+OK\r\n+OK\r\n" + reply
                 else:
                     request, reply = b"get idle:missing\r\n", b"END\r\n"
                 results[name].append(idle_connections(port, process.pid, args.count, request, reply))
@@ -53,6 +61,7 @@ def main():
             procs.stop()
     kind = "Redis" if args.redis else "memcached"
     used = ", each used for one GET first" if args.used else ""
+    if args.named: used = ", each sent CLIENT SETINFO LIB-NAME and LIB-VER (Tern only) and one GET first"
     print(f"idle {kind} client connections{used}, {args.count} per run, fresh processes, medians of {args.runs}")
     print("| target | bytes of RSS per connection | runs |")
     print("| --- | ---: | --- |")

@@ -131,7 +131,8 @@ final class WorkerScalingTests: XCTestCase {
 
     /// Long-lived connections opened before a second worker was active (a fleet reconnecting
     /// after a restart) spread once the first worker is busy: idle clients move to worker 1
-    /// between two requests and keep their session (the name set with CLIENT SETNAME); a
+    /// between two requests and keep their session (the names set with CLIENT SETNAME and
+    /// SETINFO); a
     /// subscribed client never moves. Every moved client is then served by worker 1, exactly
     /// two requests each.
     func testBusyWorkerMovesIdleClientsToANewlyActiveOne() throws {
@@ -141,6 +142,7 @@ final class WorkerScalingTests: XCTestCase {
         for i in range(10):
             c = Raw()
             c.call(b"CLIENT", b"SETNAME", b"idle-%d" % i, expect=b"+OK\\r\\n")
+            if i % 2: c.call(b"CLIENT", b"SETINFO", b"LIB-VER", b"9.%d" % i, expect=b"+OK\\r\\n")
             idle.append(c)
         subscriber = Raw()
         subscriber.call(b"SUBSCRIBE", b"news", expect=b"*3\\r\\n$9\\r\\nsubscribe\\r\\n$4\\r\\nnews\\r\\n:1\\r\\n")
@@ -175,13 +177,17 @@ final class WorkerScalingTests: XCTestCase {
         before = [int(x) for x in per(m, "tern_worker_requests_total")]
         for i, c in enumerate(idle):
             c.call(b"CLIENT", b"GETNAME", expect=b"$%d\\r\\nidle-%d\\r\\n" % (len(b"idle-%d" % i), i))
+            c.s.sendall(b"CLIENT INFO\\r\\n")
+            info = b""
+            while not info.endswith(b"\\n\\r\\n"): info += c.s.recv(4096)
+            assert (b" lib-ver=9.%d\\n" % i if i % 2 else b" lib-ver=\\n") in info and b" name=idle-%d " % i in info, info
             c.call(b"SET", b"moved:%d" % i, b"v%d" % i, expect=b"+OK\\r\\n")
         m = metrics()
         after = [int(x) for x in per(m, "tern_worker_requests_total")]
-        # Exactly the idle clients' 20 requests, at least 4 of the clients (8 requests) now on
+        # Exactly the idle clients' 30 requests, at least 4 of the clients (12 requests) now on
         # worker 1 (the load's client, idle now, may have moved too; the subscriber never does).
-        assert (after[0] - before[0]) + (after[1] - before[1]) == 20, (before, after, m)
-        assert after[1] - before[1] >= 8 and (after[1] - before[1]) % 2 == 0, (before, after, m)
+        assert (after[0] - before[0]) + (after[1] - before[1]) == 30, (before, after, m)
+        assert after[1] - before[1] >= 12 and (after[1] - before[1]) % 3 == 0, (before, after, m)
         # The subscriber still gets its messages on worker 0.
         publisher = Raw()
         publisher.call(b"PUBLISH", b"news", b"hello", expect=b":1\\r\\n")

@@ -19,6 +19,10 @@ final class ClientConnection: ReplyOwner {
     var isHeld = false
     /// No more requests are read (quit, end of input, fatal error); close once replies are out.
     var closeWhenDrained = false
+    /// The protocol this client speaks (see `Frontend`); one byte, in the same word.
+    private(set) var frontend: Frontend
+    /// Redis clients: AUTH or HELLO succeeded (`RedisSession.isAuthenticated`).
+    var redisAuthenticated = false
     /// Where the worker keeps this client in `FrontendLoop.clients` (-1 once released).
     var position: Int32 = -1
     let pool: PoolRuntime
@@ -40,11 +44,10 @@ final class ClientConnection: ReplyOwner {
         get { rare?.skipRemaining ?? 0 }
         set { if newValue != 0 || rare != nil { rareState.skipRemaining = newValue } }
     }
-    /// The protocol this client speaks (see `Frontend`).
-    private(set) var frontend: Frontend
-    /// Redis clients: per-connection state (arguments, AUTH, name); nil for memcached.
+    /// Redis clients: a view of the connection's Redis state (`RedisSession`), for this call
+    /// only; nil for memcached.
     var redis: RedisSession? {
-        if case let .redis(session) = frontend { return session }
+        if case .redis = frontend { return RedisSession(client: self, arguments: worker.redisArguments) }
         return nil
     }
     /// memcached clients whose first byte chose the binary protocol.
@@ -90,6 +93,10 @@ final class ClientConnection: ReplyOwner {
     var partialSince: Double = 0
     /// Loop time when the client last took reply bytes (or had none waiting).
     var lastWriteProgress: Double = 0
+    /// Redis clients: the session beyond its arguments and authentication, made the first time
+    /// the client sets any of it (`RedisSession`). In the word the one-byte `frontend` left
+    /// free: `ClientConnection` stays in malloc's 192-byte chunks.
+    var redisState: RedisClientState?
     /// `ip:port` of the client, looked up the first time a slow request of its is logged.
     var peerAddress: String {
         if let known = peerText { return known }
@@ -113,7 +120,7 @@ final class ClientConnection: ReplyOwner {
         self.descriptor = descriptor
         self.pool = pool
         self.worker = worker
-        self.frontend = pool.config.protocolKind == .redis ? .redis(RedisSession(arguments: worker.redisArguments)) : .memcachedUnchosen
+        self.frontend = pool.config.protocolKind == .redis ? .redis : .memcachedUnchosen
         super.init(index: worker.nextClientIndex(), isRedis: pool.config.protocolKind == .redis, desk: worker.replies, poolCounters: pool.stats,
                    commandStats: pool.commandStats, outputLimit: pool.outputLimit)
     }
@@ -126,29 +133,22 @@ final class ClientConnection: ReplyOwner {
         // The frontend travels with the client, as it stays with a client that is not moved: a
         // reload that changes a pool's protocol does not change its open connections'. The
         // errors Tern writes follow the frontend.
-        // A Redis session is made anew with this worker's argument list.
-        if case let .redis(session) = moved.frontend {
-            self.frontend = .redis(RedisSession(moving: session, arguments: worker.redisArguments))
-        } else {
-            self.frontend = moved.frontend
-        }
+        self.frontend = moved.frontend
+        self.redisAuthenticated = moved.redisAuthenticated
+        self.redisState = moved.redisState
         let speaksRESP: Bool
         if case .redis = moved.frontend { speaksRESP = true } else { speaksRESP = false }
         super.init(index: worker.nextClientIndex(), isRedis: speaksRESP, desk: worker.replies, poolCounters: pool.stats,
                    commandStats: pool.commandStats, outputLimit: pool.outputLimit)
-        tls = moved.tls
+        // Who the client is (users, failed authentications, names, peer address) and its TLS
+        // stream, which went with the socket (the session keys; a new handshake is
+        // impossible). Nothing tied to the old worker's connections is in it (`isMovable`).
+        rare = moved.rare
+        moved.rare = nil
+        moved.redisState = nil
         // Users generations are counted per worker: look the user up again by name.
-        redis?.usersGeneration = Int.min
-        if moved.memcacheUser != nil || moved.memcacheAuthFailures != 0 || moved.peerText != nil {
-            let state = rareState
-            state.memcacheUser = moved.memcacheUser
-            state.memcacheAuthFailures = moved.memcacheAuthFailures
-            state.memcacheUsersGeneration = Int.min
-            state.peerText = moved.peerText
-        }
-        // TLS state went with the socket (the session keys; a new handshake is impossible).
-        moved.frontend = .memcachedUnchosen
-        moved.tls = nil
+        rare?.memcacheUsersGeneration = Int.min
+        redisState?.extras?.usersGeneration = Int.min
     }
 
     /// Between two requests with nothing pending (no request in flight or partly read, no reply
@@ -161,9 +161,7 @@ final class ClientConnection: ReplyOwner {
         // watcher would not hear of those bytes) and no read or write waiting on the other
         // direction.
         if let tls, !tls.isEstablished || tls.hasPending || tls.readWantsWrite || tls.writeWantsRead { return false }
-        if let session = redis {
-            return session.transaction == nil && session.watch == nil && session.blocked.isEmpty && session.subscriptions == nil
-        }
+        if let session = redis { return !session.isTiedToWorker }
         return true
     }
 
@@ -181,9 +179,9 @@ final class ClientConnection: ReplyOwner {
             worker.retire(watcher)
         }
         watcher = nil
-        let moved = MovedClient(frontend: frontend, memcacheUser: memcacheUser,
-                                memcacheAuthFailures: memcacheAuthFailures, peerText: peerText, tls: tls)
-        tls = nil
+        let moved = MovedClient(frontend: frontend, redisAuthenticated: redisAuthenticated, redisState: redisState, rare: rare)
+        rare = nil
+        redisState = nil
         worker.release(self)
         return moved
     }
@@ -363,8 +361,8 @@ final class ClientConnection: ReplyOwner {
     /// switch per read, not per request).
     private func process(_ buffer: ByteBuffer) {
         switch frontend {
-        case let .redis(session):
-            processRedis(buffer, session)
+        case .redis:
+            processRedis(buffer, RedisSession(client: self, arguments: worker.redisArguments))
         case .memcachedText:
             processMemcache(buffer)
         case .memcachedBinary:
@@ -537,8 +535,8 @@ extension ClientConnection {
     /// The protocol a client speaks: chosen by its listener (the pool's `protocol`), and for
     /// memcached by the client's first byte (text and meta, or binary). A closed enum, so the
     /// request path is picked by one `switch` per read (`process`), with no existential or
-    /// closure dispatch; RESP's per-connection state is its payload. It fits in one word, as
-    /// the optional session it replaced did.
+    /// closure dispatch. One byte: RESP's per-connection state is in the connection
+    /// (`RedisSession`).
     enum Frontend {
         /// memcached, before the first byte has come.
         case memcachedUnchosen
@@ -547,7 +545,7 @@ extension ClientConnection {
         /// memcached binary packets (`MemcacheBinarySession.swift`).
         case memcachedBinary
         /// RESP2 (`RedisSession.swift` and its neighbours).
-        case redis(RedisSession)
+        case redis
     }
 }
 
@@ -564,25 +562,22 @@ final class RareClientState {
 
 /// A client's state on its way from one worker to another (`Worker.rebalanceClients`).
 ///
-/// `@unchecked Sendable`: the frontend's Redis session is a loop-confined object. Invariant: the source
-/// worker builds this from a client it has just detached (no watcher, no slot, out of its client
-/// table and dirty lists), keeps no reference to the client or the session, and posts this once
-/// to the target worker's inbox (a mutex: the hand-over is ordered); only the target touches it
-/// afterwards, and it resets `frontend` once the new connection owns the session.
+/// `@unchecked Sendable`: the Redis and rare states (users, names, the TLS stream) are loop-confined.
+/// Invariant: the source worker builds this from a client it has just detached (no watcher,
+/// no slot, out of its client table and dirty lists, its TLS stream no longer used), keeps no
+/// reference to the client or those states, and posts this once to the target worker's
+/// inbox (a mutex: the hand-over is ordered); only the target touches it afterwards, and it
+/// clears them once the new connection owns them.
 final class MovedClient: @unchecked Sendable {
-    var frontend: ClientConnection.Frontend
-    let memcacheUser: RedisUser?
-    let memcacheAuthFailures: Int
-    let peerText: String?
-    /// The client's TLS stream, handed over whole: the old worker stopped using it in
-    /// `detachForMove` before posting this, and only the adopting worker uses it after.
-    var tls: TLSStream?
+    let frontend: ClientConnection.Frontend
+    let redisAuthenticated: Bool
+    var redisState: RedisClientState?
+    var rare: RareClientState?
 
-    init(frontend: ClientConnection.Frontend, memcacheUser: RedisUser?, memcacheAuthFailures: Int, peerText: String?, tls: TLSStream?) {
-        self.tls = tls
+    init(frontend: ClientConnection.Frontend, redisAuthenticated: Bool, redisState: RedisClientState?, rare: RareClientState?) {
         self.frontend = frontend
-        self.memcacheUser = memcacheUser
-        self.memcacheAuthFailures = memcacheAuthFailures
-        self.peerText = peerText
+        self.redisAuthenticated = redisAuthenticated
+        self.redisState = redisState
+        self.rare = rare
     }
 }

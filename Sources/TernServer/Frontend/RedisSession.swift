@@ -3,50 +3,128 @@ import Glibc
 #endif
 import TernCore
 
-/// Per-connection state of a Redis client. Confined to the client's worker thread.
-final class RedisSession {
+/// A Redis client's per-connection state, seen through its connection: a two-word view made
+/// for each read (`ClientConnection.process`), passed down the request path and never stored,
+/// so a Redis connection carries no session object of its own (an idle one was 48 bytes
+/// more than a memcached one with it; issue #24). What each request reads lives in the
+/// connection itself: the argument list is the worker's and `isAuthenticated` a flag in the
+/// connection's padding. The rest is made the first time a client sets any of it: its names
+/// (`RedisClientState`), and beyond them a user, transaction, WATCH, blocked commands and
+/// subscriptions (`RedisSessionExtras`); a request of a client that set none of it finds
+/// `redisState` nil.
+struct RedisSession {
+    /// The connection whose request is being handled. A strong reference, so that everything
+    /// read through it is borrowed for the call (an `unowned(unsafe)` one was retained at each
+    /// use, four times per request); made once per read and passed down the request path as a
+    /// borrowed argument.
+    let client: ClientConnection
+
     /// The current request's arguments: the worker's list (`FrontendLoop.redisArguments`),
-    /// which every Redis client of the worker fills in turn, so a session owns no list of its
-    /// own. A `let`, read without a reference count; a client moved to another worker gets a
-    /// new session there (`init(moving:arguments:)`).
+    /// which every Redis client of the worker fills in turn. Stored, so that it is borrowed
+    /// for each use (read through the client and the worker, it was retained in each function
+    /// that took it).
     let arguments: RespArguments
-    var isAuthenticated = false
+
+    var isAuthenticated: Bool {
+        get { client.redisAuthenticated }
+        nonmutating set { client.redisAuthenticated = newValue }
+    }
+
+    /// The client's Redis state, made on the first write to it.
+    private var state: RedisClientState {
+        if let state = client.redisState { return state }
+        let made = RedisClientState()
+        client.redisState = made
+        return made
+    }
+    /// The rest of it, made on the first write to any of it.
+    private var extras: RedisSessionExtras {
+        let state = self.state
+        if let extras = state.extras { return extras }
+        let made = RedisSessionExtras()
+        state.extras = made
+        return made
+    }
+    private var hasExtras: Bool { client.redisState?.extras != nil }
+
+    var name: String? {
+        get { client.redisState?.name }
+        nonmutating set { if newValue != nil || client.redisState != nil { state.name = newValue } }
+    }
+    var libraryName: String? {
+        get { client.redisState?.libraryName }
+        nonmutating set { if newValue != nil || client.redisState != nil { state.libraryName = newValue } }
+    }
+    var libraryVersion: String? {
+        get { client.redisState?.libraryVersion }
+        nonmutating set { if newValue != nil || client.redisState != nil { state.libraryVersion = newValue } }
+    }
     /// The authenticated user whose rules apply (nil: none, or a pool without users).
-    var user: RedisUser?
+    var user: RedisUser? {
+        get { client.redisState?.extras?.user }
+        nonmutating set { if newValue != nil || hasExtras { extras.user = newValue } }
+    }
     /// `PoolRuntime.usersGeneration` when `user` was set.
-    var usersGeneration = 0
+    var usersGeneration: Int {
+        get { client.redisState?.extras?.usersGeneration ?? 0 }
+        nonmutating set { if newValue != 0 || hasExtras { extras.usersGeneration = newValue } }
+    }
     /// Failed authentications in a row; at `maxAuthFailures` the client is closed.
-    var authFailures = 0
+    var authFailures: Int {
+        get { client.redisState?.extras?.authFailures ?? 0 }
+        nonmutating set { if newValue != 0 || hasExtras { extras.authFailures = newValue } }
+    }
+    /// Between MULTI and EXEC/DISCARD.
+    var transaction: RedisTransaction? {
+        get { client.redisState?.extras?.transaction }
+        nonmutating set { if newValue != nil || hasExtras { extras.transaction = newValue } }
+    }
+    /// The dedicated connection a WATCH pinned, until EXEC, DISCARD, UNWATCH, RESET or disconnect.
+    var watch: DedicatedLease? {
+        get { client.redisState?.extras?.watch }
+        nonmutating set { if newValue != nil || hasExtras { extras.watch = newValue } }
+    }
+    /// Blocking commands sent on dedicated connections (stale entries are pruned). Modified in
+    /// place (an append through a getter and a setter would copy the array).
+    var blocked: [DedicatedLease] {
+        get { client.redisState?.extras?.blocked ?? [] }
+        nonmutating _modify { yield &extras.blocked }
+    }
+    /// Pub/sub: channels, patterns and push connections (nil until the first SUBSCRIBE).
+    var subscriptions: RedisSubscriptions? {
+        get { client.redisState?.extras?.subscriptions }
+        nonmutating set { if newValue != nil || hasExtras { extras.subscriptions = newValue } }
+    }
+
+    /// In one of the states tied to the worker's backend connections (transaction, WATCH,
+    /// blocked command, subscription): the client may not move to another worker.
+    var isTiedToWorker: Bool {
+        guard let extras = client.redisState?.extras else { return false }
+        return extras.transaction != nil || extras.watch != nil || !extras.blocked.isEmpty || extras.subscriptions != nil
+    }
+}
+
+/// A Redis client's names, set by most clients as they connect (redis-py sends `CLIENT
+/// SETINFO` with its library's name and version): 64 bytes, in malloc's 80-byte chunks. What
+/// fewer clients set (a user, a transaction, WATCH, blocked commands, subscriptions) is one
+/// object further (`extras`), so that a named, idle connection does not carry it. Owned by its
+/// connection, on its worker's thread.
+final class RedisClientState {
     var name: String?
     var libraryName: String?
     var libraryVersion: String?
-    /// Between MULTI and EXEC/DISCARD.
+    var extras: RedisSessionExtras?
+}
+
+/// See `RedisClientState`.
+final class RedisSessionExtras {
+    var user: RedisUser?
+    var usersGeneration = 0
+    var authFailures = 0
     var transaction: RedisTransaction?
-    /// The dedicated connection a WATCH pinned, until EXEC, DISCARD, UNWATCH, RESET or disconnect.
     var watch: DedicatedLease?
-    /// Blocking commands sent on dedicated connections (stale entries are pruned).
     var blocked: [DedicatedLease] = []
-    /// Pub/sub: channels, patterns and push connections (nil until the first SUBSCRIBE).
     var subscriptions: RedisSubscriptions?
-
-    init(arguments: RespArguments) { self.arguments = arguments }
-
-    /// The session of a client moved to another worker, with that worker's argument list. Only
-    /// a client in none of the states tied to its worker's connections moves
-    /// (`ClientConnection.isMovable`: no transaction, WATCH, blocked command or subscription),
-    /// so what carries over is who it is: authentication, user and names.
-    init(moving session: RedisSession, arguments: RespArguments) {
-        precondition(session.transaction == nil && session.watch == nil && session.blocked.isEmpty && session.subscriptions == nil,
-                     "a Redis session tied to its worker's connections does not move")
-        self.arguments = arguments
-        isAuthenticated = session.isAuthenticated
-        user = session.user
-        usersGeneration = session.usersGeneration
-        authFailures = session.authFailures
-        name = session.name
-        libraryName = session.libraryName
-        libraryVersion = session.libraryVersion
-    }
 }
 
 /// RESP2 on a client connection: parse, check, answer locally or route by the command table.
@@ -57,10 +135,12 @@ extension ClientConnection {
         !pool.requiresAuth || session.isAuthenticated ? pool.respLimits : pool.preAuthLimits
     }
 
+    @inline(__always)
     func processRedis(_ buffer: ByteBuffer, _ session: RedisSession) {
+        let arguments = session.arguments
         while mayParseNext(buffer) {
             let bytes = buffer.readable
-            switch RespRequestParser.parse(bytes, limits: requestLimits(session), into: session.arguments) {
+            switch RespRequestParser.parse(bytes, limits: requestLimits(session), into: arguments) {
             case .incomplete:
                 return
             case let .empty(length):
@@ -69,7 +149,7 @@ extension ClientConnection {
                 routeRedis(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), session)
                 // A large request's bytes may have left with the buffer's memory (`forward`).
                 if !worker.tookLargeRequest { buffer.consume(length) } else { worker.tookLargeRequest = false }
-                session.arguments.shrink()
+                arguments.shrink()
             case let .protocolError(message):
                 pool.stats.clientErrorReplies.add()
                 // Framing is lost: answer, then close once earlier replies are out.

@@ -287,7 +287,8 @@ extension ClientConnection {
     /// The client has left (or closed its side): a blocked command's connection is closed, so
     /// Redis unblocks it without popping anything, and the command fails here.
     func endBlockedCommands() {
-        guard let session = redis else { return }
+        // A client that never blocked makes no rare state here (`blocked` is modified in place).
+        guard let session = redis, !session.blocked.isEmpty else { return }
         for lease in session.blocked where lease.isCurrent {
             lease.connection.abandon()
             lease.connection.server.returnDedicated(lease.connection, reusable: false)

@@ -172,8 +172,8 @@ final class Worker: FrontendLoop {
             shared.clientCount.subtract(1, ordering: .relaxed)
             // A moved TLS stream ends before its socket closes (close_notify goes to this
             // client, never to a later socket given the same number).
-            moved?.tls?.shutdown()
-            moved?.tls = nil
+            moved?.rare?.tls?.shutdown()
+            moved?.rare?.tls = nil
             Syscall.close(descriptor)
             return
         }
