@@ -44,7 +44,7 @@ struct FIFO<Element>: ~Copyable {
         if mask < 0 {
             // The inline element, released from a copy of its word (`self` is immutable here).
             var word = storage
-            if Self.inlines, stored > 0 { withUnsafeMutablePointer(to: &word) { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Element.self).deinitialize(count: 1) } }
+            if Self.inlines, stored > 0 { _ = withUnsafeMutablePointer(to: &word) { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Element.self).deinitialize(count: 1) } }
         } else if let storage {
             for offset in 0..<stored { (storage + Int((head &+ offset) & mask)).deinitialize(count: 1) }
             storage.deallocate()
