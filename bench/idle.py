@@ -27,6 +27,7 @@ def main():
     parser.add_argument("--used", action="store_true", help="one request per connection before it idles")
     parser.add_argument("--named", action="store_true", help="Redis: CLIENT SETINFO as redis-py sends it, then a GET")
     args = parser.parse_args()
+    if args.named and not args.redis: parser.error("--named is for Redis (--redis)")
     results = {"nutcracker": [], "tern": []}
     for run in range(args.runs):
         procs = Processes()

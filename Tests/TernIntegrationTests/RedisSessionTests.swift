@@ -416,7 +416,8 @@ final class RedisSessionTests: XCTestCase {
             XCTAssertTrue(hello.hasPrefix("*14\r\n"), hello)
             XCTAssertEqual(helloID(hello), id, hello)
             XCTAssertEqual(helloID(try c.call("HELLO")), id)
-            XCTAssertTrue(try c.call("CLIENT", "INFO").contains("id=\(id) name=n\(ids.count) "))
+            let info = try c.call("CLIENT", "INFO")
+            XCTAssertTrue(info.contains("$") && info.contains("\r\nid=\(id) addr=127.0.0.1:") && info.contains(" name=n\(ids.count) age="), info)
             ids.append(id)
         }
         XCTAssertEqual(Set(ids).count, ids.count, "client ids are unique across connections: \(ids)")
@@ -430,6 +431,56 @@ final class RedisSessionTests: XCTestCase {
         assert hello_id(a) == a.client_id(), (hello_id(a), a.client_id())
         assert hello_id(b) == b.client_id(), (hello_id(b), b.client_id())
         assert a.client_id() != b.client_id(), (a.client_id(), b.client_id())
+        """)
+    }
+
+    /// Clients named alike share one object for their names inside Tern; each client's names
+    /// are still its own: renaming, SETINFO and RESET change the client that sent them, never
+    /// another, on one worker (one thread) where the sharing happens. redis-py names its
+    /// connections with CLIENT SETINFO as it connects, and its `client_info()` parses Tern's
+    /// CLIENT INFO (Redis's fields in Redis's order; it failed on Tern's shorter line before).
+    func testClientNamesAreEachClientsOwnWhenShared() throws {
+        let setup = try start(threads: 1)
+        func expectInfo(_ c: TestClient, _ name: String, _ library: String, line: UInt = #line) throws {
+            let info = try c.call("CLIENT", "INFO")
+            XCTAssertTrue(info.contains(name) && info.hasSuffix(library + "\r\n"), info, line: line)
+        }
+        let clients = try (0..<3).map { _ in try TestClient(port: setup.port) }
+        for c in clients {
+            XCTAssertEqual(try c.call("CLIENT", "SETINFO", "LIB-NAME", "shared-lib"), "+OK\r\n")
+            XCTAssertEqual(try c.call("CLIENT", "SETINFO", "LIB-VER", "1.0"), "+OK\r\n")
+        }
+        XCTAssertEqual(try clients[0].call("CLIENT", "SETNAME", "first"), "+OK\r\n")
+        XCTAssertEqual(try clients[1].call("CLIENT", "SETINFO", "LIB-VER", "2.0"), "+OK\r\n")
+        try expectInfo(clients[0], " name=first age=", " lib-name=shared-lib lib-ver=1.0\n")
+        try expectInfo(clients[1], " name= age=", " lib-name=shared-lib lib-ver=2.0\n")
+        try expectInfo(clients[2], " name= age=", " lib-name=shared-lib lib-ver=1.0\n")
+        XCTAssertEqual(try clients[2].call("CLIENT", "GETNAME"), "$-1\r\n")
+        // RESET forgets the names of the client that sent it only.
+        XCTAssertEqual(try clients[2].call("RESET"), "+RESET\r\n")
+        try expectInfo(clients[2], " name= age=", " lib-name= lib-ver=\n")
+        try expectInfo(clients[0], " name=first age=", " lib-name=shared-lib lib-ver=1.0\n")
+        // A closed client's names leave with it; the same names set again read back whole.
+        clients[0].close()
+        let again = try TestClient(port: setup.port)
+        XCTAssertEqual(try again.call("CLIENT", "SETNAME", "first"), "+OK\r\n")
+        try expectInfo(again, " name=first age=", " lib-name= lib-ver=\n")
+        XCTAssertEqual(try again.call("CLIENT", "SETNAME", ""), "+OK\r\n")
+        XCTAssertEqual(try again.call("CLIENT", "GETNAME"), "$-1\r\n")
+        try python("""
+        r = redis.Redis(port=\(setup.port), single_connection_client=True)
+        info = r.client_info()
+        assert info.get("lib-name") == "redis-py", info
+        assert info.get("lib-ver") == redis.__version__, (info, redis.__version__)
+        # Redis's fields, in Redis's order, the integer ones parsed as integers by redis-py.
+        assert list(info) == ["id", "addr", "laddr", "fd", "name", "age", "idle", "flags", "db", "sub", "psub", "ssub",
+                              "multi", "watch", "qbuf", "qbuf-free", "argv-mem", "multi-mem", "rbs", "rbp", "obl", "oll",
+                              "omem", "tot-mem", "events", "cmd", "user", "redir", "resp", "lib-name", "lib-ver"], list(info)
+        assert info["id"] == r.client_id() and info["db"] == 0 and info["multi"] == -1 and info["sub"] == 0, info
+        assert info["flags"] == "N" and info["user"] == "default" and info["laddr"] == "127.0.0.1:%d" % \(setup.port), info
+        assert info["addr"] == "%s:%d" % r.connection._sock.getsockname(), (info, r.connection._sock.getsockname())
+        r.client_setname("py")
+        assert r.client_getname() == "py"
         """)
     }
 }

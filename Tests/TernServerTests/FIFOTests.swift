@@ -144,6 +144,23 @@ final class FIFOTests: XCTestCase {
             XCTAssertEqual(queue.capacity, 0)
         }
         XCTAssertNil(dropped, "the queue's deinit released its inline element")
+        // withFirst borrows the head, inline and in a ring; an inline element replaced in
+        // place releases the one it replaced.
+        var queue = FIFO<Box>()
+        weak var replaced: Box?
+        do {
+            let box = Box(20)
+            replaced = box
+            queue.append(box)
+        }
+        XCTAssertEqual(queue.withFirst { $0.value }, 20)
+        queue[0] = Box(21)
+        XCTAssertNil(replaced, "the inline element replaced in place was released")
+        XCTAssertEqual(queue.withFirst { $0.value }, 21)
+        queue.append(Box(22))
+        XCTAssertEqual(queue.withFirst { $0.value }, 21, "the head, once in a ring")
+        _ = queue.popFirst()
+        XCTAssertEqual(queue.withFirst { $0.value }, 22)
         var numbers = FIFO<Int>()
         numbers.append(5)
         numbers[0] += 10

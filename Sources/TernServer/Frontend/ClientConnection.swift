@@ -67,20 +67,20 @@ final class ClientConnection: ReplyOwner {
         rare = made
         return made
     }
-    /// memcached pools with `users:`: the authenticated user (nil until then), and failed
-    /// authentications in a row.
-    var memcacheUser: RedisUser? {
-        get { rare?.memcacheUser }
-        set { if newValue != nil || rare != nil { rareState.memcacheUser = newValue } }
+    /// Pools with `users:` (memcached and Redis sessions alike): the authenticated user (nil
+    /// until then), and failed authentications in a row.
+    var authenticatedUser: RedisUser? {
+        get { rare?.authenticatedUser }
+        set { if newValue != nil || rare != nil { rareState.authenticatedUser = newValue } }
     }
-    var memcacheAuthFailures: Int {
-        get { rare?.memcacheAuthFailures ?? 0 }
-        set { if newValue != 0 || rare != nil { rareState.memcacheAuthFailures = newValue } }
+    var authFailures: Int {
+        get { rare?.authFailures ?? 0 }
+        set { if newValue != 0 || rare != nil { rareState.authFailures = newValue } }
     }
-    /// `PoolRuntime.usersGeneration` when `memcacheUser` was set.
-    var memcacheUsersGeneration: Int {
-        get { rare?.memcacheUsersGeneration ?? 0 }
-        set { rareState.memcacheUsersGeneration = newValue }
+    /// `PoolRuntime.usersGeneration` when `authenticatedUser` was set.
+    var usersGeneration: Int {
+        get { rare?.usersGeneration ?? 0 }
+        set { if newValue != 0 || rare != nil { rareState.usersGeneration = newValue } }
     }
     /// Seconds a TLS client has to finish its handshake.
     static let handshakeTimeout = 10.0
@@ -93,10 +93,20 @@ final class ClientConnection: ReplyOwner {
     var partialSince: Double = 0
     /// Loop time when the client last took reply bytes (or had none waiting).
     var lastWriteProgress: Double = 0
-    /// Redis clients: the session beyond its arguments and authentication, made the first time
-    /// the client sets any of it (`RedisSession`). In the word the one-byte `frontend` left
+    /// Redis clients: the names the client gave itself, an object shared with every client of
+    /// the worker named alike (`RedisSession.name`). In the word the one-byte `frontend` left
     /// free: `ClientConnection` stays in malloc's 192-byte chunks.
-    var redisState: RedisClientState?
+    var redisNames: SharedRedisNames?
+    /// Redis clients: transaction, WATCH, blocked commands and subscriptions, made the first
+    /// time the client sets any of them (with the rest of the rare state).
+    var redisExtras: RedisSessionExtras? { rare?.redisExtras }
+    var madeRedisExtras: RedisSessionExtras {
+        let state = rareState
+        if let extras = state.redisExtras { return extras }
+        let made = RedisSessionExtras()
+        state.redisExtras = made
+        return made
+    }
     /// `ip:port` of the client, looked up the first time a slow request of its is logged.
     var peerAddress: String {
         if let known = peerText { return known }
@@ -135,7 +145,6 @@ final class ClientConnection: ReplyOwner {
         // errors Tern writes follow the frontend.
         self.frontend = moved.frontend
         self.redisAuthenticated = moved.redisAuthenticated
-        self.redisState = moved.redisState
         let speaksRESP: Bool
         if case .redis = moved.frontend { speaksRESP = true } else { speaksRESP = false }
         super.init(index: worker.nextClientIndex(), isRedis: speaksRESP, desk: worker.replies, poolCounters: pool.stats,
@@ -145,10 +154,10 @@ final class ClientConnection: ReplyOwner {
         // impossible). Nothing tied to the old worker's connections is in it (`isMovable`).
         rare = moved.rare
         moved.rare = nil
-        moved.redisState = nil
+        // Names are shared per worker: take this worker's object for the same names.
+        if let names = moved.redisNames { redisNames = worker.redisNames(names.names) }
         // Users generations are counted per worker: look the user up again by name.
-        rare?.memcacheUsersGeneration = Int.min
-        redisState?.extras?.usersGeneration = Int.min
+        rare?.usersGeneration = Int.min
     }
 
     /// Between two requests with nothing pending (no request in flight or partly read, no reply
@@ -179,9 +188,11 @@ final class ClientConnection: ReplyOwner {
             worker.retire(watcher)
         }
         watcher = nil
-        let moved = MovedClient(frontend: frontend, redisAuthenticated: redisAuthenticated, redisState: redisState, rare: rare)
+        // The rare state goes whole: nothing in it may be tied to this worker's connections.
+        precondition(redis?.isTiedToWorker != true, "a Redis session tied to its worker's connections does not move")
+        let moved = MovedClient(frontend: frontend, redisAuthenticated: redisAuthenticated, redisNames: redisNames, rare: rare)
         rare = nil
-        redisState = nil
+        redisNames = nil
         worker.release(self)
         return moved
     }
@@ -200,6 +211,8 @@ final class ClientConnection: ReplyOwner {
 
     var hasRequestsInFlight: Bool { !slots.isEmpty }
     var hasPartialRequest: Bool { partial != nil }
+    /// Bytes of a partial request and the buffer holding them (CLIENT INFO's qbuf).
+    var partialRequestBytes: (count: Int, capacity: Int) { (partial?.readableCount ?? 0, partial?.capacity ?? 0) }
 
     func start() {
         lastActivity = worker.now
@@ -271,14 +284,10 @@ final class ClientConnection: ReplyOwner {
     /// as that user, as `AUTH` would.
     private func authenticateByCertificate(_ name: String) {
         guard let user = pool.currentUser(named: name) else { return }
-        if let session = redis {
-            session.user = user
-            session.isAuthenticated = true
-            session.usersGeneration = pool.usersGeneration
-        } else {
-            memcacheUser = user
-            memcacheUsersGeneration = pool.usersGeneration
-        }
+        authenticatedUser = user
+        usersGeneration = pool.usersGeneration
+        // Redis sessions: logged in (memcached clients are, once they have a user).
+        redisAuthenticated = true
     }
 
     /// A partial request's buffer goes, memory and all, once its bytes have been used.
@@ -552,17 +561,19 @@ extension ClientConnection {
 /// A client connection's state that few connections need (see `ClientConnection.rare`).
 /// Owned by its connection, on its worker's thread.
 final class RareClientState {
-    var memcacheUser: RedisUser?
-    var memcacheAuthFailures = 0
-    var memcacheUsersGeneration = 0
+    var authenticatedUser: RedisUser?
+    var authFailures = 0
+    var usersGeneration = 0
     var peerText: String?
     var tls: TLSStream?
     var skipRemaining = 0
+    /// A Redis client's transaction, WATCH, blocked commands and subscriptions.
+    var redisExtras: RedisSessionExtras?
 }
 
 /// A client's state on its way from one worker to another (`Worker.rebalanceClients`).
 ///
-/// `@unchecked Sendable`: the Redis and rare states (users, names, the TLS stream) are loop-confined.
+/// `@unchecked Sendable`: the rare state (users, the TLS stream) is loop-confined.
 /// Invariant: the source worker builds this from a client it has just detached (no watcher,
 /// no slot, out of its client table and dirty lists, its TLS stream no longer used), keeps no
 /// reference to the client or those states, and posts this once to the target worker's
@@ -571,13 +582,14 @@ final class RareClientState {
 final class MovedClient: @unchecked Sendable {
     let frontend: ClientConnection.Frontend
     let redisAuthenticated: Bool
-    var redisState: RedisClientState?
+    /// Immutable (`Sendable`); the adopting worker takes its own object for the same names.
+    let redisNames: SharedRedisNames?
     var rare: RareClientState?
 
-    init(frontend: ClientConnection.Frontend, redisAuthenticated: Bool, redisState: RedisClientState?, rare: RareClientState?) {
+    init(frontend: ClientConnection.Frontend, redisAuthenticated: Bool, redisNames: SharedRedisNames?, rare: RareClientState?) {
         self.frontend = frontend
         self.redisAuthenticated = redisAuthenticated
-        self.redisState = redisState
+        self.redisNames = redisNames
         self.rare = rare
     }
 }

@@ -38,6 +38,11 @@ class FrontendLoop: RoutingLoop {
     final var keyIndices: [Int] = []
     final var keyServers: [Int32] = []
     private final var nextClientNumber = 0
+    /// Redis clients' names, one object per distinct three (`SharedRedisNames`). Entries no
+    /// client holds any more are dropped by the sweep (`sweepRedisNames`); past
+    /// `maxSharedNames` distinct names, new ones get an object of their own.
+    private final var sharedNames: [RedisNames: SharedRedisNames] = [:]
+    static let maxSharedNames = 4096
 
     init(loop: OpaquePointer, logger: Logger, identifier: Int, takesClients: Bool, processInfo: ProcessInfo) {
         self.processInfo = processInfo
@@ -87,4 +92,29 @@ class FrontendLoop: RoutingLoop {
         }
         return body(&servers)
     }
+
+    /// The worker's object for `names` (nil for none): the one its clients named alike hold.
+    /// Called when a client names itself, not per request.
+    final func redisNames(_ names: RedisNames) -> SharedRedisNames? {
+        if names.isEmpty { return nil }
+        if let shared = sharedNames[names] { return shared }
+        let made = SharedRedisNames(names)
+        if sharedNames.count < Self.maxSharedNames { sharedNames[names] = made }
+        return made
+    }
+
+    /// Drops the names no client holds (only this table refers to them). Once a second.
+    final func sweepRedisNames() {
+        guard !sharedNames.isEmpty else { return }
+        var unused: [RedisNames] = []
+        var index = sharedNames.values.startIndex
+        while index != sharedNames.values.endIndex {
+            if isKnownUniquelyReferenced(&sharedNames.values[index]) { unused.append(sharedNames.keys[index]) }
+            sharedNames.values.formIndex(after: &index)
+        }
+        for names in unused { sharedNames[names] = nil }
+    }
+
+    /// Distinct names held in the table (tests and diagnostics).
+    final var sharedNamesCount: Int { sharedNames.count }
 }

@@ -51,8 +51,8 @@ extension ClientConnection {
 
     private func routeBinary(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
         // `users:`: before SASL authentication only SASL and quit are served.
-        if memcacheUser != nil, memcacheUsersGeneration != pool.usersGeneration { rebindMemcacheUser() }
-        if pool.requiresAuth, memcacheUser == nil {
+        if authenticatedUser != nil, usersGeneration != pool.usersGeneration { rebindMemcacheUser() }
+        if pool.requiresAuth, authenticatedUser == nil {
             switch request.opcode {
             case .saslListMechs?, .saslAuth?, .saslStep?, .quit?, .quitQ?: break
             default: return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
@@ -104,7 +104,7 @@ extension ClientConnection {
     private func routeParsed(_ request: BinaryRequest, _ parsed: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) {
         // `users:`: the user's rules on the text request the packet became (both the Get
         // fast path and translated packets come through here).
-        if let user = memcacheUser, !memcachePermits(user, parsed, frame) {
+        if let user = authenticatedUser, !memcachePermits(user, parsed, frame) {
             pool.stats.clientErrorReplies.add()
             return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
         }
@@ -166,13 +166,13 @@ extension ClientConnection {
                                password: UnsafeRawBufferPointer(rebasing: value[(second + 1)...]))
         }
         guard let user else {
-            memcacheAuthFailures += 1
-            authenticationFailed(failures: memcacheAuthFailures)
+            authFailures += 1
+            authenticationFailed(failures: authFailures)
             return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
         }
-        memcacheUser = user
-        memcacheUsersGeneration = pool.usersGeneration
-        memcacheAuthFailures = 0
+        authenticatedUser = user
+        usersGeneration = pool.usersGeneration
+        authFailures = 0
         var reply: [UInt8] = []
         BinaryTranslator.appendResponse(to: &reply, opcode: request.opcodeByte, status: .success, opaque: request.opaque,
                                         value: UnsafeRawBufferPointer(start: ("Authenticated" as StaticString).utf8Start, count: 13))

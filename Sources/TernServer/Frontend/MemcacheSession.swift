@@ -54,8 +54,8 @@ extension ClientConnection {
         slot.command = Int32(request.command.rawValue)
         // `users:` (the binary front checks its packets before they get here).
         if pool.requiresAuth, !isBinary {
-            if memcacheUser != nil, memcacheUsersGeneration != pool.usersGeneration { rebindMemcacheUser() }
-            guard let user = memcacheUser else { return authenticateText(request, frame, slot) }
+            if authenticatedUser != nil, usersGeneration != pool.usersGeneration { rebindMemcacheUser() }
+            guard let user = authenticatedUser else { return authenticateText(request, frame, slot) }
             if !memcachePermits(user, request, frame) {
                 pool.stats.clientErrorReplies.add()
                 return slot.complete(with: "CLIENT_ERROR permission denied\r\n" as StaticString)
@@ -132,13 +132,13 @@ extension ClientConnection {
                                    password: UnsafeRawBufferPointer(rebasing: data[(space + 1)...]))
             }
             if let user {
-                memcacheUser = user
-                memcacheUsersGeneration = pool.usersGeneration
-                memcacheAuthFailures = 0
+                authenticatedUser = user
+                usersGeneration = pool.usersGeneration
+                authFailures = 0
                 slot.complete(with: "STORED\r\n" as StaticString)
             } else {
-                memcacheAuthFailures += 1
-                authenticationFailed(failures: memcacheAuthFailures)
+                authFailures += 1
+                authenticationFailed(failures: authFailures)
                 slot.complete(with: "CLIENT_ERROR authentication failure\r\n" as StaticString)
             }
         default:
@@ -150,8 +150,8 @@ extension ClientConnection {
     /// After a reload: the client takes its user's new rules, or authenticates again when the
     /// user is gone.
     func rebindMemcacheUser() {
-        memcacheUsersGeneration = pool.usersGeneration
-        memcacheUser = memcacheUser.flatMap { pool.currentUser(named: $0) }
+        usersGeneration = pool.usersGeneration
+        authenticatedUser = authenticatedUser.flatMap { pool.currentUser(named: $0) }
     }
 
     /// Whether a memcached command changes data: storage, delete, arithmetic, touch (and

@@ -173,11 +173,39 @@ extension ClientConnection {
         } else if arguments.argument(1, in: frame, equals: "id"), count == 2 {
             slot.complete(with: ":\(clientID)\r\n")
         } else if arguments.argument(1, in: frame, equals: "info"), count == 2 {
-            slot.data.appendBulk("id=\(clientID) name=\(session.name ?? "") db=\(pool.config.redisDatabase) lib-name=\(session.libraryName ?? "") lib-ver=\(session.libraryVersion ?? "")\n")
+            slot.data.appendBulk(clientInfoLine(session))
             slot.complete(with: "" as StaticString)
         } else {
             slot.complete(with: "-ERR unsupported command 'client \(sanitizedWord(arguments.argumentString(1, in: frame)))'\r\n")
         }
+    }
+
+    /// CLIENT INFO: Redis's fields in Redis's order (client libraries parse them: redis-py's
+    /// `client_info()` reads `age`, `omem`, `tot-mem` and the others as integers), with what
+    /// Tern knows of this client. The memory fields are this connection's buffers in Tern
+    /// (`argv-mem` 0: arguments are parsed into the worker's list); `watch` counts a WATCH in
+    /// force as 1 (Tern does not count its keys); `age` is 0: Tern keeps no accept time per
+    /// connection (an idle connection's bytes, issue #24).
+    private func clientInfoLine(_ session: RedisSession) -> String {
+        let subscriptions = session.subscriptions
+        let transaction = session.transaction
+        var flags = ""
+        if transaction != nil { flags += "x" }
+        if subscriptions?.isSubscribed == true { flags += "P" }
+        if !session.blocked.isEmpty { flags += "b" }
+        if flags.isEmpty { flags = "N" }
+        let idle = max(0, Int(worker.now - lastActivity))
+        let queued = partialRequestBytes
+        let multiMemory = transaction?.commands.readableCount ?? 0
+        let totalMemory = 192 + output.capacity + queued.capacity + multiMemory
+        return "id=\(clientID) addr=\(peerText ?? SlowLog.peerAddress(descriptor)) laddr=\(SlowLog.peerAddress(descriptor, local: true)) "
+            + "fd=\(descriptor) name=\(session.name ?? "") age=0 idle=\(idle) flags=\(flags) db=\(pool.config.redisDatabase) "
+            + "sub=\(subscriptions?.channels.count ?? 0) psub=\(subscriptions?.patterns.count ?? 0) ssub=\(subscriptions?.shardChannels.count ?? 0) "
+            + "multi=\(transaction.map { $0.count } ?? -1) watch=\(session.watch == nil ? 0 : 1) "
+            + "qbuf=\(queued.count) qbuf-free=\(queued.capacity - queued.count) argv-mem=0 multi-mem=\(multiMemory) "
+            + "rbs=\(queued.capacity) rbp=0 obl=0 oll=\(slots.count) omem=\(output.readableCount) tot-mem=\(totalMemory) "
+            + "events=r cmd=client|info user=\(session.user?.name ?? "default") redir=-1 resp=2 "
+            + "lib-name=\(session.libraryName ?? "") lib-ver=\(session.libraryVersion ?? "")\n"
     }
 
     /// COMMAND, COMMAND COUNT, COMMAND INFO name…, COMMAND DOCS [name…], COMMAND LIST.

@@ -4,14 +4,16 @@ import Glibc
 import TernCore
 
 /// A Redis client's per-connection state, seen through its connection: a two-word view made
-/// for each read (`ClientConnection.process`), passed down the request path and never stored,
-/// so a Redis connection carries no session object of its own (an idle one was 48 bytes
-/// more than a memcached one with it; issue #24). What each request reads lives in the
-/// connection itself: the argument list is the worker's and `isAuthenticated` a flag in the
-/// connection's padding. The rest is made the first time a client sets any of it: its names
-/// (`RedisClientState`), and beyond them a user, transaction, WATCH, blocked commands and
-/// subscriptions (`RedisSessionExtras`); a request of a client that set none of it finds
-/// `redisState` nil.
+/// for each read (`ClientConnection.process`) and by `ClientConnection.redis`, passed down the
+/// request path and never stored, so a Redis connection carries no session object of its own
+/// (the object it replaced was 128 bytes, a 144-byte chunk, per connection; issue #24). What
+/// each request reads lives in the connection itself: the argument list is the worker's,
+/// `isAuthenticated` a flag in the connection's padding, the user in its rare state (shared
+/// with memcached's authentication, made on login). Its names are an object shared by the
+/// worker's clients named alike (`SharedRedisNames`); a transaction, WATCH, blocked commands
+/// and subscriptions are made the first time a client starts any of them
+/// (`RedisSessionExtras`, in the rare state), and a request of a client that started none
+/// finds none.
 struct RedisSession {
     /// The connection whose request is being handled. A strong reference, so that everything
     /// read through it is borrowed for the call (an `unowned(unsafe)` one was retained at each
@@ -30,97 +32,94 @@ struct RedisSession {
         nonmutating set { client.redisAuthenticated = newValue }
     }
 
-    /// The client's Redis state, made on the first write to it.
-    private var state: RedisClientState {
-        if let state = client.redisState { return state }
-        let made = RedisClientState()
-        client.redisState = made
-        return made
-    }
-    /// The rest of it, made on the first write to any of it.
-    private var extras: RedisSessionExtras {
-        let state = self.state
-        if let extras = state.extras { return extras }
-        let made = RedisSessionExtras()
-        state.extras = made
-        return made
-    }
-    private var hasExtras: Bool { client.redisState?.extras != nil }
+    private var hasExtras: Bool { client.redisExtras != nil }
 
+    /// CLIENT SETNAME, and SETINFO's LIB-NAME and LIB-VER: each change takes the worker's
+    /// object for the new three names (`FrontendLoop.redisNames`).
     var name: String? {
-        get { client.redisState?.name }
-        nonmutating set { if newValue != nil || client.redisState != nil { state.name = newValue } }
+        get { client.redisNames?.names.name }
+        nonmutating set { if newValue != name { rename { $0.name = newValue } } }
     }
     var libraryName: String? {
-        get { client.redisState?.libraryName }
-        nonmutating set { if newValue != nil || client.redisState != nil { state.libraryName = newValue } }
+        get { client.redisNames?.names.libraryName }
+        nonmutating set { if newValue != libraryName { rename { $0.libraryName = newValue } } }
     }
     var libraryVersion: String? {
-        get { client.redisState?.libraryVersion }
-        nonmutating set { if newValue != nil || client.redisState != nil { state.libraryVersion = newValue } }
+        get { client.redisNames?.names.libraryVersion }
+        nonmutating set { if newValue != libraryVersion { rename { $0.libraryVersion = newValue } } }
+    }
+    private func rename(_ change: (inout RedisNames) -> Void) {
+        var names = client.redisNames?.names ?? RedisNames()
+        change(&names)
+        client.redisNames = client.worker.redisNames(names)
     }
     /// The authenticated user whose rules apply (nil: none, or a pool without users).
     var user: RedisUser? {
-        get { client.redisState?.extras?.user }
-        nonmutating set { if newValue != nil || hasExtras { extras.user = newValue } }
+        get { client.authenticatedUser }
+        nonmutating set { client.authenticatedUser = newValue }
     }
     /// `PoolRuntime.usersGeneration` when `user` was set.
     var usersGeneration: Int {
-        get { client.redisState?.extras?.usersGeneration ?? 0 }
-        nonmutating set { if newValue != 0 || hasExtras { extras.usersGeneration = newValue } }
+        get { client.usersGeneration }
+        nonmutating set { client.usersGeneration = newValue }
     }
     /// Failed authentications in a row; at `maxAuthFailures` the client is closed.
     var authFailures: Int {
-        get { client.redisState?.extras?.authFailures ?? 0 }
-        nonmutating set { if newValue != 0 || hasExtras { extras.authFailures = newValue } }
+        get { client.authFailures }
+        nonmutating set { client.authFailures = newValue }
     }
     /// Between MULTI and EXEC/DISCARD.
     var transaction: RedisTransaction? {
-        get { client.redisState?.extras?.transaction }
-        nonmutating set { if newValue != nil || hasExtras { extras.transaction = newValue } }
+        get { client.redisExtras?.transaction }
+        nonmutating set { if newValue != nil || hasExtras { client.madeRedisExtras.transaction = newValue } }
     }
     /// The dedicated connection a WATCH pinned, until EXEC, DISCARD, UNWATCH, RESET or disconnect.
     var watch: DedicatedLease? {
-        get { client.redisState?.extras?.watch }
-        nonmutating set { if newValue != nil || hasExtras { extras.watch = newValue } }
+        get { client.redisExtras?.watch }
+        nonmutating set { if newValue != nil || hasExtras { client.madeRedisExtras.watch = newValue } }
     }
     /// Blocking commands sent on dedicated connections (stale entries are pruned). Modified in
     /// place (an append through a getter and a setter would copy the array).
     var blocked: [DedicatedLease] {
-        get { client.redisState?.extras?.blocked ?? [] }
-        nonmutating _modify { yield &extras.blocked }
+        get { client.redisExtras?.blocked ?? [] }
+        nonmutating _modify { yield &client.madeRedisExtras.blocked }
     }
     /// Pub/sub: channels, patterns and push connections (nil until the first SUBSCRIBE).
     var subscriptions: RedisSubscriptions? {
-        get { client.redisState?.extras?.subscriptions }
-        nonmutating set { if newValue != nil || hasExtras { extras.subscriptions = newValue } }
+        get { client.redisExtras?.subscriptions }
+        nonmutating set { if newValue != nil || hasExtras { client.madeRedisExtras.subscriptions = newValue } }
     }
 
     /// In one of the states tied to the worker's backend connections (transaction, WATCH,
     /// blocked command, subscription): the client may not move to another worker.
     var isTiedToWorker: Bool {
-        guard let extras = client.redisState?.extras else { return false }
+        guard let extras = client.redisExtras else { return false }
         return extras.transaction != nil || extras.watch != nil || !extras.blocked.isEmpty || extras.subscriptions != nil
     }
 }
 
-/// A Redis client's names, set by most clients as they connect (redis-py sends `CLIENT
-/// SETINFO` with its library's name and version): 64 bytes, in malloc's 80-byte chunks. What
-/// fewer clients set (a user, a transaction, WATCH, blocked commands, subscriptions) is one
-/// object further (`extras`), so that a named, idle connection does not carry it. Owned by its
-/// connection, on its worker's thread.
-final class RedisClientState {
+/// The names a Redis client gave itself.
+struct RedisNames: Hashable, Sendable {
     var name: String?
     var libraryName: String?
     var libraryVersion: String?
-    var extras: RedisSessionExtras?
+    var isEmpty: Bool { name == nil && libraryName == nil && libraryVersion == nil }
 }
 
-/// See `RedisClientState`.
+/// A Redis client's names, immutable and shared by every client of a worker with the same
+/// three (`FrontendLoop.redisNames`): a pool of connections named alike, as redis-py names
+/// each of its connections with `CLIENT SETINFO` LIB-NAME and LIB-VER, costs one object rather
+/// than one per connection (64 bytes, an 80-byte chunk, each: idle connections named so cost
+/// 462 bytes with one object each, 381 shared; `bench/idle.py --redis --named`).
+/// `Sendable` (immutable): a client moved to another worker takes it along.
+final class SharedRedisNames: Sendable {
+    let names: RedisNames
+    init(_ names: RedisNames) { self.names = names }
+}
+
+/// A Redis client's transaction, WATCH, blocked commands and subscriptions: what few clients
+/// set, kept in the connection's rare state. Confined to the client's worker thread.
 final class RedisSessionExtras {
-    var user: RedisUser?
-    var usersGeneration = 0
-    var authFailures = 0
     var transaction: RedisTransaction?
     var watch: DedicatedLease?
     var blocked: [DedicatedLease] = []

@@ -14,8 +14,9 @@ struct FIFO<Element>: ~Copyable {
     /// The ring while `mask >= 0`. Without a ring (`mask < 0`): nil while the queue is empty,
     /// and while it holds one element (`stored == 1`, only when `inlines`), that element's own
     /// bits. Unsafe: those bits are an element only between `putInline` and `takeInline`, which
-    /// initialize and move it as one, and they are never read as a pointer (every use of the
-    /// ring is behind `mask >= 0`).
+    /// initialize and move it as one; meanwhile they are read only as bits (the subscript's
+    /// read, `isFirst`, `withFirst`), never followed as a pointer (every use of the ring is
+    /// behind `mask >= 0`).
     private var storage: UnsafeMutablePointer<Element>?
     /// Capacity minus one; the capacity is a power of two. Without a ring, minus the capacity
     /// the next ring is allocated with (kept here rather than in a field of its own). The
@@ -25,11 +26,23 @@ struct FIFO<Element>: ~Copyable {
     private var head: Int32 = 0
     private var stored: Int32 = 0
 
-    /// Elements that fit in the ring pointer's word (references, and `Int` in tests) are kept
-    /// there while they are the only one. Constant once specialized.
+    /// Elements that fit in the ring pointer's word and move by copying their bits (class
+    /// references, and `Int` in tests) are kept there while they are the only one. Constant
+    /// once specialized.
     private static var inlines: Bool {
         MemoryLayout<Element>.size == MemoryLayout<UnsafeMutablePointer<Element>?>.size
             && MemoryLayout<Element>.alignment <= MemoryLayout<UnsafeMutablePointer<Element>?>.alignment
+            && (isClass || _isPOD(Element.self))
+    }
+
+    /// Whether `Element` is a class reference: decided by the compiler where the type is known
+    /// (specialized code asks no metadata per pop), at run time in unspecialized code.
+    private static var isClass: Bool {
+        switch _canBeClass(Element.self) {
+        case 0: false
+        case 1: true
+        default: Element.self is AnyObject.Type
+        }
     }
 
     var count: Int { Int(stored) }
@@ -44,7 +57,7 @@ struct FIFO<Element>: ~Copyable {
         if mask < 0 {
             // The inline element, released from a copy of its word (`self` is immutable here).
             var word = storage
-            if Self.inlines, stored > 0 { _ = withUnsafeMutablePointer(to: &word) { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Element.self).deinitialize(count: 1) } }
+            if Self.inlines, stored > 0 { _ = Self.take(&word) }
         } else if let storage {
             for offset in 0..<stored { (storage + Int((head &+ offset) & mask)).deinitialize(count: 1) }
             storage.deallocate()
@@ -156,19 +169,28 @@ struct FIFO<Element>: ~Copyable {
     /// `stored == 1`, `inlines`); `takeInline` leaves it nil.
     @inline(__always)
     private mutating func putInline(_ element: consuming Element) {
-        Self.initialize(&storage, to: element)
-    }
-
-    /// Moves `element` into the word at `word` (no closure, which would copy it).
-    @inline(__always)
-    private static func initialize(_ word: UnsafeMutableRawPointer, to element: consuming Element) {
-        word.initializeMemory(as: Element.self, to: element)
+        Self.put(element, into: &storage)
     }
 
     @inline(__always)
     private mutating func takeInline() -> Element {
-        let element = withUnsafeMutablePointer(to: &storage) { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Element.self).move() }
-        storage = nil
+        Self.take(&storage)
+    }
+
+    /// Moves `element` into the pointer word at `word`, whose memory is bound to `Element`
+    /// until `take` (a function, not a closure, which would copy the element).
+    @inline(__always)
+    private static func put(_ element: consuming Element, into word: UnsafeMutablePointer<UnsafeMutablePointer<Element>?>) {
+        UnsafeMutableRawPointer(word).initializeMemory(as: Element.self, to: element)
+    }
+
+    /// Moves the element out of the word at `word` and leaves the word a nil pointer again,
+    /// its memory bound back to the pointer type.
+    @inline(__always)
+    private static func take(_ word: UnsafeMutablePointer<UnsafeMutablePointer<Element>?>) -> Element {
+        let raw = UnsafeMutableRawPointer(word)
+        let element = raw.assumingMemoryBound(to: Element.self).move()
+        raw.initializeMemory(as: UnsafeMutablePointer<Element>?.self, repeating: nil, count: 1)
         return element
     }
 }

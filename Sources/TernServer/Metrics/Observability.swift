@@ -335,12 +335,14 @@ final class SlowLog: Sendable {
         return kept
     }
 
-    /// `ip:port` of a connected socket's peer ("" when unknown).
-    static func peerAddress(_ descriptor: Int32) -> String {
+    /// `ip:port` of a connected socket's peer, or with `local` of its own end ("" when unknown).
+    static func peerAddress(_ descriptor: Int32, local: Bool = false) -> String {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let result = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(descriptor, $0, &length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                local ? getsockname(descriptor, $0, &length) : getpeername(descriptor, $0, &length)
+            }
         }
         guard result == 0 else { return "" }
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)

@@ -82,6 +82,7 @@ final class Worker: FrontendLoop {
         rebalanceClients()
         let now = self.now
         for client in clients { client.checkTimeouts(now: now) }
+        sweepRedisNames()
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
         if scratch.isEmpty { scratch.releaseIfIdle(keep: 1 << 18) }
         // Large blocks given back more than a second ago and not taken since leave the process.
