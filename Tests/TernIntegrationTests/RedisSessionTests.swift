@@ -455,7 +455,17 @@ final class RedisSessionTests: XCTestCase {
         try expectInfo(clients[0], " name=first age=", " lib-name=shared-lib lib-ver=1.0\n")
         try expectInfo(clients[1], " name= age=", " lib-name=shared-lib lib-ver=2.0\n")
         try expectInfo(clients[2], " name= age=", " lib-name=shared-lib lib-ver=1.0\n")
+        XCTAssertEqual(try clients[2].call("HELLO", "2", "SETNAME", "a b"),
+                       "-ERR Client names cannot contain spaces, newlines or special characters.\r\n")
+        XCTAssertEqual(try clients[2].call("CLIENT", "SETNAME", "x\ny"),
+                       "-ERR Client names cannot contain spaces, newlines or special characters.\r\n")
+        try expectInfo(clients[2], " name= age=", " lib-name=shared-lib lib-ver=1.0\n")
         XCTAssertEqual(try clients[2].call("CLIENT", "GETNAME"), "$-1\r\n")
+        // A value that would break CLIENT INFO's line is refused, as Redis refuses it.
+        XCTAssertEqual(try clients[2].call("CLIENT", "SETINFO", "LIB-VER", "1.0 flags=x\nid=0"),
+                       "-ERR lib-ver cannot contain spaces, newlines or special characters.\r\n")
+        XCTAssertEqual(try clients[2].call("CLIENT", "SETINFO", "LIB-COLOR", "red"), "-ERR Unrecognized option 'LIB-COLOR'\r\n")
+        try expectInfo(clients[2], " name= age=", " lib-name=shared-lib lib-ver=1.0\n")
         // RESET forgets the names of the client that sent it only.
         XCTAssertEqual(try clients[2].call("RESET"), "+RESET\r\n")
         try expectInfo(clients[2], " name= age=", " lib-name= lib-ver=\n")

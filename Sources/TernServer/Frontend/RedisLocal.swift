@@ -132,7 +132,11 @@ extension ClientConnection {
             return slot.complete(with: "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n" as StaticString)
         }
         if let setName {
+            // Checked as CLIENT SETNAME checks it (after AUTH, as Redis does).
             let name = arguments.argumentString(setName, in: frame)
+            guard !name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
+                return slot.complete(with: "-ERR Client names cannot contain spaces, newlines or special characters.\r\n" as StaticString)
+            }
             session.name = name.isEmpty ? nil : name
         }
         let reply = slot.data
@@ -162,13 +166,18 @@ extension ClientConnection {
             if let name = session.name { slot.data.appendBulk(name) } else { slot.data.append("$-1\r\n" as StaticString) }
             slot.complete(with: "" as StaticString)
         } else if arguments.argument(1, in: frame, equals: "setinfo"), count == 4 {
-            if arguments.argument(2, in: frame, equals: "lib-name") {
-                session.libraryName = arguments.argumentString(3, in: frame)
-            } else if arguments.argument(2, in: frame, equals: "lib-ver") {
-                session.libraryVersion = arguments.argumentString(3, in: frame)
-            } else {
-                return slot.complete(with: "-ERR Unrecognized option '\(arguments.argumentString(2, in: frame).prefix(64))'\r\n")
+            let isName = arguments.argument(2, in: frame, equals: "lib-name")
+            guard isName || arguments.argument(2, in: frame, equals: "lib-ver") else {
+                // Echoed as sent, printable ASCII only (no CR or LF may end the error early).
+                let option = arguments.argumentString(2, in: frame).utf8.prefix(64).map { $0 > 0x20 && $0 < 0x7f ? $0 : UInt8(ascii: "?") }
+                return slot.complete(with: "-ERR Unrecognized option '\(String(decoding: option, as: UTF8.self))'\r\n")
             }
+            // As Redis: the CLIENT INFO line must split on spaces into its fields.
+            let value = arguments.argumentString(3, in: frame)
+            guard !value.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
+                return slot.complete(with: "-ERR \(isName ? "lib-name" : "lib-ver") cannot contain spaces, newlines or special characters.\r\n")
+            }
+            if isName { session.libraryName = value.isEmpty ? nil : value } else { session.libraryVersion = value.isEmpty ? nil : value }
             slot.complete(with: "+OK\r\n" as StaticString)
         } else if arguments.argument(1, in: frame, equals: "id"), count == 2 {
             slot.complete(with: ":\(clientID)\r\n")
