@@ -114,7 +114,4 @@ class FrontendLoop: RoutingLoop {
         }
         for names in unused { sharedNames[names] = nil }
     }
-
-    /// Distinct names held in the table (tests and diagnostics).
-    final var sharedNamesCount: Int { sharedNames.count }
 }
