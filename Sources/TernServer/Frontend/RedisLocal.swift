@@ -134,7 +134,7 @@ extension ClientConnection {
         if let setName {
             // Checked as CLIENT SETNAME checks it (after AUTH, as Redis does).
             let name = arguments.argumentString(setName, in: frame)
-            guard !name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
+            guard Self.isClientAttribute(name) else {
                 return slot.complete(with: "-ERR Client names cannot contain spaces, newlines or special characters.\r\n" as StaticString)
             }
             session.name = name.isEmpty ? nil : name
@@ -157,7 +157,7 @@ extension ClientConnection {
         let count = arguments.count
         if arguments.argument(1, in: frame, equals: "setname"), count == 3 {
             let name = arguments.argumentString(2, in: frame)
-            guard !name.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
+            guard Self.isClientAttribute(name) else {
                 return slot.complete(with: "-ERR Client names cannot contain spaces, newlines or special characters.\r\n" as StaticString)
             }
             session.name = name.isEmpty ? nil : name
@@ -174,7 +174,7 @@ extension ClientConnection {
             }
             // As Redis: the CLIENT INFO line must split on spaces into its fields.
             let value = arguments.argumentString(3, in: frame)
-            guard !value.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else {
+            guard Self.isClientAttribute(value) else {
                 return slot.complete(with: "-ERR \(isName ? "lib-name" : "lib-ver") cannot contain spaces, newlines or special characters.\r\n")
             }
             if isName { session.libraryName = value.isEmpty ? nil : value } else { session.libraryVersion = value.isEmpty ? nil : value }
@@ -187,6 +187,12 @@ extension ClientConnection {
         } else {
             slot.complete(with: "-ERR unsupported command 'client \(sanitizedWord(arguments.argumentString(1, in: frame)))'\r\n")
         }
+    }
+
+    /// A client name or `SETINFO` value Redis accepts: printable ASCII without spaces, so that
+    /// the CLIENT INFO line splits on spaces into its fields (empty clears it).
+    static func isClientAttribute(_ text: String) -> Bool {
+        !text.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f })
     }
 
     /// CLIENT INFO: Redis's fields in Redis's order (client libraries parse them: redis-py's
