@@ -131,6 +131,51 @@ final class RobustnessTests: XCTestCase {
         XCTAssertEqual(String(decoding: try trickle.receive(until: "END\r\n"), as: UTF8.self), "VALUE alive 0 2\r\nok\r\nEND\r\n")
     }
 
+    /// The request paths use a request's reply slot without a reference of their own, so a
+    /// slot must live at least until the end of the loop pass that made it: its client's queue
+    /// holds it, then the worker's free list, which only the once-a-second sweep trims, and a
+    /// client that closes hands its queue to the worker's retired list. A burst here recycles
+    /// more slots than a worker keeps past a sweep, clients leave with requests in flight and
+    /// with refused ones, and the sweep runs between two rounds; every reply is checked byte for
+    /// byte and a bystander on each protocol is served throughout. Under
+    /// `Deploy/sanitizers.sh`, AddressSanitizer stops Tern at any use of a freed slot.
+    func testReplySlotsOutliveBurstsLeaversAndTheSweep() throws {
+        let memcached = try group.memcached()
+        let redisServer = try group.redis()
+        let memcache = try start([memcached.address])
+        let redis = try start([redisServer.address], redis: true)
+        let bystander = try TestClient(port: memcache.port)
+        try assertHealthy(memcache.port, bystander)
+        let redisBystander = try TestClient(port: redis.port)
+        XCTAssertEqual(try redisBystander.call("SET", "alive", "ok"), "+OK\r\n")
+        let redisGet = TestClient.encode(["GET", "alive"])
+        for _ in 0..<2 {
+            // 3,000 requests in one write: 3,000 slots recycled, past the 1,024 a sweep keeps.
+            let burst = try TestClient(port: memcache.port)
+            XCTAssertEqual(try burst.request(String(repeating: "get alive\r\n", count: 3000), until: "END\r\n", occurrences: 3000),
+                           String(repeating: "VALUE alive 0 2\r\nok\r\nEND\r\n", count: 3000))
+            let redisBurst = try TestClient(port: redis.port)
+            try redisBurst.send(Array([[UInt8]](repeating: redisGet, count: 3000).joined()))
+            XCTAssertEqual(String(decoding: try redisBurst.receiveReplies(3000), as: UTF8.self), String(repeating: "$2\r\nok\r\n", count: 3000))
+            // Leavers: requests in flight, then a refused command (memcached) or an unknown
+            // command and a protocol error (Redis), and gone before the replies.
+            for _ in 0..<20 {
+                let leaver = try TestClient(port: memcache.port)
+                try leaver.send(String(repeating: "get alive\r\n", count: 50) + "bogus\r\n")
+                leaver.close()
+                let redisLeaver = try TestClient(port: redis.port)
+                try redisLeaver.send(Array([[UInt8]](repeating: redisGet, count: 50).joined()) + Array("*1\r\n$7\r\nNOSUCHX\r\n*x\r\n".utf8))
+                redisLeaver.close()
+            }
+            try assertHealthy(memcache.port, bystander)
+            XCTAssertEqual(try redisBystander.call("GET", "alive"), "$2\r\nok\r\n")
+            // The sweep frees the slots past those kept; the next round reuses the rest.
+            usleep(1_300_000)
+        }
+        try assertHealthy(memcache.port, bystander)
+        XCTAssertEqual(try TestClient(port: redis.port).call("GET", "alive"), "$2\r\nok\r\n")
+    }
+
     func testTenThousandConnectionsOpenedAndClosed() throws {
         let backend = try group.memcached()
         let tern = try start([backend.address])

@@ -31,6 +31,46 @@ final class FIFOTests: XCTestCase {
         XCTAssertNil(queue.popFirst())
     }
 
+    /// Used as a stack (the worker's free slots): `popLast` takes the element appended last,
+    /// with the head anywhere in the ring, after growth, and for an inline element; mixed with
+    /// `popFirst`, the elements left are those between. Popped references are released.
+    func testPopLastTakesTheNewestElement() {
+        var queue = FIFO<Int>(initialCapacity: 4)
+        var expected: [Int] = []
+        var next = 0
+        for round in 0..<60 {
+            for _ in 0..<(round % 6 + 1) {
+                queue.append(next)
+                expected.append(next)
+                next += 1
+            }
+            for _ in 0..<(round % 3) where !expected.isEmpty { XCTAssertEqual(queue.popFirst(), expected.removeFirst()) }
+            for _ in 0..<(round % 4) where !expected.isEmpty { XCTAssertEqual(queue.popLast(), expected.removeLast()) }
+            XCTAssertEqual(queue.count, expected.count)
+            for (offset, value) in expected.enumerated() { XCTAssertEqual(queue[offset], value) }
+        }
+        while let value = queue.popLast() { XCTAssertEqual(value, expected.removeLast()) }
+        XCTAssertTrue(expected.isEmpty)
+        XCTAssertNil(queue.popLast())
+
+        weak var released: Box?
+        var boxes = FIFO<Box>()
+        do {
+            let box = Box(1)
+            released = box
+            boxes.append(box)
+            XCTAssertEqual(boxes.capacity, 0, "one element: inline")
+            XCTAssertTrue(boxes.popLast() === box)
+            XCTAssertTrue(boxes.isEmpty)
+        }
+        XCTAssertNil(released, "the popped element was moved out, not copied")
+        boxes.append(Box(2))
+        boxes.append(Box(3))
+        XCTAssertEqual(boxes.popLast()?.value, 3)
+        XCTAssertEqual(boxes.popLast()?.value, 2)
+        XCTAssertNil(boxes.popLast())
+    }
+
     /// An empty queue gives its ring back and takes one of the same capacity on the next
     /// append; a queue with elements keeps its ring.
     func testAnEmptyQueueGivesItsRingBack() {

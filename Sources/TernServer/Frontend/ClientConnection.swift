@@ -298,8 +298,17 @@ final class ClientConnection: ReplyOwner {
 
     private func readRequests() {
         guard !isClosed, !closeWhenDrained else { return }
-        // With no partial request pending, read into the worker's shared buffer.
-        let buffer = partial ?? worker.scratch
+        // With no partial request pending, read into the worker's shared buffer, lent without a
+        // reference (`partial ?? worker.scratch` took one per read): the worker holds it in a
+        // `let` and outlives its clients.
+        if let partial {
+            readRequests(into: partial)
+        } else {
+            Unmanaged.passUnretained(worker.scratch)._withUnsafeGuaranteedRef { readRequests(into: $0) }
+        }
+    }
+
+    private func readRequests(into buffer: ByteBuffer) {
         var reachedEnd = false
         switch Transport.read(descriptor, tls, into: buffer) {
         case .drained:
@@ -530,10 +539,11 @@ final class ClientConnection: ReplyOwner {
         Syscall.close(descriptor)
         if redis != nil { endRedisSession() }
         // Requests still in flight finish into slots nobody reads; those are freed when their
-        // backend replies arrive.
+        // backend replies arrive. Each is retired, not let go: a request path may be using one
+        // (lent by `withNewSlot`) until the end of this loop pass.
         while let slot = slots.popFirst() {
             slot.client = nil
-            if slot.isDone { desk.recycle(slot) }
+            if slot.isDone { desk.recycle(slot) } else { worker.retire(slot) }
         }
         pool.clientClosed()
         worker.release(self)

@@ -50,7 +50,10 @@ extension ClientConnection {
     }
 
     func route(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) {
-        let slot = newSlot()
+        withNewSlot { slot in route(request, frame, slot) }
+    }
+
+    private func route(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
         slot.command = Int32(request.command.rawValue)
         // `users:` (the binary front checks its packets before they get here).
         if pool.requiresAuth, !isBinary {

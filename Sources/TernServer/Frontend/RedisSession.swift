@@ -160,8 +160,11 @@ extension ClientConnection {
     }
 
     private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession) {
+        withNewSlot { slot in routeRedis(frame, session, slot) }
+    }
+
+    private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let arguments = session.arguments
-        let slot = newSlot()
         // The name read from the frame directly (`withArgument` would take a reference to the
         // inline bytes for every request).
         let found: Int32

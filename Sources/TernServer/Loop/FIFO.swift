@@ -98,6 +98,19 @@ struct FIFO<Element>: ~Copyable {
         return element
     }
 
+    /// The element appended last, moved out: the queue used as a stack (a free list, whose most
+    /// recently freed element is the one most likely still in the cache).
+    @inline(__always)
+    mutating func popLast() -> Element? {
+        guard stored > 0 else { return nil }
+        if Self.inlines, mask < 0 {
+            stored = 0
+            return takeInline()
+        }
+        stored &-= 1
+        return (storage.unsafelyUnwrapped + Int((head &+ stored) & mask)).move()
+    }
+
     /// The element `offset` places behind the head, read and written in place.
     subscript(offset: Int) -> Element {
         _read {

@@ -9,10 +9,18 @@ final class ReplyDesk {
     /// The worker's libev loop: `ev_now` is the loop time replies are timed with.
     let loop: OpaquePointer
     /// Owners with bytes to write, each once (`ReplyOwner.isDirty`), in the order they became
-    /// dirty (the client waiting longest is written first); drained by the worker, which pops
-    /// each one out with the queue's own reference.
-    var dirty = FIFO<ReplyOwner>()
-    private var freeSlots: [ReplySlot] = []
+    /// dirty (the client waiting longest is written first); drained by the worker.
+    ///
+    /// Held without a reference count (no retain and release per client written, which is per
+    /// request for an unpipelined client). Invariant: an owner in this queue is alive. Only an
+    /// open owner is added (`addDirty`), so it is in its worker's `clients` then; one that closes
+    /// before it is written waits in the worker's `retired` list, which `Worker.flushAll` empties
+    /// only after it has emptied this queue, and it empties this queue in every loop pass. An
+    /// owner in this queue is never moved to another worker (`ClientConnection.isMovable`).
+    var dirty = FIFO<Unmanaged<ReplyOwner>>()
+    /// Recycled slots, taken most recently recycled first (a FIFO used as a stack: no
+    /// uniqueness check per request, as an array would make).
+    private var freeSlots = FIFO<ReplySlot>(initialCapacity: 64)
     /// A backend connection's input while a large reply at its start is delivered (with the
     /// reply's whole length), and whether a client took it.
     var largeReply: (input: ByteBuffer, length: Int)?
@@ -35,8 +43,10 @@ final class ReplyDesk {
 
     @inline(never)
     private func addDirty(_ owner: ReplyOwner) {
+        // A closed owner has nothing to write, and must not be queued (see `dirty`).
+        guard !owner.isClosed else { return }
         owner.isDirty = true
-        dirty.append(owner)
+        dirty.append(Unmanaged.passUnretained(owner))
     }
 
     func makeSlot(for owner: ReplyOwner) -> ReplySlot {
@@ -46,15 +56,30 @@ final class ReplyDesk {
     }
 
     /// Takes the caller's reference (`consuming`): a slot just popped from its client's queue
-    /// moves into the free list without a retain and a release.
+    /// moves into the free list without a retain and a release. Every slot is kept, however
+    /// many: a request path may still be using the one recycled (see
+    /// `ReplyOwner.withNewSlot`), so slots are freed only by `trimFreeSlots`.
     func recycle(_ slot: consuming ReplySlot) {
         slot.reset()
-        if freeSlots.count < Self.keptSlots { freeSlots.append(slot) }
+        freeSlots.append(slot)
     }
 
-    /// Recycled slots kept for reuse: enough for a busy worker's pipelines (16 clients 64 deep)
-    /// without an allocation, few enough that their buffers (at most 16 KiB each, see
-    /// `ReplySlot.reset`) stay within 16 MiB after a burst.
+    /// Frees the recycled slots past `keptSlots` (a burst's): called by the worker's
+    /// once-a-second sweep, outside every request path.
+    func trimFreeSlots() {
+        // The least recently recycled go first.
+        while freeSlots.count > Self.keptSlots { _ = freeSlots.popFirst() }
+        // A ring a burst grew is given back too.
+        if freeSlots.capacity > 2 * Self.keptSlots {
+            var kept = FIFO<ReplySlot>(initialCapacity: 64)
+            while let slot = freeSlots.popFirst() { kept.append(slot) }
+            freeSlots = kept
+        }
+    }
+
+    /// Recycled slots kept for reuse past a sweep: enough for a busy worker's pipelines (16
+    /// clients 64 deep) without an allocation, few enough that their buffers (at most 16 KiB
+    /// each, see `ReplySlot.reset`) stay within 16 MiB a second after a burst.
     static let keptSlots = 1024
 }
 
@@ -111,8 +136,26 @@ class ReplyOwner {
     /// buffer (see `ServerConnection.startStreaming`).
     static let streamThreshold = 256 << 10
 
-    /// A slot for the next request, at the end of the reply order.
-    final func newSlot() -> ReplySlot {
+    /// A slot for the next request, at the end of the reply order, lent to `body` without a
+    /// reference of the caller's own: the request paths route every request inside this, which
+    /// saves a retain and a release (two atomic operations) per request.
+    ///
+    /// Invariant: a slot object lives at least until the end of the loop pass it was made in,
+    /// so `body` and everything it calls may use it throughout. Its client's queue holds it until
+    /// it leaves with its reply; it then goes to the desk's free list, which only the worker's
+    /// once-a-second sweep trims (`ReplyDesk.trimFreeSlots`), never a request path; a client
+    /// that closes hands the slots still in its queue to the worker's `retired` list, emptied at
+    /// the end of the pass (`ClientConnection.close`).
+    @inline(__always)
+    final func withNewSlot<Result>(_ body: (ReplySlot) -> Result) -> Result {
+        appendNewSlot()._withUnsafeGuaranteedRef(body)
+    }
+
+    /// A slot for the next request, held by the caller (off the per-request paths).
+    final func newSlot() -> ReplySlot { appendNewSlot().takeUnretainedValue() }
+
+    /// Makes the slot and appends it to the queue, which takes the only reference.
+    private final func appendNewSlot() -> Unmanaged<ReplySlot> {
         let slot = desk.makeSlot(for: self)
         slot.isRedis = isRedis
         slot.replyLimit = outputLimit.bytes
@@ -123,8 +166,9 @@ class ReplyOwner {
             slot.binary = binary
             slot.keyBytes.append(desk.pendingBinaryKey)
         }
+        let lent = Unmanaged.passUnretained(slot)
         slots.append(slot)
-        return slot
+        return lent
     }
 
     /// The one backend reply of a `single` slot. With nothing ahead of it, it goes straight to

@@ -83,6 +83,7 @@ final class Worker: FrontendLoop {
         let now = self.now
         for client in clients { client.checkTimeouts(now: now) }
         sweepRedisNames()
+        replies.trimFreeSlots()
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
         if scratch.isEmpty { scratch.releaseIfIdle(keep: 1 << 18) }
         // Large blocks given back more than a second ago and not taken since leave the process.
@@ -324,23 +325,26 @@ final class Worker: FrontendLoop {
             // Servers first, then clients, until neither has anything to write: a client's
             // flush may parse requests it had paused on (dirtying servers), a server's failure
             // may complete slots (dirtying clients). Each queue is FIFO, so connections are
-            // written in the order they became dirty (the client waiting longest first), and
-            // each is popped out with the queue's own reference: no retain to iterate, no
-            // release pass to empty a list.
+            // written in the order they became dirty (the client waiting longest first). A
+            // server is popped out with the queue's own reference, a client with none (see
+            // `ReplyDesk.dirty`): no retain to iterate, no release pass to empty a list.
             while let server = dirtyServers.popFirst() {
                 server.isDirty = false
                 server.flush()
             }
-            while let owner = replies.dirty.popFirst() {
-                // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the base
-                // class is never made on its own), so the cast cannot be wrong.
-                let client = unsafeDowncast(owner, to: ClientConnection.self)
-                client.isDirty = false
-                if client.isHeld {
-                    client.isHeld = false
-                    client.flush()
-                } else {
-                    client.flush(allowHold: true)
+            while let lent = replies.dirty.popFirst() {
+                // Lent without a reference (alive: see `ReplyDesk.dirty`).
+                lent._withUnsafeGuaranteedRef { owner in
+                    // Invariant: every ReplyOwner is a ClientConnection (its only subclass; the
+                    // base class is never made on its own), so the cast cannot be wrong.
+                    let client = unsafeDowncast(owner, to: ClientConnection.self)
+                    client.isDirty = false
+                    if client.isHeld {
+                        client.isHeld = false
+                        client.flush()
+                    } else {
+                        client.flush(allowHold: true)
+                    }
                 }
             }
         }
