@@ -131,14 +131,16 @@ final class RobustnessTests: XCTestCase {
         XCTAssertEqual(String(decoding: try trickle.receive(until: "END\r\n"), as: UTF8.self), "VALUE alive 0 2\r\nok\r\nEND\r\n")
     }
 
-    /// The request paths use a request's reply slot without a reference of their own, so a
-    /// slot must live at least until the end of the loop pass that made it: its client's queue
-    /// holds it, then the worker's free list, which only the once-a-second sweep trims, and a
-    /// client that closes hands its queue to the worker's retired list. A burst here recycles
-    /// more slots than a worker keeps past a sweep, clients leave with requests in flight and
-    /// with refused ones, and the sweep runs between two rounds; every reply is checked byte for
-    /// byte and a bystander on each protocol is served throughout. Under
-    /// `Deploy/sanitizers.sh`, AddressSanitizer stops Tern at any use of a freed slot.
+    /// The request paths and the backend queues use reply slots without references of their
+    /// own, so a slot is freed only by the worker's once-a-second sweep and only once nothing
+    /// reaches it: its client's queue holds it, then the worker's free list (trimmed by the
+    /// sweep), or, when its client closes first, the worker's orphans (freed by the sweep once no
+    /// backend entry names them). A burst here recycles more slots than a worker keeps past a
+    /// sweep; clients leave with requests in flight, with refused ones, with requests queued on
+    /// a paused backend and while blocked; the sweep runs between two rounds. Every reply is
+    /// checked byte for byte and a bystander on each protocol is served throughout. A debug
+    /// Tern stops at a slot finished while still named (`ReplyDesk.recycle`), and under
+    /// `Deploy/sanitizers.sh` AddressSanitizer stops it at any use of a freed slot.
     func testReplySlotsOutliveBurstsLeaversAndTheSweep() throws {
         let memcached = try group.memcached()
         let redisServer = try group.redis()
@@ -167,9 +169,27 @@ final class RobustnessTests: XCTestCase {
                 try redisLeaver.send(Array([[UInt8]](repeating: redisGet, count: 50).joined()) + Array("*1\r\n$7\r\nNOSUCHX\r\n*x\r\n".utf8))
                 redisLeaver.close()
             }
+            // Leavers whose requests are still queued on the backend (it is paused): their slots
+            // wait with the worker's orphans until the replies come, and the sweep frees them.
+            memcached.pause()
+            for _ in 0..<20 {
+                let leaver = try TestClient(port: memcache.port)
+                try leaver.send(String(repeating: "get alive\r\n", count: 50))
+                leaver.close()
+            }
+            usleep(200_000)
+            memcached.resume()
+            // Blocked Redis clients that leave: their dedicated connections give the command up.
+            for _ in 0..<5 {
+                let blocked = try TestClient(port: redis.port)
+                try blocked.send(TestClient.encode(["BLPOP", "nothing-here", "0"]))
+                usleep(20_000)
+                blocked.close()
+            }
             try assertHealthy(memcache.port, bystander)
             XCTAssertEqual(try redisBystander.call("GET", "alive"), "$2\r\nok\r\n")
-            // The sweep frees the slots past those kept; the next round reuses the rest.
+            // The sweep frees the slots past those kept and the orphans nothing reaches; the next
+            // round reuses the rest.
             usleep(1_300_000)
         }
         try assertHealthy(memcache.port, bystander)

@@ -33,7 +33,12 @@ final class ServerConnection {
     }
 
     struct Pending {
-        var slot: ReplySlot?
+        /// The slot this entry answers, named without a reference: a retain when queued and a
+        /// release when answered were an atomic pair per request. Safe because a slot is freed
+        /// only by its worker's sweep, never while an entry names it: every entry is counted in
+        /// `ReplySlot.queuedEntries` from `enqueue` until it leaves `pending` (`popEntry`) or
+        /// lets go of its slot (`clearSlot`); see `ReplyDesk.orphans`.
+        private var slotReference: Unmanaged<ReplySlot>?
         var part: Int32
         /// How the memcached reply is framed (unused for Redis, whose replies frame themselves).
         var framing: MemcacheFraming
@@ -46,6 +51,46 @@ final class ServerConnection {
         /// Bytes of the request, and when it was queued (loop time), for the stats.
         var bytes = 0
         var queuedAt: Double = 0
+
+        init(slot: ReplySlot?, part: Int32, framing: MemcacheFraming, deadline: Double, purpose: Purpose,
+             redirects: UInt8, isAsking: Bool, bytes: Int, queuedAt: Double) {
+            slotReference = slot.map { Unmanaged.passUnretained($0) }
+            self.part = part
+            self.framing = framing
+            self.deadline = deadline
+            self.purpose = purpose
+            self.redirects = redirects
+            self.isAsking = isAsking
+            self.bytes = bytes
+            self.queuedAt = queuedAt
+        }
+
+        /// The slot (off the per-request path: the caller takes a reference).
+        var slot: ReplySlot? { slotReference?.takeUnretainedValue() }
+        var hasSlot: Bool { slotReference != nil }
+
+        /// The slot lent to `body`, with no reference taken: the per-request delivery.
+        @inline(__always)
+        func withSlot<Result>(_ body: (ReplySlot) -> Result) -> Result? {
+            slotReference?._withUnsafeGuaranteedRef(body)
+        }
+
+        /// The entry stays queued but answers nobody (its request timed out): its late reply is
+        /// dropped, and it no longer counts toward its slot's `queuedEntries`.
+        mutating func clearSlot() {
+            slotReference?._withUnsafeGuaranteedRef { $0.queuedEntries &-= 1 }
+            slotReference = nil
+        }
+    }
+
+    /// Takes the head entry out of `pending`: from here it no longer counts toward its slot's
+    /// `queuedEntries` (the caller uses it within this loop pass, in which no slot is freed).
+    /// Every entry leaves `pending` through here.
+    @inline(__always)
+    private func popEntry() -> Pending? {
+        guard let entry = pending.popFirst() else { return nil }
+        entry.withSlot { $0.queuedEntries &-= 1 }
+        return entry
     }
 
     /// `handshaking`: TLS pools, between the TCP connect and the end of the TLS handshake.
@@ -176,6 +221,7 @@ final class ServerConnection {
         }
         let bytes = outputCount - requestStart
         requestStart = outputCount
+        slot?.queuedEntries &+= 1
         pending.append(Pending(slot: slot, part: part, framing: framing, deadline: deadline, purpose: purpose, redirects: redirects, isAsking: isAsking, bytes: bytes, queuedAt: now))
         pendingBytes += bytes
         unsentRequests += 1
@@ -536,7 +582,7 @@ final class ServerConnection {
             do {
                 let (length, isError) = framed
                 // Moved out of the queue before anything else runs: delivering may queue more.
-                guard var head = pending.popFirst() else { return }
+                guard let head = popEntry() else { return }
                 answered(head, counters: counters, slowThreshold: slowThreshold)
                 counters.responseBytes.add(length)
                 if head.purpose == .probe {
@@ -552,39 +598,18 @@ final class ServerConnection {
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
                         worker.logger.error("server \(server.name): connection setup failed: \(text)")
                     }
-                } else if isError, head.slot != nil, server.pool.isCluster, followRedirect(head, replyLength: length) {
+                } else if isError, head.hasSlot, server.pool.isCluster, followRedirect(head, replyLength: length) {
                     // Re-sent to the node the redirect named: the client never sees it.
-                } else if let slot = head.slot.take() {
-                    // Taken out of the entry, so the slot changes hands without a retain.
-                    // Quiet meta commands were followed by Tern's own `mn`: its MN is not the client's.
-                    let end = head.framing == .metaUntilNoop ? length - 4 : length
-                    let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<end])
-                    if head.framing == .retrieval, !slot.acceptsRetrieval(reply, part: head.part) {
+                } else if let delivered = head.withSlot({ deliver(head, to: $0, length: length, isError: isError) }) {
+                    guard delivered else {
                         // Never handed to a client: this request and every other on the
                         // connection fail, and the connection is opened afresh.
-                        slot.fail(part: head.part, reason: "server reply out of step")
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
-                    // Only a reply this large may take the buffer's memory (`tookLargeReply`
-                    // is set only where `largeReply` is), so smaller ones skip the desk.
-                    guard length >= Self.streamThreshold else {
-                        if !slot.deliver(part: head.part, reply: reply, isError: isError) {
-                            slot.fail(part: head.part, reason: "server reply out of step")
-                            fail(reason: "server sent a value for a key not asked for")
-                            return
-                        }
+                    if length < Self.streamThreshold {
                         input.consume(length)
                         continue
-                    }
-                    worker.replies.largeReply = (input, length)
-                    defer { worker.replies.largeReply = nil }
-                    if !slot.deliver(part: head.part, reply: reply, isError: isError) {
-                        // A merge may have kept the reply's buffer before finding it out of step.
-                        worker.replies.tookLargeReply = false
-                        slot.fail(part: head.part, reason: "server reply out of step")
-                        fail(reason: "server sent a value for a key not asked for")
-                        return
                     }
                 }
                 // A large reply may have left with the buffer's memory (`replyArrived`).
@@ -649,6 +674,38 @@ final class ServerConnection {
         if output.isEmpty { output.releaseIfIdle(keep: 1 << 16) }
     }
 
+    /// The head reply (`length` bytes at the start of `input`) for `slot`, the slot `head`
+    /// named. False when it cannot be that request's (a value for a key not asked for): the
+    /// part has failed, and the caller fails the connection.
+    @inline(__always)
+    private func deliver(_ head: Pending, to slot: ReplySlot, length: Int, isError: Bool) -> Bool {
+        // Quiet meta commands were followed by Tern's own `mn`: its MN is not the client's.
+        let end = head.framing == .metaUntilNoop ? length - 4 : length
+        let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<end])
+        if head.framing == .retrieval, !slot.acceptsRetrieval(reply, part: head.part) {
+            slot.fail(part: head.part, reason: "server reply out of step")
+            return false
+        }
+        // Only a reply this large may take the buffer's memory (`tookLargeReply` is set only
+        // where `largeReply` is), so smaller ones skip the desk.
+        guard length >= Self.streamThreshold else {
+            if !slot.deliver(part: head.part, reply: reply, isError: isError) {
+                slot.fail(part: head.part, reason: "server reply out of step")
+                return false
+            }
+            return true
+        }
+        worker.replies.largeReply = (input, length)
+        defer { worker.replies.largeReply = nil }
+        if !slot.deliver(part: head.part, reply: reply, isError: isError) {
+            // A merge may have kept the reply's buffer before finding it out of step.
+            worker.replies.tookLargeReply = false
+            slot.fail(part: head.part, reason: "server reply out of step")
+            return false
+        }
+        return true
+    }
+
     /// The head request was slow: it enters the pool's slow log with its arguments (read from
     /// `output`, where its bytes start after those answered and not yet released), its client
     /// and this server. Off the common path: called only past the threshold.
@@ -674,7 +731,7 @@ final class ServerConnection {
     /// the rest of the reply is dropped as it arrives instead of being buffered. The other
     /// requests on the connection, other clients' among them, are answered as usual.
     private func startSkipping() {
-        guard let head = pending.popFirst() else {
+        guard let head = popEntry() else {
             // A pub/sub message past the limit with no request waiting: it cannot be dropped
             // silently, so the push connection closes (and with it its subscribed client).
             fail(reason: "a pushed message passed client_output_limit")
@@ -722,10 +779,10 @@ final class ServerConnection {
         guard head.purpose == .client, let slot = head.slot, slot.isSingle, !slot.isSilent,
               slot.warmup == nil, slot.binary == nil, let client = slot.client, client.canStream(slot),
               let total = RespReplyParser.bulkFrameLength(input.readable), total <= slot.replyLimit else { return false }
-        guard var entry = pending.popFirst() else { return false }
+        guard let entry = popEntry() else { return false }
         // Its latency and slow-log time are measured to the reply's first bytes.
         answered(entry, counters: counters, slowThreshold: server.pool.slowlogThreshold)
-        stream = entry.slot.take()
+        stream = entry.slot
         streamRemaining = total
         if let timeout {
             streamDeadline = ev_now(loop) + timeout
@@ -755,7 +812,8 @@ final class ServerConnection {
         stream = nil
         streamDeadline = .infinity
         slot.isDone = true
-        // A client that closed meanwhile dropped the slot, and ARC frees it with this reference.
+        // A client that closed meanwhile left the slot to the worker's orphans, which free it
+        // once this reference has gone (`ReplyDesk.orphans`).
         if let client = slot.client { client.slotCompleted(slot) }
         return true
     }
@@ -817,10 +875,10 @@ final class ServerConnection {
         var nextDeadline = Double.infinity
         for offset in 0..<pending.count {
             var entry = pending[offset]
-            guard entry.slot != nil || entry.purpose == .probe else { continue }
+            guard entry.hasSlot || entry.purpose == .probe else { continue }
             if entry.deadline <= now + 0.0005 {
                 let slot = entry.slot
-                entry.slot = nil
+                entry.clearSlot()
                 let wasProbe = entry.purpose == .probe
                 if wasProbe { entry.purpose = .expiredProbe }
                 pending[offset] = entry
@@ -859,7 +917,7 @@ final class ServerConnection {
     func fail(reason: String, isNewFailure: Bool = true) {
         let wasConnected = descriptor >= 0
         var entries: [Pending] = []
-        while let entry = pending.popFirst() { entries.append(entry) }
+        while let entry = popEntry() { entries.append(entry) }
         close()
         if isNewFailure, wasConnected || !entries.isEmpty {
             worker.logger.debug("server \(server.name): \(reason)")
@@ -876,7 +934,7 @@ final class ServerConnection {
         if server.pool.isCluster, wasConnected || !entries.isEmpty { server.pool.plan.shared.cluster.requestRefresh() }
         // The same for a Sentinel pool's master: the sentinels may have named another.
         if server.pool.isSentinel, wasConnected || !entries.isEmpty { server.pool.plan.shared.sentinel.requestRefresh() }
-        server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.slot == nil ? 0 : 1) })
+        server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.hasSlot ? 1 : 0) })
 
         for entry in entries {
             if entry.purpose == .probe { server.probeFailed() }
@@ -930,7 +988,8 @@ final class ServerConnection {
         if descriptor >= 0 { Syscall.close(descriptor) }
         descriptor = -1
         state = .disconnected
-        pending.removeAll()
+        // Every entry leaves through `popEntry`, so that none is counted in a slot any more.
+        while popEntry() != nil {}
         input.removeAll()
         input.releaseIfIdle()
         replyResumeOffset = 0

@@ -538,12 +538,12 @@ final class ClientConnection: ReplyOwner {
         tls = nil
         Syscall.close(descriptor)
         if redis != nil { endRedisSession() }
-        // Requests still in flight finish into slots nobody reads; those are freed when their
-        // backend replies arrive. Each is retired, not let go: a request path may be using one
-        // (lent by `withNewSlot`) until the end of this loop pass.
+        // Requests still in flight finish into slots nobody reads; the worker keeps those until
+        // nothing reaches them (backend entries name slots without a reference, and a request
+        // path may be using one lent by `withNewSlot`): see `ReplyDesk.orphans`.
         while let slot = slots.popFirst() {
             slot.client = nil
-            if slot.isDone { desk.recycle(slot) } else { worker.retire(slot) }
+            if slot.isDone { desk.recycle(slot) } else { desk.adoptOrphan(slot) }
         }
         pool.clientClosed()
         worker.release(self)

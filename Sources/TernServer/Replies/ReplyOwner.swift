@@ -57,11 +57,51 @@ final class ReplyDesk {
 
     /// Takes the caller's reference (`consuming`): a slot just popped from its client's queue
     /// moves into the free list without a retain and a release. Every slot is kept, however
-    /// many: a request path may still be using the one recycled (see
-    /// `ReplyOwner.withNewSlot`), so slots are freed only by `trimFreeSlots`.
+    /// many: a request path may still be using the one recycled (see `orphans`), so slots are
+    /// freed only by `trimFreeSlots`.
     func recycle(_ slot: consuming ReplySlot) {
+        // A finished slot that a backend entry still names would be a bookkeeping error: never
+        // reused (another request's reply could reach it), it waits with the orphans.
+        guard slot.queuedEntries == 0 else {
+            assertionFailure("a finished reply slot is still named by \(slot.queuedEntries) backend entries")
+            slot.client = nil
+            orphans.append(slot)
+            return
+        }
         slot.reset()
         freeSlots.append(slot)
+    }
+
+    /// Slots of clients that closed before their replies came, kept until nothing can reach
+    /// them any more.
+    ///
+    /// Invariant (what lets backend entries name slots without a reference, and the request
+    /// path borrow them): a slot object is freed only here in the worker's once-a-second sweep,
+    /// never while anything can reach it. From the free list: a recycled slot, which no entry
+    /// names (`recycle`), past the 1,024 kept (`trimFreeSlots`). From the orphans: once no
+    /// backend entry names it (`ReplySlot.queuedEntries`) and this list holds its only
+    /// reference (a redirect, a streamed reply or a client waiting for a dedicated connection
+    /// holds one of its own). Until then every slot made is alive: its client's queue holds it,
+    /// then the free list, or, once its client has closed, this list.
+    private var orphans: [ReplySlot] = []
+
+    /// A closing client's slot that has not finished (`ClientConnection.close`).
+    func adoptOrphan(_ slot: ReplySlot) {
+        orphans.append(slot)
+    }
+
+    /// Frees the orphans nothing reaches any more (see `orphans`). Called by the worker's
+    /// once-a-second sweep, outside every request path.
+    func sweepOrphans() {
+        var index = 0
+        while index < orphans.count {
+            if orphans[index].queuedEntries == 0, isKnownUniquelyReferenced(&orphans[index]) {
+                orphans.swapAt(index, orphans.count - 1)
+                orphans.removeLast()
+            } else {
+                index += 1
+            }
+        }
     }
 
     /// Frees the recycled slots past `keptSlots` (a burst's): called by the worker's
@@ -140,12 +180,10 @@ class ReplyOwner {
     /// reference of the caller's own: the request paths route every request inside this, which
     /// saves a retain and a release (two atomic operations) per request.
     ///
-    /// Invariant: a slot object lives at least until the end of the loop pass it was made in,
-    /// so `body` and everything it calls may use it throughout. Its client's queue holds it until
-    /// it leaves with its reply; it then goes to the desk's free list, which only the worker's
-    /// once-a-second sweep trims (`ReplyDesk.trimFreeSlots`), never a request path; a client
-    /// that closes hands the slots still in its queue to the worker's `retired` list, emptied at
-    /// the end of the pass (`ClientConnection.close`).
+    /// Invariant: a slot object is freed only by the worker's once-a-second sweep, never during a
+    /// request path, so `body` and everything it calls may use it throughout. Its client's queue
+    /// holds it until it leaves with its reply; it then goes to the desk's free list, or, when
+    /// its client closes first, to the desk's orphans (see `ReplyDesk.orphans`).
     @inline(__always)
     final func withNewSlot<Result>(_ body: (ReplySlot) -> Result) -> Result {
         appendNewSlot()._withUnsafeGuaranteedRef(body)

@@ -60,6 +60,10 @@ final class ReplySlot {
     var warmup: PhasedRead?
     /// The request's row in the pool's `CommandStats` (-1: not counted).
     var command: Int32 = -1
+    /// Backend queue entries that name this slot without a reference
+    /// (`ServerConnection.Pending`): while any does, the slot is neither reused nor freed
+    /// (`ReplyDesk.recycle`, `ReplyDesk.sweepOrphans`).
+    var queuedEntries: Int32 = 0
     var isOverflowed = false
     /// Set by a multi-get merge that met a key its part did not ask for.
     private var replyOutOfStep = false

@@ -84,6 +84,7 @@ final class Worker: FrontendLoop {
         for client in clients { client.checkTimeouts(now: now) }
         sweepRedisNames()
         replies.trimFreeSlots()
+        replies.sweepOrphans()
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
         if scratch.isEmpty { scratch.releaseIfIdle(keep: 1 << 18) }
         // Large blocks given back more than a second ago and not taken since leave the process.
