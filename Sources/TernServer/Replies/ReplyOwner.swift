@@ -15,8 +15,9 @@ final class ReplyDesk {
     /// request for an unpipelined client). Invariant: an owner in this queue is alive. Only an
     /// open owner is added (`addDirty`), so it is in its worker's `clients` then; one that closes
     /// before it is written waits in the worker's `retired` list, which `Worker.flushAll` empties
-    /// only after it has emptied this queue, and it empties this queue in every loop pass. An
-    /// owner in this queue is never moved to another worker (`ClientConnection.isMovable`).
+    /// only once this queue is empty (it writes until nothing is dirty, held clients included),
+    /// in every loop pass. An owner in this queue is never moved to another worker
+    /// (`ClientConnection.isMovable`).
     var dirty = FIFO<Unmanaged<ReplyOwner>>()
     /// Recycled slots, taken most recently recycled first (a FIFO used as a stack: no
     /// uniqueness check per request, as an array would make).

@@ -318,10 +318,9 @@ final class Worker: FrontendLoop {
     }
 
 
-    /// One write per dirty connection per loop pass: requests of many clients to one backend
-    /// connection leave in one write, and so do many replies to one client.
-    private func flushAll() {
-        swap(&heldClients, &releasedClients)
+    /// Writes every dirty connection, servers first, then clients, until neither has anything
+    /// to write.
+    private func writeDirty() {
         while !dirtyServers.isEmpty || !replies.dirty.isEmpty {
             // Servers first, then clients, until neither has anything to write: a client's
             // flush may parse requests it had paused on (dirtying servers), a server's failure
@@ -349,12 +348,24 @@ final class Worker: FrontendLoop {
                 }
             }
         }
-        // Held last pass and not written since: written now.
-        for client in releasedClients where client.isHeld {
-            client.isHeld = false
-            client.flush()
-        }
-        releasedClients.removeAll(keepingCapacity: true)
+    }
+
+    /// One write per dirty connection per loop pass: requests of many clients to one backend
+    /// connection leave in one write, and so do many replies to one client.
+    private func flushAll() {
+        swap(&heldClients, &releasedClients)
+        // Until nothing is dirty: writing last pass's held clients may parse requests they had
+        // paused on and so dirty servers and clients again, which are written in this pass too.
+        // `retired` is emptied only after this, with `replies.dirty` empty (see there).
+        repeat {
+            writeDirty()
+            // Held last pass and not written since: written now.
+            for client in releasedClients where client.isHeld {
+                client.isHeld = false
+                client.flush()
+            }
+            releasedClients.removeAll(keepingCapacity: true)
+        } while !dirtyServers.isEmpty || !replies.dirty.isEmpty
         if !heldClients.isEmpty, holdTimer?.isActive != true { startHoldTimer() }
         retired.removeAll(keepingCapacity: true)
         if !retiringServers.isEmpty || !retiredPools.isEmpty || drainFinished != nil { sweep() }
