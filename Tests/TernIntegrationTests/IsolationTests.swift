@@ -290,7 +290,9 @@ final class IsolationTests: XCTestCase {
     /// clients that each sent one (300,000 keys over two servers) cost no more than the first.
     /// (Before, each idle client kept about 10 MiB.) RSS is read 2.5 s after each: the large
     /// blocks a worker keeps for the next large request are freed by the second sweep after
-    /// their last use (read 0.3 s after, the third client's RSS was 27 MiB over the first's).
+    /// their last use (read 0.3 s after, the third client's RSS was 27 MiB over the first's);
+    /// the last reading may wait up to 6 s more for the allocator's trim (a fresh-clone CI run
+    /// read 3.7 MiB over the first's at 2.5 s).
     func testCapacityIsGivenBackAfterAHugeRequest() throws {
         try XCTSkipUnless(checksMemory, "RSS says nothing under sanitizers")
         let first = try group.redis(), second = try group.redis()
@@ -307,7 +309,16 @@ final class IsolationTests: XCTestCase {
             usleep(2_500_000)
             rss.append(memoryKiB(tern.process).rss)
         }
-        XCTAssertLessThan(rss[2] - rss[0], 3 * 1024, "RSS after each idle client: \(rss) KiB")
+        // Freed capacity leaves the process with the allocator's trim, which a worker runs at
+        // most every two seconds, and which of the two workers' arenas a client's request used
+        // decides when: read again for up to 6 s more. A client keeping its capacity (10 MiB
+        // each before) stays over the bound however long this waits.
+        var last = rss[2]
+        for _ in 0..<24 where last - rss[0] >= 3 * 1024 {
+            usleep(250_000)
+            last = memoryKiB(tern.process).rss
+        }
+        XCTAssertLessThan(last - rss[0], 3 * 1024, "RSS after each idle client: \(rss) KiB, then \(last) KiB")
     }
 
     /// Out of descriptors, Tern neither spins nor logs a line per attempt; the stats port and
