@@ -225,6 +225,78 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(try waiter.call("PING"), "+PONG\r\n", "the waiter's connection is still usable")
     }
 
+    /// A client with one `BLPOP` holding the only dedicated connection and a second waiting for
+    /// it leaves: Redis is left with no blocked command (before, giving the first connection back
+    /// ran the leaver's own waiter, whose `BLPOP` then held a connection for nobody and would
+    /// have popped the next item pushed), and the next blocked client gets the connection.
+    func testBlockedLeaverWithAWaitingCommandGivesItsConnectionBack() throws {
+        let setup = try start(extra: "  dedicated_connections: 1\n", threads: 1)
+        let keys = setup.keys("lq", on: 0, count: 3)
+        let backend = setup.backends[0]
+        let leaver = try TestClient(port: setup.port)
+        try leaver.send(TestClient.encode(["BLPOP", keys[0], "0"]) + TestClient.encode(["BLPOP", keys[1], "0"]))
+        XCTAssertEqual(eventually("blocked_clients:1") { ((try? backend.call("INFO", "clients")) ?? "").contains("blocked_clients:1\r\n") ? "blocked_clients:1" : "" }, "blocked_clients:1")
+        leaver.close()
+        XCTAssertEqual(eventually("blocked_clients:0") { ((try? backend.call("INFO", "clients")) ?? "").contains("blocked_clients:0\r\n") ? "blocked_clients:0" : "" }, "blocked_clients:0")
+        usleep(200_000)
+        XCTAssertTrue(try backend.call("INFO", "clients").contains("blocked_clients:0\r\n"), "no BLPOP was sent for the leaver's waiting command")
+        XCTAssertEqual(try backend.call("RPUSH", keys[1], "kept"), ":1\r\n")
+        usleep(100_000)
+        XCTAssertEqual(try backend.call("LLEN", keys[1]), ":1\r\n", "nothing popped the item for the client that left")
+        let next = try TestClient(port: setup.port)
+        try next.send(TestClient.encode(["BLPOP", keys[2], "5"]))
+        usleep(200_000)
+        XCTAssertEqual(try TestClient(port: setup.port).call("RPUSH", keys[2], "item"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try next.receiveReplies(1), as: UTF8.self), "*2\r\n$\(keys[2].utf8.count)\r\n\(keys[2])\r\n$4\r\nitem\r\n")
+    }
+
+    /// `SUBSCRIBE` and `RESET` in one write: RESET closes the push connection before Redis has
+    /// confirmed the subscription. Both are answered, the SUBSCRIBE with an error (before, it
+    /// was never answered and the client waited for ever), and the client goes on.
+    func testPipelinedSubscribeAndResetAreBothAnswered() throws {
+        let setup = try start(threads: 1)
+        let channel = setup.keys("rc", on: 0, count: 1)[0]
+        let client = try TestClient(port: setup.port)
+        try client.send(TestClient.encode(["SUBSCRIBE", channel]) + TestClient.encode(["RESET"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(2), as: UTF8.self), "-ERR backend connection closed\r\n+RESET\r\n")
+        XCTAssertEqual(try client.call("SET", channel, "v"), "+OK\r\n", "out of subscribed mode")
+        XCTAssertEqual(eventually("*2\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:0\r\n") { (try? setup.backends[0].call("PUBSUB", "NUMSUB", channel)) ?? "" },
+                       "*2\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:0\r\n")
+    }
+
+    /// A client closed over `client_output_limit` from inside its WATCH connection's own work,
+    /// which closes that connection with it. Each time a second WATCH (sent on the first one's
+    /// connection) is answered behind a local ECHO of 65,534 bytes held for the client, so
+    /// that any answer passes the 65,536-byte limit: once with `+OK` while reading the
+    /// connection's replies (before, the read went on in a buffer the close had emptied), and
+    /// once with the pool's timeout, a third WATCH still queued (before, the timeout's walk of
+    /// the queue read past its end once the close emptied it, and the process stopped). The
+    /// client is closed, the server counts no failure (one would eject it), and another client
+    /// is served.
+    func testClientClosedOverItsLimitFromItsOwnWatchConnection() throws {
+        let setup = try start(extra: "  client_output_limit: 65536\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 30000\n", threads: 1)
+        let keys = setup.keys("wl", on: 0, count: 4)
+        let backend = setup.backends[0]
+        let bystander = try TestClient(port: setup.port)
+        let echo = TestClient.encode(["ECHO", String(repeating: "e", count: 65_524)])
+        // A reply.
+        let reader = try TestClient(port: setup.port)
+        XCTAssertEqual(try reader.call("WATCH", keys[0]), "+OK\r\n")
+        try reader.send(TestClient.encode(["WATCH", keys[1]]) + echo)
+        XCTAssertTrue(reader.drain(for: 2).closed, "closed over client_output_limit")
+        XCTAssertEqual(try bystander.call("GET", keys[2]), "$-1\r\n")
+        // A timeout.
+        let waiter = try TestClient(port: setup.port)
+        XCTAssertEqual(try waiter.call("WATCH", keys[0]), "+OK\r\n")
+        backend.pause()
+        try waiter.send(TestClient.encode(["WATCH", keys[1]]) + echo + TestClient.encode(["WATCH", keys[3]]))
+        XCTAssertTrue(waiter.drain(for: 3).closed, "closed over client_output_limit")
+        backend.resume()
+        XCTAssertEqual(try bystander.call("SET", keys[2], "still"), "+OK\r\n")
+        XCTAssertEqual(try TestClient(port: setup.port).call("GET", keys[2]), "$5\r\nstill\r\n")
+        XCTAssertFalse(group.ternLog().contains("unexpected reply"), group.ternLog())
+    }
+
     /// redis-py `pubsub()` on a two-server pool: channels on both servers and a pattern, each
     /// message exactly once, confirmations with the client's own counts, PUBSUB merged over the
     /// servers, Redis's errors in subscribed mode.

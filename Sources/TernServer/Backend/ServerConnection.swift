@@ -576,6 +576,8 @@ final class ServerConnection {
             if pushClient != nil, RespReply.classify(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length])) == .push {
                 pushClient?.pushMessage(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length]))
                 counters.responseBytes.add(framed.length)
+                // A subscriber closed over its output limit closes this connection with it.
+                guard state == .connected else { return }
                 input.consume(framed.length)
                 continue
             }
@@ -607,13 +609,19 @@ final class ServerConnection {
                         fail(reason: "server sent a value for a key not asked for")
                         return
                     }
-                    if length < Self.streamThreshold {
+                    if length < Self.streamThreshold, state == .connected {
                         input.consume(length)
                         continue
                     }
                 }
                 // A large reply may have left with the buffer's memory (`replyArrived`).
-                if !worker.replies.tookLargeReply { input.consume(length) } else { worker.replies.tookLargeReply = false }
+                let tookBuffer = worker.replies.tookLargeReply
+                if tookBuffer { worker.replies.tookLargeReply = false }
+                // Answering may have closed this connection: a client closed over its output
+                // limit gives its WATCH or blocking connection back closed, and a redirect or
+                // a probe's answer may fail it. Its input and queue are gone with it.
+                guard state == .connected else { return }
+                if !tookBuffer { input.consume(length) }
             }
         }
         if pending.isEmpty, stream == nil, isTimerArmed { stopTimer() }
@@ -743,12 +751,14 @@ final class ServerConnection {
         counters.responses.add()
         counters.inQueue.add(-1)
         counters.inQueueBytes.add(-head.bytes)
-        head.slot?.failTooLarge()
-        if head.purpose == .probe { server.probeAnswered() }
         if head.purpose == .backfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
         replyResumeOffset = 0
         skipper = ReplySkipper(isRedis ? .resp : .memcache(head.framing))
         worker.logger.warning("server \(server.name): a reply passed client_output_limit (\(server.pool.clientOutputLimit) bytes); its request failed and the reply is dropped")
+        // Last: failing the slot may close its client and, with it, this connection (which
+        // then forgets the skipper).
+        if head.purpose == .probe { server.probeAnswered() }
+        head.slot?.failTooLarge()
     }
 
     /// What every answered request's entry (just taken from `pending`) shares: the server's
@@ -868,23 +878,30 @@ final class ServerConnection {
     }
 
     /// Fails every live request whose deadline has passed; they alone get the timeout.
+    ///
+    /// The expired slots fail last, once this connection's queue, counters and timer are
+    /// final: failing one may close its client (over `client_output_limit`), and a closing
+    /// client may close this very connection (its WATCH or blocking connection), emptying
+    /// `pending` under a walk by index.
     private func timedOut() {
         let now = worker.now
-        var expired = 0
+        var expired: [(slot: ReplySlot, part: Int32)] = []
+        var expiredProbes = 0
         var live = 0
         var nextDeadline = Double.infinity
         for offset in 0..<pending.count {
             var entry = pending[offset]
             guard entry.hasSlot || entry.purpose == .probe else { continue }
             if entry.deadline <= now + 0.0005 {
-                let slot = entry.slot
+                // Referenced here (a timeout is off the request path): `clearSlot` stops the
+                // entry counting toward the slot, so only this array keeps it from the sweep.
+                if let slot = entry.slot { expired.append((slot, entry.part)) }
                 entry.clearSlot()
-                let wasProbe = entry.purpose == .probe
-                if wasProbe { entry.purpose = .expiredProbe }
+                if entry.purpose == .probe {
+                    entry.purpose = .expiredProbe
+                    expiredProbes += 1
+                }
                 pending[offset] = entry
-                expired += 1
-                slot?.fail(part: entry.part, reason: "Connection timed out")
-                if wasProbe { server.probeFailed() }
             } else {
                 live += 1
                 nextDeadline = min(nextDeadline, entry.deadline)
@@ -894,14 +911,16 @@ final class ServerConnection {
             if streamDeadline <= now + 0.0005 {
                 counters.serverTimedOut.add()
                 fail(reason: "Connection timed out (a streamed reply stalled)")
+                failExpired(expired)
                 return
             }
             live += 1
             nextDeadline = min(nextDeadline, streamDeadline)
         }
-        if expired > 0 {
-            counters.serverTimedOut.add(expired)
-            server.pool.stats.forwardErrors.add(expired)
+        let count = expired.count + expiredProbes
+        if count > 0 {
+            counters.serverTimedOut.add(count)
+            server.pool.stats.forwardErrors.add(count)
             server.recordFailure()
         }
         if live == 0 {
@@ -911,6 +930,13 @@ final class ServerConnection {
             // (A blocking command without a timeout of its own has none.)
             armTimer(after: nextDeadline - now)
         }
+        for _ in 0..<expiredProbes { server.probeFailed() }
+        failExpired(expired)
+    }
+
+    /// The slots of timed-out requests get their error (see `timedOut`).
+    private func failExpired(_ expired: [(slot: ReplySlot, part: Int32)]) {
+        for (slot, part) in expired { slot.fail(part: part, reason: "Connection timed out") }
     }
 
     /// Closes the connection and fails what was on it.
@@ -955,12 +981,16 @@ final class ServerConnection {
         if descriptor >= 0 || !pending.isEmpty { fail(reason: "client closed the connection", isNewFailure: false) }
     }
 
+    /// Closes the connection if it has anything to close: a socket, requests, or a connect
+    /// failure waiting for `flush` (which would count it against a server that may be gone by
+    /// then: a push connection's server removed by a reload in the same loop pass).
     func closeIfOpen() {
-        if descriptor >= 0 { close() }
+        if descriptor >= 0 || !pending.isEmpty || pendingError != 0 { close() }
     }
 
     private func close() {
         stopTimer()
+        pendingError = 0
         if state == .connected { counters.serverConnections.add(-1) }
         counters.inQueue.add(-pending.count)
         counters.inQueueBytes.add(-pendingBytes)
@@ -989,7 +1019,13 @@ final class ServerConnection {
         descriptor = -1
         state = .disconnected
         // Every entry leaves through `popEntry`, so that none is counted in a slot any more.
-        while popEntry() != nil {}
+        // Requests still answering a client (the connection was closed on purpose: a server
+        // leaving, a subscriber's RESET, a WATCH given back) fail below rather than never
+        // finish; `fail` has already taken its own out.
+        var dropped: [(slot: ReplySlot, part: Int32)] = []
+        while let entry = popEntry() {
+            if let slot = entry.slot { dropped.append((slot, entry.part)) }
+        }
         input.removeAll()
         input.releaseIfIdle()
         replyResumeOffset = 0
@@ -1013,5 +1049,7 @@ final class ServerConnection {
             worker.logger.warning("server \(server.name): connection lost in the middle of a streamed reply; closing its client")
             client.close()
         }
+        // Last: failing a slot may close its client, which may come back here.
+        for (slot, part) in dropped { slot.fail(part: part, reason: "backend connection closed") }
     }
 }

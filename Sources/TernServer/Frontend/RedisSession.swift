@@ -123,6 +123,8 @@ final class RedisSessionExtras {
     var transaction: RedisTransaction?
     var watch: DedicatedLease?
     var blocked: [DedicatedLease] = []
+    /// A blocking command of this client has waited for a dedicated connection (it may still).
+    var waitedForDedicated = false
     var subscriptions: RedisSubscriptions?
 }
 

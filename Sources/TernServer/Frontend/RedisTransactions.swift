@@ -252,7 +252,12 @@ extension ClientConnection {
 
     /// Sends a blocking request on a dedicated connection, or queues it until one is free.
     func runBlocking(_ waiter: DedicatedWaiter, on server: ServerRuntime) {
+        // A client that has gone sends no blocking command (see `endBlockedCommands`).
+        guard !isClosed else {
+            return waiter.slot.fail(part: ReplyPart.whole, reason: "client closed the connection")
+        }
         guard let connection = server.leaseDedicated(forBlocking: true) else {
+            madeRedisExtras.waitedForDedicated = true
             server.waitForDedicated(waiter)
             return
         }
@@ -286,14 +291,24 @@ extension ClientConnection {
 
     /// The client has left (or closed its side): a blocked command's connection is closed, so
     /// Redis unblocks it without popping anything, and the command fails here.
+    ///
+    /// Its commands still waiting for a dedicated connection are taken out first, so that a
+    /// connection given back below does not run one (which Redis would then answer for a
+    /// client that is gone, popping an item nobody receives); they fail last.
     func endBlockedCommands() {
         // A client that never blocked makes no rare state here (`blocked` is modified in place).
-        guard let session = redis, !session.blocked.isEmpty else { return }
+        guard let session = redis, let extras = redisExtras, !extras.blocked.isEmpty || extras.waitedForDedicated else { return }
+        var unsent: [ReplySlot] = []
+        if extras.waitedForDedicated {
+            extras.waitedForDedicated = false
+            for server in pool.servers { server.takeWaiting(of: self, into: &unsent) }
+        }
         for lease in session.blocked where lease.isCurrent {
             lease.connection.abandon()
             lease.connection.server.returnDedicated(lease.connection, reusable: false)
         }
         session.blocked.removeAll()
+        for slot in unsent { slot.fail(part: ReplyPart.whole, reason: "client closed the connection") }
     }
 
     /// The client is leaving: blocked commands end as above, a WATCH's connection is closed.

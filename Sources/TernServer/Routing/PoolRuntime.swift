@@ -617,8 +617,9 @@ final class ServerRuntime: BackendServer {
         }
         while !waiting.isEmpty {
             let waiter = waiting.removeFirst()
-            // A client that left while waiting has nothing to run.
-            guard let client = waiter.slot.client else { continue }
+            // A client that left while waiting has nothing to run; nor has one leaving now (its
+            // own blocked command may be the one that gave this connection back).
+            guard let client = waiter.slot.client, !client.isClosed else { continue }
             if waiter.deadline <= worker.now {
                 // Out of time (its timer is about to say so): not sent, so nothing is popped
                 // for a client that gets a timeout.
@@ -633,6 +634,17 @@ final class ServerRuntime: BackendServer {
     func waitForDedicated(_ waiter: DedicatedWaiter) {
         waiting.append(waiter)
         if waiter.deadline.isFinite { poolRuntime.armParkTimer() }
+    }
+
+    /// Takes `client`'s waiting blocking requests out (it closed its side): their slots are
+    /// added to `slots`, for the caller to fail.
+    func takeWaiting(of client: ReplyOwner, into slots: inout [ReplySlot]) {
+        guard !waiting.isEmpty else { return }
+        waiting.removeAll { waiter in
+            guard waiter.slot.client === client else { return false }
+            slots.append(waiter.slot)
+            return true
+        }
     }
 
     /// The earliest deadline of a waiting blocking request (infinite when none has one).
