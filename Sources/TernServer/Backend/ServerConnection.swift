@@ -907,17 +907,20 @@ final class ServerConnection {
                 nextDeadline = min(nextDeadline, entry.deadline)
             }
         }
+        let count = expired.count + expiredProbes
         if stream != nil {
             if streamDeadline <= now + 0.0005 {
-                counters.serverTimedOut.add()
+                // `fail` counts the server's failure once, for the stream and these alike.
+                counters.serverTimedOut.add(count + 1)
+                server.pool.stats.forwardErrors.add(count)
                 fail(reason: "Connection timed out (a streamed reply stalled)")
+                for _ in 0..<expiredProbes { server.probeFailed() }
                 failExpired(expired)
                 return
             }
             live += 1
             nextDeadline = min(nextDeadline, streamDeadline)
         }
-        let count = expired.count + expiredProbes
         if count > 0 {
             counters.serverTimedOut.add(count)
             server.pool.stats.forwardErrors.add(count)
@@ -1025,7 +1028,9 @@ final class ServerConnection {
         var dropped: [(slot: ReplySlot, part: Int32)] = []
         while let entry = popEntry() {
             if let slot = entry.slot { dropped.append((slot, entry.part)) }
+            if entry.purpose == .backfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
         }
+        if !dropped.isEmpty { server.pool.stats.forwardErrors.add(dropped.count) }
         input.removeAll()
         input.releaseIfIdle()
         replyResumeOffset = 0
