@@ -306,6 +306,61 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertFalse(group.ternLog().contains("unexpected reply"), group.ternLog())
     }
 
+    /// A blocking command waiting for the only dedicated connection times out, and its error
+    /// closes its client over `client_output_limit` (a local ECHO of 65,534 bytes is held
+    /// behind it), which gives that connection back: another client's command waiting after it
+    /// (no timeout of its own) gets the connection at once (before, the timeout had taken every
+    /// waiter out while it failed the expired ones, so the connection went back with nobody
+    /// waiting, and the second client waited until another connection came back).
+    func testWaiterTimeoutThatClosesItsClientHandsTheConnectionOn() throws {
+        let setup = try start(extra: "  dedicated_connections: 1\n  client_output_limit: 65536\n", threads: 1)
+        let keys = setup.keys("eq", on: 0, count: 3)
+        let holder = try TestClient(port: setup.port)
+        XCTAssertEqual(try holder.call("WATCH", keys[0]), "+OK\r\n")
+        try holder.send(TestClient.encode(["BLPOP", keys[1], "0.2"]) + TestClient.encode(["ECHO", String(repeating: "e", count: 65_524)]))
+        usleep(100_000)
+        let next = try TestClient(port: setup.port)
+        try next.send(TestClient.encode(["BLPOP", keys[2], "0"]))
+        // The holder's BLPOP times out at the pool's 1 s plus its own 0.2 s.
+        XCTAssertTrue(holder.drain(for: 4).closed, "closed over client_output_limit")
+        XCTAssertEqual(eventually("blocked_clients:1") { ((try? setup.backends[0].call("INFO", "clients")) ?? "").contains("blocked_clients:1\r\n") ? "blocked_clients:1" : "" },
+                       "blocked_clients:1", "the second client's BLPOP was sent")
+        XCTAssertEqual(try setup.backends[0].call("RPUSH", keys[2], "item"), ":1\r\n")
+        next.setTimeout(3)
+        XCTAssertEqual(String(decoding: try next.receiveReplies(1), as: UTF8.self), "*2\r\n$\(keys[2].utf8.count)\r\n\(keys[2])\r\n$4\r\nitem\r\n")
+    }
+
+    /// A transaction whose commands were queued before a reload changed the pool's servers is
+    /// aborted at EXEC, with nothing run (before, EXEC sent it to the server at the position its
+    /// key had had: past the end of the shorter list, which stopped the process). The next
+    /// transaction runs.
+    func testTransactionAcrossAReloadThatChangesTheServersIsAborted() throws {
+        let kept = try group.redis(), removed = try group.redis()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/transaction.yml"
+        func config(_ servers: [RedisServer]) -> String {
+            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: modula\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
+        }
+        try config([kept, removed]).write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-transaction.log")
+        try group.waitForPort(port)
+        let pool = try ConfigLoader.load(text: config([kept, removed]), file: "s.yml").pools[0]
+        let onRemoved = (0..<1000).map { "t\($0)" }.first { key in Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0) } == 1 }!
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try client.call("SET", onRemoved, "v"), "+QUEUED\r\n")
+        try config([kept]).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertEqual(eventually("applied") { group.ternLog().contains("reload (SIGHUP) applied") ? "applied" : "" }, "applied")
+        XCTAssertEqual(try client.call("EXEC"), "-EXECABORT Transaction discarded because of previous errors.\r\n")
+        XCTAssertEqual(try kept.call("EXISTS", onRemoved), ":0\r\n")
+        XCTAssertEqual(try removed.call("EXISTS", onRemoved), ":0\r\n")
+        XCTAssertEqual(try client.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try client.call("SET", onRemoved, "w"), "+QUEUED\r\n")
+        XCTAssertEqual(try client.call("EXEC"), "*1\r\n+OK\r\n")
+        XCTAssertEqual(try kept.call("GET", onRemoved), "$1\r\nw\r\n")
+    }
+
     /// redis-py `pubsub()` on a two-server pool: channels on both servers and a pattern, each
     /// message exactly once, confirmations with the client's own counts, PUBSUB merged over the
     /// servers, Redis's errors in subscribed mode.

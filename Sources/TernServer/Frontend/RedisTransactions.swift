@@ -29,6 +29,9 @@ final class RedisTransaction {
     var hashSlot = -1
     /// A command was refused while queuing: EXEC answers EXECABORT.
     var aborted = false
+    /// The pool's `serversGeneration` at MULTI: `server` is a position in that server list. A
+    /// reload or a cluster map change that changes the list aborts the transaction.
+    var serversGeneration = 0
 }
 
 /// A dedicated connection leased to this client, told apart from a later lease of the same
@@ -52,6 +55,7 @@ extension ClientConnection {
             }
             session.transaction = RedisTransaction()
             session.transaction!.server = session.watch?.server ?? -1
+            session.transaction!.serversGeneration = pool.serversGeneration
             slot.complete(with: "+OK\r\n" as StaticString)
         } else if command.isNamed("exec") {
             exec(session, slot)
@@ -129,6 +133,9 @@ extension ClientConnection {
         session.transaction = nil
         let watch = session.watch
         session.watch = nil
+        // Its commands were placed on a server list a reload or a cluster map change has since
+        // replaced: their positions may name another server, or none.
+        if transaction.serversGeneration != pool.serversGeneration { transaction.aborted = true }
         if transaction.aborted {
             pool.stats.transactionsAborted.add()
             if let watch { releaseWatch(watch) }

@@ -654,17 +654,19 @@ final class ServerRuntime: BackendServer {
 
     /// Waiting blocking requests whose deadline has passed (all of them when `all`: the server
     /// leaves) fail; a client that left has nothing to answer.
+    ///
+    /// The expired ones are taken out first and fail once `waiting` is final: failing one may
+    /// close its client (over `client_output_limit`), which gives its dedicated connections
+    /// back, and that runs the next waiter, which must be in `waiting` then.
     func expireWaiting(now: Double, all: Bool = false, reason: String = "Connection timed out") {
         guard !waiting.isEmpty else { return }
-        let before = waiting
-        waiting.removeAll()
-        for waiter in before {
-            if all || waiter.deadline <= now {
-                if waiter.slot.client != nil { waiter.slot.fail(part: ReplyPart.whole, reason: reason) }
-            } else {
-                waiting.append(waiter)
-            }
+        var expired: [DedicatedWaiter] = []
+        waiting.removeAll { waiter in
+            guard all || waiter.deadline <= now else { return false }
+            expired.append(waiter)
+            return true
         }
+        for waiter in expired where waiter.slot.client != nil { waiter.slot.fail(part: ReplyPart.whole, reason: reason) }
     }
 
     // MARK: Push connections (pub/sub)
