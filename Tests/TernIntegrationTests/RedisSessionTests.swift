@@ -471,6 +471,67 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
     }
 
+    /// Subscribers across reloads that move keys (ketama). Reordering the servers moves no
+    /// channel: the subscriber stays, and a channel it subscribes to afterwards reaches the
+    /// right server (before, its push connections were filed by position, and the new SUBSCRIBE
+    /// went to the other server, where no PUBLISH reached it). Adding a server: a subscriber
+    /// whose channel moved to it, and a pattern subscriber (the new server has no pattern), are
+    /// closed (before, they stayed and missed messages silently); one whose channels stayed
+    /// keeps receiving.
+    func testSubscribersFollowAReloadThatMovesChannels() throws {
+        let r0 = try group.redis(), r1 = try group.redis(), r2 = try group.redis()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/pubsub.yml"
+        func config(_ servers: [RedisServer]) -> String {
+            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
+        }
+        /// The server a channel lives on under `servers`.
+        func home(_ channel: String, _ servers: [RedisServer]) throws -> Int {
+            let pool = try ConfigLoader.load(text: config(servers), file: "s.yml").pools[0]
+            return servers[Array(channel.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! }].port
+        }
+        let candidates = (0..<2000).map { "news\($0)" }
+        let stayOn1 = try candidates.first { try home($0, [r0, r1]) == r1.port && home($0, [r1, r0, r2]) == r1.port }!
+        let stayOn0 = try candidates.first { try home($0, [r0, r1]) == r0.port && home($0, [r1, r0, r2]) == r0.port }!
+        let moves = try candidates.first { try home($0, [r0, r1]) != r2.port && home($0, [r1, r0, r2]) == r2.port }!
+        try config([r0, r1]).write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-pubsub.log")
+        try group.waitForPort(port)
+        func reload(_ servers: [RedisServer], _ count: Int) throws {
+            try config(servers).write(toFile: path, atomically: true, encoding: .utf8)
+            kill(tern.processIdentifier, SIGHUP)
+            XCTAssertEqual(eventually("applied") { group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count - 1 == count ? "applied" : "" }, "applied")
+        }
+        let message = { (channel: String, text: String) in "*3\r\n$7\r\nmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(text.utf8.count)\r\n\(text)\r\n" }
+        let stayer = try TestClient(port: port)
+        try stayer.send(TestClient.encode(["SUBSCRIBE", stayOn1]))
+        _ = try stayer.receiveReplies(1)
+        try reload([r1, r0], 1)
+        try stayer.send(TestClient.encode(["SUBSCRIBE", stayOn0]))
+        XCTAssertEqual(String(decoding: try stayer.receiveReplies(1), as: UTF8.self), "*3\r\n$9\r\nsubscribe\r\n$\(stayOn0.utf8.count)\r\n\(stayOn0)\r\n:2\r\n")
+        XCTAssertEqual(try r0.call("PUBSUB", "NUMSUB", stayOn0), "*2\r\n$\(stayOn0.utf8.count)\r\n\(stayOn0)\r\n:1\r\n", "subscribed on the server the channel lives on")
+        let publisher = try TestClient(port: port)
+        XCTAssertEqual(try publisher.call("PUBLISH", stayOn0, "a"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try stayer.receiveReplies(1), as: UTF8.self), message(stayOn0, "a"))
+        let mover = try TestClient(port: port)
+        try mover.send(TestClient.encode(["SUBSCRIBE", moves]))
+        _ = try mover.receiveReplies(1)
+        let patterns = try TestClient(port: port)
+        try patterns.send(TestClient.encode(["PSUBSCRIBE", "news*"]))
+        _ = try patterns.receiveReplies(1)
+        try reload([r1, r0, r2], 2)
+        XCTAssertTrue(mover.drain(for: 2).closed, "its channel moved to the new server")
+        XCTAssertTrue(patterns.drain(for: 2).closed, "the new server has no pattern subscription")
+        XCTAssertEqual(eventually(":0\r\n") { (try? r1.call("PUBSUB", "NUMPAT")) ?? "" }, ":0\r\n")
+        XCTAssertEqual(try publisher.call("PUBLISH", stayOn1, "b"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try stayer.receiveReplies(1), as: UTF8.self), message(stayOn1, "b"))
+        let again = try TestClient(port: port)
+        try again.send(TestClient.encode(["SUBSCRIBE", moves]))
+        _ = try again.receiveReplies(1)
+        XCTAssertEqual(try publisher.call("PUBLISH", moves, "c"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try again.receiveReplies(1), as: UTF8.self), message(moves, "c"))
+    }
+
     /// A reload that removes a whole pool while a blocking command waits for its dedicated
     /// connection: the waiter gets an error at once, the pool's wait timer goes with the pool
     /// (under ASan a timer left in the loop after its pool was freed is a use after free), and

@@ -161,6 +161,37 @@ extension ClientConnection {
         }
     }
 
+    /// The server (by identity) each of this client's channels and shard channels is placed
+    /// on now, to compare across a reload.
+    func channelServers() -> [ObjectIdentifier?] {
+        guard let subscriptions = redisExtras?.subscriptions else { return [] }
+        return (subscriptions.channels + subscriptions.shardChannels).map { name in
+            name.withUnsafeBytes { pool.serverIndex(forKey: $0) }.map { ObjectIdentifier(pool.servers[$0]) }
+        }
+    }
+
+    /// A reload may have moved keys (`PoolRuntime.update`). The push connections are filed
+    /// under their servers' new positions. If a channel now lives on another server than the
+    /// one it was subscribed on, or a pattern is not subscribed on some server (one just added),
+    /// messages would be missed silently: the client is closed instead, as when a push
+    /// connection fails, and subscribes again when it reconnects. (Subscribers of a removed
+    /// server were closed with its push connections already.)
+    func followReload(channelServersBefore before: [ObjectIdentifier?]) {
+        guard !isClosed, let subscriptions = redisExtras?.subscriptions else { return }
+        var byPosition: [Int: ServerConnection] = [:]
+        for connection in subscriptions.connections.values {
+            let server = connection.serverRuntime
+            guard server.index < pool.servers.count, pool.servers[server.index] === server else { return close() }
+            byPosition[server.index] = connection
+        }
+        subscriptions.connections = byPosition
+        let patternsEverywhere = subscriptions.patterns.isEmpty || pool.servers.indices.allSatisfy { byPosition[$0] != nil }
+        guard patternsEverywhere, channelServers() == before else {
+            worker.logger.info("pool \(pool.config.name): a reload moved a subscribed client's channels; closing it (it subscribes again on reconnect)")
+            return close()
+        }
+    }
+
     /// The client left, or RESET: its push connections close (Redis drops its subscriptions).
     func endSubscriptions() {
         guard let session = redis, let subscriptions = session.subscriptions else { return }

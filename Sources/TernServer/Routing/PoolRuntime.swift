@@ -222,10 +222,16 @@ final class PoolRuntime: BackendPool {
         return disabledCommands.withUnsafeBufferPointer { $0[index >> 6] } & (1 << UInt64(index & 63)) != 0
     }
 
-    func update(_ newPlan: PoolPlan) {
+    /// Applies a reload. Returns whether a key or channel may now be placed on another server
+    /// than before (the server list, its order or weights, the hash, hash tag or distribution
+    /// changed).
+    @discardableResult
+    func update(_ newPlan: PoolPlan) -> Bool {
         let listenChanged = newPlan.listenDescriptor != plan.listenDescriptor
         if listenChanged { stopListening() }
         let previous = servers
+        let before = plan.config, after = newPlan.config
+        let generation = serversGeneration
         plan = newPlan
         cacheHotSettings()
         (limits, respLimits) = Self.requestLimits(newPlan.config)
@@ -266,6 +272,9 @@ final class PoolRuntime: BackendPool {
             for server in servers { server.connectAll() }
         }
         if listenChanged { startListening() }
+        return serversGeneration != generation || before.hash != after.hash || before.hashTag != after.hashTag
+            || before.distribution != after.distribution || before.slotServers != after.slotServers
+            || !before.servers.map(\.weight).elementsEqual(after.servers.map(\.weight))
     }
 
     /// The pool left the config (or Tern is draining): stop accepting; backend connections

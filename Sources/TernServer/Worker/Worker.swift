@@ -272,7 +272,15 @@ final class Worker: FrontendLoop {
         var next: [PoolRuntime] = []
         for plan in plans {
             if let existing = pools.first(where: { $0.config.name == plan.config.name }) {
-                existing.update(plan)
+                // Subscribers, and where their channels live before the reload (see
+                // `ClientConnection.followReload`). A Redis Cluster passes every PUBLISH to all
+                // its nodes: its subscribers stay where they are.
+                let subscribers = existing.isCluster ? [] : clients.compactMap { client in
+                    client.pool === existing && client.redisExtras?.subscriptions != nil ? (client, client.channelServers()) : nil
+                }
+                if existing.update(plan) {
+                    for (client, before) in subscribers { client.followReload(channelServersBefore: before) }
+                }
                 next.append(existing)
             } else {
                 let created = PoolRuntime(plan: plan, worker: self)
