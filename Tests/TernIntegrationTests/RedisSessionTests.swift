@@ -471,6 +471,33 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
     }
 
+    /// A WATCH across a reload that reorders the servers (ketama: no key moves): the
+    /// transaction after it is placed against the watched server's new position and runs on
+    /// it (before, the position the WATCH had taken was compared, and the watched key's own
+    /// SET was refused as crossing servers).
+    func testWatchAcrossAReloadThatReordersTheServers() throws {
+        let r0 = try group.redis(), r1 = try group.redis()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/watch.yml"
+        func config(_ servers: [RedisServer]) -> String {
+            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
+        }
+        let pool = try ConfigLoader.load(text: config([r0, r1]), file: "s.yml").pools[0]
+        let key = (0..<1000).map { "w\($0)" }.first { key in Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0) } == 1 }!
+        try config([r0, r1]).write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-watch.log")
+        try group.waitForPort(port)
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.call("WATCH", key), "+OK\r\n")
+        try config([r1, r0]).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertEqual(eventually("applied") { group.ternLog().contains("reload (SIGHUP) applied") ? "applied" : "" }, "applied")
+        XCTAssertEqual(try client.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try client.call("SET", key, "v"), "+QUEUED\r\n")
+        XCTAssertEqual(try client.call("EXEC"), "*1\r\n+OK\r\n")
+        XCTAssertEqual(try r1.call("GET", key), "$1\r\nv\r\n")
+    }
+
     /// Subscribers across reloads that move keys (ketama). Reordering the servers moves no
     /// channel: the subscriber stays, and a channel it subscribes to afterwards reaches the
     /// right server (before, its push connections were filed by position, and the new SUBSCRIBE

@@ -39,9 +39,12 @@ final class RedisTransaction {
 struct DedicatedLease {
     let connection: ServerConnection
     let lease: Int
-    let server: Int
     /// The connection's socket when the lease began (WATCH holds only on that socket).
     let generation: Int
+
+    /// The server's position in the pool now (a reload may have moved it; one that removed it
+    /// ended the lease, `isCurrent`).
+    var server: Int { connection.server.index }
 
     var isCurrent: Bool { connection.isLeased && connection.lease == lease }
 }
@@ -176,6 +179,11 @@ extension ClientConnection {
         guard session.transaction == nil else {
             return slot.complete(with: "-ERR WATCH inside MULTI is not allowed\r\n" as StaticString)
         }
+        if let watch = session.watch, !(watch.isCurrent && watch.connection.generation == watch.generation) {
+            // The earlier WATCH's socket is gone; this one starts afresh.
+            session.watch = nil
+            releaseWatch(watch)
+        }
         let arguments = session.arguments
         var target = session.watch?.server ?? -1
         var crossServer = false
@@ -194,11 +202,6 @@ extension ClientConnection {
         if crossServer {
             return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
         }
-        if let watch = session.watch, !(watch.isCurrent && watch.connection.generation == watch.generation) {
-            // The earlier WATCH's socket is gone; this one starts afresh.
-            session.watch = nil
-            releaseWatch(watch)
-        }
         let connection: ServerConnection
         if let watch = session.watch {
             connection = watch.connection
@@ -212,7 +215,7 @@ extension ClientConnection {
         writeRequest(frame, arguments, into: connection.requestBuffer())
         connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         if session.watch == nil {
-            session.watch = DedicatedLease(connection: connection, lease: connection.lease, server: target, generation: connection.generation)
+            session.watch = DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation)
         }
     }
 
@@ -270,7 +273,7 @@ extension ClientConnection {
         }
         guard let session = redis else { return }
         session.blocked.removeAll { !$0.isCurrent }
-        session.blocked.append(DedicatedLease(connection: connection, lease: connection.lease, server: server.index, generation: connection.generation))
+        session.blocked.append(DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation))
         waiter.request.withUnsafeBytes { connection.requestBuffer().append($0) }
         connection.enqueue(slot: waiter.slot, part: ReplyPart.whole, framing: .line, blockFor: waiter.blockFor,
                            deadline: waiter.deadline.isFinite ? waiter.deadline : nil)
