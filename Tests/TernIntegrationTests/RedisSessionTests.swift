@@ -471,6 +471,35 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
     }
 
+    /// A WATCH on a server a reload removes: the transaction after it fails at EXEC with
+    /// nothing run. The server is freed with the reload (it was idle): MULTI reads nothing of
+    /// it (the sanitizer runs of this suite would report a read of it).
+    func testWatchOnARemovedServerFailsExec() throws {
+        let kept = try group.redis(), removed = try group.redis()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/removed.yml"
+        func config(_ servers: [RedisServer]) -> String {
+            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: modula\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
+        }
+        let pool = try ConfigLoader.load(text: config([kept, removed]), file: "s.yml").pools[0]
+        func server(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
+        let onKept = (0..<1000).map { "k\($0)" }.first { server($0) == 0 }!
+        let onRemoved = (0..<1000).map { "k\($0)" }.first { server($0) == 1 }!
+        try config([kept, removed]).write(toFile: path, atomically: true, encoding: .utf8)
+        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-removed.log")
+        try group.waitForPort(port)
+        let watcher = try TestClient(port: port)
+        XCTAssertEqual(try watcher.call("WATCH", onRemoved), "+OK\r\n")
+        try config([kept]).write(toFile: path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertEqual(eventually("applied") { group.ternLog().contains("reload (SIGHUP) applied") ? "applied" : "" }, "applied")
+        XCTAssertEqual(try watcher.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try watcher.call("SET", onKept, "x"), "+QUEUED\r\n")
+        XCTAssertEqual(try watcher.call("EXEC"), "-ERR the connection that held WATCH was lost; nothing was executed\r\n")
+        XCTAssertEqual(try kept.call("EXISTS", onKept), ":0\r\n")
+        XCTAssertEqual(try watcher.call("SET", onKept, "y"), "+OK\r\n")
+    }
+
     /// A WATCH across a reload that reorders the servers (ketama: no key moves): the
     /// transaction after it is placed against the watched server's new position and runs on
     /// it (before, the position the WATCH had taken was compared, and the watched key's own

@@ -163,10 +163,11 @@ extension ClientConnection {
 
     /// The server (by identity) each of this client's channels and shard channels is placed
     /// on now, to compare across a reload.
+    /// Empty for `random` pools, which place nothing (and for clients without subscriptions).
     func channelServers() -> [ObjectIdentifier?] {
-        guard let subscriptions = redisExtras?.subscriptions else { return [] }
+        guard let subscriptions = redisExtras?.subscriptions, pool.config.distribution != .random else { return [] }
         return (subscriptions.channels + subscriptions.shardChannels).map { name in
-            name.withUnsafeBytes { pool.serverIndex(forKey: $0) }.map { ObjectIdentifier(pool.servers[$0]) }
+            name.withUnsafeBytes { pool.serverIndexUncounted(forKey: $0) }.map { ObjectIdentifier(pool.servers[$0]) }
         }
     }
 
@@ -175,21 +176,29 @@ extension ClientConnection {
     /// one it was subscribed on, or a pattern is not subscribed on some server (one just added),
     /// messages would be missed silently: the client is closed instead, as when a push
     /// connection fails, and subscribes again when it reconnects. (Subscribers of a removed
-    /// server were closed with its push connections already.)
-    func followReload(channelServersBefore before: [ObjectIdentifier?]) {
-        guard !isClosed, let subscriptions = redisExtras?.subscriptions else { return }
+    /// server were closed with its push connections already.) A Redis Cluster pool's
+    /// subscribers are only re-filed: the cluster passes every PUBLISH to all its nodes (a
+    /// shard channel whose slot moves is Redis's to announce). Returns whether it closed the
+    /// client.
+    func followReload(channelServersBefore before: [ObjectIdentifier?]) -> Bool {
+        guard !isClosed, let subscriptions = redisExtras?.subscriptions else { return false }
         var byPosition: [Int: ServerConnection] = [:]
         for connection in subscriptions.connections.values {
             let server = connection.serverRuntime
-            guard server.index < pool.servers.count, pool.servers[server.index] === server else { return close() }
+            guard server.index < pool.servers.count, pool.servers[server.index] === server else {
+                close()
+                return true
+            }
             byPosition[server.index] = connection
         }
         subscriptions.connections = byPosition
+        guard !pool.isCluster else { return false }
         let patternsEverywhere = subscriptions.patterns.isEmpty || pool.servers.indices.allSatisfy { byPosition[$0] != nil }
         guard patternsEverywhere, channelServers() == before else {
-            worker.logger.info("pool \(pool.config.name): a reload moved a subscribed client's channels; closing it (it subscribes again on reconnect)")
-            return close()
+            close()
+            return true
         }
+        return false
     }
 
     /// The client left, or RESET: its push connections close (Redis drops its subscriptions).

@@ -29,9 +29,9 @@ final class RedisTransaction {
     var hashSlot = -1
     /// A command was refused while queuing: EXEC answers EXECABORT.
     var aborted = false
-    /// The pool's `serversGeneration` at MULTI: `server` is a position in that server list. A
-    /// reload or a cluster map change that changes the list aborts the transaction.
-    var serversGeneration = 0
+    /// The pool's `placementGeneration` at MULTI: `server` is a position under that placement.
+    /// A reload or a cluster map change that may move keys aborts the transaction.
+    var placementGeneration = 0
 }
 
 /// A dedicated connection leased to this client, told apart from a later lease of the same
@@ -42,11 +42,14 @@ struct DedicatedLease {
     /// The connection's socket when the lease began (WATCH holds only on that socket).
     let generation: Int
 
-    /// The server's position in the pool now (a reload may have moved it; one that removed it
-    /// ended the lease, `isCurrent`).
+    /// The server's position in the pool now (a reload may have moved it). Only while the
+    /// lease `isCurrent`: a reload that removed the server ended the lease, and the server may
+    /// be gone (`connection.server` is unowned).
     var server: Int { connection.server.index }
 
     var isCurrent: Bool { connection.isLeased && connection.lease == lease }
+    /// Still leased, on the socket it began on: what a WATCH needs to hold.
+    var isIntact: Bool { isCurrent && connection.generation == generation }
 }
 
 extension ClientConnection {
@@ -57,8 +60,9 @@ extension ClientConnection {
                 return slot.complete(with: "-ERR MULTI calls can not be nested\r\n" as StaticString)
             }
             session.transaction = RedisTransaction()
-            session.transaction!.server = session.watch?.server ?? -1
-            session.transaction!.serversGeneration = pool.serversGeneration
+            // (A lost WATCH places nothing: EXEC fails for it.)
+            session.transaction!.server = session.watch.flatMap { $0.isCurrent ? $0.server : nil } ?? -1
+            session.transaction!.placementGeneration = pool.placementGeneration
             slot.complete(with: "+OK\r\n" as StaticString)
         } else if command.isNamed("exec") {
             exec(session, slot)
@@ -74,7 +78,7 @@ extension ClientConnection {
         } else if command.isNamed("unwatch") {
             guard let watch = session.watch else { return slot.complete(with: "+OK\r\n" as StaticString) }
             session.watch = nil
-            guard watch.isCurrent, watch.connection.generation == watch.generation else {
+            guard watch.isIntact else {
                 releaseWatch(watch)
                 return slot.complete(with: "+OK\r\n" as StaticString)
             }
@@ -136,9 +140,9 @@ extension ClientConnection {
         session.transaction = nil
         let watch = session.watch
         session.watch = nil
-        // Its commands were placed on a server list a reload or a cluster map change has since
-        // replaced: their positions may name another server, or none.
-        if transaction.serversGeneration != pool.serversGeneration { transaction.aborted = true }
+        // Its commands were placed before a reload or a cluster map change that may move keys:
+        // their positions may name another server than their keys' now, or none.
+        if transaction.placementGeneration != pool.placementGeneration { transaction.aborted = true }
         if transaction.aborted {
             pool.stats.transactionsAborted.add()
             if let watch { releaseWatch(watch) }
@@ -146,7 +150,7 @@ extension ClientConnection {
         }
         let connection: ServerConnection
         if let watch {
-            guard watch.isCurrent, watch.connection.generation == watch.generation, watch.connection.isOpen else {
+            guard watch.isIntact, watch.connection.isOpen else {
                 // The socket the WATCH was sent on is gone: its guarantee cannot be kept.
                 releaseWatch(watch)
                 return slot.complete(with: "-ERR the connection that held WATCH was lost; nothing was executed\r\n" as StaticString)
@@ -179,13 +183,10 @@ extension ClientConnection {
         guard session.transaction == nil else {
             return slot.complete(with: "-ERR WATCH inside MULTI is not allowed\r\n" as StaticString)
         }
-        if let watch = session.watch, !(watch.isCurrent && watch.connection.generation == watch.generation) {
-            // The earlier WATCH's socket is gone; this one starts afresh.
-            session.watch = nil
-            releaseWatch(watch)
-        }
         let arguments = session.arguments
-        var target = session.watch?.server ?? -1
+        // An earlier WATCH whose socket is gone places nothing: this one starts afresh (once
+        // its keys pass; a refused WATCH leaves the lost one, for EXEC to fail).
+        var target = session.watch.flatMap { $0.isIntact ? $0.server : nil } ?? -1
         var crossServer = false
         var watchedSlot = -1
         for keyIndex in 1..<arguments.count {
@@ -201,6 +202,10 @@ extension ClientConnection {
         }
         if crossServer {
             return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
+        }
+        if let watch = session.watch, !watch.isIntact {
+            session.watch = nil
+            releaseWatch(watch)
         }
         let connection: ServerConnection
         if let watch = session.watch {

@@ -21,6 +21,9 @@ final class PoolRuntime: BackendPool {
     /// that keeps server positions across loop passes (a warm-up read) compares it before
     /// using them again.
     private(set) var serversGeneration = 0
+    /// Changed by every reload (or cluster map change) that may place a key on another server
+    /// than before (`update`'s answer): an open transaction's placements are void then.
+    private(set) var placementGeneration = 0
     /// Set by `retire()`: the pool left service (removed by a reload, its warm-up ended, or
     /// Tern is draining). Nothing new is sent on it and it takes no clients (until then its
     /// listener follows the worker's `takesClients`); what is in flight finishes.
@@ -272,9 +275,11 @@ final class PoolRuntime: BackendPool {
             for server in servers { server.connectAll() }
         }
         if listenChanged { startListening() }
-        return serversGeneration != generation || before.hash != after.hash || before.hashTag != after.hashTag
+        let moved = serversGeneration != generation || before.hash != after.hash || before.hashTag != after.hashTag
             || before.distribution != after.distribution || before.slotServers != after.slotServers
             || !before.servers.map(\.weight).elementsEqual(after.servers.map(\.weight))
+        if moved { placementGeneration &+= 1 }
+        return moved
     }
 
     /// The pool left the config (or Tern is draining): stop accepting; backend connections

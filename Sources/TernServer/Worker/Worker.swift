@@ -273,13 +273,13 @@ final class Worker: FrontendLoop {
         for plan in plans {
             if let existing = pools.first(where: { $0.config.name == plan.config.name }) {
                 // Subscribers, and where their channels live before the reload (see
-                // `ClientConnection.followReload`). A Redis Cluster passes every PUBLISH to all
-                // its nodes: its subscribers stay where they are.
-                let subscribers = existing.isCluster ? [] : clients.compactMap { client in
+                // `ClientConnection.followReload`).
+                let subscribers = clients.compactMap { client in
                     client.pool === existing && client.redisExtras?.subscriptions != nil ? (client, client.channelServers()) : nil
                 }
-                if existing.update(plan) {
-                    for (client, before) in subscribers { client.followReload(channelServersBefore: before) }
+                if existing.update(plan), !subscribers.isEmpty {
+                    let closed = subscribers.reduce(0) { $0 + ($1.0.followReload(channelServersBefore: $1.1) ? 1 : 0) }
+                    if closed > 0 { logger.notice("pool \(plan.config.name): the reload moved channels; \(closed) subscribed clients closed (they subscribe again on reconnect)") }
                 }
                 next.append(existing)
             } else {
