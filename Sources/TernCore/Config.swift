@@ -174,6 +174,13 @@ public struct PoolConfig: Sendable {
         protocolKind == .redis ? redisAuth != nil || !users.isEmpty : !users.isEmpty
     }
 
+    /// Whether `other` places every key on the server of the same name, as this one does: the
+    /// inputs of `placement` compared (ejections aside).
+    public func placesKeysLike(_ other: PoolConfig) -> Bool {
+        distribution == other.distribution && hash == other.hash && hashTag == other.hashTag && slotServers == other.slotServers
+            && servers.map(\.name) == other.servers.map(\.name) && servers.map(\.weight) == other.servers.map(\.weight)
+    }
+
     /// The placement table with every server live.
     /// A `redis_cluster` pool is placed as `slots` with Redis Cluster's `{tag}` rule.
     public func placement(live: [Bool]? = nil) -> Placement {

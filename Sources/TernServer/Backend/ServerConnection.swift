@@ -915,7 +915,7 @@ final class ServerConnection {
                 server.pool.stats.forwardErrors.add(count)
                 fail(reason: "Connection timed out (a streamed reply stalled)")
                 for _ in 0..<expiredProbes { server.probeFailed() }
-                failExpired(expired)
+                failSlots(expired, reason: "Connection timed out")
                 return
             }
             live += 1
@@ -934,21 +934,20 @@ final class ServerConnection {
             armTimer(after: nextDeadline - now)
         }
         for _ in 0..<expiredProbes { server.probeFailed() }
-        failExpired(expired)
+        failSlots(expired, reason: "Connection timed out")
     }
 
-    /// The slots of timed-out requests get their error (see `timedOut`).
-    private func failExpired(_ expired: [(slot: ReplySlot, part: Int32)]) {
-        for (slot, part) in expired { slot.fail(part: part, reason: "Connection timed out") }
+    /// Requests taken off the queue get their error, once the connection's state is final
+    /// (failing one may close its client, and with it this connection).
+    private func failSlots(_ slots: [(slot: ReplySlot, part: Int32)], reason: String) {
+        for (slot, part) in slots { slot.fail(part: part, reason: reason) }
     }
 
     /// Closes the connection and fails what was on it.
     func fail(reason: String, isNewFailure: Bool = true) {
         let wasConnected = descriptor >= 0
-        var entries: [Pending] = []
-        while let entry = popEntry() { entries.append(entry) }
-        close()
-        if isNewFailure, wasConnected || !entries.isEmpty {
+        let hadRequests = !pending.isEmpty
+        if isNewFailure, wasConnected || hadRequests {
             worker.logger.debug("server \(server.name): \(reason)")
             server.recordFailure()
             if reason == "server closed the connection" { counters.serverEOF.add() } else { counters.serverErrors.add() }
@@ -960,16 +959,10 @@ final class ServerConnection {
         // A cluster node failing (or still backing off) may mean a failover: the map is asked
         // again (the discovery thread asks at most every 200 ms), so requests move to a promoted
         // replica as soon as the cluster names it, not at the next reconnect.
-        if server.pool.isCluster, wasConnected || !entries.isEmpty { server.pool.plan.shared.cluster.requestRefresh() }
+        if server.pool.isCluster, wasConnected || hadRequests { server.pool.plan.shared.cluster.requestRefresh() }
         // The same for a Sentinel pool's master: the sentinels may have named another.
-        if server.pool.isSentinel, wasConnected || !entries.isEmpty { server.pool.plan.shared.sentinel.requestRefresh() }
-        server.pool.stats.forwardErrors.add(entries.reduce(0) { $0 + ($1.hasSlot ? 1 : 0) })
-
-        for entry in entries {
-            if entry.purpose == .probe { server.probeFailed() }
-            if entry.purpose == .backfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
-            entry.slot?.fail(part: entry.part, reason: reason)
-        }
+        if server.pool.isSentinel, wasConnected || hadRequests { server.pool.plan.shared.sentinel.requestRefresh() }
+        close(failing: reason)
     }
 
     var isIdle: Bool { pending.isEmpty && stream == nil }
@@ -991,7 +984,10 @@ final class ServerConnection {
         if descriptor >= 0 || !pending.isEmpty || pendingError != 0 { close() }
     }
 
-    private func close() {
+    /// Closes the connection. The requests still on it fail with `reason`: those of a failure
+    /// (`fail`), and those of a connection closed on purpose (a server leaving, a subscriber's
+    /// RESET, a WATCH given back), which would otherwise never be answered.
+    private func close(failing reason: String = "backend connection closed") {
         stopTimer()
         pendingError = 0
         if state == .connected { counters.serverConnections.add(-1) }
@@ -1021,13 +1017,13 @@ final class ServerConnection {
         if descriptor >= 0 { Syscall.close(descriptor) }
         descriptor = -1
         state = .disconnected
-        // Every entry leaves through `popEntry`, so that none is counted in a slot any more.
-        // Requests still answering a client (the connection was closed on purpose: a server
-        // leaving, a subscriber's RESET, a WATCH given back) fail below rather than never
-        // finish; `fail` has already taken its own out.
+        // Every entry leaves through `popEntry`, so that none is counted in a slot any more; the
+        // slots of those still answering a client fail last (below).
         var dropped: [(slot: ReplySlot, part: Int32)] = []
+        var probes = 0
         while let entry = popEntry() {
             if let slot = entry.slot { dropped.append((slot, entry.part)) }
+            if entry.purpose == .probe { probes += 1 }
             if entry.purpose == .backfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
         }
         if !dropped.isEmpty { server.pool.stats.forwardErrors.add(dropped.count) }
@@ -1054,7 +1050,8 @@ final class ServerConnection {
             worker.logger.warning("server \(server.name): connection lost in the middle of a streamed reply; closing its client")
             client.close()
         }
+        for _ in 0..<probes { server.probeFailed() }
         // Last: failing a slot may close its client, which may come back here.
-        for (slot, part) in dropped { slot.fail(part: part, reason: "backend connection closed") }
+        failSlots(dropped, reason: reason)
     }
 }

@@ -161,40 +161,29 @@ extension ClientConnection {
         }
     }
 
-    /// The server (by identity) each of this client's channels and shard channels is placed
-    /// on now, to compare across a reload.
-    /// Empty for `random` pools, which place nothing (and for clients without subscriptions).
-    func channelServers() -> [ObjectIdentifier?] {
-        guard let subscriptions = redisExtras?.subscriptions, pool.config.distribution != .random else { return [] }
-        return (subscriptions.channels + subscriptions.shardChannels).map { name in
-            name.withUnsafeBytes { pool.serverIndexUncounted(forKey: $0) }.map { ObjectIdentifier(pool.servers[$0]) }
-        }
-    }
-
-    /// A reload may have moved keys (`PoolRuntime.update`). The push connections are filed
-    /// under their servers' new positions. If a channel now lives on another server than the
-    /// one it was subscribed on, or a pattern is not subscribed on some server (one just added),
-    /// messages would be missed silently: the client is closed instead, as when a push
-    /// connection fails, and subscribes again when it reconnects. (Subscribers of a removed
-    /// server were closed with its push connections already.) A Redis Cluster pool's
+    /// A reload may have moved keys (`PoolRuntime.update`; `before` is the placement and server
+    /// list it replaced, the servers held so that none is freed while compared). The push
+    /// connections are filed under their servers' new positions (subscribers of a removed
+    /// server were closed with its push connections already). If a channel now lives on
+    /// another server than before, or a pattern is not subscribed on some server (one just
+    /// added), messages would be missed silently: the client is closed instead, as when a push
+    /// connection fails, and subscribes again when it reconnects. A Redis Cluster pool's
     /// subscribers are only re-filed: the cluster passes every PUBLISH to all its nodes (a
-    /// shard channel whose slot moves is Redis's to announce). Returns whether it closed the
-    /// client.
-    func followReload(channelServersBefore before: [ObjectIdentifier?]) -> Bool {
+    /// shard channel whose slot moves is not followed); a `random` pool places nothing.
+    /// Returns whether it closed the client.
+    func followReload(_ before: (placement: Placement, servers: [ServerRuntime])) -> Bool {
         guard !isClosed, let subscriptions = redisExtras?.subscriptions else { return false }
         var byPosition: [Int: ServerConnection] = [:]
-        for connection in subscriptions.connections.values {
-            let server = connection.serverRuntime
-            guard server.index < pool.servers.count, pool.servers[server.index] === server else {
-                close()
-                return true
-            }
-            byPosition[server.index] = connection
-        }
+        for connection in subscriptions.connections.values { byPosition[connection.serverRuntime.index] = connection }
         subscriptions.connections = byPosition
         guard !pool.isCluster else { return false }
         let patternsEverywhere = subscriptions.patterns.isEmpty || pool.servers.indices.allSatisfy { byPosition[$0] != nil }
-        guard patternsEverywhere, channelServers() == before else {
+        let channelMoved = pool.config.distribution != .random && (subscriptions.channels + subscriptions.shardChannels).contains { name in
+            name.withUnsafeBytes { key in
+                before.placement.server(forKey: key).map { before.servers[$0] } !== pool.serverIndexUncounted(forKey: key).map { pool.servers[$0] }
+            }
+        }
+        guard patternsEverywhere, !channelMoved else {
             close()
             return true
         }

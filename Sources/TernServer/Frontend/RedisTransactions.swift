@@ -234,7 +234,7 @@ extension ClientConnection {
     private func releaseWatch(_ watch: DedicatedLease) {
         guard watch.isCurrent else { return }
         let connection = watch.connection
-        if connection.generation == watch.generation, connection.isOpen {
+        if watch.isIntact, connection.isOpen {
             RespEncoder.command("UNWATCH", into: connection.requestBuffer())
             connection.enqueue(slot: nil, part: 0, framing: .line)
             connection.returnWhenIdle = true

@@ -17,12 +17,10 @@ final class PoolRuntime: BackendPool {
     /// objects alive; the table is rebuilt whenever `servers` changes (start, reload), which
     /// happens on this worker's thread between requests.
     private var serverTable: UnsafeMutablePointer<Unmanaged<ServerRuntime>>?
-    /// Bumped whenever a reload changes `servers` (which objects, or their order): a request
-    /// that keeps server positions across loop passes (a warm-up read) compares it before
-    /// using them again.
-    private(set) var serversGeneration = 0
     /// Changed by every reload (or cluster map change) that may place a key on another server
-    /// than before (`update`'s answer): an open transaction's placements are void then.
+    /// than before, or changes `servers` (which objects, or their order): `update`'s answer.
+    /// What keeps server positions across loop passes (a warm-up read, an open transaction)
+    /// compares it before using them again.
     private(set) var placementGeneration = 0
     /// Set by `retire()`: the pool left service (removed by a reload, its warm-up ended, or
     /// Tern is draining). Nothing new is sent on it and it takes no clients (until then its
@@ -226,15 +224,14 @@ final class PoolRuntime: BackendPool {
     }
 
     /// Applies a reload. Returns whether a key or channel may now be placed on another server
-    /// than before (the server list, its order or weights, the hash, hash tag or distribution
-    /// changed).
+    /// than before, or the server list changed (which servers, their order, addresses, weights,
+    /// the hash, hash tag or distribution).
     @discardableResult
     func update(_ newPlan: PoolPlan) -> Bool {
         let listenChanged = newPlan.listenDescriptor != plan.listenDescriptor
         if listenChanged { stopListening() }
         let previous = servers
-        let before = plan.config, after = newPlan.config
-        let generation = serversGeneration
+        let placedLike = plan.config.placesKeysLike(newPlan.config)
         plan = newPlan
         cacheHotSettings()
         (limits, respLimits) = Self.requestLimits(newPlan.config)
@@ -252,7 +249,7 @@ final class PoolRuntime: BackendPool {
             }
         }
         for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
-        if kept.count != previous.count || zip(kept, previous).contains(where: { $0 !== $1 }) { serversGeneration &+= 1 }
+        let moved = !placedLike || kept.count != previous.count || zip(kept, previous).contains(where: { $0 !== $1 })
         servers = kept
         rebuildServerTable()
         rebuildPlacement()
@@ -275,9 +272,6 @@ final class PoolRuntime: BackendPool {
             for server in servers { server.connectAll() }
         }
         if listenChanged { startListening() }
-        let moved = serversGeneration != generation || before.hash != after.hash || before.hashTag != after.hashTag
-            || before.distribution != after.distribution || before.slotServers != after.slotServers
-            || !before.servers.map(\.weight).elementsEqual(after.servers.map(\.weight))
         if moved { placementGeneration &+= 1 }
         return moved
     }

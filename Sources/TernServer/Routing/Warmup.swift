@@ -43,14 +43,14 @@ final class WarmupRead: PhasedRead {
     /// pool's warm-up), and it must find both pools where it left them. What in flight means
     /// is bounded: a retired pool stays in the worker's `retiredPools` (its connections open)
     /// only until its servers are idle, so after each phase the read checks `isRetired` and
-    /// `serversGeneration` before it sends anything more: it never starts a request on a pool
+    /// `placementGeneration` before it sends anything more: it never starts a request on a pool
     /// whose connections may have been closed for good (the request would reopen one that
     /// nobody closes, and free it with its watcher still in the loop when the read ends), nor
     /// uses a server position (`oldServer`, `newServer`) that a reload has made meaningless
     /// or out of range.
     let pool: PoolRuntime
     let old: PoolRuntime
-    /// `serversGeneration` of `pool` and `old` when the keys were placed.
+    /// `placementGeneration` of `pool` and `old` when the keys were placed.
     let newGeneration: Int
     let oldGeneration: Int
     let warmup: WarmupConfig
@@ -70,8 +70,8 @@ final class WarmupRead: PhasedRead {
         self.mode = mode
         self.pool = pool
         self.old = pool.old!
-        self.newGeneration = pool.serversGeneration
-        self.oldGeneration = pool.old!.serversGeneration
+        self.newGeneration = pool.placementGeneration
+        self.oldGeneration = pool.old!.placementGeneration
         self.warmup = pool.warmup!
         self.clientIndex = clientIndex
     }
@@ -153,7 +153,7 @@ final class WarmupRead: PhasedRead {
         }
         WarmupCounters.add(counters.newHits, keys.count - missing.count)
         if missing.isEmpty { return false }
-        guard !old.isRetired, old.serversGeneration == oldGeneration else {
+        guard !old.isRetired, old.placementGeneration == oldGeneration else {
             // A reload ended the warm-up or changed the old servers since the keys were
             // placed: the old pool is not asked, the keys are misses.
             WarmupCounters.add(counters.misses, missing.count)
@@ -243,7 +243,7 @@ final class WarmupRead: PhasedRead {
 
     private func finishOldPhase(_ slot: ReplySlot) -> Bool {
         var resendServers: [Int32] = []
-        if pool.isRetired || pool.serversGeneration != newGeneration {
+        if pool.isRetired || pool.placementGeneration != newGeneration {
             // A reload removed the pool or changed its servers while the old pool answered:
             // old hits are answered from the old item and not copied (as without backfill).
             for index in keys.indices { keys[index].newServer = -1 }

@@ -272,13 +272,13 @@ final class Worker: FrontendLoop {
         var next: [PoolRuntime] = []
         for plan in plans {
             if let existing = pools.first(where: { $0.config.name == plan.config.name }) {
-                // Subscribers, and where their channels live before the reload (see
-                // `ClientConnection.followReload`).
-                let subscribers = clients.compactMap { client in
-                    client.pool === existing && client.redisExtras?.subscriptions != nil ? (client, client.channelServers()) : nil
-                }
-                if existing.update(plan), !subscribers.isEmpty {
-                    let closed = subscribers.reduce(0) { $0 + ($1.0.followReload(channelServersBefore: $1.1) ? 1 : 0) }
+                // Where keys went before: subscribers follow the reload (`ClientConnection.followReload`).
+                let placedBefore = (placement: existing.placement, servers: existing.servers)
+                if existing.update(plan) {
+                    var closed = 0
+                    for client in clients where client.pool === existing && client.redisExtras?.subscriptions != nil {
+                        if client.followReload(placedBefore) { closed += 1 }
+                    }
                     if closed > 0 { logger.notice("pool \(plan.config.name): the reload moved channels; \(closed) subscribed clients closed (they subscribe again on reconnect)") }
                 }
                 next.append(existing)
