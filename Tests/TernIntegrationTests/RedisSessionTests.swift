@@ -34,6 +34,45 @@ final class RedisSessionTests: XCTestCase {
     }
 
 
+    /// Tern (one worker) over `servers` from a config file that `reload` rewrites and applies:
+    /// SIGHUP, then the workers' acknowledgement in the log.
+    final class ReloadableTern {
+        let port = ProcessGroup.freePort()
+        let group: ProcessGroup
+        let extra: String
+        let path: String
+        var process: Process!
+        private var reloads = 0
+
+        init(_ group: ProcessGroup, _ servers: [RedisServer], extra: String) throws {
+            self.group = group
+            self.extra = extra
+            path = group.directory + "/reloadable.yml"
+            try config(servers).write(toFile: path, atomically: true, encoding: .utf8)
+            process = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-reloadable.log")
+            try group.waitForPort(port)
+        }
+
+        func config(_ servers: [RedisServer]) -> String {
+            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n\(extra)  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
+        }
+
+        func reload(_ servers: [RedisServer], file: StaticString = #filePath, line: UInt = #line) throws {
+            reloads += 1
+            try config(servers).write(toFile: path, atomically: true, encoding: .utf8)
+            kill(process.processIdentifier, SIGHUP)
+            let count = reloads
+            XCTAssertEqual(eventually("applied") { group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count - 1 == count ? "applied" : "" },
+                           "applied", file: file, line: line)
+        }
+
+        /// The server `key` lives on under `servers`.
+        func home(_ key: String, _ servers: [RedisServer]) throws -> RedisServer {
+            let pool = try ConfigLoader.load(text: config(servers), file: "s.yml").pools[0]
+            return servers[Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! }]
+        }
+    }
+
     /// redis-py's default pipeline() is MULTI/EXEC: on one server, and with hash-tagged keys
     /// over two; a transaction over two servers is refused with nothing written and the
     /// connection still usable.
@@ -336,22 +375,12 @@ final class RedisSessionTests: XCTestCase {
     /// transaction runs.
     func testTransactionAcrossAReloadThatChangesTheServersIsAborted() throws {
         let kept = try group.redis(), removed = try group.redis()
-        let port = ProcessGroup.freePort()
-        let path = group.directory + "/transaction.yml"
-        func config(_ servers: [RedisServer]) -> String {
-            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: modula\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
-        }
-        try config([kept, removed]).write(toFile: path, atomically: true, encoding: .utf8)
-        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-transaction.log")
-        try group.waitForPort(port)
-        let pool = try ConfigLoader.load(text: config([kept, removed]), file: "s.yml").pools[0]
-        let onRemoved = (0..<1000).map { "t\($0)" }.first { key in Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0) } == 1 }!
-        let client = try TestClient(port: port)
+        let tern = try ReloadableTern(group, [kept, removed], extra: "  distribution: modula\n")
+        let onRemoved = try (0..<1000).map { "t\($0)" }.first { try tern.home($0, [kept, removed]).port == removed.port }!
+        let client = try TestClient(port: tern.port)
         XCTAssertEqual(try client.call("MULTI"), "+OK\r\n")
         XCTAssertEqual(try client.call("SET", onRemoved, "v"), "+QUEUED\r\n")
-        try config([kept]).write(toFile: path, atomically: true, encoding: .utf8)
-        kill(tern.processIdentifier, SIGHUP)
-        XCTAssertEqual(eventually("applied") { group.ternLog().contains("reload (SIGHUP) applied") ? "applied" : "" }, "applied")
+        try tern.reload([kept])
         XCTAssertEqual(try client.call("EXEC"), "-EXECABORT Transaction discarded because of previous errors.\r\n")
         XCTAssertEqual(try kept.call("EXISTS", onRemoved), ":0\r\n")
         XCTAssertEqual(try removed.call("EXISTS", onRemoved), ":0\r\n")
@@ -476,23 +505,12 @@ final class RedisSessionTests: XCTestCase {
     /// it (the sanitizer runs of this suite would report a read of it).
     func testWatchOnARemovedServerFailsExec() throws {
         let kept = try group.redis(), removed = try group.redis()
-        let port = ProcessGroup.freePort()
-        let path = group.directory + "/removed.yml"
-        func config(_ servers: [RedisServer]) -> String {
-            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: modula\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
-        }
-        let pool = try ConfigLoader.load(text: config([kept, removed]), file: "s.yml").pools[0]
-        func server(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
-        let onKept = (0..<1000).map { "k\($0)" }.first { server($0) == 0 }!
-        let onRemoved = (0..<1000).map { "k\($0)" }.first { server($0) == 1 }!
-        try config([kept, removed]).write(toFile: path, atomically: true, encoding: .utf8)
-        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-removed.log")
-        try group.waitForPort(port)
-        let watcher = try TestClient(port: port)
+        let tern = try ReloadableTern(group, [kept, removed], extra: "  distribution: modula\n")
+        let onKept = try (0..<1000).map { "k\($0)" }.first { try tern.home($0, [kept, removed]).port == kept.port }!
+        let onRemoved = try (0..<1000).map { "k\($0)" }.first { try tern.home($0, [kept, removed]).port == removed.port }!
+        let watcher = try TestClient(port: tern.port)
         XCTAssertEqual(try watcher.call("WATCH", onRemoved), "+OK\r\n")
-        try config([kept]).write(toFile: path, atomically: true, encoding: .utf8)
-        kill(tern.processIdentifier, SIGHUP)
-        XCTAssertEqual(eventually("applied") { group.ternLog().contains("reload (SIGHUP) applied") ? "applied" : "" }, "applied")
+        try tern.reload([kept])
         XCTAssertEqual(try watcher.call("MULTI"), "+OK\r\n")
         XCTAssertEqual(try watcher.call("SET", onKept, "x"), "+QUEUED\r\n")
         XCTAssertEqual(try watcher.call("EXEC"), "-ERR the connection that held WATCH was lost; nothing was executed\r\n")
@@ -506,21 +524,11 @@ final class RedisSessionTests: XCTestCase {
     /// SET was refused as crossing servers).
     func testWatchAcrossAReloadThatReordersTheServers() throws {
         let r0 = try group.redis(), r1 = try group.redis()
-        let port = ProcessGroup.freePort()
-        let path = group.directory + "/watch.yml"
-        func config(_ servers: [RedisServer]) -> String {
-            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
-        }
-        let pool = try ConfigLoader.load(text: config([r0, r1]), file: "s.yml").pools[0]
-        let key = (0..<1000).map { "w\($0)" }.first { key in Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0) } == 1 }!
-        try config([r0, r1]).write(toFile: path, atomically: true, encoding: .utf8)
-        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-watch.log")
-        try group.waitForPort(port)
-        let client = try TestClient(port: port)
+        let tern = try ReloadableTern(group, [r0, r1], extra: "")
+        let key = try (0..<1000).map { "w\($0)" }.first { try tern.home($0, [r0, r1]).port == r1.port }!
+        let client = try TestClient(port: tern.port)
         XCTAssertEqual(try client.call("WATCH", key), "+OK\r\n")
-        try config([r1, r0]).write(toFile: path, atomically: true, encoding: .utf8)
-        kill(tern.processIdentifier, SIGHUP)
-        XCTAssertEqual(eventually("applied") { group.ternLog().contains("reload (SIGHUP) applied") ? "applied" : "" }, "applied")
+        try tern.reload([r1, r0])
         XCTAssertEqual(try client.call("MULTI"), "+OK\r\n")
         XCTAssertEqual(try client.call("SET", key, "v"), "+QUEUED\r\n")
         XCTAssertEqual(try client.call("EXEC"), "*1\r\n+OK\r\n")
@@ -536,52 +544,35 @@ final class RedisSessionTests: XCTestCase {
     /// keeps receiving.
     func testSubscribersFollowAReloadThatMovesChannels() throws {
         let r0 = try group.redis(), r1 = try group.redis(), r2 = try group.redis()
-        let port = ProcessGroup.freePort()
-        let path = group.directory + "/pubsub.yml"
-        func config(_ servers: [RedisServer]) -> String {
-            "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  servers:\n" + servers.map { "   - \($0.address):1\n" }.joined()
-        }
-        /// The server a channel lives on under `servers`.
-        func home(_ channel: String, _ servers: [RedisServer]) throws -> Int {
-            let pool = try ConfigLoader.load(text: config(servers), file: "s.yml").pools[0]
-            return servers[Array(channel.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! }].port
-        }
+        let tern = try ReloadableTern(group, [r0, r1], extra: "")
         let candidates = (0..<2000).map { "news\($0)" }
-        let stayOn1 = try candidates.first { try home($0, [r0, r1]) == r1.port && home($0, [r1, r0, r2]) == r1.port }!
-        let stayOn0 = try candidates.first { try home($0, [r0, r1]) == r0.port && home($0, [r1, r0, r2]) == r0.port }!
-        let moves = try candidates.first { try home($0, [r0, r1]) != r2.port && home($0, [r1, r0, r2]) == r2.port }!
-        try config([r0, r1]).write(toFile: path, atomically: true, encoding: .utf8)
-        let tern = try group.launch(ProcessGroup.ternBinary, ["-c", path, "--threads", "1", "--no-stats"], log: "tern-pubsub.log")
-        try group.waitForPort(port)
-        func reload(_ servers: [RedisServer], _ count: Int) throws {
-            try config(servers).write(toFile: path, atomically: true, encoding: .utf8)
-            kill(tern.processIdentifier, SIGHUP)
-            XCTAssertEqual(eventually("applied") { group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count - 1 == count ? "applied" : "" }, "applied")
-        }
+        let stayOn1 = try candidates.first { try tern.home($0, [r0, r1]).port == r1.port && tern.home($0, [r1, r0, r2]).port == r1.port }!
+        let stayOn0 = try candidates.first { try tern.home($0, [r0, r1]).port == r0.port && tern.home($0, [r1, r0, r2]).port == r0.port }!
+        let moves = try candidates.first { try tern.home($0, [r1, r0, r2]).port == r2.port }!
         let message = { (channel: String, text: String) in "*3\r\n$7\r\nmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(text.utf8.count)\r\n\(text)\r\n" }
-        let stayer = try TestClient(port: port)
+        let stayer = try TestClient(port: tern.port)
         try stayer.send(TestClient.encode(["SUBSCRIBE", stayOn1]))
         _ = try stayer.receiveReplies(1)
-        try reload([r1, r0], 1)
+        try tern.reload([r1, r0])
         try stayer.send(TestClient.encode(["SUBSCRIBE", stayOn0]))
         XCTAssertEqual(String(decoding: try stayer.receiveReplies(1), as: UTF8.self), "*3\r\n$9\r\nsubscribe\r\n$\(stayOn0.utf8.count)\r\n\(stayOn0)\r\n:2\r\n")
         XCTAssertEqual(try r0.call("PUBSUB", "NUMSUB", stayOn0), "*2\r\n$\(stayOn0.utf8.count)\r\n\(stayOn0)\r\n:1\r\n", "subscribed on the server the channel lives on")
-        let publisher = try TestClient(port: port)
+        let publisher = try TestClient(port: tern.port)
         XCTAssertEqual(try publisher.call("PUBLISH", stayOn0, "a"), ":1\r\n")
         XCTAssertEqual(String(decoding: try stayer.receiveReplies(1), as: UTF8.self), message(stayOn0, "a"))
-        let mover = try TestClient(port: port)
+        let mover = try TestClient(port: tern.port)
         try mover.send(TestClient.encode(["SUBSCRIBE", moves]))
         _ = try mover.receiveReplies(1)
-        let patterns = try TestClient(port: port)
+        let patterns = try TestClient(port: tern.port)
         try patterns.send(TestClient.encode(["PSUBSCRIBE", "news*"]))
         _ = try patterns.receiveReplies(1)
-        try reload([r1, r0, r2], 2)
+        try tern.reload([r1, r0, r2])
         XCTAssertTrue(mover.drain(for: 2).closed, "its channel moved to the new server")
         XCTAssertTrue(patterns.drain(for: 2).closed, "the new server has no pattern subscription")
         XCTAssertEqual(eventually(":0\r\n") { (try? r1.call("PUBSUB", "NUMPAT")) ?? "" }, ":0\r\n")
         XCTAssertEqual(try publisher.call("PUBLISH", stayOn1, "b"), ":1\r\n")
         XCTAssertEqual(String(decoding: try stayer.receiveReplies(1), as: UTF8.self), message(stayOn1, "b"))
-        let again = try TestClient(port: port)
+        let again = try TestClient(port: tern.port)
         try again.send(TestClient.encode(["SUBSCRIBE", moves]))
         _ = try again.receiveReplies(1)
         XCTAssertEqual(try publisher.call("PUBLISH", moves, "c"), ":1\r\n")
