@@ -316,6 +316,43 @@ final class RedisClusterTests: XCTestCase {
         print("slot migration: \(asks) ASK and \(moved) MOVED redirects followed; innocent client: \(requests) requests, \(errors.count) errors")
     }
 
+    /// Pub/sub on a cluster pool: a channel is subscribed on its slot's master (the cluster
+    /// passes every PUBLISH to all nodes, so messages arrive wherever the slot goes). When the
+    /// slot moves, the subscription stays on the node it was made on, and UNSUBSCRIBE goes
+    /// there. Before, it went to the slot's new master: the old one kept the subscription, and
+    /// the client went on receiving the channel it had left.
+    func testUnsubscribeAfterASlotMovedReachesTheSubscribedNode() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let slot = Self.slot("ps"), channel = "{ps}news"
+        let source = try cluster.owner(of: slot)
+        let masters = try cluster.nodes(askingAt: source).filter(\.isMaster).map(\.port)
+        let target = masters.first { $0 != source }!
+        let numsub = { (count: Int) in "*2\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:\(count)\r\n" }
+        let message = { (text: String) in "*3\r\n$7\r\nmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(text.utf8.count)\r\n\(text)\r\n" }
+        let subscriber = try TestClient(port: port), publisher = try TestClient(port: port)
+        XCTAssertEqual(try subscriber.call("SUBSCRIBE", channel), "*3\r\n$9\r\nsubscribe\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:1\r\n")
+        XCTAssertEqual(try cluster.call(source, "PUBSUB", "NUMSUB", channel), numsub(1))
+        XCTAssertEqual(try publisher.call("PUBLISH", channel, "before"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), message("before"))
+        // The (empty) slot moves; Tern learns it from a MOVED, then every worker from the
+        // refreshed map.
+        let version = try info(port, "cluster_slot_map_version")
+        let targetID = try cluster.id(of: target)
+        for node in [target, source] + masters.filter({ $0 != source && $0 != target }) {
+            XCTAssertEqual(try cluster.call(node, "CLUSTER", "SETSLOT", "\(slot)", "NODE", targetID), "+OK\r\n")
+        }
+        XCTAssertEqual(try publisher.call("GET", "{ps}k"), "$-1\r\n")
+        XCTAssertGreaterThanOrEqual(try info(port, "cluster_redirects_moved"), 1)
+        XCTAssertEqual(try eventually("refreshed", within: 5) { try info(port, "cluster_slot_map_version") > version ? "refreshed" : "v\(version)" }, "refreshed")
+        XCTAssertEqual(try publisher.call("PUBLISH", channel, "moved"), ":0\r\n", "published on the slot's new master; the cluster passes it on")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), message("moved"))
+        XCTAssertEqual(try subscriber.call("UNSUBSCRIBE", channel), "*3\r\n$11\r\nunsubscribe\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:0\r\n")
+        XCTAssertEqual(eventually(numsub(0)) { (try? cluster.call(source, "PUBSUB", "NUMSUB", channel)) ?? "" }, numsub(0), "the subscription left the node it was made on")
+        XCTAssertEqual(try publisher.call("PUBLISH", channel, "after"), ":0\r\n")
+        XCTAssertEqual(subscriber.drain(for: 0.5).bytes, [], "nothing arrives for a channel the client left")
+    }
+
     /// A request's `timeout` bounds it from the first send to its reply, redirects included: a
     /// slow node that answers MOVED late leaves the next hop only what is left, so the client
     /// gets the timeout error at 0.5 s rather than the target's late answer (at about 0.75 s).

@@ -579,6 +579,51 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(String(decoding: try again.receiveReplies(1), as: UTF8.self), message(moves, "c"))
     }
 
+    /// Ejection (`auto_eject_hosts`) and a server's return move channels as a reload does,
+    /// and subscribers follow them: one whose channel lived on the server that was ejected
+    /// (paused, its push connection still open) is closed, since PUBLISH now goes to the other
+    /// server; one that subscribed during the ejection (on the other server) is closed when the
+    /// server returns. Before, both stayed subscribed where no PUBLISH reached them, silently.
+    /// A subscriber on the server that stayed is untouched; an UNSUBSCRIBE goes to the server
+    /// its SUBSCRIBE went to.
+    func testSubscribersFollowEjectionsAndReturns() throws {
+        let setup = try start(extra: "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 5000\n", threads: 1)
+        let onFirst = setup.keys("ch", on: 0, count: 3), onSecond = setup.keys("ch", on: 1, count: 1)[0]
+        let message = { (channel: String, text: String) in "*3\r\n$7\r\nmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(text.utf8.count)\r\n\(text)\r\n" }
+        let numsub = { (channel: String, count: Int) in "*2\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:\(count)\r\n" }
+        let early = try TestClient(port: setup.port), stayer = try TestClient(port: setup.port)
+        try early.send(TestClient.encode(["SUBSCRIBE", onFirst[0]]))
+        try stayer.send(TestClient.encode(["SUBSCRIBE", onSecond, onFirst[2]]))
+        _ = try early.receiveReplies(1)
+        _ = try stayer.receiveReplies(2)
+        XCTAssertEqual(try stayer.call("UNSUBSCRIBE", onFirst[2]), "*3\r\n$11\r\nunsubscribe\r\n$\(onFirst[2].utf8.count)\r\n\(onFirst[2])\r\n:1\r\n")
+        // Ejected: a request times out on the paused server.
+        setup.backends[0].pause()
+        let requester = try TestClient(port: setup.port)
+        XCTAssertTrue(try requester.call("GET", setup.keys("k", on: 0, count: 1)[0]).hasPrefix("-"))
+        setup.backends[0].resume()
+        XCTAssertTrue(early.drain(for: 2).closed, "its channel went to the other server with the ejection")
+        let publisher = try TestClient(port: setup.port)
+        let late = try TestClient(port: setup.port)
+        try late.send(TestClient.encode(["SUBSCRIBE", onFirst[1]]))
+        _ = try late.receiveReplies(1)
+        XCTAssertEqual(try setup.backends[1].call("PUBSUB", "NUMSUB", onFirst[1]), numsub(onFirst[1], 1), "placed without the ejected server")
+        XCTAssertEqual(try publisher.call("PUBLISH", onFirst[1], "during"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try late.receiveReplies(1), as: UTF8.self), message(onFirst[1], "during"))
+        // Back after server_retry_timeout (Tern's own probe).
+        XCTAssertEqual(eventually("back", within: 10) { group.ternLog().contains("back in the ring") ? "back" : "" }, "back")
+        XCTAssertTrue(late.drain(for: 2).closed, "its channel went back to the returning server")
+        XCTAssertEqual(eventually(numsub(onFirst[1], 0)) { (try? setup.backends[1].call("PUBSUB", "NUMSUB", onFirst[1])) ?? "" }, numsub(onFirst[1], 0))
+        XCTAssertEqual(try publisher.call("PUBLISH", onSecond, "kept"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try stayer.receiveReplies(1), as: UTF8.self), message(onSecond, "kept"))
+        XCTAssertEqual(try setup.backends[0].call("PUBSUB", "NUMSUB", onFirst[2]), numsub(onFirst[2], 0), "the UNSUBSCRIBE reached its server")
+        let again = try TestClient(port: setup.port)
+        try again.send(TestClient.encode(["SUBSCRIBE", onFirst[1]]))
+        _ = try again.receiveReplies(1)
+        XCTAssertEqual(try publisher.call("PUBLISH", onFirst[1], "after"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try again.receiveReplies(1), as: UTF8.self), message(onFirst[1], "after"))
+    }
+
     /// A reload that removes a whole pool while a blocking command waits for its dedicated
     /// connection: the waiter gets an error at once, the pool's wait timer goes with the pool
     /// (under ASan a timer left in the loop after its pool was freed is a use after free), and

@@ -15,9 +15,16 @@ import TernCore
 /// it; Tern writes them when the command arrives and sends them once every server concerned has
 /// confirmed, so a message published after the client saw its confirmation is never missed.
 final class RedisSubscriptions {
-    var channels: [[UInt8]] = []
-    var patterns: [[UInt8]] = []
-    var shardChannels: [[UInt8]] = []
+    /// A subscription and the push connection that carries it: its server's when it was
+    /// subscribed, which its unsubscribe reaches too (the placement may have changed since, by
+    /// a reload or an ejection). nil: a pattern outside Redis Cluster, on every server.
+    struct Entry {
+        let name: [UInt8]
+        let connection: ServerConnection?
+    }
+    var channels: [Entry] = []
+    var patterns: [Entry] = []
+    var shardChannels: [Entry] = []
     /// Push connections by server position.
     var connections: [Int: ServerConnection] = [:]
 
@@ -44,10 +51,14 @@ extension ClientConnection {
         }
         let arguments = session.arguments
         let limit = pool.config.maxSubscriptions
-        var parts: [(server: Int, name: [UInt8])] = []
+        var parts: [(connection: ServerConnection, name: [UInt8])] = []
+        var list = take(subscriptions, kind)
+        defer { put(subscriptions, kind, list) }
+        // A failure answers the whole command: what it changed before is undone (nothing sent).
+        let unchanged = list
         var names: [[UInt8]] = (1..<arguments.count).map { index in arguments.withArgument(index, in: frame) { Array($0) } }
         if !subscribing, names.isEmpty {
-            names = list(subscriptions, kind)
+            names = list.map(\.name)
             if names.isEmpty {
                 slot.data.appendArrayHeader(3)
                 slot.data.appendBulk(command.name)
@@ -56,60 +67,69 @@ extension ClientConnection {
             }
         }
         for name in names {
-            var set = list(subscriptions, kind)
-            let present = set.contains(name)
-            if subscribing, !present {
-                guard subscriptions.count + subscriptions.shardChannels.count < limit else {
+            // Reaches the servers only when it changes something there.
+            let present = list.firstIndex { $0.name == name }
+            if subscribing, present == nil {
+                guard subscriptions.count + subscriptions.shardChannels.count + list.count < limit else {
                     slot.data.removeAll()
                     return slot.complete(with: "-ERR too many subscriptions for this client (max_subscriptions)\r\n" as StaticString)
                 }
-                set.append(name)
-            } else if !subscribing, present {
-                set.removeAll { $0 == name }
-            }
-            setList(subscriptions, kind, set)
-            if subscribing != present {
-                // Reaches the servers only when it changes something there.
                 if kind == .pattern, !pool.isCluster {
                     // A Redis Cluster node passes every PUBLISH to the others, so there one node
                     // (the pattern's slot's, below) sees them all; elsewhere each server has its own.
-                    for server in pool.servers.indices { parts.append((server, name)) }
+                    for server in pool.servers.indices { parts.append((pushConnection(subscriptions, server), name)) }
+                    list.append(RedisSubscriptions.Entry(name: name, connection: nil))
                 } else {
                     guard let server = name.withUnsafeBytes({ pool.serverIndex(forKey: $0) }) else {
+                        list = unchanged
                         slot.data.removeAll()
                         return slot.fail(part: ReplyPart.whole, reason: "no server available")
                     }
-                    parts.append((server, name))
+                    let connection = pushConnection(subscriptions, server)
+                    parts.append((connection, name))
+                    list.append(RedisSubscriptions.Entry(name: name, connection: connection))
                 }
+            } else if !subscribing, let present {
+                // To where it was subscribed.
+                if let connection = list[present].connection {
+                    parts.append((connection, name))
+                } else {
+                    for server in pool.servers.indices { parts.append((pushConnection(subscriptions, server), name)) }
+                }
+                list.remove(at: present)
             }
             slot.data.appendArrayHeader(3)
             slot.data.appendBulk(command.name)
             name.withUnsafeBytes { slot.data.appendBulk($0) }
-            slot.data.appendInteger(kind == .shard ? subscriptions.shardChannels.count : subscriptions.count)
+            let others = kind == .shard ? 0 : kind == .pattern ? subscriptions.channels.count : subscriptions.patterns.count
+            slot.data.appendInteger(others + list.count)
         }
         pool.stats.subscriptionChanges.add(parts.count)
         // The confirmations are written already: the parts only have to succeed.
         var split = ReplySplit(slot, mergedBy: .prepared(PreparedReply()))
-        for (server, name) in parts {
-            let connection = pushConnection(subscriptions, server)
+        for (connection, name) in parts {
             let output = connection.requestBuffer()
             RespEncoder.arrayHeader(2, into: output)
             RespEncoder.bulk(command.name, into: output)
             name.withUnsafeBytes { RespEncoder.bulk($0, into: output) }
-            connection.enqueue(slot: slot, part: split.server(Int32(server)), framing: .line)
+            connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line)
         }
         split.close()
     }
 
-    private func list(_ subscriptions: RedisSubscriptions, _ kind: SubscriptionKind) -> [[UInt8]] {
+    /// The list of `kind`, taken out of `subscriptions` while it changes (no copy on write):
+    /// `put` gives it back.
+    private func take(_ subscriptions: RedisSubscriptions, _ kind: SubscriptionKind) -> [RedisSubscriptions.Entry] {
+        var list: [RedisSubscriptions.Entry] = []
         switch kind {
-        case .channel: return subscriptions.channels
-        case .pattern: return subscriptions.patterns
-        case .shard: return subscriptions.shardChannels
+        case .channel: swap(&list, &subscriptions.channels)
+        case .pattern: swap(&list, &subscriptions.patterns)
+        case .shard: swap(&list, &subscriptions.shardChannels)
         }
+        return list
     }
 
-    private func setList(_ subscriptions: RedisSubscriptions, _ kind: SubscriptionKind, _ list: [[UInt8]]) {
+    private func put(_ subscriptions: RedisSubscriptions, _ kind: SubscriptionKind, _ list: [RedisSubscriptions.Entry]) {
         switch kind {
         case .channel: subscriptions.channels = list
         case .pattern: subscriptions.patterns = list
@@ -161,26 +181,26 @@ extension ClientConnection {
         }
     }
 
-    /// A reload may have moved keys (`PoolRuntime.update`; `before` is the placement and server
-    /// list it replaced, the servers held so that none is freed while compared). The push
-    /// connections are filed under their servers' new positions (subscribers of a removed
-    /// server were closed with its push connections already). If a channel now lives on
-    /// another server than before, or a pattern is not subscribed on some server (one just
-    /// added), messages would be missed silently: the client is closed instead, as when a push
-    /// connection fails, and subscribes again when it reconnects. A Redis Cluster pool's
-    /// subscribers are only re-filed: the cluster passes every PUBLISH to all its nodes (a
-    /// shard channel whose slot moves is not followed); a `random` pool places nothing.
-    /// Returns whether it closed the client.
-    func followReload(_ before: (placement: Placement, servers: [ServerRuntime])) -> Bool {
+    /// The placement changed (a reload, or a server ejected or back: `PoolRuntime.update`,
+    /// `RoutingLoop.placementChanged`). The push connections are filed under their servers'
+    /// new positions (subscribers of a removed server were closed with its push connections
+    /// already). If a channel is now placed on another server than the one it was subscribed
+    /// on, or a pattern is not subscribed on some server (one just added), messages would be
+    /// missed silently: the client is closed instead, as when a push connection fails, and
+    /// subscribes again when it reconnects. A Redis Cluster pool's subscribers are only
+    /// re-filed: the cluster passes every PUBLISH to all its nodes (a shard channel whose slot
+    /// moves is not followed); a `random` pool places nothing. Returns whether it closed the
+    /// client.
+    func followPlacement() -> Bool {
         guard !isClosed, let subscriptions = redisExtras?.subscriptions else { return false }
         var byPosition: [Int: ServerConnection] = [:]
         for connection in subscriptions.connections.values { byPosition[connection.serverRuntime.index] = connection }
         subscriptions.connections = byPosition
         guard !pool.isCluster else { return false }
         let patternsEverywhere = subscriptions.patterns.isEmpty || pool.servers.indices.allSatisfy { byPosition[$0] != nil }
-        let channelMoved = pool.config.distribution != .random && (subscriptions.channels + subscriptions.shardChannels).contains { name in
-            name.withUnsafeBytes { key in
-                before.placement.server(forKey: key).map { before.servers[$0] } !== pool.serverIndexUncounted(forKey: key).map { pool.servers[$0] }
+        let channelMoved = pool.config.distribution != .random && (subscriptions.channels + subscriptions.shardChannels).contains { channel in
+            channel.name.withUnsafeBytes { key in
+                pool.serverIndexUncounted(forKey: key).map { pool.servers[$0] } !== channel.connection?.serverRuntime
             }
         }
         guard patternsEverywhere, !channelMoved else {

@@ -478,6 +478,7 @@ final class PoolRuntime: BackendPool {
         server.counters.serverEjectedAt.set(Int(now.tv_sec) * 1_000_000 + Int(now.tv_usec))
         worker.logger.warning("pool \(config.name): ejecting server \(server.name) for \(config.serverRetryTimeoutMilliseconds) ms after \(server.failures) failures")
         rebuildPlacement()
+        worker.placementChanged(self)
         server.scheduleProbe()
     }
 
@@ -487,6 +488,7 @@ final class PoolRuntime: BackendPool {
         server.failures = 0
         worker.logger.notice("pool \(config.name): server \(server.name) answered, back in the ring")
         rebuildPlacement()
+        worker.placementChanged(self)
     }
 
     func rebuildPlacement() {

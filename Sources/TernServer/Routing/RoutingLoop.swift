@@ -23,6 +23,9 @@ class RoutingLoop: BackendLoop {
     final var retiringServers: [(server: ServerRuntime, pool: PoolRuntime)] = []
     /// Pools dropped by a reload, kept while clients still use them.
     final var retiredPools: [PoolRuntime] = []
+    /// Pools whose placement an ejection or a server's return changed in this loop pass; the
+    /// worker's flush has their subscribers follow (`Worker.followChangedPlacements`).
+    final var placementsChanged: [PoolRuntime] = []
 
     init(loop: OpaquePointer, logger: Logger, identifier: Int, takesClients: Bool) {
         self.identifier = identifier
@@ -42,6 +45,11 @@ class RoutingLoop: BackendLoop {
     /// reload): kept until the requests on its servers have finished.
     final func retireWhenIdle(_ pool: PoolRuntime) {
         retiredPools.append(pool)
+    }
+
+    /// `pool`'s placement changed outside a reload (`PoolRuntime.eject`, `reinstate`).
+    final func placementChanged(_ pool: PoolRuntime) {
+        if !placementsChanged.contains(where: { $0 === pool }) { placementsChanged.append(pool) }
     }
 
     final func retireWhenIdle(_ server: ServerRuntime) {

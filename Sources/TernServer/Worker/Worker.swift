@@ -272,15 +272,7 @@ final class Worker: FrontendLoop {
         var next: [PoolRuntime] = []
         for plan in plans {
             if let existing = pools.first(where: { $0.config.name == plan.config.name }) {
-                // Where keys went before: subscribers follow the reload (`ClientConnection.followReload`).
-                let placedBefore = (placement: existing.placement, servers: existing.servers)
-                if existing.update(plan) {
-                    var closed = 0
-                    for client in clients where client.pool === existing && client.redisExtras?.subscriptions != nil {
-                        if client.followReload(placedBefore) { closed += 1 }
-                    }
-                    if closed > 0 { logger.notice("pool \(plan.config.name): the reload moved channels; \(closed) subscribed clients closed (they subscribe again on reconnect)") }
-                }
+                if existing.update(plan) { subscribersFollow(existing, after: "the reload") }
                 next.append(existing)
             } else {
                 let created = PoolRuntime(plan: plan, worker: self)
@@ -361,6 +353,7 @@ final class Worker: FrontendLoop {
     /// One write per dirty connection per loop pass: requests of many clients to one backend
     /// connection leave in one write, and so do many replies to one client.
     private func flushAll() {
+        if !placementsChanged.isEmpty { followChangedPlacements() }
         swap(&heldClients, &releasedClients)
         // Until nothing is dirty: writing last pass's held clients may parse requests they had
         // paused on and so dirty servers and clients again, which are written in this pass too.
@@ -377,6 +370,25 @@ final class Worker: FrontendLoop {
         if !heldClients.isEmpty, holdTimer?.isActive != true { startHoldTimer() }
         retired.removeAll(keepingCapacity: true)
         if !retiringServers.isEmpty || !retiredPools.isEmpty || drainFinished != nil { sweep() }
+    }
+
+    /// Subscribers of `pool` whose channels the placement moved are closed
+    /// (`ClientConnection.followPlacement`).
+    private func subscribersFollow(_ pool: PoolRuntime, after change: String) {
+        var closed = 0
+        for client in clients where client.pool === pool && client.redisExtras?.subscriptions != nil {
+            if client.followPlacement() { closed += 1 }
+        }
+        if closed > 0 { logger.notice("pool \(pool.config.name): \(change) moved channels; \(closed) subscribed clients closed (they subscribe again on reconnect)") }
+    }
+
+    /// Ejections and returns of this pass (`placementChanged`), followed here, at the start of
+    /// the next flush: closing a subscriber from inside the backend connection's work that
+    /// ejected a server could close that very connection under it.
+    private func followChangedPlacements() {
+        var pools: [PoolRuntime] = []
+        swap(&pools, &placementsChanged)
+        for pool in pools where !pool.isRetired { subscribersFollow(pool, after: "an ejection or a server's return") }
     }
 
     private func startHoldTimer() {
