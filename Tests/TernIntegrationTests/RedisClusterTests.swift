@@ -353,6 +353,45 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(subscriber.drain(for: 0.5).bytes, [], "nothing arrives for a channel the client left")
     }
 
+    /// Sharded pub/sub across a slot move: Redis tells a shard channel's subscribers that the
+    /// slot left (an `sunsubscribe` it sends by itself). Tern passes it on with the client's own
+    /// count and forgets the channel; the push connection goes on carrying the client's other
+    /// shard channel on that node, and subscribing again reaches the slot's new master. Before,
+    /// the notice was taken for a reply nobody waited for and stopped that push connection:
+    /// no later message from the node reached the client.
+    func testShardSubscriberAcrossASlotMove() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let moving = "{sm}news"
+        let source = try cluster.owner(of: Self.slot("sm"))
+        let staying = try (0..<1000).map { "{st\($0)}news" }.first { try cluster.owner(of: Self.slot(String($0.dropFirst().prefix { $0 != "}" }))) == source }!
+        let other = try (0..<1000).map { "{so\($0)}news" }.first { try cluster.owner(of: Self.slot(String($0.dropFirst().prefix { $0 != "}" }))) != source }!
+        let masters = try cluster.nodes(askingAt: source).filter(\.isMaster).map(\.port)
+        let target = masters.first { $0 != source }!
+        let smessage = { (channel: String, text: String) in "*3\r\n$8\r\nsmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(text.utf8.count)\r\n\(text)\r\n" }
+        let subscriber = try TestClient(port: port), publisher = try TestClient(port: port)
+        try subscriber.send(TestClient.encode(["SSUBSCRIBE", moving]) + TestClient.encode(["SSUBSCRIBE", staying]) + TestClient.encode(["SSUBSCRIBE", other]))
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(3), as: UTF8.self),
+                       "*3\r\n$10\r\nssubscribe\r\n$\(moving.utf8.count)\r\n\(moving)\r\n:1\r\n*3\r\n$10\r\nssubscribe\r\n$\(staying.utf8.count)\r\n\(staying)\r\n:2\r\n"
+                       + "*3\r\n$10\r\nssubscribe\r\n$\(other.utf8.count)\r\n\(other)\r\n:3\r\n")
+        let version = try info(port, "cluster_slot_map_version")
+        let targetID = try cluster.id(of: target)
+        for node in [target, source] + masters.filter({ $0 != source && $0 != target }) {
+            XCTAssertEqual(try cluster.call(node, "CLUSTER", "SETSLOT", "\(Self.slot("sm"))", "NODE", targetID), "+OK\r\n")
+        }
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self),
+                       "*3\r\n$12\r\nsunsubscribe\r\n$\(moving.utf8.count)\r\n\(moving)\r\n:2\r\n", "Redis's notice, with the client's count")
+        XCTAssertEqual(try publisher.call("SPUBLISH", staying, "still"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), smessage(staying, "still"))
+        XCTAssertEqual(try publisher.call("SPUBLISH", other, "too"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), smessage(other, "too"))
+        XCTAssertEqual(try publisher.call("GET", "{sm}k"), "$-1\r\n")
+        XCTAssertEqual(try eventually("refreshed", within: 5) { try info(port, "cluster_slot_map_version") > version ? "refreshed" : "v\(version)" }, "refreshed")
+        XCTAssertEqual(try subscriber.call("SSUBSCRIBE", moving), "*3\r\n$10\r\nssubscribe\r\n$\(moving.utf8.count)\r\n\(moving)\r\n:3\r\n")
+        XCTAssertEqual(try publisher.call("SPUBLISH", moving, "again"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), smessage(moving, "again"))
+    }
+
     /// A request's `timeout` bounds it from the first send to its reply, redirects included: a
     /// slow node that answers MOVED late leaves the next hop only what is left, so the client
     /// gets the timeout error at 0.5 s rather than the target's late answer (at about 0.75 s).

@@ -573,13 +573,21 @@ final class ServerConnection {
                 return
             case let .reply(length, isError): framed = (length, isError)
             }
-            if pushClient != nil, RespReply.classify(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length])) == .push {
-                pushClient?.pushMessage(UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length]))
-                counters.responseBytes.add(framed.length)
-                // A subscriber closed over its output limit closes this connection with it.
-                guard state == .connected else { return }
-                input.consume(framed.length)
-                continue
+            if let client = pushClient {
+                let frame = UnsafeRawBufferPointer(rebasing: input.readable[0..<framed.length])
+                // A message; a notice of Redis's own (a shard channel's slot left the node);
+                // or, with nothing asked, an answer nobody waits for (a notice that crossed the
+                // client's own unsubscribe, answered by Redis again): dropped, never taken for
+                // the next request's reply.
+                let isPush = RespReply.classify(frame) == .push
+                if isPush || client.pushNotice(frame, on: self) || pending.isEmpty {
+                    if isPush { client.pushMessage(frame) }
+                    counters.responseBytes.add(framed.length)
+                    // A subscriber closed over its output limit closes this connection with it.
+                    guard state == .connected else { return }
+                    input.consume(framed.length)
+                    continue
+                }
             }
             do {
                 let (length, isError) = framed

@@ -412,6 +412,10 @@ final class ClientConnection: ReplyOwner {
         close()
     }
 
+    override func pushNotice(_ frame: UnsafeRawBufferPointer, on connection: ServerConnection) -> Bool {
+        shardChannelLeft(frame, on: connection)
+    }
+
     override func slowLogIdentity() -> (client: String, name: String) {
         // Redis keeps a client name in the slow log; a long one is cut (names are client input).
         (peerAddress, String((redis?.name ?? "").utf8.prefix(SlowLog.maxArgumentLength)) ?? "")

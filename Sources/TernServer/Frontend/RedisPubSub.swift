@@ -188,9 +188,9 @@ extension ClientConnection {
     /// on, or a pattern is not subscribed on some server (one just added), messages would be
     /// missed silently: the client is closed instead, as when a push connection fails, and
     /// subscribes again when it reconnects. A Redis Cluster pool's subscribers are only
-    /// re-filed: the cluster passes every PUBLISH to all its nodes (a shard channel whose slot
-    /// moves is not followed); a `random` pool places nothing. Returns whether it closed the
-    /// client.
+    /// re-filed: the cluster passes every PUBLISH to all its nodes, and tells a shard channel's
+    /// subscribers itself when its slot moves (`shardChannelLeft`); a `random` pool places
+    /// nothing. Returns whether it closed the client.
     func followPlacement() -> Bool {
         guard !isClosed, let subscriptions = redisExtras?.subscriptions else { return false }
         var byPosition: [Int: ServerConnection] = [:]
@@ -208,6 +208,30 @@ extension ClientConnection {
             return true
         }
         return false
+    }
+
+    /// Redis Cluster tells a shard channel's subscribers when the channel's slot leaves the node
+    /// (`sunsubscribe <channel> <count>`, unasked). It is that notice when the client still has
+    /// the channel subscribed on `connection` (an unsubscribe of the client's own leaves the
+    /// list before it is sent): the channel is forgotten, and the client gets the notice with
+    /// its own count, as one Redis would send it. Clients such as redis-py subscribe again,
+    /// which reaches the slot's new master.
+    func shardChannelLeft(_ frame: UnsafeRawBufferPointer, on connection: ServerConnection) -> Bool {
+        let head: StaticString = "*3\r\n$12\r\nsunsubscribe\r\n"
+        guard let subscriptions = redis?.subscriptions, frame.count > head.utf8CodeUnitCount,
+              memcmp(frame.baseAddress!, head.utf8Start, head.utf8CodeUnitCount) == 0,
+              case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: frame[head.utf8CodeUnitCount...])) else { return false }
+        let name = UnsafeRawBufferPointer(rebasing: frame[(head.utf8CodeUnitCount + range.lowerBound)..<(head.utf8CodeUnitCount + range.upperBound)])
+        guard let index = subscriptions.shardChannels.firstIndex(where: { $0.connection === connection && $0.name.elementsEqual(name) }) else { return false }
+        subscriptions.shardChannels.remove(at: index)
+        if !subscriptions.isSubscribed { pool.stats.subscribedClients.add(-1) }
+        let slot = newSlot()
+        slot.data.appendArrayHeader(3)
+        slot.data.appendBulk("sunsubscribe")
+        slot.data.appendBulk(name)
+        slot.data.appendInteger(subscriptions.shardChannels.count)
+        slot.complete(with: "" as StaticString)
+        return true
     }
 
     /// The client left, or RESET: its push connections close (Redis drops its subscriptions).
