@@ -390,6 +390,15 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(try subscriber.call("SSUBSCRIBE", moving), "*3\r\n$10\r\nssubscribe\r\n$\(moving.utf8.count)\r\n\(moving)\r\n:3\r\n")
         XCTAssertEqual(try publisher.call("SPUBLISH", moving, "again"), ":1\r\n")
         XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), smessage(moving, "again"))
+        // The answer to the client's own SUNSUBSCRIBE is not a notice, even when the channel is
+        // subscribed again behind it.
+        try subscriber.send(TestClient.encode(["SUNSUBSCRIBE", staying]) + TestClient.encode(["SSUBSCRIBE", staying]))
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(2), as: UTF8.self),
+                       "*3\r\n$12\r\nsunsubscribe\r\n$\(staying.utf8.count)\r\n\(staying)\r\n:2\r\n*3\r\n$10\r\nssubscribe\r\n$\(staying.utf8.count)\r\n\(staying)\r\n:3\r\n")
+        XCTAssertEqual(try publisher.call("SPUBLISH", staying, "last"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), smessage(staying, "last"))
+        XCTAssertEqual(try subscriber.call("SUNSUBSCRIBE", other), "*3\r\n$12\r\nsunsubscribe\r\n$\(other.utf8.count)\r\n\(other)\r\n:2\r\n")
+        XCTAssertEqual(subscriber.drain(for: 0.5).bytes, [], "nothing more")
     }
 
     /// A request's `timeout` bounds it from the first send to its reply, redirects included: a

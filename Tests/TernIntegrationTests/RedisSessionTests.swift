@@ -441,6 +441,21 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// `max_subscriptions`: a SUBSCRIBE that would pass it is refused whole. Before, the
+    /// channels named before the one over the limit stayed listed though never sent, so the
+    /// client was left in subscribed mode (its next GET refused) with counts that were wrong.
+    func testSubscriptionLimitRefusesTheWholeCommand() throws {
+        let setup = try start(extra: "  max_subscriptions: 2\n", threads: 1)
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try client.call("SUBSCRIBE", "a", "b", "c"), "-ERR too many subscriptions for this client (max_subscriptions)\r\n")
+        XCTAssertEqual(try client.call("GET", "a"), "$-1\r\n", "not in subscribed mode")
+        try client.send(TestClient.encode(["SUBSCRIBE", "a", "b"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(2), as: UTF8.self),
+                       "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n")
+        XCTAssertEqual(try client.call("PSUBSCRIBE", "x*"), "-ERR too many subscriptions for this client (max_subscriptions)\r\n")
+        XCTAssertEqual(try client.call("UNSUBSCRIBE", "a"), "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n")
+    }
+
     /// A subscribed client that leaves takes its subscriptions along (the servers see them go);
     /// one whose push connection fails is closed, never left silently without messages.
     func testPubSubConnectionsEndWithTheirClient() throws {

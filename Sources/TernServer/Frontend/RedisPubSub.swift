@@ -25,6 +25,10 @@ final class RedisSubscriptions {
     var channels: [Entry] = []
     var patterns: [Entry] = []
     var shardChannels: [Entry] = []
+    /// Shard channels whose SUNSUBSCRIBE is on its way to the connection named, each until an
+    /// `sunsubscribe` of that channel comes back there (`shardChannelLeft`): that one is the
+    /// answer, not Redis Cluster's unasked notice.
+    var unsubscribing: [Entry] = []
     /// Push connections by server position.
     var connections: [Int: ServerConnection] = [:]
 
@@ -52,9 +56,10 @@ extension ClientConnection {
         let arguments = session.arguments
         let limit = pool.config.maxSubscriptions
         var parts: [(connection: ServerConnection, name: [UInt8])] = []
+        // The list is out of `subscriptions` while it changes, and back before the slot is
+        // answered (answering may close the client over its output limit, and closing reads the
+        // lists). A failure answers the whole command: what it changed is undone (nothing sent).
         var list = take(subscriptions, kind)
-        defer { put(subscriptions, kind, list) }
-        // A failure answers the whole command: what it changed before is undone (nothing sent).
         let unchanged = list
         var names: [[UInt8]] = (1..<arguments.count).map { index in arguments.withArgument(index, in: frame) { Array($0) } }
         if !subscribing, names.isEmpty {
@@ -71,6 +76,7 @@ extension ClientConnection {
             let present = list.firstIndex { $0.name == name }
             if subscribing, present == nil {
                 guard subscriptions.count + subscriptions.shardChannels.count + list.count < limit else {
+                    put(subscriptions, kind, unchanged)
                     slot.data.removeAll()
                     return slot.complete(with: "-ERR too many subscriptions for this client (max_subscriptions)\r\n" as StaticString)
                 }
@@ -81,7 +87,7 @@ extension ClientConnection {
                     list.append(RedisSubscriptions.Entry(name: name, connection: nil))
                 } else {
                     guard let server = name.withUnsafeBytes({ pool.serverIndex(forKey: $0) }) else {
-                        list = unchanged
+                        put(subscriptions, kind, unchanged)
                         slot.data.removeAll()
                         return slot.fail(part: ReplyPart.whole, reason: "no server available")
                     }
@@ -93,6 +99,7 @@ extension ClientConnection {
                 // To where it was subscribed.
                 if let connection = list[present].connection {
                     parts.append((connection, name))
+                    if kind == .shard { subscriptions.unsubscribing.append(RedisSubscriptions.Entry(name: name, connection: connection)) }
                 } else {
                     for server in pool.servers.indices { parts.append((pushConnection(subscriptions, server), name)) }
                 }
@@ -104,6 +111,7 @@ extension ClientConnection {
             let others = kind == .shard ? 0 : kind == .pattern ? subscriptions.channels.count : subscriptions.patterns.count
             slot.data.appendInteger(others + list.count)
         }
+        put(subscriptions, kind, list)
         pool.stats.subscriptionChanges.add(parts.count)
         // The confirmations are written already: the parts only have to succeed.
         var split = ReplySplit(slot, mergedBy: .prepared(PreparedReply()))
@@ -211,18 +219,28 @@ extension ClientConnection {
     }
 
     /// Redis Cluster tells a shard channel's subscribers when the channel's slot leaves the node
-    /// (`sunsubscribe <channel> <count>`, unasked). It is that notice when the client still has
-    /// the channel subscribed on `connection` (an unsubscribe of the client's own leaves the
-    /// list before it is sent): the channel is forgotten, and the client gets the notice with
-    /// its own count, as one Redis would send it. Clients such as redis-py subscribe again,
-    /// which reaches the slot's new master.
+    /// (`sunsubscribe <channel> <count>`, unasked). An `sunsubscribe` frame on push connection
+    /// `connection` is:
+    /// - the answer to the client's own SUNSUBSCRIBE while one of that channel is on its way
+    ///   there (`unsubscribing`; the reply path pairs it with its request);
+    /// - else that notice, when the client has the channel subscribed on `connection`: the
+    ///   channel is forgotten, and the client gets the notice with its own count, as one Redis
+    ///   would send it (clients such as redis-py subscribe again, which reaches the slot's new
+    ///   master);
+    /// - else a stray: a notice that crossed the client's own SUNSUBSCRIBE of the channel, whose
+    ///   answer Redis sends as well. Dropped (true), never paired with another request.
     func shardChannelLeft(_ frame: UnsafeRawBufferPointer, on connection: ServerConnection) -> Bool {
         let head: StaticString = "*3\r\n$12\r\nsunsubscribe\r\n"
         guard let subscriptions = redis?.subscriptions, frame.count > head.utf8CodeUnitCount,
               memcmp(frame.baseAddress!, head.utf8Start, head.utf8CodeUnitCount) == 0,
               case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: frame[head.utf8CodeUnitCount...])) else { return false }
         let name = UnsafeRawBufferPointer(rebasing: frame[(head.utf8CodeUnitCount + range.lowerBound)..<(head.utf8CodeUnitCount + range.upperBound)])
-        guard let index = subscriptions.shardChannels.firstIndex(where: { $0.connection === connection && $0.name.elementsEqual(name) }) else { return false }
+        let named = { (entry: RedisSubscriptions.Entry) in entry.connection === connection && entry.name.elementsEqual(name) }
+        if let asked = subscriptions.unsubscribing.firstIndex(where: named) {
+            subscriptions.unsubscribing.remove(at: asked)
+            return false
+        }
+        guard let index = subscriptions.shardChannels.firstIndex(where: named) else { return true }
         subscriptions.shardChannels.remove(at: index)
         if !subscriptions.isSubscribed { pool.stats.subscribedClients.add(-1) }
         let slot = newSlot()
