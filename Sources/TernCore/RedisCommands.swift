@@ -82,7 +82,9 @@ public struct RedisCommand: Sendable {
     public let arity: Int
     public let keys: RedisKeys
     public let routing: RedisRouting
-    /// Keywords after which one more key follows (SORT … STORE dst, GEORADIUS … STORE dst).
+    /// Keywords after which one more key follows (SORT … STORE dst, GEORADIUS … STORE dst);
+    /// set for SORT_RO too, whose BY and GET patterns are checked as SORT's are. Such a command
+    /// is placed by the general walk, never the one-key shortcut.
     public let storeKeywords: Bool
     /// Whether the command writes (reported by COMMAND).
     public let isWrite: Bool
@@ -221,7 +223,7 @@ public enum RedisCommandTable {
         .init("expiretime", 2, one), .init("object", -2, .subcommandKey), .init("persist", 2, one, write: true),
         .init("pexpire", -3, one, write: true), .init("pexpireat", -3, one, write: true), .init("pexpiretime", 2, one),
         .init("pttl", 2, one), .init("rename", 3, two, write: true), .init("renamenx", 3, two, write: true),
-        .init("restore", -4, one, write: true), .init("sort", -2, one, write: true, storeKeywords: true), .init("sort_ro", -2, one),
+        .init("restore", -4, one, write: true), .init("sort", -2, one, write: true, storeKeywords: true), .init("sort_ro", -2, one, storeKeywords: true),
         .init("touch", -2, all, .sum), .init("ttl", 2, one), .init("type", 2, one), .init("unlink", -2, all, .sum, write: true),
         .init("memory", -2, .subcommandKey),
         .init("keys", 2, .none, .unsupported), .init("scan", -2, .none, .unsupported), .init("randomkey", 1, .none, .unsupported),
@@ -231,7 +233,7 @@ public enum RedisCommandTable {
         .init("eval", -3, .counted(countAt: 2, before: 0), write: true), .init("evalsha", -3, .counted(countAt: 2, before: 0), write: true),
         .init("eval_ro", -3, .counted(countAt: 2, before: 0)), .init("evalsha_ro", -3, .counted(countAt: 2, before: 0)),
         .init("fcall", -3, .counted(countAt: 2, before: 0), write: true), .init("fcall_ro", -3, .counted(countAt: 2, before: 0)),
-        .init("script", -2, .none, .local), .init("function", -2, .none, .unsupported),
+        .init("script", -2, .none, .local), .init("function", -2, .none, .local),
         // Connection and server: answered by Tern
         .init("ping", -1, .none, .local), .init("echo", 2, .none, .local), .init("quit", -1, .none, .local),
         .init("select", 2, .none, .local), .init("auth", -2, .none, .local), .init("hello", -1, .none, .local),
@@ -254,7 +256,7 @@ public enum RedisCommandTable {
         .init("psync", -3, .none, .unsupported), .init("role", 1, .none, .unsupported), .init("readonly", 1, .none, .local),
         .init("readwrite", 1, .none, .local), .init("asking", 1, .none, .local),
         .init("failover", -1, .none, .unsupported), .init("module", -2, .none, .unsupported), .init("lolwut", -1, .none, .unsupported),
-        .init("time", 1, .none, .unsupported),
+        .init("time", 1, .none, .firstServer),
     ]
 
     /// Lookup by lower-case name (control plane and tests).
@@ -416,16 +418,101 @@ public enum RedisKeyPositions {
         case .subcommandKey:
             if count > 2 { body(2) }
         }
-        if command.storeKeywords {
-            var index = 2
-            while index < count - 1 {
-                if arguments.argument(index, in: frame, equals: "store") || arguments.argument(index, in: frame, equals: "storedist") {
-                    body(index + 1)
-                    index += 1
-                }
+        if command.storeKeywords { forEachStoreKey(command, arguments, in: frame, body) }
+        return true
+    }
+
+    /// The destination keys after `STORE`/`STOREDIST`, found by walking the options as Redis
+    /// parses them: SORT's `BY` and `GET` take a pattern and `LIMIT` two numbers (so a pattern
+    /// or member named "store" is not a keyword); GEORADIUS's options start after its fixed
+    /// arguments, and `COUNT` takes a number.
+    static func forEachStoreKey(_ command: RedisCommand, _ arguments: RespArguments, in frame: UnsafeRawBufferPointer, _ body: (Int) -> Void) {
+        let count = arguments.count
+        let isSort = command.isNamed("sort") || command.isNamed("sort_ro")
+        var index = isSort ? 2 : command.isNamed("georadius") ? 6 : 5
+        while index < count {
+            let left = count - index - 1
+            if left >= 1, arguments.argument(index, in: frame, equals: "store") || (!isSort && arguments.argument(index, in: frame, equals: "storedist")) {
+                body(index + 1)
+                index += 2
+            } else if left >= 1, isSort ? arguments.argument(index, in: frame, equals: "by") || arguments.argument(index, in: frame, equals: "get")
+                                        : arguments.argument(index, in: frame, equals: "count") {
+                index += 2
+            } else if isSort, left >= 2, arguments.argument(index, in: frame, equals: "limit") {
+                index += 3
+            } else {
                 index += 1
             }
         }
-        return true
+    }
+
+    /// SORT's `BY` and `GET` patterns name keys of their own (the pattern with `*` replaced by
+    /// each element), which Tern cannot follow to other servers. The first pattern that may
+    /// form a key placed off `server` (by `placement`), or nil when all stay on it: a pattern
+    /// stays when it forms no key (`#`, `BY nosort`, no `*`), or when its hash tag holds no `*`
+    /// and places it on `server`.
+    public static func sortPatternOffServer(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer, placement: Placement,
+                                            server: Int) -> StaticString? {
+        var index = 2
+        while index < arguments.count - 1 {
+            let isBy = arguments.argument(index, in: frame, equals: "by")
+            if isBy || arguments.argument(index, in: frame, equals: "get") {
+                let stays = arguments.withArgument(index + 1, in: frame) { pattern -> Bool in
+                    guard let star = pattern.firstIndex(of: UInt8(ascii: "*")) else { return true }
+                    if !isBy, pattern.count == 1, pattern[0] == UInt8(ascii: "#") { return true }
+                    // The key part: up to a `->` (a hash field) after the `*`.
+                    var end = pattern.count
+                    var at = star + 1
+                    while at + 1 < pattern.count {
+                        if pattern[at] == UInt8(ascii: "-"), pattern[at + 1] == UInt8(ascii: ">") { end = at; break }
+                        at += 1
+                    }
+                    let key = UnsafeRawBufferPointer(rebasing: pattern[0..<end])
+                    let tagged = hashTagged(key, tag: placement.hashTag)
+                    guard tagged.count < key.count, !tagged.contains(UInt8(ascii: "*")) else { return false }
+                    return placement.server(forKey: key) == server
+                }
+                if !stays {
+                    return isBy ? "-ERR BY option of SORT denied: keys formed by the pattern may be on other servers than the sorted key\r\n"
+                                : "-ERR GET option of SORT denied: keys formed by the pattern may be on other servers than the sorted key\r\n"
+                }
+                index += 2
+            } else if arguments.argument(index, in: frame, equals: "limit") {
+                index += 3
+            } else {
+                index += 1
+            }
+        }
+        return nil
+    }
+
+    /// COMMAND GETKEYS: the keys of the command that starts at argument 2, as Redis answers
+    /// it (an error's text otherwise, with its line end).
+    public static func getKeys(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> Result<[Int], GetKeysError> {
+        guard arguments.count > 2, let command = arguments.withArgument(2, in: frame, { RedisCommandTable.lookup($0) }),
+              command.routing != .unsupported else { return .failure(.invalidCommand) }
+        guard command.acceptsArgumentCount(arguments.count - 2) else { return .failure(.invalidArgumentCount) }
+        let inner = RespArguments()
+        inner.reset(inline: false)
+        for index in 2..<arguments.count {
+            let span = arguments.span(index)
+            inner.add(start: span.start, length: span.length)
+        }
+        var keys: [Int] = []
+        guard forEachKey(command, inner, in: frame, { keys.append($0 + 2) }) else { return .failure(.invalidArguments) }
+        return keys.isEmpty ? .failure(.noKeys) : .success(keys)
+    }
+
+    public enum GetKeysError: Error {
+        case invalidCommand, invalidArgumentCount, invalidArguments, noKeys
+
+        public var reply: StaticString {
+            switch self {
+            case .invalidCommand: "-ERR Invalid command specified\r\n"
+            case .invalidArgumentCount: "-ERR Invalid number of arguments specified for command\r\n"
+            case .invalidArguments: "-ERR Invalid arguments specified for command\r\n"
+            case .noKeys: "-ERR The command has no key arguments\r\n"
+            }
+        }
     }
 }

@@ -164,6 +164,80 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try backends[server].call("SCARD", "{user}:d"), ":2\r\n")
     }
 
+    /// Commands that name keys beyond the first argument, or that cluster clients and
+    /// applications send besides data commands. Before: `SORT x STORE out` and `GEORADIUS …
+    /// STORE` wrote their result on x's server, where `out` is never read (placed by the first
+    /// key only); `SORT x BY w_*` sorted by weights that live on other servers as if they were
+    /// missing; COMMAND GETKEYS, FUNCTION and TIME were refused (so redis-py's RedisCluster
+    /// failed on ZUNIONSTORE); INFO keyspace's avg_ttl ended with a stray ")".
+    func testCommandsThatNameMoreKeysAndWhatClientsAsk() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let a = keys(on: 0, tern.pool, count: 3), b = keys(on: 1, tern.pool)[0]
+        let crossSlot = "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        XCTAssertEqual(try c.call("RPUSH", a[0], "2", "1", "3"), ":3\r\n")
+        XCTAssertEqual(try c.call("SORT", a[0], "STORE", b), crossSlot)
+        XCTAssertEqual(try backends[0].call("EXISTS", b), ":0\r\n", "nothing written on the sorted key's server")
+        XCTAssertEqual(try c.call("SORT", a[0], "LIMIT", "0", "2", "STORE", a[1]), ":2\r\n")
+        XCTAssertEqual(try c.call("LRANGE", a[1], "0", "-1"), "*2\r\n$1\r\n1\r\n$1\r\n2\r\n")
+        XCTAssertEqual(try c.call("SORT_RO", a[0], "DESC"), "*3\r\n$1\r\n3\r\n$1\r\n2\r\n$1\r\n1\r\n")
+        // A pattern may name keys anywhere: refused unless its hash tag keeps them together.
+        XCTAssertTrue(try c.call("SORT", a[0], "BY", "w_*").hasPrefix("-ERR BY option of SORT denied"))
+        XCTAssertTrue(try c.call("SORT", a[0], "GET", "#", "GET", "v_*").hasPrefix("-ERR GET option of SORT denied"))
+        XCTAssertEqual(try c.call("SORT", a[0], "BY", "nosort", "GET", "#"), "*3\r\n$1\r\n2\r\n$1\r\n1\r\n$1\r\n3\r\n")
+        XCTAssertEqual(try c.call("RPUSH", "{s}:list", "1", "2", "3"), ":3\r\n")
+        XCTAssertEqual(try c.call("MSET", "{s}:w_1", "3", "{s}:w_2", "2", "{s}:w_3", "1", "{s}:v_1", "one", "{s}:v_3", "three"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SORT", "{s}:list", "BY", "{s}:w_*", "GET", "{s}:v_*"), "*3\r\n$5\r\nthree\r\n$-1\r\n$3\r\none\r\n")
+        XCTAssertTrue(try c.call("SORT", "{s}:list", "BY", "{*}:w").hasPrefix("-ERR BY option of SORT denied"), "a * inside the tag")
+        // GEORADIUS: the STORE key, found after the fixed arguments (a member named "store" is
+        // not a keyword).
+        XCTAssertEqual(try c.call("GEOADD", a[2], "13.361389", "38.115556", "store"), ":1\r\n")
+        XCTAssertEqual(try c.call("GEORADIUS", a[2], "13", "38", "100", "km", "STORE", b), crossSlot)
+        XCTAssertEqual(try c.call("GEORADIUSBYMEMBER", a[2], "store", "100", "km"), "*1\r\n$5\r\nstore\r\n")
+        XCTAssertEqual(try c.call("GEORADIUS", "{s}:g", "13", "38", "100", "km", "STOREDIST", "{s}:near"), ":0\r\n")
+        // COMMAND GETKEYS and the key positions COMMAND reports.
+        XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "ZUNIONSTORE", "{z}d", "2", "{z}a", "{z}b"), "*3\r\n$4\r\n{z}d\r\n$4\r\n{z}a\r\n$4\r\n{z}b\r\n")
+        XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "SORT", "x", "BY", "store", "STORE", "y"), "*2\r\n$1\r\nx\r\n$1\r\ny\r\n")
+        XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "SET", "k", "v"), "*1\r\n$1\r\nk\r\n")
+        XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "PING"), "-ERR The command has no key arguments\r\n")
+        XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "NOSUCH", "x"), "-ERR Invalid command specified\r\n")
+        XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "GET"), "-ERR Invalid number of arguments specified for command\r\n")
+        XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "ZUNIONSTORE", "d", "5", "a"), "-ERR Invalid arguments specified for command\r\n")
+        XCTAssertEqual(try backends[0].call("COMMAND", "GETKEYS", "ZUNIONSTORE", "{z}d", "2", "{z}a", "{z}b"), "*3\r\n$4\r\n{z}d\r\n$4\r\n{z}a\r\n$4\r\n{z}b\r\n", "as Redis answers")
+        XCTAssertEqual(try c.call("CLIENT", "NO-EVICT", "on"), "-ERR unsupported command 'client no-evict'\r\n")
+        // TIME from one server; FUNCTION LOAD on every server, so FCALL finds it wherever its
+        // key lives.
+        XCTAssertTrue(try c.call("TIME").hasPrefix("*2\r\n$10\r\n"))
+        let library = "#!lua name=tern\nredis.register_function('getter', function(keys, args) return redis.call('get', keys[1]) end)"
+        XCTAssertEqual(try c.call("FUNCTION", "LOAD", library), "$4\r\ntern\r\n")
+        XCTAssertEqual(try c.call("SET", a[1] + "f", "on0"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SET", b + "f", "on1"), "+OK\r\n")
+        XCTAssertEqual(try c.call("FCALL", "getter", "1", a[1] + "f"), "$3\r\non0\r\n")
+        XCTAssertEqual(try c.call("FCALL", "getter", "1", b + "f"), "$3\r\non1\r\n")
+        XCTAssertTrue(try c.call("FUNCTION", "LIST").contains("getter"))
+        XCTAssertEqual(try c.call("FUNCTION", "DELETE", "tern"), "+OK\r\n")
+        XCTAssertEqual(try backends[1].call("FUNCTION", "LIST"), "*0\r\n")
+        XCTAssertEqual(try c.call("FUNCTION", "KILL"), "-ERR unsupported command 'function kill'\r\n")
+        try python("""
+        from redis.cluster import RedisCluster
+        r = redis.Redis(port=\(tern.port))
+        r.set("ttl-key", "v", ex=1000)
+        deadline = time.time() + 10
+        # (Redis's avg_ttl is 0 until its expiry cycle has sampled the key; Tern polls once a second.)
+        while not r.info("keyspace").get("db0", {}).get("avg_ttl") and time.time() < deadline: time.sleep(0.2)
+        ttl = r.info("keyspace")["db0"]["avg_ttl"]
+        assert isinstance(ttl, int) and 0 < ttl <= 1000000, ttl
+        rc = RedisCluster(host="127.0.0.1", port=\(tern.port))
+        rc.zadd("{z}a", {"m": 1}); rc.zadd("{z}b", {"m": 2, "n": 3})
+        assert rc.zunionstore("{z}d", ["{z}a", "{z}b"]) == 2
+        assert rc.zrange("{z}d", 0, -1, withscores=True) == [(b"m", 3.0), (b"n", 3.0)], rc.zrange("{z}d", 0, -1, withscores=True)
+        rc.rpush("{z}l", 3, 1, 2)
+        assert rc.sort("{z}l", store="{z}sorted") == 3
+        assert rc.lrange("{z}sorted", 0, -1) == [b"1", b"2", b"3"]
+        """)
+    }
+
     func testScripts() throws {
         let backends = try [group.redis(), group.redis()]
         let tern = try startTern(backends)

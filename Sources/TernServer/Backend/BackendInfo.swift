@@ -76,7 +76,7 @@ struct BackendInfo: Sendable {
         }
         let keyspace = databases.keys.sorted().map { number in
             let entry = databases[number]!
-            return ("db\(number)", "keys=\(entry.keys),expires=\(entry.expires),avg_ttl=\(entry.expires == 0 ? 0 : Int(min(entry.ttlWeighted / Double(entry.expires), 9e18))))")
+            return ("db\(number)", "keys=\(entry.keys),expires=\(entry.expires),avg_ttl=\(entry.expires == 0 ? 0 : Int(min(entry.ttlWeighted / Double(entry.expires), 9e18)))")
         }
         return (memory, stats, keyspace, servers)
     }

@@ -64,6 +64,18 @@ extension ClientConnection {
             } else {
                 slot.complete(with: "-ERR unsupported command 'script \(sanitizedWord(text(1)))'\r\n")
             }
+        case "function":
+            // As SCRIPT: what changes functions reaches every server, so any server can list them.
+            if arguments.argument(1, in: frame, equals: "load") {
+                toEveryServer(frame, session, slot, sink: .first(FirstReply()))
+            } else if arguments.argument(1, in: frame, equals: "delete") || arguments.argument(1, in: frame, equals: "flush")
+                        || arguments.argument(1, in: frame, equals: "restore") {
+                toEveryServer(frame, session, slot, sink: .allOK(AllOK(dialect: .resp)))
+            } else if arguments.argument(1, in: frame, equals: "list") || arguments.argument(1, in: frame, equals: "dump") {
+                forwardRedis(frame, session, slot, to: firstLiveServer())
+            } else {
+                slot.complete(with: "-ERR unsupported command 'function \(sanitizedWord(text(1)))'\r\n")
+            }
         case "cluster":
             cluster(arguments, frame, slot)
         case "acl":
@@ -87,7 +99,7 @@ extension ClientConnection {
     }
 
     private func sanitizedWord(_ text: String) -> String {
-        String(text.prefix(64).map { $0.isASCII && $0.isLetter ? Character($0.lowercased()) : "?" })
+        String(text.prefix(64).map { $0.isASCII && ($0.isLetter || $0 == "-") ? Character($0.lowercased()) : "?" })
     }
 
     /// Checks a user name (argument `user`, or `default` when nil) and password against the
@@ -244,6 +256,14 @@ extension ClientConnection {
         } else if arguments.argument(1, in: frame, equals: "list") {
             reply.appendArrayHeader(table.count)
             for command in table { reply.appendBulk(command.name) }
+        } else if arguments.argument(1, in: frame, equals: "getkeys") {
+            // Cluster clients (redis-py RedisCluster) ask it for commands with movable keys.
+            switch RedisKeyPositions.getKeys(arguments, in: frame) {
+            case let .failure(error): return slot.complete(with: error.reply)
+            case let .success(keys):
+                reply.appendArrayHeader(keys.count)
+                for index in keys { arguments.withArgument(index, in: frame) { reply.appendBulk($0) } }
+            }
         } else {
             return slot.complete(with: "-ERR unsupported command 'command \(sanitizedWord(arguments.argumentString(1, in: frame)))'\r\n")
         }
@@ -257,8 +277,14 @@ extension ClientConnection {
         var flags = [command.isWrite ? "write" : "readonly"]
         var first = 0, last = 0, step = 0
         switch command.keys {
-        case let .range(f, l, s): (first, last, step) = (f, l, s)
+        case let .range(f, l, s):
+            (first, last, step) = (f, l, s)
+            if command.storeKeywords { flags.append("movablekeys") }
         case .none: flags = command.routing == .local ? ["fast"] : flags
+        case let .counted(_, before):
+            // Redis's legacy triple names the key ahead of numkeys (ZUNIONSTORE's destination).
+            if before > 0 { (first, last, step) = (before, before, 1) }
+            flags.append("movablekeys")
         default: flags.append("movablekeys")
         }
         reply.appendArrayHeader(flags.count)

@@ -387,8 +387,9 @@ extension ClientConnection {
 
     /// Every key must live on one server (hash tags make that possible); else CROSSSLOT.
     private func routeKeyed(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
-        if case .range(first: 1, last: 1, step: _) = command.keys, session.arguments.count > 1, !session.arguments.isInline {
-            // One key, the first argument (GET, SET, INCR, …): placed without the general walk.
+        if case .range(first: 1, last: 1, step: _) = command.keys, session.arguments.count > 1, !session.arguments.isInline, !command.storeKeywords {
+            // One key, the first argument (GET, SET, INCR, …): placed without the general walk
+            // (SORT and GEORADIUS may name a STORE key further on).
             let span = session.arguments.span(1)
             guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
                 slot.fail(part: ReplyPart.whole, reason: "no server available")
@@ -412,6 +413,13 @@ extension ClientConnection {
         }
         if placement.noServer {
             slot.fail(part: ReplyPart.whole, reason: "no server available")
+            return
+        }
+        if command.storeKeywords, command.isNamed("sort") || command.isNamed("sort_ro"), !pool.isCluster, pool.servers.count > 1,
+           placement.valid, placement.server >= 0,
+           let refusal = RedisKeyPositions.sortPatternOffServer(arguments, in: frame, placement: pool.placement, server: placement.server) {
+            // (A Redis Cluster node refuses such patterns itself.)
+            slot.complete(with: refusal)
             return
         }
         // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
