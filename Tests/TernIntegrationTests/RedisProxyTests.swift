@@ -190,6 +190,9 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("MSET", "{s}:w_1", "3", "{s}:w_2", "2", "{s}:w_3", "1", "{s}:v_1", "one", "{s}:v_3", "three"), "+OK\r\n")
         XCTAssertEqual(try c.call("SORT", "{s}:list", "BY", "{s}:w_*", "GET", "{s}:v_*"), "*3\r\n$5\r\nthree\r\n$-1\r\n$3\r\none\r\n")
         XCTAssertTrue(try c.call("SORT", "{s}:list", "BY", "{*}:w").hasPrefix("-ERR BY option of SORT denied"), "a * inside the tag")
+        XCTAssertEqual(try c.call("MULTI"), "+OK\r\n")
+        XCTAssertTrue(try c.call("SORT", a[0], "BY", "w_*").hasPrefix("-ERR BY option of SORT denied"), "in a transaction too")
+        XCTAssertEqual(try c.call("EXEC"), "-EXECABORT Transaction discarded because of previous errors.\r\n")
         // GEORADIUS: the STORE key, found after the fixed arguments (a member named "store" is
         // not a keyword).
         XCTAssertEqual(try c.call("GEOADD", a[2], "13.361389", "38.115556", "store"), ":1\r\n")

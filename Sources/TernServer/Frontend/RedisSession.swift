@@ -415,16 +415,23 @@ extension ClientConnection {
             slot.fail(part: ReplyPart.whole, reason: "no server available")
             return
         }
-        if command.storeKeywords, command.isNamed("sort") || command.isNamed("sort_ro"), !pool.isCluster, pool.servers.count > 1,
-           placement.valid, placement.server >= 0,
-           let refusal = RedisKeyPositions.sortPatternOffServer(arguments, in: frame, placement: pool.placement, server: placement.server) {
-            // (A Redis Cluster node refuses such patterns itself.)
+        if let refusal = sortPatternRefusal(command, frame, arguments, placement) {
             slot.complete(with: refusal)
             return
         }
         // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
         // whose own error the client sees.
         forwardRedis(frame, session, slot, to: placement.server < 0 || !placement.valid ? firstLiveServer() : placement.server)
+    }
+
+    /// SORT and SORT_RO with a BY or GET pattern that may form keys on other servers than the
+    /// sorted key's (`RedisKeyPositions.sortPatternOffServer`): Redis's refusal. A Redis
+    /// Cluster node refuses such patterns itself; a one-server pool has no other server.
+    func sortPatternRefusal(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ arguments: RespArguments,
+                            _ placement: KeyPlacement) -> StaticString? {
+        guard command.storeKeywords, command.isNamed("sort") || command.isNamed("sort_ro"), !pool.isCluster, pool.servers.count > 1,
+              placement.valid, placement.server >= 0 else { return nil }
+        return RedisKeyPositions.sortPatternOffServer(arguments, in: frame, placement: pool.placement, server: placement.server)
     }
 
     /// Where a command's keys live, all of which must be on one server.

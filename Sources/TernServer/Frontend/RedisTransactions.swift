@@ -122,6 +122,10 @@ extension ClientConnection {
             transaction.aborted = true
             return slot.complete(with: placement.noServer ? "-ERR no server available\r\n" as StaticString : "-ERR syntax error\r\n" as StaticString)
         }
+        if let refusal = sortPatternRefusal(command, frame, arguments, placement) {
+            transaction.aborted = true
+            return slot.complete(with: refusal)
+        }
         guard transaction.commands.readableCount + frame.count <= pool.config.clientQueryLimit else {
             transaction.aborted = true
             return slot.complete(with: "-ERR transaction exceeds client_query_limit\r\n" as StaticString)
