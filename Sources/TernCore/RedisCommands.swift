@@ -226,7 +226,7 @@ public enum RedisCommandTable {
         .init("restore", -4, one, write: true), .init("sort", -2, one, write: true, storeKeywords: true), .init("sort_ro", -2, one, storeKeywords: true),
         .init("touch", -2, all, .sum), .init("ttl", 2, one), .init("type", 2, one), .init("unlink", -2, all, .sum, write: true),
         .init("memory", -2, .subcommandKey),
-        .init("keys", 2, .none, .unsupported), .init("scan", -2, .none, .unsupported), .init("randomkey", 1, .none, .unsupported),
+        .init("keys", 2, .none, .local), .init("scan", -2, .none, .local), .init("randomkey", 1, .none, .unsupported),
         .init("migrate", -6, .none, .unsupported), .init("move", 3, .none, .unsupported), .init("wait", 3, .none, .unsupported),
         .init("swapdb", 3, .none, .unsupported),
         // Scripting and functions

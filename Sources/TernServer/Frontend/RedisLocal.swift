@@ -64,6 +64,11 @@ extension ClientConnection {
             } else {
                 slot.complete(with: "-ERR unsupported command 'script \(sanitizedWord(text(1)))'\r\n")
             }
+        case "keys":
+            // Every server's keys (each key lives on one).
+            toEveryServer(frame, session, slot, sink: .union(RespUnion(keepsRepeats: true)))
+        case "scan":
+            scan(arguments, frame, session, slot)
         case "function":
             // As SCRIPT: what changes functions reaches every server, so any server can list them.
             if arguments.argument(1, in: frame, equals: "load") {
@@ -92,6 +97,27 @@ extension ClientConnection {
         default:
             slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
         }
+    }
+
+    /// SCAN cursor [MATCH p] [COUNT n] [TYPE t] over the pool's servers one after the other
+    /// (`ScanCursor`): the cursor names the server and that server's cursor; the options go to
+    /// the server unchanged.
+    private func scan(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        let servers = pool.servers.count
+        guard servers > 0, let (server, cursor, bits) = arguments.withArgument(1, in: frame, { ScanCursor.decode($0, servers: servers) }) else {
+            return slot.complete(with: "-ERR invalid cursor\r\n" as StaticString)
+        }
+        var split = ReplySplit(slot, mergedBy: .scanCursor(ScanCursor(server: Int32(server), servers: Int32(servers), bits: Int32(bits))))
+        let part = split.server(Int32(server))
+        pool.withConnection(toServer: server, client: index) { connection in
+            let output = connection.requestBuffer()
+            RespEncoder.arrayHeader(arguments.count, into: output)
+            RespEncoder.bulk("SCAN" as StaticString, into: output)
+            RespEncoder.bulk(String(cursor), into: output)
+            for argument in 2..<arguments.count { arguments.withArgument(argument, in: frame) { RespEncoder.bulk($0, into: output) } }
+            connection.enqueue(slot: slot, part: part, framing: .line)
+        }
+        split.close()
     }
 
     private func wrongArity(_ command: RedisCommand, _ slot: ReplySlot) {

@@ -32,8 +32,10 @@ enum ReplySink {
     case first(FirstReply)
     /// Tern wrote the reply beforehand (pub/sub confirmations): parts only have to succeed.
     case prepared(PreparedReply)
-    /// Arrays from every server, merged without repeats (PUBSUB CHANNELS).
+    /// Arrays from every server, merged without repeats (PUBSUB CHANNELS), or with them (KEYS).
     case union(RespUnion)
+    /// SCAN on one server: its cursor rewritten into Tern's, which names the server too.
+    case scanCursor(ScanCursor)
     /// `[name, count, …]` arrays from every server, counts summed by name's position (PUBSUB NUMSUB).
     case pairSum(RespPairSum)
     /// A warm-up delete sent to both pools: the new pool's reply, "deleted" when either deleted.
@@ -189,14 +191,17 @@ struct PreparedReply {
     }
 }
 
-/// PUBSUB CHANNELS: every element once, in the order first seen. Each kept element is a
+/// PUBSUB CHANNELS: every element once, in the order first seen; KEYS (`keepsRepeats`, each
+/// key lives on one server): every element of every part. Each kept element is a
 /// `ReplySlot.keys` entry pointing into the slot's bytes.
 struct RespUnion {
+    var keepsRepeats = false
+
     func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
         guard RespReply.type(ofFramed: reply) == .array else { return slot.recordError(reply) }
         RespReplyParser.forEachElement(reply) { range in
             let element = UnsafeRawBufferPointer(rebasing: reply[range])
-            if !slot.keys.contains(where: { slot.bytesEqual(element, $0) }) { slot.store(element) }
+            if keepsRepeats || !slot.keys.contains(where: { slot.bytesEqual(element, $0) }) { slot.store(element) }
         }
     }
 
@@ -204,6 +209,53 @@ struct RespUnion {
         if slot.hasError { return output.append(slot.data.readable) }
         output.appendArrayHeader(slot.keys.count)
         for entry in slot.keys { slot.appendRecord(entry, to: output) }
+    }
+}
+
+/// SCAN through a sharded pool: Tern's cursor is `serverCursor << bits | server`, with `bits`
+/// enough for the pool's server positions (none for one server, whose cursors pass unchanged).
+/// The server's `[cursor, keys]` comes back with its next cursor rewritten; when a server is
+/// done (cursor 0), the next cursor starts the next server, and 0 follows the last one.
+struct ScanCursor {
+    var server: Int32
+    var servers: Int32
+    var bits: Int32
+
+    /// Tern's cursor from a client's argument: the server it names and that server's cursor
+    /// (nil: not a cursor, or a server position past the pool's).
+    static func decode(_ text: UnsafeRawBufferPointer, servers: Int) -> (server: Int, cursor: UInt64, bits: Int)? {
+        guard !text.isEmpty, text.count <= 20, let value = UInt64(String(decoding: text, as: UTF8.self)) else { return nil }
+        let bits = servers <= 1 ? 0 : Int.bitWidth - (servers - 1).leadingZeroBitCount
+        let server = Int(value & ((1 << UInt64(bits)) - 1))
+        guard server < max(servers, 1) else { return nil }
+        return (server, value >> UInt64(bits), bits)
+    }
+
+    func take(_ reply: UnsafeRawBufferPointer, isError: Bool, into slot: ReplySlot) {
+        guard !isError, RespReply.type(ofFramed: reply) == .array else { return slot.recordError(reply) }
+        var elements: [Range<Int>] = []
+        RespReplyParser.forEachElement(reply) { elements.append($0) }
+        guard elements.count == 2, case let .bulk(digits) = RespReply.classify(UnsafeRawBufferPointer(rebasing: reply[elements[0]])),
+              let next = UInt64(String(decoding: UnsafeRawBufferPointer(rebasing: reply[elements[0]])[digits], as: UTF8.self)) else {
+            return refuse("-ERR unexpected SCAN reply from the server\r\n", slot)
+        }
+        let cursor: UInt64
+        if next != 0 {
+            guard next <= UInt64.max >> UInt64(bits) else {
+                return refuse("-ERR the server's SCAN cursor does not fit Tern's\r\n", slot)
+            }
+            cursor = next << UInt64(bits) | UInt64(server)
+        } else {
+            cursor = server + 1 < servers ? UInt64(server + 1) : 0
+        }
+        slot.data.appendArrayHeader(2)
+        slot.data.appendBulk(String(cursor))
+        slot.data.append(UnsafeRawBufferPointer(rebasing: reply[elements[1]]))
+    }
+
+    private func refuse(_ text: StaticString, _ slot: ReplySlot) {
+        // A StaticString's bytes are static: the pointer outlives the call.
+        slot.recordError(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 }
 

@@ -319,6 +319,8 @@ final class ReplySlot {
             union.take(reply, into: self)
         case .pairSum(let pairSum):
             pairSum.take(reply, into: self)
+        case .scanCursor(let scan):
+            scan.take(reply, isError: isError, into: self)
         case .eitherDeleted(var either):
             either.take(reply, part: part, into: self)
             sink = .eitherDeleted(either)
@@ -367,7 +369,7 @@ final class ReplySlot {
             WarmupInvalidation.fail(part: part, reason: reason, self)
         case .sum(let sum) where sum.failureIsCounted(part, self):
             break
-        case .allOK, .array, .sum, .first, .prepared, .union, .pairSum:
+        case .allOK, .array, .sum, .first, .prepared, .union, .pairSum, .scanCursor:
             if !hasError {
                 hasError = true
                 data.removeAll()
@@ -389,7 +391,7 @@ final class ReplySlot {
                 case .allOK(let rule): rule.settle(self)
                 case .sum(let sum): sum.settle(self)
                 case .eitherDeleted(let either): either.settle(self)
-                case .single, .records, .array, .first, .prepared, .union, .pairSum, .eitherValue: break
+                case .single, .records, .array, .first, .prepared, .union, .pairSum, .scanCursor, .eitherValue: break
                 }
             }
             if isSilent { data.removeAll() }
@@ -490,7 +492,7 @@ final class ReplySlot {
         case .union(let union): union.emit(self, into: output)
         case .pairSum(let pairSum): pairSum.emit(self, into: output)
         case .eitherValue(let either): either.emit(self, into: output)
-        case .single, .allOK, .sum, .first, .prepared, .eitherDeleted:
+        case .single, .allOK, .sum, .first, .prepared, .scanCursor, .eitherDeleted:
             // A large reply that waited here (behind a slower one) becomes the output itself,
             // the few bytes already in the output put in the room left in front of it: one copy
             // of the reply, not two. The slot gets the emptied buffer, whose capacity `reset`
