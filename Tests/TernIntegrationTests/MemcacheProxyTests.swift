@@ -60,6 +60,40 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(client.drain(for: 2).closed, true)
     }
 
+    /// `stats` carries the servers' own figures summed (items, memory, hits, misses, evictions),
+    /// as INFO does for Redis, so that a dashboard reading `curr_items` or `get_hits` through
+    /// Tern sees the pool (before, only Tern's lines: pylibmc's `get_stats()` showed 0 items);
+    /// `stats items`, `slabs`, `settings` are one server's internals and are refused.
+    func testStatsSumTheServersFigures() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends)
+        let client = try TestClient(port: tern.port)
+        var sets = ""
+        for i in 0..<30 { sets += "set s\(i) 0 0 1\r\nx\r\n" }
+        XCTAssertEqual(try client.request(sets, until: "STORED\r\n", occurrences: 30), String(repeating: "STORED\r\n", count: 30))
+        XCTAssertEqual(try client.request("get s1 s2 nope\r\n", until: "END\r\n"), "VALUE s1 0 1\r\nx\r\nVALUE s2 0 1\r\nx\r\nEND\r\n")
+        func field(_ text: String, _ name: String) -> Int? {
+            text.split(separator: "\r\n").first { $0.hasPrefix("STAT \(name) ") }.flatMap { Int($0.split(separator: " ")[2]) }
+        }
+        func direct(_ name: String) throws -> Int {
+            try backends.reduce(0) { $0 + (field(try TestClient(port: $1.port).request("stats\r\n", until: "END\r\n"), name) ?? -1_000_000) }
+        }
+        let hits = try direct("get_hits"), misses = try direct("get_misses")
+        XCTAssertEqual(hits, 2)
+        XCTAssertEqual(misses, 1)
+        let stats = eventually("30") { String(field((try? client.request("stats\r\n", until: "END\r\n")) ?? "", "curr_items") ?? -1) }
+        XCTAssertEqual(stats, "30", "the servers' items, summed")
+        let text = try client.request("stats\r\n", until: "END\r\n")
+        XCTAssertEqual(field(text, "get_hits"), hits)
+        XCTAssertEqual(field(text, "get_misses"), misses)
+        XCTAssertEqual(field(text, "limit_maxbytes"), try direct("limit_maxbytes"))
+        XCTAssertEqual(field(text, "backends_up"), 2)
+        XCTAssertTrue(text.contains("STAT version 0.1.0\r\n"), "Tern's own lines stay")
+        XCTAssertEqual(try client.request("stats items\r\n", until: "\r\n"), "SERVER_ERROR stats items is per server: ask the servers directly\r\n")
+        XCTAssertEqual(try client.request("stats  slabs\r\n", until: "\r\n"), "SERVER_ERROR stats slabs is per server: ask the servers directly\r\n")
+        XCTAssertEqual(try client.request("get s3\r\n", until: "END\r\n"), "VALUE s3 0 1\r\nx\r\nEND\r\n", "the connection goes on")
+    }
+
     func testMultiGetOf200KeysAcrossServersKeepsKeyOrder() throws {
         let backends = try [group.memcached(), group.memcached(), group.memcached()]
         let tern = try startTern(backends, hash: "md5")

@@ -4,7 +4,8 @@ import Glibc
 import CLibev
 import TernCore
 
-/// One Redis server's `INFO`, as last fetched by the `BackendInfoPoller`.
+/// One Redis server's `INFO` (a memcached server's `stats`), as last fetched by the
+/// `BackendInfoPoller`.
 struct BackendInfo: Sendable {
     var address: String
     /// `name:value` lines of every section.
@@ -105,6 +106,44 @@ struct BackendInfo: Sendable {
     }
 
     /// Parses INFO's text into `name:value` pairs (section headers and blank lines skipped).
+    /// memcached's `STAT name value` lines.
+    static func parseStats(_ text: [UInt8]) -> [String: String] {
+        var fields: [String: String] = [:]
+        for line in text.split(separator: 0x0a) {
+            let words = line.split(separator: 0x20, maxSplits: 2)
+            guard words.count == 3, words[0].elementsEqual("STAT".utf8) else { continue }
+            var value = words[2]
+            if value.last == 0x0d { value = value.dropLast() }
+            fields[String(decoding: words[1], as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+        }
+        return fields
+    }
+
+    /// The memcached `stats` figures dashboards read (items, memory, hits and misses,
+    /// evictions), summed over the servers whose last poll is fresh, and how many answered.
+    /// With no server answering, only the counts of servers up and down.
+    static func memcachedTotals(_ plan: PoolPlan) -> [(String, String)] {
+        let known = plan.shared.backendInfo.withLock { $0 }
+        let now = Int(time(nil))
+        let live = plan.config.servers.compactMap { server -> BackendInfo? in
+            guard let info = known[server.name], info.error == nil, now - info.fetchedAt <= staleAfter else { return nil }
+            return info
+        }
+        var lines = [("backends_up", String(live.count)), ("backends_down", String(plan.config.servers.count - live.count))]
+        guard !live.isEmpty else { return lines }
+        for field in memcachedSummed {
+            lines.append((field, String(live.reduce(0) { add($0, Int($1.fields[field] ?? "") ?? 0) })))
+        }
+        return lines
+    }
+
+    static let memcachedSummed = [
+        "curr_items", "total_items", "bytes", "limit_maxbytes", "evictions", "reclaimed", "expired_unfetched",
+        "evicted_unfetched", "cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "get_hits", "get_misses", "get_expired",
+        "get_flushed", "delete_hits", "delete_misses", "incr_hits", "incr_misses", "decr_hits", "decr_misses",
+        "cas_hits", "cas_misses", "cas_badval", "touch_hits", "touch_misses",
+    ]
+
     static func parse(_ text: [UInt8]) -> [String: String] {
         var fields: [String: String] = [:]
         for line in text.split(separator: 0x0a) {

@@ -4,9 +4,9 @@ import Glibc
 import CLibev
 import TernCore
 
-/// Fetches `INFO` from every server of every Redis pool on a thread of its own, once a second,
-/// so that INFO through Tern answers backend figures at most about a second old without
-/// touching the request path. One connection per server, kept open; a server that does not
+/// Fetches `INFO` from every server of every Redis pool (`stats` from every memcached server)
+/// on a thread of its own, once a second, so that INFO and memcached `stats` through Tern
+/// answer backend figures at most about a second old without touching the request path. One connection per server, kept open; a server that does not
 /// connect within 300 ms or answer within 500 ms is marked down and tried again every five
 /// seconds, so that servers that are down cannot stretch the cycle for the others. The same
 /// thread halves the hot-key sketches every minute (`HotKeys`).
@@ -39,7 +39,8 @@ final class BackendInfoPoller: Sendable {
                 for plan in control.currentPlans { for sketch in plan.shared.hotKeys { sketch.decay() } }
             }
             var seen = Set<String>()
-            for plan in control.currentPlans where plan.config.protocolKind == .redis {
+            for plan in control.currentPlans {
+                let isRedis = plan.config.protocolKind == .redis
                 let due = now - (connections.lastPoll[plan.config.name] ?? 0) >= 1
                 for (index, server) in plan.config.servers.enumerated() {
                     // With the transport: a reload that adds or drops server_tls reconnects.
@@ -50,7 +51,7 @@ final class BackendInfoPoller: Sendable {
                     var host: String?
                     if case let .tcp(name, _) = server.address { host = name }
                     let result = fetch(key: key, address: plan.serverAddresses[index], tls: plan.serverTLS, host: host,
-                                       password: plan.config.redisAuth, connections)
+                                       password: isRedis ? plan.config.redisAuth : nil, memcached: !isRedis, connections)
                     if case .failure = result { connections.retryAt[key] = now + 5 } else { connections.retryAt[key] = nil }
                     plan.shared.backendInfo.withLock { known in
                         var info = known[server.name] ?? BackendInfo(address: "\(server.address)")
@@ -76,7 +77,7 @@ final class BackendInfoPoller: Sendable {
 
     struct PollError: Error { var text: String }
 
-    private func fetch(key: String, address: SocketAddress, tls: TLSContext?, host: String?, password: String?,
+    private func fetch(key: String, address: SocketAddress, tls: TLSContext?, host: String?, password: String?, memcached: Bool,
                        _ connections: Connections) -> Result<[String: String], PollError> {
         let connection: BlockingConnection
         if let open = connections.connections[key] {
@@ -95,6 +96,14 @@ final class BackendInfoPoller: Sendable {
             }
             connections.connections[key] = connection
         }
+        if memcached {
+            switch Self.exchangeStats(connection) {
+            case let .success(fields): return .success(fields)
+            case let .failure(error):
+                connections.connections[key] = nil
+                return .failure(error)
+            }
+        }
         switch Self.exchange(connection, RespEncoder.command(["INFO"])) {
         case let .success(reply):
             guard case .bulk = reply.withUnsafeBytes({ RespReply.classify($0) }) else {
@@ -104,6 +113,28 @@ final class BackendInfoPoller: Sendable {
         case let .failure(error):
             connections.connections[key] = nil
             return .failure(error)
+        }
+    }
+
+    /// memcached `stats`: `STAT name value` lines up to `END`, 500 ms at most; an error line
+    /// (a server that wants authentication) is a failure.
+    private static func exchangeStats(_ connection: BlockingConnection) -> Result<[String: String], PollError> {
+        let end = BlockingConnection.now() + 0.5
+        if case let .failure(error) = connection.writeAll(Array("stats\r\n".utf8), deadline: end) { return .failure(PollError(text: error.text)) }
+        var reply: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            if reply.count >= 5, reply.suffix(5).elementsEqual("END\r\n".utf8), reply.count == 5 || reply[reply.count - 6] == 0x0a {
+                return .success(BackendInfo.parseStats(reply))
+            }
+            if let newline = reply.firstIndex(of: 0x0a), !reply.starts(with: "STAT ".utf8) {
+                return .failure(PollError(text: String(decoding: reply[..<newline].filter { $0 >= 0x20 }.prefix(120), as: UTF8.self)))
+            }
+            guard reply.count < 1 << 20 else { return .failure(PollError(text: "reply too large")) }
+            switch connection.read(into: &chunk, deadline: end) {
+            case let .success(count): reply += chunk[0..<count]
+            case let .failure(error): return .failure(PollError(text: error.text))
+            }
         }
     }
 

@@ -81,7 +81,13 @@ extension ClientConnection {
             slot.complete(with: "" as StaticString)
             closeWhenDrained = true
         case .stats:
-            slot.complete(with: statsReply())
+            // `stats items`, `slabs`, `settings`, …: one server's internals, which a sum over
+            // servers would misstate.
+            if let argument = Self.statsArgument(frame) {
+                slot.complete(with: "SERVER_ERROR stats \(argument) is per server: ask the servers directly\r\n")
+            } else {
+                slot.complete(with: statsReply())
+            }
         case .flushAll:
             fanOut(request, frame, slot)
         case .metaNoop:
@@ -332,6 +338,20 @@ extension ClientConnection {
         }
     }
 
+    /// The word after `stats` (letters, digits and `_` kept, at most 32), nil when there is none.
+    static func statsArgument(_ frame: UnsafeRawBufferPointer) -> String? {
+        var index = 5
+        while index < frame.count, frame[index] == 0x20 || frame[index] == 0x09 { index += 1 }
+        var word = ""
+        while index < frame.count, frame[index] != 0x20, frame[index] != 0x0d, frame[index] != 0x0a, word.utf8.count < 32 {
+            let byte = frame[index]
+            let kept = (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7a) || byte == 0x5f
+            word.append(kept ? Character(UnicodeScalar(byte)) : "?")
+            index += 1
+        }
+        return word.isEmpty ? nil : word
+    }
+
     private func statsReply() -> String {
         let info = worker.processInfo
         let now = Int(time(nil))
@@ -345,6 +365,8 @@ extension ClientConnection {
         if pool.old != nil {
             for (name, value) in pool.warmupCounters.report() { text += "STAT \(name) \(value)\r\n" }
         }
+        // The servers' own figures, summed (polled once a second, off the request path).
+        for (name, value) in BackendInfo.memcachedTotals(pool.plan) { text += "STAT \(name) \(value)\r\n" }
         text += "END\r\n"
         return text
     }
