@@ -422,68 +422,109 @@ public enum RedisKeyPositions {
         return true
     }
 
-    /// The destination keys after `STORE`/`STOREDIST`, found by walking the options as Redis
-    /// parses them: SORT's `BY` and `GET` take a pattern and `LIMIT` two numbers (so a pattern
-    /// or member named "store" is not a keyword); GEORADIUS's options start after its fixed
-    /// arguments, and `COUNT` takes a number.
+    /// The destination key after `STORE`/`STOREDIST`, found by walking the options as Redis
+    /// parses them (`sortOptions`, and GEORADIUS's options after its fixed arguments, where
+    /// `COUNT` takes a number); as in Redis, the last one counts. SORT_RO has none (Redis
+    /// answers its STORE with a syntax error).
     static func forEachStoreKey(_ command: RedisCommand, _ arguments: RespArguments, in frame: UnsafeRawBufferPointer, _ body: (Int) -> Void) {
+        var destination = -1
+        if command.isNamed("sort") {
+            sortOptions(arguments, in: frame) { option, at in if option == .store { destination = at } }
+        } else if !command.isNamed("sort_ro") {
+            let count = arguments.count
+            var index = command.isNamed("georadius") ? 6 : 5
+            while index < count {
+                if index + 1 < count, arguments.argument(index, in: frame, equals: "store") || arguments.argument(index, in: frame, equals: "storedist") {
+                    destination = index + 1
+                    index += 2
+                } else if index + 1 < count, arguments.argument(index, in: frame, equals: "count") {
+                    index += 2
+                } else {
+                    index += 1
+                }
+            }
+        }
+        if destination > 0 { body(destination) }
+    }
+
+    public enum SortOption { case by, get, store }
+
+    /// SORT's options that take an argument, as Redis's sort.c walks them from argument 2:
+    /// `LIMIT` takes two, `BY`, `GET` and `STORE` one (`at` is its position); anything else
+    /// none. So a pattern or destination named "store" or "by" is never read as a keyword.
+    public static func sortOptions(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer, _ body: (SortOption, Int) -> Void) {
         let count = arguments.count
-        let isSort = command.isNamed("sort") || command.isNamed("sort_ro")
-        var index = isSort ? 2 : command.isNamed("georadius") ? 6 : 5
+        var index = 2
         while index < count {
             let left = count - index - 1
-            if left >= 1, arguments.argument(index, in: frame, equals: "store") || (!isSort && arguments.argument(index, in: frame, equals: "storedist")) {
-                body(index + 1)
-                index += 2
-            } else if left >= 1, isSort ? arguments.argument(index, in: frame, equals: "by") || arguments.argument(index, in: frame, equals: "get")
-                                        : arguments.argument(index, in: frame, equals: "count") {
-                index += 2
-            } else if isSort, left >= 2, arguments.argument(index, in: frame, equals: "limit") {
+            if left >= 2, arguments.argument(index, in: frame, equals: "limit") {
                 index += 3
-            } else {
-                index += 1
+                continue
             }
+            if left >= 1 {
+                let option: SortOption? = arguments.argument(index, in: frame, equals: "by") ? .by
+                    : arguments.argument(index, in: frame, equals: "get") ? .get
+                    : arguments.argument(index, in: frame, equals: "store") ? .store : nil
+                if let option {
+                    body(option, index + 1)
+                    index += 2
+                    continue
+                }
+            }
+            index += 1
         }
     }
 
-    /// SORT's `BY` and `GET` patterns name keys of their own (the pattern with `*` replaced by
-    /// each element), which Tern cannot follow to other servers. The first pattern that may
-    /// form a key placed off `server` (by `placement`), or nil when all stay on it: a pattern
-    /// stays when it forms no key (`#`, `BY nosort`, no `*`), or when its hash tag holds no `*`
-    /// and places it on `server`.
-    public static func sortPatternOffServer(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer, placement: Placement,
-                                            server: Int) -> StaticString? {
-        var index = 2
-        while index < arguments.count - 1 {
-            let isBy = arguments.argument(index, in: frame, equals: "by")
-            if isBy || arguments.argument(index, in: frame, equals: "get") {
-                let stays = arguments.withArgument(index + 1, in: frame) { pattern -> Bool in
-                    guard let star = pattern.firstIndex(of: UInt8(ascii: "*")) else { return true }
-                    if !isBy, pattern.count == 1, pattern[0] == UInt8(ascii: "#") { return true }
-                    // The key part: up to a `->` (a hash field) after the `*`.
-                    var end = pattern.count
-                    var at = star + 1
-                    while at + 1 < pattern.count {
-                        if pattern[at] == UInt8(ascii: "-"), pattern[at + 1] == UInt8(ascii: ">") { end = at; break }
-                        at += 1
-                    }
-                    let key = UnsafeRawBufferPointer(rebasing: pattern[0..<end])
-                    let tagged = hashTagged(key, tag: placement.hashTag)
-                    guard tagged.count < key.count, !tagged.contains(UInt8(ascii: "*")) else { return false }
-                    return placement.server(forKey: key) == server
-                }
-                if !stays {
-                    return isBy ? "-ERR BY option of SORT denied: keys formed by the pattern may be on other servers than the sorted key\r\n"
-                                : "-ERR GET option of SORT denied: keys formed by the pattern may be on other servers than the sorted key\r\n"
-                }
-                index += 2
-            } else if arguments.argument(index, in: frame, equals: "limit") {
-                index += 3
-            } else {
-                index += 1
-            }
+    /// Whether a SORT `BY`/`GET` pattern forms keys: not `#` (GET), not without a `*`
+    /// (BY nosort has none), as Redis decides it.
+    static func formsKeys(_ pattern: UnsafeRawBufferPointer, isBy: Bool) -> Bool {
+        guard pattern.contains(UInt8(ascii: "*")) else { return false }
+        return isBy || !(pattern.count == 1 && pattern[0] == UInt8(ascii: "#"))
+    }
+
+    /// SORT's first `BY` or `GET` pattern that forms keys (for a user without access to every
+    /// key: Redis refuses such patterns then), as the option's name; nil when none does.
+    public static func sortPatternFormingKeys(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> SortOption? {
+        var found: SortOption?
+        sortOptions(arguments, in: frame) { option, at in
+            guard found == nil, option != .store, arguments.withArgument(at, in: frame, { formsKeys($0, isBy: option == .by) }) else { return }
+            found = option
         }
-        return nil
+        return found
+    }
+
+    /// SORT's `BY` and `GET` patterns name keys of their own (the pattern with its first `*`
+    /// replaced by each element), which Tern cannot follow to other servers. The first pattern
+    /// that may form a key placed off `server` (by `placement`), or nil when all stay on it: a
+    /// pattern stays when it forms no key, or when a hash tag closes before its `*` (so every
+    /// key it forms has that tag) and places it on `server`, as Redis Cluster's
+    /// `patternHashSlot` decides.
+    public static func sortPatternOffServer(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer, placement: Placement,
+                                            server: Int) -> SortOption? {
+        let tag = placement.distribution == .slots ? placement.hashTag ?? .braces : placement.hashTag
+        var found: SortOption?
+        sortOptions(arguments, in: frame) { option, at in
+            guard found == nil, option != .store else { return }
+            let stays = arguments.withArgument(at, in: frame) { pattern -> Bool in
+                guard formsKeys(pattern, isBy: option == .by), let star = pattern.firstIndex(of: UInt8(ascii: "*")) else { return true }
+                // The key part: up to a `->` (a hash field) after the `*`.
+                var end = pattern.count
+                var index = star + 1
+                while index + 1 < pattern.count {
+                    if pattern[index] == UInt8(ascii: "-"), pattern[index + 1] == UInt8(ascii: ">") { end = index; break }
+                    index += 1
+                }
+                let key = UnsafeRawBufferPointer(rebasing: pattern[0..<end])
+                let tagged = hashTagged(key, tag: tag)
+                guard tagged.count < key.count, let base = key.baseAddress, let tagBase = tagged.baseAddress else { return false }
+                // The tag's closing byte is at `tagStart + tagged.count`: the `*` must follow it.
+                let tagStart = base.distance(to: tagBase)
+                guard star > tagStart + tagged.count else { return false }
+                return placement.server(forKey: key) == server
+            }
+            if !stays { found = option }
+        }
+        return found
     }
 
     /// COMMAND GETKEYS: the keys of the command that starts at argument 2, as Redis answers
@@ -491,15 +532,13 @@ public enum RedisKeyPositions {
     public static func getKeys(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> Result<[Int], GetKeysError> {
         guard arguments.count > 2, let command = arguments.withArgument(2, in: frame, { RedisCommandTable.lookup($0) }),
               command.routing != .unsupported else { return .failure(.invalidCommand) }
+        if command.keys == .none, !command.storeKeywords { return .failure(.noKeys) }
         guard command.acceptsArgumentCount(arguments.count - 2) else { return .failure(.invalidArgumentCount) }
-        let inner = RespArguments()
-        inner.reset(inline: false)
-        for index in 2..<arguments.count {
-            let span = arguments.span(index)
-            inner.add(start: span.start, length: span.length)
-        }
+        let inner = arguments.dropping(first: 2)
         var keys: [Int] = []
         guard forEachKey(command, inner, in: frame, { keys.append($0 + 2) }) else { return .failure(.invalidArguments) }
+        // EVAL and FCALL with no keys: an empty list (Redis flags them no-mandatory-keys).
+        if keys.isEmpty, command.name.hasPrefix("eval") || command.name.hasPrefix("fcall") { return .success([]) }
         return keys.isEmpty ? .failure(.noKeys) : .success(keys)
     }
 

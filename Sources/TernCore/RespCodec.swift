@@ -72,6 +72,19 @@ public final class RespArguments {
         isInline = inline
     }
 
+    /// A new list of these arguments without the first `count` (COMMAND GETKEYS reads the
+    /// command it names): spans into the same frame, or a copy of the decoded inline bytes.
+    public func dropping(first count: Int) -> RespArguments {
+        let rest = RespArguments()
+        rest.reset(inline: isInline)
+        rest.inlineBytes = inlineBytes
+        for index in min(count, self.count)..<self.count {
+            let span = span(index)
+            rest.add(start: span.start, length: span.length)
+        }
+        return rest
+    }
+
     /// Gives back the capacity of one huge request (an MGET of a million keys), so that an idle
     /// connection does not keep it. Called once the request has been routed.
     @inline(__always)

@@ -30,6 +30,10 @@ final class UsersIntegrationTests: XCTestCase {
          password_sha256: "\(sha("admin-secret"))"
          commands: ["allcommands"]
          keys: ["~*"]
+       - name: sorter
+         password_sha256: "\(sha("sorter-secret"))"
+         commands: ["+@read", "+rpush"]
+         keys: ["~app:*"]
 
     """
 
@@ -79,6 +83,14 @@ final class UsersIntegrationTests: XCTestCase {
         refused(lambda: app.mget("app:2", "other"), "No permissions to access a key")
         refused(lambda: app.delete("app:2", "zzz"), "No permissions to access a key")
         assert app.get("app:2") == b"a", "the refused DEL deleted nothing"
+        # SORT's patterns read keys no rule was checked against: refused to a user without
+        # access to every key, as Redis refuses them.
+        sorter = redis.Redis(port=\(setup.port), username="sorter", password="sorter-secret")
+        sorter.rpush("app:l", 2, 1)
+        sort_ro = lambda *arguments: sorter.execute_command("SORT_RO", "app:l", *arguments)
+        assert sort_ro() == [b"1", b"2"] and sort_ro("BY", "nosort", "GET", "#") == [b"2", b"1"]
+        refused(lambda: sort_ro("GET", "secret*"), "GET option of SORT denied due to insufficient ACL permissions")
+        refused(lambda: sort_ro("BY", "app:w*"), "BY option of SORT denied due to insufficient ACL permissions")
         reader = redis.Redis(port=\(setup.port), username="reader", password="reader-secret")
         assert reader.get("app:1") == b"v" and reader.ping()
         refused(lambda: reader.set("x", "1"), "User reader has no permissions to run the 'set' command")

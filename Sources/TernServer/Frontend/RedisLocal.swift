@@ -104,8 +104,16 @@ extension ClientConnection {
     /// the server unchanged.
     private func scan(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let servers = pool.servers.count
-        guard servers > 0, let (server, cursor, bits) = arguments.withArgument(1, in: frame, { ScanCursor.decode($0, servers: servers) }) else {
+        guard servers > 0, let decoded = arguments.withArgument(1, in: frame, { ScanCursor.decode($0, servers: servers) }) else {
             return slot.complete(with: "-ERR invalid cursor\r\n" as StaticString)
+        }
+        var server = decoded.server
+        let (cursor, bits) = (decoded.cursor, decoded.bits)
+        // A server not started yet is passed over while ejected (its keys are unreachable, as
+        // for every other command); one ejected in the middle of its scan answers its error.
+        if cursor == 0 {
+            while server < servers, pool.servers[server].isEjected { server += 1 }
+            if server == servers { return slot.complete(with: "*2\r\n$1\r\n0\r\n*0\r\n" as StaticString) }
         }
         var split = ReplySplit(slot, mergedBy: .scanCursor(ScanCursor(server: Int32(server), servers: Int32(servers), bits: Int32(bits))))
         let part = split.server(Int32(server))
@@ -305,8 +313,11 @@ extension ClientConnection {
         switch command.keys {
         case let .range(f, l, s):
             (first, last, step) = (f, l, s)
-            if command.storeKeywords { flags.append("movablekeys") }
-        case .none: flags = command.routing == .local ? ["fast"] : flags
+            if command.storeKeywords, !command.isNamed("sort_ro") { flags.append("movablekeys") }
+        case .none:
+            // Answered by Tern alone: fast. KEYS, SCAN, SCRIPT and FUNCTION reach the servers.
+            let reachesServers = command.isNamed("keys") || command.isNamed("scan") || command.isNamed("script") || command.isNamed("function")
+            if command.routing == .local, !reachesServers { flags = ["fast"] }
         case let .counted(_, before):
             // Redis's legacy triple names the key ahead of numkeys (ZUNIONSTORE's destination).
             if before > 0 { (first, last, step) = (before, before, 1) }

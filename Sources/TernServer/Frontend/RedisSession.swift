@@ -292,8 +292,18 @@ extension ClientConnection {
         if !allowed {
             session.transaction?.aborted = true
             slot.complete(with: "-NOPERM No permissions to access a key\r\n" as StaticString)
+            return false
         }
-        return allowed
+        // SORT's patterns read keys no key rule was checked against: Redis refuses them to a
+        // user without access to every key.
+        if command.storeKeywords, command.isNamed("sort") || command.isNamed("sort_ro"),
+           let option = RedisKeyPositions.sortPatternFormingKeys(arguments, in: frame) {
+            session.transaction?.aborted = true
+            slot.complete(with: option == .by ? "-ERR BY option of SORT denied due to insufficient ACL permissions.\r\n" as StaticString
+                                              : "-ERR GET option of SORT denied due to insufficient ACL permissions.\r\n" as StaticString)
+            return false
+        }
+        return true
     }
 
     /// An argument quoted in an error reply: printable ASCII only, byte by byte (a Character
@@ -431,7 +441,11 @@ extension ClientConnection {
                             _ placement: KeyPlacement) -> StaticString? {
         guard command.storeKeywords, command.isNamed("sort") || command.isNamed("sort_ro"), !pool.isCluster, pool.servers.count > 1,
               placement.valid, placement.server >= 0 else { return nil }
-        return RedisKeyPositions.sortPatternOffServer(arguments, in: frame, placement: pool.placement, server: placement.server)
+        switch RedisKeyPositions.sortPatternOffServer(arguments, in: frame, placement: pool.placement, server: placement.server) {
+        case .by?: return "-ERR BY option of SORT denied: keys formed by the pattern may be on other servers than the sorted key\r\n"
+        case .get?: return "-ERR GET option of SORT denied: keys formed by the pattern may be on other servers than the sorted key\r\n"
+        case .store?, nil: return nil
+        }
     }
 
     /// Where a command's keys live, all of which must be on one server.
