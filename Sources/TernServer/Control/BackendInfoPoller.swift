@@ -52,7 +52,9 @@ final class BackendInfoPoller: Sendable {
                     if case let .tcp(name, _) = server.address { host = name }
                     let result = fetch(key: key, address: plan.serverAddresses[index], tls: plan.serverTLS, host: host,
                                        password: isRedis ? plan.config.redisAuth : nil, memcached: !isRedis, connections)
-                    if case .failure = result { connections.retryAt[key] = now + 5 } else { connections.retryAt[key] = nil }
+                    // Five seconds from the failure, not from the cycle's start (a slow cycle would
+                    // otherwise retry a down server on every pass).
+                    if case .failure = result { connections.retryAt[key] = Int(time(nil)) + 5 } else { connections.retryAt[key] = nil }
                     plan.shared.backendInfo.withLock { known in
                         var info = known[server.name] ?? BackendInfo(address: "\(server.address)")
                         info.address = "\(server.address)"

@@ -134,7 +134,10 @@ extension ClientConnection {
             closeWhenDrained = true
         case .stat:
             var packet: [UInt8] = []
-            for (name, value) in binaryStats() {
+            // A group (`items`, `slabs`, …) is one server's internals: answered empty, as text
+            // `stats <group>` is.
+            let stats = request.valueStart > request.keyStart ? [] : memcachedStats()
+            for (name, value) in stats {
                 Array(name.utf8).withUnsafeBytes { key in
                     Array(value.utf8).withUnsafeBytes { BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque, key: key, value: $0) }
                 }
@@ -177,15 +180,5 @@ extension ClientConnection {
         BinaryTranslator.appendResponse(to: &reply, opcode: request.opcodeByte, status: .success, opaque: request.opaque,
                                         value: UnsafeRawBufferPointer(start: ("Authenticated" as StaticString).utf8Start, count: 13))
         answerBinaryPacket(reply)
-    }
-
-    private func binaryStats() -> [(String, String)] {
-        let info = worker.processInfo
-        let now = Int(time(nil))
-        var stats = [("pid", "\(getpid())"), ("uptime", "\(now - info.startTime)"), ("time", "\(now)"), ("version", info.version),
-                     ("pool", pool.config.name), ("curr_connections", "\(pool.plan.shared.clientCount.load(ordering: .relaxed))"),
-                     ("total_connections", "\(pool.plan.shared.totalConnections.load(ordering: .relaxed))"), ("servers", "\(pool.servers.count)")]
-        for (name, value) in pool.plan.poolSummary { stats.append((name, "\(value)")) }
-        return stats
     }
 }

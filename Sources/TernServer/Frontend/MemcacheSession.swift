@@ -82,9 +82,10 @@ extension ClientConnection {
             closeWhenDrained = true
         case .stats:
             // `stats items`, `slabs`, `settings`, …: one server's internals, which a sum over
-            // servers would misstate.
-            if let argument = Self.statsArgument(frame) {
-                slot.complete(with: "SERVER_ERROR stats \(argument) is per server: ask the servers directly\r\n")
+            // servers would misstate. An empty group, so that collectors that ask for them
+            // (memcached_exporter) go on with the general figures.
+            if Self.hasStatsArgument(frame) {
+                slot.complete(with: "END\r\n" as StaticString)
             } else {
                 slot.complete(with: statsReply())
             }
@@ -338,36 +339,35 @@ extension ClientConnection {
         }
     }
 
-    /// The word after `stats` (letters, digits and `_` kept, at most 32), nil when there is none.
-    static func statsArgument(_ frame: UnsafeRawBufferPointer) -> String? {
+    /// Whether `stats` names a group (`stats items`).
+    static func hasStatsArgument(_ frame: UnsafeRawBufferPointer) -> Bool {
         var index = 5
         while index < frame.count, frame[index] == 0x20 || frame[index] == 0x09 { index += 1 }
-        var word = ""
-        while index < frame.count, frame[index] != 0x20, frame[index] != 0x0d, frame[index] != 0x0a, word.utf8.count < 32 {
-            let byte = frame[index]
-            let kept = (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7a) || byte == 0x5f
-            word.append(kept ? Character(UnicodeScalar(byte)) : "?")
-            index += 1
+        return index < frame.count && frame[index] != 0x0d && frame[index] != 0x0a
+    }
+
+    /// `stats`: Tern's lines, then the servers' own figures summed (polled once a second, off
+    /// the request path). The binary protocol's STAT answers the same pairs.
+    func memcachedStats() -> [(String, String)] {
+        let info = worker.processInfo
+        let now = Int(time(nil))
+        let shared = pool.plan.shared
+        var stats = [("pid", "\(getpid())"), ("uptime", "\(now - info.startTime)"), ("time", "\(now)"), ("version", info.version),
+                     ("pool", pool.config.name), ("curr_connections", "\(shared.clientCount.load(ordering: .relaxed))"),
+                     ("total_connections", "\(shared.totalConnections.load(ordering: .relaxed))"), ("servers", "\(pool.servers.count)"),
+                     ("threads", "\(shared.workerCounters.count)")]
+        for (name, value) in pool.plan.poolSummary { stats.append((name, "\(value)")) }
+        if pool.old != nil {
+            for (name, value) in pool.warmupCounters.report() { stats.append((name, "\(value)")) }
         }
-        return word.isEmpty ? nil : word
+        stats += BackendInfo.memcachedTotals(pool.plan)
+        return stats
     }
 
     private func statsReply() -> String {
-        let info = worker.processInfo
-        let now = Int(time(nil))
-        var text = "STAT pid \(getpid())\r\nSTAT uptime \(now - info.startTime)\r\nSTAT time \(now)\r\nSTAT version \(info.version)\r\n"
-        text += "STAT pool \(pool.config.name)\r\n"
-        text += "STAT curr_connections \(pool.plan.shared.clientCount.load(ordering: .relaxed))\r\n"
-        text += "STAT total_connections \(pool.plan.shared.totalConnections.load(ordering: .relaxed))\r\n"
-        text += "STAT servers \(pool.servers.count)\r\n"
-        text += "STAT threads \(pool.plan.shared.workerCounters.count)\r\n"
-        for (name, value) in pool.plan.poolSummary { text += "STAT \(name) \(value)\r\n" }
-        if pool.old != nil {
-            for (name, value) in pool.warmupCounters.report() { text += "STAT \(name) \(value)\r\n" }
-        }
-        // The servers' own figures, summed (polled once a second, off the request path).
-        for (name, value) in BackendInfo.memcachedTotals(pool.plan) { text += "STAT \(name) \(value)\r\n" }
-        text += "END\r\n"
-        return text
+        var text = ""
+        for (name, value) in memcachedStats() { text += "STAT \(name) \(value)\r\n" }
+        return text + "END\r\n"
     }
+
 }
