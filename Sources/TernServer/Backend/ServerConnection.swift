@@ -580,7 +580,7 @@ final class ServerConnection {
                 // client's own unsubscribe, answered by Redis again): dropped, never taken for
                 // the next request's reply.
                 let isPush = RespReply.classify(frame) == .push
-                if isPush || client.pushNotice(frame, on: self) || pending.isEmpty {
+                if isPush || client.pushNotice(frame, on: ObjectIdentifier(self)) || pending.isEmpty {
                     if isPush { client.pushMessage(frame) }
                     counters.responseBytes.add(framed.length)
                     // A subscriber closed over its output limit closes this connection with it.

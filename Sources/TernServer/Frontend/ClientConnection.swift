@@ -412,7 +412,7 @@ final class ClientConnection: ReplyOwner {
         close()
     }
 
-    override func pushNotice(_ frame: UnsafeRawBufferPointer, on connection: ServerConnection) -> Bool {
+    override func pushNotice(_ frame: UnsafeRawBufferPointer, on connection: ObjectIdentifier) -> Bool {
         shardChannelLeft(frame, on: connection)
     }
 

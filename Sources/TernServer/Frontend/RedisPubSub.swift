@@ -229,13 +229,15 @@ extension ClientConnection {
     ///   master);
     /// - else a stray: a notice that crossed the client's own SUNSUBSCRIBE of the channel, whose
     ///   answer Redis sends as well. Dropped (true), never paired with another request.
-    func shardChannelLeft(_ frame: UnsafeRawBufferPointer, on connection: ServerConnection) -> Bool {
+    func shardChannelLeft(_ frame: UnsafeRawBufferPointer, on connection: ObjectIdentifier) -> Bool {
         let head: StaticString = "*3\r\n$12\r\nsunsubscribe\r\n"
         guard let subscriptions = redis?.subscriptions, frame.count > head.utf8CodeUnitCount,
               memcmp(frame.baseAddress!, head.utf8Start, head.utf8CodeUnitCount) == 0,
               case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: frame[head.utf8CodeUnitCount...])) else { return false }
         let name = UnsafeRawBufferPointer(rebasing: frame[(head.utf8CodeUnitCount + range.lowerBound)..<(head.utf8CodeUnitCount + range.upperBound)])
-        let named = { (entry: RedisSubscriptions.Entry) in entry.connection === connection && entry.name.elementsEqual(name) }
+        let named = { (entry: RedisSubscriptions.Entry) in
+            entry.connection.map(ObjectIdentifier.init) == connection && entry.name.elementsEqual(name)
+        }
         if let asked = subscriptions.unsubscribing.firstIndex(where: named) {
             subscriptions.unsubscribing.remove(at: asked)
             return false

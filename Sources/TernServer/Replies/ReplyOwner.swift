@@ -323,8 +323,9 @@ class ReplyOwner {
     /// The client's address and name, for a slow-log entry.
     func slowLogIdentity() -> (client: String, name: String) { ("", "") }
 
-    /// A frame on this client's push connection `connection` that is neither a message nor
-    /// the answer to a request (Redis Cluster's `sunsubscribe` when a shard channel's slot
-    /// leaves the node): whether it was one, handled.
-    func pushNotice(_ frame: UnsafeRawBufferPointer, on connection: ServerConnection) -> Bool { false }
+    /// A frame on this client's push connection (named by its identity: the replies layer
+    /// does not know backend connections) that is neither a message nor the answer to a
+    /// request (Redis Cluster's `sunsubscribe` when a shard channel's slot leaves the node):
+    /// whether it was one, handled.
+    func pushNotice(_ frame: UnsafeRawBufferPointer, on connection: ObjectIdentifier) -> Bool { false }
 }
