@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 everything="MemcacheProxyTests|RedisProxyTests|WarmupTests|OperationsTests|RobustnessTests|IsolationTests|RedisSessionTests|ObservabilityTests|ControlEndpointTests|RedisClusterTests|TLSTests|TLSDiscoveryTests|LargeValueTests|MemcacheBinaryTests|WorkerScalingTests|RedisSentinelTests"
 address_filter=$everything
-thread_filter="OperationsTests|ObservabilityTests|ControlEndpointTests|RedisClusterTests|RedisSentinelTests|TLSTests|TLSDiscoveryTests|WorkerScalingTests|WarmupTests/testReload|MemcacheProxyTests/testStatsSum|RobustnessTests/testTenThousand"
+thread_filter="OperationsTests|ObservabilityTests|ControlEndpointTests|RedisClusterTests|RedisSentinelTests|TLSTests|TLSDiscoveryTests|WorkerScalingTests|WarmupTests/testReload|MemcacheProxyTests/testStats|RobustnessTests/testTenThousand"
 case "${1:-}" in
     "") ;;
     all) thread_filter=$everything ;;

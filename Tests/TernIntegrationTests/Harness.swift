@@ -16,12 +16,15 @@ final class ProcessGroup {
 
     deinit { stopAll() }
 
+    /// Signals every process before waiting for any: memcached leaves on SIGTERM at its next
+    /// clock tick (up to a second), and waiting for each in turn cost a 14-server test 11 s.
     func stopAll() {
-        for process in processes where process.isRunning {
+        let running = processes.filter(\.isRunning)
+        for process in running {
             kill(process.processIdentifier, SIGCONT)
             process.terminate()
-            process.waitUntilExit()
         }
+        for process in running { process.waitUntilExit() }
         processes.removeAll()
         try? FileManager.default.removeItem(atPath: directory)
     }

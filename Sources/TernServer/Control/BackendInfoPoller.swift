@@ -6,10 +6,13 @@ import TernCore
 
 /// Fetches `INFO` from every server of every Redis pool (`stats` from every memcached server)
 /// on a thread of its own, once a second, so that INFO and memcached `stats` through Tern
-/// answer backend figures at most about a second old without touching the request path. One connection per server, kept open; a server that does not
-/// connect within 300 ms or answer within 500 ms is marked down and tried again every five
-/// seconds, so that servers that are down cannot stretch the cycle for the others. The same
-/// thread halves the hot-key sketches every minute (`HotKeys`).
+/// answer backend figures at most about a second old without touching the request path. One
+/// connection per server, kept open. The servers of a cycle are asked together: every connect
+/// is started before any is waited for (300 ms for all), every request is sent before any reply
+/// is read (500 ms for all), so a cycle lasts about as long as its slowest server, not the sum
+/// of them, and servers that are down or paused cannot make the others' figures stale. A
+/// server that fails is tried again five seconds later. The same thread halves the hot-key
+/// sketches every minute (`HotKeys`).
 final class BackendInfoPoller: Sendable {
     let control: ControlState
 
@@ -28,6 +31,31 @@ final class BackendInfoPoller: Sendable {
         var retryAt: [String: Int] = [:]
     }
 
+    /// One server asked in a cycle.
+    private final class Target {
+        let key: String
+        let plan: PoolPlan
+        let server: ServerConfig
+        let address: SocketAddress
+        let host: String?
+        var connection: BlockingConnection?
+        var result: Result<[String: String], PollError>?
+        var memcached: Bool { plan.config.protocolKind != .redis }
+
+        init(key: String, plan: PoolPlan, server: ServerConfig, address: SocketAddress) {
+            self.key = key
+            self.plan = plan
+            self.server = server
+            self.address = address
+            if case let .tcp(name, _) = server.address { host = name } else { host = nil }
+        }
+
+        func fail(_ text: String) {
+            connection = nil
+            result = .failure(PollError(text: text))
+        }
+    }
+
     private func run() {
         let connections = Connections()
         var lastDecay = Int(time(nil))
@@ -39,90 +67,115 @@ final class BackendInfoPoller: Sendable {
                 for plan in control.currentPlans { for sketch in plan.shared.hotKeys { sketch.decay() } }
             }
             var seen = Set<String>()
+            var targets: [Target] = []
             for plan in control.currentPlans {
-                let isRedis = plan.config.protocolKind == .redis
                 let due = now - (connections.lastPoll[plan.config.name] ?? 0) >= 1
                 for (index, server) in plan.config.servers.enumerated() {
                     // With the transport: a reload that adds or drops server_tls reconnects.
                     let key = "\(plan.config.name)/\(server.name)/\(server.address)/\(plan.serverTLS == nil ? "tcp" : "tls")"
                     seen.insert(key)
                     guard due, index < plan.serverAddresses.count, now >= connections.retryAt[key] ?? 0 else { continue }
-                    // TLS as on the data path: the pool's context, the server's host verified.
-                    var host: String?
-                    if case let .tcp(name, _) = server.address { host = name }
-                    let result = fetch(key: key, address: plan.serverAddresses[index], tls: plan.serverTLS, host: host,
-                                       password: isRedis ? plan.config.redisAuth : nil, memcached: !isRedis, connections)
-                    // Five seconds from the failure, not from the cycle's start (a slow cycle would
-                    // otherwise retry a down server on every pass).
-                    if case .failure = result { connections.retryAt[key] = Int(time(nil)) + 5 } else { connections.retryAt[key] = nil }
-                    plan.shared.backendInfo.withLock { known in
-                        var info = known[server.name] ?? BackendInfo(address: "\(server.address)")
-                        info.address = "\(server.address)"
-                        switch result {
-                        case let .success(fields):
-                            info.fields = fields
-                            info.fetchedAt = Int(time(nil))
-                            info.error = nil
-                        case let .failure(error):
-                            info.error = error.text
-                        }
-                        known[server.name] = info
-                    }
+                    targets.append(Target(key: key, plan: plan, server: server, address: plan.serverAddresses[index]))
                 }
                 if due { connections.lastPoll[plan.config.name] = now }
             }
             // Servers that left the config: close their connections.
             for key in connections.connections.keys where !seen.contains(key) { connections.connections[key] = nil }
+            poll(targets, connections)
+            for target in targets {
+                // Five seconds from the failure, not from the cycle's start.
+                if case .failure = target.result { connections.retryAt[target.key] = Int(time(nil)) + 5 } else { connections.retryAt[target.key] = nil }
+                connections.connections[target.key] = target.connection
+                let server = target.server
+                target.plan.shared.backendInfo.withLock { known in
+                    var info = known[server.name] ?? BackendInfo(address: "\(server.address)")
+                    info.address = "\(server.address)"
+                    switch target.result {
+                    case let .success(fields):
+                        info.fields = fields
+                        info.fetchedAt = Int(time(nil))
+                        info.error = nil
+                    case let .failure(error):
+                        info.error = error.text
+                    case nil:
+                        info.error = "not polled"
+                    }
+                    known[server.name] = info
+                }
+            }
             usleep(250_000)
+        }
+    }
+
+    /// One cycle: connects (TLS, AUTH) where no connection is open, then `INFO` or `stats` to
+    /// every target, each phase bounded by one deadline for all of them.
+    private func poll(_ targets: [Target], _ connections: Connections) {
+        var opening: [Target] = []
+        for target in targets {
+            if let open = connections.connections[target.key] {
+                target.connection = open
+                continue
+            }
+            switch BlockingConnection.start(target.address) {
+            case let .success(started):
+                target.connection = started
+                opening.append(target)
+            case let .failure(error): target.fail(error.text)
+            }
+        }
+        // Connecting (and the TLS handshake) within 300 ms, for all of them together.
+        let connected = BlockingConnection.now() + 0.3
+        for target in opening {
+            guard let started = target.connection else { continue }
+            if case let .failure(error) = started.finish(tls: target.plan.serverTLS, serverName: target.host, deadline: connected) {
+                target.fail(error.text)
+            }
+        }
+        let authenticated = BlockingConnection.now() + 0.5
+        for target in opening {
+            guard let connection = target.connection, !target.memcached, let password = target.plan.config.redisAuth else { continue }
+            guard case .success = connection.writeAll(RespEncoder.command(["AUTH", password]), deadline: authenticated),
+                  case let .success(reply) = Self.receiveReply(connection, deadline: authenticated),
+                  reply.withUnsafeBytes({ RespReply.classify($0) }) == .ok else {
+                target.fail("AUTH failed")
+                continue
+            }
+        }
+        // Every request out before any reply is waited for; 500 ms for all the replies.
+        let answered = BlockingConnection.now() + 0.5
+        let info = RespEncoder.command(["INFO"]), stats = Array("stats\r\n".utf8)
+        for target in targets {
+            guard let connection = target.connection else { continue }
+            if case let .failure(error) = connection.writeAll(target.memcached ? stats : info, deadline: answered) { target.fail(error.text) }
+        }
+        for target in targets {
+            guard let connection = target.connection else { continue }
+            let result = target.memcached ? Self.receiveStats(connection, deadline: answered) : Self.receiveInfo(connection, deadline: answered)
+            switch result {
+            case .success: target.result = result
+            case let .failure(error): target.fail(error.text)
+            }
         }
     }
 
     struct PollError: Error { var text: String }
 
-    private func fetch(key: String, address: SocketAddress, tls: TLSContext?, host: String?, password: String?, memcached: Bool,
-                       _ connections: Connections) -> Result<[String: String], PollError> {
-        let connection: BlockingConnection
-        if let open = connections.connections[key] {
-            connection = open
-        } else {
-            // Connecting (and the TLS handshake) within 300 ms.
-            switch BlockingConnection.open(address, tls: tls, serverName: host, deadline: BlockingConnection.now() + 0.3) {
-            case let .success(opened): connection = opened
-            case let .failure(error): return .failure(PollError(text: error.text))
-            }
-            if let password {
-                guard case let .success(reply) = Self.exchange(connection, RespEncoder.command(["AUTH", password])),
-                      reply.withUnsafeBytes({ RespReply.classify($0) }) == .ok else {
-                    return .failure(PollError(text: "AUTH failed"))
-                }
-            }
-            connections.connections[key] = connection
-        }
-        if memcached {
-            switch Self.exchangeStats(connection) {
-            case let .success(fields): return .success(fields)
-            case let .failure(error):
-                connections.connections[key] = nil
-                return .failure(error)
-            }
-        }
-        switch Self.exchange(connection, RespEncoder.command(["INFO"])) {
+    /// `INFO`'s reply: a bulk string (anything else, such as `-NOAUTH`, is the failure's text).
+    private static func receiveInfo(_ connection: BlockingConnection, deadline: Double) -> Result<[String: String], PollError> {
+        switch receiveReply(connection, deadline: deadline) {
         case let .success(reply):
             guard case .bulk = reply.withUnsafeBytes({ RespReply.classify($0) }) else {
                 return .failure(PollError(text: String(decoding: reply.prefix(120).filter { $0 >= 0x20 }, as: UTF8.self)))
             }
             return .success(BackendInfo.parse(reply))
         case let .failure(error):
-            connections.connections[key] = nil
             return .failure(error)
         }
     }
 
-    /// memcached `stats`: `STAT name value` lines up to `END`, 500 ms at most; an error line
-    /// (a server that wants authentication) is a failure.
-    private static func exchangeStats(_ connection: BlockingConnection) -> Result<[String: String], PollError> {
-        let end = BlockingConnection.now() + 0.5
-        if case let .failure(error) = connection.writeAll(Array("stats\r\n".utf8), deadline: end) { return .failure(PollError(text: error.text)) }
+    /// memcached `stats`' reply: `STAT name value` lines up to `END`; an error line (a server
+    /// that wants authentication) is a failure.
+    private static func receiveStats(_ connection: BlockingConnection, deadline end: Double) -> Result<[String: String], PollError> {
         var reply: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {
@@ -140,10 +193,8 @@ final class BackendInfoPoller: Sendable {
         }
     }
 
-    /// Sends a request and reads one reply (a line, or a bulk string whole), 500 ms at most.
-    private static func exchange(_ connection: BlockingConnection, _ request: [UInt8]) -> Result<[UInt8], PollError> {
-        let end = BlockingConnection.now() + 0.5
-        if case let .failure(error) = connection.writeAll(request, deadline: end) { return .failure(PollError(text: error.text)) }
+    /// Reads one reply (a line, or a bulk string whole) before `end`.
+    private static func receiveReply(_ connection: BlockingConnection, deadline end: Double) -> Result<[UInt8], PollError> {
         var reply: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {

@@ -37,17 +37,30 @@ final class BlockingConnection {
     /// Connects to `address` and, with `tls`, does the handshake (verifying `serverName` when
     /// the context verifies), all before `deadline` (`now()`-based seconds).
     static func open(_ address: SocketAddress, tls context: TLSContext?, serverName: String?, deadline: Double) -> Result<BlockingConnection, Failure> {
+        start(address).flatMap { $0.finish(tls: context, serverName: serverName, deadline: deadline) }
+    }
+
+    /// The first half of `open`: the connect started, not waited for, so that a thread with
+    /// several servers to reach starts them all before it waits for any (the INFO poller).
+    static func start(_ address: SocketAddress) -> Result<BlockingConnection, Failure> {
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
         guard fd >= 0 else { return .failure(Failure(text: Syscall.errorText(errno))) }
         let connection = BlockingConnection(descriptor: fd)
-        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0 {
-            guard errno == EINPROGRESS else { return .failure(Failure(text: Syscall.errorText(errno))) }
-            guard connection.wait(Int16(POLLOUT), deadline: deadline) else { return .failure(Failure(text: Syscall.errorText(ETIMEDOUT))) }
-            let error = Syscall.socketError(fd)
-            guard error == 0 else { return .failure(Failure(text: Syscall.errorText(error))) }
+        if address.withSockaddr({ Glibc.connect(fd, $0, $1) }) != 0, errno != EINPROGRESS {
+            return .failure(Failure(text: Syscall.errorText(errno)))
         }
+        return .success(connection)
+    }
+
+    /// The second half of `open`: waits for the connect `start` began and, with `tls`, does the
+    /// handshake, before `deadline`.
+    func finish(tls context: TLSContext?, serverName: String?, deadline: Double) -> Result<BlockingConnection, Failure> {
+        guard wait(Int16(POLLOUT), deadline: deadline) else { return .failure(Failure(text: Syscall.errorText(ETIMEDOUT))) }
+        let error = Syscall.socketError(descriptor)
+        guard error == 0 else { return .failure(Failure(text: Syscall.errorText(error))) }
+        let connection = self
         guard let context else { return .success(connection) }
-        guard let stream = TLSStream(context: context, descriptor: fd, serverName: context.serverName ?? serverName) else {
+        guard let stream = TLSStream(context: context, descriptor: descriptor, serverName: context.serverName ?? serverName) else {
             return .failure(Failure(text: "TLS setup failed: \(TLSStream.lastError())"))
         }
         connection.tls = stream
