@@ -401,6 +401,37 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(subscriber.drain(for: 0.5).bytes, [], "nothing more")
     }
 
+    /// `SSUBSCRIBE` of a channel whose slot moved after Tern's map was taken: the node answers
+    /// `-MOVED`, which Tern follows on the client's push connection to the node named. The client
+    /// gets its confirmation, not the redirect, and messages published on the new node reach it
+    /// (before: the client got `-MOVED`, and the channel stayed listed on the old node).
+    func testShardSubscribeAnsweredMovedIsFollowed() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let channel = "{sx}news"
+        let slot = Self.slot("sx")
+        let source = try cluster.owner(of: slot)
+        let target = try cluster.nodes(askingAt: source).filter(\.isMaster).map(\.port).first { $0 != source }!
+        let subscriber = try TestClient(port: port), innocent = try TestClient(port: port)
+        XCTAssertEqual(try subscriber.call("GET", "{sx}k"), "$-1\r\n", "the map Tern has names the source")
+        let targetID = try cluster.id(of: target)
+        XCTAssertEqual(try cluster.call(target, "CLUSTER", "SETSLOT", "\(slot)", "NODE", targetID), "+OK\r\n")
+        XCTAssertEqual(try cluster.call(source, "CLUSTER", "SETSLOT", "\(slot)", "NODE", targetID), "+OK\r\n")
+        try subscriber.send(TestClient.encode(["SSUBSCRIBE", channel]))
+        XCTAssertEqual(try innocent.call("SET", "innocent", "v"), "+OK\r\n")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self),
+                       "*3\r\n$10\r\nssubscribe\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:1\r\n")
+        XCTAssertEqual(try cluster.call(target, "SPUBLISH", channel, "moved"), ":1\r\n", "subscribed on the node that owns the slot now")
+        XCTAssertEqual(try cluster.call(source, "PUBSUB", "SHARDNUMSUB", channel), "*2\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:0\r\n")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self),
+                       "*3\r\n$8\r\nsmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$5\r\nmoved\r\n")
+        // Its unsubscribe reaches the node it was subscribed on.
+        XCTAssertEqual(try subscriber.call("SUNSUBSCRIBE", channel), "*3\r\n$12\r\nsunsubscribe\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:0\r\n")
+        XCTAssertEqual(try cluster.call(target, "PUBSUB", "SHARDNUMSUB", channel), "*2\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:0\r\n")
+        XCTAssertEqual(try subscriber.call("GET", "{sx}k"), "$-1\r\n", "out of subscribed mode")
+        XCTAssertEqual(try innocent.call("GET", "innocent"), "$1\r\nv\r\n")
+    }
+
     /// A request's `timeout` bounds it from the first send to its reply, redirects included: a
     /// slow node that answers MOVED late leaves the next hop only what is left, so the client
     /// gets the timeout error at 0.5 s rather than the target's late answer (at about 0.75 s).

@@ -302,7 +302,9 @@ final class ServerConnection {
     /// follow it, its bytes (answered, still in `output`, just before `answeredBytes`) go to
     /// the node named and true is returned; after `-TRYAGAIN` they go to this node again a
     /// little later. A MOVED also asks for a new slot map. Requests on dedicated connections
-    /// (WATCH, blocking, pub/sub) are not redirected: their client gets the error.
+    /// (WATCH, blocking) are not redirected: their client gets the error. On a push connection
+    /// a MOVED goes to its client (`pushRedirected`), which follows it on its own push
+    /// connection to the node named.
     @inline(never)
     private func followRedirect(_ head: Pending, replyLength length: Int) -> Bool {
         let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
@@ -312,7 +314,13 @@ final class ServerConnection {
         let pool = server.pool
         if let redirect, !redirect.isAsk { pool.plan.shared.cluster.requestRefresh() }
         let start = answeredBytes - head.bytes
-        guard !isDedicated, pushClient == nil, let slot = head.slot, let client = slot.client, start >= 0,
+        if let pushClient {
+            // SSUBSCRIBE racing a slot move: the client's push connection to the node named.
+            guard let redirect, !redirect.isAsk, let slot = head.slot, start >= 0, let bytes = outputBytes(start..<answeredBytes) else { return false }
+            return pushClient.pushRedirected(bytes, to: redirect, follow: head.redirects < ClusterState.maxRedirects, redirects: head.redirects + 1,
+                                             deadline: head.deadline, slot: slot, part: head.part, on: ObjectIdentifier(self))
+        }
+        guard !isDedicated, let slot = head.slot, let client = slot.client, start >= 0,
               let bytes = outputBytes(start..<answeredBytes) else {
             return false
         }

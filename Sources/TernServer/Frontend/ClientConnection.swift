@@ -416,6 +416,11 @@ final class ClientConnection: ReplyOwner {
         shardChannelLeft(frame, on: connection)
     }
 
+    override func pushRedirected(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect, follow: Bool, redirects: UInt8, deadline: Double,
+                                 slot: ReplySlot, part: Int32, on connection: ObjectIdentifier) -> Bool {
+        shardSubscribeMoved(request, to: redirect, follow: follow, redirects: redirects, deadline: deadline, slot: slot, part: part, on: connection)
+    }
+
     override func slowLogIdentity() -> (client: String, name: String) {
         // Redis keeps a client name in the slow log; a long one is cut (names are client input).
         (peerAddress, String((redis?.name ?? "").utf8.prefix(SlowLog.maxArgumentLength)) ?? "")

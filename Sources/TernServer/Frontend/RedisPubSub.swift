@@ -254,6 +254,35 @@ extension ClientConnection {
         return true
     }
 
+    /// `SSUBSCRIBE ch` answered `-MOVED slot node` (the channel's slot moved after Tern placed
+    /// it; push connections send one channel per request): the channel is subscribed on this
+    /// client's push connection to the node named instead, and the confirmation waits for that
+    /// node, so that the client never sees the redirect and the subscription is where messages
+    /// arrive. A node this worker does not know yet (its map is being refreshed), or a channel
+    /// redirected too often, gets the error, and the channel is forgotten: the client was told
+    /// it is not subscribed (before, it stayed listed on the node that refused it).
+    func shardSubscribeMoved(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect, follow: Bool, redirects: UInt8, deadline: Double,
+                             slot: ReplySlot, part: Int32, on connection: ObjectIdentifier) -> Bool {
+        let head: StaticString = "*2\r\n$10\r\nssubscribe\r\n"
+        guard let subscriptions = redis?.subscriptions, request.count > head.utf8CodeUnitCount,
+              memcmp(request.baseAddress!, head.utf8Start, head.utf8CodeUnitCount) == 0,
+              case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: request[head.utf8CodeUnitCount...])) else { return false }
+        let name = UnsafeRawBufferPointer(rebasing: request[(head.utf8CodeUnitCount + range.lowerBound)..<(head.utf8CodeUnitCount + range.upperBound)])
+        guard let index = subscriptions.shardChannels.firstIndex(where: {
+            $0.connection.map(ObjectIdentifier.init) == connection && $0.name.elementsEqual(name)
+        }) else { return false }
+        guard follow, deadline > worker.now, let server = pool.serverIndex(named: redirect.target) else {
+            subscriptions.shardChannels.remove(at: index)
+            if !subscriptions.isSubscribed { pool.stats.subscribedClients.add(-1) }
+            return false
+        }
+        let target = pushConnection(subscriptions, server)
+        subscriptions.shardChannels[index] = RedisSubscriptions.Entry(name: subscriptions.shardChannels[index].name, connection: target)
+        target.resend(RedirectedRequest(bytes: Array(request), error: [], slot: slot, part: part, redirects: redirects, clientIndex: self.index,
+                                        deadline: deadline), asking: false)
+        return true
+    }
+
     /// The client left, or RESET: its push connections close (Redis drops its subscriptions).
     func endSubscriptions() {
         guard let session = redis, let subscriptions = session.subscriptions else { return }
