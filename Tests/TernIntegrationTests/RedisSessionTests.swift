@@ -218,6 +218,56 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// Commands pipelined around a blocking command, a WATCH and a watched EXEC run in the order
+    /// they were sent, as on one Redis connection: each pipeline (one write) gets byte for byte
+    /// what a direct redis-server answers. Before, the commands behind a blocking pop ran first
+    /// on the shared connection (the pop took an item pushed after it), a write behind a WATCH
+    /// could reach Redis before it (EXEC committed a transaction Redis aborts), and a read
+    /// behind a watched EXEC could run before the transaction. An innocent client on the same
+    /// worker is answered at once while one client waits; a client waiting behind `BLPOP … 0`
+    /// for longer than `client_partial_timeout` is not taken for a slowloris.
+    func testPipelinedCommandsKeepTheirOrderAroundBlockingAndWatch() throws {
+        let setup = try start(extra: "  client_partial_timeout: 1000\n", threads: 1)
+        let direct = try group.redis()
+        let pipelines: [(setup: [[String]], pipeline: [[String]])] = [
+            ([], [["RPUSH", "{o}q", "a"], ["BLPOP", "{o}q", "1"], ["LLEN", "{o}q"]]),
+            ([], [["BLPOP", "{o}q", "0.3"], ["RPUSH", "{o}q", "z"], ["LRANGE", "{o}q", "0", "-1"]]),
+            ([["RPUSH", "{o}q", "x", "y"]], [["DEL", "{o}q"], ["BLPOP", "{o}q", "0.2"], ["RPUSH", "{o}q", "after"], ["LPOP", "{o}q"]]),
+            ([["RPUSH", "{o}src", "a"]], [["BRPOPLPUSH", "{o}src", "{o}dst", "1"], ["LRANGE", "{o}dst", "0", "-1"], ["LLEN", "{o}src"]]),
+            ([], [["WATCH", "{o}w"], ["SET", "{o}w", "5"], ["MULTI"], ["INCR", "{o}w"], ["EXEC"], ["GET", "{o}w"]]),
+            ([], [["WATCH", "{o}v"], ["GET", "{o}v"], ["MULTI"], ["INCR", "{o}v"], ["EXEC"], ["GET", "{o}v"]]),
+            ([["SET", "{o}s", "1"]], [["GET", "{o}s"], ["WATCH", "{o}s"], ["MULTI"], ["INCR", "{o}s"], ["EXEC"], ["INCR", "{o}s"], ["GET", "{o}s"]]),
+            ([], [["SET", "{o}u", "1"], ["WATCH", "{o}u"], ["UNWATCH"], ["INCR", "{o}u"], ["MULTI"], ["INCR", "{o}u"], ["EXEC"]]),
+        ]
+        let tern = try TestClient(port: setup.port), redis = try TestClient(port: direct.port)
+        let innocent = try TestClient(port: setup.port)
+        for (index, case_) in pipelines.enumerated() {
+            var replies: [String] = []
+            for client in [tern, redis] {
+                XCTAssertEqual(try client.call("DEL", "{o}q", "{o}src", "{o}dst", "{o}w", "{o}v", "{o}s", "{o}u").hasPrefix(":"), true)
+                for command in case_.setup { _ = try client.call(command) }
+                try client.send(case_.pipeline.flatMap { TestClient.encode($0) })
+                if client === tern {
+                    // One client waiting for its blocking pop or its WATCH does not hold another.
+                    let started = Date()
+                    for round in 0..<20 { XCTAssertEqual(try innocent.call("SET", "innocent", "\(round)"), "+OK\r\n") }
+                    XCTAssertLessThan(Date().timeIntervalSince(started), 0.25, "pipeline \(index): the innocent client's 20 SETs")
+                }
+                replies.append(String(decoding: try client.receiveReplies(case_.pipeline.count), as: UTF8.self))
+            }
+            XCTAssertEqual(replies[0], replies[1], "pipeline \(index): Tern, then redis-server")
+        }
+        // BLPOP … 0 with a command behind it, held for twice client_partial_timeout.
+        let pusher = try TestClient(port: setup.port)
+        for client in [tern, redis] {
+            try client.send(TestClient.encode(["BLPOP", "{o}g", "0"]) + TestClient.encode(["GET", "{o}none"]))
+            usleep(2_200_000)
+            XCTAssertEqual(try (client === tern ? pusher : TestClient(port: direct.port)).call("RPUSH", "{o}g", "v"), ":1\r\n")
+            XCTAssertEqual(String(decoding: try client.receiveReplies(2), as: UTF8.self), "*2\r\n$4\r\n{o}g\r\n$1\r\nv\r\n$-1\r\n")
+        }
+        XCTAssertEqual(try tern.call("PING"), "+PONG\r\n", "pipelining goes on after the hold")
+    }
+
     /// 70 consumers blocked at once on one server with `dedicated_connections: 64` on one
     /// worker: the 6 beyond the bound wait for a free connection, none fails.
     func testMoreBlockedClientsThanDedicatedConnectionsWait() throws {
@@ -303,65 +353,72 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(try setup.backends[0].call("PUBSUB", "NUMSUB", channel), "*2\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:0\r\n")
     }
 
-    /// A client closed over `client_output_limit` from inside its WATCH connection's own work,
-    /// which closes that connection with it. Each time a second WATCH (sent on the first one's
-    /// connection) is answered behind a local ECHO of 65,534 bytes held for the client, so
-    /// that any answer passes the 65,536-byte limit (the server is paused while the client
-    /// writes, so that both are read before the answer comes):
-    /// - with `+OK`, while the connection's replies are read (before, the read went on in a
-    ///   buffer the close had emptied): the leaver is closed and the server counts no failure
-    ///   (with `server_failure_limit: 1` one would eject it, and the next SET would land on the
-    ///   other server);
-    /// - with the pool's timeout, a third WATCH still queued (before, the timeout's walk of the
-    ///   queue read past its end once the close emptied it, and the process stopped): the
-    ///   leaver is closed and Tern serves the next client (on the other server: the timeout is
-    ///   a failure, which ejects the paused one).
-    func testClientClosedOverItsLimitFromItsOwnWatchConnection() throws {
+    /// `client_output_limit` and the pool's timeout on a WATCH connection:
+    /// - a watched EXEC whose reply (a 70,000-byte value) passes the 65,536-byte limit, read on
+    ///   the pinned connection: the client gets the limit's error and goes on, and the server
+    ///   counts no failure (with `server_failure_limit: 1` one would eject it, and the next SET
+    ///   would land on the other server);
+    /// - a watched EXEC whose server is paused: the timeout walks the pinned connection's queue
+    ///   (MULTI, the command, EXEC), the client gets the timeout error, and Tern serves the next
+    ///   client (on the other server: the timeout is a failure, which ejects the paused one).
+    /// Until the seventeenth session a local ECHO pipelined behind a second WATCH made such an
+    /// answer close the client from inside the connection's work (before that was fixed, the
+    /// read went on in a buffer the close had emptied). What follows a WATCH now waits for its
+    /// answer, so nothing is held behind it and a reply alone never closes its client.
+    func testOutputLimitAndTimeoutOnAWatchConnection() throws {
         let setup = try start(extra: "  client_output_limit: 65536\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 30000\n", threads: 1)
         let keys = setup.keys("wl", on: 0, count: 4)
         let other = setup.keys("wm", on: 1, count: 1)[0]
         let backend = setup.backends[0]
         let bystander = try TestClient(port: setup.port)
-        let echo = TestClient.encode(["ECHO", String(repeating: "e", count: 65_524)])
+        XCTAssertEqual(try backend.call("SET", keys[1], String(repeating: "v", count: 70_000)), "+OK\r\n")
         // A reply.
         let reader = try TestClient(port: setup.port)
         XCTAssertEqual(try reader.call("WATCH", keys[0]), "+OK\r\n")
-        backend.pause()
-        try reader.send(TestClient.encode(["WATCH", keys[1]]) + echo)
-        usleep(100_000)
-        backend.resume()
-        XCTAssertTrue(reader.drain(for: 2).closed, "closed over client_output_limit")
+        XCTAssertEqual(try reader.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try reader.call("GET", keys[1]), "+QUEUED\r\n")
+        XCTAssertEqual(try reader.call("EXEC"), "-ERR reply exceeds client_output_limit\r\n")
+        XCTAssertEqual(try reader.call("GET", keys[2]), "$-1\r\n", "the rest of the reply was dropped as it arrived")
         XCTAssertEqual(try bystander.call("SET", keys[2], "first"), "+OK\r\n")
         XCTAssertEqual(try backend.call("GET", keys[2]), "$5\r\nfirst\r\n", "the server was not ejected")
         // A timeout.
         let waiter = try TestClient(port: setup.port)
         XCTAssertEqual(try waiter.call("WATCH", keys[0]), "+OK\r\n")
+        XCTAssertEqual(try waiter.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try waiter.call("INCR", keys[3]), "+QUEUED\r\n")
         backend.pause()
-        try waiter.send(TestClient.encode(["WATCH", keys[1]]) + echo + TestClient.encode(["WATCH", keys[3]]))
-        XCTAssertTrue(waiter.drain(for: 3).closed, "closed over client_output_limit")
+        XCTAssertEqual(try waiter.call("EXEC"), "-ERR Connection timed out\r\n")
         backend.resume()
         XCTAssertEqual(try bystander.call("SET", other, "still"), "+OK\r\n")
         XCTAssertEqual(try TestClient(port: setup.port).call("GET", other), "$5\r\nstill\r\n")
+        XCTAssertEqual(try waiter.call("GET", other), "$5\r\nstill\r\n", "the waiter goes on")
         XCTAssertFalse(group.ternLog().contains("unexpected reply"), group.ternLog())
     }
 
-    /// A blocking command waiting for the only dedicated connection times out, and its error
-    /// closes its client over `client_output_limit` (a local ECHO of 65,534 bytes is held
-    /// behind it), which gives that connection back: another client's command waiting after it
-    /// (no timeout of its own) gets the connection at once (before, the timeout had taken every
-    /// waiter out while it failed the expired ones, so the connection went back with nobody
-    /// waiting, and the second client waited until another connection came back).
+    /// A blocking command waiting for the only dedicated connection (a WATCH of the same client
+    /// holds it) times out, and another client's command waiting after it (no timeout of its
+    /// own) keeps its place: when the holder leaves, the connection goes to it at once (before,
+    /// the timeout took every waiter out while it failed the expired ones, so the connection
+    /// went back with nobody waiting, and the second client waited until another connection
+    /// came back). Until the seventeenth session the holder was also closed over
+    /// `client_output_limit` by a local ECHO pipelined behind its BLPOP; what follows a
+    /// blocking command now waits for its answer, so the holder leaves by itself.
     func testWaiterTimeoutThatClosesItsClientHandsTheConnectionOn() throws {
         let setup = try start(extra: "  dedicated_connections: 1\n  client_output_limit: 65536\n", threads: 1)
         let keys = setup.keys("eq", on: 0, count: 3)
         let holder = try TestClient(port: setup.port)
         XCTAssertEqual(try holder.call("WATCH", keys[0]), "+OK\r\n")
-        try holder.send(TestClient.encode(["BLPOP", keys[1], "0.2"]) + TestClient.encode(["ECHO", String(repeating: "e", count: 65_524)]))
+        try holder.send(TestClient.encode(["BLPOP", keys[1], "0.2"]))
         usleep(100_000)
         let next = try TestClient(port: setup.port)
         try next.send(TestClient.encode(["BLPOP", keys[2], "0"]))
         // The holder's BLPOP times out at the pool's 1 s plus its own 0.2 s.
-        XCTAssertTrue(holder.drain(for: 4).closed, "closed over client_output_limit")
+        let started = Date()
+        XCTAssertEqual(String(decoding: try holder.receiveReplies(1), as: UTF8.self), "-ERR Connection timed out\r\n")
+        XCTAssertGreaterThan(Date().timeIntervalSince(started), 0.9)
+        usleep(300_000)
+        XCTAssertTrue(try setup.backends[0].call("INFO", "clients").contains("blocked_clients:0\r\n"), "the next client still waits for the connection")
+        holder.close()
         XCTAssertEqual(eventually("blocked_clients:1") { ((try? setup.backends[0].call("INFO", "clients")) ?? "").contains("blocked_clients:1\r\n") ? "blocked_clients:1" : "" },
                        "blocked_clients:1", "the second client's BLPOP was sent")
         XCTAssertEqual(try setup.backends[0].call("RPUSH", keys[2], "item"), ":1\r\n")

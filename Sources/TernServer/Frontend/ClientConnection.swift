@@ -23,6 +23,9 @@ final class ClientConnection: ReplyOwner {
     private(set) var frontend: Frontend
     /// Redis clients: AUTH or HELLO succeeded (`RedisSession.isAuthenticated`).
     var redisAuthenticated = false
+    /// Redis clients: nothing more is parsed until every reply in flight is out (a blocking
+    /// command, WATCH or a watched EXEC went to a connection of its own: `RedisSession.mustWait`).
+    var holdUntilAnswered = false
     /// Where the worker keeps this client in `FrontendLoop.clients` (-1 once released).
     var position: Int32 = -1
     let pool: PoolRuntime
@@ -207,7 +210,14 @@ final class ClientConnection: ReplyOwner {
     /// has not read yet (backpressure; the hard limit is `client_output_limit`).
     private var mustPauseReading: Bool {
         slots.count >= Self.maxInFlight || output.readableCount >= Self.outputHighWater
+            || parsingHeld && (partial?.readableCount ?? 0) >= Self.heldInputLimit
     }
+
+    /// Parsing waits for the replies in flight (`holdUntilAnswered`). Reading goes on, so that a
+    /// client that leaves while held (blocked) is seen leaving, as Redis sees it; past
+    /// `heldInputLimit` bytes waiting, reading pauses too.
+    private var parsingHeld: Bool { holdUntilAnswered && !slots.isEmpty }
+    static let heldInputLimit = 1 << 20
 
     var hasRequestsInFlight: Bool { !slots.isEmpty }
     var hasPartialRequest: Bool { partial != nil }
@@ -393,9 +403,10 @@ final class ClientConnection: ReplyOwner {
         }
     }
 
-    /// Stops parsing when too many requests are in flight; reading resumes as replies leave.
+    /// Stops parsing when too many requests are in flight (reading resumes as replies leave),
+    /// or while a held Redis session waits for its replies (reading goes on).
     func pipelineIsFull() -> Bool {
-        guard mustPauseReading else { return false }
+        guard mustPauseReading else { return parsingHeld }
         watcher?.watch(watcher!.events & ~TERN_EV_READ)
         return true
     }
@@ -465,8 +476,11 @@ final class ClientConnection: ReplyOwner {
         if !closeWhenDrained, !mustPauseReading, let partial {
             process(partial)
             dropEmptyPartial()
-            // Nothing partial left: the slowloris clock stops (as after a read).
-            if self.partial == nil { partialSince = 0 }
+            // Nothing partial left: the slowloris clock stops (as after a read). Bytes left
+            // after a pause start it again: the wait was Tern's, not the client's (a client
+            // gets here once per batch of complete requests answered, so a slowloris gains
+            // nothing by it).
+            partialSince = self.partial == nil ? 0 : worker.now
         }
         // TLS bytes decrypted while reading was paused.
         if let tls, tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }
@@ -497,7 +511,9 @@ final class ClientConnection: ReplyOwner {
             close()
             return
         }
-        if config.clientPartialTimeoutMilliseconds > 0, partialSince > 0,
+        // Not while reading or parsing is paused: the client waits for Tern then (a full
+        // pipeline, a blocking command it sent more behind), not the other way round.
+        if config.clientPartialTimeoutMilliseconds > 0, partialSince > 0, !mustPauseReading, !parsingHeld,
            now - partialSince > Double(config.clientPartialTimeoutMilliseconds) / 1000 {
             worker.logger.info("pool \(config.name): closing a client whose request stayed incomplete for \(config.clientPartialTimeoutMilliseconds) ms")
             pool.stats.clientErrors.add()

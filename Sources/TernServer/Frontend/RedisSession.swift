@@ -147,7 +147,8 @@ extension ClientConnection {
             case let .empty(length):
                 buffer.consume(length)
             case let .request(length):
-                routeRedis(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), session)
+                // Not now: it waits in the buffer for the client's earlier replies (`mustWait`).
+                guard routeRedis(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), session) else { return }
                 // A large request's bytes may have left with the buffer's memory (`forward`).
                 if !worker.tookLargeRequest { buffer.consume(length) } else { worker.tookLargeRequest = false }
                 arguments.shrink()
@@ -161,11 +162,9 @@ extension ClientConnection {
         }
     }
 
-    private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession) {
-        withNewSlot { slot in routeRedis(frame, session, slot) }
-    }
-
-    private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+    /// Routes one request; false when it must wait for the client's earlier replies (it is
+    /// left in the buffer, and parsing resumes when they are out: `ClientConnection.flush`).
+    private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession) -> Bool {
         let arguments = session.arguments
         // The name read from the frame directly (`withArgument` would take a reference to the
         // inline bytes for every request).
@@ -176,6 +175,34 @@ extension ClientConnection {
             let span = arguments.span(0)
             found = RedisCommandTable.indexOf(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
         }
+        // Parsing goes on only once a held session's replies are out (`parsingHeld`).
+        holdUntilAnswered = false
+        if found >= 0, !slots.isEmpty, mustWait(RedisCommandTable.commands[Int(found)], session) {
+            holdUntilAnswered = true
+            return false
+        }
+        withNewSlot { slot in routeRedis(frame, session, slot, found) }
+        return true
+    }
+
+    /// Commands that leave the client's shared connections for a connection of their own run
+    /// where Redis would run them: after every earlier request of the client has been answered
+    /// (held here until then), and before any later one is sent (`holdUntilAnswered`, set when
+    /// they go). Without that, a command pipelined behind a blocking pop ran before it on the
+    /// shared connection, a write behind a WATCH could reach Redis before the WATCH, and the
+    /// EXEC of a watched transaction before the commands sent ahead of it. These are a blocking
+    /// command outside MULTI, WATCH, and EXEC of a watched transaction.
+    @inline(__always)
+    private func mustWait(_ command: RedisCommand, _ session: RedisSession) -> Bool {
+        switch command.routing {
+        case .blocking: return session.transaction == nil
+        case .session: return session.transaction == nil ? command.isNamed("watch") : session.watch != nil && command.isNamed("exec")
+        default: return false
+        }
+    }
+
+    private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, _ found: Int32) {
+        let arguments = session.arguments
         guard found >= 0 else { return unknownCommand(frame, session, slot) }
         let command = RedisCommandTable.commands[Int(found)]
         // `disabled_commands`: as Redis answers after `rename-command X ""`.

@@ -178,8 +178,12 @@ extension ClientConnection {
         }
         RespEncoder.command("EXEC", into: output)
         connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
-        // EXEC unwatches: the pinned connection goes back clean once it has answered.
-        if watch != nil { connection.returnWhenIdle = true }
+        // EXEC unwatches: the pinned connection goes back clean once it has answered. What
+        // follows is sent once the transaction has run.
+        if watch != nil {
+            connection.returnWhenIdle = true
+            holdUntilAnswered = true
+        }
     }
 
     /// WATCH key…: pins a dedicated connection to the keys' server (all on one server).
@@ -223,6 +227,8 @@ extension ClientConnection {
         pool.stats.watches.add()
         writeRequest(frame, arguments, into: connection.requestBuffer())
         connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
+        // What follows reaches Redis after the WATCH (a write to a watched key must fail EXEC).
+        holdUntilAnswered = true
         if session.watch == nil {
             session.watch = DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation)
         }
@@ -266,6 +272,8 @@ extension ClientConnection {
         let blockFor = blockingTimeout(command, frame, arguments)
         let deadline = pool.timeoutSeconds.flatMap { timeout in blockFor.map { worker.now + timeout + $0 } } ?? .infinity
         let waiter = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor, deadline: deadline)
+        // As Redis runs a blocked client's next command only once it is unblocked.
+        holdUntilAnswered = true
         runBlocking(waiter, on: pool.servers[target])
     }
 
