@@ -75,10 +75,7 @@ public struct RedisCommand: Sendable {
     public var name: String { staticName.description }
 
     /// Whether this is the command `other` (lower case), compared as bytes without making a String.
-    public func isNamed(_ other: StaticString) -> Bool {
-        staticName.utf8CodeUnitCount == other.utf8CodeUnitCount
-            && memcmp(staticName.utf8Start, other.utf8Start, other.utf8CodeUnitCount) == 0
-    }
+    public func isNamed(_ other: StaticString) -> Bool { Self.same(staticName, other) }
     public let arity: Int
     public let keys: RedisKeys
     public let routing: RedisRouting
@@ -88,6 +85,10 @@ public struct RedisCommand: Sendable {
     public let storeKeywords: Bool
     /// Whether the command writes (reported by COMMAND).
     public let isWrite: Bool
+    /// Blocking commands, WATCH and EXEC: they may leave the client's shared connections for a
+    /// connection of their own, so a pipeline's order around them is kept by waiting (the
+    /// Redis frontend's `mustWait` says when). One byte tested per request.
+    public let keepsPipelineOrder: Bool
     /// What the command does during a warm-up (MGET, DEL, UNLINK, FLUSHDB and FLUSHALL are
     /// told by their routing).
     public let warmup: RedisWarmup
@@ -109,6 +110,11 @@ public struct RedisCommand: Sendable {
         self.isWrite = write
         self.storeKeywords = storeKeywords
         self.timeoutAt = timeoutAt
+        keepsPipelineOrder = routing == .blocking || Self.same(name, "watch") || Self.same(name, "exec")
+    }
+
+    private static func same(_ name: StaticString, _ other: StaticString) -> Bool {
+        name.utf8CodeUnitCount == other.utf8CodeUnitCount && memcmp(name.utf8Start, other.utf8Start, other.utf8CodeUnitCount) == 0
     }
 
     /// Whether the command may be queued between MULTI and EXEC: it runs on one server there,

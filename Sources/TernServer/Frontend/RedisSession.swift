@@ -164,6 +164,7 @@ extension ClientConnection {
 
     /// Routes one request; false when it must wait for the client's earlier replies (it is
     /// left in the buffer, and parsing resumes when they are out: `ClientConnection.flush`).
+    @inline(__always)
     private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession) -> Bool {
         let arguments = session.arguments
         // The name read from the frame directly (`withArgument` would take a reference to the
@@ -175,13 +176,18 @@ extension ClientConnection {
             let span = arguments.span(0)
             found = RedisCommandTable.indexOf(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
         }
+        guard found >= 0 else {
+            withNewSlot { slot in unknownCommand(frame, session, slot) }
+            return true
+        }
+        let command = RedisCommandTable.commands[Int(found)]
         // Parsing goes on only once a held session's replies are out (`parsingHeld`).
-        holdUntilAnswered = false
-        if found >= 0, !slots.isEmpty, mustWait(RedisCommandTable.commands[Int(found)], session) {
+        if holdUntilAnswered { holdUntilAnswered = false }
+        if command.keepsPipelineOrder, !slots.isEmpty, mustWait(command, session) {
             holdUntilAnswered = true
             return false
         }
-        withNewSlot { slot in routeRedis(frame, session, slot, found) }
+        withNewSlot { slot in routeRedis(frame, session, slot, command) }
         return true
     }
 
@@ -201,10 +207,9 @@ extension ClientConnection {
         }
     }
 
-    private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, _ found: Int32) {
+    @inline(__always)
+    private func routeRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, _ command: RedisCommand) {
         let arguments = session.arguments
-        guard found >= 0 else { return unknownCommand(frame, session, slot) }
-        let command = RedisCommandTable.commands[Int(found)]
         // `disabled_commands`: as Redis answers after `rename-command X ""`.
         if pool.hasDisabledCommands, pool.isDisabled(command) { return unknownCommand(frame, session, slot) }
         slot.command = command.tableIndex
