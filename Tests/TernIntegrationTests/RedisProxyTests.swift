@@ -441,6 +441,20 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertTrue(try h.call("HELLO", "2", "AUTH", "default", "s3cret", "SETNAME", "me").hasPrefix("*14\r\n"))
         XCTAssertEqual(try h.call("CLIENT", "GETNAME"), "$2\r\nme\r\n")
         XCTAssertEqual(try h.call("GET", "authed"), "$3\r\nyes\r\n")
+        // INFO's backend figures: the poller authenticates too (AUTH in the same write as its
+        // first INFO); a server whose password changed is down with the reason.
+        func figures() -> String {
+            let info = (try? h.call("INFO", "backends")) ?? ""
+            return info.split(separator: "\r\n").compactMap { line -> String? in
+                if line.hasPrefix("backends_") { return String(line) }
+                return line.split(separator: ",").first { $0.hasPrefix("error=") }.map(String.init)
+            }.joined(separator: " ")
+        }
+        XCTAssertEqual(eventually("backends_up:2 backends_down:0") { figures() }, "backends_up:2 backends_down:0")
+        XCTAssertEqual(try direct.call("CONFIG", "SET", "requirepass", "changed"), "+OK\r\n")
+        XCTAssertEqual(try direct.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").hasPrefix(":"), true, "the poller's connection too")
+        XCTAssertEqual(eventually("backends_up:1 backends_down:1 error=AUTH failed", within: 8) { figures() },
+                       "backends_up:1 backends_down:1 error=AUTH failed")
     }
 
     func testAuthWithoutConfiguredPassword() throws {

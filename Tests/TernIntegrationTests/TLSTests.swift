@@ -336,6 +336,50 @@ final class TLSTests: XCTestCase {
         XCTAssertEqual(output, "199\n")
     }
 
+    /// The INFO poller opens its TLS connections together: two servers that accept and then
+    /// never answer (paused) do not stop the handshake with a live server listed after them
+    /// from finishing within the poller's 300 ms, pass after pass (the poller's first form
+    /// finished handshakes one after another against one deadline, so the live server timed out
+    /// behind the paused ones and was shown down).
+    func testPollerHandshakesBesidePausedTLSServers() throws {
+        var paused: [Process] = []
+        var ports: [Int] = []
+        for _ in 0..<3 {
+            let port = ProcessGroup.freePort()
+            let process = try group.launch("/usr/bin/redis-server", ["--port", "0", "--tls-port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                                                    "--tls-cert-file", certificates.serverCert, "--tls-key-file", certificates.serverKey,
+                                                                    "--tls-ca-cert-file", certificates.ca, "--tls-auth-clients", "no"], log: "redis-tls-\(port).log")
+            try group.waitForPort(port)
+            ports.append(port)
+            paused.append(process)
+        }
+        paused.removeLast()
+        for process in paused { stopProcess(process) }
+        defer { for process in paused { continueProcess(process) } }
+        let port = ProcessGroup.freePort()
+        try group.tern(config: """
+            p:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              timeout: 1000
+              server_tls: {ca: "\(certificates.ca)", server_name: "localhost"}
+              servers: ["127.0.0.1:\(ports[0]):1 a", "127.0.0.1:\(ports[1]):1 b", "127.0.0.1:\(ports[2]):1 live"]
+            """, arguments: ["--threads", "1"], waitPort: port)
+        let client = try TestClient(port: port)
+        func figures() -> String {
+            let info = (try? client.call("INFO", "backends")) ?? ""
+            return info.split(separator: "\r\n").filter { $0.hasPrefix("backends_") }.joined(separator: " ")
+        }
+        XCTAssertEqual(eventually("backends_up:1 backends_down:2") { figures() }, "backends_up:1 backends_down:2")
+        // Seven seconds: the paused servers are tried again (every five).
+        var seen: [String: Int] = [:]
+        for _ in 0..<28 {
+            seen[figures(), default: 0] += 1
+            usleep(250_000)
+        }
+        XCTAssertEqual(seen, ["backends_up:1 backends_down:2": 28])
+    }
+
     /// Certificates are reloaded on SIGHUP while clients keep working: zero failed requests,
     /// established connections stay, new connections get the new certificate; a key that does
     /// not match its certificate rejects the reload and the old pair stays in use.

@@ -39,6 +39,9 @@ final class BackendInfoPoller: Sendable {
         let address: SocketAddress
         let host: String?
         var connection: BlockingConnection?
+        /// Opened in this cycle; `AUTH` goes ahead of its `INFO`.
+        var isNew = false
+        var authenticates = false
         var result: Result<[String: String], PollError>?
         var memcached: Bool { plan.config.protocolKind != .redis }
 
@@ -107,10 +110,12 @@ final class BackendInfoPoller: Sendable {
         }
     }
 
-    /// One cycle: connects (TLS, AUTH) where no connection is open, then `INFO` or `stats` to
-    /// every target, each phase bounded by one deadline for all of them.
+    /// One cycle: connects (and TLS handshakes) where no connection is open, stepped together
+    /// from one `poll()` within 300 ms; then `INFO` (after `AUTH` on a new connection of a pool
+    /// with `redis_auth`, in the same write) or `stats` to every target, every reply within 500
+    /// ms of the last request sent.
     private func poll(_ targets: [Target], _ connections: Connections) {
-        var opening: [Target] = []
+        var opening: [(target: Target, events: Int16)] = []
         for target in targets {
             if let open = connections.connections[target.key] {
                 target.connection = open
@@ -119,38 +124,53 @@ final class BackendInfoPoller: Sendable {
             switch BlockingConnection.start(target.address) {
             case let .success(started):
                 target.connection = started
-                opening.append(target)
+                target.isNew = true
+                opening.append((target, Int16(POLLOUT)))
             case let .failure(error): target.fail(error.text)
             }
         }
-        // Connecting (and the TLS handshake) within 300 ms, for all of them together.
         let connected = BlockingConnection.now() + 0.3
-        for target in opening {
-            guard let started = target.connection else { continue }
-            if case let .failure(error) = started.finish(tls: target.plan.serverTLS, serverName: target.host, deadline: connected) {
-                target.fail(error.text)
+        while !opening.isEmpty {
+            var entries = opening.map { pollfd(fd: $0.target.connection!.descriptor, events: $0.events, revents: 0) }
+            let remaining = Int32(max(0, (connected - BlockingConnection.now()) * 1000))
+            let ready = Glibc.poll(&entries, nfds_t(entries.count), remaining)
+            if ready < 0, errno == EINTR { continue }
+            guard ready > 0 else {
+                for (target, events) in opening { target.fail(events == Int16(POLLOUT) && target.connection?.tls == nil ? Syscall.errorText(ETIMEDOUT) : "TLS handshake timed out") }
+                break
             }
-        }
-        let authenticated = BlockingConnection.now() + 0.5
-        for target in opening {
-            guard let connection = target.connection, !target.memcached, let password = target.plan.config.redisAuth else { continue }
-            guard case .success = connection.writeAll(RespEncoder.command(["AUTH", password]), deadline: authenticated),
-                  case let .success(reply) = Self.receiveReply(connection, deadline: authenticated),
-                  reply.withUnsafeBytes({ RespReply.classify($0) }) == .ok else {
-                target.fail("AUTH failed")
-                continue
+            var still: [(target: Target, events: Int16)] = []
+            for (index, entry) in entries.enumerated() {
+                let target = opening[index].target
+                guard entry.revents != 0, let connection = target.connection else {
+                    still.append(opening[index])
+                    continue
+                }
+                switch connection.openStep(tls: target.plan.serverTLS, serverName: target.host) {
+                case .done: break
+                case let .wait(events): still.append((target, events))
+                case let .failed(failure): target.fail(failure.text)
+                }
             }
+            opening = still
         }
-        // Every request out before any reply is waited for; 500 ms for all the replies.
-        let answered = BlockingConnection.now() + 0.5
+        // Every request out before any reply is waited for.
         let info = RespEncoder.command(["INFO"]), stats = Array("stats\r\n".utf8)
+        let sent = BlockingConnection.now() + 0.5
         for target in targets {
             guard let connection = target.connection else { continue }
-            if case let .failure(error) = connection.writeAll(target.memcached ? stats : info, deadline: answered) { target.fail(error.text) }
+            var request = target.memcached ? stats : info
+            if target.isNew, !target.memcached, let password = target.plan.config.redisAuth {
+                request = RespEncoder.command(["AUTH", password]) + request
+                target.authenticates = true
+            }
+            if case let .failure(error) = connection.writeAll(request, deadline: sent) { target.fail(error.text) }
         }
+        let answered = BlockingConnection.now() + 0.5
         for target in targets {
             guard let connection = target.connection else { continue }
-            let result = target.memcached ? Self.receiveStats(connection, deadline: answered) : Self.receiveInfo(connection, deadline: answered)
+            let result = target.memcached ? Self.receiveStats(connection, deadline: answered)
+                : Self.receiveInfo(connection, after: target.authenticates ? 1 : 0, deadline: answered)
             switch result {
             case .success: target.result = result
             case let .failure(error): target.fail(error.text)
@@ -161,8 +181,8 @@ final class BackendInfoPoller: Sendable {
     struct PollError: Error { var text: String }
 
     /// `INFO`'s reply: a bulk string (anything else, such as `-NOAUTH`, is the failure's text).
-    private static func receiveInfo(_ connection: BlockingConnection, deadline: Double) -> Result<[String: String], PollError> {
-        switch receiveReply(connection, deadline: deadline) {
+    private static func receiveInfo(_ connection: BlockingConnection, after replies: Int, deadline: Double) -> Result<[String: String], PollError> {
+        switch receiveReply(connection, after: replies, deadline: deadline) {
         case let .success(reply):
             guard case .bulk = reply.withUnsafeBytes({ RespReply.classify($0) }) else {
                 return .failure(PollError(text: String(decoding: reply.prefix(120).filter { $0 >= 0x20 }, as: UTF8.self)))
@@ -193,14 +213,23 @@ final class BackendInfoPoller: Sendable {
         }
     }
 
-    /// Reads one reply (a line, or a bulk string whole) before `end`.
-    private static func receiveReply(_ connection: BlockingConnection, deadline end: Double) -> Result<[UInt8], PollError> {
+    /// Reads the replies to the last `count` requests before `end`; the last one's bytes are
+    /// returned, and every earlier one must be `+OK` (the `AUTH` sent ahead of `INFO`).
+    private static func receiveReply(_ connection: BlockingConnection, after count: Int = 0, deadline end: Double) -> Result<[UInt8], PollError> {
         var reply: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
+        var skipped = 0
         while true {
             // One reply (a line, or INFO's bulk string), framed by TernCore.
             switch reply.withUnsafeBytes({ RespReplyParser.parse($0, maxDepth: 8, maxBulkLength: 4 << 20) }) {
-            case let .reply(length, _): return .success(Array(reply[..<length]))
+            case let .reply(length, _):
+                guard skipped < count else { return .success(Array(reply[..<length])) }
+                guard reply.withUnsafeBytes({ RespReply.classify(UnsafeRawBufferPointer(rebasing: $0[..<length])) }) == .ok else {
+                    return .failure(PollError(text: "AUTH failed"))
+                }
+                reply.removeFirst(length)
+                skipped += 1
+                continue
             case .invalid: return .failure(PollError(text: "invalid reply"))
             case .incomplete: break
             }

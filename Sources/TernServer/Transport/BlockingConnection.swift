@@ -55,28 +55,46 @@ final class BlockingConnection {
     /// The second half of `open`: waits for the connect `start` began and, with `tls`, does the
     /// handshake, before `deadline`.
     func finish(tls context: TLSContext?, serverName: String?, deadline: Double) -> Result<BlockingConnection, Failure> {
-        guard wait(Int16(POLLOUT), deadline: deadline) else { return .failure(Failure(text: Syscall.errorText(ETIMEDOUT))) }
-        let error = Syscall.socketError(descriptor)
-        guard error == 0 else { return .failure(Failure(text: Syscall.errorText(error))) }
-        let connection = self
-        guard let context else { return .success(connection) }
-        guard let stream = TLSStream(context: context, descriptor: descriptor, serverName: context.serverName ?? serverName) else {
-            return .failure(Failure(text: "TLS setup failed: \(TLSStream.lastError())"))
-        }
-        connection.tls = stream
+        var events = Int16(POLLOUT)
         while true {
-            switch stream.handshake() {
-            case .done:
-                return .success(connection)
-            case .wantRead:
-                guard connection.wait(Int16(POLLIN), deadline: deadline) else { return .failure(Failure(text: "TLS handshake timed out")) }
-            case .wantWrite:
-                guard connection.wait(Int16(POLLOUT), deadline: deadline) else { return .failure(Failure(text: "TLS handshake timed out")) }
-            case .closed:
-                return .failure(Failure(text: "server closed the connection during the TLS handshake (is it a TLS port?)"))
-            case let .failed(reason):
-                return .failure(Failure(text: "TLS handshake: \(reason)"))
+            guard wait(events, deadline: deadline) else {
+                return .failure(Failure(text: isConnected ? "TLS handshake timed out" : Syscall.errorText(ETIMEDOUT)))
             }
+            switch openStep(tls: context, serverName: serverName) {
+            case .done: return .success(self)
+            case let .wait(next): events = next
+            case let .failed(failure): return .failure(failure)
+            }
+        }
+    }
+
+    enum OpenStep { case done, wait(Int16), failed(Failure) }
+
+    /// The connect `start` began has finished.
+    private var isConnected = false
+
+    /// One step of opening, without waiting: call it first once the socket is writable (the
+    /// connect finished, or failed), then whenever it is ready for what the last step asked.
+    /// With `tls`, the handshake follows the connect (verifying `serverName` when the context
+    /// verifies). A thread opening several connections steps them all from one `poll()`.
+    func openStep(tls context: TLSContext?, serverName: String?) -> OpenStep {
+        if !isConnected {
+            let error = Syscall.socketError(descriptor)
+            guard error == 0 else { return .failed(Failure(text: Syscall.errorText(error))) }
+            isConnected = true
+            guard let context else { return .done }
+            guard let stream = TLSStream(context: context, descriptor: descriptor, serverName: context.serverName ?? serverName) else {
+                return .failed(Failure(text: "TLS setup failed: \(TLSStream.lastError())"))
+            }
+            tls = stream
+        }
+        guard let stream = tls else { return .done }
+        switch stream.handshake() {
+        case .done: return .done
+        case .wantRead: return .wait(Int16(POLLIN))
+        case .wantWrite: return .wait(Int16(POLLOUT))
+        case .closed: return .failed(Failure(text: "server closed the connection during the TLS handshake (is it a TLS port?)"))
+        case let .failed(reason): return .failed(Failure(text: "TLS handshake: \(reason)"))
         }
     }
 
