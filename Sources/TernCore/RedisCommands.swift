@@ -85,7 +85,7 @@ public struct RedisCommand: Sendable {
     public let storeKeywords: Bool
     /// Whether the command writes (reported by COMMAND).
     public let isWrite: Bool
-    /// Blocking commands, WATCH and EXEC: they may leave the client's shared connections for a
+    /// Blocking commands (XREAD and XREADGROUP block with BLOCK), WATCH and EXEC: they may leave the client's shared connections for a
     /// connection of their own, so a pipeline's order around them is kept by waiting (the
     /// Redis frontend's `mustWait` says when). One byte tested per request.
     public let keepsPipelineOrder: Bool
@@ -110,7 +110,7 @@ public struct RedisCommand: Sendable {
         self.isWrite = write
         self.storeKeywords = storeKeywords
         self.timeoutAt = timeoutAt
-        keepsPipelineOrder = routing == .blocking || Self.same(name, "watch") || Self.same(name, "exec")
+        keepsPipelineOrder = routing == .blocking || keys == .streams || Self.same(name, "watch") || Self.same(name, "exec")
     }
 
     private static func same(_ name: StaticString, _ other: StaticString) -> Bool {

@@ -314,6 +314,8 @@ final class TestClient {
     }
 
     func close() { Glibc.close(fd) }
+    /// Ends the client's side of the stream (FIN); replies can still be read.
+    func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
     deinit { Glibc.close(fd) }
 
     func send(_ text: String) throws { try send(Array(text.utf8)) }

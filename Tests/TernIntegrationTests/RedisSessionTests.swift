@@ -266,6 +266,28 @@ final class RedisSessionTests: XCTestCase {
             XCTAssertEqual(String(decoding: try client.receiveReplies(2), as: UTF8.self), "*2\r\n$4\r\n{o}g\r\n$1\r\nv\r\n$-1\r\n")
         }
         XCTAssertEqual(try tern.call("PING"), "+PONG\r\n", "pipelining goes on after the hold")
+        // Sent with the end of the stream: what a WATCH or a watched EXEC held still runs, as
+        // Redis runs what it read before it saw the end; then the connection closes. Behind a
+        // blocking command, the rest is dropped (Redis drops a blocked client that leaves).
+        for port in [setup.port, direct.port] {
+            let leaver = try TestClient(port: port)
+            try leaver.send([["SET", "{o}e", "1"], ["WATCH", "{o}e"], ["MULTI"], ["INCR", "{o}e"], ["EXEC"], ["INCR", "{o}e"], ["GET", "{o}e"]].flatMap { TestClient.encode($0) })
+            leaver.shutdownWrite()
+            XCTAssertEqual(String(decoding: try leaver.receiveReplies(7), as: UTF8.self), "+OK\r\n+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n:2\r\n:3\r\n$1\r\n3\r\n", "port \(port)")
+            XCTAssertTrue(leaver.drain(for: 1).closed)
+            let blocked = try TestClient(port: port)
+            try blocked.send(TestClient.encode(["BLPOP", "{o}b", "0"]) + TestClient.encode(["RPUSH", "{o}b", "mine"]))
+            blocked.shutdownWrite()
+            XCTAssertTrue(blocked.drain(for: 1).closed)
+            XCTAssertEqual(try TestClient(port: port).call("EXISTS", "{o}b"), ":0\r\n", "port \(port): nothing behind the BLPOP ran")
+        }
+        // XREADGROUP … BLOCK behind the XGROUP CREATE that makes its group.
+        for client in [tern, redis] {
+            try client.send(TestClient.encode(["XGROUP", "CREATE", "{o}st", "g", "$", "MKSTREAM"])
+                            + TestClient.encode(["XREADGROUP", "GROUP", "g", "c", "BLOCK", "100", "STREAMS", "{o}st", ">"]))
+            XCTAssertEqual(String(decoding: try client.receiveReplies(2), as: UTF8.self), "+OK\r\n*-1\r\n")
+            XCTAssertEqual(try client.call("DEL", "{o}st"), ":1\r\n")
+        }
     }
 
     /// 70 consumers blocked at once on one server with `dedicated_connections: 64` on one

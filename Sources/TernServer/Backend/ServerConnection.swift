@@ -315,9 +315,14 @@ final class ServerConnection {
         if let redirect, !redirect.isAsk { pool.plan.shared.cluster.requestRefresh() }
         let start = answeredBytes - head.bytes
         if let pushClient {
-            // SSUBSCRIBE racing a slot move: the client's push connection to the node named.
-            guard let redirect, !redirect.isAsk, let slot = head.slot, start >= 0, let bytes = outputBytes(start..<answeredBytes) else { return false }
-            return pushClient.pushRedirected(bytes, to: redirect, follow: head.redirects < ClusterState.maxRedirects, redirects: head.redirects + 1,
+            // SSUBSCRIBE racing a slot move: the client's push connection to the node named
+            // (a MOVED); an ASK or TRYAGAIN is not followed there, but the client forgets the
+            // channel the error refused.
+            guard let slot = head.slot, start >= 0, let bytes = outputBytes(start..<answeredBytes) else { return false }
+            let movable = redirect.map { !$0.isAsk } ?? false
+            let follow = movable && head.redirects < ClusterState.maxRedirects
+            if movable, !follow { pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed) }
+            return pushClient.pushRedirected(bytes, to: movable ? redirect : nil, follow: follow, redirects: head.redirects + 1,
                                              deadline: head.deadline, slot: slot, part: head.part, on: ObjectIdentifier(self))
         }
         guard !isDedicated, let slot = head.slot, let client = slot.client, start >= 0,

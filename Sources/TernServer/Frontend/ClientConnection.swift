@@ -70,6 +70,13 @@ final class ClientConnection: ReplyOwner {
         rare = made
         return made
     }
+    /// The client's input ended while parsing was held for a WATCH or a watched EXEC: nothing
+    /// more is read, what was read is parsed as the holds end, then the client closes (as
+    /// Redis runs what it read before it saw the end).
+    var inputEnded: Bool {
+        get { rare?.inputEnded ?? false }
+        set { if newValue || rare != nil { rareState.inputEnded = newValue } }
+    }
     /// Pools with `users:` (memcached and Redis sessions alike): the authenticated user (nil
     /// until then), and failed authentications in a row.
     var authenticatedUser: RedisUser? {
@@ -217,6 +224,11 @@ final class ClientConnection: ReplyOwner {
     /// client that leaves while held (blocked) is seen leaving, as Redis sees it; past
     /// `heldInputLimit` bytes waiting, reading pauses too.
     private var parsingHeld: Bool { holdUntilAnswered && !slots.isEmpty }
+    /// A blocking command of this client is on a dedicated connection or waiting for one.
+    private var isBlockedOnRedis: Bool {
+        guard let extras = redisExtras else { return false }
+        return extras.waitedForDedicated || extras.blocked.contains { $0.isCurrent }
+    }
     static let heldInputLimit = 1 << 20
 
     var hasRequestsInFlight: Bool { !slots.isEmpty }
@@ -307,7 +319,7 @@ final class ClientConnection: ReplyOwner {
     }
 
     private func readRequests() {
-        guard !isClosed, !closeWhenDrained else { return }
+        guard !isClosed, !closeWhenDrained, !inputEnded else { return }
         // With no partial request pending, read into the worker's shared buffer, lent without a
         // reference (`partial ?? worker.scratch` took one per read): the worker holds it in a
         // `let` and outlives its clients.
@@ -372,6 +384,12 @@ final class ClientConnection: ReplyOwner {
         }
         if reachedEnd {
             pool.stats.clientEOF.add()
+            // Redis runs what it read before it saw the end, unless the client is blocked.
+            if parsingHeld, partial != nil, !isBlockedOnRedis {
+                inputEnded = true
+                watcher?.watch(output.isEmpty ? 0 : TERN_EV_WRITE)
+                return
+            }
             closeWhenDrained = true
             // Redis drops a client the moment it closes, so nothing it was blocked on is
             // popped for nobody: neither does Tern wait for a blocked command's reply.
@@ -427,7 +445,7 @@ final class ClientConnection: ReplyOwner {
         shardChannelLeft(frame, on: connection)
     }
 
-    override func pushRedirected(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect, follow: Bool, redirects: UInt8, deadline: Double,
+    override func pushRedirected(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect?, follow: Bool, redirects: UInt8, deadline: Double,
                                  slot: ReplySlot, part: Int32, on connection: ObjectIdentifier) -> Bool {
         shardSubscribeMoved(request, to: redirect, follow: follow, redirects: redirects, deadline: deadline, slot: slot, part: part, on: connection)
     }
@@ -466,13 +484,15 @@ final class ClientConnection: ReplyOwner {
         // client holds no output buffer); a larger buffer stays up to 64 KiB for a client that
         // needs one reply after another, until a second of idleness (`releaseIdleMemory`).
         if output.isEmpty { output.releaseIfIdleOrSmall(keep: 65536) }
-        var events: Int32 = closeWhenDrained || mustPauseReading ? 0 : TERN_EV_READ
+        var events: Int32 = closeWhenDrained || mustPauseReading || inputEnded ? 0 : TERN_EV_READ
         if !output.isEmpty || tls?.readWantsWrite == true { events |= TERN_EV_WRITE }
         if tls?.writeWantsRead == true { events |= TERN_EV_READ }
         // Usually unchanged: compared here, so that no reference to the watcher is taken.
         if let current = watcher?.events, current != events { watcher?.watch(events) }
         if closeIfDrained() { return }
-        // Reading was paused by a full pipeline: parse what is already buffered.
+        // A hold ends once every reply in flight is out.
+        if holdUntilAnswered, slots.isEmpty { holdUntilAnswered = false }
+        // Reading was paused by a full pipeline, or parsing by a hold: parse what is buffered.
         if !closeWhenDrained, !mustPauseReading, let partial {
             process(partial)
             dropEmptyPartial()
@@ -481,6 +501,17 @@ final class ClientConnection: ReplyOwner {
             // gets here once per batch of complete requests answered, so a slowloris gains
             // nothing by it).
             partialSince = self.partial == nil ? 0 : worker.now
+        }
+        if inputEnded, !parsingHeld || isBlockedOnRedis {
+            // Everything read has been parsed (an incomplete request at the end is dropped),
+            // or a blocking command among it is out: Redis would see the end now.
+            inputEnded = false
+            closeWhenDrained = true
+            partial = nil
+            partialSince = 0
+            if redis != nil { endBlockedCommands() }
+            watcher?.watch(output.isEmpty ? 0 : TERN_EV_WRITE)
+            if closeIfDrained() { return }
         }
         // TLS bytes decrypted while reading was paused.
         if let tls, tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }
@@ -513,7 +544,7 @@ final class ClientConnection: ReplyOwner {
         }
         // Not while reading or parsing is paused: the client waits for Tern then (a full
         // pipeline, a blocking command it sent more behind), not the other way round.
-        if config.clientPartialTimeoutMilliseconds > 0, partialSince > 0, !mustPauseReading, !parsingHeld,
+        if config.clientPartialTimeoutMilliseconds > 0, partialSince > 0, !mustPauseReading, !(holdUntilAnswered && partial != nil),
            now - partialSince > Double(config.clientPartialTimeoutMilliseconds) / 1000 {
             worker.logger.info("pool \(config.name): closing a client whose request stayed incomplete for \(config.clientPartialTimeoutMilliseconds) ms")
             pool.stats.clientErrors.add()
@@ -602,6 +633,8 @@ final class RareClientState {
     var peerText: String?
     var tls: TLSStream?
     var skipRemaining = 0
+    /// The client closed its side while a WATCH or a watched EXEC held what it sent behind.
+    var inputEnded = false
     /// A Redis client's transaction, WATCH, blocked commands and subscriptions.
     var redisExtras: RedisSessionExtras?
 }

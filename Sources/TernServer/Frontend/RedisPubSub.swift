@@ -258,20 +258,36 @@ extension ClientConnection {
     /// it; push connections send one channel per request): the channel is subscribed on this
     /// client's push connection to the node named instead, and the confirmation waits for that
     /// node, so that the client never sees the redirect and the subscription is where messages
-    /// arrive. A node this worker does not know yet (its map is being refreshed), or a channel
-    /// redirected too often, gets the error, and the channel is forgotten: the client was told
-    /// it is not subscribed (before, it stayed listed on the node that refused it).
-    func shardSubscribeMoved(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect, follow: Bool, redirects: UInt8, deadline: Double,
+    /// arrive. A node this worker does not know yet (its map is being refreshed), a channel
+    /// redirected too often, or an `-ASK`/`-TRYAGAIN` (`redirect` nil) gets the error, and the
+    /// channel is forgotten: the client was told it is not subscribed (before, it stayed listed
+    /// on the node that refused it).
+    ///
+    /// `SUNSUBSCRIBE ch` answered with a redirect: the slot left that node, which dropped the
+    /// subscription itself (its notice crossed the request). The client is not subscribed, as
+    /// it asked: it gets its confirmation, and the unsubscribe is no longer awaited.
+    func shardSubscribeMoved(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect?, follow: Bool, redirects: UInt8, deadline: Double,
                              slot: ReplySlot, part: Int32, on connection: ObjectIdentifier) -> Bool {
-        let head: StaticString = "*2\r\n$10\r\nssubscribe\r\n"
-        guard let subscriptions = redis?.subscriptions, request.count > head.utf8CodeUnitCount,
-              memcmp(request.baseAddress!, head.utf8Start, head.utf8CodeUnitCount) == 0,
-              case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: request[head.utf8CodeUnitCount...])) else { return false }
-        let name = UnsafeRawBufferPointer(rebasing: request[(head.utf8CodeUnitCount + range.lowerBound)..<(head.utf8CodeUnitCount + range.upperBound)])
-        guard let index = subscriptions.shardChannels.firstIndex(where: {
-            $0.connection.map(ObjectIdentifier.init) == connection && $0.name.elementsEqual(name)
-        }) else { return false }
-        guard follow, deadline > worker.now, let server = pool.serverIndex(named: redirect.target) else {
+        guard let subscriptions = redis?.subscriptions else { return false }
+        let subscribe: StaticString = "*2\r\n$10\r\nssubscribe\r\n", unsubscribe: StaticString = "*2\r\n$12\r\nsunsubscribe\r\n"
+        func starts(_ prefix: StaticString) -> Bool {
+            request.count > prefix.utf8CodeUnitCount && memcmp(request.baseAddress!, prefix.utf8Start, prefix.utf8CodeUnitCount) == 0
+        }
+        let isSubscribe = starts(subscribe), isUnsubscribe = !isSubscribe && starts(unsubscribe)
+        let head = isSubscribe ? subscribe.utf8CodeUnitCount : unsubscribe.utf8CodeUnitCount
+        guard isSubscribe || isUnsubscribe,
+              case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: request[head...])) else { return false }
+        let name = UnsafeRawBufferPointer(rebasing: request[(head + range.lowerBound)..<(head + range.upperBound)])
+        func named(_ entry: RedisSubscriptions.Entry) -> Bool { entry.connection.map(ObjectIdentifier.init) == connection && entry.name.elementsEqual(name) }
+        if isUnsubscribe {
+            guard let asked = subscriptions.unsubscribing.firstIndex(where: named) else { return false }
+            subscriptions.unsubscribing.remove(at: asked)
+            // Any reply that is not an error completes the part with the written confirmation.
+            _ = slot.deliver(part: part, reply: UnsafeRawBufferPointer(start: nil, count: 0), isError: false)
+            return true
+        }
+        guard let index = subscriptions.shardChannels.firstIndex(where: named) else { return false }
+        guard follow, deadline > worker.now, let redirect, let server = pool.serverIndex(named: redirect.target) else {
             subscriptions.shardChannels.remove(at: index)
             if !subscriptions.isSubscribed { pool.stats.subscribedClients.add(-1) }
             return false

@@ -183,7 +183,7 @@ extension ClientConnection {
         let command = RedisCommandTable.commands[Int(found)]
         // Parsing goes on only once a held session's replies are out (`parsingHeld`).
         if holdUntilAnswered { holdUntilAnswered = false }
-        if command.keepsPipelineOrder, !slots.isEmpty, mustWait(command, session) {
+        if command.keepsPipelineOrder, !slots.isEmpty, mustWait(command, frame, session) {
             holdUntilAnswered = true
             return false
         }
@@ -197,13 +197,13 @@ extension ClientConnection {
     /// they go). Without that, a command pipelined behind a blocking pop ran before it on the
     /// shared connection, a write behind a WATCH could reach Redis before the WATCH, and the
     /// EXEC of a watched transaction before the commands sent ahead of it. These are a blocking
-    /// command outside MULTI, WATCH, and EXEC of a watched transaction.
-    @inline(__always)
-    private func mustWait(_ command: RedisCommand, _ session: RedisSession) -> Bool {
+    /// command outside MULTI (XREAD and XREADGROUP with BLOCK among them), WATCH, and EXEC of a
+    /// watched transaction.
+    private func mustWait(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession) -> Bool {
         switch command.routing {
         case .blocking: return session.transaction == nil
         case .session: return session.transaction == nil ? command.isNamed("watch") : session.watch != nil && command.isNamed("exec")
-        default: return false
+        default: return session.transaction == nil && command.keys == .streams && hasArgument(session.arguments, frame, "block")
         }
     }
 

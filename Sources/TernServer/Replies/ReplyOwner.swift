@@ -329,10 +329,11 @@ class ReplyOwner {
     /// whether it was one, handled.
     func pushNotice(_ frame: UnsafeRawBufferPointer, on connection: ObjectIdentifier) -> Bool { false }
 
-    /// A Redis Cluster node answered `-MOVED` to `request` (its bytes), which this client's push
-    /// connection `connection` sent for `slot`'s `part`: whether the client sent it on to the
-    /// node named (true; the error is not the answer). `follow` false: out of redirects, the
-    /// client only forgets what the request would have subscribed.
-    func pushRedirected(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect, follow: Bool, redirects: UInt8, deadline: Double,
+    /// A Redis Cluster node answered `-MOVED` (`redirect`; nil: `-ASK` or `-TRYAGAIN`) to
+    /// `request` (its bytes), which this client's push connection `connection` sent for
+    /// `slot`'s `part`: whether the client handled it (true: the error is not the answer; the
+    /// client sent the request on, or answered the part). `follow` false: the client only
+    /// forgets what the request would have subscribed.
+    func pushRedirected(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect?, follow: Bool, redirects: UInt8, deadline: Double,
                         slot: ReplySlot, part: Int32, on connection: ObjectIdentifier) -> Bool { false }
 }
