@@ -285,8 +285,11 @@ struct TestError: Error, CustomStringConvertible {
 final class TestClient {
     let fd: Int32
 
-    init(port: Int, timeout: Double = 5) throws {
+    /// `receiveBuffer`: the socket's SO_RCVBUF, set before connecting (a small one keeps a
+    /// large reply in the server's output instead of the kernel's buffers).
+    init(port: Int, timeout: Double = 5, receiveBuffer: Int32? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if var size = receiveBuffer { _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")

@@ -281,6 +281,24 @@ final class RedisSessionTests: XCTestCase {
             XCTAssertTrue(blocked.drain(for: 1).closed)
             XCTAssertEqual(try TestClient(port: port).call("EXISTS", "{o}b"), ":0\r\n", "port \(port): nothing behind the BLPOP ran")
         }
+        // The same behind a 4 MiB reply the client has not read yet (Tern's output past its
+        // 1 MiB mark pauses parsing when the WATCH's hold ends): the transaction still runs, as
+        // in Redis (which, seeing the end, drops what it had not written yet; Tern writes it).
+        let big = String(repeating: "b", count: 4 << 20)
+        for port in [setup.port, direct.port] {
+            let leaver = try TestClient(port: port, receiveBuffer: 4096)
+            XCTAssertEqual(try leaver.call("SET", "{o}big", big), "+OK\r\n")
+            try leaver.send([["GET", "{o}big"], ["WATCH", "{o}f"], ["MULTI"], ["INCR", "{o}f"], ["EXEC"]].flatMap { TestClient.encode($0) })
+            leaver.shutdownWrite()
+            usleep(300_000)
+            if port == setup.port {
+                let replies = String(decoding: try leaver.receiveReplies(5), as: UTF8.self)
+                XCTAssertEqual(replies.utf8.count, big.utf8.count + 12 + 27)
+                XCTAssertTrue(replies.hasPrefix("$\(big.utf8.count)\r\nbbb") && replies.hasSuffix("b\r\n+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n:1\r\n"))
+            }
+            XCTAssertTrue(leaver.drain(for: 2).closed)
+            XCTAssertEqual(try TestClient(port: port).call("GET", "{o}f"), "$1\r\n1\r\n", "port \(port): the transaction ran")
+        }
         // XREADGROUP … BLOCK behind the XGROUP CREATE that makes its group.
         for client in [tern, redis] {
             try client.send(TestClient.encode(["XGROUP", "CREATE", "{o}st", "g", "$", "MKSTREAM"])

@@ -70,9 +70,9 @@ final class ClientConnection: ReplyOwner {
         rare = made
         return made
     }
-    /// The client's input ended while parsing was held for a WATCH or a watched EXEC: nothing
-    /// more is read, what was read is parsed as the holds end, then the client closes (as
-    /// Redis runs what it read before it saw the end).
+    /// The client's input ended while parsing was held (a WATCH or a watched EXEC) or paused
+    /// (a full pipeline, unread output): nothing more is read, what was read is parsed as the
+    /// pauses end, then the client closes (as Redis runs what it read before it saw the end).
     var inputEnded: Bool {
         get { rare?.inputEnded ?? false }
         set { if newValue || rare != nil { rareState.inputEnded = newValue } }
@@ -384,8 +384,9 @@ final class ClientConnection: ReplyOwner {
         }
         if reachedEnd {
             pool.stats.clientEOF.add()
-            // Redis runs what it read before it saw the end, unless the client is blocked.
-            if parsingHeld, partial != nil, !isBlockedOnRedis {
+            // Redis (and memcached) run what they read before they saw the end, unless the
+            // client is blocked: requests waiting behind a hold or a full pipeline still run.
+            if partial != nil, parsingHeld || mustPauseReading, !isBlockedOnRedis {
                 inputEnded = true
                 watcher?.watch(output.isEmpty ? 0 : TERN_EV_WRITE)
                 return
@@ -502,9 +503,10 @@ final class ClientConnection: ReplyOwner {
             // nothing by it).
             partialSince = self.partial == nil ? 0 : worker.now
         }
-        if inputEnded, !parsingHeld || isBlockedOnRedis {
+        if inputEnded, isBlockedOnRedis || !parsingHeld && !mustPauseReading {
             // Everything read has been parsed (an incomplete request at the end is dropped),
-            // or a blocking command among it is out: Redis would see the end now.
+            // or a blocking command among it is out: Redis would see the end now. (Parsing
+            // paused by a full pipeline or unread output goes on at a later flush.)
             inputEnded = false
             closeWhenDrained = true
             partial = nil
@@ -633,7 +635,7 @@ final class RareClientState {
     var peerText: String?
     var tls: TLSStream?
     var skipRemaining = 0
-    /// The client closed its side while a WATCH or a watched EXEC held what it sent behind.
+    /// The client closed its side while a hold or a full pipeline kept what it sent (`ClientConnection.inputEnded`).
     var inputEnded = false
     /// A Redis client's transaction, WATCH, blocked commands and subscriptions.
     var redisExtras: RedisSessionExtras?
