@@ -230,14 +230,8 @@ extension ClientConnection {
     /// - else a stray: a notice that crossed the client's own SUNSUBSCRIBE of the channel, whose
     ///   answer Redis sends as well. Dropped (true), never paired with another request.
     func shardChannelLeft(_ frame: UnsafeRawBufferPointer, on connection: ObjectIdentifier) -> Bool {
-        let head: StaticString = "*3\r\n$12\r\nsunsubscribe\r\n"
-        guard let subscriptions = redis?.subscriptions, frame.count > head.utf8CodeUnitCount,
-              memcmp(frame.baseAddress!, head.utf8Start, head.utf8CodeUnitCount) == 0,
-              case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: frame[head.utf8CodeUnitCount...])) else { return false }
-        let name = UnsafeRawBufferPointer(rebasing: frame[(head.utf8CodeUnitCount + range.lowerBound)..<(head.utf8CodeUnitCount + range.upperBound)])
-        let named = { (entry: RedisSubscriptions.Entry) in
-            entry.connection.map(ObjectIdentifier.init) == connection && entry.name.elementsEqual(name)
-        }
+        guard let subscriptions = redis?.subscriptions, let name = Self.channel(in: frame, after: "*3\r\n$12\r\nsunsubscribe\r\n") else { return false }
+        let named = { (entry: RedisSubscriptions.Entry) in Self.entry(entry, is: name, on: connection) }
         if let asked = subscriptions.unsubscribing.firstIndex(where: named) {
             subscriptions.unsubscribing.remove(at: asked)
             return false
@@ -269,17 +263,10 @@ extension ClientConnection {
     func shardSubscribeMoved(_ request: UnsafeRawBufferPointer, to redirect: ClusterRedirect?, follow: Bool, redirects: UInt8, deadline: Double,
                              slot: ReplySlot, part: Int32, on connection: ObjectIdentifier) -> Bool {
         guard let subscriptions = redis?.subscriptions else { return false }
-        let subscribe: StaticString = "*2\r\n$10\r\nssubscribe\r\n", unsubscribe: StaticString = "*2\r\n$12\r\nsunsubscribe\r\n"
-        func starts(_ prefix: StaticString) -> Bool {
-            request.count > prefix.utf8CodeUnitCount && memcmp(request.baseAddress!, prefix.utf8Start, prefix.utf8CodeUnitCount) == 0
-        }
-        let isSubscribe = starts(subscribe), isUnsubscribe = !isSubscribe && starts(unsubscribe)
-        let head = isSubscribe ? subscribe.utf8CodeUnitCount : unsubscribe.utf8CodeUnitCount
-        guard isSubscribe || isUnsubscribe,
-              case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: request[head...])) else { return false }
-        let name = UnsafeRawBufferPointer(rebasing: request[(head + range.lowerBound)..<(head + range.upperBound)])
-        func named(_ entry: RedisSubscriptions.Entry) -> Bool { entry.connection.map(ObjectIdentifier.init) == connection && entry.name.elementsEqual(name) }
-        if isUnsubscribe {
+        let subscribed = Self.channel(in: request, after: "*2\r\n$10\r\nssubscribe\r\n")
+        guard let name = subscribed ?? Self.channel(in: request, after: "*2\r\n$12\r\nsunsubscribe\r\n") else { return false }
+        let named = { (entry: RedisSubscriptions.Entry) in Self.entry(entry, is: name, on: connection) }
+        if subscribed == nil {
             guard let asked = subscriptions.unsubscribing.firstIndex(where: named) else { return false }
             subscriptions.unsubscribing.remove(at: asked)
             // Any reply that is not an error completes the part with the written confirmation.
@@ -297,6 +284,20 @@ extension ClientConnection {
         target.resend(RedirectedRequest(bytes: Array(request), error: [], slot: slot, part: part, redirects: redirects, clientIndex: self.index,
                                         deadline: deadline), asking: false)
         return true
+    }
+
+    /// The channel of a frame that starts with `head` (a command or a notice with its name,
+    /// `*N\r\n$n\r\nname\r\n`), followed by the channel as a bulk string; nil otherwise.
+    private static func channel(in frame: UnsafeRawBufferPointer, after head: StaticString) -> UnsafeRawBufferPointer? {
+        let count = head.utf8CodeUnitCount
+        guard frame.count > count, memcmp(frame.baseAddress!, head.utf8Start, count) == 0,
+              case let .bulk(range) = RespReply.classify(UnsafeRawBufferPointer(rebasing: frame[count...])) else { return nil }
+        return UnsafeRawBufferPointer(rebasing: frame[(count + range.lowerBound)..<(count + range.upperBound)])
+    }
+
+    /// Whether `entry` is channel `name` subscribed on push connection `connection`.
+    private static func entry(_ entry: RedisSubscriptions.Entry, is name: UnsafeRawBufferPointer, on connection: ObjectIdentifier) -> Bool {
+        entry.connection.map(ObjectIdentifier.init) == connection && entry.name.elementsEqual(name)
     }
 
     /// The client left, or RESET: its push connections close (Redis drops its subscriptions).
