@@ -309,6 +309,12 @@ def main():
                 existing += "\n" + section
             open(path, "w").write(existing)
     finally:
+        # Elastic workers: whether a second worker took clients during the loads, and why not.
+        try:
+            scaling = [line.rstrip() for line in open(os.path.join(procs.dir, "tern.log")) if "takes new clients" in line or "takes no new clients" in line]
+            print("tern worker scaling:", *(scaling or ["no worker activated; none held"]), sep="\n  ")
+        except OSError:
+            pass
         procs.stop()
 
 if __name__ == "__main__":

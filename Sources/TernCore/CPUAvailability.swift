@@ -47,6 +47,82 @@ public enum CPUAvailability {
         return total
     }
 
+    /// The CPUs of a list such as `0-3,8` (nil when it is not such a list or names more than
+    /// 65,536 CPUs).
+    public static func members(cpuList: Substring) -> [Int]? {
+        guard let total = count(cpuList: cpuList), total <= 1 << 16 else { return nil }
+        var result: [Int] = []
+        result.reserveCapacity(total)
+        for part in cpuList.trimmingWhitespace().split(separator: ",") {
+            let bounds = part.split(separator: "-")
+            guard let low = Int(bounds[0]), let high = Int(bounds[bounds.count - 1]) else { return nil }
+            result.append(contentsOf: low...high)
+        }
+        return result
+    }
+
+    /// The CPUs of `Cpus_allowed_list:` in the text of /proc/self/status.
+    public static func allowedCPUs(procStatus: String) -> [Int]? {
+        for line in procStatus.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
+            return members(cpuList: line.dropFirst("Cpus_allowed_list:".count))
+        }
+        return nil
+    }
+
+    /// Idle and total time of some CPUs, in clock ticks since boot, from /proc/stat.
+    public struct Times: Equatable, Sendable {
+        public var idle: UInt64
+        public var total: UInt64
+        public var cpus: Int
+
+        public init(idle: UInt64, total: UInt64, cpus: Int) {
+            self.idle = idle
+            self.total = total
+            self.cpus = cpus
+        }
+    }
+
+    /// The `cpuN` lines of /proc/stat summed over `cpus` (every CPU listed when nil). Idle is
+    /// `idle` + `iowait` (a CPU waiting for I/O runs anything runnable); total is every field up to
+    /// `steal` (`guest` time is already counted in `user`). Nil when no such CPU is listed.
+    public static func times(procStat: String, cpus: Set<Int>?) -> Times? {
+        var sum = Times(idle: 0, total: 0, cpus: 0)
+        for line in procStat.split(separator: "\n") where line.hasPrefix("cpu") {
+            let fields = line.split(separator: " ")
+            guard fields.count >= 5, let cpu = Int(fields[0].dropFirst(3)) else { continue }
+            if let cpus, !cpus.contains(cpu) { continue }
+            var values: [UInt64] = []
+            for field in fields.dropFirst().prefix(8) {
+                guard let value = UInt64(field) else { break }
+                values.append(value)
+            }
+            guard values.count >= 4 else { continue }
+            sum.idle &+= values[3] &+ (values.count > 4 ? values[4] : 0)
+            sum.total &+= values.reduce(0, &+)
+            sum.cpus += 1
+        }
+        return sum.cpus > 0 ? sum : nil
+    }
+
+    /// Idle CPUs between two readings of the same CPUs: the idle share of the time that passed,
+    /// times the number of CPUs (2 CPUs, a quarter of their time idle: 0.5). Nil when no time
+    /// passed or the CPUs counted changed (one went offline). The kernel's iowait count may go
+    /// down: idle time that shrank counts as none.
+    public static func idleCPUs(from earlier: Times, to later: Times) -> Double? {
+        guard earlier.cpus == later.cpus, later.total > earlier.total else { return nil }
+        let idle = later.idle >= earlier.idle ? Double(later.idle - earlier.idle) : 0
+        let total = Double(later.total - earlier.total)
+        return min(idle / total, 1) * Double(later.cpus)
+    }
+
+    /// cgroup v2 `cpu.stat`: the `usage_usec` line, CPU time used by the cgroup's processes.
+    public static func usageMicroseconds(cpuStat: String) -> UInt64? {
+        for line in cpuStat.split(separator: "\n") where line.hasPrefix("usage_usec ") {
+            return UInt64(line.dropFirst("usage_usec ".count).trimmingWhitespace())
+        }
+        return nil
+    }
+
     /// `Cpus_allowed_list:` from the text of /proc/self/status.
     public static func affinity(procStatus: String) -> Int? {
         for line in procStatus.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {

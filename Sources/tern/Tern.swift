@@ -61,6 +61,9 @@ struct Tern: ParsableCommand {
     @Option(name: .customLong("activate-above"), help: "Without --threads: another worker takes clients once the active ones' mean utilisation (thread CPU time over wall time, last second) reaches this fraction.")
     var activateAbove = 0.75
 
+    @Option(name: .customLong("activate-idle"), help: "Without --threads: another worker takes clients only if at least this many of the CPUs Tern may use were idle in the last second (0: not checked).")
+    var activateIdle = 0.5
+
     @Option(name: .customLong("admin-port"), help: "Admin HTTP port: /metrics (Prometheus), /healthz, /readyz, /config, /locate?pool=P&key=K. Off unless given.")
     var adminPort: Int?
 
@@ -93,6 +96,7 @@ struct Tern: ParsableCommand {
         if let maxThreads, maxThreads < 1 { throw ValidationError("--max-threads must be at least 1") }
         if activeThreads < 1 { throw ValidationError("--active-threads must be at least 1") }
         if !(activateAbove >= 0 && activateAbove <= 1) { throw ValidationError("--activate-above must be between 0 and 1") }
+        if !(activateIdle >= 0 && activateIdle <= 65536) { throw ValidationError("--activate-idle must be 0 or more (CPUs)") }
         if locatePool != nil, locateKeys.isEmpty { throw ValidationError("--pool is used with --locate") }
         if locateKeys.contains(where: \.isEmpty) { throw ValidationError("--locate: a key cannot be empty") }
     }
@@ -171,6 +175,7 @@ struct Tern: ParsableCommand {
         options.elasticWorkers = threads == nil
         options.activeWorkers = min(activeThreads, threadCount)
         options.activateAbove = activateAbove
+        options.activateIdle = activateIdle
         options.statsAddress = statsAddress
         options.statsPort = noStats ? nil : statsPort
         options.adminAddress = adminAddress

@@ -27,7 +27,7 @@ final class WorkerScalingTests: XCTestCase {
             text = urllib.request.urlopen("http://127.0.0.1:\(admin)/metrics", timeout=5).read().decode()
             found = {}
             for line in text.splitlines():
-                if line.startswith("tern_worker_") and not line.startswith("#"):
+                if line.startswith(("tern_worker_", "tern_idle_cpus")):
                     name, value = line.rsplit(" ", 1)
                     found[name] = float(value)
             return found
@@ -78,7 +78,7 @@ final class WorkerScalingTests: XCTestCase {
     /// after that are served by other workers, which /metrics shows per worker: clients, and
     /// exactly two requests (SET, GET) per client on each worker other than 0.
     func testBusyWorkersActivateMoreAndClientsAreServedByThem() throws {
-        let (port, admin) = try start(["--max-threads", "3", "--activate-above", "0.02"])
+        let (port, admin) = try start(["--max-threads", "3", "--activate-above", "0.02", "--activate-idle", "0"])
         try python(Self.helpers(port: port, admin: admin, workers: 3) + """
         first = metrics()
         assert per(first, "tern_worker_active") == [1, 0, 0], first
@@ -129,6 +129,65 @@ final class WorkerScalingTests: XCTestCase {
         """)
     }
 
+    /// Busy workers on cores with no idle time left (a sidecar beside a busy application) take
+    /// no help: one busy-looping process per CPU keeps the cores full while a client's load keeps
+    /// worker 0 over the (low) threshold, and worker 1 stays inactive for six seconds, with
+    /// `tern_idle_cpus` under the default 0.5, the held seconds counted and the log saying why.
+    /// When the loops stop, the same load activates worker 1 within seconds.
+    func testBusyWorkerOnSaturatedCoresStaysAlone() throws {
+        let cpus = ProcessInfo.processInfo.activeProcessorCount
+        if cpus > 8 { throw XCTSkip("\(cpus) CPUs: the busy loops that fill them would be too many for a test") }
+        let (port, admin) = try start(["--max-threads", "2", "--activate-above", "0.02"])
+        try python(Self.helpers(port: port, admin: admin, workers: 2) + """
+        import os, subprocess, sys
+        stop, errors, kept = [], [], []
+        def load():
+            try:
+                r = redis.Redis(port=\(port))
+                kept.append(r)
+                r.set("hot", "x")
+                while not stop:
+                    p = r.pipeline(transaction=False)
+                    for _ in range(100): p.get("hot")
+                    assert all(v == b"x" for v in p.execute())
+                    time.sleep(0.02)
+            except Exception as e:
+                errors.append(e)
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)) + 1)]
+        t = threading.Thread(target=load, daemon=True)
+        try:
+            time.sleep(1.5)
+            t.start()
+            idle_seen = []
+            for _ in range(30):
+                time.sleep(0.2)
+                m = metrics()
+                assert per(m, "tern_worker_active") == [1, 0], m
+                idle_seen.append(m.get("tern_idle_cpus"))
+            assert all(v is not None for v in idle_seen), idle_seen
+            assert min(idle_seen) < 0.5 and sorted(idle_seen)[len(idle_seen) // 2] < 0.5, idle_seen
+            # Held, not idle: worker 0 was busy enough in two seconds in a row.
+            assert m["tern_worker_activation_held_seconds_total"] >= 1, m
+        finally:
+            for p in spinners: p.kill()
+            for p in spinners: p.wait()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            m = metrics()
+            if per(m, "tern_worker_active")[1] == 1: break
+            time.sleep(0.2)
+        stop.append(True)
+        t.join()
+        assert not errors, errors
+        assert per(m, "tern_worker_active") == [1, 1], m
+        assert m["tern_idle_cpus"] >= 0.5, m
+        print("idle CPUs while saturated", idle_seen)
+        """)
+        let log = group.ternLog()
+        XCTAssertTrue(log.contains("worker 1 takes no new clients yet: the active ones are busy"), log)
+        XCTAssertTrue(log.contains("worker 1 now takes new clients (2 of 2 active"), log)
+    }
+
     /// Long-lived connections opened before a second worker was active (a fleet reconnecting
     /// after a restart) spread once the first worker is busy: idle clients move to worker 1
     /// between two requests and keep their session (the names set with CLIENT SETNAME and
@@ -136,7 +195,7 @@ final class WorkerScalingTests: XCTestCase {
     /// subscribed client never moves. Every moved client is then served by worker 1, exactly
     /// two requests each.
     func testBusyWorkerMovesIdleClientsToANewlyActiveOne() throws {
-        let (port, admin) = try start(["--max-threads", "2", "--activate-above", "0.02"])
+        let (port, admin) = try start(["--max-threads", "2", "--activate-above", "0.02", "--activate-idle", "0"])
         try python(Self.helpers(port: port, admin: admin, workers: 2) + """
         idle = []
         for i in range(10):
@@ -204,7 +263,7 @@ final class WorkerScalingTests: XCTestCase {
         let backend = try group.memcached()
         let port = ProcessGroup.freePort(), admin = ProcessGroup.freePort()
         try group.tern(config: "m:\n  listen: 127.0.0.1:\(port)\n  timeout: 3000\n  servers:\n   - \(backend.address):1\n",
-                       arguments: ["--max-threads", "2", "--activate-above", "0.02", "--admin-port", "\(admin)"], waitPort: port)
+                       arguments: ["--max-threads", "2", "--activate-above", "0.02", "--activate-idle", "0", "--admin-port", "\(admin)"], waitPort: port)
         try python(Self.helpers(port: port, admin: admin, workers: 2) + """
         import struct
         def binary_get(key):

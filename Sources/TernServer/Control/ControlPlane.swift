@@ -264,6 +264,13 @@ enum StatsReport {
             gauge("tern_worker_active", label, "1 when the worker takes new clients (elastic workers: the first ones, more as load needs), 0 when it only serves the clients it has.")
                 .set(Int64(worker < active ? 1 : 0))
         }
+        let idle = state.workers.idleCPUsPPM.load(ordering: .relaxed)
+        if idle >= 0 {
+            gauge("tern_idle_cpus", [], "Elastic workers: CPUs idle in the last second among those Tern may use, within its cgroup's CPU quota; another worker takes clients only while at least --activate-idle were.")
+                .set(Double(idle) / 1_000_000)
+            counter("tern_worker_activation_held_seconds_total", [], "Elastic workers: seconds in which the active workers were busy enough to activate one more, but fewer than --activate-idle CPUs were idle.")
+                .increment(by: Int64(state.workers.heldSeconds.load(ordering: .relaxed)))
+        }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         if !histograms.isEmpty {

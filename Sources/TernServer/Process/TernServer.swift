@@ -30,6 +30,8 @@ public struct ServerOptions: Sendable {
     public var elasticWorkers = false
     public var activeWorkers = 1
     public var activateAbove = 0.75
+    /// Elastic workers: idle CPUs (among those Tern may use) needed to activate one more.
+    public var activateIdle = 0.5
 
     public init(threads: Int, configPath: String, pidFile: String? = nil) {
         self.threads = threads
@@ -402,7 +404,10 @@ public final class TernServer {
         let workerSet = WorkerSet(workers: workerCount, initiallyActive: options.elasticWorkers ? options.activeWorkers : workerCount,
                                   elastic: options.elasticWorkers, busy: options.activateAbove)
         let scaler = WorkerScaler(set: workerSet, policy: WorkerScalingPolicy(minimum: options.activeWorkers, maximum: workerCount,
-                                                                               threshold: options.activateAbove))
+                                                                               threshold: options.activateAbove, idleNeeded: options.activateIdle))
+        // Idle CPUs matter only while there is a worker left to activate.
+        let idleMeter = options.elasticWorkers && workerSet.activeCount < workerCount && options.activateIdle > 0 ? IdleCPUMeter() : nil
+        _ = idleMeter?.sample()
         let control = ControlState(plans: plans, workerCount: workerCount, workers: workerSet)
         self.control = control
         do {
@@ -430,7 +435,10 @@ public final class TernServer {
         updateDiscoveryJobs()
         control.isReady.store(true, ordering: .relaxed)
         if options.elasticWorkers, workerSet.activeCount < workerCount {
-            logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid()); \(workerSet.activeCount) taking clients, one more while those are over \(Int((options.activateAbove * 100).rounded())) % busy")
+            logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid()); \(workerSet.activeCount) taking clients, one more while those are over \(Int((options.activateAbove * 100).rounded())) % busy\(options.activateIdle > 0 ? " and " + WorkerScaler.cpus(options.activateIdle) + " CPUs are idle" : "")")
+            if options.activateIdle > Double(workerCount) {
+                logger.warning("--activate-idle \(WorkerScaler.cpus(options.activateIdle)) asks for more idle CPUs than the \(workerCount) Tern may use: no worker beyond the first \(workerSet.activeCount) will take clients")
+            }
         } else {
             logger.notice("tern \(ternVersion) started with \(workerCount) worker threads, pid \(getpid())")
         }
@@ -447,7 +455,7 @@ public final class TernServer {
             if options.elasticWorkers, ThreadClock.monotonicSeconds() - lastScaling >= 0.9 {
                 // Once a second, signals or not (the workers publish their figures at that pace).
                 lastScaling = ThreadClock.monotonicSeconds()
-                if let line = scaler.tick() { logger.notice("\(line)") }
+                if let line = scaler.tick(idleCPUs: idleMeter?.sample(), now: lastScaling) { logger.notice("\(line)") }
             }
             if received < 0 {
                 if !(hasCluster || hasSentinel) || Int(time(nil)) != lastChecks {
@@ -643,29 +651,100 @@ public func readTextFile(_ path: String) throws -> String {
 public func defaultWorkerCount() -> CPUAvailability.Decision {
     let online = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     let affinity = (try? readTextFile("/proc/self/status")).flatMap { CPUAvailability.affinity(procStatus: $0) }
-    var quota: Double?
-    func lower(_ value: Double?) {
-        if let value, value < quota ?? .infinity { quota = value }
+    return CPUAvailability.decide(online: online, affinity: affinity, quota: CgroupQuota.find()?.cpus)
+}
+
+/// A cgroup CPU quota over the process (its own cgroup's or an ancestor's), and the file that
+/// counts the CPU time used under it.
+struct CgroupQuota {
+    var cpus: Double
+    /// cgroup v2 `cpu.stat` (`usage_usec`) or v1 `cpuacct.usage` (nanoseconds) of the cgroup
+    /// that sets the quota.
+    var usageFile: String
+    var isV2: Bool
+
+    /// The lowest quota, for the default worker count.
+    static func find() -> CgroupQuota? {
+        all().min { $0.cpus < $1.cpus }
     }
-    if let membership = try? readTextFile("/proc/self/cgroup") {
+
+    /// Every quota over the process: each level of the hierarchy may set one, and what a level
+    /// leaves depends on its own usage (siblings included), so the idle meter checks them all.
+    static func all() -> [CgroupQuota] {
+        guard let membership = try? readTextFile("/proc/self/cgroup") else { return [] }
+        var found: [CgroupQuota] = []
         if let path = CPUAvailability.cgroupPath(procCgroup: membership) {
             // cgroup v2: the process's own cgroup and every ancestor may set cpu.max. Inside a
             // container the cgroup namespace makes the path "/", which is the container's.
             for directory in CPUAvailability.ancestors(of: path) {
-                let file = "/sys/fs/cgroup" + (directory == "/" ? "" : directory) + "/cpu.max"
-                lower((try? readTextFile(file)).flatMap { CPUAvailability.quota(cpuMax: $0) })
-            }
-        }
-        if let path = CPUAvailability.cgroupPath(procCgroup: membership, controller: "cpu") {
-            for mount in ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"] {
-                for directory in [path, "/"] {
-                    let base = mount + (directory == "/" ? "" : directory)
-                    if let quotaText = try? readTextFile(base + "/cpu.cfs_quota_us"), let periodText = try? readTextFile(base + "/cpu.cfs_period_us") {
-                        lower(CPUAvailability.quota(cfsQuota: quotaText, cfsPeriod: periodText))
-                    }
+                let base = "/sys/fs/cgroup" + (directory == "/" ? "" : directory)
+                if let quota = (try? readTextFile(base + "/cpu.max")).flatMap({ CPUAvailability.quota(cpuMax: $0) }) {
+                    found.append(CgroupQuota(cpus: quota, usageFile: base + "/cpu.stat", isV2: true))
                 }
             }
         }
+        if let path = CPUAvailability.cgroupPath(procCgroup: membership, controller: "cpu") {
+            // cgroup v1: cpuacct is usually mounted with cpu ("cpu,cpuacct"), else on its own.
+            let accounting = CPUAvailability.cgroupPath(procCgroup: membership, controller: "cpuacct") ?? path
+            for mount in ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"] {
+                for directory in [path, "/"] {
+                    let base = mount + (directory == "/" ? "" : directory)
+                    guard let quotaText = try? readTextFile(base + "/cpu.cfs_quota_us"), let periodText = try? readTextFile(base + "/cpu.cfs_period_us"),
+                          let quota = CPUAvailability.quota(cfsQuota: quotaText, cfsPeriod: periodText) else { continue }
+                    var usage = base + "/cpuacct.usage"
+                    if access(usage, R_OK) != 0 {
+                        let own = directory == "/" ? "/" : accounting
+                        usage = "/sys/fs/cgroup/cpuacct" + (own == "/" ? "" : own) + "/cpuacct.usage"
+                    }
+                    found.append(CgroupQuota(cpus: quota, usageFile: usage, isV2: false))
+                }
+            }
+        }
+        return found
     }
-    return CPUAvailability.decide(online: online, affinity: affinity, quota: quota)
+}
+
+/// Idle CPUs Tern may use, measured once a second for elastic workers: the idle time in
+/// /proc/stat of the CPUs in the process's affinity mask (every CPU listed when none of them is:
+/// lxcfs numbers a container's CPUs from 0), lowered to what each cgroup CPU quota over the
+/// process leaves (the quota minus the CPU time its cgroup used). One read of /proc/stat and one
+/// of each quota's usage file a second, on the main thread; confined to it.
+final class IdleCPUMeter {
+    private let cpus: Set<Int>?
+    private let quotas: [CgroupQuota]
+    private var lastTimes: CPUAvailability.Times?
+    /// Per quota, its cgroup's CPU seconds at the last reading.
+    private var lastUsage: [Double?]
+    private var lastAt = 0.0
+
+    init() {
+        cpus = (try? readTextFile("/proc/self/status")).flatMap { CPUAvailability.allowedCPUs(procStatus: $0) }.map(Set.init)
+        quotas = CgroupQuota.all()
+        lastUsage = Array(repeating: nil, count: quotas.count)
+    }
+
+    /// Idle CPUs since the previous call (nil on the first call, or when /proc/stat is unreadable).
+    func sample() -> Double? {
+        var idle: Double?
+        if let text = try? readTextFile("/proc/stat"),
+           let times = CPUAvailability.times(procStat: text, cpus: cpus) ?? CPUAvailability.times(procStat: text, cpus: nil) {
+            if let lastTimes { idle = CPUAvailability.idleCPUs(from: lastTimes, to: times) }
+            lastTimes = times
+        }
+        let now = ThreadClock.monotonicSeconds()
+        let elapsed = now - lastAt
+        lastAt = now
+        for (index, quota) in quotas.enumerated() {
+            guard let text = try? readTextFile(quota.usageFile) else { continue }
+            let used: Double? = quota.isV2
+                ? CPUAvailability.usageMicroseconds(cpuStat: text).map { Double($0) / 1e6 }
+                : UInt64(text.filter { !$0.isWhitespace }).map { Double($0) / 1e9 }
+            if let used, let before = lastUsage[index], elapsed > 0.05 {
+                let left = max(quota.cpus - max(used - before, 0) / elapsed, 0)
+                idle = min(idle ?? left, left)
+            }
+            lastUsage[index] = used
+        }
+        return idle
+    }
 }

@@ -29,6 +29,13 @@ final class WorkerSet: Sendable {
     /// loaded active worker — the activation threshold.
     let busyPPM: Int
 
+    /// Elastic workers: idle CPUs among those Tern may use in the last second, in millionths
+    /// (-1: not measured), as the main thread's scaler saw them. For /metrics.
+    let idleCPUsPPM = Atomic<Int>(-1)
+    /// Elastic workers: seconds in which one more worker would have been activated but too few
+    /// CPUs were idle. For /metrics.
+    let heldSeconds = Atomic<Int>(0)
+
     init(workers: Int, initiallyActive: Int, elastic: Bool, busy: Double = 0.75) {
         busyPPM = Int(busy * 1_000_000)
         loads = (0..<max(1, workers)).map { _ in WorkerLoad() }
@@ -54,19 +61,42 @@ final class WorkerScaler {
         self.policy = policy
     }
 
-    /// Returns a line to log when the active count changed.
-    func tick() -> String? {
+    /// When the held line was last logged (monotonic seconds).
+    private var heldLoggedAt = -Double.infinity
+
+    /// Returns a line to log when the active count changed, or when a worker would have been
+    /// activated but too few CPUs were idle (at the start of such a stretch of seconds, at most
+    /// once a minute). `idleCPUs`: idle CPUs Tern may use in the last second (nil: unknown).
+    func tick(idleCPUs: Double?, now: Double) -> String? {
         guard set.isElastic else { return nil }
+        set.idleCPUsPPM.store(idleCPUs.map { Int($0 * 1_000_000) } ?? -1, ordering: .relaxed)
         let figures = set.loads.indices.map { set.utilisation($0) }
         let before = set.activeCount
-        let after = policy.decide(active: before, utilisation: figures)
+        let wasHeld = policy.heldForIdleCPUs
+        let after = policy.decide(active: before, utilisation: figures, idleCPUs: idleCPUs)
+        let shown = figures.prefix(before).map { String(Int(($0 * 100).rounded())) + " %" }.joined(separator: ", ")
+        if let compared = policy.heldWithIdleCPUs {
+            set.heldSeconds.add(1, ordering: .relaxed)
+            guard !wasHeld, now - heldLoggedAt >= 60 else { return nil }
+            heldLoggedAt = now
+            return "worker \(before) takes no new clients yet: the active ones are busy (\(shown)) but only \(Self.cpus(compared)) CPUs were idle (--activate-idle \(Self.cpus(policy.idleNeeded))); another loop would only take CPU from the processes beside Tern"
+        }
         guard after != before else { return nil }
         set.active.store(after, ordering: .relaxed)
-        let shown = figures.prefix(before).map { String(Int(($0 * 100).rounded())) + " %" }.joined(separator: ", ")
         if after > before {
             return "worker \(after - 1) now takes new clients (\(after) of \(set.loads.count) active; busy: \(shown))"
         }
         return "worker \(after) takes no new clients, keeps its own (\(after) of \(set.loads.count) active; busy: \(shown))"
+    }
+}
+
+extension WorkerScaler {
+    /// A CPU count for the log: two decimals at most (0.15, 0.5, 2).
+    static func cpus(_ value: Double) -> String {
+        let hundredths = Int((value * 100).rounded())
+        if hundredths % 100 == 0 { return String(hundredths / 100) }
+        let fraction = hundredths % 100
+        return "\(hundredths / 100)." + (fraction % 10 == 0 ? String(fraction / 10) : (fraction < 10 ? "0" : "") + String(fraction))
     }
 }
 
