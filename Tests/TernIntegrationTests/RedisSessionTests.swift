@@ -278,7 +278,18 @@ final class RedisSessionTests: XCTestCase {
             let blocked = try TestClient(port: port)
             try blocked.send(TestClient.encode(["BLPOP", "{o}b", "0"]) + TestClient.encode(["RPUSH", "{o}b", "mine"]))
             blocked.shutdownWrite()
-            XCTAssertTrue(blocked.drain(for: 1).closed)
+            let ended = blocked.drain(for: 1)
+            XCTAssertTrue(ended.closed)
+            XCTAssertEqual(ended.bytes, [], "port \(port): no reply for the blocked command")
+            XCTAssertEqual(try TestClient(port: port).call("EXISTS", "{o}b"), ":0\r\n", "port \(port): nothing behind the BLPOP ran")
+            // The same behind a command answered first: its reply, then the end, with no
+            // error for the BLPOP (Tern routes it once the GET is answered, then ends it).
+            let late = try TestClient(port: port)
+            try late.send(TestClient.encode(["GET", "{o}none"]) + TestClient.encode(["BLPOP", "{o}b", "0"]) + TestClient.encode(["RPUSH", "{o}b", "late"]))
+            late.shutdownWrite()
+            let lateEnd = late.drain(for: 1)
+            XCTAssertTrue(lateEnd.closed)
+            XCTAssertEqual(String(decoding: lateEnd.bytes, as: UTF8.self), "$-1\r\n", "port \(port)")
             XCTAssertEqual(try TestClient(port: port).call("EXISTS", "{o}b"), ":0\r\n", "port \(port): nothing behind the BLPOP ran")
         }
         // The same behind a 4 MiB reply the client has not read yet (Tern's output past its
@@ -352,6 +363,14 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(try innocent.call("RPUSH", keys[0], "item"), ":1\r\n")
         XCTAssertEqual(String(decoding: try holder.receiveReplies(1), as: UTF8.self), "*2\r\n$\(keys[0].utf8.count)\r\n\(keys[0])\r\n$4\r\nitem\r\n")
         XCTAssertEqual(try waiter.call("PING"), "+PONG\r\n", "the waiter's connection is still usable")
+        // The waiter once waited for a dedicated connection, but waits no more: a WATCH run it
+        // then sends with the end of its stream still runs whole, as for any client (before,
+        // the waiter counted as blocked for good, and what the WATCH held was dropped).
+        let watched = setup.keys("we", on: 0, count: 1)[0]
+        try waiter.send([["SET", watched, "1"], ["WATCH", watched], ["MULTI"], ["INCR", watched], ["EXEC"], ["INCR", watched], ["GET", watched]].flatMap { TestClient.encode($0) })
+        waiter.shutdownWrite()
+        XCTAssertEqual(String(decoding: try waiter.receiveReplies(7), as: UTF8.self), "+OK\r\n+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n:2\r\n:3\r\n$1\r\n3\r\n")
+        XCTAssertTrue(waiter.drain(for: 1).closed)
     }
 
     /// A client with one `BLPOP` holding the only dedicated connection and a second waiting for

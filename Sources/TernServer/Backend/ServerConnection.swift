@@ -998,6 +998,14 @@ final class ServerConnection {
         if descriptor >= 0 || !pending.isEmpty { fail(reason: "client closed the connection", isNewFailure: false) }
     }
 
+    /// A leased connection whose client ended its input while blocked: as `abandon`, but its
+    /// requests end with no reply (Redis writes nothing for a blocked client that leaves; one
+    /// that only closed its writing side would otherwise read an error).
+    func abandonSilently() {
+        for offset in 0..<pending.count { pending[offset].slot?.isSilent = true }
+        abandon()
+    }
+
     /// Closes the connection if it has anything to close: a socket, requests, or a connect
     /// failure waiting for `flush` (which would count it against a server that may be gone by
     /// then: a push connection's server removed by a reload in the same loop pass).

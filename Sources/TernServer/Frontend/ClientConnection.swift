@@ -224,10 +224,13 @@ final class ClientConnection: ReplyOwner {
     /// client that leaves while held (blocked) is seen leaving, as Redis sees it; past
     /// `heldInputLimit` bytes waiting, reading pauses too.
     private var parsingHeld: Bool { holdUntilAnswered && !slots.isEmpty }
-    /// A blocking command of this client is on a dedicated connection or waiting for one.
+    /// A blocking command of this client is on a dedicated connection or waiting for one
+    /// (`waitedForDedicated` says only that one once waited; the servers' queues say whether one
+    /// still does: it may have run, or timed out, since).
     private var isBlockedOnRedis: Bool {
         guard let extras = redisExtras else { return false }
-        return extras.waitedForDedicated || extras.blocked.contains { $0.isCurrent }
+        return extras.blocked.contains { $0.isCurrent }
+            || extras.waitedForDedicated && pool.servers.contains { $0.hasWaiting(of: self) }
     }
     static let heldInputLimit = 1 << 20
 

@@ -330,12 +330,17 @@ extension ClientConnection {
             extras.waitedForDedicated = false
             for server in pool.servers { server.takeWaiting(of: self, into: &unsent) }
         }
+        // No reply, as Redis writes none for a blocked client that leaves (a client that only
+        // closed its writing side reads on).
         for lease in session.blocked where lease.isCurrent {
-            lease.connection.abandon()
+            lease.connection.abandonSilently()
             lease.connection.server.returnDedicated(lease.connection, reusable: false)
         }
         session.blocked.removeAll()
-        for slot in unsent { slot.fail(part: ReplyPart.whole, reason: "client closed the connection") }
+        for slot in unsent {
+            slot.isSilent = true
+            slot.fail(part: ReplyPart.whole, reason: "client closed the connection")
+        }
     }
 
     /// The client is leaving: blocked commands end as above, a WATCH's connection is closed.

@@ -657,6 +657,11 @@ final class ServerRuntime: BackendServer {
         }
     }
 
+    /// Whether a blocking request of `client` waits here for a dedicated connection.
+    func hasWaiting(of client: ReplyOwner) -> Bool {
+        waiting.contains { $0.slot.client === client }
+    }
+
     /// The earliest deadline of a waiting blocking request (infinite when none has one).
     var nextWaitingDeadline: Double {
         waiting.reduce(Double.infinity) { min($0, $1.deadline) }
