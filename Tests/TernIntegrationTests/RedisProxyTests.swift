@@ -453,8 +453,8 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(eventually("backends_up:2 backends_down:0") { figures() }, "backends_up:2 backends_down:0")
         XCTAssertEqual(try direct.call("CONFIG", "SET", "requirepass", "changed"), "+OK\r\n")
         XCTAssertEqual(try direct.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").hasPrefix(":"), true, "the poller's connection too")
-        XCTAssertEqual(eventually("backends_up:1 backends_down:1 error=AUTH failed", within: 8) { figures() },
-                       "backends_up:1 backends_down:1 error=AUTH failed")
+        let refused = "backends_up:1 backends_down:1 error=AUTH failed: WRONGPASS invalid username-password pair or user is disabled."
+        XCTAssertEqual(eventually(refused, within: 8) { figures() }, refused)
     }
 
     func testAuthWithoutConfiguredPassword() throws {

@@ -134,7 +134,12 @@ final class BackendInfoPoller: Sendable {
             var entries = opening.map { pollfd(fd: $0.target.connection!.descriptor, events: $0.events, revents: 0) }
             let remaining = Int32(max(0, (connected - BlockingConnection.now()) * 1000))
             let ready = Glibc.poll(&entries, nfds_t(entries.count), remaining)
-            if ready < 0, errno == EINTR { continue }
+            if ready < 0 {
+                let failure = errno
+                if failure == EINTR { continue }
+                for (target, _) in opening { target.fail("poll: " + Syscall.errorText(failure)) }
+                break
+            }
             guard ready > 0 else {
                 for (target, events) in opening { target.fail(events == Int16(POLLOUT) && target.connection?.tls == nil ? Syscall.errorText(ETIMEDOUT) : "TLS handshake timed out") }
                 break
@@ -225,7 +230,9 @@ final class BackendInfoPoller: Sendable {
             case let .reply(length, _):
                 guard skipped < count else { return .success(Array(reply[..<length])) }
                 guard reply.withUnsafeBytes({ RespReply.classify(UnsafeRawBufferPointer(rebasing: $0[..<length])) }) == .ok else {
-                    return .failure(PollError(text: "AUTH failed"))
+                    // The server's own words (`-WRONGPASS …`), without the sign and the line end.
+                    let said = reply[..<length].drop(while: { $0 == UInt8(ascii: "-") }).filter { $0 >= 0x20 }.prefix(120)
+                    return .failure(PollError(text: "AUTH failed" + (said.isEmpty ? "" : ": " + String(decoding: said, as: UTF8.self))))
                 }
                 reply.removeFirst(length)
                 skipped += 1
