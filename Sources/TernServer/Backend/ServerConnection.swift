@@ -991,11 +991,12 @@ final class ServerConnection {
     /// Closed after failures and waiting out its backoff: a request now would fail at once.
     var isBackingOff: Bool { state == .disconnected && worker.now < retryAfter }
 
-    /// Closes the connection and fails what is on it without counting a server failure: its
-    /// client left while a blocking command was waiting (Redis unblocks it on the close,
-    /// popping nothing).
-    func abandon() {
-        if descriptor >= 0 || !pending.isEmpty { fail(reason: "client closed the connection", isNewFailure: false) }
+    /// Closes the connection and fails what is on it with `reason`, without counting a server
+    /// failure or asking a cluster or Sentinel pool for a new map: its client left while a
+    /// blocking command was waiting (Redis unblocks it on the close, popping nothing), or its
+    /// server left the pool.
+    func abandon(reason: String = "client closed the connection") {
+        if descriptor >= 0 || !pending.isEmpty { close(failing: reason) }
     }
 
     /// A leased connection whose client ended its input while blocked: as `abandon`, but its

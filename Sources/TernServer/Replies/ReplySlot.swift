@@ -70,7 +70,8 @@ final class ReplySlot {
     /// `data` was reached since the last `reset` (only then may `dataBuffer` hold bytes).
     private var dataUsed = false
     var isDone = false
-    /// A `noreply` request: the backend's answer is dropped.
+    /// No reply leaves for this request: a memcached `noreply` request (the backend's answer
+    /// is dropped), or a blocking Redis command ended because its client left.
     var isSilent = false
     /// Whether errors Tern makes are written as RESP (`-ERR …`) or memcached text.
     var isRedis = false

@@ -709,7 +709,7 @@ final class ServerRuntime: BackendServer {
     func endSessions() {
         expireWaiting(now: worker.now, all: true, reason: "server removed from the pool")
         for connection in leased {
-            connection.abandon()
+            connection.abandon(reason: "server removed from the pool")
             returnDedicated(connection, reusable: false)
         }
         closePushConnections()
