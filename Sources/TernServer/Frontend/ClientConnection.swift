@@ -335,7 +335,10 @@ final class ClientConnection: ReplyOwner {
 
     private func readRequests(into buffer: ByteBuffer) {
         var reachedEnd = false
-        switch Transport.read(descriptor, tls, into: buffer) {
+        // Held (parsing waits for a blocking command or a WATCH): at most `heldInputLimit`
+        // bytes wait, give or take one read, rather than a whole read pass's 4 MiB.
+        let cap = parsingHeld ? max(Self.heldInputLimit - buffer.readableCount, 1) : 4 << 20
+        switch Transport.read(descriptor, tls, into: buffer, cap: cap) {
         case .drained:
             break
         case .endOfFile:
