@@ -52,13 +52,13 @@ struct Tern: ParsableCommand {
     @Option(name: .customLong("threads"), help: "Worker threads, each with its own event loop, all taking clients (default: elastic workers, see --max-threads).")
     var threads: Int?
 
-    @Option(name: .customLong("max-threads"), help: "Without --threads: worker threads started (default: the CPUs Tern may use); only --active-threads take clients at first, one more while those are busier than --activate-above.")
+    @Option(name: .customLong("max-threads"), help: "Without --threads: worker threads started (default: the CPUs Tern may use); only --active-threads take clients at first, one more while those are busier than --activate-above and --activate-idle CPUs are idle.")
     var maxThreads: Int?
 
     @Option(name: .customLong("active-threads"), help: "Without --threads: worker threads taking clients from the start.")
     var activeThreads = 1
 
-    @Option(name: .customLong("activate-above"), help: "Without --threads: another worker takes clients once the active ones' mean utilisation (thread CPU time over wall time, last second) reaches this fraction.")
+    @Option(name: .customLong("activate-above"), help: "Without --threads: another worker takes clients once the active ones' mean utilisation (thread CPU time over wall time) reached this fraction in each of the last two seconds.")
     var activateAbove = 0.75
 
     @Option(name: .customLong("activate-idle"), help: "Without --threads: another worker takes clients only if at least this many of the CPUs Tern may use were idle in the last second (0: not checked).")
