@@ -230,6 +230,10 @@ public enum BinaryTranslator {
             line.append(UInt8(truncatingIfNeeded: letter.value))
             appendNumber(number, to: &line)
         }
+        // A binary expiry is unsigned: past 2^31 - 1 it is an absolute time far ahead (2106 at
+        // most). The meta protocol reads its T and N flags as signed 32 bits, where such a value
+        // would be negative, expired at once; the largest it can say is 2^31 - 1 (2038).
+        func expiry(_ value: UInt32) -> UInt64 { UInt64(min(value, UInt32(Int32.max))) }
         switch opcode.base {
         case .get, .gat:
             guard !key.isEmpty, value.isEmpty else { return .refuse(.invalidArguments) }
@@ -248,14 +252,14 @@ public enum BinaryTranslator {
             }
             guard withKey("mg") else { return .refuse(.invalidArguments) }
             append(" v f c", to: &line)
-            if opcode.base == .gat { flag("T", UInt64(BinaryRequestParser.read32(extras, 0))) }
+            if opcode.base == .gat { flag("T", expiry(BinaryRequestParser.read32(extras, 0))) }
         case .touch:
             guard !key.isEmpty, value.isEmpty, extras.count == 4, withKey("mg") else { return .refuse(.invalidArguments) }
-            flag("T", UInt64(BinaryRequestParser.read32(extras, 0)))
+            flag("T", expiry(BinaryRequestParser.read32(extras, 0)))
         case .set, .add, .replace:
             guard !key.isEmpty, extras.count == 8, withKey("ms", dataLength: value.count) else { return .refuse(.invalidArguments) }
             flag("F", UInt64(BinaryRequestParser.read32(extras, 0)))
-            flag("T", UInt64(BinaryRequestParser.read32(extras, 4)))
+            flag("T", expiry(BinaryRequestParser.read32(extras, 4)))
             if request.cas != 0 { flag("C", request.cas) }
             append(opcode.base == .set ? " MS c" : opcode.base == .add ? " ME c" : " MR c", to: &line)
             append("\r\n", to: &line)
@@ -281,7 +285,7 @@ public enum BinaryTranslator {
             flag("D", delta)
             // 0xffffffff: fail when missing; otherwise create it with the initial value.
             if expiration != 0xffff_ffff {
-                flag("N", UInt64(expiration))
+                flag("N", expiry(expiration))
                 flag("J", initial)
             }
             if request.cas != 0 { flag("C", request.cas) }

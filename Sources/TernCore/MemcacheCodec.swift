@@ -362,17 +362,68 @@ public enum MemcacheRequestParser {
         return value
     }
 
-    /// A signed 32-bit decimal (exptime may be negative). memcached reads exptimes with
-    /// `safe_strtol` into an int32 and refuses the whole command line otherwise, *without*
-    /// reading its data block; so a wider value must not be forwarded.
+    /// An exptime (or `flush_all` delay) as memcached reads it: `safe_strtol`, that is
+    /// `strtol` with an optional sign, refused only past the 64-bit range, then cut to its low
+    /// 32 bits (`4294967295` is -1, expired at once; `4294967296` is 0, no expiry). libmemcached
+    /// writes a negative exptime that way. Tern forwards the token as written, so memcached cuts
+    /// it the same way; the value returned is the cut one.
     static func signedNumber(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> Int64? {
         guard end > start else { return nil }
-        if bytes[start] == UInt8(ascii: "-") {
-            guard let magnitude = number(bytes, start + 1, end, maxDigits: 10), magnitude <= UInt64(Int32.max) + 1 else { return nil }
-            return -Int64(magnitude)
+        let sign = bytes[start]
+        let digits = sign == UInt8(ascii: "-") || sign == UInt8(ascii: "+") ? start + 1 : start
+        guard let magnitude = number(bytes, digits, end) else { return nil }
+        if sign == UInt8(ascii: "-") {
+            guard magnitude <= UInt64(Int64.max) + 1 else { return nil }
+            return Int64(Int32(truncatingIfNeeded: 0 &- magnitude))
         }
-        guard let value = number(bytes, start, end, maxDigits: 10), value <= UInt64(Int32.max) else { return nil }
-        return Int64(value)
+        guard magnitude <= UInt64(Int64.max) else { return nil }
+        return Int64(Int32(truncatingIfNeeded: magnitude))
+    }
+
+    /// `signedNumber` of a whole string, for tests.
+    public static func signedNumberForTests(_ text: String) -> Int64? {
+        Array(text.utf8).withUnsafeBytes { signedNumber($0, 0, $0.count) }
+    }
+
+    /// Flags as memcached reads them: `safe_strtoul`, an optional `+` and up to 2^64 - 1, cut to
+    /// 32 bits by memcached (a `-` is refused).
+    static func flagsNumber(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> UInt64? {
+        guard end > start else { return nil }
+        return number(bytes, bytes[start] == UInt8(ascii: "+") ? start + 1 : start, end)
+    }
+
+    /// Whether memcached answers nothing for a line Tern refuses: a command that takes
+    /// `noreply`, with a token count it accepts, whose last token is `noreply`. memcached marks
+    /// such a request silent before checking anything else, so its errors (a key too long, a
+    /// bad number, an object too large) are not sent either; a client that sent `noreply` reads
+    /// no reply for it. Meta commands report errors regardless, and a wrong token count is
+    /// answered `ERROR` regardless.
+    public static func refusalIsSilent(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let lineEnd = findNewline(bytes, from: 0, to: bytes.count) else { return false }
+        let contentEnd = lineEnd > 0 && bytes[lineEnd - 1] == carriageReturn ? lineEnd - 1 : lineEnd
+        var tokens = 0
+        var last = 0..<0
+        var position = 0
+        var nameEnd = 0
+        while position < contentEnd {
+            while position < contentEnd, bytes[position] == space { position += 1 }
+            guard position < contentEnd else { break }
+            let start = position
+            while position < contentEnd, bytes[position] != space { position += 1 }
+            if tokens == 0 { nameEnd = position }
+            tokens += 1
+            last = start..<position
+        }
+        guard tokens >= 2, matches(UnsafeRawBufferPointer(rebasing: bytes[last]), "noreply"),
+              let command = command(UnsafeRawBufferPointer(rebasing: bytes[0..<nameEnd])) else { return false }
+        switch command {
+        case .set, .add, .replace, .append, .prepend: return tokens == 6
+        case .cas: return tokens == 7
+        case .incr, .decr, .touch: return tokens == 4
+        case .delete: return tokens == 3 || tokens == 4
+        case .flushAll, .verbosity: return tokens == 2 || tokens == 3
+        default: return false
+        }
     }
 
     static func isNoreply(_ bytes: UnsafeRawBufferPointer, _ tokens: Tokens, _ index: Int) -> Bool {
@@ -461,7 +512,7 @@ public enum MemcacheRequestParser {
                 let skip = number(bytes, tokens[start: 3], tokens[end: 3], maxDigits: 10).map { Int($0) + 2 } ?? 0
                 return .rejected(rejection, consume: lineLength, skip: skip, close: false)
             }
-            guard number(bytes, tokens[start: 1], tokens[end: 1]).map({ $0 <= UInt64(UInt32.max) }) == true,
+            guard flagsNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil,
                   signedNumber(bytes, tokens[start: 2], tokens[end: 2]) != nil,
                   let length = number(bytes, tokens[start: 3], tokens[end: 3], maxDigits: 10)
             else { return badLine }

@@ -104,14 +104,42 @@ final class IsolationCodecTests: XCTestCase {
         XCTAssertFalse(withLevel.noreply)
     }
 
-    /// Exptimes are 32-bit in memcached; a wider one is refused before its data block is read.
-    func testExptimeIsThirtyTwoBits() {
-        guard case .request = memcache("set k 0 2147483647 2\r\nok\r\n"), case .request = memcache("set k 0 -2147483648 2\r\nok\r\n") else {
-            return XCTFail("int32 exptimes parse")
+    /// memcached 1.6 reads an exptime with `strtol` (64 bits, an optional sign) and keeps its low
+    /// 32 bits, and flags with `strtoul` (up to 2^64 - 1); libmemcached sends a negative exptime
+    /// as `4294967295`. Tern accepts what memcached accepts (and forwards the token as written)
+    /// and refuses only what memcached refuses, before the data block is read.
+    func testExptimesAndFlagsAsMemcachedReadsThem() {
+        for text in ["set k 0 2147483647 2\r\nok\r\n", "set k 0 -2147483648 2\r\nok\r\n", "set k 0 2147483648 2\r\nok\r\n",
+                     "set k 0 4294967295 2\r\nok\r\n", "set k 0 9223372036854775807 2\r\nok\r\n", "set k 0 -9223372036854775808 2\r\nok\r\n",
+                     "set k 0 +5 2\r\nok\r\n", "set k 4294967296 0 2\r\nok\r\n", "set k 18446744073709551615 0 2\r\nok\r\n",
+                     "set k +7 0 2\r\nok\r\n", "touch k 99999999999\r\n", "gat 99999999999 k\r\n", "flush_all 4294967296\r\n"] {
+            guard case .request = memcache(text) else { return XCTFail(text) }
         }
-        XCTAssertEqual(memcache("set k 0 2147483648 2\r\nok\r\n"), .rejected(.badFormat, consume: 22, skip: 0, close: false))
-        XCTAssertEqual(memcache("touch k 99999999999\r\n"), .rejected(.badFormat, consume: 21, skip: 0, close: false))
-        XCTAssertEqual(memcache("gat 99999999999 k\r\n"), .rejected(.badFormat, consume: 19, skip: 0, close: false))
+        XCTAssertEqual(memcache("set k 0 9223372036854775808 2\r\nok\r\n"), .rejected(.badFormat, consume: 31, skip: 0, close: false))
+        XCTAssertEqual(memcache("set k 0 -9223372036854775809 2\r\nok\r\n"), .rejected(.badFormat, consume: 32, skip: 0, close: false))
+        XCTAssertEqual(memcache("set k 18446744073709551616 0 2\r\nok\r\n"), .rejected(.badFormat, consume: 32, skip: 0, close: false))
+        XCTAssertEqual(memcache("set k -1 0 2\r\nok\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
+        XCTAssertEqual(memcache("set k 0 - 2\r\nok\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))
+        XCTAssertEqual(memcache("touch k +\r\n"), .rejected(.badFormat, consume: 11, skip: 0, close: false))
+        XCTAssertEqual(MemcacheRequestParser.signedNumberForTests("4294967295"), -1)
+        XCTAssertEqual(MemcacheRequestParser.signedNumberForTests("4294967296"), 0)
+        XCTAssertEqual(MemcacheRequestParser.signedNumberForTests("-4294967297"), -1)
+    }
+
+    /// A refused request that ends with `noreply` gets no reply, as memcached sends none: only
+    /// for commands that take it, with a token count memcached accepts.
+    func testRefusedNoreplyRequestsAreSilent() {
+        func silent(_ text: String) -> Bool { Array(text.utf8).withUnsafeBytes { MemcacheRequestParser.refusalIsSilent($0) } }
+        let long = String(repeating: "k", count: 251)
+        for text in ["set \(long) 0 0 1 noreply\r\nx\r\n", "set big 0 0 2000000 noreply\r\n", "delete \(long) noreply\r\n",
+                     "delete \(long) 0 noreply\r\n", "incr n 18446744073709551616 noreply\r\n", "touch e abc noreply\r\n",
+                     "cas k 0 0 1 x noreply\r\n", "flush_all abc noreply\r\n", "verbosity abc noreply\r\n", "set a abc 0 1 noreply\r\n"] {
+            XCTAssertTrue(silent(text), text)
+        }
+        for text in ["get \(long) noreply\r\n", "set a 0 0 noreply\r\n", "set a 0 0 1 2 noreply\r\n", "mg \(long) q noreply\r\n",
+                     "bogus noreply\r\n", "set \(long) 0 0 1\r\n", "incr n x\r\n", "noreply\r\n", "set a 0 0 1 noreply"] {
+            XCTAssertFalse(silent(text), text)
+        }
     }
 
     /// A one-line reply must be one the command can get: a VALUE, END or meta status where a

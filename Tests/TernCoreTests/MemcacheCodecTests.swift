@@ -116,7 +116,7 @@ final class MemcacheCodecTests: XCTestCase {
         XCTAssertEqual(parse("set k 0 0\r\n"), .rejected(.badFormat, consume: 11, skip: 0, close: false))
         XCTAssertEqual(parse("set k x 0 1\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))
         XCTAssertEqual(parse("set k 0 0 -1\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
-        XCTAssertEqual(parse("set k 4294967296 0 1\r\n"), .rejected(.badFormat, consume: 22, skip: 0, close: false))
+        XCTAssertEqual(parse("set k 18446744073709551616 0 1\r\n"), .rejected(.badFormat, consume: 32, skip: 0, close: false))
         XCTAssertEqual(parse("set k 0 0 99999999999\r\n"), .rejected(.badFormat, consume: 23, skip: 0, close: false))
         XCTAssertEqual(parse("set k 0 0 1 bogus\r\nx\r\n"), .rejected(.badFormat, consume: 19, skip: 0, close: false))
         XCTAssertEqual(parse("cas k 0 0 1\r\nx\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))

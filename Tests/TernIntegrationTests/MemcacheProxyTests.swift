@@ -109,6 +109,61 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(output, "ok\n")
     }
 
+    /// Numbers and `noreply` as memcached 1.6 reads them, through real clients and raw bytes,
+    /// compared with a memcached directly (found by a framework sweep):
+    /// - pylibmc (libmemcached) sends `time=-1` as the exptime `4294967295`, which memcached
+    ///   cuts to -1 (stored, expired at once). Tern refused it (`CLIENT_ERROR`, then `ERROR` for
+    ///   the data line), after which pylibmc read the wrong replies and then aborted the process;
+    ///   Django's PyLibMCCache sends it for `timeout=0`.
+    /// - Flags up to 2^64 - 1 and exptimes up to 2^63 - 1 are cut to 32 bits by memcached.
+    /// - A refused `noreply` request (an object too large, a key too long, a bad delta) gets
+    ///   no reply from memcached; Tern sent its error, and pymemcache's default noreply client
+    ///   read it as the answer to its next command.
+    /// - The binary protocol's exptime 0xffffffff (pylibmc `binary=True`, `time=-1`) is a time
+    ///   far ahead for memcached; Tern sent it as the meta flag `T4294967295`, which memcached
+    ///   reads as -1, expired at once.
+    func testExpiryFlagsAndNoreplyAsMemcachedReadsThem() throws {
+        let direct = try group.memcached()
+        let tern = try startTern([try group.memcached(), try group.memcached()])
+        let (status, output) = try ProcessGroup.run("/usr/bin/python3", ["-c", """
+        import pylibmc, socket
+        def run(port):
+            out = []
+            c = pylibmc.Client(["127.0.0.1:%d" % port])
+            c.set("k", "v")
+            out.append(c.set("e", "x", time=-1))
+            out += [c.get("k"), c.get("e")]
+            out.append(c.set("k2", "v2"))
+            out.append(c.get("k2"))
+            b = pylibmc.Client(["127.0.0.1:%d" % port], binary=True)
+            out.append(b.set("bx", "v", time=-1))
+            out.append(b.get("bx"))
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            def q(data):
+                s.sendall(data)
+                got = b""
+                while not got.endswith(b"END\\r\\n"):
+                    chunk = s.recv(65536)
+                    assert chunk, got
+                    got += chunk
+                return got
+            out.append(q(b"set big 0 0 1048577 noreply\\r\\n" + b"x" * 1048577 + b"\\r\\nset f 4294967296 0 1\\r\\ny\\r\\nget f\\r\\n"))
+            out.append(q(b"delete " + b"d" * 251 + b" noreply\\r\\nincr n 18446744073709551616 noreply\\r\\ntouch e abc noreply\\r\\n"
+                         b"touch f 4294967296\\r\\nset g 18446744073709551615 9223372036854775807 1\\r\\nz\\r\\nget f g\\r\\n"))
+            out.append(q(b"set h 0 -4294967296 1\\r\\nw\\r\\nget h\\r\\n"))
+            return out
+        direct, tern = run(\(direct.port)), run(\(tern.port))
+        assert direct == tern, (direct, tern)
+        assert direct[:7] == [True, "v", None, True, "v2", True, "v"], direct
+        assert direct[7] == b"STORED\\r\\nVALUE f 0 1\\r\\ny\\r\\nEND\\r\\n", direct
+        assert direct[8] == b"TOUCHED\\r\\nSTORED\\r\\nVALUE f 0 1\\r\\ny\\r\\nEND\\r\\n", direct
+        assert direct[9] == b"STORED\\r\\nVALUE h 0 1\\r\\nw\\r\\nEND\\r\\n", direct
+        print("ok")
+        """])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(output, "ok\n")
+    }
+
     /// Servers that stop answering (paused: they accept, then never reply) do not make the
     /// live servers' figures stale: the poller asks every server of a cycle at once, so twelve
     /// paused servers cost one 500 ms wait, not twelve (before, a cycle took six seconds and the

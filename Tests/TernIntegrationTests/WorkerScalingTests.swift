@@ -35,6 +35,19 @@ final class WorkerScalingTests: XCTestCase {
             return [found.get(family + '{worker="%d"}' % w) for w in range(\(workers))]
         def command(*args):
             return b"*%d\\r\\n" % len(args) + b"".join(b"$%d\\r\\n%s\\r\\n" % (len(a), a) for a in args)
+        def pipelined_load(stop, errors, kept, size=200, pause=0):
+            # One redis-py client's pipelines of GETs until `stop` is non-empty.
+            try:
+                r = redis.Redis(port=\(port))
+                kept.append(r)
+                r.set("hot", "x")
+                while not stop:
+                    p = r.pipeline(transaction=False)
+                    for _ in range(size): p.get("hot")
+                    assert all(v == b"x" for v in p.execute())
+                    if pause: time.sleep(pause)
+            except Exception as e:
+                errors.append(e)
         class Raw:
             def __init__(self):
                 self.s = socket.create_connection(("127.0.0.1", \(port)), timeout=5)
@@ -85,18 +98,7 @@ final class WorkerScalingTests: XCTestCase {
         stop = []
         errors = []
         kept = []
-        def load():
-            try:
-                r = redis.Redis(port=\(port))
-                kept.append(r)
-                r.set("hot", "x")
-                while not stop:
-                    p = r.pipeline(transaction=False)
-                    for _ in range(200): p.get("hot")
-                    assert all(v == b"x" for v in p.execute())
-            except Exception as e:
-                errors.append(e)
-        t = threading.Thread(target=load, daemon=True)
+        t = threading.Thread(target=pipelined_load, args=(stop, errors, kept), daemon=True)
         t.start()
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -141,20 +143,8 @@ final class WorkerScalingTests: XCTestCase {
         try python(Self.helpers(port: port, admin: admin, workers: 2) + """
         import os, subprocess, sys
         stop, errors, kept = [], [], []
-        def load():
-            try:
-                r = redis.Redis(port=\(port))
-                kept.append(r)
-                r.set("hot", "x")
-                while not stop:
-                    p = r.pipeline(transaction=False)
-                    for _ in range(100): p.get("hot")
-                    assert all(v == b"x" for v in p.execute())
-                    time.sleep(0.02)
-            except Exception as e:
-                errors.append(e)
         spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)) + 1)]
-        t = threading.Thread(target=load, daemon=True)
+        t = threading.Thread(target=pipelined_load, args=(stop, errors, kept, 100, 0.02), daemon=True)
         try:
             time.sleep(1.5)
             t.start()
@@ -208,18 +198,7 @@ final class WorkerScalingTests: XCTestCase {
         m = metrics()
         assert per(m, "tern_worker_clients") == [11, 0] and per(m, "tern_worker_active") == [1, 0], m
         stop, errors, kept = [], [], []
-        def load():
-            try:
-                r = redis.Redis(port=\(port))
-                kept.append(r)
-                r.set("hot", "x")
-                while not stop:
-                    p = r.pipeline(transaction=False)
-                    for _ in range(200): p.get("hot")
-                    assert all(v == b"x" for v in p.execute())
-            except Exception as e:
-                errors.append(e)
-        t = threading.Thread(target=load, daemon=True)
+        t = threading.Thread(target=pipelined_load, args=(stop, errors, kept), daemon=True)
         t.start()
         deadline = time.time() + 30
         while time.time() < deadline:

@@ -18,8 +18,11 @@ extension ClientConnection {
                 if !worker.tookLargeRequest { buffer.consume(request.frameLength) } else { worker.tookLargeRequest = false }
             case let .rejected(rejection, consume, skip, close):
                 pool.stats.clientErrorReplies.add()
-                let slot = newSlot()
-                slot.complete(with: rejection.reply)
+                // A refused `noreply` request gets no reply, as from memcached.
+                if close || !MemcacheRequestParser.refusalIsSilent(bytes) {
+                    let slot = newSlot()
+                    slot.complete(with: rejection.reply)
+                }
                 buffer.consume(consume)
                 skipRemaining = skip
                 if close { closeWhenDrained = true }
