@@ -401,27 +401,18 @@ public enum MemcacheRequestParser {
     public static func refusalIsSilent(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let lineEnd = findNewline(bytes, from: 0, to: bytes.count) else { return false }
         let contentEnd = lineEnd > 0 && bytes[lineEnd - 1] == carriageReturn ? lineEnd - 1 : lineEnd
-        var tokens = 0
-        var last = 0..<0
-        var position = 0
-        var nameEnd = 0
-        while position < contentEnd {
-            while position < contentEnd, bytes[position] == space { position += 1 }
-            guard position < contentEnd else { break }
-            let start = position
-            while position < contentEnd, bytes[position] != space { position += 1 }
-            if tokens == 0 { nameEnd = position }
-            tokens += 1
-            last = start..<position
-        }
-        guard tokens >= 2, matches(UnsafeRawBufferPointer(rebasing: bytes[last]), "noreply"),
-              let command = command(UnsafeRawBufferPointer(rebasing: bytes[0..<nameEnd])) else { return false }
+        // Seven tokens at most matter (`cas`); an eighth makes `count` 8.
+        let tokens = tokenize(bytes, from: 0, to: contentEnd, maxTokens: 7)
+        let count = tokens.count
+        // The name as `parseLine` reads it: from the line's first byte.
+        guard count >= 2, count <= 7, isNoreply(bytes, tokens, count - 1),
+              let command = command(UnsafeRawBufferPointer(rebasing: bytes[0..<tokens[end: 0]])) else { return false }
         switch command {
-        case .set, .add, .replace, .append, .prepend: return tokens == 6
-        case .cas: return tokens == 7
-        case .incr, .decr, .touch: return tokens == 4
-        case .delete: return tokens == 3 || tokens == 4
-        case .flushAll, .verbosity: return tokens == 2 || tokens == 3
+        case .set, .add, .replace, .append, .prepend: return count == 6
+        case .cas: return count == 7
+        case .incr, .decr, .touch: return count == 4
+        case .delete: return count == 3 || count == 4
+        case .flushAll, .verbosity: return count == 2 || count == 3
         default: return false
         }
     }

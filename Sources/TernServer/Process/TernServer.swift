@@ -687,7 +687,7 @@ struct CgroupQuota {
             // cgroup v1: cpuacct is usually mounted with cpu ("cpu,cpuacct"), else on its own.
             let accounting = CPUAvailability.cgroupPath(procCgroup: membership, controller: "cpuacct") ?? path
             for mount in ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"] {
-                for directory in [path, "/"] {
+                for directory in path == "/" ? ["/"] : [path, "/"] {
                     let base = mount + (directory == "/" ? "" : directory)
                     guard let quotaText = try? readTextFile(base + "/cpu.cfs_quota_us"), let periodText = try? readTextFile(base + "/cpu.cfs_period_us"),
                           let quota = CPUAvailability.quota(cfsQuota: quotaText, cfsPeriod: periodText) else { continue }
