@@ -319,6 +319,44 @@ final class RedisSessionTests: XCTestCase {
         }
     }
 
+    /// A blocked client ends its input (shuts its writing side) after Redis has popped an item
+    /// for it, while Redis's reply is still unread in Tern's socket: the item is delivered, then
+    /// the connection closes, as a direct redis-server writes it to a client that only closed
+    /// its writing side. Tern is stopped while the item is pushed and the client ends its
+    /// input, so both reach one loop pass, the client's end handled first (libev runs a pass's
+    /// events last-ready first). Before, the reply was dropped with the connection and the
+    /// popped item lost. An innocent client on the same worker is answered throughout.
+    func testBlockedClientEndingInputGetsTheItemAlreadyPopped() throws {
+        let setup = try start(threads: 1)
+        let tern = group.processes.last!
+        let direct = try group.redis()
+        let innocent = try TestClient(port: setup.port)
+        for port in [setup.port, direct.port] {
+            for round in 0..<2 {
+                let key = "{p}q\(round)", isTern = port == setup.port
+                let backend = isTern ? setup.backends[setup.server(key)] : direct
+                let consumer = try TestClient(port: port)
+                try consumer.send(TestClient.encode(["BLPOP", key, "0"]))
+                usleep(200_000)
+                if isTern { stopProcess(tern) }
+                XCTAssertEqual(try backend.call("RPUSH", key, "item", "left"), ":2\r\n")
+                usleep(100_000)
+                consumer.shutdownWrite()
+                usleep(100_000)
+                if isTern { continueProcess(tern) }
+                let ended = consumer.drain(for: 2)
+                XCTAssertEqual(String(decoding: ended.bytes, as: UTF8.self), "*2\r\n$5\r\n\(key)\r\n$4\r\nitem\r\n", "port \(port), round \(round)")
+                XCTAssertTrue(ended.closed, "port \(port), round \(round)")
+                XCTAssertEqual(try backend.call("LRANGE", key, "0", "-1"), "*1\r\n$4\r\nleft\r\n", "port \(port), round \(round): one item popped")
+                XCTAssertEqual(try innocent.call("SET", "innocent", "\(round)"), "+OK\r\n")
+            }
+        }
+        // The dedicated connection went back usable: another consumer is served on it.
+        let consumer = try TestClient(port: setup.port)
+        try consumer.send(TestClient.encode(["BLPOP", "{p}q0", "0"]))
+        XCTAssertEqual(String(decoding: try consumer.receiveReplies(1), as: UTF8.self), "*2\r\n$5\r\n{p}q0\r\n$4\r\nleft\r\n")
+    }
+
     /// 70 consumers blocked at once on one server with `dedicated_connections: 64` on one
     /// worker: the 6 beyond the bound wait for a free connection, none fails.
     func testMoreBlockedClientsThanDedicatedConnectionsWait() throws {

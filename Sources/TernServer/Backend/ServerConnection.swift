@@ -999,6 +999,16 @@ final class ServerConnection {
         if descriptor >= 0 || !pending.isEmpty { close(failing: reason) }
     }
 
+    /// A leased connection whose client ended its input while blocked reads what its server
+    /// has already sent, before it is abandoned: a reply there is an item Redis popped, and
+    /// Redis writes it to a client that only closed its writing side. Delivering it may give
+    /// the connection back (`returnWhenIdle`). Not called from inside this connection's own
+    /// reading (a client closed by a reply it delivers abandons instead).
+    func readWhatHasArrived() {
+        guard state == .connected, descriptor >= 0 else { return }
+        readReplies()
+    }
+
     /// A leased connection whose client ended its input while blocked: as `abandon`, but its
     /// requests end with no reply (Redis writes nothing for a blocked client that leaves; one
     /// that only closed its writing side would otherwise read an error).

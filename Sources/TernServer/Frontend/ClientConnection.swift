@@ -400,7 +400,7 @@ final class ClientConnection: ReplyOwner {
             closeWhenDrained = true
             // Redis drops a client the moment it closes, so nothing it was blocked on is
             // popped for nobody: neither does Tern wait for a blocked command's reply.
-            if redis != nil { endBlockedCommands() }
+            if redis != nil { endBlockedCommands(deliverArrived: true) }
             watcher?.watch(0)
             closeIfDrained()
             return
@@ -517,7 +517,7 @@ final class ClientConnection: ReplyOwner {
             closeWhenDrained = true
             partial = nil
             partialSince = 0
-            if redis != nil { endBlockedCommands() }
+            if redis != nil { endBlockedCommands(deliverArrived: true) }
             watcher?.watch(output.isEmpty ? 0 : TERN_EV_WRITE)
             if closeIfDrained() { return }
         }

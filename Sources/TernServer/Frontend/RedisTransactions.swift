@@ -322,7 +322,12 @@ extension ClientConnection {
     /// Its commands still waiting for a dedicated connection are taken out first, so that a
     /// connection given back below does not run one (which Redis would then answer for a
     /// client that is gone, popping an item nobody receives); they fail last.
-    func endBlockedCommands() {
+    ///
+    /// `deliverArrived` (the client ended its input; it may still read): a reply the server
+    /// has already sent on a blocked command's connection is delivered first, as Redis
+    /// delivers what it wrote before it read the end. A client closing (`endRedisSession`)
+    /// reads nothing: it may be closing from inside that connection's delivery.
+    func endBlockedCommands(deliverArrived: Bool = false) {
         // A client that never blocked makes no rare state here (`blocked` is modified in place).
         guard let session = redis, let extras = redisExtras, !extras.blocked.isEmpty || extras.waitedForDedicated else { return }
         var unsent: [ReplySlot] = []
@@ -333,6 +338,11 @@ extension ClientConnection {
         // No reply, as Redis writes none for a blocked client that leaves (a client that only
         // closed its writing side reads on).
         for lease in session.blocked where lease.isCurrent {
+            if deliverArrived {
+                lease.connection.readWhatHasArrived()
+                // Answered (and given back), or closed by what it delivered.
+                guard lease.isCurrent else { continue }
+            }
             lease.connection.abandonSilently()
             lease.connection.server.returnDedicated(lease.connection, reusable: false)
         }
