@@ -112,6 +112,11 @@ public enum MemcacheRejection: Sendable, Equatable {
     case badDataChunk
     case lineTooLong
     case tooManyFlags
+    case invalidDelta
+    case invalidExptime
+    case deleteUsage
+    /// `gat <exptime>` with no key: memcached answers an empty result.
+    case noKeys
 
     public var reply: StaticString {
         switch self {
@@ -123,6 +128,10 @@ public enum MemcacheRejection: Sendable, Equatable {
         case .badDataChunk: return "CLIENT_ERROR bad data chunk\r\n"
         case .lineTooLong: return "CLIENT_ERROR line too long\r\n"
         case .tooManyFlags: return "CLIENT_ERROR options flags are too long\r\n"
+        case .invalidDelta: return "CLIENT_ERROR invalid numeric delta argument\r\n"
+        case .invalidExptime: return "CLIENT_ERROR invalid exptime argument\r\n"
+        case .deleteUsage: return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
+        case .noKeys: return "END\r\n"
         }
     }
 }
@@ -423,6 +432,12 @@ public enum MemcacheRequestParser {
 
     static func parseLine(_ bytes: UnsafeRawBufferPointer, contentEnd: Int, lineLength: Int, limits: MemcacheLimits) -> MemcacheParseResult {
         let badLine = MemcacheParseResult.rejected(.badFormat, consume: lineLength, skip: 0, close: false)
+        // A token count the command never takes: memcached answers `ERROR` (its dispatch
+        // checks the count before the command reads a token), with or without `noreply`.
+        let wrongCount = MemcacheParseResult.rejected(.unknownCommand, consume: lineLength, skip: 0, close: false)
+        func refused(_ rejection: MemcacheRejection) -> MemcacheParseResult {
+            .rejected(rejection, consume: lineLength, skip: 0, close: false)
+        }
         // Read the command name.
         var nameEnd = 0
         while nameEnd < contentEnd, bytes[nameEnd] != space { nameEnd += 1 }
@@ -437,9 +452,10 @@ public enum MemcacheRequestParser {
             var position = nameEnd
             if command == .gat || command == .gats {
                 while position < contentEnd, bytes[position] == space { position += 1 }
+                guard position < contentEnd else { return wrongCount }
                 let start = position
                 while position < contentEnd, bytes[position] != space { position += 1 }
-                guard signedNumber(bytes, start, position) != nil else { return badLine }
+                guard signedNumber(bytes, start, position) != nil else { return refused(.invalidExptime) }
                 request.argumentStart = start
                 request.argumentEnd = position
             }
@@ -469,7 +485,8 @@ public enum MemcacheRequestParser {
                 lastEnd = position
                 count += 1
             }
-            guard count > 0 else { return badLine }
+            // `get` alone is a token count memcached refuses; `gat <exptime>` alone finds nothing.
+            guard count > 0 else { return command == .gat || command == .gats ? refused(.noKeys) : wrongCount }
             request.keysStart = firstKey
             request.keysEnd = lastEnd
             request.keyCount = count
@@ -496,7 +513,7 @@ public enum MemcacheRequestParser {
         switch command {
         case .set, .add, .replace, .append, .prepend, .cas:
             let fixed = command == .cas ? 5 : 4
-            guard tokens.count == fixed || tokens.count == fixed + 1 else { return badLine }
+            guard tokens.count == fixed || tokens.count == fixed + 1 else { return wrongCount }
             if let rejection = key(0) {
                 // Unlike memcached, swallow the data block when its length is readable, so the
                 // client gets one reply for the command, not a second ERROR for its data.
@@ -523,31 +540,29 @@ public enum MemcacheRequestParser {
             return .request(request)
         case .delete:
             // delete <key> [0] [noreply]
-            guard tokens.count >= 1, tokens.count <= 3 else { return badLine }
+            guard tokens.count >= 1, tokens.count <= 3 else { return wrongCount }
             if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
             var next = 1
             if tokens.count > next, number(bytes, tokens[start: next], tokens[end: next]) == 0 { next += 1 }
-            guard optionalNoreply(next) else { return badLine }
+            guard optionalNoreply(next) else { return refused(.deleteUsage) }
             return .request(request)
         case .incr, .decr:
-            guard tokens.count == 2 || tokens.count == 3 else { return badLine }
+            guard tokens.count == 2 || tokens.count == 3 else { return wrongCount }
             if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
-            guard number(bytes, tokens[start: 1], tokens[end: 1]) != nil else {
-                return .rejected(.badFormat, consume: lineLength, skip: 0, close: false)
-            }
+            guard number(bytes, tokens[start: 1], tokens[end: 1]) != nil else { return refused(.invalidDelta) }
             guard optionalNoreply(2) else { return badLine }
             return .request(request)
         case .touch:
-            guard tokens.count == 2 || tokens.count == 3 else { return badLine }
+            guard tokens.count == 2 || tokens.count == 3 else { return wrongCount }
             if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
-            guard signedNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil else { return badLine }
+            guard signedNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil else { return refused(.invalidExptime) }
             guard optionalNoreply(2) else { return badLine }
             return .request(request)
         case .flushAll:
-            guard tokens.count <= 2 else { return badLine }
+            guard tokens.count <= 2 else { return wrongCount }
             var next = 0
             if tokens.count > 0, !isNoreply(bytes, tokens, 0) {
-                guard signedNumber(bytes, tokens[start: 0], tokens[end: 0]) != nil else { return badLine }
+                guard signedNumber(bytes, tokens[start: 0], tokens[end: 0]) != nil else { return refused(.invalidExptime) }
                 request.argumentStart = tokens[start: 0]
                 request.argumentEnd = tokens[end: 0]
                 next = 1
@@ -556,11 +571,11 @@ public enum MemcacheRequestParser {
             return .request(request)
         case .verbosity:
             // verbosity [level] [noreply]: memcached takes a lone `noreply` as the flag too.
-            guard tokens.count == 1 || tokens.count == 2 else { return badLine }
+            guard tokens.count == 1 || tokens.count == 2 else { return wrongCount }
             guard optionalNoreply(tokens.count == 1 && isNoreply(bytes, tokens, 0) ? 0 : 1) else { return badLine }
             return .request(request)
         case .version, .quit:
-            guard tokens.count == 0 else { return badLine }
+            // memcached reads no token after either.
             return .request(request)
         case .stats:
             return .request(request)
@@ -585,10 +600,13 @@ extension MemcacheRequestParser {
             while position < contentEnd, bytes[position] != space { position += 1 }
             return start..<position
         }
-        if command == .metaNoop {
-            return nextToken() == nil ? .request(request) : badLine
+        // memcached reads no token after `mn`.
+        if command == .metaNoop { return .request(request) }
+        // No key: memcached answers `ERROR` (a token count no meta command takes), but
+        // `CLIENT_ERROR` to `me`.
+        guard let key = nextToken() else {
+            return command == .metaDebug ? badLine : .rejected(.unknownCommand, consume: lineLength, skip: 0, close: false)
         }
-        guard let key = nextToken() else { return badLine }
         request.keysStart = key.lowerBound
         request.keysEnd = key.upperBound
         request.keyCount = 1

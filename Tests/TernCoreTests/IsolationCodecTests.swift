@@ -120,7 +120,7 @@ final class IsolationCodecTests: XCTestCase {
         XCTAssertEqual(memcache("set k 18446744073709551616 0 2\r\nok\r\n"), .rejected(.badFormat, consume: 32, skip: 0, close: false))
         XCTAssertEqual(memcache("set k -1 0 2\r\nok\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
         XCTAssertEqual(memcache("set k 0 - 2\r\nok\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))
-        XCTAssertEqual(memcache("touch k +\r\n"), .rejected(.badFormat, consume: 11, skip: 0, close: false))
+        XCTAssertEqual(memcache("touch k +\r\n"), .rejected(.invalidExptime, consume: 11, skip: 0, close: false))
         XCTAssertEqual(MemcacheRequestParser.signedNumberForTests("4294967295"), -1)
         XCTAssertEqual(MemcacheRequestParser.signedNumberForTests("4294967296"), 0)
         XCTAssertEqual(MemcacheRequestParser.signedNumberForTests("-4294967297"), -1)

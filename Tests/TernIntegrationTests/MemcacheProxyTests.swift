@@ -109,6 +109,42 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(output, "ok\n")
     }
 
+    /// Requests Tern refuses itself get memcached 1.6's own answer, byte for byte against a
+    /// direct memcached, in one pipeline split inside a line (a framing slip would shift every
+    /// reply after it): a token count the command never takes is `ERROR` (was `CLIENT_ERROR bad
+    /// command line format`, which pymemcache raises as another exception class), a bad delta
+    /// or exptime has memcached's own text, `delete k 5` memcached's usage line, `gat 10` an
+    /// empty result, `mn`/`version` ignore extra tokens, `stats` with a group memcached does
+    /// not have is `ERROR` (was an empty `END`). An innocent client is answered meanwhile.
+    func testRefusalsAnswerAsMemcachedDoes() throws {
+        let direct = try group.memcached()
+        let tern = try startTern([try group.memcached(), try group.memcached()])
+        let cases = ["get", "gets", "gat", "gats", "gat 10", "gats 1", "gat abc k", "incr", "incr k", "incr k -1", "incr k abc",
+                     "decr k 1x", "incr k 1 noreply extra", "incr k abc noreply", "touch k", "touch k abc", "touch k abc noreply",
+                     "delete", "delete k 5", "delete k 5 noreply", "delete k noreply extra", "delete k 0 noreply x", "flush_all abc",
+                     "flush_all abc noreply", "flush_all 1 2 3", "verbosity", "verbosity 1 2 3", "set k 0 0", "cas k 0 0 1\r\nx",
+                     "set k 0 0 1 noreply extra\r\nx", "add k 0 0", "mg", "ms", "md", "ma", "me", "mn extra", "stats bogus",
+                     "bogus", "GET k", "", "incr k 1", "get k"]
+        let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
+        var answers: [String] = []
+        let innocent = try TestClient(port: tern.port)
+        for port in [direct.port, tern.port] {
+            let client = try TestClient(port: port)
+            let cut = pipeline.count / 2 + 3
+            try client.send(Array(pipeline[..<cut]))
+            if port == tern.port {
+                XCTAssertEqual(try innocent.request("set innocent 0 0 2\r\nok\r\n", until: "\r\n"), "STORED\r\n")
+            }
+            usleep(50_000)
+            try client.send(Array(pipeline[cut...]))
+            answers.append(String(decoding: try client.receive(until: "MN\r\n"), as: UTF8.self))
+            XCTAssertEqual(try client.request("set k 0 0 1\r\nv\r\n", until: "\r\n"), "STORED\r\n", "port \(port): still in step")
+        }
+        XCTAssertEqual(answers[1], answers[0], "Tern, then memcached")
+        XCTAssertTrue(answers[0].hasPrefix("ERROR\r\nERROR\r\nERROR\r\nERROR\r\nEND\r\nEND\r\nCLIENT_ERROR invalid exptime argument\r\n"), answers[0])
+        XCTAssertEqual(try innocent.request("get innocent\r\n", until: "END\r\n"), "VALUE innocent 0 2\r\nok\r\nEND\r\n")
+    }
+
     /// Numbers and `noreply` as memcached 1.6 reads them, through real clients and raw bytes,
     /// compared with a memcached directly (found by a framework sweep):
     /// - pylibmc (libmemcached) sends `time=-1` as the exptime `4294967295`, which memcached

@@ -86,9 +86,11 @@ extension ClientConnection {
         case .stats:
             // `stats items`, `slabs`, `settings`, …: one server's internals, which a sum over
             // servers would misstate. An empty group, so that collectors that ask for them
-            // (memcached_exporter) go on with the general figures.
+            // (memcached_exporter) go on with the general figures. Any other argument (`reset`,
+            // `detail`, `cachedump`, a group memcached does not have): `ERROR`, as memcached
+            // answers a group it does not know.
             if Self.hasStatsArgument(frame) {
-                slot.complete(with: "END\r\n" as StaticString)
+                slot.complete(with: Self.isServerStatsGroup(frame) ? "END\r\n" as StaticString : "ERROR\r\n")
             } else {
                 slot.complete(with: statsReply())
             }
@@ -343,6 +345,18 @@ extension ClientConnection {
     }
 
     /// Whether `stats` names a group (`stats items`).
+    /// `stats <group>` names one of memcached's per-server groups (the first argument).
+    static func isServerStatsGroup(_ frame: UnsafeRawBufferPointer) -> Bool {
+        var start = 5
+        while start < frame.count, frame[start] == 0x20 || frame[start] == 0x09 { start += 1 }
+        var end = start
+        while end < frame.count, frame[end] != 0x20, frame[end] != 0x09, frame[end] != 0x0d, frame[end] != 0x0a { end += 1 }
+        let group = UnsafeRawBufferPointer(rebasing: frame[start..<end])
+        return ["items", "slabs", "sizes", "conns", "settings", "extstore"].contains { name in
+            name.utf8.count == group.count && name.utf8.elementsEqual(group)
+        }
+    }
+
     static func hasStatsArgument(_ frame: UnsafeRawBufferPointer) -> Bool {
         var index = 5
         while index < frame.count, frame[index] == 0x20 || frame[index] == 0x09 { index += 1 }
