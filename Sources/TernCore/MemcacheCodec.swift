@@ -500,10 +500,12 @@ public enum MemcacheRequestParser {
             request.keyCount = 1
             return checkKey(bytes, request.keysStart, request.keysEnd, limits)
         }
-        // Marks a trailing `noreply` token at `index`; false when some other token is there.
-        func optionalNoreply(_ index: Int) -> Bool {
+        // Marks a trailing `noreply` token at `index`. Another token there is ignored, as
+        // memcached ignores it (it looks for `noreply` in the last token only, and reads no
+        // further): the line goes on as written. `strict` (`delete`): another token is refused.
+        func optionalNoreply(_ index: Int, strict: Bool = false) -> Bool {
             if tokens.count == index + 1 {
-                guard isNoreply(bytes, tokens, index) else { return false }
+                guard isNoreply(bytes, tokens, index) else { return !strict }
                 var start = tokens[start: index]
                 while start > 0, bytes[start - 1] == space { start -= 1 }
                 request.noreplyStart = start
@@ -544,7 +546,7 @@ public enum MemcacheRequestParser {
             if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
             var next = 1
             if tokens.count > next, number(bytes, tokens[start: next], tokens[end: next]) == 0 { next += 1 }
-            guard optionalNoreply(next) else { return refused(.deleteUsage) }
+            guard optionalNoreply(next, strict: true) else { return refused(.deleteUsage) }
             return .request(request)
         case .incr, .decr:
             guard tokens.count == 2 || tokens.count == 3 else { return wrongCount }

@@ -119,7 +119,11 @@ final class MemcacheCodecTests: XCTestCase {
         XCTAssertEqual(parse("set k 0 0 -1\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
         XCTAssertEqual(parse("set k 18446744073709551616 0 1\r\n"), .rejected(.badFormat, consume: 32, skip: 0, close: false))
         XCTAssertEqual(parse("set k 0 0 99999999999\r\n"), .rejected(.badFormat, consume: 23, skip: 0, close: false))
-        XCTAssertEqual(parse("set k 0 0 1 bogus\r\nx\r\n"), .rejected(.badFormat, consume: 19, skip: 0, close: false))
+        // memcached looks for `noreply` in the last token only and ignores another one there.
+        guard case let .request(ignored) = parse("set k 0 0 1 bogus\r\nx\r\n") else { return XCTFail("memcached stores it") }
+        XCTAssertEqual(ignored.frameLength, 22)
+        XCTAssertFalse(ignored.noreply)
+        XCTAssertEqual(parse("delete k bogus\r\n"), .rejected(.deleteUsage, consume: 16, skip: 0, close: false))
         XCTAssertEqual(parse("cas k 0 0 1\r\nx\r\n"), .rejected(.unknownCommand, consume: 13, skip: 0, close: false))
         XCTAssertEqual(parse("incr k abc\r\n"), .rejected(.invalidDelta, consume: 12, skip: 0, close: false))
         XCTAssertEqual(parse("delete\r\n"), .rejected(.unknownCommand, consume: 8, skip: 0, close: false))
