@@ -130,6 +130,19 @@ public struct PoolConfig: Sendable {
     /// A client with nothing in flight for this long (ms) is closed (Tern key
     /// `client_idle_timeout`; 0 = never, the default, as in twemproxy).
     public var clientIdleTimeoutMilliseconds: Int = 0
+    /// A request whose server fails (connection refused or lost, a timeout) closes its client
+    /// once the replies before it are written, instead of answering an error (Tern key
+    /// `close_on_server_failure`); nil: `closesClientsOnServerFailure`'s default.
+    public var closeOnServerFailure: Bool?
+    /// Whether a failed server closes the client (see `closeOnServerFailure`). By default for a
+    /// Redis pool of one server (a sidecar, or one Sentinel master group), where a client of
+    /// the server itself would see its connection end: redis-py raises `ConnectionError`,
+    /// which frameworks retry, where an `-ERR` reply is a `ResponseError` that stops an RQ or
+    /// Celery worker. Not for sharded pools, where one server's failure would end requests on
+    /// the others too, nor Redis Cluster pools (which follow the cluster's failover).
+    public var closesClientsOnServerFailure: Bool {
+        closeOnServerFailure ?? (protocolKind == .redis && distribution != .redisCluster && servers.count == 1)
+    }
     /// Refuse memcached keys with control characters (Tern key `strict_keys`). Off by default:
     /// keys are what memcached accepts (a twemproxy user's keys keep working).
     public var strictKeys = false

@@ -519,6 +519,73 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("MGET", onFirst, onSecond), "*2\r\n$4\r\nback\r\n$1\r\n2\r\n")
     }
 
+    /// A Redis pool of one server (a sidecar) closes a client whose request's server failed,
+    /// after the replies before it, as a client of the server itself sees its connection end:
+    /// redis-py raises `ConnectionError` (which RQ, Celery and redis-py's own retry take as a
+    /// reason to reconnect), not `ResponseError` (an `-ERR` reply, which stopped an RQ worker
+    /// and a Celery worker at a routine Redis restart; found by a framework sweep). A blocked
+    /// `BLPOP` ends the same way. Beside it, on the same Tern, a sharded pool keeps the `-ERR`
+    /// reply for the failed server's keys and serves the other server's, on the same
+    /// connection, and a one-server pool with `close_on_server_failure: false` answers `-ERR`.
+    func testOneServerPoolClosesClientsWhenItsServerFails() throws {
+        let backend = try group.redis(), other = try group.redis()
+        let single = ProcessGroup.freePort(), sharded = ProcessGroup.freePort(), kept = ProcessGroup.freePort()
+        let text = "single:\n  listen: 127.0.0.1:\(single)\n  redis: true\n  timeout: 2000\n  servers:\n   - \(backend.address):1\n"
+            + "sharded:\n  listen: 127.0.0.1:\(sharded)\n  redis: true\n  timeout: 2000\n  servers:\n   - \(backend.address):1\n   - \(other.address):1\n"
+            + "kept:\n  listen: 127.0.0.1:\(kept)\n  redis: true\n  timeout: 2000\n  close_on_server_failure: false\n  servers:\n   - \(backend.address):1\n"
+        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: single)
+        try group.waitForPort(sharded)
+        try group.waitForPort(kept)
+        let pools = try ConfigLoader.load(text: text, file: "t").pools
+        XCTAssertEqual(pools.map(\.closesClientsOnServerFailure), [true, false, false])
+        let onDown = keys(on: 0, pools[1])[0], onUp = keys(on: 1, pools[1])[0]
+        let shardedClient = try TestClient(port: sharded), keptClient = try TestClient(port: kept)
+        XCTAssertEqual(try shardedClient.call("SET", onUp, "up"), "+OK\r\n")
+        let blocked = try TestClient(port: single)
+        try blocked.send(TestClient.encode(["BLPOP", "queue", "0"]))
+        let pipelined = try TestClient(port: single)
+        XCTAssertEqual(try pipelined.call("SET", "k", "v"), "+OK\r\n")
+        usleep(200_000)
+        backend.kill()
+        // Lost with its server: no error bytes, the connection ends.
+        let ended = blocked.drain(for: 3)
+        XCTAssertEqual(ended.bytes, [], "the blocked client")
+        XCTAssertTrue(ended.closed, "the blocked client")
+        // The reply before the failed request is written, then the connection ends.
+        try pipelined.send(TestClient.encode(["PING"]) + TestClient.encode(["GET", "k"]) + TestClient.encode(["PING"]))
+        let cut = pipelined.drain(for: 3)
+        XCTAssertEqual(String(decoding: cut.bytes, as: UTF8.self), "+PONG\r\n")
+        XCTAssertTrue(cut.closed)
+        // The sharded pool and the pool that keeps its clients: -ERR, connection kept.
+        XCTAssertTrue(try shardedClient.call("GET", onDown).hasPrefix("-ERR "))
+        XCTAssertEqual(try shardedClient.call("GET", onUp), "$2\r\nup\r\n")
+        XCTAssertTrue(try keptClient.call("GET", "k").hasPrefix("-ERR "))
+        XCTAssertEqual(try keptClient.call("PING"), "+PONG\r\n")
+        // redis-py: ConnectionError while the server is down; after it returns, the same
+        // client object reconnects and carries on.
+        try python("""
+        r = redis.Redis(port=\(single), socket_timeout=5)
+        try:
+            r.get("k")
+            raise SystemExit("no error")
+        except redis.exceptions.ConnectionError:
+            pass
+        """)
+        _ = try group.redis(port: backend.port)
+        try python("""
+        r = redis.Redis(port=\(single), socket_timeout=5)
+        for attempt in range(40):
+            try:
+                assert r.set("k", "back"); break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.1)
+        assert r.get("k") == b"back", r.get("k")
+        p = r.pipeline(transaction=False); p.get("k"); p.ping()
+        assert p.execute() == [b"back", True]
+        """)
+        XCTAssertEqual(try shardedClient.call("GET", onUp), "$2\r\nup\r\n")
+    }
+
     func testSlotsDistributionPlacesKeysByHashSlot() throws {
         let backends = try [group.redis(), group.redis(), group.redis()]
         let tern = try startTern(backends, distribution: "slots")

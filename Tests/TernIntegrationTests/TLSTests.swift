@@ -304,6 +304,8 @@ final class TLSTests: XCTestCase {
               redis: true
               timeout: 2000
               server_tls: {ca: "\(certificates.ca)", cert: "\(d)/tern-client.crt", key: "\(d)/tern-client.key", server_name: "not-the-name.example"}
+              # The failure's text reaches the client (by default a one-server pool closes it).
+              close_on_server_failure: false
               servers: ["127.0.0.1:\(backendPort):1"]
             """, arguments: ["--threads", "2"], waitPort: port)
         try pythonTLS("""

@@ -936,7 +936,7 @@ final class ServerConnection {
                 server.pool.stats.forwardErrors.add(count)
                 fail(reason: "Connection timed out (a streamed reply stalled)")
                 for _ in 0..<expiredProbes { server.probeFailed() }
-                failSlots(expired, reason: "Connection timed out")
+                failSlots(expired, reason: "Connection timed out", serverFailure: true)
                 return
             }
             live += 1
@@ -955,13 +955,13 @@ final class ServerConnection {
             armTimer(after: nextDeadline - now)
         }
         for _ in 0..<expiredProbes { server.probeFailed() }
-        failSlots(expired, reason: "Connection timed out")
+        failSlots(expired, reason: "Connection timed out", serverFailure: true)
     }
 
     /// Requests taken off the queue get their error, once the connection's state is final
     /// (failing one may close its client, and with it this connection).
-    private func failSlots(_ slots: [(slot: ReplySlot, part: Int32)], reason: String) {
-        for (slot, part) in slots { slot.fail(part: part, reason: reason) }
+    private func failSlots(_ slots: [(slot: ReplySlot, part: Int32)], reason: String, serverFailure: Bool) {
+        for (slot, part) in slots { slot.fail(part: part, reason: reason, serverFailure: serverFailure) }
     }
 
     /// Closes the connection and fails what was on it.
@@ -983,7 +983,7 @@ final class ServerConnection {
         if server.pool.isCluster, wasConnected || hadRequests { server.pool.plan.shared.cluster.requestRefresh() }
         // The same for a Sentinel pool's master: the sentinels may have named another.
         if server.pool.isSentinel, wasConnected || hadRequests { server.pool.plan.shared.sentinel.requestRefresh() }
-        close(failing: reason)
+        close(failing: reason, serverFailure: true)
     }
 
     var isIdle: Bool { pending.isEmpty && stream == nil }
@@ -1027,7 +1027,8 @@ final class ServerConnection {
     /// Closes the connection. The requests still on it fail with `reason`: those of a failure
     /// (`fail`), and those of a connection closed on purpose (a server leaving, a subscriber's
     /// RESET, a WATCH given back), which would otherwise never be answered.
-    private func close(failing reason: String = "backend connection closed") {
+    /// `serverFailure`: the server failed (`fail`), which closes clients whose pool says so.
+    private func close(failing reason: String = "backend connection closed", serverFailure: Bool = false) {
         stopTimer()
         pendingError = 0
         if state == .connected { counters.serverConnections.add(-1) }
@@ -1092,6 +1093,6 @@ final class ServerConnection {
         }
         for _ in 0..<probes { server.probeFailed() }
         // Last: failing a slot may close its client, which may come back here.
-        failSlots(dropped, reason: reason)
+        failSlots(dropped, reason: reason, serverFailure: serverFailure)
     }
 }

@@ -77,6 +77,12 @@ final class ClientConnection: ReplyOwner {
         get { rare?.inputEnded ?? false }
         set { if newValue || rare != nil { rareState.inputEnded = newValue } }
     }
+    /// A request's server failed and the client closes once its output is written
+    /// (`closeForServerFailure`).
+    var closingForServerFailure: Bool {
+        get { rare?.closingForServerFailure ?? false }
+        set { if newValue || rare != nil { rareState.closingForServerFailure = newValue } }
+    }
     /// Pools with `users:` (memcached and Redis sessions alike): the authenticated user (nil
     /// until then), and failed authentications in a row.
     var authenticatedUser: RedisUser? {
@@ -438,6 +444,23 @@ final class ClientConnection: ReplyOwner {
 
     // MARK: Replies
 
+    override var closesOnServerFailure: Bool { pool.config.closesClientsOnServerFailure }
+
+    /// A request whose server failed is next (`close_on_server_failure`): nothing more is read
+    /// or answered; the replies already in the output are written, then the connection closes,
+    /// as a client of the server itself sees its connection end (requests behind it end with
+    /// the connection, as they would on the server's).
+    override func closeForServerFailure() {
+        guard !isClosed, !closingForServerFailure else { return }
+        closingForServerFailure = true
+        pool.stats.clientErrors.add()
+        worker.logger.debug("pool \(pool.config.name): closing client \(index): a request's server failed (close_on_server_failure)")
+        closeWhenDrained = true
+        inputEnded = false
+        watcher?.watch(output.isEmpty ? 0 : TERN_EV_WRITE)
+        closeIfDrained()
+    }
+
     /// Past `client_output_limit` (`ReplyOwner.checkOutputLimit`): logged, counted, closed.
     override func closeOverOutputLimit() {
         if let suppressed = pool.limitLog.admit(now: worker.now) {
@@ -536,7 +559,7 @@ final class ClientConnection: ReplyOwner {
 
     @discardableResult
     private func closeIfDrained() -> Bool {
-        guard closeWhenDrained, slots.isEmpty, output.isEmpty else { return false }
+        guard closeWhenDrained, slots.isEmpty || closingForServerFailure, output.isEmpty else { return false }
         close()
         return true
     }
@@ -643,6 +666,8 @@ final class RareClientState {
     var skipRemaining = 0
     /// The client closed its side while a hold or a full pipeline kept what it sent (`ClientConnection.inputEnded`).
     var inputEnded = false
+    /// `ClientConnection.closingForServerFailure`.
+    var closingForServerFailure = false
     /// A Redis client's transaction, WATCH, blocked commands and subscriptions.
     var redisExtras: RedisSessionExtras?
 }

@@ -293,14 +293,17 @@ class ReplyOwner {
         desk.markDirty(self)
     }
 
-    /// Every finished slot at the head of the queue goes to the output, in order.
+    /// Every finished slot at the head of the queue goes to the output, in order. A slot whose
+    /// server failed on a pool that closes clients for it stops there: what is in the output
+    /// is written, then the client closes (`closeForServerFailure`).
     private final func emitFinished() {
         let now = desk.now
-        while !slots.isEmpty, slots.withFirst({ $0.isDone }), let head = slots.popFirst() {
+        while !slots.isEmpty, slots.withFirst({ $0.isDone && !$0.closesClient }), let head = slots.popFirst() {
             heldReplyBytes -= head.countedBytes
             head.emit(into: output)
             finished(head, at: now)
         }
+        if !slots.isEmpty, slots.withFirst({ $0.isDone }) { closeForServerFailure() }
     }
 
     /// A slot that has left the queue, its reply in the output: timed and recycled.
@@ -319,6 +322,13 @@ class ReplyOwner {
 
     /// Closes the connection (a push connection or a streamed reply's backend was lost).
     func close() { preconditionFailure("overridden by ClientConnection") }
+
+    /// Whether a request whose server failed closes this client (`close_on_server_failure`).
+    var closesOnServerFailure: Bool { false }
+
+    /// A request whose server failed reached the head of the queue on a pool that closes
+    /// clients for it: the output is written, then the connection closes.
+    func closeForServerFailure() { preconditionFailure("overridden by ClientConnection") }
 
     /// The client's address and name, for a slow-log entry.
     func slowLogIdentity() -> (client: String, name: String) { ("", "") }

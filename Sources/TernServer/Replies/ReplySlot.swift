@@ -118,6 +118,10 @@ final class ReplySlot {
     /// while the merge copied its records out (`appendRecord`).
     private var keptDiscarded: [Int] = []
     var hasError = false
+    /// A part failed with its server on a pool whose clients close for it
+    /// (`close_on_server_failure`): the client closes when this slot reaches the head of its
+    /// queue, instead of writing it (`ReplyOwner.emitFinished`).
+    var closesClient = false
     /// A split that reaches a warm-up's old pool: the new pool's counters, where failures of
     /// old-pool parts are counted (set by `ReplySplit`).
     fileprivate(set) var warmupCounters: WarmupCounters?
@@ -127,6 +131,7 @@ final class ReplySlot {
         if !isSingle { sink = .single }
         isDone = false
         isSilent = false
+        closesClient = false
         remainingParts = 1
         if dataUsed {
             dataUsed = false
@@ -344,8 +349,10 @@ final class ReplySlot {
         isRedis ? "-ERR \(reason)\r\n" : "SERVER_ERROR \(reason)\r\n"
     }
 
-    /// `part` failed (connection error, timeout, no server).
-    func fail(part: Int32, reason: String) {
+    /// `part` failed (connection error, timeout, no server). `serverFailure`: its server
+    /// failed (refused, lost, timed out), which closes a client whose pool says so.
+    func fail(part: Int32, reason: String, serverFailure: Bool = false) {
+        if serverFailure, let client, client.closesOnServerFailure { closesClient = true }
         if isOverflowed {
             overflow()
             return
