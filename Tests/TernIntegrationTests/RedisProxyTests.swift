@@ -586,6 +586,44 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try shardedClient.call("GET", onUp), "$2\r\nup\r\n")
     }
 
+    /// Connections opened for one client (a blocking command, a WATCH, a subscription) back off
+    /// with the server's shared connections while it refuses connects: 100 `BLPOP`s, `WATCH`es
+    /// and `SUBSCRIBE`s each on a server that is down make a handful of connect attempts, not one
+    /// each (found by a framework sweep: a retrying worker made about 7,600 connects a second,
+    /// until Linux connected one to itself on a port in the ephemeral range, and `BLPOP q 1`
+    /// was answered with its own request). Each is refused at once with the server's error; once
+    /// the server listens, the next attempt after the backoff (at most 2 s) reaches it.
+    func testPerClientConnectionsBackOffFromADeadServer() throws {
+        let deadPort = ProcessGroup.freePort(), port = ProcessGroup.freePort(), statsPort = ProcessGroup.freePort()
+        let text = "single:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 2000\n  close_on_server_failure: false\n"
+            + "  servers:\n   - 127.0.0.1:\(deadPort):1\n"
+        try group.tern(config: text, arguments: ["--threads", "1", "-s", "\(statsPort)"], waitPort: port)
+        let client = try TestClient(port: port)
+        let started = Date()
+        for round in 0..<100 {
+            for command in [["BLPOP", "q", "0"], ["WATCH", "w"]] {
+                let reply = try client.call(command)
+                XCTAssertTrue(reply.hasPrefix("-ERR Connection refused"), "round \(round), \(command[0]): \(reply)")
+            }
+            // A subscriber whose push connection fails is closed (it would miss messages).
+            let subscriber = try TestClient(port: port)
+            try subscriber.send(TestClient.encode(["SUBSCRIBE", "ch"]))
+            XCTAssertTrue(subscriber.drain(for: 3).closed, "round \(round)")
+        }
+        let elapsed = Date().timeIntervalSince(started)
+        XCTAssertLessThan(elapsed, 10)
+        usleep(1_200_000)
+        let stats = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(TestClient(port: statsPort).drain(for: 2).bytes)) as? [String: Any])
+        let server = try XCTUnwrap((stats["single"] as? [String: Any])?["127.0.0.1:\(deadPort)"] as? [String: Any])
+        let attempts = try XCTUnwrap(server["server_err"] as? Int)
+        // 0.05 s doubling to 2 s: about log2(elapsed / 0.05) + elapsed / 2 attempts.
+        XCTAssertLessThanOrEqual(attempts, 8 + Int(elapsed / 2), "connect attempts in \(elapsed) s")
+        XCTAssertGreaterThanOrEqual(attempts, 1)
+        _ = try group.redis(port: deadPort)
+        XCTAssertEqual(try eventually("*-1\r\n", within: 5) { try client.call("BLPOP", "q", "0.1") }, "*-1\r\n")
+        XCTAssertEqual(try client.call("SET", "k", "v"), "+OK\r\n")
+    }
+
     func testSlotsDistributionPlacesKeysByHashSlot() throws {
         let backends = try [group.redis(), group.redis(), group.redis()]
         let tern = try startTern(backends, distribution: "slots")

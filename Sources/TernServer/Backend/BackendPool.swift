@@ -101,6 +101,14 @@ class BackendServer {
     final unowned(unsafe) var counters: ServerCounters
     final var countersOwner: ServerCounters
     final var failures = 0
+    /// Connects to this server that failed in a row (refused, timed out, a failed TLS handshake,
+    /// connected to itself) on any of this worker's connections to it, and when the next may be
+    /// tried: a connection opened for one client (a blocking command, a WATCH, a subscription)
+    /// waits out the same backoff as the shared ones instead of trying a dead server at once
+    /// for every client that asks (thousands of connects a second from one retrying client).
+    final var connectFailures = 0
+    final var connectRetryAfter: Double = 0
+    final var connectError = ""
 
     init(pool: BackendPool, index: Int, address: SocketAddress, name: String, isReplica: Bool, counters: ServerCounters) {
         self.pool = pool
@@ -121,6 +129,12 @@ class BackendServer {
     }
 
     final func recordSuccess() { failures = 0 }
+
+    /// A connect to the server completed: the connect backoff ends.
+    final func connectSucceeded() {
+        connectFailures = 0
+        connectRetryAfter = 0
+    }
 
     // MARK: Up to the pool (overridden by ServerRuntime)
 

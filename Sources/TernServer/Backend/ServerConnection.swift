@@ -375,8 +375,10 @@ final class ServerConnection {
 
     func connectIfNeeded() {
         guard state == .disconnected else { return }
-        if worker.now < retryAfter {
-            // Backing off after failures: fail fast instead of hammering a dead server.
+        if worker.now < retryAfter || worker.now < server.connectRetryAfter {
+            // Backing off after failures (this connection's, or connects to the server by any
+            // of its connections): fail fast instead of hammering a dead server.
+            if worker.now >= retryAfter { lastError = server.connectError }
             pendingError = -1
             worker.markDirty(self)
             return
@@ -401,7 +403,12 @@ final class ServerConnection {
         let result = server.address.withSockaddr { Glibc.connect(fd, $0, $1) }
         descriptor = fd
         generation += 1
-        if result == 0 {
+        if result == 0, server.address.family != AF_UNIX, Syscall.isConnectedToItself(fd) {
+            pendingError = -2
+            state = .connecting
+            worker.markDirty(self)
+        } else if result == 0 {
+            server.connectSucceeded()
             if server.pool.plan.serverTLS != nil {
                 state = .handshaking
             } else {
@@ -431,6 +438,11 @@ final class ServerConnection {
                 fail(reason: Syscall.errorText(error))
                 return
             }
+            if server.address.family != AF_UNIX, Syscall.isConnectedToItself(descriptor) {
+                fail(reason: Self.connectedToItself)
+                return
+            }
+            if server.pool.plan.serverTLS == nil { server.connectSucceeded() }
             if server.pool.plan.serverTLS != nil {
                 state = .handshaking
             } else {
@@ -467,6 +479,7 @@ final class ServerConnection {
         }
         switch tls!.handshake() {
         case .done:
+            server.connectSucceeded()
             state = .connected
             counters.serverConnections.add()
             watcher?.watch(TERN_EV_READ)
@@ -489,7 +502,9 @@ final class ServerConnection {
         if pendingError != 0 {
             let error = pendingError
             pendingError = 0
-            if error < 0 {
+            if error == -2 {
+                fail(reason: Self.connectedToItself)
+            } else if error < 0 {
                 // Still backing off: the requests fail at once; the backoff is not extended.
                 fail(reason: lastError, isNewFailure: false)
             } else {
@@ -964,10 +979,19 @@ final class ServerConnection {
         for (slot, part) in slots { slot.fail(part: part, reason: reason, serverFailure: serverFailure) }
     }
 
+    /// Why a connect failed when it reached this host's own socket instead of the server.
+    static let connectedToItself = "connected to itself (nothing listens on the server's port)"
+
     /// Closes the connection and fails what was on it.
     func fail(reason: String, isNewFailure: Bool = true) {
         let wasConnected = descriptor >= 0
         let hadRequests = !pending.isEmpty
+        if isNewFailure, state == .connecting || state == .handshaking, descriptor >= 0 {
+            // A connect that failed: every connection to the server backs off.
+            server.connectFailures += 1
+            server.connectRetryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))
+            server.connectError = reason
+        }
         if isNewFailure, wasConnected || hadRequests {
             worker.logger.debug("server \(server.name): \(reason)")
             server.recordFailure()

@@ -92,6 +92,20 @@ enum Syscall {
         _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
         return error
     }
+
+    /// Whether a connected TCP socket is connected to itself: its local address is its peer's.
+    /// Linux does this to a connect to a port of this host in the ephemeral range while nothing
+    /// listens there, once it picks that very port as the source (TCP's simultaneous open).
+    static func isConnectedToItself(_ fd: Int32) -> Bool {
+        var local = sockaddr_storage(), peer = sockaddr_storage()
+        var localLength = socklen_t(MemoryLayout<sockaddr_storage>.size), peerLength = localLength
+        let gotLocal = withUnsafeMutableBytes(of: &local) { getsockname(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &localLength) }
+        let gotPeer = withUnsafeMutableBytes(of: &peer) { getpeername(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &peerLength) }
+        guard gotLocal == 0, gotPeer == 0, localLength == peerLength else { return false }
+        return withUnsafeBytes(of: &local) { localBytes in
+            withUnsafeBytes(of: &peer) { peerBytes in localBytes.prefix(Int(localLength)).elementsEqual(peerBytes.prefix(Int(peerLength))) }
+        }
+    }
 }
 
 /// A resolved socket address, kept as bytes so it can cross threads.
