@@ -35,7 +35,13 @@ extension ClientConnection {
                 return
             }
             guard pool.requiresAuth else {
-                return slot.complete(with: "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n" as StaticString)
+                // As a Redis without a password: its `default` user takes any password when
+                // named (`redis://default:pw@…` works), another user does not exist.
+                guard let user else {
+                    return slot.complete(with: "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n" as StaticString)
+                }
+                return slot.complete(with: Self.namesDefaultUser(arguments, user, frame) ? "+OK\r\n" as StaticString
+                                     : "-WRONGPASS invalid username-password pair or user is disabled.\r\n")
             }
             if authenticate(user: user, password: password, arguments, frame, session) {
                 slot.complete(with: "+OK\r\n" as StaticString)
@@ -158,6 +164,11 @@ extension ClientConnection {
         return false
     }
 
+    /// Argument `index` is the user name `default` (case-sensitive, as Redis's user names).
+    private static func namesDefaultUser(_ arguments: RespArguments, _ index: Int, _ frame: UnsafeRawBufferPointer) -> Bool {
+        arguments.withArgument(index, in: frame) { $0.elementsEqual("default".utf8) }
+    }
+
     /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now. The arguments are
     /// checked as Redis checks them (`RedisAuthRequest.hello`) before anything is authenticated
     /// or named, so a HELLO answered with an error changes nothing.
@@ -169,7 +180,10 @@ extension ClientConnection {
         case let .hello(_, name):
             setName = name
         case let .authenticate(user, password, _, name):
-            guard pool.requiresAuth, authenticate(user: user, password: password, arguments, frame, session) else {
+            // Without a password (as Redis's `default` user, `nopass`): any password for `default`.
+            let accepted = pool.requiresAuth ? authenticate(user: user, password: password, arguments, frame, session)
+                : user.map { Self.namesDefaultUser(arguments, $0, frame) } ?? false
+            guard accepted else {
                 return slot.complete(with: "-WRONGPASS invalid username-password pair or user is disabled.\r\n" as StaticString)
             }
             setName = name
