@@ -341,3 +341,18 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(keys(["RENAME", "a", "b"]), ["a", "b"])
     }
 }
+
+/// Where keyspace notification channels are subscribed (`RedisChannelOrigin`).
+final class RedisChannelOriginTests: XCTestCase {
+    func origin(_ name: String) -> RedisChannelOrigin { Array(name.utf8).withUnsafeBytes { RedisChannelOrigin(channel: $0) } }
+
+    func testKeyspaceKeyeventAndOtherChannels() {
+        XCTAssertEqual(origin("__keyspace@0__:user:42"), .key(15..<22))
+        XCTAssertEqual(origin("__keyspace@12__:k"), .key(16..<17))
+        XCTAssertEqual(origin("__keyspace@0__:"), .key(15..<15), "the empty key, as Redis would name it")
+        XCTAssertEqual(origin("__keyevent@0__:expired"), .everyServer)
+        for other in ["news", "__keyspace@__:k", "__keyspace@0_:k", "__keyspace@x__:k", "__keyspace@0__", "__keyevent@0:k", "__KEYSPACE@0__:k", ""] {
+            XCTAssertEqual(origin(other), .name, other)
+        }
+    }
+}

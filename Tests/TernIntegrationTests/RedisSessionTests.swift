@@ -650,6 +650,46 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// Keyspace notifications on a three-server pool (redis-py `pubsub()`): Redis sends them from
+    /// the server that holds the key. `__keyspace@0__:<key>` is subscribed on the key's server
+    /// and `__keyevent@0__:set` on every server, so each SET through Tern is notified exactly
+    /// once on both, as on one Redis; unsubscribing reaches the same servers. Before, both were
+    /// placed by the channel's own name: a key on another server was never notified, and
+    /// key events came from one server only (found by a framework sweep).
+    func testKeyspaceNotificationsComeFromTheKeysServers() throws {
+        let backends = try (0..<3).map { _ in try group.redis(extra: ["--notify-keyspace-events", "KEA"]) }
+        let port = ProcessGroup.freePort()
+        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
+        try group.tern(config: text, arguments: ["--threads", "2"], waitPort: port)
+        let setup = Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
+        let keys = (0..<3).flatMap { setup.keys("key", on: $0, count: 2) }
+        // Each keyspace channel's own name is placed on another server than its key, for some.
+        XCTAssertTrue(keys.contains { setup.server("__keyspace@0__:" + $0) != setup.server($0) })
+        try python("""
+        r = redis.Redis(port=\(port))
+        keys = [\(keys.map { "\"\($0)\"" }.joined(separator: ", "))]
+        p = r.pubsub()
+        channels = ["__keyspace@0__:" + k for k in keys] + ["__keyevent@0__:set"]
+        p.subscribe(*channels)
+        confirmations = [p.get_message(timeout=2) for _ in channels]
+        assert [m["data"] for m in confirmations] == list(range(1, len(channels) + 1)), confirmations
+        for k in keys: assert r.set(k, "v")
+        got = []
+        while True:
+            m = p.get_message(timeout=1)
+            if m is None: break
+            got.append((m["channel"], m["data"]))
+        expected = [(("__keyspace@0__:" + k).encode(), b"set") for k in keys] + [(b"__keyevent@0__:set", k.encode()) for k in keys]
+        assert sorted(got) == sorted(expected), got
+        p.unsubscribe()
+        left = [p.get_message(timeout=2) for _ in channels]
+        assert sorted(m["data"] for m in left) == list(range(len(channels))), left
+        for k in keys: r.delete(k)
+        assert p.get_message(timeout=0.5) is None
+        assert r.pubsub_numsub("__keyevent@0__:set") == [(b"__keyevent@0__:set", 0)]
+        """)
+    }
+
     /// `max_subscriptions`: a SUBSCRIBE that would pass it is refused whole. Before, the
     /// channels named before the one over the limit stayed listed though never sent, so the
     /// client was left in subscribed mode (its next GET refused) with counts that were wrong.

@@ -80,13 +80,15 @@ extension ClientConnection {
                     slot.data.removeAll()
                     return slot.complete(with: "-ERR too many subscriptions for this client (max_subscriptions)\r\n" as StaticString)
                 }
-                if kind == .pattern, !pool.isCluster {
+                let origin = kind == .channel ? name.withUnsafeBytes { RedisChannelOrigin(channel: $0) } : .name
+                if kind == .pattern && !pool.isCluster || origin == .everyServer {
                     // A Redis Cluster node passes every PUBLISH to the others, so there one node
-                    // (the pattern's slot's, below) sees them all; elsewhere each server has its own.
+                    // (the pattern's slot's, below) sees them all; elsewhere each server has its
+                    // own. Key-event notifications come from every server, cluster or not.
                     for server in pool.servers.indices { parts.append((pushConnection(subscriptions, server), name)) }
                     list.append(RedisSubscriptions.Entry(name: name, connection: nil))
                 } else {
-                    guard let server = name.withUnsafeBytes({ pool.serverIndex(forKey: $0) }) else {
+                    guard let server = name.withUnsafeBytes({ Self.placement(of: $0, origin, pool) }) else {
                         put(subscriptions, kind, unchanged)
                         slot.data.removeAll()
                         return slot.fail(part: ReplyPart.whole, reason: "no server available")
@@ -123,6 +125,13 @@ extension ClientConnection {
             connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line)
         }
         split.close()
+    }
+
+    /// The server a channel (or a shard channel, or a cluster pool's pattern) is subscribed on:
+    /// placed by its name, or by the key a keyspace notification channel names.
+    private static func placement(of name: UnsafeRawBufferPointer, _ origin: RedisChannelOrigin, _ pool: PoolRuntime) -> Int? {
+        if case let .key(range) = origin { return pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: name[range])) }
+        return pool.serverIndex(forKey: name)
     }
 
     /// The list of `kind`, taken out of `subscriptions` while it changes (no copy on write):
@@ -205,12 +214,19 @@ extension ClientConnection {
         for connection in subscriptions.connections.values { byPosition[connection.serverRuntime.index] = connection }
         subscriptions.connections = byPosition
         guard !pool.isCluster else { return false }
-        let patternsEverywhere = subscriptions.patterns.isEmpty || pool.servers.indices.allSatisfy { byPosition[$0] != nil }
-        let channelMoved = pool.config.distribution != .random && (subscriptions.channels + subscriptions.shardChannels).contains { channel in
-            channel.name.withUnsafeBytes { key in
-                pool.serverIndexUncounted(forKey: key).map { pool.servers[$0] } !== channel.connection?.serverRuntime
+        // Patterns and key-event channels (subscribed with no one connection) are on every server.
+        let needsEveryServer = !subscriptions.patterns.isEmpty || subscriptions.channels.contains { $0.connection == nil }
+        let patternsEverywhere = !needsEveryServer || pool.servers.indices.allSatisfy { byPosition[$0] != nil }
+        func moved(_ channel: RedisSubscriptions.Entry, _ kind: SubscriptionKind) -> Bool {
+            guard let connection = channel.connection else { return false }
+            return channel.name.withUnsafeBytes { name in
+                let origin = kind == .channel ? RedisChannelOrigin(channel: name) : .name
+                let key = if case let .key(range) = origin { UnsafeRawBufferPointer(rebasing: name[range]) } else { name }
+                return pool.serverIndexUncounted(forKey: key).map { pool.servers[$0] } !== connection.serverRuntime
             }
         }
+        let channelMoved = pool.config.distribution != .random
+            && (subscriptions.channels.contains { moved($0, .channel) } || subscriptions.shardChannels.contains { moved($0, .shard) })
         guard patternsEverywhere, !channelMoved else {
             close()
             return true
