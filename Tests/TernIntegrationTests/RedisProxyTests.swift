@@ -640,6 +640,71 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try client.call("SET", "k", "v"), "+OK\r\n")
     }
 
+    /// A backend connect that reaches its own socket fails: in a private network namespace
+    /// whose ephemeral port range is the dead server's port alone, Linux connects Tern's socket
+    /// to itself (found by a framework sweep on a normal range, after thousands of connects a
+    /// second). `BLPOP` is never answered with its own request (it was), the client's connection
+    /// closes (a one-server pool), the socket leaves no TIME-WAIT behind, so the server binds
+    /// its port at once when it starts (with a normal close it could not for a minute), and
+    /// Tern reaches it after the backoff.
+    func testConnectToItselfFailsAndLeavesThePortFree() throws {
+        guard getuid() == 0, (try? ProcessGroup.run("/usr/bin/unshare", ["-n", "true"]).0) == 0,
+              FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") || FileManager.default.isExecutableFile(atPath: "/usr/bin/ip") else {
+            throw XCTSkip("needs root, unshare -n and ip (iproute2)")
+        }
+        let config = group.directory + "/self.yml"
+        try "self:\n  listen: 127.0.0.1:40000\n  redis: true\n  timeout: 2000\n  servers:\n   - 127.0.0.1:45124:1\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let script = """
+        set -u
+        ip link set lo up
+        echo "45124 45124" > /proc/sys/net/ipv4/ip_local_port_range || echo "45124 45125" > /proc/sys/net/ipv4/ip_local_port_range
+        \(ProcessGroup.ternBinary) -c \(config) -s 40001 -a 127.0.0.1 --threads 1 > \(group.directory)/self-tern.log 2>&1 &
+        tern=$!
+        sleep 1
+        python3 - <<'PY'
+        import socket, time
+        for round in range(3):
+            s = socket.create_connection(("127.0.0.1", 40000)); s.settimeout(3)
+            s.sendall(b"*3\\r\\n$5\\r\\nBLPOP\\r\\n$1\\r\\nq\\r\\n$1\\r\\n1\\r\\n")
+            data = b""
+            try:
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk: break
+                    data += chunk
+            except socket.timeout:
+                data += b"<timeout>"
+            print("reply %r" % data, flush=True)
+            s.close(); time.sleep(0.3)
+        PY
+        redis-server --port 45124 --bind 127.0.0.1 --save '' --appendonly no > \(group.directory)/self-redis.log 2>&1 &
+        redis=$!
+        sleep 0.5
+        # The server now holds the one ephemeral port: give connects others.
+        echo "45125 45200" > /proc/sys/net/ipv4/ip_local_port_range
+        python3 - <<'PY'
+        import socket, time
+        for attempt in range(40):
+            s = socket.create_connection(("127.0.0.1", 40000)); s.settimeout(3)
+            s.sendall(b"*3\\r\\n$5\\r\\nBLPOP\\r\\n$1\\r\\nq\\r\\n$3\\r\\n0.1\\r\\n")
+            data = s.recv(4096); s.close()
+            if data == b"*-1\\r\\n": print("served", flush=True); break
+            time.sleep(0.1)
+        PY
+        kill $tern $redis
+        wait
+        grep -c "Ready to accept" \(group.directory)/self-redis.log
+        grep -c "connected to itself" \(group.directory)/self-tern.log
+        """
+        let (status, output) = try ProcessGroup.run("/usr/bin/unshare", ["-n", "/bin/bash", "-c", script])
+        let lines = output.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.filter { $0.hasPrefix("reply ") }, Array(repeating: "reply b''", count: 3), output)
+        XCTAssertTrue(lines.contains("served"), output)
+        XCTAssertEqual(lines.suffix(2).first, "1", "redis-server bound its port: \(output)")
+        XCTAssertGreaterThanOrEqual(Int(lines.last ?? "") ?? 0, 1, "Tern saw the self-connect: \(output)")
+        _ = status
+    }
+
     func testSlotsDistributionPlacesKeysByHashSlot() throws {
         let backends = try [group.redis(), group.redis(), group.redis()]
         let tern = try startTern(backends, distribution: "slots")

@@ -404,6 +404,7 @@ final class ServerConnection {
         descriptor = fd
         generation += 1
         if result == 0, server.address.family != AF_UNIX, Syscall.isConnectedToItself(fd) {
+            Syscall.resetOnClose(fd)
             pendingError = -2
             state = .connecting
             worker.markDirty(self)
@@ -439,6 +440,7 @@ final class ServerConnection {
                 return
             }
             if server.address.family != AF_UNIX, Syscall.isConnectedToItself(descriptor) {
+                Syscall.resetOnClose(descriptor)
                 fail(reason: Self.connectedToItself)
                 return
             }
@@ -986,6 +988,9 @@ final class ServerConnection {
     func fail(reason: String, isNewFailure: Bool = true) {
         let wasConnected = descriptor >= 0
         let hadRequests = !pending.isEmpty
+        if reason == Self.connectedToItself {
+            worker.logger.warning("server \(server.name): \(reason); is it down? (its port is in this host's ephemeral port range)")
+        }
         if isNewFailure, state == .connecting || state == .handshaking, descriptor >= 0 {
             // A connect that failed: every connection to the server backs off.
             server.connectFailures += 1

@@ -93,6 +93,14 @@ enum Syscall {
         return error
     }
 
+    /// The socket's close sends a reset and leaves no TIME-WAIT (SO_LINGER 0): a socket connected
+    /// to itself would otherwise hold the server's port for a minute, and the server could not
+    /// bind it when it starts.
+    static func resetOnClose(_ fd: Int32) {
+        var value = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
+    }
+
     /// Whether a connected TCP socket is connected to itself: its local address is its peer's.
     /// Linux does this to a connect to a port of this host in the ephemeral range while nothing
     /// listens there, once it picks that very port as the source (TCP's simultaneous open).
