@@ -416,10 +416,13 @@ public enum MemcacheRequestParser {
         // The name as `parseLine` reads it: from the line's first byte.
         guard count >= 2, count <= 7, isNoreply(bytes, tokens, count - 1),
               let command = command(UnsafeRawBufferPointer(rebasing: bytes[0..<tokens[end: 0]])) else { return false }
+        // A token count memcached's dispatch takes: it marks the request noreply (the last
+        // token), then refuses it silently, even where `noreply` stands in a value's place
+        // (`incr k noreply`, `set k 0 0 noreply`).
         switch command {
-        case .set, .add, .replace, .append, .prepend: return count == 6
-        case .cas: return count == 7
-        case .incr, .decr, .touch: return count == 4
+        case .set, .add, .replace, .append, .prepend: return count == 5 || count == 6
+        case .cas: return count == 6 || count == 7
+        case .incr, .decr, .touch: return count == 3 || count == 4
         case .delete: return count == 3 || count == 4
         case .flushAll, .verbosity: return count == 2 || count == 3
         default: return false

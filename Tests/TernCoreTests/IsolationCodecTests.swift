@@ -133,10 +133,11 @@ final class IsolationCodecTests: XCTestCase {
         let long = String(repeating: "k", count: 251)
         for text in ["set \(long) 0 0 1 noreply\r\nx\r\n", "set big 0 0 2000000 noreply\r\n", "delete \(long) noreply\r\n",
                      "delete \(long) 0 noreply\r\n", "incr n 18446744073709551616 noreply\r\n", "touch e abc noreply\r\n",
-                     "cas k 0 0 1 x noreply\r\n", "flush_all abc noreply\r\n", "verbosity abc noreply\r\n", "set a abc 0 1 noreply\r\n"] {
+                     "cas k 0 0 1 x noreply\r\n", "flush_all abc noreply\r\n", "verbosity abc noreply\r\n", "set a abc 0 1 noreply\r\n",
+                     "set a 0 0 noreply\r\n", "incr k noreply\r\n", "touch k noreply\r\n", "cas k 0 0 1 noreply\r\n"] {
             XCTAssertTrue(silent(text), text)
         }
-        for text in ["get \(long) noreply\r\n", "set a 0 0 noreply\r\n", "set a 0 0 1 2 noreply\r\n", "mg \(long) q noreply\r\n",
+        for text in ["get \(long) noreply\r\n", "set a 0 noreply\r\n", "set a 0 0 1 2 noreply\r\n", "incr noreply\r\n", "mg \(long) q noreply\r\n",
                      "bogus noreply\r\n", "set \(long) 0 0 1\r\n", "incr n x\r\n", "noreply\r\n", "set a 0 0 1 noreply"] {
             XCTAssertFalse(silent(text), text)
         }

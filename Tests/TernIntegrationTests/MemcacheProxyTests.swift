@@ -128,7 +128,8 @@ final class MemcacheProxyTests: XCTestCase {
                      "set k 0 0 1 noreply extra\r\nx", "add k 0 0", "mg", "ms", "md", "ma", "me", "mn extra", "stats bogus",
                      "bogus", "GET k", "", "incr k 1", "get k",
                      "set k 0 0 1 bogus\r\nx", "touch k 1 bogus", "incr k 1 bogus", "cas k 0 0 1 5 bogus\r\ny", "verbosity 1 bogus",
-                     "delete k bogus", "get k"]
+                     "delete k bogus", "get k", "incr k noreply", "touch k noreply", "set k 0 0 noreply", "cas k 0 0 1 noreply",
+                     "set k 0 0 noreply\r\nx", "delete noreply", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
         var answers: [String] = []
         let innocent = try TestClient(port: tern.port)

@@ -401,6 +401,46 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(subscriber.drain(for: 0.5).bytes, [], "nothing more")
     }
 
+    /// Keyspace notifications on a Redis Cluster pool, whose nodes do not pass them on: a key's
+    /// `__keyspace@0__:` channel is subscribed on the key's master and `__keyevent@0__:set` on
+    /// every master, so SETs on three masters are each notified once on both; when the key's
+    /// slot moves to another master, the subscriber is closed (it would miss the key's events
+    /// from then on) and subscribes again when it reconnects.
+    func testKeyspaceNotificationsOnAClusterPool() throws {
+        let cluster = try startCluster()
+        for node in cluster.ports { XCTAssertEqual(try cluster.call(node, "CONFIG", "SET", "notify-keyspace-events", "KEA"), "+OK\r\n") }
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let source = try cluster.owner(of: Self.slot("ks"))
+        let masters = try cluster.nodes(askingAt: source).filter(\.isMaster).map(\.port)
+        // A key on each master.
+        var keys = ["{ks}k"]
+        for master in masters where master != source {
+            keys.append(try (0..<1000).map { "{o\($0)}k" }.first { try cluster.owner(of: Self.slot(String($0.dropFirst().prefix { $0 != "}" }))) == master }!)
+        }
+        let subscriber = try TestClient(port: port), client = try TestClient(port: port)
+        try subscriber.send(TestClient.encode(["SUBSCRIBE", "__keyspace@0__:{ks}k", "__keyevent@0__:set"]))
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(2), as: UTF8.self),
+                       "*3\r\n$9\r\nsubscribe\r\n$20\r\n__keyspace@0__:{ks}k\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$18\r\n__keyevent@0__:set\r\n:2\r\n")
+        for key in keys { XCTAssertEqual(try client.call("SET", key, "v"), "+OK\r\n") }
+        let message = { (channel: String, text: String) in "*3\r\n$7\r\nmessage\r\n$\(channel.utf8.count)\r\n\(channel)\r\n$\(text.utf8.count)\r\n\(text)\r\n" }
+        let expected = [message("__keyspace@0__:{ks}k", "set")] + keys.map { message("__keyevent@0__:set", $0) }
+        let received = try subscriber.receiveReplies(expected.count)
+        XCTAssertEqual(Set(String(decoding: received, as: UTF8.self).components(separatedBy: "*3\r\n$7\r\nmessage").filter { !$0.isEmpty }),
+                       Set(expected.map { String($0.dropFirst("*3\r\n$7\r\nmessage".count)) }))
+        XCTAssertEqual(subscriber.drain(for: 0.3).bytes, [], "each once")
+        // The key's slot moves: the subscriber is closed once Tern has the new map.
+        let target = masters.first { $0 != source }!
+        let targetID = try cluster.id(of: target)
+        XCTAssertEqual(try client.call("DEL", "{ks}k"), ":1\r\n")
+        let version = try info(port, "cluster_slot_map_version")
+        for node in [target, source] + masters.filter({ $0 != source && $0 != target }) {
+            XCTAssertEqual(try cluster.call(node, "CLUSTER", "SETSLOT", "\(Self.slot("ks"))", "NODE", targetID), "+OK\r\n")
+        }
+        XCTAssertEqual(try client.call("GET", "{ks}k"), "$-1\r\n")
+        XCTAssertEqual(try eventually("refreshed", within: 5) { try info(port, "cluster_slot_map_version") > version ? "refreshed" : "v\(version)" }, "refreshed")
+        XCTAssertTrue(subscriber.drain(for: 3).closed, "closed after the move")
+    }
+
     /// `SSUBSCRIBE` of a channel whose slot moved after Tern's map was taken: the node answers
     /// `-MOVED`, which Tern follows on the client's push connection to the node named. The client
     /// gets its confirmation, not the redirect, and messages published on the new node reach it

@@ -336,6 +336,28 @@ final class WarmupTests: XCTestCase {
         XCTAssertTrue(try c.call("INFO").contains("warmup_old_errors:"))
     }
 
+    /// The same on a one-server pool, whose clients close when their server fails
+    /// (`close_on_server_failure`): the old pool's failures are counted, not the reply, so they
+    /// close nobody (a review found they closed the client at every miss and delete).
+    func testRedisOldPoolDownGivesMissesOnAOneServerPool() throws {
+        let new = try group.redis(), old = try group.redis()
+        let setup = try start(redis: true, new: [new.address], old: [old.address])
+        XCTAssertTrue(setup.pool.closesClientsOnServerFailure)
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("SET", "k", "v"), "+OK\r\n")
+        old.kill()
+        for _ in 0..<3 {
+            XCTAssertEqual(try c.call("GET", "missing"), "$-1\r\n")
+            XCTAssertEqual(try c.call("MGET", "k", "missing"), "*2\r\n$1\r\nv\r\n$-1\r\n")
+            XCTAssertEqual(try c.call("DEL", "missing"), ":0\r\n")
+        }
+        XCTAssertEqual(try c.call("DEL", "k"), ":1\r\n")
+        // The new pool's own server failing still closes the client.
+        new.kill()
+        try c.send(TestClient.encode(["GET", "k"]))
+        XCTAssertTrue(c.drain(for: 3).closed)
+    }
+
     /// A meta `mg` answered from the old pool without copying (backfill off) returns the value
     /// and key as stored: binary bytes, not text (they were decoded as UTF-8, which changed them).
     func testMetaOldHitNotCopiedKeepsBinaryValueAndKey() throws {

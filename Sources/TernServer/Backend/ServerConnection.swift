@@ -409,7 +409,8 @@ final class ServerConnection {
             state = .connecting
             worker.markDirty(self)
         } else if result == 0 {
-            server.connectSucceeded()
+            // (With TLS the connect succeeds once the handshake does.)
+            if server.pool.plan.serverTLS == nil { server.connectSucceeded() }
             if server.pool.plan.serverTLS != nil {
                 state = .handshaking
             } else {
@@ -964,6 +965,10 @@ final class ServerConnection {
             server.pool.stats.forwardErrors.add(count)
             server.recordFailure()
         }
+        if count > 0, state == .connecting || state == .handshaking {
+            // The connect itself timed out: every connection to the server backs off.
+            noteConnectFailure("Connection timed out")
+        }
         if live == 0 {
             // Only abandoned requests are left: start afresh rather than wait for their replies.
             if !pending.isEmpty { close() }
@@ -981,6 +986,14 @@ final class ServerConnection {
         for (slot, part) in slots { slot.fail(part: part, reason: reason, serverFailure: serverFailure) }
     }
 
+    /// A connect failed: every connection of this worker to the server backs off (50 ms
+    /// doubling to 2 s while connects keep failing).
+    private func noteConnectFailure(_ reason: String) {
+        server.connectFailures += 1
+        server.connectRetryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))
+        server.connectError = reason
+    }
+
     /// Why a connect failed when it reached this host's own socket instead of the server.
     static let connectedToItself = "connected to itself (nothing listens on the server's port)"
 
@@ -991,12 +1004,7 @@ final class ServerConnection {
         if reason == Self.connectedToItself {
             worker.logger.warning("server \(server.name): \(reason); is it down? (its port is in this host's ephemeral port range)")
         }
-        if isNewFailure, state == .connecting || state == .handshaking, descriptor >= 0 {
-            // A connect that failed: every connection to the server backs off.
-            server.connectFailures += 1
-            server.connectRetryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))
-            server.connectError = reason
-        }
+        if isNewFailure, state == .connecting || state == .handshaking, descriptor >= 0 { noteConnectFailure(reason) }
         if isNewFailure, wasConnected || hadRequests {
             worker.logger.debug("server \(server.name): \(reason)")
             server.recordFailure()
@@ -1018,7 +1026,7 @@ final class ServerConnection {
     var isIdle: Bool { pending.isEmpty && stream == nil }
 
     /// Closed after failures and waiting out its backoff: a request now would fail at once.
-    var isBackingOff: Bool { state == .disconnected && worker.now < retryAfter }
+    var isBackingOff: Bool { state == .disconnected && (worker.now < retryAfter || worker.now < server.connectRetryAfter) }
 
     /// Closes the connection and fails what is on it with `reason`, without counting a server
     /// failure or asking a cluster or Sentinel pool for a new map: its client left while a

@@ -218,7 +218,7 @@ extension ClientConnection {
     /// backend connection in step and is dropped here).
     private func forward(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, _ slot: ReplySlot) {
         guard let server = pool.serverIndex(forKey: key) else {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
+            slot.failNoServer()
             return
         }
         if request.command.isRetrieval {
@@ -251,7 +251,7 @@ extension ClientConnection {
     /// is followed by Tern's own `mn` so the backend's answer, even an empty one, is framed.
     private func forwardMeta(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
         guard let server = withHashKey(request, frame, { pool.server(forKey: $0) }) else {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
+            slot.failNoServer()
             return
         }
         if let read = slot.warmupRead {

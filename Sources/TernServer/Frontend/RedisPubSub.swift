@@ -91,7 +91,7 @@ extension ClientConnection {
                     guard let server = name.withUnsafeBytes({ Self.placement(of: $0, origin, pool) }) else {
                         put(subscriptions, kind, unchanged)
                         slot.data.removeAll()
-                        return slot.fail(part: ReplyPart.whole, reason: "no server available")
+                        return slot.failNoServer()
                     }
                     let connection = pushConnection(subscriptions, server)
                     parts.append((connection, name))
@@ -204,19 +204,16 @@ extension ClientConnection {
     /// already). If a channel is now placed on another server than the one it was subscribed
     /// on, or a pattern is not subscribed on some server (one just added), messages would be
     /// missed silently: the client is closed instead, as when a push connection fails, and
-    /// subscribes again when it reconnects. A Redis Cluster pool's subscribers are only
-    /// re-filed: the cluster passes every PUBLISH to all its nodes, and tells a shard channel's
-    /// subscribers itself when its slot moves (`shardChannelLeft`); a `random` pool places
-    /// nothing. Returns whether it closed the client.
+    /// subscribes again when it reconnects. A Redis Cluster pool's subscribers are re-filed and
+    /// closed only for keyspace notification channels (nodes do not pass those on): the cluster
+    /// passes every PUBLISH to all its nodes, and tells a shard channel's subscribers itself
+    /// when its slot moves (`shardChannelLeft`); a `random` pool places nothing. Returns whether
+    /// it closed the client.
     func followPlacement() -> Bool {
         guard !isClosed, let subscriptions = redisExtras?.subscriptions else { return false }
         var byPosition: [Int: ServerConnection] = [:]
         for connection in subscriptions.connections.values { byPosition[connection.serverRuntime.index] = connection }
         subscriptions.connections = byPosition
-        guard !pool.isCluster else { return false }
-        // Patterns and key-event channels (subscribed with no one connection) are on every server.
-        let needsEveryServer = !subscriptions.patterns.isEmpty || subscriptions.channels.contains { $0.connection == nil }
-        let patternsEverywhere = !needsEveryServer || pool.servers.indices.allSatisfy { byPosition[$0] != nil }
         func moved(_ channel: RedisSubscriptions.Entry, _ kind: SubscriptionKind) -> Bool {
             guard let connection = channel.connection else { return false }
             return channel.name.withUnsafeBytes { name in
@@ -225,6 +222,19 @@ extension ClientConnection {
                 return pool.serverIndexUncounted(forKey: key).map { pool.servers[$0] } !== connection.serverRuntime
             }
         }
+        let everyServer = pool.servers.indices.allSatisfy { byPosition[$0] != nil }
+        if pool.isCluster {
+            // Keyspace notifications stay on their node: a key's channel whose slot moved, or a
+            // key-event channel missing a node, would miss them.
+            let keyspaceMissed = subscriptions.channels.contains { channel in
+                channel.connection == nil ? !everyServer : channel.name.withUnsafeBytes { RedisChannelOrigin(channel: $0) } != .name && moved(channel, .channel)
+            }
+            if keyspaceMissed { close() }
+            return keyspaceMissed
+        }
+        // Patterns and key-event channels (subscribed with no one connection) are on every server.
+        let needsEveryServer = !subscriptions.patterns.isEmpty || subscriptions.channels.contains { $0.connection == nil }
+        let patternsEverywhere = !needsEveryServer || everyServer
         let channelMoved = pool.config.distribution != .random
             && (subscriptions.channels.contains { moved($0, .channel) } || subscriptions.shardChannels.contains { moved($0, .shard) })
         guard patternsEverywhere, !channelMoved else {

@@ -403,7 +403,7 @@ extension ClientConnection {
     /// Sends the request to server `server` (a position in `pool.servers`; nil when none is live).
     func forwardRedis(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot, to server: Int?) {
         guard let server else {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
+            slot.failNoServer()
             return
         }
         let isInline = session.arguments.isInline
@@ -434,7 +434,7 @@ extension ClientConnection {
             // (SORT and GEORADIUS may name a STORE key further on).
             let span = session.arguments.span(1)
             guard let server = pool.serverIndex(forKey: UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)])) else {
-                slot.fail(part: ReplyPart.whole, reason: "no server available")
+                slot.failNoServer()
                 return
             }
             if pool.readsFromReplicas, !command.isWrite, let replica = pool.readReplica(ofServer: server, client: index) {
@@ -454,7 +454,7 @@ extension ClientConnection {
             return
         }
         if placement.noServer {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
+            slot.failNoServer()
             return
         }
         if let refusal = sortPatternRefusal(command, frame, arguments, placement) {
@@ -561,7 +561,7 @@ extension ClientConnection {
                 // Not split: the error is the reply (a warm-up MGET included, which would
                 // otherwise wait for parts never sent).
                 slot.warmup = nil
-                slot.fail(part: ReplyPart.whole, reason: "no server available")
+                slot.failNoServer()
                 return
             }
             worker.keyIndices.append(index)

@@ -163,7 +163,7 @@ extension ClientConnection {
         } else {
             if transaction.count == 0 { return slot.complete(with: "*0\r\n" as StaticString) }
             guard let server = transaction.server >= 0 ? transaction.server : firstLiveServer() else {
-                return slot.fail(part: ReplyPart.whole, reason: "no server available")
+                return slot.failNoServer()
             }
             connection = pool.servers[server].connection(for: index)
         }
@@ -204,7 +204,7 @@ extension ClientConnection {
                 if watchedSlot < 0 { watchedSlot = keySlot } else if keySlot != watchedSlot { crossServer = true }
             }
             guard let server = arguments.withArgument(keyIndex, in: frame, { pool.serverIndex(forKey: $0) }) else {
-                return slot.fail(part: ReplyPart.whole, reason: "no server available")
+                return slot.failNoServer()
             }
             if target < 0 { target = server } else if server != target { crossServer = true }
         }
@@ -263,10 +263,10 @@ extension ClientConnection {
         if placement.crossServer {
             return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
         }
-        if placement.noServer { return slot.fail(part: ReplyPart.whole, reason: "no server available") }
+        if placement.noServer { return slot.failNoServer() }
         // Arguments Redis will refuse (a bad numkeys) still go to one server, whose error the client sees.
         let target = placement.server < 0 || !placement.valid ? firstLiveServer() ?? -1 : placement.server
-        guard target >= 0 else { return slot.fail(part: ReplyPart.whole, reason: "no server available") }
+        guard target >= 0 else { return slot.failNoServer() }
         pool.stats.blockingRequests.add()
         let request = requestBytes(frame, arguments)
         let blockFor = blockingTimeout(command, frame, arguments)

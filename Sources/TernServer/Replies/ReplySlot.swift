@@ -351,19 +351,23 @@ final class ReplySlot {
 
     /// `part` failed (connection error, timeout, no server). `serverFailure`: its server
     /// failed (refused, lost, timed out), which closes a client whose pool says so.
+    ///
+    /// Only a failure whose error becomes the reply closes the client: a warm-up's old pool
+    /// failing (counted, answered from the new pool), a multi-get's keys answered as misses and
+    /// a failure a sum only counts do not.
     func fail(part: Int32, reason: String, serverFailure: Bool = false) {
-        if serverFailure, let client, client.closesOnServerFailure { closesClient = true }
         if isOverflowed {
             overflow()
             return
         }
         if let warmup {
-            warmup.failed(self, part: part, reason: reason)
+            warmup.failed(self, part: part, reason: reason, serverFailure: serverFailure)
             partDone()
             return
         }
         switch sink {
         case .single:
+            if serverFailure { closeClientIfItsPoolSays() }
             if !isSilent {
                 data.removeAll()
                 data.append(errorLine(reason))
@@ -374,10 +378,12 @@ final class ReplySlot {
             // The keys of a failed server are answered as misses.
             break
         case .eitherDeleted, .eitherValue:
+            if serverFailure, !ReplyPart.isOld(part) { closeClientIfItsPoolSays() }
             WarmupInvalidation.fail(part: part, reason: reason, self)
         case .sum(let sum) where sum.failureIsCounted(part, self):
             break
         case .allOK, .array, .sum, .first, .prepared, .union, .pairSum, .scanCursor:
+            if serverFailure { closeClientIfItsPoolSays() }
             if !hasError {
                 hasError = true
                 data.removeAll()
@@ -385,6 +391,17 @@ final class ReplySlot {
             }
         }
         partDone()
+    }
+
+    /// A server failure answers this slot on a pool whose clients close for it
+    /// (`close_on_server_failure`): the client closes when the slot reaches its queue's head.
+    func closeClientIfItsPoolSays() {
+        if let client, client.closesOnServerFailure { closesClient = true }
+    }
+
+    /// No server to send the request to (every one ejected): a server failure.
+    func failNoServer() {
+        fail(part: ReplyPart.whole, reason: "no server available", serverFailure: true)
     }
 
     /// One part has answered (or failed, or a split let go of its hold): the last one settles
@@ -525,7 +542,7 @@ class PhasedRead {
     final var values: [UInt8] = []
 
     func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) { preconditionFailure("overridden") }
-    func failed(_ slot: ReplySlot, part: Int32, reason: String) { preconditionFailure("overridden") }
+    func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) { preconditionFailure("overridden") }
     /// Every part of a phase has answered. Returns true when another phase started.
     func advance(_ slot: ReplySlot) -> Bool { preconditionFailure("overridden") }
 }

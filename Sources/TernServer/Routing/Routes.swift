@@ -40,7 +40,7 @@ struct EveryServerRoute {
     func send(_ slot: ReplySlot, client: Int, mergedBy sink: ReplySink, framing: MemcacheFraming,
               _ encode: (ByteBuffer) -> Void) {
         guard pool.servers.contains(where: { !$0.isEjected }) else {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
+            slot.failNoServer()
             return
         }
         var split = ReplySplit(slot, mergedBy: sink, warmupCounters: reachesOldPool ? pool.warmupCounters : nil)
@@ -127,7 +127,7 @@ struct WarmupRoute {
     func invalidate(_ hashKey: UnsafeRawBufferPointer, _ slot: ReplySlot, client: Int, mergedBy sink: ReplySink,
                     framing: MemcacheFraming, _ encode: (ByteBuffer) -> Void) {
         guard let server = new.server(forKey: hashKey) else {
-            slot.fail(part: ReplyPart.whole, reason: "no server available")
+            slot.failNoServer()
             return
         }
         var split = ReplySplit(slot, mergedBy: sink, warmupCounters: new.warmupCounters)

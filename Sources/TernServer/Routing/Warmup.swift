@@ -111,7 +111,7 @@ final class WarmupRead: PhasedRead {
         }
     }
 
-    override func failed(_ slot: ReplySlot, part: Int32, reason: String) {
+    override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
         if phase == .old {
             WarmupCounters.add(counters.oldErrors)
             return
@@ -121,6 +121,7 @@ final class WarmupRead: PhasedRead {
         switch mode {
         case .text, .redisMGet: break
         case .meta, .redisGet:
+            if serverFailure { slot.closeClientIfItsPoolSays() }
             slot.data.removeAll()
             slot.data.append(mode == .meta ? "SERVER_ERROR \(reason)\r\n" : "-ERR \(reason)\r\n")
             slot.hasError = true
