@@ -409,11 +409,11 @@ final class ServerConnection {
             state = .connecting
             worker.markDirty(self)
         } else if result == 0 {
-            // (With TLS the connect succeeds once the handshake does.)
-            if server.pool.plan.serverTLS == nil { server.connectSucceeded() }
             if server.pool.plan.serverTLS != nil {
                 state = .handshaking
             } else {
+                // (With TLS the connect succeeds once the handshake does.)
+                server.connectSucceeded()
                 state = .connected
                 counters.serverConnections.add()
             }
@@ -445,10 +445,10 @@ final class ServerConnection {
                 fail(reason: Self.connectedToItself)
                 return
             }
-            if server.pool.plan.serverTLS == nil { server.connectSucceeded() }
             if server.pool.plan.serverTLS != nil {
                 state = .handshaking
             } else {
+                server.connectSucceeded()
                 state = .connected
                 counters.serverConnections.add()
                 watcher?.watch(TERN_EV_READ)
