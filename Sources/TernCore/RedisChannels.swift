@@ -25,6 +25,18 @@ public enum RedisChannelOrigin: Equatable, Sendable {
         }
     }
 
+    /// A pattern (`PSUBSCRIBE`) on a Redis Cluster pool, whose nodes pass every `PUBLISH` on but
+    /// not their keyspace notifications. A pattern whose literal start is `__key` matches
+    /// notification channels only (`__keyspace@…`, `__keyevent@…`, Redis's own example
+    /// `__key*__:*`), so it is subscribed on every node; any other pattern on one node, by its
+    /// name, where it sees every published message once.
+    public init(pattern name: UnsafeRawBufferPointer) {
+        let prefix: StaticString = "__key"
+        let length = prefix.utf8CodeUnitCount
+        self = name.count >= length && UnsafeRawBufferPointer(start: prefix.utf8Start, count: length).elementsEqual(name.prefix(length))
+            ? .everyServer : .name
+    }
+
     /// The offset after `<prefix><digits>__:` at the start of `name`, or nil.
     private static func afterPrefix(_ name: UnsafeRawBufferPointer, _ prefix: StaticString) -> Int? {
         let length = prefix.utf8CodeUnitCount

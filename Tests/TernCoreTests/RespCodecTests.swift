@@ -355,4 +355,13 @@ final class RedisChannelOriginTests: XCTestCase {
             XCTAssertEqual(origin(other), .name, other)
         }
     }
+
+    /// A Redis Cluster pool's patterns: those starting `__key` on every node, others on one.
+    func testPatterns() {
+        let pattern = { (name: String) in Array(name.utf8).withUnsafeBytes { RedisChannelOrigin(pattern: $0) } }
+        for notification in ["__key*__:*", "__keyevent@0__:*", "__keyspace@*__:user:*", "__key"] {
+            XCTAssertEqual(pattern(notification), .everyServer, notification)
+        }
+        for other in ["*", "news.*", "__k*", "_key*", "__KEY*", ""] { XCTAssertEqual(pattern(other), .name, other) }
+    }
 }

@@ -441,6 +441,49 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertTrue(subscriber.drain(for: 3).closed, "closed after the move")
     }
 
+    /// `PSUBSCRIBE` of a keyspace notification pattern on a Redis Cluster pool: nodes do not pass
+    /// notifications on, so a pattern starting `__key` (`__keyevent@0__:s*`, Redis's own
+    /// `__key*__:*`) is subscribed on every node, and a SET on each master is notified once per
+    /// pattern. Any other pattern stays on one node, where a PUBLISH (which the cluster passes to
+    /// every node) arrives once. Before, every pattern was on one node and saw that node's keys only.
+    func testKeyNotificationPatternsOnAClusterPool() throws {
+        let cluster = try startCluster()
+        for node in cluster.ports { XCTAssertEqual(try cluster.call(node, "CONFIG", "SET", "notify-keyspace-events", "KEA"), "+OK\r\n") }
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let masters = try cluster.nodes(askingAt: cluster.ports[0]).filter(\.isMaster).map(\.port)
+        XCTAssertEqual(masters.count, 3)
+        // A key on each master.
+        let keys = try masters.map { master in
+            try (0..<1000).map { "{p\($0)}k" }.first { try cluster.owner(of: Self.slot(String($0.dropFirst().prefix { $0 != "}" }))) == master }!
+        }
+        let bulk = { (text: String) in "$\(text.utf8.count)\r\n\(text)\r\n" }
+        let patterns = ["__keyevent@0__:s*", "__key*__:*", "news.*"]
+        let subscriber = try TestClient(port: port), client = try TestClient(port: port)
+        try subscriber.send(TestClient.encode(["PSUBSCRIBE"] + patterns))
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(3), as: UTF8.self),
+                       patterns.enumerated().map { "*3\r\n$10\r\npsubscribe\r\n" + bulk($1) + ":\($0 + 1)\r\n" }.joined())
+        for key in keys { XCTAssertEqual(try client.call("SET", key, "v"), "+OK\r\n") }
+        let pmessage = { (pattern: String, channel: String, text: String) in "*4\r\n$8\r\npmessage\r\n" + bulk(pattern) + bulk(channel) + bulk(text) }
+        let expected = keys.map { pmessage(patterns[0], "__keyevent@0__:set", $0) }
+            + keys.map { pmessage(patterns[1], "__keyevent@0__:set", $0) }
+            + keys.map { pmessage(patterns[1], "__keyspace@0__:" + $0, "set") }
+        let received = String(decoding: try subscriber.receiveReplies(expected.count), as: UTF8.self)
+        XCTAssertEqual(received.components(separatedBy: "*4\r\n$8\r\npmessage").filter { !$0.isEmpty }.sorted(),
+                       expected.map { String($0.dropFirst("*4\r\n$8\r\npmessage".count)) }.sorted())
+        XCTAssertEqual(subscriber.drain(for: 0.3).bytes, [], "each once")
+        // (The count is the receiving node's own subscribers, as on Redis Cluster: 0 or 1.)
+        XCTAssertTrue(try [":0\r\n", ":1\r\n"].contains(client.call("PUBLISH", "news.a", "hello")))
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), pmessage("news.*", "news.a", "hello"))
+        XCTAssertEqual(subscriber.drain(for: 0.3).bytes, [], "a published message once")
+        // Unsubscribing reaches every node the patterns were on.
+        try subscriber.send(TestClient.encode(["PUNSUBSCRIBE"]))
+        _ = try subscriber.receiveReplies(3)
+        for master in masters {
+            XCTAssertEqual(eventually(":0\r\n") { (try? cluster.call(master, "PUBSUB", "NUMPAT")) ?? "" }, ":0\r\n", "node \(master)")
+        }
+        XCTAssertEqual(try subscriber.call("GET", keys[0]), "$1\r\nv\r\n", "out of subscribed mode")
+    }
+
     /// `SSUBSCRIBE` of a channel whose slot moved after Tern's map was taken: the node answers
     /// `-MOVED`, which Tern follows on the client's push connection to the node named. The client
     /// gets its confirmation, not the redirect, and messages published on the new node reach it

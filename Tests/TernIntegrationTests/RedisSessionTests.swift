@@ -655,7 +655,8 @@ final class RedisSessionTests: XCTestCase {
     /// and `__keyevent@0__:set` on every server, so each SET through Tern is notified exactly
     /// once on both, as on one Redis; unsubscribing reaches the same servers. Before, both were
     /// placed by the channel's own name: a key on another server was never notified, and
-    /// key events came from one server only (found by a framework sweep).
+    /// key events came from one server only (found by a framework sweep). `PUBSUB NUMSUB` counts
+    /// the key-event channel's one subscriber once (it summed one per server).
     func testKeyspaceNotificationsComeFromTheKeysServers() throws {
         let backends = try (0..<3).map { _ in try group.redis(extra: ["--notify-keyspace-events", "KEA"]) }
         let port = ProcessGroup.freePort()
@@ -681,6 +682,9 @@ final class RedisSessionTests: XCTestCase {
             got.append((m["channel"], m["data"]))
         expected = [(("__keyspace@0__:" + k).encode(), b"set") for k in keys] + [(b"__keyevent@0__:set", k.encode()) for k in keys]
         assert sorted(got) == sorted(expected), got
+        # One subscriber: a key-event channel (on every server) counts it once, not once a server.
+        assert r.pubsub_numsub("__keyevent@0__:set", "__keyspace@0__:" + keys[0], "other") == [
+            (b"__keyevent@0__:set", 1), (("__keyspace@0__:" + keys[0]).encode(), 1), (b"other", 0)], r.pubsub_numsub("__keyevent@0__:set")
         p.unsubscribe()
         left = [p.get_message(timeout=2) for _ in channels]
         assert sorted(m["data"] for m in left) == list(range(len(channels))), left

@@ -80,11 +80,16 @@ extension ClientConnection {
                     slot.data.removeAll()
                     return slot.complete(with: "-ERR too many subscriptions for this client (max_subscriptions)\r\n" as StaticString)
                 }
-                let origin = kind == .channel ? name.withUnsafeBytes { RedisChannelOrigin(channel: $0) } : .name
-                if kind == .pattern && !pool.isCluster || origin == .everyServer {
+                let origin: RedisChannelOrigin = switch kind {
+                case .channel: name.withUnsafeBytes { RedisChannelOrigin(channel: $0) }
+                case .pattern: pool.isCluster ? name.withUnsafeBytes { RedisChannelOrigin(pattern: $0) } : .everyServer
+                case .shard: .name
+                }
+                if origin == .everyServer {
                     // A Redis Cluster node passes every PUBLISH to the others, so there one node
                     // (the pattern's slot's, below) sees them all; elsewhere each server has its
-                    // own. Key-event notifications come from every server, cluster or not.
+                    // own. Keyspace notifications come from every server, cluster or not, so
+                    // key-event channels and `__key…` patterns are on all of them.
                     for server in pool.servers.indices { parts.append((pushConnection(subscriptions, server), name)) }
                     list.append(RedisSubscriptions.Entry(name: name, connection: nil))
                 } else {
@@ -183,7 +188,7 @@ extension ClientConnection {
     }
 
     /// PUBSUB CHANNELS|SHARDCHANNELS [pattern] (union over servers), NUMSUB|SHARDNUMSUB ch…
-    /// (summed by channel), NUMPAT (one server's: every pattern subscription is on every server).
+    /// (summed by channel; the largest count for a key-event channel, on every server), NUMPAT (one server's: every pattern subscription is on every server).
     private func pubsubInfo(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let arguments = session.arguments
         if arguments.argument(1, in: frame, equals: "channels") || arguments.argument(1, in: frame, equals: "shardchannels") {
@@ -225,10 +230,10 @@ extension ClientConnection {
         let everyServer = pool.servers.indices.allSatisfy { byPosition[$0] != nil }
         if pool.isCluster {
             // Keyspace notifications stay on their node: a key's channel whose slot moved, or a
-            // key-event channel missing a node, would miss them.
+            // key-event channel or `__key…` pattern missing a node, would miss them.
             let keyspaceMissed = subscriptions.channels.contains { channel in
                 channel.connection == nil ? !everyServer : channel.name.withUnsafeBytes { RedisChannelOrigin(channel: $0) } != .name && moved(channel, .channel)
-            }
+            } || !everyServer && subscriptions.patterns.contains { $0.connection == nil }
             if keyspaceMissed { close() }
             return keyspaceMissed
         }

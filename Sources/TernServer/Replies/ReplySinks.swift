@@ -261,19 +261,36 @@ struct ScanCursor {
 
 /// PUBSUB NUMSUB: `[name, count, …]` from every server in the client's name order; the counts
 /// are summed by position (kept in the `server` field of each name's `ReplySlot.keys` entry).
+/// A key-event channel's subscribers are subscribed on every server (`RedisChannelOrigin`):
+/// its count is the largest any server gives, so each is counted once.
 struct RespPairSum {
     func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
         guard RespReply.type(ofFramed: reply) == .array else { return slot.recordError(reply) }
         var position = 0
+        var onEveryServer = false
         RespReplyParser.forEachElement(reply) { range in
             let element = UnsafeRawBufferPointer(rebasing: reply[range])
             if position % 2 == 0 {
                 if position / 2 >= slot.keys.count { slot.store(element) }
+                onEveryServer = RedisChannelOrigin(channel: Self.payload(ofBulk: element)) == .everyServer
             } else if let count = RespReplyParser.integer(element), position / 2 < slot.keys.count {
-                slot.keys[position / 2].server &+= Int32(truncatingIfNeeded: count)
+                let count = Int32(truncatingIfNeeded: count)
+                if onEveryServer {
+                    slot.keys[position / 2].server = max(slot.keys[position / 2].server, count)
+                } else {
+                    slot.keys[position / 2].server &+= count
+                }
             }
             position += 1
         }
+    }
+
+    /// The bytes of a bulk string reply (`$3\r\nabc\r\n`), or none.
+    private static func payload(ofBulk bulk: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        guard bulk.first == UInt8(ascii: "$"), let newline = bulk.firstIndex(of: 0x0A), newline + 3 <= bulk.count else {
+            return UnsafeRawBufferPointer(start: nil, count: 0)
+        }
+        return UnsafeRawBufferPointer(rebasing: bulk[(newline + 1)..<(bulk.count - 2)])
     }
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
