@@ -564,20 +564,26 @@ public enum MemcacheRequestParser {
             guard optionalNoreply(2) else { return badLine }
             return .request(request)
         case .flushAll:
+            // flush_all [delay] [noreply]: as memcached, `noreply` is the last token, and the
+            // first is read as the delay unless it is that `noreply` (`flush_all noreply x`
+            // is an invalid delay; `flush_all 0 x` ignores the `x`).
             guard tokens.count <= 2 else { return wrongCount }
-            var next = 0
-            if tokens.count > 0, !isNoreply(bytes, tokens, 0) {
+            let hasDelay = tokens.count > (tokens.count > 0 && isNoreply(bytes, tokens, tokens.count - 1) ? 1 : 0)
+            if hasDelay {
                 guard signedNumber(bytes, tokens[start: 0], tokens[end: 0]) != nil else { return refused(.invalidExptime) }
                 request.argumentStart = tokens[start: 0]
                 request.argumentEnd = tokens[end: 0]
-                next = 1
             }
-            guard optionalNoreply(next) else { return badLine }
+            guard optionalNoreply(hasDelay ? 1 : 0) else { return badLine }
             return .request(request)
         case .verbosity:
-            // verbosity [level] [noreply]: memcached takes a lone `noreply` as the flag too.
+            // verbosity <level> [noreply]: memcached reads the level as `safe_strtoul` from the
+            // first token (a lone `noreply` is the flag, and the level it cannot read is
+            // refused silently: nothing is answered either way).
             guard tokens.count == 1 || tokens.count == 2 else { return wrongCount }
-            guard optionalNoreply(tokens.count == 1 && isNoreply(bytes, tokens, 0) ? 0 : 1) else { return badLine }
+            let loneNoreply = tokens.count == 1 && isNoreply(bytes, tokens, 0)
+            if !loneNoreply, flagsNumber(bytes, tokens[start: 0], tokens[end: 0]) == nil { return badLine }
+            guard optionalNoreply(loneNoreply ? 0 : 1) else { return badLine }
             return .request(request)
         case .version, .quit:
             // memcached reads no token after either.

@@ -116,8 +116,10 @@ final class MemcacheProxyTests: XCTestCase {
     /// or exptime has memcached's own text, `delete k 5` memcached's usage line, `gat 10` an
     /// empty result, `mn`/`version` ignore extra tokens, `stats` with a group memcached does
     /// not have is `ERROR` (was an empty `END`), and a last token that is not `noreply` is
-    /// ignored as memcached ignores it (`set k 0 0 1 bogus` stores). An innocent client is
-    /// answered meanwhile.
+    /// ignored as memcached ignores it (`set k 0 0 1 bogus` stores), and `flush_all`'s delay and
+    /// `verbosity`'s level are read from the first token unless it is the last, `noreply`
+    /// (`flush_all noreply x` and `verbosity x` were answered as a bad line and `OK`). An
+    /// innocent client is answered meanwhile.
     func testRefusalsAnswerAsMemcachedDoes() throws {
         let direct = try group.memcached()
         let tern = try startTern([try group.memcached(), try group.memcached()])
@@ -128,6 +130,8 @@ final class MemcacheProxyTests: XCTestCase {
                      "set k 0 0 1 noreply extra\r\nx", "add k 0 0", "mg", "ms", "md", "ma", "me", "mn extra", "stats bogus",
                      "bogus", "GET k", "", "incr k 1", "get k",
                      "set k 0 0 1 bogus\r\nx", "touch k 1 bogus", "incr k 1 bogus", "cas k 0 0 1 5 bogus\r\ny", "verbosity 1 bogus",
+                     "flush_all noreply x", "flush_all x noreply", "flush_all 100000 x", "verbosity noreply x", "verbosity x",
+                     "verbosity x noreply", "verbosity noreply", "verbosity +1", "verbosity -1",
                      "delete k bogus", "get k", "incr k noreply", "touch k noreply", "set k 0 0 noreply", "cas k 0 0 1 noreply",
                      "set k 0 0 noreply\r\nx", "delete noreply", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
