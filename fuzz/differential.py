@@ -33,7 +33,7 @@ What it does
    through Tern and one to the reference server and sends both the same batches: `--batch`
    cases, each followed by a *sentinel* whose replies are known exactly. The memcached sentinel
    is `get SNTL:a SNTL:b` (one key on each backend, so it passes through both shared backend
-   connections right behind the case), `stats sizes` (answered by Tern itself, so it ends the
+   connections right behind the case), `stats` (answered by Tern itself, so it ends the
    case even when the backends fail) and `mn`; the Redis sentinel is `MGET SNTL:a SNTL:b` and
    `ECHO SNTL<lane>E` (answered by Tern). Replies are split at the sentinels, so every case
    gets its own list of replies from Tern and from the reference. Lanes reuse their
@@ -89,7 +89,11 @@ rejected storage command's data block, as documented); more replies, a server th
 closes, where the first reply in which Tern parts from the server is an error of Tern's own
 and no backend failed (Tern refused the request itself: had it forwarded it, the backend would
 have answered like the reference or failed); Tern waiting after its own error (it swallows
-the declared data block of a refused storage command); both sides alike (close or hang).
+the declared data block of a refused storage command); a server that closed with a reset,
+which discarded the last replies it had sent, where Tern answered those that came alike and
+then an error of its own; a `noreply` case with a key Tern refuses (too long, or binary), where
+Tern is silent and drops (or waits for) the data block and the server reads that block as a
+command; both sides alike (close or hang).
 Findings of the disturbance kinds within 3 s after another disturbance are counted as
 "collateral" (one broken backend connection fails every lane's requests on it for a moment).
 
@@ -1154,12 +1158,14 @@ class MemcacheProto:
         """The sentinel's bytes, the exact reply expected for its first request, a test for the
         reply that ends a case, and the exact reply of a last request after it (or None).
         `get` of one key on each backend passes through both shared backend connections;
-        `stats sizes` is answered by Tern itself (and briefly by memcached), so it arrives even
-        when the backends fail (no case sends `stats`: it is on the deny-list). The closing
-        `mn` is there for memcached 1.6.18, which drops the reply to a `stats` or `version`
-        when the next command is a get with a key over 250 bytes."""
+        `stats` is answered by Tern itself (its own STAT lines, as memcached answers with its
+        own), so it arrives even when the backends fail (no case sends `stats`: it is on the
+        deny-list). Not `stats sizes`: Tern answers a per-server group with an empty `END`,
+        which no test can tell from a case's reply. The closing `mn` is there for memcached
+        1.6.18, which drops the reply to a `stats` or `version` when the next command is a get
+        with a key over 250 bytes."""
         request, reply = self.get_request(pair)
-        return request + b"stats sizes\r\nmn\r\n", reply, is_stats_reply, b"MN\r\n"
+        return request + b"stats\r\nmn\r\n", reply, is_stats_reply, b"MN\r\n"
 
     def settings(self, port):
         sock = connect(port)
@@ -1730,6 +1736,19 @@ class Run:
                 return is_error(reply)
         return False
 
+    def own_error(self, t_replies):
+        """An error of Tern's own among its replies, with no backend failure in the case."""
+        return (any(self.proto.is_error(x) for x in t_replies)
+                and not any(BACKEND_FAILURE_RE.search(x) for x in t_replies))
+
+    @staticmethod
+    def silent_refusal(case):
+        """A `noreply` case with a key Tern refuses (over 250 bytes, or binary: a NUL ends
+        memcached's line): Tern refuses it without a word, as memcached would, and drops its
+        data block (documented), where memcached reads that block as a command line."""
+        tags = set(case.label.partition("[")[2].rstrip("]").split(","))
+        return "noreply" in tags and bool(tags & {"longkey", "binkey", "b64>250"})
+
     def compare(self, now, lane, case, t, r):
         """The differential check of one case: reply counts and how each side ended."""
         t_replies, t_status, _ = t
@@ -1752,6 +1771,8 @@ class Run:
                 elif len(t_replies) < len(r_replies):
                     if any(self.proto.is_error(x) for x in t_replies):
                         self.tolerated["fewer-replies-with-error"] += 1
+                    elif self.silent_refusal(case):
+                        self.tolerated["tern-silent-refusal"] += 1
                     else:
                         self.finding(now, lane, "fewer-replies", case, t_replies, r_replies)
             elif t_end != "ok":
@@ -1761,6 +1782,13 @@ class Run:
             if self.tern_refused(t_replies, r_replies):
                 # The server went on to choke on the rest (a data block read as a line, say).
                 self.tolerated["ref-closed-tern-refused"] += 1
+            elif (len(r_replies) <= len(t_replies) and self.own_error(t_replies[len(r_replies):])
+                  and all(self.proto.is_error(a) == self.proto.is_error(b) for a, b in zip(t_replies, r_replies))):
+                # The server's close came as a reset, which discarded the last replies it had
+                # sent before it: past those that came, only Tern's own refusal can be told.
+                self.tolerated["ref-reset-tern-refused"] += 1
+            elif self.silent_refusal(case):
+                self.tolerated["tern-silent-refusal"] += 1
             else:
                 self.finding(now, lane, "lenient-close", case, t_replies, r_replies)
         elif t_end == "ok" and r_end == "hang":
@@ -1778,6 +1806,8 @@ class Run:
                 # Tern refused a storage command and swallows its declared data block as it
                 # arrives (documented), where the server refused without swallowing.
                 self.tolerated["tern-swallows-after-refusal"] += 1
+            elif self.silent_refusal(case):
+                self.tolerated["tern-silent-refusal"] += 1
             else:
                 self.finding(now, lane, "tern-hang", case, t_replies, r_replies)
         elif t_end == "closed":

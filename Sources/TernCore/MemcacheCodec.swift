@@ -192,15 +192,19 @@ public enum MemcacheRequestParser {
         }
         let lineEnd = newlineAt!
         let lineLength = lineEnd + 1
-        let contentEnd = lineEnd > 0 && bytes[lineEnd - 1] == carriageReturn ? lineEnd - 1 : lineEnd
-        let result = parseLine(bytes, contentEnd: contentEnd, lineLength: lineLength, limits: limits)
-        // memcached reads a command line as a C string: a NUL byte ends it there, so the rest of
-        // the line (and a data block memcached would then not read) would run as commands.
-        // Such a line never leaves Tern, whatever `strict_keys` says; its data block is dropped.
-        if case let .request(request) = result, memchr(bytes.baseAddress!, 0, lineEnd) != nil {
+        // memcached reads a command line as a C string: a NUL byte ends it there. Such a line
+        // never leaves Tern, whatever `strict_keys` says, but it is framed as memcached frames
+        // it: the tokens before the NUL say whether a data block follows and how long it is, and
+        // whether the refusal is answered (`refusalIsSilent`). Read whole, its tokens after the
+        // NUL could declare a data block the client never sends (Tern waited for it) or none
+        // where memcached reads one.
+        if let nul = memchr(bytes.baseAddress!, 0, lineEnd) {
+            let result = parseLine(bytes, contentEnd: bytes.baseAddress!.distance(to: UnsafeRawPointer(nul)), lineLength: lineLength, limits: limits)
+            guard case let .request(request) = result else { return result }
             return .rejected(.badFormat, consume: request.frameLength, skip: 0, close: false)
         }
-        return result
+        let contentEnd = lineEnd > 0 && bytes[lineEnd - 1] == carriageReturn ? lineEnd - 1 : lineEnd
+        return parseLine(bytes, contentEnd: contentEnd, lineLength: lineLength, limits: limits)
     }
 
     static func startsWithRetrieval(_ bytes: UnsafeRawBufferPointer) -> Bool {
@@ -409,7 +413,9 @@ public enum MemcacheRequestParser {
     /// answered `ERROR` regardless.
     public static func refusalIsSilent(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let lineEnd = findNewline(bytes, from: 0, to: bytes.count) else { return false }
-        let contentEnd = lineEnd > 0 && bytes[lineEnd - 1] == carriageReturn ? lineEnd - 1 : lineEnd
+        // The line as memcached reads it: up to a NUL byte, if there is one.
+        let contentEnd = memchr(bytes.baseAddress!, 0, lineEnd).map { bytes.baseAddress!.distance(to: UnsafeRawPointer($0)) }
+            ?? (lineEnd > 0 && bytes[lineEnd - 1] == carriageReturn ? lineEnd - 1 : lineEnd)
         // Seven tokens at most matter (`cas`); an eighth makes `count` 8.
         let tokens = tokenize(bytes, from: 0, to: contentEnd, maxTokens: 7)
         let count = tokens.count

@@ -87,12 +87,20 @@ final class IsolationCodecTests: XCTestCase {
     }
 
     /// memcached reads a command line as a C string: a NUL ends it early. Refused in every
-    /// command, whatever `strict_keys` says, with the data block.
+    /// command, whatever `strict_keys` says, and framed as memcached frames it: by the tokens
+    /// before the NUL (a data block only when those declare one; before, the whole line's
+    /// tokens decided, and Tern waited for a block memcached never reads).
     func testNulInALineIsRefused() {
-        XCTAssertEqual(memcache("ms k\u{0}x 2\r\nok\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
-        XCTAssertEqual(memcache("set k\u{0} 0 0 2\r\nok\r\n"), .rejected(.badFormat, consume: 18, skip: 0, close: false))
+        XCTAssertEqual(memcache("ms k\u{0}x 2\r\nok\r\n"), .rejected(.badFormat, consume: 10, skip: 0, close: false), "`ms k`: no block")
+        XCTAssertEqual(memcache("set k\u{0} 0 0 2\r\nok\r\n"), .rejected(.unknownCommand, consume: 14, skip: 0, close: false), "`set k`: ERROR")
+        XCTAssertEqual(memcache("replace k\u{0} 0 0 3600 2\r\n2e\r\n"), .rejected(.unknownCommand, consume: 23, skip: 0, close: false))
         XCTAssertEqual(memcache("get a\u{0}b\r\n"), .rejected(.badFormat, consume: 9, skip: 0, close: false))
-        XCTAssertEqual(memcache("ms k\u{0}x 2\r\no"), .incomplete, "the data block is awaited, then dropped with the line")
+        XCTAssertEqual(memcache("set k 0 0 2\u{0} x\r\nok\r\n"), .rejected(.badFormat, consume: 20, skip: 0, close: false), "its block dropped")
+        XCTAssertEqual(memcache("set k 0 0 5\u{0} x\r\no"), .incomplete, "the block memcached would read is awaited, then dropped")
+        XCTAssertEqual(memcache("\u{0}\r\n"), .rejected(.unknownCommand, consume: 3, skip: 0, close: false))
+        for (line, silent) in [("set k\u{0} 0 0 2 noreply\r\n", false), ("set k 0 0 2 noreply\u{0}\r\n", true), ("set k 0 0 2\u{0} noreply\r\n", false)] {
+            XCTAssertEqual(Array(line.utf8).withUnsafeBytes { MemcacheRequestParser.refusalIsSilent($0) }, silent, line)
+        }
         guard case .request = memcache("get \u{10}\u{7f}\u{1}k\r\n") else { return XCTFail("other control bytes are memcached's to accept") }
     }
 

@@ -118,8 +118,10 @@ final class MemcacheProxyTests: XCTestCase {
     /// not have is `ERROR` (was an empty `END`), and a last token that is not `noreply` is
     /// ignored as memcached ignores it (`set k 0 0 1 bogus` stores), and `flush_all`'s delay and
     /// `verbosity`'s level are read from the first token unless it is the last, `noreply`
-    /// (`flush_all noreply x` and `verbosity x` were answered as a bad line and `OK`). An
-    /// innocent client is answered meanwhile.
+    /// (`flush_all noreply x` and `verbosity x` were answered as a bad line and `OK`), and a line
+    /// with a NUL byte is framed by its tokens before the NUL, as memcached reads it (Tern
+    /// waited for the 3600-byte block the `replace` line declares after it; found by the
+    /// differential fuzzer). An innocent client is answered meanwhile.
     func testRefusalsAnswerAsMemcachedDoes() throws {
         let direct = try group.memcached()
         let tern = try startTern([try group.memcached(), try group.memcached()])
@@ -132,6 +134,8 @@ final class MemcacheProxyTests: XCTestCase {
                      "set k 0 0 1 bogus\r\nx", "touch k 1 bogus", "incr k 1 bogus", "cas k 0 0 1 5 bogus\r\ny", "verbosity 1 bogus",
                      "flush_all noreply x", "flush_all x noreply", "flush_all 100000 x", "verbosity noreply x", "verbosity x",
                      "verbosity x noreply", "verbosity noreply", "verbosity +1", "verbosity -1",
+                     "ms k\u{0}x 2\r\nok", "set k\u{0} 0 0 2\r\nok", "\u{0}", "set k\u{0} 0 0 2 noreply\r\nok",
+                     "replace k\u{0}\t\u{b}0 1 1 3600 2\r\n2e", "get k",
                      "delete k bogus", "get k", "incr k noreply", "touch k noreply", "set k 0 0 noreply", "cas k 0 0 1 noreply",
                      "set k 0 0 noreply\r\nx", "delete noreply", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
