@@ -381,19 +381,29 @@ public enum BinaryTranslator {
         var silent = Response()
         silent.isSilent = true
         guard let opcode = BinaryOpcode(rawValue: opcodeByte) else { return silent }
+        func fail(_ status: BinaryStatus) -> Response {
+            guard status == .keyNotFound, opcode.base == .get || opcode.base == .gat else { return .error(status) }
+            // Misses of quiet gets are silent; GetK and GATK answer a miss with the key and no
+            // text, as memcached does.
+            if opcode.isQuiet { return silent }
+            var miss = Response.error(status)
+            if opcode.returnsKey {
+                miss.includesKey = true
+                miss.value = 0..<0
+            }
+            return miss
+        }
         guard let lineEnd = firstNewline(reply) else {
-            // Nothing at all: a quiet meta command that succeeded (Tern's own mn closed it).
+            // Nothing at all: a quiet meta command that succeeded (Tern's own mn closed it), or
+            // a get whose every phase missed (a warm-up's text `gets` with no record), which is
+            // a miss, never an empty success.
+            if opcode.base == .get || opcode.base == .gat { return fail(.keyNotFound) }
             return opcode.isQuiet ? silent : Response()
         }
         let contentEnd = lineEnd > 0 && reply[lineEnd - 1] == 0x0d ? lineEnd - 1 : lineEnd
         let line = UnsafeRawBufferPointer(rebasing: reply[0..<contentEnd])
         func starts(_ literal: StaticString) -> Bool {
             line.count >= literal.utf8CodeUnitCount && memcmp(line.baseAddress!, literal.utf8Start, literal.utf8CodeUnitCount) == 0
-        }
-        func fail(_ status: BinaryStatus) -> Response {
-            // Misses of quiet gets are silent; every other failure is reported.
-            if opcode.isQuiet, status == .keyNotFound, opcode.base == .get || opcode.base == .gat { return silent }
-            return .error(status)
         }
         // The common reply first: a text `gets` hit, VALUE <key> <flags> <bytes> <cas>.
         if opcode.base == .get, starts("VALUE ") {

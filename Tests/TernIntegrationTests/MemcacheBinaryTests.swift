@@ -212,6 +212,50 @@ final class MemcacheBinaryTests: XCTestCase {
         XCTAssertEqual(read(bystander, 2), ["op=1 status=0 opaque=1 key= value=", "op=0 status=0 opaque=2 key= value=safe"])
     }
 
+    /// Misses, QuitQ and Stat answered as memcached answers them, byte for byte against a direct
+    /// memcached, on a plain pool and on a warm-up pool (found by a sweep of libmemcached, dalli,
+    /// php-memcached and memccapable):
+    /// - a Get or GetK of a key missing from both pools of a warm-up answered success with an
+    ///   empty body (dalli's `get` returned true); GetK and GATK misses carry the key and no
+    ///   text, as memcached sends them (Tern sent no key and "Not found");
+    /// - QuitQ alone left the connection open, reading nothing (memccapable `quitq` hung);
+    /// - Stat `reset` answered success and reset nothing: now "Not found", as memcached answers
+    ///   a group it does not know, and as text `stats reset` answers `ERROR`.
+    func testMissesQuitQAndStatAnswerAsOneMemcached() throws {
+        let reference = try group.memcached()
+        let plain = try start([try group.memcached()])
+        let warmPort = ProcessGroup.freePort()
+        try group.tern(config: "w:\n  listen: 127.0.0.1:\(warmPort)\n  timeout: 1000\n  servers:\n   - \(try group.memcached().address):1\n"
+                       + "  warmup:\n    servers:\n     - \(try group.memcached().address):1\n", arguments: ["--threads", "1"], waitPort: warmPort)
+        let ttl: [UInt8] = [0, 0, 0, 100]
+        let misses = packet(0x00, key: "absent", opaque: 1) + packet(0x0c, key: "absent", opaque: 2) + packet(0x1d, key: "absent", extras: ttl, opaque: 3)
+            + packet(0x23, key: "absent", extras: ttl, opaque: 4) + packet(0x09, key: "absent", opaque: 5) + packet(0x0d, key: "absent", opaque: 6)
+            + packet(0x10, key: "bogus", opaque: 7) + packet(0x0a, opaque: 8)
+        let expected = ["op=0 status=1 opaque=1 key= value=Not found", "op=12 status=1 opaque=2 key=absent value=",
+                        "op=29 status=1 opaque=3 key= value=Not found", "op=35 status=1 opaque=4 key=absent value=",
+                        "op=16 status=1 opaque=7 key= value=Not found", "op=10 status=0 opaque=8 key= value="]
+        XCTAssertEqual(try exchange(reference.port, misses, expect: 6), expected, "memcached")
+        for port in [plain.port, warmPort] {
+            XCTAssertEqual(try exchange(port, misses, expect: 6), expected, "port \(port)")
+            // Tern does not reset its servers' figures: refused, as an unknown group.
+            XCTAssertEqual(try exchange(port, packet(0x10, key: "reset", opaque: 9), expect: 1), ["op=16 status=1 opaque=9 key= value=Not found"])
+            XCTAssertEqual(try exchange(port, packet(0x10, key: "items", opaque: 10), expect: 1), ["op=16 status=0 opaque=10 key= value="])
+            // QuitQ alone, and QuitQ behind a request: the connection closes, nothing more is said.
+            for request in [packet(0x17), packet(0x0a, opaque: 11) + packet(0x17)] {
+                let client = try TestClient(port: port)
+                try client.send(request)
+                let (bytes, closed) = client.drain(for: 2)
+                XCTAssertTrue(closed, "port \(port): closed after QuitQ")
+                XCTAssertEqual(responses(bytes), request.count > 24 ? ["op=10 status=0 opaque=11 key= value="] : [])
+            }
+        }
+        for request in [packet(0x17), packet(0x0a, opaque: 11) + packet(0x17)] {
+            let client = try TestClient(port: reference.port)
+            try client.send(request)
+            XCTAssertTrue(client.drain(for: 2).closed, "memcached closes too")
+        }
+    }
+
     /// pylibmc binary=True with ketama writes straight to three memcached; through Tern's
     /// ketama_libmemcached pool, the same client (binary) finds every key where it put it, and
     /// a warm-up pool serves binary clients from the old pool and copies (flags kept).

@@ -130,13 +130,28 @@ extension ClientConnection {
             version.withUnsafeBytes { BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque, value: $0) }
             answerBinaryPacket(packet)
         case .quit, .quitQ:
-            if opcode == .quit { answerBinary(request.opcodeByte, .success, request.opaque) }
+            if opcode == .quit {
+                answerBinary(request.opcodeByte, .success, request.opaque)
+            } else {
+                // Nothing to answer, but a slot all the same, as text `quit` has: its turn is
+                // what closes the connection once the replies before it are written (with none,
+                // a QuitQ alone left the connection open and reading nothing).
+                let slot = newSlot()
+                slot.isSilent = true
+                slot.complete(with: "" as StaticString)
+            }
             closeWhenDrained = true
         case .stat:
-            var packet: [UInt8] = []
             // A group (`items`, `slabs`, …) is one server's internals: answered empty, as text
-            // `stats <group>` is.
-            let stats = request.valueStart > request.keyStart ? [] : memcachedStats()
+            // `stats <group>` is. Any other key (`reset`, `detail`, a group memcached does not
+            // have) is refused as memcached refuses a group it does not know, "Not found" (text
+            // answers `ERROR`): Tern does not reset or dump its servers' figures.
+            let group = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
+            if !group.isEmpty, !Self.isServerStatsGroup(named: group) {
+                return answerBinary(request.opcodeByte, .keyNotFound, request.opaque)
+            }
+            let stats = group.isEmpty ? memcachedStats() : []
+            var packet: [UInt8] = []
             for (name, value) in stats {
                 Array(name.utf8).withUnsafeBytes { key in
                     Array(value.utf8).withUnsafeBytes { BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque, key: key, value: $0) }

@@ -351,8 +351,12 @@ extension ClientConnection {
         while start < frame.count, frame[start] == 0x20 || frame[start] == 0x09 { start += 1 }
         var end = start
         while end < frame.count, frame[end] != 0x20, frame[end] != 0x09, frame[end] != 0x0d, frame[end] != 0x0a { end += 1 }
-        let group = UnsafeRawBufferPointer(rebasing: frame[start..<end])
-        return ["items", "slabs", "sizes", "conns", "settings", "extstore"].contains { name in
+        return isServerStatsGroup(named: UnsafeRawBufferPointer(rebasing: frame[start..<end]))
+    }
+
+    /// Whether `group` is one of memcached's per-server stats groups (`items`, `slabs`, …).
+    static func isServerStatsGroup(named group: UnsafeRawBufferPointer) -> Bool {
+        ["items", "slabs", "sizes", "conns", "settings", "extstore"].contains { name in
             name.utf8.count == group.count && name.utf8.elementsEqual(group)
         }
     }
