@@ -2,12 +2,13 @@
 # Installs the Debian packages Tern's build, tests and demo need, when any is missing.
 set -euo pipefail
 # python3-pylibmc and python3-memcache: real client libraries the placement tests compare with;
+# libmemcached-tools: libmemcached's own memcping and memcstat, which check the version Tern reports;
 # util-linux: taskset, for the default-worker-count test, and unshare; iproute2: a test's private
 # network namespace brings its loopback up with it; redis-tools (redis-cli),
 # netcat-openbsd (nc) and curl: the demo's copy-paste commands; libssl-dev: TLS (Tern links
 # OpenSSL); openssl: the tests make their certificates with it.
 packages=(libev-dev libssl-dev openssl memcached redis-server redis-tools python3 python3-pylibmc python3-memcache util-linux
-          iproute2 netcat-openbsd curl)
+          libmemcached-tools iproute2 netcat-openbsd curl)
 # prometheus: for promtool, which checks Deploy/monitoring's alert rules and Tern's /metrics;
 # installed without its recommends (node exporter, IPMI and SMART tools). Its server is not run.
 lean_packages=(prometheus)

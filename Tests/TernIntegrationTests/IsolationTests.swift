@@ -118,13 +118,20 @@ final class IsolationTests: XCTestCase {
         let flags17 = (0..<17).map { _ in "T0" }.joined(separator: " ")
         let flags32 = (0..<32).map { _ in "F1" }.joined(separator: " ")
         for _ in 0..<50 {
-            for line in ["ms k 16 \(flags17)", "ms k 16 \(flags32)", "ms \(longBase64) 16 b", "ms k\u{0}x 16"] {
+            for line in ["ms k 16 \(flags17)", "ms k 16 \(flags32)", "ms \(longBase64) 16 b"] {
                 for block in ["cache_memlimit 8", "get canary:1 ab "] {
                     let reply = try attacker.request("\(line)\r\n\(block)\r\nmn\r\n", until: "MN\r\n")
                     XCTAssertTrue(reply.hasPrefix("CLIENT_ERROR "), "\(line.prefix(30)): \(reply.debugDescription)")
                     XCTAssertEqual(reply.components(separatedBy: "\r\n").count, 3, "one error, then MN: \(reply.debugDescription)")
                 }
             }
+            // A NUL ends the line where memcached reads it: `ms k` declares no block, so the
+            // next line is the attacker's own next request, read and answered by Tern (an
+            // unknown command is never forwarded; a get answers the attacker).
+            XCTAssertEqual(try attacker.request("ms k\u{0}x 16\r\ncache_memlimit 8\r\nmn\r\n", until: "MN\r\n"),
+                           "CLIENT_ERROR bad command line format\r\nERROR\r\nMN\r\n")
+            let reply = try attacker.request("ms k\u{0}x 16\r\nget canary:1 ab \r\nmn\r\n", until: "MN\r\n")
+            XCTAssertTrue(reply.hasPrefix("CLIENT_ERROR bad command line format\r\n") && reply.hasSuffix("END\r\nMN\r\n"), reply.debugDescription)
         }
         canary.check()
         XCTAssertEqual(try stat(backend, "maxbytes"), maxBytes, "no smuggled command reached the server")
@@ -164,7 +171,7 @@ final class IsolationTests: XCTestCase {
             let attacker = try TestClient(port: tern.port)
             try attacker.send("version\r\n\(round % 2 == 0 ? "gat" : "gats") 0 \(keys)\r\n")
             let (bytes, closed) = attacker.drain(for: 2)
-            XCTAssertEqual(String(decoding: bytes, as: UTF8.self), "VERSION 0.1.0\r\nCLIENT_ERROR line too long\r\n")
+            XCTAssertEqual(String(decoding: bytes, as: UTF8.self), "VERSION 1.6.18\r\nCLIENT_ERROR line too long\r\n")
             XCTAssertTrue(closed)
         }
         canary.check()
@@ -347,7 +354,7 @@ final class IsolationTests: XCTestCase {
         clients.removeAll()
         sleep(1)
         let late = try TestClient(port: port)
-        XCTAssertEqual(try late.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertEqual(try late.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
         let stats = try TestClient(port: statsPort).drain(for: 2).bytes
         XCTAssertTrue(String(decoding: stats, as: UTF8.self).contains("\"service\":\"tern\""), "the stats port serves again")
     }

@@ -50,11 +50,11 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(try client.request("delete a\r\n", until: "\r\n"), "DELETED\r\n")
         XCTAssertEqual(try client.request("delete a\r\n", until: "\r\n"), "NOT_FOUND\r\n")
         XCTAssertEqual(try client.request("get a\r\n", until: "END\r\n"), "END\r\n")
-        XCTAssertEqual(try client.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertEqual(try client.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
         XCTAssertEqual(try client.request("verbosity 1\r\n", until: "\r\n"), "OK\r\n")
         XCTAssertEqual(try client.request("bogus\r\n", until: "\r\n"), "ERROR\r\n")
         let stats = try client.request("stats\r\n", until: "END\r\n")
-        XCTAssertTrue(stats.contains("STAT version 0.1.0\r\n"), stats)
+        XCTAssertTrue(stats.contains("STAT version 1.6.18\r\nSTAT tern_version 0.1.0\r\n"), stats)
         XCTAssertTrue(stats.contains("STAT curr_connections 1\r\n"), stats)
         try client.send("quit\r\n")
         XCTAssertEqual(client.drain(for: 2).closed, true)
@@ -91,7 +91,7 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(figures, "30 \(hits) \(misses)", "the servers' items, hits and misses, summed")
         XCTAssertEqual(field(text, "limit_maxbytes"), try direct("limit_maxbytes"))
         XCTAssertEqual(field(text, "backends_up"), 2)
-        XCTAssertTrue(text.contains("STAT version 0.1.0\r\n"), "Tern's own lines stay")
+        XCTAssertTrue(text.contains("STAT version 1.6.18\r\nSTAT tern_version 0.1.0\r\n"), "Tern's own lines stay")
         XCTAssertEqual(try client.request("stats items\r\n", until: "\r\n"), "END\r\n")
         XCTAssertEqual(try client.request("stats  slabs\r\n", until: "\r\n"), "END\r\n")
         XCTAssertEqual(try client.request("get s3\r\n", until: "END\r\n"), "VALUE s3 0 1\r\nx\r\nEND\r\n", "the connection goes on")
@@ -519,8 +519,8 @@ final class MemcacheProxyTests: XCTestCase {
         usleep(300_000) // let tern see the readiness probe's connection close
         let first = try TestClient(port: tern.port)
         let second = try TestClient(port: tern.port)
-        XCTAssertEqual(try first.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
-        XCTAssertEqual(try second.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertEqual(try first.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
+        XCTAssertEqual(try second.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
         let third = try TestClient(port: tern.port)
         try? third.send("version\r\n")
         let result = third.drain(for: 2)
@@ -528,7 +528,7 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertTrue(result.bytes.isEmpty)
         first.close()
         usleep(200_000)
-        XCTAssertEqual(try TestClient(port: tern.port).request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertEqual(try TestClient(port: tern.port).request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
     }
 
     func testTestConfigFlagPrintsTheReason() throws {
@@ -546,6 +546,24 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertTrue(badText.contains("bad.yml:3: pool 'p': key 'hash': unknown hash 'nope'"), badText)
     }
 
+    /// libmemcached refuses a server whose major version is 0 ("strtol() failed to parse major
+    /// version"): Tern answered `version` with its own, 0.1.0, so php-memcached's `getVersion`
+    /// and `getStats` (which asks the version first), `memcping` and `memcstat` failed through
+    /// it (found by a sweep of php-memcached and libmemcached-tools). Tern now presents
+    /// memcached 1.6.18, in text and binary, and its own version as `tern_version` in `stats`.
+    func testLibmemcachedToolsAcceptTernsVersion() throws {
+        let tern = try startTern([try group.memcached(), try group.memcached()])
+        let server = "--servers=127.0.0.1:\(tern.port)"
+        let (pingStatus, pingOutput) = try ProcessGroup.run("/usr/bin/memcping", [server])
+        XCTAssertEqual(pingStatus, 0, "memcping: \(pingOutput)")
+        for binary in [[], ["--binary"]] {
+            let (statStatus, statOutput) = try ProcessGroup.run("/usr/bin/memcstat", binary + [server])
+            XCTAssertEqual(statStatus, 0, statOutput)
+            XCTAssertTrue(statOutput.contains("\tversion: 1.6.18\n"), statOutput)
+            XCTAssertTrue(statOutput.contains("\ttern_version: 0.1.0\n"), statOutput)
+        }
+    }
+
     /// By default a key is what memcached accepts: any byte but space, CR/LF at the line's end
     /// and NUL, at most 250 bytes (memaslap's keys start with 0x10 bytes, and twemproxy takes
     /// them). A NUL is refused whatever strict_keys says: memcached would cut the line there.
@@ -557,6 +575,9 @@ final class MemcacheProxyTests: XCTestCase {
             XCTAssertEqual(try client.request("set \(key) 3 0 1\r\nx\r\nget \(key)\r\n", until: "END\r\n"), "STORED\r\nVALUE \(key) 3 1\r\nx\r\nEND\r\n", key.debugDescription)
             XCTAssertEqual(try backends[0].get(key), "x", "the backend holds the same key")
         }
-        XCTAssertEqual(try client.request("set nul\u{0}key 0 0 1\r\nx\r\nversion\r\n", until: "VERSION 0.1.0\r\n"), "CLIENT_ERROR bad command line format\r\nVERSION 0.1.0\r\n")
+        // As memcached reads it, `set nul` (ERROR), then `x` (ERROR); a line whose part before
+        // the NUL is whole is refused with its data block.
+        XCTAssertEqual(try client.request("set nul\u{0}key 0 0 1\r\nx\r\nset k 0 0 1\u{0}x\r\ny\r\nversion\r\n", until: "VERSION 1.6.18\r\n"),
+                       "ERROR\r\nERROR\r\nCLIENT_ERROR bad command line format\r\nVERSION 1.6.18\r\n")
     }
 }

@@ -76,10 +76,10 @@ final class RobustnessTests: XCTestCase {
         try assertHealthy(tern.port, bystander)
         // An idle client goes after client_idle_timeout; an active one stays.
         let idle = try TestClient(port: tern.port)
-        XCTAssertEqual(try idle.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertEqual(try idle.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
         for _ in 0..<5 {
             usleep(1_000_000)
-            XCTAssertEqual(try bystander.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+            XCTAssertEqual(try bystander.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
         }
         XCTAssertTrue(idle.drain(for: 1).closed)
     }

@@ -529,7 +529,7 @@ final class WarmupTests: XCTestCase {
             old.resume()
             usleep(500_000)
             XCTAssertTrue(tern.isRunning, "Tern survived the reload with reads in flight")
-            XCTAssertEqual(try TestClient(port: other).request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+            XCTAssertEqual(try TestClient(port: other).request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
         }
     }
 
@@ -588,7 +588,7 @@ final class WarmupTests: XCTestCase {
             readers.removeAll()
             usleep(300_000)
             XCTAssertTrue(tern.isRunning, "round \(round): Tern survived the reload with reads in flight")
-            XCTAssertEqual(try bystander.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n", "round \(round): after")
+            XCTAssertEqual(try bystander.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n", "round \(round): after")
         }
         XCTAssertTrue(tern.isRunning)
     }
@@ -665,7 +665,7 @@ final class WarmupTests: XCTestCase {
         readers.removeAll()
         usleep(300_000)
         XCTAssertTrue(tern.isRunning, "Tern survived the old pool shrinking under warm-up reads")
-        XCTAssertEqual(try client.request("version\r\n", until: "\r\n"), "VERSION 0.1.0\r\n")
+        XCTAssertEqual(try client.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
 
         // 3. The warm-up ends while the first phase waits on the new pool, and the ended old
         // pool, idle, is swept (closed and forgotten) before the new pool answers: the reads

@@ -126,7 +126,7 @@ extension ClientConnection {
             answerBinary(request.opcodeByte, .success, request.opaque)
         case .version:
             var packet: [UInt8] = []
-            let version = Array(worker.processInfo.version.utf8)
+            let version = Array(memcachedCompatibleVersion.utf8)
             version.withUnsafeBytes { BinaryTranslator.appendResponse(to: &packet, opcode: request.opcodeByte, status: .success, opaque: request.opaque, value: $0) }
             answerBinaryPacket(packet)
         case .quit, .quitQ:

@@ -76,7 +76,7 @@ extension ClientConnection {
         slot.isSilent = request.noreply
         switch request.command {
         case .version:
-            slot.complete(with: "VERSION \(worker.processInfo.version)\r\n")
+            slot.complete(with: "VERSION \(memcachedCompatibleVersion)\r\n")
         case .verbosity:
             slot.complete(with: "OK\r\n" as StaticString)
         case .quit:
@@ -373,7 +373,8 @@ extension ClientConnection {
         let info = worker.processInfo
         let now = Int(time(nil))
         let shared = pool.plan.shared
-        var stats = [("pid", "\(getpid())"), ("uptime", "\(now - info.startTime)"), ("time", "\(now)"), ("version", info.version),
+        var stats = [("pid", "\(getpid())"), ("uptime", "\(now - info.startTime)"), ("time", "\(now)"), ("version", memcachedCompatibleVersion),
+                     ("tern_version", info.version),
                      ("pool", pool.config.name), ("curr_connections", "\(shared.clientCount.load(ordering: .relaxed))"),
                      ("total_connections", "\(shared.totalConnections.load(ordering: .relaxed))"), ("servers", "\(pool.servers.count)"),
                      ("threads", "\(shared.workerCounters.count)")]
@@ -392,3 +393,9 @@ extension ClientConnection {
     }
 
 }
+
+/// The memcached version Tern presents (`version`, binary Version, `stats`), as Redis clients
+/// get `redis_version:7.0.0`: libmemcached (php-memcached, pylibmc, memcstat) refuses a major
+/// version of 0, Tern's own (`tern_version` in `stats`), and php-memcached's `getVersion` and
+/// `getStats` failed on it. 1.6.18 is the memcached whose replies Tern's tests compare against.
+let memcachedCompatibleVersion = "1.6.18"
