@@ -1027,6 +1027,8 @@ final class ServerConnection {
 
     /// Closed after failures and waiting out its backoff: a request now would fail at once.
     var isBackingOff: Bool { state == .disconnected && (worker.now < retryAfter || worker.now < server.connectRetryAfter) }
+    /// When the backoff ends (a time past, or 0, when the connection is open or would connect).
+    var backoffEnd: Double { state == .disconnected ? max(retryAfter, server.connectRetryAfter) : 0 }
 
     /// Closes the connection and fails what is on it with `reason`, without counting a server
     /// failure or asking a cluster or Sentinel pool for a new map: its client left while a

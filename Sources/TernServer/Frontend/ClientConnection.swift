@@ -79,6 +79,20 @@ final class ClientConnection: ReplyOwner {
     }
     /// A request's server failed and the client closes once its output is written
     /// (`closeForServerFailure`).
+    /// When the client's next request began to wait for its server's next connect (0: it does
+    /// not wait), and the time its worker wakes it (`waitsForServer`).
+    var waitForServerSince: Double {
+        get { rare?.waitForServerSince ?? 0 }
+        set { if newValue != 0 || rare != nil { rareState.waitForServerSince = newValue } }
+    }
+    /// Ends a wait for the server (the request path's common case reads one reference).
+    @inline(__always) func clearWaitForServer() {
+        if let rare, rare.waitForServerSince != 0 { rare.waitForServerSince = 0 }
+    }
+    var waitForServerWake: Double {
+        get { rare?.waitForServerWake ?? 0 }
+        set { if newValue != 0 || rare != nil { rareState.waitForServerWake = newValue } }
+    }
     var closingForServerFailure: Bool {
         get { rare?.closingForServerFailure ?? false }
         set { if newValue || rare != nil { rareState.closingForServerFailure = newValue } }
@@ -229,7 +243,7 @@ final class ClientConnection: ReplyOwner {
     /// Parsing waits for the replies in flight (`holdUntilAnswered`). Reading goes on, so that a
     /// client that leaves while held (blocked) is seen leaving, as Redis sees it; past
     /// `heldInputLimit` bytes waiting, reading pauses too.
-    private var parsingHeld: Bool { holdUntilAnswered && !slots.isEmpty }
+    private var parsingHeld: Bool { holdUntilAnswered && !slots.isEmpty || waitForServerSince != 0 }
     /// A blocking command of this client is on a dedicated connection or waiting for one
     /// (`waitedForDedicated` says only that one once waited; the servers' queues say whether one
     /// still does: it may have run, or timed out, since).
@@ -668,6 +682,9 @@ final class RareClientState {
     var inputEnded = false
     /// `ClientConnection.closingForServerFailure`.
     var closingForServerFailure = false
+    /// `ClientConnection.waitForServerSince`, `waitForServerWake`.
+    var waitForServerSince: Double = 0
+    var waitForServerWake: Double = 0
     /// A Redis client's transaction, WATCH, blocked commands and subscriptions.
     var redisExtras: RedisSessionExtras?
 }

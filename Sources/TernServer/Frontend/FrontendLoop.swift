@@ -1,3 +1,4 @@
+import CLibev
 import Logging
 import TernCore
 
@@ -55,6 +56,44 @@ class FrontendLoop: RoutingLoop {
     }
 
     final func markDirty(_ client: ClientConnection) { replies.markDirty(client) }
+
+    /// Clients whose next request waits for their one server's next connect
+    /// (`ClientConnection.waitsForServer`), with when each is parsed again; one timer for all,
+    /// at the earliest. Only during an outage of a one-server pool's server.
+    private final var serverWaits: [(client: ClientConnection, at: Double)] = []
+    private final var serverWaitTimer: TimerWatcher?
+    private final var serverWaitTimerAt = Double.infinity
+
+    /// Parses `client`'s input again at `time` (a flush of the client resumes parsing).
+    final func wake(_ client: ClientConnection, at time: Double) {
+        serverWaits.append((client, time))
+        guard serverWaitTimer?.isActive != true || time < serverWaitTimerAt else { return }
+        let timer = serverWaitTimer ?? TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
+            let worker = Unmanaged<FrontendLoop>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            worker.serverWaitTimer?.fired()
+            worker.serverWaitsDue()
+        }
+        serverWaitTimer = timer
+        serverWaitTimerAt = time
+        timer.start(after: time - now)
+    }
+
+    private final func serverWaitsDue() {
+        let due = now + 0.0005
+        var later = Double.infinity
+        var waits: [(client: ClientConnection, at: Double)] = []
+        swap(&waits, &serverWaits)
+        for wait in waits {
+            if wait.at <= due {
+                wait.client.serverWaitEnded()
+            } else if !wait.client.isClosed {
+                serverWaits.append(wait)
+                later = min(later, wait.at)
+            }
+        }
+        serverWaitTimerAt = later
+        if later.isFinite { serverWaitTimer?.start(after: later - now) }
+    }
 
     final func hold(_ client: ClientConnection) {
         if !client.isHeld {

@@ -37,9 +37,46 @@ extension ClientConnection {
     func mayParseNext(_ buffer: ByteBuffer) -> Bool {
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if skipRefusedBytes(buffer) { continue }
+            if pool.waitsOutServerBackoff, waitsForServer() { return false }
             return !pipelineIsFull()
         }
         return false
+    }
+
+    /// A pool whose one server's failure closes its clients (`close_on_server_failure`, the
+    /// default for a one-server Redis pool): while a request sent now would fail at once (the
+    /// server refused the last connect and the next is not due, up to 2 s), the next request
+    /// waits for that connect instead, up to the pool's `timeout`. Failed at once, it closed the
+    /// client, and clients that reconnect at once (redis-rb's blocking pops, node-redis) came
+    /// back thousands of times a second; a request the server answers after a short restart
+    /// failed, where against the server itself the client's reconnect would have waited. The
+    /// client is still read (its leaving is seen); parsing waits (`parsingHeld`).
+    func waitsForServer() -> Bool {
+        let now = worker.now
+        let until = pool.failsFastUntil(clientIndex: index)
+        guard until > now else {
+            clearWaitForServer()
+            return false
+        }
+        if waitForServerSince == 0 { waitForServerSince = now }
+        let deadline = pool.timeoutSeconds.map { waitForServerSince + $0 } ?? .infinity
+        guard now < deadline else {
+            // Waited the pool's timeout: the request goes, fails at once and closes the client.
+            waitForServerSince = 0
+            return false
+        }
+        let wake = min(until, deadline)
+        if waitForServerWake != wake {
+            waitForServerWake = wake
+            worker.wake(self, at: wake)
+        }
+        return true
+    }
+
+    /// The worker's wake-up (`waitsForServer`): the next flush parses what waited.
+    func serverWaitEnded() {
+        waitForServerWake = 0
+        if !isClosed { worker.markDirty(self) }
     }
 
     /// Drops what is left of a refused data block (or binary body) as it arrives; true when

@@ -39,6 +39,9 @@ final class PoolRuntime: BackendPool {
     /// of `config`. Refreshed on reload.
     private(set) var isRandom = false
     private(set) var requiresAuth = false
+    /// `close_on_server_failure` on a pool of one server, outside Redis Cluster: a request
+    /// waits out its server's connect backoff (`ClientConnection.waitsForServer`).
+    private(set) var waitsOutServerBackoff = false
     /// The pool's users (`users:`, and `default` from `redis_auth`), compiled; shared read-only.
     private(set) var users: [RedisUser] = []
     /// Raised whenever `users` is replaced (start, reload): a client authenticated under an
@@ -96,6 +99,14 @@ final class PoolRuntime: BackendPool {
     /// Calls `body` with the connection that client `clientIndex` uses to reach server `server`
     /// (a position in `servers`), taking no reference to the server or the connection.
     @inline(__always)
+    /// Until when a request of client `clientIndex` would fail at once on a pool of one
+    /// server: its connection to the server is closed and backing off (after failures, or
+    /// connects to the server refused). 0, or a time past: it would be tried.
+    func failsFastUntil(clientIndex: Int) -> Double {
+        guard servers.count == 1 else { return 0 }
+        return withConnection(toServer: 0, client: clientIndex) { $0.backoffEnd }
+    }
+
     func withConnection<Result>(toServer server: Int, client clientIndex: Int, _ body: (ServerConnection) -> Result) -> Result {
         precondition(server >= 0 && server < servers.count, "server \(server) of \(servers.count)")
         return serverTable.unsafelyUnwrapped[server]._withUnsafeGuaranteedRef { $0.withConnection(for: clientIndex, body) }
@@ -111,6 +122,7 @@ final class PoolRuntime: BackendPool {
         let config = plan.config
         isRedis = config.protocolKind == .redis
         isRandom = config.distribution == .random
+        waitsOutServerBackoff = config.closesClientsOnServerFailure && config.distribution != .redisCluster
         isCluster = config.distribution == .redisCluster
         clusterMapMissing = isCluster && config.slotServers.isEmpty
         readsFromReplicas = isCluster && config.readFrom != .master
