@@ -93,7 +93,8 @@ the declared data block of a refused storage command); a server that closed with
 which discarded the last replies it had sent, where Tern answered those that came alike and
 then an error of its own; a `noreply` case with a key Tern refuses (too long, or binary), where
 Tern is silent and drops (or waits for) the data block and the server reads that block as a
-command; both sides alike (close or hang).
+command; a case that opens a memcached connection with byte 0x80, which chooses the binary
+protocol (Tern answers a response packet); both sides alike (close or hang).
 Findings of the disturbance kinds within 3 s after another disturbance are counted as
 "collateral" (one broken backend connection fails every lane's requests on it for a moment).
 
@@ -1674,7 +1675,11 @@ class Run:
             if bad:
                 self.finding(now, lane, "backend-error", case, t_replies, r[0] if r else None,
                              bad[0][:100].decode("latin-1").strip())
-            if t_status == "framing":
+            if t_status == "framing" and self.proto.name == "memcache" and case.data[:1] == b"\x80" and "\\x81" in (t_note or ""):
+                # A case that starts a connection with 0x80 chose the binary protocol, whose
+                # answer is a response packet (documented: the first byte chooses).
+                self.tolerated["binary-chosen"] += 1
+            elif t_status == "framing":
                 self.finding(now, lane, "tern-framing", case, t_replies, r[0] if r else None, t_note)
             elif t_status == "corrupt":
                 if not (r and r[1] == "corrupt"):

@@ -525,16 +525,21 @@ public enum MemcacheRequestParser {
         case .set, .add, .replace, .append, .prepend, .cas:
             let fixed = command == .cas ? 5 : 4
             guard tokens.count == fixed || tokens.count == fixed + 1 else { return wrongCount }
+            // The data length as memcached reads it (`safe_strtol`, an optional sign), refused past
+            // INT_MAX - 2 (memcached then reads no data block: a bad command line).
+            let sign = tokens[start: 3] < tokens[end: 3] ? bytes[tokens[start: 3]] : 0
+            let signed = sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-")
+            let length = number(bytes, signed ? tokens[start: 3] + 1 : tokens[start: 3], tokens[end: 3], maxDigits: 10)
+                .flatMap { $0 <= UInt64(Int32.max) - 2 && (sign != UInt8(ascii: "-") || $0 == 0) ? $0 : nil }
+            let wellFormed = length != nil && flagsNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil
+                && signedNumber(bytes, tokens[start: 2], tokens[end: 2]) != nil
             if let rejection = key(0) {
-                // Unlike memcached, swallow the data block when its length is readable, so the
-                // client gets one reply for the command, not a second ERROR for its data.
-                let skip = number(bytes, tokens[start: 3], tokens[end: 3], maxDigits: 10).map { Int($0) + 2 } ?? 0
-                return .rejected(rejection, consume: lineLength, skip: skip, close: false)
+                // Unlike memcached, swallow the data block when the rest of the line is well
+                // formed, so the client gets one reply for the command, not a second ERROR for
+                // its data.
+                return .rejected(rejection, consume: lineLength, skip: wellFormed ? Int(length!) + 2 : 0, close: false)
             }
-            guard flagsNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil,
-                  signedNumber(bytes, tokens[start: 2], tokens[end: 2]) != nil,
-                  let length = number(bytes, tokens[start: 3], tokens[end: 3], maxDigits: 10)
-            else { return badLine }
+            guard wellFormed, let length else { return badLine }
             if command == .cas, number(bytes, tokens[start: 4], tokens[end: 4]) == nil { return badLine }
             guard optionalNoreply(fixed) else { return badLine }
             let dataLength = Int(length)

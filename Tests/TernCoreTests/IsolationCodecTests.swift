@@ -104,6 +104,25 @@ final class IsolationCodecTests: XCTestCase {
         guard case .request = memcache("get \u{10}\u{7f}\u{1}k\r\n") else { return XCTFail("other control bytes are memcached's to accept") }
     }
 
+    /// A storage line refused for its key drops the data block only when the rest of the line is
+    /// well formed (its length where memcached reads it); otherwise the next line is the
+    /// client's next command, as memcached reads it (Tern dropped 3600 bytes of a line whose
+    /// flags were a second key; found by the differential fuzzer). Lengths as memcached reads
+    /// them: `+1` and `-0` are lengths, past INT_MAX - 2 none.
+    func testRefusedStorageLinesDropOnlyAWellFormedBlock() {
+        let long = String(repeating: "k", count: 251)
+        XCTAssertEqual(memcache("add \(long) 0 0 3\r\nabc\r\n"), .rejected(.keyTooLong, consume: "add \(long) 0 0 3\r\n".utf8.count, skip: 5, close: false))
+        XCTAssertEqual(memcache("add \(long) \(long) 3600 14\r\nab\r\n"), .rejected(.keyTooLong, consume: "add \(long) \(long) 3600 14\r\n".utf8.count, skip: 0, close: false))
+        XCTAssertEqual(memcache("add \(long) 0 x 3\r\nabc\r\n"), .rejected(.keyTooLong, consume: "add \(long) 0 x 3\r\n".utf8.count, skip: 0, close: false))
+        XCTAssertEqual(memcache("set k 0 0 2147483646\r\nab\r\n"), .rejected(.badFormat, consume: 22, skip: 0, close: false))
+        XCTAssertEqual(memcache("set k 0 0 2147483645\r\nab\r\n"), .rejected(.objectTooLarge, consume: 22, skip: 2147483647, close: false))
+        for (text, length) in [("set k 0 0 +1\r\nx\r\n", 1), ("set k 0 0 -0\r\n\r\n", 0)] {
+            guard case let .request(request) = memcache(text) else { return XCTFail(text) }
+            XCTAssertEqual(request.dataLength, length, text)
+        }
+        XCTAssertEqual(memcache("set k 0 0 -1\r\nab\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
+    }
+
     /// `verbosity noreply` is silent, as in memcached (found by the differential fuzzer).
     func testVerbosityNoreplyAlone() {
         guard case let .request(request) = memcache("verbosity noreply\r\n") else { return XCTFail("parses") }

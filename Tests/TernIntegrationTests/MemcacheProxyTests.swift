@@ -121,7 +121,9 @@ final class MemcacheProxyTests: XCTestCase {
     /// (`flush_all noreply x` and `verbosity x` were answered as a bad line and `OK`), and a line
     /// with a NUL byte is framed by its tokens before the NUL, as memcached reads it (Tern
     /// waited for the 3600-byte block the `replace` line declares after it; found by the
-    /// differential fuzzer). An innocent client is answered meanwhile.
+    /// differential fuzzer), and a data length past INT_MAX - 2 is a bad line whose block is not
+    /// read (Tern waited for 2 GiB) while `+1` and `-0` are lengths, as memcached reads them. An
+    /// innocent client is answered meanwhile.
     func testRefusalsAnswerAsMemcachedDoes() throws {
         let direct = try group.memcached()
         let tern = try startTern([try group.memcached(), try group.memcached()])
@@ -136,6 +138,8 @@ final class MemcacheProxyTests: XCTestCase {
                      "verbosity x noreply", "verbosity noreply", "verbosity +1", "verbosity -1",
                      "ms k\u{0}x 2\r\nok", "set k\u{0} 0 0 2\r\nok", "\u{0}", "set k\u{0} 0 0 2 noreply\r\nok",
                      "replace k\u{0}\t\u{b}0 1 1 3600 2\r\n2e", "get k",
+                     "append k 0 0 2147483646 noreply\r\nab", "set k 0 0 2147483648\r\nab",
+                     "set k 0 0 +1\r\nx", "set k 0 0 -0\r\n", "set k 0 0 -1\r\nab", "get k",
                      "delete k bogus", "get k", "incr k noreply", "touch k noreply", "set k 0 0 noreply", "cas k 0 0 1 noreply",
                      "set k 0 0 noreply\r\nx", "delete noreply", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
