@@ -636,12 +636,21 @@ final class RedisProxyTests: XCTestCase {
         assert 1 <= connections <= 20, connections
         """)
         // A request sent while the server is down waits for it: the server returns 0.5 s later.
-        let waiting = try TestClient(port: port)
+        // So does a 2 MiB SET (more than a waiting client's input may hold before its reading
+        // pauses) and a client that shuts its writing side after its request.
+        let waiting = try TestClient(port: port), large = try TestClient(port: port), leaving = try TestClient(port: port)
         let started = Date()
         try waiting.send(TestClient.encode(["INCR", "n"]))
+        try large.send(TestClient.encode(["SET", "large", String(repeating: "v", count: 2 << 20)]) + TestClient.encode(["STRLEN", "large"]))
+        try leaving.send(TestClient.encode(["INCR", "left"]))
+        leaving.shutdownWrite()
         usleep(500_000)
         let restarted = try group.redis(port: backend.port)
         XCTAssertEqual(String(decoding: try waiting.receiveReplies(1), as: UTF8.self), ":1\r\n", "answered, not closed (the restarted server is empty)")
+        XCTAssertEqual(String(decoding: try large.receiveReplies(2), as: UTF8.self), "+OK\r\n:2097152\r\n")
+        let left = leaving.drain(for: 3)
+        XCTAssertEqual(String(decoding: left.bytes, as: UTF8.self), ":1\r\n")
+        XCTAssertTrue(left.closed)
         XCTAssertLessThan(Date().timeIntervalSince(started), 3.5)
         XCTAssertEqual(try waiting.call("PING"), "+PONG\r\n")
         // With the server down again, the pool whose timeout (0.3 s) is shorter than its backoff

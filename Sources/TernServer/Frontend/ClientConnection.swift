@@ -77,22 +77,28 @@ final class ClientConnection: ReplyOwner {
         get { rare?.inputEnded ?? false }
         set { if newValue || rare != nil { rareState.inputEnded = newValue } }
     }
-    /// A request's server failed and the client closes once its output is written
-    /// (`closeForServerFailure`).
     /// When the client's next request began to wait for its server's next connect (0: it does
-    /// not wait), and the time its worker wakes it (`waitsForServer`).
+    /// not wait; the wait's deadline counts from here), and the time its worker wakes it (0:
+    /// no wake is due, so the client is not waiting now): `waitsForServer`.
     var waitForServerSince: Double {
         get { rare?.waitForServerSince ?? 0 }
         set { if newValue != 0 || rare != nil { rareState.waitForServerSince = newValue } }
-    }
-    /// Ends a wait for the server (the request path's common case reads one reference).
-    @inline(__always) func clearWaitForServer() {
-        if let rare, rare.waitForServerSince != 0 { rare.waitForServerSince = 0 }
     }
     var waitForServerWake: Double {
         get { rare?.waitForServerWake ?? 0 }
         set { if newValue != 0 || rare != nil { rareState.waitForServerWake = newValue } }
     }
+    /// Parsing waits for a wake from the worker (`waitsForServer`).
+    var isWaitingForServer: Bool { waitForServerWake != 0 }
+    /// Ends a wait for the server (the request path's common case reads one reference).
+    @inline(__always) func clearWaitForServer() {
+        if let rare, rare.waitForServerSince != 0 || rare.waitForServerWake != 0 {
+            rare.waitForServerSince = 0
+            rare.waitForServerWake = 0
+        }
+    }
+    /// A request's server failed and the client closes once its output is written
+    /// (`closeForServerFailure`).
     var closingForServerFailure: Bool {
         get { rare?.closingForServerFailure ?? false }
         set { if newValue || rare != nil { rareState.closingForServerFailure = newValue } }
@@ -243,7 +249,7 @@ final class ClientConnection: ReplyOwner {
     /// Parsing waits for the replies in flight (`holdUntilAnswered`). Reading goes on, so that a
     /// client that leaves while held (blocked) is seen leaving, as Redis sees it; past
     /// `heldInputLimit` bytes waiting, reading pauses too.
-    private var parsingHeld: Bool { holdUntilAnswered && !slots.isEmpty || waitForServerSince != 0 }
+    private var parsingHeld: Bool { holdUntilAnswered && !slots.isEmpty || isWaitingForServer }
     /// A blocking command of this client is on a dedicated connection or waiting for one
     /// (`waitedForDedicated` says only that one once waited; the servers' queues say whether one
     /// still does: it may have run, or timed out, since).
@@ -589,7 +595,7 @@ final class ClientConnection: ReplyOwner {
         }
         // Not while reading or parsing is paused: the client waits for Tern then (a full
         // pipeline, a blocking command it sent more behind), not the other way round.
-        if config.clientPartialTimeoutMilliseconds > 0, partialSince > 0, !mustPauseReading, !(holdUntilAnswered && partial != nil),
+        if config.clientPartialTimeoutMilliseconds > 0, partialSince > 0, !mustPauseReading, !(holdUntilAnswered && partial != nil), !isWaitingForServer,
            now - partialSince > Double(config.clientPartialTimeoutMilliseconds) / 1000 {
             worker.logger.info("pool \(config.name): closing a client whose request stayed incomplete for \(config.clientPartialTimeoutMilliseconds) ms")
             pool.stats.clientErrors.add()

@@ -37,7 +37,11 @@ extension ClientConnection {
     func mayParseNext(_ buffer: ByteBuffer) -> Bool {
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if skipRefusedBytes(buffer) { continue }
-            if pool.waitsOutServerBackoff, waitsForServer() { return false }
+            if pool.waitsOutServerBackoff, waitsForServer() {
+                // Reading goes on (a client leaving is seen), paused past `heldInputLimit`.
+                _ = pipelineIsFull()
+                return false
+            }
             return !pipelineIsFull()
         }
         return false
@@ -52,30 +56,35 @@ extension ClientConnection {
     /// failed, where against the server itself the client's reconnect would have waited. The
     /// client is still read (its leaving is seen); parsing waits (`parsingHeld`).
     func waitsForServer() -> Bool {
-        let now = worker.now
-        let until = pool.failsFastUntil(clientIndex: index)
+        // The common case first: the connection is open (or would connect), nothing else read.
+        var until = pool.failsFastUntil(clientIndex: index)
+        let now = until == 0 ? 0 : worker.now
         guard until > now else {
             clearWaitForServer()
             return false
         }
+        // The backoff is at most 2 s from its start: a wall clock stepped back since (ev_now is
+        // wall-clock time) must not make it longer.
+        until = min(until, now + 2)
         if waitForServerSince == 0 { waitForServerSince = now }
         let deadline = pool.timeoutSeconds.map { waitForServerSince + $0 } ?? .infinity
         guard now < deadline else {
             // Waited the pool's timeout: the request goes, fails at once and closes the client.
-            waitForServerSince = 0
+            clearWaitForServer()
             return false
         }
-        let wake = min(until, deadline)
-        if waitForServerWake != wake {
-            waitForServerWake = wake
-            worker.wake(self, at: wake)
+        if !isWaitingForServer {
+            waitForServerWake = min(until, deadline)
+            worker.wake(self, at: waitForServerWake)
         }
         return true
     }
 
-    /// The worker's wake-up (`waitsForServer`): the next flush parses what waited.
+    /// The worker's wake-up (`waitsForServer`): the next flush parses what waited (and it
+    /// waits again, or goes). A reload may have ended the pool's waits since.
     func serverWaitEnded() {
         waitForServerWake = 0
+        if !pool.waitsOutServerBackoff { waitForServerSince = 0 }
         if !isClosed { worker.markDirty(self) }
     }
 

@@ -96,17 +96,18 @@ final class PoolRuntime: BackendPool {
         serverTable = unretainedTable(of: servers)
     }
 
-    /// Calls `body` with the connection that client `clientIndex` uses to reach server `server`
-    /// (a position in `servers`), taking no reference to the server or the connection.
-    @inline(__always)
     /// Until when a request of client `clientIndex` would fail at once on a pool of one
     /// server: its connection to the server is closed and backing off (after failures, or
     /// connects to the server refused). 0, or a time past: it would be tried.
+    @inline(__always)
     func failsFastUntil(clientIndex: Int) -> Double {
         guard servers.count == 1 else { return 0 }
         return withConnection(toServer: 0, client: clientIndex) { $0.backoffEnd }
     }
 
+    /// Calls `body` with the connection that client `clientIndex` uses to reach server `server`
+    /// (a position in `servers`), taking no reference to the server or the connection.
+    @inline(__always)
     func withConnection<Result>(toServer server: Int, client clientIndex: Int, _ body: (ServerConnection) -> Result) -> Result {
         precondition(server >= 0 && server < servers.count, "server \(server) of \(servers.count)")
         return serverTable.unsafelyUnwrapped[server]._withUnsafeGuaranteedRef { $0.withConnection(for: clientIndex, body) }
