@@ -91,10 +91,10 @@ and no backend failed (Tern refused the request itself: had it forwarded it, the
 have answered like the reference or failed); Tern waiting after its own error (it swallows
 the declared data block of a refused storage command); a server that closed with a reset,
 which discarded the last replies it had sent, where Tern answered those that came alike and
-then an error of its own; a `noreply` case with a key Tern refuses (too long, or binary), where
+then an error of its own as the next; a `noreply` case with a key Tern refuses (too long, or binary), where
 Tern is silent and drops (or waits for) the data block and the server reads that block as a
 command; a case that opens a memcached connection with byte 0x80, which chooses the binary
-protocol (Tern answers a response packet); both sides alike (close or hang).
+protocol on both sides (each answers a response packet); both sides alike (close or hang).
 Findings of the disturbance kinds within 3 s after another disturbance are counted as
 "collateral" (one broken backend connection fails every lane's requests on it for a moment).
 
@@ -1675,9 +1675,10 @@ class Run:
             if bad:
                 self.finding(now, lane, "backend-error", case, t_replies, r[0] if r else None,
                              bad[0][:100].decode("latin-1").strip())
-            if t_status == "framing" and self.proto.name == "memcache" and case.data[:1] == b"\x80" and "\\x81" in (t_note or ""):
-                # A case that starts a connection with 0x80 chose the binary protocol, whose
-                # answer is a response packet (documented: the first byte chooses).
+            if (t_status == "framing" and self.proto.name == "memcache" and case.data[:1] == b"\x80"
+                    and "\\x81" in (t_note or "") and r and r[1] == "framing"):
+                # A case that starts a connection with 0x80 chose the binary protocol, on Tern
+                # and on memcached alike (both answer response packets; documented).
                 self.tolerated["binary-chosen"] += 1
             elif t_status == "framing":
                 self.finding(now, lane, "tern-framing", case, t_replies, r[0] if r else None, t_note)
@@ -1747,12 +1748,21 @@ class Run:
                 and not any(BACKEND_FAILURE_RE.search(x) for x in t_replies))
 
     @staticmethod
-    def silent_refusal(case):
-        """A `noreply` case with a key Tern refuses (over 250 bytes, or binary: a NUL ends
-        memcached's line): Tern refuses it without a word, as memcached would, and drops its
-        data block (documented), where memcached reads that block as a command line."""
-        tags = set(case.label.partition("[")[2].rstrip("]").split(","))
-        return "noreply" in tags and bool(tags & {"longkey", "binkey", "b64>250"})
+    def silent_refusal(case, t_replies):
+        """A case whose first request is a storage line ending in `noreply` with a key Tern
+        refuses (over 250 bytes, or a NUL in the line: memcached would cut it there), and
+        Tern answered nothing at all: Tern refuses it without a word, as memcached would, and
+        drops (or waits for) its data block (documented), where memcached reads that block as a
+        command line. Only the divergence at that first request is tolerated."""
+        if t_replies:
+            return False
+        line = case.data.split(b"\n", 1)[0].rstrip(b"\r")
+        tokens = line.split(b" ")
+        if len(tokens) < 6 or tokens[-1] != b"noreply":
+            return False
+        if tokens[0] not in (b"set", b"add", b"replace", b"append", b"prepend", b"cas"):
+            return False
+        return len(tokens[1]) > 250 or b"\x00" in line
 
     def compare(self, now, lane, case, t, r):
         """The differential check of one case: reply counts and how each side ended."""
@@ -1776,7 +1786,7 @@ class Run:
                 elif len(t_replies) < len(r_replies):
                     if any(self.proto.is_error(x) for x in t_replies):
                         self.tolerated["fewer-replies-with-error"] += 1
-                    elif self.silent_refusal(case):
+                    elif self.silent_refusal(case, t_replies):
                         self.tolerated["tern-silent-refusal"] += 1
                     else:
                         self.finding(now, lane, "fewer-replies", case, t_replies, r_replies)
@@ -1787,12 +1797,13 @@ class Run:
             if self.tern_refused(t_replies, r_replies):
                 # The server went on to choke on the rest (a data block read as a line, say).
                 self.tolerated["ref-closed-tern-refused"] += 1
-            elif (len(r_replies) <= len(t_replies) and self.own_error(t_replies[len(r_replies):])
+            elif (r[2] == "reset" and len(r_replies) < len(t_replies)
+                  and self.own_error(t_replies[len(r_replies):len(r_replies) + 1])
                   and all(self.proto.is_error(a) == self.proto.is_error(b) for a, b in zip(t_replies, r_replies))):
                 # The server's close came as a reset, which discarded the last replies it had
                 # sent before it: past those that came, only Tern's own refusal can be told.
                 self.tolerated["ref-reset-tern-refused"] += 1
-            elif self.silent_refusal(case):
+            elif self.silent_refusal(case, t_replies):
                 self.tolerated["tern-silent-refusal"] += 1
             else:
                 self.finding(now, lane, "lenient-close", case, t_replies, r_replies)
@@ -1811,7 +1822,7 @@ class Run:
                 # Tern refused a storage command and swallows its declared data block as it
                 # arrives (documented), where the server refused without swallowing.
                 self.tolerated["tern-swallows-after-refusal"] += 1
-            elif self.silent_refusal(case):
+            elif self.silent_refusal(case, t_replies):
                 self.tolerated["tern-silent-refusal"] += 1
             else:
                 self.finding(now, lane, "tern-hang", case, t_replies, r_replies)

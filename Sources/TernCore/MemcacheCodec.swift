@@ -402,7 +402,40 @@ public enum MemcacheRequestParser {
     /// 32 bits by memcached (a `-` is refused).
     static func flagsNumber(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> UInt64? {
         guard end > start else { return nil }
+        // `strtoul` reads `-0` as 0, which `safe_strtoul` keeps (only a negative result is refused).
+        if bytes[start] == UInt8(ascii: "-") { return number(bytes, start + 1, end).flatMap { $0 == 0 ? 0 : nil } }
         return number(bytes, bytes[start] == UInt8(ascii: "+") ? start + 1 : start, end)
+    }
+
+    /// A storage command's data length as memcached 1.6 reads it: `safe_strtol` (C's `strtol`:
+    /// an optional sign, any number of leading zeros, at most a 64-bit value, then the token
+    /// ends or a whitespace byte other than space follows, after which memcached reads no
+    /// more of it) stored in 32 bits without a range check, then refused when negative or past
+    /// INT_MAX - 2. `4294967301` is 5, as memcached reads it.
+    static func dataLength(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> Int? {
+        var index = start
+        guard index < end else { return nil }
+        let negative = bytes[index] == UInt8(ascii: "-")
+        if negative || bytes[index] == UInt8(ascii: "+") { index += 1 }
+        let digitsStart = index
+        while index < end, bytes[index] == UInt8(ascii: "0") { index += 1 }
+        var value: UInt64 = 0
+        var significant = 0
+        while index < end, bytes[index] &- 0x30 < 10 {
+            significant += 1
+            // 19 digits fit in 64 bits; a 20th is past LONG_MAX (strtol's ERANGE).
+            guard significant <= 19 else { return nil }
+            value = value &* 10 &+ UInt64(bytes[index] &- 0x30)
+            index += 1
+        }
+        guard index > digitsStart else { return nil }
+        if index < end {
+            let next = bytes[index]
+            guard next == 0x09 || next == 0x0a || next == 0x0b || next == 0x0c || next == 0x0d else { return nil }
+        }
+        guard value <= (negative ? UInt64(Int64.max) + 1 : UInt64(Int64.max)) else { return nil }
+        let length = Int32(truncatingIfNeeded: negative ? 0 &- value : value)
+        return length >= 0 && length <= Int32.max - 2 ? Int(length) : nil
     }
 
     /// Whether memcached answers nothing for a line Tern refuses: a command that takes
@@ -525,24 +558,22 @@ public enum MemcacheRequestParser {
         case .set, .add, .replace, .append, .prepend, .cas:
             let fixed = command == .cas ? 5 : 4
             guard tokens.count == fixed || tokens.count == fixed + 1 else { return wrongCount }
-            // The data length as memcached reads it (`safe_strtol`, an optional sign), refused past
-            // INT_MAX - 2 (memcached then reads no data block: a bad command line).
-            let sign = tokens[start: 3] < tokens[end: 3] ? bytes[tokens[start: 3]] : 0
-            let signed = sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-")
-            let length = number(bytes, signed ? tokens[start: 3] + 1 : tokens[start: 3], tokens[end: 3], maxDigits: 10)
-                .flatMap { $0 <= UInt64(Int32.max) - 2 && (sign != UInt8(ascii: "-") || $0 == 0) ? $0 : nil }
+            // The data length as memcached reads it (`dataLength`); none: memcached reads no
+            // data block (a bad command line).
+            let length = dataLength(bytes, tokens[start: 3], tokens[end: 3])
             let wellFormed = length != nil && flagsNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil
                 && signedNumber(bytes, tokens[start: 2], tokens[end: 2]) != nil
+                && (command != .cas || number(bytes, tokens[start: 4], tokens[end: 4]) != nil)
             if let rejection = key(0) {
                 // Unlike memcached, swallow the data block when the rest of the line is well
-                // formed, so the client gets one reply for the command, not a second ERROR for
-                // its data.
-                return .rejected(rejection, consume: lineLength, skip: wellFormed ? Int(length!) + 2 : 0, close: false)
+                // formed and the block no larger than an item may be, so the client gets one
+                // reply for the command, not a second ERROR for its data.
+                let skip = wellFormed && length! <= limits.maxItemSize ? length! + 2 : 0
+                return .rejected(rejection, consume: lineLength, skip: skip, close: false)
             }
             guard wellFormed, let length else { return badLine }
-            if command == .cas, number(bytes, tokens[start: 4], tokens[end: 4]) == nil { return badLine }
             guard optionalNoreply(fixed) else { return badLine }
-            let dataLength = Int(length)
+            let dataLength = length
             if dataLength > limits.maxItemSize {
                 // Swallow the data block as it arrives so the connection stays in sync.
                 return .rejected(.objectTooLarge, consume: lineLength, skip: dataLength + 2, close: false)

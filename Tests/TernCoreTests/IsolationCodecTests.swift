@@ -107,8 +107,9 @@ final class IsolationCodecTests: XCTestCase {
     /// A storage line refused for its key drops the data block only when the rest of the line is
     /// well formed (its length where memcached reads it); otherwise the next line is the
     /// client's next command, as memcached reads it (Tern dropped 3600 bytes of a line whose
-    /// flags were a second key; found by the differential fuzzer). Lengths as memcached reads
-    /// them: `+1` and `-0` are lengths, past INT_MAX - 2 none.
+    /// flags were a second key; found by the differential fuzzer), and no larger than an item
+    /// may be. Lengths as memcached reads them (`strtol` kept in 32 bits): `+1`, `-0`, leading
+    /// zeros, a trailing tab, and `4294967301` (5) are lengths; past INT_MAX - 2 none.
     func testRefusedStorageLinesDropOnlyAWellFormedBlock() {
         let long = String(repeating: "k", count: 251)
         XCTAssertEqual(memcache("add \(long) 0 0 3\r\nabc\r\n"), .rejected(.keyTooLong, consume: "add \(long) 0 0 3\r\n".utf8.count, skip: 5, close: false))
@@ -116,7 +117,11 @@ final class IsolationCodecTests: XCTestCase {
         XCTAssertEqual(memcache("add \(long) 0 x 3\r\nabc\r\n"), .rejected(.keyTooLong, consume: "add \(long) 0 x 3\r\n".utf8.count, skip: 0, close: false))
         XCTAssertEqual(memcache("set k 0 0 2147483646\r\nab\r\n"), .rejected(.badFormat, consume: 22, skip: 0, close: false))
         XCTAssertEqual(memcache("set k 0 0 2147483645\r\nab\r\n"), .rejected(.objectTooLarge, consume: 22, skip: 2147483647, close: false))
-        for (text, length) in [("set k 0 0 +1\r\nx\r\n", 1), ("set k 0 0 -0\r\n\r\n", 0)] {
+        XCTAssertEqual(memcache("add \(long) 0 0 2000000\r\nab\r\n"), .rejected(.keyTooLong, consume: "add \(long) 0 0 2000000\r\n".utf8.count, skip: 0, close: false),
+                       "a block larger than an item is not awaited")
+        XCTAssertEqual(memcache("cas \(long) 0 0 3 x\r\nabc\r\n"), .rejected(.keyTooLong, consume: "cas \(long) 0 0 3 x\r\n".utf8.count, skip: 0, close: false))
+        for (text, length) in [("set k 0 0 +1\r\nx\r\n", 1), ("set k 0 0 -0\r\n\r\n", 0), ("set k 0 0 4294967301\r\nhello\r\n", 5),
+                               ("set k 0 0 00000000000000000000005\r\nhello\r\n", 5), ("set k 0 0 5\t\r\nhello\r\n", 5), ("set k -0 0 1\r\nx\r\n", 1)] {
             guard case let .request(request) = memcache(text) else { return XCTFail(text) }
             XCTAssertEqual(request.dataLength, length, text)
         }

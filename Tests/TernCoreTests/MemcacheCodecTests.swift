@@ -118,7 +118,9 @@ final class MemcacheCodecTests: XCTestCase {
         XCTAssertEqual(parse("set k x 0 1\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))
         XCTAssertEqual(parse("set k 0 0 -1\r\n"), .rejected(.badFormat, consume: 14, skip: 0, close: false))
         XCTAssertEqual(parse("set k 18446744073709551616 0 1\r\n"), .rejected(.badFormat, consume: 32, skip: 0, close: false))
-        XCTAssertEqual(parse("set k 0 0 99999999999\r\n"), .rejected(.badFormat, consume: 23, skip: 0, close: false))
+        // memcached keeps a length's low 32 bits: 99999999999 is 1215752191, too large an item.
+        XCTAssertEqual(parse("set k 0 0 99999999999\r\n"), .rejected(.objectTooLarge, consume: 23, skip: 1_215_752_193, close: false))
+        XCTAssertEqual(parse("set k 0 0 99999999999999999999\r\n"), .rejected(.badFormat, consume: 32, skip: 0, close: false), "past 64 bits")
         // memcached looks for `noreply` in the last token only and ignores another one there.
         guard case let .request(ignored) = parse("set k 0 0 1 bogus\r\nx\r\n") else { return XCTFail("memcached stores it") }
         XCTAssertEqual(ignored.frameLength, 22)

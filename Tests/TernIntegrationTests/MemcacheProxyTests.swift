@@ -139,7 +139,8 @@ final class MemcacheProxyTests: XCTestCase {
                      "ms k\u{0}x 2\r\nok", "set k\u{0} 0 0 2\r\nok", "\u{0}", "set k\u{0} 0 0 2 noreply\r\nok",
                      "replace k\u{0}\t\u{b}0 1 1 3600 2\r\n2e", "get k",
                      "append k 0 0 2147483646 noreply\r\nab", "set k 0 0 2147483648\r\nab",
-                     "set k 0 0 +1\r\nx", "set k 0 0 -0\r\n", "set k 0 0 -1\r\nab", "get k",
+                     "set k 0 0 +1\r\nx", "set k 0 0 -0\r\n", "set k 0 0 -1\r\nab", "get k", "set k 0 0 4294967301\r\nhello",
+                     "get k", "set k 0 0 00000000000000000000002\r\nhi", "set k 0 0 2\t\r\nhi", "set k -0 0 1\r\nx", "verbosity -0", "get k",
                      "delete k bogus", "get k", "incr k noreply", "touch k noreply", "set k 0 0 noreply", "cas k 0 0 1 noreply",
                      "set k 0 0 noreply\r\nx", "delete noreply", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)

@@ -143,9 +143,9 @@ extension ClientConnection {
             closeWhenDrained = true
         case .stat:
             // A group (`items`, `slabs`, …) is one server's internals: answered empty, as text
-            // `stats <group>` is. Any other key (`reset`, `detail`, a group memcached does not
-            // have) is refused as memcached refuses a group it does not know, "Not found" (text
-            // answers `ERROR`): Tern does not reset or dump its servers' figures.
+            // `stats <group>` is. Any other key is "Not found", as memcached answers a group it
+            // does not know, `reset` and `detail` included, which memcached would carry out:
+            // Tern does not reset or dump its servers' figures (text answers `ERROR`).
             let group = UnsafeRawBufferPointer(rebasing: packet[request.keyStart..<request.valueStart])
             if !group.isEmpty, !Self.isServerStatsGroup(named: group) {
                 return answerBinary(request.opcodeByte, .keyNotFound, request.opaque)
