@@ -188,7 +188,9 @@ extension ClientConnection {
     }
 
     /// PUBSUB CHANNELS|SHARDCHANNELS [pattern] (union over servers), NUMSUB|SHARDNUMSUB ch…
-    /// (summed by channel; the largest count for a key-event channel, on every server), NUMPAT (one server's: every pattern subscription is on every server).
+    /// (summed by channel; the largest count for a key-event channel, on every server), NUMPAT
+    /// (one server's: every pattern subscription is on every server; a Redis Cluster pool sums
+    /// its nodes, one pattern each, but a `__key…` pattern once per node).
     private func pubsubInfo(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let arguments = session.arguments
         if arguments.argument(1, in: frame, equals: "channels") || arguments.argument(1, in: frame, equals: "shardchannels") {
