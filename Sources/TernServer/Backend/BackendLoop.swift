@@ -33,6 +33,10 @@ class BackendLoop {
 
     @inline(__always) final var now: Double { ev_now(loop) }
 
+    /// A connect to a server succeeded or failed (not per request: once per connect). The
+    /// worker wakes the clients waiting for a server (`FrontendLoop`).
+    func serverConnectSettled() {}
+
     /// Called with every request queued: the check is inlined, the append (once per
     /// connection per pass) is not.
     @inline(__always)

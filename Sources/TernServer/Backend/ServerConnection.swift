@@ -416,6 +416,7 @@ final class ServerConnection {
                 server.connectSucceeded()
                 state = .connected
                 counters.serverConnections.add()
+                worker.serverConnectSettled()
             }
         } else if errno == EINPROGRESS || errno == EAGAIN {
             state = .connecting
@@ -451,6 +452,7 @@ final class ServerConnection {
                 server.connectSucceeded()
                 state = .connected
                 counters.serverConnections.add()
+                worker.serverConnectSettled()
                 watcher?.watch(TERN_EV_READ)
                 if outputCount > sentBytes { worker.markDirty(self) }
             }
@@ -485,6 +487,7 @@ final class ServerConnection {
             server.connectSucceeded()
             state = .connected
             counters.serverConnections.add()
+            worker.serverConnectSettled()
             watcher?.watch(TERN_EV_READ)
             if outputCount > sentBytes { worker.markDirty(self) }
             // Replies cannot precede requests, but TLS 1.3 tickets may already be buffered.
@@ -992,10 +995,11 @@ final class ServerConnection {
         server.connectFailures += 1
         server.connectRetryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))
         server.connectError = reason
+        worker.serverConnectSettled()
     }
 
     /// Why a connect failed when it reached this host's own socket instead of the server.
-    static let connectedToItself = "connected to itself (nothing listens on the server's port)"
+    static let connectedToItself = Syscall.connectedToItself
 
     /// Closes the connection and fails what was on it.
     func fail(reason: String, isNewFailure: Bool = true) {
@@ -1029,6 +1033,14 @@ final class ServerConnection {
     var isBackingOff: Bool { state == .disconnected && (worker.now < retryAfter || worker.now < server.connectRetryAfter) }
     /// When the backoff ends (a time past, or 0, when the connection is open or would connect).
     var backoffEnd: Double { state == .disconnected ? max(retryAfter, server.connectRetryAfter) : 0 }
+    /// Not connected (closed, or a connect in flight), and the server's last connect failed or
+    /// this connection failed since its last answer: a request sent now would likely fail
+    /// (`ClientConnection.waitsForServer`).
+    var isKnownDown: Bool { state != .connected && (consecutiveFailures > 0 || server.connectFailures > 0) }
+    /// A connect attempt without a request, once the backoff is over (a waiting client's).
+    func connectWhenDue() {
+        if state == .disconnected, !isBackingOff { connectIfNeeded() }
+    }
 
     /// Closes the connection and fails what is on it with `reason`, without counting a server
     /// failure or asking a cluster or Sentinel pool for a new map: its client left while a

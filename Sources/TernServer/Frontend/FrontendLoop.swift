@@ -78,6 +78,16 @@ class FrontendLoop: RoutingLoop {
         timer.start(after: time - now)
     }
 
+    /// A connect settled: every waiting client looks again (sent now, or waits for the next).
+    override func serverConnectSettled() {
+        guard !serverWaits.isEmpty else { return }
+        var waits: [(client: ClientConnection, at: Double)] = []
+        swap(&waits, &serverWaits)
+        for wait in waits { wait.client.serverWaitEnded() }
+        serverWaitTimer?.stop()
+        serverWaitTimerAt = .infinity
+    }
+
     private final func serverWaitsDue() {
         let due = now + 0.0005
         var later = Double.infinity

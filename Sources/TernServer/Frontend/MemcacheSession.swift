@@ -37,7 +37,7 @@ extension ClientConnection {
     func mayParseNext(_ buffer: ByteBuffer) -> Bool {
         while !buffer.isEmpty, !closeWhenDrained, !isClosed {
             if skipRefusedBytes(buffer) { continue }
-            if pool.waitsOutServerBackoff, waitsForServer() {
+            if pool.waitsForItsServer, waitsForServer() {
                 // Reading goes on (a client leaving is seen), paused past `heldInputLimit`.
                 _ = pipelineIsFull()
                 return false
@@ -48,43 +48,58 @@ extension ClientConnection {
     }
 
     /// A pool whose one server's failure closes its clients (`close_on_server_failure`, the
-    /// default for a one-server Redis pool): while a request sent now would fail at once (the
-    /// server refused the last connect and the next is not due, up to 2 s), the next request
-    /// waits for that connect instead, up to the pool's `timeout`. Failed at once, it closed the
-    /// client, and clients that reconnect at once (redis-rb's blocking pops, node-redis) came
-    /// back thousands of times a second; a request the server answers after a short restart
-    /// failed, where against the server itself the client's reconnect would have waited. The
-    /// client is still read (its leaving is seen); parsing waits (`parsingHeld`).
+    /// default for a one-server Redis pool): while the server is known down (its last connect
+    /// failed, or the connection failed since its last answer), the next request waits for
+    /// Tern to reach it again, up to the pool's `timeout` (10 s without one). Tern retries the
+    /// connect on its backoff (50 ms doubling to 2 s) for the waiting clients; once connected,
+    /// they go on; past the wait, the client is closed, as a refused connect would end it.
+    /// Failing at once closed the client, and clients that reconnect at once (redis-rb's
+    /// blocking pops, node-redis) came back thousands of times a second; requests sent during a
+    /// short restart failed, where against the server node-redis waits and succeeds; and `PING`,
+    /// answered by Tern, told a health check that a dead server was up. The client is still
+    /// read (its leaving is seen); parsing waits (`parsingHeld`).
     func waitsForServer() -> Bool {
-        // The common case first: the connection is open (or would connect), nothing else read.
-        var until = pool.failsFastUntil(clientIndex: index)
-        let now = until == 0 ? 0 : worker.now
-        guard until > now else {
+        // The common case first: the connection is open (or was never refused).
+        guard pool.servers.count == 1,
+              pool.withConnection(toServer: 0, client: index, { $0.isKnownDown }) else {
             clearWaitForServer()
             return false
         }
-        // The backoff is at most 2 s from its start: a wall clock stepped back since (ev_now is
-        // wall-clock time) must not make it longer.
-        until = min(until, now + 2)
+        let now = worker.now
         if waitForServerSince == 0 { waitForServerSince = now }
-        let deadline = pool.timeoutSeconds.map { waitForServerSince + $0 } ?? .infinity
+        let deadline = waitForServerSince + (pool.timeoutSeconds ?? Self.serverWaitWithoutTimeout)
         guard now < deadline else {
-            // Waited the pool's timeout: the request goes, fails at once and closes the client.
+            // Waited long enough: the client ends, as a refused connect would end it.
+            clearWaitForServer()
+            closeForServerFailure()
+            return true
+        }
+        guard !isWaitingForServer else { return true }
+        // A connect now if the backoff is over (its result wakes the waiting clients), and a
+        // look again when the backoff ends, or at the deadline. A wall clock stepped back
+        // (ev_now is wall-clock time) cannot stretch the backoff past its 2 s.
+        pool.withConnection(toServer: 0, client: index) { $0.connectWhenDue() }
+        guard !isClosed else { return true }
+        guard pool.withConnection(toServer: 0, client: index, { $0.isKnownDown }) else {
+            // Connected at once.
             clearWaitForServer()
             return false
         }
-        if !isWaitingForServer {
-            waitForServerWake = min(until, deadline)
-            worker.wake(self, at: waitForServerWake)
-        }
+        // (A connect in flight has no backoff: its result wakes the client, 2 s at the latest.)
+        let retry = min(pool.withConnection(toServer: 0, client: index) { $0.backoffEnd }, now + 2)
+        waitForServerWake = min(retry > now ? retry : now + 2, deadline)
+        worker.wake(self, at: waitForServerWake)
         return true
     }
+
+    /// How long a request waits for a server known down on a pool without `timeout`.
+    static let serverWaitWithoutTimeout = 10.0
 
     /// The worker's wake-up (`waitsForServer`): the next flush parses what waited (and it
     /// waits again, or goes). A reload may have ended the pool's waits since.
     func serverWaitEnded() {
         waitForServerWake = 0
-        if !pool.waitsOutServerBackoff { waitForServerSince = 0 }
+        if !pool.waitsForItsServer { waitForServerSince = 0 }
         if !isClosed { worker.markDirty(self) }
     }
 

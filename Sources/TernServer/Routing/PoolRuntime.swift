@@ -39,9 +39,9 @@ final class PoolRuntime: BackendPool {
     /// of `config`. Refreshed on reload.
     private(set) var isRandom = false
     private(set) var requiresAuth = false
-    /// `close_on_server_failure` on a pool of one server, outside Redis Cluster: a request
-    /// waits out its server's connect backoff (`ClientConnection.waitsForServer`).
-    private(set) var waitsOutServerBackoff = false
+    /// `close_on_server_failure`, outside Redis Cluster: on a pool of one server, a request
+    /// waits for a server known down (`ClientConnection.waitsForServer`).
+    private(set) var waitsForItsServer = false
     /// The pool's users (`users:`, and `default` from `redis_auth`), compiled; shared read-only.
     private(set) var users: [RedisUser] = []
     /// Raised whenever `users` is replaced (start, reload): a client authenticated under an
@@ -96,15 +96,6 @@ final class PoolRuntime: BackendPool {
         serverTable = unretainedTable(of: servers)
     }
 
-    /// Until when a request of client `clientIndex` would fail at once on a pool of one
-    /// server: its connection to the server is closed and backing off (after failures, or
-    /// connects to the server refused). 0, or a time past: it would be tried.
-    @inline(__always)
-    func failsFastUntil(clientIndex: Int) -> Double {
-        guard servers.count == 1 else { return 0 }
-        return withConnection(toServer: 0, client: clientIndex) { $0.backoffEnd }
-    }
-
     /// Calls `body` with the connection that client `clientIndex` uses to reach server `server`
     /// (a position in `servers`), taking no reference to the server or the connection.
     @inline(__always)
@@ -123,7 +114,7 @@ final class PoolRuntime: BackendPool {
         let config = plan.config
         isRedis = config.protocolKind == .redis
         isRandom = config.distribution == .random
-        waitsOutServerBackoff = config.closesClientsOnServerFailure && config.distribution != .redisCluster
+        waitsForItsServer = config.closesClientsOnServerFailure && config.distribution != .redisCluster
         isCluster = config.distribution == .redisCluster
         clusterMapMissing = isCluster && config.slotServers.isEmpty
         readsFromReplicas = isCluster && config.readFrom != .master

@@ -81,6 +81,14 @@ final class BlockingConnection {
         if !isConnected {
             let error = Syscall.socketError(descriptor)
             guard error == 0 else { return .failed(Failure(text: Syscall.errorText(error))) }
+            // A connect that reached this socket itself (nothing listens on the server's port,
+            // which is in the ephemeral range): closed with a reset, so it leaves no TIME-WAIT
+            // holding the port the server needs to start (the INFO poller and the discovery
+            // threads retry a server that is down, as the workers do).
+            if Syscall.isConnectedToItself(descriptor) {
+                Syscall.resetOnClose(descriptor)
+                return .failed(Failure(text: Syscall.connectedToItself))
+            }
             isConnected = true
             guard let context else { return .done }
             guard let stream = TLSStream(context: context, descriptor: descriptor, serverName: context.serverName ?? serverName) else {

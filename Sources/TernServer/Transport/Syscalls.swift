@@ -93,6 +93,9 @@ enum Syscall {
         return error
     }
 
+    /// Why a connect failed when it reached this host's own socket instead of the server.
+    static let connectedToItself = "connected to itself (nothing listens on the server's port)"
+
     /// The socket's close sends a reset and leaves no TIME-WAIT (SO_LINGER 0): a socket connected
     /// to itself would otherwise hold the server's port for a minute, and the server could not
     /// bind it when it starts.
