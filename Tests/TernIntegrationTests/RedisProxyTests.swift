@@ -688,6 +688,11 @@ final class RedisProxyTests: XCTestCase {
         usleep(300_000)
         _ = try group.redis(port: backend.port)
         XCTAssertEqual(String(decoding: try patient.receiveReplies(1), as: UTF8.self), "+PONG\r\n")
+        // The short-timeout pool retries within its timeout (its backoff stops at 0.3 s): the
+        // server that is back is reached by its next request.
+        let back = Date()
+        XCTAssertEqual(eventually("$-1\r\n", within: 3) { (try? TestClient(port: quick).call("GET", "n")) ?? "" }, "$-1\r\n")
+        XCTAssertLessThan(Date().timeIntervalSince(back), 0.9)
     }
 
     /// Connections opened for one client (a blocking command, a WATCH, a subscription) back off

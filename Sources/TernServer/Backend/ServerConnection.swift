@@ -989,11 +989,16 @@ final class ServerConnection {
         for (slot, part) in slots { slot.fail(part: part, reason: reason, serverFailure: serverFailure) }
     }
 
+    /// The longest backoff: 2 s, or the pool's `timeout` if that is shorter (at least 50 ms), so
+    /// that a client waiting for a server that is down (`ClientConnection.waitsForServer`) sees
+    /// a connect tried within its wait, and one that returned is reached within a timeout.
+    private var backoffCeiling: Double { min(2.0, max(0.05, server.pool.timeoutSeconds ?? 2.0)) }
+
     /// A connect failed: every connection of this worker to the server backs off (50 ms
-    /// doubling to 2 s while connects keep failing).
+    /// doubling to 2 s, or to the pool's `timeout`, while connects keep failing).
     private func noteConnectFailure(_ reason: String) {
         server.connectFailures += 1
-        server.connectRetryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))
+        server.connectRetryAfter = worker.now + min(backoffCeiling, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))
         server.connectError = reason
         worker.serverConnectSettled()
     }
@@ -1016,7 +1021,7 @@ final class ServerConnection {
             // Back off before the next connect while the server keeps failing.
             lastError = reason
             consecutiveFailures += 1
-            retryAfter = worker.now + min(2.0, 0.05 * Double(1 << min(consecutiveFailures - 1, 6)))
+            retryAfter = worker.now + min(backoffCeiling, 0.05 * Double(1 << min(consecutiveFailures - 1, 6)))
         }
         // A cluster node failing (or still backing off) may mean a failover: the map is asked
         // again (the discovery thread asks at most every 200 ms), so requests move to a promoted
