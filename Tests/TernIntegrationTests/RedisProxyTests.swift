@@ -617,11 +617,13 @@ final class RedisProxyTests: XCTestCase {
     /// other (a health check got `+PONG` from a dead server; found by the re-check).
     func testRequestsWaitForTheServersNextConnect() throws {
         let backend = try group.redis()
-        let port = ProcessGroup.freePort(), quick = ProcessGroup.freePort()
+        let port = ProcessGroup.freePort(), quick = ProcessGroup.freePort(), fresh = ProcessGroup.freePort()
         let text = "single:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 4000\n  servers:\n   - \(backend.address):1\n"
             + "quick:\n  listen: 127.0.0.1:\(quick)\n  redis: true\n  timeout: 300\n  servers:\n   - \(backend.address):1\n"
+            + "fresh:\n  listen: 127.0.0.1:\(fresh)\n  redis: true\n  servers:\n   - \(backend.address):1\n"
         try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
         try group.waitForPort(quick)
+        try group.waitForPort(fresh)
         XCTAssertEqual(try TestClient(port: port).call("SET", "n", "1"), "+OK\r\n")
         backend.kill()
         // A client that reconnects as soon as its connection ends, for 2 s (redis-rb's BLPOP).
@@ -660,6 +662,16 @@ final class RedisProxyTests: XCTestCase {
         // With the server down again, the pool whose timeout (0.3 s) is shorter than its backoff
         // grows to ends a request's connection once that timeout has passed.
         restarted.kill()
+        // A pool that never connected answers PING only once it has: here never, so its client
+        // ends after the wait (1.5 s without a timeout); it got +PONG at once.
+        let unanswered = try TestClient(port: fresh)
+        let pinged = Date()
+        try unanswered.send(TestClient.encode(["PING"]))
+        let silence = unanswered.drain(for: 4)
+        XCTAssertEqual(silence.bytes, [], "no +PONG from a server that is down")
+        XCTAssertTrue(silence.closed)
+        XCTAssertGreaterThan(Date().timeIntervalSince(pinged), 1.3)
+        XCTAssertLessThan(Date().timeIntervalSince(pinged), 2.5)
         try python("""
         import socket
         deadline = time.time() + 1.5

@@ -1038,10 +1038,11 @@ final class ServerConnection {
     var isBackingOff: Bool { state == .disconnected && (worker.now < retryAfter || worker.now < server.connectRetryAfter) }
     /// When the backoff ends (a time past, or 0, when the connection is open or would connect).
     var backoffEnd: Double { state == .disconnected ? max(retryAfter, server.connectRetryAfter) : 0 }
-    /// Not connected (closed, or a connect in flight), and the server's last connect failed or
-    /// this connection failed since its last answer: a request sent now would likely fail
-    /// (`ClientConnection.waitsForServer`).
-    var isKnownDown: Bool { state != .connected && (consecutiveFailures > 0 || server.connectFailures > 0) }
+    /// Not connected yet (closed, backing off, or a connect or TLS handshake in flight) to a
+    /// server whose address is known: a one-server pool's request waits for the connect
+    /// (`ClientConnection.waitsForServer`), so that neither a request Tern answers itself
+    /// (`PING`) nor one that would fail at once is answered before Tern knows the server is up.
+    var isNotReady: Bool { state != .connected && server.address.family != AF_UNSPEC }
     /// A connect attempt without a request, once the backoff is over (a waiting client's).
     func connectWhenDue() {
         if state == .disconnected, !isBackingOff { connectIfNeeded() }

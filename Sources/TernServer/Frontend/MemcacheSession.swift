@@ -48,20 +48,23 @@ extension ClientConnection {
     }
 
     /// A pool whose one server's failure closes its clients (`close_on_server_failure`, the
-    /// default for a one-server Redis pool): while the server is known down (its last connect
-    /// failed, or the connection failed since its last answer), the next request waits for
-    /// Tern to reach it again, up to the pool's `timeout` (10 s without one). Tern retries the
-    /// connect on its backoff (50 ms doubling to 2 s) for the waiting clients; once connected,
-    /// they go on; past the wait, the client is closed, as a refused connect would end it.
+    /// default for a one-server Redis pool): while the client's connection to the server is
+    /// not connected (never opened, lost, backing off after refused connects), the next request
+    /// waits for Tern to connect, up to the pool's `timeout` (1.5 s without one). Tern connects,
+    /// and retries on its backoff (50 ms doubling to 2 s or `timeout`), for the waiting clients;
+    /// once connected, they go on; past the wait, the client is closed, as a refused connect
+    /// would end it. (The default wait stays under common client read timeouts: a client that
+    /// times out reading raises a timeout, which RQ's pubsub thread, for one, does not survive,
+    /// where a closed connection is a `ConnectionError` it retries.)
     /// Failing at once closed the client, and clients that reconnect at once (redis-rb's
     /// blocking pops, node-redis) came back thousands of times a second; requests sent during a
     /// short restart failed, where against the server node-redis waits and succeeds; and `PING`,
     /// answered by Tern, told a health check that a dead server was up. The client is still
     /// read (its leaving is seen); parsing waits (`parsingHeld`).
     func waitsForServer() -> Bool {
-        // The common case first: the connection is open (or was never refused).
+        // The common case first: the connection is open.
         guard pool.servers.count == 1,
-              pool.withConnection(toServer: 0, client: index, { $0.isKnownDown }) else {
+              pool.withConnection(toServer: 0, client: index, { $0.isNotReady }) else {
             clearWaitForServer()
             return false
         }
@@ -80,8 +83,9 @@ extension ClientConnection {
         // (ev_now is wall-clock time) cannot stretch the backoff past its 2 s.
         pool.withConnection(toServer: 0, client: index) { $0.connectWhenDue() }
         guard !isClosed else { return true }
-        guard pool.withConnection(toServer: 0, client: index, { $0.isKnownDown }) else {
-            // Connected at once.
+        guard pool.withConnection(toServer: 0, client: index, { $0.isNotReady }) else {
+            // Connected at once (or the address is not known: a Sentinel master no sentinel
+            // has named fails at once).
             clearWaitForServer()
             return false
         }
@@ -92,8 +96,8 @@ extension ClientConnection {
         return true
     }
 
-    /// How long a request waits for a server known down on a pool without `timeout`.
-    static let serverWaitWithoutTimeout = 10.0
+    /// How long a request waits for its server's connect on a pool without `timeout`.
+    static let serverWaitWithoutTimeout = 1.5
 
     /// The worker's wake-up (`waitsForServer`): the next flush parses what waited (and it
     /// waits again, or goes). A reload may have ended the pool's waits since.

@@ -40,7 +40,7 @@ final class PoolRuntime: BackendPool {
     private(set) var isRandom = false
     private(set) var requiresAuth = false
     /// `close_on_server_failure`, outside Redis Cluster: on a pool of one server, a request
-    /// waits for a server known down (`ClientConnection.waitsForServer`).
+    /// waits for its connection to the server to be connected (`ClientConnection.waitsForServer`).
     private(set) var waitsForItsServer = false
     /// The pool's users (`users:`, and `default` from `redis_auth`), compiled; shared read-only.
     private(set) var users: [RedisUser] = []
