@@ -6,6 +6,7 @@ import Logging
 /// this loop pass and the objects to free once the current callback has returned. `Worker`
 /// (Worker/Worker.swift) is its only subclass: every member here is final, so the request path
 /// calls them directly, and Backend never names the worker, which owns clients and pools above.
+/// The one exception, `serverConnectSettled`, is called once per connect, never per request.
 class BackendLoop {
     final let loop: OpaquePointer
     final let logger: Logger

@@ -5,8 +5,8 @@ import TernCore
 /// What client connections reach of their worker, above what pools do (`RoutingLoop`): the
 /// worker's open clients and the ones holding replies for a pass, buffers the worker's clients
 /// share, client numbering and process facts. `Worker` (Worker/Worker.swift) is the only
-/// subclass; every member here is final, so the request path calls them directly, and
-/// Frontend never names the worker.
+/// subclass; every member here is final (but the override of `serverConnectSettled`, once per
+/// connect), so the request path calls them directly, and Frontend never names the worker.
 class FrontendLoop: RoutingLoop {
     /// Process-wide facts the protocols report (memcached `stats`).
     final let processInfo: ProcessInfo
