@@ -989,13 +989,16 @@ final class ServerConnection {
         for (slot, part) in slots { slot.fail(part: part, reason: reason, serverFailure: serverFailure) }
     }
 
-    /// The longest backoff: 2 s, or the pool's `timeout` if that is shorter (at least 50 ms), so
-    /// that a client waiting for a server that is down (`ClientConnection.waitsForServer`) sees
-    /// a connect tried within its wait, and one that returned is reached within a timeout.
-    private var backoffCeiling: Double { min(2.0, max(0.05, server.pool.timeoutSeconds ?? 2.0)) }
+    /// The longest backoff: 2 s, or four fifths of the wait of a client whose server is down
+    /// (`ClientConnection.waitsForServer`: the pool's `timeout`, 1.5 s without one) if that is
+    /// shorter (at least 50 ms), so that every wait sees a connect tried, with time left for it
+    /// to complete, and a server that returned is reached within a wait.
+    private var backoffCeiling: Double {
+        min(2.0, max(0.05, 0.8 * (server.pool.timeoutSeconds ?? BackendPool.serverWaitWithoutTimeout)))
+    }
 
     /// A connect failed: every connection of this worker to the server backs off (50 ms
-    /// doubling to 2 s, or to the pool's `timeout`, while connects keep failing).
+    /// doubling to `backoffCeiling`, while connects keep failing).
     private func noteConnectFailure(_ reason: String) {
         server.connectFailures += 1
         server.connectRetryAfter = worker.now + min(backoffCeiling, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))

@@ -70,7 +70,7 @@ extension ClientConnection {
         }
         let now = worker.now
         if waitForServerSince == 0 { waitForServerSince = now }
-        let deadline = waitForServerSince + (pool.timeoutSeconds ?? Self.serverWaitWithoutTimeout)
+        let deadline = waitForServerSince + (pool.timeoutSeconds ?? BackendPool.serverWaitWithoutTimeout)
         guard now < deadline else {
             // Waited long enough: the client ends, as a refused connect would end it.
             clearWaitForServer()
@@ -95,9 +95,6 @@ extension ClientConnection {
         worker.wake(self, at: waitForServerWake)
         return true
     }
-
-    /// How long a request waits for its server's connect on a pool without `timeout`.
-    static let serverWaitWithoutTimeout = 1.5
 
     /// The worker's wake-up (`waitsForServer`): the next flush parses what waited (and it
     /// waits again, or goes). A reload may have ended the pool's waits since.
