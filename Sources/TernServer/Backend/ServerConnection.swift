@@ -443,7 +443,7 @@ final class ServerConnection {
             }
             if server.address.family != AF_UNIX, Syscall.isConnectedToItself(descriptor) {
                 Syscall.resetOnClose(descriptor)
-                fail(reason: Self.connectedToItself)
+                fail(reason: Syscall.connectedToItself)
                 return
             }
             if server.pool.plan.serverTLS != nil {
@@ -509,7 +509,7 @@ final class ServerConnection {
             let error = pendingError
             pendingError = 0
             if error == -2 {
-                fail(reason: Self.connectedToItself)
+                fail(reason: Syscall.connectedToItself)
             } else if error < 0 {
                 // Still backing off: the requests fail at once; the backoff is not extended.
                 fail(reason: lastError, isNewFailure: false)
@@ -1006,14 +1006,12 @@ final class ServerConnection {
         worker.serverConnectSettled()
     }
 
-    /// Why a connect failed when it reached this host's own socket instead of the server.
-    static let connectedToItself = Syscall.connectedToItself
 
     /// Closes the connection and fails what was on it.
     func fail(reason: String, isNewFailure: Bool = true) {
         let wasConnected = descriptor >= 0
         let hadRequests = !pending.isEmpty
-        if reason == Self.connectedToItself {
+        if reason == Syscall.connectedToItself {
             worker.logger.warning("server \(server.name): \(reason); is it down? (its port is in this host's ephemeral port range)")
         }
         if isNewFailure, state == .connecting || state == .handshaking, descriptor >= 0 { noteConnectFailure(reason) }
