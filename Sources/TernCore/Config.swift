@@ -134,6 +134,11 @@ public struct PoolConfig: Sendable {
     /// once the replies before it are written, instead of answering an error (Tern key
     /// `close_on_server_failure`); nil: `closesClientsOnServerFailure`'s default.
     public var closeOnServerFailure: Bool?
+    /// How long (ms) a request on a pool whose one server's failure closes its clients waits
+    /// for Tern's connection to that server (Tern key `server_wait`; 0: it does not wait, and
+    /// fails at once); nil: the pool's `timeout`, or 1500 ms without one. Also what the connect
+    /// backoff's ceiling follows (four fifths of it, 2 s at most).
+    public var serverWaitMilliseconds: Int?
     /// Whether a failed server closes the client (see `closeOnServerFailure`). By default for a
     /// Redis pool of one server (a sidecar, or one Sentinel master group), where a client of
     /// the server itself would see its connection end: redis-py raises `ConnectionError`,

@@ -249,6 +249,7 @@ final class ConfigTests: XCTestCase {
           redis: true
           hash_tag: "{}"
           timeout: 400
+          server_wait: 0
           redis_auth: "se\\"cret"
           disabled_commands: [FLUSHALL, flushdb]
           announce: cache.internal:7000

@@ -707,6 +707,48 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(back), 0.9)
     }
 
+    /// `server_wait` sets the wait apart from `timeout`: node-redis sends its whole offline queue
+    /// on one connection, and lost all of it in restarts longer than the 1.5 s default (the
+    /// twentieth session's re-check), where a longer `timeout` would also slow every request's
+    /// failure. A pool with `timeout: 300` and `server_wait: 4000` answers requests sent during
+    /// a 1 s restart (its timeout alone closes them within 0.8 s: the test above), and still
+    /// closes them past the 4 s; `server_wait: 0` turns the wait off: a request for a server
+    /// that is down closes its client at once (PING, which Tern answers, is answered).
+    func testServerWaitSetsTheWaitApartFromTheTimeout() throws {
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort(), off = ProcessGroup.freePort()
+        let text = "long:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 300\n  server_wait: 4000\n  servers:\n   - \(backend.address):1\n"
+            + "off:\n  listen: 127.0.0.1:\(off)\n  redis: true\n  server_wait: 0\n  servers:\n   - \(backend.address):1\n"
+        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        try group.waitForPort(off)
+        XCTAssertEqual(try TestClient(port: port).call("SET", "n", "1"), "+OK\r\n")
+        XCTAssertEqual(try TestClient(port: off).call("GET", "n"), "$1\r\n1\r\n")
+        backend.kill()
+        let waiting = try TestClient(port: port)
+        let started = Date()
+        try waiting.send(TestClient.encode(["INCR", "n"]) + TestClient.encode(["PING"]))
+        let refused = try TestClient(port: off)
+        try refused.send(TestClient.encode(["GET", "n"]))
+        let ended = refused.drain(for: 3)
+        XCTAssertTrue(ended.closed)
+        XCTAssertEqual(ended.bytes, [])
+        XCTAssertLessThan(Date().timeIntervalSince(started), 0.5, "no wait with server_wait: 0")
+        XCTAssertEqual(try TestClient(port: off).call("PING"), "+PONG\r\n", "no wait: Tern answers PING itself")
+        usleep(1_000_000)
+        let restarted = try group.redis(port: backend.port)
+        XCTAssertEqual(String(decoding: try waiting.receiveReplies(2), as: UTF8.self), ":1\r\n+PONG\r\n", "answered after 1 s, past the 0.3 s timeout")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 3)
+        restarted.kill()
+        let impatient = try TestClient(port: port)
+        let asked = Date()
+        try impatient.send(TestClient.encode(["GET", "n"]))
+        let closed = impatient.drain(for: 7)
+        XCTAssertTrue(closed.closed)
+        XCTAssertEqual(closed.bytes, [])
+        XCTAssertGreaterThan(Date().timeIntervalSince(asked), 3.8, "waited server_wait")
+        XCTAssertLessThan(Date().timeIntervalSince(asked), 5)
+    }
+
     /// Connections opened for one client (a blocking command, a WATCH, a subscription) back off
     /// with the server's shared connections while it refuses connects: 100 `BLPOP`s, `WATCH`es
     /// and `SUBSCRIBE`s each on a server that is down make a handful of connect attempts, not one

@@ -16,10 +16,13 @@ class BackendPool {
     /// Hot config facts, copied out of `config` (a computed copy of a struct holding arrays
     /// would retain and release each of them on every read). Set by the pool, refreshed on reload.
     final var isRedis = false
-    /// How long a request waits for its one server's connect on a pool without `timeout`
-    /// (`ClientConnection.waitsForServer`), and what the connect backoff follows there.
+    /// How long a request waits for its one server's connect on a pool without `timeout` or
+    /// `server_wait` (`ClientConnection.waitsForServer`).
     static let serverWaitWithoutTimeout = 1.5
     final var timeoutSeconds: Double?
+    /// How long a request waits for its one server's connect (`server_wait`, else `timeout`,
+    /// else 1.5 s), and what the connect backoff's ceiling follows.
+    final var serverWaitSeconds = BackendPool.serverWaitWithoutTimeout
     /// `client_output_limit`, shared with the pool's clients (`ReplyOwner.outputLimit`).
     final let outputLimit = OutputLimit()
     final var clientOutputLimit: Int { outputLimit.bytes }

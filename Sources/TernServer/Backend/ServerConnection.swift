@@ -990,11 +990,13 @@ final class ServerConnection {
     }
 
     /// The longest backoff: 2 s, or four fifths of the wait of a client whose server is down
-    /// (`ClientConnection.waitsForServer`: the pool's `timeout`, 1.5 s without one) if that is
-    /// shorter (at least 50 ms), so that every wait sees a connect tried, with time left for it
-    /// to complete, and a server that returned is reached within a wait.
+    /// (`ClientConnection.waitsForServer`: `server_wait`, else the pool's `timeout`, else 1.5 s)
+    /// if that is shorter (at least 50 ms), so that every wait sees a connect tried, with time
+    /// left for it to complete, and a server that returned is reached within a wait. A pool
+    /// whose requests do not wait (`server_wait: 0`) backs off to 2 s.
     private var backoffCeiling: Double {
-        min(2.0, max(0.05, 0.8 * (server.pool.timeoutSeconds ?? BackendPool.serverWaitWithoutTimeout)))
+        let wait = server.pool.serverWaitSeconds
+        return wait > 0 ? min(2.0, max(0.05, 0.8 * wait)) : 2.0
     }
 
     /// A connect failed: every connection of this worker to the server backs off (50 ms

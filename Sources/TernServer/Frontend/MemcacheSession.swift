@@ -50,8 +50,9 @@ extension ClientConnection {
     /// A pool whose one server's failure closes its clients (`close_on_server_failure`, the
     /// default for a one-server Redis pool): while the client's connection to the server is
     /// not connected (never opened, lost, backing off after refused connects), the next request
-    /// waits for Tern to connect, up to the pool's `timeout` (1.5 s without one). Tern connects,
-    /// and retries on its backoff (50 ms doubling to 2 s or `timeout`), for the waiting clients;
+    /// waits for Tern to connect, up to `server_wait` (the pool's `timeout` without one, 1.5 s
+    /// without either; `server_wait: 0` turns the wait off). Tern connects, and retries on its
+    /// backoff (50 ms doubling to four fifths of the wait, 2 s at most), for the waiting clients;
     /// once connected, they go on; past the wait, the client is closed, as a refused connect
     /// would end it. (The default wait stays under common client read timeouts: a client that
     /// times out reading raises a timeout, which RQ's pubsub thread, for one, does not survive,
@@ -70,7 +71,7 @@ extension ClientConnection {
         }
         let now = worker.now
         if waitForServerSince == 0 { waitForServerSince = now }
-        let deadline = waitForServerSince + (pool.timeoutSeconds ?? BackendPool.serverWaitWithoutTimeout)
+        let deadline = waitForServerSince + pool.serverWaitSeconds
         guard now < deadline else {
             // Waited long enough: the client ends, as a refused connect would end it.
             clearWaitForServer()

@@ -114,7 +114,7 @@ final class PoolRuntime: BackendPool {
         let config = plan.config
         isRedis = config.protocolKind == .redis
         isRandom = config.distribution == .random
-        waitsForItsServer = config.closesClientsOnServerFailure && config.distribution != .redisCluster
+        waitsForItsServer = config.closesClientsOnServerFailure && config.distribution != .redisCluster && config.serverWaitMilliseconds != 0
         isCluster = config.distribution == .redisCluster
         clusterMapMissing = isCluster && config.slotServers.isEmpty
         readsFromReplicas = isCluster && config.readFrom != .master
@@ -132,6 +132,7 @@ final class PoolRuntime: BackendPool {
             }
         }
         timeoutSeconds = config.timeoutMilliseconds.map { Double($0) / 1000 }
+        serverWaitSeconds = config.serverWaitMilliseconds.map { Double($0) / 1000 } ?? timeoutSeconds ?? BackendPool.serverWaitWithoutTimeout
         outputLimit.bytes = config.clientOutputLimit
         if plan.listenDescriptor >= 0 || plan.warmup != nil {
             // A pool clients reach (an old pool gets its settings from `adoptObservers`).
