@@ -129,6 +129,20 @@ public struct RedisCommand: Sendable {
         }
     }
 
+    /// PUBLISH and SPUBLISH: their "key" in the table is the channel, which places them on a
+    /// server; Redis names no key arguments for them (COMMAND GETKEYS).
+    public var routesByChannel: Bool { isNamed("publish") || isNamed("spublish") }
+
+    /// The legacy first/last/step triple COMMAND INFO gives for the command's key positions
+    /// when its keys are a plain range (Redis 7.0's: PUBLISH 0,0,0, as it has no key spec;
+    /// SPUBLISH, SSUBSCRIBE and SUNSUBSCRIBE count their shard channels, which Tern places by
+    /// the client's pub/sub logic instead).
+    public var presentedKeyRange: (first: Int, last: Int, step: Int)? {
+        if isNamed("publish") { return (0, 0, 0) }
+        if isNamed("ssubscribe") || isNamed("sunsubscribe") { return (1, -1, 1) }
+        return nil
+    }
+
     public func acceptsArgumentCount(_ count: Int) -> Bool {
         arity >= 0 ? count == arity : count >= -arity
     }
@@ -540,6 +554,8 @@ public enum RedisKeyPositions {
               command.routing != .unsupported else { return .failure(.invalidCommand) }
         if command.keys == .none, !command.storeKeywords { return .failure(.noKeys) }
         guard command.acceptsArgumentCount(arguments.count - 2) else { return .failure(.invalidArgumentCount) }
+        // PUBLISH and SPUBLISH are placed by their channel, which Redis does not count as a key.
+        if command.routesByChannel { return .failure(.noKeys) }
         let inner = arguments.dropping(first: 2)
         var keys: [Int] = []
         guard forEachKey(command, inner, in: frame, { keys.append($0 + 2) }) else { return .failure(.invalidArguments) }

@@ -218,6 +218,37 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "GET"), "-ERR Invalid number of arguments specified for command\r\n")
         XCTAssertEqual(try c.call("COMMAND", "GETKEYS", "ZUNIONSTORE", "d", "5", "a"), "-ERR Invalid arguments specified for command\r\n")
         XCTAssertEqual(try backends[0].call("COMMAND", "GETKEYS", "ZUNIONSTORE", "{z}d", "2", "{z}a", "{z}b"), "*3\r\n$4\r\n{z}d\r\n$4\r\n{z}a\r\n$4\r\n{z}b\r\n", "as Redis answers")
+        // Channels are not keys to Redis (Tern places PUBLISH by its channel): GETKEYS names
+        // none, and COMMAND INFO gives every command's arity and key triple as the server does
+        // (PUBLISH said 1,1,1 and SSUBSCRIBE 0,0,0), but ZRANK's and ZREVRANK's arity, which is
+        // 7.2's (WITHSCORE) where this server is 7.0; and its flags and categories (every
+        // command was write or readonly: MULTI and PUBLISH readonly, EVAL write, OBJECT
+        // movablekeys).
+        for command in [["PUBLISH", "ch", "m"], ["SPUBLISH", "ch", "m"], ["SSUBSCRIBE", "a", "b"], ["SUBSCRIBE", "a"]] {
+            XCTAssertEqual(try c.call(["COMMAND", "GETKEYS"] + command), try TestClient(port: backends[0].port).call(["COMMAND", "GETKEYS"] + command), command[0])
+        }
+        try python("""
+        import socket
+        def command_table(port):
+            s = socket.create_connection(("127.0.0.1", port)); f = s.makefile("rb")
+            s.sendall(b"*1\\r\\n$7\\r\\nCOMMAND\\r\\n")
+            def read():
+                line = f.readline(); kind, rest = line[:1], line[1:-2]
+                if kind == b"*": return [read() for _ in range(int(rest))]
+                if kind == b"$": return f.read(int(rest) + 2)[:-2]
+                if kind == b":": return int(rest)
+                return rest
+            table = read(); s.close()
+            return {entry[0].decode(): (entry[1], entry[3], entry[4], entry[5], sorted(entry[2]), sorted(entry[6])) for entry in table}
+        tern, server = command_table(\(tern.port)), command_table(\(backends[0].port))
+        assert len(tern) > 200, len(tern)
+        differ = {name: (server[name], tern[name]) for name in tern if name in server and server[name] != tern[name]}
+        assert set(differ) == {"zrank", "zrevrank"}, differ
+        assert all(server[name][1:] == tern[name][1:] for name in ("zrank", "zrevrank")), differ
+        assert tern["publish"][:4] == (3, 0, 0, 0) and tern["ssubscribe"][:4] == (-2, 1, -1, 1), (tern["publish"], tern["ssubscribe"])
+        assert tern["get"][4] == [b"fast", b"readonly"] and tern["multi"][4] == [b"allow_busy", b"fast", b"loading", b"noscript", b"stale"], tern["multi"]
+        assert tern["client"][4:] == ([], [b"@slow"]), tern["client"]
+        """)
         XCTAssertEqual(try c.call("CLIENT", "NO-EVICT", "on"), "-ERR unsupported command 'client no-evict'\r\n")
         // TIME from one server; FUNCTION LOAD on every server, so FCALL finds it wherever its
         // key lives.

@@ -338,15 +338,20 @@ extension ClientConnection {
             flags.append("movablekeys")
         default: flags.append("movablekeys")
         }
+        if let presented = command.presentedKeyRange { (first, last, step) = presented }
+        // Redis 7.0's own flags, and a container's own categories, where recorded (every
+        // command Tern serves: RedisProxyTests checks); the derivation above otherwise.
+        let presented = RedisCommandPresentation.byCommand[command.name]
+        if let presented { flags = presented.flags }
         reply.appendArrayHeader(flags.count)
         for flag in flags { reply.append("+\(flag)\r\n") }
         reply.appendInteger(first)
         reply.appendInteger(last)
         reply.appendInteger(step)
         // ACL categories, as Redis 7 lists them (from the command table).
-        let categories = RedisCategories.names.filter { command.categories.contains($0.1) }
+        let categories = presented?.categories ?? RedisCategories.names.filter { command.categories.contains($0.1) }.map { "@" + $0.0 }
         reply.appendArrayHeader(categories.count)
-        for (name, _) in categories { reply.append("+@\(name)\r\n") }
+        for name in categories { reply.append("+\(name)\r\n") }
         for _ in 0..<3 { reply.appendArrayHeader(0) }
     }
 
