@@ -744,14 +744,17 @@ final class RedisProxyTests: XCTestCase {
     /// failure. A pool with `timeout: 300` and `server_wait: 4000` answers requests sent during
     /// a 1 s restart (its timeout alone closes them within 0.8 s: the test above), and still
     /// closes them past the 4 s; `server_wait: 0` turns the wait off: a request for a server
-    /// that is down closes its client at once (PING, which Tern answers, is answered).
+    /// that is down closes its client at once (PING, which Tern answers, is answered). A server
+    /// back after a wait's last retry is still reached within the wait.
     func testServerWaitSetsTheWaitApartFromTheTimeout() throws {
         let backend = try group.redis()
-        let port = ProcessGroup.freePort(), off = ProcessGroup.freePort()
+        let port = ProcessGroup.freePort(), off = ProcessGroup.freePort(), plain = ProcessGroup.freePort()
         let text = "long:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 300\n  server_wait: 4000\n  servers:\n   - \(backend.address):1\n"
             + "off:\n  listen: 127.0.0.1:\(off)\n  redis: true\n  server_wait: 0\n  servers:\n   - \(backend.address):1\n"
+            + "plain:\n  listen: 127.0.0.1:\(plain)\n  redis: true\n  servers:\n   - \(backend.address):1\n"
         try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
         try group.waitForPort(off)
+        try group.waitForPort(plain)
         XCTAssertEqual(try TestClient(port: port).call("SET", "n", "1"), "+OK\r\n")
         XCTAssertEqual(try TestClient(port: off).call("GET", "n"), "$1\r\n1\r\n")
         backend.kill()
@@ -778,6 +781,18 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(closed.bytes, [])
         XCTAssertGreaterThan(Date().timeIntervalSince(asked), 3.8, "waited server_wait")
         XCTAssertLessThan(Date().timeIntervalSince(asked), 5)
+        // The retries double from 50 ms, so the last one inside the default 1.5 s wait comes
+        // 0.75 s in: a server back 1 s after the request was not tried again, and the client
+        // was closed at 1.5 s (a re-check found node-redis losing every command of a 1 s
+        // restart). A connect in the wait's last tenth reaches it. (This pool has not connected
+        // yet: its first attempt is the request's.)
+        let lastChance = try TestClient(port: plain)
+        let sent = Date()
+        try lastChance.send(TestClient.encode(["INCR", "late"]))
+        usleep(1_000_000)
+        _ = try group.redis(port: backend.port)
+        XCTAssertEqual(String(decoding: try lastChance.receiveReplies(1), as: UTF8.self), ":1\r\n", "answered within the wait, not closed")
+        XCTAssertLessThan(Date().timeIntervalSince(sent), 1.6)
     }
 
     /// Connections opened for one client (a blocking command, a WATCH, a subscription) back off

@@ -115,6 +115,9 @@ class BackendServer {
     final var connectFailures = 0
     final var connectRetryAfter: Double = 0
     final var connectError = ""
+    /// When this worker last began a connect to the server (a waiting client's last-chance
+    /// connect is skipped if one was begun just before: `connectBeforeWaitEnds`).
+    final var lastConnectAt: Double = 0
 
     init(pool: BackendPool, index: Int, address: SocketAddress, name: String, isReplica: Bool, counters: ServerCounters) {
         self.pool = pool

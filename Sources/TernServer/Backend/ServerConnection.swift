@@ -383,6 +383,12 @@ final class ServerConnection {
             worker.markDirty(self)
             return
         }
+        beginConnect()
+    }
+
+    /// Opens the socket and starts the connect (`connectIfNeeded` once the backoff allows it,
+    /// `connectBeforeWaitEnds` inside it).
+    private func beginConnect() {
         if server.address.family == AF_UNSPEC {
             // A Sentinel master whose address no sentinel has given yet: fail at once.
             lastError = "master address not known yet (no sentinel has named it)"
@@ -400,6 +406,7 @@ final class ServerConnection {
             Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY)
             if server.pool.config.tcpKeepalive { Syscall.setOption(fd, SOL_SOCKET, SO_KEEPALIVE) }
         }
+        server.lastConnectAt = worker.now
         let result = server.address.withSockaddr { Glibc.connect(fd, $0, $1) }
         descriptor = fd
         generation += 1
@@ -1049,6 +1056,17 @@ final class ServerConnection {
     /// A connect attempt without a request, once the backoff is over (a waiting client's).
     func connectWhenDue() {
         if state == .disconnected, !isBackingOff { connectIfNeeded() }
+    }
+
+    /// A waiting client's last chance before its wait ends (`ClientConnection.waitsForServer`):
+    /// a connect now, inside the backoff too, unless one was begun on this worker in the last
+    /// `window` seconds. Without it, a server that returned after the last retry of a wait
+    /// (the retries double, so the last one can come half the wait before its end) was not
+    /// tried again before the wait closed the client (found by a re-check with node-redis: a
+    /// 1 s restart lost every command sent during it on a 1.5 s wait).
+    func connectBeforeWaitEnds(window: Double) {
+        guard state == .disconnected, worker.now - server.lastConnectAt >= window else { return }
+        beginConnect()
     }
 
     /// Closes the connection and fails what is on it with `reason`, without counting a server

@@ -52,7 +52,8 @@ extension ClientConnection {
     /// not connected (never opened, lost, backing off after refused connects), the next request
     /// waits for Tern to connect, up to `server_wait` (the pool's `timeout` without one, 1.5 s
     /// without either; `server_wait: 0` turns the wait off). Tern connects, and retries on its
-    /// backoff (50 ms doubling to four fifths of the wait, 2 s at most), for the waiting clients;
+    /// backoff (50 ms doubling to four fifths of the wait, 2 s at most) and once more in the
+    /// wait's last tenth (100 ms at most), for the waiting clients;
     /// once connected, they go on; past the wait, the client is closed, as a refused connect
     /// would end it. (The default wait stays under common client read timeouts: a client that
     /// times out reading raises a timeout, which RQ's pubsub thread, for one, does not survive,
@@ -71,7 +72,8 @@ extension ClientConnection {
         }
         let now = worker.now
         if waitForServerSince == 0 { waitForServerSince = now }
-        let deadline = waitForServerSince + pool.serverWaitSeconds
+        let wait = pool.serverWaitSeconds
+        let deadline = waitForServerSince + wait
         guard now < deadline else {
             // Waited long enough: the client ends, as a refused connect would end it.
             clearWaitForServer()
@@ -80,9 +82,15 @@ extension ClientConnection {
         }
         guard !isWaitingForServer else { return true }
         // A connect now if the backoff is over (its result wakes the waiting clients), and a
-        // look again when the backoff ends, or at the deadline. A wall clock stepped back
-        // (ev_now is wall-clock time) cannot stretch the backoff past its 2 s.
-        pool.withConnection(toServer: 0, client: index) { $0.connectWhenDue() }
+        // look again when the backoff ends, or at the deadline. In the wait's last tenth (100
+        // ms at most) a connect is made inside the backoff too, unless one was begun that
+        // recently: the last retry can come half the wait before its end. A wall clock stepped
+        // back (ev_now is wall-clock time) cannot stretch the backoff past its 2 s.
+        let lastTry = min(0.1, wait / 10)
+        pool.withConnection(toServer: 0, client: index) { connection in
+            connection.connectWhenDue()
+            if now >= deadline - lastTry { connection.connectBeforeWaitEnds(window: lastTry) }
+        }
         guard !isClosed else { return true }
         guard pool.withConnection(toServer: 0, client: index, { $0.isNotReady }) else {
             // Connected at once (or the address is not known: a Sentinel master no sentinel
@@ -92,8 +100,10 @@ extension ClientConnection {
         }
         // (A connect in flight has no backoff: its result wakes the client, 2 s at the latest.)
         let retry = min(pool.withConnection(toServer: 0, client: index) { $0.backoffEnd }, now + 2)
-        waitForServerWake = min(retry > now ? retry : now + 2, deadline)
-        worker.wake(self, at: waitForServerWake)
+        var wake = min(retry > now ? retry : now + 2, deadline)
+        if now < deadline - lastTry { wake = min(wake, deadline - lastTry) }
+        waitForServerWake = wake
+        worker.wake(self, at: wake)
         return true
     }
 
