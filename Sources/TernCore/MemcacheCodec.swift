@@ -122,7 +122,8 @@ public enum MemcacheRejection: Sendable, Equatable {
         switch self {
         case .unknownCommand: return "ERROR\r\n"
         case .badFormat: return "CLIENT_ERROR bad command line format\r\n"
-        case .keyTooLong: return "CLIENT_ERROR key too long (max 250 bytes)\r\n"
+        // memcached's own text for a key over 250 bytes, on every command.
+        case .keyTooLong: return "CLIENT_ERROR bad command line format\r\n"
         case .badKeyCharacter: return "CLIENT_ERROR key contains control characters\r\n"
         case .objectTooLarge: return "SERVER_ERROR object too large for cache\r\n"
         case .badDataChunk: return "CLIENT_ERROR bad data chunk\r\n"

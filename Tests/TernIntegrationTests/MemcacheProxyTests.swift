@@ -122,10 +122,12 @@ final class MemcacheProxyTests: XCTestCase {
     /// with a NUL byte is framed by its tokens before the NUL, as memcached reads it (Tern
     /// waited for the 3600-byte block the `replace` line declares after it; found by the
     /// differential fuzzer), and a data length past INT_MAX - 2 is a bad line whose block is not
-    /// read (Tern waited for 2 GiB) while `+1` and `-0` are lengths, as memcached reads them. An
-    /// innocent client is answered meanwhile.
+    /// read (Tern waited for 2 GiB) while `+1` and `-0` are lengths, as memcached reads them, and
+    /// a key over 250 bytes is memcached's `bad command line format` (Tern said `key too long
+    /// (max 250 bytes)`). An innocent client is answered meanwhile.
     func testRefusalsAnswerAsMemcachedDoes() throws {
         let direct = try group.memcached()
+        let long = String(repeating: "k", count: 251)
         let tern = try startTern([try group.memcached(), try group.memcached()])
         let cases = ["get", "gets", "gat", "gats", "gat 10", "gats 1", "gat abc k", "incr", "incr k", "incr k -1", "incr k abc",
                      "decr k 1x", "incr k 1 noreply extra", "incr k abc noreply", "touch k", "touch k abc", "touch k abc noreply",
@@ -143,6 +145,7 @@ final class MemcacheProxyTests: XCTestCase {
                      "get k", "set k 0 0 00000000000000000000002\r\nhi", "set k 0 0 2\t\r\nhi", "set k -0 0 1\r\nx", "verbosity -0", "get k",
                      "delete k bogus", "get k", "incr k noreply", "touch k noreply", "set k 0 0 noreply", "cas k 0 0 1 noreply",
                      "set k 0 0 noreply\r\nx", "delete noreply", "get k"]
+            + ["delete \(long)", "incr \(long) 1", "touch \(long) 1", "mg \(long) v", "md \(long)", "ma \(long)", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
         var answers: [String] = []
         let innocent = try TestClient(port: tern.port)
@@ -162,6 +165,12 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(answers[1], answers[0], "Tern, then memcached")
         XCTAssertTrue(answers[0].hasPrefix("ERROR\r\nERROR\r\nERROR\r\nERROR\r\nEND\r\nEND\r\nCLIENT_ERROR invalid exptime argument\r\n"), answers[0])
         XCTAssertEqual(try innocent.request("get innocent\r\n", until: "END\r\n"), "VALUE innocent 0 2\r\nok\r\nEND\r\n")
+        // `get`/`gat` with a key over 250 bytes, alone (in a pipeline memcached 1.6 also drops
+        // the replies it has not yet sent for the requests before it; Tern answers those).
+        for request in ["get \(long)\r\n", "get a \(long)\r\n", "gat 1 \(long)\r\n"] {
+            let replies = try [direct.port, tern.port].map { try TestClient(port: $0).request(request, until: "\r\n") }
+            XCTAssertEqual(replies[1], replies[0], request)
+        }
     }
 
     /// Numbers and `noreply` as memcached 1.6 reads them, through real clients and raw bytes,
@@ -372,7 +381,7 @@ final class MemcacheProxyTests: XCTestCase {
         // After a bad data chunk the rest of the block ("\r\n") reads as an empty command, as in memcached.
         let reply = try client.request("get \(longKey)\r\nset a\u{01} 0 0 1\r\nx\r\nset a 0 0 zz\r\nbogus command\r\nset a 0 0 2\r\nabcd\r\nget safe\r\n", until: "END\r\n")
         XCTAssertEqual(reply, """
-        CLIENT_ERROR key too long (max 250 bytes)\r
+        CLIENT_ERROR bad command line format\r
         CLIENT_ERROR key contains control characters\r
         CLIENT_ERROR bad command line format\r
         ERROR\r
