@@ -774,13 +774,13 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(started), 3)
         restarted.kill()
         let impatient = try TestClient(port: port)
-        let asked = Date()
+        let impatientAsked = Date()
         try impatient.send(TestClient.encode(["GET", "n"]))
         let closed = impatient.drain(for: 7)
         XCTAssertTrue(closed.closed)
         XCTAssertEqual(closed.bytes, [])
-        XCTAssertGreaterThan(Date().timeIntervalSince(asked), 3.8, "waited server_wait")
-        XCTAssertLessThan(Date().timeIntervalSince(asked), 5)
+        XCTAssertGreaterThan(Date().timeIntervalSince(impatientAsked), 3.8, "waited server_wait")
+        XCTAssertLessThan(Date().timeIntervalSince(impatientAsked), 5)
         // The retries double from 50 ms, so the last one inside the default 1.5 s wait comes
         // 0.75 s in: a server back 1 s after the request was not tried again, and the client
         // was closed at 1.5 s (a re-check found node-redis losing every command of a 1 s
@@ -790,9 +790,23 @@ final class RedisProxyTests: XCTestCase {
         let sent = Date()
         try lastChance.send(TestClient.encode(["INCR", "late"]))
         usleep(1_000_000)
-        _ = try group.redis(port: backend.port)
+        let backInTime = try group.redis(port: backend.port)
         XCTAssertEqual(String(decoding: try lastChance.receiveReplies(1), as: UTF8.self), ":1\r\n", "answered within the wait, not closed")
         XCTAssertLessThan(Date().timeIntervalSince(sent), 1.6)
+        // A last chance that fails does not push the next retry back: with the server back
+        // just after it (1.40 s into the wait) and the request closed at 1.5 s, the next
+        // request is answered at the retry that was due (1.55 s), not a whole backoff step
+        // after the last chance (about 1.1 s later; the re-check's F1).
+        backInTime.kill()
+        let closedAtTheEnd = try TestClient(port: plain)
+        let asked = Date()
+        try closedAtTheEnd.send(TestClient.encode(["GET", "late"]))
+        usleep(1_410_000)
+        _ = try group.redis(port: backend.port)
+        _ = closedAtTheEnd.drain(for: 1)
+        let next = Date()
+        XCTAssertEqual(try TestClient(port: plain).call("GET", "late"), "$-1\r\n")
+        XCTAssertLessThan(Date().timeIntervalSince(next), 0.5, "the retry that was due, \(next.timeIntervalSince(asked)) s after the first request")
     }
 
     /// Connections opened for one client (a blocking command, a WATCH, a subscription) back off
