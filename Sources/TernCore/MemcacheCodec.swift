@@ -128,7 +128,7 @@ public enum MemcacheRejection: Sendable, Equatable {
         case .objectTooLarge: return "SERVER_ERROR object too large for cache\r\n"
         case .badDataChunk: return "CLIENT_ERROR bad data chunk\r\n"
         case .lineTooLong: return "CLIENT_ERROR line too long\r\n"
-        case .tooManyFlags: return "CLIENT_ERROR options flags are too long\r\n"
+        case .tooManyFlags: return "CLIENT_ERROR options flags too long\r\n"
         case .invalidDelta: return "CLIENT_ERROR invalid numeric delta argument\r\n"
         case .invalidExptime: return "CLIENT_ERROR invalid exptime argument\r\n"
         case .deleteUsage: return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
