@@ -386,6 +386,16 @@ final class ServerConnection {
         beginConnect()
     }
 
+    /// The connect (and TLS handshake) completed: the server's connect backoff ends, and the
+    /// clients waiting for it look again.
+    private func didConnect() {
+        server.connectSucceeded()
+        retryBeforeLastChance = 0
+        state = .connected
+        counters.serverConnections.add()
+        worker.serverConnectSettled()
+    }
+
     /// Opens the socket and starts the connect (`connectIfNeeded` once the backoff allows it,
     /// `connectBeforeWaitEnds` inside it).
     private func beginConnect() {
@@ -420,11 +430,7 @@ final class ServerConnection {
                 state = .handshaking
             } else {
                 // (With TLS the connect succeeds once the handshake does.)
-                server.connectSucceeded()
-                retryBeforeLastChance = 0
-                state = .connected
-                counters.serverConnections.add()
-                worker.serverConnectSettled()
+                didConnect()
             }
         } else if errno == EINPROGRESS || errno == EAGAIN {
             state = .connecting
@@ -457,11 +463,7 @@ final class ServerConnection {
             if server.pool.plan.serverTLS != nil {
                 state = .handshaking
             } else {
-                server.connectSucceeded()
-                retryBeforeLastChance = 0
-                state = .connected
-                counters.serverConnections.add()
-                worker.serverConnectSettled()
+                didConnect()
                 watcher?.watch(TERN_EV_READ)
                 if outputCount > sentBytes { worker.markDirty(self) }
             }
@@ -493,11 +495,7 @@ final class ServerConnection {
         }
         switch tls!.handshake() {
         case .done:
-            server.connectSucceeded()
-            retryBeforeLastChance = 0
-            state = .connected
-            counters.serverConnections.add()
-            worker.serverConnectSettled()
+            didConnect()
             watcher?.watch(TERN_EV_READ)
             if outputCount > sentBytes { worker.markDirty(self) }
             // Replies cannot precede requests, but TLS 1.3 tickets may already be buffered.
@@ -1014,6 +1012,7 @@ final class ServerConnection {
     private func noteConnectFailure(_ reason: String) {
         server.connectFailures += 1
         server.connectRetryAfter = worker.now + min(backoffCeiling, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))
+        if retryBeforeLastChance > worker.now { server.connectRetryAfter = min(server.connectRetryAfter, retryBeforeLastChance) }
         server.connectError = reason
         worker.serverConnectSettled()
     }
@@ -1042,11 +1041,7 @@ final class ServerConnection {
         if server.pool.isCluster, wasConnected || hadRequests { server.pool.plan.shared.cluster.requestRefresh() }
         // The same for a Sentinel pool's master: the sentinels may have named another.
         if server.pool.isSentinel, wasConnected || hadRequests { server.pool.plan.shared.sentinel.requestRefresh() }
-        if retryBeforeLastChance > worker.now {
-            server.connectRetryAfter = min(server.connectRetryAfter, retryBeforeLastChance)
-            retryAfter = min(retryAfter, retryBeforeLastChance)
-        }
-        retryBeforeLastChance = 0
+        if retryBeforeLastChance > worker.now { retryAfter = min(retryAfter, retryBeforeLastChance) }
         close(failing: reason, serverFailure: true)
     }
 
@@ -1073,14 +1068,16 @@ final class ServerConnection {
     /// tried again before the wait closed the client (found by a re-check with node-redis: a
     /// 1 s restart lost every command sent during it on a 1.5 s wait).
     func connectBeforeWaitEnds(window: Double) {
-        guard state == .disconnected, worker.now - server.lastConnectAt >= window else { return }
+        // (A wall clock stepped back does not hold the last chance off: ev_now is wall time.)
+        guard state == .disconnected, pendingError == 0, !(0..<window).contains(worker.now - server.lastConnectAt) else { return }
         retryBeforeLastChance = backoffEnd
         beginConnect()
     }
 
     /// When the retry was due that a last-chance connect (`connectBeforeWaitEnds`) came ahead
-    /// of, while that connect is open or in flight; 0 otherwise. If it fails, the backoff keeps
-    /// that time: a refusal counted as a new failure put the next retry a whole backoff step
+    /// of, while that connect is in flight; 0 otherwise (cleared by a success and by every
+    /// close). If it fails (`noteConnectFailure` for the server, `fail` for the connection),
+    /// the backoff keeps that time: a refusal counted as a new failure put the next retry a whole backoff step
     /// (1.2 s by default) after the last chance, so a server back just after it was reached
     /// about 1.1 s later than without it (the re-check's F1).
     private var retryBeforeLastChance: Double = 0
@@ -1125,6 +1122,7 @@ final class ServerConnection {
     private func close(failing reason: String = "backend connection closed", serverFailure: Bool = false) {
         stopTimer()
         pendingError = 0
+        retryBeforeLastChance = 0
         if state == .connected { counters.serverConnections.add(-1) }
         counters.inQueue.add(-pending.count)
         counters.inQueueBytes.add(-pendingBytes)

@@ -89,7 +89,9 @@ extension ClientConnection {
         let lastTry = min(0.1, wait / 10)
         pool.withConnection(toServer: 0, client: index) { connection in
             connection.connectWhenDue()
-            if now >= deadline - lastTry { connection.connectBeforeWaitEnds(window: lastTry) }
+            // At most one every 50 ms per worker (the backoff's first step), however many
+            // clients wait and however short the wait.
+            if now >= deadline - lastTry { connection.connectBeforeWaitEnds(window: max(0.05, lastTry)) }
         }
         guard !isClosed else { return true }
         guard pool.withConnection(toServer: 0, client: index, { $0.isNotReady }) else {

@@ -278,6 +278,10 @@ final class PoolRuntime: BackendPool {
         }
         if listenChanged { startListening() }
         if moved { placementGeneration &+= 1 }
+        // Clients waiting for a server's connect (`ClientConnection.waitsForServer`) look again
+        // now, not at their next wake (up to 2 s away): a new address (a Sentinel failover, a
+        // reload) is tried at once, and a wait the reload turned off or shortened ends at once.
+        worker.serverConnectSettled()
         return moved
     }
 
