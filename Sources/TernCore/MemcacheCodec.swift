@@ -112,6 +112,8 @@ public enum MemcacheRejection: Sendable, Equatable {
     case badDataChunk
     case lineTooLong
     case tooManyFlags
+    /// `mg`'s text for the same refusal differs from `ms`, `md` and `ma`'s in memcached 1.6.
+    case tooManyGetFlags
     case invalidDelta
     case invalidExptime
     case deleteUsage
@@ -129,6 +131,7 @@ public enum MemcacheRejection: Sendable, Equatable {
         case .badDataChunk: return "CLIENT_ERROR bad data chunk\r\n"
         case .lineTooLong: return "CLIENT_ERROR line too long\r\n"
         case .tooManyFlags: return "CLIENT_ERROR options flags too long\r\n"
+        case .tooManyGetFlags: return "CLIENT_ERROR options flags are too long\r\n"
         case .invalidDelta: return "CLIENT_ERROR invalid numeric delta argument\r\n"
         case .invalidExptime: return "CLIENT_ERROR invalid exptime argument\r\n"
         case .deleteUsage: return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
@@ -673,22 +676,24 @@ extension MemcacheRequestParser {
         // memcached 1.6 refuses a meta command line of more than 19 tokens (command, key, the
         // data length of `ms`, flags) before it reads an `ms` data block, which would then run
         // as a command: 16 flags for ms, 17 for mg, md and ma. Checked here, never forwarded.
+        // The key token's own length counts, base64 or not: memcached checks it before decoding,
+        // and before counting the flags.
+        if key.count > limits.maxKeyLength {
+            return .rejected(.keyTooLong, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
+        }
         let maxFlags = command == .metaSet ? 16 : command == .metaDebug ? Int.max : 17
         var flagCount = 0
         while let flag = nextToken() {
             flagCount += 1
             guard flagCount <= maxFlags else {
-                return .rejected(.tooManyFlags, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
+                return .rejected(command == .metaGet ? .tooManyGetFlags : .tooManyFlags, consume: lineLength,
+                                 skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
             }
             switch bytes[flag.lowerBound] {
             case UInt8(ascii: "q"): request.isQuiet = true
             case UInt8(ascii: "b"): request.isBase64Key = true
             default: break
             }
-        }
-        // The key token's own length counts, base64 or not: memcached checks it before decoding.
-        if key.count > limits.maxKeyLength {
-            return .rejected(.keyTooLong, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
         }
         if request.isBase64Key {
             guard let decodedLength = Base64.decodedLength(UnsafeRawBufferPointer(rebasing: bytes[key])),

@@ -552,10 +552,9 @@ public enum RedisKeyPositions {
     public static func getKeys(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> Result<[Int], GetKeysError> {
         guard arguments.count > 2, let command = arguments.withArgument(2, in: frame, { RedisCommandTable.lookup($0) }),
               command.routing != .unsupported else { return .failure(.invalidCommand) }
-        if command.keys == .none, !command.storeKeywords { return .failure(.noKeys) }
-        guard command.acceptsArgumentCount(arguments.count - 2) else { return .failure(.invalidArgumentCount) }
         // PUBLISH and SPUBLISH are placed by their channel, which Redis does not count as a key.
-        if command.routesByChannel { return .failure(.noKeys) }
+        if command.keys == .none && !command.storeKeywords || command.routesByChannel { return .failure(.noKeys) }
+        guard command.acceptsArgumentCount(arguments.count - 2) else { return .failure(.invalidArgumentCount) }
         let inner = arguments.dropping(first: 2)
         var keys: [Int] = []
         guard forEachKey(command, inner, in: frame, { keys.append($0 + 2) }) else { return .failure(.invalidArguments) }

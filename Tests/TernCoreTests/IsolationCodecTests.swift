@@ -78,7 +78,7 @@ final class IsolationCodecTests: XCTestCase {
         guard case .request = memcache("ms k 2 \(flags16)\r\nok\r\n") else { return XCTFail("16 flags are fine for ms") }
         XCTAssertEqual(memcache("ms k 2 \(flags17)\r\nok\r\n"), .rejected(.tooManyFlags, consume: "ms k 2 \(flags17)\r\n".utf8.count, skip: 4, close: false))
         guard case .request = memcache("mg k \(flags17)\r\n") else { return XCTFail("17 flags are fine for mg") }
-        XCTAssertEqual(memcache("mg k \(flags17) v\r\n"), .rejected(.tooManyFlags, consume: "mg k \(flags17) v\r\n".utf8.count, skip: 0, close: false))
+        XCTAssertEqual(memcache("mg k \(flags17) v\r\n"), .rejected(.tooManyGetFlags, consume: "mg k \(flags17) v\r\n".utf8.count, skip: 0, close: false))
         XCTAssertEqual(memcache("md k \(flags17) q\r\n"), .rejected(.tooManyFlags, consume: "md k \(flags17) q\r\n".utf8.count, skip: 0, close: false))
         // memcached checks the key token's length before decoding base64.
         let encoded252 = String(repeating: "QUJD", count: 63)

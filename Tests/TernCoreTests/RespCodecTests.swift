@@ -237,6 +237,12 @@ final class RespCodecTests: XCTestCase {
         }
         XCTAssertEqual(Array("GEORADIUSBYMEMBER_RO".utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, "georadiusbymember_ro")
         XCTAssertEqual(Array("zUnIoNsToRe".utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, "zunionstore")
+        // COMMAND's flags are recorded for every command Tern serves, and only for those.
+        let served = Set(RedisCommandTable.commands.filter { $0.routing != .unsupported }.map(\.name))
+        XCTAssertEqual(Set(RedisCommandPresentation.byCommand.keys), served)
+        XCTAssertEqual(RedisCommandPresentation.byCommand["get"]?.flags, ["readonly", "fast"])
+        XCTAssertEqual(RedisCommandPresentation.byCommand["client"]?.categories, ["@slow"])
+        XCTAssertNil(RedisCommandPresentation.byCommand["set"]?.categories)
     }
 
     /// A command name's packed words, read with overlapping loads, against the same words

@@ -322,27 +322,18 @@ extension ClientConnection {
         reply.appendArrayHeader(10)
         reply.appendBulk(command.name)
         reply.appendInteger(command.arity)
-        var flags = [command.isWrite ? "write" : "readonly"]
         var first = 0, last = 0, step = 0
         switch command.keys {
-        case let .range(f, l, s):
-            (first, last, step) = (f, l, s)
-            if command.storeKeywords, !command.isNamed("sort_ro") { flags.append("movablekeys") }
-        case .none:
-            // Answered by Tern alone: fast. KEYS, SCAN, SCRIPT and FUNCTION reach the servers.
-            let reachesServers = command.isNamed("keys") || command.isNamed("scan") || command.isNamed("script") || command.isNamed("function")
-            if command.routing == .local, !reachesServers { flags = ["fast"] }
-        case let .counted(_, before):
-            // Redis's legacy triple names the key ahead of numkeys (ZUNIONSTORE's destination).
-            if before > 0 { (first, last, step) = (before, before, 1) }
-            flags.append("movablekeys")
-        default: flags.append("movablekeys")
+        case let .range(f, l, s): (first, last, step) = (f, l, s)
+        // Redis's legacy triple names the key ahead of numkeys (ZUNIONSTORE's destination).
+        case let .counted(_, before) where before > 0: (first, last, step) = (before, before, 1)
+        default: break
         }
         if let presented = command.presentedKeyRange { (first, last, step) = presented }
-        // Redis 7.0's own flags, and a container's own categories, where recorded (every
-        // command Tern serves: RedisProxyTests checks); the derivation above otherwise.
+        // Redis 7.0's own flags, and a container's own categories (every command Tern serves
+        // has an entry: RespCodecTests.testCommandTableIsConsistent checks).
         let presented = RedisCommandPresentation.byCommand[command.name]
-        if let presented { flags = presented.flags }
+        let flags = presented?.flags ?? []
         reply.appendArrayHeader(flags.count)
         for flag in flags { reply.append("+\(flag)\r\n") }
         reply.appendInteger(first)
