@@ -243,8 +243,10 @@ final class RedisProxyTests: XCTestCase {
         tern, server = command_table(\(tern.port)), command_table(\(backends[0].port))
         assert len(tern) > 200, len(tern)
         differ = {name: (server[name], tern[name]) for name in tern if name in server and server[name] != tern[name]}
-        assert set(differ) == {"zrank", "zrevrank"}, differ
-        assert all(server[name][1:] == tern[name][1:] for name in ("zrank", "zrevrank")), differ
+        # (The table is Redis 7.0's: another server version has other flags and arities.)
+        if redis.Redis(port=\(backends[0].port)).info("server")["redis_version"].startswith("7.0."):
+            assert set(differ) == {"zrank", "zrevrank"}, differ
+            assert all(server[name][1:] == tern[name][1:] for name in ("zrank", "zrevrank")), differ
         assert tern["publish"][:4] == (3, 0, 0, 0) and tern["ssubscribe"][:4] == (-2, 1, -1, 1), (tern["publish"], tern["ssubscribe"])
         assert tern["get"][4] == [b"fast", b"readonly"] and tern["multi"][4] == [b"allow_busy", b"fast", b"loading", b"noscript", b"stale"], tern["multi"]
         assert tern["client"][4:] == ([], [b"@slow"]), tern["client"]
