@@ -219,6 +219,25 @@ final class OperationsTests: XCTestCase {
             XCTAssertNotNil(Double(line.split(separator: " ").last ?? "x"), "unparsable line \(line)")
         }
         XCTAssertEqual(try http(adminPort, "/nope").0, 404)
+        // Requests sent to a server and not answered yet are nutcracker's `out_queue`, and
+        // `in_queue` holds those not yet sent (Tern had every request in flight in `in_queue`,
+        // and alerts on a growing `out_queue` never fired; found by a drop-in sweep): three
+        // gets to paused servers.
+        a.pause()
+        b.pause()
+        let waiting = try TestClient(port: port)
+        try waiting.send("get stat:1\r\nget stat:2\r\nget stat:3\r\n")
+        usleep(300_000)
+        let queued = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(TestClient(port: statsPort).drain(for: 2).bytes)) as? [String: Any])
+        let servers = try ["alpha", "beta"].map { try XCTUnwrap((queued["p"] as? [String: Any])?[$0] as? [String: Any]) }
+        func total(_ field: String) -> Int { servers.reduce(0) { $0 + ($1[field] as? Int ?? -100) } }
+        XCTAssertEqual(total("out_queue"), 3)
+        XCTAssertEqual(total("out_queue_bytes"), 3 * "get stat:1\r\n".utf8.count)
+        XCTAssertEqual(total("in_queue"), 0)
+        XCTAssertEqual(total("in_queue_bytes"), 0)
+        a.resume()
+        b.resume()
+        XCTAssertEqual(try waiting.receive(until: "END\r\n", occurrences: 3).count, 3 * "VALUE stat:1 0 1\r\nv\r\nEND\r\n".utf8.count)
     }
 
     /// Whichever worker's loop wakes first accepts a burst of connections; each client must

@@ -64,8 +64,13 @@ enum StatsReport {
                 out += "\"server_ejected_at\":\(perWorker.map { $0.serverEjectedAt.read() }.max() ?? 0),"
                 out += "\"requests\":\(add { $0.requests.read() }),\"request_bytes\":\(add { $0.requestBytes.read() }),"
                 out += "\"responses\":\(add { $0.responses.read() }),\"response_bytes\":\(add { $0.responseBytes.read() }),"
-                out += "\"in_queue\":\(add { $0.inQueue.read() }),\"in_queue_bytes\":\(add { $0.inQueueBytes.read() }),"
-                out += "\"out_queue\":\(add { $0.outQueue.read() }),\"out_queue_bytes\":\(add { $0.outQueueBytes.read() })}"
+                // nutcracker's meanings: `in_queue` holds the requests not yet sent to the server,
+                // `out_queue` those sent and not yet answered (Tern's counters: every request in
+                // flight, and the unsent part of them).
+                let inFlight = add { $0.inQueue.read() }, inFlightBytes = add { $0.inQueueBytes.read() }
+                let unsent = add { $0.outQueue.read() }, unsentBytes = add { $0.outQueueBytes.read() }
+                out += "\"in_queue\":\(unsent),\"in_queue_bytes\":\(unsentBytes),"
+                out += "\"out_queue\":\(max(0, inFlight - unsent)),\"out_queue_bytes\":\(max(0, inFlightBytes - unsentBytes))}"
             }
             if plan.config.warmup != nil {
                 for (name, value) in plan.shared.warmupCounters.report() { out += ",\(quoted(name)):\(value)" }
