@@ -149,14 +149,15 @@ enum ConfigSchema {
                   render: { pool, out in if pool.distribution == .redisCluster { out.value(pool.readFrom.rawValue) } }),
         ConfigKey(name: "timeout", scope: .pool, doc: "ms to wait for a backend reply; forever by default",
                   parse: { pool, node, key throws(ConfigError) in
-                      let value = try key.integer(node, -1...Int(Int32.max))
-                      pool.timeoutMilliseconds = value <= 0 ? nil : value
+                      // nutcracker takes any number (longer than 24 days is forever here).
+                      let value = try key.integer(node, -1...Int.max)
+                      pool.timeoutMilliseconds = value <= 0 ? nil : min(value, Int(Int32.max))
                   },
                   render: { pool, out in out.value(String(pool.timeoutMilliseconds ?? -1)) },
                   // A hanging old pool must not hang the new pool's reads: the new pool's
                   // timeout unless the warm-up sets one of its own.
                   inherit: ConfigKey.copying(\PoolConfig.timeoutMilliseconds)),
-        .integer("backlog", .poolOnly, \.backlog, 1...65535, doc: "listen backlog"),
+        .integer("backlog", .poolOnly, \.backlog, 0...Int(Int32.max), doc: "listen backlog (the kernel caps it at net.core.somaxconn)"),
         .boolean("preconnect", .pool, \.preconnect, doc: "connect to all servers at start"),
         ConfigKey(name: "redis_auth", scope: .pool, doc: "Redis password (secret)",
                   parse: { pool, node, key throws(ConfigError) in pool.redisAuth = try key.string(node) },
@@ -164,8 +165,8 @@ enum ConfigSchema {
         .integer("redis_db", .pool, \.redisDatabase, 0...Int(Int32.max), doc: "Redis database"),
         .integer("server_connections", .pool, \.serverConnections, 1...1024, doc: "connections per server per worker thread"),
         .boolean("auto_eject_hosts", .pool, \.autoEjectHosts, doc: "eject failing servers from the ring"),
-        .integer("server_retry_timeout", .pool, \.serverRetryTimeoutMilliseconds, 1...Int(Int32.max), doc: "ms before an ejected server is probed"),
-        .integer("server_failure_limit", .pool, \.serverFailureLimit, 1...Int(Int32.max), doc: "consecutive failures before ejection"),
+        .integer("server_retry_timeout", .pool, \.serverRetryTimeoutMilliseconds, 0...Int(Int32.max), doc: "ms before an ejected server is probed (0 as 1)"),
+        .integer("server_failure_limit", .pool, \.serverFailureLimit, 0...Int(Int32.max), doc: "consecutive failures before ejection (0 as 1)"),
         .boolean("tcpkeepalive", .pool, \.tcpKeepalive, doc: "SO_KEEPALIVE on backend connections"),
         .integer("client_connections", .poolOnly, \.clientConnections, 0...Int(Int32.max), doc: "most open client connections (0: no limit)"),
         .integer("max_item_size", .poolOnly, \.maxItemSize, 1...(1 << 30), doc: "largest memcached value accepted, bytes", inherited: true),

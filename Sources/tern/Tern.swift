@@ -13,6 +13,19 @@ struct Tern: ParsableCommand {
         abstract: "A memcached and Redis proxy, compatible with twemproxy's nutcracker.yml and flags."
     )
 
+    /// The long options that take a value (their values are not rewritten by `ShortOptions`).
+    static let longOptionsWithValues: Set<String> = [
+        "verbose", "output", "conf-file", "stats-port", "stats-addr", "stats-interval", "pid-file", "mbuf-size", "threads",
+        "max-threads", "active-threads", "activate-above", "activate-idle", "admin-port", "admin-addr", "shutdown-timeout",
+        "dns-refresh", "locate", "pool",
+    ]
+
+    /// nutcracker's command lines run unchanged: getopt's attached values and grouped flags
+    /// (`-v7`, `-c/etc/x.yml`, `-dt`) are separated before the arguments are parsed.
+    static func main() {
+        main(ShortOptions.expand(Array(CommandLine.arguments.dropFirst()), longOptionsWithValues: longOptionsWithValues))
+    }
+
     @Flag(name: [.customShort("V"), .customLong("version")], help: "Show the version and exit.")
     var showVersion = false
 
@@ -91,6 +104,9 @@ struct Tern: ParsableCommand {
     var locatePool: String?
 
     func validate() throws {
+        // (A port past 65535 was bound modulo 65536.)
+        if !(1...65535).contains(statsPort) { throw ValidationError("-s/--stats-port must be a port, 1 to 65535") }
+        if let adminPort, !(1...65535).contains(adminPort) { throw ValidationError("--admin-port must be a port, 1 to 65535") }
         if threads != nil, maxThreads != nil { throw ValidationError("--threads and --max-threads exclude each other (--threads N: N workers, all taking clients)") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let maxThreads, maxThreads < 1 { throw ValidationError("--max-threads must be at least 1") }
@@ -188,6 +204,9 @@ struct Tern: ParsableCommand {
             try server.prepare()
         } catch {
             logger.critical("\(error)")
+            // Not left behind naming a process that is gone (an init script would take a
+            // reused pid for Tern's).
+            if let pidFile { unlink(pidFile) }
             throw ExitCode(1)
         }
         let status = server.run()
@@ -239,6 +258,10 @@ struct Tern: ParsableCommand {
         if pid < 0 { throw ExitCode(1) }
         if pid > 0 { Glibc.exit(0) }
         setsid()
+        // As nutcracker's daemonize: a unix-socket listener without a mode in the config is
+        // then 0777, which clients running as other users (php-fpm as www-data) connect to.
+        // (The log file is already open; the pid file is written with an explicit 0644.)
+        umask(0)
         let devNull = open("/dev/null", O_RDWR)
         if devNull >= 0 {
             dup2(devNull, 0)

@@ -151,6 +151,20 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(error("p:\n  listen: /tmp/x.sock 999\n  servers:\n   - 127.0.0.1:2:1\n")!.message.contains("octal permission"))
     }
 
+    /// Values nutcracker 0.5.0 accepts load (Tern refused them, so a twemproxy file with them
+    /// did not start; found by a drop-in sweep): a backlog of 0 or past 65535 (the kernel caps
+    /// it), a retry timeout and a failure limit of 0 (as 1), a timeout past 2^31 ms (forever).
+    func testValuesNutcrackerAcceptsLoad() throws {
+        let text = "p:\n  listen: 127.0.0.1:1\n  backlog: 0\n  server_retry_timeout: 0\n  server_failure_limit: 0\n  timeout: 99999999999\n"
+            + "  servers:\n   - 127.0.0.1:2:1\nq:\n  listen: 127.0.0.1:3\n  backlog: 100000\n  servers:\n   - 127.0.0.1:2:1\n"
+        let config = try ConfigLoader.load(text: text, file: "test.yml")
+        XCTAssertEqual(config.pools[0].backlog, 0)
+        XCTAssertEqual(config.pools[0].serverFailureLimit, 0)
+        XCTAssertEqual(config.pools[0].serverRetryTimeoutMilliseconds, 0)
+        XCTAssertEqual(config.pools[0].timeoutMilliseconds, Int(Int32.max))
+        XCTAssertEqual(config.pools[1].backlog, 100_000)
+    }
+
     /// A file of the repository, by its path from the root.
     static func repositoryFile(_ path: String) -> String? {
         var root = #filePath
@@ -340,5 +354,17 @@ final class ConfigTests: XCTestCase {
         let refused = error(ketama + "  slots:\n    a: \"0-8191\"\n    b: \"8192-16383\"\n")
         XCTAssertEqual(refused?.message.contains("is used only with 'distribution: slots' (this pool uses ketama)"), true, "\(String(describing: refused))")
         XCTAssertEqual(refused?.line, 7)
+    }
+
+    /// getopt's forms, as nutcracker reads them, become separate arguments; values of options
+    /// and everything after `--` stay as they are; an unknown character leaves its token alone.
+    func testShortOptionsAreSeparatedAsGetoptReadsThem() {
+        let long: Set<String> = ["conf-file", "verbose"]
+        XCTAssertEqual(ShortOptions.expand(["-v7", "-c/etc/x.yml", "-dt", "-dv", "6"], longOptionsWithValues: long),
+                       ["-v", "7", "-c", "/etc/x.yml", "-d", "-t", "-d", "-v", "6"])
+        XCTAssertEqual(ShortOptions.expand(["-c", "-v7", "--conf-file", "-dt", "--verbose=-1", "-d"], longOptionsWithValues: long),
+                       ["-c", "-v7", "--conf-file", "-dt", "--verbose=-1", "-d"])
+        XCTAssertEqual(ShortOptions.expand(["-x7", "-dx", "-", "--", "-v7"], longOptionsWithValues: long), ["-x7", "-dx", "-", "--", "-v7"])
+        XCTAssertEqual(ShortOptions.expand(["--threads", "2", "-tdc", "f"], longOptionsWithValues: long), ["--threads", "2", "-t", "-d", "-c", "f"])
     }
 }

@@ -84,6 +84,59 @@ final class CommandLineTests: XCTestCase {
         XCTAssertLessThanOrEqual(logged ?? 0, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     }
 
+    /// `-d` as nutcracker's: the daemon clears its umask, so a unix-socket listener without a
+    /// mode is 0777 (it was 0755, and clients running as another user could not connect), and
+    /// a start that fails removes the pid file it wrote (it was left behind, naming a process
+    /// that is gone; found by a drop-in sweep).
+    func testDaemonSocketModeAndPidFileOfAFailedStart() throws {
+        let backend = try group.memcached()
+        let socketPath = group.directory + "/d.sock", pid = group.directory + "/d.pid", log = group.directory + "/d.log"
+        let config = try write("u:\n  listen: \(socketPath)\n  servers:\n   - \(backend.address):1\n")
+        // Through system(): Foundation's Process waits for a socket it hands the child, which
+        // the daemon inherits, so it would wait for the daemon.
+        let status = system("'\(ProcessGroup.ternBinary)' -d -c '\(config)' -p '\(pid)' -o '\(log)' --no-stats </dev/null >/dev/null 2>&1")
+        XCTAssertEqual(status, 0)
+        XCTAssertEqual(eventually("up", within: 5) { FileManager.default.fileExists(atPath: socketPath) && FileManager.default.fileExists(atPath: pid) ? "up" : "" }, "up")
+        let daemonPid = Int32(try String(contentsOfFile: pid, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        defer { if daemonPid > 0 { kill(daemonPid, SIGKILL) } }
+        var info = stat()
+        XCTAssertEqual(stat(socketPath, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o777)
+        XCTAssertEqual(kill(daemonPid, SIGTERM), 0)
+        XCTAssertEqual(eventually("gone", within: 5) { FileManager.default.fileExists(atPath: pid) ? "" : "gone" }, "gone")
+        // A listener that cannot be bound: the start fails, and the pid file goes with it.
+        let taken = ProcessGroup.freePort()
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(taken).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        XCTAssertEqual(withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }, 0)
+        XCTAssertEqual(listen(holder, 1), 0)
+        let busy = try write("b:\n  listen: 127.0.0.1:\(taken)\n  servers:\n   - \(backend.address):1\n")
+        let failed = try run(["-c", busy, "-p", pid, "--no-stats"])
+        XCTAssertEqual(failed.0, 1, failed.1)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pid))
+    }
+
+    /// nutcracker reads its command line with getopt: values attached to short options and
+    /// grouped flags (`-v7`, `-c/etc/x.yml`, `-tc file`) ran there and were refused here as
+    /// unknown options; a stats port past 65535 was bound modulo 65536 (found by a drop-in
+    /// sweep against nutcracker 0.5.0).
+    func testNutcrackerCommandLinesRunUnchanged() throws {
+        let path = try write("p:\n  listen: 127.0.0.1:1\n  servers:\n   - 127.0.0.1:2:1\n")
+        for arguments in [["-t", "-c", path, "-v7"], ["-t", "-c" + path], ["-tc" + path], ["-t", "-c", path, "-s39999", "-a127.0.0.1", "-i30000", "-m16384"],
+                          ["-t", "--conf-file=" + path, "--verbose", "7"]] {
+            let (status, text) = try run(arguments)
+            XCTAssertEqual(status, 0, "\(arguments): \(text)")
+            XCTAssertTrue(text.contains("syntax is ok"), "\(arguments): \(text)")
+        }
+        for arguments in [["-t", "-c", path, "-s", "104975"], ["-t", "-c", path, "-s0"], ["-t", "-c", path, "-x"]] {
+            XCTAssertNotEqual(try run(arguments).0, 0, "\(arguments)")
+        }
+    }
+
     func testReadableConfigWithASecretIsWarnedAbout() throws {
         let path = try write("r:\n  listen: 127.0.0.1:1\n  redis: true\n  redis_auth: s3cret\n  servers:\n   - 127.0.0.1:2:1\n")
         chmod(path, 0o644)

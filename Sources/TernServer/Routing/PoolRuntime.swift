@@ -761,7 +761,7 @@ final class ServerRuntime: BackendServer {
             server.probe()
         }
         probeTimer = timer
-        timer.start(after: Double(pool.config.serverRetryTimeoutMilliseconds) / 1000)
+        timer.start(after: Double(max(1, pool.config.serverRetryTimeoutMilliseconds)) / 1000)
     }
 
     /// After `server_retry_timeout`, an ejected server gets one request of its own; it returns to
