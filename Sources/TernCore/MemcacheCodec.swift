@@ -673,14 +673,14 @@ extension MemcacheRequestParser {
                   let length = number(bytes, lengthToken.lowerBound, lengthToken.upperBound, maxDigits: 10) else { return badLine }
             dataLength = Int(length)
         }
-        // memcached 1.6 refuses a meta command line of more than 19 tokens (command, key, the
-        // data length of `ms`, flags) before it reads an `ms` data block, which would then run
-        // as a command: 16 flags for ms, 17 for mg, md and ma. Checked here, never forwarded.
         // The key token's own length counts, base64 or not: memcached checks it before decoding,
         // and before counting the flags.
         if key.count > limits.maxKeyLength {
             return .rejected(.keyTooLong, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
         }
+        // memcached 1.6 refuses a meta command line of more than 19 tokens (command, key, the
+        // data length of `ms`, flags) before it reads an `ms` data block, which would then run
+        // as a command: 16 flags for ms, 17 for mg, md and ma. Checked here, never forwarded.
         let maxFlags = command == .metaSet ? 16 : command == .metaDebug ? Int.max : 17
         var flagCount = 0
         while let flag = nextToken() {

@@ -83,7 +83,9 @@ public struct RedisCommand: Sendable {
     /// set for SORT_RO too, whose BY and GET patterns are checked as SORT's are. Such a command
     /// is placed by the general walk, never the one-key shortcut.
     public let storeKeywords: Bool
-    /// Whether the command writes (reported by COMMAND).
+    /// Whether the command writes: counted as a write, sent to a master (`read_from`), and
+    /// DEL/UNLINK reach a warm-up's old pool. (COMMAND reports Redis's own flags:
+    /// `RedisCommandPresentation`.)
     public let isWrite: Bool
     /// Blocking commands (XREAD and XREADGROUP block with BLOCK), WATCH and EXEC: they may leave the client's shared connections for a
     /// connection of their own, so a pipeline's order around them is kept by waiting (the

@@ -1077,9 +1077,9 @@ final class ServerConnection {
     /// When the retry was due that a last-chance connect (`connectBeforeWaitEnds`) came ahead
     /// of, while that connect is in flight; 0 otherwise (cleared by a success and by every
     /// close). If it fails (`noteConnectFailure` for the server, `fail` for the connection),
-    /// the backoff keeps that time: a refusal counted as a new failure put the next retry a whole backoff step
-    /// (1.2 s by default) after the last chance, so a server back just after it was reached
-    /// about 1.1 s later than without it (the re-check's F1).
+    /// the backoff keeps that time: a refusal counted as a new failure put the next retry a
+    /// whole backoff step (1.2 s by default) after the last chance, so a server back just
+    /// after it was reached about 1.1 s later than without it (the re-check's F1).
     private var retryBeforeLastChance: Double = 0
 
     /// Closes the connection and fails what is on it with `reason`, without counting a server
