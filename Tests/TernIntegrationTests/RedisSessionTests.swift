@@ -663,7 +663,14 @@ final class RedisSessionTests: XCTestCase {
         let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
         try group.tern(config: text, arguments: ["--threads", "2"], waitPort: port)
         let setup = Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
-        let keys = (0..<3).flatMap { setup.keys("key", on: $0, count: 2) }
+        // Two keys per server, the first of them one whose keyspace channel's own name is placed
+        // on another server than the key where there is one (with the first two keys of each
+        // server, all six channels landed with their keys in about one run in seven).
+        let keys = (0..<3).flatMap { server -> [String] in
+            let candidates = setup.keys("key", on: server, count: 50)
+            let moved = candidates.first { setup.server("__keyspace@0__:" + $0) != server } ?? candidates[0]
+            return [moved, candidates.first { $0 != moved }!]
+        }
         // Each keyspace channel's own name is placed on another server than its key, for some.
         XCTAssertTrue(keys.contains { setup.server("__keyspace@0__:" + $0) != setup.server($0) })
         try python("""
