@@ -345,16 +345,22 @@ public enum MemcacheEncoder {
 
 /// memcached replies Tern answers from an item it holds (a warm-up's hit in the old pool).
 public enum MemcacheReplyEncoder {
-    /// `VALUE <key> <flags> <size>\r\n<value>\r\n`: one record of a text retrieval reply.
+    /// `VALUE <key> <flags> <size>[ <cas unique>]\r\n<value>\r\n`: one record of a text
+    /// retrieval reply (`gets` and `gats` records carry the unique).
     @inlinable
-    public static func valueRecord<S: ByteSink>(key: UnsafeRawBufferPointer, flags: UInt32, value: UnsafeRawBufferPointer, into sink: S) {
+    public static func valueRecord<S: ByteSink>(key: UnsafeRawBufferPointer, flags: UInt32, value: UnsafeRawBufferPointer,
+                                                casUnique: Int? = nil, into sink: S) {
         SinkWriter.literal("VALUE ", into: sink)
         SinkWriter.bytes(key, into: sink)
-        let target = sink.reserve(24)
+        let target = sink.reserve(48)
         target.storeBytes(of: 0x20, as: UInt8.self)
         var count = 1 + SinkWriter.decimal(Int(flags), at: target + 1)
         target.storeBytes(of: 0x20, toByteOffset: count, as: UInt8.self)
         count += 1 + SinkWriter.decimal(value.count, at: target + count + 1)
+        if let casUnique {
+            target.storeBytes(of: 0x20, toByteOffset: count, as: UInt8.self)
+            count += 1 + SinkWriter.decimal(casUnique, at: target + count + 1)
+        }
         SinkWriter.crlf(at: target + count)
         sink.commit(count + 2)
         SinkWriter.bytes(value, into: sink)

@@ -9,6 +9,7 @@ class BackendPool {
     final var plan: PoolPlan
     final var config: PoolConfig { plan.config }
     final var warmupCounters: WarmupCounters { plan.shared.warmupCounters }
+    final var warmupInvalidations: WarmupInvalidations { plan.shared.warmupInvalidations }
     /// The worker, as backend connections see it (unowned(unsafe): the worker outlives its pools).
     final unowned(unsafe) let backendLoop: BackendLoop
     /// This worker's counters for the pool.

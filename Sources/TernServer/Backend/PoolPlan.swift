@@ -46,6 +46,8 @@ final class PoolShared: Sendable {
     let clientCount = Atomic<Int>(0)
     let totalConnections = Atomic<Int>(0)
     let warmupCounters = WarmupCounters()
+    /// Warm-up pools: deletes seen since a read started, so that a stale copy is not made.
+    let warmupInvalidations = WarmupInvalidations()
     /// One per worker.
     let workerCounters: [PoolCounters]
     /// Per-command requests and latency, one table per worker.
@@ -102,5 +104,44 @@ extension PoolPlan {
             ("dedicated_connections_in_use", sum { $0.dedicatedInUse.read() }), ("subscribed_clients", sum { $0.subscribedClients.read() }),
             ("pubsub_messages", sum { $0.messagesDelivered.read() }), ("blocked_clients", sum { $0.blockedClients.read() }),
         ]
+    }
+}
+
+/// The deletes a warm-up pool has sent to both pools, counted per key bucket across workers
+/// (relaxed atomics), so that a warm-up read does not copy an old-pool value that a delete
+/// routed meanwhile has removed. Without it, a read that missed the new pool, read the old pool
+/// just before another client's delete reached it, and copied what it read after that delete
+/// had reached the new pool, left the deleted value in the new pool until its TTL. A read notes its keys' epochs when it is routed and
+/// skips a copy whose epoch moved (`copiesSkipped`). Buckets are shared by keys (a delete of
+/// another key in the bucket skips a copy the next read makes); a flush moves every bucket.
+/// Only deletes routed by this process are seen.
+final class WarmupInvalidations: Sendable {
+    static let bucketCount = 1024
+    private let buckets: InlineArray<1024, Atomic<UInt32>> = InlineArray { _ in Atomic(0) }
+    private let flushes = Atomic<UInt32>(0)
+
+    /// The bucket of `key` (FNV-1a over its bytes).
+    @inline(__always)
+    static func bucket(_ key: UnsafeRawBufferPointer) -> Int {
+        var hash: UInt32 = 2_166_136_261
+        for byte in key { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return Int(hash & UInt32(bucketCount - 1))
+    }
+
+    /// What a read notes for a key in `bucket` when it is routed; a later `epoch` that differs
+    /// means a delete of a key in the bucket, or a flush, was routed since.
+    @inline(__always)
+    func epoch(_ bucket: Int) -> UInt32 {
+        buckets[bucket].load(ordering: .relaxed) &+ flushes.load(ordering: .relaxed)
+    }
+
+    /// A delete of `key` is being sent to both pools.
+    func deleted(_ key: UnsafeRawBufferPointer) {
+        buckets[Self.bucket(key)].add(1, ordering: .relaxed)
+    }
+
+    /// Every key of the pool is being flushed.
+    func flushed() {
+        flushes.add(1, ordering: .relaxed)
     }
 }

@@ -586,7 +586,10 @@ extension ClientConnection {
                 var oldServers: [Int32] = []
                 var oldKeyServers: [Int32] = []
                 for keyIndex in worker.keyIndices {
-                    let server = Int32(arguments.withArgument(keyIndex, in: frame) { old.server(forKey: $0)?.index ?? -1 })
+                    let server = Int32(arguments.withArgument(keyIndex, in: frame) { key in
+                        pool.warmupInvalidations.deleted(key)
+                        return old.server(forKey: key)?.index ?? -1
+                    })
                     oldKeyServers.append(server)
                     if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
                 }

@@ -127,7 +127,8 @@ final class WarmupCounters: Sendable {
     let misses = Atomic<Int>(0)
     /// Old hits copied into the new pool.
     let copies = Atomic<Int>(0)
-    /// Old hits not copied: about to expire, already present in the new pool, or an error.
+    /// Old hits not copied: about to expire, already present in the new pool, deleted since
+    /// the read was routed (`WarmupInvalidations`), or an error.
     let copiesSkipped = Atomic<Int>(0)
     /// Old-pool requests that failed (answered as misses).
     let oldErrors = Atomic<Int>(0)

@@ -50,6 +50,7 @@ struct EveryServerRoute {
             connection.enqueue(slot: slot, part: split.server(Int32(server.index)), framing: framing)
         }
         if reachesOldPool, let old = pool.old {
+            pool.warmupInvalidations.flushed()
             for server in old.servers where !server.isEjected {
                 let connection = server.connection(for: client)
                 encode(connection.requestBuffer())
@@ -131,6 +132,7 @@ struct WarmupRoute {
             return
         }
         var split = ReplySplit(slot, mergedBy: sink, warmupCounters: new.warmupCounters)
+        new.warmupInvalidations.deleted(hashKey)
         if let oldServer = old.server(forKey: hashKey) {
             WarmupCounters.add(new.warmupCounters.oldDeletes)
             let connection = oldServer.connection(for: client)

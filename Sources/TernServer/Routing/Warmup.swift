@@ -35,6 +35,9 @@ final class WarmupRead: PhasedRead {
         var ttlKnown = false
         /// Missed the new pool, so the old pool was asked.
         var missed = false
+        /// The key's `WarmupInvalidations` bucket, and its epoch when the read was routed.
+        var invalidationBucket: Int32 = 0
+        var invalidationEpoch: UInt32 = 0
     }
 
     let mode: Mode
@@ -81,7 +84,13 @@ final class WarmupRead: PhasedRead {
     /// `hashKey` is what placement hashes (a base64 key decoded); `key` is sent as it came.
     func addKey(_ key: UnsafeRawBufferPointer, hashKey: UnsafeRawBufferPointer? = nil, newServer: Int32) {
         let oldServer = Int32(old.server(forKey: hashKey ?? key)?.index ?? -1)
-        keys.append(Key(start: keyBytes.count, length: key.count, oldServer: oldServer, newServer: newServer))
+        var entry = Key(start: keyBytes.count, length: key.count, oldServer: oldServer, newServer: newServer)
+        if warmup.backfill {
+            let bucket = WarmupInvalidations.bucket(hashKey ?? key)
+            entry.invalidationBucket = Int32(bucket)
+            entry.invalidationEpoch = pool.warmupInvalidations.epoch(bucket)
+        }
+        keys.append(entry)
         keyBytes.append(contentsOf: key)
     }
 
@@ -285,24 +294,37 @@ final class WarmupRead: PhasedRead {
         return split.closePhase()
     }
 
+    /// Whether a delete of a key in key `index`'s bucket (or a flush) was routed to both pools
+    /// since this read was: the old value read may be one that delete removed, and a copy made
+    /// now could reach the new pool after it. Such an item is answered (the read began before
+    /// the delete) but not copied, as without backfill.
+    private func deletedSinceRouted(_ index: Int) -> Bool {
+        pool.warmupInvalidations.epoch(Int(keys[index].invalidationBucket)) != keys[index].invalidationEpoch
+    }
+
     /// memcached text: `get` answers the old item now and copies it in the background; gets,
-    /// gat and gats copy first and read again from the new pool.
+    /// gat and gats copy first and read again from the new pool. An item not copied (backfill
+    /// off, 1 s or less to live, no live new server, deleted since the read) is answered from
+    /// the old item; for gets and gats with the CAS unique 0, as a memcached without CAS gives
+    /// (a `cas` with it finds no item in the new pool).
     private func answerTextHit(_ slot: ReplySlot, _ index: Int, _ resendServers: inout [Int32]) {
         let key = keys[index]
         let ttl = warmup.backfillTTL(remaining: key.ttlKnown ? key.ttl : nil)
         let newServer = key.newServer
-        if command == .get || !warmup.backfill || ttl == nil || newServer < 0 {
+        let deleted = deletedSinceRouted(index)
+        if command == .get || !warmup.backfill || ttl == nil || newServer < 0 || deleted {
             let record = slot.data.readableCount
             values.withUnsafeBytes { values in
                 withKey(index) {
                     MemcacheReplyEncoder.valueRecord(key: $0, flags: key.flags,
-                                                     value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]), into: slot.data)
+                                                     value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]),
+                                                     casUnique: command == .gets || command == .gats ? 0 : nil, into: slot.data)
                 }
             }
             slot.keys[index].recordStart = record
             slot.keys[index].recordLength = slot.data.readableCount - record
             if warmup.backfill {
-                if let ttl, newServer >= 0 { copyMemcached(index, ttl: ttl) } else { WarmupCounters.add(counters.copiesSkipped) }
+                if let ttl, newServer >= 0, !deleted { copyMemcached(index, ttl: ttl) } else { WarmupCounters.add(counters.copiesSkipped) }
             }
             return
         }
@@ -315,7 +337,7 @@ final class WarmupRead: PhasedRead {
     private func answerMetaHit(_ slot: ReplySlot, _ index: Int, _ resendServers: inout [Int32]) {
         let key = keys[index]
         let ttl = warmup.backfillTTL(remaining: key.ttlKnown ? key.ttl : nil)
-        if warmup.backfill, let ttl, key.newServer >= 0 {
+        if warmup.backfill, let ttl, key.newServer >= 0, !deletedSinceRouted(index) {
             copyMemcached(index, ttl: ttl)
             if !resendServers.contains(key.newServer) { resendServers.append(key.newServer) }
             return
@@ -362,7 +384,7 @@ final class WarmupRead: PhasedRead {
         // PTTL: -1 no expiry, -2 gone meanwhile (not copied), else milliseconds left; unknown
         // when PTTL failed. The rule is the one memcached copies use.
         let remaining = key.ttlKnown ? (key.ttl == -2 ? 0 : key.ttl) : nil
-        let ttl = warmup.backfill ? warmup.backfillTTL(remainingMilliseconds: remaining) : nil
+        let ttl = warmup.backfill && !deletedSinceRouted(index) ? warmup.backfillTTL(remainingMilliseconds: remaining) : nil
         if resendsAfterCopy, let ttl, key.newServer >= 0 {
             copyRedis(index, milliseconds: ttl)
             if !resendServers.contains(key.newServer) { resendServers.append(key.newServer) }
