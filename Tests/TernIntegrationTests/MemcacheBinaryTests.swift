@@ -283,6 +283,32 @@ final class MemcacheBinaryTests: XCTestCase {
         """)
     }
 
+    /// An old-pool hit that is not copied (`backfill: false`; with backfill on, an item with
+    /// 1 s or less to live) is answered from the old item: to pylibmc's binary get, and to
+    /// text `gets` with CAS unique 0 (the record had no unique, so every binary get of such an
+    /// item failed with an internal error and text `gets` clients could not parse it).
+    func testOldHitsNotCopiedReachBinaryAndGetsClients() throws {
+        for backfill in [false, true] {
+            let old = try group.memcached(), new = try group.memcached()
+            let port = ProcessGroup.freePort()
+            try group.tern(config: "w:\n  listen: 127.0.0.1:\(port)\n  timeout: 1000\n  servers:\n   - \(new.address):1\n"
+                           + "  warmup:\n    backfill: \(backfill)\n    servers:\n     - \(old.address):1\n", arguments: ["--threads", "1"], waitPort: port)
+            let ttl = backfill ? 1 : 0
+            try pylibmc("""
+            direct = pylibmc.Client(["\(old.address)"])
+            for k in ("bin", "text"): assert direct.set(k, k + "-old", time=\(ttl))
+            binary = pylibmc.Client(["127.0.0.1:\(port)"], binary=True)
+            assert binary.get("bin") == "bin-old", binary.get("bin")
+            text = pylibmc.Client(["127.0.0.1:\(port)"], behaviors={"cas": True})
+            value, cas = text.gets("text")
+            assert value == "text-old" and cas == 0, (value, cas)
+            assert pylibmc.Client(["\(new.address)"]).get("bin") is None, "not copied"
+            """)
+            XCTAssertEqual(try TestClient(port: port).request("gets text bin\r\n", until: "END\r\n"),
+                           "VALUE text 16 8 0\r\ntext-old\r\nVALUE bin 16 7 0\r\nbin-old\r\nEND\r\n", "backfill \(backfill)")
+        }
+    }
+
     /// python-binary-memcached (bmemcached), a pure-Python binary client, through Tern.
     func testBmemcachedClient() throws {
         let run = ProcessGroup.run
