@@ -316,6 +316,83 @@ final class RedisClusterTests: XCTestCase {
         print("slot migration: \(asks) ASK and \(moved) MOVED redirects followed; innocent client: \(requests) requests, \(errors.count) errors")
     }
 
+    /// Moves `slot` (with `keys`, all of it) from `source` to `target` by hand, as
+    /// `redis-cli --cluster reshard` does, telling every master the new owner.
+    func moveSlot(_ cluster: Cluster, _ slot: Int, keys: [String], from source: Int, to target: Int) throws {
+        let sourceID = try cluster.id(of: source), targetID = try cluster.id(of: target)
+        XCTAssertEqual(try cluster.call(target, "CLUSTER", "SETSLOT", "\(slot)", "IMPORTING", sourceID), "+OK\r\n")
+        XCTAssertEqual(try cluster.call(source, "CLUSTER", "SETSLOT", "\(slot)", "MIGRATING", targetID), "+OK\r\n")
+        if !keys.isEmpty {
+            XCTAssertEqual(try cluster.call(source, ["MIGRATE", "127.0.0.1", "\(target)", "", "0", "5000", "KEYS"] + keys), "+OK\r\n")
+        }
+        let masters = try cluster.nodes(askingAt: source).filter(\.isMaster).map(\.port)
+        for node in [target, source] + masters.filter({ $0 != source && $0 != target }) {
+            XCTAssertEqual(try cluster.call(node, "CLUSTER", "SETSLOT", "\(slot)", "NODE", targetID), "+OK\r\n")
+        }
+    }
+
+    /// WATCH and MULTI … EXEC on a slot that moved after Tern's map was made (before its next
+    /// refresh). A WATCH answered `-MOVED` is followed (nothing was watched): before, the client
+    /// got the MOVED and stayed pinned to the old node, so that every later WATCH of the key
+    /// answered CROSSSLOT and every MULTI … EXEC EXECABORT until it sent UNWATCH (redis-py
+    /// never does after a failed WATCH). A transaction whose queued commands are answered
+    /// `-MOVED` is sent again to the new owner (EXECABORT ran nothing): before, every one
+    /// answered EXECABORT until the map's periodic refresh. A watched transaction on a moved
+    /// slot answers a null array (its WATCH cannot hold elsewhere), which clients retry. An
+    /// innocent client on other slots sees only its own replies.
+    func testWatchAndTransactionsFollowAMovedSlot() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let client = try TestClient(port: port)
+        func move(_ tag: String, keys: [String]) throws {
+            let slot = Self.slot(tag)
+            let source = try cluster.owner(of: slot)
+            let target = try cluster.nodes(askingAt: source).filter(\.isMaster).map(\.port).first { $0 != source }!
+            try moveSlot(cluster, slot, keys: keys, from: source, to: target)
+            XCTAssertEqual(try cluster.owner(of: slot, askingAt: target), target)
+        }
+        let tags = ["wa", "tx", "wb"]
+        let innocent = InnocentClient(port: port, keys: (0..<50).map { "innocent:\($0)" }.filter { key in !tags.contains { Self.slot($0) == Self.slot(key) } })
+        // The map Tern has: made before the moves.
+        for tag in tags { XCTAssertEqual(try client.call("SET", "{\(tag)}:n", "1"), "+OK\r\n") }
+        let moved = try info(port, "cluster_redirects_moved")
+
+        // A WATCH on a moved slot: followed, and the transaction runs on the new owner.
+        try move("wa", keys: ["{wa}:n"])
+        XCTAssertEqual(try client.call("WATCH", "{wa}:n"), "+OK\r\n")
+        XCTAssertEqual(try client.call("GET", "{wa}:n"), "$1\r\n1\r\n")
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["INCR", "{wa}:n"]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*1\r\n:2\r\n")
+        XCTAssertEqual(try client.call("WATCH", "{wa}:n"), "+OK\r\n", "no CROSSSLOT from a lease left on the old node")
+        XCTAssertEqual(try client.call("UNWATCH"), "+OK\r\n")
+
+        // An unwatched transaction on a moved slot whose map Tern has not corrected: sent again.
+        try move("tx", keys: ["{tx}:n"])
+        for round in 2...4 {
+            try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["INCR", "{tx}:n"]) + TestClient.encode(["EXEC"]))
+            XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*1\r\n:\(round)\r\n")
+        }
+
+        // A watched transaction whose slot moves after its WATCH: a null array (nothing ran),
+        // and the client's retry (WATCH again) runs on the new owner.
+        XCTAssertEqual(try client.call("WATCH", "{wb}:n"), "+OK\r\n")
+        try move("wb", keys: ["{wb}:n"])
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["INCR", "{wb}:n"]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*-1\r\n")
+        XCTAssertEqual(try client.call("WATCH", "{wb}:n"), "+OK\r\n")
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["INCR", "{wb}:n"]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*1\r\n:2\r\n")
+
+        // Each value changed once per transaction that answered, on its slot's new owner.
+        for (tag, value) in [("wa", "2"), ("tx", "4"), ("wb", "2")] {
+            XCTAssertEqual(try cluster.call(try cluster.owner(of: Self.slot(tag)), "GET", "{\(tag)}:n"), "$1\r\n\(value)\r\n", tag)
+        }
+        XCTAssertGreaterThanOrEqual(try info(port, "cluster_redirects_moved") - moved, 2)
+        let (requests, errors) = innocent.finish()
+        XCTAssertGreaterThan(requests, 4)
+        XCTAssertEqual(errors.count, 0, "the innocent client saw only its own replies: \(errors.prefix(3))")
+    }
+
     /// Pub/sub on a cluster pool: a channel is subscribed on its slot's master (the cluster
     /// passes every PUBLISH to all nodes, so messages arrive wherever the slot goes). When the
     /// slot moves, the subscription stays on the node it was made on, and UNSUBSCRIBE goes

@@ -326,7 +326,7 @@ final class ServerConnection {
                                              deadline: head.deadline, slot: slot, part: head.part, on: ObjectIdentifier(self))
         }
         guard !isDedicated, let slot = head.slot, let client = slot.client, start >= 0,
-              let bytes = outputBytes(start..<answeredBytes) else {
+              slot.warmup?.partsFollowRedirects ?? true, let bytes = outputBytes(start..<answeredBytes) else {
             return false
         }
         guard head.redirects < ClusterState.maxRedirects else {

@@ -168,16 +168,15 @@ extension ClientConnection {
             connection = pool.servers[server].connection(for: index)
         }
         pool.stats.transactions.add()
-        // One piece of the connection's output: nothing of another client's can come between.
-        let output = connection.requestBuffer()
-        RespEncoder.command("MULTI", into: output)
-        connection.enqueue(slot: nil, part: 0, framing: .line)
-        if transaction.count > 0 {
-            output.append(transaction.commands.readable)
-            for _ in 0..<transaction.count { connection.enqueue(slot: nil, part: 0, framing: .line) }
+        if pool.isCluster {
+            // Queued commands' replies are read for a slot that moved (`ClusterExec`).
+            let run = ClusterExec(commands: Array(transaction.commands.readable), count: transaction.count, isWatched: watch != nil)
+            slot.warmup = run
+            run.send(on: connection, slot, asking: false, isFirst: true)
+        } else {
+            var none: ReplySplit?
+            ClusterExec.write(transaction.commands.readable, count: transaction.count, on: connection, slot, asking: false, parts: &none)
         }
-        RespEncoder.command("EXEC", into: output)
-        connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         // EXEC unwatches: the pinned connection goes back clean once it has answered. What
         // follows is sent once the transaction has run.
         if watch != nil {
@@ -225,13 +224,17 @@ extension ClientConnection {
             connection = leased
         }
         pool.stats.watches.add()
-        writeRequest(frame, arguments, into: connection.requestBuffer())
+        let output = connection.requestBuffer()
+        let start = output.readableCount
+        writeRequest(frame, arguments, into: output)
+        if session.watch == nil {
+            let lease = DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation)
+            session.watch = lease
+            slot.warmup = FirstWatch(lease, request: Array(output.readable[start...]))
+        }
         connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         // What follows reaches Redis after the WATCH (a write to a watched key must fail EXEC).
         holdUntilAnswered = true
-        if session.watch == nil {
-            session.watch = DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation)
-        }
     }
 
     /// Ends a WATCH without EXEC (DISCARD, RESET): the connection is unwatched, then given back.
@@ -241,7 +244,7 @@ extension ClientConnection {
         releaseWatch(watch)
     }
 
-    private func releaseWatch(_ watch: DedicatedLease) {
+    fileprivate func releaseWatch(_ watch: DedicatedLease) {
         guard watch.isCurrent else { return }
         let connection = watch.connection
         if watch.isIntact, connection.isOpen {
@@ -363,5 +366,185 @@ extension ClientConnection {
         session.watch = nil
         session.transaction = nil
         endSubscriptions()
+    }
+}
+
+/// A WATCH that began its client's lease of a dedicated connection, as a request in phases.
+/// Redis watches nothing when WATCH fails, and clients do not UNWATCH after a failed WATCH
+/// (redis-py does not): an error reply ends the lease here too, where the client stayed pinned
+/// to the connection (on a cluster pool whose slot had moved, every later WATCH of the key
+/// answered CROSSSLOT and every MULTI … EXEC EXECABORT, until the client sent UNWATCH). A
+/// `-MOVED` is followed, since nothing was watched: the slot is learned, a dedicated connection
+/// to the node named is leased and the WATCH is sent there. Confined to the client's worker.
+final class FirstWatch: PhasedRead {
+    private var lease: DedicatedLease
+    /// The WATCH as sent.
+    private let request: [UInt8]
+    private var isError = false
+    private var redirect: ClusterRedirect?
+    private var redirects: UInt8 = 0
+
+    init(_ lease: DedicatedLease, request: [UInt8]) {
+        self.lease = lease
+        self.request = request
+    }
+
+    override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        slot.data.removeAll()
+        slot.data.append(reply)
+        slot.hasError = isError
+        self.isError = isError
+        redirect = isError ? ClusterRedirect.parse(reply) : nil
+    }
+
+    override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
+        if serverFailure { slot.closeClientIfItsPoolSays() }
+        slot.data.removeAll()
+        slot.data.append(slot.errorLine(reason))
+        slot.hasError = true
+        isError = true
+        redirect = nil
+    }
+
+    override func advance(_ slot: ReplySlot) -> Bool {
+        guard isError, let client = slot.client as? ClientConnection, let session = client.redis,
+              let watch = session.watch, watch.connection === lease.connection, watch.lease == lease.lease else { return false }
+        session.watch = nil
+        client.releaseWatch(watch)
+        let pool = client.pool
+        guard let redirect, !redirect.isAsk, pool.isCluster, redirects < ClusterState.maxRedirects,
+              let target = pool.serverIndex(named: redirect.target) else { return false }
+        pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
+        pool.plan.shared.cluster.requestRefresh()
+        pool.learnSlot(redirect.slot, server: target)
+        guard let connection = pool.servers[target].leaseDedicated() else { return false }
+        redirects += 1
+        slot.data.removeAll()
+        slot.hasError = false
+        var split = ReplySplit(nextPhaseOf: slot)
+        // (The buffer first: it opens the socket, and the lease holds on that socket.)
+        let output = connection.requestBuffer()
+        request.withUnsafeBytes { output.append($0) }
+        lease = DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation)
+        session.watch = lease
+        connection.enqueue(slot: slot, part: split.server(ReplyPart.whole), framing: .line)
+        return split.closePhase()
+    }
+}
+
+/// EXEC of a transaction on a cluster pool, as a request in phases: MULTI, the queued commands
+/// and EXEC leave in one piece, and the queued commands' replies are read. When the slot moved
+/// since Tern's map was made, the node answers them `-MOVED` and EXEC `-EXECABORT` (nothing
+/// ran): the slot is learned and the whole transaction is sent again to the node named, as a
+/// cluster client does. A watched transaction cannot go elsewhere (its WATCH holds on this
+/// node): it answers a null array, as a WATCH whose key changed does, which clients retry.
+/// A `-ASK` (the slot is migrating) is not followed: keys still on the source would be missing
+/// on the target; the client gets EXECABORT. Confined to the client's worker.
+final class ClusterExec: PhasedRead {
+    private let commands: [UInt8]
+    private let count: Int
+    private let isWatched: Bool
+    private var redirect: ClusterRedirect?
+    private var isAborted = false
+    private var redirects: UInt8 = 0
+    /// Parts: the EXEC's reply is `whole`; MULTI's and the queued commands' are `queued`.
+    private static let queued: Int32 = 1
+
+    /// A queued command's `-MOVED` is read here, never sent again alone (outside MULTI).
+    override var partsFollowRedirects: Bool { false }
+
+    init(commands: [UInt8], count: Int, isWatched: Bool) {
+        self.commands = commands
+        self.count = count
+        self.isWatched = isWatched
+    }
+
+    /// MULTI, `count` commands and EXEC in one piece of `connection`'s output (nothing of
+    /// another client's can come between), with `ASKING` first when `asking`. The EXEC's reply
+    /// answers `slot`; with `parts`, MULTI's and the commands' replies are parts of `slot` too
+    /// (read by its phases), else they are dropped.
+    static func write(_ commands: UnsafeRawBufferPointer, count: Int, on connection: ServerConnection, _ slot: ReplySlot,
+                      asking: Bool, parts: inout ReplySplit?) {
+        let output = connection.requestBuffer()
+        if asking {
+            RespEncoder.command("ASKING", into: output)
+            connection.enqueue(slot: nil, part: 0, framing: .line)
+        }
+        RespEncoder.command("MULTI", into: output)
+        if parts != nil {
+            connection.enqueue(slot: slot, part: parts!.server(queued), framing: .line)
+        } else {
+            connection.enqueue(slot: nil, part: 0, framing: .line)
+        }
+        if count > 0 {
+            output.append(commands)
+            for _ in 0..<count {
+                if parts != nil {
+                    connection.enqueue(slot: slot, part: parts!.server(queued), framing: .line)
+                } else {
+                    connection.enqueue(slot: nil, part: 0, framing: .line)
+                }
+            }
+        }
+        RespEncoder.command("EXEC", into: output)
+        connection.enqueue(slot: slot, part: parts != nil ? parts!.server(ReplyPart.whole) : ReplyPart.whole, framing: .line)
+    }
+
+    /// Sends the transaction on `connection`, its replies read by this object's phases: the
+    /// first time as the slot's request, later as a new phase (true when it is under way).
+    @discardableResult
+    func send(on connection: ServerConnection, _ slot: ReplySlot, asking: Bool, isFirst: Bool) -> Bool {
+        redirect = nil
+        isAborted = false
+        var parts: ReplySplit? = isFirst ? ReplySplit(slot, mergedBy: .single) : ReplySplit(nextPhaseOf: slot)
+        commands.withUnsafeBytes { Self.write($0, count: count, on: connection, slot, asking: asking, parts: &parts) }
+        if isFirst {
+            parts!.close()
+            return true
+        }
+        return parts!.closePhase()
+    }
+
+    override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        if part == Self.queued {
+            if isError, redirect == nil { redirect = ClusterRedirect.parse(reply) }
+            return
+        }
+        slot.data.removeAll()
+        slot.data.append(reply)
+        slot.hasError = isError
+        isAborted = isError && reply.starts(with: "-EXECABORT".utf8)
+    }
+
+    override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
+        guard part != Self.queued else { return }
+        if serverFailure { slot.closeClientIfItsPoolSays() }
+        slot.data.removeAll()
+        slot.data.append(slot.errorLine(reason))
+        slot.hasError = true
+        isAborted = false
+    }
+
+    override func advance(_ slot: ReplySlot) -> Bool {
+        guard isAborted, let redirect, let client = slot.client as? ClientConnection else { return false }
+        let pool = client.pool
+        let target = pool.serverIndex(named: redirect.target)
+        if !redirect.isAsk {
+            pool.plan.shared.cluster.requestRefresh()
+            if let target { pool.learnSlot(redirect.slot, server: target) }
+        }
+        if isWatched {
+            // The watched keys' slot moved: the WATCH cannot hold; nothing ran.
+            slot.data.removeAll()
+            slot.data.append("*-1\r\n" as StaticString)
+            slot.hasError = false
+            return false
+        }
+        guard !redirect.isAsk, let target, redirects < ClusterState.maxRedirects else { return false }
+        pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
+        redirects += 1
+        slot.data.removeAll()
+        slot.hasError = false
+        return send(on: pool.servers[target].connection(for: client.index), slot, asking: false, isFirst: false)
     }
 }

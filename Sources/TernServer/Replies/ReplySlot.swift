@@ -56,7 +56,8 @@ final class ReplySlot {
     var countedBytes = 0
     /// Bytes of the kept replies below, counted in `heldBytes`.
     private(set) var keptBytes = 0
-    /// A read on a warm-up pool: its phases (new pool, old pool, resend).
+    /// A request in phases: a read on a warm-up pool (new pool, old pool, resend), or on a
+    /// Redis Cluster pool a WATCH or EXEC that follows a `-MOVED` (`FirstWatch`, `ClusterExec`).
     var warmup: PhasedRead?
     /// The request's row in the pool's `CommandStats` (-1: not counted).
     var command: Int32 = -1
@@ -532,11 +533,12 @@ final class ReplySlot {
     }
 }
 
-/// A read merged in phases by the layer above (the warm-up read, `WarmupRead` in
-/// Routing/Warmup.swift, is the only subclass): the slot hands each part's reply or failure to
-/// it, and asks it, once a phase's parts have answered, whether another phase has started.
-/// These three calls go through the vtable (an indirect call per reply part, no allocation):
-/// only reads on a pool in warm-up have a phased read.
+/// A request merged in phases by the layer above (the warm-up read, `WarmupRead` in
+/// Routing/Warmup.swift; a Redis WATCH that began a lease and a Redis Cluster EXEC,
+/// `FirstWatch` and `ClusterExec` in Frontend/RedisTransactions.swift): the slot hands each
+/// part's reply or failure to it, and asks it, once a phase's parts have answered, whether
+/// another phase has started. These three calls go through the vtable (an indirect call per
+/// reply part): only those requests have a phased read.
 class PhasedRead {
     /// Values copied out of old-pool replies; held toward `client_output_limit`.
     final var values: [UInt8] = []
@@ -545,6 +547,9 @@ class PhasedRead {
     func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) { preconditionFailure("overridden") }
     /// Every part of a phase has answered. Returns true when another phase started.
     func advance(_ slot: ReplySlot) -> Bool { preconditionFailure("overridden") }
+    /// Whether a part answered `-MOVED`/`-ASK`/`-TRYAGAIN` may be sent again on its own by the
+    /// connection (cluster pools); false for parts that only mean something together.
+    var partsFollowRedirects: Bool { true }
 }
 
 /// Part numbers: which part of its slot's request a backend reply answers.

@@ -456,8 +456,7 @@ final class WarmupRead: PhasedRead {
 extension ReplySlot {
     /// The slot's warm-up read, if it has one.
     var warmupRead: WarmupRead? {
-        // Invariant: WarmupRead is the only subclass of PhasedRead, and PhasedRead itself is
-        // never made, so every phased read is a WarmupRead.
-        warmup.map { unsafeDowncast($0, to: WarmupRead.self) }
+        // (Checked: a Redis WATCH or cluster EXEC is phased too, `FirstWatch`, `ClusterExec`.)
+        warmup as? WarmupRead
     }
 }
