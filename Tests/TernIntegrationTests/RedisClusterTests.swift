@@ -331,6 +331,44 @@ final class RedisClusterTests: XCTestCase {
         }
     }
 
+    /// `-TRYAGAIN` retries have a budget of their own: a multi-key request that follows a MOVED
+    /// to a node that is migrating the slot, retries there while the keys are split, and gets
+    /// the MOVED that ends the migration follows it. Before, every retry counted as a redirect,
+    /// and that MOVED, the sixth, went to the client (found by a live-resharding sweep).
+    func testTryAgainRetriesLeaveRoomForTheMovedThatEndsAMigration() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let client = try TestClient(port: port)
+        let tag = "tg"
+        let slot = Self.slot(tag)
+        XCTAssertEqual(try client.call("GET", "{\(tag)}:0"), "$-1\r\n", "the map Tern has names the first owner")
+        let first = try cluster.owner(of: slot)
+        let masters = try cluster.nodes(askingAt: first).filter(\.isMaster).map(\.port)
+        let second = masters.first { $0 != first }!, third = masters.first { $0 != first && $0 != second }!
+        // The slot moves on without Tern's map knowing: to the second node, which starts
+        // migrating it to the third with one of the two keys.
+        try moveSlot(cluster, slot, keys: [], from: first, to: second)
+        for key in ["{\(tag)}:1", "{\(tag)}:2"] { XCTAssertEqual(try cluster.call(second, "SET", key, key), "+OK\r\n") }
+        let secondID = try cluster.id(of: second), thirdID = try cluster.id(of: third)
+        XCTAssertEqual(try cluster.call(third, "CLUSTER", "SETSLOT", "\(slot)", "IMPORTING", secondID), "+OK\r\n")
+        XCTAssertEqual(try cluster.call(second, "CLUSTER", "SETSLOT", "\(slot)", "MIGRATING", thirdID), "+OK\r\n")
+        XCTAssertEqual(try cluster.call(second, "MIGRATE", "127.0.0.1", "\(third)", "", "0", "5000", "KEYS", "{\(tag)}:1"), "+OK\r\n")
+        let innocent = try TestClient(port: port)
+        try client.send(TestClient.encode(["MGET", "{\(tag)}:1", "{\(tag)}:2"]))
+        // MOVED to the second node, then TRYAGAIN there (25 ms, doubling: 25, 75, 175, 375,
+        // 775, 1,575 ms); the migration ends after the fifth retry.
+        usleep(1_000_000)
+        XCTAssertEqual(try innocent.call("SET", "innocent", "v"), "+OK\r\n")
+        XCTAssertEqual(try cluster.call(second, "MIGRATE", "127.0.0.1", "\(third)", "", "0", "5000", "KEYS", "{\(tag)}:2"), "+OK\r\n")
+        for node in [third, second, first] {
+            XCTAssertEqual(try cluster.call(node, "CLUSTER", "SETSLOT", "\(slot)", "NODE", thirdID), "+OK\r\n")
+        }
+        XCTAssertEqual(String(decoding: try client.receiveReplies(1), as: UTF8.self), "*2\r\n$6\r\n{tg}:1\r\n$6\r\n{tg}:2\r\n")
+        XCTAssertGreaterThanOrEqual(try info(port, "cluster_tryagain_retries"), 3)
+        XCTAssertEqual(try info(port, "cluster_redirects_given_up"), 0)
+        XCTAssertEqual(try innocent.call("GET", "innocent"), "$1\r\nv\r\n")
+    }
+
     /// WATCH and MULTI … EXEC on a slot that moved after Tern's map was made (before its next
     /// refresh). A WATCH answered `-MOVED` is followed (nothing was watched): before, the client
     /// got the MOVED and stayed pinned to the old node, so that every later WATCH of the key

@@ -83,7 +83,7 @@ struct RedirectedRequest {
     /// The reply it answers.
     let slot: ReplySlot
     let part: Int32
-    /// Redirects followed so far, this one included (`ClusterState.maxRedirects` at most).
+    /// Redirects and retries so far, this one included (`ClusterState.hops`, `.retries`).
     let redirects: UInt8
     let clientIndex: Int
     /// From its first send (infinite without a timeout): the timeout spans every hop and wait.

@@ -23,8 +23,20 @@ import TernCore
 /// A cluster pool's figures and mailbox, shared by the workers, the discovery thread, the main
 /// thread and the stats readers (kept across reloads with the pool's `PoolShared`).
 final class ClusterState: DiscoveryMailbox<ClusterSlotMap>, @unchecked Sendable {
-    /// Redirects a request may follow before the error goes to its client.
+    /// Redirects (`-MOVED`, `-ASK`) a request may follow before the error goes to its client.
     static let maxRedirects: UInt8 = 5
+    /// `-TRYAGAIN` retries a request may make (25 ms, doubling: 1.575 s in all, within the
+    /// pool's `timeout`), counted apart
+    /// from the redirects, so that a MOVED that ends a migration a request waited through is
+    /// still followed (it went to the client as `-MOVED` once the retries had used the budget).
+    static let maxTryAgain: UInt8 = 6
+
+    /// A request's redirect count (`Pending.redirects`): MOVED/ASK hops in the low four bits,
+    /// TRYAGAIN retries in the high four.
+    @inline(__always) static func hops(_ redirects: UInt8) -> UInt8 { redirects & 0x0F }
+    @inline(__always) static func retries(_ redirects: UInt8) -> UInt8 { redirects >> 4 }
+    static let oneHop: UInt8 = 1
+    static let oneRetry: UInt8 = 0x10
 
     let movedRedirects = Atomic<Int>(0)
     let askRedirects = Atomic<Int>(0)

@@ -44,8 +44,9 @@ final class ServerConnection {
         var framing: MemcacheFraming
         var deadline: Double
         var purpose: Purpose
-        /// Cluster pools: redirects (`-MOVED`/`-ASK`, `-TRYAGAIN` retries) this request has
-        /// followed so far, and whether it was sent after `ASKING`.
+        /// Cluster pools: redirects (`-MOVED`/`-ASK`) and `-TRYAGAIN` retries this request has
+        /// followed so far (`ClusterState.hops`, `.retries`), and whether it was sent after
+        /// `ASKING`.
         var redirects: UInt8 = 0
         var isAsking = false
         /// Bytes of the request, and when it was queued (loop time), for the stats.
@@ -320,20 +321,23 @@ final class ServerConnection {
             // channel the error refused.
             guard let slot = head.slot, start >= 0, let bytes = outputBytes(start..<answeredBytes) else { return false }
             let movable = redirect.map { !$0.isAsk } ?? false
-            let follow = movable && head.redirects < ClusterState.maxRedirects
+            let follow = movable && ClusterState.hops(head.redirects) < ClusterState.maxRedirects
             if movable, !follow { pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed) }
-            return pushClient.pushRedirected(bytes, to: movable ? redirect : nil, follow: follow, redirects: head.redirects + 1,
+            return pushClient.pushRedirected(bytes, to: movable ? redirect : nil, follow: follow, redirects: head.redirects &+ ClusterState.oneHop,
                                              deadline: head.deadline, slot: slot, part: head.part, on: ObjectIdentifier(self))
         }
         guard !isDedicated, let slot = head.slot, let client = slot.client, start >= 0,
               slot.warmup?.partsFollowRedirects ?? true, let bytes = outputBytes(start..<answeredBytes) else {
             return false
         }
-        guard head.redirects < ClusterState.maxRedirects else {
+        let withinBudget = redirect != nil ? ClusterState.hops(head.redirects) < ClusterState.maxRedirects
+                                            : ClusterState.retries(head.redirects) < ClusterState.maxTryAgain
+        guard withinBudget else {
             pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
             return false
         }
-        pool.redirected(redirect, RedirectedRequest(bytes: Array(bytes), error: Array(reply), slot: slot, part: head.part, redirects: head.redirects + 1,
+        let redirects = head.redirects &+ (redirect != nil ? ClusterState.oneHop : ClusterState.oneRetry)
+        pool.redirected(redirect, RedirectedRequest(bytes: Array(bytes), error: Array(reply), slot: slot, part: head.part, redirects: redirects,
                                                     clientIndex: client.index, deadline: head.deadline),
                         server: server.name, asking: head.isAsking)
         return true

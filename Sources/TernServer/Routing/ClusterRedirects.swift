@@ -51,7 +51,8 @@ extension PoolRuntime {
     /// try, as cluster clients do.
     func retryLater(_ request: RedirectedRequest, server: String, asking: Bool) {
         plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
-        let delay = 0.025 * Double(1 << Int(min(request.redirects, 6)))
+        // 25 ms for the first retry (this one is counted already), doubling.
+        let delay = 0.025 * Double(1 << Int(min(max(ClusterState.retries(request.redirects), 1) - 1, 6)))
         park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request,
                             waitUntil: request.deadline.isFinite ? request.deadline : worker.now + delay + 2, retryAt: worker.now + delay))
     }
