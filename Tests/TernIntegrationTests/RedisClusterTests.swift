@@ -369,6 +369,52 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(try innocent.call("GET", "innocent"), "$1\r\nv\r\n")
     }
 
+    /// A blocking command a node redirects is sent on to the node named, as a cluster client
+    /// does (nothing was popped): `-MOVED` for a slot that moved before Tern's map did, `-ASK`
+    /// for an empty list in a migrating slot, and the `-MOVED` Redis gives a command blocked on
+    /// a slot that moves away. Each time the pushed item reaches the waiting client; before,
+    /// the client got the redirect error (found by a live-resharding sweep).
+    func testBlockingCommandsFollowAMovedOrMigratingSlot() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let waiter = try TestClient(port: port), pusher = try TestClient(port: port)
+        func nodes(_ tag: String) throws -> (source: Int, target: Int) {
+            let source = try cluster.owner(of: Self.slot(tag))
+            return (source, try cluster.nodes(askingAt: source).filter(\.isMaster).map(\.port).first { $0 != source }!)
+        }
+        for tag in ["bb", "bc", "ba"] { XCTAssertEqual(try waiter.call("GET", "{\(tag)}:k"), "$-1\r\n", "the map Tern has") }
+
+        // MOVED: the slot moved before Tern's map did.
+        let bb = try nodes("bb")
+        try moveSlot(cluster, Self.slot("bb"), keys: [], from: bb.source, to: bb.target)
+        try waiter.send(TestClient.encode(["BLPOP", "{bb}:q", "5"]))
+        usleep(300_000)
+        XCTAssertEqual(try pusher.call("LPUSH", "{bb}:q", "x"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try waiter.receiveReplies(1), as: UTF8.self), "*2\r\n$6\r\n{bb}:q\r\n$1\r\nx\r\n")
+
+        // ASK: an empty list in a migrating slot; the push follows the same ASK.
+        let bc = try nodes("bc")
+        let bcSlot = Self.slot("bc")
+        XCTAssertEqual(try cluster.call(bc.target, "CLUSTER", "SETSLOT", "\(bcSlot)", "IMPORTING", try cluster.id(of: bc.source)), "+OK\r\n")
+        XCTAssertEqual(try cluster.call(bc.source, "CLUSTER", "SETSLOT", "\(bcSlot)", "MIGRATING", try cluster.id(of: bc.target)), "+OK\r\n")
+        try waiter.send(TestClient.encode(["BLPOP", "{bc}:q", "5"]))
+        usleep(300_000)
+        XCTAssertEqual(try pusher.call("LPUSH", "{bc}:q", "y"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try waiter.receiveReplies(1), as: UTF8.self), "*2\r\n$6\r\n{bc}:q\r\n$1\r\ny\r\n")
+        try moveSlot(cluster, bcSlot, keys: [], from: bc.source, to: bc.target)
+
+        // MOVED while blocked: the slot moves away from the node the command waits on.
+        let ba = try nodes("ba")
+        try waiter.send(TestClient.encode(["BLPOP", "{ba}:q", "10"]))
+        usleep(300_000)
+        try moveSlot(cluster, Self.slot("ba"), keys: [], from: ba.source, to: ba.target)
+        usleep(1_500_000)
+        XCTAssertEqual(try pusher.call("LPUSH", "{ba}:q", "z"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try waiter.receiveReplies(1), as: UTF8.self), "*2\r\n$6\r\n{ba}:q\r\n$1\r\nz\r\n")
+        XCTAssertEqual(try cluster.call(ba.target, "LLEN", "{ba}:q"), ":0\r\n")
+        XCTAssertEqual(try waiter.call("GET", "{ba}:k"), "$-1\r\n", "the client goes on")
+    }
+
     /// WATCH and MULTI … EXEC on a slot that moved after Tern's map was made (before its next
     /// refresh). A WATCH answered `-MOVED` is followed (nothing was watched): before, the client
     /// got the MOVED and stayed pinned to the old node, so that every later WATCH of the key

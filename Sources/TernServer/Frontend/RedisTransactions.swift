@@ -277,6 +277,7 @@ extension ClientConnection {
         let waiter = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor, deadline: deadline)
         // As Redis runs a blocked client's next command only once it is unblocked.
         holdUntilAnswered = true
+        if pool.isCluster { slot.warmup = ClusterBlocking(waiter) }
         runBlocking(waiter, on: pool.servers[target])
     }
 
@@ -294,6 +295,10 @@ extension ClientConnection {
         guard let session = redis else { return }
         session.blocked.removeAll { !$0.isCurrent }
         session.blocked.append(DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation))
+        if waiter.asking {
+            RespEncoder.command("ASKING", into: connection.requestBuffer())
+            connection.enqueue(slot: nil, part: 0, framing: .line)
+        }
         waiter.request.withUnsafeBytes { connection.requestBuffer().append($0) }
         connection.enqueue(slot: waiter.slot, part: ReplyPart.whole, framing: .line, blockFor: waiter.blockFor,
                            deadline: waiter.deadline.isFinite ? waiter.deadline : nil)
@@ -546,5 +551,62 @@ final class ClusterExec: PhasedRead {
         slot.data.removeAll()
         slot.hasError = false
         return send(on: pool.servers[target].connection(for: client.index), slot, asking: false, isFirst: false)
+    }
+}
+
+/// A blocking command on a cluster pool, as a request in phases. A node answers it `-MOVED`
+/// when the slot moved before Tern's map did, `-ASK` when the slot is migrating and the key is
+/// not on it (an empty list), and `-MOVED` when the slot moves while the command is blocked:
+/// each time nothing was popped, and a client that is not cluster-aware cannot act on the
+/// error, so the command is sent again on a dedicated connection to the node named (after
+/// `ASKING` for an ASK), as a cluster client does, at most 5 times; its timeout starts again
+/// there, as for a cluster client. Confined to the client's worker.
+final class ClusterBlocking: PhasedRead {
+    private let waiter: DedicatedWaiter
+    private var redirect: ClusterRedirect?
+    private var redirects: UInt8 = 0
+
+    init(_ waiter: DedicatedWaiter) {
+        self.waiter = waiter
+    }
+
+    override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        slot.data.removeAll()
+        slot.data.append(reply)
+        slot.hasError = isError
+        redirect = isError ? ClusterRedirect.parse(reply) : nil
+    }
+
+    override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
+        if serverFailure { slot.closeClientIfItsPoolSays() }
+        slot.data.removeAll()
+        slot.data.append(slot.errorLine(reason))
+        slot.hasError = true
+        redirect = nil
+    }
+
+    override func advance(_ slot: ReplySlot) -> Bool {
+        guard let redirect, redirects < ClusterState.maxRedirects, let client = slot.client as? ClientConnection, !client.isClosed else { return false }
+        let pool = client.pool
+        guard pool.isCluster, let target = pool.serverIndex(named: redirect.target) else { return false }
+        if redirect.isAsk {
+            pool.plan.shared.cluster.askRedirects.add(1, ordering: .relaxed)
+        } else {
+            pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
+            pool.plan.shared.cluster.requestRefresh()
+            pool.learnSlot(redirect.slot, server: target)
+        }
+        redirects += 1
+        self.redirect = nil
+        slot.data.removeAll()
+        slot.hasError = false
+        let now = client.worker.now
+        var next = DedicatedWaiter(slot: slot, request: waiter.request, blockFor: waiter.blockFor,
+                                   deadline: pool.timeoutSeconds.flatMap { timeout in waiter.blockFor.map { now + timeout + $0 } } ?? .infinity)
+        next.asking = redirect.isAsk
+        var split = ReplySplit(nextPhaseOf: slot)
+        _ = split.server(ReplyPart.whole)
+        client.runBlocking(next, on: pool.servers[target])
+        return split.closePhase()
     }
 }

@@ -790,6 +790,8 @@ struct DedicatedWaiter {
     /// When it came plus the pool's timeout and `blockFor` (infinite without them): the time
     /// spent waiting for a connection counts.
     let deadline: Double
+    /// Sent after `ASKING` (a cluster node's `-ASK` followed).
+    var asking = false
 }
 
 /// `objects` as a table of unretained references (see `PoolRuntime.serverTable`). The caller keeps
