@@ -562,12 +562,16 @@ final class ClusterExec: PhasedRead {
 /// `ASKING` for an ASK), as a cluster client does, at most 5 times; its timeout starts again
 /// there, as for a cluster client. Confined to the client's worker.
 final class ClusterBlocking: PhasedRead {
-    private let waiter: DedicatedWaiter
+    /// The command as sent, and the seconds it may block (the waiter's, without its slot: the
+    /// slot holds this object).
+    private let request: [UInt8]
+    private let blockFor: Double?
     private var redirect: ClusterRedirect?
     private var redirects: UInt8 = 0
 
     init(_ waiter: DedicatedWaiter) {
-        self.waiter = waiter
+        request = waiter.request
+        blockFor = waiter.blockFor
     }
 
     override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
@@ -601,8 +605,8 @@ final class ClusterBlocking: PhasedRead {
         slot.data.removeAll()
         slot.hasError = false
         let now = client.worker.now
-        var next = DedicatedWaiter(slot: slot, request: waiter.request, blockFor: waiter.blockFor,
-                                   deadline: pool.timeoutSeconds.flatMap { timeout in waiter.blockFor.map { now + timeout + $0 } } ?? .infinity)
+        var next = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor,
+                                   deadline: pool.timeoutSeconds.flatMap { timeout in blockFor.map { now + timeout + $0 } } ?? .infinity)
         next.asking = redirect.isAsk
         var split = ReplySplit(nextPhaseOf: slot)
         _ = split.server(ReplyPart.whole)
