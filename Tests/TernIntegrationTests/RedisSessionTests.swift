@@ -24,10 +24,10 @@ final class RedisSessionTests: XCTestCase {
         }
     }
 
-    func start(extra: String = "", threads: Int = 2) throws -> Setup {
+    func start(extra: String = "", threads: Int = 2, timeout: Int? = 1000) throws -> Setup {
         let backends = try [group.redis(), group.redis()]
         let port = ProcessGroup.freePort()
-        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  hash_tag: \"{}\"\n  timeout: 1000\n\(extra)  servers:\n"
+        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  hash_tag: \"{}\"\n\(timeout.map { "  timeout: \($0)\n" } ?? "")\(extra)  servers:\n"
             + backends.map { "   - \($0.address):1\n" }.joined()
         try group.tern(config: text, arguments: ["--threads", "\(threads)"], waitPort: port)
         return Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
@@ -466,6 +466,36 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertTrue(waiter.drain(for: 1).closed)
     }
 
+    /// On a pool without a `timeout`, a blocking command waiting for a dedicated connection is
+    /// answered when its own timeout passes, as Redis answers one that timed out (`*-1`): it was
+    /// never sent, so nothing was popped. Before, it waited for as long as the connection stayed
+    /// held (found by an isolation sweep: 500 clients in `BLPOP … 0` left another client's
+    /// `BLPOP … 2` unanswered for good). A `BLPOP … 0` still waits, and runs once a connection
+    /// is free.
+    func testBlockingCommandWaitingWithoutAPoolTimeoutEndsAtItsOwn() throws {
+        let setup = try start(extra: "  dedicated_connections: 1\n", threads: 1, timeout: nil)
+        let keys = setup.keys("nt", on: 0, count: 3)
+        let holder = try TestClient(port: setup.port), waiter = try TestClient(port: setup.port)
+        let patient = try TestClient(port: setup.port), innocent = try TestClient(port: setup.port)
+        try holder.send(TestClient.encode(["BLPOP", keys[0], "0"]))
+        usleep(200_000)
+        XCTAssertEqual(try innocent.call("RPUSH", keys[1], "x"), ":1\r\n")
+        let start = Date()
+        XCTAssertEqual(try waiter.call("BLPOP", keys[1], "0.5"), "*-1\r\n")
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertTrue((0.4...1.4).contains(elapsed), "\(elapsed)")
+        XCTAssertEqual(try innocent.call("LLEN", keys[1]), ":1\r\n", "never sent: nothing popped")
+        try patient.send(TestClient.encode(["BLPOP", keys[2], "0"]))
+        let quiet = patient.drain(for: 1)
+        XCTAssertTrue(quiet.bytes.isEmpty && !quiet.closed, "BLPOP … 0 waits")
+        XCTAssertEqual(try innocent.call("RPUSH", keys[0], "item"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try holder.receiveReplies(1), as: UTF8.self), "*2\r\n$\(keys[0].utf8.count)\r\n\(keys[0])\r\n$4\r\nitem\r\n")
+        usleep(200_000)
+        XCTAssertEqual(try innocent.call("RPUSH", keys[2], "late"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try patient.receiveReplies(1), as: UTF8.self), "*2\r\n$\(keys[2].utf8.count)\r\n\(keys[2])\r\n$4\r\nlate\r\n")
+        XCTAssertEqual(try waiter.call("LPOP", keys[1]), "$1\r\nx\r\n")
+    }
+
     /// A client with one `BLPOP` holding the only dedicated connection and a second waiting for
     /// it leaves: Redis is left with no blocked command (before, giving the first connection back
     /// ran the leaver's own waiter, whose `BLPOP` then held a connection for nobody and would
@@ -772,6 +802,34 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(String(decoding: try waiting.receiveReplies(1), as: UTF8.self), "-ERR server removed from the pool\r\n")
         XCTAssertEqual(try TestClient(port: port).call("PUBLISH", onKept, "still"), ":1\r\n")
         XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
+    }
+
+    /// A WATCH that Tern fails itself (its server is stopped: the pool's timeout) keeps its
+    /// client's lease, so the transaction pipelined behind it fails at EXEC with nothing sent;
+    /// only Redis's own error to a WATCH ends the lease (a WATCH that watched nothing). Were the
+    /// lease ended here, the EXEC would run unwatched, and the transaction would run once the
+    /// server woke (found by review). A WATCH refused by Redis leaves no lease: the
+    /// transaction after it runs as an ordinary one.
+    func testWatchFailedByTernKeepsExecFromRunningUnwatched() throws {
+        let setup = try start(threads: 1)
+        let key = setup.keys("wt", on: 0, count: 1)[0]
+        let client = try TestClient(port: setup.port)
+        setup.backends[0].pause()
+        try client.send([["WATCH", key], ["MULTI"], ["SET", key, "unwatched"], ["EXEC"]].flatMap { TestClient.encode($0) })
+        let replies = String(decoding: try client.receiveReplies(4), as: UTF8.self)
+        setup.backends[0].resume()
+        XCTAssertEqual(replies, "-ERR Connection timed out\r\n+OK\r\n+QUEUED\r\n-ERR the connection that held WATCH was lost; nothing was executed\r\n")
+        usleep(300_000)
+        XCTAssertEqual(try setup.backends[0].call("EXISTS", key), ":0\r\n", "nothing ran")
+        XCTAssertEqual(try client.call("UNWATCH"), "+OK\r\n")
+        // Redis refuses the WATCH itself (a key of the wrong arity cannot be made here, so the
+        // command is renamed away on the server): no lease is left behind.
+        XCTAssertEqual(try setup.backends[0].call("ACL", "SETUSER", "default", "-watch"), "+OK\r\n")
+        try client.send([["WATCH", key], ["MULTI"], ["SET", key, "plain"], ["EXEC"]].flatMap { TestClient.encode($0) })
+        let refused = String(decoding: try client.receiveReplies(4), as: UTF8.self)
+        XCTAssertTrue(refused.hasPrefix("-NOPERM"), refused)
+        XCTAssertTrue(refused.hasSuffix("+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n"), refused)
+        XCTAssertEqual(try setup.backends[0].call("GET", key), "$5\r\nplain\r\n")
     }
 
     /// A WATCH on a server a reload removes: the transaction after it fails at EXEC with

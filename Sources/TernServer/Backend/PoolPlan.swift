@@ -107,18 +107,24 @@ extension PoolPlan {
     }
 }
 
-/// The deletes a warm-up pool has sent to both pools, counted per key bucket across workers
-/// (relaxed atomics), so that a warm-up read does not copy an old-pool value that a delete
-/// routed meanwhile has removed. Without it, a read that missed the new pool, read the old pool
-/// just before another client's delete reached it, and copied what it read after that delete
-/// had reached the new pool, left the deleted value in the new pool until its TTL. A read notes its keys' epochs when it is routed and
-/// skips a copy whose epoch moved (`copiesSkipped`). Buckets are shared by keys (a delete of
-/// another key in the bucket skips a copy the next read makes); a flush moves every bucket.
-/// Only deletes routed by this process are seen.
+/// The deletes a warm-up pool sends to both pools, counted per key bucket across workers
+/// (relaxed atomics), so that a warm-up read does not copy an old-pool value that a delete has
+/// removed. Without it, a read that missed the new pool and read the old pool just before
+/// another client's delete reached it copied what it read after that delete had reached the
+/// new pool, leaving the deleted value there until its TTL. A bucket's epoch moves when a
+/// delete of one of its keys is routed and again when that delete's request is done
+/// (`WarmupDeletesInFlight`); the deletes still in flight are counted too. A read notes its
+/// keys' epochs when it is routed and copies an old hit only if its bucket's epoch has not moved
+/// and no delete of the bucket is in flight (`allowsCopy`): a delete routed after the read, or
+/// before it but not yet done on the old pool, skips the copy. Buckets are shared by keys (a
+/// delete of another key of the bucket skips a copy the next read makes); a flush counts for
+/// every bucket. Only deletes routed by this process are seen.
 final class WarmupInvalidations: Sendable {
     static let bucketCount = 1024
-    private let buckets: InlineArray<1024, Atomic<UInt32>> = InlineArray { _ in Atomic(0) }
+    private let epochs: InlineArray<1024, Atomic<UInt32>> = InlineArray { _ in Atomic(0) }
+    private let inFlight: InlineArray<1024, Atomic<UInt32>> = InlineArray { _ in Atomic(0) }
     private let flushes = Atomic<UInt32>(0)
+    private let flushesInFlight = Atomic<UInt32>(0)
 
     /// The bucket of `key` (FNV-1a over its bytes).
     @inline(__always)
@@ -128,20 +134,68 @@ final class WarmupInvalidations: Sendable {
         return Int(hash & UInt32(bucketCount - 1))
     }
 
-    /// What a read notes for a key in `bucket` when it is routed; a later `epoch` that differs
-    /// means a delete of a key in the bucket, or a flush, was routed since.
+    /// What a read notes for a key in `bucket` when it is routed.
     @inline(__always)
     func epoch(_ bucket: Int) -> UInt32 {
-        buckets[bucket].load(ordering: .relaxed) &+ flushes.load(ordering: .relaxed)
+        epochs[bucket].load(ordering: .relaxed) &+ flushes.load(ordering: .relaxed)
     }
 
-    /// A delete of `key` is being sent to both pools.
-    func deleted(_ key: UnsafeRawBufferPointer) {
-        buckets[Self.bucket(key)].add(1, ordering: .relaxed)
+    /// Whether a read that noted `noted` for `bucket` may copy an old hit of it now.
+    func allowsCopy(_ bucket: Int, noted: UInt32) -> Bool {
+        epoch(bucket) == noted && inFlight[bucket].load(ordering: .relaxed) == 0 && flushesInFlight.load(ordering: .relaxed) == 0
     }
 
-    /// Every key of the pool is being flushed.
-    func flushed() {
+    fileprivate func begin(_ bucket: Int) {
+        inFlight[bucket].add(1, ordering: .relaxed)
+        epochs[bucket].add(1, ordering: .relaxed)
+    }
+
+    fileprivate func end(_ bucket: Int) {
+        epochs[bucket].add(1, ordering: .relaxed)
+        inFlight[bucket].subtract(1, ordering: .relaxed)
+    }
+
+    fileprivate func beginFlush() {
+        flushesInFlight.add(1, ordering: .relaxed)
         flushes.add(1, ordering: .relaxed)
+    }
+
+    fileprivate func endFlush() {
+        flushes.add(1, ordering: .relaxed)
+        flushesInFlight.subtract(1, ordering: .relaxed)
+    }
+}
+
+/// The deletes (or the flush) of one request sent to both pools of a warm-up, in flight for as
+/// long as this object lives: the request's reply slot holds it (`ReplySlot.heldWithRequest`)
+/// until the slot is recycled, after every part, the old pool's included, has answered or
+/// failed. Released exactly once, whatever way the request ends. Confined to the worker thread
+/// of the slot that holds it.
+final class WarmupDeletesInFlight {
+    private let table: WarmupInvalidations
+    private var buckets: [Int32] = []
+    private var flush = false
+
+    init(_ table: WarmupInvalidations) {
+        self.table = table
+    }
+
+    /// A delete of `key` is being sent.
+    func add(_ key: UnsafeRawBufferPointer) {
+        let bucket = WarmupInvalidations.bucket(key)
+        table.begin(bucket)
+        buckets.append(Int32(bucket))
+    }
+
+    /// A flush of every server of both pools is being sent.
+    func addFlush() {
+        guard !flush else { return }
+        flush = true
+        table.beginFlush()
+    }
+
+    deinit {
+        for bucket in buckets { table.end(Int(bucket)) }
+        if flush { table.endFlush() }
     }
 }

@@ -303,7 +303,9 @@ final class ServerConnection {
     /// follow it, its bytes (answered, still in `output`, just before `answeredBytes`) go to
     /// the node named and true is returned; after `-TRYAGAIN` they go to this node again a
     /// little later. A MOVED also asks for a new slot map. Requests on dedicated connections
-    /// (WATCH, blocking) are not redirected: their client gets the error. On a push connection
+    /// (WATCH, blocking) and parts of a phased request that must not go alone (a transaction's
+    /// queued commands) are not redirected here: the phased request decides (`FirstWatch`,
+    /// `ClusterExec`, `ClusterBlocking`), else the client gets the error. On a push connection
     /// a MOVED goes to its client (`pushRedirected`), which follows it on its own push
     /// connection to the node named.
     @inline(never)

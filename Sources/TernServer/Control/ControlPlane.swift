@@ -167,7 +167,7 @@ enum StatsReport {
                     counter("tern_cluster_redirects_total", [("pool", pool), ("kind", kind)], "Redis Cluster redirects (-MOVED, -ASK) followed by Tern; clients never see them.")
                         .increment(by: Int64(value))
                 }
-                counter("tern_cluster_redirects_given_up_total", [("pool", pool)], "Redirect errors passed to clients: more than 5 redirects, or a node no slot map brought in time.")
+                counter("tern_cluster_redirects_given_up_total", [("pool", pool)], "Redirect errors passed to clients: more than 5 redirects or 6 TRYAGAIN retries, or a node no slot map brought in time.")
                     .increment(by: Int64(cluster.redirectsGivenUp.load(ordering: .relaxed)))
                 counter("tern_cluster_tryagain_retries_total", [("pool", pool)], "Multi-key requests answered -TRYAGAIN during a slot migration and sent again after a pause.")
                     .increment(by: Int64(cluster.tryAgainRetries.load(ordering: .relaxed)))

@@ -585,9 +585,11 @@ extension ClientConnection {
                 // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
                 var oldServers: [Int32] = []
                 var oldKeyServers: [Int32] = []
+                let deletes = WarmupDeletesInFlight(pool.warmupInvalidations)
+                slot.heldWithRequest = deletes
                 for keyIndex in worker.keyIndices {
                     let server = Int32(arguments.withArgument(keyIndex, in: frame) { key in
-                        pool.warmupInvalidations.deleted(key)
+                        deletes.add(key)
                         return old.server(forKey: key)?.index ?? -1
                     })
                     oldKeyServers.append(server)

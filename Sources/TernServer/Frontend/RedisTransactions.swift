@@ -11,13 +11,16 @@ import TernCore
 ///     EXEC  ──► MULTI, the commands and EXEC leave in one piece of one connection's output:
 ///               a shared connection (no other client's bytes can fall in between), or the
 ///               connection the client's WATCH pinned; only EXEC's reply reaches the client
+///               (cluster pools: sent whole again after -MOVED, `ClusterExec`)
 ///     WATCH ──► leases a dedicated connection to the keys' server until EXEC, DISCARD,
 ///               UNWATCH, RESET or disconnect; it goes back clean (EXEC and UNWATCH unwatch)
-///               or is closed, never handed on dirty
+///               or is closed, never handed on dirty; Redis's error to the WATCH that began
+///               the lease ends it (`FirstWatch`, which follows a -MOVED)
 ///     BLPOP ──► runs on a dedicated connection (at most `dedicated_connections` per server
 ///               per worker; more wait for one), with the pool timeout extended by the
 ///               command's own; a client that leaves while blocked has that connection closed,
-///               so Redis unblocks it without popping anything
+///               so Redis unblocks it without popping anything (cluster pools: -MOVED/-ASK
+///               followed, `ClusterBlocking`)
 final class RedisTransaction {
     /// The queued commands, as multibulk requests.
     let commands = ByteBuffer()
@@ -274,7 +277,7 @@ extension ClientConnection {
         let request = requestBytes(frame, arguments)
         let blockFor = blockingTimeout(command, frame, arguments)
         let deadline = pool.timeoutSeconds.flatMap { timeout in blockFor.map { worker.now + timeout + $0 } } ?? .infinity
-        let waiter = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor, deadline: deadline)
+        let waiter = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor, deadline: deadline, now: worker.now)
         // As Redis runs a blocked client's next command only once it is unblocked.
         holdUntilAnswered = true
         if pool.isCluster { slot.warmup = ClusterBlocking(waiter) }
@@ -376,7 +379,7 @@ extension ClientConnection {
 
 /// A WATCH that began its client's lease of a dedicated connection, as a request in phases.
 /// Redis watches nothing when WATCH fails, and clients do not UNWATCH after a failed WATCH
-/// (redis-py does not): an error reply ends the lease here too, where the client stayed pinned
+/// (redis-py does not): Redis's error reply ends the lease here too, where the client stayed pinned
 /// to the connection (on a cluster pool whose slot had moved, every later WATCH of the key
 /// answered CROSSSLOT and every MULTI … EXEC EXECABORT, until the client sent UNWATCH). A
 /// `-MOVED` is followed, since nothing was watched: the slot is learned, a dedicated connection
@@ -402,12 +405,14 @@ final class FirstWatch: PhasedRead {
         redirect = isError ? ClusterRedirect.parse(reply) : nil
     }
 
+    /// Tern's own failure (timeout, connection lost): the lease stays, so that the client's
+    /// EXEC fails ("the connection that held WATCH was lost") instead of running unwatched.
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
         if serverFailure { slot.closeClientIfItsPoolSays() }
         slot.data.removeAll()
         slot.data.append(slot.errorLine(reason))
         slot.hasError = true
-        isError = true
+        isError = false
         redirect = nil
     }
 
@@ -590,7 +595,10 @@ final class ClusterBlocking: PhasedRead {
     }
 
     override func advance(_ slot: ReplySlot) -> Bool {
-        guard let redirect, redirects < ClusterState.maxRedirects, let client = slot.client as? ClientConnection, !client.isClosed else { return false }
+        // A client whose input ended (`closeWhenDrained`; `endBlockedCommands` may be
+        // delivering this reply) gets the error: nothing is blocked again for it.
+        guard let redirect, redirects < ClusterState.maxRedirects, let client = slot.client as? ClientConnection,
+              !client.isClosed, !client.closeWhenDrained else { return false }
         let pool = client.pool
         guard pool.isCluster, let target = pool.serverIndex(named: redirect.target) else { return false }
         if redirect.isAsk {
@@ -606,7 +614,7 @@ final class ClusterBlocking: PhasedRead {
         slot.hasError = false
         let now = client.worker.now
         var next = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor,
-                                   deadline: pool.timeoutSeconds.flatMap { timeout in blockFor.map { now + timeout + $0 } } ?? .infinity)
+                                   deadline: pool.timeoutSeconds.flatMap { timeout in blockFor.map { now + timeout + $0 } } ?? .infinity, now: now)
         next.asking = redirect.isAsk
         var split = ReplySplit(nextPhaseOf: slot)
         _ = split.server(ReplyPart.whole)

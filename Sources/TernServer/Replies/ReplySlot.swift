@@ -56,8 +56,9 @@ final class ReplySlot {
     var countedBytes = 0
     /// Bytes of the kept replies below, counted in `heldBytes`.
     private(set) var keptBytes = 0
-    /// A request in phases: a read on a warm-up pool (new pool, old pool, resend), or on a
-    /// Redis Cluster pool a WATCH or EXEC that follows a `-MOVED` (`FirstWatch`, `ClusterExec`).
+    /// A request in phases: a read on a warm-up pool (new pool, old pool, resend); a Redis
+    /// WATCH that begins a lease (`FirstWatch`); on a Redis Cluster pool an EXEC or a blocking
+    /// command that follows a redirect (`ClusterExec`, `ClusterBlocking`).
     var warmup: PhasedRead?
     /// The request's row in the pool's `CommandStats` (-1: not counted).
     var command: Int32 = -1
@@ -126,6 +127,9 @@ final class ReplySlot {
     /// A split that reaches a warm-up's old pool: the new pool's counters, where failures of
     /// old-pool parts are counted (set by `ReplySplit`).
     fileprivate(set) var warmupCounters: WarmupCounters?
+    /// An object that lives as long as the request (released when the slot is recycled): a
+    /// warm-up's deletes in flight (`WarmupDeletesInFlight`, in Backend/).
+    var heldWithRequest: AnyObject?
 
     func reset() {
         clientReference = nil
@@ -148,6 +152,7 @@ final class ReplySlot {
         isRedis = false
         if warmup != nil { warmup = nil }
         if warmupCounters != nil { warmupCounters = nil }
+        if heldWithRequest != nil { heldWithRequest = nil }
         replyLimit = Int.max
         isOverflowed = false
         countedBytes = 0
@@ -534,8 +539,9 @@ final class ReplySlot {
 }
 
 /// A request merged in phases by the layer above (the warm-up read, `WarmupRead` in
-/// Routing/Warmup.swift; a Redis WATCH that began a lease and a Redis Cluster EXEC,
-/// `FirstWatch` and `ClusterExec` in Frontend/RedisTransactions.swift): the slot hands each
+/// Routing/Warmup.swift; a Redis WATCH that began a lease, a Redis Cluster EXEC and blocking
+/// command, `FirstWatch`, `ClusterExec` and `ClusterBlocking` in
+/// Frontend/RedisTransactions.swift): the slot hands each
 /// part's reply or failure to it, and asks it, once a phase's parts have answered, whether
 /// another phase has started. These three calls go through the vtable (an indirect call per
 /// reply part): only those requests have a phased read.

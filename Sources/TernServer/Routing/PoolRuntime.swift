@@ -639,10 +639,10 @@ final class ServerRuntime: BackendServer {
             // A client that left while waiting has nothing to run; nor has one leaving now (its
             // own blocked command may be the one that gave this connection back).
             guard let client = waiter.slot.client, !client.isClosed else { continue }
-            if waiter.deadline <= worker.now {
+            if waiter.waitUntil <= worker.now {
                 // Out of time (its timer is about to say so): not sent, so nothing is popped
                 // for a client that gets a timeout.
-                waiter.slot.fail(part: ReplyPart.whole, reason: "Connection timed out")
+                Self.expire(waiter)
                 continue
             }
             worker.runWaiting(waiter, client: client, on: self)
@@ -652,7 +652,7 @@ final class ServerRuntime: BackendServer {
 
     func waitForDedicated(_ waiter: DedicatedWaiter) {
         waiting.append(waiter)
-        if waiter.deadline.isFinite { poolRuntime.armParkTimer() }
+        if waiter.waitUntil.isFinite { poolRuntime.armParkTimer() }
     }
 
     /// Takes `client`'s waiting blocking requests out (it closed its side): their slots are
@@ -673,7 +673,7 @@ final class ServerRuntime: BackendServer {
 
     /// The earliest deadline of a waiting blocking request (infinite when none has one).
     var nextWaitingDeadline: Double {
-        waiting.reduce(Double.infinity) { min($0, $1.deadline) }
+        waiting.reduce(Double.infinity) { min($0, $1.waitUntil) }
     }
 
     /// Waiting blocking requests whose deadline has passed (all of them when `all`: the server
@@ -686,11 +686,24 @@ final class ServerRuntime: BackendServer {
         guard !waiting.isEmpty else { return }
         var expired: [DedicatedWaiter] = []
         waiting.removeAll { waiter in
-            guard all || waiter.deadline <= now else { return false }
+            guard all || waiter.waitUntil <= now else { return false }
             expired.append(waiter)
             return true
         }
-        for waiter in expired where waiter.slot.client != nil { waiter.slot.fail(part: ReplyPart.whole, reason: reason) }
+        for waiter in expired where waiter.slot.client != nil {
+            if all { waiter.slot.fail(part: ReplyPart.whole, reason: reason) } else { Self.expire(waiter) }
+        }
+    }
+
+    /// A blocking request whose wait for a dedicated connection ran out: the pool's timeout
+    /// error, or without a pool timeout the reply to a blocking command whose own timeout
+    /// passed with nothing to pop (RESP2's null array, whatever the command).
+    private static func expire(_ waiter: DedicatedWaiter) {
+        guard waiter.isTimedOutWithoutConnection else {
+            return waiter.slot.fail(part: ReplyPart.whole, reason: "Connection timed out")
+        }
+        let nullArray: StaticString = "*-1\r\n"
+        _ = waiter.slot.deliver(part: ReplyPart.whole, reply: UnsafeRawBufferPointer(start: nullArray.utf8Start, count: nullArray.utf8CodeUnitCount), isError: false)
     }
 
     // MARK: Push connections (pub/sub)
@@ -792,6 +805,22 @@ struct DedicatedWaiter {
     let deadline: Double
     /// Sent after `ASKING` (a cluster node's `-ASK` followed).
     var asking = false
+
+    init(slot: ReplySlot, request: [UInt8], blockFor: Double?, deadline: Double, now: Double) {
+        self.slot = slot
+        self.request = request
+        self.blockFor = blockFor
+        self.deadline = deadline
+        waitUntil = deadline.isFinite ? deadline : blockFor.map { now + $0 } ?? .infinity
+    }
+
+    /// How long it may wait for a dedicated connection: its deadline, or without a pool
+    /// timeout its own timeout (infinite for a command that blocks forever). A command still
+    /// waiting then is answered as Redis answers one whose timeout passed with nothing to pop
+    /// (`isTimedOutWithoutConnection`): it never ran, so nothing was popped.
+    let waitUntil: Double
+    /// Out of time while waiting, with no pool timeout: its own timeout passed.
+    var isTimedOutWithoutConnection: Bool { !deadline.isFinite }
 }
 
 /// `objects` as a table of unretained references (see `PoolRuntime.serverTable`). The caller keeps

@@ -50,7 +50,9 @@ struct EveryServerRoute {
             connection.enqueue(slot: slot, part: split.server(Int32(server.index)), framing: framing)
         }
         if reachesOldPool, let old = pool.old {
-            pool.warmupInvalidations.flushed()
+            let flush = WarmupDeletesInFlight(pool.warmupInvalidations)
+            flush.addFlush()
+            slot.heldWithRequest = flush
             for server in old.servers where !server.isEjected {
                 let connection = server.connection(for: client)
                 encode(connection.requestBuffer())
@@ -132,7 +134,9 @@ struct WarmupRoute {
             return
         }
         var split = ReplySplit(slot, mergedBy: sink, warmupCounters: new.warmupCounters)
-        new.warmupInvalidations.deleted(hashKey)
+        let deletes = WarmupDeletesInFlight(new.warmupInvalidations)
+        deletes.add(hashKey)
+        slot.heldWithRequest = deletes
         if let oldServer = old.server(forKey: hashKey) {
             WarmupCounters.add(new.warmupCounters.oldDeletes)
             let connection = oldServer.connection(for: client)

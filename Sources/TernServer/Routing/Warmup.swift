@@ -295,11 +295,11 @@ final class WarmupRead: PhasedRead {
     }
 
     /// Whether a delete of a key in key `index`'s bucket (or a flush) was routed to both pools
-    /// since this read was: the old value read may be one that delete removed, and a copy made
-    /// now could reach the new pool after it. Such an item is answered (the read began before
-    /// the delete) but not copied, as without backfill.
+    /// since this read was, or is still in flight: the old value read may be one that delete
+    /// removes, and a copy made now could reach the new pool after it. Such an item is answered
+    /// but not copied, as without backfill.
     private func deletedSinceRouted(_ index: Int) -> Bool {
-        pool.warmupInvalidations.epoch(Int(keys[index].invalidationBucket)) != keys[index].invalidationEpoch
+        !pool.warmupInvalidations.allowsCopy(Int(keys[index].invalidationBucket), noted: keys[index].invalidationEpoch)
     }
 
     /// memcached text: `get` answers the old item now and copies it in the background; gets,
@@ -456,7 +456,7 @@ final class WarmupRead: PhasedRead {
 extension ReplySlot {
     /// The slot's warm-up read, if it has one.
     var warmupRead: WarmupRead? {
-        // (Checked: a Redis WATCH or cluster EXEC is phased too, `FirstWatch`, `ClusterExec`.)
+        // (Checked: other requests are phased too, `FirstWatch`, `ClusterExec`, `ClusterBlocking`.)
         warmup as? WarmupRead
     }
 }
