@@ -398,9 +398,7 @@ final class FirstWatch: PhasedRead {
     }
 
     override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
-        slot.data.removeAll()
-        slot.data.append(reply)
-        slot.hasError = isError
+        slot.holdReply(reply, isError: isError)
         self.isError = isError
         redirect = isError ? ClusterRedirect.parse(reply) : nil
     }
@@ -408,10 +406,7 @@ final class FirstWatch: PhasedRead {
     /// Tern's own failure (timeout, connection lost): the lease stays, so that the client's
     /// EXEC fails ("the connection that held WATCH was lost") instead of running unwatched.
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
-        if serverFailure { slot.closeClientIfItsPoolSays() }
-        slot.data.removeAll()
-        slot.data.append(slot.errorLine(reason))
-        slot.hasError = true
+        slot.holdFailure(reason, serverFailure: serverFailure)
         isError = false
         redirect = nil
     }
@@ -520,18 +515,13 @@ final class ClusterExec: PhasedRead {
             if isError, redirect == nil { redirect = ClusterRedirect.parse(reply) }
             return
         }
-        slot.data.removeAll()
-        slot.data.append(reply)
-        slot.hasError = isError
+        slot.holdReply(reply, isError: isError)
         isAborted = isError && reply.starts(with: "-EXECABORT".utf8)
     }
 
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
         guard part != Self.queued else { return }
-        if serverFailure { slot.closeClientIfItsPoolSays() }
-        slot.data.removeAll()
-        slot.data.append(slot.errorLine(reason))
-        slot.hasError = true
+        slot.holdFailure(reason, serverFailure: serverFailure)
         isAborted = false
     }
 
@@ -580,17 +570,12 @@ final class ClusterBlocking: PhasedRead {
     }
 
     override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
-        slot.data.removeAll()
-        slot.data.append(reply)
-        slot.hasError = isError
+        slot.holdReply(reply, isError: isError)
         redirect = isError ? ClusterRedirect.parse(reply) : nil
     }
 
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
-        if serverFailure { slot.closeClientIfItsPoolSays() }
-        slot.data.removeAll()
-        slot.data.append(slot.errorLine(reason))
-        slot.hasError = true
+        slot.holdFailure(reason, serverFailure: serverFailure)
         redirect = nil
     }
 

@@ -558,6 +558,23 @@ class PhasedRead {
     var partsFollowRedirects: Bool { true }
 }
 
+extension ReplySlot {
+    /// A phased request's answer so far is `reply` (what it held before is dropped).
+    func holdReply(_ reply: UnsafeRawBufferPointer, isError: Bool) {
+        data.removeAll()
+        data.append(reply)
+        hasError = isError
+    }
+
+    /// A phased request's answer so far is the error for `reason` (a failed part).
+    func holdFailure(_ reason: String, serverFailure: Bool) {
+        if serverFailure { closeClientIfItsPoolSays() }
+        data.removeAll()
+        data.append(errorLine(reason))
+        hasError = true
+    }
+}
+
 /// Part numbers: which part of its slot's request a backend reply answers.
 ///
 ///     whole              0                    a request sent as one part
