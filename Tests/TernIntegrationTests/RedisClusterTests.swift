@@ -284,6 +284,17 @@ final class RedisClusterTests: XCTestCase {
         try direct.send(TestClient.encode(["ASKING"]) + TestClient.encode(["GET", "{\(tag)}:new"]))
         XCTAssertEqual(String(decoding: try direct.receiveReplies(2), as: UTF8.self), "+OK\r\n$5\r\nfresh\r\n", "a new key of a migrating slot is made on the target")
         XCTAssertGreaterThanOrEqual(try info(port, "cluster_redirects_ask"), 11, "the moved keys and the new one were reached with ASK")
+        // A transaction on a moved key of the migrating slot: the source answers its command
+        // -ASK, which is not followed inside a transaction; the node's EXECABORT is the answer,
+        // counted as one (before, Tern counted it as an EXEC that ran).
+        let abortsBefore = try TestClient(port: port).call("INFO", "stats")
+        XCTAssertTrue(abortsBefore.contains("transactions_execabort:0\r\n"), abortsBefore)
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["SET", keys[0], "in-tx"]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self),
+                       "+OK\r\n+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n")
+        let aborts = try TestClient(port: port).call("INFO", "stats")
+        XCTAssertTrue(aborts.contains("transactions_execabort:1\r\n") && aborts.contains("transactions_exec:0\r\n"), aborts)
+        XCTAssertEqual(try client.call("GET", keys[0]), "$\(("v" + keys[0]).utf8.count)\r\nv\(keys[0])\r\n", "nothing ran")
         XCTAssertEqual(try info(port, "cluster_redirects_moved"), 0)
         let version = try info(port, "cluster_slot_map_version")
 

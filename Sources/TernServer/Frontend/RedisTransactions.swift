@@ -526,8 +526,9 @@ final class ClusterExec: PhasedRead {
     }
 
     override func advance(_ slot: ReplySlot) -> Bool {
-        guard isAborted, let redirect, let client = slot.client as? ClientConnection else { return false }
+        guard isAborted, let client = slot.client as? ClientConnection else { return false }
         let pool = client.pool
+        guard let redirect else { return countedAsAborted(pool) }
         let target = pool.serverIndex(named: redirect.target)
         if !redirect.isAsk {
             pool.plan.shared.cluster.requestRefresh()
@@ -540,12 +541,20 @@ final class ClusterExec: PhasedRead {
             slot.hasError = false
             return false
         }
-        guard !redirect.isAsk, let target, redirects < ClusterState.maxRedirects else { return false }
+        guard !redirect.isAsk, let target, redirects < ClusterState.maxRedirects else { return countedAsAborted(pool) }
         pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
         redirects += 1
         slot.data.removeAll()
         slot.hasError = false
         return send(on: pool.servers[target].connection(for: client.index), slot, asking: false, isFirst: false)
+    }
+
+    /// The node's EXECABORT is the answer: counted as one (`transactions_execabort`) instead of
+    /// the EXEC counted when the transaction was sent.
+    private func countedAsAborted(_ pool: PoolRuntime) -> Bool {
+        pool.stats.transactions.add(-1)
+        pool.stats.transactionsAborted.add()
+        return false
     }
 }
 
