@@ -233,7 +233,8 @@ extension ClientConnection {
         if session.watch == nil {
             let lease = DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation)
             session.watch = lease
-            slot.warmup = FirstWatch(lease, request: Array(output.readable[start...]))
+            // (Its bytes are kept only where a MOVED may send them elsewhere.)
+            slot.warmup = FirstWatch(lease, request: pool.isCluster ? Array(output.readable[start...]) : [])
         }
         connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
         // What follows reaches Redis after the WATCH (a write to a watched key must fail EXEC).

@@ -702,8 +702,7 @@ final class ServerRuntime: BackendServer {
         guard waiter.isTimedOutWithoutConnection else {
             return waiter.slot.fail(part: ReplyPart.whole, reason: "Connection timed out")
         }
-        let nullArray: StaticString = "*-1\r\n"
-        _ = waiter.slot.deliver(part: ReplyPart.whole, reply: UnsafeRawBufferPointer(start: nullArray.utf8Start, count: nullArray.utf8CodeUnitCount), isError: false)
+        waiter.slot.complete(with: "*-1\r\n" as StaticString)
     }
 
     // MARK: Push connections (pub/sub)
