@@ -198,7 +198,8 @@ final class IsolationTests: XCTestCase {
         let before = memoryKiB(tern.process).rss
         let canary = Canary(port: tern.port, redis: false)
         let attacker = try TestClient(port: tern.port, timeout: 30)
-        // 300 MB from one server (the request goes as it is), then 200 MB merged from two.
+        // 300 MB asked of one server, then 200 MB merged from two (repeated keys are asked
+        // once, so the servers send 1 MiB each; the copies would pass the limit).
         let single = "get " + Array(repeating: onFirst, count: 300).joined(separator: " ") + "\r\n"
         let merged = "get " + Array(repeating: "\(onFirst) \(onSecond)", count: 100).joined(separator: " ") + "\r\n"
         for request in [single, merged, single] {
@@ -262,6 +263,123 @@ final class IsolationTests: XCTestCase {
         if checksMemory {
             XCTAssertLessThan(memoryKiB(tern.process).peak - before, overhead(limit: limit, servers: 2))
         }
+    }
+
+    /// Small requests that ask for large replies (pipelined gets of a 1 MiB value), from a
+    /// client that leaves at once or never reads: what it asked for crosses the backend
+    /// connection it shares with the canary, ahead of the canary's requests, and goes on
+    /// crossing it after Tern has closed or paused that client. Its requests in flight are
+    /// capped by the size its replies run to (`ReplyOwner.inFlightWindow`), so at most a few
+    /// MiB are ever ahead of the canary. Before the cap the 16,000 gets all went out at once:
+    /// 16 GB ahead of the canary, whose requests timed out (`timeout: 1000`) in every run.
+    func testAmplifiedPipelinesDoNotStallTheSharedConnection() throws {
+        // Sanitized builds move bytes about ten times slower: the canary's requests get longer.
+        let timeout = checksMemory ? 1000 : 2500
+        let memcached = try group.memcached(extra: ["-I", "2m"])
+        let redis = try group.redis()
+        let value = String(repeating: "a", count: 1 << 20)
+        let mc = try start([memcached.address], extra: "  max_item_size: 2097152\n", timeout: timeout)
+        XCTAssertEqual(try TestClient(port: mc.port).request("set big 0 0 \(value.utf8.count)\r\n\(value)\r\n", until: "\r\n"), "STORED\r\n")
+        let rd = try start([redis.address], redis: true, timeout: timeout)
+        XCTAssertEqual(try TestClient(port: rd.port).call("SET", "big", value), "+OK\r\n")
+        for (port, isRedis) in [(mc.port, false), (rd.port, true)] {
+            let canary = Canary(port: port, redis: isRedis)
+            usleep(100_000)
+            let request = isRedis ? TestClient.encode(["GET", "big"]) : Array("get big\r\n".utf8)
+            // Gone at once, three times.
+            for _ in 0..<3 {
+                let leaver = try TestClient(port: port)
+                try leaver.send(Array([[UInt8]](repeating: request, count: 16_000).joined()))
+                leaver.close()
+                usleep(300_000)
+            }
+            // Never reads (its receive buffer stays full).
+            let stalled = try TestClient(port: port)
+            try stalled.send(Array([[UInt8]](repeating: request, count: 5_000).joined()))
+            usleep(1_500_000)
+            canary.check()
+            stalled.close()
+            // The client itself is served as it asks: a pipeline of 40 gets of the value.
+            let reader = try TestClient(port: port, timeout: 20)
+            try reader.send(Array([[UInt8]](repeating: request, count: 40).joined()))
+            let expected = isRedis ? "$\(value.utf8.count)\r\n\(value)\r\n" : "VALUE big 0 \(value.utf8.count)\r\n\(value)\r\nEND\r\n"
+            let replies = String(decoding: isRedis ? try reader.receiveReplies(40) : try reader.receive(until: "END\r\n", occurrences: 40), as: UTF8.self)
+            XCTAssertEqual(replies, String(repeating: expected, count: 40))
+        }
+    }
+
+    /// A read that names a key more than once (`get k j k`, `MGET k j k`) asks each server
+    /// for that key once, and Tern copies its record into each place the client named it. The
+    /// reply is the one the server would give; what crosses the shared connection is not
+    /// multiplied. Before, one 210 KB `get` line naming a 1 MiB key 30,000 times made its
+    /// server send 30 GB across the connection the canary shares (refused by Tern at the
+    /// output limit, read and dropped all the same): the canary's requests timed out.
+    func testRepeatedKeysAreAskedOnce() throws {
+        let timeout = checksMemory ? 1000 : 2500
+        let first = try group.memcached(extra: ["-I", "2m"]), second = try group.memcached()
+        let mc = try start([first.address, second.address], extra: "  max_item_size: 2097152\n", timeout: timeout)
+        let onFirst = keys(mc.pool, server: 0, count: 2), onSecond = keys(mc.pool, server: 1, count: 1)
+        let (a, big, b) = (onFirst[0], onFirst[1], onSecond[0])
+        let value = String(repeating: "v", count: 1 << 20)
+        let client = try TestClient(port: mc.port, timeout: 20)
+        for (key, data) in [(a, "alpha"), (b, "beta"), (big, value)] {
+            XCTAssertEqual(try client.request("set \(key) 3 0 \(data.utf8.count)\r\n\(data)\r\n", until: "\r\n"), "STORED\r\n")
+        }
+        func stat(_ backend: Memcached, _ name: String) throws -> Int {
+            let stats = try TestClient(port: backend.port).request("stats\r\n", until: "END\r\n")
+            let line = stats.split(separator: "\r\n").first { $0.hasPrefix("STAT \(name) ") } ?? ""
+            return Int(line.split(separator: " ").last ?? "") ?? -1
+        }
+        func hits(_ backend: Memcached) throws -> Int { try stat(backend, "get_hits") }
+        let record = { (key: String, data: String) in "VALUE \(key) 3 \(data.utf8.count)\r\n\(data)\r\n" }
+        // Over two servers, and on one; a miss repeated stays a miss.
+        var hitsBefore = try hits(first)
+        XCTAssertEqual(try client.request("get \(a) \(b) \(a) nokey \(a) \(b) nokey\r\n", until: "END\r\n"),
+                       record(a, "alpha") + record(b, "beta") + record(a, "alpha") + record(a, "alpha") + record(b, "beta") + "END\r\n")
+        XCTAssertEqual(try client.request("get \(a) \(a)\r\n", until: "END\r\n"), record(a, "alpha") + record(a, "alpha") + "END\r\n")
+        XCTAssertEqual(try hits(first) - hitsBefore, 2, "each get asked the first server for \(a) once")
+        let gets = try client.request("gets \(a) \(a)\r\n", until: "END\r\n")
+        let lines = gets.split(separator: "\r\n")
+        XCTAssertEqual(lines.count, 5, gets)
+        XCTAssertTrue(lines[0].hasPrefix("VALUE \(a) 3 5 "), gets)
+        XCTAssertEqual(lines[0], lines[2], "the same item, the same CAS unique")
+        // Large records copied, within the output limit.
+        XCTAssertEqual(try client.request("get \(big) \(a) \(big) \(big)\r\n", until: "\r\nEND\r\n"),
+                       record(big, value) + record(a, "alpha") + record(big, value) + record(big, value) + "END\r\n")
+        // Past it: refused, with one copy of the value sent by the server.
+        let canary = Canary(port: mc.port, redis: false)
+        let written = try stat(first, "bytes_written")
+        let attack = "get " + Array(repeating: big, count: 30_000).joined(separator: " ") + "\r\n"
+        for _ in 0..<3 {
+            XCTAssertEqual(try client.request(attack, until: "\r\n"), "SERVER_ERROR reply exceeds client_output_limit\r\n")
+        }
+        // The value once per request (the canary's small replies besides).
+        XCTAssertLessThan(try stat(first, "bytes_written") - written, 8 << 20)
+        canary.check()
+
+        // Redis MGET.
+        let r1 = try group.redis(), r2 = try group.redis()
+        let rd = try start([r1.address, r2.address], redis: true, timeout: timeout)
+        let on1 = keys(rd.pool, server: 0, count: 2), on2 = keys(rd.pool, server: 1, count: 1)
+        let redis = try TestClient(port: rd.port, timeout: 20)
+        for (key, data) in [(on1[0], "alpha"), (on2[0], "beta"), (on1[1], value)] { XCTAssertEqual(try redis.call("SET", key, data), "+OK\r\n") }
+        func keyspaceHits(_ server: RedisServer) throws -> Int {
+            let info = try TestClient(port: server.port).call("INFO", "stats")
+            let line = info.split(separator: "\r\n").first { $0.hasPrefix("keyspace_hits:") } ?? ""
+            return Int(line.dropFirst("keyspace_hits:".count)) ?? -1
+        }
+        let bulk = { (data: String) in "$\(data.utf8.count)\r\n\(data)\r\n" }
+        let redisBefore = try keyspaceHits(r1)
+        XCTAssertEqual(try redis.call("MGET", on1[0], on2[0], on1[0], "nokey", on1[0]),
+                       "*5\r\n" + bulk("alpha") + bulk("beta") + bulk("alpha") + "$-1\r\n" + bulk("alpha"))
+        XCTAssertEqual(try redis.call("MGET", on1[0], on1[0], "nokey", "nokey"), "*4\r\n" + bulk("alpha") + bulk("alpha") + "$-1\r\n$-1\r\n")
+        XCTAssertEqual(try redis.call("MGET", on1[1], on1[1]), "*2\r\n" + bulk(value) + bulk(value))
+        XCTAssertEqual(try keyspaceHits(r1) - redisBefore, 3, "each MGET asked the first server for each key once")
+        let redisCanary = Canary(port: rd.port, redis: true)
+        for _ in 0..<3 {
+            XCTAssertEqual(try redis.call(["MGET"] + Array(repeating: on1[1], count: 30_000)), "-ERR reply exceeds client_output_limit\r\n")
+        }
+        redisCanary.check()
     }
 
     /// Before AUTH, Redis's caps apply: at most 10 arguments and 16 KiB bulks.

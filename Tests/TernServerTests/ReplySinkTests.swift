@@ -176,4 +176,100 @@ final class ReplySinkTests: XCTestCase {
         XCTAssertTrue(slot.isDone)
         XCTAssertEqual(emitted(slot), "SERVER_ERROR no server available\r\n")
     }
+
+    /// A key named again (`get a b a`): its repeat is not asked, and gets a copy of the
+    /// record; a repeated miss stays a miss.
+    func testMultiGetRepeatsGetCopies() {
+        let slot = ReplySlot()
+        var table = RepeatedKeys()
+        table.begin()
+        for (key, server) in [("a", Int32(0)), ("b", 1), ("a", 0), ("m", 1), ("m", 1), ("a", 0)] {
+            let bytes = Array(key.utf8)
+            let earlier = bytes.withUnsafeBytes { key in table.earlier(key, position: slot.keys.count) { slot.sameKey(slot.keys[$0], key) } }
+            if let earlier {
+                slot.addRepeat(of: earlier)
+                continue
+            }
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: slot.keyBytes.readableCount, keyLength: bytes.count, server: server))
+            bytes.withUnsafeBytes { slot.keyBytes.append($0) }
+        }
+        XCTAssertEqual(slot.keys.map(\.server), [0, 1, -2, 1, -5, -2])
+        XCTAssertEqual(slot.keys[0].repeats, 2)
+        var split = ReplySplit(slot, mergedBy: .records(MultiGetRecords()))
+        let first = split.server(0), second = split.server(1)
+        split.close()
+        XCTAssertTrue(deliver(slot, second, "VALUE b 0 1\r\n2\r\nEND\r\n"))
+        XCTAssertTrue(deliver(slot, first, "VALUE a 0 1\r\n1\r\nEND\r\n"))
+        XCTAssertEqual(slot.repeatedBytes, 2 * "VALUE a 0 1\r\n1\r\n".utf8.count)
+        XCTAssertEqual(emitted(slot), "VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nVALUE a 0 1\r\n1\r\nVALUE a 0 1\r\n1\r\nEND\r\n")
+    }
+
+    /// MGET with a key named again: each position gets the element; the copies count toward
+    /// the reply limit before anything is built (the request fails past it).
+    func testArrayRepeatsAndTheirLimit() {
+        for limit in [Int.max, 40] {
+            let slot = redisSlot(keysOn: [0, 1])
+            slot.addRepeat(of: 0)
+            slot.addRepeat(of: 0)
+            slot.replyLimit = limit
+            var split = ReplySplit(slot, mergedBy: .array(RespArrayByPosition()))
+            let first = split.server(0), second = split.server(1)
+            split.close()
+            XCTAssertTrue(deliver(slot, first, "*1\r\n$10\r\n0123456789\r\n"))
+            if limit == 40 {
+                // 16 bytes held, 32 more to come from the copies: past 40, failed (nothing
+                // of the other part is kept).
+                XCTAssertTrue(slot.isOverflowed)
+                XCTAssertFalse(slot.isDone)
+                XCTAssertTrue(deliver(slot, second, "*1\r\n$-1\r\n"))
+                XCTAssertTrue(slot.isDone)
+                XCTAssertEqual(emitted(slot), "-ERR reply exceeds client_output_limit\r\n")
+            } else {
+                XCTAssertTrue(deliver(slot, second, "*1\r\n$-1\r\n"))
+                XCTAssertEqual(emitted(slot), "*4\r\n$10\r\n0123456789\r\n$-1\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n")
+            }
+        }
+    }
+
+    /// The table finds a key named again within a request, compares bytes (equal hashes are
+    /// not enough), and forgets everything at the next request.
+    func testRepeatedKeysTable() {
+        var table = RepeatedKeys()
+        let keys = (0..<3000).map { Array("key:\($0)".utf8) }
+        table.begin()
+        var found = 0
+        for (position, key) in keys.enumerated() {
+            let earlier = key.withUnsafeBytes { bytes in table.earlier(bytes, position: position) { keys[$0] == Array(bytes) } }
+            if earlier != nil { found += 1 }
+        }
+        XCTAssertEqual(found, 0, "distinct keys are never taken for repeats")
+        let again = keys[2999].withUnsafeBytes { bytes in table.earlier(bytes, position: 3000) { keys[$0] == Array(bytes) } }
+        XCTAssertEqual(again, 2999)
+        table.begin()
+        let next = keys[2999].withUnsafeBytes { bytes in table.earlier(bytes, position: 0) { _ in true } }
+        XCTAssertNil(next, "a new request starts empty")
+        // A key's entry taken by a colliding key (forced: `isEqual` says no) is sent again.
+        let other = keys[2999].withUnsafeBytes { bytes in table.earlier(bytes, position: 1) { _ in false } }
+        XCTAssertNil(other)
+    }
+
+    /// A client may have in flight as many requests as fit 8 MiB of replies of the size its
+    /// replies run to: 32 for a new client, 4 once a 1 MiB value came, 1 after a reply past
+    /// the output limit, all 16,384 again after small replies.
+    func testInFlightWindowFollowsReplySizes() {
+        var estimate = ReplyOwner.initialReplyEstimate
+        XCTAssertEqual(ReplyOwner.window(for: estimate), 32)
+        estimate = ReplyOwner.estimate(estimate, after: 1 << 20)
+        XCTAssertEqual(ReplyOwner.window(for: estimate), 4)
+        estimate = ReplyOwner.estimate(estimate, after: 64 << 20)
+        XCTAssertEqual(ReplyOwner.window(for: estimate), 1)
+        var replies = 0
+        while ReplyOwner.window(for: estimate) < ReplyOwner.maxInFlight {
+            estimate = ReplyOwner.estimate(estimate, after: 20)
+            replies += 1
+        }
+        XCTAssertEqual(replies, 89, "after a 64 MiB reply, small replies bring it back in \(replies)")
+        XCTAssertEqual(ReplyOwner.window(for: ReplyOwner.estimate(0, after: 0)), ReplyOwner.maxInFlight)
+        XCTAssertEqual(ReplyOwner.window(for: ReplyOwner.estimate(0, after: Int.max)), 1)
+    }
 }

@@ -846,6 +846,7 @@ final class ServerConnection {
               slot.warmup == nil, slot.binary == nil, let client = slot.client, client.canStream(slot),
               let total = RespReplyParser.bulkFrameLength(input.readable), total <= slot.replyLimit else { return false }
         guard let entry = popEntry() else { return false }
+        client.noteReply(total)
         // Its latency and slow-log time are measured to the reply's first bytes.
         answered(entry, counters: counters, slowThreshold: server.pool.slowlogThreshold)
         stream = entry.slot

@@ -120,8 +120,6 @@ final class ClientConnection: ReplyOwner {
     }
     /// Seconds a TLS client has to finish its handshake.
     static let handshakeTimeout = 10.0
-    /// Requests in flight before reading pauses; reading resumes as replies leave.
-    static let maxInFlight = 16384
     /// Reply bytes waiting for a slow reader before reading its requests pauses.
     static let outputHighWater = 1 << 20
     /// Loop time of the last bytes read, and since when a partial request has been waiting.
@@ -239,10 +237,11 @@ final class ClientConnection: ReplyOwner {
     /// broken at `close()`.
     let worker: FrontendLoop
 
-    /// Whether the client should stop being read: too much in flight, or too many replies it
-    /// has not read yet (backpressure; the hard limit is `client_output_limit`).
+    /// Whether the client should stop being read: too much in flight for the size its replies
+    /// run to (`inFlightWindow`), or too many replies it has not read yet (backpressure; the
+    /// hard limit is `client_output_limit`).
     private var mustPauseReading: Bool {
-        slots.count >= Self.maxInFlight || output.readableCount >= Self.outputHighWater
+        slots.count >= inFlightWindow || output.readableCount >= Self.outputHighWater
             || parsingHeld && (partial?.readableCount ?? 0) >= Self.heldInputLimit
     }
 

@@ -362,24 +362,32 @@ extension ClientConnection {
     }
 
     /// A multi-key get: keys are grouped per server, one request per server is sent, and the
-    /// VALUE records are merged in the client's key order behind one END.
+    /// VALUE records are merged in the client's key order behind one END. A key named more
+    /// than once is asked once and its record copied for each repeat (`RepeatedKeys`).
     private func routeMultiGet(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, warmup: WarmupRead? = nil) {
         slot.warmup = warmup
         var position = request.keysStart
         var firstServer = -1
         var singleServer = true
-        while position < request.keysEnd {
-            while frame[position] == 0x20 { position += 1 }
-            let start = position
-            while position < request.keysEnd, frame[position] != 0x20 { position += 1 }
-            let key = UnsafeRawBufferPointer(rebasing: frame[start..<position])
-            let server = pool.serverIndex(forKey: key) ?? -1
-            if firstServer == -1 { firstServer = server } else if server != firstServer { singleServer = false }
-            slot.keys.append(ReplySlot.KeyEntry(keyStart: slot.keyBytes.readableCount, keyLength: key.count, server: Int32(server)))
-            slot.keyBytes.append(key)
-            warmup?.addKey(key, newServer: Int32(server))
+        worker.withRepeatedKeys { repeated in
+            while position < request.keysEnd {
+                while frame[position] == 0x20 { position += 1 }
+                let start = position
+                while position < request.keysEnd, frame[position] != 0x20 { position += 1 }
+                let key = UnsafeRawBufferPointer(rebasing: frame[start..<position])
+                // A key named again is asked once (a warm-up read tracks every key itself).
+                if warmup == nil, let earlier = repeated.earlier(key, position: slot.keys.count, isEqual: { slot.sameKey(slot.keys[$0], key) }) {
+                    slot.addRepeat(of: earlier)
+                    continue
+                }
+                let server = pool.serverIndex(forKey: key) ?? -1
+                if firstServer == -1 { firstServer = server } else if server != firstServer { singleServer = false }
+                slot.keys.append(ReplySlot.KeyEntry(keyStart: slot.keyBytes.readableCount, keyLength: key.count, server: Int32(server)))
+                slot.keyBytes.append(key)
+                warmup?.addKey(key, newServer: Int32(server))
+            }
         }
-        if singleServer, firstServer >= 0, warmup == nil {
+        if singleServer, firstServer >= 0, warmup == nil, !slot.hasRepeatedKeys {
             // Every key lives on one server: the request goes as it is (its keys stay in the
             // slot, so that the reply's VALUE keys are checked against them).
             pool.withConnection(toServer: firstServer, client: index) { $0.forward(frame, slot: slot, framing: request.command.framing) }

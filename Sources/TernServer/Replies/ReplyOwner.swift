@@ -163,6 +163,11 @@ class ReplyOwner {
     final var isClosed = false
     /// In `desk.dirty` (written at the end of this loop pass).
     final var isDirty = false
+    /// How large this client's replies run, in bytes: a reply larger than the estimate raises it
+    /// at once, a smaller one lowers it by an eighth. It sets how many requests the client may
+    /// have in flight (`inFlightWindow`). In the word the flags leave free (the subclass's small
+    /// fields pack behind it as before: `ClientConnection` keeps its size).
+    final var replyEstimate = ReplyOwner.initialReplyEstimate
 
     init(index: Int, isRedis: Bool, desk: ReplyDesk, poolCounters: PoolCounters, commandStats: CommandStats, outputLimit: OutputLimit) {
         self.index = index
@@ -171,6 +176,40 @@ class ReplyOwner {
         self.poolCounters = poolCounters
         self.commandStats = commandStats
         self.outputLimit = outputLimit
+    }
+
+    /// Reply bytes a client may have coming at once, as far as `replyEstimate` tells: its
+    /// requests in flight are capped at this over the estimate (a power of two, from 1 up to
+    /// `maxInFlight`). What a client has asked for crosses a backend connection it shares
+    /// with other clients ahead of their requests, and goes on crossing it if the client stops
+    /// reading or leaves (Tern reads and drops it); without this cap 16,000 pipelined gets of
+    /// a 1 MiB value put 16 GB ahead of every other client of that server.
+    static let inFlightReplyBudget = 8 << 20
+    /// A new client's estimate: its first 32 requests may be in flight before its replies
+    /// have told anything (ramps to the full window after about 40 small replies).
+    static let initialReplyEstimate: UInt32 = 128 << 10
+    /// Requests in flight before reading pauses, whatever the replies' size.
+    static let maxInFlight = 16384
+
+    /// A reply of `length` bytes for this client (or a part of one) arrived or began.
+    @inline(__always)
+    final func noteReply(_ length: Int) { replyEstimate = Self.estimate(replyEstimate, after: length) }
+
+    /// Requests this client may have in flight now (`window(for:)` of its estimate).
+    @inline(__always)
+    final var inFlightWindow: Int { Self.window(for: replyEstimate) }
+
+    /// The estimate after a reply of `length` bytes: that length if larger, else an eighth less.
+    @inline(__always)
+    static func estimate(_ estimate: UInt32, after length: Int) -> UInt32 {
+        length > Int(estimate) ? UInt32(clamping: length) : estimate &- estimate &>> 3
+    }
+
+    /// `inFlightReplyBudget` over `estimate`, rounded to a power of two, from 1 to `maxInFlight`.
+    @inline(__always)
+    static func window(for estimate: UInt32) -> Int {
+        // log2 of the budget (23) less the estimate's bit width, clamped to 0…14.
+        1 &<< min(max(23 &- (32 &- estimate.leadingZeroBitCount), 0), 14)
     }
 
     /// Requests a backend reply this large or larger may be streamed or take the backend's

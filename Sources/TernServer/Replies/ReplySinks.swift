@@ -64,6 +64,7 @@ struct MultiGetRecords {
                 cursor += 1
                 guard entry.server == part, entry.recordStart < 0, slot.sameKey(entry, key) else { continue }
                 slot.placeRecord(cursor - 1, recordRange, of: reply, kept: kept)
+                if entry.repeats > 0 { slot.repeatedBytes += Int(entry.repeats) * recordRange.count }
                 return
             }
             inStep = false
@@ -73,12 +74,30 @@ struct MultiGetRecords {
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
         if slot.isOverflowed { return output.append(slot.data.readable) }
+        if slot.hasRepeatedKeys { return emitWithRepeats(slot, into: output) }
         if slot.mergesLarge {
             var total = 5
             for entry in slot.keys where entry.recordStart >= 0 { total += entry.recordLength }
             slot.reserveForMerge(total, in: output)
         }
         for entry in slot.keys where entry.recordStart >= 0 { slot.appendRecord(entry, to: output) }
+        output.append("END\r\n" as StaticString)
+    }
+
+    /// A get that named a key more than once: each repeat gets a copy of the key's record.
+    private func emitWithRepeats(_ slot: ReplySlot, into output: ByteBuffer) {
+        if slot.mergesLarge || slot.repeatedBytes >= ReplySlot.largeReply {
+            var total = 5
+            for entry in slot.keys {
+                let source = slot.source(of: entry)
+                if source.recordStart >= 0 { total += source.recordLength }
+            }
+            slot.reserveForMerge(total, in: output)
+        }
+        for entry in slot.keys {
+            let source = slot.source(of: entry)
+            if source.recordStart >= 0 { slot.appendRecord(source, to: output) }
+        }
         output.append("END\r\n" as StaticString)
     }
 }
@@ -123,12 +142,15 @@ struct RespArrayByPosition {
             while cursor < slot.keys.count, slot.keys[cursor].server != part { cursor += 1 }
             guard cursor < slot.keys.count else { return }
             slot.placeRecord(cursor, range, of: reply, kept: kept)
+            let repeats = slot.keys[cursor].repeats
+            if repeats > 0 { slot.repeatedBytes += Int(repeats) * range.count }
             cursor += 1
         }
     }
 
     func emit(_ slot: ReplySlot, into output: ByteBuffer) {
         if slot.hasError { return output.append(slot.data.readable) }
+        if slot.hasRepeatedKeys { return emitWithRepeats(slot, into: output) }
         if slot.mergesLarge {
             var total = 24
             for entry in slot.keys { total += entry.recordStart >= 0 ? entry.recordLength : 5 }
@@ -137,6 +159,23 @@ struct RespArrayByPosition {
         output.appendArrayHeader(slot.keys.count)
         for entry in slot.keys {
             if entry.recordStart >= 0 { slot.appendRecord(entry, to: output) } else { output.append("$-1\r\n" as StaticString) }
+        }
+    }
+
+    /// An MGET that named a key more than once: each repeat gets a copy of the key's element.
+    private func emitWithRepeats(_ slot: ReplySlot, into output: ByteBuffer) {
+        if slot.mergesLarge || slot.repeatedBytes >= ReplySlot.largeReply {
+            var total = 24
+            for entry in slot.keys {
+                let source = slot.source(of: entry)
+                total += source.recordStart >= 0 ? source.recordLength : 5
+            }
+            slot.reserveForMerge(total, in: output)
+        }
+        output.appendArrayHeader(slot.keys.count)
+        for entry in slot.keys {
+            let source = slot.source(of: entry)
+            if source.recordStart >= 0 { slot.appendRecord(source, to: output) } else { output.append("$-1\r\n" as StaticString) }
         }
     }
 }

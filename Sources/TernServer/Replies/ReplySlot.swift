@@ -26,6 +26,24 @@ final class ReplySlot {
         var buffer: Int32 = 0
         var recordStart = -1
         var recordLength = 0
+        /// Later keys of the request that repeat this one (multi-key reads): they are not sent,
+        /// their place in the reply gets a copy of this key's record. A repeat's own entry has
+        /// `server` -2 - the position of the key it repeats (`addRepeat(of:)`).
+        var repeats: Int32 = 0
+    }
+
+    /// The entry whose record answers `entry`: itself, or for a repeated key the entry of its
+    /// first occurrence.
+    @inline(__always)
+    func source(of entry: KeyEntry) -> KeyEntry {
+        entry.server <= -2 ? keys[Int(-2 - entry.server)] : entry
+    }
+
+    /// A later key of a multi-key read (at the end of `keys`) repeats the key at `earlier`.
+    func addRepeat(of earlier: Int) {
+        keys[earlier].repeats += 1
+        keys.append(KeyEntry(keyStart: keys[earlier].keyStart, keyLength: keys[earlier].keyLength, server: -2 - Int32(earlier)))
+        hasRepeatedKeys = true
     }
 
     /// The client waiting for this reply; nil once that client has gone.
@@ -67,6 +85,10 @@ final class ReplySlot {
     /// (`ReplyDesk.recycle`, `ReplyDesk.sweepOrphans`).
     var queuedEntries: Int32 = 0
     var isOverflowed = false
+    /// A multi-key read named a key more than once (`KeyEntry.repeats`), and the bytes the
+    /// copies of repeated records will add to the merged reply (counted toward `replyLimit`).
+    var hasRepeatedKeys = false
+    var repeatedBytes = 0
     /// Set by a multi-get merge that met a key its part did not ask for.
     private var replyOutOfStep = false
     /// `data` was reached since the last `reset` (only then may `dataBuffer` hold bytes).
@@ -155,6 +177,10 @@ final class ReplySlot {
         if heldWithRequest != nil { heldWithRequest = nil }
         replyLimit = Int.max
         isOverflowed = false
+        if hasRepeatedKeys {
+            hasRepeatedKeys = false
+            repeatedBytes = 0
+        }
         countedBytes = 0
         if binary != nil { binary = nil }
         command = -1
@@ -254,7 +280,9 @@ final class ReplySlot {
     /// not ask for): nothing of it was counted, and the caller fails the part and the connection.
     @discardableResult
     func deliver(part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) -> Bool {
-        if isOverflowed || heldBytes + reply.count > replyLimit {
+        // How large the client's replies run sets how many requests it may have in flight.
+        if let clientReference { clientReference._withUnsafeGuaranteedRef { $0.noteReply(reply.count) } }
+        if isOverflowed || heldBytes &+ repeatedBytes &+ reply.count > replyLimit {
             overflow()
             return true
         }
@@ -277,7 +305,11 @@ final class ReplySlot {
     }
 
     /// A backend's reply for this slot was too large to hold (the connection drops it).
-    func failTooLarge() { overflow() }
+    func failTooLarge() {
+        // The client's next requests go one at a time until its replies are small again.
+        if let clientReference { clientReference._withUnsafeGuaranteedRef { $0.noteReply(replyLimit) } }
+        overflow()
+    }
 
     /// The merged reply would pass the limit: the request fails with an error, whatever else
     /// arrives for it is dropped.
@@ -294,6 +326,16 @@ final class ReplySlot {
         }
         remainingParts -= 1
         if remainingParts <= 0 { finish() }
+    }
+
+    /// Copies of repeated keys' records would take the merged reply past the limit: the
+    /// request fails as one over it does, the part counted there (true: the slot may have
+    /// finished and been recycled, so the caller touches it no more).
+    @inline(__always)
+    private func overflowsWithRepeats() -> Bool {
+        guard hasRepeatedKeys, heldBytes &+ repeatedBytes > replyLimit else { return false }
+        overflow()
+        return true
     }
 
     private func deliverPart(_ part: Int32, _ reply: UnsafeRawBufferPointer, _ isError: Bool) {
@@ -315,10 +357,12 @@ final class ReplySlot {
                 replyOutOfStep = true
                 return
             }
+            if overflowsWithRepeats() { return }
         case .allOK(let rule):
             rule.take(reply, isError: isError, into: self)
         case .array(let array):
             array.take(reply, part: part, into: self)
+            if overflowsWithRepeats() { return }
         case .sum(var sum):
             sum.take(reply, part: part, into: self)
             sink = .sum(sum)
@@ -504,7 +548,8 @@ final class ReplySlot {
             let next = min(end, start + Self.discardStep)
             output.append(UnsafeRawBufferPointer(rebasing: source.readable[start..<next]))
             start = next
-            if next - keptDiscarded[index] >= Self.discardStep {
+            // Not when a later key repeats an earlier one: its record is copied again.
+            if !hasRepeatedKeys, next - keptDiscarded[index] >= Self.discardStep {
                 source.discardPages(from: keptDiscarded[index], before: next)
                 keptDiscarded[index] = next
             }
