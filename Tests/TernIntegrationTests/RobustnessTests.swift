@@ -94,7 +94,7 @@ final class RobustnessTests: XCTestCase {
         _ = try group.tern(config: "p:\n  listen: 127.0.0.1:\(port)\n  timeout: 20000\n  client_partial_timeout: 1000\n  servers:\n   - \(backend.address):1\n",
                            arguments: ["--threads", "1"], waitPort: port)
         let client = try TestClient(port: port)
-        // 20,000 gets in one write, more than the 16,384 a client may have in flight (the backend
+        // 20,000 gets in one write, more than the 256 a client may have in flight (the backend
         // paused meanwhile, so that they pile up): the rest wait in the client's buffer.
         backend.pause()
         try client.send(String(repeating: "get nothing\r\n", count: 20_000))

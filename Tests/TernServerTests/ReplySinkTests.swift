@@ -254,11 +254,13 @@ final class ReplySinkTests: XCTestCase {
     }
 
     /// A client may have in flight as many requests as fit 8 MiB of replies of the size its
-    /// replies run to: 32 for a new client, 4 once a 1 MiB value came, 1 after a reply past
-    /// the output limit, all 16,384 again after small replies.
+    /// replies run to, 256 at most: 4 once a 1 MiB value came, 1 after a reply past the output
+    /// limit, all 256 again after small replies.
     func testInFlightWindowFollowsReplySizes() {
-        var estimate = ReplyOwner.initialReplyEstimate
-        XCTAssertEqual(ReplyOwner.window(for: estimate), 32)
+        var estimate: UInt32 = 0
+        XCTAssertEqual(ReplyOwner.window(for: estimate), 256)
+        XCTAssertEqual(ReplyOwner.window(for: 32 << 10), 128)
+        XCTAssertEqual(ReplyOwner.window(for: UInt32(ReplyOwner.fullWindowReply - 1)), 256)
         estimate = ReplyOwner.estimate(estimate, after: 1 << 20)
         XCTAssertEqual(ReplyOwner.window(for: estimate), 4)
         estimate = ReplyOwner.estimate(estimate, after: 64 << 20)
@@ -268,8 +270,7 @@ final class ReplySinkTests: XCTestCase {
             estimate = ReplyOwner.estimate(estimate, after: 20)
             replies += 1
         }
-        XCTAssertEqual(replies, 89, "after a 64 MiB reply, small replies bring it back in \(replies)")
-        XCTAssertEqual(ReplyOwner.window(for: ReplyOwner.estimate(0, after: 0)), ReplyOwner.maxInFlight)
+        XCTAssertEqual(replies, 58, "after a 64 MiB reply, small replies bring it back in \(replies)")
         XCTAssertEqual(ReplyOwner.window(for: ReplyOwner.estimate(0, after: Int.max)), 1)
     }
 }

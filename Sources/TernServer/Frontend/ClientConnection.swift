@@ -240,6 +240,7 @@ final class ClientConnection: ReplyOwner {
     /// Whether the client should stop being read: too much in flight for the size its replies
     /// run to (`inFlightWindow`), or too many replies it has not read yet (backpressure; the
     /// hard limit is `client_output_limit`).
+    @inline(__always)
     private var mustPauseReading: Bool {
         slots.count >= inFlightWindow || output.readableCount >= Self.outputHighWater
             || parsingHeld && (partial?.readableCount ?? 0) >= Self.heldInputLimit
@@ -455,6 +456,7 @@ final class ClientConnection: ReplyOwner {
 
     /// Stops parsing when too many requests are in flight (reading resumes as replies leave),
     /// or while a held Redis session waits for its replies (reading goes on).
+    @inline(__always)
     func pipelineIsFull() -> Bool {
         guard mustPauseReading else { return parsingHeld }
         watcher?.watch(watcher!.events & ~TERN_EV_READ)

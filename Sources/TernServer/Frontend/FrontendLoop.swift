@@ -29,8 +29,8 @@ class FrontendLoop: RoutingLoop {
     final var workerCount = 1
     /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
     private final var fragmentServers: [Int32] = []
-    /// A multi-key read's keys, to find repeated ones (`withRepeatedKeys`).
-    private final var repeatedKeys = RepeatedKeys()
+    /// A multi-key read's keys, to find repeated ones (32 KiB per worker).
+    final let repeatedKeys = RepeatedKeys()
     /// The arguments of the Redis request being parsed and routed, shared by the worker's Redis
     /// clients (`RedisSession.arguments`). One at a time: a client's requests are parsed and
     /// routed within its own read or flush, and no other client's parsing runs inside it (both
@@ -142,15 +142,6 @@ class FrontendLoop: RoutingLoop {
             fragmentServers = servers
         }
         return body(&servers)
-    }
-
-    /// Lends the worker's table of a multi-key read's keys (`RepeatedKeys`), begun.
-    final func withRepeatedKeys<Result>(_ body: (inout RepeatedKeys) -> Result) -> Result {
-        var table = repeatedKeys
-        repeatedKeys = RepeatedKeys()
-        table.begin()
-        defer { repeatedKeys = table }
-        return body(&table)
     }
 
     /// The worker's object for `names` (nil for none): the one its clients named alike hold.

@@ -369,23 +369,23 @@ extension ClientConnection {
         var position = request.keysStart
         var firstServer = -1
         var singleServer = true
-        worker.withRepeatedKeys { repeated in
-            while position < request.keysEnd {
-                while frame[position] == 0x20 { position += 1 }
-                let start = position
-                while position < request.keysEnd, frame[position] != 0x20 { position += 1 }
-                let key = UnsafeRawBufferPointer(rebasing: frame[start..<position])
-                // A key named again is asked once (a warm-up read tracks every key itself).
-                if warmup == nil, let earlier = repeated.earlier(key, position: slot.keys.count, isEqual: { slot.sameKey(slot.keys[$0], key) }) {
-                    slot.addRepeat(of: earlier)
-                    continue
-                }
-                let server = pool.serverIndex(forKey: key) ?? -1
-                if firstServer == -1 { firstServer = server } else if server != firstServer { singleServer = false }
-                slot.keys.append(ReplySlot.KeyEntry(keyStart: slot.keyBytes.readableCount, keyLength: key.count, server: Int32(server)))
-                slot.keyBytes.append(key)
-                warmup?.addKey(key, newServer: Int32(server))
+        // A key named again is asked once (a warm-up read tracks every key itself).
+        let findsRepeats = warmup == nil
+        if findsRepeats { worker.repeatedKeys.begin() }
+        while position < request.keysEnd {
+            while frame[position] == 0x20 { position += 1 }
+            let start = position
+            while position < request.keysEnd, frame[position] != 0x20 { position += 1 }
+            let key = UnsafeRawBufferPointer(rebasing: frame[start..<position])
+            if findsRepeats, let earlier = worker.repeatedKeys.earlier(key, position: slot.keys.count, isEqual: { slot.sameKey(slot.keys[$0], key) }) {
+                slot.addRepeat(of: earlier)
+                continue
             }
+            let server = pool.serverIndex(forKey: key) ?? -1
+            if firstServer == -1 { firstServer = server } else if server != firstServer { singleServer = false }
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: slot.keyBytes.readableCount, keyLength: key.count, server: Int32(server)))
+            slot.keyBytes.append(key)
+            warmup?.addKey(key, newServer: Int32(server))
         }
         if singleServer, firstServer >= 0, warmup == nil, !slot.hasRepeatedKeys {
             // Every key lives on one server: the request goes as it is (its keys stay in the

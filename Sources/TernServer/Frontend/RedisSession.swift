@@ -552,40 +552,38 @@ extension ClientConnection {
         // read tracks every key itself.
         let findsRepeats = keysPerPart == 1 && isArray(sink) && slot.warmup == nil
         var index = 1
-        worker.withRepeatedKeys { repeated in
-            while index < arguments.count {
-                if findsRepeats, let earlier = arguments.withArgument(index, in: frame, { key in
-                    repeated.earlier(key, position: slot.keys.count) { other in
-                        arguments.withArgument(worker.keyIndices[other], in: frame) { $0.elementsEqual(key) }
-                    }
-                }) {
-                    worker.keyIndices.append(index)
-                    worker.keyServers.append(-1)
-                    slot.addRepeat(of: earlier)
-                    index += 1
-                    continue
+        if findsRepeats { worker.repeatedKeys.begin() }
+        while index < arguments.count {
+            if findsRepeats, let earlier = arguments.withArgument(index, in: frame, { key in
+                worker.repeatedKeys.earlier(key, position: slot.keys.count) { other in
+                    arguments.withArgument(worker.keyIndices[other], in: frame) { $0.elementsEqual(key) }
                 }
-                let group: Int?
-                if isCluster {
-                    let (keySlot, server) = arguments.withArgument(index, in: frame) { pool.clusterSlot(forKey: $0) }
-                    group = server == nil ? nil : keySlot
-                } else {
-                    group = arguments.withArgument(index, in: frame) { pool.serverIndex(forKey: $0) }
-                }
-                guard let group else {
-                    // Not split: the error is the reply (a warm-up MGET included, which would
-                    // otherwise wait for parts never sent).
-                    slot.warmup = nil
-                    slot.failNoServer()
-                    return
-                }
+            }) {
                 worker.keyIndices.append(index)
-                worker.keyServers.append(Int32(group))
-                slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(group)))
-                index += keysPerPart
+                worker.keyServers.append(-1)
+                slot.addRepeat(of: earlier)
+                index += 1
+                continue
             }
+            let group: Int?
+            if isCluster {
+                let (keySlot, server) = arguments.withArgument(index, in: frame) { pool.clusterSlot(forKey: $0) }
+                group = server == nil ? nil : keySlot
+            } else {
+                group = arguments.withArgument(index, in: frame) { pool.serverIndex(forKey: $0) }
+            }
+            guard let group else {
+                // Not split: the error is the reply (a warm-up MGET included, which would
+                // otherwise wait for parts never sent).
+                slot.warmup = nil
+                slot.failNoServer()
+                return
+            }
+            worker.keyIndices.append(index)
+            worker.keyServers.append(Int32(group))
+            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(group)))
+            index += keysPerPart
         }
-        guard index >= arguments.count else { return }
         worker.withFragmentServers { servers in
             for server in worker.keyServers where server >= 0 && !servers.contains(server) { servers.append(server) }
             if servers.count == 1, !alsoToOldPool, !isArray(sink) || slot.warmup == nil && !slot.hasRepeatedKeys {

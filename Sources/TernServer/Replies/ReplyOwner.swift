@@ -163,11 +163,14 @@ class ReplyOwner {
     final var isClosed = false
     /// In `desk.dirty` (written at the end of this loop pass).
     final var isDirty = false
+    /// log2 of `inFlightWindow`, kept with the estimate (the window is checked for every request
+    /// parsed, the estimate changes with every reply). In the byte the flags leave free.
+    final var inFlightShift = ReplyOwner.maxInFlightShift
     /// How large this client's replies run, in bytes: a reply larger than the estimate raises it
     /// at once, a smaller one lowers it by an eighth. It sets how many requests the client may
     /// have in flight (`inFlightWindow`). In the word the flags leave free (the subclass's small
     /// fields pack behind it as before: `ClientConnection` keeps its size).
-    final var replyEstimate = ReplyOwner.initialReplyEstimate
+    final var replyEstimate: UInt32 = 0
 
     init(index: Int, isRedis: Bool, desk: ReplyDesk, poolCounters: PoolCounters, commandStats: CommandStats, outputLimit: OutputLimit) {
         self.index = index
@@ -178,26 +181,37 @@ class ReplyOwner {
         self.outputLimit = outputLimit
     }
 
-    /// Reply bytes a client may have coming at once, as far as `replyEstimate` tells: its
-    /// requests in flight are capped at this over the estimate (a power of two, from 1 up to
-    /// `maxInFlight`). What a client has asked for crosses a backend connection it shares
-    /// with other clients ahead of their requests, and goes on crossing it if the client stops
-    /// reading or leaves (Tern reads and drops it); without this cap 16,000 pipelined gets of
-    /// a 1 MiB value put 16 GB ahead of every other client of that server.
+    /// Requests a client may have in flight: at most `maxInFlight`, fewer when its replies
+    /// run large (`inFlightReplyBudget` over `replyEstimate`, a power of two, at least 1).
+    /// What a client has asked for crosses a backend connection it shares with other clients
+    /// ahead of their requests, and goes on crossing it (read and dropped) if the client stops
+    /// reading or leaves. The estimate follows replies as they come, so a client can make it
+    /// small before asking for large values: `maxInFlight` is what bounds a burst, at 256
+    /// requests (256 values of the largest size); the budget then shrinks the window for a
+    /// client whose replies are large. Before, a client could have 16,384 requests in flight:
+    /// 16,000 pipelined gets of a 1 MiB value put 16 GB ahead of every other client of that
+    /// server on that worker.
     static let inFlightReplyBudget = 8 << 20
-    /// A new client's estimate: its first 32 requests may be in flight before its replies
-    /// have told anything (ramps to the full window after about 40 small replies).
-    static let initialReplyEstimate: UInt32 = 128 << 10
-    /// Requests in flight before reading pauses, whatever the replies' size.
-    static let maxInFlight = 16384
+    static let maxInFlightShift: UInt8 = 8
+    static let maxInFlight = 1 << Int(maxInFlightShift)
+    /// Replies below this size leave a full window full (the estimate is then below it too).
+    static let fullWindowReply = inFlightReplyBudget >> Int(maxInFlightShift)
 
-    /// A reply of `length` bytes for this client (or a part of one) arrived or began.
+    /// A reply of `length` bytes for this client arrived or began: a single reply as it
+    /// arrives (`replyArrived`, a streamed one as it begins), any other once complete
+    /// (`ReplySlot.finish`), a refused one at the limit (`ReplySlot.overflow`).
     @inline(__always)
-    final func noteReply(_ length: Int) { replyEstimate = Self.estimate(replyEstimate, after: length) }
+    final func noteReply(_ length: Int) {
+        // The common case, decided first: a reply that keeps a full window full.
+        if length < Self.fullWindowReply, inFlightShift == Self.maxInFlightShift { return }
+        let estimate = Self.estimate(replyEstimate, after: length)
+        replyEstimate = estimate
+        inFlightShift = Self.shift(for: estimate)
+    }
 
     /// Requests this client may have in flight now (`window(for:)` of its estimate).
     @inline(__always)
-    final var inFlightWindow: Int { Self.window(for: replyEstimate) }
+    final var inFlightWindow: Int { 1 &<< Int(inFlightShift) }
 
     /// The estimate after a reply of `length` bytes: that length if larger, else an eighth less.
     @inline(__always)
@@ -206,10 +220,12 @@ class ReplyOwner {
     }
 
     /// `inFlightReplyBudget` over `estimate`, rounded to a power of two, from 1 to `maxInFlight`.
+    static func window(for estimate: UInt32) -> Int { 1 &<< Int(shift(for: estimate)) }
+
+    /// log2 of `window(for:)`: log2 of the budget (23) less the estimate's bit width, clamped.
     @inline(__always)
-    static func window(for estimate: UInt32) -> Int {
-        // log2 of the budget (23) less the estimate's bit width, clamped to 0…14.
-        1 &<< min(max(23 &- (32 &- estimate.leadingZeroBitCount), 0), 14)
+    static func shift(for estimate: UInt32) -> UInt8 {
+        UInt8(truncatingIfNeeded: min(max(23 &- (32 &- estimate.leadingZeroBitCount), 0), Int(maxInFlightShift)))
     }
 
     /// Requests a backend reply this large or larger may be streamed or take the backend's
@@ -253,6 +269,7 @@ class ReplyOwner {
     /// the output (one copy); otherwise it waits in the slot.
     @inline(__always)
     final func replyArrived(_ slot: ReplySlot, _ reply: UnsafeRawBufferPointer) {
+        noteReply(reply.count)
         if !slot.isSilent {
             if slots.isFirst(slot), !slot.holdsData {
                 if let binary = slot.binary {

@@ -209,7 +209,11 @@ final class ReplySlot {
 
     private func finish() {
         isDone = true
-        clientReference?._withUnsafeGuaranteedRef { $0.slotCompleted(self) }
+        clientReference?._withUnsafeGuaranteedRef { owner in
+            // A merged, warm-up or local reply's size (a single one was noted as it arrived).
+            owner.noteReply(heldBytes &+ repeatedBytes)
+            owner.slotCompleted(self)
+        }
     }
 
     /// Reply bytes this slot holds now (its data and a warm-up's copied values).
@@ -280,8 +284,6 @@ final class ReplySlot {
     /// not ask for): nothing of it was counted, and the caller fails the part and the connection.
     @discardableResult
     func deliver(part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) -> Bool {
-        // How large the client's replies run sets how many requests it may have in flight.
-        if let clientReference { clientReference._withUnsafeGuaranteedRef { $0.noteReply(reply.count) } }
         if isOverflowed || heldBytes &+ repeatedBytes &+ reply.count > replyLimit {
             overflow()
             return true
@@ -305,11 +307,7 @@ final class ReplySlot {
     }
 
     /// A backend's reply for this slot was too large to hold (the connection drops it).
-    func failTooLarge() {
-        // The client's next requests go one at a time until its replies are small again.
-        if let clientReference { clientReference._withUnsafeGuaranteedRef { $0.noteReply(replyLimit) } }
-        overflow()
-    }
+    func failTooLarge() { overflow() }
 
     /// The merged reply would pass the limit: the request fails with an error, whatever else
     /// arrives for it is dropped.
@@ -321,6 +319,8 @@ final class ReplySlot {
             if !kept.isEmpty { dropKept() }
             hasError = true
             if !isSilent { data.append(errorLine("reply exceeds client_output_limit")) }
+            // The client's next requests go one at a time until its replies are small again.
+            client?.noteReply(replyLimit)
             client?.poolCounters.overLimit.add()
             countHeld()
         }
