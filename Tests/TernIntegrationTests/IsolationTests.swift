@@ -382,6 +382,51 @@ final class IsolationTests: XCTestCase {
         redisCanary.check()
     }
 
+    /// Copies of a repeated key's record count toward `client_output_limit` while they wait
+    /// behind a stalled request, as the records themselves do: 40 gets naming a 64 KiB value 16
+    /// times each, behind a get whose server is paused, close the client at 4 MiB. Before,
+    /// only the one copy each held was counted (2.5 MiB): 40 MiB were built at once when the
+    /// server woke.
+    func testRepeatCopiesHeldBehindAStalledRequestAreBounded() throws {
+        let slow = try group.memcached(), fast = try group.memcached()
+        let limit = 4 << 20
+        let tern = try start([slow.address, fast.address], extra: "  client_output_limit: \(limit)\n")
+        let onSlow = keys(tern.pool, server: 0, count: 1)[0]
+        let onFast = keys(tern.pool, server: 1, count: 1)[0]
+        let value = String(repeating: "r", count: 64 << 10)
+        XCTAssertEqual(try TestClient(port: tern.port).request("set \(onFast) 0 0 \(value.utf8.count)\r\n\(value)\r\n", until: "\r\n"), "STORED\r\n")
+        slow.pause()
+        defer { slow.resume() }
+        let greedy = try TestClient(port: tern.port)
+        let repeated = "get " + Array(repeating: onFast, count: 16).joined(separator: " ") + "\r\n"
+        try greedy.send("get \(onSlow)\r\n" + String(repeating: repeated, count: 40))
+        let (_, closed) = greedy.drain(for: 1.5)
+        XCTAssertTrue(closed, "40 MiB of copies held behind a stalled request close the client at 4 MiB")
+    }
+
+    /// A client blocked in `BLPOP` is still read, whatever its replies' size set its window
+    /// to: after a 5 MiB reply (a window of one request) its leaving is seen, and a job pushed
+    /// later stays in the list. (A review read the window as stopping reading here; this
+    /// sequence passes on the build before the window ignored held sessions as well, so it
+    /// guards the rule rather than a defect seen.)
+    func testBlockedClientLeavingIsSeenAfterALargeReply() throws {
+        let redis = try group.redis()
+        let tern = try start([redis.address], redis: true)
+        let client = try TestClient(port: tern.port, timeout: 10)
+        let value = String(repeating: "b", count: 5 << 20)
+        XCTAssertEqual(try client.call("SET", "big", value), "+OK\r\n")
+        // Pipelined: the BLPOP is in flight when the large reply leaves.
+        try client.send(TestClient.encode(["GET", "big"]) + TestClient.encode(["BLPOP", "jobs", "0"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(1), as: UTF8.self), "$\(value.utf8.count)\r\n\(value)\r\n")
+        usleep(300_000)
+        client.close()
+        usleep(500_000)
+        let other = try TestClient(port: tern.port)
+        XCTAssertEqual(try other.call("LPUSH", "jobs", "job"), ":1\r\n")
+        usleep(300_000)
+        XCTAssertEqual(try other.call("LLEN", "jobs"), ":1\r\n", "the job was not popped for a client that had left")
+    }
+
     /// Before AUTH, Redis's caps apply: at most 10 arguments and 16 KiB bulks.
     func testUnauthenticatedClientsAreCappedAsRedisCapsThem() throws {
         let redis = try group.redis(extra: ["--requirepass", "secret"])

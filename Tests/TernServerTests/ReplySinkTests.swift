@@ -181,7 +181,7 @@ final class ReplySinkTests: XCTestCase {
     /// record; a repeated miss stays a miss.
     func testMultiGetRepeatsGetCopies() {
         let slot = ReplySlot()
-        var table = RepeatedKeys()
+        let table = RepeatedKeys()
         table.begin()
         for (key, server) in [("a", Int32(0)), ("b", 1), ("a", 0), ("m", 1), ("m", 1), ("a", 0)] {
             let bytes = Array(key.utf8)
@@ -234,7 +234,7 @@ final class ReplySinkTests: XCTestCase {
     /// The table finds a key named again within a request, compares bytes (equal hashes are
     /// not enough), and forgets everything at the next request.
     func testRepeatedKeysTable() {
-        var table = RepeatedKeys()
+        let table = RepeatedKeys()
         let keys = (0..<3000).map { Array("key:\($0)".utf8) }
         table.begin()
         var found = 0
@@ -273,4 +273,40 @@ final class ReplySinkTests: XCTestCase {
         XCTAssertEqual(replies, 58, "after a 64 MiB reply, small replies bring it back in \(replies)")
         XCTAssertEqual(ReplyOwner.window(for: ReplyOwner.estimate(0, after: Int.max)), 1)
     }
+
+    /// MGET whose first answer is a server's error: the error is the whole reply, elements of
+    /// later parts are not placed behind it (they were appended to the error line and reached
+    /// the client after it, out of step).
+    func testArrayErrorFirstIsTheWholeReply() {
+        let slot = redisSlot(keysOn: [0, 1])
+        var split = ReplySplit(slot, mergedBy: .array(RespArrayByPosition()))
+        let first = split.server(0), second = split.server(1)
+        split.close()
+        XCTAssertTrue(deliver(slot, second, "-BUSY Redis is busy running a script.\r\n", isError: true))
+        XCTAssertTrue(deliver(slot, first, "*1\r\n$1\r\na\r\n"))
+        XCTAssertEqual(emitted(slot), "-BUSY Redis is busy running a script.\r\n")
+    }
+
+    /// A key once named again keeps its entry: keys that land on the same entry later do not
+    /// push it out (forced here by `isEqual` answering no), so its next repeat is found.
+    func testRepeatedKeyKeepsItsEntry() {
+        let table = RepeatedKeys()
+        table.begin()
+        let key = Array("big".utf8)
+        key.withUnsafeBytes { bytes in
+            XCTAssertNil(table.earlier(bytes, position: 0) { _ in true })
+            XCTAssertEqual(table.earlier(bytes, position: 1) { $0 == 0 }, 0)
+            // Another key on the same entry: not recorded.
+            XCTAssertNil(table.earlier(bytes, position: 2) { _ in false })
+            XCTAssertEqual(table.earlier(bytes, position: 3) { $0 == 0 }, 0)
+        }
+        // Not yet repeated: the entry goes to the later key.
+        table.begin()
+        key.withUnsafeBytes { bytes in
+            XCTAssertNil(table.earlier(bytes, position: 0) { _ in true })
+            XCTAssertNil(table.earlier(bytes, position: 1) { _ in false })
+            XCTAssertEqual(table.earlier(bytes, position: 2) { $0 == 1 }, 1)
+        }
+    }
 }
+

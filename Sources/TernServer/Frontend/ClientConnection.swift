@@ -238,11 +238,12 @@ final class ClientConnection: ReplyOwner {
     let worker: FrontendLoop
 
     /// Whether the client should stop being read: too much in flight for the size its replies
-    /// run to (`inFlightWindow`), or too many replies it has not read yet (backpressure; the
-    /// hard limit is `client_output_limit`).
+    /// run to (`inFlightWindow`; not while parsing is held, where reading goes on so that a
+    /// blocked client's leaving is seen), or too many replies it has not read yet
+    /// (backpressure; the hard limit is `client_output_limit`).
     @inline(__always)
     private var mustPauseReading: Bool {
-        slots.count >= inFlightWindow || output.readableCount >= Self.outputHighWater
+        slots.count >= inFlightWindow && !parsingHeld || output.readableCount >= Self.outputHighWater
             || parsingHeld && (partial?.readableCount ?? 0) >= Self.heldInputLimit
     }
 

@@ -6,14 +6,14 @@
 ///
 /// A fixed table of the request's key positions by hash, stamped with a generation per
 /// request: nothing is cleared between requests, nothing is allocated per request. It may
-/// forget: a key whose entry a later key took is not found again, and is sent again as before.
-/// A repeated key is found each time its entry still holds it, so a request that repeats a
-/// few keys many times asks for each about once; with a seed per worker, which keys share an
-/// entry cannot be chosen from outside. One per worker, confined to its thread, used by one
+/// forget: a key whose entry a later key took before the key was named again is not found,
+/// and is sent again as before. Once named again a key keeps its entry, so a request that
+/// repeats a key many times asks for it at most a few times whatever it names in between;
+/// with a seed per worker, which keys share an entry cannot be chosen from outside. One per worker, confined to its thread, used by one
 /// request at a time (`begin`, then `earlier` for each key).
 final class RepeatedKeys {
-    /// `entries` words, each a generation in the high 32 bits and a key position in the low
-    /// 32 (another generation's entry is an empty one). Allocated with the worker's table and
+    /// `entries` words, each a generation in the high 32 bits, a flag (`repeated`) and a key
+    /// position in the low 31 (another generation's entry is an empty one). Allocated with the worker's table and
     /// freed with it; only this object reaches it.
     private let table: UnsafeMutablePointer<UInt64>
     private var stamp: UInt64 = 0
@@ -44,10 +44,22 @@ final class RepeatedKeys {
     func earlier(_ key: UnsafeRawBufferPointer, position: Int, isEqual: (Int) -> Bool) -> Int? {
         let slot = table + Int(truncatingIfNeeded: hash(key) >> 52)
         let entry = slot.pointee
-        if entry & ~0xffff_ffff == stamp, isEqual(Int(entry & 0xffff_ffff)) { return Int(entry & 0xffff_ffff) }
-        slot.pointee = stamp | UInt64(truncatingIfNeeded: position) & 0xffff_ffff
+        if entry & ~0xffff_ffff == stamp {
+            let earlier = Int(entry & 0x7fff_ffff)
+            if isEqual(earlier) {
+                slot.pointee = entry | Self.repeated
+                return earlier
+            }
+            // Another key holds the entry: one already repeated keeps it, so that keys named
+            // between its repeats cannot push it out.
+            if entry & Self.repeated != 0 { return nil }
+        }
+        slot.pointee = stamp | UInt64(truncatingIfNeeded: position) & 0x7fff_ffff
         return nil
     }
+
+    /// An entry whose key has been named again (bit 31; positions use the 31 below).
+    private static let repeated: UInt64 = 0x8000_0000
 
     /// A key's hash from the worker's seed: eight bytes at a time, the last word overlapping
     /// the one before it, short keys read as two overlapping halves (the top 12 bits are used).

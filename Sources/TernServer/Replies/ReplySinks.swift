@@ -131,6 +131,9 @@ struct AllOK {
 /// was asked for (`ReplySlot.keys`, in order); keys never answered are nil.
 struct RespArrayByPosition {
     func take(_ reply: UnsafeRawBufferPointer, part: Int32, into slot: ReplySlot) {
+        // An earlier part's error is the answer: later elements are not placed (they would
+        // have been appended behind the error line and sent after it).
+        guard !slot.hasError else { return }
         guard RespReply.type(ofFramed: reply) == .array else {
             // The backend's own error (or an unexpected reply) becomes the answer.
             return slot.recordError(reply)

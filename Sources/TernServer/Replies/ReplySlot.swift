@@ -299,7 +299,8 @@ final class ReplySlot {
     func countHeld() {
         // The common case (a reply that went straight to the output) holds nothing: decided
         // before the client is touched.
-        let held = heldBytes
+        // Copies of repeated keys' records count as held: they are built when the slot leaves.
+        let held = heldBytes &+ repeatedBytes
         guard held != countedBytes, let clientReference else { return }
         let delta = held - countedBytes
         countedBytes = held
@@ -317,6 +318,7 @@ final class ReplySlot {
             warmup?.values.removeAll()
             data.removeAll()
             if !kept.isEmpty { dropKept() }
+            repeatedBytes = 0
             hasError = true
             if !isSilent { data.append(errorLine("reply exceeds client_output_limit")) }
             // The client's next requests go one at a time until its replies are small again.
@@ -333,7 +335,7 @@ final class ReplySlot {
     /// finished and been recycled, so the caller touches it no more).
     @inline(__always)
     private func overflowsWithRepeats() -> Bool {
-        guard hasRepeatedKeys, heldBytes &+ repeatedBytes > replyLimit else { return false }
+        guard hasRepeatedKeys, !hasError, heldBytes &+ repeatedBytes > replyLimit else { return false }
         overflow()
         return true
     }
@@ -392,6 +394,8 @@ final class ReplySlot {
         hasError = true
         data.removeAll()
         if !kept.isEmpty { dropKept() }
+        // No copies are built for an error.
+        repeatedBytes = 0
         data.append(reply)
     }
 
