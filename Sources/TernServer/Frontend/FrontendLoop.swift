@@ -29,7 +29,7 @@ class FrontendLoop: RoutingLoop {
     final var workerCount = 1
     /// A multi-key request's distinct servers, reused so splitting one allocates nothing.
     private final var fragmentServers: [Int32] = []
-    /// A multi-key read's keys, to find repeated ones (32 KiB per worker).
+    /// A multi-key read's keys, to find repeated ones (32 KiB per worker, made by its first multi-key read).
     final let repeatedKeys = RepeatedKeys()
     /// The arguments of the Redis request being parsed and routed, shared by the worker's Redis
     /// clients (`RedisSession.arguments`). One at a time: a client's requests are parsed and

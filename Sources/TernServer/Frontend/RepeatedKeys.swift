@@ -15,25 +15,23 @@ final class RepeatedKeys {
     /// `entries` words, each a generation in the high 32 bits, a flag (`repeated`) and a key
     /// position in the low 31 (another generation's entry is an empty one). Allocated with the worker's table and
     /// freed with it; only this object reaches it.
-    private let table: UnsafeMutablePointer<UInt64>
+    /// Made by the first multi-key read (a worker that serves none, or has not yet, holds no
+    /// memory for it: idle connections are measured with the workers' own memory).
+    private var table: UnsafeMutablePointer<UInt64>?
     private var stamp: UInt64 = 0
     private let seed = UInt64.random(in: .min ... .max)
     static let entries = 4096
 
-    init() {
-        table = .allocate(capacity: Self.entries)
-        table.initialize(repeating: 0, count: Self.entries)
-    }
-
-    deinit { table.deallocate() }
+    deinit { table?.deallocate() }
 
     /// Starts a request.
     @inline(__always)
     func begin() {
+        if table == nil { makeTable() }
         stamp &+= 1 << 32
         if stamp == 0 {
             // Wrapped: entries of every earlier generation must read as empty.
-            table.update(repeating: 0, count: Self.entries)
+            table?.update(repeating: 0, count: Self.entries)
             stamp = 1 << 32
         }
     }
@@ -42,7 +40,8 @@ final class RepeatedKeys {
     /// key at a position with it), or nil, and then `key` is recorded at `position`.
     @inline(__always)
     func earlier(_ key: UnsafeRawBufferPointer, position: Int, isEqual: (Int) -> Bool) -> Int? {
-        let slot = table + Int(truncatingIfNeeded: hash(key) >> 52)
+        // `begin` made the table.
+        let slot = table.unsafelyUnwrapped + Int(truncatingIfNeeded: hash(key) >> 52)
         let entry = slot.pointee
         if entry & ~0xffff_ffff == stamp {
             let earlier = Int(entry & 0x7fff_ffff)
@@ -56,6 +55,13 @@ final class RepeatedKeys {
         }
         slot.pointee = stamp | UInt64(truncatingIfNeeded: position) & 0x7fff_ffff
         return nil
+    }
+
+    @inline(never)
+    private func makeTable() {
+        let made = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.entries)
+        made.initialize(repeating: 0, count: Self.entries)
+        table = made
     }
 
     /// An entry whose key has been named again (bit 31; positions use the 31 below).
