@@ -81,6 +81,87 @@ final class WarmupTests: XCTestCase {
         _ = new
     }
 
+    /// A get naming 100,000 keys on a warm-up pool: each server's records are matched to the
+    /// keys in one walk. They were searched for from the first key, record by record: about 5
+    /// billion steps for this get, seconds in which the worker served nobody (an innocent
+    /// client on another connection timed out; fails on 2230cf2).
+    func testMemcachedWarmupGetOfManyKeysDoesNotStallTheWorker() throws {
+        let (setup, new, old) = try memcachedPools(threads: 1)
+        let count = 100_000
+        // Odd keys in the old pool only, even ones in the new pool (on each server: placement
+        // picks one of them).
+        for (servers, parity, value) in [(old, 1, "o"), (new, 0, "n")] {
+            let sets = stride(from: parity, to: count, by: 2).map { "set k\($0) 0 0 1 noreply\r\n\(value)\r\n" }.joined() + "mn\r\n"
+            for server in servers { XCTAssertEqual(try TestClient(port: server.port, timeout: 30).request(sets, until: "MN\r\n"), "MN\r\n") }
+        }
+        let canary = Canary(port: setup.port, redis: false)
+        let client = try TestClient(port: setup.port, timeout: 30)
+        let reply = try client.request("get " + (0..<count).map { "k\($0)" }.joined(separator: " ") + "\r\n", until: "END\r\n")
+        XCTAssertEqual(reply, (0..<count).map { "VALUE k\($0) 0 1\r\n\($0 % 2 == 0 ? "n" : "o")\r\n" }.joined() + "END\r\n")
+        canary.check()
+        let stats = try client.request("stats\r\n", until: "END\r\n")
+        // (The canary's gets are new hits too.)
+        XCTAssertTrue(stats.contains("STAT warmup_old_hits \(count / 2)\r\n") && stats.contains("STAT warmup_misses 0\r\n"), stats)
+    }
+
+    /// A key named more than once in a warm-up read is asked once in each phase (new pool, old
+    /// pool, copy, resend) and its record copied into each place, as on other pools; the
+    /// copies count toward `client_output_limit`. Every copy was asked of the servers: a line
+    /// naming a large key 30,000 times made them send it 30,000 times, holding the connection
+    /// other clients share (fails on 2230cf2: the servers' bytes written).
+    func testMemcachedWarmupAsksRepeatedKeysOnce() throws {
+        let (setup, new, old) = try memcachedPools(threads: 1)
+        func written(_ servers: [Memcached]) throws -> Int {
+            try servers.reduce(0) { total, server in
+                let stats = try TestClient(port: server.port).request("stats\r\n", until: "END\r\n")
+                let line = stats.split(separator: "\r\n").first { $0.hasPrefix("STAT bytes_written ") } ?? ""
+                return total + (Int(line.split(separator: " ").last ?? "") ?? -1)
+            }
+        }
+        let value = String(repeating: "v", count: 512 << 10)
+        let record = { (key: String, data: String, flags: Int) in "VALUE \(key) \(flags) \(data.utf8.count)\r\n\(data)\r\n" }
+        XCTAssertEqual(try direct(old[setup.oldIndex("big")], "set big 7 0 \(value.utf8.count)\r\n\(value)\r\n"), "STORED\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("small")], "set small 5 0 3\r\nold\r\n"), "STORED\r\n")
+        let client = try TestClient(port: setup.port, timeout: 20)
+        XCTAssertEqual(try client.request("set fresh 2 0 3\r\nnew\r\n", until: "\r\n"), "STORED\r\n")
+        let canary = Canary(port: setup.port, redis: false)
+        // Old hits, a new hit and misses, each repeated: the old pool sends the large value once.
+        var oldBefore = try written(old)
+        XCTAssertEqual(try client.request("get big small big fresh nokey small big fresh nokey\r\n", until: "\r\nEND\r\n"),
+                       record("big", value, 7) + record("small", "old", 5) + record("big", value, 7) + record("fresh", "new", 2)
+                       + record("small", "old", 5) + record("big", value, 7) + record("fresh", "new", 2) + "END\r\n")
+        XCTAssertLessThan(try written(old) - oldBefore, 1 << 20, "the old pool sent the large value once")
+        usleep(200_000)
+        var stats = try client.request("stats\r\n", until: "END\r\n")
+        // Each key counted once (the canary's gets are new hits, not counted here).
+        for line in ["warmup_old_hits 2", "warmup_misses 1", "warmup_copies 2"] {
+            XCTAssertTrue(stats.contains("STAT \(line)\r\n"), "\(line): \(stats)")
+        }
+        // Copied: the new pool answers, once for all the repeats.
+        var newBefore = try written(new)
+        XCTAssertEqual(try client.request("get big big big\r\n", until: "\r\nEND\r\n"), String(repeating: record("big", value, 7), count: 3) + "END\r\n")
+        XCTAssertLessThan(try written(new) - newBefore, 1 << 20, "the new pool sent the large value once (and the canary's replies)")
+        // gets of an old hit copies it first and asks the new pool again, once: one CAS unique.
+        XCTAssertEqual(try direct(old[setup.oldIndex("casKey")], "set casKey 1 0 2\r\nab\r\n"), "STORED\r\n")
+        let gets = try client.request("gets casKey casKey\r\n", until: "END\r\n")
+        let lines = gets.split(separator: "\r\n")
+        XCTAssertEqual(lines.count, 5, gets)
+        XCTAssertTrue(lines[0].hasPrefix("VALUE casKey 1 2 ") && lines[0] != "VALUE casKey 1 2 0", gets)
+        XCTAssertEqual(lines[0], lines[2], gets)
+        // Past the output limit, from the new pool and from the old one: refused, the value sent
+        // once per request.
+        let attack = "get " + Array(repeating: "big", count: 30_000).joined(separator: " ") + "\r\n"
+        newBefore = try written(new)
+        XCTAssertEqual(try client.request(attack, until: "\r\n"), "SERVER_ERROR reply exceeds client_output_limit\r\n")
+        XCTAssertLessThan(try written(new) - newBefore, 2 << 20)
+        XCTAssertEqual(try direct(new[setup.newIndex("big")], "delete big\r\n"), "DELETED\r\n")
+        oldBefore = try written(old)
+        XCTAssertEqual(try client.request(attack, until: "\r\n"), "SERVER_ERROR reply exceeds client_output_limit\r\n")
+        XCTAssertLessThan(try written(old) - oldBefore, 2 << 20)
+        canary.check()
+        XCTAssertEqual(try client.request("get small small\r\n", until: "END\r\n"), record("small", "old", 5) + record("small", "old", 5) + "END\r\n")
+    }
+
     func testMemcachedDeletesReachBothPools() throws {
         let (setup, _, old) = try memcachedPools()
         let client = try TestClient(port: setup.port)
@@ -305,6 +386,30 @@ final class WarmupTests: XCTestCase {
         let info = try c.call("INFO")
         XCTAssertTrue(info.contains("warmup_old_hits:2"), info)
         XCTAssertTrue(info.contains("warmup_copies:2"), info)
+    }
+
+    /// MGET on a warm-up pool asks a repeated key once of each pool, and copies its element.
+    func testRedisWarmupMGetAsksRepeatedKeysOnce() throws {
+        let (setup, new, old) = try redisPools(threads: 1)
+        func hits(_ servers: [RedisServer]) throws -> Int {
+            try servers.reduce(0) { total, server in
+                let info = try TestClient(port: server.port).call("INFO", "stats")
+                let line = info.split(separator: "\r\n").first { $0.hasPrefix("keyspace_hits:") } ?? ""
+                return total + (Int(line.dropFirst("keyspace_hits:".count)) ?? -1)
+            }
+        }
+        XCTAssertEqual(try old[setup.oldIndex("a")].call("SET", "a", "old-a"), "+OK\r\n")
+        let c = try TestClient(port: setup.port)
+        XCTAssertEqual(try c.call("SET", "b", "new-b"), "+OK\r\n")
+        let (oldBefore, newBefore) = (try hits(old), try hits(new))
+        XCTAssertEqual(try c.call("MGET", "a", "b", "a", "none", "b", "a", "none"),
+                       "*7\r\n$5\r\nold-a\r\n$5\r\nnew-b\r\n$5\r\nold-a\r\n$-1\r\n$5\r\nnew-b\r\n$5\r\nold-a\r\n$-1\r\n")
+        XCTAssertEqual(try hits(old) - oldBefore, 2, "the old pool was asked for a once (GET and PTTL)")
+        XCTAssertEqual(try hits(new) - newBefore, 1, "the new pool was asked for b once")
+        usleep(200_000)
+        let info = try c.call("INFO")
+        XCTAssertTrue(info.contains("warmup_new_hits:1\r\n") && info.contains("warmup_old_hits:1\r\n") && info.contains("warmup_misses:1\r\n"), info)
+        XCTAssertEqual(try c.call("MGET", "a", "a"), "*2\r\n$5\r\nold-a\r\n$5\r\nold-a\r\n")
     }
 
     func testRedisDeletesReachBothAndConcurrentSetWins() throws {

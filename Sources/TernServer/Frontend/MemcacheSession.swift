@@ -369,16 +369,16 @@ extension ClientConnection {
         var position = request.keysStart
         var firstServer = -1
         var singleServer = true
-        // A key named again is asked once (a warm-up read tracks every key itself).
-        let findsRepeats = warmup == nil
-        if findsRepeats { worker.repeatedKeys.begin() }
+        // A key named again is asked once, in every phase of a warm-up read too.
+        worker.repeatedKeys.begin()
         while position < request.keysEnd {
             while frame[position] == 0x20 { position += 1 }
             let start = position
             while position < request.keysEnd, frame[position] != 0x20 { position += 1 }
             let key = UnsafeRawBufferPointer(rebasing: frame[start..<position])
-            if findsRepeats, let earlier = worker.repeatedKeys.earlier(key, position: slot.keys.count, isEqual: { slot.sameKey(slot.keys[$0], key) }) {
+            if let earlier = worker.repeatedKeys.earlier(key, position: slot.keys.count, isEqual: { slot.sameKey(slot.keys[$0], key) }) {
                 slot.addRepeat(of: earlier)
+                warmup?.addRepeat(of: earlier)
                 continue
             }
             let server = pool.serverIndex(forKey: key) ?? -1

@@ -548,9 +548,9 @@ extension ClientConnection {
         // multi-key command over two slots even on one node): `keyServers` holds the group, which
         // numbers the part.
         let isCluster = pool.isCluster
-        // MGET: a key named again is asked once, its element copied (`RepeatedKeys`); a warm-up
-        // read tracks every key itself.
-        let findsRepeats = keysPerPart == 1 && isArray(sink) && slot.warmup == nil
+        // MGET: a key named again is asked once, its element copied (`RepeatedKeys`), in every
+        // phase of a warm-up read too.
+        let findsRepeats = keysPerPart == 1 && isArray(sink)
         var index = 1
         if findsRepeats { worker.repeatedKeys.begin() }
         while index < arguments.count {
@@ -561,6 +561,7 @@ extension ClientConnection {
             }) {
                 worker.keyIndices.append(index)
                 worker.keyServers.append(-1)
+                slot.warmupRead?.markRepeat(slot.keys.count, of: earlier)
                 slot.addRepeat(of: earlier)
                 index += 1
                 continue

@@ -343,6 +343,7 @@ final class ReplySlot {
     private func deliverPart(_ part: Int32, _ reply: UnsafeRawBufferPointer, _ isError: Bool) {
         if let warmup {
             warmup.deliver(self, part: part, reply: reply, isError: isError)
+            if overflowsWithRepeats() { return }
             partDone()
             return
         }
@@ -464,7 +465,16 @@ final class ReplySlot {
         if isOverflowed { return }
         remainingParts -= 1
         if remainingParts == 0 {
-            if let warmup, warmup.advance(self) { return }
+            if let warmup {
+                if warmup.advance(self) { return }
+                // The last phase placed records (old hits) whose repeats' copies may pass the
+                // limit: the request fails as one over it does (`overflow` counts this part).
+                if hasRepeatedKeys {
+                    remainingParts = 1
+                    if overflowsWithRepeats() { return }
+                    remainingParts = 0
+                }
+            }
             if !hasError {
                 switch sink {
                 case .allOK(let rule): rule.settle(self)

@@ -38,6 +38,9 @@ final class WarmupRead: PhasedRead {
         /// The key's `WarmupInvalidations` bucket, and its epoch when the read was routed.
         var invalidationBucket: Int32 = 0
         var invalidationEpoch: UInt32 = 0
+        /// A key the request named before, at this position: not asked (its place in the reply
+        /// gets a copy of that key's record, `ReplySlot.addRepeat(of:)`), not counted.
+        var repeatOf: Int32 = -1
     }
 
     let mode: Mode
@@ -68,6 +71,8 @@ final class WarmupRead: PhasedRead {
     var resendsAfterCopy = false
     var keys: [Key] = []
     var keyBytes: [UInt8] = []
+    /// Keys of `keys` that repeat an earlier one.
+    private var repeatCount = 0
 
     init(mode: Mode, pool: PoolRuntime, clientIndex: Int) {
         self.mode = mode
@@ -92,6 +97,20 @@ final class WarmupRead: PhasedRead {
         }
         keys.append(entry)
         keyBytes.append(contentsOf: key)
+    }
+
+    /// The key at `index` (added already, Redis MGET) or the next one (memcached) repeats the
+    /// key at `earlier`: it is asked in no phase and takes no server.
+    func markRepeat(_ index: Int, of earlier: Int) {
+        keys[index].repeatOf = Int32(earlier)
+        keys[index].newServer = -1
+        keys[index].oldServer = -1
+        repeatCount += 1
+    }
+
+    func addRepeat(of earlier: Int) {
+        keys.append(Key(start: keys[earlier].start, length: keys[earlier].length, oldServer: -1, newServer: -1))
+        markRepeat(keys.count - 1, of: earlier)
     }
 
     func withKey<R>(_ index: Int, _ body: (UnsafeRawBufferPointer) -> R) -> R {
@@ -152,16 +171,16 @@ final class WarmupRead: PhasedRead {
         var missing: [Int] = []
         switch mode {
         case .text:
-            for index in keys.indices where slot.keys[index].recordStart < 0 { missing.append(index) }
+            for index in keys.indices where slot.keys[index].recordStart < 0 && keys[index].repeatOf < 0 { missing.append(index) }
         case .meta:
             if !slot.hasError, isMetaMiss(slot.data.readable) { missing.append(0) }
         case .redisGet:
             if !slot.hasError, RespReply.classify(slot.data.readable) == .null { missing.append(0) }
         case .redisMGet:
             if slot.hasError { return false }
-            for index in keys.indices where slot.keys[index].recordStart < 0 || isNil(slot, index) { missing.append(index) }
+            for index in keys.indices where keys[index].repeatOf < 0 && (slot.keys[index].recordStart < 0 || isNil(slot, index)) { missing.append(index) }
         }
-        WarmupCounters.add(counters.newHits, keys.count - missing.count)
+        WarmupCounters.add(counters.newHits, keys.count - repeatCount - missing.count)
         if missing.isEmpty { return false }
         guard !old.isRetired, old.placementGeneration == oldGeneration else {
             // A reload ended the warm-up or changed the old servers since the keys were
@@ -216,14 +235,16 @@ final class WarmupRead: PhasedRead {
     /// `VA <size> s<size> f<flags> t<ttl> k<key>` blocks (misses are silent), then nothing
     /// (Tern's MN was stripped), read with TernCore's `MetaItemReader`.
     private func readOldMetaItems(_ reply: UnsafeRawBufferPointer, part: Int32) {
+        let server = ReplyPart.oldServer(of: part)
         var position = 0
+        var cursor = 0
         while position < reply.count {
             let rest = UnsafeRawBufferPointer(rebasing: reply[position...])
             guard case let .item(item) = MetaItemReader.read(rest) else { return }
             defer { position += item.length }
             guard item.status == .value, let value = item.value else { continue }
             let key = item.key.map { UnsafeRawBufferPointer(rebasing: rest[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
-            if let index = keys.indices.first(where: { keys[$0].oldServer == ReplyPart.oldServer(of: part) && keys[$0].valueStart < 0 && withKey($0) { $0.elementsEqual(key) } }) {
+            if let index = nextKey(from: &cursor, matching: key, where: { keys[$0].oldServer == server && keys[$0].valueStart < 0 }) {
                 keys[index].valueStart = values.count
                 keys[index].valueLength = value.count
                 keys[index].flags = item.flags ?? 0
@@ -323,6 +344,7 @@ final class WarmupRead: PhasedRead {
             }
             slot.keys[index].recordStart = record
             slot.keys[index].recordLength = slot.data.readableCount - record
+            slot.repeatedBytes += Int(slot.keys[index].repeats) * slot.keys[index].recordLength
             if warmup.backfill {
                 if let ttl, newServer >= 0, !deleted { copyMemcached(index, ttl: ttl) } else { WarmupCounters.add(counters.copiesSkipped) }
             }
@@ -395,9 +417,7 @@ final class WarmupRead: PhasedRead {
             slot.data.removeAll()
             values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
         } else {
-            slot.keys[index].recordStart = slot.data.readableCount
-            slot.keys[index].recordLength = key.valueLength
-            values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
+            values.withUnsafeBytes { placeRecord(slot, index, UnsafeRawBufferPointer(rebasing: $0[valueRange])) }
         }
         guard warmup.backfill else { return }
         guard let ttl, key.newServer >= 0 else {
@@ -424,16 +444,44 @@ final class WarmupRead: PhasedRead {
     // MARK: New-pool replies
 
     private func storeValueRecords(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, resendOnly: Bool) {
+        var cursor = 0
         MemcacheReplyParser.forEachValue(reply) { keyRange, recordRange in
             let key = UnsafeRawBufferPointer(rebasing: reply[keyRange])
-            guard let index = keys.indices.first(where: {
-                keys[$0].newServer == part && (resendOnly ? keys[$0].isResend : slot.keys[$0].recordStart < 0) && withKey($0) { $0.elementsEqual(key) }
+            guard let index = nextKey(from: &cursor, matching: key, where: {
+                keys[$0].newServer == part && (resendOnly ? keys[$0].isResend : slot.keys[$0].recordStart < 0)
             }) else { return }
             keys[index].isResend = false
-            slot.keys[index].recordStart = slot.data.readableCount
-            slot.keys[index].recordLength = recordRange.count
-            slot.data.append(UnsafeRawBufferPointer(rebasing: reply[recordRange]))
+            placeRecord(slot, index, UnsafeRawBufferPointer(rebasing: reply[recordRange]))
         }
+    }
+
+    /// The first key from `cursor` on that `isCandidate` accepts and whose bytes are `key`;
+    /// `cursor` moves past it. A server answers in the order it was asked (misses say nothing),
+    /// so one walk over the keys serves a whole reply: a 100,000-key get costs 100,000 steps,
+    /// not the 5 billion of a search from the first key for each record. A record matching no
+    /// key ahead (a server out of order) is dropped and leaves `cursor` where it was.
+    private func nextKey(from cursor: inout Int, matching key: UnsafeRawBufferPointer, where isCandidate: (Int) -> Bool) -> Int? {
+        var index = cursor
+        while index < keys.count {
+            if isCandidate(index), withKey(index, { $0.elementsEqual(key) }) {
+                cursor = index + 1
+                return index
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    /// Key `index`'s record, in the slot; the copies its repeats will get count toward
+    /// `client_output_limit` (`ReplySlot.repeatedBytes`).
+    private func placeRecord(_ slot: ReplySlot, _ index: Int, _ record: UnsafeRawBufferPointer) {
+        let entry = slot.keys[index]
+        if entry.repeats > 0 {
+            slot.repeatedBytes += Int(entry.repeats) * (record.count - (entry.recordStart >= 0 ? entry.recordLength : 0))
+        }
+        slot.keys[index].recordStart = slot.data.readableCount
+        slot.keys[index].recordLength = record.count
+        slot.data.append(record)
     }
 
     private func storeArrayElements(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
@@ -445,9 +493,7 @@ final class WarmupRead: PhasedRead {
         RespReplyParser.forEachElement(reply) { range in
             while cursor < keys.count, keys[cursor].newServer != part { cursor += 1 }
             guard cursor < keys.count else { return }
-            slot.keys[cursor].recordStart = slot.data.readableCount
-            slot.keys[cursor].recordLength = range.count
-            slot.data.append(UnsafeRawBufferPointer(rebasing: reply[range]))
+            placeRecord(slot, cursor, UnsafeRawBufferPointer(rebasing: reply[range]))
             cursor += 1
         }
     }
