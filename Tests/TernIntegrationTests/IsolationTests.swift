@@ -575,6 +575,50 @@ final class IsolationTests: XCTestCase {
         (servers * 2 * (limit + (4 << 20)) + limit) / 1024 + 16 * 1024
     }
 
+    /// PUBSUB CHANNELS merges every server's channels, each once, in the order first seen. With
+    /// 50,000 channels subscribed it held the worker for seconds (each channel was compared with
+    /// every one kept; 60,000 took 4 s of a release build), and the other clients of that worker
+    /// waited: the canary timed out (fails on 68180f4).
+    func testPubsubChannelsOfManyChannelsIsMergedOnce() throws {
+        let r1 = try group.redis(), r2 = try group.redis()
+        let rd = try start([r1.address, r2.address], redis: true)
+        func elements(_ reply: String) -> [String] {
+            let lines = reply.components(separatedBy: "\r\n")
+            return lines.indices.filter { lines[$0].hasPrefix("$") && $0 + 1 < lines.count }.map { lines[$0 + 1] }
+        }
+        // A key-event channel is subscribed on every server, and listed by each: once here.
+        let events = try TestClient(port: rd.port)
+        try events.send(TestClient.encode(["SUBSCRIBE", "__keyevent@0__:expired", "plain"]))
+        _ = try events.receiveReplies(2)
+        let control = try TestClient(port: rd.port, timeout: 20)
+        XCTAssertEqual(Set(elements(try control.call("PUBSUB", "CHANNELS"))), ["__keyevent@0__:expired", "plain"])
+        XCTAssertEqual(elements(try control.call("PUBSUB", "CHANNELS")).count, 2)
+        var subscribers: [TestClient] = []
+        var expected: Set<String> = ["__keyevent@0__:expired", "plain"]
+        for client in 0..<5 {
+            let names = (0..<10_000).map { "c\(client)-\($0)" }
+            let subscriber = try TestClient(port: rd.port, timeout: 20)
+            try subscriber.send(TestClient.encode(["SUBSCRIBE"] + names))
+            _ = try subscriber.receiveReplies(names.count)
+            subscribers.append(subscriber)
+            expected.formUnion(names)
+        }
+        let canary = Canary(port: rd.port, redis: true)
+        let listed = elements(try control.call("PUBSUB", "CHANNELS"))
+        canary.check()
+        XCTAssertEqual(listed.count, expected.count)
+        XCTAssertEqual(Set(listed), expected)
+        XCTAssertEqual(elements(try control.call("PUBSUB", "CHANNELS", "c3-99*")).count, 111)
+        // Unsubscribing by name and all at once: each confirmation with the count left.
+        try subscribers[0].send(TestClient.encode(["UNSUBSCRIBE", "c0-0", "c0-0"] + (1..<10_000).map { "c0-\($0)" }))
+        let byName = String(decoding: try subscribers[0].receiveReplies(10_001), as: UTF8.self)
+        XCTAssertTrue(byName.hasPrefix("*3\r\n$11\r\nunsubscribe\r\n$4\r\nc0-0\r\n:9999\r\n*3\r\n$11\r\nunsubscribe\r\n$4\r\nc0-0\r\n:9999\r\n"), String(byName.prefix(200)))
+        XCTAssertTrue(byName.hasSuffix("$7\r\nc0-9999\r\n:0\r\n"), String(byName.suffix(100)))
+        try subscribers[1].send(TestClient.encode(["UNSUBSCRIBE"]))
+        XCTAssertTrue(String(decoding: try subscribers[1].receiveReplies(10_000), as: UTF8.self).hasSuffix(":0\r\n"))
+        XCTAssertEqual(Set(elements(try control.call("PUBSUB", "CHANNELS"))), expected.filter { !$0.hasPrefix("c0-") && !$0.hasPrefix("c1-") })
+    }
+
     func keys(_ pool: PoolConfig, server: Int, count: Int) -> [String] {
         Array((0..<5000).lazy.map { "key\($0)" }.filter { key in
             Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } == server
