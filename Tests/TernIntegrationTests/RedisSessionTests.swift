@@ -680,6 +680,50 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// A message its server sent before the subscriber's PING, SUBSCRIBE or UNSUBSCRIBE reached
+    /// it leaves ahead of their answers, as from one Redis, also when the request goes to
+    /// another server than the message came from. Tern is stopped while the message is
+    /// published (directly on the server, `PUBLISH` has answered) and the request sent, so
+    /// both wait in its sockets, read in one loop pass; the client's request was read first
+    /// (libev runs the watchers of one pass in reverse order). Before, Tern answered PING
+    /// itself and put a message behind replies to requests read earlier: the pong and the
+    /// confirmations overtook the message (fails on 44e3036), and redis-py's `listen()` ended at
+    /// the last unsubscribe without the message published ahead of it.
+    func testSubscriberRepliesFollowMessagesAlreadyPublished() throws {
+        let backends = try [group.redis(), group.redis()]
+        let port = ProcessGroup.freePort()
+        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
+        let tern = try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        let setup = Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
+        let a = setup.keys("ch", on: 0, count: 1)[0], b = setup.keys("ch", on: 1, count: 2)
+        let subscriber = try TestClient(port: port)
+        try subscriber.send(TestClient.encode(["SUBSCRIBE", a, b[0]]))
+        _ = try subscriber.receiveReplies(2)
+        func bulk(_ text: String) -> String { "$\(text.utf8.count)\r\n\(text)\r\n" }
+        func confirmation(_ kind: String, _ channel: String, _ count: Int) -> String { "*3\r\n" + bulk(kind) + bulk(channel) + ":\(count)\r\n" }
+        let cases: [(request: [String], replies: Int, answer: String)] = [
+            (["PING"], 1, "*2\r\n" + bulk("pong") + bulk("")),
+            (["PING", "hi"], 1, "*2\r\n" + bulk("pong") + bulk("hi")),
+            // On the other server than the message's.
+            (["SUBSCRIBE", b[1]], 1, confirmation("subscribe", b[1], 3)),
+            (["UNSUBSCRIBE", b[1]], 1, confirmation("unsubscribe", b[1], 2)),
+            (["UNSUBSCRIBE", b[0]], 1, confirmation("unsubscribe", b[0], 1)),
+            // The last one: afterwards nothing more is sent.
+            (["UNSUBSCRIBE", a], 1, confirmation("unsubscribe", a, 0)),
+        ]
+        for (round, test) in cases.enumerated() {
+            let message = "m\(round)"
+            kill(tern.processIdentifier, SIGSTOP)
+            XCTAssertEqual(try backends[0].call("PUBLISH", a, message), ":1\r\n")
+            usleep(50_000)
+            try subscriber.send(TestClient.encode(test.request))
+            usleep(50_000)
+            kill(tern.processIdentifier, SIGCONT)
+            let replies = String(decoding: try subscriber.receiveReplies(1 + test.replies), as: UTF8.self)
+            XCTAssertEqual(replies, "*3\r\n" + bulk("message") + bulk(a) + bulk(message) + test.answer, "\(test.request)")
+        }
+    }
+
     /// Keyspace notifications on a three-server pool (redis-py `pubsub()`): Redis sends them from
     /// the server that holds the key. `__keyspace@0__:<key>` is subscribed on the key's server
     /// and `__keyevent@0__:set` on every server, so each SET through Tern is notified exactly

@@ -629,7 +629,7 @@ final class ServerConnection {
                 // the next request's reply.
                 let isPush = RespReply.classify(frame) == .push
                 if isPush || client.pushNotice(frame, on: ObjectIdentifier(self)) || pending.isEmpty {
-                    if isPush { client.pushMessage(frame) }
+                    if isPush { client.pushMessage(frame, ahead: pending.isEmpty ? nil : pending[0].slot) }
                     counters.responseBytes.add(framed.length)
                     // A subscriber closed over its output limit closes this connection with it.
                     guard state == .connected else { return }

@@ -148,7 +148,23 @@ extension ClientConnection {
             name.withUnsafeBytes { RespEncoder.bulk($0, into: output) }
             connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line)
         }
+        pingPushConnections(subscriptions, except: parts, slot, &split)
         split.close()
+    }
+
+    /// A PING through each of the client's push connections that the request does not use
+    /// otherwise, as a part of `split`: the request is answered once every push connection has
+    /// answered something sent after it, so every message those connections carried before
+    /// leaves ahead of the answer (`ReplyOwner.pushMessage`), as from one Redis. Without it a
+    /// PING answered by Tern, or a confirmation from another server, overtook messages already
+    /// published (redis-py's `listen()` then ended at the last unsubscribe before yielding a
+    /// message published ahead of it).
+    private func pingPushConnections(_ subscriptions: RedisSubscriptions, except parts: [(connection: ServerConnection, name: [UInt8])],
+                                     _ slot: ReplySlot, _ split: inout ReplySplit) {
+        for connection in subscriptions.connections.values where !parts.contains(where: { $0.connection === connection }) {
+            RespEncoder.command("PING", into: connection.requestBuffer())
+            connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line)
+        }
     }
 
     /// The server a channel (or a shard channel, or a cluster pool's pattern) is subscribed on:
@@ -191,7 +207,8 @@ extension ClientConnection {
         if command.routing == .pubsub, !command.isNamed("pubsub") { return false }
         if command.isNamed("quit") || command.isNamed("reset") { return false }
         if command.isNamed("ping") {
-            // PING answers as a message-shaped array while subscribed.
+            // PING answers as a message-shaped array while subscribed, once the push
+            // connections have passed on the messages sent before it.
             slot.data.appendArrayHeader(2)
             slot.data.appendBulk("pong")
             if session.arguments.count > 1 {
@@ -199,7 +216,9 @@ extension ClientConnection {
             } else {
                 slot.data.appendBulk("")
             }
-            slot.complete(with: "" as StaticString)
+            var split = ReplySplit(slot, mergedBy: .prepared(PreparedReply()))
+            pingPushConnections(subscriptions, except: [], slot, &split)
+            split.close()
             return true
         }
         slot.complete(with: "-ERR Can't execute '\(command.name)': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n")

@@ -218,6 +218,28 @@ extension FIFO where Element: AnyObject {
         return storage.unsafelyUnwrapped[Int(head)] === element
     }
 
+    /// Moves the element appended last to just before `element` (found by identity from the
+    /// head), shifting those between one place back; false, and nothing moved, when `element` is
+    /// not in the queue ahead of the last. For a subscriber's message that must leave before a
+    /// reply its push connection has not sent yet (`ReplyOwner.pushMessage`): a few elements.
+    mutating func moveLast(before element: Element) -> Bool {
+        guard stored > 1, mask >= 0, let storage else { return false }
+        let target = UnsafeRawPointer(Unmanaged.passUnretained(element).toOpaque())
+        var offset: Int32 = 0
+        // Compared as bits: no reference is taken.
+        while offset < stored &- 1,
+              UnsafeRawPointer(storage + Int((head &+ offset) & mask)).load(as: UnsafeRawPointer.self) != target { offset &+= 1 }
+        guard offset < stored &- 1 else { return false }
+        let last = (storage + Int((head &+ stored &- 1) & mask)).move()
+        var index = stored &- 1
+        while index > offset {
+            (storage + Int((head &+ index) & mask)).moveInitialize(from: storage + Int((head &+ index &- 1) & mask), count: 1)
+            index &-= 1
+        }
+        (storage + Int((head &+ offset) & mask)).initialize(to: last)
+        return true
+    }
+
     /// Calls `body` with the head element, borrowed: no reference is taken, and no coroutine
     /// is entered (the subscript's, with a branch for the inline element, is not inlined). The
     /// queue must not be empty, and `body` must not change it.

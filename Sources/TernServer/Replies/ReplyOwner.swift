@@ -304,11 +304,16 @@ class ReplyOwner {
         slotCompleted(slot)
     }
 
-    /// A message from a push connection (pub/sub): whole, in order behind the replies already due.
-    final func pushMessage(_ message: UnsafeRawBufferPointer) {
+    /// A message from a push connection (pub/sub), whole. It leaves ahead of `reply`, the
+    /// request whose answer that connection owes next (its server sent the message first, as
+    /// one Redis would put it on the wire: a message published before the client's PING,
+    /// SUBSCRIBE or UNSUBSCRIBE reached the server comes before their answers), and behind
+    /// every other reply due; with nothing owed, behind all of them.
+    final func pushMessage(_ message: UnsafeRawBufferPointer, ahead reply: ReplySlot?) {
         guard !isClosed else { return }
         poolCounters.messagesDelivered.add()
         let slot = newSlot()
+        if let reply, !reply.isDone { _ = slots.moveLast(before: reply) }
         replyArrived(slot, message)
     }
 
