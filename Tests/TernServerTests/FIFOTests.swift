@@ -31,6 +31,29 @@ final class FIFOTests: XCTestCase {
         XCTAssertNil(queue.popFirst())
     }
 
+    /// `moveLast(before:)` (a subscriber's message ahead of an answer still owed): the last
+    /// element goes just before the one named, with the head anywhere in the ring; nothing moves
+    /// when the one named is absent, is the last itself, or the queue holds one element.
+    func testMoveLastBeforeAnElement() {
+        let boxes = (0..<6).map { Box($0) }
+        var queue = FIFO<Box>(initialCapacity: 4)
+        // Walk the head round the ring first.
+        for box in boxes.prefix(3) { queue.append(box) }
+        for _ in 0..<3 { _ = queue.popFirst() }
+        for box in boxes.prefix(4) { queue.append(box) }
+        XCTAssertTrue(queue.moveLast(before: boxes[1]))
+        XCTAssertEqual((0..<queue.count).map { queue[$0].value }, [0, 3, 1, 2])
+        XCTAssertTrue(queue.moveLast(before: boxes[0]))
+        XCTAssertEqual((0..<queue.count).map { queue[$0].value }, [2, 0, 3, 1])
+        XCTAssertFalse(queue.moveLast(before: boxes[5]))
+        XCTAssertFalse(queue.moveLast(before: boxes[1]), "the last element itself")
+        XCTAssertEqual((0..<queue.count).map { queue[$0].value }, [2, 0, 3, 1])
+        var one = FIFO<Box>()
+        one.append(boxes[0])
+        XCTAssertFalse(one.moveLast(before: boxes[0]))
+        XCTAssertEqual(one.popFirst()?.value, 0)
+    }
+
     /// Used as a stack (the worker's free slots): `popLast` takes the element appended last,
     /// with the head anywhere in the ring, after growth, and for an inline element; mixed with
     /// `popFirst`, the elements left are those between. Popped references are released.
