@@ -244,6 +244,22 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try direct(new[setup.newIndex("calm")], "get calm\r\n", until: "END\r\n"), "VALUE calm 1 1\r\nc\r\nEND\r\n")
     }
 
+    /// A new server that fails a get (here: timed out, stopped) answers its keys as misses, as
+    /// on other pools, and they are not read from the old pool: the value there may be older
+    /// than the one the new server holds (it was answered instead; fails on 08f07bb).
+    func testMemcachedNewServerFailingGivesMissesNotOldValues() throws {
+        let (setup, new, old) = try memcachedPools(threads: 1)
+        let client = try TestClient(port: setup.port, timeout: 5)
+        let other = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"].first { setup.newIndex($0) != setup.newIndex("x") }!
+        XCTAssertEqual(try direct(old[setup.oldIndex("x")], "set x 0 0 3\r\nold\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("set x 0 0 3\r\nnew\r\nset \(other) 0 0 1\r\no\r\n", until: "STORED\r\n", occurrences: 2), "STORED\r\nSTORED\r\n")
+        new[setup.newIndex("x")].pause()
+        defer { new[setup.newIndex("x")].resume() }
+        XCTAssertEqual(try client.request("get x \(other) x\r\n", until: "END\r\n"), "VALUE \(other) 0 1\r\no\r\nEND\r\n")
+        usleep(1_100_000)
+        XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_old_hits 0\r\n"))
+    }
+
     func testMemcachedOldPoolDownGivesMissesNotErrors() throws {
         let (setup, _, old) = try memcachedPools()
         let client = try TestClient(port: setup.port)
@@ -410,6 +426,23 @@ final class WarmupTests: XCTestCase {
         let info = try c.call("INFO")
         XCTAssertTrue(info.contains("warmup_new_hits:1\r\n") && info.contains("warmup_old_hits:1\r\n") && info.contains("warmup_misses:1\r\n"), info)
         XCTAssertEqual(try c.call("MGET", "a", "a"), "*2\r\n$5\r\nold-a\r\n$5\r\nold-a\r\n")
+    }
+
+    /// A new server that fails an MGET (here: timed out, stopped) makes the MGET an error, as on
+    /// other pools. Its keys were treated as misses and read from the old pool: a key with a
+    /// newer value in the new pool was answered with the old pool's (fails on 08f07bb), or nil.
+    func testRedisWarmupMGetWithANewServerFailingIsAnError() throws {
+        let (setup, new, old) = try redisPools(threads: 1)
+        let c = try TestClient(port: setup.port, timeout: 5)
+        let other = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"].first { setup.newIndex($0) != setup.newIndex("x") }!
+        XCTAssertEqual(try old[setup.oldIndex("x")].call("SET", "x", "old"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SET", "x", "new"), "+OK\r\n")
+        XCTAssertEqual(try c.call("SET", other, "o"), "+OK\r\n")
+        XCTAssertEqual(try c.call("MGET", "x", other), "*2\r\n$3\r\nnew\r\n$1\r\no\r\n")
+        new[setup.newIndex("x")].pause()
+        defer { new[setup.newIndex("x")].resume() }
+        let reply = try c.call("MGET", "x", other, "x")
+        XCTAssertTrue(reply.hasPrefix("-ERR "), reply)
     }
 
     func testRedisDeletesReachBothAndConcurrentSetWins() throws {

@@ -41,6 +41,9 @@ final class WarmupRead: PhasedRead {
         /// A key the request named before, at this position: not asked (its place in the reply
         /// gets a copy of that key's record, `ReplySlot.addRepeat(of:)`), not counted.
         var repeatOf: Int32 = -1
+        /// Its new server failed the read: a miss, not asked of the old pool (whose value may be
+        /// older than the one the new server holds).
+        var newFailed = false
     }
 
     let mode: Mode
@@ -144,15 +147,19 @@ final class WarmupRead: PhasedRead {
             WarmupCounters.add(counters.oldErrors)
             return
         }
-        // The new pool failed: memcached multi-key reads treat its keys as misses (and try the
-        // old pool); single reads report the error.
+        // The new pool failed: memcached multi-key reads answer its keys as misses, as on other
+        // pools, without asking the old pool (the new server may hold newer values than the old
+        // pool's, which must not be answered instead); other reads report the error (an MGET
+        // too, as on other pools, rather than nil or the old pool's values).
         switch mode {
-        case .text, .redisMGet: break
-        case .meta, .redisGet:
+        case .text:
+            for index in keys.indices where keys[index].newServer == part && keys[index].repeatOf < 0 { keys[index].newFailed = true }
+        case .meta, .redisGet, .redisMGet:
             if serverFailure { slot.closeClientIfItsPoolSays() }
             slot.data.removeAll()
             slot.data.append(mode == .meta ? "SERVER_ERROR \(reason)\r\n" : "-ERR \(reason)\r\n")
             slot.hasError = true
+            slot.repeatedBytes = 0
         }
     }
 
@@ -169,9 +176,12 @@ final class WarmupRead: PhasedRead {
 
     private func startOldPhase(_ slot: ReplySlot) -> Bool {
         var missing: [Int] = []
+        var failed = 0
         switch mode {
         case .text:
-            for index in keys.indices where slot.keys[index].recordStart < 0 && keys[index].repeatOf < 0 { missing.append(index) }
+            for index in keys.indices where slot.keys[index].recordStart < 0 && keys[index].repeatOf < 0 {
+                if keys[index].newFailed { failed += 1 } else { missing.append(index) }
+            }
         case .meta:
             if !slot.hasError, isMetaMiss(slot.data.readable) { missing.append(0) }
         case .redisGet:
@@ -180,7 +190,8 @@ final class WarmupRead: PhasedRead {
             if slot.hasError { return false }
             for index in keys.indices where keys[index].repeatOf < 0 && (slot.keys[index].recordStart < 0 || isNil(slot, index)) { missing.append(index) }
         }
-        WarmupCounters.add(counters.newHits, keys.count - repeatCount - missing.count)
+        WarmupCounters.add(counters.newHits, keys.count - repeatCount - missing.count - failed)
+        if failed > 0 { WarmupCounters.add(counters.misses, failed) }
         if missing.isEmpty { return false }
         guard !old.isRetired, old.placementGeneration == oldGeneration else {
             // A reload ended the warm-up or changed the old servers since the keys were
@@ -485,8 +496,11 @@ final class WarmupRead: PhasedRead {
     }
 
     private func storeArrayElements(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
+        // An earlier part's error is the answer.
+        guard !slot.hasError else { return }
         guard case .array = RespReply.classify(reply) else {
-            // A new-pool error: that server's keys are treated as misses.
+            // The new server's error (`-BUSY`, `-LOADING`) is the answer, as on other pools.
+            slot.recordError(reply)
             return
         }
         var cursor = 0
