@@ -724,6 +724,50 @@ final class RedisSessionTests: XCTestCase {
         }
     }
 
+    /// A script that never ends holds its server's connections: the request that runs it is
+    /// ahead of everything else on Tern's shared connection, and Redis answers every other
+    /// client `-BUSY … You can only call SCRIPT KILL or SHUTDOWN NOSAVE`. `SCRIPT KILL` (and
+    /// `FUNCTION KILL`) go to every server on connections of their own and answer `+OK` when one
+    /// stopped a script; Tern refused them, so only an operator on the server could (fails on
+    /// c221e90). `SCRIPT EXISTS` says 1 only for a script every server holds, so that `EVALSHA`
+    /// runs wherever its keys are: `EVAL` caches a script on its keys' server only, and the first
+    /// server's answer said 1 for a script the second lacked (fails on c221e90).
+    func testScriptKillReachesABusyServerAndScriptExistsAsksEveryServer() throws {
+        let backends = try [group.redis(extra: ["--busy-reply-threshold", "100"]), group.redis(extra: ["--busy-reply-threshold", "100"])]
+        let port = ProcessGroup.freePort()
+        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
+        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        let setup = Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
+        let onFirst = setup.keys("k", on: 0, count: 2)
+        let control = try TestClient(port: port, timeout: 10)
+        // EVAL on the first server only: not everywhere yet; SCRIPT LOAD puts it everywhere.
+        XCTAssertEqual(try control.call("EVAL", "return 7", "1", onFirst[0]), ":7\r\n")
+        let sha = "59b6ab2fbe0ee4b25733de0f62e6cda4899ef8e9"
+        XCTAssertEqual(try backends[0].call("SCRIPT", "EXISTS", sha), "*1\r\n:1\r\n", "the script's SHA1")
+        XCTAssertEqual(try control.call("SCRIPT", "EXISTS", sha, "0000000000000000000000000000000000000000"), "*2\r\n:0\r\n:0\r\n")
+        XCTAssertEqual(try control.call("SCRIPT", "LOAD", "return 7"), "$40\r\n\(sha)\r\n")
+        XCTAssertEqual(try control.call("SCRIPT", "EXISTS", sha, "0000000000000000000000000000000000000000"), "*2\r\n:1\r\n:0\r\n")
+        // Nothing running.
+        XCTAssertEqual(try control.call("SCRIPT", "KILL"), "-NOTBUSY No scripts in execution right now.\r\n")
+        XCTAssertEqual(try control.call("FUNCTION", "KILL"), "-NOTBUSY No scripts in execution right now.\r\n")
+        // A script that never ends, and an innocent request behind it on the shared connection.
+        let looping = try TestClient(port: port, timeout: 10)
+        try looping.send(TestClient.encode(["EVAL", "while true do end", "1", onFirst[0]]))
+        // Whatever happens here, the server is freed (a busy server does not stop).
+        defer { _ = try? backends[0].call("SCRIPT", "KILL") }
+        usleep(300_000)
+        let innocent = try TestClient(port: port, timeout: 10)
+        try innocent.send(TestClient.encode(["SET", onFirst[1], "v"]))
+        usleep(200_000)
+        XCTAssertTrue(try backends[0].call("GET", "x").hasPrefix("-BUSY"), "the server is busy")
+        XCTAssertEqual(try control.call("SCRIPT", "KILL"), "+OK\r\n")
+        XCTAssertTrue(String(decoding: try looping.receiveReplies(1), as: UTF8.self).contains("Script killed by user"))
+        XCTAssertEqual(String(decoding: try innocent.receiveReplies(1), as: UTF8.self), "+OK\r\n")
+        XCTAssertEqual(try control.call("GET", onFirst[1]), "$1\r\nv\r\n")
+        XCTAssertEqual(try control.call("SCRIPT", "KILL"), "-NOTBUSY No scripts in execution right now.\r\n")
+        XCTAssertTrue(try control.call("SCRIPT", "KILL", "extra").hasPrefix("-ERR"))
+    }
+
     /// Keyspace notifications on a three-server pool (redis-py `pubsub()`): Redis sends them from
     /// the server that holds the key. `__keyspace@0__:<key>` is subscribed on the key's server
     /// and `__keyevent@0__:set` on every server, so each SET through Tern is notified exactly

@@ -65,8 +65,10 @@ extension ClientConnection {
             } else if arguments.argument(1, in: frame, equals: "flush") {
                 toEveryServer(frame, session, slot, sink: .allOK(AllOK(dialect: .resp)))
             } else if arguments.argument(1, in: frame, equals: "exists") {
-                // SCRIPT LOAD reaches every server, so any server can answer.
-                forwardRedis(frame, session, slot, to: firstLiveServer())
+                // Held where every server holds it (EVAL caches a script on one server only).
+                toEveryServer(frame, session, slot, sink: .everyServerHas(EveryServerHas()))
+            } else if arguments.argument(1, in: frame, equals: "kill"), count == 2 {
+                killOnEveryServer(frame, session, slot)
             } else {
                 slot.complete(with: "-ERR unsupported command 'script \(sanitizedWord(text(1)))'\r\n")
             }
@@ -84,6 +86,8 @@ extension ClientConnection {
                 toEveryServer(frame, session, slot, sink: .allOK(AllOK(dialect: .resp)))
             } else if arguments.argument(1, in: frame, equals: "list") || arguments.argument(1, in: frame, equals: "dump") {
                 forwardRedis(frame, session, slot, to: firstLiveServer())
+            } else if arguments.argument(1, in: frame, equals: "kill"), count == 2 {
+                killOnEveryServer(frame, session, slot)
             } else {
                 slot.complete(with: "-ERR unsupported command 'function \(sanitizedWord(text(1)))'\r\n")
             }
@@ -103,6 +107,28 @@ extension ClientConnection {
         default:
             slot.complete(with: "-ERR unsupported command '\(command.name)'\r\n")
         }
+    }
+
+    /// SCRIPT KILL / FUNCTION KILL: to every live server, each on a dedicated connection of its
+    /// own, returned once answered. The shared connections cannot carry it: a server runs a
+    /// connection's requests in order, and the request running the script is ahead of it there
+    /// (Redis answers everyone else `-BUSY … You can only call SCRIPT KILL`, which a client
+    /// could not send through Tern before). A server whose dedicated connections are all leased
+    /// answers that as its error.
+    private func killOnEveryServer(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        guard pool.servers.contains(where: { !$0.isEjected }) else { return slot.failNoServer() }
+        var split = ReplySplit(slot, mergedBy: .kill(KillReply()))
+        for server in pool.servers where !server.isEjected {
+            let part = split.server(Int32(server.index))
+            guard let connection = server.leaseDedicated() else {
+                slot.fail(part: part, reason: "all dedicated_connections to this server are in use")
+                continue
+            }
+            writeRequest(frame, session.arguments, into: connection.requestBuffer())
+            connection.enqueue(slot: slot, part: part, framing: .line)
+            connection.returnWhenIdle = true
+        }
+        split.close()
     }
 
     /// SCAN cursor [MATCH p] [COUNT n] [TYPE t] over the pool's servers one after the other

@@ -38,6 +38,10 @@ enum ReplySink {
     case scanCursor(ScanCursor)
     /// `[name, count, …]` arrays from every server, counts summed by name's position (PUBSUB NUMSUB).
     case pairSum(RespPairSum)
+    /// SCRIPT EXISTS on every server: 1 for a script all of them hold.
+    case everyServerHas(EveryServerHas)
+    /// SCRIPT KILL / FUNCTION KILL on every server: `+OK` when one stopped a script.
+    case kill(KillReply)
     /// A warm-up delete sent to both pools: the new pool's reply, "deleted" when either deleted.
     case eitherDeleted(EitherDeleted)
     /// A warm-up GETDEL sent to both pools: the new pool's value, else the old pool's.
@@ -355,6 +359,56 @@ struct RespPairSum {
             slot.appendRecord(entry, to: output)
             output.appendInteger(Int(entry.server))
         }
+    }
+}
+
+/// SCRIPT EXISTS sha…: 1 where every server has the script, so that `EVALSHA` finds it whatever
+/// its keys (`EVAL` caches a script on its keys' server only; `SCRIPT LOAD` reaches every
+/// server). Each element's minimum is kept in its `ReplySlot.keys` entry's `server` field.
+struct EveryServerHas {
+    func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
+        guard RespReply.type(ofFramed: reply) == .array else { return slot.recordError(reply) }
+        let first = slot.keys.isEmpty
+        var position = 0
+        RespReplyParser.forEachElement(reply) { range in
+            let value = Int32(truncatingIfNeeded: RespReplyParser.integer(UnsafeRawBufferPointer(rebasing: reply[range])) ?? 0)
+            if first {
+                slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: value))
+            } else if position < slot.keys.count {
+                slot.keys[position].server = min(slot.keys[position].server, value)
+            }
+            position += 1
+        }
+    }
+
+    func emit(_ slot: ReplySlot, into output: ByteBuffer) {
+        if slot.hasError { return output.append(slot.data.readable) }
+        output.appendArrayHeader(slot.keys.count)
+        for entry in slot.keys { output.appendInteger(Int(entry.server)) }
+    }
+}
+
+/// SCRIPT KILL or FUNCTION KILL, sent to every server on connections of their own (the shared
+/// ones are stuck behind the running script): `+OK` when one of them stopped a script; else
+/// the error that says most, a script that cannot be stopped (`-UNKILLABLE`, a failure) before
+/// no script running (`-NOTBUSY`).
+struct KillReply {
+    private var rank: UInt8 = 0
+
+    mutating func take(_ reply: UnsafeRawBufferPointer, isError: Bool, into slot: ReplySlot) {
+        let notBusy = reply.count >= 8 && memcmp(reply.baseAddress!, "-NOTBUSY", 8) == 0
+        note(isError ? notBusy ? 1 : 2 : 3, into: slot) { $0.append(reply) }
+    }
+
+    mutating func failed(_ reason: String, into slot: ReplySlot) {
+        note(2, into: slot) { $0.append(slot.errorLine(reason)) }
+    }
+
+    private mutating func note(_ rank: UInt8, into slot: ReplySlot, _ write: (ByteBuffer) -> Void) {
+        guard rank > self.rank else { return }
+        self.rank = rank
+        slot.data.removeAll()
+        write(slot.data)
     }
 }
 

@@ -378,6 +378,11 @@ final class ReplySlot {
             union.take(reply, into: self)
         case .pairSum(let pairSum):
             pairSum.take(reply, into: self)
+        case .everyServerHas(let has):
+            has.take(reply, into: self)
+        case .kill(var kill):
+            kill.take(reply, isError: isError, into: self)
+            sink = .kill(kill)
         case .scanCursor(let scan):
             scan.take(reply, isError: isError, into: self)
         case .eitherDeleted(var either):
@@ -437,7 +442,10 @@ final class ReplySlot {
             WarmupInvalidation.fail(part: part, reason: reason, self)
         case .sum(let sum) where sum.failureIsCounted(part, self):
             break
-        case .allOK, .array, .sum, .first, .prepared, .union, .pairSum, .scanCursor:
+        case .kill(var kill):
+            kill.failed(reason, into: self)
+            sink = .kill(kill)
+        case .allOK, .array, .sum, .first, .prepared, .union, .pairSum, .everyServerHas, .scanCursor:
             if serverFailure { closeClientIfItsPoolSays() }
             if !hasError {
                 hasError = true
@@ -480,7 +488,7 @@ final class ReplySlot {
                 case .allOK(let rule): rule.settle(self)
                 case .sum(let sum): sum.settle(self)
                 case .eitherDeleted(let either): either.settle(self)
-                case .single, .records, .array, .first, .prepared, .union, .pairSum, .scanCursor, .eitherValue: break
+                case .single, .records, .array, .first, .prepared, .union, .pairSum, .everyServerHas, .kill, .scanCursor, .eitherValue: break
                 }
             }
             if isSilent { data.removeAll() }
@@ -581,8 +589,9 @@ final class ReplySlot {
         case .array(let array): array.emit(self, into: output)
         case .union(let union): union.emit(self, into: output)
         case .pairSum(let pairSum): pairSum.emit(self, into: output)
+        case .everyServerHas(let has): has.emit(self, into: output)
         case .eitherValue(let either): either.emit(self, into: output)
-        case .single, .allOK, .sum, .first, .prepared, .scanCursor, .eitherDeleted:
+        case .single, .allOK, .sum, .first, .prepared, .kill, .scanCursor, .eitherDeleted:
             // A large reply that waited here (behind a slower one) becomes the output itself,
             // the few bytes already in the output put in the room left in front of it: one copy
             // of the reply, not two. The slot gets the emptied buffer, whose capacity `reset`
