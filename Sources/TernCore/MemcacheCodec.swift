@@ -161,6 +161,21 @@ public struct MemcacheLimits: Sendable {
         self.maxItemSize = maxItemSize
         self.rejectsControlCharacters = strictKeys
     }
+
+    /// Before a client of a pool with users has authenticated: enough for its authentication
+    /// (`<user> <password>` as a `set`'s data, a binary SASL body) and no more, so that a client
+    /// that never authenticates cannot hold an item's worth of buffer (Redis caps its
+    /// unauthenticated clients likewise, `RespLimits.unauthenticated`). Larger data blocks are
+    /// refused as too large and skipped as they arrive, not buffered; `get` lines get the
+    /// normal line limit.
+    public var unauthenticated: MemcacheLimits {
+        var limits = self
+        limits.maxItemSize = min(maxItemSize, Self.unauthenticatedItemSize)
+        limits.maxRetrievalLineLength = limits.maxLineLength
+        return limits
+    }
+
+    public static let unauthenticatedItemSize = 4096
 }
 
 @usableFromInline let space: UInt8 = 0x20

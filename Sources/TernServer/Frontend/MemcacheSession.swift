@@ -9,7 +9,7 @@ extension ClientConnection {
     func processMemcache(_ buffer: ByteBuffer) {
         while mayParseNext(buffer) {
             let bytes = buffer.readable
-            switch MemcacheRequestParser.parse(bytes, limits: pool.limits) {
+            switch MemcacheRequestParser.parse(bytes, limits: authenticatedUser != nil || !pool.requiresAuth ? pool.limits : pool.preAuthMemcacheLimits) {
             case .incomplete:
                 return
             case let .request(request):

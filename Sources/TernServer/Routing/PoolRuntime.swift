@@ -31,6 +31,9 @@ final class PoolRuntime: BackendPool {
     private(set) var respLimits: RespLimits
     /// Redis's caps before AUTH, for pools with `redis_auth`.
     private(set) var preAuthLimits: RespLimits
+    /// memcached pools with `users:`, before a client has authenticated: what its
+    /// authentication needs (`MemcacheLimits.unauthenticated`).
+    private(set) var preAuthMemcacheLimits: MemcacheLimits
     private var listenWatcher: IOWatcher?
     /// A warm-up's old pool (no listener of its own).
     private(set) var old: PoolRuntime?
@@ -72,6 +75,7 @@ final class PoolRuntime: BackendPool {
         self.placement = plan.config.placement()
         (self.limits, self.respLimits) = Self.requestLimits(plan.config)
         self.preAuthLimits = respLimits.unauthenticated
+        self.preAuthMemcacheLimits = limits.unauthenticated
         self.commandStats = plan.shared.commandStats[worker.identifier]
         self.old = plan.warmup.map { PoolRuntime(plan: $0, worker: worker) }
         super.init(plan: plan, backendLoop: worker, stats: plan.shared.workerCounters[worker.identifier])
@@ -241,6 +245,7 @@ final class PoolRuntime: BackendPool {
         cacheHotSettings()
         (limits, respLimits) = Self.requestLimits(newPlan.config)
         preAuthLimits = respLimits.unauthenticated
+        preAuthMemcacheLimits = limits.unauthenticated
         var kept: [ServerRuntime] = []
         for (index, server) in newPlan.config.servers.enumerated() {
             let address = newPlan.serverAddresses[index]
