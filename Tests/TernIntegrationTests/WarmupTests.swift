@@ -132,7 +132,7 @@ final class WarmupTests: XCTestCase {
                        + record("small", "old", 5) + record("big", value, 7) + record("fresh", "new", 2) + "END\r\n")
         XCTAssertLessThan(try written(old) - oldBefore, 1 << 20, "the old pool sent the large value once")
         usleep(200_000)
-        var stats = try client.request("stats\r\n", until: "END\r\n")
+        let stats = try client.request("stats\r\n", until: "END\r\n")
         // Each key counted once (the canary's gets are new hits, not counted here).
         for line in ["warmup_old_hits 2", "warmup_misses 1", "warmup_copies 2"] {
             XCTAssertTrue(stats.contains("STAT \(line)\r\n"), "\(line): \(stats)")
@@ -258,6 +258,23 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try client.request("get x \(other) x\r\n", until: "END\r\n"), "VALUE \(other) 0 1\r\no\r\nEND\r\n")
         usleep(1_100_000)
         XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_old_hits 0\r\n"))
+    }
+
+    /// memcached writes an item's key in the form it was stored with (`k<base64> b` for one
+    /// stored with a binary key), whatever form the request named it in: the fallback reads
+    /// both. A base64 `mg` of an item stored with a plain key, and a text `get` of one stored in
+    /// base64, were misses (fails on 97b552e).
+    func testMemcachedFallbackFindsKeysStoredInTheOtherForm() throws {
+        let (setup, new, old) = try memcachedPools(threads: 1)
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try direct(old[setup.oldIndex("plain1")], "set plain1 4 0 3\r\none\r\n"), "STORED\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("plain2")], "ms cGxhaW4y 3 b F5\r\ntwo\r\n"), "HD\r\n")
+        XCTAssertEqual(try client.request("mg cGxhaW4x b v k f\r\n", until: "\r\none\r\n"), "VA 3 kcGxhaW4x b f4\r\none\r\n")
+        XCTAssertEqual(try client.request("get plain2\r\n", until: "END\r\n"), "VALUE plain2 5 3\r\ntwo\r\nEND\r\n")
+        usleep(200_000)
+        // Copied into the new pool, where both forms find them.
+        XCTAssertEqual(try direct(new[setup.newIndex("plain1")], "mg plain1 v\r\n", until: "\r\none\r\n"), "VA 3\r\none\r\n")
+        XCTAssertEqual(try direct(new[setup.newIndex("plain2")], "mg plain2 v\r\n", until: "\r\ntwo\r\n"), "VA 3\r\ntwo\r\n")
     }
 
     func testMemcachedOldPoolDownGivesMissesNotErrors() throws {

@@ -255,7 +255,13 @@ final class WarmupRead: PhasedRead {
             defer { position += item.length }
             guard item.status == .value, let value = item.value else { continue }
             let key = item.key.map { UnsafeRawBufferPointer(rebasing: rest[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
-            if let index = nextKey(from: &cursor, matching: key, where: { keys[$0].oldServer == server && keys[$0].valueStart < 0 }) {
+            // memcached writes a key as the item was stored (in base64 with `b` when stored with
+            // a binary key), whatever the request: read in the request's form.
+            let converted: [UInt8]? = item.isBase64Key == isBase64Key ? nil : item.isBase64Key ? Self.decoded(key) : Base64.encode(key)
+            let index = converted.map { bytes in
+                bytes.withUnsafeBytes { nextKey(from: &cursor, matching: $0, where: { keys[$0].oldServer == server && keys[$0].valueStart < 0 }) }
+            } ?? nextKey(from: &cursor, matching: key, where: { keys[$0].oldServer == server && keys[$0].valueStart < 0 })
+            if let index {
                 keys[index].valueStart = values.count
                 keys[index].valueLength = value.count
                 keys[index].flags = item.flags ?? 0
@@ -264,6 +270,14 @@ final class WarmupRead: PhasedRead {
                 values.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[value]))
             }
         }
+    }
+
+    /// The bytes a base64 key stands for (the text itself when it is not base64).
+    private static func decoded(_ text: UnsafeRawBufferPointer) -> [UInt8] {
+        guard let length = Base64.decodedLength(text) else { return Array(text) }
+        var bytes = [UInt8](repeating: 0, count: length)
+        let count = bytes.withUnsafeMutableBytes { Base64.decode(text, into: $0) }
+        return Array(bytes.prefix(count))
     }
 
     /// Redis: part 2i is `GET` of key i, part 2i+1 its `PTTL`.
