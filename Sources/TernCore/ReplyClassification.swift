@@ -303,6 +303,8 @@ public struct MetaItem: Equatable, Sendable {
     public var opaque: Range<Int>?
     /// `b`: the key is base64.
     public var isBase64Key = false
+    /// `X`: the item is stale (invalidated with `md … I`), to be recomputed.
+    public var isStale = false
 
     public init(status: MemcacheReply, length: Int) {
         self.status = status
@@ -371,6 +373,7 @@ public enum MetaItemReader {
             case UInt8(ascii: "k"): item.key = start..<position
             case UInt8(ascii: "O"): item.opaque = start..<position
             case UInt8(ascii: "b"): item.isBase64Key = true
+            case UInt8(ascii: "X"): item.isStale = true
             default: break
             }
         }

@@ -277,6 +277,23 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try direct(new[setup.newIndex("plain2")], "mg plain2 v\r\n", until: "\r\ntwo\r\n"), "VA 3\r\ntwo\r\n")
     }
 
+    /// An old item invalidated with `md … I` (stale, to be recomputed) is a miss: it was copied
+    /// into the new pool as fresh, served until its TTL, and nobody was told to recompute it
+    /// (fails on f5787eb).
+    func testMemcachedStaleOldItemIsAMiss() throws {
+        let (setup, new, old) = try memcachedPools(threads: 1)
+        let client = try TestClient(port: setup.port)
+        let server = old[setup.oldIndex("stale")]
+        XCTAssertEqual(try direct(server, "set stale 0 0 3\r\nold\r\n"), "STORED\r\n")
+        XCTAssertEqual(try direct(server, "md stale I T30\r\n"), "HD\r\n")
+        XCTAssertEqual(try client.request("get stale\r\n", until: "END\r\n"), "END\r\n")
+        XCTAssertEqual(try client.request("mg stale v\r\n", until: "\r\n"), "EN\r\n")
+        usleep(200_000)
+        XCTAssertEqual(try direct(new[setup.newIndex("stale")], "mg stale v\r\n"), "EN\r\n", "not copied")
+        XCTAssertEqual(try client.request("set stale 0 0 5\r\nfresh\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("get stale\r\n", until: "END\r\n"), "VALUE stale 0 5\r\nfresh\r\nEND\r\n")
+    }
+
     func testMemcachedOldPoolDownGivesMissesNotErrors() throws {
         let (setup, _, old) = try memcachedPools()
         let client = try TestClient(port: setup.port)

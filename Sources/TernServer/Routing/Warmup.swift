@@ -253,7 +253,9 @@ final class WarmupRead: PhasedRead {
             let rest = UnsafeRawBufferPointer(rebasing: reply[position...])
             guard case let .item(item) = MetaItemReader.read(rest) else { return }
             defer { position += item.length }
-            guard item.status == .value, let value = item.value else { continue }
+            // A stale item (invalidated with `md … I`) is a miss: copied, it would be served as
+            // fresh until its TTL, and nobody told to recompute it.
+            guard item.status == .value, !item.isStale, let value = item.value else { continue }
             let key = item.key.map { UnsafeRawBufferPointer(rebasing: rest[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
             // memcached writes a key as the item was stored (in base64 with `b` when stored with
             // a binary key), whatever the request: read in the request's form.
