@@ -294,6 +294,26 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try client.request("get stale\r\n", until: "END\r\n"), "VALUE stale 0 5\r\nfresh\r\nEND\r\n")
     }
 
+    /// `mg … N<ttl>` (vivify on miss) asks the new pool without `N` first: a key only in the old
+    /// pool is read from there and copied, and only a key missing in both is vivified, as one
+    /// memcached holding both pools would answer. Sent as it came, it made an empty item in the
+    /// new pool at once, which every client then read instead of the old value until its TTL
+    /// (fails on 3c484f9).
+    func testMemcachedVivifyingGetReadsTheOldPoolFirst() throws {
+        let (setup, new, old) = try memcachedPools(threads: 1)
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try direct(old[setup.oldIndex("kept")], "set kept 3 0 3\r\nold\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("mg kept N30 v f\r\n", until: "\r\nold\r\n"), "VA 3 f3\r\nold\r\n")
+        XCTAssertEqual(try client.request("get kept\r\n", until: "END\r\n"), "VALUE kept 3 3\r\nold\r\nEND\r\n")
+        // Missing in both: vivified in the new pool, answered as memcached answers it (the same
+        // two requests straight to a new server, for another key, give the expected bytes).
+        let reference = new[setup.newIndex("kept")]
+        let first = try direct(reference, "mg reference N30 v\r\n", until: "\r\n")
+        XCTAssertEqual(try client.request("mg nowhere N30 v\r\n", until: "\r\n"), first)
+        XCTAssertEqual(try client.request("mg nowhere N30 v\r\n", until: "\r\n"), try direct(reference, "mg reference N30 v\r\n", until: "\r\n"))
+        XCTAssertEqual(try client.request("mg nowhere2 N30 q v\r\nmn\r\n", until: "MN\r\n"), try direct(reference, "mg reference2 N30 q v\r\nmn\r\n", until: "MN\r\n"))
+    }
+
     func testMemcachedOldPoolDownGivesMissesNotErrors() throws {
         let (setup, _, old) = try memcachedPools()
         let client = try TestClient(port: setup.port)

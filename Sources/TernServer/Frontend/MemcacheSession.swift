@@ -180,7 +180,15 @@ extension ClientConnection {
             read.isQuiet = request.isQuiet
             read.isBase64Key = request.isBase64Key
             slot.warmup = read
-            forwardMeta(request, frame, slot)
+            if let vivify = Self.vivifyToken(request, frame) {
+                // Asked without `N` first (`WarmupRead.vivifies`); the token follows the key, so
+                // the request's offsets hold in the shorter line.
+                read.vivifies = true
+                let stripped = Array(frame[0..<vivify.lowerBound]) + Array(frame[vivify.upperBound...])
+                stripped.withUnsafeBytes { forwardMeta(request, $0, slot) }
+            } else {
+                forwardMeta(request, frame, slot)
+            }
         case .metaDelete where pool.deletesReachOldPool:
             deleteInBothPools(request, frame, slot, route: WarmupRoute(pool)!)
         case .metaGet, .metaSet, .metaDelete, .metaArithmetic, .metaDebug:
@@ -320,6 +328,18 @@ extension ClientConnection {
             let count = Base64.decode(key, into: decoded)
             return body(UnsafeRawBufferPointer(rebasing: decoded[0..<count]))
         }
+    }
+
+    /// The `N<ttl>` flag of a meta request with the space before it, if it has one.
+    private static func vivifyToken(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) -> Range<Int>? {
+        var position = request.keysEnd
+        while position < request.contentEnd {
+            let start = position
+            position += 1
+            while position < request.contentEnd, frame[position] != 0x20 { position += 1 }
+            if position > start + 1, frame[start + 1] == UInt8(ascii: "N") { return start..<position }
+        }
+        return nil
     }
 
     /// A meta command, routed by its key (decoded first when sent in base64). A quiet command

@@ -72,6 +72,10 @@ final class WarmupRead: PhasedRead {
     var isBase64Key = false
     /// Redis GETEX: an old hit is copied first and `frame` sent again to the new pool.
     var resendsAfterCopy = false
+    /// meta `mg … N<ttl>` (vivify on miss): the new pool was asked without `N`, so that a miss
+    /// there reads the old pool instead of making an empty item that hides the old value from
+    /// every client; `frame`, with `N`, goes to the new pool after a copy or a miss in both.
+    var vivifies = false
     var keys: [Key] = []
     var keyBytes: [UInt8] = []
     /// Keys of `keys` that repeat an earlier one.
@@ -197,7 +201,7 @@ final class WarmupRead: PhasedRead {
             // A reload ended the warm-up or changed the old servers since the keys were
             // placed: the old pool is not asked, the keys are misses.
             WarmupCounters.add(counters.misses, missing.count)
-            return false
+            return vivifyWithoutOldPool(slot)
         }
         for index in missing { keys[index].missed = true }
         phase = .old
@@ -227,7 +231,14 @@ final class WarmupRead: PhasedRead {
             }
         }
         if parts == 0 { WarmupCounters.add(counters.misses, missing.count) }
-        return split.closePhase()
+        if split.closePhase() { return true }
+        return parts == 0 && vivifyWithoutOldPool(slot)
+    }
+
+    /// A `mg … N` that missed the new pool, with no old server to ask: it vivifies there now.
+    private func vivifyWithoutOldPool(_ slot: ReplySlot) -> Bool {
+        guard vivifies, keys[0].newServer >= 0, !pool.isRetired, pool.placementGeneration == newGeneration else { return false }
+        return resend(slot, to: [keys[0].newServer])
     }
 
     private func isMetaMiss(_ reply: UnsafeRawBufferPointer) -> Bool {
@@ -309,6 +320,8 @@ final class WarmupRead: PhasedRead {
         for index in keys.indices where keys[index].missed {
             guard keys[index].valueStart >= 0 else {
                 WarmupCounters.add(counters.misses)
+                // Missed in both pools: the client's `mg … N` now vivifies in the new one.
+                if vivifies, keys[index].newServer >= 0 { resendServers.append(keys[index].newServer) }
                 continue
             }
             WarmupCounters.add(counters.oldHits)
@@ -318,6 +331,12 @@ final class WarmupRead: PhasedRead {
             case .redisGet, .redisMGet: answerRedisHit(slot, index, &resendServers)
             }
         }
+        return resend(slot, to: resendServers)
+    }
+
+    /// The resend phase: keys (text) or the client's own request (meta, GETEX) to `servers` of
+    /// the new pool. False when there is nothing to send.
+    private func resend(_ slot: ReplySlot, to resendServers: [Int32]) -> Bool {
         guard !resendServers.isEmpty else { return false }
         phase = .resend
         var split = ReplySplit(nextPhaseOf: slot)
