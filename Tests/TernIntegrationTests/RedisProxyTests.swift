@@ -366,6 +366,14 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("COMMAND", "DOCS"), "*0\r\n")
         let info = try c.call("INFO")
         for section in ["# Server", "# Clients", "# Stats", "# Pools"] { XCTAssertTrue(info.contains(section), info) }
+        // What monitors and client libraries check (fails on 2e737eb): a master, not loading,
+        // and a maxclients that divides (0 did; the pool sets no client_connections).
+        for line in ["role:master\r\n", "loading:0\r\n", "connected_slaves:0\r\n", "tcp_port:\(tern.port)\r\n"] {
+            XCTAssertTrue(info.contains(line), line)
+        }
+        let maxclients = info.split(separator: "\r\n").first { $0.hasPrefix("maxclients:") }.flatMap { Int($0.dropFirst(11)) } ?? 0
+        XCTAssertGreaterThan(maxclients, 0)
+        XCTAssertTrue(try c.call("INFO", "replication").hasSuffix("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n"))
         XCTAssertEqual(try c.call("WAIT", "1", "0"), "-ERR unsupported command 'wait'\r\n")
         XCTAssertEqual(try c.call("BLPOP", "q", "0.1"), "*-1\r\n")
         XCTAssertEqual(try c.call("MOVE", "q", "1"), "-ERR unsupported command 'move'\r\n")

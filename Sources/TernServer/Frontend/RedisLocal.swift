@@ -388,15 +388,22 @@ extension ClientConnection {
             text += "# \(title)\r\n"
             for (name, value) in lines { text += "\(name):\(value)\r\n" }
         }
+        var port = 0
+        if case let .tcp(_, listenPort) = pool.config.listen { port = listenPort }
         section("Server", [("redis_version", redisCompatibleVersion), ("tern_version", info.version), ("redis_mode", "standalone"),
-                           ("process_id", String(getpid())), ("uptime_in_seconds", String(uptime)), ("uptime_in_days", String(uptime / 86400))])
+                           ("process_id", String(getpid())), ("tcp_port", String(port)),
+                           ("uptime_in_seconds", String(uptime)), ("uptime_in_days", String(uptime / 86400))])
         let sessions = pool.plan.sessionSummary
         section("Clients", [("connected_clients", String(shared.clientCount.load(ordering: .relaxed))),
                             ("blocked_clients", String(sessions.first { $0.0 == "blocked_clients" }?.1 ?? 0)),
-                            ("maxclients", String(pool.config.clientConnections))])
+                            ("maxclients", String(Self.maxClients(pool.config.clientConnections)))])
         section("Memory", backends.memory)
+        // What monitors and client libraries check before using a server: Tern is a master
+        // that is not loading (each backend's own role and loading are its own business).
+        section("Persistence", [("loading", "0"), ("async_loading", "0")])
         section("Stats", [("total_connections_received", String(shared.totalConnections.load(ordering: .relaxed)))] + backends.stats
                     + (pool.plan.poolSummary + sessions).map { ($0.0, String($0.1)) })
+        section("Replication", [("role", "master"), ("connected_slaves", "0")])
         section("Keyspace", backends.keyspace)
         section("Pools", [("pool", pool.config.name), ("servers", String(pool.servers.count)),
                           ("distribution", pool.config.distribution.rawValue), ("hash", pool.config.hash.rawValue)])
@@ -424,6 +431,16 @@ extension ClientConnection {
             section("Warmup", pool.warmupCounters.report().map { ($0.0, String($0.1)) })
         }
         return text
+    }
+
+    /// INFO's `maxclients`: the pool's `client_connections`, or without one (0, unlimited) what
+    /// Redis reports for itself, the descriptor limit less the 32 it keeps for its own use. (0
+    /// divided code that computes `connected_clients / maxclients`.)
+    static func maxClients(_ configured: Int) -> Int {
+        guard configured <= 0 else { return configured }
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 10_000 }
+        return max(1, Int(clamping: limit.rlim_cur) - 32)
     }
 
     /// SLOWLOG GET [count] | LEN | RESET | HELP, over the pool's slow log (see `SlowLog`).
