@@ -423,6 +423,35 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// Blocking commands and WATCHes each have `dedicated_connections` per server and worker:
+    /// clients blocked in `BLPOP … 0` (a queue's idle workers) leave other clients' transactions
+    /// theirs. They shared one budget, so that with as many blocked as the limit every `WATCH`
+    /// was refused ("all dedicated_connections … in use"), which redis-py's `transaction()` does
+    /// not retry (found by a compatibility sweep; fails on 41d9fa0). WATCHes beyond their own
+    /// budget are still refused, and blocked commands beyond theirs wait.
+    func testBlockedClientsLeaveWatchItsOwnDedicatedConnections() throws {
+        let setup = try start(extra: "  dedicated_connections: 2\n", threads: 1)
+        let keys = setup.keys("dq", on: 0, count: 4)
+        let blocked = try (0..<3).map { _ in try TestClient(port: setup.port) }
+        for client in blocked { try client.send(TestClient.encode(["BLPOP", keys[0], "0"])) }
+        usleep(300_000)
+        let watchers = try (0..<3).map { _ in try TestClient(port: setup.port) }
+        XCTAssertEqual(try watchers[0].call("WATCH", keys[1]), "+OK\r\n")
+        XCTAssertEqual(try watchers[1].call("WATCH", keys[2]), "+OK\r\n")
+        XCTAssertTrue(try watchers[2].call("WATCH", keys[3]).hasPrefix("-ERR all dedicated_connections"), "beyond the WATCH budget")
+        for (index, watcher) in watchers.prefix(2).enumerated() {
+            try watcher.send([["MULTI"], ["INCR", keys[index + 1]], ["EXEC"]].flatMap { TestClient.encode($0) })
+            XCTAssertEqual(String(decoding: try watcher.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*1\r\n:1\r\n")
+        }
+        // Two blocked, the third waits for a blocking connection; pushes reach all three.
+        XCTAssertTrue(try setup.backends[0].call("INFO", "clients").contains("blocked_clients:2\r\n"))
+        let pusher = try TestClient(port: setup.port)
+        XCTAssertEqual(try pusher.call("RPUSH", keys[0], "a", "b", "c"), ":3\r\n")
+        for client in blocked {
+            XCTAssertTrue(String(decoding: try client.receiveReplies(1), as: UTF8.self).hasPrefix("*2\r\n"))
+        }
+    }
+
     /// A blocking command that waits for a dedicated connection keeps its timeout from the
     /// moment it came: with the one dedicated connection held by `BLPOP … 0`, a `BLPOP … 0.5`
     /// gets `-ERR Connection timed out` at the pool's timeout plus its 0.5 s (1.5 s), not

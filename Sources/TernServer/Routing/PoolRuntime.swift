@@ -609,9 +609,17 @@ final class ServerRuntime: BackendServer {
     /// Blocking requests waiting for a dedicated connection, oldest first.
     private var waiting: [DedicatedWaiter] = []
 
-    /// A dedicated connection, or nil when `dedicated_connections` are all leased.
+    /// Leased ones that carry a blocking command.
+    private var leasedBlocking = 0
+
+    /// A dedicated connection, or nil when `dedicated_connections` of its kind are leased:
+    /// blocking commands have that many, and `WATCH` (and `SCRIPT KILL`) as many again, so that
+    /// clients blocked in `BLPOP … 0` (a queue's idle workers) never leave a transaction
+    /// without one (they refused every `WATCH` once 64 were blocked).
     func leaseDedicated(forBlocking: Bool = false) -> ServerConnection? {
-        guard leased.count < pool.config.dedicatedConnections else { return nil }
+        let limit = pool.config.dedicatedConnections
+        guard forBlocking ? leasedBlocking < limit : leased.count - leasedBlocking < limit else { return nil }
+        if forBlocking { leasedBlocking += 1 }
         pool.stats.dedicatedLeases.add()
         pool.stats.dedicatedInUse.add(1)
         let connection = idleDedicated.popLast() ?? ServerConnection(server: self, isDedicated: true)
@@ -628,8 +636,10 @@ final class ServerRuntime: BackendServer {
     override func returnDedicated(_ connection: ServerConnection, reusable: Bool) {
         guard connection.isLeased else { return }
         connection.isLeased = false
-        if connection.isBlocking {
+        let wasBlocking = connection.isBlocking
+        if wasBlocking {
             connection.isBlocking = false
+            leasedBlocking -= 1
             pool.stats.blockedClients.add(-1)
         }
         leased.removeAll { $0 === connection }
@@ -639,7 +649,8 @@ final class ServerRuntime: BackendServer {
         } else {
             connection.closeIfOpen()
         }
-        while !waiting.isEmpty {
+        // The waiters are blocking commands: only a blocking lease's return makes room for one.
+        while wasBlocking, !waiting.isEmpty {
             let waiter = waiting.removeFirst()
             // A client that left while waiting has nothing to run; nor has one leaving now (its
             // own blocked command may be the one that gave this connection back).
