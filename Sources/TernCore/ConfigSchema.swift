@@ -182,7 +182,7 @@ enum ConfigSchema {
                   render: { pool, out in if let value = pool.serverWaitMilliseconds { out.value(String(value)) } }),
         .integer("client_output_limit", .poolOnly, \.clientOutputLimit, 65536...(1 << 40), doc: "most reply bytes held for a client"),
         .integer("client_query_limit", .poolOnly, \.clientQueryLimit, 65536...(1 << 40), doc: "largest Redis request, all arguments together", inherited: true),
-        .integer("dedicated_connections", .poolOnly, \.dedicatedConnections, 1...65536, doc: "Redis: connections per server and worker WATCH and blocking commands may hold"),
+        .integer("dedicated_connections", .poolOnly, \.dedicatedConnections, 1...65536, doc: "Redis: connections per server and worker blocking commands may hold, and as many again for WATCH"),
         .integer("max_subscriptions", .poolOnly, \.maxSubscriptions, 1...(1 << 24), doc: "Redis: subscriptions one client may hold"),
         .integer("slowlog_log_slower_than", .poolOnly, \.slowlogSlowerThanMicroseconds, -1...Int(Int32.max), doc: "µs over which a round trip enters the slow log"),
         .integer("slowlog_max_len", .poolOnly, \.slowlogMaxLength, 0...100_000, doc: "slow log entries kept"),
