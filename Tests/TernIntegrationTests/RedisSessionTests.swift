@@ -423,6 +423,27 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// On a one-server pool, KEYS, SCAN, DBSIZE, FLUSHDB and FLUSHALL run inside MULTI as on
+    /// Redis (that server's own commands); they were refused, and the transaction discarded
+    /// (found by a compatibility sweep with redis-py; fails on 01399e9). Over two servers they
+    /// are still refused: the transaction runs on one.
+    func testServerWideCommandsRunInATransactionOnAOneServerPool() throws {
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort()
+        try group.tern(config: "one:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  servers:\n   - \(backend.address):1\n", arguments: ["--threads", "1"], waitPort: port)
+        let client = try TestClient(port: port)
+        let commands = [["MULTI"], ["SET", "a", "1"], ["KEYS", "*"], ["DBSIZE"], ["SCAN", "0"], ["FLUSHDB"], ["DBSIZE"], ["EXEC"]]
+        try client.send(commands.flatMap { TestClient.encode($0) })
+        let replies = String(decoding: try client.receiveReplies(commands.count), as: UTF8.self)
+        XCTAssertEqual(replies, "+OK\r\n" + String(repeating: "+QUEUED\r\n", count: 6)
+                       + "*6\r\n+OK\r\n*1\r\n$1\r\na\r\n:1\r\n*2\r\n$1\r\n0\r\n*1\r\n$1\r\na\r\n+OK\r\n:0\r\n")
+        let setup = try start(threads: 1)
+        let two = try TestClient(port: setup.port)
+        try two.send([["MULTI"], ["KEYS", "*"], ["EXEC"]].flatMap { TestClient.encode($0) })
+        XCTAssertEqual(String(decoding: try two.receiveReplies(3), as: UTF8.self),
+                       "+OK\r\n-ERR 'keys' cannot be used inside MULTI through Tern\r\n-EXECABORT Transaction discarded because of previous errors.\r\n")
+    }
+
     /// Blocking commands and WATCHes each have `dedicated_connections` per server and worker:
     /// clients blocked in `BLPOP … 0` (a queue's idle workers) leave other clients' transactions
     /// theirs. They shared one budget, so that with as many blocked as the limit every `WATCH`

@@ -111,7 +111,7 @@ extension ClientConnection {
     func queueInTransaction(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         guard let transaction = session.transaction else { return }
         let arguments = session.arguments
-        guard command.isTransactional else {
+        guard command.isTransactional || runsOnTheOneServer(command) else {
             if command.isNamed("quit") { return answerLocally(command, frame, session, slot) }
             transaction.aborted = true
             return slot.complete(with: "-ERR '\(command.name)' cannot be used inside MULTI through Tern\r\n")
@@ -138,6 +138,19 @@ extension ClientConnection {
         writeRequest(frame, arguments, into: transaction.commands)
         transaction.count += 1
         slot.complete(with: "+QUEUED\r\n" as StaticString)
+    }
+
+    /// On a pool of one server (no cluster, no warm-up), what Tern sends to every server
+    /// (DBSIZE, FLUSHDB, FLUSHALL) or walks them with (KEYS, SCAN; one server's cursors pass
+    /// unchanged) is that server's own command and reply: it is queued in a transaction, as on
+    /// Redis, where it was refused (and the whole transaction discarded).
+    private func runsOnTheOneServer(_ command: RedisCommand) -> Bool {
+        guard pool.servers.count == 1, !pool.isCluster, pool.old == nil else { return false }
+        switch command.routing {
+        case .everyServerOK, .everyServerSum: return true
+        case .local: return command.isNamed("keys") || command.isNamed("scan")
+        default: return false
+        }
     }
 
     private func exec(_ session: RedisSession, _ slot: ReplySlot) {
