@@ -374,6 +374,13 @@ final class RedisProxyTests: XCTestCase {
         let maxclients = info.split(separator: "\r\n").first { $0.hasPrefix("maxclients:") }.flatMap { Int($0.dropFirst(11)) } ?? 0
         XCTAssertGreaterThan(maxclients, 0)
         XCTAssertTrue(try c.call("INFO", "replication").hasSuffix("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n"))
+        // Per-command counts in Redis's fields, by name or in `all`, not by default.
+        XCTAssertFalse(info.contains("# Commandstats"))
+        let commandstats = try c.call("INFO", "commandstats")
+        XCTAssertTrue(commandstats.contains("# Commandstats\r\n"), commandstats)
+        let line = commandstats.split(separator: "\r\n").first { $0.hasPrefix("cmdstat_client:calls=") }.map(String.init) ?? ""
+        XCTAssertTrue(line.hasSuffix(",rejected_calls=0,failed_calls=0") && line.contains(",usec_per_call="), commandstats)
+        XCTAssertTrue(try c.call("INFO", "all").contains("cmdstat_client:calls="))
         XCTAssertEqual(try c.call("WAIT", "1", "0"), "-ERR unsupported command 'wait'\r\n")
         XCTAssertEqual(try c.call("BLPOP", "q", "0.1"), "*-1\r\n")
         XCTAssertEqual(try c.call("MOVE", "q", "1"), "-ERR unsupported command 'move'\r\n")

@@ -430,6 +430,25 @@ extension ClientConnection {
         if pool.old != nil {
             section("Warmup", pool.warmupCounters.report().map { ($0.0, String($0.1)) })
         }
+        // As Redis: in `all`, `everything` and by name, not in the default set. Tern's own
+        // counts of its clients' commands (all workers), in Redis 7's fields; Tern does not
+        // tell rejected and failed calls apart from the others.
+        if sections.contains(where: { $0 == "commandstats" || $0 == "all" || $0 == "everything" }) {
+            let tables = shared.commandStats
+            var lines: [(String, String)] = []
+            for row in 0..<CommandStats.rows {
+                let calls = tables.reduce(0) { $0 + $1.requests(row) }
+                guard calls > 0, let name = CommandStats.name(row, isRedis: true) else { continue }
+                let usec = tables.reduce(0) { $0 + $1.latencySum(row) }
+                // usec_per_call with two decimals, as Redis prints it.
+                let hundredths = usec * 100 / calls
+                let perCall = "\(hundredths / 100).\(hundredths % 100 < 10 ? "0" : "")\(hundredths % 100)"
+                lines.append(("cmdstat_\(name)", "calls=\(calls),usec=\(usec),usec_per_call=\(perCall),rejected_calls=0,failed_calls=0"))
+            }
+            if !text.isEmpty { text += "\r\n" }
+            text += "# Commandstats\r\n"
+            for (name, value) in lines { text += "\(name):\(value)\r\n" }
+        }
         return text
     }
 
