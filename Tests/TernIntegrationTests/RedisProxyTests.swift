@@ -349,6 +349,11 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("ECHO", "x"), "$1\r\nx\r\n")
         XCTAssertEqual(try c.call("SELECT", "0"), "+OK\r\n")
         XCTAssertTrue(try c.call("SELECT", "3").hasPrefix("-ERR SELECT is not allowed"))
+        // COPY into another database is refused as SELECT is (it wrote there; fails on e61c371).
+        XCTAssertEqual(try c.call("SET", "copysrc", "v"), "+OK\r\n")
+        XCTAssertEqual(try c.call("COPY", "copysrc", "copydst", "DB", "5"), "-ERR COPY to another database is not allowed: this pool serves database 0\r\n")
+        XCTAssertEqual(try c.call("COPY", "copysrc", "copydst", "db", "0", "REPLACE"), ":1\r\n")
+        XCTAssertEqual(try c.call("GET", "copydst"), "$1\r\nv\r\n")
         XCTAssertEqual(try c.call("HELLO", "3"), "-NOPROTO unsupported protocol version\r\n")
         XCTAssertTrue(try c.call("HELLO", "2").hasPrefix("*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n"))
         // HELLO's id is the client's own, as CLIENT ID answers it (it was an argument cursor).

@@ -461,6 +461,10 @@ extension ClientConnection {
             slot.complete(with: refusal)
             return
         }
+        if let refusal = copyDatabaseRefusal(command, frame, arguments) {
+            slot.complete(with: refusal)
+            return
+        }
         // No keys (EVAL with numkeys 0) or arguments Redis itself will refuse: one fixed server,
         // whose own error the client sees.
         forwardRedis(frame, session, slot, to: placement.server < 0 || !placement.valid ? firstLiveServer() : placement.server)
@@ -478,6 +482,17 @@ extension ClientConnection {
         case .get?: return "-ERR GET option of SORT denied: keys formed by the pattern may be on other servers than the sorted key\r\n"
         case .store?, nil: return nil
         }
+    }
+
+    /// COPY … DB n to another database than the pool's: refused as SELECT is (a pool serves one
+    /// database; the copy reached database n of the backend).
+    func copyDatabaseRefusal(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ arguments: RespArguments) -> String? {
+        guard arguments.count > 4, command.isNamed("copy") else { return nil }
+        for index in 3..<(arguments.count - 1) where arguments.argument(index, in: frame, equals: "db") {
+            guard Int(arguments.argumentString(index + 1, in: frame)) != pool.config.redisDatabase else { continue }
+            return "-ERR COPY to another database is not allowed: this pool serves database \(pool.config.redisDatabase)\r\n"
+        }
+        return nil
     }
 
     /// Where a command's keys live, all of which must be on one server.

@@ -129,6 +129,10 @@ extension ClientConnection {
             transaction.aborted = true
             return slot.complete(with: refusal)
         }
+        if let refusal = copyDatabaseRefusal(command, frame, arguments) {
+            transaction.aborted = true
+            return slot.complete(with: refusal)
+        }
         guard transaction.commands.readableCount + frame.count <= pool.config.clientQueryLimit else {
             transaction.aborted = true
             return slot.complete(with: "-ERR transaction exceeds client_query_limit\r\n" as StaticString)
