@@ -12,7 +12,7 @@ extension ClientConnection {
     func processBinary(_ buffer: ByteBuffer) {
         while mayParseNext(buffer) {
             let bytes = buffer.readable
-            switch BinaryRequestParser.parse(bytes, limits: authenticatedUser != nil || !pool.requiresAuth ? pool.limits : pool.preAuthMemcacheLimits) {
+            switch BinaryRequestParser.parse(bytes, limits: !pool.requiresAuth || authenticatedUser != nil ? pool.limits : pool.preAuthMemcacheLimits) {
             case .incomplete:
                 return
             case .invalid:
