@@ -340,8 +340,13 @@ public enum RespRequestParser {
         byte >= 0x20 && byte < 0x7f ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
     }
 
-    /// An inline command: arguments separated by spaces, with Redis's quoting ("…" with
-    /// escapes, '…').
+    /// An inline command, split as Redis's `sdssplitargs` splits it: arguments separated by
+    /// blanks, and within an argument, anywhere in it, a section in double quotes (with escapes:
+    /// `\n`, `\r`, `\t`, `\b`, `\a`, `\xHH`, and any other character after a backslash as itself)
+    /// or in single quotes (`\'` for a quote); a closing quote must be followed by a blank or the
+    /// end of the line, and an unclosed quote is an error (`k"1 2"` is `k1 2`; `x"y` is an
+    /// error, as for Redis; Tern took a quote as a quote only at an argument's start). A NUL
+    /// byte in the line is refused: Redis reads the line as a C string and never answers one.
     static func parseInline(_ bytes: UnsafeRawBufferPointer, limits: RespLimits, into arguments: RespArguments) -> RespParseResult {
         let scan = min(bytes.count, limits.maxInlineLength)
         guard let base = bytes.baseAddress, let found = memchr(base, 0x0a, scan) else {
@@ -349,57 +354,64 @@ public enum RespRequestParser {
         }
         let newlineAt = base.distance(to: UnsafeRawPointer(found))
         let end = newlineAt > 0 && bytes[newlineAt - 1] == 0x0d ? newlineAt - 1 : newlineAt
+        if end > 0, memchr(base, 0, end) != nil { return .protocolError("invalid NUL byte in inline request") }
         arguments.reset(inline: true)
+        // The byte at `index`, 0 past the line's end (Redis's string terminator).
+        @inline(__always) func at(_ index: Int) -> UInt8 { index < end ? bytes[index] : 0 }
         var position = 0
         while true {
-            while position < end, isSpace(bytes[position]) { position += 1 }
+            while position < end, isBlank(bytes[position]) { position += 1 }
             if position >= end { break }
             let start = arguments.beginInlineArgument()
-            let quote = bytes[position]
-            if quote == UInt8(ascii: "\"") || quote == UInt8(ascii: "'") {
-                position += 1
-                var closed = false
-                while position < end {
-                    let byte = bytes[position]
-                    if quote == UInt8(ascii: "\""), byte == UInt8(ascii: "\\"), position + 1 < end {
-                        let next = bytes[position + 1]
-                        if next == UInt8(ascii: "x"), position + 3 < end, let high = hexValue(bytes[position + 2]), let low = hexValue(bytes[position + 3]) {
-                            arguments.appendInlineByte(high << 4 | low)
-                            position += 4
-                            continue
-                        }
-                        switch next {
+            var inDouble = false
+            var inSingle = false
+            var done = false
+            while !done {
+                let byte = at(position)
+                if inDouble {
+                    if byte == UInt8(ascii: "\\"), at(position + 1) == UInt8(ascii: "x"), let high = hexValue(at(position + 2)), let low = hexValue(at(position + 3)) {
+                        arguments.appendInlineByte(high << 4 | low)
+                        position += 3
+                    } else if byte == UInt8(ascii: "\\"), at(position + 1) != 0 {
+                        position += 1
+                        switch at(position) {
                         case UInt8(ascii: "n"): arguments.appendInlineByte(0x0a)
                         case UInt8(ascii: "r"): arguments.appendInlineByte(0x0d)
                         case UInt8(ascii: "t"): arguments.appendInlineByte(0x09)
                         case UInt8(ascii: "b"): arguments.appendInlineByte(0x08)
                         case UInt8(ascii: "a"): arguments.appendInlineByte(0x07)
-                        default: arguments.appendInlineByte(next)
+                        default: arguments.appendInlineByte(at(position))
                         }
-                        position += 2
-                        continue
+                    } else if byte == UInt8(ascii: "\"") {
+                        // A closing quote must be followed by a blank or the end.
+                        guard at(position + 1) == 0 || isBlank(at(position + 1)) else { return .protocolError("unbalanced quotes in request") }
+                        done = true
+                    } else if byte == 0 {
+                        return .protocolError("unbalanced quotes in request")
+                    } else {
+                        arguments.appendInlineByte(byte)
                     }
-                    if quote == UInt8(ascii: "'"), byte == UInt8(ascii: "\\"), position + 1 < end, bytes[position + 1] == UInt8(ascii: "'") {
-                        arguments.appendInlineByte(UInt8(ascii: "'"))
-                        position += 2
-                        continue
-                    }
-                    if byte == quote {
+                } else if inSingle {
+                    if byte == UInt8(ascii: "\\"), at(position + 1) == UInt8(ascii: "'") {
                         position += 1
-                        // A closing quote must be followed by a space or the end.
-                        guard position >= end || isSpace(bytes[position]) else { return .protocolError("unbalanced quotes in request") }
-                        closed = true
-                        break
+                        arguments.appendInlineByte(UInt8(ascii: "'"))
+                    } else if byte == UInt8(ascii: "'") {
+                        guard at(position + 1) == 0 || isBlank(at(position + 1)) else { return .protocolError("unbalanced quotes in request") }
+                        done = true
+                    } else if byte == 0 {
+                        return .protocolError("unbalanced quotes in request")
+                    } else {
+                        arguments.appendInlineByte(byte)
                     }
-                    arguments.appendInlineByte(byte)
-                    position += 1
+                } else {
+                    switch byte {
+                    case 0x20, 0x0a, 0x0d, 0x09, 0: done = true
+                    case UInt8(ascii: "\""): inDouble = true
+                    case UInt8(ascii: "'"): inSingle = true
+                    default: arguments.appendInlineByte(byte)
+                    }
                 }
-                guard closed else { return .protocolError("unbalanced quotes in request") }
-            } else {
-                while position < end, !isSpace(bytes[position]) {
-                    arguments.appendInlineByte(bytes[position])
-                    position += 1
-                }
+                if at(position) != 0 { position += 1 }
             }
             arguments.endInlineArgument(from: start)
         }
@@ -407,7 +419,9 @@ public enum RespRequestParser {
         return .request(length: newlineAt + 1)
     }
 
-    @inline(__always) static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0d }
+    /// C's `isspace`, which Redis skips between inline arguments.
+    @inline(__always) static func isBlank(_ byte: UInt8) -> Bool { byte == 0x20 || (byte >= 0x09 && byte <= 0x0d) }
+
 
     static func hexValue(_ byte: UInt8) -> UInt8? {
         switch byte {

@@ -75,6 +75,17 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(parse("set  a   b\n").1, ["set", "a", "b"])
         XCTAssertEqual(parse("SET k \"a b\\x41\\n\"\r\n").1, ["SET", "k", "a bA\n"])
         XCTAssertEqual(parse("ECHO 'it\\'s'\r\n").1, ["ECHO", "it's"])
+        // As Redis's sdssplitargs: a quoted section may start anywhere in an argument (fails on
+        // 741ef5c: a quote was a quote only at an argument's start).
+        XCTAssertEqual(parse("SET k\"1 2\" v\r\n").1, ["SET", "k1 2", "v"])
+        XCTAssertEqual(parse("SET a b\"c d\"\r\n").1, ["SET", "a", "bc d"])
+        XCTAssertEqual(parse("SET a x'y z'\r\n").1, ["SET", "a", "xy z"])
+        XCTAssertEqual(parse("SET a x\"y\r\n").0, .protocolError("unbalanced quotes in request"))
+        XCTAssertEqual(parse("SET a \\\"b\r\n").0, .protocolError("unbalanced quotes in request"))
+        XCTAssertEqual(parse("ECHO \"\\x41\\x4\"\r\n").1, ["ECHO", "Ax4"], "an incomplete \\x escape is the letter x")
+        XCTAssertEqual(parse("ECHO a\u{0B}b\r\n").1, ["ECHO", "a\u{0B}b"], "only space, tab, CR and LF end an unquoted argument")
+        XCTAssertEqual(parse("ECHO \"\"\r\n").1, ["ECHO", ""])
+        XCTAssertEqual(parse("SET a\u{0}b v\r\n").0, .protocolError("invalid NUL byte in inline request"))
         XCTAssertEqual(parse("\r\n").0, .empty(length: 2))
         XCTAssertEqual(parse("*0\r\n").0, .empty(length: 4))
         XCTAssertEqual(parse("*-1\r\n").0, .empty(length: 5))
