@@ -627,19 +627,20 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertFalse(group.ternLog().contains("unexpected reply"), group.ternLog())
     }
 
-    /// A blocking command waiting for the only dedicated connection (a WATCH of the same client
-    /// holds it) times out, and another client's command waiting after it (no timeout of its
-    /// own) keeps its place: when the holder leaves, the connection goes to it at once (before,
-    /// the timeout took every waiter out while it failed the expired ones, so the connection
-    /// went back with nobody waiting, and the second client waited until another connection
-    /// came back). Until the seventeenth session the holder was also closed over
-    /// `client_output_limit` by a local ECHO pipelined behind its BLPOP; what follows a
-    /// blocking command now waits for its answer, so the holder leaves by itself.
+    /// A blocking command waiting for the only dedicated connection for blocking commands
+    /// (another client's `BLPOP … 0` holds it; until the twenty-fourth session a WATCH of the same
+    /// client held it, before WATCH got a budget of its own) times out, and another client's
+    /// command waiting after it (no timeout of its own) keeps its place: when the holder leaves,
+    /// the connection goes to it at once (before, the timeout took every waiter out while it
+    /// failed the expired ones, so the connection went back with nobody waiting, and the second
+    /// client waited until another connection came back).
     func testWaiterTimeoutThatClosesItsClientHandsTheConnectionOn() throws {
         let setup = try start(extra: "  dedicated_connections: 1\n  client_output_limit: 65536\n", threads: 1)
         let keys = setup.keys("eq", on: 0, count: 3)
+        let blocker = try TestClient(port: setup.port)
+        try blocker.send(TestClient.encode(["BLPOP", keys[0], "0"]))
+        usleep(100_000)
         let holder = try TestClient(port: setup.port)
-        XCTAssertEqual(try holder.call("WATCH", keys[0]), "+OK\r\n")
         try holder.send(TestClient.encode(["BLPOP", keys[1], "0.2"]))
         usleep(100_000)
         let next = try TestClient(port: setup.port)
@@ -649,8 +650,9 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(String(decoding: try holder.receiveReplies(1), as: UTF8.self), "-ERR Connection timed out\r\n")
         XCTAssertGreaterThan(Date().timeIntervalSince(started), 0.9)
         usleep(300_000)
-        XCTAssertTrue(try setup.backends[0].call("INFO", "clients").contains("blocked_clients:0\r\n"), "the next client still waits for the connection")
+        XCTAssertTrue(try setup.backends[0].call("INFO", "clients").contains("blocked_clients:1\r\n"), "the next client still waits for the connection")
         holder.close()
+        blocker.close()
         XCTAssertEqual(eventually("blocked_clients:1") { ((try? setup.backends[0].call("INFO", "clients")) ?? "").contains("blocked_clients:1\r\n") ? "blocked_clients:1" : "" },
                        "blocked_clients:1", "the second client's BLPOP was sent")
         XCTAssertEqual(try setup.backends[0].call("RPUSH", keys[2], "item"), ":1\r\n")
@@ -785,7 +787,9 @@ final class RedisSessionTests: XCTestCase {
     func testScriptKillReachesABusyServerAndScriptExistsAsksEveryServer() throws {
         let backends = try [group.redis(extra: ["--busy-reply-threshold", "100"]), group.redis(extra: ["--busy-reply-threshold", "100"])]
         let port = ProcessGroup.freePort()
-        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
+        // On database 3: the connection SCRIPT KILL opens while the script runs cannot SELECT
+        // (Redis answers -BUSY), and must not be used for anything else afterwards.
+        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  redis_db: 3\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
         try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
         let setup = Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
         let onFirst = setup.keys("k", on: 0, count: 2)
@@ -797,10 +801,8 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(try control.call("SCRIPT", "EXISTS", sha, "0000000000000000000000000000000000000000"), "*2\r\n:0\r\n:0\r\n")
         XCTAssertEqual(try control.call("SCRIPT", "LOAD", "return 7"), "$40\r\n\(sha)\r\n")
         XCTAssertEqual(try control.call("SCRIPT", "EXISTS", sha, "0000000000000000000000000000000000000000"), "*2\r\n:1\r\n:0\r\n")
-        // Nothing running.
-        XCTAssertEqual(try control.call("SCRIPT", "KILL"), "-NOTBUSY No scripts in execution right now.\r\n")
-        XCTAssertEqual(try control.call("FUNCTION", "KILL"), "-NOTBUSY No scripts in execution right now.\r\n")
-        // A script that never ends, and an innocent request behind it on the shared connection.
+        // A script that never ends (no SCRIPT KILL before it: the kill's connection to the busy
+        // server is opened while the script runs), and an innocent request behind it on the shared connection.
         let looping = try TestClient(port: port, timeout: 10)
         try looping.send(TestClient.encode(["EVAL", "while true do end", "1", onFirst[0]]))
         // Whatever happens here, the server is freed (a busy server does not stop).
@@ -814,8 +816,49 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertTrue(String(decoding: try looping.receiveReplies(1), as: UTF8.self).contains("Script killed by user"))
         XCTAssertEqual(String(decoding: try innocent.receiveReplies(1), as: UTF8.self), "+OK\r\n")
         XCTAssertEqual(try control.call("GET", onFirst[1]), "$1\r\nv\r\n")
+        // Nothing running.
         XCTAssertEqual(try control.call("SCRIPT", "KILL"), "-NOTBUSY No scripts in execution right now.\r\n")
+        XCTAssertEqual(try control.call("FUNCTION", "KILL"), "-NOTBUSY No scripts in execution right now.\r\n")
         XCTAssertTrue(try control.call("SCRIPT", "KILL", "extra").hasPrefix("-ERR"))
+        // A watched transaction and a blocking command after the kill run on database 3 (the
+        // kill's connection, opened on database 0 while SELECT was refused, was kept for reuse
+        // and took them; found by review).
+        try control.send([["WATCH", onFirst[1]], ["MULTI"], ["SET", onFirst[1], "w"], ["EXEC"]].flatMap { TestClient.encode($0) })
+        XCTAssertEqual(String(decoding: try control.receiveReplies(4), as: UTF8.self), "+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n")
+        XCTAssertEqual(try control.call("RPUSH", onFirst[0] + "{q}", "x"), ":1\r\n")
+        let backend = try TestClient(port: backends[0].port)
+        XCTAssertEqual(try backend.call("SELECT", "3"), "+OK\r\n")
+        XCTAssertEqual(try backend.call("GET", onFirst[1]), "$1\r\nw\r\n")
+        XCTAssertEqual(try backend.call("SELECT", "0"), "+OK\r\n")
+        XCTAssertEqual(try backend.call("EXISTS", onFirst[1]), ":0\r\n", "nothing on database 0")
+    }
+
+    /// The PINGs that order a subscriber's replies behind its push connections' messages are
+    /// not the reply: a busy server answering its PING `-BUSY` left a SUBSCRIBE made on another
+    /// server answered with that error (found by review).
+    func testOrderingPingsOfABusyServerAreNotTheReply() throws {
+        let backends = try [group.redis(extra: ["--busy-reply-threshold", "100"]), group.redis(extra: ["--busy-reply-threshold", "100"])]
+        let port = ProcessGroup.freePort()
+        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
+        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        let setup = Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
+        let onFirst = setup.keys("ch", on: 0, count: 2), onSecond = setup.keys("ch", on: 1, count: 1)
+        let subscriber = try TestClient(port: port, timeout: 10)
+        try subscriber.send(TestClient.encode(["SUBSCRIBE", onFirst[0], onSecond[0]]))
+        _ = try subscriber.receiveReplies(2)
+        // The second server runs a long script.
+        let looping = try TestClient(port: backends[1].port)
+        try looping.send(TestClient.encode(["EVAL", "while true do end", "0"]))
+        defer { _ = try? TestClient(port: backends[1].port).call("SCRIPT", "KILL") }
+        usleep(300_000)
+        try subscriber.send(TestClient.encode(["SUBSCRIBE", onFirst[1]]))
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self),
+                       "*3\r\n$9\r\nsubscribe\r\n$\(onFirst[1].utf8.count)\r\n\(onFirst[1])\r\n:3\r\n")
+        try subscriber.send(TestClient.encode(["PING"]))
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self), "*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+        XCTAssertEqual(try backends[0].call("PUBLISH", onFirst[1], "m"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try subscriber.receiveReplies(1), as: UTF8.self),
+                       "*3\r\n$7\r\nmessage\r\n$\(onFirst[1].utf8.count)\r\n\(onFirst[1])\r\n$1\r\nm\r\n")
     }
 
     /// Keyspace notifications on a three-server pool (redis-py `pubsub()`): Redis sends them from

@@ -174,6 +174,10 @@ final class ServerConnection {
     var isBlocking = false
     /// Dedicated connections: go back to the server once nothing is in flight.
     var returnWhenIdle = false
+    /// A dedicated connection for one request that needs no database (SCRIPT KILL): opened
+    /// without `SELECT`, which a server running a script refuses (`-BUSY`), and closed rather
+    /// than kept when it comes back, so that nothing else runs on the wrong database.
+    var isScratch = false
     /// Pub/sub: the subscribed client this connection pushes messages to (nil for every other
     /// connection). Messages are not replies: they go to the client as they come; the
     /// subscribe/unsubscribe confirmations and PONGs pair with requests as usual.
@@ -372,7 +376,7 @@ final class ServerConnection {
             RespEncoder.command("AUTH", password, into: output)
             enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
         }
-        if config.redisDatabase != 0 {
+        if config.redisDatabase != 0, !isScratch {
             requestStart = outputCount
             RespEncoder.command("SELECT", decimal: config.redisDatabase, into: output)
             enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
@@ -653,8 +657,13 @@ final class ServerConnection {
                     if stored { WarmupCounters.add(server.pool.warmupCounters.copies) } else { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
                 } else if head.purpose == .setup {
                     if isError {
+                        // The requests behind it would run unauthenticated or on the wrong
+                        // database (a server running a script answers SELECT `-BUSY`): they
+                        // fail, and the connection is opened afresh.
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
                         worker.logger.error("server \(server.name): connection setup failed: \(text)")
+                        fail(reason: "connection setup failed: \(text.prefix(200))")
+                        return
                     }
                 } else if isError, head.hasSlot, server.pool.isCluster, followRedirect(head, replyLength: length) {
                     // Re-sent to the node the redirect named: the client never sees it.

@@ -124,6 +124,8 @@ extension ClientConnection {
                 slot.fail(part: part, reason: "all dedicated_connections to this server are in use")
                 continue
             }
+            // Set before the buffer opens the socket: no SELECT, never reused (`isScratch`).
+            connection.isScratch = true
             writeRequest(frame, session.arguments, into: connection.requestBuffer())
             connection.enqueue(slot: slot, part: part, framing: .line)
             connection.returnWhenIdle = true

@@ -71,17 +71,22 @@ extension ClientConnection {
                 slot.data.appendInteger(kind == .shard ? subscriptions.shardChannels.count : subscriptions.count)
             }
         }
-        // Positions in `list` by name, and the entries unsubscribed here (removed at the end):
-        // one lookup per name. (A search of the list per name, and a removal that moved the rest
-        // of it, made a SUBSCRIBE of 10,000 channels take 75 ms of the worker, 3 s in a debug
-        // build, growing with the square of the count.)
-        var positions: [[UInt8]: Int] = Dictionary(minimumCapacity: list.count + (subscribing ? names.count : 0))
-        for (position, entry) in list.enumerated() { positions[entry.name] = position }
+        // Where a name is in `list`: a search for a few names (a SUBSCRIBE of one channel, the
+        // common case, costs a scan and builds nothing), positions by name for many (a search
+        // per name, and a removal that moved the rest of the list, made a SUBSCRIBE of 10,000
+        // channels take 75 ms of the worker, growing with the square of the count). Entries
+        // unsubscribed here are marked, and removed at the end.
+        let indexed = names.count > 16
+        var positions: [[UInt8]: Int] = [:]
+        if indexed {
+            positions.reserveCapacity(list.count + (subscribing ? names.count : 0))
+            for (position, entry) in list.enumerated() { positions[entry.name] = position }
+        }
         var removed: [Bool] = []
         var live = list.count
         for name in names {
             // Reaches the servers only when it changes something there.
-            let present = positions[name]
+            let present = indexed ? positions[name] : list.indices.first { (removed.isEmpty || !removed[$0]) && list[$0].name == name }
             if subscribing, present == nil {
                 guard subscriptions.count + subscriptions.shardChannels.count + live < limit else {
                     put(subscriptions, kind, unchanged)
@@ -100,7 +105,7 @@ extension ClientConnection {
                     // key-event channels and `__key…` patterns are on all of them.
                     for server in pool.servers.indices { parts.append((pushConnection(subscriptions, server), name)) }
                     list.append(RedisSubscriptions.Entry(name: name, connection: nil))
-                    positions[name] = list.count - 1
+                    if indexed { positions[name] = list.count - 1 }
                     live += 1
                 } else {
                     guard let server = name.withUnsafeBytes({ Self.placement(of: $0, origin, pool) }) else {
@@ -111,7 +116,7 @@ extension ClientConnection {
                     let connection = pushConnection(subscriptions, server)
                     parts.append((connection, name))
                     list.append(RedisSubscriptions.Entry(name: name, connection: connection))
-                    positions[name] = list.count - 1
+                    if indexed { positions[name] = list.count - 1 }
                     live += 1
                 }
             } else if !subscribing, let present {
@@ -124,7 +129,7 @@ extension ClientConnection {
                 }
                 if removed.isEmpty { removed = [Bool](repeating: false, count: list.count) }
                 removed[present] = true
-                positions[name] = nil
+                if indexed { positions[name] = nil }
                 live -= 1
             }
             slot.data.appendArrayHeader(3)
@@ -141,12 +146,26 @@ extension ClientConnection {
         pool.stats.subscriptionChanges.add(parts.count)
         // The confirmations are written already: the parts only have to succeed.
         var split = ReplySplit(slot, mergedBy: .prepared(PreparedReply()))
-        for (connection, name) in parts {
+        // One command per push connection with every name it takes, and one answer awaited per
+        // name: the server runs it whole, so no message comes between its confirmations, as on
+        // one Redis (with a command per name, a message for the first channel could come before
+        // the later names' confirmations, and so leave before the client's own). A Redis
+        // Cluster pool's shard channels go one per command: a redirect names one.
+        let onePerCommand = kind == .shard && pool.isCluster
+        var sent = [Bool](repeating: false, count: parts.count)
+        for first in parts.indices where !sent[first] {
+            let connection = parts[first].connection
+            var members: [Int] = []
+            for index in first..<parts.count where !sent[index] && parts[index].connection === connection {
+                members.append(index)
+                sent[index] = true
+                if onePerCommand { break }
+            }
             let output = connection.requestBuffer()
-            RespEncoder.arrayHeader(2, into: output)
+            RespEncoder.arrayHeader(1 + members.count, into: output)
             RespEncoder.bulk(command.name, into: output)
-            name.withUnsafeBytes { RespEncoder.bulk($0, into: output) }
-            connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line)
+            for index in members { parts[index].name.withUnsafeBytes { RespEncoder.bulk($0, into: output) } }
+            for _ in members { connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line) }
         }
         pingPushConnections(subscriptions, except: parts, slot, &split)
         split.close()
@@ -163,7 +182,10 @@ extension ClientConnection {
                                      _ slot: ReplySlot, _ split: inout ReplySplit) {
         for connection in subscriptions.connections.values where !parts.contains(where: { $0.connection === connection }) {
             RespEncoder.command("PING", into: connection.requestBuffer())
-            connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line)
+            // Its answer and failure are not the reply (`ReplyPart.isBarrier`: a busy server's
+            // `-BUSY` would have been, for a subscription made elsewhere), and it has no
+            // deadline: a push connection that timed out would close its subscriber.
+            connection.enqueue(slot: slot, part: split.barrier(Int32(connection.serverRuntime.index)), framing: .line, blockFor: nil)
         }
     }
 

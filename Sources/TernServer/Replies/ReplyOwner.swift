@@ -312,6 +312,14 @@ class ReplyOwner {
     final func pushMessage(_ message: UnsafeRawBufferPointer, ahead reply: ReplySlot?) {
         guard !isClosed else { return }
         poolCounters.messagesDelivered.add()
+        if let reply, !reply.isDone, slots.isFirst(reply) {
+            // Ahead of the first reply due: straight to the output, whatever waits behind it
+            // (no slot moves; messages held behind it are not touched per message).
+            output.append(message)
+            if checkOutputLimit() { return }
+            desk.markDirty(self)
+            return
+        }
         let slot = newSlot()
         if let reply, !reply.isDone { _ = slots.moveLast(before: reply) }
         replyArrived(slot, message)

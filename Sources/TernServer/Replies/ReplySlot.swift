@@ -373,7 +373,7 @@ final class ReplySlot {
             first.take(reply, part: part, isError: isError, into: self)
             sink = .first(first)
         case .prepared(let prepared):
-            prepared.take(reply, isError: isError, into: self)
+            prepared.take(reply, isError: isError && !ReplyPart.isBarrier(part), into: self)
         case .union(let union):
             union.take(reply, into: self)
         case .pairSum(let pairSum):
@@ -422,6 +422,11 @@ final class ReplySlot {
         }
         if let warmup {
             warmup.failed(self, part: part, reason: reason, serverFailure: serverFailure)
+            partDone()
+            return
+        }
+        // An ordering PING's failure (its push connection closed by RESET) is not the reply.
+        if ReplyPart.isBarrier(part) {
             partDone()
             return
         }
@@ -657,9 +662,15 @@ enum ReplyPart {
     static let whole: Int32 = 0
     /// Parts numbered from here went to a warm-up's old pool.
     private static let oldBase: Int32 = 1 << 20
+    /// Parts numbered from here (below `oldBase`) are a PING that only orders a subscriber's
+    /// reply behind what its push connection carried before (`pingPushConnections`): their
+    /// answers and failures are not the reply.
+    private static let barrierBase: Int32 = 1 << 19
 
     @inline(__always) static func server(_ server: Int32) -> Int32 { server }
     @inline(__always) static func isOld(_ part: Int32) -> Bool { part >= oldBase }
+    @inline(__always) static func isBarrier(_ part: Int32) -> Bool { part >= barrierBase && part < oldBase }
+    fileprivate static func barrier(_ server: Int32) -> Int32 { barrierBase + server }
     @inline(__always) static func oldServer(of part: Int32) -> Int32 { part - oldBase }
     @inline(__always) static func key(ofOldRead part: Int32) -> Int { Int(part) / 2 }
     @inline(__always) static func isTTL(_ part: Int32) -> Bool { part % 2 == 1 }
@@ -705,6 +716,12 @@ struct ReplySplit {
     mutating func server(_ server: Int32) -> Int32 {
         slot.remainingParts += 1
         return ReplyPart.server(server)
+    }
+
+    /// An ordering PING on server `server`'s push connection (`ReplyPart.isBarrier`).
+    mutating func barrier(_ server: Int32) -> Int32 {
+        slot.remainingParts += 1
+        return ReplyPart.barrier(server)
     }
 
     /// A part for server `server` of a warm-up's old pool.

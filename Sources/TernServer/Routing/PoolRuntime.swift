@@ -644,7 +644,9 @@ final class ServerRuntime: BackendServer {
         }
         leased.removeAll { $0 === connection }
         pool.stats.dedicatedInUse.add(-1)
-        if reusable, connection.isIdle, idleDedicated.count < 8 {
+        let wasScratch = connection.isScratch
+        connection.isScratch = false
+        if reusable, !wasScratch, connection.isIdle, idleDedicated.count < 8 {
             idleDedicated.append(connection)
         } else {
             connection.closeIfOpen()

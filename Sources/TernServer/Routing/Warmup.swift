@@ -331,6 +331,9 @@ final class WarmupRead: PhasedRead {
             case .redisGet, .redisMGet: answerRedisHit(slot, index, &resendServers)
             }
         }
+        // The old values are answered and copied (into the slot and the copies' requests):
+        // held no longer, so the limit counts each once.
+        values = []
         return resend(slot, to: resendServers)
     }
 
