@@ -363,39 +363,31 @@ public enum RespRequestParser {
             while position < end, isBlank(bytes[position]) { position += 1 }
             if position >= end { break }
             let start = arguments.beginInlineArgument()
-            var inDouble = false
-            var inSingle = false
+            // The quote whose section is open, if any.
+            var quote: UInt8 = 0
             var done = false
             while !done {
                 let byte = at(position)
-                if inDouble {
-                    if byte == UInt8(ascii: "\\"), at(position + 1) == UInt8(ascii: "x"), let high = hexValue(at(position + 2)), let low = hexValue(at(position + 3)) {
-                        arguments.appendInlineByte(high << 4 | low)
-                        position += 3
-                    } else if byte == UInt8(ascii: "\\"), at(position + 1) != 0 {
-                        position += 1
-                        switch at(position) {
-                        case UInt8(ascii: "n"): arguments.appendInlineByte(0x0a)
-                        case UInt8(ascii: "r"): arguments.appendInlineByte(0x0d)
-                        case UInt8(ascii: "t"): arguments.appendInlineByte(0x09)
-                        case UInt8(ascii: "b"): arguments.appendInlineByte(0x08)
-                        case UInt8(ascii: "a"): arguments.appendInlineByte(0x07)
-                        default: arguments.appendInlineByte(at(position))
-                        }
-                    } else if byte == UInt8(ascii: "\"") {
-                        // A closing quote must be followed by a blank or the end.
-                        guard at(position + 1) == 0 || isBlank(at(position + 1)) else { return .protocolError("unbalanced quotes in request") }
-                        done = true
-                    } else if byte == 0 {
-                        return .protocolError("unbalanced quotes in request")
-                    } else {
-                        arguments.appendInlineByte(byte)
+                if quote == UInt8(ascii: "\""), byte == UInt8(ascii: "\\"), at(position + 1) == UInt8(ascii: "x"),
+                   let high = hexValue(at(position + 2)), let low = hexValue(at(position + 3)) {
+                    arguments.appendInlineByte(high << 4 | low)
+                    position += 3
+                } else if quote == UInt8(ascii: "\""), byte == UInt8(ascii: "\\"), at(position + 1) != 0 {
+                    position += 1
+                    switch at(position) {
+                    case UInt8(ascii: "n"): arguments.appendInlineByte(0x0a)
+                    case UInt8(ascii: "r"): arguments.appendInlineByte(0x0d)
+                    case UInt8(ascii: "t"): arguments.appendInlineByte(0x09)
+                    case UInt8(ascii: "b"): arguments.appendInlineByte(0x08)
+                    case UInt8(ascii: "a"): arguments.appendInlineByte(0x07)
+                    default: arguments.appendInlineByte(at(position))
                     }
-                } else if inSingle {
-                    if byte == UInt8(ascii: "\\"), at(position + 1) == UInt8(ascii: "'") {
-                        position += 1
-                        arguments.appendInlineByte(UInt8(ascii: "'"))
-                    } else if byte == UInt8(ascii: "'") {
+                } else if quote == UInt8(ascii: "'"), byte == UInt8(ascii: "\\"), at(position + 1) == UInt8(ascii: "'") {
+                    position += 1
+                    arguments.appendInlineByte(UInt8(ascii: "'"))
+                } else if quote != 0 {
+                    if byte == quote {
+                        // A closing quote must be followed by a blank or the end.
                         guard at(position + 1) == 0 || isBlank(at(position + 1)) else { return .protocolError("unbalanced quotes in request") }
                         done = true
                     } else if byte == 0 {
@@ -406,8 +398,7 @@ public enum RespRequestParser {
                 } else {
                     switch byte {
                     case 0x20, 0x0a, 0x0d, 0x09, 0: done = true
-                    case UInt8(ascii: "\""): inDouble = true
-                    case UInt8(ascii: "'"): inSingle = true
+                    case UInt8(ascii: "\""), UInt8(ascii: "'"): quote = byte
                     default: arguments.appendInlineByte(byte)
                     }
                 }

@@ -24,8 +24,11 @@ final class ServerConnection {
         case client
         /// Tern's probe of an ejected server (`auto_eject_hosts`).
         case probe
-        /// AUTH / SELECT / READONLY sent by Tern when the connection opened.
+        /// AUTH / READONLY sent by Tern when the connection opened.
         case setup
+        /// SELECT sent by Tern when the connection opened: refused, the requests behind it would
+        /// run on database 0, so the connection fails.
+        case selectDatabase
         /// A warm-up copy into this (new) pool: counted, never answered to a client.
         case backfill
         /// A probe that timed out: its late reply is dropped.
@@ -379,7 +382,7 @@ final class ServerConnection {
         if config.redisDatabase != 0, !isScratch {
             requestStart = outputCount
             RespEncoder.command("SELECT", decimal: config.redisDatabase, into: output)
-            enqueue(slot: nil, part: 0, framing: .line, purpose: .setup)
+            enqueue(slot: nil, part: 0, framing: .line, purpose: .selectDatabase)
         }
     }
 
@@ -655,15 +658,18 @@ final class ServerConnection {
                     let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
                     let stored = isRedis ? RespReply.classify(reply) == .ok : MemcacheReply.classify(reply) == .success
                     if stored { WarmupCounters.add(server.pool.warmupCounters.copies) } else { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
-                } else if head.purpose == .setup {
+                } else if head.purpose == .setup || head.purpose == .selectDatabase {
                     if isError {
-                        // The requests behind it would run unauthenticated or on the wrong
-                        // database (a server running a script answers SELECT `-BUSY`): they
-                        // fail, and the connection is opened afresh.
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
                         worker.logger.error("server \(server.name): connection setup failed: \(text)")
-                        fail(reason: "connection setup failed: \(text.prefix(200))")
-                        return
+                        if head.purpose == .selectDatabase {
+                            // The requests behind it would run on database 0 (a server running a
+                            // script answers SELECT `-BUSY`): they fail, and the connection is
+                            // opened afresh. (A refused AUTH needs nothing: the server refuses
+                            // what follows itself, or, without a password, serves it.)
+                            fail(reason: "connection setup failed: \(text.prefix(200))")
+                            return
+                        }
                     }
                 } else if isError, head.hasSlot, server.pool.isCluster, followRedirect(head, replyLength: length) {
                     // Re-sent to the node the redirect named: the client never sees it.
@@ -838,7 +844,7 @@ final class ServerConnection {
         counters.inQueueBytes.add(-head.bytes)
         let microseconds = Int((ev_now(loop) - head.queuedAt) * 1_000_000)
         counters.recordLatency(microseconds: microseconds)
-        if microseconds > slowThreshold, head.purpose != .probe, head.purpose != .setup { recordSlow(head, microseconds: microseconds) }
+        if microseconds > slowThreshold, head.purpose != .probe, head.purpose != .setup, head.purpose != .selectDatabase { recordSlow(head, microseconds: microseconds) }
         answeredBytes += head.bytes
     }
 
