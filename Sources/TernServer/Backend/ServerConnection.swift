@@ -177,6 +177,10 @@ final class ServerConnection {
     var isBlocking = false
     /// Dedicated connections: go back to the server once nothing is in flight.
     var returnWhenIdle = false
+    /// Push connections: the request whose reply came last, while the connection owes it more
+    /// (its entries are consecutive); nil once it owes it nothing, so a slot recycled since is
+    /// never taken for it.
+    private var lastAnsweredSlot: ObjectIdentifier?
     /// A dedicated connection for one request that needs no database (SCRIPT KILL): opened
     /// without `SELECT`, which a server running a script refuses (`-BUSY`), and closed rather
     /// than kept when it comes back, so that nothing else runs on the wrong database.
@@ -636,13 +640,22 @@ final class ServerConnection {
                 // the next request's reply.
                 let isPush = RespReply.classify(frame) == .push
                 if isPush || client.pushNotice(frame, on: ObjectIdentifier(self)) || pending.isEmpty {
-                    if isPush { client.pushMessage(frame, ahead: pending.isEmpty ? nil : pending[0].slot) }
+                    if isPush {
+                        // Ahead of the reply this connection owes next, unless it has answered
+                        // part of that request already (the message came between two of its
+                        // confirmations, which leave together: it follows them).
+                        let owed = pending.isEmpty ? nil : pending[0].slot
+                        client.pushMessage(frame, ahead: owed.flatMap { ObjectIdentifier($0) == lastAnsweredSlot ? nil : $0 })
+                    }
                     counters.responseBytes.add(framed.length)
                     // A subscriber closed over its output limit closes this connection with it.
                     guard state == .connected else { return }
                     input.consume(framed.length)
                     continue
                 }
+                // The request this reply answers, while this connection owes it more replies.
+                let answered = pending[0].slot
+                lastAnsweredSlot = answered != nil && pending.count > 1 && pending[1].slot === answered ? answered.map { ObjectIdentifier($0) } : nil
             }
             do {
                 let (length, isError) = framed

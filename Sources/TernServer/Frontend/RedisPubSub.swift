@@ -146,26 +146,16 @@ extension ClientConnection {
         pool.stats.subscriptionChanges.add(parts.count)
         // The confirmations are written already: the parts only have to succeed.
         var split = ReplySplit(slot, mergedBy: .prepared(PreparedReply()))
-        // One command per push connection with every name it takes, and one answer awaited per
-        // name: the server runs it whole, so no message comes between its confirmations, as on
-        // one Redis (with a command per name, a message for the first channel could come before
-        // the later names' confirmations, and so leave before the client's own). A Redis
-        // Cluster pool's shard channels go one per command: a redirect names one.
-        let onePerCommand = kind == .shard && pool.isCluster
-        var sent = [Bool](repeating: false, count: parts.count)
-        for first in parts.indices where !sent[first] {
-            let connection = parts[first].connection
-            var members: [Int] = []
-            for index in first..<parts.count where !sent[index] && parts[index].connection === connection {
-                members.append(index)
-                sent[index] = true
-                if onePerCommand { break }
-            }
+        // One command per name: a server answers a command it refuses (`-BUSY`, `-NOPERM`) with
+        // one error whatever the names, so each answer must stand for one request. (A message
+        // that comes between two of a request's confirmations stays behind them:
+        // `ServerConnection.lastAnsweredSlot`.)
+        for (connection, name) in parts {
             let output = connection.requestBuffer()
-            RespEncoder.arrayHeader(1 + members.count, into: output)
+            RespEncoder.arrayHeader(2, into: output)
             RespEncoder.bulk(command.name, into: output)
-            for index in members { parts[index].name.withUnsafeBytes { RespEncoder.bulk($0, into: output) } }
-            for _ in members { connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line) }
+            name.withUnsafeBytes { RespEncoder.bulk($0, into: output) }
+            connection.enqueue(slot: slot, part: split.server(Int32(connection.serverRuntime.index)), framing: .line)
         }
         pingPushConnections(subscriptions, except: parts, slot, &split)
         split.close()
