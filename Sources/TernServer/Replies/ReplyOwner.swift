@@ -307,8 +307,9 @@ class ReplyOwner {
     /// A message from a push connection (pub/sub), whole. It leaves ahead of `reply`, the
     /// request whose answer that connection owes next (its server sent the message first, as
     /// one Redis would put it on the wire: a message published before the client's PING,
-    /// SUBSCRIBE or UNSUBSCRIBE reached the server comes before their answers), and behind
-    /// every other reply due; with nothing owed, behind all of them.
+    /// SUBSCRIBE or UNSUBSCRIBE reached the server comes before their answers), behind the
+    /// replies due before that one; with nothing owed (or, see `ServerConnection`, a request
+    /// it answered in part already), behind all of them.
     final func pushMessage(_ message: UnsafeRawBufferPointer, ahead reply: ReplySlot?) {
         guard !isClosed else { return }
         poolCounters.messagesDelivered.add()
