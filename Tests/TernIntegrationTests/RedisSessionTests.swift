@@ -24,10 +24,12 @@ final class RedisSessionTests: XCTestCase {
         }
     }
 
-    func start(extra: String = "", threads: Int = 2, timeout: Int? = 1000) throws -> Setup {
-        let backends = try [group.redis(), group.redis()]
+    /// Tern over two redis-servers (started with `serverArguments`), pool `s`.
+    func start(extra: String = "", threads: Int = 2, timeout: Int? = 1000, hashTag: Bool = true,
+               serverArguments: [String] = []) throws -> Setup {
+        let backends = try [group.redis(extra: serverArguments), group.redis(extra: serverArguments)]
         let port = ProcessGroup.freePort()
-        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  hash_tag: \"{}\"\n\(timeout.map { "  timeout: \($0)\n" } ?? "")\(extra)  servers:\n"
+        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n\(hashTag ? "  hash_tag: \"{}\"\n" : "")\(timeout.map { "  timeout: \($0)\n" } ?? "")\(extra)  servers:\n"
             + backends.map { "   - \($0.address):1\n" }.joined()
         try group.tern(config: text, arguments: ["--threads", "\(threads)"], waitPort: port)
         return Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
@@ -785,13 +787,11 @@ final class RedisSessionTests: XCTestCase {
     /// runs wherever its keys are: `EVAL` caches a script on its keys' server only, and the first
     /// server's answer said 1 for a script the second lacked (fails on c221e90).
     func testScriptKillReachesABusyServerAndScriptExistsAsksEveryServer() throws {
-        let backends = try [group.redis(extra: ["--busy-reply-threshold", "100"]), group.redis(extra: ["--busy-reply-threshold", "100"])]
-        let port = ProcessGroup.freePort()
         // On database 3: the connection SCRIPT KILL opens while the script runs cannot SELECT
         // (Redis answers -BUSY), and must not be used for anything else afterwards.
-        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  redis_db: 3\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
-        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
-        let setup = Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
+        let setup = try start(extra: "  redis_db: 3\n", threads: 1, timeout: nil, hashTag: false,
+                              serverArguments: ["--busy-reply-threshold", "100"])
+        let (port, backends) = (setup.port, setup.backends)
         let onFirst = setup.keys("k", on: 0, count: 2)
         let control = try TestClient(port: port, timeout: 10)
         // EVAL on the first server only: not everywhere yet; SCRIPT LOAD puts it everywhere.
@@ -837,11 +837,8 @@ final class RedisSessionTests: XCTestCase {
     /// not the reply: a busy server answering its PING `-BUSY` left a SUBSCRIBE made on another
     /// server answered with that error (found by review).
     func testOrderingPingsOfABusyServerAreNotTheReply() throws {
-        let backends = try [group.redis(extra: ["--busy-reply-threshold", "100"]), group.redis(extra: ["--busy-reply-threshold", "100"])]
-        let port = ProcessGroup.freePort()
-        let text = "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  servers:\n" + backends.map { "   - \($0.address):1\n" }.joined()
-        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
-        let setup = Setup(port: port, pool: try ConfigLoader.load(text: text, file: "s.yml").pools[0], backends: backends)
+        let setup = try start(threads: 1, timeout: nil, hashTag: false, serverArguments: ["--busy-reply-threshold", "100"])
+        let (port, backends) = (setup.port, setup.backends)
         let onFirst = setup.keys("ch", on: 0, count: 2), onSecond = setup.keys("ch", on: 1, count: 1)
         let subscriber = try TestClient(port: port, timeout: 10)
         try subscriber.send(TestClient.encode(["SUBSCRIBE", onFirst[0], onSecond[0]]))

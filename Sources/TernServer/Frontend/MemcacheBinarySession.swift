@@ -12,7 +12,11 @@ extension ClientConnection {
     func processBinary(_ buffer: ByteBuffer) {
         while mayParseNext(buffer) {
             let bytes = buffer.readable
-            switch BinaryRequestParser.parse(bytes, limits: !pool.requiresAuth || authenticatedUser != nil ? pool.limits : pool.preAuthMemcacheLimits) {
+            // Two calls rather than one with the limits chosen (choosing copies the struct),
+            // as on the text path.
+            let parsed = pool.requiresAuth && authenticatedUser == nil ? BinaryRequestParser.parse(bytes, limits: pool.preAuthMemcacheLimits)
+                                                                       : BinaryRequestParser.parse(bytes, limits: pool.limits)
+            switch parsed {
             case .incomplete:
                 return
             case .invalid:
