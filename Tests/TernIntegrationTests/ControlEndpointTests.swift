@@ -16,6 +16,7 @@ final class ControlEndpointTests: XCTestCase {
         var port: Int
         var statsPort: Int
         var adminPort: Int
+        var process: Process
     }
 
     /// Tern with one memcached pool (unreachable servers unless given), a stats port and an
@@ -23,10 +24,10 @@ final class ControlEndpointTests: XCTestCase {
     func start(config: ((Int) -> String)? = nil) throws -> Endpoints {
         let port = ProcessGroup.freePort(), statsPort = ProcessGroup.freePort(), adminPort = ProcessGroup.freePort()
         let text = config?(port) ?? "p:\n  listen: 127.0.0.1:\(port)\n  servers:\n   - 127.0.0.1:\(ProcessGroup.freePort()):1\n"
-        try group.tern(config: text, arguments: ["--threads", "1", "-s", "\(statsPort)", "-a", "127.0.0.1", "--admin-port", "\(adminPort)"], waitPort: port)
+        let process = try group.tern(config: text, arguments: ["--threads", "1", "-s", "\(statsPort)", "-a", "127.0.0.1", "--admin-port", "\(adminPort)"], waitPort: port)
         try group.waitForPort(adminPort)
         try group.waitForPort(statsPort)
-        return Endpoints(port: port, statsPort: statsPort, adminPort: adminPort)
+        return Endpoints(port: port, statsPort: statsPort, adminPort: adminPort, process: process)
     }
 
     /// Sends `request` on a new connection and reads until the server closes.
@@ -112,6 +113,42 @@ final class ControlEndpointTests: XCTestCase {
 
     /// nutcracker's stats port writes its JSON on connect: a client that never reads does not
     /// hold up the next one, and neither do more of them than the connection cap.
+    /// Requests the admin thread reads at once share one response. Clients that asked for
+    /// `/metrics` (a render costs milliseconds) as fast as they could and never read kept the
+    /// thread rendering and the listen backlog full: health probes waited for a SYN
+    /// retransmit, 1 s, kubelet's probe timeout (the isolation sweep). Forty requests that
+    /// arrive while Tern is stopped are answered by one render; the stats port's forty
+    /// connections likewise share one JSON (fails on 7d91f5e: forty renders).
+    func testRequestsReadTogetherShareOneRender() throws {
+        let endpoints = try start()
+        func renders(_ body: [UInt8]) -> Int? {
+            String(decoding: body, as: UTF8.self).split(separator: "\n")
+                .first { $0.hasPrefix("tern_admin_metrics_renders_total ") }.flatMap { Int($0.split(separator: " ")[1]) }
+        }
+        let before = try XCTUnwrap(renders(try exchange(endpoints.adminPort, "GET /metrics HTTP/1.1\r\n\r\n").body))
+        kill(endpoints.process.processIdentifier, SIGSTOP)
+        var stopped = true
+        defer { if stopped { kill(endpoints.process.processIdentifier, SIGCONT) } }
+        let metrics = try (0..<40).map { _ in try TestClient(port: endpoints.adminPort, timeout: 5) }
+        for client in metrics { try client.send("GET /metrics HTTP/1.1\r\n\r\n") }
+        let stats = try (0..<40).map { _ in try TestClient(port: endpoints.statsPort, timeout: 5) }
+        usleep(100_000)
+        kill(endpoints.process.processIdentifier, SIGCONT)
+        stopped = false
+        var seen: [Int] = []
+        for client in metrics {
+            let (bytes, closed) = client.drain(for: 5)
+            XCTAssertTrue(closed)
+            guard let split = bytes.firstRange(of: Array("\r\n\r\n".utf8)) else { return XCTFail("no response") }
+            seen.append(try XCTUnwrap(renders(Array(bytes[split.upperBound...]))))
+        }
+        XCTAssertEqual(Set(seen), [before + 1], "one render for the forty")
+        let statsBodies = stats.map { $0.drain(for: 5).bytes }
+        XCTAssertTrue(statsBodies[0].starts(with: Array("{".utf8)))
+        XCTAssertEqual(Set(statsBodies).count, 1, "one stats JSON for the forty")
+        XCTAssertEqual(renders(try exchange(endpoints.adminPort, "GET /metrics HTTP/1.1\r\n\r\n").body), before + 2)
+    }
+
     func testStatsPortAnswersWhileIdleStatsConnectionsAreOpen() throws {
         let endpoints = try start()
         var idle: [TestClient] = []

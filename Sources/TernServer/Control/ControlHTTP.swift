@@ -85,6 +85,10 @@ final class ControlServer: Sendable {
     let descriptor: Int32
     let service: ControlService
     let limits: ControlLimits
+    /// The listen backlog (the kernel caps it at `net.core.somaxconn`). Deep enough that a
+    /// flood of connections waits its turn instead of filling it: a connection the kernel finds
+    /// no room for is dropped, and its client tries again after a second (a probe's timeout).
+    static let backlog: Int32 = 1024
 
     init(host: String, port: Int, service: ControlService, limits: ControlLimits = ControlLimits()) throws {
         let address: SocketAddress
@@ -95,7 +99,7 @@ final class ControlServer: Sendable {
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
         guard fd >= 0 else { throw StartupError(description: "socket: \(Syscall.errorText(errno))") }
         Syscall.setOption(fd, SOL_SOCKET, SO_REUSEADDR)
-        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, Glibc.listen(fd, 128) == 0 else {
+        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, Glibc.listen(fd, ControlServer.backlog) == 0 else {
             let error = errno
             Syscall.close(fd)
             throw StartupError(description: "cannot listen on \(host):\(port): \(Syscall.errorText(error))")
@@ -135,6 +139,13 @@ final class ControlLoop {
     private var acceptPausedUntil = 0
     private var scratch = [UInt8](repeating: 0, count: 16384)
     private var pollDescriptors: [pollfd] = []
+    /// Responses made in this pass, by request: every connection whose request is read in one
+    /// pass shares one response per distinct request (`method path?query`; "" for the stats
+    /// port's bytes). A flood of `/metrics` requests (a render costs milliseconds) then costs
+    /// one render per pass rather than one per connection, and cannot fill the listen backlog
+    /// ahead of a health probe. Emptied at each pass: no answer is older than the poll that
+    /// reported its request.
+    private var madeThisPass: [(request: String, response: ControlResponse)] = []
 
     init(server: ControlServer) { self.server = server }
 
@@ -144,6 +155,7 @@ final class ControlLoop {
 
     /// One poll(2) and the work it reports.
     func pass() {
+        madeThisPass.removeAll(keepingCapacity: true)
         var now = monotonicMilliseconds()
         expire(now)
         pollDescriptors.removeAll(keepingCapacity: true)
@@ -202,7 +214,7 @@ final class ControlLoop {
         switch server.service {
         case let .writeOnConnect(produce):
             connections.append(ControlConnection(descriptor: fd, acceptedAt: now, phase: .writing, deadline: now + limits.writeTimeout))
-            connections[connections.count - 1].output = produce()
+            connections[connections.count - 1].output = made("") { ControlResponse(200, "", produce()) }.body
             write(connections.count - 1, now: now)
         case .http:
             connections.append(ControlConnection(descriptor: fd, acceptedAt: now, phase: .reading, deadline: now + limits.requestTimeout))
@@ -267,7 +279,9 @@ final class ControlLoop {
                 switch ControlHTTP.parse(head: connections[index].input[0..<end]) {
                 case let .success(request):
                     guard case let .http(route) = server.service else { preconditionFailure("reading on a write-on-connect port") }
-                    response = route(request.method, request.path, request.query)
+                    response = made(request.method + " " + request.path + "?" + request.query) {
+                        route(request.method, request.path, request.query)
+                    }
                     includeBody = request.method != "HEAD"
                 case let .failure(error):
                     response = error.response
@@ -280,6 +294,14 @@ final class ControlLoop {
                 return
             }
         }
+    }
+
+    /// The response to `request` made earlier in this pass, else `make()`'s (kept for the pass).
+    private func made(_ request: String, _ make: () -> ControlResponse) -> ControlResponse {
+        if let earlier = madeThisPass.first(where: { $0.request == request }) { return earlier.response }
+        let response = make()
+        madeThisPass.append((request, response))
+        return response
     }
 
     private func respond(_ index: Int, _ response: ControlResponse, includeBody: Bool, now: Int) {

@@ -16,6 +16,8 @@ final class ControlState: Sendable {
     /// The workers' utilisation and how many take new clients.
     let workers: WorkerSet
     let hostname: String
+    /// `/metrics` renders so far (requests read in one pass of the admin thread share one).
+    let metricsRenders = Atomic<Int>(0)
 
     init(plans: [PoolPlan], workerCount: Int, workers: WorkerSet? = nil) {
         self.plans = Locked(plans)
@@ -269,6 +271,8 @@ enum StatsReport {
             gauge("tern_worker_active", label, "1 when the worker takes new clients (elastic workers: the first ones, more as load needs), 0 when it only serves the clients it has.")
                 .set(Int64(worker < active ? 1 : 0))
         }
+        counter("tern_admin_metrics_renders_total", [], "Renders of /metrics: requests the admin thread reads at once (a scrape storm) share one.")
+            .increment(by: Int64(state.metricsRenders.wrappingAdd(1, ordering: .relaxed).newValue))
         let idle = state.workers.idleCPUsPPM.load(ordering: .relaxed)
         if idle >= 0 {
             gauge("tern_idle_cpus", [], "Elastic workers: CPUs idle in the last second among those Tern may use, within its cgroup's CPU quota; another worker takes clients only while at least --activate-idle were.")
