@@ -19,7 +19,6 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         // 1.16.2 (the offline list's version) has LogHandler.log(event:), which TernLogHandler implements.
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // libev from Debian's libev-dev (no pkg-config file is shipped, so the module map links it).
@@ -46,7 +45,6 @@ let package = Package(
             dependencies: [
                 "TernCore", "CLibev", "CTernTLS", "CTernBlocks",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: releaseSettings
         ),

@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import CLibev
-import Prometheus
 import Synchronization
 import TernCore
 
@@ -96,8 +95,7 @@ enum StatsReport {
 
     /// A label value of the Prometheus text format, quoted: backslash, double quote and line
     /// feed escaped (`\\`, `\"`, `\n`), every other character as it is. (JSON's escapes, such
-    /// as `\t` or `\u0001`, are not valid there.) swift-prometheus escapes its own metrics' labels
-    /// the same way; this is for the histograms written here.
+    /// as `\t` or `\u0001`, are not valid there.)
     static func labelValue(_ text: String) -> String {
         var out = "\""
         for scalar in text.unicodeScalars {
@@ -111,17 +109,16 @@ enum StatsReport {
         return out + "\""
     }
 
-    /// `/metrics`: counters and gauges through swift-prometheus, refilled from the workers'
-    /// counters at each scrape. The backend latency histogram is rendered from Tern's own
-    /// lock-free buckets: swift-prometheus's Histogram takes a lock per observation, and the
-    /// request path takes none.
+    /// `/metrics`: counters and gauges refilled from the workers' counters at each scrape, in
+    /// the text format `PrometheusText` writes. The latency histograms are rendered from Tern's
+    /// own lock-free buckets (the request path takes no lock).
     static func metrics(_ state: ControlState) -> [UInt8] {
-        let registry = PrometheusCollectorRegistry()
-        func counter(_ name: String, _ labels: [(String, String)], _ help: String) -> Counter {
-            registry.makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+        let text = PrometheusText()
+        func counter(_ name: String, _ labels: [(String, String)], _ help: String) -> PrometheusText.Series {
+            text.series(name, "counter", labels, help)
         }
-        func gauge(_ name: String, _ labels: [(String, String)], _ help: String) -> Gauge {
-            registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+        func gauge(_ name: String, _ labels: [(String, String)], _ help: String) -> PrometheusText.Series {
+            text.series(name, "gauge", labels, help)
         }
         var histograms = ""
         var commandHistograms = ""
@@ -280,8 +277,7 @@ enum StatsReport {
             counter("tern_worker_activation_held_seconds_total", [], "Elastic workers: seconds in which the active workers were busy enough to activate one more, but fewer than --activate-idle CPUs were idle.")
                 .increment(by: Int64(state.workers.heldSeconds.load(ordering: .relaxed)))
         }
-        var buffer: [UInt8] = []
-        registry.emit(into: &buffer)
+        var buffer = text.bytes
         if !histograms.isEmpty {
             buffer += Array("# HELP tern_server_latency_seconds Backend round-trip time, from the request being queued for the server to its reply.\n".utf8)
             buffer += Array("# TYPE tern_server_latency_seconds histogram\n".utf8)
@@ -371,6 +367,59 @@ enum StatsReport {
         let sum = Double(perWorker.reduce(0) { $0 + $1.latencySumMicroseconds.read() }) / 1_000_000
         out += "tern_server_latency_seconds_sum{\(labels)} \(sum)\n"
         out += "tern_server_latency_seconds_count{\(labels)} \(cumulative)\n"
+        return out
+    }
+}
+
+/// The Prometheus text format (0.0.4) of `/metrics`, written here: each family's `# HELP` and
+/// `# TYPE` lines once, then its series in the order added; families in the order first named.
+/// swift-prometheus's registry, used before, copied a family's table for each series it added,
+/// so a render grew with the square of the servers (1.4 s for 2,000), and listed families and
+/// series in hash order. Made and used by one render on one thread.
+final class PrometheusText {
+    private var known: [String: Int] = [:]
+    private var families: [(head: [UInt8], series: [UInt8])] = []
+
+    /// One series: its value is written by `increment(by:)` (a counter's total) or `set`.
+    struct Series {
+        let text: PrometheusText
+        let family: Int
+        let name: String
+        let labels: [(String, String)]
+        func increment(by value: Int64) { text.append(self, "\(value)") }
+        func set(_ value: Int64) { set(Double(value)) }
+        func set(_ value: Double) { text.append(self, "\(value)") }
+    }
+
+    /// `type`: "counter" or "gauge"; `name` and the label names are valid Prometheus names.
+    func series(_ name: String, _ type: String, _ labels: [(String, String)], _ help: String) -> Series {
+        if let family = known[name] { return Series(text: self, family: family, name: name, labels: labels) }
+        var head = Array("# HELP \(name) ".utf8)
+        for byte in help.utf8 {
+            switch byte {
+            case UInt8(ascii: "\\"): head += Array("\\\\".utf8)
+            case UInt8(ascii: "\n"): head += Array("\\n".utf8)
+            default: head.append(byte)
+            }
+        }
+        head += Array("\n# TYPE \(name) \(type)\n".utf8)
+        known[name] = families.count
+        families.append((head, []))
+        return Series(text: self, family: families.count - 1, name: name, labels: labels)
+    }
+
+    private func append(_ series: Series, _ value: String) {
+        var line = series.name
+        if !series.labels.isEmpty {
+            line += "{" + series.labels.map { "\($0.0)=\(StatsReport.labelValue($0.1))" }.joined(separator: ",") + "}"
+        }
+        families[series.family].series += Array("\(line) \(value)\n".utf8)
+    }
+
+    var bytes: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(families.reduce(0) { $0 + $1.head.count + $1.series.count })
+        for family in families { out += family.head + family.series }
         return out
     }
 }
