@@ -220,10 +220,16 @@ final class ObservabilityTests: XCTestCase {
         let redisSetup = try start(redis: true, backends: [redisBackend.address])
         let redisClient = try TestClient(port: redisSetup.port)
         var pipeline: [UInt8] = []
-        for i in 0..<3000 { pipeline += TestClient.encode(["GET", i % 2 == 0 ? "session:42" : "item:\(i % 300)"]) }
+        // Two hot keys that differ after the 128 bytes a label shows.
+        let long = String(repeating: "x", count: 128)
+        for i in 0..<3000 { pipeline += TestClient.encode(["GET", i % 2 == 0 ? "session:42" : i % 3 == 0 ? long + "a" : i % 5 == 0 ? long + "b" : "item:\(i % 300)"]) }
         try redisClient.send(pipeline)
         _ = try redisClient.receiveReplies(3000)
         let redisHot = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try http(redisSetup.adminPort, "/hotkeys").1.utf8)) as? [String: [[String: Any]]])["p"] ?? []
         XCTAssertEqual(redisHot.first?["key"] as? String, "session:42")
+        // One series for the two: a series listed twice makes Prometheus refuse the whole scrape.
+        let redisMetrics = try http(redisSetup.adminPort, "/metrics").1
+        let longSeries = redisMetrics.split(separator: "\n").filter { $0.hasPrefix("tern_hot_key_requests{pool=\"p\",key=\"\(long)…\"}") }
+        XCTAssertEqual(longSeries.count, 1, redisMetrics)
     }
 }

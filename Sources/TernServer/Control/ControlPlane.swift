@@ -408,11 +408,17 @@ final class PrometheusText {
         return Series(text: self, family: families.count - 1, name: name, labels: labels)
     }
 
+    /// Series written so far (name and labels): a scrape with one twice is refused whole.
+    private var written: Set<String> = []
+
+    /// Writes the series' line; a series written before keeps its first value (two hot keys
+    /// longer than the label's 128 bytes can share one label: the hotter one is listed first).
     private func append(_ series: Series, _ value: String) {
         var line = series.name
         if !series.labels.isEmpty {
             line += "{" + series.labels.map { "\($0.0)=\(StatsReport.labelValue($0.1))" }.joined(separator: ",") + "}"
         }
+        guard written.insert(line).inserted else { return }
         families[series.family].series += Array("\(line) \(value)\n".utf8)
     }
 
