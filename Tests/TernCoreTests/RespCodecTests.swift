@@ -227,6 +227,8 @@ final class RespCodecTests: XCTestCase {
         XCTAssertGreaterThan(seen.count, 200)
         XCTAssertEqual(Array("GeT".utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, "get")
         // Every command is found by its name in any case, the longest included.
+        // One row per name: /metrics writes a series per row (`tern_command_requests_total`).
+        XCTAssertEqual(Set(RedisCommandTable.commands.map(\.name)).count, RedisCommandTable.commands.count)
         for command in RedisCommandTable.commands {
             XCTAssertEqual(Array(command.name.uppercased().utf8).withUnsafeBytes { RedisCommandTable.lookup($0)?.name }, command.name)
         }
