@@ -117,12 +117,67 @@ final class RedisClusterTests: XCTestCase {
         throw TestError("the cluster did not become ok with 3 replicas")
     }
 
+    /// The last Tern `startTern` started.
+    var tern: Process?
+
     func startTern(seeds: [Int], timeout: Int = 2000, waitPort: Bool = true, extra: String = "") throws -> Int {
         let port = ProcessGroup.freePort()
         let text = "rc:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  distribution: redis_cluster\n  timeout: \(timeout)\n\(extra)  servers:\n"
             + seeds.map { "   - 127.0.0.1:\($0):1\n" }.joined()
-        try group.tern(config: text, arguments: ["--threads", "2"], waitPort: waitPort ? port : nil)
+        tern = try group.tern(config: text, arguments: ["--threads", "2"], waitPort: waitPort ? port : nil)
         return port
+    }
+
+    /// Right after a failover, the old master answers -MOVED naming its replica, which Tern's
+    /// map does not have among the masters until its next refresh. A blocking command, a first
+    /// WATCH and a transaction wait for that map, as other requests do, and run on the new
+    /// master; before, each client got the error (redis-py: MovedError on BLPOP, on WATCH, and
+    /// EXECABORT for the transaction; found by the topology sweep). Tern is stopped during the
+    /// failover so that its map is the old one when the requests come.
+    func testBlockingWatchAndTransactionsWaitForTheMapAfterAFailover() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let tag = "fo"
+        let (queue, counter) = ("{\(tag)}:q", "{\(tag)}:n")
+        let master = try cluster.owner(of: Self.slot(tag))
+        let nodes = try cluster.nodes(askingAt: master)
+        let masterID = nodes.first { $0.port == master }!.id
+        let replica = nodes.first { $0.master == masterID }!.port
+        let waiter = try TestClient(port: port, timeout: 10), watcher = try TestClient(port: port, timeout: 10)
+        let transaction = try TestClient(port: port, timeout: 10), pusher = try TestClient(port: port, timeout: 10)
+        XCTAssertEqual(try pusher.call("SET", counter, "1"), "+OK\r\n", "the map Tern has")
+        let innocentKeys = (0..<80).map { "innocent:\($0)" }.filter { (try? cluster.owner(of: Self.slot($0))) != master }
+        let innocent = InnocentClient(port: port, keys: innocentKeys)
+        usleep(200_000)
+
+        let process = try XCTUnwrap(tern)
+        kill(process.processIdentifier, SIGSTOP)
+        var stopped = true
+        defer { if stopped { kill(process.processIdentifier, SIGCONT) } }
+        XCTAssertEqual(try cluster.call(replica, "CLUSTER", "FAILOVER"), "+OK\r\n")
+        let promoted = try eventually("moved", within: 10) {
+            try cluster.call(master, "GET", counter).hasPrefix("-MOVED") ? "moved" : "serving"
+        }
+        XCTAssertEqual(promoted, "moved")
+        try waiter.send(TestClient.encode(["BLPOP", queue, "5"]))
+        try watcher.send(TestClient.encode(["WATCH", counter]))
+        try transaction.send(TestClient.encode(["MULTI"]) + TestClient.encode(["INCR", counter]) + TestClient.encode(["EXEC"]))
+        usleep(100_000)
+        kill(process.processIdentifier, SIGCONT)
+        stopped = false
+
+        XCTAssertEqual(String(decoding: try transaction.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*1\r\n:2\r\n")
+        XCTAssertEqual(String(decoding: try watcher.receiveReplies(1), as: UTF8.self), "+OK\r\n")
+        try watcher.send(TestClient.encode(["MULTI"]) + TestClient.encode(["INCR", counter]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try watcher.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*1\r\n:3\r\n")
+        usleep(300_000)
+        XCTAssertEqual(try pusher.call("LPUSH", queue, "x"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try waiter.receiveReplies(1), as: UTF8.self), "*2\r\n$\(queue.utf8.count)\r\n\(queue)\r\n$1\r\nx\r\n")
+        XCTAssertEqual(try cluster.call(replica, "GET", counter), "$1\r\n3\r\n", "on the new master")
+        XCTAssertEqual(try info(port, "cluster_redirects_given_up"), 0)
+        let (requests, errors) = innocent.finish()
+        XCTAssertGreaterThan(requests, 4)
+        XCTAssertEqual(errors.count, 0, "the innocent client saw only its own replies: \(errors.prefix(3))")
     }
 
     func info(_ port: Int, _ field: String) throws -> Int {
@@ -292,17 +347,46 @@ final class RedisClusterTests: XCTestCase {
         try direct.send(TestClient.encode(["ASKING"]) + TestClient.encode(["GET", "{\(tag)}:new"]))
         XCTAssertEqual(String(decoding: try direct.receiveReplies(2), as: UTF8.self), "+OK\r\n$5\r\nfresh\r\n", "a new key of a migrating slot is made on the target")
         XCTAssertGreaterThanOrEqual(try info(port, "cluster_redirects_ask"), 11, "the moved keys and the new one were reached with ASK")
-        // A transaction on a moved key of the migrating slot: the source answers its command
-        // -ASK, which is not followed inside a transaction; the node's EXECABORT is the answer,
-        // counted as one (before, Tern counted it as an EXEC that ran).
+        // A transaction over a moved key and one still on the source: the source answers the
+        // first -ASK; no node has both, so the node's EXECABORT is the answer, counted as one
+        // (before, Tern counted it as an EXEC that ran).
         let abortsBefore = try TestClient(port: port).call("INFO", "stats")
         XCTAssertTrue(abortsBefore.contains("transactions_execabort:0\r\n"), abortsBefore)
-        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["SET", keys[0], "in-tx"]) + TestClient.encode(["EXEC"]))
-        XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self),
-                       "+OK\r\n+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n")
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["SET", keys[0], "in-tx"]) + TestClient.encode(["SET", keys[15], "in-tx"])
+                        + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(4), as: UTF8.self),
+                       "+OK\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n")
         let aborts = try TestClient(port: port).call("INFO", "stats")
         XCTAssertTrue(aborts.contains("transactions_execabort:1\r\n") && aborts.contains("transactions_exec:0\r\n"), aborts)
         XCTAssertEqual(try client.call("GET", keys[0]), "$\(("v" + keys[0]).utf8.count)\r\nv\(keys[0])\r\n", "nothing ran")
+        XCTAssertEqual(try client.call("GET", keys[15]), "$\(("v" + keys[15]).utf8.count)\r\nv\(keys[15])\r\n", "nothing ran")
+        // A transaction whose keys have all moved: every command is answered -ASK, so it runs
+        // whole on the target after ASKING (before: EXECABORT, for every try until the
+        // migration ended; a cluster client waits it out). So does one on a new key.
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["SET", keys[1], "in-tx"]) + TestClient.encode(["APPEND", keys[4], "+"])
+                        + TestClient.encode(["EXEC"]))
+        let appended = "v" + keys[4] + "+"
+        XCTAssertEqual(String(decoding: try client.receiveReplies(4), as: UTF8.self), "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:\(appended.utf8.count)\r\n")
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["INCR", "{\(tag)}:count"]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*1\r\n:1\r\n")
+        try direct.send(TestClient.encode(["ASKING"]) + TestClient.encode(["MGET", keys[1], keys[4], "{\(tag)}:count"]))
+        XCTAssertEqual(String(decoding: try direct.receiveReplies(2), as: UTF8.self),
+                       "+OK\r\n*3\r\n$5\r\nin-tx\r\n$\(appended.utf8.count)\r\n\(appended)\r\n$1\r\n1\r\n", "on the target")
+        XCTAssertTrue(try cluster.call(source, "EXISTS", keys[1], keys[4], "{\(tag)}:count").hasPrefix("-ASK"), "none of them on the source")
+        XCTAssertEqual(try client.call("SET", keys[1], "v" + keys[1]), "+OK\r\n")
+        XCTAssertEqual(try client.call("SET", keys[4], "v" + keys[4]), "+OK\r\n")
+        // A WATCH of a moved key: no node can watch it until the move ends. It is answered as
+        // a WATCH whose key changed: +OK, and EXEC's null array, which clients retry (before,
+        // the WATCH's -ASK reached the client, an error redis-py's retry loop does not catch).
+        XCTAssertEqual(try client.call("WATCH", keys[2]), "+OK\r\n")
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["SET", keys[2], "in-tx"]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*-1\r\n")
+        XCTAssertEqual(try client.call("GET", keys[2]), "$\(("v" + keys[2]).utf8.count)\r\nv\(keys[2])\r\n", "nothing ran")
+        XCTAssertEqual(try client.call("WATCH", keys[2]), "+OK\r\n")
+        XCTAssertEqual(try client.call("UNWATCH"), "+OK\r\n")
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["GET", keys[3]]) + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self),
+                       "+OK\r\n+QUEUED\r\n*1\r\n$\(("v" + keys[3]).utf8.count)\r\nv\(keys[3])\r\n", "UNWATCH forgot the broken WATCH")
         XCTAssertEqual(try info(port, "cluster_redirects_moved"), 0)
         let version = try info(port, "cluster_slot_map_version")
 
@@ -315,9 +399,17 @@ final class RedisClusterTests: XCTestCase {
                        "*2\r\n$\(("v" + keys[0]).utf8.count)\r\nv\(keys[0])\r\n$\(("v" + keys[15]).utf8.count)\r\nv\(keys[15])\r\n")
         XCTAssertGreaterThanOrEqual(try info(port, "cluster_tryagain_retries"), 1)
         let asks = try info(port, "cluster_redirects_ask")
+        // A transaction over a moved key and a new one: the target answers its EXEC -TRYAGAIN
+        // (a key has not arrived) until the slot is its own; retried (25 ms, doubling) meanwhile.
+        let retries = try info(port, "cluster_tryagain_retries")
+        try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["SET", keys[5], "in-tx"]) + TestClient.encode(["INCR", "{\(tag)}:other"])
+                        + TestClient.encode(["EXEC"]))
+        XCTAssertEqual(try eventually("retried", within: 5) { try info(port, "cluster_tryagain_retries") > retries ? "retried" : "not yet" }, "retried")
         for node in [target, source] + masters.filter({ $0 != source && $0 != target }) {
             XCTAssertEqual(try cluster.call(node, "CLUSTER", "SETSLOT", "\(slot)", "NODE", targetID), "+OK\r\n")
         }
+        XCTAssertEqual(String(decoding: try client.receiveReplies(4), as: UTF8.self), "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n:1\r\n")
+        XCTAssertEqual(try client.call("SET", keys[5], "v" + keys[5]), "+OK\r\n")
         for key in keys { XCTAssertEqual(try client.call("GET", key), "$\(("v" + key).utf8.count)\r\nv\(key)\r\n", key) }
         XCTAssertGreaterThanOrEqual(try info(port, "cluster_redirects_moved"), 1, "the first request after the move was answered MOVED")
         XCTAssertEqual(try eventually("refreshed", within: 5) { try info(port, "cluster_slot_map_version") > version ? "refreshed" : "v\(version)" }, "refreshed")

@@ -78,6 +78,11 @@ struct RedisSession {
         get { client.redisExtras?.watch }
         nonmutating set { if newValue != nil || hasExtras { client.madeRedisExtras.watch = newValue } }
     }
+    /// A WATCH answered but not held (`RedisSessionExtras.watchBroken`).
+    var watchBroken: Bool {
+        get { client.redisExtras?.watchBroken ?? false }
+        nonmutating set { if newValue || hasExtras { client.madeRedisExtras.watchBroken = newValue } }
+    }
     /// Blocking commands sent on dedicated connections (stale entries are pruned). Modified in
     /// place (an append through a getter and a setter would copy the array).
     var blocked: [DedicatedLease] {
@@ -122,6 +127,9 @@ final class SharedRedisNames: Sendable {
 final class RedisSessionExtras {
     var transaction: RedisTransaction?
     var watch: DedicatedLease?
+    /// A WATCH Tern answered but could not hold (cluster pools: its slot was migrating, the
+    /// node answered -ASK): EXEC answers a null array, as for a watched key that changed.
+    var watchBroken = false
     var blocked: [DedicatedLease] = []
     /// A blocking command of this client has waited for a dedicated connection (it may still).
     var waitedForDedicated = false

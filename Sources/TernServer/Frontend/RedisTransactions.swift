@@ -79,6 +79,7 @@ extension ClientConnection {
         } else if command.isNamed("watch") {
             watch(frame, session, slot)
         } else if command.isNamed("unwatch") {
+            if session.watchBroken { session.watchBroken = false }
             guard let watch = session.watch else { return slot.complete(with: "+OK\r\n" as StaticString) }
             session.watch = nil
             guard watch.isIntact else {
@@ -167,10 +168,17 @@ extension ClientConnection {
         // Its commands were placed before a reload or a cluster map change that may move keys:
         // their positions may name another server than their keys' now, or none.
         if transaction.placementGeneration != pool.placementGeneration { transaction.aborted = true }
+        let watchBroken = session.watchBroken
+        if watchBroken { session.watchBroken = false }
         if transaction.aborted {
             pool.stats.transactionsAborted.add()
             if let watch { releaseWatch(watch) }
             return slot.complete(with: "-EXECABORT Transaction discarded because of previous errors.\r\n" as StaticString)
+        }
+        if watchBroken {
+            // A WATCH that could not hold: nothing runs, as when a watched key changed.
+            if let watch { releaseWatch(watch) }
+            return slot.complete(with: "*-1\r\n" as StaticString)
         }
         let connection: ServerConnection
         if let watch {
@@ -260,6 +268,7 @@ extension ClientConnection {
 
     /// Ends a WATCH without EXEC (DISCARD, RESET): the connection is unwatched, then given back.
     private func endWatch(_ session: RedisSession) {
+        if session.watchBroken { session.watchBroken = false }
         guard let watch = session.watch else { return }
         session.watch = nil
         releaseWatch(watch)
@@ -435,23 +444,58 @@ final class FirstWatch: PhasedRead {
         session.watch = nil
         client.releaseWatch(watch)
         let pool = client.pool
-        guard let redirect, !redirect.isAsk, pool.isCluster, redirects < ClusterState.maxRedirects,
-              let target = pool.serverIndex(named: redirect.target) else { return false }
+        guard let redirect, pool.isCluster, redirects < ClusterState.maxRedirects else { return false }
+        redirects += 1
+        if redirect.isAsk {
+            // The slot is migrating and the keys are not on this node (or not all): no node
+            // can watch them all until the move ends. Answered as a WATCH whose key then
+            // changes: EXEC answers a null array, and the client's retry loop tries again
+            // (redis-py's WatchError); the -ASK itself is an error clients do not retry.
+            pool.plan.shared.cluster.askRedirects.add(1, ordering: .relaxed)
+            session.watchBroken = true
+            slot.holdReply(UnsafeRawBufferPointer(start: nil, count: 0), isError: false)
+            slot.data.append("+OK\r\n" as StaticString)
+            return false
+        }
         pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
         pool.plan.shared.cluster.requestRefresh()
+        guard let target = pool.serverIndex(named: redirect.target) else {
+            // A node the map lacks (a replica promoted since it was made): the WATCH waits for
+            // a map that knows it, at most the pool's timeout (2 s without one).
+            let error = Array(slot.data.readable)
+            slot.data.removeAll()
+            slot.hasError = false
+            var split = ReplySplit(nextPhaseOf: slot)
+            _ = split.server(ReplyPart.whole)
+            pool.awaitMap(for: redirect, deadline: pool.timeoutSeconds.map { client.worker.now + $0 } ?? .infinity) { [self] server in
+                guard let server, !client.isClosed, session.watch == nil, let connection = pool.servers[server].leaseDedicated() else {
+                    pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+                    redirects = ClusterState.maxRedirects
+                    return error.withUnsafeBytes { _ = slot.deliver(part: ReplyPart.whole, reply: $0, isError: true) }
+                }
+                send(slot, session, on: connection)
+            }
+            return split.closePhase()
+        }
         pool.learnSlot(redirect.slot, server: target)
+        // No dedicated connection free: the MOVED is the answer.
         guard let connection = pool.servers[target].leaseDedicated() else { return false }
-        redirects += 1
         slot.data.removeAll()
         slot.hasError = false
         var split = ReplySplit(nextPhaseOf: slot)
+        _ = split.server(ReplyPart.whole)
+        send(slot, session, on: connection)
+        return split.closePhase()
+    }
+
+    /// The WATCH again, on `connection` (leased), answering the slot's open phase.
+    private func send(_ slot: ReplySlot, _ session: RedisSession, on connection: ServerConnection) {
         // (The buffer first: it opens the socket, and the lease holds on that socket.)
         let output = connection.requestBuffer()
         request.withUnsafeBytes { output.append($0) }
         lease = DedicatedLease(connection: connection, lease: connection.lease, generation: connection.generation)
         session.watch = lease
-        connection.enqueue(slot: slot, part: split.server(ReplyPart.whole), framing: .line)
-        return split.closePhase()
+        connection.enqueue(slot: slot, part: ReplyPart.whole, framing: .line)
     }
 }
 
@@ -461,15 +505,29 @@ final class FirstWatch: PhasedRead {
 /// ran): the slot is learned and the whole transaction is sent again to the node named, as a
 /// cluster client does. A watched transaction cannot go elsewhere (its WATCH holds on this
 /// node): it answers a null array, as a WATCH whose key changed does, which clients retry.
-/// A `-ASK` (the slot is migrating) is not followed: keys still on the source would be missing
-/// on the target; the client gets EXECABORT. Confined to the client's worker.
+/// A `-ASK` (the slot is migrating) for every queued command is followed: none of the keys is
+/// on the source, so the whole transaction goes to the target after `ASKING`. A `-ASK` for
+/// some only is not: keys still on the source would be missing on the target; the client gets
+/// EXECABORT. A node the map lacks is waited for (`awaitMap`). Confined to the client's worker.
 final class ClusterExec: PhasedRead {
     private let commands: [UInt8]
     private let count: Int
     private let isWatched: Bool
     private var redirect: ClusterRedirect?
+    /// Queued commands answered `-ASK` (their keys are not on the node).
+    private var asks = 0
     private var isAborted = false
     private var redirects: UInt8 = 0
+    /// The node a new map brought for the redirect waited on (`awaitMap`).
+    private var mapTarget: Int?
+    /// Where the transaction went last, and whether after ASKING.
+    private var sentTo = -1
+    private var sentAsking = false
+    /// The EXEC was answered -TRYAGAIN (after ASKING, on the importing node: some of its keys
+    /// have not arrived yet), the retries so far, and whether one is due now.
+    private var isTryAgain = false
+    private var tryAgains = 0
+    private var retryDue = false
     /// Parts: the EXEC's reply is `whole`; MULTI's and the queued commands' are `queued`.
     private static let queued: Int32 = 1
 
@@ -518,7 +576,11 @@ final class ClusterExec: PhasedRead {
     @discardableResult
     func send(on connection: ServerConnection, _ slot: ReplySlot, asking: Bool, isFirst: Bool) -> Bool {
         redirect = nil
+        asks = 0
         isAborted = false
+        isTryAgain = false
+        sentTo = connection.server.index
+        sentAsking = asking
         var parts: ReplySplit? = isFirst ? ReplySplit(slot, mergedBy: .single) : ReplySplit(nextPhaseOf: slot)
         commands.withUnsafeBytes { Self.write($0, count: count, on: connection, slot, asking: asking, parts: &parts) }
         if isFirst {
@@ -530,11 +592,15 @@ final class ClusterExec: PhasedRead {
 
     override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
         if part == Self.queued {
-            if isError, redirect == nil { redirect = ClusterRedirect.parse(reply) }
+            if isError, let parsed = ClusterRedirect.parse(reply) {
+                if redirect == nil { redirect = parsed }
+                if parsed.isAsk { asks += 1 }
+            }
             return
         }
         slot.holdReply(reply, isError: isError)
         isAborted = isError && reply.starts(with: "-EXECABORT".utf8)
+        isTryAgain = isError && reply.starts(with: "-TRYAGAIN".utf8)
     }
 
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
@@ -544,11 +610,36 @@ final class ClusterExec: PhasedRead {
     }
 
     override func advance(_ slot: ReplySlot) -> Bool {
-        guard isAborted, let client = slot.client as? ClientConnection else { return false }
+        guard let client = slot.client as? ClientConnection else { return false }
         let pool = client.pool
+        if retryDue {
+            retryDue = false
+            slot.data.removeAll()
+            slot.hasError = false
+            return send(on: pool.servers[sentTo].connection(for: client.index), slot, asking: sentAsking, isFirst: false)
+        }
+        if isTryAgain, sentTo >= 0, tryAgains < Int(ClusterState.maxTryAgain) {
+            // Nothing ran; the keys that have not arrived will (or the migration ends, and
+            // the node answers -MOVED): the same again after 25 ms, doubling, as cluster
+            // clients retry, within the pool's timeout.
+            tryAgains += 1
+            pool.plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
+            let held = Array(slot.data.readable)
+            var split = ReplySplit(nextPhaseOf: slot)
+            _ = split.server(ReplyPart.whole)
+            let now = client.worker.now
+            pool.retryLater(at: now + 0.025 * Double(1 << (tryAgains - 1)), deadline: pool.timeoutSeconds.map { now + $0 } ?? .infinity) { [self] due in
+                if due != nil, !client.isClosed { retryDue = true } else { tryAgains = Int(ClusterState.maxTryAgain) }
+                held.withUnsafeBytes { _ = slot.deliver(part: ReplyPart.whole, reply: $0, isError: true) }
+            }
+            return split.closePhase()
+        }
+        guard isAborted else { return false }
         guard let redirect else { return countedAsAborted(pool) }
-        let target = pool.serverIndex(named: redirect.target)
-        if !redirect.isAsk {
+        let resumed = mapTarget
+        mapTarget = nil
+        let target = resumed ?? pool.serverIndex(named: redirect.target)
+        if resumed == nil, !redirect.isAsk {
             pool.plan.shared.cluster.requestRefresh()
             if let target { pool.learnSlot(redirect.slot, server: target) }
         }
@@ -559,12 +650,38 @@ final class ClusterExec: PhasedRead {
             slot.hasError = false
             return false
         }
-        guard !redirect.isAsk, let target, redirects < ClusterState.maxRedirects else { return countedAsAborted(pool) }
-        pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
+        // A -ASK for some commands only: some keys are still on the migrating node, and the
+        // others are not (on the importing node, or nowhere yet); no node can run them all.
+        // Every command answered -ASK: none of its keys is on the migrating node, so the
+        // importing node runs it whole (after ASKING, which holds through MULTI … EXEC).
+        guard redirects < ClusterState.maxRedirects, !redirect.isAsk || asks == count else { return countedAsAborted(pool) }
+        guard let target else {
+            // A node the map lacks (a replica promoted since it was made): the transaction
+            // waits for a map that knows it; the EXECABORT held is delivered again then, to
+            // come back here.
+            let held = Array(slot.data.readable)
+            var split = ReplySplit(nextPhaseOf: slot)
+            _ = split.server(ReplyPart.whole)
+            pool.awaitMap(for: redirect, deadline: pool.timeoutSeconds.map { client.worker.now + $0 } ?? .infinity) { [self] server in
+                if let server, !client.isClosed {
+                    mapTarget = server
+                } else {
+                    pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+                    redirects = ClusterState.maxRedirects
+                }
+                held.withUnsafeBytes { _ = slot.deliver(part: ReplyPart.whole, reply: $0, isError: true) }
+            }
+            return split.closePhase()
+        }
+        if redirect.isAsk {
+            pool.plan.shared.cluster.askRedirects.add(1, ordering: .relaxed)
+        } else {
+            pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
+        }
         redirects += 1
         slot.data.removeAll()
         slot.hasError = false
-        return send(on: pool.servers[target].connection(for: client.index), slot, asking: false, isFirst: false)
+        return send(on: pool.servers[target].connection(for: client.index), slot, asking: redirect.isAsk, isFirst: false)
     }
 
     /// The node's EXECABORT is the answer: counted as one (`transactions_execabort`) instead of
@@ -612,25 +729,47 @@ final class ClusterBlocking: PhasedRead {
         guard let redirect, redirects < ClusterState.maxRedirects, let client = slot.client as? ClientConnection,
               !client.isClosed, !client.closeWhenDrained else { return false }
         let pool = client.pool
-        guard pool.isCluster, let target = pool.serverIndex(named: redirect.target) else { return false }
+        guard pool.isCluster else { return false }
+        redirects += 1
+        self.redirect = nil
         if redirect.isAsk {
             pool.plan.shared.cluster.askRedirects.add(1, ordering: .relaxed)
         } else {
             pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
             pool.plan.shared.cluster.requestRefresh()
-            pool.learnSlot(redirect.slot, server: target)
         }
-        redirects += 1
-        self.redirect = nil
+        let target = pool.serverIndex(named: redirect.target)
+        if let target, !redirect.isAsk { pool.learnSlot(redirect.slot, server: target) }
+        // The node's error, should nothing else answer.
+        let error = target == nil ? Array(slot.data.readable) : []
         slot.data.removeAll()
         slot.hasError = false
+        var split = ReplySplit(nextPhaseOf: slot)
+        _ = split.server(ReplyPart.whole)
+        if let target {
+            send(slot, client, to: target, asking: redirect.isAsk)
+        } else {
+            // A node the map lacks (a replica promoted since the map was made; its old master
+            // answers -MOVED): the command waits for a map that knows it. Nothing was popped.
+            pool.awaitMap(for: redirect, deadline: blockFor.map { client.worker.now + (pool.timeoutSeconds ?? 2) + $0 } ?? .infinity) { [self] server in
+                guard let server, !client.isClosed, !client.closeWhenDrained else {
+                    pool.plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+                    redirects = ClusterState.maxRedirects
+                    return error.withUnsafeBytes { _ = slot.deliver(part: ReplyPart.whole, reply: $0, isError: true) }
+                }
+                send(slot, client, to: server, asking: redirect.isAsk)
+            }
+        }
+        return split.closePhase()
+    }
+
+    /// The command again, on a dedicated connection to `server`: its timeout starts again there.
+    private func send(_ slot: ReplySlot, _ client: ClientConnection, to server: Int, asking: Bool) {
+        let pool = client.pool
         let now = client.worker.now
         var next = DedicatedWaiter(slot: slot, request: request, blockFor: blockFor,
                                    deadline: pool.timeoutSeconds.flatMap { timeout in blockFor.map { now + timeout + $0 } } ?? .infinity, now: now)
-        next.asking = redirect.isAsk
-        var split = ReplySplit(nextPhaseOf: slot)
-        _ = split.server(ReplyPart.whole)
-        client.runBlocking(next, on: pool.servers[target])
-        return split.closePhase()
+        next.asking = asking
+        client.runBlocking(next, on: pool.servers[server])
     }
 }

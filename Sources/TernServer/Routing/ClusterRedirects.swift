@@ -19,7 +19,39 @@ struct ParkedRedirect {
     var retryAt: Double?
 }
 
+/// A request in phases (a blocking command, a first WATCH, a cluster transaction) answered a
+/// redirect to a node this worker's map lacks (a replica promoted since the map was made):
+/// `resume` gets the node's position once a map knows it (for a `-MOVED`, the slot's owner in
+/// that map if it still names none), or nil when the wait ends first (`waitUntil`, or the pool
+/// ends). Rare (a failover's first moments): the closure is allocated then only.
+///
+/// With `retryAt`, it waits for that moment instead of a map (a transaction answered
+/// `-TRYAGAIN`, `retryLater(at:)`): `resume` gets 0 then, nil when `waitUntil` or the pool's end
+/// comes first.
+struct MapWaiter {
+    let redirect: ClusterRedirect
+    let waitUntil: Double
+    var retryAt: Double? = nil
+    let resume: (Int?) -> Void
+}
+
 extension PoolRuntime {
+    /// Waits for a map that knows `redirect`'s node (asked for here), at most until `deadline`
+    /// (2 s when it is infinite), as a redirected request is parked (`followRedirect`).
+    func awaitMap(for redirect: ClusterRedirect, deadline: Double, _ resume: @escaping (Int?) -> Void) {
+        plan.shared.cluster.requestRefresh()
+        mapWaiters.append(MapWaiter(redirect: redirect, waitUntil: deadline.isFinite ? deadline : worker.now + 2, resume: resume))
+        armParkTimer()
+    }
+
+    /// Calls `resume` with 0 at `moment`, or nil if `deadline` (2 s when infinite) or the
+    /// pool's end comes first.
+    func retryLater(at moment: Double, deadline: Double, _ resume: @escaping (Int?) -> Void) {
+        mapWaiters.append(MapWaiter(redirect: ClusterRedirect(isAsk: false, slot: 0, target: ""), waitUntil: deadline.isFinite ? deadline : worker.now + 2,
+                                    retryAt: moment, resume: resume))
+        armParkTimer()
+    }
+
     /// The position in `servers` of the node named `host:port` (a redirect's target), if it is
     /// a master of the current map. Off the common path: only redirects look.
     func serverIndex(named name: String) -> Int? {
@@ -77,7 +109,24 @@ extension PoolRuntime {
     /// A new map arrived (`update`): requests waiting for a node it knows go now; a MOVED whose
     /// node is still unknown goes to its slot's owner in the new map.
     func redispatchParked() {
-        guard !parked.isEmpty else { return }
+        guard !parked.isEmpty || !mapWaiters.isEmpty else { return }
+        let waiters = mapWaiters
+        mapWaiters.removeAll()
+        for waiter in waiters {
+            guard waiter.retryAt == nil else {
+                mapWaiters.append(waiter)
+                continue
+            }
+            let target = serverIndex(named: waiter.redirect.target)
+                ?? (waiter.redirect.isAsk ? nil : placement.server(forHash: UInt32(waiter.redirect.slot)))
+            if let target {
+                waiter.resume(target)
+            } else if waiter.waitUntil <= worker.now {
+                waiter.resume(nil)
+            } else {
+                mapWaiters.append(waiter)
+            }
+        }
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
@@ -107,6 +156,17 @@ extension PoolRuntime {
     func expireParked(all: Bool = false) {
         let now = worker.now + 0.0005
         for server in servers { server.expireWaiting(now: now) }
+        let waiters = mapWaiters
+        mapWaiters.removeAll()
+        for waiter in waiters {
+            if all || waiter.waitUntil <= now {
+                waiter.resume(nil)
+            } else if let retryAt = waiter.retryAt, retryAt <= now {
+                waiter.resume(0)
+            } else {
+                mapWaiters.append(waiter)
+            }
+        }
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
@@ -125,7 +185,8 @@ extension PoolRuntime {
     /// requests waiting for a dedicated connection (`ServerRuntime.waitForDedicated`).
     func armParkTimer() {
         let firstWaiting = servers.reduce(Double.infinity) { min($0, $1.nextWaitingDeadline) }
-        guard let first = (parked.map({ min($0.retryAt ?? $0.waitUntil, $0.waitUntil) }) + (firstWaiting.isFinite ? [firstWaiting] : [])).min() else {
+        guard let first = (parked.map({ min($0.retryAt ?? $0.waitUntil, $0.waitUntil) }) + mapWaiters.map({ min($0.retryAt ?? $0.waitUntil, $0.waitUntil) })
+                           + (firstWaiting.isFinite ? [firstWaiting] : [])).min() else {
             parkTimer?.stop()
             return
         }

@@ -64,6 +64,8 @@ final class PoolRuntime: BackendPool {
     /// Cluster pools: redirected requests waiting for a map that knows their node, and the
     /// timer that fails them at their deadline (see `followRedirect`).
     var parked: [ParkedRedirect] = []
+    /// Requests in phases waiting for such a map (`awaitMap`).
+    var mapWaiters: [MapWaiter] = []
     var parkTimer: TimerWatcher?
     /// `read_from` other than master: the replicas of each server (`servers[i]`'s in
     /// `replicas[i]`), which get `READONLY` on connect and single-key reads.
