@@ -485,6 +485,27 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertTrue(group.ternLog().contains("ejecting server"), group.ternLog())
     }
 
+    /// A dead server is ejected after `server_failure_limit` failed requests however fast they
+    /// come, as by nutcracker: the requests Tern failed at once while backing off from it did
+    /// not count, so 60 requests one after another all failed and it was never ejected (the
+    /// drop-in sweep; fails on 650f68c).
+    func testRequestsFailedWhileBackingOffCountTowardEjection() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        // The first server is down from the start: its connects are refused.
+        backends[0].kill()
+        let tern = try startTern(backends, extra: "  auto_eject_hosts: true\n  server_failure_limit: 2\n  server_retry_timeout: 30000\n", threads: 1)
+        let key = keys(on: 0, tern.pool)[0]
+        let client = try TestClient(port: tern.port)
+        var errors = 0
+        for _ in 0..<60 {
+            let reply = try client.request("get \(key)\r\n", until: "\r\n")
+            if reply.hasPrefix("SERVER_ERROR") { errors += 1 } else { XCTAssertEqual(reply, "END\r\n") }
+        }
+        XCTAssertLessThanOrEqual(errors, 3, "failures before the ejection")
+        XCTAssertEqual(try client.request("set \(key) 0 0 1\r\ny\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try backends[1].get(key), "y", "ejected: the key goes to the live server")
+    }
+
     func testUnixSocketListenerWithPermissions() throws {
         let backend = try group.memcached()
         let path = group.directory + "/tern.sock"

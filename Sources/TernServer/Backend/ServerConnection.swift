@@ -537,7 +537,13 @@ final class ServerConnection {
                 fail(reason: Syscall.connectedToItself)
             } else if error < 0 {
                 // Still backing off: the requests fail at once; the backoff is not extended.
+                // With auto_eject_hosts they count toward server_failure_limit, as in
+                // nutcracker, where each tries a connect that fails: before, only the connects
+                // the backoff allowed counted, and a busy pool kept a dead server (failing its
+                // keys at once) for seconds, or for good (a request every loop pass).
+                let hadRequests = !pending.isEmpty
                 fail(reason: lastError, isNewFailure: false)
+                if hadRequests, server.pool.config.autoEjectHosts { server.recordFailure() }
             } else {
                 fail(reason: Syscall.errorText(error))
             }
