@@ -506,6 +506,24 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(try backends[1].get(key), "y", "ejected: the key goes to the live server")
     }
 
+    /// A server whose host name does not resolve at start (a DNS outage, a record not made
+    /// yet) fails its own keys only, as under nutcracker (`Host is down`); Tern refused to start
+    /// at all, every pool down (the drop-in sweep; fails on 1e619a5).
+    func testUnresolvableServerAtStartFailsOnlyItsKeys() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort(), otherPort = ProcessGroup.freePort()
+        let text = "pool:\n  listen: 127.0.0.1:\(port)\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n   - \(backend.address):1 live\n"
+            + "   - cache-2.no-such-domain.invalid:11211:1 gone\nother:\n  listen: 127.0.0.1:\(otherPort)\n  servers:\n   - \(backend.address):1\n"
+        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        let pool = try ConfigLoader.load(text: text, file: "test").pools[0]
+        let client = try TestClient(port: port)
+        let live = keys(on: 0, pool)[0], gone = keys(on: 1, pool)[0]
+        XCTAssertEqual(try client.request("set \(live) 0 0 1\r\nx\r\n", until: "\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("get \(gone)\r\n", until: "\r\n"), "SERVER_ERROR Host is down (its name did not resolve)\r\n")
+        XCTAssertEqual(try TestClient(port: otherPort).request("get \(live)\r\n", until: "END\r\n"), "VALUE \(live) 0 1\r\nx\r\nEND\r\n")
+        XCTAssertTrue(group.ternLog().contains("server gone: cannot resolve 'cache-2.no-such-domain.invalid'"), group.ternLog())
+    }
+
     func testUnixSocketListenerWithPermissions() throws {
         let backend = try group.memcached()
         let path = group.directory + "/tern.sock"

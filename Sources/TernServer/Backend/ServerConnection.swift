@@ -417,8 +417,9 @@ final class ServerConnection {
     /// `connectBeforeWaitEnds` inside it).
     private func beginConnect() {
         if server.address.family == AF_UNSPEC {
-            // A Sentinel master whose address no sentinel has given yet: fail at once.
-            lastError = "master address not known yet (no sentinel has named it)"
+            // A Sentinel master whose address no sentinel has given yet, or a server whose
+            // host name did not resolve at start: fail at once.
+            lastError = server.pool.isSentinel ? "master address not known yet (no sentinel has named it)" : "Host is down (its name did not resolve)"
             pendingError = -1
             worker.markDirty(self)
             return

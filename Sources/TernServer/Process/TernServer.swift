@@ -265,16 +265,22 @@ public final class TernServer {
     private func makePlans(for config: TernConfig, previous: [PoolPlan]) throws -> [PoolPlan] {
         var made: [PoolPlan] = []
         var boundHere: [(descriptor: Int32, pool: PoolConfig)] = []
+        // At start a server whose name does not resolve (a DNS outage, a record not made yet)
+        // leaves only its keys failing, as under nutcracker; a reload that names one is refused.
+        let logger = self.logger
+        let unresolved: ((String) -> Void)? = previous.isEmpty ? { problem in
+            logger.warning("\(problem); its requests fail until the name resolves (--dns-refresh) or a reload")
+        } : nil
         do {
             for pool in config.pools {
                 let before = previous.first { $0.config.name == pool.name }
                 var warmupPlan: PoolPlan?
                 if let warmup = pool.warmup {
-                    warmupPlan = try PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old), listenDescriptor: -1,
+                    warmupPlan = try PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old, unresolved: unresolved), listenDescriptor: -1,
                                           shared: before?.warmup?.shared ?? PoolShared(workers: workerCount),
                                           serverCounters: Self.serverCounters(warmup.old, workers: workerCount, reusing: before?.warmup))
                 }
-                let addresses = try Self.resolve(pool)
+                let addresses = try Self.resolve(pool, unresolved: unresolved)
                 let descriptor: Int32
                 if let reused = previous.first(where: { $0.config.listen == pool.listen }) {
                     descriptor = reused.listenDescriptor
@@ -312,7 +318,10 @@ public final class TernServer {
     }
 
     /// Resolves a pool's servers (blocking; runs on the main thread, never on a worker loop).
-    static func resolve(_ pool: PoolConfig) throws -> [SocketAddress] {
+    /// The servers' addresses. A host name that does not resolve fails, unless `unresolved` is
+    /// given (at start): then it is told, and the server has no address (its requests fail at
+    /// once, as nutcracker answers `Host is down`) until `--dns-refresh` or a reload resolves it.
+    static func resolve(_ pool: PoolConfig, unresolved: ((String) -> Void)? = nil) throws -> [SocketAddress] {
         var addresses: [SocketAddress] = []
         for server in pool.servers {
             switch server.address {
@@ -327,7 +336,11 @@ public final class TernServer {
             case let .tcp(host, port):
                 switch SocketAddress.resolve(host: host, port: port) {
                 case let .success(address): addresses.append(address)
-                case let .failure(error): throw StartupError(description: "pool '\(pool.name)': server \(server.name): \(error)")
+                case let .failure(error):
+                    let problem = "pool '\(pool.name)': server \(server.name): \(error)"
+                    guard let unresolved else { throw StartupError(description: problem) }
+                    unresolved(problem)
+                    addresses.append(SocketAddress(family: AF_UNSPEC, bytes: []))
                 }
             }
         }
