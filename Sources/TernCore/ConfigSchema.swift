@@ -167,7 +167,7 @@ enum ConfigSchema {
         .boolean("auto_eject_hosts", .pool, \.autoEjectHosts, doc: "eject failing servers from the ring"),
         .integer("server_retry_timeout", .pool, \.serverRetryTimeoutMilliseconds, 0...Int(Int32.max), doc: "ms before an ejected server is probed (0 as 1)"),
         .integer("server_failure_limit", .pool, \.serverFailureLimit, 0...Int(Int32.max), doc: "consecutive failures before ejection (0 as 1)"),
-        .boolean("tcpkeepalive", .pool, \.tcpKeepalive, doc: "SO_KEEPALIVE on backend connections"),
+        .boolean("tcpkeepalive", .pool, \.tcpKeepalive, doc: "SO_KEEPALIVE on client and backend connections"),
         .integer("client_connections", .poolOnly, \.clientConnections, 0...Int(Int32.max), doc: "most open client connections (0: no limit)"),
         .integer("max_item_size", .poolOnly, \.maxItemSize, 1...(1 << 30), doc: "largest memcached value accepted, bytes", inherited: true),
         .integer("max_bulk_length", .poolOnly, \.maxBulkLength, 1...(512 << 20), doc: "largest Redis bulk string accepted from a client, bytes", inherited: true),

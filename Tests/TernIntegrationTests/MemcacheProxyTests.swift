@@ -524,6 +524,23 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertTrue(group.ternLog().contains("server gone: cannot resolve 'cache-2.no-such-domain.invalid'"), group.ternLog())
     }
 
+    /// `tcpkeepalive` sets SO_KEEPALIVE on client connections, where nutcracker sets it (so
+    /// that half-open clients are found), and on backend connections; Tern set it on backend
+    /// connections only (the drop-in sweep; fails on 7577d0c).
+    func testTcpKeepaliveOnClientAndBackendConnections() throws {
+        let backend = try group.memcached()
+        let tern = try startTern([backend], extra: "  tcpkeepalive: true\n", threads: 1)
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.request("get k\r\n", until: "END\r\n"), "END\r\n")
+        func timers(_ filter: String) throws -> String {
+            try ProcessGroup.run("/usr/bin/ss", ["-tnoH", "state", "established", filter]).1
+        }
+        let clientSide = try timers("( sport = :\(tern.port) )")
+        XCTAssertTrue(clientSide.contains("timer:(keepalive"), clientSide)
+        let backendSide = try timers("( dport = :\(backend.port) )")
+        XCTAssertTrue(backendSide.contains("timer:(keepalive"), backendSide)
+    }
+
     func testUnixSocketListenerWithPermissions() throws {
         let backend = try group.memcached()
         let path = group.directory + "/tern.sock"

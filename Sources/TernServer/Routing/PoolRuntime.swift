@@ -324,7 +324,12 @@ final class PoolRuntime: BackendPool {
                     }
                     continue
                 }
-                if case .tcp = config.listen { Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY) }
+                if case .tcp = config.listen {
+                    Syscall.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY)
+                    // As nutcracker sets it: half-open clients (a host gone, a NAT that forgot
+                    // them) are found and closed.
+                    if config.tcpKeepalive { Syscall.setOption(fd, SOL_SOCKET, SO_KEEPALIVE) }
+                }
                 worker.accepted(descriptor: fd, pool: self)
             case .wouldBlock:
                 return
