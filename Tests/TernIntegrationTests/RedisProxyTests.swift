@@ -872,6 +872,25 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try client.call("SET", "k", "v"), "+OK\r\n")
     }
 
+    /// A client of a one-server pool closed because its server stayed down through `server_wait`
+    /// counts a `forward_error` for the request it could not forward, as nutcracker counts one
+    /// per request it failed: the pool's `forward_error` stayed 0 while its only server was
+    /// down, and a "forward_error > 0" alert stayed silent (the drop-in sweep; fails on 7577d0c).
+    func testClientsClosedAfterTheServerWaitCountForwardErrors() throws {
+        let deadPort = ProcessGroup.freePort(), port = ProcessGroup.freePort(), statsPort = ProcessGroup.freePort()
+        let text = "single:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  server_wait: 200\n  servers:\n   - 127.0.0.1:\(deadPort):1\n"
+        try group.tern(config: text, arguments: ["--threads", "1", "-s", "\(statsPort)"], waitPort: port)
+        for _ in 0..<3 {
+            let client = try TestClient(port: port)
+            try client.send(TestClient.encode(["GET", "k"]))
+            XCTAssertTrue(client.drain(for: 3).closed)
+        }
+        let stats = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(TestClient(port: statsPort).drain(for: 2).bytes)) as? [String: Any])
+        let pool = try XCTUnwrap(stats["single"] as? [String: Any])
+        XCTAssertEqual(pool["forward_error"] as? Int, 3)
+        XCTAssertEqual(pool["client_err"] as? Int, 3)
+    }
+
     /// A backend connect that reaches its own socket fails: in a private network namespace
     /// whose ephemeral port range is the dead server's port alone, Linux connects Tern's socket
     /// to itself (found by a framework sweep on a normal range, after thousands of connects a

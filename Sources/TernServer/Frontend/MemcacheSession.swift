@@ -79,8 +79,10 @@ extension ClientConnection {
         let wait = pool.serverWaitSeconds
         let deadline = waitForServerSince + wait
         guard now < deadline else {
-            // Waited long enough: the client ends, as a refused connect would end it.
+            // Waited long enough: the client ends, as a refused connect would end it. Its
+            // request could not be forwarded (`forward_error`, as nutcracker counts one).
             clearWaitForServer()
+            pool.stats.forwardErrors.add()
             closeForServerFailure()
             return true
         }
