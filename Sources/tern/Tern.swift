@@ -167,15 +167,19 @@ struct Tern: ParsableCommand {
         for warning in securityWarnings(config) { logger.warning("\(warning)") }
 
         if daemonize { try becomeDaemon() }
-        if let pidFile {
-            let fd = open(pidFile, O_WRONLY | O_TRUNC | O_CREAT, 0o644)
+        // The pid file written (nil when none could be: Tern runs on, as nutcracker does, so
+        // that a unit whose /run directory is missing still starts; the warning says why).
+        var pidFile = self.pidFile
+        if let path = pidFile {
+            let fd = open(path, O_WRONLY | O_TRUNC | O_CREAT, 0o644)
             if fd < 0 {
-                printError("tern: cannot write pid file '\(pidFile)': \(String(cString: strerror(errno)))")
-                throw ExitCode(1)
+                logger.warning("cannot write pid file '\(path)': \(String(cString: strerror(errno))); running without one")
+                pidFile = nil
+            } else {
+                let line = "\(getpid())\n"
+                _ = line.withCString { write(fd, $0, strlen($0)) }
+                close(fd)
             }
-            let line = "\(getpid())\n"
-            _ = line.withCString { write(fd, $0, strlen($0)) }
-            close(fd)
         }
         let threadCount: Int
         if let threads {

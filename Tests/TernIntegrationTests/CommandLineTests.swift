@@ -57,6 +57,18 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(try String(contentsOfFile: log, encoding: .utf8).contains("signal 15 (SIGTERM) received"))
     }
 
+    /// A pid file that cannot be written (its directory does not exist: a unit whose /run
+    /// directory is missing) is a warning, and Tern serves, as nutcracker does; Tern refused to
+    /// start (the drop-in sweep; fails on 7577d0c).
+    func testUnwritablePidFileIsAWarning() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let pid = group.directory + "/missing/tern.pid"
+        try group.tern(config: "p:\n  listen: 127.0.0.1:\(port)\n  servers:\n   - \(backend.address):1\n", arguments: ["-p", pid], waitPort: port)
+        XCTAssertEqual(try TestClient(port: port).request("set k 0 0 1\r\nx\r\nget k\r\n", until: "END\r\n"), "STORED\r\nVALUE k 0 1\r\nx\r\nEND\r\n")
+        XCTAssertTrue(group.ternLog().contains("cannot write pid file '\(pid)': No such file or directory; running without one"), group.ternLog())
+    }
+
     /// Without --threads, the worker count follows the CPUs the process may use: under
     /// `taskset -c 0` one worker, whatever the machine has.
     func testDefaultWorkerCountFollowsTheAffinityMask() throws {
