@@ -72,6 +72,11 @@ class BackendPool {
     func redirected(_ redirect: ClusterRedirect?, _ request: RedirectedRequest, server: String, asking: Bool) {
         preconditionFailure("overridden by PoolRuntime")
     }
+
+    /// A cluster pool's connection to node `node` failed before it sent `request` (a connect
+    /// refused, or its backoff: the node may be failing over): true when the pool keeps it
+    /// (Routing/ClusterRedirects.swift), false to fail it with the connection's error.
+    func keepUnsent(_ request: RedirectedRequest, node: String) -> Bool { false }
 }
 
 /// A request a cluster node redirected (`-MOVED`, `-ASK`) or asked to try again (`-TRYAGAIN`).

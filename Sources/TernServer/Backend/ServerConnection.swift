@@ -1163,6 +1163,10 @@ final class ServerConnection {
     /// `serverFailure`: the server failed (`fail`), which closes clients whose pool says so.
     private func close(failing reason: String = "backend connection closed", serverFailure: Bool = false) {
         stopTimer()
+        // Cluster pools: the requests of a failing node this socket never sent (from
+        // `unsentFrom` on in `output`) may wait for the node, or a map without it.
+        let unsentFrom = serverFailure && server.pool.isCluster && !isDedicated && pushClient == nil && stream == nil ? sentBytes : Int.max
+        var offset = answeredBytes
         pendingError = 0
         retryBeforeLastChance = 0
         if state == .connected { counters.serverConnections.add(-1) }
@@ -1196,7 +1200,15 @@ final class ServerConnection {
         // slots of those still answering a client fail last (below).
         var dropped: [(slot: ReplySlot, part: Int32)] = []
         var probes = 0
+        let errorBytes = unsentFrom < .max ? Array((isRedis ? "-ERR \(reason)\r\n" : "SERVER_ERROR \(reason)\r\n").utf8) : []
         while let entry = popEntry() {
+            defer { offset += entry.bytes }
+            if offset >= unsentFrom, entry.purpose == .client, let slot = entry.slot, let client = slot.client,
+               slot.warmup?.partsFollowRedirects ?? true, let bytes = outputBytes(offset..<(offset + entry.bytes)),
+               server.pool.keepUnsent(RedirectedRequest(bytes: Array(bytes), error: errorBytes, slot: slot, part: entry.part, redirects: entry.redirects,
+                                                        clientIndex: client.index, deadline: entry.deadline), node: server.name) {
+                continue
+            }
             if let slot = entry.slot { dropped.append((slot, entry.part)) }
             if entry.purpose == .probe { probes += 1 }
             if entry.purpose == .backfill { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }

@@ -17,6 +17,13 @@ struct ParkedRedirect {
     /// timeout.
     let waitUntil: Double
     var retryAt: Double?
+    /// A request its node never received (`keepUnsent`): tried again on that node once its
+    /// connection may connect, or, once the map no longer has the node (its slots moved: a
+    /// failover), on another master, whose -MOVED names the slot's new owner.
+    var isUnsent = false
+    /// (Unsent requests:) keyed, so that any master redirects it to its keys' node; a keyless
+    /// request (EVAL with no keys, a part of DBSIZE) goes to its own node or fails.
+    var isKeyed = false
 }
 
 /// A request in phases (a blocking command, a first WATCH, a cluster transaction) answered a
@@ -78,6 +85,47 @@ extension PoolRuntime {
         park(ParkedRedirect(redirect: redirect, request: request, waitUntil: request.deadline.isFinite ? request.deadline : worker.now + 2))
     }
 
+    /// A request node `node` never received: its connection was refused, lost before sending
+    /// it, or backing off after such failures (a master failing over: its replica is promoted
+    /// within `cluster-node-timeout` and an election). It waits, within its deadline (2 s
+    /// without a timeout), for the node to take connections again or for a map without it, as
+    /// a cluster client retries; before, it failed at once with the connection's error
+    /// (hundreds of errors in a master's two-second failover, where redis-py's RedisCluster
+    /// saw none). Requests the node may have received are not kept: they might have run.
+    func keepUnsentRequest(_ request: RedirectedRequest, node: String) -> Bool {
+        guard isCluster, !isRetired, request.deadline > worker.now else { return false }
+        // The bytes must be exactly one request, and the command known, to go elsewhere.
+        let arguments = RespArguments()
+        let parsed = request.bytes.withUnsafeBytes { RespRequestParser.parse($0, limits: respLimits, into: arguments) }
+        guard parsed == .request(length: request.bytes.count), arguments.count > 0 else { return false }
+        let command = request.bytes.withUnsafeBytes { frame in arguments.withArgument(0, in: frame) { RedisCommandTable.lookup($0) } }
+        let isKeyed: Bool
+        switch command?.routing {
+        case .keyed?, .mget?, .mset?, .sum?: isKeyed = true
+        default: isKeyed = false
+        }
+        let now = worker.now
+        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: false, slot: 0, target: node), request: request,
+                            waitUntil: request.deadline.isFinite ? request.deadline : now + 2, retryAt: now + Self.unsentRetry,
+                            isUnsent: true, isKeyed: isKeyed))
+        return true
+    }
+
+    /// How often a kept unsent request looks again (besides each new map).
+    static let unsentRetry = 0.1
+
+    /// Where a kept unsent request goes now: its node, if the map still has it and its
+    /// connection may connect; another master when the map no longer has the node (a keyed
+    /// request); nil to wait on.
+    private func unsentTarget(_ entry: ParkedRedirect) -> Int? {
+        func mayConnect(_ index: Int) -> Bool {
+            !withConnection(toServer: index, client: entry.request.clientIndex) { $0.isBackingOff }
+        }
+        if let node = serverIndex(named: entry.redirect.target) { return mayConnect(node) ? node : nil }
+        guard entry.isKeyed else { return nil }
+        return servers.indices.first(where: mayConnect)
+    }
+
     /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
     /// two nodes): sent to the same node the same way (`asking`) after 25 ms, doubling with each
     /// try, as cluster clients do.
@@ -130,6 +178,11 @@ extension PoolRuntime {
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
+            if entry.isUnsent, entry.waitUntil > worker.now, serverIndex(named: entry.redirect.target) == nil, let target = unsentTarget(entry) {
+                // The map no longer has its node: to another master at once.
+                resend(entry.request, toServer: target, asking: false)
+                continue
+            }
             guard entry.retryAt == nil else {
                 parked.append(entry)
                 continue
@@ -170,6 +223,18 @@ extension PoolRuntime {
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
+            if entry.isUnsent, !all, entry.waitUntil > now {
+                if let retryAt = entry.retryAt, retryAt > now {
+                    parked.append(entry)
+                } else if let target = unsentTarget(entry) {
+                    resend(entry.request, toServer: target, asking: false)
+                } else {
+                    var again = entry
+                    again.retryAt = now + Self.unsentRetry
+                    parked.append(again)
+                }
+                continue
+            }
             if !all, entry.waitUntil > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
                 resend(entry.request, toServer: server, asking: entry.redirect.isAsk)
             } else if all || entry.waitUntil <= now || entry.retryAt.map({ $0 <= now }) == true {

@@ -97,6 +97,10 @@ final class PoolRuntime: BackendPool {
         }
     }
 
+    override func keepUnsent(_ request: RedirectedRequest, node: String) -> Bool {
+        keepUnsentRequest(request, node: node)
+    }
+
     private func rebuildServerTable() {
         serverTable?.deallocate()
         serverTable = unretainedTable(of: servers)
