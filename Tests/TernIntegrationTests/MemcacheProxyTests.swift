@@ -514,7 +514,7 @@ final class MemcacheProxyTests: XCTestCase {
         let port = ProcessGroup.freePort(), otherPort = ProcessGroup.freePort()
         let text = "pool:\n  listen: 127.0.0.1:\(port)\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n   - \(backend.address):1 live\n"
             + "   - cache-2.no-such-domain.invalid:11211:1 gone\nother:\n  listen: 127.0.0.1:\(otherPort)\n  servers:\n   - \(backend.address):1\n"
-        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        let tern = try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
         let pool = try ConfigLoader.load(text: text, file: "test").pools[0]
         let client = try TestClient(port: port)
         let live = keys(on: 0, pool)[0], gone = keys(on: 1, pool)[0]
@@ -522,6 +522,15 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(try client.request("get \(gone)\r\n", until: "\r\n"), "SERVER_ERROR Host is down (its name did not resolve)\r\n")
         XCTAssertEqual(try TestClient(port: otherPort).request("get \(live)\r\n", until: "END\r\n"), "VALUE \(live) 0 1\r\nx\r\nEND\r\n")
         XCTAssertTrue(group.ternLog().contains("server gone: cannot resolve 'cache-2.no-such-domain.invalid'"), group.ternLog())
+        // A reload with the name still unresolvable applies the rest (a new pool); before, it
+        // was refused, and so was every later reload.
+        let third = ProcessGroup.freePort()
+        let path = try XCTUnwrap((try FileManager.default.contentsOfDirectory(atPath: group.directory)).first { $0.hasPrefix("tern-") && $0.hasSuffix(".yml") })
+        try (text + "third:\n  listen: 127.0.0.1:\(third)\n  servers:\n   - \(backend.address):1\n").write(toFile: group.directory + "/" + path, atomically: true, encoding: .utf8)
+        kill(tern.processIdentifier, SIGHUP)
+        try group.waitForPort(third)
+        XCTAssertEqual(try TestClient(port: third).request("get \(live)\r\n", until: "END\r\n"), "VALUE \(live) 0 1\r\nx\r\nEND\r\n")
+        XCTAssertEqual(try client.request("get \(gone)\r\n", until: "\r\n"), "SERVER_ERROR Host is down (its name did not resolve)\r\n")
     }
 
     /// `tcpkeepalive` sets SO_KEEPALIVE on client connections, where nutcracker sets it (so

@@ -472,6 +472,8 @@ final class ClientConnection: ReplyOwner {
     /// or answered; the replies already in the output are written, then the connection closes,
     /// as a client of the server itself sees its connection end (requests behind it end with
     /// the connection, as they would on the server's).
+    override func holdLaterRequests() { holdUntilAnswered = true }
+
     override func closeForServerFailure() {
         guard !isClosed, !closingForServerFailure else { return }
         closingForServerFailure = true

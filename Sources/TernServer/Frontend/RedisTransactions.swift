@@ -520,8 +520,9 @@ final class ClusterExec: PhasedRead {
     private var redirects: UInt8 = 0
     /// The node a new map brought for the redirect waited on (`awaitMap`).
     private var mapTarget: Int?
-    /// Where the transaction went last, and whether after ASKING.
-    private var sentTo = -1
+    /// The node the transaction went to last (by name: a new map renumbers the servers), and
+    /// whether after ASKING.
+    private var sentTo = ""
     private var sentAsking = false
     /// The EXEC was answered -TRYAGAIN (after ASKING, on the importing node: some of its keys
     /// have not arrived yet), the retries so far, and whether one is due now.
@@ -579,7 +580,7 @@ final class ClusterExec: PhasedRead {
         asks = 0
         isAborted = false
         isTryAgain = false
-        sentTo = connection.server.index
+        sentTo = connection.server.name
         sentAsking = asking
         var parts: ReplySplit? = isFirst ? ReplySplit(slot, mergedBy: .single) : ReplySplit(nextPhaseOf: slot)
         commands.withUnsafeBytes { Self.write($0, count: count, on: connection, slot, asking: asking, parts: &parts) }
@@ -614,11 +615,16 @@ final class ClusterExec: PhasedRead {
         let pool = client.pool
         if retryDue {
             retryDue = false
-            slot.data.removeAll()
-            slot.hasError = false
-            return send(on: pool.servers[sentTo].connection(for: client.index), slot, asking: sentAsking, isFirst: false)
+            // (A node a new map no longer has: the -TRYAGAIN held is the answer.)
+            if let server = pool.serverIndex(named: sentTo) {
+                slot.data.removeAll()
+                slot.hasError = false
+                return send(on: pool.servers[server].connection(for: client.index), slot, asking: sentAsking, isFirst: false)
+            }
+            return false
         }
-        if isTryAgain, sentTo >= 0, tryAgains < Int(ClusterState.maxTryAgain) {
+        // (A watched transaction is not sent again: its WATCH holds on its own connection.)
+        if isTryAgain, !isWatched, !sentTo.isEmpty, tryAgains < Int(ClusterState.maxTryAgain) {
             // Nothing ran; the keys that have not arrived will (or the migration ends, and
             // the node answers -MOVED): the same again after 25 ms, doubling, as cluster
             // clients retry, within the pool's timeout.

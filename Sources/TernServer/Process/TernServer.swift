@@ -265,22 +265,23 @@ public final class TernServer {
     private func makePlans(for config: TernConfig, previous: [PoolPlan]) throws -> [PoolPlan] {
         var made: [PoolPlan] = []
         var boundHere: [(descriptor: Int32, pool: PoolConfig)] = []
-        // At start a server whose name does not resolve (a DNS outage, a record not made yet)
-        // leaves only its keys failing, as under nutcracker; a reload that names one is refused.
+        // A server whose name does not resolve (a DNS outage, a record not made yet) keeps the
+        // address it had, or has none (its requests fail at once) until one resolves: only its
+        // keys fail, as under nutcracker, and the other servers' changes still apply.
         let logger = self.logger
-        let unresolved: ((String) -> Void)? = previous.isEmpty ? { problem in
+        let unresolved: (String) -> Void = { problem in
             logger.warning("\(problem); its requests fail until the name resolves (--dns-refresh) or a reload")
-        } : nil
+        }
         do {
             for pool in config.pools {
                 let before = previous.first { $0.config.name == pool.name }
                 var warmupPlan: PoolPlan?
                 if let warmup = pool.warmup {
-                    warmupPlan = try PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old, unresolved: unresolved), listenDescriptor: -1,
+                    warmupPlan = try PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old, previous: before?.warmup, unresolved: unresolved), listenDescriptor: -1,
                                           shared: before?.warmup?.shared ?? PoolShared(workers: workerCount),
                                           serverCounters: Self.serverCounters(warmup.old, workers: workerCount, reusing: before?.warmup))
                 }
-                let addresses = try Self.resolve(pool, unresolved: unresolved)
+                let addresses = try Self.resolve(pool, previous: before, unresolved: unresolved)
                 let descriptor: Int32
                 if let reused = previous.first(where: { $0.config.listen == pool.listen }) {
                     descriptor = reused.listenDescriptor
@@ -319,9 +320,10 @@ public final class TernServer {
 
     /// Resolves a pool's servers (blocking; runs on the main thread, never on a worker loop).
     /// The servers' addresses. A host name that does not resolve fails, unless `unresolved` is
-    /// given (at start): then it is told, and the server has no address (its requests fail at
-    /// once, as nutcracker answers `Host is down`) until `--dns-refresh` or a reload resolves it.
-    static func resolve(_ pool: PoolConfig, unresolved: ((String) -> Void)? = nil) throws -> [SocketAddress] {
+    /// given: then it is told, and the server keeps its address in `previous` (the running
+    /// plan), or has none (its requests fail at once, as nutcracker answers `Host is down`)
+    /// until `--dns-refresh` or a reload resolves it.
+    static func resolve(_ pool: PoolConfig, previous: PoolPlan? = nil, unresolved: ((String) -> Void)? = nil) throws -> [SocketAddress] {
         var addresses: [SocketAddress] = []
         for server in pool.servers {
             switch server.address {
@@ -340,7 +342,11 @@ public final class TernServer {
                     let problem = "pool '\(pool.name)': server \(server.name): \(error)"
                     guard let unresolved else { throw StartupError(description: problem) }
                     unresolved(problem)
-                    addresses.append(SocketAddress(family: AF_UNSPEC, bytes: []))
+                    if let previous, let index = previous.config.servers.firstIndex(where: { $0.name == server.name && $0.address == server.address }) {
+                        addresses.append(previous.serverAddresses[index])
+                    } else {
+                        addresses.append(SocketAddress(family: AF_UNSPEC, bytes: []))
+                    }
                 }
             }
         }
@@ -526,7 +532,8 @@ public final class TernServer {
             lastResolution = now
             let changed = routed(config).pools.contains { pool in
                 guard let plan = plans.first(where: { $0.config.name == pool.name }) else { return false }
-                return (try? Self.resolve(pool)) .map { $0 != plan.serverAddresses } ?? false
+                // (A name that does not resolve now keeps its address: not a change.)
+                return (try? Self.resolve(pool, previous: plan, unresolved: { _ in })).map { $0 != plan.serverAddresses } ?? false
             }
             if changed {
                 logger.notice("a server host name resolves to a new address, applying")

@@ -400,6 +400,11 @@ class ReplyOwner {
     /// clients for it: the output is written, then the connection closes.
     func closeForServerFailure() { preconditionFailure("overridden by ClientConnection") }
 
+    /// A request of this client waits in Tern to be sent again (a cluster node that failed
+    /// before sending it): nothing it sends later is routed before it is answered, so that its
+    /// requests still run in the order sent.
+    func holdLaterRequests() {}
+
     /// The client's address and name, for a slow-log entry.
     func slowLogIdentity() -> (client: String, name: String) { ("", "") }
 

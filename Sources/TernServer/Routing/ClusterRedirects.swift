@@ -93,7 +93,9 @@ extension PoolRuntime {
     /// (hundreds of errors in a master's two-second failover, where redis-py's RedisCluster
     /// saw none). Requests the node may have received are not kept: they might have run.
     func keepUnsentRequest(_ request: RedirectedRequest, node: String) -> Bool {
-        guard isCluster, !isRetired, request.deadline > worker.now else { return false }
+        // A client that has left: nothing more is sent for it (it may have sent the request
+        // again elsewhere).
+        guard isCluster, !isRetired, request.deadline > worker.now, let client = request.slot.client, !client.isClosed else { return false }
         // The bytes must be exactly one request, and the command known, to go elsewhere.
         let arguments = RespArguments()
         let parsed = request.bytes.withUnsafeBytes { RespRequestParser.parse($0, limits: respLimits, into: arguments) }
@@ -105,9 +107,14 @@ extension PoolRuntime {
         default: isKeyed = false
         }
         let now = worker.now
-        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: false, slot: 0, target: node), request: request,
-                            waitUntil: request.deadline.isFinite ? request.deadline : now + 2, retryAt: now + Self.unsentRetry,
-                            isUnsent: true, isKeyed: isKeyed))
+        // Without a timeout the wait, and the request sent again, get 2 s in all: its deadline
+        // goes with it, so that waiting again after another refusal does not start over.
+        let kept = request.deadline.isFinite ? request
+            : RedirectedRequest(bytes: request.bytes, error: request.error, slot: request.slot, part: request.part, redirects: request.redirects,
+                                clientIndex: request.clientIndex, deadline: now + 2)
+        client.holdLaterRequests()
+        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: false, slot: 0, target: node), request: kept,
+                            waitUntil: kept.deadline, retryAt: now + Self.unsentRetry, isUnsent: true, isKeyed: isKeyed))
         return true
     }
 
@@ -145,6 +152,9 @@ extension PoolRuntime {
 
     private func park(_ entry: ParkedRedirect) {
         parked.append(entry)
+        // (The timer fires no later than this entry needs: no walk of the whole list, which a
+        // failover can fill with thousands of requests.)
+        if parkTimer?.isActive == true, min(entry.retryAt ?? entry.waitUntil, entry.waitUntil) >= parkTimerAt { return }
         armParkTimer()
     }
 
@@ -178,7 +188,8 @@ extension PoolRuntime {
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
-            if entry.isUnsent, entry.waitUntil > worker.now, serverIndex(named: entry.redirect.target) == nil, let target = unsentTarget(entry) {
+            if entry.isUnsent, entry.waitUntil > worker.now, entry.request.slot.client?.isClosed == false,
+               serverIndex(named: entry.redirect.target) == nil, let target = unsentTarget(entry) {
                 // The map no longer has its node: to another master at once.
                 resend(entry.request, toServer: target, asking: false)
                 continue
@@ -223,7 +234,7 @@ extension PoolRuntime {
         let waiting = parked
         parked.removeAll()
         for entry in waiting {
-            if entry.isUnsent, !all, entry.waitUntil > now {
+            if entry.isUnsent, !all, entry.waitUntil > now, entry.request.slot.client?.isClosed == false {
                 if let retryAt = entry.retryAt, retryAt > now {
                     parked.append(entry)
                 } else if let target = unsentTarget(entry) {
@@ -261,7 +272,8 @@ extension PoolRuntime {
             pool.expireParked()
         }
         parkTimer = timer
-        timer.start(after: max(0.001, first - worker.now))
+        parkTimerAt = max(worker.now + 0.001, first)
+        timer.start(after: parkTimerAt - worker.now)
     }
 
     /// The server of a hash slot (cluster pools).

@@ -67,6 +67,8 @@ final class PoolRuntime: BackendPool {
     /// Requests in phases waiting for such a map (`awaitMap`).
     var mapWaiters: [MapWaiter] = []
     var parkTimer: TimerWatcher?
+    /// When `parkTimer` fires (while it is active).
+    var parkTimerAt = Double.infinity
     /// `read_from` other than master: the replicas of each server (`servers[i]`'s in
     /// `replicas[i]`), which get `READONLY` on connect and single-key reads.
     private(set) var replicas: [[ServerRuntime]] = []
