@@ -317,6 +317,13 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try client.request("mg nowhere N30 v\r\n", until: "\r\n"), first)
         XCTAssertEqual(try client.request("mg nowhere N30 v\r\n", until: "\r\n"), try direct(reference, "mg reference N30 v\r\n", until: "\r\n"))
         XCTAssertEqual(try client.request("mg nowhere2 N30 q v\r\nmn\r\n", until: "MN\r\n"), try direct(reference, "mg reference2 N30 q v\r\nmn\r\n", until: "MN\r\n"))
+        // Two N flags: memcached refuses the line and makes nothing; Tern took out the first
+        // only and sent `mg … N40`, which made an empty item every client then read instead of
+        // the old value (a framing sweep; fails on 33c56b3).
+        XCTAssertEqual(try direct(old[setup.oldIndex("twice")], "set twice 4 0 3\r\nold\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("mg twice v N30 N40\r\n", until: "\r\n"), try direct(reference, "mg twice v N30 N40\r\n", until: "\r\n"))
+        XCTAssertEqual(try direct(new[setup.newIndex("twice")], "mg twice v\r\n", until: "\r\n"), "EN\r\n", "nothing made in the new pool")
+        XCTAssertEqual(try TestClient(port: setup.port).request("get twice\r\n", until: "END\r\n"), "VALUE twice 4 3\r\nold\r\nEND\r\n")
     }
 
     /// The limit counts a repeated key's old value once per place in the reply: the old value

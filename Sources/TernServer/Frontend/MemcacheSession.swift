@@ -339,13 +339,20 @@ extension ClientConnection {
     /// The `N<ttl>` flag of a meta request with the space before it, if it has one.
     private static func vivifyToken(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer) -> Range<Int>? {
         var position = request.keysEnd
+        var found: Range<Int>?
         while position < request.contentEnd {
             let start = position
             position += 1
             while position < request.contentEnd, frame[position] != 0x20 { position += 1 }
-            if position > start + 1, frame[start + 1] == UInt8(ascii: "N") { return start..<position }
+            if position > start + 1, frame[start + 1] == UInt8(ascii: "N") {
+                // Two: memcached refuses the line (`CLIENT_ERROR duplicate flag`), so it goes as
+                // sent; without one of them it would vivify (found by a framing sweep: the
+                // empty item hid the old pool's value from every client).
+                if found != nil { return nil }
+                found = start..<position
+            }
         }
-        return nil
+        return found
     }
 
     /// A meta command, routed by its key (decoded first when sent in base64). A quiet command
