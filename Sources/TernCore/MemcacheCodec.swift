@@ -706,7 +706,12 @@ extension MemcacheRequestParser {
             }
             switch bytes[flag.lowerBound] {
             case UInt8(ascii: "q"): request.isQuiet = true
-            case UInt8(ascii: "b"): request.isBase64Key = true
+            // `me` decodes its key only when the first token after it is exactly `b`
+            // (memcached's process_meta_command); the others read any flag that starts so. A
+            // key checked (`users:` prefixes) and placed decoded where memcached reads it raw
+            // let `me YXBwOng= v b` pass as `app:x`.
+            case UInt8(ascii: "b"):
+                if command != .metaDebug || flagCount == 1 && flag.count == 1 { request.isBase64Key = true }
             default: break
             }
         }
