@@ -258,6 +258,9 @@ public enum BinaryTranslator {
             flag("T", expiry(BinaryRequestParser.read32(extras, 0)))
         case .set, .add, .replace:
             guard !key.isEmpty, extras.count == 8, withKey("ms", dataLength: value.count) else { return .refuse(.invalidArguments) }
+            // memcached answers an Add with a CAS Not found and stores nothing (meta's add mode
+            // ignores C: it stored the value).
+            if opcode.base == .add, request.cas != 0 { return .refuse(.keyNotFound) }
             flag("F", UInt64(BinaryRequestParser.read32(extras, 0)))
             flag("T", expiry(BinaryRequestParser.read32(extras, 4)))
             if request.cas != 0 { flag("C", request.cas) }

@@ -235,6 +235,13 @@ final class MemcacheBinaryTests: XCTestCase {
                         "op=29 status=1 opaque=3 key= value=Not found", "op=35 status=1 opaque=4 key=absent value=",
                         "op=16 status=1 opaque=7 key= value=Not found", "op=10 status=0 opaque=8 key= value="]
         XCTAssertEqual(try exchange(reference.port, misses, expect: 6), expected, "memcached")
+        // An Add with a CAS: Not found, nothing stored (Tern's meta add ignored the CAS and
+        // stored the value, which other clients then read; a framing sweep, fails on 33c56b3).
+        let addWithCAS = packet(0x02, key: "addcas", extras: [0, 0, 0, 0, 0, 0, 0, 0], value: Array("v".utf8), opaque: 12, cas: 5)
+            + packet(0x00, key: "addcas", opaque: 13)
+        let addExpected = ["op=2 status=1 opaque=12 key= value=Not found", "op=0 status=1 opaque=13 key= value=Not found"]
+        XCTAssertEqual(try exchange(reference.port, addWithCAS, expect: 2), addExpected, "memcached")
+        XCTAssertEqual(try exchange(plain.port, addWithCAS, expect: 2), addExpected)
         for port in [plain.port, warmPort] {
             XCTAssertEqual(try exchange(port, misses, expect: 6), expected, "port \(port)")
             // Tern does not reset its servers' figures: refused, as an unknown group.
