@@ -308,6 +308,26 @@ final class IsolationTests: XCTestCase {
         }
     }
 
+    /// A get line of 104,000 missing keys costs memcached 0.04–0.1 s on the connection every
+    /// client of that server shares, and answers `END`: the window counted requests, so 30
+    /// such lines pipelined went out together and the canary waited past the pool's one-second
+    /// timeout (a framing sweep: two `SERVER_ERROR Connection timed out`; fails on 33c56b3).
+    /// A request's keys now count toward the window: one such line in flight at a time.
+    func testCostlyGetLinesDoNotHoldTheSharedConnection() throws {
+        let memcached = try group.memcached()
+        let mc = try start([memcached.address], timeout: 1000)
+        var line = Array("get".utf8)
+        for index in 0..<104_000 { line += Array(" lk\(index + 10_000_000)".utf8).prefix(3) + Array("\(index + 10_000_000)".utf8).dropFirst() }
+        line += Array("\r\n".utf8)
+        XCTAssertEqual(line.count, 1_040_005)
+        let canary = Canary(port: mc.port, redis: false)
+        usleep(200_000)
+        let offender = try TestClient(port: mc.port, timeout: 30)
+        try offender.send(Array([[UInt8]](repeating: line, count: 30).joined()))
+        XCTAssertEqual(String(decoding: try offender.receive(until: "END\r\n", occurrences: 30), as: UTF8.self), String(repeating: "END\r\n", count: 30))
+        canary.check()
+    }
+
     /// A read that names a key more than once (`get k j k`, `MGET k j k`) asks each server
     /// for that key once, and Tern copies its record into each place the client named it. The
     /// reply is the one the server would give; what crosses the shared connection is not

@@ -399,6 +399,7 @@ extension ClientConnection {
     /// than once is asked once and its record copied for each repeat (`RepeatedKeys`).
     private func routeMultiGet(_ request: MemcacheRequest, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot, warmup: WarmupRead? = nil) {
         slot.warmup = warmup
+        noteRequestKeys(request.keyCount)
         var position = request.keysStart
         var firstServer = -1
         var singleServer = true
