@@ -151,7 +151,7 @@ final class RedisClusterTests: XCTestCase {
         usleep(200_000)
 
         let process = try XCTUnwrap(tern)
-        kill(process.processIdentifier, SIGSTOP)
+        stopProcess(process)
         var stopped = true
         defer { if stopped { kill(process.processIdentifier, SIGCONT) } }
         XCTAssertEqual(try cluster.call(replica, "CLUSTER", "FAILOVER"), "+OK\r\n")

@@ -767,7 +767,7 @@ final class RedisSessionTests: XCTestCase {
         ]
         for (round, test) in cases.enumerated() {
             let message = "m\(round)"
-            kill(tern.processIdentifier, SIGSTOP)
+            stopProcess(tern)
             XCTAssertEqual(try backends[0].call("PUBLISH", a, message), ":1\r\n")
             usleep(50_000)
             try subscriber.send(TestClient.encode(test.request))
