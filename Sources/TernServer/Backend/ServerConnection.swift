@@ -1165,7 +1165,7 @@ final class ServerConnection {
         stopTimer()
         // Cluster pools: the requests of a failing node this socket never sent (from
         // `unsentFrom` on in `output`) may wait for the node, or a map without it.
-        let unsentFrom = serverFailure && server.pool.isCluster && !isDedicated && pushClient == nil && stream == nil ? sentBytes : Int.max
+        let unsentFrom = serverFailure && server.pool.isCluster && pushClient == nil && stream == nil ? sentBytes : Int.max
         var offset = answeredBytes
         pendingError = 0
         retryBeforeLastChance = 0
@@ -1203,7 +1203,13 @@ final class ServerConnection {
         let errorBytes = unsentFrom < .max ? Array((isRedis ? "-ERR \(reason)\r\n" : "SERVER_ERROR \(reason)\r\n").utf8) : []
         while let entry = popEntry() {
             defer { offset += entry.bytes }
-            if offset >= unsentFrom, entry.purpose == .client, let slot = entry.slot, let client = slot.client,
+            // A request in phases (a transaction, a blocking command, a WATCH) decides itself.
+            if offset >= unsentFrom, entry.purpose == .client, let slot = entry.slot, let phased = slot.warmup, !phased.partsFollowRedirects || isDedicated {
+                if phased.keepUnsent(slot, part: entry.part, node: server.name, reason: reason) { continue }
+                dropped.append((slot, entry.part))
+                continue
+            }
+            if offset >= unsentFrom, entry.purpose == .client, !isDedicated, let slot = entry.slot, let client = slot.client,
                slot.warmup?.partsFollowRedirects ?? true, let bytes = outputBytes(offset..<(offset + entry.bytes)),
                server.pool.keepUnsent(RedirectedRequest(bytes: Array(bytes), error: errorBytes, slot: slot, part: entry.part, redirects: entry.redirects,
                                                         clientIndex: client.index, deadline: entry.deadline), node: server.name) {

@@ -535,6 +535,25 @@ final class ClusterExec: PhasedRead {
     /// A queued command's `-MOVED` is read here, never sent again alone (outside MULTI).
     override var partsFollowRedirects: Bool { false }
 
+    /// The node's connection failed before the EXEC was sent (a master failing over): nothing
+    /// ran (a MULTI without its EXEC runs nothing), so the transaction waits for the node, or a
+    /// map without it, and is sent whole again, as a plain request does (`keepUnsentRequest`);
+    /// MULTI's and the commands' parts fail as before (their replies are not the answer).
+    /// A watched one cannot: its WATCH was on that connection.
+    override func keepUnsent(_ slot: ReplySlot, part: Int32, node: String, reason: String) -> Bool {
+        guard part == ReplyPart.whole, !isWatched, let client = slot.client as? ClientConnection, !client.isClosed else { return false }
+        let pool = client.pool
+        client.holdLaterRequests()
+        pool.retryUnsent(node: node, clientIndex: client.index, deadline: pool.timeoutSeconds.map { client.worker.now + $0 } ?? .infinity,
+                         send: { [self] server in
+                             slot.data.removeAll()
+                             slot.hasError = false
+                             _ = send(on: pool.servers[server].connection(for: client.index), slot, asking: false, isFirst: false)
+                         },
+                         giveUp: { slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: true) })
+        return true
+    }
+
     init(commands: [UInt8], count: Int, isWatched: Bool) {
         self.commands = commands
         self.count = count
@@ -727,6 +746,23 @@ final class ClusterBlocking: PhasedRead {
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
         slot.holdFailure(reason, serverFailure: serverFailure)
         redirect = nil
+    }
+
+    /// The node's dedicated connection failed before the command was sent (a master failing
+    /// over): it waits for the node, or a map without it, and is sent there (another master's
+    /// -MOVED leads it on), as a plain request does (`keepUnsentRequest`). Nothing was popped.
+    override func keepUnsent(_ slot: ReplySlot, part: Int32, node: String, reason: String) -> Bool {
+        guard part == ReplyPart.whole, let client = slot.client as? ClientConnection, !client.isClosed, !client.closeWhenDrained else { return false }
+        let pool = client.pool
+        pool.retryUnsent(node: node, clientIndex: client.index, deadline: blockFor.map { client.worker.now + (pool.timeoutSeconds ?? 2) + $0 } ?? .infinity,
+                         send: { [self] server in
+                             guard !client.isClosed, !client.closeWhenDrained else {
+                                 return slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: true)
+                             }
+                             send(slot, client, to: server, asking: false)
+                         },
+                         giveUp: { slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: true) })
+        return true
     }
 
     override func advance(_ slot: ReplySlot) -> Bool {

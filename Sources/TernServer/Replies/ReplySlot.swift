@@ -629,6 +629,10 @@ class PhasedRead {
     /// Whether a part answered `-MOVED`/`-ASK`/`-TRYAGAIN` may be sent again on its own by the
     /// connection (cluster pools); false for parts that only mean something together.
     var partsFollowRedirects: Bool { true }
+    /// Cluster pools: part `part` was never sent to node `node`, whose connection failed (a
+    /// connect refused, or its backoff): true when this request sends it again later (or
+    /// fails it then) itself, false to fail it now.
+    func keepUnsent(_ slot: ReplySlot, part: Int32, node: String, reason: String) -> Bool { false }
 }
 
 extension ReplySlot {

@@ -125,12 +125,34 @@ extension PoolRuntime {
     /// connection may connect; another master when the map no longer has the node (a keyed
     /// request); nil to wait on.
     private func unsentTarget(_ entry: ParkedRedirect) -> Int? {
+        unsentTarget(node: entry.redirect.target, isKeyed: entry.isKeyed, clientIndex: entry.request.clientIndex)
+    }
+
+    private func unsentTarget(node name: String, isKeyed: Bool, clientIndex: Int) -> Int? {
         func mayConnect(_ index: Int) -> Bool {
-            !withConnection(toServer: index, client: entry.request.clientIndex) { $0.isBackingOff }
+            !withConnection(toServer: index, client: clientIndex) { $0.isBackingOff }
         }
-        if let node = serverIndex(named: entry.redirect.target) { return mayConnect(node) ? node : nil }
-        guard entry.isKeyed else { return nil }
+        if let node = serverIndex(named: name) { return mayConnect(node) ? node : nil }
+        guard isKeyed else { return nil }
         return servers.indices.first(where: mayConnect)
+    }
+
+    /// A request in phases (a transaction, a blocking command) that node `node` never
+    /// received, as `keepUnsentRequest` keeps a plain one: `send` gets the node once it may be
+    /// connected to again, or another master once a map no longer has it (the request follows
+    /// that master's -MOVED itself); `giveUp` runs when `deadline` (2 s when infinite) or the
+    /// pool's end comes first.
+    func retryUnsent(node: String, clientIndex: Int, deadline: Double, send: @escaping (Int) -> Void, giveUp: @escaping () -> Void) {
+        let limit = deadline.isFinite ? deadline : worker.now + 2
+        func attempt(_ due: Int?) {
+            guard due != nil, !isRetired else { return giveUp() }
+            if let target = unsentTarget(node: node, isKeyed: true, clientIndex: clientIndex) {
+                send(target)
+            } else {
+                retryLater(at: worker.now + Self.unsentRetry, deadline: limit, attempt)
+            }
+        }
+        retryLater(at: worker.now + Self.unsentRetry, deadline: limit, attempt)
     }
 
     /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
