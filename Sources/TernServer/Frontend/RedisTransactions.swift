@@ -430,6 +430,25 @@ final class FirstWatch: PhasedRead {
         redirect = isError ? ClusterRedirect.parse(reply) : nil
     }
 
+    /// The node's connection failed before the WATCH was sent (a master failing over): nothing
+    /// is watched yet, so it waits for the node, or a map without it, and goes there on a new
+    /// dedicated connection (another master's -MOVED leads it on), as a plain request does.
+    override func keepUnsent(_ slot: ReplySlot, part: Int32, node: String, reason: String) -> Bool {
+        guard part == ReplyPart.whole, let client = slot.client as? ClientConnection, !client.isClosed, let session = client.redis,
+              let watch = session.watch, watch.connection === lease.connection, watch.lease == lease.lease else { return false }
+        let pool = client.pool
+        pool.retryUnsent(node: node, clientIndex: client.index, deadline: pool.timeoutSeconds.map { client.worker.now + $0 } ?? .infinity,
+                         send: { [self] server in
+                             guard !client.isClosed, let current = session.watch, current.connection === lease.connection,
+                                   let connection = pool.servers[server].leaseDedicated() else {
+                                 return slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: true)
+                             }
+                             send(slot, session, on: connection)
+                         },
+                         giveUp: { slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: true) })
+        return true
+    }
+
     /// Tern's own failure (timeout, connection lost): the lease stays, so that the client's
     /// EXEC fails ("the connection that held WATCH was lost") instead of running unwatched.
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
