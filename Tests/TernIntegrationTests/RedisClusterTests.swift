@@ -928,6 +928,36 @@ final class RedisClusterTests: XCTestCase {
         print(String(format: "killed master: the requests for its slots were answered %.2f s after the kill; innocent client: %d requests, %d errors", waited, requests, errors.count))
     }
 
+    /// A master that is down and stays in the map (no replica takes over): the requests kept
+    /// for it get the connection's error once the pool's timeout has passed since the first
+    /// refusal, however often the node refuses meanwhile, and a WATCH kept for it gives each
+    /// dedicated connection it tried back. Before (found by review), a transaction, a blocking
+    /// command and a WATCH got a new wait at each refusal and were never answered, and each
+    /// WATCH retry kept a dedicated connection, until the node's were all taken.
+    func testRequestsForADownMasterThatStaysInTheMapEndAtTheirTimeout() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0], cluster.ports[1]], timeout: 600, extra: "  dedicated_connections: 2\n")
+        let tag = "dn"
+        let client = try TestClient(port: port, timeout: 10)
+        XCTAssertEqual(try client.call("GET", "{\(tag)}:k"), "$-1\r\n", "the map Tern has")
+        let victim = try cluster.owner(of: Self.slot(tag))
+        let process = cluster.processes[cluster.ports.firstIndex(of: victim)!]
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        usleep(200_000)
+        for round in 0..<4 {
+            let started = Date()
+            try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["INCR", "{\(tag)}:n"]) + TestClient.encode(["EXEC"]))
+            let transaction = String(decoding: try client.receiveReplies(3), as: UTF8.self)
+            XCTAssertTrue(transaction.hasPrefix("+OK\r\n+QUEUED\r\n-ERR Connection refused"), "round \(round): \(transaction)")
+            XCTAssertEqual(try client.call("WATCH", "{\(tag)}:w"), "-ERR Connection refused\r\n", "round \(round): no dedicated connection kept")
+            // (The failed WATCH stays, so that an EXEC would fail rather than run unwatched.)
+            XCTAssertEqual(try client.call("UNWATCH"), "+OK\r\n")
+            XCTAssertEqual(try client.call("BLPOP", "{\(tag)}:q", "0.2"), "-ERR Connection refused\r\n", "round \(round)")
+            XCTAssertLessThan(Date().timeIntervalSince(started), 4, "round \(round)")
+        }
+    }
+
     /// Every seed down at start: Tern starts, answers -CLUSTERDOWN (PING still answered) and
     /// keeps asking; once the cluster is made on those ports it routes. A second Tern whose
     /// first seed is down and second a replica gets the map from the next one.

@@ -82,7 +82,8 @@ extension ClientConnection {
             if session.watchBroken { session.watchBroken = false }
             guard let watch = session.watch else { return slot.complete(with: "+OK\r\n" as StaticString) }
             session.watch = nil
-            guard watch.isIntact else {
+            // A connection that is not open watches nothing (a WATCH its node refused).
+            guard watch.isIntact, watch.connection.isOpen else {
                 releaseWatch(watch)
                 return slot.complete(with: "+OK\r\n" as StaticString)
             }
@@ -418,6 +419,8 @@ final class FirstWatch: PhasedRead {
     private var isError = false
     private var redirect: ClusterRedirect?
     private var redirects: UInt8 = 0
+    /// Kept after its node failed before it was sent: when the wait ends (`keepUnsent`).
+    private var keptUntil: Double = 0
 
     init(_ lease: DedicatedLease, request: [UInt8]) {
         self.lease = lease
@@ -437,10 +440,18 @@ final class FirstWatch: PhasedRead {
         guard part == ReplyPart.whole, let client = slot.client as? ClientConnection, !client.isClosed, let session = client.redis,
               let watch = session.watch, watch.connection === lease.connection, watch.lease == lease.lease else { return false }
         let pool = client.pool
-        pool.retryUnsent(node: node, clientIndex: client.index, deadline: pool.timeoutSeconds.map { client.worker.now + $0 } ?? .infinity,
+        // The first refusal sets how long it may wait in all.
+        if keptUntil == 0 { keptUntil = client.worker.now + (pool.timeoutSeconds ?? 2) }
+        pool.retryUnsent(node: node, clientIndex: client.index, deadline: keptUntil,
                          send: { [self] server in
-                             guard !client.isClosed, let current = session.watch, current.connection === lease.connection,
-                                   let connection = pool.servers[server].leaseDedicated() else {
+                             guard !client.isClosed, let current = session.watch, current.connection === lease.connection else {
+                                 return slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: true)
+                             }
+                             // The failed connection's lease goes back first (it holds nothing).
+                             session.watch = nil
+                             client.releaseWatch(current)
+                             guard let connection = pool.servers[server].leaseDedicated() else {
+                                 session.watch = current
                                  return slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: true)
                              }
                              send(slot, session, on: connection)
@@ -539,6 +550,8 @@ final class ClusterExec: PhasedRead {
     private var redirects: UInt8 = 0
     /// The node a new map brought for the redirect waited on (`awaitMap`).
     private var mapTarget: Int?
+    /// Kept after its node failed before the EXEC was sent: when the wait ends (`keepUnsent`).
+    private var keptUntil: Double = 0
     /// The node the transaction went to last (by name: a new map renumbers the servers), and
     /// whether after ASKING.
     private var sentTo = ""
@@ -563,7 +576,9 @@ final class ClusterExec: PhasedRead {
         guard part == ReplyPart.whole, !isWatched, let client = slot.client as? ClientConnection, !client.isClosed else { return false }
         let pool = client.pool
         client.holdLaterRequests()
-        pool.retryUnsent(node: node, clientIndex: client.index, deadline: pool.timeoutSeconds.map { client.worker.now + $0 } ?? .infinity,
+        // The first refusal sets how long it may wait in all.
+        if keptUntil == 0 { keptUntil = client.worker.now + (pool.timeoutSeconds ?? 2) }
+        pool.retryUnsent(node: node, clientIndex: client.index, deadline: keptUntil,
                          send: { [self] server in
                              slot.data.removeAll()
                              slot.hasError = false
@@ -751,6 +766,8 @@ final class ClusterBlocking: PhasedRead {
     private let blockFor: Double?
     private var redirect: ClusterRedirect?
     private var redirects: UInt8 = 0
+    /// Kept after its node failed before it was sent: when the wait ends (`keepUnsent`).
+    private var keptUntil: Double = 0
 
     init(_ waiter: DedicatedWaiter) {
         request = waiter.request
@@ -773,7 +790,9 @@ final class ClusterBlocking: PhasedRead {
     override func keepUnsent(_ slot: ReplySlot, part: Int32, node: String, reason: String) -> Bool {
         guard part == ReplyPart.whole, let client = slot.client as? ClientConnection, !client.isClosed, !client.closeWhenDrained else { return false }
         let pool = client.pool
-        pool.retryUnsent(node: node, clientIndex: client.index, deadline: blockFor.map { client.worker.now + (pool.timeoutSeconds ?? 2) + $0 } ?? .infinity,
+        // The first refusal sets how long it may wait in all (its blocking time comes after).
+        if keptUntil == 0 { keptUntil = client.worker.now + (pool.timeoutSeconds ?? 2) }
+        pool.retryUnsent(node: node, clientIndex: client.index, deadline: keptUntil,
                          send: { [self] server in
                              guard !client.isClosed, !client.closeWhenDrained else {
                                  return slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: true)

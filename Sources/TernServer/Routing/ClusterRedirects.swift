@@ -24,6 +24,9 @@ struct ParkedRedirect {
     /// (Unsent requests:) keyed, so that any master redirects it to its keys' node; a keyless
     /// request (EVAL with no keys, a part of DBSIZE) goes to its own node or fails.
     var isKeyed = false
+    /// When it was kept (`PoolRuntime.parkSequence`): waiting requests that go on at one
+    /// moment go in this order, so that one client's requests still run in the order sent.
+    var sequence = 0
 }
 
 /// A request in phases (a blocking command, a first WATCH, a cluster transaction) answered a
@@ -39,6 +42,9 @@ struct MapWaiter {
     let redirect: ClusterRedirect
     let waitUntil: Double
     var retryAt: Double? = nil
+    /// A request its node never received (`retryUnsent`): tried at once when a map comes too.
+    var isUnsent = false
+    var sequence = 0
     let resume: (Int?) -> Void
 }
 
@@ -47,15 +53,20 @@ extension PoolRuntime {
     /// (2 s when it is infinite), as a redirected request is parked (`followRedirect`).
     func awaitMap(for redirect: ClusterRedirect, deadline: Double, _ resume: @escaping (Int?) -> Void) {
         plan.shared.cluster.requestRefresh()
-        mapWaiters.append(MapWaiter(redirect: redirect, waitUntil: deadline.isFinite ? deadline : worker.now + 2, resume: resume))
+        parkSequence += 1
+        mapWaiters.append(MapWaiter(redirect: redirect, waitUntil: deadline.isFinite ? deadline : worker.now + 2, sequence: parkSequence, resume: resume))
         armParkTimer()
     }
 
     /// Calls `resume` with 0 at `moment`, or nil if `deadline` (2 s when infinite) or the
     /// pool's end comes first.
-    func retryLater(at moment: Double, deadline: Double, _ resume: @escaping (Int?) -> Void) {
-        mapWaiters.append(MapWaiter(redirect: ClusterRedirect(isAsk: false, slot: 0, target: ""), waitUntil: deadline.isFinite ? deadline : worker.now + 2,
-                                    retryAt: moment, resume: resume))
+    func retryLater(at moment: Double, deadline: Double, isUnsent: Bool = false, sequence: Int? = nil, _ resume: @escaping (Int?) -> Void) {
+        let waitUntil = deadline.isFinite ? deadline : worker.now + 2
+        if sequence == nil { parkSequence += 1 }
+        mapWaiters.append(MapWaiter(redirect: ClusterRedirect(isAsk: false, slot: 0, target: ""), waitUntil: waitUntil,
+                                    retryAt: moment, isUnsent: isUnsent, sequence: sequence ?? parkSequence, resume: resume))
+        // (The timer fires no later than this one needs: no walk of every waiting request.)
+        if parkTimer?.isActive == true, min(moment, waitUntil) >= parkTimerAt { return }
         armParkTimer()
     }
 
@@ -113,8 +124,9 @@ extension PoolRuntime {
             : RedirectedRequest(bytes: request.bytes, error: request.error, slot: request.slot, part: request.part, redirects: request.redirects,
                                 clientIndex: request.clientIndex, deadline: now + 2)
         client.holdLaterRequests()
+        parkSequence += 1
         park(ParkedRedirect(redirect: ClusterRedirect(isAsk: false, slot: 0, target: node), request: kept,
-                            waitUntil: kept.deadline, retryAt: now + Self.unsentRetry, isUnsent: true, isKeyed: isKeyed))
+                            waitUntil: kept.deadline, retryAt: now + Self.unsentRetry, isUnsent: true, isKeyed: isKeyed, sequence: parkSequence))
         return true
     }
 
@@ -142,17 +154,20 @@ extension PoolRuntime {
     /// connected to again, or another master once a map no longer has it (the request follows
     /// that master's -MOVED itself); `giveUp` runs when `deadline` (2 s when infinite) or the
     /// pool's end comes first.
+    /// `deadline` is fixed by the caller once, when the request is first kept, so that a node
+    /// that keeps refusing cannot keep it waiting: each refusal keeps it again.
     func retryUnsent(node: String, clientIndex: Int, deadline: Double, send: @escaping (Int) -> Void, giveUp: @escaping () -> Void) {
-        let limit = deadline.isFinite ? deadline : worker.now + 2
+        parkSequence += 1
+        let sequence = parkSequence
         func attempt(_ due: Int?) {
-            guard due != nil, !isRetired else { return giveUp() }
+            guard due != nil, !isRetired, deadline > worker.now else { return giveUp() }
             if let target = unsentTarget(node: node, isKeyed: true, clientIndex: clientIndex) {
                 send(target)
             } else {
-                retryLater(at: worker.now + Self.unsentRetry, deadline: limit, attempt)
+                retryLater(at: worker.now + Self.unsentRetry, deadline: deadline, isUnsent: true, sequence: sequence, attempt)
             }
         }
-        retryLater(at: worker.now + Self.unsentRetry, deadline: limit, attempt)
+        retryLater(at: worker.now + Self.unsentRetry, deadline: deadline, isUnsent: true, sequence: sequence, attempt)
     }
 
     /// A request answered `-TRYAGAIN` by node `server` (keys of a migrating slot split between
@@ -173,6 +188,11 @@ extension PoolRuntime {
     }
 
     private func park(_ entry: ParkedRedirect) {
+        var entry = entry
+        if entry.sequence == 0 {
+            parkSequence += 1
+            entry.sequence = parkSequence
+        }
         parked.append(entry)
         // (The timer fires no later than this entry needs: no walk of the whole list, which a
         // failover can fill with thousands of requests.)
@@ -190,9 +210,16 @@ extension PoolRuntime {
     /// node is still unknown goes to its slot's owner in the new map.
     func redispatchParked() {
         guard !parked.isEmpty || !mapWaiters.isEmpty else { return }
+        // What goes on now, in the order it was kept (one client's requests in the order sent).
+        var actions: [(sequence: Int, run: () -> Void)] = []
         let waiters = mapWaiters
         mapWaiters.removeAll()
         for waiter in waiters {
+            if waiter.isUnsent {
+                // A kept request in phases looks at once (its node may have left the map).
+                actions.append((waiter.sequence, { waiter.resume(0) }))
+                continue
+            }
             guard waiter.retryAt == nil else {
                 mapWaiters.append(waiter)
                 continue
@@ -200,9 +227,9 @@ extension PoolRuntime {
             let target = serverIndex(named: waiter.redirect.target)
                 ?? (waiter.redirect.isAsk ? nil : placement.server(forHash: UInt32(waiter.redirect.slot)))
             if let target {
-                waiter.resume(target)
+                actions.append((waiter.sequence, { waiter.resume(target) }))
             } else if waiter.waitUntil <= worker.now {
-                waiter.resume(nil)
+                actions.append((waiter.sequence, { waiter.resume(nil) }))
             } else {
                 mapWaiters.append(waiter)
             }
@@ -213,7 +240,7 @@ extension PoolRuntime {
             if entry.isUnsent, entry.waitUntil > worker.now, entry.request.slot.client?.isClosed == false,
                serverIndex(named: entry.redirect.target) == nil, let target = unsentTarget(entry) {
                 // The map no longer has its node: to another master at once.
-                resend(entry.request, toServer: target, asking: false)
+                actions.append((entry.sequence, { self.resend(entry.request, toServer: target, asking: false) }))
                 continue
             }
             guard entry.retryAt == nil else {
@@ -221,19 +248,25 @@ extension PoolRuntime {
                 continue
             }
             if entry.waitUntil <= worker.now {
-                giveUp(entry.request)
+                actions.append((entry.sequence, { self.giveUp(entry.request) }))
                 continue
             }
             let named = serverIndex(named: entry.redirect.target)
             var target = named
             if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
             if let target {
-                resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil)
+                actions.append((entry.sequence, { self.resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil) }))
             } else {
                 parked.append(entry)
             }
         }
+        run(actions)
         armParkTimer()
+    }
+
+    /// Runs `actions` in the order their requests were kept.
+    private func run(_ actions: [(sequence: Int, run: () -> Void)]) {
+        for action in actions.sorted(by: { $0.sequence < $1.sequence }) { action.run() }
     }
 
     /// Retries that are due go out; requests whose deadline has passed (all of them when `all`)
@@ -242,13 +275,14 @@ extension PoolRuntime {
     func expireParked(all: Bool = false) {
         let now = worker.now + 0.0005
         for server in servers { server.expireWaiting(now: now) }
+        var actions: [(sequence: Int, run: () -> Void)] = []
         let waiters = mapWaiters
         mapWaiters.removeAll()
         for waiter in waiters {
             if all || waiter.waitUntil <= now {
-                waiter.resume(nil)
+                actions.append((waiter.sequence, { waiter.resume(nil) }))
             } else if let retryAt = waiter.retryAt, retryAt <= now {
-                waiter.resume(0)
+                actions.append((waiter.sequence, { waiter.resume(0) }))
             } else {
                 mapWaiters.append(waiter)
             }
@@ -260,7 +294,7 @@ extension PoolRuntime {
                 if let retryAt = entry.retryAt, retryAt > now {
                     parked.append(entry)
                 } else if let target = unsentTarget(entry) {
-                    resend(entry.request, toServer: target, asking: false)
+                    actions.append((entry.sequence, { self.resend(entry.request, toServer: target, asking: false) }))
                 } else {
                     var again = entry
                     again.retryAt = now + Self.unsentRetry
@@ -269,13 +303,14 @@ extension PoolRuntime {
                 continue
             }
             if !all, entry.waitUntil > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
-                resend(entry.request, toServer: server, asking: entry.redirect.isAsk)
+                actions.append((entry.sequence, { self.resend(entry.request, toServer: server, asking: entry.redirect.isAsk) }))
             } else if all || entry.waitUntil <= now || entry.retryAt.map({ $0 <= now }) == true {
-                giveUp(entry.request)
+                actions.append((entry.sequence, { self.giveUp(entry.request) }))
             } else {
                 parked.append(entry)
             }
         }
+        run(actions)
         armParkTimer()
     }
 

@@ -69,6 +69,8 @@ final class PoolRuntime: BackendPool {
     var parkTimer: TimerWatcher?
     /// When `parkTimer` fires (while it is active).
     var parkTimerAt = Double.infinity
+    /// Numbers the requests kept waiting in the order they were kept (`ParkedRedirect.sequence`).
+    var parkSequence = 0
     /// `read_from` other than master: the replicas of each server (`servers[i]`'s in
     /// `replicas[i]`), which get `READONLY` on connect and single-key reads.
     private(set) var replicas: [[ServerRuntime]] = []
