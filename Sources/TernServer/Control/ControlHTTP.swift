@@ -143,8 +143,8 @@ final class ControlLoop {
     /// pass shares one response per distinct request (`method path?query`; "" for the stats
     /// port's bytes). A flood of `/metrics` requests (a render costs milliseconds) then costs
     /// one render per pass rather than one per connection, and cannot fill the listen backlog
-    /// ahead of a health probe. Emptied at each pass: no answer is older than the poll that
-    /// reported its request.
+    /// ahead of a health probe. Emptied at each pass: an answer is at most that pass's
+    /// milliseconds older than a request that joined it (accepted later in the same pass).
     private var madeThisPass: [(request: String, response: ControlResponse)] = []
 
     init(server: ControlServer) { self.server = server }
