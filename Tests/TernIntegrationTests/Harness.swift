@@ -283,7 +283,10 @@ struct TestError: Error, CustomStringConvertible {
 
 /// A blocking socket client with a receive timeout.
 final class TestClient {
-    let fd: Int32
+    /// -1 once closed: a descriptor is closed once (closed twice, the second close could take
+    /// another thread's socket that reused the number: an innocent client's requests then went
+    /// straight to a cluster node, or failed with EBADF).
+    private(set) var fd: Int32
 
     /// `receiveBuffer`: the socket's SO_RCVBUF, set before connecting (a small one keeps a
     /// large reply in the server's output instead of the kernel's buffers).
@@ -295,7 +298,12 @@ final class TestClient {
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         address.sin_port = UInt16(port).bigEndian
         let result = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard result == 0 else { Glibc.close(fd); throw TestError("connect to \(port): \(String(cString: strerror(errno)))") }
+        guard result == 0 else {
+            let error = errno
+            Glibc.close(fd)
+            fd = -1
+            throw TestError("connect to \(port): \(String(cString: strerror(error)))")
+        }
         setTimeout(timeout)
     }
 
@@ -307,7 +315,12 @@ final class TestClient {
             for (i, byte) in unixPath.utf8.enumerated() { raw[i] = byte }
         }
         let result = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard result == 0 else { Glibc.close(fd); throw TestError("connect to \(unixPath): \(String(cString: strerror(errno)))") }
+        guard result == 0 else {
+            let error = errno
+            Glibc.close(fd)
+            fd = -1
+            throw TestError("connect to \(unixPath): \(String(cString: strerror(error)))")
+        }
         setTimeout(timeout)
     }
 
@@ -316,10 +329,13 @@ final class TestClient {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    func close() { Glibc.close(fd) }
+    func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
     /// Ends the client's side of the stream (FIN); replies can still be read.
     func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
-    deinit { Glibc.close(fd) }
+    deinit { if fd >= 0 { Glibc.close(fd) } }
 
     func send(_ text: String) throws { try send(Array(text.utf8)) }
 
