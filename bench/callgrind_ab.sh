@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Instructions executed by Tern's worker thread for a fixed load, under callgrind, for A/B of
 # two builds (wall-clock CPU on this 2-core VM moves by ±10 %; instruction counts do not).
-#   bench/callgrind_ab.sh <tern binary> <label> <redis|redisp1|getp16|setp16|mcsingle|mget>
-# then compare the `summary:` line of $dir/cg-<label>-<load>.out-02 (thread 2 is the worker).
+#   bench/callgrind_ab.sh <tern binary> <label> <redis|redisp1|mset|getp16|setp16|mcsingle|mget>
+# (PER_INSTRUCTION=1 records counts per instruction address, for callgrind_annotate --auto=no
+# with objdump of the same binary), then compare the `summary:` line of $dir/cg-<label>-<load>.out-02 (thread 2 is the worker).
 # A stripped copy of the binary runs with --threads 1 and the slow log off; backend ports are
 # fixed so that keys land on the same servers in both runs.
 set -euo pipefail
@@ -33,7 +34,7 @@ r:
   slowlog_log_slower_than: -1
 YML
 sleep 0.5
-valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file=$dir/cg-$label.out $dir/tern-$label -c $dir/tern-$label.yml --threads 1 --no-stats -v 3 > $dir/vg-$label.log 2>&1 & vg=$!
+valgrind --tool=callgrind --separate-threads=yes ${PER_INSTRUCTION:+--dump-instr=yes} --callgrind-out-file=$dir/cg-$label.out $dir/tern-$label -c $dir/tern-$label.yml --threads 1 --no-stats -v 3 > $dir/vg-$label.log 2>&1 & vg=$!
 for i in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$tr) 2>/dev/null && break; sleep 0.2; done
 sleep 1
 if [ $load = getp16 ]; then
@@ -44,6 +45,8 @@ elif [ $load = redis ]; then
 redis-benchmark -p $tr -t set -n 20000 -P 16 -r 1000 -d 32 -q >/dev/null
 redis-benchmark -p $tr -t get -n 50000 -P 16 -r 1000 -d 32 -q >/dev/null
 redis-benchmark -p $tr -n 30000 -P 16 -r 1000 -q mget key:__rand_int__ key:__rand_int__ key:__rand_int__ key:__rand_int__ >/dev/null
+elif [ $load = mset ]; then
+redis-benchmark -p $tr -t mset -n 20000 -c 10 -r 100000 -d 32 -q >/dev/null
 elif [ $load = redisp1 ]; then
 redis-benchmark -p $tr -t set,get -n 20000 -c 10 -r 1000 -d 32 -q >/dev/null
 elif [ $load = mget ]; then

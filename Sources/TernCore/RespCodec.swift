@@ -125,6 +125,33 @@ public final class RespArguments {
         return spans.unsafelyUnwrapped[index]
     }
 
+    /// Where argument `index` of a multibulk request starts in its frame with its header: the
+    /// bytes from there to `encodedEnd(index)` are `$<length>\r\n<argument>\r\n`, exactly what
+    /// `RespEncoder.bulk` would write for it, so a part of a split request can copy runs of
+    /// them. The parser reads only canonical lengths (`RespRequestParser.header`: no sign, no
+    /// leading zero), so the header's size follows from the length. Not for inline requests,
+    /// whose arguments are decoded copies.
+    @inlinable
+    public func encodedStart(_ index: Int) -> Int {
+        precondition(!isInline, "an inline request has no encoded arguments")
+        let span = span(index)
+        var digits = 1
+        var rest = span.length
+        while rest >= 10 {
+            rest /= 10
+            digits += 1
+        }
+        return span.start - digits - 3
+    }
+
+    /// Where argument `index` of a multibulk request ends in its frame, its closing CRLF
+    /// included (see `encodedStart`).
+    @inlinable
+    public func encodedEnd(_ index: Int) -> Int {
+        let span = span(index)
+        return span.start + span.length + 2
+    }
+
     func addInline(_ bytes: UnsafeRawBufferPointer) {
         add(start: inlineBytes.count, length: bytes.count)
         inlineBytes.append(contentsOf: bytes)

@@ -91,6 +91,25 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(parse("*-1\r\n").0, .empty(length: 5))
     }
 
+    /// Each multibulk argument's encoded bytes (header to closing CRLF) are where
+    /// `encodedStart`/`encodedEnd` say, for lengths of one to six digits: the bytes
+    /// `RespEncoder.bulk` would write for the argument.
+    func testEncodedArgumentRanges() {
+        let values = ["SET", "", "k", String(repeating: "v", count: 9), String(repeating: "v", count: 10),
+                      String(repeating: "w", count: 100), String(repeating: "x", count: 100_000)]
+        let request = Array(("*\(values.count)\r\n" + values.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined()).utf8)
+        let arguments = RespArguments()
+        request.withUnsafeBytes { raw in
+            XCTAssertEqual(RespRequestParser.parse(raw, limits: RespLimits(), into: arguments), .request(length: request.count))
+            for (index, value) in values.enumerated() {
+                let encoded = String(decoding: raw[arguments.encodedStart(index)..<arguments.encodedEnd(index)], as: UTF8.self)
+                XCTAssertEqual(encoded, "$\(value.utf8.count)\r\n\(value)\r\n", "argument \(index)")
+            }
+            XCTAssertEqual(arguments.encodedStart(0), 4)
+            XCTAssertEqual(arguments.encodedEnd(values.count - 1), request.count)
+        }
+    }
+
     /// One argument list reused across requests: it grows past its first capacity (16) with a
     /// large request and still answers a small one after it, multibulk and inline alike.
     func testArgumentListGrowsAndIsReused() {

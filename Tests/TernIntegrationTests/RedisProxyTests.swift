@@ -119,6 +119,62 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("DBSIZE"), ":0\r\n")
     }
 
+    /// A split request's parts carry each key and value as the client sent it, whatever the
+    /// length of its length (0 to 6 digits): the parts copy the client's bytes, headers
+    /// included. Multibulk (one request, two pipelined, split reads) and inline alike.
+    func testSplitRequestsCarryEveryLengthAsSent() throws {
+        let backends = try [group.redis(), group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        let lengths = [0, 1, 9, 10, 99, 100, 999, 1000, 9999, 10000, 100_000]
+        var pairs: [(key: String, value: String)] = []
+        for (index, length) in lengths.enumerated() {
+            // Keys of 1 to 11 bytes, values with RESP framing inside them.
+            let key = String(repeating: "k", count: index) + "\(index)"
+            let pattern = "\r\n$3\r\nSET\r\n*"
+            let value = String(String(repeating: pattern, count: length / pattern.utf8.count + 1).prefix(length))
+            pairs.append((key, value))
+        }
+        var servers = Set<Int>()
+        for pair in pairs { servers.insert(serverIndex(tern.pool, pair.key)) }
+        XCTAssertEqual(servers.count, 3, "the keys span every server")
+        let mset = ["MSET"] + pairs.flatMap { [$0.key, $0.value] }
+        XCTAssertEqual(try c.call(mset), "+OK\r\n")
+        func expectStored(_ suffix: String) throws {
+            for pair in pairs {
+                let backend = backends[serverIndex(tern.pool, pair.key)]
+                XCTAssertEqual(try backend.call("GET", pair.key), "$\(pair.value.utf8.count)\r\n\(pair.value)\r\n", "\(pair.key) \(suffix)")
+            }
+            var expected = "*\(pairs.count)\r\n"
+            for pair in pairs { expected += "$\(pair.value.utf8.count)\r\n\(pair.value)\r\n" }
+            XCTAssertEqual(try c.call(["MGET"] + pairs.map(\.key)), expected, suffix)
+        }
+        try expectStored("after one MSET")
+        // Two pipelined, written a few bytes at a time: the second's values replace the first's.
+        let first = TestClient.encode(["MSET"] + pairs.flatMap { [$0.key, "x"] })
+        pairs = pairs.map { ($0.key, $0.value + "!") }
+        let second = TestClient.encode(["MSET"] + pairs.flatMap { [$0.key, $0.value] })
+        let both = first + second
+        var offset = 0
+        while offset < both.count {
+            let end = min(both.count, offset + 7919)
+            try c.send(Array(both[offset..<end]))
+            offset = end
+        }
+        XCTAssertEqual(String(decoding: try c.receiveReplies(2), as: UTF8.self), "+OK\r\n+OK\r\n")
+        try expectStored("after two pipelined MSETs")
+        // Inline: the arguments are decoded copies, encoded for each part.
+        let inlineKeys = pairs.prefix(6).map(\.key)
+        try c.send("MSET " + inlineKeys.map { "\($0) \"in line\"" }.joined(separator: " ") + "\r\n")
+        XCTAssertEqual(String(decoding: try c.receiveReplies(1), as: UTF8.self), "+OK\r\n")
+        for key in inlineKeys {
+            XCTAssertEqual(try backends[serverIndex(tern.pool, key)].call("GET", key), "$7\r\nin line\r\n", key)
+        }
+        try c.send("DEL " + pairs.map(\.key).joined(separator: " ") + " absent\r\n")
+        XCTAssertEqual(String(decoding: try c.receiveReplies(1), as: UTF8.self), ":\(pairs.count)\r\n")
+        XCTAssertEqual(try c.call("DBSIZE"), ":0\r\n")
+    }
+
     func testFailedFanOutPartReturnsTheBackendsOwnError() throws {
         let backends = try [group.redis(), group.redis()]
         let tern = try startTern(backends)

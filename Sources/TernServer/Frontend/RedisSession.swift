@@ -651,6 +651,24 @@ extension ClientConnection {
             var count = 0
             for keyServer in keyServers where keyServer == server { count += 1 }
             RespEncoder.arrayHeader(1 + count * keysPerPart, into: output)
+            if !arguments.isInline {
+                // The command name and the group's keys (and values) as the client sent them:
+                // arguments next to each other in the request go as one copy.
+                var runStart = arguments.encodedStart(0)
+                var runEnd = arguments.encodedEnd(0)
+                for (position, keyServer) in keyServers.enumerated() where keyServer == server {
+                    let keyIndex = worker.keyIndices[position]
+                    let start = arguments.encodedStart(keyIndex)
+                    let end = arguments.encodedEnd(keyIndex + keysPerPart - 1)
+                    if start != runEnd {
+                        output.append(UnsafeRawBufferPointer(rebasing: frame[runStart..<runEnd]))
+                        runStart = start
+                    }
+                    runEnd = end
+                }
+                output.append(UnsafeRawBufferPointer(rebasing: frame[runStart..<runEnd]))
+                return
+            }
             arguments.withArgument(0, in: frame) { RespEncoder.bulk($0, into: output) }
             for (position, keyServer) in keyServers.enumerated() where keyServer == server {
                 let keyIndex = worker.keyIndices[position]
