@@ -38,8 +38,7 @@ class FrontendLoop: RoutingLoop {
     /// Per client it took an object and, once used, 256 bytes of spans.
     final let redisArguments = RespArguments()
     /// A Redis multi-key request's key positions and their servers (or slots), reused.
-    final var keyIndices: [Int] = []
-    final var keyServers: [Int32] = []
+    final let splitKeys = SplitKeys()
     private final var nextClientNumber = 0
     /// Redis clients' names, one object per distinct three (`SharedRedisNames`). Entries no
     /// client holds any more are dropped by the sweep (`sweepRedisNames`); past

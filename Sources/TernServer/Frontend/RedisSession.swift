@@ -554,21 +554,15 @@ extension ClientConnection {
     private func fanOutKeys(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot,
                             sink: ReplySink, keysPerPart: Int, alsoToOldPool: Bool = false) {
         let arguments = session.arguments
-        worker.keyIndices.removeAll(keepingCapacity: true)
-        worker.keyServers.removeAll(keepingCapacity: true)
-        defer {
-            // Capacity left by one huge request is given back.
-            if worker.keyIndices.count > RespArguments.keptCapacity {
-                worker.keyIndices = []
-                worker.keyServers = []
-            }
-        }
+        let keys = worker.splitKeys
+        keys.begin(expected: arguments.count / keysPerPart)
+        defer { keys.end() }
         if keysPerPart == 2, (arguments.count - 1) % 2 != 0 {
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
             return
         }
         // Keys are grouped by server, or in a cluster pool by hash slot (Redis Cluster refuses a
-        // multi-key command over two slots even on one node): `keyServers` holds the group, which
+        // multi-key command over two slots even on one node): `keys` holds the group, which
         // numbers the part.
         let isCluster = pool.isCluster
         // MGET: a key named again is asked once, its element copied (`RepeatedKeys`), in every
@@ -579,11 +573,10 @@ extension ClientConnection {
         while index < arguments.count {
             if findsRepeats, let earlier = arguments.withArgument(index, in: frame, { key in
                 worker.repeatedKeys.earlier(key, position: slot.keys.count) { other in
-                    arguments.withArgument(worker.keyIndices[other], in: frame) { $0.elementsEqual(key) }
+                    arguments.withArgument(Int(keys[other].argument), in: frame) { $0.elementsEqual(key) }
                 }
             }) {
-                worker.keyIndices.append(index)
-                worker.keyServers.append(-1)
+                keys.append(argument: index, group: -1)
                 slot.warmupRead?.markRepeat(slot.keys.count, of: earlier)
                 slot.addRepeat(of: earlier)
                 index += 1
@@ -603,13 +596,15 @@ extension ClientConnection {
                 slot.failNoServer()
                 return
             }
-            worker.keyIndices.append(index)
-            worker.keyServers.append(Int32(group))
+            keys.append(argument: index, group: Int32(group))
             slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(group)))
             index += keysPerPart
         }
         worker.withFragmentServers { servers in
-            for server in worker.keyServers where server >= 0 && !servers.contains(server) { servers.append(server) }
+            for position in 0..<keys.count {
+                let server = keys[position].group
+                if server >= 0, !servers.contains(server) { servers.append(server) }
+            }
             if servers.count == 1, !alsoToOldPool, !isArray(sink) || slot.warmup == nil && !slot.hasRepeatedKeys {
                 // All keys on one server (one slot): the request goes as it is, and so does its
                 // reply (a large one becomes the client's output without a copy). A warm-up
@@ -619,23 +614,24 @@ extension ClientConnection {
                 return
             }
             var split = ReplySplit(slot, mergedBy: sink, warmupCounters: alsoToOldPool ? pool.warmupCounters : nil)
-            sendParts(servers, worker.keyServers, in: pool, toOldPool: false, frame, session, &split, keysPerPart: keysPerPart)
+            sendParts(servers, keys, in: pool, toOldPool: false, frame, session, &split, keysPerPart: keysPerPart)
             if alsoToOldPool, let old = pool.old {
                 // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
                 var oldServers: [Int32] = []
-                var oldKeyServers: [Int32] = []
+                let oldKeys = SplitKeys()
                 let deletes = WarmupDeletesInFlight(pool.warmupInvalidations)
                 slot.heldWithRequest = deletes
-                for keyIndex in worker.keyIndices {
+                for position in 0..<keys.count {
+                    let keyIndex = Int(keys[position].argument)
                     let server = Int32(arguments.withArgument(keyIndex, in: frame) { key in
                         deletes.add(key)
                         return old.server(forKey: key)?.index ?? -1
                     })
-                    oldKeyServers.append(server)
+                    oldKeys.append(argument: keyIndex, group: server)
                     if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
                 }
-                WarmupCounters.add(pool.warmupCounters.oldDeletes, worker.keyIndices.count)
-                sendParts(oldServers, oldKeyServers, in: old, toOldPool: true, frame, session, &split, keysPerPart: keysPerPart)
+                WarmupCounters.add(pool.warmupCounters.oldDeletes, keys.count)
+                sendParts(oldServers, oldKeys, in: old, toOldPool: true, frame, session, &split, keysPerPart: keysPerPart)
             }
             split.close()
             if servers.count > 1 { pool.stats.fragments.add(servers.count) }
@@ -644,20 +640,20 @@ extension ClientConnection {
 
     /// One request per group (server, or hash slot in a cluster pool) with the keys (and
     /// values) it holds.
-    private func sendParts(_ servers: [Int32], _ keyServers: [Int32], in target: PoolRuntime, toOldPool: Bool,
+    private func sendParts(_ servers: [Int32], _ keys: SplitKeys, in target: PoolRuntime, toOldPool: Bool,
                            _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ split: inout ReplySplit, keysPerPart: Int) {
         let arguments = session.arguments
         SplitRoute(target, isOldPool: toOldPool).send(servers, &split, client: index, framing: .line) { server, output in
             var count = 0
-            for keyServer in keyServers where keyServer == server { count += 1 }
+            for position in 0..<keys.count where keys[position].group == server { count += 1 }
             RespEncoder.arrayHeader(1 + count * keysPerPart, into: output)
             if !arguments.isInline {
                 // The command name and the group's keys (and values) as the client sent them:
                 // arguments next to each other in the request go as one copy.
                 var runStart = arguments.encodedStart(0)
                 var runEnd = arguments.encodedEnd(0)
-                for (position, keyServer) in keyServers.enumerated() where keyServer == server {
-                    let keyIndex = worker.keyIndices[position]
+                for position in 0..<keys.count where keys[position].group == server {
+                    let keyIndex = Int(keys[position].argument)
                     let start = arguments.encodedStart(keyIndex)
                     let end = arguments.encodedEnd(keyIndex + keysPerPart - 1)
                     if start != runEnd {
@@ -670,8 +666,8 @@ extension ClientConnection {
                 return
             }
             arguments.withArgument(0, in: frame) { RespEncoder.bulk($0, into: output) }
-            for (position, keyServer) in keyServers.enumerated() where keyServer == server {
-                let keyIndex = worker.keyIndices[position]
+            for position in 0..<keys.count where keys[position].group == server {
+                let keyIndex = Int(keys[position].argument)
                 for offset in 0..<keysPerPart {
                     arguments.withArgument(keyIndex + offset, in: frame) { RespEncoder.bulk($0, into: output) }
                 }
