@@ -268,6 +268,21 @@ public enum RespRequestParser {
     @inline(__always)
     static func shortHeader(_ bytes: UnsafeRawBufferPointer, at position: Int) -> (value: Int, next: Int)? {
         guard let base = bytes.baseAddress else { return nil }
+        // One or two digits (a command name, most keys and small values), without the loop.
+        if position &+ 3 < bytes.count {
+            let high = base.load(fromByteOffset: position &+ 1, as: UInt8.self) &- 0x30
+            let second = base.load(fromByteOffset: position &+ 2, as: UInt8.self)
+            if high < 10, second == 0x0d {
+                guard base.load(fromByteOffset: position &+ 3, as: UInt8.self) == 0x0a else { return nil }
+                return (Int(high), position &+ 4)
+            }
+            let low = second &- 0x30
+            if high &- 1 < 9, low < 10, position &+ 4 < bytes.count,
+               base.load(fromByteOffset: position &+ 3, as: UInt8.self) == 0x0d,
+               base.load(fromByteOffset: position &+ 4, as: UInt8.self) == 0x0a {
+                return (Int(high) &* 10 &+ Int(low), position &+ 5)
+            }
+        }
         let first = position + 1
         // A leading zero (`*0` alone excepted) is for `header` to judge.
         guard first + 1 < bytes.count, base.load(fromByteOffset: first, as: UInt8.self) != 0x30
