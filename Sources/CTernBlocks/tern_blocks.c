@@ -33,6 +33,13 @@ static _Thread_local __attribute__((tls_model("initial-exec"))) struct {
 
 void tern_blocks_enable(void) { cache.enabled = 1; }
 
+void tern_blocks_fix_malloc_thresholds(void) {
+    if (getenv("MALLOC_MMAP_THRESHOLD_") != NULL || getenv("MALLOC_TRIM_THRESHOLD_") != NULL) return;
+    // Setting either turns glibc's dynamic thresholds off.
+    mallopt(M_MMAP_THRESHOLD, TERN_MALLOC_MMAP_THRESHOLD);
+    mallopt(M_TRIM_THRESHOLD, TERN_MALLOC_TRIM_THRESHOLD);
+}
+
 void *tern_blocks_take(size_t wanted, size_t *capacity) {
     int best = -1;
     for (int index = 0; index < TERN_BLOCKS_SLOTS; index++) {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibev
+import CTernBlocks
 import Logging
 import Synchronization
 import TernCore
@@ -417,6 +418,8 @@ public final class TernServer {
 
     /// Starts the workers and the control endpoints, then handles signals until a drain ends.
     public func run() -> Int32 {
+        // Before any worker allocates: large blocks leave the process when freed.
+        tern_blocks_fix_malloc_thresholds()
         // Workers inherit the mask: only this thread takes signals.
         var signals = Self.handledSignals
         pthread_sigmask(SIG_BLOCK, &signals, nil)
