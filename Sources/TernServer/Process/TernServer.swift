@@ -319,8 +319,8 @@ public final class TernServer {
         }
     }
 
-    /// Resolves a pool's servers (blocking; runs on the main thread, never on a worker loop).
-    /// The servers' addresses. A host name that does not resolve fails, unless `unresolved` is
+    /// A pool's server addresses, resolved (blocking: runs on the main thread, never on a
+    /// worker loop). A host name that does not resolve fails, unless `unresolved` is
     /// given: then it is told, and the server keeps its address in `previous` (the running
     /// plan), or has none (its requests fail at once, as nutcracker answers `Host is down`)
     /// until `--dns-refresh` or a reload resolves it.
