@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct tern_block {
     void *memory;
@@ -35,6 +36,8 @@ void tern_blocks_enable(void) { cache.enabled = 1; }
 
 void tern_blocks_fix_malloc_thresholds(void) {
     if (getenv("MALLOC_MMAP_THRESHOLD_") != NULL || getenv("MALLOC_TRIM_THRESHOLD_") != NULL) return;
+    const char *tunables = getenv("GLIBC_TUNABLES");
+    if (tunables != NULL && (strstr(tunables, "malloc.mmap_threshold") != NULL || strstr(tunables, "malloc.trim_threshold") != NULL)) return;
     // Setting either turns glibc's dynamic thresholds off.
     mallopt(M_MMAP_THRESHOLD, TERN_MALLOC_MMAP_THRESHOLD);
     mallopt(M_TRIM_THRESHOLD, TERN_MALLOC_TRIM_THRESHOLD);

@@ -96,7 +96,8 @@ final class RespCodecTests: XCTestCase {
     /// `RespEncoder.bulk` would write for the argument.
     func testEncodedArgumentRanges() {
         let values = ["SET", "", "k", String(repeating: "v", count: 9), String(repeating: "v", count: 10),
-                      String(repeating: "w", count: 100), String(repeating: "x", count: 100_000)]
+                      String(repeating: "w", count: 100), String(repeating: "x", count: 1000),
+                      String(repeating: "y", count: 10_000), String(repeating: "z", count: 100_000)]
         let request = Array(("*\(values.count)\r\n" + values.map { "$\($0.utf8.count)\r\n\($0)\r\n" }.joined()).utf8)
         let arguments = RespArguments()
         request.withUnsafeBytes { raw in
