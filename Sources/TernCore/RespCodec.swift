@@ -108,14 +108,8 @@ public final class RespArguments {
     }
 
     private func grow() {
-        let newCapacity = max(16, capacity * 2)
-        let larger = UnsafeMutablePointer<Span>.allocate(capacity: newCapacity)
-        if let spans {
-            larger.initialize(from: spans, count: count)
-            spans.deallocate()
-        }
-        spans = larger
-        capacity = newCapacity
+        capacity = max(16, capacity * 2)
+        spans = moved(spans, count: count, toCapacity: capacity)
     }
 
     /// Where argument `index` is: in the frame (multibulk) or in `inlineBytes` (inline).
@@ -191,6 +185,17 @@ public final class RespArguments {
 
 @inlinable
 public func asciiLower(_ byte: UInt8) -> UInt8 { byte >= 0x41 && byte <= 0x5a ? byte | 0x20 : byte }
+
+/// Manually managed storage grown: a new allocation of `capacity` elements holding the first
+/// `count` of `storage`, which is freed. The caller owns both, and `count` <= `capacity`.
+public func moved<Element>(_ storage: UnsafeMutablePointer<Element>?, count: Int, toCapacity capacity: Int) -> UnsafeMutablePointer<Element> {
+    let larger = UnsafeMutablePointer<Element>.allocate(capacity: capacity)
+    if let storage {
+        larger.moveInitialize(from: storage, count: count)
+        storage.deallocate()
+    }
+    return larger
+}
 
 public enum RespParseResult: Sendable, Equatable {
     case incomplete

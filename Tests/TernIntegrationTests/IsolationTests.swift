@@ -353,7 +353,7 @@ final class IsolationTests: XCTestCase {
         func hits(_ backend: Memcached) throws -> Int { try stat(backend, "get_hits") }
         let record = { (key: String, data: String) in "VALUE \(key) 3 \(data.utf8.count)\r\n\(data)\r\n" }
         // Over two servers, and on one; a miss repeated stays a miss.
-        var hitsBefore = try hits(first)
+        let hitsBefore = try hits(first)
         XCTAssertEqual(try client.request("get \(a) \(b) \(a) nokey \(a) \(b) nokey\r\n", until: "END\r\n"),
                        record(a, "alpha") + record(b, "beta") + record(a, "alpha") + record(a, "alpha") + record(b, "beta") + "END\r\n")
         XCTAssertEqual(try client.request("get \(a) \(a)\r\n", until: "END\r\n"), record(a, "alpha") + record(a, "alpha") + "END\r\n")

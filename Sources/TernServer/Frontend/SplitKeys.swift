@@ -1,3 +1,5 @@
+import TernCore
+
 /// A Redis multi-key request's keys as it is split: for each key (or key and value), its
 /// argument position and its group (the server's position, or in a cluster pool the hash slot;
 /// -1 for a repeated key, which is not sent). One per worker, confined to its thread, used by
@@ -55,13 +57,7 @@ final class SplitKeys {
     }
 
     private func grow(to wanted: Int) {
-        let newCapacity = max(wanted, 16)
-        let larger = UnsafeMutablePointer<Entry>.allocate(capacity: newCapacity)
-        if let entries {
-            larger.initialize(from: entries, count: count)
-            entries.deallocate()
-        }
-        entries = larger
-        capacity = newCapacity
+        capacity = max(wanted, 16)
+        entries = moved(entries, count: count, toCapacity: capacity)
     }
 }
