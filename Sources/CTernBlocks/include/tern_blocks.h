@@ -27,9 +27,9 @@
 void tern_blocks_enable(void);
 
 /// Fixes glibc's malloc thresholds before the workers start, unless MALLOC_MMAP_THRESHOLD_,
-/// MALLOC_TRIM_THRESHOLD_ or either in GLIBC_TUNABLES is set (the operator's choice stands). Left to themselves, glibc
-/// raises its mmap threshold to the size of every mapped block freed (up to 32 MiB) and its
-/// trim threshold to twice that, and a thread arena gives its top back only past the trim
+/// MALLOC_TRIM_THRESHOLD_ or either in GLIBC_TUNABLES is set (the operator's choice stands).
+/// Left to themselves, glibc raises its mmap threshold to the size of every mapped block freed
+/// (up to 32 MiB) and its trim threshold to twice that, and a thread arena gives its top back only past the trim
 /// threshold (malloc_trim trims only the main arena's top): growing MGETs of 50,000 to 300,000
 /// keys left 38 MiB resident for good that way. Fixed: blocks below 32 MiB (the most the
 /// dynamic threshold reaches) come from the arenas, so their pages are reused as before, and an

@@ -24,7 +24,8 @@ final class SplitKeys {
 
     deinit { entries?.deallocate() }
 
-    /// Starts a request of at most `expected` keys (the storage grows before the first append).
+    /// Starts a request expected to have `expected` keys: room for them is made at once (an
+    /// append past it still grows the storage).
     @inline(__always)
     func begin(expected: Int) {
         count = 0

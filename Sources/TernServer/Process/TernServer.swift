@@ -418,7 +418,8 @@ public final class TernServer {
 
     /// Starts the workers and the control endpoints, then handles signals until a drain ends.
     public func run() -> Int32 {
-        // Before any worker allocates: large blocks leave the process when freed.
+        // Before any worker allocates: fixed malloc thresholds, so that what huge requests
+        // took from an arena leaves the process (`tern_blocks_fix_malloc_thresholds`).
         tern_blocks_fix_malloc_thresholds()
         // Workers inherit the mask: only this thread takes signals.
         var signals = Self.handledSignals
