@@ -387,6 +387,27 @@ final class RedisClusterTests: XCTestCase {
         try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["GET", keys[3]]) + TestClient.encode(["EXEC"]))
         XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self),
                        "+OK\r\n+QUEUED\r\n*1\r\n$\(("v" + keys[3]).utf8.count)\r\nv\(keys[3])\r\n", "UNWATCH forgot the broken WATCH")
+        // A retry loop over such a WATCH (redis-py's transaction()) does not spin through the
+        // migration: from the second -ASK in a row, the WATCH's +OK waits 25 ms, doubling to
+        // 200 ms (before: every try at once, about 2,200 a second). Two so far; six more wait
+        // 50 + 100 + 200 × 4 ms. A WATCH a node holds ends the run.
+        let loopStart = Date()
+        for _ in 0..<6 {
+            XCTAssertEqual(try client.call("WATCH", keys[2]), "+OK\r\n")
+            try client.send(TestClient.encode(["MULTI"]) + TestClient.encode(["SET", keys[2], "in-tx"]) + TestClient.encode(["EXEC"]))
+            XCTAssertEqual(String(decoding: try client.receiveReplies(3), as: UTF8.self), "+OK\r\n+QUEUED\r\n*-1\r\n")
+        }
+        let looped = Date().timeIntervalSince(loopStart)
+        XCTAssertGreaterThan(looped, 0.9, "the retries waited")
+        XCTAssertLessThan(looped, 3, "no more than 200 ms each")
+        XCTAssertEqual(try client.call("GET", keys[2]), "$\(("v" + keys[2]).utf8.count)\r\nv\(keys[2])\r\n", "nothing ran")
+        let held = innocentKeys[0]
+        XCTAssertEqual(try client.call("WATCH", held), "+OK\r\n")
+        XCTAssertEqual(try client.call("UNWATCH"), "+OK\r\n")
+        let afterHeld = Date()
+        XCTAssertEqual(try client.call("WATCH", keys[2]), "+OK\r\n")
+        XCTAssertLessThan(Date().timeIntervalSince(afterHeld), 0.02, "the first -ASK after a held WATCH is answered at once")
+        XCTAssertEqual(try client.call("UNWATCH"), "+OK\r\n")
         XCTAssertEqual(try info(port, "cluster_redirects_moved"), 0)
         let version = try info(port, "cluster_slot_map_version")
 

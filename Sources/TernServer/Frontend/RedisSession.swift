@@ -83,6 +83,11 @@ struct RedisSession {
         get { client.redisExtras?.watchBroken ?? false }
         nonmutating set { if newValue || hasExtras { client.madeRedisExtras.watchBroken = newValue } }
     }
+    /// WATCHes answered -ASK in a row (`RedisSessionExtras.watchAsks`).
+    var watchAsks: UInt8 {
+        get { client.redisExtras?.watchAsks ?? 0 }
+        nonmutating set { if newValue != 0 || hasExtras { client.madeRedisExtras.watchAsks = newValue } }
+    }
     /// Blocking commands sent on dedicated connections (stale entries are pruned). Modified in
     /// place (an append through a getter and a setter would copy the array).
     var blocked: [DedicatedLease] {
@@ -130,6 +135,10 @@ final class RedisSessionExtras {
     /// A WATCH Tern answered but could not hold (cluster pools: its slot was migrating, the
     /// node answered -ASK): EXEC answers a null array, as for a watched key that changed.
     var watchBroken = false
+    /// First WATCHes of this client answered -ASK in a row (0 after one a node held): each is
+    /// answered later than the one before (`FirstWatch.advance`), so that a client's retry loop
+    /// does not spin through a slot's migration.
+    var watchAsks: UInt8 = 0
     var blocked: [DedicatedLease] = []
     /// A blocking command of this client has waited for a dedicated connection (it may still).
     var waitedForDedicated = false

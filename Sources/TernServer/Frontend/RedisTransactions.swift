@@ -421,6 +421,14 @@ final class FirstWatch: PhasedRead {
     private var redirects: UInt8 = 0
     /// Kept after its node failed before it was sent: when the wait ends (`keepUnsent`).
     private var keptUntil: Double = 0
+    /// The +OK of a WATCH answered -ASK is on its way, after a delay (`advance`).
+    private var isAnsweredLater = false
+
+    /// How long the +OK of a WATCH answered -ASK waits when `asks` WATCHes before it in a row
+    /// were answered -ASK too (at least one): 25 ms, doubling, 200 ms at most.
+    static func askDelay(afterAsks asks: Int) -> Double {
+        0.025 * Double(1 << min(max(asks, 1) - 1, 3))
+    }
 
     init(_ lease: DedicatedLease, request: [UInt8]) {
         self.lease = lease
@@ -469,8 +477,18 @@ final class FirstWatch: PhasedRead {
     }
 
     override func advance(_ slot: ReplySlot) -> Bool {
-        guard isError, let client = slot.client as? ClientConnection, let session = client.redis,
-              let watch = session.watch, watch.connection === lease.connection, watch.lease == lease.lease else { return false }
+        if isAnsweredLater {
+            // The +OK of a WATCH answered -ASK, delivered after its delay (below).
+            isAnsweredLater = false
+            return false
+        }
+        guard let client = slot.client as? ClientConnection, let session = client.redis else { return false }
+        if !isError {
+            // A node holds the WATCH: the next -ASK is answered at once again.
+            if session.watchAsks != 0 { session.watchAsks = 0 }
+            return false
+        }
+        guard let watch = session.watch, watch.connection === lease.connection, watch.lease == lease.lease else { return false }
         session.watch = nil
         client.releaseWatch(watch)
         let pool = client.pool
@@ -481,11 +499,30 @@ final class FirstWatch: PhasedRead {
             // can watch them all until the move ends. Answered as a WATCH whose key then
             // changes: EXEC answers a null array, and the client's retry loop tries again
             // (redis-py's WatchError); the -ASK itself is an error clients do not retry.
+            // The null array comes back at once, so such a loop would retry thousands of
+            // times a second for the whole migration: the +OK of the second -ASK in a row
+            // waits 25 ms, and each later one twice as long as the one before, 200 ms at most
+            // (as a -TRYAGAIN is retried), within the pool's timeout.
             pool.plan.shared.cluster.askRedirects.add(1, ordering: .relaxed)
             session.watchBroken = true
-            slot.holdReply(UnsafeRawBufferPointer(start: nil, count: 0), isError: false)
-            slot.data.append("+OK\r\n" as StaticString)
-            return false
+            let asks = session.watchAsks
+            if asks < UInt8.max { session.watchAsks = asks + 1 }
+            guard asks > 0 else {
+                slot.holdReply(UnsafeRawBufferPointer(start: nil, count: 0), isError: false)
+                slot.data.append("+OK\r\n" as StaticString)
+                return false
+            }
+            slot.data.removeAll()
+            slot.hasError = false
+            var split = ReplySplit(nextPhaseOf: slot)
+            _ = split.server(ReplyPart.whole)
+            let now = client.worker.now
+            let delay = Self.askDelay(afterAsks: Int(asks))
+            isAnsweredLater = true
+            pool.retryLater(at: now + delay, deadline: now + (pool.timeoutSeconds.map { min($0, delay) } ?? delay)) { _ in
+                ("+OK\r\n" as StaticString).withUTF8Buffer { _ = slot.deliver(part: ReplyPart.whole, reply: UnsafeRawBufferPointer($0), isError: false) }
+            }
+            return split.closePhase()
         }
         pool.plan.shared.cluster.movedRedirects.add(1, ordering: .relaxed)
         pool.plan.shared.cluster.requestRefresh()
@@ -768,6 +805,14 @@ final class ClusterBlocking: PhasedRead {
     private var redirects: UInt8 = 0
     /// Kept after its node failed before it was sent: when the wait ends (`keepUnsent`).
     private var keptUntil: Double = 0
+    /// The +OK of a WATCH answered -ASK is on its way, after a delay (`advance`).
+    private var isAnsweredLater = false
+
+    /// How long the +OK of a WATCH answered -ASK waits when `asks` WATCHes before it in a row
+    /// were answered -ASK too (at least one): 25 ms, doubling, 200 ms at most.
+    static func askDelay(afterAsks asks: Int) -> Double {
+        0.025 * Double(1 << min(max(asks, 1) - 1, 3))
+    }
 
     init(_ waiter: DedicatedWaiter) {
         request = waiter.request
