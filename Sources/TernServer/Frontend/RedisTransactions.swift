@@ -805,14 +805,6 @@ final class ClusterBlocking: PhasedRead {
     private var redirects: UInt8 = 0
     /// Kept after its node failed before it was sent: when the wait ends (`keepUnsent`).
     private var keptUntil: Double = 0
-    /// The +OK of a WATCH answered -ASK is on its way, after a delay (`advance`).
-    private var isAnsweredLater = false
-
-    /// How long the +OK of a WATCH answered -ASK waits when `asks` WATCHes before it in a row
-    /// were answered -ASK too (at least one): 25 ms, doubling, 200 ms at most.
-    static func askDelay(afterAsks asks: Int) -> Double {
-        0.025 * Double(1 << min(max(asks, 1) - 1, 3))
-    }
 
     init(_ waiter: DedicatedWaiter) {
         request = waiter.request
