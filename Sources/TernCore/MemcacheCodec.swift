@@ -837,6 +837,11 @@ public enum MemcacheReplyParser {
         var position = multiLine && resumeAt <= bytes.count ? resumeAt : 0
         resumeAt = 0
         while true {
+            // The END after a record (or of a miss) without a scan, as the walk below reads it.
+            if multiLine, position + 5 <= bytes.count, bytes[position] == UInt8(ascii: "E"), bytes[position + 1] == UInt8(ascii: "N"),
+               bytes[position + 2] == UInt8(ascii: "D"), bytes[position + 3] == carriageReturn, bytes[position + 4] == newline {
+                return .reply(length: position + 5, isError: false)
+            }
             guard let lineEnd = findNewline(bytes, from: position, to: bytes.count) else {
                 if bytes.count - position > 8192 { return .invalid }
                 resumeAt = position
@@ -876,6 +881,33 @@ public enum MemcacheReplyParser {
         guard count > 6 + key.count, reply[6 + key.count] == 0x20,
               memcmp(reply.baseAddress! + 6, key.baseAddress!, key.count) == 0 else { return false }
         // One record, then END: anything longer (a repeated key) takes the general walk.
+        // `<flags> <bytes>[ <cas>]\r\n` after the key, as memcached writes it, is read in place;
+        // any other form (a bare \n, doubled spaces) is read by `valueLength`, which gives the
+        // same length for this one.
+        var at = 7 + key.count
+        let flagsStart = at
+        while at < count, at - flagsStart < 11, reply[at] &- 0x30 < 10 { at += 1 }
+        if at > flagsStart, at - flagsStart <= 10, at < count, reply[at] == space {
+            at += 1
+            let lengthStart = at
+            var length = 0
+            while at < count, at - lengthStart < 11, case let digit = reply[at] &- 0x30, digit < 10 {
+                length = length &* 10 &+ Int(digit)
+                at += 1
+            }
+            if at > lengthStart, at - lengthStart <= 10, length <= maxValueLength, at < count {
+                if reply[at] == space {
+                    // A cas (gets, gats): up to 20 digits.
+                    at += 1
+                    let casStart = at
+                    while at < count, at - casStart < 21, reply[at] &- 0x30 < 10 { at += 1 }
+                    if at == casStart || at - casStart > 20 { at = count }
+                }
+                if at + 1 < count, reply[at] == carriageReturn, reply[at + 1] == newline {
+                    return at + 2 + length + 2 + 5 == count ? true : nil
+                }
+            }
+        }
         guard let lineEnd = memchr(reply.baseAddress!, 0x0a, count) else { return false }
         let headerLength = reply.baseAddress!.distance(to: UnsafeRawPointer(lineEnd)) + 1
         guard let length = valueLength(UnsafeRawBufferPointer(rebasing: reply[0..<(headerLength - 1)])) else { return false }

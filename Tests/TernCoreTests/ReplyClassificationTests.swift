@@ -209,5 +209,27 @@ extension ReplyClassificationTests {
         XCTAssertEqual(verdict("VALUE kk 0 2\r\nab\r\nEND\r\n", "k"), false)
         XCTAssertEqual(verdict("VALUE j 0 2\r\nab\r\nEND\r\n", "k"), false)
         XCTAssertNil(verdict("VALUE k 0 2\r\nab\r\nVALUE k 0 1\r\nc\r\nEND\r\n", "k"))
+        // The header read in place answers as the line read by `valueLength` does, for every
+        // form a record's header can take (a cas, a bare \n, doubled spaces, long numbers).
+        func reference(_ reply: String, _ key: String) -> Bool? {
+            let bytes = Array(reply.utf8)
+            guard bytes.count > 6, bytes[0] == UInt8(ascii: "V") else { return true }
+            let keyBytes = Array(key.utf8)
+            guard bytes.count > 6 + keyBytes.count, bytes[6 + keyBytes.count] == 0x20, Array(bytes[6..<(6 + keyBytes.count)]) == keyBytes else { return false }
+            guard let lineEnd = bytes.firstIndex(of: 0x0a) else { return false }
+            guard let length = bytes.withUnsafeBytes({ MemcacheReplyParser.valueLength(UnsafeRawBufferPointer(rebasing: $0[0..<lineEnd])) }) else { return false }
+            return lineEnd + 1 + length + 2 + 5 == bytes.count ? true : nil
+        }
+        let headers = ["0 2", "12 2", "4294967295 2", "42949672950 2", "0 02", "0 0000000002", "0 00000000002", "0  2", " 0 2", "0 2 ",
+                       "0 2 77", "0 2 18446744073709551615", "0 2 184467440737095516150", "0 2 ", "0 2 x", "x 2", "0 x", "0 1073741824",
+                       "0 1073741825", "0 9999999999", "0 2\r", "0 1", "0 3", "0"]
+        for header in headers {
+            for end in ["\r\n", "\n"] {
+                for body in ["ab\r\nEND\r\n", "ab\r\nVALUE k 0 1\r\nc\r\nEND\r\n", "a\r\nb\r\nEND\r\n", "abc\r\nEND\r\n"] {
+                    let reply = "VALUE k " + header + end + body
+                    XCTAssertEqual(verdict(reply, "k"), reference(reply, "k"), reply.debugDescription)
+                }
+            }
+        }
     }
 }
