@@ -388,15 +388,49 @@ public enum RedisCommandTable {
     /// written to the caller's stack and read back at once, and the reads of that fresh copy
     /// stalled (43 % of `routeRedis`'s samples sat on one of them under pipelined GET).
     public static func indexOf(_ name: UnsafeRawBufferPointer) -> Int32 {
-        guard let key = PackedName(name) else { return -1 }
-        return slots.withUnsafeBufferPointer { table in
-            var bucket = key.bucket
-            while true {
-                let slot = table[bucket]
-                if slot.index < 0 || slot.name == key { return slot.index }
-                bucket = (bucket + 1) & (table.count - 1)
-            }
+        RedisCommandLookup.shared.indexOf(name)
+    }
+}
+
+/// The command table as the request path reads it: `RedisCommandTable`'s slots and commands
+/// copied once into memory that is never freed, held by a worker (`FrontendLoop.redisCommands`).
+/// Read through `RedisCommandTable`'s lazily made globals, every request paid two `swift_once`
+/// checks (about 30 instructions of a pipelined SET's 2,100); a copy of this struct reads them
+/// with no check. Both tables are immutable once made, so any thread may read them.
+public struct RedisCommandLookup: @unchecked Sendable {
+    /// `1 << RedisCommandTable.slotBits` slots (unsafe: allocated once by `shared`, never freed or written after).
+    private let slots: UnsafePointer<RedisCommandTable.Slot>
+    /// `RedisCommandTable.commands`, by `tableIndex` (unsafe: as `slots`).
+    @usableFromInline let entries: UnsafePointer<RedisCommand>
+
+    public static let shared: RedisCommandLookup = {
+        let slots = UnsafeMutablePointer<RedisCommandTable.Slot>.allocate(capacity: RedisCommandTable.slots.count)
+        slots.initialize(from: RedisCommandTable.slots, count: RedisCommandTable.slots.count)
+        let entries = UnsafeMutablePointer<RedisCommand>.allocate(capacity: RedisCommandTable.commands.count)
+        entries.initialize(from: RedisCommandTable.commands, count: RedisCommandTable.commands.count)
+        return RedisCommandLookup(slots: slots, entries: entries)
+    }()
+
+    private init(slots: UnsafePointer<RedisCommandTable.Slot>, entries: UnsafePointer<RedisCommand>) {
+        self.slots = slots
+        self.entries = entries
+    }
+
+    /// As `RedisCommandTable.indexOf`.
+    public func indexOf(_ name: UnsafeRawBufferPointer) -> Int32 {
+        guard let key = RedisCommandTable.PackedName(name) else { return -1 }
+        var bucket = key.bucket
+        while true {
+            let slot = slots[bucket]
+            if slot.index < 0 || slot.name == key { return slot.index }
+            bucket = (bucket + 1) & ((1 << RedisCommandTable.slotBits) - 1)
         }
+    }
+
+    /// The command at `index` of `RedisCommandTable.commands` (0 ≤ index < its count).
+    @inlinable
+    public func command(_ index: Int32) -> RedisCommand {
+        entries[Int(index)]
     }
 }
 

@@ -37,6 +37,8 @@ class FrontendLoop: RoutingLoop {
     /// are top-level loop callbacks; a blocked command that waited runs from its stored bytes).
     /// Per client it took an object and, once used, 256 bytes of spans.
     final let redisArguments = RespArguments()
+    /// The command table as the Redis request path reads it (no lazy global's check).
+    final let redisCommands = RedisCommandLookup.shared
     /// A Redis multi-key request's key positions and their servers (or slots), reused.
     final let splitKeys = SplitKeys()
     private final var nextClientNumber = 0

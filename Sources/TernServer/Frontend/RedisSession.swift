@@ -187,17 +187,18 @@ extension ClientConnection {
         // The name read from the frame directly (`withArgument` would take a reference to the
         // inline bytes for every request).
         let found: Int32
+        let table = worker.redisCommands
         if arguments.isInline {
-            found = arguments.withArgument(0, in: frame) { RedisCommandTable.indexOf($0) }
+            found = arguments.withArgument(0, in: frame) { table.indexOf($0) }
         } else {
             let span = arguments.span(0)
-            found = RedisCommandTable.indexOf(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
+            found = table.indexOf(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
         }
         guard found >= 0 else {
             withNewSlot { slot in unknownCommand(frame, session, slot) }
             return true
         }
-        let command = RedisCommandTable.commands[Int(found)]
+        let command = table.command(found)
         // Parsing goes on only once a held session's replies are out (`parsingHeld`).
         if holdUntilAnswered { holdUntilAnswered = false }
         if command.keepsPipelineOrder, !slots.isEmpty, mustWait(command, frame, session) {
