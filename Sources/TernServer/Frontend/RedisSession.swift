@@ -577,7 +577,8 @@ extension ClientConnection {
         let isCluster = pool.isCluster
         // MGET: a key named again is asked once, its element copied (`RepeatedKeys`), in every
         // phase of a warm-up read too.
-        let findsRepeats = keysPerPart == 1 && isArray(sink)
+        let isArrayReply = isArray(sink)
+        let findsRepeats = keysPerPart == 1 && isArrayReply
         var index = 1
         if findsRepeats { worker.repeatedKeys.begin() }
         while index < arguments.count {
@@ -607,7 +608,9 @@ extension ClientConnection {
                 return
             }
             keys.append(argument: index, group: Int32(group))
-            slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(group)))
+            // Only an array reply is merged by key position (MSET's, DEL's and the like are
+            // merged whole).
+            if isArrayReply { slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(group))) }
             index += keysPerPart
         }
         worker.withFragmentServers { servers in
@@ -615,7 +618,7 @@ extension ClientConnection {
                 let server = keys[position].group
                 if server >= 0, !servers.contains(server) { servers.append(server) }
             }
-            if servers.count == 1, !alsoToOldPool, !isArray(sink) || slot.warmup == nil && !slot.hasRepeatedKeys {
+            if servers.count == 1, !alsoToOldPool, !isArrayReply || slot.warmup == nil && !slot.hasRepeatedKeys {
                 // All keys on one server (one slot): the request goes as it is, and so does its
                 // reply (a large one becomes the client's output without a copy). A warm-up
                 // MGET keeps its positions: its misses are read from the old pool.
