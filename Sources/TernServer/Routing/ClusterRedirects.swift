@@ -8,44 +8,41 @@ import TernCore
 // Redis Cluster redirects on a worker: `-MOVED`/`-ASK`/`-TRYAGAIN` replies re-sent or parked
 // (the discovery side is Backend/RedisClusterBackend.swift).
 
-/// A redirected request waiting: for a map that knows its node (`retryAt` nil), or for the
-/// moment to try again after `-TRYAGAIN` (a multi-key request during a slot's migration).
-struct ParkedRedirect {
+/// A request waiting in Tern on a cluster pool (`PoolRuntime.waiting`): for a map that knows its
+/// node (`retryAt` nil), or for a moment to try again (after `-TRYAGAIN`, or to look again at
+/// a node that refused its connection), at most until `waitUntil`.
+struct WaitingRedirect {
+    /// What goes on when the wait ends.
+    enum Work {
+        /// A redirected (or unsent) request: re-sent by the pool, or failed with its last
+        /// redirect error (`giveUp`). `isKeyed` (unsent requests): any master redirects it to
+        /// its keys' node; a keyless request (EVAL with no keys, a part of DBSIZE) goes to its
+        /// own node or fails.
+        case request(RedirectedRequest, isKeyed: Bool)
+        /// A request in phases (a blocking command, a first WATCH, a cluster transaction): its
+        /// closure gets the node's position once a map knows it (for a `-MOVED`, the slot's
+        /// owner in that map if it still names none), 0 when `retryAt` comes, or nil when the
+        /// wait ends first (`waitUntil`, or the pool ends). Rare (a failover's first moments, a
+        /// migration): the closure is allocated then only.
+        case phased((Int?) -> Void)
+    }
+
     let redirect: ClusterRedirect
-    let request: RedirectedRequest
+    let work: Work
     /// When the wait ends with the redirect error: the request's deadline, or 2 s without a
     /// timeout.
     let waitUntil: Double
     var retryAt: Double?
-    /// A request its node never received (`keepUnsent`): tried again on that node once its
-    /// connection may connect, or, once the map no longer has the node (its slots moved: a
-    /// failover), on another master, whose -MOVED names the slot's new owner.
+    /// A request its node never received (`keepUnsentRequest`, `retryUnsent`): tried again on
+    /// that node once its connection may connect, or, once the map no longer has the node (its
+    /// slots moved: a failover), on another master, whose -MOVED names the slot's new owner.
     var isUnsent = false
-    /// (Unsent requests:) keyed, so that any master redirects it to its keys' node; a keyless
-    /// request (EVAL with no keys, a part of DBSIZE) goes to its own node or fails.
-    var isKeyed = false
     /// When it was kept (`PoolRuntime.parkSequence`): waiting requests that go on at one
     /// moment go in this order, so that one client's requests still run in the order sent.
     var sequence = 0
-}
 
-/// A request in phases (a blocking command, a first WATCH, a cluster transaction) answered a
-/// redirect to a node this worker's map lacks (a replica promoted since the map was made):
-/// `resume` gets the node's position once a map knows it (for a `-MOVED`, the slot's owner in
-/// that map if it still names none), or nil when the wait ends first (`waitUntil`, or the pool
-/// ends). Rare (a failover's first moments): the closure is allocated then only.
-///
-/// With `retryAt`, it waits for that moment instead of a map (a transaction answered
-/// `-TRYAGAIN`, `retryLater(at:)`): `resume` gets 0 then, nil when `waitUntil` or the pool's end
-/// comes first.
-struct MapWaiter {
-    let redirect: ClusterRedirect
-    let waitUntil: Double
-    var retryAt: Double? = nil
-    /// A request its node never received (`retryUnsent`): tried at once when a map comes too.
-    var isUnsent = false
-    var sequence = 0
-    let resume: (Int?) -> Void
+    /// When the pool's timer must look at it next.
+    var nextMoment: Double { min(retryAt ?? waitUntil, waitUntil) }
 }
 
 extension PoolRuntime {
@@ -54,7 +51,8 @@ extension PoolRuntime {
     func awaitMap(for redirect: ClusterRedirect, deadline: Double, _ resume: @escaping (Int?) -> Void) {
         plan.shared.cluster.requestRefresh()
         parkSequence += 1
-        mapWaiters.append(MapWaiter(redirect: redirect, waitUntil: deadline.isFinite ? deadline : worker.now + 2, sequence: parkSequence, resume: resume))
+        waiting.append(WaitingRedirect(redirect: redirect, work: .phased(resume), waitUntil: deadline.isFinite ? deadline : worker.now + 2,
+                                       sequence: parkSequence))
         armParkTimer()
     }
 
@@ -63,8 +61,8 @@ extension PoolRuntime {
     func retryLater(at moment: Double, deadline: Double, isUnsent: Bool = false, sequence: Int? = nil, _ resume: @escaping (Int?) -> Void) {
         let waitUntil = deadline.isFinite ? deadline : worker.now + 2
         if sequence == nil { parkSequence += 1 }
-        mapWaiters.append(MapWaiter(redirect: ClusterRedirect(isAsk: false, slot: 0, target: ""), waitUntil: waitUntil,
-                                    retryAt: moment, isUnsent: isUnsent, sequence: sequence ?? parkSequence, resume: resume))
+        waiting.append(WaitingRedirect(redirect: ClusterRedirect(isAsk: false, slot: 0, target: ""), work: .phased(resume), waitUntil: waitUntil,
+                                       retryAt: moment, isUnsent: isUnsent, sequence: sequence ?? parkSequence))
         // (The timer fires no later than this one needs: no walk of every waiting request.)
         if parkTimer?.isActive == true, min(moment, waitUntil) >= parkTimerAt { return }
         armParkTimer()
@@ -93,7 +91,7 @@ extension PoolRuntime {
         }
         cluster.requestRefresh()
         // Without a timeout, a request waits for a map with its node at most 2 s.
-        park(ParkedRedirect(redirect: redirect, request: request, waitUntil: request.deadline.isFinite ? request.deadline : worker.now + 2))
+        park(WaitingRedirect(redirect: redirect, work: .request(request, isKeyed: false), waitUntil: request.deadline.isFinite ? request.deadline : worker.now + 2))
     }
 
     /// A request node `node` never received: its connection was refused, lost before sending
@@ -125,8 +123,8 @@ extension PoolRuntime {
                                 clientIndex: request.clientIndex, deadline: now + 2)
         client.holdLaterRequests()
         parkSequence += 1
-        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: false, slot: 0, target: node), request: kept,
-                            waitUntil: kept.deadline, retryAt: now + Self.unsentRetry, isUnsent: true, isKeyed: isKeyed, sequence: parkSequence))
+        park(WaitingRedirect(redirect: ClusterRedirect(isAsk: false, slot: 0, target: node), work: .request(kept, isKeyed: isKeyed),
+                             waitUntil: kept.deadline, retryAt: now + Self.unsentRetry, isUnsent: true, sequence: parkSequence))
         return true
     }
 
@@ -136,8 +134,8 @@ extension PoolRuntime {
     /// Where a kept unsent request goes now: its node, if the map still has it and its
     /// connection may connect; another master when the map no longer has the node (a keyed
     /// request); nil to wait on.
-    private func unsentTarget(_ entry: ParkedRedirect) -> Int? {
-        unsentTarget(node: entry.redirect.target, isKeyed: entry.isKeyed, clientIndex: entry.request.clientIndex)
+    private func unsentTarget(_ entry: WaitingRedirect, _ request: RedirectedRequest, isKeyed: Bool) -> Int? {
+        unsentTarget(node: entry.redirect.target, isKeyed: isKeyed, clientIndex: request.clientIndex)
     }
 
     private func unsentTarget(node name: String, isKeyed: Bool, clientIndex: Int) -> Int? {
@@ -177,8 +175,8 @@ extension PoolRuntime {
         plan.shared.cluster.tryAgainRetries.add(1, ordering: .relaxed)
         // 25 ms for the first retry (this one is counted already), doubling.
         let delay = 0.025 * Double(1 << Int(min(max(ClusterState.retries(request.redirects), 1) - 1, 6)))
-        park(ParkedRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), request: request,
-                            waitUntil: request.deadline.isFinite ? request.deadline : worker.now + delay + 2, retryAt: worker.now + delay))
+        park(WaitingRedirect(redirect: ClusterRedirect(isAsk: asking, slot: 0, target: server), work: .request(request, isKeyed: false),
+                             waitUntil: request.deadline.isFinite ? request.deadline : worker.now + delay + 2, retryAt: worker.now + delay))
     }
 
     /// A redirected request that cannot go on in time: its last redirect error is the answer.
@@ -187,16 +185,16 @@ extension PoolRuntime {
         request.error.withUnsafeBytes { _ = request.slot.deliver(part: request.part, reply: $0, isError: true) }
     }
 
-    private func park(_ entry: ParkedRedirect) {
+    private func park(_ entry: WaitingRedirect) {
         var entry = entry
         if entry.sequence == 0 {
             parkSequence += 1
             entry.sequence = parkSequence
         }
-        parked.append(entry)
+        waiting.append(entry)
         // (The timer fires no later than this entry needs: no walk of the whole list, which a
         // failover can fill with thousands of requests.)
-        if parkTimer?.isActive == true, min(entry.retryAt ?? entry.waitUntil, entry.waitUntil) >= parkTimerAt { return }
+        if parkTimer?.isActive == true, entry.nextMoment >= parkTimerAt { return }
         armParkTimer()
     }
 
@@ -209,55 +207,55 @@ extension PoolRuntime {
     /// A new map arrived (`update`): requests waiting for a node it knows go now; a MOVED whose
     /// node is still unknown goes to its slot's owner in the new map.
     func redispatchParked() {
-        guard !parked.isEmpty || !mapWaiters.isEmpty else { return }
+        guard !waiting.isEmpty else { return }
         // What goes on now, in the order it was kept (one client's requests in the order sent).
         var actions: [(sequence: Int, run: () -> Void)] = []
-        let waiters = mapWaiters
-        mapWaiters.removeAll()
-        for waiter in waiters {
-            if waiter.isUnsent {
-                // A kept request in phases looks at once (its node may have left the map).
-                actions.append((waiter.sequence, { waiter.resume(0) }))
-                continue
-            }
-            guard waiter.retryAt == nil else {
-                mapWaiters.append(waiter)
-                continue
-            }
-            let target = serverIndex(named: waiter.redirect.target)
-                ?? (waiter.redirect.isAsk ? nil : placement.server(forHash: UInt32(waiter.redirect.slot)))
-            if let target {
-                actions.append((waiter.sequence, { waiter.resume(target) }))
-            } else if waiter.waitUntil <= worker.now {
-                actions.append((waiter.sequence, { waiter.resume(nil) }))
-            } else {
-                mapWaiters.append(waiter)
-            }
-        }
-        let waiting = parked
-        parked.removeAll()
-        for entry in waiting {
-            if entry.isUnsent, entry.waitUntil > worker.now, entry.request.slot.client?.isClosed == false,
-               serverIndex(named: entry.redirect.target) == nil, let target = unsentTarget(entry) {
-                // The map no longer has its node: to another master at once.
-                actions.append((entry.sequence, { self.resend(entry.request, toServer: target, asking: false) }))
-                continue
-            }
-            guard entry.retryAt == nil else {
-                parked.append(entry)
-                continue
-            }
-            if entry.waitUntil <= worker.now {
-                actions.append((entry.sequence, { self.giveUp(entry.request) }))
-                continue
-            }
-            let named = serverIndex(named: entry.redirect.target)
-            var target = named
-            if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
-            if let target {
-                actions.append((entry.sequence, { self.resend(entry.request, toServer: target, asking: entry.redirect.isAsk && named != nil) }))
-            } else {
-                parked.append(entry)
+        let entries = waiting
+        waiting.removeAll()
+        for entry in entries {
+            switch entry.work {
+            case let .phased(resume):
+                if entry.isUnsent {
+                    // A kept request in phases looks at once (its node may have left the map).
+                    actions.append((entry.sequence, { resume(0) }))
+                    continue
+                }
+                guard entry.retryAt == nil else {
+                    waiting.append(entry)
+                    continue
+                }
+                let target = serverIndex(named: entry.redirect.target)
+                    ?? (entry.redirect.isAsk ? nil : placement.server(forHash: UInt32(entry.redirect.slot)))
+                if let target {
+                    actions.append((entry.sequence, { resume(target) }))
+                } else if entry.waitUntil <= worker.now {
+                    actions.append((entry.sequence, { resume(nil) }))
+                } else {
+                    waiting.append(entry)
+                }
+            case let .request(request, isKeyed):
+                if entry.isUnsent, entry.waitUntil > worker.now, request.slot.client?.isClosed == false,
+                   serverIndex(named: entry.redirect.target) == nil, let target = unsentTarget(entry, request, isKeyed: isKeyed) {
+                    // The map no longer has its node: to another master at once.
+                    actions.append((entry.sequence, { self.resend(request, toServer: target, asking: false) }))
+                    continue
+                }
+                guard entry.retryAt == nil else {
+                    waiting.append(entry)
+                    continue
+                }
+                if entry.waitUntil <= worker.now {
+                    actions.append((entry.sequence, { self.giveUp(request) }))
+                    continue
+                }
+                let named = serverIndex(named: entry.redirect.target)
+                var target = named
+                if target == nil, !entry.redirect.isAsk { target = placement.server(forHash: UInt32(entry.redirect.slot)) }
+                if let target {
+                    actions.append((entry.sequence, { self.resend(request, toServer: target, asking: entry.redirect.isAsk && named != nil) }))
+                } else {
+                    waiting.append(entry)
+                }
             }
         }
         run(actions)
@@ -276,38 +274,38 @@ extension PoolRuntime {
         let now = worker.now + 0.0005
         for server in servers { server.expireWaiting(now: now) }
         var actions: [(sequence: Int, run: () -> Void)] = []
-        let waiters = mapWaiters
-        mapWaiters.removeAll()
-        for waiter in waiters {
-            if all || waiter.waitUntil <= now {
-                actions.append((waiter.sequence, { waiter.resume(nil) }))
-            } else if let retryAt = waiter.retryAt, retryAt <= now {
-                actions.append((waiter.sequence, { waiter.resume(0) }))
-            } else {
-                mapWaiters.append(waiter)
-            }
-        }
-        let waiting = parked
-        parked.removeAll()
-        for entry in waiting {
-            if entry.isUnsent, !all, entry.waitUntil > now, entry.request.slot.client?.isClosed == false {
-                if let retryAt = entry.retryAt, retryAt > now {
-                    parked.append(entry)
-                } else if let target = unsentTarget(entry) {
-                    actions.append((entry.sequence, { self.resend(entry.request, toServer: target, asking: false) }))
+        let entries = waiting
+        waiting.removeAll()
+        for entry in entries {
+            switch entry.work {
+            case let .phased(resume):
+                if all || entry.waitUntil <= now {
+                    actions.append((entry.sequence, { resume(nil) }))
+                } else if let retryAt = entry.retryAt, retryAt <= now {
+                    actions.append((entry.sequence, { resume(0) }))
                 } else {
-                    var again = entry
-                    again.retryAt = now + Self.unsentRetry
-                    parked.append(again)
+                    waiting.append(entry)
                 }
-                continue
-            }
-            if !all, entry.waitUntil > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
-                actions.append((entry.sequence, { self.resend(entry.request, toServer: server, asking: entry.redirect.isAsk) }))
-            } else if all || entry.waitUntil <= now || entry.retryAt.map({ $0 <= now }) == true {
-                actions.append((entry.sequence, { self.giveUp(entry.request) }))
-            } else {
-                parked.append(entry)
+            case let .request(request, isKeyed):
+                if entry.isUnsent, !all, entry.waitUntil > now, request.slot.client?.isClosed == false {
+                    if let retryAt = entry.retryAt, retryAt > now {
+                        waiting.append(entry)
+                    } else if let target = unsentTarget(entry, request, isKeyed: isKeyed) {
+                        actions.append((entry.sequence, { self.resend(request, toServer: target, asking: false) }))
+                    } else {
+                        var again = entry
+                        again.retryAt = now + Self.unsentRetry
+                        waiting.append(again)
+                    }
+                    continue
+                }
+                if !all, entry.waitUntil > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
+                    actions.append((entry.sequence, { self.resend(request, toServer: server, asking: entry.redirect.isAsk) }))
+                } else if all || entry.waitUntil <= now || entry.retryAt.map({ $0 <= now }) == true {
+                    actions.append((entry.sequence, { self.giveUp(request) }))
+                } else {
+                    waiting.append(entry)
+                }
             }
         }
         run(actions)
@@ -318,8 +316,7 @@ extension PoolRuntime {
     /// requests waiting for a dedicated connection (`ServerRuntime.waitForDedicated`).
     func armParkTimer() {
         let firstWaiting = servers.reduce(Double.infinity) { min($0, $1.nextWaitingDeadline) }
-        guard let first = (parked.map({ min($0.retryAt ?? $0.waitUntil, $0.waitUntil) }) + mapWaiters.map({ min($0.retryAt ?? $0.waitUntil, $0.waitUntil) })
-                           + (firstWaiting.isFinite ? [firstWaiting] : [])).min() else {
+        guard let first = (waiting.map(\.nextMoment) + (firstWaiting.isFinite ? [firstWaiting] : [])).min() else {
             parkTimer?.stop()
             return
         }

@@ -61,15 +61,14 @@ final class PoolRuntime: BackendPool {
     private var hotKeyCountdown = 1
     /// A cluster pool whose slot map is not known yet (every seed down): `-CLUSTERDOWN`.
     private(set) var clusterMapMissing = false
-    /// Cluster pools: redirected requests waiting for a map that knows their node, and the
-    /// timer that fails them at their deadline (see `followRedirect`).
-    var parked: [ParkedRedirect] = []
-    /// Requests in phases waiting for such a map (`awaitMap`).
-    var mapWaiters: [MapWaiter] = []
+    /// Cluster pools: requests waiting in Tern for a map that knows their node or for a moment
+    /// to try again (redirected, unsent, and requests in phases: `WaitingRedirect`), and the
+    /// timer that sends them or fails them at their deadline (see `followRedirect`).
+    var waiting: [WaitingRedirect] = []
     var parkTimer: TimerWatcher?
     /// When `parkTimer` fires (while it is active).
     var parkTimerAt = Double.infinity
-    /// Numbers the requests kept waiting in the order they were kept (`ParkedRedirect.sequence`).
+    /// Numbers the requests kept waiting in the order they were kept (`WaitingRedirect.sequence`).
     var parkSequence = 0
     /// `read_from` other than master: the replicas of each server (`servers[i]`'s in
     /// `replicas[i]`), which get `READONLY` on connect and single-key reads.
