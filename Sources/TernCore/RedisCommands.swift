@@ -383,10 +383,11 @@ public enum RedisCommandTable {
         return index < 0 ? nil : commands[Int(index)]
     }
 
-    /// The command's position in `commands` (its `tableIndex`), or -1. The request path reads
-    /// its entry from `commands` in place: an `Optional<RedisCommand>` returned from here was
-    /// written to the caller's stack and read back at once, and the reads of that fresh copy
-    /// stalled (43 % of `routeRedis`'s samples sat on one of them under pipelined GET).
+    /// The command's position in `commands` (its `tableIndex`), or -1. The request path asks
+    /// its worker's `RedisCommandLookup` instead and reads the entry there in place: an
+    /// `Optional<RedisCommand>` returned from a lookup was written to the caller's stack and
+    /// read back at once, and the reads of that fresh copy stalled (43 % of `routeRedis`'s
+    /// samples sat on one of them under pipelined GET).
     public static func indexOf(_ name: UnsafeRawBufferPointer) -> Int32 {
         RedisCommandLookup.shared.indexOf(name)
     }

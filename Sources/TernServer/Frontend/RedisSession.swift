@@ -83,10 +83,20 @@ struct RedisSession {
         get { client.redisExtras?.watchBroken ?? false }
         nonmutating set { if newValue || hasExtras { client.madeRedisExtras.watchBroken = newValue } }
     }
-    /// WATCHes answered -ASK in a row (`RedisSessionExtras.watchAsks`).
-    var watchAsks: UInt8 {
-        get { client.redisExtras?.watchAsks ?? 0 }
-        nonmutating set { if newValue != 0 || hasExtras { client.madeRedisExtras.watchAsks = newValue } }
+    /// A first WATCH answered -ASK at `now`: how many came before it in the same run
+    /// (`RedisSessionExtras.watchAsks`), counting this one for the next.
+    func noteWatchAsk(now: Double) -> Int {
+        let extras = client.madeRedisExtras
+        // A run ends a second after its last -ASK (the longest delay is 200 ms).
+        let earlier = now - extras.watchAskAt > 1 ? 0 : Int(extras.watchAsks)
+        extras.watchAsks = UInt8(min(earlier + 1, Int(UInt8.max)))
+        extras.watchAskAt = now
+        return earlier
+    }
+
+    /// A node held a first WATCH, or Tern failed it: the next -ASK starts a new run.
+    func endWatchAsks() {
+        if let extras = client.redisExtras, extras.watchAsks != 0 { extras.watchAsks = 0 }
     }
     /// Blocking commands sent on dedicated connections (stale entries are pruned). Modified in
     /// place (an append through a getter and a setter would copy the array).
@@ -135,10 +145,12 @@ final class RedisSessionExtras {
     /// A WATCH Tern answered but could not hold (cluster pools: its slot was migrating, the
     /// node answered -ASK): EXEC answers a null array, as for a watched key that changed.
     var watchBroken = false
-    /// First WATCHes of this client answered -ASK in a row (0 after one a node held): each is
-    /// answered later than the one before (`FirstWatch.advance`), so that a client's retry loop
-    /// does not spin through a slot's migration.
+    /// First WATCHes of this client answered -ASK in a row (0 after one a node held, or a
+    /// second after the last): each is answered later than the one before
+    /// (`FirstWatch.advance`), so that a client's retry loop does not spin through a slot's
+    /// migration. `watchAskAt`: when the last was answered -ASK (the worker's clock).
     var watchAsks: UInt8 = 0
+    var watchAskAt: Double = 0
     var blocked: [DedicatedLease] = []
     /// A blocking command of this client has waited for a dedicated connection (it may still).
     var waitedForDedicated = false

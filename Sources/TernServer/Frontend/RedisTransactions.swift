@@ -484,8 +484,9 @@ final class FirstWatch: PhasedRead {
         }
         guard let client = slot.client as? ClientConnection, let session = client.redis else { return false }
         if !isError {
-            // A node holds the WATCH: the next -ASK is answered at once again.
-            if session.watchAsks != 0 { session.watchAsks = 0 }
+            // A node holds the WATCH (or Tern failed it: a timeout, a lost connection): the
+            // next -ASK is answered at once again.
+            session.endWatchAsks()
             return false
         }
         guard let watch = session.watch, watch.connection === lease.connection, watch.lease == lease.lease else { return false }
@@ -501,12 +502,11 @@ final class FirstWatch: PhasedRead {
             // (redis-py's WatchError); the -ASK itself is an error clients do not retry.
             // The null array comes back at once, so such a loop would retry thousands of
             // times a second for the whole migration: the +OK of the second -ASK in a row
-            // waits 25 ms, and each later one twice as long as the one before, 200 ms at most
-            // (as a -TRYAGAIN is retried), within the pool's timeout.
+            // waits 25 ms, and each later one twice as long as the one before, 200 ms at most,
+            // within the pool's timeout (a run ends a second after its last -ASK).
             pool.plan.shared.cluster.askRedirects.add(1, ordering: .relaxed)
             session.watchBroken = true
-            let asks = session.watchAsks
-            if asks < UInt8.max { session.watchAsks = asks + 1 }
+            let asks = session.noteWatchAsk(now: client.worker.now)
             guard asks > 0 else {
                 slot.holdReply(UnsafeRawBufferPointer(start: nil, count: 0), isError: false)
                 slot.data.append("+OK\r\n" as StaticString)
@@ -517,7 +517,7 @@ final class FirstWatch: PhasedRead {
             var split = ReplySplit(nextPhaseOf: slot)
             _ = split.server(ReplyPart.whole)
             let now = client.worker.now
-            let delay = Self.askDelay(afterAsks: Int(asks))
+            let delay = Self.askDelay(afterAsks: asks)
             isAnsweredLater = true
             pool.retryLater(at: now + delay, deadline: now + (pool.timeoutSeconds.map { min($0, delay) } ?? delay)) { _ in
                 ("+OK\r\n" as StaticString).withUTF8Buffer { _ = slot.deliver(part: ReplyPart.whole, reply: UnsafeRawBufferPointer($0), isError: false) }
