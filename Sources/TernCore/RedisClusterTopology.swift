@@ -94,7 +94,7 @@ public struct ClusterNode: Sendable, Equatable, Hashable {
 
 /// Which master serves each of the 16384 slots, and the replicas of each master.
 public struct ClusterSlotMap: Sendable, Equatable {
-    /// Masters that serve at least one slot, ordered by name.
+    /// Masters that serve at least one slot, and those `addingSlotlessMasters` adds, ordered by name.
     public var masters: [ClusterNode]
     /// The replicas of each master (same order as `masters`).
     public var replicas: [[ClusterNode]]
@@ -160,6 +160,60 @@ public struct ClusterSlotMap: Sendable, Equatable {
         }
         return ClusterSlotMap(masters: order.map { masters[$0] }, replicas: order.map { replicas[$0].sorted { $0.name < $1.name } },
                               slotMasters: slotMasters)
+    }
+
+    /// The map with the masters that `CLUSTER NODES` (its reply's text) lists and `CLUSTER
+    /// SLOTS` does not: masters serving no slot yet, such as a node added to the cluster while
+    /// its first slot migrates to it. Such a node answers the requests that migrating node
+    /// sends it with `-ASK`; in the map it is a server with no slot, so the redirect is followed
+    /// at once (a node outside the map can only be waited for). Nodes marked `fail`,
+    /// `handshake` or `noaddr`, or whose link is not `connected`, are left out; so are
+    /// replicas, which no request of a slotless master needs. A node is named as `CLUSTER
+    /// SLOTS` names the others: by its host name when the cluster announces those
+    /// (`cluster-preferred-endpoint-type hostname`), else by its address (an empty one is
+    /// `askedHost`). Masters stay ordered by name.
+    public func addingSlotlessMasters(clusterNodes text: String, askedHost: String) -> ClusterSlotMap {
+        struct Listed {
+            var id: String
+            var ip: String
+            var hostname: String
+            var port: Int
+        }
+        var listed: [String: Listed] = [:]
+        var slotless: [Listed] = []
+        for line in text.split(whereSeparator: \.isNewline) {
+            // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <link> <slot>…
+            let fields = line.split(separator: " ")
+            guard fields.count >= 8 else { continue }
+            let address = fields[1].split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false)
+            let hostPort = address[0].split(separator: "@", maxSplits: 1, omittingEmptySubsequences: false)[0]
+            guard let colon = hostPort.lastIndex(of: ":"), let port = Int(hostPort[hostPort.index(after: colon)...]),
+                  (1...65535).contains(port) else { continue }
+            var ip = String(hostPort[..<colon])
+            if ip.isEmpty || ip == "?" { ip = askedHost }
+            let node = Listed(id: String(fields[0]), ip: ip, hostname: address.count > 1 ? String(address[1]) : "", port: port)
+            listed[node.id] = node
+            let flags = fields[2].split(separator: ",")
+            guard flags.contains("master"), !flags.contains("fail"), !flags.contains("handshake"), !flags.contains("noaddr"),
+                  fields[7] == "connected", !fields.dropFirst(8).contains(where: { !$0.hasPrefix("[") }) else { continue }
+            slotless.append(node)
+        }
+        let usesHostnames = masters.contains { master in
+            guard let node = listed[master.id] else { return false }
+            return !node.hostname.isEmpty && node.hostname == master.host && node.ip != master.host
+        }
+        let known = Set(allNodes.map(\.name)), knownIDs = Set(allNodes.map(\.id).filter { !$0.isEmpty })
+        let added = slotless.filter { !knownIDs.contains($0.id) }
+            .map { ClusterNode(host: usesHostnames && !$0.hostname.isEmpty ? $0.hostname : $0.ip, port: $0.port, id: $0.id) }
+            .filter { !known.contains($0.name) }
+        guard !added.isEmpty else { return self }
+        let all = masters + added
+        let allReplicas = replicas + added.map { _ in [ClusterNode]() }
+        let order = all.indices.sorted { all[$0].name < all[$1].name }
+        var position = [Int32](repeating: 0, count: all.count)
+        for (new, old) in order.enumerated() { position[old] = Int32(new) }
+        return ClusterSlotMap(masters: order.map { all[$0] }, replicas: order.map { allReplicas[$0] },
+                              slotMasters: slotMasters.map { $0 < 0 ? -1 : position[Int($0)] })
     }
 
     /// The pool as workers route it: the masters are its servers (named `host:port`, weight 1),

@@ -163,6 +163,11 @@ final class ClusterDiscovery: Sendable {
             guard let map = ClusterSlotMap.parse(clusterSlots: reply, askedHost: node.host) else {
                 return .failure(DiscoveryError(text: "CLUSTER SLOTS: no slot is served"))
             }
+            // Masters with no slot yet (a node being added), so that an -ASK to one is followed
+            // at once. Without an answer, the map of the slots stands.
+            if case let .success(.bulk(text?)) = RedisProbe.call(node, ["CLUSTER", "NODES"], password: password, tls: tls, maxReply: 16 << 20) {
+                return .success(map.addingSlotlessMasters(clusterNodes: String(decoding: text, as: UTF8.self), askedHost: node.host))
+            }
             return .success(map)
         case let .failure(error):
             return .failure(DiscoveryError(text: error.text))
