@@ -49,7 +49,7 @@ public enum RedisCommandPresentation {
     pttl readonly fast|publish pubsub loading stale fast|pubsub @slow
     punsubscribe pubsub noscript loading stale|quit noscript loading stale fast no_auth allow_busy
     readonly loading stale fast|readwrite loading stale fast|rename write|renamenx write fast
-    reset noscript loading stale fast no_auth allow_busy|restore write denyoom|rpop write fast
+    reset noscript loading stale fast no_auth allow_busy|restore write denyoom|role noscript loading stale fast|rpop write fast
     rpoplpush write denyoom|rpush write denyoom fast|rpushx write denyoom fast
     sadd write denyoom fast|scan readonly|scard readonly fast|script @slow|sdiff readonly
     sdiffstore write denyoom|select loading stale fast|set write denyoom|setbit write denyoom

@@ -275,7 +275,7 @@ public enum RedisCommandTable {
         .init("acl", -2, .none, .local), .init("save", 1, .none, .unsupported), .init("bgsave", -1, .none, .unsupported),
         .init("bgrewriteaof", 1, .none, .unsupported), .init("lastsave", 1, .none, .unsupported), .init("shutdown", -1, .none, .unsupported),
         .init("slaveof", 3, .none, .unsupported), .init("replicaof", 3, .none, .unsupported), .init("sync", 1, .none, .unsupported),
-        .init("psync", -3, .none, .unsupported), .init("role", 1, .none, .unsupported), .init("readonly", 1, .none, .local),
+        .init("psync", -3, .none, .unsupported), .init("role", 1, .none, .local), .init("readonly", 1, .none, .local),
         .init("readwrite", 1, .none, .local), .init("asking", 1, .none, .local),
         .init("failover", -1, .none, .unsupported), .init("module", -2, .none, .unsupported), .init("lolwut", -1, .none, .unsupported),
         .init("time", 1, .none, .firstServer),

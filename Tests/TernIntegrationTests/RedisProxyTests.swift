@@ -435,6 +435,8 @@ final class RedisProxyTests: XCTestCase {
         let maxclients = info.split(separator: "\r\n").first { $0.hasPrefix("maxclients:") }.flatMap { Int($0.dropFirst(11)) } ?? 0
         XCTAssertGreaterThan(maxclients, 0)
         XCTAssertTrue(try c.call("INFO", "replication").hasSuffix("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n"))
+        XCTAssertEqual(try c.call("ROLE"), "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n", "ROLE says what INFO replication says")
+        XCTAssertEqual(try c.call("ROLE", "x"), "-ERR wrong number of arguments for 'role' command\r\n")
         // Per-command counts in Redis's fields, by name or in `all`, not by default.
         XCTAssertFalse(info.contains("# Commandstats"))
         let commandstats = try c.call("INFO", "commandstats")

@@ -54,6 +54,10 @@ extension ClientConnection {
             client(arguments, frame, session, slot)
         case "command":
             commandInfo(arguments, frame, slot)
+        case "role":
+            // As `INFO replication` says: a master, with no replicas (libraries that check the
+            // role of the node they were given ask this).
+            slot.complete(with: "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n" as StaticString)
         case "info":
             slot.data.appendBulk(infoText(sections: (1..<count).map { text($0).lowercased() }))
             slot.complete(with: "" as StaticString)
