@@ -436,6 +436,16 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertGreaterThan(maxclients, 0)
         XCTAssertTrue(try c.call("INFO", "replication").hasSuffix("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n"))
         XCTAssertEqual(try c.call("ROLE"), "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n", "ROLE says what INFO replication says")
+        // Tern's own CPU, as Redis writes its own (six decimals), and only where asked.
+        let cpu = try c.call("INFO", "cpu")
+        XCTAssertTrue(cpu.contains("# CPU\r\n"), cpu)
+        for field in ["used_cpu_sys", "used_cpu_user", "used_cpu_sys_children", "used_cpu_user_children"] {
+            let value = cpu.split(separator: "\r\n").first { $0.hasPrefix(field + ":") }.map { $0.dropFirst(field.count + 1) } ?? ""
+            let parts = value.split(separator: ".")
+            XCTAssertTrue(parts.count == 2 && parts[1].count == 6 && parts.allSatisfy { $0.allSatisfy(\.isNumber) }, "\(field): \(value)")
+        }
+        XCTAssertTrue(info.contains("# CPU\r\n"), "in the default sections")
+        XCTAssertFalse(try c.call("INFO", "replication").contains("# CPU"))
         XCTAssertEqual(try c.call("ROLE", "x"), "-ERR wrong number of arguments for 'role' command\r\n")
         // Per-command counts in Redis's fields, by name or in `all`, not by default.
         XCTAssertFalse(info.contains("# Commandstats"))

@@ -380,6 +380,20 @@ extension ClientConnection {
 
     /// INFO [section …]: Tern's own figures and, aggregated over the pool's servers, the
     /// fields applications read from Redis (see `BackendInfo`).
+    /// `# CPU` as Redis writes it, for Tern's own process (all its threads; children: none it
+    /// waited for): seconds with six decimals, from `getrusage`.
+    static func processCPU() -> [(String, String)] {
+        func seconds(_ time: timeval) -> String {
+            let micros = String(time.tv_usec)
+            return "\(time.tv_sec)." + String(repeating: "0", count: max(0, 6 - micros.count)) + micros
+        }
+        var own = rusage(), children = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &own)
+        getrusage(RUSAGE_CHILDREN.rawValue, &children)
+        return [("used_cpu_sys", seconds(own.ru_stime)), ("used_cpu_user", seconds(own.ru_utime)),
+                ("used_cpu_sys_children", seconds(children.ru_stime)), ("used_cpu_user_children", seconds(children.ru_utime))]
+    }
+
     private func infoText(sections: [String]) -> String {
         let shared = pool.plan.shared
         let info = worker.processInfo
@@ -410,6 +424,7 @@ extension ClientConnection {
         section("Stats", [("total_connections_received", String(shared.totalConnections.load(ordering: .relaxed)))] + backends.stats
                     + (pool.plan.poolSummary + sessions).map { ($0.0, String($0.1)) })
         section("Replication", [("role", "master"), ("connected_slaves", "0")])
+        if wanted("cpu") { section("CPU", Self.processCPU()) }
         section("Keyspace", backends.keyspace)
         section("Pools", [("pool", pool.config.name), ("servers", String(pool.servers.count)),
                           ("distribution", pool.config.distribution.rawValue), ("hash", pool.config.hash.rawValue)])
