@@ -56,8 +56,10 @@ final class SlowLogTests: XCTestCase {
         XCTAssertEqual(cut, [Array("GET".utf8)])
     }
 
+    /// "warm" is 133 of 1000 keys, more than 1000 / 8: kept by any Space-Saving of 8 counters,
+    /// above every other key but "hot" (a key that is not kept counts at most 1000 / 8 + 1).
     func testSpaceSavingFindsTheHeavyHitters() {
-        var sketch = SpaceSaving(capacity: 4)
+        var sketch = SpaceSaving(capacity: 8)
         var stream: [String] = []
         for index in 0..<1000 { stream.append(index % 3 == 0 ? "hot" : index % 5 == 0 ? "warm" : "cold\(index)") }
         for key in stream { Array(key.utf8).withUnsafeBytes { sketch.add($0, hash: UInt64(bitPattern: Int64(key.hashValue))) } }
@@ -68,6 +70,53 @@ final class SlowLogTests: XCTestCase {
         XCTAssertLessThanOrEqual(top[0].count - top[0].error, 334)
         sketch.halve()
         XCTAssertEqual(sketch.entries.first { String(decoding: $0.key, as: UTF8.self) == "hot" }?.count, top[0].count / 2)
+    }
+
+    /// Space-Saving's guarantees hold through the hash index and the kept smallest count, with
+    /// skewed and uniform streams, halvings between them, and hashes that collide (long probe
+    /// runs, entries taken out of the middle of one): the counts add up to the keys added, no
+    /// key is kept twice, a count never underestimates and, less its error, never
+    /// overestimates, and every key seen more than n / capacity times is kept.
+    func testSpaceSavingKeepsItsGuaranteesUnderEviction() {
+        var random = SystemRandomNumberGenerator()
+        for (capacity, collide) in [(1, false), (4, true), (16, false), (16, true), (64, false), (64, true)] {
+            var sketch = SpaceSaving(capacity: capacity)
+            var truth: [String: Int] = [:]
+            var added = 0
+            // Colliding hashes whose home is the index's last slots: probe runs wrap round.
+            func hash(_ key: String) -> UInt64 { collide ? 0xFFFF_FFFF - UInt64(key.utf8.count % 3) : UInt64(bitPattern: Int64(key.hashValue)) }
+            func check(_ label: String) {
+                let entries = sketch.entries
+                XCTAssertEqual(entries.reduce(0) { $0 + $1.count }, added, "\(label): counts add up")
+                XCTAssertEqual(Set(entries.map(\.key)).count, entries.count, "\(label): no key twice")
+                for entry in entries {
+                    let real = truth[String(decoding: entry.key, as: UTF8.self)] ?? 0
+                    XCTAssertGreaterThanOrEqual(entry.count, real, label)
+                    XCTAssertLessThanOrEqual(entry.count - entry.error, real, label)
+                }
+                let kept = Set(entries.map { String(decoding: $0.key, as: UTF8.self) })
+                for (key, count) in truth where count * capacity > added { XCTAssertTrue(kept.contains(key), "\(label): \(key) seen \(count) of \(added)") }
+            }
+            for round in 0..<3 {
+                for step in 0..<4000 {
+                    // Skewed: a few keys often; uniform: many keys once or twice.
+                    let key = round == 1 ? "u\(Int.random(in: 0..<3000, using: &random))"
+                        : "k\(Int(Double(Int.random(in: 1...1000, using: &random)).squareRoot() * Double(step % 7 + 1)))"
+                    Array(key.utf8).withUnsafeBytes { sketch.add($0, hash: hash(key)) }
+                    truth[key, default: 0] += 1
+                    added += 1
+                }
+                check("capacity \(capacity), collide \(collide), round \(round)")
+                sketch.halve()
+                // After a halving the counts are the sketch's own: start the truth again from them.
+                truth = [:]
+                added = 0
+                for entry in sketch.entries {
+                    truth[String(decoding: entry.key, as: UTF8.self)] = entry.count
+                    added += entry.count
+                }
+            }
+        }
     }
 }
 
