@@ -113,8 +113,14 @@ public struct ClusterSlotMap: Sendable, Equatable {
     /// Masters and replicas.
     public var nodeCount: Int { masters.count + replicas.reduce(0) { $0 + $1.count } }
 
-    /// Every node, masters first: where the next discovery asks.
-    public var allNodes: [ClusterNode] { masters + replicas.flatMap { $0 } }
+    /// Every node, masters serving slots first, masters serving none (`addingSlotlessMasters`)
+    /// last: where the next discovery asks (a new node's view of the slots settles last).
+    public var allNodes: [ClusterNode] {
+        var serving = [Bool](repeating: false, count: masters.count)
+        for master in slotMasters where master >= 0 { serving[Int(master)] = true }
+        return masters.indices.filter { serving[$0] }.map { masters[$0] } + replicas.flatMap { $0 }
+            + masters.indices.filter { !serving[$0] }.map { masters[$0] }
+    }
 
     /// The map from a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], [replica …]…]…]`.
     /// An empty host means "the address you asked" (`askedHost`). nil when the reply is an error
@@ -162,25 +168,32 @@ public struct ClusterSlotMap: Sendable, Equatable {
                               slotMasters: slotMasters)
     }
 
-    /// The map with the masters that `CLUSTER NODES` (its reply's text) lists and `CLUSTER
-    /// SLOTS` does not: masters serving no slot yet, such as a node added to the cluster while
-    /// its first slot migrates to it. Such a node answers the requests that migrating node
-    /// sends it with `-ASK`; in the map it is a server with no slot, so the redirect is followed
-    /// at once (a node outside the map can only be waited for). Nodes marked `fail`,
-    /// `handshake` or `noaddr`, or whose link is not `connected`, are left out; so are
-    /// replicas, which no request of a slotless master needs. A node is named as `CLUSTER
-    /// SLOTS` names the others: by its host name when the cluster announces those
+    /// The map with the masters named in `wanted` (`host:port`, as redirects name nodes) that
+    /// `CLUSTER NODES` (its reply's text) lists as serving no slot: a node added to the cluster
+    /// while its first slot migrates to it, which the migrating node names in `-ASK`. In the
+    /// map it is a server with no slot, so the redirect is followed at once (a node outside the
+    /// map can only be waited for). Only nodes a redirect named join: a node that is an empty
+    /// master for a moment on its way to becoming a replica (`--cluster add-node
+    /// --cluster-slave`, a failed master coming back) never receives a request. A node is named
+    /// as `CLUSTER SLOTS` names the others: by its host name when the cluster announces those
     /// (`cluster-preferred-endpoint-type hostname`), else by its address (an empty one is
     /// `askedHost`). Masters stay ordered by name.
-    public func addingSlotlessMasters(clusterNodes text: String, askedHost: String) -> ClusterSlotMap {
+    ///
+    /// `settled`: the names of `wanted` that no longer need a look, because `CLUSTER NODES`
+    /// lists them otherwise (serving slots: in the map already; a replica, failed, handshaking,
+    /// address-less or disconnected node). A name it does not list stays wanted (the node asked
+    /// may not know the new one yet).
+    public func addingSlotlessMasters(clusterNodes text: String, askedHost: String,
+                                      wanted: Set<String>) -> (map: ClusterSlotMap, settled: Set<String>) {
+        guard !wanted.isEmpty else { return (self, []) }
         struct Listed {
             var id: String
             var ip: String
             var hostname: String
             var port: Int
+            var isSlotlessMaster: Bool
         }
-        var listed: [String: Listed] = [:]
-        var slotless: [Listed] = []
+        var listed: [Listed] = []
         for line in text.split(whereSeparator: \.isNewline) {
             // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <link> <slot>…
             let fields = line.split(separator: " ")
@@ -191,29 +204,38 @@ public struct ClusterSlotMap: Sendable, Equatable {
                   (1...65535).contains(port) else { continue }
             var ip = String(hostPort[..<colon])
             if ip.isEmpty || ip == "?" { ip = askedHost }
-            let node = Listed(id: String(fields[0]), ip: ip, hostname: address.count > 1 ? String(address[1]) : "", port: port)
-            listed[node.id] = node
             let flags = fields[2].split(separator: ",")
-            guard flags.contains("master"), !flags.contains("fail"), !flags.contains("handshake"), !flags.contains("noaddr"),
-                  fields[7] == "connected", !fields.dropFirst(8).contains(where: { !$0.hasPrefix("[") }) else { continue }
-            slotless.append(node)
+            let isSlotlessMaster = flags.contains("master") && !flags.contains("fail") && !flags.contains("fail?")
+                && !flags.contains("handshake") && !flags.contains("noaddr") && fields[7] == "connected"
+                && !fields.dropFirst(8).contains(where: { !$0.hasPrefix("[") })
+            listed.append(Listed(id: String(fields[0]), ip: ip, hostname: address.count > 1 ? String(address[1]) : "",
+                                 port: port, isSlotlessMaster: isSlotlessMaster))
         }
+        let byID = Dictionary(listed.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         let usesHostnames = masters.contains { master in
-            guard let node = listed[master.id] else { return false }
+            guard let node = byID[master.id] else { return false }
             return !node.hostname.isEmpty && node.hostname == master.host && node.ip != master.host
         }
-        let known = Set(allNodes.map(\.name)), knownIDs = Set(allNodes.map(\.id).filter { !$0.isEmpty })
-        let added = slotless.filter { !knownIDs.contains($0.id) }
-            .map { ClusterNode(host: usesHostnames && !$0.hostname.isEmpty ? $0.hostname : $0.ip, port: $0.port, id: $0.id) }
-            .filter { !known.contains($0.name) }
-        guard !added.isEmpty else { return self }
+        let known = Set(allNodes.map(\.name))
+        var added: [ClusterNode] = []
+        var settled: Set<String> = []
+        for node in listed {
+            let named = ClusterNode(host: usesHostnames && !node.hostname.isEmpty ? node.hostname : node.ip, port: node.port, id: node.id)
+            guard wanted.contains(named.name) else { continue }
+            if node.isSlotlessMaster, !known.contains(named.name) {
+                added.append(named)
+            } else if !node.isSlotlessMaster {
+                settled.insert(named.name)
+            }
+        }
+        guard !added.isEmpty else { return (self, settled) }
         let all = masters + added
         let allReplicas = replicas + added.map { _ in [ClusterNode]() }
         let order = all.indices.sorted { all[$0].name < all[$1].name }
         var position = [Int32](repeating: 0, count: all.count)
         for (new, old) in order.enumerated() { position[old] = Int32(new) }
-        return ClusterSlotMap(masters: order.map { all[$0] }, replicas: order.map { allReplicas[$0] },
-                              slotMasters: slotMasters.map { $0 < 0 ? -1 : position[Int($0)] })
+        return (ClusterSlotMap(masters: order.map { all[$0] }, replicas: order.map { allReplicas[$0] },
+                               slotMasters: slotMasters.map { $0 < 0 ? -1 : position[Int($0)] }), settled)
     }
 
     /// The pool as workers route it: the masters are its servers (named `host:port`, weight 1),

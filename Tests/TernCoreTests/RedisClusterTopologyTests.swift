@@ -12,10 +12,12 @@ final class RedisClusterTopologyTests: XCTestCase {
         + "*4\r\n:10923\r\n:16000\r\n*3\r\n$0\r\n\r\n:7002\r\n$4\r\nid-2\r\n*3\r\n$9\r\n127.0.0.1\r\n:7005\r\n$4\r\nid-5\r\n"
         + "*3\r\n:16001\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$4\r\nid-0\r\n").utf8)
 
-    /// Masters `CLUSTER NODES` lists with no slot (a node being added, importing its first slot)
-    /// join the map as servers with no slot, in name order, the slots following their masters;
-    /// failed, handshaking, address-less and disconnected masters, replicas and masters already
-    /// in the map do not.
+    /// Masters a redirect named that `CLUSTER NODES` lists with no slot (a node being added,
+    /// importing its first slot) join the map as servers with no slot, in name order, the slots
+    /// following their masters, and are asked last by discovery; a slotless master no redirect
+    /// named (a node on its way to becoming a replica) does not. Names `CLUSTER NODES` lists
+    /// otherwise (failed, suspected, handshaking, address-less or disconnected, a replica,
+    /// serving slots) are settled; names it does not list stay wanted.
     func testSlotlessMastersFromClusterNodes() throws {
         let (value, _) = try XCTUnwrap(RespValue.decode(Self.slotsReply))
         let map = try XCTUnwrap(ClusterSlotMap.parse(clusterSlots: value, askedHost: "10.0.0.9"))
@@ -30,17 +32,27 @@ final class RedisClusterTopologyTests: XCTestCase {
             id-6 127.0.0.1:7006@17006 handshake - 0 0 0 connected
             id-5 127.0.0.1:7005@17005 master - 0 0 0 disconnected
             id-3 :0@0 master,noaddr - 0 0 0 connected
+            id-10 127.0.0.1:7010@17010 master,fail? - 0 0 0 connected
+            id-11 127.0.0.1:7011@17011 master - 0 0 0 connected
             """
-        let added = map.addingSlotlessMasters(clusterNodes: nodes, askedHost: "10.0.0.9")
-        XCTAssertEqual(added.masters.map(\.name), ["10.0.0.8:6999", "10.0.0.9:7002", "127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7009"])
+        let wanted: Set = ["10.0.0.8:6999", "127.0.0.1:7009", "127.0.0.1:7007", "127.0.0.1:7006", "127.0.0.1:7005", "127.0.0.1:7010",
+                           "127.0.0.1:7001", "127.0.0.1:7004", "127.0.0.1:7999"]
+        let (added, settled) = map.addingSlotlessMasters(clusterNodes: nodes, askedHost: "10.0.0.9", wanted: wanted)
+        XCTAssertEqual(added.masters.map(\.name), ["10.0.0.8:6999", "10.0.0.9:7002", "127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7009"],
+                       "7011 is a slotless master no redirect named")
         XCTAssertEqual(added.masters.last?.id, "id-9")
         XCTAssertEqual(added.replicas.map { $0.map(\.name) }, [[], ["127.0.0.1:7005"], [], ["127.0.0.1:7004"], []])
         for slot in [0, 5460, 5461, 5462, 10922, 10923, 16000, 16001, 16383] {
             XCTAssertEqual(added.masters[Int(added.slotMasters[slot])].name, map.masters[Int(map.slotMasters[slot])].name, "slot \(slot)")
         }
         XCTAssertEqual(added.assignedSlots, 16384)
-        XCTAssertEqual(map.addingSlotlessMasters(clusterNodes: "", askedHost: "h"), map, "no answer: the map of the slots")
-        XCTAssertEqual(added.addingSlotlessMasters(clusterNodes: nodes, askedHost: "10.0.0.9"), added, "masters already in the map stay once")
+        XCTAssertEqual(settled, ["127.0.0.1:7007", "127.0.0.1:7006", "127.0.0.1:7005", "127.0.0.1:7010", "127.0.0.1:7001", "127.0.0.1:7004"],
+                       "7999 is not listed: still wanted; the added ones too")
+        XCTAssertEqual(added.allNodes.map(\.name).suffix(2), ["10.0.0.8:6999", "127.0.0.1:7009"], "masters serving no slot are asked last")
+        XCTAssertEqual(map.addingSlotlessMasters(clusterNodes: nodes, askedHost: "10.0.0.9", wanted: []).map, map, "nothing wanted")
+        XCTAssertEqual(map.addingSlotlessMasters(clusterNodes: "", askedHost: "h", wanted: wanted).map, map, "no answer: the map of the slots")
+        XCTAssertEqual(added.addingSlotlessMasters(clusterNodes: nodes, askedHost: "10.0.0.9", wanted: wanted).map, added,
+                       "masters already in the map stay once")
         // A cluster that announces host names names a new master by its host name too.
         let named = """
             id-0 127.0.0.1:7000@17000,node-0 myself,master - 0 0 1 connected 0-16383
@@ -48,10 +60,12 @@ final class RedisClusterTopologyTests: XCTestCase {
             """
         let byName = ClusterSlotMap(masters: [ClusterNode(host: "node-0", port: 7000, id: "id-0")], replicas: [[]],
                                     slotMasters: [Int32](repeating: 0, count: hashSlotCount))
-        XCTAssertEqual(byName.addingSlotlessMasters(clusterNodes: named, askedHost: "h").masters.map(\.name), ["node-0:7000", "node-9:7009"])
+        XCTAssertEqual(byName.addingSlotlessMasters(clusterNodes: named, askedHost: "h", wanted: ["node-9:7009"]).map.masters.map(\.name),
+                       ["node-0:7000", "node-9:7009"])
         let byAddress = ClusterSlotMap(masters: [ClusterNode(host: "127.0.0.1", port: 7000, id: "id-0")], replicas: [[]],
                                        slotMasters: [Int32](repeating: 0, count: hashSlotCount))
-        XCTAssertEqual(byAddress.addingSlotlessMasters(clusterNodes: named, askedHost: "h").masters.map(\.name), ["127.0.0.1:7000", "127.0.0.1:7009"])
+        XCTAssertEqual(byAddress.addingSlotlessMasters(clusterNodes: named, askedHost: "h", wanted: ["127.0.0.1:7009"]).map.masters.map(\.name),
+                       ["127.0.0.1:7000", "127.0.0.1:7009"])
     }
 
     func testClusterSlotsReplyBecomesAMap() throws {

@@ -78,13 +78,25 @@ final class SlowLogTests: XCTestCase {
     /// key is kept twice, a count never underestimates and, less its error, never
     /// overestimates, and every key seen more than n / capacity times is kept.
     func testSpaceSavingKeepsItsGuaranteesUnderEviction() {
-        var random = SystemRandomNumberGenerator()
+        // Seeded (SplitMix64) and hashed with FNV-1a, so that a failure repeats.
+        struct SplitMix: RandomNumberGenerator {
+            var state: UInt64
+            mutating func next() -> UInt64 {
+                state &+= 0x9E37_79B9_7F4A_7C15
+                var z = state
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                return z ^ (z >> 31)
+            }
+        }
+        func fnv(_ key: String) -> UInt64 { key.utf8.reduce(0xcbf2_9ce4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 } }
+        var random = SplitMix(state: 27)
         for (capacity, collide) in [(1, false), (4, true), (16, false), (16, true), (64, false), (64, true)] {
             var sketch = SpaceSaving(capacity: capacity)
             var truth: [String: Int] = [:]
             var added = 0
             // Colliding hashes whose home is the index's last slots: probe runs wrap round.
-            func hash(_ key: String) -> UInt64 { collide ? 0xFFFF_FFFF - UInt64(key.utf8.count % 3) : UInt64(bitPattern: Int64(key.hashValue)) }
+            func hash(_ key: String) -> UInt64 { collide ? 0xFFFF_FFFF - UInt64(key.utf8.count % 3) : fnv(key) }
             func check(_ label: String) {
                 let entries = sketch.entries
                 XCTAssertEqual(entries.reduce(0) { $0 + $1.count }, added, "\(label): counts add up")

@@ -48,6 +48,22 @@ final class ClusterState: DiscoveryMailbox<ClusterSlotMap>, @unchecked Sendable 
     let mapVersion = Atomic<Int>(0)
     /// Unix time of the last `CLUSTER SLOTS` answered (0: never).
     let refreshedAt = Atomic<Int>(0)
+    /// Nodes (`host:port`) a redirect named that the map lacked, for discovery to look up in
+    /// `CLUSTER NODES` (`ClusterSlotMap.addingSlotlessMasters`) until it lists them as anything
+    /// but a master serving no slot. Written by workers (`noteUnknownNode`), read and settled
+    /// by the discovery thread. At most `maxWantedNodes`.
+    let wantedNodes = Locked<Set<String>>([])
+    static let maxWantedNodes = 64
+
+    /// A redirect named `node`, which the map lacks: a new map is asked for, and it takes the
+    /// node if it is a master serving no slot yet (a new node that a migrating slot's keys go to).
+    func noteUnknownNode(_ node: String) {
+        wantedNodes.withLock { wanted in
+            if wanted.count < Self.maxWantedNodes { wanted.insert(node) }
+        }
+        requestRefresh()
+    }
+
     /// Of the map applied now.
     let masters = Atomic<Int>(0)
     let nodes = Atomic<Int>(0)
@@ -116,8 +132,10 @@ final class ClusterDiscovery: Sendable {
                 let period = noMap || lastFailed[job.pool] == true ? 1 : Self.period
                 guard clock.isDue(job.pool, now: now, requested: job.state.refreshRequested, period: period) else { continue }
                 let previous = known.withLock { $0[job.pool] }
-                switch Self.discover(seeds: job.seeds, previous: previous, password: job.password, tls: job.tls) {
-                case let .success((map, _)):
+                let wanted = job.state.wantedNodes.withLock { $0 }
+                switch Self.discover(seeds: job.seeds, previous: previous, password: job.password, tls: job.tls, wanted: wanted) {
+                case let .success((map, _, settled)):
+                    if !settled.isEmpty { job.state.wantedNodes.withLock { $0.subtract(settled) } }
                     lastFailed[job.pool] = false
                     job.state.refreshes.add(1, ordering: .relaxed)
                     job.state.refreshedAt.store(Int(time(nil)), ordering: .relaxed)
@@ -141,20 +159,24 @@ final class ClusterDiscovery: Sendable {
     /// Asks the nodes of `previous` (masters first), then the seeds, for `CLUSTER SLOTS`; the
     /// first usable answer wins. Blocking: each node gets a second to connect and a second to
     /// answer. Returns the map and the node that gave it.
-    static func discover(seeds: [ClusterNode], previous: ClusterSlotMap?, password: String?, tls: TLSContext?) -> Result<(ClusterSlotMap, String), DiscoveryError> {
+    /// `wanted`: nodes redirects named that a map lacked (`ClusterState.wantedNodes`); the
+    /// result's set holds those that need no more looking for.
+    static func discover(seeds: [ClusterNode], previous: ClusterSlotMap?, password: String?, tls: TLSContext?,
+                         wanted: Set<String> = []) -> Result<(ClusterSlotMap, String, Set<String>), DiscoveryError> {
         var candidates: [ClusterNode] = []
         for node in (previous?.allNodes ?? []) + seeds where !candidates.contains(where: { $0.name == node.name }) { candidates.append(node) }
         var errors: [String] = []
         for node in candidates {
-            switch ask(node, password: password, tls: tls) {
-            case let .success(map): return .success((map, node.name))
+            switch ask(node, password: password, tls: tls, wanted: wanted) {
+            case let .success((map, settled)): return .success((map, node.name, settled))
             case let .failure(error): errors.append("\(node.name): \(error.text)")
             }
         }
         return .failure(DiscoveryError(text: errors.isEmpty ? "no seed nodes" : errors.joined(separator: "; ")))
     }
 
-    private static func ask(_ node: ClusterNode, password: String?, tls: TLSContext?) -> Result<ClusterSlotMap, DiscoveryError> {
+    private static func ask(_ node: ClusterNode, password: String?, tls: TLSContext?,
+                            wanted: Set<String>) -> Result<(ClusterSlotMap, Set<String>), DiscoveryError> {
         // A map of 16384 single-slot ranges over many nodes stays well below 16 MiB.
         switch RedisProbe.call(node, ["CLUSTER", "SLOTS"], password: password, tls: tls, maxReply: 16 << 20) {
         case let .success(.error(text)):
@@ -163,12 +185,14 @@ final class ClusterDiscovery: Sendable {
             guard let map = ClusterSlotMap.parse(clusterSlots: reply, askedHost: node.host) else {
                 return .failure(DiscoveryError(text: "CLUSTER SLOTS: no slot is served"))
             }
-            // Masters with no slot yet (a node being added), so that an -ASK to one is followed
-            // at once. Without an answer, the map of the slots stands.
-            if case let .success(.bulk(text?)) = RedisProbe.call(node, ["CLUSTER", "NODES"], password: password, tls: tls, maxReply: 16 << 20) {
-                return .success(map.addingSlotlessMasters(clusterNodes: String(decoding: text, as: UTF8.self), askedHost: node.host))
+            // Masters with no slot yet that a redirect named (a node being added), so that an
+            // -ASK to one is followed. Without an answer, the map of the slots stands.
+            if !wanted.isEmpty,
+               case let .success(.bulk(text?)) = RedisProbe.call(node, ["CLUSTER", "NODES"], password: password, tls: tls, maxReply: 16 << 20) {
+                let found = map.addingSlotlessMasters(clusterNodes: String(decoding: text, as: UTF8.self), askedHost: node.host, wanted: wanted)
+                return .success((found.map, found.settled))
             }
-            return .success(map)
+            return .success((map, []))
         case let .failure(error):
             return .failure(DiscoveryError(text: error.text))
         }

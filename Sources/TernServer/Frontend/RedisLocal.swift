@@ -378,8 +378,6 @@ extension ClientConnection {
         for _ in 0..<3 { reply.appendArrayHeader(0) }
     }
 
-    /// INFO [section …]: Tern's own figures and, aggregated over the pool's servers, the
-    /// fields applications read from Redis (see `BackendInfo`).
     /// `# CPU` as Redis writes it, for Tern's own process (all its threads; children: none it
     /// waited for): seconds with six decimals, from `getrusage`.
     static func processCPU() -> [(String, String)] {
@@ -394,6 +392,8 @@ extension ClientConnection {
                 ("used_cpu_sys_children", seconds(children.ru_stime)), ("used_cpu_user_children", seconds(children.ru_utime))]
     }
 
+    /// INFO [section …]: Tern's own figures and, aggregated over the pool's servers, the
+    /// fields applications read from Redis (see `BackendInfo`).
     private func infoText(sections: [String]) -> String {
         let shared = pool.plan.shared
         let info = worker.processInfo

@@ -88,7 +88,7 @@ public final class TernServer {
             // are routed; a cluster that does not answer is asked again in the background.
             let tls = try pool.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: pool.name) }
             switch ClusterDiscovery.discover(seeds: ClusterDiscovery.seeds(pool), previous: nil, password: pool.redisAuth, tls: tls) {
-            case let .success((map, node)):
+            case let .success((map, node, _)):
                 clusterMaps[pool.name] = map
                 logger.notice("pool \(pool.name): slot map from \(node): \(map.masters.count) masters, \(map.nodeCount) nodes, \(map.assignedSlots) slots served")
             case let .failure(error):

@@ -49,7 +49,7 @@ extension PoolRuntime {
     /// Waits for a map that knows `redirect`'s node (asked for here), at most until `deadline`
     /// (2 s when it is infinite), as a redirected request is parked (`followRedirect`).
     func awaitMap(for redirect: ClusterRedirect, deadline: Double, _ resume: @escaping (Int?) -> Void) {
-        plan.shared.cluster.requestRefresh()
+        plan.shared.cluster.noteUnknownNode(redirect.target)
         parkSequence += 1
         waiting.append(WaitingRedirect(redirect: redirect, work: .phased(resume), waitUntil: deadline.isFinite ? deadline : worker.now + 2,
                                        sequence: parkSequence))
@@ -89,7 +89,8 @@ extension PoolRuntime {
             resend(request, toServer: server, asking: redirect.isAsk)
             return
         }
-        cluster.requestRefresh()
+        // The node may be a new master serving no slot yet (`ClusterState.noteUnknownNode`).
+        cluster.noteUnknownNode(redirect.target)
         // Without a timeout, a request waits for a map with its node at most 2 s.
         park(WaitingRedirect(redirect: redirect, work: .request(request, isKeyed: false), waitUntil: request.deadline.isFinite ? request.deadline : worker.now + 2))
     }
