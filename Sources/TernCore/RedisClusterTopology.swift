@@ -182,10 +182,11 @@ public struct ClusterSlotMap: Sendable, Equatable {
     /// `settled`: the names of `wanted` that no longer need a look, because `CLUSTER NODES`
     /// lists them otherwise (serving slots: in the map already; a replica, failed, handshaking,
     /// address-less or disconnected node). A name it does not list stays wanted (the node asked
-    /// may not know the new one yet).
+    /// may not know the new one yet); `unlisted` holds those names, for the caller to give up
+    /// on one that answers keep leaving out (a node that left the cluster).
     public func addingSlotlessMasters(clusterNodes text: String, askedHost: String,
-                                      wanted: Set<String>) -> (map: ClusterSlotMap, settled: Set<String>) {
-        guard !wanted.isEmpty else { return (self, []) }
+                                      wanted: Set<String>) -> (map: ClusterSlotMap, settled: Set<String>, unlisted: Set<String>) {
+        guard !wanted.isEmpty else { return (self, [], []) }
         struct Listed {
             var id: String
             var ip: String
@@ -219,23 +220,25 @@ public struct ClusterSlotMap: Sendable, Equatable {
         let known = Set(allNodes.map(\.name))
         var added: [ClusterNode] = []
         var settled: Set<String> = []
+        var unlisted = wanted
         for node in listed {
             let named = ClusterNode(host: usesHostnames && !node.hostname.isEmpty ? node.hostname : node.ip, port: node.port, id: node.id)
             guard wanted.contains(named.name) else { continue }
+            unlisted.remove(named.name)
             if node.isSlotlessMaster, !known.contains(named.name) {
                 added.append(named)
             } else if !node.isSlotlessMaster {
                 settled.insert(named.name)
             }
         }
-        guard !added.isEmpty else { return (self, settled) }
+        guard !added.isEmpty else { return (self, settled, unlisted) }
         let all = masters + added
         let allReplicas = replicas + added.map { _ in [ClusterNode]() }
         let order = all.indices.sorted { all[$0].name < all[$1].name }
         var position = [Int32](repeating: 0, count: all.count)
         for (new, old) in order.enumerated() { position[old] = Int32(new) }
         return (ClusterSlotMap(masters: order.map { all[$0] }, replicas: order.map { allReplicas[$0] },
-                               slotMasters: slotMasters.map { $0 < 0 ? -1 : position[Int($0)] }), settled)
+                               slotMasters: slotMasters.map { $0 < 0 ? -1 : position[Int($0)] }), settled, unlisted)
     }
 
     /// The pool as workers route it: the masters are its servers (named `host:port`, weight 1),

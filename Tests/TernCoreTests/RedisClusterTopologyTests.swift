@@ -37,7 +37,7 @@ final class RedisClusterTopologyTests: XCTestCase {
             """
         let wanted: Set = ["10.0.0.8:6999", "127.0.0.1:7009", "127.0.0.1:7007", "127.0.0.1:7006", "127.0.0.1:7005", "127.0.0.1:7010",
                            "127.0.0.1:7001", "127.0.0.1:7004", "127.0.0.1:7999"]
-        let (added, settled) = map.addingSlotlessMasters(clusterNodes: nodes, askedHost: "10.0.0.9", wanted: wanted)
+        let (added, settled, unlisted) = map.addingSlotlessMasters(clusterNodes: nodes, askedHost: "10.0.0.9", wanted: wanted)
         XCTAssertEqual(added.masters.map(\.name), ["10.0.0.8:6999", "10.0.0.9:7002", "127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7009"],
                        "7011 is a slotless master no redirect named")
         XCTAssertEqual(added.masters.last?.id, "id-9")
@@ -48,6 +48,8 @@ final class RedisClusterTopologyTests: XCTestCase {
         XCTAssertEqual(added.assignedSlots, 16384)
         XCTAssertEqual(settled, ["127.0.0.1:7007", "127.0.0.1:7006", "127.0.0.1:7005", "127.0.0.1:7010", "127.0.0.1:7001", "127.0.0.1:7004"],
                        "7999 is not listed: still wanted; the added ones too")
+        XCTAssertEqual(unlisted, ["127.0.0.1:7999"], "left out of the answer")
+        XCTAssertEqual(map.addingSlotlessMasters(clusterNodes: "", askedHost: "h", wanted: ["a:1", "b:2"]).unlisted, ["a:1", "b:2"])
         XCTAssertEqual(added.allNodes.map(\.name).suffix(2), ["10.0.0.8:6999", "127.0.0.1:7009"], "masters serving no slot are asked last")
         XCTAssertEqual(map.addingSlotlessMasters(clusterNodes: nodes, askedHost: "10.0.0.9", wanted: []).map, map, "nothing wanted")
         XCTAssertEqual(map.addingSlotlessMasters(clusterNodes: "", askedHost: "h", wanted: wanted).map, map, "no answer: the map of the slots")

@@ -50,8 +50,9 @@ final class ClusterState: DiscoveryMailbox<ClusterSlotMap>, @unchecked Sendable 
     let refreshedAt = Atomic<Int>(0)
     /// Nodes (`host:port`) a redirect named that the map lacked, for discovery to look up in
     /// `CLUSTER NODES` (`ClusterSlotMap.addingSlotlessMasters`) until it lists them as anything
-    /// but a master serving no slot. Written by workers (`noteUnknownNode`), read and settled
-    /// by the discovery thread. At most `maxWantedNodes`.
+    /// but a master serving no slot, or has left them out `UnlistedNodes.limit` answers in a
+    /// row (a node that left). Written by workers (`noteUnknownNode`), read and settled by the
+    /// discovery thread. At most `maxWantedNodes`.
     let wantedNodes = Locked<Set<String>>([])
     static let maxWantedNodes = 64
 
@@ -93,6 +94,31 @@ final class ClusterState: DiscoveryMailbox<ClusterSlotMap>, @unchecked Sendable 
     }
 }
 
+/// For each pool, how many `CLUSTER NODES` answers in a row left out each wanted node
+/// (`ClusterState.wantedNodes`), so that one no answer lists (a node that left the cluster) is
+/// no longer looked for after `limit` of them; a redirect naming it again makes it wanted
+/// again. Confined to the discovery thread.
+struct UnlistedNodes {
+    static let limit = 3
+    private var answers: [String: [String: Int]] = [:]
+
+    /// An answer for `pool` left out `unlisted` (and listed the other wanted nodes): returns the
+    /// names to stop looking for.
+    mutating func record(_ unlisted: Set<String>, pool: String) -> Set<String> {
+        var counts = answers[pool, default: [:]].filter { unlisted.contains($0.key) }
+        var givenUp: Set<String> = []
+        for name in unlisted {
+            counts[name, default: 0] += 1
+            if counts[name]! >= Self.limit {
+                givenUp.insert(name)
+                counts[name] = nil
+            }
+        }
+        answers[pool] = counts.isEmpty ? nil : counts
+        return givenUp
+    }
+}
+
 /// Finds and refreshes the slot maps of the `redis_cluster` pools on a thread of its own, with
 /// blocking, time-bounded I/O (`RedisProbe`: never on a worker loop, never holding up signals
 /// on the main thread).
@@ -122,9 +148,11 @@ final class ClusterDiscovery: Sendable {
     }
 
     private func run() {
-        // Confined to this thread: when each pool was last asked and whether that worked.
+        // Confined to this thread: when each pool was last asked and whether that worked, and
+        // for each pool's wanted nodes, the answers in a row that left them out.
         var clock = RefreshClock()
         var lastFailed: [String: Bool] = [:]
+        var unlistedAnswers = UnlistedNodes()
         while true {
             let now = RedisProbe.now()
             for job in jobs.withLock({ $0 }) {
@@ -134,7 +162,9 @@ final class ClusterDiscovery: Sendable {
                 let previous = known.withLock { $0[job.pool] }
                 let wanted = job.state.wantedNodes.withLock { $0 }
                 switch Self.discover(seeds: job.seeds, previous: previous, password: job.password, tls: job.tls, wanted: wanted) {
-                case let .success((map, _, settled)):
+                case let .success((map, _, found)):
+                    var settled = found.settled
+                    if let unlisted = found.unlisted { settled.formUnion(unlistedAnswers.record(unlisted, pool: job.pool)) }
                     if !settled.isEmpty { job.state.wantedNodes.withLock { $0.subtract(settled) } }
                     lastFailed[job.pool] = false
                     job.state.refreshes.add(1, ordering: .relaxed)
@@ -160,23 +190,30 @@ final class ClusterDiscovery: Sendable {
     /// first usable answer wins. Blocking: each node gets a second to connect and a second to
     /// answer. Returns the map and the node that gave it.
     /// `wanted`: nodes redirects named that a map lacked (`ClusterState.wantedNodes`); the
-    /// result's set holds those that need no more looking for.
+    /// result's `settled` holds those that need no more looking for, `unlisted` those a
+    /// `CLUSTER NODES` answer left out (nil when none was asked or answered).
     static func discover(seeds: [ClusterNode], previous: ClusterSlotMap?, password: String?, tls: TLSContext?,
-                         wanted: Set<String> = []) -> Result<(ClusterSlotMap, String, Set<String>), DiscoveryError> {
+                         wanted: Set<String> = []) -> Result<(ClusterSlotMap, String, WantedFound), DiscoveryError> {
         var candidates: [ClusterNode] = []
         for node in (previous?.allNodes ?? []) + seeds where !candidates.contains(where: { $0.name == node.name }) { candidates.append(node) }
         var errors: [String] = []
         for node in candidates {
             switch ask(node, password: password, tls: tls, wanted: wanted) {
-            case let .success((map, settled)): return .success((map, node.name, settled))
+            case let .success((map, found)): return .success((map, node.name, found))
             case let .failure(error): errors.append("\(node.name): \(error.text)")
             }
         }
         return .failure(DiscoveryError(text: errors.isEmpty ? "no seed nodes" : errors.joined(separator: "; ")))
     }
 
+    /// What a `CLUSTER NODES` answer said of the wanted nodes (`ClusterSlotMap.addingSlotlessMasters`).
+    struct WantedFound: Sendable {
+        var settled: Set<String> = []
+        var unlisted: Set<String>?
+    }
+
     private static func ask(_ node: ClusterNode, password: String?, tls: TLSContext?,
-                            wanted: Set<String>) -> Result<(ClusterSlotMap, Set<String>), DiscoveryError> {
+                            wanted: Set<String>) -> Result<(ClusterSlotMap, WantedFound), DiscoveryError> {
         // A map of 16384 single-slot ranges over many nodes stays well below 16 MiB.
         switch RedisProbe.call(node, ["CLUSTER", "SLOTS"], password: password, tls: tls, maxReply: 16 << 20) {
         case let .success(.error(text)):
@@ -190,9 +227,9 @@ final class ClusterDiscovery: Sendable {
             if !wanted.isEmpty,
                case let .success(.bulk(text?)) = RedisProbe.call(node, ["CLUSTER", "NODES"], password: password, tls: tls, maxReply: 16 << 20) {
                 let found = map.addingSlotlessMasters(clusterNodes: String(decoding: text, as: UTF8.self), askedHost: node.host, wanted: wanted)
-                return .success((found.map, found.settled))
+                return .success((found.map, WantedFound(settled: found.settled, unlisted: found.unlisted)))
             }
-            return .success((map, []))
+            return .success((map, WantedFound()))
         case let .failure(error):
             return .failure(DiscoveryError(text: error.text))
         }
