@@ -233,6 +233,9 @@ final class HotKeys: Sendable {
     /// Mean interval between sampled keys.
     static let sampleInterval = 32
     let sketch: Locked<SpaceSaving>
+    /// Mixed into the hash, different in every process: a client cannot choose keys whose
+    /// hashes collide in the sketch's index (long probe runs on every sampled request).
+    private let seed = UInt64.random(in: .min ... .max)
 
     init(capacity: Int) { sketch = Locked(SpaceSaving(capacity: max(1, capacity))) }
 
@@ -243,7 +246,7 @@ final class HotKeys: Sendable {
     func add(_ key: UnsafeRawBufferPointer) {
         // FNV-1a over the length, the first 32 and the last 32 bytes: a hint that spares most
         // byte comparisons, also for keys that share a long prefix.
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ UInt64(key.count)
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ seed ^ UInt64(key.count)
         for byte in key.prefix(32) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
         for byte in key.suffix(32) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
         let kept = UnsafeRawBufferPointer(rebasing: key.prefix(Self.maxKeyBytes))
