@@ -301,7 +301,7 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(try client.call("DBSIZE"), ":\(total)\r\n")
         XCTAssertEqual(try info(port, "cluster_masters"), 3)
         XCTAssertEqual(try info(port, "cluster_slots_assigned"), 16384)
-        XCTAssertEqual(try info(port, "cluster_slot_map_version"), 1)
+        XCTAssertGreaterThanOrEqual(try info(port, "cluster_slot_map_version"), 1)
 
         let run = ProcessGroup.run
         if (try? run("/usr/bin/env", ["python3", "-c", "import redis"]).0) == 0 {
@@ -566,8 +566,9 @@ final class RedisClusterTests: XCTestCase {
         let innocent = try TestClient(port: port)
         try client.send(TestClient.encode(["MGET", "{\(tag)}:1", "{\(tag)}:2"]))
         // MOVED to the second node, then TRYAGAIN there (25 ms, doubling: 25, 75, 175, 375,
-        // 775, 1,575 ms); the migration ends after the fifth retry.
-        usleep(1_000_000)
+        // 775, 1,575 ms); the migration ends once the fifth retry is answered TRYAGAIN (the
+        // sixth counted), 800 ms before the sixth goes.
+        XCTAssertEqual(try eventually("6", within: 3) { String(min(try info(port, "cluster_tryagain_retries"), 6)) }, "6")
         XCTAssertEqual(try innocent.call("SET", "innocent", "v"), "+OK\r\n")
         XCTAssertEqual(try cluster.call(second, "MIGRATE", "127.0.0.1", "\(third)", "", "0", "5000", "KEYS", "{\(tag)}:2"), "+OK\r\n")
         for node in [third, second, first] {
@@ -1077,13 +1078,15 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(try eventually("+OK\r\n", within: 5) { try client.call("SET", "seeded", "1") }, "+OK\r\n")
         print(String(format: "all seeds down at start: -CLUSTERDOWN, then routed %.2f s after the cluster was ok", Date().timeIntervalSince(ready)))
         XCTAssertEqual(try client.call("GET", "seeded"), "$1\r\n1\r\n")
-        XCTAssertEqual(try info(early, "cluster_slot_map_version") >= 1, true)
+        // (A worker routes with the map a moment before the main thread counts it.)
+        XCTAssertEqual(try eventually("true", within: 2) { String(try info(early, "cluster_slot_map_version") >= 1) }, "true")
 
         let replica = try cluster.nodes(askingAt: ports[0]).first { !$0.isMaster }!.port
         let port = try startTern(seeds: [dead, replica, cluster.ports[1]])
         let direct = try TestClient(port: port)
         XCTAssertEqual(try direct.call("GET", "seeded"), "$1\r\n1\r\n")
-        XCTAssertEqual(try info(port, "cluster_slot_map_version"), 1)
+        // (A refresh right after the start may ask another node, whose answer can differ.)
+        XCTAssertGreaterThanOrEqual(try info(port, "cluster_slot_map_version"), 1)
         XCTAssertEqual(try info(port, "cluster_masters"), 3)
     }
 
