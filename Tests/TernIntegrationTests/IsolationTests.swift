@@ -447,6 +447,78 @@ final class IsolationTests: XCTestCase {
         XCTAssertEqual(try other.call("LLEN", "jobs"), ":1\r\n", "the job was not popped for a client that had left")
     }
 
+    /// A client's long pipeline of requests Tern answers at once (here 600,000 commands queued
+    /// in one transaction, each answered `+QUEUED`) is taken 1,024 requests a loop pass: the
+    /// client on the same worker waits a pass, not the pipeline. Before, a pass took what a
+    /// megabyte of replies allowed, about 116,000 requests (a cluster sweep saw 337 ms for a
+    /// five-million-command transaction; fails on 13dbbf7: 3 round trips over 200 ms, the worst
+    /// 1.2 s, in a debug build; 16 ms now).
+    func testALongPipelineAnsweredAtOnceDoesNotHoldTheWorker() throws {
+        let redis = try group.redis()
+        let tern = try start([redis.address], redis: true)
+        let port = tern.port
+        XCTAssertEqual(try TestClient(port: port).call("SET", "innocent", "v"), "+OK\r\n")
+        let stopped = Atomic<Bool>(false), rounds = Atomic<Int>(0), slow = Atomic<Int>(0), worstMicroseconds = Atomic<Int>(0)
+        let failure = Mutex<String>("")
+        let innocentDone = Atomic<Bool>(false)
+        Thread {
+            defer { innocentDone.store(true, ordering: .relaxed) }
+            guard let client = try? TestClient(port: port, timeout: 10) else { return failure.withLock { $0 = "no connection" } }
+            while !stopped.load(ordering: .relaxed) {
+                let started = Date()
+                guard let reply = try? client.call("GET", "innocent"), reply == "$1\r\nv\r\n" else { return failure.withLock { $0 = "a wrong reply or an error" } }
+                let microseconds = Int(Date().timeIntervalSince(started) * 1_000_000)
+                rounds.add(1, ordering: .relaxed)
+                if microseconds > 200_000 { slow.add(1, ordering: .relaxed) }
+                if microseconds > worstMicroseconds.load(ordering: .relaxed) { worstMicroseconds.store(microseconds, ordering: .relaxed) }
+            }
+        }.start()
+        usleep(200_000)
+
+        let hostile = try TestClient(port: port, timeout: 30)
+        XCTAssertEqual(try hostile.call("MULTI"), "+OK\r\n")
+        let count = 600_000
+        let command = TestClient.encode(["SET", "{h}k", "v"])
+        let fd = hostile.fd
+        let sent = Atomic<Bool>(false)
+        Thread {
+            // Sent from another thread while this one reads the replies (no backpressure stop).
+            let batch = Array([[UInt8]](repeating: command, count: 10_000).joined())
+            for _ in 0..<(count / 10_000) {
+                var offset = 0
+                while offset < batch.count {
+                    let written = batch[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    if written <= 0 { return }
+                    offset += written
+                }
+            }
+            sent.store(true, ordering: .relaxed)
+        }.start()
+        let expected = count * "+QUEUED\r\n".utf8.count
+        var received = 0
+        var queuedOnly = true
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while received < expected {
+            let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard got > 0 else { break }
+            // Every reply is `+QUEUED\r\n` (9 bytes): its first byte sits at each multiple of 9.
+            for index in 0..<got where (received + index) % 9 == 0 && chunk[index] != UInt8(ascii: "+") { queuedOnly = false }
+            received += got
+        }
+        stopped.store(true, ordering: .relaxed)
+        while !innocentDone.load(ordering: .relaxed) { usleep(10_000) }
+        XCTAssertTrue(sent.load(ordering: .relaxed))
+        XCTAssertEqual(received, expected, "every command answered +QUEUED")
+        XCTAssertTrue(queuedOnly)
+        XCTAssertEqual(try hostile.call("DISCARD"), "+OK\r\n")
+        XCTAssertEqual(failure.withLock { $0 }, "")
+        let worst = Double(worstMicroseconds.load(ordering: .relaxed)) / 1000
+        print(String(format: "600,000 queued commands: the innocent client made %d round trips, worst %.1f ms, %d over 200 ms",
+                     rounds.load(ordering: .relaxed), worst, slow.load(ordering: .relaxed)))
+        XCTAssertGreaterThan(rounds.load(ordering: .relaxed), 10)
+        XCTAssertLessThanOrEqual(slow.load(ordering: .relaxed), 1, "round trips over 200 ms (worst \(worst) ms)")
+    }
+
     /// Before AUTH, Redis's caps apply: at most 10 arguments and 16 KiB bulks.
     func testUnauthenticatedClientsAreCappedAsRedisCapsThem() throws {
         let redis = try group.redis(extra: ["--requirepass", "secret"])

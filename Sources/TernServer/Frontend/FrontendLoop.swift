@@ -16,6 +16,13 @@ class FrontendLoop: RoutingLoop {
     final var clients: [ClientConnection] = []
     /// Clients whose replies wait one pass for the rest of their pipeline (`Worker.flushAll`).
     final var heldClients: [ClientConnection] = []
+    /// Loop passes so far (one per `Worker.flushAll`): what a client begins is counted per
+    /// pass (`ClientConnection.requestsPerPass`).
+    final var passNumber: UInt32 = 0
+    /// Clients that spent their requests of this pass (`ClientConnection.deferInput`), and
+    /// those of the pass before, which the next `Worker.flushAll` resumes.
+    final var deferredInput: [ClientConnection] = []
+    final var resumingInput: [ClientConnection] = []
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     final let scratch = ByteBuffer()
@@ -107,6 +114,8 @@ class FrontendLoop: RoutingLoop {
         serverWaitTimerAt = later
         if later.isFinite { serverWaitTimer?.start(after: later - now) }
     }
+
+    final func deferInput(_ client: ClientConnection) { deferredInput.append(client) }
 
     final func hold(_ client: ClientConnection) {
         if !client.isHeld {

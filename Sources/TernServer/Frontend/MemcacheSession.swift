@@ -46,7 +46,7 @@ extension ClientConnection {
                 _ = pipelineIsFull()
                 return false
             }
-            return !pipelineIsFull()
+            return !pipelineIsFull() && mayBeginRequest()
         }
         return false
     }

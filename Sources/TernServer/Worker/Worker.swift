@@ -47,6 +47,8 @@ final class Worker: FrontendLoop {
     /// Wakes the loop within a millisecond while replies are held, so that a stalled backend
     /// on an otherwise idle worker cannot hold its neighbours' replies longer than that.
     private var holdTimer: TimerWatcher?
+    /// Set while clients wait to resume their deferred input (`startResumeTimer`).
+    private var resumeTimer: TimerWatcher?
     /// The main thread's way in (reload, drain), and the other workers' (client hand-over).
     let inbox: WorkerInbox
     /// Every worker's inbox, indexed by worker identifier; set before the loop starts.
@@ -354,6 +356,11 @@ final class Worker: FrontendLoop {
     /// connection leave in one write, and so do many replies to one client.
     private func flushAll() {
         if !placementsChanged.isEmpty { followChangedPlacements() }
+        // Clients whose input waited since the last pass go on (parsed in their flush below).
+        if !resumingInput.isEmpty {
+            for client in resumingInput { client.resumeDeferredInput() }
+            resumingInput.removeAll(keepingCapacity: true)
+        }
         swap(&heldClients, &releasedClients)
         // Until nothing is dirty: writing last pass's held clients may parse requests they had
         // paused on and so dirty servers and clients again, which are written in this pass too.
@@ -368,6 +375,12 @@ final class Worker: FrontendLoop {
             releasedClients.removeAll(keepingCapacity: true)
         } while !dirtyServers.isEmpty || !replies.dirty.isEmpty
         if !heldClients.isEmpty, holdTimer?.isActive != true { startHoldTimer() }
+        if !deferredInput.isEmpty {
+            // Resumed at the next pass, which polls first without blocking.
+            swap(&deferredInput, &resumingInput)
+            startResumeTimer()
+        }
+        passNumber &+= 1
         retired.removeAll(keepingCapacity: true)
         if !retiringServers.isEmpty || !retiredPools.isEmpty || drainFinished != nil { sweep() }
     }
@@ -389,6 +402,16 @@ final class Worker: FrontendLoop {
         var pools: [PoolRuntime] = []
         swap(&pools, &placementsChanged)
         for pool in pools where !pool.isRetired { subscribersFollow(pool, after: "an ejection or a server's return") }
+    }
+
+    /// Makes the next poll return at once: clients whose input was deferred go on then.
+    private func startResumeTimer() {
+        let timer = resumeTimer ?? TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
+            let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
+            worker.resumeTimer?.fired()
+        }
+        resumeTimer = timer
+        if !timer.isActive { timer.start(after: 0) }
     }
 
     private func startHoldTimer() {
