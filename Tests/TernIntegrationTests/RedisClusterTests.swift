@@ -885,6 +885,15 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(try cluster.call(target, "PUBSUB", "SHARDNUMSUB", channel), "*2\r\n$\(channel.utf8.count)\r\n\(channel)\r\n:0\r\n")
         XCTAssertEqual(try subscriber.call("GET", "{sx}k"), "$-1\r\n", "out of subscribed mode")
         XCTAssertEqual(try innocent.call("GET", "innocent"), "$1\r\nv\r\n")
+        // Shard channels are keys to Redis Cluster: one command's must share a slot (each node
+        // answers this; Tern confirmed both channels before).
+        let crossSlot = "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        XCTAssertEqual(try subscriber.call("SSUBSCRIBE", "a", "b"), crossSlot)
+        XCTAssertEqual(try subscriber.call("SSUBSCRIBE", "{sx}1", "{sx}2"),
+                       "*3\r\n$10\r\nssubscribe\r\n$5\r\n{sx}1\r\n:1\r\n*3\r\n$10\r\nssubscribe\r\n$5\r\n{sx}2\r\n:2\r\n")
+        XCTAssertEqual(try subscriber.call("SUNSUBSCRIBE", "{sx}1", "b"), crossSlot, "nothing is unsubscribed")
+        XCTAssertEqual(try subscriber.call("SUNSUBSCRIBE"),
+                       "*3\r\n$12\r\nsunsubscribe\r\n$5\r\n{sx}1\r\n:1\r\n*3\r\n$12\r\nsunsubscribe\r\n$5\r\n{sx}2\r\n:0\r\n")
     }
 
     /// A request's `timeout` bounds it from the first send to its reply, redirects included: a

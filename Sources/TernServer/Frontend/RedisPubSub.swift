@@ -62,6 +62,14 @@ extension ClientConnection {
         var list = take(subscriptions, kind)
         let unchanged = list
         var names: [[UInt8]] = (1..<arguments.count).map { index in arguments.withArgument(index, in: frame) { Array($0) } }
+        // Redis Cluster takes shard channels as keys: one command's must share a slot.
+        if kind == .shard, pool.isCluster, let first = names.first {
+            let firstSlot = first.withUnsafeBytes { hashSlot($0) }
+            if names.dropFirst().contains(where: { name in name.withUnsafeBytes { hashSlot($0) } != firstSlot }) {
+                put(subscriptions, kind, unchanged)
+                return slot.complete(with: "-CROSSSLOT Keys in request don't hash to the same slot\r\n" as StaticString)
+            }
+        }
         if !subscribing, names.isEmpty {
             names = list.map(\.name)
             if names.isEmpty {
