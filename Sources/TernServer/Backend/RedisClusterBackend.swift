@@ -51,7 +51,7 @@ final class ClusterState: DiscoveryMailbox<ClusterSlotMap>, @unchecked Sendable 
     /// Nodes (`host:port`) a redirect named that the map lacked, for discovery to look up in
     /// `CLUSTER NODES` (`ClusterSlotMap.addingSlotlessMasters`) until it lists them as anything
     /// but a master serving no slot, or has left them out `UnlistedNodes.limit` answers in a
-    /// row (a node that left). Written by workers (`noteUnknownNode`), read and settled by the
+    /// row over `UnlistedNodes.minimumAge` seconds (a node that left). Written by workers (`noteUnknownNode`), read and settled by the
     /// discovery thread. At most `maxWantedNodes`.
     let wantedNodes = Locked<Set<String>>([])
     static let maxWantedNodes = 64
@@ -95,23 +95,28 @@ final class ClusterState: DiscoveryMailbox<ClusterSlotMap>, @unchecked Sendable 
 }
 
 /// For each pool, how many `CLUSTER NODES` answers in a row left out each wanted node
-/// (`ClusterState.wantedNodes`), so that one no answer lists (a node that left the cluster) is
-/// no longer looked for after `limit` of them; a redirect naming it again makes it wanted
-/// again. Confined to the discovery thread.
+/// (`ClusterState.wantedNodes`), and since when, so that one no answer lists (a node that left
+/// the cluster) is no longer looked for after `limit` of them over at least `minimumAge`
+/// seconds (refreshes asked for come every 0.2 s: a new node the asked one has not heard of
+/// yet gets time); a redirect naming it again makes it wanted again. Confined to the
+/// discovery thread.
 struct UnlistedNodes {
     static let limit = 3
-    private var answers: [String: [String: Int]] = [:]
+    static let minimumAge = 3.0
+    private var answers: [String: [String: (count: Int, since: Double)]] = [:]
 
-    /// An answer for `pool` left out `unlisted` (and listed the other wanted nodes): returns the
-    /// names to stop looking for.
-    mutating func record(_ unlisted: Set<String>, pool: String) -> Set<String> {
+    /// An answer for `pool` at `now` (seconds) left out `unlisted` (and listed the other wanted
+    /// nodes): returns the names to stop looking for.
+    mutating func record(_ unlisted: Set<String>, pool: String, now: Double) -> Set<String> {
         var counts = answers[pool, default: [:]].filter { unlisted.contains($0.key) }
         var givenUp: Set<String> = []
         for name in unlisted {
-            counts[name, default: 0] += 1
-            if counts[name]! >= Self.limit {
+            let seen = counts[name].map { ($0.count + 1, $0.since) } ?? (1, now)
+            if seen.0 >= Self.limit, now - seen.1 >= Self.minimumAge {
                 givenUp.insert(name)
                 counts[name] = nil
+            } else {
+                counts[name] = seen
             }
         }
         answers[pool] = counts.isEmpty ? nil : counts
@@ -164,7 +169,7 @@ final class ClusterDiscovery: Sendable {
                 switch Self.discover(seeds: job.seeds, previous: previous, password: job.password, tls: job.tls, wanted: wanted) {
                 case let .success((map, _, found)):
                     var settled = found.settled
-                    if let unlisted = found.unlisted { settled.formUnion(unlistedAnswers.record(unlisted, pool: job.pool)) }
+                    if let unlisted = found.unlisted { settled.formUnion(unlistedAnswers.record(unlisted, pool: job.pool, now: now)) }
                     if !settled.isEmpty { job.state.wantedNodes.withLock { $0.subtract(settled) } }
                     lastFailed[job.pool] = false
                     job.state.refreshes.add(1, ordering: .relaxed)

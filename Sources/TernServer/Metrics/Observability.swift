@@ -244,12 +244,15 @@ final class HotKeys: Sendable {
     static let maxKeyBytes = 256
 
     func add(_ key: UnsafeRawBufferPointer) {
-        // FNV-1a over the length, the first 32 and the last 32 bytes: a hint that spares most
-        // byte comparisons, also for keys that share a long prefix.
+        // FNV-1a over the length, the bytes kept and, past them, the last 32: keys the sketch
+        // tells apart hash apart (a hash of only the first and last 32 bytes made keys of
+        // 65-256 bytes that differ in the middle collide under every seed).
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ seed ^ UInt64(key.count)
-        for byte in key.prefix(32) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        for byte in key.suffix(32) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
         let kept = UnsafeRawBufferPointer(rebasing: key.prefix(Self.maxKeyBytes))
+        for byte in kept { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        if key.count > Self.maxKeyBytes {
+            for byte in key.suffix(32) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        }
         sketch.withLock { $0.add(kept, hash: hash) }
     }
 
