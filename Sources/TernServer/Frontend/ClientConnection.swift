@@ -26,13 +26,15 @@ final class ClientConnection: ReplyOwner {
     /// Redis clients: nothing more is parsed until every reply in flight is out (a blocking
     /// command, WATCH or a watched EXEC went to a connection of its own: `RedisSession.mustWait`).
     var holdUntilAnswered = false
-    /// The requests this client may begin in this loop pass are spent: the rest of what it sent
-    /// waits, unread further, for the next pass (`requestsPerPass`, `FrontendLoop.deferInput`).
-    private(set) var inputDeferred = false
-    /// The loop pass (`FrontendLoop.passNumber`, its low 16 bits) of the requests counted in
-    /// `begunInPass`.
-    private var countedPass: UInt16 = 0
+    /// Bit 7: the requests this client may begin in this loop pass are spent, and the rest of
+    /// what it sent waits, unread further, for the next pass (`inputDeferred`); bits 0-6: the
+    /// loop pass (`FrontendLoop.passNumber`, its low 7 bits) whose requests `begunInPass`
+    /// counts. Both fit in the padding before `position`, so an idle connection is no larger.
+    /// (A client last counted exactly 128 passes ago keeps that count: at worst it waits one
+    /// pass early.)
+    private var passState: UInt8 = 0
     private var begunInPass: UInt16 = 0
+    var inputDeferred: Bool { passState & 0x80 != 0 }
     /// Where the worker keeps this client in `FrontendLoop.clients` (-1 once released).
     var position: Int32 = -1
     let pool: PoolRuntime
@@ -483,9 +485,9 @@ final class ClientConnection: ReplyOwner {
     /// the client's input waits for the next pass.
     @inline(__always)
     func mayBeginRequest() -> Bool {
-        let pass = UInt16(truncatingIfNeeded: worker.passNumber)
-        if countedPass != pass {
-            countedPass = pass
+        let pass = UInt8(truncatingIfNeeded: worker.passNumber) & 0x7f
+        if passState & 0x7f != pass {
+            passState = passState & 0x80 | pass
             begunInPass = 0
         }
         guard begunInPass < Self.requestsPerPass else {
@@ -501,7 +503,7 @@ final class ClientConnection: ReplyOwner {
     @inline(never)
     private func deferInput() {
         guard !inputDeferred else { return }
-        inputDeferred = true
+        passState |= 0x80
         if let watcher { watcher.watch(watcher.events & ~TERN_EV_READ) }
         worker.deferInput(self)
     }
@@ -510,7 +512,7 @@ final class ClientConnection: ReplyOwner {
     /// (`flush`), and reading resumes unless parsing stops once more.
     func resumeDeferredInput() {
         guard inputDeferred else { return }
-        inputDeferred = false
+        passState &= 0x7f
         guard !isClosed else { return }
         worker.markDirty(self)
     }
