@@ -255,7 +255,7 @@ final class WarmupTests: XCTestCase {
     func testMemcachedNewServerFailingGivesMissesNotOldValues() throws {
         let (setup, new, old) = try memcachedPools(threads: 1)
         let client = try TestClient(port: setup.port, timeout: 5)
-        let other = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"].first { setup.newIndex($0) != setup.newIndex("x") }!
+        let other = (0..<64).lazy.map { "k\($0)" }.first { setup.newIndex($0) != setup.newIndex("x") }!
         XCTAssertEqual(try direct(old[setup.oldIndex("x")], "set x 0 0 3\r\nold\r\n"), "STORED\r\n")
         XCTAssertEqual(try client.request("set x 0 0 3\r\nnew\r\nset \(other) 0 0 1\r\no\r\n", until: "STORED\r\n", occurrences: 2), "STORED\r\nSTORED\r\n")
         new[setup.newIndex("x")].pause()
@@ -514,7 +514,7 @@ final class WarmupTests: XCTestCase {
     func testRedisWarmupMGetWithANewServerFailingIsAnError() throws {
         let (setup, new, old) = try redisPools(threads: 1)
         let c = try TestClient(port: setup.port, timeout: 5)
-        let other = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"].first { setup.newIndex($0) != setup.newIndex("x") }!
+        let other = (0..<64).lazy.map { "k\($0)" }.first { setup.newIndex($0) != setup.newIndex("x") }!
         XCTAssertEqual(try old[setup.oldIndex("x")].call("SET", "x", "old"), "+OK\r\n")
         XCTAssertEqual(try c.call("SET", "x", "new"), "+OK\r\n")
         XCTAssertEqual(try c.call("SET", other, "o"), "+OK\r\n")
