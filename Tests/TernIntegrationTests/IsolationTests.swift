@@ -519,6 +519,23 @@ final class IsolationTests: XCTestCase {
         XCTAssertLessThanOrEqual(slow.load(ordering: .relaxed), 1, "round trips over 200 ms (worst \(worst) ms)")
     }
 
+    /// A lone client's pipeline longer than one loop pass's budget (1,024 requests) goes on at
+    /// the next pass at once, on a worker with nothing else to wake it: the pass that defers it
+    /// arms a timer of no delay. Fails when that timer is not armed: the rest waited for the
+    /// worker's next periodic timer, 3.5 s in a debug build.
+    func testAPipelinePastThePassBudgetGoesOnWithNothingElseToWakeTheWorker() throws {
+        let redis = try group.redis()
+        let tern = try start([redis.address], redis: true)
+        let client = try TestClient(port: tern.port, timeout: 10)
+        let count = 5_000
+        let started = Date()
+        try client.send(Array([[UInt8]](repeating: TestClient.encode(["PING"]), count: count).joined()))
+        let replies = try client.receiveReplies(count)
+        let seconds = Date().timeIntervalSince(started)
+        XCTAssertEqual(replies, Array([[UInt8]](repeating: Array("+PONG\r\n".utf8), count: count).joined()))
+        XCTAssertLessThan(seconds, 0.5, "the requests past the first pass's budget waited")
+    }
+
     /// Before AUTH, Redis's caps apply: at most 10 arguments and 16 KiB bulks.
     func testUnauthenticatedClientsAreCappedAsRedisCapsThem() throws {
         let redis = try group.redis(extra: ["--requirepass", "secret"])

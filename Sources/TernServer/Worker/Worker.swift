@@ -44,11 +44,12 @@ final class Worker: FrontendLoop {
     /// loop pass before the loop blocks (`flushAll`).
     /// Last pass's held clients (`heldClients`), written now whatever arrived.
     private var releasedClients: [ClientConnection] = []
-    /// Wakes the loop within a millisecond while replies are held, so that a stalled backend
-    /// on an otherwise idle worker cannot hold its neighbours' replies longer than that.
-    private var holdTimer: TimerWatcher?
-    /// Set while clients wait to resume their deferred input (`startResumeTimer`).
-    private var resumeTimer: TimerWatcher?
+    /// Wakes the loop (`wake(after:)`): within a millisecond while replies are held, so that a
+    /// stalled backend on an otherwise idle worker cannot hold its neighbours' replies longer
+    /// than that; at once while clients wait to resume their deferred input.
+    private var wakeTimer: TimerWatcher?
+    /// The delay `wakeTimer` was last started with.
+    private var wakeDelay = 0.0
     /// The main thread's way in (reload, drain), and the other workers' (client hand-over).
     let inbox: WorkerInbox
     /// Every worker's inbox, indexed by worker identifier; set before the loop starts.
@@ -374,11 +375,11 @@ final class Worker: FrontendLoop {
             }
             releasedClients.removeAll(keepingCapacity: true)
         } while !dirtyServers.isEmpty || !replies.dirty.isEmpty
-        if !heldClients.isEmpty, holdTimer?.isActive != true { startHoldTimer() }
+        if !heldClients.isEmpty { wake(after: 0.001) }
         if !deferredInput.isEmpty {
             // Resumed at the next pass, which polls first without blocking.
             swap(&deferredInput, &resumingInput)
-            startResumeTimer()
+            wake(after: 0)
         }
         passNumber &+= 1
         retired.removeAll(keepingCapacity: true)
@@ -404,23 +405,17 @@ final class Worker: FrontendLoop {
         for pool in pools where !pool.isRetired { subscribersFollow(pool, after: "an ejection or a server's return") }
     }
 
-    /// Makes the next poll return at once: clients whose input was deferred go on then.
-    private func startResumeTimer() {
-        let timer = resumeTimer ?? TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
+    /// Wakes the loop within `delay` seconds, unless it is woken sooner already. Waking is all
+    /// the timer does: the next pass's flush writes what was held and resumes deferred input
+    /// (and wakes again if clients are still held).
+    private func wake(after delay: Double) {
+        let timer = wakeTimer ?? TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
             let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
-            worker.resumeTimer?.fired()
+            worker.wakeTimer?.fired()
         }
-        resumeTimer = timer
-        if !timer.isActive { timer.start(after: 0) }
-    }
-
-    private func startHoldTimer() {
-        let timer = holdTimer ?? TimerWatcher(loop: loop, owner: self) { _, watcher, _ in
-            // Waking is all it does: the next pass's flush writes what was held.
-            let worker = Unmanaged<Worker>.fromOpaque(tern_get_data(watcher)!).takeUnretainedValue()
-            worker.holdTimer?.fired()
-        }
-        holdTimer = timer
-        timer.start(after: 0.001)
+        wakeTimer = timer
+        if timer.isActive, wakeDelay <= delay { return }
+        wakeDelay = delay
+        timer.start(after: delay)
     }
 }
