@@ -132,7 +132,12 @@ final class ControlEndpointTests: XCTestCase {
         var stopped = true
         defer { if stopped { kill(endpoints.process.processIdentifier, SIGCONT) } }
         let metrics = try (0..<40).map { _ in try TestClient(port: endpoints.adminPort, timeout: 5) }
-        for client in metrics { try client.send("GET /metrics HTTP/1.1\r\n\r\n") }
+        // Each with a query of its own, which `/metrics` does not read (on 60b2e51 each made a
+        // render: clients asking `/metrics?<unique>` and never reading held `/healthz` for
+        // seconds), and ten HEADs besides, which share the GETs' render.
+        for (index, client) in metrics.enumerated() { try client.send("GET /metrics?u=\(index) HTTP/1.1\r\n\r\n") }
+        let heads = try (0..<10).map { _ in try TestClient(port: endpoints.adminPort, timeout: 5) }
+        for (index, client) in heads.enumerated() { try client.send("HEAD /metrics?h=\(index) HTTP/1.1\r\n\r\n") }
         let stats = try (0..<40).map { _ in try TestClient(port: endpoints.statsPort, timeout: 5) }
         usleep(100_000)
         kill(endpoints.process.processIdentifier, SIGCONT)
@@ -145,6 +150,12 @@ final class ControlEndpointTests: XCTestCase {
             seen.append(try XCTUnwrap(renders(Array(bytes[split.upperBound...]))))
         }
         XCTAssertEqual(Set(seen), [before + 1], "one render for the forty")
+        for client in heads {
+            let (bytes, closed) = client.drain(for: 5)
+            XCTAssertTrue(closed)
+            XCTAssertTrue(bytes.starts(with: Array("HTTP/1.1 200".utf8)))
+            XCTAssertEqual(bytes.suffix(4), ArraySlice("\r\n\r\n".utf8), "no body for HEAD")
+        }
         let statsBodies = stats.map { $0.drain(for: 5).bytes }
         XCTAssertTrue(statsBodies[0].starts(with: Array("{".utf8)))
         XCTAssertEqual(Set(statsBodies).count, 1, "one stats JSON for the forty")
@@ -152,7 +163,7 @@ final class ControlEndpointTests: XCTestCase {
         // the pass that answered the forty still runs shares theirs: a response at most that
         // pass's milliseconds old.)
         usleep(100_000)
-        XCTAssertEqual(renders(try exchange(endpoints.adminPort, "GET /metrics HTTP/1.1\r\n\r\n").body), before + 2, "before \(before), the forty \(seen)")
+        XCTAssertEqual(renders(try exchange(endpoints.adminPort, "GET /metrics HTTP/1.1\r\n\r\n").body), before + 2, "before \(before), the forty \(seen) (the HEADs made no render)")
     }
 
     func testStatsPortAnswersWhileIdleStatsConnectionsAreOpen() throws {

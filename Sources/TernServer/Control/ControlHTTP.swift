@@ -60,8 +60,10 @@ enum ControlService: Sendable {
     /// nutcracker's stats port: the bytes are written as soon as a client connects; nothing is
     /// read from it.
     case writeOnConnect(@Sendable () -> [UInt8])
-    /// HTTP/1.0 and 1.1: one request per connection.
-    case http(ControlRouter)
+    /// HTTP/1.0 and 1.1: one request per connection. `queryPaths`: the paths whose response
+    /// reads the query; requests for any other path share a response whatever their query
+    /// (`ControlServer.made`).
+    case http(ControlRouter, queryPaths: Set<String>)
 }
 
 struct ControlLimits: Sendable {
@@ -278,8 +280,12 @@ final class ControlLoop {
                 var includeBody = true
                 switch ControlHTTP.parse(head: connections[index].input[0..<end]) {
                 case let .success(request):
-                    guard case let .http(route) = server.service else { preconditionFailure("reading on a write-on-connect port") }
-                    response = made(request.method + " " + request.path + "?" + request.query) {
+                    guard case let .http(route, queryPaths) = server.service else { preconditionFailure("reading on a write-on-connect port") }
+                    // Keyed by what the response depends on: a query the path does not read,
+                    // or HEAD for GET, must not make a render of its own (clients asking
+                    // `/metrics?<unique>` and never reading held `/healthz` for seconds).
+                    let shared = (request.method == "HEAD" ? "GET" : request.method) + " " + request.path
+                    response = made(queryPaths.contains(request.path) ? shared + "?" + request.query : shared) {
                         route(request.method, request.path, request.query)
                     }
                     includeBody = request.method != "HEAD"
@@ -296,7 +302,8 @@ final class ControlLoop {
         }
     }
 
-    /// The response to `request` made earlier in this pass, else `make()`'s (kept for the pass).
+    /// The response to `request` (a key of what the response depends on) made earlier in this
+    /// pass, else `make()`'s (kept for the pass).
     private func made(_ request: String, _ make: () -> ControlResponse) -> ControlResponse {
         if let earlier = madeThisPass.first(where: { $0.request == request }) { return earlier.response }
         let response = make()

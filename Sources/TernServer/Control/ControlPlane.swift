@@ -462,6 +462,9 @@ enum AdminEndpoint {
         }
     }
 
+    /// The paths whose response reads the query (the others ignore it).
+    static let queryPaths: Set<String> = ["/locate"]
+
     /// Longest key `/locate` takes (memcached's key limit).
     static let maxLocateKeyLength = 250
 

@@ -515,9 +515,9 @@ public final class TernServer {
         }
         if let port = options.adminPort {
             let text = activeConfigText
-            let server = try ControlServer(host: options.adminAddress, port: port, service: .http { method, path, query in
+            let server = try ControlServer(host: options.adminAddress, port: port, service: .http({ method, path, query in
                 AdminEndpoint.route(method: method, path: path, query: query, state: control) { text.value.withLock { $0 } }
-            })
+            }, queryPaths: AdminEndpoint.queryPaths))
             server.start()
             logger.notice("admin endpoint on http://\(options.adminAddress):\(port) (/metrics, /healthz, /readyz, /config, /locate, /slowlog, /hotkeys)")
         }
