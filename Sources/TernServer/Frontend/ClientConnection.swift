@@ -269,6 +269,9 @@ final class ClientConnection: ReplyOwner {
             || extras.waitedForDedicated && pool.servers.contains { $0.hasWaiting(of: self) }
     }
     static let heldInputLimit = 1 << 20
+    /// TLS records one read of a client decrypts at most (1 MiB of full records); the rest
+    /// waits for the next loop pass (`Transport.read`).
+    static let tlsRecordsPerRead = 64
 
     var hasRequestsInFlight: Bool { !slots.isEmpty }
     var hasPartialRequest: Bool { partial != nil }
@@ -374,7 +377,7 @@ final class ClientConnection: ReplyOwner {
         // Held (parsing waits for a blocking command or a WATCH): at most `heldInputLimit`
         // bytes wait, give or take one read, rather than a whole read pass's 4 MiB.
         let cap = parsingHeld ? max(Self.heldInputLimit - buffer.readableCount, 1) : 4 << 20
-        switch Transport.read(descriptor, tls, into: buffer, cap: cap) {
+        switch Transport.read(descriptor, tls, into: buffer, cap: cap, records: Self.tlsRecordsPerRead) {
         case .drained:
             break
         case .endOfFile:
@@ -441,9 +444,14 @@ final class ClientConnection: ReplyOwner {
             closeIfDrained()
             return
         }
-        // TLS: bytes already decrypted are not announced by the socket again; read them now
-        // unless reading is paused (`flush` resumes it).
-        if let tls, tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }
+        if let tls {
+            // Records left at the cap: the rest waits for the next pass, as requests past the
+            // pass's budget do (the socket, or OpenSSL's buffer, still holds them).
+            if tls.readReachedRecordCap, !isClosed, !closeWhenDrained { deferInput() }
+            // Bytes already decrypted are not announced by the socket again; read them now
+            // unless reading is paused (`flush` resumes it).
+            if tls.hasPending, !isClosed, !closeWhenDrained, !mustPauseReading { readRequests() }
+        }
     }
 
     /// Parses and routes every complete request in `buffer`, by the client's frontend (one

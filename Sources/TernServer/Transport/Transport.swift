@@ -80,6 +80,9 @@ final class TLSStream {
     var readWantsWrite = false
     /// The last write stopped because TLS needed to read first.
     var writeWantsRead = false
+    /// The last read stopped at its cap of records (`Transport.read`'s `records`) with the
+    /// socket not known to be drained: the caller reads again at a later loop pass.
+    var readReachedRecordCap = false
 
     /// nil when OpenSSL cannot make the connection (out of memory).
     init?(context: TLSContext, descriptor: Int32, serverName: String?) {
@@ -143,13 +146,18 @@ enum Transport {
     /// drained the socket (the watcher is level-triggered, so what comes later is reported
     /// again), which saves the EAGAIN read. TLS: records are read until OpenSSL wants the
     /// socket, since a record can hold less than the socket had.
+    /// `records`: most TLS records decrypted by this call. Bytes bound a plain read's work, but
+    /// not a TLS read's: a client sending one-byte records as fast as it can kept the loop
+    /// decrypting (each record a `read` or two and a decryption) for seconds, every other
+    /// client of the worker waiting (admin sweep 29). Past the cap the stream says so
+    /// (`readReachedRecordCap`).
     @inline(__always)
-    static func read(_ descriptor: Int32, _ tls: TLSStream?, into buffer: ByteBuffer, cap: Int = 4 << 20) -> ReadOutcome {
+    static func read(_ descriptor: Int32, _ tls: TLSStream?, into buffer: ByteBuffer, cap: Int = 4 << 20, records: Int = .max) -> ReadOutcome {
         // The cap counts what this call reads, not what the buffer held before it: a large frame
         // being received still moves up to `cap` bytes per loop pass, not one read's worth, and
         // the bytes already buffered are looked at (framed, sized) between two such batches.
         let limit = buffer.readableCount + cap
-        if let tls { return readTLS(tls, into: buffer, upTo: limit) }
+        if let tls { return readTLS(tls, into: buffer, upTo: limit, records: records) }
         while true {
             switch Syscall.read(descriptor, into: buffer) {
             case .transferred:
@@ -164,8 +172,10 @@ enum Transport {
         }
     }
 
-    private static func readTLS(_ tls: TLSStream, into buffer: ByteBuffer, upTo limit: Int) -> ReadOutcome {
+    private static func readTLS(_ tls: TLSStream, into buffer: ByteBuffer, upTo limit: Int, records: Int) -> ReadOutcome {
         tls.readWantsWrite = false
+        tls.readReachedRecordCap = false
+        var left = records
         // At least one read, as the plain path makes: a frame larger than the cap completes
         // over several calls.
         repeat {
@@ -173,6 +183,11 @@ enum Transport {
             let count = tern_tls_read(tls.pointer, target, buffer.writableCount)
             if count > 0 {
                 buffer.commit(count)
+                left -= 1
+                if left == 0 {
+                    tls.readReachedRecordCap = true
+                    return .drained
+                }
                 continue
             }
             switch Int32(count) {
