@@ -95,8 +95,17 @@ static int configure_server(SSL_CTX *context, const char *cert, const char *key,
     } else {
         SSL_CTX_set_verify(context, SSL_VERIFY_NONE, NULL);
     }
-    // No server-side session cache (workers would contend on it); TLS 1.3 clients still
-    // resume with stateless tickets.
+    // No server-side session cache (workers would contend on it); clients resume with
+    // stateless tickets (TLS 1.2 and 1.3), sealed with keys of this context alone, so a session
+    // resumes only on the pool and certificate load that made it, with the peer certificate
+    // and verification result it had then. OpenSSL refuses to resume, with a fatal alert, on a
+    // context that verifies peers and has no session id context: Java clients, which offer
+    // their last session on reconnecting, failed every other connection to a pool with `ca`.
+    static const unsigned char session_context[] = "tern";
+    if (SSL_CTX_set_session_id_context(context, session_context, sizeof session_context - 1) != 1) {
+        remember_error("cannot set the session id context");
+        return 0;
+    }
     SSL_CTX_set_session_cache_mode(context, SSL_SESS_CACHE_OFF);
     return 1;
 }

@@ -367,6 +367,63 @@ final class TLSTests: XCTestCase {
         XCTAssertEqual(try backend.call("GET", "app:x"), "$1\r\n1\r\n")
     }
 
+    /// A client offering its last session resumes it on a pool with `ca` (TLS 1.2 and 1.3),
+    /// keeping the user its certificate named. Before, OpenSSL refused every such resumption
+    /// with a fatal alert ("session id context uninitialized"): Java clients, which offer their
+    /// last session on reconnecting, failed every other connection (admin sweep 29; fails on
+    /// 8156581 with an `internal_error` alert on the second connection).
+    func testSessionsResumeOnPoolsThatVerifyClients() throws {
+        try certificates.issue(name: "app", subject: "/CN=app")
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort()
+        let hash = SHA256.hex(SHA256.digest(Array("app-secret".utf8)))
+        try group.tern(config: """
+            r:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)", ca: "\(certificates.ca)", client_auth: optional, user_from_certificate: cn}
+              users:
+               - name: app
+                 password_sha256: "\(hash)"
+                 commands: ["+@all"]
+                 keys: ["~*"]
+              servers: ["\(backend.address):1"]
+            """, waitPort: port)
+        let d = certificates.directory
+        try pythonTLS("""
+            def context(version, certificate):
+                ctx = ssl.create_default_context(cafile='\(certificates.ca)')
+                ctx.minimum_version = ctx.maximum_version = version
+                if certificate: ctx.load_cert_chain('\(d)/app.crt', '\(d)/app.key')
+                return ctx
+            def connect(ctx, session=None):
+                raw = socket.create_connection(('127.0.0.1', \(port)), timeout=5)
+                return ctx.wrap_socket(raw, server_hostname='localhost', session=session)
+            def whoami(sock):
+                sock.sendall(b'*2\\r\\n$3\\r\\nACL\\r\\n$6\\r\\nWHOAMI\\r\\n')
+                reply = b''
+                while not reply.endswith(b'\\r\\n'): reply += sock.recv(4096)
+                return reply
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                for certificate in (True, False):
+                    expected = b'$3\\r\\napp\\r\\n' if certificate else b'-NOAUTH Authentication required.\\r\\n'
+                    ctx = context(version, certificate)
+                    first = connect(ctx)
+                    assert whoami(first) == expected, (version, certificate, whoami(first))
+                    session = first.session
+                    first.close()
+                    assert session is not None, version
+                    for attempt in range(3):
+                        again = connect(ctx, session)
+                        assert again.session_reused, (version, certificate, attempt)
+                        # The resumed session keeps the user the certificate named (and a
+                        # session without one still has to authenticate).
+                        assert whoami(again) == expected, (version, certificate, attempt)
+                        session = again.session
+                        again.close()
+            """)
+    }
+
     /// `server_tls` to a Redis that speaks only TLS (and requires a client certificate);
     /// a wrong `server_name` fails verification: the client gets an error, not a hang, and
     /// another pool's client is served meanwhile.
