@@ -184,9 +184,13 @@ extension ClientConnection {
         let connection: ServerConnection
         if let watch {
             guard watch.isIntact, watch.connection.isOpen else {
-                // The socket the WATCH was sent on is gone: its guarantee cannot be kept.
+                // The socket the WATCH was sent on is gone: its guarantee cannot be kept, so
+                // nothing runs, answered as a watched key's change is (a null array). A client's
+                // optimistic-locking loop retries on that (redis-py raises `WatchError`, as it
+                // does when its own connection to Redis is lost while watching); an error
+                // (`ResponseError`) ended the loop at every failover.
                 releaseWatch(watch)
-                return slot.complete(with: "-ERR the connection that held WATCH was lost; nothing was executed\r\n" as StaticString)
+                return slot.complete(with: "*-1\r\n" as StaticString)
             }
             connection = watch.connection
         } else {
@@ -469,7 +473,8 @@ final class FirstWatch: PhasedRead {
     }
 
     /// Tern's own failure (timeout, connection lost): the lease stays, so that the client's
-    /// EXEC fails ("the connection that held WATCH was lost") instead of running unwatched.
+    /// EXEC answers a null array (nothing ran, as for a watched key changed) instead of running
+    /// unwatched.
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
         slot.holdFailure(reason, serverFailure: serverFailure)
         isError = false
