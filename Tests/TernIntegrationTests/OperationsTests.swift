@@ -70,6 +70,28 @@ final class OperationsTests: XCTestCase {
         XCTAssertNil(try a.get("after"))
     }
 
+    /// A reload that switches a pool between memcached and Redis (same name and listener)
+    /// closes the clients that spoke the old protocol once they are answered; new clients speak
+    /// the new one. Before, the kept clients' `get k` was read as a Redis inline command
+    /// (reload sweep 29; fails on 61b1244: `$-1` instead of the close).
+    func testReloadSwitchingAPoolsProtocolClosesItsClients() throws {
+        let memcached = try group.memcached(), redis = try group.redis()
+        let port = ProcessGroup.freePort()
+        let path = group.directory + "/reload.yml"
+        try writeConfig(path, pool("p", port: port, servers: [memcached.address]))
+        let tern = try launch(path, port: port)
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.request("set k 0 0 1\r\nx\r\n", until: "\r\n"), "STORED\r\n")
+        try writeConfig(path, "p:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  servers:\n   - \(redis.address):1\n")
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertTrue(waitForLog("reload (SIGHUP) applied"), group.ternLog())
+        try? client.send("get k\r\n")
+        let (bytes, closed) = client.drain(for: 3)
+        XCTAssertTrue(closed, "the memcached client is closed")
+        XCTAssertEqual(bytes, [], "nothing read as Redis")
+        XCTAssertEqual(try TestClient(port: port).call("PING"), "+PONG\r\n")
+    }
+
     func testReloadAddsAndRemovesPools() throws {
         let a = try group.memcached()
         let portP = ProcessGroup.freePort()

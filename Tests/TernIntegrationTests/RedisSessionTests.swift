@@ -41,7 +41,8 @@ final class RedisSessionTests: XCTestCase {
     final class ReloadableTern {
         let port = ProcessGroup.freePort()
         let group: ProcessGroup
-        let extra: String
+        /// Pool settings written before `servers:` (a test may change them before a reload).
+        var extra: String
         let path: String
         var process: Process!
         private var reloads = 0
@@ -1012,6 +1013,31 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertTrue(refused.hasPrefix("-NOPERM"), refused)
         XCTAssertTrue(refused.hasSuffix("+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n"), refused)
         XCTAssertEqual(try setup.backends[0].call("GET", key), "$5\r\nplain\r\n")
+    }
+
+    /// A reload that changes `redis_db` (or `redis_auth`, `server_tls`) keeps no backend
+    /// connection: every request after it reaches the new database. Before, the shared
+    /// connections stayed on the old one while connections opened after the reload (WATCH's,
+    /// reconnects) selected the new one: a value written in a transaction read back as nil
+    /// (reload sweep 29; fails on 61b1244 with `b` in db 0).
+    func testAReloadChangingTheDatabaseMovesEveryConnection() throws {
+        let redis = try group.redis()
+        let tern = try ReloadableTern(group, [redis], extra: "")
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.call("SET", "a", "in-0"), "+OK\r\n")
+        tern.extra = "  redis_db: 3\n"
+        try tern.reload([redis])
+        XCTAssertEqual(try client.call("SET", "b", "plain"), "+OK\r\n")
+        XCTAssertEqual(try client.call("WATCH", "c"), "+OK\r\n")
+        XCTAssertEqual(try client.call("MULTI"), "+OK\r\n")
+        XCTAssertEqual(try client.call("SET", "c", "watched"), "+QUEUED\r\n")
+        XCTAssertEqual(try client.call("EXEC"), "*1\r\n+OK\r\n")
+        XCTAssertEqual(try client.call("MGET", "a", "b", "c"), "*3\r\n$-1\r\n$5\r\nplain\r\n$7\r\nwatched\r\n")
+        XCTAssertEqual(try TestClient(port: tern.port).call("GET", "b"), "$5\r\nplain\r\n")
+        let direct = try TestClient(port: redis.port)
+        XCTAssertEqual(try direct.call("MGET", "a", "b", "c"), "*3\r\n$4\r\nin-0\r\n$-1\r\n$-1\r\n", "db 0 keeps only what came before the reload")
+        XCTAssertEqual(try direct.call("SELECT", "3"), "+OK\r\n")
+        XCTAssertEqual(try direct.call("MGET", "a", "b", "c"), "*3\r\n$-1\r\n$5\r\nplain\r\n$7\r\nwatched\r\n")
     }
 
     /// A WATCH on a server a reload removes: the transaction after it fails at EXEC with

@@ -208,7 +208,8 @@ final class PoolRuntime: BackendPool {
 
     /// A reload: same pool name, new config. Clients keep their sockets and their next request
     /// is routed by the new servers; a server that keeps its name and address keeps its
-    /// connections; the others close once their in-flight requests have finished.
+    /// connections (unless how they are set up changed: `redis_auth`, `redis_db`, `server_tls`,
+    /// the protocol); the others close once their in-flight requests have finished.
     /// The user named `name` (nil: `default`) when `password` is theirs: the password's SHA-256
     /// compared in constant time with the user's, and with a dummy for an unknown user, so
     /// that the time taken does not tell which.
@@ -250,6 +251,14 @@ final class PoolRuntime: BackendPool {
         if listenChanged { stopListening() }
         let previous = servers
         let placedLike = plan.config.placesKeysLike(newPlan.config)
+        // What a backend connection is set up with (AUTH, SELECT, TLS, the protocol spoken):
+        // changed, no connection is kept, or requests on kept connections would go on to the
+        // old database (a reload to `redis_db: 3` split the pool's data: shared connections
+        // stayed on db 0 while new ones, WATCH and blocking ones among them, used db 3).
+        let connectionsKept = plan.config.redisAuth == newPlan.config.redisAuth
+            && plan.config.redisDatabase == newPlan.config.redisDatabase
+            && plan.config.protocolKind == newPlan.config.protocolKind
+            && plan.config.serverTLS == newPlan.config.serverTLS
         plan = newPlan
         cacheHotSettings()
         (limits, respLimits) = Self.requestLimits(newPlan.config)
@@ -258,7 +267,7 @@ final class PoolRuntime: BackendPool {
         var kept: [ServerRuntime] = []
         for (index, server) in newPlan.config.servers.enumerated() {
             let address = newPlan.serverAddresses[index]
-            if let same = previous.first(where: { candidate in
+            if connectionsKept, let same = previous.first(where: { candidate in
                 candidate.name == server.name && candidate.address == address && !kept.contains { $0 === candidate }
             }) {
                 same.reuse(at: index)
@@ -272,7 +281,7 @@ final class PoolRuntime: BackendPool {
         servers = kept
         rebuildServerTable()
         rebuildPlacement()
-        rebuildReplicas()
+        rebuildReplicas(keepingConnections: connectionsKept)
         redispatchParked()
         if let oldPlan = newPlan.warmup {
             if let old { old.update(oldPlan) } else {
@@ -452,8 +461,8 @@ final class PoolRuntime: BackendPool {
     // MARK: Cluster replicas (read_from)
 
     /// Makes `replicas` match the plan: a replica that keeps its name and address keeps its
-    /// connections, the others close once idle.
-    private func rebuildReplicas() {
+    /// connections (unless `keepingConnections` is false), the others close once idle.
+    private func rebuildReplicas(keepingConnections: Bool = true) {
         let previous = Array(replicas.joined())
         var kept: [ServerRuntime] = []
         var next: [[ServerRuntime]] = []
@@ -463,7 +472,7 @@ final class PoolRuntime: BackendPool {
                 for (position, replica) in list.enumerated() {
                     guard master < plan.replicaAddresses.count, position < plan.replicaAddresses[master].count,
                           let address = plan.replicaAddresses[master][position] else { continue }
-                    if let same = previous.first(where: { candidate in
+                    if keepingConnections, let same = previous.first(where: { candidate in
                         candidate.name == replica.name && candidate.address == address && !kept.contains { $0 === candidate }
                     }) {
                         same.reuse(replicaOf: master)

@@ -274,7 +274,10 @@ final class Worker: FrontendLoop {
     private func apply(_ plans: [PoolPlan]) {
         var next: [PoolRuntime] = []
         for plan in plans {
-            if let existing = pools.first(where: { $0.config.name == plan.config.name }) {
+            // A pool whose protocol changed is another pool under the same name: its clients,
+            // which speak the old one, close once answered (kept, a memcached client's `get k`
+            // was read as a Redis inline command).
+            if let existing = pools.first(where: { $0.config.name == plan.config.name && $0.config.protocolKind == plan.config.protocolKind }) {
                 if existing.update(plan) { subscribersFollow(existing, after: "the reload") }
                 next.append(existing)
             } else {
