@@ -127,6 +127,35 @@ final class RedisSentinelTests: XCTestCase {
         XCTAssertFalse(tie.contains("sentinel_role_mismatches:0\r\n"), "the replica the liar named was refused by ROLE: \(tie)")
         XCTAssertEqual(try TestClient(port: tiePort).call("GET", onFirst[0]), "$\(("v" + onFirst[0]).utf8.count)\r\nv\(onFirst[0])\r\n")
 
+        // A sentinel of another deployment, listed first, names shard2's master for every group,
+        // and one that never answers: while shard1's master is down (named by the real ones
+        // until they fail over) its address must not be taken from the odd one out. Before,
+        // shard1 went to shard2's master for about 2 s (Sentinel sweep 29).
+        let otherDeployment = ProcessGroup.freePort()
+        try startLyingSentinel(port: otherDeployment, naming: master2.port)
+        let silent = ProcessGroup.freePort()
+        try group.launch("/usr/bin/env", ["python3", "-c", """
+            import socket, time
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", \(silent)))
+            server.listen(64)
+            held = []
+            while True:
+                held.append(server.accept()[0])
+            """], log: "silent-\(silent).log")
+        try group.waitForPort(silent)
+        let guardedPort = ProcessGroup.freePort()
+        let startedGuarded = Date()
+        try self.group.tern(config: "guarded:\n  listen: 127.0.0.1:\(guardedPort)\n  redis: true\n  sentinel:\n    addresses:\n"
+                                + ([silent, otherDeployment] + sentinels).map { "     - 127.0.0.1:\($0)\n" }.joined() + "  servers:\n   - shard1:1\n   - shard2:1\n",
+                            waitPort: guardedPort)
+        // The silent sentinel costs its 1 s deadline once, not once per master (2 s before).
+        let guardedStartup = Date().timeIntervalSince(startedGuarded)
+        XCTAssertLessThan(guardedStartup, 1.8, "the silent sentinel was waited for once per master")
+        let guarded = try TestClient(port: guardedPort)
+        XCTAssertTrue(try guarded.call("INFO", "sentinel").contains("master0:name=shard1,address=127.0.0.1:\(master1.port)"))
+
         // A Tern without traffic: only the sentinels' +switch-master (or its poll) tells it.
         let idlePort = ProcessGroup.freePort()
         try self.group.tern(config: "idle:\n  listen: 127.0.0.1:\(idlePort)\n  redis: true\n  sentinel:\n    addresses:\n"
@@ -140,8 +169,11 @@ final class RedisSentinelTests: XCTestCase {
         var switchedAt: Date?
         var firstSuccess: Date?
         var failures = 0
+        var guardedWentAstray = ""
         client.setTimeout(3)
         while Date().timeIntervalSince(killedAt) < 30 {
+            let guardedInfo = try guarded.call("INFO", "sentinel")
+            if guardedInfo.contains("master0:name=shard1,address=127.0.0.1:\(master2.port)") { guardedWentAstray = guardedInfo }
             if switchedAt == nil, (try? sentinelCall(sentinels[1], "SENTINEL", "get-master-addr-by-name", "shard1"))?.contains("\(replica1.port)") == true {
                 switchedAt = Date()
             }
@@ -155,8 +187,20 @@ final class RedisSentinelTests: XCTestCase {
         }
         var idleSwitched: Date?
         while idleSwitched == nil, Date().timeIntervalSince(killedAt) < 30 {
+            let guardedInfo = try guarded.call("INFO", "sentinel")
+            if guardedInfo.contains("master0:name=shard1,address=127.0.0.1:\(master2.port)") { guardedWentAstray = guardedInfo }
             if try idle.call("INFO", "sentinel").contains("master0:name=shard1,address=127.0.0.1:\(replica1.port)") { idleSwitched = Date() } else { usleep(20_000) }
         }
+        XCTAssertEqual(guardedWentAstray, "", "shard1 was given shard2's master's address")
+        let guardedFollowed = try eventually("followed", within: 10) {
+            let guardedInfo = try guarded.call("INFO", "sentinel")
+            if guardedInfo.contains("master0:name=shard1,address=127.0.0.1:\(master2.port)") { guardedWentAstray = guardedInfo }
+            return guardedInfo.contains("master0:name=shard1,address=127.0.0.1:\(replica1.port)") ? "followed" : guardedInfo
+        }
+        XCTAssertEqual(guardedFollowed, "followed", "the guarded Tern follows the real sentinels")
+        XCTAssertEqual(guardedWentAstray, "", "shard1 was given shard2's master's address")
+        XCTAssertTrue(try guarded.call("INFO", "sentinel").contains("master1:name=shard2,address=127.0.0.1:\(master2.port)"))
+        print(String(format: "guarded Tern: listening %.2f s after its start (a silent sentinel listed first)", guardedStartup))
         let window = firstSuccess.map { $0.timeIntervalSince(killedAt) }
         let switched = (switchedAt ?? firstSuccess).map { $0.timeIntervalSince(killedAt) } ?? -1
         let idleDelay = idleSwitched.map { $0.timeIntervalSince(killedAt) } ?? -1

@@ -67,6 +67,7 @@ final class SentinelWatcher: Sendable {
     private func run() {
         var clock = RefreshClock()
         let subscriptions = Subscriptions()
+        let unreachable = Unreachable()
         while true {
             let now = RedisProbe.now()
             let current = jobs.withLock { $0 }
@@ -80,7 +81,7 @@ final class SentinelWatcher: Sendable {
             for job in current {
                 guard clock.isDue(job.pool, now: now, requested: job.state.refreshRequested, period: Self.period) else { continue }
                 let previous = known.withLock { $0[job.pool] } ?? [:]
-                let found = Self.discover(job, previous: previous)
+                let found = Self.discover(job, previous: previous, unreachable: unreachable)
                 if found != previous {
                     known.withLock { $0[job.pool] = found }
                     job.state.discovered.withLock { $0 = found }
@@ -95,8 +96,11 @@ final class SentinelWatcher: Sendable {
     private final class Subscriptions {
         var connections: [String: BlockingConnection] = [:]
         var buffers: [String: [UInt8]] = [:]
-        /// When a sentinel that could not be reached is tried again.
+        /// When a sentinel that could not be reached is tried again: after 1 s, doubling to
+        /// 30 s while it stays unreachable (each try may block this thread for a second, the
+        /// connect's deadline, delaying every pool's refresh).
         var retryAt: [String: Double] = [:]
+        var failures: [String: Int] = [:]
 
         /// Opens missing subscriptions, waits up to `waitMilliseconds` for messages, and returns
         /// the sentinels that announced a switch.
@@ -110,8 +114,11 @@ final class SentinelWatcher: Sendable {
                 if case let .success(connection) = RedisProbe.subscribe(node, channels: ["+switch-master", "+promoted-slave"], password: password, tls: tls) {
                     connections[name] = connection
                     buffers[name] = []
+                    failures[name] = nil
                 } else {
-                    retryAt[name] = now + 1
+                    let count = (failures[name] ?? 0) + 1
+                    failures[name] = count
+                    retryAt[name] = now + min(30, Double(1 << min(count - 1, 5)))
                 }
             }
             let names = Array(connections.keys)
@@ -161,19 +168,43 @@ final class SentinelWatcher: Sendable {
         }
     }
 
-    /// Each master's address: every sentinel that answers is asked, the addresses are tried
-    /// most named first (ties: the sentinel listed first), and the first that says `ROLE`
-    /// master is taken. A sentinel that lies, or has not seen a failover yet, is outvoted or
-    /// caught by `ROLE` (one that names another group's master is outvoted by the others); a
-    /// master no sentinel could place keeps its previous address.
-    static func discover(_ job: Job, previous: [String: ClusterNode]) -> [String: ClusterNode] {
+    /// Sentinels that could not be reached lately (name → when), asked after the others: the
+    /// watcher thread's own.
+    final class Unreachable {
+        var since: [String: Double] = [:]
+        /// How long a sentinel that failed is asked last.
+        static let memory = 30.0
+
+        /// `sentinels` in the order to ask them: those not failed lately first, each group in
+        /// the order listed.
+        func ordered(_ sentinels: [ClusterNode], now: Double) -> [ClusterNode] {
+            let failing = sentinels.filter { since[$0.name].map { now - $0 < Self.memory } ?? false }
+            return sentinels.filter { node in !failing.contains { $0 == node } } + failing
+        }
+    }
+
+    /// Each master's address: the sentinels are asked (those unreachable lately last, and no
+    /// more once more than half of them name one address), and the addresses named most often
+    /// (several on a tie, in the order first named) are checked with `ROLE`; the first
+    /// that says master is taken. Never one named less often: when the address most named is
+    /// down (a killed master the sentinels have not replaced yet), a sentinel naming another
+    /// deployment's master, or another group's, would otherwise be followed (writes went to
+    /// shard2's master for 2 s; Sentinel sweep 29). Nor an address another master of the pool
+    /// has. A sentinel that lies, or has not seen a failover yet, is outvoted, or on a tie
+    /// caught by `ROLE` when it names a replica; a master no sentinel could place keeps its
+    /// previous address.
+    static func discover(_ job: Job, previous: [String: ClusterNode], unreachable: Unreachable = Unreachable()) -> [String: ClusterNode] {
         var found = previous
         var errors: [String] = []
         var anyAnswered = false
         for master in job.masters {
             var votes: [(node: ClusterNode, count: Int)] = []
-            for sentinel in job.sentinels {
-                switch RedisProbe.call(sentinel, ["SENTINEL", "get-master-addr-by-name", master], password: job.sentinelPassword, tls: job.sentinelTLS) {
+            for sentinel in unreachable.ordered(job.sentinels, now: RedisProbe.now()) {
+                // A majority of all the sentinels names one address: the rest cannot outvote it.
+                if votes.contains(where: { $0.count * 2 > job.sentinels.count }) { break }
+                let answer = RedisProbe.call(sentinel, ["SENTINEL", "get-master-addr-by-name", master], password: job.sentinelPassword, tls: job.sentinelTLS)
+                if case .failure = answer { unreachable.since[sentinel.name] = RedisProbe.now() } else { unreachable.since[sentinel.name] = nil }
+                switch answer {
                 case let .success(.array(fields?)) where fields.count == 2:
                     anyAnswered = true
                     guard let host = fields[0].text, let port = fields[1].text.flatMap({ Int($0) }), (1...65535).contains(port) else { continue }
@@ -188,10 +219,15 @@ final class SentinelWatcher: Sendable {
                     errors.append("\(master): \(sentinel.name): \(error.text)")
                 }
             }
-            // Stable: equal counts keep the order the sentinels are listed in.
-            let ranked = votes.enumerated().sorted { $0.element.count != $1.element.count ? $0.element.count > $1.element.count : $0.offset < $1.offset }.map(\.element.node)
+            // The most named, in the order first named (votes are made in the order asked).
+            let most = votes.map(\.count).max() ?? 0
+            let ranked = votes.filter { $0.count == most }.map(\.node)
             var placed = false
             for node in ranked where !placed {
+                if let other = found.first(where: { $0.key != master && $0.value == node && job.masters.contains($0.key) }) {
+                    errors.append("\(master): \(node.name) was named, which is \(other.key)'s address")
+                    continue
+                }
                 switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword, tls: job.serverTLS) {
                 case let .success(.array(role?)) where role.first?.text == "master":
                     found[master] = node

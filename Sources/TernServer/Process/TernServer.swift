@@ -96,6 +96,9 @@ public final class TernServer {
             }
         }
         var startupStates: [String: SentinelState] = [:]
+        // Shared by the pools: a sentinel that does not answer costs its deadline once, not
+        // once per master (it is asked last, and not at all once a majority agrees).
+        let unreachable = SentinelWatcher.Unreachable()
         for pool in config.pools where pool.sentinel != nil {
             let state = SentinelState()
             startupStates[pool.name] = state
@@ -103,7 +106,7 @@ public final class TernServer {
             let job = SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
                                           sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth,
                                           serverTLS: tls, sentinelTLS: pool.sentinel?.tls == true ? tls : nil, state: state)
-            let found = SentinelWatcher.discover(job, previous: [:])
+            let found = SentinelWatcher.discover(job, previous: [:], unreachable: unreachable)
             sentinelMasters[pool.name] = found
             let missing = pool.servers.map(\.name).filter { found[$0] == nil }
             if missing.isEmpty {
