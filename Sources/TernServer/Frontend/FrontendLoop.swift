@@ -23,6 +23,9 @@ class FrontendLoop: RoutingLoop {
     /// those of the pass before, which the next `Worker.flushAll` resumes.
     final var deferredInput: [ClientConnection] = []
     final var resumingInput: [ClientConnection] = []
+    /// Client sockets closed on Tern's side whose input is still read and dropped
+    /// (`closeClientSocket`, LingeringClose.swift).
+    final var lingering: [LingeringSocket] = []
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     final let scratch = ByteBuffer()

@@ -85,6 +85,7 @@ final class Worker: FrontendLoop {
         rebalanceClients()
         let now = self.now
         for client in clients { client.checkTimeouts(now: now) }
+        sweepLingering(now: now)
         sweepRedisNames()
         replies.trimFreeSlots()
         replies.sweepOrphans()
@@ -315,7 +316,10 @@ final class Worker: FrontendLoop {
                 return true
             }
         }
-        if let finished = drainFinished, clients.isEmpty {
+        // A drain ends once the sockets closed on Tern's side have lingered too: the process's
+        // exit would close them with a reset, dropping replies their clients had not read.
+        if drainFinished != nil { sweepLingering(now: now) }
+        if let finished = drainFinished, clients.isEmpty, lingering.isEmpty {
             drainFinished = nil
             for pool in pools { for server in pool.servers { server.closeConnections() } }
             finished.done()
