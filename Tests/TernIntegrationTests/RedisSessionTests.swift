@@ -949,9 +949,11 @@ final class RedisSessionTests: XCTestCase {
         XCTAssertEqual(try TestClient(port: setup.port).call("PING"), "+PONG\r\n")
     }
 
-    /// A reload that removes a server ends the sessions on it: a subscriber is closed, a client
-    /// blocked there gets an error, and so does one waiting for its dedicated connection (one
-    /// per server here); a session on the server that stays is untouched.
+    /// A reload that removes a server ends the sessions on it: a subscriber is closed, and so
+    /// are a client blocked there and one waiting for its dedicated connection (one per server
+    /// here): the pool has one server left, which closes clients on a server failure (an
+    /// `-ERR server removed from the pool` ended RQ and Celery workers); a session on the server
+    /// that stays is untouched.
     func testReloadRemovingAServerEndsItsSessions() throws {
         let kept = try group.redis(), removed = try group.redis()
         let port = ProcessGroup.freePort()
@@ -981,10 +983,38 @@ final class RedisSessionTests: XCTestCase {
         try config([kept]).write(toFile: path, atomically: true, encoding: .utf8)
         kill(tern.processIdentifier, SIGHUP)
         XCTAssertTrue(subscriber.drain(for: 2).closed, "the subscriber of a removed server is closed")
-        XCTAssertEqual(String(decoding: try blocked.receiveReplies(1), as: UTF8.self), "-ERR server removed from the pool\r\n")
-        XCTAssertEqual(String(decoding: try waiting.receiveReplies(1), as: UTF8.self), "-ERR server removed from the pool\r\n")
+        for (client, name) in [(blocked, "blocked"), (waiting, "waiting")] {
+            let (bytes, closed) = client.drain(for: 2)
+            XCTAssertTrue(closed, "the \(name) client is closed")
+            XCTAssertEqual(String(decoding: bytes, as: UTF8.self), "", "the \(name) client is not answered")
+        }
         XCTAssertEqual(try TestClient(port: port).call("PUBLISH", onKept, "still"), ":1\r\n")
         XCTAssertTrue(String(decoding: try keptSubscriber.receiveReplies(1), as: UTF8.self).contains("still"))
+    }
+
+    /// A reload that moves a blocked command's key to another server closes its client (after
+    /// the replies before it), as a subscriber whose channel moved is closed: pushes go to the
+    /// new server, and the command would wait on the old one for ever. Reconnected, it blocks
+    /// where the key is and gets the push. Before, `BLPOP q 0` stayed blocked on the old server
+    /// while `RPUSH q` reached the new one (reload sweep 29; fails on b0de77f).
+    func testReloadMovingABlockedKeyClosesItsClient() throws {
+        let a = try group.redis(), b = try group.redis()
+        let tern = try ReloadableTern(group, [a], extra: "  distribution: modula\n")
+        let queue = try (0..<1000).map { "q\($0)" }.first { try tern.home($0, [a, b]).port == b.port }!
+        let blocked = try TestClient(port: tern.port)
+        XCTAssertEqual(try blocked.call("PING"), "+PONG\r\n")
+        try blocked.send(TestClient.encode(["BLPOP", queue, "0"]))
+        usleep(200_000)
+        try tern.reload([a, b])
+        let (bytes, closed) = blocked.drain(for: 2)
+        XCTAssertTrue(closed, "the blocked client is closed")
+        XCTAssertEqual(bytes, [])
+        let again = try TestClient(port: tern.port)
+        try again.send(TestClient.encode(["BLPOP", queue, "0"]))
+        usleep(200_000)
+        XCTAssertEqual(try TestClient(port: tern.port).call("RPUSH", queue, "job"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try again.receiveReplies(1), as: UTF8.self), "*2\r\n$\(queue.utf8.count)\r\n\(queue)\r\n$3\r\njob\r\n")
+        XCTAssertEqual(try b.call("LLEN", queue), ":0\r\n")
     }
 
     /// A WATCH that Tern fails itself (its server is stopped: the pool's timeout) keeps its

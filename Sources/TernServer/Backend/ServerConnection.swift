@@ -1128,8 +1128,10 @@ final class ServerConnection {
     /// failure or asking a cluster or Sentinel pool for a new map: its client left while a
     /// blocking command was waiting (Redis unblocks it on the close, popping nothing), or its
     /// server left the pool.
-    func abandon(reason: String = "client closed the connection") {
-        if descriptor >= 0 || !pending.isEmpty { close(failing: reason) }
+    /// `serverFailure`: its requests fail as a failed server's do (closing clients whose pool
+    /// says so).
+    func abandon(reason: String = "client closed the connection", serverFailure: Bool = false) {
+        if descriptor >= 0 || !pending.isEmpty { close(failing: reason, serverFailure: serverFailure) }
     }
 
     /// A leased connection whose client ended its input while blocked reads what its server

@@ -269,6 +269,17 @@ final class ClientConnection: ReplyOwner {
             || extras.waitedForDedicated && pool.servers.contains { $0.hasWaiting(of: self) }
     }
     static let heldInputLimit = 1 << 20
+
+    /// A reload moved keys: a blocked command's keys may now be placed on another server,
+    /// where pushes go, and it would wait on the old one for ever. The client is closed (after
+    /// the replies before it), as a subscriber whose channel moved is, and blocks again where
+    /// its keys are when it reconnects. Cluster pools follow their slots themselves. Returns
+    /// whether it closed the client.
+    func endBlockingAfterMove() -> Bool {
+        guard !isClosed, !closeWhenDrained, !pool.isCluster, isBlockedOnRedis else { return false }
+        closeForServerFailure()
+        return true
+    }
     /// TLS records one read of a client decrypts at most (1 MiB of full records); the rest
     /// waits for the next loop pass (`Transport.read`).
     static let tlsRecordsPerRead = 64

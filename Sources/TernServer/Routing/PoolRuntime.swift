@@ -723,7 +723,7 @@ final class ServerRuntime: BackendServer {
     /// The expired ones are taken out first and fail once `waiting` is final: failing one may
     /// close its client (over `client_output_limit`), which gives its dedicated connections
     /// back, and that runs the next waiter, which must be in `waiting` then.
-    func expireWaiting(now: Double, all: Bool = false, reason: String = "Connection timed out") {
+    func expireWaiting(now: Double, all: Bool = false, reason: String = "Connection timed out", serverFailure: Bool = false) {
         guard !waiting.isEmpty else { return }
         var expired: [DedicatedWaiter] = []
         waiting.removeAll { waiter in
@@ -732,7 +732,7 @@ final class ServerRuntime: BackendServer {
             return true
         }
         for waiter in expired where waiter.slot.client != nil {
-            if all { waiter.slot.fail(part: ReplyPart.whole, reason: reason) } else { Self.expire(waiter) }
+            if all { waiter.slot.fail(part: ReplyPart.whole, reason: reason, serverFailure: serverFailure) } else { Self.expire(waiter) }
         }
     }
 
@@ -765,13 +765,18 @@ final class ServerRuntime: BackendServer {
         pushConnections.removeAll { $0 === connection }
     }
 
-    /// The server leaves the pool (reload): its sessions end now rather than keep it alive.
-    /// Blocked commands and WATCHes on it fail (their clients get an error), subscribed
-    /// clients are closed (they re-subscribe on reconnect).
+    /// The server leaves the pool (a reload, a Sentinel failover's new address, a drain): its
+    /// sessions end now rather than keep it alive. WATCHes on it end (the `EXEC` answers a
+    /// null array); blocked commands end as a failed server's requests do: their clients are
+    /// closed where the pool closes clients on a server failure (a one-server pool: an error
+    /// there stopped RQ and Celery workers at a routine failover), else answered an error;
+    /// subscribed clients are closed (they re-subscribe on reconnect).
     func endSessions() {
-        expireWaiting(now: worker.now, all: true, reason: "server removed from the pool")
+        let reason = "server left the pool (reload, failover or shutdown)"
+        let blockingFails = !pool.isCluster
+        expireWaiting(now: worker.now, all: true, reason: reason, serverFailure: blockingFails)
         for connection in leased {
-            connection.abandon(reason: "server removed from the pool")
+            connection.abandon(reason: reason, serverFailure: blockingFails && connection.isBlocking)
             returnDedicated(connection, reusable: false)
         }
         closePushConnections()

@@ -279,7 +279,7 @@ final class Worker: FrontendLoop {
             // which speak the old one, close once answered (kept, a memcached client's `get k`
             // was read as a Redis inline command).
             if let existing = pools.first(where: { $0.config.name == plan.config.name && $0.config.protocolKind == plan.config.protocolKind }) {
-                if existing.update(plan) { subscribersFollow(existing, after: "the reload") }
+                if existing.update(plan) { subscribersFollow(existing, after: "the reload", endingBlocked: true) }
                 next.append(existing)
             } else {
                 let created = PoolRuntime(plan: plan, worker: self)
@@ -394,13 +394,19 @@ final class Worker: FrontendLoop {
     }
 
     /// Subscribers of `pool` whose channels the placement moved are closed
-    /// (`ClientConnection.followPlacement`).
-    private func subscribersFollow(_ pool: PoolRuntime, after change: String) {
-        var closed = 0
-        for client in clients where client.pool === pool && client.redisExtras?.subscriptions != nil {
-            if client.followPlacement() { closed += 1 }
+    /// (`ClientConnection.followPlacement`); with `endingBlocked` (a reload), so are its
+    /// clients blocked in a command (`ClientConnection.endBlockingAfterMove`).
+    private func subscribersFollow(_ pool: PoolRuntime, after change: String, endingBlocked: Bool = false) {
+        var closed = 0, blocked = 0
+        for client in clients where client.pool === pool && client.redisExtras != nil {
+            if client.redisExtras?.subscriptions != nil {
+                if client.followPlacement() { closed += 1 }
+            } else if endingBlocked, client.endBlockingAfterMove() {
+                blocked += 1
+            }
         }
         if closed > 0 { logger.notice("pool \(pool.config.name): \(change) moved channels; \(closed) subscribed clients closed (they subscribe again on reconnect)") }
+        if blocked > 0 { logger.notice("pool \(pool.config.name): \(change) moved keys; \(blocked) clients in a blocking command closed (they block again where their keys are on reconnect)") }
     }
 
     /// Ejections and returns of this pass (`placementChanged`), followed here, at the start of
