@@ -170,8 +170,8 @@ extension ClientConnection {
         slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
     }
 
-    private func sanitizedWord(_ text: String) -> String {
-        String(text.prefix(64).map { $0.isASCII && ($0.isLetter || $0 == "-") ? Character($0.lowercased()) : "?" })
+    private func sanitizedWord(_ text: String, keepingCase: Bool = false) -> String {
+        String(text.prefix(64).map { $0.isASCII && ($0.isLetter || $0 == "-") ? (keepingCase ? $0 : Character($0.lowercased())) : "?" })
     }
 
     /// Checks a user name (argument `user`, or `default` when nil) and password against the
@@ -247,6 +247,11 @@ extension ClientConnection {
     /// CLIENT SETNAME/GETNAME/SETINFO/ID/INFO, kept per client connection.
     private func client(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let count = arguments.count
+        // A subcommand Tern serves with the wrong number of arguments: Redis's arity error.
+        for (name, arity) in [("setname", 3), ("getname", 2), ("setinfo", 4), ("id", 2), ("info", 2)] as [(StaticString, Int)]
+            where arguments.argument(1, in: frame, equals: name) && count != arity {
+            return slot.complete(with: "-ERR wrong number of arguments for 'client|\(name)' command\r\n")
+        }
         if arguments.argument(1, in: frame, equals: "setname"), count == 3 {
             let name = arguments.argumentString(2, in: frame)
             guard Self.isClientAttribute(name) else {
@@ -323,6 +328,7 @@ extension ClientConnection {
             reply.appendArrayHeader(table.count)
             for command in table { appendInfo(command, reply) }
         } else if arguments.argument(1, in: frame, equals: "count") {
+            guard arguments.count == 2 else { return slot.complete(with: "-ERR wrong number of arguments for 'command|count' command\r\n" as StaticString) }
             reply.appendInteger(table.count)
         } else if arguments.argument(1, in: frame, equals: "info") {
             reply.appendArrayHeader(arguments.count - 2)
@@ -334,9 +340,31 @@ extension ClientConnection {
             // No documentation is served; an empty map lets redis-cli start.
             reply.appendArrayHeader(0)
         } else if arguments.argument(1, in: frame, equals: "list") {
-            reply.appendArrayHeader(table.count)
-            for command in table { reply.appendBulk(command.name) }
+            // COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN pattern], as Redis
+            // 7.0 answers it: an unknown category or any module lists nothing; a pattern is
+            // matched ignoring case; anything else is a syntax error.
+            let count = arguments.count
+            guard count == 2 || count == 5 && arguments.argument(2, in: frame, equals: "filterby") else {
+                return slot.complete(with: "-ERR syntax error\r\n" as StaticString)
+            }
+            var listed = table
+            if count == 5 {
+                let value = Array(arguments.argumentString(4, in: frame).utf8.map(asciiLower))
+                if arguments.argument(3, in: frame, equals: "aclcat") {
+                    let category = value == Array("all".utf8) ? nil : RedisCategories.named(String(decoding: value, as: UTF8.self))
+                    listed = category.map { category in table.filter { !$0.categories.isDisjoint(with: category) } } ?? []
+                } else if arguments.argument(3, in: frame, equals: "pattern") {
+                    listed = table.filter { RedisGlob.matches(value, Array($0.name.utf8)) }
+                } else if arguments.argument(3, in: frame, equals: "module") {
+                    listed = []
+                } else {
+                    return slot.complete(with: "-ERR syntax error\r\n" as StaticString)
+                }
+            }
+            reply.appendArrayHeader(listed.count)
+            for command in listed { reply.appendBulk(command.name) }
         } else if arguments.argument(1, in: frame, equals: "getkeys") {
+            guard arguments.count >= 3 else { return slot.complete(with: "-ERR wrong number of arguments for 'command|getkeys' command\r\n" as StaticString) }
             // Cluster clients (redis-py RedisCluster) ask it for commands with movable keys.
             switch RedisKeyPositions.getKeys(arguments, in: frame) {
             case let .failure(error): return slot.complete(with: error.reply)
@@ -489,13 +517,18 @@ extension ClientConnection {
         let log = pool.slowLog
         let count = arguments.count
         let reply = slot.data
+        // Redis 7.0's answers: a subcommand's own arity first, then GET's count (a canonical
+        // integer, as `string2ll` reads it: `+1` and `01` are refused).
+        for (name, arity) in [("len", 2), ("reset", 2), ("help", 2)] as [(StaticString, Int)]
+            where arguments.argument(1, in: frame, equals: name) && count != arity {
+            return slot.complete(with: "-ERR wrong number of arguments for 'slowlog|\(name)' command\r\n")
+        }
         if arguments.argument(1, in: frame, equals: "get"), count <= 3 {
             var wanted = 10
             if count == 3 {
-                guard let given = Int(arguments.argumentString(2, in: frame)) else {
-                    return slot.complete(with: "-ERR value is not an integer or out of range\r\n" as StaticString)
+                guard let given = arguments.withArgument(2, in: frame, { RedisAuthRequest.canonicalInteger($0) }), given >= -1 else {
+                    return slot.complete(with: "-ERR count should be greater than or equal to -1\r\n" as StaticString)
                 }
-                guard given >= -1 else { return slot.complete(with: "-ERR count should be greater than or equal to -1\r\n" as StaticString) }
                 wanted = given
             }
             let entries = log.newest(wanted)
@@ -526,8 +559,10 @@ extension ClientConnection {
             reply.appendArrayHeader(lines.count)
             for line in lines { reply.append("+\(line)\r\n") }
             slot.complete(with: "" as StaticString)
+        } else if arguments.argument(1, in: frame, equals: "get") {
+            slot.complete(with: "-ERR unknown subcommand or wrong number of arguments for '\(sanitizedWord(arguments.argumentString(1, in: frame), keepingCase: true))'. Try SLOWLOG HELP.\r\n")
         } else {
-            slot.complete(with: "-ERR unknown subcommand or wrong number of arguments for '\(sanitizedWord(arguments.argumentString(1, in: frame)))'. Try SLOWLOG HELP.\r\n")
+            slot.complete(with: "-ERR unknown subcommand '\(sanitizedWord(arguments.argumentString(1, in: frame), keepingCase: true))'. Try SLOWLOG HELP.\r\n")
         }
     }
 }
