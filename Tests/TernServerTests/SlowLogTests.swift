@@ -58,6 +58,29 @@ final class SlowLogTests: XCTestCase {
 
     /// "warm" is 133 of 1000 keys, more than 1000 / 8: kept by any Space-Saving of 8 counters,
     /// above every other key but "hot" (a key that is not kept counts at most 1000 / 8 + 1).
+    /// Keys longer than 256 bytes are kept as head, length and tail, so `top` (which merges the
+    /// workers' sketches by the bytes kept) tells apart keys that differ in their last bytes or
+    /// their length; before, it merged them by their first 256 bytes (admin sweep 29).
+    func testLongKeysAreToldApartAcrossWorkers() {
+        let workers = [HotKeys(capacity: 8), HotKeys(capacity: 8)]
+        let a = Array(repeating: UInt8(ascii: "x"), count: 300)
+        let b = Array(repeating: UInt8(ascii: "x"), count: 299) + [UInt8(ascii: "y")]
+        let c = Array(repeating: UInt8(ascii: "x"), count: 301)
+        for (index, key) in [a, b, c].enumerated() {
+            for round in 0..<(10 * (index + 1)) { key.withUnsafeBytes { workers[round % 2].add($0) } }
+        }
+        let top = HotKeys.top(workers, limit: 10)
+        XCTAssertEqual(top.map(\.requests), [30, 20, 10].map { $0 * HotKeys.sampleInterval })
+        let shown = String(decoding: top[0].key, as: UTF8.self)
+        XCTAssertEqual(shown, String(repeating: "x", count: 200) + "...(301 bytes)..." + String(repeating: "x", count: 32))
+        XCTAssertEqual(String(decoding: top[1].key, as: UTF8.self).suffix(2), "xy")
+        XCTAssertEqual(String(decoding: top[2].key, as: UTF8.self), String(repeating: "x", count: 200) + "...(300 bytes)..." + String(repeating: "x", count: 32))
+        // Up to 256 bytes a key is kept whole.
+        let whole = HotKeys(capacity: 4)
+        Array(repeating: UInt8(ascii: "k"), count: 256).withUnsafeBytes { whole.add($0) }
+        XCTAssertEqual(HotKeys.top([whole], limit: 1).first?.key.count, 256)
+    }
+
     func testSpaceSavingFindsTheHeavyHitters() {
         var sketch = SpaceSaving(capacity: 8)
         var stream: [String] = []

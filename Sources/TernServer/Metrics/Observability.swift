@@ -239,20 +239,32 @@ final class HotKeys: Sendable {
 
     init(capacity: Int) { sketch = Locked(SpaceSaving(capacity: max(1, capacity))) }
 
-    /// Longest key kept: longer keys are tracked by their first `maxKeyBytes` bytes, their
-    /// length and a hash of their last bytes (a Redis key may be 512 MiB; the sketch stays small).
+    /// Longest key kept whole: a longer key is kept as its first `longKeyHead` bytes, its
+    /// length and its last `longKeyTail` bytes (`<head>...(<n> bytes)...<tail>`), which is also
+    /// how `/hotkeys` shows it (a Redis key may be 512 MiB; the sketch stays small). Keys that
+    /// agree in all three are counted as one.
     static let maxKeyBytes = 256
+    static let longKeyHead = 200
+    static let longKeyTail = 32
 
     func add(_ key: UnsafeRawBufferPointer) {
-        // FNV-1a over the length, the bytes kept and, past them, the last 32: keys the sketch
-        // tells apart hash apart (a hash of only the first and last 32 bytes made keys of
-        // 65-256 bytes that differ in the middle collide under every seed).
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ seed ^ UInt64(key.count)
-        let kept = UnsafeRawBufferPointer(rebasing: key.prefix(Self.maxKeyBytes))
-        for byte in kept { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        if key.count > Self.maxKeyBytes {
-            for byte in key.suffix(32) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        guard key.count > Self.maxKeyBytes else { return add(kept: key) }
+        // One key in 32 is sampled, and few are this long: built on the stack.
+        let middle = Array("...(\(key.count) bytes)...".utf8)
+        withUnsafeTemporaryAllocation(byteCount: Self.longKeyHead + middle.count + Self.longKeyTail, alignment: 1) { buffer in
+            buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: key.prefix(Self.longKeyHead)))
+            middle.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: buffer[Self.longKeyHead...]).copyMemory(from: $0) }
+            UnsafeMutableRawBufferPointer(rebasing: buffer[(Self.longKeyHead + middle.count)...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: key.suffix(Self.longKeyTail)))
+            add(kept: UnsafeRawBufferPointer(buffer))
         }
+    }
+
+    /// FNV-1a over every byte kept: keys the sketch tells apart hash apart (a hash of only the
+    /// first and last 32 bytes made keys of 65-256 bytes that differ in the middle collide under
+    /// every seed), and `top` merges the workers' entries by the same bytes.
+    private func add(kept: UnsafeRawBufferPointer) {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ seed ^ UInt64(kept.count)
+        for byte in kept { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
         sketch.withLock { $0.add(kept, hash: hash) }
     }
 
