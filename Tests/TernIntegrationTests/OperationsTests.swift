@@ -154,6 +154,12 @@ final class OperationsTests: XCTestCase {
         XCTAssertThrowsError(try TestClient(port: port))
         XCTAssertTrue(idle.drain(for: 1).closed)
         XCTAssertTrue(tern.isRunning, "waits for the request in flight")
+        // Signals during the drain are logged and change nothing (they went unlogged).
+        kill(tern.processIdentifier, SIGHUP)
+        kill(tern.processIdentifier, SIGTERM)
+        XCTAssertTrue(waitForLog("signal 15 (SIGTERM) received while draining; the drain goes on"), group.ternLog())
+        XCTAssertTrue(group.ternLog().contains("signal 1 (SIGHUP) received while draining; the drain goes on"), group.ternLog())
+        XCTAssertTrue(tern.isRunning, "still waits for the request in flight")
         backend.resume()
         XCTAssertEqual(String(decoding: try client.receive(until: "END\r\n"), as: UTF8.self), "VALUE held 0 4\r\nheld\r\nEND\r\n")
         tern.waitUntilExit()

@@ -606,7 +606,21 @@ public final class TernServer {
             Syscall.close(plan.listenDescriptor)
             if case let .unix(path, _) = plan.config.listen { unlink(path) }
         }
-        if finished.wait(seconds: options.shutdownTimeout) {
+        // Waited in slices, so that a signal that comes meanwhile is logged, as every signal
+        // is (it changes nothing: the drain goes on).
+        let deadline = ThreadClock.monotonicSeconds() + options.shutdownTimeout
+        var drained = false
+        while !drained {
+            let left = deadline - ThreadClock.monotonicSeconds()
+            if left <= 0 { break }
+            drained = finished.wait(seconds: min(0.1, left))
+            var signals = Self.handledSignals
+            var now = timespec(tv_sec: 0, tv_nsec: 0)
+            while case let received = sigtimedwait(&signals, nil, &now), received > 0 {
+                logger.notice("signal \(received) (\(Self.signalName(received))) received while draining; the drain goes on")
+            }
+        }
+        if drained {
             logger.notice("drained, exiting")
         } else {
             logger.warning("shutdown timeout (\(Int(options.shutdownTimeout)) s) reached with requests in flight, exiting")
