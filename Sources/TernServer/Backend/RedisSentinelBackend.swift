@@ -174,6 +174,16 @@ final class SentinelWatcher: Sendable {
         var since: [String: Double] = [:]
         /// How long a sentinel that failed is asked last.
         static let memory = 30.0
+        /// How long one that failed is not asked at all while another sentinel has answered.
+        static let skipped = 5.0
+
+        /// Whether `sentinel` is asked now: not if it failed in this round (`roundStart`), nor
+        /// within `skipped` seconds while another sentinel has answered this master.
+        func shouldAsk(_ sentinel: ClusterNode, roundStart: Double, othersAnswered: Bool, now: Double) -> Bool {
+            guard let failed = since[sentinel.name] else { return true }
+            if failed >= roundStart { return false }
+            return !(othersAnswered && now - failed < Self.skipped)
+        }
 
         /// `sentinels` in the order to ask them: those not failed lately first, each group in
         /// the order listed.
@@ -197,11 +207,15 @@ final class SentinelWatcher: Sendable {
         var found = previous
         var errors: [String] = []
         var anyAnswered = false
+        let roundStart = RedisProbe.now()
         for master in job.masters {
             var votes: [(node: ClusterNode, count: Int)] = []
             for sentinel in unreachable.ordered(job.sentinels, now: RedisProbe.now()) {
                 // A majority of all the sentinels names one address: the rest cannot outvote it.
                 if votes.contains(where: { $0.count * 2 > job.sentinels.count }) { break }
+                // One that does not answer costs its deadline (1 s) on this thread, which every
+                // Sentinel pool shares: at most once a round, and not while others answer.
+                guard unreachable.shouldAsk(sentinel, roundStart: roundStart, othersAnswered: !votes.isEmpty, now: RedisProbe.now()) else { continue }
                 let answer = RedisProbe.call(sentinel, ["SENTINEL", "get-master-addr-by-name", master], password: job.sentinelPassword, tls: job.sentinelTLS)
                 if case .failure = answer { unreachable.since[sentinel.name] = RedisProbe.now() } else { unreachable.since[sentinel.name] = nil }
                 switch answer {
@@ -224,10 +238,6 @@ final class SentinelWatcher: Sendable {
             let ranked = votes.filter { $0.count == most }.map(\.node)
             var placed = false
             for node in ranked where !placed {
-                if let other = found.first(where: { $0.key != master && $0.value == node && job.masters.contains($0.key) }) {
-                    errors.append("\(master): \(node.name) was named, which is \(other.key)'s address")
-                    continue
-                }
                 switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword, tls: job.serverTLS) {
                 case let .success(.array(role?)) where role.first?.text == "master":
                     found[master] = node
@@ -244,6 +254,7 @@ final class SentinelWatcher: Sendable {
                 errors.removeAll { $0.hasPrefix("\(master): ") }
             }
         }
+        errors += withoutSharedAddresses(&found, previous: previous, masters: job.masters)
         if anyAnswered, errors.isEmpty {
             job.state.refreshes.add(1, ordering: .relaxed)
             job.state.lastError.withLock { $0 = "" }
@@ -252,6 +263,26 @@ final class SentinelWatcher: Sendable {
             job.state.lastError.withLock { $0 = errors.prefix(4).joined(separator: "; ") }
         }
         return found
+    }
+
+    /// No two masters at one address: a master given, in this round, an address another has
+    /// (kept or given) keeps its previous one. Masters that traded addresses (failovers, reused
+    /// addresses) are no conflict and move together (compared with the previous round's
+    /// addresses, each refused the other's for ever). Returns the refusals, for the last error.
+    static func withoutSharedAddresses(_ found: inout [String: ClusterNode], previous: [String: ClusterNode], masters: [String]) -> [String] {
+        var errors: [String] = []
+        var conflicted = true
+        while conflicted {
+            conflicted = false
+            for master in masters {
+                guard let node = found[master], found[master] != previous[master],
+                      let other = masters.first(where: { $0 != master && found[$0] == node }) else { continue }
+                errors.append("\(master): \(node.name) was named, which is \(other)'s address")
+                found[master] = previous[master]
+                conflicted = true
+            }
+        }
+        return errors
     }
 
     /// The sentinels of a pool.

@@ -719,7 +719,7 @@ final class ClientConnection: ReplyOwner {
         // close_notify (if the socket takes it) before the socket closes.
         tls?.shutdown()
         tls = nil
-        worker.closeClientSocket(descriptor)
+        worker.closeClientSocket(descriptor, wasSending: partial != nil || !slots.isEmpty || inputDeferred)
         if redis != nil { endRedisSession() }
         // Requests still in flight finish into slots nobody reads; the worker keeps those until
         // nothing reaches them (backend entries name slots without a reference, and a request

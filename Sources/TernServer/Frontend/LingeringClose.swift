@@ -28,18 +28,23 @@ final class LingeringSocket {
     }
 
     /// Ends the write side (a FIN after the replies already sent), then reads what is waiting:
-    /// at the client's end (or an error) the socket closes now, else the result lingers.
-    static func close(_ descriptor: Int32, now: Double) -> LingeringSocket? {
+    /// at the client's end (or an error) the socket closes now, and so it does when nothing was
+    /// waiting from a client that was not sending (`wasSending`: it had a request in flight or
+    /// in part): an idle client may not close its side until it next uses the connection, and
+    /// would hold a drain for the whole linger. Else the result lingers.
+    static func close(_ descriptor: Int32, wasSending: Bool, now: Double) -> LingeringSocket? {
         _ = Glibc.shutdown(descriptor, Int32(SHUT_WR))
         let socket = LingeringSocket(descriptor: descriptor, deadline: now + seconds)
-        socket.discard()
+        if socket.discard() == 0, !wasSending { socket.close() }
         return socket.isClosed ? nil : socket
     }
 
     /// Reads and drops what the client sent; closes the socket at its end or on an error.
-    func discard() {
-        guard !isClosed else { return }
-        withUnsafeTemporaryAllocation(byteCount: 16384, alignment: 16) { buffer in
+    /// Returns the reads that brought bytes.
+    @discardableResult
+    func discard() -> Int {
+        guard !isClosed else { return 0 }
+        return withUnsafeTemporaryAllocation(byteCount: 16384, alignment: 16) { buffer in
             var reads = 0
             while reads < Self.readsPerEvent {
                 let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
@@ -48,10 +53,11 @@ final class LingeringSocket {
                     continue
                 }
                 if count < 0, errno == EINTR { continue }
-                if count < 0, errno == EAGAIN || errno == EWOULDBLOCK { return }
+                if count < 0, errno == EAGAIN || errno == EWOULDBLOCK { return reads }
                 close()
-                return
+                return reads
             }
+            return reads
         }
     }
 
@@ -64,10 +70,13 @@ final class LingeringSocket {
 }
 
 extension FrontendLoop {
-    /// Closes a client's socket: at once when the client has ended its side too, else after it
-    /// has (or `LingeringSocket.seconds`), its input dropped meanwhile.
-    final func closeClientSocket(_ descriptor: Int32) {
-        guard let socket = LingeringSocket.close(descriptor, now: now) else { return }
+    /// Closes a client's socket: at once when the client has ended its side too, or was idle
+    /// with nothing unread, else after it has (or `LingeringSocket.seconds`), its input
+    /// dropped meanwhile.
+    final func closeClientSocket(_ descriptor: Int32, wasSending: Bool) {
+        guard let socket = LingeringSocket.close(descriptor, wasSending: wasSending, now: now) else { return }
+        // (Never called from a lingering socket's callback: closed ones can go here.)
+        if lingering.count >= LingeringSocket.maxPerWorker { lingering.removeAll { $0.isClosed } }
         guard lingering.count < LingeringSocket.maxPerWorker else { return socket.close() }
         let watcher = IOWatcher.make(loop: loop, descriptor: descriptor, owner: socket) { _, watcher, _ in
             // The socket is alive: `lingering` holds it until it is closed and swept.

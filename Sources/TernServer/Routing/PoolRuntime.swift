@@ -242,6 +242,10 @@ final class PoolRuntime: BackendPool {
         return disabledCommands.withUnsafeBufferPointer { $0[index >> 6] } & (1 << UInt64(index & 63)) != 0
     }
 
+    /// Whether the last `update` placed keys differently (servers, weights, hash, hash tag,
+    /// distribution), as opposed to only giving a server a new address (a Sentinel failover).
+    private(set) var keysMovedByLastUpdate = false
+
     /// Applies a reload. Returns whether a key or channel may now be placed on another server
     /// than before, or the server list changed (which servers, their order, addresses, weights,
     /// the hash, hash tag or distribution).
@@ -251,6 +255,7 @@ final class PoolRuntime: BackendPool {
         if listenChanged { stopListening() }
         let previous = servers
         let placedLike = plan.config.placesKeysLike(newPlan.config)
+        keysMovedByLastUpdate = !placedLike
         // What a backend connection is set up with (AUTH, SELECT, TLS, the protocol spoken):
         // changed, no connection is kept, or requests on kept connections would go on to the
         // old database (a reload to `redis_db: 3` split the pool's data: shared connections

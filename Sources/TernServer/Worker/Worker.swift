@@ -279,7 +279,9 @@ final class Worker: FrontendLoop {
             // which speak the old one, close once answered (kept, a memcached client's `get k`
             // was read as a Redis inline command).
             if let existing = pools.first(where: { $0.config.name == plan.config.name && $0.config.protocolKind == plan.config.protocolKind }) {
-                if existing.update(plan) { subscribersFollow(existing, after: "the reload", endingBlocked: true) }
+                // Blocked clients only when keys moved: a server's new address (a failover) ends
+                // the sessions on that server alone (`ServerRuntime.endSessions`).
+                if existing.update(plan) { subscribersFollow(existing, after: "the reload", endingBlocked: existing.keysMovedByLastUpdate) }
                 next.append(existing)
             } else {
                 let created = PoolRuntime(plan: plan, worker: self)
