@@ -126,6 +126,8 @@ void tern_blocks_sweep(void) {
     }
 }
 
+void tern_blocks_trim_due(void) { cache.trim_due = 1; }
+
 void tern_blocks_release_all(void) {
     for (int index = 0; index < TERN_BLOCKS_SLOTS; index++) {
         struct tern_block *slot = &cache.slots[index];

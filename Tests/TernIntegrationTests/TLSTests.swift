@@ -81,6 +81,27 @@ final class TLSTests: XCTestCase {
         return port
     }
 
+    /// A Redis pool whose TLS clients may log in by certificate (`user_from_certificate: cn`) as
+    /// user `app` (password `app-secret`), with `commands` and `keys` (YAML lists).
+    func mutualTLSTern(clientAuth: String, commands: String, keys: String) throws -> (backend: RedisServer, port: Int) {
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort()
+        let hash = SHA256.hex(SHA256.digest(Array("app-secret".utf8)))
+        try group.tern(config: """
+            r:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)", ca: "\(certificates.ca)", client_auth: \(clientAuth), user_from_certificate: cn}
+              users:
+               - name: app
+                 password_sha256: "\(hash)"
+                 commands: \(commands)
+                 keys: \(keys)
+              servers: ["\(backend.address):1"]
+            """, waitPort: port)
+        return (backend, port)
+    }
+
     /// A python3 that has redis-py and pymemcache.
     func pythonWithClients() throws -> String {
         let run = ProcessGroup.run
@@ -318,21 +339,7 @@ final class TLSTests: XCTestCase {
         try certificates.issue(name: "stranger", subject: "/CN=stranger")
         try certificates.otherCA(name: "rogue-ca")
         try certificates.issue(name: "rogue", subject: "/CN=app", signer: "rogue-ca")
-        let backend = try group.redis()
-        let port = ProcessGroup.freePort()
-        let hash = SHA256.hex(SHA256.digest(Array("app-secret".utf8)))
-        try group.tern(config: """
-            r:
-              listen: 127.0.0.1:\(port)
-              redis: true
-              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)", ca: "\(certificates.ca)", client_auth: required, user_from_certificate: cn}
-              users:
-               - name: app
-                 password_sha256: "\(hash)"
-                 commands: ["+@read", "+@write", "+@connection", "+acl"]
-                 keys: ["~app:*"]
-              servers: ["\(backend.address):1"]
-            """, waitPort: port)
+        let (backend, port) = try mutualTLSTern(clientAuth: "required", commands: #"["+@read", "+@write", "+@connection", "+acl"]"#, keys: #"["~app:*"]"#)
         let d = certificates.directory
         try pythonTLS("""
             def client(name=None):
@@ -374,21 +381,7 @@ final class TLSTests: XCTestCase {
     /// 8156581 with an `internal_error` alert on the second connection).
     func testSessionsResumeOnPoolsThatVerifyClients() throws {
         try certificates.issue(name: "app", subject: "/CN=app")
-        let backend = try group.redis()
-        let port = ProcessGroup.freePort()
-        let hash = SHA256.hex(SHA256.digest(Array("app-secret".utf8)))
-        try group.tern(config: """
-            r:
-              listen: 127.0.0.1:\(port)
-              redis: true
-              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)", ca: "\(certificates.ca)", client_auth: optional, user_from_certificate: cn}
-              users:
-               - name: app
-                 password_sha256: "\(hash)"
-                 commands: ["+@all"]
-                 keys: ["~*"]
-              servers: ["\(backend.address):1"]
-            """, waitPort: port)
+        let port = try mutualTLSTern(clientAuth: "optional", commands: #"["+@all"]"#, keys: #"["~*"]"#).port
         let d = certificates.directory
         try pythonTLS("""
             def context(version, certificate):

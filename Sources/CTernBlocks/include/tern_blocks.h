@@ -56,6 +56,10 @@ int tern_blocks_give(void *block, size_t capacity);
 #define TERN_BLOCKS_TRIM_SWEEPS 2
 void tern_blocks_sweep(void);
 
+/// Makes the next `malloc_trim` due (as a freed large block does): the caller freed much small
+/// memory (a burst's reply slots).
+void tern_blocks_trim_due(void);
+
 /// Frees every cached block (a worker thread ending) and stops caching on this thread.
 void tern_blocks_release_all(void);
 

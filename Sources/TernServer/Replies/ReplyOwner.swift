@@ -93,29 +93,38 @@ final class ReplyDesk {
 
     /// Frees the orphans nothing reaches any more (see `orphans`). Called by the worker's
     /// once-a-second sweep, outside every request path.
-    func sweepOrphans() {
-        var index = 0
+    @discardableResult
+    func sweepOrphans() -> Int {
+        var index = 0, freed = 0
         while index < orphans.count {
             if orphans[index].queuedEntries == 0, isKnownUniquelyReferenced(&orphans[index]) {
                 orphans.swapAt(index, orphans.count - 1)
                 orphans.removeLast()
+                freed += 1
             } else {
                 index += 1
             }
         }
+        return freed
     }
 
     /// Frees the recycled slots past `keptSlots` (a burst's): called by the worker's
-    /// once-a-second sweep, outside every request path.
-    func trimFreeSlots() {
+    /// once-a-second sweep, outside every request path. Returns how many it freed.
+    @discardableResult
+    func trimFreeSlots() -> Int {
+        var freed = 0
         // The least recently recycled go first.
-        while freeSlots.count > Self.keptSlots { _ = freeSlots.popFirst() }
+        while freeSlots.count > Self.keptSlots {
+            _ = freeSlots.popFirst()
+            freed += 1
+        }
         // A ring a burst grew is given back too.
         if freeSlots.capacity > 2 * Self.keptSlots {
             var kept = FIFO<ReplySlot>(initialCapacity: 64)
             while let slot = freeSlots.popFirst() { kept.append(slot) }
             freeSlots = kept
         }
+        return freed
     }
 
     /// Recycled slots kept for reuse past a sweep: enough for a busy worker's pipelines (16

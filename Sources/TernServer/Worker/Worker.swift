@@ -87,8 +87,10 @@ final class Worker: FrontendLoop {
         for client in clients { client.checkTimeouts(now: now) }
         sweepLingering(now: now)
         sweepRedisNames()
-        replies.trimFreeSlots()
-        replies.sweepOrphans()
+        // A burst's slots freed (thousands of pipelined requests, or clients that left with
+        // them in flight): malloc keeps their pages unless trimmed (2,500 such clients left
+        // 110-330 MB of RSS behind).
+        if replies.trimFreeSlots() + replies.sweepOrphans() >= 1024 { tern_blocks_trim_due() }
         // The shared read buffer grows to the largest burst read; keep it modest when idle.
         if scratch.isEmpty { scratch.releaseIfIdle(keep: 1 << 18) }
         // Large blocks given back more than a second ago and not taken since leave the process.
