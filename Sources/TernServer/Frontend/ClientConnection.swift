@@ -280,6 +280,7 @@ final class ClientConnection: ReplyOwner {
         closeForServerFailure()
         return true
     }
+
     /// TLS records one read of a client decrypts at most (1 MiB of full records); the rest
     /// waits for the next loop pass (`Transport.read`).
     static let tlsRecordsPerRead = 64

@@ -208,8 +208,9 @@ final class PoolRuntime: BackendPool {
 
     /// A reload: same pool name, new config. Clients keep their sockets and their next request
     /// is routed by the new servers; a server that keeps its name and address keeps its
-    /// connections (unless how they are set up changed: `redis_auth`, `redis_db`, `server_tls`,
-    /// the protocol); the others close once their in-flight requests have finished.
+    /// connections (unless how they are set up changed: `redis_auth`, `redis_db`, `server_tls`);
+    /// the others close once their in-flight requests have finished. (A pool whose protocol
+    /// changes is replaced, not updated: `Worker.apply`.)
     /// The user named `name` (nil: `default`) when `password` is theirs: the password's SHA-256
     /// compared in constant time with the user's, and with a dummy for an unknown user, so
     /// that the time taken does not tell which.
@@ -256,13 +257,12 @@ final class PoolRuntime: BackendPool {
         let previous = servers
         let placedLike = plan.config.placesKeysLike(newPlan.config)
         keysMovedByLastUpdate = !placedLike
-        // What a backend connection is set up with (AUTH, SELECT, TLS, the protocol spoken):
-        // changed, no connection is kept, or requests on kept connections would go on to the
-        // old database (a reload to `redis_db: 3` split the pool's data: shared connections
-        // stayed on db 0 while new ones, WATCH and blocking ones among them, used db 3).
+        // What a backend connection is set up with (AUTH, SELECT, TLS): changed, no connection
+        // is kept, or requests on kept connections would go on to the old database (a reload
+        // to `redis_db: 3` split the pool's data: shared connections stayed on db 0 while new
+        // ones, WATCH and blocking ones among them, used db 3).
         let connectionsKept = plan.config.redisAuth == newPlan.config.redisAuth
             && plan.config.redisDatabase == newPlan.config.redisDatabase
-            && plan.config.protocolKind == newPlan.config.protocolKind
             && plan.config.serverTLS == newPlan.config.serverTLS
         plan = newPlan
         cacheHotSettings()
