@@ -92,44 +92,63 @@ final class SentinelWatcher: Sendable {
 
     /// One connection per sentinel subscribed to `+switch-master` and `+promoted-slave` (the
     /// watcher thread's own): a failover is noticed when the sentinels announce it, not at the
-    /// next poll.
+    /// next poll. Subscriptions are opened without blocking, stepped from the same `poll()`
+    /// that waits for messages: a sentinel that accepts and never answers cost the thread 1 s
+    /// per try before.
     private final class Subscriptions {
         var connections: [String: BlockingConnection] = [:]
         var buffers: [String: [UInt8]] = [:]
+        /// Subscriptions being opened (connect, TLS, AUTH, the first confirmation).
+        var opening: [String: ProbeExchange] = [:]
         /// When a sentinel that could not be reached is tried again: after 1 s, doubling to
-        /// 30 s while it stays unreachable (each try may block this thread for a second, the
-        /// connect's deadline, delaying every pool's refresh).
+        /// 30 s while it stays unreachable.
         var retryAt: [String: Double] = [:]
         var failures: [String: Int] = [:]
 
-        /// Opens missing subscriptions, waits up to `waitMilliseconds` for messages, and returns
-        /// the sentinels that announced a switch.
+        /// Opens missing subscriptions, waits up to `waitMilliseconds` for messages (and the
+        /// steps of the subscriptions being opened), and returns the sentinels that announced a
+        /// switch.
         func poll(_ jobs: [Job], now: Double, waitMilliseconds: Int32) -> [String] {
             var wanted: [String: (ClusterNode, String?, TLSContext?)] = [:]
             for job in jobs {
                 for sentinel in job.sentinels where wanted[sentinel.name] == nil { wanted[sentinel.name] = (sentinel, job.sentinelPassword, job.sentinelTLS) }
             }
             for name in connections.keys where wanted[name] == nil { close(name) }
-            for (name, (node, password, tls)) in wanted where connections[name] == nil && now >= retryAt[name] ?? 0 {
-                if case let .success(connection) = RedisProbe.subscribe(node, channels: ["+switch-master", "+promoted-slave"], password: password, tls: tls) {
-                    connections[name] = connection
-                    buffers[name] = []
-                    failures[name] = nil
-                } else {
-                    let count = (failures[name] ?? 0) + 1
-                    failures[name] = count
-                    retryAt[name] = now + min(30, Double(1 << min(count - 1, 5)))
-                }
+            for name in opening.keys where wanted[name] == nil { opening[name] = nil }
+            for (name, (node, password, tls)) in wanted where connections[name] == nil && opening[name] == nil && now >= retryAt[name] ?? 0 {
+                opening[name] = ProbeExchange(node, [["SUBSCRIBE", "+switch-master", "+promoted-slave"]], password: password, tls: tls, deadline: now + 1)
             }
-            let names = Array(connections.keys)
+            let names = Array(connections.keys), openingNames = Array(opening.keys)
             var entries = names.map { pollfd(fd: connections[$0]!.descriptor, events: Int16(POLLIN), revents: 0) }
+            for name in openingNames { entries.append(pollfd(fd: opening[name]!.descriptor, events: opening[name]!.events, revents: 0)) }
             guard !entries.isEmpty else {
                 usleep(UInt32(waitMilliseconds) * 1000)
                 return []
             }
             // Bytes OpenSSL already decrypted are not announced by the socket: no wait then.
-            let pending = names.contains { connections[$0]!.hasPending }
-            guard Glibc.poll(&entries, nfds_t(entries.count), pending ? 0 : waitMilliseconds) > 0 || pending else { return [] }
+            let pending = names.contains { connections[$0]!.hasPending } || openingNames.contains { opening[$0]!.hasPending }
+            let ready = Glibc.poll(&entries, nfds_t(entries.count), pending ? 0 : waitMilliseconds) > 0 || pending
+            for (index, name) in openingNames.enumerated() {
+                let exchange = opening[name]!
+                if entries[names.count + index].revents != 0 || exchange.hasPending { exchange.step() }
+                exchange.expire(now: RedisProbe.now())
+                switch exchange.outcome {
+                case nil:
+                    continue
+                case let .success(replies):
+                    if case .array = replies.first, let connection = exchange.takeConnection() {
+                        connections[name] = connection
+                        buffers[name] = exchange.unread
+                        failures[name] = nil
+                    } else {
+                        retry(name, now: now)
+                    }
+                case .failure:
+                    retry(name, now: now)
+                }
+                opening[name] = nil
+            }
+            guard ready else { return [] }
             var switched: [String] = []
             var chunk = [UInt8](repeating: 0, count: 4096)
             for (index, name) in names.enumerated() where entries[index].revents != 0 || connections[name]!.hasPending {
@@ -162,78 +181,110 @@ final class SentinelWatcher: Sendable {
             return switched
         }
 
+        private func retry(_ name: String, now: Double) {
+            let count = (failures[name] ?? 0) + 1
+            failures[name] = count
+            retryAt[name] = now + min(30, Double(1 << min(count - 1, 5)))
+        }
+
         private func close(_ name: String) {
             connections[name] = nil
             buffers[name] = nil
         }
     }
 
-    /// Sentinels that could not be reached lately (name → when), asked after the others: the
-    /// watcher thread's own.
+    /// Sentinels that failed lately (name → when): the watcher thread's own (and the main
+    /// thread's at startup, shared by the pools there).
     final class Unreachable {
         var since: [String: Double] = [:]
-        /// How long a sentinel that failed is asked last.
+        /// How long a sentinel that failed is not waited for (it is still asked).
         static let memory = 30.0
-        /// How long one that failed is not asked at all while another sentinel has answered.
-        static let skipped = 5.0
+        /// Questions a round stopped waiting for (it had its answers), followed to their end:
+        /// a sentinel that never answers is known as failed before a round needs to wait for it.
+        var lingering: [ProbeExchange] = []
 
-        /// Whether `sentinel` is asked now: not if it failed in this round (`roundStart`), nor
-        /// within `skipped` seconds while another sentinel has answered this master.
-        func shouldAsk(_ sentinel: ClusterNode, roundStart: Double, othersAnswered: Bool, now: Double) -> Bool {
-            guard let failed = since[sentinel.name] else { return true }
-            if failed >= roundStart { return false }
-            return !(othersAnswered && now - failed < Self.skipped)
+        func failedLately(_ sentinel: ClusterNode, now: Double) -> Bool {
+            since[sentinel.name].map { now - $0 < Self.memory } ?? false
         }
 
-        /// `sentinels` in the order to ask them: those not failed lately first, each group in
-        /// the order listed.
-        func ordered(_ sentinels: [ClusterNode], now: Double) -> [ClusterNode] {
-            let failing = sentinels.filter { since[$0.name].map { now - $0 < Self.memory } ?? false }
-            return sentinels.filter { node in !failing.contains { $0 == node } } + failing
+        /// Notes how an exchange ended (nothing while it goes on).
+        func record(_ exchange: ProbeExchange) {
+            switch exchange.outcome {
+            case .success: since[exchange.node.name] = nil
+            case .failure: since[exchange.node.name] = RedisProbe.now()
+            case nil: break
+            }
+        }
+
+        /// Steps the lingering questions without waiting and notes those that ended.
+        func settle() {
+            guard !lingering.isEmpty else { return }
+            ProbeExchange.stepReady(lingering, waitMilliseconds: 0)
+            for exchange in lingering { record(exchange) }
+            lingering.removeAll { $0.outcome != nil }
         }
     }
 
-    /// Each master's address: the sentinels are asked (those unreachable lately last, and no
-    /// more once more than half of them name one address), and the addresses named most often
-    /// (several on a tie, in the order first named) are checked with `ROLE`; the first
-    /// that says master is taken. Never one named less often: when the address most named is
-    /// down (a killed master the sentinels have not replaced yet), a sentinel naming another
-    /// deployment's master, or another group's, would otherwise be followed (writes went to
-    /// shard2's master for 2 s; Sentinel sweep 29). Nor an address another master of the pool
-    /// has. A sentinel that lies, or has not seen a failover yet, is outvoted, or on a tie
-    /// caught by `ROLE` when it names a replica; a master no sentinel could place keeps its
-    /// previous address.
+    /// Each master's address: every sentinel is asked at once (one connection each, the
+    /// masters' questions written together), and the round ends as soon as more than half of
+    /// the sentinels name one address for every master, or every sentinel that has not failed
+    /// lately has answered (or failed), or after 1 s. A sentinel that does not answer therefore
+    /// costs nothing while others agree, and once it has failed, nothing at all (asked one
+    /// after the other, each cost its 1 s deadline: at startup, and while sentinels disagreed
+    /// during a failover; Sentinel sweep 29). The addresses named most often (several on a tie,
+    /// in the order of the sentinels listed) are checked with `ROLE`; the first that says master
+    /// is taken. Never one named less often: when the address most named is down (a killed
+    /// master the sentinels have not replaced yet), a sentinel naming another deployment's
+    /// master, or another group's, would otherwise be followed (writes went to shard2's master
+    /// for 2 s; Sentinel sweep 29). Nor an address another master of the pool has. A sentinel
+    /// that lies, or has not seen a failover yet, is outvoted, or on a tie caught by `ROLE` when
+    /// it names a replica; a master no sentinel could place keeps its previous address.
     static func discover(_ job: Job, previous: [String: ClusterNode], unreachable: Unreachable = Unreachable()) -> [String: ClusterNode] {
         var found = previous
         var errors: [String] = []
         var anyAnswered = false
-        let roundStart = RedisProbe.now()
-        for master in job.masters {
-            var votes: [(node: ClusterNode, count: Int)] = []
-            for sentinel in unreachable.ordered(job.sentinels, now: RedisProbe.now()) {
-                // A majority of all the sentinels names one address: the rest cannot outvote it.
-                if votes.contains(where: { $0.count * 2 > job.sentinels.count }) { break }
-                // One that does not answer costs its deadline (1 s) on this thread, which every
-                // Sentinel pool shares: at most once a round, and not while others answer.
-                guard unreachable.shouldAsk(sentinel, roundStart: roundStart, othersAnswered: !votes.isEmpty, now: RedisProbe.now()) else { continue }
-                let answer = RedisProbe.call(sentinel, ["SENTINEL", "get-master-addr-by-name", master], password: job.sentinelPassword, tls: job.sentinelTLS)
-                if case .failure = answer { unreachable.since[sentinel.name] = RedisProbe.now() } else { unreachable.since[sentinel.name] = nil }
-                switch answer {
-                case let .success(.array(fields?)) where fields.count == 2:
-                    anyAnswered = true
-                    guard let host = fields[0].text, let port = fields[1].text.flatMap({ Int($0) }), (1...65535).contains(port) else { continue }
-                    let node = ClusterNode(host: host, port: port)
-                    if let index = votes.firstIndex(where: { $0.node == node }) { votes[index].count += 1 } else { votes.append((node, 1)) }
-                case .success(.array(nil)), .success(.bulk(nil)):
-                    anyAnswered = true
-                    errors.append("\(master): \(sentinel.name) does not know this master")
-                case let .success(other):
-                    errors.append("\(master): \(sentinel.name): unexpected reply \(other)")
+        let start = RedisProbe.now()
+        let questions = job.masters.map { ["SENTINEL", "get-master-addr-by-name", $0] }
+        unreachable.settle()
+        // One question per sentinel at a time: one still lingering is not asked again.
+        let asked = job.sentinels.filter { sentinel in !unreachable.lingering.contains { $0.node == sentinel } }
+        let exchanges = asked.map { ProbeExchange($0, questions, password: job.sentinelPassword, tls: job.sentinelTLS, deadline: start + 1) }
+        var awaited = asked.map { !unreachable.failedLately($0, now: start) }
+        if !awaited.contains(true) { awaited = awaited.map { _ in true } }
+        ProbeExchange.run(exchanges) {
+            if zip(exchanges, awaited).allSatisfy({ $0.outcome != nil || !$1 }) { return true }
+            return job.masters.indices.allSatisfy { master in
+                Self.votes(exchanges, master: master).contains { $0.count * 2 > job.sentinels.count }
+            }
+        }
+        for exchange in exchanges {
+            unreachable.record(exchange)
+            if exchange.outcome == nil { unreachable.lingering.append(exchange) }
+        }
+        for (index, master) in job.masters.enumerated() {
+            for exchange in exchanges {
+                switch exchange.outcome {
+                case let .success(replies):
+                    switch replies[index] {
+                    case let .array(fields?) where fields.count == 2:
+                        anyAnswered = true
+                    case .array(nil), .bulk(nil):
+                        anyAnswered = true
+                        errors.append("\(master): \(exchange.node.name) does not know this master")
+                    case let other:
+                        errors.append("\(master): \(exchange.node.name): unexpected reply \(other)")
+                    }
                 case let .failure(error):
-                    errors.append("\(master): \(sentinel.name): \(error.text)")
+                    errors.append("\(master): \(exchange.node.name): \(error.text)")
+                case nil:
+                    break
                 }
             }
-            // The most named, in the order first named (votes are made in the order asked).
+            for sentinel in job.sentinels where !asked.contains(sentinel) {
+                errors.append("\(master): \(sentinel.name): no answer yet to the last round's question")
+            }
+            // The most named, in the order of the sentinels listed.
+            let votes = Self.votes(exchanges, master: index)
             let most = votes.map(\.count).max() ?? 0
             let ranked = votes.filter { $0.count == most }.map(\.node)
             var placed = false
@@ -263,6 +314,19 @@ final class SentinelWatcher: Sendable {
             job.state.lastError.withLock { $0 = errors.prefix(4).joined(separator: "; ") }
         }
         return found
+    }
+
+    /// The addresses the sentinels that answered give the master at `master` (its index in the
+    /// job's masters), each with how many name it, in the order of the sentinels listed.
+    private static func votes(_ exchanges: [ProbeExchange], master: Int) -> [(node: ClusterNode, count: Int)] {
+        var votes: [(node: ClusterNode, count: Int)] = []
+        for exchange in exchanges {
+            guard case let .success(replies) = exchange.outcome, case let .array(fields?) = replies[master], fields.count == 2,
+                  let host = fields[0].text, let port = fields[1].text.flatMap({ Int($0) }), (1...65535).contains(port) else { continue }
+            let node = ClusterNode(host: host, port: port)
+            if let index = votes.firstIndex(where: { $0.node == node }) { votes[index].count += 1 } else { votes.append((node, 1)) }
+        }
+        return votes
     }
 
     /// No two masters at one address: a master given, in this round, an address another has
@@ -318,23 +382,6 @@ enum RedisProbe {
         return exchange(connection, encode(words), maxReply: maxReply)
     }
 
-    /// A connection to `node` subscribed to `channels` (the first confirmation read; the others
-    /// come with the messages), for the caller to read messages from; bounded like `call`.
-    static func subscribe(_ node: ClusterNode, channels: [String], password: String?, tls: TLSContext?) -> Result<BlockingConnection, ProbeError> {
-        let connection: BlockingConnection
-        switch open(node, tls: tls) {
-        case let .success(opened): connection = opened
-        case let .failure(error): return .failure(error)
-        }
-        if let password, case .success(.error) = exchange(connection, encode(["AUTH", password])) {
-            return .failure(ProbeError(text: "AUTH refused"))
-        }
-        guard case .success(.array) = exchange(connection, encode(["SUBSCRIBE"] + channels)) else {
-            return .failure(ProbeError(text: "SUBSCRIBE failed"))
-        }
-        return .success(connection)
-    }
-
     private static func open(_ node: ClusterNode, tls: TLSContext?) -> Result<BlockingConnection, ProbeError> {
         let address: SocketAddress
         switch SocketAddress.resolve(host: node.host, port: node.port) {
@@ -369,6 +416,149 @@ enum RedisProbe {
             case let .success(count): reply += chunk[0..<count]
             case let .failure(error): return .failure(ProbeError(text: error.text))
             }
+        }
+    }
+}
+
+/// Requests to a Redis node or sentinel, stepped without blocking so that a thread can have
+/// several going at once from one `poll()`: the connect (and TLS handshake), `AUTH` when a
+/// password is given, the requests written together, then their replies read. Ends by
+/// `deadline` (`RedisProbe.now()`-based). For the Sentinel watcher (its questions and its
+/// subscriptions) and the startup round; confined to the thread that made it.
+final class ProbeExchange {
+    let node: ClusterNode
+    private let tls: TLSContext?
+    private let request: [UInt8]
+    /// Replies expected, `AUTH`'s included.
+    private let expected: Int
+    private let authenticates: Bool
+    private let deadline: Double
+    private var connection: BlockingConnection?
+    private var connected = false
+    /// What to wait for before the next step.
+    private(set) var events = Int16(POLLOUT)
+    /// Bytes read past the last reply expected (a subscription's first messages).
+    private(set) var unread: [UInt8] = []
+    private var replies: [RespValue] = []
+    /// The replies to the requests (not `AUTH`'s), or the failure; nil while going on.
+    private(set) var outcome: Result<[RespValue], RedisProbe.ProbeError>?
+
+    init(_ node: ClusterNode, _ requests: [[String]], password: String?, tls: TLSContext?, deadline: Double) {
+        self.node = node
+        self.tls = tls
+        self.deadline = deadline
+        authenticates = password != nil
+        expected = requests.count + (authenticates ? 1 : 0)
+        request = (password.map { RespEncoder.command(["AUTH", $0]) } ?? []) + requests.flatMap { RespEncoder.command($0) }
+        switch SocketAddress.resolve(host: node.host, port: node.port) {
+        case let .success(address):
+            switch BlockingConnection.start(address) {
+            case let .success(started): connection = started
+            case let .failure(error): fail(error.text)
+            }
+        case let .failure(error):
+            fail(error.message)
+        }
+    }
+
+    /// The socket to poll for `events` (-1 once ended: `poll()` skips it).
+    var descriptor: Int32 { outcome == nil ? connection?.descriptor ?? -1 : -1 }
+
+    /// Decrypted bytes OpenSSL holds, which `poll()` will not announce.
+    var hasPending: Bool { outcome == nil && connection?.hasPending == true }
+
+    /// The connection, once the exchange succeeded, for the caller to go on reading (a
+    /// subscription).
+    func takeConnection() -> BlockingConnection? {
+        defer { connection = nil }
+        return connection
+    }
+
+    /// Goes as far as it can without waiting: called once the socket is ready for `events`.
+    func step() {
+        guard outcome == nil, let connection else { return }
+        if !connected {
+            switch connection.openStep(tls: tls, serverName: node.host) {
+            case .done:
+                connected = true
+                // A few hundred bytes into an empty socket buffer: does not wait.
+                if case let .failure(error) = connection.writeAll(request, deadline: deadline) { return fail(error.text) }
+                events = Int16(POLLIN)
+            case let .wait(wanted):
+                events = wanted
+                return
+            case let .failed(error):
+                return fail(error.text)
+            }
+        }
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while outcome == nil {
+            switch connection.readNow(into: &chunk) {
+            case let .bytes(count):
+                unread += chunk[0..<count]
+                takeReplies()
+            case let .wouldBlock(wanted):
+                events = wanted
+                return
+            case .closed:
+                return fail("server closed the connection")
+            case let .failed(reason):
+                return fail(reason)
+            }
+        }
+    }
+
+    /// Ends the exchange as timed out once its deadline has passed.
+    func expire(now: Double) {
+        if outcome == nil, now >= deadline { fail("timed out") }
+    }
+
+    private func takeReplies() {
+        while replies.count < expected, !unread.isEmpty {
+            switch unread.withUnsafeBytes({ RespReplyParser.parse($0, maxDepth: 16) }) {
+            case .reply:
+                guard let (value, length) = RespValue.decode(unread) else { return fail("invalid reply") }
+                unread.removeFirst(length)
+                if authenticates, replies.isEmpty, case let .error(text) = value { return fail("AUTH: \(text)") }
+                replies.append(value)
+            case .invalid:
+                return fail("invalid reply")
+            case .incomplete:
+                if unread.count >= 1 << 20 { fail("reply too large") }
+                return
+            }
+        }
+        if replies.count == expected { outcome = .success(Array(replies.dropFirst(authenticates ? 1 : 0))) }
+    }
+
+    private func fail(_ text: String) {
+        outcome = .failure(RedisProbe.ProbeError(text: text))
+        connection = nil
+    }
+
+    /// Steps `exchanges` from one `poll()` until each has ended, `enough()` says the caller
+    /// has what it needs, or their deadlines pass.
+    static func run(_ exchanges: [ProbeExchange], enough: () -> Bool) {
+        for exchange in exchanges { exchange.step() }
+        while !enough(), exchanges.contains(where: { $0.outcome == nil }) {
+            let next = exchanges.filter { $0.outcome == nil }.map(\.deadline).min() ?? 0
+            stepReady(exchanges, waitMilliseconds: Int32(max(0, min(1000, (next - RedisProbe.now()) * 1000))))
+        }
+    }
+
+    /// Waits up to `waitMilliseconds` for any of `exchanges` to be ready, steps those that
+    /// are, and ends those past their deadline.
+    static func stepReady(_ exchanges: [ProbeExchange], waitMilliseconds: Int32) {
+        var entries = exchanges.map { pollfd(fd: $0.descriptor, events: $0.events, revents: 0) }
+        let pending = exchanges.contains { $0.hasPending }
+        if Glibc.poll(&entries, nfds_t(entries.count), pending ? 0 : waitMilliseconds) < 0, errno != EINTR {
+            // Not expected (bad arguments): the deadlines still end every exchange.
+            usleep(UInt32(waitMilliseconds) * 1000)
+        }
+        let now = RedisProbe.now()
+        for (index, exchange) in exchanges.enumerated() {
+            if entries[index].revents != 0 || exchange.hasPending { exchange.step() }
+            exchange.expire(now: now)
         }
     }
 }

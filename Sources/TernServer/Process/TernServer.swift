@@ -96,8 +96,8 @@ public final class TernServer {
             }
         }
         var startupStates: [String: SentinelState] = [:]
-        // Shared by the pools: a sentinel that does not answer costs its deadline once, not
-        // once per master (it is asked last, and not at all once a majority agrees).
+        // Shared by the pools: a sentinel that failed for one is not waited for by the next
+        // (all are asked at once; a round ends when more than half agree).
         let unreachable = SentinelWatcher.Unreachable()
         for pool in config.pools where pool.sentinel != nil {
             let state = SentinelState()
