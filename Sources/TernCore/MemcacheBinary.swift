@@ -256,15 +256,17 @@ public enum BinaryTranslator {
         case .touch:
             guard !key.isEmpty, value.isEmpty, extras.count == 4, withKey("mg") else { return .refuse(.invalidArguments) }
             flag("T", expiry(BinaryRequestParser.read32(extras, 0)))
+            // memcached's Touch response carries the item's flags and CAS, as a Get's does.
+            append(" f c", to: &line)
         case .set, .add, .replace:
             guard !key.isEmpty, extras.count == 8, withKey("ms", dataLength: value.count) else { return .refuse(.invalidArguments) }
-            // memcached answers an Add with a CAS Not found and stores nothing (meta's add mode
-            // ignores C: it stored the value).
-            if opcode.base == .add, request.cas != 0 { return .refuse(.keyNotFound) }
             flag("F", UInt64(BinaryRequestParser.read32(extras, 0)))
             flag("T", expiry(BinaryRequestParser.read32(extras, 4)))
             if request.cas != 0 { flag("C", request.cas) }
-            append(opcode.base == .set ? " MS c" : opcode.base == .add ? " ME c" : " MR c", to: &line)
+            // memcached stores an Add with a CAS as a compare-and-swap (Not found when missing,
+            // Exists on another CAS); meta's add mode would ignore C and store a missing key.
+            let compares = opcode.base == .add && request.cas != 0
+            append(opcode.base == .set || compares ? " MS c" : opcode.base == .add ? " ME c" : " MR c", to: &line)
             append("\r\n", to: &line)
             line.append(contentsOf: value)
             append("\r\n", to: &line)
@@ -479,7 +481,10 @@ public enum BinaryTranslator {
             response.includesKey = opcode.returnsKey
             return response
         case .touch:
-            return starts("HD") ? response : fail(.keyNotFound)
+            guard starts("HD") else { return fail(.keyNotFound) }
+            response.flags = flags
+            response.cas = cas
+            return response
         case .set, .add, .replace, .append, .prepend:
             if starts("HD") {
                 response.cas = cas

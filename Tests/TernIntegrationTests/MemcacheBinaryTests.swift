@@ -242,6 +242,34 @@ final class MemcacheBinaryTests: XCTestCase {
         let addExpected = ["op=2 status=1 opaque=12 key= value=Not found", "op=0 status=1 opaque=13 key= value=Not found"]
         XCTAssertEqual(try exchange(reference.port, addWithCAS, expect: 2), addExpected, "memcached")
         XCTAssertEqual(try exchange(plain.port, addWithCAS, expect: 2), addExpected)
+        // On an existing key it is a compare-and-swap, as memcached stores it: Exists on another
+        // CAS, stored on its own (always Not found before; binary sweep 30). A Touch answers the
+        // item's flags and CAS, as memcached's does (none before).
+        for port in [reference.port, plain.port] {
+            let client = try TestClient(port: port)
+            func one(_ request: [UInt8]) throws -> (status: Int, extras: [UInt8], cas: UInt64, value: String) {
+                try client.send(request)
+                var data: [UInt8] = []
+                let deadline = Date().addingTimeInterval(5)
+                while responses(data).isEmpty, Date() < deadline { data += client.drain(for: 0.1).bytes }
+                guard data.count >= 24 else { return (-1, [], 0, "") }
+                let extras = Array(data[24..<(24 + Int(data[4]))])
+                return (Int(data[6]) << 8 | Int(data[7]), extras, data[16..<24].reduce(0) { $0 << 8 | UInt64($1) },
+                        String(decoding: data[(24 + extras.count + (Int(data[2]) << 8 | Int(data[3])))...], as: UTF8.self))
+            }
+            let stored = try one(packet(0x01, key: "addcas2", extras: [0, 0, 0, 9, 0, 0, 0, 0], value: Array("old".utf8), opaque: 20))
+            XCTAssertEqual(stored.status, 0, "port \(port)")
+            let other = try one(packet(0x02, key: "addcas2", extras: [0, 0, 0, 9, 0, 0, 0, 0], value: Array("bad".utf8), opaque: 21, cas: stored.cas &+ 1000))
+            XCTAssertEqual(other.status, 2, "port \(port): \(other.value)")
+            let swapped = try one(packet(0x02, key: "addcas2", extras: [0, 0, 0, 9, 0, 0, 0, 0], value: Array("new".utf8), opaque: 22, cas: stored.cas))
+            XCTAssertEqual(swapped.status, 0, "port \(port): \(swapped.value)")
+            let touched = try one(packet(0x1c, key: "addcas2", extras: [0, 0, 0, 100], opaque: 23))
+            XCTAssertEqual(touched.status, 0, "port \(port)")
+            XCTAssertEqual(touched.extras, [0, 0, 0, 9], "port \(port): the item's flags")
+            XCTAssertEqual(touched.cas, swapped.cas, "port \(port): the item's CAS")
+            XCTAssertNotEqual(touched.cas, 0, "port \(port)")
+            XCTAssertEqual(try one(packet(0x00, key: "addcas2", opaque: 24)).value, "new", "port \(port)")
+        }
         for port in [plain.port, warmPort] {
             XCTAssertEqual(try exchange(port, misses, expect: 6), expected, "port \(port)")
             // Tern does not reset its servers' figures: refused, as an unknown group.

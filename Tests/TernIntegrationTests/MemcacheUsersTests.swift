@@ -183,6 +183,11 @@ final class MemcacheUsersTests: XCTestCase {
         }
         XCTAssertEqual(try exchange(packet(0x00, key: "app:k")).status, 0x20)
         XCTAssertEqual(try exchange(packet(0x20)).value, "PLAIN")
+        // Version is answered before authentication, as memcached's `authenticated()` lets it
+        // through (0x20 before; binary sweep 30).
+        let version = try exchange(packet(0x0b))
+        XCTAssertEqual(version.status, 0)
+        XCTAssertFalse(version.value.isEmpty)
         let bad = try exchange(packet(0x21, key: "PLAIN", value: [0] + Array("app".utf8) + [0] + Array("nope".utf8)))
         XCTAssertEqual(bad.status, 0x20)
         XCTAssertEqual(bad.value, "Auth failure.")

@@ -54,11 +54,12 @@ extension ClientConnection {
     }
 
     private func routeBinary(_ request: BinaryRequest, _ packet: UnsafeRawBufferPointer) {
-        // `users:`: before SASL authentication only SASL and quit are served.
+        // `users:`: before SASL authentication only SASL, Version (as memcached lets it through)
+        // and quit are served.
         if authenticatedUser != nil, usersGeneration != pool.usersGeneration { rebindMemcacheUser() }
         if pool.requiresAuth, authenticatedUser == nil {
             switch request.opcode {
-            case .saslListMechs?, .saslAuth?, .saslStep?, .quit?, .quitQ?: break
+            case .saslListMechs?, .saslAuth?, .saslStep?, .version?, .quit?, .quitQ?: break
             default: return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
             }
         }
