@@ -491,6 +491,28 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertTrue(group.ternLog().contains("ejecting server"), group.ternLog())
     }
 
+    /// The probes of an ejected server that hangs (up, not answering) are Tern's own: their
+    /// timeouts count in the server's `server_timedout`, not in the pool's `forward_error`,
+    /// which counts clients' failed requests (each probe added one, and an error-ratio alert
+    /// fired while no client failed; stats sweep 30).
+    func testProbesOfAHungServerAreNotForwardErrors() throws {
+        let backends = try [group.memcached(), group.memcached()]
+        let tern = try startTern(backends, extra: "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 300\n", threads: 1)
+        let key = keys(on: 0, tern.pool)[0]
+        let client = try TestClient(port: tern.port)
+        backends[0].pause()
+        defer { backends[0].resume() }
+        let failed = try client.request("get \(key)\r\n", until: "\r\n")
+        XCTAssertTrue(failed.hasPrefix("SERVER_ERROR"), failed)
+        // Ejected: its keys go to the other server while a probe times out every 1.3 s.
+        usleep(3_500_000)
+        XCTAssertEqual(try client.request("get \(key)\r\n", until: "END\r\n"), "END\r\n")
+        let stats = try client.request("stats\r\n", until: "END\r\n")
+        XCTAssertTrue(stats.contains("STAT forward_error 1\r\n"), stats)
+        let timedOut = stats.split(separator: "\r\n").first { $0.hasPrefix("STAT server_timedout ") }.flatMap { Int($0.split(separator: " ")[2]) } ?? 0
+        XCTAssertGreaterThanOrEqual(timedOut, 2, "the probes timed out: \(stats)")
+    }
+
     /// A dead server is ejected after `server_failure_limit` failed requests however fast they
     /// come, as by nutcracker: the requests Tern failed at once while backing off from it did
     /// not count, so 60 requests one after another all failed and it was never ejected (the

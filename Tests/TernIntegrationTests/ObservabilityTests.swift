@@ -181,6 +181,9 @@ final class ObservabilityTests: XCTestCase {
         XCTAssertTrue(metrics.contains("tern_command_latency_seconds_count{pool=\"p\",command=\"get\"} 5"), metrics)
         XCTAssertTrue(metrics.contains("tern_command_latency_seconds_bucket{pool=\"p\",command=\"set\",le=\"+Inf\"} 3"), metrics)
         XCTAssertFalse(metrics.lowercased().contains("nosuchcommand"), "no label from client input")
+        // An unknown command is a bad request, as on memcached pools (counted nowhere before;
+        // stats sweep 30).
+        XCTAssertTrue(metrics.contains("tern_pool_errors_total{pool=\"p\",kind=\"bad_request\"} 1\n"), metrics)
 
         let memcached = try group.memcached()
         let memcachedSetup = try start(redis: false, backends: [memcached.address])
@@ -220,16 +223,20 @@ final class ObservabilityTests: XCTestCase {
         let redisSetup = try start(redis: true, backends: [redisBackend.address])
         let redisClient = try TestClient(port: redisSetup.port)
         var pipeline: [UInt8] = []
-        // Two hot keys that differ after the 128 bytes a label shows.
-        let long = String(repeating: "x", count: 128)
+        // Two hot keys that differ after 128 bytes (where labels were cut: the two were one
+        // series), with UTF-8 in them (shown as it is, not as \xNN escapes; stats sweep 30).
+        let long = "clé:ünï:" + String(repeating: "x", count: 128)
         for i in 0..<3000 { pipeline += TestClient.encode(["GET", i % 2 == 0 ? "session:42" : i % 3 == 0 ? long + "a" : i % 5 == 0 ? long + "b" : "item:\(i % 300)"]) }
         try redisClient.send(pipeline)
         _ = try redisClient.receiveReplies(3000)
         let redisHot = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try http(redisSetup.adminPort, "/hotkeys").1.utf8)) as? [String: [[String: Any]]])["p"] ?? []
         XCTAssertEqual(redisHot.first?["key"] as? String, "session:42")
-        // One series for the two: a series listed twice makes Prometheus refuse the whole scrape.
+        XCTAssertEqual(redisHot.dropFirst().prefix(2).compactMap { $0["key"] as? String }, [long + "a", long + "b"])
+        // A series each (a series listed twice makes Prometheus refuse the whole scrape).
         let redisMetrics = try http(redisSetup.adminPort, "/metrics").1
-        let longSeries = redisMetrics.split(separator: "\n").filter { $0.hasPrefix("tern_hot_key_requests{pool=\"p\",key=\"\(long)…\"}") }
-        XCTAssertEqual(longSeries.count, 1, redisMetrics)
+        for suffix in ["a", "b"] {
+            let series = redisMetrics.split(separator: "\n").filter { $0.hasPrefix("tern_hot_key_requests{pool=\"p\",key=\"\(long)\(suffix)\"}") }
+            XCTAssertEqual(series.count, 1, redisMetrics)
+        }
     }
 }

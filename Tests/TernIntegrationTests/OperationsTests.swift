@@ -19,8 +19,8 @@ final class OperationsTests: XCTestCase {
         "\(name):\n  listen: 127.0.0.1:\(port)\n  timeout: 2000\n\(extra)  servers:\n" + servers.map { "   - \($0):1\n" }.joined()
     }
 
-    func launch(_ configPath: String, port: Int, arguments: [String] = []) throws -> Process {
-        let process = try group.launch(ProcessGroup.ternBinary, ["-c", configPath, "-v", "6", "--threads", "2", "-s", "\(ProcessGroup.freePort())"] + arguments,
+    func launch(_ configPath: String, port: Int, statsPort: Int = ProcessGroup.freePort(), arguments: [String] = []) throws -> Process {
+        let process = try group.launch(ProcessGroup.ternBinary, ["-c", configPath, "-v", "6", "--threads", "2", "-s", "\(statsPort)"] + arguments,
                                        log: "tern-ops-\(UInt32.random(in: 0...UInt32.max)).log")
         try group.waitForPort(port)
         return process
@@ -98,9 +98,16 @@ final class OperationsTests: XCTestCase {
         let portQ = ProcessGroup.freePort()
         let path = group.directory + "/pools.yml"
         try writeConfig(path, pool("p", port: portP, servers: [a.address]))
-        let tern = try launch(path, port: portP)
+        let statsPort = ProcessGroup.freePort()
+        let tern = try launch(path, port: portP, statsPort: statsPort)
+        func totalConnections() throws -> Int? {
+            (try JSONSerialization.jsonObject(with: Data(TestClient(port: statsPort).drain(for: 2).bytes)) as? [String: Any])?["total_connections"] as? Int
+        }
+        for _ in 0..<3 { _ = try TestClient(port: portP).request("version\r\n", until: "\r\n") }
         let survivor = try TestClient(port: portP)
         XCTAssertEqual(try survivor.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
+        // (The first, launch's wait for the port.)
+        XCTAssertEqual(try totalConnections(), 5)
         XCTAssertThrowsError(try TestClient(port: portQ))
         try writeConfig(path, pool("q", port: portQ, servers: [a.address]))
         kill(tern.processIdentifier, SIGHUP)
@@ -110,6 +117,10 @@ final class OperationsTests: XCTestCase {
         XCTAssertEqual(try TestClient(port: portQ).request("set q 0 0 1\r\nq\r\nget q\r\n", until: "END\r\n"), "STORED\r\nVALUE q 0 1\r\nq\r\nEND\r\n")
         XCTAssertThrowsError(try TestClient(port: portP))
         XCTAssertTrue(survivor.drain(for: 2).closed)
+        // The process's `total_connections` keeps the removed pool's clients: a counter never
+        // goes back (it dropped to q's count alone; stats sweep 30). q has had two: the wait
+        // for its port and the client above.
+        XCTAssertEqual(try totalConnections(), 7)
     }
 
     func testConfigWatchFollowsASymlinkSwap() throws {

@@ -81,6 +81,12 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try direct(old[setup.oldIndex("both")], "get both\r\n", until: "END\r\n"), "VALUE both 1 3\r\nold\r\nEND\r\n")
         XCTAssertEqual(try direct(old[setup.oldIndex("newOnly")], "get newOnly\r\n", until: "END\r\n"), "END\r\n")
         XCTAssertEqual(try client.request("incr n 1\r\ntouch both 10\r\n", until: "\r\n", occurrences: 2), "NOT_FOUND\r\nTOUCHED\r\n")
+        // `fragments` counts the parts of gets that reached several servers, as on other pools:
+        // every get of a warm-up pool is split, and each one-server get counted one (stats
+        // sweep 30). One get here spans both new servers; the other four reach one.
+        let spanning = "oldA both nothing newOnly oldB nothing2".split(separator: " ").map { setup.newIndex(String($0)) }
+        XCTAssertEqual(Set(spanning).count, 2)
+        XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT fragments 2\r\n"))
         _ = new
     }
 

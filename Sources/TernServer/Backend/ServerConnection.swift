@@ -1004,7 +1004,10 @@ final class ServerConnection {
             if streamDeadline <= now + 0.0005 {
                 // `fail` counts the server's failure once, for the stream and these alike.
                 counters.serverTimedOut.add(count + 1)
-                server.pool.stats.forwardErrors.add(count)
+                // Forward errors are clients' requests failed: a probe of an ejected server is
+                // Tern's own (counted as such, a hung server rose the pool's errors by one a
+                // probe while no client failed; stats sweep 30).
+                server.pool.stats.forwardErrors.add(expired.count)
                 fail(reason: "Connection timed out (a streamed reply stalled)")
                 for _ in 0..<expiredProbes { server.probeFailed() }
                 failSlots(expired, reason: "Connection timed out", serverFailure: true)
@@ -1015,7 +1018,7 @@ final class ServerConnection {
         }
         if count > 0 {
             counters.serverTimedOut.add(count)
-            server.pool.stats.forwardErrors.add(count)
+            server.pool.stats.forwardErrors.add(expired.count)
             server.recordFailure()
         }
         if count > 0, state == .connecting || state == .handshaking {

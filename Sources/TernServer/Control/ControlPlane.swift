@@ -17,6 +17,9 @@ final class ControlState: Sendable {
     let hostname: String
     /// `/metrics` renders so far (requests read in one pass of the admin thread share one).
     let metricsRenders = Atomic<Int>(0)
+    /// Clients accepted by pools a reload removed: `total_connections` is the process's
+    /// counter and never goes back (it dropped by a removed pool's accepts; stats sweep 30).
+    let retiredConnections = Atomic<Int>(0)
 
     init(plans: [PoolPlan], workerCount: Int, workers: WorkerSet? = nil) {
         self.plans = Locked(plans)
@@ -38,7 +41,7 @@ enum StatsReport {
     static func json(_ state: ControlState) -> String {
         let now = Int(time(nil))
         let plans = state.currentPlans
-        var total = 0, current = 0
+        var total = state.retiredConnections.load(ordering: .relaxed), current = 0
         for plan in plans {
             total += plan.shared.totalConnections.load(ordering: .relaxed)
             current += plan.shared.clientCount.load(ordering: .relaxed)
@@ -309,18 +312,34 @@ enum StatsReport {
         return out
     }
 
-    /// A key as text for labels and JSON: printable ASCII kept, other bytes as \xNN, at most
-    /// 128 bytes (then "…").
+    /// A key as text for labels and JSON: printable characters kept (UTF-8 included), every
+    /// other byte and the backslash as \xNN, so that two keys never read the same. Not cut:
+    /// callers bound the length (hot keys hold at most 256 bytes, longer ones as head, length
+    /// and tail; slow-log arguments 128). A 128-byte cut here made two hot keys one label,
+    /// and `/metrics` dropped the second (stats sweep 30).
     static func printable(_ key: [UInt8]) -> String {
         var out = ""
-        for byte in key.prefix(128) {
-            if byte >= 0x20, byte < 0x7f, byte != UInt8(ascii: "\\") {
-                out.unicodeScalars.append(Unicode.Scalar(byte))
+        var index = 0
+        func escape(_ byte: UInt8) { out += "\\x" + (byte < 16 ? "0" : "") + String(byte, radix: 16) }
+        while index < key.count {
+            let byte = key[index]
+            if byte < 0x80 {
+                if byte >= 0x20, byte < 0x7f, byte != UInt8(ascii: "\\") { out.unicodeScalars.append(Unicode.Scalar(byte)) } else { escape(byte) }
+                index += 1
+                continue
+            }
+            // A whole, valid UTF-8 sequence of a printable character (not C1 controls).
+            let length = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc2 ? 2 : 0
+            if length > 0, index + length <= key.count, let text = String(validating: key[index..<(index + length)], as: UTF8.self),
+               let scalar = text.unicodeScalars.first, scalar.value >= 0xa0 {
+                out += text
+                index += length
             } else {
-                out += "\\x" + (byte < 16 ? "0" : "") + String(byte, radix: 16)
+                escape(byte)
+                index += 1
             }
         }
-        return key.count > 128 ? out + "…" : out
+        return out
     }
 
     /// `/slowlog`: every pool's slow log, newest first.

@@ -431,8 +431,10 @@ extension ClientConnection {
         var split = ReplySplit(slot, mergedBy: .records(MultiGetRecords()))
         worker.withFragmentServers { servers in
             for entry in slot.keys where entry.server >= 0 && !servers.contains(entry.server) { servers.append(entry.server) }
-            // A one-server get split only to ask its repeated keys once is not a fragment.
-            if servers.count > 1 || !slot.hasRepeatedKeys { pool.stats.fragments.add(servers.count) }
+            // A get that reaches one server is not a fragment, even when split (to ask its
+            // repeated keys once, or on a warm-up pool, where every get is: each counted one;
+            // stats sweep 30).
+            if servers.count > 1 { pool.stats.fragments.add(servers.count) }
             let prefix = UnsafeRawBufferPointer(rebasing: frame[0..<(request.argumentEnd > request.argumentStart ? request.argumentEnd : commandEnd(frame))])
             let keyBytes = slot.keyBytes.readable
             SplitRoute(pool).send(servers, &split, client: index, framing: request.command.framing) { server, output in

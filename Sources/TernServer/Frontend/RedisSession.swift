@@ -326,8 +326,10 @@ extension ClientConnection {
         if session.user == nil { session.isAuthenticated = false }
     }
 
-    /// Redis's reply to a command it does not know.
+    /// Redis's reply to a command it does not know (counted as a bad request, as memcached
+    /// pools count an unknown command: it was counted nowhere; stats sweep 30).
     private func unknownCommand(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
+        pool.stats.clientErrorReplies.add()
         let arguments = session.arguments
         var text = "-ERR unknown command '\(sanitized(arguments.argumentString(0, in: frame)))', with args beginning with: "
         for index in 1..<min(arguments.count, 8) { text += "'\(sanitized(arguments.argumentString(index, in: frame)))' " }

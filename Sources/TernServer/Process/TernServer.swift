@@ -584,6 +584,11 @@ public final class TernServer {
             Syscall.close(old.listenDescriptor)
             if case let .unix(path, _) = old.config.listen { unlink(path) }
         }
+        // A removed pool's accepts stay in the process's total (every worker has stopped
+        // accepting for it: acknowledged above).
+        for old in plans where !newPlans.contains(where: { $0.shared === old.shared }) {
+            control?.retiredConnections.add(old.shared.totalConnections.load(ordering: .relaxed), ordering: .relaxed)
+        }
         plans = newPlans
         config = newConfig
         control?.plans.withLock { $0 = newPlans }
