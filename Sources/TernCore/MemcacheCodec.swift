@@ -946,6 +946,10 @@ public enum MemcacheReplyParser {
             } else if isErrorLine(line) {
                 sawError = true
                 if !untilNoop { return .reply(length: next, isError: true) }
+                // A bare ERROR (an unknown command) in a quiet batch: a server without meta
+                // commands (memcached before 1.6), which answers every line so and never `MN`.
+                // Waited for, each batch lasted the pool's timeout (warm-up sweep 30).
+                if line.count == 5 || (line.count == 6 && line[5] == carriageReturn), startsWith(line, "ERROR") { return .invalid }
             } else if !isMetaStatus(line) {
                 return .invalid
             }

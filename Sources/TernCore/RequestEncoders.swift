@@ -261,6 +261,13 @@ public enum MemcacheEncoder {
     /// `ms <key> <size>[ b] T<ttl> F<flags> ME\r\n<value>\r\n`: mode E is add, so an item
     /// written meanwhile is kept (the warm-up's copy into the new pool).
     @inlinable
+    /// The expiration to send for `seconds` to live: memcached reads one over 30 days
+    /// (2,592,000 s) as a Unix time, so a longer one is sent as `now + seconds` (sent as it was,
+    /// a copy with 40 days left was a date in 1970: stored, and expired at once; warm-up sweep 30).
+    public static func exptime(seconds: Int, now: Int) -> Int {
+        seconds > 2_592_000 ? now + seconds : seconds
+    }
+
     public static func metaAdd<S: ByteSink>(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, ttl: Int, flags: UInt32,
                                             base64: Bool, into sink: S) {
         SinkWriter.literal("ms ", into: sink)
@@ -279,11 +286,14 @@ public enum MemcacheEncoder {
         target.storeBytes(of: 0x20, toByteOffset: count, as: UInt8.self)
         target.storeBytes(of: UInt8(ascii: "F"), toByteOffset: count + 1, as: UInt8.self)
         count += 2 + SinkWriter.decimal(Int(flags), at: target + count + 2)
+        // ` c`: the stored copy's CAS comes back (`WarmupCopy.storedCAS`).
         target.storeBytes(of: 0x20, toByteOffset: count, as: UInt8.self)
-        target.storeBytes(of: UInt8(ascii: "M"), toByteOffset: count + 1, as: UInt8.self)
-        target.storeBytes(of: UInt8(ascii: "E"), toByteOffset: count + 2, as: UInt8.self)
-        SinkWriter.crlf(at: target + count + 3)
-        sink.commit(count + 5)
+        target.storeBytes(of: UInt8(ascii: "c"), toByteOffset: count + 1, as: UInt8.self)
+        target.storeBytes(of: 0x20, toByteOffset: count + 2, as: UInt8.self)
+        target.storeBytes(of: UInt8(ascii: "M"), toByteOffset: count + 3, as: UInt8.self)
+        target.storeBytes(of: UInt8(ascii: "E"), toByteOffset: count + 4, as: UInt8.self)
+        SinkWriter.crlf(at: target + count + 5)
+        sink.commit(count + 7)
         SinkWriter.bytes(value, into: sink)
         SinkWriter.literal("\r\n", into: sink)
     }
@@ -370,7 +380,8 @@ public enum MemcacheReplyEncoder {
     /// The reply the meta get `request` (its line: `mg <key> <flags>*`) would get for an item:
     /// `VA <size>` and the value when it asks for the value (`v`), `HD` otherwise, with the
     /// flags it asks for among `f` (client flags), `t` (TTL left, -1 when unknown or none), `s`
-    /// (size), `k` (key) and the ones echoed as they came (`O` opaque, `b` base64 key). The
+    /// (size), `k` (key), `c`, `h` and `l` (0: not known) and the ones echoed as they came (`O`
+    /// opaque, `b` base64 key). The
     /// value is written as it was stored, byte for byte.
     @inlinable
     public static func metaReply<S: ByteSink>(to request: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, flags: UInt32, ttl: Int?,
@@ -411,6 +422,10 @@ public enum MemcacheReplyEncoder {
             case UInt8(ascii: "f"): number(UInt8(ascii: "f"), Int(flags))
             case UInt8(ascii: "t"): number(UInt8(ascii: "t"), ttl ?? -1)
             case UInt8(ascii: "s"): number(UInt8(ascii: "s"), value.count)
+            // Not known of an item read elsewhere: 0, as `gets` gives CAS unique 0 then (left out,
+            // a client building `ms … C<cas>` from the token it asked for found none; warm-up
+            // sweep 30).
+            case UInt8(ascii: "c"), UInt8(ascii: "h"), UInt8(ascii: "l"): number(request[token.lowerBound], 0)
             case UInt8(ascii: "k"):
                 SinkWriter.literal(" k", into: sink)
                 SinkWriter.bytes(key, into: sink)

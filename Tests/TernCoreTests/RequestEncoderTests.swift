@@ -79,8 +79,8 @@ final class RequestEncoderTests: XCTestCase {
             }
             return sink.bytes
         }
-        XCTAssertEqual(add(base64: false, ttl: 300, flags: 0), bytes("ms foo 4 T300 F0 ME\r\n") + value + bytes("\r\n"))
-        XCTAssertEqual(add(base64: true, ttl: 0, flags: UInt32.max), bytes("ms foo 4 b T0 F4294967295 ME\r\n") + value + bytes("\r\n"))
+        XCTAssertEqual(add(base64: false, ttl: 300, flags: 0), bytes("ms foo 4 T300 F0 c ME\r\n") + value + bytes("\r\n"))
+        XCTAssertEqual(add(base64: true, ttl: 0, flags: UInt32.max), bytes("ms foo 4 b T0 F4294967295 c ME\r\n") + value + bytes("\r\n"))
         // The parser reads it as one whole ms request with its data block.
         add(base64: false, ttl: 300, flags: 7).withUnsafeBytes { raw in
             guard case let .request(request) = MemcacheRequestParser.parse(raw, limits: MemcacheLimits()) else { return XCTFail() }
@@ -88,6 +88,29 @@ final class RequestEncoderTests: XCTestCase {
             XCTAssertEqual(request.frameLength, raw.count)
             XCTAssertEqual(request.dataLength, 4)
         }
+        // Taken back (a delete raced the copy): `md` of the same key form, by the stored CAS.
+        for (base64, expected) in [(false, "md foo C18446744073709551615\r\n"), (true, "md foo b C7\r\n")] {
+            let undo = ByteArraySink()
+            let done = add(base64: base64, ttl: 300, flags: 7).withUnsafeBytes {
+                WarmupCopy.memcachedUndo(copy: $0, cas: base64 ? 7 : UInt64.max, into: undo)
+            }
+            XCTAssertTrue(done)
+            XCTAssertEqual(undo.bytes, bytes(expected))
+        }
+        XCTAssertEqual(bytes("HD c42\r\n").withUnsafeBytes { WarmupCopy.storedCAS($0) }, 42)
+        XCTAssertEqual(bytes("HD b k1 c9 t5\r\n").withUnsafeBytes { WarmupCopy.storedCAS($0) }, 9)
+        XCTAssertNil(bytes("NS c42\r\n").withUnsafeBytes { WarmupCopy.storedCAS($0) })
+        XCTAssertNil(bytes("HD\r\n").withUnsafeBytes { WarmupCopy.storedCAS($0) })
+        // Redis: the copy's key and value, compared by a script before it deletes.
+        let copy = ByteArraySink()
+        bytes("k\r\n1").withUnsafeBytes { key in
+            bytes("$3\r\na\r\n\r\n").withUnsafeBytes { RespEncoder.setIfAbsent(key: key, encodedValue: $0, milliseconds: 5000, into: copy) }
+        }
+        let undo = ByteArraySink()
+        XCTAssertTrue(copy.bytes.withUnsafeBytes { WarmupCopy.redisUndo(copy: $0, into: undo) })
+        let script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+        XCTAssertEqual(undo.bytes, bytes("*5\r\n$4\r\nEVAL\r\n$\(script.utf8.count)\r\n\(script)\r\n$1\r\n1\r\n$4\r\nk\r\n1\r\n$3\r\na\r\n\r\n"))
+        XCTAssertFalse(bytes("*2\r\n$3\r\nGET\r\n").withUnsafeBytes { WarmupCopy.redisUndo(copy: $0, into: ByteArraySink()) })
     }
 
     func testMemcacheText() {
@@ -147,5 +170,7 @@ final class RequestEncoderTests: XCTestCase {
         XCTAssertEqual(meta("mg foo  t   f\r\n", ttl: nil), bytes("HD t-1 f7\r\n"))
         XCTAssertEqual(meta("mg foo\r\n", ttl: 5), bytes("HD\r\n"))
         XCTAssertEqual(meta("mg foo v\n", ttl: 5), bytes("VA 4\r\n") + value + bytes("\r\n"))
+        // CAS, hit-before and last-access are not known of an item read elsewhere: 0.
+        XCTAssertEqual(meta("mg foo c h l f\r\n", ttl: 5), bytes("HD c0 h0 l0 f7\r\n"))
     }
 }

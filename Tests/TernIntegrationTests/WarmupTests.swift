@@ -59,9 +59,18 @@ final class WarmupTests: XCTestCase {
         XCTAssertTrue(copied.hasPrefix("VA 5 f42 t"), copied)
         XCTAssertTrue((295...300).contains(ttl), copied)
         XCTAssertEqual(try direct(new[setup.newIndex("forever")], "mg forever v f t\r\n", until: "\r\nx\r\n"), "VA 1 f3 t-1\r\nx\r\n")
+        // 40 days left: memcached reads an expiration over 30 days as a Unix time, so the copy
+        // says one (sent as seconds, it was a date in 1970: stored and expired at once, and a
+        // `gets` missed a key that exists; warm-up sweep 30).
+        let fortyDays = 40 * 86_400
+        XCTAssertEqual(try direct(old[setup.oldIndex("long:1")], "set long:1 7 \(Int(Date().timeIntervalSince1970) + fortyDays) 4\r\nlong\r\n"), "STORED\r\n")
+        XCTAssertTrue(try client.request("gets long:1\r\n", until: "END\r\n").hasPrefix("VALUE long:1 7 4 "))
+        let long = try direct(new[setup.newIndex("long:1")], "mg long:1 v f t\r\n", until: "\r\nlong\r\n")
+        let longTTL = Int(long.split(separator: " ").first { $0.hasPrefix("t") }?.dropFirst().prefix { $0.isNumber } ?? "") ?? 0
+        XCTAssertTrue(long.hasPrefix("VA 4 f7 t") && (fortyDays - 10...fortyDays).contains(longTTL), long)
         let stats = try client.request("stats\r\n", until: "END\r\n")
-        XCTAssertTrue(stats.contains("STAT warmup_old_hits 2\r\n"), stats)
-        XCTAssertTrue(stats.contains("STAT warmup_copies 2\r\n"), stats)
+        XCTAssertTrue(stats.contains("STAT warmup_old_hits 3\r\n"), stats)
+        XCTAssertTrue(stats.contains("STAT warmup_copies 3\r\n"), stats)
         // Now the new pool answers.
         XCTAssertEqual(try client.request("get user:1\r\n", until: "END\r\n"), "VALUE user:1 42 5\r\nalice\r\nEND\r\n")
         XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_new_hits 1\r\n"))
@@ -187,6 +196,98 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try direct(old[setup.oldIndex("doomed2")], "get doomed2\r\n", until: "END\r\n"), "END\r\n")
         XCTAssertEqual(try client.request("md doomed2 O7\r\n", until: "\r\n"), "NF O7\r\n")
         XCTAssertEqual(try client.request("set k 0 0 1 noreply\r\nx\r\ndelete k noreply\r\nget k\r\n", until: "END\r\n"), "END\r\n")
+    }
+
+    /// A delete routed after a read's old hit was copied, but reaching the new server first (on
+    /// another worker's connection), is not undone by the copy: the copy, stored after it, is
+    /// deleted again by its CAS (memcached) or value (Redis). The copy brought the deleted value
+    /// back until its TTL (17 of 1,500 deleted keys under load; warm-up sweep 30). Here a proxy
+    /// in front of the new server holds each copy 300 ms.
+    func testADeleteThatOvertakesACopyIsNotUndone() throws {
+        for redis in [false, true] {
+            let newServer: (address: String, port: Int)
+            let oldAddress: String
+            if redis {
+                let new = try group.redis(), old = try group.redis()
+                newServer = (new.address, new.port)
+                oldAddress = old.address
+                _ = try old.call("SET", "doomed", "old")
+            } else {
+                let new = try group.memcached(), old = try group.memcached()
+                newServer = (new.address, new.port)
+                oldAddress = old.address
+                XCTAssertEqual(try direct(old, "set doomed 0 0 3\r\nold\r\n"), "STORED\r\n")
+            }
+            let proxyPort = ProcessGroup.freePort()
+            try group.launch("/usr/bin/env", ["python3", "-c", """
+                import socket, threading, time
+                server = socket.socket()
+                server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                server.bind(("127.0.0.1", \(proxyPort)))
+                server.listen(64)
+                def pipe(source, target, holds):
+                    while True:
+                        data = source.recv(65536)
+                        if not data:
+                            target.close()
+                            return
+                        if holds and (b"ms " in data or b"NX" in data):
+                            time.sleep(0.3)
+                        target.sendall(data)
+                while True:
+                    client, _ = server.accept()
+                    upstream = socket.create_connection(("127.0.0.1", \(newServer.port)))
+                    threading.Thread(target=pipe, args=(client, upstream, True), daemon=True).start()
+                    threading.Thread(target=pipe, args=(upstream, client, False), daemon=True).start()
+                """], log: "copy-holder-\(proxyPort).log")
+            try group.waitForPort(proxyPort)
+            let setup = try start(redis: redis, new: ["127.0.0.1:\(proxyPort)"], old: [oldAddress], poolExtra: "  server_connections: 2\n", threads: 1)
+            // Two clients on two connections to the new server (as on two workers).
+            let reader = try TestClient(port: setup.port), deleter = try TestClient(port: setup.port)
+            if redis {
+                XCTAssertEqual(try reader.call("GET", "doomed"), "$3\r\nold\r\n")
+                XCTAssertEqual(try deleter.call("DEL", "doomed"), ":1\r\n")
+            } else {
+                XCTAssertEqual(try reader.request("get doomed\r\n", until: "END\r\n"), "VALUE doomed 0 3\r\nold\r\nEND\r\n")
+                XCTAssertEqual(try deleter.request("delete doomed\r\n", until: "\r\n"), "DELETED\r\n")
+            }
+            // The copy lands 300 ms later; its take-back right after.
+            usleep(800_000)
+            let direct = try TestClient(port: newServer.port)
+            if redis {
+                XCTAssertEqual(try direct.call("GET", "doomed"), "$-1\r\n", "redis: the deleted value came back")
+                XCTAssertEqual(try reader.call("GET", "doomed"), "$-1\r\n")
+                let info = try reader.call("INFO", "warmup")
+                XCTAssertTrue(info.contains("warmup_copies_skipped:1\r\n"), info)
+            } else {
+                XCTAssertEqual(try direct.request("mg doomed v\r\n", until: "\r\n"), "EN\r\n", "memcached: the deleted value came back")
+                XCTAssertEqual(try reader.request("get doomed\r\n", until: "END\r\n"), "END\r\n")
+                XCTAssertTrue(try reader.request("stats\r\n", until: "END\r\n").contains("STAT warmup_copies_skipped 1\r\n"))
+            }
+        }
+    }
+
+    /// A copy the new pool refuses (an item larger than its `-I`) leaves gets, gat, gats, `mg`
+    /// and Redis GETEX answered from the old item, as `get` is: they read the new pool again
+    /// after the copy and answered a miss for a key that exists (warm-up sweep 30).
+    func testACopyTheNewPoolRefusesIsAnsweredFromTheOldItem() throws {
+        let new = try group.memcached(extra: ["-I", "512k"]), old = try group.memcached(extra: ["-I", "2m"])
+        let setup = try start(redis: false, new: [new.address], old: [old.address], threads: 1)
+        let big = String(repeating: "b", count: 600_000)
+        XCTAssertEqual(try direct(old, "set big 3 0 \(big.utf8.count)\r\n\(big)\r\n"), "STORED\r\n")
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try client.request("gets big\r\n", until: "END\r\n"), "VALUE big 3 600000 0\r\n\(big)\r\nEND\r\n")
+        XCTAssertEqual(try client.request("gat 100 big\r\n", until: "END\r\n"), "VALUE big 3 600000\r\n\(big)\r\nEND\r\n")
+        XCTAssertEqual(try client.request("mg big v f\r\n", until: "\r\n\(big)\r\n"), "VA 600000 f3\r\n\(big)\r\n")
+        XCTAssertEqual(try direct(new, "mg big v\r\n", until: "\r\n"), "EN\r\n", "refused by the new pool")
+        XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_copies_skipped 3\r\n"))
+
+        let newRedis = try group.redis(extra: ["--maxmemory", "1mb", "--maxmemory-policy", "noeviction"]), oldRedis = try group.redis()
+        let redisSetup = try start(redis: true, new: [newRedis.address], old: [oldRedis.address], threads: 1)
+        _ = try oldRedis.call("SET", "big", big)
+        let redisClient = try TestClient(port: redisSetup.port)
+        XCTAssertEqual(try redisClient.call("GETEX", "big", "EX", "100"), "$600000\r\n\(big)\r\n")
+        XCTAssertEqual(try newRedis.call("EXISTS", "big"), ":0\r\n", "refused by the new pool (OOM)")
     }
 
     func testMemcachedConcurrentSetDuringCopyIsNotOverwritten() throws {
@@ -359,6 +460,45 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try client.request("delete here\r\n", until: "\r\n"), "DELETED\r\n")
         XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_old_errors"))
         old[1].resume()
+    }
+
+    /// An old pool on a memcached without meta commands (1.4, 1.5) answers `ERROR` to every
+    /// line of the old-pool read and never `MN`: the read fails at once (a miss, counted in
+    /// `warmup_old_errors`) with a log saying why; it waited for the pool's timeout, every miss
+    /// (warm-up sweep 30).
+    func testAnOldPoolWithoutMetaCommandsFailsFastAndSaysWhy() throws {
+        let port = ProcessGroup.freePort()
+        try group.launch("/usr/bin/env", ["python3", "-c", """
+            import socket, threading
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", \(port)))
+            server.listen(64)
+            def serve(connection):
+                data = b""
+                while True:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                    while b"\\n" in data:
+                        line, data = data.split(b"\\n", 1)
+                        connection.sendall(b"ERROR\\r\\n")
+            while True:
+                connection, _ = server.accept()
+                threading.Thread(target=serve, args=(connection,), daemon=True).start()
+            """], log: "old-text-only.log")
+        try group.waitForPort(port)
+        let new = try group.memcached()
+        let setup = try start(redis: false, new: [new.address], old: ["127.0.0.1:\(port)"], timeouts: (new: 1000, old: 2000), threads: 1)
+        let client = try TestClient(port: setup.port)
+        for key in ["legacy:1", "legacy:2"] {
+            let started = Date()
+            XCTAssertEqual(try client.request("get \(key)\r\n", until: "END\r\n"), "END\r\n")
+            XCTAssertLessThan(Date().timeIntervalSince(started), 0.5, "the old pool's ERROR ends the read")
+        }
+        XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT warmup_old_errors 2\r\n"))
+        XCTAssertTrue(group.ternLog().contains("server does not know meta commands (memcached 1.6 or later is needed"), group.ternLog())
     }
 
     func testMemcachedGetsAndCasAfterAnOldHit() throws {

@@ -33,6 +33,8 @@ final class ServerConnection {
         case backfill
         /// A probe that timed out: its late reply is dropped.
         case expiredProbe
+        /// A warm-up copy taken back (`WarmupCopy`): its reply is dropped.
+        case backfillUndo
     }
 
     struct Pending {
@@ -52,6 +54,10 @@ final class ServerConnection {
         /// `ASKING`.
         var redirects: UInt8 = 0
         var isAsking = false
+        /// A warm-up copy (`.backfill`, whose `part` is its key's bucket): the bucket's delete
+        /// epoch its read noted (`WarmupInvalidations`). In the padding after the flags above:
+        /// the entry is no larger.
+        var noted: UInt32 = 0
         /// Bytes of the request, and when it was queued (loop time), for the stats.
         var bytes = 0
         var queuedAt: Double = 0
@@ -243,6 +249,13 @@ final class ServerConnection {
         counters.inQueue.add()
         counters.inQueueBytes.add(bytes)
         worker.markDirty(self)
+    }
+
+    /// A warm-up copy of a key in delete `bucket`, whose read noted `epoch`: checked again when
+    /// stored (see the reply's handling).
+    func enqueueBackfill(framing: MemcacheFraming, bucket: Int, epoch: UInt32) {
+        enqueue(slot: nil, part: Int32(bucket), framing: framing, purpose: .backfill)
+        pending[pending.count - 1].noted = epoch
     }
 
     /// A request forwarded as the client sent it, answering part 0 of `slot`: the common case,
@@ -635,7 +648,11 @@ final class ServerConnection {
                 if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
                 return
             case .invalid:
-                fail(reason: "server sent an invalid reply")
+                if !isRedis, pending[0].framing == .metaUntilNoop, input.readable.starts(with: "ERROR".utf8) {
+                    fail(reason: "server does not know meta commands (memcached 1.6 or later is needed; warm-up reads old pools with mg)")
+                } else {
+                    fail(reason: "server sent an invalid reply")
+                }
                 return
             case let .reply(length, isError): framed = (length, isError)
             }
@@ -673,11 +690,19 @@ final class ServerConnection {
                 if head.purpose == .probe {
                     server.probeAnswered()
                 } else if head.purpose == .backfill {
-                    // memcached `ms … ME` answers HD when stored, NS when the key already exists;
-                    // Redis `SET … NX` answers +OK or nil.
+                    // memcached `ms … c ME` answers HD (with the CAS) when stored, NS when the key
+                    // already exists; Redis `SET … NX` answers +OK or nil.
                     let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
                     let stored = isRedis ? RespReply.classify(reply) == .ok : MemcacheReply.classify(reply) == .success
-                    if stored { WarmupCounters.add(server.pool.warmupCounters.copies) } else { WarmupCounters.add(server.pool.warmupCounters.copiesSkipped) }
+                    if stored, !server.pool.warmupInvalidations.allowsCopy(Int(head.part), noted: head.noted), takeBack(head, reply: reply) {
+                        WarmupCounters.add(server.pool.warmupCounters.copiesSkipped)
+                    } else if stored {
+                        WarmupCounters.add(server.pool.warmupCounters.copies)
+                    } else {
+                        WarmupCounters.add(server.pool.warmupCounters.copiesSkipped)
+                    }
+                } else if head.purpose == .backfillUndo {
+                    // (Nothing to do: deleted, or no longer the copy.)
                 } else if head.purpose == .setup || head.purpose == .selectDatabase {
                     if isError {
                         let text = String(decoding: UnsafeRawBufferPointer(rebasing: input.readable[0..<max(0, length - 2)]), as: UTF8.self)
@@ -722,6 +747,27 @@ final class ServerConnection {
             returnWhenIdle = false
             server.returnDedicated(self, reusable: true)
         }
+    }
+
+    /// A warm-up copy stored after a delete of its bucket was routed (since its read noted the
+    /// bucket's epoch, or still in flight): the delete may have reached this server first, on
+    /// another connection, and the copy brought the deleted value back (17 of 1,500 deleted keys
+    /// under load; warm-up sweep 30). It is deleted again if it is still the copy: memcached by
+    /// the CAS the store answered, Redis by comparing the value. Its request's bytes are still in
+    /// the output (answered, not yet released). False when nothing was sent.
+    private func takeBack(_ head: Pending, reply: UnsafeRawBufferPointer) -> Bool {
+        guard let request = outputBytes((answeredBytes - head.bytes)..<answeredBytes) else { return false }
+        // The copy's bytes are read before the undo is written after them (the output may move).
+        let copy = Array(request)
+        let buffer = requestBuffer()
+        let written = copy.withUnsafeBytes { copy in
+            if isRedis { return WarmupCopy.redisUndo(copy: copy, into: buffer) }
+            guard let cas = WarmupCopy.storedCAS(reply) else { return false }
+            return WarmupCopy.memcachedUndo(copy: copy, cas: cas, into: buffer)
+        }
+        guard written else { return false }
+        enqueue(slot: nil, part: 0, framing: .meta, purpose: .backfillUndo)
+        return true
     }
 
     /// The unsent bytes when the output is in pieces: one `writev` over them (plain sockets),

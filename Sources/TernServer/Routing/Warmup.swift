@@ -172,7 +172,9 @@ final class WarmupRead: PhasedRead {
         switch phase {
         case .new: return startOldPhase(slot)
         case .old: return finishOldPhase(slot)
-        case .resend: return false
+        case .resend:
+            finishResend(slot)
+            return false
         }
     }
 
@@ -332,9 +334,39 @@ final class WarmupRead: PhasedRead {
             }
         }
         // The old values are answered and copied (into the slot and the copies' requests):
-        // held no longer, so the limit counts each once.
-        values = []
-        return resend(slot, to: resendServers)
+        // held no longer, so the limit counts each once; but until the resend has answered
+        // when there is one (a copy the new pool refused is answered from them).
+        let resent = resend(slot, to: resendServers)
+        if !resent { values = [] }
+        return resent
+    }
+
+    /// The resend has answered: a key it did not find (the new pool refused the copy: an item
+    /// too large for it, out of memory; or a delete came between) is answered from the old item,
+    /// as `get` answers it, with the CAS unique 0 for gets and gats (it was a miss for a key
+    /// that exists; warm-up sweep 30). Its expiry (gat, gats, `mg … T`, GETEX) applies nowhere.
+    private func finishResend(_ slot: ReplySlot) {
+        defer { values = [] }
+        guard !slot.hasError else { return }
+        switch mode {
+        case .text:
+            for index in keys.indices where keys[index].isResend && keys[index].valueStart >= 0 {
+                keys[index].isResend = false
+                appendOldRecord(slot, index)
+            }
+        case .meta:
+            if keys.first.map({ $0.missed && $0.valueStart >= 0 }) == true, isMetaMiss(slot.data.readable) {
+                slot.data.removeAll()
+                appendSynthesizedMetaReply(0, to: slot.data)
+            }
+        case .redisGet:
+            if let key = keys.first, key.missed, key.valueStart >= 0, RespReply.classify(slot.data.readable) == .null {
+                slot.data.removeAll()
+                values.withUnsafeBytes { slot.data.append(UnsafeRawBufferPointer(rebasing: $0[key.valueStart..<(key.valueStart + key.valueLength)])) }
+            }
+        case .redisMGet:
+            break
+        }
     }
 
     /// The resend phase: keys (text) or the client's own request (meta, GETEX) to `servers` of
@@ -383,17 +415,7 @@ final class WarmupRead: PhasedRead {
         let newServer = key.newServer
         let deleted = deletedSinceRouted(index)
         if command == .get || !warmup.backfill || ttl == nil || newServer < 0 || deleted {
-            let record = slot.data.readableCount
-            values.withUnsafeBytes { values in
-                withKey(index) {
-                    MemcacheReplyEncoder.valueRecord(key: $0, flags: key.flags,
-                                                     value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]),
-                                                     casUnique: command == .gets || command == .gats ? 0 : nil, into: slot.data)
-                }
-            }
-            slot.keys[index].recordStart = record
-            slot.keys[index].recordLength = slot.data.readableCount - record
-            slot.repeatedBytes += Int(slot.keys[index].repeats) * slot.keys[index].recordLength
+            appendOldRecord(slot, index)
             if warmup.backfill {
                 if let ttl, newServer >= 0, !deleted { copyMemcached(index, ttl: ttl) } else { WarmupCounters.add(counters.copiesSkipped) }
             }
@@ -402,6 +424,22 @@ final class WarmupRead: PhasedRead {
         copyMemcached(index, ttl: ttl!)
         keys[index].isResend = true
         if !resendServers.contains(newServer) { resendServers.append(newServer) }
+    }
+
+    /// Key `index`'s old item as a `VALUE` record in the slot (gets and gats: CAS unique 0).
+    private func appendOldRecord(_ slot: ReplySlot, _ index: Int) {
+        let key = keys[index]
+        let record = slot.data.readableCount
+        values.withUnsafeBytes { values in
+            withKey(index) {
+                MemcacheReplyEncoder.valueRecord(key: $0, flags: key.flags,
+                                                 value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]),
+                                                 casUnique: command == .gets || command == .gats ? 0 : nil, into: slot.data)
+            }
+        }
+        slot.keys[index].recordStart = record
+        slot.keys[index].recordLength = slot.data.readableCount - record
+        slot.repeatedBytes += Int(slot.keys[index].repeats) * slot.keys[index].recordLength
     }
 
     /// Meta `mg`: copy, then the client's own `mg` goes to the new pool again.
@@ -434,18 +472,19 @@ final class WarmupRead: PhasedRead {
     }
 
     /// `ms <key> <size> T<ttl> F<flags> ME` — mode E is add: an item written to the new pool
-    /// meanwhile is kept.
+    /// meanwhile is kept. A TTL over 30 days goes as a Unix time, as memcached reads it.
     private func copyMemcached(_ index: Int, ttl: Int) {
         let key = keys[index]
         let connection = pool.servers[Int(key.newServer)].connection(for: clientIndex)
         let output = connection.requestBuffer()
+        let exptime = MemcacheEncoder.exptime(seconds: ttl, now: Int(time(nil)))
         values.withUnsafeBytes { values in
             withKey(index) {
                 MemcacheEncoder.metaAdd(key: $0, value: UnsafeRawBufferPointer(rebasing: values[key.valueStart..<(key.valueStart + key.valueLength)]),
-                                        ttl: ttl, flags: key.flags, base64: isBase64Key, into: output)
+                                        ttl: exptime, flags: key.flags, base64: isBase64Key, into: output)
             }
         }
-        connection.enqueue(slot: nil, part: 0, framing: .meta, purpose: .backfill)
+        connection.enqueueBackfill(framing: .meta, bucket: Int(key.invalidationBucket), epoch: key.invalidationEpoch)
     }
 
     /// Redis: answer the old value; copy with `SET key value [PX ms] NX`. GETEX copies first
@@ -487,7 +526,7 @@ final class WarmupRead: PhasedRead {
                 RespEncoder.setIfAbsent(key: $0, encodedValue: UnsafeRawBufferPointer(rebasing: values[valueRange]), milliseconds: milliseconds, into: output)
             }
         }
-        connection.enqueue(slot: nil, part: 0, framing: .line, purpose: .backfill)
+        connection.enqueueBackfill(framing: .line, bucket: Int(key.invalidationBucket), epoch: key.invalidationEpoch)
     }
 
     // MARK: New-pool replies
