@@ -231,3 +231,11 @@ final class FIFOTests: XCTestCase {
         XCTAssertEqual(numbers.popFirst(), 15)
     }
 }
+
+/// A backend connection's queue entry stays within 48 bytes (a warm-up copy's noted epoch
+/// lives in the padding after its flags).
+final class PendingEntryLayoutTests: XCTestCase {
+    func testAnEntryIsNoLargerThan48Bytes() {
+        XCTAssertEqual(MemoryLayout<ServerConnection.Pending>.stride, 48)
+    }
+}
