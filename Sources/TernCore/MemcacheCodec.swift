@@ -62,6 +62,10 @@ public enum MemcacheFraming: UInt8, Sendable {
     case meta
     /// Meta replies up to and including `MN` (quiet commands followed by `mn`).
     case metaUntilNoop
+    /// The same for Tern's own quiet item reads (a warm-up's old-pool `mg … q` batch): a bare
+    /// `ERROR` there can only be a server without meta commands (memcached before 1.6), which
+    /// answers every line so and never `MN`, and ends the framing.
+    case metaItemsUntilNoop
 }
 
 /// One parsed request. All offsets are relative to the start of the frame.
@@ -829,9 +833,9 @@ public enum MemcacheReplyParser {
     /// complete (0 for a new reply). It is left there on `.incomplete` and set back to 0 otherwise,
     /// so a many-value reply arriving in pieces is scanned once, not once per piece.
     public static func parse(_ bytes: UnsafeRawBufferPointer, framing: MemcacheFraming, resumeAt: inout Int) -> Result {
-        if framing == .meta || framing == .metaUntilNoop {
+        if framing == .meta || framing == .metaUntilNoop || framing == .metaItemsUntilNoop {
             resumeAt = 0
-            return parseMeta(bytes, untilNoop: framing == .metaUntilNoop)
+            return parseMeta(bytes, untilNoop: framing != .meta, ownItems: framing == .metaItemsUntilNoop)
         }
         let multiLine = framing == .retrieval || framing == .stats
         var position = multiLine && resumeAt <= bytes.count ? resumeAt : 0
@@ -927,7 +931,7 @@ public enum MemcacheReplyParser {
 
     /// Meta replies: `VA <size> <flags>*` + data, or one line (HD, NS, EX, NF, EN, MN, ME …,
     /// errors). With `untilNoop`, replies are read up to and including `MN`.
-    static func parseMeta(_ bytes: UnsafeRawBufferPointer, untilNoop: Bool) -> Result {
+    static func parseMeta(_ bytes: UnsafeRawBufferPointer, untilNoop: Bool, ownItems: Bool = false) -> Result {
         var position = 0
         var sawError = false
         while true {
@@ -946,10 +950,12 @@ public enum MemcacheReplyParser {
             } else if isErrorLine(line) {
                 sawError = true
                 if !untilNoop { return .reply(length: next, isError: true) }
-                // A bare ERROR (an unknown command) in a quiet batch: a server without meta
-                // commands (memcached before 1.6), which answers every line so and never `MN`.
-                // Waited for, each batch lasted the pool's timeout (warm-up sweep 30).
-                if line.count == 5 || (line.count == 6 && line[5] == carriageReturn), startsWith(line, "ERROR") { return .invalid }
+                // A bare ERROR (an unknown command) in Tern's own quiet read: a server without
+                // meta commands (memcached before 1.6), which answers every line so and never
+                // `MN`. Waited for, each read lasted the pool's timeout (warm-up sweep 30). (In a
+                // client's batch it stays part of the reply: an older 1.6 runs a refused `ms`
+                // line's data as a command, and the batch still ends at `MN`.)
+                if ownItems, line.count == 5 || (line.count == 6 && line[5] == carriageReturn), startsWith(line, "ERROR") { return .invalid }
             } else if !isMetaStatus(line) {
                 return .invalid
             }

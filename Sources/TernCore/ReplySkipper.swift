@@ -104,7 +104,7 @@ public struct ReplySkipper: Sendable {
             return framing == .stats && MemcacheReplyParser.startsWith(line, "STAT ") ? false : nil
         case .line, .meta:
             return true
-        case .metaUntilNoop:
+        case .metaUntilNoop, .metaItemsUntilNoop:
             return MemcacheReplyParser.startsWith(line, "MN")
         }
     }

@@ -258,9 +258,6 @@ public enum MemcacheEncoder {
         SinkWriter.literal(base64 ? " b s v f t k q\r\n" : " s v f t k q\r\n", into: sink)
     }
 
-    /// `ms <key> <size>[ b] T<ttl> F<flags> ME\r\n<value>\r\n`: mode E is add, so an item
-    /// written meanwhile is kept (the warm-up's copy into the new pool).
-    @inlinable
     /// The expiration to send for `seconds` to live: memcached reads one over 30 days
     /// (2,592,000 s) as a Unix time, so a longer one is sent as `now + seconds` (sent as it was,
     /// a copy with 40 days left was a date in 1970: stored, and expired at once; warm-up sweep 30).
@@ -268,6 +265,9 @@ public enum MemcacheEncoder {
         seconds > 2_592_000 ? now + seconds : seconds
     }
 
+    /// `ms <key> <size>[ b] T<ttl> F<flags> c ME\r\n<value>\r\n`: mode E is add, so an item
+    /// written meanwhile is kept (the warm-up's copy into the new pool); `c` asks for its CAS.
+    @inlinable
     public static func metaAdd<S: ByteSink>(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, ttl: Int, flags: UInt32,
                                             base64: Bool, into sink: S) {
         SinkWriter.literal("ms ", into: sink)

@@ -111,7 +111,7 @@ public enum FuzzChecks {
                 }
             }
         }
-        for framing in [MemcacheFraming.retrieval, .line, .stats, .meta, .metaUntilNoop] {
+        for framing in [MemcacheFraming.retrieval, .line, .stats, .meta, .metaUntilNoop, .metaItemsUntilNoop] {
             if case let .reply(length, _) = MemcacheReplyParser.parse(data, framing: framing) {
                 if length > data.count || length <= 0 { fail("reply \(length) > input \(data.count)") }
                 // A reply is complete exactly at its length: any shorter prefix is not.

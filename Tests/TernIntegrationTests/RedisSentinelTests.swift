@@ -157,6 +157,40 @@ final class RedisSentinelTests: XCTestCase {
         let guarded = try TestClient(port: guardedPort)
         XCTAssertTrue(try guarded.call("INFO", "sentinel").contains("master0:name=shard1,address=127.0.0.1:\(master1.port)"))
 
+        // A sentinel on a host that is down (SYNs dropped: a listener whose backlog is full),
+        // listed first: its connect never finishes, and the others still answer at once (the
+        // first version of parallel questions wrote to it before the connect was done and
+        // waited its deadline, so every other answer came too late; review 30).
+        let stalled = ProcessGroup.freePort()
+        try group.launch("/usr/bin/env", ["python3", "-c", """
+            import socket, time
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", \(stalled)))
+            server.listen(0)
+            fill = []
+            for _ in range(3):
+                client = socket.socket()
+                client.setblocking(False)
+                try:
+                    client.connect(("127.0.0.1", \(stalled)))
+                except BlockingIOError:
+                    pass
+                fill.append(client)
+            while True:
+                time.sleep(60)
+            """], log: "stalled-\(stalled).log")
+        usleep(300_000)
+        let stalledPort = ProcessGroup.freePort()
+        let startedStalled = Date()
+        try self.group.tern(config: "stalled:\n  listen: 127.0.0.1:\(stalledPort)\n  redis: true\n  sentinel:\n    addresses:\n"
+                                + ([stalled] + sentinels).map { "     - 127.0.0.1:\($0)\n" }.joined() + "  servers:\n   - shard1:1\n   - shard2:1\n",
+                            waitPort: stalledPort)
+        let stalledStartup = Date().timeIntervalSince(startedStalled)
+        XCTAssertLessThan(stalledStartup, 0.8, "the stalled sentinel was waited for")
+        let stalledInfo = try TestClient(port: stalledPort).call("INFO", "sentinel")
+        XCTAssertTrue(stalledInfo.contains("master0:name=shard1,address=127.0.0.1:\(master1.port)") && stalledInfo.contains("master1:name=shard2,address=127.0.0.1:\(master2.port)"), stalledInfo)
+
         // A Tern without traffic: only the sentinels' +switch-master (or its poll) tells it.
         let idlePort = ProcessGroup.freePort()
         try self.group.tern(config: "idle:\n  listen: 127.0.0.1:\(idlePort)\n  redis: true\n  sentinel:\n    addresses:\n"

@@ -19,13 +19,13 @@ final class WarmupTests: XCTestCase {
     }
 
     func start(redis: Bool, new: [String], old: [String], extra: String = "", poolExtra: String = "", timeouts: (new: Int, old: Int) = (1000, 500),
-               threads: Int = 2) throws -> Setup {
+               threads: Int = 2, arguments: [String] = []) throws -> Setup {
         let port = ProcessGroup.freePort()
         var text = "warm:\n  listen: 127.0.0.1:\(port)\n  hash: md5\n  timeout: \(timeouts.new)\n  redis: \(redis)\n" + poolExtra
         text += "  servers:\n" + new.map { "   - \($0):1\n" }.joined()
         text += "  warmup:\n    hash: md5\n    timeout: \(timeouts.old)\n" + extra
         text += "    servers:\n" + old.map { "     - \($0):1\n" }.joined()
-        try group.tern(config: text, arguments: ["--threads", "\(threads)"], waitPort: port)
+        try group.tern(config: text, arguments: ["--threads", "\(threads)"] + arguments, waitPort: port)
         return Setup(port: port, pool: try ConfigLoader.load(text: text, file: "warm.yml").pools[0])
     }
 
@@ -490,7 +490,8 @@ final class WarmupTests: XCTestCase {
             """], log: "old-text-only.log")
         try group.waitForPort(port)
         let new = try group.memcached()
-        let setup = try start(redis: false, new: [new.address], old: ["127.0.0.1:\(port)"], timeouts: (new: 1000, old: 2000), threads: 1)
+        // At the default log level (5): the reason is a warning, not only a debug line.
+        let setup = try start(redis: false, new: [new.address], old: ["127.0.0.1:\(port)"], timeouts: (new: 1000, old: 2000), threads: 1, arguments: ["-v", "5"])
         let client = try TestClient(port: setup.port)
         for key in ["legacy:1", "legacy:2"] {
             let started = Date()

@@ -72,7 +72,10 @@ final class SentinelWatcher: Sendable {
             let now = RedisProbe.now()
             let current = jobs.withLock { $0 }
             // `+switch-master`/`+promoted-slave` from a sentinel: every pool it serves asks again.
-            for sentinel in subscriptions.poll(current, now: now, waitMilliseconds: 50) {
+            // The questions a round stopped waiting for go on in the same poll.
+            let switched = subscriptions.poll(current, now: now, waitMilliseconds: 50, alongside: unreachable.lingering)
+            unreachable.collect()
+            for sentinel in switched {
                 for job in current where job.sentinels.contains(where: { $0.name == sentinel }) {
                     job.state.requestRefresh()
                     clock.askSoon(job.pool)
@@ -106,9 +109,9 @@ final class SentinelWatcher: Sendable {
         var failures: [String: Int] = [:]
 
         /// Opens missing subscriptions, waits up to `waitMilliseconds` for messages (and the
-        /// steps of the subscriptions being opened), and returns the sentinels that announced a
-        /// switch.
-        func poll(_ jobs: [Job], now: Double, waitMilliseconds: Int32) -> [String] {
+        /// steps of the subscriptions being opened, and of the `alongside` exchanges), and
+        /// returns the sentinels that announced a switch.
+        func poll(_ jobs: [Job], now: Double, waitMilliseconds: Int32, alongside: [ProbeExchange]) -> [String] {
             var wanted: [String: (ClusterNode, String?, TLSContext?)] = [:]
             for job in jobs {
                 for sentinel in job.sentinels where wanted[sentinel.name] == nil { wanted[sentinel.name] = (sentinel, job.sentinelPassword, job.sentinelTLS) }
@@ -121,13 +124,20 @@ final class SentinelWatcher: Sendable {
             let names = Array(connections.keys), openingNames = Array(opening.keys)
             var entries = names.map { pollfd(fd: connections[$0]!.descriptor, events: Int16(POLLIN), revents: 0) }
             for name in openingNames { entries.append(pollfd(fd: opening[name]!.descriptor, events: opening[name]!.events, revents: 0)) }
+            let alongsideStart = entries.count
+            for exchange in alongside { entries.append(pollfd(fd: exchange.descriptor, events: exchange.events, revents: 0)) }
             guard !entries.isEmpty else {
                 usleep(UInt32(waitMilliseconds) * 1000)
                 return []
             }
             // Bytes OpenSSL already decrypted are not announced by the socket: no wait then.
             let pending = names.contains { connections[$0]!.hasPending } || openingNames.contains { opening[$0]!.hasPending }
+                || alongside.contains { $0.hasPending }
             let ready = Glibc.poll(&entries, nfds_t(entries.count), pending ? 0 : waitMilliseconds) > 0 || pending
+            for (index, exchange) in alongside.enumerated() {
+                if entries[alongsideStart + index].revents != 0 || exchange.hasPending { exchange.step() }
+                exchange.expire(now: RedisProbe.now())
+            }
             for (index, name) in openingNames.enumerated() {
                 let exchange = opening[name]!
                 if entries[names.count + index].revents != 0 || exchange.hasPending { exchange.step() }
@@ -199,8 +209,10 @@ final class SentinelWatcher: Sendable {
         var since: [String: Double] = [:]
         /// How long a sentinel that failed is not waited for (it is still asked).
         static let memory = 30.0
-        /// Questions a round stopped waiting for (it had its answers), followed to their end:
-        /// a sentinel that never answers is known as failed before a round needs to wait for it.
+        /// Questions a round stopped waiting for (it had its answers), followed to their end (the
+        /// watcher steps them in its subscriptions' poll): a sentinel that never answers is known
+        /// as failed before a round needs to wait for it, and one a little slower than the others
+        /// answers in time.
         var lingering: [ProbeExchange] = []
 
         func failedLately(_ sentinel: ClusterNode, now: Double) -> Bool {
@@ -220,6 +232,12 @@ final class SentinelWatcher: Sendable {
         func settle() {
             guard !lingering.isEmpty else { return }
             ProbeExchange.stepReady(lingering, waitMilliseconds: 0)
+            collect()
+        }
+
+        /// Notes the lingering questions that ended and lets them go.
+        func collect() {
+            guard !lingering.isEmpty else { return }
             for exchange in lingering { record(exchange) }
             lingering.removeAll { $0.outcome != nil }
         }
@@ -538,8 +556,10 @@ final class ProbeExchange {
 
     /// Steps `exchanges` from one `poll()` until each has ended, `enough()` says the caller
     /// has what it needs, or their deadlines pass.
+    /// Nothing is stepped before `poll()` says so: a connect still in progress reads as
+    /// finished (`SO_ERROR` is 0 until it ends), and writing to it then waited for the deadline
+    /// (a sentinel on a host that is down stalled every round; review 30).
     static func run(_ exchanges: [ProbeExchange], enough: () -> Bool) {
-        for exchange in exchanges { exchange.step() }
         while !enough(), exchanges.contains(where: { $0.outcome == nil }) {
             let next = exchanges.filter { $0.outcome == nil }.map(\.deadline).min() ?? 0
             stepReady(exchanges, waitMilliseconds: Int32(max(0, min(1000, (next - RedisProbe.now()) * 1000))))

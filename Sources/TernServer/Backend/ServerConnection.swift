@@ -107,6 +107,8 @@ final class ServerConnection {
     enum State { case disconnected, connecting, handshaking, connected }
 
     unowned(unsafe) let server: BackendServer
+    /// A warm-up old server without meta commands was reported (once, at warning level).
+    private var warnedNoMetaCommands = false
     private(set) var descriptor: Int32 = -1
     private(set) var state = State.disconnected
     /// Requests not yet answered or not yet sent, in order: the pieces of `adopted` first (large
@@ -648,8 +650,14 @@ final class ServerConnection {
                 if input.readableCount > server.pool.clientOutputLimit { startSkipping(); continue }
                 return
             case .invalid:
-                if !isRedis, pending[0].framing == .metaUntilNoop, input.readable.starts(with: "ERROR".utf8) {
-                    fail(reason: "server does not know meta commands (memcached 1.6 or later is needed; warm-up reads old pools with mg)")
+                if !isRedis, pending[0].framing == .metaItemsUntilNoop, input.readable.starts(with: "ERROR".utf8) {
+                    let reason = "server does not know meta commands (memcached 1.6 or later is needed; warm-up reads old pools with mg)"
+                    // Said once per connection at the default level (`fail` logs at debug).
+                    if !warnedNoMetaCommands {
+                        warnedNoMetaCommands = true
+                        worker.logger.warning("server \(server.name): \(reason)")
+                    }
+                    fail(reason: reason)
                 } else {
                     fail(reason: "server sent an invalid reply")
                 }
@@ -762,7 +770,8 @@ final class ServerConnection {
         let buffer = requestBuffer()
         let written = copy.withUnsafeBytes { copy in
             if isRedis { return WarmupCopy.redisUndo(copy: copy, into: buffer) }
-            guard let cas = WarmupCopy.storedCAS(reply) else { return false }
+            // CAS 0: a memcached run with `-C` (no CAS), where `md … C0` would delete any value.
+            guard let cas = WarmupCopy.storedCAS(reply), cas != 0 else { return false }
             return WarmupCopy.memcachedUndo(copy: copy, cas: cas, into: buffer)
         }
         guard written else { return false }
@@ -825,7 +834,7 @@ final class ServerConnection {
     @inline(__always)
     private func deliver(_ head: Pending, to slot: ReplySlot, length: Int, isError: Bool) -> Bool {
         // Quiet meta commands were followed by Tern's own `mn`: its MN is not the client's.
-        let end = head.framing == .metaUntilNoop ? length - 4 : length
+        let end = head.framing == .metaUntilNoop || head.framing == .metaItemsUntilNoop ? length - 4 : length
         let reply = UnsafeRawBufferPointer(rebasing: input.readable[0..<end])
         if head.framing == .retrieval, !slot.acceptsRetrieval(reply, part: head.part) {
             slot.fail(part: head.part, reason: "server reply out of step")

@@ -18,6 +18,9 @@ import TernCore
 /// 1 s or less to live is answered but not copied. A failing old pool is a miss, and counted.
 /// Confined to the worker thread that owns the slot.
 final class WarmupRead: PhasedRead {
+    /// The old values while the resend phase runs (see `finishResend`), outside `values`,
+    /// which counts toward `client_output_limit`.
+    private var resendFallback: [UInt8] = []
     enum Mode { case text, meta, redisGet, redisMGet }
     enum Phase { case new, old, resend }
 
@@ -220,7 +223,7 @@ final class WarmupRead: PhasedRead {
                     withKey(index) { MemcacheEncoder.metaGetItem(key: $0, base64: isBase64Key, into: output) }
                 }
                 MemcacheEncoder.noop(into: output)
-                connection.enqueue(slot: slot, part: split.oldServer(server), framing: .metaUntilNoop)
+                connection.enqueue(slot: slot, part: split.oldServer(server), framing: .metaItemsUntilNoop)
                 parts += 1
             case .redisGet, .redisMGet:
                 for index in missing where keys[index].oldServer == server {
@@ -334,10 +337,12 @@ final class WarmupRead: PhasedRead {
             }
         }
         // The old values are answered and copied (into the slot and the copies' requests):
-        // held no longer, so the limit counts each once; but until the resend has answered
-        // when there is one (a copy the new pool refused is answered from them).
+        // no longer counted toward the limit, so it counts each once. Kept aside until the
+        // resend has answered when there is one (a copy the new pool refused is answered from
+        // them), not counted: counting them again made a read near the limit fail (review 30).
         let resent = resend(slot, to: resendServers)
-        if !resent { values = [] }
+        if resent { swap(&values, &resendFallback) }
+        values = []
         return resent
     }
 
@@ -346,6 +351,7 @@ final class WarmupRead: PhasedRead {
     /// as `get` answers it, with the CAS unique 0 for gets and gats (it was a miss for a key
     /// that exists; warm-up sweep 30). Its expiry (gat, gats, `mg … T`, GETEX) applies nowhere.
     private func finishResend(_ slot: ReplySlot) {
+        swap(&values, &resendFallback)
         defer { values = [] }
         guard !slot.hasError else { return }
         switch mode {
