@@ -1097,4 +1097,34 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(pyStatus, 0, pyText)
         XCTAssertTrue(pyText.contains("ok"), pyText)
     }
+
+    /// Tern out of descriptors for a backend connection: the requests fail with the reason, and
+    /// the server is not counted as failing. Counted, a healthy server was ejected for
+    /// `server_retry_timeout` (`auto_eject_hosts`) and its keys read as misses elsewhere
+    /// (resource limits sweep 30).
+    func testTernOutOfDescriptorsDoesNotEjectAHealthyServer() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends, extra: "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 30000\n", threads: 1)
+        let key = keys(on: 0, tern.pool)[0]
+        let pid = try XCTUnwrap(group.processes.last?.processIdentifier)
+        // Room for two clients and nothing more: the limit is on descriptor numbers, and a new
+        // one takes the lowest free.
+        let used = Set(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap { Int($0) })
+        var limit = 0, free = 0
+        while free < 2 {
+            if !used.contains(limit) { free += 1 }
+            limit += 1
+        }
+        XCTAssertEqual(try ProcessGroup.run("/usr/bin/prlimit", ["--pid", "\(pid)", "--nofile=\(limit):\(limit)"]).0, 0)
+        let first = try TestClient(port: tern.port), second = try TestClient(port: tern.port)
+        XCTAssertEqual(try first.call("PING"), "+PONG\r\n")
+        XCTAssertEqual(try second.call("PING"), "+PONG\r\n")
+        XCTAssertEqual(try first.call("SET", key, "v"), "-ERR Too many open files (Tern's own limit; the server is not counted as failing)\r\n")
+        second.close()
+        usleep(300_000)
+        XCTAssertEqual(try first.call("SET", key, "v"), "+OK\r\n")
+        XCTAssertEqual(try backends[0].call("GET", key), "$1\r\nv\r\n", "still placed on its server: not ejected")
+        XCTAssertFalse(group.ternLog().contains("ejecting server"), group.ternLog())
+    }
+
 }

@@ -109,6 +109,8 @@ final class ServerConnection {
     unowned(unsafe) let server: BackendServer
     /// A warm-up old server without meta commands was reported (once, at warning level).
     private var warnedNoMetaCommands = false
+    /// Connects Tern could not start for want of its own descriptors (or memory).
+    private var localLimitLog = LogThrottle()
     private(set) var descriptor: Int32 = -1
     private(set) var state = State.disconnected
     /// Requests not yet answered or not yet sent, in order: the pieces of `adopted` first (large
@@ -441,7 +443,12 @@ final class ServerConnection {
         }
         let fd = socket(server.address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
         guard fd >= 0 else {
-            pendingError = errno
+            // Tern's own descriptors or memory ran out: the server did not fail. Counted against
+            // it, a healthy server was ejected for 30 s (`auto_eject_hosts`), every server of a
+            // worker at once (resource limits sweep 30).
+            let error = errno
+            lastError = Syscall.errorText(error) + " (Tern's own limit; the server is not counted as failing)"
+            pendingError = [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error) ? -3 : error
             worker.markDirty(self)
             return
         }
@@ -551,6 +558,13 @@ final class ServerConnection {
             pendingError = 0
             if error == -2 {
                 fail(reason: Syscall.connectedToItself)
+            } else if error == -3 {
+                // No socket: the requests fail with the reason, and nothing counts against the
+                // server (no failure, no backoff, no ejection).
+                if let suppressed = localLimitLog.admit(now: worker.now) {
+                    worker.logger.warning("server \(server.name): \(lastError) (\(suppressed) more since the last line)")
+                }
+                close(failing: lastError, serverFailure: false)
             } else if error < 0 {
                 // Still backing off: the requests fail at once; the backoff is not extended.
                 // With auto_eject_hosts they count toward server_failure_limit, as in
