@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import Synchronization
 @testable import TernCore
 
 /// Tern in front of real redis-server backends.
@@ -1125,6 +1126,43 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try first.call("SET", key, "v"), "+OK\r\n")
         XCTAssertEqual(try backends[0].call("GET", key), "$1\r\nv\r\n", "still placed on its server: not ejected")
         XCTAssertFalse(group.ternLog().contains("ejecting server"), group.ternLog())
+    }
+
+
+    /// Large requests count toward a client's window as large replies do: pipelined 8 MB SETs
+    /// against a paused server have one or two in flight, not 256 (100 × 40 MB took Tern from
+    /// 27 MB to 3.9 GB; resource limits sweep 30). The rest wait in the client's socket.
+    func testLargeRequestsInFlightAreBoundedPerClient() throws {
+        let backend = try group.redis()
+        let tern = try startTern([backend], threads: 1)
+        let pid = try XCTUnwrap(group.processes.last?.processIdentifier)
+        func residentMB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+        }
+        let client = try TestClient(port: tern.port)
+        XCTAssertEqual(try client.call("PING"), "+PONG\r\n")
+        let before = residentMB()
+        backend.pause()
+        let value = String(repeating: "v", count: 8 << 20)
+        let request = TestClient.encode(["SET", "big", value])
+        // Sends only, while this thread only measures, then reads once the sender is done.
+        final class Lent: @unchecked Sendable { let client: TestClient; init(_ client: TestClient) { self.client = client } }
+        let lent = Lent(client), sent = Atomic<Bool>(false)
+        Thread {
+            for _ in 0..<30 { try? lent.client.send(request) }
+            sent.store(true, ordering: .relaxed)
+        }.start()
+        // (Within the pool's 2 s timeout.)
+        usleep(1_000_000)
+        let during = residentMB()
+        backend.resume()
+        while !sent.load(ordering: .relaxed) { usleep(10_000) }
+        let replies = try client.receiveReplies(30)
+        XCTAssertEqual(replies, Array(String(repeating: "+OK\r\n", count: 30).utf8))
+        XCTAssertLessThan(during - before, 100, "resident MB: \(before) before, \(during) with 240 MB of SETs pipelined")
+        print("resident: \(before) MB before, \(during) MB with 30 SETs of 8 MB pipelined against a paused server")
     }
 
 }

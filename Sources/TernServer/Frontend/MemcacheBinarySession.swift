@@ -31,6 +31,7 @@ extension ClientConnection {
                 skipRemaining = skip
             case let .request(request):
                 routeBinary(request, UnsafeRawBufferPointer(rebasing: bytes[0..<request.packetLength]))
+                noteRequestBytes(request.packetLength)
                 buffer.consume(request.packetLength)
             }
         }

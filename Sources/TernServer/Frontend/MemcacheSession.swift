@@ -18,6 +18,7 @@ extension ClientConnection {
                 return
             case let .request(request):
                 route(request, UnsafeRawBufferPointer(rebasing: bytes[0..<request.frameLength]))
+                noteRequestBytes(request.frameLength)
                 // A large request's bytes may have left with the buffer's memory (`forward`).
                 if !worker.tookLargeRequest { buffer.consume(request.frameLength) } else { worker.tookLargeRequest = false }
             case let .rejected(rejection, consume, skip, close):

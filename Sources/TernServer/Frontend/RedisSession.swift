@@ -178,6 +178,7 @@ extension ClientConnection {
             case let .request(length):
                 // Not now: it waits in the buffer for the client's earlier replies (`mustWait`).
                 guard routeRedis(UnsafeRawBufferPointer(rebasing: bytes[0..<length]), session) else { return }
+                noteRequestBytes(length)
                 // A large request's bytes may have left with the buffer's memory (`forward`).
                 if !worker.tookLargeRequest { buffer.consume(length) } else { worker.tookLargeRequest = false }
                 arguments.shrink()

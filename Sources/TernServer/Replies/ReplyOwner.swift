@@ -230,6 +230,15 @@ class ReplyOwner {
         if keys >= Self.fullWindowReply / Self.keyWork { noteReply(keys &* Self.keyWork) }
     }
 
+    /// A request of `length` bytes was sent: until answered its bytes are in Tern's memory and
+    /// ahead of other clients on the shared backend connection, so a large one counts as a
+    /// reply that large. A client sending 40 MB SETs then has one in flight, not 256 (100 of
+    /// them pipelined against a paused server took Tern to 3.9 GB; resource limits sweep 30).
+    @inline(__always)
+    final func noteRequestBytes(_ length: Int) {
+        if length >= Self.fullWindowReply { noteReply(length) }
+    }
+
     /// Bytes of reply a key's work counts as (`noteRequestKeys`): the 8 MiB budget then bounds
     /// a client's keys in flight to about 130,000 (0.05–0.1 s of one memcached's time).
     static let keyWork = 64
