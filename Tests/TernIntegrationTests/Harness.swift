@@ -146,6 +146,23 @@ final class ProcessGroup {
         return (process.terminationStatus, output)
     }
 
+    /// Starts a stand-in server in Python on 127.0.0.1:`port`: `body` runs with `server`, a
+    /// socket listening there (backlog `backlog`), and `socket`, `threading` and `time`
+    /// imported. Waits for the port unless `waitsForPort` is false (a full backlog would take
+    /// the wait's connection).
+    func pythonServer(port: Int, backlog: Int = 64, waitsForPort: Bool = true, log: String, _ body: String) throws {
+        let script = """
+            import socket, threading, time
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", \(port)))
+            server.listen(\(backlog))
+
+            """ + body
+        try launch("/usr/bin/env", ["python3", "-c", script], log: log)
+        if waitsForPort { try waitForPort(port) }
+    }
+
     /// Writes `config` and starts tern on it; waits for `waitPort` (or the unix socket) to accept.
     @discardableResult
     func tern(config: String, arguments: [String] = [], waitPort: Int? = nil, waitUnix: String? = nil) throws -> Process {

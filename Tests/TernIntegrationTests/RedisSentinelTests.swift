@@ -23,12 +23,7 @@ final class RedisSentinelTests: XCTestCase {
     /// A sentinel that lies: it names `host:port` as every master's address (a replica, in the
     /// test), for Tern's `ROLE` check to catch.
     func startLyingSentinel(port: Int, naming node: Int) throws {
-        let script = """
-        import socket, sys, threading
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", \(port)))
-        server.listen(64)
+        try group.pythonServer(port: port, log: "liar-\(port).log", """
         def bulk(text):
             return b"$%d\\r\\n%s\\r\\n" % (len(text), text)
         def serve(connection):
@@ -61,9 +56,7 @@ final class RedisSentinelTests: XCTestCase {
         while True:
             connection, _ = server.accept()
             threading.Thread(target=serve, args=(connection,), daemon=True).start()
-        """
-        try group.launch("/usr/bin/env", ["python3", "-c", script], log: "liar-\(port).log")
-        try group.waitForPort(port)
+        """)
     }
 
     func testMasterKilledSentinelsPromoteTernFollows() throws {
@@ -134,17 +127,11 @@ final class RedisSentinelTests: XCTestCase {
         let otherDeployment = ProcessGroup.freePort()
         try startLyingSentinel(port: otherDeployment, naming: master2.port)
         let silent = ProcessGroup.freePort()
-        try group.launch("/usr/bin/env", ["python3", "-c", """
-            import socket, time
-            server = socket.socket()
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind(("127.0.0.1", \(silent)))
-            server.listen(64)
+        try group.pythonServer(port: silent, log: "silent-\(silent).log", """
             held = []
             while True:
                 held.append(server.accept()[0])
-            """], log: "silent-\(silent).log")
-        try group.waitForPort(silent)
+            """)
         let guardedPort = ProcessGroup.freePort()
         let startedGuarded = Date()
         try self.group.tern(config: "guarded:\n  listen: 127.0.0.1:\(guardedPort)\n  redis: true\n  sentinel:\n    addresses:\n"
@@ -162,12 +149,7 @@ final class RedisSentinelTests: XCTestCase {
         // first version of parallel questions wrote to it before the connect was done and
         // waited its deadline, so every other answer came too late; review 30).
         let stalled = ProcessGroup.freePort()
-        try group.launch("/usr/bin/env", ["python3", "-c", """
-            import socket, time
-            server = socket.socket()
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind(("127.0.0.1", \(stalled)))
-            server.listen(0)
+        try group.pythonServer(port: stalled, backlog: 0, waitsForPort: false, log: "stalled-\(stalled).log", """
             fill = []
             for _ in range(3):
                 client = socket.socket()
@@ -179,7 +161,7 @@ final class RedisSentinelTests: XCTestCase {
                 fill.append(client)
             while True:
                 time.sleep(60)
-            """], log: "stalled-\(stalled).log")
+            """)
         usleep(300_000)
         let stalledPort = ProcessGroup.freePort()
         let startedStalled = Date()

@@ -219,12 +219,7 @@ final class WarmupTests: XCTestCase {
                 XCTAssertEqual(try direct(old, "set doomed 0 0 3\r\nold\r\n"), "STORED\r\n")
             }
             let proxyPort = ProcessGroup.freePort()
-            try group.launch("/usr/bin/env", ["python3", "-c", """
-                import socket, threading, time
-                server = socket.socket()
-                server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                server.bind(("127.0.0.1", \(proxyPort)))
-                server.listen(64)
+            try group.pythonServer(port: proxyPort, log: "copy-holder-\(proxyPort).log", """
                 def pipe(source, target, holds):
                     while True:
                         data = source.recv(65536)
@@ -239,8 +234,7 @@ final class WarmupTests: XCTestCase {
                     upstream = socket.create_connection(("127.0.0.1", \(newServer.port)))
                     threading.Thread(target=pipe, args=(client, upstream, True), daemon=True).start()
                     threading.Thread(target=pipe, args=(upstream, client, False), daemon=True).start()
-                """], log: "copy-holder-\(proxyPort).log")
-            try group.waitForPort(proxyPort)
+                """)
             let setup = try start(redis: redis, new: ["127.0.0.1:\(proxyPort)"], old: [oldAddress], poolExtra: "  server_connections: 2\n", threads: 1)
             // Two clients on two connections to the new server (as on two workers).
             let reader = try TestClient(port: setup.port), deleter = try TestClient(port: setup.port)
@@ -468,12 +462,7 @@ final class WarmupTests: XCTestCase {
     /// (warm-up sweep 30).
     func testAnOldPoolWithoutMetaCommandsFailsFastAndSaysWhy() throws {
         let port = ProcessGroup.freePort()
-        try group.launch("/usr/bin/env", ["python3", "-c", """
-            import socket, threading
-            server = socket.socket()
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind(("127.0.0.1", \(port)))
-            server.listen(64)
+        try group.pythonServer(port: port, log: "old-text-only.log", """
             def serve(connection):
                 data = b""
                 while True:
@@ -487,8 +476,7 @@ final class WarmupTests: XCTestCase {
             while True:
                 connection, _ = server.accept()
                 threading.Thread(target=serve, args=(connection,), daemon=True).start()
-            """], log: "old-text-only.log")
-        try group.waitForPort(port)
+            """)
         let new = try group.memcached()
         // At the default log level (5): the reason is a warning, not only a debug line.
         let setup = try start(redis: false, new: [new.address], old: ["127.0.0.1:\(port)"], timeouts: (new: 1000, old: 2000), threads: 1, arguments: ["-v", "5"])
