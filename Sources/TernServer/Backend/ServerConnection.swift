@@ -447,8 +447,12 @@ final class ServerConnection {
             // it, a healthy server was ejected for 30 s (`auto_eject_hosts`), every server of a
             // worker at once (resource limits sweep 30).
             let error = errno
-            lastError = Syscall.errorText(error) + " (Tern's own limit; the server is not counted as failing)"
-            pendingError = [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error) ? -3 : error
+            if error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM {
+                lastError = Syscall.errorText(error) + " (Tern's own limit; the server is not counted as failing)"
+                pendingError = -3
+            } else {
+                pendingError = error
+            }
             worker.markDirty(self)
             return
         }
