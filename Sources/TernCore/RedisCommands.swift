@@ -437,6 +437,35 @@ public struct RedisCommandLookup: @unchecked Sendable {
 
 /// Where the keys of a request are, derived from the table entry and the arguments.
 public enum RedisKeyPositions {
+    /// Where XREAD's and XREADGROUP's options put STREAMS and BLOCK's milliseconds (argument
+    /// indexes, -1 when absent), walked as Redis walks them (`xreadGetKeys`): BLOCK and COUNT
+    /// take one argument, GROUP two, NOACK none, STREAMS ends the options, anything else ends
+    /// the walk. A group, consumer or stream named `streams` or `block` is not an option
+    /// (searched for anywhere, `XREADGROUP GROUP streams c STREAMS s >` was routed by `c` to
+    /// the wrong server; Redis commands sweep 31).
+    public static func streamReadOptions(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> (streamsAt: Int, blockAt: Int) {
+        let count = arguments.count
+        var blockAt = -1
+        var index = 1
+        while index < count {
+            if arguments.argument(index, in: frame, equals: "streams") {
+                return (index, blockAt)
+            } else if arguments.argument(index, in: frame, equals: "block") {
+                if index + 1 < count { blockAt = index + 1 }
+                index += 2
+            } else if arguments.argument(index, in: frame, equals: "count") {
+                index += 2
+            } else if arguments.argument(index, in: frame, equals: "group") {
+                index += 3
+            } else if arguments.argument(index, in: frame, equals: "noack") {
+                index += 1
+            } else {
+                break
+            }
+        }
+        return (-1, blockAt)
+    }
+
     /// Calls `body` with the argument index of every key, in order. Returns false when the
     /// arguments contradict the key spec (a bad numkeys), which is answered as a syntax error.
     @discardableResult
@@ -463,11 +492,7 @@ public enum RedisKeyPositions {
             guard keyCount > 0 || before > 0 else { return false }
             for index in (countAt + 1)..<(countAt + 1 + keyCount) { body(index) }
         case .streams:
-            var streamsAt = -1
-            for index in 1..<count where arguments.argument(index, in: frame, equals: "streams") {
-                streamsAt = index
-                break
-            }
+            let streamsAt = streamReadOptions(arguments, in: frame).streamsAt
             guard streamsAt > 0 else { return false }
             let rest = count - streamsAt - 1
             guard rest > 0, rest % 2 == 0 else { return false }

@@ -361,6 +361,25 @@ final class RespCodecTests: XCTestCase {
         }
     }
 
+    func testStreamReadOptions() {
+        func options(_ words: [String]) -> [Int] {
+            var bytes: [UInt8] = Array("*\(words.count)\r\n".utf8)
+            for word in words { bytes += Array("$\(word.utf8.count)\r\n\(word)\r\n".utf8) }
+            let arguments = RespArguments()
+            return bytes.withUnsafeBytes { raw in
+                _ = RespRequestParser.parse(raw, limits: RespLimits(), into: arguments)
+                let found = RedisKeyPositions.streamReadOptions(arguments, in: raw)
+                return [found.streamsAt, found.blockAt]
+            }
+        }
+        XCTAssertEqual(options(["XREAD", "BLOCK", "100", "STREAMS", "s", "0"]), [3, 2])
+        XCTAssertEqual(options(["XREAD", "COUNT", "1", "STREAMS", "block", "0"]), [3, -1], "a stream named block")
+        XCTAssertEqual(options(["XREADGROUP", "GROUP", "block", "c", "STREAMS", "s", ">"]), [4, -1], "a group named block")
+        XCTAssertEqual(options(["XREADGROUP", "GROUP", "g", "c", "count", "2", "block", "0", "noack", "streams", "s", ">"]), [9, 7])
+        XCTAssertEqual(options(["XREAD", "BLOCK"]), [-1, -1])
+        XCTAssertEqual(options(["XREAD", "FOO", "STREAMS", "s", "0"]), [-1, -1], "an unknown option ends the walk")
+    }
+
     func testKeyPositions() {
         XCTAssertEqual(keys(["GET", "a"]), ["a"])
         XCTAssertEqual(keys(["MSET", "a", "1", "b", "2"]), ["a", "b"])
@@ -373,6 +392,11 @@ final class RespCodecTests: XCTestCase {
         XCTAssertEqual(keys(["SINTERCARD", "2", "a", "b", "LIMIT", "1"]), ["a", "b"])
         XCTAssertEqual(keys(["BITOP", "AND", "dst", "a", "b"]), ["dst", "a", "b"])
         XCTAssertEqual(keys(["XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0"]), ["s1", "s2"])
+        // Options walked as Redis walks them: a group, consumer or stream named like a keyword
+        // is not one (Redis commands sweep 31).
+        XCTAssertEqual(keys(["XREADGROUP", "GROUP", "streams", "c0", "STREAMS", "orders", ">"]), ["orders"])
+        XCTAssertEqual(keys(["XREADGROUP", "GROUP", "g", "streams", "NOACK", "BLOCK", "5", "STREAMS", "a", "b", ">", ">"]), ["a", "b"])
+        XCTAssertEqual(keys(["XREAD", "STREAMS", "streams", "block", "0", "0"]), ["streams", "block"])
         XCTAssertEqual(keys(["OBJECT", "ENCODING", "k"]), ["k"])
         XCTAssertEqual(keys(["SORT", "k", "BY", "w", "STORE", "dst"]), ["k", "dst"])
         XCTAssertEqual(keys(["GEORADIUS", "g", "1", "2", "3", "km", "STORE", "dst"]), ["g", "dst"])

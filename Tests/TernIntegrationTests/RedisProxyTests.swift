@@ -353,6 +353,32 @@ final class RedisProxyTests: XCTestCase {
     /// COUNT and TYPE) visits every key exactly once, server after server, the cursor naming
     /// the server; KEYS gathers every server's keys. A cursor that names no server is refused
     /// as Redis refuses a bad one.
+    /// XREAD's and XREADGROUP's streams are found after their options, as Redis finds them: a
+    /// group named `streams` routed XREADGROUP by its consumer name (to the server without the
+    /// stream: `-NOGROUP`, or a `-CROSSSLOT` that was not; Redis commands sweep 31, fails on
+    /// b7ab9ae). A stream named `block` made XREAD take a dedicated connection as a blocking
+    /// command (answered the same; `testStreamReadOptions` holds that case).
+    func testStreamReadsFindTheirStreamsAfterTheOptions() throws {
+        let backends = try [group.redis(), group.redis()]
+        let tern = try startTern(backends)
+        let c = try TestClient(port: tern.port)
+        // A stream on the server the consumer name (and STREAMS) do not both land on.
+        let consumer = "c0"
+        let stream = (0..<5000).lazy.map { "orders\($0)" }.first { self.serverIndex(tern.pool, $0) != self.serverIndex(tern.pool, consumer) }!
+        XCTAssertEqual(try c.call("XGROUP", "CREATE", stream, "streams", "0", "MKSTREAM"), "+OK\r\n")
+        let id = try c.call("XADD", stream, "*", "f", "v")
+        XCTAssertTrue(id.hasPrefix("$"), id)
+        let entryID = String(id.split(separator: "\r\n")[1])
+        let expected = "*1\r\n*2\r\n$\(stream.utf8.count)\r\n\(stream)\r\n*1\r\n*2\r\n$\(entryID.utf8.count)\r\n\(entryID)\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+        XCTAssertEqual(try c.call("XREADGROUP", "GROUP", "streams", consumer, "STREAMS", stream, ">"), expected)
+        XCTAssertEqual(try c.call("XREAD", "COUNT", "5", "STREAMS", stream, "0"), expected)
+        // A stream named `block`: a plain read, answered at once with the entry (as Redis does).
+        let block = "block"
+        XCTAssertTrue(try c.call("XADD", block, "*", "f", "v").hasPrefix("$"))
+        XCTAssertTrue(try c.call("XREAD", "COUNT", "1", "STREAMS", block, "0").hasPrefix("*1\r\n*2\r\n$5\r\nblock\r\n*1\r\n"))
+        XCTAssertEqual(try c.call("XREAD", "BLOCK", "50", "STREAMS", block, "$"), "*-1\r\n")
+    }
+
     func testScanAndKeysVisitEveryServer() throws {
         let backends = try [group.redis(), group.redis(), group.redis()]
         let tern = try startTern(backends)

@@ -234,7 +234,7 @@ extension ClientConnection {
         switch command.routing {
         case .blocking: return session.transaction == nil
         case .session: return session.transaction == nil ? command.isNamed("watch") : session.watch != nil && command.isNamed("exec")
-        default: return session.transaction == nil && command.keys == .streams && hasArgument(session.arguments, frame, "block")
+        default: return session.transaction == nil && command.keys == .streams && RedisKeyPositions.streamReadOptions(session.arguments, in: frame).blockAt > 0
         }
     }
 
@@ -478,7 +478,7 @@ extension ClientConnection {
             return
         }
         let arguments = session.arguments
-        if command.keys == .streams, hasArgument(arguments, frame, "block") {
+        if command.keys == .streams, RedisKeyPositions.streamReadOptions(arguments, in: frame).blockAt > 0 {
             return routeBlocking(command, frame, session, slot)
         }
         let placement = placeKeys(command, frame, arguments)
@@ -568,11 +568,6 @@ extension ClientConnection {
             if placement.server < 0 { placement.server = keyServer } else if keyServer != placement.server { placement.crossServer = true }
         }
         return placement
-    }
-
-    private func hasArgument(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ word: StaticString) -> Bool {
-        for index in 1..<arguments.count where arguments.argument(index, in: frame, equals: word) { return true }
-        return false
     }
 
     /// MGET / MSET / DEL-like commands: one request per server with that server's keys.

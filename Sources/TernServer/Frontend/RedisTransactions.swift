@@ -346,10 +346,8 @@ extension ClientConnection {
         var seconds: Double?
         if command.timeoutAt == 0 {
             // XREAD/XREADGROUP … BLOCK <milliseconds> …
-            for index in 1..<(count - 1) where arguments.argument(index, in: frame, equals: "block") {
-                seconds = Double(arguments.argumentString(index + 1, in: frame)).map { $0 / 1000 }
-                break
-            }
+            let at = RedisKeyPositions.streamReadOptions(arguments, in: frame).blockAt
+            if at > 0 { seconds = Double(arguments.argumentString(at, in: frame)).map { $0 / 1000 } }
         } else {
             let at = command.timeoutAt < 0 ? count + command.timeoutAt : command.timeoutAt
             if at > 0, at < count { seconds = Double(arguments.argumentString(at, in: frame)) }
