@@ -158,8 +158,12 @@ final class WarmupTests: XCTestCase {
                        record("big", value, 7) + record("small", "old", 5) + record("big", value, 7) + record("fresh", "new", 2)
                        + record("small", "old", 5) + record("big", value, 7) + record("fresh", "new", 2) + "END\r\n")
         XCTAssertLessThan(try written(old) - oldBefore, 1 << 20, "the old pool sent the large value once")
-        usleep(200_000)
-        let stats = try client.request("stats\r\n", until: "END\r\n")
+        // (Copies count when the new server answers, after the reply: waited for.)
+        var stats = ""
+        _ = try eventually("copied") {
+            stats = try client.request("stats\r\n", until: "END\r\n")
+            return stats.contains("STAT warmup_copies 2\r\n") ? "copied" : "not yet"
+        }
         // Each key counted once (the canary's gets are new hits, not counted here).
         for line in ["warmup_old_hits 2", "warmup_misses 1", "warmup_copies 2"] {
             XCTAssertTrue(stats.contains("STAT \(line)\r\n"), "\(line): \(stats)")
