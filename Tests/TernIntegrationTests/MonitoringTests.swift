@@ -64,6 +64,10 @@ final class MonitoringTests: XCTestCase {
         let redis = try TestClient(port: sessions)
         XCTAssertEqual(try redis.call("SET", "{u}:a", "1"), "+OK\r\n")
         XCTAssertEqual(try redis.call("MGET", "{u}:a", "{u}:b"), "*2\r\n$1\r\n1\r\n$-1\r\n")
+        // (The copy counts when the new server answers it, after the reply.)
+        _ = try eventually("copied") {
+            try warmClient.request("stats\r\n", until: "END\r\n").contains("STAT warmup_copies 1\r\n") ? "copied" : "not yet"
+        }
         usleep(200_000)
 
         let client = try TestClient(port: admin)
