@@ -90,3 +90,62 @@ public enum RedisCommandPresentation {
         return result
     }()
 }
+
+/// The subcommands Redis (7.0, and 7.2's additions) knows for the container commands Tern
+/// answers itself or refuses, and the errors Redis gives for what it does not know: a client
+/// that probes for a feature matches on `unknown subcommand` (Tern answered `unsupported
+/// command` for every subcommand it does not serve; Redis commands sweep 31).
+public enum RedisErrorText {
+    static let subcommands: [String: Set<String>] = [
+        "script": ["debug", "exists", "flush", "help", "kill", "load"],
+        "function": ["delete", "dump", "flush", "help", "kill", "list", "load", "restore", "stats"],
+        "acl": ["cat", "deluser", "dryrun", "genpass", "getuser", "help", "list", "load", "log", "save", "setuser", "users", "whoami"],
+        "client": ["caching", "getname", "getredir", "help", "id", "info", "kill", "list", "no-evict", "no-touch", "pause", "reply",
+                   "setinfo", "setname", "tracking", "trackinginfo", "unblock", "unpause"],
+        "command": ["count", "docs", "getkeys", "getkeysandflags", "help", "info", "list"],
+        "cluster": ["addslots", "addslotsrange", "bumpepoch", "count-failure-reports", "countkeysinslot", "delslots", "delslotsrange",
+                    "failover", "flushslots", "forget", "getkeysinslot", "help", "info", "keyslot", "links", "meet", "myid", "myshardid",
+                    "nodes", "replicas", "replicate", "reset", "saveconfig", "set-config-epoch", "setslot", "shards", "slaves", "slots"],
+    ]
+
+    /// Whether Redis knows `subcommand` of `container` (a lowercase name in `subcommands`).
+    public static func isKnownSubcommand(_ container: String, _ subcommand: UnsafeRawBufferPointer) -> Bool {
+        guard let known = subcommands[container], subcommand.count <= 32 else { return false }
+        return known.contains(String(decoding: subcommand.map { asciiLower($0) }, as: UTF8.self))
+    }
+
+    /// Redis's `-ERR unknown subcommand '<sub>'. Try <CONTAINER> HELP.` (the subcommand as
+    /// sent, at most 128 bytes, CR and LF as spaces).
+    public static func unknownSubcommand(_ container: String, _ subcommand: UnsafeRawBufferPointer) -> [UInt8] {
+        var line = Array("-ERR unknown subcommand '".utf8)
+        line += lineSafe(subcommand, limit: 128)
+        line += Array("'. Try \(container.uppercased()) HELP.\r\n".utf8)
+        return line
+    }
+
+    /// Redis's unknown-command error: the name (at most 128 bytes), then arguments in quotes
+    /// while fewer than 128 bytes of them are listed, each cut to what is left of the 128; CR
+    /// and LF as spaces, other bytes as sent.
+    public static func unknownCommand(_ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> [UInt8] {
+        var line = Array("-ERR unknown command '".utf8)
+        arguments.withArgument(0, in: frame) { line += lineSafe($0, limit: 128) }
+        line += Array("', with args beginning with: ".utf8)
+        var listed = 0
+        var index = 1
+        while index < arguments.count, listed < 128 {
+            let part = arguments.withArgument(index, in: frame) { lineSafe($0, limit: 128 - listed) }
+            line.append(UInt8(ascii: "'"))
+            line += part
+            line += Array("' ".utf8)
+            listed += part.count + 3
+            index += 1
+        }
+        line += Array("\r\n".utf8)
+        return line
+    }
+
+    /// (Redis prints arguments with `%s`: a NUL byte ends one.)
+    static func lineSafe(_ bytes: UnsafeRawBufferPointer, limit: Int) -> [UInt8] {
+        bytes.prefix(max(0, limit)).prefix { $0 != 0 }.map { $0 == 0x0d || $0 == 0x0a ? 0x20 : $0 }
+    }
+}

@@ -514,7 +514,19 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try c.call("NOPE", "a"), "-ERR unknown command 'NOPE', with args beginning with: 'a' \r\n")
         // An argument holding CRLF cannot split the error into two replies (found by the
         // differential fuzzer).
-        XCTAssertEqual(try c.call("FOO", "a\r\n+X"), "-ERR unknown command 'FOO', with args beginning with: 'a??+X' \r\n")
+        XCTAssertEqual(try c.call("FOO", "a\r\n+X"), "-ERR unknown command 'FOO', with args beginning with: 'a  +X' \r\n")
+        // Redis's own texts, byte for byte (clients probing for a feature match on them; Redis
+        // commands sweep 31): an unknown command lists its arguments up to 128 bytes, an unknown
+        // subcommand of a container Tern answers itself says so as Redis does, one Redis knows
+        // but Tern does not serve is Tern's refusal.
+        let server = backends[0]
+        for request in [["FOO"] + (0..<40).map { "arg\($0)" }, ["FOO", String(repeating: "x", count: 300)], ["FOO", "a\u{1}b", "c\0d"],
+                        ["SCRIPT", "foo"], ["SCRIPT", "Nope\r\n"], ["FUNCTION", "x"], ["CLIENT", "xyz"], ["COMMAND", "bogus"], ["ACL", "nope"],
+                        ["CLUSTER", "whatever"], ["SELECT", "x"], ["SELECT", "-1"], ["SELECT", "1.5"], ["SELECT", "00"], ["SELECT", "+0"]] {
+            XCTAssertEqual(try c.call(request), try TestClient(port: server.port).call(request), "\(request)")
+        }
+        XCTAssertEqual(try c.call("SCRIPT", "HELP"), "-ERR unsupported command 'script help'\r\n")
+        XCTAssertEqual(try c.call("CLIENT", "KILL", "ID", "1"), "-ERR unsupported command 'client kill'\r\n")
         XCTAssertEqual(try c.call("GET"), "-ERR wrong number of arguments for 'get' command\r\n")
         XCTAssertEqual(try c.call("GET", "a", "b"), "-ERR wrong number of arguments for 'get' command\r\n")
         // Still usable after all of that.

@@ -76,7 +76,7 @@ extension ClientConnection {
         } else if subcommand("keyslot"), arguments.count == 3 {
             reply.appendInteger(arguments.withArgument(2, in: frame) { hashSlot($0) })
         } else {
-            return slot.complete(with: "-ERR unsupported command 'cluster \(arguments.argumentString(1, in: frame).prefix(32).filter { $0.isLetter })'\r\n")
+            return refuseSubcommand("cluster", arguments, frame, slot)
         }
         slot.complete(with: "" as StaticString)
     }

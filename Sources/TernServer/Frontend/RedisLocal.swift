@@ -22,8 +22,13 @@ extension ClientConnection {
             slot.complete(with: "+OK\r\n" as StaticString)
             closeWhenDrained = true
         case "select":
-            if Int(text(1)) == pool.config.redisDatabase {
+            // (A canonical integer, as Redis reads it: `+0` and `00` are not database 0.)
+            let database = arguments.withArgument(1, in: frame) { RedisAuthRequest.canonicalInteger($0) }
+            if database == pool.config.redisDatabase {
                 slot.complete(with: "+OK\r\n" as StaticString)
+            } else if database == nil || database! < 0 {
+                // Redis's errors for what no server would take (Redis commands sweep 31).
+                slot.complete(with: database == nil ? "-ERR value is not an integer or out of range\r\n" as StaticString : "-ERR DB index is out of range\r\n")
             } else {
                 slot.complete(with: "-ERR SELECT is not allowed: this pool serves database \(pool.config.redisDatabase)\r\n")
             }
@@ -74,7 +79,7 @@ extension ClientConnection {
             } else if arguments.argument(1, in: frame, equals: "kill"), count == 2 {
                 killOnEveryServer(frame, session, slot)
             } else {
-                slot.complete(with: "-ERR unsupported command 'script \(sanitizedWord(text(1)))'\r\n")
+                refuseSubcommand("script", arguments, frame, slot)
             }
         case "keys":
             // Every server's keys (each key lives on one).
@@ -93,7 +98,7 @@ extension ClientConnection {
             } else if arguments.argument(1, in: frame, equals: "kill"), count == 2 {
                 killOnEveryServer(frame, session, slot)
             } else {
-                slot.complete(with: "-ERR unsupported command 'function \(sanitizedWord(text(1)))'\r\n")
+                refuseSubcommand("function", arguments, frame, slot)
             }
         case "cluster":
             cluster(arguments, frame, slot)
@@ -103,7 +108,7 @@ extension ClientConnection {
                 slot.data.appendBulk(session.user?.name ?? "default")
                 slot.complete(with: "" as StaticString)
             } else {
-                slot.complete(with: "-ERR unsupported command 'acl \(sanitizedWord(text(1)))'\r\n")
+                refuseSubcommand("acl", arguments, frame, slot)
             }
         case "readonly", "readwrite", "asking":
             // A cluster client's connection setup: a one-node cluster has nothing to change.
@@ -168,6 +173,19 @@ extension ClientConnection {
 
     private func wrongArity(_ command: RedisCommand, _ slot: ReplySlot) {
         slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
+    }
+
+    /// A subcommand of `container` Tern does not serve: Redis's own error when Redis does not
+    /// know it either (clients probing for a feature match on it), else Tern's refusal.
+    func refuseSubcommand(_ container: String, _ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ slot: ReplySlot) {
+        arguments.withArgument(1, in: frame) { subcommand in
+            if RedisErrorText.isKnownSubcommand(container, subcommand) {
+                slot.complete(with: "-ERR unsupported command '\(container) \(sanitizedWord(String(decoding: subcommand, as: UTF8.self)))'\r\n")
+            } else {
+                RedisErrorText.unknownSubcommand(container, subcommand).withUnsafeBytes { slot.data.append($0) }
+                slot.complete(with: "" as StaticString)
+            }
+        }
     }
 
     private func sanitizedWord(_ text: String, keepingCase: Bool = false) -> String {
@@ -282,7 +300,7 @@ extension ClientConnection {
             slot.data.appendBulk(clientInfoLine(session))
             slot.complete(with: "" as StaticString)
         } else {
-            slot.complete(with: "-ERR unsupported command 'client \(sanitizedWord(arguments.argumentString(1, in: frame)))'\r\n")
+            refuseSubcommand("client", arguments, frame, slot)
         }
     }
 
@@ -373,7 +391,7 @@ extension ClientConnection {
                 for index in keys { arguments.withArgument(index, in: frame) { reply.appendBulk($0) } }
             }
         } else {
-            return slot.complete(with: "-ERR unsupported command 'command \(sanitizedWord(arguments.argumentString(1, in: frame)))'\r\n")
+            return refuseSubcommand("command", arguments, frame, slot)
         }
         slot.complete(with: "" as StaticString)
     }

@@ -331,11 +331,9 @@ extension ClientConnection {
     /// pools count an unknown command: it was counted nowhere; stats sweep 30).
     private func unknownCommand(_ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         pool.stats.clientErrorReplies.add()
-        let arguments = session.arguments
-        var text = "-ERR unknown command '\(sanitized(arguments.argumentString(0, in: frame)))', with args beginning with: "
-        for index in 1..<min(arguments.count, 8) { text += "'\(sanitized(arguments.argumentString(index, in: frame)))' " }
         session.transaction?.aborted = true
-        slot.complete(with: text + "\r\n")
+        RedisErrorText.unknownCommand(session.arguments, in: frame).withUnsafeBytes { slot.data.append($0) }
+        slot.complete(with: "" as StaticString)
     }
 
     /// The user's rules: one bit for the command, then (only for a user with key patterns)
@@ -369,12 +367,6 @@ extension ClientConnection {
             return false
         }
         return true
-    }
-
-    /// An argument quoted in an error reply: printable ASCII only, byte by byte (a Character
-    /// check would let "\r\n", one grapheme, through and split the reply in two).
-    private func sanitized(_ text: String) -> String {
-        String(decoding: text.utf8.prefix(128).map { $0 >= 0x20 && $0 < 0x7f ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
     }
 
     func firstLiveServer() -> Int? {
