@@ -615,42 +615,42 @@ extension ClientConnection {
             if isArrayReply { slot.keys.append(ReplySlot.KeyEntry(keyStart: 0, keyLength: 0, server: Int32(group))) }
             index += keysPerPart
         }
-        worker.withFragmentServers { servers in
-            for position in 0..<keys.count {
-                let server = keys[position].group
-                if server >= 0, !servers.contains(server) { servers.append(server) }
-            }
-            if servers.count == 1, !alsoToOldPool, !isArrayReply || slot.warmup == nil && !slot.hasRepeatedKeys {
-                // All keys on one server (one slot): the request goes as it is, and so does its
-                // reply (a large one becomes the client's output without a copy). A warm-up
-                // MGET keeps its positions: its misses are read from the old pool.
-                slot.keys.removeAll(keepingCapacity: true)
-                forwardRedis(frame, session, slot, to: isCluster ? pool.server(forSlot: Int(servers[0])) : Int(servers[0]))
-                return
-            }
-            var split = ReplySplit(slot, mergedBy: sink, warmupCounters: alsoToOldPool ? pool.warmupCounters : nil)
-            sendParts(servers, keys, in: pool, toOldPool: false, frame, session, &split, keysPerPart: keysPerPart)
-            if alsoToOldPool, let old = pool.old {
-                // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
-                var oldServers: [Int32] = []
-                let oldKeys = SplitKeys()
-                let deletes = WarmupDeletesInFlight(pool.warmupInvalidations)
-                slot.heldWithRequest = deletes
-                for position in 0..<keys.count {
-                    let keyIndex = Int(keys[position].argument)
-                    let server = Int32(arguments.withArgument(keyIndex, in: frame) { key in
-                        deletes.add(key)
-                        return old.server(forKey: key)?.index ?? -1
-                    })
-                    oldKeys.append(argument: keyIndex, group: server)
-                    if server >= 0, !oldServers.contains(server) { oldServers.append(server) }
-                }
-                WarmupCounters.add(pool.warmupCounters.oldDeletes, keys.count)
-                sendParts(oldServers, oldKeys, in: old, toOldPool: true, frame, session, &split, keysPerPart: keysPerPart)
-            }
-            split.close()
-            if servers.count > 1 { pool.stats.fragments.add(servers.count) }
+        let servers = keys.groups
+        if isArrayReply, isCluster, servers.count > 8, slot.warmup == nil, slot.keys.count == keys.count {
+            // Many parts to merge by position: each one's keys chained (`ReplySlot.groupHeads`).
+            for position in 0..<keys.count { slot.keys[position].nextInGroup = keys[position].next }
+            slot.groupHeads.reserveCapacity(servers.count)
+            for group in servers { slot.groupHeads.append(ReplySlot.GroupHead(group: group, head: Int32(keys.firstPosition(inGroup: group)))) }
+            slot.groupHeads.sort { $0.group < $1.group }
         }
+        if servers.count == 1, !alsoToOldPool, !isArrayReply || slot.warmup == nil && !slot.hasRepeatedKeys {
+            // All keys on one server (one slot): the request goes as it is, and so does its
+            // reply (a large one becomes the client's output without a copy). A warm-up
+            // MGET keeps its positions: its misses are read from the old pool.
+            slot.keys.removeAll(keepingCapacity: true)
+            forwardRedis(frame, session, slot, to: isCluster ? pool.server(forSlot: Int(servers[0])) : Int(servers[0]))
+            return
+        }
+        var split = ReplySplit(slot, mergedBy: sink, warmupCounters: alsoToOldPool ? pool.warmupCounters : nil)
+        sendParts(servers, keys, in: pool, toOldPool: false, frame, session, &split, keysPerPart: keysPerPart)
+        if alsoToOldPool, let old = pool.old {
+            // Warm-up DEL/UNLINK: the old pool deletes too; the reply is the larger count.
+            let oldKeys = SplitKeys()
+            let deletes = WarmupDeletesInFlight(pool.warmupInvalidations)
+            slot.heldWithRequest = deletes
+            for position in 0..<keys.count {
+                let keyIndex = Int(keys[position].argument)
+                let server = Int32(arguments.withArgument(keyIndex, in: frame) { key in
+                    deletes.add(key)
+                    return old.server(forKey: key)?.index ?? -1
+                })
+                oldKeys.append(argument: keyIndex, group: server)
+            }
+            WarmupCounters.add(pool.warmupCounters.oldDeletes, keys.count)
+            sendParts(oldKeys.groups, oldKeys, in: old, toOldPool: true, frame, session, &split, keysPerPart: keysPerPart)
+        }
+        split.close()
+        if servers.count > 1 { pool.stats.fragments.add(servers.count) }
     }
 
     /// One request per group (server, or hash slot in a cluster pool) with the keys (and
@@ -659,15 +659,15 @@ extension ClientConnection {
                            _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ split: inout ReplySplit, keysPerPart: Int) {
         let arguments = session.arguments
         SplitRoute(target, isOldPool: toOldPool).send(servers, &split, client: index, framing: .line) { server, output in
-            var count = 0
-            for position in 0..<keys.count where keys[position].group == server { count += 1 }
-            RespEncoder.arrayHeader(1 + count * keysPerPart, into: output)
+            RespEncoder.arrayHeader(1 + keys.count(inGroup: server) * keysPerPart, into: output)
+            // The group's keys, along their chain (`SplitKeys`).
+            var position = keys.firstPosition(inGroup: server)
             if !arguments.isInline {
                 // The command name and the group's keys (and values) as the client sent them:
                 // arguments next to each other in the request go as one copy.
                 var runStart = arguments.encodedStart(0)
                 var runEnd = arguments.encodedEnd(0)
-                for position in 0..<keys.count where keys[position].group == server {
+                while position >= 0 {
                     let keyIndex = Int(keys[position].argument)
                     let start = arguments.encodedStart(keyIndex)
                     let end = arguments.encodedEnd(keyIndex + keysPerPart - 1)
@@ -676,16 +676,18 @@ extension ClientConnection {
                         runStart = start
                     }
                     runEnd = end
+                    position = Int(keys[position].next)
                 }
                 output.append(UnsafeRawBufferPointer(rebasing: frame[runStart..<runEnd]))
                 return
             }
             arguments.withArgument(0, in: frame) { RespEncoder.bulk($0, into: output) }
-            for position in 0..<keys.count where keys[position].group == server {
+            while position >= 0 {
                 let keyIndex = Int(keys[position].argument)
                 for offset in 0..<keysPerPart {
                     arguments.withArgument(keyIndex + offset, in: frame) { RespEncoder.bulk($0, into: output) }
                 }
+                position = Int(keys[position].next)
             }
         }
     }

@@ -144,6 +144,18 @@ struct RespArrayByPosition {
         }
         // A large reply is kept whole where it arrived; small ones have their elements copied.
         let kept = reply.count >= ReplySlot.keptReply ? slot.keep(reply) : nil
+        if !slot.groupHeads.isEmpty {
+            // Many parts: this part's keys along their chain.
+            var position = slot.firstKey(ofGroup: part) ?? -1
+            RespReplyParser.forEachElement(reply) { range in
+                guard position >= 0 else { return }
+                slot.placeRecord(position, range, of: reply, kept: kept)
+                let repeats = slot.keys[position].repeats
+                if repeats > 0 { slot.repeatedBytes += Int(repeats) * range.count }
+                position = Int(slot.keys[position].nextInGroup)
+            }
+            return
+        }
         var cursor = 0
         RespReplyParser.forEachElement(reply) { range in
             while cursor < slot.keys.count, slot.keys[cursor].server != part { cursor += 1 }
