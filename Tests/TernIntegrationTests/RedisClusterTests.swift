@@ -1099,6 +1099,18 @@ final class RedisClusterTests: XCTestCase {
             XCTAssertEqual(try client.call("BLPOP", "{\(tag)}:q", "0.2"), "-ERR Connection refused\r\n", "round \(round)")
             XCTAssertLessThan(Date().timeIntervalSince(started), 4, "round \(round)")
         }
+        // Requests never sent are forward errors, not redirects given up (none was redirected:
+        // counted as given up, a lost shard read as a redirect storm and the error-ratio alert
+        // stayed silent; cluster sweep 31).
+        func figure(_ section: String, _ name: String) throws -> Int {
+            let text = try TestClient(port: port).call("INFO", section)
+            return Int(text.split(separator: "\r\n").first { $0.hasPrefix(name + ":") }?.dropFirst(name.count + 1) ?? "") ?? -1
+        }
+        let errorsBefore = try figure("stats", "forward_error")
+        for _ in 0..<3 { XCTAssertEqual(try client.call("GET", "{\(tag)}:k"), "-ERR Connection refused\r\n") }
+        XCTAssertEqual(try figure("stats", "forward_error") - errorsBefore, 3)
+        XCTAssertGreaterThanOrEqual(errorsBefore, 8, "the transactions' and blocking commands' too")
+        XCTAssertEqual(try figure("cluster", "cluster_redirects_given_up"), 0)
     }
 
     /// Every seed down at start: Tern starts, answers -CLUSTERDOWN (PING still answered) and

@@ -159,7 +159,11 @@ extension PoolRuntime {
         parkSequence += 1
         let sequence = parkSequence
         func attempt(_ due: Int?) {
-            guard due != nil, !isRetired, deadline > worker.now else { return giveUp() }
+            guard due != nil, !isRetired, deadline > worker.now else {
+                // (Never sent: a forward error, as for a plain request; see `giveUp`.)
+                stats.forwardErrors.add()
+                return giveUp()
+            }
             if let target = unsentTarget(node: node, isKeyed: true, clientIndex: clientIndex) {
                 send(target)
             } else {
@@ -181,8 +185,12 @@ extension PoolRuntime {
     }
 
     /// A redirected request that cannot go on in time: its last redirect error is the answer.
-    private func giveUp(_ request: RedirectedRequest) {
-        plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed)
+    /// One never sent (`unsent`: its node refused connections, a master down) is a forward
+    /// error, not a redirect given up: counted as one, a cluster pool that had lost a shard
+    /// showed a redirect storm that never happened, and the error-ratio alert stayed silent
+    /// (cluster sweep 31).
+    private func giveUp(_ request: RedirectedRequest, unsent: Bool = false) {
+        if unsent { stats.forwardErrors.add() } else { plan.shared.cluster.redirectsGivenUp.add(1, ordering: .relaxed) }
         request.error.withUnsafeBytes { _ = request.slot.deliver(part: request.part, reply: $0, isError: true) }
     }
 
@@ -246,7 +254,7 @@ extension PoolRuntime {
                     continue
                 }
                 if entry.waitUntil <= worker.now {
-                    actions.append((entry.sequence, { self.giveUp(request) }))
+                    actions.append((entry.sequence, { self.giveUp(request, unsent: entry.isUnsent) }))
                     continue
                 }
                 let named = serverIndex(named: entry.redirect.target)
@@ -303,7 +311,7 @@ extension PoolRuntime {
                 if !all, entry.waitUntil > now, let retryAt = entry.retryAt, retryAt <= now, let server = serverIndex(named: entry.redirect.target) {
                     actions.append((entry.sequence, { self.resend(request, toServer: server, asking: entry.redirect.isAsk) }))
                 } else if all || entry.waitUntil <= now || entry.retryAt.map({ $0 <= now }) == true {
-                    actions.append((entry.sequence, { self.giveUp(request) }))
+                    actions.append((entry.sequence, { self.giveUp(request, unsent: entry.isUnsent) }))
                 } else {
                     waiting.append(entry)
                 }
