@@ -318,6 +318,13 @@ extension PoolRuntime {
             }
         }
         run(actions)
+        // While requests wait for the cluster to settle (a node down, a node no map has yet),
+        // the map is asked for at every pass of this timer, at most every 200 ms: one refresh
+        // after the first -MOVED could read a node that had not heard of the promotion yet,
+        // and the waiting requests then waited for the periodic refresh (10 s) or their
+        // timeout; after a master died, the map came with the workers' reconnect backoff,
+        // seconds after the promotion (cluster sweep 31).
+        if isCluster, !waiting.isEmpty { plan.shared.cluster.requestRefresh() }
         armParkTimer()
     }
 
@@ -335,7 +342,9 @@ extension PoolRuntime {
             pool.expireParked()
         }
         parkTimer = timer
-        parkTimerAt = max(worker.now + 0.001, first)
+        // (A cluster pool's timer also asks for the map while requests wait: `expireParked`.)
+        let asksMap = isCluster && !waiting.isEmpty
+        parkTimerAt = max(worker.now + 0.001, asksMap ? min(first, worker.now + RefreshClock.minimumInterval) : first)
         timer.start(after: parkTimerAt - worker.now)
     }
 
