@@ -182,6 +182,34 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(errors.count, 0, "the innocent client saw only its own replies: \(errors.prefix(3))")
     }
 
+    /// A command blocked on a master that a graceful `CLUSTER FAILOVER` turns into a replica is
+    /// answered `-UNBLOCKED … (master -> replica?)` by it, with nothing popped: Tern sends it
+    /// again to the slot's new master, so a queue worker's `BLPOP … 0` outlives a planned
+    /// failover (it got the error; cluster sweep 31, fails on b7ab9ae).
+    func testBlockedCommandOutlivesAGracefulFailover() throws {
+        let cluster = try startCluster()
+        let port = try startTern(seeds: [cluster.ports[0]])
+        let queue = "{gf}:q"
+        let master = try cluster.owner(of: Self.slot(queue))
+        let nodes = try cluster.nodes(askingAt: master)
+        let masterID = nodes.first { $0.port == master }!.id
+        let replica = nodes.first { $0.master == masterID }!.port
+        let waiter = try TestClient(port: port, timeout: 15), pusher = try TestClient(port: port, timeout: 10)
+        try waiter.send(TestClient.encode(["BLPOP", queue, "0"]))
+        _ = try eventually("blocked") { try cluster.call(master, "INFO", "clients").contains("blocked_clients:1\r\n") ? "blocked" : "not yet" }
+        XCTAssertEqual(try cluster.call(replica, "CLUSTER", "FAILOVER"), "+OK\r\n")
+        let promoted = try eventually("moved", within: 10) {
+            try cluster.call(master, "LLEN", queue).hasPrefix("-MOVED") ? "moved" : "serving"
+        }
+        XCTAssertEqual(promoted, "moved")
+        // Blocked again on the new master before the push.
+        let reblocked = try eventually("blocked") { try cluster.call(replica, "INFO", "clients").contains("blocked_clients:1\r\n") ? "blocked" : "not yet" }
+        XCTAssertEqual(reblocked, "blocked")
+        XCTAssertEqual(try pusher.call("LPUSH", queue, "job"), ":1\r\n")
+        XCTAssertEqual(String(decoding: try waiter.receiveReplies(1), as: UTF8.self), "*2\r\n$\(queue.utf8.count)\r\n\(queue)\r\n$3\r\njob\r\n")
+        XCTAssertEqual(try cluster.call(replica, "LLEN", queue), ":0\r\n", "popped once")
+    }
+
     func info(_ port: Int, _ field: String) throws -> Int {
         let text = try TestClient(port: port).call("INFO", "cluster")
         guard let line = text.split(separator: "\r\n").first(where: { $0.hasPrefix(field + ":") }),

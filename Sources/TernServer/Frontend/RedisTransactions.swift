@@ -817,11 +817,34 @@ final class ClusterBlocking: PhasedRead {
     override func deliver(_ slot: ReplySlot, part: Int32, reply: UnsafeRawBufferPointer, isError: Bool) {
         slot.holdReply(reply, isError: isError)
         redirect = isError ? ClusterRedirect.parse(reply) : nil
+        isUnblocked = isError && redirect == nil && reply.starts(with: Self.demoted.utf8)
     }
 
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
         slot.holdFailure(reason, serverFailure: serverFailure)
         redirect = nil
+        isUnblocked = false
+    }
+
+    /// What a master that becomes a replica (a graceful `CLUSTER FAILOVER`) answers the commands
+    /// blocked on it. Nothing was popped: the command goes again to the slot's master, as after
+    /// a -MOVED (the node, a replica now, answers -MOVED if Tern's map is older than the
+    /// failover). The client got the error before (cluster sweep 31).
+    private static let demoted = "-UNBLOCKED force unblock from blocking operation, instance state changed"
+    private var isUnblocked = false
+
+    /// The hash slot of the command's keys (a blocking command's keys share one).
+    private func keySlot() -> Int? {
+        let arguments = RespArguments()
+        return request.withUnsafeBytes { frame -> Int? in
+            guard case .request = RespRequestParser.parse(frame, limits: RespLimits(), into: arguments), arguments.count > 1,
+                  let command = arguments.withArgument(0, in: frame, { RedisCommandTable.lookup($0) }) else { return nil }
+            var first: Int?
+            RedisKeyPositions.forEachKey(command, arguments, in: frame) { index in
+                if first == nil { first = index }
+            }
+            return first.map { index in arguments.withArgument(index, in: frame) { hashSlot($0) } }
+        }
     }
 
     /// The node's dedicated connection failed before the command was sent (a master failing
@@ -844,6 +867,7 @@ final class ClusterBlocking: PhasedRead {
     }
 
     override func advance(_ slot: ReplySlot) -> Bool {
+        if isUnblocked { return sendAgainAfterDemotion(slot) }
         // A client whose input ended (`closeWhenDrained`; `endBlockedCommands` may be
         // delivering this reply) gets the error: nothing is blocked again for it.
         guard let redirect, redirects < ClusterState.maxRedirects, let client = slot.client as? ClientConnection,
@@ -880,6 +904,22 @@ final class ClusterBlocking: PhasedRead {
                 send(slot, client, to: server, asking: redirect.isAsk)
             }
         }
+        return split.closePhase()
+    }
+
+    /// After `-UNBLOCKED` from a master turned replica: the command again, to the slot's master
+    /// in the map (a new map is asked for), within the redirects' budget.
+    private func sendAgainAfterDemotion(_ slot: ReplySlot) -> Bool {
+        isUnblocked = false
+        guard redirects < ClusterState.maxRedirects, let client = slot.client as? ClientConnection, !client.isClosed, !client.closeWhenDrained,
+              client.pool.isCluster, let keySlot = keySlot(), let target = client.pool.server(forSlot: keySlot) else { return false }
+        redirects += 1
+        client.pool.plan.shared.cluster.requestRefresh()
+        slot.data.removeAll()
+        slot.hasError = false
+        var split = ReplySplit(nextPhaseOf: slot)
+        _ = split.server(ReplyPart.whole)
+        send(slot, client, to: target, asking: false)
         return split.closePhase()
     }
 
