@@ -586,7 +586,7 @@ public enum MemcacheRequestParser {
             let length = dataLength(bytes, tokens[start: 3], tokens[end: 3])
             let wellFormed = length != nil && flagsNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil
                 && signedNumber(bytes, tokens[start: 2], tokens[end: 2]) != nil
-                && (command != .cas || number(bytes, tokens[start: 4], tokens[end: 4]) != nil)
+                && (command != .cas || flagsNumber(bytes, tokens[start: 4], tokens[end: 4]) != nil)
             if let rejection = key(0) {
                 // Unlike memcached, swallow the data block when the rest of the line is well
                 // formed and the block no larger than an item may be, so the client gets one
@@ -619,7 +619,9 @@ public enum MemcacheRequestParser {
         case .incr, .decr:
             guard tokens.count == 2 || tokens.count == 3 else { return wrongCount }
             if let rejection = key(0) { return .rejected(rejection, consume: lineLength, skip: 0, close: false) }
-            guard number(bytes, tokens[start: 1], tokens[end: 1]) != nil else { return refused(.invalidDelta) }
+            // (`safe_strtoull`, as flags: `+5` is 5; refused, it ran a value as a command where
+            // memcached stores it; memcached text sweep 31.)
+            guard flagsNumber(bytes, tokens[start: 1], tokens[end: 1]) != nil else { return refused(.invalidDelta) }
             guard optionalNoreply(2) else { return badLine }
             return .request(request)
         case .touch:
@@ -688,9 +690,13 @@ extension MemcacheRequestParser {
         request.keyCount = 1
         var dataLength = -1
         if command == .metaSet {
+            // The length as memcached reads a storage command's (`dataLength`: `+5`, `05`, and
+            // 2^32 + 5 as 5). Read as plain digits, `+5` was refused and the value ran as a
+            // command, and 2^31 or more swallowed up to 4 GiB of what came next (memcached text
+            // sweep 31).
             guard let lengthToken = nextToken(),
-                  let length = number(bytes, lengthToken.lowerBound, lengthToken.upperBound, maxDigits: 10) else { return badLine }
-            dataLength = Int(length)
+                  let length = Self.dataLength(bytes, lengthToken.lowerBound, lengthToken.upperBound) else { return badLine }
+            dataLength = length
         }
         // The key token's own length counts, base64 or not: memcached checks it before decoding,
         // and before counting the flags.

@@ -147,7 +147,11 @@ final class MemcacheProxyTests: XCTestCase {
                      "set k 0 0 +1\r\nx", "set k 0 0 -0\r\n", "set k 0 0 -1\r\nab", "get k", "set k 0 0 4294967301\r\nhello",
                      "get k", "set k 0 0 00000000000000000000002\r\nhi", "set k 0 0 2\t\r\nhi", "set k -0 0 1\r\nx", "verbosity -0", "get k",
                      "delete k bogus", "get k", "incr k noreply", "touch k noreply", "set k 0 0 noreply", "cas k 0 0 1 noreply",
-                     "set k 0 0 noreply\r\nx", "delete noreply", "get k"]
+                     "set k 0 0 noreply\r\nx", "delete noreply", "get k",
+                     // Numbers memcached reads with `strtoull`/`strtol` (a `+`, `-0`; a length cut
+                     // to 32 bits): refused, the value ran as a command (memcached text sweep 31).
+                     "cas k 0 0 9 +5\r\nflush_all", "cas k 0 0 1 -0\r\nz", "incr n +5", "set n 0 0 1\r\n7", "incr n +5", "decr n -0",
+                     "ms m +2\r\nhi", "ms m 4294967298 T0\r\nhi", "ms m 2147483648\r\nhi", "mg m v", "get k"]
             + ["delete \(long)", "incr \(long) 1", "touch \(long) 1", "mg \(long) v", "md \(long)", "ma \(long)", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
         var answers: [String] = []
