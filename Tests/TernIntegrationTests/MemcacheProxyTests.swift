@@ -151,7 +151,10 @@ final class MemcacheProxyTests: XCTestCase {
                      // Numbers memcached reads with `strtoull`/`strtol` (a `+`, `-0`; a length cut
                      // to 32 bits): refused, the value ran as a command (memcached text sweep 31).
                      "cas k 0 0 9 +5\r\nflush_all", "cas k 0 0 1 -0\r\nz", "incr n +5", "set n 0 0 1\r\n7", "incr n +5", "decr n -0",
-                     "ms m +2\r\nhi", "ms m 4294967298 T0\r\nhi", "ms m 2147483648\r\nhi", "mg m v", "get k"]
+                     "ms m +2\r\nhi", "ms m 4294967298 T0\r\nhi", "ms m 2147483648\r\nhi", "mg m v", "get k",
+                     // Spaces before the command name, which memcached skips (Tern answered ERROR
+                     // and ran the data block as a command).
+                     " set k 0 0 1\r\nx", "   get k", " ms j 1\r\ny", " mg j v", "   ", "get k"]
             + ["delete \(long)", "incr \(long) 1", "touch \(long) 1", "mg \(long) v", "md \(long)", "ma \(long)", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
         var answers: [String] = []

@@ -9,6 +9,17 @@ extension ClientConnection {
     func processMemcache(_ buffer: ByteBuffer) {
         while mayParseNext(buffer) {
             let bytes = buffer.readable
+            if bytes[0] == 0x20 {
+                // Spaces before the command name: memcached's tokenizer skips them, and the line
+                // is the command after them (Tern answered ERROR, and the data block of ` set …`
+                // ran as a command; memcached text sweep 31). Dropped here: what is forwarded is
+                // what memcached would have read. Spaces alone wait for the rest of their line.
+                var spaces = 1
+                while spaces < bytes.count, bytes[spaces] == 0x20 { spaces += 1 }
+                guard spaces < bytes.count || spaces >= pool.limits.maxLineLength else { return }
+                buffer.consume(spaces)
+                continue
+            }
             // (Two calls rather than one with the limits chosen: choosing copied the struct, 9
             // instructions per request on pools without users.)
             let parsed = pool.requiresAuth && authenticatedUser == nil ? MemcacheRequestParser.parse(bytes, limits: pool.preAuthMemcacheLimits)
