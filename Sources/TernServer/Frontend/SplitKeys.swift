@@ -26,9 +26,14 @@ final class SplitKeys {
     /// (200,000 keys over 16,384 slots: 7 s, every other client of the worker waiting; cluster
     /// sweep 31).
     private(set) var groups: [Int32] = []
-    private var heads: [Int32] = []
-    private var tails: [Int32] = []
-    private var counts: [Int32] = []
+    struct Chain {
+        var head: Int32
+        var tail: Int32
+        var count: Int32
+    }
+    /// The first `groups.count` are the request's (manually managed, as `entries`).
+    private var chains: UnsafeMutablePointer<Chain>?
+    private var chainCapacity = 0
     /// Indexed by group (a server position, or a hash slot below 16,384); grown to the largest
     /// group seen, all -1 between requests.
     private var ordinals: UnsafeMutablePointer<Int32>?
@@ -43,6 +48,7 @@ final class SplitKeys {
     deinit {
         entries?.deallocate()
         ordinals?.deallocate()
+        chains?.deallocate()
     }
 
     /// Starts a request expected to have `expected` keys: room for them is made at once (an
@@ -83,36 +89,44 @@ final class SplitKeys {
         // `growOrdinals` made `ordinals` hold `index`.
         let ordinal = ordinals.unsafelyUnwrapped[index]
         if ordinal < 0 {
-            ordinals.unsafelyUnwrapped[index] = Int32(groups.count)
+            let place = groups.count
+            if place == chainCapacity { growChains() }
+            ordinals.unsafelyUnwrapped[index] = Int32(place)
             groups.append(group)
-            heads.append(Int32(position))
-            tails.append(Int32(position))
-            counts.append(1)
+            // `growChains` made room for this one.
+            chains.unsafelyUnwrapped[place] = Chain(head: Int32(position), tail: Int32(position), count: 1)
         } else {
-            let place = Int(ordinal)
-            entries.unsafelyUnwrapped[Int(tails[place])].next = Int32(position)
-            tails[place] = Int32(position)
-            counts[place] += 1
+            let chain = chains.unsafelyUnwrapped + Int(ordinal)
+            entries.unsafelyUnwrapped[Int(chain.pointee.tail)].next = Int32(position)
+            chain.pointee.tail = Int32(position)
+            chain.pointee.count += 1
         }
     }
 
     /// The number of keys in `group` (one of `groups`).
     func count(inGroup group: Int32) -> Int {
-        Int(counts[Int(ordinals.unsafelyUnwrapped[Int(group)])])
+        Int(chains.unsafelyUnwrapped[Int(ordinals.unsafelyUnwrapped[Int(group)])].count)
     }
 
     /// The position of `group`'s first key (one of `groups`); the next ones follow `Entry.next`.
     func firstPosition(inGroup group: Int32) -> Int {
-        Int(heads[Int(ordinals.unsafelyUnwrapped[Int(group)])])
+        Int(chains.unsafelyUnwrapped[Int(ordinals.unsafelyUnwrapped[Int(group)])].head)
     }
 
     private func forgetGroups() {
         for group in groups { ordinals.unsafelyUnwrapped[Int(group)] = -1 }
-        let keeps = groups.capacity <= Self.keptCapacity
-        groups.removeAll(keepingCapacity: keeps)
-        heads.removeAll(keepingCapacity: keeps)
-        tails.removeAll(keepingCapacity: keeps)
-        counts.removeAll(keepingCapacity: keeps)
+        groups.removeAll(keepingCapacity: groups.capacity <= Self.keptCapacity)
+        // (As for `entries`: one request over thousands of slots leaves no chains behind.)
+        if chainCapacity > Self.keptCapacity {
+            chains?.deallocate()
+            chains = nil
+            chainCapacity = 0
+        }
+    }
+
+    private func growChains() {
+        chainCapacity = max(16, chainCapacity * 2)
+        chains = moved(chains, count: groups.count, toCapacity: chainCapacity)
     }
 
     private func growOrdinals(to wanted: Int) {
