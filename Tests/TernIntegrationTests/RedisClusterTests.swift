@@ -1192,6 +1192,63 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertEqual(try info(port, "cluster_masters"), 3)
     }
 
+    /// A one-node cluster serving every slot, on `port`.
+    func startSingleNodeCluster(port: Int) throws -> Cluster {
+        let process = try launchNode(port: port, bus: ProcessGroup.freePort())
+        try group.waitForPort(port)
+        let cluster = Cluster(ports: [port], processes: [process])
+        XCTAssertEqual(try cluster.call(port, "CLUSTER", "ADDSLOTSRANGE", "0", "16383"), "+OK\r\n")
+        XCTAssertEqual(try eventually("true", within: 10) { String(try cluster.call(port, "CLUSTER", "INFO").contains("cluster_state:ok")) }, "true")
+        return cluster
+    }
+
+    /// A reload that points a pool's seeds at another cluster routes there once applied: the
+    /// new seeds are asked at once, alone. Before, refreshes asked the old map's nodes first,
+    /// and the pool kept the old cluster for as long as it answered (cluster sweep 31). When no
+    /// new seed answers, the old map serves until one does.
+    func testReloadWithNewSeedsFollowsTheNewCluster() throws {
+        let first = try startSingleNodeCluster(port: ProcessGroup.freePort())
+        let second = try startSingleNodeCluster(port: ProcessGroup.freePort())
+        let port = try startTern(seeds: first.ports)
+        let path = try XCTUnwrap(tern?.arguments?[1])
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.call("SET", "k", "first"), "+OK\r\n")
+        XCTAssertEqual(try first.call(first.ports[0], "GET", "k"), "$5\r\nfirst\r\n")
+
+        func reload(to seeds: [Int], expecting line: String) throws {
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            let head = text.components(separatedBy: "  servers:\n")[0]
+            try (head + "  servers:\n" + seeds.map { "   - 127.0.0.1:\($0):1\n" }.joined()).write(toFile: path, atomically: true, encoding: .utf8)
+            let applied = group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count
+            kill(tern!.processIdentifier, SIGHUP)
+            XCTAssertEqual(try eventually("true", within: 10) {
+                String(group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count > applied)
+            }, "true", group.ternLog())
+            XCTAssertTrue(group.ternLog().contains(line), group.ternLog())
+        }
+
+        try reload(to: second.ports, expecting: "new seeds: slot map from 127.0.0.1:\(second.ports[0])")
+        // The same client, its next requests on the new cluster, at once.
+        XCTAssertEqual(try client.call("GET", "k"), "$-1\r\n")
+        XCTAssertEqual(try client.call("SET", "k", "second"), "+OK\r\n")
+        XCTAssertEqual(try second.call(second.ports[0], "GET", "k"), "$6\r\nsecond\r\n")
+        XCTAssertEqual(try first.call(first.ports[0], "GET", "k"), "$5\r\nfirst\r\n")
+        // And after the discovery thread's next pass: no refresh goes back to the first
+        // cluster (which still answers).
+        usleep(1_500_000)
+        XCTAssertEqual(try client.call("GET", "k"), "$6\r\nsecond\r\n")
+
+        // New seeds that do not answer yet: the map of the old ones serves until one does.
+        let third = ProcessGroup.freePort()
+        try reload(to: [third], expecting: "no new seed node answered CLUSTER SLOTS")
+        XCTAssertEqual(try client.call("GET", "k"), "$6\r\nsecond\r\n")
+        let cluster = try startSingleNodeCluster(port: third)
+        XCTAssertEqual(try eventually("$-1\r\n", within: 5) { try client.call("GET", "k") }, "$-1\r\n")
+        XCTAssertEqual(try client.call("SET", "k", "third"), "+OK\r\n")
+        XCTAssertEqual(try cluster.call(third, "GET", "k"), "$5\r\nthird\r\n")
+        XCTAssertEqual(try second.call(second.ports[0], "GET", "k"), "$6\r\nsecond\r\n")
+    }
+
     /// `redis-cli --cluster reshard` moves 200 slots from one master to another while three
     /// clients write and read keys of those slots (single keys, and MSET/MGET over several
     /// slots) through Tern: no client sees an error or a wrong value, and Tern's map ends with

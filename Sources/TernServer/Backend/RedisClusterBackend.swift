@@ -158,16 +158,24 @@ final class ClusterDiscovery: Sendable {
         var clock = RefreshClock()
         var lastFailed: [String: Bool] = [:]
         var unlistedAnswers = UnlistedNodes()
+        // The seeds each pool's map was last found under. A reload that changes them (the
+        // operator points the pool at another cluster) makes the pool ask its new seeds alone,
+        // every second, until one answers: asking the old map's nodes first would keep the
+        // old cluster for as long as it answers.
+        var mapSeeds: [String: [ClusterNode]] = [:]
         while true {
             let now = RedisProbe.now()
             for job in jobs.withLock({ $0 }) {
+                if mapSeeds[job.pool] == nil { mapSeeds[job.pool] = job.seeds }
+                let reseeded = mapSeeds[job.pool] != job.seeds
                 let noMap = known.withLock { $0[job.pool] } == nil
-                let period = noMap || lastFailed[job.pool] == true ? 1 : Self.period
+                let period = noMap || reseeded || lastFailed[job.pool] == true ? 1 : Self.period
                 guard clock.isDue(job.pool, now: now, requested: job.state.refreshRequested, period: period) else { continue }
                 let previous = known.withLock { $0[job.pool] }
                 let wanted = job.state.wantedNodes.withLock { $0 }
-                switch Self.discover(seeds: job.seeds, previous: previous, password: job.password, tls: job.tls, wanted: wanted) {
+                switch Self.discover(seeds: job.seeds, previous: reseeded ? nil : previous, password: job.password, tls: job.tls, wanted: wanted) {
                 case let .success((map, _, found)):
+                    mapSeeds[job.pool] = job.seeds
                     var settled = found.settled
                     if let unlisted = found.unlisted { settled.formUnion(unlistedAnswers.record(unlisted, pool: job.pool, now: now)) }
                     if !settled.isEmpty { job.state.wantedNodes.withLock { $0.subtract(settled) } }
@@ -176,8 +184,13 @@ final class ClusterDiscovery: Sendable {
                     job.state.refreshedAt.store(Int(time(nil)), ordering: .relaxed)
                     job.state.lastError.withLock { $0 = "" }
                     if map != previous {
-                        known.withLock { $0[job.pool] = map }
-                        job.state.discovered.withLock { $0 = map }
+                        // Under the jobs' lock: a map asked with seeds a reload has since replaced
+                        // is not offered (the main thread drops what was offered before that).
+                        jobs.withLock { current in
+                            guard current.contains(where: { $0.pool == job.pool && $0.seeds == job.seeds }) else { return }
+                            known.withLock { $0[job.pool] = map }
+                            job.state.discovered.withLock { $0 = map }
+                        }
                     }
                 case let .failure(error):
                     lastFailed[job.pool] = true

@@ -569,10 +569,13 @@ public final class TernServer {
     /// when they cannot be made, changing nothing.
     @discardableResult
     private func apply(_ newConfig: TernConfig, reason: String) -> Bool {
+        let mapsBefore = clusterMaps
+        let reseeded = discoverReseededClusters(newConfig)
         let newPlans: [PoolPlan]
         do {
             newPlans = try makePlans(for: routed(newConfig), previous: plans)
         } catch {
+            clusterMaps = mapsBefore
             logger.error("reload (\(reason)) rejected, keeping the current config: \(error)")
             return false
         }
@@ -595,8 +598,48 @@ public final class TernServer {
         activeConfigText.value.withLock { $0 = ConfigRenderer.yaml(newConfig) }
         lastResolution = Int(time(nil))
         updateDiscoveryJobs()
+        for plan in newPlans where reseeded.contains(plan.config.name) {
+            // A map of the old seeds offered before the thread saw the new ones.
+            plan.shared.cluster.discovered.withLock { $0 = nil }
+            if let map = clusterMaps[plan.config.name] { plan.shared.cluster.applied(map) }
+        }
         logger.notice("reload (\(reason)) applied: \(newConfig.pools.count) pools")
         return true
+    }
+
+    /// The `redis_cluster` pools of `newConfig` that are new or whose seeds changed: their map
+    /// is asked of the seeds alone, now, as at start-up, so that a reload that points a pool at
+    /// another cluster routes to it once applied (refreshes ask the known map's nodes first,
+    /// and would keep the old cluster for as long as it answers). When no new seed answers, a
+    /// reseeded pool keeps the map it has and the discovery thread asks the new seeds every
+    /// second; a new pool answers -CLUSTERDOWN until one does. Returns the pools whose map was
+    /// found here. Blocking (1 s to connect and 1 s to answer per seed), on the main thread.
+    private func discoverReseededClusters(_ newConfig: TernConfig) -> Set<String> {
+        var found: Set<String> = []
+        for pool in newConfig.pools where pool.distribution == .redisCluster {
+            let seeds = ClusterDiscovery.seeds(pool)
+            let before = config.pools.first { $0.name == pool.name && $0.distribution == .redisCluster }
+            guard before.map({ ClusterDiscovery.seeds($0) != seeds }) ?? true else { continue }
+            var tls: TLSContext?
+            if let settings = pool.serverTLS {
+                // A TLS setup that fails is reported by `makePlans`, which refuses the reload.
+                guard let context = try? TLSContext.backend(settings, pool: pool.name) else { continue }
+                tls = context
+            }
+            switch ClusterDiscovery.discover(seeds: seeds, previous: nil, password: pool.redisAuth, tls: tls) {
+            case let .success((map, node, _)):
+                clusterMaps[pool.name] = map
+                found.insert(pool.name)
+                logger.notice("pool \(pool.name): \(before == nil ? "new pool" : "new seeds"): slot map from \(node): \(map.masters.count) masters, \(map.nodeCount) nodes, \(map.assignedSlots) slots served")
+            case let .failure(error):
+                if before == nil {
+                    logger.warning("pool \(pool.name): no seed node answered CLUSTER SLOTS (\(error.text)); answering -CLUSTERDOWN and retrying every second")
+                } else {
+                    logger.warning("pool \(pool.name): no new seed node answered CLUSTER SLOTS (\(error.text)); keeping the map of the old seeds until one does, asking every second")
+                }
+            }
+        }
+        return found
     }
 
     /// SIGTERM/SIGINT: stop accepting at once, let in-flight requests finish (at most
