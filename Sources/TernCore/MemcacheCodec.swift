@@ -123,6 +123,10 @@ public enum MemcacheRejection: Sendable, Equatable {
     case deleteUsage
     /// `gat <exptime>` with no key: memcached answers an empty result.
     case noKeys
+    /// An `mg` or `ms` `b` key that is not base64 (`md` and `ma` say `invalidFlag`, `me`
+    /// `badFormat`, as memcached 1.6 does).
+    case badBase64Key
+    case invalidFlag
 
     public var reply: StaticString {
         switch self {
@@ -140,6 +144,8 @@ public enum MemcacheRejection: Sendable, Equatable {
         case .invalidExptime: return "CLIENT_ERROR invalid exptime argument\r\n"
         case .deleteUsage: return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
         case .noKeys: return "END\r\n"
+        case .badBase64Key: return "CLIENT_ERROR error decoding key\r\n"
+        case .invalidFlag: return "CLIENT_ERROR invalid or duplicate flag\r\n"
         }
     }
 }
@@ -728,7 +734,9 @@ extension MemcacheRequestParser {
         if request.isBase64Key {
             guard let decodedLength = Base64.decodedLength(UnsafeRawBufferPointer(rebasing: bytes[key])),
                   decodedLength > 0 else {
-                return .rejected(.badFormat, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
+                let rejection: MemcacheRejection = command == .metaGet || command == .metaSet ? .badBase64Key
+                    : command == .metaDebug ? .badFormat : .invalidFlag
+                return .rejected(rejection, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)
             }
             if decodedLength > limits.maxKeyLength {
                 return .rejected(.keyTooLong, consume: lineLength, skip: dataLength >= 0 ? dataLength + 2 : 0, close: false)

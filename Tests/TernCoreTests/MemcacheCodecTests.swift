@@ -377,7 +377,7 @@ final class MetaProtocolTests: XCTestCase {
         XCTAssertEqual(parse("me\r\n"), .rejected(.badFormat, consume: 4, skip: 0, close: false))
         XCTAssertEqual(parse("ms k x\r\n"), .rejected(.badFormat, consume: 8, skip: 0, close: false))
         XCTAssertEqual(parse("ms k 2000000 T0\r\n"), .rejected(.objectTooLarge, consume: 17, skip: 2_000_002, close: false))
-        XCTAssertEqual(parse("mg a!b= b v\r\n"), .rejected(.badFormat, consume: 13, skip: 0, close: false))
+        XCTAssertEqual(parse("mg a!b= b v\r\n"), .rejected(.badBase64Key, consume: 13, skip: 0, close: false))
         XCTAssertEqual(parse("mz foo\r\n"), .rejected(.unknownCommand, consume: 8, skip: 0, close: false))
         guard case let .request(encoded) = parse("md Zm9v b q\r\n") else { return XCTFail() }
         XCTAssertTrue(encoded.isBase64Key)

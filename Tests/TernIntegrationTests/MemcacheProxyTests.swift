@@ -154,7 +154,9 @@ final class MemcacheProxyTests: XCTestCase {
                      "ms m +2\r\nhi", "ms m 4294967298 T0\r\nhi", "ms m 2147483648\r\nhi", "mg m v", "get k",
                      // Spaces before the command name, which memcached skips (Tern answered ERROR
                      // and ran the data block as a command).
-                     " set k 0 0 1\r\nx", "   get k", " ms j 1\r\ny", " mg j v", "   ", "get k"]
+                     " set k 0 0 1\r\nx", "   get k", " ms j 1\r\ny", " mg j v", "   ", "get k",
+                     // Undecodable base64 keys: memcached's text differs by command.
+                     "mg !!! b", "ms YQ 1 b\r\nx", "mg a b v", "md a b q", "ma !!! b", "me !!! b", "mg = b", "md == b", "get k"]
             + ["delete \(long)", "incr \(long) 1", "touch \(long) 1", "mg \(long) v", "md \(long)", "ma \(long)", "get k"]
         let pipeline = Array((cases.map { $0 + "\r\n" }.joined() + "mn\r\n").utf8)
         var answers: [String] = []
