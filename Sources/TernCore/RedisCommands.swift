@@ -619,6 +619,17 @@ public enum RedisKeyPositions {
         guard command.acceptsArgumentCount(arguments.count - 2) else { return .failure(.invalidArgumentCount) }
         let inner = arguments.dropping(first: 2)
         var keys: [Int] = []
+        if command.isNamed("georadius") || command.isNamed("georadiusbymember") {
+            // Redis answers by the key specs: the key, then the argument after the first STORE
+            // and after the first STOREDIST, both (routing takes the one that has effect).
+            keys.append(3)
+            for keyword: StaticString in ["store", "storedist"] {
+                var index = command.isNamed("georadius") ? 6 : 5
+                while index + 1 < inner.count, !inner.argument(index, in: frame, equals: keyword) { index += 1 }
+                if index + 1 < inner.count { keys.append(index + 3) }
+            }
+            return .success(keys)
+        }
         guard forEachKey(command, inner, in: frame, { keys.append($0 + 2) }) else { return .failure(.invalidArguments) }
         // EVAL and FCALL with no keys: an empty list (Redis flags them no-mandatory-keys).
         if keys.isEmpty, command.name.hasPrefix("eval") || command.name.hasPrefix("fcall") { return .success([]) }

@@ -382,7 +382,8 @@ extension ClientConnection {
             reply.appendArrayHeader(listed.count)
             for command in listed { reply.appendBulk(command.name) }
         } else if arguments.argument(1, in: frame, equals: "getkeys") {
-            guard arguments.count >= 3 else { return slot.complete(with: "-ERR wrong number of arguments for 'command|getkeys' command\r\n" as StaticString) }
+            // Redis's arity for COMMAND GETKEYS is -4: a command with no argument is an arity error.
+            guard arguments.count >= 4 else { return slot.complete(with: "-ERR wrong number of arguments for 'command|getkeys' command\r\n" as StaticString) }
             // Cluster clients (redis-py RedisCluster) ask it for commands with movable keys.
             switch RedisKeyPositions.getKeys(arguments, in: frame) {
             case let .failure(error): return slot.complete(with: error.reply)
