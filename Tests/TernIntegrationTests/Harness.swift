@@ -244,6 +244,21 @@ struct RedisServer {
         defer { client.close() }
         return try client.call(arguments)
     }
+
+    /// Waits (at most `seconds`) until this server has `count` blocked clients: a blocking
+    /// command sent through Tern has reached it. A fixed sleep could be too short under a
+    /// sanitizer on a loaded machine.
+    func waitForBlockedClients(_ count: Int, within seconds: Double = 5, file: StaticString = #filePath, line: UInt = #line) {
+        let wanted = "blocked_clients:\(count)\r\n"
+        let deadline = Date().addingTimeInterval(seconds)
+        var last = ""
+        while Date() < deadline {
+            last = (try? call("INFO", "clients")) ?? ""
+            if last.contains(wanted) { return }
+            usleep(20_000)
+        }
+        XCTFail("\(address): not \(wanted) within \(seconds) s: \(last)", file: file, line: line)
+    }
 }
 
 /// Stops `process` with SIGSTOP and returns once every one of its threads is stopped. The

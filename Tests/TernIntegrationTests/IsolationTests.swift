@@ -438,9 +438,10 @@ final class IsolationTests: XCTestCase {
         // Pipelined: the BLPOP is in flight when the large reply leaves.
         try client.send(TestClient.encode(["GET", "big"]) + TestClient.encode(["BLPOP", "jobs", "0"]))
         XCTAssertEqual(String(decoding: try client.receiveReplies(1), as: UTF8.self), "$\(value.utf8.count)\r\n\(value)\r\n")
-        usleep(300_000)
+        redis.waitForBlockedClients(1)
         client.close()
-        usleep(500_000)
+        // Tern gives the blocked connection up once it sees the client leave.
+        redis.waitForBlockedClients(0)
         let other = try TestClient(port: tern.port)
         XCTAssertEqual(try other.call("LPUSH", "jobs", "job"), ":1\r\n")
         usleep(300_000)

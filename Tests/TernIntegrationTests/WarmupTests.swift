@@ -995,12 +995,24 @@ final class WarmupTests: XCTestCase {
         try group.waitForPort(port)
         let bystander = try TestClient(port: other)
         XCTAssertEqual(try bystander.request("set keep:0 0 0 2\r\nk0\r\n", until: "\r\n"), "STORED\r\n")
+        // Reloads are waited for in the log (each logs "reload (SIGHUP) applied" once done).
+        func reload() {
+            let applied = group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count
+            kill(tern.processIdentifier, SIGHUP)
+            let deadline = Date().addingTimeInterval(10)
+            while group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count == applied, Date() < deadline { usleep(20_000) }
+        }
+        // The new server's misses, to see that the readers' requests were routed there.
+        func newMisses() -> Int {
+            let text = (try? direct(new, "stats\r\n", until: "END\r\n")) ?? ""
+            return text.split(separator: "\r\n").first { $0.hasPrefix("STAT get_misses ") }.flatMap { Int($0.split(separator: " ")[2]) } ?? -1
+        }
         for (round, next) in [(1, warm + keep), (2, keep), (3, keep)] {
             if round > 1 {
                 try withWarmup.write(toFile: path, atomically: true, encoding: .utf8)
-                kill(tern.processIdentifier, SIGHUP)
-                usleep(600_000)
+                reload()
             }
+            let missesBefore = newMisses()
             let keys = (0..<8).map { "old:\(round):\($0)" }
             for key in keys {
                 XCTAssertEqual(try direct(old, "set \(key) \(round) 0 \(key.utf8.count)\r\n\(key)\r\n"), "STORED\r\n")
@@ -1017,11 +1029,13 @@ final class WarmupTests: XCTestCase {
                 try reader.send(request)
                 readers.append((reader, expected, index % 2 == 0 ? "\r\n\(a)\r\n" : "END\r\n"))
             }
-            usleep(300_000)
+            // Every reader's first request has missed on the new server (3 keys for a get, 1
+            // for an mg), so each waits for the paused old one when the reload comes.
+            let deadline = Date().addingTimeInterval(10)
+            while newMisses() < missesBefore + 12 * 3 + 12, Date() < deadline { usleep(20_000) }
             XCTAssertEqual(try bystander.request("get keep:0\r\n", until: "END\r\n"), "VALUE keep:0 0 2\r\nk0\r\nEND\r\n", "round \(round): before the reload")
             try next.write(toFile: path, atomically: true, encoding: .utf8)
-            kill(tern.processIdentifier, SIGHUP)
-            usleep(500_000)
+            reload()
             XCTAssertEqual(try bystander.request("set keep:\(round) 0 0 1\r\n\(round)\r\nget keep:\(round)\r\n", until: "END\r\n"),
                            "STORED\r\nVALUE keep:\(round) 0 1\r\n\(round)\r\nEND\r\n", "round \(round): during the reload")
             old.resume()
