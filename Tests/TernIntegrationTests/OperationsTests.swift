@@ -26,6 +26,28 @@ final class OperationsTests: XCTestCase {
         return process
     }
 
+    /// The requests sent to pool `pool`'s servers and not answered yet (nutcracker's
+    /// `out_queue`, summed), from the stats port; -1 when it cannot be read.
+    func outQueue(statsPort: Int, pool: String) -> Int {
+        guard let client = try? TestClient(port: statsPort),
+              let json = try? JSONSerialization.jsonObject(with: Data(client.drain(for: 2).bytes)) as? [String: Any],
+              let servers = json[pool] as? [String: Any] else { return -1 }
+        return servers.values.compactMap { ($0 as? [String: Any])?["out_queue"] as? Int }.reduce(0, +)
+    }
+
+    /// Waits (at most 10 s) until `count` requests are in flight to pool `pool`'s servers: what
+    /// a client sent has been read and forwarded.
+    func waitForOutQueue(statsPort: Int, pool: String, _ count: Int, file: StaticString = #filePath, line: UInt = #line) {
+        let deadline = Date().addingTimeInterval(10)
+        var last = -1
+        while Date() < deadline {
+            last = outQueue(statsPort: statsPort, pool: pool)
+            if last == count { return }
+            usleep(20_000)
+        }
+        XCTFail("out_queue \(last), not \(count)", file: file, line: line)
+    }
+
     func http(_ port: Int, _ path: String) throws -> (Int, String) {
         let client = try TestClient(port: port)
         try client.send("GET \(path) HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -151,18 +173,19 @@ final class OperationsTests: XCTestCase {
         let port = ProcessGroup.freePort()
         let path = group.directory + "/drain.yml"
         try writeConfig(path, pool("p", port: port, servers: [backend.address]))
-        let tern = try launch(path, port: port)
+        let statsPort = ProcessGroup.freePort()
+        let tern = try launch(path, port: port, statsPort: statsPort)
         let client = try TestClient(port: port)
         let idle = try TestClient(port: port)
         XCTAssertEqual(try client.request("set held 0 0 4\r\nheld\r\n", until: "\r\n"), "STORED\r\n")
         XCTAssertEqual(try idle.request("version\r\n", until: "\r\n"), "VERSION 1.6.18\r\n")
         backend.pause()
         try client.send("get held\r\n")
-        usleep(200_000)
+        waitForOutQueue(statsPort: statsPort, pool: "p", 1)
         kill(tern.processIdentifier, SIGTERM)
-        usleep(300_000)
-        // Accepting stopped at once; the idle client was closed.
-        XCTAssertThrowsError(try TestClient(port: port))
+        // Accepting stopped at once (once every worker has acknowledged the drain); the idle
+        // client was closed.
+        XCTAssertEqual(eventually("refused") { (try? TestClient(port: port)) == nil ? "refused" : "accepted" }, "refused")
         XCTAssertTrue(idle.drain(for: 1).closed)
         XCTAssertTrue(tern.isRunning, "waits for the request in flight")
         // Signals during the drain are logged and change nothing (they went unlogged).
@@ -323,7 +346,7 @@ final class OperationsTests: XCTestCase {
         b.pause()
         let waiting = try TestClient(port: port)
         try waiting.send("get stat:1\r\nget stat:2\r\nget stat:3\r\n")
-        usleep(300_000)
+        waitForOutQueue(statsPort: statsPort, pool: "p", 3)
         let queued = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(TestClient(port: statsPort).drain(for: 2).bytes)) as? [String: Any])
         let servers = try ["alpha", "beta"].map { try XCTUnwrap((queued["p"] as? [String: Any])?[$0] as? [String: Any]) }
         func total(_ field: String) -> Int { servers.reduce(0) { $0 + ($1[field] as? Int ?? -100) } }
@@ -371,7 +394,8 @@ final class OperationsTests: XCTestCase {
         let path = group.directory + "/secret.yml"
         try writeConfig(path, "r:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  redis_auth: hunter2\n  servers:\n   - \(redis.address):1\n")
         chmod(path, 0o600)
-        let tern = try launch(path, port: port, arguments: ["--admin-port", "\(adminPort)"])
+        let statsPort = ProcessGroup.freePort()
+        let tern = try launch(path, port: port, statsPort: statsPort, arguments: ["--admin-port", "\(adminPort)"])
         try group.waitForPort(adminPort)
         let (status, body) = try http(adminPort, "/config")
         XCTAssertEqual(status, 200)
@@ -382,10 +406,9 @@ final class OperationsTests: XCTestCase {
         XCTAssertEqual(try client.call("AUTH", "hunter2"), "+OK\r\n")
         redis.pause()
         try client.send(TestClient.encode(["GET", "x"]))
-        usleep(200_000)
+        waitForOutQueue(statsPort: statsPort, pool: "r", 1)
         kill(tern.processIdentifier, SIGTERM)
-        usleep(300_000)
-        XCTAssertEqual(try http(adminPort, "/readyz").0, 503)
+        XCTAssertEqual(eventually("503") { String((try? http(adminPort, "/readyz").0) ?? 0) }, "503")
         redis.resume()
         XCTAssertEqual(String(decoding: try client.receiveReplies(1), as: UTF8.self), "$-1\r\n")
         tern.waitUntilExit()
