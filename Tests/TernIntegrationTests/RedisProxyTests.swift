@@ -976,6 +976,32 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(next), 1.5, "the retry that was due, \(next.timeIntervalSince(asked)) s after the first request")
     }
 
+    /// KEYS and PUBSUB CHANNELS/NUMSUB with a server down: the refused part's error is the whole
+    /// reply, and the next reply on the connection is the next command's. Before, the live
+    /// servers' elements, arriving after the error, were written behind it, and a client read
+    /// them as the replies to its next commands: redis-py's `get` returned another key's name
+    /// (session sweep 32; fails on a84b660).
+    func testAFannedOutUnionWithAServerDownAnswersOneError() throws {
+        let live = try [group.redis(), group.redis()]
+        let deadPort = ProcessGroup.freePort(), port = ProcessGroup.freePort()
+        let text = "u:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  close_on_server_failure: false\n  servers:\n"
+            + live.map { "   - \($0.address):1\n" }.joined() + "   - 127.0.0.1:\(deadPort):1\n"
+        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        for (index, server) in live.enumerated() { XCTAssertEqual(try server.call("SET", "stray:\(index)", "v"), "+OK\r\n") }
+        let subscriber = try TestClient(port: live[0].port)
+        try subscriber.send(TestClient.encode(["SUBSCRIBE", "chan1"]))
+        _ = try subscriber.receiveReplies(1)
+        let client = try TestClient(port: port), innocent = try TestClient(port: port)
+        for command in [["KEYS", "stray:*"], ["PUBSUB", "NUMSUB", "chan1", "chan2"], ["PUBSUB", "CHANNELS"], ["PUBSUB", "SHARDNUMSUB", "chan1"]] {
+            try client.send(TestClient.encode(command) + TestClient.encode(["PING"]))
+            let reply = String(decoding: try client.receiveReplies(2), as: UTF8.self)
+            XCTAssertEqual(reply, "-ERR Connection refused\r\n+PONG\r\n", command.joined(separator: " "))
+            XCTAssertEqual(client.drain(for: 0.2).bytes, [], "nothing after the PING's reply")
+            XCTAssertEqual(try innocent.call("ECHO", "innocent"), "$8\r\ninnocent\r\n")
+        }
+        XCTAssertEqual(try client.call("ECHO", "next"), "$4\r\nnext\r\n")
+    }
+
     /// Connections opened for one client (a blocking command, a WATCH, a subscription) back off
     /// with the server's shared connections while it refuses connects: 100 `BLPOP`s, `WATCH`es
     /// and `SUBSCRIBE`s each on a server that is down make a handful of connect attempts, not one

@@ -256,6 +256,12 @@ struct RespUnion {
     var keepsRepeats = false
 
     func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
+        // An earlier part's error is the answer: later elements are not kept (they were
+        // appended behind the error line and sent after it, and the entries of those kept
+        // before it point past the bytes the error left; a server down made KEYS answer the
+        // error and then the other servers' keys, which the client read as the replies to its
+        // next commands: session sweep 32).
+        guard !slot.hasError else { return }
         guard RespReply.type(ofFramed: reply) == .array else { return slot.recordError(reply) }
         if keepsRepeats {
             RespReplyParser.forEachElement(reply) { slot.store(UnsafeRawBufferPointer(rebasing: reply[$0])) }
@@ -336,6 +342,8 @@ struct ScanCursor {
 /// its count is the largest any server gives, so each is counted once.
 struct RespPairSum {
     func take(_ reply: UnsafeRawBufferPointer, into slot: ReplySlot) {
+        // An earlier part's error is the answer (see `RespUnion.take`).
+        guard !slot.hasError else { return }
         guard RespReply.type(ofFramed: reply) == .array else { return slot.recordError(reply) }
         var position = 0
         var onEveryServer = false
