@@ -207,6 +207,21 @@ final class MemcacheBinaryTests: XCTestCase {
         let (bytes, closed) = lost.drain(for: 2)
         XCTAssertEqual(responses(bytes), ["op=10 status=0 opaque=12 key= value="])
         XCTAssertTrue(closed)
+        // The same after the first packet's reply was read: nothing else to write (before, the
+        // connection stayed open, was never read again, and a worker spun on it; binary sweep
+        // 32), also with more bytes coming.
+        for trailing in [[], [UInt8](repeating: 0x41, count: 100)] {
+            let late = try TestClient(port: tern.port)
+            try late.send(packet(0x0a, opaque: 13))
+            XCTAssertEqual(read(late, 1), ["op=10 status=0 opaque=13 key= value="])
+            var bad = packet(0x0a, opaque: 14)
+            bad[0] = 0x81
+            try late.send(bad)
+            try? late.send(trailing)
+            let (after, ended) = late.drain(for: 2)
+            XCTAssertEqual(after, [])
+            XCTAssertTrue(ended, "closed at once")
+        }
         // The bystander was never disturbed.
         try bystander.send(packet(0x00, key: "b", opaque: 2))
         XCTAssertEqual(read(bystander, 2), ["op=1 status=0 opaque=1 key= value=", "op=0 status=0 opaque=2 key= value=safe"])

@@ -20,9 +20,17 @@ extension ClientConnection {
             case .incomplete:
                 return
             case .invalid:
-                // Not a request packet: framing is lost. Earlier replies leave, then the close.
+                // Not a request packet: framing is lost. Earlier replies leave, then the close:
+                // a silent slot, as a QuitQ has, whose turn closes the connection. Without one,
+                // a bad packet after every reply had left set nothing to flush: the connection
+                // was never closed nor read again, and with bytes still arriving its read
+                // watcher fired on every loop pass (binary sweep 32: a worker at 100 % CPU and a
+                // descriptor kept per such client).
                 pool.stats.clientErrorReplies.add()
                 buffer.consume(buffer.readableCount)
+                let slot = newSlot()
+                slot.isSilent = true
+                slot.complete(with: "" as StaticString)
                 closeWhenDrained = true
             case let .rejected(request, status, consume, skip):
                 pool.stats.clientErrorReplies.add()
