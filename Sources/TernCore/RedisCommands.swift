@@ -127,6 +127,9 @@ public struct RedisCommand: Sendable {
         switch routing {
         case .keyed, .mget, .mset, .sum, .firstServer, .blocking: return true
         case .local: return isNamed("ping") || isNamed("echo")
+        // Queued as Redis queues it (it checks nothing at EXEC, which has checked the WATCH
+        // first; EXEC's array carries its +OK).
+        case .session: return isNamed("unwatch")
         default: return false
         }
     }

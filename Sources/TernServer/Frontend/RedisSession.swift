@@ -273,7 +273,9 @@ extension ClientConnection {
             slot.complete(with: "-CLUSTERDOWN The cluster is down (no seed node has answered CLUSTER SLOTS yet)\r\n" as StaticString)
             return
         }
-        if session.transaction != nil, command.routing != .session {
+        // UNWATCH inside MULTI is queued, as in Redis: run at once, it dropped the WATCH before
+        // EXEC, which then ran unguarded and one element short (session sweep 32).
+        if session.transaction != nil, command.routing != .session || command.isTransactional {
             return queueInTransaction(command, frame, session, slot)
         }
         switch command.routing {
