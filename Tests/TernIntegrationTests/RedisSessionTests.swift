@@ -253,6 +253,8 @@ final class RedisSessionTests: XCTestCase {
             // it ran at once, and EXEC wrote over the change, one element short).
             ([], [["WATCH", "{o}x"], ["SET", "{o}x", "changed"], ["MULTI"], ["UNWATCH"], ["SET", "{o}x", "mine"], ["EXEC"], ["GET", "{o}x"]]),
             ([], [["MULTI"], ["UNWATCH"], ["SET", "{o}x", "y"], ["EXEC"], ["GET", "{o}x"]]),
+            // EXEC with an argument ends the transaction (it stayed open, and the GET was queued).
+            ([], [["WATCH", "{o}x"], ["MULTI"], ["SET", "{o}x", "z"], ["EXEC", "now"], ["GET", "{o}x"], ["EXEC"], ["MULTI", "x"]]),
         ]
         let tern = try TestClient(port: setup.port), redis = try TestClient(port: direct.port)
         let innocent = try TestClient(port: setup.port)

@@ -271,6 +271,15 @@ extension ClientConnection {
         holdUntilAnswered = true
     }
 
+    /// `EXEC` with arguments inside MULTI: the transaction and its WATCH end, nothing runs.
+    func abortTransaction(_ session: RedisSession, _ slot: ReplySlot) {
+        session.transaction = nil
+        endWatch(session)
+        if session.watchBroken { session.watchBroken = false }
+        pool.stats.transactionsAborted.add()
+        slot.complete(with: "-EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command\r\n" as StaticString)
+    }
+
     /// Ends a WATCH without EXEC (DISCARD, RESET): the connection is unwatched, then given back.
     private func endWatch(_ session: RedisSession) {
         if session.watchBroken { session.watchBroken = false }
