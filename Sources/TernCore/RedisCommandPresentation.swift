@@ -108,6 +108,17 @@ public enum RedisErrorText {
                     "nodes", "replicas", "replicate", "reset", "saveconfig", "set-config-epoch", "setslot", "shards", "slaves", "slots"],
     ]
 
+    /// Redis 7.0's container commands: errors name their subcommand too (`client|setname`).
+    static let containers: Set<String> = ["acl", "client", "cluster", "command", "config", "function", "latency", "memory", "module",
+                                          "object", "pubsub", "script", "slowlog", "xgroup", "xinfo"]
+
+    /// The name Redis's errors give a command (`cmd->fullname`): `container|subcommand`
+    /// (lowercase) for a container's subcommand, else `name`.
+    public static func fullName(_ name: String, _ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> String {
+        guard containers.contains(name), arguments.count > 1 else { return name }
+        return arguments.withArgument(1, in: frame) { name + "|" + String(decoding: $0.map { asciiLower($0) }, as: UTF8.self) }
+    }
+
     /// Whether Redis knows `subcommand` of `container` (a lowercase name in `subcommands`).
     public static func isKnownSubcommand(_ container: String, _ subcommand: UnsafeRawBufferPointer) -> Bool {
         guard let known = subcommands[container], subcommand.count <= 32 else { return false }

@@ -755,6 +755,24 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// A subscriber's refused commands name a container's subcommand as Redis 7.0 does
+    /// (`'client|setname'`; Tern said `'client'`: session sweep 32), byte for byte against a
+    /// direct redis-server, in one write.
+    func testSubscribedModeRefusalsNameSubcommands() throws {
+        let setup = try start(extra: "", threads: 1)
+        let direct = try group.redis()
+        let commands = [["SUBSCRIBE", "a"], ["CLIENT", "SETNAME", "x"], ["CONFIG", "GET", "x"], ["OBJECT", "ENCODING", "k"], ["GET", "k"],
+                        ["SLOWLOG", "LEN"], ["PUBSUB", "CHANNELS"], ["XINFO", "STREAM", "s"], ["Memory", "Usage", "k"], ["CLIENT"], ["PING"]]
+        var replies: [String] = []
+        for port in [setup.port, direct.port] {
+            let client = try TestClient(port: port)
+            try client.send(commands.flatMap { TestClient.encode($0) })
+            replies.append(String(decoding: try client.receiveReplies(commands.count), as: UTF8.self))
+        }
+        XCTAssertEqual(replies[0], replies[1], "Tern, then redis-server")
+        XCTAssertTrue(replies[0].contains("'client|setname'"), replies[0])
+    }
+
     /// A message its server sent before the subscriber's PING, SUBSCRIBE or UNSUBSCRIBE reached
     /// it leaves ahead of their answers, as from one Redis, also when the request goes to
     /// another server than the message came from. Tern is stopped while the message is

@@ -241,7 +241,7 @@ extension ClientConnection {
             split.close()
             return true
         }
-        slot.complete(with: "-ERR Can't execute '\(command.name)': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n")
+        slot.complete(with: "-ERR Can't execute '\(RedisErrorText.fullName(command.name, session.arguments, in: frame))': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n")
         return true
     }
 
