@@ -486,8 +486,14 @@ final class MemcacheProxyTests: XCTestCase {
         // Ejected: the key now goes to the live server.
         XCTAssertEqual(try client.request("set \(key) 0 0 1\r\ny\r\n", until: "\r\n"), "STORED\r\n")
         XCTAssertEqual(try backends[1].get(key), "y")
-        // While the server stays down, probes fail and it stays out.
-        usleep(900_000)
+        // While the server stays down, probes fail and it stays out; each failed probe counts
+        // as an ejection, as nutcracker's re-insertion that fails does.
+        func ejects() -> String {
+            let stats = (try? client.request("stats\r\n", until: "END\r\n")) ?? ""
+            return stats.split(separator: "\r\n").first { $0.hasPrefix("STAT server_ejects ") }.map(String.init) ?? stats
+        }
+        XCTAssertEqual(ejects(), "STAT server_ejects 1")
+        XCTAssertEqual(eventually("STAT server_ejects 2", within: 3) { ejects() }, "STAT server_ejects 2")
         XCTAssertEqual(try client.request("get \(key)\r\n", until: "END\r\n"), "VALUE \(key) 0 1\r\ny\r\nEND\r\n")
         // Back up: after the retry timeout a probe succeeds and the key goes home again.
         let restarted = try group.memcached(port: backends[0].port)

@@ -838,8 +838,18 @@ final class ServerRuntime: BackendServer {
 
     override func probeAnswered() { poolRuntime.reinstate(self) }
 
+    /// A failed probe counts as another ejection (`server_ejects`, the server's ejection count
+    /// and `server_ejected_at`), as nutcracker's re-insertion after `server_retry_timeout`
+    /// ends in one: an alert on the ejection count's increase keeps firing while the server
+    /// stays down (it counted one per outage: drop-in sweep 32).
     override func probeFailed() {
-        if isEjected { scheduleProbe() }
+        guard isEjected else { return }
+        poolRuntime.stats.serverEjects.add()
+        counters.ejections.add()
+        var now = timeval()
+        gettimeofday(&now, nil)
+        counters.serverEjectedAt.set(Int(now.tv_sec) * 1_000_000 + Int(now.tv_usec))
+        scheduleProbe()
     }
 }
 
