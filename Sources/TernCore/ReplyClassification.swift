@@ -301,6 +301,9 @@ public struct MetaItem: Equatable, Sendable {
     public var key: Range<Int>?
     /// `O<opaque>`
     public var opaque: Range<Int>?
+    /// The opaque as a decimal number (the warm-up asks with key indexes), nil when absent or
+    /// not one.
+    public var opaqueNumber: Int?
     /// `b`: the key is base64.
     public var isBase64Key = false
     /// `X`: the item is stale (invalidated with `md … I`), to be recomputed.
@@ -371,7 +374,9 @@ public enum MetaItemReader {
                 }
             case UInt8(ascii: "c"): item.cas = MemcacheRequestParser.number(line, start, position)
             case UInt8(ascii: "k"): item.key = start..<position
-            case UInt8(ascii: "O"): item.opaque = start..<position
+            case UInt8(ascii: "O"):
+                item.opaque = start..<position
+                item.opaqueNumber = MemcacheRequestParser.number(line, start, position, maxDigits: 18).map { Int($0) }
             case UInt8(ascii: "b"): item.isBase64Key = true
             case UInt8(ascii: "X"): item.isStale = true
             default: break

@@ -249,13 +249,21 @@ public enum MemcacheEncoder {
     @inlinable
     public static func noop<S: ByteSink>(into sink: S) { SinkWriter.literal("mn\r\n", into: sink) }
 
-    /// `mg <key>[ b] s v f t k q\r\n`: a whole item (size, value, client flags, TTL left, key),
-    /// quiet, so a miss says nothing: the warm-up's lookup in the old pool.
+    /// `mg <key>[ b] s v f t q O<opaque>\r\n`: a whole item (size, value, client flags, TTL
+    /// left), quiet, so a miss says nothing: the warm-up's lookup in the old pool. The reply is
+    /// matched to its key by `opaque`, not by the key: memcached writes a key back as the item
+    /// was stored, raw for one a binary client stored with a space, CR, LF or NUL in it, which
+    /// no reader can split (binary sweep 32: such keys were always misses, and a LF reset the
+    /// old server's shared connection at every read).
     @inlinable
-    public static func metaGetItem<S: ByteSink>(key: UnsafeRawBufferPointer, base64: Bool, into sink: S) {
+    public static func metaGetItem<S: ByteSink>(key: UnsafeRawBufferPointer, base64: Bool, opaque: Int, into sink: S) {
         SinkWriter.literal("mg ", into: sink)
         SinkWriter.bytes(key, into: sink)
-        SinkWriter.literal(base64 ? " b s v f t k q\r\n" : " s v f t k q\r\n", into: sink)
+        SinkWriter.literal(base64 ? " b s v f t q O" : " s v f t q O", into: sink)
+        let target = sink.reserve(24)
+        let count = SinkWriter.decimal(opaque, at: target)
+        SinkWriter.crlf(at: target + count)
+        sink.commit(count + 2)
     }
 
     /// The expiration to send for `seconds` to live: memcached reads one over 30 days

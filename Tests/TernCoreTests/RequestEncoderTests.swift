@@ -67,10 +67,10 @@ final class RequestEncoderTests: XCTestCase {
 
     func testMemcacheMeta() {
         XCTAssertEqual(encoded { MemcacheEncoder.noop(into: $0) }, "mn\r\n")
-        XCTAssertEqual(encoded { sink in bytes("foo").withUnsafeBytes { MemcacheEncoder.metaGetItem(key: $0, base64: false, into: sink) } },
-                       "mg foo s v f t k q\r\n")
-        XCTAssertEqual(encoded { sink in bytes("Zm9v").withUnsafeBytes { MemcacheEncoder.metaGetItem(key: $0, base64: true, into: sink) } },
-                       "mg Zm9v b s v f t k q\r\n")
+        XCTAssertEqual(encoded { sink in bytes("foo").withUnsafeBytes { MemcacheEncoder.metaGetItem(key: $0, base64: false, opaque: 7, into: sink) } },
+                       "mg foo s v f t q O7\r\n")
+        XCTAssertEqual(encoded { sink in bytes("Zm9v").withUnsafeBytes { MemcacheEncoder.metaGetItem(key: $0, base64: true, opaque: 12345, into: sink) } },
+                       "mg Zm9v b s v f t q O12345\r\n")
         let value: [UInt8] = [0x00, 0x0d, 0x0a, 0xff]
         func add(base64: Bool, ttl: Int, flags: UInt32) -> [UInt8] {
             let sink = ByteArraySink()

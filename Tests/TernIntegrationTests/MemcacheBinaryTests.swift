@@ -333,6 +333,38 @@ final class MemcacheBinaryTests: XCTestCase {
         """)
     }
 
+    /// Keys a binary client stored with a space, CR, LF or NUL in the old pool are found there
+    /// through a warm-up pool, and copied with their flags. memcached writes such a key back
+    /// raw, and Tern matched the old server's replies by the key it wrote: they were always
+    /// misses, and a LF in one reset the old server's shared connection at every read, so an
+    /// innocent client's old hits were misses too (binary sweep 32; fails on a84b660). Replies
+    /// are now matched by an opaque.
+    func testRawKeysStoredByBinaryClientsAreFoundInTheOldPool() throws {
+        let old = try group.memcached(), new = try group.memcached()
+        let port = ProcessGroup.freePort()
+        try group.tern(config: "w:\n  listen: 127.0.0.1:\(port)\n  timeout: 1000\n  servers:\n   - \(new.address):1\n"
+                       + "  warmup:\n    servers:\n     - \(old.address):1\n", arguments: ["--threads", "1"], waitPort: port)
+        let odd = ["old 2", "old\n3", "old\r4", "old\u{0}5", "plain6"]
+        let direct = try TestClient(port: old.port)
+        for (index, key) in odd.enumerated() {
+            try direct.send(packet(0x01, key: key, extras: [0, 0, 0, UInt8(index + 7), 0, 0, 0, 0], value: Array("v\(index)".utf8), opaque: UInt32(index)))
+            XCTAssertEqual(read(direct, 1), ["op=1 status=0 opaque=\(index) key= value="], key)
+        }
+        XCTAssertEqual(try TestClient(port: old.port).request("set innocent 0 0 1\r\ni\r\n", until: "\r\n"), "STORED\r\n")
+        let client = try TestClient(port: port), innocent = try TestClient(port: port)
+        for (index, key) in odd.enumerated() {
+            try client.send(packet(0x0c, key: key, opaque: UInt32(100 + index)))
+            XCTAssertEqual(read(client, 1), ["op=12 status=0 opaque=\(100 + index) key=\(key) value=v\(index)"], key)
+            XCTAssertEqual(try innocent.request("get innocent\r\n", until: "END\r\n"), "VALUE innocent 0 1\r\ni\r\nEND\r\n")
+        }
+        // Copied into the new pool, flags kept: read there directly.
+        let copied = try TestClient(port: new.port)
+        XCTAssertEqual(try eventually("copied") {
+            try copied.send(packet(0x0c, key: "old\n3", opaque: 9))
+            return read(copied, 1) == ["op=12 status=0 opaque=9 key=old\n3 value=v1"] ? "copied" : "not yet"
+        }, "copied")
+    }
+
     /// An old-pool hit that is not copied (`backfill: false`; with backfill on, an item with
     /// 1 s or less to live) is answered from the old item: to pylibmc's binary get, and to
     /// text `gets` with CAS unique 0 (the record had no unique, so every binary get of such an

@@ -220,7 +220,7 @@ final class WarmupRead: PhasedRead {
             switch mode {
             case .text, .meta:
                 for index in missing where keys[index].oldServer == server {
-                    withKey(index) { MemcacheEncoder.metaGetItem(key: $0, base64: isBase64Key, into: output) }
+                    withKey(index) { MemcacheEncoder.metaGetItem(key: $0, base64: isBase64Key, opaque: index, into: output) }
                 }
                 MemcacheEncoder.noop(into: output)
                 connection.enqueue(slot: slot, part: split.oldServer(server), framing: .metaItemsUntilNoop)
@@ -259,8 +259,9 @@ final class WarmupRead: PhasedRead {
 
     // MARK: Old-pool replies
 
-    /// `VA <size> s<size> f<flags> t<ttl> k<key>` blocks (misses are silent), then nothing
-    /// (Tern's MN was stripped), read with TernCore's `MetaItemReader`.
+    /// `VA <size> s<size> f<flags> t<ttl> O<index>` blocks (misses are silent), then nothing
+    /// (Tern's MN was stripped), read with TernCore's `MetaItemReader`; each names its key by
+    /// the opaque it was asked with (`MemcacheEncoder.metaGetItem`), in the order asked.
     private func readOldMetaItems(_ reply: UnsafeRawBufferPointer, part: Int32) {
         let server = ReplyPart.oldServer(of: part)
         var position = 0
@@ -271,15 +272,10 @@ final class WarmupRead: PhasedRead {
             defer { position += item.length }
             // A stale item (invalidated with `md … I`) is a miss: copied, it would be served as
             // fresh until its TTL, and nobody told to recompute it.
-            guard item.status == .value, !item.isStale, let value = item.value else { continue }
-            let key = item.key.map { UnsafeRawBufferPointer(rebasing: rest[$0]) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
-            // memcached writes a key as the item was stored (in base64 with `b` when stored with
-            // a binary key), whatever the request: read in the request's form.
-            let converted: [UInt8]? = item.isBase64Key == isBase64Key ? nil : item.isBase64Key ? Self.decoded(key) : Base64.encode(key)
-            let index = converted.map { bytes in
-                bytes.withUnsafeBytes { nextKey(from: &cursor, matching: $0, where: { keys[$0].oldServer == server && keys[$0].valueStart < 0 }) }
-            } ?? nextKey(from: &cursor, matching: key, where: { keys[$0].oldServer == server && keys[$0].valueStart < 0 })
+            guard item.status == .value, !item.isStale, let value = item.value, let asked = item.opaqueNumber else { continue }
+            let index = asked >= cursor && asked < keys.count && keys[asked].oldServer == server && keys[asked].valueStart < 0 ? asked : nil
             if let index {
+                cursor = index + 1
                 keys[index].valueStart = values.count
                 keys[index].valueLength = value.count
                 keys[index].flags = item.flags ?? 0
@@ -288,14 +284,6 @@ final class WarmupRead: PhasedRead {
                 values.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[value]))
             }
         }
-    }
-
-    /// The bytes a base64 key stands for (the text itself when it is not base64).
-    private static func decoded(_ text: UnsafeRawBufferPointer) -> [UInt8] {
-        guard let length = Base64.decodedLength(text) else { return Array(text) }
-        var bytes = [UInt8](repeating: 0, count: length)
-        let count = bytes.withUnsafeMutableBytes { Base64.decode(text, into: $0) }
-        return Array(bytes.prefix(count))
     }
 
     /// Redis: part 2i is `GET` of key i, part 2i+1 its `PTTL`.
