@@ -198,5 +198,9 @@ final class MemcacheUsersTests: XCTestCase {
         // The Get fast path (a plain key becomes a gets line without the translator) keeps the rules.
         XCTAssertEqual(try exchange(packet(0x00, key: "other")).status, 0x20)
         XCTAssertEqual(try exchange(packet(0x0c, key: "other")).status, 0x20)
+        // A failed authentication ends the one before, as in memcached (the connection kept
+        // `app`: binary sweep 32).
+        XCTAssertEqual(try exchange(packet(0x21, key: "PLAIN", value: [0] + Array("app".utf8) + [0] + Array("wrong".utf8))).status, 0x20)
+        XCTAssertEqual(try exchange(packet(0x00, key: "app:k")).status, 0x20, "unauthenticated again")
     }
 }

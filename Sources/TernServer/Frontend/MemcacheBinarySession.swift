@@ -198,6 +198,9 @@ extension ClientConnection {
                                password: UnsafeRawBufferPointer(rebasing: value[(second + 1)...]))
         }
         guard let user else {
+            // A failed authentication ends the one before, as in memcached (every SASL auth
+            // starts unauthenticated): the connection kept its earlier user (binary sweep 32).
+            authenticatedUser = nil
             authFailures += 1
             authenticationFailed(failures: authFailures)
             return answerBinary(request.opcodeByte, .authenticationError, request.opaque)
