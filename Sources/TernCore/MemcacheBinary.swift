@@ -460,9 +460,9 @@ public enum BinaryTranslator {
                 cas = MemcacheRequestParser.number(line, start + 1, position) ?? 0
             }
         }
-        if starts("SERVER_ERROR object too large") || starts("SERVER_ERROR out of memory storing") {
-            return fail(.valueTooLarge)
-        }
+        if starts("SERVER_ERROR object too large") { return fail(.valueTooLarge) }
+        // A store the server had no memory for is ENOMEM, as memcached's binary protocol says
+        // it (it was E2BIG, which tells a client not to retry that value: binary sweep 32).
         if starts("SERVER_ERROR out of memory") { return fail(.outOfMemory) }
         if starts("CLIENT_ERROR cannot increment or decrement non-numeric value") { return fail(.nonNumeric) }
         if starts("CLIENT_ERROR") || starts("ERROR") { return fail(.invalidArguments) }

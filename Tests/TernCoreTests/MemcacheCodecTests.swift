@@ -384,6 +384,18 @@ final class MetaProtocolTests: XCTestCase {
         XCTAssertTrue(encoded.isQuiet)
     }
 
+    /// A store the server had no memory for answers ENOMEM, a value over its item size E2BIG,
+    /// as memcached's binary protocol tells them apart (binary sweep 32: both were E2BIG).
+    func testBinaryStatusesOfStoreFailures() {
+        func status(_ text: String, _ opcode: UInt8 = 0x01) -> BinaryStatus {
+            Array(text.utf8).withUnsafeBytes { BinaryTranslator.plan(toMeta: $0, opcodeByte: opcode).status }
+        }
+        XCTAssertEqual(status("SERVER_ERROR out of memory storing object\r\n"), .outOfMemory)
+        XCTAssertEqual(status("SERVER_ERROR out of memory storing object\r\n", 0x11), .outOfMemory, "SetQ")
+        XCTAssertEqual(status("SERVER_ERROR object too large for cache\r\n"), .valueTooLarge)
+        XCTAssertEqual(status("SERVER_ERROR out of memory\r\n", 0x05), .outOfMemory, "Increment")
+    }
+
     func testBase64() {
         for text in ["", "f", "fo", "foo", "foob", "fooba", "foobar", "meta:0"] {
             let encoded = Array(text.utf8).withUnsafeBytes { Base64.encode($0) }
