@@ -59,6 +59,38 @@ final class RedisSentinelTests: XCTestCase {
         """)
     }
 
+    /// A reload that adds a Sentinel pool routes its requests as soon as it is applied: its
+    /// masters are asked for during the reload, as at start-up. Before, they were left to the
+    /// watcher's next round, and for about 0.1 s the pool answered `master address not known
+    /// yet`, or (one server) closed its clients (TLS sweep 32).
+    func testReloadAddingASentinelPoolRoutesAtOnce() throws {
+        let master = try group.redis(), plain = try group.redis()
+        let sentinel = ProcessGroup.freePort()
+        let path = group.directory + "/sentinel-\(sentinel).conf"
+        try "port \(sentinel)\nbind 127.0.0.1\ndir \(group.directory)\nsentinel monitor shard1 127.0.0.1 \(master.port) 1\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        try group.launch("/usr/bin/redis-server", [path, "--sentinel"], log: "sentinel-\(sentinel).log")
+        try group.waitForPort(sentinel)
+        let plainPort = ProcessGroup.freePort(), port = ProcessGroup.freePort()
+        let first = "plain:\n  listen: 127.0.0.1:\(plainPort)\n  redis: true\n  servers:\n   - \(plain.address):1\n"
+        let tern = try group.tern(config: first, arguments: ["--threads", "2"], waitPort: plainPort)
+        let configPath = try XCTUnwrap(tern.arguments?[1])
+        for round in 0..<3 {
+            let added = first + "sent\(round):\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  sentinel:\n    addresses:\n     - 127.0.0.1:\(sentinel)\n"
+                + "  servers:\n   - shard1:1\n"
+            try (round % 2 == 0 ? added : first).write(toFile: configPath, atomically: true, encoding: .utf8)
+            let applied = group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count
+            kill(tern.processIdentifier, SIGHUP)
+            XCTAssertEqual(eventually("applied", within: 10) {
+                group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count > applied ? "applied" : "waiting"
+            }, "applied")
+            guard round % 2 == 0 else { continue }
+            let client = try TestClient(port: port)
+            XCTAssertEqual(try client.call("SET", "added:\(round)", "v"), "+OK\r\n", "round \(round)")
+            XCTAssertEqual(try master.call("GET", "added:\(round)"), "$1\r\nv\r\n")
+        }
+    }
+
     func testMasterKilledSentinelsPromoteTernFollows() throws {
         // A replica writes the RDB it receives into its directory: the test's, not the package's.
         let fast = ["--repl-diskless-sync-delay", "0", "--dir", group.directory]

@@ -569,13 +569,15 @@ public final class TernServer {
     /// when they cannot be made, changing nothing.
     @discardableResult
     private func apply(_ newConfig: TernConfig, reason: String) -> Bool {
-        let mapsBefore = clusterMaps
+        let mapsBefore = clusterMaps, mastersBefore = sentinelMasters
         let reseeded = discoverReseededClusters(newConfig)
+        discoverNewSentinelMasters(newConfig)
         let newPlans: [PoolPlan]
         do {
             newPlans = try makePlans(for: routed(newConfig), previous: plans)
         } catch {
             clusterMaps = mapsBefore
+            sentinelMasters = mastersBefore
             logger.error("reload (\(reason)) rejected, keeping the current config: \(error)")
             return false
         }
@@ -640,6 +642,38 @@ public final class TernServer {
             }
         }
         return found
+    }
+
+    /// The `sentinel:` pools of `newConfig` that are new, or whose master names or sentinels
+    /// changed: the masters no sentinel has named to Tern yet are asked for now, as at
+    /// start-up, so that the pool routes once the reload is applied. Before, they were left to
+    /// the watcher's next round: the pool's requests failed with `master address not known yet`
+    /// for about 0.1 s, and a one-server pool closed its clients (TLS sweep 32). Blocking (a
+    /// second at most, the sentinels asked at once), on the main thread.
+    private func discoverNewSentinelMasters(_ newConfig: TernConfig) {
+        let unreachable = SentinelWatcher.Unreachable()
+        for pool in newConfig.pools where pool.sentinel != nil {
+            let before = config.pools.first { $0.name == pool.name && $0.sentinel != nil }
+            let changed = before.map { $0.servers.map(\.name) != pool.servers.map(\.name)
+                || SentinelWatcher.sentinels($0) != SentinelWatcher.sentinels(pool) } ?? true
+            let known = sentinelMasters[pool.name] ?? [:]
+            let missing = pool.servers.map(\.name).filter { known[$0] == nil }
+            guard changed, !missing.isEmpty else { continue }
+            var tls: TLSContext?
+            if let settings = pool.serverTLS {
+                // A TLS setup that fails is reported by `makePlans`, which refuses the reload.
+                guard let context = try? TLSContext.backend(settings, pool: pool.name) else { continue }
+                tls = context
+            }
+            let job = SentinelWatcher.Job(pool: pool.name, masters: missing, sentinels: SentinelWatcher.sentinels(pool),
+                                          sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth,
+                                          serverTLS: tls, sentinelTLS: pool.sentinel?.tls == true ? tls : nil, state: SentinelState())
+            let found = SentinelWatcher.discover(job, previous: [:], unreachable: unreachable)
+            if !found.isEmpty {
+                sentinelMasters[pool.name] = known.merging(found) { _, new in new }
+                logger.notice("pool \(pool.name): sentinels name \(found.sorted { $0.key < $1.key }.map { "\($0.key) at \($0.value.name)" }.joined(separator: ", "))")
+            }
+        }
     }
 
     /// SIGTERM/SIGINT: stop accepting at once, let in-flight requests finish (at most
