@@ -205,8 +205,11 @@ int tern_tls_handshake(void *tls) {
     if (result == 1) return 1;
     long code = outcome((SSL *)tls, result, "TLS handshake failed");
     // The peer closing the socket during the handshake is a failed handshake, unless it never
-    // sent a byte (a TCP health check).
-    if (code == 0 && SSL_is_server((SSL *)tls) && SSL_get_state((SSL *)tls) == TLS_ST_BEFORE) return TERN_TLS_CLOSED;
+    // sent a byte (a TCP health check). Bytes are counted on the socket BIO: a part of a
+    // ClientHello leaves the state at TLS_ST_BEFORE, and was taken for a health check (TLS
+    // sweep 32: truncated hellos were not counted as failed handshakes).
+    if (code == 0 && SSL_is_server((SSL *)tls) && SSL_get_state((SSL *)tls) == TLS_ST_BEFORE
+        && BIO_number_read(SSL_get_rbio((SSL *)tls)) == 0) return TERN_TLS_CLOSED;
     if (code == 0) {
         snprintf(last_error, sizeof last_error, "TLS handshake failed: the peer closed the connection");
         return TERN_TLS_ERROR;
