@@ -113,10 +113,18 @@ public enum RedisErrorText {
                                           "object", "pubsub", "script", "slowlog", "xgroup", "xinfo"]
 
     /// The name Redis's errors give a command (`cmd->fullname`): `container|subcommand`
-    /// (lowercase) for a container's subcommand, else `name`.
+    /// (lowercase, at most 128 bytes, CR and LF as spaces: the client's bytes never end the
+    /// error line) for a container's subcommand, else `name`.
     public static func fullName(_ name: String, _ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> String {
         guard containers.contains(name), arguments.count > 1 else { return name }
-        return arguments.withArgument(1, in: frame) { name + "|" + String(decoding: $0.map { asciiLower($0) }, as: UTF8.self) }
+        return arguments.withArgument(1, in: frame) { name + "|" + String(decoding: lineSafe($0, limit: 128).map { asciiLower($0) }, as: UTF8.self) }
+    }
+
+    /// Redis's error for a subcommand of `name` it does not know (`unknown subcommand …`), for
+    /// the containers whose subcommands are listed here; nil otherwise.
+    public static func unknownSubcommandError(_ name: String, _ arguments: RespArguments, in frame: UnsafeRawBufferPointer) -> [UInt8]? {
+        guard subcommands[name] != nil, arguments.count > 1 else { return nil }
+        return arguments.withArgument(1, in: frame) { isKnownSubcommand(name, $0) ? nil : unknownSubcommand(name, $0) }
     }
 
     /// Whether Redis knows `subcommand` of `container` (a lowercase name in `subcommands`).

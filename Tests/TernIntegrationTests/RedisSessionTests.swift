@@ -762,7 +762,10 @@ final class RedisSessionTests: XCTestCase {
         let setup = try start(extra: "", threads: 1)
         let direct = try group.redis()
         let commands = [["SUBSCRIBE", "a"], ["CLIENT", "SETNAME", "x"], ["CONFIG", "GET", "x"], ["OBJECT", "ENCODING", "k"], ["GET", "k"],
-                        ["SLOWLOG", "LEN"], ["PUBSUB", "CHANNELS"], ["XINFO", "STREAM", "s"], ["Memory", "Usage", "k"], ["CLIENT"], ["PING"]]
+                        ["SLOWLOG", "LEN"], ["PUBSUB", "CHANNELS"], ["XINFO", "STREAM", "s"], ["Memory", "Usage", "k"], ["CLIENT"],
+                        // A subcommand holding CR/LF never ends the error line (review 32: two
+                        // replies for one request), and one Redis does not know is said so.
+                        ["CLIENT", "foo\r\n:1"], ["CLIENT", "nosuch"], ["SCRIPT", "EXISTS", "x"], ["PING"]]
         var replies: [String] = []
         for port in [setup.port, direct.port] {
             let client = try TestClient(port: port)

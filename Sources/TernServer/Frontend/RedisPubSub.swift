@@ -241,6 +241,12 @@ extension ClientConnection {
             split.close()
             return true
         }
+        // A subcommand Redis does not know is refused as such, as Redis looks it up first.
+        if let unknown = RedisErrorText.unknownSubcommandError(command.name, session.arguments, in: frame) {
+            unknown.withUnsafeBytes { slot.data.append($0) }
+            slot.complete(with: "" as StaticString)
+            return true
+        }
         slot.complete(with: "-ERR Can't execute '\(RedisErrorText.fullName(command.name, session.arguments, in: frame))': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n")
         return true
     }
