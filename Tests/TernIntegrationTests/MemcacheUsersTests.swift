@@ -202,5 +202,10 @@ final class MemcacheUsersTests: XCTestCase {
         // `app`: binary sweep 32).
         XCTAssertEqual(try exchange(packet(0x21, key: "PLAIN", value: [0] + Array("app".utf8) + [0] + Array("wrong".utf8))).status, 0x20)
         XCTAssertEqual(try exchange(packet(0x00, key: "app:k")).status, 0x20, "unauthenticated again")
+        // A SASL step (PLAIN has none) fails, and ends the authentication too.
+        XCTAssertEqual(try exchange(packet(0x21, key: "PLAIN", value: [0] + Array("app".utf8) + [0] + Array("app-secret".utf8))).status, 0)
+        XCTAssertEqual(try exchange(packet(0x00, key: "app:k")).status, 1)
+        XCTAssertEqual(try exchange(packet(0x22, key: "PLAIN", value: [0])).status, 0x20)
+        XCTAssertEqual(try exchange(packet(0x00, key: "app:k")).status, 0x20, "unauthenticated after the step")
     }
 }

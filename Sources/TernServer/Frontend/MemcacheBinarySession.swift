@@ -180,8 +180,13 @@ extension ClientConnection {
             answerBinaryPacket(packet)
         case .saslAuth where pool.requiresAuth:
             saslPlain(request, packet)
+        case .saslStep where pool.requiresAuth:
+            // PLAIN has no steps: a failure, which ends an earlier authentication, as every
+            // SASL exchange does in memcached.
+            authenticatedUser = nil
+            answerBinary(request.opcodeByte, .authenticationError, request.opaque)
         default:
-            answerBinary(request.opcodeByte, pool.requiresAuth && opcode == .saslStep ? .authenticationError : .unknownCommand, request.opaque)
+            answerBinary(request.opcodeByte, .unknownCommand, request.opaque)
         }
     }
 
