@@ -89,6 +89,28 @@ final class RedisSentinelTests: XCTestCase {
             XCTAssertEqual(try client.call("SET", "added:\(round)", "v"), "+OK\r\n", "round \(round)")
             XCTAssertEqual(try master.call("GET", "added:\(round)"), "$1\r\nv\r\n")
         }
+        // A master group added to the pool that the sentinel names at a known master's address
+        // is refused, as at start-up (review 32: it was checked only against the other new
+        // ones, and both groups' keys went to one server).
+        let withDuplicate = first + "sent2:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  timeout: 1000\n  hash: md5\n  sentinel:\n    addresses:\n     - 127.0.0.1:\(sentinel)\n"
+            + "  servers:\n   - shard1:1\n   - twin:1\n"
+        _ = try sentinelCall(sentinel, "SENTINEL", "MONITOR", "twin", "127.0.0.1", "\(master.port)", "1")
+        try withDuplicate.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let applied = group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count
+        kill(tern.processIdentifier, SIGHUP)
+        XCTAssertEqual(eventually("applied", within: 10) {
+            group.ternLog().components(separatedBy: "reload (SIGHUP) applied").count > applied ? "applied" : "waiting"
+        }, "applied")
+        let pool = try ConfigLoader.load(text: withDuplicate, file: "t.yml").pools[1]
+        let keys = (0..<40).map { "dup:\($0)" }
+        let onTwin = keys.filter { key in Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0) } == 1 }
+        XCTAssertFalse(onTwin.isEmpty)
+        let client = try TestClient(port: port)
+        for key in keys {
+            let reply = try client.call("SET", key, "v")
+            XCTAssertEqual(reply.hasPrefix("+OK"), !onTwin.contains(key), "\(key): \(reply)")
+        }
+        for key in onTwin { XCTAssertEqual(try master.call("EXISTS", key), ":0\r\n", "nothing of twin's on shard1's server") }
     }
 
     func testMasterKilledSentinelsPromoteTernFollows() throws {

@@ -209,8 +209,12 @@ public final class TernServer {
     /// Applies the master addresses the sentinels gave (the reload path: a server whose address
     /// changed gets new connections, its name and so its keys stay).
     private func applySentinelAddresses() {
+        // Merged into what is known: a round the watcher began before a reload added a master
+        // (found during the reload) does not name it, and would have taken its address away
+        // until the next round (review 32). The watcher never drops a master it has named.
         guard let (changed, before) = applyDiscovered(\.sentinelMasters, reason: "sentinel master address", known: sentinelWatcher.known,
-                                                      take: { $0.config.sentinel == nil ? nil : $0.shared.sentinel.discovered }) else { return }
+                                                      take: { $0.config.sentinel == nil ? nil : $0.shared.sentinel.discovered },
+                                                      combine: { known, found in (known ?? [:]).merging(found) { _, new in new } }) else { return }
         for (name, found) in changed {
             guard let plan = plans.first(where: { $0.config.name == name }) else { continue }
             for (master, node) in found.sorted(by: { $0.key < $1.key }) where before[name]?[master] != node {
@@ -242,15 +246,16 @@ public final class TernServer {
     /// then `state` and the thread's `known` go back, so the thread offers its finds again.
     private func applyDiscovered<Found: Sendable>(_ state: ReferenceWritableKeyPath<TernServer, [String: Found]>, reason: String,
                                         known: Locked<[String: Found]>,
-                                        take: (PoolPlan) -> Locked<Found?>?) -> (changed: [(String, Found)], before: [String: Found])? {
+                                        take: (PoolPlan) -> Locked<Found?>?,
+                                        combine: (Found?, Found) -> Found = { $1 }) -> (changed: [(String, Found)], before: [String: Found])? {
         var changed: [(String, Found)] = []
+        let before = self[keyPath: state]
         for plan in plans {
             if let found = take(plan)?.withLock({ found in defer { found = nil }; return found }) {
-                changed.append((plan.config.name, found))
+                changed.append((plan.config.name, combine(before[plan.config.name], found)))
             }
         }
         guard !changed.isEmpty else { return nil }
-        let before = self[keyPath: state]
         for (name, found) in changed { self[keyPath: state][name] = found }
         guard apply(config, reason: reason) else {
             self[keyPath: state] = before
@@ -665,14 +670,15 @@ public final class TernServer {
                 guard let context = try? TLSContext.backend(settings, pool: pool.name) else { continue }
                 tls = context
             }
-            let job = SentinelWatcher.Job(pool: pool.name, masters: missing, sentinels: SentinelWatcher.sentinels(pool),
+            // Every master of the pool is asked, with those known as they are: an address the
+            // sentinels give a new master that a known one has is refused, as at start-up.
+            let job = SentinelWatcher.Job(pool: pool.name, masters: pool.servers.map(\.name), sentinels: SentinelWatcher.sentinels(pool),
                                           sentinelPassword: pool.sentinel?.password, serverPassword: pool.redisAuth,
                                           serverTLS: tls, sentinelTLS: pool.sentinel?.tls == true ? tls : nil, state: SentinelState())
-            let found = SentinelWatcher.discover(job, previous: [:], unreachable: unreachable)
-            if !found.isEmpty {
-                sentinelMasters[pool.name] = known.merging(found) { _, new in new }
-                logger.notice("pool \(pool.name): sentinels name \(found.sorted { $0.key < $1.key }.map { "\($0.key) at \($0.value.name)" }.joined(separator: ", "))")
-            }
+            let found = SentinelWatcher.discover(job, previous: known, unreachable: unreachable)
+            sentinelMasters[pool.name] = found
+            let named = missing.compactMap { master in found[master].map { "\(master) at \($0.name)" } }
+            if !named.isEmpty { logger.notice("pool \(pool.name): sentinels name \(named.joined(separator: ", "))") }
         }
     }
 
