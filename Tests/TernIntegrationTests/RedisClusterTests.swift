@@ -1239,10 +1239,29 @@ final class RedisClusterTests: XCTestCase {
         usleep(1_500_000)
         XCTAssertEqual(try client.call("GET", "k"), "$6\r\nsecond\r\n")
 
-        // New seeds that do not answer yet: the map of the old ones serves until one does.
+        // New seeds that do not answer yet: the map of the old ones serves until one does, and
+        // is kept current from its own nodes meanwhile: a slot the old cluster moves to a node
+        // joined since is followed (review 32: the map was no longer refreshed, and the client
+        // got the raw -MOVED at the timeout).
         let third = ProcessGroup.freePort()
         try reload(to: [third], expecting: "no new seed node answered CLUSTER SLOTS")
         XCTAssertEqual(try client.call("GET", "k"), "$6\r\nsecond\r\n")
+        let old = second.ports[0]
+        let joinedPort = ProcessGroup.freePort(), joinedBus = ProcessGroup.freePort()
+        _ = try launchNode(port: joinedPort, bus: joinedBus)
+        try group.waitForPort(joinedPort)
+        XCTAssertEqual(try second.call(old, "CLUSTER", "MEET", "127.0.0.1", "\(joinedPort)", "\(joinedBus)"), "+OK\r\n")
+        let joinedID = try second.id(of: joinedPort)
+        XCTAssertEqual(try eventually("joined", within: 15) {
+            try [old, joinedPort].allSatisfy { try second.nodes(askingAt: $0).count == 2 && second.call($0, "CLUSTER", "INFO").contains("cluster_state:ok") }
+                ? "joined" : "not yet"
+        }, "joined")
+        let moved = "{moved}:k", slot = Self.slot("{moved}")
+        XCTAssertEqual(try second.call(joinedPort, "CLUSTER", "SETSLOT", "\(slot)", "IMPORTING", try second.id(of: old)), "+OK\r\n")
+        XCTAssertEqual(try second.call(old, "CLUSTER", "SETSLOT", "\(slot)", "MIGRATING", joinedID), "+OK\r\n")
+        for node in [joinedPort, old] { XCTAssertEqual(try second.call(node, "CLUSTER", "SETSLOT", "\(slot)", "NODE", joinedID), "+OK\r\n") }
+        XCTAssertEqual(try client.call("SET", moved, "followed"), "+OK\r\n")
+        XCTAssertEqual(try second.call(joinedPort, "GET", moved), "$8\r\nfollowed\r\n")
         let cluster = try startSingleNodeCluster(port: third)
         XCTAssertEqual(try eventually("$-1\r\n", within: 5) { try client.call("GET", "k") }, "$-1\r\n")
         XCTAssertEqual(try client.call("SET", "k", "third"), "+OK\r\n")

@@ -173,16 +173,25 @@ final class ClusterDiscovery: Sendable {
                 guard clock.isDue(job.pool, now: now, requested: job.state.refreshRequested, period: period) else { continue }
                 let previous = known.withLock { $0[job.pool] }
                 let wanted = job.state.wantedNodes.withLock { $0 }
-                switch Self.discover(seeds: job.seeds, previous: reseeded ? nil : previous, password: job.password, tls: job.tls, wanted: wanted) {
+                var result = Self.discover(seeds: job.seeds, previous: reseeded ? nil : previous, password: job.password, tls: job.tls, wanted: wanted)
+                // Until a new seed answers, the map the pool has is kept current from its own
+                // nodes (not refreshed, its slots' moves answered raw -MOVED: review 32).
+                var newSeedsError: String?
+                if reseeded, case let .failure(error) = result, let previous,
+                   case let .success(kept) = Self.discover(seeds: [], previous: previous, password: job.password, tls: job.tls, wanted: wanted) {
+                    newSeedsError = "no new seed answers (\(error.text)); the map of the old seeds is kept"
+                    result = .success(kept)
+                }
+                switch result {
                 case let .success((map, _, found)):
-                    mapSeeds[job.pool] = job.seeds
+                    if newSeedsError == nil { mapSeeds[job.pool] = job.seeds }
                     var settled = found.settled
                     if let unlisted = found.unlisted { settled.formUnion(unlistedAnswers.record(unlisted, pool: job.pool, now: now)) }
                     if !settled.isEmpty { job.state.wantedNodes.withLock { $0.subtract(settled) } }
                     lastFailed[job.pool] = false
                     job.state.refreshes.add(1, ordering: .relaxed)
                     job.state.refreshedAt.store(Int(time(nil)), ordering: .relaxed)
-                    job.state.lastError.withLock { $0 = "" }
+                    job.state.lastError.withLock { $0 = newSeedsError ?? "" }
                     if map != previous {
                         // Under the jobs' lock: a map asked with seeds a reload has since replaced
                         // is not offered (the main thread drops what was offered before that).

@@ -166,15 +166,20 @@ public final class TernServer {
     }
 
     /// Tells the discovery thread which pools to watch (after every apply), and starts it the
-    /// first time a cluster pool exists.
-    private func updateDiscoveryJobs() {
+    /// first time a cluster pool exists. `reseeded`: cluster pools whose map this reload found
+    /// from new seeds; a map the thread offered for them before it has the new seeds is dropped
+    /// as the jobs are handed (under the jobs' lock, which the thread offers under: one offered
+    /// after comes from the new seeds and stays).
+    private func updateDiscoveryJobs(reseeded: Set<String> = []) {
         var jobs: [ClusterDiscovery.Job] = []
         for plan in plans where plan.config.distribution == .redisCluster {
             guard let pool = config.pools.first(where: { $0.name == plan.config.name }) else { continue }
             jobs.append(ClusterDiscovery.Job(pool: pool.name, seeds: ClusterDiscovery.seeds(pool), password: pool.redisAuth, tls: plan.serverTLS,
                                          state: plan.shared.cluster))
         }
-        hand(jobs, pool: \.pool, known: \.clusterMaps, to: discovery.known, discovery.jobs, started: \.discoveryStarted) { discovery.start() }
+        let stale = plans.filter { reseeded.contains($0.config.name) }.map(\.shared.cluster)
+        hand(jobs, pool: \.pool, known: \.clusterMaps, to: discovery.known, discovery.jobs, started: \.discoveryStarted,
+             whileHanding: { for state in stale { state.discovered.withLock { $0 = nil } } }) { discovery.start() }
         var sentinelJobs: [SentinelWatcher.Job] = []
         for plan in plans {
             guard let pool = config.pools.first(where: { $0.name == plan.config.name }), pool.sentinel != nil else { continue }
@@ -195,11 +200,15 @@ public final class TernServer {
     /// the thread the first time it has a job (never in tests without a control state).
     private func hand<Job: Sendable, Found: Sendable>(_ jobs: [Job], pool: KeyPath<Job, String>, known: ReferenceWritableKeyPath<TernServer, [String: Found]>,
                                                       to threadKnown: Locked<[String: Found]>, _ threadJobs: Locked<[Job]>,
-                                                      started: ReferenceWritableKeyPath<TernServer, Bool>, start: () -> Void) {
+                                                      started: ReferenceWritableKeyPath<TernServer, Bool>,
+                                                      whileHanding: () -> Void = {}, start: () -> Void) {
         self[keyPath: known] = self[keyPath: known].filter { name, _ in jobs.contains { $0[keyPath: pool] == name } }
         let current = self[keyPath: known]
         threadKnown.withLock { $0 = current }
-        threadJobs.withLock { $0 = jobs }
+        threadJobs.withLock {
+            $0 = jobs
+            whileHanding()
+        }
         if !jobs.isEmpty, !self[keyPath: started], control != nil {
             self[keyPath: started] = true
             start()
@@ -604,10 +613,8 @@ public final class TernServer {
         control?.plans.withLock { $0 = newPlans }
         activeConfigText.value.withLock { $0 = ConfigRenderer.yaml(newConfig) }
         lastResolution = Int(time(nil))
-        updateDiscoveryJobs()
+        updateDiscoveryJobs(reseeded: reseeded)
         for plan in newPlans where reseeded.contains(plan.config.name) {
-            // A map of the old seeds offered before the thread saw the new ones.
-            plan.shared.cluster.discovered.withLock { $0 = nil }
             if let map = clusterMaps[plan.config.name] { plan.shared.cluster.applied(map) }
         }
         logger.notice("reload (\(reason)) applied: \(newConfig.pools.count) pools")
