@@ -255,6 +255,8 @@ final class RedisSessionTests: XCTestCase {
             ([], [["MULTI"], ["UNWATCH"], ["SET", "{o}x", "y"], ["EXEC"], ["GET", "{o}x"]]),
             // EXEC with an argument ends the transaction (it stayed open, and the GET was queued).
             ([], [["WATCH", "{o}x"], ["MULTI"], ["SET", "{o}x", "z"], ["EXEC", "now"], ["GET", "{o}x"], ["EXEC"], ["MULTI", "x"]]),
+            // Outside MULTI too, and the WATCH ends with it.
+            ([], [["WATCH", "{o}x"], ["EXEC", "x"], ["SET", "{o}x", "1"], ["MULTI"], ["INCR", "{o}x"], ["EXEC"]]),
         ]
         let tern = try TestClient(port: setup.port), redis = try TestClient(port: direct.port)
         let innocent = try TestClient(port: setup.port)

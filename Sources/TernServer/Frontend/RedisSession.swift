@@ -261,9 +261,10 @@ extension ClientConnection {
         default: if command.isWrite { pool.stats.writes.add() } else { pool.stats.reads.add() }
         }
         guard command.acceptsArgumentCount(arguments.count) else {
-            // An EXEC that Redis refuses inside MULTI ends the transaction, as Redis does (the
-            // client stayed in MULTI, and what followed was queued where Redis runs it).
-            if session.transaction != nil, command.isNamed("exec") { return abortTransaction(session, slot) }
+            // An EXEC that Redis refuses ends the transaction and the WATCH, with Redis's
+            // EXECABORT, in MULTI or not (the client stayed in MULTI, and what followed was
+            // queued where Redis runs it).
+            if command.isNamed("exec") { return abortTransaction(session, slot) }
             session.transaction?.aborted = true
             slot.complete(with: "-ERR wrong number of arguments for '\(command.name)' command\r\n")
             return

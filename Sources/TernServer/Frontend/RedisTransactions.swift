@@ -271,12 +271,12 @@ extension ClientConnection {
         holdUntilAnswered = true
     }
 
-    /// `EXEC` with arguments inside MULTI: the transaction and its WATCH end, nothing runs.
+    /// `EXEC` with arguments: the transaction (if any) and the WATCH end, nothing runs.
     func abortTransaction(_ session: RedisSession, _ slot: ReplySlot) {
+        if session.transaction != nil { pool.stats.transactionsAborted.add() }
         session.transaction = nil
         endWatch(session)
         if session.watchBroken { session.watchBroken = false }
-        pool.stats.transactionsAborted.add()
         slot.complete(with: "-EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command\r\n" as StaticString)
     }
 
