@@ -190,7 +190,11 @@ final class TLSDiscoveryTests: XCTestCase {
         XCTAssertNotEqual(badStatus, 0, badOutput)
         XCTAssertTrue(badOutput.contains("server_tls"), badOutput)
 
-        let port = ProcessGroup.freePort()
+        let port = ProcessGroup.freePort(), frontPort = ProcessGroup.freePort(), frontBackend = try group.redis()
+        // Another pool's certificate, which is being replaced on disk when the failover comes.
+        let rotCert = group.directory + "/rot.crt", rotKey = group.directory + "/rot.key"
+        try FileManager.default.copyItem(atPath: certificates.serverCert, toPath: rotCert)
+        try FileManager.default.copyItem(atPath: certificates.serverKey, toPath: rotKey)
         try group.tern(config: """
             s:
               listen: 127.0.0.1:\(port)
@@ -201,6 +205,11 @@ final class TLSDiscoveryTests: XCTestCase {
                 addresses: ["127.0.0.1:\(sentinel)"]
                 tls: true
               servers: ["m1:1"]
+            front:
+              listen: 127.0.0.1:\(frontPort)
+              redis: true
+              tls: {cert: "\(rotCert)", key: "\(rotKey)"}
+              servers: ["\(frontBackend.address):1"]
             """, arguments: ["--threads", "2"], waitPort: port)
         let before = try TestClient(port: port).call("INFO", "sentinel")
         XCTAssertTrue(before.contains("sentinel_masters_known:1\r\n"), before)
@@ -221,6 +230,11 @@ final class TLSDiscoveryTests: XCTestCase {
             ((try? cli(sentinel, "CLIENT", "LIST")) ?? "").split(separator: "\n").contains { $0.contains("sub=2") && $0.contains("cmd=subscribe") } ? "subscribed" : "no"
         }
         XCTAssertEqual(subscribed, "subscribed", (try? cli(sentinel, "CLIENT", "LIST")) ?? "")
+        // The other pool's key is missing (a rotation half done, no SIGHUP yet): the failover
+        // is followed all the same, with the TLS contexts in service (TLS sweep 32: every
+        // apply of the new address was refused for the missing file, and writes went to the
+        // demoted master, where they were lost).
+        try FileManager.default.removeItem(atPath: rotKey)
         XCTAssertEqual(try cli(sentinel, "SENTINEL", "FAILOVER", "m1"), "OK")
         // Tern learns the new address from the TLS sentinel (its +switch-master subscription or
         // its poll) and checks it with ROLE over TLS.
@@ -250,5 +264,10 @@ final class TLSDiscoveryTests: XCTestCase {
         let after = try TestClient(port: port).call("INFO", "sentinel")
         XCTAssertTrue(after.contains("sentinel_switches:1\r\n"), after)
         XCTAssertTrue(after.contains("address=127.0.0.1:\(replicaPort)"), after)
+        XCTAssertFalse(group.ternLog().contains("reload (sentinel master address) rejected"), group.ternLog())
+        // The other pool still serves TLS with the certificate it had.
+        let (status, output) = try ProcessGroup.run("/usr/bin/redis-cli", ["--tls", "--cacert", certificates.ca, "-h", "127.0.0.1", "-p", "\(frontPort)", "PING"])
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(output, "PONG\n")
     }
 }

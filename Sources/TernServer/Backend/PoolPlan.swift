@@ -25,10 +25,24 @@ final class PoolPlan: Sendable {
     let clientTLS: TLSContext?
     let serverTLS: TLSContext?
 
+    /// `keepingTLSOf`: a plan of the same pool whose TLS contexts are kept where the settings
+    /// are unchanged, the files not read again: what discovery applies (a failover's address,
+    /// a slot map, a DNS change) use, so that a certificate file being replaced on disk never
+    /// holds them up (TLS sweep 32: a failover was not followed while a key file was missing,
+    /// and a valid new pair was put in service without a reload).
     init(config: PoolConfig, serverAddresses: [SocketAddress], listenDescriptor: Int32, warmup: PoolPlan? = nil,
-         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = []) throws(TLSSetupError) {
-        self.clientTLS = try config.clientTLS.map { (tls) throws(TLSSetupError) in try TLSContext.listener(tls, pool: config.name) }
-        self.serverTLS = try config.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: config.name) }
+         shared: PoolShared, serverCounters: [[ServerCounters]], replicaAddresses: [[SocketAddress?]] = [],
+         keepingTLSOf kept: PoolPlan? = nil) throws(TLSSetupError) {
+        if let kept, kept.config.clientTLS == config.clientTLS {
+            self.clientTLS = kept.clientTLS
+        } else {
+            self.clientTLS = try config.clientTLS.map { (tls) throws(TLSSetupError) in try TLSContext.listener(tls, pool: config.name) }
+        }
+        if let kept, kept.config.serverTLS == config.serverTLS {
+            self.serverTLS = kept.serverTLS
+        } else {
+            self.serverTLS = try config.serverTLS.map { (tls) throws(TLSSetupError) in try TLSContext.backend(tls, pool: config.name) }
+        }
         self.config = config
         self.serverAddresses = serverAddresses
         self.replicaAddresses = replicaAddresses

@@ -266,7 +266,7 @@ public final class TernServer {
         }
         guard !changed.isEmpty else { return nil }
         for (name, found) in changed { self[keyPath: state][name] = found }
-        guard apply(config, reason: reason) else {
+        guard apply(config, reason: reason, rereadsTLS: false) else {
             self[keyPath: state] = before
             known.withLock { $0 = before }
             return nil
@@ -280,7 +280,7 @@ public final class TernServer {
     /// New listeners are bound pool by pool and listen only once every pool is planned: a client
     /// that can connect to one of Tern's ports can connect to all of them, and a start that
     /// fails on a later pool never took a connection on an earlier one.
-    private func makePlans(for config: TernConfig, previous: [PoolPlan]) throws -> [PoolPlan] {
+    private func makePlans(for config: TernConfig, previous: [PoolPlan], rereadsTLS: Bool = true) throws -> [PoolPlan] {
         var made: [PoolPlan] = []
         var boundHere: [(descriptor: Int32, pool: PoolConfig)] = []
         // A server whose name does not resolve (a DNS outage, a record not made yet) keeps the
@@ -297,7 +297,8 @@ public final class TernServer {
                 if let warmup = pool.warmup {
                     warmupPlan = try PoolPlan(config: warmup.old, serverAddresses: try Self.resolve(warmup.old, previous: before?.warmup, unresolved: unresolved), listenDescriptor: -1,
                                           shared: before?.warmup?.shared ?? PoolShared(workers: workerCount),
-                                          serverCounters: Self.serverCounters(warmup.old, workers: workerCount, reusing: before?.warmup))
+                                          serverCounters: Self.serverCounters(warmup.old, workers: workerCount, reusing: before?.warmup),
+                                          keepingTLSOf: rereadsTLS ? nil : before?.warmup)
                 }
                 let addresses = try Self.resolve(pool, previous: before, unresolved: unresolved)
                 let descriptor: Int32
@@ -317,7 +318,8 @@ public final class TernServer {
                 }
                 made.append(try PoolPlan(config: pool, serverAddresses: addresses, listenDescriptor: descriptor, warmup: warmupPlan,
                                      shared: before?.shared ?? PoolShared(workers: workerCount, hotKeys: pool.hotKeys),
-                                     serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before), replicaAddresses: replicas))
+                                     serverCounters: Self.serverCounters(pool, workers: workerCount, reusing: before), replicaAddresses: replicas,
+                                     keepingTLSOf: rereadsTLS ? nil : before))
             }
             for (descriptor, pool) in boundHere { try Self.listen(descriptor, pool) }
         } catch {
@@ -558,7 +560,7 @@ public final class TernServer {
             }
             if changed {
                 logger.notice("a server host name resolves to a new address, applying")
-                apply(config, reason: "DNS change")
+                apply(config, reason: "DNS change", rereadsTLS: false)
             }
         }
     }
@@ -581,14 +583,16 @@ public final class TernServer {
 
     /// Makes and hands out the plans of `newConfig` (routed by the known cluster maps); false
     /// when they cannot be made, changing nothing.
+    /// `rereadsTLS`: certificates and keys are read again (a reload); false for what discovery
+    /// applies (the config is the running one), which keeps the TLS contexts in service.
     @discardableResult
-    private func apply(_ newConfig: TernConfig, reason: String) -> Bool {
+    private func apply(_ newConfig: TernConfig, reason: String, rereadsTLS: Bool = true) -> Bool {
         let mapsBefore = clusterMaps, mastersBefore = sentinelMasters
         let reseeded = discoverReseededClusters(newConfig)
         discoverNewSentinelMasters(newConfig)
         let newPlans: [PoolPlan]
         do {
-            newPlans = try makePlans(for: routed(newConfig), previous: plans)
+            newPlans = try makePlans(for: routed(newConfig), previous: plans, rereadsTLS: rereadsTLS)
         } catch {
             clusterMaps = mapsBefore
             sentinelMasters = mastersBefore
