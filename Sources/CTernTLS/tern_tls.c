@@ -237,6 +237,7 @@ long tern_tls_write(void *tls, const void *buffer, size_t length) {
 }
 
 int tern_tls_pending(void *tls) { return SSL_pending((SSL *)tls); }
+int tern_tls_has_buffered(void *tls) { return SSL_has_pending((SSL *)tls); }
 
 void tern_tls_shutdown(void *tls) {
     SSL *connection = (SSL *)tls;

@@ -340,6 +340,59 @@ final class TLSTests: XCTestCase {
             """)
     }
 
+    /// A TLS client that trickles one record a byte at a time is an incomplete request: closed
+    /// at `client_partial_timeout`, as a plain client trickling a request is, while an innocent
+    /// TLS client is served. Before, every byte counted as activity and nothing as a partial
+    /// request: such clients stayed for hours and could hold a pool's `client_connections`
+    /// (TLS sweep 32; fails on a84b660).
+    func testATLSRecordTrickledByteByByteIsTimedOut() throws {
+        let redis = try group.redis()
+        let port = ProcessGroup.freePort()
+        try group.tern(config: """
+            t:
+              listen: 127.0.0.1:\(port)
+              redis: true
+              client_partial_timeout: 1500
+              tls: {cert: "\(certificates.serverCert)", key: "\(certificates.serverKey)"}
+              servers: ["\(redis.address):1"]
+            """, arguments: ["--threads", "1"], waitPort: port)
+        try pythonTLS("""
+            ctx = ssl.create_default_context(cafile='\(certificates.ca)')
+            raw = socket.create_connection(('127.0.0.1', \(port)))
+            slow = ctx.wrap_socket(raw, server_hostname='localhost')
+            slow.sendall(b'PING\\r\\n')
+            assert slow.recv(100) == b'+PONG\\r\\n'
+            # An application-data record header announcing 16,384 bytes, then a byte a second.
+            sock = socket.socket(fileno=slow.fileno())
+            sock.sendall(b'\\x17\\x03\\x03\\x40\\x00')
+            innocent = redis.Redis(host='127.0.0.1', port=\(port), ssl=True, ssl_ca_certs='\(certificates.ca)', socket_timeout=5)
+            started = time.time()
+            closed = None
+            while time.time() - started < 6:
+                try:
+                    sock.sendall(b'x')
+                except OSError:
+                    closed = time.time() - started
+                    break
+                assert innocent.ping() is True
+                time.sleep(0.5)
+                sock.setblocking(False)
+                try:
+                    if sock.recv(100) == b'':
+                        closed = time.time() - started
+                        break
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed = time.time() - started
+                    break
+                sock.setblocking(True)
+            assert closed is not None, 'the trickling client was never closed'
+            assert 1.0 < closed < 4.0, closed
+            print('a TLS record trickled a byte every 0.5 s: closed after %.1f s' % closed)
+            """)
+    }
+
     /// `client_auth: required`: a client without a certificate, or with one from another CA,
     /// fails the handshake; with `user_from_certificate: cn`, the certificate's common name
     /// logs the client in as that user (its key rules apply) without AUTH.

@@ -55,6 +55,9 @@ long tern_tls_write(void *tls, const void *buffer, size_t length);
 
 /// Decrypted bytes OpenSSL holds that the socket will not announce again.
 int tern_tls_pending(void *tls);
+/// 1 when OpenSSL holds bytes read from the socket that are not yet application data (part of
+/// a record), or decrypted bytes (SSL_has_pending).
+int tern_tls_has_buffered(void *tls);
 
 /// Sends close_notify if it can without blocking (call before the socket is closed).
 void tern_tls_shutdown(void *tls);

@@ -389,6 +389,7 @@ final class ClientConnection: ReplyOwner {
         // Held (parsing waits for a blocking command or a WATCH): at most `heldInputLimit`
         // bytes wait, give or take one read, rather than a whole read pass's 4 MiB.
         let cap = parsingHeld ? max(Self.heldInputLimit - buffer.readableCount, 1) : 4 << 20
+        let readBefore = buffer.readableCount
         switch Transport.read(descriptor, tls, into: buffer, cap: cap, records: Self.tlsRecordsPerRead) {
         case .drained:
             break
@@ -401,7 +402,11 @@ final class ClientConnection: ReplyOwner {
         }
         // A TLS read that needs the socket writable (a key update's answer) resumes on EV_WRITE.
         if let tls, tls.readWantsWrite, let watcher { watcher.watch(watcher.events | TERN_EV_WRITE) }
-        lastActivity = worker.now
+        // A TLS read that brought no request bytes, only part of a record, is no activity, and
+        // a record that stays incomplete is an incomplete request (`client_partial_timeout`):
+        // a client trickling one record a byte at a time was never timed out (TLS sweep 32).
+        let partialRecord = !reachedEnd && buffer.readableCount == readBefore && tls?.hasBufferedBytes == true
+        if !partialRecord { lastActivity = worker.now }
         let wasPartial = partial != nil
         // A large request that fills the buffer may be handed to its server connection whole
         // rather than copied (`ServerConnection.forward`).
@@ -434,7 +439,9 @@ final class ClientConnection: ReplyOwner {
             partial.reserve(frame: min(RespRequestParser.declaredLength(partial.readable), requestLimits(session).maxRequestLength))
         }
         dropEmptyPartial()
-        if partial == nil {
+        if partialRecord {
+            if partialSince == 0 { partialSince = worker.now }
+        } else if partial == nil {
             partialSince = 0
         } else if !wasPartial || partialSince == 0 {
             partialSince = worker.now

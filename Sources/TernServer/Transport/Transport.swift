@@ -116,6 +116,9 @@ final class TLSStream {
     /// Decrypted bytes waiting inside OpenSSL, which the socket will not announce again.
     var hasPending: Bool { tern_tls_pending(pointer) > 0 }
 
+    /// Bytes of a record not complete yet (or decrypted bytes) held inside OpenSSL.
+    var hasBufferedBytes: Bool { tern_tls_has_buffered(pointer) != 0 }
+
     /// The verified client certificate's subject common name (nil: no verified certificate).
     func peerCommonName() -> String? {
         var buffer = [CChar](repeating: 0, count: 256)
