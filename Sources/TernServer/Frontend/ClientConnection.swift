@@ -725,7 +725,10 @@ final class ClientConnection: ReplyOwner {
         }
         watcher = nil
         // close_notify (if the socket takes it) before the socket closes.
-        tls?.shutdown()
+        if let tls {
+            tls.shutdown()
+            worker.tlsClientsClosed += 1
+        }
         tls = nil
         worker.closeClientSocket(descriptor, wasSending: partial != nil || !slots.isEmpty || inputDeferred)
         if redis != nil { endRedisSession() }

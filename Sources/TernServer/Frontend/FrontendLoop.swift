@@ -29,6 +29,9 @@ class FrontendLoop: RoutingLoop {
     /// Read buffer shared by the worker's clients: a client holds a buffer of its own only while
     /// it has a partial request, so idle connections cost no buffer memory.
     final let scratch = ByteBuffer()
+    /// TLS clients closed since the sweep last looked: OpenSSL's per-connection memory is freed
+    /// to malloc, which keeps the pages unless trimmed (`Worker.sweepClients`).
+    final var tlsClientsClosed = 0
     /// Binary-protocol clients: the meta line a packet becomes, reused across requests (taken
     /// out with a swap while in use; large ones are not kept), and the `gets` line of the common
     /// Get (written without the translator's array appends).
