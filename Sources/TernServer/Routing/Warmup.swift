@@ -151,7 +151,15 @@ final class WarmupRead: PhasedRead {
 
     override func failed(_ slot: ReplySlot, part: Int32, reason: String, serverFailure: Bool) {
         if phase == .old {
-            WarmupCounters.add(counters.oldErrors)
+            // Counted per key, in both protocols (a Redis key's GET and PTTL each counted, a
+            // memcached batch once for all its keys: TLS sweep 32).
+            switch mode {
+            case .text, .meta:
+                let server = ReplyPart.oldServer(of: part)
+                WarmupCounters.add(counters.oldErrors, keys.indices.filter { keys[$0].oldServer == server && keys[$0].missed }.count)
+            case .redisGet, .redisMGet:
+                if !ReplyPart.isTTL(part) { WarmupCounters.add(counters.oldErrors) }
+            }
             return
         }
         // The new pool failed: memcached multi-key reads answer its keys as misses, as on other
