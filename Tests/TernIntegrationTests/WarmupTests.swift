@@ -99,10 +99,12 @@ final class WarmupTests: XCTestCase {
         XCTAssertEqual(try client.request("incr n 1\r\ntouch both 10\r\n", until: "\r\n", occurrences: 2), "NOT_FOUND\r\nTOUCHED\r\n")
         // `fragments` counts the parts of gets that reached several servers, as on other pools:
         // every get of a warm-up pool is split, and each one-server get counted one (stats
-        // sweep 30). One get here spans both new servers; the other four reach one.
-        let spanning = "oldA both nothing newOnly oldB nothing2".split(separator: " ").map { setup.newIndex(String($0)) }
-        XCTAssertEqual(Set(spanning).count, 2)
-        XCTAssertTrue(try client.request("stats\r\n", until: "END\r\n").contains("STAT fragments 2\r\n"))
+        // sweep 30). One get here may span both new servers (the servers' ports, and so the
+        // placement, change from run to run: with some, all six keys land on one, about one
+        // run in thirty, which CI met); the other gets reach one.
+        let spanning = Set("oldA both nothing newOnly oldB nothing2".split(separator: " ").map { setup.newIndex(String($0)) }).count
+        let stats = try client.request("stats\r\n", until: "END\r\n")
+        XCTAssertTrue(stats.contains("STAT fragments \(spanning > 1 ? spanning : 0)\r\n"), "\(spanning) servers: \(stats)")
         _ = new
     }
 
