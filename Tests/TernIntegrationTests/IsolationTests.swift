@@ -12,6 +12,8 @@ final class Canary: Sendable {
     let good = Atomic<Int>(0)
     let bad = Atomic<Int>(0)
     let lastBad = Mutex<String>("")
+    /// The longest a request waited for its reply, in microseconds (reported by `check`).
+    let slowest = Atomic<Int>(0)
 
     init(port: Int, redis: Bool, keys: [String] = (0..<16).map { "canary:\($0)" }) {
         Thread { [self] in
@@ -21,6 +23,11 @@ final class Canary: Sendable {
                 let key = keys[round % keys.count]
                 let value = "\(key)-\(round)-" + String(repeating: "c", count: round % 50)
                 round += 1
+                let started = DispatchTime.now().uptimeNanoseconds
+                defer {
+                    let waited = Int((DispatchTime.now().uptimeNanoseconds - started) / 1000)
+                    if waited > slowest.load(ordering: .relaxed) { slowest.store(waited, ordering: .relaxed) }
+                }
                 do {
                     guard let connection = client else { throw TestError("no connection") }
                     let expected: String
@@ -57,7 +64,9 @@ final class Canary: Sendable {
         while good.load(ordering: .relaxed) < target, bad.load(ordering: .relaxed) == 0, Date() < deadline { usleep(10_000) }
         stopped.store(true, ordering: .relaxed)
         while !finished.load(ordering: .relaxed) { usleep(10_000) }
-        XCTAssertEqual(bad.load(ordering: .relaxed), 0, "the innocent client got a wrong reply or an error: \(lastBad.withLock { $0 })", file: file, line: line)
+        let slowest = "slowest reply \(self.slowest.load(ordering: .relaxed) / 1000) ms"
+        XCTAssertEqual(bad.load(ordering: .relaxed), 0, "the innocent client got a wrong reply or an error: \(lastBad.withLock { $0 }); \(slowest)", file: file, line: line)
+        if ProcessInfo.processInfo.environment["TERN_CANARY_REPORT"] != nil { print("canary: \(slowest), \(good.load(ordering: .relaxed)) good") }
         XCTAssertGreaterThan(good.load(ordering: .relaxed), 20, "the innocent client kept being served", file: file, line: line)
     }
 }
