@@ -549,6 +549,53 @@ final class MemcacheProxyTests: XCTestCase {
         XCTAssertEqual(try backends[1].get(key), "y", "ejected: the key goes to the live server")
     }
 
+    /// A server back from a restart is reached within 0.1 s of its return while requests come,
+    /// as through nutcracker (which tries a connect for each request): Tern failed every request
+    /// until its backoff's next step, up to 2 s after the server was back (the drop-in sweep:
+    /// 0.9–1.1 s of `Connection refused` after each restart; fails on 0c5ce24). The requests
+    /// still make at most about ten connects a second to the dead server.
+    func testAServerBackFromARestartIsReachedWithinATenthOfASecond() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort(), statsPort = ProcessGroup.freePort()
+        // A 5 s timeout: the backoff's ceiling is 2 s.
+        let text = "pool:\n  listen: 127.0.0.1:\(port)\n  timeout: 5000\n  servers:\n   - \(backend.address):1 only\n"
+        try group.tern(config: text, arguments: ["--threads", "1", "-s", "\(statsPort)", "-a", "127.0.0.1"], waitPort: port)
+        let client = try TestClient(port: port)
+        XCTAssertEqual(try client.request("set k 0 0 1\r\nv\r\n", until: "\r\n"), "STORED\r\n")
+        func connectFailures() throws -> Int {
+            let stats = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(TestClient(port: statsPort).drain(for: 2).bytes)) as? [String: Any])
+            return try XCTUnwrap(((stats["pool"] as? [String: Any])?["only"] as? [String: Any])?["server_err"] as? Int)
+        }
+        backend.kill()
+        // Requests for 3 s, every 10 ms: each fails (the backoff grows to its ceiling).
+        let started = Date()
+        while Date().timeIntervalSince(started) < 3 {
+            let reply = try client.request("get k\r\n", until: "\r\n")
+            XCTAssertTrue(reply.hasPrefix("SERVER_ERROR"), reply)
+            usleep(10_000)
+        }
+        let attempts = try connectFailures()
+        XCTAssertLessThanOrEqual(attempts, 8 + 30, "connects to the dead server in 3 s")
+        // Right after a connect attempt failed, the server returns on its port.
+        var before = attempts
+        while true {
+            _ = try client.request("get k\r\n", until: "\r\n")
+            let now = try connectFailures()
+            if now != before { break }
+            before = now
+            usleep(5_000)
+        }
+        _ = try group.memcached(port: backend.port)
+        let back = Date()
+        var errors = 0
+        while try client.request("get k\r\n", until: "\r\n") != "END\r\n" {
+            errors += 1
+            XCTAssertLessThan(Date().timeIntervalSince(back), 3)
+            usleep(10_000)
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(back), 0.5, "reached after \(errors) errors")
+    }
+
     /// A server whose host name does not resolve at start (a DNS outage, a record not made
     /// yet) fails its own keys only, as under nutcracker (`Host is down`); Tern refused to start
     /// at all, every pool down (the drop-in sweep; fails on 1e619a5).

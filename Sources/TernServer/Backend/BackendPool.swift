@@ -121,6 +121,10 @@ class BackendServer {
     final var connectFailures = 0
     final var connectRetryAfter: Double = 0
     final var connectError = ""
+    /// The last connect failed as refused (or, for a Unix socket, its file gone): the host
+    /// answered and nothing listens, a server restarting. Requests then retry the connect
+    /// inside the backoff (`ServerConnection.connectIfNeeded`).
+    final var connectsRefused = false
     /// When this worker last began a connect to the server (a waiting client's last-chance
     /// connect is skipped if one was begun just before: `connectBeforeWaitEnds`).
     final var lastConnectAt: Double = 0
@@ -149,6 +153,7 @@ class BackendServer {
     final func connectSucceeded() {
         connectFailures = 0
         connectRetryAfter = 0
+        connectsRefused = false
     }
 
     // MARK: Up to the pool (overridden by ServerRuntime)

@@ -220,7 +220,7 @@ final class ServerConnection {
     /// Opens the connection if needed and marks where the next request's bytes start.
     @inline(__always)
     private func beginRequest() {
-        connectIfNeeded()
+        if state == .disconnected { connectIfNeeded(forRequest: true) }
         requestStart = outputCount
     }
 
@@ -407,9 +407,22 @@ final class ServerConnection {
         }
     }
 
-    func connectIfNeeded() {
+    /// `forRequest`: a request is about to be queued on the connection. While the server's
+    /// connects are refused (nothing listens: a restart), a request tries a connect inside the
+    /// backoff too, at most one every `refusedRetryInterval` per worker, so a server back from a
+    /// restart is reached within that time, as through nutcracker (which tries a connect for
+    /// every request), not up to a whole backoff step (2 s) later, failing every request
+    /// meanwhile (the drop-in sweep: 0.9–1.1 s of `Connection refused` after each restart). A
+    /// refusal costs both hosts one round trip; a server that does not answer at all (timed
+    /// out) keeps the backoff, so requests do not each wait out a connect timeout.
+    func connectIfNeeded(forRequest: Bool = false) {
         guard state == .disconnected else { return }
         if worker.now < retryAfter || worker.now < server.connectRetryAfter {
+            // (A wall clock stepped back does not hold the retry off: ev_now is wall time.)
+            if forRequest, server.connectsRefused, !(0..<Self.refusedRetryInterval).contains(worker.now - server.lastConnectAt) {
+                beginConnect()
+                return
+            }
             // Backing off after failures (this connection's, or connects to the server by any
             // of its connections): fail fast instead of hammering a dead server.
             if worker.now >= retryAfter { lastError = server.connectError }
@@ -1120,6 +1133,9 @@ final class ServerConnection {
     /// if that is shorter (at least 50 ms), so that every wait sees a connect tried, with time
     /// left for it to complete, and a server that returned is reached within a wait. A pool
     /// whose requests do not wait (`server_wait: 0`) backs off to 2 s.
+    /// How often requests may try a connect to a server that refuses them (`connectIfNeeded`).
+    static let refusedRetryInterval = 0.1
+
     private var backoffCeiling: Double {
         let wait = server.pool.serverWaitSeconds
         return wait > 0 ? min(2.0, max(0.05, 0.8 * wait)) : 2.0
@@ -1128,6 +1144,7 @@ final class ServerConnection {
     /// A connect failed: every connection of this worker to the server backs off (50 ms
     /// doubling to `backoffCeiling`, while connects keep failing).
     private func noteConnectFailure(_ reason: String) {
+        server.connectsRefused = reason == Syscall.refusedText || reason == Syscall.noSuchFileText
         server.connectFailures += 1
         server.connectRetryAfter = worker.now + min(backoffCeiling, 0.05 * Double(1 << min(server.connectFailures - 1, 6)))
         if retryBeforeLastChance > worker.now { server.connectRetryAfter = min(server.connectRetryAfter, retryBeforeLastChance) }

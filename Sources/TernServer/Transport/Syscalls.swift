@@ -63,6 +63,10 @@ enum Syscall {
         String(cString: strerror(error))
     }
 
+    /// `errorText` of a refused connect, and of a Unix socket whose file is gone.
+    static let refusedText = errorText(ECONNREFUSED)
+    static let noSuchFileText = errorText(ENOENT)
+
     static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32 = 1) {
         var value = value
         _ = setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size))
