@@ -19,11 +19,11 @@ final class ObservabilityTests: XCTestCase {
         func server(_ key: String) -> Int { Array(key.utf8).withUnsafeBytes { pool.placement().server(forKey: $0)! } }
     }
 
-    func start(redis: Bool, backends addresses: [String], extra: String = "") throws -> Setup {
+    func start(redis: Bool, backends addresses: [String], extra: String = "", arguments: [String] = []) throws -> Setup {
         let port = ProcessGroup.freePort(), adminPort = ProcessGroup.freePort()
         let text = "p:\n  listen: 127.0.0.1:\(port)\n  redis: \(redis)\n  timeout: 3000\n\(extra)  servers:\n"
             + addresses.map { "   - \($0):1\n" }.joined()
-        try group.tern(config: text, arguments: ["--threads", "2", "--admin-port", "\(adminPort)"], waitPort: port)
+        try group.tern(config: text, arguments: ["--threads", "2", "--admin-port", "\(adminPort)"] + arguments, waitPort: port)
         return Setup(port: port, adminPort: adminPort, pool: try ConfigLoader.load(text: text, file: "p.yml").pools[0])
     }
 
@@ -37,6 +37,73 @@ final class ObservabilityTests: XCTestCase {
         return (status, body)
     }
 
+
+    /// A warm-up's old servers have figures of their own: in the stats port's pool object as
+    /// `warmup_old:<name>`, in `/metrics` as `tern_warmup_old_server_*`, and counted in
+    /// `warmup_old_backends_up`/`_down` (memcached `stats`) or INFO's `# Backends` section. An
+    /// old server failing every connect showed nowhere, and `backends_down` said 0 (TLS sweep
+    /// 32; fails on 0c5ce24).
+    func testTheWarmupOldServersHaveFiguresOfTheirOwn() throws {
+        for redis in [false, true] {
+            let new = redis ? try group.redis().address : try group.memcached().address
+            let old = redis ? try group.redis().address : try group.memcached().address
+            let dead = "127.0.0.1:\(ProcessGroup.freePort())"
+            // (md5: fnv1a_64 puts short similar keys on one server.)
+            let statsPort = ProcessGroup.freePort()
+            let setup = try start(redis: redis, backends: [new], extra: "  warmup:\n    hash: md5\n    servers:\n     - \(old):1\n     - \(dead):1\n",
+                                  arguments: ["-s", "\(statsPort)", "-a", "127.0.0.1"])
+            let oldPool = try XCTUnwrap(setup.pool.warmup?.old)
+            let onLive = (0..<200).map { "key\($0)" }.first { key in Array(key.utf8).withUnsafeBytes { oldPool.placement().server(forKey: $0) } == 0 }!
+            let onDead = (0..<200).map { "key\($0)" }.first { key in Array(key.utf8).withUnsafeBytes { oldPool.placement().server(forKey: $0) } == 1 }!
+            let oldPort = Int(old.split(separator: ":").last!)!
+            let client = try TestClient(port: setup.port)
+            if redis {
+                XCTAssertEqual(try TestClient(port: oldPort).call("SET", onLive, "v"), "+OK\r\n")
+                XCTAssertEqual(try client.call("GET", onLive), "$1\r\nv\r\n")
+                XCTAssertEqual(try client.call("GET", onDead), "$-1\r\n")
+            } else {
+                XCTAssertEqual(try TestClient(port: oldPort).request("set \(onLive) 0 0 1\r\nv\r\n", until: "\r\n"), "STORED\r\n")
+                XCTAssertEqual(try client.request("get \(onLive)\r\n", until: "END\r\n"), "VALUE \(onLive) 0 1\r\nv\r\nEND\r\n")
+                XCTAssertEqual(try client.request("get \(onDead)\r\n", until: "END\r\n"), "END\r\n")
+            }
+            // The backend poller's view, within a few of its one-second rounds.
+            let up = redis ? "warmup_old_backends_up:1\r\nwarmup_old_backends_down:1\r\n" : "STAT warmup_old_backends_up 1\r\nSTAT warmup_old_backends_down 1\r\n"
+            let report = try eventually("polled", within: 8) { () -> String in
+                let text = redis ? try client.call("INFO", "backends") : try client.request("stats\r\n", until: "END\r\n")
+                return text.contains(up) && text.contains(redis ? "backends_down:0\r\n" : "STAT backends_down 0\r\n") ? "polled" : text
+            }
+            XCTAssertEqual(report, "polled")
+            if redis {
+                let info = try client.call("INFO", "backends")
+                XCTAssertTrue(info.contains("warmup_old_server0:name=\(old),status=up,") && info.contains("warmup_old_server1:name=\(dead),status=down,error="), info)
+            }
+            // /metrics: the old servers' own families; the pool's servers' are unchanged. (A
+            // Redis old read is two commands; the new pool had the two reads and the copy.)
+            let oldRequests = redis ? 2 : 1
+            let (status, metrics) = try http(setup.adminPort, "/metrics")
+            XCTAssertEqual(status, 200)
+            func value(_ series: String) -> Int? {
+                metrics.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Int($0.split(separator: " ").last!) }
+            }
+            XCTAssertEqual(value("tern_warmup_old_server_requests_total{pool=\"p\",server=\"\(old)\"}"), oldRequests, metrics)
+            XCTAssertEqual(value("tern_warmup_old_server_responses_total{pool=\"p\",server=\"\(old)\"}"), oldRequests, metrics)
+            XCTAssertEqual(value("tern_warmup_old_server_latency_seconds_count{pool=\"p\",server=\"\(old)\"}"), oldRequests, metrics)
+            XCTAssertGreaterThanOrEqual(value("tern_warmup_old_server_errors_total{pool=\"p\",server=\"\(dead)\",kind=\"error\"}") ?? 0, 1, metrics)
+            XCTAssertEqual(value("tern_server_requests_total{pool=\"p\",server=\"\(new)\"}"), 3, metrics)
+            XCTAssertFalse(metrics.contains("tern_server_requests_total{pool=\"p\",server=\"\(old)\"}"), metrics)
+            // The stats port: each old server as `warmup_old:<name>` in the pool's object.
+            let stats = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(TestClient(port: statsPort).drain(for: 2).bytes)) as? [String: Any])
+            let pool = try XCTUnwrap(stats["p"] as? [String: Any])
+            let live = try XCTUnwrap(pool["warmup_old:\(old)"] as? [String: Any], "\(pool.keys)")
+            let gone = try XCTUnwrap(pool["warmup_old:\(dead)"] as? [String: Any], "\(pool.keys)")
+            XCTAssertEqual(live["requests"] as? Int, oldRequests)
+            XCTAssertEqual(live["responses"] as? Int, oldRequests)
+            XCTAssertEqual(live["server_err"] as? Int, 0)
+            XCTAssertGreaterThanOrEqual(gone["server_err"] as? Int ?? 0, 1)
+            XCTAssertEqual((pool[new] as? [String: Any])?["requests"] as? Int, 3)
+            XCTAssertNil(pool[old])
+        }
+    }
 
     /// The monitoring snippet of a Redis guide, through Tern on a two-server pool: every field
     /// it reads is there, summed over the servers, and moves by exactly what the test did; a

@@ -18,28 +18,39 @@ struct BackendInfo: Sendable {
     /// A server is reported down when its last fetch failed or is older than this.
     static let staleAfter = 5
 
+    /// Each server of `plan` as a `<prefix>server<i>` line (its name, up or down and why), and
+    /// the fresh figures of those up. A warm-up's old pool is polled too (its plan's own
+    /// `backendInfo`), and reported with `warmup_old_` in front (TLS sweep 32: an old server
+    /// failing every handshake showed nowhere).
+    static func serverLines(_ plan: PoolPlan, prefix: String) -> (live: [BackendInfo], lines: [(String, String)]) {
+        let known = plan.shared.backendInfo.withLock { $0 }
+        let now = Int(time(nil))
+        var live: [BackendInfo] = []
+        var lines: [(String, String)] = []
+        for (index, server) in plan.config.servers.enumerated() {
+            let info = known[server.name]
+            if let info, info.error == nil, now - info.fetchedAt <= staleAfter {
+                live.append(info)
+                lines.append(("\(prefix)server\(index)", "name=\(server.name),status=up,age_seconds=\(now - info.fetchedAt),used_memory=\(info.fields["used_memory"] ?? "?"),total_commands_processed=\(info.fields["total_commands_processed"] ?? "?")"))
+            } else {
+                let reason = info?.error ?? (info == nil ? "not polled yet" : "no answer for \(now - (info?.fetchedAt ?? now)) s")
+                lines.append(("\(prefix)server\(index)", "name=\(server.name),status=down,error=\(reason.map { $0 == "," || $0 == "\r" || $0 == "\n" ? " " : $0 }.map(String.init).joined())"))
+            }
+        }
+        return (live, lines)
+    }
+
     /// The INFO fields applications read from Redis, summed over the pool's live servers, and
     /// a `# Backends` section saying which servers answered. A server that did not answer is
     /// counted in `backends_down` and left out of the sums (never added as zero); with no
     /// server answering, the summed fields are left out.
     static func aggregate(_ plan: PoolPlan) -> (memory: [(String, String)], stats: [(String, String)], keyspace: [(String, String)], servers: [(String, String)]) {
-        let known = plan.shared.backendInfo.withLock { $0 }
-        let now = Int(time(nil))
-        var live: [BackendInfo] = []
-        var servers: [(String, String)] = []
-        var up = 0
-        for (index, server) in plan.config.servers.enumerated() {
-            let info = known[server.name]
-            if let info, info.error == nil, now - info.fetchedAt <= staleAfter {
-                up += 1
-                live.append(info)
-                servers.append(("server\(index)", "name=\(server.name),status=up,age_seconds=\(now - info.fetchedAt),used_memory=\(info.fields["used_memory"] ?? "?"),total_commands_processed=\(info.fields["total_commands_processed"] ?? "?")"))
-            } else {
-                let reason = info?.error ?? (info == nil ? "not polled yet" : "no answer for \(now - (info?.fetchedAt ?? now)) s")
-                servers.append(("server\(index)", "name=\(server.name),status=down,error=\(reason.map { $0 == "," || $0 == "\r" || $0 == "\n" ? " " : $0 }.map(String.init).joined())"))
-            }
+        let (live, lines) = serverLines(plan, prefix: "")
+        var servers = [("backends_up", String(live.count)), ("backends_down", String(plan.config.servers.count - live.count))] + lines
+        if let old = plan.warmup {
+            let (oldLive, oldLines) = serverLines(old, prefix: "warmup_old_")
+            servers += [("warmup_old_backends_up", String(oldLive.count)), ("warmup_old_backends_down", String(old.config.servers.count - oldLive.count))] + oldLines
         }
-        servers.insert(contentsOf: [("backends_up", String(up)), ("backends_down", String(plan.config.servers.count - up))], at: 0)
         guard !live.isEmpty else { return ([], [], [], servers) }
         // Saturating: figures come from the servers, and a trap here would end the process.
         func sum(_ field: String) -> Int { live.reduce(0) { add($0, Int($1.fields[field] ?? "") ?? 0) } }
@@ -123,13 +134,12 @@ struct BackendInfo: Sendable {
     /// evictions), summed over the servers whose last poll is fresh, and how many answered.
     /// With no server answering, only the counts of servers up and down.
     static func memcachedTotals(_ plan: PoolPlan) -> [(String, String)] {
-        let known = plan.shared.backendInfo.withLock { $0 }
-        let now = Int(time(nil))
-        let live = plan.config.servers.compactMap { server -> BackendInfo? in
-            guard let info = known[server.name], info.error == nil, now - info.fetchedAt <= staleAfter else { return nil }
-            return info
-        }
+        let live = serverLines(plan, prefix: "").live
         var lines = [("backends_up", String(live.count)), ("backends_down", String(plan.config.servers.count - live.count))]
+        if let old = plan.warmup {
+            let up = serverLines(old, prefix: "").live.count
+            lines += [("warmup_old_backends_up", String(up)), ("warmup_old_backends_down", String(old.config.servers.count - up))]
+        }
         guard !live.isEmpty else { return lines }
         for field in memcachedSummed {
             lines.append((field, String(live.reduce(0) { add($0, Int($1.fields[field] ?? "") ?? 0) })))

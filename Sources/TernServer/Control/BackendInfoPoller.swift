@@ -71,16 +71,18 @@ final class BackendInfoPoller: Sendable {
             }
             var seen = Set<String>()
             var targets: [Target] = []
-            for plan in control.currentPlans {
-                let due = now - (connections.lastPoll[plan.config.name] ?? 0) >= 1
+            // A warm-up's old pool too (its servers' `backends_up`), under the same pool name.
+            let polled = control.currentPlans.flatMap { plan in [(plan, plan.config.name)] + (plan.warmup.map { [($0, "warmup_old:" + plan.config.name)] } ?? []) }
+            for (plan, name) in polled {
+                let due = now - (connections.lastPoll[name] ?? 0) >= 1
                 for (index, server) in plan.config.servers.enumerated() {
                     // With the transport: a reload that adds or drops server_tls reconnects.
-                    let key = "\(plan.config.name)/\(server.name)/\(server.address)/\(plan.serverTLS == nil ? "tcp" : "tls")"
+                    let key = "\(name)/\(server.name)/\(server.address)/\(plan.serverTLS == nil ? "tcp" : "tls")"
                     seen.insert(key)
                     guard due, index < plan.serverAddresses.count, now >= connections.retryAt[key] ?? 0 else { continue }
                     targets.append(Target(key: key, plan: plan, server: server, address: plan.serverAddresses[index]))
                 }
-                if due { connections.lastPoll[plan.config.name] = now }
+                if due { connections.lastPoll[name] = now }
             }
             // Servers that left the config: close their connections.
             for key in connections.connections.keys where !seen.contains(key) { connections.connections[key] = nil }

@@ -59,10 +59,15 @@ enum StatsReport {
             if plan.config.protocolKind == .redis {
                 for (name, value) in plan.sessionSummary { out += ",\(quoted(name)):\(value)" }
             }
-            for (index, server) in plan.config.servers.enumerated() {
-                let perWorker = plan.serverCounters[index]
+            // A warm-up's old servers follow the pool's own, as `warmup_old:<name>` (the old
+            // pool's connect failures, timeouts and traffic were shown nowhere; TLS sweep 32).
+            var servers = plan.config.servers.indices.map { (plan.config.servers[$0].name, plan.serverCounters[$0]) }
+            if let old = plan.warmup {
+                servers += old.config.servers.indices.map { ("warmup_old:" + old.config.servers[$0].name, old.serverCounters[$0]) }
+            }
+            for (name, perWorker) in servers {
                 func add(_ field: (ServerCounters) -> Int) -> Int { perWorker.reduce(0) { $0 + field($1) } }
-                out += ",\(quoted(server.name)):{"
+                out += ",\(quoted(name)):{"
                 out += "\"server_eof\":\(add { $0.serverEOF.read() }),\"server_err\":\(add { $0.serverErrors.read() }),"
                 out += "\"server_timedout\":\(add { $0.serverTimedOut.read() }),\"server_connections\":\(add { $0.serverConnections.read() }),"
                 out += "\"server_ejected_at\":\(perWorker.map { $0.serverEjectedAt.read() }.max() ?? 0),"
@@ -124,6 +129,7 @@ enum StatsReport {
             text.series(name, "gauge", labels, help)
         }
         var histograms = ""
+        var oldHistograms = ""
         var commandHistograms = ""
         for plan in state.currentPlans {
             let pool = plan.config.name
@@ -210,21 +216,30 @@ enum StatsReport {
                 counter("tern_pool_tls_handshake_failures_total", [("pool", pool)], "TLS client handshakes that failed or timed out (plain-text clients on the TLS port among them).")
                     .increment(by: sum { $0.tlsHandshakeFailures.read() })
             }
-            for (index, server) in plan.config.servers.enumerated() {
-                let perWorker = plan.serverCounters[index]
+            // The pool's servers as `tern_server_*`, a warm-up's old ones as `tern_warmup_old_server_*`
+            // (same labels: the pool is the new pool's name, the server the old server's).
+            var servers = plan.config.servers.indices.map { (plan.config.servers[$0].name, plan.serverCounters[$0], "tern_server", "the server") }
+            if let old = plan.warmup {
+                servers += old.config.servers.indices.map { (old.config.servers[$0].name, old.serverCounters[$0], "tern_warmup_old_server", "the warm-up's old server") }
+            }
+            for (name, perWorker, family, what) in servers {
                 func add(_ field: (ServerCounters) -> Int) -> Int64 { Int64(perWorker.reduce(0) { $0 + field($1) }) }
-                let labels = [("pool", pool), ("server", server.name)]
-                counter("tern_server_requests_total", labels, "Requests sent to the server.").increment(by: add { $0.requests.read() })
-                counter("tern_server_responses_total", labels, "Replies received from the server.").increment(by: add { $0.responses.read() })
-                counter("tern_server_request_bytes_total", labels, "Request bytes sent to the server.").increment(by: add { $0.requestBytes.read() })
-                counter("tern_server_response_bytes_total", labels, "Reply bytes received from the server.").increment(by: add { $0.responseBytes.read() })
+                let labels = [("pool", pool), ("server", name)]
+                counter("\(family)_requests_total", labels, "Requests sent to \(what).").increment(by: add { $0.requests.read() })
+                counter("\(family)_responses_total", labels, "Replies received from \(what).").increment(by: add { $0.responses.read() })
+                counter("\(family)_request_bytes_total", labels, "Request bytes sent to \(what).").increment(by: add { $0.requestBytes.read() })
+                counter("\(family)_response_bytes_total", labels, "Reply bytes received from \(what).").increment(by: add { $0.responseBytes.read() })
                 for (kind, value) in [("eof", add { $0.serverEOF.read() }), ("error", add { $0.serverErrors.read() }), ("timeout", add { $0.serverTimedOut.read() })] {
-                    counter("tern_server_errors_total", labels + [("kind", kind)], "Server connection errors by kind.").increment(by: value)
+                    counter("\(family)_errors_total", labels + [("kind", kind)], "Connection errors of \(what) by kind.").increment(by: value)
                 }
-                counter("tern_server_ejections_total", labels, "Times the server was ejected, summed over workers.").increment(by: add { $0.ejections.read() })
-                gauge("tern_server_in_flight", labels, "Requests sent to the server and not yet answered.").set(add { $0.inQueue.read() })
-                gauge("tern_server_connections", labels, "Open connections to the server.").set(add { $0.serverConnections.read() })
-                histograms += latencyHistogram(pool: pool, server: server.name, perWorker)
+                counter("\(family)_ejections_total", labels, "Times \(what) was ejected, summed over workers.").increment(by: add { $0.ejections.read() })
+                gauge("\(family)_in_flight", labels, "Requests sent to \(what) and not yet answered.").set(add { $0.inQueue.read() })
+                gauge("\(family)_connections", labels, "Open connections to \(what).").set(add { $0.serverConnections.read() })
+                if family == "tern_server" {
+                    histograms += latencyHistogram(pool: pool, server: name, perWorker)
+                } else {
+                    oldHistograms += latencyHistogram(pool: pool, server: name, perWorker, family: "tern_warmup_old_server_latency_seconds")
+                }
             }
             let isRedis = plan.config.protocolKind == .redis
             for row in 0..<CommandStats.rows {
@@ -285,6 +300,11 @@ enum StatsReport {
             buffer += Array("# HELP tern_server_latency_seconds Backend round-trip time, from the request being queued for the server to its reply.\n".utf8)
             buffer += Array("# TYPE tern_server_latency_seconds histogram\n".utf8)
             buffer += Array(histograms.utf8)
+        }
+        if !oldHistograms.isEmpty {
+            buffer += Array("# HELP tern_warmup_old_server_latency_seconds Round-trip time to a warm-up's old server, from the request being queued for it to its reply.\n".utf8)
+            buffer += Array("# TYPE tern_warmup_old_server_latency_seconds histogram\n".utf8)
+            buffer += Array(oldHistograms.utf8)
         }
         if !commandHistograms.isEmpty {
             buffer += Array("# HELP tern_command_latency_seconds Client request latency by command, from the request being read to its reply being ready.\n".utf8)
@@ -373,19 +393,19 @@ enum StatsReport {
         return out + "}\n"
     }
 
-    static func latencyHistogram(pool: String, server: String, _ perWorker: [ServerCounters]) -> String {
+    static func latencyHistogram(pool: String, server: String, _ perWorker: [ServerCounters], family: String = "tern_server_latency_seconds") -> String {
         let labels = "pool=\(labelValue(pool)),server=\(labelValue(server))"
         var out = ""
         var cumulative = 0
         for (index, bound) in latencyBucketBounds.enumerated() {
             cumulative += perWorker.reduce(0) { $0 + $1.latencyBuckets[index].count.read() }
-            out += "tern_server_latency_seconds_bucket{\(labels),le=\"\(Double(bound) / 1_000_000)\"} \(cumulative)\n"
+            out += "\(family)_bucket{\(labels),le=\"\(Double(bound) / 1_000_000)\"} \(cumulative)\n"
         }
         cumulative += perWorker.reduce(0) { $0 + $1.latencyBuckets[latencyBucketBounds.count].count.read() }
-        out += "tern_server_latency_seconds_bucket{\(labels),le=\"+Inf\"} \(cumulative)\n"
+        out += "\(family)_bucket{\(labels),le=\"+Inf\"} \(cumulative)\n"
         let sum = Double(perWorker.reduce(0) { $0 + $1.latencySumMicroseconds.read() }) / 1_000_000
-        out += "tern_server_latency_seconds_sum{\(labels)} \(sum)\n"
-        out += "tern_server_latency_seconds_count{\(labels)} \(cumulative)\n"
+        out += "\(family)_sum{\(labels)} \(sum)\n"
+        out += "\(family)_count{\(labels)} \(cumulative)\n"
         return out
     }
 }
