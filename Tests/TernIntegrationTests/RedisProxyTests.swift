@@ -800,6 +800,28 @@ final class RedisProxyTests: XCTestCase {
         XCTAssertEqual(try shardedClient.call("GET", onUp), "$2\r\nup\r\n")
     }
 
+    /// A request waiting for a one-server pool's server (`server_wait`) is answered within 0.1 s
+    /// of the server's return from a restart: while connects are refused, Tern retries every
+    /// 100 ms, not on its doubling backoff alone (whose next step came up to 1.6 s later; fails
+    /// on 0c5ce24).
+    func testAWaitingRequestIsAnsweredWithinATenthOfASecondOfTheServersReturn() throws {
+        let backend = try group.redis()
+        let port = ProcessGroup.freePort()
+        let text = "single:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  server_wait: 5000\n  servers:\n   - \(backend.address):1\n"
+        try group.tern(config: text, arguments: ["--threads", "1"], waitPort: port)
+        let client = try TestClient(port: port, timeout: 10)
+        XCTAssertEqual(try client.call("SET", "n", "1"), "+OK\r\n")
+        backend.kill()
+        // The backoff's retries come 0.05, 0.15, 0.35, 0.75, 1.55 and 3.15 s into the wait, the
+        // last chance at 4.9 s: back at 3.3 s, the server was reached at 4.9 s.
+        try client.send(TestClient.encode(["GET", "n"]))
+        usleep(3_300_000)
+        _ = try group.redis(port: backend.port)
+        let back = Date()
+        XCTAssertEqual(String(decoding: try client.receiveReplies(1), as: UTF8.self), "$-1\r\n")
+        XCTAssertLessThan(Date().timeIntervalSince(back), 0.5)
+    }
+
     /// On a one-server pool whose server is known down, a request waits for Tern to reach it
     /// again (retried on the backoff), up to the pool's `timeout`, instead of failing at once
     /// and closing its client (found by a sweep of redis-rb, node-redis, go-redis and Perl

@@ -1340,6 +1340,45 @@ final class RedisSessionTests: XCTestCase {
         """)
     }
 
+    /// `CLIENT REPLY OFF|ON|SKIP`, as Redis: Tern answers it itself and drops the replies the
+    /// client turned off (the commands still run), merged replies, errors, a 600 KB reply (which
+    /// would stream) and a transaction's included, byte for byte what a redis-server sends,
+    /// with the pipeline split into 7-byte reads; an innocent client on the same worker gets
+    /// every reply of its own. It was refused (`unsupported command 'client reply'`): a loader
+    /// that turns replies off got every reply, and one that skips read them shifted by one
+    /// (session sweep 32; fails on 0c5ce24).
+    func testClientReplyOffOnAndSkipAsRedis() throws {
+        let setup = try start(threads: 1)
+        let reference = try group.redis()
+        let canary = Canary(port: setup.port, redis: true)
+        let big = String(repeating: "x", count: 600_000)
+        let commands: [[String]] = [
+            ["CLIENT", "REPLY", "OFF"], ["SET", "a", "1"], ["GET", "a"], ["INCR", "a"], ["NOSUCH"], ["GET"],
+            ["MGET", "a", "b", "c", "d", "e"], ["SET", "big", big], ["GET", "big"],
+            ["MULTI"], ["SET", "m", "1"], ["EXEC"], ["CLIENT", "REPLY", "SKIP"], ["GET", "a"],
+            ["CLIENT", "REPLY", "ON"], ["GET", "a"],
+            ["CLIENT", "REPLY", "SKIP"], ["MGET", "a", "m", "x1", "x2"], ["MGET", "a", "m"],
+            ["CLIENT", "REPLY", "SKIP"], ["CLIENT", "REPLY", "ON"], ["PING"],
+            ["CLIENT", "REPLY", "SKIP"], ["CLIENT", "REPLY", "SKIP"], ["GET", "a"], ["STRLEN", "big"],
+            ["CLIENT", "REPLY", "maybe"], ["CLIENT", "REPLY"], ["client", "reply", "on", "x"], ["PING", "end"],
+        ]
+        let bytes = Array(commands.map { TestClient.encode($0) }.joined())
+        let expected = "+OK\r\n$1\r\n2\r\n*2\r\n$1\r\n2\r\n$1\r\n1\r\n+OK\r\n+PONG\r\n:600000\r\n-ERR syntax error\r\n"
+            + "-ERR wrong number of arguments for 'client|reply' command\r\n-ERR wrong number of arguments for 'client|reply' command\r\n$3\r\nend\r\n"
+        for port in [reference.port, setup.port] {
+            let client = try TestClient(port: port, timeout: 10)
+            for start in stride(from: 0, to: bytes.count, by: 7) { try client.send(Array(bytes[start..<min(start + 7, bytes.count)])) }
+            var got = ""
+            while !got.hasSuffix("$3\r\nend\r\n") {
+                let (chunk, closed) = client.drain(for: 0.5)
+                got += String(decoding: chunk, as: UTF8.self)
+                if closed || chunk.isEmpty { break }
+            }
+            XCTAssertEqual(got, expected, port == reference.port ? "redis-server" : "Tern")
+        }
+        canary.check()
+    }
+
     /// Clients named alike share one object for their names inside Tern; each client's names
     /// are still its own: renaming, SETINFO and RESET change the client that sent them, never
     /// another, on one worker (one thread) where the sharing happens. redis-py names its

@@ -419,7 +419,7 @@ final class ServerConnection {
         guard state == .disconnected else { return }
         if worker.now < retryAfter || worker.now < server.connectRetryAfter {
             // (A wall clock stepped back does not hold the retry off: ev_now is wall time.)
-            if forRequest, server.connectsRefused, !(0..<Self.refusedRetryInterval).contains(worker.now - server.lastConnectAt) {
+            if forRequest, refusedRetryIsDue {
                 beginConnect()
                 return
             }
@@ -1186,14 +1186,28 @@ final class ServerConnection {
     var isBackingOff: Bool { state == .disconnected && (worker.now < retryAfter || worker.now < server.connectRetryAfter) }
     /// When the backoff ends (a time past, or 0, when the connection is open or would connect).
     var backoffEnd: Double { state == .disconnected ? max(retryAfter, server.connectRetryAfter) : 0 }
+    /// The server refuses connects and none was begun on this worker in the last
+    /// `refusedRetryInterval`: a request (or a waiting client) may try one inside the backoff.
+    /// (A wall clock stepped back does not hold it off: ev_now is wall time.)
+    private var refusedRetryIsDue: Bool {
+        server.connectsRefused && !(0..<Self.refusedRetryInterval).contains(worker.now - server.lastConnectAt)
+    }
+    /// When a waiting client should look again: the backoff's end, or sooner the next
+    /// refused-server retry (0 when the connection is open or would connect).
+    var nextConnectAt: Double {
+        guard state == .disconnected else { return 0 }
+        return server.connectsRefused ? min(backoffEnd, server.lastConnectAt + Self.refusedRetryInterval) : backoffEnd
+    }
     /// Not connected yet (closed, backing off, or a connect or TLS handshake in flight) to a
     /// server whose address is known: a one-server pool's request waits for the connect
     /// (`ClientConnection.waitsForServer`), so that neither a request Tern answers itself
     /// (`PING`) nor one that would fail at once is answered before Tern knows the server is up.
     var isNotReady: Bool { state != .connected && server.address.family != AF_UNSPEC }
-    /// A connect attempt without a request, once the backoff is over (a waiting client's).
+    /// A connect attempt without a request, once the backoff is over or a refusing server's
+    /// retry is due (a waiting client's).
     func connectWhenDue() {
-        if state == .disconnected, !isBackingOff { connectIfNeeded() }
+        guard state == .disconnected else { return }
+        if !isBackingOff { connectIfNeeded() } else if refusedRetryIsDue { beginConnect() }
     }
 
     /// A waiting client's last chance before its wait ends (`ClientConnection.waitsForServer`):

@@ -26,6 +26,8 @@ final class ClientConnection: ReplyOwner {
     /// Redis clients: nothing more is parsed until every reply in flight is out (a blocking
     /// command, WATCH or a watched EXEC went to a connection of its own: `RedisSession.mustWait`).
     var holdUntilAnswered = false
+    /// Redis clients: `CLIENT REPLY` (`RedisReplyMode`). One byte, in the padding before `passState`.
+    var redisReplyMode = RedisReplyMode.on
     /// Bit 7: the requests this client may begin in this loop pass are spent, and the rest of
     /// what it sent waits, unread further, for the next pass (`inputDeferred`); bits 0-6: the
     /// loop pass (`FrontendLoop.passNumber`, its low 7 bits) whose requests `begunInPass`
@@ -213,7 +215,8 @@ final class ClientConnection: ReplyOwner {
         // watcher would not hear of those bytes) and no read or write waiting on the other
         // direction.
         if let tls, !tls.isEstablished || tls.hasPending || tls.readWantsWrite || tls.writeWantsRead { return false }
-        if let session = redis { return !session.isTiedToWorker }
+        // (`CLIENT REPLY OFF` or `SKIP` in effect: rare, and not carried over.)
+        if let session = redis { return !session.isTiedToWorker && redisReplyMode == .on }
         return true
     }
 

@@ -68,7 +68,8 @@ extension ClientConnection {
     /// not connected (never opened, lost, backing off after refused connects), the next request
     /// waits for Tern to connect, up to `server_wait` (the pool's `timeout` without one, 1.5 s
     /// without either; `server_wait: 0` turns the wait off). Tern connects, and retries on its
-    /// backoff (50 ms doubling to four fifths of the wait, 2 s at most) and once more in the
+    /// backoff (50 ms doubling to four fifths of the wait, 2 s at most; every 100 ms while
+    /// connects are refused: `ServerConnection.nextConnectAt`) and once more in the
     /// wait's last tenth (100 ms at most), for the waiting clients;
     /// once connected, they go on; past the wait, the client is closed, as a refused connect
     /// would end it. (The default wait stays under common client read timeouts: a client that
@@ -119,7 +120,7 @@ extension ClientConnection {
             return false
         }
         // (A connect in flight has no backoff: its result wakes the client, 2 s at the latest.)
-        let retry = min(pool.withConnection(toServer: 0, client: index) { $0.backoffEnd }, now + 2)
+        let retry = min(pool.withConnection(toServer: 0, client: index) { $0.nextConnectAt }, now + 2)
         var wake = min(retry > now ? retry : now + 2, deadline)
         if now < deadline - lastTry { wake = min(wake, deadline - lastTry) }
         waitForServerWake = wake

@@ -262,11 +262,11 @@ extension ClientConnection {
         slot.complete(with: "" as StaticString)
     }
 
-    /// CLIENT SETNAME/GETNAME/SETINFO/ID/INFO, kept per client connection.
+    /// CLIENT SETNAME/GETNAME/SETINFO/ID/INFO/REPLY, kept per client connection.
     private func client(_ arguments: RespArguments, _ frame: UnsafeRawBufferPointer, _ session: RedisSession, _ slot: ReplySlot) {
         let count = arguments.count
         // A subcommand Tern serves with the wrong number of arguments: Redis's arity error.
-        for (name, arity) in [("setname", 3), ("getname", 2), ("setinfo", 4), ("id", 2), ("info", 2)] as [(StaticString, Int)]
+        for (name, arity) in [("setname", 3), ("getname", 2), ("setinfo", 4), ("id", 2), ("info", 2), ("reply", 3)] as [(StaticString, Int)]
             where arguments.argument(1, in: frame, equals: name) && count != arity {
             return slot.complete(with: "-ERR wrong number of arguments for 'client|\(name)' command\r\n")
         }
@@ -299,6 +299,24 @@ extension ClientConnection {
         } else if arguments.argument(1, in: frame, equals: "info"), count == 2 {
             slot.data.appendBulk(clientInfoLine(session))
             slot.complete(with: "" as StaticString)
+        } else if arguments.argument(1, in: frame, equals: "reply"), count == 3 {
+            // As Redis: ON answers +OK (even as the command a SKIP dropped), OFF and SKIP answer
+            // nothing, a SKIP while OFF changes nothing.
+            if arguments.argument(2, in: frame, equals: "on") {
+                redisReplyMode = .on
+                slot.isSilent = false
+                slot.complete(with: "+OK\r\n" as StaticString)
+            } else if arguments.argument(2, in: frame, equals: "off") {
+                redisReplyMode = .off
+                slot.isSilent = true
+                slot.complete(with: "" as StaticString)
+            } else if arguments.argument(2, in: frame, equals: "skip") {
+                if redisReplyMode != .off { redisReplyMode = .skipNext }
+                slot.isSilent = true
+                slot.complete(with: "" as StaticString)
+            } else {
+                slot.complete(with: "-ERR syntax error\r\n" as StaticString)
+            }
         } else {
             refuseSubcommand("client", arguments, frame, slot)
         }

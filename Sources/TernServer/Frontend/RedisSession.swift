@@ -118,6 +118,17 @@ struct RedisSession {
     }
 }
 
+/// `CLIENT REPLY`: whether the client gets its replies. Tern answers it itself (a shared
+/// backend connection must answer every request) and drops the replies the client turned
+/// off: each request's slot is made silent (`ReplySlot.isSilent`), so the command runs and its
+/// reply, error or not, is not written. Pub/sub messages are not replies and still go.
+enum RedisReplyMode: UInt8 {
+    case on
+    case off
+    /// `CLIENT REPLY SKIP`: the next command's reply is dropped, then replies are on again.
+    case skipNext
+}
+
 /// The names a Redis client gave itself.
 struct RedisNames: Hashable, Sendable {
     var name: String?
@@ -185,7 +196,9 @@ extension ClientConnection {
             case let .protocolError(message):
                 pool.stats.clientErrorReplies.add()
                 // Framing is lost: answer, then close once earlier replies are out.
-                newSlot().complete(with: "-ERR Protocol error: \(message)\r\n")
+                let slot = newSlot()
+                if redisReplyMode != .on { applyReplyMode(slot) }
+                slot.complete(with: "-ERR Protocol error: \(message)\r\n")
                 buffer.consume(buffer.readableCount)
                 closeWhenDrained = true
             }
@@ -208,7 +221,10 @@ extension ClientConnection {
             found = table.indexOf(UnsafeRawBufferPointer(rebasing: frame[span.start..<(span.start + span.length)]))
         }
         guard found >= 0 else {
-            withNewSlot { slot in unknownCommand(frame, session, slot) }
+            withNewSlot { slot in
+                if redisReplyMode != .on { applyReplyMode(slot) }
+                unknownCommand(frame, session, slot)
+            }
             return true
         }
         let command = table.command(found)
@@ -218,8 +234,18 @@ extension ClientConnection {
             holdUntilAnswered = true
             return false
         }
-        withNewSlot { slot in routeRedis(frame, session, slot, command) }
+        withNewSlot { slot in
+            if redisReplyMode != .on { applyReplyMode(slot) }
+            routeRedis(frame, session, slot, command)
+        }
         return true
+    }
+
+    /// `CLIENT REPLY OFF` or `SKIP` is in effect: the request's reply is dropped (and after a
+    /// `SKIP`, only this one's).
+    private func applyReplyMode(_ slot: ReplySlot) {
+        slot.isSilent = true
+        if redisReplyMode == .skipNext { redisReplyMode = .on }
     }
 
     /// Commands that leave the client's shared connections for a connection of their own run

@@ -404,7 +404,8 @@ class ReplyOwner {
         let now = desk.now
         while !slots.isEmpty, slots.withFirst({ $0.isDone && !$0.closesClient }), let head = slots.popFirst() {
             heldReplyBytes -= head.countedBytes
-            head.emit(into: output)
+            // (A silent slot's reply is dropped: memcached `noreply`, Redis `CLIENT REPLY`.)
+            if !head.isSilent { head.emit(into: output) }
             finished(head, at: now)
         }
         if !slots.isEmpty, slots.withFirst({ $0.isDone }) { closeForServerFailure() }
