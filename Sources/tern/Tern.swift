@@ -103,6 +103,9 @@ struct Tern: ParsableCommand {
     @Option(name: .customLong("pool"), help: "With --locate: only this pool.")
     var locatePool: String?
 
+    /// The most worker threads Tern starts.
+    static let maxWorkers = 1024
+
     func validate() throws {
         // (A port past 65535 was bound modulo 65536.)
         if !(1...65535).contains(statsPort) { throw ValidationError("-s/--stats-port must be a port, 1 to 65535") }
@@ -110,6 +113,12 @@ struct Tern: ParsableCommand {
         if threads != nil, maxThreads != nil { throw ValidationError("--threads and --max-threads exclude each other (--threads N: N workers, all taking clients)") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let maxThreads, maxThreads < 1 { throw ValidationError("--max-threads must be at least 1") }
+        // Each worker takes a loop and its wake-up descriptors: thousands end inside libev
+        // (an abort, or a hang; operator sweep 33).
+        if let threads, threads > Self.maxWorkers { throw ValidationError("--threads must be at most \(Self.maxWorkers)") }
+        if let maxThreads, maxThreads > Self.maxWorkers { throw ValidationError("--max-threads must be at most \(Self.maxWorkers)") }
+        // A drain's bound in seconds: `inf`, `nan` or 1e19 passed, and the drain trapped (operator sweep 33).
+        if !(shutdownTimeout >= 0 && shutdownTimeout <= 86_400) { throw ValidationError("--shutdown-timeout must be 0 to 86400 (seconds)") }
         if activeThreads < 1 { throw ValidationError("--active-threads must be at least 1") }
         if !(activateAbove >= 0 && activateAbove <= 1) { throw ValidationError("--activate-above must be between 0 and 1") }
         if !(activateIdle >= 0 && activateIdle <= 65536) { throw ValidationError("--activate-idle must be 0 or more (CPUs)") }
@@ -214,6 +223,8 @@ struct Tern: ParsableCommand {
             throw ExitCode(1)
         }
         let status = server.run()
+        // A start that failed after `prepare` (a worker thread) leaves no pid file either.
+        if status != 0, let pidFile { unlink(pidFile) }
         throw ExitCode(status)
     }
 

@@ -132,6 +132,52 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: pid))
     }
 
+    /// Starts that cannot work fail at once, cleanly (operator sweep 33; each fails on 0c5ce24):
+    /// `--shutdown-timeout inf|nan|1e19` was taken and the drain trapped at SIGTERM (exit 132,
+    /// replies lost); `--threads` beyond what the descriptor limit allows aborted inside libev
+    /// (exit 134) with the pools listening; a stats or admin port in use failed the start after
+    /// the pools had accepted clients, and left the pid file naming a process that was gone.
+    func testStartsThatCannotWorkFailCleanly() throws {
+        let backend = try group.memcached()
+        let port = ProcessGroup.freePort()
+        let config = try write("p:\n  listen: 127.0.0.1:\(port)\n  servers:\n   - \(backend.address):1\n")
+        for value in ["inf", "nan", "1e19", "-1"] {
+            // (With -t: a build that took the value tests the file and exits instead of running.)
+            let (status, text) = try run(["-t", "-c", config, "--no-stats", "--shutdown-timeout=\(value)"])
+            XCTAssertEqual(status, 64, text)
+            XCTAssertTrue(text.contains("--shutdown-timeout must be 0 to 86400"), text)
+        }
+        XCTAssertEqual(try run(["-t", "-c", config, "--no-stats", "--threads", "5000"]).0, 64)
+        // More workers than descriptors: refused before anything listens.
+        let (limited, limitedText) = try ProcessGroup.run("/bin/sh", ["-c", "ulimit -n 64; exec '\(ProcessGroup.ternBinary)' -c '\(config)' --no-stats --threads 100"])
+        XCTAssertEqual(limited, 1, limitedText)
+        XCTAssertTrue(limitedText.contains("100 worker threads need about") && !limitedText.contains("listening on"), limitedText)
+        // A stats or an admin port in use: exit 1, no pool ever listened, no pid file left.
+        let taken = ProcessGroup.freePort()
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(taken).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        XCTAssertEqual(withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }, 0)
+        XCTAssertEqual(listen(holder, 1), 0)
+        let pid = group.directory + "/busy.pid"
+        for flags in [["-s", "\(taken)", "-a", "127.0.0.1"], ["--no-stats", "--admin-port", "\(taken)"]] {
+            let (status, text) = try run(["-c", config, "-p", pid] + flags)
+            XCTAssertEqual(status, 1, text)
+            XCTAssertTrue(text.contains("cannot listen on 127.0.0.1:\(taken)") && !text.contains("listening on"), text)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: pid), "\(flags)")
+        }
+        // A fractional timeout drains and says so.
+        let process = try group.launch(ProcessGroup.ternBinary, ["-c", config, "--no-stats", "--shutdown-timeout", "0.5"], log: "tern-fraction.log")
+        try group.waitForPort(port)
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0)
+        XCTAssertTrue(group.ternLog().contains("draining (at most 0.5 s)"), group.ternLog())
+    }
+
     /// nutcracker reads its command line with getopt: values attached to short options and
     /// grouped flags (`-v7`, `-c/etc/x.yml`, `-tc file`) ran there and were refused here as
     /// unknown options; a stats port past 65535 was bound modulo 65536 (found by a drop-in

@@ -92,7 +92,26 @@ final class ControlServer: Sendable {
     /// no room for is dropped, and its client tries again after a second (a probe's timeout).
     static let backlog: Int32 = 1024
 
-    init(host: String, port: Int, service: ControlService, limits: ControlLimits = ControlLimits()) throws {
+    convenience init(host: String, port: Int, service: ControlService, limits: ControlLimits = ControlLimits()) throws {
+        try self.init(bound: -1, host: host, port: port, service: service, limits: limits)
+    }
+
+    /// `bound`: a socket `bind(host:port:)` made for the same address (-1: one is bound here).
+    init(bound: Int32, host: String, port: Int, service: ControlService, limits: ControlLimits = ControlLimits()) throws {
+        let fd = bound >= 0 ? bound : try Self.bind(host: host, port: port)
+        guard Glibc.listen(fd, ControlServer.backlog) == 0 else {
+            let error = errno
+            Syscall.close(fd)
+            throw StartupError(description: "cannot listen on \(host):\(port): \(Syscall.errorText(error))")
+        }
+        descriptor = fd
+        self.service = service
+        self.limits = limits
+    }
+
+    /// A socket bound to the address, not listening yet: bound early, a port in use fails a
+    /// start before anything else listens.
+    static func bind(host: String, port: Int) throws -> Int32 {
         let address: SocketAddress
         switch SocketAddress.resolve(host: host, port: port) {
         case let .success(resolved): address = resolved
@@ -101,14 +120,12 @@ final class ControlServer: Sendable {
         let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | TERN_SOCK_NONBLOCK | TERN_SOCK_CLOEXEC, 0)
         guard fd >= 0 else { throw StartupError(description: "socket: \(Syscall.errorText(errno))") }
         Syscall.setOption(fd, SOL_SOCKET, SO_REUSEADDR)
-        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0, Glibc.listen(fd, ControlServer.backlog) == 0 else {
+        guard address.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 else {
             let error = errno
             Syscall.close(fd)
             throw StartupError(description: "cannot listen on \(host):\(port): \(Syscall.errorText(error))")
         }
-        descriptor = fd
-        self.service = service
-        self.limits = limits
+        return fd
     }
 
     func start() {

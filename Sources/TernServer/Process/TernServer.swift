@@ -115,6 +115,11 @@ public final class TernServer {
                 logger.warning("pool \(pool.name): no address yet for \(missing.joined(separator: ", ")) (\(state.lastError.withLock { $0 })); their keys fail until a sentinel names them")
             }
         }
+        // The stats and admin ports are bound before any pool listens: a start that fails on
+        // one of them accepted no client (the pools accepted and reset hundreds; operator sweep 33).
+        if let port = options.statsPort { statsListener = try ControlServer.bind(host: options.statsAddress, port: port) }
+        if let port = options.adminPort { adminListener = try ControlServer.bind(host: options.adminAddress, port: port) }
+        try Self.checkDescriptorLimit(workers: workerCount, pools: config.pools.count)
         plans = try makePlans(for: routed(config), previous: [])
         for plan in plans {
             if let map = clusterMaps[plan.config.name] { plan.shared.cluster.applied(map) }
@@ -435,6 +440,27 @@ public final class TernServer {
 
     // MARK: Running
 
+    /// Seconds for a log line, whole when they are (`Int(_:)` traps past Int's range; the
+    /// command line bounds the timeout, this does not rely on it).
+    static func seconds(_ value: Double) -> String {
+        value.isFinite && value == value.rounded() && abs(value) < 1e15 ? String(Int(value)) : "\(value)"
+    }
+
+    /// The stats and admin sockets `prepare` bound (-1: none), listened on by `run`.
+    private var statsListener: Int32 = -1
+    private var adminListener: Int32 = -1
+
+    /// Each worker takes about four descriptors (its loop, wake-up pipes); a limit too low for
+    /// them ended inside libev (an abort) after the pools were listening (operator sweep 33).
+    static func checkDescriptorLimit(workers: Int, pools: Int) throws {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        let needed = workers * 4 + pools + 16
+        if limit.rlim_cur != rlim_t.max, needed > Int(clamping: limit.rlim_cur) {
+            throw StartupError(description: "\(workers) worker threads need about \(needed) file descriptors before the first client; the limit is \(limit.rlim_cur) (ulimit -n): raise it or pass fewer --threads")
+        }
+    }
+
     /// Starts the workers and the control endpoints, then handles signals until a drain ends.
     public func run() -> Int32 {
         // Before any worker allocates: fixed malloc thresholds, so that what huge requests
@@ -509,7 +535,7 @@ public final class TernServer {
             let name = Self.signalName(received)
             switch received {
             case SIGTERM, SIGINT:
-                logger.notice("signal \(received) (\(name)) received, draining (at most \(Int(options.shutdownTimeout)) s)")
+                logger.notice("signal \(received) (\(name)) received, draining (at most \(Self.seconds(options.shutdownTimeout)) s)")
                 return drain()
             case SIGHUP:
                 logger.notice("signal \(received) (\(name)) received, reloading")
@@ -526,7 +552,7 @@ public final class TernServer {
 
     private func startControlEndpoints(_ control: ControlState) throws {
         if let port = options.statsPort {
-            let server = try ControlServer(host: options.statsAddress, port: port, service: .writeOnConnect {
+            let server = try ControlServer(bound: statsListener, host: options.statsAddress, port: port, service: .writeOnConnect {
                 Array(StatsReport.json(control).utf8)
             })
             server.start()
@@ -534,7 +560,7 @@ public final class TernServer {
         }
         if let port = options.adminPort {
             let text = activeConfigText
-            let server = try ControlServer(host: options.adminAddress, port: port, service: .http({ method, path, query in
+            let server = try ControlServer(bound: adminListener, host: options.adminAddress, port: port, service: .http({ method, path, query in
                 AdminEndpoint.route(method: method, path: path, query: query, state: control) { text.value.withLock { $0 } }
             }, queryPaths: AdminEndpoint.queryPaths))
             server.start()
@@ -722,7 +748,7 @@ public final class TernServer {
         if drained {
             logger.notice("drained, exiting")
         } else {
-            logger.warning("shutdown timeout (\(Int(options.shutdownTimeout)) s) reached with requests in flight, exiting")
+            logger.warning("shutdown timeout (\(Self.seconds(options.shutdownTimeout)) s) reached with requests in flight, exiting")
         }
         if let pidFile = options.pidFile { unlink(pidFile) }
         return 0
