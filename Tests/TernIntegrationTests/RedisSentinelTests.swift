@@ -23,6 +23,17 @@ final class RedisSentinelTests: XCTestCase {
     /// A sentinel that lies: it names `host:port` as every master's address (a replica, in the
     /// test), for Tern's `ROLE` check to catch.
     func startLyingSentinel(port: Int, naming node: Int) throws {
+        try startLyingSentinel(port: port, naming: "b\"\(node)\"")
+    }
+
+    /// A sentinel that names the port written in `file` (read at each question): a test moves
+    /// the master by rewriting it.
+    func startScriptedSentinel(port: Int, file: String) throws {
+        try startLyingSentinel(port: port, naming: "open(\"\(file)\", \"rb\").read().strip()")
+    }
+
+    /// `naming`: a Python expression giving the port, as bytes.
+    private func startLyingSentinel(port: Int, naming expression: String) throws {
         try group.pythonServer(port: port, log: "liar-\(port).log", """
         def bulk(text):
             return b"$%d\\r\\n%s\\r\\n" % (len(text), text)
@@ -50,13 +61,54 @@ final class RedisSentinelTests: XCTestCase {
                         break
                     data = data[position:]
                     if len(words) >= 2 and words[1].lower() == b"get-master-addr-by-name":
-                        connection.sendall(b"*2\\r\\n" + bulk(b"127.0.0.1") + bulk(b"\(node)"))
+                        connection.sendall(b"*2\\r\\n" + bulk(b"127.0.0.1") + bulk(\(expression)))
                     else:
                         connection.sendall(b"+OK\\r\\n")
         while True:
             connection, _ = server.accept()
             threading.Thread(target=serve, args=(connection,), daemon=True).start()
         """)
+    }
+
+    /// A failover Tern follows fails what is in flight on the old master at once, and on a tie
+    /// between sentinels the master in use is kept while it answers master (Sentinel sweep 33;
+    /// both fail on 0c5ce24). A write sent to a master that hung waited for it, and when it came
+    /// back as a stale master its `+OK` reached the client while the write was lost; and a stale
+    /// sentinel listed first took Tern back from the promoted master to the old one.
+    func testFailoverFailsRequestsInFlightOnTheOldMasterAndATieKeepsTheCurrentOne() throws {
+        let old = try group.redis(), promoted = try group.redis()
+        let staleFile = group.directory + "/stale-sentinel", liveFile = group.directory + "/live-sentinel"
+        for file in [staleFile, liveFile] { try "\(old.port)".write(toFile: file, atomically: true, encoding: .utf8) }
+        let stale = ProcessGroup.freePort(), live = ProcessGroup.freePort()
+        try startScriptedSentinel(port: stale, file: staleFile)
+        try startScriptedSentinel(port: live, file: liveFile)
+        let port = ProcessGroup.freePort()
+        // No timeout (twemproxy's default): nothing but the failover ends the request.
+        try group.tern(config: "s:\n  listen: 127.0.0.1:\(port)\n  redis: true\n  sentinel:\n    addresses:\n     - 127.0.0.1:\(stale)\n     - 127.0.0.1:\(live)\n  servers:\n   - shard1:1\n",
+                       arguments: ["--threads", "1"], waitPort: port)
+        let client = try TestClient(port: port, timeout: 8)
+        XCTAssertEqual(try client.call("SET", "k", "before"), "+OK\r\n")
+        // The master hangs with a write in flight; the live sentinel names the promoted one (a
+        // tie with the stale one, which still names the old: ROLE decides, the old one hangs).
+        old.pause()
+        try client.send(TestClient.encode(["SET", "k", "during"]))
+        usleep(300_000)
+        try "\(promoted.port)".write(toFile: liveFile, atomically: true, encoding: .utf8)
+        let sentAt = Date()
+        let reply = String(decoding: try client.receiveReplies(1), as: UTF8.self)
+        XCTAssertTrue(reply.hasPrefix("-ERR master moved (failover)"), reply)
+        XCTAssertLessThan(Date().timeIntervalSince(sentAt), 4, "failed when Tern followed, not when the old master came back")
+        // The old master comes back still saying master: the tie keeps the promoted one.
+        old.resume()
+        XCTAssertEqual(try client.call("GET", "k"), "$-1\r\n")
+        for _ in 0..<15 {
+            usleep(200_000)
+            XCTAssertEqual(try client.call("SET", "after", "1"), "+OK\r\n")
+        }
+        XCTAssertEqual(try promoted.call("GET", "after"), "$1\r\n1\r\n")
+        XCTAssertEqual(try old.call("GET", "after"), "$-1\r\n", "no write reached the demoted master")
+        let info = try client.call("INFO", "sentinel")
+        XCTAssertTrue(info.contains("address=127.0.0.1:\(promoted.port)"), info)
     }
 
     /// A reload that adds a Sentinel pool routes its requests as soon as it is applied: its

@@ -304,7 +304,14 @@ final class SentinelWatcher: Sendable {
             // The most named, in the order of the sentinels listed.
             let votes = Self.votes(exchanges, master: index)
             let most = votes.map(\.count).max() ?? 0
-            let ranked = votes.filter { $0.count == most }.map(\.node)
+            var ranked = votes.filter { $0.count == most }.map(\.node)
+            // On a tie, the address in use first: kept while it answers master. In the order of
+            // the sentinels, a stale sentinel listed first took Tern back from the promoted
+            // master to the old one once it came back still saying master (Sentinel sweep 33:
+            // writes went to the demoted master for 10 s).
+            if ranked.count > 1, let current = previous[master], let position = ranked.firstIndex(of: current) {
+                ranked.insert(ranked.remove(at: position), at: 0)
+            }
             var placed = false
             for node in ranked where !placed {
                 switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword, tls: job.serverTLS) {

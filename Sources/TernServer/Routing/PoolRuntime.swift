@@ -281,7 +281,16 @@ final class PoolRuntime: BackendPool {
                 kept.append(ServerRuntime(pool: self, index: index, address: newPlan.serverAddresses[index]))
             }
         }
-        for server in previous where !kept.contains(where: { $0 === server }) { worker.retireWhenIdle(server) }
+        for server in previous where !kept.contains(where: { $0 === server }) {
+            // A Sentinel master at a new address (a failover): what is in flight on the old one
+            // fails now, as README says. Left to finish, a request written to a master that hung
+            // ran when it came back as a stale master, and its `+OK` reached the client while the
+            // write was lost in the resync (Sentinel sweep 33: 108 acknowledged writes).
+            if isSentinel, newPlan.config.servers.indices.contains(where: { newPlan.config.servers[$0].name == server.name && newPlan.serverAddresses[$0] != server.address }) {
+                server.failInFlight(reason: "master moved (failover): the sentinels named another address")
+            }
+            worker.retireWhenIdle(server)
+        }
         let moved = !placedLike || kept.count != previous.count || zip(kept, previous).contains(where: { $0 !== $1 })
         servers = kept
         rebuildServerTable()
@@ -614,6 +623,13 @@ final class ServerRuntime: BackendServer {
 
     /// True once no connection has a request in flight.
     var isIdle: Bool { connections.allSatisfy(\.isIdle) && (probeConnection?.isIdle ?? true) && leasedDedicated == 0 }
+
+    /// Closes the shared connections and the probe's, failing what is in flight on them (the
+    /// replies of a server that is no longer the master cannot be trusted).
+    func failInFlight(reason: String) {
+        for connection in connections { connection.abandon(reason: reason) }
+        probeConnection?.closeIfOpen()
+    }
 
     func closeConnections() {
         for connection in connections { connection.closeIfOpen() }
