@@ -38,6 +38,28 @@ final class ObservabilityTests: XCTestCase {
     }
 
 
+    /// A server's `requests`, `request_bytes`, `responses` and `response_bytes` count the
+    /// clients' requests only, as nutcracker's do: the AUTH and SELECT Tern sends as a connection
+    /// opens added one request and one reply per connection (operator sweep 33: 2 requests, 44
+    /// bytes for one GET of 21; fails on 0c5ce24).
+    func testServerCountersLeaveOutTernsOwnConnectionSetup() throws {
+        let backend = try group.redis(extra: ["--requirepass", "pw"])
+        let statsPort = ProcessGroup.freePort()
+        let setup = try start(redis: true, backends: [backend.address], extra: "  redis_auth: pw\n  redis_db: 1\n", arguments: ["-s", "\(statsPort)", "-a", "127.0.0.1"])
+        let client = try TestClient(port: setup.port)
+        XCTAssertEqual(try client.call("AUTH", "pw"), "+OK\r\n")
+        XCTAssertEqual(try client.call("GET", "zz"), "$-1\r\n")
+        let stats = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(TestClient(port: statsPort).drain(for: 2).bytes)) as? [String: Any])
+        let server = try XCTUnwrap((stats["p"] as? [String: Any])?[backend.address] as? [String: Any])
+        XCTAssertEqual(server["requests"] as? Int, 1, "\(server)")
+        XCTAssertEqual(server["request_bytes"] as? Int, 21, "\(server)")
+        XCTAssertEqual(server["responses"] as? Int, 1, "\(server)")
+        XCTAssertEqual(server["response_bytes"] as? Int, 5, "\(server)")
+        let (_, metrics) = try http(setup.adminPort, "/metrics")
+        XCTAssertTrue(metrics.contains("tern_server_requests_total{pool=\"p\",server=\"\(backend.address)\"} 1\n"), metrics)
+        XCTAssertTrue(metrics.contains("tern_server_latency_seconds_count{pool=\"p\",server=\"\(backend.address)\"} 1\n"), metrics)
+    }
+
     /// A warm-up's old servers have figures of their own: in the stats port's pool object as
     /// `warmup_old:<name>`, in `/metrics` as `tern_warmup_old_server_*`, and counted in
     /// `warmup_old_backends_up`/`_down` (memcached `stats`) or INFO's `# Backends` section. An

@@ -35,6 +35,9 @@ final class ServerConnection {
         case expiredProbe
         /// A warm-up copy taken back (`WarmupCopy`): its reply is dropped.
         case backfillUndo
+
+        /// What Tern sends as a connection opens (not counted as the server's requests).
+        var isConnectionSetup: Bool { self == .setup || self == .selectDatabase }
     }
 
     struct Pending {
@@ -248,8 +251,13 @@ final class ServerConnection {
         pendingBytes += bytes
         unsentRequests += 1
         // Read through `counters` each time, not bound to a local (a local would be retained).
-        counters.requests.add()
-        counters.requestBytes.add(bytes)
+        // Tern's own AUTH, SELECT and READONLY on a new connection are not clients' requests:
+        // counted, each connection added one to `requests` and `responses` (nutcracker's
+        // meanings are forwarded requests; operator sweep 33).
+        if !purpose.isConnectionSetup {
+            counters.requests.add()
+            counters.requestBytes.add(bytes)
+        }
         counters.inQueue.add()
         counters.inQueueBytes.add(bytes)
         worker.markDirty(self)
@@ -725,7 +733,7 @@ final class ServerConnection {
                 // Moved out of the queue before anything else runs: delivering may queue more.
                 guard let head = popEntry() else { return }
                 answered(head, counters: counters, slowThreshold: slowThreshold)
-                counters.responseBytes.add(length)
+                if !head.purpose.isConnectionSetup { counters.responseBytes.add(length) }
                 if head.purpose == .probe {
                     server.probeAnswered()
                 } else if head.purpose == .backfill {
@@ -945,12 +953,16 @@ final class ServerConnection {
         server.recordSuccess()
         consecutiveFailures = 0
         pendingBytes -= head.bytes
-        counters.responses.add()
         counters.inQueue.add(-1)
         counters.inQueueBytes.add(-head.bytes)
+        guard !head.purpose.isConnectionSetup else {
+            answeredBytes += head.bytes
+            return
+        }
+        counters.responses.add()
         let microseconds = Int((ev_now(loop) - head.queuedAt) * 1_000_000)
         counters.recordLatency(microseconds: microseconds)
-        if microseconds > slowThreshold, head.purpose != .probe, head.purpose != .setup, head.purpose != .selectDatabase { recordSlow(head, microseconds: microseconds) }
+        if microseconds > slowThreshold, head.purpose != .probe { recordSlow(head, microseconds: microseconds) }
         answeredBytes += head.bytes
     }
 
