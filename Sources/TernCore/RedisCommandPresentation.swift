@@ -103,6 +103,7 @@ public enum RedisErrorText {
         "client": ["caching", "getname", "getredir", "help", "id", "info", "kill", "list", "no-evict", "no-touch", "pause", "reply",
                    "setinfo", "setname", "tracking", "trackinginfo", "unblock", "unpause"],
         "command": ["count", "docs", "getkeys", "getkeysandflags", "help", "info", "list"],
+        "pubsub": ["channels", "help", "numpat", "numsub", "shardchannels", "shardnumsub"],
         "cluster": ["addslots", "addslotsrange", "bumpepoch", "count-failure-reports", "countkeysinslot", "delslots", "delslotsrange",
                     "failover", "flushslots", "forget", "getkeysinslot", "help", "info", "keyslot", "links", "meet", "myid", "myshardid",
                     "nodes", "replicas", "replicate", "reset", "saveconfig", "set-config-epoch", "setslot", "shards", "slaves", "slots"],

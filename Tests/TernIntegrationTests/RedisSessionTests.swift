@@ -1379,6 +1379,31 @@ final class RedisSessionTests: XCTestCase {
         canary.check()
     }
 
+    /// `PUBSUB HELP`, an unknown `PUBSUB` subcommand and `PING` with too many arguments while
+    /// subscribed answer as a redis-server does, byte for byte (pub/sub sweep 33; fails on
+    /// 0c5ce24: `PUBSUB HELP` and `PUBSUB FOO` got Tern's own text, `PING a b` got `pong a`).
+    func testPubSubHelpUnknownSubcommandAndSubscribedPingArityAsRedis() throws {
+        let setup = try start(threads: 1)
+        let reference = try group.redis()
+        let commands: [[String]] = [["PUBSUB", "HELP"], ["PUBSUB", "FOO"], ["PUBSUB"], ["pubsub", "numpat", "x"],
+                                    ["SUBSCRIBE", "c"], ["PING", "a", "b"], ["PING", "a"], ["PUBSUB", "FOO"], ["PING", "end"]]
+        let bytes = Array(commands.map { TestClient.encode($0) }.joined())
+        var replies: [String] = []
+        for port in [reference.port, setup.port] {
+            let client = try TestClient(port: port, timeout: 10)
+            try client.send(bytes)
+            var got = ""
+            while !got.hasSuffix("$3\r\nend\r\n") {
+                let (chunk, closed) = client.drain(for: 0.5)
+                got += String(decoding: chunk, as: UTF8.self)
+                if closed || chunk.isEmpty { break }
+            }
+            replies.append(got)
+        }
+        XCTAssertTrue(replies[0].hasPrefix("*14\r\n+PUBSUB <subcommand>") && replies[0].contains("-ERR unknown subcommand 'FOO'. Try PUBSUB HELP.\r\n"), replies[0])
+        XCTAssertEqual(replies[1], replies[0])
+    }
+
     /// Clients named alike share one object for their names inside Tern; each client's names
     /// are still its own: renaming, SETINFO and RESET change the client that sent them, never
     /// another, on one worker (one thread) where the sharing happens. redis-py names its
