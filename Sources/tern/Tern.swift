@@ -47,7 +47,7 @@ struct Tern: ParsableCommand {
     @Option(name: [.customShort("c"), .customLong("conf-file")], help: "Configuration file.")
     var configFile = "Config/tern.yml"
 
-    @Option(name: [.customShort("s"), .customLong("stats-port")], help: "Stats monitoring port: one JSON object per connection, in nutcracker's shape (default 22222).")
+    @Option(name: [.customShort("s"), .customLong("stats-port")], help: "Stats monitoring port: one JSON object per connection, in nutcracker's shape.")
     var statsPort = 22222
 
     @Option(name: [.customShort("a"), .customLong("stats-addr")], help: "Stats monitoring address.")
@@ -310,6 +310,21 @@ server stats:
   in_queue_bytes      "current request bytes in incoming queue"
   out_queue           "# requests in outgoing queue"
   out_queue_bytes     "current request bytes in outgoing queue"
+
+Tern's own pool stats (after nutcracker's; exporters that read known names ignore them):
+  warm-up pools       warmup_new_hits, warmup_old_hits, warmup_misses, warmup_copies,
+                      warmup_copies_skipped, warmup_old_errors, warmup_old_deletes,
+                      warmup_new_hit_ratio_basis_points; each old server as a server object
+                      named "warmup_old:<name>", with the server stats above
+  Redis pools         transactions_exec, transactions_execabort, watches, blocking_requests,
+                      dedicated_connections_in_use, subscribed_clients, pubsub_messages,
+                      blocked_clients
+  Redis Cluster pools cluster_slot_map_version, cluster_slot_map_refreshed_at, cluster_refreshes,
+                      cluster_refresh_failures, cluster_masters, cluster_known_nodes,
+                      cluster_slots_assigned, cluster_redirects_moved, cluster_redirects_ask,
+                      cluster_redirects_given_up, cluster_tryagain_retries
+  Sentinel pools      sentinel_masters_known, sentinel_switches, sentinel_refreshes,
+                      sentinel_refresh_failures, sentinel_role_mismatches
 """
 
 func printError(_ text: String) {

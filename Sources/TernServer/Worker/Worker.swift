@@ -293,7 +293,8 @@ final class Worker: FrontendLoop {
                 let created = PoolRuntime(plan: plan, worker: self)
                 created.start()
                 next.append(created)
-                logger.notice("pool \(plan.config.name) added")
+                // (Once, not once per worker.)
+                if identifier == 0 { logger.notice("pool \(plan.config.name) added") }
             }
         }
         for pool in pools where !next.contains(where: { $0 === pool }) {
