@@ -136,6 +136,27 @@ final class WarmupTests: XCTestCase {
         XCTAssertTrue(stats.contains("STAT warmup_old_hits \(count / 2)\r\n") && stats.contains("STAT warmup_misses 0\r\n"), stats)
     }
 
+    /// A delete pipelined behind a read of the same key runs after it, as the client sent them:
+    /// the read answers the old pool's value, then the delete removes it from both pools. Sent
+    /// at once, the delete reached the old pool before the read asked there, and the read
+    /// answered a miss (operator sweep 33; fails on 0c5ce24). memcached text and meta, and Redis.
+    func testADeletePipelinedBehindAWarmupReadRunsAfterIt() throws {
+        let (setup, _, old) = try memcachedPools(threads: 1)
+        let client = try TestClient(port: setup.port)
+        for (key, request, expected) in [("wk1", "get wk1\r\ndelete wk1\r\n", "VALUE wk1 3 2\r\nhi\r\nEND\r\nDELETED\r\n"),
+                                         ("wk2", "mg wk2 v\r\nmd wk2\r\n", "VA 2\r\nhi\r\nHD\r\n")] {
+            XCTAssertEqual(try direct(old[setup.oldIndex(key)], "set \(key) 3 0 2\r\nhi\r\n"), "STORED\r\n")
+            XCTAssertEqual(try client.request(request, until: expected.hasSuffix("HD\r\n") ? "HD\r\n" : "DELETED\r\n"), expected)
+            XCTAssertEqual(try client.request("get \(key)\r\n", until: "END\r\n"), "END\r\n", "deleted in both pools")
+        }
+        let newRedis = try [group.redis()], oldRedis = try [group.redis()]
+        let redisSetup = try start(redis: true, new: newRedis.map(\.address), old: oldRedis.map(\.address), threads: 1)
+        XCTAssertEqual(try oldRedis[0].call("SET", "rk", "old"), "+OK\r\n")
+        let redis = try TestClient(port: redisSetup.port)
+        try redis.send(TestClient.encode(["GET", "rk"]) + TestClient.encode(["DEL", "rk"]) + TestClient.encode(["GET", "rk"]))
+        XCTAssertEqual(String(decoding: try redis.receiveReplies(3), as: UTF8.self), "$3\r\nold\r\n:1\r\n$-1\r\n")
+    }
+
     /// A key named more than once in a warm-up read is asked once in each phase (new pool, old
     /// pool, copy, resend) and its record copied into each place, as on other pools; the
     /// copies count toward `client_output_limit`. Every copy was asked of the servers: a line

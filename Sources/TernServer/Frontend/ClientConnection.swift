@@ -259,6 +259,17 @@ final class ClientConnection: ReplyOwner {
             || parsingHeld && (partial?.readableCount ?? 0) >= Self.heldInputLimit || inputDeferred
     }
 
+    /// A delete that reaches a warm-up's old pool (`deletes: both`) waits, left in the buffer,
+    /// for this client's earlier warm-up reads (`holdUntilAnswered`): sent at once, it reached
+    /// the old pool before a read sent ahead of it asked there, and `get k` then `delete k`
+    /// answered a miss for a key the old pool had (operator sweep 33). Only then: deletes
+    /// pipelined after other requests, or after each other, are not held.
+    func deleteMustWaitForWarmupReads() -> Bool {
+        guard !slots.isEmpty, slots.contains(where: { $0.warmup != nil && !$0.isDone }) else { return false }
+        holdUntilAnswered = true
+        return true
+    }
+
     /// Parsing waits for the replies in flight (`holdUntilAnswered`). Reading goes on, so that a
     /// client that leaves while held (blocked) is seen leaving, as Redis sees it; past
     /// `heldInputLimit` bytes waiting, reading pauses too.

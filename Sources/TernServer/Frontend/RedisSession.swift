@@ -234,6 +234,12 @@ extension ClientConnection {
             holdUntilAnswered = true
             return false
         }
+        // (DEL, UNLINK, GETDEL and flushes reach a warm-up's old pool: `deleteMustWaitForWarmupReads`.)
+        if pool.deletesReachOldPool, command.isWrite, !slots.isEmpty,
+           command.warmup == .readAndDelete || command.routing == .sum || command.routing == .everyServerOK,
+           deleteMustWaitForWarmupReads() {
+            return false
+        }
         withNewSlot { slot in
             if redisReplyMode != .on { applyReplyMode(slot) }
             routeRedis(frame, session, slot, command)

@@ -240,6 +240,21 @@ extension FIFO where Element: AnyObject {
         return true
     }
 
+    /// Whether an element satisfies `predicate`, from the head, each borrowed (no reference
+    /// taken); `predicate` must not change the queue. Off the per-request paths.
+    func contains(where predicate: (Element) -> Bool) -> Bool {
+        guard stored > 0 else { return false }
+        if mask < 0 { return withFirst(predicate) }
+        let ring = storage.unsafelyUnwrapped
+        var offset: Int32 = 0
+        while offset < stored {
+            let bits = UnsafeRawPointer(ring + Int((head &+ offset) & mask)).load(as: UnsafeRawPointer.self)
+            if Unmanaged<Element>.fromOpaque(bits)._withUnsafeGuaranteedRef(predicate) { return true }
+            offset &+= 1
+        }
+        return false
+    }
+
     /// Calls `body` with the head element, borrowed: no reference is taken, and no coroutine
     /// is entered (the subscript's, with a branch for the inline element, is not inlined). The
     /// queue must not be empty, and `body` must not change it.
