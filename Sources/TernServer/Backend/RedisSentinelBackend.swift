@@ -257,6 +257,8 @@ final class SentinelWatcher: Sendable {
     /// for 2 s; Sentinel sweep 29). Nor an address another master of the pool has. A sentinel
     /// that lies, or has not seen a failover yet, is outvoted, or on a tie caught by `ROLE` when
     /// it names a replica; a master no sentinel could place keeps its previous address.
+    static let roleCheckSeconds = 0.3
+
     static func discover(_ job: Job, previous: [String: ClusterNode], unreachable: Unreachable = Unreachable()) -> [String: ClusterNode] {
         var found = previous
         var errors: [String] = []
@@ -314,7 +316,11 @@ final class SentinelWatcher: Sendable {
             }
             var placed = false
             for node in ranked where !placed {
-                switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword, tls: job.serverTLS) {
+                // 0.3 s: a master that hung (SIGSTOP, a partition) held the watcher for 1 s, the
+                // sentinels' announcement unread, and Tern followed a failover 0.8 s after they
+                // agreed (Sentinel sweep 33); a live master answers ROLE in milliseconds, and one
+                // that does not keeps the address Tern has (nothing is taken unconfirmed).
+                switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword, tls: job.serverTLS, within: Self.roleCheckSeconds) {
                 case let .success(.array(role?)) where role.first?.text == "master":
                     found[master] = node
                     placed = true
@@ -391,35 +397,37 @@ enum RedisProbe {
 
     /// Connects, authenticates when `password` is given, sends `words`, returns the reply (at
     /// most `maxReply` bytes).
-    static func call(_ node: ClusterNode, _ words: [String], password: String?, tls: TLSContext?, maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
+    /// `within`: seconds for the connect, and again for the answer.
+    static func call(_ node: ClusterNode, _ words: [String], password: String?, tls: TLSContext?, maxReply: Int = 1 << 20,
+                     within: Double = 1) -> Result<RespValue, ProbeError> {
         let connection: BlockingConnection
-        switch open(node, tls: tls) {
+        switch open(node, tls: tls, within: within) {
         case let .success(opened): connection = opened
         case let .failure(error): return .failure(error)
         }
         if let password {
-            switch exchange(connection, encode(["AUTH", password])) {
+            switch exchange(connection, encode(["AUTH", password]), within: within) {
             case .success(.error(let text)): return .failure(ProbeError(text: "AUTH: \(text)"))
             case .success: break
             case let .failure(error): return .failure(error)
             }
         }
-        return exchange(connection, encode(words), maxReply: maxReply)
+        return exchange(connection, encode(words), maxReply: maxReply, within: within)
     }
 
-    private static func open(_ node: ClusterNode, tls: TLSContext?) -> Result<BlockingConnection, ProbeError> {
+    private static func open(_ node: ClusterNode, tls: TLSContext?, within: Double) -> Result<BlockingConnection, ProbeError> {
         let address: SocketAddress
         switch SocketAddress.resolve(host: node.host, port: node.port) {
         case let .success(resolved): address = resolved
         case let .failure(error): return .failure(ProbeError(text: error.message))
         }
-        return BlockingConnection.open(address, tls: tls, serverName: node.host, deadline: now() + 1).mapError { ProbeError(text: $0.text) }
+        return BlockingConnection.open(address, tls: tls, serverName: node.host, deadline: now() + within).mapError { ProbeError(text: $0.text) }
     }
 
     private static func encode(_ words: [String]) -> [UInt8] { RespEncoder.command(words) }
 
-    private static func exchange(_ connection: BlockingConnection, _ request: [UInt8], maxReply: Int = 1 << 20) -> Result<RespValue, ProbeError> {
-        let end = now() + 1
+    private static func exchange(_ connection: BlockingConnection, _ request: [UInt8], maxReply: Int = 1 << 20, within: Double) -> Result<RespValue, ProbeError> {
+        let end = now() + within
         if case let .failure(error) = connection.writeAll(request, deadline: end) { return .failure(ProbeError(text: error.text)) }
         var reply: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
