@@ -10,6 +10,21 @@ final class CommandLineTests: XCTestCase {
 
     func run(_ arguments: [String]) throws -> (Int32, String) { try ProcessGroup.runTern(arguments) }
 
+    /// A socket listening on 127.0.0.1:`port` (the caller closes it): the port is in use.
+    func listening(on port: Int) throws -> Int32 {
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        guard withUnsafePointer(to: &address, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }) == 0,
+              listen(holder, 1) == 0 else {
+            close(holder)
+            throw TestError("cannot hold port \(port)")
+        }
+        return holder
+    }
+
     func testVersionFlag() throws {
         let (status, text) = try run(["-V"])
         XCTAssertEqual(status, 0)
@@ -118,14 +133,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(eventually("gone", within: 5) { FileManager.default.fileExists(atPath: pid) ? "" : "gone" }, "gone")
         // A listener that cannot be bound: the start fails, and the pid file goes with it.
         let taken = ProcessGroup.freePort()
-        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let holder = try listening(on: taken)
         defer { close(holder) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(taken).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        XCTAssertEqual(withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }, 0)
-        XCTAssertEqual(listen(holder, 1), 0)
         let busy = try write("b:\n  listen: 127.0.0.1:\(taken)\n  servers:\n   - \(backend.address):1\n")
         let failed = try run(["-c", busy, "-p", pid, "--no-stats"])
         XCTAssertEqual(failed.0, 1, failed.1)
@@ -154,14 +163,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(limitedText.contains("100 worker threads need about") && !limitedText.contains("listening on"), limitedText)
         // A stats or an admin port in use: exit 1, no pool ever listened, no pid file left.
         let taken = ProcessGroup.freePort()
-        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let holder = try listening(on: taken)
         defer { close(holder) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(taken).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        XCTAssertEqual(withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }, 0)
-        XCTAssertEqual(listen(holder, 1), 0)
         let pid = group.directory + "/busy.pid"
         for flags in [["-s", "\(taken)", "-a", "127.0.0.1"], ["--no-stats", "--admin-port", "\(taken)"]] {
             let (status, text) = try run(["-c", config, "-p", pid] + flags)
