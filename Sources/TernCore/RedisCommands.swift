@@ -112,7 +112,7 @@ public struct RedisCommand: Sendable {
         self.isWrite = write
         self.storeKeywords = storeKeywords
         self.timeoutAt = timeoutAt
-        keepsPipelineOrder = routing == .blocking || keys == .streams || Self.same(name, "watch") || Self.same(name, "exec")
+        keepsPipelineOrder = routing == .blocking || keys == .streams || Self.same(name, "watch") || Self.same(name, "exec") || Self.same(name, "reset")
     }
 
     private static func same(_ name: StaticString, _ other: StaticString) -> Bool {

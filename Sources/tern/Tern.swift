@@ -197,7 +197,17 @@ struct Tern: ParsableCommand {
             threadCount = maxThreads
         } else {
             let decision = defaultWorkerCount()
-            threadCount = decision.workers
+            var workers = decision.workers
+            // One per CPU, but no more than the descriptor limit holds: a host with hundreds of
+            // CPUs under a 1024 limit would not start with default flags (review of session 33).
+            if let limit = TernServer.descriptorLimit() {
+                let fitting = max(1, (limit - TernServer.descriptorsNeeded(workers: 0, pools: config.pools.count)) / 2)
+                if workers > fitting {
+                    logger.warning("worker threads: \(fitting) rather than \(workers), as the descriptor limit (\(limit), ulimit -n) holds no more")
+                    workers = fitting
+                }
+            }
+            threadCount = workers
             logger.info("worker threads: \(threadCount) (\(decision.reason))")
         }
         var options = ServerOptions(threads: threadCount, configPath: configFile, pidFile: pidFile)

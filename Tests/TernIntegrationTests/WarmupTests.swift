@@ -149,6 +149,29 @@ final class WarmupTests: XCTestCase {
             XCTAssertEqual(try client.request(request, until: expected.hasSuffix("HD\r\n") ? "HD\r\n" : "DELETED\r\n"), expected)
             XCTAssertEqual(try client.request("get \(key)\r\n", until: "END\r\n"), "END\r\n", "deleted in both pools")
         }
+        // flush_all behind a read; a binary Delete behind a binary GetK (review of session 33).
+        XCTAssertEqual(try direct(old[setup.oldIndex("wk3")], "set wk3 3 0 2\r\nhi\r\n"), "STORED\r\n")
+        XCTAssertEqual(try client.request("get wk3\r\nflush_all\r\n", until: "OK\r\n"), "VALUE wk3 3 2\r\nhi\r\nEND\r\nOK\r\n")
+        XCTAssertEqual(try direct(old[setup.oldIndex("wk4")], "set wk4 3 0 2\r\nhi\r\n"), "STORED\r\n")
+        func packet(_ opcode: UInt8, _ key: String) -> [UInt8] {
+            let body = UInt8(key.utf8.count)
+            return [0x80, opcode, 0, body, 0, 0, 0, 0, 0, 0, 0, body] + [UInt8](repeating: 0, count: 12) + Array(key.utf8)
+        }
+        let binary = try TestClient(port: setup.port)
+        try binary.send(packet(0x0c, "wk4") + packet(0x04, "wk4"))
+        var bytes: [UInt8] = []
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            bytes += binary.drain(for: 0.2).bytes
+            // GetK's response (24 + 4 extras + key + value), then Delete's (24).
+            if bytes.count >= 24 + 4 + 3 + 2 + 24 { break }
+        }
+        XCTAssertEqual(bytes.count, 24 + 4 + 3 + 2 + 24, "\(bytes)")
+        if bytes.count == 57 {
+            XCTAssertEqual(Array(bytes[6...7]), [0, 0], "GetK found the old pool's value")
+            XCTAssertEqual(String(decoding: bytes[31..<33], as: UTF8.self), "hi")
+            XCTAssertEqual(Array(bytes[33 + 6...33 + 7]), [0, 0], "Delete deleted it")
+        }
         let newRedis = try [group.redis()], oldRedis = try [group.redis()]
         let redisSetup = try start(redis: true, new: newRedis.map(\.address), old: oldRedis.map(\.address), threads: 1)
         XCTAssertEqual(try oldRedis[0].call("SET", "rk", "old"), "+OK\r\n")

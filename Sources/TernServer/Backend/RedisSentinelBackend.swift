@@ -316,11 +316,12 @@ final class SentinelWatcher: Sendable {
             }
             var placed = false
             for node in ranked where !placed {
-                // 0.3 s: a master that hung (SIGSTOP, a partition) held the watcher for 1 s, the
-                // sentinels' announcement unread, and Tern followed a failover 0.8 s after they
-                // agreed (Sentinel sweep 33); a live master answers ROLE in milliseconds, and one
-                // that does not keeps the address Tern has (nothing is taken unconfirmed).
-                switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword, tls: job.serverTLS, within: Self.roleCheckSeconds) {
+                // Answered within 0.3 s: a master that hung (SIGSTOP; its kernel still accepts the
+                // connect) held the watcher for 1 s, the sentinels' announcement unread, and Tern
+                // followed a failover 0.8 s after they agreed (Sentinel sweep 33); a live master
+                // answers ROLE in milliseconds, and one that does not keeps the address Tern has
+                // (nothing is taken unconfirmed). The connect and TLS handshake keep their 1 s.
+                switch RedisProbe.call(node, ["ROLE"], password: job.serverPassword, tls: job.serverTLS, answerWithin: Self.roleCheckSeconds) {
                 case let .success(.array(role?)) where role.first?.text == "master":
                     found[master] = node
                     placed = true
@@ -397,11 +398,11 @@ enum RedisProbe {
 
     /// Connects, authenticates when `password` is given, sends `words`, returns the reply (at
     /// most `maxReply` bytes).
-    /// `within`: seconds for the connect, and again for the answer.
+    /// `answerWithin`: seconds for each answer (the connect and TLS handshake have 1 s).
     static func call(_ node: ClusterNode, _ words: [String], password: String?, tls: TLSContext?, maxReply: Int = 1 << 20,
-                     within: Double = 1) -> Result<RespValue, ProbeError> {
+                     answerWithin within: Double = 1) -> Result<RespValue, ProbeError> {
         let connection: BlockingConnection
-        switch open(node, tls: tls, within: within) {
+        switch open(node, tls: tls) {
         case let .success(opened): connection = opened
         case let .failure(error): return .failure(error)
         }
@@ -415,13 +416,13 @@ enum RedisProbe {
         return exchange(connection, encode(words), maxReply: maxReply, within: within)
     }
 
-    private static func open(_ node: ClusterNode, tls: TLSContext?, within: Double) -> Result<BlockingConnection, ProbeError> {
+    private static func open(_ node: ClusterNode, tls: TLSContext?) -> Result<BlockingConnection, ProbeError> {
         let address: SocketAddress
         switch SocketAddress.resolve(host: node.host, port: node.port) {
         case let .success(resolved): address = resolved
         case let .failure(error): return .failure(ProbeError(text: error.message))
         }
-        return BlockingConnection.open(address, tls: tls, serverName: node.host, deadline: now() + within).mapError { ProbeError(text: $0.text) }
+        return BlockingConnection.open(address, tls: tls, serverName: node.host, deadline: now() + 1).mapError { ProbeError(text: $0.text) }
     }
 
     private static func encode(_ words: [String]) -> [UInt8] { RespEncoder.command(words) }

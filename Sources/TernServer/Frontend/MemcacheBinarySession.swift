@@ -38,6 +38,8 @@ extension ClientConnection {
                 buffer.consume(consume)
                 skipRemaining = skip
             case let .request(request):
+                // (Deletes and flushes reach a warm-up's old pool: `deleteMustWaitForWarmupReads`.)
+                if pool.deletesReachOldPool, let base = request.opcode?.base, base == .delete || base == .flush, deleteMustWaitForWarmupReads() { return }
                 routeBinary(request, UnsafeRawBufferPointer(rebasing: bytes[0..<request.packetLength]))
                 noteRequestBytes(request.packetLength)
                 buffer.consume(request.packetLength)

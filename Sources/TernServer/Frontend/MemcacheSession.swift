@@ -28,7 +28,8 @@ extension ClientConnection {
             case .incomplete:
                 return
             case let .request(request):
-                if request.command == .delete || request.command == .metaDelete, pool.deletesReachOldPool, deleteMustWaitForWarmupReads() { return }
+                if request.command == .delete || request.command == .metaDelete || request.command == .flushAll, pool.deletesReachOldPool,
+                   deleteMustWaitForWarmupReads() { return }
                 route(request, UnsafeRawBufferPointer(rebasing: bytes[0..<request.frameLength]))
                 noteRequestBytes(request.frameLength)
                 // A large request's bytes may have left with the buffer's memory (`forward`).

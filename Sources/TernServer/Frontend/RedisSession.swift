@@ -241,7 +241,7 @@ extension ClientConnection {
             return false
         }
         withNewSlot { slot in
-            if redisReplyMode != .on { applyReplyMode(slot) }
+            if redisReplyMode != .on { applyReplyMode(slot, pushesConfirmations: command.routing == .pubsub && Self.confirmsAsPush(command)) }
             routeRedis(frame, session, slot, command)
         }
         return true
@@ -249,9 +249,16 @@ extension ClientConnection {
 
     /// `CLIENT REPLY OFF` or `SKIP` is in effect: the request's reply is dropped (and after a
     /// `SKIP`, only this one's).
-    private func applyReplyMode(_ slot: ReplySlot) {
-        slot.isSilent = true
+    /// `pushesConfirmations`: a (P|S)(UN)SUBSCRIBE, whose confirmations Redis sends as pushes,
+    /// whatever `CLIENT REPLY` says (it does not silence them).
+    private func applyReplyMode(_ slot: ReplySlot, pushesConfirmations: Bool = false) {
+        if !pushesConfirmations { slot.isSilent = true }
         if redisReplyMode == .skipNext { redisReplyMode = .on }
+    }
+
+    private static func confirmsAsPush(_ command: RedisCommand) -> Bool {
+        command.isNamed("subscribe") || command.isNamed("unsubscribe") || command.isNamed("psubscribe")
+            || command.isNamed("punsubscribe") || command.isNamed("ssubscribe") || command.isNamed("sunsubscribe")
     }
 
     /// Commands that leave the client's shared connections for a connection of their own run
@@ -261,10 +268,13 @@ extension ClientConnection {
     /// shared connection, a write behind a WATCH could reach Redis before the WATCH, and the
     /// EXEC of a watched transaction before the commands sent ahead of it. These are a blocking
     /// command outside MULTI (XREAD and XREADGROUP with BLOCK among them), WATCH, and EXEC of a
-    /// watched transaction.
+    /// watched transaction; and a RESET of a subscribed client, which closes its push connections:
+    /// sent at once, the (UN)SUBSCRIBE confirmations still on their way were answered `-ERR
+    /// backend connection closed` (review of session 33).
     private func mustWait(_ command: RedisCommand, _ frame: UnsafeRawBufferPointer, _ session: RedisSession) -> Bool {
         switch command.routing {
         case .blocking: return session.transaction == nil
+        case .session where command.isNamed("reset"): return session.subscriptions != nil
         case .session: return session.transaction == nil ? command.isNamed("watch") : session.watch != nil && command.isNamed("exec")
         default: return session.transaction == nil && command.keys == .streams && RedisKeyPositions.streamReadOptions(session.arguments, in: frame).blockAt > 0
         }

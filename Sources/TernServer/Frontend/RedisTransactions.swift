@@ -104,6 +104,10 @@ extension ClientConnection {
                 session.isAuthenticated = false
                 session.user = nil
             }
+            // Replies on again (`CLIENT REPLY`), this one's first, as Redis resets them: a pooled
+            // connection reset before reuse stayed silent (review of session 33).
+            redisReplyMode = .on
+            slot.isSilent = false
             slot.complete(with: "+RESET\r\n" as StaticString)
         }
     }

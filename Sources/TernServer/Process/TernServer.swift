@@ -450,15 +450,25 @@ public final class TernServer {
     private var statsListener: Int32 = -1
     private var adminListener: Int32 = -1
 
-    /// Each worker takes about four descriptors (its loop, wake-up pipes); a limit too low for
-    /// them ended inside libev (an abort) after the pools were listening (operator sweep 33).
+    /// Each worker takes two descriptors (its loop's epoll and wake-up eventfd; 150 workers held
+    /// 308); a limit too low for them ended inside libev (an abort) after the pools were
+    /// listening (operator sweep 33).
     static func checkDescriptorLimit(workers: Int, pools: Int) throws {
-        var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
-        let needed = workers * 4 + pools + 16
-        if limit.rlim_cur != rlim_t.max, needed > Int(clamping: limit.rlim_cur) {
-            throw StartupError(description: "\(workers) worker threads need about \(needed) file descriptors before the first client; the limit is \(limit.rlim_cur) (ulimit -n): raise it or pass fewer --threads")
+        let needed = descriptorsNeeded(workers: workers, pools: pools)
+        if let limit = descriptorLimit(), needed > limit {
+            throw StartupError(description: "\(workers) worker threads need about \(needed) file descriptors before the first client; the limit is \(limit) (ulimit -n): raise it or pass fewer --threads")
         }
+    }
+
+    /// Descriptors Tern holds before its first client: two per worker, the pools' listeners and
+    /// a few of its own (log, stats and admin ports, the control threads).
+    public static func descriptorsNeeded(workers: Int, pools: Int) -> Int { workers * 2 + pools + 32 }
+
+    /// The soft `RLIMIT_NOFILE`, nil when unlimited or unknown.
+    public static func descriptorLimit() -> Int? {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return nil }
+        return Int(clamping: limit.rlim_cur)
     }
 
     /// Starts the workers and the control endpoints, then handles signals until a drain ends.
