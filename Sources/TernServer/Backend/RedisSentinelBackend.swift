@@ -243,6 +243,9 @@ final class SentinelWatcher: Sendable {
         }
     }
 
+    /// How long a named master has to answer `ROLE` (see `discover`).
+    static let roleCheckSeconds = 0.3
+
     /// Each master's address: every sentinel is asked at once (one connection each, the
     /// masters' questions written together), and the round ends as soon as more than half of
     /// the sentinels name one address for every master, or every sentinel that has not failed
@@ -257,8 +260,6 @@ final class SentinelWatcher: Sendable {
     /// for 2 s; Sentinel sweep 29). Nor an address another master of the pool has. A sentinel
     /// that lies, or has not seen a failover yet, is outvoted, or on a tie caught by `ROLE` when
     /// it names a replica; a master no sentinel could place keeps its previous address.
-    static let roleCheckSeconds = 0.3
-
     static func discover(_ job: Job, previous: [String: ClusterNode], unreachable: Unreachable = Unreachable()) -> [String: ClusterNode] {
         var found = previous
         var errors: [String] = []

@@ -1140,14 +1140,14 @@ final class ServerConnection {
         for (slot, part) in slots { slot.fail(part: part, reason: reason, serverFailure: serverFailure) }
     }
 
+    /// How often requests may try a connect to a server that refuses them (`connectIfNeeded`).
+    static let refusedRetryInterval = 0.1
+
     /// The longest backoff: 2 s, or four fifths of the wait of a client whose server is down
     /// (`ClientConnection.waitsForServer`: `server_wait`, else the pool's `timeout`, else 1.5 s)
     /// if that is shorter (at least 50 ms), so that every wait sees a connect tried, with time
     /// left for it to complete, and a server that returned is reached within a wait. A pool
     /// whose requests do not wait (`server_wait: 0`) backs off to 2 s.
-    /// How often requests may try a connect to a server that refuses them (`connectIfNeeded`).
-    static let refusedRetryInterval = 0.1
-
     private var backoffCeiling: Double {
         let wait = server.pool.serverWaitSeconds
         return wait > 0 ? min(2.0, max(0.05, 0.8 * wait)) : 2.0

@@ -121,7 +121,8 @@ struct RedisSession {
 /// `CLIENT REPLY`: whether the client gets its replies. Tern answers it itself (a shared
 /// backend connection must answer every request) and drops the replies the client turned
 /// off: each request's slot is made silent (`ReplySlot.isSilent`), so the command runs and its
-/// reply, error or not, is not written. Pub/sub messages are not replies and still go.
+/// reply, error or not, is not written. Pub/sub messages and (UN)SUBSCRIBE confirmations are
+/// pushes, not replies, and still go; RESET turns replies on.
 enum RedisReplyMode: UInt8 {
     case on
     case off
