@@ -92,10 +92,6 @@ final class ControlServer: Sendable {
     /// no room for is dropped, and its client tries again after a second (a probe's timeout).
     static let backlog: Int32 = 1024
 
-    convenience init(host: String, port: Int, service: ControlService, limits: ControlLimits = ControlLimits()) throws {
-        try self.init(bound: -1, host: host, port: port, service: service, limits: limits)
-    }
-
     /// `bound`: a socket `bind(host:port:)` made for the same address (-1: one is bound here).
     init(bound: Int32, host: String, port: Int, service: ControlService, limits: ControlLimits = ControlLimits()) throws {
         let fd = bound >= 0 ? bound : try Self.bind(host: host, port: port)
